@@ -1,0 +1,108 @@
+# waybill -- build, run, test. `make run` and `make test` are the whole set-up
+# on a fresh Debian 12 machine: missing packages are installed first.
+
+CC      ?= cc
+PKGS    := libevent libevent_openssl libcurl openssl jansson lua5.4 sqlite3
+DEBS    := build-essential pkg-config libevent-dev libcurl4-openssl-dev libssl-dev \
+           libjansson-dev liblua5.4-dev libsqlite3-dev
+TESTDEBS := curl python3 nodejs npm openssl
+BENCHDEBS := wrk webhook
+
+WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+           -Wold-style-definition -Wwrite-strings -Wundef -Wformat=2
+ifeq ($(WERROR),1)
+WARN    += -Werror
+endif
+ifeq ($(CI),true)
+WARN    += -Werror
+endif
+
+OPT     ?= -O2 -g
+CFLAGS_ALL = -std=c11 -D_GNU_SOURCE $(OPT) $(WARN) -MMD -MP $(SANFLAGS) \
+             $(shell pkg-config --cflags $(PKGS) 2>/dev/null) $(CFLAGS)
+LDLIBS_ALL = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm $(LDLIBS)
+
+BUILD   ?= build
+BIN     ?= waybill
+SRCS    := $(wildcard core/*.c)
+OBJS    := $(SRCS:core/%.c=$(BUILD)/%.o)
+LIBOBJS := $(filter-out $(BUILD)/main.o,$(OBJS))
+UNIT_SRCS := $(wildcard tests/unit/test_*.c)
+UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
+
+.PHONY: all deps run test test-unit test-integration asan bench format format-check clean check \
+        test-deps
+
+all: deps $(BIN)
+
+# Installs the Debian -dev packages the build needs, when missing.
+deps:
+	@missing=""; for p in $(DEBS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | \
+	  grep -q 'ok installed' || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then echo "installing:$$missing"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null \
+	    || { echo "apt-get install$$missing failed"; exit 1; }; \
+	  else echo "missing Debian packages; run: sudo apt-get install$$missing"; exit 1; fi; fi
+
+$(BIN): $(OBJS)
+	$(CC) $(CFLAGS_ALL) -o $@ $^ $(LDLIBS_ALL)
+
+$(BUILD)/%.o: core/%.c | $(BUILD)
+	$(CC) $(CFLAGS_ALL) -c -o $@ $<
+
+$(BUILD)/tests/%: tests/unit/%.c $(LIBOBJS) | $(BUILD)
+	@mkdir -p $(BUILD)/tests
+	$(CC) $(CFLAGS_ALL) -Icore -Itests -o $@ $< $(LIBOBJS) $(LDLIBS_ALL)
+
+$(BUILD):
+	@mkdir -p $(BUILD)
+
+-include $(OBJS:.o=.d)
+
+# Packages and npm modules the tests use (sinks verifying with the
+# standardwebhooks package, Express receivers as the seeds write them).
+test-deps: deps
+	@missing=""; for p in $(TESTDEBS); do command -v $$p >/dev/null 2>&1 || \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then echo "installing:$$missing"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null \
+	    || { echo "apt-get install$$missing failed"; exit 1; }; \
+	  else echo "missing: sudo apt-get install$$missing"; exit 1; fi; fi
+	@[ -d tests/node_modules/standardwebhooks ] && [ -d tests/node_modules/express ] || \
+	  (cd tests && npm ci --no-audit --no-fund --silent)
+
+run: all
+	WAYBILL_ADMIN_TOKEN=$${WAYBILL_ADMIN_TOKEN:-dev-admin-token} \
+	ATOSHIP_SECRET=$${ATOSHIP_SECRET:-dev-atoship-secret} \
+	ERP_SECRET=$${ERP_SECRET:-whsec_ZGV2LWVycC1zZWNyZXQtZm9yLXdheWJpbGw=} \
+	./$(BIN) serve -c examples/waybill.lua
+
+test-unit: all $(UNIT_BINS)
+
+test: test-deps all $(UNIT_BINS)
+	@python3 tests/run.py --bin ./$(BIN) --unit "$(UNIT_BINS)"
+
+check: test
+
+# AddressSanitizer + UndefinedBehaviorSanitizer over the whole suite.
+asan: test-deps
+	@$(MAKE) --no-print-directory BUILD=build-asan BIN=waybill-asan OPT="-O1 -g" \
+	  SANFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
+	  waybill-asan $(UNIT_SRCS:tests/unit/%.c=build-asan/tests/%)
+	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
+	  python3 tests/run.py --bin ./waybill-asan --asan \
+	  --unit "$(UNIT_SRCS:tests/unit/%.c=build-asan/tests/%)"
+
+bench: all
+	@bash tests/bench/run.sh
+
+format:
+	clang-format -i core/*.c core/*.h tests/unit/*.c tests/*.h tests/bench/*.c
+
+format-check:
+	clang-format --dry-run -Werror core/*.c core/*.h tests/unit/*.c tests/*.h tests/bench/*.c
+
+clean:
+	rm -rf build build-asan waybill waybill-asan tests/bench/out

@@ -1,0 +1,106 @@
+/* config.h -- the gateway's configuration as C data.
+ * A config is built by evaluating waybill.lua in the rules sandbox (rules.c
+ * owns the VM; config.c owns this struct and the checks on each field), so
+ * it lives inside one rules generation and is replaced whole on reload.
+ * Invariant: a config handed out by rules_config() passed every check here;
+ * callers never re-validate it.
+ * SPDX-License-Identifier: MIT */
+#ifndef CORE_CONFIG_H
+#define CORE_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <netinet/in.h>
+
+#include "verify.h"
+
+struct config_header {
+    char *name;
+    char *value;
+};
+
+/* A CIDR from allow_private; family AF_INET or AF_INET6. */
+struct config_cidr {
+    int family;
+    unsigned char addr[16];
+    int prefix_len;
+};
+
+struct config_source {
+    char *name;                     /* source "NAME" */
+    char *path;                     /* default "/hooks/<name>" */
+    char *verify_name;              /* preset name or "hmac-sha256" */
+    struct verify_spec verify;
+    struct verify_secret *secrets;  /* nsecrets entries, raw key bytes */
+    size_t nsecrets;
+    int insecure;
+    char *adapter;                  /* path of the Lua adapter file, absolute
+                                       or relative to lua/sources; NULL =
+                                       lua/sources/<verify preset>.lua or
+                                       generic.lua */
+    char *jwks;                     /* shipengine: file path or URL */
+};
+
+enum config_success { CONFIG_SUCCESS_2XX, CONFIG_SUCCESS_200 };
+
+struct config_endpoint {
+    char *name;
+    char *url;
+    enum verify_sign_scheme sign;   /* default SIGN_STANDARD */
+    struct verify_secret *secrets;  /* raw key bytes (whsec_ decoded for standard) */
+    size_t nsecrets;
+    struct config_header *headers;  /* extra headers, nheaders entries */
+    size_t nheaders;
+    int64_t timeout_ms;             /* default 5000 */
+    int64_t *retry_ms;              /* delays before each attempt; [0] is the first */
+    size_t nretry;                  /* default the atoship preset: 0,1m,5m,30m,2h,6h */
+    int jitter;                     /* default 1: +-10% */
+    int concurrency;                /* default 16 */
+    double rate;                    /* deliveries/s, 0 = unlimited */
+    int64_t window_ms;              /* batch window; 0 = environment default */
+    int max_batch;                  /* default 1000 */
+    enum config_success success;
+    int ordered;                    /* default 0 */
+    int64_t disable_after_ms;       /* default 5d */
+    int enabled;                    /* default 1 */
+};
+
+struct config {
+    char *file;                     /* absolute path of waybill.lua */
+    char *dir;                      /* its folder: base of relative paths */
+    int sandbox;                    /* environment == "sandbox" */
+    char *listen;                   /* "host:port"; default "0.0.0.0:8080" */
+    char *tls_cert, *tls_key;       /* both or neither */
+    char *admin_listen;             /* default "127.0.0.1:8081"; NULL = off */
+    char *admin_token;              /* required when admin_listen is set */
+    char *store;                    /* default "sqlite:waybill.db" */
+    size_t max_body;                /* default 1 MiB */
+    struct config_cidr *allow_private;
+    size_t nallow_private;
+    struct config_source *sources;
+    size_t nsources;
+    struct config_endpoint *endpoints;
+    size_t nendpoints;
+    char *rules_dir;                /* absolute; NULL = no rules */
+    int64_t shutdown_grace_ms;      /* default 10 s */
+    int64_t retention_ms;           /* default 30 d */
+    int64_t max_backlog;            /* default 10,000,000 */
+    int64_t rule_budget;            /* instructions per handler call, default 1e6 */
+    size_t rule_memory;             /* bytes, default 64 MiB */
+};
+
+/* Lookups; return NULL when absent. Borrowed from cfg. */
+const struct config_source *config_source_by_path(const struct config *cfg, const char *path);
+const struct config_source *config_source_by_name(const struct config *cfg, const char *name);
+const struct config_endpoint *config_endpoint_by_name(const struct config *cfg, const char *name);
+
+/* The batch window an endpoint uses: its own, else 30m (production) / 5m (sandbox). */
+int64_t config_endpoint_window(const struct config *cfg, const struct config_endpoint *ep);
+
+/* Whether addr (AF_INET/AF_INET6 in network order) is inside allow_private. */
+int config_private_allowed(const struct config *cfg, int family, const void *addr);
+
+/* Frees cfg and everything it owns; NULL is a no-op. */
+void config_free(struct config *cfg);
+
+#endif

@@ -1,0 +1,36 @@
+/* gateway.h -- the one context the event loop owns: the current rules
+ * generation, the store, the delivery engine and the listeners. main.c
+ * creates it; server.c (inbound and admin HTTP) and route.c read it.
+ * Invariant: only the loop thread touches it; rules is swapped whole on
+ * reload and never NULL while serving.
+ * SPDX-License-Identifier: MIT */
+#ifndef CORE_GATEWAY_H
+#define CORE_GATEWAY_H
+
+#include <stdint.h>
+
+#define WAYBILL_VERSION "0.1.0"
+
+struct event_base;
+struct rules;
+struct store;
+struct deliver;
+struct server;
+struct route;
+
+struct gateway {
+    struct event_base *base;
+    const char *config_path;   /* as given on the command line */
+    char *lua_dir;             /* shipped Lua library folder */
+    struct rules *rules;       /* current generation, owned */
+    struct store *store;       /* owned */
+    struct deliver *deliver;   /* owned */
+    struct route *route;       /* owned: routes committed events */
+    struct server *server;     /* owned */
+    int64_t started_at;        /* Unix ms */
+    int reloads, reload_failures;
+    char reload_error[512];    /* last reload error, "" when the last succeeded */
+    int stopping;
+};
+
+#endif

@@ -1,0 +1,100 @@
+/* rules.h -- one generation of configuration and rules in a sandboxed Lua 5.4 VM.
+ * A generation is built whole (config file, shipped lua/ library, every rule
+ * file) and then only read; reload builds a new one and swaps the pointer, so
+ * a failed reload leaves the old generation untouched. Handler calls run
+ * under an instruction budget and a memory cap; no Lua pointer outlives a
+ * call (strings are copied out).
+ * SPDX-License-Identifier: MIT */
+#ifndef CORE_RULES_H
+#define CORE_RULES_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+
+struct rules;
+
+/* Builds a generation from the config file at config_path. lua_dir is the
+ * folder of waybill's shipped Lua library (holding waybill.lua and
+ * sources/). Returns a new generation, or NULL with "file:line: message"
+ * in err (or "file: message" when no line applies). */
+struct rules *rules_load(const char *config_path, const char *lua_dir, char *err, size_t errlen);
+
+/* Frees the generation, its VM and its config; NULL is a no-op. */
+void rules_free(struct rules *r);
+
+/* The configuration of this generation; borrowed, valid until rules_free. */
+const struct config *rules_config(const struct rules *r);
+
+/* Unix ms when this generation was built. */
+int64_t rules_loaded_at(const struct rules *r);
+
+/* ---- adapters: carrier body -> normalized event ---- */
+
+/* What an adapter made of a carrier body. Every field is new (caller frees
+ * with rules_event_clear); any may be NULL but type and data_json. */
+struct rules_event {
+    char *source_id;   /* the carrier's event id, NULL if the adapter found none */
+    char *type;        /* normalized type, e.g. "tracking.delivered" */
+    char *created_at;  /* carrier's timestamp text, or NULL */
+    char *data_json;   /* compact JSON of the event's data */
+};
+
+#define RULES_EBADJSON (-2)
+
+/* Runs src's adapter over body (the raw request body, len bytes) with the
+ * request headers given as a JSON object text (lowercase names).
+ * Returns 0 and fills out; RULES_EBADJSON with a one-line reason when the
+ * body is not a JSON object or array ("invalid JSON at line 1 column 7:
+ * ..."); -1 with "file:line: message" when the adapter failed. */
+int rules_adapt(struct rules *r, const struct config_source *src, const char *body, size_t len,
+                const char *headers_json, struct rules_event *out, char *err, size_t errlen);
+
+void rules_event_clear(struct rules_event *ev);
+
+/* ---- routing ---- */
+
+/* A stored, normalized event as the rules see it (all borrowed). The Lua
+ * table handlers receive has id, type, source, source_id, created_at,
+ * received_at (RFC 3339), data, and, not encoded when the event is sent
+ * whole, raw and headers. */
+struct rules_input {
+    const char *id;
+    const char *source;
+    const char *source_id;
+    const char *type;
+    const char *created_at;
+    int64_t received_at_ms;
+    const char *data_json;
+    const char *raw;
+    size_t raw_len;
+    const char *headers_json;
+};
+
+/* One delivery a handler asked for. Every pointer is new. */
+struct rules_send {
+    char *endpoint;
+    char *payload;          /* bytes to POST (table payloads encoded as compact JSON) */
+    size_t payload_len;
+    char *content_type;     /* "application/json" unless the send options set one */
+    char *headers_json;     /* extra headers as a JSON object, or NULL */
+    int64_t window_ms;      /* 0: send now; > 0: batch into a window of this length */
+};
+
+struct rules_plan {
+    struct rules_send *sends;
+    size_t n;
+};
+
+/* Runs every handler matching ev->type (file order, then definition order).
+ * Returns 0 with the plan (n == 0 means unrouted), or -1 with
+ * "file:line: message" when any handler failed, ran past its budget or the
+ * VM's memory cap, or sent to an unknown endpoint; then the plan is empty
+ * (routing is all or nothing). */
+int rules_route(struct rules *r, const struct rules_input *ev, struct rules_plan *out, char *err,
+                size_t errlen);
+
+void rules_plan_clear(struct rules_plan *plan);
+
+#endif

@@ -1,0 +1,342 @@
+/* util.c -- durations, sizes, hex/base64, constant-time compare, clocks,
+ * sortable ids and a growable buffer. No logging, no global state but the
+ * random source.
+ * SPDX-License-Identifier: MIT */
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+
+#include "util.h"
+
+/* ---- durations and sizes ---- */
+
+int util_duration_parse(const char *s, int64_t *ms) {
+    char *end;
+    double v, unit;
+
+    if (!s || !*s)
+        return -1;
+    errno = 0;
+    v = strtod(s, &end);
+    if (end == s || errno || !isfinite(v) || v < 0)
+        return -1;
+    if (*end == '\0' || strcmp(end, "s") == 0)
+        unit = 1000;
+    else if (strcmp(end, "ms") == 0)
+        unit = 1;
+    else if (strcmp(end, "m") == 0)
+        unit = 60e3;
+    else if (strcmp(end, "h") == 0)
+        unit = 3600e3;
+    else if (strcmp(end, "d") == 0)
+        unit = 86400e3;
+    else
+        return -1;
+    v *= unit;
+    if (v > 9.2e18)
+        return -1;
+    *ms = (int64_t)llround(v);
+    return 0;
+}
+
+int util_size_parse(const char *s, size_t *bytes) {
+    static const struct {
+        const char *suffix;
+        double mult;
+    } units[] = {{"", 1},          {"B", 1},           {"KiB", 1024.0},   {"MiB", 1048576.0},
+                 {"GiB", 1073741824.0}, {"kB", 1e3},  {"KB", 1e3},       {"MB", 1e6},
+                 {"GB", 1e9}};
+    char *end;
+    double v;
+
+    if (!s || !*s)
+        return -1;
+    errno = 0;
+    v = strtod(s, &end);
+    if (end == s || errno || !isfinite(v) || v < 0)
+        return -1;
+    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
+        if (strcmp(end, units[i].suffix) == 0) {
+            v *= units[i].mult;
+            if (v > 1.8e19)
+                return -1;
+            *bytes = (size_t)v;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* ---- encodings ---- */
+
+void util_hex_encode(const unsigned char *in, size_t n, char *out) {
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = digits[in[i] >> 4];
+        out[2 * i + 1] = digits[in[i] & 15];
+    }
+    out[2 * n] = '\0';
+}
+
+static int hex_value(int c) {
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+long util_hex_decode(const char *in, size_t len, unsigned char *out, size_t cap) {
+    if (len % 2 || len / 2 > cap)
+        return -1;
+    for (size_t i = 0; i < len; i += 2) {
+        int hi = hex_value((unsigned char)in[i]), lo = hex_value((unsigned char)in[i + 1]);
+        if (hi < 0 || lo < 0)
+            return -1;
+        out[i / 2] = (unsigned char)(hi << 4 | lo);
+    }
+    return (long)(len / 2);
+}
+
+static const char b64_alphabet[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+size_t util_base64_encode(const unsigned char *in, size_t n, char *out) {
+    size_t o = 0, i = 0;
+    for (; i + 2 < n; i += 3) {
+        unsigned v = (unsigned)in[i] << 16 | (unsigned)in[i + 1] << 8 | in[i + 2];
+        out[o++] = b64_alphabet[v >> 18];
+        out[o++] = b64_alphabet[(v >> 12) & 63];
+        out[o++] = b64_alphabet[(v >> 6) & 63];
+        out[o++] = b64_alphabet[v & 63];
+    }
+    if (i < n) {
+        unsigned v = (unsigned)in[i] << 16 | (i + 1 < n ? (unsigned)in[i + 1] << 8 : 0);
+        out[o++] = b64_alphabet[v >> 18];
+        out[o++] = b64_alphabet[(v >> 12) & 63];
+        out[o++] = i + 1 < n ? b64_alphabet[(v >> 6) & 63] : '=';
+        out[o++] = '=';
+    }
+    out[o] = '\0';
+    return o;
+}
+
+static int b64_value(int c) {
+    if (c >= 'A' && c <= 'Z')
+        return c - 'A';
+    if (c >= 'a' && c <= 'z')
+        return c - 'a' + 26;
+    if (c >= '0' && c <= '9')
+        return c - '0' + 52;
+    if (c == '+')
+        return 62;
+    if (c == '/')
+        return 63;
+    return -1;
+}
+
+long util_base64_decode(const char *in, size_t len, unsigned char *out, size_t cap) {
+    size_t o = 0;
+    unsigned acc = 0;
+    int bits = 0;
+
+    while (len > 0 && in[len - 1] == '=')
+        len--;
+    if (len % 4 == 1)
+        return -1;
+    for (size_t i = 0; i < len; i++) {
+        int v = b64_value((unsigned char)in[i]);
+        if (v < 0)
+            return -1;
+        acc = (acc << 6 | (unsigned)v) & 0xffffff;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            if (o >= cap)
+                return -1;
+            out[o++] = (unsigned char)(acc >> bits);
+        }
+    }
+    return (long)o;
+}
+
+int util_ct_equal(const void *a, const void *b, size_t n) {
+    return CRYPTO_memcmp(a, b, n) == 0;
+}
+
+/* ---- clocks and ids ---- */
+
+int64_t util_now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t util_mono_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void util_time_rfc3339(int64_t ms, char *out, size_t outlen) {
+    time_t secs = (time_t)(ms / 1000);
+    int millis = (int)(ms % 1000);
+    struct tm tm;
+    char base[24];
+
+    if (millis < 0) {
+        millis += 1000;
+        secs -= 1;
+    }
+    gmtime_r(&secs, &tm);
+    strftime(base, sizeof base, "%Y-%m-%dT%H:%M:%S", &tm);
+    if (millis)
+        snprintf(out, outlen, "%s.%03dZ", base, millis);
+    else
+        snprintf(out, outlen, "%sZ", base);
+}
+
+void util_id_new(const char *prefix, char *out, size_t outlen) {
+    static const char crockford[] = "0123456789abcdefghjkmnpqrstvwxyz";
+    unsigned char rnd[10];
+    uint64_t t = (uint64_t)util_now_ms();
+    char body[27];
+
+    if (RAND_bytes(rnd, sizeof rnd) != 1) {
+        /* RAND_bytes fails only when the OS entropy source does; fall back
+         * to a process-local mix rather than fail an ingest. */
+        static uint64_t counter;
+        uint64_t x = t ^ (uint64_t)getpid() << 32 ^ ++counter * 0x9e3779b97f4a7c15ull;
+        for (size_t i = 0; i < sizeof rnd; i++, x = x * 6364136223846793005ull + 1)
+            rnd[i] = (unsigned char)(x >> 56);
+    }
+    /* 10 chars of time (50 bits, the top 2 always 0 until year 10889). */
+    for (int i = 9; i >= 0; i--, t >>= 5)
+        body[i] = crockford[t & 31];
+    /* 16 chars of randomness (80 bits). */
+    for (int i = 0; i < 16; i++) {
+        int bit = i * 5, byte = bit / 8, shift = bit % 8;
+        unsigned v = (unsigned)rnd[byte] << 8 | (byte + 1 < 10 ? rnd[byte + 1] : 0);
+        body[10 + i] = crockford[(v >> (11 - shift)) & 31];
+    }
+    body[26] = '\0';
+    snprintf(out, outlen, "%s%s", prefix, body);
+}
+
+/* ---- growable buffer ---- */
+
+static int buf_reserve(struct util_buf *b, size_t extra) {
+    size_t need = b->len + extra + 1, cap;
+    char *p;
+
+    if (need <= b->cap)
+        return 0;
+    cap = b->cap ? b->cap : 64;
+    while (cap < need)
+        cap *= 2;
+    p = realloc(b->p, cap);
+    if (!p)
+        return -1;
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+int util_buf_append(struct util_buf *b, const void *data, size_t n) {
+    if (buf_reserve(b, n) < 0)
+        return -1;
+    if (n)
+        memcpy(b->p + b->len, data, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+    return 0;
+}
+
+int util_buf_appends(struct util_buf *b, const char *s) {
+    return util_buf_append(b, s, strlen(s));
+}
+
+int util_buf_printf(struct util_buf *b, const char *fmt, ...) {
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0 || buf_reserve(b, (size_t)n) < 0)
+        return -1;
+    va_start(ap, fmt);
+    vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+    return 0;
+}
+
+void util_buf_reset(struct util_buf *b) {
+    b->len = 0;
+    if (b->p)
+        b->p[0] = '\0';
+}
+
+void util_buf_free(struct util_buf *b) {
+    free(b->p);
+    b->p = NULL;
+    b->len = b->cap = 0;
+}
+
+/* ---- strings ---- */
+
+char *util_strdup(const char *s) {
+    return s ? strdup(s) : NULL;
+}
+
+char *util_file_read(const char *path, size_t *len) {
+    char *data = NULL;
+    struct stat st;
+    size_t got = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC), saved;
+
+    if (fd < 0)
+        return NULL;
+    if (fstat(fd, &st) < 0)
+        goto fail;
+    if (!S_ISREG(st.st_mode)) {
+        errno = EISDIR;
+        goto fail;
+    }
+    data = malloc((size_t)st.st_size + 1);
+    if (!data)
+        goto fail;
+    while (got < (size_t)st.st_size) {
+        ssize_t n = read(fd, data + got, (size_t)st.st_size - got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            goto fail;
+        got += (size_t)n;
+    }
+    data[got] = '\0';
+    if (len)
+        *len = got;
+    close(fd);
+    return data;
+fail:
+    saved = errno;
+    free(data);
+    close(fd);
+    errno = saved;
+    return NULL;
+}

@@ -1,0 +1,84 @@
+/* util.h -- small helpers shared by every module: durations and sizes,
+ * hex/base64, constant-time compare, clocks, ids, a growable byte buffer.
+ * None of these allocate unless stated; none log.
+ * SPDX-License-Identifier: MIT */
+#ifndef CORE_UTIL_H
+#define CORE_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define UNUSED(x) ((void)(x))
+
+/* ---- durations and sizes ---- */
+
+/* Parses "500ms", "30s", "5m", "2h", "1d" (or a bare number of seconds,
+ * possibly fractional) into milliseconds. Returns 0, or -1 on a malformed,
+ * negative or overflowing value (*ms untouched). */
+int util_duration_parse(const char *s, int64_t *ms);
+
+/* Parses "1MiB", "512KiB", "1GiB", "64kB"/"1MB" (powers of 1000), or a bare
+ * number of bytes. Returns 0 or -1. */
+int util_size_parse(const char *s, size_t *bytes);
+
+/* ---- encodings ---- */
+
+/* Writes 2*n lowercase hex digits and a NUL to out (capacity >= 2*n+1). */
+void util_hex_encode(const unsigned char *in, size_t n, char *out);
+
+/* Decodes exactly len hex digits (either case) into out. Returns the number
+ * of bytes written, or -1 on odd length, a non-hex digit or cap too small. */
+long util_hex_decode(const char *in, size_t len, unsigned char *out, size_t cap);
+
+/* Standard base64 with padding; writes a NUL. Returns the length written
+ * (out needs 4*((n+2)/3)+1 bytes). */
+size_t util_base64_encode(const unsigned char *in, size_t n, char *out);
+
+/* Decodes standard base64 (padding optional, no whitespace). Returns bytes
+ * written, or -1 on a bad character, bad length or cap too small. */
+long util_base64_decode(const char *in, size_t len, unsigned char *out, size_t cap);
+
+/* Constant-time equality of two n-byte buffers: 1 if equal, else 0. */
+int util_ct_equal(const void *a, const void *b, size_t n);
+
+/* ---- clocks and ids ---- */
+
+int64_t util_now_ms(void);  /* wall clock, Unix epoch ms */
+int64_t util_mono_ms(void); /* monotonic ms, for deadlines and latencies */
+
+/* Formats a Unix ms time as RFC 3339 UTC "2026-11-23T16:03:38.123Z" (or
+ * without millis when they are 0). out needs 32 bytes. */
+void util_time_rfc3339(int64_t ms, char *out, size_t outlen);
+
+/* Writes prefix + 26 Crockford base32 chars (48-bit ms time, 80 random bits:
+ * sortable by creation time, like ULID) and a NUL. out needs strlen(prefix)+27.
+ * e.g. util_id_new("evt_", buf, sizeof buf). */
+#define UTIL_ID_MAX 40
+void util_id_new(const char *prefix, char *out, size_t outlen);
+
+/* ---- growable buffer ---- */
+
+/* Invariant: p is NULL (len == cap == 0) or points to cap bytes, of which
+ * len are used and p[len] == '\0' (so text stays a C string). */
+struct util_buf {
+    char *p;
+    size_t len, cap;
+};
+
+/* Each returns 0, or -1 on allocation failure (buffer unchanged). */
+int util_buf_append(struct util_buf *b, const void *data, size_t n);
+int util_buf_appends(struct util_buf *b, const char *s);
+int util_buf_printf(struct util_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void util_buf_reset(struct util_buf *b); /* len = 0, keeps the memory */
+void util_buf_free(struct util_buf *b);  /* frees, back to {NULL,0,0} */
+
+/* ---- strings ---- */
+
+/* strdup that returns NULL for NULL. */
+char *util_strdup(const char *s);
+
+/* Reads a whole file into a new NUL-terminated buffer (caller frees).
+ * Returns NULL with errno set on failure. */
+char *util_file_read(const char *path, size_t *len);
+
+#endif

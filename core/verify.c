@@ -1,0 +1,393 @@
+/* verify.c -- inbound signature checks and outbound signing with OpenSSL's
+ * EVP_MAC (HMAC-SHA256). Invariants: every signature comparison goes through
+ * util_ct_equal over fixed-length digests; reasons never quote a header
+ * value or a secret.
+ * SPDX-License-Identifier: MIT */
+#include <ctype.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <openssl/core_names.h>
+#include <openssl/evp.h>
+#include <openssl/params.h>
+
+#include "util.h"
+#include "verify.h"
+
+#define DIGEST_LEN 32
+
+/* ---- HMAC ---- */
+
+struct hmac_part {
+    const void *p;
+    size_t n;
+};
+
+/* The HMAC algorithm is fetched once; only the loop thread signs. */
+static EVP_MAC *hmac_alg(void) {
+    static EVP_MAC *mac;
+    if (!mac)
+        mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    return mac;
+}
+
+/* HMAC-SHA256 over the concatenation of parts, without copying them. */
+static int hmac_parts(const unsigned char *key, size_t keylen, const struct hmac_part *parts,
+                      size_t nparts, unsigned char out[DIGEST_LEN]) {
+    static const unsigned char empty_key[1];
+    EVP_MAC *mac = hmac_alg();
+    EVP_MAC_CTX *ctx = NULL;
+    OSSL_PARAM params[2];
+    size_t outlen = 0;
+    int rc = -1;
+
+    if (!mac || !(ctx = EVP_MAC_CTX_new(mac)))
+        goto done;
+    params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0);
+    params[1] = OSSL_PARAM_construct_end();
+    /* OpenSSL refuses a NULL key; an empty secret is still a (weak) key. */
+    if (!EVP_MAC_init(ctx, keylen ? key : empty_key, keylen, params))
+        goto done;
+    for (size_t i = 0; i < nparts; i++)
+        if (parts[i].n && !EVP_MAC_update(ctx, parts[i].p, parts[i].n))
+            goto done;
+    if (!EVP_MAC_final(ctx, out, &outlen, DIGEST_LEN) || outlen != DIGEST_LEN)
+        goto done;
+    rc = 0;
+done:
+    EVP_MAC_CTX_free(ctx);
+    return rc;
+}
+
+int verify_hmac_sha256(const unsigned char *key, size_t keylen, const void *msg, size_t len,
+                       unsigned char out[32]) {
+    struct hmac_part part = {msg, len};
+    return hmac_parts(key, keylen, &part, 1, out);
+}
+
+/* ---- presets ---- */
+
+static void spec_hmac(struct verify_spec *spec, const char *header, enum verify_encoding enc,
+                      const char *prefix) {
+    spec->kind = VERIFY_HMAC;
+    snprintf(spec->header, sizeof spec->header, "%s", header);
+    spec->encoding = enc;
+    snprintf(spec->prefix, sizeof spec->prefix, "%s", prefix);
+}
+
+int verify_preset(const char *name, struct verify_spec *spec) {
+    memset(spec, 0, sizeof *spec);
+    spec->tolerance_ms = 5 * 60 * 1000;
+    if (strcmp(name, "generic") == 0)
+        spec_hmac(spec, "X-Signature", VERIFY_HEX, "");
+    else if (strcmp(name, "atoship") == 0)
+        spec_hmac(spec, "X-Atoship-Signature", VERIFY_HEX, "");
+    else if (strcmp(name, "aftership") == 0)
+        spec_hmac(spec, "aftership-hmac-sha256", VERIFY_BASE64, "");
+    else if (strcmp(name, "easypost") == 0)
+        spec_hmac(spec, "X-Hmac-Signature", VERIFY_HEX, "hmac-sha256-hex=");
+    else if (strcmp(name, "stripe") == 0) {
+        spec->kind = VERIFY_STRIPE;
+        snprintf(spec->header, sizeof spec->header, "Stripe-Signature");
+    } else if (strcmp(name, "standard") == 0)
+        spec->kind = VERIFY_STANDARD;
+    else if (strcmp(name, "shiptify") == 0)
+        spec->kind = VERIFY_SHIPTIFY;
+    else if (strcmp(name, "shipengine") == 0)
+        spec->kind = VERIFY_SHIPENGINE;
+    else if (strcmp(name, "none") == 0)
+        spec->kind = VERIFY_NONE;
+    else
+        return -1;
+    return 0;
+}
+
+/* ---- inbound checks ---- */
+
+static int fail(char *reason, size_t reasonlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int fail(char *reason, size_t reasonlen, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(reason, reasonlen, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+/* Decodes one signature text into exactly DIGEST_LEN bytes. */
+static int decode_digest(const char *text, size_t len, enum verify_encoding enc,
+                         unsigned char out[DIGEST_LEN]) {
+    long n = enc == VERIFY_HEX ? util_hex_decode(text, len, out, DIGEST_LEN)
+                               : util_base64_decode(text, len, out, DIGEST_LEN);
+    return n == DIGEST_LEN ? 0 : -1;
+}
+
+/* 1 when one secret's HMAC over parts equals want (constant-time per secret). */
+static int any_secret_matches(const struct verify_secret *secrets, size_t nsecrets,
+                              const struct hmac_part *parts, size_t nparts,
+                              const unsigned char want[DIGEST_LEN]) {
+    unsigned char got[DIGEST_LEN];
+    int match = 0;
+
+    for (size_t i = 0; i < nsecrets; i++) {
+        if (hmac_parts(secrets[i].key, secrets[i].len, parts, nparts, got) < 0)
+            continue;
+        match |= util_ct_equal(got, want, DIGEST_LEN);
+    }
+    return match;
+}
+
+static int check_hmac(const struct verify_spec *spec, const struct verify_secret *secrets,
+                      size_t nsecrets, const struct verify_request *req, char *reason,
+                      size_t reasonlen) {
+    const char *value = req->header(req->header_ctx, spec->header);
+    size_t plen = strlen(spec->prefix), vlen;
+    unsigned char want[DIGEST_LEN];
+    struct hmac_part body = {req->body, req->body_len};
+
+    if (!value)
+        return fail(reason, reasonlen, "missing header %s", spec->header);
+    while (*value == ' ')
+        value++;
+    if (plen) {
+        if (strncasecmp(value, spec->prefix, plen) != 0)
+            return fail(reason, reasonlen, "header %s lacks its prefix", spec->header);
+        value += plen;
+    }
+    vlen = strlen(value);
+    while (vlen && value[vlen - 1] == ' ')
+        vlen--;
+    if (decode_digest(value, vlen, spec->encoding, want) < 0)
+        return fail(reason, reasonlen, "bad %s in %s",
+                    spec->encoding == VERIFY_HEX ? "hex" : "base64", spec->header);
+    if (!any_secret_matches(secrets, nsecrets, &body, 1, want))
+        return fail(reason, reasonlen, "%s", "no secret matched the signature");
+    return 0;
+}
+
+/* Parses a decimal Unix-seconds timestamp; -1 when malformed. */
+static int parse_unix_seconds(const char *s, size_t len, int64_t *out) {
+    int64_t v = 0;
+    if (len == 0 || len > 15)
+        return -1;
+    for (size_t i = 0; i < len; i++) {
+        if (!isdigit((unsigned char)s[i]))
+            return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    *out = v;
+    return 0;
+}
+
+static int within_tolerance(int64_t ts_s, const struct verify_spec *spec, int64_t now_ms) {
+    int64_t delta = now_ms - ts_s * 1000;
+    if (delta < 0)
+        delta = -delta;
+    return delta <= spec->tolerance_ms;
+}
+
+static int check_standard(const struct verify_spec *spec, const struct verify_secret *secrets,
+                          size_t nsecrets, const struct verify_request *req, char *reason,
+                          size_t reasonlen) {
+    const char *id = req->header(req->header_ctx, "webhook-id");
+    const char *ts = req->header(req->header_ctx, "webhook-timestamp");
+    const char *sigs = req->header(req->header_ctx, "webhook-signature");
+    int64_t ts_s;
+    int any_well_formed = 0;
+
+    if (!id)
+        return fail(reason, reasonlen, "missing header %s", "webhook-id");
+    if (!ts)
+        return fail(reason, reasonlen, "missing header %s", "webhook-timestamp");
+    if (!sigs)
+        return fail(reason, reasonlen, "missing header %s", "webhook-signature");
+    if (parse_unix_seconds(ts, strlen(ts), &ts_s) < 0)
+        return fail(reason, reasonlen, "malformed %s", "webhook-timestamp");
+    if (!within_tolerance(ts_s, spec, req->now_ms))
+        return fail(reason, reasonlen, "%s", "timestamp outside tolerance");
+
+    struct hmac_part parts[] = {
+        {id, strlen(id)}, {".", 1}, {ts, strlen(ts)}, {".", 1}, {req->body, req->body_len}};
+    for (const char *p = sigs; *p;) {
+        const char *end;
+        unsigned char want[DIGEST_LEN];
+
+        while (*p == ' ')
+            p++;
+        end = p + strcspn(p, " ");
+        if (end - p > 3 && strncmp(p, "v1,", 3) == 0 &&
+            decode_digest(p + 3, (size_t)(end - p - 3), VERIFY_BASE64, want) == 0) {
+            any_well_formed = 1;
+            if (any_secret_matches(secrets, nsecrets, parts, 5, want))
+                return 0;
+        }
+        p = end;
+    }
+    return fail(reason, reasonlen, "%s",
+                any_well_formed ? "no secret matched the signature"
+                                : "no v1 signature in webhook-signature");
+}
+
+static int check_stripe(const struct verify_spec *spec, const struct verify_secret *secrets,
+                        size_t nsecrets, const struct verify_request *req, char *reason,
+                        size_t reasonlen) {
+    const char *value = req->header(req->header_ctx, spec->header);
+    const char *t = NULL;
+    size_t tlen = 0;
+    int64_t ts_s;
+    int nv1 = 0;
+
+    if (!value)
+        return fail(reason, reasonlen, "missing header %s", spec->header);
+    for (const char *p = value; *p;) {
+        const char *end = p + strcspn(p, ",");
+        while (*p == ' ')
+            p++;
+        if (strncmp(p, "t=", 2) == 0 && end > p + 2) {
+            t = p + 2;
+            tlen = (size_t)(end - t);
+        }
+        if (strncmp(p, "v1=", 3) == 0)
+            nv1++;
+        p = *end ? end + 1 : end;
+    }
+    if (!t || parse_unix_seconds(t, tlen, &ts_s) < 0)
+        return fail(reason, reasonlen, "missing or malformed t= in %s", spec->header);
+    if (!nv1)
+        return fail(reason, reasonlen, "missing v1= in %s", spec->header);
+    if (!within_tolerance(ts_s, spec, req->now_ms))
+        return fail(reason, reasonlen, "%s", "timestamp outside tolerance");
+
+    struct hmac_part parts[] = {{t, tlen}, {".", 1}, {req->body, req->body_len}};
+    for (const char *p = value; *p;) {
+        const char *end = p + strcspn(p, ",");
+        unsigned char want[DIGEST_LEN];
+        while (*p == ' ')
+            p++;
+        if (strncmp(p, "v1=", 3) == 0 &&
+            decode_digest(p + 3, (size_t)(end - p - 3), VERIFY_HEX, want) == 0 &&
+            any_secret_matches(secrets, nsecrets, parts, 3, want))
+            return 0;
+        p = *end ? end + 1 : end;
+    }
+    return fail(reason, reasonlen, "%s", "no secret matched the signature");
+}
+
+int verify_check(const struct verify_spec *spec, const struct verify_secret *secrets,
+                 size_t nsecrets, const struct verify_request *req, char *reason,
+                 size_t reasonlen) {
+    switch (spec->kind) {
+    case VERIFY_NONE:
+        return 0;
+    case VERIFY_HMAC:
+        return check_hmac(spec, secrets, nsecrets, req, reason, reasonlen);
+    case VERIFY_STANDARD:
+        return check_standard(spec, secrets, nsecrets, req, reason, reasonlen);
+    case VERIFY_STRIPE:
+        return check_stripe(spec, secrets, nsecrets, req, reason, reasonlen);
+    default:
+        return fail(reason, reasonlen, "%s", "unsupported verification scheme");
+    }
+}
+
+unsigned char *verify_whsec_decode(const char *secret, size_t *keylen) {
+    size_t len;
+    unsigned char *key;
+    long n;
+
+    if (strncmp(secret, "whsec_", 6) == 0)
+        secret += 6;
+    len = strlen(secret);
+    if (len == 0)
+        return NULL;
+    key = malloc(len);
+    if (!key)
+        return NULL;
+    n = util_base64_decode(secret, len, key, len);
+    if (n <= 0) {
+        free(key);
+        return NULL;
+    }
+    *keylen = (size_t)n;
+    return key;
+}
+
+/* ---- outbound ---- */
+
+int verify_sign_scheme_parse(const char *name, enum verify_sign_scheme *out) {
+    static const struct {
+        const char *name;
+        enum verify_sign_scheme scheme;
+    } names[] = {{"standard", SIGN_STANDARD},
+                 {"hex", SIGN_HEX},
+                 {"atoship", SIGN_ATOSHIP},
+                 {"aftership", SIGN_AFTERSHIP},
+                 {"none", SIGN_NONE}};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        if (strcmp(name, names[i].name) == 0) {
+            *out = names[i].scheme;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+int verify_sign(enum verify_sign_scheme scheme, const struct verify_secret *secrets,
+                size_t nsecrets, const char *msg_id, int64_t ts_s, const void *body,
+                size_t body_len, verify_add_header_fn add, void *ctx) {
+    unsigned char mac[DIGEST_LEN];
+    char text[DIGEST_LEN * 2 + 1], ts[24];
+    struct util_buf list = {0};
+    int rc = -1;
+
+    if (scheme == SIGN_NONE)
+        return 0;
+    if (nsecrets == 0)
+        return -1;
+    if (scheme == SIGN_STANDARD) {
+        snprintf(ts, sizeof ts, "%lld", (long long)ts_s);
+        struct hmac_part parts[] = {{msg_id, strlen(msg_id)},
+                                    {".", 1},
+                                    {ts, strlen(ts)},
+                                    {".", 1},
+                                    {body, body_len}};
+        for (size_t i = 0; i < nsecrets; i++) {
+            if (hmac_parts(secrets[i].key, secrets[i].len, parts, 5, mac) < 0)
+                goto done;
+            util_base64_encode(mac, DIGEST_LEN, text);
+            if (util_buf_printf(&list, "%sv1,%s", i ? " " : "", text) < 0)
+                goto done;
+        }
+        add(ctx, "webhook-id", msg_id);
+        add(ctx, "webhook-timestamp", ts);
+        add(ctx, "webhook-signature", list.p);
+        rc = 0;
+        goto done;
+    }
+    if (verify_hmac_sha256(secrets[0].key, secrets[0].len, body, body_len, mac) < 0)
+        goto done;
+    switch (scheme) {
+    case SIGN_HEX:
+        util_hex_encode(mac, DIGEST_LEN, text);
+        add(ctx, "X-Signature", text);
+        break;
+    case SIGN_ATOSHIP:
+        util_hex_encode(mac, DIGEST_LEN, text);
+        add(ctx, "X-Atoship-Signature", text);
+        break;
+    case SIGN_AFTERSHIP:
+        util_base64_encode(mac, DIGEST_LEN, text);
+        add(ctx, "aftership-hmac-sha256", text);
+        break;
+    default:
+        goto done;
+    }
+    rc = 0;
+done:
+    util_buf_free(&list);
+    return rc;
+}

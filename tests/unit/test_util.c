@@ -1,0 +1,116 @@
+/* test_util.c -- durations, sizes, hex/base64, time formatting, ids. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+#include "util.h"
+
+static void test_durations(void) {
+    int64_t ms = -1;
+    CHECK_INT_EQ(util_duration_parse("500ms", &ms), 0);
+    CHECK_INT_EQ(ms, 500);
+    CHECK_INT_EQ(util_duration_parse("30s", &ms), 0);
+    CHECK_INT_EQ(ms, 30000);
+    CHECK_INT_EQ(util_duration_parse("5m", &ms), 0);
+    CHECK_INT_EQ(ms, 300000);
+    CHECK_INT_EQ(util_duration_parse("2h", &ms), 0);
+    CHECK_INT_EQ(ms, 7200000);
+    CHECK_INT_EQ(util_duration_parse("1d", &ms), 0);
+    CHECK_INT_EQ(ms, 86400000);
+    CHECK_INT_EQ(util_duration_parse("0s", &ms), 0);
+    CHECK_INT_EQ(ms, 0);
+    CHECK_INT_EQ(util_duration_parse("1.5", &ms), 0);
+    CHECK_INT_EQ(ms, 1500);
+    ms = 7;
+    CHECK_INT_EQ(util_duration_parse("5x", &ms), -1);
+    CHECK_INT_EQ(util_duration_parse("", &ms), -1);
+    CHECK_INT_EQ(util_duration_parse("-1s", &ms), -1);
+    CHECK_INT_EQ(util_duration_parse("ms", &ms), -1);
+    CHECK_INT_EQ(util_duration_parse("1e300d", &ms), -1);
+    CHECK_INT_EQ(ms, 7); /* untouched on error */
+}
+
+static void test_sizes(void) {
+    size_t n = 0;
+    CHECK_INT_EQ(util_size_parse("1MiB", &n), 0);
+    CHECK_INT_EQ(n, 1048576);
+    CHECK_INT_EQ(util_size_parse("512KiB", &n), 0);
+    CHECK_INT_EQ(n, 524288);
+    CHECK_INT_EQ(util_size_parse("64kB", &n), 0);
+    CHECK_INT_EQ(n, 64000);
+    CHECK_INT_EQ(util_size_parse("1000", &n), 0);
+    CHECK_INT_EQ(n, 1000);
+    CHECK_INT_EQ(util_size_parse("1 MiB", &n), -1);
+    CHECK_INT_EQ(util_size_parse("1TB", &n), -1);
+}
+
+static void test_hex_base64(void) {
+    unsigned char bytes[] = {0x00, 0xff, 0x10, 0xab}, out[8];
+    char text[16];
+
+    util_hex_encode(bytes, 4, text);
+    CHECK_STR_EQ(text, "00ff10ab");
+    CHECK_INT_EQ(util_hex_decode("00FF10ab", 8, out, sizeof out), 4);
+    CHECK(memcmp(out, bytes, 4) == 0);
+    CHECK_INT_EQ(util_hex_decode("0ff", 3, out, sizeof out), -1);
+    CHECK_INT_EQ(util_hex_decode("zz", 2, out, sizeof out), -1);
+    CHECK_INT_EQ(util_hex_decode("00ff10ab", 8, out, 3), -1);
+
+    /* RFC 4648 section 10 vectors. */
+    static const char *const plain[] = {"", "f", "fo", "foo", "foob", "fooba", "foobar"};
+    static const char *const b64[] = {"", "Zg==", "Zm8=", "Zm9v", "Zm9vYg==", "Zm9vYmE=",
+                                      "Zm9vYmFy"};
+    for (int i = 0; i < 7; i++) {
+        char enc[16];
+        unsigned char dec[16];
+        util_base64_encode((const unsigned char *)plain[i], strlen(plain[i]), enc);
+        CHECK_STR_EQ(enc, b64[i]);
+        long n = util_base64_decode(b64[i], strlen(b64[i]), dec, sizeof dec);
+        CHECK_INT_EQ(n, (long)strlen(plain[i]));
+        CHECK(memcmp(dec, plain[i], strlen(plain[i])) == 0);
+    }
+    CHECK_INT_EQ(util_base64_decode("Zm9v!", 5, out, sizeof out), -1);
+    CHECK_INT_EQ(util_base64_decode("Z", 1, out, sizeof out), -1);
+    CHECK_INT_EQ(util_ct_equal("abc", "abc", 3), 1);
+    CHECK_INT_EQ(util_ct_equal("abc", "abd", 3), 0);
+}
+
+static void test_time_and_ids(void) {
+    char t[32], a[UTIL_ID_MAX], b[UTIL_ID_MAX];
+
+    util_time_rfc3339(0, t, sizeof t);
+    CHECK_STR_EQ(t, "1970-01-01T00:00:00Z");
+    util_time_rfc3339(1705314600123LL, t, sizeof t);
+    CHECK_STR_EQ(t, "2024-01-15T10:30:00.123Z");
+
+    util_id_new("evt_", a, sizeof a);
+    util_id_new("evt_", b, sizeof b);
+    CHECK_INT_EQ(strlen(a), 30);
+    CHECK(strncmp(a, "evt_", 4) == 0);
+    CHECK(strcmp(a, b) != 0);
+    CHECK(strncmp(a, b, 4 + 8) == 0); /* same millisecond-ish time prefix */
+}
+
+static void test_buf(void) {
+    struct util_buf b = {0};
+    CHECK_INT_EQ(util_buf_appends(&b, "ab"), 0);
+    CHECK_INT_EQ(util_buf_printf(&b, "%d-%s", 42, "x"), 0);
+    CHECK_STR_EQ(b.p, "ab42-x");
+    CHECK_INT_EQ(b.len, 6);
+    for (int i = 0; i < 1000; i++)
+        util_buf_append(&b, "0123456789", 10);
+    CHECK_INT_EQ(b.len, 10006);
+    util_buf_reset(&b);
+    CHECK_INT_EQ(b.len, 0);
+    util_buf_free(&b);
+    CHECK(b.p == NULL);
+}
+
+int main(void) {
+    test_durations();
+    test_sizes();
+    test_hex_base64();
+    test_time_and_ids();
+    test_buf();
+    return harness_report();
+}
