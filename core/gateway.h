@@ -33,4 +33,9 @@ struct gateway {
     int stopping;
 };
 
+/* Builds a new rules generation from the config file and swaps it in
+ * (main.c). On failure the old one stays, the error is kept in
+ * reload_error and copied to err; returns 0 or -1. */
+int gateway_reload(struct gateway *gw, char *err, size_t errlen);
+
 #endif

@@ -1,0 +1,411 @@
+/* main.c -- the waybill command: serve, check, sign, version.
+ * serve builds the gateway context, turns SIGHUP/SIGTERM/SIGINT into loop
+ * callbacks (evsignal), and runs the one event loop that owns all state.
+ * SPDX-License-Identifier: MIT */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+#include <event2/event.h>
+
+#include "config.h"
+#include "deliver.h"
+#include "gateway.h"
+#include "log.h"
+#include "route.h"
+#include "rules.h"
+#include "server.h"
+#include "store.h"
+#include "util.h"
+#include "verify.h"
+
+static void usage(FILE *out) {
+    fprintf(out,
+            "usage: waybill serve [-c waybill.lua]     run the gateway\n"
+            "       waybill check [-c waybill.lua]     load config and rules; exit 1 on error\n"
+            "       waybill sign --scheme S --secret K [--secret K2] [FILE]\n"
+            "                                          print the headers a sender of scheme S\n"
+            "                                          attaches to FILE's body (stdin if absent)\n"
+            "                                          S: generic|hex, atoship, aftership,\n"
+            "                                          easypost, stripe, standard\n"
+            "       waybill version\n");
+}
+
+/* The shipped Lua library: $WAYBILL_LUA_DIR, else lua/ beside the binary,
+ * else the install location. New string. */
+static char *find_lua_dir(void) {
+    const char *env = getenv("WAYBILL_LUA_DIR");
+    char exe[PATH_MAX], path[PATH_MAX + 16];
+    struct stat st;
+    ssize_t n;
+
+    if (env && *env)
+        return strdup(env);
+    n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = '\0';
+        char *slash = strrchr(exe, '/');
+        if (slash) {
+            *slash = '\0';
+            snprintf(path, sizeof path, "%s/lua", exe);
+            if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+                return strdup(path);
+        }
+    }
+    return strdup("/usr/share/waybill/lua");
+}
+
+/* ---- serve ---- */
+
+static int differs(const char *a, const char *b) {
+    if (!a || !b)
+        return a != b;
+    return strcmp(a, b) != 0;
+}
+
+int gateway_reload(struct gateway *gw, char *err, size_t errlen) {
+    struct rules *fresh = rules_load(gw->config_path, gw->lua_dir, err, errlen);
+    const struct config *old, *cfg;
+    struct rules *stale;
+
+    if (!fresh) {
+        gw->reload_failures++;
+        snprintf(gw->reload_error, sizeof gw->reload_error, "%s", err);
+        log_msg(LOG_ERROR, "reload failed, keeping the current rules: %s", err);
+        return -1;
+    }
+    old = rules_config(gw->rules);
+    cfg = rules_config(fresh);
+    if (differs(old->listen, cfg->listen) || differs(old->admin_listen, cfg->admin_listen) ||
+        differs(old->tls_cert, cfg->tls_cert) || differs(old->tls_key, cfg->tls_key))
+        log_msg(LOG_WARN, "reload: a changed listen/admin/tls address needs a restart; "
+                          "still serving on the old one");
+    if (differs(old->store, cfg->store))
+        log_msg(LOG_WARN, "reload: a changed store needs a restart; still using %s", old->store);
+    /* The delivery engine and listeners move to the new config before the
+     * old generation (which owns the old config) is freed. */
+    deliver_set_config(gw->deliver, cfg);
+    stale = gw->rules;
+    gw->rules = fresh;
+    server_reconfigure(gw->server);
+    rules_free(stale);
+    gw->reloads++;
+    gw->reload_error[0] = '\0';
+    log_msg(LOG_INFO, "reloaded %s", gw->config_path);
+    return 0;
+}
+
+static void on_hup(evutil_socket_t sig, short what, void *arg) {
+    char err[512];
+    UNUSED(sig);
+    UNUSED(what);
+    gateway_reload(arg, err, sizeof err);
+}
+
+static void on_deliveries_drained(void *arg) {
+    struct gateway *gw = arg;
+    store_flush(gw->store);
+    event_base_loopexit(gw->base, NULL);
+}
+
+static void on_term(evutil_socket_t sig, short what, void *arg) {
+    struct gateway *gw = arg;
+    UNUSED(what);
+    if (gw->stopping) {
+        log_msg(LOG_WARN, "second signal: stopping now");
+        store_flush(gw->store);
+        event_base_loopbreak(gw->base);
+        return;
+    }
+    gw->stopping = 1;
+    log_msg(LOG_INFO, "%s: no longer accepting webhooks; finishing %d deliveries in flight",
+            sig == SIGINT ? "SIGINT" : "SIGTERM", deliver_inflight(gw->deliver));
+    server_stop_inbound(gw->server);
+    deliver_shutdown(gw->deliver, rules_config(gw->rules)->shutdown_grace_ms,
+                     on_deliveries_drained, gw);
+}
+
+static int serve(const char *config_path) {
+    struct gateway gw = {0};
+    struct event *sighup = NULL, *sigterm = NULL, *sigint = NULL;
+    const struct config *cfg;
+    char err[512];
+    int rc = 1;
+
+    signal(SIGPIPE, SIG_IGN);
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        fprintf(stderr, "waybill: libcurl failed to initialize\n");
+        return 1;
+    }
+    gw.config_path = config_path;
+    gw.lua_dir = find_lua_dir();
+    gw.started_at = util_now_ms();
+    gw.rules = rules_load(config_path, gw.lua_dir, err, sizeof err);
+    if (!gw.rules) {
+        fprintf(stderr, "waybill: %s\n", err);
+        goto done;
+    }
+    cfg = rules_config(gw.rules);
+    gw.base = event_base_new();
+    /* 0: unused; 1: default (I/O, timers); 2: group commit and background
+     * sweeps, after every ready request of a turn. */
+    if (!gw.base || event_base_priority_init(gw.base, 3) < 0) {
+        fprintf(stderr, "waybill: cannot create the event loop\n");
+        goto done;
+    }
+    gw.store = store_open(gw.base, cfg->store, cfg->dir, err, sizeof err);
+    if (!gw.store) {
+        fprintf(stderr, "waybill: %s\n", err);
+        goto done;
+    }
+    gw.deliver = deliver_new(gw.base, gw.store, err, sizeof err);
+    if (!gw.deliver) {
+        fprintf(stderr, "waybill: %s\n", err);
+        goto done;
+    }
+    deliver_set_config(gw.deliver, cfg);
+    gw.route = route_new(&gw);
+    if (!gw.route) {
+        fprintf(stderr, "waybill: out of memory\n");
+        goto done;
+    }
+    gw.server = server_new(&gw, err, sizeof err);
+    if (!gw.server) {
+        fprintf(stderr, "waybill: %s\n", err);
+        goto done;
+    }
+    for (size_t i = 0; i < cfg->nsources; i++)
+        if (cfg->sources[i].verify.kind == VERIFY_NONE)
+            log_msg(LOG_WARN, "source %s accepts unsigned requests (verify = \"none\")",
+                    cfg->sources[i].name);
+    sighup = evsignal_new(gw.base, SIGHUP, on_hup, &gw);
+    sigterm = evsignal_new(gw.base, SIGTERM, on_term, &gw);
+    sigint = evsignal_new(gw.base, SIGINT, on_term, &gw);
+    if (!sighup || !sigterm || !sigint || evsignal_add(sighup, NULL) < 0 ||
+        evsignal_add(sigterm, NULL) < 0 || evsignal_add(sigint, NULL) < 0) {
+        fprintf(stderr, "waybill: cannot install signal handlers\n");
+        goto done;
+    }
+    log_msg(LOG_INFO, "waybill %s serving (%s, store %s)", WAYBILL_VERSION,
+            cfg->sandbox ? "sandbox" : "production", cfg->store);
+    route_recover(gw.route);
+    deliver_kick(gw.deliver);
+    if (event_base_dispatch(gw.base) < 0)
+        log_msg(LOG_ERROR, "event loop failed");
+    else
+        rc = 0;
+    log_msg(LOG_INFO, "stopped");
+done:
+    if (sighup)
+        event_free(sighup);
+    if (sigterm)
+        event_free(sigterm);
+    if (sigint)
+        event_free(sigint);
+    server_free(gw.server);
+    deliver_free(gw.deliver);
+    route_free(gw.route);
+    store_free(gw.store);
+    rules_free(gw.rules);
+    if (gw.base)
+        event_base_free(gw.base);
+    free(gw.lua_dir);
+    curl_global_cleanup();
+    return rc;
+}
+
+static int check(const char *config_path) {
+    char *lua_dir = find_lua_dir();
+    char err[512];
+    struct rules *r = rules_load(config_path, lua_dir, err, sizeof err);
+    int rc = 0;
+
+    if (!r) {
+        fprintf(stderr, "%s\n", err);
+        rc = 1;
+    } else {
+        const struct config *cfg = rules_config(r);
+        printf("%s: ok (%zu sources, %zu endpoints)\n", config_path, cfg->nsources,
+               cfg->nendpoints);
+    }
+    rules_free(r);
+    free(lua_dir);
+    return rc;
+}
+
+/* ---- sign ---- */
+
+static void print_header(void *ctx, const char *name, const char *value) {
+    UNUSED(ctx);
+    printf("%s: %s\n", name, value);
+}
+
+static char *read_all(FILE *f, size_t *len) {
+    struct util_buf b = {0};
+    char chunk[65536];
+    size_t n;
+
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+        if (util_buf_append(&b, chunk, n) < 0) {
+            util_buf_free(&b);
+            return NULL;
+        }
+    if (ferror(f) || util_buf_append(&b, "", 0) < 0) {
+        util_buf_free(&b);
+        return NULL;
+    }
+    *len = b.len;
+    return b.p;
+}
+
+static int sign(int argc, char **argv) {
+    static const struct option opts[] = {{"scheme", required_argument, NULL, 's'},
+                                         {"secret", required_argument, NULL, 'k'},
+                                         {"header", required_argument, NULL, 'H'},
+                                         {NULL, 0, NULL, 0}};
+    const char *scheme = NULL, *header = NULL, *file = NULL;
+    struct verify_secret secrets[8];
+    const char *raw_secrets[8];
+    size_t nsecrets = 0, len = 0;
+    char *body = NULL, id[UTIL_ID_MAX];
+    int64_t now_s = util_now_ms() / 1000;
+    int c, rc = 1;
+
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "s:k:H:", opts, NULL)) != -1) {
+        if (c == 's')
+            scheme = optarg;
+        else if (c == 'k' && nsecrets < 8)
+            raw_secrets[nsecrets++] = optarg;
+        else if (c == 'H')
+            header = optarg;
+        else {
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (!scheme || nsecrets == 0) {
+        fprintf(stderr, "waybill sign: --scheme and --secret are required\n");
+        return 2;
+    }
+    if (optind < argc)
+        file = argv[optind];
+    if (file) {
+        body = util_file_read(file, &len);
+        if (!body) {
+            fprintf(stderr, "waybill sign: %s: %s\n", file, strerror(errno));
+            return 1;
+        }
+    } else {
+        body = read_all(stdin, &len);
+        if (!body) {
+            fprintf(stderr, "waybill sign: cannot read stdin\n");
+            return 1;
+        }
+    }
+    memset(secrets, 0, sizeof secrets);
+    for (size_t i = 0; i < nsecrets; i++) {
+        if (strcmp(scheme, "standard") == 0) {
+            secrets[i].key = verify_whsec_decode(raw_secrets[i], &secrets[i].len);
+            if (!secrets[i].key) {
+                fprintf(stderr, "waybill sign: a standard secret is whsec_<base64>\n");
+                goto done;
+            }
+        } else {
+            secrets[i].key = (unsigned char *)strdup(raw_secrets[i]);
+            secrets[i].len = strlen(raw_secrets[i]);
+        }
+    }
+
+    unsigned char mac[32];
+    char hex[65];
+    if (strcmp(scheme, "standard") == 0) {
+        util_id_new("msg_", id, sizeof id);
+        rc = verify_sign(SIGN_STANDARD, secrets, nsecrets, id, now_s, body, len, print_header,
+                         NULL) < 0;
+    } else if (strcmp(scheme, "generic") == 0 || strcmp(scheme, "hex") == 0) {
+        rc = verify_sign(SIGN_HEX, secrets, 1, "", now_s, body, len, print_header, NULL) < 0;
+    } else if (strcmp(scheme, "atoship") == 0) {
+        rc = verify_sign(SIGN_ATOSHIP, secrets, 1, "", now_s, body, len, print_header, NULL) < 0;
+    } else if (strcmp(scheme, "aftership") == 0) {
+        rc = verify_sign(SIGN_AFTERSHIP, secrets, 1, "", now_s, body, len, print_header,
+                         NULL) < 0;
+    } else if (strcmp(scheme, "easypost") == 0) {
+        verify_hmac_sha256(secrets[0].key, secrets[0].len, body, len, mac);
+        util_hex_encode(mac, sizeof mac, hex);
+        printf("X-Hmac-Signature: hmac-sha256-hex=%s\n", hex);
+        rc = 0;
+    } else if (strcmp(scheme, "stripe") == 0) {
+        struct util_buf msg = {0};
+        util_buf_printf(&msg, "%lld.", (long long)now_s);
+        util_buf_append(&msg, body, len);
+        printf("%s: t=%lld", header ? header : "Stripe-Signature", (long long)now_s);
+        for (size_t i = 0; i < nsecrets; i++) {
+            verify_hmac_sha256(secrets[i].key, secrets[i].len, msg.p, msg.len, mac);
+            util_hex_encode(mac, sizeof mac, hex);
+            printf(",v1=%s", hex);
+        }
+        printf("\n");
+        util_buf_free(&msg);
+        rc = 0;
+    } else {
+        fprintf(stderr, "waybill sign: unknown scheme '%s'\n", scheme);
+        rc = 2;
+    }
+done:
+    for (size_t i = 0; i < nsecrets; i++)
+        free(secrets[i].key);
+    free(body);
+    return rc;
+}
+
+/* Parses "-c FILE" / "--config FILE" for serve and check. */
+static const char *config_arg(int argc, char **argv) {
+    static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
+                                         {NULL, 0, NULL, 0}};
+    const char *path = "waybill.lua";
+    int c;
+
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "c:", opts, NULL)) != -1) {
+        if (c == 'c')
+            path = optarg;
+        else
+            return NULL;
+    }
+    return path;
+}
+
+int main(int argc, char **argv) {
+    const char *cmd = argc > 1 ? argv[1] : NULL, *config_path;
+
+    log_init();
+    if (!cmd || strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
+        usage(cmd ? stdout : stderr);
+        return cmd ? 0 : 2;
+    }
+    if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
+        printf("waybill %s\n", WAYBILL_VERSION);
+        return 0;
+    }
+    if (strcmp(cmd, "sign") == 0)
+        return sign(argc - 1, argv + 1);
+    if (strcmp(cmd, "serve") == 0 || strcmp(cmd, "check") == 0) {
+        config_path = config_arg(argc - 1, argv + 1);
+        if (!config_path) {
+            usage(stderr);
+            return 2;
+        }
+        return strcmp(cmd, "serve") == 0 ? serve(config_path) : check(config_path);
+    }
+    fprintf(stderr, "waybill: unknown command '%s'\n", cmd);
+    usage(stderr);
+    return 2;
+}

@@ -1,0 +1,159 @@
+/* route.c -- runs the rules over committed events and records what they
+ * decided: deliveries (pending, or held for a disabled endpoint) and the
+ * event's status. All or nothing: a failed handler stores no delivery.
+ * Recovery re-routes events left "received" by a crash or a failed group.
+ * SPDX-License-Identifier: MIT */
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+
+#include "config.h"
+#include "deliver.h"
+#include "gateway.h"
+#include "log.h"
+#include "route.h"
+#include "rules.h"
+#include "store.h"
+#include "util.h"
+
+#define RECOVER_BATCH 256
+
+struct route {
+    struct gateway *gw;
+    struct event *recover_ev;
+    int64_t recover_after; /* seq cursor of the sweep in progress */
+    int kick_pending;      /* a commit callback will kick the delivery engine */
+};
+
+static void on_routes_committed(void *arg, int ok) {
+    struct route *rt = arg;
+
+    rt->kick_pending = 0;
+    if (ok) {
+        deliver_kick(rt->gw->deliver);
+    } else {
+        /* The events of that group are still "received" in the store. */
+        log_msg(LOG_WARN, "routing results were not committed; routing again");
+        route_recover(rt);
+    }
+}
+
+void route_event(struct route *rt, const struct rules_input *ev) {
+    struct rules *rules = rt->gw->rules;
+    const struct config *cfg = rules_config(rules);
+    struct rules_plan plan = {0};
+    struct store_delivery_new *dels = NULL;
+    char err[512], serr[256];
+    const char *status;
+    int64_t now = util_now_ms();
+    size_t n = 0;
+
+    if (rules_route(rules, ev, &plan, err, sizeof err) < 0) {
+        log_msg(LOG_WARN, "event %s (%s): rule error: %s", ev->id, ev->type, err);
+        status = "rule_error";
+        goto record;
+    }
+    dels = calloc(plan.n ? plan.n : 1, sizeof *dels);
+    if (!dels) {
+        snprintf(err, sizeof err, "out of memory");
+        status = "rule_error";
+        goto record;
+    }
+    for (size_t i = 0; i < plan.n; i++) {
+        const struct rules_send *s = &plan.sends[i];
+        const struct config_endpoint *ep = config_endpoint_by_name(cfg, s->endpoint);
+
+        if (!ep) { /* rules_route checks names; a reload in between can't happen */
+            snprintf(err, sizeof err, "unknown endpoint '%s'", s->endpoint);
+            status = "rule_error";
+            n = 0;
+            goto record;
+        }
+        if (s->window_ms > 0) {
+            snprintf(err, sizeof err, "batch to '%s': batch windows are not available yet",
+                     s->endpoint);
+            status = "rule_error";
+            n = 0;
+            goto record;
+        }
+        dels[n].endpoint = s->endpoint;
+        dels[n].event_type = ev->type;
+        dels[n].payload = s->payload;
+        dels[n].payload_len = s->payload_len;
+        dels[n].content_type = s->content_type;
+        dels[n].headers_json = s->headers_json;
+        dels[n].status = ep->enabled ? "pending" : "held";
+        dels[n].next_at = now + (ep->nretry ? ep->retry_ms[0] : 0);
+        n++;
+    }
+    status = n ? "routed" : "unrouted";
+    err[0] = '\0';
+record:
+    if (store_event_routed(rt->gw->store, ev->id, status, err[0] ? err : NULL, dels, n, serr,
+                           sizeof serr) < 0)
+        log_msg(LOG_ERROR, "event %s: storing its routing failed: %s", ev->id, serr);
+    else
+        log_msg(LOG_DEBUG, "event %s (%s): %s, %zu deliveries", ev->id, ev->type, status, n);
+    if (n && !rt->kick_pending && store_on_commit(rt->gw->store, on_routes_committed, rt) == 0)
+        rt->kick_pending = 1;
+    free(dels);
+    rules_plan_clear(&plan);
+}
+
+static void on_recover(evutil_socket_t fd, short what, void *arg) {
+    struct route *rt = arg;
+    struct store_event_row *rows = NULL;
+    size_t n = 0;
+    char err[256];
+
+    UNUSED(fd);
+    UNUSED(what);
+    if (store_events_unrouted(rt->gw->store, rt->recover_after, RECOVER_BATCH, &rows, &n, err,
+                              sizeof err) < 0) {
+        log_msg(LOG_ERROR, "recovery: reading unrouted events failed: %s", err);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        struct rules_input in = {rows[i].id,        rows[i].source,   rows[i].source_id,
+                                 rows[i].type,      rows[i].created_at, rows[i].received_at,
+                                 rows[i].data_json, rows[i].raw,      rows[i].raw_len,
+                                 rows[i].headers_json};
+        route_event(rt, &in);
+        rt->recover_after = rows[i].seq;
+    }
+    if (n)
+        log_msg(LOG_INFO, "recovery: routed %zu events committed before a restart", n);
+    store_event_rows_free(rows, n);
+    /* One batch per loop turn, so a long backlog never stalls ingest. */
+    if (n == RECOVER_BATCH)
+        event_active(rt->recover_ev, EV_TIMEOUT, 0);
+}
+
+struct route *route_new(struct gateway *gw) {
+    struct route *rt = calloc(1, sizeof *rt);
+
+    if (!rt)
+        return NULL;
+    rt->gw = gw;
+    rt->recover_ev = event_new(gw->base, -1, 0, on_recover, rt);
+    if (!rt->recover_ev) {
+        free(rt);
+        return NULL;
+    }
+    /* After ingest replies and delivery work of the same turn. */
+    event_priority_set(rt->recover_ev, 2);
+    return rt;
+}
+
+void route_recover(struct route *rt) {
+    rt->recover_after = 0;
+    event_active(rt->recover_ev, EV_TIMEOUT, 0);
+}
+
+void route_free(struct route *rt) {
+    if (!rt)
+        return;
+    event_free(rt->recover_ev);
+    free(rt);
+}

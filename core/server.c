@@ -1,0 +1,486 @@
+/* server.c -- inbound webhooks and the admin API on libevent's evhttp.
+ * Inbound checks run in SPEC order: path (404), method (405), size (413,
+ * evhttp stops reading past max_body), signature and timestamp (401), JSON
+ * (400), dedupe, then the event joins the store's open group and the reply
+ * waits for that group's commit: 200 only after commit, 503 if it failed.
+ * Invariant: every request gets exactly one reply; an ingest owns its copy
+ * of what routing needs, since the request may be gone by commit time.
+ * SPDX-License-Identifier: MIT */
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <jansson.h>
+#include <openssl/sha.h>
+
+#include "config.h"
+#include "gateway.h"
+#include "log.h"
+#include "route.h"
+#include "rules.h"
+#include "server.h"
+#include "store.h"
+#include "util.h"
+#include "verify.h"
+
+struct server {
+    struct gateway *gw;
+    struct evhttp *inbound;
+    struct evhttp_bound_socket *inbound_sock;
+    struct evhttp *admin;
+};
+
+/* ---- replies ---- */
+
+static void reply_json(struct evhttp_request *req, int code, const char *reason, json_t *body) {
+    struct evbuffer *out = evbuffer_new();
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
+    if (out && text)
+        evbuffer_add(out, text, strlen(text));
+    evhttp_send_reply(req, code, reason, out);
+    free(text);
+    if (out)
+        evbuffer_free(out);
+    json_decref(body);
+}
+
+/* {"error": message} with the status code; message is one line. */
+static void reply_error(struct evhttp_request *req, int code, const char *reason,
+                        const char *message) {
+    reply_json(req, code, reason, json_pack("{ss}", "error", message));
+}
+
+static const char *method_name(enum evhttp_cmd_type m) {
+    switch (m) {
+    case EVHTTP_REQ_GET: return "GET";
+    case EVHTTP_REQ_POST: return "POST";
+    case EVHTTP_REQ_HEAD: return "HEAD";
+    case EVHTTP_REQ_PUT: return "PUT";
+    case EVHTTP_REQ_DELETE: return "DELETE";
+    case EVHTTP_REQ_OPTIONS: return "OPTIONS";
+    case EVHTTP_REQ_TRACE: return "TRACE";
+    case EVHTTP_REQ_CONNECT: return "CONNECT";
+    case EVHTTP_REQ_PATCH: return "PATCH";
+    }
+    return "?";
+}
+
+/* ---- inbound ---- */
+
+/* Everything an accepted event needs after its commit (all owned). */
+struct ingest {
+    struct server *srv;
+    struct evhttp_request *req;
+    char id[UTIL_ID_MAX];
+    int duplicate;     /* answered with the first copy's id, not routed */
+    int route;         /* 0 when the adapter failed: stored as rule_error */
+    char *source, *source_id, *type, *created_at, *data_json, *headers_json;
+    char *raw;
+    size_t raw_len;
+    int64_t received_at;
+};
+
+static void ingest_free(struct ingest *in) {
+    if (!in)
+        return;
+    free(in->source);
+    free(in->source_id);
+    free(in->type);
+    free(in->created_at);
+    free(in->data_json);
+    free(in->headers_json);
+    free(in->raw);
+    free(in);
+}
+
+static void on_ingest_committed(void *arg, int ok) {
+    struct ingest *in = arg;
+    struct evkeyvalq *oh = evhttp_request_get_output_headers(in->req);
+
+    if (!ok) {
+        evhttp_add_header(oh, "Retry-After", "5");
+        reply_error(in->req, 503, "Service Unavailable", "store unavailable, retry later");
+        ingest_free(in);
+        return;
+    }
+    if (in->duplicate)
+        reply_json(in->req, 200, "OK", json_pack("{sssb}", "id", in->id, "duplicate", 1));
+    else
+        reply_json(in->req, 200, "OK", json_pack("{ss}", "id", in->id));
+    if (in->route) {
+        struct rules_input ev = {in->id,         in->source,    in->source_id,
+                                 in->type,       in->created_at, in->received_at,
+                                 in->data_json,  in->raw,       in->raw_len,
+                                 in->headers_json};
+        route_event(in->srv->gw->route, &ev);
+    }
+    ingest_free(in);
+}
+
+static const char *header_lookup(void *ctx, const char *name) {
+    return evhttp_find_header(ctx, name);
+}
+
+/* The request headers as a JSON object with lowercase names; credentials
+ * (Authorization, Cookie) are left out. New string, NULL on failure. */
+static char *headers_to_json(struct evkeyvalq *headers) {
+    json_t *obj = json_object();
+    char *text = NULL;
+
+    if (!obj)
+        return NULL;
+    for (struct evkeyval *kv = headers->tqh_first; kv; kv = kv->next.tqe_next) {
+        char name[128];
+        size_t i;
+        for (i = 0; kv->key[i] && i < sizeof name - 1; i++)
+            name[i] = (char)tolower((unsigned char)kv->key[i]);
+        name[i] = '\0';
+        if (strcmp(name, "authorization") == 0 || strcmp(name, "cookie") == 0)
+            continue;
+        json_t *v = json_string(kv->value);
+        if (v)
+            json_object_set_new(obj, name, v);
+    }
+    text = json_dumps(obj, JSON_COMPACT);
+    json_decref(obj);
+    return text;
+}
+
+static void on_inbound(struct evhttp_request *req, void *arg) {
+    struct server *srv = arg;
+    struct gateway *gw = srv->gw;
+    struct rules *rules = gw->rules;
+    const struct config *cfg = rules_config(rules);
+    const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
+    const struct config_source *src = path ? config_source_by_path(cfg, path) : NULL;
+    struct evkeyvalq *headers = evhttp_request_get_input_headers(req);
+    struct evbuffer *body_buf = evhttp_request_get_input_buffer(req);
+    struct rules_event ev = {0};
+    struct ingest *in = NULL;
+    char reason[512], serr[256], msg[600];
+    size_t len;
+    const char *body;
+    int rc;
+
+    if (gw->stopping) {
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "5");
+        reply_error(req, 503, "Service Unavailable", "shutting down");
+        return;
+    }
+    if (!src) {
+        snprintf(msg, sizeof msg, "no source at %s", path ? path : "?");
+        reply_error(req, 404, "Not Found", msg);
+        return;
+    }
+    if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "POST");
+        snprintf(msg, sizeof msg, "method %s not allowed; webhooks are POSTed",
+                 method_name(evhttp_request_get_command(req)));
+        reply_error(req, 405, "Method Not Allowed", msg);
+        return;
+    }
+    len = evbuffer_get_length(body_buf);
+    body = (const char *)evbuffer_pullup(body_buf, -1);
+    if (!body)
+        body = "";
+
+    struct verify_request vr = {header_lookup, headers, (const unsigned char *)body, len,
+                                util_now_ms()};
+    if (verify_check(&src->verify, src->secrets, src->nsecrets, &vr, reason, sizeof reason) < 0) {
+        log_msg(LOG_WARN, "source %s: rejected request: %s", src->name, reason);
+        reply_error(req, 401, "Unauthorized", "signature verification failed");
+        return;
+    }
+
+    in = calloc(1, sizeof *in);
+    if (!in)
+        goto unavailable;
+    in->srv = srv;
+    in->req = req;
+    in->received_at = vr.now_ms;
+    in->headers_json = headers_to_json(headers);
+    if (!in->headers_json)
+        goto unavailable;
+    rc = rules_adapt(rules, src, body, len, in->headers_json, &ev, reason, sizeof reason);
+    if (rc == RULES_EBADJSON) {
+        reply_error(req, 400, "Bad Request", reason);
+        goto done;
+    }
+    in->route = rc == 0;
+    if (rc < 0) {
+        /* The body is valid JSON the adapter could not read: keep it (a
+         * fixed adapter can replay it) rather than make the carrier retry. */
+        log_msg(LOG_WARN, "source %s: adapter failed: %s", src->name, reason);
+        snprintf(msg, sizeof msg, "%s.unknown", src->name);
+        rules_event_clear(&ev);
+        ev.type = strdup(msg);
+        ev.data_json = strdup("{}");
+    }
+    if (!ev.source_id) {
+        /* No carrier id: webhook-id, else the body's digest, is the key. */
+        const char *wid = evhttp_find_header(headers, "webhook-id");
+        unsigned char digest[SHA256_DIGEST_LENGTH];
+        char hex[2 * SHA256_DIGEST_LENGTH + 1];
+        if (wid) {
+            ev.source_id = strdup(wid);
+        } else {
+            SHA256((const unsigned char *)body, len, digest);
+            util_hex_encode(digest, sizeof digest, hex);
+            ev.source_id = strdup(hex);
+        }
+    }
+    if (!ev.type || !ev.data_json || !ev.source_id)
+        goto unavailable;
+    util_id_new("evt_", in->id, sizeof in->id);
+
+    struct store_event se = {in->id,         src->name, ev.source_id,
+                             ev.type,        ev.created_at, in->received_at,
+                             body,           len,       in->headers_json,
+                             ev.data_json,   in->route ? "received" : "rule_error",
+                             in->route ? NULL : reason};
+    rc = store_event_put(gw->store, &se, in->id, sizeof in->id, serr, sizeof serr);
+    if (rc < 0) {
+        log_msg(LOG_ERROR, "source %s: storing event failed: %s", src->name, serr);
+        goto unavailable;
+    }
+    in->duplicate = rc == STORE_DUP;
+    if (in->duplicate) {
+        in->route = 0;
+        log_msg(LOG_INFO, "source %s: duplicate of %s (source id %s)", src->name, in->id,
+                ev.source_id);
+    }
+    if (in->route) {
+        /* Routing reads these after the commit; the request may be gone. */
+        in->source = strdup(src->name);
+        in->raw = malloc(len + 1);
+        if (!in->source || !in->raw)
+            goto unavailable;
+        memcpy(in->raw, body, len);
+        in->raw[len] = '\0';
+        in->raw_len = len;
+        in->source_id = ev.source_id;
+        in->type = ev.type;
+        in->created_at = ev.created_at;
+        in->data_json = ev.data_json;
+        ev.source_id = ev.type = ev.created_at = ev.data_json = NULL;
+    }
+    if (store_on_commit(gw->store, on_ingest_committed, in) < 0)
+        goto unavailable;
+    in = NULL; /* owned by the commit callback now */
+    goto done;
+
+unavailable:
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "5");
+    reply_error(req, 503, "Service Unavailable", "store unavailable, retry later");
+done:
+    rules_event_clear(&ev);
+    ingest_free(in);
+}
+
+/* ---- admin ---- */
+
+/* Constant-time token check: compares digests, so neither content nor
+ * length leaks through timing. */
+static int admin_authorized(const struct config *cfg, struct evhttp_request *req) {
+    const char *auth = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+    unsigned char want[SHA256_DIGEST_LENGTH], got[SHA256_DIGEST_LENGTH];
+
+    if (!auth || strncasecmp(auth, "Bearer ", 7) != 0 || !cfg->admin_token)
+        return 0;
+    auth += 7;
+    SHA256((const unsigned char *)cfg->admin_token, strlen(cfg->admin_token), want);
+    SHA256((const unsigned char *)auth, strlen(auth), got);
+    return util_ct_equal(want, got, sizeof want);
+}
+
+static void admin_status(struct server *srv, struct evhttp_request *req) {
+    struct gateway *gw = srv->gw;
+    struct store_counts c = {0};
+    char loaded[32];
+
+    util_time_rfc3339(rules_loaded_at(gw->rules), loaded, sizeof loaded);
+    if (store_delivery_counts(gw->store, &c) < 0) {
+        reply_error(req, 503, "Service Unavailable", "store unavailable");
+        return;
+    }
+    reply_json(req, 200, "OK",
+               json_pack("{ss sI ss si si s? s{sI sI sI sI}}", "version", WAYBILL_VERSION,
+                         "uptime_s", (json_int_t)((util_now_ms() - gw->started_at) / 1000),
+                         "rules_loaded_at", loaded, "reloads", gw->reloads, "reload_failures",
+                         gw->reload_failures, "last_reload_error",
+                         gw->reload_error[0] ? gw->reload_error : NULL, "queue",
+                         "pending", (json_int_t)c.pending, "held", (json_int_t)c.held, "failed",
+                         (json_int_t)c.failed, "delivered", (json_int_t)c.delivered));
+}
+
+static void admin_event(struct server *srv, struct evhttp_request *req, const char *id) {
+    char err[256] = "";
+    json_t *ev = store_event_json(srv->gw->store, id, err, sizeof err);
+
+    if (ev)
+        reply_json(req, 200, "OK", ev);
+    else if (err[0])
+        reply_error(req, 503, "Service Unavailable", err);
+    else
+        reply_error(req, 404, "Not Found", "no such event");
+}
+
+static void admin_reload(struct server *srv, struct evhttp_request *req) {
+    char err[512];
+    char loaded[32];
+
+    if (gateway_reload(srv->gw, err, sizeof err) < 0) {
+        reply_error(req, 422, "Unprocessable Entity", err);
+        return;
+    }
+    util_time_rfc3339(rules_loaded_at(srv->gw->rules), loaded, sizeof loaded);
+    reply_json(req, 200, "OK", json_pack("{sbss}", "ok", 1, "rules_loaded_at", loaded));
+}
+
+static void on_admin(struct evhttp_request *req, void *arg) {
+    struct server *srv = arg;
+    const struct config *cfg = rules_config(srv->gw->rules);
+    const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
+    enum evhttp_cmd_type m = evhttp_request_get_command(req);
+
+    if (!path)
+        path = "";
+    if (strcmp(path, "/healthz") == 0) {
+        if (store_ping(srv->gw->store))
+            reply_json(req, 200, "OK", json_pack("{sb}", "ok", 1));
+        else
+            reply_error(req, 503, "Service Unavailable", "store does not answer");
+        return;
+    }
+    if (!admin_authorized(cfg, req)) {
+        evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate", "Bearer");
+        reply_error(req, 401, "Unauthorized", "missing or wrong bearer token");
+        return;
+    }
+    if (strcmp(path, "/api/status") == 0 && m == EVHTTP_REQ_GET) {
+        admin_status(srv, req);
+    } else if (strncmp(path, "/api/events/", 12) == 0 && path[12] && !strchr(path + 12, '/') &&
+               m == EVHTTP_REQ_GET) {
+        admin_event(srv, req, path + 12);
+    } else if (strcmp(path, "/api/reload") == 0 && m == EVHTTP_REQ_POST) {
+        admin_reload(srv, req);
+    } else {
+        reply_error(req, 404, "Not Found", "no such route");
+    }
+}
+
+/* ---- listeners ---- */
+
+/* Splits "host:port" ("[::1]:8080" for IPv6). Returns 0 or -1. */
+static int split_listen(const char *listen, char *host, size_t hostlen, unsigned short *port) {
+    const char *colon = strrchr(listen, ':');
+    char *end;
+    long p;
+    size_t n;
+
+    if (!colon)
+        return -1;
+    p = strtol(colon + 1, &end, 10);
+    if (*end || p < 0 || p > 65535)
+        return -1;
+    n = (size_t)(colon - listen);
+    if (n >= 2 && listen[0] == '[' && listen[n - 1] == ']') {
+        listen++;
+        n -= 2;
+    }
+    if (n == 0 || n >= hostlen)
+        return -1;
+    memcpy(host, listen, n);
+    host[n] = '\0';
+    *port = (unsigned short)p;
+    return 0;
+}
+
+static struct evhttp *listener_new(struct event_base *base, const char *listen,
+                                   struct evhttp_bound_socket **sock, char *err, size_t errlen) {
+    char host[256];
+    unsigned short port;
+    struct evhttp *http = NULL;
+
+    if (split_listen(listen, host, sizeof host, &port) < 0) {
+        snprintf(err, errlen, "bad listen address '%s' (want host:port)", listen);
+        return NULL;
+    }
+    http = evhttp_new(base);
+    if (!http) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    *sock = evhttp_bind_socket_with_handle(http, host, port);
+    if (!*sock) {
+        snprintf(err, errlen, "cannot listen on %s", listen);
+        evhttp_free(http);
+        return NULL;
+    }
+    /* Every method reaches our handler, which answers 405 itself. */
+    evhttp_set_allowed_methods(http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
+                                         EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS |
+                                         EVHTTP_REQ_TRACE | EVHTTP_REQ_CONNECT | EVHTTP_REQ_PATCH);
+    evhttp_set_timeout(http, 60);
+    return http;
+}
+
+struct server *server_new(struct gateway *gw, char *err, size_t errlen) {
+    const struct config *cfg = rules_config(gw->rules);
+    struct server *srv = calloc(1, sizeof *srv);
+    struct evhttp_bound_socket *admin_sock = NULL;
+
+    if (!srv) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    srv->gw = gw;
+    srv->inbound = listener_new(gw->base, cfg->listen, &srv->inbound_sock, err, errlen);
+    if (!srv->inbound)
+        goto fail;
+    evhttp_set_gencb(srv->inbound, on_inbound, srv);
+    if (cfg->admin_listen) {
+        srv->admin = listener_new(gw->base, cfg->admin_listen, &admin_sock, err, errlen);
+        if (!srv->admin)
+            goto fail;
+        evhttp_set_gencb(srv->admin, on_admin, srv);
+        evhttp_set_max_body_size(srv->admin, 1 << 20);
+    }
+    server_reconfigure(srv);
+    log_msg(LOG_INFO, "listening for webhooks on %s%s%s", cfg->listen,
+            cfg->admin_listen ? ", admin on " : "", cfg->admin_listen ? cfg->admin_listen : "");
+    return srv;
+fail:
+    server_free(srv);
+    return NULL;
+}
+
+void server_reconfigure(struct server *srv) {
+    const struct config *cfg = rules_config(srv->gw->rules);
+    evhttp_set_max_body_size(srv->inbound, (ev_ssize_t)cfg->max_body);
+}
+
+void server_stop_inbound(struct server *srv) {
+    if (srv && srv->inbound_sock) {
+        evhttp_del_accept_socket(srv->inbound, srv->inbound_sock);
+        srv->inbound_sock = NULL;
+    }
+}
+
+void server_free(struct server *srv) {
+    if (!srv)
+        return;
+    if (srv->inbound)
+        evhttp_free(srv->inbound);
+    if (srv->admin)
+        evhttp_free(srv->admin);
+    free(srv);
+}

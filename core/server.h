@@ -1,0 +1,28 @@
+/* server.h -- the HTTP listeners: inbound webhooks (checks of SPEC section 4
+ * in order, group-committed before the reply) and the admin API.
+ * Invariant: a 200 goes out only from the commit callback of the group that
+ * holds the event.
+ * SPDX-License-Identifier: MIT */
+#ifndef CORE_SERVER_H
+#define CORE_SERVER_H
+
+#include <stddef.h>
+
+struct gateway;
+struct server;
+
+/* Binds the inbound listener (and the admin one when configured) of the
+ * current config of gw. Returns new, or NULL with a reason in err. */
+struct server *server_new(struct gateway *gw, char *err, size_t errlen);
+
+/* Applies what a reload may change without a restart (max_body, admin
+ * token is read per request). */
+void server_reconfigure(struct server *srv);
+
+/* Closes the inbound listener: no new webhooks are accepted. Requests
+ * already read still get their reply after their commit. */
+void server_stop_inbound(struct server *srv);
+
+void server_free(struct server *srv);
+
+#endif
