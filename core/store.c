@@ -1,0 +1,1160 @@
+/* store.c -- the SQLite (WAL) backend of store.h, with group commit.
+ * Invariants: every write runs inside the open group (one BEGIN IMMEDIATE ..
+ * COMMIT per loop turn); once a write in the group failed, every later write
+ * of the group fails at once and the group is rolled back; every prepared
+ * statement is reset (and its bindings cleared) before its caller returns.
+ * SPDX-License-Identifier: MIT */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+#include <jansson.h>
+#include <sqlite3.h>
+
+#include "log.h"
+#include "store.h"
+#include "util.h"
+
+#define STORE_SCHEMA_VERSION 1
+#define STORE_BUSY_MS 100 /* the loop must not wait long for a lock */
+
+/* ---- schema ---- */
+
+/* deliveries.next_at is the time a pending row becomes claimable: a claim
+ * leases a row by moving next_at to the end of the lease (and recording it
+ * in lease_until, so the leases of a crashed run can be found and released).
+ * delivery_counts is kept by triggers, so counts are O(1) and transactional. */
+static const char store_schema_sql[] =
+    "CREATE TABLE events ("
+    " seq INTEGER PRIMARY KEY,"
+    " id TEXT NOT NULL UNIQUE,"
+    " source TEXT NOT NULL,"
+    " source_id TEXT NOT NULL,"
+    " type TEXT,"
+    " status TEXT NOT NULL,"
+    " error TEXT,"
+    " created_at TEXT,"
+    " received_at INTEGER NOT NULL,"
+    " headers TEXT,"
+    " data TEXT,"
+    " raw BLOB,"
+    " UNIQUE (source, source_id));"
+    "CREATE INDEX events_received ON events(seq) WHERE status = 'received';"
+    "CREATE TABLE deliveries ("
+    " seq INTEGER PRIMARY KEY,"
+    " id TEXT NOT NULL UNIQUE,"
+    " event_id TEXT NOT NULL,"
+    " endpoint TEXT NOT NULL,"
+    " event_type TEXT,"
+    " status TEXT NOT NULL,"
+    " payload BLOB,"
+    " content_type TEXT,"
+    " headers TEXT,"
+    " attempts INTEGER NOT NULL DEFAULT 0,"
+    " schedule_pos INTEGER NOT NULL DEFAULT 0,"
+    " next_at INTEGER NOT NULL,"
+    " lease_until INTEGER NOT NULL DEFAULT 0,"
+    " created_at INTEGER NOT NULL,"
+    " batch INTEGER NOT NULL DEFAULT 0);"
+    "CREATE INDEX deliveries_due ON deliveries(next_at) WHERE status = 'pending';"
+    "CREATE INDEX deliveries_leased ON deliveries(lease_until) WHERE lease_until > 0;"
+    "CREATE INDEX deliveries_event ON deliveries(event_id);"
+    "CREATE TABLE attempts ("
+    " delivery_id TEXT NOT NULL,"
+    " n INTEGER NOT NULL,"
+    " at INTEGER NOT NULL,"
+    " status_code INTEGER NOT NULL,"
+    " latency_ms INTEGER NOT NULL,"
+    " error TEXT,"
+    " response BLOB,"
+    " PRIMARY KEY (delivery_id, n));"
+    "CREATE TABLE delivery_counts (status TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE TRIGGER deliveries_count_ins AFTER INSERT ON deliveries BEGIN"
+    " INSERT INTO delivery_counts(status, n) VALUES (new.status, 1)"
+    "  ON CONFLICT(status) DO UPDATE SET n = n + 1;"
+    " END;"
+    "CREATE TRIGGER deliveries_count_upd AFTER UPDATE OF status ON deliveries"
+    " WHEN old.status IS NOT new.status BEGIN"
+    " UPDATE delivery_counts SET n = n - 1 WHERE status = old.status;"
+    " INSERT INTO delivery_counts(status, n) VALUES (new.status, 1)"
+    "  ON CONFLICT(status) DO UPDATE SET n = n + 1;"
+    " END;"
+    "CREATE TRIGGER deliveries_count_del AFTER DELETE ON deliveries BEGIN"
+    " UPDATE delivery_counts SET n = n - 1 WHERE status = old.status;"
+    " END;";
+
+/* ---- prepared statements (prepared once at open) ---- */
+
+enum store_stmt {
+    ST_BEGIN,
+    ST_COMMIT,
+    ST_ROLLBACK,
+    ST_PING,
+    ST_EVT_INSERT,
+    ST_EVT_DUP,
+    ST_EVT_STATUS,
+    ST_EVT_GET,
+    ST_EVT_UNROUTED,
+    ST_DLV_INSERT,
+    ST_DLV_CLAIM,
+    ST_DLV_LEASE,
+    ST_DLV_NEXT_DUE,
+    ST_DLV_OUTCOME,
+    ST_DLV_BY_EVENT,
+    ST_ATT_INSERT,
+    ST_ATT_BY_DLV,
+    ST_COUNTS,
+    ST_COUNT_
+};
+
+/* Keep in the order of enum store_stmt. The literal status = '...' terms
+ * must match the partial indexes' WHERE clauses for the planner to use them. */
+static const char *const store_stmt_sql[ST_COUNT_] = {
+    [ST_BEGIN] = "BEGIN IMMEDIATE",
+    [ST_COMMIT] = "COMMIT",
+    [ST_ROLLBACK] = "ROLLBACK",
+    [ST_PING] = "SELECT 1",
+    [ST_EVT_INSERT] = "INSERT INTO events(id, source, source_id, type, status, error, created_at,"
+                      " received_at, headers, data, raw)"
+                      " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    [ST_EVT_DUP] = "SELECT id FROM events WHERE source = ?1 AND source_id = ?2",
+    [ST_EVT_STATUS] = "UPDATE events SET status = ?2, error = ?3 WHERE id = ?1",
+    [ST_EVT_GET] = "SELECT id, source, source_id, type, status, received_at, created_at, data,"
+                   " error FROM events WHERE id = ?1",
+    [ST_EVT_UNROUTED] = "SELECT seq, id, source, source_id, type, created_at, status, error,"
+                        " headers, data, raw, received_at FROM events INDEXED BY events_received"
+                        " WHERE status = 'received' AND seq > ?1 ORDER BY seq LIMIT ?2",
+    [ST_DLV_INSERT] = "INSERT INTO deliveries(id, event_id, endpoint, event_type, status, payload,"
+                      " content_type, headers, attempts, schedule_pos, next_at, lease_until,"
+                      " created_at)"
+                      " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, 0, ?9, 0, ?10)",
+    [ST_DLV_CLAIM] = "SELECT seq, id, event_id, endpoint, event_type, content_type, headers,"
+                     " payload, attempts, schedule_pos, next_at, created_at FROM deliveries"
+                     " WHERE status = 'pending' AND next_at <= ?1 AND seq <= ?3 ORDER BY next_at LIMIT ?2",
+    [ST_DLV_LEASE] = "UPDATE deliveries SET next_at = ?2, lease_until = ?2 WHERE seq = ?1",
+    [ST_DLV_NEXT_DUE] = "SELECT next_at FROM deliveries WHERE status = 'pending'"
+                        " ORDER BY next_at LIMIT 1",
+    [ST_DLV_OUTCOME] = "UPDATE deliveries SET status = ?2, next_at = ?3, schedule_pos = ?4,"
+                       " attempts = max(attempts, ?5), lease_until = 0 WHERE id = ?1",
+    [ST_DLV_BY_EVENT] = "SELECT id, endpoint, status, batch FROM deliveries"
+                        " WHERE event_id = ?1 ORDER BY seq",
+    [ST_ATT_INSERT] = "INSERT OR REPLACE INTO attempts(delivery_id, n, at, status_code,"
+                      " latency_ms, error, response) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    [ST_ATT_BY_DLV] = "SELECT n, at, status_code, latency_ms, error, response FROM attempts"
+                      " WHERE delivery_id = ?1 ORDER BY n",
+    [ST_COUNTS] = "SELECT status, n FROM delivery_counts",
+};
+
+/* A callback waiting for the end of the group. */
+struct store_cb {
+    store_commit_fn fn;
+    void *arg;
+};
+
+/* Group state: in_txn says a BEGIN is open; failed says a write of this
+ * group failed (in_txn may be 0 when BEGIN itself failed or SQLite rolled
+ * back on its own); scheduled says commit_ev is active or pending. cbs holds
+ * ncbs callbacks for the current group (cap slots). */
+struct store {
+    sqlite3 *db;
+    sqlite3_stmt *st[ST_COUNT_];
+    struct event *commit_ev;
+    int in_txn, failed, scheduled, committing;
+    /* Invariant: every delivery row with seq <= committed_dlv_seq is
+     * committed. Claims see only those, so no delivery is sent from a row a
+     * crash could still roll back. group_dlv_seq is the highest seq the open
+     * group inserted. */
+    int64_t committed_dlv_seq, group_dlv_seq;
+    char fail_msg[256];
+    struct store_cb *cbs;
+    size_t ncbs, cap;
+};
+
+/* ---- small helpers ---- */
+
+static void store_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void store_err(char *err, size_t errlen, const char *fmt, ...) {
+    va_list ap;
+    if (!err || !errlen)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* Resets st and clears its bindings: bound text is borrowed (SQLITE_STATIC)
+ * and must not outlive the call. */
+static void stmt_done(sqlite3_stmt *st) {
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+}
+
+static int bind_text(sqlite3_stmt *st, int i, const char *s) {
+    return s ? sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC) : sqlite3_bind_null(st, i);
+}
+
+static int bind_blob(sqlite3_stmt *st, int i, const void *p, size_t n) {
+    if (!p)
+        return sqlite3_bind_null(st, i);
+    return sqlite3_bind_blob64(st, i, n ? p : "", (sqlite3_uint64)n, SQLITE_STATIC);
+}
+
+/* New copy of a text column, or NULL for SQL NULL (*oom set on failure). */
+static char *col_text(sqlite3_stmt *st, int i, int *oom) {
+    const unsigned char *t = sqlite3_column_text(st, i);
+    char *s;
+    if (!t)
+        return NULL;
+    s = strdup((const char *)t);
+    if (!s)
+        *oom = 1;
+    return s;
+}
+
+/* New NUL-terminated copy of a blob column, length in *len; NULL for SQL NULL. */
+static char *col_blob(sqlite3_stmt *st, int i, size_t *len, int *oom) {
+    const void *p = sqlite3_column_blob(st, i);
+    size_t n = (size_t)sqlite3_column_bytes(st, i);
+    char *b;
+    *len = 0;
+    if (sqlite3_column_type(st, i) == SQLITE_NULL)
+        return NULL;
+    b = malloc(n + 1);
+    if (!b) {
+        *oom = 1;
+        return NULL;
+    }
+    if (n)
+        memcpy(b, p, n);
+    b[n] = '\0';
+    *len = n;
+    return b;
+}
+
+static void copy_id(char *dst, size_t cap, const unsigned char *src) {
+    snprintf(dst, cap, "%s", src ? (const char *)src : "");
+}
+
+/* ---- group commit ---- */
+
+/* Queues the commit event. From inside the commit itself (a callback that
+ * wrote), it waits for the next loop turn (zero timeout), so the follow-up
+ * writes join that turn's group instead of committing alone at once. */
+static void group_schedule(struct store *s) {
+    static const struct timeval zero = {0, 0};
+    if (s->scheduled)
+        return;
+    s->scheduled = 1;
+    if (s->committing)
+        event_add(s->commit_ev, &zero);
+    else
+        event_active(s->commit_ev, EV_TIMEOUT, 0);
+}
+
+/* Marks the group failed after a write error (message from SQLite), so it is
+ * rolled back and every callback of it gets ok=0. */
+static void group_fail(struct store *s, const char *what, char *err, size_t errlen) {
+    if (!s->failed) {
+        snprintf(s->fail_msg, sizeof s->fail_msg, "%s: %s", what, sqlite3_errmsg(s->db));
+        s->failed = 1;
+    }
+    /* SQLite rolls back by itself on some errors (SQLITE_FULL, IOERR, ...). */
+    if (s->in_txn && sqlite3_get_autocommit(s->db))
+        s->in_txn = 0;
+    store_err(err, errlen, "store: %s: %s", what, sqlite3_errmsg(s->db));
+    group_schedule(s);
+}
+
+/* Makes sure a group is open for a write. Returns 0, or -1 with a reason
+ * when BEGIN fails (e.g. another process holds the write lock) or an
+ * earlier write of this group failed. */
+static int group_begin(struct store *s, char *err, size_t errlen) {
+    sqlite3_stmt *st = s->st[ST_BEGIN];
+    int rc;
+    if (s->failed) {
+        store_err(err, errlen, "store: commit group failed: %s", s->fail_msg);
+        return -1;
+    }
+    if (s->in_txn)
+        return 0;
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE) {
+        group_fail(s, "begin", err, errlen);
+        return -1;
+    }
+    s->in_txn = 1;
+    group_schedule(s);
+    return 0;
+}
+
+/* Ends the group: COMMIT, or ROLLBACK when a write failed or COMMIT did.
+ * Returns 1 when committed, else 0. Leaves no group open. */
+static int group_end(struct store *s) {
+    int ok = !s->failed, rc;
+    if (s->in_txn) {
+        if (ok) {
+            rc = sqlite3_step(s->st[ST_COMMIT]);
+            sqlite3_reset(s->st[ST_COMMIT]);
+            if (rc != SQLITE_DONE) {
+                ok = 0;
+                snprintf(s->fail_msg, sizeof s->fail_msg, "commit: %s", sqlite3_errmsg(s->db));
+            }
+        }
+        if (!ok && !sqlite3_get_autocommit(s->db)) {
+            rc = sqlite3_step(s->st[ST_ROLLBACK]);
+            sqlite3_reset(s->st[ST_ROLLBACK]);
+            if (rc != SQLITE_DONE)
+                log_msg(LOG_ERROR, "store: rollback: %s", sqlite3_errmsg(s->db));
+        }
+    }
+    if (!ok)
+        log_msg(LOG_WARN, "store: commit group failed, rolled back: %s", s->fail_msg);
+    else if (s->group_dlv_seq > s->committed_dlv_seq)
+        s->committed_dlv_seq = s->group_dlv_seq;
+    s->group_dlv_seq = 0;
+    s->in_txn = 0;
+    s->failed = 0;
+    s->fail_msg[0] = '\0';
+    return ok;
+}
+
+/* Runs the group's callbacks in registration order. The list is swapped out
+ * first: callbacks may write and register callbacks for the next group. */
+static void group_callbacks(struct store *s, int ok) {
+    struct store_cb *list = s->cbs;
+    size_t n = s->ncbs, cap = s->cap, i;
+    s->cbs = NULL;
+    s->ncbs = s->cap = 0;
+    for (i = 0; i < n; i++)
+        list[i].fn(list[i].arg, ok);
+    if (!s->cbs) { /* nothing new: keep the array for the next group */
+        s->cbs = list;
+        s->cap = cap;
+    } else {
+        free(list);
+    }
+}
+
+static void store_commit_cb(evutil_socket_t fd, short what, void *arg) {
+    struct store *s = arg;
+    int ok;
+    UNUSED(fd);
+    UNUSED(what);
+    s->scheduled = 0;
+    ok = group_end(s);
+    s->committing++;
+    group_callbacks(s, ok);
+    s->committing--;
+}
+
+int store_on_commit(struct store *s, store_commit_fn fn, void *arg) {
+    if (s->ncbs == s->cap) {
+        size_t cap = s->cap ? s->cap * 2 : 64;
+        struct store_cb *p = realloc(s->cbs, cap * sizeof *p);
+        if (!p)
+            return -1;
+        s->cbs = p;
+        s->cap = cap;
+    }
+    s->cbs[s->ncbs].fn = fn;
+    s->cbs[s->ncbs].arg = arg;
+    s->ncbs++;
+    group_schedule(s);
+    return 0;
+}
+
+int store_flush(struct store *s) {
+    int ok;
+    if (s->scheduled) {
+        event_del(s->commit_ev);
+        s->scheduled = 0;
+    }
+    ok = group_end(s);
+    s->committing++;
+    group_callbacks(s, ok);
+    s->committing--;
+    return ok ? 0 : -1;
+}
+
+int store_ping(struct store *s) {
+    sqlite3_stmt *st = s->st[ST_PING];
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW;
+}
+
+/* ---- open and close ---- */
+
+/* Parses "sqlite:PATH[?sync=normal|full]" into a new path (joined to
+ * base_dir when relative) and *sync_full. Returns NULL with a reason. */
+static char *store_url_parse(const char *url, const char *base_dir, int *sync_full, char *err,
+                             size_t errlen) {
+    static const char scheme[] = "sqlite:";
+    const char *p, *q;
+    size_t plen;
+    char *path = NULL;
+    if (!url || strncmp(url, scheme, sizeof scheme - 1) != 0 || !url[sizeof scheme - 1]) {
+        store_err(err, errlen, "store: unsupported url '%s' (use sqlite:PATH)", url ? url : "");
+        return NULL;
+    }
+    p = url + sizeof scheme - 1;
+    q = strchr(p, '?');
+    plen = q ? (size_t)(q - p) : strlen(p);
+    if (plen == 0) {
+        store_err(err, errlen, "store: unsupported url '%s' (use sqlite:PATH)", url);
+        return NULL;
+    }
+    *sync_full = 1;
+    if (q) {
+        if (strcmp(q + 1, "sync=normal") == 0) {
+            *sync_full = 0;
+        } else if (strcmp(q + 1, "sync=full") != 0) {
+            store_err(err, errlen, "store: unsupported option '%s' in url (use sync=normal|full)",
+                      q + 1);
+            return NULL;
+        }
+    }
+    if (p[0] == '/' || !base_dir || !base_dir[0]) {
+        path = malloc(plen + 1);
+        if (path)
+            snprintf(path, plen + 1, "%.*s", (int)plen, p);
+    } else {
+        size_t blen = strlen(base_dir), n = blen + 1 + plen + 1;
+        path = malloc(n);
+        if (path)
+            snprintf(path, n, "%s%s%.*s", base_dir, base_dir[blen - 1] == '/' ? "" : "/", (int)plen,
+                     p);
+    }
+    if (!path)
+        store_err(err, errlen, "store: out of memory");
+    return path;
+}
+
+/* Runs a statement that returns at most one integer; *out gets it (or 0). */
+static int exec_int(sqlite3 *db, const char *sql, int64_t *out) {
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_step(st);
+        *out = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+        rc = (rc == SQLITE_ROW || rc == SQLITE_DONE) ? SQLITE_OK : rc;
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* Creates the schema of a new database, or checks an existing one's version. */
+static int store_schema(sqlite3 *db, char *err, size_t errlen) {
+    int64_t version = 0;
+    char sql[64];
+    if (exec_int(db, "PRAGMA user_version", &version) != SQLITE_OK)
+        goto fail;
+    if (version == STORE_SCHEMA_VERSION)
+        return 0;
+    if (version != 0) {
+        store_err(err, errlen, "store: schema version %lld, this waybill knows %d",
+                  (long long)version, STORE_SCHEMA_VERSION);
+        return -1;
+    }
+    snprintf(sql, sizeof sql, "PRAGMA user_version = %d", STORE_SCHEMA_VERSION);
+    if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+        goto fail;
+    /* Another process may have created it between our check and BEGIN. */
+    if (exec_int(db, "PRAGMA user_version", &version) != SQLITE_OK)
+        goto fail_txn;
+    if (version == 0 && (sqlite3_exec(db, store_schema_sql, NULL, NULL, NULL) != SQLITE_OK ||
+                         sqlite3_exec(db, sql, NULL, NULL, NULL) != SQLITE_OK))
+        goto fail_txn;
+    if (sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+        goto fail_txn;
+    return 0;
+fail_txn:
+    store_err(err, errlen, "store: creating schema: %s", sqlite3_errmsg(db));
+    sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    return -1;
+fail:
+    store_err(err, errlen, "store: creating schema: %s", sqlite3_errmsg(db));
+    return -1;
+}
+
+struct store *store_open(struct event_base *base, const char *url, const char *base_dir, char *err,
+                         size_t errlen) {
+    struct store *s = NULL;
+    char *path = NULL;
+    sqlite3_stmt *st = NULL;
+    int sync_full = 1, i, prio;
+
+    path = store_url_parse(url, base_dir, &sync_full, err, errlen);
+    if (!path)
+        goto fail;
+    s = calloc(1, sizeof *s);
+    if (!s) {
+        store_err(err, errlen, "store: out of memory");
+        goto fail;
+    }
+    if (sqlite3_open_v2(path, &s->db,
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                        NULL) != SQLITE_OK) {
+        store_err(err, errlen, "store: open %s: %s", path,
+                  s->db ? sqlite3_errmsg(s->db) : "out of memory");
+        goto fail;
+    }
+    sqlite3_extended_result_codes(s->db, 1);
+    sqlite3_busy_timeout(s->db, STORE_BUSY_MS);
+
+    /* journal_mode answers the mode in force: anything but wal is an error. */
+    if (sqlite3_prepare_v2(s->db, "PRAGMA journal_mode = WAL", -1, &st, NULL) != SQLITE_OK ||
+        sqlite3_step(st) != SQLITE_ROW) {
+        store_err(err, errlen, "store: %s: journal_mode: %s", path, sqlite3_errmsg(s->db));
+        goto fail;
+    }
+    if (sqlite3_stricmp((const char *)sqlite3_column_text(st, 0), "wal") != 0) {
+        store_err(err, errlen, "store: %s: cannot use WAL mode (journal_mode is %s)", path,
+                  sqlite3_column_text(st, 0));
+        goto fail;
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    if (sqlite3_exec(s->db, sync_full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL",
+                     NULL, NULL, NULL) != SQLITE_OK ||
+        sqlite3_exec(s->db, "PRAGMA cache_size = -16384", NULL, NULL, NULL) != SQLITE_OK) {
+        store_err(err, errlen, "store: %s: %s", path, sqlite3_errmsg(s->db));
+        goto fail;
+    }
+    if (store_schema(s->db, err, errlen) < 0)
+        goto fail;
+
+    for (i = 0; i < ST_COUNT_; i++) {
+        if (sqlite3_prepare_v3(s->db, store_stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i],
+                               NULL) != SQLITE_OK) {
+            store_err(err, errlen, "store: preparing statement %d: %s", i, sqlite3_errmsg(s->db));
+            goto fail;
+        }
+    }
+
+    /* One process owns an SQLite store: leases still held were left by a
+     * run that died; those deliveries are due now. */
+    if (sqlite3_prepare_v2(s->db,
+                           "UPDATE deliveries SET lease_until = 0, next_at = ?1"
+                           " WHERE lease_until > 0",
+                           -1, &st, NULL) != SQLITE_OK ||
+        sqlite3_bind_int64(st, 1, util_now_ms()) != SQLITE_OK || sqlite3_step(st) != SQLITE_DONE) {
+        store_err(err, errlen, "store: releasing leases: %s", sqlite3_errmsg(s->db));
+        goto fail;
+    }
+    if (sqlite3_changes(s->db) > 0)
+        log_msg(LOG_INFO, "store: released %d deliveries leased by an earlier run",
+                sqlite3_changes(s->db));
+    sqlite3_finalize(st);
+    st = NULL;
+    if (sqlite3_prepare_v2(s->db, "SELECT IFNULL(MAX(seq), 0) FROM deliveries", -1, &st, NULL) !=
+            SQLITE_OK ||
+        sqlite3_step(st) != SQLITE_ROW) {
+        store_err(err, errlen, "store: %s", sqlite3_errmsg(s->db));
+        goto fail;
+    }
+    s->committed_dlv_seq = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    st = NULL;
+
+    s->commit_ev = event_new(base, -1, 0, store_commit_cb, s);
+    if (!s->commit_ev) {
+        store_err(err, errlen, "store: cannot create commit event");
+        goto fail;
+    }
+    /* Lowest priority: the commit runs after every ready request of a turn. */
+    prio = event_base_get_npriorities(base) - 1;
+    if (prio > 0)
+        event_priority_set(s->commit_ev, prio);
+    free(path);
+    return s;
+
+fail:
+    sqlite3_finalize(st);
+    free(path);
+    if (s) {
+        for (i = 0; i < ST_COUNT_; i++)
+            sqlite3_finalize(s->st[i]);
+        sqlite3_close(s->db);
+        free(s);
+    }
+    return NULL;
+}
+
+void store_free(struct store *s) {
+    int i, rounds = 0;
+    if (!s)
+        return;
+    /* Callbacks may write and register more callbacks: drain them all, or
+     * sqlite3_close would roll their group back unseen. */
+    do {
+        store_flush(s);
+    } while ((s->in_txn || s->failed || s->ncbs) && ++rounds < 100);
+    if (s->in_txn || s->ncbs)
+        log_msg(LOG_ERROR, "store: closing with writes still coming from commit callbacks");
+    event_free(s->commit_ev);
+    for (i = 0; i < ST_COUNT_; i++)
+        sqlite3_finalize(s->st[i]);
+    if (sqlite3_close(s->db) != SQLITE_OK)
+        log_msg(LOG_ERROR, "store: close: %s", sqlite3_errmsg(s->db));
+    free(s->cbs);
+    free(s);
+}
+
+/* ---- events ---- */
+
+int store_event_put(struct store *s, const struct store_event *ev, char *dup_id, size_t dup_len,
+                    char *err, size_t errlen) {
+    sqlite3_stmt *st = s->st[ST_EVT_INSERT], *dup = s->st[ST_EVT_DUP];
+    int rc, ret = -1;
+
+    if (group_begin(s, err, errlen) < 0)
+        return -1;
+    if (bind_text(st, 1, ev->id) || bind_text(st, 2, ev->source) ||
+        bind_text(st, 3, ev->source_id) || bind_text(st, 4, ev->type) ||
+        bind_text(st, 5, ev->status ? ev->status : "received") || bind_text(st, 6, ev->error) ||
+        bind_text(st, 7, ev->created_at) || sqlite3_bind_int64(st, 8, ev->received_at) ||
+        bind_text(st, 9, ev->headers_json) || bind_text(st, 10, ev->data_json) ||
+        bind_blob(st, 11, ev->raw, ev->raw_len)) {
+        group_fail(s, "event insert", err, errlen);
+        goto done;
+    }
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE) {
+        ret = 0;
+        goto done;
+    }
+    if (rc == SQLITE_CONSTRAINT_UNIQUE) {
+        /* A failed constraint undoes only this statement; look for the
+         * first copy (in the database or in the open group). */
+        sqlite3_reset(st);
+        if (bind_text(dup, 1, ev->source) || bind_text(dup, 2, ev->source_id)) {
+            group_fail(s, "event lookup", err, errlen);
+            goto done;
+        }
+        rc = sqlite3_step(dup);
+        if (rc == SQLITE_ROW) {
+            if (dup_id && dup_len)
+                copy_id(dup_id, dup_len, sqlite3_column_text(dup, 0));
+            ret = STORE_DUP;
+            goto done;
+        }
+        if (rc == SQLITE_DONE) { /* the unique key hit was the id itself */
+            store_err(err, errlen, "store: event id %s already exists", ev->id);
+            goto done;
+        }
+    }
+    group_fail(s, "event insert", err, errlen);
+done:
+    stmt_done(st);
+    stmt_done(dup);
+    return ret;
+}
+
+int store_event_routed(struct store *s, const char *event_id, const char *status, const char *error,
+                       const struct store_delivery_new *d, size_t n, char *err, size_t errlen) {
+    sqlite3_stmt *up = s->st[ST_EVT_STATUS], *ins = s->st[ST_DLV_INSERT];
+    char id[UTIL_ID_MAX];
+    int64_t now = util_now_ms();
+    size_t i;
+    int ret = -1;
+
+    if (group_begin(s, err, errlen) < 0)
+        return -1;
+    /* The event first: an unknown id writes nothing and keeps the group. */
+    if (bind_text(up, 1, event_id) || bind_text(up, 2, status) || bind_text(up, 3, error)) {
+        group_fail(s, "event status", err, errlen);
+        goto done;
+    }
+    if (sqlite3_step(up) != SQLITE_DONE) {
+        group_fail(s, "event status", err, errlen);
+        goto done;
+    }
+    if (sqlite3_changes(s->db) != 1) {
+        store_err(err, errlen, "store: unknown event %s", event_id);
+        goto done;
+    }
+    for (i = 0; i < n; i++) {
+        util_id_new("dlv_", id, sizeof id);
+        if (bind_text(ins, 1, id) || bind_text(ins, 2, event_id) ||
+            bind_text(ins, 3, d[i].endpoint) || bind_text(ins, 4, d[i].event_type) ||
+            bind_text(ins, 5, d[i].status ? d[i].status : "pending") ||
+            bind_blob(ins, 6, d[i].payload ? d[i].payload : "", d[i].payload_len) ||
+            bind_text(ins, 7, d[i].content_type) || bind_text(ins, 8, d[i].headers_json) ||
+            sqlite3_bind_int64(ins, 9, d[i].next_at) || sqlite3_bind_int64(ins, 10, now)) {
+            group_fail(s, "delivery insert", err, errlen);
+            goto done;
+        }
+        if (sqlite3_step(ins) != SQLITE_DONE) {
+            /* Earlier rows of this call are in the group: fail it all. */
+            group_fail(s, "delivery insert", err, errlen);
+            goto done;
+        }
+        s->group_dlv_seq = sqlite3_last_insert_rowid(s->db);
+        stmt_done(ins);
+    }
+    ret = 0;
+done:
+    stmt_done(up);
+    stmt_done(ins);
+    return ret;
+}
+
+void store_event_rows_free(struct store_event_row *rows, size_t n) {
+    size_t i;
+    if (!rows)
+        return;
+    for (i = 0; i < n; i++) {
+        struct store_event_row *r = &rows[i];
+        free(r->id);
+        free(r->source);
+        free(r->source_id);
+        free(r->type);
+        free(r->created_at);
+        free(r->status);
+        free(r->error);
+        free(r->headers_json);
+        free(r->data_json);
+        free(r->raw);
+    }
+    free(rows);
+}
+
+int store_events_unrouted(struct store *s, int64_t after_seq, size_t max,
+                          struct store_event_row **rows, size_t *n, char *err, size_t errlen) {
+    sqlite3_stmt *st = s->st[ST_EVT_UNROUTED];
+    struct store_event_row *out = NULL, *r;
+    size_t cnt = 0, cap = 0;
+    int rc, oom = 0;
+
+    *rows = NULL;
+    *n = 0;
+    if (max == 0)
+        return 0;
+    if (sqlite3_bind_int64(st, 1, after_seq) ||
+        sqlite3_bind_int64(st, 2, max > INT64_MAX ? INT64_MAX : (int64_t)max)) {
+        store_err(err, errlen, "store: unrouted: %s", sqlite3_errmsg(s->db));
+        goto fail;
+    }
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (cnt == cap) {
+            size_t ncap = cap ? cap * 2 : 16;
+            struct store_event_row *p = realloc(out, ncap * sizeof *p);
+            if (!p)
+                goto oom;
+            out = p;
+            cap = ncap;
+        }
+        r = &out[cnt++];
+        memset(r, 0, sizeof *r);
+        r->seq = sqlite3_column_int64(st, 0);
+        r->id = col_text(st, 1, &oom);
+        r->source = col_text(st, 2, &oom);
+        r->source_id = col_text(st, 3, &oom);
+        r->type = col_text(st, 4, &oom);
+        r->created_at = col_text(st, 5, &oom);
+        r->status = col_text(st, 6, &oom);
+        r->error = col_text(st, 7, &oom);
+        r->headers_json = col_text(st, 8, &oom);
+        r->data_json = col_text(st, 9, &oom);
+        r->raw = col_blob(st, 10, &r->raw_len, &oom);
+        r->received_at = sqlite3_column_int64(st, 11);
+        if (oom)
+            goto oom;
+    }
+    if (rc != SQLITE_DONE) {
+        store_err(err, errlen, "store: unrouted: %s", sqlite3_errmsg(s->db));
+        goto fail;
+    }
+    stmt_done(st);
+    *rows = out;
+    *n = cnt;
+    return 0;
+oom:
+    store_err(err, errlen, "store: out of memory");
+fail:
+    stmt_done(st);
+    store_event_rows_free(out, cnt);
+    return -1;
+}
+
+/* ---- JSON for the admin API ---- */
+
+/* Decodes one UTF-8 sequence at p (n bytes left): its length when valid
+ * (no overlongs, surrogates or values past U+10FFFF), else 0. */
+static size_t utf8_seq_len(const unsigned char *p, size_t n) {
+    unsigned c = p[0];
+    size_t len, i;
+    unsigned long cp;
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xC2 && c <= 0xDF) {
+        len = 2;
+        cp = c & 0x1F;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+        len = 3;
+        cp = c & 0x0F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        len = 4;
+        cp = c & 0x07;
+    } else {
+        return 0;
+    }
+    if (n < len)
+        return 0;
+    for (i = 1; i < len; i++) {
+        if ((p[i] & 0xC0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (p[i] & 0x3F);
+    }
+    if ((len == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) ||
+        (len == 4 && (cp < 0x10000 || cp > 0x10FFFF)))
+        return 0;
+    return len;
+}
+
+/* A JSON string of n bytes at p, each invalid UTF-8 byte replaced by U+FFFD
+ * (a response body may be Latin-1 or cut mid-character); null for NULL.
+ * Returns new, or NULL when out of memory. */
+static json_t *json_text(const void *p, size_t n) {
+    const unsigned char *b = p;
+    struct util_buf buf = {NULL, 0, 0};
+    json_t *j;
+    size_t i = 0, k;
+    if (!p)
+        return json_null();
+    j = json_stringn(p, n);
+    if (j)
+        return j;
+    while (i < n) {
+        k = utf8_seq_len(b + i, n - i);
+        if (k ? util_buf_append(&buf, b + i, k) : util_buf_append(&buf, "\xEF\xBF\xBD", 3)) {
+            util_buf_free(&buf);
+            return NULL;
+        }
+        i += k ? k : 1;
+    }
+    j = json_stringn(buf.p ? buf.p : "", buf.len);
+    util_buf_free(&buf);
+    return j;
+}
+
+static json_t *json_col_text(sqlite3_stmt *st, int i) {
+    const void *p = sqlite3_column_text(st, i);
+    return p ? json_text(p, (size_t)sqlite3_column_bytes(st, i)) : json_null();
+}
+
+static json_t *json_col_time(sqlite3_stmt *st, int i) {
+    char t[32];
+    if (sqlite3_column_type(st, i) == SQLITE_NULL)
+        return json_null();
+    util_time_rfc3339(sqlite3_column_int64(st, i), t, sizeof t);
+    return json_string(t);
+}
+
+/* The stored data text parsed back into JSON (kept as a string if it is not). */
+static json_t *json_col_data(sqlite3_stmt *st, int i) {
+    const char *p = (const char *)sqlite3_column_text(st, i);
+    json_t *j;
+    if (!p)
+        return json_null();
+    j = json_loadb(p, (size_t)sqlite3_column_bytes(st, i), JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+    return j ? j : json_col_text(st, i);
+}
+
+/* The attempts of one delivery as a new array, or NULL (err set). */
+static json_t *store_attempts_json(struct store *s, const char *delivery_id, char *err,
+                                   size_t errlen) {
+    sqlite3_stmt *st = s->st[ST_ATT_BY_DLV];
+    json_t *arr = json_array(), *a;
+    int rc, bad = 0;
+    if (!arr || bind_text(st, 1, delivery_id))
+        goto oom;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        a = json_object();
+        if (!a)
+            goto oom;
+        bad |= json_object_set_new(a, "n", json_integer(sqlite3_column_int64(st, 0)));
+        bad |= json_object_set_new(a, "at", json_col_time(st, 1));
+        bad |= json_object_set_new(a, "status_code", json_integer(sqlite3_column_int64(st, 2)));
+        bad |= json_object_set_new(a, "latency_ms", json_integer(sqlite3_column_int64(st, 3)));
+        bad |= json_object_set_new(a, "error", json_col_text(st, 4));
+        bad |= json_object_set_new(
+            a, "response",
+            sqlite3_column_type(st, 5) == SQLITE_NULL
+                ? json_null()
+                : json_text(sqlite3_column_blob(st, 5) ? sqlite3_column_blob(st, 5) : "",
+                            (size_t)sqlite3_column_bytes(st, 5)));
+        bad |= json_array_append_new(arr, a);
+        if (bad)
+            goto oom;
+    }
+    if (rc != SQLITE_DONE) {
+        store_err(err, errlen, "store: event json: %s", sqlite3_errmsg(s->db));
+        goto fail;
+    }
+    stmt_done(st);
+    return arr;
+oom:
+    store_err(err, errlen, "store: out of memory");
+fail:
+    stmt_done(st);
+    json_decref(arr);
+    return NULL;
+}
+
+/* Reads the deliveries of event_id into a new array, or NULL (err set).
+ * Their ids are read first so the attempts statement runs on its own. */
+static json_t *store_deliveries_json(struct store *s, const char *event_id, char *err,
+                                     size_t errlen) {
+    sqlite3_stmt *st = s->st[ST_DLV_BY_EVENT];
+    json_t *arr = json_array(), *d, *att;
+    size_t i;
+    int rc, bad = 0;
+    if (!arr || bind_text(st, 1, event_id))
+        goto oom;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        d = json_object();
+        if (!d)
+            goto oom;
+        bad |= json_object_set_new(d, "id", json_col_text(st, 0));
+        bad |= json_object_set_new(d, "endpoint", json_col_text(st, 1));
+        bad |= json_object_set_new(d, "status", json_col_text(st, 2));
+        bad |= json_object_set_new(d, "batch", json_boolean(sqlite3_column_int(st, 3)));
+        bad |= json_array_append_new(arr, d);
+        if (bad)
+            goto oom;
+    }
+    if (rc != SQLITE_DONE) {
+        store_err(err, errlen, "store: event json: %s", sqlite3_errmsg(s->db));
+        goto fail;
+    }
+    stmt_done(st);
+    json_array_foreach(arr, i, d) {
+        att = store_attempts_json(s, json_string_value(json_object_get(d, "id")), err, errlen);
+        if (!att || json_object_set_new(d, "attempts", att))
+            goto fail;
+    }
+    return arr;
+oom:
+    store_err(err, errlen, "store: out of memory");
+fail:
+    stmt_done(st);
+    json_decref(arr);
+    return NULL;
+}
+
+json_t *store_event_json(struct store *s, const char *id, char *err, size_t errlen) {
+    sqlite3_stmt *st = s->st[ST_EVT_GET];
+    json_t *ev = NULL, *dl;
+    int rc, bad = 0;
+
+    if (err && errlen)
+        err[0] = '\0';
+    if (bind_text(st, 1, id))
+        goto sqlerr;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE) { /* unknown id: NULL with err empty */
+        stmt_done(st);
+        return NULL;
+    }
+    if (rc != SQLITE_ROW)
+        goto sqlerr;
+    ev = json_object();
+    if (!ev)
+        goto oom;
+    bad |= json_object_set_new(ev, "id", json_col_text(st, 0));
+    bad |= json_object_set_new(ev, "source", json_col_text(st, 1));
+    bad |= json_object_set_new(ev, "source_id", json_col_text(st, 2));
+    bad |= json_object_set_new(ev, "type", json_col_text(st, 3));
+    bad |= json_object_set_new(ev, "status", json_col_text(st, 4));
+    bad |= json_object_set_new(ev, "received_at", json_col_time(st, 5));
+    bad |= json_object_set_new(ev, "created_at", json_col_text(st, 6));
+    bad |= json_object_set_new(ev, "data", json_col_data(st, 7));
+    bad |= json_object_set_new(ev, "error", json_col_text(st, 8));
+    if (bad)
+        goto oom;
+    stmt_done(st);
+    dl = store_deliveries_json(s, id, err, errlen);
+    if (!dl || json_object_set_new(ev, "deliveries", dl)) {
+        if (err && errlen && !err[0])
+            store_err(err, errlen, "store: out of memory");
+        json_decref(ev);
+        return NULL;
+    }
+    return ev;
+sqlerr:
+    store_err(err, errlen, "store: event json: %s", sqlite3_errmsg(s->db));
+    goto fail;
+oom:
+    store_err(err, errlen, "store: out of memory");
+fail:
+    stmt_done(st);
+    json_decref(ev);
+    return NULL;
+}
+
+/* ---- deliveries ---- */
+
+void store_deliveries_free(struct store_delivery *d, size_t n) {
+    size_t i;
+    if (!d)
+        return;
+    for (i = 0; i < n; i++) {
+        free(d[i].endpoint);
+        free(d[i].event_type);
+        free(d[i].content_type);
+        free(d[i].headers_json);
+        free(d[i].payload);
+    }
+    free(d);
+}
+
+int store_deliveries_claim(struct store *s, int64_t now, int64_t lease_ms, size_t max,
+                           struct store_delivery **out, size_t *n, char *err, size_t errlen) {
+    sqlite3_stmt *sel = s->st[ST_DLV_CLAIM], *lease = s->st[ST_DLV_LEASE];
+    struct store_delivery *rows = NULL, *r;
+    size_t cnt = 0, cap = 0, i;
+    int rc, oom = 0;
+
+    *out = NULL;
+    *n = 0;
+    if (max == 0)
+        return 0;
+    if (s->failed) { /* the lease could not be written: fail fast */
+        store_err(err, errlen, "store: commit group failed: %s", s->fail_msg);
+        return -1;
+    }
+    /* Read the due rows first, then lease them: a statement must not walk an
+     * index that is being updated under it. */
+    if (sqlite3_bind_int64(sel, 1, now) ||
+        sqlite3_bind_int64(sel, 2, max > INT64_MAX ? INT64_MAX : (int64_t)max) ||
+        sqlite3_bind_int64(sel, 3, s->committed_dlv_seq)) {
+        store_err(err, errlen, "store: claim: %s", sqlite3_errmsg(s->db));
+        goto fail;
+    }
+    while ((rc = sqlite3_step(sel)) == SQLITE_ROW) {
+        if (cnt == cap) {
+            size_t ncap = cap ? cap * 2 : (max < 16 ? max : 16);
+            struct store_delivery *p = realloc(rows, ncap * sizeof *p);
+            if (!p)
+                goto oom;
+            rows = p;
+            cap = ncap;
+        }
+        r = &rows[cnt++];
+        memset(r, 0, sizeof *r);
+        r->seq = sqlite3_column_int64(sel, 0);
+        copy_id(r->id, sizeof r->id, sqlite3_column_text(sel, 1));
+        copy_id(r->event_id, sizeof r->event_id, sqlite3_column_text(sel, 2));
+        r->endpoint = col_text(sel, 3, &oom);
+        r->event_type = col_text(sel, 4, &oom);
+        r->content_type = col_text(sel, 5, &oom);
+        r->headers_json = col_text(sel, 6, &oom);
+        r->payload = col_blob(sel, 7, &r->payload_len, &oom);
+        r->attempts = sqlite3_column_int(sel, 8);
+        r->schedule_pos = sqlite3_column_int(sel, 9);
+        r->next_at = sqlite3_column_int64(sel, 10);
+        r->created_at = sqlite3_column_int64(sel, 11);
+        if (oom)
+            goto oom;
+    }
+    if (rc != SQLITE_DONE) {
+        store_err(err, errlen, "store: claim: %s", sqlite3_errmsg(s->db));
+        goto fail;
+    }
+    stmt_done(sel);
+    if (cnt == 0)
+        return 0;
+    if (group_begin(s, err, errlen) < 0)
+        goto fail;
+    for (i = 0; i < cnt; i++) {
+        if (sqlite3_bind_int64(lease, 1, rows[i].seq) ||
+            sqlite3_bind_int64(lease, 2, now + lease_ms) || sqlite3_step(lease) != SQLITE_DONE) {
+            group_fail(s, "claim", err, errlen);
+            goto fail;
+        }
+        stmt_done(lease);
+    }
+    *out = rows;
+    *n = cnt;
+    return 0;
+oom:
+    store_err(err, errlen, "store: out of memory");
+fail:
+    stmt_done(sel);
+    stmt_done(lease);
+    store_deliveries_free(rows, cnt);
+    return -1;
+}
+
+int64_t store_deliveries_next_due(struct store *s) {
+    sqlite3_stmt *st = s->st[ST_DLV_NEXT_DUE];
+    int64_t t = INT64_MAX;
+    if (sqlite3_step(st) == SQLITE_ROW)
+        t = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    return t;
+}
+
+int store_attempt_put(struct store *s, const char *delivery_id, const struct store_attempt *a,
+                      const char *status, int64_t next_at, int schedule_pos, char *err,
+                      size_t errlen) {
+    sqlite3_stmt *up = s->st[ST_DLV_OUTCOME], *ins = s->st[ST_ATT_INSERT];
+    int ret = -1;
+
+    if (group_begin(s, err, errlen) < 0)
+        return -1;
+    /* The delivery first: an unknown id writes nothing and keeps the group. */
+    if (bind_text(up, 1, delivery_id) || bind_text(up, 2, status) ||
+        sqlite3_bind_int64(up, 3, next_at) || sqlite3_bind_int(up, 4, schedule_pos) ||
+        sqlite3_bind_int(up, 5, a->n) || sqlite3_step(up) != SQLITE_DONE) {
+        group_fail(s, "delivery outcome", err, errlen);
+        goto done;
+    }
+    if (sqlite3_changes(s->db) != 1) {
+        store_err(err, errlen, "store: unknown delivery %s", delivery_id);
+        goto done;
+    }
+    if (bind_text(ins, 1, delivery_id) || sqlite3_bind_int(ins, 2, a->n) ||
+        sqlite3_bind_int64(ins, 3, a->at) || sqlite3_bind_int(ins, 4, a->status_code) ||
+        sqlite3_bind_int64(ins, 5, a->latency_ms) || bind_text(ins, 6, a->error) ||
+        bind_blob(ins, 7, a->response, a->response_len) || sqlite3_step(ins) != SQLITE_DONE) {
+        group_fail(s, "attempt insert", err, errlen);
+        goto done;
+    }
+    ret = 0;
+done:
+    stmt_done(up);
+    stmt_done(ins);
+    return ret;
+}
+
+int store_delivery_counts(struct store *s, struct store_counts *c) {
+    sqlite3_stmt *st = s->st[ST_COUNTS];
+    const char *status;
+    int64_t v;
+    int rc;
+    memset(c, 0, sizeof *c);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        status = (const char *)sqlite3_column_text(st, 0);
+        v = sqlite3_column_int64(st, 1);
+        if (!status)
+            continue;
+        if (strcmp(status, "pending") == 0)
+            c->pending = v;
+        else if (strcmp(status, "held") == 0)
+            c->held = v;
+        else if (strcmp(status, "failed") == 0)
+            c->failed = v;
+        else if (strcmp(status, "delivered") == 0)
+            c->delivered = v;
+    }
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? 0 : -1;
+}

@@ -1,0 +1,635 @@
+/* test_store.c -- unit tests of the SQLite store: group commit, dedupe,
+ * claims and leases, crash release, lock contention, event JSON, query plans.
+ * SPDX-License-Identifier: MIT */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <jansson.h>
+#include <sqlite3.h>
+
+#include "harness.h"
+#include "store.h"
+#include "util.h"
+
+static struct event_base *base;
+static char dir[64], dbpath[128];
+
+/* ---- helpers ---- */
+
+struct commit_rec {
+    int called, ok, order;
+};
+static int commit_seq;
+
+static void on_commit(void *arg, int ok) {
+    struct commit_rec *r = arg;
+    r->called++;
+    r->ok = ok;
+    r->order = ++commit_seq;
+}
+
+/* Runs the loop until r was called back (at most 100 turns). */
+static void run_until(struct commit_rec *r) {
+    int i;
+    for (i = 0; i < 100 && !r->called; i++)
+        event_base_loop(base, EVLOOP_NONBLOCK);
+}
+
+/* Registers r and runs the loop until the commit callback; returns ok. */
+static int commit(struct store *s) {
+    struct commit_rec r = {0, 0, 0};
+    if (store_on_commit(s, on_commit, &r) < 0)
+        return -1;
+    run_until(&r);
+    return r.called == 1 ? r.ok : -1;
+}
+
+static struct store_event mk_event(const char *id, const char *source_id) {
+    struct store_event ev = {
+        .id = id,
+        .source = "atoship",
+        .source_id = source_id,
+        .type = "tracking.delivered",
+        .created_at = "2026-11-23T16:03:38Z",
+        .received_at = 1795017818123,
+        .raw = "{\"a\":1}",
+        .raw_len = 7,
+        .headers_json = "{\"content-type\":\"application/json\"}",
+        .data_json = "{\"tracking\":\"1Z999\",\"n\":3}",
+        .status = "received",
+        .error = NULL,
+    };
+    return ev;
+}
+
+/* count(*) of sql (one ? bound to arg, if any) on a fresh connection. */
+static long long fresh_count(const char *sql, const char *arg) {
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    long long n = -1;
+    if (sqlite3_open_v2(dbpath, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+        sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK) {
+        if (arg)
+            sqlite3_bind_text(st, 1, arg, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) == SQLITE_ROW)
+            n = sqlite3_column_int64(st, 0);
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return n;
+}
+
+/* 1 when plan has a bare "SCAN table" step (a table scan, not an index walk). */
+static int plan_has_table_scan(const char *plan) {
+    const char *p = plan, *end;
+    while ((p = strstr(p, "SCAN ")) != NULL) {
+        end = strchr(p, ';');
+        if (!end || !memmem(p, (size_t)(end - p), " USING ", 7))
+            return 1;
+        p = end;
+    }
+    return 0;
+}
+
+/* The EXPLAIN QUERY PLAN text of sql, details joined by "; ". */
+static void query_plan(sqlite3 *db, const char *sql, char *out, size_t cap) {
+    char q[1024];
+    sqlite3_stmt *st = NULL;
+    size_t len = 0;
+    out[0] = '\0';
+    snprintf(q, sizeof q, "EXPLAIN QUERY PLAN %s", sql);
+    if (sqlite3_prepare_v2(db, q, -1, &st, NULL) != SQLITE_OK) {
+        snprintf(out, cap, "prepare failed: %s", sqlite3_errmsg(db));
+        return;
+    }
+    while (sqlite3_step(st) == SQLITE_ROW && len < cap)
+        len += (size_t)snprintf(out + len, cap - len, "%s; ", sqlite3_column_text(st, 3));
+    sqlite3_finalize(st);
+}
+
+static struct store *open_store(const char *url) {
+    char err[256] = "";
+    struct store *s = store_open(base, url, dir, err, sizeof err);
+    if (!s)
+        fprintf(stderr, "store_open: %s\n", err);
+    return s;
+}
+
+/* ---- tests ---- */
+
+static void test_open_errors(void) {
+    char err[256];
+    struct store *s;
+    s = store_open(base, "postgres://x", dir, err, sizeof err);
+    CHECK(s == NULL);
+    CHECK_STR_EQ(err, "store: unsupported url 'postgres://x' (use sqlite:PATH)");
+    s = store_open(base, "sqlite:", dir, err, sizeof err);
+    CHECK(s == NULL);
+    CHECK(strstr(err, "unsupported url") != NULL);
+    s = store_open(base, "sqlite:x.db?sync=sometimes", dir, err, sizeof err);
+    CHECK(s == NULL);
+    CHECK(strstr(err, "sync=normal|full") != NULL);
+}
+
+static void test_put_commit_dup(struct store *s) {
+    char err[256] = "", dup[UTIL_ID_MAX] = "";
+    struct store_event ev = mk_event("evt_A", "carrier-1");
+    struct commit_rec r = {0, 0, 0};
+
+    CHECK(store_ping(s) == 1);
+    CHECK_INT_EQ(store_event_put(s, &ev, dup, sizeof dup, err, sizeof err), 0);
+    /* Duplicate while the first copy is only in the open group. */
+    ev.id = "evt_B";
+    CHECK_INT_EQ(store_event_put(s, &ev, dup, sizeof dup, err, sizeof err), STORE_DUP);
+    CHECK_STR_EQ(dup, "evt_A");
+    CHECK_INT_EQ(store_on_commit(s, on_commit, &r), 0);
+    CHECK_INT_EQ(r.called, 0); /* never from inside the call */
+    CHECK_INT_EQ(fresh_count("SELECT count(*) FROM events", NULL), 0); /* not committed */
+    run_until(&r);
+    CHECK_INT_EQ(r.called, 1);
+    CHECK_INT_EQ(r.ok, 1);
+    CHECK_INT_EQ(fresh_count("SELECT count(*) FROM events WHERE id = ?", "evt_A"), 1);
+    CHECK_INT_EQ(fresh_count("SELECT count(*) FROM events WHERE id = ?", "evt_B"), 0);
+
+    /* Duplicate of a committed row. */
+    dup[0] = '\0';
+    ev.id = "evt_C";
+    CHECK_INT_EQ(store_event_put(s, &ev, dup, sizeof dup, err, sizeof err), STORE_DUP);
+    CHECK_STR_EQ(dup, "evt_A");
+    /* Same source_id from another source is not a duplicate. */
+    ev.source = "aftership";
+    CHECK_INT_EQ(store_event_put(s, &ev, dup, sizeof dup, err, sizeof err), 0);
+    /* The same waybill id again is an error, not a duplicate; the group survives. */
+    ev.source_id = "carrier-2";
+    CHECK_INT_EQ(store_event_put(s, &ev, dup, sizeof dup, err, sizeof err), -1);
+    CHECK(strstr(err, "evt_C") != NULL);
+    CHECK_INT_EQ(commit(s), 1);
+    CHECK_INT_EQ(fresh_count("SELECT count(*) FROM events", NULL), 2);
+}
+
+static void test_on_commit_order_and_empty(struct store *s) {
+    struct commit_rec a = {0, 0, 0}, b = {0, 0, 0}, c = {0, 0, 0};
+    /* No open group: still called back, asynchronously, with ok=1. */
+    CHECK_INT_EQ(store_on_commit(s, on_commit, &a), 0);
+    CHECK_INT_EQ(store_on_commit(s, on_commit, &b), 0);
+    CHECK_INT_EQ(store_on_commit(s, on_commit, &c), 0);
+    CHECK_INT_EQ(a.called, 0);
+    run_until(&c);
+    CHECK(a.called == 1 && b.called == 1 && c.called == 1);
+    CHECK(a.ok && b.ok && c.ok);
+    CHECK(a.order < b.order && b.order < c.order);
+}
+
+/* A priority-1 event made active together with the group runs first. */
+struct prio_rec {
+    int user_order;
+};
+static void on_user_event(evutil_socket_t fd, short what, void *arg) {
+    struct prio_rec *p = arg;
+    UNUSED(fd);
+    UNUSED(what);
+    p->user_order = ++commit_seq;
+}
+
+static void test_priority(struct store *s) {
+    struct prio_rec p = {0};
+    struct commit_rec r = {0, 0, 0};
+    struct event *ev = event_new(base, -1, 0, on_user_event, &p);
+    CHECK_INT_EQ(store_on_commit(s, on_commit, &r), 0);
+    event_active(ev, EV_TIMEOUT, 0); /* activated after the commit event */
+    run_until(&r);
+    CHECK(p.user_order > 0 && p.user_order < r.order);
+    event_free(ev);
+}
+
+/* A callback that writes and registers the next callback (re-entrancy). */
+struct chain {
+    struct store *s;
+    struct commit_rec second;
+    int first_ok, put_rc;
+};
+static void on_commit_chain(void *arg, int ok) {
+    struct chain *c = arg;
+    struct store_event ev = mk_event("evt_CHAIN", "chain-1");
+    char err[256];
+    c->first_ok = ok;
+    c->put_rc = store_event_put(c->s, &ev, NULL, 0, err, sizeof err);
+    store_on_commit(c->s, on_commit, &c->second);
+}
+
+static void test_reentrant(struct store *s) {
+    struct chain c = {s, {0, 0, 0}, -1, -1};
+    int i;
+    CHECK_INT_EQ(store_on_commit(s, on_commit_chain, &c), 0);
+    for (i = 0; i < 100 && !c.second.called; i++)
+        event_base_loop(base, EVLOOP_NONBLOCK);
+    CHECK_INT_EQ(c.first_ok, 1);
+    CHECK_INT_EQ(c.put_rc, 0);
+    CHECK_INT_EQ(c.second.called, 1);
+    CHECK_INT_EQ(c.second.ok, 1);
+    CHECK_INT_EQ(fresh_count("SELECT count(*) FROM events WHERE id = ?", "evt_CHAIN"), 1);
+}
+
+static void test_route_claim_attempt(struct store *s) {
+    char err[256] = "";
+    struct store_event ev = mk_event("evt_R", "route-1");
+    int64_t now = util_now_ms();
+    struct store_delivery_new dn[2] = {
+        {.endpoint = "erp",
+         .event_type = "tracking.delivered",
+         .payload = "{\"x\":1}",
+         .payload_len = 7,
+         .content_type = "application/json",
+         .headers_json = "{\"X-A\":\"1\"}",
+         .status = "pending",
+         .next_at = now - 5},
+        {.endpoint = "chat",
+         .event_type = "tracking.delivered",
+         .payload = "hi",
+         .payload_len = 2,
+         .content_type = "text/plain",
+         .headers_json = NULL,
+         .status = "held",
+         .next_at = now - 10},
+    };
+    struct store_delivery *d = NULL;
+    struct store_event_row *rows = NULL;
+    struct store_counts cnt;
+    struct store_attempt a = {.n = 1,
+                              .at = now,
+                              .status_code = 503,
+                              .latency_ms = 42,
+                              .error = "HTTP 503",
+                              .response = "busy caf\xe9",
+                              .response_len = 9};
+    size_t n = 0, i;
+    char dlv_id[UTIL_ID_MAX];
+    json_t *j, *dl, *att;
+
+    CHECK_INT_EQ(store_event_put(s, &ev, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(commit(s), 1);
+
+    /* Committed but not routed: found by store_events_unrouted. */
+    CHECK_INT_EQ(store_events_unrouted(s, 0, 100, &rows, &n, err, sizeof err), 0);
+    for (i = 0; i < n && strcmp(rows[i].id, "evt_R") != 0; i++)
+        ;
+    CHECK(i < n);
+    if (i < n) {
+        CHECK_STR_EQ(rows[i].source_id, "route-1");
+        CHECK_INT_EQ(rows[i].raw_len, 7);
+        CHECK(memcmp(rows[i].raw, "{\"a\":1}", 8) == 0); /* NUL-terminated too */
+        CHECK_INT_EQ(rows[i].received_at, 1795017818123);
+        CHECK(rows[i].error == NULL);
+    }
+    store_event_rows_free(rows, n);
+
+    CHECK_INT_EQ(store_event_routed(s, "evt_R", "routed", NULL, dn, 2, err, sizeof err), 0);
+    CHECK_INT_EQ(store_event_routed(s, "evt_NOPE", "routed", NULL, dn, 0, err, sizeof err), -1);
+    CHECK(strstr(err, "unknown event") != NULL);
+    CHECK_INT_EQ(commit(s), 1);
+    CHECK_INT_EQ(store_events_unrouted(s, 0, 100, &rows, &n, err, sizeof err), 0);
+    for (i = 0; i < n; i++)
+        CHECK(strcmp(rows[i].id, "evt_R") != 0);
+    store_event_rows_free(rows, n);
+
+    CHECK_INT_EQ(store_delivery_counts(s, &cnt), 0);
+    CHECK_INT_EQ(cnt.pending, 1);
+    CHECK_INT_EQ(cnt.held, 1);
+    CHECK_INT_EQ(store_deliveries_next_due(s), now - 5);
+
+    /* Claim: the pending one only, leased. */
+    CHECK_INT_EQ(store_deliveries_claim(s, now, 30000, 10, &d, &n, err, sizeof err), 0);
+    CHECK_INT_EQ(n, 1);
+    if (n == 1) {
+        CHECK(strncmp(d[0].id, "dlv_", 4) == 0);
+        CHECK_STR_EQ(d[0].event_id, "evt_R");
+        CHECK_STR_EQ(d[0].endpoint, "erp");
+        CHECK_STR_EQ(d[0].content_type, "application/json");
+        CHECK_STR_EQ(d[0].headers_json, "{\"X-A\":\"1\"}");
+        CHECK_INT_EQ(d[0].payload_len, 7);
+        CHECK_STR_EQ(d[0].payload, "{\"x\":1}");
+        CHECK_INT_EQ(d[0].attempts, 0);
+        CHECK_INT_EQ(d[0].schedule_pos, 0);
+        CHECK_INT_EQ(d[0].next_at, now - 5);
+        snprintf(dlv_id, sizeof dlv_id, "%s", d[0].id);
+    } else {
+        dlv_id[0] = '\0';
+    }
+    store_deliveries_free(d, n);
+    /* Leased: not claimable again, even much later within the lease. */
+    CHECK_INT_EQ(store_deliveries_claim(s, now + 1000, 30000, 10, &d, &n, err, sizeof err), 0);
+    CHECK_INT_EQ(n, 0);
+    store_deliveries_free(d, n);
+    CHECK_INT_EQ(store_deliveries_next_due(s), now + 30000);
+    CHECK_INT_EQ(commit(s), 1);
+
+    /* Outcome: retry in a minute. */
+    CHECK_INT_EQ(store_attempt_put(s, dlv_id, &a, "pending", now + 60000, 1, err, sizeof err), 0);
+    CHECK_INT_EQ(store_attempt_put(s, "dlv_NOPE", &a, "pending", now, 1, err, sizeof err), -1);
+    CHECK(strstr(err, "unknown delivery") != NULL);
+    CHECK_INT_EQ(commit(s), 1);
+    CHECK_INT_EQ(store_deliveries_claim(s, now + 40000, 30000, 10, &d, &n, err, sizeof err), 0);
+    CHECK_INT_EQ(n, 0);
+    store_deliveries_free(d, n);
+    CHECK_INT_EQ(store_deliveries_next_due(s), now + 60000);
+    CHECK_INT_EQ(fresh_count("SELECT lease_until FROM deliveries WHERE id = ?", dlv_id), 0);
+
+    /* Due again: claimed with attempts and schedule_pos; then delivered. */
+    CHECK_INT_EQ(store_deliveries_claim(s, now + 60000, 30000, 10, &d, &n, err, sizeof err), 0);
+    CHECK_INT_EQ(n, 1);
+    if (n == 1) {
+        CHECK_INT_EQ(d[0].attempts, 1);
+        CHECK_INT_EQ(d[0].schedule_pos, 1);
+    }
+    store_deliveries_free(d, n);
+    a.n = 2;
+    a.at = now + 60000;
+    a.status_code = 200;
+    a.latency_ms = 7;
+    a.error = NULL;
+    a.response = "ok";
+    a.response_len = 2;
+    CHECK_INT_EQ(store_attempt_put(s, dlv_id, &a, "delivered", 0, 2, err, sizeof err), 0);
+    CHECK_INT_EQ(commit(s), 1);
+    CHECK_INT_EQ(store_deliveries_next_due(s), INT64_MAX);
+    CHECK_INT_EQ(store_delivery_counts(s, &cnt), 0);
+    CHECK_INT_EQ(cnt.pending, 0);
+    CHECK_INT_EQ(cnt.delivered, 1);
+    CHECK_INT_EQ(cnt.held, 1);
+    CHECK_INT_EQ(cnt.failed, 0);
+
+    /* The admin JSON. */
+    err[0] = 'x';
+    CHECK(store_event_json(s, "evt_UNKNOWN", err, sizeof err) == NULL);
+    CHECK_INT_EQ(err[0], '\0');
+    j = store_event_json(s, "evt_R", err, sizeof err);
+    CHECK(j != NULL);
+    if (!j)
+        return;
+    CHECK_STR_EQ(json_string_value(json_object_get(j, "id")), "evt_R");
+    CHECK_STR_EQ(json_string_value(json_object_get(j, "source")), "atoship");
+    CHECK_STR_EQ(json_string_value(json_object_get(j, "source_id")), "route-1");
+    CHECK_STR_EQ(json_string_value(json_object_get(j, "type")), "tracking.delivered");
+    CHECK_STR_EQ(json_string_value(json_object_get(j, "status")), "routed");
+    CHECK_STR_EQ(json_string_value(json_object_get(j, "received_at")), "2026-11-18T16:03:38.123Z");
+    CHECK_STR_EQ(json_string_value(json_object_get(j, "created_at")), "2026-11-23T16:03:38Z");
+    CHECK(json_is_null(json_object_get(j, "error")));
+    CHECK(json_is_object(json_object_get(j, "data")));
+    CHECK_STR_EQ(json_string_value(json_object_get(json_object_get(j, "data"), "tracking")),
+                 "1Z999");
+    dl = json_object_get(j, "deliveries");
+    CHECK(json_is_array(dl) && json_array_size(dl) == 2);
+    CHECK_STR_EQ(json_string_value(json_object_get(json_array_get(dl, 0), "id")), dlv_id);
+    CHECK_STR_EQ(json_string_value(json_object_get(json_array_get(dl, 0), "endpoint")), "erp");
+    CHECK_STR_EQ(json_string_value(json_object_get(json_array_get(dl, 0), "status")), "delivered");
+    CHECK(json_is_false(json_object_get(json_array_get(dl, 0), "batch")));
+    CHECK_STR_EQ(json_string_value(json_object_get(json_array_get(dl, 1), "endpoint")), "chat");
+    CHECK_STR_EQ(json_string_value(json_object_get(json_array_get(dl, 1), "status")), "held");
+    CHECK_INT_EQ(json_array_size(json_object_get(json_array_get(dl, 1), "attempts")), 0);
+    att = json_object_get(json_array_get(dl, 0), "attempts");
+    CHECK(json_is_array(att) && json_array_size(att) == 2);
+    CHECK_INT_EQ(json_integer_value(json_object_get(json_array_get(att, 0), "n")), 1);
+    CHECK_INT_EQ(json_integer_value(json_object_get(json_array_get(att, 0), "status_code")), 503);
+    CHECK_INT_EQ(json_integer_value(json_object_get(json_array_get(att, 0), "latency_ms")), 42);
+    CHECK_STR_EQ(json_string_value(json_object_get(json_array_get(att, 0), "error")), "HTTP 503");
+    /* Latin-1 byte in the response: replaced, the document stays valid UTF-8. */
+    CHECK_STR_EQ(json_string_value(json_object_get(json_array_get(att, 0), "response")),
+                 "busy caf\xEF\xBF\xBD");
+    CHECK(json_is_string(json_object_get(json_array_get(att, 0), "at")));
+    CHECK_INT_EQ(json_integer_value(json_object_get(json_array_get(att, 1), "n")), 2);
+    CHECK_INT_EQ(json_integer_value(json_object_get(json_array_get(att, 1), "status_code")), 200);
+    CHECK(json_is_null(json_object_get(json_array_get(att, 1), "error")));
+    CHECK_STR_EQ(json_string_value(json_object_get(json_array_get(att, 1), "response")), "ok");
+    {
+        char *txt = json_dumps(j, 0);
+        CHECK(txt != NULL);
+        free(txt);
+    }
+    json_decref(j);
+}
+
+/* A write error inside a group fails the whole group: earlier writes of it
+ * are rolled back and every callback gets ok=0. */
+static void test_group_failure(struct store *s) {
+    char err[256] = "";
+    struct store_event ev = mk_event("evt_F1", "fail-1");
+    struct store_delivery_new bad = {
+        .endpoint = NULL, .payload = "x", .payload_len = 1, .status = "pending", .next_at = 0};
+    struct commit_rec r = {0, 0, 0};
+
+    CHECK_INT_EQ(store_event_put(s, &ev, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(store_on_commit(s, on_commit, &r), 0);
+    CHECK_INT_EQ(store_event_routed(s, "evt_F1", "routed", NULL, &bad, 1, err, sizeof err), -1);
+    ev = mk_event("evt_F2", "fail-2");
+    CHECK_INT_EQ(store_event_put(s, &ev, NULL, 0, err, sizeof err), -1); /* fails fast */
+    CHECK(strstr(err, "commit group failed") != NULL);
+    run_until(&r);
+    CHECK_INT_EQ(r.called, 1);
+    CHECK_INT_EQ(r.ok, 0);
+    CHECK_INT_EQ(fresh_count("SELECT count(*) FROM events WHERE id = ?", "evt_F1"), 0);
+    /* The next group is fine. */
+    ev = mk_event("evt_F3", "fail-3");
+    CHECK_INT_EQ(store_event_put(s, &ev, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(commit(s), 1);
+    CHECK_INT_EQ(fresh_count("SELECT count(*) FROM events WHERE id = ?", "evt_F3"), 1);
+}
+
+/* Another process holds the write lock: the write fails within the busy
+ * timeout, the group reports ok=0, nothing is stored; then it recovers. */
+static void test_locked(struct store *s) {
+    char err[256] = "";
+    struct store_event ev = mk_event("evt_L", "lock-1");
+    struct commit_rec r = {0, 0, 0};
+    sqlite3 *other = NULL;
+    int64_t t0;
+
+    CHECK_INT_EQ(sqlite3_open(dbpath, &other), SQLITE_OK);
+    CHECK_INT_EQ(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    t0 = util_mono_ms();
+    CHECK_INT_EQ(store_event_put(s, &ev, NULL, 0, err, sizeof err), -1);
+    CHECK(util_mono_ms() - t0 < 1000);
+    CHECK(strstr(err, "locked") != NULL || strstr(err, "busy") != NULL);
+    CHECK_INT_EQ(store_on_commit(s, on_commit, &r), 0);
+    run_until(&r);
+    CHECK_INT_EQ(r.called, 1);
+    CHECK_INT_EQ(r.ok, 0);
+    CHECK_INT_EQ(sqlite3_exec(other, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(other);
+    CHECK_INT_EQ(fresh_count("SELECT count(*) FROM events WHERE id = ?", "evt_L"), 0);
+
+    CHECK_INT_EQ(store_event_put(s, &ev, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(commit(s), 1);
+    CHECK_INT_EQ(fresh_count("SELECT count(*) FROM events WHERE id = ?", "evt_L"), 1);
+}
+
+/* Leases of a run that died are released when the store opens again. */
+static struct store *test_crash_release(struct store *s) {
+    char err[256] = "";
+    struct store_event ev = mk_event("evt_K", "crash-1");
+    struct store_delivery_new dn = {.endpoint = "erp",
+                                    .event_type = "t",
+                                    .payload = "p",
+                                    .payload_len = 1,
+                                    .content_type = "text/plain",
+                                    .status = "pending",
+                                    .next_at = 1000};
+    struct store_delivery *d = NULL;
+    size_t n = 0;
+    int64_t before;
+
+    CHECK_INT_EQ(store_event_put(s, &ev, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(store_event_routed(s, "evt_K", "routed", NULL, &dn, 1, err, sizeof err), 0);
+    CHECK_INT_EQ(store_flush(s), 0);
+    CHECK_INT_EQ(store_deliveries_claim(s, 2000, 3600000, 10, &d, &n, err, sizeof err), 0);
+    CHECK_INT_EQ(n, 1);
+    store_deliveries_free(d, n);
+    CHECK_INT_EQ(store_deliveries_claim(s, 2000, 3600000, 10, &d, &n, err, sizeof err), 0);
+    CHECK_INT_EQ(n, 0);
+    store_deliveries_free(d, n);
+    /* "Crash": the lease is committed and no outcome is ever stored. */
+    store_free(s);
+
+    before = util_now_ms();
+    s = open_store("sqlite:store.db?sync=normal");
+    CHECK(s != NULL);
+    if (!s)
+        return NULL;
+    CHECK(store_deliveries_next_due(s) >= before);
+    CHECK(store_deliveries_next_due(s) <= util_now_ms());
+    CHECK_INT_EQ(store_deliveries_claim(s, util_now_ms(), 30000, 10, &d, &n, err, sizeof err), 0);
+    CHECK_INT_EQ(n, 1);
+    if (n == 1)
+        CHECK_STR_EQ(d[0].event_id, "evt_K");
+    store_deliveries_free(d, n);
+    CHECK_INT_EQ(fresh_count("SELECT count(*) FROM deliveries WHERE lease_until > 0", NULL), 0);
+    CHECK_INT_EQ(store_flush(s), 0);
+    CHECK_INT_EQ(fresh_count("SELECT count(*) FROM deliveries WHERE lease_until > 0", NULL), 1);
+    return s;
+}
+
+/* Hot queries are index lookups, never table scans (next_due may walk its
+ * index: LIMIT 1 stops at the first entry). The SQL mirrors store.c. */
+static void test_query_plans(void) {
+    static const char *const sqls[] = {
+        ("SELECT seq, id, event_id, endpoint, event_type, content_type, headers, payload, attempts,"
+         " schedule_pos, next_at, created_at FROM deliveries"
+         " WHERE status = 'pending' AND next_at <= ?1 ORDER BY next_at LIMIT ?2"),
+        "SELECT next_at FROM deliveries WHERE status = 'pending' ORDER BY next_at LIMIT 1",
+        "UPDATE deliveries SET lease_until = 0, next_at = ?1 WHERE lease_until > 0",
+        ("SELECT seq, id FROM events INDEXED BY events_received"
+         " WHERE status = 'received' AND seq > ?1 ORDER BY seq LIMIT ?2"),
+        "SELECT id FROM events WHERE source = ?1 AND source_id = ?2",
+        "SELECT id, endpoint, status, batch FROM deliveries WHERE event_id = ?1 ORDER BY seq",
+        "SELECT n FROM attempts WHERE delivery_id = ?1 ORDER BY n",
+    };
+    sqlite3 *db = NULL;
+    char plan[1024];
+    size_t i;
+    CHECK_INT_EQ(sqlite3_open_v2(dbpath, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    for (i = 0; i < sizeof sqls / sizeof sqls[0]; i++) {
+        query_plan(db, sqls[i], plan, sizeof plan);
+        CHECK(strstr(plan, "USING INDEX") != NULL || strstr(plan, "USING COVERING INDEX") != NULL);
+        CHECK(!plan_has_table_scan(plan));
+        CHECK(strstr(plan, "TEMP B-TREE") == NULL);
+        if (getenv("TEST_STORE_VERBOSE"))
+            fprintf(stderr, "plan %zu: %s\n", i, plan);
+    }
+    sqlite3_close(db);
+}
+
+/* A delivery is claimable only once the group that inserted it committed:
+ * nothing is sent from a row a crash could still roll back. */
+static void test_claim_waits_for_commit(struct store *s) {
+    char err[256] = "";
+    struct store_event ev = mk_event("evt_commit_wait", "commit-1");
+    struct store_delivery_new dn = {.endpoint = "erp",
+                                    .event_type = "tracking.delivered",
+                                    .payload = "{}",
+                                    .payload_len = 2,
+                                    .content_type = "application/json",
+                                    .status = "pending",
+                                    .next_at = util_now_ms() - 1};
+    struct store_delivery *d = NULL;
+    size_t n = 9;
+
+    CHECK_INT_EQ(store_event_put(s, &ev, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(commit(s), 1);
+    CHECK_INT_EQ(store_event_routed(s, "evt_commit_wait", "routed", NULL, &dn, 1, err, sizeof err), 0);
+    CHECK_INT_EQ(store_deliveries_claim(s, util_now_ms(), 60000, 10, &d, &n, err, sizeof err), 0);
+    CHECK_INT_EQ(n, 0); /* still in the open group */
+    store_deliveries_free(d, n);
+    CHECK_INT_EQ(commit(s), 1);
+    CHECK_INT_EQ(store_deliveries_claim(s, util_now_ms(), 60000, 10, &d, &n, err, sizeof err), 0);
+    CHECK_INT_EQ(n, 1);
+    if (n == 1) {
+        struct store_attempt a = {.n = 1, .at = util_now_ms(), .status_code = 200};
+        CHECK_STR_EQ(d[0].event_id, "evt_commit_wait");
+        /* delivered: leaves no lease for the crash test that follows */
+        CHECK_INT_EQ(store_attempt_put(s, d[0].id, &a, "delivered", 0, 0, err, sizeof err), 0);
+    }
+    store_deliveries_free(d, n);
+    CHECK_INT_EQ(commit(s), 1);
+}
+
+int main(void) {
+    struct store *s;
+    char cwd_db[128];
+
+    snprintf(dir, sizeof dir, "/tmp/waybill-store-XXXXXX");
+    if (!mkdtemp(dir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    snprintf(dbpath, sizeof dbpath, "%s/store.db", dir);
+    base = event_base_new();
+    event_base_priority_init(base, 3);
+
+    test_open_errors();
+    s = open_store("sqlite:store.db");
+    CHECK(s != NULL);
+    if (!s)
+        return harness_report();
+    CHECK(access(dbpath, F_OK) == 0); /* relative to base_dir */
+    test_put_commit_dup(s);
+    test_on_commit_order_and_empty(s);
+    test_priority(s);
+    test_reentrant(s);
+    test_route_claim_attempt(s);
+    test_claim_waits_for_commit(s);
+    test_group_failure(s);
+    test_locked(s);
+    s = test_crash_release(s);
+    test_query_plans();
+    store_free(s);
+    store_free(NULL);
+
+    /* An absolute path ignores base_dir. */
+    snprintf(cwd_db, sizeof cwd_db, "sqlite:%s/abs.db?sync=full", dir);
+    s = open_store(cwd_db);
+    CHECK(s != NULL);
+    if (s) {
+        /* store_free drains callbacks that write and register more. */
+        struct chain c = {s, {0, 0, 0}, -1, -1};
+        CHECK_INT_EQ(store_on_commit(s, on_commit_chain, &c), 0);
+        store_free(s);
+        CHECK_INT_EQ(c.first_ok, 1);
+        CHECK_INT_EQ(c.second.called, 1);
+        CHECK_INT_EQ(c.second.ok, 1);
+        snprintf(dbpath, sizeof dbpath, "%s/abs.db", dir);
+        CHECK_INT_EQ(fresh_count("SELECT count(*) FROM events WHERE id = ?", "evt_CHAIN"), 1);
+    }
+
+    event_base_free(base);
+    libevent_global_shutdown();
+    {
+        char cmd[160];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+        if (system(cmd) != 0)
+            fprintf(stderr, "cleanup of %s failed\n", dir);
+    }
+    return harness_report();
+}
