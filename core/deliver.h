@@ -43,4 +43,47 @@ void deliver_shutdown(struct deliver *d, int64_t grace_ms, void (*done)(void *ar
 /* Aborts every transfer and frees; NULL is a no-op. */
 void deliver_free(struct deliver *d);
 
+/* ---- pure helpers (exposed for the unit tests) ---- */
+
+/* What an HTTP answer means for a delivery (SPEC section 7). */
+enum deliver_outcome {
+    DELIVER_DELIVERED,   /* a success status */
+    DELIVER_RETRY,       /* any other status, or no response: retry per schedule */
+    DELIVER_RETRY_AFTER, /* 429 / 503: retry per schedule, honouring Retry-After */
+    DELIVER_FAILED,      /* 406: failed now, no retry */
+    DELIVER_GONE         /* 410: failed now; the endpoint is to be disabled */
+};
+
+/* Classifies status_code (0 = no HTTP response) under an endpoint's success
+ * mode: any 2xx, or exactly 200 with CONFIG_SUCCESS_200. 3xx is a failure
+ * (redirects are not followed). Can't fail. */
+enum deliver_outcome deliver_outcome_classify(int status_code, enum config_success success);
+
+#define DELIVER_RETRY_AFTER_MAX_MS (24 * 3600 * 1000LL)
+
+/* Parses a Retry-After value, delta seconds ("120") or an HTTP date
+ * ("Wed, 21 Oct 2015 07:28:00 GMT"), into a delay in ms from now_ms
+ * (Unix ms): 0 for a date in the past, capped at DELIVER_RETRY_AFTER_MAX_MS.
+ * Returns -1 when value is NULL, empty or not one of the two forms. */
+int64_t deliver_retry_after_parse(const char *value, int64_t now_ms);
+
+/* The step after an attempt made at schedule position pos of retry_ms
+ * (nretry delays, [0] before the first attempt). Returns pos + 1 and sets
+ * *delay_ms to retry_ms[pos + 1], with +-10% uniform jitter when jitter is
+ * non-zero (rnd is a uniform 32-bit random number; rnd = 2^31 gives the
+ * exact delay); returns -1 (*delay_ms untouched) when the schedule is
+ * exhausted. */
+int deliver_schedule_next(const int64_t *retry_ms, size_t nretry, int pos, int jitter, uint32_t rnd,
+                          int64_t *delay_ms);
+
+/* 1 when addr (family AF_INET or AF_INET6, network order, as in a sockaddr)
+ * is one an endpoint may not reach without allow_private: loopback
+ * (127/8, ::1), unspecified (0/8, ::), private (10/8, 172.16/12,
+ * 192.168/16, fc00::/7), link-local (169.254/16 including the metadata
+ * address 169.254.169.254, fe80::/10), CGNAT (100.64/10), and these ranges
+ * seen through IPv4-mapped (::ffff:0:0/96), IPv4-compatible (::/96) or
+ * NAT64 (64:ff9b::/96) IPv6.
+ * Any other family counts as private. Else 0. */
+int deliver_address_private(int family, const void *addr);
+
 #endif

@@ -1,0 +1,1183 @@
+/* deliver.c -- outbound delivery: one libcurl multi handle driven by the
+ * libevent loop (the structure of curl's hiperfifo example), signing,
+ * retries per schedule, every attempt stored.
+ * Invariant: a claimed delivery is owned by exactly one struct deliver_xfer
+ * (waiting in its endpoint's FIFO, or in flight in the multi) from its claim
+ * until its outcome is written or it is dropped (its lease then lapses);
+ * d->nheld counts them, d->inflight the ones in the multi.
+ * SPDX-License-Identifier: MIT */
+
+#include <arpa/inet.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+#include <event2/event.h>
+#include <event2/event_struct.h>
+#include <jansson.h>
+
+#include "deliver.h"
+#include "gateway.h"
+#include "log.h"
+#include "util.h"
+#include "verify.h"
+
+#define DELIVER_MAX_HELD 256        /* claimed deliveries in memory: queued + in flight */
+#define DELIVER_MAX_CONNECTS 128L   /* idle connections the multi keeps for reuse */
+#define DELIVER_RESPONSE_MAX 1024   /* bytes of a response body stored with an attempt */
+#define DELIVER_POLL_MS 1000        /* longest sleep between claim rounds (leases that end) */
+#define DELIVER_LEASE_MIN_MS 120000 /* a lease covers the longest timeout + 60 s, at least this */
+#define DELIVER_LEASE_EXTRA_MS 60000
+/* Retry delay of a delivery whose endpoint left the config while in flight. */
+#define DELIVER_ORPHAN_DEFER_MS 60000
+
+/* ---- structures ---- */
+
+/* A socket curl asked us to watch (hiperfifo's SockInfo). ev is assigned
+ * (EV_PERSIST) while assigned is 1; re-assigned when curl changes the flags;
+ * freed on CURL_POLL_REMOVE or, for any curl never removed, at deliver_free. */
+struct deliver_sock {
+    curl_socket_t fd;
+    int assigned;
+    struct event ev;
+    struct deliver_sock *prev, *next; /* d->socks */
+};
+
+/* Per-endpoint-name state (not the config: that is looked up by name each
+ * time). Kept while it has work; pruned at deliver_set_config when idle. */
+struct deliver_ep {
+    char *name;
+    int inflight;                     /* transfers of this endpoint in the multi */
+    struct deliver_xfer *head, *tail; /* claimed, waiting for a slot (FIFO) */
+    int warned;                       /* "not in the config" logged for this config */
+    struct deliver_ep *next;
+};
+
+/* One claimed delivery and, once started, its transfer. Owns row (a deep
+ * copy of the claimed store row) until the outcome is written; the easy
+ * handle points at row.payload (CURLOPT_POSTFIELDS, not copied). */
+struct deliver_xfer {
+    struct deliver *d;
+    struct deliver_ep *ep;            /* borrowed; outlives the xfer */
+    struct deliver_xfer *qnext;       /* ep FIFO link while waiting */
+    struct deliver_xfer *prev, *next; /* d->xfers: every held xfer */
+    struct store_delivery row;        /* owned */
+    CURL *easy;                       /* NULL until started */
+    struct curl_slist *headers;       /* owned, in use by easy */
+    int64_t at;                       /* Unix ms the attempt started */
+    int64_t t0;                       /* monotonic ms, for the latency */
+    size_t resp_len;
+    char resp[DELIVER_RESPONSE_MAX]; /* first bytes of the response body */
+    char errbuf[CURL_ERROR_SIZE];    /* CURLOPT_ERRORBUFFER */
+    char refused[96];                /* SSRF guard's reason, "" when none */
+};
+
+/* Registered with store_on_commit; detached (d = NULL) by deliver_free so a
+ * later callback does nothing. The callback frees it. */
+struct deliver_commit {
+    struct deliver *d;
+};
+
+struct deliver {
+    struct event_base *base;
+    struct store *store;
+    const struct config *cfg; /* borrowed; NULL until deliver_set_config */
+    CURLM *multi;
+    int curl_inited;
+    struct event *curl_timer; /* curl's single timer (CURLMOPT_TIMERFUNCTION) */
+    struct event *kick_ev;    /* coalesced claim round */
+    struct event *due_ev;     /* next claim round */
+    struct event *grace_ev;   /* shutdown grace */
+    struct event *done_ev;    /* runs the shutdown callback from the loop */
+    struct deliver_sock *socks;
+    struct deliver_xfer *xfers;
+    struct deliver_ep *eps;
+    int nheld, inflight;
+    int64_t lease_ms;
+    uint64_t rng;
+    struct deliver_commit *commit; /* outstanding store_on_commit, or NULL */
+    int stopping;
+    void (*done)(void *arg);
+    void *done_arg;
+};
+
+/* ---- pure helpers ---- */
+
+enum deliver_outcome deliver_outcome_classify(int status_code, enum config_success success) {
+    if (status_code >= 200 && status_code <= 299) {
+        if (success == CONFIG_SUCCESS_200 && status_code != 200)
+            return DELIVER_RETRY;
+        return DELIVER_DELIVERED;
+    }
+    if (status_code == 406)
+        return DELIVER_FAILED;
+    if (status_code == 410)
+        return DELIVER_GONE;
+    if (status_code == 429 || status_code == 503)
+        return DELIVER_RETRY_AFTER;
+    return DELIVER_RETRY; /* 0 (no response), 1xx, 3xx, other 4xx, 5xx */
+}
+
+int64_t deliver_retry_after_parse(const char *value, int64_t now_ms) {
+    const char *p = value;
+    int64_t ms;
+
+    if (!p)
+        return -1;
+    while (*p == ' ' || *p == '\t')
+        p++;
+    if (*p >= '0' && *p <= '9') {
+        int64_t secs = 0;
+        for (; *p >= '0' && *p <= '9'; p++) {
+            if (secs <= DELIVER_RETRY_AFTER_MAX_MS / 1000)
+                secs = secs * 10 + (*p - '0');
+        }
+        while (*p == ' ' || *p == '\t')
+            p++;
+        if (*p)
+            return -1; /* "1.5", "10s", "5 6", or a date starting with a digit */
+        ms = secs > DELIVER_RETRY_AFTER_MAX_MS / 1000 ? DELIVER_RETRY_AFTER_MAX_MS : secs * 1000;
+    } else {
+        time_t t;
+        if (!*p || !strpbrk(p, "0123456789"))
+            return -1; /* every HTTP date has digits; curl_getdate is lenient */
+        t = curl_getdate(p, NULL);
+        if (t == (time_t)-1)
+            return -1;
+        if ((int64_t)t > (now_ms + DELIVER_RETRY_AFTER_MAX_MS) / 1000 + 1)
+            return DELIVER_RETRY_AFTER_MAX_MS;
+        ms = (int64_t)t * 1000 - now_ms;
+        if (ms < 0)
+            ms = 0;
+    }
+    return ms > DELIVER_RETRY_AFTER_MAX_MS ? DELIVER_RETRY_AFTER_MAX_MS : ms;
+}
+
+int deliver_schedule_next(const int64_t *retry_ms, size_t nretry, int pos, int jitter, uint32_t rnd,
+                          int64_t *delay_ms) {
+    int64_t delay;
+
+    if (pos < 0 || (size_t)pos + 1 >= nretry)
+        return -1;
+    delay = retry_ms[pos + 1];
+    if (jitter && delay > 0) {
+        /* uniform in [-10%, +10%): rnd / 2^32 is in [0, 1) */
+        double j = (double)delay * (0.2 * ((double)rnd / 4294967296.0) - 0.1);
+        delay += (int64_t)(j < 0 ? j - 0.5 : j + 0.5);
+        if (delay < 0)
+            delay = 0;
+    }
+    *delay_ms = delay;
+    return pos + 1;
+}
+
+static int deliver_v4_private(const unsigned char *b) {
+    return b[0] == 0                               /* 0.0.0.0/8 */
+           || b[0] == 10                           /* 10/8 */
+           || b[0] == 127                          /* loopback */
+           || (b[0] == 100 && (b[1] & 0xc0) == 64) /* CGNAT 100.64/10 */
+           || (b[0] == 169 && b[1] == 254)         /* link-local, metadata */
+           || (b[0] == 172 && (b[1] & 0xf0) == 16) /* 172.16/12 */
+           || (b[0] == 192 && b[1] == 168);        /* 192.168/16 */
+}
+
+/* The IPv4 address inside an IPv4-mapped (::ffff:a.b.c.d), IPv4-compatible
+ * (::a.b.c.d) or NAT64 (64:ff9b::a.b.c.d) IPv6 address, else NULL. */
+static const unsigned char *deliver_embedded_v4(const unsigned char *b) {
+    static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    static const unsigned char compat[12] = {0};
+    static const unsigned char nat64[12] = {0, 0x64, 0xff, 0x9b};
+
+    if (!memcmp(b, mapped, 12) || !memcmp(b, compat, 12) || !memcmp(b, nat64, 12))
+        return b + 12;
+    return NULL;
+}
+
+int deliver_address_private(int family, const void *addr) {
+    static const unsigned char any6[16] = {0};
+    static const unsigned char loop6[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+    const unsigned char *b = addr, *v4;
+
+    if (family == AF_INET)
+        return deliver_v4_private(b);
+    if (family != AF_INET6)
+        return 1;
+    if (!memcmp(b, any6, 16) || !memcmp(b, loop6, 16))
+        return 1;
+    if ((b[0] & 0xfe) == 0xfc) /* fc00::/7 */
+        return 1;
+    if (b[0] == 0xfe && (b[1] & 0xc0) == 0x80) /* fe80::/10 */
+        return 1;
+    v4 = deliver_embedded_v4(b);
+    return v4 ? deliver_v4_private(v4) : 0;
+}
+
+/* ---- small helpers ---- */
+
+static uint32_t deliver_rand(struct deliver *d) {
+    uint64_t x = d->rng; /* xorshift64*: jitter needs spread, not secrecy */
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    d->rng = x;
+    return (uint32_t)((x * 0x2545F4914F6CDD1DULL) >> 32);
+}
+
+/* "850ms", "12s", "5m", "2h", for the log. */
+static const char *deliver_fmt_delay(int64_t ms, char *buf, size_t len) {
+    if (ms < 1000)
+        snprintf(buf, len, "%" PRId64 "ms", ms);
+    else if (ms < 120000)
+        snprintf(buf, len, "%" PRId64 "s", (ms + 500) / 1000);
+    else if (ms < 2 * 3600000)
+        snprintf(buf, len, "%" PRId64 "m", (ms + 30000) / 60000);
+    else
+        snprintf(buf, len, "%" PRId64 "h", (ms + 1800000) / 3600000);
+    return buf;
+}
+
+static const struct config_endpoint *deliver_endpoint(const struct deliver *d, const char *name) {
+    return d->cfg && name ? config_endpoint_by_name(d->cfg, name) : NULL;
+}
+
+static int deliver_endpoint_limit(const struct config_endpoint *cep) {
+    if (cep->ordered)
+        return 1;
+    return cep->concurrency > 0 ? cep->concurrency : 1;
+}
+
+/* ---- header list ---- */
+
+/* Outgoing headers by name (case-insensitive); a later set replaces. */
+struct deliver_hdrs {
+    struct config_header *v; /* owned names and values */
+    size_t n, cap;
+    int failed; /* an allocation failed */
+};
+
+static int deliver_hdr_valid(const char *name, const char *value) {
+    const char *p;
+
+    if (!name || !*name || !value)
+        return 0;
+    for (p = name; *p; p++) /* an RFC 9110 token */
+        if (*p <= ' ' || *p >= 127 || strchr("\"(),/:;<=>?@[\\]{}", *p))
+            return 0;
+    return strpbrk(value, "\r\n") == NULL;
+}
+
+/* Headers that endpoint and rule headers may not set: ours, and framing. */
+static int deliver_hdr_reserved(const char *name) {
+    return !strncasecmp(name, "x-waybill-", 10) || !strcasecmp(name, "content-length") ||
+           !strcasecmp(name, "transfer-encoding") || !strcasecmp(name, "expect");
+}
+
+/* Returns 0, 1 when name/value is not a valid header (skipped), -1 when out of memory. */
+static int deliver_hdrs_set(struct deliver_hdrs *h, const char *name, const char *value) {
+    char *nv = NULL, *nn = NULL;
+    size_t i;
+
+    if (!deliver_hdr_valid(name, value))
+        return 1;
+    if (!(nv = strdup(value)))
+        goto fail;
+    for (i = 0; i < h->n; i++) {
+        if (!strcasecmp(h->v[i].name, name)) {
+            free(h->v[i].value);
+            h->v[i].value = nv;
+            return 0;
+        }
+    }
+    if (h->n == h->cap) {
+        size_t cap = h->cap ? 2 * h->cap : 16;
+        struct config_header *v = realloc(h->v, cap * sizeof *v);
+        if (!v)
+            goto fail;
+        h->v = v;
+        h->cap = cap;
+    }
+    if (!(nn = strdup(name)))
+        goto fail;
+    h->v[h->n].name = nn;
+    h->v[h->n].value = nv;
+    h->n++;
+    return 0;
+fail:
+    free(nv);
+    free(nn);
+    h->failed = 1;
+    return -1;
+}
+
+static void deliver_hdrs_free(struct deliver_hdrs *h) {
+    size_t i;
+    for (i = 0; i < h->n; i++) {
+        free(h->v[i].name);
+        free(h->v[i].value);
+    }
+    free(h->v);
+}
+
+static void deliver_sign_add(void *ctx, const char *name, const char *value) {
+    deliver_hdrs_set(ctx, name, value);
+}
+
+/* The delivery's own headers (rules' send(..., {headers=...})): a JSON
+ * object of strings (integers are accepted too). Others are skipped. */
+static void deliver_hdrs_from_json(struct deliver_hdrs *h, const struct store_delivery *row) {
+    json_error_t jerr;
+    json_t *obj, *val;
+    const char *key;
+    char num[32];
+
+    if (!row->headers_json || !*row->headers_json)
+        return;
+    obj = json_loads(row->headers_json, 0, &jerr);
+    if (!json_is_object(obj)) {
+        log_msg(LOG_WARN, "delivery %s: its headers are not a JSON object; sent without them",
+                row->id);
+        json_decref(obj);
+        return;
+    }
+    json_object_foreach(obj, key, val) {
+        const char *v = NULL;
+        if (json_is_string(val)) {
+            v = json_string_value(val);
+        } else if (json_is_integer(val)) {
+            snprintf(num, sizeof num, "%" JSON_INTEGER_FORMAT, json_integer_value(val));
+            v = num;
+        }
+        if (!v || deliver_hdr_reserved(key) || deliver_hdrs_set(h, key, v) == 1)
+            log_msg(LOG_DEBUG, "delivery %s: header %s skipped", row->id, key);
+    }
+    json_decref(obj);
+}
+
+/* Builds the request headers (SPEC section 5) into a new curl list.
+ * Returns 0, or -1 with a reason in err. */
+static int deliver_headers_build(struct deliver_xfer *x, const struct config_endpoint *cep,
+                                 struct curl_slist **out, char *err, size_t errlen) {
+    const struct store_delivery *row = &x->row;
+    struct deliver_hdrs h = {0};
+    struct curl_slist *list = NULL, *l;
+    struct util_buf line = {0};
+    char attempt[16];
+    size_t i;
+    int rc = -1;
+
+    snprintf(attempt, sizeof attempt, "%d", row->attempts + 1);
+    deliver_hdrs_set(&h, "Content-Type",
+                     row->content_type && *row->content_type ? row->content_type
+                                                             : "application/json");
+    deliver_hdrs_set(&h, "User-Agent", "waybill/" WAYBILL_VERSION);
+    deliver_hdrs_set(&h, "X-Waybill-Event-Type", row->event_type ? row->event_type : "");
+    deliver_hdrs_set(&h, "X-Waybill-Delivery", row->id);
+    deliver_hdrs_set(&h, "X-Waybill-Attempt", attempt);
+    for (i = 0; i < cep->nheaders; i++) {
+        const struct config_header *ch = &cep->headers[i];
+        if (deliver_hdr_reserved(ch->name) || deliver_hdrs_set(&h, ch->name, ch->value) == 1)
+            log_msg(LOG_DEBUG, "endpoint %s: header %s skipped", cep->name, ch->name);
+    }
+    deliver_hdrs_from_json(&h, row);
+    /* last, so a signature header can't be overridden */
+    if (verify_sign(cep->sign, cep->secrets, cep->nsecrets, row->id, util_now_ms() / 1000,
+                    row->payload, row->payload_len, deliver_sign_add, &h) != 0) {
+        snprintf(err, errlen, "could not sign the request");
+        goto fail;
+    }
+    if (h.failed)
+        goto oom;
+    for (i = 0; i < h.n; i++) {
+        util_buf_reset(&line);
+        /* "Name;" is curl's way to send a header with an empty value */
+        if (util_buf_printf(&line, *h.v[i].value ? "%s: %s" : "%s;%s", h.v[i].name, h.v[i].value) !=
+            0)
+            goto oom;
+        if (!(l = curl_slist_append(list, line.p)))
+            goto oom;
+        list = l;
+    }
+    if (!(l = curl_slist_append(list, "Expect:"))) /* no 100-continue round trip */
+        goto oom;
+    list = l;
+    *out = list;
+    list = NULL;
+    rc = 0;
+    goto fail;
+oom:
+    snprintf(err, errlen, "out of memory");
+fail:
+    curl_slist_free_all(list);
+    util_buf_free(&line);
+    deliver_hdrs_free(&h);
+    return rc;
+}
+
+/* ---- transfers ---- */
+
+/* A new xfer owning a deep copy of row, linked into d->xfers, or NULL. */
+static struct deliver_xfer *deliver_xfer_new(struct deliver *d, const struct store_delivery *row,
+                                             struct deliver_ep *ep) {
+    struct deliver_xfer *x = calloc(1, sizeof *x);
+
+    if (!x)
+        return NULL;
+    x->row = *row;
+    x->row.endpoint = util_strdup(row->endpoint);
+    x->row.event_type = util_strdup(row->event_type);
+    x->row.content_type = util_strdup(row->content_type);
+    x->row.headers_json = util_strdup(row->headers_json);
+    x->row.payload = malloc(row->payload_len + 1);
+    if (x->row.payload) {
+        if (row->payload_len)
+            memcpy(x->row.payload, row->payload, row->payload_len);
+        x->row.payload[row->payload_len] = '\0';
+    }
+    if (!x->row.endpoint || !x->row.payload || (row->event_type && !x->row.event_type) ||
+        (row->content_type && !x->row.content_type) ||
+        (row->headers_json && !x->row.headers_json)) {
+        free(x->row.endpoint);
+        free(x->row.event_type);
+        free(x->row.content_type);
+        free(x->row.headers_json);
+        free(x->row.payload);
+        free(x);
+        return NULL;
+    }
+    x->d = d;
+    x->ep = ep;
+    x->next = d->xfers;
+    if (d->xfers)
+        d->xfers->prev = x;
+    d->xfers = x;
+    d->nheld++;
+    return x;
+}
+
+/* Frees x (not in an ep FIFO any more), taking its easy handle out of the
+ * multi first. Writes nothing: a dropped delivery's lease lapses. */
+static void deliver_xfer_free(struct deliver *d, struct deliver_xfer *x) {
+    if (x->easy) {
+        curl_multi_remove_handle(d->multi, x->easy);
+        curl_easy_cleanup(x->easy);
+        d->inflight--;
+        x->ep->inflight--;
+    }
+    curl_slist_free_all(x->headers);
+    if (x->prev)
+        x->prev->next = x->next;
+    else
+        d->xfers = x->next;
+    if (x->next)
+        x->next->prev = x->prev;
+    d->nheld--;
+    free(x->row.endpoint);
+    free(x->row.event_type);
+    free(x->row.content_type);
+    free(x->row.headers_json);
+    free(x->row.payload);
+    free(x);
+}
+
+static size_t deliver_write_cb(char *ptr, size_t size, size_t nmemb, void *userdata) {
+    struct deliver_xfer *x = userdata;
+    size_t n = size * nmemb, room = sizeof x->resp - x->resp_len;
+
+    if (room) {
+        size_t take = n < room ? n : room;
+        memcpy(x->resp + x->resp_len, ptr, take);
+        x->resp_len += take;
+    }
+    return n; /* the rest is read and discarded */
+}
+
+/* CURLOPT_OPENSOCKETFUNCTION: the SSRF guard. Runs after DNS, on the very
+ * address about to be connected, so a rebinding name can't slip past. */
+static curl_socket_t deliver_opensocket_cb(void *clientp, curlsocktype purpose,
+                                           struct curl_sockaddr *a) {
+    struct deliver_xfer *x = clientp;
+    const struct config *cfg = x->d->cfg;
+    struct sockaddr_storage ss;
+    const unsigned char *ip = NULL, *v4;
+    char text[INET6_ADDRSTRLEN];
+    size_t len = a->addrlen < sizeof ss ? a->addrlen : sizeof ss;
+
+    memset(&ss, 0, sizeof ss);
+    memcpy(&ss, &a->addr, len); /* curl's addr is as long as addrlen says */
+    if (a->family == AF_INET && len >= sizeof(struct sockaddr_in))
+        ip = (const unsigned char *)&((struct sockaddr_in *)&ss)->sin_addr;
+    else if (a->family == AF_INET6 && len >= sizeof(struct sockaddr_in6))
+        ip = (const unsigned char *)&((struct sockaddr_in6 *)&ss)->sin6_addr;
+    if (purpose == CURLSOCKTYPE_IPCXN) {
+        if (!ip) {
+            snprintf(x->refused, sizeof x->refused, "address family %d refused", a->family);
+            return CURL_SOCKET_BAD;
+        }
+        if (deliver_address_private(a->family, ip) &&
+            !(cfg && (config_private_allowed(cfg, a->family, ip) ||
+                      (a->family == AF_INET6 && (v4 = deliver_embedded_v4(ip)) &&
+                       config_private_allowed(cfg, AF_INET, v4))))) {
+            if (!inet_ntop(a->family, ip, text, sizeof text))
+                snprintf(text, sizeof text, "?");
+            snprintf(x->refused, sizeof x->refused,
+                     "address %s is private (allow_private to permit)", text);
+            return CURL_SOCKET_BAD;
+        }
+    }
+    x->refused[0] = '\0'; /* an earlier candidate address was refused, this one is fine */
+#ifdef SOCK_CLOEXEC
+    return socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+#else
+    return socket(a->family, a->socktype, a->protocol);
+#endif
+}
+
+/* Starts x (just taken from its FIFO) on endpoint cep: builds the request and
+ * adds it to the multi; curl's 0 ms timer then starts it from the loop.
+ * Returns 0, or -1 with a reason in err (x unchanged, not started). */
+static int deliver_xfer_start(struct deliver *d, struct deliver_xfer *x,
+                              const struct config_endpoint *cep, char *err, size_t errlen) {
+    struct curl_slist *headers = NULL;
+    CURL *easy = NULL;
+    CURLcode rc = CURLE_OK;
+    int ret = -1;
+
+    if (deliver_headers_build(x, cep, &headers, err, errlen) != 0)
+        goto fail;
+    if (!(easy = curl_easy_init())) {
+        snprintf(err, errlen, "curl_easy_init failed");
+        goto fail;
+    }
+    x->errbuf[0] = '\0';
+    x->refused[0] = '\0';
+    x->resp_len = 0;
+#define DELIVER_SETOPT(opt, val)                                                                   \
+    if (rc == CURLE_OK)                                                                            \
+    rc = curl_easy_setopt(easy, opt, val)
+    DELIVER_SETOPT(CURLOPT_PRIVATE, (void *)x);
+    DELIVER_SETOPT(CURLOPT_URL, cep->url);
+    DELIVER_SETOPT(CURLOPT_PROTOCOLS_STR, "http,https");
+    DELIVER_SETOPT(CURLOPT_PROXY,
+                   ""); /* no proxy from the environment: it would bypass the guard */
+    DELIVER_SETOPT(CURLOPT_POSTFIELDS, x->row.payload);
+    DELIVER_SETOPT(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)x->row.payload_len);
+    DELIVER_SETOPT(CURLOPT_HTTPHEADER, headers);
+    DELIVER_SETOPT(CURLOPT_TIMEOUT_MS, (long)cep->timeout_ms);
+    DELIVER_SETOPT(CURLOPT_FOLLOWLOCATION, 0L); /* a 3xx is a failure */
+    DELIVER_SETOPT(CURLOPT_NOSIGNAL, 1L);
+    DELIVER_SETOPT(CURLOPT_WRITEFUNCTION, deliver_write_cb);
+    DELIVER_SETOPT(CURLOPT_WRITEDATA, (void *)x);
+    DELIVER_SETOPT(CURLOPT_ERRORBUFFER, x->errbuf);
+    DELIVER_SETOPT(CURLOPT_OPENSOCKETFUNCTION, deliver_opensocket_cb);
+    DELIVER_SETOPT(CURLOPT_OPENSOCKETDATA, (void *)x);
+#undef DELIVER_SETOPT
+    if (rc != CURLE_OK) {
+        snprintf(err, errlen, "%s", curl_easy_strerror(rc));
+        goto fail;
+    }
+    x->at = util_now_ms();
+    x->t0 = util_mono_ms();
+    if (curl_multi_add_handle(d->multi, easy) != CURLM_OK) {
+        snprintf(err, errlen, "curl_multi_add_handle failed");
+        goto fail;
+    }
+    /* handoff: the multi drives easy, x owns both until CURLMSG_DONE */
+    x->easy = easy;
+    x->headers = headers;
+    easy = NULL;
+    headers = NULL;
+    d->inflight++;
+    x->ep->inflight++;
+    ret = 0;
+fail:
+    if (easy)
+        curl_easy_cleanup(easy);
+    curl_slist_free_all(headers);
+    return ret;
+}
+
+/* ---- outcomes ---- */
+
+static void deliver_commit_cb(void *arg, int ok) {
+    struct deliver_commit *c = arg;
+    struct deliver *d = c->d;
+
+    free(c);
+    if (!d)
+        return; /* deliver_free ran */
+    d->commit = NULL;
+    if (!ok)
+        log_msg(LOG_WARN, "delivery outcomes were rolled back; those deliveries go out again "
+                          "when their leases end");
+    deliver_kick(d);
+}
+
+/* Re-arms scheduling once the outcomes written this turn are committed. */
+static void deliver_commit_watch(struct deliver *d) {
+    struct deliver_commit *c;
+
+    if (d->commit)
+        return;
+    if (!(c = malloc(sizeof *c))) {
+        deliver_kick(d);
+        return;
+    }
+    c->d = d;
+    if (store_on_commit(d->store, deliver_commit_cb, c) != 0) {
+        free(c);
+        deliver_kick(d);
+        return;
+    }
+    d->commit = c;
+}
+
+/* Records the outcome of x's attempt (SPEC section 7) and frees x. res is
+ * curl's result when x was started; otherwise start_err says why it could
+ * not be. */
+static void deliver_finish(struct deliver *d, struct deliver_xfer *x, CURLcode res,
+                           const char *start_err) {
+    const struct config_endpoint *cep = deliver_endpoint(d, x->row.endpoint);
+    struct store_attempt a = {0};
+    struct curl_header *h;
+    enum deliver_outcome outcome;
+    const char *status, *why = "";
+    char err[256], msg[64], what[320], delay_text[32];
+    int64_t now = util_now_ms(), next_at = 0, delay = 0, retry_after = -1;
+    long code = 0;
+    int pos = x->row.schedule_pos, npos;
+
+    a.n = x->row.attempts + 1;
+    a.at = x->easy ? x->at : now;
+    a.latency_ms = x->easy ? util_mono_ms() - x->t0 : 0;
+    if (!x->easy) {
+        a.error = start_err;
+    } else if (res != CURLE_OK) {
+        a.error = x->refused[0] ? x->refused : x->errbuf[0] ? x->errbuf : curl_easy_strerror(res);
+    } else {
+        curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code);
+        a.status_code = (int)code;
+        a.response = x->resp;
+        a.response_len = x->resp_len;
+        if (curl_easy_header(x->easy, "Retry-After", 0, CURLH_HEADER, -1, &h) == CURLHE_OK)
+            retry_after = deliver_retry_after_parse(h->value, now);
+    }
+    outcome =
+        a.error ? DELIVER_RETRY
+                : deliver_outcome_classify(a.status_code, cep ? cep->success : CONFIG_SUCCESS_2XX);
+    if (!a.error && outcome != DELIVER_DELIVERED) {
+        snprintf(msg, sizeof msg, "HTTP %d%s", a.status_code,
+                 a.status_code >= 300 && a.status_code < 400 ? " (redirects are not followed)"
+                                                             : "");
+        a.error = msg;
+    }
+
+    switch (outcome) {
+    case DELIVER_DELIVERED:
+        status = "delivered";
+        break;
+    case DELIVER_FAILED:
+        status = "failed";
+        why = " (no retry after 406)";
+        break;
+    case DELIVER_GONE:
+        /* SPEC 7 also disables the endpoint on 410; this module only fails
+         * the delivery. */
+        status = "failed";
+        why = " (410 Gone)";
+        break;
+    case DELIVER_RETRY:
+    case DELIVER_RETRY_AFTER:
+    default:
+        if (!cep) { /* the endpoint left the config while this was in flight */
+            status = "pending";
+            delay = DELIVER_ORPHAN_DEFER_MS;
+        } else if ((npos = deliver_schedule_next(cep->retry_ms, cep->nretry, pos, cep->jitter,
+                                                 deliver_rand(d), &delay)) < 0) {
+            status = "failed";
+            why = " (retries exhausted)";
+        } else {
+            status = "pending";
+            pos = npos;
+            if (outcome == DELIVER_RETRY_AFTER && retry_after > delay)
+                delay = retry_after;
+        }
+        if (!strcmp(status, "pending"))
+            next_at = now + delay;
+        break;
+    }
+
+    if (!x->easy)
+        snprintf(what, sizeof what, "not sent (%s)", a.error);
+    else if (res != CURLE_OK)
+        snprintf(what, sizeof what, "%s", a.error);
+    else
+        snprintf(what, sizeof what, "%d", a.status_code);
+    if (store_attempt_put(d->store, x->row.id, &a, status, next_at, pos, err, sizeof err) != 0) {
+        log_msg(LOG_ERROR,
+                "delivery %s to %s attempt %d: %s; outcome not stored (%s), it goes "
+                "out again when its lease ends",
+                x->row.id, x->row.endpoint, a.n, what, err);
+        deliver_kick(d); /* the slot is free even though nothing will commit */
+    } else {
+        deliver_commit_watch(d);
+        if (next_at)
+            log_msg(LOG_INFO, "delivery %s to %s attempt %d: %s in %" PRId64 " ms, retry in %s",
+                    x->row.id, x->row.endpoint, a.n, what, a.latency_ms,
+                    deliver_fmt_delay(delay, delay_text, sizeof delay_text));
+        else
+            log_msg(LOG_INFO, "delivery %s to %s attempt %d: %s in %" PRId64 " ms, %s%s", x->row.id,
+                    x->row.endpoint, a.n, what, a.latency_ms, status, why);
+    }
+    deliver_xfer_free(d, x);
+}
+
+/* ---- endpoint queues ---- */
+
+static struct deliver_ep *deliver_ep_get(struct deliver *d, const char *name) {
+    struct deliver_ep *ep;
+
+    for (ep = d->eps; ep; ep = ep->next)
+        if (!strcmp(ep->name, name))
+            return ep;
+    if (!(ep = calloc(1, sizeof *ep)))
+        return NULL;
+    if (!(ep->name = strdup(name))) {
+        free(ep);
+        return NULL;
+    }
+    ep->next = d->eps;
+    d->eps = ep;
+    return ep;
+}
+
+/* Deliveries of an endpoint that is not in the config, or disabled, are not
+ * sent and nothing is written: they stay leased and are claimed again when
+ * the lease ends. Logged once per endpoint and config. */
+static void deliver_ep_unavailable(struct deliver *d, struct deliver_ep *ep,
+                                   const struct config_endpoint *cep) {
+    if (ep->warned)
+        return;
+    ep->warned = 1;
+    log_msg(LOG_WARN,
+            "endpoint %s is %s: its deliveries wait (looked at again every %" PRId64 " s)",
+            ep->name, cep ? "disabled" : "not in the config", d->lease_ms / 1000);
+}
+
+static struct deliver_xfer *deliver_ep_pop(struct deliver_ep *ep) {
+    struct deliver_xfer *x = ep->head;
+
+    if (x) {
+        ep->head = x->qnext;
+        if (!ep->head)
+            ep->tail = NULL;
+        x->qnext = NULL;
+    }
+    return x;
+}
+
+/* Drops every waiting delivery of ep (their leases lapse). */
+static void deliver_ep_drop(struct deliver *d, struct deliver_ep *ep) {
+    struct deliver_xfer *x;
+
+    while ((x = deliver_ep_pop(ep)))
+        deliver_xfer_free(d, x);
+}
+
+/* Starts ep's waiting deliveries while it has free slots. */
+static void deliver_ep_pump(struct deliver *d, struct deliver_ep *ep) {
+    const struct config_endpoint *cep;
+    struct deliver_xfer *x;
+    char err[128];
+
+    if (!ep->head || d->stopping)
+        return;
+    cep = deliver_endpoint(d, ep->name);
+    if (!cep || !cep->enabled) {
+        deliver_ep_unavailable(d, ep, cep);
+        deliver_ep_drop(d, ep);
+        return;
+    }
+    while (ep->head && ep->inflight < deliver_endpoint_limit(cep)) {
+        x = deliver_ep_pop(ep);
+        if (deliver_xfer_start(d, x, cep, err, sizeof err) != 0)
+            deliver_finish(d, x, CURLE_OK, err); /* recorded as a failed attempt */
+    }
+}
+
+static void deliver_pump_all(struct deliver *d) {
+    struct deliver_ep *ep;
+
+    for (ep = d->eps; ep; ep = ep->next)
+        deliver_ep_pump(d, ep);
+}
+
+/* ---- claiming ---- */
+
+/* Takes ownership of a copy of a claimed row: queues it on its endpoint.
+ * Rows we already hold (their lease ended and was renewed by this claim)
+ * and rows for unavailable endpoints are left alone. */
+static void deliver_take(struct deliver *d, const struct store_delivery *row) {
+    const struct config_endpoint *cep;
+    struct deliver_xfer *x;
+    struct deliver_ep *ep;
+
+    for (x = d->xfers; x; x = x->next) {
+        if (!strcmp(x->row.id, row->id)) {
+            log_msg(LOG_DEBUG, "delivery %s claimed again while held; lease renewed", row->id);
+            return;
+        }
+    }
+    if (!row->endpoint || !(ep = deliver_ep_get(d, row->endpoint))) {
+        log_msg(LOG_ERROR, "delivery %s: out of memory; it goes out when its lease ends", row->id);
+        return;
+    }
+    cep = deliver_endpoint(d, ep->name);
+    if (!cep || !cep->enabled) {
+        deliver_ep_unavailable(d, ep, cep);
+        return;
+    }
+    if (!(x = deliver_xfer_new(d, row, ep))) {
+        log_msg(LOG_ERROR, "delivery %s: out of memory; it goes out when its lease ends", row->id);
+        return;
+    }
+    if (ep->tail)
+        ep->tail->qnext = x;
+    else
+        ep->head = x;
+    ep->tail = x;
+}
+
+/* A claim round: claims what is due up to the free capacity, starts what
+ * endpoint slots allow, and arms the next round. */
+static void deliver_claim(struct deliver *d) {
+    struct store_delivery *rows = NULL;
+    struct timeval tv;
+    size_t n = 0, i, cap;
+    int64_t now, next, wait = DELIVER_POLL_MS;
+    char err[256];
+
+    evtimer_del(d->due_ev);
+    deliver_pump_all(d);
+    if (d->stopping || !d->cfg)
+        return;
+    if (d->nheld >= DELIVER_MAX_HELD)
+        return; /* a completion's commit kicks again */
+    cap = (size_t)(DELIVER_MAX_HELD - d->nheld);
+    now = util_now_ms();
+    if (store_deliveries_claim(d->store, now, d->lease_ms, cap, &rows, &n, err, sizeof err) != 0) {
+        log_msg(LOG_WARN, "claiming deliveries: %s", err);
+        goto arm;
+    }
+    for (i = 0; i < n; i++)
+        deliver_take(d, &rows[i]);
+    store_deliveries_free(rows, n);
+    deliver_pump_all(d);
+    if (d->nheld >= DELIVER_MAX_HELD)
+        return;
+    next = store_deliveries_next_due(d->store);
+    if (next <= now)
+        /* due but not claimed: more than cap were due, or the rest are
+         * leased (poll for the lease to end) */
+        wait = n == cap ? 0 : DELIVER_POLL_MS;
+    else if (next - now < DELIVER_POLL_MS)
+        wait = next - now;
+arm:
+    tv.tv_sec = (time_t)(wait / 1000);
+    tv.tv_usec = (suseconds_t)(wait % 1000) * 1000;
+    evtimer_add(d->due_ev, &tv);
+}
+
+static void deliver_kick_cb(evutil_socket_t fd, short what, void *arg) {
+    UNUSED(fd);
+    UNUSED(what);
+    deliver_claim(arg);
+}
+
+/* ---- curl multi glue (hiperfifo) ---- */
+
+/* Every finished transfer: record it, free it, start what waits. */
+static void deliver_check_multi(struct deliver *d) {
+    CURLMsg *m;
+    int left;
+
+    while ((m = curl_multi_info_read(d->multi, &left))) {
+        char *priv = NULL;
+        CURLcode res;
+        if (m->msg != CURLMSG_DONE)
+            continue;
+        res = m->data.result;
+        curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, &priv);
+        if (priv)
+            deliver_finish(d, (struct deliver_xfer *)(void *)priv, res, NULL);
+    }
+    deliver_pump_all(d);
+    if (d->stopping && d->inflight == 0 && d->done)
+        event_active(d->done_ev, EV_TIMEOUT, 1);
+}
+
+static void deliver_sock_event_cb(evutil_socket_t fd, short kind, void *arg) {
+    struct deliver *d = arg; /* not the deliver_sock: curl may free it in the call */
+    int mask = (kind & EV_READ ? CURL_CSELECT_IN : 0) | (kind & EV_WRITE ? CURL_CSELECT_OUT : 0);
+    int running;
+    CURLMcode rc;
+
+    rc = curl_multi_socket_action(d->multi, fd, mask, &running);
+    if (rc != CURLM_OK)
+        log_msg(LOG_WARN, "curl_multi_socket_action: %s", curl_multi_strerror(rc));
+    deliver_check_multi(d);
+}
+
+static void deliver_timer_event_cb(evutil_socket_t fd, short kind, void *arg) {
+    struct deliver *d = arg;
+    int running;
+    CURLMcode rc;
+
+    UNUSED(fd);
+    UNUSED(kind);
+    rc = curl_multi_socket_action(d->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    if (rc != CURLM_OK)
+        log_msg(LOG_WARN, "curl_multi_socket_action: %s", curl_multi_strerror(rc));
+    deliver_check_multi(d);
+}
+
+static void deliver_sock_free(struct deliver *d, struct deliver_sock *ds) {
+    if (ds->assigned)
+        event_del(&ds->ev);
+    if (ds->prev)
+        ds->prev->next = ds->next;
+    else
+        d->socks = ds->next;
+    if (ds->next)
+        ds->next->prev = ds->prev;
+    free(ds);
+}
+
+/* CURLMOPT_SOCKETFUNCTION: watch s for what curl asks, or stop. */
+static int deliver_socket_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp) {
+    struct deliver *d = userp;
+    struct deliver_sock *ds = socketp;
+    short kind;
+
+    UNUSED(easy);
+    if (what == CURL_POLL_REMOVE) {
+        if (ds)
+            deliver_sock_free(d, ds);
+        return 0;
+    }
+    if (!ds) {
+        if (!(ds = calloc(1, sizeof *ds))) {
+            log_msg(LOG_ERROR, "out of memory watching a delivery socket");
+            return -1;
+        }
+        ds->fd = s;
+        ds->next = d->socks;
+        if (d->socks)
+            d->socks->prev = ds;
+        d->socks = ds;
+        curl_multi_assign(d->multi, s, ds);
+    } else if (ds->assigned) {
+        event_del(&ds->ev);
+    }
+    kind = (short)((what & CURL_POLL_IN ? EV_READ : 0) | (what & CURL_POLL_OUT ? EV_WRITE : 0) |
+                   EV_PERSIST);
+    event_assign(&ds->ev, d->base, s, kind, deliver_sock_event_cb, d);
+    event_add(&ds->ev, NULL);
+    ds->assigned = 1;
+    return 0;
+}
+
+/* CURLMOPT_TIMERFUNCTION: (re)arm or delete our one timer. Never calls
+ * libcurl: the timer's event does, from the loop. */
+static int deliver_curl_timer_cb(CURLM *multi, long timeout_ms, void *userp) {
+    struct deliver *d = userp;
+    struct timeval tv;
+
+    UNUSED(multi);
+    if (timeout_ms < 0) {
+        evtimer_del(d->curl_timer);
+    } else {
+        tv.tv_sec = timeout_ms / 1000;
+        tv.tv_usec = (timeout_ms % 1000) * 1000;
+        evtimer_add(d->curl_timer, &tv);
+    }
+    return 0;
+}
+
+/* ---- shutdown ---- */
+
+/* Aborts and drops every held delivery, writing nothing (leases lapse). */
+static void deliver_abort_all(struct deliver *d) {
+    struct deliver_ep *ep;
+
+    for (ep = d->eps; ep; ep = ep->next)
+        deliver_ep_drop(d, ep);
+    while (d->xfers)
+        deliver_xfer_free(d, d->xfers);
+}
+
+static void deliver_done_cb(evutil_socket_t fd, short kind, void *arg) {
+    struct deliver *d = arg;
+    void (*done)(void *) = d->done;
+
+    UNUSED(fd);
+    UNUSED(kind);
+    evtimer_del(d->grace_ev);
+    d->done = NULL;
+    if (done)
+        done(d->done_arg); /* last: it may free d */
+}
+
+static void deliver_grace_cb(evutil_socket_t fd, short kind, void *arg) {
+    struct deliver *d = arg;
+
+    UNUSED(fd);
+    UNUSED(kind);
+    if (d->inflight)
+        log_msg(LOG_WARN,
+                "shutdown grace over: aborting %d deliveries in flight (sent again "
+                "after restart)",
+                d->inflight);
+    deliver_abort_all(d);
+    event_active(d->done_ev, EV_TIMEOUT, 1);
+}
+
+/* ---- public ---- */
+
+struct deliver *deliver_new(struct event_base *base, struct store *s, char *err, size_t errlen) {
+    struct deliver *d = calloc(1, sizeof *d);
+
+    if (!d) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    d->base = base;
+    d->store = s;
+    d->lease_ms = DELIVER_LEASE_MIN_MS;
+    d->rng = ((uint64_t)util_now_ms() << 20) ^ ((uint64_t)getpid() << 1) ^ (uint64_t)(uintptr_t)d ^
+             (uint64_t)util_mono_ms();
+    if (!d->rng)
+        d->rng = 0x9E3779B97F4A7C15ULL;
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        snprintf(err, errlen, "curl_global_init failed");
+        goto fail;
+    }
+    d->curl_inited = 1;
+    d->curl_timer = evtimer_new(base, deliver_timer_event_cb, d);
+    d->kick_ev = event_new(base, -1, 0, deliver_kick_cb, d);
+    d->due_ev = evtimer_new(base, deliver_kick_cb, d);
+    d->grace_ev = evtimer_new(base, deliver_grace_cb, d);
+    d->done_ev = event_new(base, -1, 0, deliver_done_cb, d);
+    if (!d->curl_timer || !d->kick_ev || !d->due_ev || !d->grace_ev || !d->done_ev) {
+        snprintf(err, errlen, "could not create the delivery events");
+        goto fail;
+    }
+    if (!(d->multi = curl_multi_init())) {
+        snprintf(err, errlen, "curl_multi_init failed");
+        goto fail;
+    }
+    if (curl_multi_setopt(d->multi, CURLMOPT_SOCKETFUNCTION, deliver_socket_cb) != CURLM_OK ||
+        curl_multi_setopt(d->multi, CURLMOPT_SOCKETDATA, (void *)d) != CURLM_OK ||
+        curl_multi_setopt(d->multi, CURLMOPT_TIMERFUNCTION, deliver_curl_timer_cb) != CURLM_OK ||
+        curl_multi_setopt(d->multi, CURLMOPT_TIMERDATA, (void *)d) != CURLM_OK ||
+        curl_multi_setopt(d->multi, CURLMOPT_MAXCONNECTS, DELIVER_MAX_CONNECTS) != CURLM_OK) {
+        snprintf(err, errlen, "curl_multi_setopt failed");
+        goto fail;
+    }
+    return d;
+fail:
+    deliver_free(d);
+    return NULL;
+}
+
+void deliver_set_config(struct deliver *d, const struct config *cfg) {
+    struct deliver_ep **pp, *ep;
+    int64_t longest = 0;
+    size_t i;
+
+    d->cfg = cfg;
+    for (i = 0; cfg && i < cfg->nendpoints; i++)
+        if (cfg->endpoints[i].timeout_ms > longest)
+            longest = cfg->endpoints[i].timeout_ms;
+    d->lease_ms = longest + DELIVER_LEASE_EXTRA_MS;
+    if (d->lease_ms < DELIVER_LEASE_MIN_MS)
+        d->lease_ms = DELIVER_LEASE_MIN_MS;
+    for (pp = &d->eps; (ep = *pp);) {
+        if (!ep->inflight && !ep->head) { /* idle: forget it */
+            *pp = ep->next;
+            free(ep->name);
+            free(ep);
+        } else {
+            ep->warned = 0;
+            pp = &ep->next;
+        }
+    }
+    deliver_kick(d); /* new endpoints, changed limits */
+}
+
+void deliver_kick(struct deliver *d) {
+    if (d && !d->stopping)
+        event_active(d->kick_ev, EV_TIMEOUT, 1); /* coalesces while active */
+}
+
+int deliver_inflight(const struct deliver *d) {
+    return d->inflight;
+}
+
+void deliver_shutdown(struct deliver *d, int64_t grace_ms, void (*done)(void *arg), void *arg) {
+    struct deliver_ep *ep;
+    struct timeval tv;
+
+    d->stopping = 1;
+    d->done = done;
+    d->done_arg = arg;
+    event_del(d->kick_ev);
+    evtimer_del(d->due_ev);
+    for (ep = d->eps; ep; ep = ep->next) /* not started: their leases lapse */
+        deliver_ep_drop(d, ep);
+    if (d->inflight == 0) {
+        event_active(d->done_ev, EV_TIMEOUT, 1);
+        return;
+    }
+    if (grace_ms < 0)
+        grace_ms = 0;
+    tv.tv_sec = (time_t)(grace_ms / 1000);
+    tv.tv_usec = (suseconds_t)(grace_ms % 1000) * 1000;
+    evtimer_add(d->grace_ev, &tv);
+}
+
+void deliver_free(struct deliver *d) {
+    struct event *evs[5];
+    size_t i;
+
+    if (!d)
+        return;
+    deliver_abort_all(d);
+    if (d->multi)
+        curl_multi_cleanup(d->multi); /* may still call deliver_socket_cb: d is whole */
+    while (d->socks)
+        deliver_sock_free(d, d->socks);
+    while (d->eps) {
+        struct deliver_ep *ep = d->eps;
+        d->eps = ep->next;
+        free(ep->name);
+        free(ep);
+    }
+    if (d->commit)
+        d->commit->d = NULL; /* the store frees it when the group ends */
+    evs[0] = d->curl_timer;
+    evs[1] = d->kick_ev;
+    evs[2] = d->due_ev;
+    evs[3] = d->grace_ev;
+    evs[4] = d->done_ev;
+    for (i = 0; i < 5; i++)
+        if (evs[i])
+            event_free(evs[i]);
+    if (d->curl_inited)
+        curl_global_cleanup();
+    free(d);
+}

@@ -1,0 +1,600 @@
+/* test_deliver.c -- outcome classes, Retry-After, retry schedule and jitter,
+ * the SSRF address ranges; then the engine end to end on a real store in a
+ * temporary folder against an in-process evhttp sink on 127.0.0.1: retries,
+ * headers and signature, 406, Retry-After, per-endpoint concurrency, the
+ * guard, an endpoint not in the config, and shutdown with a hung transfer. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
+#include <jansson.h>
+
+#include "harness.h"
+#include "config.h"
+#include "deliver.h"
+#include "gateway.h"
+#include "log.h"
+#include "store.h"
+#include "util.h"
+#include "verify.h"
+
+/* ---- pure helpers ---- */
+
+static void test_classify(void) {
+    CHECK_INT_EQ(deliver_outcome_classify(200, CONFIG_SUCCESS_2XX), DELIVER_DELIVERED);
+    CHECK_INT_EQ(deliver_outcome_classify(201, CONFIG_SUCCESS_2XX), DELIVER_DELIVERED);
+    CHECK_INT_EQ(deliver_outcome_classify(204, CONFIG_SUCCESS_2XX), DELIVER_DELIVERED);
+    CHECK_INT_EQ(deliver_outcome_classify(299, CONFIG_SUCCESS_2XX), DELIVER_DELIVERED);
+    CHECK_INT_EQ(deliver_outcome_classify(200, CONFIG_SUCCESS_200), DELIVER_DELIVERED);
+    CHECK_INT_EQ(deliver_outcome_classify(201, CONFIG_SUCCESS_200), DELIVER_RETRY);
+    CHECK_INT_EQ(deliver_outcome_classify(204, CONFIG_SUCCESS_200), DELIVER_RETRY);
+    CHECK_INT_EQ(deliver_outcome_classify(301, CONFIG_SUCCESS_2XX), DELIVER_RETRY);
+    CHECK_INT_EQ(deliver_outcome_classify(302, CONFIG_SUCCESS_2XX), DELIVER_RETRY);
+    CHECK_INT_EQ(deliver_outcome_classify(304, CONFIG_SUCCESS_2XX), DELIVER_RETRY);
+    CHECK_INT_EQ(deliver_outcome_classify(308, CONFIG_SUCCESS_2XX), DELIVER_RETRY);
+    CHECK_INT_EQ(deliver_outcome_classify(406, CONFIG_SUCCESS_2XX), DELIVER_FAILED);
+    CHECK_INT_EQ(deliver_outcome_classify(406, CONFIG_SUCCESS_200), DELIVER_FAILED);
+    CHECK_INT_EQ(deliver_outcome_classify(410, CONFIG_SUCCESS_2XX), DELIVER_GONE);
+    CHECK_INT_EQ(deliver_outcome_classify(429, CONFIG_SUCCESS_2XX), DELIVER_RETRY_AFTER);
+    CHECK_INT_EQ(deliver_outcome_classify(503, CONFIG_SUCCESS_2XX), DELIVER_RETRY_AFTER);
+    CHECK_INT_EQ(deliver_outcome_classify(500, CONFIG_SUCCESS_2XX), DELIVER_RETRY);
+    CHECK_INT_EQ(deliver_outcome_classify(502, CONFIG_SUCCESS_2XX), DELIVER_RETRY);
+    CHECK_INT_EQ(deliver_outcome_classify(400, CONFIG_SUCCESS_2XX), DELIVER_RETRY);
+    CHECK_INT_EQ(deliver_outcome_classify(404, CONFIG_SUCCESS_2XX), DELIVER_RETRY);
+    CHECK_INT_EQ(deliver_outcome_classify(408, CONFIG_SUCCESS_2XX), DELIVER_RETRY);
+    CHECK_INT_EQ(deliver_outcome_classify(100, CONFIG_SUCCESS_2XX), DELIVER_RETRY);
+    CHECK_INT_EQ(deliver_outcome_classify(0, CONFIG_SUCCESS_2XX), DELIVER_RETRY);
+}
+
+static void test_retry_after(void) {
+    const int64_t now = 1445412480000LL; /* Wed, 21 Oct 2015 07:28:00 GMT */
+    const int64_t day = DELIVER_RETRY_AFTER_MAX_MS;
+
+    CHECK_INT_EQ(day, 86400000);
+    CHECK_INT_EQ(deliver_retry_after_parse("120", now), 120000);
+    CHECK_INT_EQ(deliver_retry_after_parse("0", now), 0);
+    CHECK_INT_EQ(deliver_retry_after_parse(" 5 ", now), 5000);
+    CHECK_INT_EQ(deliver_retry_after_parse("86400", now), day);
+    CHECK_INT_EQ(deliver_retry_after_parse("86401", now), day);
+    CHECK_INT_EQ(deliver_retry_after_parse("999999999999999999999999", now), day);
+    /* the three HTTP date forms */
+    CHECK_INT_EQ(deliver_retry_after_parse("Wed, 21 Oct 2015 07:29:00 GMT", now), 60000);
+    CHECK_INT_EQ(deliver_retry_after_parse("Wednesday, 21-Oct-15 07:29:00 GMT", now), 60000);
+    CHECK_INT_EQ(deliver_retry_after_parse("Wed Oct 21 07:29:00 2015", now), 60000);
+    CHECK_INT_EQ(deliver_retry_after_parse("Wed, 21 Oct 2015 07:28:00 GMT", now + 400), 0);
+    CHECK_INT_EQ(deliver_retry_after_parse("Tue, 20 Oct 2015 07:28:00 GMT", now), 0); /* past */
+    CHECK_INT_EQ(deliver_retry_after_parse("Fri, 23 Oct 2015 07:28:00 GMT", now), day);
+    CHECK_INT_EQ(deliver_retry_after_parse("Thu, 22 Oct 2015 07:28:00 GMT", now), day);
+    CHECK_INT_EQ(deliver_retry_after_parse("Thu, 22 Oct 2015 07:27:59 GMT", now), day - 1000);
+    CHECK_INT_EQ(deliver_retry_after_parse("Sat, 01 Jan 2100 00:00:00 GMT", now), day);
+    /* garbage */
+    CHECK_INT_EQ(deliver_retry_after_parse(NULL, now), -1);
+    CHECK_INT_EQ(deliver_retry_after_parse("", now), -1);
+    CHECK_INT_EQ(deliver_retry_after_parse("   ", now), -1);
+    CHECK_INT_EQ(deliver_retry_after_parse("soon", now), -1);
+    CHECK_INT_EQ(deliver_retry_after_parse("1.5", now), -1);
+    CHECK_INT_EQ(deliver_retry_after_parse("10s", now), -1);
+    CHECK_INT_EQ(deliver_retry_after_parse("5 6", now), -1);
+    CHECK_INT_EQ(deliver_retry_after_parse("-5", now), -1);
+    CHECK_INT_EQ(deliver_retry_after_parse("+5", now), -1);
+    CHECK_INT_EQ(deliver_retry_after_parse("Wed, 99 Foo 2015 99:99:99 GMT", now), -1);
+}
+
+static void test_schedule(void) {
+    /* the atoship preset: 0, 1m, 5m, 30m, 2h, 6h */
+    static const int64_t atoship[] = {0, 60000, 300000, 1800000, 7200000, 21600000};
+    static const int64_t one[] = {0};
+    const size_t n = sizeof atoship / sizeof atoship[0];
+    int64_t delay = -7, lo = INT64_MAX, hi = 0;
+    double sum = 0;
+    uint32_t r = 12345;
+    int pos, i, ok = 1;
+
+    /* progression without jitter: attempt at pos k -> delay[k + 1], pos k + 1 */
+    for (pos = 0; pos + 1 < (int)n; pos++) {
+        CHECK_INT_EQ(deliver_schedule_next(atoship, n, pos, 0, 0, &delay), pos + 1);
+        CHECK_INT_EQ(delay, atoship[pos + 1]);
+    }
+    delay = -7;
+    CHECK_INT_EQ(deliver_schedule_next(atoship, n, 5, 0, 0, &delay), -1); /* after the 6th */
+    CHECK_INT_EQ(deliver_schedule_next(atoship, n, 9, 0, 0, &delay), -1); /* schedule shrank */
+    CHECK_INT_EQ(deliver_schedule_next(atoship, n, -1, 0, 0, &delay), -1);
+    CHECK_INT_EQ(deliver_schedule_next(one, 1, 0, 1, 0, &delay), -1); /* one attempt only */
+    CHECK_INT_EQ(deliver_schedule_next(atoship, 0, 0, 1, 0, &delay), -1);
+    CHECK_INT_EQ(delay, -7); /* untouched when exhausted */
+
+    /* jitter: +-10%, exact at the midpoint, bounds at the ends */
+    CHECK_INT_EQ(deliver_schedule_next(atoship, n, 0, 1, 0x80000000u, &delay), 1);
+    CHECK_INT_EQ(delay, 60000);
+    CHECK_INT_EQ(deliver_schedule_next(atoship, n, 0, 1, 0, &delay), 1);
+    CHECK_INT_EQ(delay, 54000);
+    CHECK_INT_EQ(deliver_schedule_next(atoship, n, 0, 1, 0xffffffffu, &delay), 1);
+    CHECK(delay >= 65999 && delay <= 66000);
+    CHECK_INT_EQ(deliver_schedule_next(atoship, n, 4, 1, 0, &delay), 5);
+    CHECK_INT_EQ(delay, 19440000);
+    for (i = 0; i < 20000; i++) {
+        r = r * 1664525u + 1013904223u;
+        deliver_schedule_next(atoship, n, 0, 1, r, &delay);
+        if (delay < 54000 || delay > 66000)
+            ok = 0;
+        lo = delay < lo ? delay : lo;
+        hi = delay > hi ? delay : hi;
+        sum += (double)delay;
+    }
+    CHECK(ok);
+    CHECK(lo < 54300 && hi > 65700); /* spread over the whole range */
+    CHECK(sum / 20000 > 59700 && sum / 20000 < 60300);
+    /* a zero delay stays zero */
+    {
+        static const int64_t zeros[] = {0, 0};
+        CHECK_INT_EQ(deliver_schedule_next(zeros, 2, 0, 1, 0, &delay), 1);
+        CHECK_INT_EQ(delay, 0);
+    }
+}
+
+static int addr_private(const char *text) {
+    unsigned char buf[16];
+    if (inet_pton(AF_INET, text, buf) == 1)
+        return deliver_address_private(AF_INET, buf);
+    if (inet_pton(AF_INET6, text, buf) == 1)
+        return deliver_address_private(AF_INET6, buf);
+    return -1;
+}
+
+static void test_address_private(void) {
+    static const char *const priv[] = {"127.0.0.1",
+                                       "127.255.255.255",
+                                       "0.0.0.0",
+                                       "0.1.2.3",
+                                       "10.0.0.1",
+                                       "10.255.255.255",
+                                       "172.16.0.1",
+                                       "172.31.255.255",
+                                       "192.168.0.1",
+                                       "192.168.255.255",
+                                       "169.254.0.1",
+                                       "169.254.169.254",
+                                       "100.64.0.1",
+                                       "100.127.255.255",
+                                       "::1",
+                                       "::",
+                                       "fc00::1",
+                                       "fd12:3456::1",
+                                       "fe80::1",
+                                       "febf:ffff::1",
+                                       "::ffff:127.0.0.1",
+                                       "::ffff:10.1.2.3",
+                                       "::ffff:169.254.169.254",
+                                       "::ffff:192.168.1.1",
+                                       "::127.0.0.1",
+                                       "64:ff9b::10.0.0.1",
+                                       "64:ff9b::a9fe:a9fe"};
+    static const char *const pub[] = {"8.8.8.8",          "1.1.1.1",
+                                      "172.15.255.255",   "172.32.0.1",
+                                      "192.167.255.255",  "192.169.0.1",
+                                      "169.253.255.255",  "169.255.0.1",
+                                      "100.63.255.255",   "100.128.0.1",
+                                      "11.0.0.1",         "126.255.255.255",
+                                      "128.0.0.1",        "2001:4860:4860::8888",
+                                      "2606:4700::1111",  "fec0::1",
+                                      "fb00::1",          "::ffff:8.8.8.8",
+                                      "64:ff9b::8.8.8.8", "2001:db8::ffff:7f00:1"};
+    size_t i;
+    unsigned char any[16] = {0};
+
+    for (i = 0; i < sizeof priv / sizeof priv[0]; i++) {
+        if (addr_private(priv[i]) != 1)
+            fprintf(stderr, "expected private: %s\n", priv[i]);
+        CHECK_INT_EQ(addr_private(priv[i]), 1);
+    }
+    for (i = 0; i < sizeof pub / sizeof pub[0]; i++) {
+        if (addr_private(pub[i]) != 0)
+            fprintf(stderr, "expected public: %s\n", pub[i]);
+        CHECK_INT_EQ(addr_private(pub[i]), 0);
+    }
+    CHECK_INT_EQ(deliver_address_private(AF_UNIX, any), 1);
+}
+
+/* ---- the engine against a sink ---- */
+
+struct sink {
+    struct event_base *base;
+    int ok_n, e406_n, busy_n, slow_n, slow_active, slow_max, hang_n;
+    int64_t busy_at[2];
+    char ok_attempt[2][16], ok_delivery[2][64], ok_type[64], ok_ctype[64], ok_ua[64];
+    char ok_sig[80], ok_env[16], ok_rule[16], ok_body[64];
+    int ok_expect;         /* an Expect header was seen */
+    unsigned slow_port[3]; /* client ports: one connection, reused */
+};
+
+struct sink_delay {
+    struct sink *s;
+    struct evhttp_request *req;
+    struct event *ev;
+};
+
+static void copy_header(struct evkeyvalq *h, const char *name, char *out, size_t len) {
+    const char *v = evhttp_find_header(h, name);
+    snprintf(out, len, "%s", v ? v : "(none)");
+}
+
+static void reply(struct evhttp_request *req, int code, const char *body) {
+    struct evbuffer *b = evbuffer_new();
+    evbuffer_add_printf(b, "%s", body);
+    evhttp_send_reply(req, code, "X", b);
+    evbuffer_free(b);
+}
+
+static void slow_done(evutil_socket_t fd, short what, void *arg) {
+    struct sink_delay *sd = arg;
+    UNUSED(fd);
+    UNUSED(what);
+    sd->s->slow_active--;
+    reply(sd->req, 200, "slow ok");
+    event_free(sd->ev);
+    free(sd);
+}
+
+static void sink_cb(struct evhttp_request *req, void *arg) {
+    struct sink *s = arg;
+    const char *uri = evhttp_request_get_uri(req);
+    struct evkeyvalq *h = evhttp_request_get_input_headers(req);
+
+    if (!strcmp(uri, "/ok")) {
+        int i = s->ok_n < 2 ? s->ok_n : 1;
+        struct evbuffer *in = evhttp_request_get_input_buffer(req);
+        size_t len = evbuffer_get_length(in);
+        copy_header(h, "X-Waybill-Attempt", s->ok_attempt[i], sizeof s->ok_attempt[i]);
+        copy_header(h, "X-Waybill-Delivery", s->ok_delivery[i], sizeof s->ok_delivery[i]);
+        copy_header(h, "X-Waybill-Event-Type", s->ok_type, sizeof s->ok_type);
+        copy_header(h, "Content-Type", s->ok_ctype, sizeof s->ok_ctype);
+        copy_header(h, "User-Agent", s->ok_ua, sizeof s->ok_ua);
+        copy_header(h, "X-Signature", s->ok_sig, sizeof s->ok_sig);
+        copy_header(h, "X-Env", s->ok_env, sizeof s->ok_env);
+        copy_header(h, "X-Rule", s->ok_rule, sizeof s->ok_rule);
+        s->ok_expect |= evhttp_find_header(h, "Expect") != NULL;
+        if (len >= sizeof s->ok_body)
+            len = sizeof s->ok_body - 1;
+        evbuffer_copyout(in, s->ok_body, len);
+        s->ok_body[len] = '\0';
+        if (s->ok_n++ == 0)
+            reply(req, 500, "nope");
+        else
+            reply(req, 200, "ok");
+    } else if (!strcmp(uri, "/406")) {
+        s->e406_n++;
+        reply(req, 406, "not acceptable");
+    } else if (!strcmp(uri, "/busy")) {
+        if (s->busy_n < 2)
+            s->busy_at[s->busy_n] = util_mono_ms();
+        if (s->busy_n++ == 0) {
+            evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "1");
+            reply(req, 503, "busy");
+        } else {
+            reply(req, 200, "ok");
+        }
+    } else if (!strcmp(uri, "/slow")) {
+        struct sink_delay *sd = calloc(1, sizeof *sd);
+        struct timeval tv = {0, 50000};
+        char *peer = NULL;
+        ev_uint16_t pport = 0;
+        evhttp_connection_get_peer(evhttp_request_get_connection(req), &peer, &pport);
+        if (s->slow_n < 3)
+            s->slow_port[s->slow_n] = pport;
+        s->slow_n++;
+        if (++s->slow_active > s->slow_max)
+            s->slow_max = s->slow_active;
+        sd->s = s;
+        sd->req = req;
+        sd->ev = evtimer_new(s->base, slow_done, sd);
+        evtimer_add(sd->ev, &tv);
+    } else if (!strcmp(uri, "/hang")) {
+        s->hang_n++; /* never answered: the engine aborts it at shutdown */
+    } else {
+        reply(req, 404, "?");
+    }
+}
+
+struct run {
+    struct event_base *base;
+    struct store *store;
+    struct deliver *d;
+    struct sink *sink;
+    const char *evt_id;
+    struct event *poll;
+    int64_t deadline;
+    int shutting, done, timed_out;
+};
+
+/* The status of the delivery to endpoint (the idx-th one), its attempts in *att (new). */
+static const char *dlv_status(json_t *ev, const char *endpoint, int idx, json_t **att) {
+    json_t *dl = json_object_get(ev, "deliveries"), *d;
+    size_t i;
+    json_array_foreach(dl, i, d) {
+        if (strcmp(json_string_value(json_object_get(d, "endpoint")), endpoint))
+            continue;
+        if (idx-- > 0)
+            continue;
+        if (att)
+            *att = json_object_get(d, "attempts");
+        return json_string_value(json_object_get(d, "status"));
+    }
+    return "(missing)";
+}
+
+static void shutdown_done(void *arg) {
+    struct run *r = arg;
+    r->done = 1;
+    event_base_loopbreak(r->base);
+}
+
+static void poll_cb(evutil_socket_t fd, short what, void *arg) {
+    struct run *r = arg;
+    char err[256];
+    json_t *ev;
+    int settled;
+
+    UNUSED(fd);
+    UNUSED(what);
+    if (util_mono_ms() > r->deadline) {
+        r->timed_out = 1;
+        event_base_loopbreak(r->base);
+        return;
+    }
+    ev = store_event_json(r->store, r->evt_id, err, sizeof err);
+    settled = ev && !strcmp(dlv_status(ev, "ok", 0, NULL), "delivered") &&
+              !strcmp(dlv_status(ev, "e406", 0, NULL), "failed") &&
+              !strcmp(dlv_status(ev, "blocked", 0, NULL), "failed") &&
+              !strcmp(dlv_status(ev, "busy", 0, NULL), "delivered") &&
+              !strcmp(dlv_status(ev, "slow", 0, NULL), "delivered") &&
+              !strcmp(dlv_status(ev, "slow", 1, NULL), "delivered") &&
+              !strcmp(dlv_status(ev, "slow", 2, NULL), "delivered") && r->sink->hang_n == 1;
+    json_decref(ev);
+    if (settled && !r->shutting) {
+        r->shutting = 1;
+        CHECK_INT_EQ(deliver_inflight(r->d), 1); /* the hung one */
+        deliver_shutdown(r->d, 200, shutdown_done, r);
+    }
+}
+
+static int64_t json_int(json_t *o, const char *k) {
+    return (int64_t)json_integer_value(json_object_get(o, k));
+}
+
+static void test_engine(void) {
+    char dir[] = "/tmp/waybill-test-deliver-XXXXXX", url[6][80], path[300], err[256];
+    char evt_id[UTIL_ID_MAX], sig[65];
+    struct event_base *base = event_base_new();
+    struct evhttp *http = evhttp_new(base);
+    struct evhttp_bound_socket *bound;
+    struct sockaddr_in sin;
+    socklen_t slen = sizeof sin;
+    struct sink sink;
+    struct run r;
+    struct store *st;
+    struct deliver *d;
+    struct timeval tv = {0, 20000};
+    unsigned char key[] = "k", mac[32];
+    struct verify_secret secret = {key, 1};
+    struct config_header ep_headers[] = {{(char *)"X-Env", (char *)"test"},
+                                         {(char *)"X-Waybill-Attempt", (char *)"77"}};
+    int64_t retry_quick[] = {0, 100}, retry_once[] = {0}, retry_busy[] = {0, 10};
+    const char *names[] = {"ok", "e406", "blocked", "busy", "slow", "hang"};
+    const char *paths[] = {"/ok", "/406", "/", "/busy", "/slow", "/hang"};
+    struct config_endpoint eps[6];
+    struct config_cidr loopback = {AF_INET, {127}, 8};
+    struct config cfg;
+    struct store_event sev;
+    struct store_delivery_new dn[8];
+    const char *payload = "{\"order\":42}";
+    json_t *ev, *att;
+    int i, port, ok;
+
+    memset(&sink, 0, sizeof sink);
+    memset(&r, 0, sizeof r);
+    memset(eps, 0, sizeof eps);
+    memset(&cfg, 0, sizeof cfg);
+    memset(dn, 0, sizeof dn);
+    CHECK(mkdtemp(dir) != NULL);
+    sink.base = base;
+
+    /* the sink */
+    evhttp_set_gencb(http, sink_cb, &sink);
+    bound = evhttp_bind_socket_with_handle(http, "127.0.0.1", 0);
+    CHECK(bound != NULL);
+    if (!bound)
+        return;
+    getsockname(evhttp_bound_socket_get_fd(bound), (struct sockaddr *)&sin, &slen);
+    port = ntohs(sin.sin_port);
+
+    /* the config */
+    for (i = 0; i < 6; i++) {
+        if (i == 2) /* private, and not in allow_private: refused before connecting */
+            snprintf(url[i], sizeof url[i], "http://10.255.255.1:9/");
+        else
+            snprintf(url[i], sizeof url[i], "http://127.0.0.1:%d%s", port, paths[i]);
+        eps[i].name = (char *)names[i];
+        eps[i].url = url[i];
+        eps[i].sign = SIGN_NONE;
+        eps[i].timeout_ms = 5000;
+        eps[i].retry_ms = retry_once;
+        eps[i].nretry = 1;
+        eps[i].jitter = 0;
+        eps[i].concurrency = 16;
+        eps[i].success = CONFIG_SUCCESS_2XX;
+        eps[i].enabled = 1;
+    }
+    eps[0].sign = SIGN_HEX;
+    eps[0].secrets = &secret;
+    eps[0].nsecrets = 1;
+    eps[0].headers = ep_headers;
+    eps[0].nheaders = 2;
+    eps[0].retry_ms = retry_quick;
+    eps[0].nretry = 2;
+    eps[3].retry_ms = retry_busy;
+    eps[3].nretry = 2;
+    eps[4].concurrency = 1;
+    cfg.endpoints = eps;
+    cfg.nendpoints = 6;
+    cfg.allow_private = &loopback;
+    cfg.nallow_private = 1;
+
+    /* the store: one event, deliveries to each endpoint, and one to an
+     * endpoint the config does not have */
+    st = store_open(base, "sqlite:deliver.db", dir, err, sizeof err);
+    CHECK(st != NULL);
+    if (!st) {
+        fprintf(stderr, "store_open: %s\n", err);
+        return;
+    }
+    util_id_new("evt_", evt_id, sizeof evt_id);
+    memset(&sev, 0, sizeof sev);
+    sev.id = evt_id;
+    sev.source = "test";
+    sev.source_id = "1";
+    sev.type = "tracking.delivered";
+    sev.received_at = util_now_ms();
+    sev.raw = "{}";
+    sev.raw_len = 2;
+    sev.headers_json = "{}";
+    sev.data_json = "{}";
+    sev.status = "received";
+    CHECK_INT_EQ(store_event_put(st, &sev, NULL, 0, err, sizeof err), 0);
+    for (i = 0; i < 8; i++) {
+        dn[i].endpoint = i < 6 ? names[i] : i == 6 ? "slow" : "ghost";
+        dn[i].event_type = "tracking.delivered";
+        dn[i].payload = payload;
+        dn[i].payload_len = strlen(payload);
+        dn[i].content_type = "application/json";
+        dn[i].status = "pending";
+        dn[i].next_at = util_now_ms();
+    }
+    dn[0].headers_json =
+        "{\"X-Rule\":\"r1\",\"X-Waybill-Delivery\":\"forged\",\"Bad\\nName\":\"x\"}";
+    dn[5].endpoint = "slow"; /* three to "slow", then "hang" last */
+    dn[6].endpoint = "slow";
+    dn[7].endpoint = "ghost";
+    {
+        struct store_delivery_new hang = dn[0];
+        hang.endpoint = "hang";
+        hang.headers_json = NULL;
+        CHECK_INT_EQ(store_event_routed(st, evt_id, "routed", NULL, dn, 8, err, sizeof err), 0);
+        CHECK_INT_EQ(store_event_routed(st, evt_id, "routed", NULL, &hang, 1, err, sizeof err), 0);
+    }
+    CHECK_INT_EQ(store_flush(st), 0);
+
+    d = deliver_new(base, st, err, sizeof err);
+    CHECK(d != NULL);
+    if (!d) {
+        store_free(st);
+        return;
+    }
+    deliver_set_config(d, &cfg);
+    deliver_kick(d);
+
+    r.base = base;
+    r.store = st;
+    r.d = d;
+    r.sink = &sink;
+    r.evt_id = evt_id;
+    r.deadline = util_mono_ms() + 15000;
+    r.poll = event_new(base, -1, EV_PERSIST, poll_cb, &r);
+    event_add(r.poll, &tv);
+    event_base_dispatch(base);
+    CHECK(!r.timed_out);
+    CHECK(r.done);
+    CHECK_INT_EQ(deliver_inflight(d), 0);
+
+    /* what the sink saw */
+    CHECK_INT_EQ(sink.ok_n, 2);
+    CHECK_STR_EQ(sink.ok_attempt[0], "1");
+    CHECK_STR_EQ(sink.ok_attempt[1], "2");
+    CHECK(!strncmp(sink.ok_delivery[0], "dlv_", 4));
+    CHECK_STR_EQ(sink.ok_delivery[0], sink.ok_delivery[1]); /* stable across retries */
+    CHECK_STR_EQ(sink.ok_type, "tracking.delivered");
+    CHECK_STR_EQ(sink.ok_ctype, "application/json");
+    CHECK_STR_EQ(sink.ok_ua, "waybill/" WAYBILL_VERSION);
+    CHECK_STR_EQ(sink.ok_env, "test");
+    CHECK_STR_EQ(sink.ok_rule, "r1");
+    CHECK_STR_EQ(sink.ok_body, payload);
+    CHECK(!sink.ok_expect);
+    verify_hmac_sha256(key, 1, payload, strlen(payload), mac);
+    util_hex_encode(mac, 32, sig);
+    CHECK_STR_EQ(sink.ok_sig, sig);
+    CHECK_INT_EQ(sink.e406_n, 1);
+    CHECK_INT_EQ(sink.busy_n, 2);
+    CHECK(sink.busy_at[1] - sink.busy_at[0] >= 950); /* Retry-After: 1 beat the 10 ms delay */
+    CHECK_INT_EQ(sink.slow_n, 3);
+    CHECK_INT_EQ(sink.slow_max, 1); /* concurrency = 1 */
+    CHECK(sink.slow_port[0] != 0);
+    CHECK_INT_EQ(sink.slow_port[1], sink.slow_port[0]); /* the connection was reused */
+    CHECK_INT_EQ(sink.slow_port[2], sink.slow_port[0]);
+    CHECK_INT_EQ(sink.hang_n, 1);
+
+    /* what the store recorded */
+    ev = store_event_json(st, evt_id, err, sizeof err);
+    CHECK(ev != NULL);
+    att = NULL;
+    CHECK_STR_EQ(dlv_status(ev, "ok", 0, &att), "delivered");
+    CHECK_INT_EQ(json_array_size(att), 2);
+    CHECK_INT_EQ(json_int(json_array_get(att, 0), "n"), 1);
+    CHECK_INT_EQ(json_int(json_array_get(att, 0), "status_code"), 500);
+    CHECK_STR_EQ(json_string_value(json_object_get(json_array_get(att, 0), "error")), "HTTP 500");
+    CHECK_STR_EQ(json_string_value(json_object_get(json_array_get(att, 0), "response")), "nope");
+    CHECK_INT_EQ(json_int(json_array_get(att, 1), "n"), 2);
+    CHECK_INT_EQ(json_int(json_array_get(att, 1), "status_code"), 200);
+    CHECK(json_is_null(json_object_get(json_array_get(att, 1), "error")));
+    CHECK_STR_EQ(dlv_status(ev, "e406", 0, &att), "failed");
+    CHECK_INT_EQ(json_array_size(att), 1);
+    CHECK_INT_EQ(json_int(json_array_get(att, 0), "status_code"), 406);
+    CHECK_STR_EQ(dlv_status(ev, "blocked", 0, &att), "failed");
+    CHECK_INT_EQ(json_array_size(att), 1);
+    CHECK_INT_EQ(json_int(json_array_get(att, 0), "status_code"), 0);
+    CHECK_STR_EQ(json_string_value(json_object_get(json_array_get(att, 0), "error")),
+                 "address 10.255.255.1 is private (allow_private to permit)");
+    CHECK_STR_EQ(dlv_status(ev, "busy", 0, &att), "delivered");
+    CHECK_INT_EQ(json_array_size(att), 2);
+    CHECK_INT_EQ(json_int(json_array_get(att, 0), "status_code"), 503);
+    for (i = 0, ok = 1; i < 3; i++)
+        ok &= !strcmp(dlv_status(ev, "slow", i, NULL), "delivered");
+    CHECK(ok);
+    CHECK_STR_EQ(dlv_status(ev, "ghost", 0, &att), "pending"); /* left leased, no attempt */
+    CHECK_INT_EQ(json_array_size(att), 0);
+    CHECK_STR_EQ(dlv_status(ev, "hang", 0, &att), "pending"); /* aborted: nothing written */
+    CHECK_INT_EQ(json_array_size(att), 0);
+    json_decref(ev);
+
+    event_free(r.poll);
+    deliver_free(d);
+    store_free(st);
+    evhttp_free(http);
+    event_base_free(base);
+    snprintf(path, sizeof path, "%s/deliver.db", dir);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/deliver.db-wal", dir);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/deliver.db-shm", dir);
+    unlink(path);
+    rmdir(dir);
+}
+
+int main(void) {
+    if (!getenv("WAYBILL_LOG"))
+        log_threshold = LOG_WARN;
+    test_classify();
+    test_retry_after();
+    test_schedule();
+    test_address_private();
+    test_engine();
+    return harness_report();
+}
