@@ -311,14 +311,15 @@ static void admin_status(struct server *srv, struct evhttp_request *req) {
         reply_error(req, 503, "Service Unavailable", "store unavailable");
         return;
     }
+    json_t *queue = json_pack("{sIsIsIsI}", "pending", (json_int_t)c.pending, "held",
+                              (json_int_t)c.held, "failed", (json_int_t)c.failed, "delivered",
+                              (json_int_t)c.delivered);
+    json_t *last_error = gw->reload_error[0] ? json_string(gw->reload_error) : json_null();
     reply_json(req, 200, "OK",
-               json_pack("{ss sI ss si si s? s{sI sI sI sI}}", "version", WAYBILL_VERSION,
-                         "uptime_s", (json_int_t)((util_now_ms() - gw->started_at) / 1000),
-                         "rules_loaded_at", loaded, "reloads", gw->reloads, "reload_failures",
-                         gw->reload_failures, "last_reload_error",
-                         gw->reload_error[0] ? gw->reload_error : NULL, "queue",
-                         "pending", (json_int_t)c.pending, "held", (json_int_t)c.held, "failed",
-                         (json_int_t)c.failed, "delivered", (json_int_t)c.delivered));
+               json_pack("{sssIsssisisoso}", "version", WAYBILL_VERSION, "uptime_s",
+                         (json_int_t)((util_now_ms() - gw->started_at) / 1000), "rules_loaded_at",
+                         loaded, "reloads", gw->reloads, "reload_failures", gw->reload_failures,
+                         "last_reload_error", last_error, "queue", queue));
 }
 
 static void admin_event(struct server *srv, struct evhttp_request *req, const char *id) {
