@@ -34,8 +34,8 @@ struct config_source {
     struct verify_secret *secrets;  /* nsecrets entries, raw key bytes */
     size_t nsecrets;
     int insecure;
-    char *adapter;                  /* path of the Lua adapter file, absolute
-                                       or relative to lua/sources; NULL =
+    char *adapter;                  /* absolute path of the Lua adapter file
+                                       (config-relative or lua/sources/NAME.lua); NULL =
                                        lua/sources/<verify preset>.lua or
                                        generic.lua */
     char *jwks;                     /* shipengine: file path or URL */
@@ -71,7 +71,7 @@ struct config {
     int sandbox;                    /* environment == "sandbox" */
     char *listen;                   /* "host:port"; default "0.0.0.0:8080" */
     char *tls_cert, *tls_key;       /* both or neither */
-    char *admin_listen;             /* default "127.0.0.1:8081"; NULL = off */
+    char *admin_listen;             /* NULL = off; "admin = {token=...}" alone listens on 127.0.0.1:8081 */
     char *admin_token;              /* required when admin_listen is set */
     char *store;                    /* default "sqlite:waybill.db" */
     size_t max_body;                /* default 1 MiB */
@@ -102,5 +102,18 @@ int config_private_allowed(const struct config *cfg, int family, const void *add
 
 /* Frees cfg and everything it owns; NULL is a no-op. */
 void config_free(struct config *cfg);
+
+/* For rules.c: builds a config from the declarations lua/waybill.lua
+ * collected while the config file ran (the table at index idx of L:
+ * {settings = {{key, value, where}...}, sources = {{name, opts, where}...},
+ * endpoints = {...}, rules = {dir, where}}), checking every field.
+ * config_path is the path as given (made absolute into cfg->file); lua_dir
+ * resolves adapter names. *out is set to the new config before anything
+ * else and kept consistent, so config_free(*out) is always safe, even after
+ * a Lua memory error raised from inside (call it under pcall).
+ * Returns 0, or -1 with "file:line: message" in err. [-0, +0, m] */
+struct lua_State;
+int config_from_lua(struct lua_State *L, int idx, const char *config_path, const char *lua_dir,
+                    struct config **out, char *err, size_t errlen);
 
 #endif

@@ -1,0 +1,661 @@
+/* jsonx.c -- JSON <-> Lua values: a JSON.stringify-compatible encoder over
+ * Lua tables and a jansson -> Lua decoder, plus the rules' json module.
+ * Invariant: every Lua allocation here happens inside a pcall or a Lua-
+ * called function, and C memory that must survive a Lua error lives in a
+ * box userdata whose __gc frees it, so a memory error never leaks.
+ * SPDX-License-Identifier: MIT */
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+
+#include "jsonx.h"
+
+/* Registry keys (addresses, so no string is interned to look them up). */
+static const char jsonx_array_key = 'a';
+static const char jsonx_box_key = 'b';
+static const char jsonx_null_tag = 'n';
+
+/* ---- numbers ---- */
+
+/* Parses "%.*e" output "d.ddde[+-]XX" into its digits and exponent. */
+static void number_split(const char *s, char *digits, int *exp10) {
+    int k = 0;
+    for (; *s && *s != 'e'; s++)
+        if (*s >= '0' && *s <= '9')
+            digits[k++] = *s;
+    digits[k] = '\0';
+    *exp10 = *s == 'e' ? atoi(s + 1) : 0;
+}
+
+static double number_value(const char *digits, int exp10) {
+    char text[48];
+    snprintf(text, sizeof text, "%c.%se%d", digits[0], digits + 1, exp10);
+    return strtod(text, NULL);
+}
+
+/* Adds one unit in the last place of the decimal digits (carrying). */
+static void number_bump(char *digits, int *exp10) {
+    int i = (int)strlen(digits) - 1;
+    for (; i >= 0; i--) {
+        if (digits[i] != '9') {
+            digits[i]++;
+            return;
+        }
+        digits[i] = '0';
+    }
+    digits[0] = '1'; /* 999 -> 1000: keep the width, move the point */
+    (*exp10)++;
+}
+
+size_t jsonx_number_format(double d, char *out) {
+    char text[48], digits[24];
+    int exp10 = 0, k, n;
+    size_t o = 0;
+
+    if (d == 0) { /* -0 too: JSON.stringify(-0) is "0" */
+        memcpy(out, "0", 2);
+        return 1;
+    }
+    if (d < 0) {
+        out[o++] = '-';
+        d = -d;
+    }
+    /* Shortest digits that read back as d. The correctly rounded candidate
+     * is the nearest; where d is a power of two its rounding interval is
+     * lopsided, and the next decimal up may round-trip when the nearest
+     * (below d) does not: JavaScript takes that one. */
+    for (int p = 1; p <= 17; p++) {
+        double back;
+        snprintf(text, sizeof text, "%.*e", p - 1, d);
+        number_split(text, digits, &exp10);
+        back = number_value(digits, exp10);
+        if (back == d)
+            break;
+        if (back < d && p < 17) {
+            number_bump(digits, &exp10);
+            if (number_value(digits, exp10) == d)
+                break;
+        }
+    }
+    k = (int)strlen(digits);
+    while (k > 1 && digits[k - 1] == '0')
+        digits[--k] = '\0';
+    n = exp10 + 1; /* d = 0.digits * 10^n */
+    if (k <= n && n <= 21) {
+        memcpy(out + o, digits, (size_t)k);
+        o += (size_t)k;
+        for (int i = k; i < n; i++)
+            out[o++] = '0';
+    } else if (0 < n && n <= 21) {
+        memcpy(out + o, digits, (size_t)n);
+        o += (size_t)n;
+        out[o++] = '.';
+        memcpy(out + o, digits + n, (size_t)(k - n));
+        o += (size_t)(k - n);
+    } else if (-6 < n && n <= 0) {
+        out[o++] = '0';
+        out[o++] = '.';
+        for (int i = n; i < 0; i++)
+            out[o++] = '0';
+        memcpy(out + o, digits, (size_t)k);
+        o += (size_t)k;
+    } else {
+        out[o++] = digits[0];
+        if (k > 1) {
+            out[o++] = '.';
+            memcpy(out + o, digits + 1, (size_t)(k - 1));
+            o += (size_t)(k - 1);
+        }
+        o += (size_t)sprintf(out + o, "e%c%d", n - 1 > 0 ? '+' : '-', abs(n - 1));
+    }
+    out[o] = '\0';
+    return o;
+}
+
+/* ---- boxes: C memory a Lua error must not leak ---- */
+
+struct jsonx_box {
+    struct util_buf buf;
+    json_t *json;
+};
+
+static int box_gc(lua_State *L) {
+    struct jsonx_box *box = lua_touserdata(L, 1);
+    if (box) {
+        util_buf_free(&box->buf);
+        json_decref(box->json);
+        box->json = NULL;
+    }
+    return 0;
+}
+
+/* Pushes a new empty box. [-0, +1, m] */
+static struct jsonx_box *box_new(lua_State *L) {
+    struct jsonx_box *box = lua_newuserdatauv(L, sizeof *box, 0);
+    memset(box, 0, sizeof *box);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &jsonx_box_key);
+    lua_setmetatable(L, -2);
+    return box;
+}
+
+/* ---- null and arrays ---- */
+
+void jsonx_push_null(lua_State *L) {
+    lua_pushlightuserdata(L, (void *)&jsonx_null_tag);
+}
+
+int jsonx_is_null(lua_State *L, int idx) {
+    return lua_type(L, idx) == LUA_TLIGHTUSERDATA &&
+           lua_touserdata(L, idx) == (void *)&jsonx_null_tag;
+}
+
+void jsonx_mark_array(lua_State *L, int idx) {
+    idx = lua_absindex(L, idx);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &jsonx_array_key);
+    lua_setmetatable(L, idx);
+}
+
+static int is_marked_array(lua_State *L, int idx) {
+    int marked;
+    if (!lua_getmetatable(L, idx))
+        return 0;
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &jsonx_array_key);
+    marked = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    return marked;
+}
+
+/* ---- encoder ---- */
+
+struct enc {
+    lua_State *L;
+    struct util_buf *out;
+    size_t start, max;
+    char err[200];
+};
+
+/* Raises the encoder's own failure: a light userdata, so raising allocates
+ * nothing and jsonx_encode can tell it from a memory error. */
+static void enc_fail(struct enc *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void enc_fail(struct enc *e, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->err, sizeof e->err, fmt, ap);
+    va_end(ap);
+    lua_pushlightuserdata(e->L, e);
+    lua_error(e->L);
+}
+
+static void put(struct enc *e, const void *p, size_t n) {
+    if (e->max && e->out->len - e->start + n > e->max)
+        enc_fail(e, "output larger than %zu bytes", e->max);
+    if (util_buf_append(e->out, p, n) < 0)
+        enc_fail(e, "not enough memory");
+}
+
+#define PUTS(e, lit) put((e), (lit), sizeof(lit) - 1)
+
+/* Length of the valid UTF-8 sequence at s (n bytes available), 0 if none. */
+static size_t utf8_seq(const unsigned char *s, size_t n) {
+    unsigned c = s[0];
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xc2 && c <= 0xdf)
+        return n >= 2 && (s[1] & 0xc0) == 0x80 ? 2 : 0;
+    if (c >= 0xe0 && c <= 0xef) {
+        if (n < 3 || (s[1] & 0xc0) != 0x80 || (s[2] & 0xc0) != 0x80)
+            return 0;
+        if ((c == 0xe0 && s[1] < 0xa0) || (c == 0xed && s[1] >= 0xa0)) /* overlong, surrogate */
+            return 0;
+        return 3;
+    }
+    if (c >= 0xf0 && c <= 0xf4) {
+        if (n < 4 || (s[1] & 0xc0) != 0x80 || (s[2] & 0xc0) != 0x80 || (s[3] & 0xc0) != 0x80)
+            return 0;
+        if ((c == 0xf0 && s[1] < 0x90) || (c == 0xf4 && s[1] >= 0x90)) /* overlong, > U+10FFFF */
+            return 0;
+        return 4;
+    }
+    return 0;
+}
+
+/* A string as JSON.stringify writes it: only '"', '\\' and C0 controls are
+ * escaped (\b \f \n \r \t, else \u00xx in lowercase hex). */
+static void put_string(struct enc *e, const char *str, size_t len) {
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *s = (const unsigned char *)str;
+    size_t i = 0, run = 0;
+
+    PUTS(e, "\"");
+    while (i < len) {
+        unsigned c = s[i];
+        char esc[6];
+        size_t elen = 2;
+
+        if (c >= 0x80) {
+            size_t n = utf8_seq(s + i, len - i);
+            if (!n)
+                enc_fail(e, "invalid UTF-8 in a string");
+            i += n;
+            continue;
+        }
+        if (c >= 0x20 && c != '"' && c != '\\') {
+            i++;
+            continue;
+        }
+        esc[0] = '\\';
+        switch (c) {
+        case '"':
+            esc[1] = '"';
+            break;
+        case '\\':
+            esc[1] = '\\';
+            break;
+        case '\b':
+            esc[1] = 'b';
+            break;
+        case '\f':
+            esc[1] = 'f';
+            break;
+        case '\n':
+            esc[1] = 'n';
+            break;
+        case '\r':
+            esc[1] = 'r';
+            break;
+        case '\t':
+            esc[1] = 't';
+            break;
+        default:
+            memcpy(esc + 1, "u00", 3);
+            esc[4] = hex[c >> 4];
+            esc[5] = hex[c & 15];
+            elen = 6;
+        }
+        if (i > run)
+            put(e, s + run, i - run);
+        put(e, esc, elen);
+        run = ++i;
+    }
+    if (i > run)
+        put(e, s + run, i - run);
+    PUTS(e, "\"");
+}
+
+static void put_integer(struct enc *e, lua_Integer v) {
+    char text[24];
+    int n = snprintf(text, sizeof text, "%lld", (long long)v);
+    put(e, text, (size_t)n);
+}
+
+/* An object key, ready to sort. */
+struct enc_key {
+    const char *s; /* text: into the Lua string key, or into num */
+    size_t len;
+    lua_Integer ikey; /* the key when is_int */
+    int is_int;
+    int is_index; /* an array index ("0".."4294967294"): sorted first */
+    uint32_t index;
+    char num[24];
+};
+
+/* JavaScript's array-index test: canonical decimal, at most 2^32 - 2. */
+static int key_index(const char *s, size_t len, uint32_t *index) {
+    uint64_t v = 0;
+    if (len == 0 || len > 10 || (len > 1 && s[0] == '0'))
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return 0;
+        v = v * 10 + (uint64_t)(s[i] - '0');
+    }
+    if (v > 4294967294u)
+        return 0;
+    *index = (uint32_t)v;
+    return 1;
+}
+
+static int key_cmp(const void *pa, const void *pb) {
+    const struct enc_key *a = pa, *b = pb;
+    int c;
+    if (a->is_index != b->is_index)
+        return a->is_index ? -1 : 1;
+    if (a->is_index)
+        return a->index < b->index ? -1 : a->index > b->index;
+    c = memcmp(a->s, b->s, a->len < b->len ? a->len : b->len);
+    if (c)
+        return c;
+    return a->len < b->len ? -1 : a->len > b->len;
+}
+
+static void enc_value(struct enc *e, int idx, int depth);
+
+static void enc_table(struct enc *e, int idx, int depth) {
+    lua_State *L = e->L;
+    lua_Integer maxk = 0;
+    size_t n = 0, i;
+    int positive_ints = 1, marked, kidx;
+    struct enc_key *keys;
+
+    if (depth >= JSONX_MAX_DEPTH)
+        enc_fail(e, "nesting deeper than %d levels (a cycle?)", JSONX_MAX_DEPTH);
+    luaL_checkstack(L, 6, "JSON nesting");
+    marked = is_marked_array(L, idx);
+
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        lua_pop(L, 1);
+        n++;
+        if (lua_type(L, -1) == LUA_TNUMBER && lua_isinteger(L, -1)) {
+            lua_Integer k = lua_tointeger(L, -1);
+            if (k < 1)
+                positive_ints = 0;
+            else if (k > maxk)
+                maxk = k;
+        } else if (lua_type(L, -1) == LUA_TSTRING) {
+            positive_ints = 0;
+        } else {
+            int t = lua_type(L, -1);
+            lua_pop(L, 1);
+            enc_fail(e, "cannot encode a table key of type %s",
+                     t == LUA_TNUMBER ? "non-integer number" : lua_typename(L, t));
+        }
+    }
+    if (n == 0) {
+        if (marked)
+            PUTS(e, "[]");
+        else
+            PUTS(e, "{}");
+        return;
+    }
+    /* Keys 1..n make an array; a marked array may have holes (null). */
+    if (positive_ints && ((size_t)maxk == n || (marked && (size_t)maxk <= 2 * n + 64))) {
+        PUTS(e, "[");
+        for (lua_Integer k = 1; k <= maxk; k++) {
+            if (k > 1)
+                PUTS(e, ",");
+            lua_rawgeti(L, idx, k);
+            enc_value(e, lua_absindex(L, -1), depth + 1);
+            lua_pop(L, 1);
+        }
+        PUTS(e, "]");
+        return;
+    }
+
+    keys = lua_newuserdatauv(L, n * sizeof *keys, 0); /* freed by the GC, even on error */
+    kidx = lua_gettop(L);
+    i = 0;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        struct enc_key *k = &keys[i++];
+        lua_pop(L, 1);
+        memset(k, 0, sizeof *k);
+        if (lua_type(L, -1) == LUA_TNUMBER) {
+            k->is_int = 1;
+            k->ikey = lua_tointeger(L, -1);
+            k->len = (size_t)snprintf(k->num, sizeof k->num, "%lld", (long long)k->ikey);
+            k->s = k->num;
+        } else {
+            k->s = lua_tolstring(L, -1, &k->len); /* a string already: no conversion */
+        }
+        k->is_index = key_index(k->s, k->len, &k->index);
+    }
+    qsort(keys, n, sizeof *keys, key_cmp);
+    for (i = 1; i < n; i++)
+        if (key_cmp(&keys[i - 1], &keys[i]) == 0)
+            enc_fail(e, "table has both %s and \"%s\" as keys", keys[i].s, keys[i].s);
+
+    PUTS(e, "{");
+    for (i = 0; i < n; i++) {
+        const struct enc_key *k = &keys[i];
+        if (i)
+            PUTS(e, ",");
+        put_string(e, k->s, k->len);
+        PUTS(e, ":");
+        if (k->is_int) {
+            lua_rawgeti(L, idx, k->ikey);
+        } else {
+            lua_pushlstring(L, k->s, k->len);
+            lua_rawget(L, idx);
+        }
+        enc_value(e, lua_absindex(L, -1), depth + 1);
+        lua_pop(L, 1);
+    }
+    PUTS(e, "}");
+    lua_settop(L, kidx - 1);
+}
+
+static void enc_value(struct enc *e, int idx, int depth) {
+    lua_State *L = e->L;
+    switch (lua_type(L, idx)) {
+    case LUA_TNIL:
+        PUTS(e, "null");
+        break;
+    case LUA_TBOOLEAN:
+        if (lua_toboolean(L, idx))
+            PUTS(e, "true");
+        else
+            PUTS(e, "false");
+        break;
+    case LUA_TNUMBER:
+        if (lua_isinteger(L, idx)) {
+            put_integer(e, lua_tointeger(L, idx));
+        } else {
+            char text[32];
+            double d = (double)lua_tonumber(L, idx);
+            if (!isfinite(d))
+                enc_fail(e, "cannot encode NaN or infinity");
+            put(e, text, jsonx_number_format(d, text));
+        }
+        break;
+    case LUA_TSTRING: {
+        size_t len;
+        const char *s = lua_tolstring(L, idx, &len);
+        put_string(e, s, len);
+        break;
+    }
+    case LUA_TTABLE:
+        enc_table(e, idx, depth);
+        break;
+    case LUA_TLIGHTUSERDATA:
+        if (jsonx_is_null(L, idx)) {
+            PUTS(e, "null");
+            break;
+        }
+        /* fall through */
+    default:
+        enc_fail(e, "cannot encode a %s value", luaL_typename(L, idx));
+    }
+}
+
+static int enc_protected(lua_State *L) {
+    struct enc *e = lua_touserdata(L, 1);
+    enc_value(e, 2, 0);
+    return 0;
+}
+
+int jsonx_encode(lua_State *L, int idx, struct util_buf *out, size_t max, char *err,
+                 size_t errlen) {
+    struct enc e;
+    int status;
+
+    memset(&e, 0, sizeof e);
+    e.L = L;
+    e.out = out;
+    e.start = out->len;
+    e.max = max;
+    idx = lua_absindex(L, idx);
+    if (!lua_checkstack(L, 4)) {
+        snprintf(err, errlen, "not enough memory");
+        return -1;
+    }
+    lua_pushcfunction(L, enc_protected);
+    lua_pushlightuserdata(L, &e);
+    lua_pushvalue(L, idx);
+    status = lua_pcall(L, 2, 0, 0);
+    if (status == LUA_OK)
+        return 0;
+    if (lua_touserdata(L, -1) == (void *)&e)
+        snprintf(err, errlen, "%s", e.err);
+    else if (status == LUA_ERRMEM)
+        snprintf(err, errlen, "not enough memory");
+    else
+        snprintf(err, errlen, "%s", lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "error");
+    lua_pop(L, 1);
+    out->len = e.start;
+    if (out->p)
+        out->p[out->len] = '\0';
+    return -1;
+}
+
+/* ---- decoder ---- */
+
+json_t *jsonx_parse(const char *text, size_t len, size_t flags, char *err, size_t errlen) {
+    json_error_t je;
+    json_t *j = json_loadb(text, len, flags | JSON_ALLOW_NUL, &je);
+
+    if (!j && json_error_code(&je) == json_error_numeric_overflow)
+        j = json_loadb(text, len, flags | JSON_ALLOW_NUL | JSON_DECODE_INT_AS_REAL, &je);
+    if (!j)
+        snprintf(err, errlen, "invalid JSON at line %d column %d: %s", je.line, je.column, je.text);
+    return j;
+}
+
+static void push_rec(lua_State *L, const json_t *j, int depth) {
+    luaL_checkstack(L, 4, "JSON nesting");
+    switch (json_typeof(j)) {
+    case JSON_OBJECT: {
+        const char *key;
+        size_t keylen;
+        json_t *v;
+        lua_createtable(L, 0, (int)json_object_size(j));
+        json_object_keylen_foreach((json_t *)j, key, keylen, v) {
+            lua_pushlstring(L, key, keylen);
+            push_rec(L, v, depth + 1);
+            lua_rawset(L, -3);
+        }
+        break;
+    }
+    case JSON_ARRAY: {
+        size_t n = json_array_size(j);
+        lua_createtable(L, (int)n, 0);
+        for (size_t i = 0; i < n; i++) {
+            push_rec(L, json_array_get(j, i), depth + 1);
+            lua_rawseti(L, -2, (lua_Integer)i + 1);
+        }
+        jsonx_mark_array(L, -1);
+        break;
+    }
+    case JSON_STRING:
+        lua_pushlstring(L, json_string_value(j), json_string_length(j));
+        break;
+    case JSON_INTEGER:
+        lua_pushinteger(L, (lua_Integer)json_integer_value(j));
+        break;
+    case JSON_REAL:
+        lua_pushnumber(L, (lua_Number)json_real_value(j));
+        break;
+    case JSON_TRUE:
+        lua_pushboolean(L, 1);
+        break;
+    case JSON_FALSE:
+        lua_pushboolean(L, 0);
+        break;
+    default:
+        jsonx_push_null(L);
+    }
+}
+
+void jsonx_push(lua_State *L, const json_t *j) {
+    push_rec(L, j, 0);
+}
+
+int jsonx_decode(lua_State *L, const char *text, size_t len, size_t flags, char *err,
+                 size_t errlen) {
+    struct jsonx_box *box = box_new(L); /* owns the jansson value until pushed */
+
+    box->json = jsonx_parse(text, len, flags, err, errlen);
+    if (!box->json) {
+        lua_pop(L, 1);
+        return -1;
+    }
+    jsonx_push(L, box->json);
+    json_decref(box->json);
+    box->json = NULL;
+    lua_remove(L, -2);
+    return 0;
+}
+
+/* ---- the json module ---- */
+
+static int json_encode_l(lua_State *L) {
+    const size_t *max = lua_touserdata(L, lua_upvalueindex(1));
+    struct jsonx_box *box;
+    char err[256];
+
+    lua_settop(L, 1);
+    box = box_new(L); /* the C buffer is freed even if pushing the result fails */
+    if (jsonx_encode(L, 1, &box->buf, max ? *max : 0, err, sizeof err) < 0)
+        return luaL_error(L, "json.encode: %s", err);
+    lua_pushlstring(L, box->buf.p ? box->buf.p : "", box->buf.len);
+    util_buf_free(&box->buf);
+    return 1;
+}
+
+static int json_decode_l(lua_State *L) {
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len);
+    char err[256];
+
+    if (jsonx_decode(L, s, len, JSON_DECODE_ANY, err, sizeof err) < 0)
+        return luaL_error(L, "json.decode: %s", err);
+    return 1;
+}
+
+static int json_array_l(lua_State *L) {
+    if (lua_isnoneornil(L, 1)) {
+        lua_settop(L, 0);
+        lua_newtable(L);
+    }
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    if (lua_getmetatable(L, 1)) {
+        lua_rawgetp(L, LUA_REGISTRYINDEX, &jsonx_array_key);
+        if (!lua_rawequal(L, -1, -2))
+            return luaL_error(L, "json.array: the table already has a metatable");
+        lua_pop(L, 2);
+    }
+    jsonx_mark_array(L, 1);
+    return 1;
+}
+
+int jsonx_open(lua_State *L, const size_t *max_output) {
+    lua_createtable(L, 0, 1); /* arrays: protected, so no rule can reach or change it */
+    lua_pushliteral(L, "json.array");
+    lua_setfield(L, -2, "__metatable");
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &jsonx_array_key);
+
+    lua_createtable(L, 0, 2);
+    lua_pushcfunction(L, box_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &jsonx_box_key);
+
+    lua_createtable(L, 0, 4);
+    lua_pushlightuserdata(L, (void *)max_output);
+    lua_pushcclosure(L, json_encode_l, 1);
+    lua_setfield(L, -2, "encode");
+    lua_pushcfunction(L, json_decode_l);
+    lua_setfield(L, -2, "decode");
+    lua_pushcfunction(L, json_array_l);
+    lua_setfield(L, -2, "array");
+    jsonx_push_null(L);
+    lua_setfield(L, -2, "null");
+    return 1;
+}

@@ -1,0 +1,1509 @@
+/* rules.c -- one generation of config and rules in a sandboxed Lua 5.4 VM:
+ * protected construction (STYLE section 3), the limits (an instruction
+ * budget counted by a hook that cannot be caught, a memory cap kept by the
+ * allocator), carrier adapters and routing.
+ * Invariants: between calls no Lua frame is live and the stack is empty;
+ * every C allocation made while Lua may raise is owned by the generation or
+ * by the caller's out struct, so a Lua error (a longjmp) leaks nothing.
+ * SPDX-License-Identifier: MIT */
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+
+#include "jsonx.h"
+#include "log.h"
+#include "rules.h"
+#include "util.h"
+
+#define RULES_HOOK_CHUNK 1000                /* instructions between hook calls */
+#define RULES_LOAD_BUDGET 50000000           /* instructions per file while loading */
+#define RULES_LOAD_MEMORY ((size_t)64 << 20) /* cap until the config sets rule_memory */
+#define RULES_GC_EVERY 64                    /* calls between incremental GC steps */
+#define RULES_WHERE_MAX (LUA_IDSIZE + 24)
+
+enum rules_stop { RULES_STOP_NONE, RULES_STOP_BUDGET, RULES_STOP_MEMORY };
+
+struct rules_handler {
+    char *pattern;
+    char *where; /* "file:line" of its on() */
+};
+
+struct rules {
+    lua_State *L;
+    struct config *cfg;
+    char *config_path; /* as given */
+    char *lua_dir;
+    char *prelude_src; /* short_src of lua/waybill.lua: its frames are skipped in locations */
+    int64_t loaded_at;
+
+    /* the allocator's account */
+    size_t mem_used, mem_limit;
+    int mem_hit;     /* a growth was refused since the last arm */
+    int mem_refused; /* ... and no growth succeeded after it (Lua raised) */
+
+    /* the budget of the current call */
+    int64_t budget, steps;
+    int chunk;
+    int stop;              /* enum rules_stop */
+    const char *stop_kind; /* "rule stopped", "stopped while loading" */
+    char stop_where[RULES_WHERE_MAX];
+    const char *loading_file; /* display name of the file being loaded */
+
+    struct rules_handler *handlers;
+    size_t nhandlers;
+    int handlers_ref;     /* registry: array of handler functions, parallel to handlers */
+    int adapters_ref;     /* registry: source name -> adapter function */
+    char **adapter_where; /* per cfg->sources entry: what to blame for its adapter */
+    int api_ref;          /* registry: the table lua/waybill.lua returned */
+    char **files;         /* rule file names while loading */
+    size_t nfiles;
+
+    /* routing */
+    int routing;
+    struct rules_send *plan;
+    size_t nplan, capplan, plan_bytes;
+    char *send_error; /* the first failed send/batch of this event */
+    size_t max_output;
+    unsigned calls;
+};
+
+static struct rules *rules_of(lua_State *L) {
+    return *(struct rules **)lua_getextraspace(L);
+}
+
+/* ---- small helpers ---- */
+
+/* Whether msg starts with a "file:line:" location. */
+static int has_location(const char *msg) {
+    for (const char *p = msg; *p && *p != '\n'; p++) {
+        if (*p == ':' && p > msg && isdigit((unsigned char)p[1])) {
+            const char *q = p + 1;
+            while (isdigit((unsigned char)*q))
+                q++;
+            if (*q == ':')
+                return 1;
+        }
+    }
+    return 0;
+}
+
+/* "*" matches any run of characters (dots too); everything else itself. */
+static int glob_match(const char *p, const char *s) {
+    const char *star = NULL, *resume = NULL;
+    while (*s) {
+        if (*p == '*') {
+            star = p++;
+            resume = s;
+        } else if (*p == *s) {
+            p++;
+            s++;
+        } else if (star) {
+            p = star + 1;
+            s = ++resume;
+        } else {
+            return 0;
+        }
+    }
+    while (*p == '*')
+        p++;
+    return *p == '\0';
+}
+
+/* dir (as given, may be relative) joined with name; new string. */
+static char *path_join2(const char *dir, const char *name) {
+    size_t dl = strlen(dir), n;
+    char *out;
+    while (dl > 1 && dir[dl - 1] == '/')
+        dl--;
+    n = dl + strlen(name) + 2;
+    out = malloc(n);
+    if (out)
+        snprintf(out, n, "%.*s%s%s", (int)dl, dir, dl && dir[dl - 1] == '/' ? "" : "/", name);
+    return out;
+}
+
+/* The folder of the config path as given ("." when it has none); new. */
+static char *given_dir(const char *config_path) {
+    const char *slash = strrchr(config_path, '/');
+    if (!slash)
+        return strdup(".");
+    if (slash == config_path)
+        return strdup("/");
+    return strndup(config_path, (size_t)(slash - config_path));
+}
+
+/* How a path written in the config is shown in messages: relative to the
+ * directory the config path was given from, like the config path itself. */
+static char *display_path(const char *config_path, const char *written) {
+    char *dir, *out;
+    if (written[0] == '/')
+        return strdup(written);
+    if (!(dir = given_dir(config_path)))
+        return NULL;
+    while (written[0] == '.' && written[1] == '/')
+        written += 2;
+    out = strcmp(dir, ".") == 0 ? strdup(written) : path_join2(dir, written);
+    free(dir);
+    return out;
+}
+
+/* "file:line" of the innermost user frame (not the prelude, not C), or "". */
+static void user_where(lua_State *L, struct rules *r, char *out, size_t outlen) {
+    lua_Debug ar;
+    out[0] = '\0';
+    for (int level = 1; level < 50 && lua_getstack(L, level, &ar); level++) {
+        if (!lua_getinfo(L, "Sl", &ar) || ar.currentline <= 0)
+            continue;
+        if (r->prelude_src && strcmp(ar.short_src, r->prelude_src) == 0)
+            continue;
+        snprintf(out, outlen, "%s:%d", ar.short_src, ar.currentline);
+        return;
+    }
+}
+
+/* ---- limits: memory ---- */
+
+static void rules_hook(lua_State *L, lua_Debug *ar);
+
+/* Counts every byte the VM holds; refuses growth past the limit. Lua then
+ * collects garbage and retries once before raising a memory error; the hook
+ * armed here (count 1) stops the rule at its next instruction if the retry
+ * failed too, so a pcall can't swallow the error (STYLE section 3 (2)). */
+static void *rules_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+    struct rules *r = ud;
+    void *p;
+
+    if (!ptr)
+        osize = 0; /* osize is a type tag then */
+    if (nsize == 0) {
+        free(ptr);
+        r->mem_used -= osize;
+        return NULL;
+    }
+    if (nsize > osize && r->mem_used - osize + nsize > r->mem_limit)
+        goto refuse;
+    p = realloc(ptr, nsize);
+    if (!p) {
+        if (nsize > osize)
+            goto refuse;
+        return NULL;
+    }
+    r->mem_used = r->mem_used - osize + nsize;
+    if (nsize > osize)
+        r->mem_refused = 0;
+    return p;
+refuse:
+    r->mem_hit = r->mem_refused = 1;
+    if (r->L)
+        lua_sethook(r->L, rules_hook, LUA_MASKCOUNT, 1);
+    return NULL;
+}
+
+/* ---- limits: instructions ---- */
+
+static void limits_arm(struct rules *r, int64_t budget, const char *kind) {
+    r->budget = budget > 0 ? budget : 1;
+    r->steps = 0;
+    r->stop = RULES_STOP_NONE;
+    r->stop_kind = kind;
+    r->stop_where[0] = '\0';
+    r->mem_hit = r->mem_refused = 0;
+    r->chunk = r->budget < RULES_HOOK_CHUNK ? (int)r->budget : RULES_HOOK_CHUNK;
+    lua_sethook(r->L, rules_hook, LUA_MASKCOUNT, r->chunk);
+}
+
+static const char *stop_reason(int stop) {
+    return stop == RULES_STOP_MEMORY ? "memory limit exceeded" : "instruction budget exceeded";
+}
+
+/* Raises the stop. Re-arms this thread's hook to fire on every instruction
+ * first, so a pcall that catches the error is interrupted again at once. */
+static int stop_raise(lua_State *L, struct rules *r) {
+    lua_sethook(L, rules_hook, LUA_MASKCOUNT, 1);
+    lua_pushfstring(L, "%s: %s: %s", r->stop_where[0] ? r->stop_where : "?", r->stop_kind,
+                    stop_reason(r->stop));
+    return lua_error(L);
+}
+
+static void rules_hook(lua_State *L, lua_Debug *ar) {
+    struct rules *r = rules_of(L);
+
+    if (!r->stop) {
+        int count = lua_gethookcount(L);
+        r->steps += count;
+        if (r->mem_hit) {
+            if (r->mem_refused)
+                r->stop = RULES_STOP_MEMORY;
+            else
+                r->mem_hit = 0; /* the retry after a collection succeeded */
+        }
+        if (!r->stop && r->steps >= r->budget)
+            r->stop = RULES_STOP_BUDGET;
+        if (!r->stop) {
+            if (count != r->chunk)
+                lua_sethook(L, rules_hook, LUA_MASKCOUNT, r->chunk);
+            return;
+        }
+        if (lua_getinfo(L, "Sl", ar) && ar->currentline > 0)
+            snprintf(r->stop_where, sizeof r->stop_where, "%s:%d", ar->short_src, ar->currentline);
+        else
+            user_where(L, r, r->stop_where, sizeof r->stop_where);
+    }
+    stop_raise(L, r);
+}
+
+/* Charges a coroutine's creation to the budget: each new coroutine's own
+ * hook count starts afresh, so creating many short ones would otherwise
+ * escape the count. */
+static void budget_charge(lua_State *L) {
+    struct rules *r = rules_of(L);
+    r->steps += r->chunk;
+    if (!r->stop && r->steps >= r->budget) {
+        r->stop = RULES_STOP_BUDGET;
+        user_where(L, r, r->stop_where, sizeof r->stop_where);
+    }
+    if (r->stop)
+        stop_raise(L, r);
+}
+
+static void limits_reset(struct rules *r) {
+    limits_arm(r, RULES_LOAD_BUDGET, "rule stopped");
+}
+
+/* Whether msg already names where ("where: ..."). */
+static int names_where(const char *msg, const char *where) {
+    size_t n = strlen(where);
+    return strncmp(msg, where, n) == 0 && msg[n] == ':';
+}
+
+/* Classifies a failed call into "file:line: message". where blames the
+ * handler, adapter or file when the error itself carries no location. */
+static void call_error(struct rules *r, int status, const char *where, char *err, size_t errlen) {
+    lua_State *L = r->L;
+    if (r->send_error) {
+        if (has_location(r->send_error))
+            snprintf(err, errlen, "%s", r->send_error);
+        else
+            snprintf(err, errlen, "%s: %s", where, r->send_error);
+    } else if (r->stop) {
+        snprintf(err, errlen, "%s: %s: %s", r->stop_where[0] ? r->stop_where : where, r->stop_kind,
+                 stop_reason(r->stop));
+    } else if (status == LUA_ERRMEM || (r->mem_hit && r->mem_refused)) {
+        snprintf(err, errlen, "%s: %s: %s", where, r->stop_kind, stop_reason(RULES_STOP_MEMORY));
+    } else if (status == LUA_OK) {
+        snprintf(err, errlen, "%s: failed", where);
+    } else {
+        const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+        if (!msg)
+            snprintf(err, errlen, "%s: error object is a %s value", where, luaL_typename(L, -1));
+        else if (has_location(msg) || names_where(msg, where))
+            snprintf(err, errlen, "%s", msg);
+        else
+            snprintf(err, errlen, "%s: %s", where, msg);
+    }
+}
+
+/* Back to a clean state after a failed call: no stop, no pending send
+ * error; after a memory stop, the failed call's garbage collected at once. */
+static void rules_recover(struct rules *r) {
+    int full_gc = r->stop == RULES_STOP_MEMORY || r->mem_hit;
+    lua_settop(r->L, 0);
+    free(r->send_error);
+    r->send_error = NULL;
+    limits_reset(r);
+    if (full_gc) {
+        lua_gc(r->L, LUA_GCCOLLECT, 0);
+        limits_reset(r);
+    }
+}
+
+/* ---- the plan ---- */
+
+static void send_clear(struct rules_send *s) {
+    free(s->endpoint);
+    free(s->payload);
+    free(s->content_type);
+    free(s->headers_json);
+    memset(s, 0, sizeof *s);
+}
+
+static void plan_reset(struct rules *r) {
+    for (size_t i = 0; i < r->nplan; i++)
+        send_clear(&r->plan[i]);
+    free(r->plan);
+    r->plan = NULL;
+    r->nplan = r->capplan = r->plan_bytes = 0;
+}
+
+/* Returns 0, -1 when out of memory, -2 past the plan's byte limit. */
+static int plan_add(struct rules *r, const char *endpoint, const char *body, size_t len,
+                    const char *ctype, const char *headers_json, int64_t window_ms) {
+    size_t cost = sizeof(struct rules_send) + len + strlen(endpoint) + strlen(ctype) +
+                  (headers_json ? strlen(headers_json) : 0) + 4;
+    struct rules_send *s;
+
+    if (r->plan_bytes + cost > r->mem_limit)
+        return -2;
+    if (r->nplan == r->capplan) {
+        size_t cap = r->capplan ? r->capplan * 2 : 4;
+        struct rules_send *p = realloc(r->plan, cap * sizeof *p);
+        if (!p)
+            return -1;
+        r->plan = p;
+        r->capplan = cap;
+    }
+    s = &r->plan[r->nplan];
+    memset(s, 0, sizeof *s);
+    s->endpoint = strdup(endpoint);
+    s->payload = malloc(len + 1);
+    s->content_type = strdup(ctype);
+    s->headers_json = headers_json ? strdup(headers_json) : NULL;
+    if (!s->endpoint || !s->payload || !s->content_type || (headers_json && !s->headers_json)) {
+        send_clear(s);
+        return -1;
+    }
+    memcpy(s->payload, body, len);
+    s->payload[len] = '\0';
+    s->payload_len = len;
+    s->window_ms = window_ms;
+    r->nplan++;
+    r->plan_bytes += cost;
+    return 0;
+}
+
+void rules_plan_clear(struct rules_plan *plan) {
+    if (!plan)
+        return;
+    for (size_t i = 0; plan->sends && i < plan->n; i++)
+        send_clear(&plan->sends[i]);
+    free(plan->sends);
+    plan->sends = NULL;
+    plan->n = 0;
+}
+
+void rules_event_clear(struct rules_event *ev) {
+    if (!ev)
+        return;
+    free(ev->source_id);
+    free(ev->type);
+    free(ev->created_at);
+    free(ev->data_json);
+    memset(ev, 0, sizeof *ev);
+}
+
+/* ---- send and batch (the C half of the rule DSL) ---- */
+
+static int header_reserved(const char *name) {
+    static const char *const names[] = {
+        "content-length", "transfer-encoding", "host", "connection", "expect", NULL};
+    for (int i = 0; names[i]; i++)
+        if (strcasecmp(name, names[i]) == 0)
+            return 1;
+    return strncasecmp(name, "x-waybill-", 10) == 0 || strncasecmp(name, "webhook-", 8) == 0;
+}
+
+static int header_token(const char *s) {
+    if (!*s)
+        return 0;
+    for (; *s; s++)
+        if (!(isalnum((unsigned char)*s) || strchr("!#$%&'*+-.^_`|~", *s)))
+            return 0;
+    return 1;
+}
+
+static int text_clean(const char *s, size_t len) {
+    for (size_t i = 0; i < len; i++)
+        if (s[i] == '\r' || s[i] == '\n' || s[i] == '\0')
+            return 0;
+    return 1;
+}
+
+/* Raises "file:line: send: msg", remembering the first one of the event so
+ * a pcall around send can't turn a failed route into a partial one. */
+static int emit_fail(lua_State *L, struct rules *r, const char *what, const char *msg) {
+    char loc[RULES_WHERE_MAX], full[600];
+    user_where(L, r, loc, sizeof loc);
+    snprintf(full, sizeof full, "%s%s%s: %s", loc, loc[0] ? ": " : "", what, msg);
+    if (r->routing && !r->send_error)
+        r->send_error = strdup(full);
+    lua_pushstring(L, full);
+    return lua_error(L);
+}
+
+/* Checks send's options table at idx into headers (JSON) and *ctype. */
+static int emit_options(lua_State *L, struct rules *r, int idx, struct util_buf *headers,
+                        const char **ctype, char *msg, size_t msglen) {
+    char err[200];
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
+        if (strcmp(k, "content_type") == 0) {
+            size_t len;
+            if (lua_type(L, -1) != LUA_TSTRING || !lua_tolstring(L, -1, &len)[0] ||
+                !text_clean(lua_tostring(L, -1), len)) {
+                snprintf(msg, msglen, "content_type must be a one-line string");
+                lua_pop(L, 2);
+                return -1;
+            }
+            *ctype = lua_tostring(L, -1); /* the options table keeps it alive */
+        } else if (strcmp(k, "headers") == 0) {
+            int h = lua_gettop(L);
+            if (lua_type(L, h) != LUA_TTABLE) {
+                snprintf(msg, msglen, "headers must be a table of name = value");
+                lua_pop(L, 2);
+                return -1;
+            }
+            lua_pushnil(L);
+            while (lua_next(L, h)) {
+                size_t vlen;
+                const char *name = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+                if (!name || !header_token(name)) {
+                    snprintf(msg, msglen, "headers: bad header name");
+                } else if (lua_type(L, -1) != LUA_TSTRING) {
+                    snprintf(msg, msglen, "headers: %s must be a string", name);
+                } else if (lua_tolstring(L, -1, &vlen), !text_clean(lua_tostring(L, -1), vlen)) {
+                    snprintf(msg, msglen, "headers: %s holds a line break or NUL", name);
+                } else if (strcasecmp(name, "content-type") == 0) {
+                    snprintf(msg, msglen, "headers: set Content-Type with content_type = ...");
+                } else if (header_reserved(name)) {
+                    snprintf(msg, msglen, "headers: %s is set by waybill", name);
+                } else {
+                    lua_pop(L, 1);
+                    continue;
+                }
+                lua_pop(L, 4);
+                return -1;
+            }
+            if (jsonx_encode(L, h, headers, r->max_output, err, sizeof err) < 0) {
+                snprintf(msg, msglen, "headers: %s", err);
+                lua_pop(L, 2);
+                return -1;
+            }
+        } else {
+            snprintf(msg, msglen, "unknown option '%s' (headers, content_type)", k);
+            lua_pop(L, 2);
+            return -1;
+        }
+        lua_pop(L, 1);
+    }
+    return 0;
+}
+
+/* send(to, payload [, opts]) and batch(to, payload [, window]). */
+static int emit(lua_State *L, int is_batch) {
+    struct rules *r = rules_of(L);
+    const char *what = is_batch ? "batch" : "send", *body = NULL, *ctype = "application/json";
+    struct util_buf payload = {0}, headers = {0};
+    char msg[300], err[200];
+    size_t body_len = 0, n;
+    int64_t window_ms = 0;
+    int has_window = 0, rc;
+
+    lua_settop(L, 3);
+    if (!r->routing || !r->cfg) {
+        snprintf(msg, sizeof msg, "only a handler can %s (inside on(...))", what);
+        goto fail;
+    }
+    if (lua_type(L, 1) == LUA_TSTRING) {
+        n = 1;
+    } else if (lua_type(L, 1) == LUA_TTABLE) {
+        n = lua_rawlen(L, 1);
+    } else {
+        snprintf(msg, sizeof msg, "the first argument must be an endpoint name or a list of names");
+        goto fail;
+    }
+    for (size_t i = 1; i <= n; i++) {
+        const char *name;
+        if (lua_type(L, 1) == LUA_TTABLE)
+            lua_rawgeti(L, 1, (lua_Integer)i);
+        else
+            lua_pushvalue(L, 1);
+        name = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+        if (!name) {
+            snprintf(msg, sizeof msg, "endpoint #%zu is a %s, not a name", i, luaL_typename(L, -1));
+            goto fail;
+        }
+        if (!config_endpoint_by_name(r->cfg, name)) {
+            snprintf(msg, sizeof msg, "unknown endpoint '%s'", name);
+            goto fail;
+        }
+        lua_pop(L, 1);
+    }
+
+    switch (lua_type(L, 2)) {
+    case LUA_TTABLE:
+        if (jsonx_encode(L, 2, &payload, r->max_output, err, sizeof err) < 0) {
+            snprintf(msg, sizeof msg, "payload: %s", err);
+            goto fail;
+        }
+        body = payload.p;
+        body_len = payload.len;
+        break;
+    case LUA_TSTRING:
+        body = lua_tolstring(L, 2, &body_len);
+        if (is_batch) { /* it goes inside the batch's "events" array */
+            json_t *j = jsonx_parse(body, body_len, JSON_DECODE_ANY, err, sizeof err);
+            if (!j) {
+                snprintf(msg, sizeof msg, "a string payload must be JSON text (%s)", err);
+                goto fail;
+            }
+            json_decref(j);
+        }
+        break;
+    default:
+        snprintf(msg, sizeof msg, "the payload must be a table or a string, not a %s",
+                 luaL_typename(L, 2));
+        goto fail;
+    }
+
+    if (is_batch && !lua_isnil(L, 3)) {
+        has_window = 1;
+        if (lua_type(L, 3) == LUA_TNUMBER) {
+            lua_Number s = lua_tonumber(L, 3);
+            window_ms = s > 0 && s < 9e12 ? (int64_t)(s * 1000 + 0.5) : 0;
+        } else if (lua_type(L, 3) != LUA_TSTRING ||
+                   util_duration_parse(lua_tostring(L, 3), &window_ms) < 0) {
+            window_ms = 0;
+        }
+        if (window_ms <= 0) {
+            snprintf(msg, sizeof msg, "bad window (use e.g. \"10m\" or a number of seconds)");
+            goto fail;
+        }
+    } else if (!is_batch && !lua_isnil(L, 3)) {
+        if (lua_type(L, 3) != LUA_TTABLE) {
+            snprintf(msg, sizeof msg,
+                     "the options must be a table {headers = ..., content_type = ...}");
+            goto fail;
+        }
+        if (emit_options(L, r, 3, &headers, &ctype, msg, sizeof msg) < 0)
+            goto fail;
+    }
+
+    for (size_t i = 1; i <= n; i++) {
+        const struct config_endpoint *ep;
+        if (lua_type(L, 1) == LUA_TTABLE)
+            lua_rawgeti(L, 1, (lua_Integer)i);
+        else
+            lua_pushvalue(L, 1);
+        ep = config_endpoint_by_name(r->cfg, lua_tostring(L, -1));
+        lua_pop(L, 1);
+        rc = plan_add(r, ep->name, body ? body : "", body_len, ctype, headers.p,
+                      is_batch ? (has_window ? window_ms : config_endpoint_window(r->cfg, ep)) : 0);
+        if (rc < 0) {
+            snprintf(msg, sizeof msg, "%s",
+                     rc == -2 ? "the deliveries of this event exceed rule_memory"
+                              : "out of memory");
+            goto fail;
+        }
+    }
+    util_buf_free(&payload);
+    util_buf_free(&headers);
+    return 0;
+fail:
+    util_buf_free(&payload);
+    util_buf_free(&headers);
+    return emit_fail(L, r, what, msg);
+}
+
+static int host_send(lua_State *L) {
+    return emit(L, 0);
+}
+
+static int host_batch(lua_State *L) {
+    return emit(L, 1);
+}
+
+/* ---- the other host functions (the prelude's privileges) ---- */
+
+/* where(level) -> "file:line" of the function at that level, or "?". */
+static int host_where(lua_State *L) {
+    lua_Debug ar;
+    int level = (int)luaL_optinteger(L, 1, 1);
+    if (lua_getstack(L, level, &ar) && lua_getinfo(L, "Sl", &ar) && ar.currentline > 0)
+        lua_pushfstring(L, "%s:%d", ar.short_src, ar.currentline);
+    else
+        lua_pushliteral(L, "?");
+    return 1;
+}
+
+static int host_getenv(lua_State *L) {
+    const char *v = getenv(luaL_checkstring(L, 1));
+    if (v)
+        lua_pushstring(L, v);
+    else
+        lua_pushnil(L);
+    return 1;
+}
+
+/* Pushes the text of the file at path (read into Lua memory, so a memory
+ * error can't leak it), or returns -1 with errno and nothing pushed. */
+static int push_file(lua_State *L, const char *path, size_t *lenp) {
+    struct stat st;
+    size_t got = 0, size;
+    char *text;
+    int fd, saved;
+
+    if (stat(path, &st) < 0)
+        return -1;
+    if (!S_ISREG(st.st_mode)) {
+        errno = S_ISDIR(st.st_mode) ? EISDIR : EINVAL;
+        return -1;
+    }
+    size = (size_t)st.st_size;
+    text = lua_newuserdatauv(L, size + 1, 0);
+    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
+        saved = errno;
+        lua_pop(L, 1);
+        errno = saved;
+        return -1;
+    }
+    while (got < size) {
+        ssize_t k = read(fd, text + got, size - got);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            break;
+        got += (size_t)k;
+    }
+    close(fd);
+    text[got] = '\0';
+    *lenp = got;
+    return 0;
+}
+
+static int host_readfile(lua_State *L) {
+    size_t len;
+    if (push_file(L, luaL_checkstring(L, 1), &len) < 0) {
+        lua_pushnil(L);
+        return 1;
+    }
+    lua_pushlstring(L, lua_touserdata(L, -1), len);
+    return 1;
+}
+
+/* log.info(...) etc.: the arguments joined by spaces (print: tabs),
+ * prefixed with the rule's file:line. Upvalues: level, skip first arg. */
+static int host_log(lua_State *L) {
+    struct rules *r = rules_of(L);
+    int level = (int)lua_tointeger(L, lua_upvalueindex(1));
+    int first = lua_toboolean(L, lua_upvalueindex(2)) ? 2 : 1;
+    const char *sep = lua_toboolean(L, lua_upvalueindex(3)) ? "\t" : " ";
+    int n = lua_gettop(L);
+    char loc[RULES_WHERE_MAX];
+    luaL_Buffer b;
+
+    if (level < log_threshold)
+        return 0;
+    luaL_buffinit(L, &b);
+    for (int i = first; i <= n; i++) {
+        if (i > first)
+            luaL_addstring(&b, sep);
+        luaL_tolstring(L, i, NULL);
+        luaL_addvalue(&b);
+    }
+    luaL_pushresult(&b);
+    user_where(L, r, loc, sizeof loc);
+    log_msg(level, "%s%s%.2000s", loc, loc[0] ? ": " : "", lua_tostring(L, -1));
+    return 0;
+}
+
+static void push_log_fn(lua_State *L, int level, int skip_first, int tabs) {
+    lua_pushinteger(L, level);
+    lua_pushboolean(L, skip_first);
+    lua_pushboolean(L, tabs);
+    lua_pushcclosure(L, host_log, 3);
+}
+
+/* coroutine.create / coroutine.wrap, charged to the budget. Upvalue: the
+ * original function. */
+static int host_co_call(lua_State *L) {
+    budget_charge(L);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+/* stopped() -> whether the running call has been stopped (budget, memory). */
+static int host_stopped(lua_State *L) {
+    lua_pushboolean(L, rules_of(L)->stop != RULES_STOP_NONE);
+    return 1;
+}
+
+static void push_host(lua_State *L, struct rules *r) {
+    lua_createtable(L, 0, 20);
+    lua_pushcfunction(L, host_where);
+    lua_setfield(L, -2, "where");
+    lua_pushcfunction(L, host_getenv);
+    lua_setfield(L, -2, "getenv");
+    lua_pushcfunction(L, host_stopped);
+    lua_setfield(L, -2, "stopped");
+    lua_pushcfunction(L, host_readfile);
+    lua_setfield(L, -2, "readfile");
+    lua_pushcfunction(L, host_send);
+    lua_setfield(L, -2, "send");
+    lua_pushcfunction(L, host_batch);
+    lua_setfield(L, -2, "batch");
+    push_log_fn(L, LOG_DEBUG, 0, 0);
+    lua_setfield(L, -2, "log_debug");
+    push_log_fn(L, LOG_INFO, 0, 0);
+    lua_setfield(L, -2, "log_info");
+    push_log_fn(L, LOG_WARN, 0, 0);
+    lua_setfield(L, -2, "log_warn");
+    push_log_fn(L, LOG_ERROR, 0, 0);
+    lua_setfield(L, -2, "log_error");
+    push_log_fn(L, LOG_INFO, 1, 0);
+    lua_setfield(L, -2, "log_call");
+    push_log_fn(L, LOG_INFO, 0, 1);
+    lua_setfield(L, -2, "print");
+    lua_getglobal(L, LUA_COLIBNAME);
+    lua_getfield(L, -1, "create");
+    lua_pushcclosure(L, host_co_call, 1);
+    lua_setfield(L, -3, "co_create");
+    lua_getfield(L, -1, "wrap");
+    lua_pushcclosure(L, host_co_call, 1);
+    lua_setfield(L, -3, "co_wrap");
+    lua_pop(L, 1);
+    lua_pushstring(L, r->lua_dir);
+    lua_setfield(L, -2, "lua_dir");
+    jsonx_open(L, &r->max_output);
+    lua_setfield(L, -2, "json");
+}
+
+/* ---- construction ---- */
+
+static int rules_panic(lua_State *L) {
+    log_msg(LOG_ERROR, "rules: unprotected Lua error: %s",
+            lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "?");
+    abort();
+    return 0;
+}
+
+/* base (without dofile, loadfile, collectgarbage, warn), string (without
+ * dump), table, math, utf8, coroutine, and an os with time, date, clock. */
+static void open_safe_libs(lua_State *L) {
+    static const luaL_Reg libs[] = {{LUA_GNAME, luaopen_base},
+                                    {LUA_STRLIBNAME, luaopen_string},
+                                    {LUA_TABLIBNAME, luaopen_table},
+                                    {LUA_MATHLIBNAME, luaopen_math},
+                                    {LUA_UTF8LIBNAME, luaopen_utf8},
+                                    {LUA_COLIBNAME, luaopen_coroutine},
+                                    {NULL, NULL}};
+    static const char *const drop[] = {"dofile", "loadfile", "collectgarbage", "warn", NULL};
+
+    for (const luaL_Reg *lib = libs; lib->func; lib++) {
+        luaL_requiref(L, lib->name, lib->func, 1);
+        lua_pop(L, 1);
+    }
+    for (int i = 0; drop[i]; i++) {
+        lua_pushnil(L);
+        lua_setglobal(L, drop[i]);
+    }
+    lua_getglobal(L, LUA_STRLIBNAME);
+    lua_pushnil(L);
+    lua_setfield(L, -2, "dump");
+    lua_pop(L, 1);
+    /* the string metatable: no rule may reach or change it */
+    lua_pushliteral(L, "");
+    lua_getmetatable(L, -1);
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    lua_pop(L, 2);
+    /* os: opened unregistered, only three functions kept */
+    lua_pushcfunction(L, luaopen_os);
+    lua_call(L, 0, 1);
+    lua_createtable(L, 0, 3);
+    lua_getfield(L, -2, "time");
+    lua_setfield(L, -2, "time");
+    lua_getfield(L, -2, "date");
+    lua_setfield(L, -2, "date");
+    lua_getfield(L, -2, "clock");
+    lua_setfield(L, -2, "clock");
+    lua_setglobal(L, LUA_OSLIBNAME);
+    lua_pop(L, 1);
+}
+
+/* Loads the text file at path as a chunk named "@display" (text only).
+ * Pushes the function; raises "display:line: message" on a syntax error
+ * and "display: cannot read: ..." when the file can't be read. */
+static void load_chunk(lua_State *L, const char *path, const char *display) {
+    size_t len;
+    int status;
+    if (push_file(L, path, &len) < 0)
+        luaL_error(L, "%s: cannot read: %s", display, strerror(errno));
+    lua_pushfstring(L, "@%s", display);
+    status = luaL_loadbufferx(L, lua_touserdata(L, -2), len, lua_tostring(L, -1), "t");
+    if (status != LUA_OK)
+        lua_error(L);
+    lua_replace(L, -3); /* function over the text */
+    lua_pop(L, 1);
+}
+
+/* Calls api[name]() with nargs arguments below it. [-nargs, +1, e] */
+static void api_call(lua_State *L, struct rules *r, const char *name, int nargs) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, r->api_ref);
+    lua_getfield(L, -1, name);
+    lua_remove(L, -2);
+    lua_insert(L, -1 - nargs);
+    lua_call(L, nargs, 1);
+}
+
+/* Runs the chunk at the top in a fresh environment from api[env_fn]
+ * (called with display and path). */
+static void run_file(lua_State *L, struct rules *r, const char *env_fn, const char *display,
+                     const char *path) {
+    lua_pushstring(L, display);
+    lua_pushstring(L, path);
+    api_call(L, r, env_fn, 2);
+    if (!lua_setupvalue(L, -2, 1)) /* _ENV */
+        lua_pop(L, 1);
+    r->loading_file = display;
+    limits_arm(r, RULES_LOAD_BUDGET, "stopped while loading");
+    lua_call(L, 0, 0);
+}
+
+static int name_cmp(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Lists dir's *.lua files (no hidden ones) into r->files, sorted bytewise. */
+static int list_rule_files(struct rules *r, const char *dir) {
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    size_t cap = 0;
+
+    if (!d)
+        return -1;
+    while ((de = readdir(d))) {
+        size_t len = strlen(de->d_name);
+        char *full;
+        struct stat st;
+        if (de->d_name[0] == '.' || len < 5 || strcmp(de->d_name + len - 4, ".lua") != 0)
+            continue;
+        full = path_join2(dir, de->d_name);
+        if (!full || stat(full, &st) < 0 || !S_ISREG(st.st_mode)) {
+            free(full);
+            continue;
+        }
+        free(full);
+        if (r->nfiles == cap) {
+            char **p = realloc(r->files, (cap ? cap * 2 : 16) * sizeof *p);
+            if (!p)
+                break;
+            r->files = p;
+            cap = cap ? cap * 2 : 16;
+        }
+        if (!(r->files[r->nfiles] = strdup(de->d_name)))
+            break;
+        r->nfiles++;
+    }
+    closedir(d);
+    qsort(r->files, r->nfiles, sizeof *r->files, name_cmp);
+    return 0;
+}
+
+static void load_rules_dir(lua_State *L, struct rules *r, int decl) {
+    const char *written, *where;
+    char *display_dir;
+
+    lua_getfield(L, decl, "rules");
+    lua_getfield(L, -1, "dir");
+    lua_getfield(L, -2, "where");
+    written = lua_tostring(L, -2);
+    where = lua_tostring(L, -1);
+    if (list_rule_files(r, r->cfg->rules_dir) < 0)
+        luaL_error(L, "%s: rules: cannot open folder '%s': %s", where, written, strerror(errno));
+    display_dir = display_path(r->config_path, written);
+    lua_pushstring(L, display_dir ? display_dir : written);
+    free(display_dir);
+    display_dir = NULL;
+    for (size_t i = 0; i < r->nfiles; i++) {
+        char *path = path_join2(r->cfg->rules_dir, r->files[i]);
+        char *display = path_join2(lua_tostring(L, -1), r->files[i]);
+        if (!path || !display) {
+            free(path);
+            free(display);
+            luaL_error(L, "%s: out of memory", where);
+        }
+        lua_pushstring(L, display); /* keeps the name alive for loading_file */
+        lua_pushstring(L, path);
+        free(path);
+        free(display);
+        load_chunk(L, lua_tostring(L, -1), lua_tostring(L, -2));
+        run_file(L, r, "rule_env", lua_tostring(L, -3), lua_tostring(L, -2));
+        lua_pop(L, 2);
+        r->loading_file = r->config_path;
+    }
+    lua_pop(L, 4);
+}
+
+/* Every endpoint named in on(pattern, {list}) must exist. */
+static void check_lists(lua_State *L, struct rules *r) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, r->api_ref);
+    lua_getfield(L, -1, "lists");
+    for (lua_Integer i = 1, n = (lua_Integer)lua_rawlen(L, -1); i <= n; i++) {
+        lua_rawgeti(L, -1, i);
+        lua_getfield(L, -1, "names");
+        for (lua_Integer j = 1, m = (lua_Integer)lua_rawlen(L, -1); j <= m; j++) {
+            lua_rawgeti(L, -1, j);
+            if (!config_endpoint_by_name(r->cfg, lua_tostring(L, -1))) {
+                lua_getfield(L, -3, "where");
+                luaL_error(L, "%s: on: unknown endpoint '%s'", lua_tostring(L, -1),
+                           lua_tostring(L, -2));
+            }
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 2);
+    }
+    lua_pop(L, 2);
+}
+
+/* Resolves and loads each source's adapter into registry[adapters_ref]:
+ * its own (a function, a file, or a shipped adapter's name), else
+ * lua/sources/<verify preset>.lua when there is one, else generic.lua. */
+static void load_adapters(lua_State *L, struct rules *r, int decl) {
+    struct config *cfg = r->cfg;
+    int by_path, adapters, sources;
+
+    lua_newtable(L); /* path -> function: each file loads once */
+    by_path = lua_gettop(L);
+    lua_newtable(L);
+    adapters = lua_gettop(L);
+    lua_getfield(L, decl, "sources");
+    sources = lua_gettop(L);
+    if (cfg->nsources && !(r->adapter_where = calloc(cfg->nsources, sizeof *r->adapter_where)))
+        luaL_error(L, "%s: out of memory", r->config_path);
+
+    for (size_t i = 0; i < cfg->nsources; i++) {
+        const struct config_source *src = &cfg->sources[i];
+        char *path = NULL, *display = NULL;
+        const char *written;
+        struct stat st;
+        int top = lua_gettop(L), dcl = top + 1;
+
+        lua_rawgeti(L, sources, (lua_Integer)i + 1); /* the declaration */
+        lua_getfield(L, dcl, "opts");
+        lua_getfield(L, -1, "adapter");
+        lua_getfield(L, dcl, "where");
+        if (lua_type(L, -2) == LUA_TFUNCTION) {
+            r->adapter_where[i] = strdup(lua_tostring(L, -1));
+            lua_pop(L, 1);
+            lua_setfield(L, adapters, src->name);
+            lua_settop(L, top);
+            continue;
+        }
+        written = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+        if (src->adapter) {
+            path = strdup(src->adapter);
+            display = written && (strchr(written, '/') || strstr(written, ".lua"))
+                          ? display_path(r->config_path, written)
+                          : strdup(src->adapter);
+        } else {
+            char name[96];
+            snprintf(name, sizeof name, "sources/%s.lua", src->verify_name);
+            path = path_join2(r->lua_dir, name);
+            if (path && stat(path, &st) < 0) {
+                free(path);
+                path = path_join2(r->lua_dir, "sources/generic.lua");
+            }
+            display = path ? strdup(path) : NULL;
+        }
+        r->adapter_where[i] = display;
+        if (!path || !display) {
+            free(path);
+            luaL_error(L, "%s: out of memory", r->config_path);
+        }
+        if (stat(path, &st) < 0) {
+            int saved = errno;
+            free(path);
+            luaL_error(L, "%s: source %s: adapter %s: %s", lua_tostring(L, -1), src->name, display,
+                       strerror(saved));
+        }
+        lua_pushstring(L, path); /* the cache key */
+        free(path);
+        lua_pushvalue(L, -1);
+        if (lua_rawget(L, by_path) == LUA_TNIL) {
+            lua_pop(L, 1);
+            load_chunk(L, lua_tostring(L, -1), display);
+            api_call(L, r, "rule_env", 0);
+            if (!lua_setupvalue(L, -2, 1))
+                lua_pop(L, 1);
+            r->loading_file = display;
+            limits_arm(r, RULES_LOAD_BUDGET, "stopped while loading");
+            lua_call(L, 0, 1);
+            if (lua_type(L, -1) != LUA_TFUNCTION)
+                luaL_error(L, "%s: an adapter file must return a function(body, headers, source)",
+                           display);
+            lua_pushvalue(L, -2);
+            lua_pushvalue(L, -2);
+            lua_rawset(L, by_path);
+        }
+        lua_setfield(L, adapters, src->name);
+        lua_settop(L, top);
+    }
+    lua_pushvalue(L, adapters);
+    r->adapters_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_settop(L, by_path - 1);
+    r->loading_file = r->config_path;
+}
+
+/* Copies api.handlers into r->handlers (patterns, locations) and a registry
+ * array of their functions. */
+static void collect_handlers(lua_State *L, struct rules *r) {
+    size_t n;
+    int list, fns;
+
+    lua_rawgeti(L, LUA_REGISTRYINDEX, r->api_ref);
+    lua_getfield(L, -1, "handlers");
+    list = lua_gettop(L);
+    n = lua_rawlen(L, list);
+    lua_createtable(L, (int)n, 0);
+    fns = lua_gettop(L);
+    if (n && !(r->handlers = calloc(n, sizeof *r->handlers)))
+        luaL_error(L, "%s: out of memory", r->config_path);
+    r->nhandlers = n;
+    for (size_t i = 0; i < n; i++) {
+        lua_rawgeti(L, list, (lua_Integer)i + 1);
+        lua_getfield(L, -1, "pattern");
+        lua_getfield(L, -2, "where");
+        r->handlers[i].pattern = strdup(lua_tostring(L, -2));
+        r->handlers[i].where = strdup(lua_tostring(L, -1));
+        if (!r->handlers[i].pattern || !r->handlers[i].where)
+            luaL_error(L, "%s: out of memory", r->config_path);
+        lua_getfield(L, -3, "fn");
+        lua_rawseti(L, fns, (lua_Integer)i + 1);
+        lua_pop(L, 3);
+    }
+    lua_pushvalue(L, fns);
+    r->handlers_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_settop(L, list - 2);
+}
+
+/* Builds the whole generation (STYLE section 3 (0), (4)). Raises on any
+ * error with "file:line: message". */
+static int load_main(lua_State *L) {
+    struct rules *r = lua_touserdata(L, 1);
+    char *prelude, err[512];
+    lua_Debug ar;
+    int decl;
+
+    lua_settop(L, 0);
+    open_safe_libs(L);
+
+    /* the trusted prelude, given the host's functions */
+    if (!(prelude = path_join2(r->lua_dir, "waybill.lua")))
+        luaL_error(L, "out of memory");
+    lua_pushstring(L, prelude);
+    free(prelude);
+    r->loading_file = lua_tostring(L, 1);
+    load_chunk(L, lua_tostring(L, 1), lua_tostring(L, 1));
+    lua_pushvalue(L, -1);
+    lua_getinfo(L, ">S", &ar);
+    if (!(r->prelude_src = strdup(ar.short_src)))
+        luaL_error(L, "out of memory");
+    push_host(L, r);
+    lua_call(L, 1, 1);
+    if (!lua_istable(L, -1))
+        luaL_error(L, "%s: the prelude must return a table", lua_tostring(L, 1));
+    r->api_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_settop(L, 0);
+    r->loading_file = r->config_path;
+
+    /* the config file, then its declarations into C */
+    load_chunk(L, r->config_path, r->config_path);
+    run_file(L, r, "config_env", r->config_path, r->config_path);
+    limits_arm(r, RULES_LOAD_BUDGET, "stopped while loading");
+    api_call(L, r, "declarations", 0);
+    decl = lua_gettop(L);
+    if (config_from_lua(L, decl, r->config_path, r->lua_dir, &r->cfg, err, sizeof err) < 0)
+        luaL_error(L, "%s", err);
+    if (r->mem_used > r->cfg->rule_memory)
+        luaL_error(L, "%s: rule_memory: the configuration alone uses %d KiB", r->config_path,
+                   (int)(r->mem_used >> 10));
+    r->mem_limit = r->cfg->rule_memory;
+    r->max_output = r->cfg->rule_memory;
+
+    if (r->cfg->rules_dir)
+        load_rules_dir(L, r, decl);
+    limits_arm(r, RULES_LOAD_BUDGET, "stopped while loading");
+    check_lists(L, r);
+    load_adapters(L, r, decl);
+    collect_handlers(L, r);
+    api_call(L, r, "seal", 0);
+    lua_settop(L, 0);
+    return 0;
+}
+
+struct rules *rules_load(const char *config_path, const char *lua_dir, char *err, size_t errlen) {
+    struct rules *r = calloc(1, sizeof *r);
+    int status;
+
+    if (!r || !(r->config_path = strdup(config_path)) || !(r->lua_dir = strdup(lua_dir))) {
+        snprintf(err, errlen, "%s: out of memory", config_path);
+        goto fail;
+    }
+    r->handlers_ref = r->adapters_ref = r->api_ref = LUA_NOREF;
+    r->mem_limit = RULES_LOAD_MEMORY;
+    r->max_output = RULES_LOAD_MEMORY;
+    r->L = lua_newstate(rules_alloc, r);
+    if (!r->L) {
+        snprintf(err, errlen, "%s: out of memory", config_path);
+        goto fail;
+    }
+    lua_atpanic(r->L, rules_panic);
+    *(struct rules **)lua_getextraspace(r->L) = r;
+    r->loading_file = config_path;
+    limits_arm(r, RULES_LOAD_BUDGET, "stopped while loading");
+    lua_pushcfunction(r->L, load_main);
+    lua_pushlightuserdata(r->L, r);
+    status = lua_pcall(r->L, 1, 0, 0);
+    if (status != LUA_OK) {
+        call_error(r, status, r->loading_file ? r->loading_file : config_path, err, errlen);
+        goto fail;
+    }
+    for (size_t i = 0; i < r->nfiles; i++)
+        free(r->files[i]);
+    free(r->files);
+    r->files = NULL;
+    r->nfiles = 0;
+    r->loading_file = NULL;
+    rules_recover(r);
+    lua_gc(r->L, LUA_GCCOLLECT, 0); /* start clean: the loading's garbage */
+    limits_reset(r);
+    r->loaded_at = util_now_ms();
+    return r;
+fail:
+    rules_free(r);
+    return NULL;
+}
+
+void rules_free(struct rules *r) {
+    if (!r)
+        return;
+    if (r->L)
+        lua_close(r->L);
+    for (size_t i = 0; i < r->nhandlers; i++) {
+        free(r->handlers[i].pattern);
+        free(r->handlers[i].where);
+    }
+    free(r->handlers);
+    for (size_t i = 0; r->adapter_where && r->cfg && i < r->cfg->nsources; i++)
+        free(r->adapter_where[i]);
+    free(r->adapter_where);
+    for (size_t i = 0; i < r->nfiles; i++)
+        free(r->files[i]);
+    free(r->files);
+    plan_reset(r);
+    free(r->send_error);
+    config_free(r->cfg);
+    free(r->prelude_src);
+    free(r->config_path);
+    free(r->lua_dir);
+    free(r);
+}
+
+const struct config *rules_config(const struct rules *r) {
+    return r->cfg;
+}
+
+int64_t rules_loaded_at(const struct rules *r) {
+    return r->loaded_at;
+}
+
+static void maybe_gc(struct rules *r) {
+    if (++r->calls % RULES_GC_EVERY == 0)
+        lua_gc(r->L, LUA_GCSTEP, 0);
+}
+
+/* ---- adapters ---- */
+
+struct adapt_ctx {
+    struct rules *r;
+    const char *source;
+    const char *where;
+    const json_t *body;
+    const char *raw;
+    size_t raw_len;
+    const char *headers_json;
+    struct rules_event *out;
+    char msg[300]; /* a failure found here, already "where: message" */
+};
+
+/* A string or number field of the adapter's result as new text (NULL when
+ * absent or null). */
+static int result_text(lua_State *L, int t, const char *field, char **out) {
+    char num[32];
+    lua_pushstring(L, field);
+    lua_rawget(L, t);
+    *out = NULL;
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        *out = strdup(lua_tostring(L, -1));
+    } else if (lua_type(L, -1) == LUA_TNUMBER) {
+        if (lua_isinteger(L, -1))
+            snprintf(num, sizeof num, "%lld", (long long)lua_tointeger(L, -1));
+        else if (isfinite(lua_tonumber(L, -1)))
+            jsonx_number_format((double)lua_tonumber(L, -1), num);
+        else
+            snprintf(num, sizeof num, "0");
+        *out = strdup(num);
+    } else {
+        lua_pop(L, 1);
+        return 0;
+    }
+    lua_pop(L, 1);
+    return *out ? 0 : -1;
+}
+
+static int adapt_protected(lua_State *L) {
+    struct adapt_ctx *c = lua_touserdata(L, 1);
+    struct rules *r = c->r;
+    struct util_buf data = {0};
+    char err[256];
+    int res;
+
+    lua_settop(L, 0);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, r->adapters_ref);
+    lua_getfield(L, -1, c->source);
+    if (lua_type(L, -1) != LUA_TFUNCTION) {
+        snprintf(c->msg, sizeof c->msg, "%s: source %s has no adapter", c->where, c->source);
+        return 0;
+    }
+    jsonx_push(L, c->body);
+    if (!c->headers_json ||
+        jsonx_decode(L, c->headers_json, strlen(c->headers_json), 0, err, sizeof err) < 0)
+        lua_newtable(L);
+    lua_pushstring(L, c->source);
+    lua_pushlstring(L, c->raw, c->raw_len);
+    limits_arm(r, r->cfg->rule_budget, "rule stopped");
+    lua_call(L, 4, 1);
+    res = lua_gettop(L);
+    if (r->stop || (r->mem_hit && r->mem_refused))
+        return luaL_error(L, "stopped"); /* classified by the caller */
+    if (lua_type(L, res) != LUA_TTABLE) {
+        snprintf(c->msg, sizeof c->msg, "%s: the adapter returned a %s, not an event table",
+                 c->where, luaL_typename(L, res));
+        return 0;
+    }
+    if (result_text(L, res, "type", &c->out->type) < 0 ||
+        result_text(L, res, "id", &c->out->source_id) < 0 ||
+        result_text(L, res, "created_at", &c->out->created_at) < 0) {
+        snprintf(c->msg, sizeof c->msg, "%s: out of memory", c->where);
+        return 0;
+    }
+    if (!c->out->type || !c->out->type[0] || strlen(c->out->type) > 200) {
+        snprintf(c->msg, sizeof c->msg, "%s: the adapter returned no event type", c->where);
+        return 0;
+    }
+    lua_pushliteral(L, "data");
+    if (lua_rawget(L, res) == LUA_TNIL) {
+        c->out->data_json = strdup("{}");
+    } else if (jsonx_encode(L, -1, &data, r->max_output, err, sizeof err) < 0) {
+        snprintf(c->msg, sizeof c->msg, "%s: the adapter's data: %s", c->where, err);
+        return 0;
+    } else {
+        c->out->data_json = data.p ? data.p : strdup("null");
+        data.p = NULL;
+    }
+    if (!c->out->data_json)
+        snprintf(c->msg, sizeof c->msg, "%s: out of memory", c->where);
+    return 0;
+}
+
+int rules_adapt(struct rules *r, const struct config_source *src, const char *body, size_t len,
+                const char *headers_json, struct rules_event *out, char *err, size_t errlen) {
+    struct adapt_ctx *c;
+    const struct config_source *own;
+    json_t *parsed;
+    int status;
+
+    memset(out, 0, sizeof *out);
+    parsed = jsonx_parse(body ? body : "", body ? len : 0, 0, err, errlen); /* object or array */
+    if (!parsed)
+        return RULES_EBADJSON;
+    own = src ? config_source_by_name(r->cfg, src->name) : NULL;
+    if (!own) {
+        json_decref(parsed);
+        snprintf(err, errlen, "%s: no source %s in this configuration", r->config_path,
+                 src ? src->name : "(null)");
+        return -1;
+    }
+    c = calloc(1, sizeof *c);
+    if (!c) {
+        json_decref(parsed);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    c->r = r;
+    c->source = own->name;
+    c->where = r->adapter_where && r->adapter_where[own - r->cfg->sources]
+                   ? r->adapter_where[own - r->cfg->sources]
+                   : own->name;
+    c->body = parsed;
+    c->raw = body ? body : "";
+    c->raw_len = body ? len : 0;
+    c->headers_json = headers_json;
+    c->out = out;
+    limits_arm(r, r->cfg->rule_budget, "rule stopped");
+    lua_pushcfunction(r->L, adapt_protected);
+    lua_pushlightuserdata(r->L, c);
+    status = lua_pcall(r->L, 1, 0, 0);
+    json_decref(parsed);
+    if (status != LUA_OK)
+        call_error(r, status, c->where, err, errlen);
+    else if (c->msg[0])
+        snprintf(err, errlen, "%s", c->msg);
+    if (status != LUA_OK || c->msg[0]) {
+        free(c);
+        rules_event_clear(out);
+        rules_recover(r);
+        return -1;
+    }
+    free(c);
+    lua_settop(r->L, 0);
+    maybe_gc(r);
+    return 0;
+}
+
+/* ---- routing ---- */
+
+struct route_ctx {
+    struct rules *r;
+    const struct rules_input *in;
+    int failed;
+    char *err;
+    size_t errlen;
+};
+
+static void set_text(lua_State *L, int t, const char *field, const char *value) {
+    if (!value)
+        return;
+    lua_pushstring(L, value);
+    lua_setfield(L, t, field);
+}
+
+/* Pushes the event table handlers get. raw and headers sit behind a
+ * protected metatable's __index, so they read like fields but the JSON
+ * encoder (raw access) never sends them with the event. */
+static int push_event(lua_State *L, struct route_ctx *c) {
+    const struct rules_input *in = c->in;
+    char when[40], err[256];
+    int ev;
+
+    lua_createtable(L, 0, 8);
+    ev = lua_gettop(L);
+    set_text(L, ev, "id", in->id);
+    set_text(L, ev, "type", in->type);
+    set_text(L, ev, "source", in->source);
+    set_text(L, ev, "source_id", in->source_id);
+    set_text(L, ev, "created_at", in->created_at);
+    util_time_rfc3339(in->received_at_ms, when, sizeof when);
+    set_text(L, ev, "received_at", when);
+    if (jsonx_decode(L, in->data_json ? in->data_json : "{}",
+                     in->data_json ? strlen(in->data_json) : 2, JSON_DECODE_ANY, err,
+                     sizeof err) < 0) {
+        snprintf(c->err, c->errlen, "event %s: data: %s", in->id ? in->id : "?", err);
+        return -1;
+    }
+    lua_setfield(L, ev, "data");
+
+    lua_createtable(L, 0, 2); /* metatable */
+    lua_createtable(L, 0, 2); /* its __index */
+    if (in->raw) {
+        lua_pushlstring(L, in->raw, in->raw_len);
+        lua_setfield(L, -2, "raw");
+    }
+    if (!in->headers_json ||
+        jsonx_decode(L, in->headers_json, strlen(in->headers_json), 0, err, sizeof err) < 0)
+        lua_newtable(L);
+    lua_setfield(L, -2, "headers");
+    lua_setfield(L, -2, "__index");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    lua_setmetatable(L, ev);
+    return 0;
+}
+
+static int route_protected(lua_State *L) {
+    struct route_ctx *c = lua_touserdata(L, 1);
+    struct rules *r = c->r;
+    int fns, ev, status;
+
+    lua_settop(L, 0);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, r->handlers_ref);
+    fns = lua_gettop(L);
+    if (push_event(L, c) < 0) {
+        c->failed = 1;
+        return 0;
+    }
+    ev = lua_gettop(L);
+    for (size_t i = 0; i < r->nhandlers; i++) {
+        const struct rules_handler *h = &r->handlers[i];
+        if (!glob_match(h->pattern, c->in->type))
+            continue;
+        lua_rawgeti(L, fns, (lua_Integer)i + 1);
+        lua_pushvalue(L, ev);
+        limits_arm(r, r->cfg->rule_budget, "rule stopped");
+        status = lua_pcall(L, 1, 0, 0);
+        if (status != LUA_OK || r->stop || (r->mem_hit && r->mem_refused) || r->send_error) {
+            call_error(r, status, h->where, c->err, c->errlen);
+            c->failed = 1;
+            return 0;
+        }
+    }
+    return 0;
+}
+
+int rules_route(struct rules *r, const struct rules_input *ev, struct rules_plan *out, char *err,
+                size_t errlen) {
+    struct route_ctx c;
+    int status;
+
+    out->sends = NULL;
+    out->n = 0;
+    if (!ev || !ev->type) {
+        snprintf(err, errlen, "an event without a type");
+        return -1;
+    }
+    memset(&c, 0, sizeof c);
+    c.r = r;
+    c.in = ev;
+    c.err = err;
+    c.errlen = errlen;
+    plan_reset(r);
+    free(r->send_error);
+    r->send_error = NULL;
+    r->routing = 1;
+    limits_arm(r, r->cfg->rule_budget, "rule stopped");
+    lua_pushcfunction(r->L, route_protected);
+    lua_pushlightuserdata(r->L, &c);
+    status = lua_pcall(r->L, 1, 0, 0);
+    r->routing = 0;
+    if (status != LUA_OK) {
+        call_error(r, status, ev->type, err, errlen);
+        c.failed = 1;
+    }
+    if (c.failed) {
+        plan_reset(r);
+        rules_recover(r);
+        return -1;
+    }
+    lua_settop(r->L, 0);
+    out->sends = r->plan;
+    out->n = r->nplan;
+    r->plan = NULL;
+    r->nplan = r->capplan = r->plan_bytes = 0;
+    maybe_gc(r);
+    return 0;
+}

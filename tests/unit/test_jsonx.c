@@ -1,0 +1,256 @@
+/* test_jsonx.c -- the JSON <-> Lua bridge: JSON.stringify-compatible output
+ * (numbers, escapes, key order, arrays vs objects), decoding, and errors.
+ * Expected strings were checked against node's JSON.stringify.
+ * SPDX-License-Identifier: MIT */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lualib.h>
+
+#include "harness.h"
+#include "jsonx.h"
+
+static lua_State *L;
+static char last_err[256];
+
+/* Evaluates a Lua expression, encodes it; returns a static copy or NULL. */
+static const char *enc(const char *expr) {
+    static char out[4096];
+    struct util_buf b = {0};
+    char code[2048];
+    int rc;
+
+    snprintf(code, sizeof code, "return %s", expr);
+    if (luaL_dostring(L, code) != LUA_OK) {
+        fprintf(stderr, "lua error: %s\n", lua_tostring(L, -1));
+        lua_settop(L, 0);
+        return NULL;
+    }
+    rc = jsonx_encode(L, -1, &b, 0, last_err, sizeof last_err);
+    lua_settop(L, 0);
+    if (rc < 0) {
+        util_buf_free(&b);
+        return NULL;
+    }
+    snprintf(out, sizeof out, "%s", b.p ? b.p : "");
+    util_buf_free(&b);
+    return out;
+}
+
+/* Decodes text with json.decode, re-encodes it. */
+static const char *roundtrip(const char *text) {
+    static char out[4096];
+    struct util_buf b = {0};
+    int rc;
+
+    if (jsonx_decode(L, text, strlen(text), JSON_DECODE_ANY, last_err, sizeof last_err) < 0)
+        return NULL;
+    rc = jsonx_encode(L, -1, &b, 0, last_err, sizeof last_err);
+    lua_settop(L, 0);
+    if (rc < 0) {
+        util_buf_free(&b);
+        return NULL;
+    }
+    snprintf(out, sizeof out, "%s", b.p ? b.p : "");
+    util_buf_free(&b);
+    return out;
+}
+
+/* Runs a Lua chunk that returns a boolean. */
+static int lua_true(const char *code) {
+    int ok;
+    if (luaL_dostring(L, code) != LUA_OK) {
+        fprintf(stderr, "lua error: %s\n", lua_tostring(L, -1));
+        lua_settop(L, 0);
+        return 0;
+    }
+    ok = lua_toboolean(L, -1);
+    lua_settop(L, 0);
+    return ok;
+}
+
+static const char *num(double d) {
+    static char out[32];
+    jsonx_number_format(d, out);
+    return out;
+}
+
+static void test_numbers(void) {
+    CHECK_STR_EQ(num(40.0), "40");
+    CHECK_STR_EQ(num(0.1), "0.1");
+    CHECK_STR_EQ(num(0.1 + 0.2), "0.30000000000000004");
+    CHECK_STR_EQ(num(1e21), "1e+21");
+    CHECK_STR_EQ(num(1e20), "100000000000000000000");
+    CHECK_STR_EQ(num(1e-7), "1e-7");
+    CHECK_STR_EQ(num(1e-6), "0.000001");
+    CHECK_STR_EQ(num(1.5e-7), "1.5e-7");
+    CHECK_STR_EQ(num(-1.5), "-1.5");
+    CHECK_STR_EQ(num(-0.0), "0");
+    CHECK_STR_EQ(num(123.456), "123.456");
+    CHECK_STR_EQ(num(5e-324), "5e-324");
+    CHECK_STR_EQ(num(1.7976931348623157e308), "1.7976931348623157e+308");
+    CHECK_STR_EQ(num(9007199254740993.0), "9007199254740992");
+    CHECK_STR_EQ(num(ldexp(1, -1022)), "2.2250738585072014e-308");
+    CHECK_STR_EQ(num(ldexp(1, 100)), "1.2676506002282294e+30");
+
+    CHECK_STR_EQ(enc("40.0"), "40");
+    CHECK_STR_EQ(enc("12"), "12");
+    CHECK_STR_EQ(enc("math.maxinteger"), "9223372036854775807");
+    CHECK_STR_EQ(enc("math.mininteger"), "-9223372036854775808");
+    CHECK_STR_EQ(enc("{ 1.0, 2.5, -3, 1e300 }"), "[1,2.5,-3,1e+300]");
+    CHECK(enc("0/0") == NULL);
+    CHECK_STR_EQ(last_err, "cannot encode NaN or infinity");
+    CHECK(enc("{ x = math.huge }") == NULL);
+    CHECK(enc("-math.huge") == NULL);
+}
+
+static void test_strings(void) {
+    CHECK_STR_EQ(enc("'plain'"), "\"plain\"");
+    CHECK_STR_EQ(enc("'q\"b\\\\s/'"), "\"q\\\"b\\\\s/\"");
+    CHECK_STR_EQ(enc("'\\b\\f\\n\\r\\t'"), "\"\\b\\f\\n\\r\\t\"");
+    CHECK_STR_EQ(enc("'\\0\\1\\31\\127'"), "\"\\u0000\\u0001\\u001f\x7f\"");
+    CHECK_STR_EQ(enc("'h\\u{e9}llo \\u{2713} \\u{1F600} \\u{2028}'"),
+                 "\"h\xc3\xa9llo \xe2\x9c\x93 \xf0\x9f\x98\x80 \xe2\x80\xa8\"");
+    CHECK(enc("'\\xff'") == NULL);
+    CHECK_STR_EQ(last_err, "invalid UTF-8 in a string");
+    CHECK(enc("'\\xed\\xa0\\x80'") == NULL);      /* a surrogate in UTF-8 */
+    CHECK(enc("'\\xc0\\xaf'") == NULL);           /* overlong */
+    CHECK(enc("'\\xf4\\x90\\x80\\x80'") == NULL); /* past U+10FFFF */
+    CHECK(enc("'abc\\xe2\\x9c'") == NULL);        /* truncated */
+    CHECK(enc("{ ['\\xff'] = 1 }") == NULL);      /* keys too */
+}
+
+static void test_tables(void) {
+    CHECK_STR_EQ(enc("{}"), "{}");
+    CHECK_STR_EQ(enc("json.array()"), "[]");
+    CHECK_STR_EQ(enc("json.array({})"), "[]");
+    CHECK_STR_EQ(enc("{ 1, 2, 3 }"), "[1,2,3]");
+    CHECK_STR_EQ(enc("{ 'a', { true, false }, {} }"), "[\"a\",[true,false],{}]");
+    CHECK_STR_EQ(enc("{ [1] = 1, [3] = 3 }"), "{\"1\":1,\"3\":3}");
+    CHECK_STR_EQ(enc("{ 1, 2, x = 3 }"), "{\"1\":1,\"2\":2,\"x\":3}");
+    CHECK_STR_EQ(enc("{ [0] = 'z', [1] = 'o' }"), "{\"0\":\"z\",\"1\":\"o\"}");
+    CHECK_STR_EQ(enc("{ [-1] = 1 }"), "{\"-1\":1}");
+    /* a marked array keeps its holes as null, like a JavaScript array */
+    CHECK_STR_EQ(enc("json.array({ 1, nil, 3 })"), "[1,null,3]");
+    /* sorted keys, in the order JSON.stringify(JSON.parse(x)) keeps */
+    CHECK_STR_EQ(enc("{ b = 1, a = 2, ['10'] = 3, ['2'] = 4, ['$'] = 5, A = 6, ['01'] = 7 }"),
+                 "{\"2\":4,\"10\":3,\"$\":5,\"01\":7,\"A\":6,\"a\":2,\"b\":1}");
+    CHECK_STR_EQ(enc("{ ['4294967294'] = 1, ['4294967295'] = 2, ['3'] = 3 }"),
+                 "{\"3\":3,\"4294967294\":1,\"4294967295\":2}");
+    CHECK_STR_EQ(enc("{ z = { y = { x = {} } }, a = json.null }"),
+                 "{\"a\":null,\"z\":{\"y\":{\"x\":{}}}}");
+    CHECK_STR_EQ(enc("{ s = 'x', n = 1, t = true, f = false, l = { 'a' } }"),
+                 "{\"f\":false,\"l\":[\"a\"],\"n\":1,\"s\":\"x\",\"t\":true}");
+    CHECK_STR_EQ(enc("nil"), "null");
+    CHECK_STR_EQ(enc("json.null"), "null");
+
+    /* errors */
+    CHECK(enc("{ f = print }") == NULL);
+    CHECK_STR_EQ(last_err, "cannot encode a function value");
+    CHECK(enc("{ [true] = 1 }") == NULL);
+    CHECK_STR_EQ(last_err, "cannot encode a table key of type boolean");
+    CHECK(enc("{ [1.5] = 1 }") == NULL);
+    CHECK_STR_EQ(last_err, "cannot encode a table key of type non-integer number");
+    CHECK(enc("(function() local t = {} t.self = t return t end)()") == NULL);
+    CHECK_STR_EQ(last_err, "nesting deeper than 2048 levels (a cycle?)");
+    CHECK(enc("{ [1] = 'a', ['1'] = 'b' }") == NULL);
+    CHECK(enc("coroutine.create(print)") == NULL);
+    CHECK_STR_EQ(last_err, "cannot encode a thread value");
+    /* metamethods are not consulted */
+    CHECK_STR_EQ(enc("setmetatable({ a = 1 }, { __index = { b = 2 }, __pairs = error })"),
+                 "{\"a\":1}");
+}
+
+static void test_decode(void) {
+    CHECK_STR_EQ(roundtrip("{\"a\":[],\"b\":{},\"c\":[{}],\"d\":[[]]}"),
+                 "{\"a\":[],\"b\":{},\"c\":[{}],\"d\":[[]]}");
+    CHECK_STR_EQ(roundtrip("{ \"b\" : 1.0, \"a\" : [ 1 , 2e3, -0.5, 1E-7 ] }"),
+                 "{\"a\":[1,2000,-0.5,1e-7],\"b\":1}");
+    CHECK_STR_EQ(roundtrip("{\"a\":null,\"b\":[null,1,null]}"), "{\"a\":null,\"b\":[null,1,null]}");
+    CHECK_STR_EQ(roundtrip("\"\\u00e9\\ud83d\\ude00\\u0000\\/\""),
+                 "\"\xc3\xa9\xf0\x9f\x98\x80\\u0000/\"");
+    CHECK_STR_EQ(roundtrip("123456789012345678901234567890"), "1.2345678901234568e+29");
+    CHECK_STR_EQ(roundtrip("9223372036854775807"), "9223372036854775807");
+    CHECK_STR_EQ(roundtrip("true"), "true");
+    CHECK(roundtrip("{\"a\":") == NULL);
+    CHECK(strncmp(last_err, "invalid JSON at line 1 column ", 30) == 0);
+    CHECK(roundtrip("[1,]") == NULL);
+    CHECK(roundtrip("{\"a\" 1}") == NULL);
+
+    /* object or array only unless JSON_DECODE_ANY */
+    CHECK(jsonx_decode(L, "\"x\"", 3, 0, last_err, sizeof last_err) < 0);
+    CHECK(strstr(last_err, "'[' or '{' expected") != NULL);
+    CHECK(jsonx_decode(L, "x", 1, 0, last_err, sizeof last_err) < 0);
+    CHECK_STR_EQ(last_err, "invalid JSON at line 1 column 1: '[' or '{' expected near 'x'");
+    CHECK_INT_EQ(lua_gettop(L), 0);
+
+    /* Lua sees: arrays as sequences, null as json.null, integers as integers */
+    CHECK(lua_true("local t = json.decode('{\"a\":[1,2,3],\"n\":null,\"i\":7,\"f\":7.5}')"
+                   " return #t.a == 3 and t.n == json.null and math.type(t.i) == 'integer'"
+                   " and math.type(t.f) == 'float' and getmetatable(t.a) == 'json.array'"));
+    CHECK(lua_true("return json.encode({ json.decode('[]') }) == '[[]]'"));
+    CHECK(lua_true("local ok, e = pcall(json.decode, '{') return not ok and"
+                   " e:find('json.decode: invalid JSON at line 1', 1, true) ~= nil"));
+    CHECK(lua_true("local ok, e = pcall(json.encode, { f = print }) return not ok and"
+                   " e:find('json.encode: cannot encode a function value', 1, true) ~= nil"));
+    CHECK(lua_true("local ok = pcall(setmetatable, json.decode('[]'), {}) return not ok"));
+    CHECK(lua_true("local ok = pcall(json.array, setmetatable({}, {})) return not ok"));
+
+    /* deep nesting both ways */
+    {
+        size_t depth = 3000, n = 0;
+        char *deep = malloc(depth * 2 + 1);
+        for (size_t i = 0; i < depth; i++)
+            deep[n++] = '[';
+        for (size_t i = 0; i < depth; i++)
+            deep[n++] = ']';
+        deep[n] = '\0';
+        CHECK(jsonx_decode(L, deep, n, 0, last_err, sizeof last_err) < 0);
+        CHECK(strstr(last_err, "depth") != NULL);
+        free(deep);
+    }
+}
+
+static void test_limits(void) {
+    struct util_buf b = {0};
+    char err[128];
+    CHECK(luaL_dostring(L, "return { string.rep('x', 100) }") == LUA_OK);
+    CHECK(jsonx_encode(L, -1, &b, 50, err, sizeof err) < 0);
+    CHECK_STR_EQ(err, "output larger than 50 bytes");
+    CHECK_INT_EQ(b.len, 0);
+    util_buf_append(&b, "prefix", 6);
+    CHECK(jsonx_encode(L, -1, &b, 200, err, sizeof err) == 0);
+    CHECK_INT_EQ(b.len, 6 + 104);
+    CHECK(strncmp(b.p, "prefix[\"xxx", 11) == 0);
+    lua_settop(L, 0);
+    util_buf_free(&b);
+
+    /* a DAG that would expand to gigabytes stops at the cap */
+    CHECK(luaL_dostring(
+              L, "local t = {} for i = 1, 8 do local u = {} for j = 1, 30 do u[j] = t end t = u end"
+                 " return t") == LUA_OK);
+    CHECK(jsonx_encode(L, -1, &b, 1 << 20, err, sizeof err) < 0);
+    CHECK_STR_EQ(err, "output larger than 1048576 bytes");
+    lua_settop(L, 0);
+    util_buf_free(&b);
+}
+
+int main(void) {
+    static size_t max = 1 << 20;
+    L = luaL_newstate();
+    luaL_openlibs(L);
+    jsonx_open(L, &max);
+    lua_setglobal(L, "json");
+
+    test_numbers();
+    test_strings();
+    test_tables();
+    test_decode();
+    test_limits();
+    CHECK(lua_true("local ok, e = pcall(json.encode, string.rep('x', 2000000)) return not ok"
+                   " and e:find('output larger than 1048576 bytes', 1, true) ~= nil"));
+    lua_close(L);
+    return harness_report();
+}
