@@ -80,6 +80,10 @@ run: all
 	./$(BIN) serve -c examples/waybill.lua
 
 test-unit: all $(UNIT_BINS)
+	@python3 tests/run.py --bin ./$(BIN) --unit "$(UNIT_BINS)" -k __unit_only__
+
+test-integration: test-deps all
+	@python3 tests/run.py --bin ./$(BIN) $(if $(K),-k $(K))
 
 test: test-deps all $(UNIT_BINS)
 	@python3 tests/run.py --bin ./$(BIN) --unit "$(UNIT_BINS)"

@@ -46,6 +46,8 @@ static int harness_passed, harness_failed;
 
 static inline int harness_report(void) {
     printf("%d passed, %d failed\n", harness_passed, harness_failed);
+    /* Flushed now: a sanitizer report at exit must not swallow the line. */
+    fflush(stdout);
     return harness_failed ? 1 : 0;
 }
 

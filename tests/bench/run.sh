@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# run.sh -- `make bench`: waybill's ingest throughput and latency beside its
+# baselines (bare libevent server, Debian's webhook, the seed-002 Node/Express
+# receiver), measured in the same run, interleaved; then waybill's delivery
+# throughput and end-to-end latency. See bench.py for what runs and how.
+# Installs wrk/webhook when missing (as root), builds the bare server into
+# tests/bench/out/, then runs bench.py; extra arguments go to bench.py
+# (e.g. --rounds 5 --duration 10 --servers bare,webhook). Exits 0 whatever
+# the numbers.
+set -u
+cd "$(dirname "$0")/../.."
+OUT=tests/bench/out
+mkdir -p "$OUT"
+
+missing=""
+command -v wrk >/dev/null 2>&1 || missing="$missing wrk"
+command -v webhook >/dev/null 2>&1 || missing="$missing webhook"
+command -v taskset >/dev/null 2>&1 || missing="$missing util-linux"
+if [ -n "$missing" ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "bench: installing:$missing" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing) >/dev/null \
+      || echo "bench: apt-get install$missing failed" >&2
+  else
+    echo "bench: missing:$missing (sudo apt-get install$missing)" >&2
+  fi
+fi
+if ! command -v wrk >/dev/null 2>&1; then
+  echo "bench: wrk is required" >&2
+  exit 0
+fi
+if [ -d tests/node_modules ] || ! command -v npm >/dev/null 2>&1; then :; else
+  (cd tests && npm ci --no-audit --no-fund --silent) >/dev/null 2>&1 || true
+fi
+
+CC=${CC:-cc}
+if ! $CC -O2 -std=c11 -D_GNU_SOURCE -Wall -Wextra -o "$OUT/bare_server" tests/bench/bare_server.c \
+     $(pkg-config --cflags --libs libevent); then
+  echo "bench: building the bare server failed" >&2
+fi
+
+if [ ! -x ./waybill ]; then
+  echo "bench: ./waybill is not built; measuring the baselines only" >&2
+fi
+python3 tests/bench/bench.py "$@"
+exit 0
