@@ -19,6 +19,7 @@
 #include <jansson.h>
 #include <openssl/sha.h>
 
+#include "admin.h"
 #include "config.h"
 #include "gateway.h"
 #include "log.h"
@@ -33,12 +34,12 @@ struct server {
     struct gateway *gw;
     struct evhttp *inbound;
     struct evhttp_bound_socket *inbound_sock;
-    struct evhttp *admin;
+    struct admin *admin;
 };
 
 /* ---- replies ---- */
 
-static void reply_json(struct evhttp_request *req, int code, const char *reason, json_t *body) {
+void server_reply_json(struct evhttp_request *req, int code, const char *reason, json_t *body) {
     struct evbuffer *out = evbuffer_new();
     char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
 
@@ -52,13 +53,12 @@ static void reply_json(struct evhttp_request *req, int code, const char *reason,
     json_decref(body);
 }
 
-/* {"error": message} with the status code; message is one line. */
-static void reply_error(struct evhttp_request *req, int code, const char *reason,
+void server_reply_error(struct evhttp_request *req, int code, const char *reason,
                         const char *message) {
-    reply_json(req, code, reason, json_pack("{ss}", "error", message));
+    server_reply_json(req, code, reason, json_pack("{ss}", "error", message));
 }
 
-static const char *method_name(enum evhttp_cmd_type m) {
+const char *server_method_name(int m) {
     switch (m) {
     case EVHTTP_REQ_GET: return "GET";
     case EVHTTP_REQ_POST: return "POST";
@@ -107,14 +107,14 @@ static void on_ingest_committed(void *arg, int ok) {
 
     if (!ok) {
         evhttp_add_header(oh, "Retry-After", "5");
-        reply_error(in->req, 503, "Service Unavailable", "store unavailable, retry later");
+        server_reply_error(in->req, 503, "Service Unavailable", "store unavailable, retry later");
         ingest_free(in);
         return;
     }
     if (in->duplicate)
-        reply_json(in->req, 200, "OK", json_pack("{sssb}", "id", in->id, "duplicate", 1));
+        server_reply_json(in->req, 200, "OK", json_pack("{sssb}", "id", in->id, "duplicate", 1));
     else
-        reply_json(in->req, 200, "OK", json_pack("{ss}", "id", in->id));
+        server_reply_json(in->req, 200, "OK", json_pack("{ss}", "id", in->id));
     if (in->route) {
         struct rules_input ev = {in->id,         in->source,    in->source_id,
                                  in->type,       in->created_at, in->received_at,
@@ -172,19 +172,19 @@ static void on_inbound(struct evhttp_request *req, void *arg) {
 
     if (gw->stopping) {
         evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "5");
-        reply_error(req, 503, "Service Unavailable", "shutting down");
+        server_reply_error(req, 503, "Service Unavailable", "shutting down");
         return;
     }
     if (!src) {
         snprintf(msg, sizeof msg, "no source at %s", path ? path : "?");
-        reply_error(req, 404, "Not Found", msg);
+        server_reply_error(req, 404, "Not Found", msg);
         return;
     }
     if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
         evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "POST");
         snprintf(msg, sizeof msg, "method %s not allowed; webhooks are POSTed",
-                 method_name(evhttp_request_get_command(req)));
-        reply_error(req, 405, "Method Not Allowed", msg);
+                 server_method_name(evhttp_request_get_command(req)));
+        server_reply_error(req, 405, "Method Not Allowed", msg);
         return;
     }
     len = evbuffer_get_length(body_buf);
@@ -196,7 +196,7 @@ static void on_inbound(struct evhttp_request *req, void *arg) {
                                 util_now_ms()};
     if (verify_check(&src->verify, src->secrets, src->nsecrets, &vr, reason, sizeof reason) < 0) {
         log_msg(LOG_WARN, "source %s: rejected request: %s", src->name, reason);
-        reply_error(req, 401, "Unauthorized", "signature verification failed");
+        server_reply_error(req, 401, "Unauthorized", "signature verification failed");
         return;
     }
 
@@ -211,7 +211,7 @@ static void on_inbound(struct evhttp_request *req, void *arg) {
         goto unavailable;
     rc = rules_adapt(rules, src, body, len, in->headers_json, &ev, reason, sizeof reason);
     if (rc == RULES_EBADJSON) {
-        reply_error(req, 400, "Bad Request", reason);
+        server_reply_error(req, 400, "Bad Request", reason);
         goto done;
     }
     in->route = rc == 0;
@@ -279,103 +279,10 @@ static void on_inbound(struct evhttp_request *req, void *arg) {
 
 unavailable:
     evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "5");
-    reply_error(req, 503, "Service Unavailable", "store unavailable, retry later");
+    server_reply_error(req, 503, "Service Unavailable", "store unavailable, retry later");
 done:
     rules_event_clear(&ev);
     ingest_free(in);
-}
-
-/* ---- admin ---- */
-
-/* Constant-time token check: compares digests, so neither content nor
- * length leaks through timing. */
-static int admin_authorized(const struct config *cfg, struct evhttp_request *req) {
-    const char *auth = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
-    unsigned char want[SHA256_DIGEST_LENGTH], got[SHA256_DIGEST_LENGTH];
-
-    if (!auth || strncasecmp(auth, "Bearer ", 7) != 0 || !cfg->admin_token)
-        return 0;
-    auth += 7;
-    SHA256((const unsigned char *)cfg->admin_token, strlen(cfg->admin_token), want);
-    SHA256((const unsigned char *)auth, strlen(auth), got);
-    return util_ct_equal(want, got, sizeof want);
-}
-
-static void admin_status(struct server *srv, struct evhttp_request *req) {
-    struct gateway *gw = srv->gw;
-    struct store_counts c = {0};
-    char loaded[32];
-
-    util_time_rfc3339(rules_loaded_at(gw->rules), loaded, sizeof loaded);
-    if (store_delivery_counts(gw->store, &c) < 0) {
-        reply_error(req, 503, "Service Unavailable", "store unavailable");
-        return;
-    }
-    json_t *queue = json_pack("{sIsIsIsI}", "pending", (json_int_t)c.pending, "held",
-                              (json_int_t)c.held, "failed", (json_int_t)c.failed, "delivered",
-                              (json_int_t)c.delivered);
-    json_t *last_error = gw->reload_error[0] ? json_string(gw->reload_error) : json_null();
-    reply_json(req, 200, "OK",
-               json_pack("{sssIsssisisoso}", "version", WAYBILL_VERSION, "uptime_s",
-                         (json_int_t)((util_now_ms() - gw->started_at) / 1000), "rules_loaded_at",
-                         loaded, "reloads", gw->reloads, "reload_failures", gw->reload_failures,
-                         "last_reload_error", last_error, "queue", queue));
-}
-
-static void admin_event(struct server *srv, struct evhttp_request *req, const char *id) {
-    char err[256] = "";
-    json_t *ev = store_event_json(srv->gw->store, id, err, sizeof err);
-
-    if (ev)
-        reply_json(req, 200, "OK", ev);
-    else if (err[0])
-        reply_error(req, 503, "Service Unavailable", err);
-    else
-        reply_error(req, 404, "Not Found", "no such event");
-}
-
-static void admin_reload(struct server *srv, struct evhttp_request *req) {
-    char err[512];
-    char loaded[32];
-
-    if (gateway_reload(srv->gw, err, sizeof err) < 0) {
-        reply_error(req, 422, "Unprocessable Entity", err);
-        return;
-    }
-    util_time_rfc3339(rules_loaded_at(srv->gw->rules), loaded, sizeof loaded);
-    reply_json(req, 200, "OK", json_pack("{sbss}", "ok", 1, "rules_loaded_at", loaded));
-}
-
-static void on_admin(struct evhttp_request *req, void *arg) {
-    struct server *srv = arg;
-    const struct config *cfg = rules_config(srv->gw->rules);
-    const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
-    enum evhttp_cmd_type m = evhttp_request_get_command(req);
-
-    if (!path)
-        path = "";
-    if (strcmp(path, "/healthz") == 0) {
-        if (store_ping(srv->gw->store))
-            reply_json(req, 200, "OK", json_pack("{sb}", "ok", 1));
-        else
-            reply_error(req, 503, "Service Unavailable", "store does not answer");
-        return;
-    }
-    if (!admin_authorized(cfg, req)) {
-        evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate", "Bearer");
-        reply_error(req, 401, "Unauthorized", "missing or wrong bearer token");
-        return;
-    }
-    if (strcmp(path, "/api/status") == 0 && m == EVHTTP_REQ_GET) {
-        admin_status(srv, req);
-    } else if (strncmp(path, "/api/events/", 12) == 0 && path[12] && !strchr(path + 12, '/') &&
-               m == EVHTTP_REQ_GET) {
-        admin_event(srv, req, path + 12);
-    } else if (strcmp(path, "/api/reload") == 0 && m == EVHTTP_REQ_POST) {
-        admin_reload(srv, req);
-    } else {
-        reply_error(req, 404, "Not Found", "no such route");
-    }
 }
 
 /* ---- listeners ---- */
@@ -405,7 +312,7 @@ static int split_listen(const char *listen, char *host, size_t hostlen, unsigned
     return 0;
 }
 
-static struct evhttp *listener_new(struct event_base *base, const char *listen,
+struct evhttp *server_listener_new(struct event_base *base, const char *listen,
                                    struct evhttp_bound_socket **sock, char *err, size_t errlen) {
     char host[256];
     unsigned short port;
@@ -437,23 +344,20 @@ static struct evhttp *listener_new(struct event_base *base, const char *listen,
 struct server *server_new(struct gateway *gw, char *err, size_t errlen) {
     const struct config *cfg = rules_config(gw->rules);
     struct server *srv = calloc(1, sizeof *srv);
-    struct evhttp_bound_socket *admin_sock = NULL;
 
     if (!srv) {
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
     srv->gw = gw;
-    srv->inbound = listener_new(gw->base, cfg->listen, &srv->inbound_sock, err, errlen);
+    srv->inbound = server_listener_new(gw->base, cfg->listen, &srv->inbound_sock, err, errlen);
     if (!srv->inbound)
         goto fail;
     evhttp_set_gencb(srv->inbound, on_inbound, srv);
     if (cfg->admin_listen) {
-        srv->admin = listener_new(gw->base, cfg->admin_listen, &admin_sock, err, errlen);
+        srv->admin = admin_new(gw, cfg->admin_listen, err, errlen);
         if (!srv->admin)
             goto fail;
-        evhttp_set_gencb(srv->admin, on_admin, srv);
-        evhttp_set_max_body_size(srv->admin, 1 << 20);
     }
     server_reconfigure(srv);
     log_msg(LOG_INFO, "listening for webhooks on %s%s%s", cfg->listen,
@@ -481,7 +385,6 @@ void server_free(struct server *srv) {
         return;
     if (srv->inbound)
         evhttp_free(srv->inbound);
-    if (srv->admin)
-        evhttp_free(srv->admin);
+    admin_free(srv->admin);
     free(srv);
 }

@@ -8,6 +8,8 @@
 
 #include <stddef.h>
 
+struct event_base;
+
 struct gateway;
 struct server;
 
@@ -24,5 +26,29 @@ void server_reconfigure(struct server *srv);
 void server_stop_inbound(struct server *srv);
 
 void server_free(struct server *srv);
+
+/* ---- shared with admin.c ---- */
+
+struct evhttp;
+struct evhttp_bound_socket;
+struct evhttp_request;
+struct json_t;
+
+/* An evhttp bound to listen ("host:port", "[::1]:port"), every method let
+ * through to the handler. Returns new, or NULL with a reason in err. */
+struct evhttp *server_listener_new(struct event_base *base, const char *listen,
+                                   struct evhttp_bound_socket **sock, char *err, size_t errlen);
+
+/* Replies with body as compact JSON (Content-Type application/json);
+ * steals body (NULL sends an empty body). */
+void server_reply_json(struct evhttp_request *req, int code, const char *reason,
+                       struct json_t *body);
+
+/* Replies {"error": message}; message is one line, never a secret. */
+void server_reply_error(struct evhttp_request *req, int code, const char *reason,
+                        const char *message);
+
+/* "GET", "POST", ... */
+const char *server_method_name(int cmd);
 
 #endif
