@@ -23,6 +23,7 @@
 #include "rules.h"
 #include "server.h"
 #include "store.h"
+#include "subs.h"
 #include "util.h"
 #include "verify.h"
 
@@ -127,6 +128,11 @@ static int serve(const char *config_path) {
         fprintf(stderr, "waybill: %s\n", err);
         goto done;
     }
+    gw.subs = subs_new(gw.store, err, sizeof err);
+    if (!gw.subs) {
+        fprintf(stderr, "waybill: %s\n", err);
+        goto done;
+    }
     gw.deliver = deliver_new(gw.base, gw.store, err, sizeof err);
     if (!gw.deliver) {
         fprintf(stderr, "waybill: %s\n", err);
@@ -174,6 +180,7 @@ done:
     server_free(gw.server);
     deliver_free(gw.deliver);
     route_free(gw.route);
+    subs_free(gw.subs);
     store_free(gw.store);
     rules_free(gw.rules);
     if (gw.base)
