@@ -385,7 +385,7 @@ static void admin_retry(struct admin *adm, struct evhttp_request *req, const cha
     if (!(c = admin_commit_new(adm, req, 200, "OK")))
         return;
     c->kick = 1;
-    c->reply = json_pack("{sssb}", "id", id, "status", "pending", "ok", 1);
+    c->reply = json_pack("{sssssb}", "id", id, "status", "pending", "ok", 1);
     admin_after_commit(c);
 }
 
@@ -456,7 +456,7 @@ static void admin_test(struct admin *adm, struct evhttp_request *req, const char
     util_id_new("evt_", id, sizeof id);
     util_id_new("test_", src_id, sizeof src_id);
     util_time_rfc3339(now, at, sizeof at);
-    env = json_pack("{sssssssssssOsb}", "id", id, "type", type, "source", "waybill.test",
+    env = json_pack("{sssssssssssssOsb}", "id", id, "type", type, "source", "waybill.test",
                     "source_id", src_id, "created_at", at, "received_at", at, "data", data,
                     "test", 1);
     data_text = json_dumps(data, JSON_COMPACT);

@@ -15,6 +15,7 @@
 #include <curl/curl.h>
 #include <event2/event.h>
 
+#include "cli.h"
 #include "config.h"
 #include "deliver.h"
 #include "gateway.h"
@@ -36,6 +37,8 @@ static void usage(FILE *out) {
             "                                          attaches to FILE's body (stdin if absent)\n"
             "                                          S: generic|hex, atoship, aftership,\n"
             "                                          easypost, stripe, standard\n"
+            "       waybill events [--failed] | event ID | retry ID | replay ID |\n"
+            "       waybill test ENDPOINT TYPE        admin API wrappers (--json for JSON)\n"
             "       waybill version\n");
 }
 
@@ -366,6 +369,12 @@ int main(int argc, char **argv) {
     }
     if (strcmp(cmd, "sign") == 0)
         return sign(argc - 1, argv + 1);
+    if (cli_is_command(cmd)) {
+        char *lua_dir = find_lua_dir();
+        int rc = cli_main(argc - 1, argv + 1, lua_dir);
+        free(lua_dir);
+        return rc;
+    }
     if (strcmp(cmd, "serve") == 0 || strcmp(cmd, "check") == 0) {
         config_path = config_arg(argc - 1, argv + 1);
         if (!config_path) {
