@@ -537,6 +537,8 @@ static void admin_verify_done(void *arg, int status_code, const char *reason) {
     char err[256], msg[600];
     int rc;
 
+    if (status_code < 0) /* shutting down: the request is gone with the listener */
+        goto done;
     if (status_code != 200) {
         if (status_code)
             snprintf(msg, sizeof msg, "verification POST to %s answered %d, not 200", v->sub.url,

@@ -730,7 +730,7 @@ static void deliver_finish(struct deliver *d, struct deliver_xfer *x, CURLcode r
         deliver_kick(d); /* the slot is free even though nothing will commit */
     } else {
         deliver_commit_watch(d);
-        metrics_attempt(x->row.endpoint, status, x->easy ? a.latency_ms : -1);
+        metrics_attempt(x->row.endpoint, x->row.event_type, status, x->easy ? a.latency_ms : -1);
         if (next_at)
             log_msg(LOG_INFO, "delivery %s to %s attempt %d: %s in %" PRId64 " ms, retry in %s",
                     x->row.id, x->row.endpoint, a.n, what, a.latency_ms,
@@ -1331,7 +1331,11 @@ static int deliver_probe_finish(struct deliver *d, CURL *easy, CURLcode res) {
     return 1;
 }
 
+/* At deliver_free: each probe's callback learns (status -1) that it ends
+ * unanswered, so its owner can free what it holds. */
 static void deliver_probes_free(struct deliver *d) {
-    while (d->probes)
+    while (d->probes) {
+        d->probes->done(d->probes->arg, -1, "shutting down");
         deliver_probe_free(d->probes);
+    }
 }

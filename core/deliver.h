@@ -41,7 +41,8 @@ typedef void (*deliver_probe_fn)(void *arg, int status_code, const char *reason)
  * (e.g. a new subscription's verification POST), on the same curl multi
  * and behind the same SSRF guard as deliveries. headers: NULL-terminated
  * "Name: value" lines, copied. A 3xx is not followed. Returns 0 (done will
- * run, unless deliver_free comes first), or -1 when it could not start. */
+ * run exactly once; with status_code -1 from deliver_free when the probe
+ * never finished), or -1 when it could not start (done not called). */
 int deliver_probe(struct deliver *d, const char *url, const char *body, size_t len,
                   const char *const *headers, int64_t timeout_ms, deliver_probe_fn done,
                   void *arg);

@@ -183,8 +183,8 @@ done:
     server_free(gw.server);
     deliver_free(gw.deliver);
     route_free(gw.route);
+    store_free(gw.store); /* its last commit callbacks may still update subs */
     subs_free(gw.subs);
-    store_free(gw.store);
     rules_free(gw.rules);
     if (gw.base)
         event_base_free(gw.base);

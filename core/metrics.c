@@ -44,7 +44,7 @@ static struct metrics_family metrics_fam[F_COUNT_] = {
                     "Inbound requests not stored as new events, by source and reason.", M_COUNTER,
                     NULL, NULL},
     [F_DELIVERIES] = {"waybill_deliveries_total",
-                      "Deliveries that reached a final outcome, by endpoint and outcome.",
+                      "Deliveries that reached a final outcome, by endpoint, event type and outcome.",
                       M_COUNTER, NULL, NULL},
     [F_RETRIES] = {"waybill_delivery_retries_total",
                    "Failed attempts after which a retry was scheduled, by endpoint.", M_COUNTER,
@@ -69,9 +69,10 @@ static int metrics_escape(struct util_buf *b, const char *v) {
     return 0;
 }
 
-/* The series of family f with labels (k1=v1, k2=v2; k2 may be NULL). */
-static struct metrics_series *metrics_get(int f, const char *k1, const char *v1, const char *k2,
-                                          const char *v2) {
+/* The series of family f with labels (k1=v1, k2=v2, k3=v3; a NULL key
+ * ends the list). */
+static struct metrics_series *metrics_get3(int f, const char *k1, const char *v1, const char *k2,
+                                           const char *v2, const char *k3, const char *v3) {
     struct metrics_family *fam = &metrics_fam[f];
     struct util_buf b = {NULL, 0, 0};
     struct metrics_series *s;
@@ -81,6 +82,9 @@ static struct metrics_series *metrics_get(int f, const char *k1, const char *v1,
         goto oom;
     if (k2 && (util_buf_printf(&b, ",%s=\"", k2) || metrics_escape(&b, v2 ? v2 : "") ||
                util_buf_appends(&b, "\"")))
+        goto oom;
+    if (k2 && k3 && (util_buf_printf(&b, ",%s=\"", k3) || metrics_escape(&b, v3 ? v3 : "") ||
+                     util_buf_appends(&b, "\"")))
         goto oom;
     if (util_buf_append(&b, "", 1))
         goto oom;
@@ -105,6 +109,11 @@ oom:
     return NULL;
 }
 
+static struct metrics_series *metrics_get(int f, const char *k1, const char *v1, const char *k2,
+                                          const char *v2) {
+    return metrics_get3(f, k1, v1, k2, v2, NULL, NULL);
+}
+
 static void metrics_observe(struct metrics_series *s, int64_t ms) {
     if (!s)
         return;
@@ -127,7 +136,8 @@ void metrics_event_rejected(const char *source, const char *reason) {
         s->value++;
 }
 
-void metrics_attempt(const char *endpoint, const char *status, int64_t latency_ms) {
+void metrics_attempt(const char *endpoint, const char *type, const char *status,
+                     int64_t latency_ms) {
     struct metrics_series *s;
     if (latency_ms >= 0) {
         if ((s = metrics_get(F_ATTEMPTS, "endpoint", endpoint, NULL, NULL)))
@@ -135,7 +145,7 @@ void metrics_attempt(const char *endpoint, const char *status, int64_t latency_m
         metrics_observe(metrics_get(F_LATENCY, NULL, NULL, NULL, NULL), latency_ms);
     }
     if (strcmp(status, "delivered") == 0 || strcmp(status, "failed") == 0)
-        s = metrics_get(F_DELIVERIES, "endpoint", endpoint, "outcome", status);
+        s = metrics_get3(F_DELIVERIES, "endpoint", endpoint, "type", type, "outcome", status);
     else if (strcmp(status, "pending") == 0)
         s = metrics_get(F_RETRIES, "endpoint", endpoint, NULL, NULL);
     else

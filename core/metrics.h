@@ -17,10 +17,11 @@ void metrics_event_received(const char *source);
  * "duplicate"); source is NULL when no source matched. */
 void metrics_event_rejected(const char *source, const char *reason);
 
-/* One delivery attempt to endpoint stored with the delivery's new status
- * ("delivered", "failed", "pending" = a retry is scheduled, "held");
- * latency_ms < 0 when no request was made. */
-void metrics_attempt(const char *endpoint, const char *status, int64_t latency_ms);
+/* One delivery attempt to endpoint (of an event of type; may be NULL)
+ * stored with the delivery's new status ("delivered", "failed", "pending" =
+ * a retry is scheduled, "held"); latency_ms < 0 when no request was made. */
+void metrics_attempt(const char *endpoint, const char *type, const char *status,
+                     int64_t latency_ms);
 
 /* A routing that ended in rule_error. */
 void metrics_rule_error(void);

@@ -8,6 +8,9 @@ import socket
 import wb
 
 ERP_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+# the default rules shipped in rules/: every event to its subscribers
+with open(wb.ROOT + "/rules/00-subscribers.lua") as _f:
+    DEFAULT_RULES = _f.read()
 ATOSHIP_SECRET = "atoship-test-secret"
 
 
@@ -251,7 +254,7 @@ def test_test_event_goes_straight_to_the_endpoint():
 
 def test_subscription_receives_next_matching_event():
     verifier = wb.Sink()
-    g = gateway(verifier.url, rules='on("*", function(ev) send(subscribers(ev.type), ev) end)')
+    g = gateway(verifier.url, rules=DEFAULT_RULES)
     st, sub = g.admin("POST", "/v1/environment/webhooks", {"url": verifier.url, "event": "track"})
     assert st == 201, sub
     assert set(sub) >= {"webhook_id", "url", "event", "secret"}
@@ -279,7 +282,7 @@ def test_subscription_receives_next_matching_event():
 def test_subscription_crud_409_422_and_durability():
     ok = wb.Sink()
     failing = wb.Sink(default=500)
-    g = gateway(ok.url, rules='on("*", function(ev) send(subscribers(ev.type), ev) end)')
+    g = gateway(ok.url, rules=DEFAULT_RULES)
     st, a = g.admin("POST", "/v1/environment/webhooks", {"url": ok.url, "event": "tracking.*"})
     assert st == 201, a
     # the alias stands for the same pattern: 409
@@ -346,6 +349,7 @@ def test_metrics_count_exactly_n_ingests_and_m_deliveries():
     assert metric_sum(samples, "waybill_events_rejected_total", reason="signature") == 1
     assert metric_sum(samples, "waybill_deliveries_total", outcome="delivered") == 4
     assert metric_sum(samples, "waybill_deliveries_total", endpoint="erp", outcome="delivered") == 4
+    assert metric_sum(samples, "waybill_deliveries_total", type="tracking.delivered") == 1
     assert metric_sum(samples, "waybill_deliveries_total", outcome="failed") == 0
     assert samples[("waybill_delivery_attempt_duration_seconds_count", frozenset())] == 4
     assert samples[("waybill_delivery_attempt_duration_seconds_bucket",
