@@ -107,11 +107,16 @@ static void on_ingest_committed(void *arg, int ok) {
     struct evkeyvalq *oh = evhttp_request_get_output_headers(in->req);
 
     if (!ok) {
+        metrics_event_rejected(in->source, "store_unavailable");
         evhttp_add_header(oh, "Retry-After", "5");
         server_reply_error(in->req, 503, "Service Unavailable", "store unavailable, retry later");
         ingest_free(in);
         return;
     }
+    if (in->duplicate)
+        metrics_event_rejected(in->source, "duplicate");
+    else
+        metrics_event_received(in->source);
     if (in->duplicate)
         server_reply_json(in->req, 200, "OK", json_pack("{sssb}", "id", in->id, "duplicate", 1));
     else
@@ -258,10 +263,10 @@ static void on_inbound(struct evhttp_request *req, void *arg) {
         goto unavailable;
     }
     in->duplicate = rc == STORE_DUP;
-    if (in->duplicate)
-        metrics_event_rejected(src->name, "duplicate");
-    else
-        metrics_event_received(src->name);
+    /* counted once acknowledged (on_ingest_committed), under this name */
+    in->source = strdup(src->name);
+    if (!in->source)
+        goto unavailable;
     if (in->duplicate) {
         in->route = 0;
         log_msg(LOG_INFO, "source %s: duplicate of %s (source id %s)", src->name, in->id,
@@ -269,9 +274,8 @@ static void on_inbound(struct evhttp_request *req, void *arg) {
     }
     if (in->route) {
         /* Routing reads these after the commit; the request may be gone. */
-        in->source = strdup(src->name);
         in->raw = malloc(len + 1);
-        if (!in->source || !in->raw)
+        if (!in->raw)
             goto unavailable;
         memcpy(in->raw, body, len);
         in->raw[len] = '\0';

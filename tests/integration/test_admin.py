@@ -340,13 +340,17 @@ def test_metrics_count_exactly_n_ingests_and_m_deliveries():
                                    "tracking.accepted"]]
     body = wb.atoship_event()
     assert g.post_atoship(body, "wrong-secret").status == 401
+    assert g.post_atoship(body, ATOSHIP_SECRET).status == 200  # an 8th event, unrouted
+    dup = g.post_atoship(body, ATOSHIP_SECRET)  # a duplicate is not a new event
+    assert dup.status == 200 and dup.json()["duplicate"] is True
     for eid in ids:
         g.wait_event(eid, lambda e: e["status"] != "received" and
                      all(d["status"] == "delivered" for d in e["deliveries"]))
     samples = parse_prometheus(g.metrics())
-    assert metric_sum(samples, "waybill_events_received_total") == 7
-    assert metric_sum(samples, "waybill_events_received_total", source="atoship") == 7
+    assert metric_sum(samples, "waybill_events_received_total") == 8
+    assert metric_sum(samples, "waybill_events_received_total", source="atoship") == 8
     assert metric_sum(samples, "waybill_events_rejected_total", reason="signature") == 1
+    assert metric_sum(samples, "waybill_events_rejected_total", reason="duplicate") == 1
     assert metric_sum(samples, "waybill_deliveries_total", outcome="delivered") == 4
     assert metric_sum(samples, "waybill_deliveries_total", endpoint="erp", outcome="delivered") == 4
     assert metric_sum(samples, "waybill_deliveries_total", type="tracking.delivered") == 1
@@ -405,7 +409,7 @@ def test_cli_lists_a_failed_delivery_and_retries_it():
     # the sink recovered: the retry goes through
     r = g.cli("retry", did)
     assert r.returncode == 0, r.stderr
-    got = sink.wait_for_count(2)[1]
+    got = sink.wait_for_count(2, timeout=15)[1]
     assert got.headers["X-Waybill-Attempt"] == "2"
     g.wait_event(eid, lambda e: e["deliveries"][0]["status"] == "delivered")
     r = g.cli("events", "--failed")
@@ -416,11 +420,17 @@ def test_cli_lists_a_failed_delivery_and_retries_it():
 
     r = g.cli("replay", eid)
     assert r.returncode == 0, r.stderr
-    sink.wait_for_count(3)
+    sink.wait_for_count(3, timeout=15)
     r = g.cli("test", "erp", "shipment.created")
     assert r.returncode == 0, r.stderr
-    got = sink.wait_for_count(4)[3]
+    got = sink.wait_for_count(4, timeout=15)[3]
     assert got.json()["type"] == "shipment.created" and got.json()["test"] is True
 
     r = g.cli("events")
     assert r.returncode == 0 and eid in r.stdout.decode()
+    assert r.stdout.decode().splitlines()[0].split() == ["EVENT", "TYPE", "SOURCE", "STATUS",
+                                                         "RECEIVED"]
+    r = g.cli("events", "extra-arg")
+    assert r.returncode == 2 and b"usage" in r.stderr
+    r = g.cli("event", "evt_x", "--token", "wrong")
+    assert r.returncode == 1 and b"401" in r.stderr
