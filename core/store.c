@@ -168,6 +168,10 @@ struct store {
      * crash could still roll back. group_dlv_seq is the highest seq the open
      * group inserted. */
     int64_t committed_dlv_seq, group_dlv_seq;
+    /* The same for events: recovery reads only events with seq <=
+     * committed_evt_seq, so an event of the open group (routed by its own
+     * commit callback) is never routed by recovery as well. */
+    int64_t committed_evt_seq, group_evt_seq;
     char fail_msg[256];
     struct store_cb *cbs;
     size_t ncbs, cap;
@@ -317,7 +321,10 @@ static int group_end(struct store *s) {
         log_msg(LOG_WARN, "store: commit group failed, rolled back: %s", s->fail_msg);
     else if (s->group_dlv_seq > s->committed_dlv_seq)
         s->committed_dlv_seq = s->group_dlv_seq;
+    if (ok && s->group_evt_seq > s->committed_evt_seq)
+        s->committed_evt_seq = s->group_evt_seq;
     s->group_dlv_seq = 0;
+    s->group_evt_seq = 0;
     s->in_txn = 0;
     s->failed = 0;
     s->fail_msg[0] = '\0';
@@ -566,6 +573,15 @@ struct store *store_open(struct event_base *base, const char *url, const char *b
     s->committed_dlv_seq = sqlite3_column_int64(st, 0);
     sqlite3_finalize(st);
     st = NULL;
+    if (sqlite3_prepare_v2(s->db, "SELECT IFNULL(MAX(seq), 0) FROM events", -1, &st, NULL) !=
+            SQLITE_OK ||
+        sqlite3_step(st) != SQLITE_ROW) {
+        store_err(err, errlen, "store: %s", sqlite3_errmsg(s->db));
+        goto fail;
+    }
+    s->committed_evt_seq = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    st = NULL;
 
     s->commit_ev = event_new(base, -1, 0, store_commit_cb, s);
     if (!s->commit_ev) {
@@ -631,6 +647,7 @@ int store_event_put(struct store *s, const struct store_event *ev, char *dup_id,
     }
     rc = sqlite3_step(st);
     if (rc == SQLITE_DONE) {
+        s->group_evt_seq = sqlite3_last_insert_rowid(s->db);
         ret = 0;
         goto done;
     }
@@ -747,6 +764,10 @@ int store_events_unrouted(struct store *s, int64_t after_seq, size_t max,
         goto fail;
     }
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (sqlite3_column_int64(st, 0) > s->committed_evt_seq) {
+            rc = SQLITE_DONE; /* the rest are in the open group: not ours to route */
+            break;
+        }
         if (cnt == cap) {
             size_t ncap = cap ? cap * 2 : 16;
             struct store_event_row *p = realloc(out, ncap * sizeof *p);
