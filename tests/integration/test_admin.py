@@ -434,3 +434,49 @@ def test_cli_lists_a_failed_delivery_and_retries_it():
     assert r.returncode == 2 and b"usage" in r.stderr
     r = g.cli("event", "evt_x", "--token", "wrong")
     assert r.returncode == 1 and b"401" in r.stderr
+
+
+def test_verification_post_does_not_block_the_loop_and_is_ssrf_guarded():
+    import threading
+    import time
+    slow = wb.Sink(delay=1.5)
+    sink = wb.Sink()
+    g = gateway(sink.url)
+    result = {}
+
+    def create():
+        result["r"] = g.admin("POST", "/v1/environment/webhooks",
+                              {"url": slow.url, "event": "tracking.*"}, timeout=10)
+    t = threading.Thread(target=create)
+    t.start()
+    slow.wait_for_count(1)  # the verification POST is in flight, unanswered
+    t0 = time.monotonic()
+    ingest(g)
+    st, _ = g.admin("GET", "/api/status")
+    assert st == 200 and time.monotonic() - t0 < 1.0, "the loop waited for the verification"
+    t.join()
+    assert result["r"][0] == 201, result
+
+    # without allow_private, a loopback subscription URL is refused after DNS
+    cfg = wb.config(f'''
+        source "atoship" {{ verify = "atoship", secret = {wb.lua(ATOSHIP_SECRET)} }}
+        rules "rules/"
+    ''', allow_private=None)
+    g2 = wb.Gateway(cfg, files={"rules/00.lua": DEFAULT_RULES})
+    st, body = g2.admin("POST", "/v1/environment/webhooks", {"url": sink.url, "event": "track"})
+    assert st == 422 and "private" in body["error"], body
+    st, lst = g2.admin("GET", "/v1/environment/webhooks")
+    assert lst["data"] == []
+
+
+def test_deliveries_page_with_a_cursor():
+    sink = wb.Sink()
+    g = gateway(sink.url)
+    ids = [ingest(g) for _ in range(3)]
+    for eid in ids:
+        g.wait_event(eid, lambda e: e["deliveries"] and e["deliveries"][0]["status"] == "delivered")
+    st, p1 = g.admin("GET", "/api/deliveries?limit=2")
+    assert st == 200 and len(p1["data"]) == 2 and p1["next"], p1
+    st, p2 = g.admin("GET", "/api/deliveries?limit=2&after=" + p1["next"])
+    assert st == 200 and len(p2["data"]) == 1 and p2["next"] is None, p2
+    assert [d["event_id"] for d in p1["data"] + p2["data"]] == list(reversed(ids))
