@@ -155,9 +155,14 @@ def test_250_events_paged_by_100_arrive_once_newest_first():
     ingest(g, "tracking.delivered")
     st, second = g.admin("GET", "/api/events?limit=100&after=" + first["next"])
     assert [e["id"] for e in second["data"]] == list(reversed(ids))[100:200]
-    # limit is capped
+    # limit is capped at 500
+    for _ in range(250):
+        ingest(g, "tracking.in_transit")
     st, big = g.admin("GET", "/api/events?limit=100000")
-    assert st == 200 and len(big["data"]) == 251 and big["next"] is None
+    assert st == 200 and len(big["data"]) == 500 and big["next"] is not None
+    st, rest = g.admin("GET", "/api/events?limit=100000&after=" + big["next"])
+    assert len(rest["data"]) == 1 and rest["next"] is None
+    assert rest["data"][0]["id"] == ids[0]
 
 
 def test_event_filters_and_detail():
