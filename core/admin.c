@@ -10,16 +10,25 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <sys/queue.h>
 #include <jansson.h>
+#include <openssl/rand.h>
 #include <openssl/sha.h>
 
 #include "admin.h"
 #include "config.h"
+#include "deliver.h"
 #include "gateway.h"
+#include "log.h"
+#include "metrics.h"
+#include "route.h"
 #include "rules.h"
 #include "server.h"
 #include "store.h"
+#include "subs.h"
 #include "util.h"
+#include "verify.h"
 
 struct admin {
     struct gateway *gw;
@@ -65,6 +74,11 @@ static void admin_event(struct admin *adm, struct evhttp_request *req, const cha
     char err[256] = "";
     json_t *ev = store_event_json(adm->gw->store, id, err, sizeof err);
 
+    /* The detail adds the raw body, headers and each delivery's payload. */
+    if (ev && store_event_json_extra(adm->gw->store, ev, err, sizeof err) < 0) {
+        json_decref(ev);
+        ev = NULL;
+    }
     if (ev)
         server_reply_json(req, 200, "OK", ev);
     else if (err[0])
@@ -83,6 +97,754 @@ static void admin_reload(struct admin *adm, struct evhttp_request *req) {
     }
     util_time_rfc3339(rules_loaded_at(adm->gw->rules), loaded, sizeof loaded);
     server_reply_json(req, 200, "OK", json_pack("{sbss}", "ok", 1, "rules_loaded_at", loaded));
+}
+
+/* ---- helpers for the routes below ---- */
+
+#define ADMIN_LIMIT_DEFAULT 50
+#define ADMIN_LIMIT_MAX 500
+#define ADMIN_PROBE_TIMEOUT_MS 10000
+
+static void admin_bad(struct evhttp_request *req, const char *msg) {
+    server_reply_error(req, 400, "Bad Request", msg);
+}
+
+/* The request body as a JSON object (new), or NULL after a 400 was sent. */
+static json_t *admin_body_object(struct evhttp_request *req) {
+    struct evbuffer *buf = evhttp_request_get_input_buffer(req);
+    size_t len = evbuffer_get_length(buf);
+    const char *p = (const char *)evbuffer_pullup(buf, -1);
+    json_error_t jerr;
+    json_t *j = json_loadb(p ? p : "", len, 0, &jerr);
+    char msg[256];
+
+    if (!j) {
+        snprintf(msg, sizeof msg, "body is not valid JSON: %s", jerr.text);
+        admin_bad(req, msg);
+        return NULL;
+    }
+    if (!json_is_object(j)) {
+        json_decref(j);
+        admin_bad(req, "body must be a JSON object");
+        return NULL;
+    }
+    return j;
+}
+
+/* A paging query's limit and after; 0, or -1 after a 400 was sent. The
+ * query's strings stay valid while q (owned by the caller) is alive. */
+static int admin_paging(struct evhttp_request *req, struct evkeyvalq *q, struct store_page *page) {
+    const char *limit = evhttp_find_header(q, "limit"), *after = evhttp_find_header(q, "after");
+    char *end;
+    long long v;
+
+    page->limit = ADMIN_LIMIT_DEFAULT;
+    page->after = 0;
+    if (limit) {
+        v = strtoll(limit, &end, 10);
+        if (!*limit || *end || v < 1) {
+            admin_bad(req, "limit must be a positive integer");
+            return -1;
+        }
+        page->limit = v > ADMIN_LIMIT_MAX ? ADMIN_LIMIT_MAX : (size_t)v;
+    }
+    if (after && *after) {
+        v = strtoll(after, &end, 10);
+        if (*end || v < 1) {
+            admin_bad(req, "after must be a cursor from an earlier page's \"next\"");
+            return -1;
+        }
+        page->after = v;
+    }
+    return 0;
+}
+
+/* Parses the URI's query into q (clear with evhttp_clear_headers); 0 or -1
+ * after a 400 was sent. */
+static int admin_query(struct evhttp_request *req, struct evkeyvalq *q) {
+    const char *query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
+    TAILQ_INIT(q);
+    if (query && evhttp_parse_query_str(query, q) < 0) {
+        admin_bad(req, "malformed query string");
+        return -1;
+    }
+    return 0;
+}
+
+static void admin_reply_page(struct evhttp_request *req, json_t *data, int64_t next) {
+    char cur[32];
+    snprintf(cur, sizeof cur, "%lld", (long long)next);
+    server_reply_json(req, 200, "OK",
+                      json_pack("{soso}", "data", data, "next",
+                                next ? json_string(cur) : json_null()));
+}
+
+/* ---- GET /api/events ---- */
+
+static void admin_events(struct admin *adm, struct evhttp_request *req) {
+    struct evkeyvalq q;
+    struct store_page page = {0};
+    json_t *data = NULL;
+    int64_t next = 0;
+    char err[256];
+
+    if (admin_query(req, &q) < 0)
+        return;
+    if (admin_paging(req, &q, &page) < 0)
+        goto done;
+    page.type = evhttp_find_header(&q, "type");
+    page.source = evhttp_find_header(&q, "source");
+    page.status = evhttp_find_header(&q, "status");
+    if (page.status && strcmp(page.status, "received") != 0 && strcmp(page.status, "routed") != 0 &&
+        strcmp(page.status, "unrouted") != 0 && strcmp(page.status, "rule_error") != 0) {
+        admin_bad(req, "status must be received, routed, unrouted or rule_error");
+        goto done;
+    }
+    if (store_events_page(adm->gw->store, &page, &data, &next, err, sizeof err) < 0)
+        server_reply_error(req, 503, "Service Unavailable", err);
+    else
+        admin_reply_page(req, data, next);
+done:
+    evhttp_clear_headers(&q);
+}
+
+/* ---- GET /api/deliveries ---- */
+
+static void admin_deliveries(struct admin *adm, struct evhttp_request *req) {
+    struct evkeyvalq q;
+    struct store_page page = {0};
+    json_t *data = NULL;
+    int64_t next = 0;
+    char err[256];
+
+    if (admin_query(req, &q) < 0)
+        return;
+    if (admin_paging(req, &q, &page) < 0)
+        goto done;
+    page.status = evhttp_find_header(&q, "status");
+    page.endpoint = evhttp_find_header(&q, "endpoint");
+    if (page.status && strcmp(page.status, "pending") != 0 &&
+        strcmp(page.status, "delivered") != 0 && strcmp(page.status, "failed") != 0 &&
+        strcmp(page.status, "held") != 0) {
+        admin_bad(req, "status must be pending, delivered, failed or held");
+        goto done;
+    }
+    if (store_deliveries_page(adm->gw->store, &page, &data, &next, err, sizeof err) < 0)
+        server_reply_error(req, 503, "Service Unavailable", err);
+    else
+        admin_reply_page(req, data, next);
+done:
+    evhttp_clear_headers(&q);
+}
+
+/* ---- replies that wait for the group commit ---- */
+
+enum admin_op { OP_NONE, OP_SUB_ADD, OP_SUB_URL, OP_SUB_DEL };
+
+/* A write's reply, sent once the group holding the write committed (and,
+ * for subscriptions, the registry updated: it mirrors committed rows only). */
+struct admin_commit {
+    struct admin *adm;
+    struct evhttp_request *req;
+    int code;
+    const char *phrase;
+    json_t *reply;   /* owned; NULL = an event's detail, read after the commit */
+    char *event_id;  /* for that read */
+    enum admin_op op;
+    struct store_sub sub; /* OP_SUB_*: strings owned (freed here) */
+    int kick;        /* deliveries became due */
+};
+
+static void admin_commit_free(struct admin_commit *c) {
+    json_decref(c->reply);
+    free(c->event_id);
+    free((char *)c->sub.id);
+    free((char *)c->sub.event);
+    free((char *)c->sub.pattern);
+    free((char *)c->sub.url);
+    free((char *)c->sub.secret);
+    free(c);
+}
+
+static void admin_on_commit(void *arg, int ok) {
+    struct admin_commit *c = arg;
+    struct gateway *gw = c->adm->gw;
+    const struct subs_entry *e;
+    char err[256] = "";
+
+    if (!ok) {
+        server_reply_error(c->req, 503, "Service Unavailable", "store unavailable, retry later");
+        goto done;
+    }
+    if (c->op == OP_SUB_ADD && subs_add(gw->subs, &c->sub) < 0)
+        log_msg(LOG_ERROR, "subscription %s stored but not loaded (out of memory)", c->sub.id);
+    else if (c->op == OP_SUB_URL && subs_set_url(gw->subs, c->sub.id, c->sub.url) < 0)
+        log_msg(LOG_ERROR, "subscription %s: new url stored but not loaded", c->sub.id);
+    else if (c->op == OP_SUB_DEL)
+        subs_remove(gw->subs, c->sub.id);
+    if ((c->op == OP_SUB_ADD || c->op == OP_SUB_URL) && (e = subs_find(gw->subs, c->sub.id))) {
+        json_decref(c->reply);
+        c->reply = subs_entry_json(e, c->op == OP_SUB_ADD);
+    }
+    if (c->kick)
+        deliver_kick(gw->deliver);
+    if (!c->reply && c->event_id) {
+        c->reply = store_event_json(gw->store, c->event_id, err, sizeof err);
+        if (c->reply && store_event_json_extra(gw->store, c->reply, err, sizeof err) < 0) {
+            json_decref(c->reply);
+            c->reply = NULL;
+        }
+    }
+    if (c->code == 204) {
+        evhttp_send_reply(c->req, 204, "No Content", NULL);
+    } else if (c->reply) {
+        server_reply_json(c->req, c->code, c->phrase, c->reply);
+        c->reply = NULL; /* server_reply_json took it */
+    } else {
+        server_reply_error(c->req, 503, "Service Unavailable", err[0] ? err : "out of memory");
+    }
+done:
+    admin_commit_free(c);
+}
+
+/* Registers c for the open group's commit; on failure replies 503 and frees c. */
+static void admin_after_commit(struct admin_commit *c) {
+    if (store_on_commit(c->adm->gw->store, admin_on_commit, c) < 0) {
+        server_reply_error(c->req, 503, "Service Unavailable", "out of memory");
+        admin_commit_free(c);
+    }
+}
+
+static struct admin_commit *admin_commit_new(struct admin *adm, struct evhttp_request *req,
+                                             int code, const char *phrase) {
+    struct admin_commit *c = calloc(1, sizeof *c);
+    if (!c) {
+        server_reply_error(req, 503, "Service Unavailable", "out of memory");
+        return NULL;
+    }
+    c->adm = adm;
+    c->req = req;
+    c->code = code;
+    c->phrase = phrase;
+    return c;
+}
+
+/* ---- POST /api/events/{id}/replay ---- */
+
+static void admin_replay(struct admin *adm, struct evhttp_request *req, const char *id) {
+    struct store_event_row *row = NULL;
+    struct admin_commit *c;
+    char err[256];
+    int rc = store_event_get(adm->gw->store, id, &row, err, sizeof err);
+
+    if (rc < 0) {
+        server_reply_error(req, 503, "Service Unavailable", err);
+        return;
+    }
+    if (rc == 0) {
+        server_reply_error(req, 404, "Not Found", "no such event");
+        return;
+    }
+    struct rules_input in = {row->id,   row->source,    row->source_id, row->type,
+                             row->created_at, row->received_at, row->data_json, row->raw,
+                             row->raw_len, row->headers_json};
+    /* New deliveries from the current rules; the old ones keep their history. */
+    route_event(adm->gw->route, &in);
+    c = admin_commit_new(adm, req, 200, "OK");
+    if (c) {
+        c->event_id = util_strdup(row->id);
+        if (!c->event_id) {
+            server_reply_error(req, 503, "Service Unavailable", "out of memory");
+            admin_commit_free(c);
+        } else {
+            admin_after_commit(c);
+        }
+    }
+    store_event_rows_free(row, 1);
+}
+
+/* ---- POST /api/deliveries/{id}/retry ---- */
+
+static void admin_retry(struct admin *adm, struct evhttp_request *req, const char *id) {
+    struct admin_commit *c;
+    char err[256];
+    int rc = store_delivery_retry(adm->gw->store, id, util_now_ms(), err, sizeof err);
+
+    if (rc < 0) {
+        server_reply_error(req, 503, "Service Unavailable", err);
+        return;
+    }
+    if (rc == 0) {
+        server_reply_error(req, 404, "Not Found", "no such delivery");
+        return;
+    }
+    if (rc == 2) {
+        server_reply_error(req, 409, "Conflict", "only a failed delivery can be retried");
+        return;
+    }
+    if (!(c = admin_commit_new(adm, req, 200, "OK")))
+        return;
+    c->kick = 1;
+    c->reply = json_pack("{sssssb}", "id", id, "status", "pending", "ok", 1);
+    admin_after_commit(c);
+}
+
+/* ---- POST /api/endpoints/{name}/test ---- */
+
+/* Sample data per type of the canonical taxonomy (lua/taxonomy.lua). */
+static const char *admin_sample_data(const char *type) {
+    static const struct {
+        const char *prefix, *data;
+    } samples[] = {
+        {"tracking.", "{\"tracking_number\":\"1Z999AA10123456784\",\"carrier\":\"UPS\","
+                      "\"location\":\"Louisville, KY, US\","
+                      "\"order_id\":\"ord_test_1001\"}"},
+        {"shipment.", "{\"shipment_id\":\"shp_test_1001\",\"order_id\":\"ord_test_1001\","
+                      "\"carrier\":\"USPS\",\"tracking_number\":\"9400111899223334445566\"}"},
+        {"order.", "{\"order_id\":\"ord_test_1001\",\"store\":\"Test Store\","
+                   "\"items\":[{\"sku\":\"SKU-1\",\"quantity\":1}]}"},
+        {"batch.", "{\"batch_id\":\"bat_test_1001\",\"count\":25}"},
+        {"rate.", "{\"rate_id\":\"rte_test_1001\",\"carrier\":\"FedEx\",\"amount\":\"12.34\","
+                  "\"currency\":\"USD\"}"},
+        {"carrier.", "{\"carrier_id\":\"car_test_1001\",\"carrier\":\"DHL Express\"}"},
+        {"store.", "{\"store_id\":\"sto_test_1001\",\"name\":\"Test Store\"}"},
+        {"balance.", "{\"balance\":\"4.20\",\"currency\":\"USD\",\"threshold\":\"10.00\"}"},
+        {"billing.", "{\"adjustment_id\":\"adj_test_1001\",\"amount\":\"-1.50\","
+                     "\"currency\":\"USD\"}"},
+    };
+    static const char *const types[] = {
+        "shipment.created", "shipment.cancelled", "shipment.delivered", "shipment.returned",
+        "shipment.exception", "tracking.accepted", "tracking.in_transit",
+        "tracking.out_for_delivery", "tracking.delivered", "tracking.failed_attempt",
+        "tracking.exception", "tracking.unknown", "order.imported", "order.updated",
+        "order.cancelled", "batch.completed", "rate.updated", "carrier.connected",
+        "store.refreshed", "balance.low", "billing.adjustment",
+    };
+    int known = 0;
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
+        known |= strcmp(type, types[i]) == 0;
+    for (size_t i = 0; known && i < sizeof samples / sizeof samples[0]; i++)
+        if (strncmp(type, samples[i].prefix, strlen(samples[i].prefix)) == 0)
+            return samples[i].data;
+    return NULL;
+}
+
+static void admin_test(struct admin *adm, struct evhttp_request *req, const char *name) {
+    struct gateway *gw = adm->gw;
+    const struct config_endpoint *ep = config_endpoint_by_name(rules_config(gw->rules), name);
+    json_t *body = NULL, *env = NULL, *data = NULL;
+    const char *type, *fmt;
+    char id[UTIL_ID_MAX], src_id[UTIL_ID_MAX], at[32], err[256], *data_text = NULL,
+        *payload = NULL;
+    struct admin_commit *c;
+    int64_t now = util_now_ms();
+
+    if (!ep) {
+        server_reply_error(req, 404, "Not Found", "no such endpoint");
+        return;
+    }
+    if (!(body = admin_body_object(req)))
+        return;
+    type = json_string_value(json_object_get(body, "type"));
+    if (!type || !(fmt = admin_sample_data(type))) {
+        admin_bad(req, "type must be a type of the taxonomy, e.g. \"tracking.delivered\"");
+        goto done;
+    }
+    if (!(data = json_loads(fmt, 0, NULL)) ||
+        json_object_set_new(data, "status", json_string(strchr(type, '.') + 1)) < 0)
+        goto oom;
+    util_id_new("evt_", id, sizeof id);
+    util_id_new("test_", src_id, sizeof src_id);
+    util_time_rfc3339(now, at, sizeof at);
+    env = json_pack("{sssssssssssssOsb}", "id", id, "type", type, "source", "waybill.test",
+                    "source_id", src_id, "created_at", at, "received_at", at, "data", data,
+                    "test", 1);
+    data_text = json_dumps(data, JSON_COMPACT);
+    payload = env ? json_dumps(env, JSON_COMPACT) : NULL;
+    if (!data_text || !payload)
+        goto oom;
+    /* Stored like any event, so its delivery has a log and can be retried;
+     * routed straight to the one endpoint, the rules bypassed. */
+    struct store_event se = {id, "waybill.test", src_id, type, at, now, payload, strlen(payload),
+                             "{}", data_text, "received", NULL};
+    struct store_delivery_new dn = {ep->name, type, payload, strlen(payload), "application/json",
+                                    NULL, ep->enabled ? "pending" : "held", now};
+    if (store_event_put(gw->store, &se, NULL, 0, err, sizeof err) != 0 ||
+        store_event_routed(gw->store, id, "routed", NULL, &dn, 1, err, sizeof err) < 0) {
+        server_reply_error(req, 503, "Service Unavailable", err);
+        goto done;
+    }
+    if (!(c = admin_commit_new(adm, req, 202, "Accepted")))
+        goto done;
+    c->kick = 1;
+    c->event_id = util_strdup(id);
+    if (!c->event_id) {
+        server_reply_error(req, 503, "Service Unavailable", "out of memory");
+        admin_commit_free(c);
+        goto done;
+    }
+    admin_after_commit(c);
+    goto done;
+oom:
+    server_reply_error(req, 503, "Service Unavailable", "out of memory");
+done:
+    free(data_text);
+    free(payload);
+    json_decref(env);
+    json_decref(data);
+    json_decref(body);
+}
+
+/* ---- subscriptions: /v1/environment/webhooks (ShipEngine's shape) ---- */
+
+/* A verification POST in flight; the admin request waits for it. */
+struct admin_verify {
+    struct admin *adm;
+    struct evhttp_request *req;
+    enum admin_op op; /* OP_SUB_ADD or OP_SUB_URL */
+    struct store_sub sub; /* strings owned */
+};
+
+static void admin_verify_free(struct admin_verify *v) {
+    free((char *)v->sub.id);
+    free((char *)v->sub.event);
+    free((char *)v->sub.pattern);
+    free((char *)v->sub.url);
+    free((char *)v->sub.secret);
+    free(v);
+}
+
+static int admin_url_ok(const char *url) {
+    return url && (strncmp(url, "http://", 7) == 0 || strncmp(url, "https://", 8) == 0) &&
+           strlen(url) < 2048 && !strpbrk(url, " \r\n\t");
+}
+
+struct admin_hdrs {
+    char lines[4][512];
+    int n;
+};
+
+static void admin_hdr_add(void *ctx, const char *name, const char *value) {
+    struct admin_hdrs *h = ctx;
+    if (h->n < 4)
+        snprintf(h->lines[h->n++], sizeof h->lines[0], "%s: %s", name, value);
+}
+
+static void admin_verify_done(void *arg, int status_code, const char *reason) {
+    struct admin_verify *v = arg;
+    struct store *st = v->adm->gw->store;
+    struct admin_commit *c;
+    char err[256], msg[600];
+    int rc;
+
+    if (status_code < 0) /* shutting down: the request is gone with the listener */
+        goto done;
+    if (status_code != 200) {
+        if (status_code)
+            snprintf(msg, sizeof msg, "verification POST to %s answered %d, not 200", v->sub.url,
+                     status_code);
+        else
+            snprintf(msg, sizeof msg, "verification POST to %s failed: %s", v->sub.url, reason);
+        server_reply_error(v->req, 422, "Unprocessable Entity", msg);
+        goto done;
+    }
+    if (v->op == OP_SUB_ADD) {
+        rc = store_sub_put(st, &v->sub, err, sizeof err);
+        if (rc == STORE_DUP) {
+            server_reply_error(v->req, 409, "Conflict", "that event already has a webhook");
+            goto done;
+        }
+    } else {
+        rc = store_sub_change(st, v->sub.id, v->sub.url, err, sizeof err);
+        if (rc == 0) {
+            server_reply_error(v->req, 404, "Not Found", "no such webhook");
+            goto done;
+        }
+        rc = rc == 1 ? 0 : -1;
+    }
+    if (rc < 0) {
+        server_reply_error(v->req, 503, "Service Unavailable", err);
+        goto done;
+    }
+    if (!(c = admin_commit_new(v->adm, v->req, v->op == OP_SUB_ADD ? 201 : 200,
+                               v->op == OP_SUB_ADD ? "Created" : "OK")))
+        goto done;
+    c->op = v->op;
+    c->sub = v->sub; /* handoff of the strings */
+    memset(&v->sub, 0, sizeof v->sub);
+    admin_after_commit(c);
+done:
+    admin_verify_free(v);
+}
+
+/* Sends v's verification POST, signed `standard` with the subscription's
+ * secret; replies (422/503) and frees v when it cannot start. */
+static void admin_verify_start(struct admin_verify *v) {
+    struct gateway *gw = v->adm->gw;
+    struct admin_hdrs h = {0};
+    struct verify_secret key = {NULL, 0};
+    const char *lines[8];
+    char msg_id[UTIL_ID_MAX], *body;
+    json_t *msg;
+    int n = 0, rc = -1;
+
+    util_id_new("msg_", msg_id, sizeof msg_id);
+    msg = json_pack("{sssssss{ssss}}", "type", "webhook.verification", "webhook_id", v->sub.id,
+                    "event", v->sub.event, "data", "url", v->sub.url, "event", v->sub.event);
+    body = msg ? json_dumps(msg, JSON_COMPACT) : NULL;
+    json_decref(msg);
+    key.key = verify_whsec_decode(v->sub.secret, &key.len);
+    if (body && key.key &&
+        verify_sign(SIGN_STANDARD, &key, 1, msg_id, util_now_ms() / 1000, body, strlen(body),
+                    admin_hdr_add, &h) == 0) {
+        lines[n++] = "Content-Type: application/json";
+        lines[n++] = "User-Agent: waybill/" WAYBILL_VERSION;
+        lines[n++] = "X-Waybill-Event-Type: webhook.verification";
+        for (int i = 0; i < h.n && n < 7; i++)
+            lines[n++] = h.lines[i];
+        lines[n] = NULL;
+        rc = deliver_probe(gw->deliver, v->sub.url, body, strlen(body), lines,
+                           ADMIN_PROBE_TIMEOUT_MS, admin_verify_done, v);
+    }
+    free(body);
+    free(key.key);
+    if (rc < 0) {
+        server_reply_error(v->req, 503, "Service Unavailable", "cannot send the verification POST");
+        admin_verify_free(v);
+    }
+}
+
+static void admin_webhook_create(struct admin *adm, struct evhttp_request *req) {
+    json_t *body = admin_body_object(req);
+    const char *url, *event;
+    char pattern[160], err[512], id[UTIL_ID_MAX], secret[64];
+    unsigned char raw[24];
+    struct admin_verify *v;
+
+    if (!body)
+        return;
+    url = json_string_value(json_object_get(body, "url"));
+    event = json_string_value(json_object_get(body, "event"));
+    if (!admin_url_ok(url)) {
+        admin_bad(req, "url must be an http:// or https:// URL");
+        goto done;
+    }
+    if (!event) {
+        admin_bad(req, "event is required");
+        goto done;
+    }
+    if (subs_pattern(event, pattern, sizeof pattern, err, sizeof err) < 0) {
+        admin_bad(req, err);
+        goto done;
+    }
+    if (subs_find_pattern(adm->gw->subs, pattern)) {
+        server_reply_error(req, 409, "Conflict", "that event already has a webhook");
+        goto done;
+    }
+    if (RAND_bytes(raw, sizeof raw) != 1) {
+        server_reply_error(req, 503, "Service Unavailable", "no randomness for a secret");
+        goto done;
+    }
+    memcpy(secret, "whsec_", 6);
+    util_base64_encode(raw, sizeof raw, secret + 6);
+    util_id_new("sub_", id, sizeof id);
+    v = calloc(1, sizeof *v);
+    if (!v) {
+        server_reply_error(req, 503, "Service Unavailable", "out of memory");
+        goto done;
+    }
+    v->adm = adm;
+    v->req = req;
+    v->op = OP_SUB_ADD;
+    v->sub.id = util_strdup(id);
+    v->sub.event = util_strdup(event);
+    v->sub.pattern = util_strdup(pattern);
+    v->sub.url = util_strdup(url);
+    v->sub.secret = util_strdup(secret);
+    v->sub.created_at = util_now_ms();
+    if (!v->sub.id || !v->sub.event || !v->sub.pattern || !v->sub.url || !v->sub.secret) {
+        server_reply_error(req, 503, "Service Unavailable", "out of memory");
+        admin_verify_free(v);
+        goto done;
+    }
+    admin_verify_start(v);
+done:
+    json_decref(body);
+}
+
+static void admin_webhook_update(struct admin *adm, struct evhttp_request *req, const char *id) {
+    const struct subs_entry *e = subs_find(adm->gw->subs, id);
+    json_t *body;
+    const char *url;
+    struct admin_verify *v;
+
+    if (!e) {
+        server_reply_error(req, 404, "Not Found", "no such webhook");
+        return;
+    }
+    if (!(body = admin_body_object(req)))
+        return;
+    url = json_string_value(json_object_get(body, "url"));
+    if (!admin_url_ok(url)) {
+        admin_bad(req, "url must be an http:// or https:// URL");
+        json_decref(body);
+        return;
+    }
+    /* The new URL is verified like a new subscription's. */
+    v = calloc(1, sizeof *v);
+    if (v) {
+        v->adm = adm;
+        v->req = req;
+        v->op = OP_SUB_URL;
+        v->sub.id = util_strdup(e->id);
+        v->sub.event = util_strdup(e->event);
+        v->sub.pattern = util_strdup(e->pattern);
+        v->sub.url = util_strdup(url);
+        v->sub.secret = util_strdup(e->secret);
+        v->sub.created_at = e->created_at;
+    }
+    json_decref(body);
+    if (!v || !v->sub.id || !v->sub.event || !v->sub.pattern || !v->sub.url || !v->sub.secret) {
+        server_reply_error(req, 503, "Service Unavailable", "out of memory");
+        if (v)
+            admin_verify_free(v);
+        return;
+    }
+    admin_verify_start(v);
+}
+
+static void admin_webhook_delete(struct admin *adm, struct evhttp_request *req, const char *id) {
+    struct admin_commit *c;
+    char err[256];
+    int rc = subs_find(adm->gw->subs, id)
+                 ? store_sub_change(adm->gw->store, id, NULL, err, sizeof err)
+                 : 0;
+
+    if (rc < 0) {
+        server_reply_error(req, 503, "Service Unavailable", err);
+        return;
+    }
+    if (rc == 0) {
+        server_reply_error(req, 404, "Not Found", "no such webhook");
+        return;
+    }
+    if (!(c = admin_commit_new(adm, req, 204, "No Content")))
+        return;
+    c->op = OP_SUB_DEL;
+    c->sub.id = util_strdup(id);
+    if (!c->sub.id) {
+        server_reply_error(req, 503, "Service Unavailable", "out of memory");
+        admin_commit_free(c);
+        return;
+    }
+    admin_after_commit(c);
+}
+
+static void admin_webhooks(struct admin *adm, struct evhttp_request *req, const char *id,
+                           enum evhttp_cmd_type m) {
+    const struct subs_entry *e;
+
+    if (!id && m == EVHTTP_REQ_POST) {
+        admin_webhook_create(adm, req);
+    } else if (!id && m == EVHTTP_REQ_GET) {
+        server_reply_json(req, 200, "OK",
+                          json_pack("{sosn}", "data", subs_list_json(adm->gw->subs), "next"));
+    } else if (id && m == EVHTTP_REQ_GET) {
+        if ((e = subs_find(adm->gw->subs, id)))
+            server_reply_json(req, 200, "OK", subs_entry_json(e, 0));
+        else
+            server_reply_error(req, 404, "Not Found", "no such webhook");
+    } else if (id && m == EVHTTP_REQ_PUT) {
+        admin_webhook_update(adm, req, id);
+    } else if (id && m == EVHTTP_REQ_DELETE) {
+        admin_webhook_delete(adm, req, id);
+    } else {
+        server_reply_error(req, 405, "Method Not Allowed", "method not allowed on this route");
+    }
+}
+
+/* ---- GET /metrics ---- */
+
+static void admin_metrics(struct admin *adm, struct evhttp_request *req) {
+    struct gateway *gw = adm->gw;
+    struct util_buf b = {NULL, 0, 0};
+    struct store_counts c = {0};
+    struct evbuffer *out = evbuffer_new();
+    int bad = store_delivery_counts(gw->store, &c) < 0;
+
+    bad |= metrics_render(&b) < 0;
+    bad |= util_buf_printf(
+        &b,
+        "# HELP waybill_queue_depth Deliveries by state.\n# TYPE waybill_queue_depth gauge\n"
+        "waybill_queue_depth{state=\"pending\"} %lld\nwaybill_queue_depth{state=\"held\"} %lld\n"
+        "waybill_queue_depth{state=\"failed\"} %lld\n"
+        "waybill_queue_depth{state=\"delivered\"} %lld\n"
+        "# HELP waybill_deliveries_in_flight Transfers in flight.\n"
+        "# TYPE waybill_deliveries_in_flight gauge\nwaybill_deliveries_in_flight %d\n"
+        "# HELP waybill_batch_windows_open Batch windows currently collecting.\n"
+        "# TYPE waybill_batch_windows_open gauge\nwaybill_batch_windows_open 0\n"
+        "# HELP waybill_reloads_total Successful reloads of config and rules.\n"
+        "# TYPE waybill_reloads_total counter\nwaybill_reloads_total %d\n"
+        "# HELP waybill_reload_failures_total Failed reloads.\n"
+        "# TYPE waybill_reload_failures_total counter\nwaybill_reload_failures_total %d\n"
+        "# HELP waybill_uptime_seconds Seconds since start.\n"
+        "# TYPE waybill_uptime_seconds gauge\nwaybill_uptime_seconds %lld\n",
+        (long long)c.pending, (long long)c.held, (long long)c.failed, (long long)c.delivered,
+        deliver_inflight(gw->deliver), gw->reloads, gw->reload_failures,
+        (long long)((util_now_ms() - gw->started_at) / 1000)) < 0;
+    if (bad || !out) {
+        server_reply_error(req, 503, "Service Unavailable", "metrics unavailable");
+    } else {
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+                          "text/plain; version=0.0.4; charset=utf-8");
+        evbuffer_add(out, b.p, b.len);
+        evhttp_send_reply(req, 200, "OK", out);
+    }
+    if (out)
+        evbuffer_free(out);
+    util_buf_free(&b);
+}
+
+/* "/prefix/{id}/suffix" -> id copied into out; 1 when path has that shape. */
+static int admin_path_id(const char *path, const char *prefix, const char *suffix, char *out,
+                         size_t outlen) {
+    size_t pl = strlen(prefix), sl = strlen(suffix), len = strlen(path), idl;
+    if (len <= pl + sl || strncmp(path, prefix, pl) != 0 || strcmp(path + len - sl, suffix) != 0)
+        return 0;
+    idl = len - pl - sl;
+    if (idl >= outlen || memchr(path + pl, '/', idl))
+        return 0;
+    memcpy(out, path + pl, idl);
+    out[idl] = '\0';
+    return 1;
+}
+
+/* Routes added with the operations API; 1 when path was one of them. */
+static int admin_dispatch_ops(struct admin *adm, struct evhttp_request *req, const char *path,
+                              enum evhttp_cmd_type m) {
+    char id[256];
+
+    if (strcmp(path, "/api/events") == 0 && m == EVHTTP_REQ_GET)
+        admin_events(adm, req);
+    else if (strcmp(path, "/api/deliveries") == 0 && m == EVHTTP_REQ_GET)
+        admin_deliveries(adm, req);
+    else if (admin_path_id(path, "/api/events/", "/replay", id, sizeof id) && m == EVHTTP_REQ_POST)
+        admin_replay(adm, req, id);
+    else if (admin_path_id(path, "/api/deliveries/", "/retry", id, sizeof id) &&
+             m == EVHTTP_REQ_POST)
+        admin_retry(adm, req, id);
+    else if (admin_path_id(path, "/api/endpoints/", "/test", id, sizeof id) &&
+             m == EVHTTP_REQ_POST)
+        admin_test(adm, req, id);
+    else if (strcmp(path, "/v1/environment/webhooks") == 0)
+        admin_webhooks(adm, req, NULL, m);
+    else if (admin_path_id(path, "/v1/environment/webhooks/", "", id, sizeof id))
+        admin_webhooks(adm, req, id, m);
+    else if (strcmp(path, "/metrics") == 0 && m == EVHTTP_REQ_GET)
+        admin_metrics(adm, req);
+    else
+        return 0;
+    return 1;
 }
 
 static void on_admin(struct evhttp_request *req, void *arg) {
@@ -112,6 +874,8 @@ static void on_admin(struct evhttp_request *req, void *arg) {
         admin_event(adm, req, path + 12);
     } else if (strcmp(path, "/api/reload") == 0 && m == EVHTTP_REQ_POST) {
         admin_reload(adm, req);
+    } else if (admin_dispatch_ops(adm, req, path, m)) {
+        /* answered */
     } else {
         server_reply_error(req, 404, "Not Found", "no such route");
     }

@@ -38,10 +38,23 @@ const struct config_source *config_source_by_name(const struct config *cfg, cons
     return NULL;
 }
 
+static const struct config_extra *config_extra_hook;
+
+void config_set_extra(const struct config_extra *x) {
+    config_extra_hook = x;
+}
+
+void config_subscribers(const char *type, void (*emit)(void *ctx, const char *name), void *ctx) {
+    if (config_extra_hook && type)
+        config_extra_hook->subscribers(config_extra_hook->arg, type, emit, ctx);
+}
+
 const struct config_endpoint *config_endpoint_by_name(const struct config *cfg, const char *name) {
     for (size_t i = 0; cfg && name && i < cfg->nendpoints; i++)
         if (cfg->endpoints[i].name && strcmp(cfg->endpoints[i].name, name) == 0)
             return &cfg->endpoints[i];
+    if (config_extra_hook && name)
+        return config_extra_hook->by_name(config_extra_hook->arg, name);
     return NULL;
 }
 

@@ -94,6 +94,24 @@ const struct config_source *config_source_by_path(const struct config *cfg, cons
 const struct config_source *config_source_by_name(const struct config *cfg, const char *name);
 const struct config_endpoint *config_endpoint_by_name(const struct config *cfg, const char *name);
 
+/* Endpoints that live outside the config file: subscriptions made through
+ * the admin API (subs.c). Once set, config_endpoint_by_name falls back to
+ * by_name for names the file does not declare (so rules, routing and
+ * delivery reach them alike), and config_subscribers lists the names
+ * subscribed to a type. Process-wide; the loop thread only. by_name's
+ * answer is borrowed until that endpoint is removed. */
+struct config_extra {
+    const struct config_endpoint *(*by_name)(void *arg, const char *name);
+    void (*subscribers)(void *arg, const char *type, void (*emit)(void *ctx, const char *name),
+                        void *ctx);
+    void *arg;
+};
+void config_set_extra(const struct config_extra *x); /* NULL removes it */
+
+/* Calls emit(ctx, name) for each endpoint subscribed to type (none when no
+ * hook is set). */
+void config_subscribers(const char *type, void (*emit)(void *ctx, const char *name), void *ctx);
+
 /* The batch window an endpoint uses: its own, else 30m (production) / 5m (sandbox). */
 int64_t config_endpoint_window(const struct config *cfg, const struct config_endpoint *ep);
 

@@ -24,6 +24,7 @@
 #include "deliver.h"
 #include "gateway.h"
 #include "log.h"
+#include "metrics.h"
 #include "util.h"
 #include "verify.h"
 
@@ -104,7 +105,11 @@ struct deliver {
     int stopping;
     void (*done)(void *arg);
     void *done_arg;
+    struct deliver_probe *probes; /* deliver_probe transfers in flight */
 };
+
+static int deliver_probe_finish(struct deliver *d, CURL *easy, CURLcode res);
+static void deliver_probes_free(struct deliver *d);
 
 /* ---- pure helpers ---- */
 
@@ -725,6 +730,7 @@ static void deliver_finish(struct deliver *d, struct deliver_xfer *x, CURLcode r
         deliver_kick(d); /* the slot is free even though nothing will commit */
     } else {
         deliver_commit_watch(d);
+        metrics_attempt(x->row.endpoint, x->row.event_type, status, x->easy ? a.latency_ms : -1);
         if (next_at)
             log_msg(LOG_INFO, "delivery %s to %s attempt %d: %s in %" PRId64 " ms, retry in %s",
                     x->row.id, x->row.endpoint, a.n, what, a.latency_ms,
@@ -911,6 +917,8 @@ static void deliver_check_multi(struct deliver *d) {
         if (m->msg != CURLMSG_DONE)
             continue;
         res = m->data.result;
+        if (deliver_probe_finish(d, m->easy_handle, res))
+            continue;
         curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, &priv);
         if (priv)
             deliver_finish(d, (struct deliver_xfer *)(void *)priv, res, NULL);
@@ -1157,6 +1165,7 @@ void deliver_free(struct deliver *d) {
     if (!d)
         return;
     deliver_abort_all(d);
+    deliver_probes_free(d);
     if (d->multi)
         curl_multi_cleanup(d->multi); /* may still call deliver_socket_cb: d is whole */
     while (d->socks)
@@ -1180,4 +1189,153 @@ void deliver_free(struct deliver *d) {
     if (d->curl_inited)
         curl_global_cleanup();
     free(d);
+}
+
+/* ---- probes: one-off POSTs outside the queue (deliver_probe) ---- */
+
+struct deliver_probe {
+    struct deliver *d;
+    struct deliver_probe *next;
+    CURL *easy;
+    struct curl_slist *headers;
+    char *body;
+    deliver_probe_fn done;
+    void *arg;
+    char errbuf[CURL_ERROR_SIZE];
+    char refused[96];
+};
+
+static void deliver_probe_free(struct deliver_probe *p) {
+    struct deliver_probe **pp;
+    for (pp = &p->d->probes; *pp; pp = &(*pp)->next) {
+        if (*pp == p) {
+            *pp = p->next;
+            break;
+        }
+    }
+    if (p->easy) {
+        curl_multi_remove_handle(p->d->multi, p->easy);
+        curl_easy_cleanup(p->easy);
+    }
+    curl_slist_free_all(p->headers);
+    free(p->body);
+    free(p);
+}
+
+/* The same SSRF guard as deliveries (deliver_opensocket_cb), for a probe. */
+static curl_socket_t deliver_probe_socket_cb(void *clientp, curlsocktype purpose,
+                                             struct curl_sockaddr *a) {
+    struct deliver_probe *p = clientp;
+    const struct config *cfg = p->d->cfg;
+    struct sockaddr_storage ss;
+    const unsigned char *ip = NULL, *v4;
+    size_t len = a->addrlen < sizeof ss ? a->addrlen : sizeof ss;
+
+    memset(&ss, 0, sizeof ss);
+    memcpy(&ss, &a->addr, len);
+    if (a->family == AF_INET && len >= sizeof(struct sockaddr_in))
+        ip = (const unsigned char *)&((struct sockaddr_in *)&ss)->sin_addr;
+    else if (a->family == AF_INET6 && len >= sizeof(struct sockaddr_in6))
+        ip = (const unsigned char *)&((struct sockaddr_in6 *)&ss)->sin6_addr;
+    if (purpose == CURLSOCKTYPE_IPCXN &&
+        (!ip || (deliver_address_private(a->family, ip) &&
+                 !(cfg && (config_private_allowed(cfg, a->family, ip) ||
+                           (a->family == AF_INET6 && (v4 = deliver_embedded_v4(ip)) &&
+                            config_private_allowed(cfg, AF_INET, v4))))))) {
+        snprintf(p->refused, sizeof p->refused, "address is private (allow_private to permit)");
+        return CURL_SOCKET_BAD;
+    }
+    p->refused[0] = '\0';
+    return socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+}
+
+static size_t deliver_probe_discard(char *ptr, size_t size, size_t nmemb, void *userdata) {
+    UNUSED(ptr);
+    UNUSED(userdata);
+    return size * nmemb;
+}
+
+int deliver_probe(struct deliver *d, const char *url, const char *body, size_t len,
+                  const char *const *headers, int64_t timeout_ms, deliver_probe_fn done,
+                  void *arg) {
+    struct deliver_probe *p = calloc(1, sizeof *p);
+    CURLcode rc = CURLE_OK;
+
+    if (!p)
+        return -1;
+    p->d = d;
+    p->done = done;
+    p->arg = arg;
+    p->body = malloc(len + 1);
+    p->easy = curl_easy_init();
+    if (!p->body || !p->easy)
+        goto fail;
+    memcpy(p->body, body, len);
+    p->body[len] = '\0';
+    for (size_t i = 0; headers && headers[i]; i++) {
+        struct curl_slist *h = curl_slist_append(p->headers, headers[i]);
+        if (!h)
+            goto fail;
+        p->headers = h;
+    }
+#define PROBE_SETOPT(opt, val)                                                                     \
+    if (rc == CURLE_OK)                                                                            \
+    rc = curl_easy_setopt(p->easy, opt, val)
+    PROBE_SETOPT(CURLOPT_URL, url);
+    PROBE_SETOPT(CURLOPT_PROTOCOLS_STR, "http,https");
+    PROBE_SETOPT(CURLOPT_PROXY, "");
+    PROBE_SETOPT(CURLOPT_POSTFIELDS, p->body);
+    PROBE_SETOPT(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
+    PROBE_SETOPT(CURLOPT_HTTPHEADER, p->headers);
+    PROBE_SETOPT(CURLOPT_TIMEOUT_MS, (long)timeout_ms);
+    PROBE_SETOPT(CURLOPT_FOLLOWLOCATION, 0L);
+    PROBE_SETOPT(CURLOPT_NOSIGNAL, 1L);
+    PROBE_SETOPT(CURLOPT_WRITEFUNCTION, deliver_probe_discard);
+    PROBE_SETOPT(CURLOPT_ERRORBUFFER, p->errbuf);
+    PROBE_SETOPT(CURLOPT_OPENSOCKETFUNCTION, deliver_probe_socket_cb);
+    PROBE_SETOPT(CURLOPT_OPENSOCKETDATA, (void *)p);
+#undef PROBE_SETOPT
+    if (rc != CURLE_OK || curl_multi_add_handle(d->multi, p->easy) != CURLM_OK)
+        goto fail;
+    p->next = d->probes;
+    d->probes = p;
+    return 0;
+fail:
+    if (p->easy)
+        curl_easy_cleanup(p->easy);
+    curl_slist_free_all(p->headers);
+    free(p->body);
+    free(p);
+    return -1;
+}
+
+/* 1 when easy was a probe (its callback ran and it is freed), else 0. */
+static int deliver_probe_finish(struct deliver *d, CURL *easy, CURLcode res) {
+    struct deliver_probe *p;
+    long code = 0;
+    char reason[CURL_ERROR_SIZE + 96];
+
+    for (p = d->probes; p && p->easy != easy; p = p->next)
+        ;
+    if (!p)
+        return 0;
+    reason[0] = '\0';
+    if (res == CURLE_OK)
+        curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &code);
+    else if (p->refused[0])
+        snprintf(reason, sizeof reason, "%s", p->refused);
+    else
+        snprintf(reason, sizeof reason, "%s", p->errbuf[0] ? p->errbuf : curl_easy_strerror(res));
+    p->done(p->arg, (int)code, reason);
+    deliver_probe_free(p);
+    return 1;
+}
+
+/* At deliver_free: each probe's callback learns (status -1) that it ends
+ * unanswered, so its owner can free what it holds. */
+static void deliver_probes_free(struct deliver *d) {
+    while (d->probes) {
+        d->probes->done(d->probes->arg, -1, "shutting down");
+        deliver_probe_free(d->probes);
+    }
 }

@@ -32,6 +32,21 @@ void deliver_set_config(struct deliver *d, const struct config *cfg);
  * loop, not inside this call). Call after the group holding them committed. */
 void deliver_kick(struct deliver *d);
 
+/* Runs when a probe ends: status_code is the HTTP status, or 0 with a
+ * reason (connection error, timeout, address refused). Called from the
+ * loop; the probe is freed right after. */
+typedef void (*deliver_probe_fn)(void *arg, int status_code, const char *reason);
+
+/* POSTs body (copied) to url once, outside the queue and without retries
+ * (e.g. a new subscription's verification POST), on the same curl multi
+ * and behind the same SSRF guard as deliveries. headers: NULL-terminated
+ * "Name: value" lines, copied. A 3xx is not followed. Returns 0 (done will
+ * run exactly once; with status_code -1 from deliver_free when the probe
+ * never finished), or -1 when it could not start (done not called). */
+int deliver_probe(struct deliver *d, const char *url, const char *body, size_t len,
+                  const char *const *headers, int64_t timeout_ms, deliver_probe_fn done,
+                  void *arg);
+
 /* Number of transfers in flight. */
 int deliver_inflight(const struct deliver *d);
 

@@ -17,6 +17,7 @@ struct store;
 struct deliver;
 struct server;
 struct route;
+struct subs;
 
 struct gateway {
     struct event_base *base;
@@ -27,6 +28,7 @@ struct gateway {
     struct deliver *deliver;   /* owned */
     struct route *route;       /* owned: routes committed events */
     struct server *server;     /* owned */
+    struct subs *subs;         /* owned: admin API subscriptions */
     int64_t started_at;        /* Unix ms */
     int reloads, reload_failures;
     char reload_error[512];    /* last reload error, "" when the last succeeded */

@@ -15,6 +15,7 @@
 #include <curl/curl.h>
 #include <event2/event.h>
 
+#include "cli.h"
 #include "config.h"
 #include "deliver.h"
 #include "gateway.h"
@@ -23,6 +24,7 @@
 #include "rules.h"
 #include "server.h"
 #include "store.h"
+#include "subs.h"
 #include "util.h"
 #include "verify.h"
 
@@ -35,6 +37,8 @@ static void usage(FILE *out) {
             "                                          attaches to FILE's body (stdin if absent)\n"
             "                                          S: generic|hex, atoship, aftership,\n"
             "                                          easypost, stripe, standard\n"
+            "       waybill events [--failed] | event ID | retry ID | replay ID |\n"
+            "       waybill test ENDPOINT TYPE        admin API wrappers (--json for JSON)\n"
             "       waybill version\n");
 }
 
@@ -127,6 +131,11 @@ static int serve(const char *config_path) {
         fprintf(stderr, "waybill: %s\n", err);
         goto done;
     }
+    gw.subs = subs_new(gw.store, err, sizeof err);
+    if (!gw.subs) {
+        fprintf(stderr, "waybill: %s\n", err);
+        goto done;
+    }
     gw.deliver = deliver_new(gw.base, gw.store, err, sizeof err);
     if (!gw.deliver) {
         fprintf(stderr, "waybill: %s\n", err);
@@ -174,7 +183,8 @@ done:
     server_free(gw.server);
     deliver_free(gw.deliver);
     route_free(gw.route);
-    store_free(gw.store);
+    store_free(gw.store); /* its last commit callbacks may still update subs */
+    subs_free(gw.subs);
     rules_free(gw.rules);
     if (gw.base)
         event_base_free(gw.base);
@@ -359,6 +369,12 @@ int main(int argc, char **argv) {
     }
     if (strcmp(cmd, "sign") == 0)
         return sign(argc - 1, argv + 1);
+    if (cli_is_command(cmd)) {
+        char *lua_dir = find_lua_dir();
+        int rc = cli_main(argc - 1, argv + 1, lua_dir);
+        free(lua_dir);
+        return rc;
+    }
     if (strcmp(cmd, "serve") == 0 || strcmp(cmd, "check") == 0) {
         config_path = config_arg(argc - 1, argv + 1);
         if (!config_path) {

@@ -12,6 +12,7 @@
 #include "deliver.h"
 #include "gateway.h"
 #include "log.h"
+#include "metrics.h"
 #include "route.h"
 #include "rules.h"
 #include "store.h"
@@ -95,6 +96,8 @@ record:
         log_msg(LOG_ERROR, "event %s: storing its routing failed: %s", ev->id, serr);
     else
         log_msg(LOG_DEBUG, "event %s (%s): %s, %zu deliveries", ev->id, ev->type, status, n);
+    if (strcmp(status, "rule_error") == 0)
+        metrics_rule_error();
     if (n && !rt->kick_pending && store_on_commit(rt->gw->store, on_routes_committed, rt) == 0)
         rt->kick_pending = 1;
     free(dels);

@@ -621,6 +621,20 @@ static int host_send(lua_State *L) {
     return emit(L, 0);
 }
 
+static void subscribers_push(void *ctx, const char *name) {
+    lua_State *L = ctx;
+    lua_pushstring(L, name);
+    lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+}
+
+/* subscribers(type) -> {endpoint names of the subscriptions matching type} */
+static int host_subscribers(lua_State *L) {
+    const char *type = luaL_checkstring(L, 1);
+    lua_newtable(L);
+    config_subscribers(type, subscribers_push, L);
+    return 1;
+}
+
 static int host_batch(lua_State *L) {
     return emit(L, 1);
 }
@@ -756,6 +770,8 @@ static void push_host(lua_State *L, struct rules *r) {
     lua_setfield(L, -2, "send");
     lua_pushcfunction(L, host_batch);
     lua_setfield(L, -2, "batch");
+    lua_pushcfunction(L, host_subscribers);
+    lua_setfield(L, -2, "subscribers");
     push_log_fn(L, LOG_DEBUG, 0, 0);
     lua_setfield(L, -2, "log_debug");
     push_log_fn(L, LOG_INFO, 0, 0);

@@ -23,6 +23,7 @@
 #include "config.h"
 #include "gateway.h"
 #include "log.h"
+#include "metrics.h"
 #include "route.h"
 #include "rules.h"
 #include "server.h"
@@ -106,11 +107,16 @@ static void on_ingest_committed(void *arg, int ok) {
     struct evkeyvalq *oh = evhttp_request_get_output_headers(in->req);
 
     if (!ok) {
+        metrics_event_rejected(in->source, "store_unavailable");
         evhttp_add_header(oh, "Retry-After", "5");
         server_reply_error(in->req, 503, "Service Unavailable", "store unavailable, retry later");
         ingest_free(in);
         return;
     }
+    if (in->duplicate)
+        metrics_event_rejected(in->source, "duplicate");
+    else
+        metrics_event_received(in->source);
     if (in->duplicate)
         server_reply_json(in->req, 200, "OK", json_pack("{sssb}", "id", in->id, "duplicate", 1));
     else
@@ -173,11 +179,13 @@ static void on_inbound(struct evhttp_request *req, void *arg) {
     if (gw->stopping) {
         evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "5");
         server_reply_error(req, 503, "Service Unavailable", "shutting down");
+        metrics_event_rejected(NULL, "shutting_down");
         return;
     }
     if (!src) {
         snprintf(msg, sizeof msg, "no source at %s", path ? path : "?");
         server_reply_error(req, 404, "Not Found", msg);
+        metrics_event_rejected(NULL, "unknown_source");
         return;
     }
     if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
@@ -185,6 +193,7 @@ static void on_inbound(struct evhttp_request *req, void *arg) {
         snprintf(msg, sizeof msg, "method %s not allowed; webhooks are POSTed",
                  server_method_name(evhttp_request_get_command(req)));
         server_reply_error(req, 405, "Method Not Allowed", msg);
+        metrics_event_rejected(src->name, "method");
         return;
     }
     len = evbuffer_get_length(body_buf);
@@ -197,6 +206,7 @@ static void on_inbound(struct evhttp_request *req, void *arg) {
     if (verify_check(&src->verify, src->secrets, src->nsecrets, &vr, reason, sizeof reason) < 0) {
         log_msg(LOG_WARN, "source %s: rejected request: %s", src->name, reason);
         server_reply_error(req, 401, "Unauthorized", "signature verification failed");
+        metrics_event_rejected(src->name, "signature");
         return;
     }
 
@@ -212,6 +222,7 @@ static void on_inbound(struct evhttp_request *req, void *arg) {
     rc = rules_adapt(rules, src, body, len, in->headers_json, &ev, reason, sizeof reason);
     if (rc == RULES_EBADJSON) {
         server_reply_error(req, 400, "Bad Request", reason);
+        metrics_event_rejected(src->name, "bad_json");
         goto done;
     }
     in->route = rc == 0;
@@ -252,6 +263,10 @@ static void on_inbound(struct evhttp_request *req, void *arg) {
         goto unavailable;
     }
     in->duplicate = rc == STORE_DUP;
+    /* counted once acknowledged (on_ingest_committed), under this name */
+    in->source = strdup(src->name);
+    if (!in->source)
+        goto unavailable;
     if (in->duplicate) {
         in->route = 0;
         log_msg(LOG_INFO, "source %s: duplicate of %s (source id %s)", src->name, in->id,
@@ -259,9 +274,8 @@ static void on_inbound(struct evhttp_request *req, void *arg) {
     }
     if (in->route) {
         /* Routing reads these after the commit; the request may be gone. */
-        in->source = strdup(src->name);
         in->raw = malloc(len + 1);
-        if (!in->source || !in->raw)
+        if (!in->raw)
             goto unavailable;
         memcpy(in->raw, body, len);
         in->raw[len] = '\0';
@@ -280,6 +294,7 @@ static void on_inbound(struct evhttp_request *req, void *arg) {
 unavailable:
     evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "5");
     server_reply_error(req, 503, "Service Unavailable", "store unavailable, retry later");
+    metrics_event_rejected(src->name, "store_unavailable");
 done:
     rules_event_clear(&ev);
     ingest_free(in);

@@ -14,6 +14,7 @@
 #include <sqlite3.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "store.h"
 #include "util.h"
 
@@ -167,6 +168,10 @@ struct store {
      * crash could still roll back. group_dlv_seq is the highest seq the open
      * group inserted. */
     int64_t committed_dlv_seq, group_dlv_seq;
+    /* The same for events: recovery reads only events with seq <=
+     * committed_evt_seq, so an event of the open group (routed by its own
+     * commit callback) is never routed by recovery as well. */
+    int64_t committed_evt_seq, group_evt_seq;
     char fail_msg[256];
     struct store_cb *cbs;
     size_t ncbs, cap;
@@ -316,7 +321,10 @@ static int group_end(struct store *s) {
         log_msg(LOG_WARN, "store: commit group failed, rolled back: %s", s->fail_msg);
     else if (s->group_dlv_seq > s->committed_dlv_seq)
         s->committed_dlv_seq = s->group_dlv_seq;
+    if (ok && s->group_evt_seq > s->committed_evt_seq)
+        s->committed_evt_seq = s->group_evt_seq;
     s->group_dlv_seq = 0;
+    s->group_evt_seq = 0;
     s->in_txn = 0;
     s->failed = 0;
     s->fail_msg[0] = '\0';
@@ -345,8 +353,10 @@ static void store_commit_cb(evutil_socket_t fd, short what, void *arg) {
     int ok;
     UNUSED(fd);
     UNUSED(what);
+    int64_t t0 = util_mono_ms();
     s->scheduled = 0;
     ok = group_end(s);
+    metrics_store_commit(util_mono_ms() - t0);
     s->committing++;
     group_callbacks(s, ok);
     s->committing--;
@@ -482,6 +492,8 @@ fail:
     return -1;
 }
 
+static int store_admin_schema(sqlite3 *db, char *err, size_t errlen);
+
 struct store *store_open(struct event_base *base, const char *url, const char *base_dir, char *err,
                          size_t errlen) {
     struct store *s = NULL;
@@ -526,7 +538,7 @@ struct store *store_open(struct event_base *base, const char *url, const char *b
         store_err(err, errlen, "store: %s: %s", path, sqlite3_errmsg(s->db));
         goto fail;
     }
-    if (store_schema(s->db, err, errlen) < 0)
+    if (store_schema(s->db, err, errlen) < 0 || store_admin_schema(s->db, err, errlen) < 0)
         goto fail;
 
     for (i = 0; i < ST_COUNT_; i++) {
@@ -559,6 +571,15 @@ struct store *store_open(struct event_base *base, const char *url, const char *b
         goto fail;
     }
     s->committed_dlv_seq = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    st = NULL;
+    if (sqlite3_prepare_v2(s->db, "SELECT IFNULL(MAX(seq), 0) FROM events", -1, &st, NULL) !=
+            SQLITE_OK ||
+        sqlite3_step(st) != SQLITE_ROW) {
+        store_err(err, errlen, "store: %s", sqlite3_errmsg(s->db));
+        goto fail;
+    }
+    s->committed_evt_seq = sqlite3_column_int64(st, 0);
     sqlite3_finalize(st);
     st = NULL;
 
@@ -626,6 +647,7 @@ int store_event_put(struct store *s, const struct store_event *ev, char *dup_id,
     }
     rc = sqlite3_step(st);
     if (rc == SQLITE_DONE) {
+        s->group_evt_seq = sqlite3_last_insert_rowid(s->db);
         ret = 0;
         goto done;
     }
@@ -742,6 +764,10 @@ int store_events_unrouted(struct store *s, int64_t after_seq, size_t max,
         goto fail;
     }
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (sqlite3_column_int64(st, 0) > s->committed_evt_seq) {
+            rc = SQLITE_DONE; /* the rest are in the open group: not ours to route */
+            break;
+        }
         if (cnt == cap) {
             size_t ncap = cap ? cap * 2 : 16;
             struct store_event_row *p = realloc(out, ncap * sizeof *p);
@@ -1156,5 +1182,372 @@ int store_delivery_counts(struct store *s, struct store_counts *c) {
             c->delivered = v;
     }
     sqlite3_reset(st);
+    return rc == SQLITE_DONE ? 0 : -1;
+}
+
+/* ---- admin API: lists, actions, subscriptions ---- */
+
+/* Subscriptions came after schema version 1: created when missing, so an
+ * older store gains the table without a migration step. One per pattern:
+ * the unique key is what answers 409. */
+static int store_admin_schema(sqlite3 *db, char *err, size_t errlen) {
+    if (sqlite3_exec(db,
+                     "CREATE TABLE IF NOT EXISTS subscriptions ("
+                     " seq INTEGER PRIMARY KEY,"
+                     " id TEXT NOT NULL UNIQUE,"
+                     " event TEXT NOT NULL,"
+                     " pattern TEXT NOT NULL UNIQUE,"
+                     " url TEXT NOT NULL,"
+                     " secret TEXT NOT NULL,"
+                     " created_at INTEGER NOT NULL)",
+                     NULL, NULL, NULL) != SQLITE_OK) {
+        store_err(err, errlen, "store: creating subscriptions: %s", sqlite3_errmsg(db));
+        return -1;
+    }
+    return 0;
+}
+
+/* Prepares sql (admin routes are rare: no cached statement). */
+static sqlite3_stmt *store_adhoc(struct store *s, const char *sql, char *err, size_t errlen) {
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK) {
+        store_err(err, errlen, "store: %s", sqlite3_errmsg(s->db));
+        sqlite3_finalize(st);
+        return NULL;
+    }
+    return st;
+}
+
+/* Runs a page query whose column 0 is seq and the rest map to names; limit
+ * + 1 rows were asked for, so an extra row means there is a next page. */
+static int store_page_run(struct store *s, sqlite3_stmt *st, const char *const *names,
+                          const char *times, size_t limit, json_t **data, int64_t *next,
+                          char *err, size_t errlen) {
+    json_t *arr = json_array(), *o;
+    int64_t last = 0;
+    size_t cnt = 0;
+    int rc, bad = 0;
+
+    *data = NULL;
+    *next = 0;
+    if (!arr)
+        goto oom;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (cnt == limit) {
+            *next = last;
+            break;
+        }
+        o = json_object();
+        if (!o)
+            goto oom;
+        for (int i = 0; names[i]; i++) {
+            json_t *v;
+            if (times[i] == 't')
+                v = json_col_time(st, i + 1);
+            else if (times[i] == 'i')
+                v = sqlite3_column_type(st, i + 1) == SQLITE_NULL
+                        ? json_null()
+                        : json_integer(sqlite3_column_int64(st, i + 1));
+            else
+                v = json_col_text(st, i + 1);
+            bad |= json_object_set_new(o, names[i], v);
+        }
+        bad |= json_array_append_new(arr, o);
+        if (bad)
+            goto oom;
+        last = sqlite3_column_int64(st, 0);
+        cnt++;
+    }
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+        store_err(err, errlen, "store: list: %s", sqlite3_errmsg(s->db));
+        json_decref(arr);
+        return -1;
+    }
+    *data = arr;
+    return 0;
+oom:
+    store_err(err, errlen, "store: out of memory");
+    json_decref(arr);
+    return -1;
+}
+
+int store_events_page(struct store *s, const struct store_page *q, json_t **data, int64_t *next,
+                      char *err, size_t errlen) {
+    static const char *const names[] = {"id",          "source",     "source_id", "type", "status",
+                                        "received_at", "created_at", "error",     NULL};
+    sqlite3_stmt *st = store_adhoc(
+        s,
+        "SELECT seq, id, source, source_id, type, status, received_at, created_at, error"
+        " FROM events WHERE (?1 IS NULL OR type GLOB ?1) AND (?2 IS NULL OR source = ?2)"
+        " AND (?3 IS NULL OR status = ?3) AND (?4 = 0 OR seq < ?4) ORDER BY seq DESC LIMIT ?5",
+        err, errlen);
+    int ret = -1;
+
+    if (!st)
+        return -1;
+    if (bind_text(st, 1, q->type) || bind_text(st, 2, q->source) || bind_text(st, 3, q->status) ||
+        sqlite3_bind_int64(st, 4, q->after) || sqlite3_bind_int64(st, 5, (int64_t)q->limit + 1))
+        store_err(err, errlen, "store: %s", sqlite3_errmsg(s->db));
+    else
+        ret = store_page_run(s, st, names, "sssssts", q->limit, data, next, err, errlen);
+    sqlite3_finalize(st);
+    return ret;
+}
+
+int store_deliveries_page(struct store *s, const struct store_page *q, json_t **data,
+                          int64_t *next, char *err, size_t errlen) {
+    static const char *const names[] = {
+        "id",      "event_id",   "endpoint",   "event_type",       "status", "attempts",
+        "next_at", "created_at", "last_status_code", "last_error",  NULL};
+    sqlite3_stmt *st = store_adhoc(
+        s,
+        "SELECT d.seq, d.id, d.event_id, d.endpoint, d.event_type, d.status, d.attempts,"
+        " CASE WHEN d.status = 'pending' THEN d.next_at END, d.created_at,"
+        " (SELECT a.status_code FROM attempts a WHERE a.delivery_id = d.id ORDER BY a.n DESC"
+        "  LIMIT 1),"
+        " (SELECT a.error FROM attempts a WHERE a.delivery_id = d.id ORDER BY a.n DESC LIMIT 1)"
+        " FROM deliveries d WHERE (?1 IS NULL OR d.status = ?1) AND (?2 IS NULL OR"
+        " d.endpoint = ?2) AND (?3 = 0 OR d.seq < ?3) ORDER BY d.seq DESC LIMIT ?4",
+        err, errlen);
+    int ret = -1;
+
+    if (!st)
+        return -1;
+    if (bind_text(st, 1, q->status) || bind_text(st, 2, q->endpoint) ||
+        sqlite3_bind_int64(st, 3, q->after) || sqlite3_bind_int64(st, 4, (int64_t)q->limit + 1))
+        store_err(err, errlen, "store: %s", sqlite3_errmsg(s->db));
+    else
+        ret = store_page_run(s, st, names, "sssssittis", q->limit, data, next, err, errlen);
+    sqlite3_finalize(st);
+    return ret;
+}
+
+int store_event_get(struct store *s, const char *id, struct store_event_row **out, char *err,
+                    size_t errlen) {
+    struct store_event_row *row = calloc(1, sizeof *row);
+    sqlite3_stmt *st = store_adhoc(s,
+                                   "SELECT seq, id, source, source_id, type, created_at, status,"
+                                   " error, headers, data, raw, received_at FROM events"
+                                   " WHERE id = ?1",
+                                   err, errlen);
+    int rc, oom = 0, ret = -1;
+
+    *out = NULL;
+    if (!row || !st) {
+        if (!row)
+            store_err(err, errlen, "store: out of memory");
+        goto done;
+    }
+    if (bind_text(st, 1, id)) {
+        store_err(err, errlen, "store: %s", sqlite3_errmsg(s->db));
+        goto done;
+    }
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE) {
+        ret = 0;
+        goto done;
+    }
+    if (rc != SQLITE_ROW) {
+        store_err(err, errlen, "store: event: %s", sqlite3_errmsg(s->db));
+        goto done;
+    }
+    row->seq = sqlite3_column_int64(st, 0);
+    row->id = col_text(st, 1, &oom);
+    row->source = col_text(st, 2, &oom);
+    row->source_id = col_text(st, 3, &oom);
+    row->type = col_text(st, 4, &oom);
+    row->created_at = col_text(st, 5, &oom);
+    row->status = col_text(st, 6, &oom);
+    row->error = col_text(st, 7, &oom);
+    row->headers_json = col_text(st, 8, &oom);
+    row->data_json = col_text(st, 9, &oom);
+    row->raw = col_blob(st, 10, &row->raw_len, &oom);
+    row->received_at = sqlite3_column_int64(st, 11);
+    if (oom) {
+        store_err(err, errlen, "store: out of memory");
+        goto done;
+    }
+    *out = row;
+    row = NULL;
+    ret = 1;
+done:
+    store_event_rows_free(row, row ? 1 : 0);
+    sqlite3_finalize(st);
+    return ret;
+}
+
+/* A blob column as JSON when it parses, else as text. */
+static json_t *json_col_payload(sqlite3_stmt *st, int i) {
+    const void *p = sqlite3_column_blob(st, i);
+    size_t n = (size_t)sqlite3_column_bytes(st, i);
+    json_t *j;
+    if (sqlite3_column_type(st, i) == SQLITE_NULL)
+        return json_null();
+    j = json_loadb(p ? p : "", n, JSON_DECODE_ANY, NULL);
+    return j ? j : json_text(p ? p : "", n);
+}
+
+int store_event_json_extra(struct store *s, json_t *ev, char *err, size_t errlen) {
+    sqlite3_stmt *st = store_adhoc(s, "SELECT raw, headers FROM events WHERE id = ?1", err, errlen);
+    sqlite3_stmt *dl = NULL;
+    json_t *d, *dels = json_object_get(ev, "deliveries");
+    size_t i;
+    int bad = 0, ret = -1;
+
+    if (!st)
+        return -1;
+    if (bind_text(st, 1, json_string_value(json_object_get(ev, "id"))) ||
+        sqlite3_step(st) != SQLITE_ROW) {
+        store_err(err, errlen, "store: event: %s", sqlite3_errmsg(s->db));
+        goto done;
+    }
+    bad |= json_object_set_new(ev, "raw",
+                               sqlite3_column_type(st, 0) == SQLITE_NULL
+                                   ? json_null()
+                                   : json_text(sqlite3_column_blob(st, 0)
+                                                   ? sqlite3_column_blob(st, 0)
+                                                   : "",
+                                               (size_t)sqlite3_column_bytes(st, 0)));
+    bad |= json_object_set_new(ev, "headers", json_col_data(st, 1));
+    dl = store_adhoc(s, "SELECT payload, content_type, event_type FROM deliveries WHERE id = ?1",
+                     err, errlen);
+    if (!dl)
+        goto done;
+    json_array_foreach(dels, i, d) {
+        if (bind_text(dl, 1, json_string_value(json_object_get(d, "id"))) ||
+            sqlite3_step(dl) != SQLITE_ROW) {
+            store_err(err, errlen, "store: delivery: %s", sqlite3_errmsg(s->db));
+            goto done;
+        }
+        bad |= json_object_set_new(d, "payload", json_col_payload(dl, 0));
+        bad |= json_object_set_new(d, "content_type", json_col_text(dl, 1));
+        bad |= json_object_set_new(d, "event_type", json_col_text(dl, 2));
+        stmt_done(dl);
+    }
+    if (bad)
+        store_err(err, errlen, "store: out of memory");
+    else
+        ret = 0;
+done:
+    sqlite3_finalize(st);
+    sqlite3_finalize(dl);
+    return ret;
+}
+
+int store_delivery_retry(struct store *s, const char *id, int64_t next_at, char *err,
+                         size_t errlen) {
+    sqlite3_stmt *st = NULL;
+    int ret = -1, rc;
+
+    if (group_begin(s, err, errlen) < 0)
+        return -1;
+    st = store_adhoc(s,
+                     "UPDATE deliveries SET status = 'pending', schedule_pos = 0, next_at = ?2,"
+                     " lease_until = 0 WHERE id = ?1 AND status = 'failed'",
+                     err, errlen);
+    if (!st)
+        return -1;
+    if (bind_text(st, 1, id) || sqlite3_bind_int64(st, 2, next_at) ||
+        sqlite3_step(st) != SQLITE_DONE) {
+        group_fail(s, "delivery retry", err, errlen);
+        goto done;
+    }
+    if (sqlite3_changes(s->db) == 1) {
+        ret = 1;
+        goto done;
+    }
+    sqlite3_finalize(st);
+    st = store_adhoc(s, "SELECT 1 FROM deliveries WHERE id = ?1", err, errlen);
+    if (!st)
+        return -1;
+    if (bind_text(st, 1, id)) {
+        store_err(err, errlen, "store: %s", sqlite3_errmsg(s->db));
+        goto done;
+    }
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        ret = 2;
+    else if (rc == SQLITE_DONE)
+        ret = 0;
+    else
+        store_err(err, errlen, "store: %s", sqlite3_errmsg(s->db));
+done:
+    sqlite3_finalize(st);
+    return ret;
+}
+
+int store_sub_put(struct store *s, const struct store_sub *sub, char *err, size_t errlen) {
+    sqlite3_stmt *st = NULL;
+    int ret = -1, rc;
+
+    if (group_begin(s, err, errlen) < 0)
+        return -1;
+    st = store_adhoc(s,
+                     "INSERT INTO subscriptions(id, event, pattern, url, secret, created_at)"
+                     " VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                     err, errlen);
+    if (!st)
+        return -1;
+    if (bind_text(st, 1, sub->id) || bind_text(st, 2, sub->event) ||
+        bind_text(st, 3, sub->pattern) || bind_text(st, 4, sub->url) ||
+        bind_text(st, 5, sub->secret) || sqlite3_bind_int64(st, 6, sub->created_at)) {
+        group_fail(s, "subscription insert", err, errlen);
+        goto done;
+    }
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE)
+        ret = 0;
+    else if (rc == SQLITE_CONSTRAINT_UNIQUE)
+        ret = STORE_DUP; /* undoes only this statement */
+    else
+        group_fail(s, "subscription insert", err, errlen);
+done:
+    sqlite3_finalize(st);
+    return ret;
+}
+
+int store_sub_change(struct store *s, const char *id, const char *url, char *err, size_t errlen) {
+    sqlite3_stmt *st = NULL;
+    int ret = -1;
+
+    if (group_begin(s, err, errlen) < 0)
+        return -1;
+    st = store_adhoc(s,
+                     url ? "UPDATE subscriptions SET url = ?2 WHERE id = ?1"
+                         : "DELETE FROM subscriptions WHERE id = ?1",
+                     err, errlen);
+    if (!st)
+        return -1;
+    if (bind_text(st, 1, id) || (url && bind_text(st, 2, url)) ||
+        sqlite3_step(st) != SQLITE_DONE) {
+        group_fail(s, "subscription change", err, errlen);
+        goto done;
+    }
+    ret = sqlite3_changes(s->db) == 1;
+done:
+    sqlite3_finalize(st);
+    return ret;
+}
+
+int store_subs_load(struct store *s, void (*fn)(void *arg, const struct store_sub *sub),
+                    void *arg, char *err, size_t errlen) {
+    sqlite3_stmt *st = store_adhoc(s,
+                                   "SELECT id, event, pattern, url, secret, created_at"
+                                   " FROM subscriptions ORDER BY seq",
+                                   err, errlen);
+    int rc;
+
+    if (!st)
+        return -1;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        struct store_sub sub = {
+            (const char *)sqlite3_column_text(st, 0), (const char *)sqlite3_column_text(st, 1),
+            (const char *)sqlite3_column_text(st, 2), (const char *)sqlite3_column_text(st, 3),
+            (const char *)sqlite3_column_text(st, 4), sqlite3_column_int64(st, 5)};
+        fn(arg, &sub);
+    }
+    if (rc != SQLITE_DONE)
+        store_err(err, errlen, "store: subscriptions: %s", sqlite3_errmsg(s->db));
+    sqlite3_finalize(st);
     return rc == SQLITE_DONE ? 0 : -1;
 }

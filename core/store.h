@@ -105,7 +105,8 @@ struct store_event_row {
 };
 
 /* Reads up to max events with status "received" and seq > after_seq, oldest
- * first (events committed but not yet routed, e.g. after a crash). *rows is
+ * first (events committed but not yet routed, e.g. after a crash). Events
+ * still in the open group are left out: their commit callback routes them. *rows is
  * new (free with store_event_rows_free). Returns 0 or -1. */
 int store_events_unrouted(struct store *s, int64_t after_seq, size_t max,
                           struct store_event_row **rows, size_t *n, char *err, size_t errlen);
@@ -170,5 +171,65 @@ struct store_counts {
     int64_t pending, held, failed, delivered;
 };
 int store_delivery_counts(struct store *s, struct store_counts *c);
+
+/* ---- admin API (SPEC section 8): lists, actions, subscriptions ---- */
+
+/* A page query; NULL filters match everything. after is the cursor of the
+ * previous page (0 = the first page); rows come newest first. */
+struct store_page {
+    const char *type;     /* events: a type or glob ('*' matches anything) */
+    const char *source;   /* events */
+    const char *status;   /* events or deliveries */
+    const char *endpoint; /* deliveries */
+    size_t limit;         /* > 0 */
+    int64_t after;
+};
+
+/* One page of events ({id, source, source_id, type, status, received_at,
+ * created_at, error}) or deliveries ({id, event_id, endpoint, event_type,
+ * status, attempts, next_at, created_at, last_status_code, last_error})
+ * into *data (new). *next is the cursor of the next page, 0 when this is
+ * the last. Reads the open group too. Returns 0 or -1 (err set). */
+int store_events_page(struct store *s, const struct store_page *q, json_t **data, int64_t *next,
+                      char *err, size_t errlen);
+int store_deliveries_page(struct store *s, const struct store_page *q, json_t **data,
+                          int64_t *next, char *err, size_t errlen);
+
+/* Reads event id into *row (new; free with store_event_rows_free(*row, 1)).
+ * Returns 1 found, 0 unknown (*row NULL), -1 on a store error (err set). */
+int store_event_get(struct store *s, const char *id, struct store_event_row **row, char *err,
+                    size_t errlen);
+
+/* Adds to ev (a store_event_json answer) what the event detail shows
+ * besides: "raw" (the body as received), "headers", and per delivery
+ * "payload" (JSON when it parses, else text), "content_type", "event_type".
+ * Returns 0 or -1 (err set; ev may be partly filled). */
+int store_event_json_extra(struct store *s, json_t *ev, char *err, size_t errlen);
+
+/* Puts a "failed" delivery back to "pending" at next_at, at the start of its
+ * schedule; its attempt count is kept (X-Waybill-Attempt keeps counting).
+ * In the open group. Returns 1 done, 0 unknown id, 2 not failed, -1 error. */
+int store_delivery_retry(struct store *s, const char *id, int64_t next_at, char *err,
+                         size_t errlen);
+
+/* A subscription (ShipEngine's webhook shape); all borrowed. pattern is the
+ * waybill type or glob the event name stands for (aliases resolved). */
+struct store_sub {
+    const char *id, *event, *pattern, *url, *secret;
+    int64_t created_at; /* Unix ms */
+};
+
+/* Inserts sub in the open group. Returns 0, STORE_DUP (nothing written)
+ * when its pattern already has one, -1 on error. */
+int store_sub_put(struct store *s, const struct store_sub *sub, char *err, size_t errlen);
+
+/* Sets subscription id's url, or deletes it when url is NULL, in the open
+ * group. Returns 1 done, 0 unknown id, -1 error. */
+int store_sub_change(struct store *s, const char *id, const char *url, char *err, size_t errlen);
+
+/* Calls fn for every stored subscription, oldest first (sub borrowed for
+ * the call). Returns 0 or -1. */
+int store_subs_load(struct store *s, void (*fn)(void *arg, const struct store_sub *sub),
+                    void *arg, char *err, size_t errlen);
 
 #endif

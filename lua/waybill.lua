@@ -174,10 +174,12 @@ end
 -- batch(endpoint | {endpoints...}, payload [, window])
 --   collects payload into the endpoint's clock-aligned window (its `window`,
 --   else 30m in production, 5m in sandbox); window: "10m" or seconds.
--- subscribers(type) -> the endpoints subscribed to type (none yet).
+-- subscribers(type) -> the endpoint names of the subscriptions (made
+--   through POST /v1/environment/webhooks) whose event matches type.
+local host_subscribers = host.subscribers
 local function subscribers(event_type)
   if type(event_type) ~= "string" then error("subscribers: expected an event type", 2) end
-  return json.array({})
+  return json.array(host_subscribers(event_type))
 end
 
 -- }====================================================================

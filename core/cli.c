@@ -1,0 +1,417 @@
+/* cli.c -- see cli.h. Every command is one admin API request; what it
+ * prints is the answer, as a table or as JSON.
+ * SPDX-License-Identifier: MIT */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <curl/curl.h>
+#include <jansson.h>
+
+#include "cli.h"
+#include "config.h"
+#include "rules.h"
+#include "util.h"
+
+struct cli {
+    char base[300];   /* "http://127.0.0.1:8081" */
+    char auth[600];   /* "Authorization: Bearer ..." */
+    int json;
+};
+
+static const char *const cli_commands[] = {"events", "event", "retry", "replay", "test", NULL};
+
+int cli_is_command(const char *cmd) {
+    for (int i = 0; cmd && cli_commands[i]; i++)
+        if (strcmp(cmd, cli_commands[i]) == 0)
+            return 1;
+    return 0;
+}
+
+static void cli_usage(void) {
+    fprintf(stderr,
+            "usage: waybill events [--failed] [--type T] [--status S] [--limit N] [--json]\n"
+            "       waybill event ID [--json]\n"
+            "       waybill retry DELIVERY_ID [--json]\n"
+            "       waybill replay EVENT_ID [--json]\n"
+            "       waybill test ENDPOINT TYPE [--json]\n"
+            "  common: -c waybill.lua (admin address and token), or --url URL --token T\n");
+}
+
+static size_t cli_write(char *ptr, size_t size, size_t nmemb, void *userdata) {
+    return util_buf_append(userdata, ptr, size * nmemb) == 0 ? size * nmemb : 0;
+}
+
+/* One request; *out is the parsed JSON answer (new) on 2xx. Returns 0, or 1
+ * with the reason printed. */
+static int cli_request(const struct cli *c, const char *method, const char *path,
+                       const char *body, json_t **out) {
+    CURL *easy = curl_easy_init();
+    struct curl_slist *h = NULL;
+    struct util_buf resp = {NULL, 0, 0};
+    char url[1200];
+    long code = 0;
+    CURLcode rc;
+    json_t *j = NULL;
+    int ret = 1;
+
+    *out = NULL;
+    if (!easy)
+        goto done;
+    snprintf(url, sizeof url, "%s%s", c->base, path);
+    h = curl_slist_append(h, c->auth);
+    if (body)
+        h = curl_slist_append(h, "Content-Type: application/json");
+    curl_easy_setopt(easy, CURLOPT_URL, url);
+    curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt(easy, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(easy, CURLOPT_PROXY, "");
+    curl_easy_setopt(easy, CURLOPT_TIMEOUT, 30L);
+    curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
+    if (body) {
+        curl_easy_setopt(easy, CURLOPT_POSTFIELDS, body);
+    } else if (strcmp(method, "POST") == 0) {
+        curl_easy_setopt(easy, CURLOPT_POSTFIELDS, "");
+    }
+    curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, cli_write);
+    curl_easy_setopt(easy, CURLOPT_WRITEDATA, &resp);
+    rc = curl_easy_perform(easy);
+    if (rc != CURLE_OK) {
+        fprintf(stderr, "waybill: %s: %s\n", c->base, curl_easy_strerror(rc));
+        goto done;
+    }
+    curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &code);
+    j = resp.len ? json_loadb(resp.p, resp.len, 0, NULL) : json_object();
+    if (code < 200 || code > 299) {
+        const char *e = json_string_value(json_object_get(j, "error"));
+        fprintf(stderr, "waybill: HTTP %ld: %s\n", code, e ? e : "unexpected answer");
+        goto done;
+    }
+    if (!j) {
+        fprintf(stderr, "waybill: the admin API answered something that is not JSON\n");
+        goto done;
+    }
+    *out = j;
+    j = NULL;
+    ret = 0;
+done:
+    json_decref(j);
+    util_buf_free(&resp);
+    curl_slist_free_all(h);
+    if (easy)
+        curl_easy_cleanup(easy);
+    return ret;
+}
+
+/* ---- tables ---- */
+
+#define CLI_COLS 8
+
+struct cli_table {
+    int ncols;
+    char **cells; /* rows * ncols, owned */
+    size_t nrows, cap;
+};
+
+static void cli_row(struct cli_table *t, const char *const *cols) {
+    if (t->nrows == t->cap) {
+        size_t ncap = t->cap ? t->cap * 2 : 16;
+        char **p = realloc(t->cells, ncap * (size_t)t->ncols * sizeof *p);
+        if (!p)
+            return;
+        t->cells = p;
+        t->cap = ncap;
+    }
+    for (int i = 0; i < t->ncols; i++) {
+        char *v = util_strdup(cols[i] ? cols[i] : "-");
+        /* one line per row: cut at a newline, and at 60 characters */
+        if (v) {
+            v[strcspn(v, "\r\n")] = '\0';
+            if (strlen(v) > 60)
+                strcpy(v + 57, "...");
+        }
+        t->cells[t->nrows * (size_t)t->ncols + (size_t)i] = v;
+    }
+    t->nrows++;
+}
+
+static void cli_table_print(struct cli_table *t) {
+    size_t w[CLI_COLS] = {0};
+    for (size_t r = 0; r < t->nrows; r++)
+        for (int i = 0; i < t->ncols; i++) {
+            const char *v = t->cells[r * (size_t)t->ncols + (size_t)i];
+            if (v && strlen(v) > w[i])
+                w[i] = strlen(v);
+        }
+    for (size_t r = 0; r < t->nrows; r++) {
+        for (int i = 0; i < t->ncols; i++) {
+            const char *v = t->cells[r * (size_t)t->ncols + (size_t)i];
+            if (i == t->ncols - 1)
+                printf("%s\n", v ? v : "");
+            else
+                printf("%-*s  ", (int)w[i], v ? v : "");
+        }
+    }
+    for (size_t k = 0; k < t->nrows * (size_t)t->ncols; k++)
+        free(t->cells[k]);
+    free(t->cells);
+}
+
+static const char *cli_str(json_t *o, const char *key, char *buf, size_t len) {
+    json_t *v = json_object_get(o, key);
+    if (json_is_string(v))
+        return json_string_value(v);
+    if (json_is_integer(v)) {
+        snprintf(buf, len, "%lld", (long long)json_integer_value(v));
+        return buf;
+    }
+    return NULL;
+}
+
+static void cli_print_json(json_t *j) {
+    char *s = json_dumps(j, JSON_INDENT(2));
+    if (s)
+        printf("%s\n", s);
+    free(s);
+}
+
+/* ---- commands ---- */
+
+static int cli_events(struct cli *c, int failed, const char *type, const char *status,
+                      const char *limit) {
+    struct util_buf path = {NULL, 0, 0};
+    json_t *j = NULL, *o;
+    size_t i;
+    int rc;
+
+    if (failed)
+        util_buf_printf(&path, "/api/deliveries?status=failed");
+    else
+        util_buf_printf(&path, "/api/events?x=1");
+    if (type && !failed) {
+        char *e = curl_easy_escape(NULL, type, 0);
+        util_buf_printf(&path, "&type=%s", e ? e : "");
+        curl_free(e);
+    }
+    if (status && !failed)
+        util_buf_printf(&path, "&status=%s", status);
+    if (limit)
+        util_buf_printf(&path, "&limit=%s", limit);
+    util_buf_append(&path, "", 1);
+    rc = path.p ? cli_request(c, "GET", path.p, NULL, &j) : 1;
+    util_buf_free(&path);
+    if (rc)
+        return rc;
+    if (c->json) {
+        cli_print_json(j);
+    } else if (failed) {
+        struct cli_table t = {8, NULL, 0, 0};
+        const char *hdr[] = {"DELIVERY", "EVENT", "ENDPOINT", "TYPE", "ATTEMPTS", "STATUS",
+                             "LAST_STATUS", "LAST_ERROR"};
+        cli_row(&t, hdr);
+        json_array_foreach(json_object_get(j, "data"), i, o) {
+            char b1[32], b2[32];
+            const char *row[] = {cli_str(o, "id", NULL, 0), cli_str(o, "event_id", NULL, 0),
+                                 cli_str(o, "endpoint", NULL, 0),
+                                 cli_str(o, "event_type", NULL, 0),
+                                 cli_str(o, "attempts", b1, sizeof b1),
+                                 cli_str(o, "status", NULL, 0),
+                                 cli_str(o, "last_status_code", b2, sizeof b2),
+                                 cli_str(o, "last_error", NULL, 0)};
+            cli_row(&t, row);
+        }
+        cli_table_print(&t);
+    } else {
+        struct cli_table t = {5, NULL, 0, 0};
+        const char *hdr[] = {"EVENT", "TYPE", "SOURCE", "STATUS", "RECEIVED"};
+        cli_row(&t, hdr);
+        json_array_foreach(json_object_get(j, "data"), i, o) {
+            const char *row[] = {cli_str(o, "id", NULL, 0), cli_str(o, "type", NULL, 0),
+                                 cli_str(o, "source", NULL, 0), cli_str(o, "status", NULL, 0),
+                                 cli_str(o, "received_at", NULL, 0)};
+            cli_row(&t, row);
+        }
+        cli_table_print(&t);
+    }
+    json_decref(j);
+    return 0;
+}
+
+static void cli_event_print(json_t *ev) {
+    json_t *d, *a;
+    size_t i, k;
+    struct cli_table t = {7, NULL, 0, 0};
+    const char *hdr[] = {"DELIVERY", "ENDPOINT", "STATUS", "ATTEMPT", "AT", "HTTP", "ERROR"};
+    char b1[32], b2[32];
+
+    printf("event     %s\ntype      %s\nsource    %s (%s)\nstatus    %s\nreceived  %s\n",
+           cli_str(ev, "id", NULL, 0), cli_str(ev, "type", NULL, 0),
+           cli_str(ev, "source", NULL, 0), cli_str(ev, "source_id", NULL, 0),
+           cli_str(ev, "status", NULL, 0), cli_str(ev, "received_at", NULL, 0));
+    if (json_is_string(json_object_get(ev, "error")))
+        printf("error     %s\n", json_string_value(json_object_get(ev, "error")));
+    printf("\n");
+    cli_row(&t, hdr);
+    json_array_foreach(json_object_get(ev, "deliveries"), i, d) {
+        json_t *atts = json_object_get(d, "attempts");
+        if (json_array_size(atts) == 0) {
+            const char *row[] = {cli_str(d, "id", NULL, 0), cli_str(d, "endpoint", NULL, 0),
+                                 cli_str(d, "status", NULL, 0), NULL, NULL, NULL, NULL};
+            cli_row(&t, row);
+        }
+        json_array_foreach(atts, k, a) {
+            const char *row[] = {k ? "" : cli_str(d, "id", NULL, 0),
+                                 k ? "" : cli_str(d, "endpoint", NULL, 0),
+                                 k ? "" : cli_str(d, "status", NULL, 0),
+                                 cli_str(a, "n", b1, sizeof b1), cli_str(a, "at", NULL, 0),
+                                 cli_str(a, "status_code", b2, sizeof b2),
+                                 cli_str(a, "error", NULL, 0)};
+            cli_row(&t, row);
+        }
+    }
+    cli_table_print(&t);
+}
+
+/* Path segment of an id: refuses what would change the path. */
+static int cli_id_ok(const char *id) {
+    return id && *id && strlen(id) < 200 && !strpbrk(id, "/?#% \t\r\n");
+}
+
+static int cli_run(struct cli *c, const char *cmd, char **args, int nargs, int failed,
+                   const char *type, const char *status, const char *limit) {
+    char path[512];
+    json_t *j = NULL;
+    int rc;
+
+    if (strcmp(cmd, "events") == 0) {
+        if (nargs != 0)
+            goto usage;
+        return cli_events(c, failed, type, status, limit);
+    }
+    if (strcmp(cmd, "test") == 0) {
+        json_t *body;
+        char *text;
+        if (nargs != 2 || !cli_id_ok(args[0]))
+            goto usage;
+        snprintf(path, sizeof path, "/api/endpoints/%s/test", args[0]);
+        body = json_pack("{ss}", "type", args[1]);
+        text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+        json_decref(body);
+        rc = text ? cli_request(c, "POST", path, text, &j) : 1;
+        free(text);
+        if (rc)
+            return rc;
+        if (c->json)
+            cli_print_json(j);
+        else
+            printf("test event %s (%s) sent to %s as delivery %s\n",
+                   cli_str(j, "id", NULL, 0), args[1], args[0],
+                   cli_str(json_array_get(json_object_get(j, "deliveries"), 0), "id", NULL, 0));
+        json_decref(j);
+        return 0;
+    }
+    if (nargs != 1 || !cli_id_ok(args[0]))
+        goto usage;
+    if (strcmp(cmd, "event") == 0) {
+        snprintf(path, sizeof path, "/api/events/%s", args[0]);
+        if ((rc = cli_request(c, "GET", path, NULL, &j)))
+            return rc;
+        if (c->json)
+            cli_print_json(j);
+        else
+            cli_event_print(j);
+    } else if (strcmp(cmd, "retry") == 0) {
+        snprintf(path, sizeof path, "/api/deliveries/%s/retry", args[0]);
+        if ((rc = cli_request(c, "POST", path, NULL, &j)))
+            return rc;
+        if (c->json)
+            cli_print_json(j);
+        else
+            printf("delivery %s queued again\n", args[0]);
+    } else {
+        snprintf(path, sizeof path, "/api/events/%s/replay", args[0]);
+        if ((rc = cli_request(c, "POST", path, NULL, &j)))
+            return rc;
+        if (c->json)
+            cli_print_json(j);
+        else
+            cli_event_print(j);
+    }
+    json_decref(j);
+    return 0;
+usage:
+    cli_usage();
+    return 2;
+}
+
+/* The admin base URL for listen ("host:port"): a wildcard host becomes
+ * loopback. */
+static void cli_base_from_listen(struct cli *c, const char *listen) {
+    const char *colon = strrchr(listen, ':');
+    if (colon && (strncmp(listen, "0.0.0.0:", 8) == 0 || colon == listen))
+        snprintf(c->base, sizeof c->base, "http://127.0.0.1%s", colon);
+    else if (strncmp(listen, "[::]:", 5) == 0)
+        snprintf(c->base, sizeof c->base, "http://[::1]%s", listen + 4);
+    else
+        snprintf(c->base, sizeof c->base, "http://%s", listen);
+}
+
+int cli_main(int argc, char **argv, const char *lua_dir) {
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'}, {"json", no_argument, NULL, 'j'},
+        {"failed", no_argument, NULL, 'f'},       {"url", required_argument, NULL, 'u'},
+        {"token", required_argument, NULL, 't'},  {"type", required_argument, NULL, 'T'},
+        {"status", required_argument, NULL, 's'}, {"limit", required_argument, NULL, 'l'},
+        {NULL, 0, NULL, 0}};
+    struct cli c;
+    const char *config_path = "waybill.lua", *url = NULL, *token = NULL, *type = NULL,
+               *status = NULL, *limit = NULL, *cmd = argv[0];
+    int failed = 0, opt, rc;
+    char err[512];
+
+    memset(&c, 0, sizeof c);
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "c:", opts, NULL)) != -1) {
+        switch (opt) {
+        case 'c': config_path = optarg; break;
+        case 'j': c.json = 1; break;
+        case 'f': failed = 1; break;
+        case 'u': url = optarg; break;
+        case 't': token = optarg; break;
+        case 'T': type = optarg; break;
+        case 's': status = optarg; break;
+        case 'l': limit = optarg; break;
+        default: cli_usage(); return 2;
+        }
+    }
+    if (!url || !token) {
+        struct rules *r = rules_load(config_path, lua_dir, err, sizeof err);
+        const struct config *cfg = r ? rules_config(r) : NULL;
+        if (!r) {
+            fprintf(stderr, "waybill: %s\n", err);
+            return 1;
+        }
+        if (!cfg->admin_listen || !cfg->admin_token) {
+            fprintf(stderr, "waybill: %s has no admin listener (admin = {...})\n", config_path);
+            rules_free(r);
+            return 1;
+        }
+        if (!url)
+            cli_base_from_listen(&c, cfg->admin_listen);
+        snprintf(c.auth, sizeof c.auth, "Authorization: Bearer %s",
+                 token ? token : cfg->admin_token);
+        rules_free(r);
+    } else {
+        snprintf(c.auth, sizeof c.auth, "Authorization: Bearer %s", token);
+    }
+    if (url)
+        snprintf(c.base, sizeof c.base, "%s", url);
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        fprintf(stderr, "waybill: libcurl failed to initialize\n");
+        return 1;
+    }
+    rc = cli_run(&c, cmd, argv + optind, argc - optind, failed, type, status, limit);
+    curl_global_cleanup();
+    return rc;
+}

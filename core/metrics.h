@@ -1,0 +1,38 @@
+/* metrics.h -- counters and histograms for GET /metrics (Prometheus text
+ * exposition format 0.0.4). Process-wide state, touched by the loop thread
+ * only; every recording call is O(series) and never fails loudly (a series
+ * that cannot be allocated is simply not counted).
+ * SPDX-License-Identifier: MIT */
+#ifndef CORE_METRICS_H
+#define CORE_METRICS_H
+
+#include <stdint.h>
+
+#include "util.h"
+
+/* An inbound request stored as a new event from source. */
+void metrics_event_received(const char *source);
+
+/* An inbound request answered with an error, or a duplicate (reason
+ * "duplicate"); source is NULL when no source matched. */
+void metrics_event_rejected(const char *source, const char *reason);
+
+/* One delivery attempt to endpoint (of an event of type; may be NULL)
+ * stored with the delivery's new status ("delivered", "failed", "pending" =
+ * a retry is scheduled, "held"); latency_ms < 0 when no request was made. */
+void metrics_attempt(const char *endpoint, const char *type, const char *status,
+                     int64_t latency_ms);
+
+/* A routing that ended in rule_error. */
+void metrics_rule_error(void);
+
+/* One group commit that took ms. */
+void metrics_store_commit(int64_t ms);
+
+/* Appends every metric to b in the text format. Returns 0 or -1 (OOM). */
+int metrics_render(struct util_buf *b);
+
+/* Forgets everything (for tests). */
+void metrics_reset(void);
+
+#endif

@@ -1,0 +1,243 @@
+/* subs.c -- the subscription registry (see subs.h).
+ * SPDX-License-Identifier: MIT */
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "subs.h"
+#include "util.h"
+#include "verify.h"
+
+struct subs {
+    struct subs_entry **v;
+    size_t n, cap;
+    struct config_extra hook;
+};
+
+/* The default retry preset (atoship): 0, 1m, 5m, 30m, 2h, 6h. */
+static const int64_t subs_retry[] = {0, 60000, 300000, 1800000, 7200000, 21600000};
+
+static void subs_entry_free(struct subs_entry *e) {
+    if (!e)
+        return;
+    free(e->id);
+    free(e->event);
+    free(e->pattern);
+    free(e->url);
+    if (e->ep.secrets) {
+        free(e->ep.secrets[0].key);
+        free(e->ep.secrets);
+    }
+    free(e->ep.retry_ms);
+    free(e->secret);
+    free(e);
+}
+
+int subs_glob_match(const char *p, const char *t) {
+    while (*p) {
+        if (*p == '*') {
+            while (*p == '*')
+                p++;
+            if (!*p)
+                return 1;
+            for (; *t; t++)
+                if (subs_glob_match(p, t))
+                    return 1;
+            return 0;
+        }
+        if (*p != *t)
+            return 0;
+        p++;
+        t++;
+    }
+    return *t == '\0';
+}
+
+int subs_pattern(const char *event, char *out, size_t outlen, char *err, size_t errlen) {
+    static const char *const alias[][2] = {
+        {"track", "tracking.*"},
+        {"batch", "batch.completed"},
+        {"rate", "rate.updated"},
+        {"carrier_connected", "carrier.connected"},
+        {"sales_orders_imported", "order.imported"},
+        {"order_source_refresh_complete", "store.refreshed"},
+    };
+    size_t len = event ? strlen(event) : 0;
+
+    for (size_t i = 0; event && i < sizeof alias / sizeof alias[0]; i++) {
+        if (strcmp(event, alias[i][0]) == 0) {
+            snprintf(out, outlen, "%s", alias[i][1]);
+            return 0;
+        }
+    }
+    /* A waybill type or glob: dotted lower-case words, '*' anywhere. */
+    if (len == 0 || len >= outlen || len > 128 || (strcmp(event, "*") != 0 && !strchr(event, '.')))
+        goto bad;
+    for (const char *c = event; *c; c++)
+        if (!((*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') || *c == '_' || *c == '.' ||
+              *c == '*' || *c == '-'))
+            goto bad;
+    memcpy(out, event, len + 1);
+    return 0;
+bad:
+    snprintf(err, errlen,
+             "event must be a waybill type or glob (e.g. \"tracking.*\") or a ShipEngine event "
+             "(track, batch, rate, carrier_connected, sales_orders_imported, "
+             "order_source_refresh_complete)");
+    return -1;
+}
+
+const struct subs_entry *subs_find(const struct subs *subs, const char *id) {
+    for (size_t i = 0; subs && id && i < subs->n; i++)
+        if (strcmp(subs->v[i]->id, id) == 0)
+            return subs->v[i];
+    return NULL;
+}
+
+const struct subs_entry *subs_find_pattern(const struct subs *subs, const char *pattern) {
+    for (size_t i = 0; subs && pattern && i < subs->n; i++)
+        if (strcmp(subs->v[i]->pattern, pattern) == 0)
+            return subs->v[i];
+    return NULL;
+}
+
+static const struct config_endpoint *subs_by_name(void *arg, const char *name) {
+    const struct subs_entry *e = strncmp(name, "sub_", 4) == 0 ? subs_find(arg, name) : NULL;
+    return e ? &e->ep : NULL;
+}
+
+static void subs_matching(void *arg, const char *type, void (*emit)(void *ctx, const char *name),
+                          void *ctx) {
+    const struct subs *subs = arg;
+    for (size_t i = 0; i < subs->n; i++)
+        if (subs_glob_match(subs->v[i]->pattern, type))
+            emit(ctx, subs->v[i]->id);
+}
+
+int subs_add(struct subs *subs, const struct store_sub *sub) {
+    struct subs_entry *e = calloc(1, sizeof *e);
+    size_t keylen = 0;
+
+    if (!e)
+        return -1;
+    e->id = util_strdup(sub->id);
+    e->event = util_strdup(sub->event);
+    e->pattern = util_strdup(sub->pattern);
+    e->url = util_strdup(sub->url);
+    e->secret = util_strdup(sub->secret);
+    e->created_at = sub->created_at;
+    e->ep.secrets = calloc(1, sizeof *e->ep.secrets);
+    e->ep.retry_ms = malloc(sizeof subs_retry);
+    if (!e->id || !e->event || !e->pattern || !e->url || !e->secret || !e->ep.secrets ||
+        !e->ep.retry_ms)
+        goto fail;
+    e->ep.secrets[0].key = verify_whsec_decode(sub->secret, &keylen);
+    if (!e->ep.secrets[0].key)
+        goto fail;
+    e->ep.secrets[0].len = keylen;
+    e->ep.nsecrets = 1;
+    memcpy(e->ep.retry_ms, subs_retry, sizeof subs_retry);
+    e->ep.nretry = sizeof subs_retry / sizeof subs_retry[0];
+    e->ep.name = e->id;
+    e->ep.url = e->url;
+    e->ep.sign = SIGN_STANDARD;
+    e->ep.timeout_ms = 5000;
+    e->ep.jitter = 1;
+    e->ep.concurrency = 16;
+    e->ep.max_batch = 1000;
+    e->ep.success = CONFIG_SUCCESS_2XX;
+    e->ep.disable_after_ms = 5LL * 86400 * 1000;
+    e->ep.enabled = 1;
+    if (subs->n == subs->cap) {
+        size_t ncap = subs->cap ? subs->cap * 2 : 8;
+        struct subs_entry **p = realloc(subs->v, ncap * sizeof *p);
+        if (!p)
+            goto fail;
+        subs->v = p;
+        subs->cap = ncap;
+    }
+    subs->v[subs->n++] = e;
+    return 0;
+fail:
+    subs_entry_free(e);
+    return -1;
+}
+
+int subs_set_url(struct subs *subs, const char *id, const char *url) {
+    struct subs_entry *e = (struct subs_entry *)subs_find(subs, id);
+    char *u = util_strdup(url);
+    if (!e || !u) {
+        free(u);
+        return -1;
+    }
+    free(e->url);
+    e->url = e->ep.url = u;
+    return 0;
+}
+
+void subs_remove(struct subs *subs, const char *id) {
+    for (size_t i = 0; i < subs->n; i++) {
+        if (strcmp(subs->v[i]->id, id) == 0) {
+            subs_entry_free(subs->v[i]);
+            memmove(&subs->v[i], &subs->v[i + 1], (subs->n - i - 1) * sizeof subs->v[0]);
+            subs->n--;
+            return;
+        }
+    }
+}
+
+json_t *subs_entry_json(const struct subs_entry *e, int with_secret) {
+    char at[32];
+    json_t *j;
+    util_time_rfc3339(e->created_at, at, sizeof at);
+    j = json_pack("{ssssssss}", "webhook_id", e->id, "url", e->url, "event", e->event,
+                  "created_at", at);
+    if (j && with_secret)
+        json_object_set_new(j, "secret", json_string(e->secret));
+    return j;
+}
+
+json_t *subs_list_json(const struct subs *subs) {
+    json_t *arr = json_array();
+    for (size_t i = 0; arr && i < subs->n; i++) {
+        if (json_array_append_new(arr, subs_entry_json(subs->v[i], 0)) < 0) {
+            json_decref(arr);
+            return NULL;
+        }
+    }
+    return arr;
+}
+
+static void subs_load_one(void *arg, const struct store_sub *sub) {
+    if (subs_add(arg, sub) < 0)
+        log_msg(LOG_ERROR, "subscription %s could not be loaded", sub->id);
+}
+
+struct subs *subs_new(struct store *s, char *err, size_t errlen) {
+    struct subs *subs = calloc(1, sizeof *subs);
+
+    if (!subs) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    if (store_subs_load(s, subs_load_one, subs, err, errlen) < 0) {
+        subs_free(subs);
+        return NULL;
+    }
+    subs->hook.by_name = subs_by_name;
+    subs->hook.subscribers = subs_matching;
+    subs->hook.arg = subs;
+    config_set_extra(&subs->hook);
+    return subs;
+}
+
+void subs_free(struct subs *subs) {
+    if (!subs)
+        return;
+    if (subs->hook.arg)
+        config_set_extra(NULL);
+    for (size_t i = 0; i < subs->n; i++)
+        subs_entry_free(subs->v[i]);
+    free(subs->v);
+    free(subs);
+}
