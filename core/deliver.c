@@ -57,6 +57,7 @@ struct deliver_ep {
     int warned;                       /* "not in the config" logged for this config */
     int disabled;                     /* by 410, disable_after or the admin API (stored) */
     int nwaiting;                     /* length of the FIFO */
+    int overflow;                     /* ordered: claimed rows were left out (FIFO full) */
     double tokens;                    /* rate limit bucket (SPEC 7 `rate`) */
     int64_t tokens_at;                /* monotonic ms of the last refill, 0 = full */
     struct deliver_ep *next;
@@ -926,11 +927,42 @@ static void deliver_ep_pump(struct deliver *d, struct deliver_ep *ep) {
     }
 }
 
+static void deliver_take(struct deliver *d, const struct store_delivery *row);
+
+/* An ordered endpoint whose FIFO ran low after rows were left out: claims
+ * its first rows in seq order straight from its index (rows held already
+ * are skipped by deliver_take), so the FIFO never has a gap. */
+static void deliver_ep_refill(struct deliver *d, struct deliver_ep *ep) {
+    struct store_delivery *rows = NULL;
+    size_t n = 0, i, want;
+    char err[256];
+
+    if (!ep->overflow || ep->nwaiting >= DELIVER_ORDERED_WAITING / 2 || d->stopping ||
+        d->nheld >= DELIVER_MAX_HELD)
+        return;
+    want = DELIVER_ORDERED_WAITING;
+    ep->overflow = 0;
+    if (store_endpoint_claim(d->store, ep->name, 0, util_now_ms(),
+                             d->lease_ms, want, &rows, &n, err, sizeof err) < 0) {
+        log_msg(LOG_WARN, "endpoint %s: claiming in order: %s", ep->name, err);
+        ep->overflow = 1;
+        return;
+    }
+    for (i = 0; i < n; i++)
+        deliver_take(d, &rows[i]); /* sets overflow when more are left out */
+    if (n == want)
+        ep->overflow = 1; /* a full window: there may be more behind it */
+    store_deliveries_free(rows, n);
+}
+
 static void deliver_pump_all(struct deliver *d) {
     struct deliver_ep *ep;
 
-    for (ep = d->eps; ep; ep = ep->next)
+    for (ep = d->eps; ep; ep = ep->next) {
+        if (ep->overflow)
+            deliver_ep_refill(d, ep);
         deliver_ep_pump(d, ep);
+    }
 }
 
 /* ---- claiming ---- */
@@ -958,8 +990,10 @@ static void deliver_take(struct deliver *d, const struct store_delivery *row) {
         deliver_ep_unavailable(d, ep, cep);
         return;
     }
-    if (cep->ordered && ep->nwaiting >= DELIVER_ORDERED_WAITING)
-        return; /* its lease lapses and it is claimed again, in order */
+    if (cep->ordered && ep->nwaiting >= DELIVER_ORDERED_WAITING) {
+        ep->overflow = 1; /* refilled in seq order when the FIFO runs low */
+        return;
+    }
     if (!(x = deliver_xfer_new(d, row, ep))) {
         log_msg(LOG_ERROR, "delivery %s: out of memory; it goes out when its lease ends", row->id);
         return;

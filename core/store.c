@@ -1438,3 +1438,73 @@ done:
     free(ids);
     return ret;
 }
+
+int store_endpoint_claim(struct store *s, const char *name, int64_t after_seq, int64_t now,
+                         int64_t lease_ms, size_t max, struct store_delivery **out, size_t *n,
+                         char *err, size_t errlen) {
+    static const char sql[] =
+        "SELECT seq, id, event_id, endpoint, event_type, content_type, headers,"
+        " payload, attempts, schedule_pos, next_at, created_at FROM deliveries"
+        " INDEXED BY deliveries_ep_pending"
+        " WHERE endpoint = ?1 AND status = 'pending' AND seq > ?2 AND seq <= ?3"
+        " AND (next_at <= ?4 OR lease_until > 0) ORDER BY seq LIMIT ?5";
+    sqlite3_stmt *sel = NULL, *lease = s->st[ST_DLV_LEASE];
+    struct store_delivery *rows = NULL, *r;
+    size_t cnt = 0, i;
+    int rc, oom = 0, ret = -1;
+
+    *out = NULL;
+    *n = 0;
+    if (max == 0)
+        return 0;
+    if (!(rows = calloc(max, sizeof *rows))) {
+        store_err(err, errlen, "store: out of memory");
+        return -1;
+    }
+    if (sqlite3_prepare_v2(s->db, sql, -1, &sel, NULL) != SQLITE_OK || bind_text(sel, 1, name) ||
+        sqlite3_bind_int64(sel, 2, after_seq) || sqlite3_bind_int64(sel, 3, s->committed_dlv_seq) ||
+        sqlite3_bind_int64(sel, 4, now) || sqlite3_bind_int64(sel, 5, (int64_t)max)) {
+        store_err(err, errlen, "store: claim: %s", sqlite3_errmsg(s->db));
+        goto done;
+    }
+    while (cnt < max && (rc = sqlite3_step(sel)) == SQLITE_ROW) {
+        r = &rows[cnt++];
+        r->seq = sqlite3_column_int64(sel, 0);
+        copy_id(r->id, sizeof r->id, sqlite3_column_text(sel, 1));
+        copy_id(r->event_id, sizeof r->event_id, sqlite3_column_text(sel, 2));
+        r->endpoint = col_text(sel, 3, &oom);
+        r->event_type = col_text(sel, 4, &oom);
+        r->content_type = col_text(sel, 5, &oom);
+        r->headers_json = col_text(sel, 6, &oom);
+        r->payload = col_blob(sel, 7, &r->payload_len, &oom);
+        r->attempts = sqlite3_column_int(sel, 8);
+        r->schedule_pos = sqlite3_column_int(sel, 9);
+        r->next_at = sqlite3_column_int64(sel, 10);
+        r->created_at = sqlite3_column_int64(sel, 11);
+        if (oom) {
+            store_err(err, errlen, "store: out of memory");
+            goto done;
+        }
+    }
+    sqlite3_finalize(sel);
+    sel = NULL;
+    if (cnt && group_begin(s, err, errlen) < 0)
+        goto done;
+    for (i = 0; i < cnt; i++) {
+        if (sqlite3_bind_int64(lease, 1, rows[i].seq) ||
+            sqlite3_bind_int64(lease, 2, now + lease_ms) || sqlite3_step(lease) != SQLITE_DONE) {
+            group_fail(s, "claim", err, errlen);
+            stmt_done(lease);
+            goto done;
+        }
+        stmt_done(lease);
+    }
+    *out = rows;
+    *n = cnt;
+    rows = NULL;
+    ret = 0;
+done:
+    sqlite3_finalize(sel);
+    store_deliveries_free(rows, cnt);
+    return ret;
+}

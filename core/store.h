@@ -209,6 +209,14 @@ void store_endpoint_states_free(struct store_endpoint_state *e, size_t n);
  * leased or not), INT64_MAX when none. An index lookup. */
 int64_t store_endpoint_head(struct store *s, const char *name);
 
+/* Claims, for an ordered endpoint, up to max of name's pending deliveries
+ * with seq > after_seq in seq order (FIFO), each due or leased (a leased
+ * row not held in memory was dropped by this process: SQLite has one
+ * owner), leasing them for lease_ms. By index. Returns 0 or -1. */
+int store_endpoint_claim(struct store *s, const char *name, int64_t after_seq, int64_t now,
+                         int64_t lease_ms, size_t max, struct store_delivery **out, size_t *n,
+                         char *err, size_t errlen);
+
 /* Retention: deletes, in the open group, up to max events received before
  * before_ms whose deliveries are all delivered (with their deliveries and
  * attempts), walking by seq from *cursor, which it advances past what it

@@ -267,6 +267,16 @@ def test_ordered_endpoint_delivers_fifo_while_first_attempts_fail():
     assert firsts == [sent[0]] * 5, firsts
 
 
+def test_ordered_backlog_larger_than_its_window_stays_in_order_and_flows():
+    sink = wb.Sink()
+    g = gateway(sink.url, ', ordered = true, retry = {"0s", "200ms"}, jitter = false')
+    g.admin("POST", "/api/endpoints/erp/disable")
+    sent = [post(g, "tracking.in_transit", n=i)[1] for i in range(300)]
+    assert g.admin("POST", "/api/endpoints/erp/enable")[0] == 200
+    sink.wait_for_count(300, timeout=20)
+    assert [r.json()["source_id"] for r in sink.requests] == sent
+
+
 def test_concurrency_2_never_exceeded():
     sink = wb.Sink(delay=0.1)
     g = gateway(sink.url, ', concurrency = 2')
