@@ -190,6 +190,7 @@ struct store {
     char fail_msg[256];
     struct store_cb *cbs;
     size_t ncbs, cap;
+    sqlite3_stmt *ep_st[3]; /* endpoint-state statements run per attempt, prepared lazily */
 };
 
 /* ---- small helpers ---- */
@@ -624,6 +625,8 @@ void store_free(struct store *s) {
     event_free(s->commit_ev);
     for (i = 0; i < ST_COUNT_; i++)
         sqlite3_finalize(s->st[i]);
+    for (i = 0; i < 3; i++)
+        sqlite3_finalize(s->ep_st[i]);
     if (sqlite3_close(s->db) != SQLITE_OK)
         log_msg(LOG_ERROR, "store: close: %s", sqlite3_errmsg(s->db));
     free(s->cbs);
@@ -1185,6 +1188,10 @@ int store_delivery_counts(struct store *s, struct store_counts *c) {
 
 /* ---- endpoint state ---- */
 
+static int64_t store_exec_stmt(struct store *s, const char *what, sqlite3_stmt *st,
+                               const char *name, int64_t a, int64_t b, const char *text,
+                               char *err, size_t errlen);
+
 /* Runs sql (bound by the caller through bind) inside the open group.
  * Returns the number of rows changed, or -1 with a reason. */
 static int64_t store_exec_write(struct store *s, const char *what, const char *sql,
@@ -1195,7 +1202,21 @@ static int64_t store_exec_write(struct store *s, const char *what, const char *s
 
     if (group_begin(s, err, errlen) < 0)
         return -1;
-    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK || bind_text(st, 1, name) ||
+    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK)
+        st = NULL;
+    changed = store_exec_stmt(s, what, st, name, a, b, text, err, errlen);
+    sqlite3_finalize(st);
+    return changed;
+}
+
+/* Runs st (prepared, or NULL when preparing failed) bound with ?1 name,
+ * ?2 a, ?3 b, ?4 text; resets it. Returns rows changed or -1. */
+static int64_t store_exec_stmt(struct store *s, const char *what, sqlite3_stmt *st,
+                               const char *name, int64_t a, int64_t b, const char *text,
+                               char *err, size_t errlen) {
+    int64_t changed = -1;
+
+    if (!st || bind_text(st, 1, name) ||
         sqlite3_bind_int64(st, 2, a) || sqlite3_bind_int64(st, 3, b) || bind_text(st, 4, text) ||
         sqlite3_step(st) != SQLITE_DONE) {
         group_fail(s, what, err, errlen);
@@ -1203,7 +1224,8 @@ static int64_t store_exec_write(struct store *s, const char *what, const char *s
     }
     changed = sqlite3_changes(s->db);
 done:
-    sqlite3_finalize(st);
+    if (st)
+        stmt_done(st);
     return changed;
 }
 
@@ -1219,25 +1241,34 @@ int store_endpoint_attempt(struct store *s, const char *name, int ok, const char
         " ON CONFLICT(name) DO UPDATE SET failed = failed + 1, last_error = ?4,"
         " last_error_at = ?3,"
         " first_failure_at = CASE WHEN first_failure_at = 0 THEN ?2 ELSE first_failure_at END";
-    sqlite3_stmt *st = NULL;
-    int rc = -1;
+    static const char get_sql[] = "SELECT first_failure_at FROM endpoint_state WHERE name = ?1";
+    const char *sqls[3] = {ok_sql, fail_sql, get_sql};
+    sqlite3_stmt *st;
+    int rc = -1, i;
 
     *first_failure_at = 0;
-    if (store_exec_write(s, "endpoint state", ok ? ok_sql : fail_sql, name, now, now,
-                         ok ? NULL : (error ? error : "failed"), err, errlen) < 0)
+    for (i = 0; i < 3; i++)
+        if (!s->ep_st[i] && sqlite3_prepare_v3(s->db, sqls[i], -1, SQLITE_PREPARE_PERSISTENT,
+                                               &s->ep_st[i], NULL) != SQLITE_OK) {
+            store_err(err, errlen, "store: endpoint state: %s", sqlite3_errmsg(s->db));
+            return -1;
+        }
+    if (group_begin(s, err, errlen) < 0)
+        return -1;
+    if (store_exec_stmt(s, "endpoint state", s->ep_st[ok ? 0 : 1], name, now, now,
+                        ok ? NULL : (error ? error : "failed"), err, errlen) < 0)
         return -1;
     if (ok)
         return 0;
-    if (sqlite3_prepare_v2(s->db, "SELECT first_failure_at FROM endpoint_state WHERE name = ?1",
-                           -1, &st, NULL) != SQLITE_OK ||
-        bind_text(st, 1, name) || sqlite3_step(st) != SQLITE_ROW) {
+    st = s->ep_st[2];
+    if (bind_text(st, 1, name) || sqlite3_step(st) != SQLITE_ROW) {
         store_err(err, errlen, "store: endpoint state: %s", sqlite3_errmsg(s->db));
         goto done;
     }
     *first_failure_at = sqlite3_column_int64(st, 0);
     rc = 0;
 done:
-    sqlite3_finalize(st);
+    stmt_done(st);
     return rc;
 }
 
