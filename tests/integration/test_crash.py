@@ -4,6 +4,7 @@ Crash torture (SPEC 7, at-least-once): a steady stream of events while the
 gateway is SIGKILLed at random moments five times and restarted; every event
 answered 200 reaches the sink at least once; duplicates are reported."""
 import random
+import sys
 import threading
 import time
 
@@ -73,5 +74,5 @@ def test_sigkill_during_steady_stream_loses_no_acknowledged_event():
                 message="every acknowledged event delivered")
     ids = delivered_ids()
     dups = len(ids) - len(set(ids))
-    print("crash test: %d events acknowledged, %d deliveries, %d duplicates after %d SIGKILLs"
-          % (len(acked), len(ids), dups, kills))
+    print("  crash torture: %d events acknowledged, %d deliveries, %d duplicates after %d SIGKILLs"
+          % (len(acked), len(ids), dups, kills), file=sys.__stderr__)
