@@ -299,6 +299,13 @@ static void group_fail(struct store *s, const char *what, char *err, size_t errl
 static int group_begin(struct store *s, char *err, size_t errlen) {
     sqlite3_stmt *st = s->st[ST_BEGIN];
     int rc;
+    /* A group whose BEGIN failed wrote nothing; when nobody waits for its
+     * outcome either, a later write may start afresh instead of failing
+     * until the rollback event runs (requests can keep the loop busy). */
+    if (s->failed && !s->in_txn && s->ncbs == 0) {
+        s->failed = 0;
+        s->fail_msg[0] = '\0';
+    }
     if (s->failed) {
         store_err(err, errlen, "store: commit group failed: %s", s->fail_msg);
         return -1;
