@@ -110,6 +110,7 @@ struct deliver {
     void (*done)(void *arg);
     void *done_arg;
     struct event *rate_ev;  /* pumps again when a rate-limited endpoint has a token */
+    int64_t rate_at;        /* monotonic ms rate_ev is due, while pending */
     struct event *prune_ev; /* retention sweep */
     int64_t prune_cursor;   /* events.seq the sweep has looked at */
     int states_loaded;      /* stored endpoint states read */
@@ -803,7 +804,7 @@ static void deliver_finish(struct deliver *d, struct deliver_xfer *x, CURLcode r
         deliver_kick(d); /* the slot is free even though nothing will commit */
     } else {
         deliver_commit_watch(d);
-        if (next_at)
+        if (next_at && strcmp(status, "held") != 0)
             log_msg(LOG_INFO, "delivery %s to %s attempt %d: %s in %" PRId64 " ms, retry in %s",
                     x->row.id, x->row.endpoint, a.n, what, a.latency_ms,
                     deliver_fmt_delay(delay, delay_text, sizeof delay_text));
@@ -892,11 +893,14 @@ static int deliver_ep_take_token(struct deliver *d, struct deliver_ep *ep,
         ep->tokens -= 1.0;
         return 1;
     }
-    wait_ms = (1.0 - ep->tokens) * 1000.0 / cep->rate;
-    tv.tv_sec = (time_t)(wait_ms / 1000);
-    tv.tv_usec = (suseconds_t)((int64_t)(wait_ms + 1) % 1000) * 1000;
-    if (!evtimer_pending(d->rate_ev, NULL))
+    wait_ms = (1.0 - ep->tokens) * 1000.0 / cep->rate + 1;
+    /* one timer for every endpoint: re-armed when this one is due sooner */
+    if (!evtimer_pending(d->rate_ev, NULL) || now + (int64_t)wait_ms < d->rate_at) {
+        tv.tv_sec = (time_t)((int64_t)wait_ms / 1000);
+        tv.tv_usec = (suseconds_t)((int64_t)wait_ms % 1000) * 1000;
+        d->rate_at = now + (int64_t)wait_ms;
         evtimer_add(d->rate_ev, &tv);
+    }
     return 0;
 }
 

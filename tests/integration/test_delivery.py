@@ -288,14 +288,17 @@ def test_concurrency_2_never_exceeded():
 
 
 def test_rate_20_per_second_holds_within_10_percent():
-    sink = wb.Sink()
-    g = gateway(sink.url, ', rate = 20')
+    sink, slow = wb.Sink(), wb.Sink()
+    # a slower rate-limited endpoint beside it must not slow it down
+    g = gateway(sink.url, ', rate = 20', rules='on("*", {"erp", "slow"})',
+                extra=f'endpoint "slow" {{ url = {wb.lua(slow.url)}, secret = {wb.lua(ERP_SECRET)}, rate = 1 }}')
     for i in range(100):
         post(g, "tracking.in_transit", n=i)
     reqs = sink.wait_for_count(65, timeout=10)
     start = reqs[3].mono  # past the initial burst (a tenth of a second)
     n = len([r for r in reqs if start <= r.mono < start + 3.0])
     assert 54 <= n <= 66, n
+    assert 2 <= slow.count <= 6, slow.count
 
 
 # ---- shutdown, SSRF, retention ----------------------------------------------
