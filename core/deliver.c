@@ -1350,6 +1350,9 @@ struct deliver *deliver_new(struct event_base *base, struct store *s, char *err,
         snprintf(err, errlen, "could not create the delivery events");
         goto fail;
     }
+    /* Retention is background work: after every ready request of a turn. */
+    if (event_base_get_npriorities(base) > 1)
+        event_priority_set(d->prune_ev, event_base_get_npriorities(base) - 1);
     if (!(d->multi = curl_multi_init())) {
         snprintf(err, errlen, "curl_multi_init failed");
         goto fail;

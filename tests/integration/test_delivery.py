@@ -324,6 +324,27 @@ def test_sigterm_lets_slow_delivery_finish_and_exits_0():
     assert "exited" not in g.log() or True
 
 
+def test_sigterm_past_grace_keeps_the_delivery_pending_for_the_next_run():
+    sink = wb.Sink([wb.Reply(200, delay=3.0)], default=200)
+    g = gateway(sink.url, shutdown_grace="500ms")
+    evt, _ = post(g)
+    wb.wait_for(lambda: sink.inflight == 1, timeout=5)
+    t0 = time.monotonic()
+    g.send_signal(signal.SIGTERM)
+    assert g.proc.wait(10) == 0
+    assert time.monotonic() - t0 < 2.5
+    db = sqlite3.connect(g.path("waybill.db"))
+    try:
+        rows = db.execute("SELECT id, status FROM deliveries").fetchall()
+    finally:
+        db.close()
+    assert len(rows) == 1 and rows[0][1] == "pending", rows
+    g.restart()
+    ev = g.wait_event(evt, lambda e: delivery(e)["status"] == "delivered", timeout=8)
+    assert delivery(ev)["id"] == rows[0][0]
+    assert sink.requests[-1].headers["x-waybill-delivery"] == rows[0][0]
+
+
 def test_ssrf_guard_refuses_loopback_unless_allowed():
     sink = wb.Sink()
     g = gateway(sink.url, ', retry = {"0s", "5s"}',
