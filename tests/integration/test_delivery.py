@@ -409,3 +409,39 @@ def test_million_pending_backlog_keeps_ingest_and_delivery_fast():
     print("  backlog of 1e6 built in %.1fs; ingest p50 %.1f ms, max %.1f ms"
           % (built, lat[50] * 1000, lat[-1] * 1000), file=sys.__stderr__)
     assert lat[50] < 0.1 and lat[95] < 0.5, lat
+
+
+def test_retention_prunes_a_large_backlog_in_batches_while_ingest_flows():
+    sink = wb.Sink()
+    g = gateway(sink.url, retention="1h")
+    g.stop()
+    db = sqlite3.connect(g.path("waybill.db"))
+    old = int(time.time() * 1000) - 2 * 3600 * 1000
+    db.execute("""WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50000)
+                  INSERT INTO events(id, source, source_id, type, status, received_at, data)
+                  SELECT 'evt_old_' || i, 'atoship', 'old-' || i, 'x', 'routed', ?1 + i, '{}' FROM n""",
+               (old,))
+    db.execute("""INSERT INTO deliveries(id, event_id, endpoint, status, payload, next_at, created_at)
+                  SELECT 'dlv_old_' || seq, id, 'erp', 'delivered', '{}', 0, received_at
+                  FROM events WHERE id LIKE 'evt_old_%'""")
+    db.execute("UPDATE deliveries SET status = 'failed' WHERE id = 'dlv_old_7'")  # a dead letter
+    db.commit()
+    db.close()
+    g.start()
+    lat = []
+    for i in range(100):
+        t = time.monotonic()
+        post(g, "tracking.in_transit", n=i)
+        lat.append(time.monotonic() - t)
+    sink.wait_for_count(100, timeout=10)
+
+    def left():
+        c = sqlite3.connect(g.path("waybill.db"))
+        try:
+            return c.execute("SELECT count(*) FROM events WHERE id LIKE 'evt_old_%'").fetchone()[0]
+        finally:
+            c.close()
+    g.wait_for(lambda: left() == 1, timeout=30, message="old delivered events pruned")
+    assert g.event("evt_old_7")["deliveries"][0]["status"] == "failed"
+    lat.sort()
+    assert lat[50] < 0.1 and lat[95] < 0.5, lat
