@@ -847,6 +847,91 @@ static int admin_dispatch_ops(struct admin *adm, struct evhttp_request *req, con
     return 1;
 }
 
+static int admin_ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && !strcmp(s + n - k, suffix);
+}
+
+/* GET /api/endpoints: every configured endpoint with its health (SPEC 8). */
+static void admin_endpoints(struct admin *adm, struct evhttp_request *req) {
+    const struct config *cfg = rules_config(adm->gw->rules);
+    struct store_endpoint_state *st = NULL;
+    size_t n = 0, i, k;
+    char err[256], t1[32], t2[32];
+    json_t *list = json_array();
+
+    if (store_endpoint_states(adm->gw->store, &st, &n, err, sizeof err) < 0) {
+        json_decref(list);
+        server_reply_error(req, 503, "Service Unavailable", err);
+        return;
+    }
+    for (i = 0; i < cfg->nendpoints; i++) {
+        const struct config_endpoint *ep = &cfg->endpoints[i];
+        const struct store_endpoint_state *e = NULL;
+        json_t *rate = json_null(), *o;
+        for (k = 0; k < n; k++)
+            if (!strcmp(st[k].name, ep->name))
+                e = &st[k];
+        if (e && e->ok + e->failed > 0)
+            rate = json_real((double)e->ok / (double)(e->ok + e->failed));
+        if (e && e->disabled_at)
+            util_time_rfc3339(e->disabled_at, t1, sizeof t1);
+        if (e && e->last_error_at)
+            util_time_rfc3339(e->last_error_at, t2, sizeof t2);
+        o = json_pack("{sssssbsbsosIsIsIsIsisbss?ss?ss?ss?}", "name", ep->name, "url", ep->url,
+                      "enabled", ep->enabled && !(e && e->disabled), "disabled",
+                      !ep->enabled || (e && e->disabled), "success_rate", rate, "attempts_ok",
+                      (json_int_t)(e ? e->ok : 0), "attempts_failed",
+                      (json_int_t)(e ? e->failed : 0), "pending", (json_int_t)(e ? e->pending : 0),
+                      "held", (json_int_t)(e ? e->held : 0), "concurrency", ep->concurrency,
+                      "ordered", ep->ordered, "disabled_reason",
+                      !ep->enabled ? "enabled = false in the config" : e ? e->reason : NULL,
+                      "disabled_at", e && e->disabled_at ? t1 : NULL, "last_error",
+                      e ? e->last_error : NULL, "last_error_at", e && e->last_error_at ? t2 : NULL);
+        if (o && ep->rate > 0)
+            json_object_set_new(o, "rate", json_real(ep->rate));
+        json_array_append_new(list, o);
+    }
+    store_endpoint_states_free(st, n);
+    server_reply_json(req, 200, "OK", json_pack("{soss?}", "data", list, "next", NULL));
+}
+
+/* POST /api/endpoints/{name}/enable and .../disable. */
+static void admin_endpoint_switch(struct admin *adm, struct evhttp_request *req, const char *rest) {
+    const struct config *cfg = rules_config(adm->gw->rules);
+    const struct config_endpoint *ep;
+    const char *slash = strchr(rest, '/');
+    char name[256], err[256];
+    int disable;
+
+    if (!slash || (size_t)(slash - rest) >= sizeof name || slash == rest ||
+        (strcmp(slash, "/enable") && strcmp(slash, "/disable"))) {
+        server_reply_error(req, 404, "Not Found", "no such route");
+        return;
+    }
+    memcpy(name, rest, (size_t)(slash - rest));
+    name[slash - rest] = '\0';
+    disable = !strcmp(slash, "/disable");
+    if (!(ep = config_endpoint_by_name(cfg, name))) {
+        server_reply_error(req, 404, "Not Found", "no such endpoint");
+        return;
+    }
+    if (!disable && !ep->enabled) {
+        server_reply_error(req, 409, "Conflict",
+                           "the endpoint has enabled = false in the config; change it and reload");
+        return;
+    }
+    if (deliver_endpoint_set_disabled(adm->gw->deliver, name, disable,
+                                      disable ? "disabled by the admin API" : NULL, err,
+                                      sizeof err) < 0) {
+        server_reply_error(req, 503, "Service Unavailable", err);
+        return;
+    }
+    server_reply_json(req, 200, "OK",
+                      json_pack("{sssb}", "name", name, "disabled",
+                                deliver_endpoint_disabled(adm->gw->deliver, name)));
+}
+
 static void on_admin(struct evhttp_request *req, void *arg) {
     struct admin *adm = arg;
     const struct config *cfg = rules_config(adm->gw->rules);
@@ -872,6 +957,11 @@ static void on_admin(struct evhttp_request *req, void *arg) {
     } else if (strncmp(path, "/api/events/", 12) == 0 && path[12] && !strchr(path + 12, '/') &&
                m == EVHTTP_REQ_GET) {
         admin_event(adm, req, path + 12);
+    } else if (strcmp(path, "/api/endpoints") == 0 && m == EVHTTP_REQ_GET) {
+        admin_endpoints(adm, req);
+    } else if (strncmp(path, "/api/endpoints/", 15) == 0 && m == EVHTTP_REQ_POST &&
+               (admin_ends_with(path, "/enable") || admin_ends_with(path, "/disable"))) {
+        admin_endpoint_switch(adm, req, path + 15);
     } else if (strcmp(path, "/api/reload") == 0 && m == EVHTTP_REQ_POST) {
         admin_reload(adm, req);
     } else if (admin_dispatch_ops(adm, req, path, m)) {

@@ -56,6 +56,11 @@ struct deliver_ep {
     int inflight;                     /* transfers of this endpoint in the multi */
     struct deliver_xfer *head, *tail; /* claimed, waiting for a slot (FIFO) */
     int warned;                       /* "not in the config" logged for this config */
+    int disabled;                     /* by 410, disable_after or the admin API (stored) */
+    int nwaiting;                     /* length of the FIFO */
+    int overflow;                     /* ordered: claimed rows were left out (FIFO full) */
+    double tokens;                    /* rate limit bucket (SPEC 7 `rate`) */
+    int64_t tokens_at;                /* monotonic ms of the last refill, 0 = full */
     struct deliver_ep *next;
 };
 
@@ -106,7 +111,18 @@ struct deliver {
     void (*done)(void *arg);
     void *done_arg;
     struct deliver_probe *probes; /* deliver_probe transfers in flight */
+    struct event *rate_ev;  /* pumps again when a rate-limited endpoint has a token */
+    int64_t rate_at;        /* monotonic ms rate_ev is due, while pending */
+    struct event *prune_ev; /* retention sweep */
+    int64_t prune_cursor;   /* events.seq the sweep has looked at */
+    int states_loaded;      /* stored endpoint states read */
+    deliver_notify_fn notify;
+    void *notify_arg;
 };
+
+#define DELIVER_ORDERED_WAITING 64 /* claimed rows an ordered endpoint keeps queued */
+#define DELIVER_PRUNE_MS 1000      /* retention sweep period */
+#define DELIVER_PRUNE_BATCH 200    /* events deleted per sweep step */
 
 static int deliver_probe_finish(struct deliver *d, CURL *easy, CURLcode res);
 static void deliver_probes_free(struct deliver *d);
@@ -641,6 +657,39 @@ static void deliver_commit_watch(struct deliver *d) {
     d->commit = c;
 }
 
+static struct deliver_ep *deliver_ep_get(struct deliver *d, const char *name);
+
+/* Hands an operational event to the notify hook (which takes data). */
+static void deliver_emit(struct deliver *d, const char *type, json_t *data) {
+    if (!data)
+        return;
+    if (d->notify)
+        d->notify(d->notify_arg, type, data);
+    else
+        json_decref(data);
+}
+
+/* Disables ep in the open group (its pending deliveries become held) and
+ * announces it. Returns 0 or -1 (logged). */
+static int deliver_ep_disable(struct deliver *d, struct deliver_ep *ep, const char *reason) {
+    char err[256];
+    int64_t moved = 0;
+
+    if (store_endpoint_set_disabled(d->store, ep->name, 1, reason, util_now_ms(), &moved, err,
+                                    sizeof err) < 0) {
+        log_msg(LOG_ERROR, "endpoint %s: could not be disabled (%s): %s", ep->name, reason, err);
+        return -1;
+    }
+    ep->disabled = 1;
+    ep->warned = 0;
+    log_msg(LOG_WARN, "endpoint %s disabled: %s; %" PRId64 " deliveries held until it is enabled",
+            ep->name, reason, moved);
+    deliver_emit(d, "waybill.endpoint.disabled",
+                 json_pack("{sssssI}", "endpoint", ep->name, "reason", reason, "held",
+                           (json_int_t)moved));
+    return 0;
+}
+
 /* Records the outcome of x's attempt (SPEC section 7) and frees x. res is
  * curl's result when x was started; otherwise start_err says why it could
  * not be. */
@@ -690,9 +739,7 @@ static void deliver_finish(struct deliver *d, struct deliver_xfer *x, CURLcode r
         why = " (no retry after 406)";
         break;
     case DELIVER_GONE:
-        /* SPEC 7 also disables the endpoint on 410; this module only fails
-         * the delivery. */
-        status = "failed";
+        status = "failed"; /* and the endpoint is disabled, below */
         why = " (410 Gone)";
         break;
     case DELIVER_RETRY:
@@ -716,6 +763,38 @@ static void deliver_finish(struct deliver *d, struct deliver_xfer *x, CURLcode r
         break;
     }
 
+    /* Endpoint health: a 410, or failing every attempt for disable_after,
+     * disables it; a delivery of a disabled endpoint waits as held. */
+    if (cep) {
+        int64_t first = 0;
+        char reason[160];
+        if (store_endpoint_attempt(d->store, x->row.endpoint, outcome == DELIVER_DELIVERED,
+                                   a.error, now, &first, err, sizeof err) < 0)
+            log_msg(LOG_WARN, "endpoint %s: health not stored: %s", x->row.endpoint, err);
+        if (!x->ep->disabled && outcome == DELIVER_GONE) {
+            snprintf(reason, sizeof reason, "answered 410 Gone");
+            deliver_ep_disable(d, x->ep, reason);
+        } else if (!x->ep->disabled && first && cep->disable_after_ms > 0 &&
+                   now - first >= cep->disable_after_ms) {
+            snprintf(reason, sizeof reason, "every attempt failed for %s",
+                     deliver_fmt_delay(now - first, delay_text, sizeof delay_text));
+            deliver_ep_disable(d, x->ep, reason);
+        }
+        if (x->ep->disabled && !strcmp(status, "pending")) {
+            status = "held";
+            next_at = now;
+        }
+    }
+    /* The dead letter is announced; not for waybill's own events, so an
+     * alert endpoint that fails cannot feed itself. */
+    if (!strcmp(status, "failed") &&
+        !(x->row.event_type && !strncmp(x->row.event_type, "waybill.", 8)))
+        deliver_emit(d, "waybill.delivery.failed",
+                     json_pack("{sssssssssisiss?}", "delivery_id", x->row.id, "event_id",
+                               x->row.event_id, "endpoint", x->row.endpoint, "event_type",
+                               x->row.event_type ? x->row.event_type : "", "attempts", a.n,
+                               "status_code", a.status_code, "error", a.error));
+
     if (!x->easy)
         snprintf(what, sizeof what, "not sent (%s)", a.error);
     else if (res != CURLE_OK)
@@ -731,7 +810,7 @@ static void deliver_finish(struct deliver *d, struct deliver_xfer *x, CURLcode r
     } else {
         deliver_commit_watch(d);
         metrics_attempt(x->row.endpoint, x->row.event_type, status, x->easy ? a.latency_ms : -1);
-        if (next_at)
+        if (next_at && strcmp(status, "held") != 0)
             log_msg(LOG_INFO, "delivery %s to %s attempt %d: %s in %" PRId64 " ms, retry in %s",
                     x->row.id, x->row.endpoint, a.n, what, a.latency_ms,
                     deliver_fmt_delay(delay, delay_text, sizeof delay_text));
@@ -782,6 +861,7 @@ static struct deliver_xfer *deliver_ep_pop(struct deliver_ep *ep) {
         if (!ep->head)
             ep->tail = NULL;
         x->qnext = NULL;
+        ep->nwaiting--;
     }
     return x;
 }
@@ -794,6 +874,42 @@ static void deliver_ep_drop(struct deliver *d, struct deliver_ep *ep) {
         deliver_xfer_free(d, x);
 }
 
+/* Rate limit (SPEC 7 `rate`): a token bucket holding up to a tenth of a
+ * second's worth (at least one). Returns 1 and takes a token, or 0 and arms
+ * rate_ev for when the next one is there. */
+static int deliver_ep_take_token(struct deliver *d, struct deliver_ep *ep,
+                                 const struct config_endpoint *cep) {
+    double cap, wait_ms;
+    int64_t now;
+    struct timeval tv;
+
+    if (cep->rate <= 0)
+        return 1;
+    cap = cep->rate / 10.0 < 1.0 ? 1.0 : cep->rate / 10.0;
+    now = util_mono_ms();
+    if (!ep->tokens_at) {
+        ep->tokens = cap;
+    } else {
+        ep->tokens += (double)(now - ep->tokens_at) * cep->rate / 1000.0;
+        if (ep->tokens > cap)
+            ep->tokens = cap;
+    }
+    ep->tokens_at = now;
+    if (ep->tokens >= 1.0) {
+        ep->tokens -= 1.0;
+        return 1;
+    }
+    wait_ms = (1.0 - ep->tokens) * 1000.0 / cep->rate + 1;
+    /* one timer for every endpoint: re-armed when this one is due sooner */
+    if (!evtimer_pending(d->rate_ev, NULL) || now + (int64_t)wait_ms < d->rate_at) {
+        tv.tv_sec = (time_t)((int64_t)wait_ms / 1000);
+        tv.tv_usec = (suseconds_t)((int64_t)wait_ms % 1000) * 1000;
+        d->rate_at = now + (int64_t)wait_ms;
+        evtimer_add(d->rate_ev, &tv);
+    }
+    return 0;
+}
+
 /* Starts ep's waiting deliveries while it has free slots. */
 static void deliver_ep_pump(struct deliver *d, struct deliver_ep *ep) {
     const struct config_endpoint *cep;
@@ -803,23 +919,60 @@ static void deliver_ep_pump(struct deliver *d, struct deliver_ep *ep) {
     if (!ep->head || d->stopping)
         return;
     cep = deliver_endpoint(d, ep->name);
-    if (!cep || !cep->enabled) {
+    if (!cep || !cep->enabled || ep->disabled) {
         deliver_ep_unavailable(d, ep, cep);
         deliver_ep_drop(d, ep);
         return;
     }
     while (ep->head && ep->inflight < deliver_endpoint_limit(cep)) {
+        /* ordered: only the endpoint's oldest pending delivery may go; when
+         * that one waits for a retry, the endpoint waits with it */
+        if (cep->ordered && store_endpoint_head(d->store, ep->name) != ep->head->row.seq)
+            break;
+        if (!deliver_ep_take_token(d, ep, cep))
+            break;
         x = deliver_ep_pop(ep);
         if (deliver_xfer_start(d, x, cep, err, sizeof err) != 0)
             deliver_finish(d, x, CURLE_OK, err); /* recorded as a failed attempt */
     }
 }
 
+static void deliver_take(struct deliver *d, const struct store_delivery *row);
+
+/* An ordered endpoint whose FIFO ran low after rows were left out: claims
+ * its first rows in seq order straight from its index (rows held already
+ * are skipped by deliver_take), so the FIFO never has a gap. */
+static void deliver_ep_refill(struct deliver *d, struct deliver_ep *ep) {
+    struct store_delivery *rows = NULL;
+    size_t n = 0, i, want;
+    char err[256];
+
+    if (!ep->overflow || ep->nwaiting >= DELIVER_ORDERED_WAITING / 2 || d->stopping ||
+        d->nheld >= DELIVER_MAX_HELD)
+        return;
+    want = DELIVER_ORDERED_WAITING;
+    ep->overflow = 0;
+    if (store_endpoint_claim(d->store, ep->name, 0, util_now_ms(),
+                             d->lease_ms, want, &rows, &n, err, sizeof err) < 0) {
+        log_msg(LOG_WARN, "endpoint %s: claiming in order: %s", ep->name, err);
+        ep->overflow = 1;
+        return;
+    }
+    for (i = 0; i < n; i++)
+        deliver_take(d, &rows[i]); /* sets overflow when more are left out */
+    if (n == want)
+        ep->overflow = 1; /* a full window: there may be more behind it */
+    store_deliveries_free(rows, n);
+}
+
 static void deliver_pump_all(struct deliver *d) {
     struct deliver_ep *ep;
 
-    for (ep = d->eps; ep; ep = ep->next)
+    for (ep = d->eps; ep; ep = ep->next) {
+        if (ep->overflow)
+            deliver_ep_refill(d, ep);
         deliver_ep_pump(d, ep);
+    }
 }
 
 /* ---- claiming ---- */
@@ -843,19 +996,36 @@ static void deliver_take(struct deliver *d, const struct store_delivery *row) {
         return;
     }
     cep = deliver_endpoint(d, ep->name);
-    if (!cep || !cep->enabled) {
+    if (!cep || !cep->enabled || ep->disabled) {
         deliver_ep_unavailable(d, ep, cep);
+        return;
+    }
+    if (cep->ordered && ep->nwaiting >= DELIVER_ORDERED_WAITING) {
+        ep->overflow = 1; /* refilled in seq order when the FIFO runs low */
         return;
     }
     if (!(x = deliver_xfer_new(d, row, ep))) {
         log_msg(LOG_ERROR, "delivery %s: out of memory; it goes out when its lease ends", row->id);
         return;
     }
-    if (ep->tail)
-        ep->tail->qnext = x;
-    else
+    ep->nwaiting++;
+    if (cep->ordered && ep->head && ep->head->row.seq > x->row.seq) {
+        /* FIFO in ingest order (seq), whatever order the claims came in */
+        x->qnext = ep->head;
         ep->head = x;
-    ep->tail = x;
+    } else if (cep->ordered && ep->tail && ep->tail->row.seq > x->row.seq) {
+        struct deliver_xfer *p = ep->head;
+        while (p->qnext && p->qnext->row.seq < x->row.seq)
+            p = p->qnext;
+        x->qnext = p->qnext;
+        p->qnext = x;
+    } else {
+        if (ep->tail)
+            ep->tail->qnext = x;
+        else
+            ep->head = x;
+        ep->tail = x;
+    }
 }
 
 /* A claim round: claims what is due up to the free capacity, starts what
@@ -1054,6 +1224,107 @@ static void deliver_grace_cb(evutil_socket_t fd, short kind, void *arg) {
     event_active(d->done_ev, EV_TIMEOUT, 1);
 }
 
+/* ---- retention ---- */
+
+static void deliver_prune_cb(evutil_socket_t fd, short kind, void *arg) {
+    struct deliver *d = arg;
+    struct timeval tv = {DELIVER_PRUNE_MS / 1000, (DELIVER_PRUNE_MS % 1000) * 1000};
+    int pruned = 0;
+    char err[256];
+
+    UNUSED(fd);
+    UNUSED(kind);
+    if (d->stopping || !d->cfg)
+        return;
+    if (store_prune(d->store, util_now_ms() - d->cfg->retention_ms, &d->prune_cursor,
+                    DELIVER_PRUNE_BATCH, &pruned, err, sizeof err) < 0)
+        log_msg(LOG_WARN, "retention: %s", err);
+    else if (pruned)
+        log_msg(LOG_DEBUG, "retention: pruned %d delivered events", pruned);
+    if (pruned == DELIVER_PRUNE_BATCH) /* more: next turn, after ingest */
+        tv.tv_sec = tv.tv_usec = 0;
+    evtimer_add(d->prune_ev, &tv);
+}
+
+static void deliver_rate_cb(evutil_socket_t fd, short kind, void *arg) {
+    UNUSED(fd);
+    UNUSED(kind);
+    deliver_pump_all(arg);
+}
+
+/* ---- endpoint state ---- */
+
+/* Reads the stored disabled flags once, so a restart keeps endpoints
+ * disabled. */
+static void deliver_states_load(struct deliver *d) {
+    struct store_endpoint_state *st = NULL;
+    struct deliver_ep *ep;
+    size_t n = 0, i;
+    char err[256];
+
+    if (store_endpoint_states(d->store, &st, &n, err, sizeof err) < 0) {
+        log_msg(LOG_ERROR, "reading endpoint states: %s", err);
+        return;
+    }
+    for (i = 0; i < n; i++)
+        if (st[i].disabled && (ep = deliver_ep_get(d, st[i].name)))
+            ep->disabled = 1;
+    store_endpoint_states_free(st, n);
+    d->states_loaded = 1;
+}
+
+int deliver_endpoint_disabled(const struct deliver *d, const char *name) {
+    const struct deliver_ep *ep;
+
+    for (ep = d ? d->eps : NULL; ep; ep = ep->next)
+        if (!strcmp(ep->name, name))
+            return ep->disabled;
+    return 0;
+}
+
+int deliver_endpoint_set_disabled(struct deliver *d, const char *name, int disabled,
+                                  const char *reason, char *err, size_t errlen) {
+    const struct config_endpoint *cep = deliver_endpoint(d, name);
+    struct deliver_ep *ep;
+    int64_t moved = 0;
+
+    if (!cep) {
+        snprintf(err, errlen, "no endpoint '%s' in the config", name);
+        return -1;
+    }
+    if (!(ep = deliver_ep_get(d, name))) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    if (disabled) {
+        if (ep->disabled)
+            return 0;
+        if (deliver_ep_disable(d, ep, reason ? reason : "disabled by the admin API") < 0) {
+            snprintf(err, errlen, "the store could not record it");
+            return -1;
+        }
+        deliver_ep_drop(d, ep);
+        return 0;
+    }
+    if (!ep->disabled)
+        return 0;
+    if (store_endpoint_set_disabled(d->store, name, 0, NULL, util_now_ms(), &moved, err,
+                                    errlen) < 0)
+        return -1;
+    ep->disabled = 0;
+    ep->warned = 0;
+    log_msg(LOG_INFO, "endpoint %s enabled: %" PRId64 " held deliveries go out", name, moved);
+    deliver_emit(d, "waybill.endpoint.enabled",
+                 json_pack("{sssI}", "endpoint", name, "released", (json_int_t)moved));
+    deliver_commit_watch(d); /* claim them once committed */
+    return 0;
+}
+
+void deliver_set_notify(struct deliver *d, deliver_notify_fn fn, void *arg) {
+    d->notify = fn;
+    d->notify_arg = arg;
+}
+
 /* ---- public ---- */
 
 struct deliver *deliver_new(struct event_base *base, struct store *s, char *err, size_t errlen) {
@@ -1080,10 +1351,16 @@ struct deliver *deliver_new(struct event_base *base, struct store *s, char *err,
     d->due_ev = evtimer_new(base, deliver_kick_cb, d);
     d->grace_ev = evtimer_new(base, deliver_grace_cb, d);
     d->done_ev = event_new(base, -1, 0, deliver_done_cb, d);
-    if (!d->curl_timer || !d->kick_ev || !d->due_ev || !d->grace_ev || !d->done_ev) {
+    d->rate_ev = evtimer_new(base, deliver_rate_cb, d);
+    d->prune_ev = evtimer_new(base, deliver_prune_cb, d);
+    if (!d->curl_timer || !d->kick_ev || !d->due_ev || !d->grace_ev || !d->done_ev ||
+        !d->rate_ev || !d->prune_ev) {
         snprintf(err, errlen, "could not create the delivery events");
         goto fail;
     }
+    /* Retention is background work: after every ready request of a turn. */
+    if (event_base_get_npriorities(base) > 1)
+        event_priority_set(d->prune_ev, event_base_get_npriorities(base) - 1);
     if (!(d->multi = curl_multi_init())) {
         snprintf(err, errlen, "curl_multi_init failed");
         goto fail;
@@ -1107,7 +1384,25 @@ void deliver_set_config(struct deliver *d, const struct config *cfg) {
     int64_t longest = 0;
     size_t i;
 
+    /* An endpoint the old config had `enabled = false` and this one enables:
+     * its held deliveries go out (unless it is disabled in the store too). */
+    for (i = 0; cfg && d->cfg && i < cfg->nendpoints; i++) {
+        const struct config_endpoint *was = config_endpoint_by_name(d->cfg, cfg->endpoints[i].name);
+        char err[256];
+        if (was && !was->enabled && cfg->endpoints[i].enabled &&
+            !deliver_endpoint_disabled(d, cfg->endpoints[i].name) &&
+            store_endpoint_set_disabled(d->store, cfg->endpoints[i].name, 0, NULL, util_now_ms(),
+                                        NULL, err, sizeof err) < 0)
+            log_msg(LOG_ERROR, "endpoint %s: releasing held deliveries: %s",
+                    cfg->endpoints[i].name, err);
+    }
     d->cfg = cfg;
+    if (!d->states_loaded)
+        deliver_states_load(d);
+    if (cfg && !evtimer_pending(d->prune_ev, NULL)) {
+        struct timeval tv = {DELIVER_PRUNE_MS / 1000, (DELIVER_PRUNE_MS % 1000) * 1000};
+        evtimer_add(d->prune_ev, &tv);
+    }
     for (i = 0; cfg && i < cfg->nendpoints; i++)
         if (cfg->endpoints[i].timeout_ms > longest)
             longest = cfg->endpoints[i].timeout_ms;
@@ -1115,7 +1410,7 @@ void deliver_set_config(struct deliver *d, const struct config *cfg) {
     if (d->lease_ms < DELIVER_LEASE_MIN_MS)
         d->lease_ms = DELIVER_LEASE_MIN_MS;
     for (pp = &d->eps; (ep = *pp);) {
-        if (!ep->inflight && !ep->head) { /* idle: forget it */
+        if (!ep->inflight && !ep->head && !ep->disabled) { /* idle: forget it */
             *pp = ep->next;
             free(ep->name);
             free(ep);
@@ -1159,7 +1454,7 @@ void deliver_shutdown(struct deliver *d, int64_t grace_ms, void (*done)(void *ar
 }
 
 void deliver_free(struct deliver *d) {
-    struct event *evs[5];
+    struct event *evs[7];
     size_t i;
 
     if (!d)
@@ -1183,7 +1478,9 @@ void deliver_free(struct deliver *d) {
     evs[2] = d->due_ev;
     evs[3] = d->grace_ev;
     evs[4] = d->done_ev;
-    for (i = 0; i < 5; i++)
+    evs[5] = d->rate_ev;
+    evs[6] = d->prune_ev;
+    for (i = 0; i < 7; i++)
         if (evs[i])
             event_free(evs[i]);
     if (d->curl_inited)

@@ -10,6 +10,7 @@
 #define CORE_DELIVER_H
 
 #include <stdint.h>
+#include <jansson.h>
 
 #include "config.h"
 #include "store.h"
@@ -57,6 +58,25 @@ void deliver_shutdown(struct deliver *d, int64_t grace_ms, void (*done)(void *ar
 
 /* Aborts every transfer and frees; NULL is a no-op. */
 void deliver_free(struct deliver *d);
+
+/* ---- endpoint state (SPEC section 7) ---- */
+
+/* 1 when name was disabled by a 410, disable_after or the admin API (and
+ * not enabled since), else 0. Deliveries routed to it are created held. */
+int deliver_endpoint_disabled(const struct deliver *d, const char *name);
+
+/* Disables (reason may be NULL) or enables name, in the open group: its
+ * pending deliveries become held, or its held ones pending and due now.
+ * Emits waybill.endpoint.disabled / .enabled. Doing what is already so is
+ * a no-op. Returns 0, or -1 with a reason (unknown endpoint, store error). */
+int deliver_endpoint_set_disabled(struct deliver *d, const char *name, int disabled,
+                                  const char *reason, char *err, size_t errlen);
+
+/* Operational events (waybill.delivery.failed, waybill.endpoint.disabled,
+ * waybill.endpoint.enabled) go to fn(arg, type, data) from the loop; fn
+ * takes the reference to data. NULL fn: dropped. */
+typedef void (*deliver_notify_fn)(void *arg, const char *type, json_t *data);
+void deliver_set_notify(struct deliver *d, deliver_notify_fn fn, void *arg);
 
 /* ---- pure helpers (exposed for the unit tests) ---- */
 

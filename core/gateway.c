@@ -4,12 +4,17 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <jansson.h>
+
 #include "config.h"
 #include "deliver.h"
 #include "gateway.h"
 #include "log.h"
+#include "route.h"
 #include "rules.h"
 #include "server.h"
+#include "store.h"
+#include "util.h"
 
 static int differs(const char *a, const char *b) {
     if (!a || !b)
@@ -26,6 +31,7 @@ int gateway_reload(struct gateway *gw, char *err, size_t errlen) {
         gw->reload_failures++;
         snprintf(gw->reload_error, sizeof gw->reload_error, "%s", err);
         log_msg(LOG_ERROR, "reload failed, keeping the current rules: %s", err);
+        gateway_emit(gw, "waybill.reload.failed", json_pack("{ss}", "error", err));
         return -1;
     }
     old = rules_config(gw->rules);
@@ -49,3 +55,50 @@ int gateway_reload(struct gateway *gw, char *err, size_t errlen) {
     return 0;
 }
 
+
+void gateway_emit(void *arg, const char *type, json_t *data) {
+    struct gateway *gw = arg;
+    struct store_event ev = {0};
+    char id[UTIL_ID_MAX], err[256], created[32];
+    char *data_json = NULL, *raw = NULL;
+    json_t *whole = NULL;
+    int64_t now = util_now_ms();
+
+    if (!gw->store || !gw->route || !data)
+        goto done;
+    util_id_new("evt_", id, sizeof id);
+    util_time_rfc3339(now, created, sizeof created);
+    data_json = json_dumps(data, JSON_COMPACT);
+    whole = json_pack("{sssssssO}", "id", id, "type", type, "created_at", created, "data", data);
+    raw = whole ? json_dumps(whole, JSON_COMPACT) : NULL;
+    if (!data_json || !raw) {
+        log_msg(LOG_ERROR, "%s: out of memory; not emitted", type);
+        goto done;
+    }
+    ev.id = id;
+    ev.source = "waybill";
+    ev.source_id = id;
+    ev.type = type;
+    ev.created_at = created;
+    ev.received_at = now;
+    ev.raw = raw;
+    ev.raw_len = strlen(raw);
+    ev.headers_json = "{}";
+    ev.data_json = data_json;
+    ev.status = "received";
+    if (store_event_put(gw->store, &ev, NULL, 0, err, sizeof err) != 0) {
+        log_msg(LOG_ERROR, "%s: not stored: %s", type, err);
+        goto done;
+    }
+    /* Routed in the same group: both commit or neither (recovery routes
+     * it again if only the event made it). */
+    struct rules_input in = {id, "waybill", id, type, created, now, data_json, raw, ev.raw_len,
+                             "{}"};
+    route_event(gw->route, &in);
+    log_msg(LOG_INFO, "event %s: %s", id, type);
+done:
+    free(data_json);
+    free(raw);
+    json_decref(whole);
+    json_decref(data);
+}

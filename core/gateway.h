@@ -8,6 +8,7 @@
 #define CORE_GATEWAY_H
 
 #include <stdint.h>
+#include <jansson.h>
 
 #define WAYBILL_VERSION "0.1.0"
 
@@ -39,5 +40,11 @@ struct gateway {
  * (main.c). On failure the old one stays, the error is kept in
  * reload_error and copied to err; returns 0 or -1. */
 int gateway_reload(struct gateway *gw, char *err, size_t errlen);
+
+/* Stores and routes one of waybill's own events (SPEC section 7: source
+ * "waybill", type e.g. "waybill.delivery.failed") in the open group. arg is
+ * the gateway (the shape of deliver_notify_fn); takes the reference to
+ * data. Failures are logged. */
+void gateway_emit(void *arg, const char *type, json_t *data);
 
 #endif

@@ -142,6 +142,7 @@ static int serve(const char *config_path) {
         goto done;
     }
     deliver_set_config(gw.deliver, cfg);
+    deliver_set_notify(gw.deliver, gateway_emit, &gw);
     gw.route = route_new(&gw);
     if (!gw.route) {
         fprintf(stderr, "waybill: out of memory\n");

@@ -84,7 +84,9 @@ void route_event(struct route *rt, const struct rules_input *ev) {
         dels[n].payload_len = s->payload_len;
         dels[n].content_type = s->content_type;
         dels[n].headers_json = s->headers_json;
-        dels[n].status = ep->enabled ? "pending" : "held";
+        dels[n].status = ep->enabled && !deliver_endpoint_disabled(rt->gw->deliver, ep->name)
+                             ? "pending"
+                             : "held";
         dels[n].next_at = now + (ep->nretry ? ep->retry_ms[0] : 0);
         n++;
     }

@@ -1468,6 +1468,11 @@ static int route_protected(lua_State *L) {
         const struct rules_handler *h = &r->handlers[i];
         if (!glob_match(h->pattern, c->in->type))
             continue;
+        /* waybill's own events (SPEC 7) match only patterns naming them
+         * ("waybill.*"), so a catch-all "*" does not send them to a
+         * merchant's endpoint unasked. */
+        if (!strncmp(c->in->type, "waybill.", 8) && strncmp(h->pattern, "waybill.", 8))
+            continue;
         lua_rawgeti(L, fns, (lua_Integer)i + 1);
         lua_pushvalue(L, ev);
         limits_arm(r, r->cfg->rule_budget, "rule stopped");

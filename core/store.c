@@ -86,6 +86,26 @@ static const char store_schema_sql[] =
     " UPDATE delivery_counts SET n = n - 1 WHERE status = old.status;"
     " END;";
 
+/* Added to stores of any version at open (IF NOT EXISTS): the state of
+ * each endpoint that was ever disabled or attempted (SPEC section 7), and
+ * the per-endpoint indexes that find an ordered endpoint's head and move an
+ * endpoint's deliveries between pending and held without a scan. */
+static const char store_schema_endpoints_sql[] =
+    "CREATE TABLE IF NOT EXISTS endpoint_state ("
+    " name TEXT PRIMARY KEY,"
+    " disabled INTEGER NOT NULL DEFAULT 0,"
+    " disabled_at INTEGER NOT NULL DEFAULT 0,"
+    " reason TEXT,"
+    " last_error TEXT,"
+    " last_error_at INTEGER NOT NULL DEFAULT 0,"
+    " first_failure_at INTEGER NOT NULL DEFAULT 0,"
+    " ok INTEGER NOT NULL DEFAULT 0,"
+    " failed INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;"
+    "CREATE INDEX IF NOT EXISTS deliveries_ep_pending ON deliveries(endpoint, seq)"
+    " WHERE status = 'pending';"
+    "CREATE INDEX IF NOT EXISTS deliveries_ep_held ON deliveries(endpoint, seq)"
+    " WHERE status = 'held';";
+
 /* ---- prepared statements (prepared once at open) ---- */
 
 enum store_stmt {
@@ -175,6 +195,7 @@ struct store {
     char fail_msg[256];
     struct store_cb *cbs;
     size_t ncbs, cap;
+    sqlite3_stmt *ep_st[3]; /* endpoint-state statements run per attempt, prepared lazily */
 };
 
 /* ---- small helpers ---- */
@@ -280,6 +301,13 @@ static void group_fail(struct store *s, const char *what, char *err, size_t errl
 static int group_begin(struct store *s, char *err, size_t errlen) {
     sqlite3_stmt *st = s->st[ST_BEGIN];
     int rc;
+    /* A group whose BEGIN failed wrote nothing; when nobody waits for its
+     * outcome either, a later write may start afresh instead of failing
+     * until the rollback event runs (requests can keep the loop busy). */
+    if (s->failed && !s->in_txn && s->ncbs == 0) {
+        s->failed = 0;
+        s->fail_msg[0] = '\0';
+    }
     if (s->failed) {
         store_err(err, errlen, "store: commit group failed: %s", s->fail_msg);
         return -1;
@@ -540,6 +568,10 @@ struct store *store_open(struct event_base *base, const char *url, const char *b
     }
     if (store_schema(s->db, err, errlen) < 0 || store_admin_schema(s->db, err, errlen) < 0)
         goto fail;
+    if (sqlite3_exec(s->db, store_schema_endpoints_sql, NULL, NULL, NULL) != SQLITE_OK) {
+        store_err(err, errlen, "store: %s: endpoint state: %s", path, sqlite3_errmsg(s->db));
+        goto fail;
+    }
 
     for (i = 0; i < ST_COUNT_; i++) {
         if (sqlite3_prepare_v3(s->db, store_stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i],
@@ -621,6 +653,8 @@ void store_free(struct store *s) {
     event_free(s->commit_ev);
     for (i = 0; i < ST_COUNT_; i++)
         sqlite3_finalize(s->st[i]);
+    for (i = 0; i < 3; i++)
+        sqlite3_finalize(s->ep_st[i]);
     if (sqlite3_close(s->db) != SQLITE_OK)
         log_msg(LOG_ERROR, "store: close: %s", sqlite3_errmsg(s->db));
     free(s->cbs);
@@ -1550,4 +1584,358 @@ int store_subs_load(struct store *s, void (*fn)(void *arg, const struct store_su
         store_err(err, errlen, "store: subscriptions: %s", sqlite3_errmsg(s->db));
     sqlite3_finalize(st);
     return rc == SQLITE_DONE ? 0 : -1;
+}
+
+/* ---- endpoint state ---- */
+
+static int64_t store_exec_stmt(struct store *s, const char *what, sqlite3_stmt *st,
+                               const char *name, int64_t a, int64_t b, const char *text,
+                               char *err, size_t errlen);
+
+/* Runs sql (bound by the caller through bind) inside the open group.
+ * Returns the number of rows changed, or -1 with a reason. */
+static int64_t store_exec_write(struct store *s, const char *what, const char *sql,
+                                const char *name, int64_t a, int64_t b, const char *text,
+                                char *err, size_t errlen) {
+    sqlite3_stmt *st = NULL;
+    int64_t changed = -1;
+
+    if (group_begin(s, err, errlen) < 0)
+        return -1;
+    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK)
+        st = NULL;
+    changed = store_exec_stmt(s, what, st, name, a, b, text, err, errlen);
+    sqlite3_finalize(st);
+    return changed;
+}
+
+/* Runs st (prepared, or NULL when preparing failed) bound with ?1 name,
+ * ?2 a, ?3 b, ?4 text; resets it. Returns rows changed or -1. */
+static int64_t store_exec_stmt(struct store *s, const char *what, sqlite3_stmt *st,
+                               const char *name, int64_t a, int64_t b, const char *text,
+                               char *err, size_t errlen) {
+    int64_t changed = -1;
+
+    if (!st || bind_text(st, 1, name) ||
+        sqlite3_bind_int64(st, 2, a) || sqlite3_bind_int64(st, 3, b) || bind_text(st, 4, text) ||
+        sqlite3_step(st) != SQLITE_DONE) {
+        group_fail(s, what, err, errlen);
+        goto done;
+    }
+    changed = sqlite3_changes(s->db);
+done:
+    if (st)
+        stmt_done(st);
+    return changed;
+}
+
+int store_endpoint_attempt(struct store *s, const char *name, int ok, const char *error,
+                           int64_t now, int64_t *first_failure_at, char *err, size_t errlen) {
+    static const char ok_sql[] =
+        "INSERT INTO endpoint_state(name, ok, first_failure_at) VALUES (?1, 1, 0)"
+        " ON CONFLICT(name) DO UPDATE SET ok = ok + 1, first_failure_at = 0"
+        " WHERE ?2 = ?2 AND ?3 = ?3 AND ?4 IS ?4";
+    static const char fail_sql[] =
+        "INSERT INTO endpoint_state(name, failed, first_failure_at, last_error, last_error_at)"
+        " VALUES (?1, 1, ?2, ?4, ?3)"
+        " ON CONFLICT(name) DO UPDATE SET failed = failed + 1, last_error = ?4,"
+        " last_error_at = ?3,"
+        " first_failure_at = CASE WHEN first_failure_at = 0 THEN ?2 ELSE first_failure_at END";
+    static const char get_sql[] = "SELECT first_failure_at FROM endpoint_state WHERE name = ?1";
+    const char *sqls[3] = {ok_sql, fail_sql, get_sql};
+    sqlite3_stmt *st;
+    int rc = -1, i;
+
+    *first_failure_at = 0;
+    for (i = 0; i < 3; i++)
+        if (!s->ep_st[i] && sqlite3_prepare_v3(s->db, sqls[i], -1, SQLITE_PREPARE_PERSISTENT,
+                                               &s->ep_st[i], NULL) != SQLITE_OK) {
+            store_err(err, errlen, "store: endpoint state: %s", sqlite3_errmsg(s->db));
+            return -1;
+        }
+    if (group_begin(s, err, errlen) < 0)
+        return -1;
+    if (store_exec_stmt(s, "endpoint state", s->ep_st[ok ? 0 : 1], name, now, now,
+                        ok ? NULL : (error ? error : "failed"), err, errlen) < 0)
+        return -1;
+    if (ok)
+        return 0;
+    st = s->ep_st[2];
+    if (bind_text(st, 1, name) || sqlite3_step(st) != SQLITE_ROW) {
+        store_err(err, errlen, "store: endpoint state: %s", sqlite3_errmsg(s->db));
+        goto done;
+    }
+    *first_failure_at = sqlite3_column_int64(st, 0);
+    rc = 0;
+done:
+    stmt_done(st);
+    return rc;
+}
+
+int store_endpoint_set_disabled(struct store *s, const char *name, int disabled,
+                                const char *reason, int64_t now, int64_t *moved, char *err,
+                                size_t errlen) {
+    static const char disable_sql[] =
+        "INSERT INTO endpoint_state(name, disabled, disabled_at, reason) VALUES (?1, 1, ?2, ?4)"
+        " ON CONFLICT(name) DO UPDATE SET disabled = 1, disabled_at = ?2, reason = ?4"
+        " WHERE ?3 = ?3";
+    static const char enable_sql[] =
+        "INSERT INTO endpoint_state(name) VALUES (?1)"
+        " ON CONFLICT(name) DO UPDATE SET disabled = 0, disabled_at = 0, reason = NULL,"
+        " first_failure_at = 0 WHERE ?2 = ?2 AND ?3 = ?3 AND ?4 IS ?4";
+    /* Leased rows move too: their transfer's outcome is written as held
+     * (deliver.c), and enabling clears the lease. */
+    static const char hold_sql[] =
+        "UPDATE deliveries SET status = 'held' WHERE endpoint = ?1 AND status = 'pending'"
+        " AND ?2 = ?2 AND ?3 = ?3 AND ?4 IS ?4";
+    static const char release_sql[] =
+        "UPDATE deliveries SET status = 'pending', next_at = ?2, lease_until = 0"
+        " WHERE endpoint = ?1 AND status = 'held' AND ?3 = ?3 AND ?4 IS ?4";
+    int64_t n;
+
+    if (store_exec_write(s, "endpoint state", disabled ? disable_sql : enable_sql, name, now, now,
+                         reason, err, errlen) < 0)
+        return -1;
+    n = store_exec_write(s, "endpoint deliveries", disabled ? hold_sql : release_sql, name, now,
+                         now, NULL, err, errlen);
+    if (n < 0)
+        return -1;
+    if (moved)
+        *moved = n;
+    return 0;
+}
+
+void store_endpoint_states_free(struct store_endpoint_state *e, size_t n) {
+    size_t i;
+    if (!e)
+        return;
+    for (i = 0; i < n; i++) {
+        free(e[i].name);
+        free(e[i].reason);
+        free(e[i].last_error);
+    }
+    free(e);
+}
+
+int store_endpoint_states(struct store *s, struct store_endpoint_state **out, size_t *n,
+                          char *err, size_t errlen) {
+    static const char sql[] =
+        "SELECT e.name, e.disabled, e.disabled_at, e.reason, e.last_error, e.last_error_at,"
+        " e.first_failure_at, e.ok, e.failed,"
+        " (SELECT count(*) FROM deliveries d WHERE d.endpoint = e.name AND d.status = 'pending'),"
+        " (SELECT count(*) FROM deliveries d WHERE d.endpoint = e.name AND d.status = 'held')"
+        " FROM endpoint_state e ORDER BY e.name";
+    sqlite3_stmt *st = NULL;
+    struct store_endpoint_state *v = NULL, *r;
+    size_t cnt = 0, cap = 0;
+    int rc, oom = 0, ret = -1;
+
+    *out = NULL;
+    *n = 0;
+    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK) {
+        store_err(err, errlen, "store: endpoint states: %s", sqlite3_errmsg(s->db));
+        goto done;
+    }
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (cnt == cap) {
+            size_t ncap = cap ? cap * 2 : 8;
+            struct store_endpoint_state *p = realloc(v, ncap * sizeof *p);
+            if (!p) {
+                oom = 1;
+                break;
+            }
+            v = p;
+            cap = ncap;
+        }
+        r = &v[cnt++];
+        memset(r, 0, sizeof *r);
+        r->name = col_text(st, 0, &oom);
+        r->disabled = sqlite3_column_int(st, 1);
+        r->disabled_at = sqlite3_column_int64(st, 2);
+        r->reason = col_text(st, 3, &oom);
+        r->last_error = col_text(st, 4, &oom);
+        r->last_error_at = sqlite3_column_int64(st, 5);
+        r->first_failure_at = sqlite3_column_int64(st, 6);
+        r->ok = sqlite3_column_int64(st, 7);
+        r->failed = sqlite3_column_int64(st, 8);
+        r->pending = sqlite3_column_int64(st, 9);
+        r->held = sqlite3_column_int64(st, 10);
+        if (oom || !r->name)
+            break;
+    }
+    if (oom || (cnt && !v[cnt - 1].name)) {
+        store_err(err, errlen, "store: out of memory");
+        goto done;
+    }
+    if (rc != SQLITE_DONE) {
+        store_err(err, errlen, "store: endpoint states: %s", sqlite3_errmsg(s->db));
+        goto done;
+    }
+    *out = v;
+    *n = cnt;
+    v = NULL;
+    ret = 0;
+done:
+    sqlite3_finalize(st);
+    store_endpoint_states_free(v, cnt);
+    return ret;
+}
+
+int64_t store_endpoint_head(struct store *s, const char *name) {
+    sqlite3_stmt *st = NULL;
+    int64_t seq = INT64_MAX;
+
+    if (sqlite3_prepare_v2(s->db,
+                           "SELECT seq FROM deliveries INDEXED BY deliveries_ep_pending"
+                           " WHERE endpoint = ?1 AND status = 'pending' ORDER BY seq LIMIT 1",
+                           -1, &st, NULL) == SQLITE_OK &&
+        bind_text(st, 1, name) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+        seq = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return seq;
+}
+
+int store_prune(struct store *s, int64_t before_ms, int64_t *cursor, int max, int *pruned,
+                char *err, size_t errlen) {
+    /* Walks events by seq from the cursor (received_at grows with seq), so
+     * a batch costs O(max) whatever the table size. */
+    static const char sel_sql[] =
+        "SELECT seq, id, received_at, status,"
+        " EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id"
+        "  AND d.status IN ('pending', 'held')),"
+        " EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id"
+        "  AND d.status = 'failed')"
+        " FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2";
+    sqlite3_stmt *sel = NULL, *del[3] = {NULL, NULL, NULL};
+    static const char *const del_sql[3] = {
+        "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_id = ?1)",
+        "DELETE FROM deliveries WHERE event_id = ?1",
+        "DELETE FROM events WHERE id = ?1",
+    };
+    char (*ids)[UTIL_ID_MAX] = NULL;
+    int nids = 0, rc, ret = -1, i, k;
+    int64_t last = *cursor;
+
+    *pruned = 0;
+    if (!(ids = calloc((size_t)(max > 0 ? max : 1), sizeof *ids))) {
+        store_err(err, errlen, "store: out of memory");
+        return -1;
+    }
+    if (sqlite3_prepare_v2(s->db, sel_sql, -1, &sel, NULL) != SQLITE_OK ||
+        sqlite3_bind_int64(sel, 1, *cursor) || sqlite3_bind_int(sel, 2, max)) {
+        store_err(err, errlen, "store: prune: %s", sqlite3_errmsg(s->db));
+        goto done;
+    }
+    while ((rc = sqlite3_step(sel)) == SQLITE_ROW) {
+        const char *status = (const char *)sqlite3_column_text(sel, 3);
+        if (sqlite3_column_int64(sel, 2) >= before_ms)
+            break; /* newer from here on */
+        if (status && !strcmp(status, "received"))
+            break; /* not routed yet: stop, look again later */
+        if (sqlite3_column_int(sel, 4))
+            break; /* still going out: wait for it */
+        last = sqlite3_column_int64(sel, 0);
+        /* Dead letters (failed deliveries) stay, retryable. */
+        if (sqlite3_column_int(sel, 5) || !status ||
+            (strcmp(status, "routed") && strcmp(status, "unrouted")))
+            continue;
+        copy_id(ids[nids++], sizeof ids[0], sqlite3_column_text(sel, 1));
+    }
+    sqlite3_finalize(sel);
+    sel = NULL;
+    if (nids && group_begin(s, err, errlen) < 0)
+        goto done;
+    for (k = 0; k < 3 && nids; k++)
+        if (sqlite3_prepare_v2(s->db, del_sql[k], -1, &del[k], NULL) != SQLITE_OK) {
+            store_err(err, errlen, "store: prune: %s", sqlite3_errmsg(s->db));
+            goto done;
+        }
+    for (i = 0; i < nids; i++) {
+        for (k = 0; k < 3; k++) {
+            if (bind_text(del[k], 1, ids[i]) || sqlite3_step(del[k]) != SQLITE_DONE) {
+                group_fail(s, "prune", err, errlen);
+                goto done;
+            }
+            stmt_done(del[k]);
+        }
+    }
+    *cursor = last;
+    *pruned = nids;
+    ret = 0;
+done:
+    sqlite3_finalize(sel);
+    for (k = 0; k < 3; k++)
+        sqlite3_finalize(del[k]);
+    free(ids);
+    return ret;
+}
+
+int store_endpoint_claim(struct store *s, const char *name, int64_t after_seq, int64_t now,
+                         int64_t lease_ms, size_t max, struct store_delivery **out, size_t *n,
+                         char *err, size_t errlen) {
+    static const char sql[] =
+        "SELECT seq, id, event_id, endpoint, event_type, content_type, headers,"
+        " payload, attempts, schedule_pos, next_at, created_at FROM deliveries"
+        " INDEXED BY deliveries_ep_pending"
+        " WHERE endpoint = ?1 AND status = 'pending' AND seq > ?2 AND seq <= ?3"
+        " AND (next_at <= ?4 OR lease_until > 0) ORDER BY seq LIMIT ?5";
+    sqlite3_stmt *sel = NULL, *lease = s->st[ST_DLV_LEASE];
+    struct store_delivery *rows = NULL, *r;
+    size_t cnt = 0, i;
+    int rc, oom = 0, ret = -1;
+
+    *out = NULL;
+    *n = 0;
+    if (max == 0)
+        return 0;
+    if (!(rows = calloc(max, sizeof *rows))) {
+        store_err(err, errlen, "store: out of memory");
+        return -1;
+    }
+    if (sqlite3_prepare_v2(s->db, sql, -1, &sel, NULL) != SQLITE_OK || bind_text(sel, 1, name) ||
+        sqlite3_bind_int64(sel, 2, after_seq) || sqlite3_bind_int64(sel, 3, s->committed_dlv_seq) ||
+        sqlite3_bind_int64(sel, 4, now) || sqlite3_bind_int64(sel, 5, (int64_t)max)) {
+        store_err(err, errlen, "store: claim: %s", sqlite3_errmsg(s->db));
+        goto done;
+    }
+    while (cnt < max && (rc = sqlite3_step(sel)) == SQLITE_ROW) {
+        r = &rows[cnt++];
+        r->seq = sqlite3_column_int64(sel, 0);
+        copy_id(r->id, sizeof r->id, sqlite3_column_text(sel, 1));
+        copy_id(r->event_id, sizeof r->event_id, sqlite3_column_text(sel, 2));
+        r->endpoint = col_text(sel, 3, &oom);
+        r->event_type = col_text(sel, 4, &oom);
+        r->content_type = col_text(sel, 5, &oom);
+        r->headers_json = col_text(sel, 6, &oom);
+        r->payload = col_blob(sel, 7, &r->payload_len, &oom);
+        r->attempts = sqlite3_column_int(sel, 8);
+        r->schedule_pos = sqlite3_column_int(sel, 9);
+        r->next_at = sqlite3_column_int64(sel, 10);
+        r->created_at = sqlite3_column_int64(sel, 11);
+        if (oom) {
+            store_err(err, errlen, "store: out of memory");
+            goto done;
+        }
+    }
+    sqlite3_finalize(sel);
+    sel = NULL;
+    if (cnt && group_begin(s, err, errlen) < 0)
+        goto done;
+    for (i = 0; i < cnt; i++) {
+        if (sqlite3_bind_int64(lease, 1, rows[i].seq) ||
+            sqlite3_bind_int64(lease, 2, now + lease_ms) || sqlite3_step(lease) != SQLITE_DONE) {
+            group_fail(s, "claim", err, errlen);
+            stmt_done(lease);
+            goto done;
+        }
+        stmt_done(lease);
+    }
+    *out = rows;
+    *n = cnt;
+    rows = NULL;
+    ret = 0;
+done:
+    sqlite3_finalize(sel);
+    store_deliveries_free(rows, cnt);
+    return ret;
 }

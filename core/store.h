@@ -232,4 +232,58 @@ int store_sub_change(struct store *s, const char *id, const char *url, char *err
 int store_subs_load(struct store *s, void (*fn)(void *arg, const struct store_sub *sub),
                     void *arg, char *err, size_t errlen);
 
+/* ---- endpoint state (SPEC section 7: health, disabling, held) ---- */
+
+/* One endpoint's stored state; pointers owned by the row. */
+struct store_endpoint_state {
+    char *name;
+    int disabled;              /* by a 410, disable_after or the admin API */
+    int64_t disabled_at;       /* Unix ms, 0 when enabled */
+    char *reason;              /* why it was disabled, or NULL */
+    char *last_error;          /* the last failed attempt's error, or NULL */
+    int64_t last_error_at;
+    int64_t first_failure_at;  /* start of the current run of failures, 0 after a success */
+    int64_t ok, failed;        /* attempts succeeded / failed, ever */
+    int64_t pending, held;     /* deliveries in those states now */
+};
+
+/* Counts one attempt at name in the open group: ok, or failed with error.
+ * *first_failure_at receives the start of the current run of failed
+ * attempts (0 after a success). Returns 0 or -1. */
+int store_endpoint_attempt(struct store *s, const char *name, int ok, const char *error,
+                           int64_t now, int64_t *first_failure_at, char *err, size_t errlen);
+
+/* Disables (with reason) or enables name in the open group, moving its
+ * deliveries pending -> held, or held -> pending due now (leases cleared).
+ * *moved (may be NULL) receives how many moved. Returns 0 or -1. */
+int store_endpoint_set_disabled(struct store *s, const char *name, int disabled,
+                                const char *reason, int64_t now, int64_t *moved, char *err,
+                                size_t errlen);
+
+/* Every endpoint with stored state, by name. *out new (free with
+ * store_endpoint_states_free). Returns 0 or -1. */
+int store_endpoint_states(struct store *s, struct store_endpoint_state **out, size_t *n,
+                          char *err, size_t errlen);
+void store_endpoint_states_free(struct store_endpoint_state *e, size_t n);
+
+/* seq of name's oldest pending delivery (the head of an ordered endpoint,
+ * leased or not), INT64_MAX when none. An index lookup. */
+int64_t store_endpoint_head(struct store *s, const char *name);
+
+/* Claims, for an ordered endpoint, up to max of name's pending deliveries
+ * with seq > after_seq in seq order (FIFO), each due or leased (a leased
+ * row not held in memory was dropped by this process: SQLite has one
+ * owner), leasing them for lease_ms. By index. Returns 0 or -1. */
+int store_endpoint_claim(struct store *s, const char *name, int64_t after_seq, int64_t now,
+                         int64_t lease_ms, size_t max, struct store_delivery **out, size_t *n,
+                         char *err, size_t errlen);
+
+/* Retention: deletes, in the open group, up to max events received before
+ * before_ms whose deliveries are all delivered (with their deliveries and
+ * attempts), walking by seq from *cursor, which it advances past what it
+ * looked at. Stops at the first event that is newer or not yet routed.
+ * *pruned receives the count. Returns 0 or -1. */
+int store_prune(struct store *s, int64_t before_ms, int64_t *cursor, int max, int *pruned,
+                char *err, size_t errlen);
+
 #endif

@@ -139,6 +139,8 @@ local send, batch = host.send, host.batch
 -- on(pattern, handler | {endpoints...} | "endpoint")
 --   pattern: an exact type ("tracking.delivered"), a glob ("tracking.*",
 --   "*.delivered"; '*' matches any characters), or "*" for every event.
+--   waybill's own events (waybill.delivery.failed, ...) match only patterns
+--   that start with "waybill.".
 --   Every matching handler runs, in file order, then definition order.
 local function on(pattern, target)
   local loc = where(2)

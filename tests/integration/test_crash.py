@@ -1,5 +1,10 @@
-"""Durability: events answered 200 survive SIGKILL of the gateway."""
+"""Durability: events answered 200 survive SIGKILL of the gateway.
+
+Crash torture (SPEC 7, at-least-once): a steady stream of events while the
+gateway is SIGKILLed at random moments five times and restarted; every event
+answered 200 reaches the sink at least once; duplicates are reported."""
 import random
+import sys
 import threading
 import time
 
@@ -21,7 +26,8 @@ def test_sigkill_during_steady_stream_loses_no_acknowledged_event():
     acked = []            # carrier ids answered 200
     lock = threading.Lock()
     stop = threading.Event()
-    total = 300
+    total = 450
+    nkills = 5
 
     def carrier(worker):
         for i in range(worker, total, 2):
@@ -43,13 +49,13 @@ def test_sigkill_during_steady_stream_loses_no_acknowledged_event():
     senders = [threading.Thread(target=carrier, args=(w,)) for w in range(2)]
     for t in senders:
         t.start()
-    rng = random.Random(7)
+    rng = random.Random()
     kills = 0
     try:
-        for _ in range(2):
+        for _ in range(nkills):
             # kill at a random moment while the stream flows
-            wb.wait_for(lambda: len(acked) > (kills + 1) * 80, timeout=30)
-            time.sleep(rng.uniform(0, 0.2))
+            wb.wait_for(lambda: len(acked) > (kills + 1) * 70, timeout=30)
+            time.sleep(rng.uniform(0, 0.3))
             g.kill9()
             kills += 1
             time.sleep(rng.uniform(0.05, 0.3))
@@ -58,7 +64,7 @@ def test_sigkill_during_steady_stream_loses_no_acknowledged_event():
             t.join(60)
     finally:
         stop.set()
-    assert kills == 2
+    assert kills == nkills
     assert len(acked) == total, "only %d of %d events were ever accepted" % (len(acked), total)
 
     def delivered_ids():
@@ -68,5 +74,5 @@ def test_sigkill_during_steady_stream_loses_no_acknowledged_event():
                 message="every acknowledged event delivered")
     ids = delivered_ids()
     dups = len(ids) - len(set(ids))
-    print("crash test: %d events acknowledged, %d deliveries, %d duplicates after %d SIGKILLs"
-          % (len(acked), len(ids), dups, kills))
+    print("  crash torture: %d events acknowledged, %d deliveries, %d duplicates after %d SIGKILLs"
+          % (len(acked), len(ids), dups, kills), file=sys.__stderr__)

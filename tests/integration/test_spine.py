@@ -279,7 +279,17 @@ def test_restart_resumes_pending_deliveries_with_same_id():
     g = gateway(sink.url, endpoint_extra=', retry = {"0s", "3s"}, jitter = false')
     evt = g.post_atoship(wb.atoship_event(), ATOSHIP_SECRET).json()["id"]
     sink.wait_for_count(1)
-    g.wait_event(evt, lambda e: e["deliveries"][0]["attempts"])
+
+    def attempt_committed():
+        # A separate connection sees only committed rows: the admin API
+        # reads the open group too, which a kill -9 may still roll back.
+        db = sqlite3.connect(g.path("waybill.db"))
+        try:
+            return db.execute("SELECT count(*) FROM attempts").fetchone()[0] == 1
+        finally:
+            db.close()
+
+    g.wait_for(attempt_committed, message="first attempt committed")
     g.kill9()
     g.restart()
     reqs = sink.wait_for_count(2, timeout=10)

@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "deliver.h"
 #include "harness.h"
 #include "log.h"
 #include "rules.h"
@@ -1073,6 +1074,67 @@ static void test_adapter_failures(void) {
     rules_free(r);
 }
 
+/* The retry presets (SPEC 7), walked attempt by attempt the way deliver.c
+ * does: every delay, then "exhausted"; with jitter every delay within +-10%. */
+static void test_retry_presets(void) {
+    static const int64_t atoship[] = {0, 60000, 300000, 1800000, 7200000, 21600000};
+    static const int64_t shipengine[] = {0, 7200000, 7200000};
+    static const int64_t shiptify[] = {0, 1800000, 3600000, 14400000, 86400000};
+    static const int64_t list[] = {0, 1000, 5000};
+    static const struct {
+        const char *name;
+        const int64_t *want;
+        size_t n;
+    } cases[] = {{"a", atoship, 6}, {"dflt", atoship, 6}, {"se", shipengine, 3},
+                 {"st", shiptify, 5}, {"l", list, 3}};
+    char err[512];
+    struct rules *r;
+    const struct config *cfg;
+
+    fresh();
+    r = load_text("endpoint 'a' { url = 'http://h/', sign = 'none', retry = 'atoship' }\n"
+                  "endpoint 'dflt' { url = 'http://h/', sign = 'none' }\n"
+                  "endpoint 'se' { url = 'http://h/', sign = 'none', retry = 'shipengine' }\n"
+                  "endpoint 'st' { url = 'http://h/', sign = 'none', retry = 'shiptify',"
+                  " jitter = false }\n"
+                  "endpoint 'l' { url = 'http://h/', sign = 'none', retry = { '0s', '1s', '5s' } }\n",
+                  err, sizeof err);
+    CHECK(r != NULL);
+    if (!r) {
+        fprintf(stderr, "presets: %s\n", err);
+        return;
+    }
+    cfg = rules_config(r);
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const struct config_endpoint *ep = config_endpoint_by_name(cfg, cases[c].name);
+        int pos = 0;
+        int64_t delay = -1;
+        CHECK(ep != NULL);
+        if (!ep)
+            continue;
+        CHECK_INT_EQ(ep->nretry, cases[c].n);
+        CHECK_INT_EQ(ep->jitter, strcmp(cases[c].name, "st") != 0);
+        CHECK_INT_EQ(ep->retry_ms[0], 0);
+        for (size_t k = 1; k < cases[c].n; k++) {
+            /* exact at the midpoint of the random range, bounded at its ends */
+            CHECK_INT_EQ(deliver_schedule_next(ep->retry_ms, ep->nretry, pos, ep->jitter,
+                                               0x80000000u, &delay),
+                         (int)k);
+            CHECK_INT_EQ(delay, cases[c].want[k]);
+            deliver_schedule_next(ep->retry_ms, ep->nretry, pos, ep->jitter, 0, &delay);
+            CHECK(delay >= cases[c].want[k] - (ep->jitter ? cases[c].want[k] / 10 : 0) &&
+                  delay <= cases[c].want[k]);
+            deliver_schedule_next(ep->retry_ms, ep->nretry, pos, ep->jitter, 0xffffffffu, &delay);
+            CHECK(delay >= cases[c].want[k] &&
+                  delay <= cases[c].want[k] + (ep->jitter ? cases[c].want[k] / 10 : 0));
+            pos = (int)k;
+        }
+        CHECK_INT_EQ(deliver_schedule_next(ep->retry_ms, ep->nretry, pos, ep->jitter, 1, &delay),
+                     -1);
+    }
+    rules_free(r);
+}
+
 int main(void) {
     struct rules *r;
     char cwd[PATH_MAX];
@@ -1106,6 +1168,7 @@ int main(void) {
     test_memory();
     test_sandbox();
     test_adapter_failures();
+    test_retry_presets();
 
     if (chdir(cwd) == 0) {
         char cmd[PATH_MAX + 16];

@@ -525,6 +525,16 @@ static void test_query_plans(void) {
         "SELECT id FROM events WHERE source = ?1 AND source_id = ?2",
         "SELECT id, endpoint, status, batch FROM deliveries WHERE event_id = ?1 ORDER BY seq",
         "SELECT n FROM attempts WHERE delivery_id = ?1 ORDER BY n",
+        /* endpoint state (deliver.c): ordered head and window, hold/release */
+        ("SELECT seq FROM deliveries INDEXED BY deliveries_ep_pending"
+         " WHERE endpoint = ?1 AND status = 'pending' ORDER BY seq LIMIT 1"),
+        ("SELECT seq, id FROM deliveries INDEXED BY deliveries_ep_pending"
+         " WHERE endpoint = ?1 AND status = 'pending' AND seq > ?2 AND seq <= ?3"
+         " AND (next_at <= ?4 OR lease_until > 0) ORDER BY seq LIMIT ?5"),
+        "UPDATE deliveries SET status = 'held' WHERE endpoint = ?1 AND status = 'pending'",
+        ("UPDATE deliveries SET status = 'pending', next_at = ?2, lease_until = 0"
+         " WHERE endpoint = ?1 AND status = 'held'"),
+        "SELECT first_failure_at FROM endpoint_state WHERE name = ?1",
     };
     sqlite3 *db = NULL;
     char plan[1024];
@@ -532,7 +542,8 @@ static void test_query_plans(void) {
     CHECK_INT_EQ(sqlite3_open_v2(dbpath, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
     for (i = 0; i < sizeof sqls / sizeof sqls[0]; i++) {
         query_plan(db, sqls[i], plan, sizeof plan);
-        CHECK(strstr(plan, "USING INDEX") != NULL || strstr(plan, "USING COVERING INDEX") != NULL);
+        CHECK(strstr(plan, "USING INDEX") != NULL || strstr(plan, "USING COVERING INDEX") != NULL ||
+              strstr(plan, "USING PRIMARY KEY") != NULL);
         CHECK(!plan_has_table_scan(plan));
         CHECK(strstr(plan, "TEMP B-TREE") == NULL);
         if (getenv("TEST_STORE_VERBOSE"))
@@ -575,6 +586,85 @@ static void test_claim_waits_for_commit(struct store *s) {
     CHECK_INT_EQ(commit(s), 1);
 }
 
+/* Endpoint state: counting attempts, disabling holds pending deliveries
+ * (and only that endpoint's), enabling releases them due now, the ordered
+ * head and window, and retention keeping dead letters. */
+static void test_endpoint_state(struct store *s) {
+    char err[256] = "", id[32], sid[32];
+    int64_t now = util_now_ms(), first = -1, moved = -1, cursor = 0;
+    struct store_endpoint_state *st = NULL;
+    struct store_delivery *d = NULL;
+    size_t n = 0, i;
+    int pruned = -1;
+
+    for (i = 0; i < 4; i++) {
+        struct store_delivery_new dn = {.endpoint = i < 3 ? "ord" : "other",
+                                        .event_type = "t",
+                                        .payload = "{}",
+                                        .payload_len = 2,
+                                        .status = "pending",
+                                        .next_at = now + (i == 0 ? 60000 : 0)};
+        struct store_event ev;
+        snprintf(id, sizeof id, "evt_EP%zu", i);
+        snprintf(sid, sizeof sid, "ep-%zu", i);
+        ev = mk_event(id, sid);
+        CHECK_INT_EQ(store_event_put(s, &ev, NULL, 0, err, sizeof err), 0);
+        CHECK_INT_EQ(store_event_routed(s, id, "routed", NULL, &dn, 1, err, sizeof err), 0);
+    }
+    CHECK_INT_EQ(commit(s), 1);
+
+    /* the head is the oldest pending row even when it is not due */
+    CHECK(store_endpoint_head(s, "ord") != INT64_MAX);
+    CHECK_INT_EQ(store_endpoint_head(s, "nobody"), INT64_MAX);
+    CHECK_INT_EQ(store_endpoint_claim(s, "ord", 0, now, 1000, 10, &d, &n, err, sizeof err), 0);
+    CHECK_INT_EQ(n, 2); /* the first one waits for its retry: not claimed */
+    CHECK(n == 2 && d[0].seq < d[1].seq && d[0].seq > store_endpoint_head(s, "ord"));
+    store_deliveries_free(d, n);
+    /* leased rows not held in memory are claimed again, in order */
+    CHECK_INT_EQ(store_endpoint_claim(s, "ord", 0, now, 1000, 1, &d, &n, err, sizeof err), 0);
+    CHECK_INT_EQ(n, 1);
+    store_deliveries_free(d, n);
+
+    CHECK_INT_EQ(store_endpoint_attempt(s, "ord", 0, "HTTP 500", now - 5000, &first, err,
+                                        sizeof err), 0);
+    CHECK_INT_EQ(first, now - 5000);
+    CHECK_INT_EQ(store_endpoint_attempt(s, "ord", 0, "HTTP 502", now, &first, err, sizeof err), 0);
+    CHECK_INT_EQ(first, now - 5000); /* the run of failures started at the first */
+    CHECK_INT_EQ(store_endpoint_set_disabled(s, "ord", 1, "answered 410 Gone", now, &moved, err,
+                                             sizeof err), 0);
+    CHECK_INT_EQ(moved, 3);
+    CHECK_INT_EQ(commit(s), 1);
+    CHECK_INT_EQ(fresh_count("SELECT count(*) FROM deliveries WHERE endpoint = ? AND status = 'held'",
+                             "ord"), 3);
+    CHECK_INT_EQ(fresh_count("SELECT count(*) FROM deliveries WHERE endpoint = ?"
+                             " AND status = 'pending'", "other"), 1);
+    CHECK_INT_EQ(store_endpoint_head(s, "ord"), INT64_MAX);
+    CHECK_INT_EQ(store_endpoint_states(s, &st, &n, err, sizeof err), 0);
+    for (i = 0; i < n && strcmp(st[i].name, "ord"); i++)
+        ;
+    CHECK(i < n);
+    if (i < n) {
+        CHECK_INT_EQ(st[i].disabled, 1);
+        CHECK_STR_EQ(st[i].reason, "answered 410 Gone");
+        CHECK_STR_EQ(st[i].last_error, "HTTP 502");
+        CHECK_INT_EQ(st[i].failed, 2);
+        CHECK_INT_EQ(st[i].held, 3);
+    }
+    store_endpoint_states_free(st, n);
+
+    CHECK_INT_EQ(store_endpoint_set_disabled(s, "ord", 0, NULL, now, &moved, err, sizeof err), 0);
+    CHECK_INT_EQ(moved, 3);
+    CHECK_INT_EQ(store_endpoint_attempt(s, "ord", 1, NULL, now, &first, err, sizeof err), 0);
+    CHECK_INT_EQ(first, 0);
+    CHECK_INT_EQ(commit(s), 1);
+    CHECK_INT_EQ(fresh_count("SELECT count(*) FROM deliveries WHERE endpoint = ? AND status = 'pending'"
+                             " AND lease_until = 0", "ord"), 3);
+
+    /* retention: nothing is delivered yet, so nothing goes */
+    CHECK_INT_EQ(store_prune(s, now + 1, &cursor, 100, &pruned, err, sizeof err), 0);
+    CHECK_INT_EQ(pruned, 0);
+}
+
 int main(void) {
     struct store *s;
     char cwd_db[128];
@@ -603,6 +693,7 @@ int main(void) {
     test_group_failure(s);
     test_locked(s);
     s = test_crash_release(s);
+    test_endpoint_state(s);
     test_query_plans();
     store_free(s);
     store_free(NULL);
