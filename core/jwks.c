@@ -244,6 +244,10 @@ int jwks_is(const struct jwks *j, const char *location) {
     return j && strcmp(j->location, location) == 0;
 }
 
+int jwks_is_url(const struct jwks *j) {
+    return j->is_url;
+}
+
 EVP_PKEY *jwks_find(struct jwks *j, const char *kid) {
     return jwks_set_find(j->set, kid);
 }

@@ -46,6 +46,9 @@ struct jwks *jwks_new(struct event_base *base, const char *location, char *err, 
 /* Whether j reads location (to find a cached source again). */
 int jwks_is(const struct jwks *j, const char *location);
 
+/* Whether j fetches from a URL (else it reads a file). */
+int jwks_is_url(const struct jwks *j);
+
 /* The current key for kid, borrowed until the next refetch completes. */
 struct evp_pkey_st *jwks_find(struct jwks *j, const char *kid);
 

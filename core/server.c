@@ -543,9 +543,19 @@ fail:
 
 void server_reconfigure(struct server *srv) {
     const struct config *cfg = rules_config(srv->gw->rules);
+    size_t kept = 0;
     evhttp_set_max_body_size(srv->inbound, (ev_ssize_t)cfg->max_body);
-    /* Key sources are cached across reloads; a file is read again on the
-     * next unknown kid. */
+    /* A reload reads JWKS files again (on their next use): a key removed
+     * from the file stops verifying. URL key sets stay cached; they are
+     * refetched on an unknown kid. A file source never has waiters (its
+     * refetch is synchronous), so freeing it here strands no request. */
+    for (size_t i = 0; i < srv->njwks; i++) {
+        if (!jwks_is_url(srv->jwks[i]))
+            jwks_free(srv->jwks[i]);
+        else
+            srv->jwks[kept++] = srv->jwks[i];
+    }
+    srv->njwks = kept;
 }
 
 void server_stop_inbound(struct server *srv) {

@@ -575,6 +575,22 @@ static void test_claim_waits_for_commit(struct store *s) {
     CHECK_INT_EQ(commit(s), 1);
 }
 
+/* Nonces: new, the same again (a retry), another body (a replay); durable
+ * once committed, per source. */
+static void test_nonces(struct store *s) {
+    char err[256];
+    CHECK_INT_EQ(store_nonce_put(s, "shiptify", "tok1", "d1", 1000, err, sizeof err), 0);
+    CHECK_INT_EQ(store_nonce_put(s, "shiptify", "tok1", "d1", 1001, err, sizeof err), STORE_DUP);
+    CHECK_INT_EQ(store_nonce_put(s, "shiptify", "tok1", "d2", 1002, err, sizeof err),
+                 STORE_REPLAY);
+    CHECK_INT_EQ(store_nonce_put(s, "other", "tok1", "d2", 1003, err, sizeof err), 0);
+    CHECK_INT_EQ(commit(s), 1);
+    CHECK_INT_EQ(fresh_count("SELECT count(*) FROM nonces WHERE nonce = ?", "tok1"), 2);
+    CHECK_INT_EQ(store_nonce_put(s, "shiptify", "tok1", "d3", 1004, err, sizeof err),
+                 STORE_REPLAY);
+    CHECK_INT_EQ(commit(s), 1);
+}
+
 int main(void) {
     struct store *s;
     char cwd_db[128];
@@ -600,6 +616,7 @@ int main(void) {
     test_reentrant(s);
     test_route_claim_attempt(s);
     test_claim_waits_for_commit(s);
+    test_nonces(s);
     test_group_failure(s);
     test_locked(s);
     s = test_crash_release(s);
