@@ -27,6 +27,9 @@
 #define JWKS_TRIED_MAX 32
 #define JWKS_TRIED_MS (5 * 60 * 1000)
 #define JWKS_POLL_MS 5
+/* Unknown kids cost a fetch each: at most this many per minute, so a stream
+ * of made-up kids cannot turn waybill into a load on the key server. */
+#define JWKS_REFETCH_PER_MIN 10
 
 /* ---- parsing ---- */
 
@@ -237,6 +240,8 @@ struct jwks {
     struct jwks_waiter *waiters;
     size_t nwaiters, capwaiters;
     struct jwks_tried tried[JWKS_TRIED_MAX];
+    int64_t window_start;   /* refetch rate limit: this minute's start */
+    int window_refetches;
     int fetches;
 };
 
@@ -394,12 +399,26 @@ int jwks_refetch(struct jwks *j, const char *kid, jwks_done_fn done, void *arg) 
     size_t oldest = 0;
     char err[300];
 
+    if (strlen(kid) >= sizeof j->tried[0].kid)
+        return JWKS_NO_REFETCH; /* no carrier's kid is this long */
     for (size_t i = 0; i < JWKS_TRIED_MAX; i++) {
         if (j->tried[i].at && now - j->tried[i].at < JWKS_TRIED_MS &&
             strcmp(j->tried[i].kid, kid) == 0)
             return JWKS_NO_REFETCH;
         if (j->tried[i].at < j->tried[oldest].at)
             oldest = i;
+    }
+    if (now - j->window_start >= 60000) {
+        j->window_start = now;
+        j->window_refetches = 0;
+    }
+    if (!j->multi) { /* joining a fetch in flight costs nothing */
+        if (j->window_refetches >= JWKS_REFETCH_PER_MIN) {
+            log_msg(LOG_WARN, "jwks %s: %d refetches this minute; not refetching for another kid",
+                    j->location, j->window_refetches);
+            return JWKS_NO_REFETCH;
+        }
+        j->window_refetches++;
     }
     snprintf(j->tried[oldest].kid, sizeof j->tried[oldest].kid, "%s", kid);
     j->tried[oldest].at = now ? now : 1;

@@ -62,8 +62,9 @@ typedef void (*jwks_done_fn)(void *arg, int ok);
 /* Asks for the keys again because kid was not found. Returns 0 when a URL
  * fetch was started or joined (done(arg, ok) runs when it completes, within
  * the fetch timeout of 5 s); JWKS_REFETCHED when a file was re-read now
- * (done is not called); JWKS_NO_REFETCH when kid was refetched in the last
- * 5 minutes (done is not called); -1 when out of memory. */
+ * (done is not called); JWKS_NO_REFETCH (done is not called) when kid was
+ * refetched in the last 5 minutes, is implausibly long (128+ bytes), or 10
+ * refetches already ran this minute; -1 when out of memory. */
 int jwks_refetch(struct jwks *j, const char *kid, jwks_done_fn done, void *arg);
 
 /* Fetches started so far (initial one included), for tests and metrics. */

@@ -331,6 +331,12 @@ def test_shipengine_jwks_url_refetches_once_per_unknown_kid():
         reqs = sink.wait_for_count(2)
         assert sorted(q.headers["x-waybill-event-type"] for q in reqs) == ["batch.completed",
                                                                             "tracking.delivered"]
+        # made-up kids: each refetches until 10 refetches ran this minute, then none
+        for i in range(12):
+            h = dict(k3.shipengine_headers(b2), **{"x-shipengine-rsa-sha256-key-id": "made-up-%d" % i})
+            assert g.post("/hooks/shipengine", b2, h).status == 401
+        assert srv.hits == hits + 10, srv.hits
+        assert "not refetching" in g.log()
     finally:
         srv.close()
 
