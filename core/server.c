@@ -556,6 +556,11 @@ void server_reconfigure(struct server *srv) {
             srv->jwks[kept++] = srv->jwks[i];
     }
     srv->njwks = kept;
+    /* Key sources load now, not on the first request: a URL's first fetch
+     * runs while no carrier waits for it. */
+    for (size_t i = 0; i < cfg->nsources; i++)
+        if (cfg->sources[i].verify.kind == VERIFY_SHIPENGINE && cfg->sources[i].jwks)
+            server_jwks(srv, cfg->sources[i].jwks);
 }
 
 void server_stop_inbound(struct server *srv) {
