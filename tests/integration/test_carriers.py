@@ -9,6 +9,7 @@ import http.client
 import http.server
 import json
 import os
+import socket
 import sqlite3
 import ssl
 import subprocess
@@ -490,3 +491,44 @@ def test_inbound_tls_with_a_self_signed_certificate():
         assert not isinstance(e, AssertionError)
     assert len(stored(g)) == 1
     assert g.running()
+
+
+def test_parked_request_is_bounded_and_the_loop_keeps_serving():
+    # A JWKS server that accepts connections and never answers.
+    hang = socket.socket()
+    hang.bind(("127.0.0.1", 0))
+    hang.listen(16)
+    try:
+        sink = wb.Sink()
+        k = wb.RsaKey("kid-1")
+        cfg = wb.config(f'''
+            source "shipengine" {{ verify = "shipengine",
+                                   jwks = "http://127.0.0.1:{hang.getsockname()[1]}/jwks.json" }}
+            source "atoship" {{ verify = "atoship", secret = "ato-new" }}
+            endpoint "erp" {{ url = {wb.lua(sink.url)}, secret = {wb.lua(ERP_SECRET)} }}
+            rules "rules/"
+        ''')
+        g = wb.Gateway(cfg, files={"rules/10.lua": 'on("*", {"erp"})'})
+        body = fixture("shipengine-batch.json")
+        box = {}
+
+        def parked():
+            t0 = time.monotonic()
+            box["r"] = g.post("/hooks/shipengine", body, k.shipengine_headers(body), timeout=20)
+            box["t"] = time.monotonic() - t0
+
+        th = threading.Thread(target=parked)
+        th.start()
+        time.sleep(0.3)
+        # while that request waits for the key fetch, the loop serves others
+        t0 = time.monotonic()
+        ev = wb.atoship_event()
+        assert g.post("/hooks/atoship", ev, wb.signed_headers("atoship", "ato-new", ev)).status == 200
+        assert time.monotonic() - t0 < 2.0
+        th.join(15)
+        assert not th.is_alive()
+        assert box["r"].status == 401, box["r"]
+        assert 3.0 <= box["t"] <= 8.0, box["t"]  # the fetch's 5 s limit, not forever
+        assert "jwks" in g.log() and "fetch failed" in g.log()
+    finally:
+        hang.close()
