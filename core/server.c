@@ -299,7 +299,11 @@ static void on_inbound(struct evhttp_request *req, void *arg) {
             server_reply_error(req, 401, "Unauthorized", "signature verification failed");
             return;
         }
-        rc = store_nonce_put(gw->store, src->name, nonce, hex, vr.now_ms, serr, sizeof serr);
+        /* Kept for twice the tolerance (a timestamp may be that far either
+         * side of now), and at least a day. */
+        int64_t keep = 2 * src->verify.tolerance_ms + 1000;
+        rc = store_nonce_put(gw->store, src->name, nonce, hex, vr.now_ms,
+                             keep > 86400000 ? keep : 86400000, serr, sizeof serr);
         if (rc == STORE_REPLAY) {
             log_msg(LOG_WARN, "source %s: rejected request: %s", src->name,
                     "token replayed with a different body");

@@ -179,6 +179,7 @@ struct store {
     char fail_msg[256];
     struct store_cb *cbs;
     size_t ncbs, cap;
+    int64_t nonces_pruned_at; /* Unix ms of the last prune of old nonces */
 };
 
 /* ---- small helpers ---- */
@@ -624,12 +625,26 @@ void store_free(struct store *s) {
 /* ---- nonces ---- */
 
 int store_nonce_put(struct store *s, const char *source, const char *nonce, const char *digest,
-                    int64_t now_ms, char *err, size_t errlen) {
+                    int64_t now_ms, int64_t keep_ms, char *err, size_t errlen) {
     sqlite3_stmt *st = NULL;
     int rc, ret = -1;
 
     if (group_begin(s, err, errlen) < 0)
         return -1;
+    /* A nonce older than keep_ms can only come back with a timestamp the
+     * tolerance refuses: forget those, at most once a minute. */
+    if (now_ms - s->nonces_pruned_at >= 60000) {
+        s->nonces_pruned_at = now_ms;
+        if (sqlite3_prepare_v2(s->db, "DELETE FROM nonces WHERE source = ?1 AND seen_at < ?2", -1,
+                               &st, NULL) != SQLITE_OK ||
+            bind_text(st, 1, source) || sqlite3_bind_int64(st, 2, now_ms - keep_ms) ||
+            sqlite3_step(st) != SQLITE_DONE) {
+            group_fail(s, "nonce prune", err, errlen);
+            goto done;
+        }
+        sqlite3_finalize(st);
+        st = NULL;
+    }
     if (sqlite3_prepare_v2(s->db,
                            "INSERT INTO nonces (source, nonce, digest, seen_at)"
                            " VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",

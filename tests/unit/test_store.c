@@ -579,16 +579,23 @@ static void test_claim_waits_for_commit(struct store *s) {
  * once committed, per source. */
 static void test_nonces(struct store *s) {
     char err[256];
-    CHECK_INT_EQ(store_nonce_put(s, "shiptify", "tok1", "d1", 1000, err, sizeof err), 0);
-    CHECK_INT_EQ(store_nonce_put(s, "shiptify", "tok1", "d1", 1001, err, sizeof err), STORE_DUP);
-    CHECK_INT_EQ(store_nonce_put(s, "shiptify", "tok1", "d2", 1002, err, sizeof err),
+    const int64_t day = 86400000, t0 = 1700000000000LL;
+    CHECK_INT_EQ(store_nonce_put(s, "shiptify", "tok1", "d1", t0, day, err, sizeof err), 0);
+    CHECK_INT_EQ(store_nonce_put(s, "shiptify", "tok1", "d1", t0 + 1, day, err, sizeof err),
+                 STORE_DUP);
+    CHECK_INT_EQ(store_nonce_put(s, "shiptify", "tok1", "d2", t0 + 2, day, err, sizeof err),
                  STORE_REPLAY);
-    CHECK_INT_EQ(store_nonce_put(s, "other", "tok1", "d2", 1003, err, sizeof err), 0);
+    CHECK_INT_EQ(store_nonce_put(s, "other", "tok1", "d2", t0 + 3, day, err, sizeof err), 0);
     CHECK_INT_EQ(commit(s), 1);
     CHECK_INT_EQ(fresh_count("SELECT count(*) FROM nonces WHERE nonce = ?", "tok1"), 2);
-    CHECK_INT_EQ(store_nonce_put(s, "shiptify", "tok1", "d3", 1004, err, sizeof err),
+    CHECK_INT_EQ(store_nonce_put(s, "shiptify", "tok1", "d3", t0 + 4, day, err, sizeof err),
                  STORE_REPLAY);
     CHECK_INT_EQ(commit(s), 1);
+    /* two days on, the first source's old nonces are pruned (not the other's) */
+    CHECK_INT_EQ(store_nonce_put(s, "shiptify", "tok2", "d1", t0 + 2 * day, day, err, sizeof err),
+                 0);
+    CHECK_INT_EQ(commit(s), 1);
+    CHECK_INT_EQ(fresh_count("SELECT count(*) FROM nonces WHERE nonce = ?", "tok1"), 1);
 }
 
 int main(void) {
