@@ -532,3 +532,22 @@ def test_parked_request_is_bounded_and_the_loop_keeps_serving():
         assert "jwks" in g.log() and "fetch failed" in g.log()
     finally:
         hang.close()
+
+
+def test_tls_with_a_bad_certificate_or_key_refuses_to_start():
+    d = wb._mkdtemp("wb-tls-")
+    cert, key = _self_signed(d)
+    other = os.path.join(d, "other")
+    os.makedirs(other)
+    _, other_key = _self_signed(other)
+    with open(os.path.join(d, "junk.pem"), "w") as f:
+        f.write("not a certificate\n")
+    for c, k, want in ((os.path.join(d, "junk.pem"), key, b"tls: cert"),
+                       (cert, other_key, b"mismatch"),
+                       (cert, os.path.join(d, "missing.pem"), b"tls: key")):
+        g = wb.Gateway(wb.config(f'''
+            tls = {{ cert = {wb.lua(c)}, key = {wb.lua(k)} }}
+            source "atoship" {{ verify = "atoship", secret = "s" }}
+        '''), start=False)
+        r = wb.run("serve", "-c", g.config_path, cwd=g.dir, timeout=20)
+        assert r.returncode == 1 and want in r.stderr, (want, r.returncode, r.stderr[-500:])
