@@ -31,7 +31,7 @@ UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 
 .PHONY: all deps run test test-unit test-integration asan bench format format-check clean check \
-        test-deps
+        test-deps fuzz
 
 all: deps $(BIN)
 
@@ -99,6 +99,27 @@ asan: test-deps
 	  python3 tests/run.py --bin ./waybill-asan --asan \
 	  --unit "$(UNIT_SRCS:tests/unit/%.c=build-asan/tests/%)"
 
+# libFuzzer targets (tests/fuzz/fuzz_*.c: signature headers, Stripe-style
+# header, Shiptify body, JWKS, every adapter), built with clang (installed
+# when missing) and run FUZZ_SECONDS each; the last line is `N passed, N failed`.
+FUZZ_TARGETS := $(patsubst tests/fuzz/%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_SECONDS ?= 10
+
+fuzz: deps
+	@command -v clang >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then echo "installing: clang"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang) >/dev/null \
+	    || { echo "apt-get install clang failed"; exit 1; }; \
+	  else echo "missing: sudo apt-get install clang"; exit 1; fi; }
+	@$(MAKE) --no-print-directory CC=clang CI= WERROR= BUILD=build-fuzz OPT="-O1 -g" \
+	  SANFLAGS="-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" \
+	  $(FUZZ_TARGETS:%=build-fuzz/fuzz/%)
+	@bash tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+$(BUILD)/fuzz/%: tests/fuzz/%.c $(LIBOBJS) | $(BUILD)
+	@mkdir -p $(BUILD)/fuzz
+	$(CC) $(CFLAGS_ALL) -fsanitize=fuzzer -Icore -o $@ $< $(LIBOBJS) $(LDLIBS_ALL)
+
 bench: all
 	@bash tests/bench/run.sh
 
@@ -109,4 +130,4 @@ format-check:
 	clang-format --dry-run -Werror core/*.c core/*.h tests/unit/*.c tests/*.h tests/bench/*.c
 
 clean:
-	rm -rf build build-asan waybill waybill-asan tests/bench/out
+	rm -rf build build-asan build-fuzz waybill waybill-asan tests/bench/out

@@ -18,6 +18,7 @@
 #include <lua.h>
 
 #include "config.h"
+#include "jwks.h"
 #include "util.h"
 
 #define CONFIG_MIN_RULE_MEMORY ((size_t)1 << 20)
@@ -863,6 +864,14 @@ static int source_build(struct cctx *c, struct config_source *src, const char *n
     case VERIFY_SHIPENGINE:
         if (!src->jwks)
             return fail(c, "verify \"shipengine\" needs jwks (a JWKS file or URL)");
+        if (src->jwks[0] == '/') {
+            /* A file is checked now, so check and reload report a bad one. */
+            char why[300];
+            struct jwks_set *set = jwks_set_load(src->jwks, why, sizeof why);
+            if (!set)
+                return fail(c, "jwks: %s", why);
+            jwks_set_free(set);
+        }
         break;
     default:
         if (!has_secret)

@@ -14,6 +14,9 @@
 
 #include <curl/curl.h>
 #include <event2/event.h>
+#include <jansson.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
 
 #include "cli.h"
 #include "config.h"
@@ -36,7 +39,11 @@ static void usage(FILE *out) {
             "                                          print the headers a sender of scheme S\n"
             "                                          attaches to FILE's body (stdin if absent)\n"
             "                                          S: generic|hex, atoship, aftership,\n"
-            "                                          easypost, stripe, standard\n"
+            "                                          easypost, stripe [--header H], standard,\n"
+            "                                          hmac-sha256 --header H [--encoding hex|base64]\n"
+            "                                          [--prefix P], shiptify (prints the body\n"
+            "                                          with timestamp, token and signature),\n"
+            "                                          shipengine --key private.pem --kid KID\n"
             "       waybill events [--failed] | event ID | retry ID | replay ID |\n"
             "       waybill test ENDPOINT TYPE        admin API wrappers (--json for JSON)\n"
             "       waybill version\n");
@@ -238,12 +245,85 @@ static char *read_all(FILE *f, size_t *len) {
     return b.p;
 }
 
+/* Shiptify puts its signature in the body: prints body (a JSON object)
+ * with timestamp (now, seconds), a random 50-character token and the hex
+ * HMAC-SHA256 of timestamp || token under the first secret. */
+static int sign_shiptify(const struct verify_secret *secret, const char *body, size_t len,
+                         int64_t now_s) {
+    static const char alnum[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    json_error_t jerr;
+    json_t *obj = json_loadb(body, len, JSON_PRESERVE_ORDER, &jerr);
+    unsigned char rnd[50], mac[32];
+    char token[51], ts[24], msg[80], hex[65], *text = NULL;
+    int rc = 1;
+
+    if (!json_is_object(obj)) {
+        fprintf(stderr, "waybill sign: a shiptify body is a JSON object\n");
+        goto done;
+    }
+    if (RAND_bytes(rnd, sizeof rnd) != 1)
+        goto done;
+    for (size_t i = 0; i < sizeof rnd; i++)
+        token[i] = alnum[rnd[i] % (sizeof alnum - 1)];
+    token[50] = '\0';
+    snprintf(ts, sizeof ts, "%lld", (long long)now_s);
+    snprintf(msg, sizeof msg, "%s%s", ts, token);
+    if (verify_hmac_sha256(secret->key, secret->len, msg, strlen(msg), mac) < 0)
+        goto done;
+    util_hex_encode(mac, sizeof mac, hex);
+    json_object_set_new(obj, "timestamp", json_integer(now_s));
+    json_object_set_new(obj, "token", json_string(token));
+    json_object_set_new(obj, "signature", json_string(hex));
+    text = json_dumps(obj, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    if (text) {
+        printf("%s\n", text);
+        rc = 0;
+    }
+done:
+    free(text);
+    json_decref(obj);
+    return rc;
+}
+
+/* ShipEngine: RSA-SHA256 of "<ISO timestamp>.<body>" with a private key. */
+static int sign_shipengine(const char *key_path, const char *kid, const char *body, size_t len,
+                           int64_t now_ms) {
+    FILE *f = fopen(key_path, "r");
+    EVP_PKEY *key = f ? PEM_read_PrivateKey(f, NULL, NULL, NULL) : NULL;
+    char ts[40], *sig = NULL;
+    int rc = 1;
+
+    if (f)
+        fclose(f);
+    if (!key) {
+        fprintf(stderr, "waybill sign: %s: not a readable PEM private key\n", key_path);
+        return 1;
+    }
+    util_time_rfc3339(now_ms - now_ms % 1000, ts, sizeof ts);
+    if (verify_rsa_sign(key, ts, body, len, &sig) == 0) {
+        printf("x-shipengine-rsa-sha256-signature: %s\n", sig);
+        printf("x-shipengine-rsa-sha256-key-id: %s\n", kid);
+        printf("x-shipengine-timestamp: %s\n", ts);
+        rc = 0;
+    } else {
+        fprintf(stderr, "waybill sign: %s: cannot sign with this key\n", key_path);
+    }
+    free(sig);
+    EVP_PKEY_free(key);
+    return rc;
+}
+
 static int sign(int argc, char **argv) {
     static const struct option opts[] = {{"scheme", required_argument, NULL, 's'},
                                          {"secret", required_argument, NULL, 'k'},
                                          {"header", required_argument, NULL, 'H'},
+                                         {"key", required_argument, NULL, 'K'},
+                                         {"kid", required_argument, NULL, 'I'},
+                                         {"encoding", required_argument, NULL, 'E'},
+                                         {"prefix", required_argument, NULL, 'P'},
                                          {NULL, 0, NULL, 0}};
-    const char *scheme = NULL, *header = NULL, *file = NULL;
+    const char *scheme = NULL, *header = NULL, *file = NULL, *key_path = NULL, *kid = NULL;
+    const char *encoding = "hex", *prefix = "";
     struct verify_secret secrets[8];
     const char *raw_secrets[8];
     size_t nsecrets = 0, len = 0;
@@ -252,19 +332,32 @@ static int sign(int argc, char **argv) {
     int c, rc = 1;
 
     optind = 1;
-    while ((c = getopt_long(argc, argv, "s:k:H:", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "s:k:H:K:I:E:P:", opts, NULL)) != -1) {
         if (c == 's')
             scheme = optarg;
         else if (c == 'k' && nsecrets < 8)
             raw_secrets[nsecrets++] = optarg;
         else if (c == 'H')
             header = optarg;
+        else if (c == 'K')
+            key_path = optarg;
+        else if (c == 'I')
+            kid = optarg;
+        else if (c == 'E')
+            encoding = optarg;
+        else if (c == 'P')
+            prefix = optarg;
         else {
             usage(stderr);
             return 2;
         }
     }
-    if (!scheme || nsecrets == 0) {
+    if (scheme && strcmp(scheme, "shipengine") == 0) {
+        if (!key_path || !kid) {
+            fprintf(stderr, "waybill sign: shipengine needs --key private.pem and --kid KID\n");
+            return 2;
+        }
+    } else if (!scheme || nsecrets == 0) {
         fprintf(stderr, "waybill sign: --scheme and --secret are required\n");
         return 2;
     }
@@ -314,6 +407,23 @@ static int sign(int argc, char **argv) {
         verify_hmac_sha256(secrets[0].key, secrets[0].len, body, len, mac);
         util_hex_encode(mac, sizeof mac, hex);
         printf("X-Hmac-Signature: hmac-sha256-hex=%s\n", hex);
+        rc = 0;
+    } else if (strcmp(scheme, "shiptify") == 0) {
+        rc = sign_shiptify(&secrets[0], body, len, now_s);
+    } else if (strcmp(scheme, "shipengine") == 0) {
+        rc = sign_shipengine(key_path, kid, body, len, util_now_ms());
+    } else if (strcmp(scheme, "hmac-sha256") == 0) {
+        char b64[45];
+        if (!header || (strcmp(encoding, "hex") != 0 && strcmp(encoding, "base64") != 0)) {
+            fprintf(stderr, "waybill sign: hmac-sha256 needs --header H and --encoding "
+                            "hex|base64\n");
+            rc = 2;
+            goto done;
+        }
+        verify_hmac_sha256(secrets[0].key, secrets[0].len, body, len, mac);
+        util_hex_encode(mac, sizeof mac, hex);
+        util_base64_encode(mac, sizeof mac, b64);
+        printf("%s: %s%s\n", header, prefix, strcmp(encoding, "hex") == 0 ? hex : b64);
         rc = 0;
     } else if (strcmp(scheme, "stripe") == 0) {
         struct util_buf msg = {0};

@@ -13,15 +13,21 @@
 #include <strings.h>
 
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <jansson.h>
+#include <openssl/err.h>
 #include <openssl/sha.h>
+#include <openssl/ssl.h>
 
 #include "admin.h"
 #include "config.h"
 #include "gateway.h"
+#include "jsonx.h"
+#include "jwks.h"
 #include "log.h"
 #include "metrics.h"
 #include "route.h"
@@ -36,6 +42,10 @@ struct server {
     struct evhttp *inbound;
     struct evhttp_bound_socket *inbound_sock;
     struct admin *admin;
+    SSL_CTX *tls;          /* inbound over TLS when set (config tls) */
+    struct jwks **jwks;    /* ShipEngine key sources by location, cached */
+    size_t njwks;
+    int freeing;           /* set while server_free runs: parked requests get 503 */
 };
 
 /* ---- replies ---- */
@@ -160,6 +170,54 @@ static char *headers_to_json(struct evkeyvalq *headers) {
     return text;
 }
 
+static EVP_PKEY *key_lookup(void *ctx, const char *kid) {
+    return ctx ? jwks_find(ctx, kid) : NULL;
+}
+
+/* The cached key source for location, made on first use. NULL with a
+ * logged reason when it cannot be made. */
+static struct jwks *server_jwks(struct server *srv, const char *location) {
+    struct jwks **grown, *j;
+    char err[300];
+
+    for (size_t i = 0; i < srv->njwks; i++)
+        if (jwks_is(srv->jwks[i], location))
+            return srv->jwks[i];
+    grown = realloc(srv->jwks, (srv->njwks + 1) * sizeof *grown);
+    if (!grown)
+        return NULL;
+    srv->jwks = grown;
+    j = jwks_new(srv->gw->base, location, err, sizeof err);
+    if (!j) {
+        log_msg(LOG_ERROR, "jwks: %s", err);
+        return NULL;
+    }
+    srv->jwks[srv->njwks++] = j;
+    return j;
+}
+
+/* A request waiting for a JWKS refetch (ShipEngine, unknown kid). */
+struct parked {
+    struct server *srv;
+    struct evhttp_request *req;
+};
+
+static void on_inbound(struct evhttp_request *req, void *arg);
+
+static void on_keys_refetched(void *arg, int ok) {
+    struct parked *p = arg;
+    UNUSED(ok);
+    if (p->srv->freeing) {
+        evhttp_add_header(evhttp_request_get_output_headers(p->req), "Retry-After", "5");
+        server_reply_error(p->req, 503, "Service Unavailable", "shutting down");
+    } else {
+        /* Verify again: the kid was refetched once, so an unknown kid now
+         * gets its 401 without another fetch. */
+        on_inbound(p->req, p->srv);
+    }
+    free(p);
+}
+
 static void on_inbound(struct evhttp_request *req, void *arg) {
     struct server *srv = arg;
     struct gateway *gw = srv->gw;
@@ -201,13 +259,73 @@ static void on_inbound(struct evhttp_request *req, void *arg) {
     if (!body)
         body = "";
 
+    if (src->verify.kind == VERIFY_SHIPTIFY) {
+        /* The signature is in the body: it must be JSON before it is checked. */
+        json_t *parsed = jsonx_parse(body, len, 0, reason, sizeof reason);
+        if (!parsed) {
+            server_reply_error(req, 400, "Bad Request", reason);
+            return;
+        }
+        json_decref(parsed);
+    }
     struct verify_request vr = {header_lookup, headers, (const unsigned char *)body, len,
-                                util_now_ms()};
-    if (verify_check(&src->verify, src->secrets, src->nsecrets, &vr, reason, sizeof reason) < 0) {
+                                util_now_ms(), key_lookup, NULL};
+    if (src->verify.kind == VERIFY_SHIPENGINE && !(vr.key_ctx = server_jwks(srv, src->jwks))) {
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "5");
+        server_reply_error(req, 503, "Service Unavailable", "signing keys unavailable");
+        return;
+    }
+    rc = verify_check(&src->verify, src->secrets, src->nsecrets, &vr, reason, sizeof reason);
+    if (rc == VERIFY_EUNKNOWN_KEY) {
+        const char *kid = evhttp_find_header(headers, "x-shipengine-rsa-sha256-key-id");
+        struct parked *p = calloc(1, sizeof *p);
+        int r = p ? jwks_refetch(vr.key_ctx, kid, on_keys_refetched, p) : -1;
+        if (r == 0) {
+            p->srv = srv;
+            p->req = req;
+            return; /* answered by on_keys_refetched, within the fetch timeout */
+        }
+        free(p);
+        if (r == JWKS_REFETCHED)
+            rc = verify_check(&src->verify, src->secrets, src->nsecrets, &vr, reason,
+                              sizeof reason);
+    }
+    if (rc < 0) {
         log_msg(LOG_WARN, "source %s: rejected request: %s", src->name, reason);
         server_reply_error(req, 401, "Unauthorized", "signature verification failed");
         metrics_event_rejected(src->name, "signature");
         return;
+    }
+    char nonce[256] = "";
+    if (src->verify.kind == VERIFY_SHIPTIFY) {
+        /* Shiptify's signature does not cover the body: its token is a
+         * nonce, kept durably with the body's digest. */
+        unsigned char digest[SHA256_DIGEST_LENGTH];
+        char hex[2 * SHA256_DIGEST_LENGTH + 1];
+        SHA256((const unsigned char *)body, len, digest);
+        util_hex_encode(digest, sizeof digest, hex);
+        if (verify_shiptify_token((const unsigned char *)body, len, nonce, sizeof nonce) < 0) {
+            log_msg(LOG_WARN, "source %s: rejected request: %s", src->name, "token too long");
+            server_reply_error(req, 401, "Unauthorized", "signature verification failed");
+            return;
+        }
+        /* Kept for twice the tolerance (a timestamp may be that far either
+         * side of now), and at least a day. */
+        int64_t keep = 2 * src->verify.tolerance_ms + 1000;
+        rc = store_nonce_put(gw->store, src->name, nonce, hex, vr.now_ms,
+                             keep > 86400000 ? keep : 86400000, serr, sizeof serr);
+        if (rc == STORE_REPLAY) {
+            log_msg(LOG_WARN, "source %s: rejected request: %s", src->name,
+                    "token replayed with a different body");
+            server_reply_error(req, 401, "Unauthorized", "signature verification failed");
+            return;
+        }
+        if (rc < 0) {
+            log_msg(LOG_ERROR, "source %s: storing the token failed: %s", src->name, serr);
+            evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "5");
+            server_reply_error(req, 503, "Service Unavailable", "store unavailable, retry later");
+            return;
+        }
     }
 
     in = calloc(1, sizeof *in);
@@ -242,6 +360,8 @@ static void on_inbound(struct evhttp_request *req, void *arg) {
         char hex[2 * SHA256_DIGEST_LENGTH + 1];
         if (wid) {
             ev.source_id = strdup(wid);
+        } else if (nonce[0]) {
+            ev.source_id = strdup(nonce);
         } else {
             SHA256((const unsigned char *)body, len, digest);
             util_hex_encode(digest, sizeof digest, hex);
@@ -356,6 +476,57 @@ struct evhttp *server_listener_new(struct event_base *base, const char *listen,
     return http;
 }
 
+/* evhttp's bufferevent factory for the TLS listener: each connection gets
+ * its own SSL from the server's context, accepting. */
+static struct bufferevent *tls_bevcb(struct event_base *base, void *arg) {
+    SSL *ssl = SSL_new(arg);
+    struct bufferevent *bev;
+    if (!ssl)
+        return NULL;
+    bev = bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                         BEV_OPT_CLOSE_ON_FREE);
+    if (!bev)
+        SSL_free(ssl);
+    return bev;
+}
+
+/* A server TLS context from PEM files: TLS 1.2 and later only, the key
+ * checked against the certificate. NULL with a reason in err. */
+static SSL_CTX *tls_context(const char *cert, const char *key, char *err, size_t errlen) {
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    char why[256] = "out of memory";
+
+    if (!ctx)
+        goto fail;
+    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+    if (SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) != 1)
+        goto fail_ssl;
+    if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
+        snprintf(err, errlen, "tls: cert %s: %s", cert,
+                 ERR_reason_error_string(ERR_peek_last_error()));
+        goto fail_quiet;
+    }
+    if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
+        snprintf(err, errlen, "tls: key %s: %s", key,
+                 ERR_reason_error_string(ERR_peek_last_error()));
+        goto fail_quiet;
+    }
+    if (SSL_CTX_check_private_key(ctx) != 1) {
+        snprintf(err, errlen, "tls: key %s does not match cert %s", key, cert);
+        goto fail_quiet;
+    }
+    ERR_clear_error();
+    return ctx;
+fail_ssl:
+    snprintf(why, sizeof why, "%s", ERR_reason_error_string(ERR_peek_last_error()));
+fail:
+    snprintf(err, errlen, "tls: %s", why);
+fail_quiet:
+    ERR_clear_error();
+    SSL_CTX_free(ctx);
+    return NULL;
+}
+
 struct server *server_new(struct gateway *gw, char *err, size_t errlen) {
     const struct config *cfg = rules_config(gw->rules);
     struct server *srv = calloc(1, sizeof *srv);
@@ -369,13 +540,19 @@ struct server *server_new(struct gateway *gw, char *err, size_t errlen) {
     if (!srv->inbound)
         goto fail;
     evhttp_set_gencb(srv->inbound, on_inbound, srv);
+    if (cfg->tls_cert && cfg->tls_key) {
+        srv->tls = tls_context(cfg->tls_cert, cfg->tls_key, err, errlen);
+        if (!srv->tls)
+            goto fail;
+        evhttp_set_bevcb(srv->inbound, tls_bevcb, srv->tls);
+    }
     if (cfg->admin_listen) {
         srv->admin = admin_new(gw, cfg->admin_listen, err, errlen);
         if (!srv->admin)
             goto fail;
     }
     server_reconfigure(srv);
-    log_msg(LOG_INFO, "listening for webhooks on %s%s%s", cfg->listen,
+    log_msg(LOG_INFO, "listening for webhooks on %s%s%s%s", cfg->listen, srv->tls ? " (TLS)" : "",
             cfg->admin_listen ? ", admin on " : "", cfg->admin_listen ? cfg->admin_listen : "");
     return srv;
 fail:
@@ -385,7 +562,24 @@ fail:
 
 void server_reconfigure(struct server *srv) {
     const struct config *cfg = rules_config(srv->gw->rules);
+    size_t kept = 0;
     evhttp_set_max_body_size(srv->inbound, (ev_ssize_t)cfg->max_body);
+    /* A reload reads JWKS files again (on their next use): a key removed
+     * from the file stops verifying. URL key sets stay cached; they are
+     * refetched on an unknown kid. A file source never has waiters (its
+     * refetch is synchronous), so freeing it here strands no request. */
+    for (size_t i = 0; i < srv->njwks; i++) {
+        if (!jwks_is_url(srv->jwks[i]))
+            jwks_free(srv->jwks[i]);
+        else
+            srv->jwks[kept++] = srv->jwks[i];
+    }
+    srv->njwks = kept;
+    /* Key sources load now, not on the first request: a URL's first fetch
+     * runs while no carrier waits for it. */
+    for (size_t i = 0; i < cfg->nsources; i++)
+        if (cfg->sources[i].verify.kind == VERIFY_SHIPENGINE && cfg->sources[i].jwks)
+            server_jwks(srv, cfg->sources[i].jwks);
 }
 
 void server_stop_inbound(struct server *srv) {
@@ -398,8 +592,13 @@ void server_stop_inbound(struct server *srv) {
 void server_free(struct server *srv) {
     if (!srv)
         return;
+    srv->freeing = 1;
+    for (size_t i = 0; i < srv->njwks; i++)
+        jwks_free(srv->jwks[i]);
+    free(srv->jwks);
     if (srv->inbound)
         evhttp_free(srv->inbound);
+    SSL_CTX_free(srv->tls);
     admin_free(srv->admin);
     free(srv);
 }

@@ -106,6 +106,15 @@ static const char store_schema_endpoints_sql[] =
     "CREATE INDEX IF NOT EXISTS deliveries_ep_held ON deliveries(endpoint, seq)"
     " WHERE status = 'held';";
 
+/* Nonces (Shiptify tokens) with the digest of the body they came with. */
+static const char store_nonce_sql[] =
+    "CREATE TABLE IF NOT EXISTS nonces ("
+    " source TEXT NOT NULL,"
+    " nonce TEXT NOT NULL,"
+    " digest TEXT NOT NULL,"
+    " seen_at INTEGER NOT NULL,"
+    " PRIMARY KEY (source, nonce)) WITHOUT ROWID";
+
 /* ---- prepared statements (prepared once at open) ---- */
 
 enum store_stmt {
@@ -196,6 +205,7 @@ struct store {
     struct store_cb *cbs;
     size_t ncbs, cap;
     sqlite3_stmt *ep_st[3]; /* endpoint-state statements run per attempt, prepared lazily */
+    int64_t nonces_pruned_at; /* Unix ms of the last prune of old nonces */
 };
 
 /* ---- small helpers ---- */
@@ -572,6 +582,12 @@ struct store *store_open(struct event_base *base, const char *url, const char *b
         store_err(err, errlen, "store: %s: endpoint state: %s", path, sqlite3_errmsg(s->db));
         goto fail;
     }
+    /* Nonces joined the schema later: created when missing, so stores made
+     * before them open unchanged. */
+    if (sqlite3_exec(s->db, store_nonce_sql, NULL, NULL, NULL) != SQLITE_OK) {
+        store_err(err, errlen, "store: creating nonces: %s", sqlite3_errmsg(s->db));
+        goto fail;
+    }
 
     for (i = 0; i < ST_COUNT_; i++) {
         if (sqlite3_prepare_v3(s->db, store_stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i],
@@ -659,6 +675,57 @@ void store_free(struct store *s) {
         log_msg(LOG_ERROR, "store: close: %s", sqlite3_errmsg(s->db));
     free(s->cbs);
     free(s);
+}
+
+/* ---- nonces ---- */
+
+int store_nonce_put(struct store *s, const char *source, const char *nonce, const char *digest,
+                    int64_t now_ms, int64_t keep_ms, char *err, size_t errlen) {
+    sqlite3_stmt *st = NULL;
+    int rc, ret = -1;
+
+    if (group_begin(s, err, errlen) < 0)
+        return -1;
+    /* A nonce older than keep_ms can only come back with a timestamp the
+     * tolerance refuses: forget those, at most once a minute. */
+    if (now_ms - s->nonces_pruned_at >= 60000) {
+        s->nonces_pruned_at = now_ms;
+        if (sqlite3_prepare_v2(s->db, "DELETE FROM nonces WHERE source = ?1 AND seen_at < ?2", -1,
+                               &st, NULL) != SQLITE_OK ||
+            bind_text(st, 1, source) || sqlite3_bind_int64(st, 2, now_ms - keep_ms) ||
+            sqlite3_step(st) != SQLITE_DONE) {
+            group_fail(s, "nonce prune", err, errlen);
+            goto done;
+        }
+        sqlite3_finalize(st);
+        st = NULL;
+    }
+    if (sqlite3_prepare_v2(s->db,
+                           "INSERT INTO nonces (source, nonce, digest, seen_at)"
+                           " VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                           -1, &st, NULL) != SQLITE_OK ||
+        bind_text(st, 1, source) || bind_text(st, 2, nonce) || bind_text(st, 3, digest) ||
+        sqlite3_bind_int64(st, 4, now_ms) || sqlite3_step(st) != SQLITE_DONE) {
+        group_fail(s, "nonce insert", err, errlen);
+        goto done;
+    }
+    if (sqlite3_changes(s->db) == 1) {
+        ret = 0;
+        goto done;
+    }
+    sqlite3_finalize(st);
+    if (sqlite3_prepare_v2(s->db, "SELECT digest FROM nonces WHERE source = ?1 AND nonce = ?2",
+                           -1, &st, NULL) != SQLITE_OK ||
+        bind_text(st, 1, source) || bind_text(st, 2, nonce) ||
+        (rc = sqlite3_step(st)) != SQLITE_ROW) {
+        group_fail(s, "nonce lookup", err, errlen);
+        goto done;
+    }
+    ret = strcmp((const char *)sqlite3_column_text(st, 0), digest) == 0 ? STORE_DUP
+                                                                        : STORE_REPLAY;
+done:
+    sqlite3_finalize(st);
+    return ret;
 }
 
 /* ---- events ---- */

@@ -75,6 +75,21 @@ struct store_event {
 int store_event_put(struct store *s, const struct store_event *ev, char *dup_id, size_t dup_len,
                     char *err, size_t errlen);
 
+/* ---- nonces (Shiptify tokens) ---- */
+
+#define STORE_REPLAY 2
+
+/* Records nonce of source with digest (the hex SHA-256 of the request body)
+ * in the open group, so it is durable with the event it came with and
+ * survives a restart. Nonces of source older than keep_ms (longer than the
+ * timestamp tolerance lets a request be replayed) are forgotten, at most
+ * once a minute. Returns 0 when the nonce is new; STORE_DUP when it was
+ * seen with the same digest (a carrier's retry); STORE_REPLAY when it was
+ * seen with another digest (nothing written); -1 with a reason in err on a
+ * store error. */
+int store_nonce_put(struct store *s, const char *source, const char *nonce, const char *digest,
+                    int64_t now_ms, int64_t keep_ms, char *err, size_t errlen);
+
 /* A delivery the routing of an event created; all borrowed. */
 struct store_delivery_new {
     const char *endpoint;

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include <jansson.h>
 #include <openssl/core_names.h>
 #include <openssl/evp.h>
 #include <openssl/params.h>
@@ -277,6 +278,232 @@ static int check_stripe(const struct verify_spec *spec, const struct verify_secr
     return fail(reason, reasonlen, "%s", "no secret matched the signature");
 }
 
+/* ---- Shiptify: the signature lives in the body ---- */
+
+/* The timestamp field's decimal text (a JSON integer or a string of
+ * digits) into text, and its value in ms (seconds, or ms past 10^12). */
+static int shiptify_timestamp(json_t *v, char *text, size_t textlen, int64_t *ms) {
+    int64_t n;
+    if (json_is_integer(v)) {
+        if (json_integer_value(v) < 0)
+            return -1;
+        snprintf(text, textlen, "%lld", (long long)json_integer_value(v));
+    } else if (json_is_string(v) && json_string_length(v) < textlen) {
+        snprintf(text, textlen, "%s", json_string_value(v));
+    } else {
+        return -1;
+    }
+    if (parse_unix_seconds(text, strlen(text), &n) < 0)
+        return -1;
+    *ms = n > 1000000000000LL ? n : n * 1000;
+    return 0;
+}
+
+static int check_shiptify(const struct verify_spec *spec, const struct verify_secret *secrets,
+                          size_t nsecrets, const struct verify_request *req, char *reason,
+                          size_t reasonlen) {
+    json_t *body = json_loadb((const char *)req->body, req->body_len, 0, NULL);
+    json_t *token, *sig;
+    char ts[24];
+    int64_t ts_ms, delta;
+    unsigned char want[DIGEST_LEN];
+    int rc = -1;
+
+    if (!json_is_object(body)) {
+        fail(reason, reasonlen, "%s", "body is not a JSON object");
+        goto done;
+    }
+    token = json_object_get(body, "token");
+    sig = json_object_get(body, "signature");
+    if (!json_object_get(body, "timestamp") || !token || !sig) {
+        fail(reason, reasonlen, "%s", "missing timestamp, token or signature in the body");
+        goto done;
+    }
+    if (shiptify_timestamp(json_object_get(body, "timestamp"), ts, sizeof ts, &ts_ms) < 0) {
+        fail(reason, reasonlen, "%s", "malformed timestamp in the body");
+        goto done;
+    }
+    if (!json_is_string(token) || json_string_length(token) == 0) {
+        fail(reason, reasonlen, "%s", "malformed token in the body");
+        goto done;
+    }
+    if (!json_is_string(sig) ||
+        decode_digest(json_string_value(sig), json_string_length(sig), VERIFY_HEX, want) < 0) {
+        fail(reason, reasonlen, "%s", "bad hex in the body's signature");
+        goto done;
+    }
+    delta = req->now_ms - ts_ms;
+    if (delta < 0)
+        delta = -delta;
+    if (delta > spec->tolerance_ms) {
+        fail(reason, reasonlen, "%s", "timestamp outside tolerance");
+        goto done;
+    }
+    struct hmac_part parts[] = {{ts, strlen(ts)},
+                                {json_string_value(token), json_string_length(token)}};
+    if (!any_secret_matches(secrets, nsecrets, parts, 2, want)) {
+        fail(reason, reasonlen, "%s", "no secret matched the signature");
+        goto done;
+    }
+    rc = 0;
+done:
+    json_decref(body);
+    return rc;
+}
+
+int verify_shiptify_token(const unsigned char *body, size_t len, char *out, size_t outlen) {
+    json_t *j = json_loadb((const char *)body, len, 0, NULL);
+    json_t *token = json_object_get(j, "token");
+    int rc = -1;
+
+    if (json_is_string(token) && json_string_length(token) > 0 &&
+        json_string_length(token) < outlen && !memchr(json_string_value(token), '\0',
+                                                      json_string_length(token))) {
+        memcpy(out, json_string_value(token), json_string_length(token) + 1);
+        rc = 0;
+    }
+    json_decref(j);
+    return rc;
+}
+
+/* ---- ShipEngine: RSA-SHA256 over "timestamp.body" ---- */
+
+static int two_digits(const char *s, int *out) {
+    if (!isdigit((unsigned char)s[0]) || !isdigit((unsigned char)s[1]))
+        return -1;
+    *out = (s[0] - '0') * 10 + (s[1] - '0');
+    return 0;
+}
+
+int verify_iso8601_ms(const char *s, int64_t *ms) {
+    int year = 0, mon, day, hh, mm, ss, frac_ms = 0, off_min = 0;
+    int64_t days;
+
+    for (int i = 0; i < 4; i++) {
+        if (!isdigit((unsigned char)s[i]))
+            return -1;
+        year = year * 10 + (s[i] - '0');
+    }
+    s += 4;
+    if (*s++ != '-' || two_digits(s, &mon) < 0 || s[2] != '-' || two_digits(s + 3, &day) < 0)
+        return -1;
+    s += 5;
+    if ((*s != 'T' && *s != 't' && *s != ' ') || two_digits(s + 1, &hh) < 0 || s[3] != ':' ||
+        two_digits(s + 4, &mm) < 0 || s[6] != ':' || two_digits(s + 7, &ss) < 0)
+        return -1;
+    s += 9;
+    if (*s == '.') {
+        int scale = 100, digits = 0;
+        for (s++; isdigit((unsigned char)*s); s++, digits++) {
+            frac_ms += (*s - '0') * scale;
+            scale /= 10;
+        }
+        if (!digits)
+            return -1;
+    }
+    if (*s == 'Z' || *s == 'z') {
+        s++;
+    } else if (*s == '+' || *s == '-') {
+        int oh, om, sign = *s == '-' ? -1 : 1;
+        if (two_digits(s + 1, &oh) < 0 || s[3] != ':' || two_digits(s + 4, &om) < 0 || oh > 23 ||
+            om > 59)
+            return -1;
+        off_min = sign * (oh * 60 + om);
+        s += 6;
+    } else {
+        return -1;
+    }
+    if (*s || mon < 1 || mon > 12 || day < 1 || day > 31 || hh > 23 || mm > 59 || ss > 60)
+        return -1;
+    /* Days from the civil date (proleptic Gregorian), Howard Hinnant's way. */
+    {
+        int y = year - (mon <= 2);
+        int era = (y >= 0 ? y : y - 399) / 400;
+        int yoe = y - era * 400;
+        int doy = (153 * (mon + (mon > 2 ? -3 : 9)) + 2) / 5 + day - 1;
+        int doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        days = (int64_t)era * 146097 + doe - 719468;
+    }
+    *ms = ((days * 86400 + hh * 3600 + mm * 60 + ss) - (int64_t)off_min * 60) * 1000 + frac_ms;
+    return 0;
+}
+
+#define RSA_SIG_MAX 1024 /* bytes: up to 8192-bit keys */
+
+static int check_shipengine(const struct verify_spec *spec, const struct verify_request *req,
+                            char *reason, size_t reasonlen) {
+    const char *sig = req->header(req->header_ctx, "x-shipengine-rsa-sha256-signature");
+    const char *kid = req->header(req->header_ctx, "x-shipengine-rsa-sha256-key-id");
+    const char *ts = req->header(req->header_ctx, "x-shipengine-timestamp");
+    unsigned char raw[RSA_SIG_MAX];
+    EVP_MD_CTX *md = NULL;
+    EVP_PKEY *key;
+    int64_t ts_ms, delta;
+    long n;
+    int rc = -1;
+
+    if (!sig)
+        return fail(reason, reasonlen, "missing header %s", "x-shipengine-rsa-sha256-signature");
+    if (!kid)
+        return fail(reason, reasonlen, "missing header %s", "x-shipengine-rsa-sha256-key-id");
+    if (!ts)
+        return fail(reason, reasonlen, "missing header %s", "x-shipengine-timestamp");
+    if (verify_iso8601_ms(ts, &ts_ms) < 0)
+        return fail(reason, reasonlen, "malformed %s", "x-shipengine-timestamp");
+    delta = req->now_ms - ts_ms;
+    if (delta < 0)
+        delta = -delta;
+    if (delta > spec->tolerance_ms)
+        return fail(reason, reasonlen, "%s", "timestamp outside tolerance");
+    n = util_base64_decode(sig, strlen(sig), raw, sizeof raw);
+    if (n <= 0)
+        return fail(reason, reasonlen, "bad base64 in %s", "x-shipengine-rsa-sha256-signature");
+    key = req->key ? req->key(req->key_ctx, kid) : NULL;
+    if (!key) {
+        fail(reason, reasonlen, "%s", "unknown key id");
+        return VERIFY_EUNKNOWN_KEY;
+    }
+    md = EVP_MD_CTX_new();
+    if (!md || EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, key) != 1 ||
+        EVP_DigestVerifyUpdate(md, ts, strlen(ts)) != 1 ||
+        EVP_DigestVerifyUpdate(md, ".", 1) != 1 ||
+        (req->body_len && EVP_DigestVerifyUpdate(md, req->body, req->body_len) != 1)) {
+        fail(reason, reasonlen, "%s", "RSA verification could not run");
+        goto done;
+    }
+    if (EVP_DigestVerifyFinal(md, raw, (size_t)n) != 1) {
+        fail(reason, reasonlen, "%s", "RSA signature did not verify");
+        goto done;
+    }
+    rc = 0;
+done:
+    EVP_MD_CTX_free(md);
+    return rc;
+}
+
+int verify_rsa_sign(EVP_PKEY *key, const char *timestamp, const void *body, size_t body_len,
+                    char **out) {
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    unsigned char *sig = NULL;
+    size_t siglen = 0;
+    int rc = -1;
+
+    *out = NULL;
+    if (!md || EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL, key) != 1 ||
+        EVP_DigestSignUpdate(md, timestamp, strlen(timestamp)) != 1 ||
+        EVP_DigestSignUpdate(md, ".", 1) != 1 ||
+        (body_len && EVP_DigestSignUpdate(md, body, body_len) != 1) ||
+        EVP_DigestSignFinal(md, NULL, &siglen) != 1 || !(sig = malloc(siglen)) ||
+        EVP_DigestSignFinal(md, sig, &siglen) != 1 || !(*out = malloc(4 * ((siglen + 2) / 3) + 1)))
+        goto done;
+    util_base64_encode(sig, siglen, *out);
+    rc = 0;
+done:
+    free(sig);
+    EVP_MD_CTX_free(md);
+    return rc;
+}
+
 int verify_check(const struct verify_spec *spec, const struct verify_secret *secrets,
                  size_t nsecrets, const struct verify_request *req, char *reason,
                  size_t reasonlen) {
@@ -289,6 +516,10 @@ int verify_check(const struct verify_spec *spec, const struct verify_secret *sec
         return check_standard(spec, secrets, nsecrets, req, reason, reasonlen);
     case VERIFY_STRIPE:
         return check_stripe(spec, secrets, nsecrets, req, reason, reasonlen);
+    case VERIFY_SHIPTIFY:
+        return check_shiptify(spec, secrets, nsecrets, req, reason, reasonlen);
+    case VERIFY_SHIPENGINE:
+        return check_shipengine(spec, req, reason, reasonlen);
     default:
         return fail(reason, reasonlen, "%s", "unsupported verification scheme");
     }

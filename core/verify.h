@@ -41,13 +41,24 @@ struct verify_secret {
  * NULL when absent. The string is borrowed for the duration of the call. */
 typedef const char *(*verify_header_fn)(void *ctx, const char *name);
 
+/* Public-key lookup by key id (VERIFY_SHIPENGINE: the JWKS kid); returns
+ * NULL when unknown. The key is borrowed for the duration of the call. */
+struct evp_pkey_st;
+typedef struct evp_pkey_st *(*verify_key_fn)(void *ctx, const char *kid);
+
 struct verify_request {
     verify_header_fn header;
     void *header_ctx;
     const unsigned char *body;
     size_t body_len;
     int64_t now_ms;
+    verify_key_fn key;          /* VERIFY_SHIPENGINE only; NULL: no keys */
+    void *key_ctx;
 };
+
+/* verify_check's answer when the signature names a key id the lookup does
+ * not know (the caller may refetch its keys and ask again). */
+#define VERIFY_EUNKNOWN_KEY (-2)
 
 /* Fills spec from a preset name ("generic", "atoship", "aftership",
  * "easypost", "stripe", "standard", "shiptify", "shipengine", "none").
@@ -57,11 +68,29 @@ int verify_preset(const char *name, struct verify_spec *spec);
 /* Checks the request against spec with each secret in turn (rotation).
  * Returns 0 when one matches, -1 otherwise with a short reason for the log
  * ("missing header X-Signature", "bad hex", "no secret matched",
- * "timestamp outside tolerance"). Kinds this build does not verify in C
- * (SHIPTIFY, SHIPENGINE) return -1 "unsupported". */
+ * "timestamp outside tolerance"). SHIPTIFY reads timestamp, token and
+ * signature from the JSON body (the caller checks the token as a nonce
+ * with verify_shiptify_token). SHIPENGINE looks the key up by the
+ * x-shipengine-rsa-sha256-key-id header through req->key and returns
+ * VERIFY_EUNKNOWN_KEY (with a reason) when the lookup has no such key. */
 int verify_check(const struct verify_spec *spec, const struct verify_secret *secrets,
                  size_t nsecrets, const struct verify_request *req, char *reason,
                  size_t reasonlen);
+
+/* The token of a Shiptify body (a JSON object with a string "token") copied
+ * into out. Returns 0, or -1 when absent, not a string or longer than
+ * outlen - 1. */
+int verify_shiptify_token(const unsigned char *body, size_t len, char *out, size_t outlen);
+
+/* Parses an ISO-8601 / RFC 3339 time ("2024-01-15T10:30:00Z",
+ * "...:00.123+02:00") into Unix ms. Returns 0 or -1. */
+int verify_iso8601_ms(const char *s, int64_t *ms);
+
+/* Signs "<timestamp>.<body>" with an RSA private key the ShipEngine way:
+ * base64 RSA-SHA256 PKCS#1 v1.5 into out (new, caller frees).
+ * Returns 0 or -1. */
+int verify_rsa_sign(struct evp_pkey_st *key, const char *timestamp, const void *body,
+                    size_t body_len, char **out);
 
 /* HMAC-SHA256 of msg under key into out. Returns 0 or -1. */
 int verify_hmac_sha256(const unsigned char *key, size_t keylen, const void *msg, size_t len,

@@ -1021,12 +1021,20 @@ static void test_adapters(struct rules *r) {
     CHECK_INT_EQ(adapt(r, "acme", "{}", NULL, &ev, err, sizeof err), 0);
     CHECK_STR_EQ(ev.type, "acme.unknown");
     rules_event_clear(&ev);
-    /* aftership: no lua/sources/aftership.lua here, so generic */
-    CHECK_INT_EQ(adapt(r, "aftership", "{\"type\":\"balance.low\",\"created_at\":\"t\"}", NULL, &ev,
-                       err, sizeof err),
+    /* aftership: lua/sources/aftership.lua, the tag names the type */
+    CHECK_INT_EQ(adapt(r, "aftership",
+                       "{\"event_id\":\"e1\",\"msg\":{\"tag\":\"Delivered\",\"updated_at\":\"t\"}}",
+                       NULL, &ev, err, sizeof err),
                  0);
-    CHECK_STR_EQ(ev.type, "balance.low");
+    CHECK_STR_EQ(ev.type, "tracking.delivered");
     CHECK_STR_EQ(ev.created_at, "t");
+    CHECK_STR_EQ(ev.source_id, "e1");
+    rules_event_clear(&ev);
+    CHECK_INT_EQ(adapt(r, "aftership", "{\"msg\":{\"tag\":\"Lost\"},\"ts\":1705305731}", NULL,
+                       &ev, err, sizeof err),
+                 0);
+    CHECK_STR_EQ(ev.type, "aftership.Lost");
+    CHECK_STR_EQ(ev.created_at, "2024-01-15T08:02:11Z");
     rules_event_clear(&ev);
 
     /* a source's own adapter file, reading headers; an inline function */

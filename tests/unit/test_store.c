@@ -665,6 +665,29 @@ static void test_endpoint_state(struct store *s) {
     CHECK_INT_EQ(pruned, 0);
 }
 
+/* Nonces: new, the same again (a retry), another body (a replay); durable
+ * once committed, per source. */
+static void test_nonces(struct store *s) {
+    char err[256];
+    const int64_t day = 86400000, t0 = 1700000000000LL;
+    CHECK_INT_EQ(store_nonce_put(s, "shiptify", "tok1", "d1", t0, day, err, sizeof err), 0);
+    CHECK_INT_EQ(store_nonce_put(s, "shiptify", "tok1", "d1", t0 + 1, day, err, sizeof err),
+                 STORE_DUP);
+    CHECK_INT_EQ(store_nonce_put(s, "shiptify", "tok1", "d2", t0 + 2, day, err, sizeof err),
+                 STORE_REPLAY);
+    CHECK_INT_EQ(store_nonce_put(s, "other", "tok1", "d2", t0 + 3, day, err, sizeof err), 0);
+    CHECK_INT_EQ(commit(s), 1);
+    CHECK_INT_EQ(fresh_count("SELECT count(*) FROM nonces WHERE nonce = ?", "tok1"), 2);
+    CHECK_INT_EQ(store_nonce_put(s, "shiptify", "tok1", "d3", t0 + 4, day, err, sizeof err),
+                 STORE_REPLAY);
+    CHECK_INT_EQ(commit(s), 1);
+    /* two days on, the first source's old nonces are pruned (not the other's) */
+    CHECK_INT_EQ(store_nonce_put(s, "shiptify", "tok2", "d1", t0 + 2 * day, day, err, sizeof err),
+                 0);
+    CHECK_INT_EQ(commit(s), 1);
+    CHECK_INT_EQ(fresh_count("SELECT count(*) FROM nonces WHERE nonce = ?", "tok1"), 1);
+}
+
 int main(void) {
     struct store *s;
     char cwd_db[128];
@@ -690,6 +713,7 @@ int main(void) {
     test_reentrant(s);
     test_route_claim_attempt(s);
     test_claim_waits_for_commit(s);
+    test_nonces(s);
     test_group_failure(s);
     test_locked(s);
     s = test_crash_release(s);
