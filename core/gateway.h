@@ -17,6 +17,7 @@ struct store;
 struct deliver;
 struct server;
 struct route;
+struct batch;
 
 struct gateway {
     struct event_base *base;
@@ -26,6 +27,7 @@ struct gateway {
     struct store *store;       /* owned */
     struct deliver *deliver;   /* owned */
     struct route *route;       /* owned: routes committed events */
+    struct batch *batch;       /* owned: batch windows */
     struct server *server;     /* owned */
     int64_t started_at;        /* Unix ms */
     int reloads, reload_failures;

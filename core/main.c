@@ -15,6 +15,7 @@
 #include <curl/curl.h>
 #include <event2/event.h>
 
+#include "batch.h"
 #include "config.h"
 #include "deliver.h"
 #include "gateway.h"
@@ -134,7 +135,8 @@ static int serve(const char *config_path) {
     }
     deliver_set_config(gw.deliver, cfg);
     gw.route = route_new(&gw);
-    if (!gw.route) {
+    gw.batch = batch_new(&gw);
+    if (!gw.route || !gw.batch) {
         fprintf(stderr, "waybill: out of memory\n");
         goto done;
     }
@@ -158,6 +160,7 @@ static int serve(const char *config_path) {
     log_msg(LOG_INFO, "waybill %s serving (%s, store %s)", WAYBILL_VERSION,
             cfg->sandbox ? "sandbox" : "production", cfg->store);
     route_recover(gw.route);
+    batch_start(gw.batch);
     deliver_kick(gw.deliver);
     if (event_base_dispatch(gw.base) < 0)
         log_msg(LOG_ERROR, "event loop failed");
@@ -174,6 +177,7 @@ done:
     server_free(gw.server);
     deliver_free(gw.deliver);
     route_free(gw.route);
+    batch_free(gw.batch);
     store_free(gw.store);
     rules_free(gw.rules);
     if (gw.base)

@@ -171,4 +171,39 @@ struct store_counts {
 };
 int store_delivery_counts(struct store *s, struct store_counts *c);
 
+/* ---- batch windows (SPEC section 6) ----
+ * An open window is the set of batched payloads stored for (endpoint,
+ * window_start, window_ms); window_start is a multiple of window_ms (Unix
+ * ms, UTC). Items are written in the routing group, so a crash never loses
+ * a batched event; a window is closed into one delivery in one group. */
+
+/* Adds one payload (JSON text, borrowed) of event_id to the window, in the
+ * open group; *count is the number of open items in that window after the
+ * add. Returns 0 or -1. */
+int store_batch_add(struct store *s, const char *endpoint, int64_t window_start, int64_t window_ms,
+                    const char *event_id, const char *payload, size_t len, int64_t *count,
+                    char *err, size_t errlen);
+
+/* Unix ms at which the earliest open window ends, INT64_MAX when none. */
+int64_t store_batch_next_close(struct store *s);
+
+struct store_batch_window {
+    char *endpoint; /* owned */
+    int64_t window_start, window_ms;
+};
+
+/* Lists the open windows that ended at or before now. *out is new (free
+ * with store_batch_windows_free). Returns 0 or -1. */
+int store_batch_due(struct store *s, int64_t now, struct store_batch_window **out, size_t *n,
+                    char *err, size_t errlen);
+void store_batch_windows_free(struct store_batch_window *w, size_t n);
+
+/* Closes the window's open items into one delivery (event_type "batch",
+ * batch = 1, status "pending" or "held", first attempt at next_at) whose
+ * payload is {"type":"batch","window_start","window_end","count","events"},
+ * in the open group. *count is the number of items sent (0: the window had
+ * none, nothing is written). Returns 0 or -1. */
+int store_batch_close(struct store *s, const struct store_batch_window *w, const char *status,
+                      int64_t next_at, size_t *count, char *err, size_t errlen);
+
 #endif

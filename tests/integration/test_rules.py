@@ -1,0 +1,192 @@
+"""Lua rules end to end (SPEC section 6): matching, fan-out, transforms,
+batch windows, sandbox limits, hot reload, and the check/route commands.
+
+Each test starts the real waybill binary and real receivers on 127.0.0.1.
+"""
+import json
+import os
+import re
+import threading
+import time
+
+import wb
+
+SECRET = "atoship-test-secret"
+KEY = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+def gateway(sinks, rules, endpoint_extra=None, start=True, **settings):
+    """A gateway with one atoship source and one endpoint per sink name."""
+    endpoint_extra = endpoint_extra or {}
+    eps = "\n".join(
+        f'endpoint "{name}" {{ url = {wb.lua(s.url)}, secret = {wb.lua(KEY)},'
+        f' retry = {{"0s", "1s"}} {endpoint_extra.get(name, "")} }}'
+        for name, s in sinks.items())
+    cfg = wb.config(f'''
+        source "atoship" {{ verify = "atoship", secret = {wb.lua(SECRET)} }}
+        {eps}
+        rules "rules/"
+    ''', **settings)
+    return wb.Gateway(cfg, files={"rules/10-main.lua": rules}, start=start)
+
+
+def post(g, type, **data):
+    r = g.post_atoship(wb.atoship_event(type, **data), SECRET)
+    assert r.status == 200, r
+    return r.json()["id"]
+
+
+def settled(g, evt):
+    return g.wait_event(evt, lambda e: e["status"] != "received")
+
+
+def quiet(sink, n, seconds):
+    """Asserts sink still has exactly n requests after seconds."""
+    time.sleep(seconds)
+    assert sink.count == n, [r.body for r in sink.requests]
+
+
+# ---- matching, fan-out, transforms ----
+
+def test_exact_glob_and_star_matching_all_handlers_run_in_order():
+    a, b, c = wb.Sink(), wb.Sink(), wb.Sink()
+    g = gateway({"a": a, "b": b, "c": c}, '''
+        on("shipment.delivered", function(ev) send("a", {n = 1, t = ev.type}) end)
+        on("shipment.*", function(ev) send("b", {n = 2, t = ev.type}) end)
+        on("*", function(ev) send("c", {n = 3, t = ev.type}) end)
+        on("shipment.delivered", function(ev) send("a", {n = 4, t = ev.type}) end)
+    ''')
+    e1 = post(g, "shipment.delivered")
+    a.wait_for_count(2), b.wait_for_count(1), c.wait_for_count(1)
+    ev = settled(g, e1)
+    assert ev["status"] == "routed" and [d["endpoint"] for d in ev["deliveries"]] == ["a", "b", "c", "a"], ev
+    assert sorted(r.json()["n"] for r in a.requests) == [1, 4]
+    e2 = post(g, "shipment.cancelled")   # glob and star, not exact
+    b.wait_for_count(2), c.wait_for_count(2)
+    e3 = post(g, "tracking.in_transit")  # only star
+    c.wait_for_count(3)
+    assert [d["endpoint"] for d in settled(g, e2)["deliveries"]] == ["b", "c"]
+    assert [d["endpoint"] for d in settled(g, e3)["deliveries"]] == ["c"]
+    quiet(a, 2, 0.3)
+    assert b.count == 2
+
+
+def test_fan_out_transform_string_payload_and_headers():
+    erp, crm, bi = wb.Sink(), wb.Sink(), wb.Sink()
+    g = gateway({"erp": erp, "crm": crm, "bi": bi}, '''
+        on("tracking.delivered", function(ev)
+          send({"erp", "crm"}, { order = ev.data.order_id, at = ev.data.delivered_at,
+                                 carrier = string.lower(ev.data.carrier) })
+          send("bi", '{"raw":true, "kept":  "as is"}', { headers = { ["X-Tenant"] = "acme" } })
+        end)
+        on("shipment.*", { "erp", "crm" })
+    ''')
+    evt = post(g, "tracking.delivered", order_id="order_42", carrier="UPS",
+               delivered_at="2026-01-02T03:04:05Z")
+    for s in (erp, crm):
+        got = s.wait_for_count(1)[0].json()
+        assert got == {"order": "order_42", "at": "2026-01-02T03:04:05Z", "carrier": "ups"}, got
+    req = bi.wait_for_count(1)[0]
+    assert req.body == b'{"raw":true, "kept":  "as is"}'   # byte for byte
+    assert req.headers["x-tenant"] == "acme"
+    assert len(settled(g, evt)["deliveries"]) == 3
+    # the shorthand sends the event unchanged to both
+    post(g, "shipment.delivered", order_id="order_7")
+    for s in (erp, crm):
+        got = s.wait_for_count(2)[1].json()
+        assert got["type"] == "shipment.delivered" and got["data"]["order_id"] == "order_7"
+
+
+def test_filter_sends_nothing_and_event_is_unrouted():
+    erp = wb.Sink()
+    g = gateway({"erp": erp}, '''
+        on("tracking.*", function(ev)
+          if ev.data.carrier ~= "USPS" then return end
+          send("erp", ev)
+        end)
+    ''')
+    dropped = post(g, "tracking.in_transit", carrier="UPS")
+    kept = post(g, "tracking.in_transit", carrier="USPS")
+    erp.wait_for_count(1)
+    assert settled(g, dropped)["status"] == "unrouted"
+    assert settled(g, kept)["status"] == "routed"
+    quiet(erp, 1, 0.3)
+
+
+# ---- batch windows ----
+
+def align(window_s, margin=0.15):
+    """Sleeps until just after the start of a clock-aligned window."""
+    t = time.time()
+    time.sleep(window_s - (t % window_s) + margin)
+
+
+def test_batch_window_one_post_with_all_events_after_close():
+    wh = wb.Sink()
+    g = gateway({"warehouse": wh}, '''
+        on("tracking.*", function(ev) batch("warehouse", { tn = ev.data.tracking_number, t = ev.type }) end)
+    ''', endpoint_extra={"warehouse": ', window = "2s"'})
+    align(2)
+    t0 = time.time()
+    ids = [post(g, "tracking.in_transit", tracking_number="TN%d" % i) for i in range(5)]
+    assert time.time() - t0 < 1.5, "posting took too long for one window"
+    assert wh.count == 0                      # nothing before the window closes
+    req = wh.wait_for_count(1, timeout=6)[0]
+    got = req.json()
+    assert got["type"] == "batch" and got["count"] == 5, got
+    assert [e["tn"] for e in got["events"]] == ["TN%d" % i for i in range(5)]
+    start = time.mktime(time.strptime(got["window_start"], "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+    end = time.mktime(time.strptime(got["window_end"], "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+    assert end - start == 2 and int(start) % 2 == 0 and start <= t0 < end, got
+    assert req.headers["x-waybill-event-type"] == "batch"
+    for evt in ids:
+        ev = settled(g, evt)
+        assert ev["status"] == "routed", ev
+        assert [(d["endpoint"], d["batch"]) for d in ev["deliveries"]] == [("warehouse", True)], ev
+    # later, empty windows send nothing
+    quiet(wh, 1, 4.5)
+
+
+def test_batch_per_call_window_and_max_batch_sends_early():
+    wh = wb.Sink()
+    g = gateway({"warehouse": wh}, '''
+        on("tracking.*", function(ev) batch("warehouse", ev, "1h") end)
+    ''', endpoint_extra={"warehouse": ', max_batch = 3'})
+    ids = [post(g, "tracking.in_transit") for _ in range(3)]
+    got = wh.wait_for_count(1, timeout=5)[0].json()   # full: sent without waiting an hour
+    assert got["count"] == 3 and [e["id"] for e in got["events"]] == ids, got
+    post(g, "tracking.in_transit")
+    post(g, "tracking.in_transit")
+    quiet(wh, 1, 1.0)                                 # 2 < max_batch: still open
+
+
+def test_batch_survives_sigkill_and_is_sent_once_complete():
+    wh = wb.Sink()
+    g = gateway({"warehouse": wh}, '''
+        on("tracking.*", function(ev) batch("warehouse", { id = ev.id }) end)
+    ''', endpoint_extra={"warehouse": ', window = "3s"'})
+    align(3)
+    ids = [post(g, "tracking.in_transit") for _ in range(4)]
+    g.kill9()
+    assert wh.count == 0
+    g.restart()
+    req = wh.wait_for_count(1, timeout=10)[0]
+    got = req.json()
+    assert got["count"] == 4 and sorted(e["id"] for e in got["events"]) == sorted(ids), got
+    quiet(wh, 1, 3.5)
+
+
+def test_batch_window_already_past_at_restart_closes_at_once():
+    wh = wb.Sink()
+    g = gateway({"warehouse": wh}, '''
+        on("*", function(ev) batch("warehouse", { id = ev.id }) end)
+    ''', endpoint_extra={"warehouse": ', window = "2s"'})
+    align(2)
+    evt = post(g, "tracking.in_transit")
+    g.stop()
+    time.sleep(2.2)               # the window ended while waybill was down
+    g.restart()
+    t0 = time.time()
+    got = wh.wait_for_count(1, timeout=5)[0].json()
+    assert time.time() - t0 < 2.0 and got["count"] == 1 and got["events"][0]["id"] == evt
+    quiet(wh, 1, 0.5)
