@@ -190,3 +190,118 @@ def test_batch_window_already_past_at_restart_closes_at_once():
     got = wh.wait_for_count(1, timeout=5)[0].json()
     assert time.time() - t0 < 2.0 and got["count"] == 1 and got["events"][0]["id"] == evt
     quiet(wh, 1, 0.5)
+
+
+# ---- sandbox limits ----
+
+HOSTILE = {
+    "t.loop": "while true do end",
+    "t.pcall_loop": "pcall(function() while true do end end) send('erp', ev)",
+    "t.rep_bomb": "local s = string.rep('x', 1 << 40) send('erp', {s = s})",
+    "t.rep_doubling": "local s = 'x' for i = 1, 64 do s = s .. s end send('erp', {s = s})",
+    "t.table_growth": "local t = {} local i = 0 while true do i = i + 1 t[i] = {i, i, i} end",
+    "t.io_open": "local f = io.open('/etc/passwd') send('erp', {x = f:read('a')})",
+    "t.os_execute": "os.execute('touch /tmp/waybill-pwned') send('erp', ev)",
+    "t.require": "local m = require('os') send('erp', {x = m.getenv('HOME')})",
+    "t.bytecode": "local f = load(string.dump(function() return 1 end)) send('erp', {x = f()})",
+    "t.bytecode_mode": "local f = load('\\27Lua', 'x', 'b') send('erp', {x = f()})",
+}
+
+
+def test_hostile_rules_are_stopped_and_gateway_keeps_answering():
+    erp = wb.Sink()
+    rules = "\n".join(
+        f'on({wb.lua("atoship." + t)}, function(ev) {code} end)' for t, code in HOSTILE.items())
+    rules += '\non("atoship.ok.ping", {"erp"})\n'
+    g = gateway({"erp": erp}, rules)
+    for t in HOSTILE:
+        evt = post(g, t)
+        ev = settled(g, evt)
+        assert ev["status"] == "rule_error", (t, ev)
+        assert "rules/10-main.lua:" in ev["error"], (t, ev["error"])
+        assert ev["deliveries"] == [], (t, ev)
+        # the next request is answered at once
+        t0 = time.monotonic()
+        st, _ = g.admin("GET", "/healthz")
+        took = time.monotonic() - t0
+        assert st == 200 and took < (0.5 if wb.ASAN else 0.1), (t, took)
+    assert not os.path.exists("/tmp/waybill-pwned")
+    post(g, "ok.ping")
+    erp.wait_for_count(1)
+    quiet(erp, 1, 0.2)
+
+
+# ---- reload ----
+
+def test_sighup_changes_routing_and_syntax_error_keeps_old_rules():
+    a, b = wb.Sink(), wb.Sink()
+    g = gateway({"a": a, "b": b}, 'on("*", {"a"})')
+    post(g, "tracking.in_transit")
+    a.wait_for_count(1)
+    g.write("rules/10-main.lua", 'on("*", function(ev) send("b", {changed = true}) end)')
+    g.sighup()
+    g.wait_for(lambda: g.admin("GET", "/api/status")[1]["reloads"] == 1)
+    post(g, "tracking.in_transit")
+    assert b.wait_for_count(1)[0].json() == {"changed": True}
+    g.write("rules/10-main.lua", 'on("*", {"a"})\n\non("x", function(ev)\n  send("a" ev)\nend)\n')
+    g.sighup()
+    g.wait_for(lambda: g.admin("GET", "/api/status")[1]["reload_failures"] == 1)
+    st, status = g.admin("GET", "/api/status")
+    assert re.search(r"rules/10-main\.lua:4:", status["last_reload_error"]), status
+    post(g, "tracking.in_transit")      # still the second generation
+    b.wait_for_count(2)
+    quiet(a, 1, 0.3)
+
+
+def test_events_during_20_reloads_are_each_routed_once():
+    a, b = wb.Sink(), wb.Sink()
+    g = gateway({"a": a, "b": b}, 'on("*", {"a"})')
+    n = 500
+    ids = []
+    errors = []
+
+    def sender():
+        try:
+            for i in range(n):
+                r = g.post_atoship(wb.atoship_event("tracking.in_transit", order_id="o%d" % i),
+                                   SECRET)
+                if r.status != 200:
+                    errors.append(r)
+                else:
+                    ids.append(r.json()["id"])
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    th = threading.Thread(target=sender)
+    th.start()
+    for i in range(20):
+        g.write("rules/10-main.lua", 'on("*", {"%s"})' % ("b" if i % 2 == 0 else "a"))
+        st, body = g.admin("POST", "/api/reload")
+        assert st == 200, body
+        time.sleep(0.02)
+    th.join(timeout=120)
+    assert not th.is_alive() and not errors, errors[:3]
+    assert len(ids) == n
+    wb.wait_for(lambda: a.count + b.count >= n, timeout=60,
+                message=lambda: "got %d of %d" % (a.count + b.count, n))
+    quiet_total = a.count + b.count
+    time.sleep(0.5)
+    assert a.count + b.count == quiet_total == n
+    got = sorted(r.json()["id"] for r in a.requests + b.requests)
+    assert got == sorted(ids)          # each event exactly once, by a or by b
+    st, status = g.admin("GET", "/api/status")
+    assert status["reloads"] == 20
+
+
+# ---- commands ----
+
+def test_check_reports_file_line_of_broken_rule():
+    erp = wb.Sink()
+    g = gateway({"erp": erp}, 'on("*", {"erp"})\nlocal x = = 1\n', start=False)
+    r = g.cli("check")
+    assert r.returncode == 1
+    assert re.search(r"rules/10-main\.lua:2:", r.stderr.decode()), r.stderr
+    g.write("rules/10-main.lua", 'on("*", function(ev) send("nope", ev) end)\n')
+    assert g.cli("check").returncode == 0   # unknown endpoints are found when routing
+    g.write("rules/10-main.lua", 'on("*", {"erp"})\n')
+    assert g.cli("check").returncode == 0
