@@ -274,11 +274,12 @@ def test_events_during_20_reloads_are_each_routed_once():
 
     th = threading.Thread(target=sender)
     th.start()
-    for i in range(20):
+    for i in range(20):   # one reload every ~25 events, while they stream in
+        wb.wait_for(lambda: len(ids) >= i * 24 or errors or not th.is_alive(), timeout=60)
         g.write("rules/10-main.lua", 'on("*", {"%s"})' % ("b" if i % 2 == 0 else "a"))
         st, body = g.admin("POST", "/api/reload")
         assert st == 200, body
-        time.sleep(0.02)
+    assert th.is_alive(), "the reloads did not overlap the stream"
     th.join(timeout=120)
     assert not th.is_alive() and not errors, errors[:3]
     assert len(ids) == n
@@ -305,3 +306,53 @@ def test_check_reports_file_line_of_broken_rule():
     assert g.cli("check").returncode == 0   # unknown endpoints are found when routing
     g.write("rules/10-main.lua", 'on("*", {"erp"})\n')
     assert g.cli("check").returncode == 0
+
+
+def test_route_prints_planned_deliveries_and_sends_nothing():
+    erp, wh = wb.Sink(), wb.Sink()
+    g = gateway({"erp": erp, "warehouse": wh}, '''
+        on("tracking.delivered", function(ev)
+          send("erp", { order = ev.data.order_id }, { headers = { ["X-Tenant"] = "acme" } })
+          batch("warehouse", ev, "10m")
+        end)
+        on("shipment.delivered", function(ev) error("boom") end)
+    ''', start=False)
+    g.write("event.json", wb.atoship_event("tracking.delivered", order_id="order_9"))
+    r = g.cli("route", "--source", "atoship", "event.json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["event"]["type"] == "tracking.delivered" and out["event"]["source"] == "atoship"
+    assert out["event"]["data"]["order_id"] == "order_9"
+    d = out["deliveries"]
+    assert [x["endpoint"] for x in d] == ["erp", "warehouse"], d
+    assert d[0]["payload"] == {"order": "order_9"} and d[0]["window"] is None
+    assert d[0]["headers"]["X-Tenant"] == "acme"
+    assert d[1]["window"]["ms"] == 600000 and d[1]["window"]["start"].endswith(("0:00Z", "0:00.000Z")), d[1]
+    assert d[1]["payload"]["type"] == "tracking.delivered"
+    time.sleep(0.3)
+    assert erp.count == 0 and wh.count == 0
+    assert not os.path.exists(g.path("waybill.db"))   # no store opened
+    g.write("bad.json", wb.atoship_event("shipment.delivered"))
+    r = g.cli("route", "--source", "atoship", "bad.json")
+    assert r.returncode == 1 and b"rules/10-main.lua:" in r.stderr and b"boom" in r.stderr, r.stderr
+    r = g.cli("route", "--source", "nope", "event.json")
+    assert r.returncode == 1 and b"nope" in r.stderr
+
+
+def test_init_writes_a_starter_that_checks_and_routes():
+    d = wb._mkdtemp("wb-init-")
+    target = os.path.join(d, "site")
+    r = wb.run("init", target)
+    assert r.returncode == 0, r.stderr
+    assert os.path.exists(os.path.join(target, "waybill.lua"))
+    assert os.path.exists(os.path.join(target, "rules", "10-routes.lua"))
+    cfg = os.path.join(target, "waybill.lua")
+    r = wb.run("check", "-c", cfg)
+    assert r.returncode == 0, r.stderr
+    with open(os.path.join(d, "ev.json"), "wb") as f:
+        f.write(wb.atoship_event("shipment.delivered"))
+    r = wb.run("route", "-c", cfg, "--source", "atoship", os.path.join(d, "ev.json"))
+    assert r.returncode == 0, r.stderr
+    assert [x["endpoint"] for x in json.loads(r.stdout)["deliveries"]] == ["erp"]
+    r = wb.run("init", target)          # never overwrites
+    assert r.returncode == 1 and b"exists" in r.stderr
