@@ -24,6 +24,7 @@
 #include "log.h"
 #include "route.h"
 #include "rules.h"
+#include "ruletest.h"
 #include "server.h"
 #include "store.h"
 #include "util.h"
@@ -610,6 +611,18 @@ int main(int argc, char **argv) {
         return route_cmd(argc - 1, argv + 1);
     if (strcmp(cmd, "init") == 0)
         return init_cmd(argc - 1, argv + 1);
+    if (strcmp(cmd, "test-rules") == 0) {
+        char *lua_dir;
+        int rc;
+        if (argc != 3) {
+            fprintf(stderr, "usage: waybill test-rules FILE.test\n");
+            return 2;
+        }
+        lua_dir = find_lua_dir();
+        rc = ruletest_run(argv[2], lua_dir);
+        free(lua_dir);
+        return rc;
+    }
     fprintf(stderr, "waybill: unknown command '%s'\n", cmd);
     usage(stderr);
     return 2;

@@ -356,3 +356,15 @@ def test_init_writes_a_starter_that_checks_and_routes():
     assert [x["endpoint"] for x in json.loads(r.stdout)["deliveries"]] == ["erp"]
     r = wb.run("init", target)          # never overwrites
     assert r.returncode == 1 and b"exists" in r.stderr
+
+
+def test_test_rules_command_reports_failures():
+    d = wb._mkdtemp("wb-rt-")
+    f = os.path.join(d, "x.test")
+    with open(f, "w") as fh:
+        fh.write('on("*", {"erp"})\n\n{"type":"a.b","data":{}}\n\n[{"endpoint":"crm"}]\n\n'
+                 'on("*", {"erp"})\n\n{"type":"a.b","data":{}}\n\n[{"endpoint":"erp"}]\n')
+    r = wb.run("test-rules", f)
+    out = r.stdout.decode()
+    assert r.returncode == 1 and out.splitlines()[-1] == "1 passed, 1 failed", out
+    assert "x.test:1:" in out and "want crm" in out, out
