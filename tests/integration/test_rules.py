@@ -368,3 +368,40 @@ def test_test_rules_command_reports_failures():
     out = r.stdout.decode()
     assert r.returncode == 1 and out.splitlines()[-1] == "1 passed, 1 failed", out
     assert "x.test:1:" in out and "want crm" in out, out
+
+
+EXAMPLE_ENV = {
+    "WAYBILL_ADMIN_TOKEN": "t", "ATOSHIP_SECRET": "a", "AFTERSHIP_SECRET": "b",
+    "SHIPTIFY_SECRET": "c", "SHOP_SECRET": "d",
+    "ERP_SECRET": "whsec_ZGV2LWVycC1zZWNyZXQtZm9yLXdheWJpbGw=",
+    "CRM_SECRET": "whsec_ZGV2LWNybS1zZWNyZXQtZm9yLXdheWJpbGw=",
+    "ALERTS_SECRET": "whsec_ZGV2LWFsZXJ0cy1zZWNyZXQtZm9yLXdheWI=",
+    "WAREHOUSE_SECRET": "whsec_ZGV2LXdhcmVob3VzZS1zZWNyZXQtZm9yLXc=",
+}
+
+
+def test_example_config_checks_and_routes_like_a_merchant_wants():
+    cfg = os.path.join(wb.ROOT, "examples", "waybill.lua")
+    r = wb.run("check", "-c", cfg, env=EXAMPLE_ENV)
+    assert r.returncode == 0, r.stderr
+    assert b"5 sources" in r.stdout, r.stdout
+    d = wb._mkdtemp("wb-ex-")
+
+    def plan(type, **data):
+        f = os.path.join(d, type + ".json")
+        with open(f, "wb") as fh:
+            fh.write(wb.atoship_event(type, **data))
+        r = wb.run("route", "-c", cfg, "--source", "atoship", f, env=EXAMPLE_ENV)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)["deliveries"]
+
+    got = plan("tracking.delivered", order_id="order_1")
+    assert [x["endpoint"] for x in got] == ["erp", "crm", "warehouse"], got
+    assert got[0]["payload"]["order"] == "order_1" and got[1]["payload"]["event"] == "parcel_delivered"
+    assert got[2]["window"]["ms"] == 60000
+    got = plan("shipment.exception", exception_reason="damaged")
+    assert [x["endpoint"] for x in got] == ["erp", "alerts"], got
+    assert "damaged" in got[1]["payload"]["text"] and got[1]["headers"]["X-Alert-Severity"] == "high"
+    got = plan("tracking.in_transit")
+    assert [(x["endpoint"], x["window"]["ms"]) for x in got] == [("warehouse", 60000)], got
+    assert not os.path.exists(os.path.join(wb.ROOT, "examples", "waybill.db"))
