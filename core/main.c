@@ -611,6 +611,12 @@ int main(int argc, char **argv) {
         return route_cmd(argc - 1, argv + 1);
     if (strcmp(cmd, "init") == 0)
         return init_cmd(argc - 1, argv + 1);
+    if (strcmp(cmd, "bench-rules") == 0) { /* hidden: used by make bench */
+        char *lua_dir = find_lua_dir();
+        int rc = ruletest_bench(argc - 1, argv + 1, lua_dir);
+        free(lua_dir);
+        return rc;
+    }
     if (strcmp(cmd, "test-rules") == 0) {
         char *lua_dir;
         int rc;

@@ -3,6 +3,7 @@
  * real generation, so the sandbox, limits and DSL are exactly the gateway's.
  * SPDX-License-Identifier: MIT */
 #include <errno.h>
+#include <getopt.h>
 #include <ftw.h>
 #include <limits.h>
 #include <stdio.h>
@@ -334,4 +335,89 @@ int ruletest_run(const char *path, const char *lua_dir) {
     free(g);
     free(text);
     return failed ? 1 : 0;
+}
+
+int ruletest_bench(int argc, char **argv, const char *lua_dir) {
+    static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
+                                         {"source", required_argument, NULL, 's'},
+                                         {NULL, 0, NULL, 0}};
+    const char *config_path = "waybill.lua", *source = NULL;
+    struct rules *r = NULL;
+    struct rules_event *evs = NULL;
+    char **bodies = NULL;
+    size_t *lens = NULL, nev = 0, sends = 0;
+    long rounds = 2000;
+    int c, rc = 1;
+    char err[512];
+    const struct config_source *src;
+    int64_t t0, t1;
+
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "c:s:n:", opts, NULL)) != -1) {
+        if (c == 'c')
+            config_path = optarg;
+        else if (c == 's')
+            source = optarg;
+        else if (c == 'n')
+            rounds = strtol(optarg, NULL, 10);
+        else
+            return 2;
+    }
+    if (!source || optind >= argc || rounds <= 0) {
+        fprintf(stderr, "usage: waybill bench-rules -c CONFIG --source NAME [-n N] EVENT.json...\n");
+        return 2;
+    }
+    r = rules_load(config_path, lua_dir, err, sizeof err);
+    if (!r) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    src = config_source_by_name(rules_config(r), source);
+    nev = (size_t)(argc - optind);
+    evs = calloc(nev, sizeof *evs);
+    bodies = calloc(nev, sizeof *bodies);
+    lens = calloc(nev, sizeof *lens);
+    if (!src || !evs || !bodies || !lens) {
+        fprintf(stderr, "waybill bench-rules: %s\n", src ? "out of memory" : "unknown source");
+        goto done;
+    }
+    for (size_t i = 0; i < nev; i++) {
+        bodies[i] = util_file_read(argv[optind + (int)i], &lens[i]);
+        if (!bodies[i] ||
+            rules_adapt(r, src, bodies[i], lens[i], "{}", &evs[i], err, sizeof err) != 0) {
+            fprintf(stderr, "%s: %s\n", argv[optind + (int)i], bodies[i] ? err : strerror(errno));
+            goto done;
+        }
+    }
+    t0 = util_mono_ms();
+    for (long k = 0; k < rounds; k++) {
+        for (size_t i = 0; i < nev; i++) {
+            struct rules_plan plan = {0};
+            struct rules_input in = {"evt_bench",     source, evs[i].source_id ? evs[i].source_id : "x",
+                                     evs[i].type,     evs[i].created_at, 1767225600000,
+                                     evs[i].data_json, bodies[i], lens[i], "{}"};
+            if (rules_route(r, &in, &plan, err, sizeof err) < 0) {
+                fprintf(stderr, "rule_error: %s\n", err);
+                goto done;
+            }
+            if (k == 0)
+                sends += plan.n;
+            rules_plan_clear(&plan);
+        }
+    }
+    t1 = util_mono_ms();
+    printf("{\"events\":%zu,\"rounds\":%ld,\"us_per_event\":%.2f,\"sends_per_event\":%.2f}\n", nev,
+           rounds, (double)(t1 - t0) * 1000.0 / ((double)rounds * (double)nev),
+           (double)sends / (double)nev);
+    rc = 0;
+done:
+    for (size_t i = 0; i < nev && evs; i++)
+        rules_event_clear(&evs[i]);
+    for (size_t i = 0; i < nev && bodies; i++)
+        free(bodies[i]);
+    free(evs);
+    free(bodies);
+    free(lens);
+    rules_free(r);
+    return rc;
 }

@@ -23,4 +23,11 @@
  * passed, 1 when any failed, 2 when the file cannot be read. */
 int ruletest_run(const char *path, const char *lua_dir);
 
+/* `waybill bench-rules -c CONFIG --source NAME [-n N] EVENT.json...`:
+ * adapts each event with the source's adapter once, then times N rounds of
+ * rules_route over all of them (adapter excluded) and prints one JSON line
+ * {"events":E,"rounds":N,"us_per_event":U,"sends_per_event":S}. Returns
+ * 0, 1 on an error (printed), 2 on usage. */
+int ruletest_bench(int argc, char **argv, const char *lua_dir);
+
 #endif
