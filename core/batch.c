@@ -20,8 +20,8 @@
 struct batch {
     struct gateway *gw;
     struct event *timer;
-    int64_t armed_at;  /* Unix ms the timer fires at, INT64_MAX when idle */
-    int kick_pending;  /* a commit callback will kick the delivery engine */
+    int64_t armed_at; /* Unix ms the timer fires at, INT64_MAX when idle */
+    int kick_pending; /* a commit callback will kick the delivery engine */
 };
 
 int64_t batch_window_start(int64_t now, int64_t window_ms) {
@@ -85,8 +85,7 @@ static int close_window(struct batch *b, const struct store_batch_window *w, con
         return -1;
     }
     if (count) {
-        log_msg(LOG_DEBUG, "batch: window of %s closed (%s): %zu events", w->endpoint, why,
-                count);
+        log_msg(LOG_DEBUG, "batch: window of %s closed (%s): %zu events", w->endpoint, why, count);
         if (!b->kick_pending && store_on_commit(b->gw->store, on_closed_committed, b) == 0)
             b->kick_pending = 1;
     }

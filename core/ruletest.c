@@ -18,12 +18,13 @@
 #include "rules.h"
 #include "util.h"
 
-#define RT_DEFAULT_CONFIG \
-    "endpoint \"erp\" { url = \"http://127.0.0.1:9/erp\", sign = \"none\" }\n" \
-    "endpoint \"crm\" { url = \"http://127.0.0.1:9/crm\", sign = \"none\" }\n" \
-    "endpoint \"bi\" { url = \"http://127.0.0.1:9/bi\", sign = \"none\" }\n" \
-    "endpoint \"alerts\" { url = \"http://127.0.0.1:9/alerts\", sign = \"none\" }\n" \
-    "endpoint \"warehouse\" { url = \"http://127.0.0.1:9/wms\", sign = \"none\", window = \"10m\" }\n"
+#define RT_DEFAULT_CONFIG                                                                          \
+    "endpoint \"erp\" { url = \"http://127.0.0.1:9/erp\", sign = \"none\" }\n"                     \
+    "endpoint \"crm\" { url = \"http://127.0.0.1:9/crm\", sign = \"none\" }\n"                     \
+    "endpoint \"bi\" { url = \"http://127.0.0.1:9/bi\", sign = \"none\" }\n"                       \
+    "endpoint \"alerts\" { url = \"http://127.0.0.1:9/alerts\", sign = \"none\" }\n"               \
+    "endpoint \"warehouse\" { url = \"http://127.0.0.1:9/wms\", sign = \"none\", window = "        \
+    "\"10m\" }\n"
 
 /* One group of lines: text (new) and the file line it starts on. */
 struct rt_group {
@@ -128,8 +129,8 @@ static int rt_compare(const struct rules_send *s, json_t *want, char *why, size_
     if (json_is_string(payload)) {
         if (strlen(json_string_value(payload)) != s->payload_len ||
             memcmp(json_string_value(payload), s->payload, s->payload_len) != 0) {
-            snprintf(why, whylen, "payload to %s: want %s, got %s", ep,
-                     json_string_value(payload), s->payload);
+            snprintf(why, whylen, "payload to %s: want %s, got %s", ep, json_string_value(payload),
+                     s->payload);
             return -1;
         }
     } else if (payload) {
@@ -144,9 +145,9 @@ static int rt_compare(const struct rules_send *s, json_t *want, char *why, size_
             goto done;
         }
     }
-    if (win && (json_is_null(win) ? s->window_ms != 0
-                                  : !json_is_integer(win) ||
-                                        json_integer_value(win) != s->window_ms)) {
+    if (win &&
+        (json_is_null(win) ? s->window_ms != 0
+                           : !json_is_integer(win) || json_integer_value(win) != s->window_ms)) {
         snprintf(why, whylen, "window of %s: want %s, got %lld ms", ep,
                  json_is_null(win) ? "none" : "other", (long long)s->window_ms);
         goto done;
@@ -217,7 +218,8 @@ static int rt_one(const char *path, const char *lua_dir, const char *config,
         snprintf(why, sizeof why, "rules do not load: %s", err);
         goto done;
     }
-#define EVS(k, d) (json_string_value(json_object_get(ev, k)) ? json_string_value(json_object_get(ev, k)) : (d))
+#define EVS(k, d)                                                                                  \
+    (json_string_value(json_object_get(ev, k)) ? json_string_value(json_object_get(ev, k)) : (d))
     struct rules_input in = {EVS("id", "evt_test"),
                              EVS("source", "test"),
                              EVS("source_id", "src_test"),
@@ -364,7 +366,8 @@ int ruletest_bench(int argc, char **argv, const char *lua_dir) {
             return 2;
     }
     if (!source || optind >= argc || rounds <= 0) {
-        fprintf(stderr, "usage: waybill bench-rules -c CONFIG --source NAME [-n N] EVENT.json...\n");
+        fprintf(stderr,
+                "usage: waybill bench-rules -c CONFIG --source NAME [-n N] EVENT.json...\n");
         return 2;
     }
     r = rules_load(config_path, lua_dir, err, sizeof err);
@@ -393,9 +396,16 @@ int ruletest_bench(int argc, char **argv, const char *lua_dir) {
     for (long k = 0; k < rounds; k++) {
         for (size_t i = 0; i < nev; i++) {
             struct rules_plan plan = {0};
-            struct rules_input in = {"evt_bench",     source, evs[i].source_id ? evs[i].source_id : "x",
-                                     evs[i].type,     evs[i].created_at, 1767225600000,
-                                     evs[i].data_json, bodies[i], lens[i], "{}"};
+            struct rules_input in = {"evt_bench",
+                                     source,
+                                     evs[i].source_id ? evs[i].source_id : "x",
+                                     evs[i].type,
+                                     evs[i].created_at,
+                                     1767225600000,
+                                     evs[i].data_json,
+                                     bodies[i],
+                                     lens[i],
+                                     "{}"};
             if (rules_route(r, &in, &plan, err, sizeof err) < 0) {
                 fprintf(stderr, "rule_error: %s\n", err);
                 goto done;
