@@ -274,8 +274,8 @@ def test_events_during_20_reloads_are_each_routed_once():
 
     th = threading.Thread(target=sender)
     th.start()
-    for i in range(20):   # one reload every ~25 events, while they stream in
-        wb.wait_for(lambda: len(ids) >= i * 24 or errors or not th.is_alive(), timeout=60)
+    for i in range(20):   # one reload every 20 events, while they stream in
+        wb.wait_for(lambda: len(ids) >= i * 20 or errors or not th.is_alive(), timeout=60)
         g.write("rules/10-main.lua", 'on("*", {"%s"})' % ("b" if i % 2 == 0 else "a"))
         st, body = g.admin("POST", "/api/reload")
         assert st == 200, body
