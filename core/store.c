@@ -168,6 +168,10 @@ struct store {
      * crash could still roll back. group_dlv_seq is the highest seq the open
      * group inserted. */
     int64_t committed_dlv_seq, group_dlv_seq;
+    /* The first events.seq the open group inserted (0: none). Those events
+     * are routed by their ingest's commit callback, so recovery must not
+     * route them too (it would route each twice). */
+    int64_t group_evt_min;
     char fail_msg[256];
     struct store_cb *cbs;
     size_t ncbs, cap;
@@ -318,6 +322,7 @@ static int group_end(struct store *s) {
     else if (s->group_dlv_seq > s->committed_dlv_seq)
         s->committed_dlv_seq = s->group_dlv_seq;
     s->group_dlv_seq = 0;
+    s->group_evt_min = 0;
     s->in_txn = 0;
     s->failed = 0;
     s->fail_msg[0] = '\0';
@@ -629,6 +634,8 @@ int store_event_put(struct store *s, const struct store_event *ev, char *dup_id,
     }
     rc = sqlite3_step(st);
     if (rc == SQLITE_DONE) {
+        if (!s->group_evt_min)
+            s->group_evt_min = sqlite3_last_insert_rowid(s->db);
         ret = 0;
         goto done;
     }
@@ -745,6 +752,11 @@ int store_events_unrouted(struct store *s, int64_t after_seq, size_t max,
         goto fail;
     }
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        /* Rows come by seq: from here on, the open group's own events. */
+        if (s->group_evt_min && sqlite3_column_int64(st, 0) >= s->group_evt_min) {
+            rc = SQLITE_DONE;
+            break;
+        }
         if (cnt == cap) {
             size_t ncap = cap ? cap * 2 : 16;
             struct store_event_row *p = realloc(out, ncap * sizeof *p);

@@ -105,7 +105,9 @@ struct store_event_row {
 };
 
 /* Reads up to max events with status "received" and seq > after_seq, oldest
- * first (events committed but not yet routed, e.g. after a crash). *rows is
+ * first (events committed but not yet routed, e.g. after a crash). Events
+ * the open group inserted are left out: their ingest routes them once the
+ * group commits. *rows is
  * new (free with store_event_rows_free). Returns 0 or -1. */
 int store_events_unrouted(struct store *s, int64_t after_seq, size_t max,
                           struct store_event_row **rows, size_t *n, char *err, size_t errlen);
