@@ -280,6 +280,15 @@ def test_restart_resumes_pending_deliveries_with_same_id():
     evt = g.post_atoship(wb.atoship_event(), ATOSHIP_SECRET).json()["id"]
     sink.wait_for_count(1)
     g.wait_event(evt, lambda e: e["deliveries"][0]["attempts"])
+    # The admin API also sees the open group: wait until the attempt is
+    # committed (visible to another connection) before killing.
+    def committed():
+        db = sqlite3.connect(g.path("waybill.db"))
+        try:
+            return db.execute("SELECT count(*) FROM attempts").fetchone()[0] == 1
+        finally:
+            db.close()
+    wb.wait_for(committed)
     g.kill9()
     g.restart()
     reqs = sink.wait_for_count(2, timeout=10)
