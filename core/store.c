@@ -964,6 +964,9 @@ fail:
     return NULL;
 }
 
+static int store_batch_open_json(struct store *s, const char *event_id, json_t *arr, char *err,
+                                 size_t errlen);
+
 json_t *store_event_json(struct store *s, const char *id, char *err, size_t errlen) {
     sqlite3_stmt *st = s->st[ST_EVT_GET];
     json_t *ev = NULL, *dl;
@@ -996,6 +999,10 @@ json_t *store_event_json(struct store *s, const char *id, char *err, size_t errl
         goto oom;
     stmt_done(st);
     dl = store_deliveries_json(s, id, err, errlen);
+    if (dl && store_batch_open_json(s, id, dl, err, errlen) < 0) {
+        json_decref(dl);
+        dl = NULL;
+    }
     if (!dl || json_object_set_new(ev, "deliveries", dl)) {
         if (err && errlen && !err[0])
             store_err(err, errlen, "store: out of memory");
@@ -1409,5 +1416,44 @@ done:
     sqlite3_finalize(ins);
     sqlite3_finalize(upd);
     util_buf_free(&body);
+    return ret;
+}
+
+/* Appends to arr one entry per open batch window holding an item of
+ * event_id: {"id":null, "endpoint", "status":"batching", "batch":true,
+ * "window_end", "attempts":[]}, so the event shows where it waits.
+ * Returns 0 or -1 (err set). */
+static int store_batch_open_json(struct store *s, const char *event_id, json_t *arr, char *err,
+                                 size_t errlen) {
+    sqlite3_stmt *st = NULL;
+    char t[64];
+    int rc, ret = -1;
+
+    if (sqlite3_prepare_v2(s->db,
+                           "SELECT endpoint, MIN(window_start + window_ms) FROM batch_items"
+                           " WHERE event_id = ?1 AND delivery_id IS NULL GROUP BY endpoint,"
+                           " window_start, window_ms ORDER BY MIN(seq)",
+                           -1, &st, NULL) != SQLITE_OK ||
+        bind_text(st, 1, event_id)) {
+        store_err(err, errlen, "store: event json: %s", sqlite3_errmsg(s->db));
+        goto done;
+    }
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        util_time_rfc3339(sqlite3_column_int64(st, 1), t, sizeof t);
+        if (json_array_append_new(
+                arr, json_pack("{s:n, s:s, s:s, s:b, s:s, s:[]}", "id", "endpoint",
+                               (const char *)sqlite3_column_text(st, 0), "status", "batching",
+                               "batch", 1, "window_end", t, "attempts")) < 0) {
+            store_err(err, errlen, "store: out of memory");
+            goto done;
+        }
+    }
+    if (rc != SQLITE_DONE) {
+        store_err(err, errlen, "store: event json: %s", sqlite3_errmsg(s->db));
+        goto done;
+    }
+    ret = 0;
+done:
+    sqlite3_finalize(st);
     return ret;
 }

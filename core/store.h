@@ -117,7 +117,9 @@ void store_event_rows_free(struct store_event_row *rows, size_t n);
 /* The event as the admin API shows it (SPEC section 8): {id, source,
  * source_id, type, status, received_at, created_at, data, error,
  * deliveries:[{id, endpoint, status, batch, attempts:[{n, at, status_code,
- * latency_ms, error, response}]}]}. Returns a new json_t; NULL with err
+ * latency_ms, error, response}]}]}; an event waiting in an open batch
+ * window also lists {id: null, endpoint, status: "batching", batch: true,
+ * window_end, attempts: []} there. Returns a new json_t; NULL with err
  * empty when id is unknown, NULL with a reason on a store error. */
 json_t *store_event_json(struct store *s, const char *id, char *err, size_t errlen);
 

@@ -131,6 +131,11 @@ def test_batch_window_one_post_with_all_events_after_close():
     ids = [post(g, "tracking.in_transit", tracking_number="TN%d" % i) for i in range(5)]
     assert time.time() - t0 < 1.5, "posting took too long for one window"
     assert wh.count == 0                      # nothing before the window closes
+    ev = g.event(ids[0])
+    assert ev["status"] == "routed" and len(ev["deliveries"]) == 1, ev
+    waiting = ev["deliveries"][0]
+    assert waiting["status"] == "batching" and waiting["batch"] is True and waiting["id"] is None
+    assert waiting["endpoint"] == "warehouse" and waiting["window_end"].endswith("Z"), waiting
     req = wh.wait_for_count(1, timeout=6)[0]
     got = req.json()
     assert got["type"] == "batch" and got["count"] == 5, got
