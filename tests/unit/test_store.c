@@ -643,9 +643,15 @@ static void test_batch_windows(struct store *s) {
     CHECK(j != NULL);
     if (j) {
         json_t *dl = json_array_get(json_object_get(j, "deliveries"), 0);
-        CHECK_INT_EQ((int)json_array_size(json_object_get(j, "deliveries")), 1);
+        json_t *open1 = json_array_get(json_object_get(j, "deliveries"), 1);
+        /* the sent batch, then the two windows still open (wms next, bi) */
+        CHECK_INT_EQ((int)json_array_size(json_object_get(j, "deliveries")), 3);
         CHECK(json_is_true(json_object_get(dl, "batch")));
         CHECK_STR_EQ(json_string_value(json_object_get(dl, "endpoint")), "wms");
+        CHECK(json_is_string(json_object_get(dl, "id")));
+        CHECK(json_is_null(json_object_get(open1, "id")));
+        CHECK_STR_EQ(json_string_value(json_object_get(open1, "status")), "batching");
+        CHECK(json_is_true(json_object_get(open1, "batch")));
         json_decref(j);
     }
     CHECK_INT_EQ((int)fresh_count("SELECT count(*) FROM batch_items WHERE delivery_id IS NULL"
