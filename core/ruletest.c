@@ -168,6 +168,23 @@ done:
     return rc;
 }
 
+/* Rewrites "DIR/rules/test.lua:N:" in why (the temporary rule file) as
+ * "PATH:M:", M being the line of the .test file the rules' line N is on. */
+static void rt_locate(char *why, size_t cap, const char *dir, const char *path, int first_line) {
+    char prefix[PATH_MAX], out[2048];
+    char *at;
+    long n;
+
+    snprintf(prefix, sizeof prefix, "%s/rules/test.lua:", dir);
+    at = strstr(why, prefix);
+    if (!at)
+        return;
+    n = strtol(at + strlen(prefix), NULL, 10);
+    snprintf(out, sizeof out, "%.*s%s:%ld%s", (int)(at - why), why, path, first_line + n - 1,
+             strchr(at + strlen(prefix), ':') ? strchr(at + strlen(prefix), ':') : "");
+    snprintf(why, cap, "%s", out);
+}
+
 /* Runs one test; 0 passed, -1 failed (reason printed). */
 static int rt_one(const char *path, const char *lua_dir, const char *config,
                   const struct rt_group *g) {
@@ -282,8 +299,10 @@ static int rt_one(const char *path, const char *lua_dir, const char *config,
             goto done;
     rc = 0;
 done:
-    if (rc < 0)
+    if (rc < 0) {
+        rt_locate(why, sizeof why, dir, path, g[0].line);
         printf("FAIL %s:%d: %s\n", path, g[0].line, why);
+    }
     rules_plan_clear(&plan);
     rules_free(r);
     json_decref(ev);

@@ -373,6 +373,10 @@ def test_test_rules_command_reports_failures():
     out = r.stdout.decode()
     assert r.returncode == 1 and out.splitlines()[-1] == "1 passed, 1 failed", out
     assert "x.test:1:" in out and "want crm" in out, out
+    with open(f, "w") as fh:   # errors point into the .test file
+        fh.write('# c\n\non("*", function(ev)\n  error("bad")\nend)\n\n{"type":"a.b","data":{}}\n\n[]\n')
+    out = wb.run("test-rules", f).stdout.decode()
+    assert "x.test:4: bad" in out, out
 
 
 EXAMPLE_ENV = {
