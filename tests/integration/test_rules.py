@@ -414,3 +414,28 @@ def test_example_config_checks_and_routes_like_a_merchant_wants():
     got = plan("tracking.in_transit")
     assert [(x["endpoint"], x["window"]["ms"]) for x in got] == [("warehouse", 60000)], got
     assert not os.path.exists(os.path.join(wb.ROOT, "examples", "waybill.db"))
+
+
+def test_reload_adds_endpoint_and_open_window_keeps_its_length():
+    wh, new = wb.Sink(), wb.Sink()
+    g = gateway({"warehouse": wh}, 'on("*", function(ev) batch("warehouse", { id = ev.id }) end)',
+                endpoint_extra={"warehouse": ', window = "2s"'})
+    align(2)
+    first = post(g, "tracking.in_transit")
+    with open(g.config_path) as f:
+        text = f.read().replace('window = "2s"', 'window = "1h"')
+    g.write("waybill.lua", text + 'endpoint "new" { url = %s, secret = %s }\n' % (
+        wb.lua(new.url), wb.lua(KEY)))
+    g.write("rules/10-main.lua", 'on("*", function(ev) batch("warehouse", { id = ev.id })'
+                                 ' send("new", { id = ev.id }) end)')
+    g.sighup()
+    g.wait_for(lambda: g.admin("GET", "/api/status")[1]["reloads"] == 1)
+    second = post(g, "tracking.in_transit")
+    assert new.wait_for_count(1)[0].json() == {"id": second}
+    got = wh.wait_for_count(1, timeout=6)[0].json()     # the 2s window still closes
+    assert got["count"] == 1 and got["events"] == [{"id": first}], got
+    ev = g.event(second)
+    assert [(d["endpoint"], d["batch"]) for d in ev["deliveries"]] == [
+        ("new", False), ("warehouse", True)], ev
+    assert ev["deliveries"][1]["status"] == "batching", ev
+    quiet(wh, 1, 1.0)                                    # the second waits for its hour
