@@ -20,6 +20,8 @@ struct server;
 struct route;
 struct subs;
 
+struct batch;
+
 struct gateway {
     struct event_base *base;
     const char *config_path;   /* as given on the command line */
@@ -28,6 +30,7 @@ struct gateway {
     struct store *store;       /* owned */
     struct deliver *deliver;   /* owned */
     struct route *route;       /* owned: routes committed events */
+    struct batch *batch;       /* owned: batch windows */
     struct server *server;     /* owned */
     struct subs *subs;         /* owned: admin API subscriptions */
     int64_t started_at;        /* Unix ms */

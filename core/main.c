@@ -3,6 +3,7 @@
  * callbacks (evsignal), and runs the one event loop that owns all state.
  * SPDX-License-Identifier: MIT */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <limits.h>
 #include <signal.h>
@@ -19,12 +20,14 @@
 #include <openssl/rand.h>
 
 #include "cli.h"
+#include "batch.h"
 #include "config.h"
 #include "deliver.h"
 #include "gateway.h"
 #include "log.h"
 #include "route.h"
 #include "rules.h"
+#include "ruletest.h"
 #include "server.h"
 #include "store.h"
 #include "subs.h"
@@ -46,6 +49,11 @@ static void usage(FILE *out) {
             "                                          shipengine --key private.pem --kid KID\n"
             "       waybill events [--failed] | event ID | retry ID | replay ID |\n"
             "       waybill test ENDPOINT TYPE        admin API wrappers (--json for JSON)\n"
+            "       waybill route [-c waybill.lua] --source NAME EVENT.json\n"
+            "                                          dry run: print the normalized event and\n"
+            "                                          the deliveries the rules would make\n"
+            "       waybill init [DIR]                 write a starter waybill.lua and rules/\n"
+            "       waybill test-rules FILE.test       run rule tests (see tests/rules/README)\n"
             "       waybill version\n");
 }
 
@@ -151,7 +159,8 @@ static int serve(const char *config_path) {
     deliver_set_config(gw.deliver, cfg);
     deliver_set_notify(gw.deliver, gateway_emit, &gw);
     gw.route = route_new(&gw);
-    if (!gw.route) {
+    gw.batch = batch_new(&gw);
+    if (!gw.route || !gw.batch) {
         fprintf(stderr, "waybill: out of memory\n");
         goto done;
     }
@@ -175,6 +184,7 @@ static int serve(const char *config_path) {
     log_msg(LOG_INFO, "waybill %s serving (%s, store %s)", WAYBILL_VERSION,
             cfg->sandbox ? "sandbox" : "production", cfg->store);
     route_recover(gw.route);
+    batch_start(gw.batch);
     deliver_kick(gw.deliver);
     if (event_base_dispatch(gw.base) < 0)
         log_msg(LOG_ERROR, "event loop failed");
@@ -191,6 +201,7 @@ done:
     server_free(gw.server);
     deliver_free(gw.deliver);
     route_free(gw.route);
+    batch_free(gw.batch);
     store_free(gw.store); /* its last commit callbacks may still update subs */
     subs_free(gw.subs);
     rules_free(gw.rules);
@@ -449,6 +460,234 @@ done:
     return rc;
 }
 
+/* ---- route: dry run ---- */
+
+/* A payload as the dry run shows it: its JSON value, else the text. */
+static json_t *payload_json(const char *p, size_t len) {
+    json_t *j = json_loadb(p, len, JSON_DECODE_ANY, NULL);
+    return j ? j : json_stringn(p, len);
+}
+
+/* The plan of one event as {"event":{...},"deliveries":[...]}; new. */
+static json_t *route_plan_json(const struct rules_input *in, const struct rules_plan *plan) {
+    json_t *ev, *dels = json_array(), *out;
+    char t[64];
+
+    util_time_rfc3339(in->received_at_ms, t, sizeof t);
+    ev = json_pack("{s:s, s:s, s:s, s:s, s:s?, s:s, s:o}", "id", in->id, "source", in->source,
+                   "source_id", in->source_id, "type", in->type, "created_at", in->created_at,
+                   "received_at", t, "data", payload_json(in->data_json, strlen(in->data_json)));
+    for (size_t i = 0; i < plan->n && dels; i++) {
+        const struct rules_send *sd = &plan->sends[i];
+        json_t *win = json_null(), *hdrs;
+
+        if (sd->window_ms > 0) {
+            int64_t start = batch_window_start(in->received_at_ms, sd->window_ms);
+            char ws[64], we[64];
+            util_time_rfc3339(start, ws, sizeof ws);
+            util_time_rfc3339(start + sd->window_ms, we, sizeof we);
+            win = json_pack("{s:I, s:s, s:s}", "ms", (json_int_t)sd->window_ms, "start", ws,
+                            "end", we);
+        }
+        hdrs = sd->headers_json ? json_loads(sd->headers_json, 0, NULL) : NULL;
+        if (!hdrs)
+            hdrs = json_object();
+        json_object_set_new(hdrs, "Content-Type", json_string(sd->content_type));
+        json_array_append_new(dels, json_pack("{s:s, s:o, s:o, s:o}", "endpoint", sd->endpoint,
+                                              "window", win, "payload",
+                                              payload_json(sd->payload, sd->payload_len),
+                                              "headers", hdrs));
+    }
+    out = json_pack("{s:o, s:o}", "event", ev ? ev : json_null(), "deliveries",
+                    dels ? dels : json_array());
+    return out;
+}
+
+/* waybill route [-c FILE] --source NAME EVENT.json: runs the source's
+ * adapter and the rules over the file, prints the plan; opens no store,
+ * sends nothing. Exit 0, 1 on a rule or adapter error, 2 on usage. */
+static int route_cmd(int argc, char **argv) {
+    static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
+                                         {"source", required_argument, NULL, 's'},
+                                         {NULL, 0, NULL, 0}};
+    const char *config_path = "waybill.lua", *source = NULL;
+    char *lua_dir = NULL, *body = NULL, err[512], id[UTIL_ID_MAX], sid[UTIL_ID_MAX];
+    struct rules *r = NULL;
+    struct rules_event ev = {0};
+    struct rules_plan plan = {0};
+    const struct config_source *src;
+    size_t len = 0;
+    int c, rc = 1;
+    json_t *out;
+
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "c:s:", opts, NULL)) != -1) {
+        if (c == 'c')
+            config_path = optarg;
+        else if (c == 's')
+            source = optarg;
+        else
+            return 2;
+    }
+    if (!source || optind != argc - 1) {
+        fprintf(stderr, "usage: waybill route [-c waybill.lua] --source NAME EVENT.json\n");
+        return 2;
+    }
+    lua_dir = find_lua_dir();
+    r = rules_load(config_path, lua_dir, err, sizeof err);
+    if (!r) {
+        fprintf(stderr, "%s\n", err);
+        goto done;
+    }
+    src = config_source_by_name(rules_config(r), source);
+    if (!src) {
+        fprintf(stderr, "waybill route: no source named '%s' in %s\n", source, config_path);
+        goto done;
+    }
+    body = util_file_read(argv[optind], &len);
+    if (!body) {
+        fprintf(stderr, "waybill route: cannot read %s: %s\n", argv[optind], strerror(errno));
+        goto done;
+    }
+    if (rules_adapt(r, src, body, len, "{}", &ev, err, sizeof err) != 0) {
+        fprintf(stderr, "%s: %s\n", argv[optind], err);
+        goto done;
+    }
+    util_id_new("evt_", id, sizeof id);
+    if (!ev.source_id)
+        util_id_new("dry_", sid, sizeof sid);
+    struct rules_input in = {id,
+                             source,
+                             ev.source_id ? ev.source_id : sid,
+                             ev.type,
+                             ev.created_at,
+                             util_now_ms(),
+                             ev.data_json,
+                             body,
+                             len,
+                             "{}"};
+    if (rules_route(r, &in, &plan, err, sizeof err) < 0) {
+        fprintf(stderr, "rule_error: %s\n", err);
+        goto done;
+    }
+    out = route_plan_json(&in, &plan);
+    if (!out) {
+        fprintf(stderr, "waybill route: out of memory\n");
+        goto done;
+    }
+    json_dumpf(out, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    printf("\n");
+    json_decref(out);
+    rc = 0;
+done:
+    rules_plan_clear(&plan);
+    rules_event_clear(&ev);
+    rules_free(r);
+    free(body);
+    free(lua_dir);
+    return rc;
+}
+
+/* ---- init: a starter config ---- */
+
+static const char init_config[] =
+    "-- waybill.lua -- written by `waybill init`; see README and SPEC for every option.\n"
+    "-- Check it with `waybill check`, run it with `waybill serve`.\n"
+    "\n"
+    "environment = \"sandbox\"          -- \"production\": batch windows default to 30m (5m here)\n"
+    "listen      = \"127.0.0.1:8080\"   -- carriers POST to http://HOST/hooks/<source>\n"
+    "admin       = { listen = \"127.0.0.1:8081\",\n"
+    "                token = env(\"WAYBILL_ADMIN_TOKEN\", \"change-me\") }\n"
+    "store       = \"sqlite:waybill.db\" -- relative to this file\n"
+    "\n"
+    "-- Sources: one per carrier account. Secrets come from the environment;\n"
+    "-- the second argument of env() is a development default: remove it in\n"
+    "-- production so a missing variable stops the load.\n"
+    "source \"atoship\" { verify = \"atoship\", secret = env(\"ATOSHIP_SECRET\", \"dev-atoship-secret\") }\n"
+    "\n"
+    "-- Endpoints: the systems that receive events. sign = \"standard\" signs\n"
+    "-- with Standard Webhooks headers (secret whsec_<base64>).\n"
+    "endpoint \"erp\" {\n"
+    "  url    = \"https://erp.example.com/webhooks\",\n"
+    "  secret = env(\"ERP_SECRET\", \"whsec_ZGV2LWVycC1zZWNyZXQtZm9yLXdheWJpbGw=\"),\n"
+    "  sign   = \"standard\",\n"
+    "  retry  = \"atoship\",             -- 0, 1m, 5m, 30m, 2h, 6h\n"
+    "}\n"
+    "\n"
+    "-- A system that takes tracking updates in batches, one POST per window.\n"
+    "endpoint \"warehouse\" { url = \"https://wms.example.com/batch\", sign = \"hex\",\n"
+    "                       secret = env(\"WMS_SECRET\", \"dev-wms-secret\"), window = \"10m\" }\n"
+    "\n"
+    "rules \"rules/\"                   -- every *.lua there, in name order\n";
+
+static const char init_rules[] =
+    "-- rules/10-routes.lua -- which system gets which event (SPEC section 6).\n"
+    "-- on(pattern, fn | {endpoints}): exact type, glob (\"tracking.*\") or \"*\".\n"
+    "-- Every matching handler runs; an event nothing sends is stored \"unrouted\".\n"
+    "\n"
+    "-- Delivered shipments go to the ERP, unchanged.\n"
+    "on(\"shipment.delivered\", { \"erp\" })\n"
+    "\n"
+    "-- A transform: the ERP only needs a few fields of an exception.\n"
+    "on(\"shipment.exception\", function(ev)\n"
+    "  send(\"erp\", { order = ev.data.order_id, tracking = ev.data.tracking_number,\n"
+    "                reason = ev.data.exception_reason, at = ev.created_at })\n"
+    "end)\n"
+    "\n"
+    "-- Tracking updates are collected into the warehouse's batch window.\n"
+    "on(\"tracking.*\", function(ev)\n"
+    "  batch(\"warehouse\", { tracking = ev.data.tracking_number, status = ev.type })\n"
+    "end)\n"
+    "\n"
+    "-- Subscriptions made through the admin API get their events too.\n"
+    "on(\"*\", function(ev) send(subscribers(ev.type), ev) end)\n";
+
+/* Writes text to dir/name unless the file exists. Returns 0 or -1. */
+static int init_write(const char *dir, const char *name, const char *text) {
+    char path[PATH_MAX];
+    FILE *f;
+    int fd;
+
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0644);
+    if (fd < 0) {
+        fprintf(stderr, "waybill init: %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    f = fdopen(fd, "w");
+    if (!f) {
+        close(fd);
+        return -1;
+    }
+    if (fputs(text, f) < 0 || fclose(f) != 0) {
+        fprintf(stderr, "waybill init: writing %s failed\n", path);
+        return -1;
+    }
+    printf("wrote %s\n", path);
+    return 0;
+}
+
+/* waybill init [DIR]: a commented starter waybill.lua and rules/; never
+ * overwrites a file. Exit 0 or 1. */
+static int init_cmd(int argc, char **argv) {
+    const char *dir = argc > 1 ? argv[1] : ".";
+    char rules_dir[PATH_MAX];
+
+    if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
+        fprintf(stderr, "waybill init: %s: %s\n", dir, strerror(errno));
+        return 1;
+    }
+    snprintf(rules_dir, sizeof rules_dir, "%s/rules", dir);
+    if (mkdir(rules_dir, 0755) < 0 && errno != EEXIST) {
+        fprintf(stderr, "waybill init: %s: %s\n", rules_dir, strerror(errno));
+        return 1;
+    }
+    if (init_write(dir, "waybill.lua", init_config) < 0 ||
+        init_write(dir, "rules/10-routes.lua", init_rules) < 0)
+        return 1;
+    return 0;
+}
+
 /* Parses "-c FILE" / "--config FILE" for serve and check. */
 static const char *config_arg(int argc, char **argv) {
     static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
@@ -493,6 +732,28 @@ int main(int argc, char **argv) {
             return 2;
         }
         return strcmp(cmd, "serve") == 0 ? serve(config_path) : check(config_path);
+    }
+    if (strcmp(cmd, "route") == 0)
+        return route_cmd(argc - 1, argv + 1);
+    if (strcmp(cmd, "init") == 0)
+        return init_cmd(argc - 1, argv + 1);
+    if (strcmp(cmd, "bench-rules") == 0) { /* hidden: used by make bench */
+        char *lua_dir = find_lua_dir();
+        int rc = ruletest_bench(argc - 1, argv + 1, lua_dir);
+        free(lua_dir);
+        return rc;
+    }
+    if (strcmp(cmd, "test-rules") == 0) {
+        char *lua_dir;
+        int rc;
+        if (argc != 3) {
+            fprintf(stderr, "usage: waybill test-rules FILE.test\n");
+            return 2;
+        }
+        lua_dir = find_lua_dir();
+        rc = ruletest_run(argv[2], lua_dir);
+        free(lua_dir);
+        return rc;
     }
     fprintf(stderr, "waybill: unknown command '%s'\n", cmd);
     usage(stderr);

@@ -8,6 +8,7 @@
 
 #include <event2/event.h>
 
+#include "batch.h"
 #include "config.h"
 #include "deliver.h"
 #include "gateway.h"
@@ -48,7 +49,7 @@ void route_event(struct route *rt, const struct rules_input *ev) {
     char err[512], serr[256];
     const char *status;
     int64_t now = util_now_ms();
-    size_t n = 0;
+    size_t n = 0, nbatched = 0;
 
     if (rules_route(rules, ev, &plan, err, sizeof err) < 0) {
         log_msg(LOG_WARN, "event %s (%s): rule error: %s", ev->id, ev->type, err);
@@ -71,12 +72,9 @@ void route_event(struct route *rt, const struct rules_input *ev) {
             n = 0;
             goto record;
         }
-        if (s->window_ms > 0) {
-            snprintf(err, sizeof err, "batch to '%s': batch windows are not available yet",
-                     s->endpoint);
-            status = "rule_error";
-            n = 0;
-            goto record;
+        if (s->window_ms > 0) { /* into its window once the whole plan checked out */
+            nbatched++;
+            continue;
         }
         dels[n].endpoint = s->endpoint;
         dels[n].event_type = ev->type;
@@ -90,7 +88,19 @@ void route_event(struct route *rt, const struct rules_input *ev) {
         dels[n].next_at = now + (ep->nretry ? ep->retry_ms[0] : 0);
         n++;
     }
-    status = n ? "routed" : "unrouted";
+    for (size_t i = 0; i < plan.n && nbatched; i++) {
+        const struct rules_send *s = &plan.sends[i];
+        if (s->window_ms <= 0)
+            continue;
+        /* A failure here has failed the store's group: the event stays
+         * "received" and is routed again (route_recover) with its sends. */
+        if (batch_add(rt->gw->batch, config_endpoint_by_name(cfg, s->endpoint), s->window_ms,
+                      ev->id, s->payload, s->payload_len, now, serr, sizeof serr) < 0) {
+            log_msg(LOG_ERROR, "event %s: batching failed: %s", ev->id, serr);
+            goto done;
+        }
+    }
+    status = n || nbatched ? "routed" : "unrouted";
     err[0] = '\0';
 record:
     if (store_event_routed(rt->gw->store, ev->id, status, err[0] ? err : NULL, dels, n, serr,
@@ -102,6 +112,7 @@ record:
         metrics_rule_error();
     if (n && !rt->kick_pending && store_on_commit(rt->gw->store, on_routes_committed, rt) == 0)
         rt->kick_pending = 1;
+done:
     free(dels);
     rules_plan_clear(&plan);
 }

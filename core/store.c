@@ -169,7 +169,8 @@ static const char *const store_stmt_sql[ST_COUNT_] = {
     [ST_DLV_OUTCOME] = "UPDATE deliveries SET status = ?2, next_at = ?3, schedule_pos = ?4,"
                        " attempts = max(attempts, ?5), lease_until = 0 WHERE id = ?1",
     [ST_DLV_BY_EVENT] = "SELECT id, endpoint, status, batch FROM deliveries"
-                        " WHERE event_id = ?1 ORDER BY seq",
+                        " WHERE event_id = ?1 OR id IN (SELECT delivery_id FROM batch_items"
+                        " WHERE event_id = ?1) ORDER BY seq",
     [ST_ATT_INSERT] = "INSERT OR REPLACE INTO attempts(delivery_id, n, at, status_code,"
                       " latency_ms, error, response) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     [ST_ATT_BY_DLV] = "SELECT n, at, status_code, latency_ms, error, response FROM attempts"
@@ -531,6 +532,7 @@ fail:
 }
 
 static int store_admin_schema(sqlite3 *db, char *err, size_t errlen);
+static int store_batch_schema(sqlite3 *db, char *err, size_t errlen);
 
 struct store *store_open(struct event_base *base, const char *url, const char *base_dir, char *err,
                          size_t errlen) {
@@ -576,7 +578,8 @@ struct store *store_open(struct event_base *base, const char *url, const char *b
         store_err(err, errlen, "store: %s: %s", path, sqlite3_errmsg(s->db));
         goto fail;
     }
-    if (store_schema(s->db, err, errlen) < 0 || store_admin_schema(s->db, err, errlen) < 0)
+    if (store_schema(s->db, err, errlen) < 0 || store_admin_schema(s->db, err, errlen) < 0 ||
+        store_batch_schema(s->db, err, errlen) < 0)
         goto fail;
     if (sqlite3_exec(s->db, store_schema_endpoints_sql, NULL, NULL, NULL) != SQLITE_OK) {
         store_err(err, errlen, "store: %s: endpoint state: %s", path, sqlite3_errmsg(s->db));
@@ -1076,6 +1079,9 @@ fail:
     return NULL;
 }
 
+static int store_batch_open_json(struct store *s, const char *event_id, json_t *arr, char *err,
+                                 size_t errlen);
+
 json_t *store_event_json(struct store *s, const char *id, char *err, size_t errlen) {
     sqlite3_stmt *st = s->st[ST_EVT_GET];
     json_t *ev = NULL, *dl;
@@ -1108,6 +1114,10 @@ json_t *store_event_json(struct store *s, const char *id, char *err, size_t errl
         goto oom;
     stmt_done(st);
     dl = store_deliveries_json(s, id, err, errlen);
+    if (dl && store_batch_open_json(s, id, dl, err, errlen) < 0) {
+        json_decref(dl);
+        dl = NULL;
+    }
     if (!dl || json_object_set_new(ev, "deliveries", dl)) {
         if (err && errlen && !err[0])
             store_err(err, errlen, "store: out of memory");
@@ -1515,6 +1525,10 @@ int store_event_json_extra(struct store *s, json_t *ev, char *err, size_t errlen
     if (!dl)
         goto done;
     json_array_foreach(dels, i, d) {
+        /* An event waiting in an open batch window lists the window with a
+         * null id: there is no delivery row yet. */
+        if (!json_is_string(json_object_get(d, "id")))
+            continue;
         if (bind_text(dl, 1, json_string_value(json_object_get(d, "id"))) ||
             sqlite3_step(dl) != SQLITE_ROW) {
             store_err(err, errlen, "store: delivery: %s", sqlite3_errmsg(s->db));
@@ -2004,5 +2018,282 @@ int store_endpoint_claim(struct store *s, const char *name, int64_t after_seq, i
 done:
     sqlite3_finalize(sel);
     store_deliveries_free(rows, cnt);
+    return ret;
+}
+
+/* ---- batch windows ----
+ * batch_items holds every batched payload. An item is open while
+ * delivery_id is NULL; closing a window inserts its one delivery and points
+ * the items at it (dropping their payload copies) in the same statement
+ * group, so an item is in exactly one batch delivery and the membership
+ * stays visible in store_event_json. Created with IF NOT EXISTS so stores
+ * made before batch windows existed gain the table at open. */
+static int store_batch_schema(sqlite3 *db, char *err, size_t errlen) {
+    static const char sql[] =
+        "CREATE TABLE IF NOT EXISTS batch_items ("
+        " seq INTEGER PRIMARY KEY,"
+        " endpoint TEXT NOT NULL,"
+        " window_start INTEGER NOT NULL,"
+        " window_ms INTEGER NOT NULL,"
+        " event_id TEXT NOT NULL,"
+        " payload BLOB,"
+        " delivery_id TEXT);"
+        "CREATE INDEX IF NOT EXISTS batch_items_open ON batch_items(endpoint, window_ms,"
+        " window_start, seq) WHERE delivery_id IS NULL;"
+        "CREATE INDEX IF NOT EXISTS batch_items_event ON batch_items(event_id);";
+    if (sqlite3_exec(db, sql, NULL, NULL, NULL) != SQLITE_OK) {
+        store_err(err, errlen, "store: creating batch tables: %s", sqlite3_errmsg(db));
+        return -1;
+    }
+    return 0;
+}
+
+int store_batch_add(struct store *s, const char *endpoint, int64_t window_start, int64_t window_ms,
+                    const char *event_id, const char *payload, size_t len, int64_t *count,
+                    char *err, size_t errlen) {
+    sqlite3_stmt *ins = NULL, *cnt = NULL;
+    int ret = -1;
+
+    if (group_begin(s, err, errlen) < 0)
+        return -1;
+    if (sqlite3_prepare_v2(s->db,
+                           "INSERT INTO batch_items(endpoint, window_start, window_ms, event_id,"
+                           " payload) VALUES (?1, ?2, ?3, ?4, ?5)",
+                           -1, &ins, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(s->db,
+                           "SELECT COUNT(*) FROM batch_items WHERE delivery_id IS NULL AND"
+                           " endpoint = ?1 AND window_ms = ?2 AND window_start = ?3",
+                           -1, &cnt, NULL) != SQLITE_OK) {
+        group_fail(s, "batch item", err, errlen);
+        goto done;
+    }
+    if (bind_text(ins, 1, endpoint) || sqlite3_bind_int64(ins, 2, window_start) ||
+        sqlite3_bind_int64(ins, 3, window_ms) || bind_text(ins, 4, event_id) ||
+        bind_blob(ins, 5, payload ? payload : "", len) || sqlite3_step(ins) != SQLITE_DONE) {
+        group_fail(s, "batch item", err, errlen);
+        goto done;
+    }
+    if (bind_text(cnt, 1, endpoint) || sqlite3_bind_int64(cnt, 2, window_ms) ||
+        sqlite3_bind_int64(cnt, 3, window_start) || sqlite3_step(cnt) != SQLITE_ROW) {
+        group_fail(s, "batch count", err, errlen);
+        goto done;
+    }
+    *count = sqlite3_column_int64(cnt, 0);
+    ret = 0;
+done:
+    sqlite3_finalize(ins);
+    sqlite3_finalize(cnt);
+    return ret;
+}
+
+int64_t store_batch_next_close(struct store *s) {
+    sqlite3_stmt *st = NULL;
+    int64_t at = INT64_MAX;
+
+    if (sqlite3_prepare_v2(s->db,
+                           "SELECT MIN(window_start + window_ms) FROM batch_items"
+                           " WHERE delivery_id IS NULL",
+                           -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL)
+        at = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return at;
+}
+
+void store_batch_windows_free(struct store_batch_window *w, size_t n) {
+    if (!w)
+        return;
+    for (size_t i = 0; i < n; i++)
+        free(w[i].endpoint);
+    free(w);
+}
+
+int store_batch_due(struct store *s, int64_t now, struct store_batch_window **out, size_t *n,
+                    char *err, size_t errlen) {
+    sqlite3_stmt *st = NULL;
+    struct store_batch_window *w = NULL, *grown;
+    size_t cap = 0, k = 0;
+    int rc, oom = 0;
+
+    *out = NULL;
+    *n = 0;
+    if (sqlite3_prepare_v2(s->db,
+                           "SELECT endpoint, window_start, window_ms FROM batch_items"
+                           " WHERE delivery_id IS NULL AND window_start + window_ms <= ?1"
+                           " GROUP BY endpoint, window_ms, window_start",
+                           -1, &st, NULL) != SQLITE_OK ||
+        sqlite3_bind_int64(st, 1, now) != SQLITE_OK) {
+        store_err(err, errlen, "store: batch windows: %s", sqlite3_errmsg(s->db));
+        sqlite3_finalize(st);
+        return -1;
+    }
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (k == cap) {
+            cap = cap ? cap * 2 : 8;
+            grown = realloc(w, cap * sizeof *w);
+            if (!grown) {
+                oom = 1;
+                break;
+            }
+            w = grown;
+        }
+        w[k].endpoint = col_text(st, 0, &oom);
+        w[k].window_start = sqlite3_column_int64(st, 1);
+        w[k].window_ms = sqlite3_column_int64(st, 2);
+        k++;
+        if (oom)
+            break;
+    }
+    if (oom || (rc != SQLITE_ROW && rc != SQLITE_DONE)) {
+        store_err(err, errlen, "store: batch windows: %s",
+                  oom ? "out of memory" : sqlite3_errmsg(s->db));
+        sqlite3_finalize(st);
+        store_batch_windows_free(w, k);
+        return -1;
+    }
+    sqlite3_finalize(st);
+    *out = w;
+    *n = k;
+    return 0;
+}
+
+/* Appends an RFC 3339 time as a JSON string. */
+static int buf_time(struct util_buf *b, int64_t ms) {
+    char t[64];
+    util_time_rfc3339(ms, t, sizeof t);
+    return util_buf_printf(b, "\"%s\"", t);
+}
+
+int store_batch_close(struct store *s, const struct store_batch_window *w, const char *status,
+                      int64_t next_at, size_t *count, char *err, size_t errlen) {
+    sqlite3_stmt *sel = NULL, *ins = NULL, *upd = NULL;
+    struct util_buf body = {0};
+    char id[UTIL_ID_MAX];
+    int64_t last_seq = 0, now = util_now_ms();
+    size_t k = 0;
+    int rc, ret = -1;
+
+    *count = 0;
+    if (group_begin(s, err, errlen) < 0)
+        return -1;
+    if (sqlite3_prepare_v2(s->db,
+                           "SELECT seq, payload FROM batch_items WHERE delivery_id IS NULL AND"
+                           " endpoint = ?1 AND window_ms = ?2 AND window_start = ?3 ORDER BY seq",
+                           -1, &sel, NULL) != SQLITE_OK ||
+        bind_text(sel, 1, w->endpoint) || sqlite3_bind_int64(sel, 2, w->window_ms) ||
+        sqlite3_bind_int64(sel, 3, w->window_start)) {
+        group_fail(s, "batch read", err, errlen);
+        goto done;
+    }
+    if (util_buf_appends(&body, "{\"type\":\"batch\",\"window_start\":") < 0 ||
+        buf_time(&body, w->window_start) < 0 ||
+        util_buf_appends(&body, ",\"window_end\":") < 0 ||
+        buf_time(&body, w->window_start + w->window_ms) < 0)
+        goto oom;
+    /* count goes before events in the body, so the items are gathered first. */
+    {
+        struct util_buf events = {0};
+        int bad = 0;
+        while ((rc = sqlite3_step(sel)) == SQLITE_ROW) {
+            const void *p = sqlite3_column_blob(sel, 1);
+            size_t n = (size_t)sqlite3_column_bytes(sel, 1);
+            bad |= (k && util_buf_appends(&events, ",") < 0);
+            bad |= util_buf_append(&events, p ? p : "null", p ? n : 4) < 0;
+            last_seq = sqlite3_column_int64(sel, 0);
+            k++;
+        }
+        if (!bad && rc == SQLITE_DONE)
+            bad = util_buf_printf(&body, ",\"count\":%zu,\"events\":[", k) < 0 ||
+                  util_buf_append(&body, events.p ? events.p : "", events.len) < 0 ||
+                  util_buf_appends(&body, "]}") < 0;
+        util_buf_free(&events);
+        if (rc != SQLITE_DONE) {
+            group_fail(s, "batch read", err, errlen);
+            goto done;
+        }
+        if (bad)
+            goto oom;
+    }
+    if (k == 0) { /* nothing open in this window: an empty window sends nothing */
+        ret = 0;
+        goto done;
+    }
+    util_id_new("dlv_", id, sizeof id);
+    if (sqlite3_prepare_v2(s->db,
+                           "INSERT INTO deliveries(id, event_id, endpoint, event_type, status,"
+                           " payload, content_type, headers, attempts, schedule_pos, next_at,"
+                           " lease_until, created_at, batch)"
+                           " VALUES (?1, ?2, ?3, 'batch', ?4, ?5, 'application/json', NULL, 0, 0,"
+                           " ?6, 0, ?7, 1)",
+                           -1, &ins, NULL) != SQLITE_OK ||
+        bind_text(ins, 1, id) || bind_text(ins, 2, id) || bind_text(ins, 3, w->endpoint) ||
+        bind_text(ins, 4, status ? status : "pending") || bind_blob(ins, 5, body.p, body.len) ||
+        sqlite3_bind_int64(ins, 6, next_at) || sqlite3_bind_int64(ins, 7, now) ||
+        sqlite3_step(ins) != SQLITE_DONE) {
+        group_fail(s, "batch delivery", err, errlen);
+        goto done;
+    }
+    s->group_dlv_seq = sqlite3_last_insert_rowid(s->db);
+    if (sqlite3_prepare_v2(s->db,
+                           "UPDATE batch_items SET delivery_id = ?1, payload = NULL"
+                           " WHERE delivery_id IS NULL AND endpoint = ?2 AND window_ms = ?3"
+                           " AND window_start = ?4 AND seq <= ?5",
+                           -1, &upd, NULL) != SQLITE_OK ||
+        bind_text(upd, 1, id) || bind_text(upd, 2, w->endpoint) ||
+        sqlite3_bind_int64(upd, 3, w->window_ms) || sqlite3_bind_int64(upd, 4, w->window_start) ||
+        sqlite3_bind_int64(upd, 5, last_seq) || sqlite3_step(upd) != SQLITE_DONE) {
+        group_fail(s, "batch close", err, errlen);
+        goto done;
+    }
+    *count = k;
+    ret = 0;
+    goto done;
+oom:
+    store_err(err, errlen, "store: out of memory");
+    group_fail(s, "batch close", NULL, 0);
+done:
+    sqlite3_finalize(sel);
+    sqlite3_finalize(ins);
+    sqlite3_finalize(upd);
+    util_buf_free(&body);
+    return ret;
+}
+
+/* Appends to arr one entry per open batch window holding an item of
+ * event_id: {"id":null, "endpoint", "status":"batching", "batch":true,
+ * "window_end", "attempts":[]}, so the event shows where it waits.
+ * Returns 0 or -1 (err set). */
+static int store_batch_open_json(struct store *s, const char *event_id, json_t *arr, char *err,
+                                 size_t errlen) {
+    sqlite3_stmt *st = NULL;
+    char t[64];
+    int rc, ret = -1;
+
+    if (sqlite3_prepare_v2(s->db,
+                           "SELECT endpoint, MIN(window_start + window_ms) FROM batch_items"
+                           " WHERE event_id = ?1 AND delivery_id IS NULL GROUP BY endpoint,"
+                           " window_start, window_ms ORDER BY MIN(seq)",
+                           -1, &st, NULL) != SQLITE_OK ||
+        bind_text(st, 1, event_id)) {
+        store_err(err, errlen, "store: event json: %s", sqlite3_errmsg(s->db));
+        goto done;
+    }
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        util_time_rfc3339(sqlite3_column_int64(st, 1), t, sizeof t);
+        if (json_array_append_new(
+                arr, json_pack("{s:n, s:s, s:s, s:b, s:s, s:[]}", "id", "endpoint",
+                               (const char *)sqlite3_column_text(st, 0), "status", "batching",
+                               "batch", 1, "window_end", t, "attempts")) < 0) {
+            store_err(err, errlen, "store: out of memory");
+            goto done;
+        }
+    }
+    if (rc != SQLITE_DONE) {
+        store_err(err, errlen, "store: event json: %s", sqlite3_errmsg(s->db));
+        goto done;
+    }
+    ret = 0;
+done:
+    sqlite3_finalize(st);
     return ret;
 }

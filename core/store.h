@@ -121,7 +121,8 @@ struct store_event_row {
 
 /* Reads up to max events with status "received" and seq > after_seq, oldest
  * first (events committed but not yet routed, e.g. after a crash). Events
- * still in the open group are left out: their commit callback routes them. *rows is
+ * the open group inserted are left out: their ingest routes them once the
+ * group commits. *rows is
  * new (free with store_event_rows_free). Returns 0 or -1. */
 int store_events_unrouted(struct store *s, int64_t after_seq, size_t max,
                           struct store_event_row **rows, size_t *n, char *err, size_t errlen);
@@ -131,7 +132,9 @@ void store_event_rows_free(struct store_event_row *rows, size_t n);
 /* The event as the admin API shows it (SPEC section 8): {id, source,
  * source_id, type, status, received_at, created_at, data, error,
  * deliveries:[{id, endpoint, status, batch, attempts:[{n, at, status_code,
- * latency_ms, error, response}]}]}. Returns a new json_t; NULL with err
+ * latency_ms, error, response}]}]}; an event waiting in an open batch
+ * window also lists {id: null, endpoint, status: "batching", batch: true,
+ * window_end, attempts: []} there. Returns a new json_t; NULL with err
  * empty when id is unknown, NULL with a reason on a store error. */
 json_t *store_event_json(struct store *s, const char *id, char *err, size_t errlen);
 
@@ -300,5 +303,40 @@ int store_endpoint_claim(struct store *s, const char *name, int64_t after_seq, i
  * *pruned receives the count. Returns 0 or -1. */
 int store_prune(struct store *s, int64_t before_ms, int64_t *cursor, int max, int *pruned,
                 char *err, size_t errlen);
+
+/* ---- batch windows (SPEC section 6) ----
+ * An open window is the set of batched payloads stored for (endpoint,
+ * window_start, window_ms); window_start is a multiple of window_ms (Unix
+ * ms, UTC). Items are written in the routing group, so a crash never loses
+ * a batched event; a window is closed into one delivery in one group. */
+
+/* Adds one payload (JSON text, borrowed) of event_id to the window, in the
+ * open group; *count is the number of open items in that window after the
+ * add. Returns 0 or -1. */
+int store_batch_add(struct store *s, const char *endpoint, int64_t window_start, int64_t window_ms,
+                    const char *event_id, const char *payload, size_t len, int64_t *count,
+                    char *err, size_t errlen);
+
+/* Unix ms at which the earliest open window ends, INT64_MAX when none. */
+int64_t store_batch_next_close(struct store *s);
+
+struct store_batch_window {
+    char *endpoint; /* owned */
+    int64_t window_start, window_ms;
+};
+
+/* Lists the open windows that ended at or before now. *out is new (free
+ * with store_batch_windows_free). Returns 0 or -1. */
+int store_batch_due(struct store *s, int64_t now, struct store_batch_window **out, size_t *n,
+                    char *err, size_t errlen);
+void store_batch_windows_free(struct store_batch_window *w, size_t n);
+
+/* Closes the window's open items into one delivery (event_type "batch",
+ * batch = 1, status "pending" or "held", first attempt at next_at) whose
+ * payload is {"type":"batch","window_start","window_end","count","events"},
+ * in the open group. *count is the number of items sent (0: the window had
+ * none, nothing is written). Returns 0 or -1. */
+int store_batch_close(struct store *s, const struct store_batch_window *w, const char *status,
+                      int64_t next_at, size_t *count, char *err, size_t errlen);
 
 #endif

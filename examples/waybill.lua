@@ -1,21 +1,43 @@
 -- waybill example gateway: what `make run` starts.
--- Carriers POST to http://127.0.0.1:8080/hooks/<source>; deliveries go to
--- the example receiver (examples/receiver.py) on 127.0.0.1:9000.
+-- Five carriers POST to http://127.0.0.1:8080/hooks/<source>; deliveries go
+-- to the example receiver (examples/receiver.py) on 127.0.0.1:9000, which
+-- plays the merchant's ERP, CRM, alerting and warehouse systems.
+-- Every secret comes from the environment (`make run` sets development
+-- defaults); try the rules without a server:
+--   waybill route -c examples/waybill.lua --source atoship examples/shipment.json
 
-environment = "sandbox"                 -- batch windows default to 5m here
+environment = "sandbox"                 -- batch windows default to 5m here (30m in production)
 listen      = "127.0.0.1:8080"
 admin       = { listen = "127.0.0.1:8081", token = env("WAYBILL_ADMIN_TOKEN") }
 store       = "sqlite:waybill.db"       -- relative to this file's folder
 max_body    = "1MiB"
 allow_private = { "127.0.0.0/8" }       -- the example receiver is on loopback
 
--- atoship signs with X-Atoship-Signature: hex HMAC-SHA256 of the raw body.
+---- sources: who sends us webhooks ----------------------------------------
+
+-- atoship: X-Atoship-Signature, hex HMAC-SHA256 of the raw body.
 source "atoship" { verify = "atoship", secret = env("ATOSHIP_SECRET") }
 
--- Any HMAC-signing API: X-Signature, hex HMAC-SHA256 of the raw body.
-source "shop" { verify = "generic", secret = env("ATOSHIP_SECRET") }
+-- AfterShip: aftership-hmac-sha256, base64 HMAC-SHA256. While rotating,
+-- give both: secret = { env("AFTERSHIP_SECRET"), env("AFTERSHIP_OLD_SECRET") }.
+source "aftership" { verify = "aftership", secret = env("AFTERSHIP_SECRET") }
 
--- The merchant's ERP, verifying Standard Webhooks signatures.
+-- ShipEngine: RSA-signed requests checked against its published keys.
+-- The keys come from ShipEngine's JWKS URL in production; this file holds a
+-- development key so the example starts offline.
+source "shipengine" { verify = "shipengine", jwks = "shipengine-jwks.json" }
+
+-- Shiptify: hex HMAC-SHA256 of timestamp..token carried in the body.
+source "shiptify" { verify = "shiptify", secret = env("SHIPTIFY_SECRET") }
+
+-- Any API signing X-Signature with a hex HMAC-SHA256 of the body (seed 002).
+source "shop" { path = "/hooks/shop",
+                verify = { scheme = "hmac-sha256", header = "X-Signature", encoding = "hex" },
+                secret = env("SHOP_SECRET") }
+
+---- endpoints: the merchant's systems -------------------------------------
+
+-- The ERP verifies Standard Webhooks signatures (webhook-id/-timestamp/-signature).
 endpoint "erp" {
   url    = "http://127.0.0.1:9000/webhooks/erp",
   secret = env("ERP_SECRET"),           -- whsec_<base64>
@@ -24,4 +46,31 @@ endpoint "erp" {
   timeout = "5s",
 }
 
-rules "rules/"
+-- The CRM only learns about deliveries, to send a "how was it?" email.
+endpoint "crm" {
+  url    = "http://127.0.0.1:9000/webhooks/crm",
+  secret = env("CRM_SECRET"),
+  sign   = "standard",
+  concurrency = 4,
+}
+
+-- Exceptions page someone: short timeout, fast retries.
+endpoint "alerts" {
+  url    = "http://127.0.0.1:9000/webhooks/alerts",
+  secret = env("ALERTS_SECRET"),
+  sign   = "standard",
+  timeout = "2s",
+  retry  = { "0s", "10s", "1m", "5m" },
+}
+
+-- The warehouse system takes tracking updates in batches: one POST per
+-- clock-aligned minute, earlier when 500 updates are waiting.
+endpoint "warehouse" {
+  url    = "http://127.0.0.1:9000/webhooks/warehouse",
+  secret = env("WAREHOUSE_SECRET"),
+  sign   = "standard",
+  window = "1m",
+  max_batch = 500,
+}
+
+rules "rules/"                          -- examples/rules/*.lua, in name order

@@ -1,8 +1,22 @@
--- Every shipment and tracking event goes to the ERP as it came in.
-on("shipment.*", { "erp" })
-on("tracking.*", { "erp" })
+-- 10-erp.lua -- what the ERP gets.
 
--- Orders: the ERP only needs the id and the new state.
+-- Every shipment event, as it came in (normalized), from any carrier.
+on("shipment.*", { "erp" })
+
+-- Delivered parcels close the order in the ERP: a compact record, not the
+-- whole event.
+on("tracking.delivered", function(ev)
+  send("erp", {
+    order     = ev.data.order_id or ev.data.order_reference,
+    tracking  = ev.data.tracking_number,
+    carrier   = ev.data.carrier,
+    delivered = ev.data.delivered_at or ev.created_at,
+    source    = ev.source,
+  })
+end)
+
+-- Orders imported from a store (ShipEngine sales_orders_imported and the
+-- like): the ERP only needs the id and the new state.
 on("order.*", function(ev)
   send("erp", { order = ev.data.order_id, event = ev.type, at = ev.created_at })
 end)

@@ -30,6 +30,7 @@ numbers (1 only on a usage error).
 
 import argparse
 import json
+import re
 import os
 import shutil
 import signal
@@ -384,6 +385,68 @@ def med(values):
     return statistics.median(values) if values else None
 
 
+EXAMPLE_ENV = {
+    "WAYBILL_ADMIN_TOKEN": "t", "ATOSHIP_SECRET": "a", "AFTERSHIP_SECRET": "b",
+    "SHIPTIFY_SECRET": "c", "SHOP_SECRET": "d",
+    "ERP_SECRET": "whsec_ZGV2LWVycC1zZWNyZXQtZm9yLXdheWJpbGw=",
+    "CRM_SECRET": "whsec_ZGV2LWNybS1zZWNyZXQtZm9yLXdheWJpbGw=",
+    "ALERTS_SECRET": "whsec_ZGV2LWFsZXJ0cy1zZWNyZXQtZm9yLXdheWI=",
+    "WAREHOUSE_SECRET": "whsec_ZGV2LXdhcmVob3VzZS1zZWNyZXQtZm9yLXc=",
+}
+RULE_EVENT_TYPES = ("tracking.delivered", "tracking.in_transit", "shipment.exception",
+                    "shipment.created", "order.imported")
+
+
+def bench_rules(args, rounds=3):
+    """Rule execution cost of examples/waybill.lua's rules: `waybill
+    bench-rules` times rules_route (sandboxed handlers, JSON encoding of the
+    payloads, no store) over a mix of five atoship events. With valgrind
+    installed, callgrind's instruction count per event too (difference of two
+    round counts, so loading the rules is not counted). Returns a summary
+    line or None."""
+    cfg = os.path.join(ROOT, "examples", "waybill.lua")
+    tmp = tempfile.mkdtemp(prefix="wb-bench-rules-")
+    files = []
+    for i, t in enumerate(RULE_EVENT_TYPES):
+        ev = {"id": "evt_bench_%d" % i, "type": t, "created_at": "2026-01-01T00:00:00Z",
+              "data": {"shipment_id": "shp_1", "tracking_number": "9400111899223400000000",
+                       "carrier": "USPS", "order_id": "order_%d" % i, "order_reference": "ORD-1",
+                       "delivered_at": "2026-01-01T00:00:00Z", "exception_reason": "damaged",
+                       "signed_by": "RESIDENT"}}
+        f = os.path.join(tmp, "%d.json" % i)
+        with open(f, "w") as fh:
+            json.dump(ev, fh)
+        files.append(f)
+    env = dict(os.environ)
+    env.update(EXAMPLE_ENV)
+    base = [args.bin, "bench-rules", "-c", cfg, "--source", "atoship"]
+    us = []
+    out = None
+    for _ in range(rounds):
+        r = subprocess.run(base + ["-n", "4000"] + files, capture_output=True, env=env, text=True)
+        if r.returncode != 0:
+            log("bench-rules failed: %s" % r.stderr.strip())
+            return None
+        out = json.loads(r.stdout)
+        us.append(out["us_per_event"])
+    line = ("rule execution (examples/ rules, %d event types, %.1f sends/event, no store): "
+            "%.1f us/event (median of %d)" % (len(files), out["sends_per_event"], med(us), rounds))
+    if shutil.which("valgrind"):
+        irs = []
+        for n in (20, 120):
+            cg = os.path.join(tmp, "cg.%d" % n)
+            r = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=" + cg] + base +
+                               ["-n", str(n)] + files, capture_output=True, env=env, text=True)
+            m = re.search(r"Collected : (\d+)", r.stderr)
+            irs.append(int(m.group(1)) if m else None)
+        if None not in irs:
+            line += ", %s instructions/event (callgrind)" % fmt_int((irs[1] - irs[0]) / (100 * len(files)))
+    else:
+        line += " (install valgrind for callgrind's instructions/event)"
+    shutil.rmtree(tmp, ignore_errors=True)
+    return line
+
+
 def main():
     ap = argparse.ArgumentParser(description="waybill ingest benchmark")
     ap.add_argument("--bin", default=os.path.join(ROOT, "waybill"))
@@ -533,6 +596,9 @@ def main():
                          args.latency_rate, args.latency_seconds, med([x["p50"] for x in latencies]),
                          med([x["p95"] for x in latencies]), med([x["p99"] for x in latencies]),
                          med([x["max"] for x in latencies]), sum(x["missing"] for x in latencies)))
+    rules_line = bench_rules(args) if os.access(args.bin, os.X_OK) else None
+    if rules_line:
+        lines.append(rules_line)
     if notes:
         lines.append("")
         lines.extend("- " + x for x in notes)

@@ -688,6 +688,115 @@ static void test_nonces(struct store *s) {
     CHECK_INT_EQ(fresh_count("SELECT count(*) FROM nonces WHERE nonce = ?", "tok1"), 1);
 }
 
+/* Batch windows: items are counted per window, closing makes one delivery
+ * holding them in order and marks them sent, an empty window writes
+ * nothing, and the event shows the batch delivery. */
+static void test_batch_windows(struct store *s) {
+    struct store_event ev = mk_event("evt_BATCH1", "src-batch-1");
+    struct store_batch_window *w = NULL;
+    struct store_delivery *d = NULL;
+    size_t n = 0, count = 99, nd = 0;
+    int64_t c = 0, W = 60000, start = 1795017780000; /* a multiple of W */
+    char err[256];
+    json_t *j;
+
+    CHECK_INT_EQ(store_event_put(s, &ev, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(store_event_routed(s, "evt_BATCH1", "routed", NULL, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(store_batch_add(s, "wms", start, W, "evt_BATCH1", "{\"n\":1}", 7, &c, err,
+                                 sizeof err), 0);
+    CHECK_INT_EQ(c, 1);
+    CHECK_INT_EQ(store_batch_add(s, "wms", start, W, "evt_BATCH1", "{\"n\":2}", 7, &c, err,
+                                 sizeof err), 0);
+    CHECK_INT_EQ(c, 2);
+    /* another window of the same endpoint, and another endpoint */
+    CHECK_INT_EQ(store_batch_add(s, "wms", start + W, W, "evt_BATCH1", "3", 1, &c, err,
+                                 sizeof err), 0);
+    CHECK_INT_EQ(c, 1);
+    CHECK_INT_EQ(store_batch_add(s, "bi", start, W, "evt_BATCH1", "4", 1, &c, err, sizeof err), 0);
+    CHECK_INT_EQ(c, 1);
+    CHECK_INT_EQ(commit(s), 1);
+    CHECK(store_batch_next_close(s) == start + W);
+
+    CHECK_INT_EQ(store_batch_due(s, start + W - 1, &w, &n, err, sizeof err), 0);
+    CHECK_INT_EQ((int)n, 0);
+    store_batch_windows_free(w, n);
+    CHECK_INT_EQ(store_batch_due(s, start + W, &w, &n, err, sizeof err), 0);
+    CHECK_INT_EQ((int)n, 2); /* wms and bi at start; wms at start+W is still open */
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(w[i].endpoint, "wms") == 0) {
+            CHECK(w[i].window_start == start && w[i].window_ms == W);
+            CHECK_INT_EQ(store_batch_close(s, &w[i], "pending", 0, &count, err, sizeof err), 0);
+            CHECK_INT_EQ((int)count, 2);
+            /* closing again finds nothing: never sent in two batches */
+            CHECK_INT_EQ(store_batch_close(s, &w[i], "pending", 0, &count, err, sizeof err), 0);
+            CHECK_INT_EQ((int)count, 0);
+        }
+    store_batch_windows_free(w, n);
+    CHECK_INT_EQ(commit(s), 1);
+    CHECK(store_batch_next_close(s) == start + W); /* bi's window is still open */
+
+    CHECK_INT_EQ(store_deliveries_claim(s, util_now_ms(), 30000, 100, &d, &nd, err, sizeof err), 0);
+    {
+        struct store_delivery *b = NULL;
+        for (size_t i = 0; i < nd; i++)
+            if (d[i].event_type && strcmp(d[i].event_type, "batch") == 0) {
+                CHECK(b == NULL);
+                b = &d[i];
+            }
+        CHECK(b != NULL);
+        if (b) {
+            CHECK_STR_EQ(b->endpoint, "wms");
+            CHECK_STR_EQ(b->payload, "{\"type\":\"batch\",\"window_start\":\"2026-11-18T16:03:00Z\","
+                                     "\"window_end\":\"2026-11-18T16:04:00Z\",\"count\":2,"
+                                     "\"events\":[{\"n\":1},{\"n\":2}]}");
+        }
+    }
+    store_deliveries_free(d, nd);
+    j = store_event_json(s, "evt_BATCH1", err, sizeof err);
+    CHECK(j != NULL);
+    if (j) {
+        json_t *dl = json_array_get(json_object_get(j, "deliveries"), 0);
+        json_t *open1 = json_array_get(json_object_get(j, "deliveries"), 1);
+        /* the sent batch, then the two windows still open (wms next, bi) */
+        CHECK_INT_EQ((int)json_array_size(json_object_get(j, "deliveries")), 3);
+        CHECK(json_is_true(json_object_get(dl, "batch")));
+        CHECK_STR_EQ(json_string_value(json_object_get(dl, "endpoint")), "wms");
+        CHECK(json_is_string(json_object_get(dl, "id")));
+        CHECK(json_is_null(json_object_get(open1, "id")));
+        CHECK_STR_EQ(json_string_value(json_object_get(open1, "status")), "batching");
+        CHECK(json_is_true(json_object_get(open1, "batch")));
+        json_decref(j);
+    }
+    CHECK_INT_EQ((int)fresh_count("SELECT count(*) FROM batch_items WHERE delivery_id IS NULL"
+                                  " AND endpoint = ?", "wms"), 1);
+}
+
+/* Recovery never sees the open group's own events (their ingest routes
+ * them after the commit), so an event is not routed twice. */
+static void test_unrouted_skips_open_group(struct store *s) {
+    struct store_event ev = mk_event("evt_OPENGRP", "src-open-group");
+    struct store_event_row *rows = NULL;
+    size_t n = 0, found = 0;
+    char err[256];
+
+    CHECK_INT_EQ(commit(s), 1);
+    CHECK_INT_EQ(store_event_put(s, &ev, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(store_events_unrouted(s, 0, 1000, &rows, &n, err, sizeof err), 0);
+    for (size_t i = 0; i < n; i++)
+        found += strcmp(rows[i].id, "evt_OPENGRP") == 0;
+    CHECK_INT_EQ((int)found, 0);
+    store_event_rows_free(rows, n);
+    CHECK_INT_EQ(commit(s), 1);
+    CHECK_INT_EQ(store_events_unrouted(s, 0, 1000, &rows, &n, err, sizeof err), 0);
+    found = 0;
+    for (size_t i = 0; i < n; i++)
+        found += strcmp(rows[i].id, "evt_OPENGRP") == 0;
+    CHECK_INT_EQ((int)found, 1);
+    store_event_rows_free(rows, n);
+    CHECK_INT_EQ(store_event_routed(s, "evt_OPENGRP", "unrouted", NULL, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(commit(s), 1);
+}
+
 int main(void) {
     struct store *s;
     char cwd_db[128];
@@ -719,6 +828,8 @@ int main(void) {
     s = test_crash_release(s);
     test_endpoint_state(s);
     test_query_plans();
+    test_batch_windows(s);
+    test_unrouted_skips_open_group(s);
     store_free(s);
     store_free(NULL);
 

@@ -1,0 +1,169 @@
+/* batch.c -- batch windows: items go to the store's batch_items in the
+ * routing group; a timer closes each window at its end (or batch_add at
+ * max_batch) into one delivery created in the same group that marks the
+ * items as sent.
+ * SPDX-License-Identifier: MIT */
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+
+#include "batch.h"
+#include "config.h"
+#include "deliver.h"
+#include "gateway.h"
+#include "log.h"
+#include "rules.h"
+#include "store.h"
+#include "util.h"
+
+struct batch {
+    struct gateway *gw;
+    struct event *timer;
+    int64_t armed_at; /* Unix ms the timer fires at, INT64_MAX when idle */
+    int kick_pending; /* a commit callback will kick the delivery engine */
+};
+
+int64_t batch_window_start(int64_t now, int64_t window_ms) {
+    int64_t k = now / window_ms;
+    if (now < 0 && now % window_ms)
+        k--;
+    return k * window_ms;
+}
+
+static void on_closed_committed(void *arg, int ok) {
+    struct batch *b = arg;
+
+    b->kick_pending = 0;
+    if (ok) {
+        deliver_kick(b->gw->deliver);
+    } else {
+        /* The items are still open in the store: try again shortly. */
+        log_msg(LOG_WARN, "batch: closing windows was not committed; trying again");
+        batch_start(b);
+    }
+}
+
+/* Arms the timer for at (Unix ms) unless it already fires earlier. */
+static void arm(struct batch *b, int64_t at) {
+    int64_t now = util_now_ms(), delay;
+    struct timeval tv;
+
+    if (at >= b->armed_at)
+        return;
+    delay = at > now ? at - now : 0;
+    tv.tv_sec = (time_t)(delay / 1000);
+    tv.tv_usec = (suseconds_t)((delay % 1000) * 1000);
+    b->armed_at = at;
+    evtimer_add(b->timer, &tv);
+}
+
+/* Closes one window into a delivery in the open group. */
+static int close_window(struct batch *b, const struct store_batch_window *w, const char *why) {
+    const struct config *cfg = rules_config(b->gw->rules);
+    const struct config_endpoint *ep = config_endpoint_by_name(cfg, w->endpoint);
+    const char *status = "pending";
+    int64_t next_at = util_now_ms();
+    size_t count = 0;
+    char err[256];
+
+    if (!ep) {
+        /* Removed by a reload while its window was open: keep the batch
+         * visible (held) rather than dropping acknowledged events. */
+        log_msg(LOG_WARN, "batch: endpoint '%s' is no longer configured; its batch is held",
+                w->endpoint);
+        status = "held";
+    } else {
+        if (!ep->enabled)
+            status = "held";
+        if (ep->nretry)
+            next_at += ep->retry_ms[0];
+    }
+    if (store_batch_close(b->gw->store, w, status, next_at, &count, err, sizeof err) < 0) {
+        log_msg(LOG_ERROR, "batch: closing %s window %lld failed: %s", w->endpoint,
+                (long long)w->window_start, err);
+        return -1;
+    }
+    if (count) {
+        log_msg(LOG_DEBUG, "batch: window of %s closed (%s): %zu events", w->endpoint, why, count);
+        if (!b->kick_pending && store_on_commit(b->gw->store, on_closed_committed, b) == 0)
+            b->kick_pending = 1;
+    }
+    return 0;
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg) {
+    struct batch *b = arg;
+    struct store_batch_window *w = NULL;
+    size_t n = 0;
+    char err[256];
+    int64_t now = util_now_ms(), next;
+
+    UNUSED(fd);
+    UNUSED(what);
+    b->armed_at = INT64_MAX;
+    if (store_batch_due(b->gw->store, now, &w, &n, err, sizeof err) < 0) {
+        log_msg(LOG_ERROR, "batch: %s", err);
+        arm(b, now + 1000);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (close_window(b, &w[i], "window end") < 0)
+            break;
+    store_batch_windows_free(w, n);
+    next = store_batch_next_close(b->gw->store);
+    if (next != INT64_MAX)
+        arm(b, next > now ? next : now + 1000); /* a window left open: a failed close */
+}
+
+struct batch *batch_new(struct gateway *gw) {
+    struct batch *b = calloc(1, sizeof *b);
+
+    if (!b)
+        return NULL;
+    b->gw = gw;
+    b->armed_at = INT64_MAX;
+    b->timer = evtimer_new(gw->base, on_timer, b);
+    if (!b->timer) {
+        free(b);
+        return NULL;
+    }
+    return b;
+}
+
+void batch_free(struct batch *b) {
+    if (!b)
+        return;
+    event_free(b->timer);
+    free(b);
+}
+
+void batch_start(struct batch *b) {
+    int64_t next = store_batch_next_close(b->gw->store);
+
+    if (next != INT64_MAX)
+        arm(b, next);
+}
+
+int batch_add(struct batch *b, const struct config_endpoint *ep, int64_t window_ms,
+              const char *event_id, const char *payload, size_t len, int64_t now, char *err,
+              size_t errlen) {
+    struct store_batch_window w;
+    int64_t count = 0;
+
+    w.endpoint = (char *)ep->name;
+    w.window_ms = window_ms;
+    w.window_start = batch_window_start(now, window_ms);
+    if (store_batch_add(b->gw->store, ep->name, w.window_start, window_ms, event_id, payload, len,
+                        &count, err, errlen) < 0)
+        return -1;
+    if (ep->max_batch > 0 && count >= ep->max_batch) {
+        if (close_window(b, &w, "max_batch") < 0) {
+            snprintf(err, errlen, "closing a full batch of '%s' failed", ep->name);
+            return -1;
+        }
+        return 0;
+    }
+    arm(b, w.window_start + window_ms);
+    return 0;
+}
