@@ -532,13 +532,15 @@ static void admin_hdr_add(void *ctx, const char *name, const char *value) {
 
 static void admin_verify_done(void *arg, int status_code, const char *reason) {
     struct admin_verify *v = arg;
-    struct store *st = v->adm->gw->store;
+    struct store *st;
     struct admin_commit *c;
     char err[256], msg[600];
     int rc;
 
-    if (status_code < 0) /* shutting down: the request is gone with the listener */
+    /* shutting down: the request and v->adm are gone with the listener */
+    if (status_code < 0)
         goto done;
+    st = v->adm->gw->store;
     if (status_code != 200) {
         if (status_code)
             snprintf(msg, sizeof msg, "verification POST to %s answered %d, not 200", v->sub.url,

@@ -190,6 +190,11 @@ static int serve(const char *config_path) {
         log_msg(LOG_ERROR, "event loop failed");
     else
         rc = 0;
+    /* Commit callbacks (routing, batch closes, admin replies) belong to the
+     * modules freed below: drain them while those modules are alive. Each
+     * flush may start one more group from its callbacks; a few rounds end it. */
+    for (int round = 0; gw.store && !store_idle(gw.store) && round < 16; round++)
+        store_flush(gw.store);
     log_msg(LOG_INFO, "stopped");
 done:
     if (sighup)

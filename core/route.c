@@ -110,7 +110,9 @@ record:
         log_msg(LOG_DEBUG, "event %s (%s): %s, %zu deliveries", ev->id, ev->type, status, n);
     if (strcmp(status, "rule_error") == 0)
         metrics_rule_error();
-    if (n && !rt->kick_pending && store_on_commit(rt->gw->store, on_routes_committed, rt) == 0)
+    /* Registered whatever n is: if this group fails, even an unrouted or
+     * rule_error outcome must be recorded again by recovery. */
+    if (!rt->kick_pending && store_on_commit(rt->gw->store, on_routes_committed, rt) == 0)
         rt->kick_pending = 1;
 done:
     free(dels);

@@ -354,8 +354,12 @@ static void on_inbound(struct evhttp_request *req, void *arg) {
         ev.data_json = strdup("{}");
     }
     if (!ev.source_id) {
-        /* No carrier id: webhook-id, else the body's digest, is the key. */
-        const char *wid = evhttp_find_header(headers, "webhook-id");
+        /* No carrier id: webhook-id where the signature covers it
+         * (Standard Webhooks), else the body's digest, is the key. An
+         * unsigned webhook-id would let a replayed body pass as new. */
+        const char *wid = src->verify.kind == VERIFY_STANDARD
+                              ? evhttp_find_header(headers, "webhook-id")
+                              : NULL;
         unsigned char digest[SHA256_DIGEST_LENGTH];
         char hex[2 * SHA256_DIGEST_LENGTH + 1];
         if (wid) {
@@ -377,6 +381,17 @@ static void on_inbound(struct evhttp_request *req, void *arg) {
                              body,           len,       in->headers_json,
                              ev.data_json,   in->route ? "received" : "rule_error",
                              in->route ? NULL : reason};
+    /* max_backlog: past it the carrier is told to come back later rather
+     * than the queue growing without bound (counts are kept by triggers). */
+    struct store_counts backlog;
+    if (store_delivery_counts(gw->store, &backlog) == 0 &&
+        backlog.pending + backlog.held >= cfg->max_backlog) {
+        log_msg(LOG_WARN, "source %s: backlog of %lld deliveries reached max_backlog; answering 503",
+                src->name, (long long)(backlog.pending + backlog.held));
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "30");
+        server_reply_error(req, 503, "Service Unavailable", "delivery backlog full, retry later");
+        goto done;
+    }
     rc = store_event_put(gw->store, &se, in->id, sizeof in->id, serr, sizeof serr);
     if (rc < 0) {
         log_msg(LOG_ERROR, "source %s: storing event failed: %s", src->name, serr);
@@ -473,6 +488,9 @@ struct evhttp *server_listener_new(struct event_base *base, const char *listen,
                                          EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS |
                                          EVHTTP_REQ_TRACE | EVHTTP_REQ_CONNECT | EVHTTP_REQ_PATCH);
     evhttp_set_timeout(http, 60);
+    /* Headers are stored with each event: bound them (libevent's default
+     * is unlimited). */
+    evhttp_set_max_headers_size(http, 64 * 1024);
     return http;
 }
 

@@ -417,6 +417,10 @@ int store_on_commit(struct store *s, store_commit_fn fn, void *arg) {
     return 0;
 }
 
+int store_idle(const struct store *s) {
+    return !s->in_txn && s->ncbs == 0;
+}
+
 int store_flush(struct store *s) {
     int ok;
     if (s->scheduled) {

@@ -45,6 +45,11 @@ int store_on_commit(struct store *s, store_commit_fn fn, void *arg);
 /* Commits the open group now and runs its callbacks. Returns 0 or -1. */
 int store_flush(struct store *s);
 
+/* 1 when no group is open and no commit callback is waiting. Shutdown
+ * flushes until the store is idle while every module that registers
+ * callbacks is still alive. */
+int store_idle(const struct store *s);
+
 /* 1 when the store answers a trivial query, else 0 (for /healthz). */
 int store_ping(struct store *s);
 
