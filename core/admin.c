@@ -929,9 +929,14 @@ static void admin_endpoint_switch(struct admin *adm, struct evhttp_request *req,
         server_reply_error(req, 503, "Service Unavailable", err);
         return;
     }
-    server_reply_json(req, 200, "OK",
-                      json_pack("{sssb}", "name", name, "disabled",
-                                deliver_endpoint_disabled(adm->gw->deliver, name)));
+    /* 200 only once the change is committed; a rolled-back group answers
+     * 503 (and the delivery engine re-reads the stored state). */
+    struct admin_commit *c = admin_commit_new(adm, req, 200, "OK");
+    if (!c)
+        return;
+    c->reply = json_pack("{sssb}", "name", name, "disabled",
+                         deliver_endpoint_disabled(adm->gw->deliver, name));
+    admin_after_commit(c);
 }
 
 static void on_admin(struct evhttp_request *req, void *arg) {

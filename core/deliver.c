@@ -624,6 +624,8 @@ fail:
 
 /* ---- outcomes ---- */
 
+static void deliver_states_resync(struct deliver *d);
+
 static void deliver_commit_cb(void *arg, int ok) {
     struct deliver_commit *c = arg;
     struct deliver *d = c->d;
@@ -632,9 +634,11 @@ static void deliver_commit_cb(void *arg, int ok) {
     if (!d)
         return; /* deliver_free ran */
     d->commit = NULL;
-    if (!ok)
+    if (!ok) {
         log_msg(LOG_WARN, "delivery outcomes were rolled back; those deliveries go out again "
                           "when their leases end");
+        deliver_states_resync(d);
+    }
     deliver_kick(d);
 }
 
@@ -1273,6 +1277,14 @@ static void deliver_states_load(struct deliver *d) {
     d->states_loaded = 1;
 }
 
+/* After a rolled-back group, memory may say an endpoint is enabled or
+ * disabled when the store does not: the store is the truth. */
+static void deliver_states_resync(struct deliver *d) {
+    for (struct deliver_ep *ep = d->eps; ep; ep = ep->next)
+        ep->disabled = 0;
+    deliver_states_load(d);
+}
+
 int deliver_endpoint_disabled(const struct deliver *d, const char *name) {
     const struct deliver_ep *ep;
 
@@ -1304,6 +1316,7 @@ int deliver_endpoint_set_disabled(struct deliver *d, const char *name, int disab
             return -1;
         }
         deliver_ep_drop(d, ep);
+        deliver_commit_watch(d); /* resync if this group rolls back */
         return 0;
     }
     if (!ep->disabled)
