@@ -288,6 +288,55 @@ static void put_string(struct enc *e, const char *str, size_t len) {
     PUTS(e, "\"");
 }
 
+int jsonx_append_string(struct util_buf *out, const char *str, size_t len) {
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *s = (const unsigned char *)str;
+    size_t i, run = 0, start = out->len;
+
+    for (i = 0; i < len;) { /* valid UTF-8 first: nothing is appended otherwise */
+        size_t n = utf8_seq(s + i, len - i);
+        if (!n)
+            return -1;
+        i += n;
+    }
+    if (util_buf_append(out, "\"", 1) < 0)
+        goto fail;
+    for (i = 0; i < len; i++) {
+        unsigned c = s[i];
+        char esc[6] = {'\\', 0, 0, 0, 0, 0};
+        size_t elen = 2;
+        if (c >= 0x20 && c != '"' && c != '\\')
+            continue;
+        switch (c) {
+        case '"': esc[1] = '"'; break;
+        case '\\': esc[1] = '\\'; break;
+        case '\b': esc[1] = 'b'; break;
+        case '\f': esc[1] = 'f'; break;
+        case '\n': esc[1] = 'n'; break;
+        case '\r': esc[1] = 'r'; break;
+        case '\t': esc[1] = 't'; break;
+        default:
+            memcpy(esc + 1, "u00", 3);
+            esc[4] = hex[c >> 4];
+            esc[5] = hex[c & 15];
+            elen = 6;
+        }
+        if ((i > run && util_buf_append(out, s + run, i - run) < 0) ||
+            util_buf_append(out, esc, elen) < 0)
+            goto fail;
+        run = i + 1;
+    }
+    if ((i > run && util_buf_append(out, s + run, i - run) < 0) ||
+        util_buf_append(out, "\"", 1) < 0)
+        goto fail;
+    return 0;
+fail:
+    out->len = start;
+    if (out->p)
+        out->p[start] = '\0';
+    return -1;
+}
+
 static void put_integer(struct enc *e, lua_Integer v) {
     char text[24];
     int n = snprintf(text, sizeof text, "%lld", (long long)v);

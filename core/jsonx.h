@@ -50,6 +50,11 @@ void jsonx_mark_array(lua_State *L, int idx);
  * max caps the bytes appended (0: no cap). [-0, +0, -] */
 int jsonx_encode(lua_State *L, int idx, struct util_buf *out, size_t max, char *err, size_t errlen);
 
+/* Appends str (len bytes) to out as a JSON string, quoted and escaped as
+ * jsonx_encode escapes. Returns 0, or -1 (out unchanged) when str is not
+ * valid UTF-8 or memory ran out. No Lua state involved. */
+int jsonx_append_string(struct util_buf *out, const char *str, size_t len);
+
 /* Parses text with jansson (JSON_ALLOW_NUL added to flags; an integer too
  * big for 64 bits is read as a double rather than refused). Returns a new
  * reference, or NULL with "invalid JSON at line L column C: reason". */

@@ -112,6 +112,20 @@ static void ingest_free(struct ingest *in) {
     free(in);
 }
 
+/* 200 {"id":"evt_..."}: the common answer, written without a jansson
+ * object (an id is letters, digits and '_', so nothing needs escaping). */
+static void reply_id(struct evhttp_request *req, const char *id) {
+    struct evbuffer *out = evbuffer_new();
+    if (!out) {
+        server_reply_json(req, 200, "OK", json_pack("{ss}", "id", id));
+        return;
+    }
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
+    evbuffer_add_printf(out, "{\"id\":\"%s\"}", id);
+    evhttp_send_reply(req, 200, "OK", out);
+    evbuffer_free(out);
+}
+
 static void on_ingest_committed(void *arg, int ok) {
     struct ingest *in = arg;
     struct evkeyvalq *oh = evhttp_request_get_output_headers(in->req);
@@ -130,7 +144,7 @@ static void on_ingest_committed(void *arg, int ok) {
     if (in->duplicate)
         server_reply_json(in->req, 200, "OK", json_pack("{sssb}", "id", in->id, "duplicate", 1));
     else
-        server_reply_json(in->req, 200, "OK", json_pack("{ss}", "id", in->id));
+        reply_id(in->req, in->id);
     if (in->route) {
         struct rules_input ev = {in->id,         in->source,    in->source_id,
                                  in->type,       in->created_at, in->received_at,
@@ -145,29 +159,47 @@ static const char *header_lookup(void *ctx, const char *name) {
     return evhttp_find_header(ctx, name);
 }
 
-/* The request headers as a JSON object with lowercase names; credentials
- * (Authorization, Cookie) are left out. New string, NULL on failure. */
+/* The request headers as a JSON object with lowercase names (at most 127
+ * bytes kept); credentials (Authorization, Cookie) are left out, and so is
+ * a header whose name or value is not valid UTF-8. A name sent twice keeps
+ * its last value. Built straight into a buffer (no jansson object per
+ * request). New string, NULL on failure. */
 static char *headers_to_json(struct evkeyvalq *headers) {
-    json_t *obj = json_object();
-    char *text = NULL;
+    struct util_buf out = {0};
+    char name[128], later[128];
+    size_t namelen;
 
-    if (!obj)
+    if (util_buf_append(&out, "{", 1) < 0)
         return NULL;
     for (struct evkeyval *kv = headers->tqh_first; kv; kv = kv->next.tqe_next) {
-        char name[128];
-        size_t i;
+        size_t i, mark = out.len;
+        int dup = 0;
         for (i = 0; kv->key[i] && i < sizeof name - 1; i++)
             name[i] = (char)tolower((unsigned char)kv->key[i]);
         name[i] = '\0';
+        namelen = i;
         if (strcmp(name, "authorization") == 0 || strcmp(name, "cookie") == 0)
             continue;
-        json_t *v = json_string(kv->value);
-        if (v)
-            json_object_set_new(obj, name, v);
+        for (struct evkeyval *k2 = kv->next.tqe_next; k2 && !dup; k2 = k2->next.tqe_next) {
+            for (i = 0; k2->key[i] && i < sizeof later - 1; i++)
+                later[i] = (char)tolower((unsigned char)k2->key[i]);
+            later[i] = '\0';
+            dup = strcmp(name, later) == 0;
+        }
+        if (dup)
+            continue; /* the last copy is the one kept */
+        if ((out.len > 1 && util_buf_append(&out, ",", 1) < 0) ||
+            jsonx_append_string(&out, name, namelen) < 0 || util_buf_append(&out, ":", 1) < 0 ||
+            jsonx_append_string(&out, kv->value, strlen(kv->value)) < 0) {
+            out.len = mark; /* not UTF-8 (or no memory): leave this header out */
+            out.p[mark] = '\0';
+        }
     }
-    text = json_dumps(obj, JSON_COMPACT);
-    json_decref(obj);
-    return text;
+    if (util_buf_append(&out, "}", 1) < 0) {
+        util_buf_free(&out);
+        return NULL;
+    }
+    return out.p;
 }
 
 static EVP_PKEY *key_lookup(void *ctx, const char *kid) {

@@ -296,6 +296,19 @@ static void test_decode_vs_jansson(void) {
     CHECK_INT_EQ(lua_gettop(L), 0);
 }
 
+static void test_append_string(void) {
+    struct util_buf b = {0};
+    CHECK(util_buf_appends(&b, "[") == 0);
+    CHECK(jsonx_append_string(&b, "a\"b\\c\td\x01\xc3\xa9/", 11) == 0);
+    CHECK_STR_EQ(b.p, "[\"a\\\"b\\\\c\\td\\u0001\xc3\xa9/\"");
+    CHECK(jsonx_append_string(&b, "caf\xe9", 4) < 0); /* not UTF-8: nothing appended */
+    CHECK(jsonx_append_string(&b, "\xed\xa0\x80", 3) < 0);
+    CHECK_INT_EQ((int)b.len, 22);
+    CHECK(jsonx_append_string(&b, "", 0) == 0);
+    CHECK_STR_EQ(b.p, "[\"a\\\"b\\\\c\\td\\u0001\xc3\xa9/\"\"\"");
+    util_buf_free(&b);
+}
+
 static void test_limits(void) {
     struct util_buf b = {0};
     char err[128];
@@ -332,6 +345,7 @@ int main(void) {
     test_tables();
     test_decode();
     test_decode_vs_jansson();
+    test_append_string();
     test_limits();
     CHECK(lua_true("local ok, e = pcall(json.encode, string.rep('x', 2000000)) return not ok"
                    " and e:find('output larger than 1048576 bytes', 1, true) ~= nil"));
