@@ -193,9 +193,16 @@ static void enc_fail(struct enc *e, const char *fmt, ...) {
 }
 
 static void put(struct enc *e, const void *p, size_t n) {
-    if (e->max && e->out->len - e->start + n > e->max)
+    struct util_buf *b = e->out;
+    if (e->max && b->len - e->start + n > e->max)
         enc_fail(e, "output larger than %zu bytes", e->max);
-    if (util_buf_append(e->out, p, n) < 0)
+    if (b->p && b->len + n < b->cap) { /* room left (and for the NUL): no call */
+        memcpy(b->p + b->len, p, n);
+        b->len += n;
+        b->p[b->len] = '\0';
+        return;
+    }
+    if (util_buf_append(b, p, n) < 0)
         enc_fail(e, "not enough memory");
 }
 
@@ -234,10 +241,16 @@ static void put_string(struct enc *e, const char *str, size_t len) {
 
     PUTS(e, "\"");
     while (i < len) {
-        unsigned c = s[i];
+        unsigned c;
         char esc[6];
         size_t elen = 2;
 
+        /* Plain ASCII runs (most of any payload) go by in a tight loop. */
+        while (i < len && s[i] >= 0x20 && s[i] < 0x80 && s[i] != '"' && s[i] != '\\')
+            i++;
+        if (i >= len)
+            break;
+        c = s[i];
         if (c >= 0x80) {
             size_t n = utf8_seq(s + i, len - i);
             if (!n)
