@@ -1,5 +1,6 @@
 /* jsonx.c -- JSON <-> Lua values: a JSON.stringify-compatible encoder over
- * Lua tables and a jansson -> Lua decoder, plus the rules' json module.
+ * Lua tables, a direct JSON text -> Lua decoder (and a jansson -> Lua one),
+ * plus the rules' json module.
  * Invariant: every Lua allocation here happens inside a pcall or a Lua-
  * called function, and C memory that must survive a Lua error lives in a
  * box userdata whose __gc frees it, so a memory error never leaks.
@@ -192,9 +193,16 @@ static void enc_fail(struct enc *e, const char *fmt, ...) {
 }
 
 static void put(struct enc *e, const void *p, size_t n) {
-    if (e->max && e->out->len - e->start + n > e->max)
+    struct util_buf *b = e->out;
+    if (e->max && b->len - e->start + n > e->max)
         enc_fail(e, "output larger than %zu bytes", e->max);
-    if (util_buf_append(e->out, p, n) < 0)
+    if (b->p && b->len + n < b->cap) { /* room left (and for the NUL): no call */
+        memcpy(b->p + b->len, p, n);
+        b->len += n;
+        b->p[b->len] = '\0';
+        return;
+    }
+    if (util_buf_append(b, p, n) < 0)
         enc_fail(e, "not enough memory");
 }
 
@@ -233,10 +241,16 @@ static void put_string(struct enc *e, const char *str, size_t len) {
 
     PUTS(e, "\"");
     while (i < len) {
-        unsigned c = s[i];
+        unsigned c;
         char esc[6];
         size_t elen = 2;
 
+        /* Plain ASCII runs (most of any payload) go by in a tight loop. */
+        while (i < len && s[i] >= 0x20 && s[i] < 0x80 && s[i] != '"' && s[i] != '\\')
+            i++;
+        if (i >= len)
+            break;
+        c = s[i];
         if (c >= 0x80) {
             size_t n = utf8_seq(s + i, len - i);
             if (!n)
@@ -285,6 +299,55 @@ static void put_string(struct enc *e, const char *str, size_t len) {
     if (i > run)
         put(e, s + run, i - run);
     PUTS(e, "\"");
+}
+
+int jsonx_append_string(struct util_buf *out, const char *str, size_t len) {
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *s = (const unsigned char *)str;
+    size_t i, run = 0, start = out->len;
+
+    for (i = 0; i < len;) { /* valid UTF-8 first: nothing is appended otherwise */
+        size_t n = utf8_seq(s + i, len - i);
+        if (!n)
+            return -1;
+        i += n;
+    }
+    if (util_buf_append(out, "\"", 1) < 0)
+        goto fail;
+    for (i = 0; i < len; i++) {
+        unsigned c = s[i];
+        char esc[6] = {'\\', 0, 0, 0, 0, 0};
+        size_t elen = 2;
+        if (c >= 0x20 && c != '"' && c != '\\')
+            continue;
+        switch (c) {
+        case '"': esc[1] = '"'; break;
+        case '\\': esc[1] = '\\'; break;
+        case '\b': esc[1] = 'b'; break;
+        case '\f': esc[1] = 'f'; break;
+        case '\n': esc[1] = 'n'; break;
+        case '\r': esc[1] = 'r'; break;
+        case '\t': esc[1] = 't'; break;
+        default:
+            memcpy(esc + 1, "u00", 3);
+            esc[4] = hex[c >> 4];
+            esc[5] = hex[c & 15];
+            elen = 6;
+        }
+        if ((i > run && util_buf_append(out, s + run, i - run) < 0) ||
+            util_buf_append(out, esc, elen) < 0)
+            goto fail;
+        run = i + 1;
+    }
+    if ((i > run && util_buf_append(out, s + run, i - run) < 0) ||
+        util_buf_append(out, "\"", 1) < 0)
+        goto fail;
+    return 0;
+fail:
+    out->len = start;
+    if (out->p)
+        out->p[start] = '\0';
+    return -1;
 }
 
 static void put_integer(struct enc *e, lua_Integer v) {
@@ -575,19 +638,418 @@ void jsonx_push(lua_State *L, const json_t *j) {
     push_rec(L, j, 0);
 }
 
-int jsonx_decode(lua_State *L, const char *text, size_t len, size_t flags, char *err,
-                 size_t errlen) {
-    struct jsonx_box *box = box_new(L); /* owns the jansson value until pushed */
+/* The direct decoder: JSON text straight onto the Lua stack, no jansson
+ * tree in between (the ingest path decodes every body, its headers and,
+ * when routing, its data: one pass and no intermediate allocations each).
+ * It accepts exactly what jsonx_parse accepts (RFC 8259, \u0000 allowed in
+ * strings but not in keys, valid UTF-8 only, no lone surrogates, nesting up
+ * to JSONX_MAX_DEPTH, an integer too big for 64 bits read as a double, a
+ * number whose magnitude overflows a double refused) and reports errors the
+ * same way: "invalid JSON at line L column C: reason". */
 
-    box->json = jsonx_parse(text, len, flags, err, errlen);
-    if (!box->json) {
-        lua_pop(L, 1);
+struct dec {
+    lua_State *L;
+    const unsigned char *s, *p, *end;
+    const unsigned char *err_at; /* where the error is, for line/column */
+    char msg[160];
+};
+
+static void dec_fail(struct dec *d, const unsigned char *at, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void dec_fail(struct dec *d, const unsigned char *at, const char *fmt, ...) {
+    va_list ap;
+    if (d->err_at)
+        return;
+    d->err_at = at;
+    va_start(ap, fmt);
+    vsnprintf(d->msg, sizeof d->msg, fmt, ap);
+    va_end(ap);
+}
+
+/* "near 'x'" (the character at p, escaped when not printable) or "near end
+ * of file", as jansson words it. */
+static void dec_near(struct dec *d, const unsigned char *p, const char *what) {
+    if (p >= d->end)
+        dec_fail(d, p, "%s near end of file", what);
+    else if (*p >= 0x20 && *p < 0x7f)
+        dec_fail(d, p, "%s near '%c'", what, *p);
+    else
+        dec_fail(d, p, "%s near byte 0x%02x", what, *p);
+}
+
+static void dec_ws(struct dec *d) {
+    while (d->p < d->end && (*d->p == ' ' || *d->p == '\t' || *d->p == '\n' || *d->p == '\r'))
+        d->p++;
+}
+
+static int hex4(const unsigned char *p, unsigned *out) {
+    unsigned v = 0;
+    for (int i = 0; i < 4; i++) {
+        unsigned c = p[i];
+        v <<= 4;
+        if (c >= '0' && c <= '9')
+            v |= c - '0';
+        else if (c >= 'a' && c <= 'f')
+            v |= c - 'a' + 10;
+        else if (c >= 'A' && c <= 'F')
+            v |= c - 'A' + 10;
+        else
+            return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* Parses the string at d->p (on its opening quote) and pushes it. key: an
+ * object key (a NUL in it is refused). Returns 0 or -1 (d->msg set). */
+static int dec_string(struct dec *d, int key) {
+    const unsigned char *start = ++d->p, *q = start;
+    luaL_Buffer b;
+    int buffered = 0;
+
+    for (;;) {
+        /* Fast scan over plain ASCII. */
+        while (q < d->end && *q >= 0x20 && *q < 0x80 && *q != '"' && *q != '\\')
+            q++;
+        if (q >= d->end) {
+            dec_fail(d, q, "premature end of input near end of file");
+            return -1;
+        }
+        if (*q == '"')
+            break;
+        if (*q < 0x20) {
+            dec_fail(d, q, "control character 0x%x in a string", *q);
+            return -1;
+        }
+        if (*q >= 0x80) {
+            size_t n = utf8_seq(q, (size_t)(d->end - q));
+            if (!n) {
+                dec_fail(d, q, "unable to decode byte 0x%x", *q);
+                return -1;
+            }
+            q += n;
+            continue;
+        }
+        /* A backslash: from here on the text is built in a buffer. */
+        if (!buffered) {
+            luaL_buffinit(d->L, &b);
+            buffered = 1;
+        }
+        luaL_addlstring(&b, (const char *)start, (size_t)(q - start));
+        if (q + 1 >= d->end) {
+            dec_fail(d, q + 1, "premature end of input near end of file");
+            return -1;
+        }
+        switch (q[1]) {
+        case '"': luaL_addchar(&b, '"'); break;
+        case '\\': luaL_addchar(&b, '\\'); break;
+        case '/': luaL_addchar(&b, '/'); break;
+        case 'b': luaL_addchar(&b, '\b'); break;
+        case 'f': luaL_addchar(&b, '\f'); break;
+        case 'n': luaL_addchar(&b, '\n'); break;
+        case 'r': luaL_addchar(&b, '\r'); break;
+        case 't': luaL_addchar(&b, '\t'); break;
+        case 'u': {
+            unsigned cp, lo;
+            char u8[4];
+            size_t n;
+            if (d->end - q < 6 || hex4(q + 2, &cp) < 0) {
+                dec_fail(d, q, "invalid escape");
+                return -1;
+            }
+            if (cp >= 0xD800 && cp <= 0xDBFF) {
+                if (d->end - q < 12 || q[6] != '\\' || q[7] != 'u' || hex4(q + 8, &lo) < 0 ||
+                    lo < 0xDC00 || lo > 0xDFFF) {
+                    dec_fail(d, q, "invalid Unicode '\\u%04X'", cp);
+                    return -1;
+                }
+                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                q += 6;
+            } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
+                dec_fail(d, q, "invalid Unicode '\\u%04X'", cp);
+                return -1;
+            }
+            if (cp == 0 && key) {
+                dec_fail(d, q, "NUL byte in object key not supported");
+                return -1;
+            }
+            if (cp < 0x80) {
+                u8[0] = (char)cp;
+                n = 1;
+            } else if (cp < 0x800) {
+                u8[0] = (char)(0xC0 | (cp >> 6));
+                u8[1] = (char)(0x80 | (cp & 0x3F));
+                n = 2;
+            } else if (cp < 0x10000) {
+                u8[0] = (char)(0xE0 | (cp >> 12));
+                u8[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+                u8[2] = (char)(0x80 | (cp & 0x3F));
+                n = 3;
+            } else {
+                u8[0] = (char)(0xF0 | (cp >> 18));
+                u8[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+                u8[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
+                u8[3] = (char)(0x80 | (cp & 0x3F));
+                n = 4;
+            }
+            luaL_addlstring(&b, u8, n);
+            q += 4;
+            break;
+        }
+        default:
+            dec_fail(d, q, "invalid escape");
+            return -1;
+        }
+        q += 2;
+        start = q;
+    }
+    if (buffered) {
+        luaL_addlstring(&b, (const char *)start, (size_t)(q - start));
+        luaL_pushresult(&b);
+    } else {
+        lua_pushlstring(d->L, (const char *)start, (size_t)(q - start));
+    }
+    d->p = q + 1;
+    return 0;
+}
+
+/* Parses the number at d->p and pushes it (an integer when it has neither
+ * fraction nor exponent and fits 64 bits, else a float). */
+static int dec_number(struct dec *d) {
+    const unsigned char *p = d->p, *start = p;
+    int is_int = 1;
+    char small[64], *text;
+    size_t n;
+
+    if (p < d->end && *p == '-')
+        p++;
+    if (p < d->end && *p == '0') {
+        p++;
+        if (p < d->end && *p >= '0' && *p <= '9') {
+            dec_fail(d, start, "invalid token near '%c'", *start);
+            return -1;
+        }
+    } else if (p < d->end && *p >= '1' && *p <= '9') {
+        while (p < d->end && *p >= '0' && *p <= '9')
+            p++;
+    } else {
+        dec_near(d, start, "invalid token");
         return -1;
     }
-    jsonx_push(L, box->json);
-    json_decref(box->json);
-    box->json = NULL;
-    lua_remove(L, -2);
+    if (p < d->end && *p == '.') {
+        is_int = 0;
+        p++;
+        if (p >= d->end || *p < '0' || *p > '9') {
+            dec_near(d, start, "invalid token");
+            return -1;
+        }
+        while (p < d->end && *p >= '0' && *p <= '9')
+            p++;
+    }
+    if (p < d->end && (*p == 'e' || *p == 'E')) {
+        is_int = 0;
+        p++;
+        if (p < d->end && (*p == '+' || *p == '-'))
+            p++;
+        if (p >= d->end || *p < '0' || *p > '9') {
+            dec_near(d, start, "invalid token");
+            return -1;
+        }
+        while (p < d->end && *p >= '0' && *p <= '9')
+            p++;
+    }
+    d->p = p;
+    if (is_int) {
+        /* Accumulate negatively so INT64_MIN fits. */
+        const unsigned char *q = start + (*start == '-');
+        int64_t v = 0;
+        int overflow = 0;
+        for (; q < p; q++) {
+            int dig = *q - '0';
+            if (v < (INT64_MIN + dig) / 10) {
+                overflow = 1;
+                break;
+            }
+            v = v * 10 - dig;
+        }
+        if (!overflow && (*start == '-' || v != INT64_MIN)) {
+            lua_pushinteger(d->L, (lua_Integer)(*start == '-' ? v : -v));
+            return 0;
+        }
+    }
+    n = (size_t)(p - start);
+    text = n < sizeof small ? small : malloc(n + 1);
+    if (!text) {
+        dec_fail(d, start, "out of memory");
+        return -1;
+    }
+    memcpy(text, start, n);
+    text[n] = '\0';
+    double v = strtod(text, NULL);
+    if (text != small)
+        free(text);
+    if (isinf(v)) {
+        dec_fail(d, start, "real number overflow");
+        return -1;
+    }
+    lua_pushnumber(d->L, (lua_Number)v);
+    return 0;
+}
+
+static int dec_literal(struct dec *d, const char *word, size_t n) {
+    if ((size_t)(d->end - d->p) < n || memcmp(d->p, word, n) != 0) {
+        dec_near(d, d->p, "invalid token");
+        return -1;
+    }
+    d->p += n;
+    return 0;
+}
+
+/* Parses one value and pushes it. */
+static int dec_value(struct dec *d, int depth) {
+    lua_State *L = d->L;
+    if (depth > JSONX_MAX_DEPTH) {
+        dec_fail(d, d->p, "maximum parsing depth reached");
+        return -1;
+    }
+    dec_ws(d);
+    if (d->p >= d->end) {
+        dec_fail(d, d->p, "unexpected token near end of file");
+        return -1;
+    }
+    switch (*d->p) {
+    case '{':
+        if (!lua_checkstack(L, 4)) {
+            dec_fail(d, d->p, "maximum parsing depth reached");
+            return -1;
+        }
+        d->p++;
+        lua_createtable(L, 0, 4);
+        dec_ws(d);
+        if (d->p < d->end && *d->p == '}') {
+            d->p++;
+            return 0;
+        }
+        for (;;) {
+            dec_ws(d);
+            if (d->p >= d->end || *d->p != '"') {
+                dec_near(d, d->p, "string or '}' expected");
+                return -1;
+            }
+            if (dec_string(d, 1) < 0)
+                return -1;
+            dec_ws(d);
+            if (d->p >= d->end || *d->p != ':') {
+                dec_near(d, d->p, "':' expected");
+                return -1;
+            }
+            d->p++;
+            if (dec_value(d, depth + 1) < 0)
+                return -1;
+            lua_rawset(L, -3);
+            dec_ws(d);
+            if (d->p < d->end && *d->p == ',') {
+                d->p++;
+                continue;
+            }
+            if (d->p < d->end && *d->p == '}') {
+                d->p++;
+                return 0;
+            }
+            dec_near(d, d->p, "'}' expected");
+            return -1;
+        }
+    case '[': {
+        lua_Integer i = 0;
+        if (!lua_checkstack(L, 4)) {
+            dec_fail(d, d->p, "maximum parsing depth reached");
+            return -1;
+        }
+        d->p++;
+        lua_createtable(L, 0, 0);
+        jsonx_mark_array(L, -1);
+        dec_ws(d);
+        if (d->p < d->end && *d->p == ']') {
+            d->p++;
+            return 0;
+        }
+        for (;;) {
+            if (dec_value(d, depth + 1) < 0)
+                return -1;
+            lua_rawseti(L, -2, ++i);
+            dec_ws(d);
+            if (d->p < d->end && *d->p == ',') {
+                d->p++;
+                continue;
+            }
+            if (d->p < d->end && *d->p == ']') {
+                d->p++;
+                return 0;
+            }
+            dec_near(d, d->p, "']' expected");
+            return -1;
+        }
+    }
+    case '"':
+        return dec_string(d, 0);
+    case 't':
+        if (dec_literal(d, "true", 4) < 0)
+            return -1;
+        lua_pushboolean(L, 1);
+        return 0;
+    case 'f':
+        if (dec_literal(d, "false", 5) < 0)
+            return -1;
+        lua_pushboolean(L, 0);
+        return 0;
+    case 'n':
+        if (dec_literal(d, "null", 4) < 0)
+            return -1;
+        jsonx_push_null(L);
+        return 0;
+    default:
+        if (*d->p == '-' || (*d->p >= '0' && *d->p <= '9'))
+            return dec_number(d);
+        dec_near(d, d->p, "invalid token");
+        return -1;
+    }
+}
+
+int jsonx_decode(lua_State *L, const char *text, size_t len, size_t flags, char *err,
+                 size_t errlen) {
+    struct dec d;
+    int top = lua_gettop(L);
+
+    memset(&d, 0, sizeof d);
+    luaL_checkstack(L, 8, "JSON decoding");
+    d.L = L;
+    d.s = d.p = (const unsigned char *)text;
+    d.end = d.s + len;
+    dec_ws(&d);
+    if (!(flags & JSON_DECODE_ANY) && (d.p >= d.end || (*d.p != '{' && *d.p != '[')))
+        dec_near(&d, d.p, "'[' or '{' expected");
+    else if (dec_value(&d, 0) == 0) {
+        dec_ws(&d);
+        if (d.p < d.end)
+            dec_near(&d, d.p, "end of file expected");
+    }
+    if (d.err_at) {
+        /* Line and column (in characters, as jansson counts) of the error. */
+        int line = 1, col = 0;
+        for (const unsigned char *q = d.s; q < d.err_at && q < d.end; q++) {
+            if (*q == '\n') {
+                line++;
+                col = 0;
+            } else if ((*q & 0xC0) != 0x80) {
+                col++;
+            }
+        }
+        if (d.err_at < d.end)
+            col++;
+        snprintf(err, errlen, "invalid JSON at line %d column %d: %s", line, col, d.msg);
+        lua_settop(L, top);
+        return -1;
+    }
     return 0;
 }
 

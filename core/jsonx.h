@@ -1,4 +1,4 @@
-/* jsonx.h -- JSON <-> Lua values for the rules VM (jansson parses).
+/* jsonx.h -- JSON <-> Lua values for the rules VM (a direct decoder; jansson for C-side parsing).
  * Encoding is compact and deterministic, and byte for byte what JavaScript's
  * JSON.stringify prints for the same data: numbers in shortest round-trip
  * form (40.0 -> 40, 1e21 -> 1e+21), strings escaped as JSON.stringify does
@@ -50,6 +50,11 @@ void jsonx_mark_array(lua_State *L, int idx);
  * max caps the bytes appended (0: no cap). [-0, +0, -] */
 int jsonx_encode(lua_State *L, int idx, struct util_buf *out, size_t max, char *err, size_t errlen);
 
+/* Appends str (len bytes) to out as a JSON string, quoted and escaped as
+ * jsonx_encode escapes. Returns 0, or -1 (out unchanged) when str is not
+ * valid UTF-8 or memory ran out. No Lua state involved. */
+int jsonx_append_string(struct util_buf *out, const char *str, size_t len);
+
 /* Parses text with jansson (JSON_ALLOW_NUL added to flags; an integer too
  * big for 64 bits is read as a double rather than refused). Returns a new
  * reference, or NULL with "invalid JSON at line L column C: reason". */
@@ -60,9 +65,12 @@ json_t *jsonx_parse(const char *text, size_t len, size_t flags, char *err, size_
  * memory error. [-0, +1, m] */
 void jsonx_push(lua_State *L, const json_t *j);
 
-/* jsonx_parse + jsonx_push. Returns 0 with the value pushed, or -1 with
- * err and nothing pushed. On a memory error the parsed value is freed and
- * the error re-raised. [-0, +(0|1), m] */
+/* Decodes text straight onto the Lua stack (no jansson tree in between),
+ * accepting exactly what jsonx_parse accepts (flags: JSON_DECODE_ANY allows
+ * any top-level value, else an object or array is required) and pushing
+ * what jsonx_push would. Returns 0 with the value pushed, or -1 with
+ * "invalid JSON at line L column C: reason" in err and nothing pushed. A
+ * memory error raises (nothing C-allocated is left behind). [-0, +(0|1), m] */
 int jsonx_decode(lua_State *L, const char *text, size_t len, size_t flags, char *err,
                  size_t errlen);
 

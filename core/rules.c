@@ -1249,7 +1249,7 @@ struct adapt_ctx {
     struct rules *r;
     const char *source;
     const char *where;
-    const json_t *body;
+    int bad_json; /* the body is not JSON: msg holds the parser's reason */
     const char *raw;
     size_t raw_len;
     const char *headers_json;
@@ -1290,13 +1290,19 @@ static int adapt_protected(lua_State *L) {
     int res;
 
     lua_settop(L, 0);
+    /* Decoded here, straight into the VM: no jansson tree per request. */
+    if (jsonx_decode(L, c->raw, c->raw_len, 0, c->msg, sizeof c->msg) < 0) {
+        c->bad_json = 1;
+        return 0;
+    }
     lua_rawgeti(L, LUA_REGISTRYINDEX, r->adapters_ref);
     lua_getfield(L, -1, c->source);
     if (lua_type(L, -1) != LUA_TFUNCTION) {
         snprintf(c->msg, sizeof c->msg, "%s: source %s has no adapter", c->where, c->source);
         return 0;
     }
-    jsonx_push(L, c->body);
+    lua_remove(L, 2);  /* body, adapter */
+    lua_insert(L, 1);  /* adapter, body */
     if (!c->headers_json ||
         jsonx_decode(L, c->headers_json, strlen(c->headers_json), 0, err, sizeof err) < 0)
         lua_newtable(L);
@@ -1341,23 +1347,17 @@ int rules_adapt(struct rules *r, const struct config_source *src, const char *bo
                 const char *headers_json, struct rules_event *out, char *err, size_t errlen) {
     struct adapt_ctx *c;
     const struct config_source *own;
-    json_t *parsed;
     int status;
 
     memset(out, 0, sizeof *out);
-    parsed = jsonx_parse(body ? body : "", body ? len : 0, 0, err, errlen); /* object or array */
-    if (!parsed)
-        return RULES_EBADJSON;
     own = src ? config_source_by_name(r->cfg, src->name) : NULL;
     if (!own) {
-        json_decref(parsed);
         snprintf(err, errlen, "%s: no source %s in this configuration", r->config_path,
                  src ? src->name : "(null)");
         return -1;
     }
     c = calloc(1, sizeof *c);
     if (!c) {
-        json_decref(parsed);
         snprintf(err, errlen, "out of memory");
         return -1;
     }
@@ -1366,7 +1366,6 @@ int rules_adapt(struct rules *r, const struct config_source *src, const char *bo
     c->where = r->adapter_where && r->adapter_where[own - r->cfg->sources]
                    ? r->adapter_where[own - r->cfg->sources]
                    : own->name;
-    c->body = parsed;
     c->raw = body ? body : "";
     c->raw_len = body ? len : 0;
     c->headers_json = headers_json;
@@ -1375,7 +1374,13 @@ int rules_adapt(struct rules *r, const struct config_source *src, const char *bo
     lua_pushcfunction(r->L, adapt_protected);
     lua_pushlightuserdata(r->L, c);
     status = lua_pcall(r->L, 1, 0, 0);
-    json_decref(parsed);
+    if (status == LUA_OK && c->bad_json) { /* "invalid JSON at line L column C: ..." */
+        snprintf(err, errlen, "%s", c->msg);
+        free(c);
+        out->type = NULL;
+        lua_settop(r->L, 0);
+        return RULES_EBADJSON;
+    }
     if (status != LUA_OK)
         call_error(r, status, c->where, err, errlen);
     else if (c->msg[0])

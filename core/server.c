@@ -112,6 +112,20 @@ static void ingest_free(struct ingest *in) {
     free(in);
 }
 
+/* 200 {"id":"evt_..."}: the common answer, written without a jansson
+ * object (an id is letters, digits and '_', so nothing needs escaping). */
+static void reply_id(struct evhttp_request *req, const char *id) {
+    struct evbuffer *out = evbuffer_new();
+    if (!out) {
+        server_reply_json(req, 200, "OK", json_pack("{ss}", "id", id));
+        return;
+    }
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
+    evbuffer_add_printf(out, "{\"id\":\"%s\"}", id);
+    evhttp_send_reply(req, 200, "OK", out);
+    evbuffer_free(out);
+}
+
 static void on_ingest_committed(void *arg, int ok) {
     struct ingest *in = arg;
     struct evkeyvalq *oh = evhttp_request_get_output_headers(in->req);
@@ -130,7 +144,7 @@ static void on_ingest_committed(void *arg, int ok) {
     if (in->duplicate)
         server_reply_json(in->req, 200, "OK", json_pack("{sssb}", "id", in->id, "duplicate", 1));
     else
-        server_reply_json(in->req, 200, "OK", json_pack("{ss}", "id", in->id));
+        reply_id(in->req, in->id);
     if (in->route) {
         struct rules_input ev = {in->id,         in->source,    in->source_id,
                                  in->type,       in->created_at, in->received_at,
@@ -145,28 +159,77 @@ static const char *header_lookup(void *ctx, const char *name) {
     return evhttp_find_header(ctx, name);
 }
 
-/* The request headers as a JSON object with lowercase names; credentials
- * (Authorization, Cookie) are left out. New string, NULL on failure. */
+/* One request header for headers_to_json: its lowercase name (at most 127
+ * bytes kept) and whether it is the last with that name. */
+struct hdr {
+    char name[128];
+    size_t namelen;
+    const char *value;
+    int keep;
+};
+
+/* By name, then by position (entries sit in one array in request order). */
+static int hdr_cmp(const void *pa, const void *pb) {
+    const struct hdr *a = *(const struct hdr *const *)pa, *b = *(const struct hdr *const *)pb;
+    int c = strcmp(a->name, b->name);
+    return c ? c : (a < b ? -1 : a > b);
+}
+
+/* The request headers as a JSON object with lowercase names (at most 127
+ * bytes kept); credentials (Authorization, Cookie) are left out, and so is
+ * a header whose name or value is not valid UTF-8. A name sent twice keeps
+ * its last value (found by sorting, so a request with thousands of headers
+ * costs n log n, not n^2). Built straight into a buffer (no jansson object
+ * per request). New string, NULL on failure. */
 static char *headers_to_json(struct evkeyvalq *headers) {
-    json_t *obj = json_object();
+    struct util_buf out = {0};
+    struct hdr *h = NULL, **by_name = NULL;
+    size_t n = 0, i;
     char *text = NULL;
 
-    if (!obj)
-        return NULL;
+    for (struct evkeyval *kv = headers->tqh_first; kv; kv = kv->next.tqe_next)
+        n++;
+    if (n && (!(h = calloc(n, sizeof *h)) || !(by_name = calloc(n, sizeof *by_name))))
+        goto done;
+    n = 0;
     for (struct evkeyval *kv = headers->tqh_first; kv; kv = kv->next.tqe_next) {
-        char name[128];
-        size_t i;
-        for (i = 0; kv->key[i] && i < sizeof name - 1; i++)
-            name[i] = (char)tolower((unsigned char)kv->key[i]);
-        name[i] = '\0';
-        if (strcmp(name, "authorization") == 0 || strcmp(name, "cookie") == 0)
+        struct hdr *e = &h[n];
+        for (i = 0; kv->key[i] && i < sizeof e->name - 1; i++)
+            e->name[i] = (char)tolower((unsigned char)kv->key[i]);
+        e->name[i] = '\0';
+        e->namelen = i;
+        e->value = kv->value;
+        if (strcmp(e->name, "authorization") == 0 || strcmp(e->name, "cookie") == 0)
             continue;
-        json_t *v = json_string(kv->value);
-        if (v)
-            json_object_set_new(obj, name, v);
+        by_name[n] = e;
+        n++;
     }
-    text = json_dumps(obj, JSON_COMPACT);
-    json_decref(obj);
+    if (n > 1)
+        qsort(by_name, n, sizeof *by_name, hdr_cmp);
+    for (i = 0; i < n; i++) /* the last of each run of one name */
+        by_name[i]->keep = i + 1 == n || strcmp(by_name[i]->name, by_name[i + 1]->name) != 0;
+    if (util_buf_append(&out, "{", 1) < 0)
+        goto done;
+    for (i = 0; i < n; i++) {
+        size_t mark = out.len;
+        if (!h[i].keep)
+            continue;
+        if ((out.len > 1 && util_buf_append(&out, ",", 1) < 0) ||
+            jsonx_append_string(&out, h[i].name, h[i].namelen) < 0 ||
+            util_buf_append(&out, ":", 1) < 0 ||
+            jsonx_append_string(&out, h[i].value, strlen(h[i].value)) < 0) {
+            out.len = mark; /* not UTF-8 (or no memory): leave this header out */
+            out.p[mark] = '\0';
+        }
+    }
+    if (util_buf_append(&out, "}", 1) < 0)
+        goto done;
+    text = out.p;
+    out.p = NULL;
+done:
+    util_buf_free(&out);
+    free(h);
+    free(by_name);
     return text;
 }
 

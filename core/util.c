@@ -215,7 +215,20 @@ void util_id_new(const char *prefix, char *out, size_t outlen) {
     uint64_t t = (uint64_t)util_now_ms();
     char body[27];
 
-    if (RAND_bytes(rnd, sizeof rnd) != 1) {
+    /* Random bytes come from a per-thread pool refilled 4 KiB at a time:
+     * each RAND_bytes call costs a DRBG round (thousands of instructions),
+     * and an ingest makes one id per event and per delivery. The bytes are
+     * as random either way; waybill never forks, so no two processes share
+     * a pool. */
+    static _Thread_local unsigned char pool[4000];
+    static _Thread_local size_t pool_left;
+    if (pool_left < sizeof rnd && RAND_bytes(pool, sizeof pool) == 1)
+        pool_left = sizeof pool;
+    if (pool_left >= sizeof rnd) {
+        memcpy(rnd, pool + sizeof pool - pool_left, sizeof rnd);
+        memset(pool + sizeof pool - pool_left, 0, sizeof rnd); /* each byte used once */
+        pool_left -= sizeof rnd;
+    } else {
         /* RAND_bytes fails only when the OS entropy source does; fall back
          * to a process-local mix rather than fail an ingest. */
         static uint64_t counter;

@@ -213,6 +213,102 @@ static void test_decode(void) {
     }
 }
 
+/* The direct decoder accepts and refuses exactly what jansson does, and
+ * builds the same values: edge cases, then mutations of them. */
+static int same_as_jansson(const char *t, size_t n, size_t flags) {
+    char e1[300], e2[300];
+    struct util_buf a = {0}, b = {0};
+    int same, r1 = jsonx_decode(L, t, n, flags, e1, sizeof e1);
+    json_t *j;
+    if (r1 == 0) {
+        jsonx_encode(L, -1, &a, 0, e1, sizeof e1);
+        lua_settop(L, 0);
+    }
+    j = jsonx_parse(t, n, flags, e2, sizeof e2);
+    if (j) {
+        jsonx_push(L, j);
+        json_decref(j);
+        jsonx_encode(L, -1, &b, 0, e2, sizeof e2);
+        lua_settop(L, 0);
+    }
+    same = (r1 == 0) == (j != NULL) &&
+           (r1 < 0 || (a.len == b.len && (!a.len || memcmp(a.p, b.p, a.len) == 0)));
+    if (r1 < 0 && strncmp(e1, "invalid JSON at line ", 21) != 0)
+        same = 0;
+    if (!same)
+        fprintf(stderr, "decoders differ on [%.*s]: %s | %s\n", (int)n, t, r1 ? e1 : a.p,
+                j ? b.p : e2);
+    util_buf_free(&a);
+    util_buf_free(&b);
+    return same && lua_gettop(L) == 0;
+}
+
+static void test_decode_vs_jansson(void) {
+    static const char *cases[] = {
+        "{\"a\":1,\"b\":[1,2,{\"c\":null}],\"d\":\"x\\u00e9\\ud83d\\ude00\\n\",\"e\":-0.5e3}",
+        "[]", "{}", "[1e400]", "[-1e400]", "[1e-400]", "[123456789012345678901234567890]",
+        "[-9223372036854775808]", "[9223372036854775807]", "[9223372036854775808]",
+        "[-9223372036854775809]", "[\"\\u0000\"]", "{\"\\u0000\":1}", "[\"\\ud800\"]",
+        "[\"\\ud800\\u0041\"]", "[\"\\udc00x\"]", "[01]", "[1.]", "[.5]", "[-]", "[1e]",
+        "[1e+]", "[-0]", "[0.1,1e21,1E2,-0.0]", "[\"\xc3\xa9\"]", "[\"\xc3\"]",
+        "[\"\xed\xa0\x80\"]", "[\"\xf4\x90\x80\x80\"]", "[\"\xe0\x80\xaf\"]",
+        "[\"\xc0\xaf\"]", "  {\"a\" : [ 1 , 2 ] }\r\n", "{\"a\":1,}", "[1,]", "[1 2]", "x",
+        "\"x\"", "", "  ", "[\"a\tb\"]", "[\"\\x\"]", "[\"\\u12\"]", "[tru]", "[nul]",
+        "[true,false,null]", "{\"a\":1,\"a\":2}", "[\"\\/\\b\\f\\r\\t\\\"\\\\\"]",
+        "{\"k\":{\"k\":[[[]]]}}", "[1]x", "[1] ", "\xef\xbb\xbf[]", "{\"a\"}", "{1:2}", "[\"abc",
+    };
+    const char alpha[] = "{}[]\",:0123456789-+.eE \\utrfalsn\xc3\xa9\xed\xa0";
+    size_t ncases = sizeof cases / sizeof *cases, bad = 0;
+    unsigned seed = 12345;
+    char buf[300];
+
+    for (size_t i = 0; i < ncases; i++) {
+        bad += !same_as_jansson(cases[i], strlen(cases[i]), 0);
+        bad += !same_as_jansson(cases[i], strlen(cases[i]), JSON_DECODE_ANY);
+    }
+    for (int it = 0; it < 200000 && bad < 5; it++) {
+        seed = seed * 1103515245u + 12345u;
+        const char *c = cases[(seed >> 16) % ncases];
+        size_t n = strlen(c);
+        memcpy(buf, c, n);
+        for (int m = 0; m < 3; m++) {
+            seed = seed * 1103515245u + 12345u;
+            size_t pos = n ? (seed >> 8) % (n + 1) : 0;
+            char ch = alpha[(seed >> 20) % (sizeof alpha - 1)];
+            if ((seed & 3) == 0 && n < sizeof buf - 1) {
+                memmove(buf + pos + 1, buf + pos, n - pos);
+                buf[pos] = ch;
+                n++;
+            } else if ((seed & 3) == 1 && pos < n) {
+                memmove(buf + pos, buf + pos + 1, n - pos - 1);
+                n--;
+            } else if (pos < n) {
+                buf[pos] = ch;
+            }
+        }
+        bad += !same_as_jansson(buf, n, (seed & 16) ? JSON_DECODE_ANY : 0);
+    }
+    CHECK_INT_EQ((int)bad, 0);
+    /* jansson reads a raw NUL byte as the end of the text ("[1\0]" parses as
+     * [1]); the direct decoder refuses it, as RFC 8259 does. */
+    CHECK(jsonx_decode(L, "[1\0]", 4, 0, last_err, sizeof last_err) < 0);
+    CHECK(!same_as_jansson("[1\0]", 4, 0)); /* the comparison tells them apart */
+    CHECK_INT_EQ(lua_gettop(L), 0);
+}
+
+static void test_append_string(void) {
+    struct util_buf b = {0};
+    CHECK(util_buf_appends(&b, "[") == 0);
+    CHECK(jsonx_append_string(&b, "a\"b\\c\td\x01\xc3\xa9/", 11) == 0);
+    CHECK_STR_EQ(b.p, "[\"a\\\"b\\\\c\\td\\u0001\xc3\xa9/\"");
+    CHECK(jsonx_append_string(&b, "caf\xe9", 4) < 0); /* not UTF-8: nothing appended */
+    CHECK(jsonx_append_string(&b, "\xed\xa0\x80", 3) < 0);
+    CHECK_INT_EQ((int)b.len, 22);
+    CHECK(jsonx_append_string(&b, "", 0) == 0);
+    CHECK_STR_EQ(b.p, "[\"a\\\"b\\\\c\\td\\u0001\xc3\xa9/\"\"\"");
+    util_buf_free(&b);
+}
+
 static void test_limits(void) {
     struct util_buf b = {0};
     char err[128];
@@ -248,6 +344,8 @@ int main(void) {
     test_strings();
     test_tables();
     test_decode();
+    test_decode_vs_jansson();
+    test_append_string();
     test_limits();
     CHECK(lua_true("local ok, e = pcall(json.encode, string.rep('x', 2000000)) return not ok"
                    " and e:find('output larger than 1048576 bytes', 1, true) ~= nil"));
