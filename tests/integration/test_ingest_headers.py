@@ -70,10 +70,11 @@ def test_stored_and_routed_headers_are_escaped_deduplicated_and_utf8_only():
 
 
 def test_thousands_of_distinct_headers_cost_no_more_than_repeated_ones():
-    """Deduplicating header names must not be quadratic (evhttp sets no limit
-    on how many headers a request has): 14,000 distinct names take about as
-    long as 14,000 copies of one name (which any implementation handles in
-    one pass). Compared in the same run, so a loaded machine slows both."""
+    """Deduplicating header names must not be quadratic: as many distinct
+    names as fit under the 64 KiB header cap take about as long as as many
+    copies of one name (which any implementation handles in one pass), and
+    each is stored. Compared in the same run, so a loaded machine slows both.
+    (Past the cap the request is refused: test_hardening.py.)"""
     cfg = wb.config(f'''
         source "atoship" {{ verify = "atoship", secret = {wb.lua(ATOSHIP_SECRET)} }}
     ''')
@@ -88,10 +89,10 @@ def test_thousands_of_distinct_headers_cost_no_more_than_repeated_ones():
         assert status == 200, resp
         return time.monotonic() - t0, g.event(json.loads(resp)["id"])["headers"]
 
-    n = 14000
+    n = 3500  # "X-H3499: 3499" lines: about 50 KB, under the 64 KiB cap
     same, stored = post([b"X-Same: %d" % i for i in range(n)])
     assert stored["x-same"] == str(n - 1)
     distinct, stored = post([b"X-H%d: %d" % (i, i) for i in range(n)] + [b"X-H0: last"])
-    assert stored["x-h0"] == "last" and stored["x-h13999"] == "13999"
+    assert stored["x-h0"] == "last" and stored["x-h3499"] == "3499"
     assert len([k for k in stored if k.startswith("x-h")]) == n
     assert distinct < 3 * same + 0.3, "distinct names %.2f s, one name %.2f s" % (distinct, same)
