@@ -855,6 +855,24 @@ void store_event_rows_free(struct store_event_row *rows, size_t n) {
     free(rows);
 }
 
+/* Fills r from a row whose columns are (seq, id, source, source_id, type,
+ * created_at, status, error, headers, data, raw, received_at): the order
+ * both event reads select. Sets *oom when a copy failed. */
+static void event_row_read(sqlite3_stmt *st, struct store_event_row *r, int *oom) {
+    r->seq = sqlite3_column_int64(st, 0);
+    r->id = col_text(st, 1, oom);
+    r->source = col_text(st, 2, oom);
+    r->source_id = col_text(st, 3, oom);
+    r->type = col_text(st, 4, oom);
+    r->created_at = col_text(st, 5, oom);
+    r->status = col_text(st, 6, oom);
+    r->error = col_text(st, 7, oom);
+    r->headers_json = col_text(st, 8, oom);
+    r->data_json = col_text(st, 9, oom);
+    r->raw = col_blob(st, 10, &r->raw_len, oom);
+    r->received_at = sqlite3_column_int64(st, 11);
+}
+
 int store_events_unrouted(struct store *s, int64_t after_seq, size_t max,
                           struct store_event_row **rows, size_t *n, char *err, size_t errlen) {
     sqlite3_stmt *st = s->st[ST_EVT_UNROUTED];
@@ -886,18 +904,7 @@ int store_events_unrouted(struct store *s, int64_t after_seq, size_t max,
         }
         r = &out[cnt++];
         memset(r, 0, sizeof *r);
-        r->seq = sqlite3_column_int64(st, 0);
-        r->id = col_text(st, 1, &oom);
-        r->source = col_text(st, 2, &oom);
-        r->source_id = col_text(st, 3, &oom);
-        r->type = col_text(st, 4, &oom);
-        r->created_at = col_text(st, 5, &oom);
-        r->status = col_text(st, 6, &oom);
-        r->error = col_text(st, 7, &oom);
-        r->headers_json = col_text(st, 8, &oom);
-        r->data_json = col_text(st, 9, &oom);
-        r->raw = col_blob(st, 10, &r->raw_len, &oom);
-        r->received_at = sqlite3_column_int64(st, 11);
+        event_row_read(st, r, &oom);
         if (oom)
             goto oom;
     }
@@ -1466,18 +1473,7 @@ int store_event_get(struct store *s, const char *id, struct store_event_row **ou
         store_err(err, errlen, "store: event: %s", sqlite3_errmsg(s->db));
         goto done;
     }
-    row->seq = sqlite3_column_int64(st, 0);
-    row->id = col_text(st, 1, &oom);
-    row->source = col_text(st, 2, &oom);
-    row->source_id = col_text(st, 3, &oom);
-    row->type = col_text(st, 4, &oom);
-    row->created_at = col_text(st, 5, &oom);
-    row->status = col_text(st, 6, &oom);
-    row->error = col_text(st, 7, &oom);
-    row->headers_json = col_text(st, 8, &oom);
-    row->data_json = col_text(st, 9, &oom);
-    row->raw = col_blob(st, 10, &row->raw_len, &oom);
-    row->received_at = sqlite3_column_int64(st, 11);
+    event_row_read(st, row, &oom);
     if (oom) {
         store_err(err, errlen, "store: out of memory");
         goto done;
