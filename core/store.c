@@ -1163,6 +1163,25 @@ void store_deliveries_free(struct store_delivery *d, size_t n) {
     free(d);
 }
 
+/* Fills r from a row whose columns are (seq, id, event_id, endpoint,
+ * event_type, content_type, headers, payload, attempts, schedule_pos,
+ * next_at, created_at): the order both claims select. Sets *oom when a
+ * copy failed. */
+static void delivery_row_read(sqlite3_stmt *st, struct store_delivery *r, int *oom) {
+    r->seq = sqlite3_column_int64(st, 0);
+    copy_id(r->id, sizeof r->id, sqlite3_column_text(st, 1));
+    copy_id(r->event_id, sizeof r->event_id, sqlite3_column_text(st, 2));
+    r->endpoint = col_text(st, 3, oom);
+    r->event_type = col_text(st, 4, oom);
+    r->content_type = col_text(st, 5, oom);
+    r->headers_json = col_text(st, 6, oom);
+    r->payload = col_blob(st, 7, &r->payload_len, oom);
+    r->attempts = sqlite3_column_int(st, 8);
+    r->schedule_pos = sqlite3_column_int(st, 9);
+    r->next_at = sqlite3_column_int64(st, 10);
+    r->created_at = sqlite3_column_int64(st, 11);
+}
+
 int store_deliveries_claim(struct store *s, int64_t now, int64_t lease_ms, size_t max,
                            struct store_delivery **out, size_t *n, char *err, size_t errlen) {
     sqlite3_stmt *sel = s->st[ST_DLV_CLAIM], *lease = s->st[ST_DLV_LEASE];
@@ -1197,18 +1216,7 @@ int store_deliveries_claim(struct store *s, int64_t now, int64_t lease_ms, size_
         }
         r = &rows[cnt++];
         memset(r, 0, sizeof *r);
-        r->seq = sqlite3_column_int64(sel, 0);
-        copy_id(r->id, sizeof r->id, sqlite3_column_text(sel, 1));
-        copy_id(r->event_id, sizeof r->event_id, sqlite3_column_text(sel, 2));
-        r->endpoint = col_text(sel, 3, &oom);
-        r->event_type = col_text(sel, 4, &oom);
-        r->content_type = col_text(sel, 5, &oom);
-        r->headers_json = col_text(sel, 6, &oom);
-        r->payload = col_blob(sel, 7, &r->payload_len, &oom);
-        r->attempts = sqlite3_column_int(sel, 8);
-        r->schedule_pos = sqlite3_column_int(sel, 9);
-        r->next_at = sqlite3_column_int64(sel, 10);
-        r->created_at = sqlite3_column_int64(sel, 11);
+        delivery_row_read(sel, r, &oom);
         if (oom)
             goto oom;
     }
@@ -1981,18 +1989,7 @@ int store_endpoint_claim(struct store *s, const char *name, int64_t after_seq, i
     }
     while (cnt < max && (rc = sqlite3_step(sel)) == SQLITE_ROW) {
         r = &rows[cnt++];
-        r->seq = sqlite3_column_int64(sel, 0);
-        copy_id(r->id, sizeof r->id, sqlite3_column_text(sel, 1));
-        copy_id(r->event_id, sizeof r->event_id, sqlite3_column_text(sel, 2));
-        r->endpoint = col_text(sel, 3, &oom);
-        r->event_type = col_text(sel, 4, &oom);
-        r->content_type = col_text(sel, 5, &oom);
-        r->headers_json = col_text(sel, 6, &oom);
-        r->payload = col_blob(sel, 7, &r->payload_len, &oom);
-        r->attempts = sqlite3_column_int(sel, 8);
-        r->schedule_pos = sqlite3_column_int(sel, 9);
-        r->next_at = sqlite3_column_int64(sel, 10);
-        r->created_at = sqlite3_column_int64(sel, 11);
+        delivery_row_read(sel, r, &oom);
         if (oom) {
             store_err(err, errlen, "store: out of memory");
             goto done;
