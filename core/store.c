@@ -3,11 +3,28 @@
  * COMMIT per loop turn); once a write in the group failed, every later write
  * of the group fails at once and the group is rolled back; every prepared
  * statement is reset (and its bindings cleared) before its caller returns.
+ *
+ * Durability off the loop (sync=full, the default): the loop's connection
+ * runs with synchronous=NORMAL, so COMMIT only write()s the group's frames
+ * to the WAL; a sync thread then fdatasync()s the WAL file and tells the
+ * loop through an eventfd, and only then do the group's callbacks run (the
+ * 200s, routing, claims). While one group is being synced the next one
+ * keeps filling; it commits when the sync returns, so a group holds
+ * everything that arrived during one fsync. Checkpoints run on a thread of
+ * their own with a second connection, which syncs the WAL before copying
+ * and the database before the WAL may be reused; the loop connection never
+ * checkpoints except to let a WAL that load kept from restarting start over
+ * (see wal_maintain).
  * SPDX-License-Identifier: MIT */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include <event2/event.h>
 #include <jansson.h>
@@ -20,6 +37,13 @@
 
 #define STORE_SCHEMA_VERSION 1
 #define STORE_BUSY_MS 100 /* the loop must not wait long for a lock */
+/* WAL frames (4 KiB pages) after which the checkpoint thread copies the WAL
+ * into the database; and after which the loop itself checkpoints the tail,
+ * so that its next transaction can restart the WAL from the beginning
+ * (SQLite restarts a WAL only from a writer whose snapshot began with the
+ * WAL fully copied, which a loop that is never idle would not reach). */
+#define STORE_CKPT_FRAMES 1000
+#define STORE_RESTART_FRAMES 16000
 
 /* ---- schema ---- */
 
@@ -205,6 +229,20 @@ struct store {
     char fail_msg[256];
     struct store_cb *cbs;
     size_t ncbs, cap;
+    /* Durability off the loop; sync is NULL with sync=normal, where a group
+     * is done at COMMIT. sync_busy: one committed group is being synced; its
+     * callbacks and seqs wait in inflight_* (at most one group is in flight:
+     * the next commit waits for it, deferred says it is due). */
+    struct store_sync *sync;
+    struct event *sync_ev;
+    int sync_busy, deferred;
+    struct store_cb *inflight;
+    size_t ninflight, inflight_cap;
+    int64_t inflight_dlv_seq, inflight_evt_seq, inflight_t0;
+    /* Checkpoints: the thread, its connection, and the WAL's size in frames
+     * after the last commit (from the WAL hook). */
+    struct store_ckpt *ckpt;
+    int wal_frames, ckpt_asked_at;
     sqlite3_stmt *ep_st[3]; /* endpoint-state statements run per attempt, prepared lazily */
     int64_t nonces_pruned_at; /* Unix ms of the last prune of old nonces */
 };
@@ -337,7 +375,8 @@ static int group_begin(struct store *s, char *err, size_t errlen) {
 }
 
 /* Ends the group: COMMIT, or ROLLBACK when a write failed or COMMIT did.
- * Returns 1 when committed, else 0. Leaves no group open. */
+ * Returns 1 when committed, else 0. Leaves no group open; the group's seqs
+ * (group_*_seq) are left for the caller, which clears them. */
 static int group_end(struct store *s) {
     int ok = !s->failed, rc;
     if (s->in_txn) {
@@ -358,28 +397,43 @@ static int group_end(struct store *s) {
     }
     if (!ok)
         log_msg(LOG_WARN, "store: commit group failed, rolled back: %s", s->fail_msg);
-    else if (s->group_dlv_seq > s->committed_dlv_seq)
-        s->committed_dlv_seq = s->group_dlv_seq;
-    if (ok && s->group_evt_seq > s->committed_evt_seq)
-        s->committed_evt_seq = s->group_evt_seq;
-    s->group_dlv_seq = 0;
-    s->group_evt_seq = 0;
     s->in_txn = 0;
     s->failed = 0;
     s->fail_msg[0] = '\0';
     return ok;
 }
 
-/* Runs the group's callbacks in registration order. The list is swapped out
- * first: callbacks may write and register callbacks for the next group. */
-static void group_callbacks(struct store *s, int ok) {
-    struct store_cb *list = s->cbs;
-    size_t n = s->ncbs, cap = s->cap, i;
-    s->cbs = NULL;
-    s->ncbs = s->cap = 0;
+/* Rows up to these seqs are durable now: claims and recovery may see them. */
+static void watermarks_advance(struct store *s, int64_t dlv_seq, int64_t evt_seq) {
+    if (dlv_seq > s->committed_dlv_seq)
+        s->committed_dlv_seq = dlv_seq;
+    if (evt_seq > s->committed_evt_seq)
+        s->committed_evt_seq = evt_seq;
+}
+
+/* Runs n callbacks of list in registration order. The caller swapped the
+ * list out first: callbacks may write and register callbacks for the next
+ * group. nested says we run inside the commit event itself, where a write
+ * must schedule the next commit for the next loop turn, not this one. */
+static void callbacks_run(struct store *s, struct store_cb *list, size_t n, int ok, int nested) {
+    size_t i;
+    if (nested)
+        s->committing++;
     for (i = 0; i < n; i++)
         list[i].fn(list[i].arg, ok);
-    if (!s->cbs) { /* nothing new: keep the array for the next group */
+    if (nested)
+        s->committing--;
+}
+
+/* Runs the open group's callbacks; keeps the array for the next group when
+ * nothing new was registered meanwhile. */
+static void group_callbacks(struct store *s, int ok) {
+    struct store_cb *list = s->cbs;
+    size_t n = s->ncbs, cap = s->cap;
+    s->cbs = NULL;
+    s->ncbs = s->cap = 0;
+    callbacks_run(s, list, n, ok, 1);
+    if (!s->cbs) {
         s->cbs = list;
         s->cap = cap;
     } else {
@@ -387,18 +441,252 @@ static void group_callbacks(struct store *s, int ok) {
     }
 }
 
+/* ---- the sync thread: fdatasync of the WAL off the loop ---- */
+
+/* Shared between the loop and the sync thread; every field but the
+ * constants (wal_fd, efd, thread) is guarded by mu. asked/done count the
+ * syncs requested and finished; err is the errno of a failed fdatasync. */
+struct store_sync {
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t wake, finished;
+    int wal_fd; /* read-only fd of PATH-wal: fdatasync works per file, not per fd */
+    int efd;    /* eventfd: the thread adds 1 when a sync finished */
+    uint64_t asked, done;
+    int err, stop;
+};
+
+static void *sync_main(void *arg) {
+    struct store_sync *y = arg;
+    uint64_t target, one = 1;
+    int e;
+    pthread_mutex_lock(&y->mu);
+    for (;;) {
+        while (!y->stop && y->asked == y->done)
+            pthread_cond_wait(&y->wake, &y->mu);
+        if (y->asked == y->done)
+            break; /* stopping with nothing asked */
+        target = y->asked;
+        pthread_mutex_unlock(&y->mu);
+        e = fdatasync(y->wal_fd) == 0 ? 0 : errno;
+        pthread_mutex_lock(&y->mu);
+        y->done = target;
+        if (e && !y->err)
+            y->err = e;
+        pthread_cond_broadcast(&y->finished);
+        /* Under mu, so the loop cannot close efd meanwhile (it joins first). */
+        if (write(y->efd, &one, sizeof one) < 0 && errno != EAGAIN)
+            y->err = y->err ? y->err : errno;
+    }
+    pthread_mutex_unlock(&y->mu);
+    return NULL;
+}
+
+/* Hands the committed group (callbacks and seqs) to the sync thread. */
+static void sync_ask(struct store *s, int64_t t0) {
+    struct store_cb *tmp = s->inflight;
+    size_t cap = s->inflight_cap;
+    /* Swap arrays: the open group's list becomes the in-flight one. */
+    s->inflight = s->cbs;
+    s->inflight_cap = s->cap;
+    s->ninflight = s->ncbs;
+    s->cbs = tmp;
+    s->cap = cap;
+    s->ncbs = 0;
+    s->inflight_dlv_seq = s->group_dlv_seq;
+    s->inflight_evt_seq = s->group_evt_seq;
+    s->inflight_t0 = t0;
+    s->sync_busy = 1;
+    event_add(s->sync_ev, NULL);
+    pthread_mutex_lock(&s->sync->mu);
+    s->sync->asked++;
+    pthread_cond_signal(&s->sync->wake);
+    pthread_mutex_unlock(&s->sync->mu);
+}
+
+/* The in-flight group is durable: advance the watermarks, run its
+ * callbacks, and commit the group that filled meanwhile. A failed
+ * fdatasync leaves the kernel's page cache in an unknown state (the pages
+ * may be marked clean but never written): the only safe answer is to stop
+ * and let the next start recover from what is on disk, as PostgreSQL does. */
+static void sync_finish(struct store *s) {
+    struct store_cb *list;
+    size_t n;
+    int err;
+    pthread_mutex_lock(&s->sync->mu);
+    err = s->sync->err;
+    pthread_mutex_unlock(&s->sync->mu);
+    if (err) {
+        log_msg(LOG_ERROR, "store: fdatasync of the WAL failed: %s; stopping so that the next"
+                           " start recovers from the disk", strerror(err));
+        _exit(EXIT_FAILURE);
+    }
+    s->sync_busy = 0;
+    event_del(s->sync_ev);
+    watermarks_advance(s, s->inflight_dlv_seq, s->inflight_evt_seq);
+    metrics_store_commit(util_mono_ms() - s->inflight_t0);
+    list = s->inflight;
+    n = s->ninflight;
+    s->ninflight = 0;
+    /* Callbacks never reach inflight (they register in the open group), so
+     * the array is stable while they run. Not nested: their writes join
+     * the group committed below, in this same loop turn. */
+    callbacks_run(s, list, n, 1, 0);
+    if (s->deferred) {
+        s->deferred = 0;
+        s->scheduled = 0;
+    }
+    if (s->in_txn || s->failed || s->ncbs)
+        group_schedule(s);
+}
+
+/* The eventfd said a sync finished (or an old count is left over from a
+ * sync store_flush already finished; then nothing is in flight). */
+static void store_sync_cb(evutil_socket_t fd, short what, void *arg) {
+    struct store *s = arg;
+    uint64_t count, done;
+    UNUSED(what);
+    if (read(fd, &count, sizeof count) < 0 && errno != EAGAIN)
+        log_msg(LOG_WARN, "store: reading the sync eventfd: %s", strerror(errno));
+    if (!s->sync_busy)
+        return;
+    pthread_mutex_lock(&s->sync->mu);
+    done = s->sync->done;
+    pthread_mutex_unlock(&s->sync->mu);
+    if (done == s->sync->asked) /* asked is written by the loop only */
+        sync_finish(s);
+}
+
+/* Blocks until the in-flight group is durable, then finishes it. */
+static void sync_wait(struct store *s) {
+    if (!s->sync_busy)
+        return;
+    pthread_mutex_lock(&s->sync->mu);
+    while (s->sync->done != s->sync->asked)
+        pthread_cond_wait(&s->sync->finished, &s->sync->mu);
+    pthread_mutex_unlock(&s->sync->mu);
+    sync_finish(s);
+}
+
+/* ---- the checkpoint thread ---- */
+
+/* Shared between the loop and the checkpoint thread; asked, running and
+ * stop are guarded by mu; db belongs to the thread until it is joined. */
+struct store_ckpt {
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t wake, idle;
+    sqlite3 *db; /* second connection, synchronous=FULL: syncs WAL, then DB */
+    int asked, running, stop;
+};
+
+static void *ckpt_main(void *arg) {
+    struct store_ckpt *k = arg;
+    int rc, nlog, ncopied;
+    pthread_mutex_lock(&k->mu);
+    for (;;) {
+        while (!k->stop && !k->asked)
+            pthread_cond_wait(&k->wake, &k->mu);
+        if (k->stop)
+            break;
+        k->asked = 0;
+        k->running = 1;
+        pthread_mutex_unlock(&k->mu);
+        /* PASSIVE: copies what no reader still needs, never waits for a lock. */
+        rc = sqlite3_wal_checkpoint_v2(k->db, NULL, SQLITE_CHECKPOINT_PASSIVE, &nlog, &ncopied);
+        if (rc != SQLITE_OK && rc != SQLITE_BUSY)
+            log_msg(LOG_WARN, "store: checkpoint: %s", sqlite3_errmsg(k->db));
+        pthread_mutex_lock(&k->mu);
+        k->running = 0;
+        pthread_cond_broadcast(&k->idle);
+    }
+    pthread_mutex_unlock(&k->mu);
+    return NULL;
+}
+
+static int store_wal_hook(void *arg, sqlite3 *db, const char *name, int nframes) {
+    struct store *s = arg;
+    UNUSED(db);
+    UNUSED(name);
+    s->wal_frames = nframes;
+    return SQLITE_OK;
+}
+
+/* After a COMMIT: asks the thread for a checkpoint when the WAL grew by
+ * STORE_CKPT_FRAMES since the last one asked; past STORE_RESTART_FRAMES,
+ * with the thread idle (so only the tail since its last pass is left),
+ * checkpoints on the loop so that the next write restarts the WAL. That
+ * costs the loop two syncs once per STORE_RESTART_FRAMES frames (64 MiB).
+ * Past twice that, the disk cannot copy as fast as the load writes: the
+ * loop waits for the thread (back-pressure) rather than let the WAL grow
+ * without bound. */
+static void wal_maintain(struct store *s) {
+    struct store_ckpt *k = s->ckpt;
+    int busy, nlog, ncopied;
+    if (!k)
+        return;
+    if (s->wal_frames < s->ckpt_asked_at)
+        s->ckpt_asked_at = 0; /* the WAL restarted */
+    if (s->wal_frames - s->ckpt_asked_at < STORE_CKPT_FRAMES)
+        return;
+    pthread_mutex_lock(&k->mu);
+    if (s->wal_frames >= 2 * STORE_RESTART_FRAMES) {
+        k->asked = 0;
+        while (k->running)
+            pthread_cond_wait(&k->idle, &k->mu);
+    }
+    busy = k->running || k->asked;
+    if (!busy && s->wal_frames < STORE_RESTART_FRAMES) {
+        k->asked = 1;
+        pthread_cond_signal(&k->wake);
+    }
+    pthread_mutex_unlock(&k->mu);
+    if (busy)
+        return;
+    s->ckpt_asked_at = s->wal_frames;
+    if (s->wal_frames >= STORE_RESTART_FRAMES &&
+        sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_PASSIVE, &nlog, &ncopied) !=
+            SQLITE_OK)
+        log_msg(LOG_WARN, "store: checkpoint: %s", sqlite3_errmsg(s->db));
+}
+
+/* ---- committing a group ---- */
+
+/* Ends the open group. Its callbacks run now when there is nothing to wait
+ * for (a rollback, a group that wrote nothing, or sync=normal), else once
+ * the sync thread has made the WAL durable. Only called with no group in
+ * flight, so every earlier group is durable already. */
+static void group_commit(struct store *s) {
+    int wrote = s->in_txn && !s->failed, ok;
+    int64_t t0 = util_mono_ms(), dlv_seq = s->group_dlv_seq, evt_seq = s->group_evt_seq;
+    ok = group_end(s);
+    if (ok && wrote) {
+        wal_maintain(s);
+        if (s->sync) {
+            sync_ask(s, t0);
+            s->group_dlv_seq = s->group_evt_seq = 0;
+            return;
+        }
+    }
+    s->group_dlv_seq = s->group_evt_seq = 0;
+    if (ok)
+        watermarks_advance(s, dlv_seq, evt_seq);
+    if (wrote)
+        metrics_store_commit(util_mono_ms() - t0);
+    group_callbacks(s, ok);
+}
+
 static void store_commit_cb(evutil_socket_t fd, short what, void *arg) {
     struct store *s = arg;
-    int ok;
     UNUSED(fd);
     UNUSED(what);
-    int64_t t0 = util_mono_ms();
+    if (s->sync_busy) {
+        /* Stays "scheduled": sync_finish reschedules it. */
+        s->deferred = 1;
+        return;
+    }
     s->scheduled = 0;
-    ok = group_end(s);
-    metrics_store_commit(util_mono_ms() - t0);
-    s->committing++;
-    group_callbacks(s, ok);
-    s->committing--;
+    group_commit(s);
 }
 
 int store_on_commit(struct store *s, store_commit_fn fn, void *arg) {
@@ -418,19 +706,35 @@ int store_on_commit(struct store *s, store_commit_fn fn, void *arg) {
 }
 
 int store_idle(const struct store *s) {
-    return !s->in_txn && s->ncbs == 0;
+    return !s->in_txn && s->ncbs == 0 && !s->sync_busy;
 }
 
 int store_flush(struct store *s) {
-    int ok;
+    int ok, wrote;
+    int64_t dlv_seq, evt_seq;
     if (s->scheduled) {
         event_del(s->commit_ev);
         s->scheduled = 0;
     }
+    s->deferred = 0;
+    sync_wait(s); /* may open a group from its callbacks: committed below */
+    if (s->scheduled) {
+        event_del(s->commit_ev);
+        s->scheduled = 0;
+    }
+    wrote = s->in_txn && !s->failed;
+    dlv_seq = s->group_dlv_seq;
+    evt_seq = s->group_evt_seq;
     ok = group_end(s);
-    s->committing++;
+    s->group_dlv_seq = s->group_evt_seq = 0;
+    if (ok && wrote && s->sync && fdatasync(s->sync->wal_fd) != 0) {
+        log_msg(LOG_ERROR, "store: fdatasync of the WAL failed: %s; stopping so that the next"
+                           " start recovers from the disk", strerror(errno));
+        _exit(EXIT_FAILURE);
+    }
+    if (ok)
+        watermarks_advance(s, dlv_seq, evt_seq);
     group_callbacks(s, ok);
-    s->committing--;
     return ok ? 0 : -1;
 }
 
@@ -439,6 +743,154 @@ int store_ping(struct store *s) {
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
     return rc == SQLITE_ROW;
+}
+
+/* ---- starting and stopping the threads ---- */
+
+/* Starts the sync thread on PATH-wal (which exists: store_open has read and
+ * written in WAL mode by now). Also syncs the directory once, so the WAL's
+ * own directory entry is durable before any commit counts on it. */
+static int sync_start(struct store *s, struct event_base *base, const char *path, char *err,
+                      size_t errlen) {
+    struct store_sync *y;
+    char *wal = NULL, *dir = NULL, *slash;
+    int dfd, ret = -1;
+    y = calloc(1, sizeof *y);
+    if (!y || asprintf(&wal, "%s-wal", path) < 0 || !(dir = strdup(path))) {
+        wal = NULL;
+        store_err(err, errlen, "store: out of memory");
+        goto done;
+    }
+    y->wal_fd = y->efd = -1;
+    y->wal_fd = open(wal, O_RDONLY | O_CLOEXEC);
+    if (y->wal_fd < 0) {
+        store_err(err, errlen, "store: open %s: %s", wal, strerror(errno));
+        goto done;
+    }
+    slash = strrchr(dir, '/');
+    if (slash)
+        *(slash == dir ? slash + 1 : slash) = '\0';
+    dfd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0 || fsync(dfd) != 0) {
+        store_err(err, errlen, "store: syncing the directory of %s: %s", path, strerror(errno));
+        if (dfd >= 0)
+            close(dfd);
+        goto done;
+    }
+    close(dfd);
+    y->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (y->efd < 0) {
+        store_err(err, errlen, "store: eventfd: %s", strerror(errno));
+        goto done;
+    }
+    s->sync_ev = event_new(base, y->efd, EV_READ | EV_PERSIST, store_sync_cb, s);
+    if (!s->sync_ev) {
+        store_err(err, errlen, "store: cannot create the sync event");
+        goto done;
+    }
+    pthread_mutex_init(&y->mu, NULL);
+    pthread_cond_init(&y->wake, NULL);
+    pthread_cond_init(&y->finished, NULL);
+    if (pthread_create(&y->thread, NULL, sync_main, y) != 0) {
+        store_err(err, errlen, "store: cannot start the sync thread");
+        pthread_mutex_destroy(&y->mu);
+        pthread_cond_destroy(&y->wake);
+        pthread_cond_destroy(&y->finished);
+        event_free(s->sync_ev);
+        s->sync_ev = NULL;
+        goto done;
+    }
+    s->sync = y;
+    y = NULL;
+    ret = 0;
+done:
+    if (y) {
+        if (y->wal_fd >= 0)
+            close(y->wal_fd);
+        if (y->efd >= 0)
+            close(y->efd);
+        free(y);
+    }
+    free(wal);
+    free(dir);
+    return ret;
+}
+
+/* Finishes what is in flight, then stops and joins the sync thread. */
+static void sync_stop(struct store *s) {
+    struct store_sync *y = s->sync;
+    if (!y)
+        return;
+    sync_wait(s);
+    pthread_mutex_lock(&y->mu);
+    y->stop = 1;
+    pthread_cond_signal(&y->wake);
+    pthread_mutex_unlock(&y->mu);
+    pthread_join(y->thread, NULL);
+    pthread_mutex_destroy(&y->mu);
+    pthread_cond_destroy(&y->wake);
+    pthread_cond_destroy(&y->finished);
+    event_free(s->sync_ev);
+    s->sync_ev = NULL;
+    close(y->wal_fd);
+    close(y->efd);
+    free(y);
+    s->sync = NULL;
+}
+
+/* Opens the checkpoint connection and starts its thread; from here on the
+ * loop connection never checkpoints by itself (the WAL hook replaces
+ * SQLite's auto-checkpoint). */
+static int ckpt_start(struct store *s, const char *path, char *err, size_t errlen) {
+    struct store_ckpt *k = calloc(1, sizeof *k);
+    if (!k) {
+        store_err(err, errlen, "store: out of memory");
+        return -1;
+    }
+    if (sqlite3_open_v2(path, &k->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
+            SQLITE_OK ||
+        sqlite3_exec(k->db, "PRAGMA synchronous = FULL", NULL, NULL, NULL) != SQLITE_OK) {
+        store_err(err, errlen, "store: opening the checkpoint connection: %s",
+                  k->db ? sqlite3_errmsg(k->db) : "out of memory");
+        sqlite3_close(k->db);
+        free(k);
+        return -1;
+    }
+    sqlite3_busy_timeout(k->db, STORE_BUSY_MS);
+    pthread_mutex_init(&k->mu, NULL);
+    pthread_cond_init(&k->wake, NULL);
+    pthread_cond_init(&k->idle, NULL);
+    if (pthread_create(&k->thread, NULL, ckpt_main, k) != 0) {
+        store_err(err, errlen, "store: cannot start the checkpoint thread");
+        pthread_mutex_destroy(&k->mu);
+        pthread_cond_destroy(&k->wake);
+        pthread_cond_destroy(&k->idle);
+        sqlite3_close(k->db);
+        free(k);
+        return -1;
+    }
+    s->ckpt = k;
+    sqlite3_wal_hook(s->db, store_wal_hook, s);
+    return 0;
+}
+
+static void ckpt_stop(struct store *s) {
+    struct store_ckpt *k = s->ckpt;
+    if (!k)
+        return;
+    sqlite3_wal_hook(s->db, NULL, NULL);
+    pthread_mutex_lock(&k->mu);
+    k->stop = 1;
+    pthread_cond_signal(&k->wake);
+    pthread_mutex_unlock(&k->mu);
+    pthread_join(k->thread, NULL);
+    pthread_mutex_destroy(&k->mu);
+    pthread_cond_destroy(&k->wake);
+    pthread_cond_destroy(&k->idle);
+    if (sqlite3_close(k->db) != SQLITE_OK)
+        log_msg(LOG_ERROR, "store: closing the checkpoint connection: %s", sqlite3_errmsg(k->db));
+    free(k);
+    s->ckpt = NULL;
 }
 
 /* ---- open and close ---- */
@@ -576,8 +1028,9 @@ struct store *store_open(struct event_base *base, const char *url, const char *b
     }
     sqlite3_finalize(st);
     st = NULL;
-    if (sqlite3_exec(s->db, sync_full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL",
-                     NULL, NULL, NULL) != SQLITE_OK ||
+    /* NORMAL: in WAL mode COMMIT does not sync; with sync=full the sync
+     * thread does, off the loop (see the top of this file). */
+    if (sqlite3_exec(s->db, "PRAGMA synchronous = NORMAL", NULL, NULL, NULL) != SQLITE_OK ||
         sqlite3_exec(s->db, "PRAGMA cache_size = -16384", NULL, NULL, NULL) != SQLITE_OK) {
         store_err(err, errlen, "store: %s: %s", path, sqlite3_errmsg(s->db));
         goto fail;
@@ -647,6 +1100,10 @@ struct store *store_open(struct event_base *base, const char *url, const char *b
     prio = event_base_get_npriorities(base) - 1;
     if (prio > 0)
         event_priority_set(s->commit_ev, prio);
+    if (ckpt_start(s, path, err, errlen) < 0)
+        goto fail;
+    if (sync_full && sync_start(s, base, path, err, errlen) < 0)
+        goto fail;
     free(path);
     return s;
 
@@ -654,6 +1111,10 @@ fail:
     sqlite3_finalize(st);
     free(path);
     if (s) {
+        sync_stop(s);
+        ckpt_stop(s);
+        if (s->commit_ev)
+            event_free(s->commit_ev);
         for (i = 0; i < ST_COUNT_; i++)
             sqlite3_finalize(s->st[i]);
         sqlite3_close(s->db);
@@ -673,6 +1134,11 @@ void store_free(struct store *s) {
     } while ((s->in_txn || s->failed || s->ncbs) && ++rounds < 100);
     if (s->in_txn || s->ncbs)
         log_msg(LOG_ERROR, "store: closing with writes still coming from commit callbacks");
+    /* The threads go first: the loop connection must be the last one, so
+     * that its close checkpoints (syncing WAL and database) and removes the
+     * WAL; a close with the checkpoint connection still open would not. */
+    sync_stop(s);
+    ckpt_stop(s);
     event_free(s->commit_ev);
     for (i = 0; i < ST_COUNT_; i++)
         sqlite3_finalize(s->st[i]);
@@ -681,6 +1147,7 @@ void store_free(struct store *s) {
     if (sqlite3_close(s->db) != SQLITE_OK)
         log_msg(LOG_ERROR, "store: close: %s", sqlite3_errmsg(s->db));
     free(s->cbs);
+    free(s->inflight);
     free(s);
 }
 

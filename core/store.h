@@ -4,11 +4,15 @@
  * unique keys for dedupe).
  *
  * Group commit: every write made while the loop runs goes into one open
- * transaction (the "group"). The group is committed once per loop turn, from
- * a lowest-priority event that runs after every ready request of that turn
- * was handled; then the callbacks registered with store_on_commit run.
- * Invariant: nothing is reported durable (no 200 to a carrier, no delivery
- * started from a new row) before the commit callback said ok.
+ * transaction (the "group"). The group is committed from a lowest-priority
+ * event that runs after every ready request of a loop turn was handled;
+ * with sync=full (the default) a helper thread then fsyncs the WAL while the
+ * loop goes on (and the next group fills; it commits when that sync is
+ * done), and the callbacks registered with store_on_commit run once the
+ * group is on disk. Invariant: nothing is reported durable (no 200 to a
+ * carrier, no delivery started from a new row) before the commit callback
+ * said ok, and ok means the group survives a crash of the process or of
+ * the machine (sync=normal: of the process only).
  * SPDX-License-Identifier: MIT */
 #ifndef CORE_STORE_H
 #define CORE_STORE_H
