@@ -83,7 +83,7 @@ struct deliver_xfer {
     char refused[96];                /* SSRF guard's reason, "" when none */
 };
 
-/* Registered with store_on_commit; detached (d = NULL) by deliver_free so a
+/* Registered with store_on_written; detached (d = NULL) by deliver_free so a
  * later callback does nothing. The callback frees it. */
 struct deliver_commit {
     struct deliver *d;
@@ -106,7 +106,7 @@ struct deliver {
     int nheld, inflight;
     int64_t lease_ms;
     uint64_t rng;
-    struct deliver_commit *commit; /* outstanding store_on_commit, or NULL */
+    struct deliver_commit *commit; /* outstanding store_on_written, or NULL */
     int stopping;
     void (*done)(void *arg);
     void *done_arg;
@@ -653,7 +653,7 @@ static void deliver_commit_watch(struct deliver *d) {
         return;
     }
     c->d = d;
-    if (store_on_commit(d->store, deliver_commit_cb, c) != 0) {
+    if (store_on_written(d->store, deliver_commit_cb, c) != 0) {
         free(c);
         deliver_kick(d);
         return;

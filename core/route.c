@@ -112,7 +112,7 @@ record:
         metrics_rule_error();
     /* Registered whatever n is: if this group fails, even an unrouted or
      * rule_error outcome must be recorded again by recovery. */
-    if (!rt->kick_pending && store_on_commit(rt->gw->store, on_routes_committed, rt) == 0)
+    if (!rt->kick_pending && store_on_written(rt->gw->store, on_routes_committed, rt) == 0)
         rt->kick_pending = 1;
 done:
     free(dels);

@@ -218,17 +218,23 @@ struct store {
     struct event *commit_ev;
     int in_txn, failed, scheduled, committing;
     /* Invariant: every delivery row with seq <= committed_dlv_seq is
-     * committed. Claims see only those, so no delivery is sent from a row a
-     * crash could still roll back. group_dlv_seq is the highest seq the open
-     * group inserted. */
+     * committed (advanced at COMMIT, before the WAL sync). Claims see only
+     * those, so no delivery is sent from a row a process crash could still
+     * roll back; a power cut before the sync can, and then the event, which
+     * was synced before it was routed, is routed and delivered again.
+     * group_dlv_seq is the highest seq the open group inserted. */
     int64_t committed_dlv_seq, group_dlv_seq;
-    /* The same for events: recovery reads only events with seq <=
-     * committed_evt_seq, so an event of the open group (routed by its own
-     * commit callback) is never routed by recovery as well. */
+    /* For events, advanced when the group is durable: recovery reads only
+     * events with seq <= committed_evt_seq, so an event whose group is
+     * open or being synced (routed by its own commit callback) is never
+     * routed by recovery as well. */
     int64_t committed_evt_seq, group_evt_seq;
     char fail_msg[256];
     struct store_cb *cbs;
     size_t ncbs, cap;
+    /* store_on_written callbacks of the open group: run at its COMMIT. */
+    struct store_cb *wcbs;
+    size_t nwcbs, wcap;
     /* Durability off the loop; sync is NULL with sync=normal, where a group
      * is done at COMMIT. sync_busy: one committed group is being synced; its
      * callbacks and seqs wait in inflight_* (at most one group is in flight:
@@ -238,7 +244,7 @@ struct store {
     int sync_busy, deferred;
     struct store_cb *inflight;
     size_t ninflight, inflight_cap;
-    int64_t inflight_dlv_seq, inflight_evt_seq, inflight_t0;
+    int64_t inflight_evt_seq, inflight_t0;
     /* Checkpoints: the thread, its connection, and the WAL's size in frames
      * after the last commit (from the WAL hook). */
     struct store_ckpt *ckpt;
@@ -403,13 +409,17 @@ static int group_end(struct store *s) {
     return ok;
 }
 
-/* Rows up to these seqs are durable now: claims and recovery may see them. */
+/* Rows up to these seqs are committed (deliveries) or durable (events). */
 static void watermarks_advance(struct store *s, int64_t dlv_seq, int64_t evt_seq) {
     if (dlv_seq > s->committed_dlv_seq)
         s->committed_dlv_seq = dlv_seq;
     if (evt_seq > s->committed_evt_seq)
         s->committed_evt_seq = evt_seq;
 }
+
+/* Runs the open group's store_on_written callbacks (at its COMMIT or
+ * ROLLBACK), as group_callbacks does for the others. */
+static void group_written_callbacks(struct store *s, int ok);
 
 /* Runs n callbacks of list in registration order. The caller swapped the
  * list out first: callbacks may write and register callbacks for the next
@@ -436,6 +446,22 @@ static void group_callbacks(struct store *s, int ok) {
     if (!s->cbs) {
         s->cbs = list;
         s->cap = cap;
+    } else {
+        free(list);
+    }
+}
+
+static void group_written_callbacks(struct store *s, int ok) {
+    struct store_cb *list = s->wcbs;
+    size_t n = s->nwcbs, cap = s->wcap;
+    if (!n)
+        return;
+    s->wcbs = NULL;
+    s->nwcbs = s->wcap = 0;
+    callbacks_run(s, list, n, ok, 1);
+    if (!s->wcbs) {
+        s->wcbs = list;
+        s->wcap = cap;
     } else {
         free(list);
     }
@@ -493,7 +519,6 @@ static void sync_ask(struct store *s, int64_t t0) {
     s->cbs = tmp;
     s->cap = cap;
     s->ncbs = 0;
-    s->inflight_dlv_seq = s->group_dlv_seq;
     s->inflight_evt_seq = s->group_evt_seq;
     s->inflight_t0 = t0;
     s->sync_busy = 1;
@@ -523,7 +548,7 @@ static void sync_finish(struct store *s) {
     }
     s->sync_busy = 0;
     event_del(s->sync_ev);
-    watermarks_advance(s, s->inflight_dlv_seq, s->inflight_evt_seq);
+    watermarks_advance(s, 0, s->inflight_evt_seq);
     metrics_store_commit(util_mono_ms() - s->inflight_t0);
     list = s->inflight;
     n = s->ninflight;
@@ -536,7 +561,7 @@ static void sync_finish(struct store *s) {
         s->deferred = 0;
         s->scheduled = 0;
     }
-    if (s->in_txn || s->failed || s->ncbs)
+    if (s->in_txn || s->failed || s->ncbs || s->nwcbs)
         group_schedule(s);
 }
 
@@ -658,19 +683,23 @@ static void wal_maintain(struct store *s) {
  * flight, so every earlier group is durable already. */
 static void group_commit(struct store *s) {
     int wrote = s->in_txn && !s->failed, ok;
-    int64_t t0 = util_mono_ms(), dlv_seq = s->group_dlv_seq, evt_seq = s->group_evt_seq;
+    int64_t t0 = util_mono_ms(), evt_seq = s->group_evt_seq;
     ok = group_end(s);
+    if (ok)
+        watermarks_advance(s, s->group_dlv_seq, 0);
+    s->group_dlv_seq = 0;
+    group_written_callbacks(s, ok);
     if (ok && wrote) {
         wal_maintain(s);
         if (s->sync) {
             sync_ask(s, t0);
-            s->group_dlv_seq = s->group_evt_seq = 0;
+            s->group_evt_seq = 0;
             return;
         }
     }
-    s->group_dlv_seq = s->group_evt_seq = 0;
+    s->group_evt_seq = 0;
     if (ok)
-        watermarks_advance(s, dlv_seq, evt_seq);
+        watermarks_advance(s, 0, evt_seq);
     if (wrote)
         metrics_store_commit(util_mono_ms() - t0);
     group_callbacks(s, ok);
@@ -705,8 +734,24 @@ int store_on_commit(struct store *s, store_commit_fn fn, void *arg) {
     return 0;
 }
 
+int store_on_written(struct store *s, store_commit_fn fn, void *arg) {
+    if (s->nwcbs == s->wcap) {
+        size_t cap = s->wcap ? s->wcap * 2 : 16;
+        struct store_cb *p = realloc(s->wcbs, cap * sizeof *p);
+        if (!p)
+            return -1;
+        s->wcbs = p;
+        s->wcap = cap;
+    }
+    s->wcbs[s->nwcbs].fn = fn;
+    s->wcbs[s->nwcbs].arg = arg;
+    s->nwcbs++;
+    group_schedule(s);
+    return 0;
+}
+
 int store_idle(const struct store *s) {
-    return !s->in_txn && s->ncbs == 0 && !s->sync_busy;
+    return !s->in_txn && s->ncbs == 0 && s->nwcbs == 0 && !s->sync_busy;
 }
 
 int store_flush(struct store *s) {
@@ -727,13 +772,16 @@ int store_flush(struct store *s) {
     evt_seq = s->group_evt_seq;
     ok = group_end(s);
     s->group_dlv_seq = s->group_evt_seq = 0;
+    if (ok)
+        watermarks_advance(s, dlv_seq, 0);
+    group_written_callbacks(s, ok);
     if (ok && wrote && s->sync && fdatasync(s->sync->wal_fd) != 0) {
         log_msg(LOG_ERROR, "store: fdatasync of the WAL failed: %s; stopping so that the next"
                            " start recovers from the disk", strerror(errno));
         _exit(EXIT_FAILURE);
     }
     if (ok)
-        watermarks_advance(s, dlv_seq, evt_seq);
+        watermarks_advance(s, 0, evt_seq);
     group_callbacks(s, ok);
     return ok ? 0 : -1;
 }
@@ -1131,8 +1179,8 @@ void store_free(struct store *s) {
      * sqlite3_close would roll their group back unseen. */
     do {
         store_flush(s);
-    } while ((s->in_txn || s->failed || s->ncbs) && ++rounds < 100);
-    if (s->in_txn || s->ncbs)
+    } while ((s->in_txn || s->failed || s->ncbs || s->nwcbs) && ++rounds < 100);
+    if (s->in_txn || s->ncbs || s->nwcbs)
         log_msg(LOG_ERROR, "store: closing with writes still coming from commit callbacks");
     /* The threads go first: the loop connection must be the last one, so
      * that its close checkpoints (syncing WAL and database) and removes the
@@ -1147,6 +1195,7 @@ void store_free(struct store *s) {
     if (sqlite3_close(s->db) != SQLITE_OK)
         log_msg(LOG_ERROR, "store: close: %s", sqlite3_errmsg(s->db));
     free(s->cbs);
+    free(s->wcbs);
     free(s->inflight);
     free(s);
 }

@@ -10,9 +10,12 @@
  * loop goes on (and the next group fills; it commits when that sync is
  * done), and the callbacks registered with store_on_commit run once the
  * group is on disk. Invariant: nothing is reported durable (no 200 to a
- * carrier, no delivery started from a new row) before the commit callback
- * said ok, and ok means the group survives a crash of the process or of
- * the machine (sync=normal: of the process only).
+ * carrier, no reply to an admin action) before the commit callback said
+ * ok, and ok means the group survives a crash of the process or of the
+ * machine (sync=normal: of the process only). Deliveries may start from a
+ * row once it is committed (store_on_written): a power cut before the
+ * sync loses such a row and its routing, and the event, durable before it
+ * was routed, is routed and delivered again (at least once).
  * SPDX-License-Identifier: MIT */
 #ifndef CORE_STORE_H
 #define CORE_STORE_H
@@ -45,6 +48,13 @@ typedef void (*store_commit_fn)(void *arg, int ok);
  * back. Never calls fn from inside this call. Returns 0, or -1 when out of
  * memory (fn will not be called). */
 int store_on_commit(struct store *s, store_commit_fn fn, void *arg);
+
+/* Like store_on_commit, but fn runs as soon as the group is committed or
+ * rolled back, before the WAL sync: the rows are visible to claims and
+ * survive a crash of the process, not yet a power cut. For work that only
+ * needs the rows in the store (kicking claims), never for telling a client
+ * its data is safe. Same errors as store_on_commit. */
+int store_on_written(struct store *s, store_commit_fn fn, void *arg);
 
 /* Commits the open group now and runs its callbacks. Returns 0 or -1. */
 int store_flush(struct store *s);

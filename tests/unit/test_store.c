@@ -799,6 +799,69 @@ static void test_unrouted_skips_open_group(struct store *s) {
     CHECK_INT_EQ(commit(s), 1);
 }
 
+/* store_on_written runs at the COMMIT, before the group is synced: its
+ * delivery is claimable then, while the event becomes visible to recovery
+ * only with the durable callback (which runs after the written one). */
+struct written_probe {
+    struct store *s;
+    struct commit_rec rec;
+    size_t claimable, unrouted_seen;
+};
+
+static void on_written_probe(void *arg, int ok) {
+    struct written_probe *w = arg;
+    struct store_delivery *d = NULL;
+    struct store_event_row *rows = NULL;
+    size_t n = 0, i;
+    char err[256];
+    on_commit(&w->rec, ok);
+    if (store_deliveries_claim(w->s, util_now_ms(), 60000, 10, &d, &n, err, sizeof err) == 0) {
+        for (i = 0; i < n; i++) {
+            struct store_attempt a = {.n = 1, .at = util_now_ms(), .status_code = 200};
+            w->claimable += strcmp(d[i].event_id, "evt_WRITTEN") == 0;
+            store_attempt_put(w->s, d[i].id, &a, "delivered", 0, 0, err, sizeof err);
+        }
+        store_deliveries_free(d, n);
+    }
+    n = 0;
+    if (store_events_unrouted(w->s, 0, 1000, &rows, &n, err, sizeof err) == 0) {
+        for (i = 0; i < n; i++)
+            w->unrouted_seen += strcmp(rows[i].id, "evt_WRITTEN2") == 0;
+        store_event_rows_free(rows, n);
+    }
+}
+
+static void test_written_before_durable(struct store *s) {
+    char err[256] = "";
+    struct store_event ev = mk_event("evt_WRITTEN", "src-written");
+    struct store_event ev2 = mk_event("evt_WRITTEN2", "src-written-2");
+    struct store_delivery_new dn = {.endpoint = "erp",
+                                    .event_type = "tracking.delivered",
+                                    .payload = "{}",
+                                    .payload_len = 2,
+                                    .content_type = "application/json",
+                                    .status = "pending",
+                                    .next_at = util_now_ms() - 1};
+    struct written_probe w = {s, {0, 0, 0}, 0, 0};
+    struct commit_rec durable = {0, 0, 0};
+
+    CHECK_INT_EQ(store_event_put(s, &ev, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(commit(s), 1);
+    CHECK_INT_EQ(store_event_routed(s, "evt_WRITTEN", "routed", NULL, &dn, 1, err, sizeof err), 0);
+    CHECK_INT_EQ(store_event_put(s, &ev2, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(store_on_commit(s, on_commit, &durable), 0);
+    CHECK_INT_EQ(store_on_written(s, on_written_probe, &w), 0);
+    CHECK_INT_EQ(w.rec.called, 0); /* never from inside the call */
+    run_until(&durable);
+    CHECK_INT_EQ(w.rec.called, 1);
+    CHECK_INT_EQ(w.rec.ok, 1);
+    CHECK(w.rec.order < durable.order); /* written first, then durable */
+    CHECK_INT_EQ((int)w.claimable, 1);     /* committed: claimable */
+    CHECK_INT_EQ((int)w.unrouted_seen, 0); /* not durable yet: recovery waits */
+    CHECK_INT_EQ(store_event_routed(s, "evt_WRITTEN2", "unrouted", NULL, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(commit(s), 1);
+}
+
 /* ---- durability off the loop, under load that never pauses ---- */
 
 /* A writer event puts 4 events of 64 KiB every millisecond, so a group is
@@ -928,6 +991,7 @@ int main(void) {
     test_query_plans();
     test_batch_windows(s);
     test_unrouted_skips_open_group(s);
+    test_written_before_durable(s);
     store_free(s);
     test_wal_restarts_under_load();
     store_free(NULL);
