@@ -50,7 +50,10 @@
 /* deliveries.next_at is the time a pending row becomes claimable: a claim
  * leases a row by moving next_at to the end of the lease (and recording it
  * in lease_until, so the leases of a crashed run can be found and released).
- * delivery_counts is kept by triggers, so counts are O(1) and transactional. */
+ * delivery_counts is kept by triggers on update and delete, so counts are
+ * O(1) and transactional; inserts are counted by the store itself, summed
+ * per group and written once before its COMMIT (counts_flush): a trigger
+ * per inserted row cost a statement journal and an upsert each. */
 static const char store_schema_sql[] =
     "CREATE TABLE events ("
     " seq INTEGER PRIMARY KEY,"
@@ -96,10 +99,6 @@ static const char store_schema_sql[] =
     " response BLOB,"
     " PRIMARY KEY (delivery_id, n));"
     "CREATE TABLE delivery_counts (status TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;"
-    "CREATE TRIGGER deliveries_count_ins AFTER INSERT ON deliveries BEGIN"
-    " INSERT INTO delivery_counts(status, n) VALUES (new.status, 1)"
-    "  ON CONFLICT(status) DO UPDATE SET n = n + 1;"
-    " END;"
     "CREATE TRIGGER deliveries_count_upd AFTER UPDATE OF status ON deliveries"
     " WHEN old.status IS NOT new.status BEGIN"
     " UPDATE delivery_counts SET n = n - 1 WHERE status = old.status;"
@@ -128,7 +127,9 @@ static const char store_schema_endpoints_sql[] =
     "CREATE INDEX IF NOT EXISTS deliveries_ep_pending ON deliveries(endpoint, seq)"
     " WHERE status = 'pending';"
     "CREATE INDEX IF NOT EXISTS deliveries_ep_held ON deliveries(endpoint, seq)"
-    " WHERE status = 'held';";
+    " WHERE status = 'held';"
+    /* Stores made before inserts were counted per group had a trigger. */
+    "DROP TRIGGER IF EXISTS deliveries_count_ins;";
 
 /* Nonces (Shiptify tokens) with the digest of the body they came with. */
 static const char store_nonce_sql[] =
@@ -160,6 +161,7 @@ enum store_stmt {
     ST_ATT_INSERT,
     ST_ATT_BY_DLV,
     ST_COUNTS,
+    ST_COUNTS_ADD,
     ST_COUNT_
 };
 
@@ -200,6 +202,8 @@ static const char *const store_stmt_sql[ST_COUNT_] = {
     [ST_ATT_BY_DLV] = "SELECT n, at, status_code, latency_ms, error, response FROM attempts"
                       " WHERE delivery_id = ?1 ORDER BY n",
     [ST_COUNTS] = "SELECT status, n FROM delivery_counts",
+    [ST_COUNTS_ADD] = "INSERT INTO delivery_counts(status, n) VALUES (?1, ?2)"
+                      " ON CONFLICT(status) DO UPDATE SET n = n + ?2",
 };
 
 /* A callback waiting for the end of the group. */
@@ -232,6 +236,13 @@ struct store {
     char fail_msg[256];
     struct store_cb *cbs;
     size_t ncbs, cap;
+    /* Deliveries the open group inserted, by status, not yet in
+     * delivery_counts (written by counts_flush before COMMIT). */
+    struct {
+        char status[16];
+        int64_t n;
+    } counts[8];
+    int ncounts;
     /* store_on_written callbacks of the open group: run at its COMMIT. */
     struct store_cb *wcbs;
     size_t nwcbs, wcap;
@@ -380,12 +391,60 @@ static int group_begin(struct store *s, char *err, size_t errlen) {
     return 0;
 }
 
+/* Counts n more deliveries with this status in the open group. Returns 0, or
+ * -1 when the status is too long for the table or the table is full: the
+ * row is then counted in delivery_counts at once. */
+static int counts_add(struct store *s, const char *status, int64_t n) {
+    sqlite3_stmt *st = s->st[ST_COUNTS_ADD];
+    int i, rc;
+    for (i = 0; i < s->ncounts; i++) {
+        if (strcmp(s->counts[i].status, status) == 0) {
+            s->counts[i].n += n;
+            return 0;
+        }
+    }
+    if (s->ncounts < (int)(sizeof s->counts / sizeof s->counts[0]) &&
+        strlen(status) < sizeof s->counts[0].status) {
+        snprintf(s->counts[s->ncounts].status, sizeof s->counts[0].status, "%s", status);
+        s->counts[s->ncounts++].n = n;
+        return 0;
+    }
+    if (bind_text(st, 1, status) || sqlite3_bind_int64(st, 2, n))
+        rc = SQLITE_ERROR;
+    else
+        rc = sqlite3_step(st);
+    stmt_done(st);
+    return rc == SQLITE_DONE ? 0 : -1;
+}
+
+/* Writes the open group's insert counts into delivery_counts. */
+static int counts_flush(struct store *s) {
+    sqlite3_stmt *st = s->st[ST_COUNTS_ADD];
+    int i, rc = SQLITE_DONE;
+    for (i = 0; i < s->ncounts && rc == SQLITE_DONE; i++) {
+        if (s->counts[i].n == 0)
+            continue;
+        if (bind_text(st, 1, s->counts[i].status) ||
+            sqlite3_bind_int64(st, 2, s->counts[i].n))
+            rc = SQLITE_ERROR;
+        else
+            rc = sqlite3_step(st);
+        stmt_done(st);
+    }
+    s->ncounts = 0;
+    return rc == SQLITE_DONE ? 0 : -1;
+}
+
 /* Ends the group: COMMIT, or ROLLBACK when a write failed or COMMIT did.
  * Returns 1 when committed, else 0. Leaves no group open; the group's seqs
  * (group_*_seq) are left for the caller, which clears them. */
 static int group_end(struct store *s) {
     int ok = !s->failed, rc;
     if (s->in_txn) {
+        if (ok && counts_flush(s) < 0) {
+            ok = 0;
+            snprintf(s->fail_msg, sizeof s->fail_msg, "delivery counts: %s", sqlite3_errmsg(s->db));
+        }
         if (ok) {
             rc = sqlite3_step(s->st[ST_COMMIT]);
             sqlite3_reset(s->st[ST_COMMIT]);
@@ -403,6 +462,7 @@ static int group_end(struct store *s) {
     }
     if (!ok)
         log_msg(LOG_WARN, "store: commit group failed, rolled back: %s", s->fail_msg);
+    s->ncounts = 0;
     s->in_txn = 0;
     s->failed = 0;
     s->fail_msg[0] = '\0';
@@ -1343,6 +1403,10 @@ int store_event_routed(struct store *s, const char *event_id, const char *status
         }
         s->group_dlv_seq = sqlite3_last_insert_rowid(s->db);
         stmt_done(ins);
+        if (counts_add(s, d[i].status ? d[i].status : "pending", 1) < 0) {
+            group_fail(s, "delivery counts", err, errlen);
+            goto done;
+        }
     }
     ret = 0;
 done:
@@ -1828,6 +1892,19 @@ int store_delivery_counts(struct store *s, struct store_counts *c) {
             c->delivered = v;
     }
     sqlite3_reset(st);
+    /* The open group's inserts, not yet in the table. */
+    for (int i = 0; i < s->ncounts; i++) {
+        status = s->counts[i].status;
+        v = s->counts[i].n;
+        if (strcmp(status, "pending") == 0)
+            c->pending += v;
+        else if (strcmp(status, "held") == 0)
+            c->held += v;
+        else if (strcmp(status, "failed") == 0)
+            c->failed += v;
+        else if (strcmp(status, "delivered") == 0)
+            c->delivered += v;
+    }
     return rc == SQLITE_DONE ? 0 : -1;
 }
 
@@ -2747,6 +2824,10 @@ int store_batch_close(struct store *s, const struct store_batch_window *w, const
         goto done;
     }
     s->group_dlv_seq = sqlite3_last_insert_rowid(s->db);
+    if (counts_add(s, status ? status : "pending", 1) < 0) {
+        group_fail(s, "delivery counts", err, errlen);
+        goto done;
+    }
     if (sqlite3_prepare_v2(s->db,
                            "UPDATE batch_items SET delivery_id = ?1, payload = NULL"
                            " WHERE delivery_id IS NULL AND endpoint = ?2 AND window_ms = ?3"

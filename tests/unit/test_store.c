@@ -862,6 +862,90 @@ static void test_written_before_durable(struct store *s) {
     CHECK_INT_EQ(commit(s), 1);
 }
 
+/* Inserted deliveries are counted per group: visible to counts in the open
+ * group, written to delivery_counts with its COMMIT, gone with a rollback;
+ * the table agrees with count(*) from a fresh connection. */
+static long long counts_row(const char *status) {
+    return fresh_count("SELECT IFNULL((SELECT n FROM delivery_counts WHERE status = ?), 0)",
+                       status);
+}
+
+static void test_counts_per_group(struct store *s) {
+    char err[256] = "";
+    struct store_event ev = mk_event("evt_COUNTS", "src-counts");
+    struct store_delivery_new dn[3] = {
+        {.endpoint = "erp", .event_type = "t", .payload = "{}", .payload_len = 2,
+         .status = "held", .next_at = util_now_ms() + 3600000},
+        {.endpoint = "erp", .event_type = "t", .payload = "{}", .payload_len = 2,
+         .status = "held", .next_at = util_now_ms() + 3600000},
+        {.endpoint = NULL, .event_type = "t", .payload = "{}", .payload_len = 2,
+         .status = "held", .next_at = util_now_ms() + 3600000},
+    };
+    struct store_counts before, c;
+    long long held_rows = fresh_count("SELECT count(*) FROM deliveries WHERE status = ?", "held");
+
+    CHECK_INT_EQ(store_delivery_counts(s, &before), 0);
+    CHECK_INT_EQ(counts_row("held"), held_rows);
+    CHECK_INT_EQ(store_event_put(s, &ev, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(commit(s), 1);
+    CHECK_INT_EQ(store_event_routed(s, "evt_COUNTS", "routed", NULL, dn, 2, err, sizeof err), 0);
+    CHECK_INT_EQ(store_delivery_counts(s, &c), 0);
+    CHECK_INT_EQ(c.held, before.held + 2); /* the open group counts */
+    CHECK_INT_EQ(counts_row("held"), held_rows); /* not committed yet */
+    CHECK_INT_EQ(commit(s), 1);
+    CHECK_INT_EQ(counts_row("held"), held_rows + 2);
+    CHECK_INT_EQ(fresh_count("SELECT count(*) FROM deliveries WHERE status = ?", "held"),
+                 held_rows + 2);
+    /* A group that fails after inserting counts nothing. */
+    CHECK_INT_EQ(store_event_routed(s, "evt_COUNTS", "routed", NULL, dn, 3, err, sizeof err), -1);
+    CHECK_INT_EQ(commit(s), 0);
+    CHECK_INT_EQ(store_delivery_counts(s, &c), 0);
+    CHECK_INT_EQ(c.held, before.held + 2);
+    CHECK_INT_EQ(counts_row("held"), held_rows + 2);
+}
+
+/* A store made when inserts were counted by a trigger loses the trigger at
+ * open: inserts are not counted twice. */
+static void test_counts_trigger_dropped(void) {
+    char saved[128], err[256] = "";
+    sqlite3 *db = NULL;
+    struct store *s;
+    struct store_event ev = mk_event("evt_OLDTRIG", "src-oldtrig");
+    struct store_delivery_new dn = {.endpoint = "erp", .event_type = "t", .payload = "{}",
+                                    .payload_len = 2, .status = "pending",
+                                    .next_at = util_now_ms() + 3600000};
+    snprintf(saved, sizeof saved, "%s", dbpath);
+    snprintf(dbpath, sizeof dbpath, "%s/oldtrig.db", dir);
+    s = open_store("sqlite:oldtrig.db");
+    CHECK(s != NULL);
+    if (!s)
+        goto done;
+    store_free(s);
+    CHECK_INT_EQ(sqlite3_open(dbpath, &db), SQLITE_OK);
+    CHECK_INT_EQ(sqlite3_exec(db,
+                              "CREATE TRIGGER deliveries_count_ins AFTER INSERT ON deliveries BEGIN"
+                              " INSERT INTO delivery_counts(status, n) VALUES (new.status, 1)"
+                              "  ON CONFLICT(status) DO UPDATE SET n = n + 1; END",
+                              NULL, NULL, NULL),
+                 SQLITE_OK);
+    sqlite3_close(db);
+    s = open_store("sqlite:oldtrig.db");
+    CHECK(s != NULL);
+    if (!s)
+        goto done;
+    CHECK_INT_EQ(store_event_put(s, &ev, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(commit(s), 1);
+    CHECK_INT_EQ(store_event_routed(s, "evt_OLDTRIG", "routed", NULL, &dn, 1, err, sizeof err), 0);
+    CHECK_INT_EQ(commit(s), 1);
+    CHECK_INT_EQ(counts_row("pending"), 1);
+    CHECK_INT_EQ(fresh_count("SELECT count(*) FROM sqlite_master WHERE name = ?",
+                             "deliveries_count_ins"),
+                 0);
+    store_free(s);
+done:
+    snprintf(dbpath, sizeof dbpath, "%s", saved);
+}
+
 /* ---- durability off the loop, under load that never pauses ---- */
 
 /* A writer event puts 4 events of 64 KiB every millisecond, so a group is
@@ -992,7 +1076,9 @@ int main(void) {
     test_batch_windows(s);
     test_unrouted_skips_open_group(s);
     test_written_before_durable(s);
+    test_counts_per_group(s);
     store_free(s);
+    test_counts_trigger_dropped();
     test_wal_restarts_under_load();
     store_free(NULL);
 
