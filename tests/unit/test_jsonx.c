@@ -163,6 +163,41 @@ static void test_tables(void) {
                  "{\"a\":1}");
 }
 
+/* Objects bigger than the insertion sort's range, integer keys beside
+ * nested tables that grow the encoder's key scratch (it moves), and a
+ * table too big to hold its values on the stack: same bytes as the
+ * reference built by string concatenation. */
+static void test_big_tables(void) {
+    CHECK(lua_true("local t, parts = {}, {}"
+                   " for i = 1, 40 do"
+                   "   local inner = { [-i] = i, x = {} }"
+                   "   for j = 1, 20 do inner['k' .. string.format('%02d', j)] = j end"
+                   "   t['n' .. string.format('%02d', i)] = inner"
+                   "   local ip = { string.format('\"-%d\":%d', i, i) }"
+                   "   for j = 1, 20 do ip[#ip + 1] = string.format('\"k%02d\":%d', j, j) end"
+                   "   ip[#ip + 1] = '\"x\":{}'"
+                   "   parts[#parts + 1] = string.format('\"n%02d\":{%s}', i, table.concat(ip, ','))"
+                   " end"
+                   " t[7] = 'seven' t[-3] = 'minus'"
+                   " table.insert(parts, 1, '\"7\":\"seven\"')"
+                   " table.insert(parts, 2, '\"-3\":\"minus\"')"
+                   " return json.encode(t) == '{' .. table.concat(parts, ',') .. '}'"));
+    {
+        struct util_buf b = {0};
+        char err[128];
+        CHECK(luaL_dostring(L, "local t = {} for i = 1, 100005 do t[-i] = i end return t") ==
+              LUA_OK);
+        CHECK(jsonx_encode(L, -1, &b, 0, err, sizeof err) == 0);
+        CHECK(b.len > 1000000 && strncmp(b.p, "{\"-1\":1,\"-10\":10,\"-100\":100,", 28) == 0);
+        CHECK(b.len > 20 && strcmp(b.p + b.len - 16, ",\"-99999\":99999}") == 0);
+        lua_settop(L, 0);
+        util_buf_free(&b);
+    }
+    CHECK(lua_true("local t = {} for i = 1, 100005 do t['k' .. i] = { i } end t.k5 = print"
+                   " local ok, e = pcall(json.encode, t)"
+                   " return not ok and e:find('cannot encode a function value', 1, true) ~= nil"));
+}
+
 static void test_decode(void) {
     CHECK_STR_EQ(roundtrip("{\"a\":[],\"b\":{},\"c\":[{}],\"d\":[[]]}"),
                  "{\"a\":[],\"b\":{},\"c\":[{}],\"d\":[[]]}");
@@ -343,6 +378,7 @@ int main(void) {
     test_numbers();
     test_strings();
     test_tables();
+    test_big_tables();
     test_decode();
     test_decode_vs_jansson();
     test_append_string();
