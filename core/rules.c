@@ -37,8 +37,15 @@ enum rules_stop { RULES_STOP_NONE, RULES_STOP_BUDGET, RULES_STOP_MEMORY };
 
 struct rules_handler {
     char *pattern;
-    char *where; /* "file:line" of its on() */
+    char *where;  /* "file:line" of its on() */
+    char **names; /* on(pattern, {endpoints}): the list (its fn sends the event whole) */
+    size_t nnames;
 };
+
+/* A list handler's function runs fewer Lua instructions than this, so with
+ * a budget at least this big it can never be stopped: doing its work in C
+ * instead is the same outcome. */
+#define RULES_LIST_MIN_BUDGET 16
 
 struct rules {
     lua_State *L;
@@ -1100,7 +1107,21 @@ static void collect_handlers(lua_State *L, struct rules *r) {
             luaL_error(L, "%s: out of memory", r->config_path);
         lua_getfield(L, -3, "fn");
         lua_rawseti(L, fns, (lua_Integer)i + 1);
-        lua_pop(L, 3);
+        if (lua_getfield(L, -3, "list") == LUA_TTABLE) {
+            size_t m = lua_rawlen(L, -1);
+            struct rules_handler *h = &r->handlers[i];
+            if (!(h->names = calloc(m ? m : 1, sizeof *h->names)))
+                luaL_error(L, "%s: out of memory", r->config_path);
+            for (size_t j = 0; j < m; j++) {
+                lua_rawgeti(L, -1, (lua_Integer)j + 1);
+                h->names[j] = strdup(lua_tostring(L, -1)); /* names, checked by check_lists */
+                lua_pop(L, 1);
+                if (!h->names[j])
+                    luaL_error(L, "%s: out of memory", r->config_path);
+                h->nnames = j + 1;
+            }
+        }
+        lua_pop(L, 4);
     }
     lua_pushvalue(L, fns);
     r->handlers_ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -1213,6 +1234,9 @@ void rules_free(struct rules *r) {
     for (size_t i = 0; i < r->nhandlers; i++) {
         free(r->handlers[i].pattern);
         free(r->handlers[i].where);
+        for (size_t j = 0; j < r->handlers[i].nnames; j++)
+            free(r->handlers[i].names[j]);
+        free(r->handlers[i].names);
     }
     free(r->handlers);
     for (size_t i = 0; r->adapter_where && r->cfg && i < r->cfg->nsources; i++)
@@ -1405,6 +1429,8 @@ struct route_ctx {
     int failed;
     char *err;
     size_t errlen;
+    struct util_buf whole; /* the event as a list handler sends it, once built */
+    int whole_state;       /* 0 not tried, 1 built, -1 not buildable here */
 };
 
 static void set_text(lua_State *L, int t, const char *field, const char *value) {
@@ -1456,19 +1482,112 @@ static int push_event(lua_State *L, struct route_ctx *c) {
     return 0;
 }
 
+/* How deep data_json's arrays and objects nest (strings skipped). */
+static int json_nesting(const char *s, size_t len) {
+    int depth = 0, max = 0, in_str = 0;
+    for (size_t i = 0; i < len; i++) {
+        char ch = s[i];
+        if (in_str) {
+            if (ch == '\\')
+                i++;
+            else if (ch == '"')
+                in_str = 0;
+        } else if (ch == '"') {
+            in_str = 1;
+        } else if (ch == '{' || ch == '[') {
+            if (++depth > max)
+                max = depth;
+        } else if (ch == '}' || ch == ']') {
+            depth--;
+        }
+    }
+    return max;
+}
+
+/* Appends ,"key":value (value a JSON string) unless value is NULL. */
+static int whole_field(struct util_buf *b, const char *key, const char *value) {
+    if (!value)
+        return 0;
+    if (b->len > 1 && util_buf_append(b, ",", 1) < 0)
+        return -1;
+    if (util_buf_appends(b, key) < 0 || jsonx_append_string(b, value, strlen(value)) < 0)
+        return -1;
+    return 0;
+}
+
+/* The bytes jsonx_encode writes for the event table push_event builds,
+ * made from the input's own fields and data_json's text (which, being
+ * canonical, is what encoding its decoded table gives back). Keys in the
+ * encoder's order. Returns 0, or -1 where only encoding the table would
+ * say what happens (a string that is not UTF-8, output past the cap,
+ * nesting at the encoder's limit, no memory). */
+static int whole_build(struct rules *r, const struct rules_input *in, struct util_buf *b) {
+    char when[40];
+    const char *data = in->data_json ? in->data_json : "{}";
+    size_t dlen = strlen(data);
+
+    /* data sits one level down in the event: deep data fails to encode */
+    if (dlen >= 2 * (JSONX_MAX_DEPTH - 1) && json_nesting(data, dlen) >= JSONX_MAX_DEPTH - 1)
+        return -1;
+    util_time_rfc3339(in->received_at_ms, when, sizeof when);
+    if (util_buf_append(b, "{", 1) < 0 || whole_field(b, "\"created_at\":", in->created_at) < 0 ||
+        (b->len > 1 && util_buf_append(b, ",", 1) < 0) ||
+        util_buf_appends(b, "\"data\":") < 0 || util_buf_append(b, data, dlen) < 0 ||
+        whole_field(b, "\"id\":", in->id) < 0 ||
+        whole_field(b, "\"received_at\":", when) < 0 ||
+        whole_field(b, "\"source\":", in->source) < 0 ||
+        whole_field(b, "\"source_id\":", in->source_id) < 0 ||
+        whole_field(b, "\"type\":", in->type) < 0 || util_buf_append(b, "}", 1) < 0)
+        return -1;
+    if (r->max_output && b->len > r->max_output)
+        return -1;
+    return 0;
+}
+
+/* Does what list handler h's function does, send(names, ev) with the
+ * event unchanged, without calling it. Returns 0 when done, or -1 with
+ * nothing changed: then the function is called as usual. */
+static int route_list_fast(struct route_ctx *c, const struct rules_handler *h) {
+    struct rules *r = c->r;
+    size_t nplan = r->nplan, plan_bytes = r->plan_bytes;
+
+    if (c->whole_state == 0)
+        c->whole_state = whole_build(r, c->in, &c->whole) == 0 ? 1 : -1;
+    if (c->whole_state < 0)
+        return -1;
+    for (size_t i = 0; i < h->nnames; i++) {
+        const struct config_endpoint *ep = config_endpoint_by_name(r->cfg, h->names[i]);
+        if (!ep || plan_add(r, ep->name, c->whole.p, c->whole.len, "application/json", NULL,
+                            0) < 0) {
+            while (r->nplan > nplan) /* back as it was: the call reports it */
+                send_clear(&r->plan[--r->nplan]);
+            r->plan_bytes = plan_bytes;
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static int route_protected(lua_State *L) {
     struct route_ctx *c = lua_touserdata(L, 1);
     struct rules *r = c->r;
-    int fns, ev, status;
+    int fns, ev, status, pristine;
 
     lua_settop(L, 0);
     lua_rawgeti(L, LUA_REGISTRYINDEX, r->handlers_ref);
     fns = lua_gettop(L);
-    if (push_event(L, c) < 0) {
-        c->failed = 1;
-        return 0;
+    ev = 0;
+    /* Canonical data is valid: its table waits until a function needs it. */
+    if (!c->in->data_canonical) {
+        if (push_event(L, c) < 0) {
+            c->failed = 1;
+            return 0;
+        }
+        ev = lua_gettop(L);
     }
-    ev = lua_gettop(L);
+    /* Until a function handler runs, no code has seen this event's table,
+     * so it holds exactly what was pushed. */
+    pristine = c->in->data_canonical && r->cfg->rule_budget >= RULES_LIST_MIN_BUDGET;
     for (size_t i = 0; i < r->nhandlers; i++) {
         const struct rules_handler *h = &r->handlers[i];
         if (!glob_match(h->pattern, c->in->type))
@@ -1478,6 +1597,17 @@ static int route_protected(lua_State *L) {
          * merchant's endpoint unasked. */
         if (!strncmp(c->in->type, "waybill.", 8) && strncmp(h->pattern, "waybill.", 8))
             continue;
+        if (h->names && pristine && route_list_fast(c, h) == 0)
+            continue;
+        if (!h->names)
+            pristine = 0;
+        if (!ev) {
+            if (push_event(L, c) < 0) {
+                c->failed = 1;
+                return 0;
+            }
+            ev = lua_gettop(L);
+        }
         lua_rawgeti(L, fns, (lua_Integer)i + 1);
         lua_pushvalue(L, ev);
         limits_arm(r, r->cfg->rule_budget, "rule stopped");
@@ -1516,6 +1646,7 @@ int rules_route(struct rules *r, const struct rules_input *ev, struct rules_plan
     lua_pushlightuserdata(r->L, &c);
     status = lua_pcall(r->L, 1, 0, 0);
     r->routing = 0;
+    util_buf_free(&c.whole);
     if (status != LUA_OK) {
         call_error(r, status, ev->type, err, errlen);
         c.failed = 1;

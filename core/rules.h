@@ -70,6 +70,12 @@ struct rules_input {
     const char *raw;
     size_t raw_len;
     const char *headers_json;
+    /* Set when data_json is exactly what rules_adapt encoded (the ingest
+     * path): compact, keys sorted, valid. A handler given as an endpoint
+     * list may then send the event with data_json's text reused, and the
+     * handler's event table is built only when a function handler runs.
+     * Stored events (recovery, replays) leave it 0. */
+    int data_canonical;
 };
 
 /* One delivery a handler asked for. Every pointer is new. */

@@ -149,7 +149,7 @@ static void on_ingest_committed(void *arg, int ok) {
         struct rules_input ev = {in->id,         in->source,    in->source_id,
                                  in->type,       in->created_at, in->received_at,
                                  in->data_json,  in->raw,       in->raw_len,
-                                 in->headers_json};
+                                 in->headers_json, 1 /* data_json from rules_adapt */};
         route_event(in->srv->gw->route, &ev);
     }
     ingest_free(in);

@@ -12,8 +12,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <lauxlib.h>
+
 #include "deliver.h"
 #include "harness.h"
+#include "jsonx.h"
 #include "log.h"
 #include "rules.h"
 #include "util.h"
@@ -119,7 +122,7 @@ static int route(struct rules *r, const char *type, const char *data, struct rul
                  char *err, size_t errlen) {
     struct rules_input in = {
         "evt_test",      "atoship", "src1", type,         "2024-01-15T10:30:00Z",
-        1705314601500LL, data,      data,   strlen(data), test_headers};
+        1705314601500LL, data,      data,   strlen(data), test_headers, 0};
     err[0] = '\0';
     return rules_route(r, &in, plan, err, errlen);
 }
@@ -711,6 +714,208 @@ static void test_rule_failures(void) {
     rules_free(r);
 }
 
+/* ---- routing from canonical data (the ingest path) ---- */
+
+/* text as rules_adapt stores an adapter's data: decoded, encoded again. */
+static char *canonical(const char *text) {
+    static size_t max = 0;
+    lua_State *L = luaL_newstate();
+    struct util_buf b = {0};
+    char err[300];
+    jsonx_open(L, &max);
+    lua_pop(L, 1);
+    if (jsonx_decode(L, text, strlen(text), JSON_DECODE_ANY, err, sizeof err) < 0 ||
+        jsonx_encode(L, -1, &b, 0, err, sizeof err) < 0) {
+        fprintf(stderr, "canonical: %s\n", err);
+        util_buf_free(&b);
+        b.p = NULL;
+    }
+    lua_close(L);
+    return b.p;
+}
+
+/* Routes in with data_canonical 0 (every handler called in Lua, its table
+ * decoded from data_json) and 1 (list handlers done in C while the event is
+ * unchanged, the table built when a function needs it): the same plan,
+ * byte for byte, or the same error. Returns the 0-mode result. */
+static int same_both_ways(struct rules *r, struct rules_input in, struct rules_plan *keep,
+                          char *err0, size_t errlen) {
+    struct rules_plan p0 = {0}, p1 = {0};
+    char err1[512];
+    int rc0, rc1, same;
+
+    in.data_canonical = 0;
+    err0[0] = err1[0] = '\0';
+    rc0 = rules_route(r, &in, &p0, err0, errlen);
+    in.data_canonical = 1;
+    rc1 = rules_route(r, &in, &p1, err1, sizeof err1);
+    same = rc0 == rc1 && p0.n == p1.n && (rc0 == 0 || strcmp(err0, err1) == 0);
+    for (size_t i = 0; same && i < p0.n; i++) {
+        const struct rules_send *a = &p0.sends[i], *b = &p1.sends[i];
+        same = strcmp(a->endpoint, b->endpoint) == 0 && a->payload_len == b->payload_len &&
+               memcmp(a->payload, b->payload, a->payload_len) == 0 &&
+               strcmp(a->content_type, b->content_type) == 0 &&
+               (a->headers_json == NULL) == (b->headers_json == NULL) &&
+               (!a->headers_json || strcmp(a->headers_json, b->headers_json) == 0) &&
+               a->window_ms == b->window_ms;
+    }
+    if (!same)
+        fprintf(stderr, "canonical routing differs for %s: rc %d/%d, n %zu/%zu: %.300s | %.300s\n",
+                in.type, rc0, rc1, p0.n, p1.n, rc0 ? err0 : (p0.n ? p0.sends[0].payload : ""),
+                rc1 ? err1 : (p1.n ? p1.sends[0].payload : ""));
+    CHECK(same);
+    rules_plan_clear(&p1);
+    if (keep)
+        *keep = p0;
+    else
+        rules_plan_clear(&p0);
+    return rc0;
+}
+
+static void test_canonical_routing(void) {
+    static const char *datas[] = {
+        "{}", "[]", "null", "5", "1.5", "\"text\"", "true", "[1,2,[3,[]],{}]",
+        "{\"a\":1.0,\"b\":1e21,\"c\":-0.0,\"d\":123456789012345678901234567890,\"e\":1e-7}",
+        "{\"s\":\"\\u00e9\\ud83d\\ude00\\u0001\\n\\\"\\\\/\",\"k\":{\"2\":1,\"10\":2,\"a\":3}}",
+        "{\"n\":null,\"arr\":[null,1,null],\"deep\":{\"x\":{\"y\":{\"z\":[{}]}}}}",
+    };
+    struct rules_plan p = {0};
+    char err[512], *data;
+    struct rules *r;
+
+    fresh();
+    write_file("rules/10-list.lua", "on('*', { 'a', 'b' })\n"
+                                    "on('mut.*', function(ev)\n"
+                                    "  ev.data.added = 7\n"
+                                    "  ev.id = 'changed'\n"
+                                    "  send('a', { seen = ev.data })\n"
+                                    "end)\n"
+                                    "on('mut.*', 'b')\n"
+                                    "on('waybill.*', 'a')\n"
+                                    "on('fn.*', function(ev)\n"
+                                    "  send('b', { t = ev.type, d = ev.data })\n"
+                                    "end)\n"
+                                    "on('fn.*', { 'a' })\n");
+    r = load_text("endpoint 'a' { url = 'http://h/a', sign = 'none' }\n"
+                  "endpoint 'b' { url = 'http://h/b', sign = 'none' }\nrules 'rules/'\n",
+                  err, sizeof err);
+    CHECK(r != NULL);
+    if (!r) {
+        fprintf(stderr, "canonical: %s\n", err);
+        return;
+    }
+    for (size_t i = 0; i < sizeof datas / sizeof *datas; i++) {
+        static const char *types[] = {"plain.x", "mut.x", "fn.x", "waybill.delivery.failed"};
+        data = canonical(datas[i]);
+        CHECK(data != NULL);
+        for (size_t t = 0; data && t < 4; t++) {
+            struct rules_input in = {"evt_c", "atoship", "src\\u", types[t], "2024-01-15T10:30:00Z",
+                                     1705314601500LL, data, "{}", 2, test_headers, 0};
+            same_both_ways(r, in, NULL, err, sizeof err); /* mut.x fails on a non-table */
+        }
+        free(data);
+    }
+    /* what list handlers send, pinned: the envelope around data's own text */
+    {
+        struct rules_input in = {"evt_c", "atoship", "s\x01\xc3\xa9", "plain.x", NULL,
+                                 1705314601000LL, "{\"b\":[1.5,null],\"a\":\"x\"}", "{}", 2,
+                                 test_headers, 0};
+        data = canonical(in.data_json);
+        in.data_json = data;
+        CHECK_INT_EQ(same_both_ways(r, in, &p, err, sizeof err), 0);
+        CHECK_INT_EQ(p.n, 2);
+        CHECK_STR_EQ(nth(&p, 0)->payload,
+                     "{\"data\":{\"a\":\"x\",\"b\":[1.5,null]},\"id\":\"evt_c\",\"received_at\":"
+                     "\"2024-01-15T10:30:01Z\",\"source\":\"atoship\","
+                     "\"source_id\":\"s\\u0001\xc3\xa9\","
+                     "\"type\":\"plain.x\"}");
+        CHECK_STR_EQ(nth(&p, 1)->payload, nth(&p, 0)->payload);
+        rules_plan_clear(&p);
+        free(data);
+    }
+    /* a user function that changed the event: later list handlers send it changed */
+    {
+        struct rules_input in = {"evt_c", "atoship", "s", "mut.y", NULL, 0, "{\"k\":1}", "{}", 2,
+                                 test_headers, 0};
+        CHECK_INT_EQ(same_both_ways(r, in, &p, err, sizeof err), 0);
+        CHECK_INT_EQ(p.n, 4);
+        CHECK(strstr(nth(&p, 0)->payload, "\"id\":\"evt_c\"") != NULL);
+        CHECK_STR_EQ(nth(&p, 2)->payload, "{\"seen\":{\"added\":7,\"k\":1}}");
+        CHECK(strstr(nth(&p, 3)->payload, "\"id\":\"changed\"") != NULL);
+        CHECK(strstr(nth(&p, 3)->payload, "\"data\":{\"added\":7,\"k\":1}") != NULL);
+        rules_plan_clear(&p);
+    }
+    /* not UTF-8: the same error either way */
+    {
+        struct rules_input in = {"evt_c", "atoship", "bad\xff", "plain.x", NULL, 0, "{}", "{}", 2,
+                                 test_headers, 0};
+        CHECK_INT_EQ(same_both_ways(r, in, NULL, err, sizeof err), -1);
+        CHECK(strstr(err, "send: payload: invalid UTF-8 in a string") != NULL);
+    }
+    /* data nested to the encoder's limit: it fits alone, not inside the event */
+    for (size_t depth = 2046; depth <= 2048; depth++) {
+        char *deep = malloc(2 * depth + 1);
+        for (size_t k = 0; k < depth; k++) {
+            deep[k] = '[';
+            deep[2 * depth - 1 - k] = ']';
+        }
+        deep[2 * depth] = '\0';
+        struct rules_input in = {"evt_c", "atoship", "s", "plain.x", NULL, 0, deep, "{}", 2,
+                                 test_headers, 0};
+        CHECK_INT_EQ(same_both_ways(r, in, NULL, err, sizeof err), depth < 2048 ? 0 : -1);
+        if (depth == 2048)
+            CHECK(strstr(err, "nesting deeper than 2048 levels") != NULL);
+        free(deep);
+    }
+    /* a 1 MiB string: well under the default rule_memory */
+    {
+        size_t n = (1 << 20) + 100;
+        char *big = malloc(n + 3);
+        big[0] = '"';
+        memset(big + 1, 'x', n);
+        big[n + 1] = '"';
+        big[n + 2] = '\0';
+        struct rules_input in = {"evt_c", "atoship", "s", "plain.x", NULL, 0, big, "{}", 2,
+                                 test_headers, 0};
+        CHECK_INT_EQ(same_both_ways(r, in, NULL, err, sizeof err), 0); /* default 64 MiB */
+        free(big);
+    }
+    rules_free(r);
+
+    /* a budget too small for even a list handler's function: stopped either way */
+    r = load_text("rule_budget = 3\nendpoint 'a' { url = 'http://h/a', sign = 'none' }\n"
+                  "endpoint 'b' { url = 'http://h/b', sign = 'none' }\nrules 'rules/'\n",
+                  err, sizeof err);
+    CHECK(r != NULL);
+    if (r) {
+        struct rules_input in = {"evt_c", "atoship", "s", "plain.x", NULL, 0, "{}", "{}", 2,
+                                 test_headers, 0};
+        CHECK_INT_EQ(same_both_ways(r, in, NULL, err, sizeof err), -1);
+        CHECK(strstr(err, "instruction budget exceeded") != NULL);
+        rules_free(r);
+    }
+    /* rule_memory 1 MiB: a 1 MiB payload is past the cap either way */
+    r = load_text("rule_memory = '1MiB'\nendpoint 'a' { url = 'http://h/a', sign = 'none' }\n"
+                  "endpoint 'b' { url = 'http://h/b', sign = 'none' }\nrules 'rules/'\n",
+                  err, sizeof err);
+    CHECK(r != NULL);
+    if (r) {
+        size_t n = (1 << 20) + 100;
+        char *big = malloc(n + 3);
+        big[0] = '"';
+        memset(big + 1, 'x', n);
+        big[n + 1] = '"';
+        big[n + 2] = '\0';
+        struct rules_input in = {"evt_c", "atoship", "s", "plain.x", NULL, 0, big, "{}", 2,
+                                 test_headers, 0};
+        CHECK_INT_EQ(same_both_ways(r, in, NULL, err, sizeof err), -1);
+        CHECK(strstr(err, "output larger than") != NULL || strstr(err, "rule_memory") != NULL ||
+              strstr(err, "memory") != NULL);
+        free(big);
+        rules_free(r);
+    }
+}
+
 /* ---- limits ---- */
 
 static void test_budget(void) {
@@ -1172,6 +1377,7 @@ int main(void) {
     test_config_errors();
     test_load_errors();
     test_rule_failures();
+    test_canonical_routing();
     test_budget();
     test_memory();
     test_sandbox();
