@@ -84,6 +84,8 @@ struct rules {
     char *send_error; /* the first failed send/batch of this event */
     size_t max_output;
     unsigned calls;
+    int64_t when_secs;  /* received_at_text's cache: the second ... */
+    char when_base[24]; /* ... and its "YYYY-MM-DDTHH:MM:SS" */
 };
 
 static struct rules *rules_of(lua_State *L) {
@@ -1423,6 +1425,29 @@ int rules_adapt(struct rules *r, const struct config_source *src, const char *bo
 
 /* ---- routing ---- */
 
+/* util_time_rfc3339(ms) with the date and time of day kept per second:
+ * events arrive many per second, and formatting them is not free. out
+ * needs 32 bytes. */
+static void received_at_text(struct rules *r, int64_t ms, char *out) {
+    int64_t secs = ms / 1000;
+    int millis = (int)(ms % 1000);
+
+    if (millis < 0) {
+        millis += 1000;
+        secs -= 1;
+    }
+    if (!r->when_base[0] || secs != r->when_secs) {
+        char full[40];
+        util_time_rfc3339(secs * 1000, full, sizeof full); /* "...:SSZ" */
+        snprintf(r->when_base, sizeof r->when_base, "%.*s", (int)strcspn(full, "Z"), full);
+        r->when_secs = secs;
+    }
+    if (millis)
+        snprintf(out, 32, "%s.%03dZ", r->when_base, millis);
+    else
+        snprintf(out, 32, "%sZ", r->when_base);
+}
+
 struct route_ctx {
     struct rules *r;
     const struct rules_input *in;
@@ -1455,7 +1480,7 @@ static int push_event(lua_State *L, struct route_ctx *c) {
     set_text(L, ev, "source", in->source);
     set_text(L, ev, "source_id", in->source_id);
     set_text(L, ev, "created_at", in->created_at);
-    util_time_rfc3339(in->received_at_ms, when, sizeof when);
+    received_at_text(c->r, in->received_at_ms, when);
     set_text(L, ev, "received_at", when);
     if (jsonx_decode(L, in->data_json ? in->data_json : "{}",
                      in->data_json ? strlen(in->data_json) : 2, JSON_DECODE_ANY, err,
@@ -1506,11 +1531,33 @@ static int json_nesting(const char *s, size_t len) {
 
 /* Appends ,"key":value (value a JSON string) unless value is NULL. */
 static int whole_field(struct util_buf *b, const char *key, const char *value) {
+    size_t klen, vlen, i;
     if (!value)
         return 0;
+    klen = strlen(key);
+    vlen = strlen(value);
+    for (i = 0; i < vlen; i++) { /* plain ASCII needs no escaping: copied at once */
+        unsigned char ch = (unsigned char)value[i];
+        if (ch < 0x20 || ch >= 0x80 || ch == '"' || ch == '\\')
+            break;
+    }
+    if (i == vlen && b->len + klen + vlen + 4 < b->cap) {
+        char *o = b->p + b->len;
+        if (b->len > 1)
+            *o++ = ',';
+        memcpy(o, key, klen);
+        o += klen;
+        *o++ = '"';
+        memcpy(o, value, vlen);
+        o += vlen;
+        *o++ = '"';
+        *o = '\0';
+        b->len = (size_t)(o - b->p);
+        return 0;
+    }
     if (b->len > 1 && util_buf_append(b, ",", 1) < 0)
         return -1;
-    if (util_buf_appends(b, key) < 0 || jsonx_append_string(b, value, strlen(value)) < 0)
+    if (util_buf_append(b, key, klen) < 0 || jsonx_append_string(b, value, vlen) < 0)
         return -1;
     return 0;
 }
@@ -1529,7 +1576,18 @@ static int whole_build(struct rules *r, const struct rules_input *in, struct uti
     /* data sits one level down in the event: deep data fails to encode */
     if (dlen >= 2 * (JSONX_MAX_DEPTH - 1) && json_nesting(data, dlen) >= JSONX_MAX_DEPTH - 1)
         return -1;
-    util_time_rfc3339(in->received_at_ms, when, sizeof when);
+    received_at_text(r, in->received_at_ms, when);
+    if (!b->p) { /* one allocation: the fields are short beside data */
+        size_t cap = dlen + 256;
+        const char *f[] = {in->created_at, in->id, in->source, in->source_id, in->type};
+        for (size_t i = 0; i < sizeof f / sizeof *f; i++)
+            cap += f[i] ? strlen(f[i]) : 0;
+        if (!(b->p = malloc(cap)))
+            return -1;
+        b->cap = cap;
+        b->len = 0;
+        b->p[0] = '\0';
+    }
     if (util_buf_append(b, "{", 1) < 0 || whole_field(b, "\"created_at\":", in->created_at) < 0 ||
         (b->len > 1 && util_buf_append(b, ",", 1) < 0) ||
         util_buf_appends(b, "\"data\":") < 0 || util_buf_append(b, data, dlen) < 0 ||

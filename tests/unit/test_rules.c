@@ -845,6 +845,22 @@ static void test_canonical_routing(void) {
         CHECK(strstr(nth(&p, 3)->payload, "\"data\":{\"added\":7,\"k\":1}") != NULL);
         rules_plan_clear(&p);
     }
+    /* received_at, formatted once per second and kept: each event's own */
+    {
+        static const int64_t when[] = {1705314601500LL, 1705314601000LL, 1705314602000LL,
+                                       1705314601999LL, 0,      999,    1000,
+                                       -1,              -1000,  -1500,  253402300799999LL};
+        for (size_t k = 0; k < sizeof when / sizeof *when; k++) {
+            char want[64], text[40];
+            struct rules_input in = {"evt_c", "atoship", "s", k % 2 ? "plain.x" : "fn.x", NULL,
+                                     when[k], "{}", "{}", 2, test_headers, 0};
+            util_time_rfc3339(when[k], text, sizeof text);
+            snprintf(want, sizeof want, "\"received_at\":\"%s\"", text);
+            CHECK_INT_EQ(same_both_ways(r, in, &p, err, sizeof err), 0);
+            CHECK(p.n > 0 && strstr(nth(&p, p.n - 1)->payload, want) != NULL);
+            rules_plan_clear(&p);
+        }
+    }
     /* not UTF-8: the same error either way */
     {
         struct rules_input in = {"evt_c", "atoship", "bad\xff", "plain.x", NULL, 0, "{}", "{}", 2,
