@@ -1465,6 +1465,34 @@ static void set_text(lua_State *L, int t, const char *field, const char *value) 
     lua_setfield(L, t, field);
 }
 
+/* The __index of an event table: raw and headers read like fields.
+ * headers is decoded from its text on first use (most handlers never read
+ * it) and kept, so every read gives the same table. Upvalues: raw (a
+ * string, or nil), the headers' JSON text (or nil), their table once made. */
+static int event_index(lua_State *L) {
+    size_t klen, hlen;
+    const char *k, *h;
+    char err[256];
+
+    if (lua_type(L, 2) != LUA_TSTRING)
+        return 0;
+    k = lua_tolstring(L, 2, &klen);
+    if (klen == 3 && memcmp(k, "raw", 3) == 0) {
+        lua_pushvalue(L, lua_upvalueindex(1));
+        return 1;
+    }
+    if (klen != 7 || memcmp(k, "headers", 7) != 0)
+        return 0;
+    if (lua_type(L, lua_upvalueindex(3)) != LUA_TTABLE) {
+        h = lua_tolstring(L, lua_upvalueindex(2), &hlen);
+        if (!h || jsonx_decode(L, h, hlen, 0, err, sizeof err) < 0)
+            lua_newtable(L);
+        lua_replace(L, lua_upvalueindex(3));
+    }
+    lua_pushvalue(L, lua_upvalueindex(3));
+    return 1;
+}
+
 /* Pushes the event table handlers get. raw and headers sit behind a
  * protected metatable's __index, so they read like fields but the JSON
  * encoder (raw access) never sends them with the event. */
@@ -1491,15 +1519,16 @@ static int push_event(lua_State *L, struct route_ctx *c) {
     lua_setfield(L, ev, "data");
 
     lua_createtable(L, 0, 2); /* metatable */
-    lua_createtable(L, 0, 2); /* its __index */
-    if (in->raw) {
+    if (in->raw)
         lua_pushlstring(L, in->raw, in->raw_len);
-        lua_setfield(L, -2, "raw");
-    }
-    if (!in->headers_json ||
-        jsonx_decode(L, in->headers_json, strlen(in->headers_json), 0, err, sizeof err) < 0)
-        lua_newtable(L);
-    lua_setfield(L, -2, "headers");
+    else
+        lua_pushnil(L);
+    if (in->headers_json)
+        lua_pushstring(L, in->headers_json);
+    else
+        lua_pushnil(L);
+    lua_pushnil(L);
+    lua_pushcclosure(L, event_index, 3);
     lua_setfield(L, -2, "__index");
     lua_pushboolean(L, 0);
     lua_setfield(L, -2, "__metatable");

@@ -795,7 +795,29 @@ static void test_canonical_routing(void) {
                                     "on('fn.*', function(ev)\n"
                                     "  send('b', { t = ev.type, d = ev.data })\n"
                                     "end)\n"
-                                    "on('fn.*', { 'a' })\n");
+                                    "on('fn.*', { 'a' })\n"
+                                    "local kept\n"
+                                    "on('keep.set', function(ev) kept = ev end)\n"
+                                    "on('keep.get', function(ev)\n"
+                                    "  send('a', { old = kept.headers['x-a'] .. ':' ..\n"
+                                    "    kept.raw })\n"
+                                    "end)\n"
+                                    "on('hdr.*', function(ev)\n"
+                                    "  local h = ev.headers\n"
+                                    "  h.mark = 'set'\n"
+                                    "  local keys = {}\n"
+                                    "  for k in pairs(ev) do keys[#keys + 1] = k end\n"
+                                    "  table.sort(keys)\n"
+                                    "  send('a', { same = ev.headers == h, n = #keys,\n"
+                                    "    keys = table.concat(keys, ','), raw = ev.raw,\n"
+                                    "    rawh = rawget(ev, 'headers') == nil,\n"
+                                    "    mt = getmetatable(ev),\n"
+                                    "    other = ev.other == nil and ev[1] == nil })\n"
+                                    "end)\n"
+                                    "on('hdr.*', function(ev)\n"
+                                    "  send('b', { mark = ev.headers.mark,\n"
+                                    "    agent = ev.headers['user-agent'] })\n"
+                                    "end)\n");
     r = load_text("endpoint 'a' { url = 'http://h/a', sign = 'none' }\n"
                   "endpoint 'b' { url = 'http://h/b', sign = 'none' }\nrules 'rules/'\n",
                   err, sizeof err);
@@ -860,6 +882,47 @@ static void test_canonical_routing(void) {
             CHECK(p.n > 0 && strstr(nth(&p, p.n - 1)->payload, want) != NULL);
             rules_plan_clear(&p);
         }
+    }
+    /* headers: read on first use, the same table every read, kept by an
+     * event a handler holds on to; raw and headers never among its fields */
+    {
+        struct rules_input in = {"evt_h", "atoship", "s", "hdr.x", NULL, 0, "{}", "RAW", 3,
+                                 test_headers, 0};
+        CHECK_INT_EQ(same_both_ways(r, in, &p, err, sizeof err), 0);
+        CHECK_INT_EQ(p.n, 4); /* '*' list first, then the two functions */
+        CHECK_STR_EQ(nth(&p, 2)->payload,
+                     "{\"keys\":\"data,id,received_at,source,source_id,type\",\"mt\":false,"
+                     "\"n\":6,\"other\":true,\"raw\":\"RAW\",\"rawh\":true,\"same\":true}");
+        CHECK_STR_EQ(nth(&p, 3)->payload, "{\"agent\":\"test/1\",\"mark\":\"set\"}");
+        rules_plan_clear(&p);
+        in.raw = NULL;
+        in.headers_json = NULL; /* none: an empty table; no raw: nil */
+        CHECK_INT_EQ(same_both_ways(r, in, &p, err, sizeof err), 0);
+        CHECK_INT_EQ(p.n, 4);
+        CHECK_STR_EQ(nth(&p, 2)->payload,
+                     "{\"keys\":\"data,id,received_at,source,source_id,type\",\"mt\":false,"
+                     "\"n\":6,\"other\":true,\"rawh\":true,\"same\":true}");
+        CHECK_STR_EQ(nth(&p, 3)->payload, "{\"mark\":\"set\"}");
+        rules_plan_clear(&p);
+        in.headers_json = "{not json"; /* unreadable: an empty table too */
+        CHECK_INT_EQ(same_both_ways(r, in, &p, err, sizeof err), 0);
+        CHECK_INT_EQ(p.n, 4);
+        CHECK_STR_EQ(nth(&p, 3)->payload, "{\"mark\":\"set\"}");
+        rules_plan_clear(&p);
+        /* an event kept by a handler reads its own headers and raw later */
+        in.type = "keep.set";
+        in.raw = "RAW";
+        in.headers_json = test_headers;
+        CHECK_INT_EQ(rules_route(r, &in, &p, err, sizeof err), 0);
+        rules_plan_clear(&p);
+        in.type = "keep.get";
+        in.raw = "OTHER";
+        in.raw_len = 5;
+        in.headers_json = "{\"x-a\":\"2\"}";
+        CHECK_INT_EQ(rules_route(r, &in, &p, err, sizeof err), 0);
+        CHECK_INT_EQ(p.n, 3);
+        CHECK_STR_EQ(nth(&p, 2)->payload, "{\"old\":\"1:RAW\"}");
+        rules_plan_clear(&p);
     }
     /* not UTF-8: the same error either way */
     {
