@@ -249,6 +249,29 @@ static void put_quoted(struct enc *e, const char *s, size_t n) {
 
 #define PUTS(e, lit) put((e), (lit), sizeof(lit) - 1)
 
+/* Length of the run at s (at most n bytes) of bytes a JSON string holds
+ * as they are: 0x20..0x7f but '"' and '\\'. Eight bytes a step (a word
+ * with any other byte is left to the byte loop), since strings are most of
+ * what the decoder and encoder read. */
+static size_t plain_run(const unsigned char *s, size_t n) {
+    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+    size_t i = 0;
+
+    while (n - i >= 8) {
+        uint64_t v, q, b;
+        memcpy(&v, s + i, 8);
+        q = v ^ (ones * '"');
+        b = v ^ (ones * '\\');
+        /* high bit set in a byte < 0x20 or >= 0x80, or one equal to '"' or '\\' */
+        if ((((v - ones * 0x20) & ~v) | v | ((q - ones) & ~q) | ((b - ones) & ~b)) & highs)
+            break;
+        i += 8;
+    }
+    while (i < n && s[i] >= 0x20 && s[i] < 0x80 && s[i] != '"' && s[i] != '\\')
+        i++;
+    return i;
+}
+
 /* Length of the valid UTF-8 sequence at s (n bytes available), 0 if none. */
 static size_t utf8_seq(const unsigned char *s, size_t n) {
     unsigned c = s[0];
@@ -280,8 +303,7 @@ static void put_string(struct enc *e, const char *str, size_t len) {
     const unsigned char *s = (const unsigned char *)str;
     size_t i = 0, run = 0;
 
-    while (i < len && s[i] >= 0x20 && s[i] < 0x80 && s[i] != '"' && s[i] != '\\')
-        i++;
+    i = plain_run(s, len);
     if (i == len) {
         put_quoted(e, str, len);
         return;
@@ -293,8 +315,7 @@ static void put_string(struct enc *e, const char *str, size_t len) {
         size_t elen = 2;
 
         /* Plain ASCII runs (most of any payload) go by in a tight loop. */
-        while (i < len && s[i] >= 0x20 && s[i] < 0x80 && s[i] != '"' && s[i] != '\\')
-            i++;
+        i += plain_run(s + i, len - i);
         if (i >= len)
             break;
         c = s[i];
@@ -353,6 +374,12 @@ int jsonx_append_string(struct util_buf *out, const char *str, size_t len) {
     const unsigned char *s = (const unsigned char *)str;
     size_t i, run = 0, start = out->len;
 
+    if (plain_run(s, len) == len) { /* nothing to check or escape */
+        if (util_buf_append(out, "\"", 1) < 0 || util_buf_append(out, str, len) < 0 ||
+            util_buf_append(out, "\"", 1) < 0)
+            goto fail;
+        return 0;
+    }
     for (i = 0; i < len;) { /* valid UTF-8 first: nothing is appended otherwise */
         size_t n = utf8_seq(s + i, len - i);
         if (!n)
@@ -816,8 +843,7 @@ static int dec_string(struct dec *d, int key) {
 
     for (;;) {
         /* Fast scan over plain ASCII. */
-        while (q < d->end && *q >= 0x20 && *q < 0x80 && *q != '"' && *q != '\\')
-            q++;
+        q += plain_run(q, (size_t)(d->end - q));
         if (q >= d->end) {
             dec_fail(d, q, "premature end of input near end of file");
             return -1;

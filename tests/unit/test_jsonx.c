@@ -332,6 +332,92 @@ static void test_decode_vs_jansson(void) {
     CHECK_INT_EQ(lua_gettop(L), 0);
 }
 
+/* Escaping as the byte loop does it, for strings whose special byte sits
+ * at every offset of the word-at-a-time scan: encoder, append_string and
+ * decoder agree with it. */
+static void ref_escape(const unsigned char *s, size_t n, struct util_buf *out) {
+    static const char hex[] = "0123456789abcdef";
+    util_buf_append(out, "\"", 1);
+    for (size_t i = 0; i < n; i++) {
+        char e[7];
+        unsigned c = s[i];
+        if (c == '"' || c == '\\') {
+            e[0] = '\\';
+            e[1] = (char)c;
+            util_buf_append(out, e, 2);
+        } else if (c == '\n') {
+            util_buf_append(out, "\\n", 2);
+        } else if (c < 0x20) {
+            snprintf(e, sizeof e, "\\u00%c%c", hex[c >> 4], hex[c & 15]);
+            util_buf_append(out, e, 6);
+        } else {
+            util_buf_append(out, &s[i], 1);
+        }
+    }
+    util_buf_append(out, "\"", 1);
+}
+
+static void test_string_scan(void) {
+    static const char *specials[] = {"\"", "\\", "\n", "\x1f", "\x01", "\x7f", " ", "\xc3\xa9",
+                                     "\xe2\x9c\x93", "\xf0\x9f\x98\x80"};
+    int bad = 0;
+    for (size_t len = 0; len <= 26; len++) {
+        for (size_t pos = 0; pos <= len; pos++) {
+            for (size_t k = 0; k < sizeof specials / sizeof *specials; k++) {
+                unsigned char str[64];
+                struct util_buf want = {0}, got = {0}, app = {0};
+                char err[128];
+                size_t n = 0, sl = strlen(specials[k]);
+                for (size_t i = 0; i < len; i++) {
+                    if (i == pos) {
+                        memcpy(str + n, specials[k], sl);
+                        n += sl;
+                    }
+                    str[n++] = (unsigned char)('a' + i % 26);
+                }
+                if (pos == len) {
+                    memcpy(str + n, specials[k], sl);
+                    n += sl;
+                }
+                ref_escape(str, n, &want);
+                lua_pushlstring(L, (const char *)str, n);
+                if (jsonx_encode(L, -1, &got, 0, err, sizeof err) < 0 || got.len != want.len ||
+                    memcmp(got.p, want.p, want.len) != 0)
+                    bad++;
+                lua_settop(L, 0);
+                if (jsonx_append_string(&app, (const char *)str, n) < 0 || app.len != want.len ||
+                    memcmp(app.p, want.p, want.len) != 0)
+                    bad++;
+                if (jsonx_decode(L, want.p, want.len, JSON_DECODE_ANY, err, sizeof err) < 0) {
+                    bad++;
+                } else {
+                    size_t dl;
+                    const char *d = lua_tolstring(L, -1, &dl);
+                    if (!d || dl != n || memcmp(d, str, n) != 0)
+                        bad++;
+                }
+                lua_settop(L, 0);
+                util_buf_free(&want);
+                util_buf_free(&got);
+                util_buf_free(&app);
+            }
+        }
+    }
+    CHECK_INT_EQ(bad, 0);
+    /* a raw control byte or a bad UTF-8 byte past the first word is refused */
+    CHECK(jsonx_decode(L, "[\"abcdefghijk\x01\"]", 16, 0, last_err, sizeof last_err) < 0);
+    CHECK(strstr(last_err, "control character 0x1") != NULL);
+    CHECK(jsonx_decode(L, "[\"abcdefghijklmnop\xff\"]", 21, 0, last_err, sizeof last_err) < 0);
+    CHECK(strstr(last_err, "unable to decode byte 0xff") != NULL);
+    CHECK(enc("'abcdefghijklmnop\\xff'") == NULL);
+    CHECK_STR_EQ(last_err, "invalid UTF-8 in a string");
+    {
+        struct util_buf b = {0};
+        CHECK(jsonx_append_string(&b, "abcdefghijklmnop\xff", 17) < 0 && b.len == 0);
+        util_buf_free(&b);
+    }
+}
+
 static void test_append_string(void) {
     struct util_buf b = {0};
     CHECK(util_buf_appends(&b, "[") == 0);
@@ -383,6 +469,7 @@ int main(void) {
     test_decode();
     test_decode_vs_jansson();
     test_append_string();
+    test_string_scan();
     test_limits();
     CHECK(lua_true("local ok, e = pcall(json.encode, string.rep('x', 2000000)) return not ok"
                    " and e:find('output larger than 1048576 bytes', 1, true) ~= nil"));
