@@ -194,6 +194,7 @@ struct enc {
     size_t start, max;
     struct enc_key *keys; /* scratch: the keys of the tables being written */
     size_t nkeys, capkeys;
+    int clone; /* also push what jsonx_decode would make of each value written */
     char err[200];
     struct enc_key small[16]; /* keys' first home: no allocation for small payloads */
 };
@@ -482,6 +483,8 @@ static void keys_sort(struct enc_key *keys, size_t n) {
 }
 
 static void enc_value(struct enc *e, int idx, int depth);
+static void dec_new_table(lua_State *L, int array);
+static void dec_number_text(lua_State *L, const char *text, size_t n);
 
 /* One more key slot in the scratch array; returns its index. */
 static size_t keys_push(struct enc *e) {
@@ -572,18 +575,27 @@ collect:
             PUTS(e, "[]");
         else
             PUTS(e, "{}");
+        if (e->clone) /* as jsonx_decode makes them */
+            dec_new_table(L, marked);
         return;
     }
     /* Keys 1..n make an array; a marked array may have holes (null). */
     if (positive_ints && ((size_t)maxk == n || (marked && (size_t)maxk <= 2 * n + 64))) {
+        int ctab = 0;
         lua_settop(L, top);
         e->nkeys = base;
+        if (e->clone) {
+            dec_new_table(L, 1);
+            ctab = lua_gettop(L);
+        }
         PUTS(e, "[");
         for (lua_Integer k = 1; k <= maxk; k++) {
             if (k > 1)
                 PUTS(e, ",");
             lua_rawgeti(L, idx, k);
             enc_value(e, lua_absindex(L, -1), depth + 1);
+            if (ctab)
+                lua_rawseti(L, ctab, k);
             lua_pop(L, 1);
         }
         PUTS(e, "]");
@@ -597,10 +609,16 @@ collect:
             enc_fail(e, "table has both %s and \"%s\" as keys", key_text(b), key_text(b));
     }
 
+    int ctab = 0;
+    if (e->clone) {
+        luaL_checkstack(L, 4, "JSON nesting");
+        dec_new_table(L, 0);
+        ctab = lua_gettop(L);
+    }
     PUTS(e, "{");
     for (i = 0; i < n; i++) {
         const struct enc_key *k = &e->keys[base + i]; /* again each time: e->keys may move */
-        int vidx = k->vidx;
+        int vidx = k->vidx, fetched = 0;
         if (i)
             PUTS(e, ",");
         put_string(e, key_text(k), k->len);
@@ -613,43 +631,66 @@ collect:
                 lua_rawget(L, idx);
             }
             vidx = lua_gettop(L);
+            fetched = 1;
         }
+        if (ctab) /* the key as decoding reads it: always a string */
+            lua_pushlstring(L, key_text(k), k->len);
         enc_value(e, vidx, depth + 1);
-        if (!k->vidx)
+        if (ctab)
+            lua_rawset(L, ctab);
+        if (fetched)
             lua_pop(L, 1);
     }
     PUTS(e, "}");
-    lua_settop(L, top);
+    if (ctab && ctab != top + 1)
+        lua_replace(L, top + 1); /* the clone is all this call leaves */
+    lua_settop(L, top + (ctab ? 1 : 0));
     e->nkeys = base;
 }
 
+/* Writes the value at idx; with e->clone, also pushes what decoding the
+ * bytes written gives: nil (an array's hole) and json.null as json.null,
+ * a float as its text reads back (1.0 -> integer 1), a string as itself,
+ * a table as enc_table makes it. */
 static void enc_value(struct enc *e, int idx, int depth) {
     lua_State *L = e->L;
     switch (lua_type(L, idx)) {
     case LUA_TNIL:
         PUTS(e, "null");
+        if (e->clone)
+            jsonx_push_null(L);
         break;
     case LUA_TBOOLEAN:
         if (lua_toboolean(L, idx))
             PUTS(e, "true");
         else
             PUTS(e, "false");
+        if (e->clone)
+            lua_pushboolean(L, lua_toboolean(L, idx));
         break;
     case LUA_TNUMBER:
         if (lua_isinteger(L, idx)) {
             put_integer(e, lua_tointeger(L, idx));
+            if (e->clone)
+                lua_pushinteger(L, lua_tointeger(L, idx));
         } else {
             char text[32];
             double d = (double)lua_tonumber(L, idx);
+            size_t n;
             if (!isfinite(d))
                 enc_fail(e, "cannot encode NaN or infinity");
-            put(e, text, jsonx_number_format(d, text));
+            n = jsonx_number_format(d, text);
+            put(e, text, n);
+            if (e->clone)
+                dec_number_text(L, text, n);
         }
         break;
     case LUA_TSTRING: {
         size_t len;
         const char *s = lua_tolstring(L, idx, &len);
         put_string(e, s, len);
+        if (e->clone)
+            lua_pushvalue(L, idx);
         break;
     }
     case LUA_TTABLE:
@@ -658,6 +699,8 @@ static void enc_value(struct enc *e, int idx, int depth) {
     case LUA_TLIGHTUSERDATA:
         if (jsonx_is_null(L, idx)) {
             PUTS(e, "null");
+            if (e->clone)
+                jsonx_push_null(L);
             break;
         }
         /* fall through */
@@ -669,15 +712,16 @@ static void enc_value(struct enc *e, int idx, int depth) {
 static int enc_protected(lua_State *L) {
     struct enc *e = lua_touserdata(L, 1);
     enc_value(e, 2, 0);
-    return 0;
+    return e->clone ? 1 : 0;
 }
 
-int jsonx_encode(lua_State *L, int idx, struct util_buf *out, size_t max, char *err,
-                 size_t errlen) {
+static int encode(lua_State *L, int idx, struct util_buf *out, size_t max, int clone, char *err,
+                  size_t errlen) {
     struct enc e;
     int status;
 
     memset(&e, 0, sizeof e);
+    e.clone = clone;
     e.L = L;
     e.out = out;
     e.start = out->len;
@@ -692,7 +736,7 @@ int jsonx_encode(lua_State *L, int idx, struct util_buf *out, size_t max, char *
     lua_pushcfunction(L, enc_protected);
     lua_pushlightuserdata(L, &e);
     lua_pushvalue(L, idx);
-    status = lua_pcall(L, 2, 0, 0);
+    status = lua_pcall(L, 2, clone ? 1 : 0, 0);
     if (e.keys != e.small)
         free(e.keys);
     if (status == LUA_OK)
@@ -708,6 +752,16 @@ int jsonx_encode(lua_State *L, int idx, struct util_buf *out, size_t max, char *
     if (out->p)
         out->p[out->len] = '\0';
     return -1;
+}
+
+int jsonx_encode(lua_State *L, int idx, struct util_buf *out, size_t max, char *err,
+                 size_t errlen) {
+    return encode(L, idx, out, max, 0, err, errlen);
+}
+
+int jsonx_encode_clone(lua_State *L, int idx, struct util_buf *out, size_t max, char *err,
+                       size_t errlen) {
+    return encode(L, idx, out, max, 1, err, errlen);
 }
 
 /* ---- decoder ---- */
@@ -1029,6 +1083,29 @@ static int dec_number(struct dec *d) {
     return 0;
 }
 
+/* Pushes a new table as the decoder starts an object or an array (the
+ * encoder's clones start theirs the same way, so both fill alike). */
+static void dec_new_table(lua_State *L, int array) {
+    if (array) {
+        lua_createtable(L, 0, 0);
+        jsonx_mark_array(L, -1);
+    } else {
+        lua_createtable(L, 0, 4);
+    }
+}
+
+/* Pushes the number the decoder reads from text (n bytes, written by
+ * jsonx_number_format, so well formed). */
+static void dec_number_text(lua_State *L, const char *text, size_t n) {
+    struct dec d;
+    memset(&d, 0, sizeof d);
+    d.L = L;
+    d.s = d.p = (const unsigned char *)text;
+    d.end = d.s + n;
+    if (dec_number(&d) < 0) /* cannot happen: finite numbers format well */
+        lua_pushnumber(L, (lua_Number)strtod(text, NULL));
+}
+
 static int dec_literal(struct dec *d, const char *word, size_t n) {
     if ((size_t)(d->end - d->p) < n || memcmp(d->p, word, n) != 0) {
         dec_near(d, d->p, "invalid token");
@@ -1057,7 +1134,7 @@ static int dec_value(struct dec *d, int depth) {
             return -1;
         }
         d->p++;
-        lua_createtable(L, 0, 4);
+        dec_new_table(L, 0);
         dec_ws(d);
         if (d->p < d->end && *d->p == '}') {
             d->p++;
@@ -1099,8 +1176,7 @@ static int dec_value(struct dec *d, int depth) {
             return -1;
         }
         d->p++;
-        lua_createtable(L, 0, 0);
-        jsonx_mark_array(L, -1);
+        dec_new_table(L, 1);
         dec_ws(d);
         if (d->p < d->end && *d->p == ']') {
             d->p++;

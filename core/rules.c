@@ -32,6 +32,7 @@
 #define RULES_LOAD_MEMORY ((size_t)64 << 20) /* cap until the config sets rule_memory */
 #define RULES_GC_EVERY 64                    /* calls between incremental GC steps */
 #define RULES_WHERE_MAX (LUA_IDSIZE + 24)
+#define RULES_KEEP_SLOTS 512 /* adapters' data kept for routing: a ring, so never more */
 
 enum rules_stop { RULES_STOP_NONE, RULES_STOP_BUDGET, RULES_STOP_MEMORY };
 
@@ -86,7 +87,21 @@ struct rules {
     unsigned calls;
     int64_t when_secs;  /* received_at_text's cache: the second ... */
     char when_base[24]; /* ... and its "YYYY-MM-DDTHH:MM:SS" */
+
+    /* Decoded data kept from rules_adapt_keep until rules_route: the
+     * registry table keep_ref maps token -> value while keep_token[token %
+     * RULES_KEEP_SLOTS] == token (a ring: at most that many, the oldest
+     * dropped). A token is never reused, here or in any other generation,
+     * so a stale or foreign token just misses. The table holds only what is
+     * kept (the collector walks no empty slots). */
+    int keep_ref;
+    uint64_t keep_token[RULES_KEEP_SLOTS];
+    size_t keep_bytes[RULES_KEEP_SLOTS];
+    size_t kept_bytes; /* their sum: at most rule_memory / 16 */
 };
+
+/* Tokens for kept data; rules run on the loop thread only. */
+static uint64_t keep_next_token;
 
 static struct rules *rules_of(lua_State *L) {
     return *(struct rules **)lua_getextraspace(L);
@@ -1180,6 +1195,8 @@ static int load_main(lua_State *L) {
     check_lists(L, r);
     load_adapters(L, r, decl);
     collect_handlers(L, r);
+    lua_newtable(L);
+    r->keep_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     api_call(L, r, "seal", 0);
     lua_settop(L, 0);
     return 0;
@@ -1193,7 +1210,7 @@ struct rules *rules_load(const char *config_path, const char *lua_dir, char *err
         snprintf(err, errlen, "%s: out of memory", config_path);
         goto fail;
     }
-    r->handlers_ref = r->adapters_ref = r->api_ref = LUA_NOREF;
+    r->handlers_ref = r->adapters_ref = r->api_ref = r->keep_ref = LUA_NOREF;
     r->mem_limit = RULES_LOAD_MEMORY;
     r->max_output = RULES_LOAD_MEMORY;
     r->L = lua_newstate(rules_alloc, r);
@@ -1269,10 +1286,85 @@ static void maybe_gc(struct rules *r) {
         lua_gc(r->L, LUA_GCSTEP, 0);
 }
 
+/* ---- data kept from the adapter for routing ---- */
+
+/* Pushes token's kept value and forgets it (take), or just forgets it;
+ * returns 0, or -1 (nothing pushed) when this generation does not hold it.
+ * Never allocates (it only clears an existing key). */
+static int keep_take(struct rules *r, uint64_t token, int push) {
+    lua_State *L = r->L;
+    size_t slot = (size_t)(token % RULES_KEEP_SLOTS);
+    if (!token || r->keep_ref == LUA_NOREF || r->keep_token[slot] != token)
+        return -1;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, r->keep_ref);
+    if (push) {
+        lua_rawgeti(L, -1, (lua_Integer)token);
+        lua_insert(L, -2);
+    }
+    lua_pushnil(L);
+    lua_rawseti(L, -2, (lua_Integer)token);
+    lua_pop(L, 1);
+    r->kept_bytes -= r->keep_bytes[slot];
+    r->keep_token[slot] = 0;
+    r->keep_bytes[slot] = 0;
+    return 0;
+}
+
+/* keep_table[token] = value (arguments: value, token); may raise a memory
+ * error, so it runs protected. */
+static int keep_store(lua_State *L) {
+    struct rules *r = rules_of(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, r->keep_ref);
+    lua_pushvalue(L, 1);
+    lua_rawseti(L, -2, lua_tointeger(L, 2));
+    return 0;
+}
+
+/* Keeps the value at the top (popped) as token's, dropping the oldest when
+ * the ring is full. Returns 0, or -1 (nothing kept) when out of memory. */
+static int keep_put(struct rules *r, uint64_t token, size_t bytes) {
+    lua_State *L = r->L;
+    size_t slot = (size_t)(token % RULES_KEEP_SLOTS);
+    keep_take(r, r->keep_token[slot], 0);
+    lua_pushcfunction(L, keep_store);
+    lua_insert(L, -2);
+    lua_pushinteger(L, (lua_Integer)token);
+    if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
+        lua_pop(L, 1);
+        return -1;
+    }
+    r->keep_token[slot] = token;
+    r->keep_bytes[slot] = bytes;
+    r->kept_bytes += bytes;
+    return 0;
+}
+
+/* Whether routing an event of type will build the handler's table: some
+ * matching handler is a function (list handlers send data_json's text). */
+static int type_needs_table(const struct rules *r, const char *type) {
+    if (r->cfg->rule_budget < RULES_LIST_MIN_BUDGET)
+        return 1;
+    for (size_t i = 0; i < r->nhandlers; i++) {
+        const struct rules_handler *h = &r->handlers[i];
+        if (h->names || !glob_match(h->pattern, type))
+            continue;
+        if (!strncmp(type, "waybill.", 8) && strncmp(h->pattern, "waybill.", 8))
+            continue;
+        return 1;
+    }
+    return 0;
+}
+
+void rules_data_drop(struct rules *r, uint64_t token) {
+    if (r)
+        keep_take(r, token, 0);
+}
+
 /* ---- adapters ---- */
 
 struct adapt_ctx {
     struct rules *r;
+    int keep; /* keep the data's decoded form for routing (rules_adapt_keep) */
     const char *source;
     const char *where;
     int bad_json; /* the body is not JSON: msg holds the parser's reason */
@@ -1357,6 +1449,16 @@ static int adapt_protected(lua_State *L) {
     lua_pushliteral(L, "data");
     if (lua_rawget(L, res) == LUA_TNIL) {
         c->out->data_json = strdup("{}");
+    } else if (c->keep && r->kept_bytes < r->mem_limit / 16 &&
+               type_needs_table(r, c->out->type) &&
+               jsonx_encode_clone(L, -1, &data, r->max_output, err, sizeof err) == 0) {
+        /* What routing would decode from data_json, made while writing it
+         * (kept by rules_adapt, to which it is returned). Any failure here,
+         * even for memory, falls back to the plain encoding below. */
+        c->out->data_token = ++keep_next_token;
+        c->out->data_json = data.p;
+        data.p = NULL;
+        return 1;
     } else if (jsonx_encode(L, -1, &data, r->max_output, err, sizeof err) < 0) {
         snprintf(c->msg, sizeof c->msg, "%s: the adapter's data: %s", c->where, err);
         return 0;
@@ -1369,8 +1471,9 @@ static int adapt_protected(lua_State *L) {
     return 0;
 }
 
-int rules_adapt(struct rules *r, const struct config_source *src, const char *body, size_t len,
-                const char *headers_json, struct rules_event *out, char *err, size_t errlen) {
+static int adapt(struct rules *r, const struct config_source *src, const char *body, size_t len,
+                 const char *headers_json, int keep, struct rules_event *out, char *err,
+                 size_t errlen) {
     struct adapt_ctx *c;
     const struct config_source *own;
     int status;
@@ -1388,6 +1491,7 @@ int rules_adapt(struct rules *r, const struct config_source *src, const char *bo
         return -1;
     }
     c->r = r;
+    c->keep = keep;
     c->source = own->name;
     c->where = r->adapter_where && r->adapter_where[own - r->cfg->sources]
                    ? r->adapter_where[own - r->cfg->sources]
@@ -1399,7 +1503,7 @@ int rules_adapt(struct rules *r, const struct config_source *src, const char *bo
     limits_arm(r, r->cfg->rule_budget, "rule stopped");
     lua_pushcfunction(r->L, adapt_protected);
     lua_pushlightuserdata(r->L, c);
-    status = lua_pcall(r->L, 1, 0, 0);
+    status = lua_pcall(r->L, 1, 1, 0); /* the data's decoded form when kept, else nil */
     if (status == LUA_OK && c->bad_json) { /* "invalid JSON at line L column C: ..." */
         snprintf(err, errlen, "%s", c->msg);
         free(c);
@@ -1418,9 +1522,22 @@ int rules_adapt(struct rules *r, const struct config_source *src, const char *bo
         return -1;
     }
     free(c);
+    if (out->data_token && keep_put(r, out->data_token, strlen(out->data_json) * 4 + 256) < 0)
+        out->data_token = 0; /* no room: routing decodes data_json */
     lua_settop(r->L, 0);
     maybe_gc(r);
     return 0;
+}
+
+int rules_adapt(struct rules *r, const struct config_source *src, const char *body, size_t len,
+                const char *headers_json, struct rules_event *out, char *err, size_t errlen) {
+    return adapt(r, src, body, len, headers_json, 0, out, err, errlen);
+}
+
+int rules_adapt_keep(struct rules *r, const struct config_source *src, const char *body,
+                     size_t len, const char *headers_json, struct rules_event *out, char *err,
+                     size_t errlen) {
+    return adapt(r, src, body, len, headers_json, 1, out, err, errlen);
 }
 
 /* ---- routing ---- */
@@ -1510,7 +1627,9 @@ static int push_event(lua_State *L, struct route_ctx *c) {
     set_text(L, ev, "created_at", in->created_at);
     received_at_text(c->r, in->received_at_ms, when);
     set_text(L, ev, "received_at", when);
-    if (jsonx_decode(L, in->data_json ? in->data_json : "{}",
+    if (in->data_token && keep_take(c->r, in->data_token, 1) == 0) {
+        /* the adapter's data as decoding data_json makes it, kept */
+    } else if (jsonx_decode(L, in->data_json ? in->data_json : "{}",
                      in->data_json ? strlen(in->data_json) : 2, JSON_DECODE_ANY, err,
                      sizeof err) < 0) {
         snprintf(c->err, c->errlen, "event %s: data: %s", in->id ? in->id : "?", err);
@@ -1734,6 +1853,7 @@ int rules_route(struct rules *r, const struct rules_input *ev, struct rules_plan
     status = lua_pcall(r->L, 1, 0, 0);
     r->routing = 0;
     util_buf_free(&c.whole);
+    keep_take(r, ev->data_token, 0); /* not needed (no function ran), or failed */
     if (status != LUA_OK) {
         call_error(r, status, ev->type, err, errlen);
         c.failed = 1;

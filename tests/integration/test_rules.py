@@ -100,6 +100,30 @@ def test_list_handlers_send_the_data_as_stored_byte_for_byte():
     assert got_b == envelope % (changed, sent["id"].encode(), sent["received_at"].encode()), got_b
 
 
+def test_handler_sees_the_data_as_stored_after_ingest():
+    """A function handler gets the data as decoding the stored JSON gives
+    it (1.0 as an integer, "1" keys as strings, [] as an array), though
+    the ingest path hands it over without decoding again; an adapter that
+    changes its table later does not reach it."""
+    a = wb.Sink()
+    g = gateway({"a": a}, '''
+        on("*", function(ev)
+          local d = ev.data
+          send("a", { z = math.type(d.z), big = math.type(d.big), arr = getmetatable(d.arr),
+                      key = math.type(next(d.o)) or type(next(d.o)), n = #d.arr,
+                      e = getmetatable(d.e), s = d.s })
+        end)
+    ''')
+    body = (b'{"id":"evt_seen_1","type":"shipment.delivered","created_at":"2026-01-02T03:04:05Z",'
+            b'"data":{"z":1.0,"big":123456789012345678901234567890,"arr":[1,2.0],'
+            b'"o":{"1":2},"e":{},"s":"x\\u00e9"}}')
+    r = g.post_atoship(body, SECRET)
+    assert r.status == 200, r
+    got = json.loads(a.wait_for_count(1)[0].body)
+    assert got == {"z": "integer", "big": "float", "arr": "json.array", "key": "string",
+                   "n": 2, "s": "x\u00e9"}, got
+
+
 def test_fan_out_transform_string_payload_and_headers():
     erp, crm, bi = wb.Sink(), wb.Sink(), wb.Sink()
     g = gateway({"erp": erp, "crm": crm, "bi": bi}, '''

@@ -199,6 +199,98 @@ static void test_big_tables(void) {
                    " return not ok and e:find('cannot encode a function value', 1, true) ~= nil"));
 }
 
+/* jsonx_encode_clone: the bytes jsonx_encode writes, and a value that is
+ * what decoding them gives, down to number types, array marks, key types
+ * and the order next() visits keys in (the tables are built alike). */
+static int clone_same(const char *expr) {
+    struct util_buf a = {0}, b = {0};
+    char code[4096], err[200];
+    int ok = 0;
+
+    snprintf(code, sizeof code, "return %s", expr);
+    if (luaL_dostring(L, code) != LUA_OK) {
+        fprintf(stderr, "lua error: %s\n", lua_tostring(L, -1));
+        lua_settop(L, 0);
+        return 0;
+    }
+    if (jsonx_encode(L, 1, &a, 0, err, sizeof err) == 0 &&
+        jsonx_encode_clone(L, 1, &b, 0, err, sizeof err) == 0 && lua_gettop(L) == 2 &&
+        a.len == b.len && memcmp(a.p, b.p, a.len) == 0 &&
+        jsonx_decode(L, b.p, b.len, JSON_DECODE_ANY, err, sizeof err) == 0) {
+        lua_getglobal(L, "same_decoded");
+        lua_pushvalue(L, 2);
+        lua_pushvalue(L, 3);
+        ok = lua_pcall(L, 2, 1, 0) == LUA_OK && lua_toboolean(L, -1);
+    }
+    if (!ok)
+        fprintf(stderr, "clone differs for %s: %s\n", expr, err);
+    lua_settop(L, 0);
+    util_buf_free(&a);
+    util_buf_free(&b);
+    return ok;
+}
+
+static void test_clone(void) {
+    CHECK(luaL_dostring(L, "function same_decoded(a, b)\n"
+                           "  if type(a) ~= type(b) then return false end\n"
+                           "  if type(a) == 'number' then return math.type(a) == math.type(b)\n"
+                           "    and (a == b or a ~= a and b ~= b) end\n"
+                           "  if type(a) ~= 'table' then return rawequal(a, b) or a == b end\n"
+                           "  if getmetatable(a) ~= getmetatable(b) then return false end\n"
+                           "  if rawlen(a) ~= rawlen(b) then return false end\n"
+                           "  local ka, kb = next(a), next(b)\n"
+                           "  while ka ~= nil or kb ~= nil do\n"
+                           "    if math.type(ka) ~= math.type(kb) or ka ~= kb then\n"
+                           "      return false\n"
+                           "    end\n"
+                           "    if not same_decoded(a[ka], b[kb]) then return false end\n"
+                           "    ka, kb = next(a, ka), next(b, kb)\n"
+                           "  end\n"
+                           "  return true\n"
+                           "end") == LUA_OK);
+    CHECK(clone_same("{}"));
+    CHECK(clone_same("json.array()"));
+    CHECK(clone_same("{ 1, 2.5, 3.0, -0.0, 1e21, 2^63, 1e300, math.mininteger, 0.1 }"));
+    CHECK(clone_same("{ a = 1.0, b = { [1] = 'x', [3] = 'y' }, c = { 1, 2 }, [7] = true }"));
+    CHECK(clone_same("{ [-1] = 1, [0] = false, ['10'] = 2, ['2'] = 3, z = json.null }"));
+    CHECK(clone_same("json.array({ 1, nil, { nil }, nil, 5 })"));
+    CHECK(clone_same("{ s = 'caf\\u{e9} \\1 \"q\"', deep = { { { { {} } } } },"
+                     " e = json.array() }"));
+    CHECK(clone_same("'just a string'"));
+    CHECK(clone_same("4.0"));
+    CHECK(clone_same("nil"));
+    CHECK(clone_same("json.null"));
+    CHECK(clone_same("(function() local t = {} for i = 1, 40 do t['k' .. i] = i * 0.5 end"
+                     " return t end)()"));
+    CHECK(clone_same("(function() local shared = { x = 1 } return { a = shared, b = shared }"
+                     " end)()"));
+    /* a table past the stack-held limit (values fetched by key) */
+    CHECK(clone_same("(function() local t = {} for i = 1, 100005 do t['k' .. i] = { i } end"
+                     " return t end)()"));
+    /* the original's changes do not reach the clone; failures push nothing */
+    {
+        struct util_buf b = {0};
+        char err[200];
+        CHECK(luaL_dostring(L, "return { a = { 1 } }") == LUA_OK);
+        CHECK(jsonx_encode_clone(L, 1, &b, 0, err, sizeof err) == 0);
+        lua_getfield(L, 1, "a");
+        lua_pushinteger(L, 2);
+        lua_rawseti(L, -2, 1);
+        lua_getfield(L, 2, "a");
+        lua_rawgeti(L, -1, 1);
+        CHECK_INT_EQ((int)lua_tointeger(L, -1), 1);
+        CHECK(!lua_rawequal(L, -2, -4));
+        lua_settop(L, 0);
+        util_buf_free(&b);
+        CHECK(luaL_dostring(L, "return { f = print }") == LUA_OK);
+        CHECK(jsonx_encode_clone(L, 1, &b, 0, err, sizeof err) < 0);
+        CHECK_STR_EQ(err, "cannot encode a function value");
+        CHECK_INT_EQ(lua_gettop(L), 1);
+        lua_settop(L, 0);
+        util_buf_free(&b);
+    }
+}
+
 static void test_decode(void) {
     CHECK_STR_EQ(roundtrip("{\"a\":[],\"b\":{},\"c\":[{}],\"d\":[[]]}"),
                  "{\"a\":[],\"b\":{},\"c\":[{}],\"d\":[[]]}");
@@ -466,6 +558,7 @@ int main(void) {
     test_strings();
     test_tables();
     test_big_tables();
+    test_clone();
     test_decode();
     test_decode_vs_jansson();
     test_append_string();

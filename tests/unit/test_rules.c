@@ -122,7 +122,7 @@ static int route(struct rules *r, const char *type, const char *data, struct rul
                  char *err, size_t errlen) {
     struct rules_input in = {
         "evt_test",      "atoship", "src1", type,         "2024-01-15T10:30:00Z",
-        1705314601500LL, data,      data,   strlen(data), test_headers, 0};
+        1705314601500LL, data,      data,   strlen(data), test_headers, 0, 0};
     err[0] = '\0';
     return rules_route(r, &in, plan, err, errlen);
 }
@@ -832,7 +832,7 @@ static void test_canonical_routing(void) {
         CHECK(data != NULL);
         for (size_t t = 0; data && t < 4; t++) {
             struct rules_input in = {"evt_c", "atoship", "src\\u", types[t], "2024-01-15T10:30:00Z",
-                                     1705314601500LL, data, "{}", 2, test_headers, 0};
+                                     1705314601500LL, data, "{}", 2, test_headers, 0, 0};
             same_both_ways(r, in, NULL, err, sizeof err); /* mut.x fails on a non-table */
         }
         free(data);
@@ -841,7 +841,7 @@ static void test_canonical_routing(void) {
     {
         struct rules_input in = {"evt_c", "atoship", "s\x01\xc3\xa9", "plain.x", NULL,
                                  1705314601000LL, "{\"b\":[1.5,null],\"a\":\"x\"}", "{}", 2,
-                                 test_headers, 0};
+                                 test_headers, 0, 0};
         data = canonical(in.data_json);
         in.data_json = data;
         CHECK_INT_EQ(same_both_ways(r, in, &p, err, sizeof err), 0);
@@ -858,7 +858,7 @@ static void test_canonical_routing(void) {
     /* a user function that changed the event: later list handlers send it changed */
     {
         struct rules_input in = {"evt_c", "atoship", "s", "mut.y", NULL, 0, "{\"k\":1}", "{}", 2,
-                                 test_headers, 0};
+                                 test_headers, 0, 0};
         CHECK_INT_EQ(same_both_ways(r, in, &p, err, sizeof err), 0);
         CHECK_INT_EQ(p.n, 4);
         CHECK(strstr(nth(&p, 0)->payload, "\"id\":\"evt_c\"") != NULL);
@@ -875,7 +875,7 @@ static void test_canonical_routing(void) {
         for (size_t k = 0; k < sizeof when / sizeof *when; k++) {
             char want[64], text[40];
             struct rules_input in = {"evt_c", "atoship", "s", k % 2 ? "plain.x" : "fn.x", NULL,
-                                     when[k], "{}", "{}", 2, test_headers, 0};
+                                     when[k], "{}", "{}", 2, test_headers, 0, 0};
             util_time_rfc3339(when[k], text, sizeof text);
             snprintf(want, sizeof want, "\"received_at\":\"%s\"", text);
             CHECK_INT_EQ(same_both_ways(r, in, &p, err, sizeof err), 0);
@@ -887,7 +887,7 @@ static void test_canonical_routing(void) {
      * event a handler holds on to; raw and headers never among its fields */
     {
         struct rules_input in = {"evt_h", "atoship", "s", "hdr.x", NULL, 0, "{}", "RAW", 3,
-                                 test_headers, 0};
+                                 test_headers, 0, 0};
         CHECK_INT_EQ(same_both_ways(r, in, &p, err, sizeof err), 0);
         CHECK_INT_EQ(p.n, 4); /* '*' list first, then the two functions */
         CHECK_STR_EQ(nth(&p, 2)->payload,
@@ -927,7 +927,7 @@ static void test_canonical_routing(void) {
     /* not UTF-8: the same error either way */
     {
         struct rules_input in = {"evt_c", "atoship", "bad\xff", "plain.x", NULL, 0, "{}", "{}", 2,
-                                 test_headers, 0};
+                                 test_headers, 0, 0};
         CHECK_INT_EQ(same_both_ways(r, in, NULL, err, sizeof err), -1);
         CHECK(strstr(err, "send: payload: invalid UTF-8 in a string") != NULL);
     }
@@ -940,7 +940,7 @@ static void test_canonical_routing(void) {
         }
         deep[2 * depth] = '\0';
         struct rules_input in = {"evt_c", "atoship", "s", "plain.x", NULL, 0, deep, "{}", 2,
-                                 test_headers, 0};
+                                 test_headers, 0, 0};
         CHECK_INT_EQ(same_both_ways(r, in, NULL, err, sizeof err), depth < 2048 ? 0 : -1);
         if (depth == 2048)
             CHECK(strstr(err, "nesting deeper than 2048 levels") != NULL);
@@ -955,7 +955,7 @@ static void test_canonical_routing(void) {
         big[n + 1] = '"';
         big[n + 2] = '\0';
         struct rules_input in = {"evt_c", "atoship", "s", "plain.x", NULL, 0, big, "{}", 2,
-                                 test_headers, 0};
+                                 test_headers, 0, 0};
         CHECK_INT_EQ(same_both_ways(r, in, NULL, err, sizeof err), 0); /* default 64 MiB */
         free(big);
     }
@@ -968,7 +968,7 @@ static void test_canonical_routing(void) {
     CHECK(r != NULL);
     if (r) {
         struct rules_input in = {"evt_c", "atoship", "s", "plain.x", NULL, 0, "{}", "{}", 2,
-                                 test_headers, 0};
+                                 test_headers, 0, 0};
         CHECK_INT_EQ(same_both_ways(r, in, NULL, err, sizeof err), -1);
         CHECK(strstr(err, "instruction budget exceeded") != NULL);
         rules_free(r);
@@ -986,13 +986,154 @@ static void test_canonical_routing(void) {
         big[n + 1] = '"';
         big[n + 2] = '\0';
         struct rules_input in = {"evt_c", "atoship", "s", "plain.x", NULL, 0, big, "{}", 2,
-                                 test_headers, 0};
+                                 test_headers, 0, 0};
         CHECK_INT_EQ(same_both_ways(r, in, NULL, err, sizeof err), -1);
         CHECK(strstr(err, "output larger than") != NULL || strstr(err, "rule_memory") != NULL ||
               strstr(err, "memory") != NULL);
         free(big);
         rules_free(r);
     }
+}
+
+/* ---- the adapter's data kept for routing (rules_adapt_keep) ---- */
+
+/* Adapts body with source s (kept or not), routes the result, returns the
+ * first send's payload (new) or the error text. */
+static char *adapt_route(struct rules *r, struct rules *route_with, const char *body, int keep,
+                         uint64_t *token) {
+    const struct config_source *src = config_source_by_name(rules_config(r), "s");
+    struct rules_event ev = {0};
+    struct rules_plan p = {0};
+    char err[512], *out;
+    int rc = keep ? rules_adapt_keep(r, src, body, strlen(body), "{}", &ev, err, sizeof err)
+                  : rules_adapt(r, src, body, strlen(body), "{}", &ev, err, sizeof err);
+    if (rc != 0)
+        return strdup(err);
+    if (token)
+        *token = ev.data_token;
+    struct rules_input in = {"evt_k", "s", "sid", ev.type, NULL, 0, ev.data_json, body,
+                             strlen(body), "{}", 1, ev.data_token};
+    rc = rules_route(route_with, &in, &p, err, sizeof err);
+    out = strdup(rc ? err : p.n ? p.sends[0].payload : "(no send)");
+    rules_plan_clear(&p);
+    rules_event_clear(&ev);
+    return out;
+}
+
+static void test_kept_data(void) {
+    /* what a handler can tell about a table: types, number subtypes, array
+     * marks, lengths, and the order pairs() visits keys in */
+    static const char *describe =
+        "local function d(v)\n"
+        "  if type(v) == 'number' then return math.type(v) .. ':' .. tostring(v) end\n"
+        "  if type(v) ~= 'table' then return type(v) .. ':' .. tostring(v) end\n"
+        "  local parts = { tostring(getmetatable(v)), '#' .. #v }\n"
+        "  for k, x in pairs(v) do parts[#parts + 1] = math.type(k) or type(k)\n"
+        "    parts[#parts + 1] = tostring(k) .. '=' .. d(x) end\n"
+        "  return '{' .. table.concat(parts, ' ') .. '}'\n"
+        "end\n"
+        "on('*', function(ev) send('a', d(ev.data)) end)\n";
+    static const char *bodies[] = {
+        "{\"type\":\"t\",\"data\":{\"a\":1.0,\"b\":2.5,\"c\":[1,[],{}],\"d\":{\"2\":\"x\"},"
+        "\"e\":-0.0,\"f\":1e21,\"g\":123456789012345678901234567890,\"h\":null,\"i\":true}}",
+        "{\"type\":\"t\",\"data\":[1,2.0,\"x\",[null]]}",
+        "{\"type\":\"t\",\"data\":\"text\"}",
+        "{\"type\":\"t\",\"data\":4.0}",
+        "{\"type\":\"t\",\"data\":{}}",
+        "{\"type\":\"t\",\"data\":[]}",
+        "{\"type\":\"t\"}",
+        "{\"type\":\"sparse\",\"data\":{}}",
+        "{\"type\":\"mixed\",\"data\":{}}",
+    };
+    char err[512], *a, *b;
+    struct rules *r, *other;
+    uint64_t token = 0;
+
+    fresh();
+    write_file("rules/10-d.lua", describe);
+    /* the adapter keeps its last data and changes it on the next call: the
+     * kept copy is what was encoded, not the live table */
+    write_file("adapters/k.lua",
+               "local last\n"
+               "return function(body)\n"
+               "  if last and type(last) == 'table' then last.changed = true end\n"
+               "  local data = body.data\n"
+               "  if body.type == 'sparse' then\n"
+               "    data = { [1] = 'a', [3] = 'c', [2.0] = 'b2' }\n"
+               "  end\n"
+               "  if body.type == 'mixed' then data = { 1, 2, x = 1.5, [10] = 0.0 } end\n"
+               "  last = data\n"
+               "  return { type = body.type, data = data }\n"
+               "end\n");
+    r = load_text("source 's' { verify = 'none', insecure = true, adapter = 'adapters/k.lua' }\n"
+                  "endpoint 'a' { url = 'http://h/a', sign = 'none' }\nrules 'rules/'\n",
+                  err, sizeof err);
+    CHECK(r != NULL);
+    if (!r) {
+        fprintf(stderr, "kept: %s\n", err);
+        return;
+    }
+    for (size_t i = 0; i < sizeof bodies / sizeof *bodies; i++) {
+        a = adapt_route(r, r, bodies[i], 0, NULL);
+        b = adapt_route(r, r, bodies[i], 1, &token);
+        CHECK(a && b && strcmp(a, b) == 0);
+        if (a && b && strcmp(a, b) != 0)
+            fprintf(stderr, "kept data differs: %s | %s\n", a, b);
+        free(a);
+        free(b);
+    }
+    CHECK(token != 0); /* the last one was kept */
+    /* pinned: what the handler sees of 1.0, -0.0, 1e21, arrays, "2" keys */
+    a = adapt_route(r, r, "{\"type\":\"t\",\"data\":{\"a\":1.0,\"c\":[2.0],\"d\":{\"2\":1}}}", 1,
+                    NULL);
+    CHECK(a && strstr(a, "integer:1") && strstr(a, "{json.array #1 integer 1=integer:2}") &&
+          strstr(a, "{nil #0 string 2=integer:1}"));
+    free(a);
+
+    /* a token routed by another generation, or twice, just decodes */
+    other = load_text(
+        "source 's' { verify = 'none', insecure = true, adapter = 'adapters/k.lua' }\n"
+        "endpoint 'a' { url = 'http://h/a', sign = 'none' }\nrules 'rules/'\n",
+        err, sizeof err);
+    CHECK(other != NULL);
+    if (other) {
+        a = adapt_route(other, other, bodies[0], 0, NULL); /* pairs order is per VM */
+        b = adapt_route(r, other, bodies[0], 1, &token);
+        CHECK(a && b && strcmp(a, b) == 0);
+        rules_data_drop(other, token); /* not its token: nothing happens */
+        rules_data_drop(r, token);     /* its own, still kept: freed */
+        rules_data_drop(r, token);     /* twice: nothing */
+        free(a);
+        free(b);
+        rules_free(other);
+    }
+    /* more kept than slots: the oldest are overwritten and decode instead */
+    {
+        const struct config_source *src = config_source_by_name(rules_config(r), "s");
+        struct rules_event evs[600];
+        int same = 1;
+        memset(evs, 0, sizeof evs);
+        for (size_t i = 0; i < 600; i++)
+            CHECK(rules_adapt_keep(r, src, bodies[0], strlen(bodies[0]), "{}", &evs[i], err,
+                                   sizeof err) == 0);
+        a = adapt_route(r, r, bodies[0], 0, NULL);
+        for (size_t i = 0; i < 600; i += 7) {
+            struct rules_plan p = {0};
+            struct rules_input in = {"evt_k", "s", "sid", evs[i].type, NULL, 0, evs[i].data_json,
+                                     bodies[0], strlen(bodies[0]), "{}", 1, evs[i].data_token};
+            if (rules_route(r, &in, &p, err, sizeof err) != 0 || p.n != 1 || !a ||
+                strcmp(p.sends[0].payload, a) != 0)
+                same = 0;
+            rules_plan_clear(&p);
+        }
+        CHECK(same);
+        for (size_t i = 0; i < 600; i++) {
+            rules_data_drop(r, evs[i].data_token);
+            rules_event_clear(&evs[i]);
+        }
+        free(a);
+    }
+    rules_free(r);
 }
 
 /* ---- limits ---- */
@@ -1457,6 +1598,7 @@ int main(void) {
     test_load_errors();
     test_rule_failures();
     test_canonical_routing();
+    test_kept_data();
     test_budget();
     test_memory();
     test_sandbox();
