@@ -347,7 +347,7 @@ static void admin_replay(struct admin *adm, struct evhttp_request *req, const ch
     }
     struct rules_input in = {row->id,   row->source,    row->source_id, row->type,
                              row->created_at, row->received_at, row->data_json, row->raw,
-                             row->raw_len, row->headers_json};
+                             row->raw_len, row->headers_json, 0, 0};
     /* New deliveries from the current rules; the old ones keep their history. */
     route_event(adm->gw->route, &in);
     c = admin_commit_new(adm, req, 200, "OK");

@@ -93,7 +93,7 @@ void gateway_emit(void *arg, const char *type, json_t *data) {
     /* Routed in the same group: both commit or neither (recovery routes
      * it again if only the event made it). */
     struct rules_input in = {id, "waybill", id, type, created, now, data_json, raw, ev.raw_len,
-                             "{}"};
+                             "{}", 0, 0};
     route_event(gw->route, &in);
     log_msg(LOG_INFO, "event %s: %s", id, type);
 done:

@@ -173,11 +173,30 @@ static int is_marked_array(lua_State *L, int idx) {
 
 /* ---- encoder ---- */
 
+/* An object key, ready to sort. Keys live in the encoder's scratch array
+ * (e->keys), which nested tables may grow and move: nothing keeps a
+ * pointer into it across a recursive call, and an integer key's text is
+ * found through key_text, never stored as a pointer. */
+struct enc_key {
+    const char *s; /* a string key's text (the table keeps the string alive) */
+    size_t len;
+    int is_int;    /* an integer key: its text is in num */
+    int is_index;  /* an array index ("0".."4294967294"): sorted first */
+    uint32_t index;
+    int vidx;      /* the stack slot holding its value, 0 when fetched by key */
+    lua_Integer ikey;
+    char num[24];
+};
+
 struct enc {
     lua_State *L;
     struct util_buf *out;
     size_t start, max;
+    struct enc_key *keys; /* scratch: the keys of the tables being written */
+    size_t nkeys, capkeys;
+    int clone; /* also push what jsonx_decode would make of each value written */
     char err[200];
+    struct enc_key small[16]; /* keys' first home: no allocation for small payloads */
 };
 
 /* Raises the encoder's own failure: a light userdata, so raising allocates
@@ -192,7 +211,13 @@ static void enc_fail(struct enc *e, const char *fmt, ...) {
     lua_error(e->L);
 }
 
-static void put(struct enc *e, const void *p, size_t n) {
+static void put_grow(struct enc *e, const void *p, size_t n) __attribute__((noinline));
+static void put_grow(struct enc *e, const void *p, size_t n) {
+    if (util_buf_append(e->out, p, n) < 0)
+        enc_fail(e, "not enough memory");
+}
+
+static inline void put(struct enc *e, const void *p, size_t n) {
     struct util_buf *b = e->out;
     if (e->max && b->len - e->start + n > e->max)
         enc_fail(e, "output larger than %zu bytes", e->max);
@@ -202,11 +227,51 @@ static void put(struct enc *e, const void *p, size_t n) {
         b->p[b->len] = '\0';
         return;
     }
-    if (util_buf_append(b, p, n) < 0)
-        enc_fail(e, "not enough memory");
+    put_grow(e, p, n);
+}
+
+/* '"' s '"' for a string that needs no escaping: one copy when there is
+ * room (most strings of most payloads). */
+static void put_quoted(struct enc *e, const char *s, size_t n) {
+    struct util_buf *b = e->out;
+    if ((!e->max || b->len - e->start + n + 2 <= e->max) && b->p && b->len + n + 2 < b->cap) {
+        char *o = b->p + b->len;
+        o[0] = '"';
+        memcpy(o + 1, s, n);
+        o[n + 1] = '"';
+        o[n + 2] = '\0';
+        b->len += n + 2;
+        return;
+    }
+    put(e, "\"", 1);
+    put(e, s, n);
+    put(e, "\"", 1);
 }
 
 #define PUTS(e, lit) put((e), (lit), sizeof(lit) - 1)
+
+/* Length of the run at s (at most n bytes) of bytes a JSON string holds
+ * as they are: 0x20..0x7f but '"' and '\\'. Eight bytes a step (a word
+ * with any other byte is left to the byte loop), since strings are most of
+ * what the decoder and encoder read. */
+static size_t plain_run(const unsigned char *s, size_t n) {
+    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+    size_t i = 0;
+
+    while (n - i >= 8) {
+        uint64_t v, q, b;
+        memcpy(&v, s + i, 8);
+        q = v ^ (ones * '"');
+        b = v ^ (ones * '\\');
+        /* high bit set in a byte < 0x20 or >= 0x80, or one equal to '"' or '\\' */
+        if ((((v - ones * 0x20) & ~v) | v | ((q - ones) & ~q) | ((b - ones) & ~b)) & highs)
+            break;
+        i += 8;
+    }
+    while (i < n && s[i] >= 0x20 && s[i] < 0x80 && s[i] != '"' && s[i] != '\\')
+        i++;
+    return i;
+}
 
 /* Length of the valid UTF-8 sequence at s (n bytes available), 0 if none. */
 static size_t utf8_seq(const unsigned char *s, size_t n) {
@@ -239,6 +304,11 @@ static void put_string(struct enc *e, const char *str, size_t len) {
     const unsigned char *s = (const unsigned char *)str;
     size_t i = 0, run = 0;
 
+    i = plain_run(s, len);
+    if (i == len) {
+        put_quoted(e, str, len);
+        return;
+    }
     PUTS(e, "\"");
     while (i < len) {
         unsigned c;
@@ -246,8 +316,7 @@ static void put_string(struct enc *e, const char *str, size_t len) {
         size_t elen = 2;
 
         /* Plain ASCII runs (most of any payload) go by in a tight loop. */
-        while (i < len && s[i] >= 0x20 && s[i] < 0x80 && s[i] != '"' && s[i] != '\\')
-            i++;
+        i += plain_run(s + i, len - i);
         if (i >= len)
             break;
         c = s[i];
@@ -306,6 +375,12 @@ int jsonx_append_string(struct util_buf *out, const char *str, size_t len) {
     const unsigned char *s = (const unsigned char *)str;
     size_t i, run = 0, start = out->len;
 
+    if (plain_run(s, len) == len) { /* nothing to check or escape */
+        if (util_buf_append(out, "\"", 1) < 0 || util_buf_append(out, str, len) < 0 ||
+            util_buf_append(out, "\"", 1) < 0)
+            goto fail;
+        return 0;
+    }
     for (i = 0; i < len;) { /* valid UTF-8 first: nothing is appended otherwise */
         size_t n = utf8_seq(s + i, len - i);
         if (!n)
@@ -356,16 +431,9 @@ static void put_integer(struct enc *e, lua_Integer v) {
     put(e, text, (size_t)n);
 }
 
-/* An object key, ready to sort. */
-struct enc_key {
-    const char *s; /* text: into the Lua string key, or into num */
-    size_t len;
-    lua_Integer ikey; /* the key when is_int */
-    int is_int;
-    int is_index; /* an array index ("0".."4294967294"): sorted first */
-    uint32_t index;
-    char num[24];
-};
+static const char *key_text(const struct enc_key *k) {
+    return k->is_int ? k->num : k->s;
+}
 
 /* JavaScript's array-index test: canonical decimal, at most 2^32 - 2. */
 static int key_index(const char *s, size_t len, uint32_t *index) {
@@ -390,136 +458,239 @@ static int key_cmp(const void *pa, const void *pb) {
         return a->is_index ? -1 : 1;
     if (a->is_index)
         return a->index < b->index ? -1 : a->index > b->index;
-    c = memcmp(a->s, b->s, a->len < b->len ? a->len : b->len);
+    c = memcmp(key_text(a), key_text(b), a->len < b->len ? a->len : b->len);
     if (c)
         return c;
     return a->len < b->len ? -1 : a->len > b->len;
 }
 
-static void enc_value(struct enc *e, int idx, int depth);
+/* Sorts n keys: insertion sort for the small objects most payloads hold
+ * (no call per comparison's setup, no allocation), qsort past that. */
+static void keys_sort(struct enc_key *keys, size_t n) {
+    if (n > 16) {
+        qsort(keys, n, sizeof *keys, key_cmp);
+        return;
+    }
+    for (size_t i = 1; i < n; i++) {
+        struct enc_key k = keys[i];
+        size_t j = i;
+        while (j > 0 && key_cmp(&keys[j - 1], &k) > 0) {
+            keys[j] = keys[j - 1];
+            j--;
+        }
+        keys[j] = k;
+    }
+}
 
+static void enc_value(struct enc *e, int idx, int depth);
+static void dec_new_table(lua_State *L, int array);
+static void dec_number_text(lua_State *L, const char *text, size_t n);
+
+/* One more key slot in the scratch array; returns its index. */
+static size_t keys_push(struct enc *e) {
+    if (e->nkeys == e->capkeys) {
+        size_t cap = e->capkeys * 2;
+        struct enc_key *p = e->keys == e->small ? malloc(cap * sizeof *p)
+                                                : realloc(e->keys, cap * sizeof *p);
+        if (!p)
+            enc_fail(e, "not enough memory");
+        if (e->keys == e->small)
+            memcpy(p, e->small, sizeof e->small);
+        e->keys = p;
+        e->capkeys = cap;
+    }
+    return e->nkeys++;
+}
+
+/* Past this many keys a table's values are fetched by key rather than
+ * held on the stack (Lua's stack has a hard limit of a million slots). */
+#define ENC_STACK_KEYS 100000
+
+/* One pass over the table collects its keys (in e->keys) and leaves each
+ * value on the stack, so an object's values are not looked up again by key
+ * (which would hash every key string once more). A table too big for the
+ * stack is collected again with its values fetched by key. */
 static void enc_table(struct enc *e, int idx, int depth) {
     lua_State *L = e->L;
-    lua_Integer maxk = 0;
-    size_t n = 0, i;
-    int positive_ints = 1, marked, kidx;
-    struct enc_key *keys;
+    lua_Integer maxk;
+    size_t n, i, base = e->nkeys;
+    int positive_ints, marked, top, by_key = 0;
 
     if (depth >= JSONX_MAX_DEPTH)
         enc_fail(e, "nesting deeper than %d levels (a cycle?)", JSONX_MAX_DEPTH);
     luaL_checkstack(L, 6, "JSON nesting");
     marked = is_marked_array(L, idx);
+    top = lua_gettop(L);
 
+collect:
+    maxk = 0;
+    n = 0;
+    positive_ints = 1;
     lua_pushnil(L);
-    while (lua_next(L, idx)) {
-        lua_pop(L, 1);
-        n++;
-        if (lua_type(L, -1) == LUA_TNUMBER && lua_isinteger(L, -1)) {
-            lua_Integer k = lua_tointeger(L, -1);
-            if (k < 1)
+    while (lua_next(L, idx)) { /* ... [values] key value */
+        struct enc_key *k;
+        size_t ki;
+        int kt = lua_type(L, -2);
+        if (kt == LUA_TNUMBER && lua_isinteger(L, -2)) {
+            lua_Integer ik = lua_tointeger(L, -2);
+            if (ik < 1)
                 positive_ints = 0;
-            else if (k > maxk)
-                maxk = k;
-        } else if (lua_type(L, -1) == LUA_TSTRING) {
+            else if (ik > maxk)
+                maxk = ik;
+        } else if (kt == LUA_TSTRING) {
             positive_ints = 0;
         } else {
-            int t = lua_type(L, -1);
-            lua_pop(L, 1);
+            lua_pop(L, 2);
             enc_fail(e, "cannot encode a table key of type %s",
-                     t == LUA_TNUMBER ? "non-integer number" : lua_typename(L, t));
+                     kt == LUA_TNUMBER ? "non-integer number" : lua_typename(L, kt));
         }
+        ki = keys_push(e); /* may move e->keys */
+        k = &e->keys[ki];
+        k->is_int = kt == LUA_TNUMBER;
+        if (k->is_int) {
+            k->ikey = lua_tointeger(L, -2);
+            k->len = (size_t)snprintf(k->num, sizeof k->num, "%lld", (long long)k->ikey);
+            k->s = NULL;
+        } else {
+            k->s = lua_tolstring(L, -2, &k->len); /* a string already: no conversion */
+        }
+        k->is_index = key_index(key_text(k), k->len, &k->index);
+        n++;
+        if (by_key) {
+            k->vidx = 0;
+            lua_pop(L, 1);
+            continue;
+        }
+        if (n > ENC_STACK_KEYS || !lua_checkstack(L, 4)) { /* too many to hold every value */
+            lua_settop(L, top);
+            e->nkeys = base;
+            by_key = 1;
+            goto collect;
+        }
+        k->vidx = top + (int)n;
+        lua_insert(L, -2); /* the value stays, the key goes on top for lua_next */
     }
     if (n == 0) {
         if (marked)
             PUTS(e, "[]");
         else
             PUTS(e, "{}");
+        if (e->clone) /* as jsonx_decode makes them */
+            dec_new_table(L, marked);
         return;
     }
     /* Keys 1..n make an array; a marked array may have holes (null). */
     if (positive_ints && ((size_t)maxk == n || (marked && (size_t)maxk <= 2 * n + 64))) {
+        int ctab = 0;
+        lua_settop(L, top);
+        e->nkeys = base;
+        if (e->clone) {
+            dec_new_table(L, 1);
+            ctab = lua_gettop(L);
+        }
         PUTS(e, "[");
         for (lua_Integer k = 1; k <= maxk; k++) {
             if (k > 1)
                 PUTS(e, ",");
             lua_rawgeti(L, idx, k);
             enc_value(e, lua_absindex(L, -1), depth + 1);
+            if (ctab)
+                lua_rawseti(L, ctab, k);
             lua_pop(L, 1);
         }
         PUTS(e, "]");
         return;
     }
 
-    keys = lua_newuserdatauv(L, n * sizeof *keys, 0); /* freed by the GC, even on error */
-    kidx = lua_gettop(L);
-    i = 0;
-    lua_pushnil(L);
-    while (lua_next(L, idx)) {
-        struct enc_key *k = &keys[i++];
-        lua_pop(L, 1);
-        memset(k, 0, sizeof *k);
-        if (lua_type(L, -1) == LUA_TNUMBER) {
-            k->is_int = 1;
-            k->ikey = lua_tointeger(L, -1);
-            k->len = (size_t)snprintf(k->num, sizeof k->num, "%lld", (long long)k->ikey);
-            k->s = k->num;
-        } else {
-            k->s = lua_tolstring(L, -1, &k->len); /* a string already: no conversion */
-        }
-        k->is_index = key_index(k->s, k->len, &k->index);
+    keys_sort(e->keys + base, n);
+    for (i = 1; i < n; i++) {
+        const struct enc_key *a = &e->keys[base + i - 1], *b = &e->keys[base + i];
+        if (key_cmp(a, b) == 0)
+            enc_fail(e, "table has both %s and \"%s\" as keys", key_text(b), key_text(b));
     }
-    qsort(keys, n, sizeof *keys, key_cmp);
-    for (i = 1; i < n; i++)
-        if (key_cmp(&keys[i - 1], &keys[i]) == 0)
-            enc_fail(e, "table has both %s and \"%s\" as keys", keys[i].s, keys[i].s);
 
+    int ctab = 0;
+    if (e->clone) {
+        luaL_checkstack(L, 4, "JSON nesting");
+        dec_new_table(L, 0);
+        ctab = lua_gettop(L);
+    }
     PUTS(e, "{");
     for (i = 0; i < n; i++) {
-        const struct enc_key *k = &keys[i];
+        const struct enc_key *k = &e->keys[base + i]; /* again each time: e->keys may move */
+        int vidx = k->vidx, fetched = 0;
         if (i)
             PUTS(e, ",");
-        put_string(e, k->s, k->len);
+        put_string(e, key_text(k), k->len);
         PUTS(e, ":");
-        if (k->is_int) {
-            lua_rawgeti(L, idx, k->ikey);
-        } else {
-            lua_pushlstring(L, k->s, k->len);
-            lua_rawget(L, idx);
+        if (!vidx) {
+            if (k->is_int)
+                lua_rawgeti(L, idx, k->ikey);
+            else {
+                lua_pushlstring(L, k->s, k->len);
+                lua_rawget(L, idx);
+            }
+            vidx = lua_gettop(L);
+            fetched = 1;
         }
-        enc_value(e, lua_absindex(L, -1), depth + 1);
-        lua_pop(L, 1);
+        if (ctab) /* the key as decoding reads it: always a string */
+            lua_pushlstring(L, key_text(k), k->len);
+        enc_value(e, vidx, depth + 1);
+        if (ctab)
+            lua_rawset(L, ctab);
+        if (fetched)
+            lua_pop(L, 1);
     }
     PUTS(e, "}");
-    lua_settop(L, kidx - 1);
+    if (ctab && ctab != top + 1)
+        lua_replace(L, top + 1); /* the clone is all this call leaves */
+    lua_settop(L, top + (ctab ? 1 : 0));
+    e->nkeys = base;
 }
 
+/* Writes the value at idx; with e->clone, also pushes what decoding the
+ * bytes written gives: nil (an array's hole) and json.null as json.null,
+ * a float as its text reads back (1.0 -> integer 1), a string as itself,
+ * a table as enc_table makes it. */
 static void enc_value(struct enc *e, int idx, int depth) {
     lua_State *L = e->L;
     switch (lua_type(L, idx)) {
     case LUA_TNIL:
         PUTS(e, "null");
+        if (e->clone)
+            jsonx_push_null(L);
         break;
     case LUA_TBOOLEAN:
         if (lua_toboolean(L, idx))
             PUTS(e, "true");
         else
             PUTS(e, "false");
+        if (e->clone)
+            lua_pushboolean(L, lua_toboolean(L, idx));
         break;
     case LUA_TNUMBER:
         if (lua_isinteger(L, idx)) {
             put_integer(e, lua_tointeger(L, idx));
+            if (e->clone)
+                lua_pushinteger(L, lua_tointeger(L, idx));
         } else {
             char text[32];
             double d = (double)lua_tonumber(L, idx);
+            size_t n;
             if (!isfinite(d))
                 enc_fail(e, "cannot encode NaN or infinity");
-            put(e, text, jsonx_number_format(d, text));
+            n = jsonx_number_format(d, text);
+            put(e, text, n);
+            if (e->clone)
+                dec_number_text(L, text, n);
         }
         break;
     case LUA_TSTRING: {
         size_t len;
         const char *s = lua_tolstring(L, idx, &len);
         put_string(e, s, len);
+        if (e->clone)
+            lua_pushvalue(L, idx);
         break;
     }
     case LUA_TTABLE:
@@ -528,6 +699,8 @@ static void enc_value(struct enc *e, int idx, int depth) {
     case LUA_TLIGHTUSERDATA:
         if (jsonx_is_null(L, idx)) {
             PUTS(e, "null");
+            if (e->clone)
+                jsonx_push_null(L);
             break;
         }
         /* fall through */
@@ -539,19 +712,22 @@ static void enc_value(struct enc *e, int idx, int depth) {
 static int enc_protected(lua_State *L) {
     struct enc *e = lua_touserdata(L, 1);
     enc_value(e, 2, 0);
-    return 0;
+    return e->clone ? 1 : 0;
 }
 
-int jsonx_encode(lua_State *L, int idx, struct util_buf *out, size_t max, char *err,
-                 size_t errlen) {
+static int encode(lua_State *L, int idx, struct util_buf *out, size_t max, int clone, char *err,
+                  size_t errlen) {
     struct enc e;
     int status;
 
     memset(&e, 0, sizeof e);
+    e.clone = clone;
     e.L = L;
     e.out = out;
     e.start = out->len;
     e.max = max;
+    e.keys = e.small;
+    e.capkeys = sizeof e.small / sizeof *e.small;
     idx = lua_absindex(L, idx);
     if (!lua_checkstack(L, 4)) {
         snprintf(err, errlen, "not enough memory");
@@ -560,7 +736,9 @@ int jsonx_encode(lua_State *L, int idx, struct util_buf *out, size_t max, char *
     lua_pushcfunction(L, enc_protected);
     lua_pushlightuserdata(L, &e);
     lua_pushvalue(L, idx);
-    status = lua_pcall(L, 2, 0, 0);
+    status = lua_pcall(L, 2, clone ? 1 : 0, 0);
+    if (e.keys != e.small)
+        free(e.keys);
     if (status == LUA_OK)
         return 0;
     if (lua_touserdata(L, -1) == (void *)&e)
@@ -574,6 +752,16 @@ int jsonx_encode(lua_State *L, int idx, struct util_buf *out, size_t max, char *
     if (out->p)
         out->p[out->len] = '\0';
     return -1;
+}
+
+int jsonx_encode(lua_State *L, int idx, struct util_buf *out, size_t max, char *err,
+                 size_t errlen) {
+    return encode(L, idx, out, max, 0, err, errlen);
+}
+
+int jsonx_encode_clone(lua_State *L, int idx, struct util_buf *out, size_t max, char *err,
+                       size_t errlen) {
+    return encode(L, idx, out, max, 1, err, errlen);
 }
 
 /* ---- decoder ---- */
@@ -709,8 +897,7 @@ static int dec_string(struct dec *d, int key) {
 
     for (;;) {
         /* Fast scan over plain ASCII. */
-        while (q < d->end && *q >= 0x20 && *q < 0x80 && *q != '"' && *q != '\\')
-            q++;
+        q += plain_run(q, (size_t)(d->end - q));
         if (q >= d->end) {
             dec_fail(d, q, "premature end of input near end of file");
             return -1;
@@ -896,6 +1083,29 @@ static int dec_number(struct dec *d) {
     return 0;
 }
 
+/* Pushes a new table as the decoder starts an object or an array (the
+ * encoder's clones start theirs the same way, so both fill alike). */
+static void dec_new_table(lua_State *L, int array) {
+    if (array) {
+        lua_createtable(L, 0, 0);
+        jsonx_mark_array(L, -1);
+    } else {
+        lua_createtable(L, 0, 4);
+    }
+}
+
+/* Pushes the number the decoder reads from text (n bytes, written by
+ * jsonx_number_format, so well formed). */
+static void dec_number_text(lua_State *L, const char *text, size_t n) {
+    struct dec d;
+    memset(&d, 0, sizeof d);
+    d.L = L;
+    d.s = d.p = (const unsigned char *)text;
+    d.end = d.s + n;
+    if (dec_number(&d) < 0) /* cannot happen: finite numbers format well */
+        lua_pushnumber(L, (lua_Number)strtod(text, NULL));
+}
+
 static int dec_literal(struct dec *d, const char *word, size_t n) {
     if ((size_t)(d->end - d->p) < n || memcmp(d->p, word, n) != 0) {
         dec_near(d, d->p, "invalid token");
@@ -924,7 +1134,7 @@ static int dec_value(struct dec *d, int depth) {
             return -1;
         }
         d->p++;
-        lua_createtable(L, 0, 4);
+        dec_new_table(L, 0);
         dec_ws(d);
         if (d->p < d->end && *d->p == '}') {
             d->p++;
@@ -966,8 +1176,7 @@ static int dec_value(struct dec *d, int depth) {
             return -1;
         }
         d->p++;
-        lua_createtable(L, 0, 0);
-        jsonx_mark_array(L, -1);
+        dec_new_table(L, 1);
         dec_ws(d);
         if (d->p < d->end && *d->p == ']') {
             d->p++;

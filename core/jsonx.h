@@ -50,6 +50,17 @@ void jsonx_mark_array(lua_State *L, int idx);
  * max caps the bytes appended (0: no cap). [-0, +0, -] */
 int jsonx_encode(lua_State *L, int idx, struct util_buf *out, size_t max, char *err, size_t errlen);
 
+/* jsonx_encode that also pushes the value jsonx_decode(JSON_DECODE_ANY)
+ * would make of the bytes it appended, without parsing them: new tables
+ * made and filled as the decoder makes and fills them (keys as strings, in
+ * the order written; floats read back from their text, so 1.0 becomes the
+ * integer 1; holes and json.null as json.null), strings and booleans as
+ * they are. Lets a caller keep the decoded form of text it just wrote.
+ * Returns 0 with the value pushed, or -1 as jsonx_encode does with nothing
+ * pushed (a memory error is reported as "not enough memory"). [-0, +(0|1), -] */
+int jsonx_encode_clone(lua_State *L, int idx, struct util_buf *out, size_t max, char *err,
+                       size_t errlen);
+
 /* Appends str (len bytes) to out as a JSON string, quoted and escaped as
  * jsonx_encode escapes. Returns 0, or -1 (out unchanged) when str is not
  * valid UTF-8 or memory ran out. No Lua state involved. */

@@ -579,7 +579,9 @@ static int route_cmd(int argc, char **argv) {
                              ev.data_json,
                              body,
                              len,
-                             "{}"};
+                             "{}",
+                             0,
+                             0};
     if (rules_route(r, &in, &plan, err, sizeof err) < 0) {
         fprintf(stderr, "rule_error: %s\n", err);
         goto done;

@@ -136,7 +136,7 @@ static void on_recover(evutil_socket_t fd, short what, void *arg) {
         struct rules_input in = {rows[i].id,        rows[i].source,   rows[i].source_id,
                                  rows[i].type,      rows[i].created_at, rows[i].received_at,
                                  rows[i].data_json, rows[i].raw,      rows[i].raw_len,
-                                 rows[i].headers_json};
+                                 rows[i].headers_json, 0, 0};
         route_event(rt, &in);
         rt->recover_after = rows[i].seq;
     }

@@ -32,13 +32,21 @@
 #define RULES_LOAD_MEMORY ((size_t)64 << 20) /* cap until the config sets rule_memory */
 #define RULES_GC_EVERY 64                    /* calls between incremental GC steps */
 #define RULES_WHERE_MAX (LUA_IDSIZE + 24)
+#define RULES_KEEP_SLOTS 512 /* adapters' data kept for routing: a ring, so never more */
 
 enum rules_stop { RULES_STOP_NONE, RULES_STOP_BUDGET, RULES_STOP_MEMORY };
 
 struct rules_handler {
     char *pattern;
-    char *where; /* "file:line" of its on() */
+    char *where;  /* "file:line" of its on() */
+    char **names; /* on(pattern, {endpoints}): the list (its fn sends the event whole) */
+    size_t nnames;
 };
+
+/* A list handler's function runs fewer Lua instructions than this, so with
+ * a budget at least this big it can never be stopped: doing its work in C
+ * instead is the same outcome. */
+#define RULES_LIST_MIN_BUDGET 16
 
 struct rules {
     lua_State *L;
@@ -77,7 +85,23 @@ struct rules {
     char *send_error; /* the first failed send/batch of this event */
     size_t max_output;
     unsigned calls;
+    int64_t when_secs;  /* received_at_text's cache: the second ... */
+    char when_base[24]; /* ... and its "YYYY-MM-DDTHH:MM:SS" */
+
+    /* Decoded data kept from rules_adapt_keep until rules_route: the
+     * registry table keep_ref maps token -> value while keep_token[token %
+     * RULES_KEEP_SLOTS] == token (a ring: at most that many, the oldest
+     * dropped). A token is never reused, here or in any other generation,
+     * so a stale or foreign token just misses. The table holds only what is
+     * kept (the collector walks no empty slots). */
+    int keep_ref;
+    uint64_t keep_token[RULES_KEEP_SLOTS];
+    size_t keep_bytes[RULES_KEEP_SLOTS];
+    size_t kept_bytes; /* their sum: at most rule_memory / 16 */
 };
+
+/* Tokens for kept data; rules run on the loop thread only. */
+static uint64_t keep_next_token;
 
 static struct rules *rules_of(lua_State *L) {
     return *(struct rules **)lua_getextraspace(L);
@@ -1100,7 +1124,21 @@ static void collect_handlers(lua_State *L, struct rules *r) {
             luaL_error(L, "%s: out of memory", r->config_path);
         lua_getfield(L, -3, "fn");
         lua_rawseti(L, fns, (lua_Integer)i + 1);
-        lua_pop(L, 3);
+        if (lua_getfield(L, -3, "list") == LUA_TTABLE) {
+            size_t m = lua_rawlen(L, -1);
+            struct rules_handler *h = &r->handlers[i];
+            if (!(h->names = calloc(m ? m : 1, sizeof *h->names)))
+                luaL_error(L, "%s: out of memory", r->config_path);
+            for (size_t j = 0; j < m; j++) {
+                lua_rawgeti(L, -1, (lua_Integer)j + 1);
+                h->names[j] = strdup(lua_tostring(L, -1)); /* names, checked by check_lists */
+                lua_pop(L, 1);
+                if (!h->names[j])
+                    luaL_error(L, "%s: out of memory", r->config_path);
+                h->nnames = j + 1;
+            }
+        }
+        lua_pop(L, 4);
     }
     lua_pushvalue(L, fns);
     r->handlers_ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -1157,6 +1195,8 @@ static int load_main(lua_State *L) {
     check_lists(L, r);
     load_adapters(L, r, decl);
     collect_handlers(L, r);
+    lua_newtable(L);
+    r->keep_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     api_call(L, r, "seal", 0);
     lua_settop(L, 0);
     return 0;
@@ -1170,7 +1210,7 @@ struct rules *rules_load(const char *config_path, const char *lua_dir, char *err
         snprintf(err, errlen, "%s: out of memory", config_path);
         goto fail;
     }
-    r->handlers_ref = r->adapters_ref = r->api_ref = LUA_NOREF;
+    r->handlers_ref = r->adapters_ref = r->api_ref = r->keep_ref = LUA_NOREF;
     r->mem_limit = RULES_LOAD_MEMORY;
     r->max_output = RULES_LOAD_MEMORY;
     r->L = lua_newstate(rules_alloc, r);
@@ -1213,6 +1253,9 @@ void rules_free(struct rules *r) {
     for (size_t i = 0; i < r->nhandlers; i++) {
         free(r->handlers[i].pattern);
         free(r->handlers[i].where);
+        for (size_t j = 0; j < r->handlers[i].nnames; j++)
+            free(r->handlers[i].names[j]);
+        free(r->handlers[i].names);
     }
     free(r->handlers);
     for (size_t i = 0; r->adapter_where && r->cfg && i < r->cfg->nsources; i++)
@@ -1243,10 +1286,85 @@ static void maybe_gc(struct rules *r) {
         lua_gc(r->L, LUA_GCSTEP, 0);
 }
 
+/* ---- data kept from the adapter for routing ---- */
+
+/* Pushes token's kept value and forgets it (take), or just forgets it;
+ * returns 0, or -1 (nothing pushed) when this generation does not hold it.
+ * Never allocates (it only clears an existing key). */
+static int keep_take(struct rules *r, uint64_t token, int push) {
+    lua_State *L = r->L;
+    size_t slot = (size_t)(token % RULES_KEEP_SLOTS);
+    if (!token || r->keep_ref == LUA_NOREF || r->keep_token[slot] != token)
+        return -1;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, r->keep_ref);
+    if (push) {
+        lua_rawgeti(L, -1, (lua_Integer)token);
+        lua_insert(L, -2);
+    }
+    lua_pushnil(L);
+    lua_rawseti(L, -2, (lua_Integer)token);
+    lua_pop(L, 1);
+    r->kept_bytes -= r->keep_bytes[slot];
+    r->keep_token[slot] = 0;
+    r->keep_bytes[slot] = 0;
+    return 0;
+}
+
+/* keep_table[token] = value (arguments: value, token); may raise a memory
+ * error, so it runs protected. */
+static int keep_store(lua_State *L) {
+    struct rules *r = rules_of(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, r->keep_ref);
+    lua_pushvalue(L, 1);
+    lua_rawseti(L, -2, lua_tointeger(L, 2));
+    return 0;
+}
+
+/* Keeps the value at the top (popped) as token's, dropping the oldest when
+ * the ring is full. Returns 0, or -1 (nothing kept) when out of memory. */
+static int keep_put(struct rules *r, uint64_t token, size_t bytes) {
+    lua_State *L = r->L;
+    size_t slot = (size_t)(token % RULES_KEEP_SLOTS);
+    keep_take(r, r->keep_token[slot], 0);
+    lua_pushcfunction(L, keep_store);
+    lua_insert(L, -2);
+    lua_pushinteger(L, (lua_Integer)token);
+    if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
+        lua_pop(L, 1);
+        return -1;
+    }
+    r->keep_token[slot] = token;
+    r->keep_bytes[slot] = bytes;
+    r->kept_bytes += bytes;
+    return 0;
+}
+
+/* Whether routing an event of type will build the handler's table: some
+ * matching handler is a function (list handlers send data_json's text). */
+static int type_needs_table(const struct rules *r, const char *type) {
+    if (r->cfg->rule_budget < RULES_LIST_MIN_BUDGET)
+        return 1;
+    for (size_t i = 0; i < r->nhandlers; i++) {
+        const struct rules_handler *h = &r->handlers[i];
+        if (h->names || !glob_match(h->pattern, type))
+            continue;
+        if (!strncmp(type, "waybill.", 8) && strncmp(h->pattern, "waybill.", 8))
+            continue;
+        return 1;
+    }
+    return 0;
+}
+
+void rules_data_drop(struct rules *r, uint64_t token) {
+    if (r)
+        keep_take(r, token, 0);
+}
+
 /* ---- adapters ---- */
 
 struct adapt_ctx {
     struct rules *r;
+    int keep; /* keep the data's decoded form for routing (rules_adapt_keep) */
     const char *source;
     const char *where;
     int bad_json; /* the body is not JSON: msg holds the parser's reason */
@@ -1331,6 +1449,16 @@ static int adapt_protected(lua_State *L) {
     lua_pushliteral(L, "data");
     if (lua_rawget(L, res) == LUA_TNIL) {
         c->out->data_json = strdup("{}");
+    } else if (c->keep && r->kept_bytes < r->mem_limit / 16 &&
+               type_needs_table(r, c->out->type) &&
+               jsonx_encode_clone(L, -1, &data, r->max_output, err, sizeof err) == 0) {
+        /* What routing would decode from data_json, made while writing it
+         * (kept by rules_adapt, to which it is returned). Any failure here,
+         * even for memory, falls back to the plain encoding below. */
+        c->out->data_token = ++keep_next_token;
+        c->out->data_json = data.p;
+        data.p = NULL;
+        return 1;
     } else if (jsonx_encode(L, -1, &data, r->max_output, err, sizeof err) < 0) {
         snprintf(c->msg, sizeof c->msg, "%s: the adapter's data: %s", c->where, err);
         return 0;
@@ -1343,8 +1471,9 @@ static int adapt_protected(lua_State *L) {
     return 0;
 }
 
-int rules_adapt(struct rules *r, const struct config_source *src, const char *body, size_t len,
-                const char *headers_json, struct rules_event *out, char *err, size_t errlen) {
+static int adapt(struct rules *r, const struct config_source *src, const char *body, size_t len,
+                 const char *headers_json, int keep, struct rules_event *out, char *err,
+                 size_t errlen) {
     struct adapt_ctx *c;
     const struct config_source *own;
     int status;
@@ -1362,6 +1491,7 @@ int rules_adapt(struct rules *r, const struct config_source *src, const char *bo
         return -1;
     }
     c->r = r;
+    c->keep = keep;
     c->source = own->name;
     c->where = r->adapter_where && r->adapter_where[own - r->cfg->sources]
                    ? r->adapter_where[own - r->cfg->sources]
@@ -1373,7 +1503,7 @@ int rules_adapt(struct rules *r, const struct config_source *src, const char *bo
     limits_arm(r, r->cfg->rule_budget, "rule stopped");
     lua_pushcfunction(r->L, adapt_protected);
     lua_pushlightuserdata(r->L, c);
-    status = lua_pcall(r->L, 1, 0, 0);
+    status = lua_pcall(r->L, 1, 1, 0); /* the data's decoded form when kept, else nil */
     if (status == LUA_OK && c->bad_json) { /* "invalid JSON at line L column C: ..." */
         snprintf(err, errlen, "%s", c->msg);
         free(c);
@@ -1392,12 +1522,48 @@ int rules_adapt(struct rules *r, const struct config_source *src, const char *bo
         return -1;
     }
     free(c);
+    if (out->data_token && keep_put(r, out->data_token, strlen(out->data_json) * 4 + 256) < 0)
+        out->data_token = 0; /* no room: routing decodes data_json */
     lua_settop(r->L, 0);
     maybe_gc(r);
     return 0;
 }
 
+int rules_adapt(struct rules *r, const struct config_source *src, const char *body, size_t len,
+                const char *headers_json, struct rules_event *out, char *err, size_t errlen) {
+    return adapt(r, src, body, len, headers_json, 0, out, err, errlen);
+}
+
+int rules_adapt_keep(struct rules *r, const struct config_source *src, const char *body,
+                     size_t len, const char *headers_json, struct rules_event *out, char *err,
+                     size_t errlen) {
+    return adapt(r, src, body, len, headers_json, 1, out, err, errlen);
+}
+
 /* ---- routing ---- */
+
+/* util_time_rfc3339(ms) with the date and time of day kept per second:
+ * events arrive many per second, and formatting them is not free. out
+ * needs 32 bytes. */
+static void received_at_text(struct rules *r, int64_t ms, char *out) {
+    int64_t secs = ms / 1000;
+    int millis = (int)(ms % 1000);
+
+    if (millis < 0) {
+        millis += 1000;
+        secs -= 1;
+    }
+    if (!r->when_base[0] || secs != r->when_secs) {
+        char full[40];
+        util_time_rfc3339(secs * 1000, full, sizeof full); /* "...:SSZ" */
+        snprintf(r->when_base, sizeof r->when_base, "%.*s", (int)strcspn(full, "Z"), full);
+        r->when_secs = secs;
+    }
+    if (millis)
+        snprintf(out, 32, "%s.%03dZ", r->when_base, millis);
+    else
+        snprintf(out, 32, "%sZ", r->when_base);
+}
 
 struct route_ctx {
     struct rules *r;
@@ -1405,6 +1571,8 @@ struct route_ctx {
     int failed;
     char *err;
     size_t errlen;
+    struct util_buf whole; /* the event as a list handler sends it, once built */
+    int whole_state;       /* 0 not tried, 1 built, -1 not buildable here */
 };
 
 static void set_text(lua_State *L, int t, const char *field, const char *value) {
@@ -1412,6 +1580,34 @@ static void set_text(lua_State *L, int t, const char *field, const char *value) 
         return;
     lua_pushstring(L, value);
     lua_setfield(L, t, field);
+}
+
+/* The __index of an event table: raw and headers read like fields.
+ * headers is decoded from its text on first use (most handlers never read
+ * it) and kept, so every read gives the same table. Upvalues: raw (a
+ * string, or nil), the headers' JSON text (or nil), their table once made. */
+static int event_index(lua_State *L) {
+    size_t klen, hlen;
+    const char *k, *h;
+    char err[256];
+
+    if (lua_type(L, 2) != LUA_TSTRING)
+        return 0;
+    k = lua_tolstring(L, 2, &klen);
+    if (klen == 3 && memcmp(k, "raw", 3) == 0) {
+        lua_pushvalue(L, lua_upvalueindex(1));
+        return 1;
+    }
+    if (klen != 7 || memcmp(k, "headers", 7) != 0)
+        return 0;
+    if (lua_type(L, lua_upvalueindex(3)) != LUA_TTABLE) {
+        h = lua_tolstring(L, lua_upvalueindex(2), &hlen);
+        if (!h || jsonx_decode(L, h, hlen, 0, err, sizeof err) < 0)
+            lua_newtable(L);
+        lua_replace(L, lua_upvalueindex(3));
+    }
+    lua_pushvalue(L, lua_upvalueindex(3));
+    return 1;
 }
 
 /* Pushes the event table handlers get. raw and headers sit behind a
@@ -1429,9 +1625,11 @@ static int push_event(lua_State *L, struct route_ctx *c) {
     set_text(L, ev, "source", in->source);
     set_text(L, ev, "source_id", in->source_id);
     set_text(L, ev, "created_at", in->created_at);
-    util_time_rfc3339(in->received_at_ms, when, sizeof when);
+    received_at_text(c->r, in->received_at_ms, when);
     set_text(L, ev, "received_at", when);
-    if (jsonx_decode(L, in->data_json ? in->data_json : "{}",
+    if (in->data_token && keep_take(c->r, in->data_token, 1) == 0) {
+        /* the adapter's data as decoding data_json makes it, kept */
+    } else if (jsonx_decode(L, in->data_json ? in->data_json : "{}",
                      in->data_json ? strlen(in->data_json) : 2, JSON_DECODE_ANY, err,
                      sizeof err) < 0) {
         snprintf(c->err, c->errlen, "event %s: data: %s", in->id ? in->id : "?", err);
@@ -1440,15 +1638,16 @@ static int push_event(lua_State *L, struct route_ctx *c) {
     lua_setfield(L, ev, "data");
 
     lua_createtable(L, 0, 2); /* metatable */
-    lua_createtable(L, 0, 2); /* its __index */
-    if (in->raw) {
+    if (in->raw)
         lua_pushlstring(L, in->raw, in->raw_len);
-        lua_setfield(L, -2, "raw");
-    }
-    if (!in->headers_json ||
-        jsonx_decode(L, in->headers_json, strlen(in->headers_json), 0, err, sizeof err) < 0)
-        lua_newtable(L);
-    lua_setfield(L, -2, "headers");
+    else
+        lua_pushnil(L);
+    if (in->headers_json)
+        lua_pushstring(L, in->headers_json);
+    else
+        lua_pushnil(L);
+    lua_pushnil(L);
+    lua_pushcclosure(L, event_index, 3);
     lua_setfield(L, -2, "__index");
     lua_pushboolean(L, 0);
     lua_setfield(L, -2, "__metatable");
@@ -1456,19 +1655,145 @@ static int push_event(lua_State *L, struct route_ctx *c) {
     return 0;
 }
 
+/* How deep data_json's arrays and objects nest (strings skipped). */
+static int json_nesting(const char *s, size_t len) {
+    int depth = 0, max = 0, in_str = 0;
+    for (size_t i = 0; i < len; i++) {
+        char ch = s[i];
+        if (in_str) {
+            if (ch == '\\')
+                i++;
+            else if (ch == '"')
+                in_str = 0;
+        } else if (ch == '"') {
+            in_str = 1;
+        } else if (ch == '{' || ch == '[') {
+            if (++depth > max)
+                max = depth;
+        } else if (ch == '}' || ch == ']') {
+            depth--;
+        }
+    }
+    return max;
+}
+
+/* Appends ,"key":value (value a JSON string) unless value is NULL. */
+static int whole_field(struct util_buf *b, const char *key, const char *value) {
+    size_t klen, vlen, i;
+    if (!value)
+        return 0;
+    klen = strlen(key);
+    vlen = strlen(value);
+    for (i = 0; i < vlen; i++) { /* plain ASCII needs no escaping: copied at once */
+        unsigned char ch = (unsigned char)value[i];
+        if (ch < 0x20 || ch >= 0x80 || ch == '"' || ch == '\\')
+            break;
+    }
+    if (i == vlen && b->len + klen + vlen + 4 < b->cap) {
+        char *o = b->p + b->len;
+        if (b->len > 1)
+            *o++ = ',';
+        memcpy(o, key, klen);
+        o += klen;
+        *o++ = '"';
+        memcpy(o, value, vlen);
+        o += vlen;
+        *o++ = '"';
+        *o = '\0';
+        b->len = (size_t)(o - b->p);
+        return 0;
+    }
+    if (b->len > 1 && util_buf_append(b, ",", 1) < 0)
+        return -1;
+    if (util_buf_append(b, key, klen) < 0 || jsonx_append_string(b, value, vlen) < 0)
+        return -1;
+    return 0;
+}
+
+/* The bytes jsonx_encode writes for the event table push_event builds,
+ * made from the input's own fields and data_json's text (which, being
+ * canonical, is what encoding its decoded table gives back). Keys in the
+ * encoder's order. Returns 0, or -1 where only encoding the table would
+ * say what happens (a string that is not UTF-8, output past the cap,
+ * nesting at the encoder's limit, no memory). */
+static int whole_build(struct rules *r, const struct rules_input *in, struct util_buf *b) {
+    char when[40];
+    const char *data = in->data_json ? in->data_json : "{}";
+    size_t dlen = strlen(data);
+
+    /* data sits one level down in the event: deep data fails to encode */
+    if (dlen >= 2 * (JSONX_MAX_DEPTH - 1) && json_nesting(data, dlen) >= JSONX_MAX_DEPTH - 1)
+        return -1;
+    received_at_text(r, in->received_at_ms, when);
+    if (!b->p) { /* one allocation: the fields are short beside data */
+        size_t cap = dlen + 256;
+        const char *f[] = {in->created_at, in->id, in->source, in->source_id, in->type};
+        for (size_t i = 0; i < sizeof f / sizeof *f; i++)
+            cap += f[i] ? strlen(f[i]) : 0;
+        if (!(b->p = malloc(cap)))
+            return -1;
+        b->cap = cap;
+        b->len = 0;
+        b->p[0] = '\0';
+    }
+    if (util_buf_append(b, "{", 1) < 0 || whole_field(b, "\"created_at\":", in->created_at) < 0 ||
+        (b->len > 1 && util_buf_append(b, ",", 1) < 0) ||
+        util_buf_appends(b, "\"data\":") < 0 || util_buf_append(b, data, dlen) < 0 ||
+        whole_field(b, "\"id\":", in->id) < 0 ||
+        whole_field(b, "\"received_at\":", when) < 0 ||
+        whole_field(b, "\"source\":", in->source) < 0 ||
+        whole_field(b, "\"source_id\":", in->source_id) < 0 ||
+        whole_field(b, "\"type\":", in->type) < 0 || util_buf_append(b, "}", 1) < 0)
+        return -1;
+    if (r->max_output && b->len > r->max_output)
+        return -1;
+    return 0;
+}
+
+/* Does what list handler h's function does, send(names, ev) with the
+ * event unchanged, without calling it. Returns 0 when done, or -1 with
+ * nothing changed: then the function is called as usual. */
+static int route_list_fast(struct route_ctx *c, const struct rules_handler *h) {
+    struct rules *r = c->r;
+    size_t nplan = r->nplan, plan_bytes = r->plan_bytes;
+
+    if (c->whole_state == 0)
+        c->whole_state = whole_build(r, c->in, &c->whole) == 0 ? 1 : -1;
+    if (c->whole_state < 0)
+        return -1;
+    for (size_t i = 0; i < h->nnames; i++) {
+        const struct config_endpoint *ep = config_endpoint_by_name(r->cfg, h->names[i]);
+        if (!ep || plan_add(r, ep->name, c->whole.p, c->whole.len, "application/json", NULL,
+                            0) < 0) {
+            while (r->nplan > nplan) /* back as it was: the call reports it */
+                send_clear(&r->plan[--r->nplan]);
+            r->plan_bytes = plan_bytes;
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static int route_protected(lua_State *L) {
     struct route_ctx *c = lua_touserdata(L, 1);
     struct rules *r = c->r;
-    int fns, ev, status;
+    int fns, ev, status, pristine;
 
     lua_settop(L, 0);
     lua_rawgeti(L, LUA_REGISTRYINDEX, r->handlers_ref);
     fns = lua_gettop(L);
-    if (push_event(L, c) < 0) {
-        c->failed = 1;
-        return 0;
+    ev = 0;
+    /* Canonical data is valid: its table waits until a function needs it. */
+    if (!c->in->data_canonical) {
+        if (push_event(L, c) < 0) {
+            c->failed = 1;
+            return 0;
+        }
+        ev = lua_gettop(L);
     }
-    ev = lua_gettop(L);
+    /* Until a function handler runs, no code has seen this event's table,
+     * so it holds exactly what was pushed. */
+    pristine = c->in->data_canonical && r->cfg->rule_budget >= RULES_LIST_MIN_BUDGET;
     for (size_t i = 0; i < r->nhandlers; i++) {
         const struct rules_handler *h = &r->handlers[i];
         if (!glob_match(h->pattern, c->in->type))
@@ -1478,6 +1803,17 @@ static int route_protected(lua_State *L) {
          * merchant's endpoint unasked. */
         if (!strncmp(c->in->type, "waybill.", 8) && strncmp(h->pattern, "waybill.", 8))
             continue;
+        if (h->names && pristine && route_list_fast(c, h) == 0)
+            continue;
+        if (!h->names)
+            pristine = 0;
+        if (!ev) {
+            if (push_event(L, c) < 0) {
+                c->failed = 1;
+                return 0;
+            }
+            ev = lua_gettop(L);
+        }
         lua_rawgeti(L, fns, (lua_Integer)i + 1);
         lua_pushvalue(L, ev);
         limits_arm(r, r->cfg->rule_budget, "rule stopped");
@@ -1516,6 +1852,8 @@ int rules_route(struct rules *r, const struct rules_input *ev, struct rules_plan
     lua_pushlightuserdata(r->L, &c);
     status = lua_pcall(r->L, 1, 0, 0);
     r->routing = 0;
+    util_buf_free(&c.whole);
+    keep_take(r, ev->data_token, 0); /* not needed (no function ran), or failed */
     if (status != LUA_OK) {
         call_error(r, status, ev->type, err, errlen);
         c.failed = 1;

@@ -39,6 +39,11 @@ struct rules_event {
     char *type;        /* normalized type, e.g. "tracking.delivered" */
     char *created_at;  /* carrier's timestamp text, or NULL */
     char *data_json;   /* compact JSON of the event's data */
+    /* rules_adapt_keep: the token of data_json's decoded form, kept in the
+     * generation for rules_route (rules_input.data_token); 0 when none.
+     * Not memory: a generation keeps a bounded number, so one never routed
+     * is only a slot until reused (rules_data_drop frees it sooner). */
+    uint64_t data_token;
 };
 
 #define RULES_EBADJSON (-2)
@@ -50,6 +55,18 @@ struct rules_event {
  * ..."); -1 with "file:line: message" when the adapter failed. */
 int rules_adapt(struct rules *r, const struct config_source *src, const char *body, size_t len,
                 const char *headers_json, struct rules_event *out, char *err, size_t errlen);
+
+/* rules_adapt, also keeping (when there is room) the handler's form of the
+ * event's data, the table decoding data_json gives, made while encoding it,
+ * so rules_route needs not decode it again: out->data_token. The ingest
+ * path; anything routed from stored JSON uses rules_adapt. */
+int rules_adapt_keep(struct rules *r, const struct config_source *src, const char *body,
+                     size_t len, const char *headers_json, struct rules_event *out, char *err,
+                     size_t errlen);
+
+/* Frees the kept data of token when r holds it (else nothing: a token of
+ * another generation, already taken, or 0). */
+void rules_data_drop(struct rules *r, uint64_t token);
 
 void rules_event_clear(struct rules_event *ev);
 
@@ -70,6 +87,16 @@ struct rules_input {
     const char *raw;
     size_t raw_len;
     const char *headers_json;
+    /* Set when data_json is exactly what rules_adapt encoded (the ingest
+     * path): compact, keys sorted, valid. A handler given as an endpoint
+     * list may then send the event with data_json's text reused, and the
+     * handler's event table is built only when a function handler runs.
+     * Stored events (recovery, replays) leave it 0. */
+    int data_canonical;
+    /* rules_event.data_token from rules_adapt_keep, or 0. rules_route uses
+     * the kept table for the event's data when this generation holds it
+     * (else decodes data_json) and frees it either way. */
+    uint64_t data_token;
 };
 
 /* One delivery a handler asked for. Every pointer is new. */

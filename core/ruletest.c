@@ -246,7 +246,9 @@ static int rt_one(const char *path, const char *lua_dir, const char *config,
                              data_json,
                              g[1].text,
                              strlen(g[1].text),
-                             "{}"};
+                             "{}",
+                             0,
+                             0};
 #undef EVS
     routed = rules_route(r, &in, &plan, err, sizeof err);
     if (strncmp(expect, "rule_error", 10) == 0) {
@@ -424,7 +426,9 @@ int ruletest_bench(int argc, char **argv, const char *lua_dir) {
                                      evs[i].data_json,
                                      bodies[i],
                                      lens[i],
-                                     "{}"};
+                                     "{}",
+                                     1 /* from rules_adapt, as on ingest */,
+                                     0};
             if (rules_route(r, &in, &plan, err, sizeof err) < 0) {
                 fprintf(stderr, "rule_error: %s\n", err);
                 goto done;

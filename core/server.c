@@ -97,11 +97,17 @@ struct ingest {
     char *raw;
     size_t raw_len;
     int64_t received_at;
+    uint64_t data_token; /* the adapter's data kept for routing (rules_adapt_keep) */
+    struct gateway *gw;  /* outlives the server and the store (ingest_free may run late) */
 };
 
 static void ingest_free(struct ingest *in) {
     if (!in)
         return;
+    /* Not routed (a duplicate, a failed commit, a refusal): its kept data
+     * goes now; a token of an older generation is a no-op. */
+    if (in->data_token && in->gw)
+        rules_data_drop(in->gw->rules, in->data_token);
     free(in->source);
     free(in->source_id);
     free(in->type);
@@ -149,8 +155,10 @@ static void on_ingest_committed(void *arg, int ok) {
         struct rules_input ev = {in->id,         in->source,    in->source_id,
                                  in->type,       in->created_at, in->received_at,
                                  in->data_json,  in->raw,       in->raw_len,
-                                 in->headers_json};
+                                 in->headers_json, 1 /* data_json from rules_adapt */,
+                                 in->data_token};
         route_event(in->srv->gw->route, &ev);
+        in->data_token = 0; /* taken or freed by rules_route */
     }
     ingest_free(in);
 }
@@ -395,12 +403,15 @@ static void on_inbound(struct evhttp_request *req, void *arg) {
     if (!in)
         goto unavailable;
     in->srv = srv;
+    in->gw = gw;
     in->req = req;
     in->received_at = vr.now_ms;
     in->headers_json = headers_to_json(headers);
     if (!in->headers_json)
         goto unavailable;
-    rc = rules_adapt(rules, src, body, len, in->headers_json, &ev, reason, sizeof reason);
+    rc = rules_adapt_keep(rules, src, body, len, in->headers_json, &ev, reason, sizeof reason);
+    in->data_token = ev.data_token; /* freed by ingest_free unless routed */
+    ev.data_token = 0;
     if (rc == RULES_EBADJSON) {
         server_reply_error(req, 400, "Bad Request", reason);
         metrics_event_rejected(src->name, "bad_json");

@@ -149,7 +149,7 @@ local function on(pattern, target)
     error("on: the first argument must be an event type or glob, e.g. \"tracking.*\"", 2)
   end
   if type(target) == "string" then target = { target } end
-  local fn
+  local fn, list
   if type(target) == "function" then
     fn = target
   elseif type(target) == "table" then
@@ -163,10 +163,13 @@ local function on(pattern, target)
     if #names == 0 then error("on: the endpoint list is empty", 2) end
     lists[#lists + 1] = { names = names, where = loc }
     fn = function(ev) send(names, ev) end -- fan out the event unchanged
+    list = names
   else
     error("on: the second argument must be a function or a list of endpoint names", 2)
   end
-  handlers[#handlers + 1] = { pattern = pattern, fn = fn, where = loc }
+  -- list: rules.c may do what fn does without calling it (the event unchanged)
+  handlers[#handlers + 1] = { pattern = pattern, fn = fn, where = loc,
+    list = list }
 end
 
 -- send(endpoint | {endpoints...}, payload [, { headers = {...}, content_type = "..." }])

@@ -71,6 +71,59 @@ def test_exact_glob_and_star_matching_all_handlers_run_in_order():
     assert b.count == 2
 
 
+def test_list_handlers_send_the_data_as_stored_byte_for_byte():
+    """A list handler sends the event as the encoder writes it (keys sorted,
+    1.0 as 1, escapes as JSON.stringify), whether or not a function handler
+    ran before it; after one changed the event, the change is sent."""
+    a, b = wb.Sink(), wb.Sink()
+    g = gateway({"a": a, "b": b}, '''
+        on("*", {"a"})
+        on("*", function(ev) ev.data.added = json.array({}) end)
+        on("*", "b")
+    ''')
+    body = (b'{"id":"evt_bytes_1","type":"shipment.delivered","created_at":"2026-01-02T03:04:05Z",'
+            b'"data":{"z":1.0,"b":2.50,"big":123456789012345678901234567890,"e":1E21,'
+            b'"s":"\\u00e9\xf0\x9f\x98\x80\\u0001\\/\\"","arr":[1,[],{},null],'
+            b'"o":{},"10":"ten","2":"two","neg":-0.0,"t":true}}')
+    r = g.post_atoship(body, SECRET)
+    assert r.status == 200, r
+    data = (b'{"2":"two","10":"ten","arr":[1,[],{},null],"b":2.5,'
+            b'"big":1.2345678901234568e+29,"e":1e+21,"neg":0,"o":{},'
+            b'"s":"\xc3\xa9\xf0\x9f\x98\x80\\u0001/\\"","t":true,"z":1}')
+    got_a = a.wait_for_count(1)[0].body
+    sent = json.loads(got_a)
+    envelope = (b'{"created_at":"2026-01-02T03:04:05Z","data":%s,"id":"%s","received_at":"%s",'
+                b'"source":"atoship","source_id":"evt_bytes_1","type":"shipment.delivered"}')
+    assert got_a == envelope % (data, sent["id"].encode(), sent["received_at"].encode()), got_a
+    got_b = b.wait_for_count(1)[0].body
+    changed = data.replace(b'"arr":', b'"added":[],"arr":')
+    assert got_b == envelope % (changed, sent["id"].encode(), sent["received_at"].encode()), got_b
+
+
+def test_handler_sees_the_data_as_stored_after_ingest():
+    """A function handler gets the data as decoding the stored JSON gives
+    it (1.0 as an integer, "1" keys as strings, [] as an array), though
+    the ingest path hands it over without decoding again; an adapter that
+    changes its table later does not reach it."""
+    a = wb.Sink()
+    g = gateway({"a": a}, '''
+        on("*", function(ev)
+          local d = ev.data
+          send("a", { z = math.type(d.z), big = math.type(d.big), arr = getmetatable(d.arr),
+                      key = math.type(next(d.o)) or type(next(d.o)), n = #d.arr,
+                      e = getmetatable(d.e), s = d.s })
+        end)
+    ''')
+    body = (b'{"id":"evt_seen_1","type":"shipment.delivered","created_at":"2026-01-02T03:04:05Z",'
+            b'"data":{"z":1.0,"big":123456789012345678901234567890,"arr":[1,2.0],'
+            b'"o":{"1":2},"e":{},"s":"x\\u00e9"}}')
+    r = g.post_atoship(body, SECRET)
+    assert r.status == 200, r
+    got = json.loads(a.wait_for_count(1)[0].body)
+    assert got == {"z": "integer", "big": "float", "arr": "json.array", "key": "string",
+                   "n": 2, "s": "x\u00e9"}, got
+
+
 def test_fan_out_transform_string_payload_and_headers():
     erp, crm, bi = wb.Sink(), wb.Sink(), wb.Sink()
     g = gateway({"erp": erp, "crm": crm, "bi": bi}, '''

@@ -163,6 +163,134 @@ static void test_tables(void) {
                  "{\"a\":1}");
 }
 
+/* Objects bigger than the insertion sort's range, integer keys beside
+ * nested tables that grow the encoder's key scratch (it moves), and a
+ * table too big to hold its values on the stack: same bytes as the
+ * reference built by string concatenation. */
+static void test_big_tables(void) {
+    CHECK(lua_true("local t, parts = {}, {}"
+                   " for i = 1, 40 do"
+                   "   local inner = { [-i] = i, x = {} }"
+                   "   for j = 1, 20 do inner['k' .. string.format('%02d', j)] = j end"
+                   "   t['n' .. string.format('%02d', i)] = inner"
+                   "   local ip = { string.format('\"-%d\":%d', i, i) }"
+                   "   for j = 1, 20 do ip[#ip + 1] = string.format('\"k%02d\":%d', j, j) end"
+                   "   ip[#ip + 1] = '\"x\":{}'"
+                   "   local body = table.concat(ip, ',')"
+                   "   parts[#parts + 1] = string.format('\"n%02d\":{%s}', i, body)"
+                   " end"
+                   " t[7] = 'seven' t[-3] = 'minus'"
+                   " table.insert(parts, 1, '\"7\":\"seven\"')"
+                   " table.insert(parts, 2, '\"-3\":\"minus\"')"
+                   " return json.encode(t) == '{' .. table.concat(parts, ',') .. '}'"));
+    {
+        struct util_buf b = {0};
+        char err[128];
+        CHECK(luaL_dostring(L, "local t = {} for i = 1, 100005 do t[-i] = i end return t") ==
+              LUA_OK);
+        CHECK(jsonx_encode(L, -1, &b, 0, err, sizeof err) == 0);
+        CHECK(b.len > 1000000 && strncmp(b.p, "{\"-1\":1,\"-10\":10,\"-100\":100,", 28) == 0);
+        CHECK(b.len > 20 && strcmp(b.p + b.len - 16, ",\"-99999\":99999}") == 0);
+        lua_settop(L, 0);
+        util_buf_free(&b);
+    }
+    CHECK(lua_true("local t = {} for i = 1, 100005 do t['k' .. i] = { i } end t.k5 = print"
+                   " local ok, e = pcall(json.encode, t)"
+                   " return not ok and e:find('cannot encode a function value', 1, true) ~= nil"));
+}
+
+/* jsonx_encode_clone: the bytes jsonx_encode writes, and a value that is
+ * what decoding them gives, down to number types, array marks, key types
+ * and the order next() visits keys in (the tables are built alike). */
+static int clone_same(const char *expr) {
+    struct util_buf a = {0}, b = {0};
+    char code[4096], err[200];
+    int ok = 0;
+
+    snprintf(code, sizeof code, "return %s", expr);
+    if (luaL_dostring(L, code) != LUA_OK) {
+        fprintf(stderr, "lua error: %s\n", lua_tostring(L, -1));
+        lua_settop(L, 0);
+        return 0;
+    }
+    if (jsonx_encode(L, 1, &a, 0, err, sizeof err) == 0 &&
+        jsonx_encode_clone(L, 1, &b, 0, err, sizeof err) == 0 && lua_gettop(L) == 2 &&
+        a.len == b.len && memcmp(a.p, b.p, a.len) == 0 &&
+        jsonx_decode(L, b.p, b.len, JSON_DECODE_ANY, err, sizeof err) == 0) {
+        lua_getglobal(L, "same_decoded");
+        lua_pushvalue(L, 2);
+        lua_pushvalue(L, 3);
+        ok = lua_pcall(L, 2, 1, 0) == LUA_OK && lua_toboolean(L, -1);
+    }
+    if (!ok)
+        fprintf(stderr, "clone differs for %s: %s\n", expr, err);
+    lua_settop(L, 0);
+    util_buf_free(&a);
+    util_buf_free(&b);
+    return ok;
+}
+
+static void test_clone(void) {
+    CHECK(luaL_dostring(L, "function same_decoded(a, b)\n"
+                           "  if type(a) ~= type(b) then return false end\n"
+                           "  if type(a) == 'number' then return math.type(a) == math.type(b)\n"
+                           "    and (a == b or a ~= a and b ~= b) end\n"
+                           "  if type(a) ~= 'table' then return rawequal(a, b) or a == b end\n"
+                           "  if getmetatable(a) ~= getmetatable(b) then return false end\n"
+                           "  if rawlen(a) ~= rawlen(b) then return false end\n"
+                           "  local ka, kb = next(a), next(b)\n"
+                           "  while ka ~= nil or kb ~= nil do\n"
+                           "    if math.type(ka) ~= math.type(kb) or ka ~= kb then\n"
+                           "      return false\n"
+                           "    end\n"
+                           "    if not same_decoded(a[ka], b[kb]) then return false end\n"
+                           "    ka, kb = next(a, ka), next(b, kb)\n"
+                           "  end\n"
+                           "  return true\n"
+                           "end") == LUA_OK);
+    CHECK(clone_same("{}"));
+    CHECK(clone_same("json.array()"));
+    CHECK(clone_same("{ 1, 2.5, 3.0, -0.0, 1e21, 2^63, 1e300, math.mininteger, 0.1 }"));
+    CHECK(clone_same("{ a = 1.0, b = { [1] = 'x', [3] = 'y' }, c = { 1, 2 }, [7] = true }"));
+    CHECK(clone_same("{ [-1] = 1, [0] = false, ['10'] = 2, ['2'] = 3, z = json.null }"));
+    CHECK(clone_same("json.array({ 1, nil, { nil }, nil, 5 })"));
+    CHECK(clone_same("{ s = 'caf\\u{e9} \\1 \"q\"', deep = { { { { {} } } } },"
+                     " e = json.array() }"));
+    CHECK(clone_same("'just a string'"));
+    CHECK(clone_same("4.0"));
+    CHECK(clone_same("nil"));
+    CHECK(clone_same("json.null"));
+    CHECK(clone_same("(function() local t = {} for i = 1, 40 do t['k' .. i] = i * 0.5 end"
+                     " return t end)()"));
+    CHECK(clone_same("(function() local shared = { x = 1 } return { a = shared, b = shared }"
+                     " end)()"));
+    /* a table past the stack-held limit (values fetched by key) */
+    CHECK(clone_same("(function() local t = {} for i = 1, 100005 do t['k' .. i] = { i } end"
+                     " return t end)()"));
+    /* the original's changes do not reach the clone; failures push nothing */
+    {
+        struct util_buf b = {0};
+        char err[200];
+        CHECK(luaL_dostring(L, "return { a = { 1 } }") == LUA_OK);
+        CHECK(jsonx_encode_clone(L, 1, &b, 0, err, sizeof err) == 0);
+        lua_getfield(L, 1, "a");
+        lua_pushinteger(L, 2);
+        lua_rawseti(L, -2, 1);
+        lua_getfield(L, 2, "a");
+        lua_rawgeti(L, -1, 1);
+        CHECK_INT_EQ((int)lua_tointeger(L, -1), 1);
+        CHECK(!lua_rawequal(L, -2, -4));
+        lua_settop(L, 0);
+        util_buf_free(&b);
+        CHECK(luaL_dostring(L, "return { f = print }") == LUA_OK);
+        CHECK(jsonx_encode_clone(L, 1, &b, 0, err, sizeof err) < 0);
+        CHECK_STR_EQ(err, "cannot encode a function value");
+        CHECK_INT_EQ(lua_gettop(L), 1);
+        lua_settop(L, 0);
+        util_buf_free(&b);
+    }
+}
+
 static void test_decode(void) {
     CHECK_STR_EQ(roundtrip("{\"a\":[],\"b\":{},\"c\":[{}],\"d\":[[]]}"),
                  "{\"a\":[],\"b\":{},\"c\":[{}],\"d\":[[]]}");
@@ -296,6 +424,92 @@ static void test_decode_vs_jansson(void) {
     CHECK_INT_EQ(lua_gettop(L), 0);
 }
 
+/* Escaping as the byte loop does it, for strings whose special byte sits
+ * at every offset of the word-at-a-time scan: encoder, append_string and
+ * decoder agree with it. */
+static void ref_escape(const unsigned char *s, size_t n, struct util_buf *out) {
+    static const char hex[] = "0123456789abcdef";
+    util_buf_append(out, "\"", 1);
+    for (size_t i = 0; i < n; i++) {
+        char e[7];
+        unsigned c = s[i];
+        if (c == '"' || c == '\\') {
+            e[0] = '\\';
+            e[1] = (char)c;
+            util_buf_append(out, e, 2);
+        } else if (c == '\n') {
+            util_buf_append(out, "\\n", 2);
+        } else if (c < 0x20) {
+            snprintf(e, sizeof e, "\\u00%c%c", hex[c >> 4], hex[c & 15]);
+            util_buf_append(out, e, 6);
+        } else {
+            util_buf_append(out, &s[i], 1);
+        }
+    }
+    util_buf_append(out, "\"", 1);
+}
+
+static void test_string_scan(void) {
+    static const char *specials[] = {"\"", "\\", "\n", "\x1f", "\x01", "\x7f", " ", "\xc3\xa9",
+                                     "\xe2\x9c\x93", "\xf0\x9f\x98\x80"};
+    int bad = 0;
+    for (size_t len = 0; len <= 26; len++) {
+        for (size_t pos = 0; pos <= len; pos++) {
+            for (size_t k = 0; k < sizeof specials / sizeof *specials; k++) {
+                unsigned char str[64];
+                struct util_buf want = {0}, got = {0}, app = {0};
+                char err[128];
+                size_t n = 0, sl = strlen(specials[k]);
+                for (size_t i = 0; i < len; i++) {
+                    if (i == pos) {
+                        memcpy(str + n, specials[k], sl);
+                        n += sl;
+                    }
+                    str[n++] = (unsigned char)('a' + i % 26);
+                }
+                if (pos == len) {
+                    memcpy(str + n, specials[k], sl);
+                    n += sl;
+                }
+                ref_escape(str, n, &want);
+                lua_pushlstring(L, (const char *)str, n);
+                if (jsonx_encode(L, -1, &got, 0, err, sizeof err) < 0 || got.len != want.len ||
+                    memcmp(got.p, want.p, want.len) != 0)
+                    bad++;
+                lua_settop(L, 0);
+                if (jsonx_append_string(&app, (const char *)str, n) < 0 || app.len != want.len ||
+                    memcmp(app.p, want.p, want.len) != 0)
+                    bad++;
+                if (jsonx_decode(L, want.p, want.len, JSON_DECODE_ANY, err, sizeof err) < 0) {
+                    bad++;
+                } else {
+                    size_t dl;
+                    const char *d = lua_tolstring(L, -1, &dl);
+                    if (!d || dl != n || memcmp(d, str, n) != 0)
+                        bad++;
+                }
+                lua_settop(L, 0);
+                util_buf_free(&want);
+                util_buf_free(&got);
+                util_buf_free(&app);
+            }
+        }
+    }
+    CHECK_INT_EQ(bad, 0);
+    /* a raw control byte or a bad UTF-8 byte past the first word is refused */
+    CHECK(jsonx_decode(L, "[\"abcdefghijk\x01\"]", 16, 0, last_err, sizeof last_err) < 0);
+    CHECK(strstr(last_err, "control character 0x1") != NULL);
+    CHECK(jsonx_decode(L, "[\"abcdefghijklmnop\xff\"]", 21, 0, last_err, sizeof last_err) < 0);
+    CHECK(strstr(last_err, "unable to decode byte 0xff") != NULL);
+    CHECK(enc("'abcdefghijklmnop\\xff'") == NULL);
+    CHECK_STR_EQ(last_err, "invalid UTF-8 in a string");
+    {
+        struct util_buf b = {0};
+        CHECK(jsonx_append_string(&b, "abcdefghijklmnop\xff", 17) < 0 && b.len == 0);
+        util_buf_free(&b);
+    }
+}
+
 static void test_append_string(void) {
     struct util_buf b = {0};
     CHECK(util_buf_appends(&b, "[") == 0);
@@ -343,9 +557,12 @@ int main(void) {
     test_numbers();
     test_strings();
     test_tables();
+    test_big_tables();
+    test_clone();
     test_decode();
     test_decode_vs_jansson();
     test_append_string();
+    test_string_scan();
     test_limits();
     CHECK(lua_true("local ok, e = pcall(json.encode, string.rep('x', 2000000)) return not ok"
                    " and e:find('output larger than 1048576 bytes', 1, true) ~= nil"));
