@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -220,7 +221,7 @@ struct store {
     sqlite3 *db;
     sqlite3_stmt *st[ST_COUNT_];
     struct event *commit_ev;
-    int in_txn, failed, scheduled, committing;
+    int in_txn, failed, begin_failed, scheduled, committing;
     /* Invariant: every delivery row with seq <= committed_dlv_seq is
      * committed (advanced at COMMIT, before the WAL sync). Claims see only
      * those, so no delivery is sent from a row a process crash could still
@@ -368,10 +369,13 @@ static int group_begin(struct store *s, char *err, size_t errlen) {
     sqlite3_stmt *st = s->st[ST_BEGIN];
     int rc;
     /* A group whose BEGIN failed wrote nothing; when nobody waits for its
-     * outcome either, a later write may start afresh instead of failing
-     * until the rollback event runs (requests can keep the loop busy). */
-    if (s->failed && !s->in_txn && s->ncbs == 0) {
+     * outcome either (no callback of either kind), a later write may start
+     * afresh instead of failing until the rollback event runs (requests
+     * can keep the loop busy). Not after SQLite rolled back a group by
+     * itself: that group's writes are lost and its outcome must be ok=0. */
+    if (s->failed && s->begin_failed && s->ncbs == 0 && s->nwcbs == 0) {
         s->failed = 0;
+        s->begin_failed = 0;
         s->fail_msg[0] = '\0';
     }
     if (s->failed) {
@@ -384,6 +388,7 @@ static int group_begin(struct store *s, char *err, size_t errlen) {
     sqlite3_reset(st);
     if (rc != SQLITE_DONE) {
         group_fail(s, "begin", err, errlen);
+        s->begin_failed = 1;
         return -1;
     }
     s->in_txn = 1;
@@ -465,6 +470,7 @@ static int group_end(struct store *s) {
     s->ncounts = 0;
     s->in_txn = 0;
     s->failed = 0;
+    s->begin_failed = 0;
     s->fail_msg[0] = '\0';
     return ok;
 }
@@ -495,19 +501,29 @@ static void callbacks_run(struct store *s, struct store_cb *list, size_t n, int 
         s->committing--;
 }
 
-/* Runs the open group's callbacks; keeps the array for the next group when
- * nothing new was registered meanwhile. */
-static void group_callbacks(struct store *s, int ok) {
-    struct store_cb *list = s->cbs;
-    size_t n = s->ncbs, cap = s->cap;
+/* The open group's store_on_commit callbacks, taken out of the store so
+ * that callbacks registered from now on belong to the next group. */
+struct cb_list {
+    struct store_cb *cbs;
+    size_t n, cap;
+};
+
+static struct cb_list group_detach(struct store *s) {
+    struct cb_list l = {s->cbs, s->ncbs, s->cap};
     s->cbs = NULL;
     s->ncbs = s->cap = 0;
-    callbacks_run(s, list, n, ok, 1);
+    return l;
+}
+
+/* Runs a detached list in registration order; keeps its array for the next
+ * group when nothing new was registered meanwhile. */
+static void group_callbacks(struct store *s, struct cb_list l, int ok) {
+    callbacks_run(s, l.cbs, l.n, ok, 1);
     if (!s->cbs) {
-        s->cbs = list;
-        s->cap = cap;
+        s->cbs = l.cbs;
+        s->cap = l.cap;
     } else {
-        free(list);
+        free(l.cbs);
     }
 }
 
@@ -568,8 +584,9 @@ static void *sync_main(void *arg) {
     return NULL;
 }
 
-/* Hands the committed group (callbacks and seqs) to the sync thread. */
-static void sync_ask(struct store *s, int64_t t0) {
+/* Hands the committed group (its callbacks, still in the store, and the
+ * highest event seq it inserted) to the sync thread. */
+static void sync_ask(struct store *s, int64_t evt_seq, int64_t t0) {
     struct store_cb *tmp = s->inflight;
     size_t cap = s->inflight_cap;
     /* Swap arrays: the open group's list becomes the in-flight one. */
@@ -579,7 +596,7 @@ static void sync_ask(struct store *s, int64_t t0) {
     s->cbs = tmp;
     s->cap = cap;
     s->ncbs = 0;
-    s->inflight_evt_seq = s->group_evt_seq;
+    s->inflight_evt_seq = evt_seq;
     s->inflight_t0 = t0;
     s->sync_busy = 1;
     event_add(s->sync_ev, NULL);
@@ -744,25 +761,29 @@ static void wal_maintain(struct store *s) {
 static void group_commit(struct store *s) {
     int wrote = s->in_txn && !s->failed, ok;
     int64_t t0 = util_mono_ms(), evt_seq = s->group_evt_seq;
+    struct cb_list durable;
     ok = group_end(s);
     if (ok)
         watermarks_advance(s, s->group_dlv_seq, 0);
-    s->group_dlv_seq = 0;
-    group_written_callbacks(s, ok);
+    s->group_dlv_seq = s->group_evt_seq = 0;
+    /* Everything about this group is settled before any callback runs: a
+     * written callback may write and register callbacks, which belong to
+     * the next group; and the tail checkpoint needs no transaction open. */
     if (ok && wrote) {
         wal_maintain(s);
         if (s->sync) {
-            sync_ask(s, t0);
-            s->group_evt_seq = 0;
+            sync_ask(s, evt_seq, t0);
+            group_written_callbacks(s, ok);
             return;
         }
     }
-    s->group_evt_seq = 0;
     if (ok)
         watermarks_advance(s, 0, evt_seq);
     if (wrote)
         metrics_store_commit(util_mono_ms() - t0);
-    group_callbacks(s, ok);
+    durable = group_detach(s);
+    group_written_callbacks(s, ok);
+    group_callbacks(s, durable, ok);
 }
 
 static void store_commit_cb(evutil_socket_t fd, short what, void *arg) {
@@ -817,6 +838,7 @@ int store_idle(const struct store *s) {
 int store_flush(struct store *s) {
     int ok, wrote;
     int64_t dlv_seq, evt_seq;
+    struct cb_list durable;
     if (s->scheduled) {
         event_del(s->commit_ev);
         s->scheduled = 0;
@@ -834,7 +856,6 @@ int store_flush(struct store *s) {
     s->group_dlv_seq = s->group_evt_seq = 0;
     if (ok)
         watermarks_advance(s, dlv_seq, 0);
-    group_written_callbacks(s, ok);
     if (ok && wrote && s->sync && fdatasync(s->sync->wal_fd) != 0) {
         log_msg(LOG_ERROR, "store: fdatasync of the WAL failed: %s; stopping so that the next"
                            " start recovers from the disk", strerror(errno));
@@ -842,7 +863,9 @@ int store_flush(struct store *s) {
     }
     if (ok)
         watermarks_advance(s, 0, evt_seq);
-    group_callbacks(s, ok);
+    durable = group_detach(s);
+    group_written_callbacks(s, ok);
+    group_callbacks(s, durable, ok);
     return ok ? 0 : -1;
 }
 
@@ -855,17 +878,32 @@ int store_ping(struct store *s) {
 
 /* ---- starting and stopping the threads ---- */
 
-/* Starts the sync thread on PATH-wal (which exists: store_open has read and
- * written in WAL mode by now). Also syncs the directory once, so the WAL's
- * own directory entry is durable before any commit counts on it. */
-static int sync_start(struct store *s, struct event_base *base, const char *path, char *err,
-                      size_t errlen) {
+/* Starts a helper thread with every signal blocked: SIGTERM, SIGHUP and
+ * the rest are the loop's, and a syscall of a helper is never cut short. */
+static int thread_start(pthread_t *t, void *(*fn)(void *), void *arg) {
+    sigset_t all, old;
+    int rc;
+    sigfillset(&all);
+    if (pthread_sigmask(SIG_SETMASK, &all, &old) != 0)
+        return -1;
+    rc = pthread_create(t, NULL, fn, arg);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return rc;
+}
+
+/* Starts the sync thread on the WAL SQLite writes (which exists: store_open
+ * has read and written in WAL mode by now; named by SQLite, which resolves
+ * a symlinked database to the real file and keeps the WAL beside it). Also
+ * syncs its directory once, so the WAL's own directory entry is durable
+ * before any commit counts on it. */
+static int sync_start(struct store *s, struct event_base *base, char *err, size_t errlen) {
     struct store_sync *y;
+    const char *db_file = sqlite3_db_filename(s->db, "main");
     char *wal = NULL, *dir = NULL, *slash;
     int dfd, ret = -1;
     y = calloc(1, sizeof *y);
-    if (!y || asprintf(&wal, "%s-wal", path) < 0 || !(dir = strdup(path))) {
-        wal = NULL;
+    if (!y || !db_file || !sqlite3_filename_wal(db_file) ||
+        !(wal = strdup(sqlite3_filename_wal(db_file))) || !(dir = strdup(wal))) {
         store_err(err, errlen, "store: out of memory");
         goto done;
     }
@@ -880,7 +918,7 @@ static int sync_start(struct store *s, struct event_base *base, const char *path
         *(slash == dir ? slash + 1 : slash) = '\0';
     dfd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd < 0 || fsync(dfd) != 0) {
-        store_err(err, errlen, "store: syncing the directory of %s: %s", path, strerror(errno));
+        store_err(err, errlen, "store: syncing the directory of %s: %s", wal, strerror(errno));
         if (dfd >= 0)
             close(dfd);
         goto done;
@@ -899,7 +937,7 @@ static int sync_start(struct store *s, struct event_base *base, const char *path
     pthread_mutex_init(&y->mu, NULL);
     pthread_cond_init(&y->wake, NULL);
     pthread_cond_init(&y->finished, NULL);
-    if (pthread_create(&y->thread, NULL, sync_main, y) != 0) {
+    if (thread_start(&y->thread, sync_main, y) != 0) {
         store_err(err, errlen, "store: cannot start the sync thread");
         pthread_mutex_destroy(&y->mu);
         pthread_cond_destroy(&y->wake);
@@ -968,7 +1006,7 @@ static int ckpt_start(struct store *s, const char *path, char *err, size_t errle
     pthread_mutex_init(&k->mu, NULL);
     pthread_cond_init(&k->wake, NULL);
     pthread_cond_init(&k->idle, NULL);
-    if (pthread_create(&k->thread, NULL, ckpt_main, k) != 0) {
+    if (thread_start(&k->thread, ckpt_main, k) != 0) {
         store_err(err, errlen, "store: cannot start the checkpoint thread");
         pthread_mutex_destroy(&k->mu);
         pthread_cond_destroy(&k->wake);
@@ -1210,7 +1248,7 @@ struct store *store_open(struct event_base *base, const char *url, const char *b
         event_priority_set(s->commit_ev, prio);
     if (ckpt_start(s, path, err, errlen) < 0)
         goto fail;
-    if (sync_full && sync_start(s, base, path, err, errlen) < 0)
+    if (sync_full && sync_start(s, base, err, errlen) < 0)
         goto fail;
     free(path);
     return s;

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -17,7 +18,7 @@
 #include "util.h"
 
 static struct event_base *base;
-static char dir[64], dbpath[128];
+static char dir[64], dbpath[256];
 
 /* ---- helpers ---- */
 
@@ -496,7 +497,7 @@ static struct store *test_crash_release(struct store *s) {
     store_free(s);
 
     before = util_now_ms();
-    s = open_store("sqlite:store.db?sync=normal");
+    s = open_store("sqlite:store.db");
     CHECK(s != NULL);
     if (!s)
         return NULL;
@@ -907,7 +908,7 @@ static void test_counts_per_group(struct store *s) {
 /* A store made when inserts were counted by a trigger loses the trigger at
  * open: inserts are not counted twice. */
 static void test_counts_trigger_dropped(void) {
-    char saved[128], err[256] = "";
+    char saved[256], err[256] = "";
     sqlite3 *db = NULL;
     struct store *s;
     struct store_event ev = mk_event("evt_OLDTRIG", "src-oldtrig");
@@ -946,6 +947,146 @@ done:
     snprintf(dbpath, sizeof dbpath, "%s", saved);
 }
 
+/* A write whose BEGIN failed (another process held the lock) registered
+ * only a store_on_written callback, as routing does; a later write of the
+ * same turn must not start the group afresh and tell that callback ok=1. */
+static void test_failed_begin_keeps_written_outcome(struct store *s) {
+    char err[256];
+    struct store_event a = mk_event("evt_BEGIN_A", "begin-a");
+    struct store_event b = mk_event("evt_BEGIN_B", "begin-b");
+    struct commit_rec r = {0, 0, 0};
+    sqlite3 *other = NULL;
+    CHECK_INT_EQ(store_event_put(s, &a, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(store_event_put(s, &b, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(commit(s), 1);
+    CHECK_INT_EQ(sqlite3_open(dbpath, &other), SQLITE_OK);
+    CHECK_INT_EQ(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    CHECK_INT_EQ(store_event_routed(s, a.id, "unrouted", NULL, NULL, 0, err, sizeof err), -1);
+    CHECK_INT_EQ(store_on_written(s, on_commit, &r), 0);
+    sqlite3_exec(other, "COMMIT", NULL, NULL, NULL);
+    sqlite3_close(other);
+    /* the lock is gone: this write fails with the group, it does not reset it */
+    CHECK_INT_EQ(store_event_routed(s, b.id, "unrouted", NULL, NULL, 0, err, sizeof err), -1);
+    run_until(&r);
+    CHECK_INT_EQ(r.called, 1);
+    CHECK_INT_EQ(r.ok, 0);
+    /* the next group works and records both */
+    CHECK_INT_EQ(store_event_routed(s, a.id, "unrouted", NULL, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(store_event_routed(s, b.id, "unrouted", NULL, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(commit(s), 1);
+    CHECK_INT_EQ(fresh_count("SELECT count(*) FROM events WHERE id LIKE 'evt_BEGIN_%' AND"
+                             " status = ?", "unrouted"),
+                 2);
+}
+
+/* A store_on_written callback that writes and registers a durable callback:
+ * that callback belongs to the next group, so it runs once its own write is
+ * committed and synced, and recovery does not list the event before. */
+struct written_chain {
+    struct store *s;
+    struct commit_rec durable;
+    long long visible;
+    int listed;
+};
+
+static void on_chain_durable(void *arg, int ok) {
+    struct written_chain *w = arg;
+    struct store_event_row *rows = NULL;
+    size_t n = 0, i;
+    char err[256];
+    on_commit(&w->durable, ok);
+    w->visible = fresh_count("SELECT count(*) FROM events WHERE id = ?", "evt_WCHAIN_NEW");
+    if (store_events_unrouted(w->s, 0, 1000, &rows, &n, err, sizeof err) == 0) {
+        for (i = 0; i < n; i++)
+            w->listed += strcmp(rows[i].id, "evt_WCHAIN_NEW") == 0;
+        store_event_rows_free(rows, n);
+    }
+}
+
+static void on_chain_written(void *arg, int ok) {
+    struct written_chain *w = arg;
+    struct store_event ev = mk_event("evt_WCHAIN_NEW", "wchain-new");
+    char err[256];
+    UNUSED(ok);
+    CHECK_INT_EQ(store_event_put(w->s, &ev, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(store_on_commit(w->s, on_chain_durable, w), 0);
+}
+
+static void test_written_callback_writes(struct store *s) {
+    struct written_chain w = {s, {0, 0, 0}, -1, -1};
+    struct store_event ev = mk_event("evt_WCHAIN_OLD", "wchain-old");
+    char err[256];
+    CHECK_INT_EQ(store_event_put(s, &ev, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(store_on_written(s, on_chain_written, &w), 0);
+    w.listed = 0;
+    run_until(&w.durable);
+    CHECK_INT_EQ(w.durable.called, 1);
+    CHECK_INT_EQ(w.durable.ok, 1);
+    CHECK_INT_EQ((int)w.visible, 1); /* committed when told so */
+    CHECK_INT_EQ(w.listed, 1);       /* durable: recovery may see it now */
+    CHECK_INT_EQ(store_event_routed(s, "evt_WCHAIN_NEW", "unrouted", NULL, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(store_event_routed(s, "evt_WCHAIN_OLD", "unrouted", NULL, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(commit(s), 1);
+}
+
+/* How many of this process's fds are open on path. */
+static int fds_open_on(const char *path) {
+    DIR *d = opendir("/proc/self/fd");
+    struct dirent *e;
+    char link[300], target[300];
+    ssize_t len;
+    int n = 0;
+    if (!d)
+        return -1;
+    while ((e = readdir(d)) != NULL) {
+        snprintf(link, sizeof link, "/proc/self/fd/%s", e->d_name);
+        len = readlink(link, target, sizeof target - 1);
+        if (len <= 0)
+            continue;
+        target[len] = '\0';
+        n += strcmp(target, path) == 0;
+    }
+    closedir(d);
+    return n;
+}
+
+/* A database reached through a symlink: SQLite keeps the WAL beside the
+ * real file, and that is the file the sync thread must sync; a stale -wal
+ * beside the link must not be taken for it. */
+static void test_symlinked_store(void) {
+    char saved[256], real_dir[128], target[160], link[160], stale[200], url[200];
+    struct store *s;
+    FILE *f;
+    struct store_event ev = mk_event("evt_SYMLINK", "symlink-1");
+    char err[256];
+    snprintf(saved, sizeof saved, "%s", dbpath);
+    snprintf(real_dir, sizeof real_dir, "%s/real", dir);
+    CHECK_INT_EQ(mkdir(real_dir, 0700), 0);
+    snprintf(target, sizeof target, "%s/w.db", real_dir);
+    snprintf(link, sizeof link, "%s/link.db", dir);
+    f = fopen(target, "w");
+    if (f)
+        fclose(f);
+    CHECK_INT_EQ(symlink(target, link), 0);
+    snprintf(stale, sizeof stale, "%s-wal", link);
+    f = fopen(stale, "w"); /* a stale WAL name beside the link */
+    if (f)
+        fclose(f);
+    snprintf(url, sizeof url, "sqlite:%s", link);
+    s = open_store(url);
+    CHECK(s != NULL);
+    if (!s)
+        goto done;
+    snprintf(dbpath, sizeof dbpath, "%s", target);
+    CHECK_INT_EQ(fds_open_on(stale), 0); /* nothing syncs the stale name */
+    CHECK_INT_EQ(store_event_put(s, &ev, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(commit(s), 1);
+    CHECK_INT_EQ(fresh_count("SELECT count(*) FROM events WHERE id = ?", "evt_SYMLINK"), 1);
+    store_free(s);
+done:
+    snprintf(dbpath, sizeof dbpath, "%s", saved);
+}
+
 /* ---- durability off the loop, under load that never pauses ---- */
 
 /* A writer event puts 4 events of 64 KiB every millisecond, so a group is
@@ -973,7 +1114,7 @@ static void on_pump_commit(void *arg, int ok) {
 
 static void on_pump_tick(evutil_socket_t fd, short what, void *arg) {
     struct pump *p = arg;
-    char id[64], sid[64], err[256] = "", wal[160];
+    char id[64], sid[64], err[256] = "", wal[300];
     struct stat stw;
     int i;
     UNUSED(fd);
@@ -1006,7 +1147,7 @@ static void on_pump_tick(evutil_socket_t fd, short what, void *arg) {
 static void test_wal_restarts_under_load(void) {
     static const struct timeval ms = {0, 1000};
     struct pump p = {0};
-    char saved[128];
+    char saved[256];
     int i;
     snprintf(saved, sizeof saved, "%s", dbpath);
     snprintf(dbpath, sizeof dbpath, "%s/load.db", dir);
@@ -1077,7 +1218,10 @@ int main(void) {
     test_unrouted_skips_open_group(s);
     test_written_before_durable(s);
     test_counts_per_group(s);
+    test_failed_begin_keeps_written_outcome(s);
+    test_written_callback_writes(s);
     store_free(s);
+    test_symlinked_store();
     test_counts_trigger_dropped();
     test_wal_restarts_under_load();
     store_free(NULL);
