@@ -1,30 +1,49 @@
 #!/usr/bin/env python3
-"""bench.py -- waybill's ingest benchmark beside its baselines, in one run.
+"""bench.py -- waybill's benchmark beside its baselines, in one run.
 
 Run by tests/bench/run.sh (which installs wrk/webhook and builds the bare
-server). For each of --rounds rounds, interleaved (A B C D, A B C D, ...),
-each server is started pinned to core 0 (`taskset -c 0`), warmed up, then
-measured with `wrk -t1 -c64` and `-c8` pinned to core 1 (`taskset -c 1`)
-using tests/bench/ingest.lua (a new signed ~600-byte atoship event per
-request). Servers:
+server). Parts, numbered as in issue 7:
 
-  waybill   ./waybill serve: atoship source, one endpoint `enabled = false`
-            (a bare server on core 1 stands behind it in case deliveries do
-            go out), rules sending everything to it, a fresh store per round
-  bare      tests/bench/out/bare_server: libevent evhttp answering 200
-  webhook   Debian's webhook (adnanh): payload-hmac-sha256 rule on
-            X-Atoship-Signature, no command (answers, stores nothing)
-  node      the seed-002 Express receiver (tests/integration/sinks/
-            xsignature.js, SINK_QUIET=1): raw body, HMAC, timingSafeEqual
+1. Ingest. For each of --rounds rounds, interleaved (A B C D E, A B C D E,
+   ...), each server is started pinned to core 0 (`taskset -c 0`), warmed
+   up, then measured with `wrk -t1 -c64` and `-c8` pinned to core 1
+   (`taskset -c 1`) using tests/bench/ingest.lua (a new signed ~600-byte
+   atoship event per request). Servers:
 
-Then, with waybill's endpoint enabled (--delivery-rounds, default 1):
-delivery throughput (wrk -c64 ingest into a waybill delivering to a counting
-bare server, then the time to drain) and end-to-end latency ingest -> sink at
-a steady 1,000 events/s (Python senders on keep-alive connections, Python sink; Convoy's published figure is
-p95 124 ms at 200 events/s).
+     waybill     ./waybill serve: atoship source, endpoint "sink" `enabled =
+                 false` (its deliveries held; a bare server on core 1 stands
+                 behind it in case deliveries do go out), rules sending
+                 everything to it, endpoint "parked" (enabled, unused), a
+                 fresh store per round
+     waybill-1m  the same config on a store holding --scale-rows (1,000,000)
+                 pending deliveries for "parked" (part 5; c64 only)
+     bare        tests/bench/out/bare_server: libevent evhttp answering 200
+     webhook     Debian's webhook (adnanh): payload-hmac-sha256 rule on
+                 X-Atoship-Signature, no command (answers, stores nothing)
+     node        the seed-002 Express receiver (tests/integration/sinks/
+                 xsignature.js, SINK_QUIET=1): raw body, HMAC, timingSafeEqual
 
-Prints a table of medians with ratios to the bare server and writes it, with
-every round's numbers, to tests/bench/out/results.md. Exits 0 whatever the
+2. Sustained throughput (--delivery-rounds, default 3; --fanout 1,4): the
+   same wrk -c64 load into a waybill delivering every event to 1 and to 4
+   enabled endpoints on a counting bare server (keep-alive, core 1): events/s
+   in, deliveries/s out over the window, pending deliveries (admin API) at
+   its start and end, the time to drain; ratio to the bare server's c64 rate
+   of part 1.
+3. End-to-end latency ingest -> sink receipt at a steady --latency-rate
+   (1,000) events/s for --latency-seconds (20): one asyncio sender with
+   every request signed beforehand, the bare server in record mode as the
+   sink (C; it notes when it has read each delivery); p50/p95/p99/max and
+   how many never arrived. Convoy's published figure is p95 124 ms at 200
+   events/s.
+4. Rule cost: `waybill bench-rules` over the example rules (us/event), and
+   callgrind's instructions/event when valgrind is installed.
+5. Scale: the store for waybill-1m is built before the rounds (waybill
+   creates the schema, then tests/bench/scale_store.py bulk-inserts the rows
+   in one transaction, ~30 s); ingest at c64 and RSS (VmRSS after the run,
+   VmHWM peak) vs the empty store of part 1's waybill, same rounds.
+
+Prints the tables of medians with ratios and writes them, with every
+round's numbers, to tests/bench/out/results.md. Exits 0 whatever the
 numbers (1 only on a usage error).
 """
 
@@ -292,6 +311,11 @@ class WaybillScale(Waybill):
     def available(self):
         if not self.args.scale_rows:
             return "--scale-rows 0"
+        os.makedirs(self.args.scale_dir, exist_ok=True)
+        st = os.statvfs(self.args.scale_dir)
+        need = self.args.scale_rows * 2600 + (1 << 30)  # ~2.4 KB a row, and room to ingest
+        if st.f_bavail * st.f_frsize < need:
+            return "%s has less than %.1f GiB free" % (self.args.scale_dir, need / 2.0 ** 30)
         return Waybill.available(self)
 
     def store_setting(self):
@@ -657,7 +681,9 @@ def main():
     ap.add_argument("--latency-sink", choices=("c", "python"), default="c")
     ap.add_argument("--scale-rows", type=int, default=1000000,
                     help="pending deliveries in waybill-1m's store (part 5); 0 = skip it")
-    ap.add_argument("--scale-dir", default=None, help="where the scale store is built (default: $TMPDIR)")
+    ap.add_argument("--scale-dir", default=os.path.join(HERE, "out"),
+                    help="where the scale store (~2.3 GiB for 1M rows) is built; removed after the rounds "
+                         "unless --keep")
     ap.add_argument("--drain-timeout", type=float, default=60.0)
     args = ap.parse_args()
     args.bin = os.path.abspath(args.bin)
