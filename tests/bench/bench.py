@@ -651,6 +651,7 @@ def bench_rules(args, rounds=3):
     else:
         line += " (install valgrind for callgrind's instructions/event)"
     shutil.rmtree(tmp, ignore_errors=True)
+    bench_rules.us = med(us)
     return line
 
 
@@ -895,6 +896,43 @@ def main():
     if rules_line:
         lines.append("")
         lines.append(rules_line)
+
+    # issue 7's targets beside this run's figures (ratios from the same run)
+    targets = []
+
+    def target(what, want, got, ok):
+        targets.append("| %s | %s | %s | %s |" % (what, want, got, "-" if ok is None else "yes" if ok else "no"))
+
+    w64 = stat("waybill", 64, "rps")
+    if w64 is not None and bare64:
+        target("ingest c64 x bare", ">= 0.60", "%.2f" % (w64 / bare64), w64 / bare64 >= 0.6)
+    for other, want in (("node", 3.0), ("webhook", 1.0)):
+        o = stat(other, 64, "rps")
+        if w64 is not None and o:
+            target("ingest c64 x %s" % other, ">= %.1f" % want, "%.2f" % (w64 / o), w64 / o >= want)
+    one = [d for d in sustained if d["endpoints"] == 1]
+    if one and bare64:
+        o = med([d["out_rps"] for d in one])
+        flat = sum(1 for d in one if d["flat"])
+        target("sustained, 1 endpoint: deliveries/s out x bare, backlog flat", ">= 0.30, flat",
+               "%.2f, flat in %d/%d rounds" % (o / bare64, flat, len(one)),
+               o / bare64 >= 0.3 and flat * 2 > len(one))
+    if latencies:
+        p99 = med([x["p99"] for x in latencies])
+        target("end-to-end p99 at %d events/s" % args.latency_rate, "<= 10 ms", "%.1f ms" % p99, p99 <= 10)
+    if rules_line and getattr(bench_rules, "us", None) is not None:
+        target("rules, us/event (examples/)", "<= 5", "%.1f" % bench_rules.us, bench_rules.us <= 5)
+    if s64 is not None and w64:
+        target("ingest c64 with %s pending x empty store" % fmt_int(args.scale_rows), ">= 0.90",
+               "%.2f" % (s64 / w64), s64 / w64 >= 0.9)
+        peak = max([d.get("vmhwm_kib", 0) for d in results[("waybill-1m", 64)]])
+        target("RSS peak with %s pending" % fmt_int(args.scale_rows), "<= 64 MiB", "%s MiB" % mib(peak),
+               peak <= 64 * 1024)
+    if targets:
+        lines.append("")
+        lines.append("| target (issue 7) | wanted | this run | met |")
+        lines.append("|---|---|---|---|")
+        lines.extend(targets)
     if notes:
         lines.append("")
         lines.extend("- " + x for x in notes)
