@@ -952,6 +952,9 @@ def main():
                     d["non2xx"], d["sockerr"]))
     if sustained:
         lines.append("")
+        lines.append("(delivered may exceed expected by up to 64 per endpoint: requests in flight when wrk "
+                     "stops are stored and delivered, but wrk does not count them)")
+        lines.append("")
         lines.append("| sustained | endpoints | round | events/s in | deliveries/s out | backlog start -> end | flat "
                      "| drain s | delivered / expected | non-2xx |")
         lines.append("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|")
