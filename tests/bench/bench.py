@@ -1,34 +1,54 @@
 #!/usr/bin/env python3
-"""bench.py -- waybill's ingest benchmark beside its baselines, in one run.
+"""bench.py -- waybill's benchmark beside its baselines, in one run.
 
 Run by tests/bench/run.sh (which installs wrk/webhook and builds the bare
-server). For each of --rounds rounds, interleaved (A B C D, A B C D, ...),
-each server is started pinned to core 0 (`taskset -c 0`), warmed up, then
-measured with `wrk -t1 -c64` and `-c8` pinned to core 1 (`taskset -c 1`)
-using tests/bench/ingest.lua (a new signed ~600-byte atoship event per
-request). Servers:
+server). Parts, numbered as in issue 7:
 
-  waybill   ./waybill serve: atoship source, one endpoint `enabled = false`
-            (a bare server on core 1 stands behind it in case deliveries do
-            go out), rules sending everything to it, a fresh store per round
-  bare      tests/bench/out/bare_server: libevent evhttp answering 200
-  webhook   Debian's webhook (adnanh): payload-hmac-sha256 rule on
-            X-Atoship-Signature, no command (answers, stores nothing)
-  node      the seed-002 Express receiver (tests/integration/sinks/
-            xsignature.js, SINK_QUIET=1): raw body, HMAC, timingSafeEqual
+1. Ingest. For each of --rounds rounds, interleaved (A B C D E, A B C D E,
+   ...), each server is started pinned to core 0 (`taskset -c 0`), warmed
+   up, then measured with `wrk -t1 -c64` and `-c8` pinned to core 1
+   (`taskset -c 1`) using tests/bench/ingest.lua (a new signed ~600-byte
+   atoship event per request). Servers:
 
-Then, with waybill's endpoint enabled (--delivery-rounds, default 1):
-delivery throughput (wrk -c64 ingest into a waybill delivering to a counting
-bare server, then the time to drain) and end-to-end latency ingest -> sink at
-a steady 1,000 events/s (Python senders on keep-alive connections, Python sink; Convoy's published figure is
-p95 124 ms at 200 events/s).
+     waybill     ./waybill serve: atoship source, endpoint "sink" `enabled =
+                 false` (its deliveries held; a bare server on core 1 stands
+                 behind it in case deliveries do go out), rules sending
+                 everything to it, endpoint "parked" (enabled, unused), a
+                 fresh store per round
+     waybill-1m  the same config on a store holding --scale-rows (1,000,000)
+                 pending deliveries for "parked" (part 5; c64 only)
+     bare        tests/bench/out/bare_server: libevent evhttp answering 200
+     webhook     Debian's webhook (adnanh): payload-hmac-sha256 rule on
+                 X-Atoship-Signature, no command (answers, stores nothing)
+     node        the seed-002 Express receiver (tests/integration/sinks/
+                 xsignature.js, SINK_QUIET=1): raw body, HMAC, timingSafeEqual
 
-Prints a table of medians with ratios to the bare server and writes it, with
-every round's numbers, to tests/bench/out/results.md. Exits 0 whatever the
+2. Sustained throughput (--delivery-rounds, default 3; --fanout 1,4): the
+   same wrk -c64 load into a waybill delivering every event to 1 and to 4
+   enabled endpoints on a counting bare server (keep-alive, core 1): events/s
+   in, deliveries/s out over the window, pending deliveries (admin API) at
+   its start and end, the time to drain; ratio to the bare server's c64 rate
+   of part 1.
+3. End-to-end latency ingest -> sink receipt at a steady --latency-rate
+   (1,000) events/s for --latency-seconds (20): one asyncio sender with
+   every request signed beforehand, the bare server in record mode as the
+   sink (C; it notes when it has read each delivery); p50/p95/p99/max and
+   how many never arrived. Convoy's published figure is p95 124 ms at 200
+   events/s.
+4. Rule cost: `waybill bench-rules` over the example rules (us/event), and
+   callgrind's instructions/event when valgrind is installed.
+5. Scale: the store for waybill-1m is built before the rounds (waybill
+   creates the schema, then tests/bench/scale_store.py bulk-inserts the rows
+   in one transaction, ~30 s); ingest at c64 and RSS (VmRSS after the run,
+   VmHWM peak) vs the empty store of part 1's waybill, same rounds.
+
+Prints the tables of medians with ratios and writes them, with every
+round's numbers, to tests/bench/out/results.md. Exits 0 whatever the
 numbers (1 only on a usage error).
 """
 
 import argparse
+import asyncio
 import json
 import re
 import os
@@ -37,8 +57,6 @@ import signal
 import socket
 import statistics
 import subprocess
-import threading
-import http.client
 import sys
 import tempfile
 import time
@@ -79,6 +97,7 @@ class Server:
     """One server under test: start() -> pid, url, wrk env; stop()."""
 
     name = "?"
+    conns = None  # None: every --conns; else only these
     path = "/hooks/atoship"
     sig_header = "X-Atoship-Signature"
 
@@ -209,35 +228,50 @@ class Node(Server):
 
 
 class Waybill(Server):
+    """waybill serve with the ingest bench's config: endpoint "sink" disabled
+    (its deliveries held; a bare server on the load generator's core stands
+    behind it in case deliveries do go out) and every event routed to it,
+    plus endpoint "parked" (enabled, no rule sends to it) that holds part
+    5's million pending deliveries, so the empty and the 1M-row store run the
+    same config. With `endpoints` set (part 2, part 3): those (name, url)
+    endpoints instead, all enabled, every event routed to all of them."""
+
     name = "waybill"
-    deliver_to = None  # None: endpoint disabled (ingest bench); else a URL deliveries go to
+    endpoints = None  # None: the ingest config above; else [(name, url), ...]
+    conns = None  # None: every --conns; else only these
 
     def available(self):
         return None if os.access(self.args.bin, os.X_OK) else "%s not built" % self.args.bin
 
+    def store_setting(self):
+        return self.args.store
+
     def prepare(self):
         self.admin_port = wb.free_port()
-        # Where deliveries would go if `enabled = false` were not honoured:
-        # a bare server on the load generator's core, never measured.
-        sink_port = wb.free_port()
-        if self.deliver_to:
-            url, enabled = self.deliver_to, "true"
+        secret = "whsec_YmVuY2gtc2VjcmV0LWZvci13YXliaWxs"
+        if self.endpoints:
+            eps = [(n, u, "true") for n, u in self.endpoints]
         else:
-            url, enabled = "http://127.0.0.1:%d/" % sink_port, "false"
-        if not self.deliver_to and os.access(self.args.bare, os.X_OK):
-            self.extra.append(subprocess.Popen(["taskset", "-c", self.args.wrk_cpu, self.args.bare, str(sink_port)],
-                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            sink_port = wb.free_port()
+            if os.access(self.args.bare, os.X_OK):
+                self.extra.append(subprocess.Popen(["taskset", "-c", self.args.wrk_cpu, self.args.bare,
+                                                    str(sink_port)],
+                                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            eps = [("sink", "http://127.0.0.1:%d/" % sink_port, "false"),
+                   ("parked", "http://127.0.0.1:%d/parked" % sink_port, "true")]
+        routed = [n for n, _, enabled in eps if enabled == "true"] if self.endpoints else ["sink"]
         os.makedirs(os.path.join(self.tmp, "rules"))
         with open(os.path.join(self.tmp, "rules", "10-all.lua"), "w") as f:
-            f.write('on("*", {"sink"})\n')
+            f.write('on("*", {%s})\n' % ", ".join('"%s"' % n for n in routed))
         with open(os.path.join(self.tmp, "waybill.lua"), "w") as f:
             f.write('listen = "127.0.0.1:%d"\n' % self.port)
             f.write('admin = { listen = "127.0.0.1:%d", token = "%s" }\n' % (self.admin_port, ADMIN_TOKEN))
-            f.write('store = "%s"\n' % self.args.store)
+            f.write('store = "%s"\n' % self.store_setting())
             f.write('allow_private = { "127.0.0.0/8" }\n')
             f.write('source "atoship" { verify = "atoship", secret = "%s" }\n' % SECRET)
-            f.write('endpoint "sink" { url = "%s", secret = "whsec_YmVuY2gtc2VjcmV0LWZvci13YXliaWxs", '
-                    'sign = "standard", enabled = %s }\n' % (url, enabled))
+            for n, url, enabled in eps:
+                f.write('endpoint "%s" { url = "%s", secret = "%s", sign = "standard", enabled = %s }\n'
+                        % (n, url, secret, enabled))
             f.write('rules "rules/"\n')
 
     def ready(self):
@@ -250,6 +284,81 @@ class Waybill(Server):
 
     def command(self):
         return [self.args.bin, "serve", "-c", os.path.join(self.tmp, "waybill.lua")]
+
+    def queue(self):
+        """The admin API's delivery counts: {"pending": n, "held": n, ...}."""
+        r = wb.http_request(self.admin_port, "GET", "/api/status",
+                            headers={"Authorization": "Bearer " + ADMIN_TOKEN}, timeout=10)
+        if r.status != 200:
+            raise RuntimeError("GET /api/status answered %s" % r.status)
+        return json.loads(r.body)["queue"]
+
+    def after_run(self, d):
+        """Called after each measured wrk run: RSS now and the peak so far."""
+        d.update(proc_mem(self.proc.pid))
+
+
+class WaybillScale(Waybill):
+    """Part 5: the ingest config on a store already holding --scale-rows
+    pending deliveries (endpoint "parked", due in 2100), built once before
+    the rounds by scale_store.py and kept across rounds (ingest adds held
+    deliveries to "sink"; the pending million stays). 64 connections only."""
+
+    name = "waybill-1m"
+    conns = (64,)
+    built = None  # path of the built store, shared by every round
+
+    def available(self):
+        if not self.args.scale_rows:
+            return "--scale-rows 0"
+        os.makedirs(self.args.scale_dir, exist_ok=True)
+        st = os.statvfs(self.args.scale_dir)
+        need = self.args.scale_rows * 2600 + (1 << 30)  # ~2.4 KB a row, and room to ingest
+        if st.f_bavail * st.f_frsize < need:
+            return "%s has less than %.1f GiB free" % (self.args.scale_dir, need / 2.0 ** 30)
+        return Waybill.available(self)
+
+    def store_setting(self):
+        return "sqlite:" + WaybillScale.built
+
+    def start(self):
+        Waybill.start(self)
+        q = self.queue()
+        self.pending_at_start = q["pending"]
+        if q["pending"] < self.args.scale_rows:
+            raise RuntimeError("waybill sees %d pending deliveries, not %d" % (q["pending"], self.args.scale_rows))
+
+    @classmethod
+    def build(cls, args):
+        """Lets waybill create the schema, stops it, bulk-inserts the rows.
+        Returns (seconds, path)."""
+        d = tempfile.mkdtemp(prefix="wb-bench-scale-", dir=args.scale_dir)
+        path = os.path.join(d, "waybill.db")
+        cls.built = path
+        t0 = time.monotonic()
+        s = Waybill(args)
+        s.store_setting = lambda: "sqlite:" + path
+        try:
+            s.start()
+        finally:
+            s.stop()
+        sys.path.insert(0, HERE)
+        import scale_store  # noqa: E402
+        scale_store.build(path, args.scale_rows, "parked")
+        return time.monotonic() - t0, path
+
+
+def proc_mem(pid):
+    """VmRSS and VmHWM (peak) of a process, in KiB."""
+    out = {}
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    out[line.split(":")[0].lower() + "_kib"] = int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
 
 
 def run_wrk(args, server, conns, duration):
@@ -268,6 +377,8 @@ def run_wrk(args, server, conns, duration):
             d["sockerr"] = sum(v for k, v in d["errors"].items() if k != "status")
             if t0 is not None and t1 is not None and d["requests"]:
                 d["cpu_us"] = (t1 - t0) / TICK * 1e6 / d["requests"]
+            if hasattr(server, "after_run"):
+                server.after_run(d)
             return d
     raise RuntimeError("wrk gave no result (exit %s): %s %s" % (r.returncode, r.stdout[-500:], r.stderr[-500:]))
 
@@ -276,105 +387,201 @@ def bare_count(port):
     return int(wb.http_request(port, "GET", "/_count", timeout=5).body)
 
 
-def bench_delivery(args, duration):
-    """Delivery throughput: wrk -c64 ingests for `duration` s into a waybill
-    whose endpoint is a counting bare server (on the load generator's core);
-    then wait until every accepted event has been delivered."""
+def bench_sustained(args, nendpoints, duration):
+    """Part 2, sustained throughput: wrk -c64 (the ingest load) into a
+    waybill delivering every event to `nendpoints` enabled endpoints, all on
+    one counting bare server (keep-alive; on the load generator's core, paths
+    /e1../eN). After a warm-up, the window is one wrk run: events/s in (wrk),
+    deliveries/s out (the sink's count over the window), and the backlog
+    (pending deliveries by the admin API) at its start and end; then the
+    time until everything accepted has been delivered."""
     sink_port = wb.free_port()
     sink = subprocess.Popen(["taskset", "-c", args.wrk_cpu, args.bare, str(sink_port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     s = Waybill(args)
-    s.deliver_to = "http://127.0.0.1:%d/deliveries" % sink_port
+    s.endpoints = [("e%d" % k, "http://127.0.0.1:%d/e%d" % (sink_port, k)) for k in range(1, nendpoints + 1)]
     try:
         wb.wait_for(lambda: port_open(sink_port), 5)
         s.start()
-        base = bare_count(sink_port)  # start() sent one event
-        t0 = time.monotonic()
+        if args.warmup:
+            w = run_wrk(args, s, 64, args.warmup)
+        q0, c0, t0 = s.queue(), bare_count(sink_port), time.monotonic()
         d = run_wrk(args, s, 64, duration)
-        t_ingest = time.monotonic() - t0
-        accepted = d["requests"] - d["non2xx"]
+        c1, t1 = bare_count(sink_port), time.monotonic()
+        q1 = s.queue()
+        # everything accepted so far (start-up check, warm-up, window) must arrive
+        accepted = 1 + d["requests"] - d["non2xx"] + ((w["requests"] - w["non2xx"]) if args.warmup else 0)
+        want = accepted * nendpoints
         deadline = time.monotonic() + args.drain_timeout
-        got = 0
-        while time.monotonic() < deadline:
-            got = bare_count(sink_port) - base
-            if got >= accepted:
-                break
+        got = c1
+        while got < want and time.monotonic() < deadline:
             time.sleep(0.05)
-        t_all = time.monotonic() - t0
-        return {"ingest_rps": d["rps"], "accepted": accepted, "delivered": got,
-                "drain_s": max(0.0, t_all - t_ingest), "deliver_rps": got / t_all if t_all else 0,
-                "complete": got >= accepted}
+            got = bare_count(sink_port)
+        drain = time.monotonic() - t1
+        window = t1 - t0
+        out = (c1 - c0) / window if window > 0 else 0.0
+        grew = q1["pending"] - q0["pending"]
+        # flat: grew by less than 2% of the window's deliveries plus what may
+        # be in flight (16 per endpoint by default)
+        flat = grew <= 0.02 * (c1 - c0) + 16 * nendpoints
+        return {"endpoints": nendpoints, "in_rps": d["rps"], "out_rps": out, "p99_us": d["p99_us"],
+                "non2xx": d["non2xx"], "pending0": q0["pending"], "pending1": q1["pending"],
+                "flat": flat, "drain_s": drain, "complete": got >= want, "delivered": got, "want": want,
+                "cpu_us": d.get("cpu_us")}
     finally:
         s.stop()
         sink.terminate()
         sink.wait()
 
 
+async def send_at_rate(port, reqs, rate, nconns=32):
+    """Sends reqs [(order id, raw HTTP request bytes)] to 127.0.0.1:port,
+    request i at start + i/rate, each on a free keep-alive connection (one
+    request at a time per connection; more are opened up to nconns when all
+    are busy). One asyncio loop, no threads: a sender thread waiting for the
+    GIL would add its wait to the latency. Returns ({order id: time.time()
+    just before the request was written, for 200s}, failures, the most a
+    send started after its slot, in s)."""
+    sent = {}
+    free = []
+    state = {"open": 0, "failed": 0, "late": 0.0}
+    tasks = set()
+
+    async def one(conn, oid, raw):
+        reader, writer = conn
+        try:
+            t = time.time()
+            writer.write(raw)
+            status = int((await reader.readline()).split()[1])
+            length = 0
+            while True:
+                line = await reader.readline()
+                if line in (b"\r\n", b""):
+                    break
+                k, _, v = line.partition(b":")
+                if k.strip().lower() == b"content-length":
+                    length = int(v)
+            if length:
+                await reader.readexactly(length)
+            if status == 200:
+                sent[oid] = t
+            else:
+                state["failed"] += 1
+            free.append(conn)
+        except (OSError, ValueError, IndexError, asyncio.IncompleteReadError):
+            state["failed"] += 1
+            state["open"] -= 1
+            writer.close()
+
+    loop = asyncio.get_running_loop()
+    start = loop.time() + 0.2
+    for i, (oid, raw) in enumerate(reqs):
+        delay = start + i / rate - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        else:
+            state["late"] = max(state["late"], -delay)
+        while not free and state["open"] >= nconns:
+            await asyncio.sleep(0.0005)
+        if free:
+            conn = free.pop()
+        else:
+            conn = await asyncio.open_connection("127.0.0.1", port)
+            state["open"] += 1
+        t = asyncio.ensure_future(one(conn, oid, raw))
+        tasks.add(t)
+        t.add_done_callback(tasks.discard)
+    if tasks:
+        await asyncio.wait(list(tasks), timeout=30)
+    for _, writer in free:
+        writer.close()
+    return sent, state["failed"], state["late"]
+
+
 def bench_latency(args, rate, seconds):
-    """End-to-end latency ingest -> sink at a steady `rate` events/s: each
-    event's time from the start of its POST to its arrival at a Python sink."""
-    sink = wb.Sink()
+    """Part 3, end-to-end latency ingest -> sink at a steady `rate`
+    events/s: each event's time from just before its POST is written to
+    the moment the sink has read the whole delivery. The sink is the bare
+    server in record mode (C, libevent: it notes receipt time and order id
+    per request), or with --latency-sink python the tests' Python sink. The
+    sender is one asyncio loop on keep-alive connections, pinned to the load
+    generator's core, every request signed beforehand; how late it ran
+    against the schedule is reported, so a sender that could not keep up is
+    seen, not hidden."""
+    py_sink = args.latency_sink == "python"
+    if py_sink:
+        sink = wb.Sink()
+        url = sink.url
+    else:
+        sink_port = wb.free_port()
+        sink = subprocess.Popen(["taskset", "-c", args.wrk_cpu, args.bare, str(sink_port), "record"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = "http://127.0.0.1:%d/lat" % sink_port
+        wb.wait_for(lambda: port_open(sink_port), 5)
     s = Waybill(args)
-    s.deliver_to = sink.url
+    s.endpoints = [("sink", url)]
+    received = {}  # order id -> receipt time (s since the epoch)
+
+    def collect():
+        if py_sink:
+            for req in sink.requests[len(collect.seen):]:
+                collect.seen.append(req)
+                try:
+                    received.setdefault(req.json()["data"]["order_id"], req.time)
+                except (ValueError, KeyError, TypeError):
+                    pass
+        else:
+            body = wb.http_request(sink_port, "GET", "/_dump", timeout=10).body.decode()
+            for line in body.splitlines():
+                oid, _, us = line.partition(" ")
+                received.setdefault(oid, int(us) / 1e6)
+        return len(received)
+    collect.seen = []
+
+    old_affinity = os.sched_getaffinity(0)
     try:
         s.start()
-        sink.wait_for_count(1, 10)  # the start-up check's event
-        skip = sink.count
-        sent = {}
+        wb.wait_for(lambda: collect() >= 1, 10)  # the start-up check's event
         n = int(rate * seconds)
-        t_begin = time.monotonic() + 0.2
-        lock = threading.Lock()
-        nthreads = max(1, min(8, rate // 150))  # each sender keeps one keep-alive connection
-
-        def sender(k):
-            conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=10)
-            for i in range(k, n, nthreads):
-                delay = t_begin + i / rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                body = wb.atoship_event("tracking.in_transit", order_id="order_lat_%06d" % i)
-                t = time.time()
-                try:
-                    conn.request("POST", s.path, body, {"Content-Type": "application/json",
-                                                        s.sig_header: wb.sign_hex(SECRET, body)})
-                    r = conn.getresponse()
-                    r.read()
-                except (OSError, http.client.HTTPException):
-                    conn.close()
-                    conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=10)
-                    continue
-                if r.status == 200:
-                    with lock:
-                        sent["order_lat_%06d" % i] = t
-            conn.close()
-
-        threads = [threading.Thread(target=sender, args=(k,)) for k in range(nthreads)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        try:
-            sink.wait_for_count(skip + len(sent), 30)
-        except AssertionError:
-            pass
-        lat = []
-        for req in sink.requests[skip:]:
-            try:
-                oid = req.json()["data"]["order_id"]
-            except (ValueError, KeyError, TypeError):
-                continue
-            if oid in sent:
-                lat.append((req.time - sent.pop(oid)) * 1000)
-        lat.sort()
+        tag = "order_lat_%x_" % int(time.time())
+        # every request built beforehand: the sending loop only writes and reads
+        reqs = []
+        for i in range(n):
+            oid = "%s%06d" % (tag, i)
+            body = wb.atoship_event("tracking.in_transit", order_id=oid)
+            head = ("POST %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
+                    "%s: %s\r\nContent-Length: %d\r\n\r\n"
+                    % (s.path, s.port, s.sig_header, wb.sign_hex(SECRET, body), len(body)))
+            reqs.append((oid, head.encode() + body))
+        os.sched_setaffinity(0, {int(args.wrk_cpu)})  # the sender on the load generator's core
+        t_start = time.monotonic()
+        sent, failed, late_max = asyncio.run(send_at_rate(s.port, reqs, rate))
+        t_sent = time.monotonic() - t_start
+        os.sched_setaffinity(0, old_affinity)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(k in received for k in sent):
+            collect()
+            time.sleep(0.1)
+        collect()
+        lat = sorted((received[k] - t) * 1000 for k, t in sent.items() if k in received)
+        missing = sum(1 for k in sent if k not in received)
 
         def pct(p):
             return lat[min(len(lat) - 1, int(round(p / 100 * (len(lat) - 1))))] if lat else float("nan")
 
-        return {"rate": rate, "events": n, "delivered": len(lat), "missing": len(sent),
-                "p50": pct(50), "p95": pct(95), "p99": pct(99), "max": lat[-1] if lat else float("nan")}
+        return {"rate": rate, "seconds": seconds, "events": n, "accepted": len(sent), "failed": failed,
+                "sent_rate": len(sent) / t_sent if t_sent else 0.0, "sender_late_ms": late_max * 1000,
+                "delivered": len(lat), "missing": missing,
+                "p50": pct(50), "p95": pct(95), "p99": pct(99), "max": lat[-1] if lat else float("nan"),
+                "sink": "Python" if py_sink else "C"}
     finally:
+        os.sched_setaffinity(0, old_affinity)
         s.stop()
-        sink.stop()
+        if py_sink:
+            sink.stop()
+        else:
+            sink.terminate()
+            sink.wait()
 
 
 def fmt_int(x):
@@ -444,14 +651,19 @@ def bench_rules(args, rounds=3):
     else:
         line += " (install valgrind for callgrind's instructions/event)"
     shutil.rmtree(tmp, ignore_errors=True)
+    bench_rules.us = med(us)
     return line
+
+
+def mib(kib):
+    return "%.1f" % (kib / 1024.0) if kib is not None else "?"
 
 
 def main():
     ap = argparse.ArgumentParser(description="waybill ingest benchmark")
     ap.add_argument("--bin", default=os.path.join(ROOT, "waybill"))
     ap.add_argument("--bare", default=os.path.join(HERE, "out", "bare_server"))
-    ap.add_argument("--servers", default="waybill,bare,webhook,node")
+    ap.add_argument("--servers", default="waybill,waybill-1m,bare,webhook,node")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
     ap.add_argument("--warmup", type=int, default=2, help="seconds of wrk before measuring")
@@ -461,16 +673,25 @@ def main():
     ap.add_argument("--wrk-cpu", default="1")
     ap.add_argument("--out", default=os.path.join(HERE, "out", "results.md"))
     ap.add_argument("--keep", action="store_true", help="keep the servers' temp dirs")
-    ap.add_argument("--delivery-rounds", type=int, default=1,
-                    help="rounds of the delivery benchmarks (throughput, end-to-end latency); 0 = none")
+    ap.add_argument("--delivery-rounds", type=int, default=3,
+                    help="rounds of sustained throughput (part 2); 0 = none")
+    ap.add_argument("--fanout", default="1,4", help="endpoint counts for sustained throughput")
+    ap.add_argument("--latency-rounds", type=int, default=1, help="runs of end-to-end latency (part 3); 0 = none")
     ap.add_argument("--latency-rate", type=int, default=1000, help="events/s for the end-to-end latency run")
-    ap.add_argument("--latency-seconds", type=int, default=5)
-    ap.add_argument("--drain-timeout", type=float, default=120.0)
+    ap.add_argument("--latency-seconds", type=int, default=20)
+    ap.add_argument("--latency-sink", choices=("c", "python"), default="c")
+    ap.add_argument("--scale-rows", type=int, default=1000000,
+                    help="pending deliveries in waybill-1m's store (part 5); 0 = skip it")
+    ap.add_argument("--scale-dir", default=os.path.join(HERE, "out"),
+                    help="where the scale store (~2.3 GiB for 1M rows) is built; removed after the rounds "
+                         "unless --keep")
+    ap.add_argument("--drain-timeout", type=float, default=60.0)
     args = ap.parse_args()
     args.bin = os.path.abspath(args.bin)
     args.bare = os.path.abspath(args.bare)
     conns = [int(c) for c in args.conns.split(",")]
-    kinds = {"waybill": Waybill, "bare": Bare, "webhook": Webhook, "node": Node}
+    fanout = [int(x) for x in args.fanout.split(",") if x.strip()]
+    kinds = {"waybill": Waybill, "waybill-1m": WaybillScale, "bare": Bare, "webhook": Webhook, "node": Node}
     names = [n.strip() for n in args.servers.split(",") if n.strip()]
     for n in names:
         if n not in kinds:
@@ -489,6 +710,18 @@ def main():
     results = {}  # (server, conns) -> list of wrk dicts
     broken = {}
     started = time.monotonic()
+    load_start = os.getloadavg()
+    scale_build = None
+    if "waybill-1m" in servers:
+        try:
+            log("bench: building a store with %s pending deliveries" % fmt_int(args.scale_rows))
+            scale_build, path = WaybillScale.build(args)
+            log("bench: built %s (%.0f MiB) in %.1f s" % (path, os.path.getsize(path) / 1048576.0, scale_build))
+        except Exception as e:  # noqa: BLE001
+            broken["waybill-1m"] = str(e)
+            notes.append("waybill-1m: building the store failed: %s" % str(e).splitlines()[0][:300])
+            log("bench: building the scale store failed: %s" % e)
+    scale_pending = []
     for rnd in range(1, args.rounds + 1):
         for n in servers:
             if n in broken:
@@ -496,14 +729,20 @@ def main():
             s = kinds[n](args)
             try:
                 s.start()
+                if isinstance(s, WaybillScale):
+                    scale_pending.append(s.pending_at_start)
                 if args.warmup:
-                    run_wrk(args, s, max(conns), args.warmup)
+                    run_wrk(args, s, max(s.conns or conns), args.warmup)
                 for c in conns:
+                    if s.conns and c not in s.conns:
+                        continue
                     d = run_wrk(args, s, c, args.duration)
                     results.setdefault((n, c), []).append(d)
-                    log("bench: round %d %-8s c%-3d %9s req/s  p50 %6.2f ms  p99 %7.2f ms  cpu %6s us/req%s"
+                    log("bench: round %d %-10s c%-3d %9s req/s  p50 %6.2f ms  p99 %7.2f ms  cpu %6s us/req%s%s"
                         % (rnd, n, c, fmt_int(d["rps"]), d["p50_us"] / 1000, d["p99_us"] / 1000,
                            "%.1f" % d["cpu_us"] if "cpu_us" in d else "?",
+                           "  RSS %s MiB (peak %s)" % (mib(d["vmrss_kib"]), mib(d["vmhwm_kib"]))
+                           if "vmrss_kib" in d else "",
                            "  (%d non-2xx)" % d["non2xx"] if d["non2xx"] else ""))
             except Exception as e:  # noqa: BLE001 - report, go on with the others
                 broken[n] = str(e)
@@ -511,39 +750,54 @@ def main():
                 notes.append("%s: failed in round %d: %s" % (n, rnd, str(e).splitlines()[0][:300]))
             finally:
                 s.stop()
-    deliveries, latencies = [], []
-    if "waybill" in servers and "waybill" not in broken:
+    if WaybillScale.built and not args.keep:
+        shutil.rmtree(os.path.dirname(WaybillScale.built), ignore_errors=True)
+
+    sustained, latencies = [], []
+    can_deliver = ("waybill" in servers and "waybill" not in broken and os.access(args.bare, os.X_OK))
+    if can_deliver:
         for rnd in range(1, args.delivery_rounds + 1):
-            try:
-                d = bench_delivery(args, args.duration)
-                deliveries.append(d)
-                log("bench: delivery round %d: %s accepted at %s req/s, %s delivered, %.1f s to drain%s"
-                    % (rnd, fmt_int(d["accepted"]), fmt_int(d["ingest_rps"]), fmt_int(d["delivered"]),
-                       d["drain_s"], "" if d["complete"] else " (INCOMPLETE)"))
-            except Exception as e:  # noqa: BLE001
-                notes.append("delivery throughput: failed: %s" % str(e).splitlines()[0][:300])
-                log("bench: delivery failed: %s" % e)
+            for k in fanout:
+                try:
+                    d = bench_sustained(args, k, args.duration)
+                    d["round"] = rnd
+                    sustained.append(d)
+                    log("bench: sustained round %d, %d endpoint(s): %s events/s in, %s deliveries/s out, "
+                        "backlog %s -> %s (%s), drained %.1f s after%s"
+                        % (rnd, k, fmt_int(d["in_rps"]), fmt_int(d["out_rps"]), fmt_int(d["pending0"]),
+                           fmt_int(d["pending1"]), "flat" if d["flat"] else "GROWING", d["drain_s"],
+                           "" if d["complete"] else " (INCOMPLETE: %s of %s)" % (fmt_int(d["delivered"]),
+                                                                               fmt_int(d["want"]))))
+                except Exception as e:  # noqa: BLE001
+                    notes.append("sustained throughput (%d endpoints): failed: %s" % (k, str(e).splitlines()[0][:300]))
+                    log("bench: sustained (%d endpoints) failed: %s" % (k, e))
+        for rnd in range(1, args.latency_rounds + 1):
             try:
                 lt = bench_latency(args, args.latency_rate, args.latency_seconds)
                 latencies.append(lt)
-                log("bench: latency round %d: %d ev/s, p50 %.1f ms p95 %.1f ms p99 %.1f ms, %d missing"
-                    % (rnd, lt["rate"], lt["p50"], lt["p95"], lt["p99"], lt["missing"]))
+                log("bench: latency round %d: %d ev/s for %d s (sent %.0f/s, senders at most %.1f ms late), "
+                    "p50 %.1f ms p95 %.1f ms p99 %.1f ms max %.1f ms, %d missing, %d failed"
+                    % (rnd, lt["rate"], lt["seconds"], lt["sent_rate"], lt["sender_late_ms"], lt["p50"],
+                       lt["p95"], lt["p99"], lt["max"], lt["missing"], lt["failed"]))
             except Exception as e:  # noqa: BLE001
                 notes.append("end-to-end latency: failed: %s" % str(e).splitlines()[0][:300])
                 log("bench: latency failed: %s" % e)
-    elapsed = time.monotonic() - started
+    elif "waybill" in servers:
+        notes.append("parts 2 and 3 skipped (waybill failed or the bare server is not built)")
+    load_end = os.getloadavg()
 
     def stat(n, c, key):
         vals = [d[key] for d in results.get((n, c), []) if key in d]
         return med(vals)
 
     lines = []
-    lines.append("# waybill ingest benchmark")
+    lines.append("# waybill benchmark")
     lines.append("")
     lines.append("%s; %s; %d round(s) interleaved, wrk -t1 -d%ds --latency (core %s), servers on core %s; "
-                 "signed ~606-byte atoship events, a new id per request; waybill store `%s`; medians."
+                 "signed ~606-byte atoship events, a new id per request; waybill store `%s`; medians. "
+                 "Load average %.2f at the start, %.2f at the end (2 cores; other work may share them)."
                  % (time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), os.uname().nodename, args.rounds,
-                    args.duration, args.wrk_cpu, args.server_cpu, args.store))
+                    args.duration, args.wrk_cpu, args.server_cpu, args.store, load_start[0], load_end[0]))
     lines.append("")
     lines.append("| ingest | server | req/s | p50 ms | p99 ms | CPU us/req | x bare | non-2xx |")
     lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
@@ -577,49 +831,146 @@ def main():
         summary.append(" | ".join(parts))
     lines.append("")
     lines.extend(summary)
-    if deliveries:
+
+    bare64 = stat("bare", 64, "rps")
+    if sustained:
         lines.append("")
-        lines.append("delivery (endpoint enabled, a counting bare server as the sink, sign standard; "
-                     "wrk -c64 for %ds, then until drained; medians of %d):" % (args.duration, len(deliveries)))
-        lines.append("ingest while delivering %s req/s | delivered %s events/s overall | drain %.1f s after "
-                     "ingest ended%s" % (
-                         fmt_int(med([d["ingest_rps"] for d in deliveries])),
-                         fmt_int(med([d["deliver_rps"] for d in deliveries])),
-                         med([d["drain_s"] for d in deliveries]),
-                         "" if all(d["complete"] for d in deliveries) else
-                         " | INCOMPLETE: %s of %s delivered within %gs" % (
-                             fmt_int(deliveries[-1]["delivered"]), fmt_int(deliveries[-1]["accepted"]),
-                             args.drain_timeout)))
+        lines.append("Sustained throughput (2.): wrk -c64 %ds after %ds warm-up, every event delivered to each "
+                     "endpoint (sign standard) on one counting bare server (keep-alive, core %s); backlog = "
+                     "pending deliveries (admin API) at the window's start and end, flat = grew by less than "
+                     "2%% of the window's deliveries + 16 per endpoint; x bare = events/s in / bare c64 of "
+                     "this run; medians of %d." % (args.duration, args.warmup, args.wrk_cpu, args.delivery_rounds))
+        lines.append("")
+        lines.append("| sustained | endpoints | events/s in | deliveries/s out | out per endpoint/s | x bare (in) "
+                     "| x bare (out per endpoint) | backlog start -> end | flat | drain s | p99 ms |")
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
+        for k in fanout:
+            ds = [d for d in sustained if d["endpoints"] == k]
+            if not ds:
+                continue
+            i, o = med([d["in_rps"] for d in ds]), med([d["out_rps"] for d in ds])
+            lines.append("| c64 | %d | %s | %s | %s | %s | %s | %s -> %s | %s | %.1f | %.2f |" % (
+                k, fmt_int(i), fmt_int(o), fmt_int(o / k),
+                "%.2f" % (i / bare64) if bare64 else "-", "%.2f" % (o / k / bare64) if bare64 else "-",
+                fmt_int(med([d["pending0"] for d in ds])), fmt_int(med([d["pending1"] for d in ds])),
+                "%d/%d rounds" % (sum(1 for d in ds if d["flat"]), len(ds)), med([d["drain_s"] for d in ds]),
+                med([d["p99_us"] for d in ds]) / 1000))
+            if not all(d["complete"] for d in ds):
+                notes.append("sustained, %d endpoint(s): not everything delivered within %gs in %d round(s)"
+                             % (k, args.drain_timeout, sum(1 for d in ds if not d["complete"])))
     if latencies:
-        lines.append("end-to-end ingest -> sink at %d events/s for %ds (Python sink): p50 %.1f ms p95 %.1f ms "
-                     "p99 %.1f ms max %.1f ms, %d missing (Convoy reports p95 124 ms at 200 events/s)" % (
-                         args.latency_rate, args.latency_seconds, med([x["p50"] for x in latencies]),
-                         med([x["p95"] for x in latencies]), med([x["p99"] for x in latencies]),
-                         med([x["max"] for x in latencies]), sum(x["missing"] for x in latencies)))
+        lines.append("")
+        lines.append("End-to-end latency (3.): POST start -> the sink has read the delivery, at a steady rate "
+                     "from one Python asyncio sender on keep-alive connections, requests signed beforehand "
+                     "(core %s), %s sink (core %s); one run of the 1-endpoint config; Convoy reports p95 124 "
+                     "ms at 200 events/s." % (args.wrk_cpu, latencies[0]["sink"], args.wrk_cpu))
+        lines.append("")
+        lines.append("| latency | events/s (sent) | seconds | p50 ms | p95 ms | p99 ms | max ms | delivered | missing "
+                     "| failed | senders late ms |")
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for x in latencies:
+            lines.append("| %s sink | %d (%.0f) | %d | %.1f | %.1f | %.1f | %.1f | %s | %d | %d | %.1f |" % (
+                x["sink"], x["rate"], x["sent_rate"], x["seconds"], x["p50"], x["p95"], x["p99"], x["max"],
+                fmt_int(x["delivered"]), x["missing"], x["failed"], x["sender_late_ms"]))
+    w64, s64 = stat("waybill", 64, "rps"), stat("waybill-1m", 64, "rps")
+    if s64 is not None or w64 is not None:
+        lines.append("")
+        lines.append("Scale (5.): the ingest load at c64 on an empty store (waybill above) vs a store holding "
+                     "%s pending deliveries (waybill-1m, built by tests/bench/scale_store.py in %s, waybill "
+                     "saw %s pending at start); RSS from /proc/PID/status after the c64 run: VmRSS (steady, "
+                     "end of the run) and VmHWM (peak since start); medians." % (
+                         fmt_int(args.scale_rows), "%.0f s" % scale_build if scale_build else "?",
+                         fmt_int(med(scale_pending)) if scale_pending else "?"))
+        lines.append("")
+        lines.append("| scale | store | req/s c64 | x empty | x bare | p99 ms | RSS steady MiB | RSS peak MiB |")
+        lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
+        for n, label in (("waybill", "empty"), ("waybill-1m", "%s pending" % fmt_int(args.scale_rows))):
+            rps = stat(n, 64, "rps")
+            if rps is None:
+                continue
+            lines.append("| c64 | %s | %s | %s | %s | %.2f | %s | %s |" % (
+                label, fmt_int(rps), "%.2f" % (rps / w64) if w64 else "-",
+                "%.2f" % (rps / bare64) if bare64 else "-", stat(n, 64, "p99_us") / 1000,
+                mib(stat(n, 64, "vmrss_kib")), mib(max([d.get("vmhwm_kib", 0) for d in results[(n, 64)]]))))
     rules_line = bench_rules(args) if os.access(args.bin, os.X_OK) else None
     if rules_line:
+        lines.append("")
         lines.append(rules_line)
+
+    # issue 7's targets beside this run's figures (ratios from the same run)
+    targets = []
+
+    def target(what, want, got, ok):
+        targets.append("| %s | %s | %s | %s |" % (what, want, got, "-" if ok is None else "yes" if ok else "no"))
+
+    w64 = stat("waybill", 64, "rps")
+    if w64 is not None and bare64:
+        target("ingest c64 x bare", ">= 0.60", "%.2f" % (w64 / bare64), w64 / bare64 >= 0.6)
+    for other, want in (("node", 3.0), ("webhook", 1.0)):
+        o = stat(other, 64, "rps")
+        if w64 is not None and o:
+            target("ingest c64 x %s" % other, ">= %.1f" % want, "%.2f" % (w64 / o), w64 / o >= want)
+    one = [d for d in sustained if d["endpoints"] == 1]
+    if one and bare64:
+        o = med([d["out_rps"] for d in one])
+        flat = sum(1 for d in one if d["flat"])
+        target("sustained, 1 endpoint: deliveries/s out x bare, backlog flat", ">= 0.30, flat",
+               "%.2f, flat in %d/%d rounds" % (o / bare64, flat, len(one)),
+               o / bare64 >= 0.3 and flat * 2 > len(one))
+    if latencies:
+        p99 = med([x["p99"] for x in latencies])
+        target("end-to-end p99 at %d events/s" % args.latency_rate, "<= 10 ms", "%.1f ms" % p99, p99 <= 10)
+    if rules_line and getattr(bench_rules, "us", None) is not None:
+        target("rules, us/event (examples/)", "<= 5", "%.1f" % bench_rules.us, bench_rules.us <= 5)
+    if s64 is not None and w64:
+        target("ingest c64 with %s pending x empty store" % fmt_int(args.scale_rows), ">= 0.90",
+               "%.2f" % (s64 / w64), s64 / w64 >= 0.9)
+        peak = max([d.get("vmhwm_kib", 0) for d in results[("waybill-1m", 64)]])
+        target("RSS peak with %s pending" % fmt_int(args.scale_rows), "<= 64 MiB", "%s MiB" % mib(peak),
+               peak <= 64 * 1024)
+    if targets:
+        lines.append("")
+        lines.append("| target (issue 7) | wanted | this run | met |")
+        lines.append("|---|---|---|---|")
+        lines.extend(targets)
     if notes:
         lines.append("")
         lines.extend("- " + x for x in notes)
     lines.append("")
     lines.append("## Every round")
     lines.append("")
-    lines.append("| server | conns | round | req/s | p50 ms | p99 ms | CPU us/req | non-2xx | socket errors |")
-    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    lines.append("| server | conns | round | req/s | p50 ms | p99 ms | CPU us/req | RSS MiB (peak) | non-2xx "
+                 "| socket errors |")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n in servers:
         for c in conns:
             for i, d in enumerate(results.get((n, c), []), 1):
-                lines.append("| %s | %d | %d | %s | %.2f | %.2f | %s | %d | %d |" % (
+                lines.append("| %s | %d | %d | %s | %.2f | %.2f | %s | %s | %d | %d |" % (
                     n, c, i, fmt_int(d["rps"]), d["p50_us"] / 1000, d["p99_us"] / 1000,
-                    "%.1f" % d["cpu_us"] if "cpu_us" in d else "?", d["non2xx"], d["sockerr"]))
+                    "%.1f" % d["cpu_us"] if "cpu_us" in d else "?",
+                    "%s (%s)" % (mib(d["vmrss_kib"]), mib(d["vmhwm_kib"])) if "vmrss_kib" in d else "-",
+                    d["non2xx"], d["sockerr"]))
+    if sustained:
+        lines.append("")
+        lines.append("(delivered may exceed expected by up to 64 per endpoint: requests in flight when wrk "
+                     "stops are stored and delivered, but wrk does not count them)")
+        lines.append("")
+        lines.append("| sustained | endpoints | round | events/s in | deliveries/s out | backlog start -> end | flat "
+                     "| drain s | delivered / expected | non-2xx |")
+        lines.append("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|")
+        for d in sustained:
+            lines.append("| c64 | %d | %d | %s | %s | %s -> %s | %s | %.1f | %s / %s | %d |" % (
+                d["endpoints"], d["round"], fmt_int(d["in_rps"]), fmt_int(d["out_rps"]), fmt_int(d["pending0"]),
+                fmt_int(d["pending1"]), "yes" if d["flat"] else "no", d["drain_s"], fmt_int(d["delivered"]),
+                fmt_int(d["want"]), d["non2xx"]))
     lines.append("")
+    elapsed = time.monotonic() - started
     lines.append("(%.0f s)" % elapsed)
 
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         f.write("\n".join(lines) + "\n")
-    # the table and the one-line summaries on stdout
+    # the tables and the one-line summaries on stdout
     table_end = lines.index("## Every round")
     print("\n".join(lines[2:table_end]).rstrip())
     print("(written to %s; %.0f s)" % (os.path.relpath(args.out, os.getcwd()), elapsed))

@@ -5,6 +5,9 @@
 # endpoint, so deliveries are held) under wrk -c16 for a few seconds, with
 # instrumentation switched on only for the measured window.
 #   tests/bench/instructions.sh [BINARY] [SECONDS]
+# STORE=PATH runs it on a copy of an existing store instead of an empty one
+# (e.g. one built by `make bench` part 5: --keep and --scale-dir; its
+# pending deliveries are for endpoint "parked", which the config then has).
 # Prints "requests N  instructions/request I" and leaves the profile in
 # tests/bench/out/callgrind.out.* (callgrind_annotate --inclusive=yes FILE).
 set -u
@@ -27,11 +30,17 @@ cat > "$RUN/waybill.lua" <<C
 listen = "127.0.0.1:$P"
 admin = { listen = "127.0.0.1:$AP", token = "bench-token" }
 store = "sqlite:$RUN/store.db"
+$([ -n "${STORE:-}" ] && echo 'endpoint "parked" { url = "http://127.0.0.1:'$SP'/parked", secret = "whsec_YmVuY2gtc2VjcmV0LWZvci13YXliaWxs", sign = "standard" }')
 allow_private = { "127.0.0.0/8" }
 source "atoship" { verify = "atoship", secret = "bench-secret" }
 endpoint "sink" { url = "http://127.0.0.1:$SP/", secret = "whsec_YmVuY2gtc2VjcmV0LWZvci13YXliaWxs", sign = "standard", enabled = false }
 rules "rules/"
 C
+if [ -n "${STORE:-}" ]; then
+  cp "$STORE" "$RUN/store.db" || exit 0
+  # waybill opens the WAL store with its own -wal/-shm; a stale -wal must come along
+  [ -f "$STORE-wal" ] && cp "$STORE-wal" "$RUN/store.db-wal"
+fi
 rm -f "$OUT"/callgrind.out*
 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/callgrind.out" \
   "$BIN" serve -c "$RUN/waybill.lua" >/dev/null 2>"$RUN/log" &

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # run.sh -- `make bench`: waybill's ingest throughput and latency beside its
 # baselines (bare libevent server, Debian's webhook, the seed-002 Node/Express
-# receiver), measured in the same run, interleaved; then waybill's delivery
-# throughput and end-to-end latency. See bench.py for what runs and how.
+# receiver), measured in the same run, interleaved, with waybill on a store
+# of 1,000,000 pending deliveries as well; then waybill's sustained delivery
+# throughput (1 and 4 endpoints), end-to-end latency and rule cost. See
+# bench.py for what runs and how.
 # Installs wrk/webhook when missing (as root), builds the bare server into
 # tests/bench/out/, then runs bench.py; extra arguments go to bench.py
 # (e.g. --rounds 5 --duration 10 --servers bare,webhook). Exits 0 whatever
