@@ -228,10 +228,10 @@ class Node(Server):
 
 
 class Waybill(Server):
-    """waybill serve with the ingest bench's config: endpoint "sink" disabled
-    (its deliveries held; a bare server on the load generator's core stands
-    behind it in case deliveries do go out) and every event routed to it,
-    plus endpoint "parked" (enabled, no rule sends to it) that holds part
+    """waybill serve with the ingest bench's config: the example rules
+    (examples/rules/) with their endpoints disabled (deliveries held; a bare
+    server on the load generator's core stands behind them in case
+    deliveries do go out), plus endpoint "parked" (enabled, no rule sends to it) that holds part
     5's million pending deliveries, so the empty and the 1M-row store run the
     same config. With `endpoints` set (part 2, part 3): those (name, url)
     endpoints instead, all enabled, every event routed to all of them."""
@@ -257,21 +257,31 @@ class Waybill(Server):
                 self.extra.append(subprocess.Popen(["taskset", "-c", self.args.wrk_cpu, self.args.bare,
                                                     str(sink_port)],
                                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            eps = [("sink", "http://127.0.0.1:%d/" % sink_port, "false"),
-                   ("parked", "http://127.0.0.1:%d/parked" % sink_port, "true")]
-        routed = [n for n, _, enabled in eps if enabled == "true"] if self.endpoints else ["sink"]
+            # the example rules (examples/rules/) and their endpoints, all
+            # disabled: a shipment.delivered event goes whole to "erp" and as
+            # a record made by a function handler to "crm", both held.
+            eps = [(n, "http://127.0.0.1:%d/%s" % (sink_port, n), "false")
+                   for n in ("erp", "crm", "alerts")]
+            eps.append(("warehouse", "http://127.0.0.1:%d/warehouse" % sink_port, "false", 'window = "1m"'))
+            eps.append(("parked", "http://127.0.0.1:%d/parked" % sink_port, "true"))
         os.makedirs(os.path.join(self.tmp, "rules"))
-        with open(os.path.join(self.tmp, "rules", "10-all.lua"), "w") as f:
-            f.write('on("*", {%s})\n' % ", ".join('"%s"' % n for n in routed))
+        if self.endpoints:
+            routed = [e[0] for e in eps]
+            with open(os.path.join(self.tmp, "rules", "10-all.lua"), "w") as f:
+                f.write('on("*", {%s})\n' % ", ".join('"%s"' % n for n in routed))
+        else:
+            for name in sorted(os.listdir(os.path.join(ROOT, "examples", "rules"))):
+                if name.endswith(".lua"):
+                    shutil.copy(os.path.join(ROOT, "examples", "rules", name), os.path.join(self.tmp, "rules", name))
         with open(os.path.join(self.tmp, "waybill.lua"), "w") as f:
             f.write('listen = "127.0.0.1:%d"\n' % self.port)
             f.write('admin = { listen = "127.0.0.1:%d", token = "%s" }\n' % (self.admin_port, ADMIN_TOKEN))
             f.write('store = "%s"\n' % self.store_setting())
             f.write('allow_private = { "127.0.0.0/8" }\n')
             f.write('source "atoship" { verify = "atoship", secret = "%s" }\n' % SECRET)
-            for n, url, enabled in eps:
-                f.write('endpoint "%s" { url = "%s", secret = "%s", sign = "standard", enabled = %s }\n'
-                        % (n, url, secret, enabled))
+            for e in eps:
+                f.write('endpoint "%s" { url = "%s", secret = "%s", sign = "standard", enabled = %s%s }\n'
+                        % (e[0], e[1], secret, e[2], ", " + e[3] if len(e) > 3 else ""))
             f.write('rules "rules/"\n')
 
     def ready(self):
