@@ -151,6 +151,7 @@ enum store_stmt {
     ST_EVT_INSERT,
     ST_EVT_DUP,
     ST_EVT_STATUS,
+    ST_EVT_STATUS_FIRST,
     ST_EVT_GET,
     ST_EVT_UNROUTED,
     ST_DLV_INSERT,
@@ -178,6 +179,8 @@ static const char *const store_stmt_sql[ST_COUNT_] = {
                       " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     [ST_EVT_DUP] = "SELECT id FROM events WHERE source = ?1 AND source_id = ?2",
     [ST_EVT_STATUS] = "UPDATE events SET status = ?2, error = ?3 WHERE id = ?1",
+    [ST_EVT_STATUS_FIRST] = "UPDATE events SET status = ?2, error = ?3"
+                            " WHERE id = ?1 AND status = 'received'",
     [ST_EVT_GET] = "SELECT id, source, source_id, type, status, received_at, created_at, data,"
                    " error FROM events WHERE id = ?1",
     [ST_EVT_UNROUTED] = "SELECT seq, id, source, source_id, type, created_at, status, error,"
@@ -1402,29 +1405,42 @@ done:
 
 int store_event_routed(struct store *s, const char *event_id, const char *status, const char *error,
                        const struct store_delivery_new *d, size_t n, char *err, size_t errlen) {
-    sqlite3_stmt *up = s->st[ST_EVT_STATUS], *ins = s->st[ST_DLV_INSERT];
+    sqlite3_stmt *first = s->st[ST_EVT_STATUS_FIRST], *up = s->st[ST_EVT_STATUS],
+                 *ins = s->st[ST_DLV_INSERT];
     char id[UTIL_ID_MAX];
     int64_t now = util_now_ms();
     size_t i;
-    int ret = -1;
+    int ret = -1, is_first;
 
     if (group_begin(s, err, errlen) < 0)
         return -1;
-    /* The event first: an unknown id writes nothing and keeps the group. */
-    if (bind_text(up, 1, event_id) || bind_text(up, 2, status) || bind_text(up, 3, error)) {
+    /* The event first: an unknown id writes nothing and keeps the group.
+     * Its first routing (status still "received") derives the delivery ids
+     * from the event: if a power cut takes the routing back after the
+     * deliveries went out, routing again sends them under the same ids,
+     * which receivers can dedupe. Later routings (replays) are new sends. */
+    if (bind_text(first, 1, event_id) || bind_text(first, 2, status) ||
+        bind_text(first, 3, error) || sqlite3_step(first) != SQLITE_DONE) {
         group_fail(s, "event status", err, errlen);
         goto done;
     }
-    if (sqlite3_step(up) != SQLITE_DONE) {
-        group_fail(s, "event status", err, errlen);
-        goto done;
-    }
-    if (sqlite3_changes(s->db) != 1) {
-        store_err(err, errlen, "store: unknown event %s", event_id);
-        goto done;
+    is_first = sqlite3_changes(s->db) == 1;
+    if (!is_first) {
+        if (bind_text(up, 1, event_id) || bind_text(up, 2, status) || bind_text(up, 3, error) ||
+            sqlite3_step(up) != SQLITE_DONE) {
+            group_fail(s, "event status", err, errlen);
+            goto done;
+        }
+        if (sqlite3_changes(s->db) != 1) {
+            store_err(err, errlen, "store: unknown event %s", event_id);
+            goto done;
+        }
     }
     for (i = 0; i < n; i++) {
-        util_id_new("dlv_", id, sizeof id);
+        if (is_first)
+            util_id_derive("dlv_", event_id, d[i].endpoint, (unsigned)i, id, sizeof id);
+        else
+            util_id_new("dlv_", id, sizeof id);
         if (bind_text(ins, 1, id) || bind_text(ins, 2, event_id) ||
             bind_text(ins, 3, d[i].endpoint) || bind_text(ins, 4, d[i].event_type) ||
             bind_text(ins, 5, d[i].status ? d[i].status : "pending") ||
@@ -1448,6 +1464,7 @@ int store_event_routed(struct store *s, const char *event_id, const char *status
     }
     ret = 0;
 done:
+    stmt_done(first);
     stmt_done(up);
     stmt_done(ins);
     return ret;

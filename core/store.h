@@ -15,7 +15,8 @@
  * machine (sync=normal: of the process only). Deliveries may start from a
  * row once it is committed (store_on_written): a power cut before the
  * sync loses such a row and its routing, and the event, durable before it
- * was routed, is routed and delivered again (at least once).
+ * was routed, is routed and delivered again (at least once), under the
+ * same delivery ids (an event's first routing derives them from it).
  * SPDX-License-Identifier: MIT */
 #ifndef CORE_STORE_H
 #define CORE_STORE_H
@@ -122,8 +123,12 @@ struct store_delivery_new {
 };
 
 /* Records the outcome of routing event_id in the open group: inserts the n
- * deliveries (ids made here) and sets the event's status ("routed",
- * "unrouted", "rule_error") and error (NULL to clear). Returns 0 or -1. */
+ * deliveries and sets the event's status ("routed", "unrouted",
+ * "rule_error") and error (NULL to clear). Delivery ids are made here: on
+ * the event's first routing (status "received") derived from the event id,
+ * the endpoint and the place in d (util_id_derive), so routing it again
+ * after a lost group gives the same ids; on later routings (replays) new.
+ * Returns 0 or -1. */
 int store_event_routed(struct store *s, const char *event_id, const char *status,
                        const char *error, const struct store_delivery_new *d, size_t n,
                        char *err, size_t errlen);

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <openssl/rand.h>
 
 #include "util.h"
@@ -209,11 +210,27 @@ void util_time_rfc3339(int64_t ms, char *out, size_t outlen) {
         snprintf(out, outlen, "%sZ", base);
 }
 
-void util_id_new(const char *prefix, char *out, size_t outlen) {
+/* prefix + 10 Crockford chars of t + 16 of the first 80 bits of rnd. */
+static void id_format(const char *prefix, uint64_t t, const unsigned char *rnd, char *out,
+                      size_t outlen) {
     static const char crockford[] = "0123456789abcdefghjkmnpqrstvwxyz";
+    char body[27];
+    /* 10 chars of time (50 bits, the top 2 always 0 until year 10889). */
+    for (int i = 9; i >= 0; i--, t >>= 5)
+        body[i] = crockford[t & 31];
+    /* 16 chars of randomness (80 bits). */
+    for (int i = 0; i < 16; i++) {
+        int bit = i * 5, byte = bit / 8, shift = bit % 8;
+        unsigned v = (unsigned)rnd[byte] << 8 | (byte + 1 < 10 ? rnd[byte + 1] : 0);
+        body[10 + i] = crockford[(v >> (11 - shift)) & 31];
+    }
+    body[26] = '\0';
+    snprintf(out, outlen, "%s%s", prefix, body);
+}
+
+void util_id_new(const char *prefix, char *out, size_t outlen) {
     unsigned char rnd[10];
     uint64_t t = (uint64_t)util_now_ms();
-    char body[27];
 
     /* Random bytes come from a per-thread pool refilled 4 KiB at a time:
      * each RAND_bytes call costs a DRBG round (thousands of instructions),
@@ -236,17 +253,46 @@ void util_id_new(const char *prefix, char *out, size_t outlen) {
         for (size_t i = 0; i < sizeof rnd; i++, x = x * 6364136223846793005ull + 1)
             rnd[i] = (unsigned char)(x >> 56);
     }
-    /* 10 chars of time (50 bits, the top 2 always 0 until year 10889). */
-    for (int i = 9; i >= 0; i--, t >>= 5)
-        body[i] = crockford[t & 31];
-    /* 16 chars of randomness (80 bits). */
-    for (int i = 0; i < 16; i++) {
-        int bit = i * 5, byte = bit / 8, shift = bit % 8;
-        unsigned v = (unsigned)rnd[byte] << 8 | (byte + 1 < 10 ? rnd[byte + 1] : 0);
-        body[10 + i] = crockford[(v >> (11 - shift)) & 31];
+    id_format(prefix, t, rnd, out, outlen);
+}
+
+void util_id_derive(const char *prefix, const char *from, const char *salt, unsigned n, char *out,
+                    size_t outlen) {
+    static const char crockford[] = "0123456789abcdefghjkmnpqrstvwxyz";
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    const char *us = from ? strchr(from, '_') : NULL;
+    uint64_t t = 0;
+    int i, ok;
+    EVP_MD_CTX *c;
+    char num[16];
+
+    /* The time part is from's own (its 10 chars after the prefix), so
+     * derived ids sort with their source; else now. */
+    for (i = 0; us && i < 10; i++) {
+        const char *k = us[1 + i] ? strchr(crockford, us[1 + i]) : NULL;
+        if (!k) {
+            us = NULL;
+            break;
+        }
+        t = t << 5 | (uint64_t)(k - crockford);
     }
-    body[26] = '\0';
-    snprintf(out, outlen, "%s%s", prefix, body);
+    if (!us)
+        t = (uint64_t)util_now_ms();
+    snprintf(num, sizeof num, "%u", n);
+    c = EVP_MD_CTX_new();
+    ok = c && EVP_DigestInit_ex(c, EVP_sha256(), NULL) == 1 &&
+         EVP_DigestUpdate(c, from ? from : "", from ? strlen(from) : 0) == 1 &&
+         EVP_DigestUpdate(c, "\n", 1) == 1 &&
+         EVP_DigestUpdate(c, salt ? salt : "", salt ? strlen(salt) : 0) == 1 &&
+         EVP_DigestUpdate(c, "\n", 1) == 1 && EVP_DigestUpdate(c, num, strlen(num)) == 1 &&
+         EVP_DigestFinal_ex(c, md, &mdlen) == 1 && mdlen >= 10;
+    EVP_MD_CTX_free(c);
+    if (!ok) { /* no digest (out of memory): an id that is at least unique */
+        util_id_new(prefix, out, outlen);
+        return;
+    }
+    id_format(prefix, t, md, out, outlen);
 }
 
 /* ---- growable buffer ---- */

@@ -56,6 +56,13 @@ void util_time_rfc3339(int64_t ms, char *out, size_t outlen);
 #define UTIL_ID_MAX 40
 void util_id_new(const char *prefix, char *out, size_t outlen);
 
+/* The same format, but derived, not random: the time part is from's (an id
+ * of that format; now when from is not one) and the rest comes from a hash
+ * of from, salt and n. The same arguments give the same id: a delivery
+ * made again for the same event, endpoint and place gets the id it had. */
+void util_id_derive(const char *prefix, const char *from, const char *salt, unsigned n, char *out,
+                    size_t outlen);
+
 /* ---- growable buffer ---- */
 
 /* Invariant: p is NULL (len == cap == 0) or points to cap bytes, of which

@@ -1087,6 +1087,64 @@ done:
     snprintf(dbpath, sizeof dbpath, "%s", saved);
 }
 
+/* The first text column of sql's first row on a fresh connection ("" if none). */
+static void fresh_text(const char *sql, const char *arg, char *out, size_t cap) {
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    out[0] = '\0';
+    if (sqlite3_open_v2(dbpath, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+        sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK) {
+        if (arg)
+            sqlite3_bind_text(st, 1, arg, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0))
+            snprintf(out, cap, "%s", (const char *)sqlite3_column_text(st, 0));
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+}
+
+/* An event's first routing derives its delivery ids from the event, so the
+ * routing a power cut took back (here: a rolled-back group) gives the same
+ * ids when done again; a replay's deliveries get new ids. */
+static void test_first_routing_ids(struct store *s) {
+    char err[256] = "", want_erp[UTIL_ID_MAX], want_crm[UTIL_ID_MAX], got[64];
+    const char *eid = "evt_01jdzq8m6qfirstrouting000";
+    struct store_event ev = mk_event(eid, "src-first-routing");
+    struct store_delivery_new dn[3] = {
+        {.endpoint = "erp", .event_type = "t", .payload = "{}", .payload_len = 2,
+         .status = "held", .next_at = util_now_ms() + 3600000},
+        {.endpoint = "crm", .event_type = "t", .payload = "{}", .payload_len = 2,
+         .status = "held", .next_at = util_now_ms() + 3600000},
+        {.endpoint = NULL, .event_type = "t", .payload = "{}", .payload_len = 2,
+         .status = "held", .next_at = util_now_ms() + 3600000},
+    };
+    util_id_derive("dlv_", eid, "erp", 0, want_erp, sizeof want_erp);
+    util_id_derive("dlv_", eid, "crm", 1, want_crm, sizeof want_crm);
+    CHECK_INT_EQ(store_event_put(s, &ev, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(commit(s), 1);
+    /* first try rolled back */
+    CHECK_INT_EQ(store_event_routed(s, eid, "routed", NULL, dn, 3, err, sizeof err), -1);
+    CHECK_INT_EQ(commit(s), 0);
+    CHECK_INT_EQ(fresh_count("SELECT count(*) FROM deliveries WHERE event_id = ?", eid), 0);
+    /* routed again: the same ids */
+    CHECK_INT_EQ(store_event_routed(s, eid, "routed", NULL, dn, 2, err, sizeof err), 0);
+    CHECK_INT_EQ(commit(s), 1);
+    fresh_text("SELECT id FROM deliveries WHERE event_id = ? AND endpoint = 'erp'", eid, got,
+               sizeof got);
+    CHECK_STR_EQ(got, want_erp);
+    fresh_text("SELECT id FROM deliveries WHERE event_id = ? AND endpoint = 'crm'", eid, got,
+               sizeof got);
+    CHECK_STR_EQ(got, want_crm);
+    /* a replay sends anew */
+    CHECK_INT_EQ(store_event_routed(s, eid, "routed", NULL, dn, 1, err, sizeof err), 0);
+    CHECK_INT_EQ(commit(s), 1);
+    CHECK_INT_EQ(fresh_count("SELECT count(*) FROM deliveries WHERE event_id = ?", eid), 3);
+    fresh_text("SELECT id FROM deliveries WHERE event_id = ? AND endpoint = 'erp' ORDER BY seq DESC",
+               eid, got, sizeof got);
+    CHECK(strncmp(got, "dlv_", 4) == 0);
+    CHECK(strcmp(got, want_erp) != 0);
+}
+
 /* ---- durability off the loop, under load that never pauses ---- */
 
 /* A writer event puts 4 events of 64 KiB every millisecond, so a group is
@@ -1220,6 +1278,7 @@ int main(void) {
     test_counts_per_group(s);
     test_failed_begin_keeps_written_outcome(s);
     test_written_callback_writes(s);
+    test_first_routing_ids(s);
     store_free(s);
     test_symlinked_store();
     test_counts_trigger_dropped();

@@ -106,11 +106,38 @@ static void test_buf(void) {
     CHECK(b.p == NULL);
 }
 
+/* Derived ids: same arguments, same id; the source's time part; each of
+ * from, salt and n changes the rest; now when from is not an id. */
+static void test_id_derive(void) {
+    char a[UTIL_ID_MAX], b[UTIL_ID_MAX], c[UTIL_ID_MAX], e[UTIL_ID_MAX];
+    const char *evt = "evt_01jdzq8m6qabcdefghjkmnpqrs";
+    util_id_derive("dlv_", evt, "erp", 0, a, sizeof a);
+    util_id_derive("dlv_", evt, "erp", 0, b, sizeof b);
+    CHECK_STR_EQ(a, b);
+    CHECK_INT_EQ((int)strlen(a), 30);
+    CHECK(strncmp(a, "dlv_01jdzq8m6q", 14) == 0); /* the event's time part */
+    util_id_derive("dlv_", evt, "erp", 1, c, sizeof c);
+    CHECK(strcmp(a, c) != 0);
+    util_id_derive("dlv_", evt, "crm", 0, c, sizeof c);
+    CHECK(strcmp(a, c) != 0);
+    util_id_derive("dlv_", "evt_01jdzq8m6qabcdefghjkmnpqrt", "erp", 0, c, sizeof c);
+    CHECK(strcmp(a, c) != 0);
+    CHECK(strncmp(c, "dlv_01jdzq8m6q", 14) == 0);
+    /* not an id of that format: the time part is now's, like util_id_new's */
+    util_id_new("dlv_", e, sizeof e);
+    util_id_derive("dlv_", "evt_backlog", "erp", 0, c, sizeof c);
+    CHECK_INT_EQ((int)strlen(c), 30);
+    CHECK(strncmp(c, e, 11) == 0); /* same minute-scale time prefix as now */
+    util_id_derive("dlv_", NULL, NULL, 0, c, sizeof c);
+    CHECK_INT_EQ((int)strlen(c), 30);
+}
+
 int main(void) {
     test_durations();
     test_sizes();
     test_hex_base64();
     test_time_and_ids();
+    test_id_derive();
     test_buf();
     return harness_report();
 }
