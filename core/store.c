@@ -36,7 +36,9 @@
 #include "store.h"
 #include "util.h"
 
-#define STORE_SCHEMA_VERSION 1
+/* 2: deliveries are counted by the store, not by an AFTER INSERT trigger
+ * (a version-1 binary would not count them: it refuses a version-2 store). */
+#define STORE_SCHEMA_VERSION 2
 #define STORE_BUSY_MS 100 /* the loop must not wait long for a lock */
 /* WAL frames (4 KiB pages) after which the checkpoint thread copies the WAL
  * into the database; and after which the loop itself checkpoints the tail,
@@ -130,7 +132,12 @@ static const char store_schema_endpoints_sql[] =
     "CREATE INDEX IF NOT EXISTS deliveries_ep_held ON deliveries(endpoint, seq)"
     " WHERE status = 'held';"
     /* Stores made before inserts were counted per group had a trigger. */
-    "DROP TRIGGER IF EXISTS deliveries_count_ins;";
+    "DROP TRIGGER IF EXISTS deliveries_count_ins;"
+    /* A row per status from the start: the update and delete triggers
+     * lower the old status's row, which must exist even when the rows of
+     * that status were inserted in the open group (counted at COMMIT). */
+    "INSERT OR IGNORE INTO delivery_counts(status, n) VALUES"
+    " ('pending', 0), ('held', 0), ('failed', 0), ('delivered', 0);";
 
 /* Nonces (Shiptify tokens) with the digest of the body they came with. */
 static const char store_nonce_sql[] =
@@ -1110,6 +1117,18 @@ static int store_schema(sqlite3 *db, char *err, size_t errlen) {
         goto fail;
     if (version == STORE_SCHEMA_VERSION)
         return 0;
+    if (version == 1) {
+        /* 1 -> 2: drop the insert-counting trigger (the store counts). */
+        snprintf(sql, sizeof sql, "PRAGMA user_version = %d", STORE_SCHEMA_VERSION);
+        if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+            goto fail;
+        if (sqlite3_exec(db, "DROP TRIGGER IF EXISTS deliveries_count_ins", NULL, NULL, NULL) !=
+                SQLITE_OK ||
+            sqlite3_exec(db, sql, NULL, NULL, NULL) != SQLITE_OK ||
+            sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+            goto fail_txn;
+        return 0;
+    }
     if (version != 0) {
         store_err(err, errlen, "store: schema version %lld, this waybill knows %d",
                   (long long)version, STORE_SCHEMA_VERSION);
@@ -2863,7 +2882,14 @@ int store_batch_close(struct store *s, const struct store_batch_window *w, const
         ret = 0;
         goto done;
     }
-    util_id_new("dlv_", id, sizeof id);
+    /* Derived from the window and its last item: a close a power cut took
+     * back (the batch went out at COMMIT) is sent again under the same id. */
+    {
+        char key[256];
+        snprintf(key, sizeof key, "batch\n%s\n%lld\n%lld\n%lld", w->endpoint,
+                 (long long)w->window_ms, (long long)w->window_start, (long long)last_seq);
+        util_id_derive_at("dlv_", w->window_start, key, 0, id, sizeof id);
+    }
     if (sqlite3_prepare_v2(s->db,
                            "INSERT INTO deliveries(id, event_id, endpoint, event_type, status,"
                            " payload, content_type, headers, attempts, schedule_pos, next_at,"

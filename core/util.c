@@ -256,16 +256,33 @@ void util_id_new(const char *prefix, char *out, size_t outlen) {
     id_format(prefix, t, rnd, out, outlen);
 }
 
+void util_id_derive_at(const char *prefix, int64_t at_ms, const char *key, unsigned n, char *out,
+                       size_t outlen) {
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    char num[16];
+    int ok;
+    EVP_MD_CTX *c = EVP_MD_CTX_new();
+    snprintf(num, sizeof num, "%u", n);
+    ok = c && EVP_DigestInit_ex(c, EVP_sha256(), NULL) == 1 &&
+         EVP_DigestUpdate(c, key ? key : "", key ? strlen(key) : 0) == 1 &&
+         EVP_DigestUpdate(c, "\n", 1) == 1 && EVP_DigestUpdate(c, num, strlen(num)) == 1 &&
+         EVP_DigestFinal_ex(c, md, &mdlen) == 1 && mdlen >= 10;
+    EVP_MD_CTX_free(c);
+    if (!ok) { /* no digest (out of memory): an id that is at least unique */
+        util_id_new(prefix, out, outlen);
+        return;
+    }
+    id_format(prefix, at_ms > 0 ? (uint64_t)at_ms : 0, md, out, outlen);
+}
+
 void util_id_derive(const char *prefix, const char *from, const char *salt, unsigned n, char *out,
                     size_t outlen) {
     static const char crockford[] = "0123456789abcdefghjkmnpqrstvwxyz";
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int mdlen = 0;
     const char *us = from ? strchr(from, '_') : NULL;
     uint64_t t = 0;
-    int i, ok;
-    EVP_MD_CTX *c;
-    char num[16];
+    char key[512];
+    int i;
 
     /* The time part is from's own (its 10 chars after the prefix), so
      * derived ids sort with their source; else now. */
@@ -279,20 +296,8 @@ void util_id_derive(const char *prefix, const char *from, const char *salt, unsi
     }
     if (!us)
         t = (uint64_t)util_now_ms();
-    snprintf(num, sizeof num, "%u", n);
-    c = EVP_MD_CTX_new();
-    ok = c && EVP_DigestInit_ex(c, EVP_sha256(), NULL) == 1 &&
-         EVP_DigestUpdate(c, from ? from : "", from ? strlen(from) : 0) == 1 &&
-         EVP_DigestUpdate(c, "\n", 1) == 1 &&
-         EVP_DigestUpdate(c, salt ? salt : "", salt ? strlen(salt) : 0) == 1 &&
-         EVP_DigestUpdate(c, "\n", 1) == 1 && EVP_DigestUpdate(c, num, strlen(num)) == 1 &&
-         EVP_DigestFinal_ex(c, md, &mdlen) == 1 && mdlen >= 10;
-    EVP_MD_CTX_free(c);
-    if (!ok) { /* no digest (out of memory): an id that is at least unique */
-        util_id_new(prefix, out, outlen);
-        return;
-    }
-    id_format(prefix, t, md, out, outlen);
+    snprintf(key, sizeof key, "%s\n%s", from ? from : "", salt ? salt : "");
+    util_id_derive_at(prefix, (int64_t)t, key, n, out, outlen);
 }
 
 /* ---- growable buffer ---- */

@@ -63,6 +63,11 @@ void util_id_new(const char *prefix, char *out, size_t outlen);
 void util_id_derive(const char *prefix, const char *from, const char *salt, unsigned n, char *out,
                     size_t outlen);
 
+/* The same with the time part given (Unix ms) and the rest from a hash of
+ * key and n. */
+void util_id_derive_at(const char *prefix, int64_t at_ms, const char *key, unsigned n, char *out,
+                       size_t outlen);
+
 /* ---- growable buffer ---- */
 
 /* Invariant: p is NULL (len == cap == 0) or points to cap bytes, of which

@@ -130,6 +130,14 @@ static void test_id_derive(void) {
     CHECK(strncmp(c, e, 11) == 0); /* same minute-scale time prefix as now */
     util_id_derive("dlv_", NULL, NULL, 0, c, sizeof c);
     CHECK_INT_EQ((int)strlen(c), 30);
+    /* the time part given: 1795017780000 ms is 01m7qpbas0 in Crockford base32 */
+    util_id_derive_at("dlv_", 1795017780000LL, "batch\nwms", 0, a, sizeof a);
+    util_id_derive_at("dlv_", 1795017780000LL, "batch\nwms", 0, b, sizeof b);
+    CHECK_STR_EQ(a, b);
+    CHECK(strncmp(a, "dlv_01m7qpbas0", 14) == 0);
+    util_id_derive_at("dlv_", 1795017780000LL, "batch\nwms", 1, c, sizeof c);
+    CHECK(strcmp(a, c) != 0);
+    CHECK(strncmp(a, c, 14) == 0);
 }
 
 int main(void) {
