@@ -518,39 +518,53 @@ struct cb_list {
     size_t n, cap;
 };
 
-static struct cb_list group_detach(struct store *s) {
-    struct cb_list l = {s->cbs, s->ncbs, s->cap};
-    s->cbs = NULL;
-    s->ncbs = s->cap = 0;
+static struct cb_list cbs_detach(struct store_cb **cbs, size_t *n, size_t *cap) {
+    struct cb_list l = {*cbs, *n, *cap};
+    *cbs = NULL;
+    *n = *cap = 0;
     return l;
 }
 
-/* Runs a detached list in registration order; keeps its array for the next
- * group when nothing new was registered meanwhile. */
-static void group_callbacks(struct store *s, struct cb_list l, int ok) {
+/* Runs a detached list in registration order; gives its array back to the
+ * slot it came from (cbs, cap) when nothing new was registered there
+ * meanwhile. */
+static void cbs_run(struct store *s, struct cb_list l, struct store_cb **cbs, size_t *cap, int ok) {
     callbacks_run(s, l.cbs, l.n, ok, 1);
-    if (!s->cbs) {
-        s->cbs = l.cbs;
-        s->cap = l.cap;
+    if (!*cbs) {
+        *cbs = l.cbs;
+        *cap = l.cap;
     } else {
         free(l.cbs);
     }
 }
 
-static void group_written_callbacks(struct store *s, int ok) {
-    struct store_cb *list = s->wcbs;
-    size_t n = s->nwcbs, cap = s->wcap;
-    if (!n)
-        return;
-    s->wcbs = NULL;
-    s->nwcbs = s->wcap = 0;
-    callbacks_run(s, list, n, ok, 1);
-    if (!s->wcbs) {
-        s->wcbs = list;
-        s->wcap = cap;
-    } else {
-        free(list);
+/* Appends fn(arg) to a callback list. Returns 0, or -1 when out of memory. */
+static int cbs_append(struct store_cb **cbs, size_t *n, size_t *cap, store_commit_fn fn,
+                      void *arg) {
+    if (*n == *cap) {
+        size_t ncap = *cap ? *cap * 2 : 32;
+        struct store_cb *p = realloc(*cbs, ncap * sizeof *p);
+        if (!p)
+            return -1;
+        *cbs = p;
+        *cap = ncap;
     }
+    (*cbs)[*n].fn = fn;
+    (*cbs)[*n].arg = arg;
+    (*n)++;
+    return 0;
+}
+
+static struct cb_list group_detach(struct store *s) {
+    return cbs_detach(&s->cbs, &s->ncbs, &s->cap);
+}
+
+static void group_callbacks(struct store *s, struct cb_list l, int ok) {
+    cbs_run(s, l, &s->cbs, &s->cap, ok);
+}
+
+static void group_written_callbacks(struct store *s, int ok) {
+    cbs_run(s, cbs_detach(&s->wcbs, &s->nwcbs, &s->wcap), &s->wcbs, &s->wcap, ok);
 }
 
 /* ---- the sync thread: fdatasync of the WAL off the loop ---- */
@@ -616,11 +630,18 @@ static void sync_ask(struct store *s, int64_t evt_seq, int64_t t0) {
     pthread_mutex_unlock(&s->sync->mu);
 }
 
+/* A failed fdatasync leaves the kernel's page cache in an unknown state
+ * (the pages may be marked clean but never written): the only safe answer
+ * is to stop and let the next start recover from what is on disk, as
+ * PostgreSQL does. */
+static void sync_failed(int err) {
+    log_msg(LOG_ERROR, "store: fdatasync of the WAL failed: %s; stopping so that the next"
+                       " start recovers from the disk", strerror(err));
+    _exit(EXIT_FAILURE);
+}
+
 /* The in-flight group is durable: advance the watermarks, run its
- * callbacks, and commit the group that filled meanwhile. A failed
- * fdatasync leaves the kernel's page cache in an unknown state (the pages
- * may be marked clean but never written): the only safe answer is to stop
- * and let the next start recover from what is on disk, as PostgreSQL does. */
+ * callbacks, and commit the group that filled meanwhile. */
 static void sync_finish(struct store *s) {
     struct store_cb *list;
     size_t n;
@@ -628,11 +649,8 @@ static void sync_finish(struct store *s) {
     pthread_mutex_lock(&s->sync->mu);
     err = s->sync->err;
     pthread_mutex_unlock(&s->sync->mu);
-    if (err) {
-        log_msg(LOG_ERROR, "store: fdatasync of the WAL failed: %s; stopping so that the next"
-                           " start recovers from the disk", strerror(err));
-        _exit(EXIT_FAILURE);
-    }
+    if (err)
+        sync_failed(err);
     s->sync_busy = 0;
     event_del(s->sync_ev);
     watermarks_advance(s, 0, s->inflight_evt_seq);
@@ -765,10 +783,12 @@ static void wal_maintain(struct store *s) {
 /* ---- committing a group ---- */
 
 /* Ends the open group. Its callbacks run now when there is nothing to wait
- * for (a rollback, a group that wrote nothing, or sync=normal), else once
- * the sync thread has made the WAL durable. Only called with no group in
- * flight, so every earlier group is durable already. */
-static void group_commit(struct store *s) {
+ * for (a rollback, a group that wrote nothing, or sync=normal) or when
+ * sync_now asks to fdatasync here (store_flush), else once the sync thread
+ * has made the WAL durable. Only called with no group in flight, so every
+ * earlier group is durable already. Returns 1 when the group committed
+ * (or was empty), 0 when it was rolled back. */
+static int group_commit(struct store *s, int sync_now) {
     int wrote = s->in_txn && !s->failed, ok;
     int64_t t0 = util_mono_ms(), evt_seq = s->group_evt_seq;
     struct cb_list durable;
@@ -781,11 +801,13 @@ static void group_commit(struct store *s) {
      * the next group; and the tail checkpoint needs no transaction open. */
     if (ok && wrote) {
         wal_maintain(s);
-        if (s->sync) {
+        if (s->sync && !sync_now) {
             sync_ask(s, evt_seq, t0);
             group_written_callbacks(s, ok);
-            return;
+            return ok;
         }
+        if (s->sync && fdatasync(s->sync->wal_fd) != 0)
+            sync_failed(errno);
     }
     if (ok)
         watermarks_advance(s, 0, evt_seq);
@@ -794,6 +816,7 @@ static void group_commit(struct store *s) {
     durable = group_detach(s);
     group_written_callbacks(s, ok);
     group_callbacks(s, durable, ok);
+    return ok;
 }
 
 static void store_commit_cb(evutil_socket_t fd, short what, void *arg) {
@@ -806,37 +829,19 @@ static void store_commit_cb(evutil_socket_t fd, short what, void *arg) {
         return;
     }
     s->scheduled = 0;
-    group_commit(s);
+    group_commit(s, 0);
 }
 
 int store_on_commit(struct store *s, store_commit_fn fn, void *arg) {
-    if (s->ncbs == s->cap) {
-        size_t cap = s->cap ? s->cap * 2 : 64;
-        struct store_cb *p = realloc(s->cbs, cap * sizeof *p);
-        if (!p)
-            return -1;
-        s->cbs = p;
-        s->cap = cap;
-    }
-    s->cbs[s->ncbs].fn = fn;
-    s->cbs[s->ncbs].arg = arg;
-    s->ncbs++;
+    if (cbs_append(&s->cbs, &s->ncbs, &s->cap, fn, arg) < 0)
+        return -1;
     group_schedule(s);
     return 0;
 }
 
 int store_on_written(struct store *s, store_commit_fn fn, void *arg) {
-    if (s->nwcbs == s->wcap) {
-        size_t cap = s->wcap ? s->wcap * 2 : 16;
-        struct store_cb *p = realloc(s->wcbs, cap * sizeof *p);
-        if (!p)
-            return -1;
-        s->wcbs = p;
-        s->wcap = cap;
-    }
-    s->wcbs[s->nwcbs].fn = fn;
-    s->wcbs[s->nwcbs].arg = arg;
-    s->nwcbs++;
+    if (cbs_append(&s->wcbs, &s->nwcbs, &s->wcap, fn, arg) < 0)
+        return -1;
     group_schedule(s);
     return 0;
 }
@@ -846,9 +851,6 @@ int store_idle(const struct store *s) {
 }
 
 int store_flush(struct store *s) {
-    int ok, wrote;
-    int64_t dlv_seq, evt_seq;
-    struct cb_list durable;
     if (s->scheduled) {
         event_del(s->commit_ev);
         s->scheduled = 0;
@@ -859,24 +861,7 @@ int store_flush(struct store *s) {
         event_del(s->commit_ev);
         s->scheduled = 0;
     }
-    wrote = s->in_txn && !s->failed;
-    dlv_seq = s->group_dlv_seq;
-    evt_seq = s->group_evt_seq;
-    ok = group_end(s);
-    s->group_dlv_seq = s->group_evt_seq = 0;
-    if (ok)
-        watermarks_advance(s, dlv_seq, 0);
-    if (ok && wrote && s->sync && fdatasync(s->sync->wal_fd) != 0) {
-        log_msg(LOG_ERROR, "store: fdatasync of the WAL failed: %s; stopping so that the next"
-                           " start recovers from the disk", strerror(errno));
-        _exit(EXIT_FAILURE);
-    }
-    if (ok)
-        watermarks_advance(s, 0, evt_seq);
-    durable = group_detach(s);
-    group_written_callbacks(s, ok);
-    group_callbacks(s, durable, ok);
-    return ok ? 0 : -1;
+    return group_commit(s, 1) ? 0 : -1;
 }
 
 int store_ping(struct store *s) {
