@@ -102,7 +102,7 @@ check: test
 # AddressSanitizer + UndefinedBehaviorSanitizer over the whole suite.
 asan: test-deps
 	@$(MAKE) --no-print-directory BUILD=build-asan BIN=waybill-asan OPT="-O1 -g" \
-	  SANFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
+	  SANFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -DWAYBILL_CHECKS" \
 	  waybill-asan $(UNIT_SRCS:tests/unit/%.c=build-asan/tests/%)
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	  python3 tests/run.py --bin ./waybill-asan --asan \

@@ -767,6 +767,45 @@ static void admin_webhooks(struct admin *adm, struct evhttp_request *req, const 
 
 /* ---- GET /metrics ---- */
 
+/* The scheduler's gauges per configured endpoint. Returns 0 or -1 (OOM). */
+static int admin_metrics_endpoints(struct admin *adm, struct util_buf *b) {
+    static const char *const help[4][2] = {
+        {"waybill_endpoint_due", "Pending deliveries whose time has come, not yet claimed."},
+        {"waybill_endpoint_in_memory", "Deliveries claimed: waiting for a slot or in flight."},
+        {"waybill_endpoint_in_flight", "Transfers in flight."},
+        {"waybill_endpoint_oldest_due_seconds", "Age of the oldest due delivery (0: none)."}};
+    const struct config *cfg = rules_config(adm->gw->rules);
+    int64_t now = util_now_ms(), (*v)[4];
+    size_t i, k;
+    int bad = 0;
+
+    if (!cfg->nendpoints)
+        return 0;
+    if (!(v = calloc(cfg->nendpoints, sizeof *v)))
+        return -1;
+    for (i = 0; i < cfg->nendpoints; i++) {
+        struct deliver_endpoint_stats st;
+        int64_t due = 0, oldest = INT64_MAX;
+        deliver_endpoint_stats(adm->gw->deliver, cfg->endpoints[i].name, &st);
+        if (store_endpoint_due(adm->gw->store, cfg->endpoints[i].name, now, &due, &oldest) < 0)
+            due = 0;
+        v[i][0] = due;
+        v[i][1] = st.in_memory;
+        v[i][2] = st.in_flight;
+        v[i][3] = oldest == INT64_MAX ? 0 : (now - oldest) / 1000;
+    }
+    for (k = 0; k < 4 && !bad; k++) {
+        bad |= util_buf_printf(b, "# HELP %s %s\n# TYPE %s gauge\n", help[k][0], help[k][1],
+                               help[k][0]) < 0;
+        for (i = 0; i < cfg->nendpoints && !bad; i++)
+            bad |= util_buf_printf(b, "%s{endpoint=\"", help[k][0]) < 0 ||
+                   metrics_escape(b, cfg->endpoints[i].name) < 0 ||
+                   util_buf_printf(b, "\"} %lld\n", (long long)v[i][k]) < 0;
+    }
+    free(v);
+    return bad ? -1 : 0;
+}
+
 static void admin_metrics(struct admin *adm, struct evhttp_request *req) {
     struct gateway *gw = adm->gw;
     struct util_buf b = {NULL, 0, 0};
@@ -794,6 +833,7 @@ static void admin_metrics(struct admin *adm, struct evhttp_request *req) {
         (long long)c.pending, (long long)c.held, (long long)c.failed, (long long)c.delivered,
         deliver_inflight(gw->deliver), gw->reloads, gw->reload_failures,
         (long long)((util_now_ms() - gw->started_at) / 1000)) < 0;
+    bad |= admin_metrics_endpoints(adm, &b) < 0;
     if (bad || !out) {
         server_reply_error(req, 503, "Service Unavailable", "metrics unavailable");
     } else {
@@ -854,9 +894,29 @@ static int admin_ends_with(const char *s, const char *suffix) {
     return n >= k && !strcmp(s + n - k, suffix);
 }
 
-/* GET /api/endpoints: every configured endpoint with its health (SPEC 8). */
+/* The scheduler's view of endpoint name, added to o: "due" (pending rows
+ * whose time has come, not claimed), "in_memory", "in_flight",
+ * "oldest_due_age_ms" (null when nothing is due) and "stuck". */
+static void admin_endpoint_queue(struct admin *adm, json_t *o, const char *name, int64_t now) {
+    struct deliver_endpoint_stats st;
+    int64_t due = 0, oldest = INT64_MAX;
+
+    deliver_endpoint_stats(adm->gw->deliver, name, &st);
+    if (store_endpoint_due(adm->gw->store, name, now, &due, &oldest) < 0)
+        due = 0;
+    json_object_set_new(o, "due", json_integer((json_int_t)due));
+    json_object_set_new(o, "in_memory", json_integer(st.in_memory));
+    json_object_set_new(o, "in_flight", json_integer(st.in_flight));
+    json_object_set_new(o, "oldest_due_age_ms",
+                        oldest == INT64_MAX ? json_null() : json_integer((json_int_t)(now - oldest)));
+    json_object_set_new(o, "stuck", json_boolean(st.stuck));
+}
+
+/* GET /api/endpoints: every configured endpoint with its health (SPEC 8)
+ * and its queue. */
 static void admin_endpoints(struct admin *adm, struct evhttp_request *req) {
     const struct config *cfg = rules_config(adm->gw->rules);
+    int64_t now = util_now_ms();
     struct store_endpoint_state *st = NULL;
     size_t n = 0, i, k;
     char err[256], t1[32], t2[32];
@@ -892,6 +952,8 @@ static void admin_endpoints(struct admin *adm, struct evhttp_request *req) {
                       e ? e->last_error : NULL, "last_error_at", e && e->last_error_at ? t2 : NULL);
         if (o && ep->rate > 0)
             json_object_set_new(o, "rate", json_real(ep->rate));
+        if (o)
+            admin_endpoint_queue(adm, o, ep->name, now);
         json_array_append_new(list, o);
     }
     store_endpoint_states_free(st, n);
@@ -948,10 +1010,19 @@ static void on_admin(struct evhttp_request *req, void *arg) {
     if (!path)
         path = "";
     if (strcmp(path, "/healthz") == 0) {
-        if (store_ping(adm->gw->store))
-            server_reply_json(req, 200, "OK", json_pack("{sb}", "ok", 1));
-        else
+        char names[512], why[640];
+        size_t nstuck;
+        if (!store_ping(adm->gw->store)) {
             server_reply_error(req, 503, "Service Unavailable", "store does not answer");
+        } else if ((nstuck = deliver_stuck(adm->gw->deliver, names, sizeof names)) > 0) {
+            snprintf(why, sizeof why,
+                     "deliveries due with a free slot are not going out to endpoint%s %s",
+                     nstuck == 1 ? "" : "s", names);
+            server_reply_json(req, 503, "Service Unavailable",
+                              json_pack("{sbss}", "ok", 0, "error", why));
+        } else {
+            server_reply_json(req, 200, "OK", json_pack("{sb}", "ok", 1));
+        }
         return;
     }
     if (!admin_authorized(cfg, req)) {

@@ -86,6 +86,7 @@ static int close_window(struct batch *b, const struct store_batch_window *w, con
     }
     if (count) {
         log_msg(LOG_DEBUG, "batch: window of %s closed (%s): %zu events", w->endpoint, why, count);
+        deliver_watch_endpoint(b->gw->deliver, w->endpoint);
         if (!b->kick_pending && store_on_written(b->gw->store, on_closed_committed, b) == 0)
             b->kick_pending = 1;
     }

@@ -1,10 +1,12 @@
 /* deliver.c -- outbound delivery: one libcurl multi handle driven by the
  * libevent loop (the structure of curl's hiperfifo example), signing,
- * retries per schedule, every attempt stored.
- * Invariant: a claimed delivery is owned by exactly one struct deliver_xfer
+ * retries per schedule, every attempt stored, and the scheduler that
+ * decides what is claimed from the store and started, endpoint by endpoint
+ * (the model and its invariants are in deliver.h).
+ * Ownership: a claimed delivery is owned by exactly one struct deliver_xfer
  * (waiting in its endpoint's FIFO, or in flight in the multi) from its claim
- * until its outcome is written or it is dropped (its lease then lapses);
- * d->nheld counts them, d->inflight the ones in the multi.
+ * until its outcome is written, or its lease is released or lapses; ep->nwaiting
+ * and ep->inflight count them per endpoint, d->inflight all in the multi.
  * SPDX-License-Identifier: MIT */
 
 #include <arpa/inet.h>
@@ -28,10 +30,14 @@
 #include "util.h"
 #include "verify.h"
 
-#define DELIVER_MAX_HELD 256        /* claimed deliveries in memory: queued + in flight */
 #define DELIVER_MAX_CONNECTS 128L   /* idle connections the multi keeps for reuse */
 #define DELIVER_RESPONSE_MAX 1024   /* bytes of a response body stored with an attempt */
-#define DELIVER_POLL_MS 1000        /* longest sleep between claim rounds (leases that end) */
+#define DELIVER_POLL_MS 1000        /* look again after a claim that found due rows it could not take */
+#define DELIVER_AHEAD_MAX 64        /* waiting rows an endpoint keeps beyond its slots, at most */
+#define DELIVER_RATE_AHEAD_S 10     /* a rate-limited endpoint claims at most this many seconds' worth */
+#define DELIVER_ORDERED_AHEAD 3     /* rows an ordered endpoint reads ahead of its head */
+#define DELIVER_CHECK_MS 1000       /* the watchdog's tick */
+#define DELIVER_STUCK_MS 10000      /* due with a free slot this long: /healthz reports it */
 #define DELIVER_LEASE_MIN_MS 120000 /* a lease covers the longest timeout + 60 s, at least this */
 #define DELIVER_LEASE_EXTRA_MS 60000
 /* Retry delay of a delivery whose endpoint left the config while in flight. */
@@ -49,18 +55,27 @@ struct deliver_sock {
     struct deliver_sock *prev, *next; /* d->socks */
 };
 
-/* Per-endpoint-name state (not the config: that is looked up by name each
- * time). Kept while it has work; pruned at deliver_set_config when idle. */
+/* One endpoint's queue (keyed by name; the config is looked up by name
+ * each time). Made for every endpoint of the config, kept while it holds
+ * work after leaving it. Owns its waiting xfers and its timer. */
 struct deliver_ep {
+    struct deliver *d;
     char *name;
+    struct event *timer;              /* this endpoint's next look (due row, token, retry) */
+    int64_t timer_at;                 /* monotonic ms timer is due, 0 when not pending */
     int inflight;                     /* transfers of this endpoint in the multi */
-    struct deliver_xfer *head, *tail; /* claimed, waiting for a slot (FIFO) */
+    struct deliver_xfer *head, *tail; /* claimed, waiting for a slot or a token (FIFO) */
+    int nwaiting;                     /* length of the FIFO */
     int warned;                       /* "not in the config" logged for this config */
     int disabled;                     /* by 410, disable_after or the admin API (stored) */
-    int nwaiting;                     /* length of the FIFO */
-    int overflow;                     /* ordered: claimed rows were left out (FIFO full) */
     double tokens;                    /* rate limit bucket (SPEC 7 `rate`) */
     int64_t tokens_at;                /* monotonic ms of the last refill, 0 = full */
+    int64_t token_wait;               /* monotonic ms the next token is there, 0 = now */
+    uint64_t progress;                /* claims tried + transfers started, ever */
+    uint64_t progress_seen;           /* progress when due_free_since was set */
+    int64_t due_free_since;           /* monotonic ms since due with a free slot, 0 = not */
+    int stuck;                        /* due with a free slot for DELIVER_STUCK_MS */
+    uint64_t lost_wakeups;            /* watchdog found it idle while due (a bug) */
     struct deliver_ep *next;
 };
 
@@ -73,6 +88,7 @@ struct deliver_xfer {
     struct deliver_xfer *qnext;       /* ep FIFO link while waiting */
     struct deliver_xfer *prev, *next; /* d->xfers: every held xfer */
     struct store_delivery row;        /* owned */
+    int64_t claimed;                  /* monotonic ms of the claim (or last lease renewal) */
     CURL *easy;                       /* NULL until started */
     struct curl_slist *headers;       /* owned, in use by easy */
     int64_t at;                       /* Unix ms the attempt started */
@@ -96,14 +112,14 @@ struct deliver {
     CURLM *multi;
     int curl_inited;
     struct event *curl_timer; /* curl's single timer (CURLMOPT_TIMERFUNCTION) */
-    struct event *kick_ev;    /* coalesced claim round */
-    struct event *due_ev;     /* next claim round */
+    struct event *kick_ev;    /* coalesced look at every endpoint */
+    struct event *check_ev;   /* the watchdog (DELIVER_CHECK_MS) */
     struct event *grace_ev;   /* shutdown grace */
     struct event *done_ev;    /* runs the shutdown callback from the loop */
     struct deliver_sock *socks;
     struct deliver_xfer *xfers;
     struct deliver_ep *eps;
-    int nheld, inflight;
+    int inflight;
     int64_t lease_ms;
     uint64_t rng;
     struct deliver_commit *commit; /* outstanding store_on_written, or NULL */
@@ -111,8 +127,6 @@ struct deliver {
     void (*done)(void *arg);
     void *done_arg;
     struct deliver_probe *probes; /* deliver_probe transfers in flight */
-    struct event *rate_ev;  /* pumps again when a rate-limited endpoint has a token */
-    int64_t rate_at;        /* monotonic ms rate_ev is due, while pending */
     struct event *prune_ev; /* retention sweep */
     int64_t prune_cursor;   /* events.seq the sweep has looked at */
     int states_loaded;      /* stored endpoint states read */
@@ -120,7 +134,6 @@ struct deliver {
     void *notify_arg;
 };
 
-#define DELIVER_ORDERED_WAITING 64 /* claimed rows an ordered endpoint keeps queued */
 #define DELIVER_PRUNE_MS 1000      /* retention sweep period */
 #define DELIVER_PRUNE_BATCH 200    /* events deleted per sweep step */
 
@@ -476,7 +489,7 @@ static struct deliver_xfer *deliver_xfer_new(struct deliver *d, const struct sto
     if (d->xfers)
         d->xfers->prev = x;
     d->xfers = x;
-    d->nheld++;
+    x->claimed = util_mono_ms();
     return x;
 }
 
@@ -496,7 +509,6 @@ static void deliver_xfer_free(struct deliver *d, struct deliver_xfer *x) {
         d->xfers = x->next;
     if (x->next)
         x->next->prev = x->prev;
-    d->nheld--;
     free(x->row.endpoint);
     free(x->row.event_type);
     free(x->row.content_type);
@@ -827,15 +839,27 @@ static void deliver_finish(struct deliver *d, struct deliver_xfer *x, CURLcode r
 
 /* ---- endpoint queues ---- */
 
-static struct deliver_ep *deliver_ep_get(struct deliver *d, const char *name) {
+static void deliver_ep_timer_cb(evutil_socket_t fd, short kind, void *arg);
+
+static struct deliver_ep *deliver_ep_find(const struct deliver *d, const char *name) {
     struct deliver_ep *ep;
 
     for (ep = d->eps; ep; ep = ep->next)
         if (!strcmp(ep->name, name))
             return ep;
+    return NULL;
+}
+
+static struct deliver_ep *deliver_ep_get(struct deliver *d, const char *name) {
+    struct deliver_ep *ep = deliver_ep_find(d, name);
+
+    if (ep)
+        return ep;
     if (!(ep = calloc(1, sizeof *ep)))
         return NULL;
-    if (!(ep->name = strdup(name))) {
+    ep->d = d;
+    if (!(ep->name = strdup(name)) || !(ep->timer = evtimer_new(d->base, deliver_ep_timer_cb, ep))) {
+        free(ep->name);
         free(ep);
         return NULL;
     }
@@ -844,17 +868,24 @@ static struct deliver_ep *deliver_ep_get(struct deliver *d, const char *name) {
     return ep;
 }
 
-/* Deliveries of an endpoint that is not in the config, or disabled, are not
- * sent and nothing is written: they stay leased and are claimed again when
- * the lease ends. Logged once per endpoint and config. */
+static void deliver_ep_free(struct deliver_ep *ep) {
+    if (ep->timer)
+        event_free(ep->timer);
+    free(ep->name);
+    free(ep);
+}
+
+/* Deliveries of an endpoint that is not in the config, or disabled, are
+ * neither claimed nor sent: they wait in the store (pending, or held when
+ * disabled). Logged once per endpoint and config. */
 static void deliver_ep_unavailable(struct deliver *d, struct deliver_ep *ep,
                                    const struct config_endpoint *cep) {
+    UNUSED(d);
     if (ep->warned)
         return;
     ep->warned = 1;
-    log_msg(LOG_WARN,
-            "endpoint %s is %s: its deliveries wait (looked at again every %" PRId64 " s)",
-            ep->name, cep ? "disabled" : "not in the config", d->lease_ms / 1000);
+    log_msg(LOG_WARN, "endpoint %s is %s: its deliveries wait in the store", ep->name,
+            !cep ? "not in the config" : !cep->enabled ? "enabled = false" : "disabled");
 }
 
 static struct deliver_xfer *deliver_ep_pop(struct deliver_ep *ep) {
@@ -870,7 +901,17 @@ static struct deliver_xfer *deliver_ep_pop(struct deliver_ep *ep) {
     return x;
 }
 
-/* Drops every waiting delivery of ep (their leases lapse). */
+static void deliver_ep_push(struct deliver_ep *ep, struct deliver_xfer *x) {
+    if (ep->tail)
+        ep->tail->qnext = x;
+    else
+        ep->head = x;
+    ep->tail = x;
+    ep->nwaiting++;
+}
+
+/* Drops every waiting delivery of ep, writing nothing (at shutdown: their
+ * leases lapse, and an SQLite store releases them at the next open). */
 static void deliver_ep_drop(struct deliver *d, struct deliver_ep *ep) {
     struct deliver_xfer *x;
 
@@ -878,15 +919,45 @@ static void deliver_ep_drop(struct deliver *d, struct deliver_ep *ep) {
         deliver_xfer_free(d, x);
 }
 
-/* Rate limit (SPEC 7 `rate`): a token bucket holding up to a tenth of a
- * second's worth (at least one). Returns 1 and takes a token, or 0 and arms
- * rate_ev for when the next one is there. */
-static int deliver_ep_take_token(struct deliver *d, struct deliver_ep *ep,
-                                 const struct config_endpoint *cep) {
-    double cap, wait_ms;
-    int64_t now;
+/* Gives every waiting delivery of ep back to the store, claimable again at
+ * the time it was due (lease released in the open group), and frees them. */
+static void deliver_ep_release(struct deliver *d, struct deliver_ep *ep) {
+    struct deliver_xfer *x;
+    char err[256];
+
+    while ((x = deliver_ep_pop(ep))) {
+        if (store_delivery_lease(d->store, x->row.seq, x->row.next_at, 0, err, sizeof err) < 0)
+            log_msg(LOG_WARN, "delivery %s: releasing its lease: %s (it is claimed again when "
+                              "the lease ends)", x->row.id, err);
+        deliver_xfer_free(d, x);
+    }
+}
+
+/* Arms ep's timer to fire in delay_ms, unless it already fires sooner: a
+ * timer may fire early (the endpoint is just looked at again), never late. */
+static void deliver_ep_arm(struct deliver_ep *ep, int64_t delay_ms) {
+    int64_t at;
     struct timeval tv;
 
+    if (delay_ms < 0)
+        delay_ms = 0;
+    at = util_mono_ms() + delay_ms;
+    if (ep->timer_at && evtimer_pending(ep->timer, NULL) && ep->timer_at <= at)
+        return;
+    tv.tv_sec = (time_t)(delay_ms / 1000);
+    tv.tv_usec = (suseconds_t)(delay_ms % 1000) * 1000;
+    evtimer_add(ep->timer, &tv);
+    ep->timer_at = at;
+}
+
+/* Rate limit (SPEC 7 `rate`): a token bucket holding up to a tenth of a
+ * second's worth (at least one). Returns 1 and takes a token, or 0 and arms
+ * ep's timer for when the next one is there. */
+static int deliver_ep_take_token(struct deliver_ep *ep, const struct config_endpoint *cep) {
+    double cap, wait_ms;
+    int64_t now;
+
+    ep->token_wait = 0;
     if (cep->rate <= 0)
         return 1;
     cap = cep->rate / 10.0 < 1.0 ? 1.0 : cep->rate / 10.0;
@@ -904,189 +975,318 @@ static int deliver_ep_take_token(struct deliver *d, struct deliver_ep *ep,
         return 1;
     }
     wait_ms = (1.0 - ep->tokens) * 1000.0 / cep->rate + 1;
-    /* one timer for every endpoint: re-armed when this one is due sooner */
-    if (!evtimer_pending(d->rate_ev, NULL) || now + (int64_t)wait_ms < d->rate_at) {
-        tv.tv_sec = (time_t)((int64_t)wait_ms / 1000);
-        tv.tv_usec = (suseconds_t)((int64_t)wait_ms % 1000) * 1000;
-        d->rate_at = now + (int64_t)wait_ms;
-        evtimer_add(d->rate_ev, &tv);
-    }
+    ep->token_wait = now + (int64_t)wait_ms;
+    deliver_ep_arm(ep, (int64_t)wait_ms);
     return 0;
 }
 
-/* Starts ep's waiting deliveries while it has free slots. */
-static void deliver_ep_pump(struct deliver *d, struct deliver_ep *ep) {
-    const struct config_endpoint *cep;
-    struct deliver_xfer *x;
+/* ep's share of what is claimed into memory, waiting + in flight: its
+ * slots plus as many waiting (at most DELIVER_AHEAD_MAX), so each waiting
+ * row starts within one slot's round trip (one timeout at worst, inside
+ * its lease); a rate-limited endpoint at most DELIVER_RATE_AHEAD_S seconds'
+ * worth; an ordered one its head and a short read-ahead. */
+static int deliver_ep_window(const struct config_endpoint *cep) {
+    int limit = deliver_endpoint_limit(cep), w;
+
+    if (cep->ordered)
+        return 1 + DELIVER_ORDERED_AHEAD;
+    w = limit + (limit < DELIVER_AHEAD_MAX ? limit : DELIVER_AHEAD_MAX);
+    if (cep->rate > 0) {
+        double r = cep->rate * DELIVER_RATE_AHEAD_S;
+        int rw = r < 1.0 ? 1 : r > (double)w ? w : (int)r;
+        if (rw < w)
+            w = rw;
+    }
+    return w;
+}
+
+/* Starts x, just popped from ep's FIFO; a delivery that cannot be started
+ * is recorded as a failed attempt. Renews a lease that is half used (a row
+ * that waited long behind a slow head). */
+static void deliver_ep_start(struct deliver *d, struct deliver_ep *ep, struct deliver_xfer *x,
+                             const struct config_endpoint *cep) {
     char err[128];
 
-    if (!ep->head || d->stopping)
-        return;
-    cep = deliver_endpoint(d, ep->name);
-    if (!cep || !cep->enabled || ep->disabled) {
-        deliver_ep_unavailable(d, ep, cep);
-        deliver_ep_drop(d, ep);
-        return;
+    ep->progress++;
+    if (util_mono_ms() - x->claimed > d->lease_ms / 2) {
+        if (store_delivery_lease(d->store, x->row.seq, util_now_ms() + d->lease_ms, 1, err,
+                                 sizeof err) == 0)
+            x->claimed = util_mono_ms();
     }
-    while (ep->head && ep->inflight < deliver_endpoint_limit(cep)) {
-        /* ordered: only the endpoint's oldest pending delivery may go; when
-         * that one waits for a retry, the endpoint waits with it */
-        if (cep->ordered && store_endpoint_head(d->store, ep->name) != ep->head->row.seq)
-            break;
-        if (!deliver_ep_take_token(d, ep, cep))
-            break;
-        x = deliver_ep_pop(ep);
-        if (deliver_xfer_start(d, x, cep, err, sizeof err) != 0)
-            deliver_finish(d, x, CURLE_OK, err); /* recorded as a failed attempt */
-    }
+    if (deliver_xfer_start(d, x, cep, err, sizeof err) != 0)
+        deliver_finish(d, x, CURLE_OK, err);
 }
 
-static void deliver_take(struct deliver *d, const struct store_delivery *row);
-
-/* An ordered endpoint whose FIFO ran low after rows were left out: claims
- * its first rows in seq order straight from its index (rows held already
- * are skipped by deliver_take), so the FIFO never has a gap. */
-static void deliver_ep_refill(struct deliver *d, struct deliver_ep *ep) {
+/* Claims up to want of ep's due deliveries into its FIFO (earliest due
+ * first). Returns how many the store gave (rows that could not be held,
+ * out of memory, go out when their leases end: the timer looks then), or
+ * -1 on a store error (logged). */
+static int deliver_ep_claim(struct deliver *d, struct deliver_ep *ep, size_t want) {
     struct store_delivery *rows = NULL;
-    size_t n = 0, i, want;
-    char err[256];
-
-    if (!ep->overflow || ep->nwaiting >= DELIVER_ORDERED_WAITING / 2 || d->stopping ||
-        d->nheld >= DELIVER_MAX_HELD)
-        return;
-    want = DELIVER_ORDERED_WAITING;
-    ep->overflow = 0;
-    if (store_endpoint_claim(d->store, ep->name, 0, util_now_ms(),
-                             d->lease_ms, want, &rows, &n, err, sizeof err) < 0) {
-        log_msg(LOG_WARN, "endpoint %s: claiming in order: %s", ep->name, err);
-        ep->overflow = 1;
-        return;
-    }
-    for (i = 0; i < n; i++)
-        deliver_take(d, &rows[i]); /* sets overflow when more are left out */
-    if (n == want)
-        ep->overflow = 1; /* a full window: there may be more behind it */
-    store_deliveries_free(rows, n);
-}
-
-static void deliver_pump_all(struct deliver *d) {
-    struct deliver_ep *ep;
-
-    for (ep = d->eps; ep; ep = ep->next) {
-        if (ep->overflow)
-            deliver_ep_refill(d, ep);
-        deliver_ep_pump(d, ep);
-    }
-}
-
-/* ---- claiming ---- */
-
-/* Takes ownership of a copy of a claimed row: queues it on its endpoint.
- * Rows we already hold (their lease ended and was renewed by this claim)
- * and rows for unavailable endpoints are left alone. */
-static void deliver_take(struct deliver *d, const struct store_delivery *row) {
-    const struct config_endpoint *cep;
     struct deliver_xfer *x;
-    struct deliver_ep *ep;
-
-    for (x = d->xfers; x; x = x->next) {
-        if (!strcmp(x->row.id, row->id)) {
-            log_msg(LOG_DEBUG, "delivery %s claimed again while held; lease renewed", row->id);
-            return;
-        }
-    }
-    if (!row->endpoint || !(ep = deliver_ep_get(d, row->endpoint))) {
-        log_msg(LOG_ERROR, "delivery %s: out of memory; it goes out when its lease ends", row->id);
-        return;
-    }
-    cep = deliver_endpoint(d, ep->name);
-    if (!cep || !cep->enabled || ep->disabled) {
-        deliver_ep_unavailable(d, ep, cep);
-        return;
-    }
-    if (cep->ordered && ep->nwaiting >= DELIVER_ORDERED_WAITING) {
-        ep->overflow = 1; /* refilled in seq order when the FIFO runs low */
-        return;
-    }
-    if (!(x = deliver_xfer_new(d, row, ep))) {
-        log_msg(LOG_ERROR, "delivery %s: out of memory; it goes out when its lease ends", row->id);
-        return;
-    }
-    ep->nwaiting++;
-    if (cep->ordered && ep->head && ep->head->row.seq > x->row.seq) {
-        /* FIFO in ingest order (seq), whatever order the claims came in */
-        x->qnext = ep->head;
-        ep->head = x;
-    } else if (cep->ordered && ep->tail && ep->tail->row.seq > x->row.seq) {
-        struct deliver_xfer *p = ep->head;
-        while (p->qnext && p->qnext->row.seq < x->row.seq)
-            p = p->qnext;
-        x->qnext = p->qnext;
-        p->qnext = x;
-    } else {
-        if (ep->tail)
-            ep->tail->qnext = x;
-        else
-            ep->head = x;
-        ep->tail = x;
-    }
-}
-
-/* A claim round: claims what is due up to the free capacity, starts what
- * endpoint slots allow, and arms the next round. */
-static void deliver_claim(struct deliver *d) {
-    struct store_delivery *rows = NULL;
-    struct timeval tv;
-    size_t n = 0, i, cap;
-    int64_t now, next, wait = DELIVER_POLL_MS;
+    size_t n = 0, i;
     char err[256];
 
-    evtimer_del(d->due_ev);
-    deliver_pump_all(d);
+    ep->progress++;
+    if (store_endpoint_claim_due(d->store, ep->name, util_now_ms(), d->lease_ms, want, &rows, &n,
+                                 err, sizeof err) < 0) {
+        log_msg(LOG_WARN, "endpoint %s: claiming deliveries: %s", ep->name, err);
+        return -1;
+    }
+    for (i = 0; i < n; i++) {
+        if (!(x = deliver_xfer_new(d, &rows[i], ep))) {
+            log_msg(LOG_ERROR, "delivery %s: out of memory; it goes out when its lease ends",
+                    rows[i].id);
+            deliver_ep_arm(ep, d->lease_ms);
+            continue;
+        }
+        deliver_ep_push(ep, x);
+    }
+    store_deliveries_free(rows, n);
+    return (int)n;
+}
+
+/* An unordered endpoint: claim into its window, start what its slots and
+ * tokens allow, and arm its timer for whatever it waits on. */
+static void deliver_ep_service_plain(struct deliver *d, struct deliver_ep *ep,
+                                     const struct config_endpoint *cep) {
+    int limit = deliver_endpoint_limit(cep), window = deliver_ep_window(cep);
+    int room = window - ep->nwaiting - ep->inflight, got = 0, claimed = 0;
+    int64_t next, now;
+
+    /* Claim when the FIFO is empty, or a quarter of the window is free:
+     * small claims for one free slot each would cost a query per row. */
+    if (room > 0 && (ep->nwaiting == 0 || room >= (window + 3) / 4)) {
+        claimed = 1;
+        got = deliver_ep_claim(d, ep, (size_t)room);
+    }
+    while (ep->head && !ep->disabled && ep->inflight < limit && deliver_ep_take_token(ep, cep))
+        deliver_ep_start(d, ep, deliver_ep_pop(ep), cep);
+    if (got < 0) {
+        deliver_ep_arm(ep, DELIVER_POLL_MS);
+        return;
+    }
+    /* Rows waiting: for a slot (a completion looks again) or a token (the
+     * timer is armed). In flight after a full claim, or no claim: more may
+     * be due, and each completion looks again. */
+    if (ep->head || (ep->inflight && (!claimed || got == room)))
+        return;
+    /* Otherwise every due row was taken (or those taken could not start):
+     * sleep until the next one is due. */
+    next = store_endpoint_next_due(d->store, ep->name);
+    if (next == INT64_MAX)
+        return; /* nothing pending: new rows come with a kick */
+    now = util_now_ms();
+    if (next <= now) /* more due behind a full claim, or committed meanwhile */
+        deliver_ep_arm(ep, claimed && got == room ? 0 : DELIVER_POLL_MS);
+    else
+        deliver_ep_arm(ep, next - now);
+}
+
+/* An ordered endpoint: one delivery in flight, always its oldest pending
+ * row (the head), which may wait for a retry while the rest wait behind it.
+ * Memory holds the head and a short read-ahead; when the head is not due,
+ * the read-ahead is given back, so a blocked endpoint holds nothing. */
+static void deliver_ep_service_ordered(struct deliver *d, struct deliver_ep *ep,
+                                       const struct config_endpoint *cep) {
+    struct store_delivery *rows = NULL;
+    struct deliver_xfer *x;
+    int64_t head, head_at, now;
+    size_t n = 0, i;
+    int rounds;
+    char err[256];
+
+    for (rounds = 0; rounds < 8 && !ep->inflight; rounds++) {
+        head = store_endpoint_head(d->store, ep->name, &head_at);
+        if (ep->head && ep->head->row.seq != head)
+            deliver_ep_release(d, ep); /* the head moved (a retry, a row re-queued) */
+        if (head == INT64_MAX)
+            return; /* nothing pending: new rows come with a kick */
+        if (!ep->head) {
+            now = util_now_ms();
+            if (head_at > now) { /* waits for its retry (or a lease to end) */
+                deliver_ep_arm(ep, head_at - now);
+                return;
+            }
+            ep->progress++;
+            if (store_endpoint_claim(d->store, ep->name, head - 1, now, d->lease_ms,
+                                     1 + DELIVER_ORDERED_AHEAD, &rows, &n, err, sizeof err) < 0) {
+                log_msg(LOG_WARN, "endpoint %s: claiming in order: %s", ep->name, err);
+                deliver_ep_arm(ep, DELIVER_POLL_MS);
+                return;
+            }
+            for (i = 0; i < n; i++) {
+                if (!(x = deliver_xfer_new(d, &rows[i], ep)))
+                    break; /* the rest are claimed again when their leases end */
+                deliver_ep_push(ep, x);
+            }
+            store_deliveries_free(rows, n);
+            if (!ep->head || ep->head->row.seq != head) {
+                /* the head is not committed yet (its commit kicks) */
+                deliver_ep_release(d, ep);
+                deliver_ep_arm(ep, DELIVER_POLL_MS);
+                return;
+            }
+        }
+        if (!deliver_ep_take_token(ep, cep))
+            return;
+        deliver_ep_start(d, ep, deliver_ep_pop(ep), cep);
+    }
+    if (!ep->inflight)
+        deliver_ep_arm(ep, 0); /* heads that could not start, one after another */
+}
+
+/* Looks at one endpoint: everything the scheduler does for it happens
+ * here, from a kick, its timer, or a completion. */
+static void deliver_ep_service(struct deliver *d, struct deliver_ep *ep) {
+    const struct config_endpoint *cep;
+
     if (d->stopping || !d->cfg)
         return;
-    if (d->nheld >= DELIVER_MAX_HELD)
-        return; /* a completion's commit kicks again */
-    cap = (size_t)(DELIVER_MAX_HELD - d->nheld);
-    now = util_now_ms();
-    if (store_deliveries_claim(d->store, now, d->lease_ms, cap, &rows, &n, err, sizeof err) != 0) {
-        log_msg(LOG_WARN, "claiming deliveries: %s", err);
-        goto arm;
-    }
-    for (i = 0; i < n; i++)
-        deliver_take(d, &rows[i]);
-    store_deliveries_free(rows, n);
-    deliver_pump_all(d);
-    if (d->nheld >= DELIVER_MAX_HELD)
+    cep = deliver_endpoint(d, ep->name);
+    if (!cep || !cep->enabled || ep->disabled) {
+        if (ep->head || !cep)
+            deliver_ep_unavailable(d, ep, cep);
+        deliver_ep_release(d, ep);
         return;
-    next = store_deliveries_next_due(d->store);
-    if (next <= now)
-        /* due but not claimed: more than cap were due, or the rest are
-         * leased (poll for the lease to end) */
-        wait = n == cap ? 0 : DELIVER_POLL_MS;
-    else if (next - now < DELIVER_POLL_MS)
-        wait = next - now;
-arm:
-    tv.tv_sec = (time_t)(wait / 1000);
-    tv.tv_usec = (suseconds_t)(wait % 1000) * 1000;
-    evtimer_add(d->due_ev, &tv);
+    }
+    if (cep->ordered)
+        deliver_ep_service_ordered(d, ep, cep);
+    else
+        deliver_ep_service_plain(d, ep, cep);
+}
+
+static void deliver_ep_timer_cb(evutil_socket_t fd, short kind, void *arg) {
+    struct deliver_ep *ep = arg;
+
+    UNUSED(fd);
+    UNUSED(kind);
+    ep->timer_at = 0;
+    deliver_ep_service(ep->d, ep);
 }
 
 static void deliver_kick_cb(evutil_socket_t fd, short what, void *arg) {
+    struct deliver *d = arg;
+
     UNUSED(fd);
     UNUSED(what);
-    deliver_claim(arg);
+    for (struct deliver_ep *ep = d->eps; ep; ep = ep->next)
+        deliver_ep_service(d, ep);
+}
+
+/* An endpoint with pending rows and no queue (a subscription's, after a
+ * restart or an admin retry): give it one and look at it. */
+static void deliver_discover_one(void *arg, const char *name) {
+    struct deliver *d = arg;
+    struct deliver_ep *ep;
+
+    if (!name || deliver_ep_find(d, name) || !deliver_endpoint(d, name))
+        return; /* known, or not an endpoint any more: its rows wait */
+    if ((ep = deliver_ep_get(d, name)))
+        deliver_ep_service(d, ep);
+}
+
+static void deliver_discover(struct deliver *d) {
+    if (store_endpoints_pending(d->store, deliver_discover_one, d) < 0)
+        log_msg(LOG_WARN, "listing endpoints with pending deliveries failed");
+}
+
+void deliver_watch_endpoint(struct deliver *d, const char *name) {
+    if (d && name && !deliver_ep_find(d, name) && deliver_endpoint(d, name) &&
+        !deliver_ep_get(d, name))
+        log_msg(LOG_ERROR, "endpoint %s: out of memory for its queue; looked at within a second",
+                name);
+}
+
+/* ---- the watchdog ---- */
+
+/* 1 when ep could take a delivery now: enabled, a free slot and room in
+ * its window, a token. */
+static int deliver_ep_has_room(const struct deliver_ep *ep, const struct config_endpoint *cep,
+                               int64_t mono) {
+    if (!cep || !cep->enabled || ep->disabled)
+        return 0;
+    if (ep->token_wait && ep->token_wait > mono)
+        return 0;
+    if (cep->ordered)
+        return ep->inflight == 0;
+    return ep->inflight < deliver_endpoint_limit(cep) &&
+           ep->nwaiting + ep->inflight < deliver_ep_window(cep);
+}
+
+/* 1 when ep has a delivery whose time has come: one waiting in memory, or
+ * (ordered) a head due, or (unordered) a committed unleased row due. */
+static int deliver_ep_due(struct deliver *d, const struct deliver_ep *ep,
+                          const struct config_endpoint *cep, int64_t now) {
+    int64_t at;
+
+    if (ep->head)
+        return 1;
+    if (cep->ordered)
+        return store_endpoint_head(d->store, ep->name, &at) != INT64_MAX && at <= now;
+    return store_endpoint_next_due(d->store, ep->name) <= now;
+}
+
+/* Checks, every DELIVER_CHECK_MS, the scheduler's invariant (deliver.h):
+ * an endpoint found due with a free slot at two ticks in a row must have
+ * had a claim or a start in between. A breach is a lost wake-up: logged,
+ * counted, repaired by looking at the endpoint; under WAYBILL_CHECKS (debug
+ * and sanitizer builds) it aborts. Due with a free slot for
+ * DELIVER_STUCK_MS (claims that keep finding nothing: the store) marks the
+ * endpoint stuck, which /healthz reports. */
+static void deliver_check_cb(evutil_socket_t fd, short kind, void *arg) {
+    struct deliver *d = arg;
+    int64_t mono = util_mono_ms(), now = util_now_ms();
+
+    UNUSED(fd);
+    UNUSED(kind);
+    if (d->stopping || !d->cfg)
+        return;
+    deliver_discover(d);
+    for (struct deliver_ep *ep = d->eps; ep; ep = ep->next) {
+        const struct config_endpoint *cep = deliver_endpoint(d, ep->name);
+        /* a second of slack: a row due this instant has a timer on its way */
+        if (!deliver_ep_has_room(ep, cep, mono) || !deliver_ep_due(d, ep, cep, now - DELIVER_CHECK_MS)) {
+            ep->due_free_since = 0;
+            ep->stuck = 0;
+            continue;
+        }
+        if (!ep->due_free_since) {
+            ep->due_free_since = mono;
+            ep->progress_seen = ep->progress;
+            continue;
+        }
+        if (ep->progress == ep->progress_seen) {
+            ep->lost_wakeups++;
+            log_msg(LOG_ERROR, "endpoint %s: a delivery is due and a slot is free, but nothing "
+                               "was claimed or started for %" PRId64 " ms (a scheduler bug); "
+                               "looking again", ep->name, mono - ep->due_free_since);
+#ifdef WAYBILL_CHECKS
+            abort();
+#endif
+            deliver_ep_service(d, ep);
+        }
+        ep->progress_seen = ep->progress;
+        if (mono - ep->due_free_since >= DELIVER_STUCK_MS && !ep->stuck) {
+            ep->stuck = 1;
+            log_msg(LOG_ERROR, "endpoint %s: deliveries due for %" PRId64 " s with a free slot are "
+                               "not going out", ep->name, (mono - ep->due_free_since) / 1000);
+        }
+    }
 }
 
 /* ---- curl multi glue (hiperfifo) ---- */
 
-/* Every finished transfer: record it, free it, start what waits. */
+/* Every finished transfer: record it, free it, and look at its endpoint
+ * again (a slot is free; an ordered endpoint's head moved or waits). */
 static void deliver_check_multi(struct deliver *d) {
     CURLMsg *m;
     int left;
 
     while ((m = curl_multi_info_read(d->multi, &left))) {
         char *priv = NULL;
+        struct deliver_xfer *x;
+        struct deliver_ep *ep;
         CURLcode res;
         if (m->msg != CURLMSG_DONE)
             continue;
@@ -1094,10 +1294,13 @@ static void deliver_check_multi(struct deliver *d) {
         if (deliver_probe_finish(d, m->easy_handle, res))
             continue;
         curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, &priv);
-        if (priv)
-            deliver_finish(d, (struct deliver_xfer *)(void *)priv, res, NULL);
+        if (!priv)
+            continue;
+        x = (struct deliver_xfer *)(void *)priv;
+        ep = x->ep; /* outlives x: endpoints are pruned only by deliver_set_config */
+        deliver_finish(d, x, res, NULL);
+        deliver_ep_service(d, ep);
     }
-    deliver_pump_all(d);
     if (d->stopping && d->inflight == 0 && d->done)
         event_active(d->done_ev, EV_TIMEOUT, 1);
 }
@@ -1250,12 +1453,6 @@ static void deliver_prune_cb(evutil_socket_t fd, short kind, void *arg) {
     evtimer_add(d->prune_ev, &tv);
 }
 
-static void deliver_rate_cb(evutil_socket_t fd, short kind, void *arg) {
-    UNUSED(fd);
-    UNUSED(kind);
-    deliver_pump_all(arg);
-}
-
 /* ---- endpoint state ---- */
 
 /* Reads the stored disabled flags once, so a restart keeps endpoints
@@ -1361,13 +1558,12 @@ struct deliver *deliver_new(struct event_base *base, struct store *s, char *err,
     d->curl_inited = 1;
     d->curl_timer = evtimer_new(base, deliver_timer_event_cb, d);
     d->kick_ev = event_new(base, -1, 0, deliver_kick_cb, d);
-    d->due_ev = evtimer_new(base, deliver_kick_cb, d);
+    d->check_ev = event_new(base, -1, EV_PERSIST, deliver_check_cb, d);
     d->grace_ev = evtimer_new(base, deliver_grace_cb, d);
     d->done_ev = event_new(base, -1, 0, deliver_done_cb, d);
-    d->rate_ev = evtimer_new(base, deliver_rate_cb, d);
     d->prune_ev = evtimer_new(base, deliver_prune_cb, d);
-    if (!d->curl_timer || !d->kick_ev || !d->due_ev || !d->grace_ev || !d->done_ev ||
-        !d->rate_ev || !d->prune_ev) {
+    if (!d->curl_timer || !d->kick_ev || !d->check_ev || !d->grace_ev || !d->done_ev ||
+        !d->prune_ev) {
         snprintf(err, errlen, "could not create the delivery events");
         goto fail;
     }
@@ -1416,23 +1612,39 @@ void deliver_set_config(struct deliver *d, const struct config *cfg) {
         struct timeval tv = {DELIVER_PRUNE_MS / 1000, (DELIVER_PRUNE_MS % 1000) * 1000};
         evtimer_add(d->prune_ev, &tv);
     }
+    if (cfg && !event_pending(d->check_ev, EV_TIMEOUT, NULL)) {
+        struct timeval tv = {DELIVER_CHECK_MS / 1000, (DELIVER_CHECK_MS % 1000) * 1000};
+        event_add(d->check_ev, &tv);
+    }
     for (i = 0; cfg && i < cfg->nendpoints; i++)
         if (cfg->endpoints[i].timeout_ms > longest)
             longest = cfg->endpoints[i].timeout_ms;
     d->lease_ms = longest + DELIVER_LEASE_EXTRA_MS;
     if (d->lease_ms < DELIVER_LEASE_MIN_MS)
         d->lease_ms = DELIVER_LEASE_MIN_MS;
+    /* A queue per configured endpoint; one that left the config keeps its
+     * transfers in flight, gives its waiting rows back, and goes when idle. */
+    for (i = 0; cfg && i < cfg->nendpoints; i++)
+        if (!deliver_ep_get(d, cfg->endpoints[i].name))
+            log_msg(LOG_ERROR, "endpoint %s: out of memory for its queue; its deliveries wait",
+                    cfg->endpoints[i].name);
     for (pp = &d->eps; (ep = *pp);) {
-        if (!ep->inflight && !ep->head && !ep->disabled) { /* idle: forget it */
-            *pp = ep->next;
-            free(ep->name);
-            free(ep);
-        } else {
-            ep->warned = 0;
-            pp = &ep->next;
+        ep->warned = 0;
+        ep->due_free_since = 0;
+        ep->stuck = 0;
+        if (!deliver_endpoint(d, ep->name)) {
+            deliver_ep_release(d, ep);
+            if (!ep->inflight && !ep->disabled) {
+                *pp = ep->next;
+                deliver_ep_free(ep);
+                continue;
+            }
         }
+        pp = &ep->next;
     }
-    deliver_kick(d); /* new endpoints, changed limits */
+    if (cfg && !d->stopping)
+        deliver_discover(d); /* subscriptions' endpoints with rows from an earlier run */
+    deliver_kick(d);         /* new endpoints, changed limits */
 }
 
 void deliver_kick(struct deliver *d) {
@@ -1444,6 +1656,39 @@ int deliver_inflight(const struct deliver *d) {
     return d->inflight;
 }
 
+int deliver_endpoint_stats(const struct deliver *d, const char *name,
+                           struct deliver_endpoint_stats *st) {
+    const struct deliver_ep *ep = deliver_ep_find(d, name);
+
+    memset(st, 0, sizeof *st);
+    if (!ep)
+        return 0;
+    st->in_memory = ep->nwaiting + ep->inflight;
+    st->in_flight = ep->inflight;
+    st->stuck = ep->stuck;
+    st->lost_wakeups = ep->lost_wakeups;
+    return 1;
+}
+
+size_t deliver_stuck(const struct deliver *d, char *names, size_t len) {
+    size_t n = 0, used = 0;
+
+    if (len)
+        names[0] = '\0';
+    for (const struct deliver_ep *ep = d->eps; ep; ep = ep->next) {
+        if (!ep->stuck)
+            continue;
+        if (len > used) {
+            int w = snprintf(names + used, len - used, "%s%s", n ? ", " : "", ep->name);
+            used += w > 0 ? (size_t)w : 0;
+            if (used >= len)
+                used = len - 1;
+        }
+        n++;
+    }
+    return n;
+}
+
 void deliver_shutdown(struct deliver *d, int64_t grace_ms, void (*done)(void *arg), void *arg) {
     struct deliver_ep *ep;
     struct timeval tv;
@@ -1452,9 +1697,11 @@ void deliver_shutdown(struct deliver *d, int64_t grace_ms, void (*done)(void *ar
     d->done = done;
     d->done_arg = arg;
     event_del(d->kick_ev);
-    evtimer_del(d->due_ev);
-    for (ep = d->eps; ep; ep = ep->next) /* not started: their leases lapse */
+    event_del(d->check_ev);
+    for (ep = d->eps; ep; ep = ep->next) { /* not started: their leases lapse */
+        evtimer_del(ep->timer);
         deliver_ep_drop(d, ep);
+    }
     if (d->inflight == 0) {
         event_active(d->done_ev, EV_TIMEOUT, 1);
         return;
@@ -1467,7 +1714,7 @@ void deliver_shutdown(struct deliver *d, int64_t grace_ms, void (*done)(void *ar
 }
 
 void deliver_free(struct deliver *d) {
-    struct event *evs[7];
+    struct event *evs[6];
     size_t i;
 
     if (!d)
@@ -1481,19 +1728,17 @@ void deliver_free(struct deliver *d) {
     while (d->eps) {
         struct deliver_ep *ep = d->eps;
         d->eps = ep->next;
-        free(ep->name);
-        free(ep);
+        deliver_ep_free(ep);
     }
     if (d->commit)
         d->commit->d = NULL; /* the store frees it when the group ends */
     evs[0] = d->curl_timer;
     evs[1] = d->kick_ev;
-    evs[2] = d->due_ev;
+    evs[2] = d->check_ev;
     evs[3] = d->grace_ev;
     evs[4] = d->done_ev;
-    evs[5] = d->rate_ev;
-    evs[6] = d->prune_ev;
-    for (i = 0; i < 7; i++)
+    evs[5] = d->prune_ev;
+    for (i = 0; i < 6; i++)
         if (evs[i])
             event_free(evs[i]);
     if (d->curl_inited)

@@ -1,10 +1,43 @@
 /* deliver.h -- outbound delivery: libcurl multi driven by the libevent loop
  * (curl_multi_socket_action, as in curl's hiperfifo example), signing,
- * retries per schedule, every attempt stored.
+ * retries per schedule, every attempt stored, and the scheduler.
  * A delivery has one owner at a time: store (pending row) -> this module
  * once claimed (in flight, via CURLOPT_PRIVATE) -> store again when its
  * attempt is recorded. Nothing is dropped: a delivery whose outcome could
  * not be stored is claimed again when its lease ends.
+ *
+ * The scheduler: isolation per endpoint, by construction. Every endpoint
+ * has a queue of its own and a bounded share of what is claimed into
+ * memory (its window: its `concurrency` slots plus as many waiting, at most
+ * 64; a rate-limited one at most 10 s of its rate; an ordered one its head
+ * and 3 read ahead). Claims are made per endpoint through the store's
+ * (endpoint, next_at) index, never as one global scan, so no endpoint's
+ * backlog, failures, slowness, hang, rate limit or ordering takes a slot,
+ * a claim or memory from another. An endpoint is looked at (claim into its
+ * window, start what slots and tokens allow, arm its timer) on a kick (new
+ * rows committed, an endpoint enabled, a reload), when one of its
+ * transfers ends, and when its own timer fires: at its next due row, its
+ * next token, or its ordered head's retry. Each waiting row starts within
+ * one slot's round trip (one timeout at worst) or 10 s of tokens, inside its
+ * lease (longest timeout + 60 s, renewed at start if half used); an ordered
+ * endpoint whose head waits for a retry gives its read-ahead back, so a
+ * blocked endpoint holds no lease at all.
+ * Invariant: while a delivery is due and its endpoint has a free slot (and
+ * window room, and a token), a claim or a start happens within one tick.
+ * Every path that declines to claim or start either leaves a transfer in
+ * flight (its end looks again) or arms the endpoint's timer. A watchdog
+ * checks it each second: a breach is logged and repaired, and aborts in
+ * builds with WAYBILL_CHECKS (make asan); an endpoint due with a free slot
+ * for 10 s is "stuck", which /healthz reports.
+ * Several instances on one database (PostgreSQL) keep this shape: the
+ * per-endpoint claim becomes UPDATE .. WHERE seq IN (SELECT .. WHERE
+ * endpoint = $1 AND status = 'pending' AND next_at <= now() ORDER BY next_at
+ * LIMIT $window FOR UPDATE SKIP LOCKED) RETURNING .., so instances share an
+ * endpoint's rows without waiting on each other and a dead instance's
+ * leases lapse back to due; an endpoint's concurrency is split by a
+ * per-endpoint lease count, and an ordered endpoint (or, with per-key
+ * ordering, an (endpoint, key) head) is owned by one instance at a time
+ * through a lease on its head row, which is what the head lookup reads.
  * SPDX-License-Identifier: MIT */
 #ifndef CORE_DELIVER_H
 #define CORE_DELIVER_H
@@ -33,6 +66,12 @@ void deliver_set_config(struct deliver *d, const struct config *cfg);
  * loop, not inside this call). Call after the group holding them committed. */
 void deliver_kick(struct deliver *d);
 
+/* Deliveries for endpoint name (of the config, or a subscription's, which
+ * the config lookup also finds) are being routed: it gets a queue now, so
+ * the kick after their commit looks at it. Endpoints with pending rows and
+ * no queue are otherwise found by the watchdog within a second. */
+void deliver_watch_endpoint(struct deliver *d, const char *name);
+
 /* Runs when a probe ends: status_code is the HTTP status, or 0 with a
  * reason (connection error, timeout, address refused). Called from the
  * loop; the probe is freed right after. */
@@ -50,6 +89,23 @@ int deliver_probe(struct deliver *d, const char *url, const char *body, size_t l
 
 /* Number of transfers in flight. */
 int deliver_inflight(const struct deliver *d);
+
+/* What the scheduler holds for one endpoint (the admin API and metrics). */
+struct deliver_endpoint_stats {
+    int in_memory;         /* claimed: waiting for a slot or token, or in flight */
+    int in_flight;         /* transfers in the multi */
+    int stuck;             /* due with a free slot for 10 s (a bug; /healthz says so) */
+    uint64_t lost_wakeups; /* times the watchdog found it idle while due */
+};
+
+/* Fills st for endpoint name (zeros when the scheduler has no queue for
+ * it). Returns 1 when it has one, else 0. */
+int deliver_endpoint_stats(const struct deliver *d, const char *name,
+                           struct deliver_endpoint_stats *st);
+
+/* Number of stuck endpoints; their names, comma-separated, into names
+ * (len bytes, truncated). */
+size_t deliver_stuck(const struct deliver *d, char *names, size_t len);
 
 /* Stops claiming new work; transfers in flight go on. When none is left,
  * or after grace_ms, the rest are aborted (their leases end, so they are

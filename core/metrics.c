@@ -59,8 +59,7 @@ static struct metrics_family metrics_fam[F_COUNT_] = {
                   M_HISTOGRAM, NULL, NULL},
 };
 
-/* Appends v to b as a label value: backslash, quote and newline escaped. */
-static int metrics_escape(struct util_buf *b, const char *v) {
+int metrics_escape(struct util_buf *b, const char *v) {
     for (; v && *v; v++) {
         const char *e = *v == '\\' ? "\\\\" : *v == '"' ? "\\\"" : *v == '\n' ? "\\n" : NULL;
         if (e ? util_buf_appends(b, e) : util_buf_append(b, v, 1))

@@ -29,6 +29,10 @@ void metrics_rule_error(void);
 /* One group commit that took ms. */
 void metrics_store_commit(int64_t ms);
 
+/* Appends v to b as a label value: backslash, quote and newline escaped.
+ * Returns 0 or -1 (OOM). */
+int metrics_escape(struct util_buf *b, const char *v);
+
 /* Appends every metric to b in the text format. Returns 0 or -1 (OOM). */
 int metrics_render(struct util_buf *b);
 

@@ -86,6 +86,7 @@ void route_event(struct route *rt, const struct rules_input *ev) {
                              ? "pending"
                              : "held";
         dels[n].next_at = now + (ep->nretry ? ep->retry_ms[0] : 0);
+        deliver_watch_endpoint(rt->gw->deliver, ep->name);
         n++;
     }
     for (size_t i = 0; i < plan.n && nbatched; i++) {

@@ -37,8 +37,10 @@
 #include "util.h"
 
 /* 2: deliveries are counted by the store, not by an AFTER INSERT trigger
- * (a version-1 binary would not count them: it refuses a version-2 store). */
-#define STORE_SCHEMA_VERSION 2
+ * (a version-1 binary would not count them: it refuses a version-2 store).
+ * 3: due deliveries are found per endpoint (deliveries_ep_due) instead of
+ * in one global next_at index (a version-2 binary would claim by a scan). */
+#define STORE_SCHEMA_VERSION 3
 #define STORE_BUSY_MS 100 /* the loop must not wait long for a lock */
 /* WAL frames (4 KiB pages) after which the checkpoint thread copies the WAL
  * into the database; and after which the loop itself checkpoints the tail,
@@ -89,7 +91,6 @@ static const char store_schema_sql[] =
     " lease_until INTEGER NOT NULL DEFAULT 0,"
     " created_at INTEGER NOT NULL,"
     " batch INTEGER NOT NULL DEFAULT 0);"
-    "CREATE INDEX deliveries_due ON deliveries(next_at) WHERE status = 'pending';"
     "CREATE INDEX deliveries_leased ON deliveries(lease_until) WHERE lease_until > 0;"
     "CREATE INDEX deliveries_event ON deliveries(event_id);"
     "CREATE TABLE attempts ("
@@ -131,6 +132,9 @@ static const char store_schema_endpoints_sql[] =
     " WHERE status = 'pending';"
     "CREATE INDEX IF NOT EXISTS deliveries_ep_held ON deliveries(endpoint, seq)"
     " WHERE status = 'held';"
+    /* The scheduler claims per endpoint, earliest due first (deliver.c). */
+    "CREATE INDEX IF NOT EXISTS deliveries_ep_due ON deliveries(endpoint, next_at)"
+    " WHERE status = 'pending';"
     /* Stores made before inserts were counted per group had a trigger. */
     "DROP TRIGGER IF EXISTS deliveries_count_ins;"
     /* A row per status from the start: the update and delete triggers
@@ -165,6 +169,8 @@ enum store_stmt {
     ST_DLV_CLAIM,
     ST_DLV_LEASE,
     ST_DLV_NEXT_DUE,
+    ST_DLV_RELEASE,
+    ST_DLV_HEAD,
     ST_DLV_OUTCOME,
     ST_DLV_BY_EVENT,
     ST_ATT_INSERT,
@@ -199,10 +205,16 @@ static const char *const store_stmt_sql[ST_COUNT_] = {
                       " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, 0, ?9, 0, ?10)",
     [ST_DLV_CLAIM] = "SELECT seq, id, event_id, endpoint, event_type, content_type, headers,"
                      " payload, attempts, schedule_pos, next_at, created_at FROM deliveries"
-                     " WHERE status = 'pending' AND next_at <= ?1 AND seq <= ?3 ORDER BY next_at LIMIT ?2",
+                     " INDEXED BY deliveries_ep_due WHERE endpoint = ?4 AND status = 'pending'"
+                     " AND next_at <= ?1 AND seq <= ?3 ORDER BY next_at LIMIT ?2",
     [ST_DLV_LEASE] = "UPDATE deliveries SET next_at = ?2, lease_until = ?2 WHERE seq = ?1",
-    [ST_DLV_NEXT_DUE] = "SELECT next_at FROM deliveries WHERE status = 'pending'"
+    [ST_DLV_NEXT_DUE] = "SELECT next_at FROM deliveries INDEXED BY deliveries_ep_due"
+                        " WHERE endpoint = ?1 AND status = 'pending' AND seq <= ?2"
                         " ORDER BY next_at LIMIT 1",
+    [ST_DLV_RELEASE] = "UPDATE deliveries SET next_at = ?2, lease_until = 0"
+                       " WHERE seq = ?1 AND status = 'pending' AND lease_until > 0",
+    [ST_DLV_HEAD] = "SELECT seq, next_at FROM deliveries INDEXED BY deliveries_ep_pending"
+                    " WHERE endpoint = ?1 AND status = 'pending' ORDER BY seq LIMIT 1",
     [ST_DLV_OUTCOME] = "UPDATE deliveries SET status = ?2, next_at = ?3, schedule_pos = ?4,"
                        " attempts = max(attempts, ?5), lease_until = 0 WHERE id = ?1",
     [ST_DLV_BY_EVENT] = "SELECT id, endpoint, status, batch FROM deliveries"
@@ -1102,12 +1114,16 @@ static int store_schema(sqlite3 *db, char *err, size_t errlen) {
         goto fail;
     if (version == STORE_SCHEMA_VERSION)
         return 0;
-    if (version == 1) {
-        /* 1 -> 2: drop the insert-counting trigger (the store counts). */
+    if (version == 1 || version == 2) {
+        /* 1 -> 2: drop the insert-counting trigger (the store counts).
+         * 2 -> 3: the global due index goes; deliveries_ep_due (created
+         * with the endpoint indexes, right after this) replaces it. */
         snprintf(sql, sizeof sql, "PRAGMA user_version = %d", STORE_SCHEMA_VERSION);
         if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
             goto fail;
         if (sqlite3_exec(db, "DROP TRIGGER IF EXISTS deliveries_count_ins", NULL, NULL, NULL) !=
+                SQLITE_OK ||
+            sqlite3_exec(db, "DROP INDEX IF EXISTS deliveries_due", NULL, NULL, NULL) !=
                 SQLITE_OK ||
             sqlite3_exec(db, sql, NULL, NULL, NULL) != SQLITE_OK ||
             sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
@@ -1821,8 +1837,9 @@ static void delivery_row_read(sqlite3_stmt *st, struct store_delivery *r, int *o
     r->created_at = sqlite3_column_int64(st, 11);
 }
 
-int store_deliveries_claim(struct store *s, int64_t now, int64_t lease_ms, size_t max,
-                           struct store_delivery **out, size_t *n, char *err, size_t errlen) {
+int store_endpoint_claim_due(struct store *s, const char *name, int64_t now, int64_t lease_ms,
+                             size_t max, struct store_delivery **out, size_t *n, char *err,
+                             size_t errlen) {
     sqlite3_stmt *sel = s->st[ST_DLV_CLAIM], *lease = s->st[ST_DLV_LEASE];
     struct store_delivery *rows = NULL, *r;
     size_t cnt = 0, cap = 0, i;
@@ -1840,7 +1857,7 @@ int store_deliveries_claim(struct store *s, int64_t now, int64_t lease_ms, size_
      * index that is being updated under it. */
     if (sqlite3_bind_int64(sel, 1, now) ||
         sqlite3_bind_int64(sel, 2, max > INT64_MAX ? INT64_MAX : (int64_t)max) ||
-        sqlite3_bind_int64(sel, 3, s->committed_dlv_seq)) {
+        sqlite3_bind_int64(sel, 3, s->committed_dlv_seq) || bind_text(sel, 4, name)) {
         store_err(err, errlen, "store: claim: %s", sqlite3_errmsg(s->db));
         goto fail;
     }
@@ -1888,13 +1905,76 @@ fail:
     return -1;
 }
 
-int64_t store_deliveries_next_due(struct store *s) {
+int64_t store_endpoint_next_due(struct store *s, const char *name) {
     sqlite3_stmt *st = s->st[ST_DLV_NEXT_DUE];
     int64_t t = INT64_MAX;
-    if (sqlite3_step(st) == SQLITE_ROW)
+    if (bind_text(st, 1, name) == SQLITE_OK &&
+        sqlite3_bind_int64(st, 2, s->committed_dlv_seq) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
         t = sqlite3_column_int64(st, 0);
-    sqlite3_reset(st);
+    stmt_done(st);
     return t;
+}
+
+int store_delivery_lease(struct store *s, int64_t seq, int64_t next_at, int lease, char *err,
+                         size_t errlen) {
+    sqlite3_stmt *st = s->st[lease ? ST_DLV_LEASE : ST_DLV_RELEASE];
+
+    if (group_begin(s, err, errlen) < 0)
+        return -1;
+    if (sqlite3_bind_int64(st, 1, seq) || sqlite3_bind_int64(st, 2, next_at) ||
+        sqlite3_step(st) != SQLITE_DONE) {
+        group_fail(s, lease ? "lease" : "release", err, errlen);
+        stmt_done(st);
+        return -1;
+    }
+    stmt_done(st);
+    return 0;
+}
+
+int store_endpoints_pending(struct store *s, void (*fn)(void *arg, const char *name), void *arg) {
+    /* One index seek per endpoint (a skip scan), whatever the backlog. */
+    static const char sql[] =
+        "WITH RECURSIVE e(name) AS ("
+        " SELECT (SELECT min(endpoint) FROM deliveries INDEXED BY deliveries_ep_pending"
+        "  WHERE status = 'pending')"
+        " UNION ALL"
+        " SELECT (SELECT min(endpoint) FROM deliveries INDEXED BY deliveries_ep_pending"
+        "  WHERE status = 'pending' AND endpoint > e.name) FROM e WHERE e.name IS NOT NULL)"
+        " SELECT name FROM e WHERE name IS NOT NULL";
+    sqlite3_stmt *st = NULL;
+    int rc;
+
+    if (sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL) != SQLITE_OK) {
+        sqlite3_finalize(st);
+        return -1;
+    }
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+        fn(arg, (const char *)sqlite3_column_text(st, 0));
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? 0 : -1;
+}
+
+int store_endpoint_due(struct store *s, const char *name, int64_t now, int64_t *count,
+                       int64_t *oldest) {
+    static const char sql[] = "SELECT count(*), min(next_at) FROM deliveries"
+                              " INDEXED BY deliveries_ep_due WHERE endpoint = ?1"
+                              " AND status = 'pending' AND next_at <= ?2";
+    sqlite3_stmt *st = NULL;
+    int ret = -1;
+
+    *count = 0;
+    *oldest = INT64_MAX;
+    if (sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL) == SQLITE_OK &&
+        bind_text(st, 1, name) == SQLITE_OK && sqlite3_bind_int64(st, 2, now) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW) {
+        *count = sqlite3_column_int64(st, 0);
+        if (sqlite3_column_type(st, 1) != SQLITE_NULL)
+            *oldest = sqlite3_column_int64(st, 1);
+        ret = 0;
+    }
+    sqlite3_finalize(st);
+    return ret;
 }
 
 int store_attempt_put(struct store *s, const char *delivery_id, const struct store_attempt *a,
@@ -2522,17 +2602,18 @@ done:
     return ret;
 }
 
-int64_t store_endpoint_head(struct store *s, const char *name) {
-    sqlite3_stmt *st = NULL;
+int64_t store_endpoint_head(struct store *s, const char *name, int64_t *next_at) {
+    sqlite3_stmt *st = s->st[ST_DLV_HEAD];
     int64_t seq = INT64_MAX;
 
-    if (sqlite3_prepare_v2(s->db,
-                           "SELECT seq FROM deliveries INDEXED BY deliveries_ep_pending"
-                           " WHERE endpoint = ?1 AND status = 'pending' ORDER BY seq LIMIT 1",
-                           -1, &st, NULL) == SQLITE_OK &&
-        bind_text(st, 1, name) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+    if (next_at)
+        *next_at = INT64_MAX;
+    if (bind_text(st, 1, name) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW) {
         seq = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
+        if (next_at)
+            *next_at = sqlite3_column_int64(st, 1);
+    }
+    stmt_done(st);
     return seq;
 }
 

@@ -178,17 +178,40 @@ struct store_delivery {
     int64_t created_at;
 };
 
-/* Claims up to max pending deliveries due at or before now, earliest first,
- * leasing each for lease_ms (a claimed delivery is not claimed again until
- * its outcome is stored or the lease ends). Found by index, never by a scan.
- * *out is new (free with store_deliveries_free). Returns 0 or -1. */
-int store_deliveries_claim(struct store *s, int64_t now, int64_t lease_ms, size_t max,
-                           struct store_delivery **out, size_t *n, char *err, size_t errlen);
+/* Claims up to max of endpoint name's pending deliveries due at or before
+ * now, earliest due first, leasing each for lease_ms (a claimed delivery is
+ * not claimed again until its outcome is stored, its lease is released or
+ * it ends). Only committed rows are claimed. Found by the (endpoint,
+ * next_at) index, never by a scan: a backlog of one endpoint costs another
+ * nothing. *out is new (free with store_deliveries_free). Returns 0 or -1. */
+int store_endpoint_claim_due(struct store *s, const char *name, int64_t now, int64_t lease_ms,
+                             size_t max, struct store_delivery **out, size_t *n, char *err,
+                             size_t errlen);
 
 void store_deliveries_free(struct store_delivery *d, size_t n);
 
-/* Unix ms of the earliest claimable pending delivery, INT64_MAX when none. */
-int64_t store_deliveries_next_due(struct store *s);
+/* Unix ms at which name's earliest committed pending delivery is claimable
+ * (a leased one: when its lease ends), INT64_MAX when none. An index lookup. */
+int64_t store_endpoint_next_due(struct store *s, const char *name);
+
+/* In the open group: lease != 0 renews the lease of the delivery at seq
+ * until next_at; lease == 0 releases it (no attempt is recorded), making it
+ * claimable again at next_at, if it is still pending and leased. For rows
+ * the scheduler gives back (an ordered endpoint blocked behind its head, an
+ * endpoint that left the config). Returns 0 or -1. */
+int store_delivery_lease(struct store *s, int64_t seq, int64_t next_at, int lease, char *err,
+                         size_t errlen);
+
+/* Calls fn(arg, name) for every endpoint with pending deliveries, by name
+ * (one index seek each). Returns 0 or -1. */
+int store_endpoints_pending(struct store *s, void (*fn)(void *arg, const char *name), void *arg);
+
+/* How many of name's pending deliveries are due at now and not leased
+ * (*count; O(count) through the index) and the earliest next_at among them
+ * (*oldest, INT64_MAX when none). For the admin API and metrics. Returns 0
+ * or -1. */
+int store_endpoint_due(struct store *s, const char *name, int64_t now, int64_t *count,
+                       int64_t *oldest);
 
 /* One attempt at a delivery; all borrowed. */
 struct store_attempt {
@@ -309,8 +332,9 @@ int store_endpoint_states(struct store *s, struct store_endpoint_state **out, si
 void store_endpoint_states_free(struct store_endpoint_state *e, size_t n);
 
 /* seq of name's oldest pending delivery (the head of an ordered endpoint,
- * leased or not), INT64_MAX when none. An index lookup. */
-int64_t store_endpoint_head(struct store *s, const char *name);
+ * leased or not), INT64_MAX when none; *next_at (may be NULL) receives its
+ * next_at (INT64_MAX when none). Reads the open group. An index lookup. */
+int64_t store_endpoint_head(struct store *s, const char *name, int64_t *next_at);
 
 /* Claims, for an ordered endpoint, up to max of name's pending deliveries
  * with seq > after_seq in seq order (FIFO), each due or leased (a leased

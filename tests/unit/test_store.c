@@ -302,10 +302,10 @@ static void test_route_claim_attempt(struct store *s) {
     CHECK_INT_EQ(store_delivery_counts(s, &cnt), 0);
     CHECK_INT_EQ(cnt.pending, 1);
     CHECK_INT_EQ(cnt.held, 1);
-    CHECK_INT_EQ(store_deliveries_next_due(s), now - 5);
+    CHECK_INT_EQ(store_endpoint_next_due(s, "erp"), now - 5);
 
     /* Claim: the pending one only, leased. */
-    CHECK_INT_EQ(store_deliveries_claim(s, now, 30000, 10, &d, &n, err, sizeof err), 0);
+    CHECK_INT_EQ(store_endpoint_claim_due(s, "erp", now, 30000, 10, &d, &n, err, sizeof err), 0);
     CHECK_INT_EQ(n, 1);
     if (n == 1) {
         CHECK(strncmp(d[0].id, "dlv_", 4) == 0);
@@ -324,10 +324,10 @@ static void test_route_claim_attempt(struct store *s) {
     }
     store_deliveries_free(d, n);
     /* Leased: not claimable again, even much later within the lease. */
-    CHECK_INT_EQ(store_deliveries_claim(s, now + 1000, 30000, 10, &d, &n, err, sizeof err), 0);
+    CHECK_INT_EQ(store_endpoint_claim_due(s, "erp", now + 1000, 30000, 10, &d, &n, err, sizeof err), 0);
     CHECK_INT_EQ(n, 0);
     store_deliveries_free(d, n);
-    CHECK_INT_EQ(store_deliveries_next_due(s), now + 30000);
+    CHECK_INT_EQ(store_endpoint_next_due(s, "erp"), now + 30000);
     CHECK_INT_EQ(commit(s), 1);
 
     /* Outcome: retry in a minute. */
@@ -335,14 +335,14 @@ static void test_route_claim_attempt(struct store *s) {
     CHECK_INT_EQ(store_attempt_put(s, "dlv_NOPE", &a, "pending", now, 1, err, sizeof err), -1);
     CHECK(strstr(err, "unknown delivery") != NULL);
     CHECK_INT_EQ(commit(s), 1);
-    CHECK_INT_EQ(store_deliveries_claim(s, now + 40000, 30000, 10, &d, &n, err, sizeof err), 0);
+    CHECK_INT_EQ(store_endpoint_claim_due(s, "erp", now + 40000, 30000, 10, &d, &n, err, sizeof err), 0);
     CHECK_INT_EQ(n, 0);
     store_deliveries_free(d, n);
-    CHECK_INT_EQ(store_deliveries_next_due(s), now + 60000);
+    CHECK_INT_EQ(store_endpoint_next_due(s, "erp"), now + 60000);
     CHECK_INT_EQ(fresh_count("SELECT lease_until FROM deliveries WHERE id = ?", dlv_id), 0);
 
     /* Due again: claimed with attempts and schedule_pos; then delivered. */
-    CHECK_INT_EQ(store_deliveries_claim(s, now + 60000, 30000, 10, &d, &n, err, sizeof err), 0);
+    CHECK_INT_EQ(store_endpoint_claim_due(s, "erp", now + 60000, 30000, 10, &d, &n, err, sizeof err), 0);
     CHECK_INT_EQ(n, 1);
     if (n == 1) {
         CHECK_INT_EQ(d[0].attempts, 1);
@@ -358,7 +358,7 @@ static void test_route_claim_attempt(struct store *s) {
     a.response_len = 2;
     CHECK_INT_EQ(store_attempt_put(s, dlv_id, &a, "delivered", 0, 2, err, sizeof err), 0);
     CHECK_INT_EQ(commit(s), 1);
-    CHECK_INT_EQ(store_deliveries_next_due(s), INT64_MAX);
+    CHECK_INT_EQ(store_endpoint_next_due(s, "erp"), INT64_MAX);
     CHECK_INT_EQ(store_delivery_counts(s, &cnt), 0);
     CHECK_INT_EQ(cnt.pending, 0);
     CHECK_INT_EQ(cnt.delivered, 1);
@@ -487,10 +487,10 @@ static struct store *test_crash_release(struct store *s) {
     CHECK_INT_EQ(store_event_put(s, &ev, NULL, 0, err, sizeof err), 0);
     CHECK_INT_EQ(store_event_routed(s, "evt_K", "routed", NULL, &dn, 1, err, sizeof err), 0);
     CHECK_INT_EQ(store_flush(s), 0);
-    CHECK_INT_EQ(store_deliveries_claim(s, 2000, 3600000, 10, &d, &n, err, sizeof err), 0);
+    CHECK_INT_EQ(store_endpoint_claim_due(s, "erp", 2000, 3600000, 10, &d, &n, err, sizeof err), 0);
     CHECK_INT_EQ(n, 1);
     store_deliveries_free(d, n);
-    CHECK_INT_EQ(store_deliveries_claim(s, 2000, 3600000, 10, &d, &n, err, sizeof err), 0);
+    CHECK_INT_EQ(store_endpoint_claim_due(s, "erp", 2000, 3600000, 10, &d, &n, err, sizeof err), 0);
     CHECK_INT_EQ(n, 0);
     store_deliveries_free(d, n);
     /* "Crash": the lease is committed and no outcome is ever stored. */
@@ -501,9 +501,9 @@ static struct store *test_crash_release(struct store *s) {
     CHECK(s != NULL);
     if (!s)
         return NULL;
-    CHECK(store_deliveries_next_due(s) >= before);
-    CHECK(store_deliveries_next_due(s) <= util_now_ms());
-    CHECK_INT_EQ(store_deliveries_claim(s, util_now_ms(), 30000, 10, &d, &n, err, sizeof err), 0);
+    CHECK(store_endpoint_next_due(s, "erp") >= before);
+    CHECK(store_endpoint_next_due(s, "erp") <= util_now_ms());
+    CHECK_INT_EQ(store_endpoint_claim_due(s, "erp", util_now_ms(), 30000, 10, &d, &n, err, sizeof err), 0);
     CHECK_INT_EQ(n, 1);
     if (n == 1)
         CHECK_STR_EQ(d[0].event_id, "evt_K");
@@ -518,10 +518,18 @@ static struct store *test_crash_release(struct store *s) {
  * index: LIMIT 1 stops at the first entry). The SQL mirrors store.c. */
 static void test_query_plans(void) {
     static const char *const sqls[] = {
+        /* the scheduler's claims per endpoint (deliver.c) */
         ("SELECT seq, id, event_id, endpoint, event_type, content_type, headers, payload, attempts,"
-         " schedule_pos, next_at, created_at FROM deliveries"
-         " WHERE status = 'pending' AND next_at <= ?1 ORDER BY next_at LIMIT ?2"),
-        "SELECT next_at FROM deliveries WHERE status = 'pending' ORDER BY next_at LIMIT 1",
+         " schedule_pos, next_at, created_at FROM deliveries INDEXED BY deliveries_ep_due"
+         " WHERE endpoint = ?4 AND status = 'pending' AND next_at <= ?1 AND seq <= ?3"
+         " ORDER BY next_at LIMIT ?2"),
+        ("SELECT next_at FROM deliveries INDEXED BY deliveries_ep_due"
+         " WHERE endpoint = ?1 AND status = 'pending' AND seq <= ?2 ORDER BY next_at LIMIT 1"),
+        ("SELECT count(*), min(next_at) FROM deliveries INDEXED BY deliveries_ep_due"
+         " WHERE endpoint = ?1 AND status = 'pending' AND next_at <= ?2"),
+        "UPDATE deliveries SET next_at = ?2, lease_until = ?2 WHERE seq = ?1",
+        ("UPDATE deliveries SET next_at = ?2, lease_until = 0"
+         " WHERE seq = ?1 AND status = 'pending' AND lease_until > 0"),
         "UPDATE deliveries SET lease_until = 0, next_at = ?1 WHERE lease_until > 0",
         ("SELECT seq, id FROM events INDEXED BY events_received"
          " WHERE status = 'received' AND seq > ?1 ORDER BY seq LIMIT ?2"),
@@ -529,7 +537,7 @@ static void test_query_plans(void) {
         "SELECT id, endpoint, status, batch FROM deliveries WHERE event_id = ?1 ORDER BY seq",
         "SELECT n FROM attempts WHERE delivery_id = ?1 ORDER BY n",
         /* endpoint state (deliver.c): ordered head and window, hold/release */
-        ("SELECT seq FROM deliveries INDEXED BY deliveries_ep_pending"
+        ("SELECT seq, next_at FROM deliveries INDEXED BY deliveries_ep_pending"
          " WHERE endpoint = ?1 AND status = 'pending' ORDER BY seq LIMIT 1"),
         ("SELECT seq, id FROM deliveries INDEXED BY deliveries_ep_pending"
          " WHERE endpoint = ?1 AND status = 'pending' AND seq > ?2 AND seq <= ?3"
@@ -546,7 +554,8 @@ static void test_query_plans(void) {
     for (i = 0; i < sizeof sqls / sizeof sqls[0]; i++) {
         query_plan(db, sqls[i], plan, sizeof plan);
         CHECK(strstr(plan, "USING INDEX") != NULL || strstr(plan, "USING COVERING INDEX") != NULL ||
-              strstr(plan, "USING PRIMARY KEY") != NULL);
+              strstr(plan, "USING PRIMARY KEY") != NULL ||
+              strstr(plan, "USING INTEGER PRIMARY KEY") != NULL);
         CHECK(!plan_has_table_scan(plan));
         CHECK(strstr(plan, "TEMP B-TREE") == NULL);
         if (getenv("TEST_STORE_VERBOSE"))
@@ -573,11 +582,11 @@ static void test_claim_waits_for_commit(struct store *s) {
     CHECK_INT_EQ(store_event_put(s, &ev, NULL, 0, err, sizeof err), 0);
     CHECK_INT_EQ(commit(s), 1);
     CHECK_INT_EQ(store_event_routed(s, "evt_commit_wait", "routed", NULL, &dn, 1, err, sizeof err), 0);
-    CHECK_INT_EQ(store_deliveries_claim(s, util_now_ms(), 60000, 10, &d, &n, err, sizeof err), 0);
+    CHECK_INT_EQ(store_endpoint_claim_due(s, "erp", util_now_ms(), 60000, 10, &d, &n, err, sizeof err), 0);
     CHECK_INT_EQ(n, 0); /* still in the open group */
     store_deliveries_free(d, n);
     CHECK_INT_EQ(commit(s), 1);
-    CHECK_INT_EQ(store_deliveries_claim(s, util_now_ms(), 60000, 10, &d, &n, err, sizeof err), 0);
+    CHECK_INT_EQ(store_endpoint_claim_due(s, "erp", util_now_ms(), 60000, 10, &d, &n, err, sizeof err), 0);
     CHECK_INT_EQ(n, 1);
     if (n == 1) {
         struct store_attempt a = {.n = 1, .at = util_now_ms(), .status_code = 200};
@@ -617,11 +626,11 @@ static void test_endpoint_state(struct store *s) {
     CHECK_INT_EQ(commit(s), 1);
 
     /* the head is the oldest pending row even when it is not due */
-    CHECK(store_endpoint_head(s, "ord") != INT64_MAX);
-    CHECK_INT_EQ(store_endpoint_head(s, "nobody"), INT64_MAX);
+    CHECK(store_endpoint_head(s, "ord", NULL) != INT64_MAX);
+    CHECK_INT_EQ(store_endpoint_head(s, "nobody", NULL), INT64_MAX);
     CHECK_INT_EQ(store_endpoint_claim(s, "ord", 0, now, 1000, 10, &d, &n, err, sizeof err), 0);
     CHECK_INT_EQ(n, 2); /* the first one waits for its retry: not claimed */
-    CHECK(n == 2 && d[0].seq < d[1].seq && d[0].seq > store_endpoint_head(s, "ord"));
+    CHECK(n == 2 && d[0].seq < d[1].seq && d[0].seq > store_endpoint_head(s, "ord", NULL));
     store_deliveries_free(d, n);
     /* leased rows not held in memory are claimed again, in order */
     CHECK_INT_EQ(store_endpoint_claim(s, "ord", 0, now, 1000, 1, &d, &n, err, sizeof err), 0);
@@ -641,7 +650,7 @@ static void test_endpoint_state(struct store *s) {
                              "ord"), 3);
     CHECK_INT_EQ(fresh_count("SELECT count(*) FROM deliveries WHERE endpoint = ?"
                              " AND status = 'pending'", "other"), 1);
-    CHECK_INT_EQ(store_endpoint_head(s, "ord"), INT64_MAX);
+    CHECK_INT_EQ(store_endpoint_head(s, "ord", NULL), INT64_MAX);
     CHECK_INT_EQ(store_endpoint_states(s, &st, &n, err, sizeof err), 0);
     for (i = 0; i < n && strcmp(st[i].name, "ord"); i++)
         ;
@@ -738,7 +747,7 @@ static void test_batch_windows(struct store *s) {
     CHECK_INT_EQ(commit(s), 1);
     CHECK(store_batch_next_close(s) == start + W); /* bi's window is still open */
 
-    CHECK_INT_EQ(store_deliveries_claim(s, util_now_ms(), 30000, 100, &d, &nd, err, sizeof err), 0);
+    CHECK_INT_EQ(store_endpoint_claim_due(s, "wms", util_now_ms(), 30000, 100, &d, &nd, err, sizeof err), 0);
     {
         struct store_delivery *b = NULL;
         for (size_t i = 0; i < nd; i++)
@@ -825,7 +834,7 @@ static void on_written_probe(void *arg, int ok) {
     size_t n = 0, i;
     char err[256];
     on_commit(&w->rec, ok);
-    if (store_deliveries_claim(w->s, util_now_ms(), 60000, 10, &d, &n, err, sizeof err) == 0) {
+    if (store_endpoint_claim_due(w->s, "erp", util_now_ms(), 60000, 10, &d, &n, err, sizeof err) == 0) {
         for (i = 0; i < n; i++) {
             struct store_attempt a = {.n = 1, .at = util_now_ms(), .status_code = 200};
             w->claimable += strcmp(d[i].event_id, "evt_WRITTEN") == 0;
@@ -914,9 +923,10 @@ static void test_counts_per_group(struct store *s) {
     CHECK_INT_EQ(counts_row("held"), held_rows + 2);
 }
 
-/* A version-1 store (inserts counted by a trigger) is migrated at open: the
- * trigger goes, inserts are not counted twice, and the version is 2, which
- * a version-1 binary refuses rather than miscount. */
+/* A version-1 store (inserts counted by a trigger, one global due index)
+ * is migrated at open: the trigger goes, inserts are not counted twice, the
+ * due index is per endpoint, and the version is 3, which older binaries
+ * refuse rather than miscount or claim by a scan. */
 static void test_counts_trigger_dropped(void) {
     char saved[256], err[256] = "";
     sqlite3 *db = NULL;
@@ -937,6 +947,10 @@ static void test_counts_trigger_dropped(void) {
                               "CREATE TRIGGER deliveries_count_ins AFTER INSERT ON deliveries BEGIN"
                               " INSERT INTO delivery_counts(status, n) VALUES (new.status, 1)"
                               "  ON CONFLICT(status) DO UPDATE SET n = n + 1; END;"
+                              /* and the global due index versions 1 and 2 had */
+                              "DROP INDEX deliveries_ep_due;"
+                              "CREATE INDEX deliveries_due ON deliveries(next_at)"
+                              " WHERE status = 'pending';"
                               "PRAGMA user_version = 1",
                               NULL, NULL, NULL),
                  SQLITE_OK);
@@ -953,7 +967,13 @@ static void test_counts_trigger_dropped(void) {
     CHECK_INT_EQ(fresh_count("SELECT count(*) FROM sqlite_master WHERE name = ?",
                              "deliveries_count_ins"),
                  0);
-    CHECK_INT_EQ(fresh_count("PRAGMA user_version", NULL), 2); /* migrated */
+    CHECK_INT_EQ(fresh_count("PRAGMA user_version", NULL), 3); /* migrated */
+    /* 2 -> 3: due rows are found per endpoint */
+    CHECK_INT_EQ(fresh_count("SELECT count(*) FROM sqlite_master WHERE name = ?", "deliveries_due"),
+                 0);
+    CHECK_INT_EQ(fresh_count("SELECT count(*) FROM sqlite_master WHERE name = ?",
+                             "deliveries_ep_due"),
+                 1);
     store_free(s);
 done:
     snprintf(dbpath, sizeof dbpath, "%s", saved);
