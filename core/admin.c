@@ -785,14 +785,13 @@ static int admin_metrics_endpoints(struct admin *adm, struct util_buf *b) {
         return -1;
     for (i = 0; i < cfg->nendpoints; i++) {
         struct deliver_endpoint_stats st;
-        int64_t due = 0, oldest = INT64_MAX;
+        struct store_endpoint_queue q;
         deliver_endpoint_stats(adm->gw->deliver, cfg->endpoints[i].name, &st);
-        if (store_endpoint_due(adm->gw->store, cfg->endpoints[i].name, now, &due, &oldest) < 0)
-            due = 0;
-        v[i][0] = due;
+        store_endpoint_queue(adm->gw->store, cfg->endpoints[i].name, now, &q); /* 0s on error */
+        v[i][0] = q.due;
         v[i][1] = st.in_memory;
         v[i][2] = st.in_flight;
-        v[i][3] = oldest == INT64_MAX ? 0 : (now - oldest) / 1000;
+        v[i][3] = q.oldest_due == INT64_MAX ? 0 : (now - q.oldest_due) / 1000;
     }
     for (k = 0; k < 4 && !bad; k++) {
         bad |= util_buf_printf(b, "# HELP %s %s\n# TYPE %s gauge\n", help[k][0], help[k][1],
@@ -894,21 +893,25 @@ static int admin_ends_with(const char *s, const char *suffix) {
     return n >= k && !strcmp(s + n - k, suffix);
 }
 
-/* The scheduler's view of endpoint name, added to o: "due" (pending rows
- * whose time has come, not claimed), "in_memory", "in_flight",
+/* Endpoint name's queue, set on o: "pending" and "held" (counted for every
+ * endpoint, attempted or not), and the scheduler's view: "due" (pending
+ * rows whose time has come, not claimed), "in_memory", "in_flight",
  * "oldest_due_age_ms" (null when nothing is due) and "stuck". */
 static void admin_endpoint_queue(struct admin *adm, json_t *o, const char *name, int64_t now) {
     struct deliver_endpoint_stats st;
-    int64_t due = 0, oldest = INT64_MAX;
+    struct store_endpoint_queue q;
 
     deliver_endpoint_stats(adm->gw->deliver, name, &st);
-    if (store_endpoint_due(adm->gw->store, name, now, &due, &oldest) < 0)
-        due = 0;
-    json_object_set_new(o, "due", json_integer((json_int_t)due));
+    if (store_endpoint_queue(adm->gw->store, name, now, &q) < 0)
+        return; /* the counts from the endpoint's state stay */
+    json_object_set_new(o, "pending", json_integer((json_int_t)q.pending));
+    json_object_set_new(o, "held", json_integer((json_int_t)q.held));
+    json_object_set_new(o, "due", json_integer((json_int_t)q.due));
     json_object_set_new(o, "in_memory", json_integer(st.in_memory));
     json_object_set_new(o, "in_flight", json_integer(st.in_flight));
     json_object_set_new(o, "oldest_due_age_ms",
-                        oldest == INT64_MAX ? json_null() : json_integer((json_int_t)(now - oldest)));
+                        q.oldest_due == INT64_MAX ? json_null()
+                                                  : json_integer((json_int_t)(now - q.oldest_due)));
     json_object_set_new(o, "stuck", json_boolean(st.stuck));
 }
 

@@ -114,6 +114,7 @@ struct deliver {
     struct event *curl_timer; /* curl's single timer (CURLMOPT_TIMERFUNCTION) */
     struct event *kick_ev;    /* coalesced look at every endpoint */
     struct event *check_ev;   /* the watchdog (DELIVER_CHECK_MS) */
+    int64_t check_at;         /* monotonic ms of its last tick */
     struct event *grace_ev;   /* shutdown grace */
     struct event *done_ev;    /* runs the shutdown callback from the loop */
     struct deliver_sock *socks;
@@ -1229,7 +1230,9 @@ static int deliver_ep_due(struct deliver *d, const struct deliver_ep *ep,
 
 /* Checks, every DELIVER_CHECK_MS, the scheduler's invariant (deliver.h):
  * an endpoint found due with a free slot at two ticks in a row must have
- * had a claim or a start in between. A breach is a lost wake-up: logged,
+ * had a claim or a start in between, unless a look at it is already on its
+ * way (its timer overdue, a kick active, or this tick itself came late
+ * because the loop was held up). A breach is a lost wake-up: logged,
  * counted, repaired by looking at the endpoint; under WAYBILL_CHECKS (debug
  * and sanitizer builds) it aborts. Due with a free slot for
  * DELIVER_STUCK_MS (claims that keep finding nothing: the store) marks the
@@ -1238,10 +1241,16 @@ static void deliver_check_cb(evutil_socket_t fd, short kind, void *arg) {
     struct deliver *d = arg;
     int64_t mono = util_mono_ms(), now = util_now_ms();
 
+    int late;
+
     UNUSED(fd);
     UNUSED(kind);
     if (d->stopping || !d->cfg)
         return;
+    /* After the loop was held up (a long sync wait), timers that are due
+     * may not have run yet: judge no one on this tick. */
+    late = d->check_at && mono - d->check_at > DELIVER_CHECK_MS + DELIVER_CHECK_MS / 2;
+    d->check_at = mono;
     deliver_discover(d);
     for (struct deliver_ep *ep = d->eps; ep; ep = ep->next) {
         const struct config_endpoint *cep = deliver_endpoint(d, ep->name);
@@ -1256,7 +1265,9 @@ static void deliver_check_cb(evutil_socket_t fd, short kind, void *arg) {
             ep->progress_seen = ep->progress;
             continue;
         }
-        if (ep->progress == ep->progress_seen) {
+        if (ep->progress == ep->progress_seen && !late &&
+            !(ep->timer_at && ep->timer_at <= mono && evtimer_pending(ep->timer, NULL)) &&
+            !event_pending(d->kick_ev, EV_TIMEOUT, NULL)) {
             ep->lost_wakeups++;
             log_msg(LOG_ERROR, "endpoint %s: a delivery is due and a slot is free, but nothing "
                                "was claimed or started for %" PRId64 " ms (a scheduler bug); "

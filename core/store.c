@@ -1955,22 +1955,28 @@ int store_endpoints_pending(struct store *s, void (*fn)(void *arg, const char *n
     return rc == SQLITE_DONE ? 0 : -1;
 }
 
-int store_endpoint_due(struct store *s, const char *name, int64_t now, int64_t *count,
-                       int64_t *oldest) {
-    static const char sql[] = "SELECT count(*), min(next_at) FROM deliveries"
-                              " INDEXED BY deliveries_ep_due WHERE endpoint = ?1"
-                              " AND status = 'pending' AND next_at <= ?2";
+int store_endpoint_queue(struct store *s, const char *name, int64_t now,
+                         struct store_endpoint_queue *q) {
+    static const char sql[] =
+        "SELECT (SELECT count(*) FROM deliveries INDEXED BY deliveries_ep_due"
+        "  WHERE endpoint = ?1 AND status = 'pending'),"
+        " (SELECT count(*) FROM deliveries INDEXED BY deliveries_ep_held"
+        "  WHERE endpoint = ?1 AND status = 'held'),"
+        " count(*), min(next_at) FROM deliveries INDEXED BY deliveries_ep_due"
+        " WHERE endpoint = ?1 AND status = 'pending' AND next_at <= ?2";
     sqlite3_stmt *st = NULL;
     int ret = -1;
 
-    *count = 0;
-    *oldest = INT64_MAX;
+    memset(q, 0, sizeof *q);
+    q->oldest_due = INT64_MAX;
     if (sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL) == SQLITE_OK &&
         bind_text(st, 1, name) == SQLITE_OK && sqlite3_bind_int64(st, 2, now) == SQLITE_OK &&
         sqlite3_step(st) == SQLITE_ROW) {
-        *count = sqlite3_column_int64(st, 0);
-        if (sqlite3_column_type(st, 1) != SQLITE_NULL)
-            *oldest = sqlite3_column_int64(st, 1);
+        q->pending = sqlite3_column_int64(st, 0);
+        q->held = sqlite3_column_int64(st, 1);
+        q->due = sqlite3_column_int64(st, 2);
+        if (sqlite3_column_type(st, 3) != SQLITE_NULL)
+            q->oldest_due = sqlite3_column_int64(st, 3);
         ret = 0;
     }
     sqlite3_finalize(st);

@@ -206,12 +206,15 @@ int store_delivery_lease(struct store *s, int64_t seq, int64_t next_at, int leas
  * (one index seek each). Returns 0 or -1. */
 int store_endpoints_pending(struct store *s, void (*fn)(void *arg, const char *name), void *arg);
 
-/* How many of name's pending deliveries are due at now and not leased
- * (*count; O(count) through the index) and the earliest next_at among them
- * (*oldest, INT64_MAX when none). For the admin API and metrics. Returns 0
- * or -1. */
-int store_endpoint_due(struct store *s, const char *name, int64_t now, int64_t *count,
-                       int64_t *oldest);
+/* One endpoint's queue in the store: pending and held deliveries, how many
+ * pending ones are due at now and not leased, and the earliest next_at among
+ * those (INT64_MAX when none). O(rows) through the endpoint's indexes: for
+ * the admin API and metrics. */
+struct store_endpoint_queue {
+    int64_t pending, held, due, oldest_due;
+};
+int store_endpoint_queue(struct store *s, const char *name, int64_t now,
+                         struct store_endpoint_queue *q);
 
 /* One attempt at a delivery; all borrowed. */
 struct store_attempt {
