@@ -1,0 +1,355 @@
+"""schedsink.py -- receivers and a sender for the scheduler tests (stdlib only).
+
+The scheduler tests put thousands of deliveries a second on several
+receivers at once, some of them slow or hanging. wb.Sink (a thread per
+connection, time.sleep for a delay) would itself become the bottleneck the
+tests measure, so here every receiver is an asyncio server on ONE event loop
+in a background thread: a delay is a timer, a hanging answer is a connection
+left alone, and no receiver's delay holds up another's answers.
+
+    sink = schedsink.Sink(statuses=[500], default=200)        # 500 once, then 200
+    slow = schedsink.Sink(delay=0.2)                            # every answer after 200 ms
+    hang = schedsink.Sink(behaviour=lambda req: schedsink.HANG) # reads, never answers
+    flaky = schedsink.Sink(behaviour=lambda req: 500 if req.n % 10 == 0 else 200)
+    ...
+    sink.wait_for(lambda s: s.ok_count() >= 600, timeout=10)
+    sink.first_successes()   # source ids in the order of their first 2xx answer
+
+A behaviour is called on the loop thread with the Request and returns a
+status, (status, delay_seconds), or HANG. Receivers register with wb's
+cleanup registry, so wb.cleanup() (the runner, after every test) stops them.
+
+Poster: one carrier client on a keep-alive connection posting signed atoship
+events one after the other; like a carrier it sends the same body again when
+the gateway is down or answers 503, until it gets 200.
+"""
+
+import asyncio
+import http.client
+import json
+import re
+import socket
+import threading
+import time
+
+import wb
+
+HANG = object()  # a behaviour's answer: read the request, never answer it
+
+_SOURCE_ID = re.compile(rb'"source_id":"([^"]*)"')
+
+
+class _Loop:
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, daemon=True, name="schedsink-loop")
+        self.thread.start()
+
+    def _run(self):
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def run(self, coro, timeout=10.0):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def call(self, fn, *args):
+        self.loop.call_soon_threadsafe(fn, *args)
+
+
+_loop = None
+_loop_lock = threading.Lock()
+
+
+def _the_loop():
+    global _loop
+    with _loop_lock:
+        if _loop is None:
+            _loop = _Loop()
+        return _loop
+
+
+class Request:
+    """A request a receiver got. reply: the status answered, None while
+    unanswered (hanging, or the client went away first)."""
+
+    __slots__ = ("n", "mono", "time", "method", "path", "headers", "body", "reply", "done", "abandoned")
+
+    def __init__(self, n, method, path, headers, body):
+        self.n = n
+        self.mono = time.monotonic()
+        self.time = time.time()
+        self.method, self.path, self.headers, self.body = method, path, headers, body
+        self.reply = None
+        self.done = None  # monotonic time of the answer
+        self.abandoned = False  # the client closed the connection before an answer
+
+    @property
+    def attempt(self):
+        return int(self.headers.get("x-waybill-attempt", "0") or 0)
+
+    @property
+    def delivery(self):
+        return self.headers.get("x-waybill-delivery")
+
+    @property
+    def source_id(self):
+        m = _SOURCE_ID.search(self.body)
+        return m.group(1).decode() if m else None
+
+    @property
+    def ok(self):
+        return self.reply is not None and 200 <= self.reply <= 299
+
+    def json(self):
+        return json.loads(self.body.decode("utf-8"))
+
+    def __repr__(self):
+        return "<Request #%d %s attempt %s -> %s>" % (self.n, self.source_id, self.attempt, self.reply)
+
+
+class _Conn(asyncio.Protocol):
+    def __init__(self, sink):
+        self.sink = sink
+        self.buf = bytearray()
+        self.busy = None  # the request waiting for its answer (HTTP/1.1: one at a time)
+        self.transport = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        self.sink._conns.add(self)
+        self.sink.connections += 1
+
+    def data_received(self, data):
+        self.buf += data
+        if self.busy is None:
+            self._parse()
+
+    def _parse(self):
+        while self.busy is None and self.transport is not None:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            lines = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
+            try:
+                method, path, _ = lines[0].split(" ", 2)
+            except ValueError:
+                self.transport.abort()
+                return
+            headers = {}
+            for line in lines[1:]:
+                k, _, v = line.partition(":")
+                headers[k.strip().lower()] = v.strip()
+            if "chunked" in headers.get("transfer-encoding", "").lower():
+                raise AssertionError("schedsink: chunked request bodies are not supported")
+            n = int(headers.get("content-length") or 0)
+            if len(self.buf) < end + 4 + n:
+                return
+            body = bytes(self.buf[end + 4:end + 4 + n])
+            del self.buf[:end + 4 + n]
+            self.sink._on_request(self, method, path, headers, body)
+
+    def respond(self, req, status):
+        if self.busy is not req:
+            return  # the connection is gone (counted in connection_lost)
+        self.busy = None
+        req.reply = status
+        req.done = time.monotonic()
+        self.sink._inflight -= 1
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"HTTP/1.1 %d X\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
+                                 % status)
+        self._parse()
+
+    def connection_lost(self, exc):
+        self.transport = None
+        self.sink._conns.discard(self)
+        if self.busy is not None:
+            self.busy.abandoned = True
+            self.busy.done = time.monotonic()
+            self.busy = None
+            self.sink._inflight -= 1
+
+
+class Sink:
+    """An HTTP receiver on 127.0.0.1 (see the module docstring).
+
+    statuses: answers in order, then `default`; delay: seconds before every
+    answer; behaviour: function(Request) -> status | (status, delay) | HANG,
+    used instead of statuses/default/delay when given."""
+
+    def __init__(self, statuses=None, default=200, delay=0.0, behaviour=None, name="sink", path="/hook"):
+        self.name = name
+        self.requests = []
+        self.connections = 0  # accepted, ever
+        self.max_inflight = 0
+        self._inflight = 0
+        self._conns = set()
+        self._path = path
+        self.set(statuses, default, delay, behaviour)
+        self._loop = _the_loop()
+
+        async def start():
+            return await self._loop.loop.create_server(lambda: _Conn(self), "127.0.0.1", 0, backlog=1024)
+
+        self._server = self._loop.run(start())
+        self.port = self._server.sockets[0].getsockname()[1]
+        wb._register(self)
+
+    def set(self, statuses=None, default=200, delay=0.0, behaviour=None):
+        """Program the answers from now on (requests already hanging stay so)."""
+        self._statuses = list(statuses or [])
+        self._default = default
+        self._delay = delay
+        self._behaviour = behaviour
+
+    def _decide(self, req):
+        if self._behaviour is not None:
+            return self._behaviour(req)
+        status = self._statuses.pop(0) if self._statuses else self._default
+        return (status, self._delay) if self._delay else status
+
+    def _on_request(self, conn, method, path, headers, body):  # on the loop thread
+        req = Request(len(self.requests) + 1, method, path, headers, body)
+        self.requests.append(req)
+        self._inflight += 1
+        if self._inflight > self.max_inflight:
+            self.max_inflight = self._inflight
+        conn.busy = req
+        try:
+            spec = self._decide(req)
+        except Exception:  # a broken behaviour answers 599, visibly
+            spec = 599
+        if spec is HANG:
+            return
+        status, delay = spec if isinstance(spec, tuple) else (spec, 0.0)
+        if delay and delay > 0:
+            self._loop.loop.call_later(delay, conn.respond, req, status)
+        else:
+            conn.respond(req, status)
+
+    # -- what the receiver saw (safe to call from the test's thread) --------
+    @property
+    def url(self):
+        return "http://127.0.0.1:%d%s" % (self.port, self._path)
+
+    @property
+    def count(self):
+        return len(self.requests)
+
+    @property
+    def inflight(self):
+        return self._inflight
+
+    def snapshot(self):
+        return list(self.requests)
+
+    def ok_requests(self):
+        return [r for r in list(self.requests) if r.ok]
+
+    def ok_count(self):
+        return sum(1 for r in list(self.requests) if r.ok)
+
+    def first_successes(self):
+        """Source ids in the order of their first 2xx answer (duplicates dropped)."""
+        seen, out = set(), []
+        for r in list(self.requests):
+            if r.ok:
+                sid = r.source_id
+                if sid not in seen:
+                    seen.add(sid)
+                    out.append(sid)
+        return out
+
+    def delivered_ids(self):
+        return {r.source_id for r in list(self.requests) if r.ok}
+
+    def wait_for(self, predicate, timeout=5.0, message=None):
+        """Poll predicate(self) until true; AssertionError on timeout."""
+        return wb.wait_for(lambda: predicate(self), timeout, 0.02,
+                           message or "%s: condition on %d requests" % (self.name, self.count))
+
+    # -- life ---------------------------------------------------------------
+    def stop(self):
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+
+        async def close():
+            server.close()
+            for c in list(self._conns):
+                if c.transport is not None:
+                    c.transport.abort()
+            await asyncio.sleep(0)
+
+        try:
+            self._loop.run(close(), timeout=5)
+        except Exception:  # noqa: BLE001 - cleanup goes on
+            pass
+
+    def _cleanup(self):
+        self.stop()
+        return []
+
+    def _context(self, n):
+        return ""
+
+    def __repr__(self):
+        return "<schedsink.Sink %s %s: %d requests>" % (self.name, self.url, len(self.requests))
+
+
+class Poster:
+    """A carrier posting signed atoship events one after the other on a
+    keep-alive connection. post() returns waybill's event id once the gateway
+    answered 200; while the gateway is down (or answers 503) it sends the same
+    body again, as a carrier would, for up to `patience` seconds."""
+
+    def __init__(self, gateway, secret, path="/hooks/atoship", patience=None):
+        self.g, self.secret, self.path = gateway, secret, path
+        self.patience = patience or (90.0 if wb.ASAN else 45.0)
+        self.conn = None
+        self.retries = 0  # sends repeated after an error or a 503
+
+    def _send(self, body):
+        if self.conn is None:
+            self.conn = http.client.HTTPConnection("127.0.0.1", self.g.port, timeout=wb.HTTP_TIMEOUT)
+        self.conn.request("POST", self.path, body, wb.atoship_headers(self.secret, body))
+        r = self.conn.getresponse()
+        data = r.read()
+        if r.getheader("Connection", "").lower() == "close":
+            self.close()
+        return r.status, data
+
+    def post(self, body):
+        deadline = time.monotonic() + self.patience
+        while True:
+            try:
+                status, data = self._send(body)
+                if status == 200:
+                    return json.loads(data)["id"]
+                if status != 503:
+                    raise AssertionError("POST %s -> %d %r" % (self.path, status, data[:200]))
+            except (OSError, http.client.HTTPException):
+                self.close()
+            self.retries += 1
+            if time.monotonic() > deadline:
+                raise AssertionError("the gateway did not accept an event for %gs" % self.patience)
+            time.sleep(0.02)
+
+    def post_event(self, type="tracking.in_transit", id=None, **data):
+        """Post a fresh atoship event; returns (waybill id, carrier id)."""
+        body = wb.atoship_event(type, id=id, **data)
+        sid = json.loads(body)["id"]
+        return self.post(body), sid
+
+    def close(self):
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            finally:
+                self.conn = None
