@@ -685,3 +685,31 @@ def test_soak_twenty_endpoints_random_behaviours_survive_sigkill_and_sighup():
         "%d samples of /api/endpoints, largest in_memory seen: %s" % (
             posting, killed_at, drained, requests, dups, sampler.samples,
             ", ".join("%s %d" % kv for kv in sorted(sampler.max_in_memory.items()))))
+
+
+# ---- subscriptions' endpoints (not in the config) ---------------------------
+
+def test_subscription_backlog_left_by_a_crash_goes_out_after_restart():
+    """A subscription's endpoint is found by name, not in the config's list:
+    its deliveries, in flight when the process was killed, must still go
+    out after a restart (the scheduler finds endpoints with pending rows),
+    and a manual retry of one of its failed deliveries must go out too."""
+    with open(wb.ROOT + "/rules/00-subscribers.lua") as f:
+        default_rules = f.read()
+    sub_sink = schedsink.Sink(statuses=[200], behaviour=None)  # the verification POST: 200
+    other = schedsink.Sink()
+    g = gateway({"erp": (other.url, "")}, default_rules + '\non("tracking.*", {"erp"})\n')
+    st, sub = g.admin("POST", "/v1/environment/webhooks", {"url": sub_sink.url, "event": "track"})
+    assert st == 201, sub
+    sub_sink.wait_for(lambda s: s.count >= 1, timeout=5)
+    sub_sink.set(behaviour=lambda req: HANG)  # every delivery hangs: in flight, leased
+    poster = schedsink.Poster(g, SECRET)
+    sent = [poster.post_event("tracking.in_transit", n=i)[1] for i in range(40)]
+    sub_sink.wait_for(lambda s: s.inflight >= 16, timeout=10)
+    assert other.wait_for(lambda s: s.ok_count() >= 40, timeout=10)
+    g.kill9()
+    sub_sink.set(default=200)  # the receiver is healthy again
+    g.start()
+    sub_sink.wait_for(lambda s: set(sent) <= set(s.delivered_ids()), timeout=15 * SCALE,
+                      message="the subscription's backlog after the restart")
+    assert wb.http_request(g.admin_port, "GET", "/healthz").status == 200
