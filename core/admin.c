@@ -287,7 +287,7 @@ static void admin_on_commit(void *arg, int ok) {
         c->reply = subs_entry_json(e, c->op == OP_SUB_ADD);
     }
     if (c->kick)
-        deliver_kick(gw->deliver);
+        deliver_kick_all(gw->deliver);
     if (!c->reply && c->event_id) {
         c->reply = store_event_json(gw->store, c->event_id, err, sizeof err);
         if (c->reply && store_event_json_extra(gw->store, c->reply, err, sizeof err) < 0) {
@@ -385,6 +385,7 @@ static void admin_retry(struct admin *adm, struct evhttp_request *req, const cha
     if (!(c = admin_commit_new(adm, req, 200, "OK")))
         return;
     c->kick = 1;
+    deliver_kick_all(adm->gw->deliver); /* claimable at COMMIT, before the reply's sync */
     c->reply = json_pack("{sssssb}", "id", id, "status", "pending", "ok", 1);
     admin_after_commit(c);
 }
@@ -477,6 +478,8 @@ static void admin_test(struct admin *adm, struct evhttp_request *req, const char
     if (!(c = admin_commit_new(adm, req, 202, "Accepted")))
         goto done;
     c->kick = 1;
+    deliver_watch_endpoint(gw->deliver, ep->name); /* looked at once committed */
+    deliver_kick_all(gw->deliver);
     c->event_id = util_strdup(id);
     if (!c->event_id) {
         server_reply_error(req, 503, "Service Unavailable", "out of memory");
@@ -767,15 +770,26 @@ static void admin_webhooks(struct admin *adm, struct evhttp_request *req, const 
 
 /* ---- GET /metrics ---- */
 
+/* Due deliveries are counted up to this many per endpoint, so that a scrape
+ * of a huge backlog stays short on the loop. */
+#define ADMIN_DUE_CAP 100000
+
 /* The scheduler's gauges per configured endpoint. Returns 0 or -1 (OOM). */
 static int admin_metrics_endpoints(struct admin *adm, struct util_buf *b) {
-    static const char *const help[4][2] = {
-        {"waybill_endpoint_due", "Pending deliveries whose time has come, not yet claimed."},
-        {"waybill_endpoint_in_memory", "Deliveries claimed: waiting for a slot or in flight."},
-        {"waybill_endpoint_in_flight", "Transfers in flight."},
-        {"waybill_endpoint_oldest_due_seconds", "Age of the oldest due delivery (0: none)."}};
+    static const char *const help[6][3] = {
+        {"waybill_endpoint_due", "gauge",
+         "Pending deliveries whose time has come, not yet claimed (counted up to 100000)."},
+        {"waybill_endpoint_in_memory", "gauge",
+         "Deliveries claimed: waiting for a slot or in flight."},
+        {"waybill_endpoint_in_flight", "gauge", "Transfers in flight."},
+        {"waybill_endpoint_oldest_due_seconds", "gauge",
+         "Age of the oldest due delivery (0: none)."},
+        {"waybill_endpoint_stuck", "gauge",
+         "1 when deliveries have been due with a free slot for 10 s (a bug)."},
+        {"waybill_endpoint_lost_wakeups_total", "counter",
+         "Times the watchdog found the endpoint idle while due (a bug, repaired)."}};
     const struct config *cfg = rules_config(adm->gw->rules);
-    int64_t now = util_now_ms(), (*v)[4];
+    int64_t now = util_now_ms(), (*v)[6];
     size_t i, k;
     int bad = 0;
 
@@ -787,15 +801,18 @@ static int admin_metrics_endpoints(struct admin *adm, struct util_buf *b) {
         struct deliver_endpoint_stats st;
         struct store_endpoint_queue q;
         deliver_endpoint_stats(adm->gw->deliver, cfg->endpoints[i].name, &st);
-        store_endpoint_queue(adm->gw->store, cfg->endpoints[i].name, now, &q); /* 0s on error */
+        /* 0s on error */
+        store_endpoint_queue(adm->gw->store, cfg->endpoints[i].name, now, ADMIN_DUE_CAP, 0, &q);
         v[i][0] = q.due;
         v[i][1] = st.in_memory;
         v[i][2] = st.in_flight;
         v[i][3] = q.oldest_due == INT64_MAX ? 0 : (now - q.oldest_due) / 1000;
+        v[i][4] = st.stuck;
+        v[i][5] = (int64_t)st.lost_wakeups;
     }
-    for (k = 0; k < 4 && !bad; k++) {
-        bad |= util_buf_printf(b, "# HELP %s %s\n# TYPE %s gauge\n", help[k][0], help[k][1],
-                               help[k][0]) < 0;
+    for (k = 0; k < 6 && !bad; k++) {
+        bad |= util_buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", help[k][0], help[k][2],
+                               help[k][0], help[k][1]) < 0;
         for (i = 0; i < cfg->nendpoints && !bad; i++)
             bad |= util_buf_printf(b, "%s{endpoint=\"", help[k][0]) < 0 ||
                    metrics_escape(b, cfg->endpoints[i].name) < 0 ||
@@ -902,7 +919,7 @@ static void admin_endpoint_queue(struct admin *adm, json_t *o, const char *name,
     struct store_endpoint_queue q;
 
     deliver_endpoint_stats(adm->gw->deliver, name, &st);
-    if (store_endpoint_queue(adm->gw->store, name, now, &q) < 0)
+    if (store_endpoint_queue(adm->gw->store, name, now, ADMIN_DUE_CAP, 1, &q) < 0)
         return; /* the counts from the endpoint's state stay */
     json_object_set_new(o, "pending", json_integer((json_int_t)q.pending));
     json_object_set_new(o, "held", json_integer((json_int_t)q.held));
@@ -1018,9 +1035,12 @@ static void on_admin(struct evhttp_request *req, void *arg) {
         if (!store_ping(adm->gw->store)) {
             server_reply_error(req, 503, "Service Unavailable", "store does not answer");
         } else if ((nstuck = deliver_stuck(adm->gw->deliver, names, sizeof names)) > 0) {
+            /* unauthenticated: a count, not the names (GET /api/endpoints
+             * shows which, as "stuck": true) */
             snprintf(why, sizeof why,
-                     "deliveries due with a free slot are not going out to endpoint%s %s",
-                     nstuck == 1 ? "" : "s", names);
+                     "%zu endpoint%s with deliveries due and a free slot that are not going "
+                     "out (see GET /api/endpoints, \"stuck\")",
+                     nstuck, nstuck == 1 ? "" : "s");
             server_reply_json(req, 503, "Service Unavailable",
                               json_pack("{sbss}", "ok", 0, "error", why));
         } else {

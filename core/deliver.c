@@ -38,6 +38,8 @@
 #define DELIVER_ORDERED_AHEAD 3     /* rows an ordered endpoint reads ahead of its head */
 #define DELIVER_CHECK_MS 1000       /* the watchdog's tick */
 #define DELIVER_STUCK_MS 10000      /* due with a free slot this long: /healthz reports it */
+#define DELIVER_SLOTS_MAX 1024      /* concurrency above this is capped (one process's sockets) */
+#define DELIVER_LEASE_MARGIN_MS 30000 /* a transfer starts with at least its timeout + this left */
 #define DELIVER_LEASE_MIN_MS 120000 /* a lease covers the longest timeout + 60 s, at least this */
 #define DELIVER_LEASE_EXTRA_MS 60000
 /* Retry delay of a delivery whose endpoint left the config while in flight. */
@@ -76,6 +78,9 @@ struct deliver_ep {
     int64_t due_free_since;           /* monotonic ms since due with a free slot, 0 = not */
     int stuck;                        /* due with a free slot for DELIVER_STUCK_MS */
     uint64_t lost_wakeups;            /* watchdog found it idle while due (a bug) */
+    struct deliver_xfer *xfers;       /* every xfer it holds, waiting or in flight */
+    int dirty;                        /* rows were written for it: the next kick looks */
+    int64_t dirty_seq;                /* ... once deliveries up to this seq are committed */
     struct deliver_ep *next;
 };
 
@@ -87,8 +92,9 @@ struct deliver_xfer {
     struct deliver_ep *ep;            /* borrowed; outlives the xfer */
     struct deliver_xfer *qnext;       /* ep FIFO link while waiting */
     struct deliver_xfer *prev, *next; /* d->xfers: every held xfer */
+    struct deliver_xfer *ep_prev, *ep_next; /* ep->xfers */
     struct store_delivery row;        /* owned */
-    int64_t claimed;                  /* monotonic ms of the claim (or last lease renewal) */
+    int64_t lease_until;              /* Unix ms its lease ends (claim, or renewal at start) */
     CURL *easy;                       /* NULL until started */
     struct curl_slist *headers;       /* owned, in use by easy */
     int64_t at;                       /* Unix ms the attempt started */
@@ -115,6 +121,9 @@ struct deliver {
     struct event *kick_ev;    /* coalesced look at every endpoint */
     struct event *check_ev;   /* the watchdog (DELIVER_CHECK_MS) */
     int64_t check_at;         /* monotonic ms of its last tick */
+    int64_t check_wall;       /* Unix ms of its last tick */
+    int kick_all;             /* the next kick looks at every endpoint */
+    int all_at_commit;        /* ... and so does the kick at the next COMMIT */
     struct event *grace_ev;   /* shutdown grace */
     struct event *done_ev;    /* runs the shutdown callback from the loop */
     struct deliver_sock *socks;
@@ -283,6 +292,8 @@ static const struct config_endpoint *deliver_endpoint(const struct deliver *d, c
 static int deliver_endpoint_limit(const struct config_endpoint *cep) {
     if (cep->ordered)
         return 1;
+    if (cep->concurrency > DELIVER_SLOTS_MAX)
+        return DELIVER_SLOTS_MAX;
     return cep->concurrency > 0 ? cep->concurrency : 1;
 }
 
@@ -490,7 +501,11 @@ static struct deliver_xfer *deliver_xfer_new(struct deliver *d, const struct sto
     if (d->xfers)
         d->xfers->prev = x;
     d->xfers = x;
-    x->claimed = util_mono_ms();
+    x->ep_next = ep->xfers;
+    if (ep->xfers)
+        ep->xfers->ep_prev = x;
+    ep->xfers = x;
+    x->lease_until = util_now_ms() + d->lease_ms;
     return x;
 }
 
@@ -510,6 +525,12 @@ static void deliver_xfer_free(struct deliver *d, struct deliver_xfer *x) {
         d->xfers = x->next;
     if (x->next)
         x->next->prev = x->prev;
+    if (x->ep_prev)
+        x->ep_prev->ep_next = x->ep_next;
+    else
+        x->ep->xfers = x->ep_next;
+    if (x->ep_next)
+        x->ep_next->ep_prev = x->ep_prev;
     free(x->row.endpoint);
     free(x->row.event_type);
     free(x->row.content_type);
@@ -639,6 +660,8 @@ fail:
 
 static void deliver_states_resync(struct deliver *d);
 
+static void deliver_kick_now(struct deliver *d, int all);
+
 static void deliver_commit_cb(void *arg, int ok) {
     struct deliver_commit *c = arg;
     struct deliver *d = c->d;
@@ -651,24 +674,29 @@ static void deliver_commit_cb(void *arg, int ok) {
         log_msg(LOG_WARN, "delivery outcomes were rolled back; those deliveries go out again "
                           "when their leases end");
         deliver_states_resync(d);
+        deliver_kick_now(d, 1);
+    } else if (d->all_at_commit) {
+        d->all_at_commit = 0;
+        deliver_kick_now(d, 1);
     }
-    deliver_kick(d);
 }
 
-/* Re-arms scheduling once the outcomes written this turn are committed. */
+/* Looks at the group being written once it is committed: on a rollback,
+ * resyncs endpoint states and looks at every endpoint; with all_at_commit
+ * set (deliver_kick_all), looks at every endpoint. */
 static void deliver_commit_watch(struct deliver *d) {
     struct deliver_commit *c;
 
     if (d->commit)
         return;
     if (!(c = malloc(sizeof *c))) {
-        deliver_kick(d);
+        deliver_kick_now(d, 1);
         return;
     }
     c->d = d;
     if (store_on_written(d->store, deliver_commit_cb, c) != 0) {
         free(c);
-        deliver_kick(d);
+        deliver_kick_now(d, 1);
         return;
     }
     d->commit = c;
@@ -823,7 +851,8 @@ static void deliver_finish(struct deliver *d, struct deliver_xfer *x, CURLcode r
                 "delivery %s to %s attempt %d: %s; outcome not stored (%s), it goes "
                 "out again when its lease ends",
                 x->row.id, x->row.endpoint, a.n, what, err);
-        deliver_kick(d); /* the slot is free even though nothing will commit */
+        /* its endpoint is looked at right after this (deliver_check_multi);
+         * the row stays leased and is due again when the lease ends */
     } else {
         deliver_commit_watch(d);
         metrics_attempt(x->row.endpoint, x->row.event_type, status, x->easy ? a.latency_ms : -1);
@@ -981,6 +1010,15 @@ static int deliver_ep_take_token(struct deliver_ep *ep, const struct config_endp
     return 0;
 }
 
+/* 1 when ep has a token now (not taking it), else 0 with its timer armed
+ * for when it has one. */
+static int deliver_ep_token_ready(struct deliver_ep *ep, const struct config_endpoint *cep) {
+    if (!deliver_ep_take_token(ep, cep))
+        return 0;
+    ep->tokens += 1.0; /* given back: only looked */
+    return 1;
+}
+
 /* ep's share of what is claimed into memory, waiting + in flight: its
  * slots plus as many waiting (at most DELIVER_AHEAD_MAX), so each waiting
  * row starts within one slot's round trip (one timeout at worst, inside
@@ -1002,20 +1040,52 @@ static int deliver_ep_window(const struct config_endpoint *cep) {
 }
 
 /* Starts x, just popped from ep's FIFO; a delivery that cannot be started
- * is recorded as a failed attempt. Renews a lease that is half used (a row
- * that waited long behind a slow head). */
+ * is recorded as a failed attempt. */
 static void deliver_ep_start(struct deliver *d, struct deliver_ep *ep, struct deliver_xfer *x,
                              const struct config_endpoint *cep) {
+    int64_t now = util_now_ms();
     char err[128];
 
     ep->progress++;
-    if (util_mono_ms() - x->claimed > d->lease_ms / 2) {
-        if (store_delivery_lease(d->store, x->row.seq, util_now_ms() + d->lease_ms, 1, err,
-                                 sizeof err) == 0)
-            x->claimed = util_mono_ms();
-    }
+    /* The lease must outlast the whole transfer: renewed when less than its
+     * timeout and a margin are left (lease_ms covers the longest timeout +
+     * 60 s). A row held by this process is never claimed twice anyway
+     * (deliver_ep_holds); the lease is what another claimer would see. */
+    if (x->lease_until - now < cep->timeout_ms + DELIVER_LEASE_MARGIN_MS &&
+        store_delivery_lease(d->store, x->row.seq, now + d->lease_ms, 1, err, sizeof err) == 0)
+        x->lease_until = now + d->lease_ms;
     if (deliver_xfer_start(d, x, cep, err, sizeof err) != 0)
         deliver_finish(d, x, CURLE_OK, err);
+}
+
+/* 1 when ep holds the delivery at seq (waiting or in flight). A claim can
+ * return such a row when its lease was cleared or rolled back under it (an
+ * endpoint disabled and enabled while it was in flight, a group that
+ * failed): it must not be sent twice. At most a window's worth to scan. */
+static int deliver_ep_holds(const struct deliver_ep *ep, int64_t seq) {
+    for (const struct deliver_xfer *x = ep->xfers; x; x = x->ep_next)
+        if (x->row.seq == seq)
+            return 1;
+    return 0;
+}
+
+/* Takes a claimed row into ep's FIFO unless ep holds it already. Returns 1
+ * taken, 0 held already, -1 out of memory (it goes out when its lease
+ * ends). */
+static int deliver_ep_take(struct deliver *d, struct deliver_ep *ep,
+                           const struct store_delivery *row) {
+    struct deliver_xfer *x;
+
+    if (deliver_ep_holds(ep, row->seq)) {
+        log_msg(LOG_DEBUG, "delivery %s claimed again while held; lease renewed", row->id);
+        return 0;
+    }
+    if (!(x = deliver_xfer_new(d, row, ep))) {
+        log_msg(LOG_ERROR, "delivery %s: out of memory; it goes out when its lease ends", row->id);
+        return -1;
+    }
+    deliver_ep_push(ep, x);
+    return 1;
 }
 
 /* Claims up to want of ep's due deliveries into its FIFO (earliest due
@@ -1024,7 +1094,6 @@ static void deliver_ep_start(struct deliver *d, struct deliver_ep *ep, struct de
  * -1 on a store error (logged). */
 static int deliver_ep_claim(struct deliver *d, struct deliver_ep *ep, size_t want) {
     struct store_delivery *rows = NULL;
-    struct deliver_xfer *x;
     size_t n = 0, i;
     char err[256];
 
@@ -1034,15 +1103,9 @@ static int deliver_ep_claim(struct deliver *d, struct deliver_ep *ep, size_t wan
         log_msg(LOG_WARN, "endpoint %s: claiming deliveries: %s", ep->name, err);
         return -1;
     }
-    for (i = 0; i < n; i++) {
-        if (!(x = deliver_xfer_new(d, &rows[i], ep))) {
-            log_msg(LOG_ERROR, "delivery %s: out of memory; it goes out when its lease ends",
-                    rows[i].id);
+    for (i = 0; i < n; i++)
+        if (deliver_ep_take(d, ep, &rows[i]) < 0)
             deliver_ep_arm(ep, d->lease_ms);
-            continue;
-        }
-        deliver_ep_push(ep, x);
-    }
     store_deliveries_free(rows, n);
     return (int)n;
 }
@@ -1056,8 +1119,11 @@ static void deliver_ep_service_plain(struct deliver *d, struct deliver_ep *ep,
     int64_t next, now;
 
     /* Claim when the FIFO is empty, or a quarter of the window is free:
-     * small claims for one free slot each would cost a query per row. */
-    if (room > 0 && (ep->nwaiting == 0 || room >= (window + 3) / 4)) {
+     * small claims for one free slot each would cost a query per row. A
+     * rate-limited endpoint claims only with a token in hand, so no row
+     * waits longer for a token than its window's worth of them. */
+    if (room > 0 && (ep->nwaiting == 0 || room >= (window + 3) / 4) &&
+        (cep->rate <= 0 || ep->nwaiting || deliver_ep_token_ready(ep, cep))) {
         claimed = 1;
         got = deliver_ep_claim(d, ep, (size_t)room);
     }
@@ -1078,7 +1144,9 @@ static void deliver_ep_service_plain(struct deliver *d, struct deliver_ep *ep,
     if (next == INT64_MAX)
         return; /* nothing pending: new rows come with a kick */
     now = util_now_ms();
-    if (next <= now) /* more due behind a full claim, or committed meanwhile */
+    if (next < 0) /* a store error */
+        deliver_ep_arm(ep, DELIVER_POLL_MS);
+    else if (next <= now) /* more due behind a full claim, or committed meanwhile */
         deliver_ep_arm(ep, claimed && got == room ? 0 : DELIVER_POLL_MS);
     else
         deliver_ep_arm(ep, next - now);
@@ -1091,7 +1159,6 @@ static void deliver_ep_service_plain(struct deliver *d, struct deliver_ep *ep,
 static void deliver_ep_service_ordered(struct deliver *d, struct deliver_ep *ep,
                                        const struct config_endpoint *cep) {
     struct store_delivery *rows = NULL;
-    struct deliver_xfer *x;
     int64_t head, head_at, now;
     size_t n = 0, i;
     int rounds;
@@ -1099,6 +1166,10 @@ static void deliver_ep_service_ordered(struct deliver *d, struct deliver_ep *ep,
 
     for (rounds = 0; rounds < 8 && !ep->inflight; rounds++) {
         head = store_endpoint_head(d->store, ep->name, &head_at);
+        if (head < 0) { /* a store error: look again soon */
+            deliver_ep_arm(ep, DELIVER_POLL_MS);
+            return;
+        }
         if (ep->head && ep->head->row.seq != head)
             deliver_ep_release(d, ep); /* the head moved (a retry, a row re-queued) */
         if (head == INT64_MAX)
@@ -1116,11 +1187,9 @@ static void deliver_ep_service_ordered(struct deliver *d, struct deliver_ep *ep,
                 deliver_ep_arm(ep, DELIVER_POLL_MS);
                 return;
             }
-            for (i = 0; i < n; i++) {
-                if (!(x = deliver_xfer_new(d, &rows[i], ep)))
+            for (i = 0; i < n; i++)
+                if (deliver_ep_take(d, ep, &rows[i]) < 0)
                     break; /* the rest are claimed again when their leases end */
-                deliver_ep_push(ep, x);
-            }
             store_deliveries_free(rows, n);
             if (!ep->head || ep->head->row.seq != head) {
                 /* the head is not committed yet (its commit kicks) */
@@ -1166,13 +1235,48 @@ static void deliver_ep_timer_cb(evutil_socket_t fd, short kind, void *arg) {
     deliver_ep_service(ep->d, ep);
 }
 
+/* A kick looks only at endpoints that rows were written for (and whose rows
+ * are committed: until then a claim could not see them), or at all of them
+ * after deliver_kick_all: a kick costs nothing per idle endpoint, and an
+ * endpoint is looked at only for its own reasons, which is what lets the
+ * watchdog see a lost wake-up even under other endpoints' traffic. */
 static void deliver_kick_cb(evutil_socket_t fd, short what, void *arg) {
     struct deliver *d = arg;
+    int64_t committed, last;
+    int all = d->kick_all;
 
     UNUSED(fd);
     UNUSED(what);
-    for (struct deliver_ep *ep = d->eps; ep; ep = ep->next)
-        deliver_ep_service(d, ep);
+    d->kick_all = 0;
+    store_delivery_seqs(d->store, &committed, &last);
+    for (struct deliver_ep *ep = d->eps; ep; ep = ep->next) {
+        int look = all;
+        if (ep->dirty && ep->dirty_seq <= committed) {
+            ep->dirty = 0;
+            ep->dirty_seq = 0;
+            look = 1;
+        }
+        if (look)
+            deliver_ep_service(d, ep);
+    }
+}
+
+static void deliver_kick_now(struct deliver *d, int all) {
+    if (!d || d->stopping)
+        return;
+    if (all)
+        d->kick_all = 1;
+    event_active(d->kick_ev, EV_TIMEOUT, 1); /* coalesces while active */
+}
+
+/* Marks ep: rows were written for it in the open group. */
+static void deliver_ep_mark(struct deliver *d, struct deliver_ep *ep) {
+    int64_t committed, last;
+
+    store_delivery_seqs(d->store, &committed, &last);
+    ep->dirty = 1;
+    if (last > ep->dirty_seq)
+        ep->dirty_seq = last;
 }
 
 /* An endpoint with pending rows and no queue (a subscription's, after a
@@ -1193,39 +1297,48 @@ static void deliver_discover(struct deliver *d) {
 }
 
 void deliver_watch_endpoint(struct deliver *d, const char *name) {
-    if (d && name && !deliver_ep_find(d, name) && deliver_endpoint(d, name) &&
-        !deliver_ep_get(d, name))
+    struct deliver_ep *ep;
+
+    if (!d || !name || !deliver_endpoint(d, name))
+        return;
+    if (!(ep = deliver_ep_get(d, name))) {
         log_msg(LOG_ERROR, "endpoint %s: out of memory for its queue; looked at within a second",
                 name);
+        return;
+    }
+    deliver_ep_mark(d, ep);
 }
 
 /* ---- the watchdog ---- */
 
-/* 1 when ep could take a delivery now: enabled, a free slot and room in
- * its window, a token. */
-static int deliver_ep_has_room(const struct deliver_ep *ep, const struct config_endpoint *cep,
-                               int64_t mono) {
+/* 1 when ep could start a delivery now: enabled, a free slot, a token. */
+static int deliver_ep_free_slot(const struct deliver_ep *ep, const struct config_endpoint *cep,
+                                int64_t mono) {
     if (!cep || !cep->enabled || ep->disabled)
         return 0;
     if (ep->token_wait && ep->token_wait > mono)
         return 0;
-    if (cep->ordered)
-        return ep->inflight == 0;
-    return ep->inflight < deliver_endpoint_limit(cep) &&
-           ep->nwaiting + ep->inflight < deliver_ep_window(cep);
+    return ep->inflight < deliver_endpoint_limit(cep);
 }
 
-/* 1 when ep has a delivery whose time has come: one waiting in memory, or
- * (ordered) a head due, or (unordered) a committed unleased row due. */
+/* 1 when ep has a delivery it could start or claim now: one waiting in
+ * memory, or, with room in its window, a committed unleased row due before
+ * `before` (ordered: its head). */
 static int deliver_ep_due(struct deliver *d, const struct deliver_ep *ep,
-                          const struct config_endpoint *cep, int64_t now) {
-    int64_t at;
+                          const struct config_endpoint *cep, int64_t before) {
+    int64_t at, head, committed, last;
 
     if (ep->head)
         return 1;
-    if (cep->ordered)
-        return store_endpoint_head(d->store, ep->name, &at) != INT64_MAX && at <= now;
-    return store_endpoint_next_due(d->store, ep->name) <= now;
+    if (ep->nwaiting + ep->inflight >= deliver_ep_window(cep))
+        return 0;
+    if (!cep->ordered) {
+        at = store_endpoint_next_due(d->store, ep->name);
+        return at >= 0 && at <= before;
+    }
+    head = store_endpoint_head(d->store, ep->name, &at);
+    store_delivery_seqs(d->store, &committed, &last);
+    return head >= 0 && head <= committed && at <= before; /* an uncommitted head: not yet */
 }
 
 /* Checks, every DELIVER_CHECK_MS, the scheduler's invariant (deliver.h):
@@ -1248,14 +1361,19 @@ static void deliver_check_cb(evutil_socket_t fd, short kind, void *arg) {
     if (d->stopping || !d->cfg)
         return;
     /* After the loop was held up (a long sync wait), timers that are due
-     * may not have run yet: judge no one on this tick. */
-    late = d->check_at && mono - d->check_at > DELIVER_CHECK_MS + DELIVER_CHECK_MS / 2;
+     * may not have run yet; after the wall clock stepped, rows (due by the
+     * wall clock) may be due before the timers (monotonic) that wait for
+     * them: judge no one on such a tick. */
+    late = d->check_at &&
+           (mono - d->check_at > DELIVER_CHECK_MS + DELIVER_CHECK_MS / 2 ||
+            llabs((now - d->check_wall) - (mono - d->check_at)) > DELIVER_CHECK_MS / 2);
     d->check_at = mono;
+    d->check_wall = now;
     deliver_discover(d);
     for (struct deliver_ep *ep = d->eps; ep; ep = ep->next) {
         const struct config_endpoint *cep = deliver_endpoint(d, ep->name);
         /* a second of slack: a row due this instant has a timer on its way */
-        if (!deliver_ep_has_room(ep, cep, mono) || !deliver_ep_due(d, ep, cep, now - DELIVER_CHECK_MS)) {
+        if (!deliver_ep_free_slot(ep, cep, mono) || !deliver_ep_due(d, ep, cep, now - DELIVER_CHECK_MS)) {
             ep->due_free_since = 0;
             ep->stuck = 0;
             continue;
@@ -1534,10 +1652,12 @@ int deliver_endpoint_set_disabled(struct deliver *d, const char *name, int disab
         return -1;
     ep->disabled = 0;
     ep->warned = 0;
+    deliver_ep_mark(d, ep);
     log_msg(LOG_INFO, "endpoint %s enabled: %" PRId64 " held deliveries go out", name, moved);
     deliver_emit(d, "waybill.endpoint.enabled",
                  json_pack("{sssI}", "endpoint", name, "released", (json_int_t)moved));
-    deliver_commit_watch(d); /* claim them once committed */
+    deliver_commit_watch(d);
+    deliver_kick_now(d, 0); /* the released rows are claimable in the open group already */
     return 0;
 }
 
@@ -1655,12 +1775,19 @@ void deliver_set_config(struct deliver *d, const struct config *cfg) {
     }
     if (cfg && !d->stopping)
         deliver_discover(d); /* subscriptions' endpoints with rows from an earlier run */
-    deliver_kick(d);         /* new endpoints, changed limits */
+    deliver_kick_all(d);     /* new endpoints, changed limits */
 }
 
 void deliver_kick(struct deliver *d) {
-    if (d && !d->stopping)
-        event_active(d->kick_ev, EV_TIMEOUT, 1); /* coalesces while active */
+    deliver_kick_now(d, 0);
+}
+
+void deliver_kick_all(struct deliver *d) {
+    if (!d || d->stopping)
+        return;
+    d->all_at_commit = 1;
+    deliver_commit_watch(d);
+    deliver_kick_now(d, 1);
 }
 
 int deliver_inflight(const struct deliver *d) {

@@ -62,14 +62,21 @@ struct deliver *deliver_new(struct event_base *base, struct store *s, char *err,
  * that removes an endpoint leaves them safe. */
 void deliver_set_config(struct deliver *d, const struct config *cfg);
 
-/* New deliveries may be due: claim and start what is due, soon (from the
- * loop, not inside this call). Call after the group holding them committed. */
+/* New deliveries may be due: look soon (from the loop, not inside this
+ * call) at the endpoints deliver_watch_endpoint marked whose rows are
+ * committed. Call after the group holding them committed. */
 void deliver_kick(struct deliver *d);
 
+/* Looks at every endpoint soon, and again once the open group is
+ * committed (a reload, an admin action whose rows the caller cannot name). */
+void deliver_kick_all(struct deliver *d);
+
 /* Deliveries for endpoint name (of the config, or a subscription's, which
- * the config lookup also finds) are being routed: it gets a queue now, so
- * the kick after their commit looks at it. Endpoints with pending rows and
- * no queue are otherwise found by the watchdog within a second. */
+ * the config lookup also finds) were just written in the open group: it
+ * gets a queue if it has none, and the first deliver_kick after those rows
+ * are committed looks at it. A kick looks only at endpoints so marked, so
+ * call this after the rows are written. Endpoints with pending rows and no
+ * queue are otherwise found by the watchdog within a second. */
 void deliver_watch_endpoint(struct deliver *d, const char *name);
 
 /* Runs when a probe ends: status_code is the HTTP status, or 0 with a

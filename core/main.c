@@ -194,7 +194,7 @@ static int serve(const char *config_path) {
             cfg->sandbox ? "sandbox" : "production", cfg->store);
     route_recover(gw.route);
     batch_start(gw.batch);
-    deliver_kick(gw.deliver);
+    deliver_kick_all(gw.deliver);
     if (event_base_dispatch(gw.base) < 0)
         log_msg(LOG_ERROR, "event loop failed");
     else

@@ -86,7 +86,6 @@ void route_event(struct route *rt, const struct rules_input *ev) {
                              ? "pending"
                              : "held";
         dels[n].next_at = now + (ep->nretry ? ep->retry_ms[0] : 0);
-        deliver_watch_endpoint(rt->gw->deliver, ep->name);
         n++;
     }
     for (size_t i = 0; i < plan.n && nbatched; i++) {
@@ -105,10 +104,14 @@ void route_event(struct route *rt, const struct rules_input *ev) {
     err[0] = '\0';
 record:
     if (store_event_routed(rt->gw->store, ev->id, status, err[0] ? err : NULL, dels, n, serr,
-                           sizeof serr) < 0)
+                           sizeof serr) < 0) {
         log_msg(LOG_ERROR, "event %s: storing its routing failed: %s", ev->id, serr);
-    else
+    } else {
+        /* after the insert: the mark waits for these rows' commit */
+        for (size_t i = 0; i < n; i++)
+            deliver_watch_endpoint(rt->gw->deliver, dels[i].endpoint);
         log_msg(LOG_DEBUG, "event %s (%s): %s, %zu deliveries", ev->id, ev->type, status, n);
+    }
     if (strcmp(status, "rule_error") == 0)
         metrics_rule_error();
     /* Registered whatever n is: if this group fails, even an unrouted or

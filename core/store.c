@@ -1907,13 +1907,21 @@ fail:
 
 int64_t store_endpoint_next_due(struct store *s, const char *name) {
     sqlite3_stmt *st = s->st[ST_DLV_NEXT_DUE];
-    int64_t t = INT64_MAX;
+    int64_t t = -1;
+    int rc;
+
     if (bind_text(st, 1, name) == SQLITE_OK &&
-        sqlite3_bind_int64(st, 2, s->committed_dlv_seq) == SQLITE_OK &&
-        sqlite3_step(st) == SQLITE_ROW)
-        t = sqlite3_column_int64(st, 0);
+        sqlite3_bind_int64(st, 2, s->committed_dlv_seq) == SQLITE_OK) {
+        rc = sqlite3_step(st);
+        t = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : rc == SQLITE_DONE ? INT64_MAX : -1;
+    }
     stmt_done(st);
     return t;
+}
+
+void store_delivery_seqs(const struct store *s, int64_t *committed, int64_t *last) {
+    *committed = s->committed_dlv_seq;
+    *last = s->group_dlv_seq > s->committed_dlv_seq ? s->group_dlv_seq : s->committed_dlv_seq;
 }
 
 int store_delivery_lease(struct store *s, int64_t seq, int64_t next_at, int lease, char *err,
@@ -1955,15 +1963,20 @@ int store_endpoints_pending(struct store *s, void (*fn)(void *arg, const char *n
     return rc == SQLITE_DONE ? 0 : -1;
 }
 
-int store_endpoint_queue(struct store *s, const char *name, int64_t now,
-                         struct store_endpoint_queue *q) {
+int store_endpoint_queue(struct store *s, const char *name, int64_t now, int64_t due_cap,
+                         int counts, struct store_endpoint_queue *q) {
+    /* due is counted up to ?3 rows, so a scrape of a huge backlog stays
+     * short; the oldest is the index's first entry; ?4 = 0 skips the
+     * pending and held counts (a constant term: no row is visited) */
     static const char sql[] =
         "SELECT (SELECT count(*) FROM deliveries INDEXED BY deliveries_ep_due"
-        "  WHERE endpoint = ?1 AND status = 'pending'),"
+        "  WHERE ?4 AND endpoint = ?1 AND status = 'pending'),"
         " (SELECT count(*) FROM deliveries INDEXED BY deliveries_ep_held"
-        "  WHERE endpoint = ?1 AND status = 'held'),"
-        " count(*), min(next_at) FROM deliveries INDEXED BY deliveries_ep_due"
-        " WHERE endpoint = ?1 AND status = 'pending' AND next_at <= ?2";
+        "  WHERE ?4 AND endpoint = ?1 AND status = 'held'),"
+        " (SELECT count(*) FROM (SELECT 1 FROM deliveries INDEXED BY deliveries_ep_due"
+        "  WHERE endpoint = ?1 AND status = 'pending' AND next_at <= ?2 LIMIT ?3)),"
+        " (SELECT next_at FROM deliveries INDEXED BY deliveries_ep_due"
+        "  WHERE endpoint = ?1 AND status = 'pending' AND next_at <= ?2 ORDER BY next_at LIMIT 1)";
     sqlite3_stmt *st = NULL;
     int ret = -1;
 
@@ -1971,7 +1984,8 @@ int store_endpoint_queue(struct store *s, const char *name, int64_t now,
     q->oldest_due = INT64_MAX;
     if (sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL) == SQLITE_OK &&
         bind_text(st, 1, name) == SQLITE_OK && sqlite3_bind_int64(st, 2, now) == SQLITE_OK &&
-        sqlite3_step(st) == SQLITE_ROW) {
+        sqlite3_bind_int64(st, 3, due_cap) == SQLITE_OK &&
+        sqlite3_bind_int(st, 4, counts != 0) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW) {
         q->pending = sqlite3_column_int64(st, 0);
         q->held = sqlite3_column_int64(st, 1);
         q->due = sqlite3_column_int64(st, 2);
@@ -2612,12 +2626,18 @@ int64_t store_endpoint_head(struct store *s, const char *name, int64_t *next_at)
     sqlite3_stmt *st = s->st[ST_DLV_HEAD];
     int64_t seq = INT64_MAX;
 
+    int rc;
+
     if (next_at)
         *next_at = INT64_MAX;
-    if (bind_text(st, 1, name) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW) {
+    if (bind_text(st, 1, name) != SQLITE_OK) {
+        seq = -1;
+    } else if ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         seq = sqlite3_column_int64(st, 0);
         if (next_at)
             *next_at = sqlite3_column_int64(st, 1);
+    } else if (rc != SQLITE_DONE) {
+        seq = -1;
     }
     stmt_done(st);
     return seq;

@@ -191,7 +191,8 @@ int store_endpoint_claim_due(struct store *s, const char *name, int64_t now, int
 void store_deliveries_free(struct store_delivery *d, size_t n);
 
 /* Unix ms at which name's earliest committed pending delivery is claimable
- * (a leased one: when its lease ends), INT64_MAX when none. An index lookup. */
+ * (a leased one: when its lease ends), INT64_MAX when none, -1 on a store
+ * error. An index lookup. */
 int64_t store_endpoint_next_due(struct store *s, const char *name);
 
 /* In the open group: lease != 0 renews the lease of the delivery at seq
@@ -206,15 +207,21 @@ int store_delivery_lease(struct store *s, int64_t seq, int64_t next_at, int leas
  * (one index seek each). Returns 0 or -1. */
 int store_endpoints_pending(struct store *s, void (*fn)(void *arg, const char *name), void *arg);
 
-/* One endpoint's queue in the store: pending and held deliveries, how many
- * pending ones are due at now and not leased, and the earliest next_at among
- * those (INT64_MAX when none). O(rows) through the endpoint's indexes: for
- * the admin API and metrics. */
+/* One endpoint's queue in the store: pending and held deliveries (counted
+ * only when counts is non-zero: O(rows)), how many pending ones are due at
+ * now and not leased (counted up to due_cap), and the earliest next_at
+ * among those (INT64_MAX when none). For the admin API and metrics.
+ * Returns 0, or -1 (q zeroed, oldest_due INT64_MAX). */
 struct store_endpoint_queue {
     int64_t pending, held, due, oldest_due;
 };
-int store_endpoint_queue(struct store *s, const char *name, int64_t now,
-                         struct store_endpoint_queue *q);
+int store_endpoint_queue(struct store *s, const char *name, int64_t now, int64_t due_cap,
+                         int counts, struct store_endpoint_queue *q);
+
+/* The delivery seq watermarks: *committed, every row up to it committed
+ * (claims see only those); *last, the highest seq inserted, open group
+ * included. */
+void store_delivery_seqs(const struct store *s, int64_t *committed, int64_t *last);
 
 /* One attempt at a delivery; all borrowed. */
 struct store_attempt {
@@ -335,8 +342,9 @@ int store_endpoint_states(struct store *s, struct store_endpoint_state **out, si
 void store_endpoint_states_free(struct store_endpoint_state *e, size_t n);
 
 /* seq of name's oldest pending delivery (the head of an ordered endpoint,
- * leased or not), INT64_MAX when none; *next_at (may be NULL) receives its
- * next_at (INT64_MAX when none). Reads the open group. An index lookup. */
+ * leased or not), INT64_MAX when none, -1 on a store error; *next_at (may
+ * be NULL) receives its next_at (INT64_MAX when none). Reads the open
+ * group. An index lookup. */
 int64_t store_endpoint_head(struct store *s, const char *name, int64_t *next_at);
 
 /* Claims, for an ordered endpoint, up to max of name's pending deliveries

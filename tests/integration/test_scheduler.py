@@ -713,3 +713,23 @@ def test_subscription_backlog_left_by_a_crash_goes_out_after_restart():
     sub_sink.wait_for(lambda s: set(sent) <= set(s.delivered_ids()), timeout=15 * SCALE,
                       message="the subscription's backlog after the restart")
     assert wb.http_request(g.admin_port, "GET", "/healthz").status == 200
+
+
+def test_disable_and_enable_while_in_flight_sends_each_delivery_once():
+    """Disabling an endpoint holds its pending deliveries, those in flight
+    included; enabling makes them pending and due again at once. Those still
+    in flight must not be claimed and sent a second time beside themselves."""
+    slow = schedsink.Sink(delay=1.5)
+    g = gateway({"erp": (slow.url, ", concurrency = 4, timeout = \"10s\"")}, fan_out(["erp"]))
+    poster = schedsink.Poster(g, SECRET)
+    sent = [poster.post_event("tracking.in_transit", n=i)[1] for i in range(4)]
+    slow.wait_for(lambda s: s.inflight == 4, timeout=5)
+    assert g.admin("POST", "/api/endpoints/erp/disable")[0] == 200
+    assert g.admin("POST", "/api/endpoints/erp/enable")[0] == 200
+    slow.wait_for(lambda s: s.ok_count() >= 4, timeout=10)
+    time.sleep(2.0 * SCALE)  # a second copy would have arrived by now
+    got = [r.source_id for r in slow.snapshot()]
+    assert sorted(got) == sorted(sent), got  # each exactly once
+    st, data = g.admin("GET", "/api/endpoints")
+    ep = data["data"][0]
+    assert ep["pending"] == 0 and ep["in_memory"] == 0, ep
