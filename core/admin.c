@@ -19,19 +19,18 @@
 #include "admin.h"
 #include "config.h"
 #include "deliver.h"
-#include "gateway.h"
 #include "log.h"
 #include "metrics.h"
 #include "route.h"
 #include "rules.h"
-#include "server.h"
+#include "http.h"
 #include "store.h"
 #include "subs.h"
 #include "util.h"
 #include "verify.h"
 
 struct admin {
-    struct gateway *gw;
+    struct admin_deps deps;
     struct evhttp *http;
 };
 
@@ -50,53 +49,55 @@ static int admin_authorized(const struct config *cfg, struct evhttp_request *req
 }
 
 static void admin_status(struct admin *adm, struct evhttp_request *req) {
-    struct gateway *gw = adm->gw;
+    const struct admin_deps *gw = &adm->deps;
+    struct admin_status st = {0};
     struct store_counts c = {0};
     char loaded[32];
 
-    util_time_rfc3339(rules_loaded_at(gw->rules), loaded, sizeof loaded);
+    gw->status(gw->arg, &st);
+    util_time_rfc3339(rules_loaded_at(*gw->rules), loaded, sizeof loaded);
     if (store_delivery_counts(gw->store, &c) < 0) {
-        server_reply_error(req, 503, "Service Unavailable", "store unavailable");
+        http_reply_error(req, 503, "Service Unavailable", "store unavailable");
         return;
     }
     json_t *queue = json_pack("{sIsIsIsI}", "pending", (json_int_t)c.pending, "held",
                               (json_int_t)c.held, "failed", (json_int_t)c.failed, "delivered",
                               (json_int_t)c.delivered);
-    json_t *last_error = gw->reload_error[0] ? json_string(gw->reload_error) : json_null();
-    server_reply_json(req, 200, "OK",
+    json_t *last_error = st.reload_error[0] ? json_string(st.reload_error) : json_null();
+    http_reply_json(req, 200, "OK",
                json_pack("{sssIsssisisoso}", "version", WAYBILL_VERSION, "uptime_s",
-                         (json_int_t)((util_now_ms() - gw->started_at) / 1000), "rules_loaded_at",
-                         loaded, "reloads", gw->reloads, "reload_failures", gw->reload_failures,
+                         (json_int_t)((util_now_ms() - st.started_at) / 1000), "rules_loaded_at",
+                         loaded, "reloads", st.reloads, "reload_failures", st.reload_failures,
                          "last_reload_error", last_error, "queue", queue));
 }
 
 static void admin_event(struct admin *adm, struct evhttp_request *req, const char *id) {
     char err[256] = "";
-    json_t *ev = store_event_json(adm->gw->store, id, err, sizeof err);
+    json_t *ev = store_event_json(adm->deps.store, id, err, sizeof err);
 
     /* The detail adds the raw body, headers and each delivery's payload. */
-    if (ev && store_event_json_extra(adm->gw->store, ev, err, sizeof err) < 0) {
+    if (ev && store_event_json_extra(adm->deps.store, ev, err, sizeof err) < 0) {
         json_decref(ev);
         ev = NULL;
     }
     if (ev)
-        server_reply_json(req, 200, "OK", ev);
+        http_reply_json(req, 200, "OK", ev);
     else if (err[0])
-        server_reply_error(req, 503, "Service Unavailable", err);
+        http_reply_error(req, 503, "Service Unavailable", err);
     else
-        server_reply_error(req, 404, "Not Found", "no such event");
+        http_reply_error(req, 404, "Not Found", "no such event");
 }
 
 static void admin_reload(struct admin *adm, struct evhttp_request *req) {
     char err[512];
     char loaded[32];
 
-    if (gateway_reload(adm->gw, err, sizeof err) < 0) {
-        server_reply_error(req, 422, "Unprocessable Entity", err);
+    if (adm->deps.reload(adm->deps.arg, err, sizeof err) < 0) {
+        http_reply_error(req, 422, "Unprocessable Entity", err);
         return;
     }
-    util_time_rfc3339(rules_loaded_at(adm->gw->rules), loaded, sizeof loaded);
-    server_reply_json(req, 200, "OK", json_pack("{sbss}", "ok", 1, "rules_loaded_at", loaded));
+    util_time_rfc3339(rules_loaded_at(*adm->deps.rules), loaded, sizeof loaded);
+    http_reply_json(req, 200, "OK", json_pack("{sbss}", "ok", 1, "rules_loaded_at", loaded));
 }
 
 /* ---- helpers for the routes below ---- */
@@ -106,7 +107,7 @@ static void admin_reload(struct admin *adm, struct evhttp_request *req) {
 #define ADMIN_PROBE_TIMEOUT_MS 10000
 
 static void admin_bad(struct evhttp_request *req, const char *msg) {
-    server_reply_error(req, 400, "Bad Request", msg);
+    http_reply_error(req, 400, "Bad Request", msg);
 }
 
 /* The request body as a JSON object (new), or NULL after a 400 was sent. */
@@ -174,7 +175,7 @@ static int admin_query(struct evhttp_request *req, struct evkeyvalq *q) {
 static void admin_reply_page(struct evhttp_request *req, json_t *data, int64_t next) {
     char cur[32];
     snprintf(cur, sizeof cur, "%lld", (long long)next);
-    server_reply_json(req, 200, "OK",
+    http_reply_json(req, 200, "OK",
                       json_pack("{soso}", "data", data, "next",
                                 next ? json_string(cur) : json_null()));
 }
@@ -200,8 +201,8 @@ static void admin_events(struct admin *adm, struct evhttp_request *req) {
         admin_bad(req, "status must be received, routed, unrouted or rule_error");
         goto done;
     }
-    if (store_events_page(adm->gw->store, &page, &data, &next, err, sizeof err) < 0)
-        server_reply_error(req, 503, "Service Unavailable", err);
+    if (store_events_page(adm->deps.store, &page, &data, &next, err, sizeof err) < 0)
+        http_reply_error(req, 503, "Service Unavailable", err);
     else
         admin_reply_page(req, data, next);
 done:
@@ -229,8 +230,8 @@ static void admin_deliveries(struct admin *adm, struct evhttp_request *req) {
         admin_bad(req, "status must be pending, delivered, failed or held");
         goto done;
     }
-    if (store_deliveries_page(adm->gw->store, &page, &data, &next, err, sizeof err) < 0)
-        server_reply_error(req, 503, "Service Unavailable", err);
+    if (store_deliveries_page(adm->deps.store, &page, &data, &next, err, sizeof err) < 0)
+        http_reply_error(req, 503, "Service Unavailable", err);
     else
         admin_reply_page(req, data, next);
 done:
@@ -268,12 +269,12 @@ static void admin_commit_free(struct admin_commit *c) {
 
 static void admin_on_commit(void *arg, int ok) {
     struct admin_commit *c = arg;
-    struct gateway *gw = c->adm->gw;
+    const struct admin_deps *gw = &c->adm->deps;
     const struct subs_entry *e;
     char err[256] = "";
 
     if (!ok) {
-        server_reply_error(c->req, 503, "Service Unavailable", "store unavailable, retry later");
+        http_reply_error(c->req, 503, "Service Unavailable", "store unavailable, retry later");
         goto done;
     }
     if (c->op == OP_SUB_ADD && subs_add(gw->subs, &c->sub) < 0)
@@ -298,10 +299,10 @@ static void admin_on_commit(void *arg, int ok) {
     if (c->code == 204) {
         evhttp_send_reply(c->req, 204, "No Content", NULL);
     } else if (c->reply) {
-        server_reply_json(c->req, c->code, c->phrase, c->reply);
-        c->reply = NULL; /* server_reply_json took it */
+        http_reply_json(c->req, c->code, c->phrase, c->reply);
+        c->reply = NULL; /* http_reply_json took it */
     } else {
-        server_reply_error(c->req, 503, "Service Unavailable", err[0] ? err : "out of memory");
+        http_reply_error(c->req, 503, "Service Unavailable", err[0] ? err : "out of memory");
     }
 done:
     admin_commit_free(c);
@@ -309,8 +310,8 @@ done:
 
 /* Registers c for the open group's commit; on failure replies 503 and frees c. */
 static void admin_after_commit(struct admin_commit *c) {
-    if (store_on_commit(c->adm->gw->store, admin_on_commit, c) < 0) {
-        server_reply_error(c->req, 503, "Service Unavailable", "out of memory");
+    if (store_on_commit(c->adm->deps.store, admin_on_commit, c) < 0) {
+        http_reply_error(c->req, 503, "Service Unavailable", "out of memory");
         admin_commit_free(c);
     }
 }
@@ -319,7 +320,7 @@ static struct admin_commit *admin_commit_new(struct admin *adm, struct evhttp_re
                                              int code, const char *phrase) {
     struct admin_commit *c = calloc(1, sizeof *c);
     if (!c) {
-        server_reply_error(req, 503, "Service Unavailable", "out of memory");
+        http_reply_error(req, 503, "Service Unavailable", "out of memory");
         return NULL;
     }
     c->adm = adm;
@@ -335,26 +336,26 @@ static void admin_replay(struct admin *adm, struct evhttp_request *req, const ch
     struct store_event_row *row = NULL;
     struct admin_commit *c;
     char err[256];
-    int rc = store_event_get(adm->gw->store, id, &row, err, sizeof err);
+    int rc = store_event_get(adm->deps.store, id, &row, err, sizeof err);
 
     if (rc < 0) {
-        server_reply_error(req, 503, "Service Unavailable", err);
+        http_reply_error(req, 503, "Service Unavailable", err);
         return;
     }
     if (rc == 0) {
-        server_reply_error(req, 404, "Not Found", "no such event");
+        http_reply_error(req, 404, "Not Found", "no such event");
         return;
     }
     struct rules_input in = {row->id,   row->source,    row->source_id, row->type,
                              row->created_at, row->received_at, row->data_json, row->raw,
                              row->raw_len, row->headers_json, 0, 0};
     /* New deliveries from the current rules; the old ones keep their history. */
-    route_event(adm->gw->route, &in);
+    route_event(adm->deps.route, &in);
     c = admin_commit_new(adm, req, 200, "OK");
     if (c) {
         c->event_id = util_strdup(row->id);
         if (!c->event_id) {
-            server_reply_error(req, 503, "Service Unavailable", "out of memory");
+            http_reply_error(req, 503, "Service Unavailable", "out of memory");
             admin_commit_free(c);
         } else {
             admin_after_commit(c);
@@ -368,24 +369,24 @@ static void admin_replay(struct admin *adm, struct evhttp_request *req, const ch
 static void admin_retry(struct admin *adm, struct evhttp_request *req, const char *id) {
     struct admin_commit *c;
     char err[256];
-    int rc = store_delivery_retry(adm->gw->store, id, util_now_ms(), err, sizeof err);
+    int rc = store_delivery_retry(adm->deps.store, id, util_now_ms(), err, sizeof err);
 
     if (rc < 0) {
-        server_reply_error(req, 503, "Service Unavailable", err);
+        http_reply_error(req, 503, "Service Unavailable", err);
         return;
     }
     if (rc == 0) {
-        server_reply_error(req, 404, "Not Found", "no such delivery");
+        http_reply_error(req, 404, "Not Found", "no such delivery");
         return;
     }
     if (rc == 2) {
-        server_reply_error(req, 409, "Conflict", "only a failed delivery can be retried");
+        http_reply_error(req, 409, "Conflict", "only a failed delivery can be retried");
         return;
     }
     if (!(c = admin_commit_new(adm, req, 200, "OK")))
         return;
     c->kick = 1;
-    deliver_kick_all(adm->gw->deliver); /* claimable at COMMIT, before the reply's sync */
+    deliver_kick_all(adm->deps.deliver); /* claimable at COMMIT, before the reply's sync */
     c->reply = json_pack("{sssssb}", "id", id, "status", "pending", "ok", 1);
     admin_after_commit(c);
 }
@@ -431,8 +432,8 @@ static const char *admin_sample_data(const char *type) {
 }
 
 static void admin_test(struct admin *adm, struct evhttp_request *req, const char *name) {
-    struct gateway *gw = adm->gw;
-    const struct config_endpoint *ep = config_endpoint_by_name(rules_config(gw->rules), name);
+    const struct admin_deps *gw = &adm->deps;
+    const struct config_endpoint *ep = config_endpoint_by_name(rules_config(*gw->rules), name);
     json_t *body = NULL, *env = NULL, *data = NULL;
     const char *type, *fmt;
     char id[UTIL_ID_MAX], src_id[UTIL_ID_MAX], at[32], err[256], *data_text = NULL,
@@ -441,7 +442,7 @@ static void admin_test(struct admin *adm, struct evhttp_request *req, const char
     int64_t now = util_now_ms();
 
     if (!ep) {
-        server_reply_error(req, 404, "Not Found", "no such endpoint");
+        http_reply_error(req, 404, "Not Found", "no such endpoint");
         return;
     }
     if (!(body = admin_body_object(req)))
@@ -472,7 +473,7 @@ static void admin_test(struct admin *adm, struct evhttp_request *req, const char
                                     NULL, ep->enabled ? "pending" : "held", now};
     if (store_event_put(gw->store, &se, NULL, 0, err, sizeof err) != 0 ||
         store_event_routed(gw->store, id, "routed", NULL, &dn, 1, err, sizeof err) < 0) {
-        server_reply_error(req, 503, "Service Unavailable", err);
+        http_reply_error(req, 503, "Service Unavailable", err);
         goto done;
     }
     if (!(c = admin_commit_new(adm, req, 202, "Accepted")))
@@ -482,14 +483,14 @@ static void admin_test(struct admin *adm, struct evhttp_request *req, const char
     deliver_kick_all(gw->deliver);
     c->event_id = util_strdup(id);
     if (!c->event_id) {
-        server_reply_error(req, 503, "Service Unavailable", "out of memory");
+        http_reply_error(req, 503, "Service Unavailable", "out of memory");
         admin_commit_free(c);
         goto done;
     }
     admin_after_commit(c);
     goto done;
 oom:
-    server_reply_error(req, 503, "Service Unavailable", "out of memory");
+    http_reply_error(req, 503, "Service Unavailable", "out of memory");
 done:
     free(data_text);
     free(payload);
@@ -543,32 +544,32 @@ static void admin_verify_done(void *arg, int status_code, const char *reason) {
     /* shutting down: the request and v->adm are gone with the listener */
     if (status_code < 0)
         goto done;
-    st = v->adm->gw->store;
+    st = v->adm->deps.store;
     if (status_code != 200) {
         if (status_code)
             snprintf(msg, sizeof msg, "verification POST to %s answered %d, not 200", v->sub.url,
                      status_code);
         else
             snprintf(msg, sizeof msg, "verification POST to %s failed: %s", v->sub.url, reason);
-        server_reply_error(v->req, 422, "Unprocessable Entity", msg);
+        http_reply_error(v->req, 422, "Unprocessable Entity", msg);
         goto done;
     }
     if (v->op == OP_SUB_ADD) {
         rc = store_sub_put(st, &v->sub, err, sizeof err);
         if (rc == STORE_DUP) {
-            server_reply_error(v->req, 409, "Conflict", "that event already has a webhook");
+            http_reply_error(v->req, 409, "Conflict", "that event already has a webhook");
             goto done;
         }
     } else {
         rc = store_sub_change(st, v->sub.id, v->sub.url, err, sizeof err);
         if (rc == 0) {
-            server_reply_error(v->req, 404, "Not Found", "no such webhook");
+            http_reply_error(v->req, 404, "Not Found", "no such webhook");
             goto done;
         }
         rc = rc == 1 ? 0 : -1;
     }
     if (rc < 0) {
-        server_reply_error(v->req, 503, "Service Unavailable", err);
+        http_reply_error(v->req, 503, "Service Unavailable", err);
         goto done;
     }
     if (!(c = admin_commit_new(v->adm, v->req, v->op == OP_SUB_ADD ? 201 : 200,
@@ -585,7 +586,7 @@ done:
 /* Sends v's verification POST, signed `standard` with the subscription's
  * secret; replies (422/503) and frees v when it cannot start. */
 static void admin_verify_start(struct admin_verify *v) {
-    struct gateway *gw = v->adm->gw;
+    const struct admin_deps *gw = &v->adm->deps;
     struct admin_hdrs h = {0};
     struct verify_secret key = {NULL, 0};
     const char *lines[8];
@@ -614,7 +615,7 @@ static void admin_verify_start(struct admin_verify *v) {
     free(body);
     free(key.key);
     if (rc < 0) {
-        server_reply_error(v->req, 503, "Service Unavailable", "cannot send the verification POST");
+        http_reply_error(v->req, 503, "Service Unavailable", "cannot send the verification POST");
         admin_verify_free(v);
     }
 }
@@ -642,12 +643,12 @@ static void admin_webhook_create(struct admin *adm, struct evhttp_request *req) 
         admin_bad(req, err);
         goto done;
     }
-    if (subs_find_pattern(adm->gw->subs, pattern)) {
-        server_reply_error(req, 409, "Conflict", "that event already has a webhook");
+    if (subs_find_pattern(adm->deps.subs, pattern)) {
+        http_reply_error(req, 409, "Conflict", "that event already has a webhook");
         goto done;
     }
     if (RAND_bytes(raw, sizeof raw) != 1) {
-        server_reply_error(req, 503, "Service Unavailable", "no randomness for a secret");
+        http_reply_error(req, 503, "Service Unavailable", "no randomness for a secret");
         goto done;
     }
     memcpy(secret, "whsec_", 6);
@@ -655,7 +656,7 @@ static void admin_webhook_create(struct admin *adm, struct evhttp_request *req) 
     util_id_new("sub_", id, sizeof id);
     v = calloc(1, sizeof *v);
     if (!v) {
-        server_reply_error(req, 503, "Service Unavailable", "out of memory");
+        http_reply_error(req, 503, "Service Unavailable", "out of memory");
         goto done;
     }
     v->adm = adm;
@@ -668,7 +669,7 @@ static void admin_webhook_create(struct admin *adm, struct evhttp_request *req) 
     v->sub.secret = util_strdup(secret);
     v->sub.created_at = util_now_ms();
     if (!v->sub.id || !v->sub.event || !v->sub.pattern || !v->sub.url || !v->sub.secret) {
-        server_reply_error(req, 503, "Service Unavailable", "out of memory");
+        http_reply_error(req, 503, "Service Unavailable", "out of memory");
         admin_verify_free(v);
         goto done;
     }
@@ -678,13 +679,13 @@ done:
 }
 
 static void admin_webhook_update(struct admin *adm, struct evhttp_request *req, const char *id) {
-    const struct subs_entry *e = subs_find(adm->gw->subs, id);
+    const struct subs_entry *e = subs_find(adm->deps.subs, id);
     json_t *body;
     const char *url;
     struct admin_verify *v;
 
     if (!e) {
-        server_reply_error(req, 404, "Not Found", "no such webhook");
+        http_reply_error(req, 404, "Not Found", "no such webhook");
         return;
     }
     if (!(body = admin_body_object(req)))
@@ -710,7 +711,7 @@ static void admin_webhook_update(struct admin *adm, struct evhttp_request *req, 
     }
     json_decref(body);
     if (!v || !v->sub.id || !v->sub.event || !v->sub.pattern || !v->sub.url || !v->sub.secret) {
-        server_reply_error(req, 503, "Service Unavailable", "out of memory");
+        http_reply_error(req, 503, "Service Unavailable", "out of memory");
         if (v)
             admin_verify_free(v);
         return;
@@ -721,16 +722,16 @@ static void admin_webhook_update(struct admin *adm, struct evhttp_request *req, 
 static void admin_webhook_delete(struct admin *adm, struct evhttp_request *req, const char *id) {
     struct admin_commit *c;
     char err[256];
-    int rc = subs_find(adm->gw->subs, id)
-                 ? store_sub_change(adm->gw->store, id, NULL, err, sizeof err)
+    int rc = subs_find(adm->deps.subs, id)
+                 ? store_sub_change(adm->deps.store, id, NULL, err, sizeof err)
                  : 0;
 
     if (rc < 0) {
-        server_reply_error(req, 503, "Service Unavailable", err);
+        http_reply_error(req, 503, "Service Unavailable", err);
         return;
     }
     if (rc == 0) {
-        server_reply_error(req, 404, "Not Found", "no such webhook");
+        http_reply_error(req, 404, "Not Found", "no such webhook");
         return;
     }
     if (!(c = admin_commit_new(adm, req, 204, "No Content")))
@@ -738,7 +739,7 @@ static void admin_webhook_delete(struct admin *adm, struct evhttp_request *req, 
     c->op = OP_SUB_DEL;
     c->sub.id = util_strdup(id);
     if (!c->sub.id) {
-        server_reply_error(req, 503, "Service Unavailable", "out of memory");
+        http_reply_error(req, 503, "Service Unavailable", "out of memory");
         admin_commit_free(c);
         return;
     }
@@ -752,19 +753,19 @@ static void admin_webhooks(struct admin *adm, struct evhttp_request *req, const 
     if (!id && m == EVHTTP_REQ_POST) {
         admin_webhook_create(adm, req);
     } else if (!id && m == EVHTTP_REQ_GET) {
-        server_reply_json(req, 200, "OK",
-                          json_pack("{sosn}", "data", subs_list_json(adm->gw->subs), "next"));
+        http_reply_json(req, 200, "OK",
+                          json_pack("{sosn}", "data", subs_list_json(adm->deps.subs), "next"));
     } else if (id && m == EVHTTP_REQ_GET) {
-        if ((e = subs_find(adm->gw->subs, id)))
-            server_reply_json(req, 200, "OK", subs_entry_json(e, 0));
+        if ((e = subs_find(adm->deps.subs, id)))
+            http_reply_json(req, 200, "OK", subs_entry_json(e, 0));
         else
-            server_reply_error(req, 404, "Not Found", "no such webhook");
+            http_reply_error(req, 404, "Not Found", "no such webhook");
     } else if (id && m == EVHTTP_REQ_PUT) {
         admin_webhook_update(adm, req, id);
     } else if (id && m == EVHTTP_REQ_DELETE) {
         admin_webhook_delete(adm, req, id);
     } else {
-        server_reply_error(req, 405, "Method Not Allowed", "method not allowed on this route");
+        http_reply_error(req, 405, "Method Not Allowed", "method not allowed on this route");
     }
 }
 
@@ -788,7 +789,7 @@ static int admin_metrics_endpoints(struct admin *adm, struct util_buf *b) {
          "1 when deliveries have been due with a free slot for 10 s (a bug)."},
         {"waybill_endpoint_lost_wakeups_total", "counter",
          "Times the watchdog found the endpoint idle while due (a bug, repaired)."}};
-    const struct config *cfg = rules_config(adm->gw->rules);
+    const struct config *cfg = rules_config(*adm->deps.rules);
     int64_t now = util_now_ms(), (*v)[6];
     size_t i, k;
     int bad = 0;
@@ -800,9 +801,9 @@ static int admin_metrics_endpoints(struct admin *adm, struct util_buf *b) {
     for (i = 0; i < cfg->nendpoints; i++) {
         struct deliver_endpoint_stats st;
         struct store_endpoint_queue q;
-        deliver_endpoint_stats(adm->gw->deliver, cfg->endpoints[i].name, &st);
+        deliver_endpoint_stats(adm->deps.deliver, cfg->endpoints[i].name, &st);
         /* 0s on error */
-        store_endpoint_queue(adm->gw->store, cfg->endpoints[i].name, now, ADMIN_DUE_CAP, 0, &q);
+        store_endpoint_queue(adm->deps.store, cfg->endpoints[i].name, now, ADMIN_DUE_CAP, 0, &q);
         v[i][0] = q.due;
         v[i][1] = st.in_memory;
         v[i][2] = st.in_flight;
@@ -823,12 +824,14 @@ static int admin_metrics_endpoints(struct admin *adm, struct util_buf *b) {
 }
 
 static void admin_metrics(struct admin *adm, struct evhttp_request *req) {
-    struct gateway *gw = adm->gw;
+    const struct admin_deps *gw = &adm->deps;
+    struct admin_status st = {0};
     struct util_buf b = {NULL, 0, 0};
     struct store_counts c = {0};
     struct evbuffer *out = evbuffer_new();
     int bad = store_delivery_counts(gw->store, &c) < 0;
 
+    gw->status(gw->arg, &st);
     bad |= metrics_render(&b) < 0;
     bad |= util_buf_printf(
         &b,
@@ -847,11 +850,11 @@ static void admin_metrics(struct admin *adm, struct evhttp_request *req) {
         "# HELP waybill_uptime_seconds Seconds since start.\n"
         "# TYPE waybill_uptime_seconds gauge\nwaybill_uptime_seconds %lld\n",
         (long long)c.pending, (long long)c.held, (long long)c.failed, (long long)c.delivered,
-        deliver_inflight(gw->deliver), gw->reloads, gw->reload_failures,
-        (long long)((util_now_ms() - gw->started_at) / 1000)) < 0;
+        deliver_inflight(gw->deliver), st.reloads, st.reload_failures,
+        (long long)((util_now_ms() - st.started_at) / 1000)) < 0;
     bad |= admin_metrics_endpoints(adm, &b) < 0;
     if (bad || !out) {
-        server_reply_error(req, 503, "Service Unavailable", "metrics unavailable");
+        http_reply_error(req, 503, "Service Unavailable", "metrics unavailable");
     } else {
         evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
                           "text/plain; version=0.0.4; charset=utf-8");
@@ -918,8 +921,8 @@ static void admin_endpoint_queue(struct admin *adm, json_t *o, const char *name,
     struct deliver_endpoint_stats st;
     struct store_endpoint_queue q;
 
-    deliver_endpoint_stats(adm->gw->deliver, name, &st);
-    if (store_endpoint_queue(adm->gw->store, name, now, ADMIN_DUE_CAP, 1, &q) < 0)
+    deliver_endpoint_stats(adm->deps.deliver, name, &st);
+    if (store_endpoint_queue(adm->deps.store, name, now, ADMIN_DUE_CAP, 1, &q) < 0)
         return; /* the counts from the endpoint's state stay */
     json_object_set_new(o, "pending", json_integer((json_int_t)q.pending));
     json_object_set_new(o, "held", json_integer((json_int_t)q.held));
@@ -935,16 +938,16 @@ static void admin_endpoint_queue(struct admin *adm, json_t *o, const char *name,
 /* GET /api/endpoints: every configured endpoint with its health (SPEC 8)
  * and its queue. */
 static void admin_endpoints(struct admin *adm, struct evhttp_request *req) {
-    const struct config *cfg = rules_config(adm->gw->rules);
+    const struct config *cfg = rules_config(*adm->deps.rules);
     int64_t now = util_now_ms();
     struct store_endpoint_state *st = NULL;
     size_t n = 0, i, k;
     char err[256], t1[32], t2[32];
     json_t *list = json_array();
 
-    if (store_endpoint_states(adm->gw->store, &st, &n, err, sizeof err) < 0) {
+    if (store_endpoint_states(adm->deps.store, &st, &n, err, sizeof err) < 0) {
         json_decref(list);
-        server_reply_error(req, 503, "Service Unavailable", err);
+        http_reply_error(req, 503, "Service Unavailable", err);
         return;
     }
     for (i = 0; i < cfg->nendpoints; i++) {
@@ -977,12 +980,12 @@ static void admin_endpoints(struct admin *adm, struct evhttp_request *req) {
         json_array_append_new(list, o);
     }
     store_endpoint_states_free(st, n);
-    server_reply_json(req, 200, "OK", json_pack("{soss?}", "data", list, "next", NULL));
+    http_reply_json(req, 200, "OK", json_pack("{soss?}", "data", list, "next", NULL));
 }
 
 /* POST /api/endpoints/{name}/enable and .../disable. */
 static void admin_endpoint_switch(struct admin *adm, struct evhttp_request *req, const char *rest) {
-    const struct config *cfg = rules_config(adm->gw->rules);
+    const struct config *cfg = rules_config(*adm->deps.rules);
     const struct config_endpoint *ep;
     const char *slash = strchr(rest, '/');
     char name[256], err[256];
@@ -990,25 +993,25 @@ static void admin_endpoint_switch(struct admin *adm, struct evhttp_request *req,
 
     if (!slash || (size_t)(slash - rest) >= sizeof name || slash == rest ||
         (strcmp(slash, "/enable") && strcmp(slash, "/disable"))) {
-        server_reply_error(req, 404, "Not Found", "no such route");
+        http_reply_error(req, 404, "Not Found", "no such route");
         return;
     }
     memcpy(name, rest, (size_t)(slash - rest));
     name[slash - rest] = '\0';
     disable = !strcmp(slash, "/disable");
     if (!(ep = config_endpoint_by_name(cfg, name))) {
-        server_reply_error(req, 404, "Not Found", "no such endpoint");
+        http_reply_error(req, 404, "Not Found", "no such endpoint");
         return;
     }
     if (!disable && !ep->enabled) {
-        server_reply_error(req, 409, "Conflict",
+        http_reply_error(req, 409, "Conflict",
                            "the endpoint has enabled = false in the config; change it and reload");
         return;
     }
-    if (deliver_endpoint_set_disabled(adm->gw->deliver, name, disable,
+    if (deliver_endpoint_set_disabled(adm->deps.deliver, name, disable,
                                       disable ? "disabled by the admin API" : NULL, err,
                                       sizeof err) < 0) {
-        server_reply_error(req, 503, "Service Unavailable", err);
+        http_reply_error(req, 503, "Service Unavailable", err);
         return;
     }
     /* 200 only once the change is committed; a rolled-back group answers
@@ -1017,13 +1020,13 @@ static void admin_endpoint_switch(struct admin *adm, struct evhttp_request *req,
     if (!c)
         return;
     c->reply = json_pack("{sssb}", "name", name, "disabled",
-                         deliver_endpoint_disabled(adm->gw->deliver, name));
+                         deliver_endpoint_disabled(adm->deps.deliver, name));
     admin_after_commit(c);
 }
 
 static void on_admin(struct evhttp_request *req, void *arg) {
     struct admin *adm = arg;
-    const struct config *cfg = rules_config(adm->gw->rules);
+    const struct config *cfg = rules_config(*adm->deps.rules);
     const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
     enum evhttp_cmd_type m = evhttp_request_get_command(req);
 
@@ -1032,25 +1035,25 @@ static void on_admin(struct evhttp_request *req, void *arg) {
     if (strcmp(path, "/healthz") == 0) {
         char names[512], why[640];
         size_t nstuck;
-        if (!store_ping(adm->gw->store)) {
-            server_reply_error(req, 503, "Service Unavailable", "store does not answer");
-        } else if ((nstuck = deliver_stuck(adm->gw->deliver, names, sizeof names)) > 0) {
+        if (!store_ping(adm->deps.store)) {
+            http_reply_error(req, 503, "Service Unavailable", "store does not answer");
+        } else if ((nstuck = deliver_stuck(adm->deps.deliver, names, sizeof names)) > 0) {
             /* unauthenticated: a count, not the names (GET /api/endpoints
              * shows which, as "stuck": true) */
             snprintf(why, sizeof why,
                      "%zu endpoint%s with deliveries due and a free slot that are not going "
                      "out (see GET /api/endpoints, \"stuck\")",
                      nstuck, nstuck == 1 ? "" : "s");
-            server_reply_json(req, 503, "Service Unavailable",
+            http_reply_json(req, 503, "Service Unavailable",
                               json_pack("{sbss}", "ok", 0, "error", why));
         } else {
-            server_reply_json(req, 200, "OK", json_pack("{sb}", "ok", 1));
+            http_reply_json(req, 200, "OK", json_pack("{sb}", "ok", 1));
         }
         return;
     }
     if (!admin_authorized(cfg, req)) {
         evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate", "Bearer");
-        server_reply_error(req, 401, "Unauthorized", "missing or wrong bearer token");
+        http_reply_error(req, 401, "Unauthorized", "missing or wrong bearer token");
         return;
     }
     if (strcmp(path, "/api/status") == 0 && m == EVHTTP_REQ_GET) {
@@ -1068,11 +1071,12 @@ static void on_admin(struct evhttp_request *req, void *arg) {
     } else if (admin_dispatch_ops(adm, req, path, m)) {
         /* answered */
     } else {
-        server_reply_error(req, 404, "Not Found", "no such route");
+        http_reply_error(req, 404, "Not Found", "no such route");
     }
 }
 
-struct admin *admin_new(struct gateway *gw, const char *listen, char *err, size_t errlen) {
+struct admin *admin_new(const struct admin_deps *deps, const char *listen, char *err,
+                        size_t errlen) {
     struct admin *adm = calloc(1, sizeof *adm);
     struct evhttp_bound_socket *sock;
 
@@ -1080,8 +1084,8 @@ struct admin *admin_new(struct gateway *gw, const char *listen, char *err, size_
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    adm->gw = gw;
-    adm->http = server_listener_new(gw->base, listen, &sock, err, errlen);
+    adm->deps = *deps;
+    adm->http = http_listener_new(deps->base, listen, &sock, err, errlen);
     if (!adm->http) {
         free(adm);
         return NULL;

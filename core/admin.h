@@ -4,13 +4,42 @@
 #define CORE_ADMIN_H
 
 #include <stddef.h>
+#include <stdint.h>
 
-struct gateway;
 struct admin;
+struct deliver;
+struct event_base;
+struct route;
+struct rules;
+struct store;
+struct subs;
 
-/* Listens on listen ("host:port") and serves the admin routes of gw's
- * current config. Returns new, or NULL with a reason in err. */
-struct admin *admin_new(struct gateway *gw, const char *listen, char *err, size_t errlen);
+/* What GET /api/status and /metrics report of the app itself. */
+struct admin_status {
+    int64_t started_at;          /* Unix ms */
+    int reloads, reload_failures;
+    const char *reload_error;    /* the last reload's error, "" when it succeeded; borrowed */
+};
+
+/* What the admin API works with; all borrowed, and must outlive it. The
+ * app above it is reached only through the callbacks. */
+struct admin_deps {
+    struct event_base *base;
+    struct store *store;
+    struct deliver *deliver;
+    struct route *route;
+    struct subs *subs;
+    struct rules *const *rules; /* the current generation (swapped whole on reload) */
+    /* POST /api/reload: as SIGHUP. Returns 0, or -1 with a reason in err. */
+    int (*reload)(void *arg, char *err, size_t errlen);
+    void (*status)(void *arg, struct admin_status *st);
+    void *arg;
+};
+
+/* Listens on listen ("host:port") and serves the admin routes. Returns new,
+ * or NULL with a reason in err. */
+struct admin *admin_new(const struct admin_deps *deps, const char *listen, char *err,
+                        size_t errlen);
 
 /* Closes the listener; NULL is a no-op. */
 void admin_free(struct admin *adm);

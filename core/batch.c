@@ -11,14 +11,13 @@
 #include "batch.h"
 #include "config.h"
 #include "deliver.h"
-#include "gateway.h"
 #include "log.h"
 #include "rules.h"
 #include "store.h"
 #include "util.h"
 
 struct batch {
-    struct gateway *gw;
+    struct batch_deps deps;
     struct event *timer;
     int64_t armed_at; /* Unix ms the timer fires at, INT64_MAX when idle */
     int kick_pending; /* a commit callback will kick the delivery engine */
@@ -36,7 +35,7 @@ static void on_closed_committed(void *arg, int ok) {
 
     b->kick_pending = 0;
     if (ok) {
-        deliver_kick(b->gw->deliver);
+        deliver_kick(b->deps.deliver);
     } else {
         /* The items are still open in the store: try again shortly. */
         log_msg(LOG_WARN, "batch: closing windows was not committed; trying again");
@@ -60,7 +59,7 @@ static void arm(struct batch *b, int64_t at) {
 
 /* Closes one window into a delivery in the open group. */
 static int close_window(struct batch *b, const struct store_batch_window *w, const char *why) {
-    const struct config *cfg = rules_config(b->gw->rules);
+    const struct config *cfg = rules_config(*b->deps.rules);
     const struct config_endpoint *ep = config_endpoint_by_name(cfg, w->endpoint);
     const char *status = "pending";
     int64_t next_at = util_now_ms();
@@ -79,15 +78,15 @@ static int close_window(struct batch *b, const struct store_batch_window *w, con
         if (ep->nretry)
             next_at += ep->retry_ms[0];
     }
-    if (store_batch_close(b->gw->store, w, status, next_at, &count, err, sizeof err) < 0) {
+    if (store_batch_close(b->deps.store, w, status, next_at, &count, err, sizeof err) < 0) {
         log_msg(LOG_ERROR, "batch: closing %s window %lld failed: %s", w->endpoint,
                 (long long)w->window_start, err);
         return -1;
     }
     if (count) {
         log_msg(LOG_DEBUG, "batch: window of %s closed (%s): %zu events", w->endpoint, why, count);
-        deliver_watch_endpoint(b->gw->deliver, w->endpoint);
-        if (!b->kick_pending && store_on_written(b->gw->store, on_closed_committed, b) == 0)
+        deliver_watch_endpoint(b->deps.deliver, w->endpoint);
+        if (!b->kick_pending && store_on_written(b->deps.store, on_closed_committed, b) == 0)
             b->kick_pending = 1;
     }
     return 0;
@@ -103,7 +102,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
     UNUSED(fd);
     UNUSED(what);
     b->armed_at = INT64_MAX;
-    if (store_batch_due(b->gw->store, now, &w, &n, err, sizeof err) < 0) {
+    if (store_batch_due(b->deps.store, now, &w, &n, err, sizeof err) < 0) {
         log_msg(LOG_ERROR, "batch: %s", err);
         arm(b, now + 1000);
         return;
@@ -112,19 +111,19 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
         if (close_window(b, &w[i], "window end") < 0)
             break;
     store_batch_windows_free(w, n);
-    next = store_batch_next_close(b->gw->store);
+    next = store_batch_next_close(b->deps.store);
     if (next != INT64_MAX)
         arm(b, next > now ? next : now + 1000); /* a window left open: a failed close */
 }
 
-struct batch *batch_new(struct gateway *gw) {
+struct batch *batch_new(const struct batch_deps *deps) {
     struct batch *b = calloc(1, sizeof *b);
 
     if (!b)
         return NULL;
-    b->gw = gw;
+    b->deps = *deps;
     b->armed_at = INT64_MAX;
-    b->timer = evtimer_new(gw->base, on_timer, b);
+    b->timer = evtimer_new(deps->base, on_timer, b);
     if (!b->timer) {
         free(b);
         return NULL;
@@ -140,7 +139,7 @@ void batch_free(struct batch *b) {
 }
 
 void batch_start(struct batch *b) {
-    int64_t next = store_batch_next_close(b->gw->store);
+    int64_t next = store_batch_next_close(b->deps.store);
 
     if (next != INT64_MAX)
         arm(b, next);
@@ -155,7 +154,7 @@ int batch_add(struct batch *b, const struct config_endpoint *ep, int64_t window_
     w.endpoint = (char *)ep->name;
     w.window_ms = window_ms;
     w.window_start = batch_window_start(now, window_ms);
-    if (store_batch_add(b->gw->store, ep->name, w.window_start, window_ms, event_id, payload, len,
+    if (store_batch_add(b->deps.store, ep->name, w.window_start, window_ms, event_id, payload, len,
                         &count, err, errlen) < 0)
         return -1;
     if (ep->max_batch > 0 && count >= ep->max_batch) {

@@ -13,13 +13,24 @@
 #include <stddef.h>
 #include <stdint.h>
 
-struct gateway;
 struct batch;
+struct deliver;
+struct event_base;
+struct rules;
+struct store;
+
+/* What batching works with; all borrowed, and must outlive it. */
+struct batch_deps {
+    struct event_base *base;
+    struct store *store;
+    struct deliver *deliver;
+    struct rules *const *rules; /* the current generation (swapped whole on reload) */
+};
 struct config_endpoint;
 
-/* A new batcher on gw's loop and store (both must exist). NULL when out
+/* A new batcher working with deps (copied). NULL when out
  * of memory. */
-struct batch *batch_new(struct gateway *gw);
+struct batch *batch_new(const struct batch_deps *deps);
 void batch_free(struct batch *b);
 
 /* The start (Unix ms) of the window of length window_ms holding now. */

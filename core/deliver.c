@@ -24,7 +24,6 @@
 #include <jansson.h>
 
 #include "deliver.h"
-#include "gateway.h"
 #include "log.h"
 #include "metrics.h"
 #include "util.h"

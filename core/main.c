@@ -23,12 +23,11 @@
 #include "batch.h"
 #include "config.h"
 #include "deliver.h"
-#include "gateway.h"
+#include "app.h"
 #include "log.h"
 #include "route.h"
 #include "rules.h"
 #include "ruletest.h"
-#include "server.h"
 #include "store.h"
 #include "subs.h"
 #include "util.h"
@@ -83,146 +82,27 @@ static char *find_lua_dir(void) {
 
 /* ---- serve ---- */
 
-static void on_hup(evutil_socket_t sig, short what, void *arg) {
-    char err[512];
-    UNUSED(sig);
-    UNUSED(what);
-    gateway_reload(arg, err, sizeof err);
-}
-
-static void on_deliveries_drained(void *arg) {
-    struct gateway *gw = arg;
-    store_flush(gw->store);
-    event_base_loopexit(gw->base, NULL);
-}
-
-static void on_term(evutil_socket_t sig, short what, void *arg) {
-    struct gateway *gw = arg;
-    UNUSED(what);
-    if (gw->stopping) {
-        log_msg(LOG_WARN, "second signal: stopping now");
-        store_flush(gw->store);
-        event_base_loopbreak(gw->base);
-        return;
-    }
-    gw->stopping = 1;
-    log_msg(LOG_INFO, "%s: no longer accepting webhooks; finishing %d deliveries in flight",
-            sig == SIGINT ? "SIGINT" : "SIGTERM", deliver_inflight(gw->deliver));
-    server_stop_inbound(gw->server);
-    deliver_shutdown(gw->deliver, rules_config(gw->rules)->shutdown_grace_ms,
-                     on_deliveries_drained, gw);
-}
-
 static int serve(const char *config_path) {
-    struct gateway gw = {0};
-    struct event *sighup = NULL, *sigterm = NULL, *sigint = NULL;
-    const struct config *cfg;
+    char *lua_dir = find_lua_dir();
+    struct app *a = NULL;
     char err[512];
     int rc = 1;
 
     signal(SIGPIPE, SIG_IGN);
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
         fprintf(stderr, "waybill: libcurl failed to initialize\n");
-        return 1;
-    }
-    gw.config_path = config_path;
-    gw.lua_dir = find_lua_dir();
-    gw.started_at = util_now_ms();
-    gw.rules = rules_load(config_path, gw.lua_dir, err, sizeof err);
-    if (!gw.rules) {
-        fprintf(stderr, "waybill: %s\n", err);
         goto done;
     }
-    cfg = rules_config(gw.rules);
-    {
-        /* The changelist folds the several epoll_ctl calls one connection
-         * needs in one loop turn (read off, write on, ...) into one; its
-         * caveat, fds dup()ed behind libevent's back, does not apply here. */
-        struct event_config *ec = event_config_new();
-        if (ec && event_config_set_flag(ec, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST) == 0)
-            gw.base = event_base_new_with_config(ec);
-        if (ec)
-            event_config_free(ec);
+    if (!lua_dir || !(a = app_new(config_path, lua_dir, err, sizeof err))) {
+        fprintf(stderr, "waybill: %s\n", lua_dir ? err : "out of memory");
+        goto cleanup;
     }
-    /* 0: unused; 1: default (I/O, timers); 2: group commit and background
-     * sweeps, after every ready request of a turn. */
-    if (!gw.base || event_base_priority_init(gw.base, 3) < 0) {
-        fprintf(stderr, "waybill: cannot create the event loop\n");
-        goto done;
-    }
-    gw.store = store_open(gw.base, cfg->store, cfg->dir, err, sizeof err);
-    if (!gw.store) {
-        fprintf(stderr, "waybill: %s\n", err);
-        goto done;
-    }
-    gw.subs = subs_new(gw.store, err, sizeof err);
-    if (!gw.subs) {
-        fprintf(stderr, "waybill: %s\n", err);
-        goto done;
-    }
-    gw.deliver = deliver_new(gw.base, gw.store, err, sizeof err);
-    if (!gw.deliver) {
-        fprintf(stderr, "waybill: %s\n", err);
-        goto done;
-    }
-    deliver_set_config(gw.deliver, cfg);
-    deliver_set_notify(gw.deliver, gateway_emit, &gw);
-    gw.route = route_new(&gw);
-    gw.batch = batch_new(&gw);
-    if (!gw.route || !gw.batch) {
-        fprintf(stderr, "waybill: out of memory\n");
-        goto done;
-    }
-    gw.server = server_new(&gw, err, sizeof err);
-    if (!gw.server) {
-        fprintf(stderr, "waybill: %s\n", err);
-        goto done;
-    }
-    for (size_t i = 0; i < cfg->nsources; i++)
-        if (cfg->sources[i].verify.kind == VERIFY_NONE)
-            log_msg(LOG_WARN, "source %s accepts unsigned requests (verify = \"none\")",
-                    cfg->sources[i].name);
-    sighup = evsignal_new(gw.base, SIGHUP, on_hup, &gw);
-    sigterm = evsignal_new(gw.base, SIGTERM, on_term, &gw);
-    sigint = evsignal_new(gw.base, SIGINT, on_term, &gw);
-    if (!sighup || !sigterm || !sigint || evsignal_add(sighup, NULL) < 0 ||
-        evsignal_add(sigterm, NULL) < 0 || evsignal_add(sigint, NULL) < 0) {
-        fprintf(stderr, "waybill: cannot install signal handlers\n");
-        goto done;
-    }
-    log_msg(LOG_INFO, "waybill %s serving (%s, store %s)", WAYBILL_VERSION,
-            cfg->sandbox ? "sandbox" : "production", cfg->store);
-    route_recover(gw.route);
-    batch_start(gw.batch);
-    deliver_kick_all(gw.deliver);
-    if (event_base_dispatch(gw.base) < 0)
-        log_msg(LOG_ERROR, "event loop failed");
-    else
-        rc = 0;
-    /* Commit callbacks (routing, batch closes, admin replies) belong to the
-     * modules freed below: drain them while those modules are alive. Each
-     * flush may start one more group from its callbacks; a few rounds end it. */
-    for (int round = 0; gw.store && !store_idle(gw.store) && round < 16; round++)
-        store_flush(gw.store);
-    log_msg(LOG_INFO, "stopped");
-done:
-    if (sighup)
-        event_free(sighup);
-    if (sigterm)
-        event_free(sigterm);
-    if (sigint)
-        event_free(sigint);
-    server_free(gw.server);
-    deliver_free(gw.deliver);
-    route_free(gw.route);
-    batch_free(gw.batch);
-    store_free(gw.store); /* its last commit callbacks may still update subs */
-    subs_free(gw.subs);
-    rules_free(gw.rules);
-    if (gw.base)
-        event_base_free(gw.base);
-    free(gw.lua_dir);
+    rc = app_run(a) == 0 ? 0 : 1;
+cleanup:
+    app_free(a);
     curl_global_cleanup();
+done:
+    free(lua_dir);
     return rc;
 }
 

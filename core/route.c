@@ -11,7 +11,6 @@
 #include "batch.h"
 #include "config.h"
 #include "deliver.h"
-#include "gateway.h"
 #include "log.h"
 #include "metrics.h"
 #include "route.h"
@@ -22,7 +21,7 @@
 #define RECOVER_BATCH 256
 
 struct route {
-    struct gateway *gw;
+    struct route_deps deps;
     struct event *recover_ev;
     int64_t recover_after; /* seq cursor of the sweep in progress */
     int kick_pending;      /* a commit callback will kick the delivery engine */
@@ -33,7 +32,7 @@ static void on_routes_committed(void *arg, int ok) {
 
     rt->kick_pending = 0;
     if (ok) {
-        deliver_kick(rt->gw->deliver);
+        deliver_kick(rt->deps.deliver);
     } else {
         /* The events of that group are still "received" in the store. */
         log_msg(LOG_WARN, "routing results were not committed; routing again");
@@ -42,7 +41,7 @@ static void on_routes_committed(void *arg, int ok) {
 }
 
 void route_event(struct route *rt, const struct rules_input *ev) {
-    struct rules *rules = rt->gw->rules;
+    struct rules *rules = *rt->deps.rules;
     const struct config *cfg = rules_config(rules);
     struct rules_plan plan = {0};
     struct store_delivery_new *dels = NULL;
@@ -82,7 +81,7 @@ void route_event(struct route *rt, const struct rules_input *ev) {
         dels[n].payload_len = s->payload_len;
         dels[n].content_type = s->content_type;
         dels[n].headers_json = s->headers_json;
-        dels[n].status = ep->enabled && !deliver_endpoint_disabled(rt->gw->deliver, ep->name)
+        dels[n].status = ep->enabled && !deliver_endpoint_disabled(rt->deps.deliver, ep->name)
                              ? "pending"
                              : "held";
         dels[n].next_at = now + (ep->nretry ? ep->retry_ms[0] : 0);
@@ -94,7 +93,7 @@ void route_event(struct route *rt, const struct rules_input *ev) {
             continue;
         /* A failure here has failed the store's group: the event stays
          * "received" and is routed again (route_recover) with its sends. */
-        if (batch_add(rt->gw->batch, config_endpoint_by_name(cfg, s->endpoint), s->window_ms,
+        if (batch_add(rt->deps.batch, config_endpoint_by_name(cfg, s->endpoint), s->window_ms,
                       ev->id, s->payload, s->payload_len, now, serr, sizeof serr) < 0) {
             log_msg(LOG_ERROR, "event %s: batching failed: %s", ev->id, serr);
             goto done;
@@ -103,20 +102,20 @@ void route_event(struct route *rt, const struct rules_input *ev) {
     status = n || nbatched ? "routed" : "unrouted";
     err[0] = '\0';
 record:
-    if (store_event_routed(rt->gw->store, ev->id, status, err[0] ? err : NULL, dels, n, serr,
+    if (store_event_routed(rt->deps.store, ev->id, status, err[0] ? err : NULL, dels, n, serr,
                            sizeof serr) < 0) {
         log_msg(LOG_ERROR, "event %s: storing its routing failed: %s", ev->id, serr);
     } else {
         /* after the insert: the mark waits for these rows' commit */
         for (size_t i = 0; i < n; i++)
-            deliver_watch_endpoint(rt->gw->deliver, dels[i].endpoint);
+            deliver_watch_endpoint(rt->deps.deliver, dels[i].endpoint);
         log_msg(LOG_DEBUG, "event %s (%s): %s, %zu deliveries", ev->id, ev->type, status, n);
     }
     if (strcmp(status, "rule_error") == 0)
         metrics_rule_error();
     /* Registered whatever n is: if this group fails, even an unrouted or
      * rule_error outcome must be recorded again by recovery. */
-    if (!rt->kick_pending && store_on_written(rt->gw->store, on_routes_committed, rt) == 0)
+    if (!rt->kick_pending && store_on_written(rt->deps.store, on_routes_committed, rt) == 0)
         rt->kick_pending = 1;
 done:
     free(dels);
@@ -131,7 +130,7 @@ static void on_recover(evutil_socket_t fd, short what, void *arg) {
 
     UNUSED(fd);
     UNUSED(what);
-    if (store_events_unrouted(rt->gw->store, rt->recover_after, RECOVER_BATCH, &rows, &n, err,
+    if (store_events_unrouted(rt->deps.store, rt->recover_after, RECOVER_BATCH, &rows, &n, err,
                               sizeof err) < 0) {
         log_msg(LOG_ERROR, "recovery: reading unrouted events failed: %s", err);
         return;
@@ -152,13 +151,13 @@ static void on_recover(evutil_socket_t fd, short what, void *arg) {
         event_active(rt->recover_ev, EV_TIMEOUT, 0);
 }
 
-struct route *route_new(struct gateway *gw) {
+struct route *route_new(const struct route_deps *deps) {
     struct route *rt = calloc(1, sizeof *rt);
 
     if (!rt)
         return NULL;
-    rt->gw = gw;
-    rt->recover_ev = event_new(gw->base, -1, 0, on_recover, rt);
+    rt->deps = *deps;
+    rt->recover_ev = event_new(deps->base, -1, 0, on_recover, rt);
     if (!rt->recover_ev) {
         free(rt);
         return NULL;

@@ -8,10 +8,22 @@
 
 #include "rules.h"
 
-struct gateway;
+struct batch;
+struct deliver;
+struct event_base;
 struct route;
+struct store;
 
-struct route *route_new(struct gateway *gw);
+/* What routing works with; all borrowed, and must outlive the router. */
+struct route_deps {
+    struct event_base *base;
+    struct store *store;
+    struct deliver *deliver;
+    struct batch *batch;
+    struct rules *const *rules; /* the current generation (swapped whole on reload) */
+};
+
+struct route *route_new(const struct route_deps *deps);
 void route_free(struct route *rt);
 
 /* Routes one committed event (borrowed, used only during the call) with the

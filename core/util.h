@@ -10,6 +10,8 @@
 
 #define UNUSED(x) ((void)(x))
 
+#define WAYBILL_VERSION "0.1.0"
+
 /* ---- durations and sizes ---- */
 
 /* Parses "500ms", "30s", "5m", "2h", "1d" (or a bare number of seconds,

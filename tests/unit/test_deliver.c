@@ -22,7 +22,6 @@
 #include "harness.h"
 #include "config.h"
 #include "deliver.h"
-#include "gateway.h"
 #include "log.h"
 #include "store.h"
 #include "util.h"

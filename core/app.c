@@ -1,0 +1,338 @@
+/* app.c -- the running gateway (see app.h): builds every module on one
+ * event loop and wires them, reloads config and rules (SIGHUP, POST
+ * /api/reload) keeping the old generation on error, turns waybill's own
+ * happenings into events, and stops gracefully on SIGTERM/SIGINT.
+ * Invariant: only the loop thread touches it; rules is swapped whole on
+ * reload and never NULL while serving; modules are freed only after the
+ * store has run every callback they registered.
+ * SPDX-License-Identifier: MIT */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+#include <jansson.h>
+
+#include "admin.h"
+#include "app.h"
+#include "batch.h"
+#include "config.h"
+#include "deliver.h"
+#include "inbound.h"
+#include "log.h"
+#include "route.h"
+#include "rules.h"
+#include "store.h"
+#include "subs.h"
+#include "util.h"
+
+struct app {
+    struct event_base *base;
+    char *config_path;
+    char *lua_dir;
+    struct rules *rules; /* current generation, owned; modules read it through &rules */
+    struct store *store;
+    struct subs *subs;
+    struct deliver *deliver;
+    struct route *route;
+    struct batch *batch;
+    struct inbound *inbound;
+    struct admin *admin;
+    struct event *sighup, *sigterm, *sigint;
+    int64_t started_at; /* Unix ms */
+    int reloads, reload_failures;
+    char reload_error[512]; /* the last reload's error, "" when it succeeded */
+    int stopping;
+};
+
+/* ---- waybill's own events ---- */
+
+/* Stores and routes one of waybill's own events (SPEC section 7: source
+ * "waybill", type e.g. "waybill.delivery.failed") in the open group: both
+ * commit or neither (recovery routes it again if only the event made it).
+ * The shape of deliver_notify_fn; takes the reference to data. Failures are
+ * logged. */
+static void app_emit(void *arg, const char *type, json_t *data) {
+    struct app *a = arg;
+    struct store_event ev = {0};
+    char id[UTIL_ID_MAX], err[256], created[32];
+    char *data_json = NULL, *raw = NULL;
+    json_t *whole = NULL;
+    int64_t now = util_now_ms();
+
+    if (!a->store || !a->route || !data)
+        goto done;
+    util_id_new("evt_", id, sizeof id);
+    util_time_rfc3339(now, created, sizeof created);
+    data_json = json_dumps(data, JSON_COMPACT);
+    whole = json_pack("{sssssssO}", "id", id, "type", type, "created_at", created, "data", data);
+    raw = whole ? json_dumps(whole, JSON_COMPACT) : NULL;
+    if (!data_json || !raw) {
+        log_msg(LOG_ERROR, "%s: out of memory; not emitted", type);
+        goto done;
+    }
+    ev.id = id;
+    ev.source = "waybill";
+    ev.source_id = id;
+    ev.type = type;
+    ev.created_at = created;
+    ev.received_at = now;
+    ev.raw = raw;
+    ev.raw_len = strlen(raw);
+    ev.headers_json = "{}";
+    ev.data_json = data_json;
+    ev.status = "received";
+    if (store_event_put(a->store, &ev, NULL, 0, err, sizeof err) != 0) {
+        log_msg(LOG_ERROR, "%s: not stored: %s", type, err);
+        goto done;
+    }
+    struct rules_input in = {id, "waybill", id, type, created, now, data_json, raw, ev.raw_len,
+                             "{}", 0, 0};
+    route_event(a->route, &in);
+    log_msg(LOG_INFO, "event %s: %s", id, type);
+done:
+    free(data_json);
+    free(raw);
+    json_decref(whole);
+    json_decref(data);
+}
+
+/* ---- reload ---- */
+
+static int differs(const char *x, const char *y) {
+    if (!x || !y)
+        return x != y;
+    return strcmp(x, y) != 0;
+}
+
+/* Builds a new rules generation from the config file and swaps it in. On
+ * failure the old one stays, the error is kept for /api/status and copied
+ * to err. Returns 0 or -1. */
+static int app_reload(void *arg, char *err, size_t errlen) {
+    struct app *a = arg;
+    struct rules *fresh = rules_load(a->config_path, a->lua_dir, err, errlen);
+    const struct config *old, *cfg;
+    struct rules *stale;
+
+    if (!fresh) {
+        a->reload_failures++;
+        snprintf(a->reload_error, sizeof a->reload_error, "%s", err);
+        log_msg(LOG_ERROR, "reload failed, keeping the current rules: %s", err);
+        app_emit(a, "waybill.reload.failed", json_pack("{ss}", "error", err));
+        return -1;
+    }
+    old = rules_config(a->rules);
+    cfg = rules_config(fresh);
+    if (differs(old->listen, cfg->listen) || differs(old->admin_listen, cfg->admin_listen) ||
+        differs(old->tls_cert, cfg->tls_cert) || differs(old->tls_key, cfg->tls_key))
+        log_msg(LOG_WARN, "reload: a changed listen/admin/tls address needs a restart; "
+                          "still serving on the old one");
+    if (differs(old->store, cfg->store))
+        log_msg(LOG_WARN, "reload: a changed store needs a restart; still using %s", old->store);
+    /* The delivery engine and listeners move to the new config before the
+     * old generation (which owns the old config) is freed. */
+    deliver_set_config(a->deliver, cfg);
+    stale = a->rules;
+    a->rules = fresh;
+    inbound_reconfigure(a->inbound);
+    rules_free(stale);
+    a->reloads++;
+    a->reload_error[0] = '\0';
+    log_msg(LOG_INFO, "reloaded %s", a->config_path);
+    return 0;
+}
+
+static void app_status(void *arg, struct admin_status *st) {
+    const struct app *a = arg;
+
+    st->started_at = a->started_at;
+    st->reloads = a->reloads;
+    st->reload_failures = a->reload_failures;
+    st->reload_error = a->reload_error;
+}
+
+/* ---- signals ---- */
+
+static void on_hup(evutil_socket_t sig, short what, void *arg) {
+    char err[512];
+    UNUSED(sig);
+    UNUSED(what);
+    app_reload(arg, err, sizeof err);
+}
+
+static void on_deliveries_drained(void *arg) {
+    struct app *a = arg;
+    store_flush(a->store);
+    event_base_loopexit(a->base, NULL);
+}
+
+static void on_term(evutil_socket_t sig, short what, void *arg) {
+    struct app *a = arg;
+    UNUSED(what);
+    if (a->stopping) {
+        log_msg(LOG_WARN, "second signal: stopping now");
+        store_flush(a->store);
+        event_base_loopbreak(a->base);
+        return;
+    }
+    a->stopping = 1;
+    log_msg(LOG_INFO, "%s: no longer accepting webhooks; finishing %d deliveries in flight",
+            sig == SIGINT ? "SIGINT" : "SIGTERM", deliver_inflight(a->deliver));
+    inbound_stop(a->inbound);
+    deliver_shutdown(a->deliver, rules_config(a->rules)->shutdown_grace_ms, on_deliveries_drained,
+                     a);
+}
+
+/* ---- life ---- */
+
+/* The loop: epoll's changelist folds the several epoll_ctl calls one
+ * connection needs in one loop turn (read off, write on, ...) into one (its
+ * caveat, fds dup()ed behind libevent's back, does not apply here); three
+ * priorities: 0 unused, 1 default (I/O, timers), 2 group commit and
+ * background sweeps, after every ready request of a turn. */
+static struct event_base *app_loop_new(void) {
+    struct event_config *ec = event_config_new();
+    struct event_base *base = NULL;
+
+    if (ec && event_config_set_flag(ec, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST) == 0)
+        base = event_base_new_with_config(ec);
+    if (ec)
+        event_config_free(ec);
+    if (base && event_base_priority_init(base, 3) < 0) {
+        event_base_free(base);
+        base = NULL;
+    }
+    return base;
+}
+
+/* The modules, bottom up, each handed what it works with. */
+static int app_modules_new(struct app *a, char *err, size_t errlen) {
+    const struct config *cfg = rules_config(a->rules);
+
+    if (!(a->store = store_open(a->base, cfg->store, cfg->dir, err, errlen)) ||
+        !(a->subs = subs_new(a->store, err, errlen)) ||
+        !(a->deliver = deliver_new(a->base, a->store, err, errlen)))
+        return -1;
+    deliver_set_config(a->deliver, cfg);
+    deliver_set_notify(a->deliver, app_emit, a);
+    a->batch = batch_new(&(struct batch_deps){
+        .base = a->base, .store = a->store, .deliver = a->deliver, .rules = &a->rules});
+    if (a->batch)
+        a->route = route_new(&(struct route_deps){.base = a->base,
+                                                  .store = a->store,
+                                                  .deliver = a->deliver,
+                                                  .batch = a->batch,
+                                                  .rules = &a->rules});
+    if (!a->batch || !a->route) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    a->inbound = inbound_new(&(struct inbound_deps){.base = a->base,
+                                                    .store = a->store,
+                                                    .route = a->route,
+                                                    .rules = &a->rules},
+                             err, errlen);
+    if (!a->inbound)
+        return -1;
+    if (cfg->admin_listen &&
+        !(a->admin = admin_new(&(struct admin_deps){.base = a->base,
+                                                    .store = a->store,
+                                                    .deliver = a->deliver,
+                                                    .route = a->route,
+                                                    .subs = a->subs,
+                                                    .rules = &a->rules,
+                                                    .reload = app_reload,
+                                                    .status = app_status,
+                                                    .arg = a},
+                               cfg->admin_listen, err, errlen)))
+        return -1;
+    log_msg(LOG_INFO, "listening for webhooks on %s%s%s%s", cfg->listen,
+            inbound_tls(a->inbound) ? " (TLS)" : "", cfg->admin_listen ? ", admin on " : "",
+            cfg->admin_listen ? cfg->admin_listen : "");
+    return 0;
+}
+
+struct app *app_new(const char *config_path, const char *lua_dir, char *err, size_t errlen) {
+    struct app *a = calloc(1, sizeof *a);
+    const struct config *cfg;
+
+    if (!a || !(a->config_path = strdup(config_path)) || !(a->lua_dir = strdup(lua_dir))) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    a->started_at = util_now_ms();
+    if (!(a->rules = rules_load(config_path, lua_dir, err, errlen)))
+        goto fail;
+    cfg = rules_config(a->rules);
+    if (!(a->base = app_loop_new())) {
+        snprintf(err, errlen, "cannot create the event loop");
+        goto fail;
+    }
+    if (app_modules_new(a, err, errlen) < 0)
+        goto fail;
+    for (size_t i = 0; i < cfg->nsources; i++)
+        if (cfg->sources[i].verify.kind == VERIFY_NONE)
+            log_msg(LOG_WARN, "source %s accepts unsigned requests (verify = \"none\")",
+                    cfg->sources[i].name);
+    a->sighup = evsignal_new(a->base, SIGHUP, on_hup, a);
+    a->sigterm = evsignal_new(a->base, SIGTERM, on_term, a);
+    a->sigint = evsignal_new(a->base, SIGINT, on_term, a);
+    if (!a->sighup || !a->sigterm || !a->sigint || evsignal_add(a->sighup, NULL) < 0 ||
+        evsignal_add(a->sigterm, NULL) < 0 || evsignal_add(a->sigint, NULL) < 0) {
+        snprintf(err, errlen, "cannot install signal handlers");
+        goto fail;
+    }
+    log_msg(LOG_INFO, "waybill %s serving (%s, store %s)", WAYBILL_VERSION,
+            cfg->sandbox ? "sandbox" : "production", cfg->store);
+    return a;
+fail:
+    app_free(a);
+    return NULL;
+}
+
+int app_run(struct app *a) {
+    int rc = 0;
+
+    route_recover(a->route);
+    batch_start(a->batch);
+    deliver_kick_all(a->deliver);
+    if (event_base_dispatch(a->base) < 0) {
+        log_msg(LOG_ERROR, "event loop failed");
+        rc = -1;
+    }
+    /* Commit callbacks (routing, batch closes, admin replies) belong to the
+     * modules freed by app_free: drain them while those modules are alive.
+     * Each flush may start one more group from its callbacks; a few rounds
+     * end it. */
+    for (int round = 0; !store_idle(a->store) && round < 16; round++)
+        store_flush(a->store);
+    log_msg(LOG_INFO, "stopped");
+    return rc;
+}
+
+void app_free(struct app *a) {
+    struct event *evs[3];
+
+    if (!a)
+        return;
+    evs[0] = a->sighup;
+    evs[1] = a->sigterm;
+    evs[2] = a->sigint;
+    for (size_t i = 0; i < 3; i++)
+        if (evs[i])
+            event_free(evs[i]);
+    admin_free(a->admin);
+    inbound_free(a->inbound);
+    deliver_free(a->deliver);
+    route_free(a->route);
+    batch_free(a->batch);
+    store_free(a->store); /* its last commit callbacks may still update subs */
+    subs_free(a->subs);
+    rules_free(a->rules);
+    if (a->base)
+        event_base_free(a->base);
+    free(a->config_path);
+    free(a->lua_dir);
+    free(a);
+}

@@ -1,0 +1,643 @@
+/* inbound.c -- the webhook listener: a carrier's request -> checks -> the
+ * store's open group -> a reply after that group's durable commit -> routing.
+ * Checks run in SPEC order: path (404), method (405), size (413, evhttp
+ * stops reading past max_body), signature and timestamp (401), JSON (400),
+ * dedupe, the backlog (503); then the event joins the open group and the
+ * reply waits for that group's commit: 200 only after commit, 503 if it
+ * failed.
+ * Invariant: every request gets exactly one reply; an accepted event owns
+ * its copy of what routing needs, since the request may be gone by commit
+ * time.
+ * SPDX-License-Identifier: MIT */
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <jansson.h>
+#include <openssl/sha.h>
+#include <openssl/ssl.h>
+
+#include "config.h"
+#include "http.h"
+#include "inbound.h"
+#include "jsonx.h"
+#include "jwks.h"
+#include "log.h"
+#include "metrics.h"
+#include "route.h"
+#include "rules.h"
+#include "store.h"
+#include "util.h"
+#include "verify.h"
+
+struct inbound {
+    struct inbound_deps deps;
+    struct evhttp *http;
+    struct evhttp_bound_socket *sock;
+    SSL_CTX *tls;       /* over TLS when set (config tls) */
+    struct jwks **jwks; /* ShipEngine key sources by location, cached */
+    size_t njwks;
+    int stopping;       /* inbound_stop ran: requests still arriving get 503 */
+    int freeing;        /* set while inbound_free runs: parked requests get 503 */
+};
+
+static const struct config *inbound_config(const struct inbound *ib) {
+    return rules_config(*ib->deps.rules);
+}
+
+/* ---- after the commit ---- */
+
+/* Everything an accepted event needs after its commit (all owned). */
+struct accepted {
+    struct evhttp_request *req;
+    struct route *router; /* borrowed: outlives every commit callback */
+    char id[UTIL_ID_MAX];
+    int duplicate;     /* answered with the first copy's id, not routed */
+    int route;         /* 0 when the adapter failed: stored as rule_error */
+    char *source, *source_id, *type, *created_at, *data_json, *headers_json;
+    char *raw;
+    size_t raw_len;
+    int64_t received_at;
+    uint64_t data_token;        /* the adapter's data kept for routing (rules_adapt_keep) */
+    struct rules *const *rules; /* the app's current-rules slot: outlives the store, whose
+                                   last callbacks may free this late */
+};
+
+static void accepted_free(struct accepted *in) {
+    if (!in)
+        return;
+    /* Not routed (a duplicate, a failed commit, a refusal): its kept data
+     * goes now; a token of an older generation is a no-op. */
+    if (in->data_token && in->rules)
+        rules_data_drop(*in->rules, in->data_token);
+    free(in->source);
+    free(in->source_id);
+    free(in->type);
+    free(in->created_at);
+    free(in->data_json);
+    free(in->headers_json);
+    free(in->raw);
+    free(in);
+}
+
+/* 200 {"id":"evt_..."}: the common answer, written without a jansson
+ * object (an id is letters, digits and '_', so nothing needs escaping). */
+static void reply_id(struct evhttp_request *req, const char *id) {
+    struct evbuffer *out = evbuffer_new();
+    if (!out) {
+        http_reply_json(req, 200, "OK", json_pack("{ss}", "id", id));
+        return;
+    }
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
+    evbuffer_add_printf(out, "{\"id\":\"%s\"}", id);
+    evhttp_send_reply(req, 200, "OK", out);
+    evbuffer_free(out);
+}
+
+static void on_accepted_committed(void *arg, int ok) {
+    struct accepted *in = arg;
+    struct evkeyvalq *oh = evhttp_request_get_output_headers(in->req);
+
+    if (!ok) {
+        metrics_event_rejected(in->source, "store_unavailable");
+        evhttp_add_header(oh, "Retry-After", "5");
+        http_reply_error(in->req, 503, "Service Unavailable", "store unavailable, retry later");
+        accepted_free(in);
+        return;
+    }
+    if (in->duplicate)
+        metrics_event_rejected(in->source, "duplicate");
+    else
+        metrics_event_received(in->source);
+    if (in->duplicate)
+        http_reply_json(in->req, 200, "OK", json_pack("{sssb}", "id", in->id, "duplicate", 1));
+    else
+        reply_id(in->req, in->id);
+    if (in->route) {
+        struct rules_input ev = {in->id,         in->source,    in->source_id,
+                                 in->type,       in->created_at, in->received_at,
+                                 in->data_json,  in->raw,       in->raw_len,
+                                 in->headers_json, 1 /* data_json from rules_adapt */,
+                                 in->data_token};
+        route_event(in->router, &ev);
+        in->data_token = 0; /* taken or freed by rules_route */
+    }
+    accepted_free(in);
+}
+
+static const char *header_lookup(void *ctx, const char *name) {
+    return evhttp_find_header(ctx, name);
+}
+
+/* One request header for headers_to_json: its lowercase name (at most 127
+ * bytes kept) and whether it is the last with that name. */
+struct hdr {
+    char name[128];
+    size_t namelen;
+    const char *value;
+    int keep;
+};
+
+/* By name, then by position (entries sit in one array in request order). */
+static int hdr_cmp(const void *pa, const void *pb) {
+    const struct hdr *a = *(const struct hdr *const *)pa, *b = *(const struct hdr *const *)pb;
+    int c = strcmp(a->name, b->name);
+    return c ? c : (a < b ? -1 : a > b);
+}
+
+/* The request headers as a JSON object with lowercase names (at most 127
+ * bytes kept); credentials (Authorization, Cookie) are left out, and so is
+ * a header whose name or value is not valid UTF-8. A name sent twice keeps
+ * its last value (found by sorting, so a request with thousands of headers
+ * costs n log n, not n^2). Built straight into a buffer (no jansson object
+ * per request). New string, NULL on failure. */
+static char *headers_to_json(struct evkeyvalq *headers) {
+    struct util_buf out = {0};
+    struct hdr *h = NULL, **by_name = NULL;
+    size_t n = 0, i;
+    char *text = NULL;
+
+    for (struct evkeyval *kv = headers->tqh_first; kv; kv = kv->next.tqe_next)
+        n++;
+    if (n && (!(h = calloc(n, sizeof *h)) || !(by_name = calloc(n, sizeof *by_name))))
+        goto done;
+    n = 0;
+    for (struct evkeyval *kv = headers->tqh_first; kv; kv = kv->next.tqe_next) {
+        struct hdr *e = &h[n];
+        for (i = 0; kv->key[i] && i < sizeof e->name - 1; i++)
+            e->name[i] = (char)tolower((unsigned char)kv->key[i]);
+        e->name[i] = '\0';
+        e->namelen = i;
+        e->value = kv->value;
+        if (strcmp(e->name, "authorization") == 0 || strcmp(e->name, "cookie") == 0)
+            continue;
+        by_name[n] = e;
+        n++;
+    }
+    if (n > 1)
+        qsort(by_name, n, sizeof *by_name, hdr_cmp);
+    for (i = 0; i < n; i++) /* the last of each run of one name */
+        by_name[i]->keep = i + 1 == n || strcmp(by_name[i]->name, by_name[i + 1]->name) != 0;
+    if (util_buf_append(&out, "{", 1) < 0)
+        goto done;
+    for (i = 0; i < n; i++) {
+        size_t mark = out.len;
+        if (!h[i].keep)
+            continue;
+        if ((out.len > 1 && util_buf_append(&out, ",", 1) < 0) ||
+            jsonx_append_string(&out, h[i].name, h[i].namelen) < 0 ||
+            util_buf_append(&out, ":", 1) < 0 ||
+            jsonx_append_string(&out, h[i].value, strlen(h[i].value)) < 0) {
+            out.len = mark; /* not UTF-8 (or no memory): leave this header out */
+            out.p[mark] = '\0';
+        }
+    }
+    if (util_buf_append(&out, "}", 1) < 0)
+        goto done;
+    text = out.p;
+    out.p = NULL;
+done:
+    util_buf_free(&out);
+    free(h);
+    free(by_name);
+    return text;
+}
+
+/* ---- key sources (ShipEngine) ---- */
+
+static EVP_PKEY *key_lookup(void *ctx, const char *kid) {
+    return ctx ? jwks_find(ctx, kid) : NULL;
+}
+
+/* The cached key source for location, made on first use. NULL with a
+ * logged reason when it cannot be made. */
+static struct jwks *inbound_jwks(struct inbound *ib, const char *location) {
+    struct jwks **grown, *j;
+    char err[300];
+
+    for (size_t i = 0; i < ib->njwks; i++)
+        if (jwks_is(ib->jwks[i], location))
+            return ib->jwks[i];
+    grown = realloc(ib->jwks, (ib->njwks + 1) * sizeof *grown);
+    if (!grown)
+        return NULL;
+    ib->jwks = grown;
+    j = jwks_new(ib->deps.base, location, err, sizeof err);
+    if (!j) {
+        log_msg(LOG_ERROR, "jwks: %s", err);
+        return NULL;
+    }
+    ib->jwks[ib->njwks++] = j;
+    return j;
+}
+
+/* ---- the request ---- */
+
+/* Answers 503 with Retry-After (seconds); counts it under metric when set. */
+static void inbound_unavailable(struct evhttp_request *req, const char *retry_after,
+                                const char *message, const char *source, const char *metric) {
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", retry_after);
+    http_reply_error(req, 503, "Service Unavailable", message);
+    if (metric)
+        metrics_event_rejected(source, metric);
+}
+
+/* A request waiting for a JWKS refetch (ShipEngine, unknown kid). */
+struct parked {
+    struct inbound *ib;
+    struct evhttp_request *req;
+};
+
+static void on_inbound(struct evhttp_request *req, void *arg);
+
+static void on_keys_refetched(void *arg, int ok) {
+    struct parked *p = arg;
+    UNUSED(ok);
+    if (p->ib->freeing) {
+        inbound_unavailable(p->req, "5", "shutting down", NULL, NULL);
+    } else {
+        /* Verify again: the kid was refetched once, so an unknown kid now
+         * gets its 401 without another fetch. */
+        on_inbound(p->req, p->ib);
+    }
+    free(p);
+}
+
+/* The checks before the body is looked at: shutting down (503), the path
+ * names a source (404), the method is POST (405). Returns the source, or
+ * NULL when the request was answered. */
+static const struct config_source *inbound_source(struct inbound *ib, struct evhttp_request *req) {
+    const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
+    const struct config_source *src =
+        path ? config_source_by_path(inbound_config(ib), path) : NULL;
+    char msg[600];
+
+    if (ib->stopping) {
+        inbound_unavailable(req, "5", "shutting down", NULL, "shutting_down");
+        return NULL;
+    }
+    if (!src) {
+        snprintf(msg, sizeof msg, "no source at %s", path ? path : "?");
+        http_reply_error(req, 404, "Not Found", msg);
+        metrics_event_rejected(NULL, "unknown_source");
+        return NULL;
+    }
+    if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "POST");
+        snprintf(msg, sizeof msg, "method %s not allowed; webhooks are POSTed",
+                 http_method_name(evhttp_request_get_command(req)));
+        http_reply_error(req, 405, "Method Not Allowed", msg);
+        metrics_event_rejected(src->name, "method");
+        return NULL;
+    }
+    return src;
+}
+
+/* The signature (SPEC section 4), fetching a ShipEngine key set again once
+ * on an unknown kid (the request is parked meanwhile). vr is filled for the
+ * later steps. Returns 0 verified, 1 answered or parked. */
+static int inbound_verify(struct inbound *ib, struct evhttp_request *req,
+                          const struct config_source *src, const char *body, size_t len,
+                          struct verify_request *vr) {
+    struct evkeyvalq *headers = evhttp_request_get_input_headers(req);
+    char reason[512];
+    int rc;
+
+    if (src->verify.kind == VERIFY_SHIPTIFY) {
+        /* The signature is in the body: it must be JSON before it is checked. */
+        json_t *parsed = jsonx_parse(body, len, 0, reason, sizeof reason);
+        if (!parsed) {
+            http_reply_error(req, 400, "Bad Request", reason);
+            return 1;
+        }
+        json_decref(parsed);
+    }
+    *vr = (struct verify_request){.header = header_lookup,
+                                  .header_ctx = headers,
+                                  .body = (const unsigned char *)body,
+                                  .body_len = len,
+                                  .now_ms = util_now_ms(),
+                                  .key = key_lookup,
+                                  .key_ctx = NULL};
+    if (src->verify.kind == VERIFY_SHIPENGINE && !(vr->key_ctx = inbound_jwks(ib, src->jwks))) {
+        inbound_unavailable(req, "5", "signing keys unavailable", NULL, NULL);
+        return 1;
+    }
+    rc = verify_check(&src->verify, src->secrets, src->nsecrets, vr, reason, sizeof reason);
+    if (rc == VERIFY_EUNKNOWN_KEY) {
+        const char *kid = evhttp_find_header(headers, "x-shipengine-rsa-sha256-key-id");
+        struct parked *p = calloc(1, sizeof *p);
+        int r = p ? jwks_refetch(vr->key_ctx, kid, on_keys_refetched, p) : -1;
+        if (r == 0) {
+            p->ib = ib;
+            p->req = req;
+            return 1; /* answered by on_keys_refetched, within the fetch timeout */
+        }
+        free(p);
+        if (r == JWKS_REFETCHED)
+            rc = verify_check(&src->verify, src->secrets, src->nsecrets, vr, reason,
+                              sizeof reason);
+    }
+    if (rc < 0) {
+        log_msg(LOG_WARN, "source %s: rejected request: %s", src->name, reason);
+        http_reply_error(req, 401, "Unauthorized", "signature verification failed");
+        metrics_event_rejected(src->name, "signature");
+        return 1;
+    }
+    return 0;
+}
+
+/* Shiptify's signature does not cover the body: its token is a nonce, kept
+ * durably with the body's digest in the open group. The token goes to
+ * nonce (nonce_len bytes; "" for other sources). Returns 0, or 1 answered
+ * (a replay, a store error). */
+static int inbound_nonce(struct inbound *ib, struct evhttp_request *req,
+                         const struct config_source *src, const char *body, size_t len,
+                         int64_t now_ms, char *nonce, size_t nonce_len) {
+    unsigned char digest[SHA256_DIGEST_LENGTH];
+    char hex[2 * SHA256_DIGEST_LENGTH + 1], serr[256];
+    int64_t keep;
+    int rc;
+
+    nonce[0] = '\0';
+    if (src->verify.kind != VERIFY_SHIPTIFY)
+        return 0;
+    SHA256((const unsigned char *)body, len, digest);
+    util_hex_encode(digest, sizeof digest, hex);
+    if (verify_shiptify_token((const unsigned char *)body, len, nonce, nonce_len) < 0) {
+        log_msg(LOG_WARN, "source %s: rejected request: %s", src->name, "token too long");
+        http_reply_error(req, 401, "Unauthorized", "signature verification failed");
+        return 1;
+    }
+    /* Kept for twice the tolerance (a timestamp may be that far either side
+     * of now), and at least a day. */
+    keep = 2 * src->verify.tolerance_ms + 1000;
+    rc = store_nonce_put(ib->deps.store, src->name, nonce, hex, now_ms,
+                         keep > 86400000 ? keep : 86400000, serr, sizeof serr);
+    if (rc == STORE_REPLAY) {
+        log_msg(LOG_WARN, "source %s: rejected request: %s", src->name,
+                "token replayed with a different body");
+        http_reply_error(req, 401, "Unauthorized", "signature verification failed");
+        return 1;
+    }
+    if (rc < 0) {
+        log_msg(LOG_ERROR, "source %s: storing the token failed: %s", src->name, serr);
+        inbound_unavailable(req, "5", "store unavailable, retry later", NULL, NULL);
+        return 1;
+    }
+    return 0;
+}
+
+/* The event's dedupe key when the adapter found no carrier id: webhook-id
+ * where the signature covers it (Standard Webhooks), else the Shiptify
+ * token, else the body's digest. An unsigned webhook-id would let a
+ * replayed body pass as new. New string, NULL when out of memory. */
+static char *inbound_source_id(const struct config_source *src, struct evkeyvalq *headers,
+                               const char *nonce, const char *body, size_t len) {
+    const char *wid =
+        src->verify.kind == VERIFY_STANDARD ? evhttp_find_header(headers, "webhook-id") : NULL;
+    unsigned char digest[SHA256_DIGEST_LENGTH];
+    char hex[2 * SHA256_DIGEST_LENGTH + 1];
+
+    if (wid)
+        return strdup(wid);
+    if (nonce[0])
+        return strdup(nonce);
+    SHA256((const unsigned char *)body, len, digest);
+    util_hex_encode(digest, sizeof digest, hex);
+    return strdup(hex);
+}
+
+/* Past max_backlog the carrier is told to come back later rather than the
+ * queue growing without bound (the counts are kept by the store). Returns
+ * 1 answered (503), else 0. */
+static int inbound_backlog_full(struct inbound *ib, struct evhttp_request *req,
+                                const struct config_source *src) {
+    struct store_counts backlog;
+
+    if (store_delivery_counts(ib->deps.store, &backlog) != 0 ||
+        backlog.pending + backlog.held < inbound_config(ib)->max_backlog)
+        return 0;
+    log_msg(LOG_WARN, "source %s: backlog of %lld deliveries reached max_backlog; answering 503",
+            src->name, (long long)(backlog.pending + backlog.held));
+    inbound_unavailable(req, "30", "delivery backlog full, retry later", NULL, NULL);
+    return 1;
+}
+
+/* Stores the verified request as an event in the open group (or notes a
+ * duplicate) and hands it to the commit callback, which replies and
+ * routes. in is taken in every case. Returns 0, or -1 when the store is
+ * unavailable (not answered: the caller answers 503). */
+static int inbound_store(struct inbound *ib, struct accepted *in, const struct config_source *src,
+                         struct rules_event *ev, const char *body, size_t len,
+                         const char *reason) {
+    char serr[256];
+    struct store_event se = {.id = in->id,
+                             .source = src->name,
+                             .source_id = ev->source_id,
+                             .type = ev->type,
+                             .created_at = ev->created_at,
+                             .received_at = in->received_at,
+                             .raw = body,
+                             .raw_len = len,
+                             .headers_json = in->headers_json,
+                             .data_json = ev->data_json,
+                             .status = in->route ? "received" : "rule_error",
+                             .error = in->route ? NULL : reason};
+    int rc = store_event_put(ib->deps.store, &se, in->id, sizeof in->id, serr, sizeof serr);
+
+    if (rc < 0) {
+        log_msg(LOG_ERROR, "source %s: storing event failed: %s", src->name, serr);
+        goto fail;
+    }
+    in->duplicate = rc == STORE_DUP;
+    /* counted once acknowledged (on_accepted_committed), under this name */
+    if (!(in->source = strdup(src->name)))
+        goto fail;
+    if (in->duplicate) {
+        in->route = 0;
+        log_msg(LOG_INFO, "source %s: duplicate of %s (source id %s)", src->name, in->id,
+                ev->source_id);
+    }
+    if (in->route) {
+        /* Routing reads these after the commit; the request may be gone. */
+        if (!(in->raw = malloc(len + 1)))
+            goto fail;
+        memcpy(in->raw, body, len);
+        in->raw[len] = '\0';
+        in->raw_len = len;
+        in->source_id = ev->source_id;
+        in->type = ev->type;
+        in->created_at = ev->created_at;
+        in->data_json = ev->data_json;
+        ev->source_id = ev->type = ev->created_at = ev->data_json = NULL;
+    }
+    if (store_on_commit(ib->deps.store, on_accepted_committed, in) < 0)
+        goto fail;
+    return 0; /* in is owned by the commit callback now */
+fail:
+    accepted_free(in);
+    return -1;
+}
+
+/* A verified request: the adapter reads it into an event (a body it cannot
+ * read is kept as "<source>.unknown" with status rule_error, so a fixed
+ * adapter can replay it), which is stored and answered after the commit. */
+static void inbound_accept(struct inbound *ib, struct evhttp_request *req,
+                           const struct config_source *src, const char *body, size_t len,
+                           int64_t now_ms, const char *nonce) {
+    struct evkeyvalq *headers = evhttp_request_get_input_headers(req);
+    struct rules_event ev = {0};
+    struct accepted *in = calloc(1, sizeof *in);
+    char reason[512], msg[600];
+    int rc;
+
+    if (!in)
+        goto unavailable;
+    in->req = req;
+    in->router = ib->deps.route;
+    in->rules = ib->deps.rules;
+    in->received_at = now_ms;
+    if (!(in->headers_json = headers_to_json(headers)))
+        goto unavailable;
+    rc = rules_adapt_keep(*ib->deps.rules, src, body, len, in->headers_json, &ev, reason,
+                          sizeof reason);
+    in->data_token = ev.data_token; /* freed by accepted_free unless routed */
+    ev.data_token = 0;
+    if (rc == RULES_EBADJSON) {
+        http_reply_error(req, 400, "Bad Request", reason);
+        metrics_event_rejected(src->name, "bad_json");
+        goto done;
+    }
+    in->route = rc == 0;
+    if (rc < 0) {
+        log_msg(LOG_WARN, "source %s: adapter failed: %s", src->name, reason);
+        snprintf(msg, sizeof msg, "%s.unknown", src->name);
+        rules_event_clear(&ev);
+        ev.type = strdup(msg);
+        ev.data_json = strdup("{}");
+    }
+    if (!ev.source_id)
+        ev.source_id = inbound_source_id(src, headers, nonce, body, len);
+    if (!ev.type || !ev.data_json || !ev.source_id)
+        goto unavailable;
+    util_id_new("evt_", in->id, sizeof in->id);
+    if (inbound_backlog_full(ib, req, src))
+        goto done;
+    rc = inbound_store(ib, in, src, &ev, body, len, reason);
+    in = NULL; /* taken */
+    if (rc < 0)
+        goto unavailable;
+    goto done;
+unavailable:
+    inbound_unavailable(req, "5", "store unavailable, retry later", src->name,
+                        "store_unavailable");
+done:
+    rules_event_clear(&ev);
+    accepted_free(in);
+}
+
+static void on_inbound(struct evhttp_request *req, void *arg) {
+    struct inbound *ib = arg;
+    const struct config_source *src = inbound_source(ib, req);
+    struct evbuffer *body_buf = evhttp_request_get_input_buffer(req);
+    struct verify_request vr;
+    char nonce[256];
+    const char *body;
+    size_t len;
+
+    if (!src)
+        return;
+    len = evbuffer_get_length(body_buf);
+    body = (const char *)evbuffer_pullup(body_buf, -1);
+    if (!body)
+        body = "";
+    if (inbound_verify(ib, req, src, body, len, &vr) != 0 ||
+        inbound_nonce(ib, req, src, body, len, vr.now_ms, nonce, sizeof nonce) != 0)
+        return;
+    inbound_accept(ib, req, src, body, len, vr.now_ms, nonce);
+}
+
+/* ---- life ---- */
+
+struct inbound *inbound_new(const struct inbound_deps *deps, char *err, size_t errlen) {
+    struct inbound *ib = calloc(1, sizeof *ib);
+    const struct config *cfg;
+
+    if (!ib) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    ib->deps = *deps;
+    cfg = inbound_config(ib);
+    ib->http = http_listener_new(deps->base, cfg->listen, &ib->sock, err, errlen);
+    if (!ib->http)
+        goto fail;
+    evhttp_set_gencb(ib->http, on_inbound, ib);
+    if (cfg->tls_cert && cfg->tls_key) {
+        if (!(ib->tls = http_tls_context(cfg->tls_cert, cfg->tls_key, err, errlen)))
+            goto fail;
+        http_listener_tls(ib->http, ib->tls);
+    }
+    inbound_reconfigure(ib);
+    return ib;
+fail:
+    inbound_free(ib);
+    return NULL;
+}
+
+int inbound_tls(const struct inbound *ib) {
+    return ib->tls != NULL;
+}
+
+void inbound_reconfigure(struct inbound *ib) {
+    const struct config *cfg = inbound_config(ib);
+    size_t kept = 0;
+
+    evhttp_set_max_body_size(ib->http, (ev_ssize_t)cfg->max_body);
+    /* A reload reads JWKS files again (on their next use): a key removed
+     * from the file stops verifying. URL key sets stay cached; they are
+     * refetched on an unknown kid. A file source never has waiters (its
+     * refetch is synchronous), so freeing it here strands no request. */
+    for (size_t i = 0; i < ib->njwks; i++) {
+        if (!jwks_is_url(ib->jwks[i]))
+            jwks_free(ib->jwks[i]);
+        else
+            ib->jwks[kept++] = ib->jwks[i];
+    }
+    ib->njwks = kept;
+    /* Key sources load now, not on the first request: a URL's first fetch
+     * runs while no carrier waits for it. */
+    for (size_t i = 0; i < cfg->nsources; i++)
+        if (cfg->sources[i].verify.kind == VERIFY_SHIPENGINE && cfg->sources[i].jwks)
+            inbound_jwks(ib, cfg->sources[i].jwks);
+}
+
+void inbound_stop(struct inbound *ib) {
+    if (!ib)
+        return;
+    ib->stopping = 1;
+    if (ib->sock) {
+        evhttp_del_accept_socket(ib->http, ib->sock);
+        ib->sock = NULL;
+    }
+}
+
+void inbound_free(struct inbound *ib) {
+    if (!ib)
+        return;
+    ib->freeing = 1;
+    for (size_t i = 0; i < ib->njwks; i++)
+        jwks_free(ib->jwks[i]);
+    free(ib->jwks);
+    if (ib->http)
+        evhttp_free(ib->http);
+    SSL_CTX_free(ib->tls);
+    free(ib);
+}
