@@ -98,6 +98,23 @@ done:
     json_decref(data);
 }
 
+/* ---- subscriptions ---- */
+
+/* The subscriptions changed: merged into the current config's endpoint
+ * table (there is no other way for lookups to see them). */
+static void app_subs_changed(void *arg, const struct subs *subs) {
+    struct app *a = arg;
+    struct config_subscription *v = NULL;
+    size_t n = 0;
+
+    if (!a->rules)
+        return;
+    if (subs_config_list(subs, &v, &n) < 0 || rules_set_subscriptions(a->rules, v, n) < 0)
+        log_msg(LOG_ERROR, "subscriptions changed but could not be merged (out of memory); "
+                           "rules and delivery see the old list");
+    free(v);
+}
+
 /* ---- reload ---- */
 
 static int differs(const char *x, const char *y) {
@@ -111,10 +128,17 @@ static int differs(const char *x, const char *y) {
  * to err. Returns 0 or -1. */
 static int app_reload(void *arg, char *err, size_t errlen) {
     struct app *a = arg;
-    struct rules *fresh = rules_load(a->config_path, a->lua_dir, err, errlen);
+    struct config_subscription *subs = NULL;
+    size_t nsubs = 0;
+    struct rules *fresh = NULL;
     const struct config *old, *cfg;
     struct rules *stale;
 
+    if (subs_config_list(a->subs, &subs, &nsubs) < 0)
+        snprintf(err, errlen, "out of memory");
+    else
+        fresh = rules_load_with(a->config_path, a->lua_dir, subs, nsubs, err, errlen);
+    free(subs);
     if (!fresh) {
         a->reload_failures++;
         snprintf(a->reload_error, sizeof a->reload_error, "%s", err);
@@ -211,7 +235,7 @@ static int app_modules_new(struct app *a, char *err, size_t errlen) {
     const struct config *cfg = rules_config(a->rules);
 
     if (!(a->store = store_open(a->base, cfg->store, cfg->dir, err, errlen)) ||
-        !(a->subs = subs_new(a->store, err, errlen)) ||
+        !(a->subs = subs_new(a->store, app_subs_changed, a, err, errlen)) ||
         !(a->deliver = deliver_new(a->base, a->store, err, errlen)))
         return -1;
     deliver_set_config(a->deliver, cfg);

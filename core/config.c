@@ -39,23 +39,33 @@ const struct config_source *config_source_by_name(const struct config *cfg, cons
     return NULL;
 }
 
-static const struct config_extra *config_extra_hook;
+int config_set_subscriptions(struct config *cfg, const struct config_subscription *v, size_t n) {
+    struct config_subscription *copy = NULL;
 
-void config_set_extra(const struct config_extra *x) {
-    config_extra_hook = x;
+    if (n && !(copy = malloc(n * sizeof *copy)))
+        return -1;
+    if (n)
+        memcpy(copy, v, n * sizeof *copy);
+    free(cfg->subs);
+    cfg->subs = copy;
+    cfg->nsubs = n;
+    return 0;
 }
 
-void config_subscribers(const char *type, void (*emit)(void *ctx, const char *name), void *ctx) {
-    if (config_extra_hook && type)
-        config_extra_hook->subscribers(config_extra_hook->arg, type, emit, ctx);
+void config_subscribers(const struct config *cfg, const char *type,
+                        void (*emit)(void *ctx, const char *name), void *ctx) {
+    for (size_t i = 0; cfg && type && i < cfg->nsubs; i++)
+        if (util_glob_match(cfg->subs[i].pattern, type))
+            emit(ctx, cfg->subs[i].ep->name);
 }
 
 const struct config_endpoint *config_endpoint_by_name(const struct config *cfg, const char *name) {
     for (size_t i = 0; cfg && name && i < cfg->nendpoints; i++)
         if (cfg->endpoints[i].name && strcmp(cfg->endpoints[i].name, name) == 0)
             return &cfg->endpoints[i];
-    if (config_extra_hook && name)
-        return config_extra_hook->by_name(config_extra_hook->arg, name);
+    for (size_t i = 0; cfg && name && i < cfg->nsubs; i++)
+        if (strcmp(cfg->subs[i].ep->name, name) == 0)
+            return cfg->subs[i].ep;
     return NULL;
 }
 
@@ -137,6 +147,7 @@ void config_free(struct config *cfg) {
     for (size_t i = 0; cfg->endpoints && i < cfg->nendpoints; i++)
         endpoint_clear(&cfg->endpoints[i]);
     free(cfg->endpoints);
+    free(cfg->subs);
     free(cfg->rules_dir);
     free(cfg);
 }

@@ -65,6 +65,13 @@ struct config_endpoint {
     int enabled;                    /* default 1 */
 };
 
+/* An endpoint that lives outside the config file (see
+ * config_set_subscriptions); both pointers borrowed. */
+struct config_subscription {
+    const struct config_endpoint *ep; /* ep->name is the subscription's id */
+    const char *pattern;              /* the type or glob it stands for */
+};
+
 struct config {
     char *file;                     /* absolute path of waybill.lua */
     char *dir;                      /* its folder: base of relative paths */
@@ -81,6 +88,8 @@ struct config {
     size_t nsources;
     struct config_endpoint *endpoints;
     size_t nendpoints;
+    struct config_subscription *subs; /* owned array, entries borrowed (config_set_subscriptions) */
+    size_t nsubs;
     char *rules_dir;                /* absolute; NULL = no rules */
     int64_t shutdown_grace_ms;      /* default 10 s */
     int64_t retention_ms;           /* default 30 d */
@@ -94,23 +103,19 @@ const struct config_source *config_source_by_path(const struct config *cfg, cons
 const struct config_source *config_source_by_name(const struct config *cfg, const char *name);
 const struct config_endpoint *config_endpoint_by_name(const struct config *cfg, const char *name);
 
-/* Endpoints that live outside the config file: subscriptions made through
- * the admin API (subs.c). Once set, config_endpoint_by_name falls back to
- * by_name for names the file does not declare (so rules, routing and
- * delivery reach them alike), and config_subscribers lists the names
- * subscribed to a type. Process-wide; the loop thread only. by_name's
- * answer is borrowed until that endpoint is removed. */
-struct config_extra {
-    const struct config_endpoint *(*by_name)(void *arg, const char *name);
-    void (*subscribers)(void *arg, const char *type, void (*emit)(void *ctx, const char *name),
-                        void *ctx);
-    void *arg;
-};
-void config_set_extra(const struct config_extra *x); /* NULL removes it */
+/* Replaces cfg's subscriptions by v[0..n): endpoints that live outside the
+ * config file (made through the admin API, subs.c), merged into the
+ * endpoint table by their owner (the app) when the config is loaded and
+ * whenever they change, so that config_endpoint_by_name finds them as it
+ * finds the file's (rules, routing and delivery alike). The array is
+ * copied; what its entries point to is borrowed until the next call or
+ * config_free. Returns 0, or -1 when out of memory (the old ones stay). */
+int config_set_subscriptions(struct config *cfg, const struct config_subscription *v, size_t n);
 
-/* Calls emit(ctx, name) for each endpoint subscribed to type (none when no
- * hook is set). */
-void config_subscribers(const char *type, void (*emit)(void *ctx, const char *name), void *ctx);
+/* Calls emit(ctx, name) for each of cfg's subscriptions whose pattern
+ * matches type (util_glob_match), in the order they were set. */
+void config_subscribers(const struct config *cfg, const char *type,
+                        void (*emit)(void *ctx, const char *name), void *ctx);
 
 /* The batch window an endpoint uses: its own, else 30m (production) / 5m (sandbox). */
 int64_t config_endpoint_window(const struct config *cfg, const struct config_endpoint *ep);

@@ -50,6 +50,8 @@ struct rules_handler {
 
 struct rules {
     lua_State *L;
+    const struct config_subscription *load_subs; /* rules_load_with's, while loading */
+    size_t load_nsubs;
     struct config *cfg;
     char *config_path; /* as given */
     char *lua_dir;
@@ -655,7 +657,7 @@ static void subscribers_push(void *ctx, const char *name) {
 static int host_subscribers(lua_State *L) {
     const char *type = luaL_checkstring(L, 1);
     lua_newtable(L);
-    config_subscribers(type, subscribers_push, L);
+    config_subscribers(rules_of(L)->cfg, type, subscribers_push, L);
     return 1;
 }
 
@@ -1183,6 +1185,9 @@ static int load_main(lua_State *L) {
     decl = lua_gettop(L);
     if (config_from_lua(L, decl, r->config_path, r->lua_dir, &r->cfg, err, sizeof err) < 0)
         luaL_error(L, "%s", err);
+    /* subscriptions are endpoints too, for the rules' checks below */
+    if (config_set_subscriptions(r->cfg, r->load_subs, r->load_nsubs) < 0)
+        luaL_error(L, "%s: out of memory", r->config_path);
     if (r->mem_used > r->cfg->rule_memory)
         luaL_error(L, "%s: rule_memory: the configuration alone uses %d KiB", r->config_path,
                    (int)(r->mem_used >> 10));
@@ -1203,6 +1208,16 @@ static int load_main(lua_State *L) {
 }
 
 struct rules *rules_load(const char *config_path, const char *lua_dir, char *err, size_t errlen) {
+    return rules_load_with(config_path, lua_dir, NULL, 0, err, errlen);
+}
+
+int rules_set_subscriptions(struct rules *r, const struct config_subscription *v, size_t n) {
+    return config_set_subscriptions(r->cfg, v, n);
+}
+
+struct rules *rules_load_with(const char *config_path, const char *lua_dir,
+                              const struct config_subscription *subs, size_t nsubs, char *err,
+                              size_t errlen) {
     struct rules *r = calloc(1, sizeof *r);
     int status;
 
@@ -1211,6 +1226,8 @@ struct rules *rules_load(const char *config_path, const char *lua_dir, char *err
         goto fail;
     }
     r->handlers_ref = r->adapters_ref = r->api_ref = r->keep_ref = LUA_NOREF;
+    r->load_subs = subs;
+    r->load_nsubs = nsubs;
     r->mem_limit = RULES_LOAD_MEMORY;
     r->max_output = RULES_LOAD_MEMORY;
     r->L = lua_newstate(rules_alloc, r);

@@ -21,6 +21,17 @@ struct rules;
  * in err (or "file: message" when no line applies). */
 struct rules *rules_load(const char *config_path, const char *lua_dir, char *err, size_t errlen);
 
+/* rules_load with subscriptions (see config_set_subscriptions) merged into
+ * the config before the rules load, so rules that name them load as they
+ * would once merged. subs is borrowed for the call. */
+struct rules *rules_load_with(const char *config_path, const char *lua_dir,
+                              const struct config_subscription *subs, size_t nsubs, char *err,
+                              size_t errlen);
+
+/* Replaces the subscriptions merged into r's config (config_set_subscriptions).
+ * Returns 0, or -1 when out of memory (the old ones stay). */
+int rules_set_subscriptions(struct rules *r, const struct config_subscription *v, size_t n);
+
 /* Frees the generation, its VM and its config; NULL is a no-op. */
 void rules_free(struct rules *r);
 

@@ -11,7 +11,9 @@
 struct subs {
     struct subs_entry **v;
     size_t n, cap;
-    struct config_extra hook;
+    void (*changed)(void *arg, const struct subs *subs); /* after every change */
+    void *changed_arg;
+    int loading;                /* subs_new: one notice at the end, not one per entry */
 };
 
 /* The default retry preset (atoship): 0, 1m, 5m, 30m, 2h, 6h. */
@@ -31,26 +33,6 @@ static void subs_entry_free(struct subs_entry *e) {
     free(e->ep.retry_ms);
     free(e->secret);
     free(e);
-}
-
-int subs_glob_match(const char *p, const char *t) {
-    while (*p) {
-        if (*p == '*') {
-            while (*p == '*')
-                p++;
-            if (!*p)
-                return 1;
-            for (; *t; t++)
-                if (subs_glob_match(p, t))
-                    return 1;
-            return 0;
-        }
-        if (*p != *t)
-            return 0;
-        p++;
-        t++;
-    }
-    return *t == '\0';
 }
 
 int subs_pattern(const char *event, char *out, size_t outlen, char *err, size_t errlen) {
@@ -101,17 +83,29 @@ const struct subs_entry *subs_find_pattern(const struct subs *subs, const char *
     return NULL;
 }
 
-static const struct config_endpoint *subs_by_name(void *arg, const char *name) {
-    const struct subs_entry *e = strncmp(name, "sub_", 4) == 0 ? subs_find(arg, name) : NULL;
-    return e ? &e->ep : NULL;
+/* Tells the owner the list changed (it merges subs_config_list into the
+ * config's endpoint table). */
+static void subs_changed(struct subs *subs) {
+    if (subs->changed)
+        subs->changed(subs->changed_arg, subs);
 }
 
-static void subs_matching(void *arg, const char *type, void (*emit)(void *ctx, const char *name),
-                          void *ctx) {
-    const struct subs *subs = arg;
-    for (size_t i = 0; i < subs->n; i++)
-        if (subs_glob_match(subs->v[i]->pattern, type))
-            emit(ctx, subs->v[i]->id);
+int subs_config_list(const struct subs *subs, struct config_subscription **out, size_t *n) {
+    struct config_subscription *v = NULL;
+
+    *out = NULL;
+    *n = 0;
+    if (!subs || !subs->n)
+        return 0;
+    if (!(v = calloc(subs->n, sizeof *v)))
+        return -1;
+    for (size_t i = 0; i < subs->n; i++) {
+        v[i].ep = &subs->v[i]->ep;
+        v[i].pattern = subs->v[i]->pattern;
+    }
+    *out = v;
+    *n = subs->n;
+    return 0;
 }
 
 int subs_add(struct subs *subs, const struct store_sub *sub) {
@@ -157,6 +151,8 @@ int subs_add(struct subs *subs, const struct store_sub *sub) {
         subs->cap = ncap;
     }
     subs->v[subs->n++] = e;
+    if (!subs->loading)
+        subs_changed(subs);
     return 0;
 fail:
     subs_entry_free(e);
@@ -172,15 +168,18 @@ int subs_set_url(struct subs *subs, const char *id, const char *url) {
     }
     free(e->url);
     e->url = e->ep.url = u;
+    subs_changed(subs);
     return 0;
 }
 
 void subs_remove(struct subs *subs, const char *id) {
     for (size_t i = 0; i < subs->n; i++) {
         if (strcmp(subs->v[i]->id, id) == 0) {
-            subs_entry_free(subs->v[i]);
+            struct subs_entry *e = subs->v[i];
             memmove(&subs->v[i], &subs->v[i + 1], (subs->n - i - 1) * sizeof subs->v[0]);
             subs->n--;
+            subs_changed(subs); /* out of the config's table before it is freed */
+            subs_entry_free(e);
             return;
         }
     }
@@ -213,30 +212,37 @@ static void subs_load_one(void *arg, const struct store_sub *sub) {
         log_msg(LOG_ERROR, "subscription %s could not be loaded", sub->id);
 }
 
-struct subs *subs_new(struct store *s, char *err, size_t errlen) {
+struct subs *subs_new(struct store *s, void (*changed)(void *arg, const struct subs *subs),
+                      void *arg, char *err,
+                      size_t errlen) {
     struct subs *subs = calloc(1, sizeof *subs);
 
     if (!subs) {
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
+    subs->loading = 1;
     if (store_subs_load(s, subs_load_one, subs, err, errlen) < 0) {
         subs_free(subs);
         return NULL;
     }
-    subs->hook.by_name = subs_by_name;
-    subs->hook.subscribers = subs_matching;
-    subs->hook.arg = subs;
-    config_set_extra(&subs->hook);
+    subs->loading = 0;
+    subs->changed = changed;
+    subs->changed_arg = arg;
+    subs_changed(subs);
     return subs;
 }
 
 void subs_free(struct subs *subs) {
+    size_t n;
+
     if (!subs)
         return;
-    if (subs->hook.arg)
-        config_set_extra(NULL);
-    for (size_t i = 0; i < subs->n; i++)
+    n = subs->n;
+    subs->n = 0;
+    if (n)
+        subs_changed(subs); /* the owner's table lets go of them first */
+    for (size_t i = 0; i < n; i++)
         subs_entry_free(subs->v[i]);
     free(subs->v);
     free(subs);

@@ -2,8 +2,10 @@
  * (POST /v1/environment/webhooks {url, event}), kept in the store and
  * mirrored here for the loop. Each one is an endpoint named by its id
  * ("sub_..."): signed `standard` with its own whsec_ secret, retried with the
- * default preset. subs_new installs the config_extra hook, so rules reach
- * them with subscribers(type) and send(), and delivery resolves the name.
+ * default preset. Whoever owns the config (the app) merges them into its
+ * endpoint table (subs_config_list, config_set_subscriptions) when told of
+ * a change, so rules reach them with subscribers(type) and send(), and
+ * delivery resolves the name.
  * Invariant: the mirror holds only what the store committed.
  * SPDX-License-Identifier: MIT */
 #ifndef CORE_SUBS_H
@@ -25,12 +27,20 @@ struct subs_entry {
     struct config_endpoint ep; /* what delivery sees; ep.name == id */
 };
 
-/* Loads every stored subscription and installs the endpoint hook. Returns
+/* Loads every stored subscription. changed(arg, subs) (may be NULL) runs once
+ * loaded and after every later change of the list (add, url, remove, and
+ * at subs_free with the list empty, before any entry is freed). Returns
  * new, or NULL with a reason in err. */
-struct subs *subs_new(struct store *s, char *err, size_t errlen);
+struct subs *subs_new(struct store *s, void (*changed)(void *arg, const struct subs *subs),
+                      void *arg, char *err, size_t errlen);
 
-/* Removes the hook and frees; NULL is a no-op. */
+/* NULL is a no-op. */
 void subs_free(struct subs *subs);
+
+/* The subscriptions as config endpoints (see config_set_subscriptions):
+ * *out new (free()), its entries borrowed until the next change. Returns
+ * 0, or -1 when out of memory. */
+int subs_config_list(const struct subs *subs, struct config_subscription **out, size_t *n);
 
 /* Maps a ShipEngine event name or a waybill type/glob to the pattern it
  * stands for (track -> tracking.*, batch -> batch.completed, rate ->
@@ -39,9 +49,6 @@ void subs_free(struct subs *subs);
  * -> store.refreshed). Returns 0, or -1 with a reason in err when event is
  * neither. */
 int subs_pattern(const char *event, char *out, size_t outlen, char *err, size_t errlen);
-
-/* 1 when type matches glob pattern ('*' matches any run of characters). */
-int subs_glob_match(const char *pattern, const char *type);
 
 /* Lookups; NULL when absent. Borrowed until the entry is removed. */
 const struct subs_entry *subs_find(const struct subs *subs, const char *id);

@@ -404,3 +404,25 @@ fail:
     errno = saved;
     return NULL;
 }
+
+/* ---- glob ---- */
+
+int util_glob_match(const char *p, const char *t) {
+    while (*p) {
+        if (*p == '*') {
+            while (*p == '*')
+                p++;
+            if (!*p)
+                return 1;
+            for (; *t; t++)
+                if (util_glob_match(p, t))
+                    return 1;
+            return 0;
+        }
+        if (*p != *t)
+            return 0;
+        p++;
+        t++;
+    }
+    return *t == '\0';
+}

@@ -55,6 +55,11 @@ void util_time_rfc3339(int64_t ms, char *out, size_t outlen);
 /* Writes prefix + 26 Crockford base32 chars (48-bit ms time, 80 random bits:
  * sortable by creation time, like ULID) and a NUL. out needs strlen(prefix)+27.
  * e.g. util_id_new("evt_", buf, sizeof buf). */
+/* 1 when text matches glob pattern, where '*' matches any run of
+ * characters (none included) and every other character itself; else 0.
+ * The one matcher of event types (rules' subscribers(), subscriptions). */
+int util_glob_match(const char *pattern, const char *text);
+
 #define UTIL_ID_MAX 40
 void util_id_new(const char *prefix, char *out, size_t outlen);
 

@@ -36,15 +36,15 @@ static void test_patterns(void) {
     CHECK_INT_EQ(subs_pattern("a.b c", out, sizeof out, err, sizeof err), -1);
     CHECK(strstr(err, "track") != NULL);
 
-    CHECK(subs_glob_match("*", "tracking.delivered"));
-    CHECK(subs_glob_match("tracking.*", "tracking.delivered"));
-    CHECK(!subs_glob_match("tracking.*", "shipment.delivered"));
-    CHECK(subs_glob_match("*.delivered", "shipment.delivered"));
-    CHECK(!subs_glob_match("*.delivered", "shipment.delivered.late"));
-    CHECK(subs_glob_match("a*b*c", "axxbyyc"));
-    CHECK(!subs_glob_match("a*b*c", "axxbyy"));
-    CHECK(subs_glob_match("order.imported", "order.imported"));
-    CHECK(!subs_glob_match("order.imported", "order.imported2"));
+    CHECK(util_glob_match("*", "tracking.delivered"));
+    CHECK(util_glob_match("tracking.*", "tracking.delivered"));
+    CHECK(!util_glob_match("tracking.*", "shipment.delivered"));
+    CHECK(util_glob_match("*.delivered", "shipment.delivered"));
+    CHECK(!util_glob_match("*.delivered", "shipment.delivered.late"));
+    CHECK(util_glob_match("a*b*c", "axxbyyc"));
+    CHECK(!util_glob_match("a*b*c", "axxbyy"));
+    CHECK(util_glob_match("order.imported", "order.imported"));
+    CHECK(!util_glob_match("order.imported", "order.imported2"));
 }
 
 struct names {
@@ -58,7 +58,18 @@ static void collect(void *ctx, const char *name) {
         snprintf(n->v[n->n++], sizeof n->v[0], "%s", name);
 }
 
+/* What the app does when subscriptions change: merge them into the
+ * config's endpoint table. */
+static void merge_into(void *arg, const struct subs *subs) {
+    struct config_subscription *v = NULL;
+    size_t n = 0;
+    CHECK_INT_EQ(subs_config_list(subs, &v, &n), 0);
+    CHECK_INT_EQ(config_set_subscriptions(arg, v, n), 0);
+    free(v);
+}
+
 static void test_registry(void) {
+    struct config *cfg = calloc(1, sizeof *cfg);
     char err[256];
     struct store *st;
     struct subs *subs;
@@ -82,28 +93,28 @@ static void test_registry(void) {
     CHECK_INT_EQ(store_sub_put(st, &b, err, sizeof err), 0);
     CHECK_INT_EQ(store_flush(st), 0);
 
-    subs = subs_new(st, err, sizeof err);
+    subs = subs_new(st, merge_into, cfg, err, sizeof err);
     CHECK(subs != NULL);
-    ep = config_endpoint_by_name(NULL, "sub_a");
+    ep = config_endpoint_by_name(cfg, "sub_a");
     CHECK(ep != NULL && strcmp(ep->url, "http://127.0.0.1:1/a") == 0);
     CHECK(ep && ep->sign == SIGN_STANDARD && ep->nsecrets == 1 && ep->secrets[0].len == 24);
     CHECK(ep && ep->nretry == 6 && ep->retry_ms[1] == 60000);
-    CHECK(config_endpoint_by_name(NULL, "sub_zzz") == NULL);
-    CHECK(config_endpoint_by_name(NULL, "erp") == NULL);
+    CHECK(config_endpoint_by_name(cfg, "sub_zzz") == NULL);
+    CHECK(config_endpoint_by_name(cfg, "erp") == NULL);
 
-    config_subscribers("tracking.delivered", collect, &got);
+    config_subscribers(cfg, "tracking.delivered", collect, &got);
     CHECK_INT_EQ(got.n, 2);
     CHECK_STR_EQ(got.v[0], "sub_a");
     got.n = 0;
-    config_subscribers("order.imported", collect, &got);
+    config_subscribers(cfg, "order.imported", collect, &got);
     CHECK_INT_EQ(got.n, 1);
     CHECK_STR_EQ(got.v[0], "sub_b");
 
     CHECK_INT_EQ(subs_set_url(subs, "sub_a", "http://127.0.0.1:2/new"), 0);
-    ep = config_endpoint_by_name(NULL, "sub_a");
+    ep = config_endpoint_by_name(cfg, "sub_a");
     CHECK(ep && strcmp(ep->url, "http://127.0.0.1:2/new") == 0);
     subs_remove(subs, "sub_a");
-    CHECK(config_endpoint_by_name(NULL, "sub_a") == NULL);
+    CHECK(config_endpoint_by_name(cfg, "sub_a") == NULL);
     CHECK(subs_find_pattern(subs, "*") != NULL);
 
     /* store changes: unknown id is 0 */
@@ -112,13 +123,14 @@ static void test_registry(void) {
     CHECK_INT_EQ(store_sub_change(st, "sub_a", NULL, err, sizeof err), 1);
     CHECK_INT_EQ(store_flush(st), 0);
     subs_free(subs);
-    CHECK(config_endpoint_by_name(NULL, "sub_b") == NULL);
+    CHECK(config_endpoint_by_name(cfg, "sub_b") == NULL);
 
-    subs = subs_new(st, err, sizeof err); /* reloaded from the store */
+    subs = subs_new(st, merge_into, cfg, err, sizeof err); /* reloaded from the store */
     CHECK(subs && subs_find(subs, "sub_a") == NULL);
     CHECK(subs && subs_find(subs, "sub_b") && strcmp(subs_find(subs, "sub_b")->url,
                                                      "http://127.0.0.1:3/") == 0);
     subs_free(subs);
+    config_free(cfg);
     store_free(st);
     event_base_free(base);
     {
