@@ -1087,18 +1087,18 @@ static int deliver_ep_take(struct deliver *d, struct deliver_ep *ep,
     return 1;
 }
 
-/* Claims up to want of ep's due deliveries into its FIFO (earliest due
- * first). Returns how many the store gave (rows that could not be held,
+/* Claims up to want of ep's deliveries due at now (Unix ms) into its FIFO
+ * (earliest due first). Returns how many the store gave (rows that could not be held,
  * out of memory, go out when their leases end: the timer looks then), or
  * -1 on a store error (logged). */
-static int deliver_ep_claim(struct deliver *d, struct deliver_ep *ep, size_t want) {
+static int deliver_ep_claim(struct deliver *d, struct deliver_ep *ep, size_t want, int64_t now) {
     struct store_delivery *rows = NULL;
     size_t n = 0, i;
     char err[256];
 
     ep->progress++;
-    if (store_endpoint_claim_due(d->store, ep->name, util_now_ms(), d->lease_ms, want, &rows, &n,
-                                 err, sizeof err) < 0) {
+    if (store_endpoint_claim_due(d->store, ep->name, now, d->lease_ms, want, &rows, &n, err,
+                                 sizeof err) < 0) {
         log_msg(LOG_WARN, "endpoint %s: claiming deliveries: %s", ep->name, err);
         return -1;
     }
@@ -1115,7 +1115,9 @@ static void deliver_ep_service_plain(struct deliver *d, struct deliver_ep *ep,
                                      const struct config_endpoint *cep) {
     int limit = deliver_endpoint_limit(cep), window = deliver_ep_window(cep);
     int room = window - ep->nwaiting - ep->inflight, got = 0, claimed = 0;
-    int64_t next, now;
+    /* One clock reading for the claim and the sleep after it: a second one
+     * could see the next row due that the claim, a moment earlier, did not. */
+    int64_t now = util_now_ms(), next;
 
     /* Claim when the FIFO is empty, or a quarter of the window is free:
      * small claims for one free slot each would cost a query per row. A
@@ -1124,7 +1126,7 @@ static void deliver_ep_service_plain(struct deliver *d, struct deliver_ep *ep,
     if (room > 0 && (ep->nwaiting == 0 || room >= (window + 3) / 4) &&
         (cep->rate <= 0 || ep->nwaiting || deliver_ep_token_ready(ep, cep))) {
         claimed = 1;
-        got = deliver_ep_claim(d, ep, (size_t)room);
+        got = deliver_ep_claim(d, ep, (size_t)room, now);
     }
     while (ep->head && !ep->disabled && ep->inflight < limit && deliver_ep_take_token(ep, cep))
         deliver_ep_start(d, ep, deliver_ep_pop(ep), cep);
@@ -1142,13 +1144,12 @@ static void deliver_ep_service_plain(struct deliver *d, struct deliver_ep *ep,
     next = store_endpoint_next_due(d->store, ep->name);
     if (next == INT64_MAX)
         return; /* nothing pending: new rows come with a kick */
-    now = util_now_ms();
     if (next < 0) /* a store error */
         deliver_ep_arm(ep, DELIVER_POLL_MS);
-    else if (next <= now) /* more due behind a full claim, or committed meanwhile */
-        deliver_ep_arm(ep, claimed && got == room ? 0 : DELIVER_POLL_MS);
-    else
+    else if (next > now)
         deliver_ep_arm(ep, next - now);
+    else /* more due behind a full claim; or no claim: waiting for a token (timer armed) */
+        deliver_ep_arm(ep, claimed ? 0 : DELIVER_POLL_MS);
 }
 
 /* An ordered endpoint: one delivery in flight, always its oldest pending

@@ -733,3 +733,32 @@ def test_disable_and_enable_while_in_flight_sends_each_delivery_once():
     st, data = g.admin("GET", "/api/endpoints")
     ep = data["data"][0]
     assert ep["pending"] == 0 and ep["in_memory"] == 0, ep
+
+
+def test_retries_go_out_on_time_not_a_poll_later():
+    """Each retry is claimed when its timer fires. A clock read twice (once
+    for the claim, once for the sleep after it) can find the row not yet due
+    and then due, and fall back to a 1 s poll: every retry must instead be
+    on time (300 ms schedule, no jitter), all 30 of them."""
+    first = set()
+
+    def once_500(req):
+        if req.source_id in first:
+            return 200
+        first.add(req.source_id)
+        return 500
+
+    sink = schedsink.Sink(behaviour=once_500)
+    g = gateway({"erp": (sink.url, ', retry = {"0s", "300ms", "300ms"}, jitter = false')},
+                fan_out(["erp"]))
+    poster = schedsink.Poster(g, SECRET)
+    sent = []
+    for i in range(30):
+        sent.append(poster.post_event("tracking.in_transit", n=i)[1])
+        time.sleep(0.037)  # spread the retries over distinct instants
+    sink.wait_for(lambda s: set(sent) <= s.delivered_ids(), timeout=15 * SCALE)
+    by_id = {}
+    for r in sink.snapshot():
+        by_id.setdefault(r.source_id, []).append(r.mono)
+    late = {sid: round(t[1] - t[0], 3) for sid, t in by_id.items() if t[1] - t[0] > 0.3 + 0.45 * SCALE}
+    assert not late, "retries later than their 300 ms schedule: %s" % late
