@@ -34,6 +34,7 @@ UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 
 .PHONY: all deps run test test-unit test-integration asan bench format format-check clean check \
+        layers lint \
         test-deps fuzz
 
 all: deps $(BIN)
@@ -137,6 +138,20 @@ format:
 
 format-check:
 	clang-format --dry-run -Werror core/*.c core/*.h tests/unit/*.c tests/*.h tests/bench/*.c
+
+# The include arrows of core/ run one way (tests/layers.py: the layer list,
+# no arrow up, no cycle); its last line is `N passed, N failed`.
+layers:
+	@python3 tests/layers.py
+
+# Format and layers; the last line is one `N passed, N failed`.
+lint:
+	@if clang-format --dry-run -Werror core/*.c core/*.h tests/unit/*.c tests/*.h \
+	  tests/bench/*.c 2>/dev/null; then fmt=0; else fmt=1; \
+	  echo "FAIL format: run make format (make format-check shows where)"; fi; \
+	out=$$(python3 tests/layers.py); rc=$$?; echo "$$out" | sed '$$d'; \
+	last=$$(echo "$$out" | tail -n 1); p=$${last%% passed*}; f=$${last#*passed, }; f=$${f%% failed*}; \
+	echo "$$((p + 1 - fmt)) passed, $$((f + fmt)) failed"; [ $$fmt = 0 ] && [ $$rc = 0 ]
 
 clean:
 	rm -rf build build-asan build-fuzz waybill waybill-asan tests/bench/out

@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""layers.py -- the house's arrows run one way (issue 14).
+
+Reads every `#include "..."` of core/*.c and core/*.h and fails on an
+include that points up the layer list below, on a cycle between modules
+(a module is its .c with its .h), and on a core file with no layer. Prints
+each offending pair, then `N passed, N failed` (one check per include).
+
+    python3 tests/layers.py            # the check
+    python3 tests/layers.py --list     # the layers, one line per file
+
+Layers, top (1) to bottom (5); a file may include its own layer or any
+below it, never one above:
+1. commands and the app: main (commands) -> app (owns every module)
+2. edges: http (listeners, TLS, replies), inbound, admin, cli, ruletest
+3. pipeline: ingest, carrier, route, batch, deliver, health, housekeep
+4. engines: rules, rules_api, store and store_* (behind store_int.h),
+   httpc, verify, jwks, config, subs
+5. base: jsonx, util, log, metrics
+"""
+import os
+import re
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CORE = os.path.join(ROOT, "core")
+
+LAYERS = [
+    ("commands and the app", ["main", "app"]),
+    ("edges", ["http", "inbound", "admin", "cli", "ruletest"]),
+    ("pipeline", ["ingest", "carrier", "route", "batch", "deliver", "health", "housekeep"]),
+    ("engines", ["rules", "rules_api", "store", "store_*", "httpc", "verify", "jwks", "config",
+                 "subs"]),
+    ("base", ["jsonx", "util", "log", "metrics"]),
+]
+
+INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
+
+
+def module_of(filename):
+    return os.path.splitext(os.path.basename(filename))[0]
+
+
+def layer_of(module):
+    for i, (_, names) in enumerate(LAYERS, 1):
+        for n in names:
+            if n == module or (n.endswith("*") and module.startswith(n[:-1])):
+                return i
+    return None
+
+
+def read_graph(core):
+    """{module: {included module: first 'file:line' that includes it}}"""
+    graph = {}
+    for name in sorted(os.listdir(core)):
+        if not name.endswith((".c", ".h")):
+            continue
+        src = module_of(name)
+        graph.setdefault(src, {})
+        with open(os.path.join(core, name), encoding="utf-8") as f:
+            text = f.read()
+        for m in INCLUDE.finditer(text):
+            dst = module_of(m.group(1))
+            if not os.path.exists(os.path.join(core, m.group(1))):
+                continue  # not one of ours (e.g. tests' harness)
+            if dst != src:
+                line = text.count("\n", 0, m.start()) + 1
+                graph[src].setdefault(dst, "core/%s:%d" % (name, line))
+    return graph
+
+
+def find_cycles(graph):
+    """Each cycle once, as a list of modules (first repeated at the end)."""
+    cycles, seen_keys = [], set()
+    state = {}
+    stack = []
+
+    def visit(v):
+        state[v] = 1
+        stack.append(v)
+        for w in sorted(graph.get(v, {})):
+            if state.get(w) == 1:
+                cyc = stack[stack.index(w):] + [w]
+                key = frozenset(cyc)
+                if key not in seen_keys:
+                    seen_keys.add(key)
+                    cycles.append(cyc)
+            elif not state.get(w):
+                visit(w)
+        stack.pop()
+        state[v] = 2
+
+    for v in sorted(graph):
+        if not state.get(v):
+            visit(v)
+    return cycles
+
+
+def main(argv):
+    core = CORE
+    if "--core" in argv:
+        core = argv[argv.index("--core") + 1]
+    graph = read_graph(core)
+    if "--list" in argv:
+        for m in sorted(graph, key=lambda m: (layer_of(m) or 99, m)):
+            print("%s %s" % (layer_of(m) or "?", m))
+        return 0
+    passed = failed = 0
+    for m in sorted(graph):
+        if layer_of(m) is None:
+            print("FAIL core/%s: in no layer (add it to LAYERS in tests/layers.py)" % m)
+            failed += 1
+    for src in sorted(graph):
+        for dst, where in sorted(graph[src].items()):
+            ls, ld = layer_of(src), layer_of(dst)
+            if ls is None or ld is None:
+                continue
+            if ld < ls:
+                print("FAIL %s: %s (layer %d, %s) includes %s (layer %d, %s): an arrow up"
+                      % (where, src, ls, LAYERS[ls - 1][0], dst, ld, LAYERS[ld - 1][0]))
+                failed += 1
+            else:
+                passed += 1
+    for cyc in find_cycles(graph):
+        pairs = ", ".join("%s -> %s (%s)" % (a, b, graph[a][b]) for a, b in zip(cyc, cyc[1:]))
+        print("FAIL cycle: %s" % pairs)
+        failed += 1
+    print("%d passed, %d failed" % (passed, failed))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
