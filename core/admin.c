@@ -21,7 +21,7 @@
 #include "deliver.h"
 #include "log.h"
 #include "metrics.h"
-#include "route.h"
+#include "ingest.h"
 #include "rules.h"
 #include "http.h"
 #include "store.h"
@@ -333,10 +333,9 @@ static struct admin_commit *admin_commit_new(struct admin *adm, struct evhttp_re
 /* ---- POST /api/events/{id}/replay ---- */
 
 static void admin_replay(struct admin *adm, struct evhttp_request *req, const char *id) {
-    struct store_event_row *row = NULL;
     struct admin_commit *c;
     char err[256];
-    int rc = store_event_get(adm->deps.store, id, &row, err, sizeof err);
+    int rc = ingest_replay(adm->deps.ingest, id, err, sizeof err);
 
     if (rc < 0) {
         http_reply_error(req, 503, "Service Unavailable", err);
@@ -346,14 +345,9 @@ static void admin_replay(struct admin *adm, struct evhttp_request *req, const ch
         http_reply_error(req, 404, "Not Found", "no such event");
         return;
     }
-    struct rules_input in = {row->id,   row->source,    row->source_id, row->type,
-                             row->created_at, row->received_at, row->data_json, row->raw,
-                             row->raw_len, row->headers_json, 0, 0};
-    /* New deliveries from the current rules; the old ones keep their history. */
-    route_event(adm->deps.route, &in);
     c = admin_commit_new(adm, req, 200, "OK");
     if (c) {
-        c->event_id = util_strdup(row->id);
+        c->event_id = util_strdup(id);
         if (!c->event_id) {
             http_reply_error(req, 503, "Service Unavailable", "out of memory");
             admin_commit_free(c);
@@ -361,7 +355,6 @@ static void admin_replay(struct admin *adm, struct evhttp_request *req, const ch
             admin_after_commit(c);
         }
     }
-    store_event_rows_free(row, 1);
 }
 
 /* ---- POST /api/deliveries/{id}/retry ---- */
@@ -434,12 +427,10 @@ static const char *admin_sample_data(const char *type) {
 static void admin_test(struct admin *adm, struct evhttp_request *req, const char *name) {
     const struct admin_deps *gw = &adm->deps;
     const struct config_endpoint *ep = config_endpoint_by_name(rules_config(*gw->rules), name);
-    json_t *body = NULL, *env = NULL, *data = NULL;
+    json_t *body = NULL, *data = NULL;
     const char *type, *fmt;
-    char id[UTIL_ID_MAX], src_id[UTIL_ID_MAX], at[32], err[256], *data_text = NULL,
-        *payload = NULL;
+    char id[UTIL_ID_MAX], err[256];
     struct admin_commit *c;
-    int64_t now = util_now_ms();
 
     if (!ep) {
         http_reply_error(req, 404, "Not Found", "no such endpoint");
@@ -455,31 +446,13 @@ static void admin_test(struct admin *adm, struct evhttp_request *req, const char
     if (!(data = json_loads(fmt, 0, NULL)) ||
         json_object_set_new(data, "status", json_string(strchr(type, '.') + 1)) < 0)
         goto oom;
-    util_id_new("evt_", id, sizeof id);
-    util_id_new("test_", src_id, sizeof src_id);
-    util_time_rfc3339(now, at, sizeof at);
-    env = json_pack("{sssssssssssssOsb}", "id", id, "type", type, "source", "waybill.test",
-                    "source_id", src_id, "created_at", at, "received_at", at, "data", data,
-                    "test", 1);
-    data_text = json_dumps(data, JSON_COMPACT);
-    payload = env ? json_dumps(env, JSON_COMPACT) : NULL;
-    if (!data_text || !payload)
-        goto oom;
-    /* Stored like any event, so its delivery has a log and can be retried;
-     * routed straight to the one endpoint, the rules bypassed. */
-    struct store_event se = {id, "waybill.test", src_id, type, at, now, payload, strlen(payload),
-                             "{}", data_text, "received", NULL};
-    struct store_delivery_new dn = {ep->name, type, payload, strlen(payload), "application/json",
-                                    NULL, ep->enabled ? "pending" : "held", now};
-    if (store_event_put(gw->store, &se, NULL, 0, err, sizeof err) != 0 ||
-        store_event_routed(gw->store, id, "routed", NULL, &dn, 1, err, sizeof err) < 0) {
+    if (ingest_test(gw->ingest, ep, type, data, id, sizeof id, err, sizeof err) < 0) {
         http_reply_error(req, 503, "Service Unavailable", err);
         goto done;
     }
     if (!(c = admin_commit_new(adm, req, 202, "Accepted")))
         goto done;
     c->kick = 1;
-    deliver_watch_endpoint(gw->deliver, ep->name); /* looked at once committed */
     deliver_kick_all(gw->deliver);
     c->event_id = util_strdup(id);
     if (!c->event_id) {
@@ -492,9 +465,6 @@ static void admin_test(struct admin *adm, struct evhttp_request *req, const char
 oom:
     http_reply_error(req, 503, "Service Unavailable", "out of memory");
 done:
-    free(data_text);
-    free(payload);
-    json_decref(env);
     json_decref(data);
     json_decref(body);
 }

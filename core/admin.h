@@ -9,7 +9,7 @@
 struct admin;
 struct deliver;
 struct event_base;
-struct route;
+struct ingest;
 struct rules;
 struct store;
 struct subs;
@@ -27,7 +27,7 @@ struct admin_deps {
     struct event_base *base;
     struct store *store;
     struct deliver *deliver;
-    struct route *route;
+    struct ingest *ingest;      /* test events and replays enter through it */
     struct subs *subs;
     struct rules *const *rules; /* the current generation (swapped whole on reload) */
     /* POST /api/reload: as SIGHUP. Returns 0, or -1 with a reason in err. */

@@ -1,7 +1,7 @@
 /* app.c -- the running gateway (see app.h): builds every module on one
  * event loop and wires them, reloads config and rules (SIGHUP, POST
- * /api/reload) keeping the old generation on error, turns waybill's own
- * happenings into events, and stops gracefully on SIGTERM/SIGINT.
+ * /api/reload) keeping the old generation on error, and stops gracefully
+ * on SIGTERM/SIGINT.
  * Invariant: only the loop thread touches it; rules is swapped whole on
  * reload and never NULL while serving; modules are freed only after the
  * store has run every callback they registered.
@@ -20,6 +20,7 @@
 #include "config.h"
 #include "deliver.h"
 #include "inbound.h"
+#include "ingest.h"
 #include "log.h"
 #include "route.h"
 #include "rules.h"
@@ -37,6 +38,7 @@ struct app {
     struct deliver *deliver;
     struct route *route;
     struct batch *batch;
+    struct ingest *ingest;
     struct inbound *inbound;
     struct admin *admin;
     struct event *sighup, *sigterm, *sigint;
@@ -45,58 +47,6 @@ struct app {
     char reload_error[512]; /* the last reload's error, "" when it succeeded */
     int stopping;
 };
-
-/* ---- waybill's own events ---- */
-
-/* Stores and routes one of waybill's own events (SPEC section 7: source
- * "waybill", type e.g. "waybill.delivery.failed") in the open group: both
- * commit or neither (recovery routes it again if only the event made it).
- * The shape of deliver_notify_fn; takes the reference to data. Failures are
- * logged. */
-static void app_emit(void *arg, const char *type, json_t *data) {
-    struct app *a = arg;
-    struct store_event ev = {0};
-    char id[UTIL_ID_MAX], err[256], created[32];
-    char *data_json = NULL, *raw = NULL;
-    json_t *whole = NULL;
-    int64_t now = util_now_ms();
-
-    if (!a->store || !a->route || !data)
-        goto done;
-    util_id_new("evt_", id, sizeof id);
-    util_time_rfc3339(now, created, sizeof created);
-    data_json = json_dumps(data, JSON_COMPACT);
-    whole = json_pack("{sssssssO}", "id", id, "type", type, "created_at", created, "data", data);
-    raw = whole ? json_dumps(whole, JSON_COMPACT) : NULL;
-    if (!data_json || !raw) {
-        log_msg(LOG_ERROR, "%s: out of memory; not emitted", type);
-        goto done;
-    }
-    ev.id = id;
-    ev.source = "waybill";
-    ev.source_id = id;
-    ev.type = type;
-    ev.created_at = created;
-    ev.received_at = now;
-    ev.raw = raw;
-    ev.raw_len = strlen(raw);
-    ev.headers_json = "{}";
-    ev.data_json = data_json;
-    ev.status = "received";
-    if (store_event_put(a->store, &ev, NULL, 0, err, sizeof err) != 0) {
-        log_msg(LOG_ERROR, "%s: not stored: %s", type, err);
-        goto done;
-    }
-    struct rules_input in = {id, "waybill", id, type, created, now, data_json, raw, ev.raw_len,
-                             "{}", 0, 0};
-    route_event(a->route, &in);
-    log_msg(LOG_INFO, "event %s: %s", id, type);
-done:
-    free(data_json);
-    free(raw);
-    json_decref(whole);
-    json_decref(data);
-}
 
 /* ---- subscriptions ---- */
 
@@ -143,7 +93,7 @@ static int app_reload(void *arg, char *err, size_t errlen) {
         a->reload_failures++;
         snprintf(a->reload_error, sizeof a->reload_error, "%s", err);
         log_msg(LOG_ERROR, "reload failed, keeping the current rules: %s", err);
-        app_emit(a, "waybill.reload.failed", json_pack("{ss}", "error", err));
+        ingest_emit(a->ingest, "waybill.reload.failed", json_pack("{ss}", "error", err));
         return -1;
     }
     old = rules_config(a->rules);
@@ -239,7 +189,6 @@ static int app_modules_new(struct app *a, char *err, size_t errlen) {
         !(a->deliver = deliver_new(a->base, a->store, err, errlen)))
         return -1;
     deliver_set_config(a->deliver, cfg);
-    deliver_set_notify(a->deliver, app_emit, a);
     a->batch = batch_new(&(struct batch_deps){
         .base = a->base, .store = a->store, .deliver = a->deliver, .rules = &a->rules});
     if (a->batch)
@@ -248,13 +197,18 @@ static int app_modules_new(struct app *a, char *err, size_t errlen) {
                                                   .deliver = a->deliver,
                                                   .batch = a->batch,
                                                   .rules = &a->rules});
-    if (!a->batch || !a->route) {
+    if (a->route)
+        a->ingest = ingest_new(&(struct ingest_deps){
+            .store = a->store, .route = a->route, .deliver = a->deliver, .rules = &a->rules});
+    if (!a->batch || !a->route || !a->ingest) {
         snprintf(err, errlen, "out of memory");
         return -1;
     }
+    /* waybill's own happenings enter as events, like any other */
+    deliver_set_notify(a->deliver, ingest_emit, a->ingest);
     a->inbound = inbound_new(&(struct inbound_deps){.base = a->base,
                                                     .store = a->store,
-                                                    .route = a->route,
+                                                    .ingest = a->ingest,
                                                     .rules = &a->rules},
                              err, errlen);
     if (!a->inbound)
@@ -263,7 +217,7 @@ static int app_modules_new(struct app *a, char *err, size_t errlen) {
         !(a->admin = admin_new(&(struct admin_deps){.base = a->base,
                                                     .store = a->store,
                                                     .deliver = a->deliver,
-                                                    .route = a->route,
+                                                    .ingest = a->ingest,
                                                     .subs = a->subs,
                                                     .rules = &a->rules,
                                                     .reload = app_reload,
@@ -349,6 +303,7 @@ void app_free(struct app *a) {
     admin_free(a->admin);
     inbound_free(a->inbound);
     deliver_free(a->deliver);
+    ingest_free(a->ingest);
     route_free(a->route);
     batch_free(a->batch);
     store_free(a->store); /* its last commit callbacks may still update subs */

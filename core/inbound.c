@@ -5,9 +5,8 @@
  * dedupe, the backlog (503); then the event joins the open group and the
  * reply waits for that group's commit: 200 only after commit, 503 if it
  * failed.
- * Invariant: every request gets exactly one reply; an accepted event owns
- * its copy of what routing needs, since the request may be gone by commit
- * time.
+ * Invariant: every request gets exactly one reply (an accepted one from
+ * on_ingested, after its commit).
  * SPDX-License-Identifier: MIT */
 #include <ctype.h>
 #include <stdio.h>
@@ -30,7 +29,7 @@
 #include "jwks.h"
 #include "log.h"
 #include "metrics.h"
-#include "route.h"
+#include "ingest.h"
 #include "rules.h"
 #include "store.h"
 #include "util.h"
@@ -53,39 +52,6 @@ static const struct config *inbound_config(const struct inbound *ib) {
 
 /* ---- after the commit ---- */
 
-/* Everything an accepted event needs after its commit (all owned). */
-struct accepted {
-    struct evhttp_request *req;
-    struct route *router; /* borrowed: outlives every commit callback */
-    char id[UTIL_ID_MAX];
-    int duplicate;     /* answered with the first copy's id, not routed */
-    int route;         /* 0 when the adapter failed: stored as rule_error */
-    char *source, *source_id, *type, *created_at, *data_json, *headers_json;
-    char *raw;
-    size_t raw_len;
-    int64_t received_at;
-    uint64_t data_token;        /* the adapter's data kept for routing (rules_adapt_keep) */
-    struct rules *const *rules; /* the app's current-rules slot: outlives the store, whose
-                                   last callbacks may free this late */
-};
-
-static void accepted_free(struct accepted *in) {
-    if (!in)
-        return;
-    /* Not routed (a duplicate, a failed commit, a refusal): its kept data
-     * goes now; a token of an older generation is a no-op. */
-    if (in->data_token && in->rules)
-        rules_data_drop(*in->rules, in->data_token);
-    free(in->source);
-    free(in->source_id);
-    free(in->type);
-    free(in->created_at);
-    free(in->data_json);
-    free(in->headers_json);
-    free(in->raw);
-    free(in);
-}
-
 /* 200 {"id":"evt_..."}: the common answer, written without a jansson
  * object (an id is letters, digits and '_', so nothing needs escaping). */
 static void reply_id(struct evhttp_request *req, const char *id) {
@@ -100,35 +66,24 @@ static void reply_id(struct evhttp_request *req, const char *id) {
     evbuffer_free(out);
 }
 
-static void on_accepted_committed(void *arg, int ok) {
-    struct accepted *in = arg;
-    struct evkeyvalq *oh = evhttp_request_get_output_headers(in->req);
+/* The answer, once the event's group is durable or failed (ingest_done_fn;
+ * arg is the request). */
+static void on_ingested(void *arg, int ok, const char *id, int duplicate, const char *source) {
+    struct evhttp_request *req = arg;
 
     if (!ok) {
-        metrics_event_rejected(in->source, "store_unavailable");
-        evhttp_add_header(oh, "Retry-After", "5");
-        http_reply_error(in->req, 503, "Service Unavailable", "store unavailable, retry later");
-        accepted_free(in);
+        metrics_event_rejected(source, "store_unavailable");
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "5");
+        http_reply_error(req, 503, "Service Unavailable", "store unavailable, retry later");
         return;
     }
-    if (in->duplicate)
-        metrics_event_rejected(in->source, "duplicate");
-    else
-        metrics_event_received(in->source);
-    if (in->duplicate)
-        http_reply_json(in->req, 200, "OK", json_pack("{sssb}", "id", in->id, "duplicate", 1));
-    else
-        reply_id(in->req, in->id);
-    if (in->route) {
-        struct rules_input ev = {in->id,         in->source,    in->source_id,
-                                 in->type,       in->created_at, in->received_at,
-                                 in->data_json,  in->raw,       in->raw_len,
-                                 in->headers_json, 1 /* data_json from rules_adapt */,
-                                 in->data_token};
-        route_event(in->router, &ev);
-        in->data_token = 0; /* taken or freed by rules_route */
+    if (duplicate) {
+        metrics_event_rejected(source, "duplicate");
+        http_reply_json(req, 200, "OK", json_pack("{sssb}", "id", id, "duplicate", 1));
+    } else {
+        metrics_event_received(source);
+        reply_id(req, id);
     }
-    accepted_free(in);
 }
 
 static const char *header_lookup(void *ctx, const char *name) {
@@ -430,62 +385,6 @@ static int inbound_backlog_full(struct inbound *ib, struct evhttp_request *req,
     return 1;
 }
 
-/* Stores the verified request as an event in the open group (or notes a
- * duplicate) and hands it to the commit callback, which replies and
- * routes. in is taken in every case. Returns 0, or -1 when the store is
- * unavailable (not answered: the caller answers 503). */
-static int inbound_store(struct inbound *ib, struct accepted *in, const struct config_source *src,
-                         struct rules_event *ev, const char *body, size_t len,
-                         const char *reason) {
-    char serr[256];
-    struct store_event se = {.id = in->id,
-                             .source = src->name,
-                             .source_id = ev->source_id,
-                             .type = ev->type,
-                             .created_at = ev->created_at,
-                             .received_at = in->received_at,
-                             .raw = body,
-                             .raw_len = len,
-                             .headers_json = in->headers_json,
-                             .data_json = ev->data_json,
-                             .status = in->route ? "received" : "rule_error",
-                             .error = in->route ? NULL : reason};
-    int rc = store_event_put(ib->deps.store, &se, in->id, sizeof in->id, serr, sizeof serr);
-
-    if (rc < 0) {
-        log_msg(LOG_ERROR, "source %s: storing event failed: %s", src->name, serr);
-        goto fail;
-    }
-    in->duplicate = rc == STORE_DUP;
-    /* counted once acknowledged (on_accepted_committed), under this name */
-    if (!(in->source = strdup(src->name)))
-        goto fail;
-    if (in->duplicate) {
-        in->route = 0;
-        log_msg(LOG_INFO, "source %s: duplicate of %s (source id %s)", src->name, in->id,
-                ev->source_id);
-    }
-    if (in->route) {
-        /* Routing reads these after the commit; the request may be gone. */
-        if (!(in->raw = malloc(len + 1)))
-            goto fail;
-        memcpy(in->raw, body, len);
-        in->raw[len] = '\0';
-        in->raw_len = len;
-        in->source_id = ev->source_id;
-        in->type = ev->type;
-        in->created_at = ev->created_at;
-        in->data_json = ev->data_json;
-        ev->source_id = ev->type = ev->created_at = ev->data_json = NULL;
-    }
-    if (store_on_commit(ib->deps.store, on_accepted_committed, in) < 0)
-        goto fail;
-    return 0; /* in is owned by the commit callback now */
-fail:
-    accepted_free(in);
-    return -1;
-}
-
 /* A verified request: the adapter reads it into an event (a body it cannot
  * read is kept as "<source>.unknown" with status rule_error, so a fixed
  * adapter can replay it), which is stored and answered after the commit. */
@@ -494,53 +393,50 @@ static void inbound_accept(struct inbound *ib, struct evhttp_request *req,
                            int64_t now_ms, const char *nonce) {
     struct evkeyvalq *headers = evhttp_request_get_input_headers(req);
     struct rules_event ev = {0};
-    struct accepted *in = calloc(1, sizeof *in);
-    char reason[512], msg[600];
+    struct ingest_carrier c = {.source = src->name,
+                               .ev = &ev,
+                               .body = body,
+                               .len = len,
+                               .received_at = now_ms};
+    char reason[512], msg[600], serr[256];
     int rc;
 
-    if (!in)
+    if (!(c.headers_json = headers_to_json(headers)))
         goto unavailable;
-    in->req = req;
-    in->router = ib->deps.route;
-    in->rules = ib->deps.rules;
-    in->received_at = now_ms;
-    if (!(in->headers_json = headers_to_json(headers)))
-        goto unavailable;
-    rc = rules_adapt_keep(*ib->deps.rules, src, body, len, in->headers_json, &ev, reason,
+    rc = rules_adapt_keep(*ib->deps.rules, src, body, len, c.headers_json, &ev, reason,
                           sizeof reason);
-    in->data_token = ev.data_token; /* freed by accepted_free unless routed */
+    c.data_token = ev.data_token; /* ingest_carrier takes it */
     ev.data_token = 0;
     if (rc == RULES_EBADJSON) {
         http_reply_error(req, 400, "Bad Request", reason);
         metrics_event_rejected(src->name, "bad_json");
         goto done;
     }
-    in->route = rc == 0;
+    c.adapted = rc == 0;
     if (rc < 0) {
         log_msg(LOG_WARN, "source %s: adapter failed: %s", src->name, reason);
         snprintf(msg, sizeof msg, "%s.unknown", src->name);
         rules_event_clear(&ev);
         ev.type = strdup(msg);
         ev.data_json = strdup("{}");
+        c.error = reason;
     }
     if (!ev.source_id)
         ev.source_id = inbound_source_id(src, headers, nonce, body, len);
     if (!ev.type || !ev.data_json || !ev.source_id)
         goto unavailable;
-    util_id_new("evt_", in->id, sizeof in->id);
     if (inbound_backlog_full(ib, req, src))
         goto done;
-    rc = inbound_store(ib, in, src, &ev, body, len, reason);
-    in = NULL; /* taken */
-    if (rc < 0)
-        goto unavailable;
-    goto done;
+    if (ingest_carrier(ib->deps.ingest, &c, on_ingested, req, serr, sizeof serr) == 0)
+        goto done; /* answered by on_ingested once the group is durable */
 unavailable:
     inbound_unavailable(req, "5", "store unavailable, retry later", src->name,
                         "store_unavailable");
 done:
     rules_event_clear(&ev);
-    accepted_free(in);
+    free(c.headers_json);
+    if (c.data_token)
+        rules_data_drop(*ib->deps.rules, c.data_token);
 }
 
 static void on_inbound(struct evhttp_request *req, void *arg) {

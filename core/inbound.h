@@ -9,7 +9,7 @@
 
 struct event_base;
 struct inbound;
-struct route;
+struct ingest;
 struct rules;
 struct store;
 
@@ -17,7 +17,7 @@ struct store;
 struct inbound_deps {
     struct event_base *base;
     struct store *store;
-    struct route *route;        /* routes an event once its group committed */
+    struct ingest *ingest;      /* stores an accepted event, routes it once durable */
     struct rules *const *rules; /* the current generation (swapped whole on reload) */
 };
 

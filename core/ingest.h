@@ -1,0 +1,85 @@
+/* ingest.h -- the only way an event enters waybill: a carrier's verified
+ * request, one of waybill's own operational events, an admin test event,
+ * or a replay of a stored event. Each is written in the store's open group
+ * and routed through the current rules (a carrier's once its group is
+ * durable, after its answer; the others in the same group).
+ * SPDX-License-Identifier: MIT */
+#ifndef CORE_INGEST_H
+#define CORE_INGEST_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <jansson.h>
+
+struct config_endpoint;
+struct deliver;
+struct ingest;
+struct route;
+struct rules;
+struct rules_event;
+struct store;
+
+/* What ingest works with; all borrowed, and must outlive it. */
+struct ingest_deps {
+    struct store *store;
+    struct route *route;
+    struct deliver *deliver;
+    struct rules *const *rules; /* the current generation (swapped whole on reload) */
+};
+
+/* New, or NULL when out of memory. */
+struct ingest *ingest_new(const struct ingest_deps *deps);
+
+/* NULL is a no-op. Every ingest_carrier callback must have run (the store
+ * drained) before. */
+void ingest_free(struct ingest *g);
+
+/* A carrier's request, verified and read by its source's adapter. */
+struct ingest_carrier {
+    const char *source;      /* the source's name; copied */
+    struct rules_event *ev;  /* source_id, type, created_at, data_json: taken (NULLed) */
+    char *headers_json;      /* taken (NULLed) */
+    const char *body;        /* as received; copied when it is routed */
+    size_t len;
+    int64_t received_at;     /* Unix ms */
+    int adapted;             /* 0: the adapter failed; stored as rule_error with error */
+    const char *error;       /* the adapter's error, or NULL */
+    uint64_t data_token;     /* the adapter's data kept for routing; taken (zeroed) */
+};
+
+/* Runs once the carrier's event is durable (ok = 1) or its group failed
+ * (ok = 0): id is the event's (the first copy's for a duplicate). Then the
+ * event is routed. */
+typedef void (*ingest_done_fn)(void *arg, int ok, const char *id, int duplicate,
+                               const char *source);
+
+/* Stores c's event in the open group (a duplicate of a stored one is only
+ * noted) and calls done(arg, ...) after the group's durable commit.
+ * Returns 0 (done runs exactly once), or -1 with a reason in err when the
+ * store is unavailable (done never runs). c's taken parts are taken in
+ * every case. */
+int ingest_carrier(struct ingest *g, struct ingest_carrier *c, ingest_done_fn done, void *arg,
+                   char *err, size_t errlen);
+
+/* Stores and routes one of waybill's own events (SPEC section 7: source
+ * "waybill", type e.g. "waybill.delivery.failed") in the open group: both
+ * commit or neither (recovery routes it again if only the event made it).
+ * The shape of deliver_notify_fn (arg is the ingest); takes the reference
+ * to data. Failures are logged. */
+void ingest_emit(void *arg, const char *type, json_t *data);
+
+/* A test event of type with data (borrowed) straight to endpoint ep, the
+ * rules bypassed (POST /api/endpoints/{name}/test), stored like any event
+ * so its delivery has a log and can be retried: source "waybill.test",
+ * envelope {id, type, source, source_id, created_at, received_at, data,
+ * test: true}. Its id goes to id (UTIL_ID_MAX bytes). Returns 0, or -1
+ * with a reason in err. */
+int ingest_test(struct ingest *g, const struct config_endpoint *ep, const char *type,
+                json_t *data, char *id, size_t idlen, char *err, size_t errlen);
+
+/* Routes stored event id again with the current rules (new deliveries;
+ * the old ones keep their history). Returns 1 done, 0 unknown id, -1 with
+ * a reason in err. */
+int ingest_replay(struct ingest *g, const char *id, char *err, size_t errlen);
+
+#endif
