@@ -125,28 +125,6 @@ static int has_location(const char *msg) {
     return 0;
 }
 
-/* "*" matches any run of characters (dots too); everything else itself. */
-static int glob_match(const char *p, const char *s) {
-    const char *star = NULL, *resume = NULL;
-    while (*s) {
-        if (*p == '*') {
-            star = p++;
-            resume = s;
-        } else if (*p == *s) {
-            p++;
-            s++;
-        } else if (star) {
-            p = star + 1;
-            s = ++resume;
-        } else {
-            return 0;
-        }
-    }
-    while (*p == '*')
-        p++;
-    return *p == '\0';
-}
-
 /* dir (as given, may be relative) joined with name; new string. */
 static char *path_join2(const char *dir, const char *name) {
     size_t dl = strlen(dir), n;
@@ -1363,7 +1341,7 @@ static int type_needs_table(const struct rules *r, const char *type) {
         return 1;
     for (size_t i = 0; i < r->nhandlers; i++) {
         const struct rules_handler *h = &r->handlers[i];
-        if (h->names || !glob_match(h->pattern, type))
+        if (h->names || !util_glob_match(h->pattern, type))
             continue;
         if (!strncmp(type, "waybill.", 8) && strncmp(h->pattern, "waybill.", 8))
             continue;
@@ -1813,7 +1791,7 @@ static int route_protected(lua_State *L) {
     pristine = c->in->data_canonical && r->cfg->rule_budget >= RULES_LIST_MIN_BUDGET;
     for (size_t i = 0; i < r->nhandlers; i++) {
         const struct rules_handler *h = &r->handlers[i];
-        if (!glob_match(h->pattern, c->in->type))
+        if (!util_glob_match(h->pattern, c->in->type))
             continue;
         /* waybill's own events (SPEC 7) match only patterns naming them
          * ("waybill.*"), so a catch-all "*" does not send them to a

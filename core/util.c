@@ -408,21 +408,26 @@ fail:
 /* ---- glob ---- */
 
 int util_glob_match(const char *p, const char *t) {
-    while (*p) {
+    /* Iterative, remembering only the last '*': linear in practice, and
+     * never exponential whatever the pattern (each '*' restarts once per
+     * position of text). */
+    const char *star = NULL, *resume = NULL;
+
+    while (*t) {
         if (*p == '*') {
-            while (*p == '*')
-                p++;
-            if (!*p)
-                return 1;
-            for (; *t; t++)
-                if (util_glob_match(p, t))
-                    return 1;
+            star = p++;
+            resume = t;
+        } else if (*p == *t) {
+            p++;
+            t++;
+        } else if (star) {
+            p = star + 1;
+            t = ++resume;
+        } else {
             return 0;
         }
-        if (*p != *t)
-            return 0;
-        p++;
-        t++;
     }
-    return *t == '\0';
+    while (*p == '*')
+        p++;
+    return *p == '\0';
 }

@@ -163,6 +163,36 @@ static void test_id_derive(void) {
     CHECK(strncmp(a, c, 14) == 0);
 }
 
+/* The one glob matcher (rules' on() patterns, subscriptions): '*' is any
+ * run, dots included; everything else is itself; and a pattern of many
+ * stars against a long text that does not match answers at once. */
+static void test_glob(void) {
+    char text[4097];
+    int64_t t0;
+
+    CHECK(util_glob_match("*", ""));
+    CHECK(util_glob_match("*", "tracking.delivered"));
+    CHECK(util_glob_match("tracking.*", "tracking.delivered"));
+    CHECK(util_glob_match("tracking.*", "tracking."));
+    CHECK(!util_glob_match("tracking.*", "tracking"));
+    CHECK(!util_glob_match("tracking.*", "shipment.delivered"));
+    CHECK(util_glob_match("*.delivered", "shipment.delivered"));
+    CHECK(!util_glob_match("*.delivered", "shipment.delivered.late"));
+    CHECK(util_glob_match("a*b*c", "axxbyyc"));
+    CHECK(!util_glob_match("a*b*c", "axxbyy"));
+    CHECK(util_glob_match("waybill.*", "waybill.delivery.failed"));
+    CHECK(!util_glob_match("order.imported", "order.imported2"));
+    CHECK(!util_glob_match("", "x"));
+    CHECK(util_glob_match("", ""));
+    CHECK(util_glob_match("t?pe", "t?pe")); /* no '?' wildcard: itself */
+    CHECK(!util_glob_match("t?pe", "type"));
+    memset(text, 'a', sizeof text - 1);
+    text[sizeof text - 1] = '\0';
+    t0 = util_mono_ms();
+    CHECK(!util_glob_match("*a*a*a*a*a*a*a*a*a*a*a*a*b", text));
+    CHECK(util_mono_ms() - t0 < 1000);
+}
+
 int main(void) {
     test_durations();
     test_sizes();
@@ -170,5 +200,6 @@ int main(void) {
     test_time_and_ids();
     test_id_derive();
     test_buf();
+    test_glob();
     return harness_report();
 }
