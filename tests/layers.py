@@ -14,7 +14,8 @@ below it, never one above:
 1. commands and the app: main (commands) -> app (owns every module)
 2. edges: http (listeners, TLS, replies), inbound, admin, cli, ruletest
 3. pipeline: ingest, carrier, route, batch, deliver, health, housekeep
-4. engines: rules, rules_api, store and store_* (behind store_int.h),
+4. engines: rules, rules_api (behind rules_int.h), store and store_*
+   (behind store_int.h),
    httpc, verify, jwks, config, subs
 5. base: jsonx, util, log, metrics
 """
@@ -38,7 +39,10 @@ INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
 
 
 def module_of(filename):
-    return os.path.splitext(os.path.basename(filename))[0]
+    """A file's module: its name without extension; a private header
+    X_int.h belongs to module X (the .c files of X share it)."""
+    name = os.path.splitext(os.path.basename(filename))[0]
+    return name[:-4] if name.endswith("_int") else name
 
 
 def layer_of(module):

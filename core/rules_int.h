@@ -1,0 +1,129 @@
+/* rules_int.h -- what rules.c (the VM, its limits, loading, adapters,
+ * routing) and rules_api.c (the host functions rules call) share: the
+ * generation's layout and a few helpers. Private: included by rules*.c
+ * only; everyone else uses rules.h.
+ * SPDX-License-Identifier: MIT */
+#ifndef CORE_RULES_INT_H
+#define CORE_RULES_INT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <lua.h>
+
+#include "config.h"
+#include "rules.h"
+#include "util.h"
+
+#define RULES_HOOK_CHUNK 1000                /* instructions between hook calls */
+#define RULES_LOAD_BUDGET 50000000           /* instructions per file while loading */
+#define RULES_LOAD_MEMORY ((size_t)64 << 20) /* cap until the config sets rule_memory */
+#define RULES_GC_EVERY 64                    /* calls between incremental GC steps */
+#define RULES_WHERE_MAX (LUA_IDSIZE + 24)
+#define RULES_KEEP_SLOTS 512 /* adapters' data kept for routing: a ring, so never more */
+
+enum rules_stop { RULES_STOP_NONE, RULES_STOP_BUDGET, RULES_STOP_MEMORY };
+
+struct rules_handler {
+    char *pattern;
+    char *where;  /* "file:line" of its on() */
+    char **names; /* on(pattern, {endpoints}): the list (its fn sends the event whole) */
+    size_t nnames;
+};
+
+/* A list handler's function runs fewer Lua instructions than this, so with
+ * a budget at least this big it can never be stopped: doing its work in C
+ * instead is the same outcome. */
+#define RULES_LIST_MIN_BUDGET 16
+
+struct rules {
+    lua_State *L;
+    const struct config_subscription *load_subs; /* rules_load_with's, while loading */
+    size_t load_nsubs;
+    struct config *cfg;
+    char *config_path; /* as given */
+    char *lua_dir;
+    char *prelude_src; /* short_src of lua/waybill.lua: its frames are skipped in locations */
+    int64_t loaded_at;
+
+    /* the allocator's account */
+    size_t mem_used, mem_limit;
+    int mem_hit;     /* a growth was refused since the last arm */
+    int mem_refused; /* ... and no growth succeeded after it (Lua raised) */
+
+    /* the budget of the current call */
+    int64_t budget, steps;
+    int chunk;
+    int stop;              /* enum rules_stop */
+    const char *stop_kind; /* "rule stopped", "stopped while loading" */
+    char stop_where[RULES_WHERE_MAX];
+    const char *loading_file; /* display name of the file being loaded */
+
+    struct rules_handler *handlers;
+    size_t nhandlers;
+    int handlers_ref;     /* registry: array of handler functions, parallel to handlers */
+    int adapters_ref;     /* registry: source name -> adapter function */
+    char **adapter_where; /* per cfg->sources entry: what to blame for its adapter */
+    int api_ref;          /* registry: the table lua/waybill.lua returned */
+    char **files;         /* rule file names while loading */
+    size_t nfiles;
+
+    /* routing */
+    int routing;
+    struct rules_send *plan;
+    size_t nplan, capplan, plan_bytes;
+    char *send_error; /* the first failed send/batch of this event */
+    size_t max_output;
+    unsigned calls;
+    int64_t when_secs;  /* received_at_text's cache: the second ... */
+    char when_base[24]; /* ... and its "YYYY-MM-DDTHH:MM:SS" */
+
+    /* Decoded data kept from rules_adapt_keep until rules_route: the
+     * registry table keep_ref maps token -> value while keep_token[token %
+     * RULES_KEEP_SLOTS] == token (a ring: at most that many, the oldest
+     * dropped). A token is never reused, here or in any other generation,
+     * so a stale or foreign token just misses. The table holds only what is
+     * kept (the collector walks no empty slots). */
+    int keep_ref;
+    uint64_t keep_token[RULES_KEEP_SLOTS];
+    size_t keep_bytes[RULES_KEEP_SLOTS];
+    size_t kept_bytes; /* their sum: at most rule_memory / 16 */
+};
+
+/* The generation a VM belongs to (kept in its extra space). */
+static inline struct rules *rules_of(lua_State *L) {
+    return *(struct rules **)lua_getextraspace(L);
+}
+
+/* ---- rules.c ---- */
+
+/* "file:line" of the innermost user frame (not the prelude, not C), or "". */
+void rules_user_where(lua_State *L, struct rules *r, char *out, size_t outlen);
+
+/* Charges the current call's budget for work done in C (raises when it is
+ * spent). [-0, +0, e] */
+void rules_budget_charge(lua_State *L);
+
+/* ---- rules_api.c ---- */
+
+/* Pushes the host table the prelude receives (send, batch, subscribers,
+ * where, env, readfile, log, ...). [-0, +1, m] */
+void rapi_push_host(lua_State *L, struct rules *r);
+
+/* Empties the plan of the event being routed. */
+void rapi_plan_reset(struct rules *r);
+
+/* Adds one delivery to the plan (everything copied). Returns 0, -1 when
+ * out of memory, -2 past the plan's byte limit. */
+int rapi_plan_add(struct rules *r, const char *endpoint, const char *body, size_t len,
+                  const char *ctype, const char *headers_json, int64_t window_ms);
+
+/* Frees what s owns. */
+void rapi_send_clear(struct rules_send *s);
+
+/* Pushes the text of the file at path (read into Lua memory, so a memory
+ * error can't leak it) and returns 0 with its length in *lenp, or returns
+ * -1 with errno and nothing pushed. [-0, +(0|1), m] */
+int rapi_push_file(lua_State *L, const char *path, size_t *lenp);
+
+#endif
