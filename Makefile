@@ -55,9 +55,14 @@ $(BIN): $(OBJS)
 $(BUILD)/%.o: core/%.c | $(BUILD)
 	$(CC) $(CFLAGS_ALL) -c -o $@ $<
 
-$(BUILD)/tests/%: tests/unit/%.c $(LIBOBJS) | $(BUILD)
+# A unit test links only the modules its includes reach (tests/layers.py
+# --objs): nothing of a layer above what it tests, so the link line is the
+# proof that the arrows hold.
+$(BUILD)/tests/%: tests/unit/%.c $(LIBOBJS) tests/layers.py | $(BUILD)
 	@mkdir -p $(BUILD)/tests
-	$(CC) $(CFLAGS_ALL) -Icore -Itests -o $@ $< $(LIBOBJS) $(LDLIBS_ALL)
+	$(CC) $(CFLAGS_ALL) -Icore -Itests -o $@ $< \
+	  $(addprefix $(BUILD)/,$(addsuffix .o,$(shell python3 tests/layers.py --objs $<))) \
+	  $(LDLIBS_ALL)
 
 $(BUILD):
 	@mkdir -p $(BUILD)

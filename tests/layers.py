@@ -8,6 +8,9 @@ each offending pair, then `N passed, N failed` (one check per include).
 
     python3 tests/layers.py            # the check
     python3 tests/layers.py --list     # the layers, one line per file
+    python3 tests/layers.py --objs tests/unit/test_store.c
+                                       # the modules a unit test links: what
+                                       # its includes reach, nothing above
 
 Layers, top (1) to bottom (5); a file may include its own layer or any
 below it, never one above:
@@ -100,11 +103,44 @@ def find_cycles(graph):
     return cycles
 
 
+def closure(graph, start):
+    """Every module reachable from the modules in start, by includes."""
+    seen, todo = set(), list(start)
+    while todo:
+        m = todo.pop()
+        if m in seen or m not in graph:
+            continue
+        seen.add(m)
+        todo.extend(graph[m])
+    return seen
+
+
+def objects_for(core, graph, test_file):
+    """The core modules (with a .c) a unit test's includes reach."""
+    with open(test_file, encoding="utf-8") as f:
+        text = f.read()
+    start = [module_of(m.group(1)) for m in INCLUDE.finditer(text)]
+    mods = closure(graph, start)
+    # a module's private header brings the module's other .c files along
+    # (store_int.h: store_*.c), as they define what it declares
+    for name in os.listdir(core):
+        if name.endswith(".c"):
+            mod = os.path.splitext(name)[0]
+            if any(mod.startswith(m + "_") and m + "_int" in open(os.path.join(core, name),
+                                                                  encoding="utf-8").read()
+                   for m in list(mods)):
+                mods |= closure(graph, [mod])
+    return sorted(m for m in mods if os.path.exists(os.path.join(core, m + ".c")))
+
+
 def main(argv):
     core = CORE
     if "--core" in argv:
         core = argv[argv.index("--core") + 1]
     graph = read_graph(core)
+    if "--objs" in argv:
+        print(" ".join(objects_for(core, graph, argv[argv.index("--objs") + 1])))
+        return 0
     if "--list" in argv:
         for m in sorted(graph, key=lambda m: (layer_of(m) or 99, m)):
             print("%s %s" % (layer_of(m) or "?", m))
