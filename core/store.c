@@ -68,6 +68,31 @@ int store_rows_grow(void **v, size_t *cap, size_t cnt, size_t sz, size_t first) 
     return 0;
 }
 
+/* ---- invariant checks (WAYBILL_CHECKS) ---- */
+
+#ifdef WAYBILL_CHECKS
+void store_check_failed(const char *what, const char *file, int line) {
+    log_write(LOG_ERROR, "store: invariant violated at %s:%d: %s", file, line, what);
+    abort();
+}
+
+/* 1 when no statement of the loop connection is half-stepped. */
+static int store_stmts_idle(struct store *s) {
+    sqlite3_stmt *p = NULL;
+    while ((p = sqlite3_next_stmt(s->db, p)) != NULL)
+        if (sqlite3_stmt_busy(p))
+            return 0;
+    return 1;
+}
+
+/* The group state between two calls. For use inside STORE_CHECK only. */
+static int store_check_invariants(struct store *s) {
+    return (!s->sync_busy || s->sync) && (s->sync_busy || s->ninflight == 0) &&
+           (!s->ncounts || s->in_txn || s->failed) && (!s->begin_failed || s->failed) &&
+           s->committed_dlv_seq >= 0 && s->committed_evt_seq >= 0;
+}
+#endif
+
 /* ---- group commit ---- */
 
 /* Queues the commit event. From inside the commit itself (a callback that
@@ -165,10 +190,14 @@ static int group_end(struct store *s) {
 /* Rows up to these seqs are committed (deliveries) or durable (events).
  * Neither watermark ever goes backwards. */
 static void watermarks_advance(struct store *s, int64_t dlv_seq, int64_t evt_seq) {
+#ifdef WAYBILL_CHECKS
+    int64_t dlv_was = s->committed_dlv_seq, evt_was = s->committed_evt_seq;
+#endif
     if (dlv_seq > s->committed_dlv_seq)
         s->committed_dlv_seq = dlv_seq;
     if (evt_seq > s->committed_evt_seq)
         s->committed_evt_seq = evt_seq;
+    STORE_CHECK(s->committed_dlv_seq >= dlv_was && s->committed_evt_seq >= evt_was);
 }
 
 void store_delivery_seqs(const struct store *s, int64_t *committed, int64_t *last) {
@@ -239,6 +268,7 @@ static int cbs_append(struct store_cb **cbs, size_t *n, size_t *cap, store_commi
 /* Runs the ended group's store_on_written callbacks: only once its COMMIT
  * (or ROLLBACK) is done, so no transaction of the group is open. */
 static void group_written_callbacks(struct store *s, int ok) {
+    STORE_CHECK(!s->in_txn && sqlite3_get_autocommit(s->db));
     cbs_run(s, cbs_detach(&s->wcbs, &s->nwcbs, &s->wcap), &s->wcbs, &s->wcap, ok);
 }
 
@@ -248,6 +278,7 @@ static void group_written_callbacks(struct store *s, int ok) {
 static void group_in_flight(struct store *s, int64_t evt_seq, int64_t t0) {
     struct store_cb *tmp = s->inflight;
     size_t cap = s->inflight_cap;
+    STORE_CHECK(!s->sync_busy && s->ninflight == 0);
     s->inflight = s->cbs;
     s->inflight_cap = s->cap;
     s->ninflight = s->ncbs;
@@ -263,6 +294,7 @@ static void group_in_flight(struct store *s, int64_t evt_seq, int64_t t0) {
 void store_group_durable(struct store *s) {
     struct store_cb *list;
     size_t n;
+    STORE_CHECK(s->sync_busy);
     s->sync_busy = 0;
     watermarks_advance(s, 0, s->inflight_evt_seq);
     metrics_store_commit(util_mono_ms() - s->inflight_t0);
@@ -293,6 +325,10 @@ static int group_commit(struct store *s, int sync_now) {
     int wrote = s->in_txn && !s->failed, ok;
     int64_t t0 = util_mono_ms(), evt_seq = s->group_evt_seq, dlv_seq = s->group_dlv_seq;
     struct cb_list durable;
+    /* Never while a sync is in flight: the WAL it syncs must not grow
+     * under it with a group whose callbacks would run at its end. */
+    STORE_CHECK(!s->sync_busy);
+    STORE_CHECK(store_stmts_idle(s) && store_check_invariants(s));
     ok = group_end(s);
     if (ok)
         watermarks_advance(s, dlv_seq, 0);

@@ -75,6 +75,7 @@ int store_deliveries_lease(struct store *s, const struct store_delivery *d, size
         return -1;
     for (i = 0; i < n; i++) {
         /* Only committed rows are ever claimed (the watermark). */
+        STORE_CHECK(d[i].seq <= s->committed_dlv_seq);
         if (sqlite3_bind_int64(lease, 1, d[i].seq) || sqlite3_bind_int64(lease, 2, until) ||
             sqlite3_step(lease) != SQLITE_DONE) {
             store_group_fail(s, "claim", err, errlen);
@@ -188,6 +189,7 @@ static int counts_write(struct store *s, const char *status, int64_t n) {
  * is counted in delivery_counts at once. */
 int store_counts_add(struct store *s, const char *status, int64_t n) {
     int i;
+    STORE_CHECK(s->in_txn);
     for (i = 0; i < s->ncounts; i++) {
         if (strcmp(s->counts[i].status, status) == 0) {
             s->counts[i].n += n;

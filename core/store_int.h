@@ -13,7 +13,8 @@
  * store_batch.c (batch windows), store_admin.c (the admin API's pages and
  * event detail, subscriptions).
  *
- * Invariants: every write runs inside the open group; every statement of the table is
+ * Invariants (checked under WAYBILL_CHECKS, see store_check_invariants):
+ * every write runs inside the open group; every statement of the table is
  * reset before the call that stepped it returns, so none is busy when a
  * group commits or a callback runs; at most one group is in flight (being
  * synced), and no group commits while one is; a written callback runs only
@@ -40,6 +41,18 @@ struct store_sync;
 struct store_ckpt;
 
 #define STORE_BUSY_MS 100 /* the loop must not wait long for a lock */
+
+/* ---- invariant checks (debug and sanitizer builds) ---- */
+
+/* STORE_CHECK(cond) aborts with the condition's text when cond is false, in
+ * builds with WAYBILL_CHECKS (make asan, make tsan); elsewhere it is
+ * compiled out and cond is not evaluated (it must have no side effects). */
+#ifdef WAYBILL_CHECKS
+#define STORE_CHECK(cond) ((cond) ? (void)0 : store_check_failed(#cond, __FILE__, __LINE__))
+void store_check_failed(const char *what, const char *file, int line) __attribute__((noreturn));
+#else
+#define STORE_CHECK(cond) ((void)0)
+#endif
 
 /* ---- the statement table ----
  * Every statement the store runs on the loop connection is prepared once,
@@ -194,8 +207,10 @@ struct store {
 void store_err(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* The statement id of the table. */
+/* The statement id of the table, idle (checked): a statement is never used
+ * by two calls at once (a callback re-entering the store mid-step). */
 static inline sqlite3_stmt *store_stmt(struct store *s, enum store_stmt id) {
+    STORE_CHECK(!sqlite3_stmt_busy(s->st[id]));
     return s->st[id];
 }
 

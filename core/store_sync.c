@@ -94,6 +94,7 @@ void store_sync_ask(struct store *s) {
     struct store_sync *y = s->sync;
     event_add(y->ev, NULL);
     pthread_mutex_lock(&y->mu);
+    STORE_CHECK(y->asked == y->done); /* one group in flight at most */
     y->asked++;
     pthread_cond_signal(&y->wake);
     pthread_mutex_unlock(&y->mu);
@@ -313,6 +314,7 @@ void store_wal_maintain(struct store *s) {
     int busy, nlog, ncopied;
     if (!k)
         return;
+    STORE_CHECK(!s->in_txn); /* the tail checkpoint needs no transaction open */
     if (s->wal_frames < s->ckpt_asked_at)
         s->ckpt_asked_at = 0; /* the WAL restarted */
     if (s->wal_frames - s->ckpt_asked_at < STORE_CKPT_FRAMES)
