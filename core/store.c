@@ -54,18 +54,16 @@ void store_err(char *err, size_t errlen, const char *fmt, ...) {
     va_end(ap);
 }
 
-int store_rows_grow(void **v, size_t *cap, size_t cnt, size_t sz, size_t first) {
+void *store_rows_grow(void *v, size_t *cap, size_t cnt, size_t sz, size_t first) {
     size_t ncap;
     void *p;
     if (cnt < *cap)
-        return 0;
+        return v;
     ncap = *cap ? *cap * 2 : first;
-    p = realloc(*v, ncap * sz);
-    if (!p)
-        return -1;
-    *v = p;
-    *cap = ncap;
-    return 0;
+    p = realloc(v, ncap * sz);
+    if (p)
+        *cap = ncap;
+    return p;
 }
 
 /* ---- invariant checks (WAYBILL_CHECKS) ---- */

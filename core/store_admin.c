@@ -92,16 +92,18 @@ static int page_run(struct store *s, sqlite3_stmt *st, size_t limit, size_t sz,
     size_t cap = 0;
     int64_t last = 0;
     int rc, oom = 0;
+    void *grown;
 
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         if (*n == limit) {
             *next = last;
             break;
         }
-        if (store_rows_grow(rows, &cap, *n, sz, limit < 16 ? limit : 16) < 0) {
+        if (!(grown = store_rows_grow(*rows, &cap, *n, sz, limit < 16 ? limit : 16))) {
             store_err(err, errlen, "store: out of memory");
             return -1;
         }
+        *rows = grown;
         read(st, (char *)*rows + *n * sz, &oom);
         (*n)++;
         if (oom) {
@@ -214,14 +216,16 @@ static int detail_attempts(struct store *s, struct store_event_delivery *d, char
                            size_t errlen) {
     sqlite3_stmt *st = store_stmt(s, ST_DETAIL_ATTEMPTS);
     struct store_attempt_row *a;
+    void *grown;
     size_t cap = 0;
     int rc = SQLITE_ERROR, oom = 0, ret = -1;
 
     if (bind_text(st, 1, d->id))
         goto sqlerr;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (store_rows_grow((void **)&d->attempts, &cap, d->nattempts, sizeof *a, 4) < 0)
+        if (!(grown = store_rows_grow(d->attempts, &cap, d->nattempts, sizeof *a, 4)))
             goto oom;
+        d->attempts = grown;
         a = &d->attempts[d->nattempts++];
         memset(a, 0, sizeof *a);
         a->n = sqlite3_column_int64(st, 0);
@@ -265,17 +269,19 @@ static void detail_delivery_read(sqlite3_stmt *st, struct store_event_delivery *
 static int detail_deliveries(struct store *s, const char *event_id, struct store_event_detail *d,
                              char *err, size_t errlen) {
     sqlite3_stmt *st = store_stmt(s, ST_DETAIL_DELIVERIES);
+    void *grown;
     size_t cap = 0, i;
     int rc = SQLITE_ERROR, oom = 0;
 
     if (bind_text(st, 1, event_id))
         goto sqlerr;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (store_rows_grow((void **)&d->deliveries, &cap, d->ndeliveries, sizeof *d->deliveries,
-                            4) < 0) {
+        grown = store_rows_grow(d->deliveries, &cap, d->ndeliveries, sizeof *d->deliveries, 4);
+        if (!grown) {
             oom = 1;
             break;
         }
+        d->deliveries = grown;
         detail_delivery_read(st, &d->deliveries[d->ndeliveries++], &oom);
         if (oom)
             break;

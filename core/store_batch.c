@@ -94,6 +94,7 @@ int store_batch_due(struct store *s, int64_t now, struct store_batch_window **ou
                     char *err, size_t errlen) {
     sqlite3_stmt *st = store_stmt(s, ST_BATCH_DUE);
     struct store_batch_window *w = NULL;
+    void *grown;
     size_t cap = 0, k = 0;
     int rc = SQLITE_ERROR, oom = 0;
 
@@ -105,10 +106,11 @@ int store_batch_due(struct store *s, int64_t now, struct store_batch_window **ou
         return -1;
     }
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (store_rows_grow((void **)&w, &cap, k, sizeof *w, 8) < 0) {
+        if (!(grown = store_rows_grow(w, &cap, k, sizeof *w, 8))) {
             oom = 1;
             break;
         }
+        w = grown;
         w[k].endpoint = col_text(st, 0, &oom);
         w[k].window_start = sqlite3_column_int64(st, 1);
         w[k].window_ms = sqlite3_column_int64(st, 2);
@@ -265,6 +267,7 @@ int store_batch_waiting(struct store *s, const char *event_id, struct store_batc
                         size_t *n, char *err, size_t errlen) {
     sqlite3_stmt *st = store_stmt(s, ST_BATCH_WAITING);
     struct store_batch_wait *w = NULL;
+    void *grown;
     size_t cap = 0, k = 0;
     int rc = SQLITE_ERROR, oom = 0, ret = -1;
 
@@ -273,10 +276,11 @@ int store_batch_waiting(struct store *s, const char *event_id, struct store_batc
     if (bind_text(st, 1, event_id))
         goto sqlerr;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (store_rows_grow((void **)&w, &cap, k, sizeof *w, 4) < 0) {
+        if (!(grown = store_rows_grow(w, &cap, k, sizeof *w, 4))) {
             oom = 1;
             break;
         }
+        w = grown;
         w[k].endpoint = col_text(st, 0, &oom);
         w[k].window_end = sqlite3_column_int64(st, 1);
         k++;

@@ -96,6 +96,7 @@ int store_endpoint_claim_due(struct store *s, const char *name, int64_t now, int
                              size_t errlen) {
     sqlite3_stmt *sel = store_stmt(s, ST_EP_CLAIM_DUE);
     struct store_delivery *rows = NULL, *r;
+    void *grown;
     size_t cnt = 0, cap = 0;
     int rc, oom = 0;
 
@@ -116,8 +117,9 @@ int store_endpoint_claim_due(struct store *s, const char *name, int64_t now, int
         goto fail;
     }
     while ((rc = sqlite3_step(sel)) == SQLITE_ROW) {
-        if (store_rows_grow((void **)&rows, &cap, cnt, sizeof *rows, max < 16 ? max : 16) < 0)
+        if (!(grown = store_rows_grow(rows, &cap, cnt, sizeof *rows, max < 16 ? max : 16)))
             goto oom;
+        rows = grown;
         r = &rows[cnt++];
         memset(r, 0, sizeof *r);
         store_delivery_row_read(sel, r, &oom);
@@ -227,12 +229,17 @@ int64_t store_endpoint_head(struct store *s, const char *name, int64_t *next_at)
 int store_endpoints_pending(struct store *s, void (*fn)(void *arg, const char *name), void *arg) {
     sqlite3_stmt *st = store_stmt(s, ST_EP_PENDING);
     char **names = NULL;
+    void *grown;
     size_t n = 0, cap = 0, i;
     int rc, oom = 0;
 
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (store_rows_grow((void **)&names, &cap, n, sizeof *names, 16) < 0 ||
-            !(names[n] = col_text(st, 0, &oom)) || oom) {
+        if (!(grown = store_rows_grow(names, &cap, n, sizeof *names, 16))) {
+            oom = 1;
+            break;
+        }
+        names = grown;
+        if (!(names[n] = col_text(st, 0, &oom)) || oom) {
             oom = 1;
             break;
         }
@@ -361,16 +368,18 @@ int store_endpoint_states(struct store *s, struct store_endpoint_state **out, si
                           size_t errlen) {
     sqlite3_stmt *st = store_stmt(s, ST_EP_STATES);
     struct store_endpoint_state *v = NULL;
+    void *grown;
     size_t cnt = 0, cap = 0;
     int rc, oom = 0, ret = -1;
 
     *out = NULL;
     *n = 0;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (store_rows_grow((void **)&v, &cap, cnt, sizeof *v, 8) < 0) {
+        if (!(grown = store_rows_grow(v, &cap, cnt, sizeof *v, 8))) {
             oom = 1;
             break;
         }
+        v = grown;
         ep_state_read(st, &v[cnt++], &oom);
         if (oom || !v[cnt - 1].name) {
             oom = 1;

@@ -263,6 +263,7 @@ int store_events_unrouted(struct store *s, int64_t after_seq, size_t max,
                           struct store_event_row **rows, size_t *n, char *err, size_t errlen) {
     sqlite3_stmt *st = store_stmt(s, ST_EVT_UNROUTED);
     struct store_event_row *out = NULL, *r;
+    void *grown;
     size_t cnt = 0, cap = 0;
     int rc, oom = 0;
 
@@ -280,8 +281,9 @@ int store_events_unrouted(struct store *s, int64_t after_seq, size_t max,
             rc = SQLITE_DONE; /* the rest are in the open group: not ours to route */
             break;
         }
-        if (store_rows_grow((void **)&out, &cap, cnt, sizeof *out, 16) < 0)
+        if (!(grown = store_rows_grow(out, &cap, cnt, sizeof *out, 16)))
             goto oom;
+        out = grown;
         r = &out[cnt++];
         memset(r, 0, sizeof *r);
         store_event_row_read(st, r, &oom);

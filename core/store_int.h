@@ -267,9 +267,10 @@ static inline void copy_id(char *dst, size_t cap, const unsigned char *src) {
     snprintf(dst, cap, "%s", src ? (const char *)src : "");
 }
 
-/* Grows a row array *v of *cap elements of size sz to hold one more than
- * cnt (doubling from first). Returns 0, or -1 when out of memory (*v kept). */
-int store_rows_grow(void **v, size_t *cap, size_t cnt, size_t sz, size_t first);
+/* Makes room in the row array v (*cap elements of size sz, cnt used) for
+ * one more, doubling from first. Returns the array (v, or v moved), or
+ * NULL when out of memory (v is then untouched and still the caller's). */
+void *store_rows_grow(void *v, size_t *cap, size_t cnt, size_t sz, size_t first);
 
 /* ---- the group (store.c) ---- */
 
