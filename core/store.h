@@ -17,6 +17,10 @@
  * sync loses such a row and its routing, and the event, durable before it
  * was routed, is routed and delivered again (at least once), under the
  * same delivery ids (an event's first routing derives them from it).
+ *
+ * Reads return plain rows (structs whose strings the row owns, freed by
+ * the matching _free); rendering them, e.g. the admin API's JSON, is the
+ * caller's. The SQLite backend's files are listed in store_int.h.
  * SPDX-License-Identifier: MIT */
 #ifndef CORE_STORE_H
 #define CORE_STORE_H

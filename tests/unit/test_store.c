@@ -532,7 +532,7 @@ static struct store *test_crash_release(struct store *s) {
 }
 
 /* Hot queries are index lookups, never table scans (next_due may walk its
- * index: LIMIT 1 stops at the first entry). The SQL mirrors store.c. */
+ * index: LIMIT 1 stops at the first entry). The SQL mirrors core/store_*.c. */
 static void test_query_plans(void) {
     static const char *const sqls[] = {
         /* the scheduler's claims per endpoint (deliver.c) */
