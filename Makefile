@@ -33,9 +33,8 @@ LIBOBJS := $(filter-out $(BUILD)/main.o,$(OBJS))
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps run test test-unit test-integration asan bench format format-check clean check \
-        layers lint \
-        test-deps fuzz
+.PHONY: all deps run test test-unit test-integration asan tsan bench format format-check clean \
+        check layers lint test-deps fuzz
 
 all: deps $(BIN)
 
@@ -114,6 +113,18 @@ asan: test-deps
 	  python3 tests/run.py --bin ./waybill-asan --asan \
 	  --unit "$(UNIT_SRCS:tests/unit/%.c=build-asan/tests/%)"
 
+# ThreadSanitizer over the store's unit tests: the store runs a sync thread
+# and a checkpoint thread beside the loop. Invariant checks on too. The last
+# line is `N passed, N failed` (a race makes the binary exit 66: a failure).
+# The -k glob matches the unit binary's name whole (no integration test).
+TSAN_UNITS := build-tsan/tests/test_store
+
+tsan: deps
+	@$(MAKE) --no-print-directory BUILD=build-tsan OPT="-O1 -g" \
+	  SANFLAGS="-fsanitize=thread -fno-omit-frame-pointer -DWAYBILL_CHECKS" $(TSAN_UNITS)
+	@TSAN_OPTIONS="second_deadlock_stack=1 history_size=4" \
+	  python3 tests/run.py --unit "$(TSAN_UNITS)" -k 'test_stor[e]'
+
 # libFuzzer targets (tests/fuzz/fuzz_*.c: signature headers, Stripe-style
 # header, Shiptify body, JWKS, every adapter), built with clang (installed
 # when missing) and run FUZZ_SECONDS each; the last line is `N passed, N failed`.
@@ -159,4 +170,4 @@ lint:
 	echo "$$((p + 1 - fmt)) passed, $$((f + fmt)) failed"; [ $$fmt = 0 ] && [ $$rc = 0 ]
 
 clean:
-	rm -rf build build-asan build-fuzz waybill waybill-asan tests/bench/out
+	rm -rf build build-asan build-tsan build-fuzz waybill waybill-asan tests/bench/out

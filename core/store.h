@@ -17,13 +17,16 @@
  * sync loses such a row and its routing, and the event, durable before it
  * was routed, is routed and delivered again (at least once), under the
  * same delivery ids (an event's first routing derives them from it).
+ *
+ * Reads return plain rows (structs whose strings the row owns, freed by
+ * the matching _free); rendering them, e.g. the admin API's JSON, is the
+ * caller's. The SQLite backend's files are listed in store_int.h.
  * SPDX-License-Identifier: MIT */
 #ifndef CORE_STORE_H
 #define CORE_STORE_H
 
 #include <stddef.h>
 #include <stdint.h>
-#include <jansson.h>
 
 #include "util.h"
 
@@ -153,15 +156,6 @@ int store_events_unrouted(struct store *s, int64_t after_seq, size_t max,
 
 void store_event_rows_free(struct store_event_row *rows, size_t n);
 
-/* The event as the admin API shows it (SPEC section 8): {id, source,
- * source_id, type, status, received_at, created_at, data, error,
- * deliveries:[{id, endpoint, status, batch, attempts:[{n, at, status_code,
- * latency_ms, error, response}]}]}; an event waiting in an open batch
- * window also lists {id: null, endpoint, status: "batching", batch: true,
- * window_end, attempts: []} there. Returns a new json_t; NULL with err
- * empty when id is unknown, NULL with a reason on a store error. */
-json_t *store_event_json(struct store *s, const char *id, char *err, size_t errlen);
-
 /* ---- deliveries ---- */
 
 /* A claimed delivery; every pointer is owned by the row. */
@@ -260,26 +254,78 @@ struct store_page {
     int64_t after;
 };
 
-/* One page of events ({id, source, source_id, type, status, received_at,
- * created_at, error}) or deliveries ({id, event_id, endpoint, event_type,
- * status, attempts, next_at, created_at, last_status_code, last_error})
- * into *data (new). *next is the cursor of the next page, 0 when this is
- * the last. Reads the open group too. Returns 0 or -1 (err set). */
-int store_events_page(struct store *s, const struct store_page *q, json_t **data, int64_t *next,
-                      char *err, size_t errlen);
-int store_deliveries_page(struct store *s, const struct store_page *q, json_t **data,
-                          int64_t *next, char *err, size_t errlen);
+/* One page of events or deliveries, newest first: *rows (new) holds up to
+ * q->limit rows; *next is the cursor of the next page (the seq of the last
+ * row given), 0 when this is the last. Reads the open group too. Returns 0
+ * or -1 (err set). Events come as event rows without headers, data or raw
+ * (free with store_event_rows_free). */
+int store_events_page(struct store *s, const struct store_page *q, struct store_event_row **rows,
+                      size_t *n, int64_t *next, char *err, size_t errlen);
+
+/* A row of a deliveries page; pointers owned by the row (NULL for none). */
+struct store_delivery_item {
+    int64_t seq;
+    char *id, *event_id, *endpoint, *event_type, *status;
+    int64_t attempts;
+    int has_next_at;          /* pending: next_at is when the next attempt is due */
+    int64_t next_at;          /* Unix ms */
+    int64_t created_at;       /* Unix ms */
+    int has_last;             /* an attempt was made: the latest one's outcome follows */
+    int64_t last_status_code; /* 0 when there was no HTTP response */
+    char *last_error;         /* NULL on success */
+};
+
+int store_deliveries_page(struct store *s, const struct store_page *q,
+                          struct store_delivery_item **rows, size_t *n, int64_t *next, char *err,
+                          size_t errlen);
+void store_delivery_items_free(struct store_delivery_item *rows, size_t n);
 
 /* Reads event id into *row (new; free with store_event_rows_free(*row, 1)).
  * Returns 1 found, 0 unknown (*row NULL), -1 on a store error (err set). */
 int store_event_get(struct store *s, const char *id, struct store_event_row **row, char *err,
                     size_t errlen);
 
-/* Adds to ev (a store_event_json answer) what the event detail shows
- * besides: "raw" (the body as received), "headers", and per delivery
- * "payload" (JSON when it parses, else text), "content_type", "event_type".
- * Returns 0 or -1 (err set; ev may be partly filled). */
-int store_event_json_extra(struct store *s, json_t *ev, char *err, size_t errlen);
+/* ---- the event detail (what the admin API shows of one event) ---- */
+
+/* An attempt at a delivery as stored; pointers owned. */
+struct store_attempt_row {
+    int64_t n, at, status_code, latency_ms; /* at: Unix ms */
+    char *error;                            /* NULL on success */
+    char *response;                         /* NULL when none was stored; NUL-terminated */
+    size_t response_len;
+};
+
+/* A delivery of the event (its own, or a batch holding it); pointers owned. */
+struct store_event_delivery {
+    char *id, *endpoint, *status, *content_type, *event_type;
+    int batch;     /* 1: a batch delivery */
+    char *payload; /* NULL when none was stored; NUL-terminated */
+    size_t payload_len;
+    struct store_attempt_row *attempts; /* by n */
+    size_t nattempts;
+};
+
+/* An open batch window holding an item of the event: no delivery yet. */
+struct store_batch_wait {
+    char *endpoint;     /* owned */
+    int64_t window_end; /* Unix ms */
+};
+
+struct store_event_detail {
+    struct store_event_row *ev;              /* with headers, data and raw */
+    struct store_event_delivery *deliveries; /* oldest first */
+    size_t ndeliveries;
+    struct store_batch_wait *waiting; /* by each window's first item */
+    size_t nwaiting;
+};
+
+/* Reads event id with its deliveries (each with its attempts) and the open
+ * batch windows it waits in into *out (new; free with
+ * store_event_detail_free). Reads the open group too. Returns 1 found, 0
+ * unknown (*out NULL), -1 on a store error (err set). */
+int store_event_detail(struct store *s, const char *id, struct store_event_detail **out, char *err,
+                       size_t errlen);
+void store_event_detail_free(struct store_event_detail *d);
 
 /* Puts a "failed" delivery back to "pending" at next_at, at the start of its
  * schedule; its attempt count is kept (X-Waybill-Attempt keeps counting).

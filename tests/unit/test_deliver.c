@@ -315,20 +315,33 @@ struct run {
     int shutting, done, timed_out;
 };
 
-/* The status of the delivery to endpoint (the idx-th one), its attempts in *att (new). */
-static const char *dlv_status(json_t *ev, const char *endpoint, int idx, json_t **att) {
-    json_t *dl = json_object_get(ev, "deliveries"), *d;
+/* The status of the delivery to endpoint (the idx-th one) in the event
+ * detail ev (NULL: none), the delivery in *att. */
+static const char *dlv_status(const struct store_event_detail *ev, const char *endpoint, int idx,
+                              const struct store_event_delivery **att) {
     size_t i;
-    json_array_foreach(dl, i, d) {
-        if (strcmp(json_string_value(json_object_get(d, "endpoint")), endpoint))
+    for (i = 0; ev && i < ev->ndeliveries; i++) {
+        const struct store_event_delivery *d = &ev->deliveries[i];
+        if (strcmp(d->endpoint, endpoint))
             continue;
         if (idx-- > 0)
             continue;
         if (att)
-            *att = json_object_get(d, "attempts");
-        return json_string_value(json_object_get(d, "status"));
+            *att = d;
+        return d->status;
     }
     return "(missing)";
+}
+
+/* The number of attempts of d (0 for NULL) and its k-th (an empty row when
+ * there is none). */
+static size_t natt(const struct store_event_delivery *d) {
+    return d ? d->nattempts : 0;
+}
+
+static const struct store_attempt_row *att_row(const struct store_event_delivery *d, size_t k) {
+    static const struct store_attempt_row none;
+    return d && k < d->nattempts ? &d->attempts[k] : &none;
 }
 
 static void shutdown_done(void *arg) {
@@ -340,7 +353,7 @@ static void shutdown_done(void *arg) {
 static void poll_cb(evutil_socket_t fd, short what, void *arg) {
     struct run *r = arg;
     char err[256];
-    json_t *ev;
+    struct store_event_detail *ev = NULL;
     int settled;
 
     UNUSED(fd);
@@ -350,7 +363,7 @@ static void poll_cb(evutil_socket_t fd, short what, void *arg) {
         event_base_loopbreak(r->base);
         return;
     }
-    ev = store_event_json(r->store, r->evt_id, err, sizeof err);
+    store_event_detail(r->store, r->evt_id, &ev, err, sizeof err);
     settled = ev && !strcmp(dlv_status(ev, "ok", 0, NULL), "delivered") &&
               !strcmp(dlv_status(ev, "e406", 0, NULL), "failed") &&
               !strcmp(dlv_status(ev, "blocked", 0, NULL), "failed") &&
@@ -358,16 +371,12 @@ static void poll_cb(evutil_socket_t fd, short what, void *arg) {
               !strcmp(dlv_status(ev, "slow", 0, NULL), "delivered") &&
               !strcmp(dlv_status(ev, "slow", 1, NULL), "delivered") &&
               !strcmp(dlv_status(ev, "slow", 2, NULL), "delivered") && r->sink->hang_n == 1;
-    json_decref(ev);
+    store_event_detail_free(ev);
     if (settled && !r->shutting) {
         r->shutting = 1;
         CHECK_INT_EQ(deliver_inflight(r->d), 1); /* the hung one */
         deliver_shutdown(r->d, 200, shutdown_done, r);
     }
-}
-
-static int64_t json_int(json_t *o, const char *k) {
-    return (int64_t)json_integer_value(json_object_get(o, k));
 }
 
 static void test_engine(void) {
@@ -396,7 +405,8 @@ static void test_engine(void) {
     struct store_event sev;
     struct store_delivery_new dn[8];
     const char *payload = "{\"order\":42}";
-    json_t *ev, *att;
+    struct store_event_detail *ev = NULL;
+    const struct store_event_delivery *att;
     int i, port, ok;
 
     memset(&sink, 0, sizeof sink);
@@ -541,37 +551,38 @@ static void test_engine(void) {
     CHECK_INT_EQ(sink.hang_n, 1);
 
     /* what the store recorded */
-    ev = store_event_json(st, evt_id, err, sizeof err);
+    ev = NULL;
+    CHECK_INT_EQ(store_event_detail(st, evt_id, &ev, err, sizeof err), 1);
     CHECK(ev != NULL);
     att = NULL;
     CHECK_STR_EQ(dlv_status(ev, "ok", 0, &att), "delivered");
-    CHECK_INT_EQ(json_array_size(att), 2);
-    CHECK_INT_EQ(json_int(json_array_get(att, 0), "n"), 1);
-    CHECK_INT_EQ(json_int(json_array_get(att, 0), "status_code"), 500);
-    CHECK_STR_EQ(json_string_value(json_object_get(json_array_get(att, 0), "error")), "HTTP 500");
-    CHECK_STR_EQ(json_string_value(json_object_get(json_array_get(att, 0), "response")), "nope");
-    CHECK_INT_EQ(json_int(json_array_get(att, 1), "n"), 2);
-    CHECK_INT_EQ(json_int(json_array_get(att, 1), "status_code"), 200);
-    CHECK(json_is_null(json_object_get(json_array_get(att, 1), "error")));
+    CHECK_INT_EQ(natt(att), 2);
+    CHECK_INT_EQ(att_row(att, 0)->n, 1);
+    CHECK_INT_EQ(att_row(att, 0)->status_code, 500);
+    CHECK_STR_EQ(att_row(att, 0)->error, "HTTP 500");
+    CHECK_STR_EQ(att_row(att, 0)->response, "nope");
+    CHECK_INT_EQ(att_row(att, 1)->n, 2);
+    CHECK_INT_EQ(att_row(att, 1)->status_code, 200);
+    CHECK(att_row(att, 1)->error == NULL);
     CHECK_STR_EQ(dlv_status(ev, "e406", 0, &att), "failed");
-    CHECK_INT_EQ(json_array_size(att), 1);
-    CHECK_INT_EQ(json_int(json_array_get(att, 0), "status_code"), 406);
+    CHECK_INT_EQ(natt(att), 1);
+    CHECK_INT_EQ(att_row(att, 0)->status_code, 406);
     CHECK_STR_EQ(dlv_status(ev, "blocked", 0, &att), "failed");
-    CHECK_INT_EQ(json_array_size(att), 1);
-    CHECK_INT_EQ(json_int(json_array_get(att, 0), "status_code"), 0);
-    CHECK_STR_EQ(json_string_value(json_object_get(json_array_get(att, 0), "error")),
+    CHECK_INT_EQ(natt(att), 1);
+    CHECK_INT_EQ(att_row(att, 0)->status_code, 0);
+    CHECK_STR_EQ(att_row(att, 0)->error,
                  "address 10.255.255.1 is private (allow_private to permit)");
     CHECK_STR_EQ(dlv_status(ev, "busy", 0, &att), "delivered");
-    CHECK_INT_EQ(json_array_size(att), 2);
-    CHECK_INT_EQ(json_int(json_array_get(att, 0), "status_code"), 503);
+    CHECK_INT_EQ(natt(att), 2);
+    CHECK_INT_EQ(att_row(att, 0)->status_code, 503);
     for (i = 0, ok = 1; i < 3; i++)
         ok &= !strcmp(dlv_status(ev, "slow", i, NULL), "delivered");
     CHECK(ok);
     CHECK_STR_EQ(dlv_status(ev, "ghost", 0, &att), "pending"); /* left leased, no attempt */
-    CHECK_INT_EQ(json_array_size(att), 0);
+    CHECK_INT_EQ(natt(att), 0);
     CHECK_STR_EQ(dlv_status(ev, "hang", 0, &att), "pending"); /* aborted: nothing written */
-    CHECK_INT_EQ(json_array_size(att), 0);
-    json_decref(ev);
+    CHECK_INT_EQ(natt(att), 0);
+    store_event_detail_free(ev);
 
     event_free(r.poll);
     deliver_free(d);

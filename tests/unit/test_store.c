@@ -1,5 +1,5 @@
 /* test_store.c -- unit tests of the SQLite store: group commit, dedupe,
- * claims and leases, crash release, lock contention, event JSON, query plans.
+ * claims and leases, crash release, lock contention, the event detail, query plans.
  * SPDX-License-Identifier: MIT */
 #include <stdint.h>
 #include <stdio.h>
@@ -270,8 +270,12 @@ static void test_route_claim_attempt(struct store *s) {
                               .response = "busy caf\xe9",
                               .response_len = 9};
     size_t n = 0, i;
-    char dlv_id[UTIL_ID_MAX];
-    json_t *j, *dl, *att;
+    char dlv_id[UTIL_ID_MAX], when[32];
+    struct store_event_detail *det = NULL;
+    const struct store_event_row *e;
+    const struct store_event_delivery *dl;
+    const struct store_attempt_row *att;
+    json_t *j;
 
     CHECK_INT_EQ(store_event_put(s, &ev, NULL, 0, err, sizeof err), 0);
     CHECK_INT_EQ(commit(s), 1);
@@ -365,54 +369,67 @@ static void test_route_claim_attempt(struct store *s) {
     CHECK_INT_EQ(cnt.held, 1);
     CHECK_INT_EQ(cnt.failed, 0);
 
-    /* The admin JSON. */
-    err[0] = 'x';
-    CHECK(store_event_json(s, "evt_UNKNOWN", err, sizeof err) == NULL);
-    CHECK_INT_EQ(err[0], '\0');
-    j = store_event_json(s, "evt_R", err, sizeof err);
-    CHECK(j != NULL);
-    if (!j)
+    /* The event detail (rows the admin API renders as JSON). */
+    CHECK_INT_EQ(store_event_detail(s, "evt_UNKNOWN", &det, err, sizeof err), 0);
+    CHECK(det == NULL);
+    CHECK_INT_EQ(store_event_detail(s, "evt_R", &det, err, sizeof err), 1);
+    CHECK(det != NULL);
+    if (!det)
         return;
-    CHECK_STR_EQ(json_string_value(json_object_get(j, "id")), "evt_R");
-    CHECK_STR_EQ(json_string_value(json_object_get(j, "source")), "atoship");
-    CHECK_STR_EQ(json_string_value(json_object_get(j, "source_id")), "route-1");
-    CHECK_STR_EQ(json_string_value(json_object_get(j, "type")), "tracking.delivered");
-    CHECK_STR_EQ(json_string_value(json_object_get(j, "status")), "routed");
-    CHECK_STR_EQ(json_string_value(json_object_get(j, "received_at")), "2026-11-18T16:03:38.123Z");
-    CHECK_STR_EQ(json_string_value(json_object_get(j, "created_at")), "2026-11-23T16:03:38Z");
-    CHECK(json_is_null(json_object_get(j, "error")));
-    CHECK(json_is_object(json_object_get(j, "data")));
-    CHECK_STR_EQ(json_string_value(json_object_get(json_object_get(j, "data"), "tracking")),
-                 "1Z999");
-    dl = json_object_get(j, "deliveries");
-    CHECK(json_is_array(dl) && json_array_size(dl) == 2);
-    CHECK_STR_EQ(json_string_value(json_object_get(json_array_get(dl, 0), "id")), dlv_id);
-    CHECK_STR_EQ(json_string_value(json_object_get(json_array_get(dl, 0), "endpoint")), "erp");
-    CHECK_STR_EQ(json_string_value(json_object_get(json_array_get(dl, 0), "status")), "delivered");
-    CHECK(json_is_false(json_object_get(json_array_get(dl, 0), "batch")));
-    CHECK_STR_EQ(json_string_value(json_object_get(json_array_get(dl, 1), "endpoint")), "chat");
-    CHECK_STR_EQ(json_string_value(json_object_get(json_array_get(dl, 1), "status")), "held");
-    CHECK_INT_EQ(json_array_size(json_object_get(json_array_get(dl, 1), "attempts")), 0);
-    att = json_object_get(json_array_get(dl, 0), "attempts");
-    CHECK(json_is_array(att) && json_array_size(att) == 2);
-    CHECK_INT_EQ(json_integer_value(json_object_get(json_array_get(att, 0), "n")), 1);
-    CHECK_INT_EQ(json_integer_value(json_object_get(json_array_get(att, 0), "status_code")), 503);
-    CHECK_INT_EQ(json_integer_value(json_object_get(json_array_get(att, 0), "latency_ms")), 42);
-    CHECK_STR_EQ(json_string_value(json_object_get(json_array_get(att, 0), "error")), "HTTP 503");
-    /* Latin-1 byte in the response: replaced, the document stays valid UTF-8. */
-    CHECK_STR_EQ(json_string_value(json_object_get(json_array_get(att, 0), "response")),
-                 "busy caf\xEF\xBF\xBD");
-    CHECK(json_is_string(json_object_get(json_array_get(att, 0), "at")));
-    CHECK_INT_EQ(json_integer_value(json_object_get(json_array_get(att, 1), "n")), 2);
-    CHECK_INT_EQ(json_integer_value(json_object_get(json_array_get(att, 1), "status_code")), 200);
-    CHECK(json_is_null(json_object_get(json_array_get(att, 1), "error")));
-    CHECK_STR_EQ(json_string_value(json_object_get(json_array_get(att, 1), "response")), "ok");
-    {
-        char *txt = json_dumps(j, 0);
-        CHECK(txt != NULL);
-        free(txt);
-    }
+    e = det->ev;
+    CHECK_STR_EQ(e->id, "evt_R");
+    CHECK_STR_EQ(e->source, "atoship");
+    CHECK_STR_EQ(e->source_id, "route-1");
+    CHECK_STR_EQ(e->type, "tracking.delivered");
+    CHECK_STR_EQ(e->status, "routed");
+    util_time_rfc3339(e->received_at, when, sizeof when);
+    CHECK_STR_EQ(when, "2026-11-18T16:03:38.123Z");
+    CHECK_STR_EQ(e->created_at, "2026-11-23T16:03:38Z");
+    CHECK(e->error == NULL);
+    j = e->data_json ? json_loads(e->data_json, JSON_DECODE_ANY, NULL) : NULL;
+    CHECK(json_is_object(j));
+    CHECK_STR_EQ(json_string_value(json_object_get(j, "tracking")), "1Z999");
     json_decref(j);
+    CHECK(det->ndeliveries == 2 && det->nwaiting == 0);
+    if (det->ndeliveries != 2) {
+        store_event_detail_free(det);
+        return;
+    }
+    dl = det->deliveries;
+    CHECK_STR_EQ(dl[0].id, dlv_id);
+    CHECK_STR_EQ(dl[0].endpoint, "erp");
+    CHECK_STR_EQ(dl[0].status, "delivered");
+    CHECK_INT_EQ(dl[0].batch, 0);
+    CHECK_STR_EQ(dl[1].endpoint, "chat");
+    CHECK_STR_EQ(dl[1].status, "held");
+    CHECK_INT_EQ(dl[1].nattempts, 0);
+    att = dl[0].attempts;
+    CHECK(att != NULL && dl[0].nattempts == 2);
+    if (dl[0].nattempts != 2) {
+        store_event_detail_free(det);
+        return;
+    }
+    CHECK_INT_EQ(att[0].n, 1);
+    CHECK_INT_EQ(att[0].status_code, 503);
+    CHECK_INT_EQ(att[0].latency_ms, 42);
+    CHECK_STR_EQ(att[0].error, "HTTP 503");
+    /* The response as received (a Latin-1 byte included): admin.c makes it
+     * valid UTF-8 when it renders the detail (test_admin_json.py). */
+    CHECK_INT_EQ(att[0].response_len, 9);
+    CHECK(att[0].response && memcmp(att[0].response, "busy caf\xe9", 10) == 0);
+    CHECK_INT_EQ(att[0].at, now);
+    CHECK_INT_EQ(att[1].n, 2);
+    CHECK_INT_EQ(att[1].status_code, 200);
+    CHECK(att[1].error == NULL);
+    CHECK_STR_EQ(att[1].response, "ok");
+    /* what the detail adds: the payload and its type, per delivery */
+    CHECK_STR_EQ(dl[0].payload, "{\"x\":1}");
+    CHECK_STR_EQ(dl[0].content_type, "application/json");
+    CHECK_STR_EQ(dl[1].payload, "hi");
+    CHECK_INT_EQ(dl[1].payload_len, 2);
+    CHECK(e->raw && memcmp(e->raw, "{\"a\":1}", 8) == 0);
+    CHECK_STR_EQ(e->headers_json, "{\"content-type\":\"application/json\"}");
+    store_event_detail_free(det);
 }
 
 /* A write error inside a group fails the whole group: earlier writes of it
@@ -515,7 +532,7 @@ static struct store *test_crash_release(struct store *s) {
 }
 
 /* Hot queries are index lookups, never table scans (next_due may walk its
- * index: LIMIT 1 stops at the first entry). The SQL mirrors store.c. */
+ * index: LIMIT 1 stops at the first entry). The SQL mirrors core/store_*.c. */
 static void test_query_plans(void) {
     static const char *const sqls[] = {
         /* the scheduler's claims per endpoint (deliver.c) */
@@ -710,7 +727,7 @@ static void test_batch_windows(struct store *s) {
     size_t n = 0, count = 99, nd = 0;
     int64_t c = 0, W = 60000, start = 1795017780000; /* a multiple of W */
     char err[256];
-    json_t *j;
+    struct store_event_detail *det = NULL;
 
     CHECK_INT_EQ(store_event_put(s, &ev, NULL, 0, err, sizeof err), 0);
     CHECK_INT_EQ(store_event_routed(s, "evt_BATCH1", "routed", NULL, NULL, 0, err, sizeof err), 0);
@@ -773,20 +790,24 @@ static void test_batch_windows(struct store *s) {
         }
     }
     store_deliveries_free(d, nd);
-    j = store_event_json(s, "evt_BATCH1", err, sizeof err);
-    CHECK(j != NULL);
-    if (j) {
-        json_t *dl = json_array_get(json_object_get(j, "deliveries"), 0);
-        json_t *open1 = json_array_get(json_object_get(j, "deliveries"), 1);
+    CHECK_INT_EQ(store_event_detail(s, "evt_BATCH1", &det, err, sizeof err), 1);
+    CHECK(det != NULL);
+    if (det) {
         /* the sent batch, then the two windows still open (wms next, bi) */
-        CHECK_INT_EQ((int)json_array_size(json_object_get(j, "deliveries")), 3);
-        CHECK(json_is_true(json_object_get(dl, "batch")));
-        CHECK_STR_EQ(json_string_value(json_object_get(dl, "endpoint")), "wms");
-        CHECK(json_is_string(json_object_get(dl, "id")));
-        CHECK(json_is_null(json_object_get(open1, "id")));
-        CHECK_STR_EQ(json_string_value(json_object_get(open1, "status")), "batching");
-        CHECK(json_is_true(json_object_get(open1, "batch")));
-        json_decref(j);
+        CHECK_INT_EQ((int)(det->ndeliveries + det->nwaiting), 3);
+        CHECK_INT_EQ((int)det->ndeliveries, 1);
+        if (det->ndeliveries == 1) {
+            CHECK_INT_EQ(det->deliveries[0].batch, 1);
+            CHECK_STR_EQ(det->deliveries[0].endpoint, "wms");
+            CHECK(det->deliveries[0].id != NULL);
+        }
+        CHECK(det->nwaiting >= 1 && det->waiting[0].endpoint != NULL);
+        if (det->nwaiting >= 1) {
+            /* a window still open: no delivery (id) yet; it ends at its close */
+            CHECK_STR_EQ(det->waiting[0].endpoint, "wms");
+            CHECK(det->waiting[0].window_end == start + 2 * W);
+        }
+        store_event_detail_free(det);
     }
     CHECK_INT_EQ((int)fresh_count("SELECT count(*) FROM batch_items WHERE delivery_id IS NULL"
                                   " AND endpoint = ?", "wms"), 1);

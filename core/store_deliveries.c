@@ -1,0 +1,243 @@
+/* store_deliveries.c -- deliveries in the store once they exist: leases,
+ * attempts and outcomes, manual retries, and the counts by status.
+ * Invariants: a lease moves next_at to the lease's end and records it in
+ * lease_until (released at open after a crash); an outcome clears the
+ * lease; delivery_counts plus the open group's insert counts (s->counts)
+ * equal count(*) by status at every moment (triggers keep updates and
+ * deletes, the store counts inserts and writes them before COMMIT).
+ * SPDX-License-Identifier: MIT */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sqlite3.h>
+
+#include "store.h"
+#include "store_int.h"
+#include "util.h"
+
+const struct store_stmt_def store_deliveries_stmts[] = {
+    {ST_DLV_LEASE, "UPDATE deliveries SET next_at = ?2, lease_until = ?2 WHERE seq = ?1"},
+    {ST_DLV_RELEASE, "UPDATE deliveries SET next_at = ?2, lease_until = 0"
+                     " WHERE seq = ?1 AND status = 'pending' AND lease_until > 0"},
+    {ST_DLV_OUTCOME, "UPDATE deliveries SET status = ?2, next_at = ?3, schedule_pos = ?4,"
+                     " attempts = max(attempts, ?5), lease_until = 0 WHERE id = ?1"},
+    {ST_DLV_RETRY, "UPDATE deliveries SET status = 'pending', schedule_pos = 0, next_at = ?2,"
+                   " lease_until = 0 WHERE id = ?1 AND status = 'failed'"},
+    {ST_DLV_EXISTS, "SELECT 1 FROM deliveries WHERE id = ?1"},
+    {ST_ATT_INSERT, "INSERT OR REPLACE INTO attempts(delivery_id, n, at, status_code,"
+                    " latency_ms, error, response) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"},
+    {ST_COUNTS, "SELECT status, n FROM delivery_counts"},
+    {ST_COUNTS_ADD, "INSERT INTO delivery_counts(status, n) VALUES (?1, ?2)"
+                    " ON CONFLICT(status) DO UPDATE SET n = n + ?2"},
+    {ST_COUNT_, NULL},
+};
+
+/* ---- rows ---- */
+
+void store_deliveries_free(struct store_delivery *d, size_t n) {
+    size_t i;
+    if (!d)
+        return;
+    for (i = 0; i < n; i++) {
+        free(d[i].endpoint);
+        free(d[i].event_type);
+        free(d[i].content_type);
+        free(d[i].headers_json);
+        free(d[i].payload);
+    }
+    free(d);
+}
+
+void store_delivery_row_read(sqlite3_stmt *st, struct store_delivery *r, int *oom) {
+    r->seq = sqlite3_column_int64(st, 0);
+    copy_id(r->id, sizeof r->id, sqlite3_column_text(st, 1));
+    copy_id(r->event_id, sizeof r->event_id, sqlite3_column_text(st, 2));
+    r->endpoint = col_text(st, 3, oom);
+    r->event_type = col_text(st, 4, oom);
+    r->content_type = col_text(st, 5, oom);
+    r->headers_json = col_text(st, 6, oom);
+    r->payload = col_blob(st, 7, &r->payload_len, oom);
+    r->attempts = sqlite3_column_int(st, 8);
+    r->schedule_pos = sqlite3_column_int(st, 9);
+    r->next_at = sqlite3_column_int64(st, 10);
+    r->created_at = sqlite3_column_int64(st, 11);
+}
+
+/* ---- leases ---- */
+
+int store_deliveries_lease(struct store *s, const struct store_delivery *d, size_t n, int64_t until,
+                           char *err, size_t errlen) {
+    sqlite3_stmt *lease = store_stmt(s, ST_DLV_LEASE);
+    size_t i;
+
+    if (n && store_group_begin(s, err, errlen) < 0)
+        return -1;
+    for (i = 0; i < n; i++) {
+        /* Only committed rows are ever claimed (the watermark). */
+        STORE_CHECK(d[i].seq <= s->committed_dlv_seq);
+        if (sqlite3_bind_int64(lease, 1, d[i].seq) || sqlite3_bind_int64(lease, 2, until) ||
+            sqlite3_step(lease) != SQLITE_DONE) {
+            store_group_fail(s, "claim", err, errlen);
+            stmt_done(lease);
+            return -1;
+        }
+        stmt_done(lease);
+    }
+    return 0;
+}
+
+int store_delivery_lease(struct store *s, int64_t seq, int64_t next_at, int lease, char *err,
+                         size_t errlen) {
+    sqlite3_stmt *st = store_stmt(s, lease ? ST_DLV_LEASE : ST_DLV_RELEASE);
+
+    if (store_group_begin(s, err, errlen) < 0)
+        return -1;
+    if (sqlite3_bind_int64(st, 1, seq) || sqlite3_bind_int64(st, 2, next_at) ||
+        sqlite3_step(st) != SQLITE_DONE) {
+        store_group_fail(s, lease ? "lease" : "release", err, errlen);
+        stmt_done(st);
+        return -1;
+    }
+    stmt_done(st);
+    return 0;
+}
+
+/* ---- attempts and outcomes ---- */
+
+int store_attempt_put(struct store *s, const char *delivery_id, const struct store_attempt *a,
+                      const char *status, int64_t next_at, int schedule_pos, char *err,
+                      size_t errlen) {
+    sqlite3_stmt *up = store_stmt(s, ST_DLV_OUTCOME), *ins = store_stmt(s, ST_ATT_INSERT);
+    int ret = -1;
+
+    if (store_group_begin(s, err, errlen) < 0)
+        return -1;
+    /* The delivery first: an unknown id writes nothing and keeps the group. */
+    if (bind_text(up, 1, delivery_id) || bind_text(up, 2, status) ||
+        sqlite3_bind_int64(up, 3, next_at) || sqlite3_bind_int(up, 4, schedule_pos) ||
+        sqlite3_bind_int(up, 5, a->n) || sqlite3_step(up) != SQLITE_DONE) {
+        store_group_fail(s, "delivery outcome", err, errlen);
+        goto done;
+    }
+    if (sqlite3_changes(s->db) != 1) {
+        store_err(err, errlen, "store: unknown delivery %s", delivery_id);
+        goto done;
+    }
+    if (bind_text(ins, 1, delivery_id) || sqlite3_bind_int(ins, 2, a->n) ||
+        sqlite3_bind_int64(ins, 3, a->at) || sqlite3_bind_int(ins, 4, a->status_code) ||
+        sqlite3_bind_int64(ins, 5, a->latency_ms) || bind_text(ins, 6, a->error) ||
+        bind_blob(ins, 7, a->response, a->response_len) || sqlite3_step(ins) != SQLITE_DONE) {
+        store_group_fail(s, "attempt insert", err, errlen);
+        goto done;
+    }
+    ret = 0;
+done:
+    stmt_done(up);
+    stmt_done(ins);
+    return ret;
+}
+
+int store_delivery_retry(struct store *s, const char *id, int64_t next_at, char *err,
+                         size_t errlen) {
+    sqlite3_stmt *up = store_stmt(s, ST_DLV_RETRY), *get = store_stmt(s, ST_DLV_EXISTS);
+    int ret = -1, rc;
+
+    if (store_group_begin(s, err, errlen) < 0)
+        return -1;
+    if (bind_text(up, 1, id) || sqlite3_bind_int64(up, 2, next_at) ||
+        sqlite3_step(up) != SQLITE_DONE) {
+        store_group_fail(s, "delivery retry", err, errlen);
+        goto done;
+    }
+    if (sqlite3_changes(s->db) == 1) {
+        ret = 1;
+        goto done;
+    }
+    if (bind_text(get, 1, id)) {
+        store_err(err, errlen, "store: %s", sqlite3_errmsg(s->db));
+        goto done;
+    }
+    rc = sqlite3_step(get);
+    if (rc == SQLITE_ROW)
+        ret = 2;
+    else if (rc == SQLITE_DONE)
+        ret = 0;
+    else
+        store_err(err, errlen, "store: %s", sqlite3_errmsg(s->db));
+done:
+    stmt_done(up);
+    stmt_done(get);
+    return ret;
+}
+
+/* ---- counts by status ---- */
+
+/* Adds n to the count of status in delivery_counts at once. */
+static int counts_write(struct store *s, const char *status, int64_t n) {
+    sqlite3_stmt *st = store_stmt(s, ST_COUNTS_ADD);
+    int rc;
+    if (bind_text(st, 1, status) || sqlite3_bind_int64(st, 2, n))
+        rc = SQLITE_ERROR;
+    else
+        rc = sqlite3_step(st);
+    stmt_done(st);
+    return rc == SQLITE_DONE ? 0 : -1;
+}
+
+/* When the status is too long for the table or the table is full, the row
+ * is counted in delivery_counts at once. */
+int store_counts_add(struct store *s, const char *status, int64_t n) {
+    int i;
+    STORE_CHECK(s->in_txn);
+    for (i = 0; i < s->ncounts; i++) {
+        if (strcmp(s->counts[i].status, status) == 0) {
+            s->counts[i].n += n;
+            return 0;
+        }
+    }
+    if (s->ncounts < (int)(sizeof s->counts / sizeof s->counts[0]) &&
+        strlen(status) < sizeof s->counts[0].status) {
+        snprintf(s->counts[s->ncounts].status, sizeof s->counts[0].status, "%s", status);
+        s->counts[s->ncounts++].n = n;
+        return 0;
+    }
+    return counts_write(s, status, n);
+}
+
+int store_counts_flush(struct store *s) {
+    int i, rc = 0;
+    for (i = 0; i < s->ncounts && rc == 0; i++)
+        if (s->counts[i].n != 0)
+            rc = counts_write(s, s->counts[i].status, s->counts[i].n);
+    s->ncounts = 0;
+    return rc;
+}
+
+/* Adds v to the field of c that status names (other statuses are not kept). */
+static void counts_put(struct store_counts *c, const char *status, int64_t v, int add) {
+    int64_t *f = strcmp(status, "pending") == 0     ? &c->pending
+                 : strcmp(status, "held") == 0      ? &c->held
+                 : strcmp(status, "failed") == 0    ? &c->failed
+                 : strcmp(status, "delivered") == 0 ? &c->delivered
+                                                    : NULL;
+    if (f)
+        *f = add ? *f + v : v;
+}
+
+int store_delivery_counts(struct store *s, struct store_counts *c) {
+    sqlite3_stmt *st = store_stmt(s, ST_COUNTS);
+    const char *status;
+    int rc;
+    memset(c, 0, sizeof *c);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        status = (const char *)sqlite3_column_text(st, 0);
+        if (status)
+            counts_put(c, status, sqlite3_column_int64(st, 1), 0);
+    }
+    sqlite3_reset(st);
+    /* The open group's inserts, not yet in the table. */
+    for (int i = 0; i < s->ncounts; i++)
+        counts_put(c, s->counts[i].status, s->counts[i].n, 1);
+    return rc == SQLITE_DONE ? 0 : -1;
+}

@@ -1,0 +1,420 @@
+/* store_events.c -- events in the store: inserting (deduped by source and
+ * source id), recording the outcome of routing with the deliveries it made,
+ * reading them back (one event, the unrouted ones after a crash), nonces
+ * (Shiptify tokens), and retention.
+ * Invariants: an event's first routing derives its delivery ids from the
+ * event, later routings (replays) make new ones; recovery lists only events
+ * whose group is durable (seq <= committed_evt_seq); retention deletes only
+ * events whose deliveries are all delivered, never a dead letter.
+ * SPDX-License-Identifier: MIT */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sqlite3.h>
+
+#include "store.h"
+#include "store_int.h"
+#include "util.h"
+
+const struct store_stmt_def store_events_stmts[] = {
+    {ST_EVT_INSERT, "INSERT INTO events(id, source, source_id, type, status, error, created_at,"
+                    " received_at, headers, data, raw)"
+                    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"},
+    {ST_EVT_DUP, "SELECT id FROM events WHERE source = ?1 AND source_id = ?2"},
+    {ST_EVT_STATUS, "UPDATE events SET status = ?2, error = ?3 WHERE id = ?1"},
+    {ST_EVT_STATUS_FIRST, "UPDATE events SET status = ?2, error = ?3"
+                          " WHERE id = ?1 AND status = 'received'"},
+    /* The columns in the order store_event_row_read reads. */
+    {ST_EVT_GET, "SELECT seq, id, source, source_id, type, created_at, status, error, headers,"
+                 " data, raw, received_at FROM events WHERE id = ?1"},
+    {ST_EVT_UNROUTED, "SELECT seq, id, source, source_id, type, created_at, status, error,"
+                      " headers, data, raw, received_at FROM events INDEXED BY events_received"
+                      " WHERE status = 'received' AND seq > ?1 ORDER BY seq LIMIT ?2"},
+    {ST_DLV_INSERT, "INSERT INTO deliveries(id, event_id, endpoint, event_type, status, payload,"
+                    " content_type, headers, attempts, schedule_pos, next_at, lease_until,"
+                    " created_at)"
+                    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, 0, ?9, 0, ?10)"},
+    {ST_NONCE_PRUNE, "DELETE FROM nonces WHERE source = ?1 AND seen_at < ?2"},
+    {ST_NONCE_INSERT, "INSERT INTO nonces (source, nonce, digest, seen_at)"
+                      " VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING"},
+    {ST_NONCE_DIGEST, "SELECT digest FROM nonces WHERE source = ?1 AND nonce = ?2"},
+    /* Retention walks events by seq from the cursor (received_at grows with
+     * seq), so a batch costs O(max) whatever the table size. */
+    {ST_PRUNE_SCAN, "SELECT seq, id, received_at, status,"
+                    " EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id"
+                    "  AND d.status IN ('pending', 'held')),"
+                    " EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id"
+                    "  AND d.status = 'failed')"
+                    " FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2"},
+    {ST_PRUNE_ATTEMPTS, "DELETE FROM attempts WHERE delivery_id IN"
+                        " (SELECT id FROM deliveries WHERE event_id = ?1)"},
+    {ST_PRUNE_DELIVERIES, "DELETE FROM deliveries WHERE event_id = ?1"},
+    {ST_PRUNE_EVENT, "DELETE FROM events WHERE id = ?1"},
+    {ST_COUNT_, NULL},
+};
+
+/* ---- nonces ---- */
+
+int store_nonce_put(struct store *s, const char *source, const char *nonce, const char *digest,
+                    int64_t now_ms, int64_t keep_ms, char *err, size_t errlen) {
+    sqlite3_stmt *prune = store_stmt(s, ST_NONCE_PRUNE), *ins = store_stmt(s, ST_NONCE_INSERT),
+                 *get = store_stmt(s, ST_NONCE_DIGEST);
+    int ret = -1;
+
+    if (store_group_begin(s, err, errlen) < 0)
+        return -1;
+    /* A nonce older than keep_ms can only come back with a timestamp the
+     * tolerance refuses: forget those, at most once a minute. */
+    if (now_ms - s->nonces_pruned_at >= 60000) {
+        s->nonces_pruned_at = now_ms;
+        if (bind_text(prune, 1, source) || sqlite3_bind_int64(prune, 2, now_ms - keep_ms) ||
+            sqlite3_step(prune) != SQLITE_DONE) {
+            store_group_fail(s, "nonce prune", err, errlen);
+            goto done;
+        }
+    }
+    if (bind_text(ins, 1, source) || bind_text(ins, 2, nonce) || bind_text(ins, 3, digest) ||
+        sqlite3_bind_int64(ins, 4, now_ms) || sqlite3_step(ins) != SQLITE_DONE) {
+        store_group_fail(s, "nonce insert", err, errlen);
+        goto done;
+    }
+    if (sqlite3_changes(s->db) == 1) {
+        ret = 0;
+        goto done;
+    }
+    if (bind_text(get, 1, source) || bind_text(get, 2, nonce) || sqlite3_step(get) != SQLITE_ROW) {
+        store_group_fail(s, "nonce lookup", err, errlen);
+        goto done;
+    }
+    ret = strcmp((const char *)sqlite3_column_text(get, 0), digest) == 0 ? STORE_DUP : STORE_REPLAY;
+done:
+    stmt_done(prune);
+    stmt_done(ins);
+    stmt_done(get);
+    return ret;
+}
+
+/* ---- inserting and routing ---- */
+
+int store_event_put(struct store *s, const struct store_event *ev, char *dup_id, size_t dup_len,
+                    char *err, size_t errlen) {
+    sqlite3_stmt *st = store_stmt(s, ST_EVT_INSERT), *dup = store_stmt(s, ST_EVT_DUP);
+    int rc, ret = -1;
+
+    if (store_group_begin(s, err, errlen) < 0)
+        return -1;
+    if (bind_text(st, 1, ev->id) || bind_text(st, 2, ev->source) ||
+        bind_text(st, 3, ev->source_id) || bind_text(st, 4, ev->type) ||
+        bind_text(st, 5, ev->status ? ev->status : "received") || bind_text(st, 6, ev->error) ||
+        bind_text(st, 7, ev->created_at) || sqlite3_bind_int64(st, 8, ev->received_at) ||
+        bind_text(st, 9, ev->headers_json) || bind_text(st, 10, ev->data_json) ||
+        bind_blob(st, 11, ev->raw, ev->raw_len)) {
+        store_group_fail(s, "event insert", err, errlen);
+        goto done;
+    }
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE) {
+        s->group_evt_seq = sqlite3_last_insert_rowid(s->db);
+        ret = 0;
+        goto done;
+    }
+    if (rc == SQLITE_CONSTRAINT_UNIQUE) {
+        /* A failed constraint undoes only this statement; look for the
+         * first copy (in the database or in the open group). */
+        sqlite3_reset(st);
+        if (bind_text(dup, 1, ev->source) || bind_text(dup, 2, ev->source_id)) {
+            store_group_fail(s, "event lookup", err, errlen);
+            goto done;
+        }
+        rc = sqlite3_step(dup);
+        if (rc == SQLITE_ROW) {
+            if (dup_id && dup_len)
+                copy_id(dup_id, dup_len, sqlite3_column_text(dup, 0));
+            ret = STORE_DUP;
+            goto done;
+        }
+        if (rc == SQLITE_DONE) { /* the unique key hit was the id itself */
+            store_err(err, errlen, "store: event id %s already exists", ev->id);
+            goto done;
+        }
+    }
+    store_group_fail(s, "event insert", err, errlen);
+done:
+    stmt_done(st);
+    stmt_done(dup);
+    return ret;
+}
+
+/* Sets event_id's status and error. *first is 1 when this is its first
+ * routing (it was "received"). Returns 0, or -1 (err set; an unknown id
+ * writes nothing and keeps the group). */
+static int event_set_status(struct store *s, const char *event_id, const char *status,
+                            const char *error, int *first, char *err, size_t errlen) {
+    sqlite3_stmt *fst = store_stmt(s, ST_EVT_STATUS_FIRST), *up = store_stmt(s, ST_EVT_STATUS);
+    int ret = -1;
+
+    if (bind_text(fst, 1, event_id) || bind_text(fst, 2, status) || bind_text(fst, 3, error) ||
+        sqlite3_step(fst) != SQLITE_DONE) {
+        store_group_fail(s, "event status", err, errlen);
+        goto done;
+    }
+    *first = sqlite3_changes(s->db) == 1;
+    if (!*first) {
+        if (bind_text(up, 1, event_id) || bind_text(up, 2, status) || bind_text(up, 3, error) ||
+            sqlite3_step(up) != SQLITE_DONE) {
+            store_group_fail(s, "event status", err, errlen);
+            goto done;
+        }
+        if (sqlite3_changes(s->db) != 1) {
+            store_err(err, errlen, "store: unknown event %s", event_id);
+            goto done;
+        }
+    }
+    ret = 0;
+done:
+    stmt_done(fst);
+    stmt_done(up);
+    return ret;
+}
+
+int store_event_routed(struct store *s, const char *event_id, const char *status, const char *error,
+                       const struct store_delivery_new *d, size_t n, char *err, size_t errlen) {
+    sqlite3_stmt *ins = store_stmt(s, ST_DLV_INSERT);
+    char id[UTIL_ID_MAX];
+    int64_t now = util_now_ms();
+    size_t i;
+    int is_first = 0;
+
+    if (store_group_begin(s, err, errlen) < 0)
+        return -1;
+    /* The event first: an unknown id writes nothing and keeps the group.
+     * Its first routing (status still "received") derives the delivery ids
+     * from the event: if a power cut takes the routing back after the
+     * deliveries went out, routing again sends them under the same ids,
+     * which receivers can dedupe. Later routings (replays) are new sends. */
+    if (event_set_status(s, event_id, status, error, &is_first, err, errlen) < 0)
+        return -1;
+    for (i = 0; i < n; i++) {
+        if (is_first)
+            util_id_derive("dlv_", event_id, d[i].endpoint, (unsigned)i, id, sizeof id);
+        else
+            util_id_new("dlv_", id, sizeof id);
+        if (bind_text(ins, 1, id) || bind_text(ins, 2, event_id) ||
+            bind_text(ins, 3, d[i].endpoint) || bind_text(ins, 4, d[i].event_type) ||
+            bind_text(ins, 5, d[i].status ? d[i].status : "pending") ||
+            bind_blob(ins, 6, d[i].payload ? d[i].payload : "", d[i].payload_len) ||
+            bind_text(ins, 7, d[i].content_type) || bind_text(ins, 8, d[i].headers_json) ||
+            sqlite3_bind_int64(ins, 9, d[i].next_at) || sqlite3_bind_int64(ins, 10, now) ||
+            sqlite3_step(ins) != SQLITE_DONE) {
+            /* Earlier rows of this call are in the group: fail it all. */
+            store_group_fail(s, "delivery insert", err, errlen);
+            stmt_done(ins);
+            return -1;
+        }
+        s->group_dlv_seq = sqlite3_last_insert_rowid(s->db);
+        stmt_done(ins);
+        if (store_counts_add(s, d[i].status ? d[i].status : "pending", 1) < 0) {
+            store_group_fail(s, "delivery counts", err, errlen);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* ---- reading events ---- */
+
+void store_event_rows_free(struct store_event_row *rows, size_t n) {
+    size_t i;
+    if (!rows)
+        return;
+    for (i = 0; i < n; i++) {
+        struct store_event_row *r = &rows[i];
+        free(r->id);
+        free(r->source);
+        free(r->source_id);
+        free(r->type);
+        free(r->created_at);
+        free(r->status);
+        free(r->error);
+        free(r->headers_json);
+        free(r->data_json);
+        free(r->raw);
+    }
+    free(rows);
+}
+
+void store_event_row_read(sqlite3_stmt *st, struct store_event_row *r, int *oom) {
+    r->seq = sqlite3_column_int64(st, 0);
+    r->id = col_text(st, 1, oom);
+    r->source = col_text(st, 2, oom);
+    r->source_id = col_text(st, 3, oom);
+    r->type = col_text(st, 4, oom);
+    r->created_at = col_text(st, 5, oom);
+    r->status = col_text(st, 6, oom);
+    r->error = col_text(st, 7, oom);
+    r->headers_json = col_text(st, 8, oom);
+    r->data_json = col_text(st, 9, oom);
+    r->raw = col_blob(st, 10, &r->raw_len, oom);
+    r->received_at = sqlite3_column_int64(st, 11);
+}
+
+int store_events_unrouted(struct store *s, int64_t after_seq, size_t max,
+                          struct store_event_row **rows, size_t *n, char *err, size_t errlen) {
+    sqlite3_stmt *st = store_stmt(s, ST_EVT_UNROUTED);
+    struct store_event_row *out = NULL, *r;
+    void *grown;
+    size_t cnt = 0, cap = 0;
+    int rc, oom = 0;
+
+    *rows = NULL;
+    *n = 0;
+    if (max == 0)
+        return 0;
+    if (sqlite3_bind_int64(st, 1, after_seq) ||
+        sqlite3_bind_int64(st, 2, max > INT64_MAX ? INT64_MAX : (int64_t)max)) {
+        store_err(err, errlen, "store: unrouted: %s", sqlite3_errmsg(s->db));
+        goto fail;
+    }
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (sqlite3_column_int64(st, 0) > s->committed_evt_seq) {
+            rc = SQLITE_DONE; /* the rest are in the open group: not ours to route */
+            break;
+        }
+        if (!(grown = store_rows_grow(out, &cap, cnt, sizeof *out, 16)))
+            goto oom;
+        out = grown;
+        r = &out[cnt++];
+        memset(r, 0, sizeof *r);
+        store_event_row_read(st, r, &oom);
+        if (oom)
+            goto oom;
+    }
+    if (rc != SQLITE_DONE) {
+        store_err(err, errlen, "store: unrouted: %s", sqlite3_errmsg(s->db));
+        goto fail;
+    }
+    stmt_done(st);
+    *rows = out;
+    *n = cnt;
+    return 0;
+oom:
+    store_err(err, errlen, "store: out of memory");
+fail:
+    stmt_done(st);
+    store_event_rows_free(out, cnt);
+    return -1;
+}
+
+int store_event_get(struct store *s, const char *id, struct store_event_row **out, char *err,
+                    size_t errlen) {
+    struct store_event_row *row = calloc(1, sizeof *row);
+    sqlite3_stmt *st = store_stmt(s, ST_EVT_GET);
+    int rc, oom = 0, ret = -1;
+
+    *out = NULL;
+    if (!row) {
+        store_err(err, errlen, "store: out of memory");
+        goto done;
+    }
+    if (bind_text(st, 1, id)) {
+        store_err(err, errlen, "store: %s", sqlite3_errmsg(s->db));
+        goto done;
+    }
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE) {
+        ret = 0;
+        goto done;
+    }
+    if (rc != SQLITE_ROW) {
+        store_err(err, errlen, "store: event: %s", sqlite3_errmsg(s->db));
+        goto done;
+    }
+    store_event_row_read(st, row, &oom);
+    if (oom) {
+        store_err(err, errlen, "store: out of memory");
+        goto done;
+    }
+    *out = row;
+    row = NULL;
+    ret = 1;
+done:
+    store_event_rows_free(row, row ? 1 : 0);
+    stmt_done(st);
+    return ret;
+}
+
+/* ---- retention ---- */
+
+/* Reads up to max events after *cursor that retention may delete into ids
+ * (*nids of them), advancing *last past what it looked at; stops at the
+ * first event that is newer than before_ms, not routed yet, or still going
+ * out. Returns 0 or -1. */
+static int prune_scan(struct store *s, int64_t before_ms, int64_t cursor, int max,
+                      char (*ids)[UTIL_ID_MAX], int *nids, int64_t *last, char *err,
+                      size_t errlen) {
+    sqlite3_stmt *sel = store_stmt(s, ST_PRUNE_SCAN);
+    const char *status;
+    int rc, ret = -1;
+
+    *last = cursor;
+    if (sqlite3_bind_int64(sel, 1, cursor) || sqlite3_bind_int(sel, 2, max)) {
+        store_err(err, errlen, "store: prune: %s", sqlite3_errmsg(s->db));
+        goto done;
+    }
+    while ((rc = sqlite3_step(sel)) == SQLITE_ROW) {
+        status = (const char *)sqlite3_column_text(sel, 3);
+        if (sqlite3_column_int64(sel, 2) >= before_ms)
+            break; /* newer from here on */
+        if (status && !strcmp(status, "received"))
+            break; /* not routed yet: stop, look again later */
+        if (sqlite3_column_int(sel, 4))
+            break; /* still going out: wait for it */
+        *last = sqlite3_column_int64(sel, 0);
+        /* Dead letters (failed deliveries) stay, retryable. */
+        if (sqlite3_column_int(sel, 5) || !status ||
+            (strcmp(status, "routed") && strcmp(status, "unrouted")))
+            continue;
+        copy_id(ids[(*nids)++], sizeof ids[0], sqlite3_column_text(sel, 1));
+    }
+    ret = 0;
+done:
+    stmt_done(sel);
+    return ret;
+}
+
+int store_prune(struct store *s, int64_t before_ms, int64_t *cursor, int max, int *pruned,
+                char *err, size_t errlen) {
+    static const enum store_stmt del[3] = {ST_PRUNE_ATTEMPTS, ST_PRUNE_DELIVERIES, ST_PRUNE_EVENT};
+    char(*ids)[UTIL_ID_MAX] = NULL;
+    int nids = 0, ret = -1, i, k;
+    int64_t last = *cursor;
+    sqlite3_stmt *st;
+
+    *pruned = 0;
+    if (!(ids = calloc((size_t)(max > 0 ? max : 1), sizeof *ids))) {
+        store_err(err, errlen, "store: out of memory");
+        return -1;
+    }
+    if (prune_scan(s, before_ms, *cursor, max, ids, &nids, &last, err, errlen) < 0)
+        goto done;
+    if (nids && store_group_begin(s, err, errlen) < 0)
+        goto done;
+    for (i = 0; i < nids; i++) {
+        for (k = 0; k < 3; k++) {
+            st = store_stmt(s, del[k]);
+            if (bind_text(st, 1, ids[i]) || sqlite3_step(st) != SQLITE_DONE) {
+                store_group_fail(s, "prune", err, errlen);
+                stmt_done(st);
+                goto done;
+            }
+            stmt_done(st);
+        }
+    }
+    *cursor = last;
+    *pruned = nids;
+    ret = 0;
+done:
+    free(ids);
+    return ret;
+}
