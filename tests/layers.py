@@ -15,7 +15,8 @@ each offending pair, then `N passed, N failed` (one check per include).
 Layers, top (1) to bottom (5); a file may include its own layer or any
 below it, never one above:
 1. commands and the app: main (commands) -> app (owns every module)
-2. edges: http (listeners, TLS, replies), inbound, admin, cli, ruletest
+2. edges: http (listeners, TLS, replies), inbound, admin (+ admin_render),
+   cli, ruletest
 3. pipeline: ingest, carrier, route, batch, deliver, health, housekeep
 4. engines: rules, rules_api (behind rules_int.h), store and store_*
    (behind store_int.h),
@@ -31,7 +32,7 @@ CORE = os.path.join(ROOT, "core")
 
 LAYERS = [
     ("commands and the app", ["main", "app"]),
-    ("edges", ["http", "inbound", "admin", "cli", "ruletest"]),
+    ("edges", ["http", "inbound", "admin", "admin_render", "cli", "ruletest"]),
     ("pipeline", ["ingest", "carrier", "route", "batch", "deliver", "health", "housekeep"]),
     ("engines", ["rules", "rules_api", "store", "store_*", "httpc", "verify", "jwks", "config",
                  "subs"]),

@@ -1,0 +1,26 @@
+/* admin_int.h -- what admin.c (the routes) takes from admin_render.c (the
+ * JSON of rows). Private to the admin module.
+ * SPDX-License-Identifier: MIT */
+#ifndef CORE_ADMIN_INT_H
+#define CORE_ADMIN_INT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <jansson.h>
+
+#include "store.h"
+
+/* The event as GET /api/events/{id} shows it, with its raw body, headers
+ * and each delivery's payload. Returns new; NULL with err empty when id is
+ * unknown, NULL with a reason on a store error. */
+json_t *admin_event_json(struct store *s, const char *id, char *err, size_t errlen);
+
+/* One page of events / deliveries as the list routes show them: *data new,
+ * *next the next page's cursor (0 = the last). Returns 0, or -1 with a
+ * reason in err. */
+int admin_events_page_json(struct store *s, const struct store_page *q, json_t **data,
+                           int64_t *next, char *err, size_t errlen);
+int admin_deliveries_page_json(struct store *s, const struct store_page *q, json_t **data,
+                               int64_t *next, char *err, size_t errlen);
+
+#endif

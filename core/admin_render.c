@@ -1,0 +1,296 @@
+/* admin_render.c -- the admin API's JSON, rendered from the plain rows the
+ * store returns (SPEC section 8): the event detail and the pages of events
+ * and deliveries, key by key in the order the API has always answered
+ * them. Text the store kept as given (a response body, a raw request) is
+ * made valid UTF-8 on the way out.
+ * SPDX-License-Identifier: MIT */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "admin_int.h"
+#include "store.h"
+#include "util.h"
+
+/* Decodes one UTF-8 sequence at p (n bytes left): its length when valid
+ * (no overlongs, surrogates or values past U+10FFFF), else 0. */
+static size_t admin_utf8_seq_len(const unsigned char *p, size_t n) {
+    unsigned c = p[0];
+    size_t len, i;
+    unsigned long cp;
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xC2 && c <= 0xDF) {
+        len = 2;
+        cp = c & 0x1F;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+        len = 3;
+        cp = c & 0x0F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        len = 4;
+        cp = c & 0x07;
+    } else {
+        return 0;
+    }
+    if (n < len)
+        return 0;
+    for (i = 1; i < len; i++) {
+        if ((p[i] & 0xC0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (p[i] & 0x3F);
+    }
+    if ((len == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) ||
+        (len == 4 && (cp < 0x10000 || cp > 0x10FFFF)))
+        return 0;
+    return len;
+}
+
+/* A JSON string of n bytes at p, each invalid UTF-8 byte replaced by U+FFFD
+ * (a response body may be Latin-1 or cut mid-character); null for NULL.
+ * Returns new, or NULL when out of memory. */
+static json_t *admin_json_text(const void *p, size_t n) {
+    const unsigned char *b = p;
+    struct util_buf buf = {NULL, 0, 0};
+    json_t *j;
+    size_t i = 0, k;
+    if (!p)
+        return json_null();
+    j = json_stringn(p, n);
+    if (j)
+        return j;
+    while (i < n) {
+        k = admin_utf8_seq_len(b + i, n - i);
+        if (k ? util_buf_append(&buf, b + i, k) : util_buf_append(&buf, "\xEF\xBF\xBD", 3)) {
+            util_buf_free(&buf);
+            return NULL;
+        }
+        i += k ? k : 1;
+    }
+    j = json_stringn(buf.p ? buf.p : "", buf.len);
+    util_buf_free(&buf);
+    return j;
+}
+
+/* A NUL-terminated text as a JSON string (null for NULL). */
+static json_t *admin_json_str(const char *s) {
+    return s ? admin_json_text(s, strlen(s)) : json_null();
+}
+
+/* Unix ms as an RFC 3339 string. */
+static json_t *admin_json_time(int64_t ms) {
+    char t[32];
+    util_time_rfc3339(ms, t, sizeof t);
+    return json_string(t);
+}
+
+/* Stored JSON text (an event's data or headers) parsed back, kept as a
+ * string when it does not parse; null for NULL. */
+static json_t *admin_json_data(const char *s) {
+    json_t *j;
+    if (!s)
+        return json_null();
+    j = json_loadb(s, strlen(s), JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+    return j ? j : admin_json_str(s);
+}
+
+/* A delivery's payload: JSON when it parses, else text; null for none. */
+static json_t *admin_json_payload(const char *p, size_t n) {
+    json_t *j;
+    if (!p)
+        return json_null();
+    j = json_loadb(p, n, JSON_DECODE_ANY, NULL);
+    return j ? j : admin_json_text(p, n);
+}
+
+/* {n, at, status_code, latency_ms, error, response} per attempt of d, as a
+ * new array, or NULL when out of memory. */
+static json_t *admin_attempts_json(const struct store_event_delivery *d) {
+    json_t *arr = json_array(), *a;
+    int bad = !arr;
+    for (size_t i = 0; i < d->nattempts && !bad; i++) {
+        const struct store_attempt_row *r = &d->attempts[i];
+        if (!(a = json_object())) {
+            bad = 1;
+            break;
+        }
+        bad |= json_object_set_new(a, "n", json_integer(r->n));
+        bad |= json_object_set_new(a, "at", admin_json_time(r->at));
+        bad |= json_object_set_new(a, "status_code", json_integer(r->status_code));
+        bad |= json_object_set_new(a, "latency_ms", json_integer(r->latency_ms));
+        bad |= json_object_set_new(a, "error", admin_json_str(r->error));
+        bad |= json_object_set_new(a, "response", admin_json_text(r->response, r->response_len));
+        bad |= json_array_append_new(arr, a);
+    }
+    if (bad) {
+        json_decref(arr);
+        return NULL;
+    }
+    return arr;
+}
+
+/* The deliveries of an event detail: {id, endpoint, status, batch,
+ * attempts, payload, content_type, event_type} each, then one {id: null,
+ * endpoint, status: "batching", batch: true, window_end, attempts: []} per
+ * open batch window the event waits in. New, or NULL when out of memory. */
+static json_t *admin_event_deliveries_json(const struct store_event_detail *d) {
+    json_t *arr = json_array(), *o;
+    int bad = !arr;
+    char t[64];
+    for (size_t i = 0; i < d->ndeliveries && !bad; i++) {
+        const struct store_event_delivery *r = &d->deliveries[i];
+        if (!(o = json_object())) {
+            bad = 1;
+            break;
+        }
+        bad |= json_object_set_new(o, "id", admin_json_str(r->id));
+        bad |= json_object_set_new(o, "endpoint", admin_json_str(r->endpoint));
+        bad |= json_object_set_new(o, "status", admin_json_str(r->status));
+        bad |= json_object_set_new(o, "batch", json_boolean(r->batch));
+        bad |= json_object_set_new(o, "attempts", admin_attempts_json(r));
+        bad |= json_object_set_new(o, "payload", admin_json_payload(r->payload, r->payload_len));
+        bad |= json_object_set_new(o, "content_type", admin_json_str(r->content_type));
+        bad |= json_object_set_new(o, "event_type", admin_json_str(r->event_type));
+        bad |= json_array_append_new(arr, o);
+    }
+    for (size_t i = 0; i < d->nwaiting && !bad; i++) {
+        util_time_rfc3339(d->waiting[i].window_end, t, sizeof t);
+        bad |= json_array_append_new(arr,
+                                     json_pack("{s:n, s:s, s:s, s:b, s:s, s:[]}", "id", "endpoint",
+                                               d->waiting[i].endpoint, "status", "batching",
+                                               "batch", 1, "window_end", t, "attempts")) < 0;
+    }
+    if (bad) {
+        json_decref(arr);
+        return NULL;
+    }
+    return arr;
+}
+
+/* The event as the admin API shows it (SPEC section 8): {id, source,
+ * source_id, type, status, received_at, created_at, data, error,
+ * deliveries, raw, headers}. Returns a new json_t; NULL with err empty when
+ * id is unknown, NULL with a reason on a store error or out of memory. */
+json_t *admin_event_json(struct store *s, const char *id, char *err, size_t errlen) {
+    struct store_event_detail *d = NULL;
+    const struct store_event_row *e;
+    json_t *ev = NULL;
+    int bad;
+
+    if (err && errlen)
+        err[0] = '\0';
+    if (store_event_detail(s, id, &d, err, errlen) <= 0)
+        return NULL;
+    e = d->ev;
+    ev = json_object();
+    bad = !ev;
+    if (ev) {
+        bad |= json_object_set_new(ev, "id", admin_json_str(e->id));
+        bad |= json_object_set_new(ev, "source", admin_json_str(e->source));
+        bad |= json_object_set_new(ev, "source_id", admin_json_str(e->source_id));
+        bad |= json_object_set_new(ev, "type", admin_json_str(e->type));
+        bad |= json_object_set_new(ev, "status", admin_json_str(e->status));
+        bad |= json_object_set_new(ev, "received_at", admin_json_time(e->received_at));
+        bad |= json_object_set_new(ev, "created_at", admin_json_str(e->created_at));
+        bad |= json_object_set_new(ev, "data", admin_json_data(e->data_json));
+        bad |= json_object_set_new(ev, "error", admin_json_str(e->error));
+        bad |= json_object_set_new(ev, "deliveries", admin_event_deliveries_json(d));
+        bad |= json_object_set_new(ev, "raw", admin_json_text(e->raw, e->raw_len));
+        bad |= json_object_set_new(ev, "headers", admin_json_data(e->headers_json));
+    }
+    store_event_detail_free(d);
+    if (bad) {
+        snprintf(err, errlen, "store: out of memory");
+        json_decref(ev);
+        return NULL;
+    }
+    return ev;
+}
+
+/* One page of events ({id, source, source_id, type, status, received_at,
+ * created_at, error} each) into *data (new); *next as store_events_page.
+ * Returns 0 or -1 (err set). */
+int admin_events_page_json(struct store *s, const struct store_page *q, json_t **data,
+                                  int64_t *next, char *err, size_t errlen) {
+    struct store_event_row *rows = NULL;
+    json_t *arr, *o;
+    size_t n = 0;
+    int bad;
+
+    *data = NULL;
+    if (store_events_page(s, q, &rows, &n, next, err, errlen) < 0)
+        return -1;
+    arr = json_array();
+    bad = !arr;
+    for (size_t i = 0; i < n && !bad; i++) {
+        const struct store_event_row *r = &rows[i];
+        if (!(o = json_object())) {
+            bad = 1;
+            break;
+        }
+        bad |= json_object_set_new(o, "id", admin_json_str(r->id));
+        bad |= json_object_set_new(o, "source", admin_json_str(r->source));
+        bad |= json_object_set_new(o, "source_id", admin_json_str(r->source_id));
+        bad |= json_object_set_new(o, "type", admin_json_str(r->type));
+        bad |= json_object_set_new(o, "status", admin_json_str(r->status));
+        bad |= json_object_set_new(o, "received_at", admin_json_time(r->received_at));
+        bad |= json_object_set_new(o, "created_at", admin_json_str(r->created_at));
+        bad |= json_object_set_new(o, "error", admin_json_str(r->error));
+        bad |= json_array_append_new(arr, o);
+    }
+    store_event_rows_free(rows, n);
+    if (bad) {
+        snprintf(err, errlen, "store: out of memory");
+        json_decref(arr);
+        return -1;
+    }
+    *data = arr;
+    return 0;
+}
+
+/* One page of deliveries ({id, event_id, endpoint, event_type, status,
+ * attempts, next_at, created_at, last_status_code, last_error} each) into
+ * *data (new). Returns 0 or -1 (err set). */
+int admin_deliveries_page_json(struct store *s, const struct store_page *q, json_t **data,
+                                      int64_t *next, char *err, size_t errlen) {
+    struct store_delivery_item *rows = NULL;
+    json_t *arr, *o;
+    size_t n = 0;
+    int bad;
+
+    *data = NULL;
+    if (store_deliveries_page(s, q, &rows, &n, next, err, errlen) < 0)
+        return -1;
+    arr = json_array();
+    bad = !arr;
+    for (size_t i = 0; i < n && !bad; i++) {
+        const struct store_delivery_item *r = &rows[i];
+        if (!(o = json_object())) {
+            bad = 1;
+            break;
+        }
+        bad |= json_object_set_new(o, "id", admin_json_str(r->id));
+        bad |= json_object_set_new(o, "event_id", admin_json_str(r->event_id));
+        bad |= json_object_set_new(o, "endpoint", admin_json_str(r->endpoint));
+        bad |= json_object_set_new(o, "event_type", admin_json_str(r->event_type));
+        bad |= json_object_set_new(o, "status", admin_json_str(r->status));
+        bad |= json_object_set_new(o, "attempts", json_integer(r->attempts));
+        bad |= json_object_set_new(o, "next_at",
+                                   r->has_next_at ? admin_json_time(r->next_at) : json_null());
+        bad |= json_object_set_new(o, "created_at", admin_json_time(r->created_at));
+        bad |= json_object_set_new(o, "last_status_code",
+                                   r->has_last ? json_integer(r->last_status_code) : json_null());
+        bad |= json_object_set_new(o, "last_error", admin_json_str(r->last_error));
+        bad |= json_array_append_new(arr, o);
+    }
+    store_delivery_items_free(rows, n);
+    if (bad) {
+        snprintf(err, errlen, "store: out of memory");
+        json_decref(arr);
+        return -1;
+    }
+    *data = arr;
+    return 0;
+}
+
