@@ -9,6 +9,7 @@
 #include "config.h"
 #include "deliver.h"
 #include "gateway.h"
+#include "httpc.h"
 #include "log.h"
 #include "route.h"
 #include "rules.h"
@@ -44,6 +45,7 @@ int gateway_reload(struct gateway *gw, char *err, size_t errlen) {
         log_msg(LOG_WARN, "reload: a changed store needs a restart; still using %s", old->store);
     /* The delivery engine and listeners move to the new config before the
      * old generation (which owns the old config) is freed. */
+    httpc_set_config(gw->httpc, cfg);
     deliver_set_config(gw->deliver, cfg);
     stale = gw->rules;
     gw->rules = fresh;

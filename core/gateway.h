@@ -16,6 +16,7 @@ struct event_base;
 struct rules;
 struct store;
 struct deliver;
+struct httpc;
 struct server;
 struct route;
 struct subs;
@@ -28,6 +29,7 @@ struct gateway {
     char *lua_dir;             /* shipped Lua library folder */
     struct rules *rules;       /* current generation, owned */
     struct store *store;       /* owned */
+    struct httpc *httpc;       /* owned: the HTTP client (deliveries, probes, JWKS) */
     struct deliver *deliver;   /* owned */
     struct route *route;       /* owned: routes committed events */
     struct batch *batch;       /* owned: batch windows */

@@ -24,6 +24,7 @@
 #include "config.h"
 #include "deliver.h"
 #include "gateway.h"
+#include "httpc.h"
 #include "log.h"
 #include "route.h"
 #include "rules.h"
@@ -160,6 +161,12 @@ static int serve(const char *config_path) {
         fprintf(stderr, "waybill: %s\n", err);
         goto done;
     }
+    gw.httpc = httpc_new(gw.base, err, sizeof err);
+    if (!gw.httpc) {
+        fprintf(stderr, "waybill: %s\n", err);
+        goto done;
+    }
+    httpc_set_config(gw.httpc, cfg);
     gw.deliver = deliver_new(gw.base, gw.store, err, sizeof err);
     if (!gw.deliver) {
         fprintf(stderr, "waybill: %s\n", err);
@@ -216,6 +223,7 @@ done:
     deliver_free(gw.deliver);
     route_free(gw.route);
     batch_free(gw.batch);
+    httpc_free(gw.httpc); /* after its users: JWKS (server) and deliveries */
     store_free(gw.store); /* its last commit callbacks may still update subs */
     subs_free(gw.subs);
     rules_free(gw.rules);

@@ -258,7 +258,7 @@ static struct jwks *server_jwks(struct server *srv, const char *location) {
     if (!grown)
         return NULL;
     srv->jwks = grown;
-    j = jwks_new(srv->gw->base, location, err, sizeof err);
+    j = jwks_new(srv->gw->httpc, location, err, sizeof err);
     if (!j) {
         log_msg(LOG_ERROR, "jwks: %s", err);
         return NULL;
