@@ -137,15 +137,10 @@ struct deliver {
     void (*done)(void *arg);
     void *done_arg;
     struct deliver_probe *probes; /* deliver_probe transfers in flight */
-    struct event *prune_ev; /* retention sweep */
-    int64_t prune_cursor;   /* events.seq the sweep has looked at */
     int states_loaded;      /* stored endpoint states read */
     deliver_notify_fn notify;
     void *notify_arg;
 };
-
-#define DELIVER_PRUNE_MS 1000      /* retention sweep period */
-#define DELIVER_PRUNE_BATCH 200    /* events deleted per sweep step */
 
 static int deliver_probe_finish(struct deliver *d, CURL *easy, CURLcode res);
 static void deliver_probes_free(struct deliver *d);
@@ -1560,28 +1555,6 @@ static void deliver_grace_cb(evutil_socket_t fd, short kind, void *arg) {
     event_active(d->done_ev, EV_TIMEOUT, 1);
 }
 
-/* ---- retention ---- */
-
-static void deliver_prune_cb(evutil_socket_t fd, short kind, void *arg) {
-    struct deliver *d = arg;
-    struct timeval tv = {DELIVER_PRUNE_MS / 1000, (DELIVER_PRUNE_MS % 1000) * 1000};
-    int pruned = 0;
-    char err[256];
-
-    UNUSED(fd);
-    UNUSED(kind);
-    if (d->stopping || !d->cfg)
-        return;
-    if (store_prune(d->store, util_now_ms() - d->cfg->retention_ms, &d->prune_cursor,
-                    DELIVER_PRUNE_BATCH, &pruned, err, sizeof err) < 0)
-        log_msg(LOG_WARN, "retention: %s", err);
-    else if (pruned)
-        log_msg(LOG_DEBUG, "retention: pruned %d delivered events", pruned);
-    if (pruned == DELIVER_PRUNE_BATCH) /* more: next turn, after ingest */
-        tv.tv_sec = tv.tv_usec = 0;
-    evtimer_add(d->prune_ev, &tv);
-}
-
 /* ---- endpoint state ---- */
 
 /* Reads the stored disabled flags once, so a restart keeps endpoints
@@ -1692,15 +1665,10 @@ struct deliver *deliver_new(struct event_base *base, struct store *s, char *err,
     d->check_ev = event_new(base, -1, EV_PERSIST, deliver_check_cb, d);
     d->grace_ev = evtimer_new(base, deliver_grace_cb, d);
     d->done_ev = event_new(base, -1, 0, deliver_done_cb, d);
-    d->prune_ev = evtimer_new(base, deliver_prune_cb, d);
-    if (!d->curl_timer || !d->kick_ev || !d->check_ev || !d->grace_ev || !d->done_ev ||
-        !d->prune_ev) {
+    if (!d->curl_timer || !d->kick_ev || !d->check_ev || !d->grace_ev || !d->done_ev) {
         snprintf(err, errlen, "could not create the delivery events");
         goto fail;
     }
-    /* Retention is background work: after every ready request of a turn. */
-    if (event_base_get_npriorities(base) > 1)
-        event_priority_set(d->prune_ev, event_base_get_npriorities(base) - 1);
     if (!(d->multi = curl_multi_init())) {
         snprintf(err, errlen, "curl_multi_init failed");
         goto fail;
@@ -1739,10 +1707,6 @@ void deliver_set_config(struct deliver *d, const struct config *cfg) {
     d->cfg = cfg;
     if (!d->states_loaded)
         deliver_states_load(d);
-    if (cfg && !evtimer_pending(d->prune_ev, NULL)) {
-        struct timeval tv = {DELIVER_PRUNE_MS / 1000, (DELIVER_PRUNE_MS % 1000) * 1000};
-        evtimer_add(d->prune_ev, &tv);
-    }
     if (cfg && !event_pending(d->check_ev, EV_TIMEOUT, NULL)) {
         struct timeval tv = {DELIVER_CHECK_MS / 1000, (DELIVER_CHECK_MS % 1000) * 1000};
         event_add(d->check_ev, &tv);
@@ -1852,7 +1816,7 @@ void deliver_shutdown(struct deliver *d, int64_t grace_ms, void (*done)(void *ar
 }
 
 void deliver_free(struct deliver *d) {
-    struct event *evs[6];
+    struct event *evs[5];
     size_t i;
 
     if (!d)
@@ -1875,8 +1839,7 @@ void deliver_free(struct deliver *d) {
     evs[2] = d->check_ev;
     evs[3] = d->grace_ev;
     evs[4] = d->done_ev;
-    evs[5] = d->prune_ev;
-    for (i = 0; i < 6; i++)
+    for (i = 0; i < 5; i++)
         if (evs[i])
             event_free(evs[i]);
     if (d->curl_inited)

@@ -9,6 +9,7 @@
 #include "config.h"
 #include "deliver.h"
 #include "gateway.h"
+#include "housekeep.h"
 #include "httpc.h"
 #include "log.h"
 #include "route.h"
@@ -46,6 +47,7 @@ int gateway_reload(struct gateway *gw, char *err, size_t errlen) {
     /* The delivery engine and listeners move to the new config before the
      * old generation (which owns the old config) is freed. */
     httpc_set_config(gw->httpc, cfg);
+    housekeep_set_config(gw->housekeep, cfg);
     deliver_set_config(gw->deliver, cfg);
     stale = gw->rules;
     gw->rules = fresh;

@@ -16,6 +16,7 @@ struct event_base;
 struct rules;
 struct store;
 struct deliver;
+struct housekeep;
 struct httpc;
 struct server;
 struct route;
@@ -31,6 +32,7 @@ struct gateway {
     struct store *store;       /* owned */
     struct httpc *httpc;       /* owned: the HTTP client (deliveries, probes, JWKS) */
     struct deliver *deliver;   /* owned */
+    struct housekeep *housekeep; /* owned: retention and recovery sweeps */
     struct route *route;       /* owned: routes committed events */
     struct batch *batch;       /* owned: batch windows */
     struct server *server;     /* owned */

@@ -24,6 +24,7 @@
 #include "config.h"
 #include "deliver.h"
 #include "gateway.h"
+#include "housekeep.h"
 #include "httpc.h"
 #include "log.h"
 #include "route.h"
@@ -110,8 +111,15 @@ static void on_term(evutil_socket_t sig, short what, void *arg) {
     log_msg(LOG_INFO, "%s: no longer accepting webhooks; finishing %d deliveries in flight",
             sig == SIGINT ? "SIGINT" : "SIGTERM", deliver_inflight(gw->deliver));
     server_stop_inbound(gw->server);
+    housekeep_stop(gw->housekeep);
     deliver_shutdown(gw->deliver, rules_config(gw->rules)->shutdown_grace_ms,
                      on_deliveries_drained, gw);
+}
+
+/* The recovery sweep's events go through the router. */
+static void on_recovered(void *arg, const struct rules_input *ev) {
+    struct gateway *gw = arg;
+    route_event(gw->route, ev);
 }
 
 static int serve(const char *config_path) {
@@ -174,6 +182,12 @@ static int serve(const char *config_path) {
     }
     deliver_set_config(gw.deliver, cfg);
     deliver_set_notify(gw.deliver, gateway_emit, &gw);
+    gw.housekeep = housekeep_new(gw.base, gw.store, on_recovered, &gw, err, sizeof err);
+    if (!gw.housekeep) {
+        fprintf(stderr, "waybill: %s\n", err);
+        goto done;
+    }
+    housekeep_set_config(gw.housekeep, cfg);
     gw.route = route_new(&gw);
     gw.batch = batch_new(&gw);
     if (!gw.route || !gw.batch) {
@@ -199,7 +213,7 @@ static int serve(const char *config_path) {
     }
     log_msg(LOG_INFO, "waybill %s serving (%s, store %s)", WAYBILL_VERSION,
             cfg->sandbox ? "sandbox" : "production", cfg->store);
-    route_recover(gw.route);
+    housekeep_recover(gw.housekeep);
     batch_start(gw.batch);
     deliver_kick_all(gw.deliver);
     if (event_base_dispatch(gw.base) < 0)
@@ -221,6 +235,7 @@ done:
         event_free(sigint);
     server_free(gw.server);
     deliver_free(gw.deliver);
+    housekeep_free(gw.housekeep);
     route_free(gw.route);
     batch_free(gw.batch);
     httpc_free(gw.httpc); /* after its users: JWKS (server) and deliveries */

@@ -1,17 +1,18 @@
 /* route.c -- runs the rules over committed events and records what they
  * decided: deliveries (pending, or held for a disabled endpoint) and the
  * event's status. All or nothing: a failed handler stores no delivery.
- * Recovery re-routes events left "received" by a crash or a failed group.
+ * Events left "received" by a crash or a failed group are routed again by
+ * the recovery sweep (housekeep.c).
  * SPDX-License-Identifier: MIT */
 #include <stdlib.h>
 #include <string.h>
 
-#include <event2/event.h>
 
 #include "batch.h"
 #include "config.h"
 #include "deliver.h"
 #include "gateway.h"
+#include "housekeep.h"
 #include "log.h"
 #include "metrics.h"
 #include "route.h"
@@ -19,13 +20,9 @@
 #include "store.h"
 #include "util.h"
 
-#define RECOVER_BATCH 256
-
 struct route {
     struct gateway *gw;
-    struct event *recover_ev;
-    int64_t recover_after; /* seq cursor of the sweep in progress */
-    int kick_pending;      /* a commit callback will kick the delivery engine */
+    int kick_pending; /* a commit callback will kick the delivery engine */
 };
 
 static void on_routes_committed(void *arg, int ok) {
@@ -37,7 +34,7 @@ static void on_routes_committed(void *arg, int ok) {
     } else {
         /* The events of that group are still "received" in the store. */
         log_msg(LOG_WARN, "routing results were not committed; routing again");
-        route_recover(rt);
+        housekeep_recover(rt->gw->housekeep);
     }
 }
 
@@ -123,59 +120,15 @@ done:
     rules_plan_clear(&plan);
 }
 
-static void on_recover(evutil_socket_t fd, short what, void *arg) {
-    struct route *rt = arg;
-    struct store_event_row *rows = NULL;
-    size_t n = 0;
-    char err[256];
-
-    UNUSED(fd);
-    UNUSED(what);
-    if (store_events_unrouted(rt->gw->store, rt->recover_after, RECOVER_BATCH, &rows, &n, err,
-                              sizeof err) < 0) {
-        log_msg(LOG_ERROR, "recovery: reading unrouted events failed: %s", err);
-        return;
-    }
-    for (size_t i = 0; i < n; i++) {
-        struct rules_input in = {rows[i].id,        rows[i].source,   rows[i].source_id,
-                                 rows[i].type,      rows[i].created_at, rows[i].received_at,
-                                 rows[i].data_json, rows[i].raw,      rows[i].raw_len,
-                                 rows[i].headers_json, 0, 0};
-        route_event(rt, &in);
-        rt->recover_after = rows[i].seq;
-    }
-    if (n)
-        log_msg(LOG_INFO, "recovery: routed %zu events committed before a restart", n);
-    store_event_rows_free(rows, n);
-    /* One batch per loop turn, so a long backlog never stalls ingest. */
-    if (n == RECOVER_BATCH)
-        event_active(rt->recover_ev, EV_TIMEOUT, 0);
-}
-
 struct route *route_new(struct gateway *gw) {
     struct route *rt = calloc(1, sizeof *rt);
 
     if (!rt)
         return NULL;
     rt->gw = gw;
-    rt->recover_ev = event_new(gw->base, -1, 0, on_recover, rt);
-    if (!rt->recover_ev) {
-        free(rt);
-        return NULL;
-    }
-    /* After ingest replies and delivery work of the same turn. */
-    event_priority_set(rt->recover_ev, 2);
     return rt;
 }
 
-void route_recover(struct route *rt) {
-    rt->recover_after = 0;
-    event_active(rt->recover_ev, EV_TIMEOUT, 0);
-}
-
 void route_free(struct route *rt) {
-    if (!rt)
-        return;
-    event_free(rt->recover_ev);
     free(rt);
 }
