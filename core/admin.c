@@ -20,6 +20,7 @@
 #include "config.h"
 #include "deliver.h"
 #include "gateway.h"
+#include "health.h"
 #include "log.h"
 #include "metrics.h"
 #include "route.h"
@@ -1005,9 +1006,9 @@ static void admin_endpoint_switch(struct admin *adm, struct evhttp_request *req,
                            "the endpoint has enabled = false in the config; change it and reload");
         return;
     }
-    if (deliver_endpoint_set_disabled(adm->gw->deliver, name, disable,
-                                      disable ? "disabled by the admin API" : NULL, err,
-                                      sizeof err) < 0) {
+    if (health_endpoint_set_disabled(adm->gw->health, name, disable,
+                                     disable ? "disabled by the admin API" : NULL, err,
+                                     sizeof err) < 0) {
         server_reply_error(req, 503, "Service Unavailable", err);
         return;
     }
@@ -1017,7 +1018,7 @@ static void admin_endpoint_switch(struct admin *adm, struct evhttp_request *req,
     if (!c)
         return;
     c->reply = json_pack("{sssb}", "name", name, "disabled",
-                         deliver_endpoint_disabled(adm->gw->deliver, name));
+                         health_endpoint_disabled(adm->gw->health, name));
     admin_after_commit(c);
 }
 

@@ -25,6 +25,7 @@
 
 #include "deliver.h"
 #include "gateway.h"
+#include "health.h"
 #include "log.h"
 #include "metrics.h"
 #include "util.h"
@@ -69,7 +70,6 @@ struct deliver_ep {
     struct deliver_xfer *head, *tail; /* claimed, waiting for a slot or a token (FIFO) */
     int nwaiting;                     /* length of the FIFO */
     int warned;                       /* "not in the config" logged for this config */
-    int disabled;                     /* by 410, disable_after or the admin API (stored) */
     double tokens;                    /* rate limit bucket (SPEC 7 `rate`) */
     int64_t tokens_at;                /* monotonic ms of the last refill, 0 = full */
     int64_t token_wait;               /* monotonic ms the next token is there, 0 = now */
@@ -114,6 +114,7 @@ struct deliver_commit {
 struct deliver {
     struct event_base *base;
     struct store *store;
+    struct health *health;    /* borrowed: endpoint state */
     const struct config *cfg; /* borrowed; NULL until deliver_set_config */
     CURLM *multi;
     int curl_inited;
@@ -137,7 +138,6 @@ struct deliver {
     void (*done)(void *arg);
     void *done_arg;
     struct deliver_probe *probes; /* deliver_probe transfers in flight */
-    int states_loaded;      /* stored endpoint states read */
     deliver_notify_fn notify;
     void *notify_arg;
 };
@@ -265,19 +265,6 @@ static uint32_t deliver_rand(struct deliver *d) {
     x ^= x >> 27;
     d->rng = x;
     return (uint32_t)((x * 0x2545F4914F6CDD1DULL) >> 32);
-}
-
-/* "850ms", "12s", "5m", "2h", for the log. */
-static const char *deliver_fmt_delay(int64_t ms, char *buf, size_t len) {
-    if (ms < 1000)
-        snprintf(buf, len, "%" PRId64 "ms", ms);
-    else if (ms < 120000)
-        snprintf(buf, len, "%" PRId64 "s", (ms + 500) / 1000);
-    else if (ms < 2 * 3600000)
-        snprintf(buf, len, "%" PRId64 "m", (ms + 30000) / 60000);
-    else
-        snprintf(buf, len, "%" PRId64 "h", (ms + 1800000) / 3600000);
-    return buf;
 }
 
 static const struct config_endpoint *deliver_endpoint(const struct deliver *d, const char *name) {
@@ -653,8 +640,6 @@ fail:
 
 /* ---- outcomes ---- */
 
-static void deliver_states_resync(struct deliver *d);
-
 static void deliver_kick_now(struct deliver *d, int all);
 
 static void deliver_commit_cb(void *arg, int ok) {
@@ -666,9 +651,9 @@ static void deliver_commit_cb(void *arg, int ok) {
         return; /* deliver_free ran */
     d->commit = NULL;
     if (!ok) {
+        /* endpoint states written in that group are read again by health.c */
         log_msg(LOG_WARN, "delivery outcomes were rolled back; those deliveries go out again "
                           "when their leases end");
-        deliver_states_resync(d);
         deliver_kick_now(d, 1);
     } else if (d->all_at_commit) {
         d->all_at_commit = 0;
@@ -677,7 +662,7 @@ static void deliver_commit_cb(void *arg, int ok) {
 }
 
 /* Looks at the group being written once it is committed: on a rollback,
- * resyncs endpoint states and looks at every endpoint; with all_at_commit
+ * looks at every endpoint; with all_at_commit
  * set (deliver_kick_all), looks at every endpoint. */
 static void deliver_commit_watch(struct deliver *d) {
     struct deliver_commit *c;
@@ -697,8 +682,6 @@ static void deliver_commit_watch(struct deliver *d) {
     d->commit = c;
 }
 
-static struct deliver_ep *deliver_ep_get(struct deliver *d, const char *name);
-
 /* Hands an operational event to the notify hook (which takes data). */
 static void deliver_emit(struct deliver *d, const char *type, json_t *data) {
     if (!data)
@@ -707,27 +690,6 @@ static void deliver_emit(struct deliver *d, const char *type, json_t *data) {
         d->notify(d->notify_arg, type, data);
     else
         json_decref(data);
-}
-
-/* Disables ep in the open group (its pending deliveries become held) and
- * announces it. Returns 0 or -1 (logged). */
-static int deliver_ep_disable(struct deliver *d, struct deliver_ep *ep, const char *reason) {
-    char err[256];
-    int64_t moved = 0;
-
-    if (store_endpoint_set_disabled(d->store, ep->name, 1, reason, util_now_ms(), &moved, err,
-                                    sizeof err) < 0) {
-        log_msg(LOG_ERROR, "endpoint %s: could not be disabled (%s): %s", ep->name, reason, err);
-        return -1;
-    }
-    ep->disabled = 1;
-    ep->warned = 0;
-    log_msg(LOG_WARN, "endpoint %s disabled: %s; %" PRId64 " deliveries held until it is enabled",
-            ep->name, reason, moved);
-    deliver_emit(d, "waybill.endpoint.disabled",
-                 json_pack("{sssssI}", "endpoint", ep->name, "reason", reason, "held",
-                           (json_int_t)moved));
-    return 0;
 }
 
 /* Records the outcome of x's attempt (SPEC section 7) and frees x. res is
@@ -803,26 +765,22 @@ static void deliver_finish(struct deliver *d, struct deliver_xfer *x, CURLcode r
         break;
     }
 
-    /* Endpoint health: a 410, or failing every attempt for disable_after,
-     * disables it; a delivery of a disabled endpoint waits as held. */
+    /* Endpoint health (health.c): the attempt is counted; a 410, or failing
+     * every attempt for disable_after, disables the endpoint, and a delivery
+     * of a disabled endpoint waits as held. */
     if (cep) {
-        int64_t first = 0;
-        char reason[160];
-        if (store_endpoint_attempt(d->store, x->row.endpoint, outcome == DELIVER_DELIVERED,
-                                   a.error, now, &first, err, sizeof err) < 0)
-            log_msg(LOG_WARN, "endpoint %s: health not stored: %s", x->row.endpoint, err);
-        if (!x->ep->disabled && outcome == DELIVER_GONE) {
-            snprintf(reason, sizeof reason, "answered 410 Gone");
-            deliver_ep_disable(d, x->ep, reason);
-        } else if (!x->ep->disabled && first && cep->disable_after_ms > 0 &&
-                   now - first >= cep->disable_after_ms) {
-            snprintf(reason, sizeof reason, "every attempt failed for %s",
-                     deliver_fmt_delay(now - first, delay_text, sizeof delay_text));
-            deliver_ep_disable(d, x->ep, reason);
-        }
-        if (x->ep->disabled && !strcmp(status, "pending")) {
-            status = "held";
-            next_at = now;
+        int was = health_endpoint_disabled(d->health, x->ep->name);
+        if (health_attempt(d->health, cep,
+                           outcome == DELIVER_DELIVERED ? HEALTH_OK
+                           : outcome == DELIVER_GONE    ? HEALTH_GONE
+                                                        : HEALTH_FAILED,
+                           a.error, now)) {
+            if (!was)
+                x->ep->warned = 0; /* disabled just now */
+            if (!strcmp(status, "pending")) {
+                status = "held";
+                next_at = now;
+            }
         }
     }
     /* The dead letter is announced; not for waybill's own events, so an
@@ -854,7 +812,7 @@ static void deliver_finish(struct deliver *d, struct deliver_xfer *x, CURLcode r
         if (next_at && strcmp(status, "held") != 0)
             log_msg(LOG_INFO, "delivery %s to %s attempt %d: %s in %" PRId64 " ms, retry in %s",
                     x->row.id, x->row.endpoint, a.n, what, a.latency_ms,
-                    deliver_fmt_delay(delay, delay_text, sizeof delay_text));
+                    health_fmt_delay(delay, delay_text, sizeof delay_text));
         else
             log_msg(LOG_INFO, "delivery %s to %s attempt %d: %s in %" PRId64 " ms, %s%s", x->row.id,
                     x->row.endpoint, a.n, what, a.latency_ms, status, why);
@@ -1122,7 +1080,7 @@ static void deliver_ep_service_plain(struct deliver *d, struct deliver_ep *ep,
         claimed = 1;
         got = deliver_ep_claim(d, ep, (size_t)room);
     }
-    while (ep->head && !ep->disabled && ep->inflight < limit && deliver_ep_take_token(ep, cep))
+    while (ep->head && !health_endpoint_disabled(d->health, ep->name) && ep->inflight < limit && deliver_ep_take_token(ep, cep))
         deliver_ep_start(d, ep, deliver_ep_pop(ep), cep);
     if (got < 0) {
         deliver_ep_arm(ep, DELIVER_POLL_MS);
@@ -1209,7 +1167,7 @@ static void deliver_ep_service(struct deliver *d, struct deliver_ep *ep) {
     if (d->stopping || !d->cfg)
         return;
     cep = deliver_endpoint(d, ep->name);
-    if (!cep || !cep->enabled || ep->disabled) {
+    if (!cep || !cep->enabled || health_endpoint_disabled(d->health, ep->name)) {
         if (ep->head || !cep)
             deliver_ep_unavailable(d, ep, cep);
         deliver_ep_release(d, ep);
@@ -1307,9 +1265,9 @@ void deliver_watch_endpoint(struct deliver *d, const char *name) {
 /* ---- the watchdog ---- */
 
 /* 1 when ep could start a delivery now: enabled, a free slot, a token. */
-static int deliver_ep_free_slot(const struct deliver_ep *ep, const struct config_endpoint *cep,
-                                int64_t mono) {
-    if (!cep || !cep->enabled || ep->disabled)
+static int deliver_ep_free_slot(const struct deliver *d, const struct deliver_ep *ep,
+                                const struct config_endpoint *cep, int64_t mono) {
+    if (!cep || !cep->enabled || health_endpoint_disabled(d->health, ep->name))
         return 0;
     if (ep->token_wait && ep->token_wait > mono)
         return 0;
@@ -1368,7 +1326,7 @@ static void deliver_check_cb(evutil_socket_t fd, short kind, void *arg) {
     for (struct deliver_ep *ep = d->eps; ep; ep = ep->next) {
         const struct config_endpoint *cep = deliver_endpoint(d, ep->name);
         /* a second of slack: a row due this instant has a timer on its way */
-        if (!deliver_ep_free_slot(ep, cep, mono) || !deliver_ep_due(d, ep, cep, now - DELIVER_CHECK_MS)) {
+        if (!deliver_ep_free_slot(d, ep, cep, mono) || !deliver_ep_due(d, ep, cep, now - DELIVER_CHECK_MS)) {
             ep->due_free_since = 0;
             ep->stuck = 0;
             continue;
@@ -1555,83 +1513,32 @@ static void deliver_grace_cb(evutil_socket_t fd, short kind, void *arg) {
     event_active(d->done_ev, EV_TIMEOUT, 1);
 }
 
-/* ---- endpoint state ---- */
+/* ---- endpoint state changes (health.c's hook) ---- */
 
-/* Reads the stored disabled flags once, so a restart keeps endpoints
- * disabled. */
-static void deliver_states_load(struct deliver *d) {
-    struct store_endpoint_state *st = NULL;
+/* name was disabled (its waiting deliveries, now held in the store, are
+ * dropped) or enabled (its released rows are looked at once committed, and
+ * a kick looks now: they are claimable in the open group already); or,
+ * name NULL, the stored states were read again: look at every endpoint. */
+static void deliver_health_changed(void *arg, const char *name, int disabled) {
+    struct deliver *d = arg;
     struct deliver_ep *ep;
-    size_t n = 0, i;
-    char err[256];
 
-    if (store_endpoint_states(d->store, &st, &n, err, sizeof err) < 0) {
-        log_msg(LOG_ERROR, "reading endpoint states: %s", err);
+    if (!name) {
+        deliver_kick_now(d, 1);
         return;
     }
-    for (i = 0; i < n; i++)
-        if (st[i].disabled && (ep = deliver_ep_get(d, st[i].name)))
-            ep->disabled = 1;
-    store_endpoint_states_free(st, n);
-    d->states_loaded = 1;
-}
-
-/* After a rolled-back group, memory may say an endpoint is enabled or
- * disabled when the store does not: the store is the truth. */
-static void deliver_states_resync(struct deliver *d) {
-    for (struct deliver_ep *ep = d->eps; ep; ep = ep->next)
-        ep->disabled = 0;
-    deliver_states_load(d);
-}
-
-int deliver_endpoint_disabled(const struct deliver *d, const char *name) {
-    const struct deliver_ep *ep;
-
-    for (ep = d ? d->eps : NULL; ep; ep = ep->next)
-        if (!strcmp(ep->name, name))
-            return ep->disabled;
-    return 0;
-}
-
-int deliver_endpoint_set_disabled(struct deliver *d, const char *name, int disabled,
-                                  const char *reason, char *err, size_t errlen) {
-    const struct config_endpoint *cep = deliver_endpoint(d, name);
-    struct deliver_ep *ep;
-    int64_t moved = 0;
-
-    if (!cep) {
-        snprintf(err, errlen, "no endpoint '%s' in the config", name);
-        return -1;
-    }
     if (!(ep = deliver_ep_get(d, name))) {
-        snprintf(err, errlen, "out of memory");
-        return -1;
+        log_msg(LOG_ERROR, "endpoint %s: out of memory for its queue; looked at within a second",
+                name);
+        return;
     }
-    if (disabled) {
-        if (ep->disabled)
-            return 0;
-        if (deliver_ep_disable(d, ep, reason ? reason : "disabled by the admin API") < 0) {
-            snprintf(err, errlen, "the store could not record it");
-            return -1;
-        }
-        deliver_ep_drop(d, ep);
-        deliver_commit_watch(d); /* resync if this group rolls back */
-        return 0;
-    }
-    if (!ep->disabled)
-        return 0;
-    if (store_endpoint_set_disabled(d->store, name, 0, NULL, util_now_ms(), &moved, err,
-                                    errlen) < 0)
-        return -1;
-    ep->disabled = 0;
     ep->warned = 0;
+    if (disabled) {
+        deliver_ep_drop(d, ep);
+        return;
+    }
     deliver_ep_mark(d, ep);
-    log_msg(LOG_INFO, "endpoint %s enabled: %" PRId64 " held deliveries go out", name, moved);
-    deliver_emit(d, "waybill.endpoint.enabled",
-                 json_pack("{sssI}", "endpoint", name, "released", (json_int_t)moved));
-    deliver_commit_watch(d);
-    deliver_kick_now(d, 0); /* the released rows are claimable in the open group already */
-    return 0;
+    deliver_kick_now(d, 0);
 }
 
 void deliver_set_notify(struct deliver *d, deliver_notify_fn fn, void *arg) {
@@ -1641,7 +1548,8 @@ void deliver_set_notify(struct deliver *d, deliver_notify_fn fn, void *arg) {
 
 /* ---- public ---- */
 
-struct deliver *deliver_new(struct event_base *base, struct store *s, char *err, size_t errlen) {
+struct deliver *deliver_new(struct event_base *base, struct store *s, struct health *h, char *err,
+                            size_t errlen) {
     struct deliver *d = calloc(1, sizeof *d);
 
     if (!d) {
@@ -1650,6 +1558,7 @@ struct deliver *deliver_new(struct event_base *base, struct store *s, char *err,
     }
     d->base = base;
     d->store = s;
+    d->health = h;
     d->lease_ms = DELIVER_LEASE_MIN_MS;
     d->rng = ((uint64_t)util_now_ms() << 20) ^ ((uint64_t)getpid() << 1) ^ (uint64_t)(uintptr_t)d ^
              (uint64_t)util_mono_ms();
@@ -1681,6 +1590,7 @@ struct deliver *deliver_new(struct event_base *base, struct store *s, char *err,
         snprintf(err, errlen, "curl_multi_setopt failed");
         goto fail;
     }
+    health_set_change_hook(h, deliver_health_changed, d);
     return d;
 fail:
     deliver_free(d);
@@ -1692,21 +1602,7 @@ void deliver_set_config(struct deliver *d, const struct config *cfg) {
     int64_t longest = 0;
     size_t i;
 
-    /* An endpoint the old config had `enabled = false` and this one enables:
-     * its held deliveries go out (unless it is disabled in the store too). */
-    for (i = 0; cfg && d->cfg && i < cfg->nendpoints; i++) {
-        const struct config_endpoint *was = config_endpoint_by_name(d->cfg, cfg->endpoints[i].name);
-        char err[256];
-        if (was && !was->enabled && cfg->endpoints[i].enabled &&
-            !deliver_endpoint_disabled(d, cfg->endpoints[i].name) &&
-            store_endpoint_set_disabled(d->store, cfg->endpoints[i].name, 0, NULL, util_now_ms(),
-                                        NULL, err, sizeof err) < 0)
-            log_msg(LOG_ERROR, "endpoint %s: releasing held deliveries: %s",
-                    cfg->endpoints[i].name, err);
-    }
     d->cfg = cfg;
-    if (!d->states_loaded)
-        deliver_states_load(d);
     if (cfg && !event_pending(d->check_ev, EV_TIMEOUT, NULL)) {
         struct timeval tv = {DELIVER_CHECK_MS / 1000, (DELIVER_CHECK_MS % 1000) * 1000};
         event_add(d->check_ev, &tv);
@@ -1729,7 +1625,7 @@ void deliver_set_config(struct deliver *d, const struct config *cfg) {
         ep->stuck = 0;
         if (!deliver_endpoint(d, ep->name)) {
             deliver_ep_release(d, ep);
-            if (!ep->inflight && !ep->disabled) {
+            if (!ep->inflight && !health_endpoint_disabled(d->health, ep->name)) {
                 *pp = ep->next;
                 deliver_ep_free(ep);
                 continue;
@@ -1834,6 +1730,8 @@ void deliver_free(struct deliver *d) {
     }
     if (d->commit)
         d->commit->d = NULL; /* the store frees it when the group ends */
+    if (d->health)
+        health_set_change_hook(d->health, NULL, NULL);
     evs[0] = d->curl_timer;
     evs[1] = d->kick_ev;
     evs[2] = d->check_ev;

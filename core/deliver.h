@@ -1,6 +1,7 @@
 /* deliver.h -- outbound delivery: libcurl multi driven by the libevent loop
  * (curl_multi_socket_action, as in curl's hiperfifo example), signing,
- * retries per schedule, every attempt stored, and the scheduler.
+ * retries per schedule, every attempt stored, and the scheduler. Endpoint
+ * state (disabled, the 410 rule) is health.h's.
  * A delivery has one owner at a time: store (pending row) -> this module
  * once claimed (in flight, via CURLOPT_PRIVATE) -> store again when its
  * attempt is recorded. Nothing is dropped: a delivery whose outcome could
@@ -50,11 +51,14 @@
 
 struct event_base;
 struct deliver;
+struct health;
 
-/* Creates the delivery engine on base, reading and writing s (borrowed,
- * must outlive it). Nothing is sent until deliver_set_config. Returns new
- * or NULL with a reason in err. */
-struct deliver *deliver_new(struct event_base *base, struct store *s, char *err, size_t errlen);
+/* Creates the delivery engine on base, reading and writing s and keeping
+ * endpoint state in h (both borrowed, must outlive it; it registers h's
+ * change hook until deliver_free). Nothing is sent until
+ * deliver_set_config. Returns new or NULL with a reason in err. */
+struct deliver *deliver_new(struct event_base *base, struct store *s, struct health *h, char *err,
+                            size_t errlen);
 
 /* Uses cfg's endpoints, allow_private and user agent from now on. cfg is
  * borrowed and must stay valid until the next call or deliver_free; in-flight
@@ -122,22 +126,9 @@ void deliver_shutdown(struct deliver *d, int64_t grace_ms, void (*done)(void *ar
 /* Aborts every transfer and frees; NULL is a no-op. */
 void deliver_free(struct deliver *d);
 
-/* ---- endpoint state (SPEC section 7) ---- */
-
-/* 1 when name was disabled by a 410, disable_after or the admin API (and
- * not enabled since), else 0. Deliveries routed to it are created held. */
-int deliver_endpoint_disabled(const struct deliver *d, const char *name);
-
-/* Disables (reason may be NULL) or enables name, in the open group: its
- * pending deliveries become held, or its held ones pending and due now.
- * Emits waybill.endpoint.disabled / .enabled. Doing what is already so is
- * a no-op. Returns 0, or -1 with a reason (unknown endpoint, store error). */
-int deliver_endpoint_set_disabled(struct deliver *d, const char *name, int disabled,
-                                  const char *reason, char *err, size_t errlen);
-
-/* Operational events (waybill.delivery.failed, waybill.endpoint.disabled,
- * waybill.endpoint.enabled) go to fn(arg, type, data) from the loop; fn
- * takes the reference to data. NULL fn: dropped. */
+/* Operational events (waybill.delivery.failed; the endpoint ones are
+ * health.h's) go to fn(arg, type, data) from the loop; fn takes the
+ * reference to data. NULL fn: dropped. */
 typedef void (*deliver_notify_fn)(void *arg, const char *type, json_t *data);
 void deliver_set_notify(struct deliver *d, deliver_notify_fn fn, void *arg);
 

@@ -9,6 +9,7 @@
 #include "config.h"
 #include "deliver.h"
 #include "gateway.h"
+#include "health.h"
 #include "housekeep.h"
 #include "httpc.h"
 #include "log.h"
@@ -44,8 +45,11 @@ int gateway_reload(struct gateway *gw, char *err, size_t errlen) {
                           "still serving on the old one");
     if (differs(old->store, cfg->store))
         log_msg(LOG_WARN, "reload: a changed store needs a restart; still using %s", old->store);
-    /* The delivery engine and listeners move to the new config before the
-     * old generation (which owns the old config) is freed. */
+    /* Endpoint state, the HTTP client, the sweeps, the delivery engine and
+     * the listeners move to the new config before the old generation (which
+     * owns the old config) is freed; endpoint state first, as it compares
+     * the two. */
+    health_set_config(gw->health, cfg);
     httpc_set_config(gw->httpc, cfg);
     housekeep_set_config(gw->housekeep, cfg);
     deliver_set_config(gw->deliver, cfg);

@@ -16,6 +16,7 @@ struct event_base;
 struct rules;
 struct store;
 struct deliver;
+struct health;
 struct housekeep;
 struct httpc;
 struct server;
@@ -31,6 +32,7 @@ struct gateway {
     struct rules *rules;       /* current generation, owned */
     struct store *store;       /* owned */
     struct httpc *httpc;       /* owned: the HTTP client (deliveries, probes, JWKS) */
+    struct health *health;     /* owned: endpoint state */
     struct deliver *deliver;   /* owned */
     struct housekeep *housekeep; /* owned: retention and recovery sweeps */
     struct route *route;       /* owned: routes committed events */
@@ -50,8 +52,8 @@ int gateway_reload(struct gateway *gw, char *err, size_t errlen);
 
 /* Stores and routes one of waybill's own events (SPEC section 7: source
  * "waybill", type e.g. "waybill.delivery.failed") in the open group. arg is
- * the gateway (the shape of deliver_notify_fn); takes the reference to
- * data. Failures are logged. */
+ * the gateway (the shape of deliver_notify_fn and health_notify_fn); takes
+ * the reference to data. Failures are logged. */
 void gateway_emit(void *arg, const char *type, json_t *data);
 
 #endif

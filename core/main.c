@@ -24,6 +24,7 @@
 #include "config.h"
 #include "deliver.h"
 #include "gateway.h"
+#include "health.h"
 #include "housekeep.h"
 #include "httpc.h"
 #include "log.h"
@@ -175,7 +176,14 @@ static int serve(const char *config_path) {
         goto done;
     }
     httpc_set_config(gw.httpc, cfg);
-    gw.deliver = deliver_new(gw.base, gw.store, err, sizeof err);
+    gw.health = health_new(gw.store, err, sizeof err);
+    if (!gw.health) {
+        fprintf(stderr, "waybill: %s\n", err);
+        goto done;
+    }
+    health_set_config(gw.health, cfg);
+    health_set_notify(gw.health, gateway_emit, &gw);
+    gw.deliver = deliver_new(gw.base, gw.store, gw.health, err, sizeof err);
     if (!gw.deliver) {
         fprintf(stderr, "waybill: %s\n", err);
         goto done;
@@ -238,6 +246,7 @@ done:
     housekeep_free(gw.housekeep);
     route_free(gw.route);
     batch_free(gw.batch);
+    health_free(gw.health);
     httpc_free(gw.httpc); /* after its users: JWKS (server) and deliveries */
     store_free(gw.store); /* its last commit callbacks may still update subs */
     subs_free(gw.subs);

@@ -12,6 +12,7 @@
 #include "config.h"
 #include "deliver.h"
 #include "gateway.h"
+#include "health.h"
 #include "housekeep.h"
 #include "log.h"
 #include "metrics.h"
@@ -79,7 +80,7 @@ void route_event(struct route *rt, const struct rules_input *ev) {
         dels[n].payload_len = s->payload_len;
         dels[n].content_type = s->content_type;
         dels[n].headers_json = s->headers_json;
-        dels[n].status = ep->enabled && !deliver_endpoint_disabled(rt->gw->deliver, ep->name)
+        dels[n].status = ep->enabled && !health_endpoint_disabled(rt->gw->health, ep->name)
                              ? "pending"
                              : "held";
         dels[n].next_at = now + (ep->nretry ? ep->retry_ms[0] : 0);

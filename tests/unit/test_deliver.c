@@ -23,6 +23,7 @@
 #include "config.h"
 #include "deliver.h"
 #include "gateway.h"
+#include "health.h"
 #include "log.h"
 #include "store.h"
 #include "util.h"
@@ -382,6 +383,7 @@ static void test_engine(void) {
     struct sink sink;
     struct run r;
     struct store *st;
+    struct health *hl;
     struct deliver *d;
     struct timeval tv = {0, 20000};
     unsigned char key[] = "k", mac[32];
@@ -493,12 +495,15 @@ static void test_engine(void) {
     }
     CHECK_INT_EQ(store_flush(st), 0);
 
-    d = deliver_new(base, st, err, sizeof err);
+    hl = health_new(st, err, sizeof err);
+    d = hl ? deliver_new(base, st, hl, err, sizeof err) : NULL;
     CHECK(d != NULL);
     if (!d) {
+        health_free(hl);
         store_free(st);
         return;
     }
+    health_set_config(hl, &cfg);
     deliver_set_config(d, &cfg);
     deliver_kick(d);
 
@@ -576,6 +581,7 @@ static void test_engine(void) {
 
     event_free(r.poll);
     deliver_free(d);
+    health_free(hl);
     store_free(st);
     evhttp_free(http);
     event_base_free(base);
