@@ -21,6 +21,7 @@
 #include "deliver.h"
 #include "gateway.h"
 #include "health.h"
+#include "httpc.h"
 #include "log.h"
 #include "metrics.h"
 #include "route.h"
@@ -609,8 +610,8 @@ static void admin_verify_start(struct admin_verify *v) {
         for (int i = 0; i < h.n && n < 7; i++)
             lines[n++] = h.lines[i];
         lines[n] = NULL;
-        rc = deliver_probe(gw->deliver, v->sub.url, body, strlen(body), lines,
-                           ADMIN_PROBE_TIMEOUT_MS, admin_verify_done, v);
+        rc = httpc_probe(gw->httpc, v->sub.url, body, strlen(body), lines,
+                         ADMIN_PROBE_TIMEOUT_MS, admin_verify_done, v);
     }
     free(body);
     free(key.key);

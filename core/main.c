@@ -183,7 +183,7 @@ static int serve(const char *config_path) {
     }
     health_set_config(gw.health, cfg);
     health_set_notify(gw.health, gateway_emit, &gw);
-    gw.deliver = deliver_new(gw.base, gw.store, gw.health, err, sizeof err);
+    gw.deliver = deliver_new(gw.base, gw.store, gw.httpc, gw.health, err, sizeof err);
     if (!gw.deliver) {
         fprintf(stderr, "waybill: %s\n", err);
         goto done;
