@@ -63,7 +63,7 @@ int64_t deliver_retry_after_parse(const char *value, int64_t now_ms) {
     } else {
         int64_t t;
         if (!*p || !strpbrk(p, "0123456789"))
-            return -1; /* every HTTP date has digits; curl_getdate is lenient */
+            return -1; /* every HTTP date has digits; the date parser is lenient */
         t = httpc_date_parse(p);
         if (t < 0)
             return -1;

@@ -91,7 +91,7 @@ void route_event(struct route *rt, const struct rules_input *ev) {
         if (s->window_ms <= 0)
             continue;
         /* A failure here has failed the store's group: the event stays
-         * "received" and is routed again (route_recover) with its sends. */
+         * "received" and is routed again (housekeep_recover) with its sends. */
         if (batch_add(rt->gw->batch, config_endpoint_by_name(cfg, s->endpoint), s->window_ms,
                       ev->id, s->payload, s->payload_len, now, serr, sizeof serr) < 0) {
             log_msg(LOG_ERROR, "event %s: batching failed: %s", ev->id, serr);
