@@ -265,11 +265,14 @@ static void deliver_xfer_done(void *arg, const struct httpc_result *r) {
     struct deliver_ep *ep = x->ep; /* outlives x: endpoints are pruned only by deliver_set_config */
 
     DELIVER_CHECK(x->started && x->hx == r->xfer);
-    x->hx = NULL;      /* it ends with this call */
-    if (r->status < 0) /* the client went first: nothing written, the lease lapses */
+    x->hx = NULL; /* it ends with this call */
+    if (r->status < 0) {
+        /* httpc_free ran first (the engine should have been freed before
+         * it): nothing written, the lease lapses, nothing new starts */
         deliver_xfer_free(d, x);
-    else
-        deliver_finish(d, x, r, NULL);
+        return;
+    }
+    deliver_finish(d, x, r, NULL);
     deliver_ep_service(d, ep);
     if (d->stopping && d->inflight == 0 && d->done)
         event_active(d->done_ev, EV_TIMEOUT, 1);

@@ -79,6 +79,7 @@ struct httpc {
     struct httpc_sock *socks;
     struct httpc_xfer *xfers;
     int inflight;
+    int freeing;              /* httpc_free runs: nothing new starts */
     const struct config *cfg; /* borrowed; allow_private */
 };
 
@@ -392,8 +393,9 @@ struct httpc_xfer *httpc_start(struct httpc *hc, const struct httpc_request *req
     struct httpc_xfer *x = calloc(1, sizeof *x);
     CURLcode rc;
 
-    if (!x) {
-        snprintf(err, errlen, "out of memory");
+    if (!x || hc->freeing) {
+        snprintf(err, errlen, x ? "shutting down" : "out of memory");
+        free(x);
         return NULL;
     }
     x->hc = hc;
@@ -648,6 +650,7 @@ void httpc_set_config(struct httpc *hc, const struct config *cfg) {
 void httpc_free(struct httpc *hc) {
     if (!hc)
         return;
+    hc->freeing = 1;
     while (hc->xfers) /* each learns it ends unanswered */
         httpc_end(hc, hc->xfers, CURLE_OK, 1);
     HTTPC_CHECK(hc->inflight == 0);

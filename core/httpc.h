@@ -30,9 +30,9 @@ struct httpc *httpc_new(struct event_base *base, char *err, size_t errlen);
  * and must stay valid until the next call or httpc_free; NULL allows none. */
 void httpc_set_config(struct httpc *hc, const struct config *cfg);
 
-/* Ends every transfer still open with status -1 ("shutting down"), then
- * frees; NULL is a no-op. Free the modules that hold transfers first if
- * they would rather cancel theirs. */
+/* Ends every transfer still open with status -1 ("shutting down"; their
+ * callbacks cannot start new ones), then frees; NULL is a no-op. Free the
+ * modules that hold transfers first if they would rather cancel theirs. */
 void httpc_free(struct httpc *hc);
 
 /* ---- header lists ---- */
