@@ -20,6 +20,8 @@
 #include "admin_int.h"
 #include "config.h"
 #include "deliver.h"
+#include "health.h"
+#include "httpc.h"
 #include "log.h"
 #include "metrics.h"
 #include "ingest.h"
@@ -572,8 +574,8 @@ static void admin_verify_start(struct admin_verify *v) {
         for (int i = 0; i < h.n && n < 7; i++)
             lines[n++] = h.lines[i];
         lines[n] = NULL;
-        rc = deliver_probe(gw->deliver, v->sub.url, body, strlen(body), lines,
-                           ADMIN_PROBE_TIMEOUT_MS, admin_verify_done, v);
+        rc = httpc_probe(gw->httpc, v->sub.url, body, strlen(body), lines,
+                         ADMIN_PROBE_TIMEOUT_MS, admin_verify_done, v);
     }
     free(body);
     free(key.key);
@@ -971,9 +973,9 @@ static void admin_endpoint_switch(struct admin *adm, struct evhttp_request *req,
                            "the endpoint has enabled = false in the config; change it and reload");
         return;
     }
-    if (deliver_endpoint_set_disabled(adm->deps.deliver, name, disable,
-                                      disable ? "disabled by the admin API" : NULL, err,
-                                      sizeof err) < 0) {
+    if (health_endpoint_set_disabled(adm->deps.health, name, disable,
+                                     disable ? "disabled by the admin API" : NULL, err,
+                                     sizeof err) < 0) {
         http_reply_error(req, 503, "Service Unavailable", err);
         return;
     }
@@ -983,7 +985,7 @@ static void admin_endpoint_switch(struct admin *adm, struct evhttp_request *req,
     if (!c)
         return;
     c->reply = json_pack("{sssb}", "name", name, "disabled",
-                         deliver_endpoint_disabled(adm->deps.deliver, name));
+                         health_endpoint_disabled(adm->deps.health, name));
     admin_after_commit(c);
 }
 

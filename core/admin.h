@@ -9,6 +9,8 @@
 struct admin;
 struct deliver;
 struct event_base;
+struct health;
+struct httpc;
 struct ingest;
 struct rules;
 struct store;
@@ -27,6 +29,8 @@ struct admin_deps {
     struct event_base *base;
     struct store *store;
     struct deliver *deliver;
+    struct health *health;      /* endpoint state: enable/disable */
+    struct httpc *httpc;        /* subscription verification POSTs */
     struct ingest *ingest;      /* test events and replays enter through it */
     struct subs *subs;
     struct rules *const *rules; /* the current generation (swapped whole on reload) */

@@ -19,6 +19,9 @@
 #include "batch.h"
 #include "config.h"
 #include "deliver.h"
+#include "health.h"
+#include "housekeep.h"
+#include "httpc.h"
 #include "inbound.h"
 #include "ingest.h"
 #include "log.h"
@@ -35,7 +38,10 @@ struct app {
     struct rules *rules; /* current generation, owned; modules read it through &rules */
     struct store *store;
     struct subs *subs;
+    struct httpc *httpc;         /* the one HTTP client: deliveries, probes, JWKS */
+    struct health *health;       /* endpoint state */
     struct deliver *deliver;
+    struct housekeep *housekeep; /* retention and recovery sweeps */
     struct route *route;
     struct batch *batch;
     struct ingest *ingest;
@@ -104,8 +110,12 @@ static int app_reload(void *arg, char *err, size_t errlen) {
                           "still serving on the old one");
     if (differs(old->store, cfg->store))
         log_msg(LOG_WARN, "reload: a changed store needs a restart; still using %s", old->store);
-    /* The delivery engine and listeners move to the new config before the
-     * old generation (which owns the old config) is freed. */
+    /* Endpoint state, the HTTP client, the sweeps, the delivery engine and
+     * the listeners move to the new config before the old generation (which
+     * owns the old config) is freed; endpoint state first, as it compares
+     * the two. */
+    health_set_config(a->health, cfg);
+    housekeep_set_config(a->housekeep, cfg);
     deliver_set_config(a->deliver, cfg);
     stale = a->rules;
     a->rules = fresh;
@@ -154,8 +164,21 @@ static void on_term(evutil_socket_t sig, short what, void *arg) {
     log_msg(LOG_INFO, "%s: no longer accepting webhooks; finishing %d deliveries in flight",
             sig == SIGINT ? "SIGINT" : "SIGTERM", deliver_inflight(a->deliver));
     inbound_stop(a->inbound);
+    housekeep_stop(a->housekeep);
     deliver_shutdown(a->deliver, rules_config(a->rules)->shutdown_grace_ms, on_deliveries_drained,
                      a);
+}
+
+/* The SSRF guard's exceptions: the current config's allow_private. */
+static int app_private_allowed(void *arg, int family, const unsigned char *ip) {
+    const struct app *a = arg;
+    return config_private_allowed(rules_config(a->rules), family, ip);
+}
+
+/* The recovery sweep's events go through the router. */
+static void on_recovered(void *arg, const struct rules_input *ev) {
+    struct app *a = arg;
+    route_event(a->route, ev);
 }
 
 /* ---- life ---- */
@@ -186,9 +209,16 @@ static int app_modules_new(struct app *a, char *err, size_t errlen) {
 
     if (!(a->store = store_open(a->base, cfg->store, cfg->dir, err, errlen)) ||
         !(a->subs = subs_new(a->store, app_subs_changed, a, err, errlen)) ||
-        !(a->deliver = deliver_new(a->base, a->store, err, errlen)))
+        !(a->httpc = httpc_new(a->base, err, errlen)) ||
+        !(a->health = health_new(a->store, err, errlen)))
+        return -1;
+    httpc_set_allow(a->httpc, app_private_allowed, a);
+    health_set_config(a->health, cfg);
+    if (!(a->deliver = deliver_new(a->base, a->store, a->httpc, a->health, err, errlen)) ||
+        !(a->housekeep = housekeep_new(a->base, a->store, on_recovered, a, err, errlen)))
         return -1;
     deliver_set_config(a->deliver, cfg);
+    housekeep_set_config(a->housekeep, cfg);
     a->batch = batch_new(&(struct batch_deps){
         .base = a->base, .store = a->store, .deliver = a->deliver, .rules = &a->rules});
     if (a->batch)
@@ -196,6 +226,8 @@ static int app_modules_new(struct app *a, char *err, size_t errlen) {
                                                   .store = a->store,
                                                   .deliver = a->deliver,
                                                   .batch = a->batch,
+                                                  .health = a->health,
+                                                  .housekeep = a->housekeep,
                                                   .rules = &a->rules});
     if (a->route)
         a->ingest = ingest_new(&(struct ingest_deps){
@@ -206,8 +238,10 @@ static int app_modules_new(struct app *a, char *err, size_t errlen) {
     }
     /* waybill's own happenings enter as events, like any other */
     deliver_set_notify(a->deliver, ingest_emit, a->ingest);
+    health_set_notify(a->health, ingest_emit, a->ingest);
     a->inbound = inbound_new(&(struct inbound_deps){.base = a->base,
                                                     .store = a->store,
+                                                    .httpc = a->httpc,
                                                     .ingest = a->ingest,
                                                     .rules = &a->rules},
                              err, errlen);
@@ -217,6 +251,8 @@ static int app_modules_new(struct app *a, char *err, size_t errlen) {
         !(a->admin = admin_new(&(struct admin_deps){.base = a->base,
                                                     .store = a->store,
                                                     .deliver = a->deliver,
+                                                    .health = a->health,
+                                                    .httpc = a->httpc,
                                                     .ingest = a->ingest,
                                                     .subs = a->subs,
                                                     .rules = &a->rules,
@@ -272,7 +308,7 @@ fail:
 int app_run(struct app *a) {
     int rc = 0;
 
-    route_recover(a->route);
+    housekeep_recover(a->housekeep);
     batch_start(a->batch);
     deliver_kick_all(a->deliver);
     if (event_base_dispatch(a->base) < 0) {
@@ -303,9 +339,12 @@ void app_free(struct app *a) {
     admin_free(a->admin);
     inbound_free(a->inbound);
     deliver_free(a->deliver);
+    housekeep_free(a->housekeep);
     ingest_free(a->ingest);
     route_free(a->route);
     batch_free(a->batch);
+    health_free(a->health);
+    httpc_free(a->httpc); /* after its users: JWKS (inbound) and deliveries */
     store_free(a->store); /* its last commit callbacks may still update subs */
     subs_free(a->subs);
     rules_free(a->rules);

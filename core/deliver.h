@@ -1,10 +1,12 @@
-/* deliver.h -- outbound delivery: libcurl multi driven by the libevent loop
- * (curl_multi_socket_action, as in curl's hiperfifo example), signing,
- * retries per schedule, every attempt stored, and the scheduler.
+/* deliver.h -- outbound delivery: transport use and scheduling. Each
+ * claimed delivery is signed and sent through the shared HTTP client
+ * (httpc.h), retried per schedule, every attempt stored; endpoint state
+ * (disabled, the 410 rule) is health.h's. deliver.c holds the transfers
+ * and outcomes, deliver_sched.c the scheduler (deliver_int.h is private).
  * A delivery has one owner at a time: store (pending row) -> this module
- * once claimed (in flight, via CURLOPT_PRIVATE) -> store again when its
- * attempt is recorded. Nothing is dropped: a delivery whose outcome could
- * not be stored is claimed again when its lease ends.
+ * once claimed (in flight, via its transfer's callback argument) -> store
+ * again when its attempt is recorded. Nothing is dropped: a delivery whose
+ * outcome could not be stored is claimed again when its lease ends.
  *
  * The scheduler: isolation per endpoint, by construction. Every endpoint
  * has a queue of its own and a bounded share of what is claimed into
@@ -50,16 +52,21 @@
 
 struct event_base;
 struct deliver;
+struct health;
+struct httpc;
 
-/* Creates the delivery engine on base, reading and writing s (borrowed,
- * must outlive it). Nothing is sent until deliver_set_config. Returns new
- * or NULL with a reason in err. */
-struct deliver *deliver_new(struct event_base *base, struct store *s, char *err, size_t errlen);
+/* Creates the delivery engine on base, reading and writing s, sending
+ * through hc and keeping endpoint state in h (all borrowed, must outlive
+ * it; it registers h's change hook until deliver_free). Nothing is sent
+ * until deliver_set_config. Returns new or NULL with a reason in err. */
+struct deliver *deliver_new(struct event_base *base, struct store *s, struct httpc *hc,
+                            struct health *h, char *err, size_t errlen);
 
-/* Uses cfg's endpoints, allow_private and user agent from now on. cfg is
- * borrowed and must stay valid until the next call or deliver_free; in-flight
- * transfers look their endpoint up by name when they complete, so a reload
- * that removes an endpoint leaves them safe. */
+/* Uses cfg's endpoints from now on (set hc's and h's config too: the guard's
+ * allow_private is the client's). cfg is borrowed and must stay valid
+ * until the next call or deliver_free; in-flight transfers look their
+ * endpoint up by name when they complete, so a reload that removes an
+ * endpoint leaves them safe. */
 void deliver_set_config(struct deliver *d, const struct config *cfg);
 
 /* New deliveries may be due: look soon (from the loop, not inside this
@@ -79,28 +86,13 @@ void deliver_kick_all(struct deliver *d);
  * queue are otherwise found by the watchdog within a second. */
 void deliver_watch_endpoint(struct deliver *d, const char *name);
 
-/* Runs when a probe ends: status_code is the HTTP status, or 0 with a
- * reason (connection error, timeout, address refused). Called from the
- * loop; the probe is freed right after. */
-typedef void (*deliver_probe_fn)(void *arg, int status_code, const char *reason);
-
-/* POSTs body (copied) to url once, outside the queue and without retries
- * (e.g. a new subscription's verification POST), on the same curl multi
- * and behind the same SSRF guard as deliveries. headers: NULL-terminated
- * "Name: value" lines, copied. A 3xx is not followed. Returns 0 (done will
- * run exactly once; with status_code -1 from deliver_free when the probe
- * never finished), or -1 when it could not start (done not called). */
-int deliver_probe(struct deliver *d, const char *url, const char *body, size_t len,
-                  const char *const *headers, int64_t timeout_ms, deliver_probe_fn done,
-                  void *arg);
-
 /* Number of transfers in flight. */
 int deliver_inflight(const struct deliver *d);
 
 /* What the scheduler holds for one endpoint (the admin API and metrics). */
 struct deliver_endpoint_stats {
     int in_memory;         /* claimed: waiting for a slot or token, or in flight */
-    int in_flight;         /* transfers in the multi */
+    int in_flight;         /* transfers in flight */
     int stuck;             /* due with a free slot for 10 s (a bug; /healthz says so) */
     uint64_t lost_wakeups; /* times the watchdog found it idle while due */
 };
@@ -119,25 +111,13 @@ size_t deliver_stuck(const struct deliver *d, char *names, size_t len);
  * claimed again after a restart) and done(arg) runs from the loop. */
 void deliver_shutdown(struct deliver *d, int64_t grace_ms, void (*done)(void *arg), void *arg);
 
-/* Aborts every transfer and frees; NULL is a no-op. */
+/* Aborts every transfer (nothing written: leases lapse) and frees; NULL is
+ * a no-op. */
 void deliver_free(struct deliver *d);
 
-/* ---- endpoint state (SPEC section 7) ---- */
-
-/* 1 when name was disabled by a 410, disable_after or the admin API (and
- * not enabled since), else 0. Deliveries routed to it are created held. */
-int deliver_endpoint_disabled(const struct deliver *d, const char *name);
-
-/* Disables (reason may be NULL) or enables name, in the open group: its
- * pending deliveries become held, or its held ones pending and due now.
- * Emits waybill.endpoint.disabled / .enabled. Doing what is already so is
- * a no-op. Returns 0, or -1 with a reason (unknown endpoint, store error). */
-int deliver_endpoint_set_disabled(struct deliver *d, const char *name, int disabled,
-                                  const char *reason, char *err, size_t errlen);
-
-/* Operational events (waybill.delivery.failed, waybill.endpoint.disabled,
- * waybill.endpoint.enabled) go to fn(arg, type, data) from the loop; fn
- * takes the reference to data. NULL fn: dropped. */
+/* Operational events (waybill.delivery.failed; the endpoint ones are
+ * health.h's) go to fn(arg, type, data) from the loop; fn takes the
+ * reference to data. NULL fn: dropped. */
 typedef void (*deliver_notify_fn)(void *arg, const char *type, json_t *data);
 void deliver_set_notify(struct deliver *d, deliver_notify_fn fn, void *arg);
 
@@ -173,15 +153,5 @@ int64_t deliver_retry_after_parse(const char *value, int64_t now_ms);
  * exhausted. */
 int deliver_schedule_next(const int64_t *retry_ms, size_t nretry, int pos, int jitter, uint32_t rnd,
                           int64_t *delay_ms);
-
-/* 1 when addr (family AF_INET or AF_INET6, network order, as in a sockaddr)
- * is one an endpoint may not reach without allow_private: loopback
- * (127/8, ::1), unspecified (0/8, ::), private (10/8, 172.16/12,
- * 192.168/16, fc00::/7), link-local (169.254/16 including the metadata
- * address 169.254.169.254, fe80::/10), CGNAT (100.64/10), and these ranges
- * seen through IPv4-mapped (::ffff:0:0/96), IPv4-compatible (::/96) or
- * NAT64 (64:ff9b::/96) IPv6.
- * Any other family counts as private. Else 0. */
-int deliver_address_private(int family, const void *addr);
 
 #endif

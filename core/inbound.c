@@ -183,7 +183,7 @@ static struct jwks *inbound_jwks(struct inbound *ib, const char *location) {
     if (!grown)
         return NULL;
     ib->jwks = grown;
-    j = jwks_new(ib->deps.base, location, err, sizeof err);
+    j = jwks_new(ib->deps.httpc, location, err, sizeof err);
     if (!j) {
         log_msg(LOG_ERROR, "jwks: %s", err);
         return NULL;

@@ -8,6 +8,7 @@
 #include <stddef.h>
 
 struct event_base;
+struct httpc;
 struct inbound;
 struct ingest;
 struct rules;
@@ -17,6 +18,7 @@ struct store;
 struct inbound_deps {
     struct event_base *base;
     struct store *store;
+    struct httpc *httpc;        /* JWKS fetches (ShipEngine key sets by URL) */
     struct ingest *ingest;      /* stores an accepted event, routes it once durable */
     struct rules *const *rules; /* the current generation (swapped whole on reload) */
 };

@@ -1,7 +1,7 @@
 /* jwks.c -- JSON Web Key Sets: RSA public keys by kid (OpenSSL 3 EVP_PKEY
- * from n and e), read from a file or fetched from a URL with a libcurl multi
- * handle driven by a short loop timer while a fetch is in flight (fetches are
- * rare: start-up and unknown kids; each is bounded by a 5 s timeout).
+ * from n and e), read from a file or fetched from a URL through the shared
+ * HTTP client (httpc.h: socket-driven on the loop; fetches are rare:
+ * start-up and unknown kids; each is bounded by a 5 s timeout).
  * Invariants: set is never NULL after jwks_new (an empty set until the first
  * fetch lands); at most one fetch is in flight; waiters run exactly once.
  * SPDX-License-Identifier: MIT */
@@ -10,14 +10,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <curl/curl.h>
-#include <event2/event.h>
 #include <jansson.h>
 #include <openssl/bn.h>
 #include <openssl/core_names.h>
 #include <openssl/evp.h>
 #include <openssl/param_build.h>
 
+#include "httpc.h"
 #include "jwks.h"
 #include "log.h"
 #include "util.h"
@@ -26,7 +25,6 @@
 #define JWKS_FETCH_TIMEOUT_MS 5000L
 #define JWKS_TRIED_MAX 32
 #define JWKS_TRIED_MS (5 * 60 * 1000)
-#define JWKS_POLL_MS 5
 /* Unknown kids cost a fetch each: at most this many per minute, so a stream
  * of made-up kids cannot turn waybill into a load on the key server. */
 #define JWKS_REFETCH_PER_MIN 10
@@ -227,16 +225,11 @@ struct jwks_tried {
 };
 
 struct jwks {
-    struct event_base *base;
+    struct httpc *hc; /* borrowed */
     char *location;
     int is_url;
     struct jwks_set *set;
-    /* a fetch in flight: multi != NULL */
-    CURLM *multi;
-    CURL *easy;
-    struct event *poll;
-    struct util_buf body;
-    int too_big;
+    struct httpc_xfer *fetch; /* the fetch in flight, or NULL */
     struct jwks_waiter *waiters;
     size_t nwaiters, capwaiters;
     struct jwks_tried tried[JWKS_TRIED_MAX];
@@ -261,33 +254,13 @@ int jwks_fetches(const struct jwks *j) {
     return j->fetches;
 }
 
-static size_t on_body(char *p, size_t size, size_t nmemb, void *arg) {
-    struct jwks *j = arg;
-    size_t n = size * nmemb;
-    if (j->body.len + n > JWKS_MAX_BYTES) {
-        j->too_big = 1;
-        return 0; /* aborts the transfer */
-    }
-    return util_buf_append(&j->body, p, n) < 0 ? 0 : n;
-}
-
-/* Ends the fetch in flight: frees its handles and runs every waiter. */
+/* Ends the fetch in flight (its transfer has ended or was cancelled) and
+ * runs every waiter. */
 static void fetch_end(struct jwks *j, int ok) {
     struct jwks_waiter *w = j->waiters;
     size_t n = j->nwaiters;
 
-    if (j->poll)
-        event_free(j->poll);
-    j->poll = NULL;
-    if (j->easy) {
-        curl_multi_remove_handle(j->multi, j->easy);
-        curl_easy_cleanup(j->easy);
-    }
-    j->easy = NULL;
-    curl_multi_cleanup(j->multi);
-    j->multi = NULL;
-    util_buf_free(&j->body);
-    j->too_big = 0;
+    j->fetch = NULL;
     /* A waiter may start the next fetch (a new waiter list) or free nothing
      * of ours: the list is detached first. */
     j->waiters = NULL;
@@ -297,84 +270,57 @@ static void fetch_end(struct jwks *j, int ok) {
     free(w);
 }
 
-static void on_poll(evutil_socket_t fd, short what, void *arg) {
+static void on_fetched(void *arg, const struct httpc_result *r) {
     struct jwks *j = arg;
-    int running = 0, left = 0, ok = 0;
-    CURLMsg *msg;
-    struct timeval tv = {0, JWKS_POLL_MS * 1000};
-    UNUSED(fd);
-    UNUSED(what);
+    struct jwks_set *set;
+    char err[200];
+    int ok = 0;
 
-    curl_multi_perform(j->multi, &running);
-    while ((msg = curl_multi_info_read(j->multi, &left))) {
-        if (msg->msg != CURLMSG_DONE)
-            continue;
-        long code = 0;
-        char err[200];
-        curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE, &code);
-        if (msg->data.result != CURLE_OK) {
-            log_msg(LOG_WARN, "jwks %s: fetch failed: %s", j->location,
-                    j->too_big ? "document too large" : curl_easy_strerror(msg->data.result));
-        } else if (code != 200) {
-            log_msg(LOG_WARN, "jwks %s: fetch answered HTTP %ld", j->location, code);
-        } else {
-            struct jwks_set *set = jwks_set_parse(j->body.p ? j->body.p : "", j->body.len, err,
-                                                  sizeof err);
-            if (!set) {
-                log_msg(LOG_WARN, "jwks %s: %s; keeping the previous keys", j->location, err);
-            } else {
-                jwks_set_free(j->set);
-                j->set = set;
-                ok = 1;
-                log_msg(LOG_INFO, "jwks %s: %zu keys", j->location, set->n);
-            }
-        }
-        fetch_end(j, ok);
-        return;
+    if (r->error) {
+        log_msg(LOG_WARN, "jwks %s: fetch failed: %s", j->location,
+                r->too_large ? "document too large" : r->code_text);
+    } else if (r->status != 200) {
+        log_msg(LOG_WARN, "jwks %s: fetch answered HTTP %d", j->location, r->status);
+    } else if (!(set = jwks_set_parse(r->body, r->body_len, err, sizeof err))) {
+        log_msg(LOG_WARN, "jwks %s: %s; keeping the previous keys", j->location, err);
+    } else {
+        jwks_set_free(j->set);
+        j->set = set;
+        ok = 1;
+        log_msg(LOG_INFO, "jwks %s: %zu keys", j->location, set->n);
     }
-    evtimer_add(j->poll, &tv);
+    fetch_end(j, ok);
 }
 
 /* Starts a fetch of the URL unless one is in flight. Returns 0 or -1. */
 static int fetch_start(struct jwks *j) {
-    struct timeval tv = {0, 0};
+    struct httpc_request req = {
+        .url = j->location,
+        .user_agent = "waybill-jwks",
+        .timeout_ms = JWKS_FETCH_TIMEOUT_MS,
+        .response_max = JWKS_MAX_BYTES,
+        .response_limit = 1,
+    };
+    char err[128];
 
-    if (j->multi)
+    if (j->fetch)
         return 0;
-    j->multi = curl_multi_init();
-    j->easy = curl_easy_init();
-    j->poll = evtimer_new(j->base, on_poll, j);
-    if (!j->multi || !j->easy || !j->poll ||
-        curl_easy_setopt(j->easy, CURLOPT_URL, j->location) != CURLE_OK ||
-        curl_easy_setopt(j->easy, CURLOPT_PROTOCOLS_STR, "http,https") != CURLE_OK ||
-        curl_easy_setopt(j->easy, CURLOPT_TIMEOUT_MS, JWKS_FETCH_TIMEOUT_MS) != CURLE_OK ||
-        curl_easy_setopt(j->easy, CURLOPT_NOSIGNAL, 1L) != CURLE_OK ||
-        curl_easy_setopt(j->easy, CURLOPT_USERAGENT, "waybill-jwks") != CURLE_OK ||
-        curl_easy_setopt(j->easy, CURLOPT_WRITEFUNCTION, on_body) != CURLE_OK ||
-        curl_easy_setopt(j->easy, CURLOPT_WRITEDATA, (void *)j) != CURLE_OK ||
-        curl_multi_add_handle(j->multi, j->easy) != CURLM_OK) {
-        if (j->poll)
-            event_free(j->poll);
-        j->poll = NULL;
-        curl_easy_cleanup(j->easy);
-        j->easy = NULL;
-        curl_multi_cleanup(j->multi);
-        j->multi = NULL;
+    if (!(j->fetch = httpc_start(j->hc, &req, on_fetched, j, err, sizeof err))) {
+        log_msg(LOG_WARN, "jwks %s: fetch not started: %s", j->location, err);
         return -1;
     }
     j->fetches++;
-    evtimer_add(j->poll, &tv);
     return 0;
 }
 
-struct jwks *jwks_new(struct event_base *base, const char *location, char *err, size_t errlen) {
+struct jwks *jwks_new(struct httpc *hc, const char *location, char *err, size_t errlen) {
     struct jwks *j = calloc(1, sizeof *j);
 
     if (!j || !(j->location = strdup(location))) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
-    j->base = base;
+    j->hc = hc;
     j->is_url = strncmp(location, "http://", 7) == 0 || strncmp(location, "https://", 8) == 0;
     if (j->is_url) {
         j->set = calloc(1, sizeof *j->set);
@@ -412,7 +358,7 @@ int jwks_refetch(struct jwks *j, const char *kid, jwks_done_fn done, void *arg) 
         j->window_start = now;
         j->window_refetches = 0;
     }
-    if (!j->multi) { /* joining a fetch in flight costs nothing */
+    if (!j->fetch) { /* joining a fetch in flight costs nothing */
         if (j->window_refetches >= JWKS_REFETCH_PER_MIN) {
             log_msg(LOG_WARN, "jwks %s: %d refetches this minute; not refetching for another kid",
                     j->location, j->window_refetches);
@@ -452,8 +398,10 @@ int jwks_refetch(struct jwks *j, const char *kid, jwks_done_fn done, void *arg) 
 void jwks_free(struct jwks *j) {
     if (!j)
         return;
-    if (j->multi)
+    if (j->fetch) {
+        httpc_cancel(j->hc, j->fetch);
         fetch_end(j, 0);
+    }
     free(j->waiters);
     jwks_set_free(j->set);
     free(j->location);

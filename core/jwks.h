@@ -1,7 +1,8 @@
 /* jwks.h -- RSA public keys by kid from a JSON Web Key Set (RFC 7517), for
  * ShipEngine's RSA-SHA256 webhooks. A key set comes from a file (read at
- * config load and again on an unknown kid) or a URL (fetched with libcurl on
- * the event loop, never blocking it; cached; refetched once per unknown kid).
+ * config load and again on an unknown kid) or a URL (fetched through the
+ * shared HTTP client on the event loop, never blocking it; cached;
+ * refetched once per unknown kid).
  * Invariant: only the loop thread touches a struct jwks; a waiter's callback
  * runs exactly once, from the loop, never from inside the call that queued it.
  * SPDX-License-Identifier: MIT */
@@ -11,8 +12,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-struct event_base;
 struct evp_pkey_st;
+struct httpc;
 
 /* ---- a parsed key set ---- */
 
@@ -39,9 +40,10 @@ void jwks_set_free(struct jwks_set *set);
 struct jwks;
 
 /* A key source for location (an absolute file path, or an http(s):// URL).
- * A file is read now (err on failure); a URL's first fetch starts now and
- * completes later on base. Returns new, or NULL with a reason in err. */
-struct jwks *jwks_new(struct event_base *base, const char *location, char *err, size_t errlen);
+ * A file is read now (err on failure); a URL's first fetch starts now on hc
+ * (borrowed, must outlive j) and completes later. Returns new, or NULL with
+ * a reason in err. */
+struct jwks *jwks_new(struct httpc *hc, const char *location, char *err, size_t errlen);
 
 /* Whether j reads location (to find a cached source again). */
 int jwks_is(const struct jwks *j, const char *location);

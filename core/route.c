@@ -1,16 +1,18 @@
 /* route.c -- runs the rules over committed events and records what they
  * decided: deliveries (pending, or held for a disabled endpoint) and the
  * event's status. All or nothing: a failed handler stores no delivery.
- * Recovery re-routes events left "received" by a crash or a failed group.
+ * Events left "received" by a crash or a failed group are routed again by
+ * the recovery sweep (housekeep.c).
  * SPDX-License-Identifier: MIT */
 #include <stdlib.h>
 #include <string.h>
 
-#include <event2/event.h>
 
 #include "batch.h"
 #include "config.h"
 #include "deliver.h"
+#include "health.h"
+#include "housekeep.h"
 #include "log.h"
 #include "metrics.h"
 #include "route.h"
@@ -18,13 +20,9 @@
 #include "store.h"
 #include "util.h"
 
-#define RECOVER_BATCH 256
-
 struct route {
     struct route_deps deps;
-    struct event *recover_ev;
-    int64_t recover_after; /* seq cursor of the sweep in progress */
-    int kick_pending;      /* a commit callback will kick the delivery engine */
+    int kick_pending; /* a commit callback will kick the delivery engine */
 };
 
 static void on_routes_committed(void *arg, int ok) {
@@ -36,7 +34,7 @@ static void on_routes_committed(void *arg, int ok) {
     } else {
         /* The events of that group are still "received" in the store. */
         log_msg(LOG_WARN, "routing results were not committed; routing again");
-        route_recover(rt);
+        housekeep_recover(rt->deps.housekeep);
     }
 }
 
@@ -81,7 +79,7 @@ void route_event(struct route *rt, const struct rules_input *ev) {
         dels[n].payload_len = s->payload_len;
         dels[n].content_type = s->content_type;
         dels[n].headers_json = s->headers_json;
-        dels[n].status = ep->enabled && !deliver_endpoint_disabled(rt->deps.deliver, ep->name)
+        dels[n].status = ep->enabled && !health_endpoint_disabled(rt->deps.health, ep->name)
                              ? "pending"
                              : "held";
         dels[n].next_at = now + (ep->nretry ? ep->retry_ms[0] : 0);
@@ -92,7 +90,7 @@ void route_event(struct route *rt, const struct rules_input *ev) {
         if (s->window_ms <= 0)
             continue;
         /* A failure here has failed the store's group: the event stays
-         * "received" and is routed again (route_recover) with its sends. */
+         * "received" and is routed again (housekeep_recover) with its sends. */
         if (batch_add(rt->deps.batch, config_endpoint_by_name(cfg, s->endpoint), s->window_ms,
                       ev->id, s->payload, s->payload_len, now, serr, sizeof serr) < 0) {
             log_msg(LOG_ERROR, "event %s: batching failed: %s", ev->id, serr);
@@ -122,59 +120,15 @@ done:
     rules_plan_clear(&plan);
 }
 
-static void on_recover(evutil_socket_t fd, short what, void *arg) {
-    struct route *rt = arg;
-    struct store_event_row *rows = NULL;
-    size_t n = 0;
-    char err[256];
-
-    UNUSED(fd);
-    UNUSED(what);
-    if (store_events_unrouted(rt->deps.store, rt->recover_after, RECOVER_BATCH, &rows, &n, err,
-                              sizeof err) < 0) {
-        log_msg(LOG_ERROR, "recovery: reading unrouted events failed: %s", err);
-        return;
-    }
-    for (size_t i = 0; i < n; i++) {
-        struct rules_input in = {rows[i].id,        rows[i].source,   rows[i].source_id,
-                                 rows[i].type,      rows[i].created_at, rows[i].received_at,
-                                 rows[i].data_json, rows[i].raw,      rows[i].raw_len,
-                                 rows[i].headers_json, 0, 0};
-        route_event(rt, &in);
-        rt->recover_after = rows[i].seq;
-    }
-    if (n)
-        log_msg(LOG_INFO, "recovery: routed %zu events committed before a restart", n);
-    store_event_rows_free(rows, n);
-    /* One batch per loop turn, so a long backlog never stalls ingest. */
-    if (n == RECOVER_BATCH)
-        event_active(rt->recover_ev, EV_TIMEOUT, 0);
-}
-
 struct route *route_new(const struct route_deps *deps) {
     struct route *rt = calloc(1, sizeof *rt);
 
     if (!rt)
         return NULL;
     rt->deps = *deps;
-    rt->recover_ev = event_new(deps->base, -1, 0, on_recover, rt);
-    if (!rt->recover_ev) {
-        free(rt);
-        return NULL;
-    }
-    /* After ingest replies and delivery work of the same turn. */
-    event_priority_set(rt->recover_ev, 2);
     return rt;
 }
 
-void route_recover(struct route *rt) {
-    rt->recover_after = 0;
-    event_active(rt->recover_ev, EV_TIMEOUT, 0);
-}
-
 void route_free(struct route *rt) {
-    if (!rt)
-        return;
-    event_free(rt->recover_ev);
     free(rt);
 }

@@ -1,7 +1,7 @@
-/* route.h -- routing of committed events through the current rules, and
- * the recovery of events committed but never routed (a crash between the
- * two). Routing writes go into the store's open group; deliveries start
- * once that group commits.
+/* route.h -- routing of committed events through the current rules.
+ * Routing writes go into the store's open group; deliveries start once
+ * that group commits. (Events committed but never routed, a crash between
+ * the two, are routed again by housekeep.h's recovery sweep.)
  * SPDX-License-Identifier: MIT */
 #ifndef CORE_ROUTE_H
 #define CORE_ROUTE_H
@@ -11,6 +11,8 @@
 struct batch;
 struct deliver;
 struct event_base;
+struct health;
+struct housekeep;
 struct route;
 struct store;
 
@@ -20,7 +22,9 @@ struct route_deps {
     struct store *store;
     struct deliver *deliver;
     struct batch *batch;
-    struct rules *const *rules; /* the current generation (swapped whole on reload) */
+    struct health *health;       /* whether an endpoint is disabled (its rows held) */
+    struct housekeep *housekeep; /* recovery, when a group of routings failed */
+    struct rules *const *rules;  /* the current generation (swapped whole on reload) */
 };
 
 struct route *route_new(const struct route_deps *deps);
@@ -29,10 +33,5 @@ void route_free(struct route *rt);
 /* Routes one committed event (borrowed, used only during the call) with the
  * current rules and records the outcome in the open group. */
 void route_event(struct route *rt, const struct rules_input *ev);
-
-/* Routes every stored event still "received", in batches, from the loop
- * (soon, not inside this call). Safe to call again: the store's view
- * includes the open group, so nothing is routed twice. */
-void route_recover(struct route *rt);
 
 #endif

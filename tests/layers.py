@@ -17,7 +17,8 @@ below it, never one above:
 1. commands and the app: main (commands) -> app (owns every module)
 2. edges: http (listeners, TLS, replies), inbound, admin (+ admin_render),
    cli, ruletest
-3. pipeline: ingest, carrier, route, batch, deliver, health, housekeep
+3. pipeline: ingest, carrier, route, batch, deliver (+ deliver_sched), health,
+   housekeep
 4. engines: rules, rules_api (behind rules_int.h), store and store_*
    (behind store_int.h),
    httpc, verify, jwks, config, subs
@@ -33,7 +34,8 @@ CORE = os.path.join(ROOT, "core")
 LAYERS = [
     ("commands and the app", ["main", "app"]),
     ("edges", ["http", "inbound", "admin", "admin_render", "cli", "ruletest"]),
-    ("pipeline", ["ingest", "carrier", "route", "batch", "deliver", "health", "housekeep"]),
+    ("pipeline", ["ingest", "carrier", "route", "batch", "deliver", "deliver_sched", "health",
+                  "housekeep"]),
     ("engines", ["rules", "rules_api", "store", "store_*", "httpc", "verify", "jwks", "config",
                  "subs"]),
     ("base", ["jsonx", "util", "log", "metrics"]),

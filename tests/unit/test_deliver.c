@@ -1,8 +1,9 @@
-/* test_deliver.c -- outcome classes, Retry-After, retry schedule and jitter,
- * the SSRF address ranges; then the engine end to end on a real store in a
- * temporary folder against an in-process evhttp sink on 127.0.0.1: retries,
- * headers and signature, 406, Retry-After, per-endpoint concurrency, the
- * guard, an endpoint not in the config, and shutdown with a hung transfer. */
+/* test_deliver.c -- outcome classes, Retry-After, retry schedule and jitter
+ * (the SSRF address ranges are test_httpc.c's); then the engine end to end
+ * on a real store in a temporary folder against an in-process evhttp sink
+ * on 127.0.0.1: retries, headers and signature, 406, Retry-After,
+ * per-endpoint concurrency, the guard, an endpoint not in the config, and
+ * shutdown with a hung transfer. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <stdint.h>
@@ -22,12 +23,20 @@
 #include "harness.h"
 #include "config.h"
 #include "deliver.h"
+#include "health.h"
+#include "httpc.h"
 #include "log.h"
 #include "store.h"
 #include "util.h"
 #include "verify.h"
 
 /* ---- pure helpers ---- */
+
+
+/* What the app answers the guard: the config's allow_private. */
+static int allow_from_config(void *arg, int family, const unsigned char *ip) {
+    return config_private_allowed(arg, family, ip);
+}
 
 static void test_classify(void) {
     CHECK_INT_EQ(deliver_outcome_classify(200, CONFIG_SUCCESS_2XX), DELIVER_DELIVERED);
@@ -139,69 +148,6 @@ static void test_schedule(void) {
         CHECK_INT_EQ(deliver_schedule_next(zeros, 2, 0, 1, 0, &delay), 1);
         CHECK_INT_EQ(delay, 0);
     }
-}
-
-static int addr_private(const char *text) {
-    unsigned char buf[16];
-    if (inet_pton(AF_INET, text, buf) == 1)
-        return deliver_address_private(AF_INET, buf);
-    if (inet_pton(AF_INET6, text, buf) == 1)
-        return deliver_address_private(AF_INET6, buf);
-    return -1;
-}
-
-static void test_address_private(void) {
-    static const char *const priv[] = {"127.0.0.1",
-                                       "127.255.255.255",
-                                       "0.0.0.0",
-                                       "0.1.2.3",
-                                       "10.0.0.1",
-                                       "10.255.255.255",
-                                       "172.16.0.1",
-                                       "172.31.255.255",
-                                       "192.168.0.1",
-                                       "192.168.255.255",
-                                       "169.254.0.1",
-                                       "169.254.169.254",
-                                       "100.64.0.1",
-                                       "100.127.255.255",
-                                       "::1",
-                                       "::",
-                                       "fc00::1",
-                                       "fd12:3456::1",
-                                       "fe80::1",
-                                       "febf:ffff::1",
-                                       "::ffff:127.0.0.1",
-                                       "::ffff:10.1.2.3",
-                                       "::ffff:169.254.169.254",
-                                       "::ffff:192.168.1.1",
-                                       "::127.0.0.1",
-                                       "64:ff9b::10.0.0.1",
-                                       "64:ff9b::a9fe:a9fe"};
-    static const char *const pub[] = {"8.8.8.8",          "1.1.1.1",
-                                      "172.15.255.255",   "172.32.0.1",
-                                      "192.167.255.255",  "192.169.0.1",
-                                      "169.253.255.255",  "169.255.0.1",
-                                      "100.63.255.255",   "100.128.0.1",
-                                      "11.0.0.1",         "126.255.255.255",
-                                      "128.0.0.1",        "2001:4860:4860::8888",
-                                      "2606:4700::1111",  "fec0::1",
-                                      "fb00::1",          "::ffff:8.8.8.8",
-                                      "64:ff9b::8.8.8.8", "2001:db8::ffff:7f00:1"};
-    size_t i;
-    unsigned char any[16] = {0};
-
-    for (i = 0; i < sizeof priv / sizeof priv[0]; i++) {
-        if (addr_private(priv[i]) != 1)
-            fprintf(stderr, "expected private: %s\n", priv[i]);
-        CHECK_INT_EQ(addr_private(priv[i]), 1);
-    }
-    for (i = 0; i < sizeof pub / sizeof pub[0]; i++) {
-        if (addr_private(pub[i]) != 0)
-            fprintf(stderr, "expected public: %s\n", pub[i]);
-        CHECK_INT_EQ(addr_private(pub[i]), 0);
-    }
-    CHECK_INT_EQ(deliver_address_private(AF_UNIX, any), 1);
 }
 
 /* ---- the engine against a sink ---- */
@@ -390,6 +336,8 @@ static void test_engine(void) {
     struct sink sink;
     struct run r;
     struct store *st;
+    struct httpc *hc;
+    struct health *hl;
     struct deliver *d;
     struct timeval tv = {0, 20000};
     unsigned char key[] = "k", mac[32];
@@ -502,12 +450,18 @@ static void test_engine(void) {
     }
     CHECK_INT_EQ(store_flush(st), 0);
 
-    d = deliver_new(base, st, err, sizeof err);
+    hc = httpc_new(base, err, sizeof err);
+    hl = health_new(st, err, sizeof err);
+    d = hc && hl ? deliver_new(base, st, hc, hl, err, sizeof err) : NULL;
     CHECK(d != NULL);
     if (!d) {
+        health_free(hl);
+        httpc_free(hc);
         store_free(st);
         return;
     }
+    httpc_set_allow(hc, allow_from_config, &cfg);
+    health_set_config(hl, &cfg);
     deliver_set_config(d, &cfg);
     deliver_kick(d);
 
@@ -586,6 +540,8 @@ static void test_engine(void) {
 
     event_free(r.poll);
     deliver_free(d);
+    health_free(hl);
+    httpc_free(hc);
     store_free(st);
     evhttp_free(http);
     event_base_free(base);
@@ -604,7 +560,6 @@ int main(void) {
     test_classify();
     test_retry_after();
     test_schedule();
-    test_address_private();
     test_engine();
     return harness_report();
 }

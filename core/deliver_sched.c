@@ -1,0 +1,619 @@
+/* deliver_sched.c -- the per-endpoint scheduler (the model and its
+ * invariants are in deliver.h): a queue, a window and a timer per
+ * endpoint, claims per endpoint through the store's (endpoint, next_at)
+ * index, kicks that look only at endpoints with new rows, and the watchdog
+ * that checks the invariant every second.
+ * SPDX-License-Identifier: MIT */
+
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+
+#include "deliver_int.h"
+#include "log.h"
+#include "util.h"
+
+static int deliver_endpoint_limit(const struct config_endpoint *cep) {
+    if (cep->ordered)
+        return 1;
+    if (cep->concurrency > DELIVER_SLOTS_MAX)
+        return DELIVER_SLOTS_MAX;
+    return cep->concurrency > 0 ? cep->concurrency : 1;
+}
+
+/* ---- endpoint queues ---- */
+
+static void deliver_ep_timer_cb(evutil_socket_t fd, short kind, void *arg);
+
+struct deliver_ep *deliver_ep_find(const struct deliver *d, const char *name) {
+    struct deliver_ep *ep;
+
+    for (ep = d->eps; ep; ep = ep->next)
+        if (!strcmp(ep->name, name))
+            return ep;
+    return NULL;
+}
+
+struct deliver_ep *deliver_ep_get(struct deliver *d, const char *name) {
+    struct deliver_ep *ep = deliver_ep_find(d, name);
+
+    if (ep)
+        return ep;
+    if (!(ep = calloc(1, sizeof *ep)))
+        return NULL;
+    ep->d = d;
+    if (!(ep->name = strdup(name)) ||
+        !(ep->timer = evtimer_new(d->base, deliver_ep_timer_cb, ep))) {
+        free(ep->name);
+        free(ep);
+        return NULL;
+    }
+    ep->next = d->eps;
+    d->eps = ep;
+    return ep;
+}
+
+void deliver_ep_free(struct deliver_ep *ep) {
+    if (ep->timer)
+        event_free(ep->timer);
+    free(ep->name);
+    free(ep);
+}
+
+/* Deliveries of an endpoint that is not in the config, or disabled, are
+ * neither claimed nor sent: they wait in the store (pending, or held when
+ * disabled). Logged once per endpoint and config. */
+static void deliver_ep_unavailable(struct deliver *d, struct deliver_ep *ep,
+                                   const struct config_endpoint *cep) {
+    UNUSED(d);
+    if (ep->warned)
+        return;
+    ep->warned = 1;
+    log_msg(LOG_WARN, "endpoint %s is %s: its deliveries wait in the store", ep->name,
+            !cep            ? "not in the config"
+            : !cep->enabled ? "enabled = false"
+                            : "disabled");
+}
+
+static struct deliver_xfer *deliver_ep_pop(struct deliver_ep *ep) {
+    struct deliver_xfer *x = ep->head;
+
+    if (x) {
+        ep->head = x->qnext;
+        if (!ep->head)
+            ep->tail = NULL;
+        x->qnext = NULL;
+        ep->nwaiting--;
+    }
+    return x;
+}
+
+static void deliver_ep_push(struct deliver_ep *ep, struct deliver_xfer *x) {
+    if (ep->tail)
+        ep->tail->qnext = x;
+    else
+        ep->head = x;
+    ep->tail = x;
+    ep->nwaiting++;
+}
+
+/* at shutdown, or when the endpoint is disabled */
+void deliver_ep_drop(struct deliver *d, struct deliver_ep *ep) {
+    struct deliver_xfer *x;
+
+    while ((x = deliver_ep_pop(ep)))
+        deliver_xfer_free(d, x);
+}
+
+void deliver_ep_release(struct deliver *d, struct deliver_ep *ep) {
+    struct deliver_xfer *x;
+    char err[256];
+
+    while ((x = deliver_ep_pop(ep))) {
+        if (store_delivery_lease(d->store, x->row.seq, x->row.next_at, 0, err, sizeof err) < 0)
+            log_msg(LOG_WARN,
+                    "delivery %s: releasing its lease: %s (it is claimed again when "
+                    "the lease ends)",
+                    x->row.id, err);
+        deliver_xfer_free(d, x);
+    }
+}
+
+/* Arms ep's timer to fire in delay_ms, unless it already fires sooner: a
+ * timer may fire early (the endpoint is just looked at again), never late. */
+static void deliver_ep_arm(struct deliver_ep *ep, int64_t delay_ms) {
+    int64_t at;
+    struct timeval tv;
+
+    if (delay_ms < 0)
+        delay_ms = 0;
+    at = util_mono_ms() + delay_ms;
+    if (ep->timer_at && evtimer_pending(ep->timer, NULL) && ep->timer_at <= at)
+        return;
+    tv.tv_sec = (time_t)(delay_ms / 1000);
+    tv.tv_usec = (suseconds_t)(delay_ms % 1000) * 1000;
+    evtimer_add(ep->timer, &tv);
+    ep->timer_at = at;
+}
+
+/* Rate limit (SPEC 7 `rate`): a token bucket holding up to a tenth of a
+ * second's worth (at least one). Returns 1 and takes a token, or 0 and arms
+ * ep's timer for when the next one is there. */
+static int deliver_ep_take_token(struct deliver_ep *ep, const struct config_endpoint *cep) {
+    double cap, wait_ms;
+    int64_t now;
+
+    ep->token_wait = 0;
+    if (cep->rate <= 0)
+        return 1;
+    cap = cep->rate / 10.0 < 1.0 ? 1.0 : cep->rate / 10.0;
+    now = util_mono_ms();
+    if (!ep->tokens_at) {
+        ep->tokens = cap;
+    } else {
+        ep->tokens += (double)(now - ep->tokens_at) * cep->rate / 1000.0;
+        if (ep->tokens > cap)
+            ep->tokens = cap;
+    }
+    ep->tokens_at = now;
+    if (ep->tokens >= 1.0) {
+        ep->tokens -= 1.0;
+        return 1;
+    }
+    wait_ms = (1.0 - ep->tokens) * 1000.0 / cep->rate + 1;
+    ep->token_wait = now + (int64_t)wait_ms;
+    deliver_ep_arm(ep, (int64_t)wait_ms);
+    return 0;
+}
+
+/* 1 when ep has a token now (not taking it), else 0 with its timer armed
+ * for when it has one. */
+static int deliver_ep_token_ready(struct deliver_ep *ep, const struct config_endpoint *cep) {
+    if (!deliver_ep_take_token(ep, cep))
+        return 0;
+    ep->tokens += 1.0; /* given back: only looked */
+    return 1;
+}
+
+/* ep's share of what is claimed into memory, waiting + in flight: its
+ * slots plus as many waiting (at most DELIVER_AHEAD_MAX), so each waiting
+ * row starts within one slot's round trip (one timeout at worst, inside
+ * its lease); a rate-limited endpoint at most DELIVER_RATE_AHEAD_S seconds'
+ * worth; an ordered one its head and a short read-ahead. */
+static int deliver_ep_window(const struct config_endpoint *cep) {
+    int limit = deliver_endpoint_limit(cep), w;
+
+    if (cep->ordered)
+        return 1 + DELIVER_ORDERED_AHEAD;
+    w = limit + (limit < DELIVER_AHEAD_MAX ? limit : DELIVER_AHEAD_MAX);
+    if (cep->rate > 0) {
+        double r = cep->rate * DELIVER_RATE_AHEAD_S;
+        int rw = r < 1.0 ? 1 : r > (double)w ? w : (int)r;
+        if (rw < w)
+            w = rw;
+    }
+    return w;
+}
+
+/* Starts x, just popped from ep's FIFO; a delivery that cannot be started
+ * is recorded as a failed attempt. */
+static void deliver_ep_start(struct deliver *d, struct deliver_ep *ep, struct deliver_xfer *x,
+                             const struct config_endpoint *cep) {
+    int64_t now = util_now_ms();
+    char err[128];
+
+    ep->progress++;
+    /* The lease must outlast the whole transfer: renewed when less than its
+     * timeout and a margin are left (lease_ms covers the longest timeout +
+     * 60 s). A row held by this process is never claimed twice anyway
+     * (deliver_ep_holds); the lease is what another claimer would see. */
+    if (x->lease_until - now < cep->timeout_ms + DELIVER_LEASE_MARGIN_MS &&
+        store_delivery_lease(d->store, x->row.seq, now + d->lease_ms, 1, err, sizeof err) == 0)
+        x->lease_until = now + d->lease_ms;
+    deliver_xfer_send(d, x, cep);
+}
+
+/* 1 when ep holds the delivery at seq (waiting or in flight). A claim can
+ * return such a row when its lease was cleared or rolled back under it (an
+ * endpoint disabled and enabled while it was in flight, a group that
+ * failed): it must not be sent twice. At most a window's worth to scan. */
+static int deliver_ep_holds(const struct deliver_ep *ep, int64_t seq) {
+    for (const struct deliver_xfer *x = ep->xfers; x; x = x->ep_next)
+        if (x->row.seq == seq)
+            return 1;
+    return 0;
+}
+
+/* Takes a claimed row into ep's FIFO unless ep holds it already. Returns 1
+ * taken, 0 held already, -1 out of memory (it goes out when its lease
+ * ends). */
+static int deliver_ep_take(struct deliver *d, struct deliver_ep *ep,
+                           const struct store_delivery *row) {
+    struct deliver_xfer *x;
+
+    if (deliver_ep_holds(ep, row->seq)) {
+        log_msg(LOG_DEBUG, "delivery %s claimed again while held; lease renewed", row->id);
+        return 0;
+    }
+    if (!(x = deliver_xfer_new(d, row, ep))) {
+        log_msg(LOG_ERROR, "delivery %s: out of memory; it goes out when its lease ends", row->id);
+        return -1;
+    }
+    deliver_ep_push(ep, x);
+    return 1;
+}
+
+/* Claims up to want of ep's deliveries due at now (Unix ms) into its FIFO
+ * (earliest due first). Returns how many the store gave (rows that could not be held,
+ * out of memory, go out when their leases end: the timer looks then), or
+ * -1 on a store error (logged). */
+static int deliver_ep_claim(struct deliver *d, struct deliver_ep *ep, size_t want, int64_t now) {
+    struct store_delivery *rows = NULL;
+    size_t n = 0, i;
+    char err[256];
+
+    ep->progress++;
+    if (store_endpoint_claim_due(d->store, ep->name, now, d->lease_ms, want, &rows, &n, err,
+                                 sizeof err) < 0) {
+        log_msg(LOG_WARN, "endpoint %s: claiming deliveries: %s", ep->name, err);
+        return -1;
+    }
+    for (i = 0; i < n; i++)
+        if (deliver_ep_take(d, ep, &rows[i]) < 0)
+            deliver_ep_arm(ep, d->lease_ms);
+    store_deliveries_free(rows, n);
+    return (int)n;
+}
+
+/* An unordered endpoint: claim into its window, start what its slots and
+ * tokens allow, and arm its timer for whatever it waits on. */
+static void deliver_ep_service_plain(struct deliver *d, struct deliver_ep *ep,
+                                     const struct config_endpoint *cep) {
+    int limit = deliver_endpoint_limit(cep), window = deliver_ep_window(cep);
+    int room = window - ep->nwaiting - ep->inflight, got = 0, claimed = 0;
+    /* One clock reading for the claim and the sleep after it: a second one
+     * could see the next row due that the claim, a moment earlier, did not. */
+    int64_t now = util_now_ms(), next;
+
+    /* Claim when the FIFO is empty, or a quarter of the window is free:
+     * small claims for one free slot each would cost a query per row. A
+     * rate-limited endpoint claims only with a token in hand, so no row
+     * waits longer for a token than its window's worth of them. */
+    if (room > 0 && (ep->nwaiting == 0 || room >= (window + 3) / 4) &&
+        (cep->rate <= 0 || ep->nwaiting || deliver_ep_token_ready(ep, cep))) {
+        claimed = 1;
+        got = deliver_ep_claim(d, ep, (size_t)room, now);
+    }
+    while (ep->head && !deliver_ep_off(d, ep) && ep->inflight < limit &&
+           deliver_ep_take_token(ep, cep))
+        deliver_ep_start(d, ep, deliver_ep_pop(ep), cep);
+    if (got < 0) {
+        deliver_ep_arm(ep, DELIVER_POLL_MS);
+        return;
+    }
+    /* Rows waiting: for a slot (a completion looks again) or a token (the
+     * timer is armed). In flight after a full claim, or no claim: more may
+     * be due, and each completion looks again. */
+    if (ep->head || (ep->inflight && (!claimed || got == room)))
+        return;
+    /* Otherwise every due row was taken (or those taken could not start):
+     * sleep until the next one is due. */
+    next = store_endpoint_next_due(d->store, ep->name);
+    if (next == INT64_MAX)
+        return; /* nothing pending: new rows come with a kick */
+    if (next < 0) /* a store error */
+        deliver_ep_arm(ep, DELIVER_POLL_MS);
+    else if (next > now)
+        deliver_ep_arm(ep, next - now);
+    else /* more due behind a full claim; or no claim: waiting for a token (timer armed) */
+        deliver_ep_arm(ep, claimed ? 0 : DELIVER_POLL_MS);
+}
+
+/* An ordered endpoint: one delivery in flight, always its oldest pending
+ * row (the head), which may wait for a retry while the rest wait behind it.
+ * Memory holds the head and a short read-ahead; when the head is not due,
+ * the read-ahead is given back, so a blocked endpoint holds nothing. */
+static void deliver_ep_service_ordered(struct deliver *d, struct deliver_ep *ep,
+                                       const struct config_endpoint *cep) {
+    struct store_delivery *rows = NULL;
+    int64_t head, head_at, now;
+    size_t n = 0, i;
+    int rounds;
+    char err[256];
+
+    for (rounds = 0; rounds < 8 && !ep->inflight; rounds++) {
+        head = store_endpoint_head(d->store, ep->name, &head_at);
+        if (head < 0) { /* a store error: look again soon */
+            deliver_ep_arm(ep, DELIVER_POLL_MS);
+            return;
+        }
+        if (ep->head && ep->head->row.seq != head)
+            deliver_ep_release(d, ep); /* the head moved (a retry, a row re-queued) */
+        if (head == INT64_MAX)
+            return; /* nothing pending: new rows come with a kick */
+        if (!ep->head) {
+            now = util_now_ms();
+            if (head_at > now) { /* waits for its retry (or a lease to end) */
+                deliver_ep_arm(ep, head_at - now);
+                return;
+            }
+            ep->progress++;
+            if (store_endpoint_claim(d->store, ep->name, head - 1, now, d->lease_ms,
+                                     1 + DELIVER_ORDERED_AHEAD, &rows, &n, err, sizeof err) < 0) {
+                log_msg(LOG_WARN, "endpoint %s: claiming in order: %s", ep->name, err);
+                deliver_ep_arm(ep, DELIVER_POLL_MS);
+                return;
+            }
+            for (i = 0; i < n; i++)
+                if (deliver_ep_take(d, ep, &rows[i]) < 0)
+                    break; /* the rest are claimed again when their leases end */
+            store_deliveries_free(rows, n);
+            if (!ep->head || ep->head->row.seq != head) {
+                /* the head is not committed yet (its commit kicks) */
+                deliver_ep_release(d, ep);
+                deliver_ep_arm(ep, DELIVER_POLL_MS);
+                return;
+            }
+        }
+        if (!deliver_ep_take_token(ep, cep))
+            return;
+        deliver_ep_start(d, ep, deliver_ep_pop(ep), cep);
+    }
+    if (!ep->inflight)
+        deliver_ep_arm(ep, 0); /* heads that could not start, one after another */
+}
+
+/* Looks at one endpoint: everything the scheduler does for it happens
+ * here, from a kick, its timer, or a completion. */
+void deliver_ep_service(struct deliver *d, struct deliver_ep *ep) {
+    const struct config_endpoint *cep;
+
+    if (d->stopping || !d->cfg)
+        return;
+    cep = deliver_endpoint(d, ep->name);
+    if (!cep || !cep->enabled || deliver_ep_off(d, ep)) {
+        if (ep->head || !cep)
+            deliver_ep_unavailable(d, ep, cep);
+        deliver_ep_release(d, ep);
+        return;
+    }
+    if (cep->ordered)
+        deliver_ep_service_ordered(d, ep, cep);
+    else
+        deliver_ep_service_plain(d, ep, cep);
+}
+
+static void deliver_ep_timer_cb(evutil_socket_t fd, short kind, void *arg) {
+    struct deliver_ep *ep = arg;
+
+    UNUSED(fd);
+    UNUSED(kind);
+    ep->timer_at = 0;
+    deliver_ep_service(ep->d, ep);
+}
+
+/* A kick looks only at endpoints that rows were written for (and whose rows
+ * are committed: until then a claim could not see them), or at all of them
+ * after deliver_kick_all: a kick costs nothing per idle endpoint, and an
+ * endpoint is looked at only for its own reasons, which is what lets the
+ * watchdog see a lost wake-up even under other endpoints' traffic. */
+void deliver_kick_cb(evutil_socket_t fd, short what, void *arg) {
+    struct deliver *d = arg;
+    int64_t committed, last;
+    int all = d->kick_all;
+
+    UNUSED(fd);
+    UNUSED(what);
+    d->kick_all = 0;
+    store_delivery_seqs(d->store, &committed, &last);
+    for (struct deliver_ep *ep = d->eps; ep; ep = ep->next) {
+        int look = all;
+        if (ep->dirty && ep->dirty_seq <= committed) {
+            ep->dirty = 0;
+            ep->dirty_seq = 0;
+            look = 1;
+        }
+        if (look)
+            deliver_ep_service(d, ep);
+    }
+}
+
+void deliver_kick_now(struct deliver *d, int all) {
+    if (!d || d->stopping)
+        return;
+    if (all)
+        d->kick_all = 1;
+    event_active(d->kick_ev, EV_TIMEOUT, 1); /* coalesces while active */
+}
+
+void deliver_ep_mark(struct deliver *d, struct deliver_ep *ep) {
+    int64_t committed, last;
+
+    store_delivery_seqs(d->store, &committed, &last);
+    ep->dirty = 1;
+    if (last > ep->dirty_seq)
+        ep->dirty_seq = last;
+}
+
+/* An endpoint with pending rows and no queue (a subscription's, after a
+ * restart or an admin retry): give it one and look at it. */
+static void deliver_discover_one(void *arg, const char *name) {
+    struct deliver *d = arg;
+    struct deliver_ep *ep;
+
+    if (!name || deliver_ep_find(d, name) || !deliver_endpoint(d, name))
+        return; /* known, or not an endpoint any more: its rows wait */
+    if ((ep = deliver_ep_get(d, name)))
+        deliver_ep_service(d, ep);
+}
+
+void deliver_discover(struct deliver *d) {
+    if (store_endpoints_pending(d->store, deliver_discover_one, d) < 0)
+        log_msg(LOG_WARN, "listing endpoints with pending deliveries failed");
+}
+
+void deliver_watch_endpoint(struct deliver *d, const char *name) {
+    struct deliver_ep *ep;
+
+    if (!d || !name || !deliver_endpoint(d, name))
+        return;
+    if (!(ep = deliver_ep_get(d, name))) {
+        log_msg(LOG_ERROR, "endpoint %s: out of memory for its queue; looked at within a second",
+                name);
+        return;
+    }
+    deliver_ep_mark(d, ep);
+}
+
+/* ---- the watchdog ---- */
+
+/* 1 when ep could start a delivery now: enabled, a free slot, a token. */
+static int deliver_ep_free_slot(const struct deliver *d, const struct deliver_ep *ep,
+                                const struct config_endpoint *cep, int64_t mono) {
+    if (!cep || !cep->enabled || deliver_ep_off(d, ep))
+        return 0;
+    if (ep->token_wait && ep->token_wait > mono)
+        return 0;
+    return ep->inflight < deliver_endpoint_limit(cep);
+}
+
+/* 1 when ep has a delivery it could start or claim now: one waiting in
+ * memory, or, with room in its window, a committed unleased row due before
+ * `before` (ordered: its head). */
+static int deliver_ep_due(struct deliver *d, const struct deliver_ep *ep,
+                          const struct config_endpoint *cep, int64_t before) {
+    int64_t at, head, committed, last;
+
+    if (ep->head)
+        return 1;
+    if (ep->nwaiting + ep->inflight >= deliver_ep_window(cep))
+        return 0;
+    if (!cep->ordered) {
+        at = store_endpoint_next_due(d->store, ep->name);
+        return at >= 0 && at <= before;
+    }
+    head = store_endpoint_head(d->store, ep->name, &at);
+    store_delivery_seqs(d->store, &committed, &last);
+    return head >= 0 && head <= committed && at <= before; /* an uncommitted head: not yet */
+}
+
+/* Checks, every DELIVER_CHECK_MS, the scheduler's invariant (deliver.h):
+ * an endpoint found due with a free slot at two ticks in a row must have
+ * had a claim or a start in between, unless a look at it is already on its
+ * way (its timer overdue, a kick active, or this tick itself came late
+ * because the loop was held up). A breach is a lost wake-up: logged,
+ * counted, repaired by looking at the endpoint; under WAYBILL_CHECKS (debug
+ * and sanitizer builds) it aborts. Due with a free slot for
+ * DELIVER_STUCK_MS (claims that keep finding nothing: the store) marks the
+ * endpoint stuck, which /healthz reports. */
+void deliver_check_cb(evutil_socket_t fd, short kind, void *arg) {
+    struct deliver *d = arg;
+    int64_t mono = util_mono_ms(), now = util_now_ms();
+
+    int late;
+
+    UNUSED(fd);
+    UNUSED(kind);
+    if (d->stopping || !d->cfg)
+        return;
+    /* After the loop was held up (a long sync wait), timers that are due
+     * may not have run yet; after the wall clock stepped, rows (due by the
+     * wall clock) may be due before the timers (monotonic) that wait for
+     * them: judge no one on such a tick. */
+    late =
+        d->check_at && (mono - d->check_at > DELIVER_CHECK_MS + DELIVER_CHECK_MS / 2 ||
+                        llabs((now - d->check_wall) - (mono - d->check_at)) > DELIVER_CHECK_MS / 2);
+    d->check_at = mono;
+    d->check_wall = now;
+    deliver_discover(d);
+    for (struct deliver_ep *ep = d->eps; ep; ep = ep->next) {
+        const struct config_endpoint *cep = deliver_endpoint(d, ep->name);
+        /* a second of slack: a row due this instant has a timer on its way */
+        if (!deliver_ep_free_slot(d, ep, cep, mono) ||
+            !deliver_ep_due(d, ep, cep, now - DELIVER_CHECK_MS)) {
+            ep->due_free_since = 0;
+            ep->stuck = 0;
+            continue;
+        }
+        if (!ep->due_free_since) {
+            ep->due_free_since = mono;
+            ep->progress_seen = ep->progress;
+            continue;
+        }
+        if (ep->progress == ep->progress_seen && !late &&
+            !(ep->timer_at && ep->timer_at <= mono && evtimer_pending(ep->timer, NULL)) &&
+            !event_pending(d->kick_ev, EV_TIMEOUT, NULL)) {
+            ep->lost_wakeups++;
+            log_msg(LOG_ERROR,
+                    "endpoint %s: a delivery is due and a slot is free, but nothing "
+                    "was claimed or started for %" PRId64 " ms (a scheduler bug); "
+                    "looking again",
+                    ep->name, mono - ep->due_free_since);
+#ifdef WAYBILL_CHECKS
+            abort();
+#endif
+            deliver_ep_service(d, ep);
+        }
+        ep->progress_seen = ep->progress;
+        if (mono - ep->due_free_since >= DELIVER_STUCK_MS && !ep->stuck) {
+            ep->stuck = 1;
+            log_msg(LOG_ERROR,
+                    "endpoint %s: deliveries due for %" PRId64 " s with a free slot are "
+                    "not going out",
+                    ep->name, (mono - ep->due_free_since) / 1000);
+        }
+    }
+}
+
+/* ---- what it holds ---- */
+
+void deliver_kick(struct deliver *d) {
+    deliver_kick_now(d, 0);
+}
+
+void deliver_kick_all(struct deliver *d) {
+    if (!d || d->stopping)
+        return;
+    d->all_at_commit = 1;
+    deliver_commit_watch(d);
+    deliver_kick_now(d, 1);
+}
+
+int deliver_inflight(const struct deliver *d) {
+    return d->inflight;
+}
+
+int deliver_endpoint_stats(const struct deliver *d, const char *name,
+                           struct deliver_endpoint_stats *st) {
+    const struct deliver_ep *ep = deliver_ep_find(d, name);
+
+    memset(st, 0, sizeof *st);
+    if (!ep)
+        return 0;
+    st->in_memory = ep->nwaiting + ep->inflight;
+    st->in_flight = ep->inflight;
+    st->stuck = ep->stuck;
+    st->lost_wakeups = ep->lost_wakeups;
+    return 1;
+}
+
+size_t deliver_stuck(const struct deliver *d, char *names, size_t len) {
+    size_t n = 0, used = 0;
+
+    if (len)
+        names[0] = '\0';
+    for (const struct deliver_ep *ep = d->eps; ep; ep = ep->next) {
+        if (!ep->stuck)
+            continue;
+        if (len > used) {
+            int w = snprintf(names + used, len - used, "%s%s", n ? ", " : "", ep->name);
+            used += w > 0 ? (size_t)w : 0;
+            if (used >= len)
+                used = len - 1;
+        }
+        n++;
+    }
+    return n;
+}
