@@ -55,19 +55,24 @@ const char *http_method_name(int m) {
 
 /* ---- listeners ---- */
 
-/* Splits "host:port" ("[::1]:8080" for IPv6). Returns 0 or -1. */
+/* Splits "host:port" ("[::1]:8080" for IPv6; ":8080" is every IPv4
+ * address, as config.c and the CLI read it). Returns 0 or -1. */
 static int split_listen(const char *listen, char *host, size_t hostlen, unsigned short *port) {
     const char *colon = strrchr(listen, ':');
     char *end;
     long p;
     size_t n;
 
-    if (!colon)
+    if (!colon || !colon[1])
         return -1;
     p = strtol(colon + 1, &end, 10);
     if (*end || p < 0 || p > 65535)
         return -1;
     n = (size_t)(colon - listen);
+    if (n == 0) { /* ":port" */
+        listen = "0.0.0.0";
+        n = 7;
+    }
     if (n >= 2 && listen[0] == '[' && listen[n - 1] == ']') {
         listen++;
         n -= 2;

@@ -15,7 +15,8 @@ struct evhttp_bound_socket;
 struct evhttp_request;
 struct json_t;
 
-/* An evhttp bound to listen ("host:port", "[::1]:port"), every method let
+/* An evhttp bound to listen ("host:port", "[::1]:port", ":port" for every
+ * IPv4 address), every method let
  * through to the handler, request headers bounded to 64 KiB, 60 s idle
  * timeout. *sock receives the bound socket. Returns new, or NULL with a
  * reason in err. */

@@ -37,7 +37,9 @@ void ingest_free(struct ingest *g);
 /* A carrier's request, verified and read by its source's adapter. */
 struct ingest_carrier {
     const char *source;      /* the source's name; copied */
-    struct rules_event *ev;  /* source_id, type, created_at, data_json: taken (NULLed) */
+    struct rules_event *ev;  /* source_id, type, created_at, data_json: taken (NULLed)
+                                when the event is to be routed; the caller clears ev
+                                after the call in every case (rules_event_clear) */
     char *headers_json;      /* taken (NULLed) */
     const char *body;        /* as received; copied when it is routed */
     size_t len;
@@ -56,8 +58,8 @@ typedef void (*ingest_done_fn)(void *arg, int ok, const char *id, int duplicate,
 /* Stores c's event in the open group (a duplicate of a stored one is only
  * noted) and calls done(arg, ...) after the group's durable commit.
  * Returns 0 (done runs exactly once), or -1 with a reason in err when the
- * store is unavailable (done never runs). c's taken parts are taken in
- * every case. */
+ * store is unavailable (done never runs). c's headers_json and data_token
+ * are taken in every case; ev's strings as its comment says. */
 int ingest_carrier(struct ingest *g, struct ingest_carrier *c, ingest_done_fn done, void *arg,
                    char *err, size_t errlen);
 

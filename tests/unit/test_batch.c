@@ -17,6 +17,9 @@
 
 #include "batch.h"
 #include "deliver.h"
+#include "health.h"
+#include "housekeep.h"
+#include "httpc.h"
 #include "harness.h"
 #include "log.h"
 #include "rules.h"
@@ -74,7 +77,10 @@ struct rig {
     char dir[64];
     struct event_base *base;
     struct store *st;
+    struct httpc *hc;
+    struct health *hl;
     struct deliver *d;
+    struct housekeep *hk;
     struct rules *rules;
     struct batch *b;
 };
@@ -130,7 +136,9 @@ static int rig_open(struct rig *r, const char *config) {
         fprintf(stderr, "rig: store: %s\n", err);
         return -1;
     }
-    r->d = deliver_new(r->base, r->st, err, sizeof err); /* no config: sends nothing */
+    r->hc = httpc_new(r->base, err, sizeof err);
+    r->hl = r->hc ? health_new(r->st, err, sizeof err) : NULL;
+    r->d = r->hl ? deliver_new(r->base, r->st, r->hc, r->hl, err, sizeof err) : NULL; /* no config: sends nothing */
     if (!r->d) {
         fprintf(stderr, "rig: deliver: %s\n", err);
         return -1;
@@ -147,6 +155,9 @@ static void rig_close(struct rig *r) {
     char cmd[128];
     batch_free(r->b);
     deliver_free(r->d);
+    housekeep_free(r->hk);
+    health_free(r->hl);
+    httpc_free(r->hc);
     store_free(r->st);
     rules_free(r->rules);
     if (r->base)

@@ -17,6 +17,9 @@
 
 #include "batch.h"
 #include "deliver.h"
+#include "health.h"
+#include "housekeep.h"
+#include "httpc.h"
 #include "harness.h"
 #include "log.h"
 #include "metrics.h"
@@ -31,7 +34,10 @@ struct rig {
     char dir[64];
     struct event_base *base;
     struct store *st;
+    struct httpc *hc;
+    struct health *hl;
     struct deliver *d;
+    struct housekeep *hk;
     struct rules *rules;
     struct batch *b;
     struct route *rt;
@@ -64,6 +70,12 @@ static int write_text(const char *dir, const char *name, const char *text) {
     return fclose(f);
 }
 
+/* The recovery sweep hands events to the router, as the app wires it. */
+static void on_recovered(void *arg, const struct rules_input *ev) {
+    struct rig *r = arg;
+    route_event(r->rt, ev);
+}
+
 static int rig_open(struct rig *r, const char *config, const char *rules) {
     char err[512], lua_dir[PATH_MAX], path[PATH_MAX];
     struct batch_deps bd;
@@ -81,12 +93,16 @@ static int rig_open(struct rig *r, const char *config, const char *rules) {
     r->base = event_base_new();
     if (!(r->rules = rules_load(path, lua_dir, err, sizeof err)) ||
         !(r->st = store_open(r->base, "sqlite:r.db?sync=normal", r->dir, err, sizeof err)) ||
-        !(r->d = deliver_new(r->base, r->st, err, sizeof err))) { /* no config: sends nothing */
+        !(r->hc = httpc_new(r->base, err, sizeof err)) ||
+        !(r->hl = health_new(r->st, err, sizeof err)) ||
+        !(r->hk = housekeep_new(r->base, r->st, on_recovered, r, err, sizeof err)) ||
+        !(r->d = deliver_new(r->base, r->st, r->hc, r->hl, err, sizeof err))) { /* no config: sends nothing */
         fprintf(stderr, "rig: %s\n", err);
         return -1;
     }
-    bd = (struct batch_deps){r->base, r->st, r->d, &r->rules};
-    rd = (struct route_deps){r->base, r->st, r->d, NULL, &r->rules};
+    bd = (struct batch_deps){.base = r->base, .store = r->st, .deliver = r->d, .rules = &r->rules};
+    rd = (struct route_deps){.base = r->base, .store = r->st, .deliver = r->d,
+                             .health = r->hl, .housekeep = r->hk, .rules = &r->rules};
     if (!(rd.batch = r->b = batch_new(&bd)))
         return -1;
     r->rt = route_new(&rd);
@@ -98,6 +114,9 @@ static void rig_close(struct rig *r) {
     route_free(r->rt);
     batch_free(r->b);
     deliver_free(r->d);
+    housekeep_free(r->hk);
+    health_free(r->hl);
+    httpc_free(r->hc);
     store_free(r->st);
     rules_free(r->rules);
     if (r->base)
@@ -342,7 +361,7 @@ static void test_recover(void) {
     CHECK_INT_EQ(unrouted(&r), n);
 
     /* recovery routes from the loop, not inside the call */
-    route_recover(r.rt);
+    housekeep_recover(r.hk);
     CHECK_INT_EQ(unrouted(&r), n);
     CHECK_INT_EQ(queue(&r, "erp").pending, 0);
     run_until_routed(&r, 10000);
@@ -353,8 +372,8 @@ static void test_recover(void) {
     CHECK_INT_EQ(queue(&r, "crm").held, n / 2);
 
     /* again: nothing is routed twice */
-    route_recover(r.rt);
-    route_recover(r.rt);
+    housekeep_recover(r.hk);
+    housekeep_recover(r.hk);
     for (int i = 0; i < 5; i++)
         event_base_loop(r.base, EVLOOP_NONBLOCK);
     CHECK_INT_EQ(store_flush(r.st), 0);
