@@ -506,117 +506,122 @@ static size_t keys_push(struct enc *e) {
  * held on the stack (Lua's stack has a hard limit of a million slots). */
 #define ENC_STACK_KEYS 100000
 
-/* One pass over the table collects its keys (in e->keys) and leaves each
- * value on the stack, so an object's values are not looked up again by key
- * (which would hash every key string once more). A table too big for the
- * stack is collected again with its values fetched by key. */
-static void enc_table(struct enc *e, int idx, int depth) {
+/* What a pass over a table found: its keys are in e->keys[base..base+n). */
+struct enc_scan {
+    size_t n;          /* how many keys */
+    lua_Integer maxk;  /* the largest positive integer key */
+    int positive_ints; /* every key is an integer >= 1 */
+};
+
+/* Records the key at -2 (of Lua type kt, already checked) in a new slot
+ * of e->keys. */
+static void enc_key_add(struct enc *e, int kt) {
     lua_State *L = e->L;
-    lua_Integer maxk;
-    size_t n, i, base = e->nkeys;
-    int positive_ints, marked, top, by_key = 0;
+    size_t ki = keys_push(e); /* may move e->keys */
+    struct enc_key *k = &e->keys[ki];
 
-    if (depth >= JSONX_MAX_DEPTH)
-        enc_fail(e, "nesting deeper than %d levels (a cycle?)", JSONX_MAX_DEPTH);
-    luaL_checkstack(L, 6, "JSON nesting");
-    marked = is_marked_array(L, idx);
-    top = lua_gettop(L);
+    k->is_int = kt == LUA_TNUMBER;
+    if (k->is_int) {
+        k->ikey = lua_tointeger(L, -2);
+        k->len = (size_t)snprintf(k->num, sizeof k->num, "%lld", (long long)k->ikey);
+        k->s = NULL;
+    } else {
+        k->s = lua_tolstring(L, -2, &k->len); /* a string already: no conversion */
+    }
+    k->is_index = key_index(key_text(k), k->len, &k->index);
+}
 
-collect:
-    maxk = 0;
-    n = 0;
-    positive_ints = 1;
+/* One pass over the table at idx: collects its keys (e->keys from base)
+ * and, unless by_key, leaves each value on the stack above top (its slot
+ * in the key's vidx), so an object's values are not looked up again by key
+ * (which would hash every key string once more). Returns 0, or -1 with the
+ * stack and e->keys back as they were when the values do not fit on the
+ * stack (then the caller collects again by_key). */
+static int enc_collect(struct enc *e, int idx, int top, size_t base, int by_key,
+                       struct enc_scan *s) {
+    lua_State *L = e->L;
+
+    s->maxk = 0;
+    s->n = 0;
+    s->positive_ints = 1;
     lua_pushnil(L);
     while (lua_next(L, idx)) { /* ... [values] key value */
-        struct enc_key *k;
-        size_t ki;
         int kt = lua_type(L, -2);
         if (kt == LUA_TNUMBER && lua_isinteger(L, -2)) {
             lua_Integer ik = lua_tointeger(L, -2);
             if (ik < 1)
-                positive_ints = 0;
-            else if (ik > maxk)
-                maxk = ik;
+                s->positive_ints = 0;
+            else if (ik > s->maxk)
+                s->maxk = ik;
         } else if (kt == LUA_TSTRING) {
-            positive_ints = 0;
+            s->positive_ints = 0;
         } else {
             lua_pop(L, 2);
             enc_fail(e, "cannot encode a table key of type %s",
                      kt == LUA_TNUMBER ? "non-integer number" : lua_typename(L, kt));
         }
-        ki = keys_push(e); /* may move e->keys */
-        k = &e->keys[ki];
-        k->is_int = kt == LUA_TNUMBER;
-        if (k->is_int) {
-            k->ikey = lua_tointeger(L, -2);
-            k->len = (size_t)snprintf(k->num, sizeof k->num, "%lld", (long long)k->ikey);
-            k->s = NULL;
-        } else {
-            k->s = lua_tolstring(L, -2, &k->len); /* a string already: no conversion */
-        }
-        k->is_index = key_index(key_text(k), k->len, &k->index);
-        n++;
+        enc_key_add(e, kt);
+        s->n++;
         if (by_key) {
-            k->vidx = 0;
+            e->keys[e->nkeys - 1].vidx = 0;
             lua_pop(L, 1);
             continue;
         }
-        if (n > ENC_STACK_KEYS || !lua_checkstack(L, 4)) { /* too many to hold every value */
+        if (s->n > ENC_STACK_KEYS || !lua_checkstack(L, 4)) { /* too many to hold every value */
             lua_settop(L, top);
             e->nkeys = base;
-            by_key = 1;
-            goto collect;
+            return -1;
         }
-        k->vidx = top + (int)n;
+        e->keys[e->nkeys - 1].vidx = top + (int)s->n;
         lua_insert(L, -2); /* the value stays, the key goes on top for lua_next */
     }
-    if (n == 0) {
-        if (marked)
-            PUTS(e, "[]");
-        else
-            PUTS(e, "{}");
-        if (e->clone) /* as jsonx_decode makes them */
-            dec_new_table(L, marked);
-        return;
+    return 0;
+}
+
+/* Writes the table at idx as an array of its values 1..maxk (holes as
+ * null); with e->clone, pushes the clone. */
+static void enc_array(struct enc *e, int idx, lua_Integer maxk, int depth) {
+    lua_State *L = e->L;
+    int ctab = 0;
+
+    if (e->clone) {
+        dec_new_table(L, 1);
+        ctab = lua_gettop(L);
     }
-    /* Keys 1..n make an array; a marked array may have holes (null). */
-    if (positive_ints && ((size_t)maxk == n || (marked && (size_t)maxk <= 2 * n + 64))) {
-        int ctab = 0;
-        lua_settop(L, top);
-        e->nkeys = base;
-        if (e->clone) {
-            dec_new_table(L, 1);
-            ctab = lua_gettop(L);
-        }
-        PUTS(e, "[");
-        for (lua_Integer k = 1; k <= maxk; k++) {
-            if (k > 1)
-                PUTS(e, ",");
-            lua_rawgeti(L, idx, k);
-            enc_value(e, lua_absindex(L, -1), depth + 1);
-            if (ctab)
-                lua_rawseti(L, ctab, k);
-            lua_pop(L, 1);
-        }
-        PUTS(e, "]");
-        return;
+    PUTS(e, "[");
+    for (lua_Integer k = 1; k <= maxk; k++) {
+        if (k > 1)
+            PUTS(e, ",");
+        lua_rawgeti(L, idx, k);
+        enc_value(e, lua_absindex(L, -1), depth + 1);
+        if (ctab)
+            lua_rawseti(L, ctab, k);
+        lua_pop(L, 1);
     }
+    PUTS(e, "]");
+}
+
+/* Writes the table at idx as an object, its n keys (collected from base,
+ * values on the stack above top or fetched by key) in the encoder's
+ * order; refuses a key written twice (1 and "1"). Leaves the stack at top,
+ * plus the clone with e->clone; e->keys back to base. */
+static void enc_object(struct enc *e, int idx, int top, size_t base, size_t n, int depth) {
+    lua_State *L = e->L;
+    int ctab = 0;
 
     keys_sort(e->keys + base, n);
-    for (i = 1; i < n; i++) {
+    for (size_t i = 1; i < n; i++) {
         const struct enc_key *a = &e->keys[base + i - 1], *b = &e->keys[base + i];
         if (key_cmp(a, b) == 0)
             enc_fail(e, "table has both %s and \"%s\" as keys", key_text(b), key_text(b));
     }
-
-    int ctab = 0;
     if (e->clone) {
         luaL_checkstack(L, 4, "JSON nesting");
         dec_new_table(L, 0);
         ctab = lua_gettop(L);
     }
     PUTS(e, "{");
-    for (i = 0; i < n; i++) {
+    for (size_t i = 0; i < n; i++) {
         const struct enc_key *k = &e->keys[base + i]; /* again each time: e->keys may move */
         int vidx = k->vidx, fetched = 0;
         if (i)
@@ -646,6 +651,44 @@ collect:
         lua_replace(L, top + 1); /* the clone is all this call leaves */
     lua_settop(L, top + (ctab ? 1 : 0));
     e->nkeys = base;
+}
+
+/* Writes the table at idx: an array when its keys are 1..n (a marked
+ * array may have holes), else an object; "[]" or "{}" when empty, as
+ * marked. A table too big for the stack is collected again with its
+ * values fetched by key. */
+static void enc_table(struct enc *e, int idx, int depth) {
+    lua_State *L = e->L;
+    struct enc_scan s;
+    size_t base = e->nkeys;
+    int marked, top, by_key = 0;
+
+    if (depth >= JSONX_MAX_DEPTH)
+        enc_fail(e, "nesting deeper than %d levels (a cycle?)", JSONX_MAX_DEPTH);
+    luaL_checkstack(L, 6, "JSON nesting");
+    marked = is_marked_array(L, idx);
+    top = lua_gettop(L);
+
+    while (enc_collect(e, idx, top, base, by_key, &s) < 0) /* by_key never fails */
+        by_key = 1;
+    if (s.n == 0) {
+        if (marked)
+            PUTS(e, "[]");
+        else
+            PUTS(e, "{}");
+        if (e->clone) /* as jsonx_decode makes them */
+            dec_new_table(L, marked);
+        return;
+    }
+    /* Keys 1..n make an array; a marked array may have holes (null). */
+    if (s.positive_ints &&
+        ((size_t)s.maxk == s.n || (marked && (size_t)s.maxk <= 2 * s.n + 64))) {
+        lua_settop(L, top);
+        e->nkeys = base;
+        enc_array(e, idx, s.maxk, depth);
+        return;
+    }
+    enc_object(e, idx, top, base, s.n, depth);
 }
 
 /* Writes the value at idx; with e->clone, also pushes what decoding the
@@ -888,12 +931,102 @@ static int hex4(const unsigned char *p, unsigned *out) {
     return 0;
 }
 
+/* Writes code point cp (at most U+10FFFF) as UTF-8 into u8; returns the
+ * length (1 to 4). */
+static size_t utf8_put(unsigned cp, char *u8) {
+    if (cp < 0x80) {
+        u8[0] = (char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        u8[0] = (char)(0xC0 | (cp >> 6));
+        u8[1] = (char)(0x80 | (cp & 0x3F));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        u8[0] = (char)(0xE0 | (cp >> 12));
+        u8[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        u8[2] = (char)(0x80 | (cp & 0x3F));
+        return 3;
+    }
+    u8[0] = (char)(0xF0 | (cp >> 18));
+    u8[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+    u8[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
+    u8[3] = (char)(0x80 | (cp & 0x3F));
+    return 4;
+}
+
+/* Reads the \uXXXX escape at q (its backslash), a surrogate pair taking
+ * two, into the code point's UTF-8 in u8 (*n bytes). key: an object key (a
+ * NUL is refused). Returns the escape's length in bytes (6 or 12), or -1
+ * (d->msg set). */
+static int dec_unicode(struct dec *d, const unsigned char *q, int key, char *u8, size_t *n) {
+    unsigned cp, lo;
+    int used = 6;
+
+    if (d->end - q < 6 || hex4(q + 2, &cp) < 0) {
+        dec_fail(d, q, "invalid escape");
+        return -1;
+    }
+    if (cp >= 0xD800 && cp <= 0xDBFF) {
+        if (d->end - q < 12 || q[6] != '\\' || q[7] != 'u' || hex4(q + 8, &lo) < 0 ||
+            lo < 0xDC00 || lo > 0xDFFF) {
+            dec_fail(d, q, "invalid Unicode '\\u%04X'", cp);
+            return -1;
+        }
+        cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+        used = 12;
+    } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
+        dec_fail(d, q, "invalid Unicode '\\u%04X'", cp);
+        return -1;
+    }
+    if (cp == 0 && key) {
+        dec_fail(d, q, "NUL byte in object key not supported");
+        return -1;
+    }
+    *n = utf8_put(cp, u8);
+    return used;
+}
+
+/* Adds what the escape at q (its backslash) stands for to b. key: an
+ * object key. Returns the escape's length in bytes, or -1 (d->msg set). */
+static int dec_escape(struct dec *d, const unsigned char *q, int key, luaL_Buffer *b) {
+    char u8[4];
+    size_t n;
+    int used;
+
+    if (q + 1 >= d->end) {
+        dec_fail(d, q + 1, "premature end of input near end of file");
+        return -1;
+    }
+    switch (q[1]) {
+    case '"': luaL_addchar(b, '"'); break;
+    case '\\': luaL_addchar(b, '\\'); break;
+    case '/': luaL_addchar(b, '/'); break;
+    case 'b': luaL_addchar(b, '\b'); break;
+    case 'f': luaL_addchar(b, '\f'); break;
+    case 'n': luaL_addchar(b, '\n'); break;
+    case 'r': luaL_addchar(b, '\r'); break;
+    case 't': luaL_addchar(b, '\t'); break;
+    case 'u':
+        if ((used = dec_unicode(d, q, key, u8, &n)) < 0)
+            return -1;
+        luaL_addlstring(b, u8, n);
+        return used;
+    default:
+        dec_fail(d, q, "invalid escape");
+        return -1;
+    }
+    return 2;
+}
+
 /* Parses the string at d->p (on its opening quote) and pushes it. key: an
- * object key (a NUL in it is refused). Returns 0 or -1 (d->msg set). */
+ * object key (a NUL in it is refused). Returns 0 or -1 (d->msg set). A
+ * string without escapes is pushed straight from the text. */
 static int dec_string(struct dec *d, int key) {
     const unsigned char *start = ++d->p, *q = start;
     luaL_Buffer b;
-    int buffered = 0;
+    int buffered = 0, used;
 
     for (;;) {
         /* Fast scan over plain ASCII. */
@@ -923,71 +1056,9 @@ static int dec_string(struct dec *d, int key) {
             buffered = 1;
         }
         luaL_addlstring(&b, (const char *)start, (size_t)(q - start));
-        if (q + 1 >= d->end) {
-            dec_fail(d, q + 1, "premature end of input near end of file");
+        if ((used = dec_escape(d, q, key, &b)) < 0)
             return -1;
-        }
-        switch (q[1]) {
-        case '"': luaL_addchar(&b, '"'); break;
-        case '\\': luaL_addchar(&b, '\\'); break;
-        case '/': luaL_addchar(&b, '/'); break;
-        case 'b': luaL_addchar(&b, '\b'); break;
-        case 'f': luaL_addchar(&b, '\f'); break;
-        case 'n': luaL_addchar(&b, '\n'); break;
-        case 'r': luaL_addchar(&b, '\r'); break;
-        case 't': luaL_addchar(&b, '\t'); break;
-        case 'u': {
-            unsigned cp, lo;
-            char u8[4];
-            size_t n;
-            if (d->end - q < 6 || hex4(q + 2, &cp) < 0) {
-                dec_fail(d, q, "invalid escape");
-                return -1;
-            }
-            if (cp >= 0xD800 && cp <= 0xDBFF) {
-                if (d->end - q < 12 || q[6] != '\\' || q[7] != 'u' || hex4(q + 8, &lo) < 0 ||
-                    lo < 0xDC00 || lo > 0xDFFF) {
-                    dec_fail(d, q, "invalid Unicode '\\u%04X'", cp);
-                    return -1;
-                }
-                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-                q += 6;
-            } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
-                dec_fail(d, q, "invalid Unicode '\\u%04X'", cp);
-                return -1;
-            }
-            if (cp == 0 && key) {
-                dec_fail(d, q, "NUL byte in object key not supported");
-                return -1;
-            }
-            if (cp < 0x80) {
-                u8[0] = (char)cp;
-                n = 1;
-            } else if (cp < 0x800) {
-                u8[0] = (char)(0xC0 | (cp >> 6));
-                u8[1] = (char)(0x80 | (cp & 0x3F));
-                n = 2;
-            } else if (cp < 0x10000) {
-                u8[0] = (char)(0xE0 | (cp >> 12));
-                u8[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-                u8[2] = (char)(0x80 | (cp & 0x3F));
-                n = 3;
-            } else {
-                u8[0] = (char)(0xF0 | (cp >> 18));
-                u8[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-                u8[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
-                u8[3] = (char)(0x80 | (cp & 0x3F));
-                n = 4;
-            }
-            luaL_addlstring(&b, u8, n);
-            q += 4;
-            break;
-        }
-        default:
-            dec_fail(d, q, "invalid escape");
-            return -1;
-        }
-        q += 2;
+        q += used;
         start = q;
     }
     if (buffered) {
@@ -1115,6 +1186,90 @@ static int dec_literal(struct dec *d, const char *word, size_t n) {
     return 0;
 }
 
+static int dec_value(struct dec *d, int depth);
+
+/* Parses the object at d->p (on its '{') and pushes it as a table, its
+ * members set in the order written (a later duplicate wins). */
+static int dec_object(struct dec *d, int depth) {
+    lua_State *L = d->L;
+
+    if (!lua_checkstack(L, 4)) {
+        dec_fail(d, d->p, "maximum parsing depth reached");
+        return -1;
+    }
+    d->p++;
+    dec_new_table(L, 0);
+    dec_ws(d);
+    if (d->p < d->end && *d->p == '}') {
+        d->p++;
+        return 0;
+    }
+    for (;;) {
+        dec_ws(d);
+        if (d->p >= d->end || *d->p != '"') {
+            dec_near(d, d->p, "string or '}' expected");
+            return -1;
+        }
+        if (dec_string(d, 1) < 0)
+            return -1;
+        dec_ws(d);
+        if (d->p >= d->end || *d->p != ':') {
+            dec_near(d, d->p, "':' expected");
+            return -1;
+        }
+        d->p++;
+        if (dec_value(d, depth + 1) < 0)
+            return -1;
+        lua_rawset(L, -3);
+        dec_ws(d);
+        if (d->p < d->end && *d->p == ',') {
+            d->p++;
+            continue;
+        }
+        if (d->p < d->end && *d->p == '}') {
+            d->p++;
+            return 0;
+        }
+        dec_near(d, d->p, "'}' expected");
+        return -1;
+    }
+}
+
+/* Parses the array at d->p (on its '[') and pushes it as a marked table
+ * holding its values at 1..n. */
+static int dec_array(struct dec *d, int depth) {
+    lua_State *L = d->L;
+    lua_Integer i = 0;
+
+    if (!lua_checkstack(L, 4)) {
+        dec_fail(d, d->p, "maximum parsing depth reached");
+        return -1;
+    }
+    d->p++;
+    dec_new_table(L, 1);
+    dec_ws(d);
+    if (d->p < d->end && *d->p == ']') {
+        d->p++;
+        return 0;
+    }
+    for (;;) {
+        if (dec_value(d, depth + 1) < 0)
+            return -1;
+        lua_rawseti(L, -2, ++i);
+        dec_ws(d);
+        if (d->p < d->end && *d->p == ',') {
+            d->p++;
+            continue;
+        }
+        if (d->p < d->end && *d->p == ']') {
+            d->p++;
+            return 0;
+        }
+        dec_near(d, d->p, "']' expected");
+        return -1;
+    }
+}
+
 /* Parses one value and pushes it. */
 static int dec_value(struct dec *d, int depth) {
     lua_State *L = d->L;
@@ -1129,76 +1284,9 @@ static int dec_value(struct dec *d, int depth) {
     }
     switch (*d->p) {
     case '{':
-        if (!lua_checkstack(L, 4)) {
-            dec_fail(d, d->p, "maximum parsing depth reached");
-            return -1;
-        }
-        d->p++;
-        dec_new_table(L, 0);
-        dec_ws(d);
-        if (d->p < d->end && *d->p == '}') {
-            d->p++;
-            return 0;
-        }
-        for (;;) {
-            dec_ws(d);
-            if (d->p >= d->end || *d->p != '"') {
-                dec_near(d, d->p, "string or '}' expected");
-                return -1;
-            }
-            if (dec_string(d, 1) < 0)
-                return -1;
-            dec_ws(d);
-            if (d->p >= d->end || *d->p != ':') {
-                dec_near(d, d->p, "':' expected");
-                return -1;
-            }
-            d->p++;
-            if (dec_value(d, depth + 1) < 0)
-                return -1;
-            lua_rawset(L, -3);
-            dec_ws(d);
-            if (d->p < d->end && *d->p == ',') {
-                d->p++;
-                continue;
-            }
-            if (d->p < d->end && *d->p == '}') {
-                d->p++;
-                return 0;
-            }
-            dec_near(d, d->p, "'}' expected");
-            return -1;
-        }
-    case '[': {
-        lua_Integer i = 0;
-        if (!lua_checkstack(L, 4)) {
-            dec_fail(d, d->p, "maximum parsing depth reached");
-            return -1;
-        }
-        d->p++;
-        dec_new_table(L, 1);
-        dec_ws(d);
-        if (d->p < d->end && *d->p == ']') {
-            d->p++;
-            return 0;
-        }
-        for (;;) {
-            if (dec_value(d, depth + 1) < 0)
-                return -1;
-            lua_rawseti(L, -2, ++i);
-            dec_ws(d);
-            if (d->p < d->end && *d->p == ',') {
-                d->p++;
-                continue;
-            }
-            if (d->p < d->end && *d->p == ']') {
-                d->p++;
-                return 0;
-            }
-            dec_near(d, d->p, "']' expected");
-            return -1;
-        }
-    }
+        return dec_object(d, depth);
+    case '[':
+        return dec_array(d, depth);
     case '"':
         return dec_string(d, 0);
     case 't':
