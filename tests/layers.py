@@ -17,7 +17,8 @@ below it, never one above:
 4. engines: rules, rules_api (behind rules_int.h), store and store_*
    (behind store_int.h),
    httpc, verify, jwks, config, subs
-5. base: jsonx, util, log, metrics
+5. base: jsonx, jsonx_encode, jsonx_decode (behind jsonx_int.h), util,
+   log, metrics
 """
 import os
 import re
@@ -32,7 +33,7 @@ LAYERS = [
     ("pipeline", ["ingest", "carrier", "route", "batch", "deliver", "health", "housekeep"]),
     ("engines", ["rules", "rules_api", "store", "store_*", "httpc", "verify", "jwks", "config",
                  "subs"]),
-    ("base", ["jsonx", "util", "log", "metrics"]),
+    ("base", ["jsonx", "jsonx_encode", "jsonx_decode", "util", "log", "metrics"]),
 ]
 
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
