@@ -776,21 +776,16 @@ static int source_adapter(struct cctx *c, struct config_source *src, int vi) {
     return src->adapter ? 0 : oom(c);
 }
 
-static int source_build(struct cctx *c, struct config_source *src, const char *name, int opts) {
+/* verify = a preset name, the table form, or (absent) the source's name
+ * as a preset. Sets src->verify and src->verify_name. */
+static int source_verify(struct cctx *c, struct config_source *src, const char *name, int opts) {
+    static const char *const presets[] = {"generic", "atoship",  "aftership", "easypost",
+                                          "stripe",  "standard", "shiptify",  "shipengine",
+                                          "none",    NULL};
     lua_State *L = c->L;
     char hint[80];
     const char *s;
-    int has_secret;
 
-    snprintf(c->what, sizeof c->what, "source %s: ", name);
-    if (!name_ok(name))
-        return fail(c, "the name must be 1-64 letters, digits, '_' or '-'");
-    if (!(src->name = strdup(name)))
-        return oom(c);
-    if (check_keys(c, opts, source_opts, "option") < 0)
-        return -1;
-
-    /* verify: a preset, the table form, or (absent) the source's name. */
     switch (opt_get(L, opts, "verify")) {
     case LUA_TNIL:
         if (strcmp(name, "none") == 0 || verify_preset(name, &src->verify) < 0)
@@ -803,13 +798,9 @@ static int source_build(struct cctx *c, struct config_source *src, const char *n
         if (strcmp(s, "hmac-sha256") == 0)
             return fail(c, "verify \"hmac-sha256\" takes the table form: { scheme = "
                            "\"hmac-sha256\", header = \"X-Signature\", encoding = \"hex\" }");
-        if (verify_preset(s, &src->verify) < 0) {
-            static const char *const presets[] = {"generic", "atoship",  "aftership", "easypost",
-                                                  "stripe",  "standard", "shiptify",  "shipengine",
-                                                  "none",    NULL};
+        if (verify_preset(s, &src->verify) < 0)
             return fail(c, "unknown verify preset '%s'%s", s,
                         suggest(s, presets, hint, sizeof hint));
-        }
         src->verify_name = strdup(s);
         break;
     case LUA_TTABLE:
@@ -822,21 +813,12 @@ static int source_build(struct cctx *c, struct config_source *src, const char *n
     lua_pop(L, 1);
     if (!src->verify_name)
         return oom(c);
+    return 0;
+}
 
-    if (opt_get(L, opts, "tolerance") != LUA_TNIL &&
-        get_duration(c, lua_gettop(L), "tolerance", &src->verify.tolerance_ms) < 0)
-        return -1;
-    lua_pop(L, 1);
-    if (opt_get(L, opts, "insecure") != LUA_TNIL &&
-        get_bool(c, lua_gettop(L), "insecure", &src->insecure) < 0)
-        return -1;
-    lua_pop(L, 1);
-
-    has_secret = opt_get(L, opts, "secret") != LUA_TNIL;
-    if (has_secret && get_secrets(c, lua_gettop(L), src->verify.kind == VERIFY_STANDARD,
-                                  &src->secrets, &src->nsecrets) < 0)
-        return -1;
-    lua_pop(L, 1);
+/* path = "/..." (no query, fragment or spaces); default "/hooks/<name>". */
+static int source_path(struct cctx *c, struct config_source *src, const char *name, int opts) {
+    lua_State *L = c->L;
 
     if (opt_get(L, opts, "path") != LUA_TNIL) {
         if (dup_string(c, lua_gettop(L), "path", &src->path) < 0)
@@ -850,10 +832,13 @@ static int source_build(struct cctx *c, struct config_source *src, const char *n
         sprintf(src->path, "/hooks/%s", name);
     }
     lua_pop(L, 1);
+    return 0;
+}
 
-    if (opt_get(L, opts, "adapter") != LUA_TNIL && source_adapter(c, src, lua_gettop(L)) < 0)
-        return -1;
-    lua_pop(L, 1);
+/* jwks = a URL, or a file relative to the config. */
+static int source_jwks(struct cctx *c, struct config_source *src, int opts) {
+    lua_State *L = c->L;
+    const char *s;
 
     if (opt_get(L, opts, "jwks") != LUA_TNIL) {
         if (get_string(c, lua_gettop(L), "jwks", &s) < 0)
@@ -866,7 +851,12 @@ static int source_build(struct cctx *c, struct config_source *src, const char *n
             return oom(c);
     }
     lua_pop(L, 1);
+    return 0;
+}
 
+/* What the verify scheme needs besides itself: insecure = true for
+ * "none", a loadable JWKS for shipengine, else a secret. */
+static int source_check_scheme(struct cctx *c, const struct config_source *src, int has_secret) {
     switch (src->verify.kind) {
     case VERIFY_NONE:
         if (!src->insecure)
@@ -889,6 +879,47 @@ static int source_build(struct cctx *c, struct config_source *src, const char *n
             return fail(c, "verify \"%s\" needs a secret", src->verify_name);
     }
     return 0;
+}
+
+/* One source "NAME" { opts }: every option checked, in a fixed order (so
+ * the first bad one is the one reported). */
+static int source_build(struct cctx *c, struct config_source *src, const char *name, int opts) {
+    lua_State *L = c->L;
+    int has_secret;
+
+    snprintf(c->what, sizeof c->what, "source %s: ", name);
+    if (!name_ok(name))
+        return fail(c, "the name must be 1-64 letters, digits, '_' or '-'");
+    if (!(src->name = strdup(name)))
+        return oom(c);
+    if (check_keys(c, opts, source_opts, "option") < 0)
+        return -1;
+    if (source_verify(c, src, name, opts) < 0)
+        return -1;
+
+    if (opt_get(L, opts, "tolerance") != LUA_TNIL &&
+        get_duration(c, lua_gettop(L), "tolerance", &src->verify.tolerance_ms) < 0)
+        return -1;
+    lua_pop(L, 1);
+    if (opt_get(L, opts, "insecure") != LUA_TNIL &&
+        get_bool(c, lua_gettop(L), "insecure", &src->insecure) < 0)
+        return -1;
+    lua_pop(L, 1);
+
+    has_secret = opt_get(L, opts, "secret") != LUA_TNIL;
+    if (has_secret && get_secrets(c, lua_gettop(L), src->verify.kind == VERIFY_STANDARD,
+                                  &src->secrets, &src->nsecrets) < 0)
+        return -1;
+    lua_pop(L, 1);
+
+    if (source_path(c, src, name, opts) < 0)
+        return -1;
+    if (opt_get(L, opts, "adapter") != LUA_TNIL && source_adapter(c, src, lua_gettop(L)) < 0)
+        return -1;
+    lua_pop(L, 1);
+    if (source_jwks(c, src, opts) < 0)
+        return -1;
+    return source_check_scheme(c, src, has_secret);
 }
 
 /* ---- endpoints ---- */
@@ -1014,17 +1045,9 @@ static int endpoint_headers(struct cctx *c, struct config_endpoint *ep, int vi) 
     return 0;
 }
 
-static int endpoint_build(struct cctx *c, struct config_endpoint *ep, const char *name, int opts) {
-    lua_State *L = c->L;
-    const char *sign_name = "standard";
-    int has_secret, top;
-    int64_t v;
-
-    snprintf(c->what, sizeof c->what, "endpoint %s: ", name);
-    if (!name_ok(name))
-        return fail(c, "the name must be 1-64 letters, digits, '_' or '-'");
-    if (!(ep->name = strdup(name)))
-        return oom(c);
+/* The defaults of every endpoint option (the atoship retry preset among
+ * them). Returns 0, or -1 when out of memory. */
+static int endpoint_defaults(struct config_endpoint *ep) {
     ep->sign = SIGN_STANDARD;
     ep->timeout_ms = 5000;
     ep->jitter = 1;
@@ -1033,10 +1056,12 @@ static int endpoint_build(struct cctx *c, struct config_endpoint *ep, const char
     ep->success = CONFIG_SUCCESS_2XX;
     ep->disable_after_ms = 5LL * 86400 * 1000;
     ep->enabled = 1;
-    if (retry_preset("atoship", &ep->retry_ms, &ep->nretry) < 0)
-        return oom(c);
-    if (check_keys(c, opts, endpoint_opts, "option") < 0)
-        return -1;
+    return retry_preset("atoship", &ep->retry_ms, &ep->nretry) < 0 ? -1 : 0;
+}
+
+/* url = an http:// or https:// URL with a host and no whitespace. */
+static int endpoint_url(struct cctx *c, struct config_endpoint *ep, int opts) {
+    lua_State *L = c->L;
 
     if (opt_get(L, opts, "url") == LUA_TNIL)
         return fail(c, "url is required");
@@ -1047,6 +1072,15 @@ static int endpoint_build(struct cctx *c, struct config_endpoint *ep, const char
         strpbrk(ep->url, " \t\r\n"))
         return fail(c, "url must be an http:// or https:// URL, not '%s'", ep->url);
     lua_pop(L, 1);
+    return 0;
+}
+
+/* sign = a preset (default "standard") and the secret(s) it signs with,
+ * whsec_ keys for "standard"; only "none" goes without. */
+static int endpoint_signing(struct cctx *c, struct config_endpoint *ep, int opts) {
+    lua_State *L = c->L;
+    const char *sign_name = "standard";
+    int has_secret, top;
 
     if (opt_get(L, opts, "sign") != LUA_TNIL) {
         if (get_string(c, lua_gettop(L), "sign", &sign_name) < 0)
@@ -1065,6 +1099,14 @@ static int endpoint_build(struct cctx *c, struct config_endpoint *ep, const char
     if (ep->sign != SIGN_NONE && !has_secret)
         return fail(c, "sign \"%s\" needs a secret", sign_name);
     lua_settop(L, top - 1);
+    return 0;
+}
+
+/* How each request goes out: headers, timeout, retry, jitter,
+ * concurrency, rate. */
+static int endpoint_sending(struct cctx *c, struct config_endpoint *ep, int opts) {
+    lua_State *L = c->L;
+    int64_t v;
 
     if (opt_get(L, opts, "headers") != LUA_TNIL && endpoint_headers(c, ep, lua_gettop(L)) < 0)
         return -1;
@@ -1096,6 +1138,15 @@ static int endpoint_build(struct cctx *c, struct config_endpoint *ep, const char
         ep->rate = (double)lua_tonumber(L, -1);
     }
     lua_pop(L, 1);
+    return 0;
+}
+
+/* Batching, what counts as delivered, ordering and when to stop: window,
+ * max_batch, success, ordered, disable_after, enabled. */
+static int endpoint_policy(struct cctx *c, struct config_endpoint *ep, int opts) {
+    lua_State *L = c->L;
+    int64_t v;
+
     if (opt_get(L, opts, "window") != LUA_TNIL) {
         if (get_duration(c, lua_gettop(L), "window", &ep->window_ms) < 0)
             return -1;
@@ -1137,6 +1188,24 @@ static int endpoint_build(struct cctx *c, struct config_endpoint *ep, const char
     return 0;
 }
 
+/* One endpoint "NAME" { opts }: defaults, then every option checked in a
+ * fixed order (so the first bad one is the one reported). */
+static int endpoint_build(struct cctx *c, struct config_endpoint *ep, const char *name, int opts) {
+    snprintf(c->what, sizeof c->what, "endpoint %s: ", name);
+    if (!name_ok(name))
+        return fail(c, "the name must be 1-64 letters, digits, '_' or '-'");
+    if (!(ep->name = strdup(name)))
+        return oom(c);
+    if (endpoint_defaults(ep) < 0)
+        return oom(c);
+    if (check_keys(c, opts, endpoint_opts, "option") < 0)
+        return -1;
+    if (endpoint_url(c, ep, opts) < 0 || endpoint_signing(c, ep, opts) < 0 ||
+        endpoint_sending(c, ep, opts) < 0 || endpoint_policy(c, ep, opts) < 0)
+        return -1;
+    return 0;
+}
+
 /* ---- the whole config ---- */
 
 /* Reads decl.{name, opts, where} of the list entry at the top. Leaves
@@ -1166,13 +1235,12 @@ static const char *first_where(lua_State *L, int list, size_t j) {
     return w ? w : "?";
 }
 
-static int build(struct cctx *c, int idx) {
+/* settings, in the order they were assigned (a later one wins). */
+static int build_settings(struct cctx *c, int idx) {
     lua_State *L = c->L;
-    struct config *cfg = c->cfg;
     size_t n;
     int list;
 
-    /* settings, in the order they were assigned (a later one wins) */
     opt_get(L, idx, "settings");
     list = lua_gettop(L);
     n = lua_istable(L, list) ? lua_rawlen(L, list) : 0;
@@ -1192,8 +1260,16 @@ static int build(struct cctx *c, int idx) {
         lua_settop(L, list);
     }
     lua_settop(L, list - 1);
+    return 0;
+}
 
-    /* sources */
+/* source "NAME" { ... } declarations: no name or path used twice. */
+static int build_sources(struct cctx *c, int idx) {
+    lua_State *L = c->L;
+    struct config *cfg = c->cfg;
+    size_t n;
+    int list;
+
     opt_get(L, idx, "sources");
     list = lua_gettop(L);
     n = lua_istable(L, list) ? lua_rawlen(L, list) : 0;
@@ -1222,8 +1298,16 @@ static int build(struct cctx *c, int idx) {
         lua_settop(L, list);
     }
     lua_settop(L, list - 1);
+    return 0;
+}
 
-    /* endpoints */
+/* endpoint "NAME" { ... } declarations: no name used twice. */
+static int build_endpoints(struct cctx *c, int idx) {
+    lua_State *L = c->L;
+    struct config *cfg = c->cfg;
+    size_t n;
+    int list;
+
     opt_get(L, idx, "endpoints");
     list = lua_gettop(L);
     n = lua_istable(L, list) ? lua_rawlen(L, list) : 0;
@@ -1249,8 +1333,14 @@ static int build(struct cctx *c, int idx) {
         lua_settop(L, list);
     }
     lua_settop(L, list - 1);
+    return 0;
+}
 
-    /* rules "dir/" */
+/* rules "dir/": the folder, absolute and without trailing slashes. */
+static int build_rules_dir(struct cctx *c, int idx) {
+    lua_State *L = c->L;
+    struct config *cfg = c->cfg;
+
     if (opt_get(L, idx, "rules") == LUA_TTABLE) {
         int t = lua_gettop(L);
         opt_get(L, t, "where");
@@ -1267,6 +1357,15 @@ static int build(struct cctx *c, int idx) {
         lua_settop(L, t);
     }
     lua_pop(L, 1);
+    return 0;
+}
+
+/* The whole config from the declarations table at idx, in the order the
+ * checks report in: settings, sources, endpoints, the rules folder. */
+static int build(struct cctx *c, int idx) {
+    if (build_settings(c, idx) < 0 || build_sources(c, idx) < 0 || build_endpoints(c, idx) < 0 ||
+        build_rules_dir(c, idx) < 0)
+        return -1;
     return 0;
 }
 
