@@ -16,7 +16,7 @@ below it, never one above:
 3. pipeline: ingest, carrier, route, batch, deliver, health, housekeep
 4. engines: rules, rules_api (behind rules_int.h), store and store_*
    (behind store_int.h),
-   httpc, verify, jwks, config, subs
+   httpc, verify, jwks, config, config_build (behind config_int.h), subs
 5. base: jsonx, jsonx_encode, jsonx_decode (behind jsonx_int.h), util,
    log, metrics
 """
@@ -32,7 +32,7 @@ LAYERS = [
     ("edges", ["http", "inbound", "admin", "cli", "ruletest"]),
     ("pipeline", ["ingest", "carrier", "route", "batch", "deliver", "health", "housekeep"]),
     ("engines", ["rules", "rules_api", "store", "store_*", "httpc", "verify", "jwks", "config",
-                 "subs"]),
+                 "config_build", "subs"]),
     ("base", ["jsonx", "jsonx_encode", "jsonx_decode", "util", "log", "metrics"]),
 ]
 
