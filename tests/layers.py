@@ -14,7 +14,8 @@ below it, never one above:
 1. commands and the app: main (commands) -> app (owns every module)
 2. edges: http (listeners, TLS, replies), inbound, admin, cli, ruletest
 3. pipeline: ingest, carrier, route, batch, deliver, health, housekeep
-4. engines: rules, rules_api (behind rules_int.h), store and store_*
+4. engines: rules, rules_adapt, rules_route, rules_api (behind
+   rules_int.h), store and store_*
    (behind store_int.h),
    httpc, verify, jwks, config, config_build (behind config_int.h), subs
 5. base: jsonx, jsonx_encode, jsonx_decode (behind jsonx_int.h), util,
@@ -32,7 +33,8 @@ LAYERS = [
     ("edges", ["http", "inbound", "admin", "cli", "ruletest"]),
     ("pipeline", ["ingest", "carrier", "route", "batch", "deliver", "health", "housekeep"]),
     ("engines", ["rules", "rules_api", "store", "store_*", "httpc", "verify", "jwks", "config",
-                 "config_build", "subs"]),
+                 "rules_adapt", "rules_route", "config_build",
+                 "subs"]),
     ("base", ["jsonx", "jsonx_encode", "jsonx_decode", "util", "log", "metrics"]),
 ]
 
