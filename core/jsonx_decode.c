@@ -200,7 +200,7 @@ static int dec_string(struct dec *d, int key) {
 
     for (;;) {
         /* Fast scan over plain ASCII. */
-        q += plain_run(q, (size_t)(d->end - q));
+        q += jsonx_plain_run(q, (size_t)(d->end - q));
         if (q >= d->end) {
             dec_fail(d, q, "premature end of input near end of file");
             return -1;
@@ -212,7 +212,7 @@ static int dec_string(struct dec *d, int key) {
             return -1;
         }
         if (*q >= 0x80) {
-            size_t n = utf8_seq(q, (size_t)(d->end - q));
+            size_t n = jsonx_utf8_seq(q, (size_t)(d->end - q));
             if (!n) {
                 dec_fail(d, q, "unable to decode byte 0x%x", *q);
                 return -1;

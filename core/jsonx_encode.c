@@ -106,7 +106,7 @@ static void put_string(struct enc *e, const char *str, size_t len) {
     const unsigned char *s = (const unsigned char *)str;
     size_t i = 0, run = 0;
 
-    i = plain_run(s, len);
+    i = jsonx_plain_run(s, len);
     if (i == len) {
         put_quoted(e, str, len);
         return;
@@ -118,12 +118,12 @@ static void put_string(struct enc *e, const char *str, size_t len) {
         size_t elen = 2;
 
         /* Plain ASCII runs (most of any payload) go by in a tight loop. */
-        i += plain_run(s + i, len - i);
+        i += jsonx_plain_run(s + i, len - i);
         if (i >= len)
             break;
         c = s[i];
         if (c >= 0x80) {
-            size_t n = utf8_seq(s + i, len - i);
+            size_t n = jsonx_utf8_seq(s + i, len - i);
             if (!n)
                 enc_fail(e, "invalid UTF-8 in a string");
             i += n;
@@ -177,14 +177,14 @@ int jsonx_append_string(struct util_buf *out, const char *str, size_t len) {
     const unsigned char *s = (const unsigned char *)str;
     size_t i, run = 0, start = out->len;
 
-    if (plain_run(s, len) == len) { /* nothing to check or escape */
+    if (jsonx_plain_run(s, len) == len) { /* nothing to check or escape */
         if (util_buf_append(out, "\"", 1) < 0 || util_buf_append(out, str, len) < 0 ||
             util_buf_append(out, "\"", 1) < 0)
             goto fail;
         return 0;
     }
     for (i = 0; i < len;) { /* valid UTF-8 first: nothing is appended otherwise */
-        size_t n = utf8_seq(s + i, len - i);
+        size_t n = jsonx_utf8_seq(s + i, len - i);
         if (!n)
             return -1;
         i += n;

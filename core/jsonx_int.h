@@ -22,7 +22,7 @@ extern const char jsonx_array_key;
  * as they are: 0x20..0x7f but '"' and '\\'. Eight bytes a step (a word
  * with any other byte is left to the byte loop), since strings are most of
  * what the decoder and encoder read. */
-static inline size_t plain_run(const unsigned char *s, size_t n) {
+static inline size_t jsonx_plain_run(const unsigned char *s, size_t n) {
     const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
     size_t i = 0;
 
@@ -42,7 +42,7 @@ static inline size_t plain_run(const unsigned char *s, size_t n) {
 }
 
 /* Length of the valid UTF-8 sequence at s (n bytes available), 0 if none. */
-static inline size_t utf8_seq(const unsigned char *s, size_t n) {
+static inline size_t jsonx_utf8_seq(const unsigned char *s, size_t n) {
     unsigned c = s[0];
     if (c < 0x80)
         return 1;
