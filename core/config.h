@@ -1,7 +1,8 @@
 /* config.h -- the gateway's configuration as C data.
  * A config is built by evaluating waybill.lua in the rules sandbox (rules.c
- * owns the VM; config.c owns this struct and the checks on each field), so
- * it lives inside one rules generation and is replaced whole on reload.
+ * owns the VM; config.c owns this struct, config_build.c the checks on each
+ * field), so it lives inside one rules generation and is replaced whole on
+ * reload.
  * Invariant: a config handed out by rules_config() passed every check here;
  * callers never re-validate it.
  * SPDX-License-Identifier: MIT */

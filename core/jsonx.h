@@ -1,4 +1,5 @@
-/* jsonx.h -- JSON <-> Lua values for the rules VM (a direct decoder; jansson for C-side parsing).
+/* jsonx.h -- JSON <-> Lua values for the rules VM (an encoder, a direct
+ * decoder kept for speed, and jansson for C-side parsing).
  * Encoding is compact and deterministic, and byte for byte what JavaScript's
  * JSON.stringify prints for the same data: numbers in shortest round-trip
  * form (40.0 -> 40, 1e21 -> 1e+21), strings escaped as JSON.stringify does
@@ -76,12 +77,17 @@ json_t *jsonx_parse(const char *text, size_t len, size_t flags, char *err, size_
  * memory error. [-0, +1, m] */
 void jsonx_push(lua_State *L, const json_t *j);
 
-/* Decodes text straight onto the Lua stack (no jansson tree in between),
- * accepting exactly what jsonx_parse accepts (flags: JSON_DECODE_ANY allows
- * any top-level value, else an object or array is required) and pushing
- * what jsonx_push would. Returns 0 with the value pushed, or -1 with
- * "invalid JSON at line L column C: reason" in err and nothing pushed. A
- * memory error raises (nothing C-allocated is left behind). [-0, +(0|1), m] */
+/* The direct decoder: decodes text straight onto the Lua stack (no jansson
+ * tree in between), accepting exactly what jsonx_parse accepts (flags:
+ * JSON_DECODE_ANY allows any top-level value, else an object or array is
+ * required) and pushing what jsonx_push would. Returns 0 with the value
+ * pushed, or -1 with "invalid JSON at line L column C: reason" in err (the
+ * reason and place jansson gives) and nothing pushed. A memory error
+ * raises (nothing C-allocated is left behind). It stays beside jsonx_parse
+ * + jsonx_push for speed only (every ingested body goes through it, about
+ * a quarter of their instructions), so it must match them exactly; see
+ * jsonx_decode.c for what that covers and the test that holds it to it.
+ * [-0, +(0|1), m] */
 int jsonx_decode(lua_State *L, const char *text, size_t len, size_t flags, char *err,
                  size_t errlen);
 

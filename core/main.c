@@ -218,137 +218,191 @@ static int sign_shipengine(const char *key_path, const char *kid, const char *bo
     return rc;
 }
 
-static int sign(int argc, char **argv) {
-    static const struct option opts[] = {{"scheme", required_argument, NULL, 's'},
-                                         {"secret", required_argument, NULL, 'k'},
-                                         {"header", required_argument, NULL, 'H'},
-                                         {"key", required_argument, NULL, 'K'},
-                                         {"kid", required_argument, NULL, 'I'},
-                                         {"encoding", required_argument, NULL, 'E'},
-                                         {"prefix", required_argument, NULL, 'P'},
-                                         {NULL, 0, NULL, 0}};
-    const char *scheme = NULL, *header = NULL, *file = NULL, *key_path = NULL, *kid = NULL;
-    const char *encoding = "hex", *prefix = "";
-    struct verify_secret secrets[8];
+/* What `waybill sign` was asked: its options and raw secrets. */
+struct sign_args {
+    const char *scheme, *header, *file, *key_path, *kid, *encoding, *prefix;
     const char *raw_secrets[8];
-    size_t nsecrets = 0, len = 0;
-    char *body = NULL, id[UTIL_ID_MAX];
-    int64_t now_s = util_now_ms() / 1000;
-    int c, rc = 1;
+    size_t nsecrets;
+};
 
+/* Reads sign's command line into a. Returns 0, or 2 after printing what
+ * is wrong (usage or a missing option). */
+static int sign_parse(int argc, char **argv, struct sign_args *a) {
+    static const struct option opts[] = {
+        {"scheme", required_argument, NULL, 's'}, {"secret", required_argument, NULL, 'k'},
+        {"header", required_argument, NULL, 'H'}, {"key", required_argument, NULL, 'K'},
+        {"kid", required_argument, NULL, 'I'},    {"encoding", required_argument, NULL, 'E'},
+        {"prefix", required_argument, NULL, 'P'}, {NULL, 0, NULL, 0}};
+    int c;
+
+    memset(a, 0, sizeof *a);
+    a->encoding = "hex";
+    a->prefix = "";
     optind = 1;
     while ((c = getopt_long(argc, argv, "s:k:H:K:I:E:P:", opts, NULL)) != -1) {
         if (c == 's')
-            scheme = optarg;
-        else if (c == 'k' && nsecrets < 8)
-            raw_secrets[nsecrets++] = optarg;
+            a->scheme = optarg;
+        else if (c == 'k' && a->nsecrets < 8)
+            a->raw_secrets[a->nsecrets++] = optarg;
         else if (c == 'H')
-            header = optarg;
+            a->header = optarg;
         else if (c == 'K')
-            key_path = optarg;
+            a->key_path = optarg;
         else if (c == 'I')
-            kid = optarg;
+            a->kid = optarg;
         else if (c == 'E')
-            encoding = optarg;
+            a->encoding = optarg;
         else if (c == 'P')
-            prefix = optarg;
+            a->prefix = optarg;
         else {
             usage(stderr);
             return 2;
         }
     }
-    if (scheme && strcmp(scheme, "shipengine") == 0) {
-        if (!key_path || !kid) {
+    if (a->scheme && strcmp(a->scheme, "shipengine") == 0) {
+        if (!a->key_path || !a->kid) {
             fprintf(stderr, "waybill sign: shipengine needs --key private.pem and --kid KID\n");
             return 2;
         }
-    } else if (!scheme || nsecrets == 0) {
+    } else if (!a->scheme || a->nsecrets == 0) {
         fprintf(stderr, "waybill sign: --scheme and --secret are required\n");
         return 2;
     }
     if (optind < argc)
-        file = argv[optind];
+        a->file = argv[optind];
+    return 0;
+}
+
+/* The body to sign: file's bytes, else stdin's. New; NULL after printing
+ * why when it cannot be read. */
+static char *sign_body(const char *file, size_t *len) {
+    char *body;
+
     if (file) {
-        body = util_file_read(file, &len);
-        if (!body) {
+        body = util_file_read(file, len);
+        if (!body)
             fprintf(stderr, "waybill sign: %s: %s\n", file, strerror(errno));
-            return 1;
-        }
     } else {
-        body = read_all(stdin, &len);
-        if (!body) {
+        body = read_all(stdin, len);
+        if (!body)
             fprintf(stderr, "waybill sign: cannot read stdin\n");
-            return 1;
-        }
     }
-    memset(secrets, 0, sizeof secrets);
-    for (size_t i = 0; i < nsecrets; i++) {
-        if (strcmp(scheme, "standard") == 0) {
-            secrets[i].key = verify_whsec_decode(raw_secrets[i], &secrets[i].len);
+    return body;
+}
+
+/* a's secrets as keys into secrets[0..a->nsecrets): whsec_-decoded for
+ * "standard", else their bytes (each key new: the caller frees them all,
+ * also on failure). Returns 0, or -1 after printing why. */
+static int sign_keys(const struct sign_args *a, struct verify_secret *secrets) {
+    for (size_t i = 0; i < a->nsecrets; i++) {
+        if (strcmp(a->scheme, "standard") == 0) {
+            secrets[i].key = verify_whsec_decode(a->raw_secrets[i], &secrets[i].len);
             if (!secrets[i].key) {
                 fprintf(stderr, "waybill sign: a standard secret is whsec_<base64>\n");
-                goto done;
+                return -1;
             }
         } else {
-            secrets[i].key = (unsigned char *)strdup(raw_secrets[i]);
-            secrets[i].len = strlen(raw_secrets[i]);
+            secrets[i].key = (unsigned char *)strdup(a->raw_secrets[i]);
+            secrets[i].len = strlen(a->raw_secrets[i]);
         }
     }
+    return 0;
+}
 
+/* hmac-sha256 --header H [--encoding hex|base64] [--prefix P]: one header,
+ * H: P<signature>. Returns the exit code. */
+static int sign_hmac(const struct sign_args *a, const struct verify_secret *secret,
+                     const char *body, size_t len) {
+    unsigned char mac[32];
+    char hex[65], b64[45];
+
+    if (!a->header || (strcmp(a->encoding, "hex") != 0 && strcmp(a->encoding, "base64") != 0)) {
+        fprintf(stderr, "waybill sign: hmac-sha256 needs --header H and --encoding "
+                        "hex|base64\n");
+        return 2;
+    }
+    verify_hmac_sha256(secret->key, secret->len, body, len, mac);
+    util_hex_encode(mac, sizeof mac, hex);
+    util_base64_encode(mac, sizeof mac, b64);
+    printf("%s: %s%s\n", a->header, a->prefix, strcmp(a->encoding, "hex") == 0 ? hex : b64);
+    return 0;
+}
+
+/* Stripe's scheme: "t=<now>,v1=<hex HMAC of "now.body">" with one v1 per
+ * secret, under header (default Stripe-Signature). */
+static int sign_stripe(const char *header, const struct verify_secret *secrets, size_t nsecrets,
+                       const char *body, size_t len, int64_t now_s) {
+    struct util_buf msg = {0};
     unsigned char mac[32];
     char hex[65];
+
+    util_buf_printf(&msg, "%lld.", (long long)now_s);
+    util_buf_append(&msg, body, len);
+    printf("%s: t=%lld", header ? header : "Stripe-Signature", (long long)now_s);
+    for (size_t i = 0; i < nsecrets; i++) {
+        verify_hmac_sha256(secrets[i].key, secrets[i].len, msg.p, msg.len, mac);
+        util_hex_encode(mac, sizeof mac, hex);
+        printf(",v1=%s", hex);
+    }
+    printf("\n");
+    util_buf_free(&msg);
+    return 0;
+}
+
+/* Prints what a sender of a->scheme attaches to body (headers, or for
+ * shiptify the body itself). Returns the exit code. */
+static int sign_print(const struct sign_args *a, const struct verify_secret *secrets,
+                      const char *body, size_t len, int64_t now_s) {
+    const char *scheme = a->scheme;
+    unsigned char mac[32];
+    char hex[65], id[UTIL_ID_MAX];
+
     if (strcmp(scheme, "standard") == 0) {
         util_id_new("msg_", id, sizeof id);
-        rc = verify_sign(SIGN_STANDARD, secrets, nsecrets, id, now_s, body, len, print_header,
-                         NULL) < 0;
-    } else if (strcmp(scheme, "generic") == 0 || strcmp(scheme, "hex") == 0) {
-        rc = verify_sign(SIGN_HEX, secrets, 1, "", now_s, body, len, print_header, NULL) < 0;
-    } else if (strcmp(scheme, "atoship") == 0) {
-        rc = verify_sign(SIGN_ATOSHIP, secrets, 1, "", now_s, body, len, print_header, NULL) < 0;
-    } else if (strcmp(scheme, "aftership") == 0) {
-        rc = verify_sign(SIGN_AFTERSHIP, secrets, 1, "", now_s, body, len, print_header,
-                         NULL) < 0;
-    } else if (strcmp(scheme, "easypost") == 0) {
+        return verify_sign(SIGN_STANDARD, secrets, a->nsecrets, id, now_s, body, len, print_header,
+                           NULL) < 0;
+    }
+    if (strcmp(scheme, "generic") == 0 || strcmp(scheme, "hex") == 0)
+        return verify_sign(SIGN_HEX, secrets, 1, "", now_s, body, len, print_header, NULL) < 0;
+    if (strcmp(scheme, "atoship") == 0)
+        return verify_sign(SIGN_ATOSHIP, secrets, 1, "", now_s, body, len, print_header, NULL) < 0;
+    if (strcmp(scheme, "aftership") == 0)
+        return verify_sign(SIGN_AFTERSHIP, secrets, 1, "", now_s, body, len, print_header, NULL) <
+               0;
+    if (strcmp(scheme, "easypost") == 0) {
         verify_hmac_sha256(secrets[0].key, secrets[0].len, body, len, mac);
         util_hex_encode(mac, sizeof mac, hex);
         printf("X-Hmac-Signature: hmac-sha256-hex=%s\n", hex);
-        rc = 0;
-    } else if (strcmp(scheme, "shiptify") == 0) {
-        rc = sign_shiptify(&secrets[0], body, len, now_s);
-    } else if (strcmp(scheme, "shipengine") == 0) {
-        rc = sign_shipengine(key_path, kid, body, len, util_now_ms());
-    } else if (strcmp(scheme, "hmac-sha256") == 0) {
-        char b64[45];
-        if (!header || (strcmp(encoding, "hex") != 0 && strcmp(encoding, "base64") != 0)) {
-            fprintf(stderr, "waybill sign: hmac-sha256 needs --header H and --encoding "
-                            "hex|base64\n");
-            rc = 2;
-            goto done;
-        }
-        verify_hmac_sha256(secrets[0].key, secrets[0].len, body, len, mac);
-        util_hex_encode(mac, sizeof mac, hex);
-        util_base64_encode(mac, sizeof mac, b64);
-        printf("%s: %s%s\n", header, prefix, strcmp(encoding, "hex") == 0 ? hex : b64);
-        rc = 0;
-    } else if (strcmp(scheme, "stripe") == 0) {
-        struct util_buf msg = {0};
-        util_buf_printf(&msg, "%lld.", (long long)now_s);
-        util_buf_append(&msg, body, len);
-        printf("%s: t=%lld", header ? header : "Stripe-Signature", (long long)now_s);
-        for (size_t i = 0; i < nsecrets; i++) {
-            verify_hmac_sha256(secrets[i].key, secrets[i].len, msg.p, msg.len, mac);
-            util_hex_encode(mac, sizeof mac, hex);
-            printf(",v1=%s", hex);
-        }
-        printf("\n");
-        util_buf_free(&msg);
-        rc = 0;
-    } else {
-        fprintf(stderr, "waybill sign: unknown scheme '%s'\n", scheme);
-        rc = 2;
+        return 0;
     }
-done:
-    for (size_t i = 0; i < nsecrets; i++)
+    if (strcmp(scheme, "shiptify") == 0)
+        return sign_shiptify(&secrets[0], body, len, now_s);
+    if (strcmp(scheme, "shipengine") == 0)
+        return sign_shipengine(a->key_path, a->kid, body, len, util_now_ms());
+    if (strcmp(scheme, "hmac-sha256") == 0)
+        return sign_hmac(a, &secrets[0], body, len);
+    if (strcmp(scheme, "stripe") == 0)
+        return sign_stripe(a->header, secrets, a->nsecrets, body, len, now_s);
+    fprintf(stderr, "waybill sign: unknown scheme '%s'\n", scheme);
+    return 2;
+}
+
+/* waybill sign --scheme S --secret K [...] [FILE]: see usage(). */
+static int sign(int argc, char **argv) {
+    struct sign_args a;
+    struct verify_secret secrets[8];
+    size_t len = 0;
+    char *body;
+    int64_t now_s = util_now_ms() / 1000;
+    int rc;
+
+    if ((rc = sign_parse(argc, argv, &a)) != 0)
+        return rc;
+    if (!(body = sign_body(a.file, &len)))
+        return 1;
+    memset(secrets, 0, sizeof secrets);
+    rc = sign_keys(&a, secrets) < 0 ? 1 : sign_print(&a, secrets, body, len, now_s);
+    for (size_t i = 0; i < a.nsecrets; i++)
         free(secrets[i].key);
     free(body);
     return rc;

@@ -1,7 +1,10 @@
 /* rules.c -- one generation of config and rules in a sandboxed Lua 5.4 VM:
  * protected construction (STYLE section 3), the limits (an instruction
  * budget counted by a hook that cannot be caught, a memory cap kept by the
- * allocator), carrier adapters and routing.
+ * allocator), loading the config, the rule files and the adapters, and
+ * freeing. What runs in a generation afterwards is in rules_adapt.c
+ * (carrier adapters), rules_route.c (routing) and rules_api.c (the host
+ * functions rules call), all behind rules_int.h.
  * Invariants: between calls no Lua frame is live and the stack is empty;
  * every C allocation made while Lua may raise is owned by the generation or
  * by the caller's out struct, so a Lua error (a longjmp) leaks nothing.
@@ -9,12 +12,9 @@
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -22,15 +22,10 @@
 #include <lua.h>
 #include <lualib.h>
 
-#include "jsonx.h"
 #include "log.h"
 #include "rules.h"
 #include "rules_int.h"
 #include "util.h"
-
-/* Tokens for kept data; rules run on the loop thread only. */
-static uint64_t keep_next_token;
-
 
 /* ---- small helpers ---- */
 
@@ -140,7 +135,7 @@ refuse:
 
 /* ---- limits: instructions ---- */
 
-static void limits_arm(struct rules *r, int64_t budget, const char *kind) {
+void rules_limits_arm(struct rules *r, int64_t budget, const char *kind) {
     r->budget = budget > 0 ? budget : 1;
     r->steps = 0;
     r->stop = RULES_STOP_NONE;
@@ -206,7 +201,7 @@ void rules_budget_charge(lua_State *L) {
 }
 
 static void limits_reset(struct rules *r) {
-    limits_arm(r, RULES_LOAD_BUDGET, "rule stopped");
+    rules_limits_arm(r, RULES_LOAD_BUDGET, "rule stopped");
 }
 
 /* Whether msg already names where ("where: ..."). */
@@ -217,7 +212,7 @@ static int names_where(const char *msg, const char *where) {
 
 /* Classifies a failed call into "file:line: message". where blames the
  * handler, adapter or file when the error itself carries no location. */
-static void call_error(struct rules *r, int status, const char *where, char *err, size_t errlen) {
+void rules_call_error(struct rules *r, int status, const char *where, char *err, size_t errlen) {
     lua_State *L = r->L;
     if (r->send_error) {
         if (has_location(r->send_error))
@@ -244,7 +239,7 @@ static void call_error(struct rules *r, int status, const char *where, char *err
 
 /* Back to a clean state after a failed call: no stop, no pending send
  * error; after a memory stop, the failed call's garbage collected at once. */
-static void rules_recover(struct rules *r) {
+void rules_recover(struct rules *r) {
     int full_gc = r->stop == RULES_STOP_MEMORY || r->mem_hit;
     lua_settop(r->L, 0);
     free(r->send_error);
@@ -344,7 +339,7 @@ static void run_file(lua_State *L, struct rules *r, const char *env_fn, const ch
     if (!lua_setupvalue(L, -2, 1)) /* _ENV */
         lua_pop(L, 1);
     r->loading_file = display;
-    limits_arm(r, RULES_LOAD_BUDGET, "stopped while loading");
+    rules_limits_arm(r, RULES_LOAD_BUDGET, "stopped while loading");
     lua_call(L, 0, 0);
 }
 
@@ -515,7 +510,7 @@ static void load_adapters(lua_State *L, struct rules *r, int decl) {
             if (!lua_setupvalue(L, -2, 1))
                 lua_pop(L, 1);
             r->loading_file = display;
-            limits_arm(r, RULES_LOAD_BUDGET, "stopped while loading");
+            rules_limits_arm(r, RULES_LOAD_BUDGET, "stopped while loading");
             lua_call(L, 0, 1);
             if (lua_type(L, -1) != LUA_TFUNCTION)
                 luaL_error(L, "%s: an adapter file must return a function(body, headers, source)",
@@ -612,7 +607,7 @@ static int load_main(lua_State *L) {
     /* the config file, then its declarations into C */
     load_chunk(L, r->config_path, r->config_path);
     run_file(L, r, "config_env", r->config_path, r->config_path);
-    limits_arm(r, RULES_LOAD_BUDGET, "stopped while loading");
+    rules_limits_arm(r, RULES_LOAD_BUDGET, "stopped while loading");
     api_call(L, r, "declarations", 0);
     decl = lua_gettop(L);
     if (config_from_lua(L, decl, r->config_path, r->lua_dir, &r->cfg, err, sizeof err) < 0)
@@ -628,7 +623,7 @@ static int load_main(lua_State *L) {
 
     if (r->cfg->rules_dir)
         load_rules_dir(L, r, decl);
-    limits_arm(r, RULES_LOAD_BUDGET, "stopped while loading");
+    rules_limits_arm(r, RULES_LOAD_BUDGET, "stopped while loading");
     check_lists(L, r);
     load_adapters(L, r, decl);
     collect_handlers(L, r);
@@ -670,12 +665,12 @@ struct rules *rules_load_with(const char *config_path, const char *lua_dir,
     lua_atpanic(r->L, rules_panic);
     *(struct rules **)lua_getextraspace(r->L) = r;
     r->loading_file = config_path;
-    limits_arm(r, RULES_LOAD_BUDGET, "stopped while loading");
+    rules_limits_arm(r, RULES_LOAD_BUDGET, "stopped while loading");
     lua_pushcfunction(r->L, load_main);
     lua_pushlightuserdata(r->L, r);
     status = lua_pcall(r->L, 1, 0, 0);
     if (status != LUA_OK) {
-        call_error(r, status, r->loading_file ? r->loading_file : config_path, err, errlen);
+        rules_call_error(r, status, r->loading_file ? r->loading_file : config_path, err, errlen);
         goto fail;
     }
     for (size_t i = 0; i < r->nfiles; i++)
@@ -728,595 +723,4 @@ const struct config *rules_config(const struct rules *r) {
 
 int64_t rules_loaded_at(const struct rules *r) {
     return r->loaded_at;
-}
-
-static void maybe_gc(struct rules *r) {
-    if (++r->calls % RULES_GC_EVERY == 0)
-        lua_gc(r->L, LUA_GCSTEP, 0);
-}
-
-/* ---- data kept from the adapter for routing ---- */
-
-/* Pushes token's kept value and forgets it (take), or just forgets it;
- * returns 0, or -1 (nothing pushed) when this generation does not hold it.
- * Never allocates (it only clears an existing key). */
-static int keep_take(struct rules *r, uint64_t token, int push) {
-    lua_State *L = r->L;
-    size_t slot = (size_t)(token % RULES_KEEP_SLOTS);
-    if (!token || r->keep_ref == LUA_NOREF || r->keep_token[slot] != token)
-        return -1;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, r->keep_ref);
-    if (push) {
-        lua_rawgeti(L, -1, (lua_Integer)token);
-        lua_insert(L, -2);
-    }
-    lua_pushnil(L);
-    lua_rawseti(L, -2, (lua_Integer)token);
-    lua_pop(L, 1);
-    r->kept_bytes -= r->keep_bytes[slot];
-    r->keep_token[slot] = 0;
-    r->keep_bytes[slot] = 0;
-    return 0;
-}
-
-/* keep_table[token] = value (arguments: value, token); may raise a memory
- * error, so it runs protected. */
-static int keep_store(lua_State *L) {
-    struct rules *r = rules_of(L);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, r->keep_ref);
-    lua_pushvalue(L, 1);
-    lua_rawseti(L, -2, lua_tointeger(L, 2));
-    return 0;
-}
-
-/* Keeps the value at the top (popped) as token's, dropping the oldest when
- * the ring is full. Returns 0, or -1 (nothing kept) when out of memory. */
-static int keep_put(struct rules *r, uint64_t token, size_t bytes) {
-    lua_State *L = r->L;
-    size_t slot = (size_t)(token % RULES_KEEP_SLOTS);
-    keep_take(r, r->keep_token[slot], 0);
-    lua_pushcfunction(L, keep_store);
-    lua_insert(L, -2);
-    lua_pushinteger(L, (lua_Integer)token);
-    if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
-        lua_pop(L, 1);
-        return -1;
-    }
-    r->keep_token[slot] = token;
-    r->keep_bytes[slot] = bytes;
-    r->kept_bytes += bytes;
-    return 0;
-}
-
-/* Whether routing an event of type will build the handler's table: some
- * matching handler is a function (list handlers send data_json's text). */
-static int type_needs_table(const struct rules *r, const char *type) {
-    if (r->cfg->rule_budget < RULES_LIST_MIN_BUDGET)
-        return 1;
-    for (size_t i = 0; i < r->nhandlers; i++) {
-        const struct rules_handler *h = &r->handlers[i];
-        if (h->names || !util_glob_match(h->pattern, type))
-            continue;
-        if (!strncmp(type, "waybill.", 8) && strncmp(h->pattern, "waybill.", 8))
-            continue;
-        return 1;
-    }
-    return 0;
-}
-
-void rules_data_drop(struct rules *r, uint64_t token) {
-    if (r)
-        keep_take(r, token, 0);
-}
-
-/* ---- adapters ---- */
-
-struct adapt_ctx {
-    struct rules *r;
-    int keep; /* keep the data's decoded form for routing (rules_adapt_keep) */
-    const char *source;
-    const char *where;
-    int bad_json; /* the body is not JSON: msg holds the parser's reason */
-    const char *raw;
-    size_t raw_len;
-    const char *headers_json;
-    struct rules_event *out;
-    char msg[300]; /* a failure found here, already "where: message" */
-};
-
-/* A string or number field of the adapter's result as new text (NULL when
- * absent or null). */
-static int result_text(lua_State *L, int t, const char *field, char **out) {
-    char num[32];
-    lua_pushstring(L, field);
-    lua_rawget(L, t);
-    *out = NULL;
-    if (lua_type(L, -1) == LUA_TSTRING) {
-        *out = strdup(lua_tostring(L, -1));
-    } else if (lua_type(L, -1) == LUA_TNUMBER) {
-        if (lua_isinteger(L, -1))
-            snprintf(num, sizeof num, "%lld", (long long)lua_tointeger(L, -1));
-        else if (isfinite(lua_tonumber(L, -1)))
-            jsonx_number_format((double)lua_tonumber(L, -1), num);
-        else
-            snprintf(num, sizeof num, "0");
-        *out = strdup(num);
-    } else {
-        lua_pop(L, 1);
-        return 0;
-    }
-    lua_pop(L, 1);
-    return *out ? 0 : -1;
-}
-
-static int adapt_protected(lua_State *L) {
-    struct adapt_ctx *c = lua_touserdata(L, 1);
-    struct rules *r = c->r;
-    struct util_buf data = {0};
-    char err[256];
-    int res;
-
-    lua_settop(L, 0);
-    /* Decoded here, straight into the VM: no jansson tree per request. */
-    if (jsonx_decode(L, c->raw, c->raw_len, 0, c->msg, sizeof c->msg) < 0) {
-        c->bad_json = 1;
-        return 0;
-    }
-    lua_rawgeti(L, LUA_REGISTRYINDEX, r->adapters_ref);
-    lua_getfield(L, -1, c->source);
-    if (lua_type(L, -1) != LUA_TFUNCTION) {
-        snprintf(c->msg, sizeof c->msg, "%s: source %s has no adapter", c->where, c->source);
-        return 0;
-    }
-    lua_remove(L, 2);  /* body, adapter */
-    lua_insert(L, 1);  /* adapter, body */
-    if (!c->headers_json ||
-        jsonx_decode(L, c->headers_json, strlen(c->headers_json), 0, err, sizeof err) < 0)
-        lua_newtable(L);
-    lua_pushstring(L, c->source);
-    lua_pushlstring(L, c->raw, c->raw_len);
-    limits_arm(r, r->cfg->rule_budget, "rule stopped");
-    lua_call(L, 4, 1);
-    res = lua_gettop(L);
-    if (r->stop || (r->mem_hit && r->mem_refused))
-        return luaL_error(L, "stopped"); /* classified by the caller */
-    if (lua_type(L, res) != LUA_TTABLE) {
-        snprintf(c->msg, sizeof c->msg, "%s: the adapter returned a %s, not an event table",
-                 c->where, luaL_typename(L, res));
-        return 0;
-    }
-    if (result_text(L, res, "type", &c->out->type) < 0 ||
-        result_text(L, res, "id", &c->out->source_id) < 0 ||
-        result_text(L, res, "created_at", &c->out->created_at) < 0) {
-        snprintf(c->msg, sizeof c->msg, "%s: out of memory", c->where);
-        return 0;
-    }
-    if (!c->out->type || !c->out->type[0] || strlen(c->out->type) > 200) {
-        snprintf(c->msg, sizeof c->msg, "%s: the adapter returned no event type", c->where);
-        return 0;
-    }
-    lua_pushliteral(L, "data");
-    if (lua_rawget(L, res) == LUA_TNIL) {
-        c->out->data_json = strdup("{}");
-    } else if (c->keep && r->kept_bytes < r->mem_limit / 16 &&
-               type_needs_table(r, c->out->type) &&
-               jsonx_encode_clone(L, -1, &data, r->max_output, err, sizeof err) == 0) {
-        /* What routing would decode from data_json, made while writing it
-         * (kept by rules_adapt, to which it is returned). Any failure here,
-         * even for memory, falls back to the plain encoding below. */
-        c->out->data_token = ++keep_next_token;
-        c->out->data_json = data.p;
-        data.p = NULL;
-        return 1;
-    } else if (jsonx_encode(L, -1, &data, r->max_output, err, sizeof err) < 0) {
-        snprintf(c->msg, sizeof c->msg, "%s: the adapter's data: %s", c->where, err);
-        return 0;
-    } else {
-        c->out->data_json = data.p ? data.p : strdup("null");
-        data.p = NULL;
-    }
-    if (!c->out->data_json)
-        snprintf(c->msg, sizeof c->msg, "%s: out of memory", c->where);
-    return 0;
-}
-
-static int adapt(struct rules *r, const struct config_source *src, const char *body, size_t len,
-                 const char *headers_json, int keep, struct rules_event *out, char *err,
-                 size_t errlen) {
-    struct adapt_ctx *c;
-    const struct config_source *own;
-    int status;
-
-    memset(out, 0, sizeof *out);
-    own = src ? config_source_by_name(r->cfg, src->name) : NULL;
-    if (!own) {
-        snprintf(err, errlen, "%s: no source %s in this configuration", r->config_path,
-                 src ? src->name : "(null)");
-        return -1;
-    }
-    c = calloc(1, sizeof *c);
-    if (!c) {
-        snprintf(err, errlen, "out of memory");
-        return -1;
-    }
-    c->r = r;
-    c->keep = keep;
-    c->source = own->name;
-    c->where = r->adapter_where && r->adapter_where[own - r->cfg->sources]
-                   ? r->adapter_where[own - r->cfg->sources]
-                   : own->name;
-    c->raw = body ? body : "";
-    c->raw_len = body ? len : 0;
-    c->headers_json = headers_json;
-    c->out = out;
-    limits_arm(r, r->cfg->rule_budget, "rule stopped");
-    lua_pushcfunction(r->L, adapt_protected);
-    lua_pushlightuserdata(r->L, c);
-    status = lua_pcall(r->L, 1, 1, 0); /* the data's decoded form when kept, else nil */
-    if (status == LUA_OK && c->bad_json) { /* "invalid JSON at line L column C: ..." */
-        snprintf(err, errlen, "%s", c->msg);
-        free(c);
-        out->type = NULL;
-        lua_settop(r->L, 0);
-        return RULES_EBADJSON;
-    }
-    if (status != LUA_OK)
-        call_error(r, status, c->where, err, errlen);
-    else if (c->msg[0])
-        snprintf(err, errlen, "%s", c->msg);
-    if (status != LUA_OK || c->msg[0]) {
-        free(c);
-        rules_event_clear(out);
-        rules_recover(r);
-        return -1;
-    }
-    free(c);
-    if (out->data_token && keep_put(r, out->data_token, strlen(out->data_json) * 4 + 256) < 0)
-        out->data_token = 0; /* no room: routing decodes data_json */
-    lua_settop(r->L, 0);
-    maybe_gc(r);
-    return 0;
-}
-
-int rules_adapt(struct rules *r, const struct config_source *src, const char *body, size_t len,
-                const char *headers_json, struct rules_event *out, char *err, size_t errlen) {
-    return adapt(r, src, body, len, headers_json, 0, out, err, errlen);
-}
-
-int rules_adapt_keep(struct rules *r, const struct config_source *src, const char *body,
-                     size_t len, const char *headers_json, struct rules_event *out, char *err,
-                     size_t errlen) {
-    return adapt(r, src, body, len, headers_json, 1, out, err, errlen);
-}
-
-/* ---- routing ---- */
-
-/* util_time_rfc3339(ms) with the date and time of day kept per second:
- * events arrive many per second, and formatting them is not free. out
- * needs 32 bytes. */
-static void received_at_text(struct rules *r, int64_t ms, char *out) {
-    int64_t secs = ms / 1000;
-    int millis = (int)(ms % 1000);
-
-    if (millis < 0) {
-        millis += 1000;
-        secs -= 1;
-    }
-    if (!r->when_base[0] || secs != r->when_secs) {
-        char full[40];
-        util_time_rfc3339(secs * 1000, full, sizeof full); /* "...:SSZ" */
-        snprintf(r->when_base, sizeof r->when_base, "%.*s", (int)strcspn(full, "Z"), full);
-        r->when_secs = secs;
-    }
-    if (millis)
-        snprintf(out, 32, "%s.%03dZ", r->when_base, millis);
-    else
-        snprintf(out, 32, "%sZ", r->when_base);
-}
-
-struct route_ctx {
-    struct rules *r;
-    const struct rules_input *in;
-    int failed;
-    char *err;
-    size_t errlen;
-    struct util_buf whole; /* the event as a list handler sends it, once built */
-    int whole_state;       /* 0 not tried, 1 built, -1 not buildable here */
-};
-
-static void set_text(lua_State *L, int t, const char *field, const char *value) {
-    if (!value)
-        return;
-    lua_pushstring(L, value);
-    lua_setfield(L, t, field);
-}
-
-/* The __index of an event table: raw and headers read like fields.
- * headers is decoded from its text on first use (most handlers never read
- * it) and kept, so every read gives the same table. Upvalues: raw (a
- * string, or nil), the headers' JSON text (or nil), their table once made. */
-static int event_index(lua_State *L) {
-    size_t klen, hlen;
-    const char *k, *h;
-    char err[256];
-
-    if (lua_type(L, 2) != LUA_TSTRING)
-        return 0;
-    k = lua_tolstring(L, 2, &klen);
-    if (klen == 3 && memcmp(k, "raw", 3) == 0) {
-        lua_pushvalue(L, lua_upvalueindex(1));
-        return 1;
-    }
-    if (klen != 7 || memcmp(k, "headers", 7) != 0)
-        return 0;
-    if (lua_type(L, lua_upvalueindex(3)) != LUA_TTABLE) {
-        h = lua_tolstring(L, lua_upvalueindex(2), &hlen);
-        if (!h || jsonx_decode(L, h, hlen, 0, err, sizeof err) < 0)
-            lua_newtable(L);
-        lua_replace(L, lua_upvalueindex(3));
-    }
-    lua_pushvalue(L, lua_upvalueindex(3));
-    return 1;
-}
-
-/* Pushes the event table handlers get. raw and headers sit behind a
- * protected metatable's __index, so they read like fields but the JSON
- * encoder (raw access) never sends them with the event. */
-static int push_event(lua_State *L, struct route_ctx *c) {
-    const struct rules_input *in = c->in;
-    char when[40], err[256];
-    int ev;
-
-    lua_createtable(L, 0, 8);
-    ev = lua_gettop(L);
-    set_text(L, ev, "id", in->id);
-    set_text(L, ev, "type", in->type);
-    set_text(L, ev, "source", in->source);
-    set_text(L, ev, "source_id", in->source_id);
-    set_text(L, ev, "created_at", in->created_at);
-    received_at_text(c->r, in->received_at_ms, when);
-    set_text(L, ev, "received_at", when);
-    if (in->data_token && keep_take(c->r, in->data_token, 1) == 0) {
-        /* the adapter's data as decoding data_json makes it, kept */
-    } else if (jsonx_decode(L, in->data_json ? in->data_json : "{}",
-                     in->data_json ? strlen(in->data_json) : 2, JSON_DECODE_ANY, err,
-                     sizeof err) < 0) {
-        snprintf(c->err, c->errlen, "event %s: data: %s", in->id ? in->id : "?", err);
-        return -1;
-    }
-    lua_setfield(L, ev, "data");
-
-    lua_createtable(L, 0, 2); /* metatable */
-    if (in->raw)
-        lua_pushlstring(L, in->raw, in->raw_len);
-    else
-        lua_pushnil(L);
-    if (in->headers_json)
-        lua_pushstring(L, in->headers_json);
-    else
-        lua_pushnil(L);
-    lua_pushnil(L);
-    lua_pushcclosure(L, event_index, 3);
-    lua_setfield(L, -2, "__index");
-    lua_pushboolean(L, 0);
-    lua_setfield(L, -2, "__metatable");
-    lua_setmetatable(L, ev);
-    return 0;
-}
-
-/* How deep data_json's arrays and objects nest (strings skipped). */
-static int json_nesting(const char *s, size_t len) {
-    int depth = 0, max = 0, in_str = 0;
-    for (size_t i = 0; i < len; i++) {
-        char ch = s[i];
-        if (in_str) {
-            if (ch == '\\')
-                i++;
-            else if (ch == '"')
-                in_str = 0;
-        } else if (ch == '"') {
-            in_str = 1;
-        } else if (ch == '{' || ch == '[') {
-            if (++depth > max)
-                max = depth;
-        } else if (ch == '}' || ch == ']') {
-            depth--;
-        }
-    }
-    return max;
-}
-
-/* Appends ,"key":value (value a JSON string) unless value is NULL. */
-static int whole_field(struct util_buf *b, const char *key, const char *value) {
-    size_t klen, vlen, i;
-    if (!value)
-        return 0;
-    klen = strlen(key);
-    vlen = strlen(value);
-    for (i = 0; i < vlen; i++) { /* plain ASCII needs no escaping: copied at once */
-        unsigned char ch = (unsigned char)value[i];
-        if (ch < 0x20 || ch >= 0x80 || ch == '"' || ch == '\\')
-            break;
-    }
-    if (i == vlen && b->len + klen + vlen + 4 < b->cap) {
-        char *o = b->p + b->len;
-        if (b->len > 1)
-            *o++ = ',';
-        memcpy(o, key, klen);
-        o += klen;
-        *o++ = '"';
-        memcpy(o, value, vlen);
-        o += vlen;
-        *o++ = '"';
-        *o = '\0';
-        b->len = (size_t)(o - b->p);
-        return 0;
-    }
-    if (b->len > 1 && util_buf_append(b, ",", 1) < 0)
-        return -1;
-    if (util_buf_append(b, key, klen) < 0 || jsonx_append_string(b, value, vlen) < 0)
-        return -1;
-    return 0;
-}
-
-/* The bytes jsonx_encode writes for the event table push_event builds,
- * made from the input's own fields and data_json's text (which, being
- * canonical, is what encoding its decoded table gives back). Keys in the
- * encoder's order. Returns 0, or -1 where only encoding the table would
- * say what happens (a string that is not UTF-8, output past the cap,
- * nesting at the encoder's limit, no memory). */
-static int whole_build(struct rules *r, const struct rules_input *in, struct util_buf *b) {
-    char when[40];
-    const char *data = in->data_json ? in->data_json : "{}";
-    size_t dlen = strlen(data);
-
-    /* data sits one level down in the event: deep data fails to encode */
-    if (dlen >= 2 * (JSONX_MAX_DEPTH - 1) && json_nesting(data, dlen) >= JSONX_MAX_DEPTH - 1)
-        return -1;
-    received_at_text(r, in->received_at_ms, when);
-    if (!b->p) { /* one allocation: the fields are short beside data */
-        size_t cap = dlen + 256;
-        const char *f[] = {in->created_at, in->id, in->source, in->source_id, in->type};
-        for (size_t i = 0; i < sizeof f / sizeof *f; i++)
-            cap += f[i] ? strlen(f[i]) : 0;
-        if (!(b->p = malloc(cap)))
-            return -1;
-        b->cap = cap;
-        b->len = 0;
-        b->p[0] = '\0';
-    }
-    if (util_buf_append(b, "{", 1) < 0 || whole_field(b, "\"created_at\":", in->created_at) < 0 ||
-        (b->len > 1 && util_buf_append(b, ",", 1) < 0) ||
-        util_buf_appends(b, "\"data\":") < 0 || util_buf_append(b, data, dlen) < 0 ||
-        whole_field(b, "\"id\":", in->id) < 0 ||
-        whole_field(b, "\"received_at\":", when) < 0 ||
-        whole_field(b, "\"source\":", in->source) < 0 ||
-        whole_field(b, "\"source_id\":", in->source_id) < 0 ||
-        whole_field(b, "\"type\":", in->type) < 0 || util_buf_append(b, "}", 1) < 0)
-        return -1;
-    if (r->max_output && b->len > r->max_output)
-        return -1;
-    return 0;
-}
-
-/* Does what list handler h's function does, send(names, ev) with the
- * event unchanged, without calling it. Returns 0 when done, or -1 with
- * nothing changed: then the function is called as usual. */
-static int route_list_fast(struct route_ctx *c, const struct rules_handler *h) {
-    struct rules *r = c->r;
-    size_t nplan = r->nplan, plan_bytes = r->plan_bytes;
-
-    if (c->whole_state == 0)
-        c->whole_state = whole_build(r, c->in, &c->whole) == 0 ? 1 : -1;
-    if (c->whole_state < 0)
-        return -1;
-    for (size_t i = 0; i < h->nnames; i++) {
-        const struct config_endpoint *ep = config_endpoint_by_name(r->cfg, h->names[i]);
-        if (!ep || rapi_plan_add(r, ep->name, c->whole.p, c->whole.len, "application/json", NULL,
-                            0) < 0) {
-            while (r->nplan > nplan) /* back as it was: the call reports it */
-                rapi_send_clear(&r->plan[--r->nplan]);
-            r->plan_bytes = plan_bytes;
-            return -1;
-        }
-    }
-    return 0;
-}
-
-static int route_protected(lua_State *L) {
-    struct route_ctx *c = lua_touserdata(L, 1);
-    struct rules *r = c->r;
-    int fns, ev, status, pristine;
-
-    lua_settop(L, 0);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, r->handlers_ref);
-    fns = lua_gettop(L);
-    ev = 0;
-    /* Canonical data is valid: its table waits until a function needs it. */
-    if (!c->in->data_canonical) {
-        if (push_event(L, c) < 0) {
-            c->failed = 1;
-            return 0;
-        }
-        ev = lua_gettop(L);
-    }
-    /* Until a function handler runs, no code has seen this event's table,
-     * so it holds exactly what was pushed. */
-    pristine = c->in->data_canonical && r->cfg->rule_budget >= RULES_LIST_MIN_BUDGET;
-    for (size_t i = 0; i < r->nhandlers; i++) {
-        const struct rules_handler *h = &r->handlers[i];
-        if (!util_glob_match(h->pattern, c->in->type))
-            continue;
-        /* waybill's own events (SPEC 7) match only patterns naming them
-         * ("waybill.*"), so a catch-all "*" does not send them to a
-         * merchant's endpoint unasked. */
-        if (!strncmp(c->in->type, "waybill.", 8) && strncmp(h->pattern, "waybill.", 8))
-            continue;
-        if (h->names && pristine && route_list_fast(c, h) == 0)
-            continue;
-        if (!h->names)
-            pristine = 0;
-        if (!ev) {
-            if (push_event(L, c) < 0) {
-                c->failed = 1;
-                return 0;
-            }
-            ev = lua_gettop(L);
-        }
-        lua_rawgeti(L, fns, (lua_Integer)i + 1);
-        lua_pushvalue(L, ev);
-        limits_arm(r, r->cfg->rule_budget, "rule stopped");
-        status = lua_pcall(L, 1, 0, 0);
-        if (status != LUA_OK || r->stop || (r->mem_hit && r->mem_refused) || r->send_error) {
-            call_error(r, status, h->where, c->err, c->errlen);
-            c->failed = 1;
-            return 0;
-        }
-    }
-    return 0;
-}
-
-int rules_route(struct rules *r, const struct rules_input *ev, struct rules_plan *out, char *err,
-                size_t errlen) {
-    struct route_ctx c;
-    int status;
-
-    out->sends = NULL;
-    out->n = 0;
-    if (!ev || !ev->type) {
-        snprintf(err, errlen, "an event without a type");
-        return -1;
-    }
-    memset(&c, 0, sizeof c);
-    c.r = r;
-    c.in = ev;
-    c.err = err;
-    c.errlen = errlen;
-    rapi_plan_reset(r);
-    free(r->send_error);
-    r->send_error = NULL;
-    r->routing = 1;
-    limits_arm(r, r->cfg->rule_budget, "rule stopped");
-    lua_pushcfunction(r->L, route_protected);
-    lua_pushlightuserdata(r->L, &c);
-    status = lua_pcall(r->L, 1, 0, 0);
-    r->routing = 0;
-    util_buf_free(&c.whole);
-    keep_take(r, ev->data_token, 0); /* not needed (no function ran), or failed */
-    if (status != LUA_OK) {
-        call_error(r, status, ev->type, err, errlen);
-        c.failed = 1;
-    }
-    if (c.failed) {
-        rapi_plan_reset(r);
-        rules_recover(r);
-        return -1;
-    }
-    lua_settop(r->L, 0);
-    out->sends = r->plan;
-    out->n = r->nplan;
-    r->plan = NULL;
-    r->nplan = r->capplan = r->plan_bytes = 0;
-    maybe_gc(r);
-    return 0;
 }

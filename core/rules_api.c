@@ -199,30 +199,34 @@ static int emit_options(lua_State *L, struct rules *r, int idx, struct util_buf 
     return 0;
 }
 
-/* send(to, payload [, opts]) and batch(to, payload [, window]). */
-static int emit(lua_State *L, int is_batch) {
-    struct rules *r = rules_of(L);
-    const char *what = is_batch ? "batch" : "send", *body = NULL, *ctype = "application/json";
-    struct util_buf payload = {0}, headers = {0};
-    char msg[300], err[200];
-    size_t body_len = 0, n;
-    int64_t window_ms = 0;
-    int has_window = 0, rc;
+/* What one send() or batch() call asks for, filled in as its arguments are
+ * checked. */
+struct emit_call {
+    int is_batch;
+    size_t n;         /* endpoint names in argument 1 */
+    const char *body; /* the payload's bytes: payload.p or argument 2's */
+    size_t body_len;
+    const char *ctype;       /* a literal, or borrowed from the options table */
+    struct util_buf payload; /* a table payload, encoded (owned) */
+    struct util_buf headers; /* send's headers option as JSON (owned) */
+    int has_window;          /* batch's window given (window_ms) */
+    int64_t window_ms;
+    char msg[300]; /* why the call fails */
+};
 
-    lua_settop(L, 3);
-    if (!r->routing || !r->cfg) {
-        snprintf(msg, sizeof msg, "only a handler can %s (inside on(...))", what);
-        goto fail;
-    }
+/* Argument 1: an endpoint name or a list of names, each one the config
+ * knows. Sets ec->n. */
+static int emit_targets(lua_State *L, struct rules *r, struct emit_call *ec) {
     if (lua_type(L, 1) == LUA_TSTRING) {
-        n = 1;
+        ec->n = 1;
     } else if (lua_type(L, 1) == LUA_TTABLE) {
-        n = lua_rawlen(L, 1);
+        ec->n = lua_rawlen(L, 1);
     } else {
-        snprintf(msg, sizeof msg, "the first argument must be an endpoint name or a list of names");
-        goto fail;
+        snprintf(ec->msg, sizeof ec->msg,
+                 "the first argument must be an endpoint name or a list of names");
+        return -1;
     }
-    for (size_t i = 1; i <= n; i++) {
+    for (size_t i = 1; i <= ec->n; i++) {
         const char *name;
         if (lua_type(L, 1) == LUA_TTABLE)
             lua_rawgeti(L, 1, (lua_Integer)i);
@@ -230,89 +234,131 @@ static int emit(lua_State *L, int is_batch) {
             lua_pushvalue(L, 1);
         name = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
         if (!name) {
-            snprintf(msg, sizeof msg, "endpoint #%zu is a %s, not a name", i, luaL_typename(L, -1));
-            goto fail;
+            snprintf(ec->msg, sizeof ec->msg, "endpoint #%zu is a %s, not a name", i,
+                     luaL_typename(L, -1));
+            return -1;
         }
         if (!config_endpoint_by_name(r->cfg, name)) {
-            snprintf(msg, sizeof msg, "unknown endpoint '%s'", name);
-            goto fail;
+            snprintf(ec->msg, sizeof ec->msg, "unknown endpoint '%s'", name);
+            return -1;
         }
         lua_pop(L, 1);
     }
+    return 0;
+}
+
+/* Argument 2: a table (encoded as JSON) or a string (sent as is; for a
+ * batch it must be JSON text, as it goes inside the batch's array). */
+static int emit_payload(lua_State *L, struct rules *r, struct emit_call *ec) {
+    char err[200];
 
     switch (lua_type(L, 2)) {
     case LUA_TTABLE:
-        if (jsonx_encode(L, 2, &payload, r->max_output, err, sizeof err) < 0) {
-            snprintf(msg, sizeof msg, "payload: %s", err);
-            goto fail;
+        if (jsonx_encode(L, 2, &ec->payload, r->max_output, err, sizeof err) < 0) {
+            snprintf(ec->msg, sizeof ec->msg, "payload: %s", err);
+            return -1;
         }
-        body = payload.p;
-        body_len = payload.len;
-        break;
+        ec->body = ec->payload.p;
+        ec->body_len = ec->payload.len;
+        return 0;
     case LUA_TSTRING:
-        body = lua_tolstring(L, 2, &body_len);
-        if (is_batch) { /* it goes inside the batch's "events" array */
-            json_t *j = jsonx_parse(body, body_len, JSON_DECODE_ANY, err, sizeof err);
+        ec->body = lua_tolstring(L, 2, &ec->body_len);
+        if (ec->is_batch) { /* it goes inside the batch's "events" array */
+            json_t *j = jsonx_parse(ec->body, ec->body_len, JSON_DECODE_ANY, err, sizeof err);
             if (!j) {
-                snprintf(msg, sizeof msg, "a string payload must be JSON text (%s)", err);
-                goto fail;
+                snprintf(ec->msg, sizeof ec->msg, "a string payload must be JSON text (%s)", err);
+                return -1;
             }
             json_decref(j);
         }
-        break;
+        return 0;
     default:
-        snprintf(msg, sizeof msg, "the payload must be a table or a string, not a %s",
+        snprintf(ec->msg, sizeof ec->msg, "the payload must be a table or a string, not a %s",
                  luaL_typename(L, 2));
-        goto fail;
+        return -1;
     }
+}
 
-    if (is_batch && !lua_isnil(L, 3)) {
-        has_window = 1;
+/* Argument 3: batch's window (a duration or seconds, above 0) or send's
+ * options table; either may be absent (nil). */
+static int emit_extra(lua_State *L, struct rules *r, struct emit_call *ec) {
+    if (lua_isnil(L, 3))
+        return 0;
+    if (ec->is_batch) {
+        ec->has_window = 1;
         if (lua_type(L, 3) == LUA_TNUMBER) {
             lua_Number s = lua_tonumber(L, 3);
-            window_ms = s > 0 && s < 9e12 ? (int64_t)(s * 1000 + 0.5) : 0;
+            ec->window_ms = s > 0 && s < 9e12 ? (int64_t)(s * 1000 + 0.5) : 0;
         } else if (lua_type(L, 3) != LUA_TSTRING ||
-                   util_duration_parse(lua_tostring(L, 3), &window_ms) < 0) {
-            window_ms = 0;
+                   util_duration_parse(lua_tostring(L, 3), &ec->window_ms) < 0) {
+            ec->window_ms = 0;
         }
-        if (window_ms <= 0) {
-            snprintf(msg, sizeof msg, "bad window (use e.g. \"10m\" or a number of seconds)");
-            goto fail;
+        if (ec->window_ms <= 0) {
+            snprintf(ec->msg, sizeof ec->msg,
+                     "bad window (use e.g. \"10m\" or a number of seconds)");
+            return -1;
         }
-    } else if (!is_batch && !lua_isnil(L, 3)) {
-        if (lua_type(L, 3) != LUA_TTABLE) {
-            snprintf(msg, sizeof msg,
-                     "the options must be a table {headers = ..., content_type = ...}");
-            goto fail;
-        }
-        if (emit_options(L, r, 3, &headers, &ctype, msg, sizeof msg) < 0)
-            goto fail;
+        return 0;
     }
+    if (lua_type(L, 3) != LUA_TTABLE) {
+        snprintf(ec->msg, sizeof ec->msg,
+                 "the options must be a table {headers = ..., content_type = ...}");
+        return -1;
+    }
+    return emit_options(L, r, 3, &ec->headers, &ec->ctype, ec->msg, sizeof ec->msg);
+}
 
-    for (size_t i = 1; i <= n; i++) {
+/* One delivery per endpoint of argument 1 into the plan: a batch's window
+ * is its own or the endpoint's. */
+static int emit_plan(lua_State *L, struct rules *r, struct emit_call *ec) {
+    for (size_t i = 1; i <= ec->n; i++) {
         const struct config_endpoint *ep;
+        int64_t window = 0;
+        int rc;
         if (lua_type(L, 1) == LUA_TTABLE)
             lua_rawgeti(L, 1, (lua_Integer)i);
         else
             lua_pushvalue(L, 1);
         ep = config_endpoint_by_name(r->cfg, lua_tostring(L, -1));
         lua_pop(L, 1);
-        rc = rapi_plan_add(r, ep->name, body ? body : "", body_len, ctype, headers.p,
-                      is_batch ? (has_window ? window_ms : config_endpoint_window(r->cfg, ep)) : 0);
+        if (ec->is_batch)
+            window = ec->has_window ? ec->window_ms : config_endpoint_window(r->cfg, ep);
+        rc = rapi_plan_add(r, ep->name, ec->body ? ec->body : "", ec->body_len, ec->ctype,
+                           ec->headers.p, window);
         if (rc < 0) {
-            snprintf(msg, sizeof msg, "%s",
+            snprintf(ec->msg, sizeof ec->msg, "%s",
                      rc == -2 ? "the deliveries of this event exceed rule_memory"
                               : "out of memory");
-            goto fail;
+            return -1;
         }
     }
-    util_buf_free(&payload);
-    util_buf_free(&headers);
+    return 0;
+}
+
+/* send(to, payload [, opts]) and batch(to, payload [, window]). */
+static int emit(lua_State *L, int is_batch) {
+    struct rules *r = rules_of(L);
+    const char *what = is_batch ? "batch" : "send";
+    struct emit_call ec;
+
+    memset(&ec, 0, sizeof ec);
+    ec.is_batch = is_batch;
+    ec.ctype = "application/json";
+    lua_settop(L, 3);
+    if (!r->routing || !r->cfg) {
+        snprintf(ec.msg, sizeof ec.msg, "only a handler can %s (inside on(...))", what);
+        goto fail;
+    }
+    if (emit_targets(L, r, &ec) < 0 || emit_payload(L, r, &ec) < 0 || emit_extra(L, r, &ec) < 0 ||
+        emit_plan(L, r, &ec) < 0)
+        goto fail;
+    util_buf_free(&ec.payload);
+    util_buf_free(&ec.headers);
     return 0;
 fail:
-    util_buf_free(&payload);
-    util_buf_free(&headers);
-    return emit_fail(L, r, what, msg);
+    util_buf_free(&ec.payload);
+    util_buf_free(&ec.headers);
+    return emit_fail(L, r, what, ec.msg);
 }
 
 static int host_send(lua_State *L) {
@@ -495,4 +541,3 @@ void rapi_push_host(lua_State *L, struct rules *r) {
     jsonx_open(L, &r->max_output);
     lua_setfield(L, -2, "json");
 }
-

@@ -1,7 +1,8 @@
-/* rules_int.h -- what rules.c (the VM, its limits, loading, adapters,
- * routing) and rules_api.c (the host functions rules call) share: the
- * generation's layout and a few helpers. Private: included by rules*.c
- * only; everyone else uses rules.h.
+/* rules_int.h -- what the files of the rules module share: rules.c (the
+ * VM, its limits, loading), rules_adapt.c (carrier adapters and the data
+ * kept for routing), rules_route.c (routing) and rules_api.c (the host
+ * functions rules call): the generation's layout and a few helpers.
+ * Private: included by rules*.c only; everyone else uses rules.h.
  * SPDX-License-Identifier: MIT */
 #ifndef CORE_RULES_INT_H
 #define CORE_RULES_INT_H
@@ -95,6 +96,12 @@ static inline struct rules *rules_of(lua_State *L) {
     return *(struct rules **)lua_getextraspace(L);
 }
 
+/* A step of incremental collection every RULES_GC_EVERY calls. */
+static inline void rules_maybe_gc(struct rules *r) {
+    if (++r->calls % RULES_GC_EVERY == 0)
+        lua_gc(r->L, LUA_GCSTEP, 0);
+}
+
 /* ---- rules.c ---- */
 
 /* "file:line" of the innermost user frame (not the prelude, not C), or "". */
@@ -103,6 +110,27 @@ void rules_user_where(lua_State *L, struct rules *r, char *out, size_t outlen);
 /* Charges the current call's budget for work done in C (raises when it is
  * spent). [-0, +0, e] */
 void rules_budget_charge(lua_State *L);
+
+/* Arms the limits for a call: budget instructions (at least 1), no stop,
+ * no memory refusal yet; kind names a stop in messages ("rule stopped",
+ * "stopped while loading"). */
+void rules_limits_arm(struct rules *r, int64_t budget, const char *kind);
+
+/* Classifies a failed call (status from lua_pcall, the error at the top)
+ * into "file:line: message" in err. where blames the handler, adapter or
+ * file when the error itself carries no location. */
+void rules_call_error(struct rules *r, int status, const char *where, char *err, size_t errlen);
+
+/* Back to a clean state after a failed call: empty stack, no stop, no
+ * pending send error; after a memory stop, the garbage collected at once. */
+void rules_recover(struct rules *r);
+
+/* ---- rules_adapt.c ---- */
+
+/* Pushes token's kept value and forgets it (push), or just forgets it;
+ * returns 0, or -1 (nothing pushed) when this generation does not hold it.
+ * Never allocates. [-0, +(0|1), -] */
+int rules_keep_take(struct rules *r, uint64_t token, int push);
 
 /* ---- rules_api.c ---- */
 

@@ -185,43 +185,143 @@ static void rt_locate(char *why, size_t cap, const char *dir, const char *path, 
     snprintf(why, cap, "%s", out);
 }
 
-/* Runs one test; 0 passed, -1 failed (reason printed). */
+/* Writes a test's config folder into dir: waybill.lua (fixed settings,
+ * config, then rules "rules/") and rules/test.lua (rules). Sets file to
+ * waybill.lua's path. Returns 0, or -1 with the reason in why. */
+static int rt_write(const char *dir, const char *config, const char *rules, char *file,
+                    size_t filelen, char *why, size_t whylen) {
+    struct util_buf cfg = {0};
+    int rc = -1;
+
+    util_buf_printf(&cfg,
+                    "listen = \"127.0.0.1:1\"\nstore = \"sqlite:x.db\"\n"
+                    "allow_private = { \"127.0.0.0/8\" }\n%s\nrules \"rules/\"\n",
+                    config);
+    snprintf(file, filelen, "%s/rules", dir);
+    if (!cfg.p || mkdir(file, 0700) < 0) {
+        snprintf(why, whylen, "cannot write the test config");
+        goto done;
+    }
+    snprintf(file, filelen, "%s/rules/test.lua", dir);
+    if (write_file(file, rules) < 0) {
+        snprintf(why, whylen, "cannot write the test rules");
+        goto done;
+    }
+    snprintf(file, filelen, "%s/waybill.lua", dir);
+    if (write_file(file, cfg.p) < 0) {
+        snprintf(why, whylen, "cannot write the test config");
+        goto done;
+    }
+    rc = 0;
+done:
+    util_buf_free(&cfg);
+    return rc;
+}
+
+/* The test event's string field k, else d. */
+static const char *rt_field(json_t *ev, const char *k, const char *d) {
+    const char *v = json_string_value(json_object_get(ev, k));
+    return v ? v : d;
+}
+
+/* Routes the test's event (ev, parsed from its group evg; data_json its
+ * data) through r, as the gateway routes a stored event. */
+static int rt_route(struct rules *r, json_t *ev, const char *data_json, const struct rt_group *evg,
+                    struct rules_plan *plan, char *err, size_t errlen) {
+    struct rules_input in = {
+        .id = rt_field(ev, "id", "evt_test"),
+        .source = rt_field(ev, "source", "test"),
+        .source_id = rt_field(ev, "source_id", "src_test"),
+        .type = rt_field(ev, "type", ""),
+        .created_at = rt_field(ev, "created_at", NULL),
+        .received_at_ms = 1767225600000, /* 2026-01-01T00:00:00Z */
+        .data_json = data_json,
+        .raw = evg->text,
+        .raw_len = strlen(evg->text),
+        .headers_json = "{}",
+    };
+    return rules_route(r, &in, plan, err, errlen);
+}
+
+/* Judges a test expecting "rule_error[: text]": the route must have
+ * failed, with text (when given) in its error. Returns 0 or -1 (why). */
+static int rt_check_error(const char *expect, int routed, const struct rules_plan *plan,
+                          const char *err, char *why, size_t whylen) {
+    const char *sub = expect + 10;
+    char want_sub[512];
+    size_t k;
+
+    if (routed == 0) {
+        snprintf(why, whylen, "want rule_error, got %zu deliveries", plan->n);
+        return -1;
+    }
+    while (*sub == ':' || *sub == ' ')
+        sub++;
+    snprintf(want_sub, sizeof want_sub, "%s", sub);
+    k = strlen(want_sub);
+    while (k && (want_sub[k - 1] == '\n' || want_sub[k - 1] == ' '))
+        want_sub[--k] = '\0';
+    if (k && !strstr(err, want_sub)) {
+        snprintf(why, whylen, "rule_error without \"%s\": %s", want_sub, err);
+        return -1;
+    }
+    return 0;
+}
+
+/* Judges a routed event's plan against expect ("unrouted" or a JSON
+ * array of deliveries, in order; line: where expect starts). Returns 0 or
+ * -1 (why). */
+static int rt_check_plan(const char *expect, int line, const struct rules_plan *plan, char *why,
+                         size_t whylen) {
+    json_t *want;
+    int rc = -1;
+
+    if (strncmp(expect, "unrouted", 8) == 0) {
+        if (plan->n) {
+            snprintf(why, whylen, "want unrouted, got %zu deliveries (first to %s)", plan->n,
+                     plan->sends[0].endpoint);
+            return -1;
+        }
+        return 0;
+    }
+    want = json_loads(expect, 0, NULL);
+    if (!json_is_array(want)) {
+        snprintf(why, whylen,
+                 "line %d: expected deliveries must be a JSON array, unrouted or rule_error", line);
+        goto done;
+    }
+    if (json_array_size(want) != plan->n) {
+        snprintf(why, whylen, "want %zu deliveries, got %zu", json_array_size(want), plan->n);
+        goto done;
+    }
+    for (size_t i = 0; i < plan->n; i++)
+        if (rt_compare(&plan->sends[i], json_array_get(want, i), why, whylen) < 0)
+            goto done;
+    rc = 0;
+done:
+    json_decref(want);
+    return rc;
+}
+
+/* Runs one test (g[0] rules, g[1] event, g[2] expected) in a fresh
+ * temporary config folder; 0 passed, -1 failed (reason printed). */
 static int rt_one(const char *path, const char *lua_dir, const char *config,
                   const struct rt_group *g) {
     char dir[] = "/tmp/waybill-ruletest-XXXXXX", file[PATH_MAX], err[1024], why[2048];
     struct rules *r = NULL;
     struct rules_plan plan = {0};
-    struct util_buf cfg = {0};
-    json_t *ev = NULL, *want = NULL, *data;
+    json_t *ev = NULL, *data, *no_data = NULL;
     const char *expect = g[2].text;
     int rc = -1, routed;
     char *data_json = NULL;
-    int64_t received = 1767225600000; /* 2026-01-01T00:00:00Z */
 
     why[0] = '\0';
     if (!mkdtemp(dir)) {
         snprintf(why, sizeof why, "mkdtemp: %s", strerror(errno));
         goto done;
     }
-    util_buf_printf(&cfg,
-                    "listen = \"127.0.0.1:1\"\nstore = \"sqlite:x.db\"\n"
-                    "allow_private = { \"127.0.0.0/8\" }\n%s\nrules \"rules/\"\n",
-                    config);
-    snprintf(file, sizeof file, "%s/rules", dir);
-    if (!cfg.p || mkdir(file, 0700) < 0) {
-        snprintf(why, sizeof why, "cannot write the test config");
+    if (rt_write(dir, config, g[0].text, file, sizeof file, why, sizeof why) < 0)
         goto done;
-    }
-    snprintf(file, sizeof file, "%s/rules/test.lua", dir);
-    if (write_file(file, g[0].text) < 0) {
-        snprintf(why, sizeof why, "cannot write the test rules");
-        goto done;
-    }
-    snprintf(file, sizeof file, "%s/waybill.lua", dir);
-    if (write_file(file, cfg.p) < 0) {
-        snprintf(why, sizeof why, "cannot write the test config");
-        goto done;
-    }
     ev = json_loads(g[1].text, 0, NULL);
     if (!json_is_object(ev) || !json_is_string(json_object_get(ev, "type"))) {
         snprintf(why, sizeof why, "line %d: the event must be a JSON object with a type",
@@ -229,77 +329,19 @@ static int rt_one(const char *path, const char *lua_dir, const char *config,
         goto done;
     }
     data = json_object_get(ev, "data");
-    data_json = json_dumps(data ? data : json_object(), JSON_COMPACT | JSON_ENCODE_ANY);
+    data_json = json_dumps(data ? data : (no_data = json_object()), JSON_COMPACT | JSON_ENCODE_ANY);
     r = rules_load(file, lua_dir, err, sizeof err);
     if (!r) {
         snprintf(why, sizeof why, "rules do not load: %s", err);
         goto done;
     }
-#define EVS(k, d)                                                                                  \
-    (json_string_value(json_object_get(ev, k)) ? json_string_value(json_object_get(ev, k)) : (d))
-    struct rules_input in = {EVS("id", "evt_test"),
-                             EVS("source", "test"),
-                             EVS("source_id", "src_test"),
-                             EVS("type", ""),
-                             EVS("created_at", NULL),
-                             received,
-                             data_json,
-                             g[1].text,
-                             strlen(g[1].text),
-                             "{}",
-                             0,
-                             0};
-#undef EVS
-    routed = rules_route(r, &in, &plan, err, sizeof err);
-    if (strncmp(expect, "rule_error", 10) == 0) {
-        const char *sub = expect + 10;
-        char want_sub[512];
-        size_t k;
-        if (routed == 0) {
-            snprintf(why, sizeof why, "want rule_error, got %zu deliveries", plan.n);
-            goto done;
-        }
-        while (*sub == ':' || *sub == ' ')
-            sub++;
-        snprintf(want_sub, sizeof want_sub, "%s", sub);
-        k = strlen(want_sub);
-        while (k && (want_sub[k - 1] == '\n' || want_sub[k - 1] == ' '))
-            want_sub[--k] = '\0';
-        if (k && !strstr(err, want_sub)) {
-            snprintf(why, sizeof why, "rule_error without \"%s\": %s", want_sub, err);
-            goto done;
-        }
-        rc = 0;
-        goto done;
-    }
-    if (routed < 0) {
+    routed = rt_route(r, ev, data_json, &g[1], &plan, err, sizeof err);
+    if (strncmp(expect, "rule_error", 10) == 0)
+        rc = rt_check_error(expect, routed, &plan, err, why, sizeof why);
+    else if (routed < 0)
         snprintf(why, sizeof why, "rule_error: %s", err);
-        goto done;
-    }
-    if (strncmp(expect, "unrouted", 8) == 0) {
-        if (plan.n) {
-            snprintf(why, sizeof why, "want unrouted, got %zu deliveries (first to %s)", plan.n,
-                     plan.sends[0].endpoint);
-            goto done;
-        }
-        rc = 0;
-        goto done;
-    }
-    want = json_loads(expect, 0, NULL);
-    if (!json_is_array(want)) {
-        snprintf(why, sizeof why,
-                 "line %d: expected deliveries must be a JSON array, unrouted or rule_error",
-                 g[2].line);
-        goto done;
-    }
-    if (json_array_size(want) != plan.n) {
-        snprintf(why, sizeof why, "want %zu deliveries, got %zu", json_array_size(want), plan.n);
-        goto done;
-    }
-    for (size_t i = 0; i < plan.n; i++)
-        if (rt_compare(&plan.sends[i], json_array_get(want, i), why, sizeof why) < 0)
-            goto done;
-    rc = 0;
+    else
+        rc = rt_check_plan(expect, g[2].line, &plan, why, sizeof why);
 done:
     if (rc < 0) {
         rt_locate(why, sizeof why, dir, path, g[0].line);
@@ -308,9 +350,8 @@ done:
     rules_plan_clear(&plan);
     rules_free(r);
     json_decref(ev);
-    json_decref(want);
+    json_decref(no_data);
     free(data_json);
-    util_buf_free(&cfg);
     if (dir[sizeof dir - 7] != 'X')
         nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
     return rc;
@@ -417,18 +458,19 @@ int ruletest_bench(int argc, char **argv, const char *lua_dir) {
     for (long k = 0; k < rounds; k++) {
         for (size_t i = 0; i < nev; i++) {
             struct rules_plan plan = {0};
-            struct rules_input in = {"evt_bench",
-                                     source,
-                                     evs[i].source_id ? evs[i].source_id : "x",
-                                     evs[i].type,
-                                     evs[i].created_at,
-                                     1767225600000,
-                                     evs[i].data_json,
-                                     bodies[i],
-                                     lens[i],
-                                     "{}",
-                                     1 /* from rules_adapt, as on ingest */,
-                                     0};
+            struct rules_input in = {
+                .id = "evt_bench",
+                .source = source,
+                .source_id = evs[i].source_id ? evs[i].source_id : "x",
+                .type = evs[i].type,
+                .created_at = evs[i].created_at,
+                .received_at_ms = 1767225600000,
+                .data_json = evs[i].data_json,
+                .raw = bodies[i],
+                .raw_len = lens[i],
+                .headers_json = "{}",
+                .data_canonical = 1, /* from rules_adapt, as on ingest */
+            };
             if (rules_route(r, &in, &plan, err, sizeof err) < 0) {
                 fprintf(stderr, "rule_error: %s\n", err);
                 goto done;

@@ -19,10 +19,12 @@ below it, never one above:
    cli, ruletest
 3. pipeline: ingest, carrier, route, batch, deliver (+ deliver_sched), health,
    housekeep
-4. engines: rules, rules_api (behind rules_int.h), store and store_*
+4. engines: rules, rules_adapt, rules_route, rules_api (behind
+   rules_int.h), store and store_*
    (behind store_int.h),
-   httpc, verify, jwks, config, subs
-5. base: jsonx, util, log, metrics
+   httpc, verify, jwks, config, config_build (behind config_int.h), subs
+5. base: jsonx, jsonx_encode, jsonx_decode (behind jsonx_int.h), util,
+   log, metrics
 """
 import os
 import re
@@ -36,9 +38,9 @@ LAYERS = [
     ("edges", ["http", "inbound", "admin", "admin_render", "cli", "ruletest"]),
     ("pipeline", ["ingest", "carrier", "route", "batch", "deliver", "deliver_sched", "health",
                   "housekeep"]),
-    ("engines", ["rules", "rules_api", "store", "store_*", "httpc", "verify", "jwks", "config",
-                 "subs"]),
-    ("base", ["jsonx", "util", "log", "metrics"]),
+    ("engines", ["rules", "rules_api", "rules_adapt", "rules_route", "store", "store_*", "httpc",
+                 "verify", "jwks", "config", "config_build", "subs"]),
+    ("base", ["jsonx", "jsonx_encode", "jsonx_decode", "util", "log", "metrics"]),
 ]
 
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)

@@ -1,0 +1,509 @@
+/* jsonx_decode.c -- the direct decoder: JSON text straight onto the Lua
+ * stack (jsonx_decode), with no jansson tree in between.
+ * It stays for speed: the ingest path decodes every body, its headers and,
+ * when routing, its data, and this one pass with no intermediate
+ * allocations takes about a quarter of the instructions jsonx_parse +
+ * jsonx_push take for the bench's event (callgrind: ~33k against ~128k);
+ * it is ~16% of the instructions per event in tests/bench/instructions.sh.
+ * What it must match, exactly, is jsonx_parse followed by jsonx_push (the
+ * jansson path): the same texts accepted and refused (RFC 8259, \u0000 in
+ * strings but not in keys, valid UTF-8 only, no lone surrogates, nesting up
+ * to JSONX_MAX_DEPTH, an integer too big for 64 bits read as a double, a
+ * number whose magnitude overflows a double refused), the same values
+ * pushed (objects as tables, arrays as marked tables, null as json.null,
+ * integers as integers, reals as floats) and errors worded and placed as
+ * jansson words them: "invalid JSON at line L column C: reason".
+ * tests/unit/test_jsonx.c (test_decode_vs_jansson) holds it to that on edge
+ * cases and random mutations of them. The encoder's clones build what this
+ * decoder would (jsonx_new_table, jsonx_push_number_text).
+ * Invariant: no C memory is held across a Lua call that may raise (a long
+ * number's text is freed before it is pushed), so a memory error, which
+ * raises, leaks nothing.
+ * SPDX-License-Identifier: MIT */
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+
+#include "jsonx.h"
+#include "jsonx_int.h"
+
+struct dec {
+    lua_State *L;
+    const unsigned char *s, *p, *end;
+    const unsigned char *err_at; /* where the error is, for line/column */
+    char msg[160];
+};
+
+static void dec_fail(struct dec *d, const unsigned char *at, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void dec_fail(struct dec *d, const unsigned char *at, const char *fmt, ...) {
+    va_list ap;
+    if (d->err_at)
+        return;
+    d->err_at = at;
+    va_start(ap, fmt);
+    vsnprintf(d->msg, sizeof d->msg, fmt, ap);
+    va_end(ap);
+}
+
+/* "near 'x'" (the character at p, escaped when not printable) or "near end
+ * of file", as jansson words it. */
+static void dec_near(struct dec *d, const unsigned char *p, const char *what) {
+    if (p >= d->end)
+        dec_fail(d, p, "%s near end of file", what);
+    else if (*p >= 0x20 && *p < 0x7f)
+        dec_fail(d, p, "%s near '%c'", what, *p);
+    else
+        dec_fail(d, p, "%s near byte 0x%02x", what, *p);
+}
+
+static void dec_ws(struct dec *d) {
+    while (d->p < d->end && (*d->p == ' ' || *d->p == '\t' || *d->p == '\n' || *d->p == '\r'))
+        d->p++;
+}
+
+static int hex4(const unsigned char *p, unsigned *out) {
+    unsigned v = 0;
+    for (int i = 0; i < 4; i++) {
+        unsigned c = p[i];
+        v <<= 4;
+        if (c >= '0' && c <= '9')
+            v |= c - '0';
+        else if (c >= 'a' && c <= 'f')
+            v |= c - 'a' + 10;
+        else if (c >= 'A' && c <= 'F')
+            v |= c - 'A' + 10;
+        else
+            return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* Writes code point cp (at most U+10FFFF) as UTF-8 into u8; returns the
+ * length (1 to 4). */
+static size_t utf8_put(unsigned cp, char *u8) {
+    if (cp < 0x80) {
+        u8[0] = (char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        u8[0] = (char)(0xC0 | (cp >> 6));
+        u8[1] = (char)(0x80 | (cp & 0x3F));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        u8[0] = (char)(0xE0 | (cp >> 12));
+        u8[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        u8[2] = (char)(0x80 | (cp & 0x3F));
+        return 3;
+    }
+    u8[0] = (char)(0xF0 | (cp >> 18));
+    u8[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+    u8[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
+    u8[3] = (char)(0x80 | (cp & 0x3F));
+    return 4;
+}
+
+/* Reads the \uXXXX escape at q (its backslash), a surrogate pair taking
+ * two, into the code point's UTF-8 in u8 (*n bytes). key: an object key (a
+ * NUL is refused). Returns the escape's length in bytes (6 or 12), or -1
+ * (d->msg set). */
+static int dec_unicode(struct dec *d, const unsigned char *q, int key, char *u8, size_t *n) {
+    unsigned cp, lo;
+    int used = 6;
+
+    if (d->end - q < 6 || hex4(q + 2, &cp) < 0) {
+        dec_fail(d, q, "invalid escape");
+        return -1;
+    }
+    if (cp >= 0xD800 && cp <= 0xDBFF) {
+        if (d->end - q < 12 || q[6] != '\\' || q[7] != 'u' || hex4(q + 8, &lo) < 0 || lo < 0xDC00 ||
+            lo > 0xDFFF) {
+            dec_fail(d, q, "invalid Unicode '\\u%04X'", cp);
+            return -1;
+        }
+        cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+        used = 12;
+    } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
+        dec_fail(d, q, "invalid Unicode '\\u%04X'", cp);
+        return -1;
+    }
+    if (cp == 0 && key) {
+        dec_fail(d, q, "NUL byte in object key not supported");
+        return -1;
+    }
+    *n = utf8_put(cp, u8);
+    return used;
+}
+
+/* Adds what the escape at q (its backslash) stands for to b. key: an
+ * object key. Returns the escape's length in bytes, or -1 (d->msg set). */
+static int dec_escape(struct dec *d, const unsigned char *q, int key, luaL_Buffer *b) {
+    char u8[4];
+    size_t n;
+    int used;
+
+    if (q + 1 >= d->end) {
+        dec_fail(d, q + 1, "premature end of input near end of file");
+        return -1;
+    }
+    switch (q[1]) {
+    case '"':
+        luaL_addchar(b, '"');
+        break;
+    case '\\':
+        luaL_addchar(b, '\\');
+        break;
+    case '/':
+        luaL_addchar(b, '/');
+        break;
+    case 'b':
+        luaL_addchar(b, '\b');
+        break;
+    case 'f':
+        luaL_addchar(b, '\f');
+        break;
+    case 'n':
+        luaL_addchar(b, '\n');
+        break;
+    case 'r':
+        luaL_addchar(b, '\r');
+        break;
+    case 't':
+        luaL_addchar(b, '\t');
+        break;
+    case 'u':
+        if ((used = dec_unicode(d, q, key, u8, &n)) < 0)
+            return -1;
+        luaL_addlstring(b, u8, n);
+        return used;
+    default:
+        dec_fail(d, q, "invalid escape");
+        return -1;
+    }
+    return 2;
+}
+
+/* Parses the string at d->p (on its opening quote) and pushes it. key: an
+ * object key (a NUL in it is refused). Returns 0 or -1 (d->msg set). A
+ * string without escapes is pushed straight from the text. */
+static int dec_string(struct dec *d, int key) {
+    const unsigned char *start = ++d->p, *q = start;
+    luaL_Buffer b;
+    int buffered = 0, used;
+
+    for (;;) {
+        /* Fast scan over plain ASCII. */
+        q += jsonx_plain_run(q, (size_t)(d->end - q));
+        if (q >= d->end) {
+            dec_fail(d, q, "premature end of input near end of file");
+            return -1;
+        }
+        if (*q == '"')
+            break;
+        if (*q < 0x20) {
+            dec_fail(d, q, "control character 0x%x in a string", *q);
+            return -1;
+        }
+        if (*q >= 0x80) {
+            size_t n = jsonx_utf8_seq(q, (size_t)(d->end - q));
+            if (!n) {
+                dec_fail(d, q, "unable to decode byte 0x%x", *q);
+                return -1;
+            }
+            q += n;
+            continue;
+        }
+        /* A backslash: from here on the text is built in a buffer. */
+        if (!buffered) {
+            luaL_buffinit(d->L, &b);
+            buffered = 1;
+        }
+        luaL_addlstring(&b, (const char *)start, (size_t)(q - start));
+        if ((used = dec_escape(d, q, key, &b)) < 0)
+            return -1;
+        q += used;
+        start = q;
+    }
+    if (buffered) {
+        luaL_addlstring(&b, (const char *)start, (size_t)(q - start));
+        luaL_pushresult(&b);
+    } else {
+        lua_pushlstring(d->L, (const char *)start, (size_t)(q - start));
+    }
+    d->p = q + 1;
+    return 0;
+}
+
+/* Parses the number at d->p and pushes it (an integer when it has neither
+ * fraction nor exponent and fits 64 bits, else a float). */
+static int dec_number(struct dec *d) {
+    const unsigned char *p = d->p, *start = p;
+    int is_int = 1;
+    char small[64], *text;
+    size_t n;
+
+    if (p < d->end && *p == '-')
+        p++;
+    if (p < d->end && *p == '0') {
+        p++;
+        if (p < d->end && *p >= '0' && *p <= '9') {
+            dec_fail(d, start, "invalid token near '%c'", *start);
+            return -1;
+        }
+    } else if (p < d->end && *p >= '1' && *p <= '9') {
+        while (p < d->end && *p >= '0' && *p <= '9')
+            p++;
+    } else {
+        dec_near(d, start, "invalid token");
+        return -1;
+    }
+    if (p < d->end && *p == '.') {
+        is_int = 0;
+        p++;
+        if (p >= d->end || *p < '0' || *p > '9') {
+            dec_near(d, start, "invalid token");
+            return -1;
+        }
+        while (p < d->end && *p >= '0' && *p <= '9')
+            p++;
+    }
+    if (p < d->end && (*p == 'e' || *p == 'E')) {
+        is_int = 0;
+        p++;
+        if (p < d->end && (*p == '+' || *p == '-'))
+            p++;
+        if (p >= d->end || *p < '0' || *p > '9') {
+            dec_near(d, start, "invalid token");
+            return -1;
+        }
+        while (p < d->end && *p >= '0' && *p <= '9')
+            p++;
+    }
+    d->p = p;
+    if (is_int) {
+        /* Accumulate negatively so INT64_MIN fits. */
+        const unsigned char *q = start + (*start == '-');
+        int64_t v = 0;
+        int overflow = 0;
+        for (; q < p; q++) {
+            int dig = *q - '0';
+            if (v < (INT64_MIN + dig) / 10) {
+                overflow = 1;
+                break;
+            }
+            v = v * 10 - dig;
+        }
+        if (!overflow && (*start == '-' || v != INT64_MIN)) {
+            lua_pushinteger(d->L, (lua_Integer)(*start == '-' ? v : -v));
+            return 0;
+        }
+    }
+    n = (size_t)(p - start);
+    text = n < sizeof small ? small : malloc(n + 1);
+    if (!text) {
+        dec_fail(d, start, "out of memory");
+        return -1;
+    }
+    memcpy(text, start, n);
+    text[n] = '\0';
+    double v = strtod(text, NULL);
+    if (text != small)
+        free(text);
+    if (isinf(v)) {
+        dec_fail(d, start, "real number overflow");
+        return -1;
+    }
+    lua_pushnumber(d->L, (lua_Number)v);
+    return 0;
+}
+
+/* The clones' floats (jsonx_int.h): read as the decoder reads them. */
+void jsonx_push_number_text(lua_State *L, const char *text, size_t n) {
+    struct dec d;
+    memset(&d, 0, sizeof d);
+    d.L = L;
+    d.s = d.p = (const unsigned char *)text;
+    d.end = d.s + n;
+    if (dec_number(&d) < 0) /* cannot happen: finite numbers format well */
+        lua_pushnumber(L, (lua_Number)strtod(text, NULL));
+}
+
+static int dec_literal(struct dec *d, const char *word, size_t n) {
+    if ((size_t)(d->end - d->p) < n || memcmp(d->p, word, n) != 0) {
+        dec_near(d, d->p, "invalid token");
+        return -1;
+    }
+    d->p += n;
+    return 0;
+}
+
+static int dec_value(struct dec *d, int depth);
+
+/* Parses the object at d->p (on its '{') and pushes it as a table, its
+ * members set in the order written (a later duplicate wins). */
+static int dec_object(struct dec *d, int depth) {
+    lua_State *L = d->L;
+
+    if (!lua_checkstack(L, 4)) {
+        dec_fail(d, d->p, "maximum parsing depth reached");
+        return -1;
+    }
+    d->p++;
+    jsonx_new_table(L, 0);
+    dec_ws(d);
+    if (d->p < d->end && *d->p == '}') {
+        d->p++;
+        return 0;
+    }
+    for (;;) {
+        dec_ws(d);
+        if (d->p >= d->end || *d->p != '"') {
+            dec_near(d, d->p, "string or '}' expected");
+            return -1;
+        }
+        if (dec_string(d, 1) < 0)
+            return -1;
+        dec_ws(d);
+        if (d->p >= d->end || *d->p != ':') {
+            dec_near(d, d->p, "':' expected");
+            return -1;
+        }
+        d->p++;
+        if (dec_value(d, depth + 1) < 0)
+            return -1;
+        lua_rawset(L, -3);
+        dec_ws(d);
+        if (d->p < d->end && *d->p == ',') {
+            d->p++;
+            continue;
+        }
+        if (d->p < d->end && *d->p == '}') {
+            d->p++;
+            return 0;
+        }
+        dec_near(d, d->p, "'}' expected");
+        return -1;
+    }
+}
+
+/* Parses the array at d->p (on its '[') and pushes it as a marked table
+ * holding its values at 1..n. */
+static int dec_array(struct dec *d, int depth) {
+    lua_State *L = d->L;
+    lua_Integer i = 0;
+
+    if (!lua_checkstack(L, 4)) {
+        dec_fail(d, d->p, "maximum parsing depth reached");
+        return -1;
+    }
+    d->p++;
+    jsonx_new_table(L, 1);
+    dec_ws(d);
+    if (d->p < d->end && *d->p == ']') {
+        d->p++;
+        return 0;
+    }
+    for (;;) {
+        if (dec_value(d, depth + 1) < 0)
+            return -1;
+        lua_rawseti(L, -2, ++i);
+        dec_ws(d);
+        if (d->p < d->end && *d->p == ',') {
+            d->p++;
+            continue;
+        }
+        if (d->p < d->end && *d->p == ']') {
+            d->p++;
+            return 0;
+        }
+        dec_near(d, d->p, "']' expected");
+        return -1;
+    }
+}
+
+/* Parses one value and pushes it. */
+static int dec_value(struct dec *d, int depth) {
+    lua_State *L = d->L;
+    if (depth > JSONX_MAX_DEPTH) {
+        dec_fail(d, d->p, "maximum parsing depth reached");
+        return -1;
+    }
+    dec_ws(d);
+    if (d->p >= d->end) {
+        dec_fail(d, d->p, "unexpected token near end of file");
+        return -1;
+    }
+    switch (*d->p) {
+    case '{':
+        return dec_object(d, depth);
+    case '[':
+        return dec_array(d, depth);
+    case '"':
+        return dec_string(d, 0);
+    case 't':
+        if (dec_literal(d, "true", 4) < 0)
+            return -1;
+        lua_pushboolean(L, 1);
+        return 0;
+    case 'f':
+        if (dec_literal(d, "false", 5) < 0)
+            return -1;
+        lua_pushboolean(L, 0);
+        return 0;
+    case 'n':
+        if (dec_literal(d, "null", 4) < 0)
+            return -1;
+        jsonx_push_null(L);
+        return 0;
+    default:
+        if (*d->p == '-' || (*d->p >= '0' && *d->p <= '9'))
+            return dec_number(d);
+        dec_near(d, d->p, "invalid token");
+        return -1;
+    }
+}
+
+int jsonx_decode(lua_State *L, const char *text, size_t len, size_t flags, char *err,
+                 size_t errlen) {
+    struct dec d;
+    int top = lua_gettop(L);
+
+    memset(&d, 0, sizeof d);
+    luaL_checkstack(L, 8, "JSON decoding");
+    d.L = L;
+    d.s = d.p = (const unsigned char *)text;
+    d.end = d.s + len;
+    dec_ws(&d);
+    if (!(flags & JSON_DECODE_ANY) && (d.p >= d.end || (*d.p != '{' && *d.p != '[')))
+        dec_near(&d, d.p, "'[' or '{' expected");
+    else if (dec_value(&d, 0) == 0) {
+        dec_ws(&d);
+        if (d.p < d.end)
+            dec_near(&d, d.p, "end of file expected");
+    }
+    if (d.err_at) {
+        /* Line and column (in characters, as jansson counts) of the error. */
+        int line = 1, col = 0;
+        for (const unsigned char *q = d.s; q < d.err_at && q < d.end; q++) {
+            if (*q == '\n') {
+                line++;
+                col = 0;
+            } else if ((*q & 0xC0) != 0x80) {
+                col++;
+            }
+        }
+        if (d.err_at < d.end)
+            col++;
+        snprintf(err, errlen, "invalid JSON at line %d column %d: %s", line, col, d.msg);
+        lua_settop(L, top);
+        return -1;
+    }
+    return 0;
+}
