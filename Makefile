@@ -162,6 +162,11 @@ layers:
 
 # Format and layers; the last line is one `N passed, N failed`.
 lint:
+	@command -v clang-format >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then echo "installing: clang-format"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang-format) \
+	    >/dev/null || { echo "apt-get install clang-format failed"; exit 1; }; \
+	  else echo "missing: sudo apt-get install clang-format"; exit 1; fi; }
 	@if clang-format --dry-run -Werror core/*.c core/*.h tests/unit/*.c tests/*.h \
 	  tests/bench/*.c 2>/dev/null; then fmt=0; else fmt=1; \
 	  echo "FAIL format: run make format (make format-check shows where)"; fi; \

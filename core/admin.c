@@ -63,15 +63,15 @@ static void admin_status(struct admin *adm, struct evhttp_request *req) {
         http_reply_error(req, 503, "Service Unavailable", "store unavailable");
         return;
     }
-    json_t *queue = json_pack("{sIsIsIsI}", "pending", (json_int_t)c.pending, "held",
-                              (json_int_t)c.held, "failed", (json_int_t)c.failed, "delivered",
-                              (json_int_t)c.delivered);
+    json_t *queue =
+        json_pack("{sIsIsIsI}", "pending", (json_int_t)c.pending, "held", (json_int_t)c.held,
+                  "failed", (json_int_t)c.failed, "delivered", (json_int_t)c.delivered);
     json_t *last_error = st.reload_error[0] ? json_string(st.reload_error) : json_null();
     http_reply_json(req, 200, "OK",
-               json_pack("{sssIsssisisoso}", "version", WAYBILL_VERSION, "uptime_s",
-                         (json_int_t)((util_now_ms() - st.started_at) / 1000), "rules_loaded_at",
-                         loaded, "reloads", st.reloads, "reload_failures", st.reload_failures,
-                         "last_reload_error", last_error, "queue", queue));
+                    json_pack("{sssIsssisisoso}", "version", WAYBILL_VERSION, "uptime_s",
+                              (json_int_t)((util_now_ms() - st.started_at) / 1000),
+                              "rules_loaded_at", loaded, "reloads", st.reloads, "reload_failures",
+                              st.reload_failures, "last_reload_error", last_error, "queue", queue));
 }
 
 static void admin_event(struct admin *adm, struct evhttp_request *req, const char *id) {
@@ -174,9 +174,9 @@ static int admin_query(struct evhttp_request *req, struct evkeyvalq *q) {
 static void admin_reply_page(struct evhttp_request *req, json_t *data, int64_t next) {
     char cur[32];
     snprintf(cur, sizeof cur, "%lld", (long long)next);
-    http_reply_json(req, 200, "OK",
-                      json_pack("{soso}", "data", data, "next",
-                                next ? json_string(cur) : json_null()));
+    http_reply_json(
+        req, 200, "OK",
+        json_pack("{soso}", "data", data, "next", next ? json_string(cur) : json_null()));
 }
 
 /* ---- GET /api/events ---- */
@@ -248,11 +248,11 @@ struct admin_commit {
     struct evhttp_request *req;
     int code;
     const char *phrase;
-    json_t *reply;   /* owned; NULL = an event's detail, read after the commit */
-    char *event_id;  /* for that read */
+    json_t *reply;  /* owned; NULL = an event's detail, read after the commit */
+    char *event_id; /* for that read */
     enum admin_op op;
     struct store_sub sub; /* OP_SUB_*: strings owned (freed here) */
-    int kick;        /* deliveries became due */
+    int kick;             /* deliveries became due */
 };
 
 static void admin_commit_free(struct admin_commit *c) {
@@ -403,12 +403,17 @@ static const char *admin_sample_data(const char *type) {
                      "\"currency\":\"USD\"}"},
     };
     static const char *const types[] = {
-        "shipment.created", "shipment.cancelled", "shipment.delivered", "shipment.returned",
-        "shipment.exception", "tracking.accepted", "tracking.in_transit",
-        "tracking.out_for_delivery", "tracking.delivered", "tracking.failed_attempt",
-        "tracking.exception", "tracking.unknown", "order.imported", "order.updated",
-        "order.cancelled", "batch.completed", "rate.updated", "carrier.connected",
-        "store.refreshed", "balance.low", "billing.adjustment",
+        "shipment.created",    "shipment.cancelled",
+        "shipment.delivered",  "shipment.returned",
+        "shipment.exception",  "tracking.accepted",
+        "tracking.in_transit", "tracking.out_for_delivery",
+        "tracking.delivered",  "tracking.failed_attempt",
+        "tracking.exception",  "tracking.unknown",
+        "order.imported",      "order.updated",
+        "order.cancelled",     "batch.completed",
+        "rate.updated",        "carrier.connected",
+        "store.refreshed",     "balance.low",
+        "billing.adjustment",
     };
     int known = 0;
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
@@ -470,7 +475,7 @@ done:
 struct admin_verify {
     struct admin *adm;
     struct evhttp_request *req;
-    enum admin_op op; /* OP_SUB_ADD or OP_SUB_URL */
+    enum admin_op op;     /* OP_SUB_ADD or OP_SUB_URL */
     struct store_sub sub; /* strings owned */
 };
 
@@ -574,8 +579,8 @@ static void admin_verify_start(struct admin_verify *v) {
         for (int i = 0; i < h.n && n < 7; i++)
             lines[n++] = h.lines[i];
         lines[n] = NULL;
-        rc = httpc_probe(gw->httpc, v->sub.url, body, strlen(body), lines,
-                         ADMIN_PROBE_TIMEOUT_MS, admin_verify_done, v);
+        rc = httpc_probe(gw->httpc, v->sub.url, body, strlen(body), lines, ADMIN_PROBE_TIMEOUT_MS,
+                         admin_verify_done, v);
     }
     free(body);
     free(key.key);
@@ -719,7 +724,7 @@ static void admin_webhooks(struct admin *adm, struct evhttp_request *req, const 
         admin_webhook_create(adm, req);
     } else if (!id && m == EVHTTP_REQ_GET) {
         http_reply_json(req, 200, "OK",
-                          json_pack("{sosn}", "data", subs_list_json(adm->deps.subs), "next"));
+                        json_pack("{sosn}", "data", subs_list_json(adm->deps.subs), "next"));
     } else if (id && m == EVHTTP_REQ_GET) {
         if ((e = subs_find(adm->deps.subs, id)))
             http_reply_json(req, 200, "OK", subs_entry_json(e, 0));
@@ -799,24 +804,25 @@ static void admin_metrics(struct admin *adm, struct evhttp_request *req) {
     gw->status(gw->arg, &st);
     bad |= metrics_render(&b) < 0;
     bad |= util_buf_printf(
-        &b,
-        "# HELP waybill_queue_depth Deliveries by state.\n# TYPE waybill_queue_depth gauge\n"
-        "waybill_queue_depth{state=\"pending\"} %lld\nwaybill_queue_depth{state=\"held\"} %lld\n"
-        "waybill_queue_depth{state=\"failed\"} %lld\n"
-        "waybill_queue_depth{state=\"delivered\"} %lld\n"
-        "# HELP waybill_deliveries_in_flight Transfers in flight.\n"
-        "# TYPE waybill_deliveries_in_flight gauge\nwaybill_deliveries_in_flight %d\n"
-        "# HELP waybill_batch_windows_open Batch windows currently collecting.\n"
-        "# TYPE waybill_batch_windows_open gauge\nwaybill_batch_windows_open 0\n"
-        "# HELP waybill_reloads_total Successful reloads of config and rules.\n"
-        "# TYPE waybill_reloads_total counter\nwaybill_reloads_total %d\n"
-        "# HELP waybill_reload_failures_total Failed reloads.\n"
-        "# TYPE waybill_reload_failures_total counter\nwaybill_reload_failures_total %d\n"
-        "# HELP waybill_uptime_seconds Seconds since start.\n"
-        "# TYPE waybill_uptime_seconds gauge\nwaybill_uptime_seconds %lld\n",
-        (long long)c.pending, (long long)c.held, (long long)c.failed, (long long)c.delivered,
-        deliver_inflight(gw->deliver), st.reloads, st.reload_failures,
-        (long long)((util_now_ms() - st.started_at) / 1000)) < 0;
+               &b,
+               "# HELP waybill_queue_depth Deliveries by state.\n# TYPE waybill_queue_depth gauge\n"
+               "waybill_queue_depth{state=\"pending\"} %lld\nwaybill_queue_depth{state=\"held\"} "
+               "%lld\n"
+               "waybill_queue_depth{state=\"failed\"} %lld\n"
+               "waybill_queue_depth{state=\"delivered\"} %lld\n"
+               "# HELP waybill_deliveries_in_flight Transfers in flight.\n"
+               "# TYPE waybill_deliveries_in_flight gauge\nwaybill_deliveries_in_flight %d\n"
+               "# HELP waybill_batch_windows_open Batch windows currently collecting.\n"
+               "# TYPE waybill_batch_windows_open gauge\nwaybill_batch_windows_open 0\n"
+               "# HELP waybill_reloads_total Successful reloads of config and rules.\n"
+               "# TYPE waybill_reloads_total counter\nwaybill_reloads_total %d\n"
+               "# HELP waybill_reload_failures_total Failed reloads.\n"
+               "# TYPE waybill_reload_failures_total counter\nwaybill_reload_failures_total %d\n"
+               "# HELP waybill_uptime_seconds Seconds since start.\n"
+               "# TYPE waybill_uptime_seconds gauge\nwaybill_uptime_seconds %lld\n",
+               (long long)c.pending, (long long)c.held, (long long)c.failed, (long long)c.delivered,
+               deliver_inflight(gw->deliver), st.reloads, st.reload_failures,
+               (long long)((util_now_ms() - st.started_at) / 1000)) < 0;
     bad |= admin_metrics_endpoints(adm, &b) < 0;
     if (bad || !out) {
         http_reply_error(req, 503, "Service Unavailable", "metrics unavailable");
@@ -859,8 +865,7 @@ static int admin_dispatch_ops(struct admin *adm, struct evhttp_request *req, con
     else if (admin_path_id(path, "/api/deliveries/", "/retry", id, sizeof id) &&
              m == EVHTTP_REQ_POST)
         admin_retry(adm, req, id);
-    else if (admin_path_id(path, "/api/endpoints/", "/test", id, sizeof id) &&
-             m == EVHTTP_REQ_POST)
+    else if (admin_path_id(path, "/api/endpoints/", "/test", id, sizeof id) && m == EVHTTP_REQ_POST)
         admin_test(adm, req, id);
     else if (strcmp(path, "/v1/environment/webhooks") == 0)
         admin_webhooks(adm, req, NULL, m);
@@ -935,7 +940,9 @@ static void admin_endpoints(struct admin *adm, struct evhttp_request *req) {
                       (json_int_t)(e ? e->failed : 0), "pending", (json_int_t)(e ? e->pending : 0),
                       "held", (json_int_t)(e ? e->held : 0), "concurrency", ep->concurrency,
                       "ordered", ep->ordered, "disabled_reason",
-                      !ep->enabled ? "enabled = false in the config" : e ? e->reason : NULL,
+                      !ep->enabled ? "enabled = false in the config"
+                      : e          ? e->reason
+                                   : NULL,
                       "disabled_at", e && e->disabled_at ? t1 : NULL, "last_error",
                       e ? e->last_error : NULL, "last_error_at", e && e->last_error_at ? t2 : NULL);
         if (o && ep->rate > 0)
@@ -970,7 +977,7 @@ static void admin_endpoint_switch(struct admin *adm, struct evhttp_request *req,
     }
     if (!disable && !ep->enabled) {
         http_reply_error(req, 409, "Conflict",
-                           "the endpoint has enabled = false in the config; change it and reload");
+                         "the endpoint has enabled = false in the config; change it and reload");
         return;
     }
     if (health_endpoint_set_disabled(adm->deps.health, name, disable,
@@ -1010,7 +1017,7 @@ static void on_admin(struct evhttp_request *req, void *arg) {
                      "out (see GET /api/endpoints, \"stuck\")",
                      nstuck, nstuck == 1 ? "" : "s");
             http_reply_json(req, 503, "Service Unavailable",
-                              json_pack("{sbss}", "ok", 0, "error", why));
+                            json_pack("{sbss}", "ok", 0, "error", why));
         } else {
             http_reply_json(req, 200, "OK", json_pack("{sb}", "ok", 1));
         }

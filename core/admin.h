@@ -18,9 +18,9 @@ struct subs;
 
 /* What GET /api/status and /metrics report of the app itself. */
 struct admin_status {
-    int64_t started_at;          /* Unix ms */
+    int64_t started_at; /* Unix ms */
     int reloads, reload_failures;
-    const char *reload_error;    /* the last reload's error, "" when it succeeded; borrowed */
+    const char *reload_error; /* the last reload's error, "" when it succeeded; borrowed */
 };
 
 /* What the admin API works with; all borrowed, and must outlive it. The
@@ -29,9 +29,9 @@ struct admin_deps {
     struct event_base *base;
     struct store *store;
     struct deliver *deliver;
-    struct health *health;      /* endpoint state: enable/disable */
-    struct httpc *httpc;        /* subscription verification POSTs */
-    struct ingest *ingest;      /* test events and replays enter through it */
+    struct health *health; /* endpoint state: enable/disable */
+    struct httpc *httpc;   /* subscription verification POSTs */
+    struct ingest *ingest; /* test events and replays enter through it */
     struct subs *subs;
     struct rules *const *rules; /* the current generation (swapped whole on reload) */
     /* POST /api/reload: as SIGHUP. Returns 0, or -1 with a reason in err. */

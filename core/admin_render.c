@@ -212,7 +212,7 @@ json_t *admin_event_json(struct store *s, const char *id, char *err, size_t errl
  * created_at, error} each) into *data (new); *next as store_events_page.
  * Returns 0 or -1 (err set). */
 int admin_events_page_json(struct store *s, const struct store_page *q, json_t **data,
-                                  int64_t *next, char *err, size_t errlen) {
+                           int64_t *next, char *err, size_t errlen) {
     struct store_event_row *rows = NULL;
     json_t *arr, *o;
     size_t n = 0;
@@ -253,7 +253,7 @@ int admin_events_page_json(struct store *s, const struct store_page *q, json_t *
  * attempts, next_at, created_at, last_status_code, last_error} each) into
  * *data (new). Returns 0 or -1 (err set). */
 int admin_deliveries_page_json(struct store *s, const struct store_page *q, json_t **data,
-                                      int64_t *next, char *err, size_t errlen) {
+                               int64_t *next, char *err, size_t errlen) {
     struct store_delivery_item *rows = NULL;
     json_t *arr, *o;
     size_t n = 0;
@@ -293,4 +293,3 @@ int admin_deliveries_page_json(struct store *s, const struct store_page *q, json
     *data = arr;
     return 0;
 }
-

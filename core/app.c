@@ -38,8 +38,8 @@ struct app {
     struct rules *rules; /* current generation, owned; modules read it through &rules */
     struct store *store;
     struct subs *subs;
-    struct httpc *httpc;         /* the one HTTP client: deliveries, probes, JWKS */
-    struct health *health;       /* endpoint state */
+    struct httpc *httpc;   /* the one HTTP client: deliveries, probes, JWKS */
+    struct health *health; /* endpoint state */
     struct deliver *deliver;
     struct housekeep *housekeep; /* retention and recovery sweeps */
     struct route *route;
@@ -247,19 +247,18 @@ static int app_modules_new(struct app *a, char *err, size_t errlen) {
                              err, errlen);
     if (!a->inbound)
         return -1;
-    if (cfg->admin_listen &&
-        !(a->admin = admin_new(&(struct admin_deps){.base = a->base,
-                                                    .store = a->store,
-                                                    .deliver = a->deliver,
-                                                    .health = a->health,
-                                                    .httpc = a->httpc,
-                                                    .ingest = a->ingest,
-                                                    .subs = a->subs,
-                                                    .rules = &a->rules,
-                                                    .reload = app_reload,
-                                                    .status = app_status,
-                                                    .arg = a},
-                               cfg->admin_listen, err, errlen)))
+    if (cfg->admin_listen && !(a->admin = admin_new(&(struct admin_deps){.base = a->base,
+                                                                         .store = a->store,
+                                                                         .deliver = a->deliver,
+                                                                         .health = a->health,
+                                                                         .httpc = a->httpc,
+                                                                         .ingest = a->ingest,
+                                                                         .subs = a->subs,
+                                                                         .rules = &a->rules,
+                                                                         .reload = app_reload,
+                                                                         .status = app_status,
+                                                                         .arg = a},
+                                                    cfg->admin_listen, err, errlen)))
         return -1;
     log_msg(LOG_INFO, "listening for webhooks on %s%s%s%s", cfg->listen,
             inbound_tls(a->inbound) ? " (TLS)" : "", cfg->admin_listen ? ", admin on " : "",

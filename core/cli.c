@@ -15,8 +15,8 @@
 #include "util.h"
 
 struct cli {
-    char base[300];   /* "http://127.0.0.1:8081" */
-    char auth[600];   /* "Authorization: Bearer ..." */
+    char base[300]; /* "http://127.0.0.1:8081" */
+    char auth[600]; /* "Authorization: Bearer ..." */
     int json;
 };
 
@@ -45,8 +45,8 @@ static size_t cli_write(char *ptr, size_t size, size_t nmemb, void *userdata) {
 
 /* One request; *out is the parsed JSON answer (new) on 2xx. Returns 0, or 1
  * with the reason printed. */
-static int cli_request(const struct cli *c, const char *method, const char *path,
-                       const char *body, json_t **out) {
+static int cli_request(const struct cli *c, const char *method, const char *path, const char *body,
+                       json_t **out) {
     CURL *easy = curl_easy_init();
     struct curl_slist *h = NULL;
     struct util_buf resp = {NULL, 0, 0};
@@ -207,12 +207,13 @@ static int cli_events(struct cli *c, int failed, const char *type, const char *s
         cli_print_json(j);
     } else if (failed) {
         struct cli_table t = {8, NULL, 0, 0};
-        const char *hdr[] = {"DELIVERY", "EVENT", "ENDPOINT", "TYPE", "ATTEMPTS", "STATUS",
-                             "LAST_STATUS", "LAST_ERROR"};
+        const char *hdr[] = {"DELIVERY", "EVENT",  "ENDPOINT",    "TYPE",
+                             "ATTEMPTS", "STATUS", "LAST_STATUS", "LAST_ERROR"};
         cli_row(&t, hdr);
         json_array_foreach(json_object_get(j, "data"), i, o) {
             char b1[32], b2[32];
-            const char *row[] = {cli_str(o, "id", NULL, 0), cli_str(o, "event_id", NULL, 0),
+            const char *row[] = {cli_str(o, "id", NULL, 0),
+                                 cli_str(o, "event_id", NULL, 0),
                                  cli_str(o, "endpoint", NULL, 0),
                                  cli_str(o, "event_type", NULL, 0),
                                  cli_str(o, "attempts", b1, sizeof b1),
@@ -246,9 +247,9 @@ static void cli_event_print(json_t *ev) {
     char b1[32], b2[32];
 
     printf("event     %s\ntype      %s\nsource    %s (%s)\nstatus    %s\nreceived  %s\n",
-           cli_str(ev, "id", NULL, 0), cli_str(ev, "type", NULL, 0),
-           cli_str(ev, "source", NULL, 0), cli_str(ev, "source_id", NULL, 0),
-           cli_str(ev, "status", NULL, 0), cli_str(ev, "received_at", NULL, 0));
+           cli_str(ev, "id", NULL, 0), cli_str(ev, "type", NULL, 0), cli_str(ev, "source", NULL, 0),
+           cli_str(ev, "source_id", NULL, 0), cli_str(ev, "status", NULL, 0),
+           cli_str(ev, "received_at", NULL, 0));
     if (json_is_string(json_object_get(ev, "error")))
         printf("error     %s\n", json_string_value(json_object_get(ev, "error")));
     printf("\n");
@@ -256,15 +257,21 @@ static void cli_event_print(json_t *ev) {
     json_array_foreach(json_object_get(ev, "deliveries"), i, d) {
         json_t *atts = json_object_get(d, "attempts");
         if (json_array_size(atts) == 0) {
-            const char *row[] = {cli_str(d, "id", NULL, 0), cli_str(d, "endpoint", NULL, 0),
-                                 cli_str(d, "status", NULL, 0), NULL, NULL, NULL, NULL};
+            const char *row[] = {cli_str(d, "id", NULL, 0),
+                                 cli_str(d, "endpoint", NULL, 0),
+                                 cli_str(d, "status", NULL, 0),
+                                 NULL,
+                                 NULL,
+                                 NULL,
+                                 NULL};
             cli_row(&t, row);
         }
         json_array_foreach(atts, k, a) {
             const char *row[] = {k ? "" : cli_str(d, "id", NULL, 0),
                                  k ? "" : cli_str(d, "endpoint", NULL, 0),
                                  k ? "" : cli_str(d, "status", NULL, 0),
-                                 cli_str(a, "n", b1, sizeof b1), cli_str(a, "at", NULL, 0),
+                                 cli_str(a, "n", b1, sizeof b1),
+                                 cli_str(a, "at", NULL, 0),
                                  cli_str(a, "status_code", b2, sizeof b2),
                                  cli_str(a, "error", NULL, 0)};
             cli_row(&t, row);
@@ -305,8 +312,8 @@ static int cli_run(struct cli *c, const char *cmd, char **args, int nargs, int f
         if (c->json)
             cli_print_json(j);
         else
-            printf("test event %s (%s) sent to %s as delivery %s\n",
-                   cli_str(j, "id", NULL, 0), args[1], args[0],
+            printf("test event %s (%s) sent to %s as delivery %s\n", cli_str(j, "id", NULL, 0),
+                   args[1], args[0],
                    cli_str(json_array_get(json_object_get(j, "deliveries"), 0), "id", NULL, 0));
         json_decref(j);
         return 0;
@@ -358,12 +365,15 @@ static void cli_base_from_listen(struct cli *c, const char *listen) {
 }
 
 int cli_main(int argc, char **argv, const char *lua_dir) {
-    static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'}, {"json", no_argument, NULL, 'j'},
-        {"failed", no_argument, NULL, 'f'},       {"url", required_argument, NULL, 'u'},
-        {"token", required_argument, NULL, 't'},  {"type", required_argument, NULL, 'T'},
-        {"status", required_argument, NULL, 's'}, {"limit", required_argument, NULL, 'l'},
-        {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
+                                         {"json", no_argument, NULL, 'j'},
+                                         {"failed", no_argument, NULL, 'f'},
+                                         {"url", required_argument, NULL, 'u'},
+                                         {"token", required_argument, NULL, 't'},
+                                         {"type", required_argument, NULL, 'T'},
+                                         {"status", required_argument, NULL, 's'},
+                                         {"limit", required_argument, NULL, 'l'},
+                                         {NULL, 0, NULL, 0}};
     struct cli c;
     const char *config_path = "waybill.lua", *url = NULL, *token = NULL, *type = NULL,
                *status = NULL, *limit = NULL, *cmd = argv[0];
@@ -374,15 +384,33 @@ int cli_main(int argc, char **argv, const char *lua_dir) {
     optind = 1;
     while ((opt = getopt_long(argc, argv, "c:", opts, NULL)) != -1) {
         switch (opt) {
-        case 'c': config_path = optarg; break;
-        case 'j': c.json = 1; break;
-        case 'f': failed = 1; break;
-        case 'u': url = optarg; break;
-        case 't': token = optarg; break;
-        case 'T': type = optarg; break;
-        case 's': status = optarg; break;
-        case 'l': limit = optarg; break;
-        default: cli_usage(); return 2;
+        case 'c':
+            config_path = optarg;
+            break;
+        case 'j':
+            c.json = 1;
+            break;
+        case 'f':
+            failed = 1;
+            break;
+        case 'u':
+            url = optarg;
+            break;
+        case 't':
+            token = optarg;
+            break;
+        case 'T':
+            type = optarg;
+            break;
+        case 's':
+            status = optarg;
+            break;
+        case 'l':
+            limit = optarg;
+            break;
+        default:
+            cli_usage();
+            return 2;
         }
     }
     if (!url || !token) {

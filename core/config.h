@@ -28,18 +28,18 @@ struct config_cidr {
 };
 
 struct config_source {
-    char *name;                     /* source "NAME" */
-    char *path;                     /* default "/hooks/<name>" */
-    char *verify_name;              /* preset name or "hmac-sha256" */
+    char *name;        /* source "NAME" */
+    char *path;        /* default "/hooks/<name>" */
+    char *verify_name; /* preset name or "hmac-sha256" */
     struct verify_spec verify;
-    struct verify_secret *secrets;  /* nsecrets entries, raw key bytes */
+    struct verify_secret *secrets; /* nsecrets entries, raw key bytes */
     size_t nsecrets;
     int insecure;
-    char *adapter;                  /* absolute path of the Lua adapter file
-                                       (config-relative or lua/sources/NAME.lua); NULL =
-                                       lua/sources/<verify preset>.lua or
-                                       generic.lua */
-    char *jwks;                     /* shipengine: file path or URL */
+    char *adapter; /* absolute path of the Lua adapter file
+                      (config-relative or lua/sources/NAME.lua); NULL =
+                      lua/sources/<verify preset>.lua or
+                      generic.lua */
+    char *jwks;    /* shipengine: file path or URL */
 };
 
 enum config_success { CONFIG_SUCCESS_2XX, CONFIG_SUCCESS_200 };
@@ -47,23 +47,23 @@ enum config_success { CONFIG_SUCCESS_2XX, CONFIG_SUCCESS_200 };
 struct config_endpoint {
     char *name;
     char *url;
-    enum verify_sign_scheme sign;   /* default SIGN_STANDARD */
-    struct verify_secret *secrets;  /* raw key bytes (whsec_ decoded for standard) */
+    enum verify_sign_scheme sign;  /* default SIGN_STANDARD */
+    struct verify_secret *secrets; /* raw key bytes (whsec_ decoded for standard) */
     size_t nsecrets;
-    struct config_header *headers;  /* extra headers, nheaders entries */
+    struct config_header *headers; /* extra headers, nheaders entries */
     size_t nheaders;
-    int64_t timeout_ms;             /* default 5000 */
-    int64_t *retry_ms;              /* delays before each attempt; [0] is the first */
-    size_t nretry;                  /* default the atoship preset: 0,1m,5m,30m,2h,6h */
-    int jitter;                     /* default 1: +-10% */
-    int concurrency;                /* default 16 */
-    double rate;                    /* deliveries/s, 0 = unlimited */
-    int64_t window_ms;              /* batch window; 0 = environment default */
-    int max_batch;                  /* default 1000 */
+    int64_t timeout_ms; /* default 5000 */
+    int64_t *retry_ms;  /* delays before each attempt; [0] is the first */
+    size_t nretry;      /* default the atoship preset: 0,1m,5m,30m,2h,6h */
+    int jitter;         /* default 1: +-10% */
+    int concurrency;    /* default 16 */
+    double rate;        /* deliveries/s, 0 = unlimited */
+    int64_t window_ms;  /* batch window; 0 = environment default */
+    int max_batch;      /* default 1000 */
     enum config_success success;
-    int ordered;                    /* default 0 */
-    int64_t disable_after_ms;       /* default 5d */
-    int enabled;                    /* default 1 */
+    int ordered;              /* default 0 */
+    int64_t disable_after_ms; /* default 5d */
+    int enabled;              /* default 1 */
 };
 
 /* An endpoint that lives outside the config file (see
@@ -74,15 +74,15 @@ struct config_subscription {
 };
 
 struct config {
-    char *file;                     /* absolute path of waybill.lua */
-    char *dir;                      /* its folder: base of relative paths */
-    int sandbox;                    /* environment == "sandbox" */
-    char *listen;                   /* "host:port"; default "0.0.0.0:8080" */
-    char *tls_cert, *tls_key;       /* both or neither */
-    char *admin_listen;             /* NULL = off; "admin = {token=...}" alone listens on 127.0.0.1:8081 */
-    char *admin_token;              /* required when admin_listen is set */
-    char *store;                    /* default "sqlite:waybill.db" */
-    size_t max_body;                /* default 1 MiB */
+    char *file;               /* absolute path of waybill.lua */
+    char *dir;                /* its folder: base of relative paths */
+    int sandbox;              /* environment == "sandbox" */
+    char *listen;             /* "host:port"; default "0.0.0.0:8080" */
+    char *tls_cert, *tls_key; /* both or neither */
+    char *admin_listen; /* NULL = off; "admin = {token=...}" alone listens on 127.0.0.1:8081 */
+    char *admin_token;  /* required when admin_listen is set */
+    char *store;        /* default "sqlite:waybill.db" */
+    size_t max_body;    /* default 1 MiB */
     struct config_cidr *allow_private;
     size_t nallow_private;
     struct config_source *sources;
@@ -91,12 +91,12 @@ struct config {
     size_t nendpoints;
     struct config_subscription *subs; /* owned array, entries borrowed (config_set_subscriptions) */
     size_t nsubs;
-    char *rules_dir;                /* absolute; NULL = no rules */
-    int64_t shutdown_grace_ms;      /* default 10 s */
-    int64_t retention_ms;           /* default 30 d */
-    int64_t max_backlog;            /* default 10,000,000 */
-    int64_t rule_budget;            /* instructions per handler call, default 1e6 */
-    size_t rule_memory;             /* bytes, default 64 MiB */
+    char *rules_dir;           /* absolute; NULL = no rules */
+    int64_t shutdown_grace_ms; /* default 10 s */
+    int64_t retention_ms;      /* default 30 d */
+    int64_t max_backlog;       /* default 10,000,000 */
+    int64_t rule_budget;       /* instructions per handler call, default 1e6 */
+    size_t rule_memory;        /* bytes, default 64 MiB */
 };
 
 /* Lookups; return NULL when absent. Borrowed from cfg. */

@@ -302,7 +302,7 @@ static void deliver_ep_service_plain(struct deliver *d, struct deliver_ep *ep,
      * sleep until the next one is due. */
     next = store_endpoint_next_due(d->store, ep->name);
     if (next == INT64_MAX)
-        return; /* nothing pending: new rows come with a kick */
+        return;   /* nothing pending: new rows come with a kick */
     if (next < 0) /* a store error */
         deliver_ep_arm(ep, DELIVER_POLL_MS);
     else if (next > now)

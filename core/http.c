@@ -34,21 +34,30 @@ void http_reply_json(struct evhttp_request *req, int code, const char *reason, j
 }
 
 void http_reply_error(struct evhttp_request *req, int code, const char *reason,
-                        const char *message) {
+                      const char *message) {
     http_reply_json(req, code, reason, json_pack("{ss}", "error", message));
 }
 
 const char *http_method_name(int m) {
     switch (m) {
-    case EVHTTP_REQ_GET: return "GET";
-    case EVHTTP_REQ_POST: return "POST";
-    case EVHTTP_REQ_HEAD: return "HEAD";
-    case EVHTTP_REQ_PUT: return "PUT";
-    case EVHTTP_REQ_DELETE: return "DELETE";
-    case EVHTTP_REQ_OPTIONS: return "OPTIONS";
-    case EVHTTP_REQ_TRACE: return "TRACE";
-    case EVHTTP_REQ_CONNECT: return "CONNECT";
-    case EVHTTP_REQ_PATCH: return "PATCH";
+    case EVHTTP_REQ_GET:
+        return "GET";
+    case EVHTTP_REQ_POST:
+        return "POST";
+    case EVHTTP_REQ_HEAD:
+        return "HEAD";
+    case EVHTTP_REQ_PUT:
+        return "PUT";
+    case EVHTTP_REQ_DELETE:
+        return "DELETE";
+    case EVHTTP_REQ_OPTIONS:
+        return "OPTIONS";
+    case EVHTTP_REQ_TRACE:
+        return "TRACE";
+    case EVHTTP_REQ_CONNECT:
+        return "CONNECT";
+    case EVHTTP_REQ_PATCH:
+        return "PATCH";
     }
     return "?";
 }
@@ -86,7 +95,7 @@ static int split_listen(const char *listen, char *host, size_t hostlen, unsigned
 }
 
 struct evhttp *http_listener_new(struct event_base *base, const char *listen,
-                                   struct evhttp_bound_socket **sock, char *err, size_t errlen) {
+                                 struct evhttp_bound_socket **sock, char *err, size_t errlen) {
     char host[256];
     unsigned short port;
     struct evhttp *http = NULL;

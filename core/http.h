@@ -33,8 +33,7 @@ void http_listener_tls(struct evhttp *http, SSL_CTX *tls);
 
 /* Replies with body as compact JSON (Content-Type application/json);
  * steals body (NULL sends an empty body). */
-void http_reply_json(struct evhttp_request *req, int code, const char *reason,
-                     struct json_t *body);
+void http_reply_json(struct evhttp_request *req, int code, const char *reason, struct json_t *body);
 
 /* Replies {"error": message}; message is one line, never a secret. */
 void http_reply_error(struct evhttp_request *req, int code, const char *reason,

@@ -78,8 +78,8 @@ struct httpc {
     struct httpc_sock *socks;
     struct httpc_xfer *xfers;
     int inflight;
-    int freeing;              /* httpc_free runs: nothing new starts */
-    httpc_allow_fn allowed;   /* allow_private, asked of the owner */
+    int freeing;            /* httpc_free runs: nothing new starts */
+    httpc_allow_fn allowed; /* allow_private, asked of the owner */
     void *allowed_arg;
 };
 

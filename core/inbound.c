@@ -42,8 +42,8 @@ struct inbound {
     SSL_CTX *tls;       /* over TLS when set (config tls) */
     struct jwks **jwks; /* ShipEngine key sources by location, cached */
     size_t njwks;
-    int stopping;       /* inbound_stop ran: requests still arriving get 503 */
-    int freeing;        /* set while inbound_free runs: parked requests get 503 */
+    int stopping; /* inbound_stop ran: requests still arriving get 503 */
+    int freeing;  /* set while inbound_free runs: parked requests get 503 */
 };
 
 static const struct config *inbound_config(const struct inbound *ib) {
@@ -229,8 +229,7 @@ static void on_keys_refetched(void *arg, int ok) {
  * NULL when the request was answered. */
 static const struct config_source *inbound_source(struct inbound *ib, struct evhttp_request *req) {
     const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
-    const struct config_source *src =
-        path ? config_source_by_path(inbound_config(ib), path) : NULL;
+    const struct config_source *src = path ? config_source_by_path(inbound_config(ib), path) : NULL;
     char msg[600];
 
     if (ib->stopping) {
@@ -296,8 +295,7 @@ static int inbound_verify(struct inbound *ib, struct evhttp_request *req,
         }
         free(p);
         if (r == JWKS_REFETCHED)
-            rc = verify_check(&src->verify, src->secrets, src->nsecrets, vr, reason,
-                              sizeof reason);
+            rc = verify_check(&src->verify, src->secrets, src->nsecrets, vr, reason, sizeof reason);
     }
     if (rc < 0) {
         log_msg(LOG_WARN, "source %s: rejected request: %s", src->name, reason);
@@ -393,11 +391,8 @@ static void inbound_accept(struct inbound *ib, struct evhttp_request *req,
                            int64_t now_ms, const char *nonce) {
     struct evkeyvalq *headers = evhttp_request_get_input_headers(req);
     struct rules_event ev = {0};
-    struct ingest_carrier c = {.source = src->name,
-                               .ev = &ev,
-                               .body = body,
-                               .len = len,
-                               .received_at = now_ms};
+    struct ingest_carrier c = {
+        .source = src->name, .ev = &ev, .body = body, .len = len, .received_at = now_ms};
     char reason[512], msg[600], serr[256];
     int rc;
 
@@ -430,8 +425,7 @@ static void inbound_accept(struct inbound *ib, struct evhttp_request *req,
     if (ingest_carrier(ib->deps.ingest, &c, on_ingested, req, serr, sizeof serr) == 0)
         goto done; /* answered by on_ingested once the group is durable */
 unavailable:
-    inbound_unavailable(req, "5", "store unavailable, retry later", src->name,
-                        "store_unavailable");
+    inbound_unavailable(req, "5", "store unavailable, retry later", src->name, "store_unavailable");
 done:
     rules_event_clear(&ev);
     free(c.headers_json);

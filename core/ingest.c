@@ -217,8 +217,8 @@ done:
 
 /* ---- an admin test event ---- */
 
-int ingest_test(struct ingest *g, const struct config_endpoint *ep, const char *type,
-                json_t *data, char *id, size_t idlen, char *err, size_t errlen) {
+int ingest_test(struct ingest *g, const struct config_endpoint *ep, const char *type, json_t *data,
+                char *id, size_t idlen, char *err, size_t errlen) {
     char src_id[UTIL_ID_MAX], at[32], *data_text = NULL, *payload = NULL;
     int64_t now = util_now_ms();
     json_t *env;
@@ -228,8 +228,8 @@ int ingest_test(struct ingest *g, const struct config_endpoint *ep, const char *
     util_id_new("test_", src_id, sizeof src_id);
     util_time_rfc3339(now, at, sizeof at);
     env = json_pack("{sssssssssssssOsb}", "id", id, "type", type, "source", "waybill.test",
-                    "source_id", src_id, "created_at", at, "received_at", at, "data", data,
-                    "test", 1);
+                    "source_id", src_id, "created_at", at, "received_at", at, "data", data, "test",
+                    1);
     data_text = json_dumps(data, JSON_COMPACT);
     payload = env ? json_dumps(env, JSON_COMPACT) : NULL;
     if (!data_text || !payload) {

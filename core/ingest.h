@@ -36,17 +36,17 @@ void ingest_free(struct ingest *g);
 
 /* A carrier's request, verified and read by its source's adapter. */
 struct ingest_carrier {
-    const char *source;      /* the source's name; copied */
-    struct rules_event *ev;  /* source_id, type, created_at, data_json: taken (NULLed)
-                                when the event is to be routed; the caller clears ev
-                                after the call in every case (rules_event_clear) */
-    char *headers_json;      /* taken (NULLed) */
-    const char *body;        /* as received; copied when it is routed */
+    const char *source;     /* the source's name; copied */
+    struct rules_event *ev; /* source_id, type, created_at, data_json: taken (NULLed)
+                               when the event is to be routed; the caller clears ev
+                               after the call in every case (rules_event_clear) */
+    char *headers_json;     /* taken (NULLed) */
+    const char *body;       /* as received; copied when it is routed */
     size_t len;
-    int64_t received_at;     /* Unix ms */
-    int adapted;             /* 0: the adapter failed; stored as rule_error with error */
-    const char *error;       /* the adapter's error, or NULL */
-    uint64_t data_token;     /* the adapter's data kept for routing; taken (zeroed) */
+    int64_t received_at; /* Unix ms */
+    int adapted;         /* 0: the adapter failed; stored as rule_error with error */
+    const char *error;   /* the adapter's error, or NULL */
+    uint64_t data_token; /* the adapter's data kept for routing; taken (zeroed) */
 };
 
 /* Runs once the carrier's event is durable (ok = 1) or its group failed
@@ -76,8 +76,8 @@ void ingest_emit(void *arg, const char *type, json_t *data);
  * envelope {id, type, source, source_id, created_at, received_at, data,
  * test: true}. Its id goes to id (UTIL_ID_MAX bytes). Returns 0, or -1
  * with a reason in err. */
-int ingest_test(struct ingest *g, const struct config_endpoint *ep, const char *type,
-                json_t *data, char *id, size_t idlen, char *err, size_t errlen);
+int ingest_test(struct ingest *g, const struct config_endpoint *ep, const char *type, json_t *data,
+                char *id, size_t idlen, char *err, size_t errlen);
 
 /* Routes stored event id again with the current rules (new deliveries;
  * the old ones keep their history). Returns 1 done, 0 unknown id, -1 with

@@ -107,7 +107,8 @@ static EVP_PKEY *rsa_from_ne(const char *n64, const char *e64, char *err, size_t
     if (!n || !e || !bld || !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, n) ||
         !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, e) ||
         !(params = OSSL_PARAM_BLD_to_param(bld)) ||
-        !(ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL)) || EVP_PKEY_fromdata_init(ctx) != 1 ||
+        !(ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL)) ||
+        EVP_PKEY_fromdata_init(ctx) != 1 ||
         EVP_PKEY_fromdata(ctx, &pkey, EVP_PKEY_PUBLIC_KEY, params) != 1) {
         snprintf(err, errlen, "not a usable RSA key");
         goto done;
@@ -233,7 +234,7 @@ struct jwks {
     struct jwks_waiter *waiters;
     size_t nwaiters, capwaiters;
     struct jwks_tried tried[JWKS_TRIED_MAX];
-    int64_t window_start;   /* refetch rate limit: this minute's start */
+    int64_t window_start; /* refetch rate limit: this minute's start */
     int window_refetches;
     int fetches;
 };

@@ -58,7 +58,7 @@ struct evp_pkey_st *jwks_find(struct jwks *j, const char *kid);
  * 0 when it failed or j is being freed. */
 typedef void (*jwks_done_fn)(void *arg, int ok);
 
-#define JWKS_REFETCHED 1 /* a file was read again now: look the kid up again */
+#define JWKS_REFETCHED 1  /* a file was read again now: look the kid up again */
 #define JWKS_NO_REFETCH 2 /* kid was already refetched recently: it is unknown */
 
 /* Asks for the keys again because kid was not found. Returns 0 when a URL

@@ -34,26 +34,27 @@
 #include "verify.h"
 
 static void usage(FILE *out) {
-    fprintf(out,
-            "usage: waybill serve [-c waybill.lua]     run the gateway\n"
-            "       waybill check [-c waybill.lua]     load config and rules; exit 1 on error\n"
-            "       waybill sign --scheme S --secret K [--secret K2] [FILE]\n"
-            "                                          print the headers a sender of scheme S\n"
-            "                                          attaches to FILE's body (stdin if absent)\n"
-            "                                          S: generic|hex, atoship, aftership,\n"
-            "                                          easypost, stripe [--header H], standard,\n"
-            "                                          hmac-sha256 --header H [--encoding hex|base64]\n"
-            "                                          [--prefix P], shiptify (prints the body\n"
-            "                                          with timestamp, token and signature),\n"
-            "                                          shipengine --key private.pem --kid KID\n"
-            "       waybill events [--failed] | event ID | retry ID | replay ID |\n"
-            "       waybill test ENDPOINT TYPE        admin API wrappers (--json for JSON)\n"
-            "       waybill route [-c waybill.lua] --source NAME EVENT.json\n"
-            "                                          dry run: print the normalized event and\n"
-            "                                          the deliveries the rules would make\n"
-            "       waybill init [DIR]                 write a starter waybill.lua and rules/\n"
-            "       waybill test-rules FILE.test       run rule tests (see tests/rules/README)\n"
-            "       waybill version\n");
+    fprintf(
+        out,
+        "usage: waybill serve [-c waybill.lua]     run the gateway\n"
+        "       waybill check [-c waybill.lua]     load config and rules; exit 1 on error\n"
+        "       waybill sign --scheme S --secret K [--secret K2] [FILE]\n"
+        "                                          print the headers a sender of scheme S\n"
+        "                                          attaches to FILE's body (stdin if absent)\n"
+        "                                          S: generic|hex, atoship, aftership,\n"
+        "                                          easypost, stripe [--header H], standard,\n"
+        "                                          hmac-sha256 --header H [--encoding hex|base64]\n"
+        "                                          [--prefix P], shiptify (prints the body\n"
+        "                                          with timestamp, token and signature),\n"
+        "                                          shipengine --key private.pem --kid KID\n"
+        "       waybill events [--failed] | event ID | retry ID | replay ID |\n"
+        "       waybill test ENDPOINT TYPE        admin API wrappers (--json for JSON)\n"
+        "       waybill route [-c waybill.lua] --source NAME EVENT.json\n"
+        "                                          dry run: print the normalized event and\n"
+        "                                          the deliveries the rules would make\n"
+        "       waybill init [DIR]                 write a starter waybill.lua and rules/\n"
+        "       waybill test-rules FILE.test       run rule tests (see tests/rules/README)\n"
+        "       waybill version\n");
 }
 
 /* The shipped Lua library: $WAYBILL_LUA_DIR, else lua/ beside the binary,
@@ -434,17 +435,17 @@ static json_t *route_plan_json(const struct rules_input *in, const struct rules_
             char ws[64], we[64];
             util_time_rfc3339(start, ws, sizeof ws);
             util_time_rfc3339(start + sd->window_ms, we, sizeof we);
-            win = json_pack("{s:I, s:s, s:s}", "ms", (json_int_t)sd->window_ms, "start", ws,
-                            "end", we);
+            win = json_pack("{s:I, s:s, s:s}", "ms", (json_int_t)sd->window_ms, "start", ws, "end",
+                            we);
         }
         hdrs = sd->headers_json ? json_loads(sd->headers_json, 0, NULL) : NULL;
         if (!hdrs)
             hdrs = json_object();
         json_object_set_new(hdrs, "Content-Type", json_string(sd->content_type));
-        json_array_append_new(dels, json_pack("{s:s, s:o, s:o, s:o}", "endpoint", sd->endpoint,
-                                              "window", win, "payload",
-                                              payload_json(sd->payload, sd->payload_len),
-                                              "headers", hdrs));
+        json_array_append_new(dels,
+                              json_pack("{s:s, s:o, s:o, s:o}", "endpoint", sd->endpoint, "window",
+                                        win, "payload", payload_json(sd->payload, sd->payload_len),
+                                        "headers", hdrs));
     }
     out = json_pack("{s:o, s:o}", "event", ev ? ev : json_null(), "deliveries",
                     dels ? dels : json_array());
@@ -553,7 +554,8 @@ static const char init_config[] =
     "-- Sources: one per carrier account. Secrets come from the environment;\n"
     "-- the second argument of env() is a development default: remove it in\n"
     "-- production so a missing variable stops the load.\n"
-    "source \"atoship\" { verify = \"atoship\", secret = env(\"ATOSHIP_SECRET\", \"dev-atoship-secret\") }\n"
+    "source \"atoship\" { verify = \"atoship\", secret = env(\"ATOSHIP_SECRET\", "
+    "\"dev-atoship-secret\") }\n"
     "\n"
     "-- Endpoints: the systems that receive events. sign = \"standard\" signs\n"
     "-- with Standard Webhooks headers (secret whsec_<base64>).\n"

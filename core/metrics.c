@@ -43,9 +43,10 @@ static struct metrics_family metrics_fam[F_COUNT_] = {
     [F_REJECTED] = {"waybill_events_rejected_total",
                     "Inbound requests not stored as new events, by source and reason.", M_COUNTER,
                     NULL, NULL},
-    [F_DELIVERIES] = {"waybill_deliveries_total",
-                      "Deliveries that reached a final outcome, by endpoint, event type and outcome.",
-                      M_COUNTER, NULL, NULL},
+    [F_DELIVERIES] =
+        {"waybill_deliveries_total",
+         "Deliveries that reached a final outcome, by endpoint, event type and outcome.", M_COUNTER,
+         NULL, NULL},
     [F_RETRIES] = {"waybill_delivery_retries_total",
                    "Failed attempts after which a retry was scheduled, by endpoint.", M_COUNTER,
                    NULL, NULL},
@@ -82,8 +83,9 @@ static struct metrics_series *metrics_get3(int f, const char *k1, const char *v1
     if (k2 && (util_buf_printf(&b, ",%s=\"", k2) || metrics_escape(&b, v2 ? v2 : "") ||
                util_buf_appends(&b, "\"")))
         goto oom;
-    if (k2 && k3 && (util_buf_printf(&b, ",%s=\"", k3) || metrics_escape(&b, v3 ? v3 : "") ||
-                     util_buf_appends(&b, "\"")))
+    if (k2 && k3 &&
+        (util_buf_printf(&b, ",%s=\"", k3) || metrics_escape(&b, v3 ? v3 : "") ||
+         util_buf_appends(&b, "\"")))
         goto oom;
     if (util_buf_append(&b, "", 1))
         goto oom;
@@ -167,8 +169,8 @@ int metrics_render(struct util_buf *b) {
     int bad = 0;
     for (int f = 0; f < F_COUNT_; f++) {
         struct metrics_family *fam = &metrics_fam[f];
-        bad |= util_buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", fam->name, fam->help,
-                               fam->name, fam->kind == M_COUNTER ? "counter" : "histogram");
+        bad |= util_buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", fam->name, fam->help, fam->name,
+                               fam->kind == M_COUNTER ? "counter" : "histogram");
         if (fam->kind == M_COUNTER && !fam->head && f == F_RULE_ERRORS)
             bad |= util_buf_printf(b, "%s 0\n", fam->name);
         for (struct metrics_series *s = fam->head; s; s = s->next) {

@@ -7,7 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-
 #include "batch.h"
 #include "config.h"
 #include "deliver.h"

@@ -46,10 +46,10 @@ int64_t rules_loaded_at(const struct rules *r);
 /* What an adapter made of a carrier body. Every field is new (caller frees
  * with rules_event_clear); any may be NULL but type and data_json. */
 struct rules_event {
-    char *source_id;   /* the carrier's event id, NULL if the adapter found none */
-    char *type;        /* normalized type, e.g. "tracking.delivered" */
-    char *created_at;  /* carrier's timestamp text, or NULL */
-    char *data_json;   /* compact JSON of the event's data */
+    char *source_id;  /* the carrier's event id, NULL if the adapter found none */
+    char *type;       /* normalized type, e.g. "tracking.delivered" */
+    char *created_at; /* carrier's timestamp text, or NULL */
+    char *data_json;  /* compact JSON of the event's data */
     /* rules_adapt_keep: the token of data_json's decoded form, kept in the
      * generation for rules_route (rules_input.data_token); 0 when none.
      * Not memory: a generation keeps a bounded number, so one never routed
@@ -71,9 +71,8 @@ int rules_adapt(struct rules *r, const struct config_source *src, const char *bo
  * event's data, the table decoding data_json gives, made while encoding it,
  * so rules_route needs not decode it again: out->data_token. The ingest
  * path; anything routed from stored JSON uses rules_adapt. */
-int rules_adapt_keep(struct rules *r, const struct config_source *src, const char *body,
-                     size_t len, const char *headers_json, struct rules_event *out, char *err,
-                     size_t errlen);
+int rules_adapt_keep(struct rules *r, const struct config_source *src, const char *body, size_t len,
+                     const char *headers_json, struct rules_event *out, char *err, size_t errlen);
 
 /* Frees the kept data of token when r holds it (else nothing: a token of
  * another generation, already taken, or 0). */
@@ -113,11 +112,11 @@ struct rules_input {
 /* One delivery a handler asked for. Every pointer is new. */
 struct rules_send {
     char *endpoint;
-    char *payload;          /* bytes to POST (table payloads encoded as compact JSON) */
+    char *payload; /* bytes to POST (table payloads encoded as compact JSON) */
     size_t payload_len;
-    char *content_type;     /* "application/json" unless the send options set one */
-    char *headers_json;     /* extra headers as a JSON object, or NULL */
-    int64_t window_ms;      /* 0: send now; > 0: batch into a window of this length */
+    char *content_type; /* "application/json" unless the send options set one */
+    char *headers_json; /* extra headers as a JSON object, or NULL */
+    int64_t window_ms;  /* 0: send now; > 0: batch into a window of this length */
 };
 
 struct rules_plan {

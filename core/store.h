@@ -37,8 +37,8 @@ struct store;
  * relative to base_dir). Creates the schema when new. For SQLite, which one
  * process owns, leases left by a crashed run are released at open.
  * Returns a new store, or NULL with a reason in err. */
-struct store *store_open(struct event_base *base, const char *url, const char *base_dir,
-                         char *err, size_t errlen);
+struct store *store_open(struct event_base *base, const char *url, const char *base_dir, char *err,
+                         size_t errlen);
 
 /* Commits the open group (running its callbacks) and closes; NULL is a no-op. */
 void store_free(struct store *s);
@@ -77,16 +77,16 @@ int store_ping(struct store *s);
 struct store_event {
     const char *id;
     const char *source;
-    const char *source_id;     /* dedupe key within source; never NULL */
+    const char *source_id; /* dedupe key within source; never NULL */
     const char *type;
-    const char *created_at;    /* may be NULL */
-    int64_t received_at;       /* Unix ms */
+    const char *created_at; /* may be NULL */
+    int64_t received_at;    /* Unix ms */
     const char *raw;
     size_t raw_len;
     const char *headers_json;
     const char *data_json;
-    const char *status;        /* "received", or "rule_error" when the adapter failed */
-    const char *error;         /* may be NULL */
+    const char *status; /* "received", or "rule_error" when the adapter failed */
+    const char *error;  /* may be NULL */
 };
 
 #define STORE_DUP 1
@@ -120,9 +120,9 @@ struct store_delivery_new {
     const char *payload;
     size_t payload_len;
     const char *content_type;
-    const char *headers_json;  /* may be NULL */
-    const char *status;        /* "pending", or "held" for a disabled endpoint */
-    int64_t next_at;           /* Unix ms of the first attempt */
+    const char *headers_json; /* may be NULL */
+    const char *status;       /* "pending", or "held" for a disabled endpoint */
+    int64_t next_at;          /* Unix ms of the first attempt */
 };
 
 /* Records the outcome of routing event_id in the open group: inserts the n
@@ -132,9 +132,8 @@ struct store_delivery_new {
  * the endpoint and the place in d (util_id_derive), so routing it again
  * after a lost group gives the same ids; on later routings (replays) new.
  * Returns 0 or -1. */
-int store_event_routed(struct store *s, const char *event_id, const char *status,
-                       const char *error, const struct store_delivery_new *d, size_t n,
-                       char *err, size_t errlen);
+int store_event_routed(struct store *s, const char *event_id, const char *status, const char *error,
+                       const struct store_delivery_new *d, size_t n, char *err, size_t errlen);
 
 /* A stored event; every pointer is owned by the row. */
 struct store_event_row {
@@ -166,8 +165,8 @@ struct store_delivery {
     char *endpoint, *event_type, *content_type, *headers_json;
     char *payload;
     size_t payload_len;
-    int attempts;        /* attempts made so far; the next one is attempts + 1 */
-    int schedule_pos;    /* index in the retry schedule of the next attempt */
+    int attempts;     /* attempts made so far; the next one is attempts + 1 */
+    int schedule_pos; /* index in the retry schedule of the next attempt */
     int64_t next_at;
     int64_t created_at;
 };
@@ -219,12 +218,12 @@ void store_delivery_seqs(const struct store *s, int64_t *committed, int64_t *las
 
 /* One attempt at a delivery; all borrowed. */
 struct store_attempt {
-    int n;                 /* 1-based, keeps counting across manual retries */
-    int64_t at;            /* Unix ms the request started */
-    int status_code;       /* 0 when there was no HTTP response */
+    int n;           /* 1-based, keeps counting across manual retries */
+    int64_t at;      /* Unix ms the request started */
+    int status_code; /* 0 when there was no HTTP response */
     int64_t latency_ms;
-    const char *error;     /* NULL on success */
-    const char *response;  /* first bytes of the response body (<= 1 KiB) */
+    const char *error;    /* NULL on success */
+    const char *response; /* first bytes of the response body (<= 1 KiB) */
     size_t response_len;
 };
 
@@ -350,22 +349,22 @@ int store_sub_change(struct store *s, const char *id, const char *url, char *err
 
 /* Calls fn for every stored subscription, oldest first (sub borrowed for
  * the call). Returns 0 or -1. */
-int store_subs_load(struct store *s, void (*fn)(void *arg, const struct store_sub *sub),
-                    void *arg, char *err, size_t errlen);
+int store_subs_load(struct store *s, void (*fn)(void *arg, const struct store_sub *sub), void *arg,
+                    char *err, size_t errlen);
 
 /* ---- endpoint state (SPEC section 7: health, disabling, held) ---- */
 
 /* One endpoint's stored state; pointers owned by the row. */
 struct store_endpoint_state {
     char *name;
-    int disabled;              /* by a 410, disable_after or the admin API */
-    int64_t disabled_at;       /* Unix ms, 0 when enabled */
-    char *reason;              /* why it was disabled, or NULL */
-    char *last_error;          /* the last failed attempt's error, or NULL */
+    int disabled;        /* by a 410, disable_after or the admin API */
+    int64_t disabled_at; /* Unix ms, 0 when enabled */
+    char *reason;        /* why it was disabled, or NULL */
+    char *last_error;    /* the last failed attempt's error, or NULL */
     int64_t last_error_at;
-    int64_t first_failure_at;  /* start of the current run of failures, 0 after a success */
-    int64_t ok, failed;        /* attempts succeeded / failed, ever */
-    int64_t pending, held;     /* deliveries in those states now */
+    int64_t first_failure_at; /* start of the current run of failures, 0 after a success */
+    int64_t ok, failed;       /* attempts succeeded / failed, ever */
+    int64_t pending, held;    /* deliveries in those states now */
 };
 
 /* Counts one attempt at name in the open group: ok, or failed with error.
@@ -377,14 +376,13 @@ int store_endpoint_attempt(struct store *s, const char *name, int ok, const char
 /* Disables (with reason) or enables name in the open group, moving its
  * deliveries pending -> held, or held -> pending due now (leases cleared).
  * *moved (may be NULL) receives how many moved. Returns 0 or -1. */
-int store_endpoint_set_disabled(struct store *s, const char *name, int disabled,
-                                const char *reason, int64_t now, int64_t *moved, char *err,
-                                size_t errlen);
+int store_endpoint_set_disabled(struct store *s, const char *name, int disabled, const char *reason,
+                                int64_t now, int64_t *moved, char *err, size_t errlen);
 
 /* Every endpoint with stored state, by name. *out new (free with
  * store_endpoint_states_free). Returns 0 or -1. */
-int store_endpoint_states(struct store *s, struct store_endpoint_state **out, size_t *n,
-                          char *err, size_t errlen);
+int store_endpoint_states(struct store *s, struct store_endpoint_state **out, size_t *n, char *err,
+                          size_t errlen);
 void store_endpoint_states_free(struct store_endpoint_state *e, size_t n);
 
 /* seq of name's oldest pending delivery (the head of an ordered endpoint,

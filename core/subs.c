@@ -13,7 +13,7 @@ struct subs {
     size_t n, cap;
     void (*changed)(void *arg, const struct subs *subs); /* after every change */
     void *changed_arg;
-    int loading;                /* subs_new: one notice at the end, not one per entry */
+    int loading; /* subs_new: one notice at the end, not one per entry */
 };
 
 /* The default retry preset (atoship): 0, 1m, 5m, 30m, 2h, 6h. */
@@ -189,8 +189,8 @@ json_t *subs_entry_json(const struct subs_entry *e, int with_secret) {
     char at[32];
     json_t *j;
     util_time_rfc3339(e->created_at, at, sizeof at);
-    j = json_pack("{ssssssss}", "webhook_id", e->id, "url", e->url, "event", e->event,
-                  "created_at", at);
+    j = json_pack("{ssssssss}", "webhook_id", e->id, "url", e->url, "event", e->event, "created_at",
+                  at);
     if (j && with_secret)
         json_object_set_new(j, "secret", json_string(e->secret));
     return j;
@@ -213,8 +213,7 @@ static void subs_load_one(void *arg, const struct store_sub *sub) {
 }
 
 struct subs *subs_new(struct store *s, void (*changed)(void *arg, const struct subs *subs),
-                      void *arg, char *err,
-                      size_t errlen) {
+                      void *arg, char *err, size_t errlen) {
     struct subs *subs = calloc(1, sizeof *subs);
 
     if (!subs) {

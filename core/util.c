@@ -55,9 +55,9 @@ int util_size_parse(const char *s, size_t *bytes) {
     static const struct {
         const char *suffix;
         double mult;
-    } units[] = {{"", 1},          {"B", 1},           {"KiB", 1024.0},   {"MiB", 1048576.0},
-                 {"GiB", 1073741824.0}, {"kB", 1e3},  {"KB", 1e3},       {"MB", 1e6},
-                 {"GB", 1e9}};
+    } units[] = {
+        {"", 1},     {"B", 1},    {"KiB", 1024.0}, {"MiB", 1048576.0}, {"GiB", 1073741824.0},
+        {"kB", 1e3}, {"KB", 1e3}, {"MB", 1e6},     {"GB", 1e9}};
     char *end;
     double v;
 

@@ -410,8 +410,8 @@ int verify_shiptify_token(const unsigned char *body, size_t len, char *out, size
     int rc = -1;
 
     if (json_is_string(token) && json_string_length(token) > 0 &&
-        json_string_length(token) < outlen && !memchr(json_string_value(token), '\0',
-                                                      json_string_length(token))) {
+        json_string_length(token) < outlen &&
+        !memchr(json_string_value(token), '\0', json_string_length(token))) {
         memcpy(out, json_string_value(token), json_string_length(token) + 1);
         rc = 0;
     }
@@ -634,11 +634,8 @@ int verify_sign(enum verify_sign_scheme scheme, const struct verify_secret *secr
         return -1;
     if (scheme == SIGN_STANDARD) {
         snprintf(ts, sizeof ts, "%lld", (long long)ts_s);
-        struct hmac_part parts[] = {{msg_id, strlen(msg_id)},
-                                    {".", 1},
-                                    {ts, strlen(ts)},
-                                    {".", 1},
-                                    {body, body_len}};
+        struct hmac_part parts[] = {
+            {msg_id, strlen(msg_id)}, {".", 1}, {ts, strlen(ts)}, {".", 1}, {body, body_len}};
         for (size_t i = 0; i < nsecrets; i++) {
             if (hmac_parts(secrets[i].key, secrets[i].len, parts, 5, mac) < 0)
                 goto done;

@@ -11,12 +11,12 @@
 /* ---- inbound ---- */
 
 enum verify_kind {
-    VERIFY_NONE,     /* accepted only with insecure = true (config enforces) */
-    VERIFY_HMAC,     /* HMAC-SHA256 of the raw body in one header (generic, atoship,
-                        aftership, easypost and the hmac-sha256 table form) */
-    VERIFY_STANDARD, /* Standard Webhooks v1 */
-    VERIFY_STRIPE,   /* t=<unix>,v1=<hex> over "t.body" */
-    VERIFY_SHIPTIFY, /* in the body: hex HMAC of timestamp text || token */
+    VERIFY_NONE,      /* accepted only with insecure = true (config enforces) */
+    VERIFY_HMAC,      /* HMAC-SHA256 of the raw body in one header (generic, atoship,
+                         aftership, easypost and the hmac-sha256 table form) */
+    VERIFY_STANDARD,  /* Standard Webhooks v1 */
+    VERIFY_STRIPE,    /* t=<unix>,v1=<hex> over "t.body" */
+    VERIFY_SHIPTIFY,  /* in the body: hex HMAC of timestamp text || token */
     VERIFY_SHIPENGINE /* RSA-SHA256 over "timestamp.body", JWKS keys */
 };
 
@@ -25,10 +25,10 @@ enum verify_encoding { VERIFY_HEX, VERIFY_BASE64 };
 /* A resolved verification rule (config turns a preset name into one). */
 struct verify_spec {
     enum verify_kind kind;
-    char header[64];           /* VERIFY_HMAC / VERIFY_STRIPE: header name */
+    char header[64]; /* VERIFY_HMAC / VERIFY_STRIPE: header name */
     enum verify_encoding encoding;
-    char prefix[32];           /* e.g. "sha256=", "hmac-sha256-hex=", or "" */
-    int64_t tolerance_ms;      /* schemes with a timestamp */
+    char prefix[32];      /* e.g. "sha256=", "hmac-sha256-hex=", or "" */
+    int64_t tolerance_ms; /* schemes with a timestamp */
 };
 
 /* A secret as raw key bytes (already whsec_-decoded where the scheme says). */
@@ -52,7 +52,7 @@ struct verify_request {
     const unsigned char *body;
     size_t body_len;
     int64_t now_ms;
-    verify_key_fn key;          /* VERIFY_SHIPENGINE only; NULL: no keys */
+    verify_key_fn key; /* VERIFY_SHIPENGINE only; NULL: no keys */
     void *key_ctx;
 };
 
@@ -74,8 +74,7 @@ int verify_preset(const char *name, struct verify_spec *spec);
  * x-shipengine-rsa-sha256-key-id header through req->key and returns
  * VERIFY_EUNKNOWN_KEY (with a reason) when the lookup has no such key. */
 int verify_check(const struct verify_spec *spec, const struct verify_secret *secrets,
-                 size_t nsecrets, const struct verify_request *req, char *reason,
-                 size_t reasonlen);
+                 size_t nsecrets, const struct verify_request *req, char *reason, size_t reasonlen);
 
 /* The token of a Shiptify body (a JSON object with a string "token") copied
  * into out. Returns 0, or -1 when absent, not a string or longer than
@@ -105,10 +104,10 @@ unsigned char *verify_whsec_decode(const char *secret, size_t *keylen);
 
 enum verify_sign_scheme {
     SIGN_NONE,
-    SIGN_STANDARD,  /* webhook-id, webhook-timestamp, webhook-signature: v1,<b64> ... */
-    SIGN_HEX,       /* X-Signature: <hex> */
-    SIGN_ATOSHIP,   /* X-Atoship-Signature: <hex> */
-    SIGN_AFTERSHIP  /* aftership-hmac-sha256: <base64> */
+    SIGN_STANDARD, /* webhook-id, webhook-timestamp, webhook-signature: v1,<b64> ... */
+    SIGN_HEX,      /* X-Signature: <hex> */
+    SIGN_ATOSHIP,  /* X-Atoship-Signature: <hex> */
+    SIGN_AFTERSHIP /* aftership-hmac-sha256: <base64> */
 };
 
 /* Maps "standard", "hex", "atoship", "aftership", "none". Returns 0 or -1. */

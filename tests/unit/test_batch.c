@@ -138,7 +138,8 @@ static int rig_open(struct rig *r, const char *config) {
     }
     r->hc = httpc_new(r->base, err, sizeof err);
     r->hl = r->hc ? health_new(r->st, err, sizeof err) : NULL;
-    r->d = r->hl ? deliver_new(r->base, r->st, r->hc, r->hl, err, sizeof err) : NULL; /* no config: sends nothing */
+    r->d = r->hl ? deliver_new(r->base, r->st, r->hc, r->hl, err, sizeof err)
+                 : NULL; /* no config: sends nothing */
     if (!r->d) {
         fprintf(stderr, "rig: deliver: %s\n", err);
         return -1;

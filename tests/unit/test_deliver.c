@@ -32,7 +32,6 @@
 
 /* ---- pure helpers ---- */
 
-
 /* What the app answers the guard: the config's allow_private. */
 static int allow_from_config(void *arg, int family, const unsigned char *ip) {
     return config_private_allowed(arg, family, ip);

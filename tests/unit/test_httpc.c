@@ -23,7 +23,6 @@
 #include "log.h"
 #include "util.h"
 
-
 /* What the app answers the guard: the config's allow_private. */
 static int allow_from_config(void *arg, int family, const unsigned char *ip) {
     return config_private_allowed(arg, family, ip);

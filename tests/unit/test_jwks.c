@@ -38,11 +38,13 @@ static void jwks_text(EVP_PKEY *key, const char *kid, char *out, size_t outlen) 
     EVP_PKEY_get_bn_param(key, OSSL_PKEY_PARAM_RSA_E, &e);
     b64url_bn(n, n64);
     b64url_bn(e, e64);
-    snprintf(out, outlen,
-             "{\"keys\":[{\"kty\":\"EC\",\"kid\":\"ec\",\"crv\":\"P-256\",\"x\":\"AA\",\"y\":\"AA\"},"
-             "{\"kty\":\"RSA\",\"kid\":\"enc\",\"use\":\"enc\",\"n\":\"AQAB\",\"e\":\"AQAB\"},"
-             "{\"kty\":\"RSA\",\"kid\":\"%s\",\"use\":\"sig\",\"alg\":\"RS256\",\"n\":\"%s\",\"e\":\"%s\"}]}",
-             kid, n64, e64);
+    snprintf(
+        out, outlen,
+        "{\"keys\":[{\"kty\":\"EC\",\"kid\":\"ec\",\"crv\":\"P-256\",\"x\":\"AA\",\"y\":\"AA\"},"
+        "{\"kty\":\"RSA\",\"kid\":\"enc\",\"use\":\"enc\",\"n\":\"AQAB\",\"e\":\"AQAB\"},"
+        "{\"kty\":\"RSA\",\"kid\":\"%s\",\"use\":\"sig\",\"alg\":\"RS256\",\"n\":\"%s\",\"e\":\"%"
+        "s\"}]}",
+        kid, n64, e64);
     BN_free(n);
     BN_free(e);
 }
@@ -86,8 +88,9 @@ static void test_parse_and_verify(void) {
     struct hdrs h = {{"x-shipengine-rsa-sha256-signature", "x-shipengine-rsa-sha256-key-id",
                       "x-shipengine-timestamp"},
                      {sig, "kid-1", ts}};
-    struct verify_request r = {hdr_get, &h, (const unsigned char *)body, strlen(body),
-                               1705314600000LL + 2000, lookup, set};
+    struct verify_request r = {
+        hdr_get, &h, (const unsigned char *)body, strlen(body), 1705314600000LL + 2000,
+        lookup,  set};
     verify_preset("shipengine", &spec);
     CHECK_INT_EQ(verify_check(&spec, NULL, 0, &r, reason, sizeof reason), 0);
     /* another key's signature, a tampered body, a stale time, an unknown kid */

@@ -96,13 +96,18 @@ static int rig_open(struct rig *r, const char *config, const char *rules) {
         !(r->hc = httpc_new(r->base, err, sizeof err)) ||
         !(r->hl = health_new(r->st, err, sizeof err)) ||
         !(r->hk = housekeep_new(r->base, r->st, on_recovered, r, err, sizeof err)) ||
-        !(r->d = deliver_new(r->base, r->st, r->hc, r->hl, err, sizeof err))) { /* no config: sends nothing */
+        !(r->d = deliver_new(r->base, r->st, r->hc, r->hl, err,
+                             sizeof err))) { /* no config: sends nothing */
         fprintf(stderr, "rig: %s\n", err);
         return -1;
     }
     bd = (struct batch_deps){.base = r->base, .store = r->st, .deliver = r->d, .rules = &r->rules};
-    rd = (struct route_deps){.base = r->base, .store = r->st, .deliver = r->d,
-                             .health = r->hl, .housekeep = r->hk, .rules = &r->rules};
+    rd = (struct route_deps){.base = r->base,
+                             .store = r->st,
+                             .deliver = r->d,
+                             .health = r->hl,
+                             .housekeep = r->hk,
+                             .rules = &r->rules};
     if (!(rd.batch = r->b = batch_new(&bd)))
         return -1;
     r->rt = route_new(&rd);

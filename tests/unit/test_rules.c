@@ -120,9 +120,18 @@ static const char *test_headers = "{\"user-agent\":\"test/1\",\"x-a\":\"1\"}";
 /* Routes an event of type with data (also used as the raw body). */
 static int route(struct rules *r, const char *type, const char *data, struct rules_plan *plan,
                  char *err, size_t errlen) {
-    struct rules_input in = {
-        "evt_test",      "atoship", "src1", type,         "2024-01-15T10:30:00Z",
-        1705314601500LL, data,      data,   strlen(data), test_headers, 0, 0};
+    struct rules_input in = {"evt_test",
+                             "atoship",
+                             "src1",
+                             type,
+                             "2024-01-15T10:30:00Z",
+                             1705314601500LL,
+                             data,
+                             data,
+                             strlen(data),
+                             test_headers,
+                             0,
+                             0};
     err[0] = '\0';
     return rules_route(r, &in, plan, err, errlen);
 }
@@ -774,7 +783,14 @@ static int same_both_ways(struct rules *r, struct rules_input in, struct rules_p
 
 static void test_canonical_routing(void) {
     static const char *datas[] = {
-        "{}", "[]", "null", "5", "1.5", "\"text\"", "true", "[1,2,[3,[]],{}]",
+        "{}",
+        "[]",
+        "null",
+        "5",
+        "1.5",
+        "\"text\"",
+        "true",
+        "[1,2,[3,[]],{}]",
         "{\"a\":1.0,\"b\":1e21,\"c\":-0.0,\"d\":123456789012345678901234567890,\"e\":1e-7}",
         "{\"s\":\"\\u00e9\\ud83d\\ude00\\u0001\\n\\\"\\\\/\",\"k\":{\"2\":1,\"10\":2,\"a\":3}}",
         "{\"n\":null,\"arr\":[null,1,null],\"deep\":{\"x\":{\"y\":{\"z\":[{}]}}}}",
@@ -831,17 +847,36 @@ static void test_canonical_routing(void) {
         data = canonical(datas[i]);
         CHECK(data != NULL);
         for (size_t t = 0; data && t < 4; t++) {
-            struct rules_input in = {"evt_c", "atoship", "src\\u", types[t], "2024-01-15T10:30:00Z",
-                                     1705314601500LL, data, "{}", 2, test_headers, 0, 0};
+            struct rules_input in = {"evt_c",
+                                     "atoship",
+                                     "src\\u",
+                                     types[t],
+                                     "2024-01-15T10:30:00Z",
+                                     1705314601500LL,
+                                     data,
+                                     "{}",
+                                     2,
+                                     test_headers,
+                                     0,
+                                     0};
             same_both_ways(r, in, NULL, err, sizeof err); /* mut.x fails on a non-table */
         }
         free(data);
     }
     /* what list handlers send, pinned: the envelope around data's own text */
     {
-        struct rules_input in = {"evt_c", "atoship", "s\x01\xc3\xa9", "plain.x", NULL,
-                                 1705314601000LL, "{\"b\":[1.5,null],\"a\":\"x\"}", "{}", 2,
-                                 test_headers, 0, 0};
+        struct rules_input in = {"evt_c",
+                                 "atoship",
+                                 "s\x01\xc3\xa9",
+                                 "plain.x",
+                                 NULL,
+                                 1705314601000LL,
+                                 "{\"b\":[1.5,null],\"a\":\"x\"}",
+                                 "{}",
+                                 2,
+                                 test_headers,
+                                 0,
+                                 0};
         data = canonical(in.data_json);
         in.data_json = data;
         CHECK_INT_EQ(same_both_ways(r, in, &p, err, sizeof err), 0);
@@ -857,8 +892,8 @@ static void test_canonical_routing(void) {
     }
     /* a user function that changed the event: later list handlers send it changed */
     {
-        struct rules_input in = {"evt_c", "atoship", "s", "mut.y", NULL, 0, "{\"k\":1}", "{}", 2,
-                                 test_headers, 0, 0};
+        struct rules_input in = {"evt_c",     "atoship", "s", "mut.y",      NULL, 0,
+                                 "{\"k\":1}", "{}",      2,   test_headers, 0,    0};
         CHECK_INT_EQ(same_both_ways(r, in, &p, err, sizeof err), 0);
         CHECK_INT_EQ(p.n, 4);
         CHECK(strstr(nth(&p, 0)->payload, "\"id\":\"evt_c\"") != NULL);
@@ -869,13 +904,14 @@ static void test_canonical_routing(void) {
     }
     /* received_at, formatted once per second and kept: each event's own */
     {
-        static const int64_t when[] = {1705314601500LL, 1705314601000LL, 1705314602000LL,
-                                       1705314601999LL, 0,      999,    1000,
-                                       -1,              -1000,  -1500,  253402300799999LL};
+        static const int64_t when[] = {
+            1705314601500LL, 1705314601000LL, 1705314602000LL,  1705314601999LL, 0, 999, 1000, -1,
+            -1000,           -1500,           253402300799999LL};
         for (size_t k = 0; k < sizeof when / sizeof *when; k++) {
             char want[64], text[40];
-            struct rules_input in = {"evt_c", "atoship", "s", k % 2 ? "plain.x" : "fn.x", NULL,
-                                     when[k], "{}", "{}", 2, test_headers, 0, 0};
+            struct rules_input in = {"evt_c", "atoship",    "s",  k % 2 ? "plain.x" : "fn.x",
+                                     NULL,    when[k],      "{}", "{}",
+                                     2,       test_headers, 0,    0};
             util_time_rfc3339(when[k], text, sizeof text);
             snprintf(want, sizeof want, "\"received_at\":\"%s\"", text);
             CHECK_INT_EQ(same_both_ways(r, in, &p, err, sizeof err), 0);
@@ -886,8 +922,8 @@ static void test_canonical_routing(void) {
     /* headers: read on first use, the same table every read, kept by an
      * event a handler holds on to; raw and headers never among its fields */
     {
-        struct rules_input in = {"evt_h", "atoship", "s", "hdr.x", NULL, 0, "{}", "RAW", 3,
-                                 test_headers, 0, 0};
+        struct rules_input in = {"evt_h", "atoship", "s", "hdr.x",      NULL, 0,
+                                 "{}",    "RAW",     3,   test_headers, 0,    0};
         CHECK_INT_EQ(same_both_ways(r, in, &p, err, sizeof err), 0);
         CHECK_INT_EQ(p.n, 4); /* '*' list first, then the two functions */
         CHECK_STR_EQ(nth(&p, 2)->payload,
@@ -926,8 +962,8 @@ static void test_canonical_routing(void) {
     }
     /* not UTF-8: the same error either way */
     {
-        struct rules_input in = {"evt_c", "atoship", "bad\xff", "plain.x", NULL, 0, "{}", "{}", 2,
-                                 test_headers, 0, 0};
+        struct rules_input in = {"evt_c", "atoship", "bad\xff", "plain.x",    NULL, 0,
+                                 "{}",    "{}",      2,         test_headers, 0,    0};
         CHECK_INT_EQ(same_both_ways(r, in, NULL, err, sizeof err), -1);
         CHECK(strstr(err, "send: payload: invalid UTF-8 in a string") != NULL);
     }
@@ -939,8 +975,8 @@ static void test_canonical_routing(void) {
             deep[2 * depth - 1 - k] = ']';
         }
         deep[2 * depth] = '\0';
-        struct rules_input in = {"evt_c", "atoship", "s", "plain.x", NULL, 0, deep, "{}", 2,
-                                 test_headers, 0, 0};
+        struct rules_input in = {"evt_c", "atoship", "s", "plain.x",    NULL, 0,
+                                 deep,    "{}",      2,   test_headers, 0,    0};
         CHECK_INT_EQ(same_both_ways(r, in, NULL, err, sizeof err), depth < 2048 ? 0 : -1);
         if (depth == 2048)
             CHECK(strstr(err, "nesting deeper than 2048 levels") != NULL);
@@ -954,8 +990,8 @@ static void test_canonical_routing(void) {
         memset(big + 1, 'x', n);
         big[n + 1] = '"';
         big[n + 2] = '\0';
-        struct rules_input in = {"evt_c", "atoship", "s", "plain.x", NULL, 0, big, "{}", 2,
-                                 test_headers, 0, 0};
+        struct rules_input in = {"evt_c", "atoship", "s", "plain.x",    NULL, 0,
+                                 big,     "{}",      2,   test_headers, 0,    0};
         CHECK_INT_EQ(same_both_ways(r, in, NULL, err, sizeof err), 0); /* default 64 MiB */
         free(big);
     }
@@ -967,8 +1003,8 @@ static void test_canonical_routing(void) {
                   err, sizeof err);
     CHECK(r != NULL);
     if (r) {
-        struct rules_input in = {"evt_c", "atoship", "s", "plain.x", NULL, 0, "{}", "{}", 2,
-                                 test_headers, 0, 0};
+        struct rules_input in = {"evt_c", "atoship", "s", "plain.x",    NULL, 0,
+                                 "{}",    "{}",      2,   test_headers, 0,    0};
         CHECK_INT_EQ(same_both_ways(r, in, NULL, err, sizeof err), -1);
         CHECK(strstr(err, "instruction budget exceeded") != NULL);
         rules_free(r);
@@ -985,8 +1021,8 @@ static void test_canonical_routing(void) {
         memset(big + 1, 'x', n);
         big[n + 1] = '"';
         big[n + 2] = '\0';
-        struct rules_input in = {"evt_c", "atoship", "s", "plain.x", NULL, 0, big, "{}", 2,
-                                 test_headers, 0, 0};
+        struct rules_input in = {"evt_c", "atoship", "s", "plain.x",    NULL, 0,
+                                 big,     "{}",      2,   test_headers, 0,    0};
         CHECK_INT_EQ(same_both_ways(r, in, NULL, err, sizeof err), -1);
         CHECK(strstr(err, "output larger than") != NULL || strstr(err, "rule_memory") != NULL ||
               strstr(err, "memory") != NULL);
@@ -1011,8 +1047,8 @@ static char *adapt_route(struct rules *r, struct rules *route_with, const char *
         return strdup(err);
     if (token)
         *token = ev.data_token;
-    struct rules_input in = {"evt_k", "s", "sid", ev.type, NULL, 0, ev.data_json, body,
-                             strlen(body), "{}", 1, ev.data_token};
+    struct rules_input in = {"evt_k",      "s",  "sid",        ev.type, NULL, 0,
+                             ev.data_json, body, strlen(body), "{}",    1,    ev.data_token};
     rc = rules_route(route_with, &in, &p, err, sizeof err);
     out = strdup(rc ? err : p.n ? p.sends[0].payload : "(no send)");
     rules_plan_clear(&p);
@@ -1091,10 +1127,10 @@ static void test_kept_data(void) {
     free(a);
 
     /* a token routed by another generation, or twice, just decodes */
-    other = load_text(
-        "source 's' { verify = 'none', insecure = true, adapter = 'adapters/k.lua' }\n"
-        "endpoint 'a' { url = 'http://h/a', sign = 'none' }\nrules 'rules/'\n",
-        err, sizeof err);
+    other =
+        load_text("source 's' { verify = 'none', insecure = true, adapter = 'adapters/k.lua' }\n"
+                  "endpoint 'a' { url = 'http://h/a', sign = 'none' }\nrules 'rules/'\n",
+                  err, sizeof err);
     CHECK(other != NULL);
     if (other) {
         a = adapt_route(other, other, bodies[0], 0, NULL); /* pairs order is per VM */
@@ -1119,8 +1155,18 @@ static void test_kept_data(void) {
         a = adapt_route(r, r, bodies[0], 0, NULL);
         for (size_t i = 0; i < 600; i += 7) {
             struct rules_plan p = {0};
-            struct rules_input in = {"evt_k", "s", "sid", evs[i].type, NULL, 0, evs[i].data_json,
-                                     bodies[0], strlen(bodies[0]), "{}", 1, evs[i].data_token};
+            struct rules_input in = {"evt_k",
+                                     "s",
+                                     "sid",
+                                     evs[i].type,
+                                     NULL,
+                                     0,
+                                     evs[i].data_json,
+                                     bodies[0],
+                                     strlen(bodies[0]),
+                                     "{}",
+                                     1,
+                                     evs[i].data_token};
             if (rules_route(r, &in, &p, err, sizeof err) != 0 || p.n != 1 || !a ||
                 strcmp(p.sends[0].payload, a) != 0)
                 same = 0;
@@ -1455,8 +1501,8 @@ static void test_adapters(struct rules *r) {
     CHECK_STR_EQ(ev.created_at, "t");
     CHECK_STR_EQ(ev.source_id, "e1");
     rules_event_clear(&ev);
-    CHECK_INT_EQ(adapt(r, "aftership", "{\"msg\":{\"tag\":\"Lost\"},\"ts\":1705305731}", NULL,
-                       &ev, err, sizeof err),
+    CHECK_INT_EQ(adapt(r, "aftership", "{\"msg\":{\"tag\":\"Lost\"},\"ts\":1705305731}", NULL, &ev,
+                       err, sizeof err),
                  0);
     CHECK_STR_EQ(ev.type, "aftership.Lost");
     CHECK_STR_EQ(ev.created_at, "2024-01-15T08:02:11Z");
@@ -1518,20 +1564,24 @@ static void test_retry_presets(void) {
         const char *name;
         const int64_t *want;
         size_t n;
-    } cases[] = {{"a", atoship, 6}, {"dflt", atoship, 6}, {"se", shipengine, 3},
-                 {"st", shiptify, 5}, {"l", list, 3}};
+    } cases[] = {{"a", atoship, 6},
+                 {"dflt", atoship, 6},
+                 {"se", shipengine, 3},
+                 {"st", shiptify, 5},
+                 {"l", list, 3}};
     char err[512];
     struct rules *r;
     const struct config *cfg;
 
     fresh();
-    r = load_text("endpoint 'a' { url = 'http://h/', sign = 'none', retry = 'atoship' }\n"
-                  "endpoint 'dflt' { url = 'http://h/', sign = 'none' }\n"
-                  "endpoint 'se' { url = 'http://h/', sign = 'none', retry = 'shipengine' }\n"
-                  "endpoint 'st' { url = 'http://h/', sign = 'none', retry = 'shiptify',"
-                  " jitter = false }\n"
-                  "endpoint 'l' { url = 'http://h/', sign = 'none', retry = { '0s', '1s', '5s' } }\n",
-                  err, sizeof err);
+    r = load_text(
+        "endpoint 'a' { url = 'http://h/', sign = 'none', retry = 'atoship' }\n"
+        "endpoint 'dflt' { url = 'http://h/', sign = 'none' }\n"
+        "endpoint 'se' { url = 'http://h/', sign = 'none', retry = 'shipengine' }\n"
+        "endpoint 'st' { url = 'http://h/', sign = 'none', retry = 'shiptify',"
+        " jitter = false }\n"
+        "endpoint 'l' { url = 'http://h/', sign = 'none', retry = { '0s', '1s', '5s' } }\n",
+        err, sizeof err);
     CHECK(r != NULL);
     if (!r) {
         fprintf(stderr, "presets: %s\n", err);

@@ -328,7 +328,8 @@ static void test_route_claim_attempt(struct store *s) {
     }
     store_deliveries_free(d, n);
     /* Leased: not claimable again, even much later within the lease. */
-    CHECK_INT_EQ(store_endpoint_claim_due(s, "erp", now + 1000, 30000, 10, &d, &n, err, sizeof err), 0);
+    CHECK_INT_EQ(store_endpoint_claim_due(s, "erp", now + 1000, 30000, 10, &d, &n, err, sizeof err),
+                 0);
     CHECK_INT_EQ(n, 0);
     store_deliveries_free(d, n);
     CHECK_INT_EQ(store_endpoint_next_due(s, "erp"), now + 30000);
@@ -339,14 +340,16 @@ static void test_route_claim_attempt(struct store *s) {
     CHECK_INT_EQ(store_attempt_put(s, "dlv_NOPE", &a, "pending", now, 1, err, sizeof err), -1);
     CHECK(strstr(err, "unknown delivery") != NULL);
     CHECK_INT_EQ(commit(s), 1);
-    CHECK_INT_EQ(store_endpoint_claim_due(s, "erp", now + 40000, 30000, 10, &d, &n, err, sizeof err), 0);
+    CHECK_INT_EQ(
+        store_endpoint_claim_due(s, "erp", now + 40000, 30000, 10, &d, &n, err, sizeof err), 0);
     CHECK_INT_EQ(n, 0);
     store_deliveries_free(d, n);
     CHECK_INT_EQ(store_endpoint_next_due(s, "erp"), now + 60000);
     CHECK_INT_EQ(fresh_count("SELECT lease_until FROM deliveries WHERE id = ?", dlv_id), 0);
 
     /* Due again: claimed with attempts and schedule_pos; then delivered. */
-    CHECK_INT_EQ(store_endpoint_claim_due(s, "erp", now + 60000, 30000, 10, &d, &n, err, sizeof err), 0);
+    CHECK_INT_EQ(
+        store_endpoint_claim_due(s, "erp", now + 60000, 30000, 10, &d, &n, err, sizeof err), 0);
     CHECK_INT_EQ(n, 1);
     if (n == 1) {
         CHECK_INT_EQ(d[0].attempts, 1);
@@ -520,7 +523,8 @@ static struct store *test_crash_release(struct store *s) {
         return NULL;
     CHECK(store_endpoint_next_due(s, "erp") >= before);
     CHECK(store_endpoint_next_due(s, "erp") <= util_now_ms());
-    CHECK_INT_EQ(store_endpoint_claim_due(s, "erp", util_now_ms(), 30000, 10, &d, &n, err, sizeof err), 0);
+    CHECK_INT_EQ(
+        store_endpoint_claim_due(s, "erp", util_now_ms(), 30000, 10, &d, &n, err, sizeof err), 0);
     CHECK_INT_EQ(n, 1);
     if (n == 1)
         CHECK_STR_EQ(d[0].event_id, "evt_K");
@@ -598,12 +602,15 @@ static void test_claim_waits_for_commit(struct store *s) {
 
     CHECK_INT_EQ(store_event_put(s, &ev, NULL, 0, err, sizeof err), 0);
     CHECK_INT_EQ(commit(s), 1);
-    CHECK_INT_EQ(store_event_routed(s, "evt_commit_wait", "routed", NULL, &dn, 1, err, sizeof err), 0);
-    CHECK_INT_EQ(store_endpoint_claim_due(s, "erp", util_now_ms(), 60000, 10, &d, &n, err, sizeof err), 0);
+    CHECK_INT_EQ(store_event_routed(s, "evt_commit_wait", "routed", NULL, &dn, 1, err, sizeof err),
+                 0);
+    CHECK_INT_EQ(
+        store_endpoint_claim_due(s, "erp", util_now_ms(), 60000, 10, &d, &n, err, sizeof err), 0);
     CHECK_INT_EQ(n, 0); /* still in the open group */
     store_deliveries_free(d, n);
     CHECK_INT_EQ(commit(s), 1);
-    CHECK_INT_EQ(store_endpoint_claim_due(s, "erp", util_now_ms(), 60000, 10, &d, &n, err, sizeof err), 0);
+    CHECK_INT_EQ(
+        store_endpoint_claim_due(s, "erp", util_now_ms(), 60000, 10, &d, &n, err, sizeof err), 0);
     CHECK_INT_EQ(n, 1);
     if (n == 1) {
         struct store_attempt a = {.n = 1, .at = util_now_ms(), .status_code = 200};
@@ -654,19 +661,24 @@ static void test_endpoint_state(struct store *s) {
     CHECK_INT_EQ(n, 1);
     store_deliveries_free(d, n);
 
-    CHECK_INT_EQ(store_endpoint_attempt(s, "ord", 0, "HTTP 500", now - 5000, &first, err,
-                                        sizeof err), 0);
+    CHECK_INT_EQ(
+        store_endpoint_attempt(s, "ord", 0, "HTTP 500", now - 5000, &first, err, sizeof err), 0);
     CHECK_INT_EQ(first, now - 5000);
     CHECK_INT_EQ(store_endpoint_attempt(s, "ord", 0, "HTTP 502", now, &first, err, sizeof err), 0);
     CHECK_INT_EQ(first, now - 5000); /* the run of failures started at the first */
-    CHECK_INT_EQ(store_endpoint_set_disabled(s, "ord", 1, "answered 410 Gone", now, &moved, err,
-                                             sizeof err), 0);
+    CHECK_INT_EQ(
+        store_endpoint_set_disabled(s, "ord", 1, "answered 410 Gone", now, &moved, err, sizeof err),
+        0);
     CHECK_INT_EQ(moved, 3);
     CHECK_INT_EQ(commit(s), 1);
-    CHECK_INT_EQ(fresh_count("SELECT count(*) FROM deliveries WHERE endpoint = ? AND status = 'held'",
-                             "ord"), 3);
+    CHECK_INT_EQ(
+        fresh_count("SELECT count(*) FROM deliveries WHERE endpoint = ? AND status = 'held'",
+                    "ord"),
+        3);
     CHECK_INT_EQ(fresh_count("SELECT count(*) FROM deliveries WHERE endpoint = ?"
-                             " AND status = 'pending'", "other"), 1);
+                             " AND status = 'pending'",
+                             "other"),
+                 1);
     CHECK_INT_EQ(store_endpoint_head(s, "ord", NULL), INT64_MAX);
     CHECK_INT_EQ(store_endpoint_states(s, &st, &n, err, sizeof err), 0);
     for (i = 0; i < n && strcmp(st[i].name, "ord"); i++)
@@ -686,8 +698,11 @@ static void test_endpoint_state(struct store *s) {
     CHECK_INT_EQ(store_endpoint_attempt(s, "ord", 1, NULL, now, &first, err, sizeof err), 0);
     CHECK_INT_EQ(first, 0);
     CHECK_INT_EQ(commit(s), 1);
-    CHECK_INT_EQ(fresh_count("SELECT count(*) FROM deliveries WHERE endpoint = ? AND status = 'pending'"
-                             " AND lease_until = 0", "ord"), 3);
+    CHECK_INT_EQ(
+        fresh_count("SELECT count(*) FROM deliveries WHERE endpoint = ? AND status = 'pending'"
+                    " AND lease_until = 0",
+                    "ord"),
+        3);
 
     /* retention: nothing is delivered yet, so nothing goes */
     CHECK_INT_EQ(store_prune(s, now + 1, &cursor, 100, &pruned, err, sizeof err), 0);
@@ -731,15 +746,15 @@ static void test_batch_windows(struct store *s) {
 
     CHECK_INT_EQ(store_event_put(s, &ev, NULL, 0, err, sizeof err), 0);
     CHECK_INT_EQ(store_event_routed(s, "evt_BATCH1", "routed", NULL, NULL, 0, err, sizeof err), 0);
-    CHECK_INT_EQ(store_batch_add(s, "wms", start, W, "evt_BATCH1", "{\"n\":1}", 7, &c, err,
-                                 sizeof err), 0);
+    CHECK_INT_EQ(
+        store_batch_add(s, "wms", start, W, "evt_BATCH1", "{\"n\":1}", 7, &c, err, sizeof err), 0);
     CHECK_INT_EQ(c, 1);
-    CHECK_INT_EQ(store_batch_add(s, "wms", start, W, "evt_BATCH1", "{\"n\":2}", 7, &c, err,
-                                 sizeof err), 0);
+    CHECK_INT_EQ(
+        store_batch_add(s, "wms", start, W, "evt_BATCH1", "{\"n\":2}", 7, &c, err, sizeof err), 0);
     CHECK_INT_EQ(c, 2);
     /* another window of the same endpoint, and another endpoint */
-    CHECK_INT_EQ(store_batch_add(s, "wms", start + W, W, "evt_BATCH1", "3", 1, &c, err,
-                                 sizeof err), 0);
+    CHECK_INT_EQ(store_batch_add(s, "wms", start + W, W, "evt_BATCH1", "3", 1, &c, err, sizeof err),
+                 0);
     CHECK_INT_EQ(c, 1);
     CHECK_INT_EQ(store_batch_add(s, "bi", start, W, "evt_BATCH1", "4", 1, &c, err, sizeof err), 0);
     CHECK_INT_EQ(c, 1);
@@ -764,7 +779,8 @@ static void test_batch_windows(struct store *s) {
     CHECK_INT_EQ(commit(s), 1);
     CHECK(store_batch_next_close(s) == start + W); /* bi's window is still open */
 
-    CHECK_INT_EQ(store_endpoint_claim_due(s, "wms", util_now_ms(), 30000, 100, &d, &nd, err, sizeof err), 0);
+    CHECK_INT_EQ(
+        store_endpoint_claim_due(s, "wms", util_now_ms(), 30000, 100, &d, &nd, err, sizeof err), 0);
     {
         struct store_delivery *b = NULL;
         for (size_t i = 0; i < nd; i++)
@@ -778,15 +794,17 @@ static void test_batch_windows(struct store *s) {
              * a power cut took back is sent again under the same id */
             char key[256], want[UTIL_ID_MAX];
             long long last = fresh_count("SELECT max(seq) FROM batch_items WHERE endpoint = ?"
-                                         " AND delivery_id IS NOT NULL", "wms");
+                                         " AND delivery_id IS NOT NULL",
+                                         "wms");
             snprintf(key, sizeof key, "batch\nwms\n%lld\n%lld\n%lld", (long long)W,
                      (long long)start, last);
             util_id_derive_at("dlv_", start, key, 0, want, sizeof want);
             CHECK_STR_EQ(b->id, want);
             CHECK_STR_EQ(b->endpoint, "wms");
-            CHECK_STR_EQ(b->payload, "{\"type\":\"batch\",\"window_start\":\"2026-11-18T16:03:00Z\","
-                                     "\"window_end\":\"2026-11-18T16:04:00Z\",\"count\":2,"
-                                     "\"events\":[{\"n\":1},{\"n\":2}]}");
+            CHECK_STR_EQ(b->payload,
+                         "{\"type\":\"batch\",\"window_start\":\"2026-11-18T16:03:00Z\","
+                         "\"window_end\":\"2026-11-18T16:04:00Z\",\"count\":2,"
+                         "\"events\":[{\"n\":1},{\"n\":2}]}");
         }
     }
     store_deliveries_free(d, nd);
@@ -810,7 +828,9 @@ static void test_batch_windows(struct store *s) {
         store_event_detail_free(det);
     }
     CHECK_INT_EQ((int)fresh_count("SELECT count(*) FROM batch_items WHERE delivery_id IS NULL"
-                                  " AND endpoint = ?", "wms"), 1);
+                                  " AND endpoint = ?",
+                                  "wms"),
+                 1);
 }
 
 /* Recovery never sees the open group's own events (their ingest routes
@@ -835,7 +855,8 @@ static void test_unrouted_skips_open_group(struct store *s) {
         found += strcmp(rows[i].id, "evt_OPENGRP") == 0;
     CHECK_INT_EQ((int)found, 1);
     store_event_rows_free(rows, n);
-    CHECK_INT_EQ(store_event_routed(s, "evt_OPENGRP", "unrouted", NULL, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(store_event_routed(s, "evt_OPENGRP", "unrouted", NULL, NULL, 0, err, sizeof err),
+                 0);
     CHECK_INT_EQ(commit(s), 1);
 }
 
@@ -855,7 +876,8 @@ static void on_written_probe(void *arg, int ok) {
     size_t n = 0, i;
     char err[256];
     on_commit(&w->rec, ok);
-    if (store_endpoint_claim_due(w->s, "erp", util_now_ms(), 60000, 10, &d, &n, err, sizeof err) == 0) {
+    if (store_endpoint_claim_due(w->s, "erp", util_now_ms(), 60000, 10, &d, &n, err, sizeof err) ==
+        0) {
         for (i = 0; i < n; i++) {
             struct store_attempt a = {.n = 1, .at = util_now_ms(), .status_code = 200};
             w->claimable += strcmp(d[i].event_id, "evt_WRITTEN") == 0;
@@ -895,10 +917,11 @@ static void test_written_before_durable(struct store *s) {
     run_until(&durable);
     CHECK_INT_EQ(w.rec.called, 1);
     CHECK_INT_EQ(w.rec.ok, 1);
-    CHECK(w.rec.order < durable.order); /* written first, then durable */
+    CHECK(w.rec.order < durable.order);    /* written first, then durable */
     CHECK_INT_EQ((int)w.claimable, 1);     /* committed: claimable */
     CHECK_INT_EQ((int)w.unrouted_seen, 0); /* not durable yet: recovery waits */
-    CHECK_INT_EQ(store_event_routed(s, "evt_WRITTEN2", "unrouted", NULL, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(store_event_routed(s, "evt_WRITTEN2", "unrouted", NULL, NULL, 0, err, sizeof err),
+                 0);
     CHECK_INT_EQ(commit(s), 1);
 }
 
@@ -914,12 +937,24 @@ static void test_counts_per_group(struct store *s) {
     char err[256] = "";
     struct store_event ev = mk_event("evt_COUNTS", "src-counts");
     struct store_delivery_new dn[3] = {
-        {.endpoint = "erp", .event_type = "t", .payload = "{}", .payload_len = 2,
-         .status = "held", .next_at = util_now_ms() + 3600000},
-        {.endpoint = "erp", .event_type = "t", .payload = "{}", .payload_len = 2,
-         .status = "held", .next_at = util_now_ms() + 3600000},
-        {.endpoint = NULL, .event_type = "t", .payload = "{}", .payload_len = 2,
-         .status = "held", .next_at = util_now_ms() + 3600000},
+        {.endpoint = "erp",
+         .event_type = "t",
+         .payload = "{}",
+         .payload_len = 2,
+         .status = "held",
+         .next_at = util_now_ms() + 3600000},
+        {.endpoint = "erp",
+         .event_type = "t",
+         .payload = "{}",
+         .payload_len = 2,
+         .status = "held",
+         .next_at = util_now_ms() + 3600000},
+        {.endpoint = NULL,
+         .event_type = "t",
+         .payload = "{}",
+         .payload_len = 2,
+         .status = "held",
+         .next_at = util_now_ms() + 3600000},
     };
     struct store_counts before, c;
     long long held_rows = fresh_count("SELECT count(*) FROM deliveries WHERE status = ?", "held");
@@ -930,7 +965,7 @@ static void test_counts_per_group(struct store *s) {
     CHECK_INT_EQ(commit(s), 1);
     CHECK_INT_EQ(store_event_routed(s, "evt_COUNTS", "routed", NULL, dn, 2, err, sizeof err), 0);
     CHECK_INT_EQ(store_delivery_counts(s, &c), 0);
-    CHECK_INT_EQ(c.held, before.held + 2); /* the open group counts */
+    CHECK_INT_EQ(c.held, before.held + 2);       /* the open group counts */
     CHECK_INT_EQ(counts_row("held"), held_rows); /* not committed yet */
     CHECK_INT_EQ(commit(s), 1);
     CHECK_INT_EQ(counts_row("held"), held_rows + 2);
@@ -953,8 +988,11 @@ static void test_counts_trigger_dropped(void) {
     sqlite3 *db = NULL;
     struct store *s;
     struct store_event ev = mk_event("evt_OLDTRIG", "src-oldtrig");
-    struct store_delivery_new dn = {.endpoint = "erp", .event_type = "t", .payload = "{}",
-                                    .payload_len = 2, .status = "pending",
+    struct store_delivery_new dn = {.endpoint = "erp",
+                                    .event_type = "t",
+                                    .payload = "{}",
+                                    .payload_len = 2,
+                                    .status = "pending",
                                     .next_at = util_now_ms() + 3600000};
     snprintf(saved, sizeof saved, "%s", dbpath);
     snprintf(dbpath, sizeof dbpath, "%s/oldtrig.db", dir);
@@ -985,16 +1023,15 @@ static void test_counts_trigger_dropped(void) {
     CHECK_INT_EQ(store_event_routed(s, "evt_OLDTRIG", "routed", NULL, &dn, 1, err, sizeof err), 0);
     CHECK_INT_EQ(commit(s), 1);
     CHECK_INT_EQ(counts_row("pending"), 1);
-    CHECK_INT_EQ(fresh_count("SELECT count(*) FROM sqlite_master WHERE name = ?",
-                             "deliveries_count_ins"),
-                 0);
+    CHECK_INT_EQ(
+        fresh_count("SELECT count(*) FROM sqlite_master WHERE name = ?", "deliveries_count_ins"),
+        0);
     CHECK_INT_EQ(fresh_count("PRAGMA user_version", NULL), 3); /* migrated */
     /* 2 -> 3: due rows are found per endpoint */
     CHECK_INT_EQ(fresh_count("SELECT count(*) FROM sqlite_master WHERE name = ?", "deliveries_due"),
                  0);
-    CHECK_INT_EQ(fresh_count("SELECT count(*) FROM sqlite_master WHERE name = ?",
-                             "deliveries_ep_due"),
-                 1);
+    CHECK_INT_EQ(
+        fresh_count("SELECT count(*) FROM sqlite_master WHERE name = ?", "deliveries_ep_due"), 1);
     store_free(s);
 done:
     snprintf(dbpath, sizeof dbpath, "%s", saved);
@@ -1028,7 +1065,8 @@ static void test_failed_begin_keeps_written_outcome(struct store *s) {
     CHECK_INT_EQ(store_event_routed(s, b.id, "unrouted", NULL, NULL, 0, err, sizeof err), 0);
     CHECK_INT_EQ(commit(s), 1);
     CHECK_INT_EQ(fresh_count("SELECT count(*) FROM events WHERE id LIKE 'evt_BEGIN_%' AND"
-                             " status = ?", "unrouted"),
+                             " status = ?",
+                             "unrouted"),
                  2);
 }
 
@@ -1077,8 +1115,10 @@ static void test_written_callback_writes(struct store *s) {
     CHECK_INT_EQ(w.durable.ok, 1);
     CHECK_INT_EQ((int)w.visible, 1); /* committed when told so */
     CHECK_INT_EQ(w.listed, 1);       /* durable: recovery may see it now */
-    CHECK_INT_EQ(store_event_routed(s, "evt_WCHAIN_NEW", "unrouted", NULL, NULL, 0, err, sizeof err), 0);
-    CHECK_INT_EQ(store_event_routed(s, "evt_WCHAIN_OLD", "unrouted", NULL, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(
+        store_event_routed(s, "evt_WCHAIN_NEW", "unrouted", NULL, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(
+        store_event_routed(s, "evt_WCHAIN_OLD", "unrouted", NULL, NULL, 0, err, sizeof err), 0);
     CHECK_INT_EQ(commit(s), 1);
 }
 
@@ -1164,12 +1204,24 @@ static void test_first_routing_ids(struct store *s) {
     const char *eid = "evt_01jdzq8m6qfirstrouting000";
     struct store_event ev = mk_event(eid, "src-first-routing");
     struct store_delivery_new dn[3] = {
-        {.endpoint = "erp", .event_type = "t", .payload = "{}", .payload_len = 2,
-         .status = "held", .next_at = util_now_ms() + 3600000},
-        {.endpoint = "crm", .event_type = "t", .payload = "{}", .payload_len = 2,
-         .status = "held", .next_at = util_now_ms() + 3600000},
-        {.endpoint = NULL, .event_type = "t", .payload = "{}", .payload_len = 2,
-         .status = "held", .next_at = util_now_ms() + 3600000},
+        {.endpoint = "erp",
+         .event_type = "t",
+         .payload = "{}",
+         .payload_len = 2,
+         .status = "held",
+         .next_at = util_now_ms() + 3600000},
+        {.endpoint = "crm",
+         .event_type = "t",
+         .payload = "{}",
+         .payload_len = 2,
+         .status = "held",
+         .next_at = util_now_ms() + 3600000},
+        {.endpoint = NULL,
+         .event_type = "t",
+         .payload = "{}",
+         .payload_len = 2,
+         .status = "held",
+         .next_at = util_now_ms() + 3600000},
     };
     util_id_derive("dlv_", eid, "erp", 0, want_erp, sizeof want_erp);
     util_id_derive("dlv_", eid, "crm", 1, want_crm, sizeof want_crm);
@@ -1192,8 +1244,9 @@ static void test_first_routing_ids(struct store *s) {
     CHECK_INT_EQ(store_event_routed(s, eid, "routed", NULL, dn, 1, err, sizeof err), 0);
     CHECK_INT_EQ(commit(s), 1);
     CHECK_INT_EQ(fresh_count("SELECT count(*) FROM deliveries WHERE event_id = ?", eid), 3);
-    fresh_text("SELECT id FROM deliveries WHERE event_id = ? AND endpoint = 'erp' ORDER BY seq DESC",
-               eid, got, sizeof got);
+    fresh_text(
+        "SELECT id FROM deliveries WHERE event_id = ? AND endpoint = 'erp' ORDER BY seq DESC", eid,
+        got, sizeof got);
     CHECK(strncmp(got, "dlv_", 4) == 0);
     CHECK(strcmp(got, want_erp) != 0);
 }
@@ -1205,8 +1258,11 @@ static void test_counts_insert_then_move(void) {
     char saved[256], err[256] = "";
     struct store *s;
     struct store_event ev = mk_event("evt_DRIFT", "src-drift");
-    struct store_delivery_new dn = {.endpoint = "erp", .event_type = "t", .payload = "{}",
-                                    .payload_len = 2, .status = "held",
+    struct store_delivery_new dn = {.endpoint = "erp",
+                                    .event_type = "t",
+                                    .payload = "{}",
+                                    .payload_len = 2,
+                                    .status = "held",
                                     .next_at = util_now_ms() + 3600000};
     struct store_counts c;
     snprintf(saved, sizeof saved, "%s", dbpath);
@@ -1219,8 +1275,8 @@ static void test_counts_insert_then_move(void) {
     CHECK_INT_EQ(commit(s), 1);
     CHECK_INT_EQ(store_event_routed(s, "evt_DRIFT", "routed", NULL, &dn, 1, err, sizeof err), 0);
     /* enabling erp releases its held delivery, in the same group */
-    CHECK_INT_EQ(store_endpoint_set_disabled(s, "erp", 0, NULL, util_now_ms(), NULL, err, sizeof err),
-                 0);
+    CHECK_INT_EQ(
+        store_endpoint_set_disabled(s, "erp", 0, NULL, util_now_ms(), NULL, err, sizeof err), 0);
     CHECK_INT_EQ(store_delivery_counts(s, &c), 0);
     CHECK_INT_EQ(c.held, 0);
     CHECK_INT_EQ(c.pending, 1);

@@ -77,10 +77,14 @@ static void test_registry(void) {
     const struct config_endpoint *ep;
     struct names got = {0};
     char dir[] = "/tmp/wb-subs-XXXXXX";
-    struct store_sub a = {"sub_a", "track", "tracking.*", "http://127.0.0.1:1/a",
-                          "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", 1000};
-    struct store_sub b = {"sub_b", "*", "*", "http://127.0.0.1:1/b",
-                          "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", 2000};
+    struct store_sub a = {"sub_a",
+                          "track",
+                          "tracking.*",
+                          "http://127.0.0.1:1/a",
+                          "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                          1000};
+    struct store_sub b = {
+        "sub_b", "*", "*", "http://127.0.0.1:1/b", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", 2000};
 
     CHECK(mkdtemp(dir) != NULL);
     base = event_base_new();
@@ -127,8 +131,8 @@ static void test_registry(void) {
 
     subs = subs_new(st, merge_into, cfg, err, sizeof err); /* reloaded from the store */
     CHECK(subs && subs_find(subs, "sub_a") == NULL);
-    CHECK(subs && subs_find(subs, "sub_b") && strcmp(subs_find(subs, "sub_b")->url,
-                                                     "http://127.0.0.1:3/") == 0);
+    CHECK(subs && subs_find(subs, "sub_b") &&
+          strcmp(subs_find(subs, "sub_b")->url, "http://127.0.0.1:3/") == 0);
     subs_free(subs);
     config_free(cfg);
     store_free(st);

@@ -24,8 +24,8 @@ static const char *hdr_get(void *ctx, const char *name) {
 }
 
 static struct verify_request request(struct hdrs *h, const char *body, int64_t now_ms) {
-    struct verify_request r = {hdr_get, h, (const unsigned char *)body, strlen(body), now_ms,
-                               NULL, NULL};
+    struct verify_request r = {hdr_get, h,   (const unsigned char *)body, strlen(body), now_ms,
+                               NULL,    NULL};
     return r;
 }
 
@@ -76,7 +76,8 @@ static void test_hmac_presets(void) {
     /* easypost: prefix */
     CHECK_INT_EQ(verify_preset("easypost", &spec), 0);
     h.names[0] = "X-Hmac-Signature";
-    h.values[0] = "hmac-sha256-hex=f7bc83f430538424b13298e6aa6fb143ef4d59a14946175997479dbc2d1a3cd8";
+    h.values[0] =
+        "hmac-sha256-hex=f7bc83f430538424b13298e6aa6fb143ef4d59a14946175997479dbc2d1a3cd8";
     CHECK_INT_EQ(verify_check(&spec, secrets, 2, &r, reason, sizeof reason), 0);
     h.values[0] = "f7bc83f430538424b13298e6aa6fb143ef4d59a14946175997479dbc2d1a3cd8";
     CHECK_INT_EQ(verify_check(&spec, secrets, 2, &r, reason, sizeof reason), -1);
@@ -257,11 +258,12 @@ static void test_shiptify(void) {
     /* the timestamp in milliseconds (> 10^12), as a number */
     snprintf(body, sizeof body,
              "{\"event_type\":\"create_shipment\",\"timestamp\":1643117545594,"
-             "\"token\":\"abc\",\"signature\":\"%s\"}", hex);
+             "\"token\":\"abc\",\"signature\":\"%s\"}",
+             hex);
     r = request(&h, body, 1643117545594LL + 1000);
     CHECK_INT_EQ(verify_check(&spec, &secret, 1, &r, reason, sizeof reason), 0);
-    CHECK_INT_EQ(verify_shiptify_token((const unsigned char *)body, strlen(body), token,
-                                       sizeof token), 0);
+    CHECK_INT_EQ(
+        verify_shiptify_token((const unsigned char *)body, strlen(body), token, sizeof token), 0);
     CHECK_STR_EQ(token, "abc");
     CHECK_INT_EQ(verify_shiptify_token((const unsigned char *)body, strlen(body), token, 3), -1);
     r.now_ms = 1643117545594LL + 301 * 1000;
