@@ -14,39 +14,6 @@
 #include "store.h"
 #include "util.h"
 
-/* Decodes one UTF-8 sequence at p (n bytes left): its length when valid
- * (no overlongs, surrogates or values past U+10FFFF), else 0. */
-static size_t admin_utf8_seq_len(const unsigned char *p, size_t n) {
-    unsigned c = p[0];
-    size_t len, i;
-    unsigned long cp;
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xC2 && c <= 0xDF) {
-        len = 2;
-        cp = c & 0x1F;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        len = 3;
-        cp = c & 0x0F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        len = 4;
-        cp = c & 0x07;
-    } else {
-        return 0;
-    }
-    if (n < len)
-        return 0;
-    for (i = 1; i < len; i++) {
-        if ((p[i] & 0xC0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (p[i] & 0x3F);
-    }
-    if ((len == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) ||
-        (len == 4 && (cp < 0x10000 || cp > 0x10FFFF)))
-        return 0;
-    return len;
-}
-
 /* A JSON string of n bytes at p, each invalid UTF-8 byte replaced by U+FFFD
  * (a response body may be Latin-1 or cut mid-character); null for NULL.
  * Returns new, or NULL when out of memory. */
@@ -61,7 +28,7 @@ static json_t *admin_json_text(const void *p, size_t n) {
     if (j)
         return j;
     while (i < n) {
-        k = admin_utf8_seq_len(b + i, n - i);
+        k = util_utf8_seq(b + i, n - i);
         if (k ? util_buf_append(&buf, b + i, k) : util_buf_append(&buf, "\xEF\xBF\xBD", 3)) {
             util_buf_free(&buf);
             return NULL;

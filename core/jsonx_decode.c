@@ -212,7 +212,7 @@ static int dec_string(struct dec *d, int key) {
             return -1;
         }
         if (*q >= 0x80) {
-            size_t n = jsonx_utf8_seq(q, (size_t)(d->end - q));
+            size_t n = util_utf8_seq(q, (size_t)(d->end - q));
             if (!n) {
                 dec_fail(d, q, "unable to decode byte 0x%x", *q);
                 return -1;

@@ -123,7 +123,7 @@ static void put_string(struct enc *e, const char *str, size_t len) {
             break;
         c = s[i];
         if (c >= 0x80) {
-            size_t n = jsonx_utf8_seq(s + i, len - i);
+            size_t n = util_utf8_seq(s + i, len - i);
             if (!n)
                 enc_fail(e, "invalid UTF-8 in a string");
             i += n;
@@ -184,7 +184,7 @@ int jsonx_append_string(struct util_buf *out, const char *str, size_t len) {
         return 0;
     }
     for (i = 0; i < len;) { /* valid UTF-8 first: nothing is appended otherwise */
-        size_t n = jsonx_utf8_seq(s + i, len - i);
+        size_t n = util_utf8_seq(s + i, len - i);
         if (!n)
             return -1;
         i += n;

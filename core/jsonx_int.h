@@ -14,6 +14,8 @@
 
 #include <lua.h>
 
+#include "util.h"
+
 /* The registry key of the arrays' shared metatable (an address, so no
  * string is interned to look it up). */
 extern const char jsonx_array_key;
@@ -39,30 +41,6 @@ static inline size_t jsonx_plain_run(const unsigned char *s, size_t n) {
     while (i < n && s[i] >= 0x20 && s[i] < 0x80 && s[i] != '"' && s[i] != '\\')
         i++;
     return i;
-}
-
-/* Length of the valid UTF-8 sequence at s (n bytes available), 0 if none. */
-static inline size_t jsonx_utf8_seq(const unsigned char *s, size_t n) {
-    unsigned c = s[0];
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xc2 && c <= 0xdf)
-        return n >= 2 && (s[1] & 0xc0) == 0x80 ? 2 : 0;
-    if (c >= 0xe0 && c <= 0xef) {
-        if (n < 3 || (s[1] & 0xc0) != 0x80 || (s[2] & 0xc0) != 0x80)
-            return 0;
-        if ((c == 0xe0 && s[1] < 0xa0) || (c == 0xed && s[1] >= 0xa0)) /* overlong, surrogate */
-            return 0;
-        return 3;
-    }
-    if (c >= 0xf0 && c <= 0xf4) {
-        if (n < 4 || (s[1] & 0xc0) != 0x80 || (s[2] & 0xc0) != 0x80 || (s[3] & 0xc0) != 0x80)
-            return 0;
-        if ((c == 0xf0 && s[1] < 0x90) || (c == 0xf4 && s[1] >= 0x90)) /* overlong, > U+10FFFF */
-            return 0;
-        return 4;
-    }
-    return 0;
 }
 
 /* Pushes a new table as the decoder starts an object or an array (the

@@ -505,18 +505,16 @@ static int route_cmd(int argc, char **argv) {
     util_id_new("evt_", id, sizeof id);
     if (!ev.source_id)
         util_id_new("dry_", sid, sizeof sid);
-    struct rules_input in = {id,
-                             source,
-                             ev.source_id ? ev.source_id : sid,
-                             ev.type,
-                             ev.created_at,
-                             util_now_ms(),
-                             ev.data_json,
-                             body,
-                             len,
-                             "{}",
-                             0,
-                             0};
+    struct rules_input in = {.id = id,
+                             .source = source,
+                             .source_id = ev.source_id ? ev.source_id : sid,
+                             .type = ev.type,
+                             .created_at = ev.created_at,
+                             .received_at_ms = util_now_ms(),
+                             .data_json = ev.data_json,
+                             .raw = body,
+                             .raw_len = len,
+                             .headers_json = "{}"};
     if (rules_route(r, &in, &plan, err, sizeof err) < 0) {
         fprintf(stderr, "rule_error: %s\n", err);
         goto done;

@@ -60,6 +60,34 @@ void util_time_rfc3339(int64_t ms, char *out, size_t outlen);
  * The one matcher of event types (rules' subscribers(), subscriptions). */
 int util_glob_match(const char *pattern, const char *text);
 
+/* Length of the valid UTF-8 sequence at s (n bytes available, n >= 1): 1
+ * to 4, or 0 when the bytes there are not one (overlong forms, surrogates
+ * and code points past U+10FFFF included). The one UTF-8 check: the JSON
+ * encoder and decoder and the admin API's text all use it. Inline: the
+ * encoder calls it per byte of every string. */
+static inline size_t util_utf8_seq(const unsigned char *s, size_t n) {
+    unsigned c = s[0];
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xc2 && c <= 0xdf)
+        return n >= 2 && (s[1] & 0xc0) == 0x80 ? 2 : 0;
+    if (c >= 0xe0 && c <= 0xef) {
+        if (n < 3 || (s[1] & 0xc0) != 0x80 || (s[2] & 0xc0) != 0x80)
+            return 0;
+        if ((c == 0xe0 && s[1] < 0xa0) || (c == 0xed && s[1] >= 0xa0)) /* overlong, surrogate */
+            return 0;
+        return 3;
+    }
+    if (c >= 0xf0 && c <= 0xf4) {
+        if (n < 4 || (s[1] & 0xc0) != 0x80 || (s[2] & 0xc0) != 0x80 || (s[3] & 0xc0) != 0x80)
+            return 0;
+        if ((c == 0xf0 && s[1] < 0x90) || (c == 0xf4 && s[1] >= 0x90)) /* overlong, > U+10FFFF */
+            return 0;
+        return 4;
+    }
+    return 0;
+}
+
 #define UTIL_ID_MAX 40
 void util_id_new(const char *prefix, char *out, size_t outlen);
 
