@@ -99,10 +99,47 @@ static void put_quoted(struct enc *e, const char *s, size_t n) {
 
 /* ---- strings ---- */
 
-/* A string as JSON.stringify writes it: only '"', '\\' and C0 controls are
- * escaped (\b \f \n \r \t, else \u00xx in lowercase hex). */
-static void put_string(struct enc *e, const char *str, size_t len) {
+/* The escape JSON.stringify writes for c, one of '"', '\\' or a C0
+ * control (\b \f \n \r \t, else \u00xx in lowercase hex), into esc;
+ * returns its length. The one JSON string escape: both writers below use
+ * it. */
+static inline size_t json_escape(unsigned c, char esc[6]) {
     static const char hex[] = "0123456789abcdef";
+
+    esc[0] = '\\';
+    switch (c) {
+    case '"':
+        esc[1] = '"';
+        return 2;
+    case '\\':
+        esc[1] = '\\';
+        return 2;
+    case '\b':
+        esc[1] = 'b';
+        return 2;
+    case '\f':
+        esc[1] = 'f';
+        return 2;
+    case '\n':
+        esc[1] = 'n';
+        return 2;
+    case '\r':
+        esc[1] = 'r';
+        return 2;
+    case '\t':
+        esc[1] = 't';
+        return 2;
+    default:
+        memcpy(esc + 1, "u00", 3);
+        esc[4] = hex[c >> 4];
+        esc[5] = hex[c & 15];
+        return 6;
+    }
+}
+
+/* A string as JSON.stringify writes it: only '"', '\\' and C0 controls are
+ * escaped (json_escape). */
+static void put_string(struct enc *e, const char *str, size_t len) {
     const unsigned char *s = (const unsigned char *)str;
     size_t i = 0, run = 0;
 
@@ -115,7 +152,7 @@ static void put_string(struct enc *e, const char *str, size_t len) {
     while (i < len) {
         unsigned c;
         char esc[6];
-        size_t elen = 2;
+        size_t elen;
 
         /* Plain ASCII runs (most of any payload) go by in a tight loop. */
         i += jsonx_plain_run(s + i, len - i);
@@ -133,35 +170,7 @@ static void put_string(struct enc *e, const char *str, size_t len) {
             i++;
             continue;
         }
-        esc[0] = '\\';
-        switch (c) {
-        case '"':
-            esc[1] = '"';
-            break;
-        case '\\':
-            esc[1] = '\\';
-            break;
-        case '\b':
-            esc[1] = 'b';
-            break;
-        case '\f':
-            esc[1] = 'f';
-            break;
-        case '\n':
-            esc[1] = 'n';
-            break;
-        case '\r':
-            esc[1] = 'r';
-            break;
-        case '\t':
-            esc[1] = 't';
-            break;
-        default:
-            memcpy(esc + 1, "u00", 3);
-            esc[4] = hex[c >> 4];
-            esc[5] = hex[c & 15];
-            elen = 6;
-        }
+        elen = json_escape(c, esc);
         if (i > run)
             put(e, s + run, i - run);
         put(e, esc, elen);
@@ -173,7 +182,6 @@ static void put_string(struct enc *e, const char *str, size_t len) {
 }
 
 int jsonx_append_string(struct util_buf *out, const char *str, size_t len) {
-    static const char hex[] = "0123456789abcdef";
     const unsigned char *s = (const unsigned char *)str;
     size_t i, run = 0, start = out->len;
 
@@ -193,38 +201,11 @@ int jsonx_append_string(struct util_buf *out, const char *str, size_t len) {
         goto fail;
     for (i = 0; i < len; i++) {
         unsigned c = s[i];
-        char esc[6] = {'\\', 0, 0, 0, 0, 0};
-        size_t elen = 2;
+        char esc[6];
+        size_t elen;
         if (c >= 0x20 && c != '"' && c != '\\')
             continue;
-        switch (c) {
-        case '"':
-            esc[1] = '"';
-            break;
-        case '\\':
-            esc[1] = '\\';
-            break;
-        case '\b':
-            esc[1] = 'b';
-            break;
-        case '\f':
-            esc[1] = 'f';
-            break;
-        case '\n':
-            esc[1] = 'n';
-            break;
-        case '\r':
-            esc[1] = 'r';
-            break;
-        case '\t':
-            esc[1] = 't';
-            break;
-        default:
-            memcpy(esc + 1, "u00", 3);
-            esc[4] = hex[c >> 4];
-            esc[5] = hex[c & 15];
-            elen = 6;
-        }
+        elen = json_escape(c, esc);
         if ((i > run && util_buf_append(out, s + run, i - run) < 0) ||
             util_buf_append(out, esc, elen) < 0)
             goto fail;
