@@ -104,6 +104,13 @@ const struct config_source *config_source_by_path(const struct config *cfg, cons
 const struct config_source *config_source_by_name(const struct config *cfg, const char *name);
 const struct config_endpoint *config_endpoint_by_name(const struct config *cfg, const char *name);
 
+/* Sets ep's defaults (SPEC section 3), the one place they are written: sign
+ * standard, timeout 5s, jitter, concurrency 16, max_batch 1000, success
+ * 2xx, disable_after 5d, enabled, and the atoship retry preset (ep->retry_ms
+ * new, owned by ep). Endpoints of the file start from them, and so do
+ * subscriptions. Returns 0, or -1 when out of memory. */
+int config_endpoint_defaults(struct config_endpoint *ep);
+
 /* Replaces cfg's subscriptions by v[0..n): endpoints that live outside the
  * config file (made through the admin API, subs.c), merged into the
  * endpoint table by their owner (the app) when the config is loaded and

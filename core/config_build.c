@@ -578,7 +578,7 @@ static int endpoint_headers(struct config_ctx *c, struct config_endpoint *ep, in
 
 /* The defaults of every endpoint option (the atoship retry preset among
  * them). Returns 0, or -1 when out of memory. */
-static int endpoint_defaults(struct config_endpoint *ep) {
+int config_endpoint_defaults(struct config_endpoint *ep) {
     ep->sign = SIGN_STANDARD;
     ep->timeout_ms = 5000;
     ep->jitter = 1;
@@ -729,7 +729,7 @@ static int endpoint_build(struct config_ctx *c, struct config_endpoint *ep, cons
         return config_fail(c, "the name must be 1-64 letters, digits, '_' or '-'");
     if (!(ep->name = strdup(name)))
         return config_oom(c);
-    if (endpoint_defaults(ep) < 0)
+    if (config_endpoint_defaults(ep) < 0)
         return config_oom(c);
     if (config_check_keys(c, opts, endpoint_opts, "option") < 0)
         return -1;

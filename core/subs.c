@@ -16,8 +16,6 @@ struct subs {
     int loading; /* subs_new: one notice at the end, not one per entry */
 };
 
-/* The default retry preset (atoship): 0, 1m, 5m, 30m, 2h, 6h. */
-static const int64_t subs_retry[] = {0, 60000, 300000, 1800000, 7200000, 21600000};
 
 static void subs_entry_free(struct subs_entry *e) {
     if (!e)
@@ -121,27 +119,16 @@ int subs_add(struct subs *subs, const struct store_sub *sub) {
     e->secret = util_strdup(sub->secret);
     e->created_at = sub->created_at;
     e->ep.secrets = calloc(1, sizeof *e->ep.secrets);
-    e->ep.retry_ms = malloc(sizeof subs_retry);
     if (!e->id || !e->event || !e->pattern || !e->url || !e->secret || !e->ep.secrets ||
-        !e->ep.retry_ms)
+        config_endpoint_defaults(&e->ep) < 0)
         goto fail;
     e->ep.secrets[0].key = verify_whsec_decode(sub->secret, &keylen);
     if (!e->ep.secrets[0].key)
         goto fail;
     e->ep.secrets[0].len = keylen;
     e->ep.nsecrets = 1;
-    memcpy(e->ep.retry_ms, subs_retry, sizeof subs_retry);
-    e->ep.nretry = sizeof subs_retry / sizeof subs_retry[0];
-    e->ep.name = e->id;
+    e->ep.name = e->id; /* a subscription: the defaults, signed standard with its secret */
     e->ep.url = e->url;
-    e->ep.sign = SIGN_STANDARD;
-    e->ep.timeout_ms = 5000;
-    e->ep.jitter = 1;
-    e->ep.concurrency = 16;
-    e->ep.max_batch = 1000;
-    e->ep.success = CONFIG_SUCCESS_2XX;
-    e->ep.disable_after_ms = 5LL * 86400 * 1000;
-    e->ep.enabled = 1;
     if (subs->n == subs->cap) {
         size_t ncap = subs->cap ? subs->cap * 2 : 8;
         struct subs_entry **p = realloc(subs->v, ncap * sizeof *p);
