@@ -16,7 +16,6 @@ struct subs {
     int loading; /* subs_new: one notice at the end, not one per entry */
 };
 
-
 static void subs_entry_free(struct subs_entry *e) {
     if (!e)
         return;
