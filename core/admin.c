@@ -489,8 +489,7 @@ static void admin_verify_free(struct admin_verify *v) {
 }
 
 static int admin_url_ok(const char *url) {
-    return url && (strncmp(url, "http://", 7) == 0 || strncmp(url, "https://", 8) == 0) &&
-           strlen(url) < 2048 && !strpbrk(url, " \r\n\t");
+    return url && strlen(url) < 2048 && util_http_url_ok(url);
 }
 
 struct admin_hdrs {

@@ -598,9 +598,7 @@ static int endpoint_url(struct config_ctx *c, struct config_endpoint *ep, int op
         return config_fail(c, "url is required");
     if (config_dup_string(c, lua_gettop(L), "url", &ep->url) < 0)
         return -1;
-    if (!((strncasecmp(ep->url, "http://", 7) == 0 && ep->url[7] && ep->url[7] != '/') ||
-          (strncasecmp(ep->url, "https://", 8) == 0 && ep->url[8] && ep->url[8] != '/')) ||
-        strpbrk(ep->url, " \t\r\n"))
+    if (!util_http_url_ok(ep->url))
         return config_fail(c, "url must be an http:// or https:// URL, not '%s'", ep->url);
     lua_pop(L, 1);
     return 0;

@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <curl/curl.h>
 #include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -430,4 +432,28 @@ int util_glob_match(const char *p, const char *t) {
     while (*p == '*')
         p++;
     return *p == '\0';
+}
+
+/* ---- URLs ---- */
+
+int util_http_url_ok(const char *url) {
+    CURLU *h;
+    char *scheme = NULL, *host = NULL;
+    int ok = 0;
+
+    const char *sep = url ? strstr(url, "://") : NULL;
+
+    /* "http:///x": curl reads a host out of it; a user meant none */
+    if (!sep || !sep[3] || sep[3] == '/' || !(h = curl_url()))
+        return 0;
+    /* curl_url refuses whitespace and control characters by default */
+    if (curl_url_set(h, CURLUPART_URL, url, 0) == CURLUE_OK &&
+        curl_url_get(h, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
+        curl_url_get(h, CURLUPART_HOST, &host, 0) == CURLUE_OK)
+        ok = (strcmp(scheme, "http") == 0 || strcmp(scheme, "https") == 0) && host[0] &&
+             !strpbrk(url, " \t\r\n");
+    curl_free(scheme);
+    curl_free(host);
+    curl_url_cleanup(h);
+    return ok;
 }

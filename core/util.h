@@ -88,6 +88,13 @@ static inline size_t util_utf8_seq(const unsigned char *s, size_t n) {
     return 0;
 }
 
+/* 1 when url is an http:// or https:// URL with a host (right after the
+ * "://") and no whitespace or control characters, as libcurl's URL parser
+ * (curl_url) reads it; else
+ * 0. The one URL check: endpoints in the config, subscriptions in the
+ * admin API. */
+int util_http_url_ok(const char *url);
+
 #define UTIL_ID_MAX 40
 void util_id_new(const char *prefix, char *out, size_t outlen);
 

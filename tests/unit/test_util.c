@@ -193,6 +193,24 @@ static void test_glob(void) {
     CHECK(util_mono_ms() - t0 < 1000);
 }
 
+/* The one URL check (config endpoints, admin subscriptions). */
+static void test_http_url(void) {
+    CHECK(util_http_url_ok("http://127.0.0.1:8080/hook"));
+    CHECK(util_http_url_ok("https://erp.example.com/webhooks?x=1"));
+    CHECK(util_http_url_ok("HTTPS://erp.example.com/"));
+    CHECK(util_http_url_ok("http://[::1]:9/x"));
+    CHECK(!util_http_url_ok(NULL));
+    CHECK(!util_http_url_ok(""));
+    CHECK(!util_http_url_ok("erp.example.com/webhooks"));
+    CHECK(!util_http_url_ok("ftp://erp.example.com/"));
+    CHECK(!util_http_url_ok("file:///etc/passwd"));
+    CHECK(!util_http_url_ok("http://"));
+    CHECK(!util_http_url_ok("http:///x"));
+    CHECK(!util_http_url_ok("http://exa mple.com/"));
+    CHECK(!util_http_url_ok("http://example.com/\r\nX-Evil: 1"));
+    CHECK(!util_http_url_ok("http://example.com/a\tb"));
+}
+
 int main(void) {
     test_durations();
     test_sizes();
@@ -201,5 +219,6 @@ int main(void) {
     test_id_derive();
     test_buf();
     test_glob();
+    test_http_url();
     return harness_report();
 }
