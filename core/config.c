@@ -358,23 +358,6 @@ int config_resolve_path(struct config_ctx *c, int vi, const char *label, char **
 }
 
 /* A header name: an HTTP token. A value: no CR, LF or NUL. */
-int config_header_name_ok(const char *s) {
-    if (!*s)
-        return 0;
-    for (; *s; s++)
-        if (!(((unsigned char)*s >= '0' && *s <= '9') || (*s >= 'a' && *s <= 'z') ||
-              (*s >= 'A' && *s <= 'Z') || strchr("!#$%&'*+-.^_`|~", *s)))
-            return 0;
-    return 1;
-}
-
-int config_header_value_ok(const char *s, size_t len) {
-    for (size_t i = 0; i < len; i++)
-        if (s[i] == '\r' || s[i] == '\n' || s[i] == '\0')
-            return 0;
-    return 1;
-}
-
 int config_name_ok(const char *s) {
     if (!*s || strlen(s) > 64)
         return 0;

@@ -246,7 +246,7 @@ static int source_verify_table(struct config_ctx *c, struct config_source *src, 
     if (config_opt_get(L, vi, "header") != LUA_TNIL) {
         if (config_get_string(c, lua_gettop(L), "verify.header", &s) < 0)
             return -1;
-        if (!config_header_name_ok(s) || strlen(s) >= sizeof src->verify.header)
+        if (!util_header_name_ok(s) || strlen(s) >= sizeof src->verify.header)
             return config_fail(c, "verify.header: bad header name '%s'", s);
         if (src->verify.kind != VERIFY_HMAC && src->verify.kind != VERIFY_STRIPE)
             return config_fail(c, "verify scheme '%s' takes no header", scheme);
@@ -547,7 +547,7 @@ static int endpoint_headers(struct config_ctx *c, struct config_endpoint *ep, in
         struct config_header *h = &ep->headers[ep->nheaders];
         const char *k;
         size_t vlen;
-        if (lua_type(L, -2) != LUA_TSTRING || !config_header_name_ok(lua_tostring(L, -2))) {
+        if (lua_type(L, -2) != LUA_TSTRING || !util_header_name_ok(lua_tostring(L, -2))) {
             lua_pop(L, 2);
             return config_fail(c, "headers: bad header name");
         }
@@ -558,7 +558,7 @@ static int endpoint_headers(struct config_ctx *c, struct config_endpoint *ep, in
             return rc;
         }
         lua_tolstring(L, -1, &vlen);
-        if (!config_header_value_ok(lua_tostring(L, -1), vlen)) {
+        if (!util_header_value_ok(lua_tostring(L, -1), vlen)) {
             int rc = config_fail(c, "headers: %s holds a line break or NUL", k);
             lua_pop(L, 2);
             return rc;

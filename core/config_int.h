@@ -82,12 +82,6 @@ char *config_path_join(const char *base, const char *path);
  * (new; the old one freed). */
 int config_resolve_path(struct config_ctx *c, int vi, const char *label, char **out);
 
-/* A header name: an HTTP token. */
-int config_header_name_ok(const char *s);
-
-/* A header value: no CR, LF or NUL. */
-int config_header_value_ok(const char *s, size_t len);
-
 /* A source's or endpoint's name: 1-64 letters, digits, '_' or '-'. */
 int config_name_ok(const char *s);
 

@@ -106,12 +106,6 @@ static uint32_t deliver_rand(struct deliver *d) {
 
 /* ---- the request ---- */
 
-/* Headers that endpoint and rule headers may not set: ours, and framing. */
-static int deliver_hdr_reserved(const char *name) {
-    return !strncasecmp(name, "x-waybill-", 10) || !strcasecmp(name, "content-length") ||
-           !strcasecmp(name, "transfer-encoding") || !strcasecmp(name, "expect");
-}
-
 static void deliver_sign_add(void *ctx, const char *name, const char *value) {
     httpc_headers_set(ctx, name, value);
 }
@@ -141,7 +135,7 @@ static void deliver_hdrs_from_json(struct httpc_headers *h, const struct store_d
             snprintf(num, sizeof num, "%" JSON_INTEGER_FORMAT, json_integer_value(val));
             v = num;
         }
-        if (!v || deliver_hdr_reserved(key) || httpc_headers_set(h, key, v) == 1)
+        if (!v || util_header_reserved(key) || httpc_headers_set(h, key, v) == 1)
             log_msg(LOG_DEBUG, "delivery %s: header %s skipped", row->id, key);
     }
     json_decref(obj);
@@ -165,7 +159,7 @@ static int deliver_headers_build(const struct deliver_xfer *x, const struct conf
     httpc_headers_set(h, "X-Waybill-Attempt", attempt);
     for (i = 0; i < cep->nheaders; i++) {
         const struct config_header *ch = &cep->headers[i];
-        if (deliver_hdr_reserved(ch->name) || httpc_headers_set(h, ch->name, ch->value) == 1)
+        if (util_header_reserved(ch->name) || httpc_headers_set(h, ch->name, ch->value) == 1)
             log_msg(LOG_DEBUG, "endpoint %s: header %s skipped", cep->name, ch->name);
     }
     deliver_hdrs_from_json(h, row);

@@ -216,14 +216,7 @@ int64_t httpc_date_parse(const char *text) {
 /* ---- header lists ---- */
 
 static int httpc_header_valid(const char *name, const char *value) {
-    const char *p;
-
-    if (!name || !*name || !value)
-        return 0;
-    for (p = name; *p; p++) /* an RFC 9110 token */
-        if (*p <= ' ' || *p >= 127 || strchr("\"(),/:;<=>?@[\\]{}", *p))
-            return 0;
-    return strpbrk(value, "\r\n") == NULL;
+    return util_header_name_ok(name) && value && util_header_value_ok(value, strlen(value));
 }
 
 int httpc_headers_set(struct httpc_headers *h, const char *name, const char *value) {

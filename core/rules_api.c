@@ -103,31 +103,6 @@ void rules_event_clear(struct rules_event *ev) {
 
 /* ---- send and batch (the C half of the rule DSL) ---- */
 
-static int header_reserved(const char *name) {
-    static const char *const names[] = {
-        "content-length", "transfer-encoding", "host", "connection", "expect", NULL};
-    for (int i = 0; names[i]; i++)
-        if (strcasecmp(name, names[i]) == 0)
-            return 1;
-    return strncasecmp(name, "x-waybill-", 10) == 0 || strncasecmp(name, "webhook-", 8) == 0;
-}
-
-static int header_token(const char *s) {
-    if (!*s)
-        return 0;
-    for (; *s; s++)
-        if (!(isalnum((unsigned char)*s) || strchr("!#$%&'*+-.^_`|~", *s)))
-            return 0;
-    return 1;
-}
-
-static int text_clean(const char *s, size_t len) {
-    for (size_t i = 0; i < len; i++)
-        if (s[i] == '\r' || s[i] == '\n' || s[i] == '\0')
-            return 0;
-    return 1;
-}
-
 /* Raises "file:line: send: msg", remembering the first one of the event so
  * a pcall around send can't turn a failed route into a partial one. */
 static int emit_fail(lua_State *L, struct rules *r, const char *what, const char *msg) {
@@ -150,7 +125,7 @@ static int emit_options(lua_State *L, struct rules *r, int idx, struct util_buf 
         if (strcmp(k, "content_type") == 0) {
             size_t len;
             if (lua_type(L, -1) != LUA_TSTRING || !lua_tolstring(L, -1, &len)[0] ||
-                !text_clean(lua_tostring(L, -1), len)) {
+                !util_header_value_ok(lua_tostring(L, -1), len)) {
                 snprintf(msg, msglen, "content_type must be a one-line string");
                 lua_pop(L, 2);
                 return -1;
@@ -167,15 +142,16 @@ static int emit_options(lua_State *L, struct rules *r, int idx, struct util_buf 
             while (lua_next(L, h)) {
                 size_t vlen;
                 const char *name = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
-                if (!name || !header_token(name)) {
+                if (!name || !util_header_name_ok(name)) {
                     snprintf(msg, msglen, "headers: bad header name");
                 } else if (lua_type(L, -1) != LUA_TSTRING) {
                     snprintf(msg, msglen, "headers: %s must be a string", name);
-                } else if (lua_tolstring(L, -1, &vlen), !text_clean(lua_tostring(L, -1), vlen)) {
+                } else if (lua_tolstring(L, -1, &vlen),
+                           !util_header_value_ok(lua_tostring(L, -1), vlen)) {
                     snprintf(msg, msglen, "headers: %s holds a line break or NUL", name);
                 } else if (strcasecmp(name, "content-type") == 0) {
                     snprintf(msg, msglen, "headers: set Content-Type with content_type = ...");
-                } else if (header_reserved(name)) {
+                } else if (util_header_reserved(name)) {
                     snprintf(msg, msglen, "headers: %s is set by waybill", name);
                 } else {
                     lua_pop(L, 1);

@@ -434,6 +434,34 @@ int util_glob_match(const char *p, const char *t) {
     return *p == '\0';
 }
 
+/* ---- HTTP headers ---- */
+
+int util_header_name_ok(const char *name) {
+    if (!name || !*name)
+        return 0;
+    for (const char *p = name; *p; p++)
+        if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+              strchr("!#$%&'*+-.^_`|~", *p)))
+            return 0;
+    return 1;
+}
+
+int util_header_value_ok(const char *value, size_t len) {
+    for (size_t i = 0; i < len; i++)
+        if (value[i] == '\r' || value[i] == '\n' || value[i] == '\0')
+            return 0;
+    return 1;
+}
+
+int util_header_reserved(const char *name) {
+    static const char *const names[] = {
+        "content-length", "transfer-encoding", "host", "connection", "expect", NULL};
+    for (int i = 0; names[i]; i++)
+        if (strcasecmp(name, names[i]) == 0)
+            return 1;
+    return strncasecmp(name, "x-waybill-", 10) == 0 || strncasecmp(name, "webhook-", 8) == 0;
+}
+
 /* ---- URLs ---- */
 
 int util_http_url_ok(const char *url) {

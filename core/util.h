@@ -88,6 +88,20 @@ static inline size_t util_utf8_seq(const unsigned char *s, size_t n) {
     return 0;
 }
 
+/* 1 when name is an HTTP header name (an RFC 9110 token: letters, digits
+ * and !#$%&'*+-.^_`|~, at least one), else 0. */
+int util_header_name_ok(const char *name);
+
+/* 1 when value (len bytes) can be a header value: no CR, LF or NUL (no
+ * header injection), else 0. */
+int util_header_value_ok(const char *value, size_t len);
+
+/* 1 when name is a header no endpoint option or rule may set, else 0: the
+ * one list. waybill's own (X-Waybill-*), the signature schemes'
+ * (webhook-*), and framing (Content-Length, Transfer-Encoding, Host,
+ * Connection, Expect). Case-insensitive. */
+int util_header_reserved(const char *name);
+
 /* 1 when url is an http:// or https:// URL with a host (right after the
  * "://") and no whitespace or control characters, as libcurl's URL parser
  * (curl_url) reads it; else

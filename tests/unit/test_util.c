@@ -211,6 +211,33 @@ static void test_http_url(void) {
     CHECK(!util_http_url_ok("http://example.com/a\tb"));
 }
 
+/* The one set of header checks (config, rules' send(), the HTTP client). */
+static void test_headers(void) {
+    CHECK(util_header_name_ok("X-Custom-1"));
+    CHECK(util_header_name_ok("a!#$%&'*+-.^_`|~z"));
+    CHECK(!util_header_name_ok(""));
+    CHECK(!util_header_name_ok(NULL));
+    CHECK(!util_header_name_ok("X Custom"));
+    CHECK(!util_header_name_ok("X:Custom"));
+    CHECK(!util_header_name_ok("X-\xc3\xa9"));
+    CHECK(util_header_value_ok("a value; with: anything", 23));
+    CHECK(util_header_value_ok("", 0));
+    CHECK(!util_header_value_ok("a\r\nX-Evil: 1", 13));
+    CHECK(!util_header_value_ok("a\nb", 3));
+    CHECK(!util_header_value_ok("a\0b", 3));
+    CHECK(util_header_reserved("X-Waybill-Delivery"));
+    CHECK(util_header_reserved("x-waybill-anything"));
+    CHECK(util_header_reserved("Webhook-Signature"));
+    CHECK(util_header_reserved("content-length"));
+    CHECK(util_header_reserved("Transfer-Encoding"));
+    CHECK(util_header_reserved("HOST"));
+    CHECK(util_header_reserved("Connection"));
+    CHECK(util_header_reserved("Expect"));
+    CHECK(!util_header_reserved("X-Signature"));
+    CHECK(!util_header_reserved("Authorization"));
+    CHECK(!util_header_reserved("Content-Type"));
+}
+
 int main(void) {
     test_durations();
     test_sizes();
@@ -220,5 +247,6 @@ int main(void) {
     test_buf();
     test_glob();
     test_http_url();
+    test_headers();
     return harness_report();
 }
