@@ -128,21 +128,48 @@ static void page_delivery_read(sqlite3_stmt *st, void *row, int *oom) {
     delivery_item_read(st, row, oom);
 }
 
+/* The type filter as SQLite's GLOB pattern that means what util_glob_match
+ * means ('*' any run, everything else itself): GLOB's own '?' and '['
+ * are made literal ("[?]", "[[]"). New string, NULL when out of memory. */
+static char *glob_for_sql(const char *pattern) {
+    char *out = malloc(3 * strlen(pattern) + 1), *o = out;
+
+    if (!out)
+        return NULL;
+    for (const char *p = pattern; *p; p++) {
+        if (*p == '?' || *p == '[') {
+            *o++ = '[';
+            *o++ = *p;
+            *o++ = ']';
+        } else {
+            *o++ = *p;
+        }
+    }
+    *o = '\0';
+    return out;
+}
+
 int store_events_page(struct store *s, const struct store_page *q, struct store_event_row **rows,
                       size_t *n, int64_t *next, char *err, size_t errlen) {
     sqlite3_stmt *st = store_stmt(s, ST_PAGE_EVENTS);
+    char *type = q->type ? glob_for_sql(q->type) : NULL;
     void *v = NULL;
     int ret = -1;
 
     *rows = NULL;
     *n = 0;
     *next = 0;
-    if (bind_text(st, 1, q->type) || bind_text(st, 2, q->source) || bind_text(st, 3, q->status) ||
+    if (q->type && !type) {
+        store_err(err, errlen, "store: out of memory");
+        return -1;
+    }
+    if (bind_text(st, 1, type) || bind_text(st, 2, q->source) || bind_text(st, 3, q->status) ||
         sqlite3_bind_int64(st, 4, q->after) || sqlite3_bind_int64(st, 5, (int64_t)q->limit + 1))
         store_err(err, errlen, "store: %s", sqlite3_errmsg(s->db));
     else
         ret = page_run(s, st, q->limit, sizeof **rows, page_event_read, &v, n, next, err, errlen);
     stmt_done(st);
+    free(type);
     if (ret < 0) {
         store_event_rows_free(v, *n);
         *n = 0;

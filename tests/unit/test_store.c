@@ -1386,6 +1386,41 @@ done:
     snprintf(dbpath, sizeof dbpath, "%s", saved);
 }
 
+/* The events page's type filter means what util_glob_match means: '*' is
+ * any run, and SQLite GLOB's own '?' and '[...]' are themselves. */
+static void test_type_filter_glob(struct store *s) {
+    static const char *const types[] = {"glob.a?c", "glob.abc", "glob.[x]", "glob.x"};
+    struct store_event_row *rows = NULL;
+    struct store_page q = {.limit = 10};
+    char err[256], id[32], sid[32];
+    size_t n = 0;
+    int64_t next = 0;
+
+    for (size_t i = 0; i < 4; i++) {
+        struct store_event ev;
+        snprintf(id, sizeof id, "evt_GLOB%zu", i);
+        snprintf(sid, sizeof sid, "glob-%zu", i);
+        ev = mk_event(id, sid);
+        ev.type = types[i];
+        CHECK_INT_EQ(store_event_put(s, &ev, NULL, 0, err, sizeof err), 0);
+    }
+    CHECK_INT_EQ(commit(s), 1);
+    q.type = "glob.a?c";
+    CHECK_INT_EQ(store_events_page(s, &q, &rows, &n, &next, err, sizeof err), 0);
+    CHECK_INT_EQ(n, 1);
+    CHECK(n == 1 && strcmp(rows[0].type, "glob.a?c") == 0);
+    store_event_rows_free(rows, n);
+    q.type = "glob.[x]";
+    CHECK_INT_EQ(store_events_page(s, &q, &rows, &n, &next, err, sizeof err), 0);
+    CHECK_INT_EQ(n, 1);
+    CHECK(n == 1 && strcmp(rows[0].type, "glob.[x]") == 0);
+    store_event_rows_free(rows, n);
+    q.type = "glob.*";
+    CHECK_INT_EQ(store_events_page(s, &q, &rows, &n, &next, err, sizeof err), 0);
+    CHECK_INT_EQ(n, 4);
+    store_event_rows_free(rows, n);
+}
+
 int main(void) {
     struct store *s;
     char cwd_db[128];
@@ -1424,6 +1459,7 @@ int main(void) {
     test_failed_begin_keeps_written_outcome(s);
     test_written_callback_writes(s);
     test_first_routing_ids(s);
+    test_type_filter_glob(s);
     store_free(s);
     test_symlinked_store();
     test_counts_insert_then_move();
