@@ -986,7 +986,7 @@ static void admin_endpoint_switch(struct admin *adm, struct evhttp_request *req,
         return;
     }
     /* 200 only once the change is committed; a rolled-back group answers
-     * 503 (and the delivery engine re-reads the stored state). */
+     * 503 (and health.c re-reads the stored state). */
     struct admin_commit *c = admin_commit_new(adm, req, 200, "OK");
     if (!c)
         return;

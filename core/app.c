@@ -65,9 +65,14 @@ static void app_subs_changed(void *arg, const struct subs *subs) {
 
     if (!a->rules)
         return;
-    if (subs_config_list(subs, &v, &n) < 0 || rules_set_subscriptions(a->rules, v, n) < 0)
+    if (subs_config_list(subs, &v, &n) < 0 || rules_set_subscriptions(a->rules, v, n) < 0) {
+        /* The old list may point at an entry being removed: drop them all
+         * (n = 0 allocates nothing, so this cannot fail) rather than keep
+         * pointers into freed memory. */
+        rules_set_subscriptions(a->rules, NULL, 0);
         log_msg(LOG_ERROR, "subscriptions changed but could not be merged (out of memory); "
-                           "rules and delivery see the old list");
+                           "rules and delivery see none until the next change or reload");
+    }
     free(v);
 }
 
@@ -110,8 +115,9 @@ static int app_reload(void *arg, char *err, size_t errlen) {
                           "still serving on the old one");
     if (differs(old->store, cfg->store))
         log_msg(LOG_WARN, "reload: a changed store needs a restart; still using %s", old->store);
-    /* Endpoint state, the HTTP client, the sweeps, the delivery engine and
-     * the listeners move to the new config before the old generation (which
+    /* Endpoint state, the sweeps, the delivery engine and the listeners
+     * move to the new config (the HTTP client asks app_private_allowed,
+     * which reads a->rules) before the old generation (which
      * owns the old config) is freed; endpoint state first, as it compares
      * the two. */
     health_set_config(a->health, cfg);

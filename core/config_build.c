@@ -89,6 +89,13 @@ static int setting_admin(struct config_ctx *c, int vi) {
             return -1;
         if (!config_listen_ok(cfg->admin_listen))
             return config_fail(c, "listen: bad address '%s' (want host:port)", cfg->admin_listen);
+        /* ":port" is every address for webhooks; the admin API never listens
+         * everywhere by accident: it names its address */
+        if (cfg->admin_listen[0] == ':')
+            return config_fail(c,
+                               "listen: '%s' names no host; the admin API listens on one "
+                               "address (e.g. \"127.0.0.1%s\")",
+                               cfg->admin_listen, cfg->admin_listen);
     }
     lua_pop(L, 1);
     if (config_opt_get(L, vi, "token") == LUA_TNIL)

@@ -62,8 +62,8 @@ struct httpc;
 struct deliver *deliver_new(struct event_base *base, struct store *s, struct httpc *hc,
                             struct health *h, char *err, size_t errlen);
 
-/* Uses cfg's endpoints from now on (set hc's and h's config too: the guard's
- * allow_private is the client's). cfg is borrowed and must stay valid
+/* Uses cfg's endpoints from now on (set h's config first: endpoint state
+ * compares the old and the new). cfg is borrowed and must stay valid
  * until the next call or deliver_free; in-flight transfers look their
  * endpoint up by name when they complete, so a reload that removes an
  * endpoint leaves them safe. */

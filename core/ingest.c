@@ -103,6 +103,10 @@ int ingest_carrier(struct ingest *g, struct ingest_carrier *c, ingest_done_fn do
         p->g = g;
         p->headers_json = c->headers_json;
         p->data_token = c->data_token;
+    } else { /* taken in every case: freed here */
+        free(c->headers_json);
+        if (c->data_token)
+            rules_data_drop(*g->deps.rules, c->data_token);
     }
     c->headers_json = NULL;
     c->data_token = 0;

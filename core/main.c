@@ -1,6 +1,6 @@
-/* main.c -- the waybill command: serve, check, sign, version.
- * serve builds the gateway context, turns SIGHUP/SIGTERM/SIGINT into loop
- * callbacks (evsignal), and runs the one event loop that owns all state.
+/* main.c -- the waybill commands: serve (app.c runs the gateway), check,
+ * sign, route, init, test-rules, bench-rules, version and the admin API's
+ * client commands (cli.c).
  * SPDX-License-Identifier: MIT */
 #include <errno.h>
 #include <fcntl.h>
@@ -14,22 +14,17 @@
 #include <unistd.h>
 
 #include <curl/curl.h>
-#include <event2/event.h>
 #include <jansson.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
 
-#include "cli.h"
 #include "batch.h"
+#include "cli.h"
 #include "config.h"
-#include "deliver.h"
 #include "app.h"
 #include "log.h"
-#include "route.h"
 #include "rules.h"
 #include "ruletest.h"
-#include "store.h"
-#include "subs.h"
 #include "util.h"
 #include "verify.h"
 

@@ -679,6 +679,8 @@ struct rules *rules_load_with(const char *config_path, const char *lua_dir,
     r->files = NULL;
     r->nfiles = 0;
     r->loading_file = NULL;
+    r->load_subs = NULL; /* the caller's, borrowed for the load only */
+    r->load_nsubs = 0;
     rules_recover(r);
     lua_gc(r->L, LUA_GCCOLLECT, 0); /* start clean: the loading's garbage */
     limits_reset(r);

@@ -52,12 +52,10 @@ int64_t util_mono_ms(void); /* monotonic ms, for deadlines and latencies */
  * without millis when they are 0). out needs 32 bytes. */
 void util_time_rfc3339(int64_t ms, char *out, size_t outlen);
 
-/* Writes prefix + 26 Crockford base32 chars (48-bit ms time, 80 random bits:
- * sortable by creation time, like ULID) and a NUL. out needs strlen(prefix)+27.
- * e.g. util_id_new("evt_", buf, sizeof buf). */
 /* 1 when text matches glob pattern, where '*' matches any run of
  * characters (none included) and every other character itself; else 0.
- * The one matcher of event types (rules' subscribers(), subscriptions). */
+ * The one matcher of event types (rules' on() patterns, subscriptions, and
+ * the admin API's type filter, which the store gives SQL in this sense). */
 int util_glob_match(const char *pattern, const char *text);
 
 /* Length of the valid UTF-8 sequence at s (n bytes available, n >= 1): 1
@@ -110,6 +108,9 @@ int util_header_reserved(const char *name);
 int util_http_url_ok(const char *url);
 
 #define UTIL_ID_MAX 40
+/* Writes prefix + 26 Crockford base32 chars (48-bit ms time, 80 random bits:
+ * sortable by creation time, like ULID) and a NUL. out needs strlen(prefix)+27.
+ * e.g. util_id_new("evt_", buf, sizeof buf). */
 void util_id_new(const char *prefix, char *out, size_t outlen);
 
 /* The same format, but derived, not random: the time part is from's (an id

@@ -533,6 +533,9 @@ static void test_setting_errors(void) {
                "env(\"...\") }, not a number");
     EXPECT_ERR("set(1, 'admin', { listen = 'nope', token = 't' })",
                "waybill.lua:1: admin: listen: bad address 'nope' (want host:port)");
+    EXPECT_ERR("set(1, 'admin', { listen = ':8081', token = 't' })",
+               "waybill.lua:1: admin: listen: ':8081' names no host; the admin API listens on "
+               "one address (e.g. \"127.0.0.1:8081\")");
     EXPECT_ERR("set(1, 'admin', { token = '' })", "waybill.lua:1: admin: token must not be empty");
     EXPECT_ERR("set(1, 'admin', { [1] = 't' })",
                "waybill.lua:1: admin: option keys must be names, not a number");
