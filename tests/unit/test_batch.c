@@ -20,6 +20,7 @@
 #include "health.h"
 #include "housekeep.h"
 #include "httpc.h"
+#include "fixture.h"
 #include "harness.h"
 #include "log.h"
 #include "rules.h"
@@ -85,42 +86,14 @@ struct rig {
     struct batch *b;
 };
 
-static int find_lua_dir(char *out) {
-    char exe[PATH_MAX], cand[PATH_MAX + 16], probe[PATH_MAX + 32];
-    const char *env = getenv("WAYBILL_LUA_DIR");
-    ssize_t n;
-    struct stat st;
-
-    if (env && realpath(env, out))
-        return 0;
-    snprintf(probe, sizeof probe, "lua/waybill.lua");
-    if (stat(probe, &st) == 0 && realpath("lua", out))
-        return 0;
-    n = readlink("/proc/self/exe", exe, sizeof exe - 1); /* build/tests/test_x */
-    exe[n > 0 ? n : 0] = '\0';
-    *(strrchr(exe, '/') ? strrchr(exe, '/') : exe) = '\0';
-    snprintf(cand, sizeof cand, "%s/../../lua", exe);
-    return realpath(cand, out) ? 0 : -1;
-}
-
-static int write_text(const char *dir, const char *name, const char *text) {
-    char path[PATH_MAX];
-    FILE *f;
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    if (!(f = fopen(path, "w")))
-        return -1;
-    fputs(text, f);
-    return fclose(f);
-}
-
 static int rig_open(struct rig *r, const char *config) {
     char err[512], lua_dir[PATH_MAX], path[PATH_MAX];
     struct batch_deps deps;
 
     memset(r, 0, sizeof *r);
     snprintf(r->dir, sizeof r->dir, "/tmp/waybill-test-batch-XXXXXX");
-    if (!mkdtemp(r->dir) || find_lua_dir(lua_dir) < 0 ||
-        write_text(r->dir, "waybill.lua", config) < 0) {
+    if (!mkdtemp(r->dir) || fixture_lua_dir(lua_dir) < 0 ||
+        fixture_write(r->dir, "waybill.lua", config) < 0) {
         fprintf(stderr, "rig: cannot set up %s\n", r->dir);
         return -1;
     }

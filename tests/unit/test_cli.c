@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "fixture.h"
 #include "harness.h"
 #include "log.h"
 
@@ -98,31 +99,6 @@ static struct run cli(const char *cmd, ...) {
 static void run_free(struct run *r) {
     free(r->out);
     free(r->err);
-}
-
-static int write_text(const char *path, const char *text) {
-    FILE *f = fopen(path, "w");
-    if (!f)
-        return -1;
-    fputs(text, f);
-    return fclose(f);
-}
-
-static int find_lua_dir(char *out) {
-    char exe[PATH_MAX], cand[PATH_MAX + 16];
-    const char *env = getenv("WAYBILL_LUA_DIR");
-    ssize_t n;
-    struct stat st;
-
-    if (env && realpath(env, out))
-        return 0;
-    if (stat("lua/waybill.lua", &st) == 0 && realpath("lua", out))
-        return 0;
-    n = readlink("/proc/self/exe", exe, sizeof exe - 1); /* build/tests/test_x */
-    exe[n > 0 ? n : 0] = '\0';
-    *(strrchr(exe, '/') ? strrchr(exe, '/') : exe) = '\0';
-    snprintf(cand, sizeof cand, "%s/../../lua", exe);
-    return realpath(cand, out) ? 0 : -1;
 }
 
 /* A loopback port that refuses connections: bound, never listening. The
@@ -213,7 +189,7 @@ static void test_config_errors(void) {
     run_free(&r);
 
     snprintf(path, sizeof path, "%s/noadmin.lua", tmp_dir);
-    CHECK_INT_EQ(write_text(path, "listen = '127.0.0.1:1'\n"), 0);
+    CHECK_INT_EQ(fixture_write_path(path, "listen = '127.0.0.1:1'\n"), 0);
     r = cli("events", "--config", path, NULL);
     CHECK_INT_EQ(r.rc, 1);
     snprintf(want, sizeof want, "waybill: %s has no admin listener (admin = {...})\n", path);
@@ -226,7 +202,7 @@ static void test_config_errors(void) {
     run_free(&r);
 
     snprintf(path, sizeof path, "%s/broken.lua", tmp_dir);
-    CHECK_INT_EQ(write_text(path, "\nlisen = 1\n"), 0);
+    CHECK_INT_EQ(fixture_write_path(path, "\nlisen = 1\n"), 0);
     r = cli("events", "-c", path, NULL);
     CHECK_INT_EQ(r.rc, 1);
     snprintf(want, sizeof want, "waybill: %s:2: unknown setting 'lisen' (did you mean 'listen'?)\n",
@@ -252,7 +228,7 @@ static void test_base_url(void) {
     for (int i = 0; listens[i]; i++) {
         snprintf(listen, sizeof listen, "%s%d", listens[i], port);
         snprintf(cfg, sizeof cfg, "admin = { listen = '%s', token = 'cfg-token' }\n", listen);
-        CHECK_INT_EQ(write_text(path, cfg), 0);
+        CHECK_INT_EQ(fixture_write_path(path, cfg), 0);
         r = cli("event", "-c", path, "evt_1", NULL);
         CHECK_INT_EQ(r.rc, 1);
         snprintf(want, sizeof want, "%s%d: ", bases[i], port);
@@ -533,7 +509,7 @@ static void test_requests(void) {
     snprintf(path, sizeof path, "%s/admin-live.lua", tmp_dir);
     snprintf(cfg, sizeof cfg, "admin = { listen = '127.0.0.1:%d', token = 'cfg-token' }\n",
              rv.port);
-    CHECK_INT_EQ(write_text(path, cfg), 0);
+    CHECK_INT_EQ(fixture_write_path(path, cfg), 0);
     answer(&rv, 200, "{\"id\":\"dlv_1\"}");
     r = cli("retry", "-c", path, "dlv_1", NULL);
     CHECK_INT_EQ(r.rc, 0);
@@ -561,7 +537,7 @@ int main(void) {
     char cmd[PATH_MAX];
 
     log_threshold = LOG_ERROR;
-    if (!mkdtemp(tmp_dir) || find_lua_dir(lua_dir) < 0) {
+    if (!mkdtemp(tmp_dir) || fixture_lua_dir(lua_dir) < 0) {
         fprintf(stderr, "cannot set up %s or find lua/\n", tmp_dir);
         return 2;
     }

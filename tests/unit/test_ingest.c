@@ -21,6 +21,7 @@
 #include "health.h"
 #include "housekeep.h"
 #include "httpc.h"
+#include "fixture.h"
 #include "harness.h"
 #include "ingest.h"
 #include "log.h"
@@ -45,38 +46,11 @@ struct rig {
     struct ingest *g;
 };
 
-static int find_lua_dir(char *out) {
-    char exe[PATH_MAX], cand[PATH_MAX + 16];
-    const char *env = getenv("WAYBILL_LUA_DIR");
-    ssize_t n;
-    struct stat st;
-
-    if (env && realpath(env, out))
-        return 0;
-    if (stat("lua/waybill.lua", &st) == 0 && realpath("lua", out))
-        return 0;
-    n = readlink("/proc/self/exe", exe, sizeof exe - 1); /* build/tests/test_x */
-    exe[n > 0 ? n : 0] = '\0';
-    *(strrchr(exe, '/') ? strrchr(exe, '/') : exe) = '\0';
-    snprintf(cand, sizeof cand, "%s/../../lua", exe);
-    return realpath(cand, out) ? 0 : -1;
-}
-
-static int write_text(const char *dir, const char *name, const char *text) {
-    char path[PATH_MAX];
-    FILE *f;
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    if (!(f = fopen(path, "w")))
-        return -1;
-    fputs(text, f);
-    return fclose(f);
-}
-
 /* A generation of config and rules from r->dir (rules/a.lua = rules). */
 static struct rules *load(struct rig *r, const char *rules) {
     char err[512], path[PATH_MAX];
     struct rules *gen;
-    if (write_text(r->dir, "rules/a.lua", rules) < 0)
+    if (fixture_write(r->dir, "rules/a.lua", rules) < 0)
         return NULL;
     snprintf(path, sizeof path, "%s/waybill.lua", r->dir);
     gen = rules_load(path, r->lua_dir, err, sizeof err);
@@ -99,10 +73,10 @@ static int rig_open(struct rig *r, const char *config, const char *rules) {
 
     memset(r, 0, sizeof *r);
     snprintf(r->dir, sizeof r->dir, "/tmp/waybill-test-ingest-XXXXXX");
-    if (!mkdtemp(r->dir) || find_lua_dir(r->lua_dir) < 0)
+    if (!mkdtemp(r->dir) || fixture_lua_dir(r->lua_dir) < 0)
         return -1;
     snprintf(path, sizeof path, "%s/rules", r->dir);
-    if (mkdir(path, 0700) < 0 || write_text(r->dir, "waybill.lua", config) < 0)
+    if (mkdir(path, 0700) < 0 || fixture_write(r->dir, "waybill.lua", config) < 0)
         return -1;
     r->base = event_base_new();
     if (!(r->rules = load(r, rules)))

@@ -20,6 +20,7 @@
 #include "health.h"
 #include "housekeep.h"
 #include "httpc.h"
+#include "fixture.h"
 #include "harness.h"
 #include "log.h"
 #include "metrics.h"
@@ -43,33 +44,6 @@ struct rig {
     struct route *rt;
 };
 
-static int find_lua_dir(char *out) {
-    char exe[PATH_MAX], cand[PATH_MAX + 16];
-    const char *env = getenv("WAYBILL_LUA_DIR");
-    ssize_t n;
-    struct stat st;
-
-    if (env && realpath(env, out))
-        return 0;
-    if (stat("lua/waybill.lua", &st) == 0 && realpath("lua", out))
-        return 0;
-    n = readlink("/proc/self/exe", exe, sizeof exe - 1); /* build/tests/test_x */
-    exe[n > 0 ? n : 0] = '\0';
-    *(strrchr(exe, '/') ? strrchr(exe, '/') : exe) = '\0';
-    snprintf(cand, sizeof cand, "%s/../../lua", exe);
-    return realpath(cand, out) ? 0 : -1;
-}
-
-static int write_text(const char *dir, const char *name, const char *text) {
-    char path[PATH_MAX];
-    FILE *f;
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    if (!(f = fopen(path, "w")))
-        return -1;
-    fputs(text, f);
-    return fclose(f);
-}
-
 /* The recovery sweep hands events to the router, as the app wires it. */
 static void on_recovered(void *arg, const struct rules_input *ev) {
     struct rig *r = arg;
@@ -83,11 +57,11 @@ static int rig_open(struct rig *r, const char *config, const char *rules) {
 
     memset(r, 0, sizeof *r);
     snprintf(r->dir, sizeof r->dir, "/tmp/waybill-test-route-XXXXXX");
-    if (!mkdtemp(r->dir) || find_lua_dir(lua_dir) < 0)
+    if (!mkdtemp(r->dir) || fixture_lua_dir(lua_dir) < 0)
         return -1;
     snprintf(path, sizeof path, "%s/rules", r->dir);
-    if (mkdir(path, 0700) < 0 || write_text(r->dir, "waybill.lua", config) < 0 ||
-        write_text(r->dir, "rules/a.lua", rules) < 0)
+    if (mkdir(path, 0700) < 0 || fixture_write(r->dir, "waybill.lua", config) < 0 ||
+        fixture_write(r->dir, "rules/a.lua", rules) < 0)
         return -1;
     snprintf(path, sizeof path, "%s/waybill.lua", r->dir);
     r->base = event_base_new();

@@ -16,6 +16,7 @@
 
 #include <jansson.h>
 
+#include "fixture.h"
 #include "harness.h"
 #include "log.h"
 #include "ruletest.h"
@@ -83,31 +84,6 @@ static int count_lines_starting(const char *text, const char *prefix) {
     for (const char *p = text; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL)
         n += strncmp(p, prefix, strlen(prefix)) == 0;
     return n;
-}
-
-static int write_text(const char *path, const char *text) {
-    FILE *f = fopen(path, "w");
-    if (!f)
-        return -1;
-    fputs(text, f);
-    return fclose(f);
-}
-
-static int find_lua_dir(char *out) {
-    char exe[PATH_MAX], cand[PATH_MAX + 16];
-    const char *env = getenv("WAYBILL_LUA_DIR");
-    ssize_t n;
-    struct stat st;
-
-    if (env && realpath(env, out))
-        return 0;
-    if (stat("lua/waybill.lua", &st) == 0 && realpath("lua", out))
-        return 0;
-    n = readlink("/proc/self/exe", exe, sizeof exe - 1); /* build/tests/test_x */
-    exe[n > 0 ? n : 0] = '\0';
-    *(strrchr(exe, '/') ? strrchr(exe, '/') : exe) = '\0';
-    snprintf(cand, sizeof cand, "%s/../../lua", exe);
-    return realpath(cand, out) ? 0 : -1;
 }
 
 /* ---- test-rules ---- */
@@ -251,7 +227,7 @@ static void test_run(void) {
     int rc;
 
     snprintf(path, sizeof path, "%s/t.test", tmp_dir);
-    CHECK_INT_EQ(write_text(path, test_file), 0);
+    CHECK_INT_EQ(fixture_write_path(path, test_file), 0);
     capture_start(&c);
     rc = ruletest_run(path, lua_dir);
     capture_end(&c, &out, &err);
@@ -296,19 +272,19 @@ static void test_run(void) {
 
     /* all passing: 0 */
     snprintf(path, sizeof path, "%s/ok.test", tmp_dir);
-    CHECK_INT_EQ(write_text(path, "# only comments and a test\n\n"
-                                  "on(\"*\", function(ev) send(\"alerts\", ev.data) end)\n"
-                                  "\n\n\n"
-                                  "{\"type\":\"a.b\",\"data\":{\"x\":[1,2]}}\n"
-                                  "\n"
-                                  "[{\"endpoint\":\"alerts\",\"payload\":{\"x\":[1,2]}}]\n"
-                                  "\n"
-                                  "# an event without data: {} (asan: nothing leaks)\n"
-                                  "on(\"*\", function(ev) send(\"alerts\", ev.data) end)\n"
-                                  "\n"
-                                  "{\"type\":\"a.b\"}\n"
-                                  "\n"
-                                  "[{\"endpoint\":\"alerts\",\"payload\":{}}]\n"),
+    CHECK_INT_EQ(fixture_write_path(path, "# only comments and a test\n\n"
+                                          "on(\"*\", function(ev) send(\"alerts\", ev.data) end)\n"
+                                          "\n\n\n"
+                                          "{\"type\":\"a.b\",\"data\":{\"x\":[1,2]}}\n"
+                                          "\n"
+                                          "[{\"endpoint\":\"alerts\",\"payload\":{\"x\":[1,2]}}]\n"
+                                          "\n"
+                                          "# an event without data: {} (asan: nothing leaks)\n"
+                                          "on(\"*\", function(ev) send(\"alerts\", ev.data) end)\n"
+                                          "\n"
+                                          "{\"type\":\"a.b\"}\n"
+                                          "\n"
+                                          "[{\"endpoint\":\"alerts\",\"payload\":{}}]\n"),
                  0);
     capture_start(&c);
     rc = ruletest_run(path, lua_dir);
@@ -320,7 +296,7 @@ static void test_run(void) {
 
     /* an empty file: nothing to run */
     snprintf(path, sizeof path, "%s/empty.test", tmp_dir);
-    CHECK_INT_EQ(write_text(path, "# nothing\n\n"), 0);
+    CHECK_INT_EQ(fixture_write_path(path, "# nothing\n\n"), 0);
     capture_start(&c);
     rc = ruletest_run(path, lua_dir);
     capture_end(&c, &out, &err);
@@ -375,15 +351,18 @@ static void test_bench(void) {
     snprintf(ev1, sizeof ev1, "%s/ev1.json", tmp_dir);
     snprintf(ev2, sizeof ev2, "%s/ev2.json", tmp_dir);
     snprintf(missing, sizeof missing, "%s/missing.json", tmp_dir);
-    CHECK_INT_EQ(write_text(cfg, "source 'shop' { verify = 'none', insecure = true }\n"
-                                 "endpoint 'erp' { url = 'http://127.0.0.1:9/', sign = 'none' }\n"
-                                 "endpoint 'crm' { url = 'http://127.0.0.1:9/', sign = 'none' }\n"
-                                 "rules 'rules/'\n"),
-                 0);
+    CHECK_INT_EQ(
+        fixture_write_path(cfg, "source 'shop' { verify = 'none', insecure = true }\n"
+                                "endpoint 'erp' { url = 'http://127.0.0.1:9/', sign = 'none' }\n"
+                                "endpoint 'crm' { url = 'http://127.0.0.1:9/', sign = 'none' }\n"
+                                "rules 'rules/'\n"),
+        0);
     /* order.updated is in the taxonomy: the generic adapter keeps it */
-    CHECK_INT_EQ(write_text(rules, "on('order.updated', { 'erp', 'crm' })\n"), 0);
-    CHECK_INT_EQ(write_text(ev1, "{\"type\":\"order.updated\",\"id\":\"1\",\"data\":{}}"), 0);
-    CHECK_INT_EQ(write_text(ev2, "{\"type\":\"order.cancelled\",\"id\":\"2\",\"data\":{}}"), 0);
+    CHECK_INT_EQ(fixture_write_path(rules, "on('order.updated', { 'erp', 'crm' })\n"), 0);
+    CHECK_INT_EQ(fixture_write_path(ev1, "{\"type\":\"order.updated\",\"id\":\"1\",\"data\":{}}"),
+                 0);
+    CHECK_INT_EQ(fixture_write_path(ev2, "{\"type\":\"order.cancelled\",\"id\":\"2\",\"data\":{}}"),
+                 0);
 
     /* usage errors: 2 */
     CHECK_INT_EQ(bench(&out, &err, "bench-rules", "-c", cfg, NULL), 2);
@@ -435,7 +414,7 @@ int main(void) {
     char cmd[PATH_MAX];
 
     log_threshold = LOG_ERROR;
-    if (!mkdtemp(tmp_dir) || find_lua_dir(lua_dir) < 0) {
+    if (!mkdtemp(tmp_dir) || fixture_lua_dir(lua_dir) < 0) {
         fprintf(stderr, "cannot set up %s or find lua/\n", tmp_dir);
         return 2;
     }
