@@ -962,6 +962,18 @@ class _SinkHandler(http.server.BaseHTTPRequestHandler):
             req = Request(self.command, self.path, hdrs, body, len(sink.requests) + 1)
             sink.requests.append(req)
             spec = sink._next_spec()
+        # A request stops counting as in flight just before its answer leaves:
+        # the sender may start its next request the moment it reads the answer,
+        # before this thread would get back to a decrement placed after the write.
+        done = [False]
+
+        def leave():
+            if not done[0]:
+                done[0] = True
+                with sink._lock:
+                    sink._inflight -= 1
+                    sink._cond.notify_all()
+
         try:
             reply = _as_reply(spec, req)
             if reply.delay:
@@ -969,6 +981,7 @@ class _SinkHandler(http.server.BaseHTTPRequestHandler):
             elif sink.delay:
                 time.sleep(sink.delay)
             if reply.drop:
+                leave()
                 self.close_connection = True
                 try:
                     self.connection.shutdown(socket.SHUT_RDWR)
@@ -982,13 +995,12 @@ class _SinkHandler(http.server.BaseHTTPRequestHandler):
             if not any(k.lower() == "content-type" for k in reply.headers):
                 self.send_header("Content-Type", "text/plain")
             self.send_header("Content-Length", str(len(reply.body)))
+            leave()
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(reply.body)
         finally:
-            with sink._lock:
-                sink._inflight -= 1
-                sink._cond.notify_all()
+            leave()
 
     do_POST = do_PUT = do_GET = do_DELETE = do_PATCH = do_HEAD = _handle
 
