@@ -1,6 +1,6 @@
 /* batch.c -- batch windows: items go to the store's batch_items in the
- * routing group; a timer closes each window at its end (or batch_add at
- * max_batch) into one delivery created in the same group that marks the
+ * event's own write; a timer closes each window at its end (or
+ * batch_item_added at max_batch) into one delivery created in the same group that marks the
  * items as sent.
  * SPDX-License-Identifier: MIT */
 #include <stdlib.h>
@@ -19,8 +19,8 @@
 struct batch {
     struct batch_deps deps;
     struct event *timer;
-    int64_t armed_at; /* Unix ms the timer fires at, INT64_MAX when idle */
-    int kick_pending; /* a commit callback will kick the delivery engine */
+    int64_t armed_at;  /* Unix ms the timer fires at, INT64_MAX when idle */
+    int close_pending; /* a commit callback watches the group closing windows */
 };
 
 int64_t batch_window_start(int64_t now, int64_t window_ms) {
@@ -33,10 +33,8 @@ int64_t batch_window_start(int64_t now, int64_t window_ms) {
 static void on_closed_committed(void *arg, int ok) {
     struct batch *b = arg;
 
-    b->kick_pending = 0;
-    if (ok) {
-        deliver_kick(b->deps.deliver);
-    } else {
+    b->close_pending = 0;
+    if (!ok) {
         /* The items are still open in the store: try again shortly. */
         log_msg(LOG_WARN, "batch: closing windows was not committed; trying again");
         batch_start(b);
@@ -85,9 +83,10 @@ static int close_window(struct batch *b, const struct store_batch_window *w, con
     }
     if (count) {
         log_msg(LOG_DEBUG, "batch: window of %s closed (%s): %zu events", w->endpoint, why, count);
+        /* claimed once the group is durable */
         deliver_watch_endpoint(b->deps.deliver, w->endpoint);
-        if (!b->kick_pending && store_on_written(b->deps.store, on_closed_committed, b) == 0)
-            b->kick_pending = 1;
+        if (!b->close_pending && store_on_commit(b->deps.store, on_closed_committed, b) == 0)
+            b->close_pending = 1;
     }
     return 0;
 }
@@ -145,25 +144,19 @@ void batch_start(struct batch *b) {
         arm(b, next);
 }
 
-int batch_add(struct batch *b, const struct config_endpoint *ep, int64_t window_ms,
-              const char *event_id, const char *payload, size_t len, int64_t now, char *err,
-              size_t errlen) {
-    struct store_batch_window w;
-    int64_t count = 0;
+int batch_item_added(struct batch *b, const struct config_endpoint *ep,
+                     const struct store_batch_item *it, char *err, size_t errlen) {
+    struct store_batch_window w = {.endpoint = (char *)it->endpoint,
+                                   .window_start = it->window_start,
+                                   .window_ms = it->window_ms};
 
-    w.endpoint = (char *)ep->name;
-    w.window_ms = window_ms;
-    w.window_start = batch_window_start(now, window_ms);
-    if (store_batch_add(b->deps.store, ep->name, w.window_start, window_ms, event_id, payload, len,
-                        &count, err, errlen) < 0)
-        return -1;
-    if (ep->max_batch > 0 && count >= ep->max_batch) {
+    if (ep && ep->max_batch > 0 && it->count >= ep->max_batch) {
         if (close_window(b, &w, "max_batch") < 0) {
-            snprintf(err, errlen, "closing a full batch of '%s' failed", ep->name);
+            snprintf(err, errlen, "closing a full batch of '%s' failed", it->endpoint);
             return -1;
         }
         return 0;
     }
-    arm(b, w.window_start + window_ms);
+    arm(b, it->window_start + it->window_ms);
     return 0;
 }

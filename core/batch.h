@@ -2,7 +2,7 @@
  * collected per endpoint into clock-aligned windows [k*W, (k+1)*W) of Unix
  * time (UTC) and each window, when it closes, becomes one delivery
  * {"type":"batch","window_start","window_end","count","events":[...]}.
- * Open windows live in the store (written in the routing group), so a
+ * Open windows live in the store (items written with their event), so a
  * crash neither loses a batched event nor sends one in two batches; one
  * libevent timer waits for the earliest window end.
  * Invariant: the timer is armed whenever the store holds an open window.
@@ -18,6 +18,7 @@ struct deliver;
 struct event_base;
 struct rules;
 struct store;
+struct store_batch_item;
 
 /* What batching works with; all borrowed, and must outlive it. */
 struct batch_deps {
@@ -36,13 +37,13 @@ void batch_free(struct batch *b);
 /* The start (Unix ms) of the window of length window_ms holding now. */
 int64_t batch_window_start(int64_t now, int64_t window_ms);
 
-/* Adds one batched payload (JSON text, borrowed) of event_id to ep's
- * window of length window_ms holding now, in the store's open group. A
- * window that reaches ep->max_batch is closed at once into a delivery.
+/* After routing wrote item it (with its event, struct store_plan) into ep's
+ * window in the open group: closes the window at once into a delivery when
+ * it->count reached ep->max_batch, else makes sure the timer fires at the
+ * window's end. ep may be NULL (no longer configured: the timer only).
  * Returns 0, or -1 with a reason (the group has failed). */
-int batch_add(struct batch *b, const struct config_endpoint *ep, int64_t window_ms,
-              const char *event_id, const char *payload, size_t len, int64_t now, char *err,
-              size_t errlen);
+int batch_item_added(struct batch *b, const struct config_endpoint *ep,
+                     const struct store_batch_item *it, char *err, size_t errlen);
 
 /* Closes every window already past its end (e.g. after a restart) soon,
  * from the loop, and arms the timer for the rest. */

@@ -351,6 +351,34 @@ void deliver_commit_watch(struct deliver *d) {
     d->commit = c;
 }
 
+static void deliver_durable_cb(void *arg, int ok) {
+    struct deliver_commit *c = arg;
+    struct deliver *d = c->d;
+
+    free(c);
+    if (!d)
+        return; /* deliver_free ran */
+    d->durable = NULL;
+    if (ok) /* the marked endpoints whose rows are now claimable */
+        deliver_kick_now(d, 0);
+}
+
+void deliver_durable_watch(struct deliver *d) {
+    struct deliver_commit *c;
+
+    if (d->durable)
+        return;
+    /* Without a callback the watchdog finds the rows within a tick. */
+    if (!(c = malloc(sizeof *c)))
+        return;
+    c->d = d;
+    if (store_on_commit(d->store, deliver_durable_cb, c) != 0) {
+        free(c);
+        return;
+    }
+    d->durable = c;
+}
+
 /* Hands an operational event to the notify hook (which takes data). */
 static void deliver_emit(struct deliver *d, const char *type, json_t *data) {
     if (!data)
@@ -709,6 +737,8 @@ void deliver_free(struct deliver *d) {
     }
     if (d->commit)
         d->commit->d = NULL; /* the store frees it when the group ends */
+    if (d->durable)
+        d->durable->d = NULL;
     if (d->health)
         health_set_change_hook(d->health, NULL, NULL);
     evs[0] = d->kick_ev;

@@ -103,8 +103,8 @@ struct deliver_xfer {
     int64_t t0;            /* monotonic ms, for the latency */
 };
 
-/* Registered with store_on_written; detached (d = NULL) by deliver_free so a
- * later callback does nothing. The callback frees it. */
+/* Registered with store_on_written or store_on_commit; detached (d = NULL)
+ * by deliver_free so a later callback does nothing. The callback frees it. */
 struct deliver_commit {
     struct deliver *d;
 };
@@ -128,7 +128,8 @@ struct deliver {
     int inflight;
     int64_t lease_ms;
     uint64_t rng;
-    struct deliver_commit *commit; /* outstanding store_on_written, or NULL */
+    struct deliver_commit *commit;  /* outstanding store_on_written, or NULL */
+    struct deliver_commit *durable; /* outstanding store_on_commit, or NULL */
     int stopping;
     void (*done)(void *arg);
     void *done_arg;
@@ -168,6 +169,10 @@ void deliver_xfer_send(struct deliver *d, struct deliver_xfer *x,
  * looks at every endpoint; with all_at_commit set (deliver_kick_all), looks
  * at every endpoint. */
 void deliver_commit_watch(struct deliver *d);
+
+/* Kicks once the open group is durable, when the rows it inserted become
+ * claimable (deliver_ep_mark: the marked endpoints are looked at then). */
+void deliver_durable_watch(struct deliver *d);
 
 /* ---- deliver_sched.c: the scheduler ---- */
 

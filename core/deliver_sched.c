@@ -435,6 +435,8 @@ void deliver_ep_mark(struct deliver *d, struct deliver_ep *ep) {
     ep->dirty = 1;
     if (last > ep->dirty_seq)
         ep->dirty_seq = last;
+    if (ep->dirty_seq > committed)
+        deliver_durable_watch(d);
 }
 
 /* An endpoint with pending rows and no queue (a subscription's, after a

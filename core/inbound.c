@@ -372,13 +372,12 @@ static char *inbound_source_id(const struct config_source *src, struct evkeyvalq
  * 1 answered (503), else 0. */
 static int inbound_backlog_full(struct inbound *ib, struct evhttp_request *req,
                                 const struct config_source *src) {
-    struct store_counts backlog;
+    int64_t backlog = store_backlog(ib->deps.store); /* a counter, not a query */
 
-    if (store_delivery_counts(ib->deps.store, &backlog) != 0 ||
-        backlog.pending + backlog.held < inbound_config(ib)->max_backlog)
+    if (backlog < inbound_config(ib)->max_backlog)
         return 0;
     log_msg(LOG_WARN, "source %s: backlog of %lld deliveries reached max_backlog; answering 503",
-            src->name, (long long)(backlog.pending + backlog.held));
+            src->name, (long long)backlog);
     inbound_unavailable(req, "30", "delivery backlog full, retry later", NULL, NULL);
     return 1;
 }

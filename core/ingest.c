@@ -1,8 +1,8 @@
 /* ingest.c -- the only way an event enters waybill (see ingest.h).
- * Invariant: an event is stored before it is routed, in the same group
- * (operational, test, replay) or routed only once its group is durable (a
- * carrier's, answered first); a carrier's pending event owns its copy of
- * what routing needs, since the request may be gone by commit time.
+ * Invariant: an event and its routing are one write (store_event_put with
+ * the router's plan), so they commit together or not at all; a carrier is
+ * answered only once that write is durable, and its deliveries are claimed
+ * only then too (the store's watermark).
  * SPDX-License-Identifier: MIT */
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,86 +37,70 @@ void ingest_free(struct ingest *g) {
 
 /* ---- a carrier's event ---- */
 
-/* A carrier's event between its store and its commit (all owned). */
+/* A carrier's event between its write and its commit (owned). */
 struct pending {
-    struct ingest *g; /* outlives every commit callback (ingest_free after the drain) */
     ingest_done_fn done;
     void *arg;
     char id[UTIL_ID_MAX];
     int duplicate; /* noted, not stored again, not routed */
-    int route;     /* 0 when the adapter failed: stored as rule_error */
-    char *source, *source_id, *type, *created_at, *data_json, *headers_json;
-    char *raw;
-    size_t raw_len;
-    int64_t received_at;
-    uint64_t data_token; /* the adapter's data kept for routing (rules_adapt_keep) */
+    char source[];
 };
-
-static void pending_free(struct pending *p) {
-    if (!p)
-        return;
-    /* Not routed (a duplicate, a failed commit, a refusal): its kept data
-     * goes now; a token of an older generation is a no-op. */
-    if (p->data_token)
-        rules_data_drop(*p->g->deps.rules, p->data_token);
-    free(p->source);
-    free(p->source_id);
-    free(p->type);
-    free(p->created_at);
-    free(p->data_json);
-    free(p->headers_json);
-    free(p->raw);
-    free(p);
-}
 
 static void on_carrier_committed(void *arg, int ok) {
     struct pending *p = arg;
 
     p->done(p->arg, ok, p->id, p->duplicate, p->source);
-    if (ok && p->route) {
-        struct rules_input ev = {.id = p->id,
-                                 .source = p->source,
-                                 .source_id = p->source_id,
-                                 .type = p->type,
-                                 .created_at = p->created_at,
-                                 .received_at_ms = p->received_at,
-                                 .data_json = p->data_json,
-                                 .raw = p->raw,
-                                 .raw_len = p->raw_len,
-                                 .headers_json = p->headers_json,
-                                 .data_canonical = 1,
-                                 .data_token = p->data_token};
-        route_event(p->g->deps.route, &ev);
-        p->data_token = 0; /* taken or freed by rules_route */
-    }
-    pending_free(p);
+    free(p);
 }
 
 int ingest_carrier(struct ingest *g, struct ingest_carrier *c, ingest_done_fn done, void *arg,
                    char *err, size_t errlen) {
-    struct pending *p = calloc(1, sizeof *p);
-    struct rules_event *ev = c->ev;
+    size_t slen = strlen(c->source) + 1;
+    struct pending *p = malloc(sizeof *p + slen);
+    const struct rules_event *ev = c->ev;
+    struct route_plan plan;
     char serr[256];
     int rc;
 
-    if (p) {
-        p->g = g;
-        p->headers_json = c->headers_json;
-        p->data_token = c->data_token;
-    } else { /* taken in every case: freed here */
+    memset(&plan, 0, sizeof plan);
+    if (!p) { /* taken in every case: freed here */
         free(c->headers_json);
         if (c->data_token)
             rules_data_drop(*g->deps.rules, c->data_token);
+        c->headers_json = NULL;
+        c->data_token = 0;
+        snprintf(err, errlen, "out of memory");
+        return -1;
     }
-    c->headers_json = NULL;
-    c->data_token = 0;
-    if (!p || !(p->source = strdup(c->source)))
-        goto oom;
+    memset(p, 0, sizeof *p);
+    memcpy(p->source, c->source, slen);
     p->done = done;
     p->arg = arg;
-    p->route = c->adapted;
-    p->received_at = c->received_at;
     util_id_new("evt_", p->id, sizeof p->id);
+    struct rules_input in = {.id = p->id,
+                             .source = c->source,
+                             .source_id = ev->source_id,
+                             .type = ev->type,
+                             .created_at = ev->created_at,
+                             .received_at_ms = c->received_at,
+                             .data_json = ev->data_json,
+                             .raw = c->body,
+                             .raw_len = c->len,
+                             .headers_json = c->headers_json,
+                             .data_canonical = 1,
+                             .data_token = c->data_token};
+    c->data_token = 0; /* taken by rules_route (route_plan) */
+    /* The plan first, so that the event and what it routes to are one
+     * write: both commit or neither, and the 200 waits for both. A
+     * duplicate is routed for nothing (rare: a carrier's retry). */
+    if (c->adapted) {
+        route_plan(g->deps.route, &in, &plan);
+    } else {
+        if (in.data_token)
+            rules_data_drop(*g->deps.rules, in.data_token);
+        plan.store.status = "rule_error";
+        plan.store.error = c->error;
+    }
     struct store_event se = {.id = p->id,
                              .source = c->source,
                              .source_id = ev->source_id,
@@ -125,42 +109,35 @@ int ingest_carrier(struct ingest *g, struct ingest_carrier *c, ingest_done_fn do
                              .received_at = c->received_at,
                              .raw = c->body,
                              .raw_len = c->len,
-                             .headers_json = p->headers_json,
-                             .data_json = ev->data_json,
-                             .status = c->adapted ? "received" : "rule_error",
-                             .error = c->adapted ? NULL : c->error};
-    rc = store_event_put(g->deps.store, &se, p->id, sizeof p->id, serr, sizeof serr);
+                             .headers_json = c->headers_json,
+                             .data_json = ev->data_json};
+    rc = store_event_put(g->deps.store, &se, &plan.store, p->id, sizeof p->id, serr, sizeof serr);
     if (rc < 0) {
         log_msg(LOG_ERROR, "source %s: storing event failed: %s", c->source, serr);
         snprintf(err, errlen, "%s", serr);
         goto fail;
     }
-    p->duplicate = rc == STORE_DUP;
-    if (p->duplicate) {
-        p->route = 0;
+    if (rc == STORE_DUP) {
+        p->duplicate = 1;
         log_msg(LOG_INFO, "source %s: duplicate of %s (source id %s)", c->source, p->id,
                 ev->source_id);
+    } else if (c->adapted && route_plan_stored(g->deps.route, &in, &plan, serr, sizeof serr) < 0) {
+        /* The group has failed: done runs with ok = 0 (a 503). */
+        log_msg(LOG_ERROR, "event %s: %s", p->id, serr);
     }
-    if (p->route) {
-        /* Routing reads these after the commit; the request may be gone. */
-        if (!(p->raw = malloc(c->len + 1)))
-            goto oom;
-        memcpy(p->raw, c->body, c->len);
-        p->raw[c->len] = '\0';
-        p->raw_len = c->len;
-        p->source_id = ev->source_id;
-        p->type = ev->type;
-        p->created_at = ev->created_at;
-        p->data_json = ev->data_json;
-        ev->source_id = ev->type = ev->created_at = ev->data_json = NULL;
+    if (store_on_commit(g->deps.store, on_carrier_committed, p) < 0) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
     }
-    if (store_on_commit(g->deps.store, on_carrier_committed, p) < 0)
-        goto oom;
+    route_plan_clear(&plan);
+    free(c->headers_json);
+    c->headers_json = NULL;
     return 0; /* p is owned by the commit callback now */
-oom:
-    snprintf(err, errlen, "out of memory");
 fail:
-    pending_free(p);
+    route_plan_clear(&plan);
+    free(c->headers_json);
+    c->headers_json = NULL;
+    free(p);
     return -1;
 }
 
@@ -168,12 +145,13 @@ fail:
 
 void ingest_emit(void *arg, const char *type, json_t *data) {
     struct ingest *g = arg;
-    struct store_event ev = {0};
+    struct route_plan plan;
     char id[UTIL_ID_MAX], err[256], created[32];
     char *data_json = NULL, *raw = NULL;
     json_t *whole = NULL;
     int64_t now = util_now_ms();
 
+    memset(&plan, 0, sizeof plan);
     if (!g || !data)
         goto done;
     util_id_new("evt_", id, sizeof id);
@@ -185,21 +163,6 @@ void ingest_emit(void *arg, const char *type, json_t *data) {
         log_msg(LOG_ERROR, "%s: out of memory; not emitted", type);
         goto done;
     }
-    ev.id = id;
-    ev.source = "waybill";
-    ev.source_id = id;
-    ev.type = type;
-    ev.created_at = created;
-    ev.received_at = now;
-    ev.raw = raw;
-    ev.raw_len = strlen(raw);
-    ev.headers_json = "{}";
-    ev.data_json = data_json;
-    ev.status = "received";
-    if (store_event_put(g->deps.store, &ev, NULL, 0, err, sizeof err) != 0) {
-        log_msg(LOG_ERROR, "%s: not stored: %s", type, err);
-        goto done;
-    }
     struct rules_input in = {.id = id,
                              .source = "waybill",
                              .source_id = id,
@@ -208,11 +171,27 @@ void ingest_emit(void *arg, const char *type, json_t *data) {
                              .received_at_ms = now,
                              .data_json = data_json,
                              .raw = raw,
-                             .raw_len = ev.raw_len,
+                             .raw_len = strlen(raw),
                              .headers_json = "{}"};
-    route_event(g->deps.route, &in);
+    struct store_event ev = {.id = id,
+                             .source = "waybill",
+                             .source_id = id,
+                             .type = type,
+                             .created_at = created,
+                             .received_at = now,
+                             .raw = raw,
+                             .raw_len = in.raw_len,
+                             .headers_json = "{}",
+                             .data_json = data_json};
+    route_plan(g->deps.route, &in, &plan);
+    if (store_event_put(g->deps.store, &ev, &plan.store, NULL, 0, err, sizeof err) != 0 ||
+        route_plan_stored(g->deps.route, &in, &plan, err, sizeof err) < 0) {
+        log_msg(LOG_ERROR, "%s: not stored: %s", type, err);
+        goto done;
+    }
     log_msg(LOG_INFO, "event %s: %s", id, type);
 done:
+    route_plan_clear(&plan);
     free(data_json);
     free(raw);
     json_decref(whole);
@@ -249,8 +228,7 @@ int ingest_test(struct ingest *g, const struct config_endpoint *ep, const char *
                              .raw = payload,
                              .raw_len = strlen(payload),
                              .headers_json = "{}",
-                             .data_json = data_text,
-                             .status = "received"};
+                             .data_json = data_text};
     struct store_delivery_new dn = {.endpoint = ep->name,
                                     .event_type = type,
                                     .payload = payload,
@@ -258,8 +236,8 @@ int ingest_test(struct ingest *g, const struct config_endpoint *ep, const char *
                                     .content_type = "application/json",
                                     .status = ep->enabled ? "pending" : "held",
                                     .next_at = now};
-    if (store_event_put(g->deps.store, &se, NULL, 0, err, errlen) != 0 ||
-        store_event_routed(g->deps.store, id, "routed", NULL, &dn, 1, err, errlen) < 0)
+    struct store_plan plan = {.status = "routed", .deliveries = &dn, .ndeliveries = 1};
+    if (store_event_put(g->deps.store, &se, &plan, NULL, 0, err, errlen) != 0)
         goto done;
     deliver_watch_endpoint(g->deps.deliver, ep->name); /* looked at once committed */
     rc = 0;

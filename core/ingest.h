@@ -1,8 +1,8 @@
 /* ingest.h -- the only way an event enters waybill: a carrier's verified
  * request, one of waybill's own operational events, an admin test event,
- * or a replay of a stored event. Each is written in the store's open group
- * and routed through the current rules (a carrier's once its group is
- * durable, after its answer; the others in the same group).
+ * or a replay of a stored event. Each is routed through the current rules
+ * and written with what they decided in one call into the store's open
+ * group (one trip per event); a carrier is answered once it is durable.
  * SPDX-License-Identifier: MIT */
 #ifndef CORE_INGEST_H
 #define CORE_INGEST_H
@@ -37,11 +37,9 @@ void ingest_free(struct ingest *g);
 /* A carrier's request, verified and read by its source's adapter. */
 struct ingest_carrier {
     const char *source;     /* the source's name; copied */
-    struct rules_event *ev; /* source_id, type, created_at, data_json: taken (NULLed)
-                               when the event is to be routed; the caller clears ev
-                               after the call in every case (rules_event_clear) */
+    struct rules_event *ev; /* source_id, type, created_at, data_json: borrowed */
     char *headers_json;     /* taken (NULLed) */
-    const char *body;       /* as received; copied when it is routed */
+    const char *body;       /* as received; borrowed */
     size_t len;
     int64_t received_at; /* Unix ms */
     int adapted;         /* 0: the adapter failed; stored as rule_error with error */
@@ -49,23 +47,24 @@ struct ingest_carrier {
     uint64_t data_token; /* the adapter's data kept for routing; taken (zeroed) */
 };
 
-/* Runs once the carrier's event is durable (ok = 1) or its group failed
- * (ok = 0): id is the event's (the first copy's for a duplicate). Then the
- * event is routed. */
+/* Runs once the carrier's event and its routing are durable (ok = 1) or
+ * their group failed (ok = 0): id is the event's (the first copy's for a
+ * duplicate). */
 typedef void (*ingest_done_fn)(void *arg, int ok, const char *id, int duplicate,
                                const char *source);
 
-/* Stores c's event in the open group (a duplicate of a stored one is only
- * noted) and calls done(arg, ...) after the group's durable commit.
+/* Routes c's event (an adapter's failure: status rule_error) and stores it
+ * with its routing in the open group (a duplicate of a stored one is only
+ * noted), then calls done(arg, ...) after the group's durable commit.
  * Returns 0 (done runs exactly once), or -1 with a reason in err when the
  * store is unavailable (done never runs). c's headers_json and data_token
  * are taken in every case; ev's strings as its comment says. */
 int ingest_carrier(struct ingest *g, struct ingest_carrier *c, ingest_done_fn done, void *arg,
                    char *err, size_t errlen);
 
-/* Stores and routes one of waybill's own events (SPEC section 7: source
- * "waybill", type e.g. "waybill.delivery.failed") in the open group: both
- * commit or neither (recovery routes it again if only the event made it).
+/* Routes and stores one of waybill's own events (SPEC section 7: source
+ * "waybill", type e.g. "waybill.delivery.failed") in the open group, in
+ * one write.
  * The shape of deliver_notify_fn (arg is the ingest); takes the reference
  * to data. Failures are logged. */
 void ingest_emit(void *arg, const char *type, json_t *data);

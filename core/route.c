@@ -1,9 +1,12 @@
-/* route.c -- runs the rules over committed events and records what they
- * decided: deliveries (pending, or held for a disabled endpoint) and the
- * event's status. All or nothing: a failed handler stores no delivery.
- * Events left "received" by a crash or a failed group are routed again by
- * the recovery sweep (housekeep.c).
+/* route.c -- runs the rules over an event and records what they decided as
+ * the store's plan: deliveries (pending, or held for a disabled endpoint),
+ * batch items and the event's status. All or nothing: a failed handler
+ * leaves no delivery and no batch item.
+ * Invariant: a plan's pointers stay valid until route_plan_clear; nothing
+ * of it reaches the delivery engine or the batcher before the store took
+ * it (route_plan_stored).
  * SPDX-License-Identifier: MIT */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,102 +24,129 @@
 
 struct route {
     struct route_deps deps;
-    int kick_pending; /* a commit callback will kick the delivery engine */
+    int recover_pending; /* a commit callback watches re-routings' group */
 };
 
-static void on_routes_committed(void *arg, int ok) {
+/* Empties p's sends and marks it a rule error with why. */
+static void plan_rule_error(struct route_plan *p, const char *why) {
+    if (why != p->error)
+        snprintf(p->error, sizeof p->error, "%s", why);
+    p->store.ndeliveries = p->store.nitems = 0;
+    p->store.status = "rule_error";
+    p->store.error = p->error;
+}
+
+void route_plan(struct route *rt, const struct rules_input *ev, struct route_plan *p) {
+    struct rules *rules = *rt->deps.rules;
+    const struct config *cfg = rules_config(rules);
+    int64_t now = util_now_ms();
+    size_t n = 0, nitems = 0;
+
+    memset(p, 0, sizeof *p);
+    if (rules_route(rules, ev, &p->rules, p->error, sizeof p->error) < 0) {
+        plan_rule_error(p, p->error);
+        return;
+    }
+    if (p->rules.n && (!(p->dels = calloc(p->rules.n, sizeof *p->dels)) ||
+                       !(p->items = calloc(p->rules.n, sizeof *p->items)))) {
+        plan_rule_error(p, "out of memory");
+        return;
+    }
+    for (size_t i = 0; i < p->rules.n; i++) {
+        const struct rules_send *s = &p->rules.sends[i];
+        const struct config_endpoint *ep = config_endpoint_by_name(cfg, s->endpoint);
+
+        if (!ep) { /* rules_route checks names; a reload in between can't happen */
+            snprintf(p->error, sizeof p->error, "unknown endpoint '%s'", s->endpoint);
+            plan_rule_error(p, p->error);
+            return;
+        }
+        if (s->window_ms > 0) {
+            p->items[nitems++] = (struct store_batch_item){
+                .endpoint = s->endpoint,
+                .window_start = batch_window_start(now, s->window_ms),
+                .window_ms = s->window_ms,
+                .payload = s->payload,
+                .len = s->payload_len,
+            };
+            continue;
+        }
+        p->dels[n++] = (struct store_delivery_new){
+            .endpoint = s->endpoint,
+            .event_type = ev->type,
+            .payload = s->payload,
+            .payload_len = s->payload_len,
+            .content_type = s->content_type,
+            .headers_json = s->headers_json,
+            .status = ep->enabled && !health_endpoint_disabled(rt->deps.health, ep->name)
+                          ? "pending"
+                          : "held",
+            .next_at = now + (ep->nretry ? ep->retry_ms[0] : 0),
+        };
+    }
+    p->store = (struct store_plan){
+        .status = n || nitems ? "routed" : "unrouted",
+        .deliveries = p->dels,
+        .ndeliveries = n,
+        .items = p->items,
+        .nitems = nitems,
+    };
+}
+
+int route_plan_stored(struct route *rt, const struct rules_input *ev, struct route_plan *p,
+                      char *err, size_t errlen) {
+    const struct config *cfg = rules_config(*rt->deps.rules);
+
+    for (size_t i = 0; i < p->store.ndeliveries; i++)
+        deliver_watch_endpoint(rt->deps.deliver, p->dels[i].endpoint);
+    for (size_t i = 0; i < p->store.nitems; i++)
+        if (batch_item_added(rt->deps.batch, config_endpoint_by_name(cfg, p->items[i].endpoint),
+                             &p->items[i], err, errlen) < 0)
+            return -1;
+    if (strcmp(p->store.status, "rule_error") == 0) {
+        log_msg(LOG_WARN, "event %s (%s): rule error: %s", ev->id, ev->type, p->error);
+        metrics_rule_error();
+    } else {
+        log_msg(LOG_DEBUG, "event %s (%s): %s, %zu deliveries, %zu batched", ev->id, ev->type,
+                p->store.status, p->store.ndeliveries, p->store.nitems);
+    }
+    return 0;
+}
+
+void route_plan_clear(struct route_plan *p) {
+    rules_plan_clear(&p->rules);
+    free(p->dels);
+    free(p->items);
+    memset(p, 0, sizeof *p);
+}
+
+/* ---- stored events routed again ---- */
+
+static void on_rerouted_committed(void *arg, int ok) {
     struct route *rt = arg;
 
-    rt->kick_pending = 0;
-    if (ok) {
-        deliver_kick(rt->deps.deliver);
-    } else {
-        /* The events of that group are still "received" in the store. */
+    rt->recover_pending = 0;
+    if (!ok) {
+        /* The events of that group are still "received" in the store
+         * (replays: as they were). */
         log_msg(LOG_WARN, "routing results were not committed; routing again");
         housekeep_recover(rt->deps.housekeep);
     }
 }
 
 void route_event(struct route *rt, const struct rules_input *ev) {
-    struct rules *rules = *rt->deps.rules;
-    const struct config *cfg = rules_config(rules);
-    struct rules_plan plan = {0};
-    struct store_delivery_new *dels = NULL;
-    char err[512], serr[256];
-    const char *status;
-    int64_t now = util_now_ms();
-    size_t n = 0, nbatched = 0;
+    struct route_plan p;
+    char err[256];
 
-    if (rules_route(rules, ev, &plan, err, sizeof err) < 0) {
-        log_msg(LOG_WARN, "event %s (%s): rule error: %s", ev->id, ev->type, err);
-        status = "rule_error";
-        goto record;
-    }
-    dels = calloc(plan.n ? plan.n : 1, sizeof *dels);
-    if (!dels) {
-        snprintf(err, sizeof err, "out of memory");
-        status = "rule_error";
-        goto record;
-    }
-    for (size_t i = 0; i < plan.n; i++) {
-        const struct rules_send *s = &plan.sends[i];
-        const struct config_endpoint *ep = config_endpoint_by_name(cfg, s->endpoint);
-
-        if (!ep) { /* rules_route checks names; a reload in between can't happen */
-            snprintf(err, sizeof err, "unknown endpoint '%s'", s->endpoint);
-            status = "rule_error";
-            n = 0;
-            goto record;
-        }
-        if (s->window_ms > 0) { /* into its window once the whole plan checked out */
-            nbatched++;
-            continue;
-        }
-        dels[n].endpoint = s->endpoint;
-        dels[n].event_type = ev->type;
-        dels[n].payload = s->payload;
-        dels[n].payload_len = s->payload_len;
-        dels[n].content_type = s->content_type;
-        dels[n].headers_json = s->headers_json;
-        dels[n].status = ep->enabled && !health_endpoint_disabled(rt->deps.health, ep->name)
-                             ? "pending"
-                             : "held";
-        dels[n].next_at = now + (ep->nretry ? ep->retry_ms[0] : 0);
-        n++;
-    }
-    for (size_t i = 0; i < plan.n && nbatched; i++) {
-        const struct rules_send *s = &plan.sends[i];
-        if (s->window_ms <= 0)
-            continue;
-        /* A failure here has failed the store's group: the event stays
-         * "received" and is routed again (housekeep_recover) with its sends. */
-        if (batch_add(rt->deps.batch, config_endpoint_by_name(cfg, s->endpoint), s->window_ms,
-                      ev->id, s->payload, s->payload_len, now, serr, sizeof serr) < 0) {
-            log_msg(LOG_ERROR, "event %s: batching failed: %s", ev->id, serr);
-            goto done;
-        }
-    }
-    status = n || nbatched ? "routed" : "unrouted";
-    err[0] = '\0';
-record:
-    if (store_event_routed(rt->deps.store, ev->id, status, err[0] ? err : NULL, dels, n, serr,
-                           sizeof serr) < 0) {
-        log_msg(LOG_ERROR, "event %s: storing its routing failed: %s", ev->id, serr);
-    } else {
-        /* after the insert: the mark waits for these rows' commit */
-        for (size_t i = 0; i < n; i++)
-            deliver_watch_endpoint(rt->deps.deliver, dels[i].endpoint);
-        log_msg(LOG_DEBUG, "event %s (%s): %s, %zu deliveries", ev->id, ev->type, status, n);
-    }
-    if (strcmp(status, "rule_error") == 0)
-        metrics_rule_error();
-    /* Registered whatever n is: if this group fails, even an unrouted or
-     * rule_error outcome must be recorded again by recovery. */
-    if (!rt->kick_pending && store_on_written(rt->deps.store, on_routes_committed, rt) == 0)
-        rt->kick_pending = 1;
-done:
-    free(dels);
-    rules_plan_clear(&plan);
+    route_plan(rt, ev, &p);
+    if (store_event_routed(rt->deps.store, ev->id, &p.store, err, sizeof err) < 0 ||
+        route_plan_stored(rt, ev, &p, err, sizeof err) < 0)
+        log_msg(LOG_ERROR, "event %s: storing its routing failed: %s", ev->id, err);
+    /* Registered whatever the outcome: if this group fails, even an
+     * unrouted or rule_error outcome must be recorded again by recovery. */
+    if (!rt->recover_pending && store_on_commit(rt->deps.store, on_rerouted_committed, rt) == 0)
+        rt->recover_pending = 1;
+    route_plan_clear(&p);
 }
 
 struct route *route_new(const struct route_deps *deps) {

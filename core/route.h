@@ -1,12 +1,14 @@
-/* route.h -- routing of committed events through the current rules.
- * Routing writes go into the store's open group; deliveries start once
- * that group commits. (Events committed but never routed, a crash between
- * the two, are routed again by housekeep.h's recovery sweep.)
+/* route.h -- the router: runs the current rules over one event and turns
+ * what they decided into the store's plan (status, deliveries, batch
+ * items), which the event's writer hands to the store with the event in
+ * one call (ingest.h); then it tells the delivery engine and the batcher.
+ * A stored event routed again (a replay, recovery) goes the same way.
  * SPDX-License-Identifier: MIT */
 #ifndef CORE_ROUTE_H
 #define CORE_ROUTE_H
 
 #include "rules.h"
+#include "store.h"
 
 struct batch;
 struct deliver;
@@ -30,8 +32,33 @@ struct route_deps {
 struct route *route_new(const struct route_deps *deps);
 void route_free(struct route *rt);
 
-/* Routes one committed event (borrowed, used only during the call) with the
- * current rules and records the outcome in the open group. */
+/* What routing decided for one event: the store's plan and what backs it
+ * (all owned; route_plan_clear frees it). */
+struct route_plan {
+    struct store_plan store; /* points into the members below */
+    struct rules_plan rules;
+    struct store_delivery_new *dels;
+    struct store_batch_item *items;
+    char error[512]; /* the rule error, "file:line: message" */
+};
+
+/* Runs the current rules over ev (borrowed, used only during the call) into
+ * *p. Never fails: a failed handler, an unknown endpoint or no memory gives
+ * status "rule_error" with no delivery (routing is all or nothing). */
+void route_plan(struct route *rt, const struct rules_input *ev, struct route_plan *p);
+
+/* After the store took p for event ev in the open group: marks the
+ * endpoints with new deliveries (claimed once the group is durable), closes
+ * batch windows that reached max_batch or arms their timer, counts and logs.
+ * Returns 0, or -1 with a reason (closing a full window failed the group). */
+int route_plan_stored(struct route *rt, const struct rules_input *ev, struct route_plan *p,
+                      char *err, size_t errlen);
+
+void route_plan_clear(struct route_plan *p);
+
+/* Routes stored event ev (borrowed) again with the current rules and records
+ * the outcome in the open group (store_event_routed); a group that fails
+ * leaves the event to the recovery sweep. */
 void route_event(struct route *rt, const struct rules_input *ev);
 
 #endif

@@ -177,6 +177,8 @@ static int group_end(struct store *s) {
     }
     if (!ok)
         log_msg(LOG_WARN, "store: commit group failed, rolled back: %s", s->fail_msg);
+    if (ok && s->in_txn)
+        s->backlog_stale = 1;
     s->ncounts = 0;
     s->in_txn = 0;
     s->failed = 0;
@@ -200,7 +202,10 @@ static void watermarks_advance(struct store *s, int64_t dlv_seq, int64_t evt_seq
 
 void store_delivery_seqs(const struct store *s, int64_t *committed, int64_t *last) {
     *committed = s->committed_dlv_seq;
+    /* The open group's rows, else the group being synced's, else none. */
     *last = s->group_dlv_seq > s->committed_dlv_seq ? s->group_dlv_seq : s->committed_dlv_seq;
+    if (s->sync_busy && s->inflight_dlv_seq > *last)
+        *last = s->inflight_dlv_seq;
 }
 
 /* ---- callback lists ---- */
@@ -273,7 +278,7 @@ static void group_written_callbacks(struct store *s, int ok) {
 /* Moves the committed group's store_on_commit callbacks in flight (swapping
  * arrays with the empty in-flight list) and hands the group to the sync
  * thread, with the highest event seq it inserted. */
-static void group_in_flight(struct store *s, int64_t evt_seq, int64_t t0) {
+static void group_in_flight(struct store *s, int64_t dlv_seq, int64_t evt_seq, int64_t t0) {
     struct store_cb *tmp = s->inflight;
     size_t cap = s->inflight_cap;
     STORE_CHECK(!s->sync_busy && s->ninflight == 0);
@@ -284,6 +289,7 @@ static void group_in_flight(struct store *s, int64_t evt_seq, int64_t t0) {
     s->cap = cap;
     s->ncbs = 0;
     s->inflight_evt_seq = evt_seq;
+    s->inflight_dlv_seq = dlv_seq;
     s->inflight_t0 = t0;
     s->sync_busy = 1;
     store_sync_ask(s);
@@ -294,7 +300,7 @@ void store_group_durable(struct store *s) {
     size_t n;
     STORE_CHECK(s->sync_busy);
     s->sync_busy = 0;
-    watermarks_advance(s, 0, s->inflight_evt_seq);
+    watermarks_advance(s, s->inflight_dlv_seq, s->inflight_evt_seq);
     metrics_store_commit(util_mono_ms() - s->inflight_t0);
     list = s->inflight;
     n = s->ninflight;
@@ -328,8 +334,6 @@ static int group_commit(struct store *s, int sync_now) {
     STORE_CHECK(!s->sync_busy);
     STORE_CHECK(store_stmts_idle(s) && store_check_invariants(s));
     ok = group_end(s);
-    if (ok)
-        watermarks_advance(s, dlv_seq, 0);
     s->group_dlv_seq = s->group_evt_seq = 0;
     /* Everything about this group is settled before any callback runs: a
      * written callback may write and register callbacks, which belong to
@@ -337,14 +341,14 @@ static int group_commit(struct store *s, int sync_now) {
     if (ok && wrote) {
         store_wal_maintain(s);
         if (s->sync && !sync_now) {
-            group_in_flight(s, evt_seq, t0);
+            group_in_flight(s, dlv_seq, evt_seq, t0);
             group_written_callbacks(s, ok);
             return ok;
         }
         store_sync_now(s);
     }
     if (ok)
-        watermarks_advance(s, 0, evt_seq);
+        watermarks_advance(s, dlv_seq, evt_seq);
     if (wrote)
         metrics_store_commit(util_mono_ms() - t0);
     durable = cbs_detach(&s->cbs, &s->ncbs, &s->cap);
@@ -590,6 +594,7 @@ struct store *store_open(struct event_base *base, const char *url, const char *b
         store_err(err, errlen, "store: out of memory");
         goto fail;
     }
+    s->backlog_stale = 1; /* read at the first store_backlog */
     if (store_db_open(s, path, err, errlen) < 0 ||
         store_schema_apply(s->db, path, err, errlen) < 0 ||
         store_stmts_prepare(s, err, errlen) < 0 || store_open_recover(s, err, errlen) < 0)

@@ -12,11 +12,15 @@
  * group is on disk. Invariant: nothing is reported durable (no 200 to a
  * carrier, no reply to an admin action) before the commit callback said
  * ok, and ok means the group survives a crash of the process or of the
- * machine (sync=normal: of the process only). Deliveries may start from a
- * row once it is committed (store_on_written): a power cut before the
- * sync loses such a row and its routing, and the event, durable before it
- * was routed, is routed and delivered again (at least once), under the
- * same delivery ids (an event's first routing derives them from it).
+ * machine (sync=normal: of the process only). New deliveries become
+ * claimable only then too (the committed delivery seq advances with the
+ * sync), so nothing is sent that a power cut could take back. Attempt
+ * outcomes may be acted on as soon as their group is committed
+ * (store_on_written).
+ *
+ * One trip per event: an event and what routing it decided (its status,
+ * deliveries and batch items: a struct store_plan) go in with one call,
+ * store_event_put, so they commit together or not at all.
  *
  * Reads return plain rows (structs whose strings the row owns, freed by
  * the matching _free); rendering them, e.g. the admin API's JSON, is the
@@ -54,9 +58,10 @@ typedef void (*store_commit_fn)(void *arg, int ok);
 int store_on_commit(struct store *s, store_commit_fn fn, void *arg);
 
 /* Like store_on_commit, but fn runs as soon as the group is committed or
- * rolled back, before the WAL sync: the rows are visible to claims and
- * survive a crash of the process, not yet a power cut. For work that only
- * needs the rows in the store (kicking claims), never for telling a client
+ * rolled back, before the WAL sync: its writes survive a crash of the
+ * process, not yet a power cut; changed rows (an outcome, a retry) are
+ * visible to claims, new deliveries not yet (they wait for the sync). For
+ * work that only needs the rows in the store, never for telling a client
  * its data is safe. Same errors as store_on_commit. */
 int store_on_written(struct store *s, store_commit_fn fn, void *arg);
 
@@ -85,18 +90,62 @@ struct store_event {
     size_t raw_len;
     const char *headers_json;
     const char *data_json;
-    const char *status; /* "received", or "rule_error" when the adapter failed */
-    const char *error;  /* may be NULL */
+};
+
+/* A delivery the routing of an event created; all borrowed. */
+struct store_delivery_new {
+    const char *endpoint;
+    const char *event_type;
+    const char *payload;
+    size_t payload_len;
+    const char *content_type;
+    const char *headers_json; /* may be NULL */
+    const char *status;       /* "pending", or "held" for a disabled endpoint */
+    int64_t next_at;          /* Unix ms of the first attempt */
+};
+
+/* A payload routing put into a batch window (SPEC section 6): endpoint's
+ * window [window_start, window_start + window_ms); strings borrowed. */
+struct store_batch_item {
+    const char *endpoint;
+    int64_t window_start, window_ms;
+    const char *payload; /* JSON text */
+    size_t len;
+    int64_t count; /* set by the store: the window's open items after the add */
+};
+
+/* What routing an event decided, written with it in one call. */
+struct store_plan {
+    const char *status; /* "routed", "unrouted" or "rule_error" */
+    const char *error;  /* NULL, or why (rule_error) */
+    const struct store_delivery_new *deliveries;
+    size_t ndeliveries;
+    struct store_batch_item *items; /* their count fields are filled in */
+    size_t nitems;
 };
 
 #define STORE_DUP 1
 
-/* Inserts ev into the open group. Returns 0; STORE_DUP (nothing written)
- * with the first copy's id copied into dup_id when (source, source_id) is
- * already stored, even if only in the open group; -1 with a reason in err
- * on a store error. */
-int store_event_put(struct store *s, const struct store_event *ev, char *dup_id, size_t dup_len,
-                    char *err, size_t errlen);
+/* Inserts ev with its plan into the open group: the event, its status and
+ * error, its deliveries and batch items, all or nothing. plan NULL stores
+ * the event "received", not routed yet (store_event_routed later). Returns
+ * 0; STORE_DUP (nothing written) with the first copy's id copied into
+ * dup_id when (source, source_id) is already stored, even if only in the
+ * open group; -1 with a reason in err on a store error (the group fails).
+ * The deliveries' ids derive from the event id, the endpoint and the place
+ * in the plan (util_id_derive). */
+int store_event_put(struct store *s, const struct store_event *ev, struct store_plan *plan,
+                    char *dup_id, size_t dup_len, char *err, size_t errlen);
+
+/* Records plan as the outcome of routing stored event event_id again, in
+ * the open group: its status and error, and inserts its deliveries and
+ * batch items. Delivery ids: on the event's first routing (status still
+ * "received", e.g. an event a crash left unrouted) derived as
+ * store_event_put does, so a routing lost with its group is made again
+ * under the same ids; on later routings (replays) new. Returns 0, or -1
+ * (an unknown id writes nothing and keeps the group). */
+int store_event_routed(struct store *s, const char *event_id, struct store_plan *plan, char *err,
+                       size_t errlen);
 
 /* ---- nonces (Shiptify tokens) ---- */
 
@@ -112,28 +161,6 @@ int store_event_put(struct store *s, const struct store_event *ev, char *dup_id,
  * store error. */
 int store_nonce_put(struct store *s, const char *source, const char *nonce, const char *digest,
                     int64_t now_ms, int64_t keep_ms, char *err, size_t errlen);
-
-/* A delivery the routing of an event created; all borrowed. */
-struct store_delivery_new {
-    const char *endpoint;
-    const char *event_type;
-    const char *payload;
-    size_t payload_len;
-    const char *content_type;
-    const char *headers_json; /* may be NULL */
-    const char *status;       /* "pending", or "held" for a disabled endpoint */
-    int64_t next_at;          /* Unix ms of the first attempt */
-};
-
-/* Records the outcome of routing event_id in the open group: inserts the n
- * deliveries and sets the event's status ("routed", "unrouted",
- * "rule_error") and error (NULL to clear). Delivery ids are made here: on
- * the event's first routing (status "received") derived from the event id,
- * the endpoint and the place in d (util_id_derive), so routing it again
- * after a lost group gives the same ids; on later routings (replays) new.
- * Returns 0 or -1. */
-int store_event_routed(struct store *s, const char *event_id, const char *status, const char *error,
-                       const struct store_delivery_new *d, size_t n, char *err, size_t errlen);
 
 /* A stored event; every pointer is owned by the row. */
 struct store_event_row {
@@ -211,9 +238,9 @@ struct store_endpoint_queue {
 int store_endpoint_queue(struct store *s, const char *name, int64_t now, int64_t due_cap,
                          int counts, struct store_endpoint_queue *q);
 
-/* The delivery seq watermarks: *committed, every row up to it committed
- * (claims see only those); *last, the highest seq inserted, open group
- * included. */
+/* The delivery seq watermarks: *committed, every row up to it durable
+ * (claims see only those); *last, the highest seq inserted, the open group
+ * and the group being synced included. */
 void store_delivery_seqs(const struct store *s, int64_t *committed, int64_t *last);
 
 /* One attempt at a delivery; all borrowed. */
@@ -239,6 +266,11 @@ struct store_counts {
     int64_t pending, held, failed, delivered;
 };
 int store_delivery_counts(struct store *s, struct store_counts *c);
+
+/* Deliveries pending or held (the backlog max_backlog bounds): the counts
+ * as of the last commit, read once per group, plus the open group's
+ * inserts. A counter for every request to read; -1 on a store error. */
+int64_t store_backlog(struct store *s);
 
 /* ---- admin API (SPEC section 8): lists, actions, subscriptions ---- */
 
@@ -410,15 +442,9 @@ int store_prune(struct store *s, int64_t before_ms, int64_t *cursor, int max, in
 /* ---- batch windows (SPEC section 6) ----
  * An open window is the set of batched payloads stored for (endpoint,
  * window_start, window_ms); window_start is a multiple of window_ms (Unix
- * ms, UTC). Items are written in the routing group, so a crash never loses
- * a batched event; a window is closed into one delivery in one group. */
-
-/* Adds one payload (JSON text, borrowed) of event_id to the window, in the
- * open group; *count is the number of open items in that window after the
- * add. Returns 0 or -1. */
-int store_batch_add(struct store *s, const char *endpoint, int64_t window_start, int64_t window_ms,
-                    const char *event_id, const char *payload, size_t len, int64_t *count,
-                    char *err, size_t errlen);
+ * ms, UTC). Items are written with their event (struct store_plan), so a
+ * crash never loses a batched event; a window is closed into one delivery
+ * in one group. */
 
 /* Unix ms at which the earliest open window ends, INT64_MAX when none. */
 int64_t store_batch_next_close(struct store *s);

@@ -45,26 +45,24 @@ const struct store_stmt_def store_batch_stmts[] = {
     {ST_COUNT_, NULL},
 };
 
-int store_batch_add(struct store *s, const char *endpoint, int64_t window_start, int64_t window_ms,
-                    const char *event_id, const char *payload, size_t len, int64_t *count,
-                    char *err, size_t errlen) {
+int store_batch_item_put(struct store *s, const char *event_id, struct store_batch_item *it,
+                         char *err, size_t errlen) {
     sqlite3_stmt *ins = store_stmt(s, ST_BATCH_ADD), *cnt = store_stmt(s, ST_BATCH_COUNT);
     int ret = -1;
 
-    if (store_group_begin(s, err, errlen) < 0)
-        return -1;
-    if (bind_text(ins, 1, endpoint) || sqlite3_bind_int64(ins, 2, window_start) ||
-        sqlite3_bind_int64(ins, 3, window_ms) || bind_text(ins, 4, event_id) ||
-        bind_blob(ins, 5, payload ? payload : "", len) || sqlite3_step(ins) != SQLITE_DONE) {
+    if (bind_text(ins, 1, it->endpoint) || sqlite3_bind_int64(ins, 2, it->window_start) ||
+        sqlite3_bind_int64(ins, 3, it->window_ms) || bind_text(ins, 4, event_id) ||
+        bind_blob(ins, 5, it->payload ? it->payload : "", it->len) ||
+        sqlite3_step(ins) != SQLITE_DONE) {
         store_group_fail(s, "batch item", err, errlen);
         goto done;
     }
-    if (bind_text(cnt, 1, endpoint) || sqlite3_bind_int64(cnt, 2, window_ms) ||
-        sqlite3_bind_int64(cnt, 3, window_start) || sqlite3_step(cnt) != SQLITE_ROW) {
+    if (bind_text(cnt, 1, it->endpoint) || sqlite3_bind_int64(cnt, 2, it->window_ms) ||
+        sqlite3_bind_int64(cnt, 3, it->window_start) || sqlite3_step(cnt) != SQLITE_ROW) {
         store_group_fail(s, "batch count", err, errlen);
         goto done;
     }
-    *count = sqlite3_column_int64(cnt, 0);
+    it->count = sqlite3_column_int64(cnt, 0);
     ret = 0;
 done:
     stmt_done(ins);

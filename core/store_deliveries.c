@@ -241,3 +241,28 @@ int store_delivery_counts(struct store *s, struct store_counts *c) {
         counts_put(c, s->counts[i].status, s->counts[i].n, 1);
     return rc == SQLITE_DONE ? 0 : -1;
 }
+
+int64_t store_backlog(struct store *s) {
+    struct store_counts c;
+    int64_t open = 0;
+
+    if (s->backlog_stale) {
+        /* Once per group at most: delivery_counts holds four rows. */
+        sqlite3_stmt *st = store_stmt(s, ST_COUNTS);
+        const char *status;
+        int rc;
+        memset(&c, 0, sizeof c);
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+            if ((status = (const char *)sqlite3_column_text(st, 0)))
+                counts_put(&c, status, sqlite3_column_int64(st, 1), 0);
+        sqlite3_reset(st);
+        if (rc != SQLITE_DONE)
+            return -1;
+        s->backlog = c.pending + c.held;
+        s->backlog_stale = 0;
+    }
+    for (int i = 0; i < s->ncounts; i++)
+        if (strcmp(s->counts[i].status, "pending") == 0 || strcmp(s->counts[i].status, "held") == 0)
+            open += s->counts[i].n;
+    return s->backlog + open;
+}

@@ -97,8 +97,51 @@ done:
 
 /* ---- inserting and routing ---- */
 
-int store_event_put(struct store *s, const struct store_event *ev, char *dup_id, size_t dup_len,
-                    char *err, size_t errlen) {
+/* Inserts plan's deliveries and batch items for event_id in the open group;
+ * delivery ids derived from the event (derive) or new. Returns 0, or -1
+ * (the group failed: earlier rows of the plan are in it). */
+static int plan_write(struct store *s, const char *event_id, struct store_plan *plan, int derive,
+                      char *err, size_t errlen) {
+    sqlite3_stmt *ins = store_stmt(s, ST_DLV_INSERT);
+    const struct store_delivery_new *d = plan->deliveries;
+    char id[UTIL_ID_MAX];
+    int64_t now = util_now_ms();
+
+    for (size_t i = 0; i < plan->ndeliveries; i++) {
+        const char *status = d[i].status ? d[i].status : "pending";
+        /* A derived id: if the routing is made again (a group lost before
+         * it was durable, routed again by recovery), the same deliveries
+         * keep the same ids, which receivers can dedupe. */
+        if (derive)
+            util_id_derive("dlv_", event_id, d[i].endpoint, (unsigned)i, id, sizeof id);
+        else
+            util_id_new("dlv_", id, sizeof id);
+        if (bind_text(ins, 1, id) || bind_text(ins, 2, event_id) ||
+            bind_text(ins, 3, d[i].endpoint) || bind_text(ins, 4, d[i].event_type) ||
+            bind_text(ins, 5, status) ||
+            bind_blob(ins, 6, d[i].payload ? d[i].payload : "", d[i].payload_len) ||
+            bind_text(ins, 7, d[i].content_type) || bind_text(ins, 8, d[i].headers_json) ||
+            sqlite3_bind_int64(ins, 9, d[i].next_at) || sqlite3_bind_int64(ins, 10, now) ||
+            sqlite3_step(ins) != SQLITE_DONE) {
+            store_group_fail(s, "delivery insert", err, errlen);
+            stmt_done(ins);
+            return -1;
+        }
+        s->group_dlv_seq = sqlite3_last_insert_rowid(s->db);
+        stmt_done(ins);
+        if (store_counts_add(s, status, 1) < 0) {
+            store_group_fail(s, "delivery counts", err, errlen);
+            return -1;
+        }
+    }
+    for (size_t i = 0; i < plan->nitems; i++)
+        if (store_batch_item_put(s, event_id, &plan->items[i], err, errlen) < 0)
+            return -1;
+    return 0;
+}
+
+int store_event_put(struct store *s, const struct store_event *ev, struct store_plan *plan,
+                    char *dup_id, size_t dup_len, char *err, size_t errlen) {
     sqlite3_stmt *st = store_stmt(s, ST_EVT_INSERT), *dup = store_stmt(s, ST_EVT_DUP);
     int rc, ret = -1;
 
@@ -106,17 +149,17 @@ int store_event_put(struct store *s, const struct store_event *ev, char *dup_id,
         return -1;
     if (bind_text(st, 1, ev->id) || bind_text(st, 2, ev->source) ||
         bind_text(st, 3, ev->source_id) || bind_text(st, 4, ev->type) ||
-        bind_text(st, 5, ev->status ? ev->status : "received") || bind_text(st, 6, ev->error) ||
-        bind_text(st, 7, ev->created_at) || sqlite3_bind_int64(st, 8, ev->received_at) ||
-        bind_text(st, 9, ev->headers_json) || bind_text(st, 10, ev->data_json) ||
-        bind_blob(st, 11, ev->raw, ev->raw_len)) {
+        bind_text(st, 5, plan ? plan->status : "received") ||
+        bind_text(st, 6, plan ? plan->error : NULL) || bind_text(st, 7, ev->created_at) ||
+        sqlite3_bind_int64(st, 8, ev->received_at) || bind_text(st, 9, ev->headers_json) ||
+        bind_text(st, 10, ev->data_json) || bind_blob(st, 11, ev->raw, ev->raw_len)) {
         store_group_fail(s, "event insert", err, errlen);
         goto done;
     }
     rc = sqlite3_step(st);
     if (rc == SQLITE_DONE) {
         s->group_evt_seq = sqlite3_last_insert_rowid(s->db);
-        ret = 0;
+        ret = plan ? plan_write(s, ev->id, plan, 1, err, errlen) : 0;
         goto done;
     }
     if (rc == SQLITE_CONSTRAINT_UNIQUE) {
@@ -178,48 +221,18 @@ done:
     return ret;
 }
 
-int store_event_routed(struct store *s, const char *event_id, const char *status, const char *error,
-                       const struct store_delivery_new *d, size_t n, char *err, size_t errlen) {
-    sqlite3_stmt *ins = store_stmt(s, ST_DLV_INSERT);
-    char id[UTIL_ID_MAX];
-    int64_t now = util_now_ms();
-    size_t i;
+int store_event_routed(struct store *s, const char *event_id, struct store_plan *plan, char *err,
+                       size_t errlen) {
     int is_first = 0;
 
     if (store_group_begin(s, err, errlen) < 0)
         return -1;
     /* The event first: an unknown id writes nothing and keeps the group.
-     * Its first routing (status still "received") derives the delivery ids
-     * from the event: if a power cut takes the routing back after the
-     * deliveries went out, routing again sends them under the same ids,
-     * which receivers can dedupe. Later routings (replays) are new sends. */
-    if (event_set_status(s, event_id, status, error, &is_first, err, errlen) < 0)
+     * Its first routing derives the delivery ids (see plan_write); later
+     * routings (replays) are new sends. */
+    if (event_set_status(s, event_id, plan->status, plan->error, &is_first, err, errlen) < 0)
         return -1;
-    for (i = 0; i < n; i++) {
-        if (is_first)
-            util_id_derive("dlv_", event_id, d[i].endpoint, (unsigned)i, id, sizeof id);
-        else
-            util_id_new("dlv_", id, sizeof id);
-        if (bind_text(ins, 1, id) || bind_text(ins, 2, event_id) ||
-            bind_text(ins, 3, d[i].endpoint) || bind_text(ins, 4, d[i].event_type) ||
-            bind_text(ins, 5, d[i].status ? d[i].status : "pending") ||
-            bind_blob(ins, 6, d[i].payload ? d[i].payload : "", d[i].payload_len) ||
-            bind_text(ins, 7, d[i].content_type) || bind_text(ins, 8, d[i].headers_json) ||
-            sqlite3_bind_int64(ins, 9, d[i].next_at) || sqlite3_bind_int64(ins, 10, now) ||
-            sqlite3_step(ins) != SQLITE_DONE) {
-            /* Earlier rows of this call are in the group: fail it all. */
-            store_group_fail(s, "delivery insert", err, errlen);
-            stmt_done(ins);
-            return -1;
-        }
-        s->group_dlv_seq = sqlite3_last_insert_rowid(s->db);
-        stmt_done(ins);
-        if (store_counts_add(s, d[i].status ? d[i].status : "pending", 1) < 0) {
-            store_group_fail(s, "delivery counts", err, errlen);
-            return -1;
-        }
-    }
-    return 0;
+    return plan_write(s, event_id, plan, is_first, err, errlen);
 }
 
 /* ---- reading events ---- */

@@ -161,17 +161,19 @@ struct store {
     struct event *commit_ev;
     int in_txn, failed, begin_failed, scheduled, committing;
     /* Invariant: every delivery row with seq <= committed_dlv_seq is
-     * committed (advanced at COMMIT, before the WAL sync). Claims see only
-     * those, so no delivery is sent from a row a process crash could still
-     * roll back; a power cut before the sync can, and then the event, which
-     * was synced before it was routed, is routed and delivered again.
+     * durable (advanced when its group's sync is done, or at COMMIT with
+     * sync=normal). Claims see only those, so no delivery is sent from a
+     * row a crash, of the process or of the machine, could take back.
      * group_dlv_seq is the highest seq the open group inserted. */
     int64_t committed_dlv_seq, group_dlv_seq;
-    /* For events, advanced when the group is durable: recovery reads only
-     * events with seq <= committed_evt_seq, so an event whose group is
-     * open or being synced (routed by its own commit callback) is never
-     * routed by recovery as well. */
+    /* For events, advanced when the group is durable too: recovery reads
+     * only events with seq <= committed_evt_seq, so an event whose group is
+     * open or being synced is never routed by recovery as well. */
     int64_t committed_evt_seq, group_evt_seq;
+    /* The backlog as of the last commit (store_backlog): pending + held
+     * from delivery_counts, read again only after a commit (stale). */
+    int64_t backlog;
+    int backlog_stale;
     char fail_msg[256];
     struct store_cb *cbs;
     size_t ncbs, cap;
@@ -193,7 +195,7 @@ struct store {
     int sync_busy, deferred;
     struct store_cb *inflight;
     size_t ninflight, inflight_cap;
-    int64_t inflight_evt_seq, inflight_t0;
+    int64_t inflight_evt_seq, inflight_dlv_seq, inflight_t0;
     /* Checkpoints: the thread, its connection, and the WAL's size in frames
      * after the last commit (from the WAL hook). */
     struct store_ckpt *ckpt;
@@ -346,6 +348,12 @@ int store_deliveries_lease(struct store *s, const struct store_delivery *d, size
  * delivery_counts by store_counts_flush before COMMIT). Returns 0 or -1. */
 int store_counts_add(struct store *s, const char *status, int64_t n);
 int store_counts_flush(struct store *s);
+
+/* Adds one batch item of event_id to its window in the open group and sets
+ * it->count (store_batch.c; store_events.c writes a plan's items with it).
+ * Returns 0, or -1 (the group failed). */
+int store_batch_item_put(struct store *s, const char *event_id, struct store_batch_item *it,
+                         char *err, size_t errlen);
 
 /* The open batch windows holding an item of event_id, by each window's
  * first item (store_batch.c, for the event detail). *out is new (free with

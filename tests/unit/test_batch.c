@@ -173,6 +173,43 @@ static size_t claim(struct rig *r, const char *endpoint, int64_t now, struct sto
     return n;
 }
 
+/* Stores event event_id whose routing batched one payload into ep's window
+ * of length window_ms holding now, in one write as routing does; the item's
+ * item, with the count the store set, goes to *it. Returns 0 or -1. */
+static int store_item(struct rig *r, const char *endpoint, int64_t window_start, int64_t window_ms,
+                      const char *event_id, const char *payload, size_t len,
+                      struct store_batch_item *it, char *err, size_t errlen) {
+    struct store_event ev = {.id = event_id,
+                             .source = "test",
+                             .source_id = event_id,
+                             .type = "tracking.in_transit",
+                             .received_at = util_now_ms(),
+                             .raw = "{}",
+                             .raw_len = 2,
+                             .headers_json = "{}",
+                             .data_json = "{}"};
+    struct store_plan plan = {.status = "routed", .items = it, .nitems = 1};
+
+    *it = (struct store_batch_item){.endpoint = endpoint,
+                                    .window_start = window_start,
+                                    .window_ms = window_ms,
+                                    .payload = payload,
+                                    .len = len};
+    return store_event_put(r->st, &ev, &plan, NULL, 0, err, errlen);
+}
+
+/* As routing does: the event with its batch item, then the batcher told. */
+static int add_item(struct rig *r, const struct config_endpoint *ep, int64_t window_ms,
+                    const char *event_id, const char *payload, size_t len, int64_t now, char *err,
+                    size_t errlen) {
+    struct store_batch_item it;
+
+    if (store_item(r, ep->name, batch_window_start(now, window_ms), window_ms, event_id, payload,
+                   len, &it, err, errlen) != 0)
+        return -1;
+    return batch_item_added(r->b, ep, &it, err, errlen);
+}
+
 static const char *config_text =
     "endpoint 'wh' { url = 'http://127.0.0.1:9/wh', sign = 'none', window = '10m',\n"
     "  max_batch = 3, retry = { '2s', '1m' } }\n"
@@ -200,20 +237,20 @@ static void test_collect_and_max_batch(void) {
         return;
     }
     CHECK_INT_EQ(store_batch_next_close(r.st), INT64_MAX);
-    CHECK_INT_EQ(batch_add(r.b, wh, w, "evt_1", "{\"n\":1}", 7, now, err, sizeof err), 0);
-    CHECK_INT_EQ(batch_add(r.b, wh, w, "evt_2", "\"two\"", 5, now + 1000, err, sizeof err), 0);
+    CHECK_INT_EQ(add_item(&r, wh, w, "evt_1", "{\"n\":1}", 7, now, err, sizeof err), 0);
+    CHECK_INT_EQ(add_item(&r, wh, w, "evt_2", "\"two\"", 5, now + 1000, err, sizeof err), 0);
     /* the window is [00:00, 00:10): open, ending at 00:10 */
     CHECK_INT_EQ(store_batch_next_close(r.st), T0 + w);
     CHECK_INT_EQ(queue(&r, "wh").pending, 0);
     /* the next window and another length are windows of their own */
-    CHECK_INT_EQ(batch_add(r.b, wh, w, "evt_x", "{}", 2, T0 + w, err, sizeof err), 0);
-    CHECK_INT_EQ(batch_add(r.b, wh, 60000, "evt_y", "{}", 2, now, err, sizeof err), 0);
+    CHECK_INT_EQ(add_item(&r, wh, w, "evt_x", "{}", 2, T0 + w, err, sizeof err), 0);
+    CHECK_INT_EQ(add_item(&r, wh, 60000, "evt_y", "{}", 2, now, err, sizeof err), 0);
     CHECK_INT_EQ(store_batch_next_close(r.st), T0 + 8 * MIN_MS); /* the 1-minute one */
     CHECK_INT_EQ(queue(&r, "wh").pending, 0);
 
     /* the third item of the window reaches max_batch: closed at once */
     t = util_now_ms();
-    CHECK_INT_EQ(batch_add(r.b, wh, w, "evt_3", "[3]", 3, now + 2000, err, sizeof err), 0);
+    CHECK_INT_EQ(add_item(&r, wh, w, "evt_3", "[3]", 3, now + 2000, err, sizeof err), 0);
     CHECK_INT_EQ(queue(&r, "wh").pending, 1);
     CHECK_INT_EQ(store_flush(r.st), 0);
     /* its first attempt waits for the schedule's first delay (2 s) */
@@ -279,8 +316,8 @@ static void test_timer_closes(void) {
     /* a 300 ms window closes at its end, not before */
     now = util_now_ms();
     start = batch_window_start(now, 300);
-    CHECK_INT_EQ(batch_add(r.b, tick, 300, "evt_a", "1", 1, now, err, sizeof err), 0);
-    CHECK_INT_EQ(batch_add(r.b, tick, 300, "evt_b", "2", 1, now, err, sizeof err), 0);
+    CHECK_INT_EQ(add_item(&r, tick, 300, "evt_a", "1", 1, now, err, sizeof err), 0);
+    CHECK_INT_EQ(add_item(&r, tick, 300, "evt_b", "2", 1, now, err, sizeof err), 0);
     seen = run_until_queued(&r, "tick", 1, 3000);
     CHECK(seen >= start + 300);
     CHECK_INT_EQ(queue(&r, "tick").pending, 1);
@@ -297,7 +334,7 @@ static void test_timer_closes(void) {
 
     /* a window already past closes on the loop's next turn; a disabled
      * endpoint's batch is kept, held */
-    CHECK_INT_EQ(batch_add(r.b, off, MIN_MS, "evt_c", "{}", 2, T0, err, sizeof err), 0);
+    CHECK_INT_EQ(add_item(&r, off, MIN_MS, "evt_c", "{}", 2, T0, err, sizeof err), 0);
     CHECK_INT_EQ(queue(&r, "off").held, 0);
     CHECK(run_until_queued(&r, "off", 1, 3000) > 0);
     CHECK_INT_EQ(queue(&r, "off").held, 1);
@@ -312,20 +349,18 @@ static void test_restart(void) {
     struct rig r;
     struct batch_deps deps;
     char err[256];
-    int64_t count = 0, future = batch_window_start(util_now_ms(), 3600000) + 3600000;
+    struct store_batch_item it;
+    int64_t future = batch_window_start(util_now_ms(), 3600000) + 3600000;
 
     if (rig_open(&r, config_text) < 0) {
         CHECK(0);
         rig_close(&r);
         return;
     }
-    CHECK_INT_EQ(store_batch_add(r.st, "wh", T0, MIN_MS, "evt_1", "1", 1, &count, err, sizeof err),
-                 0);
+    CHECK_INT_EQ(store_item(&r, "wh", T0, MIN_MS, "evt_1", "1", 1, &it, err, sizeof err), 0);
+    CHECK_INT_EQ(store_item(&r, "gone", T0, MIN_MS, "evt_2", "2", 1, &it, err, sizeof err), 0);
     CHECK_INT_EQ(
-        store_batch_add(r.st, "gone", T0, MIN_MS, "evt_2", "2", 1, &count, err, sizeof err), 0);
-    CHECK_INT_EQ(store_batch_add(r.st, "wh", future - 3600000, 3600000, "evt_3", "3", 1, &count,
-                                 err, sizeof err),
-                 0);
+        store_item(&r, "wh", future - 3600000, 3600000, "evt_3", "3", 1, &it, err, sizeof err), 0);
     CHECK_INT_EQ(store_flush(r.st), 0);
     batch_free(r.b);
     batch_free(NULL);

@@ -424,8 +424,7 @@ static void test_engine(void) {
     sev.raw_len = 2;
     sev.headers_json = "{}";
     sev.data_json = "{}";
-    sev.status = "received";
-    CHECK_INT_EQ(store_event_put(st, &sev, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(store_event_put(st, &sev, NULL, NULL, 0, err, sizeof err), 0);
     for (i = 0; i < 8; i++) {
         dn[i].endpoint = i < 6 ? names[i] : i == 6 ? "slow" : "ghost";
         dn[i].event_type = "tracking.delivered";
@@ -444,8 +443,10 @@ static void test_engine(void) {
         struct store_delivery_new hang = dn[0];
         hang.endpoint = "hang";
         hang.headers_json = NULL;
-        CHECK_INT_EQ(store_event_routed(st, evt_id, "routed", NULL, dn, 8, err, sizeof err), 0);
-        CHECK_INT_EQ(store_event_routed(st, evt_id, "routed", NULL, &hang, 1, err, sizeof err), 0);
+        struct store_plan plan = {.status = "routed", .deliveries = dn, .ndeliveries = 8};
+        struct store_plan plan_hang = {.status = "routed", .deliveries = &hang, .ndeliveries = 1};
+        CHECK_INT_EQ(store_event_routed(st, evt_id, &plan, err, sizeof err), 0);
+        CHECK_INT_EQ(store_event_routed(st, evt_id, &plan_hang, err, sizeof err), 0);
     }
     CHECK_INT_EQ(store_flush(st), 0);
 

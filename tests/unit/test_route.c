@@ -129,20 +129,22 @@ static int put_event(struct rig *r, const char *type, const char *data, char *id
     ev.raw_len = strlen(data);
     ev.headers_json = "{}";
     ev.data_json = data;
-    ev.status = "received";
-    return store_event_put(r->st, &ev, NULL, 0, err, sizeof err);
+    return store_event_put(r->st, &ev, NULL, NULL, 0, err, sizeof err);
 }
 
-/* Stores an event and routes it, as ingest does after the commit. */
+/* Routes an event and stores it with its plan in one write, as ingest does. */
 static void put_and_route(struct rig *r, const char *type, const char *data, char *id,
                           size_t idlen) {
     struct rules_input in;
+    struct store_event ev;
+    struct route_plan plan;
+    char err[256];
 
-    CHECK_INT_EQ(put_event(r, type, data, id, idlen), 0);
+    util_id_new("evt_", id, idlen);
     memset(&in, 0, sizeof in);
     in.id = id;
     in.source = "test";
-    in.source_id = "s1";
+    in.source_id = id;
     in.type = type;
     in.created_at = "2026-01-01T00:00:00Z";
     in.received_at_ms = util_now_ms();
@@ -150,7 +152,21 @@ static void put_and_route(struct rig *r, const char *type, const char *data, cha
     in.raw = data;
     in.raw_len = strlen(data);
     in.headers_json = "{}";
-    route_event(r->rt, &in);
+    memset(&ev, 0, sizeof ev);
+    ev.id = id;
+    ev.source = "test";
+    ev.source_id = id;
+    ev.type = type;
+    ev.created_at = in.created_at;
+    ev.received_at = in.received_at_ms;
+    ev.raw = data;
+    ev.raw_len = in.raw_len;
+    ev.headers_json = "{}";
+    ev.data_json = data;
+    route_plan(r->rt, &in, &plan);
+    CHECK_INT_EQ(store_event_put(r->st, &ev, &plan.store, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(route_plan_stored(r->rt, &in, &plan, err, sizeof err), 0);
+    route_plan_clear(&plan);
 }
 
 /* The stored status of event id ("?" when unknown); its error into error. */

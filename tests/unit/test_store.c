@@ -63,10 +63,32 @@ static struct store_event mk_event(const char *id, const char *source_id) {
         .raw_len = 7,
         .headers_json = "{\"content-type\":\"application/json\"}",
         .data_json = "{\"tracking\":\"1Z999\",\"n\":3}",
-        .status = "received",
-        .error = NULL,
     };
     return ev;
+}
+
+/* Routes stored event id again with status, error and n deliveries d: the
+ * store_event_routed call most tests make. */
+static int routed(struct store *s, const char *id, const char *status, const char *error,
+                  const struct store_delivery_new *d, size_t n, char *err, size_t errlen) {
+    struct store_plan plan = {.status = status, .error = error, .deliveries = d, .ndeliveries = n};
+    return store_event_routed(s, id, &plan, err, errlen);
+}
+
+/* Adds one batch item of event_id (stored) to endpoint's window, as a
+ * routing of that event that batched one payload; *count as the store set. */
+static int batch_item(struct store *s, const char *endpoint, int64_t window_start,
+                      int64_t window_ms, const char *event_id, const char *payload, size_t len,
+                      int64_t *count, char *err, size_t errlen) {
+    struct store_batch_item it = {.endpoint = endpoint,
+                                  .window_start = window_start,
+                                  .window_ms = window_ms,
+                                  .payload = payload,
+                                  .len = len};
+    struct store_plan plan = {.status = "routed", .items = &it, .nitems = 1};
+    int rc = store_event_routed(s, event_id, &plan, err, errlen);
+    *count = it.count;
+    return rc;
 }
 
 /* count(*) of sql (one ? bound to arg, if any) on a fresh connection. */
@@ -144,10 +166,10 @@ static void test_put_commit_dup(struct store *s) {
     struct commit_rec r = {0, 0, 0};
 
     CHECK(store_ping(s) == 1);
-    CHECK_INT_EQ(store_event_put(s, &ev, dup, sizeof dup, err, sizeof err), 0);
+    CHECK_INT_EQ(store_event_put(s, &ev, NULL, dup, sizeof dup, err, sizeof err), 0);
     /* Duplicate while the first copy is only in the open group. */
     ev.id = "evt_B";
-    CHECK_INT_EQ(store_event_put(s, &ev, dup, sizeof dup, err, sizeof err), STORE_DUP);
+    CHECK_INT_EQ(store_event_put(s, &ev, NULL, dup, sizeof dup, err, sizeof err), STORE_DUP);
     CHECK_STR_EQ(dup, "evt_A");
     CHECK_INT_EQ(store_on_commit(s, on_commit, &r), 0);
     CHECK_INT_EQ(r.called, 0); /* never from inside the call */
@@ -161,14 +183,14 @@ static void test_put_commit_dup(struct store *s) {
     /* Duplicate of a committed row. */
     dup[0] = '\0';
     ev.id = "evt_C";
-    CHECK_INT_EQ(store_event_put(s, &ev, dup, sizeof dup, err, sizeof err), STORE_DUP);
+    CHECK_INT_EQ(store_event_put(s, &ev, NULL, dup, sizeof dup, err, sizeof err), STORE_DUP);
     CHECK_STR_EQ(dup, "evt_A");
     /* Same source_id from another source is not a duplicate. */
     ev.source = "aftership";
-    CHECK_INT_EQ(store_event_put(s, &ev, dup, sizeof dup, err, sizeof err), 0);
+    CHECK_INT_EQ(store_event_put(s, &ev, NULL, dup, sizeof dup, err, sizeof err), 0);
     /* The same waybill id again is an error, not a duplicate; the group survives. */
     ev.source_id = "carrier-2";
-    CHECK_INT_EQ(store_event_put(s, &ev, dup, sizeof dup, err, sizeof err), -1);
+    CHECK_INT_EQ(store_event_put(s, &ev, NULL, dup, sizeof dup, err, sizeof err), -1);
     CHECK(strstr(err, "evt_C") != NULL);
     CHECK_INT_EQ(commit(s), 1);
     CHECK_INT_EQ(fresh_count("SELECT count(*) FROM events", NULL), 2);
@@ -220,7 +242,7 @@ static void on_commit_chain(void *arg, int ok) {
     struct store_event ev = mk_event("evt_CHAIN", "chain-1");
     char err[256];
     c->first_ok = ok;
-    c->put_rc = store_event_put(c->s, &ev, NULL, 0, err, sizeof err);
+    c->put_rc = store_event_put(c->s, &ev, NULL, NULL, 0, err, sizeof err);
     store_on_commit(c->s, on_commit, &c->second);
 }
 
@@ -277,7 +299,7 @@ static void test_route_claim_attempt(struct store *s) {
     const struct store_attempt_row *att;
     json_t *j;
 
-    CHECK_INT_EQ(store_event_put(s, &ev, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(store_event_put(s, &ev, NULL, NULL, 0, err, sizeof err), 0);
     CHECK_INT_EQ(commit(s), 1);
 
     /* Committed but not routed: found by store_events_unrouted. */
@@ -294,8 +316,8 @@ static void test_route_claim_attempt(struct store *s) {
     }
     store_event_rows_free(rows, n);
 
-    CHECK_INT_EQ(store_event_routed(s, "evt_R", "routed", NULL, dn, 2, err, sizeof err), 0);
-    CHECK_INT_EQ(store_event_routed(s, "evt_NOPE", "routed", NULL, dn, 0, err, sizeof err), -1);
+    CHECK_INT_EQ(routed(s, "evt_R", "routed", NULL, dn, 2, err, sizeof err), 0);
+    CHECK_INT_EQ(routed(s, "evt_NOPE", "routed", NULL, dn, 0, err, sizeof err), -1);
     CHECK(strstr(err, "unknown event") != NULL);
     CHECK_INT_EQ(commit(s), 1);
     CHECK_INT_EQ(store_events_unrouted(s, 0, 100, &rows, &n, err, sizeof err), 0);
@@ -444,11 +466,11 @@ static void test_group_failure(struct store *s) {
         .endpoint = NULL, .payload = "x", .payload_len = 1, .status = "pending", .next_at = 0};
     struct commit_rec r = {0, 0, 0};
 
-    CHECK_INT_EQ(store_event_put(s, &ev, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(store_event_put(s, &ev, NULL, NULL, 0, err, sizeof err), 0);
     CHECK_INT_EQ(store_on_commit(s, on_commit, &r), 0);
-    CHECK_INT_EQ(store_event_routed(s, "evt_F1", "routed", NULL, &bad, 1, err, sizeof err), -1);
+    CHECK_INT_EQ(routed(s, "evt_F1", "routed", NULL, &bad, 1, err, sizeof err), -1);
     ev = mk_event("evt_F2", "fail-2");
-    CHECK_INT_EQ(store_event_put(s, &ev, NULL, 0, err, sizeof err), -1); /* fails fast */
+    CHECK_INT_EQ(store_event_put(s, &ev, NULL, NULL, 0, err, sizeof err), -1); /* fails fast */
     CHECK(strstr(err, "commit group failed") != NULL);
     run_until(&r);
     CHECK_INT_EQ(r.called, 1);
@@ -456,7 +478,7 @@ static void test_group_failure(struct store *s) {
     CHECK_INT_EQ(fresh_count("SELECT count(*) FROM events WHERE id = ?", "evt_F1"), 0);
     /* The next group is fine. */
     ev = mk_event("evt_F3", "fail-3");
-    CHECK_INT_EQ(store_event_put(s, &ev, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(store_event_put(s, &ev, NULL, NULL, 0, err, sizeof err), 0);
     CHECK_INT_EQ(commit(s), 1);
     CHECK_INT_EQ(fresh_count("SELECT count(*) FROM events WHERE id = ?", "evt_F3"), 1);
 }
@@ -473,7 +495,7 @@ static void test_locked(struct store *s) {
     CHECK_INT_EQ(sqlite3_open(dbpath, &other), SQLITE_OK);
     CHECK_INT_EQ(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
     t0 = util_mono_ms();
-    CHECK_INT_EQ(store_event_put(s, &ev, NULL, 0, err, sizeof err), -1);
+    CHECK_INT_EQ(store_event_put(s, &ev, NULL, NULL, 0, err, sizeof err), -1);
     CHECK(util_mono_ms() - t0 < 1000);
     CHECK(strstr(err, "locked") != NULL || strstr(err, "busy") != NULL);
     CHECK_INT_EQ(store_on_commit(s, on_commit, &r), 0);
@@ -484,7 +506,7 @@ static void test_locked(struct store *s) {
     sqlite3_close(other);
     CHECK_INT_EQ(fresh_count("SELECT count(*) FROM events WHERE id = ?", "evt_L"), 0);
 
-    CHECK_INT_EQ(store_event_put(s, &ev, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(store_event_put(s, &ev, NULL, NULL, 0, err, sizeof err), 0);
     CHECK_INT_EQ(commit(s), 1);
     CHECK_INT_EQ(fresh_count("SELECT count(*) FROM events WHERE id = ?", "evt_L"), 1);
 }
@@ -504,8 +526,8 @@ static struct store *test_crash_release(struct store *s) {
     size_t n = 0;
     int64_t before;
 
-    CHECK_INT_EQ(store_event_put(s, &ev, NULL, 0, err, sizeof err), 0);
-    CHECK_INT_EQ(store_event_routed(s, "evt_K", "routed", NULL, &dn, 1, err, sizeof err), 0);
+    CHECK_INT_EQ(store_event_put(s, &ev, NULL, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(routed(s, "evt_K", "routed", NULL, &dn, 1, err, sizeof err), 0);
     CHECK_INT_EQ(store_flush(s), 0);
     CHECK_INT_EQ(store_endpoint_claim_due(s, "erp", 2000, 3600000, 10, &d, &n, err, sizeof err), 0);
     CHECK_INT_EQ(n, 1);
@@ -600,10 +622,9 @@ static void test_claim_waits_for_commit(struct store *s) {
     struct store_delivery *d = NULL;
     size_t n = 9;
 
-    CHECK_INT_EQ(store_event_put(s, &ev, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(store_event_put(s, &ev, NULL, NULL, 0, err, sizeof err), 0);
     CHECK_INT_EQ(commit(s), 1);
-    CHECK_INT_EQ(store_event_routed(s, "evt_commit_wait", "routed", NULL, &dn, 1, err, sizeof err),
-                 0);
+    CHECK_INT_EQ(routed(s, "evt_commit_wait", "routed", NULL, &dn, 1, err, sizeof err), 0);
     CHECK_INT_EQ(
         store_endpoint_claim_due(s, "erp", util_now_ms(), 60000, 10, &d, &n, err, sizeof err), 0);
     CHECK_INT_EQ(n, 0); /* still in the open group */
@@ -644,8 +665,8 @@ static void test_endpoint_state(struct store *s) {
         snprintf(id, sizeof id, "evt_EP%zu", i);
         snprintf(sid, sizeof sid, "ep-%zu", i);
         ev = mk_event(id, sid);
-        CHECK_INT_EQ(store_event_put(s, &ev, NULL, 0, err, sizeof err), 0);
-        CHECK_INT_EQ(store_event_routed(s, id, "routed", NULL, &dn, 1, err, sizeof err), 0);
+        CHECK_INT_EQ(store_event_put(s, &ev, NULL, NULL, 0, err, sizeof err), 0);
+        CHECK_INT_EQ(routed(s, id, "routed", NULL, &dn, 1, err, sizeof err), 0);
     }
     CHECK_INT_EQ(commit(s), 1);
 
@@ -744,19 +765,18 @@ static void test_batch_windows(struct store *s) {
     char err[256];
     struct store_event_detail *det = NULL;
 
-    CHECK_INT_EQ(store_event_put(s, &ev, NULL, 0, err, sizeof err), 0);
-    CHECK_INT_EQ(store_event_routed(s, "evt_BATCH1", "routed", NULL, NULL, 0, err, sizeof err), 0);
-    CHECK_INT_EQ(
-        store_batch_add(s, "wms", start, W, "evt_BATCH1", "{\"n\":1}", 7, &c, err, sizeof err), 0);
-    CHECK_INT_EQ(c, 1);
-    CHECK_INT_EQ(
-        store_batch_add(s, "wms", start, W, "evt_BATCH1", "{\"n\":2}", 7, &c, err, sizeof err), 0);
-    CHECK_INT_EQ(c, 2);
-    /* another window of the same endpoint, and another endpoint */
-    CHECK_INT_EQ(store_batch_add(s, "wms", start + W, W, "evt_BATCH1", "3", 1, &c, err, sizeof err),
+    CHECK_INT_EQ(store_event_put(s, &ev, NULL, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(routed(s, "evt_BATCH1", "routed", NULL, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(batch_item(s, "wms", start, W, "evt_BATCH1", "{\"n\":1}", 7, &c, err, sizeof err),
                  0);
     CHECK_INT_EQ(c, 1);
-    CHECK_INT_EQ(store_batch_add(s, "bi", start, W, "evt_BATCH1", "4", 1, &c, err, sizeof err), 0);
+    CHECK_INT_EQ(batch_item(s, "wms", start, W, "evt_BATCH1", "{\"n\":2}", 7, &c, err, sizeof err),
+                 0);
+    CHECK_INT_EQ(c, 2);
+    /* another window of the same endpoint, and another endpoint */
+    CHECK_INT_EQ(batch_item(s, "wms", start + W, W, "evt_BATCH1", "3", 1, &c, err, sizeof err), 0);
+    CHECK_INT_EQ(c, 1);
+    CHECK_INT_EQ(batch_item(s, "bi", start, W, "evt_BATCH1", "4", 1, &c, err, sizeof err), 0);
     CHECK_INT_EQ(c, 1);
     CHECK_INT_EQ(commit(s), 1);
     CHECK(store_batch_next_close(s) == start + W);
@@ -842,7 +862,7 @@ static void test_unrouted_skips_open_group(struct store *s) {
     char err[256];
 
     CHECK_INT_EQ(commit(s), 1);
-    CHECK_INT_EQ(store_event_put(s, &ev, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(store_event_put(s, &ev, NULL, NULL, 0, err, sizeof err), 0);
     CHECK_INT_EQ(store_events_unrouted(s, 0, 1000, &rows, &n, err, sizeof err), 0);
     for (size_t i = 0; i < n; i++)
         found += strcmp(rows[i].id, "evt_OPENGRP") == 0;
@@ -855,8 +875,7 @@ static void test_unrouted_skips_open_group(struct store *s) {
         found += strcmp(rows[i].id, "evt_OPENGRP") == 0;
     CHECK_INT_EQ((int)found, 1);
     store_event_rows_free(rows, n);
-    CHECK_INT_EQ(store_event_routed(s, "evt_OPENGRP", "unrouted", NULL, NULL, 0, err, sizeof err),
-                 0);
+    CHECK_INT_EQ(routed(s, "evt_OPENGRP", "unrouted", NULL, NULL, 0, err, sizeof err), 0);
     CHECK_INT_EQ(commit(s), 1);
 }
 
@@ -907,22 +926,127 @@ static void test_written_before_durable(struct store *s) {
     struct written_probe w = {s, {0, 0, 0}, 0, 0};
     struct commit_rec durable = {0, 0, 0};
 
-    CHECK_INT_EQ(store_event_put(s, &ev, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(store_event_put(s, &ev, NULL, NULL, 0, err, sizeof err), 0);
     CHECK_INT_EQ(commit(s), 1);
-    CHECK_INT_EQ(store_event_routed(s, "evt_WRITTEN", "routed", NULL, &dn, 1, err, sizeof err), 0);
-    CHECK_INT_EQ(store_event_put(s, &ev2, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(routed(s, "evt_WRITTEN", "routed", NULL, &dn, 1, err, sizeof err), 0);
+    CHECK_INT_EQ(store_event_put(s, &ev2, NULL, NULL, 0, err, sizeof err), 0);
     CHECK_INT_EQ(store_on_commit(s, on_commit, &durable), 0);
     CHECK_INT_EQ(store_on_written(s, on_written_probe, &w), 0);
     CHECK_INT_EQ(w.rec.called, 0); /* never from inside the call */
     run_until(&durable);
     CHECK_INT_EQ(w.rec.called, 1);
     CHECK_INT_EQ(w.rec.ok, 1);
-    CHECK(w.rec.order < durable.order);    /* written first, then durable */
-    CHECK_INT_EQ((int)w.claimable, 1);     /* committed: claimable */
-    CHECK_INT_EQ((int)w.unrouted_seen, 0); /* not durable yet: recovery waits */
-    CHECK_INT_EQ(store_event_routed(s, "evt_WRITTEN2", "unrouted", NULL, NULL, 0, err, sizeof err),
-                 0);
+    CHECK(w.rec.order < durable.order); /* written first, then durable */
+    /* Committed but not durable: a power cut could still take the row
+     * back, so it is not claimable yet, and recovery waits too. */
+    CHECK_INT_EQ((int)w.claimable, 0);
+    CHECK_INT_EQ((int)w.unrouted_seen, 0);
+    on_written_probe(&w, 1); /* durable now: claimable */
+    CHECK_INT_EQ((int)w.claimable, 1);
+    CHECK_INT_EQ(routed(s, "evt_WRITTEN2", "unrouted", NULL, NULL, 0, err, sizeof err), 0);
     CHECK_INT_EQ(commit(s), 1);
+}
+
+/* One trip per event: store_event_put with a plan writes the event, its
+ * status, its deliveries (ids derived from the event) and its batch items
+ * in one call; a duplicate writes none of it; a rule_error plan keeps the
+ * event with its error. */
+static void test_event_with_plan(struct store *s) {
+    char err[256] = "", dup[UTIL_ID_MAX] = "", want[UTIL_ID_MAX], eid[UTIL_ID_MAX];
+    struct store_event ev;
+    struct store_delivery_new dn[2] = {{.endpoint = "erp",
+                                        .event_type = "tracking.delivered",
+                                        .payload = "{\"a\":1}",
+                                        .payload_len = 7,
+                                        .content_type = "application/json",
+                                        .status = "pending",
+                                        .next_at = util_now_ms()},
+                                       {.endpoint = "crm",
+                                        .event_type = "tracking.delivered",
+                                        .payload = "{}",
+                                        .payload_len = 2,
+                                        .content_type = "application/json",
+                                        .status = "held",
+                                        .next_at = util_now_ms()}};
+    struct store_batch_item it = {.endpoint = "wms-plan",
+                                  .window_start = 1795017780000,
+                                  .window_ms = 60000,
+                                  .payload = "{\"n\":1}",
+                                  .len = 7};
+    struct store_plan plan = {
+        .status = "routed", .deliveries = dn, .ndeliveries = 2, .items = &it, .nitems = 1};
+    struct store_plan failed = {.status = "rule_error", .error = "rules/10-erp.lua:3: boom"};
+    struct store_event_row *row = NULL;
+    long long before = fresh_count("SELECT count(*) FROM deliveries", NULL);
+
+    util_id_new("evt_", eid, sizeof eid); /* a real id: derived ids take its time */
+    ev = mk_event(eid, "src-plan-1");
+
+    CHECK_INT_EQ(store_event_put(s, &ev, &plan, dup, sizeof dup, err, sizeof err), 0);
+    CHECK_INT_EQ(it.count, 1);
+    /* the same carrier event again: nothing of its plan is written */
+    ev.id = "evt_PLAN1_AGAIN";
+    it.count = 0;
+    CHECK_INT_EQ(store_event_put(s, &ev, &plan, dup, sizeof dup, err, sizeof err), STORE_DUP);
+    CHECK_STR_EQ(dup, eid);
+    CHECK_INT_EQ(it.count, 0);
+    ev = mk_event("evt_PLAN2", "src-plan-2");
+    CHECK_INT_EQ(store_event_put(s, &ev, &failed, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(commit(s), 1);
+    CHECK_INT_EQ(fresh_count("SELECT count(*) FROM deliveries", NULL), before + 2);
+    CHECK_INT_EQ(fresh_count("SELECT count(*) FROM deliveries WHERE event_id = ?", eid), 2);
+    CHECK_INT_EQ(fresh_count("SELECT count(*) FROM batch_items WHERE event_id = ?", eid), 1);
+    CHECK_INT_EQ(fresh_count("SELECT count(*) FROM events WHERE id = ? AND status = 'routed'", eid),
+                 1);
+    util_id_derive("dlv_", eid, "crm", 1, want, sizeof want);
+    CHECK_INT_EQ(
+        fresh_count("SELECT count(*) FROM deliveries WHERE id = ? AND status = 'held'", want), 1);
+    CHECK_INT_EQ(store_event_get(s, "evt_PLAN2", &row, err, sizeof err), 1);
+    CHECK_STR_EQ(row->status, "rule_error");
+    CHECK_STR_EQ(row->error, "rules/10-erp.lua:3: boom");
+    store_event_rows_free(row, 1);
+}
+
+/* The backlog max_backlog bounds is a counter: pending + held as of the
+ * last commit plus the open group's inserts, and it follows deliveries
+ * that leave the backlog once their group commits. */
+static void test_backlog_counter(struct store *s) {
+    char err[256] = "";
+    struct store_counts c;
+    struct store_event ev = mk_event("evt_BACKLOG", "src-backlog");
+    struct store_delivery_new dn = {.endpoint = "backlog-ep",
+                                    .event_type = "tracking.delivered",
+                                    .payload = "{}",
+                                    .payload_len = 2,
+                                    .content_type = "application/json",
+                                    .status = "pending",
+                                    .next_at = util_now_ms() - 1};
+    struct store_plan plan = {.status = "routed", .deliveries = &dn, .ndeliveries = 1};
+    struct store_delivery *d = NULL;
+    size_t n = 0;
+    int64_t base_backlog;
+
+    CHECK_INT_EQ(commit(s), 1);
+    CHECK_INT_EQ(store_delivery_counts(s, &c), 0);
+    base_backlog = store_backlog(s);
+    CHECK_INT_EQ(base_backlog, c.pending + c.held);
+    CHECK_INT_EQ(store_event_put(s, &ev, &plan, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(store_backlog(s), base_backlog + 1); /* the open group's insert */
+    CHECK_INT_EQ(commit(s), 1);
+    CHECK_INT_EQ(store_backlog(s), base_backlog + 1);
+    CHECK_INT_EQ(store_endpoint_claim_due(s, "backlog-ep", util_now_ms(), 60000, 10, &d, &n, err,
+                                          sizeof err),
+                 0);
+    CHECK_INT_EQ((int)n, 1);
+    if (n == 1) {
+        struct store_attempt a = {.n = 1, .at = util_now_ms(), .status_code = 200};
+        CHECK_INT_EQ(store_attempt_put(s, d[0].id, &a, "delivered", 0, 0, err, sizeof err), 0);
+    }
+    store_deliveries_free(d, n);
+    CHECK_INT_EQ(commit(s), 1);
+    CHECK_INT_EQ(store_backlog(s), base_backlog);
+    CHECK_INT_EQ(store_delivery_counts(s, &c), 0);
+    CHECK_INT_EQ(store_backlog(s), c.pending + c.held);
 }
 
 /* Inserted deliveries are counted per group: visible to counts in the open
@@ -961,9 +1085,9 @@ static void test_counts_per_group(struct store *s) {
 
     CHECK_INT_EQ(store_delivery_counts(s, &before), 0);
     CHECK_INT_EQ(counts_row("held"), held_rows);
-    CHECK_INT_EQ(store_event_put(s, &ev, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(store_event_put(s, &ev, NULL, NULL, 0, err, sizeof err), 0);
     CHECK_INT_EQ(commit(s), 1);
-    CHECK_INT_EQ(store_event_routed(s, "evt_COUNTS", "routed", NULL, dn, 2, err, sizeof err), 0);
+    CHECK_INT_EQ(routed(s, "evt_COUNTS", "routed", NULL, dn, 2, err, sizeof err), 0);
     CHECK_INT_EQ(store_delivery_counts(s, &c), 0);
     CHECK_INT_EQ(c.held, before.held + 2);       /* the open group counts */
     CHECK_INT_EQ(counts_row("held"), held_rows); /* not committed yet */
@@ -972,7 +1096,7 @@ static void test_counts_per_group(struct store *s) {
     CHECK_INT_EQ(fresh_count("SELECT count(*) FROM deliveries WHERE status = ?", "held"),
                  held_rows + 2);
     /* A group that fails after inserting counts nothing. */
-    CHECK_INT_EQ(store_event_routed(s, "evt_COUNTS", "routed", NULL, dn, 3, err, sizeof err), -1);
+    CHECK_INT_EQ(routed(s, "evt_COUNTS", "routed", NULL, dn, 3, err, sizeof err), -1);
     CHECK_INT_EQ(commit(s), 0);
     CHECK_INT_EQ(store_delivery_counts(s, &c), 0);
     CHECK_INT_EQ(c.held, before.held + 2);
@@ -1018,9 +1142,9 @@ static void test_counts_trigger_dropped(void) {
     CHECK(s != NULL);
     if (!s)
         goto done;
-    CHECK_INT_EQ(store_event_put(s, &ev, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(store_event_put(s, &ev, NULL, NULL, 0, err, sizeof err), 0);
     CHECK_INT_EQ(commit(s), 1);
-    CHECK_INT_EQ(store_event_routed(s, "evt_OLDTRIG", "routed", NULL, &dn, 1, err, sizeof err), 0);
+    CHECK_INT_EQ(routed(s, "evt_OLDTRIG", "routed", NULL, &dn, 1, err, sizeof err), 0);
     CHECK_INT_EQ(commit(s), 1);
     CHECK_INT_EQ(counts_row("pending"), 1);
     CHECK_INT_EQ(
@@ -1046,23 +1170,23 @@ static void test_failed_begin_keeps_written_outcome(struct store *s) {
     struct store_event b = mk_event("evt_BEGIN_B", "begin-b");
     struct commit_rec r = {0, 0, 0};
     sqlite3 *other = NULL;
-    CHECK_INT_EQ(store_event_put(s, &a, NULL, 0, err, sizeof err), 0);
-    CHECK_INT_EQ(store_event_put(s, &b, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(store_event_put(s, &a, NULL, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(store_event_put(s, &b, NULL, NULL, 0, err, sizeof err), 0);
     CHECK_INT_EQ(commit(s), 1);
     CHECK_INT_EQ(sqlite3_open(dbpath, &other), SQLITE_OK);
     CHECK_INT_EQ(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
-    CHECK_INT_EQ(store_event_routed(s, a.id, "unrouted", NULL, NULL, 0, err, sizeof err), -1);
+    CHECK_INT_EQ(routed(s, a.id, "unrouted", NULL, NULL, 0, err, sizeof err), -1);
     CHECK_INT_EQ(store_on_written(s, on_commit, &r), 0);
     sqlite3_exec(other, "COMMIT", NULL, NULL, NULL);
     sqlite3_close(other);
     /* the lock is gone: this write fails with the group, it does not reset it */
-    CHECK_INT_EQ(store_event_routed(s, b.id, "unrouted", NULL, NULL, 0, err, sizeof err), -1);
+    CHECK_INT_EQ(routed(s, b.id, "unrouted", NULL, NULL, 0, err, sizeof err), -1);
     run_until(&r);
     CHECK_INT_EQ(r.called, 1);
     CHECK_INT_EQ(r.ok, 0);
     /* the next group works and records both */
-    CHECK_INT_EQ(store_event_routed(s, a.id, "unrouted", NULL, NULL, 0, err, sizeof err), 0);
-    CHECK_INT_EQ(store_event_routed(s, b.id, "unrouted", NULL, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(routed(s, a.id, "unrouted", NULL, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(routed(s, b.id, "unrouted", NULL, NULL, 0, err, sizeof err), 0);
     CHECK_INT_EQ(commit(s), 1);
     CHECK_INT_EQ(fresh_count("SELECT count(*) FROM events WHERE id LIKE 'evt_BEGIN_%' AND"
                              " status = ?",
@@ -1099,7 +1223,7 @@ static void on_chain_written(void *arg, int ok) {
     struct store_event ev = mk_event("evt_WCHAIN_NEW", "wchain-new");
     char err[256];
     UNUSED(ok);
-    CHECK_INT_EQ(store_event_put(w->s, &ev, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(store_event_put(w->s, &ev, NULL, NULL, 0, err, sizeof err), 0);
     CHECK_INT_EQ(store_on_commit(w->s, on_chain_durable, w), 0);
 }
 
@@ -1107,7 +1231,7 @@ static void test_written_callback_writes(struct store *s) {
     struct written_chain w = {s, {0, 0, 0}, -1, -1};
     struct store_event ev = mk_event("evt_WCHAIN_OLD", "wchain-old");
     char err[256];
-    CHECK_INT_EQ(store_event_put(s, &ev, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(store_event_put(s, &ev, NULL, NULL, 0, err, sizeof err), 0);
     CHECK_INT_EQ(store_on_written(s, on_chain_written, &w), 0);
     w.listed = 0;
     run_until(&w.durable);
@@ -1115,10 +1239,8 @@ static void test_written_callback_writes(struct store *s) {
     CHECK_INT_EQ(w.durable.ok, 1);
     CHECK_INT_EQ((int)w.visible, 1); /* committed when told so */
     CHECK_INT_EQ(w.listed, 1);       /* durable: recovery may see it now */
-    CHECK_INT_EQ(
-        store_event_routed(s, "evt_WCHAIN_NEW", "unrouted", NULL, NULL, 0, err, sizeof err), 0);
-    CHECK_INT_EQ(
-        store_event_routed(s, "evt_WCHAIN_OLD", "unrouted", NULL, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(routed(s, "evt_WCHAIN_NEW", "unrouted", NULL, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(routed(s, "evt_WCHAIN_OLD", "unrouted", NULL, NULL, 0, err, sizeof err), 0);
     CHECK_INT_EQ(commit(s), 1);
 }
 
@@ -1172,7 +1294,7 @@ static void test_symlinked_store(void) {
         goto done;
     snprintf(dbpath, sizeof dbpath, "%s", target);
     CHECK_INT_EQ(fds_open_on(stale), 0); /* nothing syncs the stale name */
-    CHECK_INT_EQ(store_event_put(s, &ev, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(store_event_put(s, &ev, NULL, NULL, 0, err, sizeof err), 0);
     CHECK_INT_EQ(commit(s), 1);
     CHECK_INT_EQ(fresh_count("SELECT count(*) FROM events WHERE id = ?", "evt_SYMLINK"), 1);
     store_free(s);
@@ -1225,14 +1347,14 @@ static void test_first_routing_ids(struct store *s) {
     };
     util_id_derive("dlv_", eid, "erp", 0, want_erp, sizeof want_erp);
     util_id_derive("dlv_", eid, "crm", 1, want_crm, sizeof want_crm);
-    CHECK_INT_EQ(store_event_put(s, &ev, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(store_event_put(s, &ev, NULL, NULL, 0, err, sizeof err), 0);
     CHECK_INT_EQ(commit(s), 1);
     /* first try rolled back */
-    CHECK_INT_EQ(store_event_routed(s, eid, "routed", NULL, dn, 3, err, sizeof err), -1);
+    CHECK_INT_EQ(routed(s, eid, "routed", NULL, dn, 3, err, sizeof err), -1);
     CHECK_INT_EQ(commit(s), 0);
     CHECK_INT_EQ(fresh_count("SELECT count(*) FROM deliveries WHERE event_id = ?", eid), 0);
     /* routed again: the same ids */
-    CHECK_INT_EQ(store_event_routed(s, eid, "routed", NULL, dn, 2, err, sizeof err), 0);
+    CHECK_INT_EQ(routed(s, eid, "routed", NULL, dn, 2, err, sizeof err), 0);
     CHECK_INT_EQ(commit(s), 1);
     fresh_text("SELECT id FROM deliveries WHERE event_id = ? AND endpoint = 'erp'", eid, got,
                sizeof got);
@@ -1241,7 +1363,7 @@ static void test_first_routing_ids(struct store *s) {
                sizeof got);
     CHECK_STR_EQ(got, want_crm);
     /* a replay sends anew */
-    CHECK_INT_EQ(store_event_routed(s, eid, "routed", NULL, dn, 1, err, sizeof err), 0);
+    CHECK_INT_EQ(routed(s, eid, "routed", NULL, dn, 1, err, sizeof err), 0);
     CHECK_INT_EQ(commit(s), 1);
     CHECK_INT_EQ(fresh_count("SELECT count(*) FROM deliveries WHERE event_id = ?", eid), 3);
     fresh_text(
@@ -1271,9 +1393,9 @@ static void test_counts_insert_then_move(void) {
     CHECK(s != NULL);
     if (!s)
         goto done;
-    CHECK_INT_EQ(store_event_put(s, &ev, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(store_event_put(s, &ev, NULL, NULL, 0, err, sizeof err), 0);
     CHECK_INT_EQ(commit(s), 1);
-    CHECK_INT_EQ(store_event_routed(s, "evt_DRIFT", "routed", NULL, &dn, 1, err, sizeof err), 0);
+    CHECK_INT_EQ(routed(s, "evt_DRIFT", "routed", NULL, &dn, 1, err, sizeof err), 0);
     /* enabling erp releases its held delivery, in the same group */
     CHECK_INT_EQ(
         store_endpoint_set_disabled(s, "erp", 0, NULL, util_now_ms(), NULL, err, sizeof err), 0);
@@ -1334,7 +1456,7 @@ static void on_pump_tick(evutil_socket_t fd, short what, void *arg) {
         ev.source_id = sid;
         ev.raw = p->blob;
         ev.raw_len = 65536;
-        if (store_event_put(p->s, &ev, NULL, 0, err, sizeof err) != 0)
+        if (store_event_put(p->s, &ev, NULL, NULL, 0, err, sizeof err) != 0)
             p->ok_all = 0;
     }
     p->ticks++;
@@ -1402,7 +1524,7 @@ static void test_type_filter_glob(struct store *s) {
         snprintf(sid, sizeof sid, "glob-%zu", i);
         ev = mk_event(id, sid);
         ev.type = types[i];
-        CHECK_INT_EQ(store_event_put(s, &ev, NULL, 0, err, sizeof err), 0);
+        CHECK_INT_EQ(store_event_put(s, &ev, NULL, NULL, 0, err, sizeof err), 0);
     }
     CHECK_INT_EQ(commit(s), 1);
     q.type = "glob.a?c";
@@ -1455,6 +1577,8 @@ int main(void) {
     test_batch_windows(s);
     test_unrouted_skips_open_group(s);
     test_written_before_durable(s);
+    test_event_with_plan(s);
+    test_backlog_counter(s);
     test_counts_per_group(s);
     test_failed_begin_keeps_written_outcome(s);
     test_written_callback_writes(s);
