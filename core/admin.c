@@ -284,7 +284,7 @@ static void admin_on_commit(void *arg, int ok) {
         subs_remove(gw->subs, c->sub.id);
     if ((c->op == OP_SUB_ADD || c->op == OP_SUB_URL) && (e = subs_find(gw->subs, c->sub.id))) {
         json_decref(c->reply);
-        c->reply = subs_entry_json(e, c->op == OP_SUB_ADD);
+        c->reply = admin_sub_json(e, c->op == OP_SUB_ADD);
     }
     if (c->kick)
         deliver_kick_all(gw->deliver);
@@ -723,10 +723,10 @@ static void admin_webhooks(struct admin *adm, struct evhttp_request *req, const 
         admin_webhook_create(adm, req);
     } else if (!id && m == EVHTTP_REQ_GET) {
         http_reply_json(req, 200, "OK",
-                        json_pack("{sosn}", "data", subs_list_json(adm->deps.subs), "next"));
+                        json_pack("{sosn}", "data", admin_subs_json(adm->deps.subs), "next"));
     } else if (id && m == EVHTTP_REQ_GET) {
         if ((e = subs_find(adm->deps.subs, id)))
-            http_reply_json(req, 200, "OK", subs_entry_json(e, 0));
+            http_reply_json(req, 200, "OK", admin_sub_json(e, 0));
         else
             http_reply_error(req, 404, "Not Found", "no such webhook");
     } else if (id && m == EVHTTP_REQ_PUT) {

@@ -10,6 +10,9 @@
 
 #include "store.h"
 
+struct subs;
+struct subs_entry;
+
 /* The event as GET /api/events/{id} shows it, with its raw body, headers
  * and each delivery's payload. Returns new; NULL with err empty when id is
  * unknown, NULL with a reason on a store error. */
@@ -22,5 +25,13 @@ int admin_events_page_json(struct store *s, const struct store_page *q, json_t *
                            int64_t *next, char *err, size_t errlen);
 int admin_deliveries_page_json(struct store *s, const struct store_page *q, json_t **data,
                                int64_t *next, char *err, size_t errlen);
+
+/* A subscription as the ShipEngine-shaped routes show it: {webhook_id,
+ * url, event, created_at} (+ secret when with_secret), new. */
+json_t *admin_sub_json(const struct subs_entry *e, int with_secret);
+
+/* Every subscription (without secrets) as a new JSON array, NULL when out
+ * of memory. */
+json_t *admin_subs_json(const struct subs *subs);
 
 #endif

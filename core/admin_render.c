@@ -1,6 +1,6 @@
 /* admin_render.c -- the admin API's JSON, rendered from the plain rows the
- * store returns (SPEC section 8): the event detail and the pages of events
- * and deliveries, key by key in the order the API has always answered
+ * store returns (SPEC section 8): the event detail, the pages of events
+ * and deliveries, and the subscriptions, key by key in the order the API has always answered
  * them. Text the store kept as given (a response body, a raw request) is
  * made valid UTF-8 on the way out.
  * SPDX-License-Identifier: MIT */
@@ -12,6 +12,7 @@
 
 #include "admin_int.h"
 #include "store.h"
+#include "subs.h"
 #include "util.h"
 
 /* A JSON string of n bytes at p, each invalid UTF-8 byte replaced by U+FFFD
@@ -259,4 +260,30 @@ int admin_deliveries_page_json(struct store *s, const struct store_page *q, json
     }
     *data = arr;
     return 0;
+}
+
+/* ---- subscriptions ---- */
+
+json_t *admin_sub_json(const struct subs_entry *e, int with_secret) {
+    char at[32];
+    json_t *j;
+
+    util_time_rfc3339(e->created_at, at, sizeof at);
+    j = json_pack("{ssssssss}", "webhook_id", e->id, "url", e->url, "event", e->event, "created_at",
+                  at);
+    if (j && with_secret)
+        json_object_set_new(j, "secret", json_string(e->secret));
+    return j;
+}
+
+json_t *admin_subs_json(const struct subs *subs) {
+    json_t *arr = json_array();
+
+    for (size_t i = 0; arr && i < subs_count(subs); i++) {
+        if (json_array_append_new(arr, admin_sub_json(subs_at(subs, i), 0)) < 0) {
+            json_decref(arr);
+            return NULL;
+        }
+    }
+    return arr;
 }

@@ -1,5 +1,6 @@
 /* subs.c -- the subscription registry (see subs.h).
  * SPDX-License-Identifier: MIT */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -171,26 +172,12 @@ void subs_remove(struct subs *subs, const char *id) {
     }
 }
 
-json_t *subs_entry_json(const struct subs_entry *e, int with_secret) {
-    char at[32];
-    json_t *j;
-    util_time_rfc3339(e->created_at, at, sizeof at);
-    j = json_pack("{ssssssss}", "webhook_id", e->id, "url", e->url, "event", e->event, "created_at",
-                  at);
-    if (j && with_secret)
-        json_object_set_new(j, "secret", json_string(e->secret));
-    return j;
+size_t subs_count(const struct subs *subs) {
+    return subs ? subs->n : 0;
 }
 
-json_t *subs_list_json(const struct subs *subs) {
-    json_t *arr = json_array();
-    for (size_t i = 0; arr && i < subs->n; i++) {
-        if (json_array_append_new(arr, subs_entry_json(subs->v[i], 0)) < 0) {
-            json_decref(arr);
-            return NULL;
-        }
-    }
-    return arr;
+const struct subs_entry *subs_at(const struct subs *subs, size_t i) {
+    return subs && i < subs->n ? subs->v[i] : NULL;
 }
 
 static void subs_load_one(void *arg, const struct store_sub *sub) {

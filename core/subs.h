@@ -13,7 +13,6 @@
 
 #include <stddef.h>
 #include <stdint.h>
-#include <jansson.h>
 
 #include "config.h"
 #include "store.h"
@@ -59,10 +58,9 @@ int subs_add(struct subs *subs, const struct store_sub *sub);
 int subs_set_url(struct subs *subs, const char *id, const char *url);
 void subs_remove(struct subs *subs, const char *id);
 
-/* {webhook_id, url, event} (+ secret when with_secret) as new JSON. */
-json_t *subs_entry_json(const struct subs_entry *e, int with_secret);
-
-/* Every entry as a new JSON array (without secrets). */
-json_t *subs_list_json(const struct subs *subs);
+/* The entries, oldest first: entry i of subs_count(); borrowed until the
+ * next change. */
+size_t subs_count(const struct subs *subs);
+const struct subs_entry *subs_at(const struct subs *subs, size_t i);
 
 #endif
