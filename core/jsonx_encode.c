@@ -224,10 +224,23 @@ fail:
 
 /* ---- numbers and object keys ---- */
 
-static void put_integer(struct enc *e, lua_Integer v) {
-    char text[24];
-    int n = snprintf(text, sizeof text, "%lld", (long long)v);
-    put(e, text, (size_t)n);
+/* Beyond +-2^53 an integer is not exact as a JavaScript number: it is
+ * written as the double it becomes there (9007199254740993 ->
+ * 9007199254740992, 2^60 -> 1152921504606847000), as JSON.stringify would
+ * write what JSON.parse read. */
+#define JS_SAFE_INT 9007199254740992LL
+
+/* Writes integer v; returns 1 when it went out as a double (then a clone
+ * holds what its text reads back as), else 0. text needs 32 bytes. */
+static int put_integer(struct enc *e, lua_Integer v, char *text, size_t *n) {
+    if (v > JS_SAFE_INT || v < -JS_SAFE_INT) {
+        *n = jsonx_number_format((double)v, text);
+        put(e, text, *n);
+        return 1;
+    }
+    *n = (size_t)snprintf(text, 32, "%lld", (long long)v);
+    put(e, text, *n);
+    return 0;
 }
 
 static const char *key_text(const struct enc_key *k) {
@@ -522,8 +535,12 @@ static void enc_value(struct enc *e, int idx, int depth) {
         break;
     case LUA_TNUMBER:
         if (lua_isinteger(L, idx)) {
-            put_integer(e, lua_tointeger(L, idx));
-            if (e->clone)
+            char text[32];
+            size_t n;
+            int as_double = put_integer(e, lua_tointeger(L, idx), text, &n);
+            if (e->clone && as_double)
+                jsonx_push_number_text(L, text, n);
+            else if (e->clone)
                 lua_pushinteger(L, lua_tointeger(L, idx));
         } else {
             char text[32];
