@@ -346,20 +346,49 @@ static int dec_literal(struct dec *d, const char *word, size_t n) {
 
 static int dec_value(struct dec *d, int depth);
 
+/* How many keys an object keeps on the stack while it is read (its received
+ * order, in case they do not come in the encoder's own order); past that
+ * they move into the order list. */
+#define DEC_KEYS_HELD 32
+
+/* Appends the nk keys held at t+2.. to the order list at t+1 (made when
+ * absent), *total of them there before, and pops them. [-nk, +0, m] */
+static void dec_order_flush(lua_State *L, int t, int nk, lua_Integer *total) {
+    if (lua_isnil(L, t + 1)) {
+        lua_createtable(L, nk, 0);
+        lua_replace(L, t + 1);
+    }
+    for (int i = 0; i < nk; i++) {
+        lua_pushvalue(L, t + 2 + i);
+        lua_rawseti(L, t + 1, ++*total);
+    }
+    lua_settop(L, t + 1);
+}
+
 /* Parses the object at d->p (on its '{') and pushes it as a table, its
- * members set in the order written (a later duplicate wins). */
+ * members set in the order written (a later duplicate wins). When its keys
+ * did not come in the encoder's own order, their received order is kept
+ * (jsonx_int.h: jsonx_order_key), so encoding writes them back that way. */
 static int dec_object(struct dec *d, int depth) {
     lua_State *L = d->L;
+    lua_Integer total = 0; /* keys already in the order list */
+    int t, nk = 0, ordered = 1, prev_is_index = 0;
+    const char *prev = NULL; /* the last key, while ordered (held on the stack) */
+    size_t prevlen = 0;
+    uint32_t prev_index = 0;
 
-    if (!lua_checkstack(L, 4)) {
+    if (!lua_checkstack(L, DEC_KEYS_HELD + 8)) {
         dec_fail(d, d->p, "maximum parsing depth reached");
         return -1;
     }
     d->p++;
     jsonx_new_table(L, 0);
+    t = lua_gettop(L);
+    lua_pushnil(L); /* t+1: the order list, made when needed; then the keys held */
     dec_ws(d);
     if (d->p < d->end && *d->p == '}') {
         d->p++;
+        lua_settop(L, t);
         return 0;
     }
     for (;;) {
@@ -368,17 +397,44 @@ static int dec_object(struct dec *d, int depth) {
             dec_near(d, d->p, "string or '}' expected");
             return -1;
         }
+        if (nk == DEC_KEYS_HELD) {
+            dec_order_flush(L, t, nk, &total);
+            nk = 0;
+            ordered = 0; /* a long object: its order is kept either way */
+        }
         if (dec_string(d, 1) < 0)
             return -1;
+        if (ordered) { /* still in the encoder's own order (jsonx_key_after)? */
+            size_t len;
+            const char *k = lua_tolstring(L, -1, &len);
+            uint32_t index = 0;
+            int is_index = jsonx_key_index(k, len, &index);
+            if (nk > 0) {
+                if (is_index != prev_is_index) {
+                    ordered = prev_is_index;
+                } else if (is_index) {
+                    ordered = index > prev_index;
+                } else {
+                    int c = memcmp(prev, k, prevlen < len ? prevlen : len);
+                    ordered = c < 0 || (c == 0 && prevlen < len);
+                }
+            }
+            prev = k;
+            prevlen = len;
+            prev_is_index = is_index;
+            prev_index = index;
+        }
+        nk++;
         dec_ws(d);
         if (d->p >= d->end || *d->p != ':') {
             dec_near(d, d->p, "':' expected");
             return -1;
         }
         d->p++;
+        lua_pushvalue(L, -1);
         if (dec_value(d, depth + 1) < 0)
             return -1;
-        lua_rawset(L, -3);
+        lua_rawset(L, t);
         dec_ws(d);
         if (d->p < d->end && *d->p == ',') {
             d->p++;
@@ -386,6 +442,11 @@ static int dec_object(struct dec *d, int depth) {
         }
         if (d->p < d->end && *d->p == '}') {
             d->p++;
+            if (!ordered) {
+                dec_order_flush(L, t, nk, &total);
+                jsonx_set_order(L, t, t + 1);
+            }
+            lua_settop(L, t);
             return 0;
         }
         dec_near(d, d->p, "'}' expected");

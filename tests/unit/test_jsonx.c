@@ -306,7 +306,7 @@ static void test_decode(void) {
     CHECK_STR_EQ(roundtrip("{\"a\":[],\"b\":{},\"c\":[{}],\"d\":[[]]}"),
                  "{\"a\":[],\"b\":{},\"c\":[{}],\"d\":[[]]}");
     CHECK_STR_EQ(roundtrip("{ \"b\" : 1.0, \"a\" : [ 1 , 2e3, -0.5, 1E-7 ] }"),
-                 "{\"a\":[1,2000,-0.5,1e-7],\"b\":1}");
+                 "{\"b\":1,\"a\":[1,2000,-0.5,1e-7]}");
     CHECK_STR_EQ(roundtrip("{\"a\":null,\"b\":[null,1,null]}"), "{\"a\":null,\"b\":[null,1,null]}");
     CHECK_STR_EQ(roundtrip("\"\\u00e9\\ud83d\\ude00\\u0000\\/\""),
                  "\"\xc3\xa9\xf0\x9f\x98\x80\\u0000/\"");
@@ -380,6 +380,66 @@ static int same_as_jansson(const char *t, size_t n, size_t flags) {
     util_buf_free(&a);
     util_buf_free(&b);
     return same && lua_gettop(L) == 0;
+}
+
+/* Keys keep the order they were received in, as JSON.stringify(JSON.parse(x))
+ * keeps it: array indexes first in numeric order, then the rest as received
+ * (a duplicate where it first appeared, with its last value); keys a rule
+ * adds go after them in the encoder's own order. */
+static void test_key_order(void) {
+    CHECK_STR_EQ(roundtrip("{\"b\":1,\"a\":2}"), "{\"b\":1,\"a\":2}");
+    CHECK_STR_EQ(roundtrip("{\"z\":{\"y\":1,\"x\":[{\"d\":1,\"c\":2}]},\"a\":0}"),
+                 "{\"z\":{\"y\":1,\"x\":[{\"d\":1,\"c\":2}]},\"a\":0}");
+    CHECK_STR_EQ(roundtrip("{\"b\":1,\"10\":2,\"a\":3,\"2\":4,\"01\":5,\"\":6}"),
+                 "{\"2\":4,\"10\":2,\"b\":1,\"a\":3,\"01\":5,\"\":6}");
+    CHECK_STR_EQ(roundtrip("{\"b\":1,\"a\":2,\"b\":3}"), "{\"b\":3,\"a\":2}");
+    CHECK_STR_EQ(roundtrip("{\"a\":1,\"b\":2,\"a\":3}"), "{\"a\":3,\"b\":2}");
+    /* more keys than the decoder holds on the stack: kept all the same */
+    CHECK(lua_true("local parts = {} for i = 60, 1, -1 do parts[#parts + 1] ="
+                   " string.format('\"k%02d\":%d', i, i) end"
+                   " local text = '{' .. table.concat(parts, ',') .. '}'"
+                   " return json.encode(json.decode(text)) == text"));
+    CHECK(lua_true("local parts = {} for i = 1, 60 do parts[#parts + 1] ="
+                   " string.format('\"k%02d\":%d', i, i) end"
+                   " local text = '{' .. table.concat(parts, ',') .. '}'"
+                   " return json.encode(json.decode(text)) == text"));
+    /* a rule's changes: removed keys go, added ones follow in sorted order */
+    CHECK(lua_true("local t = json.decode('{\"y\":1,\"x\":2,\"w\":3}')"
+                   " t.x = nil t.c = 4 t.a = 5 t[3] = 6 t.y = 7"
+                   " return json.encode(t) == '{\"3\":6,\"y\":7,\"w\":3,\"a\":5,\"c\":4}'"));
+    /* tables built in Lua: index keys, then bytewise */
+    CHECK_STR_EQ(enc("{ b = 1, a = 2 }"), "{\"a\":2,\"b\":1}");
+    /* the clone keeps the order too */
+    CHECK(lua_true("local t = json.decode('{\"b\":{\"d\":1,\"c\":2},\"a\":0}')"
+                   " local copy = { data = t } return json.encode(copy) =="
+                   " '{\"data\":{\"b\":{\"d\":1,\"c\":2},\"a\":0}}'"));
+    CHECK(clone_same("json.decode('{\"b\":{\"d\":1,\"c\":2},\"a\":0,\"1\":[{\"z\":1,\"y\":2}]}')"));
+    {
+        struct util_buf b = {0}, c = {0};
+        char err[200];
+        const char *text = "{\"q\":{\"n\":1,\"m\":2},\"p\":3}";
+        CHECK(jsonx_decode(L, text, strlen(text), 0, err, sizeof err) == 0);
+        CHECK(jsonx_encode_clone(L, 1, &b, 0, err, sizeof err) == 0);
+        CHECK(jsonx_encode(L, 2, &c, 0, err, sizeof err) == 0);
+        CHECK(b.p && c.p && strcmp(b.p, text) == 0 && strcmp(c.p, text) == 0);
+        lua_settop(L, 0);
+        util_buf_free(&b);
+        util_buf_free(&c);
+    }
+    /* jansson's path keeps the order the same way */
+    {
+        struct util_buf b = {0};
+        char err[200];
+        const char *text = "{\"q\":{\"n\":1,\"m\":2},\"p\":3,\"q\":4}";
+        json_t *j = jsonx_parse(text, strlen(text), 0, err, sizeof err);
+        CHECK(j != NULL);
+        jsonx_push(L, j);
+        json_decref(j);
+        CHECK(jsonx_encode(L, -1, &b, 0, err, sizeof err) == 0);
+        CHECK_STR_EQ(b.p, "{\"q\":4,\"p\":3}");
+        lua_settop(L, 0);
+        util_buf_free(&b);
+    }
 }
 
 static void test_decode_vs_jansson(void) {
@@ -613,6 +673,7 @@ int main(void) {
     test_big_tables();
     test_clone();
     test_decode();
+    test_key_order();
     test_decode_vs_jansson();
     test_append_string();
     test_string_scan();
