@@ -267,8 +267,14 @@ static int inbound_verify(struct inbound *ib, struct evhttp_request *req,
     int rc;
 
     if (src->verify.kind == VERIFY_SHIPTIFY) {
-        /* The signature is in the body: it must be JSON before it is checked. */
-        json_t *parsed = jsonx_parse(body, len, 0, reason, sizeof reason);
+        /* The signature is in the body: it must be JSON before it is checked
+         * (past a byte order mark, which this signature does not cover). */
+        json_t *parsed;
+        if (len >= 3 && memcmp(body, "\xef\xbb\xbf", 3) == 0) {
+            body += 3;
+            len -= 3;
+        }
+        parsed = jsonx_parse(body, len, 0, reason, sizeof reason);
         if (!parsed) {
             http_reply_error(req, 400, "Bad Request", reason);
             return 1;

@@ -120,6 +120,27 @@ size_t jsonx_number_format(double d, char *out) {
     return o;
 }
 
+int jsonx_nesting(const char *s, size_t len) {
+    int depth = 0, max = 0, in_str = 0;
+    for (size_t i = 0; i < len; i++) {
+        char ch = s[i];
+        if (in_str) {
+            if (ch == '\\')
+                i++;
+            else if (ch == '"')
+                in_str = 0;
+        } else if (ch == '"') {
+            in_str = 1;
+        } else if (ch == '{' || ch == '[') {
+            if (++depth > max)
+                max = depth;
+        } else if (ch == '}' || ch == ']') {
+            depth--;
+        }
+    }
+    return max;
+}
+
 /* ---- boxes: C memory a Lua error must not leak ---- */
 
 struct jsonx_box {

@@ -30,6 +30,14 @@
 /* Deepest nesting either direction handles (jansson's parser limit). */
 #define JSONX_MAX_DEPTH 2048
 
+/* Deepest nesting a carrier's body may have: the event that carries its
+ * data (one level more) must still encode. */
+#define JSONX_MAX_BODY_DEPTH (JSONX_MAX_DEPTH - 1)
+
+/* How deep text's arrays and objects nest (brackets inside strings not
+ * counted); for any text, JSON or not. */
+int jsonx_nesting(const char *text, size_t len);
+
 /* Pushes the json module table {encode, decode, null, array} and registers
  * the array metatable. json.encode's output is capped at *max_output bytes,
  * read at each call (borrowed: it must outlive L; NULL or 0: no cap).

@@ -111,9 +111,10 @@ static size_t utf8_put(unsigned cp, char *u8) {
 }
 
 /* Reads the \uXXXX escape at q (its backslash), a surrogate pair taking
- * two, into the code point's UTF-8 in u8 (*n bytes). key: an object key (a
- * NUL is refused). Returns the escape's length in bytes (6 or 12), or -1
- * (d->msg set). */
+ * two, into the code point's UTF-8 in u8 (*n bytes; a lone surrogate in
+ * its three-byte form). key: an object key (a NUL is kept there too, as
+ * JSON.parse keeps it). Returns the escape's length in bytes (6 or 12), or
+ * -1 (d->msg set). */
 static int dec_unicode(struct dec *d, const unsigned char *q, int key, char *u8, size_t *n) {
     unsigned cp, lo;
     int used = 6;
@@ -122,22 +123,14 @@ static int dec_unicode(struct dec *d, const unsigned char *q, int key, char *u8,
         dec_fail(d, q, "invalid escape");
         return -1;
     }
-    if (cp >= 0xD800 && cp <= 0xDBFF) {
-        if (d->end - q < 12 || q[6] != '\\' || q[7] != 'u' || hex4(q + 8, &lo) < 0 || lo < 0xDC00 ||
-            lo > 0xDFFF) {
-            dec_fail(d, q, "invalid Unicode '\\u%04X'", cp);
-            return -1;
-        }
+    (void)key;
+    if (cp >= 0xD800 && cp <= 0xDBFF && d->end - q >= 12 && q[6] == '\\' && q[7] == 'u' &&
+        hex4(q + 8, &lo) == 0 && lo >= 0xDC00 && lo <= 0xDFFF) {
         cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
         used = 12;
-    } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
-        dec_fail(d, q, "invalid Unicode '\\u%04X'", cp);
-        return -1;
     }
-    if (cp == 0 && key) {
-        dec_fail(d, q, "NUL byte in object key not supported");
-        return -1;
-    }
+    /* A lone surrogate (JSON.parse keeps it) goes in as its three-byte form
+     * (WTF-8), which the encoder writes back as the same escape. */
     *n = utf8_put(cp, u8);
     return used;
 }
@@ -190,6 +183,38 @@ static int dec_escape(struct dec *d, const unsigned char *q, int key, luaL_Buffe
     return 2;
 }
 
+/* Length of the maximal subpart at s (n bytes, not a UTF-8 sequence): the
+ * bytes a decoder following the WHATWG/Unicode practice replaces with one
+ * U+FFFD (the lead byte and the continuation bytes a sequence starting with
+ * it may have, up to the first that does not fit). At least 1. */
+static size_t dec_bad_utf8(const unsigned char *s, size_t n) {
+    unsigned c = s[0], lo = 0x80, hi = 0xbf;
+    size_t need, k = 1;
+
+    if (c >= 0xc2 && c <= 0xdf)
+        need = 1;
+    else if (c >= 0xe0 && c <= 0xef)
+        need = 2;
+    else if (c >= 0xf0 && c <= 0xf4)
+        need = 3;
+    else
+        return 1;
+    if (c == 0xe0)
+        lo = 0xa0;
+    else if (c == 0xed)
+        hi = 0x9f;
+    else if (c == 0xf0)
+        lo = 0x90;
+    else if (c == 0xf4)
+        hi = 0x8f;
+    while (k <= need && k < n && s[k] >= lo && s[k] <= hi) {
+        k++;
+        lo = 0x80;
+        hi = 0xbf;
+    }
+    return k;
+}
+
 /* Parses the string at d->p (on its opening quote) and pushes it. key: an
  * object key (a NUL in it is refused). Returns 0 or -1 (d->msg set). A
  * string without escapes is pushed straight from the text. */
@@ -213,11 +238,19 @@ static int dec_string(struct dec *d, int key) {
         }
         if (*q >= 0x80) {
             size_t n = util_utf8_seq(q, (size_t)(d->end - q));
-            if (!n) {
-                dec_fail(d, q, "unable to decode byte 0x%x", *q);
-                return -1;
+            if (n) {
+                q += n;
+                continue;
             }
-            q += n;
+            /* Not UTF-8: U+FFFD for its maximal subpart, as Node decodes it. */
+            if (!buffered) {
+                luaL_buffinit(d->L, &b);
+                buffered = 1;
+            }
+            luaL_addlstring(&b, (const char *)start, (size_t)(q - start));
+            luaL_addlstring(&b, "\xef\xbf\xbd", 3);
+            q += dec_bad_utf8(q, (size_t)(d->end - q));
+            start = q;
             continue;
         }
         /* A backslash: from here on the text is built in a buffer. */
@@ -316,10 +349,8 @@ static int dec_number(struct dec *d) {
     double v = strtod(text, NULL);
     if (text != small)
         free(text);
-    if (isinf(v)) {
-        dec_fail(d, start, "real number overflow");
-        return -1;
-    }
+    /* Past the double range it is infinity, as JSON.parse reads it (and
+     * JSON.stringify writes it as null). */
     lua_pushnumber(d->L, (lua_Number)v);
     return 0;
 }

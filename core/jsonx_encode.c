@@ -138,8 +138,51 @@ static inline size_t json_escape(unsigned c, char esc[6]) {
     }
 }
 
+/* The surrogate (U+D800..U+DFFF) in three-byte form at s + i, or 0. */
+static unsigned surrogate_at(const unsigned char *s, size_t len, size_t i) {
+    if (len - i < 3 || s[i] != 0xed || s[i + 1] < 0xa0 || s[i + 1] > 0xbf ||
+        (s[i + 2] & 0xc0) != 0x80)
+        return 0;
+    return 0xd000u | ((s[i + 1] & 0x3fu) << 6) | (s[i + 2] & 0x3fu);
+}
+
+/* At s + i, bytes that are not UTF-8 (run: where the bytes not yet written
+ * start): a surrogate in three-byte form, as a lone "\ud800" escape that
+ * JSON.parse reads into a string (the decoder's form for it), is written as
+ * JSON.stringify writes a lone surrogate, "\ud800"; a high one followed by
+ * a low one as the character they make together. Anything else fails.
+ * Returns the bytes consumed. */
+static size_t put_surrogate(struct enc *e, const unsigned char *s, size_t len, size_t i,
+                            size_t run) {
+    static const char hex[] = "0123456789abcdef";
+    unsigned hi = surrogate_at(s, len, i), lo;
+    char out[6];
+
+    if (!hi)
+        enc_fail(e, "invalid UTF-8 in a string");
+    if (i > run)
+        put(e, s + run, i - run);
+    lo = hi < 0xdc00 ? surrogate_at(s, len, i + 3) : 0;
+    if (lo >= 0xdc00) {
+        unsigned cp = 0x10000 + ((hi - 0xd800) << 10) + (lo - 0xdc00);
+        out[0] = (char)(0xf0 | (cp >> 18));
+        out[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
+        out[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
+        out[3] = (char)(0x80 | (cp & 0x3f));
+        put(e, out, 4);
+        return 6;
+    }
+    memcpy(out, "\\u", 2);
+    out[2] = hex[(hi >> 12) & 15];
+    out[3] = hex[(hi >> 8) & 15];
+    out[4] = hex[(hi >> 4) & 15];
+    out[5] = hex[hi & 15];
+    put(e, out, 6);
+    return 3;
+}
+
 /* A string as JSON.stringify writes it: only '"', '\\' and C0 controls are
- * escaped (json_escape). */
+ * escaped (json_escape); a lone surrogate as its escape (put_surrogate). */
 static void put_string(struct enc *e, const char *str, size_t len) {
     const unsigned char *s = (const unsigned char *)str;
     size_t i = 0, run = 0;
@@ -162,8 +205,10 @@ static void put_string(struct enc *e, const char *str, size_t len) {
         c = s[i];
         if (c >= 0x80) {
             size_t n = util_utf8_seq(s + i, len - i);
-            if (!n)
-                enc_fail(e, "invalid UTF-8 in a string");
+            if (!n) {
+                n = put_surrogate(e, s, len, i, run);
+                run = i + n;
+            }
             i += n;
             continue;
         }
@@ -615,8 +660,12 @@ static void enc_value(struct enc *e, int idx, int depth) {
             char text[32];
             double d = (double)lua_tonumber(L, idx);
             size_t n;
-            if (!isfinite(d))
-                enc_fail(e, "cannot encode NaN or infinity");
+            if (!isfinite(d)) { /* JSON.stringify writes NaN and infinities as null */
+                PUTS(e, "null");
+                if (e->clone)
+                    jsonx_push_null(L);
+                break;
+            }
             n = jsonx_number_format(d, text);
             put(e, text, n);
             if (e->clone)

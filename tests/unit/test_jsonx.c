@@ -110,10 +110,13 @@ static void test_numbers(void) {
     CHECK_STR_EQ(roundtrip("[9007199254740993,18014398509481985,-9223372036854775808]"),
                  "[9007199254740992,18014398509481984,-9223372036854776000]");
     CHECK_STR_EQ(enc("{ 1.0, 2.5, -3, 1e300 }"), "[1,2.5,-3,1e+300]");
-    CHECK(enc("0/0") == NULL);
-    CHECK_STR_EQ(last_err, "cannot encode NaN or infinity");
-    CHECK(enc("{ x = math.huge }") == NULL);
-    CHECK(enc("-math.huge") == NULL);
+    /* NaN and infinities as JSON.stringify writes them */
+    CHECK_STR_EQ(enc("0/0"), "null");
+    CHECK_STR_EQ(enc("{ x = math.huge }"), "{\"x\":null}");
+    CHECK_STR_EQ(enc("{ -math.huge, 1 }"), "[null,1]");
+    /* past the double range JSON.parse reads infinity; 1e-400 is 0 */
+    CHECK_STR_EQ(roundtrip("[1e400,-1E400,1e-400,-1e-400]"), "[null,null,0,0]");
+    CHECK(lua_true("return json.decode('1e400') == math.huge"));
 }
 
 static void test_strings(void) {
@@ -125,7 +128,12 @@ static void test_strings(void) {
                  "\"h\xc3\xa9llo \xe2\x9c\x93 \xf0\x9f\x98\x80 \xe2\x80\xa8\"");
     CHECK(enc("'\\xff'") == NULL);
     CHECK_STR_EQ(last_err, "invalid UTF-8 in a string");
-    CHECK(enc("'\\xed\\xa0\\x80'") == NULL);      /* a surrogate in UTF-8 */
+    /* a surrogate in three-byte form (a lone \\ud800 decodes to it): the
+     * escape JSON.stringify writes for it; high + low as their character */
+    CHECK_STR_EQ(enc("'\\xed\\xa0\\x80'"), "\"\\ud800\"");
+    CHECK_STR_EQ(enc("'a\\xed\\xbf\\xbfb\\xed\\xa0\\xbd'"), "\"a\\udfffb\\ud83d\"");
+    CHECK_STR_EQ(enc("'\\xed\\xa0\\xbd\\xed\\xb8\\x80'"), "\"\xf0\x9f\x98\x80\"");
+    CHECK(enc("'\\xed\\xa0'") == NULL);
     CHECK(enc("'\\xc0\\xaf'") == NULL);           /* overlong */
     CHECK(enc("'\\xf4\\x90\\x80\\x80'") == NULL); /* past U+10FFFF */
     CHECK(enc("'abc\\xe2\\x9c'") == NULL);        /* truncated */
@@ -372,6 +380,12 @@ static int same_as_jansson(const char *t, size_t n, size_t flags) {
     }
     same = (r1 == 0) == (j != NULL) &&
            (r1 < 0 || (a.len == b.len && (!a.len || memcmp(a.p, b.p, a.len) == 0)));
+    /* Where the decoder reads what JSON.parse reads and jansson refuses
+     * (README: what waybill's JSON promises): only those reasons. */
+    if (r1 == 0 && !j &&
+        (strstr(e2, "real number overflow") || strstr(e2, "NUL byte in object key") ||
+         strstr(e2, "invalid Unicode") || strstr(e2, "unable to decode byte")))
+        same = 1;
     if (r1 < 0 && strncmp(e1, "invalid JSON at line ", 21) != 0)
         same = 0;
     if (!same)
@@ -612,8 +626,14 @@ static void test_string_scan(void) {
     /* a raw control byte or a bad UTF-8 byte past the first word is refused */
     CHECK(jsonx_decode(L, "[\"abcdefghijk\x01\"]", 16, 0, last_err, sizeof last_err) < 0);
     CHECK(strstr(last_err, "control character 0x1") != NULL);
-    CHECK(jsonx_decode(L, "[\"abcdefghijklmnop\xff\"]", 21, 0, last_err, sizeof last_err) < 0);
-    CHECK(strstr(last_err, "unable to decode byte 0xff") != NULL);
+    /* bytes that are not UTF-8: U+FFFD per maximal subpart, as Node decodes */
+    CHECK_STR_EQ(roundtrip("[\"abcdefghijklmnop\xff\"]"), "[\"abcdefghijklmnop\xef\xbf\xbd\"]");
+    CHECK_STR_EQ(roundtrip("\"a\xc0\x80\xed\xa0\x80\xe2\x82z\xf0\x9f\x98\""),
+                 "\"a\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbdz\xef"
+                 "\xbf\xbd\"");
+    /* lone surrogate escapes and NUL in keys: read as JSON.parse reads them */
+    CHECK_STR_EQ(roundtrip("{\"\\u0000\":\"\\ud800\",\"x\\udc00\":[\"\\ud83d\\ud83d\"]}"),
+                 "{\"\\u0000\":\"\\ud800\",\"x\\udc00\":[\"\\ud83d\\ud83d\"]}");
     CHECK(enc("'abcdefghijklmnop\\xff'") == NULL);
     CHECK_STR_EQ(last_err, "invalid UTF-8 in a string");
     {
