@@ -6,10 +6,13 @@
  * jsonx_push take for the bench's event (callgrind: ~33k against ~128k);
  * it is ~16% of the instructions per event in tests/bench/instructions.sh.
  * What it must match, exactly, is jsonx_parse followed by jsonx_push (the
- * jansson path): the same texts accepted and refused (RFC 8259, \u0000 in
- * strings but not in keys, valid UTF-8 only, no lone surrogates, nesting up
- * to JSONX_MAX_DEPTH, an integer too big for 64 bits read as a double, a
- * number whose magnitude overflows a double refused), the same values
+ * jansson path) wherever jansson reads the text: the same texts accepted
+ * and refused (RFC 8259, nesting up to JSONX_MAX_DEPTH, an integer too big
+ * for 64 bits read as a double). Where jansson refuses
+ * what Node's JSON.parse reads, it reads as Node does (README, what
+ * waybill's JSON promises): \u0000 in keys, a lone surrogate escape (kept
+ * in three-byte form), bytes that are not UTF-8 (U+FFFD per maximal
+ * subpart), a number past the double range (infinity). And the same values
  * pushed (objects as tables, arrays as marked tables, null as json.null,
  * integers as integers, reals as floats) and errors worded and placed as
  * jansson words them: "invalid JSON at line L column C: reason".

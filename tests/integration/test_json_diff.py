@@ -99,3 +99,43 @@ def test_json_sent_is_what_node_writes():
     # the test can fail: it saw both accepted and refused bodies, and every delivery
     assert summary["accepted"] > count // 2 and summary["refused"] > 0, summary
     assert summary["deliveries"] == 3 * summary["accepted"], summary
+
+
+def _gateway(sink):
+    cfg = wb.config(f'''
+        source "atoship" {{ verify = "atoship", secret = {wb.lua(SECRET_IN)} }}
+        endpoint "list" {{ url = {wb.lua(sink.url)}, sign = "atoship", secret = {wb.lua(SECRET_OUT)} }}
+        rules "rules/"
+    ''', max_body="1MiB")
+    return wb.Gateway(cfg, files={"rules/10.lua": 'on("*", { "list" })'})
+
+
+def _nested(levels):
+    return b"[" * levels + b"1" + b"]" * levels
+
+
+def test_a_bom_before_the_body_is_passed_over():
+    sink = wb.NodeSink("atoship-json", SECRET_OUT)
+    g = _gateway(sink)
+    body = b'\xef\xbb\xbf{"id":"bom1","type":"t","data":{"b":1,"a":2}}'
+    r = g.post("/hooks/atoship", body, wb.atoship_headers(SECRET_IN, body))
+    assert r.status == 200, r
+    got = sink.wait_for_count(1)[0]
+    assert got.valid and b'"data":{"b":1,"a":2}' in got.body, got.body
+
+
+def test_a_body_the_event_could_not_carry_is_refused_at_the_door():
+    """Data nested as deep as the encoder writes (2048 levels) was accepted,
+    then every send failed: now the body is refused with its reason, and the
+    deepest one accepted is delivered."""
+    sink = wb.NodeSink("atoship-json", SECRET_OUT)
+    g = _gateway(sink)
+    # data at depth d sits in a body at depth d + 1; the event at d + 1 too
+    deep = b'{"id":"deep1","type":"t","data":' + _nested(2047) + b'}'
+    r = g.post("/hooks/atoship", deep, wb.atoship_headers(SECRET_IN, deep))
+    assert r.status == 400 and r.json()["error"] == "JSON nested deeper than 2047 levels (waybill's limit)", r
+    ok = b'{"id":"deep2","type":"t","data":' + _nested(2046) + b'}'
+    r = g.post("/hooks/atoship", ok, wb.atoship_headers(SECRET_IN, ok))
+    assert r.status == 200, r
+    got = sink.wait_for_count(1)[0]
+    assert got.valid and got.body.count(b"[") == 2046, got.verdict
