@@ -126,8 +126,11 @@ tsan: deps
 	  python3 tests/run.py --unit "$(TSAN_UNITS)" -k 'test_stor[e]'
 
 # libFuzzer targets (tests/fuzz/fuzz_*.c: signature headers, Stripe-style
-# header, Shiptify body, JWKS, every adapter), built with clang (installed
-# when missing) and run FUZZ_SECONDS each; the last line is `N passed, N failed`.
+# header, Shiptify body, JWKS, every adapter, the JSON decoder against
+# jansson), built with clang (installed when missing) and run FUZZ_SECONDS
+# each; then the differential JSON test against Node with
+# WB_JSONDIFF_COUNT documents (default 5000) of a fresh seed (printed on a
+# failure; WB_JSONDIFF_SEED repeats it). Last line: `N passed, N failed`.
 FUZZ_TARGETS := $(patsubst tests/fuzz/%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_SECONDS ?= 10
 
@@ -141,6 +144,9 @@ fuzz: deps
 	  SANFLAGS="-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" \
 	  $(FUZZ_TARGETS:%=build-fuzz/fuzz/%)
 	@bash tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+	@$(MAKE) --no-print-directory all test-deps
+	@WB_JSONDIFF_COUNT=$${WB_JSONDIFF_COUNT:-5000} WB_JSONDIFF_SEED=$${WB_JSONDIFF_SEED:-$$(date +%s)} \
+	  python3 tests/run.py --bin ./$(BIN) -k test_json_sent_is_what_node_writes
 
 $(BUILD)/fuzz/%: tests/fuzz/%.c $(LIBOBJS) | $(BUILD)
 	@mkdir -p $(BUILD)/fuzz

@@ -110,8 +110,10 @@ static int hdr_cmp(const void *pa, const void *pb) {
  * bytes kept); credentials (Authorization, Cookie) are left out, and so is
  * a header whose name or value is not valid UTF-8. A name sent twice keeps
  * its last value (found by sorting, so a request with thousands of headers
- * costs n log n, not n^2). Built straight into a buffer (no jansson object
- * per request). New string, NULL on failure. */
+ * costs n log n, not n^2). Names in bytewise order, the order the encoder
+ * gives keys of its own, so decoding them keeps no received order. Built
+ * straight into a buffer (no jansson object per request). New string, NULL
+ * on failure. */
 static char *headers_to_json(struct evkeyvalq *headers) {
     struct util_buf out = {0};
     struct hdr *h = NULL, **by_name = NULL;
@@ -141,14 +143,15 @@ static char *headers_to_json(struct evkeyvalq *headers) {
         by_name[i]->keep = i + 1 == n || strcmp(by_name[i]->name, by_name[i + 1]->name) != 0;
     if (util_buf_append(&out, "{", 1) < 0)
         goto done;
-    for (i = 0; i < n; i++) {
+    for (i = 0; i < n; i++) { /* by name: the decoder need not keep their order */
+        const struct hdr *e = by_name[i];
         size_t mark = out.len;
-        if (!h[i].keep)
+        if (!e->keep)
             continue;
         if ((out.len > 1 && util_buf_append(&out, ",", 1) < 0) ||
-            jsonx_append_string(&out, h[i].name, h[i].namelen) < 0 ||
+            jsonx_append_string(&out, e->name, e->namelen) < 0 ||
             util_buf_append(&out, ":", 1) < 0 ||
-            jsonx_append_string(&out, h[i].value, strlen(h[i].value)) < 0) {
+            jsonx_append_string(&out, e->value, strlen(e->value)) < 0) {
             out.len = mark; /* not UTF-8 (or no memory): leave this header out */
             out.p[mark] = '\0';
         }
@@ -264,8 +267,14 @@ static int inbound_verify(struct inbound *ib, struct evhttp_request *req,
     int rc;
 
     if (src->verify.kind == VERIFY_SHIPTIFY) {
-        /* The signature is in the body: it must be JSON before it is checked. */
-        json_t *parsed = jsonx_parse(body, len, 0, reason, sizeof reason);
+        /* The signature is in the body: it must be JSON before it is checked
+         * (past a byte order mark, which this signature does not cover). */
+        json_t *parsed;
+        if (len >= 3 && memcmp(body, "\xef\xbb\xbf", 3) == 0) {
+            body += 3;
+            len -= 3;
+        }
+        parsed = jsonx_parse(body, len, 0, reason, sizeof reason);
         if (!parsed) {
             http_reply_error(req, 400, "Bad Request", reason);
             return 1;

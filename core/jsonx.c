@@ -19,6 +19,7 @@
 
 /* Registry keys (addresses, so no string is interned to look them up). */
 const char jsonx_array_key = 'a';
+const char jsonx_order_key = 'o';
 static const char jsonx_box_key = 'b';
 static const char jsonx_null_tag = 'n';
 
@@ -119,6 +120,27 @@ size_t jsonx_number_format(double d, char *out) {
     return o;
 }
 
+int jsonx_nesting(const char *s, size_t len) {
+    int depth = 0, max = 0, in_str = 0;
+    for (size_t i = 0; i < len; i++) {
+        char ch = s[i];
+        if (in_str) {
+            if (ch == '\\')
+                i++;
+            else if (ch == '"')
+                in_str = 0;
+        } else if (ch == '"') {
+            in_str = 1;
+        } else if (ch == '{' || ch == '[') {
+            if (++depth > max)
+                max = depth;
+        } else if (ch == '}' || ch == ']') {
+            depth--;
+        }
+    }
+    return max;
+}
+
 /* ---- boxes: C memory a Lua error must not leak ---- */
 
 struct jsonx_box {
@@ -179,15 +201,27 @@ static void push_rec(lua_State *L, const json_t *j, int depth) {
     luaL_checkstack(L, 4, "JSON nesting");
     switch (json_typeof(j)) {
     case JSON_OBJECT: {
-        const char *key;
-        size_t keylen;
+        const char *key, *prev = NULL;
+        size_t keylen, prevlen = 0;
+        lua_Integer n = 0;
+        int ordered = 1;
         json_t *v;
         lua_createtable(L, 0, (int)json_object_size(j));
+        lua_createtable(L, (int)json_object_size(j), 0); /* the received order */
         json_object_keylen_foreach((json_t *)j, key, keylen, v) {
+            if (prev && !jsonx_key_after(prev, prevlen, key, keylen))
+                ordered = 0;
+            prev = key;
+            prevlen = keylen;
             lua_pushlstring(L, key, keylen);
+            lua_pushvalue(L, -1);
+            lua_rawseti(L, -3, ++n);
             push_rec(L, v, depth + 1);
-            lua_rawset(L, -3);
+            lua_rawset(L, -4);
         }
+        if (!ordered)
+            jsonx_set_order(L, -2, -1);
+        lua_pop(L, 1);
         break;
     }
     case JSON_ARRAY: {
@@ -268,6 +302,13 @@ static int json_array_l(lua_State *L) {
 }
 
 int jsonx_open(lua_State *L, const size_t *max_output) {
+    lua_createtable(L, 0, 0); /* received key orders: weak keys, no rule reaches it */
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &jsonx_order_key);
+
     lua_createtable(L, 0, 1); /* arrays: protected, so no rule can reach or change it */
     lua_pushliteral(L, "json.array");
     lua_setfield(L, -2, "__metatable");

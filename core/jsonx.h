@@ -2,11 +2,15 @@
  * decoder kept for speed, and jansson for C-side parsing).
  * Encoding is compact and deterministic, and byte for byte what JavaScript's
  * JSON.stringify prints for the same data: numbers in shortest round-trip
- * form (40.0 -> 40, 1e21 -> 1e+21), strings escaped as JSON.stringify does
- * (only '"', '\\' and control characters; UTF-8 passed through), and keys in
- * the order JSON.stringify(JSON.parse(x)) keeps: array-index keys ("0",
- * "17") first in numeric order, then every other key bytewise. So a
- * receiver that HMACs JSON.stringify of the parsed body gets our bytes.
+ * form (40.0 -> 40, 1e21 -> 1e+21; an integer beyond +-2^53 as the double
+ * JavaScript would hold), strings escaped as JSON.stringify does (only '"',
+ * '\\' and control characters; UTF-8 passed through), and keys in the order
+ * JSON.stringify(JSON.parse(x)) keeps: array-index keys ("0", "17") first
+ * in numeric order, then the others in the order they were received (an
+ * object decoded here keeps it, and so do the clones and copies the
+ * encoder makes of it); keys a table got in Lua (a table built in Lua, or
+ * keys a rule added to a decoded one) after those, bytewise. So a receiver
+ * that HMACs JSON.stringify of the parsed body gets our bytes.
  * Lua side: JSON null is json.null, a light userdata (never nil, so nulls in
  * objects and arrays survive a round trip); arrays decoded from JSON carry a
  * shared, protected metatable (json.array marks a table the same way), so
@@ -25,6 +29,14 @@
 
 /* Deepest nesting either direction handles (jansson's parser limit). */
 #define JSONX_MAX_DEPTH 2048
+
+/* Deepest nesting a carrier's body may have: the event that carries its
+ * data (one level more) must still encode. */
+#define JSONX_MAX_BODY_DEPTH (JSONX_MAX_DEPTH - 1)
+
+/* How deep text's arrays and objects nest (brackets inside strings not
+ * counted); for any text, JSON or not. */
+int jsonx_nesting(const char *text, size_t len);
 
 /* Pushes the json module table {encode, decode, null, array} and registers
  * the array metatable. json.encode's output is capped at *max_output bytes,

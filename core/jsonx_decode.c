@@ -6,10 +6,13 @@
  * jsonx_push take for the bench's event (callgrind: ~33k against ~128k);
  * it is ~16% of the instructions per event in tests/bench/instructions.sh.
  * What it must match, exactly, is jsonx_parse followed by jsonx_push (the
- * jansson path): the same texts accepted and refused (RFC 8259, \u0000 in
- * strings but not in keys, valid UTF-8 only, no lone surrogates, nesting up
- * to JSONX_MAX_DEPTH, an integer too big for 64 bits read as a double, a
- * number whose magnitude overflows a double refused), the same values
+ * jansson path) wherever jansson reads the text: the same texts accepted
+ * and refused (RFC 8259, nesting up to JSONX_MAX_DEPTH, an integer too big
+ * for 64 bits read as a double). Where jansson refuses
+ * what Node's JSON.parse reads, it reads as Node does (README, what
+ * waybill's JSON promises): \u0000 in keys, a lone surrogate escape (kept
+ * in three-byte form), bytes that are not UTF-8 (U+FFFD per maximal
+ * subpart), a number past the double range (infinity). And the same values
  * pushed (objects as tables, arrays as marked tables, null as json.null,
  * integers as integers, reals as floats) and errors worded and placed as
  * jansson words them: "invalid JSON at line L column C: reason".
@@ -111,9 +114,10 @@ static size_t utf8_put(unsigned cp, char *u8) {
 }
 
 /* Reads the \uXXXX escape at q (its backslash), a surrogate pair taking
- * two, into the code point's UTF-8 in u8 (*n bytes). key: an object key (a
- * NUL is refused). Returns the escape's length in bytes (6 or 12), or -1
- * (d->msg set). */
+ * two, into the code point's UTF-8 in u8 (*n bytes; a lone surrogate in
+ * its three-byte form). key: an object key (a NUL is kept there too, as
+ * JSON.parse keeps it). Returns the escape's length in bytes (6 or 12), or
+ * -1 (d->msg set). */
 static int dec_unicode(struct dec *d, const unsigned char *q, int key, char *u8, size_t *n) {
     unsigned cp, lo;
     int used = 6;
@@ -122,22 +126,14 @@ static int dec_unicode(struct dec *d, const unsigned char *q, int key, char *u8,
         dec_fail(d, q, "invalid escape");
         return -1;
     }
-    if (cp >= 0xD800 && cp <= 0xDBFF) {
-        if (d->end - q < 12 || q[6] != '\\' || q[7] != 'u' || hex4(q + 8, &lo) < 0 || lo < 0xDC00 ||
-            lo > 0xDFFF) {
-            dec_fail(d, q, "invalid Unicode '\\u%04X'", cp);
-            return -1;
-        }
+    (void)key;
+    if (cp >= 0xD800 && cp <= 0xDBFF && d->end - q >= 12 && q[6] == '\\' && q[7] == 'u' &&
+        hex4(q + 8, &lo) == 0 && lo >= 0xDC00 && lo <= 0xDFFF) {
         cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
         used = 12;
-    } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
-        dec_fail(d, q, "invalid Unicode '\\u%04X'", cp);
-        return -1;
     }
-    if (cp == 0 && key) {
-        dec_fail(d, q, "NUL byte in object key not supported");
-        return -1;
-    }
+    /* A lone surrogate (JSON.parse keeps it) goes in as its three-byte form
+     * (WTF-8), which the encoder writes back as the same escape. */
     *n = utf8_put(cp, u8);
     return used;
 }
@@ -190,6 +186,38 @@ static int dec_escape(struct dec *d, const unsigned char *q, int key, luaL_Buffe
     return 2;
 }
 
+/* Length of the maximal subpart at s (n bytes, not a UTF-8 sequence): the
+ * bytes a decoder following the WHATWG/Unicode practice replaces with one
+ * U+FFFD (the lead byte and the continuation bytes a sequence starting with
+ * it may have, up to the first that does not fit). At least 1. */
+static size_t dec_bad_utf8(const unsigned char *s, size_t n) {
+    unsigned c = s[0], lo = 0x80, hi = 0xbf;
+    size_t need, k = 1;
+
+    if (c >= 0xc2 && c <= 0xdf)
+        need = 1;
+    else if (c >= 0xe0 && c <= 0xef)
+        need = 2;
+    else if (c >= 0xf0 && c <= 0xf4)
+        need = 3;
+    else
+        return 1;
+    if (c == 0xe0)
+        lo = 0xa0;
+    else if (c == 0xed)
+        hi = 0x9f;
+    else if (c == 0xf0)
+        lo = 0x90;
+    else if (c == 0xf4)
+        hi = 0x8f;
+    while (k <= need && k < n && s[k] >= lo && s[k] <= hi) {
+        k++;
+        lo = 0x80;
+        hi = 0xbf;
+    }
+    return k;
+}
+
 /* Parses the string at d->p (on its opening quote) and pushes it. key: an
  * object key (a NUL in it is refused). Returns 0 or -1 (d->msg set). A
  * string without escapes is pushed straight from the text. */
@@ -213,11 +241,19 @@ static int dec_string(struct dec *d, int key) {
         }
         if (*q >= 0x80) {
             size_t n = util_utf8_seq(q, (size_t)(d->end - q));
-            if (!n) {
-                dec_fail(d, q, "unable to decode byte 0x%x", *q);
-                return -1;
+            if (n) {
+                q += n;
+                continue;
             }
-            q += n;
+            /* Not UTF-8: U+FFFD for its maximal subpart, as Node decodes it. */
+            if (!buffered) {
+                luaL_buffinit(d->L, &b);
+                buffered = 1;
+            }
+            luaL_addlstring(&b, (const char *)start, (size_t)(q - start));
+            luaL_addlstring(&b, "\xef\xbf\xbd", 3);
+            q += dec_bad_utf8(q, (size_t)(d->end - q));
+            start = q;
             continue;
         }
         /* A backslash: from here on the text is built in a buffer. */
@@ -316,10 +352,8 @@ static int dec_number(struct dec *d) {
     double v = strtod(text, NULL);
     if (text != small)
         free(text);
-    if (isinf(v)) {
-        dec_fail(d, start, "real number overflow");
-        return -1;
-    }
+    /* Past the double range it is infinity, as JSON.parse reads it (and
+     * JSON.stringify writes it as null). */
     lua_pushnumber(d->L, (lua_Number)v);
     return 0;
 }
@@ -346,20 +380,49 @@ static int dec_literal(struct dec *d, const char *word, size_t n) {
 
 static int dec_value(struct dec *d, int depth);
 
+/* How many keys an object keeps on the stack while it is read (its received
+ * order, in case they do not come in the encoder's own order); past that
+ * they move into the order list. */
+#define DEC_KEYS_HELD 32
+
+/* Appends the nk keys held at t+2.. to the order list at t+1 (made when
+ * absent), *total of them there before, and pops them. [-nk, +0, m] */
+static void dec_order_flush(lua_State *L, int t, int nk, lua_Integer *total) {
+    if (lua_isnil(L, t + 1)) {
+        lua_createtable(L, nk, 0);
+        lua_replace(L, t + 1);
+    }
+    for (int i = 0; i < nk; i++) {
+        lua_pushvalue(L, t + 2 + i);
+        lua_rawseti(L, t + 1, ++*total);
+    }
+    lua_settop(L, t + 1);
+}
+
 /* Parses the object at d->p (on its '{') and pushes it as a table, its
- * members set in the order written (a later duplicate wins). */
+ * members set in the order written (a later duplicate wins). When its keys
+ * did not come in the encoder's own order, their received order is kept
+ * (jsonx_int.h: jsonx_order_key), so encoding writes them back that way. */
 static int dec_object(struct dec *d, int depth) {
     lua_State *L = d->L;
+    lua_Integer total = 0; /* keys already in the order list */
+    int t, nk = 0, ordered = 1, prev_is_index = 0;
+    const char *prev = NULL; /* the last key, while ordered (held on the stack) */
+    size_t prevlen = 0;
+    uint32_t prev_index = 0;
 
-    if (!lua_checkstack(L, 4)) {
+    if (!lua_checkstack(L, DEC_KEYS_HELD + 8)) {
         dec_fail(d, d->p, "maximum parsing depth reached");
         return -1;
     }
     d->p++;
     jsonx_new_table(L, 0);
+    t = lua_gettop(L);
+    lua_pushnil(L); /* t+1: the order list, made when needed; then the keys held */
     dec_ws(d);
     if (d->p < d->end && *d->p == '}') {
         d->p++;
+        lua_settop(L, t);
         return 0;
     }
     for (;;) {
@@ -368,17 +431,44 @@ static int dec_object(struct dec *d, int depth) {
             dec_near(d, d->p, "string or '}' expected");
             return -1;
         }
+        if (nk == DEC_KEYS_HELD) {
+            dec_order_flush(L, t, nk, &total);
+            nk = 0;
+            ordered = 0; /* a long object: its order is kept either way */
+        }
         if (dec_string(d, 1) < 0)
             return -1;
+        if (ordered) { /* still in the encoder's own order (jsonx_key_after)? */
+            size_t len;
+            const char *k = lua_tolstring(L, -1, &len);
+            uint32_t index = 0;
+            int is_index = jsonx_key_index(k, len, &index);
+            if (nk > 0) {
+                if (is_index != prev_is_index) {
+                    ordered = prev_is_index;
+                } else if (is_index) {
+                    ordered = index > prev_index;
+                } else {
+                    int c = memcmp(prev, k, prevlen < len ? prevlen : len);
+                    ordered = c < 0 || (c == 0 && prevlen < len);
+                }
+            }
+            prev = k;
+            prevlen = len;
+            prev_is_index = is_index;
+            prev_index = index;
+        }
+        nk++;
         dec_ws(d);
         if (d->p >= d->end || *d->p != ':') {
             dec_near(d, d->p, "':' expected");
             return -1;
         }
         d->p++;
+        lua_pushvalue(L, -1);
         if (dec_value(d, depth + 1) < 0)
             return -1;
-        lua_rawset(L, -3);
+        lua_rawset(L, t);
         dec_ws(d);
         if (d->p < d->end && *d->p == ',') {
             d->p++;
@@ -386,6 +476,11 @@ static int dec_object(struct dec *d, int depth) {
         }
         if (d->p < d->end && *d->p == '}') {
             d->p++;
+            if (!ordered) {
+                dec_order_flush(L, t, nk, &total);
+                jsonx_set_order(L, t, t + 1);
+            }
+            lua_settop(L, t);
             return 0;
         }
         dec_near(d, d->p, "'}' expected");

@@ -30,7 +30,8 @@ struct enc_key {
     int is_int;   /* an integer key: its text is in num */
     int is_index; /* an array index ("0".."4294967294"): sorted first */
     uint32_t index;
-    int vidx; /* the stack slot holding its value, 0 when fetched by key */
+    int vidx;         /* the stack slot holding its value, 0 when fetched by key */
+    lua_Integer rank; /* its place in the received order (1..), 0 when not in it */
     lua_Integer ikey;
     char num[24];
 };
@@ -137,8 +138,51 @@ static inline size_t json_escape(unsigned c, char esc[6]) {
     }
 }
 
+/* The surrogate (U+D800..U+DFFF) in three-byte form at s + i, or 0. */
+static unsigned surrogate_at(const unsigned char *s, size_t len, size_t i) {
+    if (len - i < 3 || s[i] != 0xed || s[i + 1] < 0xa0 || s[i + 1] > 0xbf ||
+        (s[i + 2] & 0xc0) != 0x80)
+        return 0;
+    return 0xd000u | ((s[i + 1] & 0x3fu) << 6) | (s[i + 2] & 0x3fu);
+}
+
+/* At s + i, bytes that are not UTF-8 (run: where the bytes not yet written
+ * start): a surrogate in three-byte form, as a lone "\ud800" escape that
+ * JSON.parse reads into a string (the decoder's form for it), is written as
+ * JSON.stringify writes a lone surrogate, "\ud800"; a high one followed by
+ * a low one as the character they make together. Anything else fails.
+ * Returns the bytes consumed. */
+static size_t put_surrogate(struct enc *e, const unsigned char *s, size_t len, size_t i,
+                            size_t run) {
+    static const char hex[] = "0123456789abcdef";
+    unsigned hi = surrogate_at(s, len, i), lo;
+    char out[6];
+
+    if (!hi)
+        enc_fail(e, "invalid UTF-8 in a string");
+    if (i > run)
+        put(e, s + run, i - run);
+    lo = hi < 0xdc00 ? surrogate_at(s, len, i + 3) : 0;
+    if (lo >= 0xdc00) {
+        unsigned cp = 0x10000 + ((hi - 0xd800) << 10) + (lo - 0xdc00);
+        out[0] = (char)(0xf0 | (cp >> 18));
+        out[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
+        out[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
+        out[3] = (char)(0x80 | (cp & 0x3f));
+        put(e, out, 4);
+        return 6;
+    }
+    memcpy(out, "\\u", 2);
+    out[2] = hex[(hi >> 12) & 15];
+    out[3] = hex[(hi >> 8) & 15];
+    out[4] = hex[(hi >> 4) & 15];
+    out[5] = hex[hi & 15];
+    put(e, out, 6);
+    return 3;
+}
+
 /* A string as JSON.stringify writes it: only '"', '\\' and C0 controls are
- * escaped (json_escape). */
+ * escaped (json_escape); a lone surrogate as its escape (put_surrogate). */
 static void put_string(struct enc *e, const char *str, size_t len) {
     const unsigned char *s = (const unsigned char *)str;
     size_t i = 0, run = 0;
@@ -161,8 +205,10 @@ static void put_string(struct enc *e, const char *str, size_t len) {
         c = s[i];
         if (c >= 0x80) {
             size_t n = util_utf8_seq(s + i, len - i);
-            if (!n)
-                enc_fail(e, "invalid UTF-8 in a string");
+            if (!n) {
+                n = put_surrogate(e, s, len, i, run);
+                run = i + n;
+            }
             i += n;
             continue;
         }
@@ -224,30 +270,27 @@ fail:
 
 /* ---- numbers and object keys ---- */
 
-static void put_integer(struct enc *e, lua_Integer v) {
-    char text[24];
-    int n = snprintf(text, sizeof text, "%lld", (long long)v);
-    put(e, text, (size_t)n);
+/* Beyond +-2^53 an integer is not exact as a JavaScript number: it is
+ * written as the double it becomes there (9007199254740993 ->
+ * 9007199254740992, 2^60 -> 1152921504606847000), as JSON.stringify would
+ * write what JSON.parse read. */
+#define JS_SAFE_INT 9007199254740992LL
+
+/* Writes integer v; returns 1 when it went out as a double (then a clone
+ * holds what its text reads back as), else 0. text needs 32 bytes. */
+static int put_integer(struct enc *e, lua_Integer v, char *text, size_t *n) {
+    if (v > JS_SAFE_INT || v < -JS_SAFE_INT) {
+        *n = jsonx_number_format((double)v, text);
+        put(e, text, *n);
+        return 1;
+    }
+    *n = (size_t)snprintf(text, 32, "%lld", (long long)v);
+    put(e, text, *n);
+    return 0;
 }
 
 static const char *key_text(const struct enc_key *k) {
     return k->is_int ? k->num : k->s;
-}
-
-/* JavaScript's array-index test: canonical decimal, at most 2^32 - 2. */
-static int key_index(const char *s, size_t len, uint32_t *index) {
-    uint64_t v = 0;
-    if (len == 0 || len > 10 || (len > 1 && s[0] == '0'))
-        return 0;
-    for (size_t i = 0; i < len; i++) {
-        if (s[i] < '0' || s[i] > '9')
-            return 0;
-        v = v * 10 + (uint64_t)(s[i] - '0');
-    }
-    if (v > 4294967294u)
-        return 0;
-    *index = (uint32_t)v;
-    return 1;
 }
 
 static int key_cmp(const void *pa, const void *pb) {
@@ -263,17 +306,30 @@ static int key_cmp(const void *pa, const void *pb) {
     return a->len < b->len ? -1 : a->len > b->len;
 }
 
-/* Sorts n keys: insertion sort for the small objects most payloads hold
- * (no call per comparison's setup, no allocation), qsort past that. */
-static void keys_sort(struct enc_key *keys, size_t n) {
+/* key_cmp for keys with a received order: array indexes as always, then
+ * the received keys in that order, then the others as key_cmp puts them. */
+static int key_cmp_ranked(const void *pa, const void *pb) {
+    const struct enc_key *a = pa, *b = pb;
+    if (!a->is_index && !b->is_index && a->rank != b->rank) {
+        if (a->rank && b->rank)
+            return a->rank < b->rank ? -1 : 1;
+        return a->rank ? -1 : 1;
+    }
+    return key_cmp(a, b);
+}
+
+/* Sorts n keys by cmp: insertion sort for the small objects most payloads
+ * hold (no call per comparison's setup, no allocation), qsort past that. */
+static inline void keys_sort_by(struct enc_key *keys, size_t n,
+                                int (*cmp)(const void *, const void *)) {
     if (n > 16) {
-        qsort(keys, n, sizeof *keys, key_cmp);
+        qsort(keys, n, sizeof *keys, cmp);
         return;
     }
     for (size_t i = 1; i < n; i++) {
         struct enc_key k = keys[i];
         size_t j = i;
-        while (j > 0 && key_cmp(&keys[j - 1], &k) > 0) {
+        while (j > 0 && cmp(&keys[j - 1], &k) > 0) {
             keys[j] = keys[j - 1];
             j--;
         }
@@ -281,7 +337,63 @@ static void keys_sort(struct enc_key *keys, size_t n) {
     }
 }
 
+static void keys_sort(struct enc_key *keys, size_t n) {
+    keys_sort_by(keys, n, key_cmp);
+}
+
 static void enc_value(struct enc *e, int idx, int depth);
+
+/* Puts the n keys at keys (sorted by key_cmp) in the received order of the
+ * table at idx when it has one (jsonx_int.h), and pushes that list, or nil.
+ * Each listed key's first appearance ranks it; a listed key the table no
+ * longer holds is passed over. */
+static void keys_order(struct enc *e, int idx, struct enc_key *keys, size_t n) {
+    lua_State *L = e->L;
+    size_t first = 0; /* keys[first..n): the non-index keys, bytewise */
+    lua_Integer m;
+    int ranked = 0;
+
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &jsonx_order_key);
+    lua_pushvalue(L, idx);
+    lua_rawget(L, -2);
+    lua_remove(L, -2);
+    if (lua_type(L, -1) != LUA_TTABLE)
+        return;
+    while (first < n && keys[first].is_index)
+        first++;
+    for (size_t i = first; i < n; i++)
+        keys[i].rank = 0;
+    m = (lua_Integer)lua_rawlen(L, -1);
+    for (lua_Integer r = 1; r <= m; r++) {
+        struct enc_key probe;
+        size_t lo = first, hi = n;
+        if (lua_rawgeti(L, -1, r) != LUA_TSTRING) {
+            lua_pop(L, 1);
+            continue;
+        }
+        probe.is_int = 0;
+        probe.is_index = 0;
+        probe.s = lua_tolstring(L, -1, &probe.len);
+        while (lo < hi) { /* binary search: key_cmp's order among non-index keys */
+            size_t mid = lo + (hi - lo) / 2;
+            int c = key_cmp(&keys[mid], &probe);
+            if (c == 0) {
+                if (!keys[mid].rank) {
+                    keys[mid].rank = r;
+                    ranked = 1;
+                }
+                break;
+            }
+            if (c < 0)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        lua_pop(L, 1);
+    }
+    if (ranked)
+        keys_sort_by(keys + first, n - first, key_cmp_ranked);
+}
 
 /* One more key slot in the scratch array; returns its index. */
 static size_t keys_push(struct enc *e) {
@@ -338,7 +450,7 @@ static void enc_key_add(struct enc *e, int kt) {
     } else {
         k->s = lua_tolstring(L, -2, &k->len); /* a string already: no conversion */
     }
-    k->is_index = key_index(key_text(k), k->len, &k->index);
+    k->is_index = jsonx_key_index(key_text(k), k->len, &k->index);
 }
 
 /* One pass over the table at idx: collects its keys (e->keys from base)
@@ -425,10 +537,25 @@ static void enc_object(struct enc *e, int idx, int top, size_t base, size_t n, i
         if (key_cmp(a, b) == 0)
             enc_fail(e, "table has both %s and \"%s\" as keys", key_text(b), key_text(b));
     }
+    luaL_checkstack(L, 6, "JSON nesting");
+    keys_order(e, idx, e->keys + base, n); /* pushes the received order, or nil */
+    if (e->clone && !lua_isnil(L, -1)) {   /* the clone's: the keys as written */
+        lua_Integer r = 0;
+        lua_createtable(L, (int)n, 0);
+        for (size_t i = 0; i < n; i++) {
+            const struct enc_key *k = &e->keys[base + i];
+            if (k->is_index)
+                continue;
+            lua_pushlstring(L, key_text(k), k->len);
+            lua_rawseti(L, -2, ++r);
+        }
+        lua_replace(L, -2);
+    }
     if (e->clone) {
-        luaL_checkstack(L, 4, "JSON nesting");
         jsonx_new_table(L, 0);
         ctab = lua_gettop(L);
+        if (!lua_isnil(L, -2))
+            jsonx_set_order(L, ctab, -2);
     }
     PUTS(e, "{");
     for (size_t i = 0; i < n; i++) {
@@ -522,15 +649,23 @@ static void enc_value(struct enc *e, int idx, int depth) {
         break;
     case LUA_TNUMBER:
         if (lua_isinteger(L, idx)) {
-            put_integer(e, lua_tointeger(L, idx));
-            if (e->clone)
+            char text[32];
+            size_t n;
+            int as_double = put_integer(e, lua_tointeger(L, idx), text, &n);
+            if (e->clone && as_double)
+                jsonx_push_number_text(L, text, n);
+            else if (e->clone)
                 lua_pushinteger(L, lua_tointeger(L, idx));
         } else {
             char text[32];
             double d = (double)lua_tonumber(L, idx);
             size_t n;
-            if (!isfinite(d))
-                enc_fail(e, "cannot encode NaN or infinity");
+            if (!isfinite(d)) { /* JSON.stringify writes NaN and infinities as null */
+                PUTS(e, "null");
+                if (e->clone)
+                    jsonx_push_null(L);
+                break;
+            }
             n = jsonx_number_format(d, text);
             put(e, text, n);
             if (e->clone)

@@ -43,6 +43,57 @@ static inline size_t jsonx_plain_run(const unsigned char *s, size_t n) {
     return i;
 }
 
+/* The registry key of the received key order: a table with weak keys,
+ * object table -> list of its keys in the order they were received (first
+ * appearances; a later duplicate may be listed again). Only objects whose
+ * keys did not come in the encoder's own order have one: the encoder writes
+ * listed keys in that order, after array-index keys as JavaScript does, and
+ * keys added since in its own order after them. */
+extern const char jsonx_order_key;
+
+/* JavaScript's array-index test: canonical decimal, at most 2^32 - 2. Such
+ * keys come first in every JavaScript object, in numeric order. */
+static inline int jsonx_key_index(const char *s, size_t len, uint32_t *index) {
+    uint64_t v = 0;
+    if (len == 0 || len > 10 || (len > 1 && s[0] == '0'))
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return 0;
+        v = v * 10 + (uint64_t)(s[i] - '0');
+    }
+    if (v > 4294967294u)
+        return 0;
+    *index = (uint32_t)v;
+    return 1;
+}
+
+/* Whether key b comes strictly after key a in the encoder's own order for
+ * keys without a received order: array indexes first, in numeric order,
+ * then the rest bytewise. */
+static inline int jsonx_key_after(const char *a, size_t alen, const char *b, size_t blen) {
+    uint32_t ia, ib;
+    int xa = jsonx_key_index(a, alen, &ia), xb = jsonx_key_index(b, blen, &ib), c;
+    if (xa != xb)
+        return xa;
+    if (xa)
+        return ib > ia;
+    c = memcmp(a, b, alen < blen ? alen : blen);
+    return c < 0 || (c == 0 && alen < blen);
+}
+
+/* Records the list at idx as the received key order of the table at t.
+ * [-0, +0, m] */
+static inline void jsonx_set_order(lua_State *L, int t, int idx) {
+    t = lua_absindex(L, t);
+    idx = lua_absindex(L, idx);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &jsonx_order_key);
+    lua_pushvalue(L, t);
+    lua_pushvalue(L, idx);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+}
+
 /* Pushes a new table as the decoder starts an object or an array (the
  * encoder's clones start theirs the same way, so both fill alike).
  * [-0, +1, m] */

@@ -143,12 +143,28 @@ static int adapt_protected(lua_State *L) {
     struct adapt_ctx *c = lua_touserdata(L, 1);
     struct rules *r = c->r;
     struct util_buf data = {0};
+    const char *raw = c->raw;
+    size_t raw_len = c->raw_len;
     char err[256];
     int res;
 
     lua_settop(L, 0);
+    /* A UTF-8 byte order mark before the body is passed over, as Express's
+     * body parser does (the signature covered it, as sent). */
+    if (raw_len >= 3 && memcmp(raw, "\xef\xbb\xbf", 3) == 0) {
+        raw += 3;
+        raw_len -= 3;
+    }
+    /* Deeper than the event built from it could be sent: refused here
+     * rather than accepted and never delivered. */
+    if (raw_len >= 2 * JSONX_MAX_BODY_DEPTH && jsonx_nesting(raw, raw_len) > JSONX_MAX_BODY_DEPTH) {
+        snprintf(c->msg, sizeof c->msg, "JSON nested deeper than %d levels (waybill's limit)",
+                 JSONX_MAX_BODY_DEPTH);
+        c->bad_json = 1;
+        return 0;
+    }
     /* Decoded here, straight into the VM: no jansson tree per request. */
-    if (jsonx_decode(L, c->raw, c->raw_len, 0, c->msg, sizeof c->msg) < 0) {
+    if (jsonx_decode(L, raw, raw_len, 0, c->msg, sizeof c->msg) < 0) {
         c->bad_json = 1;
         return 0;
     }

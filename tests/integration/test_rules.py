@@ -72,8 +72,8 @@ def test_exact_glob_and_star_matching_all_handlers_run_in_order():
 
 
 def test_list_handlers_send_the_data_as_stored_byte_for_byte():
-    """A list handler sends the event as the encoder writes it (keys sorted,
-    1.0 as 1, escapes as JSON.stringify), whether or not a function handler
+    """A list handler sends the event as the encoder writes it (keys in the
+    order received, 1.0 as 1, escapes as JSON.stringify), whether or not a function handler
     ran before it; after one changed the event, the change is sent."""
     a, b = wb.Sink(), wb.Sink()
     g = gateway({"a": a, "b": b}, '''
@@ -87,16 +87,17 @@ def test_list_handlers_send_the_data_as_stored_byte_for_byte():
             b'"o":{},"10":"ten","2":"two","neg":-0.0,"t":true}}')
     r = g.post_atoship(body, SECRET)
     assert r.status == 200, r
-    data = (b'{"2":"two","10":"ten","arr":[1,[],{},null],"b":2.5,'
-            b'"big":1.2345678901234568e+29,"e":1e+21,"neg":0,"o":{},'
-            b'"s":"\xc3\xa9\xf0\x9f\x98\x80\\u0001/\\"","t":true,"z":1}')
+    # keys as received (array indexes first, as JavaScript orders them)
+    data = (b'{"2":"two","10":"ten","z":1,"b":2.5,"big":1.2345678901234568e+29,"e":1e+21,'
+            b'"s":"\xc3\xa9\xf0\x9f\x98\x80\\u0001/\\"","arr":[1,[],{},null],'
+            b'"o":{},"neg":0,"t":true}')
     got_a = a.wait_for_count(1)[0].body
     sent = json.loads(got_a)
     envelope = (b'{"created_at":"2026-01-02T03:04:05Z","data":%s,"id":"%s","received_at":"%s",'
                 b'"source":"atoship","source_id":"evt_bytes_1","type":"shipment.delivered"}')
     assert got_a == envelope % (data, sent["id"].encode(), sent["received_at"].encode()), got_a
     got_b = b.wait_for_count(1)[0].body
-    changed = data.replace(b'"arr":', b'"added":[],"arr":')
+    changed = data[:-1] + b',"added":[]}'  # a key a rule adds follows the received ones
     assert got_b == envelope % (changed, sent["id"].encode(), sent["received_at"].encode()), got_b
 
 
