@@ -46,6 +46,7 @@ struct pending {
     int duplicate; /* noted, not stored again, not routed */
     int route;     /* 0 when the adapter failed: stored as rule_error */
     char *source, *source_id, *type, *created_at, *data_json, *headers_json;
+    char *shipment_json;
     char *raw;
     size_t raw_len;
     int64_t received_at;
@@ -64,6 +65,7 @@ static void pending_free(struct pending *p) {
     free(p->type);
     free(p->created_at);
     free(p->data_json);
+    free(p->shipment_json);
     free(p->headers_json);
     free(p->raw);
     free(p);
@@ -81,6 +83,7 @@ static void on_carrier_committed(void *arg, int ok) {
                                  .created_at = p->created_at,
                                  .received_at_ms = p->received_at,
                                  .data_json = p->data_json,
+                                 .shipment_json = p->shipment_json,
                                  .raw = p->raw,
                                  .raw_len = p->raw_len,
                                  .headers_json = p->headers_json,
@@ -127,6 +130,7 @@ int ingest_carrier(struct ingest *g, struct ingest_carrier *c, ingest_done_fn do
                              .raw_len = c->len,
                              .headers_json = p->headers_json,
                              .data_json = ev->data_json,
+                             .shipment_json = ev->shipment_json,
                              .status = c->adapted ? "received" : "rule_error",
                              .error = c->adapted ? NULL : c->error};
     rc = store_event_put(g->deps.store, &se, p->id, sizeof p->id, serr, sizeof serr);
@@ -152,7 +156,8 @@ int ingest_carrier(struct ingest *g, struct ingest_carrier *c, ingest_done_fn do
         p->type = ev->type;
         p->created_at = ev->created_at;
         p->data_json = ev->data_json;
-        ev->source_id = ev->type = ev->created_at = ev->data_json = NULL;
+        p->shipment_json = ev->shipment_json;
+        ev->source_id = ev->type = ev->created_at = ev->data_json = ev->shipment_json = NULL;
     }
     if (store_on_commit(g->deps.store, on_carrier_committed, p) < 0)
         goto oom;
@@ -285,6 +290,7 @@ int ingest_replay(struct ingest *g, const char *id, char *err, size_t errlen) {
                              .created_at = row->created_at,
                              .received_at_ms = row->received_at,
                              .data_json = row->data_json,
+                             .shipment_json = row->shipment_json,
                              .raw = row->raw,
                              .raw_len = row->raw_len,
                              .headers_json = row->headers_json};

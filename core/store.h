@@ -85,8 +85,9 @@ struct store_event {
     size_t raw_len;
     const char *headers_json;
     const char *data_json;
-    const char *status; /* "received", or "rule_error" when the adapter failed */
-    const char *error;  /* may be NULL */
+    const char *shipment_json; /* the adapter's shipment (SPEC 4), may be NULL */
+    const char *status;        /* "received", or "rule_error" when the adapter failed */
+    const char *error;         /* may be NULL */
 };
 
 #define STORE_DUP 1
@@ -140,6 +141,7 @@ struct store_event_row {
     int64_t seq;
     char *id, *source, *source_id, *type, *created_at, *status, *error;
     char *headers_json, *data_json;
+    char *shipment_json; /* NULL when the event has none (or in a page of events) */
     char *raw;
     size_t raw_len;
     int64_t received_at;

@@ -1026,7 +1026,7 @@ static void test_counts_trigger_dropped(void) {
     CHECK_INT_EQ(
         fresh_count("SELECT count(*) FROM sqlite_master WHERE name = ?", "deliveries_count_ins"),
         0);
-    CHECK_INT_EQ(fresh_count("PRAGMA user_version", NULL), 3); /* migrated */
+    CHECK_INT_EQ(fresh_count("PRAGMA user_version", NULL), 4); /* migrated */
     /* 2 -> 3: due rows are found per endpoint */
     CHECK_INT_EQ(fresh_count("SELECT count(*) FROM sqlite_master WHERE name = ?", "deliveries_due"),
                  0);
