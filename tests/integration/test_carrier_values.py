@@ -162,3 +162,35 @@ def test_readme_and_example_rules_work_for_every_carrier():
             assert records and records[0]["carrier"] == c.shipment["carrier"], (name, c.name, sent)
             if name == "readme":  # the README's tracking.* rule: USPS parcels to the warehouse
                 assert sent.get("warehouse"), (name, c.name, sent)
+
+
+def test_a_shippo_event_through_the_gateway_keeps_its_shipment_in_store_admin_and_replay():
+    """verify = "shippo" picks the Shippo adapter: a signed track_updated
+    with an out_for_delivery substatus is typed by it, its shipment is in
+    the admin API's event view and in what the endpoint gets, a retry of the
+    same body is a duplicate (the adapter's id), and a replay (routed from
+    the store) sends the same shipment again."""
+    sink = wb.Sink()
+    g = wb.Gateway(wb.config('''
+        source "shippo" { verify = "shippo", secret = "sh-secret" }
+        endpoint "erp" { url = %s, sign = "none" }
+        rules "rules/"
+    ''' % wb.lua(sink.url)), files={"rules/10.lua": 'on("*", {"erp"})'})
+    case = next(c for c in carrier_values.cases()
+                if c.carrier == "shippo" and c.value == "out_for_delivery")
+    body = wb.compact(case.body)
+    r = g.post("/hooks/shippo", body, wb.signed_headers("shippo", "sh-secret", body))
+    assert r.status == 200, r
+    eid = r.json()["id"]
+    want = expected_shipment(case)
+    ev = g.wait_event(eid, lambda e: e["status"] == "routed")
+    assert ev["type"] == "tracking.out_for_delivery" and ev["shipment"] == want, ev
+    assert ev["created_at"] == carrier_values.AT and ev["source_id"], ev
+    got = sink.wait_for_count(1)[0].json()
+    assert got["shipment"] == want and got["data"] == case.body["data"], got
+    r = g.post("/hooks/shippo", body, wb.signed_headers("shippo", "sh-secret", body))
+    assert r.status == 200 and r.json() == {"id": eid, "duplicate": True}, r
+    st, _ = g.admin("POST", "/api/events/%s/replay" % eid)
+    assert st == 200, st
+    again = sink.wait_for_count(2)[1].json()
+    assert again["shipment"] == want and again["id"] == eid, again
