@@ -19,7 +19,7 @@ return function(body, headers, source)
     shipment = taxonomy.shipment(t, {
       tracking_number = d.tracking_number,
       carrier = d.carrier,
-      status_detail = taxonomy.pick(d, "status_detail", "status"),
+      status_detail = taxonomy.pick(d, "status_detail", "exception_reason", "status"),
       occurred_at = taxonomy.pick(d, "occurred_at", "delivered_at"),
       location = taxonomy.location(loc.city, loc.state, loc.postal_code, loc.country),
       estimated_delivery = taxonomy.pick(d, "estimated_delivery", "estimated_delivery_date"),
