@@ -69,7 +69,9 @@ $(BUILD):
 -include $(OBJS:.o=.d)
 
 # Packages and npm modules the tests use (sinks verifying with the
-# standardwebhooks package, Express receivers as the seeds write them).
+# standardwebhooks package, Express receivers as the seeds write them; the
+# carriers' own SDKs and OpenAPI document, whose value sets the adapters are
+# checked against).
 test-deps: deps
 	@missing=""; for p in $(TESTDEBS); do command -v $$p >/dev/null 2>&1 || \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; done; \
@@ -78,8 +80,9 @@ test-deps: deps
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null \
 	    || { echo "apt-get install$$missing failed"; exit 1; }; \
 	  else echo "missing: sudo apt-get install$$missing"; exit 1; fi; fi
-	@[ -d tests/node_modules/standardwebhooks ] && [ -d tests/node_modules/express ] || \
-	  (cd tests && npm ci --no-audit --no-fund --silent)
+	@ok=1; for m in standardwebhooks express shipengine-openapi @aftership/tracking-sdk @easypost/api \
+	  shippo; do [ -d tests/node_modules/$$m ] || ok=0; done; \
+	  [ $$ok = 1 ] || (cd tests && npm ci --no-audit --no-fund --silent)
 
 run: all
 	WAYBILL_ADMIN_TOKEN=$${WAYBILL_ADMIN_TOKEN:-dev-admin-token} \

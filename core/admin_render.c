@@ -161,6 +161,7 @@ json_t *admin_event_json(struct store *s, const char *id, char *err, size_t errl
         bad |= json_object_set_new(ev, "status", admin_json_str(e->status));
         bad |= json_object_set_new(ev, "received_at", admin_json_time(e->received_at));
         bad |= json_object_set_new(ev, "created_at", admin_json_str(e->created_at));
+        bad |= json_object_set_new(ev, "shipment", admin_json_data(e->shipment_json));
         bad |= json_object_set_new(ev, "data", admin_json_data(e->data_json));
         bad |= json_object_set_new(ev, "error", admin_json_str(e->error));
         bad |= json_object_set_new(ev, "deliveries", admin_event_deliveries_json(d));

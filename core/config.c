@@ -110,6 +110,7 @@ static void source_clear(struct config_source *s) {
     free(s->path);
     free(s->verify_name);
     secrets_free(s->secrets, s->nsecrets);
+    free(s->carrier);
     free(s->adapter);
     free(s->jwks);
     memset(s, 0, sizeof *s);

@@ -35,10 +35,11 @@ struct config_source {
     struct verify_secret *secrets; /* nsecrets entries, raw key bytes */
     size_t nsecrets;
     int insecure;
+    char *carrier; /* carrier = "NAME", else the verify preset when it
+                      names a carrier, else NULL (generic) */
     char *adapter; /* absolute path of the Lua adapter file
                       (config-relative or lua/sources/NAME.lua); NULL =
-                      lua/sources/<verify preset>.lua or
-                      generic.lua */
+                      lua/sources/<carrier>.lua, generic.lua without one */
     char *jwks;    /* shipengine: file path or URL */
 };
 

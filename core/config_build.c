@@ -223,8 +223,12 @@ static int setting(struct config_ctx *c, const char *key, int vi) {
 
 /* ---- sources ---- */
 
-static const char *const source_opts[] = {"verify",   "secret",  "path", "tolerance",
-                                          "insecure", "adapter", "jwks", NULL};
+static const char *const source_opts[] = {"verify",  "secret",  "path", "tolerance", "insecure",
+                                          "carrier", "adapter", "jwks", NULL};
+
+/* The carriers with an adapter in lua/sources/ (SPEC section 4). */
+static const char *const carriers[] = {"aftership",  "atoship", "easypost", "generic",
+                                       "shipengine", "shippo",  "shiptify", NULL};
 
 static int source_verify_table(struct config_ctx *c, struct config_source *src, int vi) {
     static const char *const keys[] = {"scheme", "header", "encoding", "prefix", NULL};
@@ -310,9 +314,9 @@ static int source_adapter(struct config_ctx *c, struct config_source *src, int v
  * as a preset. Sets src->verify and src->verify_name. */
 static int source_verify(struct config_ctx *c, struct config_source *src, const char *name,
                          int opts) {
-    static const char *const presets[] = {"generic", "atoship",  "aftership", "easypost",
-                                          "stripe",  "standard", "shiptify",  "shipengine",
-                                          "none",    NULL};
+    static const char *const presets[] = {"generic",    "atoship", "aftership", "easypost",
+                                          "stripe",     "shippo",  "standard",  "shiptify",
+                                          "shipengine", "none",    NULL};
     lua_State *L = c->L;
     char hint[80];
     const char *s;
@@ -346,6 +350,32 @@ static int source_verify(struct config_ctx *c, struct config_source *src, const 
     lua_pop(L, 1);
     if (!src->verify_name)
         return config_oom(c);
+    return 0;
+}
+
+/* carrier = one of carriers[]; absent, the verify preset when it is one
+ * (source "aftership" { ... }), else none (the generic adapter). The
+ * adapter follows the carrier, never the signature scheme alone. */
+static int source_carrier(struct config_ctx *c, struct config_source *src, int opts) {
+    lua_State *L = c->L;
+    char hint[80];
+    const char *s = NULL;
+
+    if (config_opt_get(L, opts, "carrier") != LUA_TNIL) {
+        if (config_get_string(c, lua_gettop(L), "carrier", &s) < 0)
+            return -1;
+        if (config_name_index(s, carriers) < 0) {
+            if (!*config_suggest(s, carriers, hint, sizeof hint))
+                snprintf(hint, sizeof hint,
+                         " (aftership, atoship, easypost, generic, shipengine, shippo, shiptify)");
+            return config_fail(c, "unknown carrier '%s'%s", s, hint);
+        }
+    } else if (config_name_index(src->verify_name, carriers) >= 0) {
+        s = src->verify_name;
+    }
+    if (s && !(src->carrier = strdup(s)))
+        return config_oom(c);
+    lua_pop(L, 1);
     return 0;
 }
 
@@ -448,7 +478,7 @@ static int source_build(struct config_ctx *c, struct config_source *src, const c
         return -1;
     lua_pop(L, 1);
 
-    if (source_path(c, src, name, opts) < 0)
+    if (source_path(c, src, name, opts) < 0 || source_carrier(c, src, opts) < 0)
         return -1;
     if (config_opt_get(L, opts, "adapter") != LUA_TNIL && source_adapter(c, src, lua_gettop(L)) < 0)
         return -1;

@@ -83,6 +83,7 @@ static void housekeep_recover_cb(evutil_socket_t fd, short what, void *arg) {
             .created_at = rows[i].created_at,
             .received_at_ms = rows[i].received_at,
             .data_json = rows[i].data_json,
+            .shipment_json = rows[i].shipment_json,
             .raw = rows[i].raw,
             .raw_len = rows[i].raw_len,
             .headers_json = rows[i].headers_json,

@@ -84,6 +84,7 @@ int ingest_carrier(struct ingest *g, struct ingest_carrier *c, ingest_done_fn do
                              .created_at = ev->created_at,
                              .received_at_ms = c->received_at,
                              .data_json = ev->data_json,
+                             .shipment_json = ev->shipment_json,
                              .raw = c->body,
                              .raw_len = c->len,
                              .headers_json = c->headers_json,
@@ -110,7 +111,8 @@ int ingest_carrier(struct ingest *g, struct ingest_carrier *c, ingest_done_fn do
                              .raw = c->body,
                              .raw_len = c->len,
                              .headers_json = c->headers_json,
-                             .data_json = ev->data_json};
+                             .data_json = ev->data_json,
+                             .shipment_json = ev->shipment_json};
     rc = store_event_put(g->deps.store, &se, &plan.store, p->id, sizeof p->id, serr, sizeof serr);
     if (rc < 0) {
         log_msg(LOG_ERROR, "source %s: storing event failed: %s", c->source, serr);
@@ -263,6 +265,7 @@ int ingest_replay(struct ingest *g, const char *id, char *err, size_t errlen) {
                              .created_at = row->created_at,
                              .received_at_ms = row->received_at,
                              .data_json = row->data_json,
+                             .shipment_json = row->shipment_json,
                              .raw = row->raw,
                              .raw_len = row->raw_len,
                              .headers_json = row->headers_json};

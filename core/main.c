@@ -418,9 +418,12 @@ static json_t *route_plan_json(const struct rules_input *in, const struct rules_
     char t[64];
 
     util_time_rfc3339(in->received_at_ms, t, sizeof t);
-    ev = json_pack("{s:s, s:s, s:s, s:s, s:s?, s:s, s:o}", "id", in->id, "source", in->source,
+    ev = json_pack("{s:s, s:s, s:s, s:s, s:s?, s:s, s:o, s:o}", "id", in->id, "source", in->source,
                    "source_id", in->source_id, "type", in->type, "created_at", in->created_at,
-                   "received_at", t, "data", payload_json(in->data_json, strlen(in->data_json)));
+                   "received_at", t, "shipment",
+                   in->shipment_json ? payload_json(in->shipment_json, strlen(in->shipment_json))
+                                     : json_null(),
+                   "data", payload_json(in->data_json, strlen(in->data_json)));
     for (size_t i = 0; i < plan->n && dels; i++) {
         const struct rules_send *sd = &plan->sends[i];
         json_t *win = json_null(), *hdrs;
@@ -507,6 +510,7 @@ static int route_cmd(int argc, char **argv) {
                              .created_at = ev.created_at,
                              .received_at_ms = util_now_ms(),
                              .data_json = ev.data_json,
+                             .shipment_json = ev.shipment_json,
                              .raw = body,
                              .raw_len = len,
                              .headers_json = "{}"};

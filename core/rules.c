@@ -440,8 +440,8 @@ static void check_lists(lua_State *L, struct rules *r) {
 }
 
 /* Resolves and loads each source's adapter into registry[adapters_ref]:
- * its own (a function, a file, or a shipped adapter's name), else
- * lua/sources/<verify preset>.lua when there is one, else generic.lua. */
+ * its own (a function, a file, or a shipped adapter's name), else its
+ * carrier's lua/sources/<carrier>.lua, else generic.lua. */
 static void load_adapters(lua_State *L, struct rules *r, int decl) {
     struct config *cfg = r->cfg;
     int by_path, adapters, sources;
@@ -481,12 +481,8 @@ static void load_adapters(lua_State *L, struct rules *r, int decl) {
                           : strdup(src->adapter);
         } else {
             char name[96];
-            snprintf(name, sizeof name, "sources/%s.lua", src->verify_name);
+            snprintf(name, sizeof name, "sources/%s.lua", src->carrier ? src->carrier : "generic");
             path = path_join2(r->lua_dir, name);
-            if (path && stat(path, &st) < 0) {
-                free(path);
-                path = path_join2(r->lua_dir, "sources/generic.lua");
-            }
             display = path ? strdup(path) : NULL;
         }
         r->adapter_where[i] = display;

@@ -55,6 +55,7 @@ struct rules_event {
      * Not memory: a generation keeps a bounded number, so one never routed
      * is only a slot until reused (rules_data_drop frees it sooner). */
     uint64_t data_token;
+    char *shipment_json; /* compact JSON of the event's shipment (SPEC 4), or NULL */
 };
 
 #define RULES_EBADJSON (-2)
@@ -84,8 +85,8 @@ void rules_event_clear(struct rules_event *ev);
 
 /* A stored, normalized event as the rules see it (all borrowed). The Lua
  * table handlers receive has id, type, source, source_id, created_at,
- * received_at (RFC 3339), data, and, not encoded when the event is sent
- * whole, raw and headers. */
+ * received_at (RFC 3339), shipment (when the adapter gave one), data, and, not encoded when the
+ * event is sent whole, raw and headers. */
 struct rules_input {
     const char *id;
     const char *source;
@@ -107,6 +108,7 @@ struct rules_input {
      * the kept table for the event's data when this generation holds it
      * (else decodes data_json) and frees it either way. */
     uint64_t data_token;
+    const char *shipment_json; /* the adapter's shipment as JSON, or NULL */
 };
 
 /* One delivery a handler asked for. Every pointer is new. */

@@ -1,6 +1,6 @@
 /* rules_adapt.c -- carrier adapters: a source's Lua adapter turns a
  * carrier's body (decoded straight into the VM) into a normalized event
- * (type, id, created_at and its data as JSON). rules_adapt_keep also keeps
+ * (type, id, created_at, its shipment and its data as JSON). rules_adapt_keep also keeps
  * the data's decoded form, made while encoding it, for rules_route to use
  * instead of decoding data_json again: a ring of RULES_KEEP_SLOTS per
  * generation (rules_int.h), its bytes capped at rule_memory / 16.
@@ -201,6 +201,17 @@ static int adapt_protected(lua_State *L) {
         snprintf(c->msg, sizeof c->msg, "%s: the adapter returned no event type", c->where);
         return 0;
     }
+    lua_pushliteral(L, "shipment");
+    if (lua_rawget(L, res) == LUA_TTABLE) {
+        if (jsonx_encode(L, -1, &data, r->max_output, err, sizeof err) < 0) {
+            snprintf(c->msg, sizeof c->msg, "%s: the adapter's shipment: %s", c->where, err);
+            util_buf_free(&data);
+            return 0;
+        }
+        c->out->shipment_json = data.p;
+        data = (struct util_buf){0};
+    }
+    lua_pop(L, 1);
     lua_pushliteral(L, "data");
     if (lua_rawget(L, res) == LUA_TNIL) {
         c->out->data_json = strdup("{}");

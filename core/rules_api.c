@@ -98,6 +98,7 @@ void rules_event_clear(struct rules_event *ev) {
     free(ev->type);
     free(ev->created_at);
     free(ev->data_json);
+    free(ev->shipment_json);
     memset(ev, 0, sizeof *ev);
 }
 

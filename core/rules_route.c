@@ -98,7 +98,7 @@ static int push_event(lua_State *L, struct route_ctx *c) {
     char when[40], err[256];
     int ev;
 
-    lua_createtable(L, 0, 8);
+    lua_createtable(L, 0, 9);
     ev = lua_gettop(L);
     set_text(L, ev, "id", in->id);
     set_text(L, ev, "type", in->type);
@@ -116,6 +116,13 @@ static int push_event(lua_State *L, struct route_ctx *c) {
         return -1;
     }
     lua_setfield(L, ev, "data");
+    if (in->shipment_json) {
+        if (jsonx_decode(L, in->shipment_json, strlen(in->shipment_json), 0, err, sizeof err) < 0) {
+            snprintf(c->err, c->errlen, "event %s: shipment: %s", in->id ? in->id : "?", err);
+            return -1;
+        }
+        lua_setfield(L, ev, "shipment");
+    }
 
     lua_createtable(L, 0, 2); /* metatable */
     if (in->raw)
@@ -209,7 +216,8 @@ static int whole_build(struct rules *r, const struct rules_input *in, struct uti
     received_at_text(r, in->received_at_ms, when);
     if (!b->p) { /* one allocation: the fields are short beside data */
         size_t cap = dlen + 256;
-        const char *f[] = {in->created_at, in->id, in->source, in->source_id, in->type};
+        const char *f[] = {in->created_at, in->id,   in->source,
+                           in->source_id,  in->type, in->shipment_json};
         for (size_t i = 0; i < sizeof f / sizeof *f; i++)
             cap += f[i] ? strlen(f[i]) : 0;
         if (!(b->p = malloc(cap)))
@@ -222,6 +230,8 @@ static int whole_build(struct rules *r, const struct rules_input *in, struct uti
         (b->len > 1 && util_buf_append(b, ",", 1) < 0) || util_buf_appends(b, "\"data\":") < 0 ||
         util_buf_append(b, data, dlen) < 0 || whole_field(b, "\"id\":", in->id) < 0 ||
         whole_field(b, "\"received_at\":", when) < 0 ||
+        (in->shipment_json && (util_buf_appends(b, ",\"shipment\":") < 0 ||
+                               util_buf_appends(b, in->shipment_json) < 0)) ||
         whole_field(b, "\"source\":", in->source) < 0 ||
         whole_field(b, "\"source_id\":", in->source_id) < 0 ||
         whole_field(b, "\"type\":", in->type) < 0 || util_buf_append(b, "}", 1) < 0)

@@ -225,9 +225,10 @@ static const char *rt_field(json_t *ev, const char *k, const char *d) {
 }
 
 /* Routes the test's event (ev, parsed from its group evg; data_json its
- * data) through r, as the gateway routes a stored event. */
-static int rt_route(struct rules *r, json_t *ev, const char *data_json, const struct rt_group *evg,
-                    struct rules_plan *plan, char *err, size_t errlen) {
+ * data, shipment_json its shipment or NULL) through r, as the gateway
+ * routes a stored event. */
+static int rt_route(struct rules *r, json_t *ev, const char *data_json, const char *shipment_json,
+                    const struct rt_group *evg, struct rules_plan *plan, char *err, size_t errlen) {
     struct rules_input in = {
         .id = rt_field(ev, "id", "evt_test"),
         .source = rt_field(ev, "source", "test"),
@@ -236,6 +237,7 @@ static int rt_route(struct rules *r, json_t *ev, const char *data_json, const st
         .created_at = rt_field(ev, "created_at", NULL),
         .received_at_ms = 1767225600000, /* 2026-01-01T00:00:00Z */
         .data_json = data_json,
+        .shipment_json = shipment_json,
         .raw = evg->text,
         .raw_len = strlen(evg->text),
         .headers_json = "{}",
@@ -313,7 +315,7 @@ static int rt_one(const char *path, const char *lua_dir, const char *config,
     json_t *ev = NULL, *data, *no_data = NULL;
     const char *expect = g[2].text;
     int rc = -1, routed;
-    char *data_json = NULL;
+    char *data_json = NULL, *shipment_json = NULL;
 
     why[0] = '\0';
     if (!mkdtemp(dir)) {
@@ -330,12 +332,14 @@ static int rt_one(const char *path, const char *lua_dir, const char *config,
     }
     data = json_object_get(ev, "data");
     data_json = json_dumps(data ? data : (no_data = json_object()), JSON_COMPACT | JSON_ENCODE_ANY);
+    if (json_is_object(json_object_get(ev, "shipment")))
+        shipment_json = json_dumps(json_object_get(ev, "shipment"), JSON_COMPACT | JSON_SORT_KEYS);
     r = rules_load(file, lua_dir, err, sizeof err);
     if (!r) {
         snprintf(why, sizeof why, "rules do not load: %s", err);
         goto done;
     }
-    routed = rt_route(r, ev, data_json, &g[1], &plan, err, sizeof err);
+    routed = rt_route(r, ev, data_json, shipment_json, &g[1], &plan, err, sizeof err);
     if (strncmp(expect, "rule_error", 10) == 0)
         rc = rt_check_error(expect, routed, &plan, err, why, sizeof why);
     else if (routed < 0)
@@ -352,6 +356,7 @@ done:
     json_decref(ev);
     json_decref(no_data);
     free(data_json);
+    free(shipment_json);
     if (dir[sizeof dir - 7] != 'X')
         nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
     return rc;
@@ -466,6 +471,7 @@ int ruletest_bench(int argc, char **argv, const char *lua_dir) {
                 .created_at = evs[i].created_at,
                 .received_at_ms = 1767225600000,
                 .data_json = evs[i].data_json,
+                .shipment_json = evs[i].shipment_json,
                 .raw = bodies[i],
                 .raw_len = lens[i],
                 .headers_json = "{}",

@@ -8,7 +8,8 @@
  * groups in a row:
  *   1. the rules (Lua; write it without blank lines),
  *   2. the input event as JSON: {"type":..., "data":{...}} plus optional
- *      id, source, source_id, created_at (received_at is 2026-01-01T00:00:00Z),
+ *      id, source, source_id, created_at, shipment (received_at is
+ *      2026-01-01T00:00:00Z),
  *   3. what the rules should do: a JSON array of deliveries
  *      [{"endpoint":..., "payload":..., "window":ms|null, "headers":{...}}]
  *      in order ("window" and "headers" are checked only when present; a

@@ -90,6 +90,7 @@ struct store_event {
     size_t raw_len;
     const char *headers_json;
     const char *data_json;
+    const char *shipment_json; /* the adapter's shipment (SPEC 4), may be NULL */
 };
 
 /* A delivery the routing of an event created; all borrowed. */
@@ -167,6 +168,7 @@ struct store_event_row {
     int64_t seq;
     char *id, *source, *source_id, *type, *created_at, *status, *error;
     char *headers_json, *data_json;
+    char *shipment_json; /* NULL when the event has none (or in a page of events) */
     char *raw;
     size_t raw_len;
     int64_t received_at;

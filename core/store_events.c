@@ -19,17 +19,18 @@
 
 const struct store_stmt_def store_events_stmts[] = {
     {ST_EVT_INSERT, "INSERT INTO events(id, source, source_id, type, status, error, created_at,"
-                    " received_at, headers, data, raw)"
-                    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"},
+                    " received_at, headers, data, raw, shipment)"
+                    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"},
     {ST_EVT_DUP, "SELECT id FROM events WHERE source = ?1 AND source_id = ?2"},
     {ST_EVT_STATUS, "UPDATE events SET status = ?2, error = ?3 WHERE id = ?1"},
     {ST_EVT_STATUS_FIRST, "UPDATE events SET status = ?2, error = ?3"
                           " WHERE id = ?1 AND status = 'received'"},
     /* The columns in the order store_event_row_read reads. */
     {ST_EVT_GET, "SELECT seq, id, source, source_id, type, created_at, status, error, headers,"
-                 " data, raw, received_at FROM events WHERE id = ?1"},
+                 " data, raw, received_at, shipment FROM events WHERE id = ?1"},
     {ST_EVT_UNROUTED, "SELECT seq, id, source, source_id, type, created_at, status, error,"
-                      " headers, data, raw, received_at FROM events INDEXED BY events_received"
+                      " headers, data, raw, received_at, shipment FROM events"
+                      " INDEXED BY events_received"
                       " WHERE status = 'received' AND seq > ?1 ORDER BY seq LIMIT ?2"},
     {ST_DLV_INSERT, "INSERT INTO deliveries(id, event_id, endpoint, event_type, status, payload,"
                     " content_type, headers, attempts, schedule_pos, next_at, lease_until,"
@@ -152,7 +153,8 @@ int store_event_put(struct store *s, const struct store_event *ev, struct store_
         bind_text(st, 5, plan ? plan->status : "received") ||
         bind_text(st, 6, plan ? plan->error : NULL) || bind_text(st, 7, ev->created_at) ||
         sqlite3_bind_int64(st, 8, ev->received_at) || bind_text(st, 9, ev->headers_json) ||
-        bind_text(st, 10, ev->data_json) || bind_blob(st, 11, ev->raw, ev->raw_len)) {
+        bind_text(st, 10, ev->data_json) || bind_blob(st, 11, ev->raw, ev->raw_len) ||
+        bind_text(st, 12, ev->shipment_json)) {
         store_group_fail(s, "event insert", err, errlen);
         goto done;
     }
@@ -252,6 +254,7 @@ void store_event_rows_free(struct store_event_row *rows, size_t n) {
         free(r->error);
         free(r->headers_json);
         free(r->data_json);
+        free(r->shipment_json);
         free(r->raw);
     }
     free(rows);
@@ -270,6 +273,7 @@ void store_event_row_read(sqlite3_stmt *st, struct store_event_row *r, int *oom)
     r->data_json = col_text(st, 9, oom);
     r->raw = col_blob(st, 10, &r->raw_len, oom);
     r->received_at = sqlite3_column_int64(st, 11);
+    r->shipment_json = sqlite3_column_count(st) > 12 ? col_text(st, 12, oom) : NULL;
 }
 
 int store_events_unrouted(struct store *s, int64_t after_seq, size_t max,

@@ -19,8 +19,10 @@
 /* 2: deliveries are counted by the store, not by an AFTER INSERT trigger
  * (a version-1 binary would not count them: it refuses a version-2 store).
  * 3: due deliveries are found per endpoint (deliveries_ep_due) instead of
- * in one global next_at index (a version-2 binary would claim by a scan). */
-#define STORE_SCHEMA_VERSION 3
+ * in one global next_at index (a version-2 binary would claim by a scan).
+ * 4: events.shipment, the adapter's shipment fields (SPEC 4) as JSON (a
+ * version-3 binary would route stored events without them). */
+#define STORE_SCHEMA_VERSION 4
 
 /* ---- version 1: events, deliveries, attempts, delivery counts ---- */
 
@@ -45,6 +47,7 @@ static const char store_schema_sql[] =
     " headers TEXT,"
     " data TEXT,"
     " raw BLOB,"
+    " shipment TEXT,"
     " UNIQUE (source, source_id));"
     "CREATE INDEX events_received ON events(seq) WHERE status = 'received';"
     "CREATE TABLE deliveries ("
@@ -178,16 +181,31 @@ static int schema_fail(sqlite3 *db, int in_txn, char *err, size_t errlen) {
     return -1;
 }
 
-/* Migrates a store of version 1 or 2: 1 -> 2 drops the insert-counting
+/* Adds events.shipment unless the table has it already. */
+static int add_shipment_column(sqlite3 *db) {
+    int64_t n = 0;
+    int rc = sqlite3_exec(db,
+                          "SELECT count(*) FROM pragma_table_info('events')"
+                          " WHERE name = 'shipment'",
+                          exec_first_int, &n, NULL);
+    if (rc != SQLITE_OK || n)
+        return rc;
+    return sqlite3_exec(db, "ALTER TABLE events ADD COLUMN shipment TEXT", NULL, NULL, NULL);
+}
+
+/* Migrates a store of version 1, 2 or 3: 1 -> 2 drops the insert-counting
  * trigger (the store counts); 2 -> 3 drops the global due index, which
  * deliveries_ep_due (created with the endpoint indexes, after this)
- * replaces. Returns 0 or -1 (err set). */
-static int schema_migrate(sqlite3 *db, const char *set_version, char *err, size_t errlen) {
+ * replaces; 3 -> 4 adds events.shipment (NULL for the events before it).
+ * Returns 0 or -1 (err set). */
+static int schema_migrate(sqlite3 *db, int64_t version, const char *set_version, char *err,
+                          size_t errlen) {
     if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
         return schema_fail(db, 0, err, errlen);
     if (sqlite3_exec(db, "DROP TRIGGER IF EXISTS deliveries_count_ins", NULL, NULL, NULL) !=
             SQLITE_OK ||
         sqlite3_exec(db, "DROP INDEX IF EXISTS deliveries_due", NULL, NULL, NULL) != SQLITE_OK ||
+        (version < 4 && add_shipment_column(db) != SQLITE_OK) ||
         sqlite3_exec(db, set_version, NULL, NULL, NULL) != SQLITE_OK ||
         sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
         return schema_fail(db, 1, err, errlen);
@@ -218,13 +236,14 @@ static int schema_versioned(sqlite3 *db, char *err, size_t errlen) {
         return schema_fail(db, 0, err, errlen);
     if (version == STORE_SCHEMA_VERSION)
         return 0;
-    if (version != 0 && version != 1 && version != 2) {
+    if (version < 0 || version > STORE_SCHEMA_VERSION) {
         store_err(err, errlen, "store: schema version %lld, this waybill knows %d",
                   (long long)version, STORE_SCHEMA_VERSION);
         return -1;
     }
     snprintf(sql, sizeof sql, "PRAGMA user_version = %d", STORE_SCHEMA_VERSION);
-    return version ? schema_migrate(db, sql, err, errlen) : schema_create(db, sql, err, errlen);
+    return version ? schema_migrate(db, version, sql, err, errlen)
+                   : schema_create(db, sql, err, errlen);
 }
 
 int store_schema_apply(sqlite3 *db, const char *path, char *err, size_t errlen) {

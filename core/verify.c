@@ -146,6 +146,9 @@ int verify_preset(const char *name, struct verify_spec *spec) {
     else if (strcmp(name, "stripe") == 0) {
         spec->kind = VERIFY_STRIPE;
         snprintf(spec->header, sizeof spec->header, "Stripe-Signature");
+    } else if (strcmp(name, "shippo") == 0) {
+        spec->kind = VERIFY_STRIPE;
+        snprintf(spec->header, sizeof spec->header, "Shippo-Auth-Signature");
     } else if (strcmp(name, "standard") == 0)
         spec->kind = VERIFY_STANDARD;
     else if (strcmp(name, "shiptify") == 0)

@@ -61,7 +61,8 @@ struct verify_request {
 #define VERIFY_EUNKNOWN_KEY (-2)
 
 /* Fills spec from a preset name ("generic", "atoship", "aftership",
- * "easypost", "stripe", "standard", "shiptify", "shipengine", "none").
+ * "easypost", "stripe", "shippo" (stripe's scheme in Shippo-Auth-Signature),
+ * "standard", "shiptify", "shipengine", "none").
  * Returns 0, or -1 for an unknown name. tolerance_ms is set to 5 minutes. */
 int verify_preset(const char *name, struct verify_spec *spec);
 

@@ -1,5 +1,6 @@
 -- taxonomy.lua -- the one event taxonomy every carrier adapter maps into
--- (SPEC section 4), and the rule for types outside it: "<source>.<name>".
+-- (SPEC section 4), the rule for types outside it ("<source>.<name>"), and
+-- the one shipment table every carrier's parcel events carry.
 -- Used by lua/sources/*.lua: local taxonomy = require "taxonomy"
 -- SPDX-License-Identifier: MIT
 
@@ -8,11 +9,12 @@ local M = {}
 M.types = {
   "shipment.created", "shipment.cancelled", "shipment.delivered", "shipment.returned",
   "shipment.exception",
-  "tracking.accepted", "tracking.in_transit", "tracking.out_for_delivery", "tracking.delivered",
-  "tracking.failed_attempt", "tracking.exception", "tracking.unknown",
+  "tracking.accepted", "tracking.in_transit", "tracking.out_for_delivery",
+  "tracking.available_for_pickup", "tracking.delivered", "tracking.failed_attempt",
+  "tracking.exception", "tracking.estimate_changed", "tracking.unknown",
   "order.imported", "order.updated", "order.cancelled",
-  "batch.completed", "rate.updated", "carrier.connected", "store.refreshed",
-  "balance.low", "billing.adjustment",
+  "batch.completed", "batch.failed", "rate.updated", "carrier.connected", "store.refreshed",
+  "report.completed", "balance.low", "billing.adjustment",
 }
 
 local known = {}
@@ -69,6 +71,79 @@ end
 function M.map(source, map, name)
   if name ~= nil and map[name] then return map[name] end
   return M.normalize(source, name)
+end
+
+-- The first of t's fields (a path "a.b" reads t.a.b) that is text, or nil.
+function M.pick(t, ...)
+  if type(t) ~= "table" then return nil end
+  for i = 1, select("#", ...) do
+    local v = t
+    for key in select(i, ...):gmatch("[^.]+") do
+      v = type(v) == "table" and v[key] or nil
+    end
+    v = M.text(v)
+    if v then return v end
+  end
+  return nil
+end
+
+-- Names one carrier goes by at different aggregators, to one code.
+local carrier_alias = {
+  dhlexpress = "dhl_express", dhl_express_worldwide = "dhl_express",
+  stamps_com = "usps", endicia = "usps", usps_ship = "usps",
+  fedex_ground = "fedex", fedex_express = "fedex",
+  canadapost = "canada_post", royalmail = "royal_mail",
+}
+
+-- A shipping carrier's name as a lower-case code ("USPS" -> "usps",
+-- "DHLExpress" -> "dhl_express"); nil when there is none.
+function M.carrier_code(v)
+  v = M.text(v)
+  if not v then return nil end
+  v = v:lower():gsub("[^%w]+", "_"):gsub("^_+", ""):gsub("_+$", "")
+  if v == "" then return nil end
+  return carrier_alias[v] or v
+end
+
+-- {city, state, postal_code, country} from what is text, or nil if none.
+function M.location(city, state, postal_code, country)
+  local loc = { city = M.text(city), state = M.text(state), postal_code = M.text(postal_code),
+                country = M.text(country) }
+  if next(loc) then return loc end
+  return nil
+end
+
+-- The shipment table (SPEC section 4) of an event of type t, from f's
+-- fields as the adapter found them: the same names for every carrier,
+-- status the type's last part. nil for an event not about a parcel (no
+-- tracking number and not a shipment.* or tracking.* type).
+function M.shipment(t, f)
+  local s = {
+    tracking_number = M.text(f.tracking_number),
+    carrier = M.carrier_code(f.carrier),
+    status_detail = M.text(f.status_detail),
+    occurred_at = M.text(f.occurred_at),
+    location = type(f.location) == "table" and next(f.location) and f.location or nil,
+    estimated_delivery = M.text(f.estimated_delivery),
+    reference = M.text(f.reference),
+  }
+  if not s.tracking_number and not t:find("^shipment%.") and not t:find("^tracking%.") then
+    return nil
+  end
+  s.status = t:match("([^.]+)$")
+  return s
+end
+
+-- The latest of the text times at key in list's entries (RFC 3339 texts in
+-- one form compare as text), and that entry; nil when none has one.
+function M.latest(list, key)
+  local best, entry
+  if type(list) ~= "table" then return nil end
+  for _, e in ipairs(list) do
+    local t = type(e) == "table" and M.text(e[key])
+    if t and (not best or t > best) then best, entry = t, e end
+  end
+  return best, entry
 end
 
 return M

@@ -4,13 +4,14 @@
 on("shipment.*", { "erp" })
 
 -- Delivered parcels close the order in the ERP: a compact record, not the
--- whole event.
+-- whole event. ev.shipment has the same fields for every carrier.
 on("tracking.delivered", function(ev)
+  local s = ev.shipment or {}
   send("erp", {
-    order     = ev.data.order_id or ev.data.order_reference,
-    tracking  = ev.data.tracking_number,
-    carrier   = ev.data.carrier,
-    delivered = ev.data.delivered_at or ev.created_at,
+    order     = s.reference,
+    tracking  = s.tracking_number,
+    carrier   = s.carrier,
+    delivered = s.occurred_at or ev.created_at,
     source    = ev.source,
   })
 end)

@@ -2,10 +2,11 @@
 -- batches (its window is 1m, see waybill.lua): one POST per window with
 -- {"type":"batch","window_start","window_end","count","events":[...]}.
 on("tracking.*", function(ev)
+  local s = ev.shipment or {}
   batch("warehouse", {
-    tracking = ev.data.tracking_number,
+    tracking = s.tracking_number,
     status   = ev.type,
-    carrier  = ev.data.carrier,
-    at       = ev.created_at,
+    carrier  = s.carrier,
+    at       = s.occurred_at or ev.created_at,
   })
 end)

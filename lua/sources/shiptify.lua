@@ -1,24 +1,19 @@
 -- sources/shiptify.lua -- Shiptify webhooks (seeds/004): the event fields
 -- with event_type, and the signature fields timestamp, token, signature
--- (left out of data). The token, not an id from here, is the event's
--- dedupe key (server.c keeps it as a nonce).
+-- (left out of data). Only the event types Shiptify documents are mapped
+-- (create_shipment, and the freight_unit_* ones); any other is
+-- "<source>.<event_type>". A tracking update carries no status waybill
+-- could read, so it is tracking.unknown. The token, not an id from here,
+-- is the event's dedupe key (kept as a nonce).
 -- SPDX-License-Identifier: MIT
 
 local taxonomy = require "taxonomy"
 
 local events = {
   create_shipment = "shipment.created",
-  confirm_shipment = "shipment.created",
-  cancel_shipment = "shipment.cancelled",
-  delete_shipment = "shipment.cancelled",
-  deliver_shipment = "shipment.delivered",
-  delivery_notification = "shipment.delivered",
-  return_shipment = "shipment.returned",
-  incident = "shipment.exception",
-  shipment_exception = "shipment.exception",
-  pickup_shipment = "tracking.accepted",
-  update_tracking = "tracking.in_transit",
-  tracking_update = "tracking.in_transit",
+  freight_unit_create_shipment = "shipment.created",
+  freight_unit_cancel_shipment = "shipment.cancelled",
+  freight_unit_update_tracking = "tracking.unknown",
 }
 
 local signature_fields = { timestamp = true, token = true, signature = true }
@@ -28,9 +23,17 @@ return function(body, headers, source)
   for k, v in pairs(body) do
     if not signature_fields[k] then data[k] = v end
   end
+  local t = taxonomy.map(source, events, taxonomy.text(body.event_type))
+  local s = type(body.shipment) == "table" and body.shipment or body
   return {
-    type = taxonomy.map(source, events, taxonomy.text(body.event_type)),
+    type = t,
     created_at = taxonomy.iso8601(body.timestamp),
+    shipment = taxonomy.shipment(t, {
+      tracking_number = taxonomy.pick(s, "tracking_number", "tracking_id"),
+      carrier = taxonomy.pick(s, "carrier", "carrier_name"),
+      status_detail = taxonomy.pick(s, "status"),
+      reference = taxonomy.pick(s, "reference", "shipment_reference", "id"),
+    }),
     data = data,
   }
 end

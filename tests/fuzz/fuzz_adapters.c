@@ -19,6 +19,7 @@ static const char config_text[] =
     "source \"shipengine\" { verify = \"shipengine\", jwks = \"https://127.0.0.1/jwks\" }\n"
     "source \"shiptify\" { verify = \"shiptify\", secret = \"k\" }\n"
     "source \"easypost\" { verify = \"easypost\", secret = \"k\" }\n"
+    "source \"shippo\" { verify = \"shippo\", secret = \"k\" }\n"
     "source \"stripe\" { verify = \"stripe\", secret = \"k\" }\n"
     "source \"std\" { verify = \"standard\", secret = \"whsec_a2V5a2V5a2V5\" }\n";
 

@@ -45,7 +45,7 @@ SOURCES = '''
     source "easypost"  {{ verify = "easypost",  secret = {{ "ep-new", "ep-old" }} }}
     source "stripe"    {{ verify = "stripe",    secret = {{ "st-new", "st-old" }} }}
     source "shippo"    {{ verify = {{ scheme = "stripe", header = "Shippo-Auth-Signature" }},
-                          secret = {{ "sh-new", "sh-old" }} }}
+                          carrier = "shippo", secret = {{ "sh-new", "sh-old" }} }}
     source "std"       {{ verify = "standard",  secret = {{ {std_new}, {std_old} }} }}
     source "shiptify"  {{ verify = "shiptify",  secret = {{ "sy-new", "sy-old" }} }}
     source "acme"      {{ verify = {{ scheme = "hmac-sha256", header = "X-Acme-Sig", encoding = "base64",
@@ -255,7 +255,7 @@ def test_shiptify_checks_json_first_and_keeps_tokens_across_restart():
     # JSON before the signature: a body that is no JSON is 400, not 401
     r = g.post("/hooks/shiptify", b"timestamp=1&token=x", {})
     assert r.status == 400 and "invalid JSON" in r.json()["error"], r
-    body = wb.shiptify_body("sy-new", {"event_type": "cancel_shipment", "shipment": {"id": 7}},
+    body = wb.shiptify_body("sy-new", {"event_type": "freight_unit_cancel_shipment", "shipment": {"id": 7}},
                             timestamp=str(int(time.time())))  # a string timestamp
     first = g.post("/hooks/shiptify", body, {})
     assert first.status == 200, first

@@ -94,6 +94,7 @@ def test_list_handlers_send_the_data_as_stored_byte_for_byte():
     got_a = a.wait_for_count(1)[0].body
     sent = json.loads(got_a)
     envelope = (b'{"created_at":"2026-01-02T03:04:05Z","data":%s,"id":"%s","received_at":"%s",'
+                b'"shipment":{"status":"delivered"},'
                 b'"source":"atoship","source_id":"evt_bytes_1","type":"shipment.delivered"}')
     assert got_a == envelope % (data, sent["id"].encode(), sent["received_at"].encode()), got_a
     got_b = b.wait_for_count(1)[0].body

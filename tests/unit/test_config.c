@@ -419,6 +419,32 @@ static void test_defaults_and_paths(void) {
     }
     config_free(cfg);
 
+    /* the carrier: carrier =, else a verify preset naming one, else none
+     * (generic); a Stripe-style signature names no carrier */
+    cfg = load_ok("source(1, 'a', { verify = 'stripe', secret = 'x', carrier = 'shippo' })\n"
+                  "source(2, 'aftership', { secret = 'x' })\n"
+                  "source(3, 'c', { verify = 'shippo', secret = 'x' })\n"
+                  "source(4, 'd', { verify = 'stripe', secret = 'x' })\n"
+                  "source(5, 'e', { verify = 'easypost', secret = 'x', carrier = 'generic' })\n");
+    CHECK(cfg != NULL);
+    if (cfg) {
+        s = config_source_by_name(cfg, "a");
+        CHECK_STR_EQ(s ? s->carrier : NULL, "shippo");
+        CHECK(s && s->verify.kind == VERIFY_STRIPE &&
+              strcmp(s->verify.header, "Stripe-Signature") == 0);
+        s = config_source_by_name(cfg, "aftership");
+        CHECK_STR_EQ(s ? s->carrier : NULL, "aftership");
+        s = config_source_by_name(cfg, "c");
+        CHECK_STR_EQ(s ? s->carrier : NULL, "shippo");
+        CHECK(s && s->verify.kind == VERIFY_STRIPE &&
+              strcmp(s->verify.header, "Shippo-Auth-Signature") == 0);
+        s = config_source_by_name(cfg, "d");
+        CHECK(s && s->carrier == NULL);
+        s = config_source_by_name(cfg, "e");
+        CHECK_STR_EQ(s ? s->carrier : NULL, "generic");
+    }
+    config_free(cfg);
+
     /* endpoints: headers sorted by name whatever the case, retry lists in
      * both forms, success as a number, raw secrets for non-standard signing */
     cfg = load_ok("endpoint(1, 'e', { url = 'HTTPS://h.example/x', sign = 'hex', secret = 'raw',\n"
@@ -580,6 +606,14 @@ static void test_source_errors(void) {
                "'shipengine'?)");
     EXPECT_ERR("source(1, 'a', { verify = 'paypal', secret = 'x' })",
                "waybill.lua:1: source a: unknown verify preset 'paypal'");
+    /* carrier = a carrier with an adapter, never just any name */
+    EXPECT_ERR("source(3, 'a', { verify = 'stripe', secret = 'x', carrier = 'shipo' })",
+               "waybill.lua:3: source a: unknown carrier 'shipo' (did you mean 'shippo'?)");
+    EXPECT_ERR("source(1, 'a', { verify = 'generic', secret = 'x', carrier = 'fedex' })",
+               "waybill.lua:1: source a: unknown carrier 'fedex' (aftership, atoship, easypost, "
+               "generic, shipengine, shippo, shiptify)");
+    EXPECT_ERR("source(1, 'a', { verify = 'generic', secret = 'x', carrier = 7 })",
+               "waybill.lua:1: source a: carrier must be a string, not a number");
     EXPECT_ERR("source(1, 'a', { verify = 'hmac-sha256', secret = 'x' })",
                "waybill.lua:1: source a: verify \"hmac-sha256\" takes the table form: { scheme = "
                "\"hmac-sha256\", header = \"X-Signature\", encoding = \"hex\" }");

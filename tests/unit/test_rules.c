@@ -131,7 +131,8 @@ static int route(struct rules *r, const char *type, const char *data, struct rul
                              strlen(data),
                              test_headers,
                              0,
-                             0};
+                             0,
+                             NULL};
     err[0] = '\0';
     return rules_route(r, &in, plan, err, errlen);
 }
@@ -858,7 +859,8 @@ static void test_canonical_routing(void) {
                                      2,
                                      test_headers,
                                      0,
-                                     0};
+                                     0,
+                                     NULL};
             same_both_ways(r, in, NULL, err, sizeof err); /* mut.x fails on a non-table */
         }
         free(data);
@@ -876,7 +878,8 @@ static void test_canonical_routing(void) {
                                  2,
                                  test_headers,
                                  0,
-                                 0};
+                                 0,
+                                 NULL};
         data = canonical(in.data_json);
         in.data_json = data;
         CHECK_INT_EQ(same_both_ways(r, in, &p, err, sizeof err), 0);
@@ -892,8 +895,8 @@ static void test_canonical_routing(void) {
     }
     /* a user function that changed the event: later list handlers send it changed */
     {
-        struct rules_input in = {"evt_c",     "atoship", "s", "mut.y",      NULL, 0,
-                                 "{\"k\":1}", "{}",      2,   test_headers, 0,    0};
+        struct rules_input in = {"evt_c", "atoship", "s",          "mut.y", NULL, 0,   "{\"k\":1}",
+                                 "{}",    2,         test_headers, 0,       0,    NULL};
         CHECK_INT_EQ(same_both_ways(r, in, &p, err, sizeof err), 0);
         CHECK_INT_EQ(p.n, 4);
         CHECK(strstr(nth(&p, 0)->payload, "\"id\":\"evt_c\"") != NULL);
@@ -911,7 +914,8 @@ static void test_canonical_routing(void) {
             char want[64], text[40];
             struct rules_input in = {"evt_c", "atoship",    "s",  k % 2 ? "plain.x" : "fn.x",
                                      NULL,    when[k],      "{}", "{}",
-                                     2,       test_headers, 0,    0};
+                                     2,       test_headers, 0,    0,
+                                     NULL};
             util_time_rfc3339(when[k], text, sizeof text);
             snprintf(want, sizeof want, "\"received_at\":\"%s\"", text);
             CHECK_INT_EQ(same_both_ways(r, in, &p, err, sizeof err), 0);
@@ -922,8 +926,8 @@ static void test_canonical_routing(void) {
     /* headers: read on first use, the same table every read, kept by an
      * event a handler holds on to; raw and headers never among its fields */
     {
-        struct rules_input in = {"evt_h", "atoship", "s", "hdr.x",      NULL, 0,
-                                 "{}",    "RAW",     3,   test_headers, 0,    0};
+        struct rules_input in = {"evt_h", "atoship", "s",          "hdr.x", NULL, 0,   "{}",
+                                 "RAW",   3,         test_headers, 0,       0,    NULL};
         CHECK_INT_EQ(same_both_ways(r, in, &p, err, sizeof err), 0);
         CHECK_INT_EQ(p.n, 4); /* '*' list first, then the two functions */
         CHECK_STR_EQ(nth(&p, 2)->payload,
@@ -962,8 +966,8 @@ static void test_canonical_routing(void) {
     }
     /* not UTF-8: the same error either way */
     {
-        struct rules_input in = {"evt_c", "atoship", "bad\xff", "plain.x",    NULL, 0,
-                                 "{}",    "{}",      2,         test_headers, 0,    0};
+        struct rules_input in = {"evt_c", "atoship", "bad\xff",    "plain.x", NULL, 0,   "{}",
+                                 "{}",    2,         test_headers, 0,         0,    NULL};
         CHECK_INT_EQ(same_both_ways(r, in, NULL, err, sizeof err), -1);
         CHECK(strstr(err, "send: payload: invalid UTF-8 in a string") != NULL);
     }
@@ -975,8 +979,8 @@ static void test_canonical_routing(void) {
             deep[2 * depth - 1 - k] = ']';
         }
         deep[2 * depth] = '\0';
-        struct rules_input in = {"evt_c", "atoship", "s", "plain.x",    NULL, 0,
-                                 deep,    "{}",      2,   test_headers, 0,    0};
+        struct rules_input in = {"evt_c", "atoship", "s",          "plain.x", NULL, 0,   deep,
+                                 "{}",    2,         test_headers, 0,         0,    NULL};
         CHECK_INT_EQ(same_both_ways(r, in, NULL, err, sizeof err), depth < 2048 ? 0 : -1);
         if (depth == 2048)
             CHECK(strstr(err, "nesting deeper than 2048 levels") != NULL);
@@ -990,8 +994,8 @@ static void test_canonical_routing(void) {
         memset(big + 1, 'x', n);
         big[n + 1] = '"';
         big[n + 2] = '\0';
-        struct rules_input in = {"evt_c", "atoship", "s", "plain.x",    NULL, 0,
-                                 big,     "{}",      2,   test_headers, 0,    0};
+        struct rules_input in = {"evt_c", "atoship", "s",          "plain.x", NULL, 0,   big,
+                                 "{}",    2,         test_headers, 0,         0,    NULL};
         CHECK_INT_EQ(same_both_ways(r, in, NULL, err, sizeof err), 0); /* default 64 MiB */
         free(big);
     }
@@ -1003,8 +1007,8 @@ static void test_canonical_routing(void) {
                   err, sizeof err);
     CHECK(r != NULL);
     if (r) {
-        struct rules_input in = {"evt_c", "atoship", "s", "plain.x",    NULL, 0,
-                                 "{}",    "{}",      2,   test_headers, 0,    0};
+        struct rules_input in = {"evt_c", "atoship", "s",          "plain.x", NULL, 0,   "{}",
+                                 "{}",    2,         test_headers, 0,         0,    NULL};
         CHECK_INT_EQ(same_both_ways(r, in, NULL, err, sizeof err), -1);
         CHECK(strstr(err, "instruction budget exceeded") != NULL);
         rules_free(r);
@@ -1021,8 +1025,8 @@ static void test_canonical_routing(void) {
         memset(big + 1, 'x', n);
         big[n + 1] = '"';
         big[n + 2] = '\0';
-        struct rules_input in = {"evt_c", "atoship", "s", "plain.x",    NULL, 0,
-                                 big,     "{}",      2,   test_headers, 0,    0};
+        struct rules_input in = {"evt_c", "atoship", "s",          "plain.x", NULL, 0,   big,
+                                 "{}",    2,         test_headers, 0,         0,    NULL};
         CHECK_INT_EQ(same_both_ways(r, in, NULL, err, sizeof err), -1);
         CHECK(strstr(err, "output larger than") != NULL || strstr(err, "rule_memory") != NULL ||
               strstr(err, "memory") != NULL);
@@ -1047,8 +1051,9 @@ static char *adapt_route(struct rules *r, struct rules *route_with, const char *
         return strdup(err);
     if (token)
         *token = ev.data_token;
-    struct rules_input in = {"evt_k",      "s",  "sid",        ev.type, NULL, 0,
-                             ev.data_json, body, strlen(body), "{}",    1,    ev.data_token};
+    struct rules_input in = {"evt_k",         "s",  "sid",        ev.type, NULL, 0,
+                             ev.data_json,    body, strlen(body), "{}",    1,    ev.data_token,
+                             ev.shipment_json};
     rc = rules_route(route_with, &in, &p, err, sizeof err);
     out = strdup(rc ? err : p.n ? p.sends[0].payload : "(no send)");
     rules_plan_clear(&p);
@@ -1166,7 +1171,8 @@ static void test_kept_data(void) {
                                      strlen(bodies[0]),
                                      "{}",
                                      1,
-                                     evs[i].data_token};
+                                     evs[i].data_token,
+                                     evs[i].shipment_json};
             if (rules_route(r, &in, &p, err, sizeof err) != 0 || p.n != 1 || !a ||
                 strcmp(p.sends[0].payload, a) != 0)
                 same = 0;

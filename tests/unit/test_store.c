@@ -1150,12 +1150,72 @@ static void test_counts_trigger_dropped(void) {
     CHECK_INT_EQ(
         fresh_count("SELECT count(*) FROM sqlite_master WHERE name = ?", "deliveries_count_ins"),
         0);
-    CHECK_INT_EQ(fresh_count("PRAGMA user_version", NULL), 3); /* migrated */
+    CHECK_INT_EQ(fresh_count("PRAGMA user_version", NULL), 4); /* migrated */
     /* 2 -> 3: due rows are found per endpoint */
     CHECK_INT_EQ(fresh_count("SELECT count(*) FROM sqlite_master WHERE name = ?", "deliveries_due"),
                  0);
     CHECK_INT_EQ(
         fresh_count("SELECT count(*) FROM sqlite_master WHERE name = ?", "deliveries_ep_due"), 1);
+    store_free(s);
+done:
+    snprintf(dbpath, sizeof dbpath, "%s", saved);
+}
+
+/* 3 -> 4: a store without events.shipment gains it; its events keep
+ * routing (shipment NULL), a new event's shipment reads back, and the
+ * unrouted list (recovery) carries it. */
+static void test_shipment_column_added(void) {
+    char saved[256], err[256] = "";
+    sqlite3 *db = NULL;
+    struct store *s;
+    struct store_event ev = mk_event("evt_V4NEW", "src-v4new");
+    struct store_event_row *row = NULL, *rows = NULL;
+    size_t n = 0;
+
+    ev.shipment_json = "{\"status\":\"delivered\",\"tracking_number\":\"1Z999\"}";
+    snprintf(saved, sizeof saved, "%s", dbpath);
+    snprintf(dbpath, sizeof dbpath, "%s/v3.db", dir);
+    s = open_store("sqlite:v3.db");
+    CHECK(s != NULL);
+    if (!s)
+        goto done;
+    store_free(s);
+    CHECK_INT_EQ(sqlite3_open(dbpath, &db), SQLITE_OK);
+    CHECK_INT_EQ(sqlite3_exec(db,
+                              "ALTER TABLE events DROP COLUMN shipment;"
+                              "INSERT INTO events(id, source, source_id, type, status, created_at,"
+                              " received_at, headers, data, raw) VALUES ('evt_V3OLD', 'atoship',"
+                              " 'src-v3old', 'tracking.delivered', 'received', NULL, 1, '{}', '{}',"
+                              " '{}');"
+                              "PRAGMA user_version = 3",
+                              NULL, NULL, NULL),
+                 SQLITE_OK);
+    sqlite3_close(db);
+    CHECK_INT_EQ(
+        fresh_count("SELECT count(*) FROM pragma_table_info('events') WHERE name = ?", "shipment"),
+        0);
+    s = open_store("sqlite:v3.db");
+    CHECK(s != NULL);
+    if (!s)
+        goto done;
+    CHECK_INT_EQ(fresh_count("PRAGMA user_version", NULL), 4);
+    CHECK_INT_EQ(
+        fresh_count("SELECT count(*) FROM pragma_table_info('events') WHERE name = ?", "shipment"),
+        1);
+    CHECK_INT_EQ(store_event_put(s, &ev, NULL, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(commit(s), 1);
+    CHECK_INT_EQ(store_event_get(s, "evt_V3OLD", &row, err, sizeof err), 1);
+    CHECK(row && row->shipment_json == NULL);
+    store_event_rows_free(row, row ? 1 : 0);
+    row = NULL;
+    CHECK_INT_EQ(store_event_get(s, "evt_V4NEW", &row, err, sizeof err), 1);
+    CHECK_STR_EQ(row ? row->shipment_json : NULL, ev.shipment_json);
+    store_event_rows_free(row, row ? 1 : 0);
+    CHECK_INT_EQ(store_events_unrouted(s, 0, 10, &rows, &n, err, sizeof err), 0);
+    CHECK_INT_EQ(n, 2);
+    CHECK(n == 2 && rows[0].shipment_json == NULL);
+    CHECK_STR_EQ(n == 2 ? rows[1].shipment_json : NULL, ev.shipment_json);
+    store_event_rows_free(rows, n);
     store_free(s);
 done:
     snprintf(dbpath, sizeof dbpath, "%s", saved);
@@ -1588,6 +1648,7 @@ int main(void) {
     test_symlinked_store();
     test_counts_insert_then_move();
     test_counts_trigger_dropped();
+    test_shipment_column_added();
     test_wal_restarts_under_load();
     store_free(NULL);
 
