@@ -6,10 +6,12 @@
  * reload and never NULL while serving; modules are freed only after the
  * store has run every callback they registered.
  * SPDX-License-Identifier: MIT */
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <event2/event.h>
 #include <jansson.h>
@@ -209,11 +211,42 @@ static struct event_base *app_loop_new(void) {
     return base;
 }
 
+/* The store's folder ("sqlite:../.run/waybill.db" -> CONFIG_DIR/../.run) is
+ * made when it is missing (one level, mode 0700), so a store can live in a
+ * run directory of its own. Returns 0, or -1 with err set. */
+static int app_store_dir(const struct config *cfg, char *err, size_t errlen) {
+    const char *p = cfg->store, *slash;
+    char dir[4096];
+    int n;
+
+    if (strncmp(p, "sqlite:", 7) != 0)
+        return 0;
+    p += 7;
+    slash = strrchr(p, '/');
+    if (!slash || (strchr(p, '?') && strchr(p, '?') < slash))
+        return 0;
+    if (p[0] == '/')
+        n = snprintf(dir, sizeof dir, "%.*s", (int)(slash - p), p);
+    else
+        n = snprintf(dir, sizeof dir, "%s/%.*s", cfg->dir, (int)(slash - p), p);
+    if (n < 0 || (size_t)n >= sizeof dir || n == 0)
+        return 0;
+    if (mkdir(dir, 0700) == 0) {
+        log_msg(LOG_INFO, "created %s for the store", dir);
+        return 0;
+    }
+    if (errno == EEXIST)
+        return 0;
+    snprintf(err, errlen, "store: cannot create its folder %s: %s", dir, strerror(errno));
+    return -1;
+}
+
 /* The modules, bottom up, each handed what it works with. */
 static int app_modules_new(struct app *a, char *err, size_t errlen) {
     const struct config *cfg = rules_config(a->rules);
 
-    if (!(a->store = store_open(a->base, cfg->store, cfg->dir, err, errlen)) ||
+    if (app_store_dir(cfg, err, errlen) < 0 ||
+        !(a->store = store_open(a->base, cfg->store, cfg->dir, err, errlen)) ||
         !(a->subs = subs_new(a->store, app_subs_changed, a, err, errlen)) ||
         !(a->httpc = httpc_new(a->base, err, errlen)) ||
         !(a->health = health_new(a->store, err, errlen)))

@@ -9,7 +9,7 @@
 environment = "sandbox"                 -- batch windows default to 5m here (30m in production)
 listen      = "127.0.0.1:8080"
 admin       = { listen = "127.0.0.1:8081", token = env("WAYBILL_ADMIN_TOKEN") }
-store       = "sqlite:waybill.db"       -- relative to this file's folder
+store       = "sqlite:../.run/waybill.db" -- relative to this file: the repo's .run/ (git-ignored)
 max_body    = "1MiB"
 allow_private = { "127.0.0.0/8" }       -- the example receiver is on loopback
 
