@@ -38,6 +38,9 @@ UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 
 all: deps $(BIN)
 
+# Every compile waits for deps (an order-only prerequisite: it never makes a
+# file out of date), so `make -j2` cannot race the apt-get install.
+
 # Installs the Debian -dev packages the build needs, when missing.
 deps:
 	@missing=""; for p in $(DEBS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | \
@@ -51,13 +54,13 @@ deps:
 $(BIN): $(OBJS)
 	$(CC) $(CFLAGS_ALL) -o $@ $^ $(LDLIBS_ALL)
 
-$(BUILD)/%.o: core/%.c | $(BUILD)
+$(BUILD)/%.o: core/%.c | $(BUILD) deps
 	$(CC) $(CFLAGS_ALL) -c -o $@ $<
 
 # A unit test links only the modules its includes reach (tests/layers.py
 # --objs): nothing of a layer above what it tests, so the link line is the
 # proof that the arrows hold.
-$(BUILD)/tests/%: tests/unit/%.c $(LIBOBJS) tests/layers.py | $(BUILD)
+$(BUILD)/tests/%: tests/unit/%.c $(LIBOBJS) tests/layers.py | $(BUILD) deps
 	@mkdir -p $(BUILD)/tests
 	$(CC) $(CFLAGS_ALL) -Icore -Itests -o $@ $< \
 	  $(addprefix $(BUILD)/,$(addsuffix .o,$(shell python3 tests/layers.py --objs $<))) \
@@ -142,7 +145,7 @@ fuzz: deps
 	  $(FUZZ_TARGETS:%=build-fuzz/fuzz/%)
 	@bash tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
-$(BUILD)/fuzz/%: tests/fuzz/%.c $(LIBOBJS) | $(BUILD)
+$(BUILD)/fuzz/%: tests/fuzz/%.c $(LIBOBJS) | $(BUILD) deps
 	@mkdir -p $(BUILD)/fuzz
 	$(CC) $(CFLAGS_ALL) -fsanitize=fuzzer -Icore -o $@ $< $(LIBOBJS) $(LDLIBS_ALL)
 

@@ -67,3 +67,36 @@ def test_make_run_leaves_the_source_tree_as_it_was():
     assert os.path.exists(os.path.join(d, ".run", "waybill.db")), out[-2000:]
     with open(os.path.join(d, ".gitignore")) as f:
         assert "/.run/" in f.read().split()
+
+
+def _script(d, name, text):
+    path = os.path.join(d, name)
+    with open(path, "w") as f:
+        f.write("#!/bin/sh\n" + text + "\n")
+    os.chmod(path, 0o755)
+
+
+@wb.timeout(60)
+def test_make_j2_installs_packages_before_compiling():
+    # make -j2 on a machine missing packages: the apt-get install must end
+    # before the first compiler runs (fake dpkg-query, apt-get, id and cc
+    # record the order; nothing is installed).
+    d, _, _ = _tree_copy()
+    fake = wb._mkdtemp("wb-fakebin-")
+    marker, log = os.path.join(fake, "installed"), os.path.join(fake, "cc.log")
+    _script(fake, "dpkg-query", "exit 1")                    # every package missing
+    _script(fake, "id", 'echo 0')                            # "root"
+    _script(fake, "apt-get", 'case "$*" in *install*) sleep 1; touch %s;; esac; exit 0' % marker)
+    _script(fake, "fakecc", '[ -e %s ] && echo ok >> %s || echo early >> %s; exit 1'
+            % (marker, log, log))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}
+    env["PATH"] = fake + ":" + env["PATH"]
+    r = subprocess.run(["make", "-j2", "--no-print-directory", "CC=" + os.path.join(fake, "fakecc"),
+                        "BUILD=build-order", "BIN=waybill-order"], cwd=d, env=env,
+                       capture_output=True, timeout=50)
+    out = (r.stdout + r.stderr).decode(errors="replace")
+    assert b"installing:" in r.stdout, out[-2000:]
+    with open(log) as f:
+        calls = f.read().split()
+    assert calls and set(calls) == {"ok"}, "compiler ran before the install ended: %s\n%s" % (
+        calls, out[-2000:])
