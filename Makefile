@@ -85,15 +85,6 @@ test-deps: deps
 	  (cd tests && npm ci --no-audit --no-fund --silent)
 
 run: all
-	WAYBILL_ADMIN_TOKEN=$${WAYBILL_ADMIN_TOKEN:-dev-admin-token} \
-	ATOSHIP_SECRET=$${ATOSHIP_SECRET:-dev-atoship-secret} \
-	ERP_SECRET=$${ERP_SECRET:-whsec_ZGV2LWVycC1zZWNyZXQtZm9yLXdheWJpbGw=} \
-	AFTERSHIP_SECRET=$${AFTERSHIP_SECRET:-dev-aftership-secret} \
-	SHIPTIFY_SECRET=$${SHIPTIFY_SECRET:-dev-shiptify-secret} \
-	SHOP_SECRET=$${SHOP_SECRET:-dev-shop-secret} \
-	CRM_SECRET=$${CRM_SECRET:-whsec_ZGV2LWNybS1zZWNyZXQtZm9yLXdheWJpbGw=} \
-	ALERTS_SECRET=$${ALERTS_SECRET:-whsec_ZGV2LWFsZXJ0cy1zZWNyZXQtZm9yLXdheWI=} \
-	WAREHOUSE_SECRET=$${WAREHOUSE_SECRET:-whsec_ZGV2LXdhcmVob3VzZS1zZWNyZXQtZm9yLXc=} \
 	./$(BIN) serve -c examples/waybill.lua
 
 test-unit: all $(UNIT_BINS)

@@ -378,7 +378,7 @@ int cli_main(int argc, char **argv, const char *lua_dir) {
     const char *config_path = "waybill.lua", *url = NULL, *token = NULL, *type = NULL,
                *status = NULL, *limit = NULL, *cmd = argv[0];
     int failed = 0, opt, rc;
-    char err[512];
+    char err[512], note[512];
 
     memset(&c, 0, sizeof c);
     optind = 1;
@@ -414,14 +414,25 @@ int cli_main(int argc, char **argv, const char *lua_dir) {
         }
     }
     if (!url || !token) {
-        struct rules *r = rules_load(config_path, lua_dir, err, sizeof err);
+        struct rules *r =
+            rules_load_offline(config_path, lua_dir, note, sizeof note, err, sizeof err);
         const struct config *cfg = r ? rules_config(r) : NULL;
+        const char *unset;
         if (!r) {
             fprintf(stderr, "waybill: %s\n", err);
             return 1;
         }
         if (!cfg->admin_listen || !cfg->admin_token) {
             fprintf(stderr, "waybill: %s has no admin listener (admin = {...})\n", config_path);
+            rules_free(r);
+            return 1;
+        }
+        /* placeholders serve for every secret but the one this uses */
+        if (!token && (unset = rules_placeholder_env(r, cfg->admin_token))) {
+            fprintf(stderr,
+                    "waybill: the admin token is env %s, which is not set (or pass "
+                    "--token)\n",
+                    unset);
             rules_free(r);
             return 1;
         }

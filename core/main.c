@@ -104,14 +104,16 @@ done:
 
 static int check(const char *config_path) {
     char *lua_dir = find_lua_dir();
-    char err[512];
-    struct rules *r = rules_load(config_path, lua_dir, err, sizeof err);
+    char err[512], note[512];
+    struct rules *r = rules_load_offline(config_path, lua_dir, note, sizeof note, err, sizeof err);
     int rc = 0;
 
     if (!r) {
         fprintf(stderr, "%s\n", err);
         rc = 1;
     } else {
+        if (note[0])
+            fprintf(stderr, "waybill check: %s (serve needs them set)\n", note);
         const struct config *cfg = rules_config(r);
         printf("%s: ok (%zu sources, %zu endpoints)\n", config_path, cfg->nsources,
                cfg->nendpoints);
@@ -455,7 +457,7 @@ static int route_cmd(int argc, char **argv) {
                                          {"source", required_argument, NULL, 's'},
                                          {NULL, 0, NULL, 0}};
     const char *config_path = "waybill.lua", *source = NULL;
-    char *lua_dir = NULL, *body = NULL, err[512], id[UTIL_ID_MAX], sid[UTIL_ID_MAX];
+    char *lua_dir = NULL, *body = NULL, err[512], note[512], id[UTIL_ID_MAX], sid[UTIL_ID_MAX];
     struct rules *r = NULL;
     struct rules_event ev = {0};
     struct rules_plan plan = {0};
@@ -478,11 +480,13 @@ static int route_cmd(int argc, char **argv) {
         return 2;
     }
     lua_dir = find_lua_dir();
-    r = rules_load(config_path, lua_dir, err, sizeof err);
+    r = rules_load_offline(config_path, lua_dir, note, sizeof note, err, sizeof err);
     if (!r) {
         fprintf(stderr, "%s\n", err);
         goto done;
     }
+    if (note[0])
+        fprintf(stderr, "waybill route: %s\n", note);
     src = config_source_by_name(rules_config(r), source);
     if (!src) {
         fprintf(stderr, "waybill route: no source named '%s' in %s\n", source, config_path);

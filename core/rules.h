@@ -28,6 +28,19 @@ struct rules *rules_load_with(const char *config_path, const char *lua_dir,
                               const struct config_subscription *subs, size_t nsubs, char *err,
                               size_t errlen);
 
+/* rules_load for commands that only read the config (check, route, the
+ * admin client): an env("NAME") without default whose variable is unset
+ * gets a placeholder value (a valid whsec_ key) instead of failing the
+ * load. note gets "unset env replaced by placeholders: A, B", or "" when
+ * every variable was set. (rules_load refuses unset variables, all of them
+ * in one message.) */
+struct rules *rules_load_offline(const char *config_path, const char *lua_dir, char *note,
+                                 size_t notelen, char *err, size_t errlen);
+
+/* The env variable whose placeholder value is, or NULL when value is not a
+ * placeholder of r's offline load. */
+const char *rules_placeholder_env(const struct rules *r, const char *value);
+
 /* Replaces the subscriptions merged into r's config (config_set_subscriptions).
  * Returns 0, or -1 when out of memory (the old ones stay). */
 int rules_set_subscriptions(struct rules *r, const struct config_subscription *v, size_t n);

@@ -2,6 +2,7 @@
 offline commands without secrets, help, errors that name their cause, the
 tour's receiver."""
 
+import json
 import os
 import shutil
 import signal
@@ -100,3 +101,79 @@ def test_make_j2_installs_packages_before_compiling():
         calls = f.read().split()
     assert calls and set(calls) == {"ok"}, "compiler ran before the install ended: %s\n%s" % (
         calls, out[-2000:])
+
+
+UNSET_CONFIG = '''
+listen = "127.0.0.1:1"
+admin  = { listen = "127.0.0.1:2", token = env("WB_T_ADMIN_TOKEN") }
+store  = "sqlite:waybill.db"
+source "atoship" { verify = "atoship", secret = env("WB_T_ATOSHIP") }
+endpoint "erp" { url = "http://127.0.0.1:3/", secret = env("WB_T_ERP"), sign = "standard" }
+endpoint "wms" { url = "http://127.0.0.1:4/", secret = env("WB_T_WMS", "dev-wms"), sign = "hex" }
+rules "rules/"
+'''
+
+
+def _unset_env_dir():
+    d = wb._mkdtemp("wb-unset-")
+    os.makedirs(os.path.join(d, "rules"))
+    with open(os.path.join(d, "waybill.lua"), "w") as f:
+        f.write(UNSET_CONFIG)
+    with open(os.path.join(d, "rules", "10.lua"), "w") as f:
+        f.write('on("shipment.*", { "erp", "wms" })\n')
+    with open(os.path.join(d, "ev.json"), "wb") as f:
+        f.write(wb.atoship_event("shipment.delivered"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WB_T_")}
+    return d, os.path.join(d, "waybill.lua"), env
+
+
+def _run_clean_env(env, *args):
+    return subprocess.run([wb._bin()] + list(args), capture_output=True, env=env, timeout=30)
+
+
+def test_unset_secrets_are_reported_at_once_and_offline_commands_use_placeholders():
+    d, cfg, env = _unset_env_dir()
+    r = _run_clean_env(env, "serve", "-c", cfg)          # serve needs them: all named at once
+    err = r.stderr.decode()
+    assert r.returncode == 1, err
+    assert "3 env variables are not set: WB_T_ADMIN_TOKEN (line 3), WB_T_ATOSHIP (line 5), " \
+           "WB_T_ERP (line 6)" in err, err
+    assert "WB_T_WMS" not in err and not os.path.exists(os.path.join(d, "waybill.db")), err
+    r = _run_clean_env(env, "check", "-c", cfg)          # check needs none
+    assert r.returncode == 0, r.stderr
+    assert b"ok (1 source" in r.stdout, r.stdout
+    assert b"placeholders: WB_T_ADMIN_TOKEN, WB_T_ATOSHIP, WB_T_ERP" in r.stderr, r.stderr
+    r = _run_clean_env(env, "route", "-c", cfg, "--source", "atoship", os.path.join(d, "ev.json"))
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert [x["endpoint"] for x in got["deliveries"]] == ["erp", "wms"], got
+    assert b"placeholders: WB_T_ADMIN_TOKEN" in r.stderr, r.stderr
+    r = _run_clean_env(env, "events", "-c", cfg)         # the admin client uses its token
+    assert r.returncode == 1, r
+    assert b"admin token is env WB_T_ADMIN_TOKEN, which is not set" in r.stderr, r.stderr
+    env["WB_T_ADMIN_TOKEN"] = "t"                        # one set: the others still all named
+    r = _run_clean_env(env, "serve", "-c", cfg)
+    assert r.returncode == 1 and b"2 env variables are not set: WB_T_ATOSHIP (line 5), WB_T_ERP " \
+        b"(line 6)" in r.stderr, r.stderr
+
+
+def test_env_in_a_handler_still_fails_the_handler_not_a_placeholder():
+    sink = wb.Sink()
+    g = wb.Gateway(wb.config('''
+        source "atoship" { verify = "atoship", secret = "s" }
+        endpoint "erp" { url = %s, sign = "hex", secret = "k" }
+        rules "rules/"
+    ''' % wb.lua(sink.url)), files={"rules/10.lua":
+        'on("*", function(ev) send("erp", { k = env("WB_T_NEVER_SET") }) end)'})
+    body = wb.atoship_event()
+    r = g.post_atoship(body, "s")
+    assert r.status == 200, r
+    ev = g.wait_event(r.json()["id"], lambda e: e["status"] != "received")
+    assert ev["status"] == "rule_error" and "env WB_T_NEVER_SET is not set" in ev["error"], ev
+
+
+def test_example_config_checks_with_no_secret_set():
+    env = {k: v for k, v in os.environ.items() if not k.endswith(("_SECRET", "_TOKEN"))}
+    r = _run_clean_env(env, "check", "-c", os.path.join(wb.ROOT, "examples", "waybill.lua"))
+    assert r.returncode == 0 and b"ok (5 sources, 4 endpoints)" in r.stdout, r
+    assert b"placeholder" not in r.stderr, r.stderr      # its env() calls carry dev defaults
