@@ -84,8 +84,9 @@ test-deps: deps
 	@[ -d tests/node_modules/standardwebhooks ] && [ -d tests/node_modules/express ] || \
 	  (cd tests && npm ci --no-audit --no-fund --silent)
 
+# exec: the gateway replaces the recipe's shell (its pid is in .run/waybill.pid).
 run: all
-	./$(BIN) serve -c examples/waybill.lua
+	exec ./$(BIN) serve -c examples/waybill.lua
 
 test-unit: all $(UNIT_BINS)
 	@python3 tests/run.py --bin ./$(BIN) --unit "$(UNIT_BINS)" -k __unit_only__

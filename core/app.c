@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <event2/event.h>
 #include <jansson.h>
@@ -54,6 +55,7 @@ struct app {
     int reloads, reload_failures;
     char reload_error[512]; /* the last reload's error, "" when it succeeded */
     int stopping;
+    char *pidfile; /* written by app_new, removed by app_free */
 };
 
 /* ---- subscriptions ---- */
@@ -211,34 +213,36 @@ static struct event_base *app_loop_new(void) {
     return base;
 }
 
-/* The store's folder ("sqlite:../.run/waybill.db" -> CONFIG_DIR/../.run) is
- * made when it is missing (one level, mode 0700), so a store can live in a
- * run directory of its own. Returns 0, or -1 with err set. */
-static int app_store_dir(const struct config *cfg, char *err, size_t errlen) {
-    const char *p = cfg->store, *slash;
+/* The folder of a file waybill writes (path's part before its last '/',
+ * relative to base unless absolute) is made when it is missing (one level,
+ * mode 0700), so the store and the pidfile can live in a run directory of
+ * their own. what names the file in err. Returns 0, or -1 with err set. */
+static int app_make_folder(const char *what, const char *path, size_t len, const char *base,
+                           char *err, size_t errlen) {
+    const char *slash = memrchr(path, '/', len);
     char dir[4096];
     int n;
+
+    if (!slash || slash == path)
+        return 0;
+    if (path[0] == '/' || !base)
+        n = snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+    else
+        n = snprintf(dir, sizeof dir, "%s/%.*s", base, (int)(slash - path), path);
+    if (n <= 0 || (size_t)n >= sizeof dir || mkdir(dir, 0700) == 0 || errno == EEXIST)
+        return 0;
+    snprintf(err, errlen, "%s: cannot create its folder %s: %s", what, dir, strerror(errno));
+    return -1;
+}
+
+/* The store's folder: "sqlite:../.run/waybill.db" -> CONFIG_DIR/../.run. */
+static int app_store_dir(const struct config *cfg, char *err, size_t errlen) {
+    const char *p = cfg->store;
 
     if (strncmp(p, "sqlite:", 7) != 0)
         return 0;
     p += 7;
-    slash = strrchr(p, '/');
-    if (!slash || (strchr(p, '?') && strchr(p, '?') < slash))
-        return 0;
-    if (p[0] == '/')
-        n = snprintf(dir, sizeof dir, "%.*s", (int)(slash - p), p);
-    else
-        n = snprintf(dir, sizeof dir, "%s/%.*s", cfg->dir, (int)(slash - p), p);
-    if (n < 0 || (size_t)n >= sizeof dir || n == 0)
-        return 0;
-    if (mkdir(dir, 0700) == 0) {
-        log_msg(LOG_INFO, "created %s for the store", dir);
-        return 0;
-    }
-    if (errno == EEXIST)
-        return 0;
-    snprintf(err, errlen, "store: cannot create its folder %s: %s", dir, strerror(errno));
-    return -1;
+    return app_make_folder("store", p, strcspn(p, "?"), cfg->dir, err, errlen);
 }
 
 /* The modules, bottom up, each handed what it works with. */
@@ -305,7 +309,41 @@ static int app_modules_new(struct app *a, char *err, size_t errlen) {
     return 0;
 }
 
-struct app *app_new(const char *config_path, const char *lua_dir, char *err, size_t errlen) {
+/* Refuses a pidfile naming another live process (checked before anything
+ * is bound or created). Returns 0, or -1 with err set. */
+static int app_pidfile_check(const char *path, char *err, size_t errlen) {
+    FILE *f = path ? fopen(path, "r") : NULL;
+    long other = 0;
+    int ok;
+
+    if (!f)
+        return 0;
+    ok = fscanf(f, "%ld", &other) == 1;
+    fclose(f);
+    if (ok && other > 0 && other != (long)getpid() && kill((pid_t)other, 0) == 0) {
+        snprintf(err, errlen, "pidfile %s: waybill already running as pid %ld", path, other);
+        return -1;
+    }
+    return 0;
+}
+
+/* Writes "PID\n" to path. Returns 0, or -1 with err set. */
+static int app_pidfile_write(const char *path, char *err, size_t errlen) {
+    FILE *f = fopen(path, "w");
+    int ok;
+
+    ok = f && fprintf(f, "%ld\n", (long)getpid()) > 0;
+    if (f && fclose(f) != 0)
+        ok = 0;
+    if (!ok) {
+        snprintf(err, errlen, "pidfile %s: %s", path, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+struct app *app_new(const char *config_path, const char *lua_dir, const char *pidfile, char *err,
+                    size_t errlen) {
     struct app *a = calloc(1, sizeof *a);
     const struct config *cfg;
 
@@ -317,6 +355,10 @@ struct app *app_new(const char *config_path, const char *lua_dir, char *err, siz
     if (!(a->rules = rules_load(config_path, lua_dir, err, errlen)))
         goto fail;
     cfg = rules_config(a->rules);
+    if (!pidfile)
+        pidfile = cfg->pidfile;
+    if (app_pidfile_check(pidfile, err, errlen) < 0)
+        goto fail;
     if (!(a->base = app_loop_new())) {
         snprintf(err, errlen, "cannot create the event loop");
         goto fail;
@@ -335,8 +377,19 @@ struct app *app_new(const char *config_path, const char *lua_dir, char *err, siz
         snprintf(err, errlen, "cannot install signal handlers");
         goto fail;
     }
-    log_msg(LOG_INFO, "waybill %s serving (%s, store %s)", WAYBILL_VERSION,
-            cfg->sandbox ? "sandbox" : "production", cfg->store);
+    if (pidfile) {
+        if (app_make_folder("pidfile", pidfile, strlen(pidfile), NULL, err, errlen) < 0 ||
+            app_pidfile_write(pidfile, err, errlen) < 0)
+            goto fail;
+        if (!(a->pidfile = strdup(pidfile))) {
+            unlink(pidfile);
+            snprintf(err, errlen, "out of memory");
+            goto fail;
+        }
+    }
+    log_msg(LOG_INFO, "waybill %s serving (%s, store %s, pid %ld%s%s)", WAYBILL_VERSION,
+            cfg->sandbox ? "sandbox" : "production", cfg->store, (long)getpid(),
+            pidfile ? ", pidfile " : "", pidfile ? pidfile : "");
     return a;
 fail:
     app_free(a);
@@ -388,6 +441,9 @@ void app_free(struct app *a) {
     rules_free(a->rules);
     if (a->base)
         event_base_free(a->base);
+    if (a->pidfile)
+        unlink(a->pidfile);
+    free(a->pidfile);
     free(a->config_path);
     free(a->lua_dir);
     free(a);

@@ -1,7 +1,9 @@
 /* cli.c -- see cli.h. Every command is one admin API request; what it
  * prints is the answer, as a table or as JSON.
  * SPDX-License-Identifier: MIT */
+#include <errno.h>
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,7 +22,8 @@ struct cli {
     int json;
 };
 
-static const char *const cli_commands[] = {"events", "event", "retry", "replay", "test", NULL};
+static const char *const cli_commands[] = {"events", "event",  "retry", "replay",
+                                           "test",   "reload", NULL};
 
 int cli_is_command(const char *cmd) {
     for (int i = 0; cmd && cli_commands[i]; i++)
@@ -36,6 +39,8 @@ static void cli_usage(void) {
             "       waybill retry DELIVERY_ID [--json]\n"
             "       waybill replay EVENT_ID [--json]\n"
             "       waybill test ENDPOINT TYPE [--json]\n"
+            "       waybill reload [--pidfile FILE]    reload config and rules (admin API, or\n"
+            "                                          SIGHUP to the pid in FILE)\n"
             "  common: -c waybill.lua (admin address and token), or --url URL --token T\n");
 }
 
@@ -318,6 +323,20 @@ static int cli_run(struct cli *c, const char *cmd, char **args, int nargs, int f
         json_decref(j);
         return 0;
     }
+    if (strcmp(cmd, "reload") == 0) {
+        if (nargs != 0)
+            goto usage;
+        if (cli_request(c, "POST", "/api/reload", NULL, &j)) {
+            fprintf(stderr, "waybill: reload refused; the current rules stay\n");
+            return 1;
+        }
+        if (c->json)
+            cli_print_json(j);
+        else
+            printf("reloaded (rules loaded at %s)\n", cli_str(j, "rules_loaded_at", NULL, 0));
+        json_decref(j);
+        return 0;
+    }
     if (nargs != 1 || !cli_id_ok(args[0]))
         goto usage;
     if (strcmp(cmd, "event") == 0) {
@@ -352,6 +371,27 @@ usage:
     return 2;
 }
 
+/* waybill reload --pidfile FILE: SIGHUP to the process FILE names.
+ * Returns the exit code. */
+static int cli_reload_signal(const char *pidfile) {
+    FILE *f = fopen(pidfile, "r");
+    long pid = 0;
+    int ok = f && fscanf(f, "%ld", &pid) == 1 && pid > 1;
+
+    if (f)
+        fclose(f);
+    if (!ok) {
+        fprintf(stderr, "waybill: %s: %s\n", pidfile, f ? "holds no process id" : strerror(errno));
+        return 1;
+    }
+    if (kill((pid_t)pid, SIGHUP) < 0) {
+        fprintf(stderr, "waybill: pid %ld (from %s): %s\n", pid, pidfile, strerror(errno));
+        return 1;
+    }
+    printf("sent SIGHUP to waybill (pid %ld)\n", pid);
+    return 0;
+}
+
 /* The admin base URL for listen ("host:port"): a wildcard host becomes
  * loopback. */
 static void cli_base_from_listen(struct cli *c, const char *listen) {
@@ -365,18 +405,15 @@ static void cli_base_from_listen(struct cli *c, const char *listen) {
 }
 
 int cli_main(int argc, char **argv, const char *lua_dir) {
-    static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
-                                         {"json", no_argument, NULL, 'j'},
-                                         {"failed", no_argument, NULL, 'f'},
-                                         {"url", required_argument, NULL, 'u'},
-                                         {"token", required_argument, NULL, 't'},
-                                         {"type", required_argument, NULL, 'T'},
-                                         {"status", required_argument, NULL, 's'},
-                                         {"limit", required_argument, NULL, 'l'},
-                                         {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},  {"json", no_argument, NULL, 'j'},
+        {"failed", no_argument, NULL, 'f'},        {"url", required_argument, NULL, 'u'},
+        {"token", required_argument, NULL, 't'},   {"type", required_argument, NULL, 'T'},
+        {"status", required_argument, NULL, 's'},  {"limit", required_argument, NULL, 'l'},
+        {"pidfile", required_argument, NULL, 'p'}, {NULL, 0, NULL, 0}};
     struct cli c;
     const char *config_path = "waybill.lua", *url = NULL, *token = NULL, *type = NULL,
-               *status = NULL, *limit = NULL, *cmd = argv[0];
+               *status = NULL, *limit = NULL, *pidfile = NULL, *cmd = argv[0];
     int failed = 0, opt, rc;
     char err[512], note[512];
 
@@ -408,14 +445,24 @@ int cli_main(int argc, char **argv, const char *lua_dir) {
         case 'l':
             limit = optarg;
             break;
+        case 'p':
+            pidfile = optarg;
+            break;
         default:
             cli_usage();
             return 2;
         }
     }
+    if (pidfile) {
+        if (strcmp(cmd, "reload") != 0 || optind != argc) {
+            cli_usage();
+            return 2;
+        }
+        return cli_reload_signal(pidfile);
+    }
     if (!url || !token) {
         struct rules *r =
-            rules_load_offline(config_path, lua_dir, note, sizeof note, err, sizeof err);
+            rules_load_offline(config_path, lua_dir, 1, note, sizeof note, err, sizeof err);
         const struct config *cfg = r ? rules_config(r) : NULL;
         const char *unset;
         if (!r) {

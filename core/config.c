@@ -142,6 +142,7 @@ void config_free(struct config *cfg) {
         free(cfg->admin_token);
     }
     free(cfg->store);
+    free(cfg->pidfile);
     free(cfg->allow_private);
     for (size_t i = 0; cfg->sources && i < cfg->nsources; i++)
         source_clear(&cfg->sources[i]);

@@ -82,6 +82,7 @@ struct config {
     char *admin_listen; /* NULL = off; "admin = {token=...}" alone listens on 127.0.0.1:8081 */
     char *admin_token;  /* required when admin_listen is set */
     char *store;        /* default "sqlite:waybill.db" */
+    char *pidfile;      /* absolute; NULL = none (serve --pidfile overrides) */
     size_t max_body;    /* default 1 MiB */
     struct config_cidr *allow_private;
     size_t nallow_private;

@@ -32,7 +32,7 @@ static const char *const setting_names[] = {
     "environment", "listen",      "tls",           "admin",
     "store",       "max_body",    "allow_private", "shutdown_grace",
     "retention",   "max_backlog", "rule_budget",   "rule_memory",
-    NULL};
+    "pidfile",     NULL};
 
 static int setting_tls(struct config_ctx *c, int vi) {
     static const char *const keys[] = {"cert", "key", NULL};
@@ -213,6 +213,8 @@ static int setting(struct config_ctx *c, const char *key, int vi) {
         if (cfg->rule_memory < CONFIG_MIN_RULE_MEMORY)
             return config_fail(c, "rule_memory must be at least 1MiB");
         return 0;
+    case 12:
+        return config_resolve_path(c, vi, "pidfile", &cfg->pidfile);
     default: {
         char hint[80];
         return config_fail(c, "unknown setting '%s'%s", key,

@@ -78,7 +78,7 @@ static char *find_lua_dir(void) {
 
 /* ---- serve ---- */
 
-static int serve(const char *config_path) {
+static int serve(const char *config_path, const char *pidfile) {
     char *lua_dir = find_lua_dir();
     struct app *a = NULL;
     char err[512];
@@ -89,7 +89,7 @@ static int serve(const char *config_path) {
         fprintf(stderr, "waybill: libcurl failed to initialize\n");
         goto done;
     }
-    if (!lua_dir || !(a = app_new(config_path, lua_dir, err, sizeof err))) {
+    if (!lua_dir || !(a = app_new(config_path, lua_dir, pidfile, err, sizeof err))) {
         fprintf(stderr, "waybill: %s\n", lua_dir ? err : "out of memory");
         goto cleanup;
     }
@@ -105,7 +105,8 @@ done:
 static int check(const char *config_path) {
     char *lua_dir = find_lua_dir();
     char err[512], note[512];
-    struct rules *r = rules_load_offline(config_path, lua_dir, note, sizeof note, err, sizeof err);
+    struct rules *r =
+        rules_load_offline(config_path, lua_dir, 0, note, sizeof note, err, sizeof err);
     int rc = 0;
 
     if (!r) {
@@ -480,7 +481,7 @@ static int route_cmd(int argc, char **argv) {
         return 2;
     }
     lua_dir = find_lua_dir();
-    r = rules_load_offline(config_path, lua_dir, note, sizeof note, err, sizeof err);
+    r = rules_load_offline(config_path, lua_dir, 0, note, sizeof note, err, sizeof err);
     if (!r) {
         fprintf(stderr, "%s\n", err);
         goto done;
@@ -637,9 +638,11 @@ static int init_cmd(int argc, char **argv) {
     return 0;
 }
 
-/* Parses "-c FILE" / "--config FILE" for serve and check. */
-static const char *config_arg(int argc, char **argv) {
+/* Parses "-c FILE" / "--config FILE" for serve and check, and serve's
+ * "--pidfile FILE" (into *pidfile when pidfile is not NULL). */
+static const char *config_arg(int argc, char **argv, const char **pidfile) {
     static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
+                                         {"pidfile", required_argument, NULL, 'p'},
                                          {NULL, 0, NULL, 0}};
     const char *path = "waybill.lua";
     int c;
@@ -648,10 +651,12 @@ static const char *config_arg(int argc, char **argv) {
     while ((c = getopt_long(argc, argv, "c:", opts, NULL)) != -1) {
         if (c == 'c')
             path = optarg;
+        else if (c == 'p' && pidfile)
+            *pidfile = optarg;
         else
             return NULL;
     }
-    return path;
+    return optind == argc ? path : NULL;
 }
 
 int main(int argc, char **argv) {
@@ -675,12 +680,14 @@ int main(int argc, char **argv) {
         return rc;
     }
     if (strcmp(cmd, "serve") == 0 || strcmp(cmd, "check") == 0) {
-        config_path = config_arg(argc - 1, argv + 1);
+        const char *pidfile = NULL;
+        int is_serve = strcmp(cmd, "serve") == 0;
+        config_path = config_arg(argc - 1, argv + 1, is_serve ? &pidfile : NULL);
         if (!config_path) {
             usage(stderr);
             return 2;
         }
-        return strcmp(cmd, "serve") == 0 ? serve(config_path) : check(config_path);
+        return is_serve ? serve(config_path, pidfile) : check(config_path);
     }
     if (strcmp(cmd, "route") == 0)
         return route_cmd(argc - 1, argv + 1);

@@ -649,12 +649,13 @@ static int load_main(lua_State *L) {
     r->mem_limit = r->cfg->rule_memory;
     r->max_output = r->cfg->rule_memory;
 
-    if (r->cfg->rules_dir)
+    if (r->cfg->rules_dir && !r->config_only)
         load_rules_dir(L, r, decl);
     check_missing_env(L, r);
     rules_limits_arm(r, RULES_LOAD_BUDGET, "stopped while loading");
     check_lists(L, r);
-    load_adapters(L, r, decl);
+    if (!r->config_only)
+        load_adapters(L, r, decl);
     collect_handlers(L, r);
     lua_newtable(L);
     r->keep_ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -674,7 +675,7 @@ int rules_set_subscriptions(struct rules *r, const struct config_subscription *v
 /* rules_load_with; offline: placeholders for unset env() variables. */
 static struct rules *load_generation(const char *config_path, const char *lua_dir,
                                      const struct config_subscription *subs, size_t nsubs,
-                                     int offline, char *err, size_t errlen) {
+                                     int offline, int config_only, char *err, size_t errlen) {
     struct rules *r = calloc(1, sizeof *r);
     int status;
 
@@ -683,6 +684,7 @@ static struct rules *load_generation(const char *config_path, const char *lua_di
         goto fail;
     }
     r->placeholders = offline;
+    r->config_only = config_only;
     r->handlers_ref = r->adapters_ref = r->api_ref = r->keep_ref = LUA_NOREF;
     r->load_subs = subs;
     r->load_nsubs = nsubs;
@@ -725,12 +727,12 @@ fail:
 struct rules *rules_load_with(const char *config_path, const char *lua_dir,
                               const struct config_subscription *subs, size_t nsubs, char *err,
                               size_t errlen) {
-    return load_generation(config_path, lua_dir, subs, nsubs, 0, err, errlen);
+    return load_generation(config_path, lua_dir, subs, nsubs, 0, 0, err, errlen);
 }
 
-struct rules *rules_load_offline(const char *config_path, const char *lua_dir, char *note,
-                                 size_t notelen, char *err, size_t errlen) {
-    struct rules *r = load_generation(config_path, lua_dir, NULL, 0, 1, err, errlen);
+struct rules *rules_load_offline(const char *config_path, const char *lua_dir, int config_only,
+                                 char *note, size_t notelen, char *err, size_t errlen) {
+    struct rules *r = load_generation(config_path, lua_dir, NULL, 0, 1, config_only, err, errlen);
     size_t used = 0;
 
     if (notelen)

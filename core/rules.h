@@ -33,9 +33,11 @@ struct rules *rules_load_with(const char *config_path, const char *lua_dir,
  * gets a placeholder value (a valid whsec_ key) instead of failing the
  * load. note gets "unset env replaced by placeholders: A, B", or "" when
  * every variable was set. (rules_load refuses unset variables, all of them
- * in one message.) */
-struct rules *rules_load_offline(const char *config_path, const char *lua_dir, char *note,
-                                 size_t notelen, char *err, size_t errlen);
+ * in one message.) config_only: the config file alone, no rule file nor
+ * adapter (the admin client, which must work while a rule is broken); such
+ * a generation routes nothing. */
+struct rules *rules_load_offline(const char *config_path, const char *lua_dir, int config_only,
+                                 char *note, size_t notelen, char *err, size_t errlen);
 
 /* The env variable whose placeholder value is, or NULL when value is not a
  * placeholder of r's offline load. */

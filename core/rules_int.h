@@ -71,6 +71,7 @@ struct rules {
     struct rules_missing_env *missing;
     size_t nmissing;
     int placeholders;
+    int config_only; /* the config file alone: no rule files, no adapters */
 
     struct rules_handler *handlers;
     size_t nhandlers;

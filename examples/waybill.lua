@@ -12,6 +12,7 @@ environment = "sandbox"                 -- batch windows default to 5m here (30m
 listen      = "127.0.0.1:8080"
 admin       = { listen = "127.0.0.1:8081", token = env("WAYBILL_ADMIN_TOKEN", "dev-admin-token") }
 store       = "sqlite:../.run/waybill.db" -- relative to this file: the repo's .run/ (git-ignored)
+pidfile     = "../.run/waybill.pid"   -- for `waybill reload --pidfile` / kill -HUP
 max_body    = "1MiB"
 allow_private = { "127.0.0.0/8" }       -- the example receiver is on loopback
 

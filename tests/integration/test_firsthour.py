@@ -60,6 +60,11 @@ def test_make_run_leaves_the_source_tree_as_it_was():
                     timeout=wb.START_TIMEOUT * 3, message="make run serving")
         r = wb.http_request(port, "POST", "/hooks/atoship", b"{}", {})
         assert r.status == 401, r             # it serves, and refuses an unsigned post
+        with open(os.path.join(d, ".run", "waybill.pid")) as f:
+            pid = int(f.read())
+        with open("/proc/%d/status" % pid) as f:   # exec'd by make's shell: make's child
+            ppid = int([x for x in f if x.startswith("PPid:")][0].split()[1])
+        assert ppid == p.pid, "waybill's parent is %d, make is %d" % (ppid, p.pid)
     finally:
         os.killpg(p.pid, signal.SIGTERM)
         out = p.communicate(timeout=30)[0].decode(errors="replace")
@@ -177,3 +182,48 @@ def test_example_config_checks_with_no_secret_set():
     r = _run_clean_env(env, "check", "-c", os.path.join(wb.ROOT, "examples", "waybill.lua"))
     assert r.returncode == 0 and b"ok (5 sources, 4 endpoints)" in r.stdout, r
     assert b"placeholder" not in r.stderr, r.stderr      # its env() calls carry dev defaults
+
+
+def _reload_gateway(extra=None, args=None):
+    sink = wb.Sink()
+    g = wb.Gateway(wb.config('''
+        source "atoship" { verify = "atoship", secret = "s" }
+        endpoint "erp" { url = %s, sign = "hex", secret = "k" }
+        endpoint "crm" { url = %s, sign = "hex", secret = "k" }
+        rules "rules/"
+    ''' % (wb.lua(sink.url), wb.lua(sink.url + "?crm")), **(extra or {})),
+        files={"rules/10.lua": 'on("*", { "erp" })'}, args=args or [])
+    return g, sink
+
+
+def test_pidfile_holds_the_pid_printed_at_start_and_reload_uses_it():
+    g, sink = _reload_gateway({"pidfile": "run/waybill.pid"})
+    pidfile = g.path("run/waybill.pid")
+    with open(pidfile) as f:
+        assert f.read() == "%d\n" % g.pid, "pidfile"
+    assert "pid %d" % g.pid in g.log(), g.log()                  # the start line says it
+    # a second gateway on the same pidfile refuses, naming the running one
+    r = wb.run("serve", "-c", g.config_path, cwd=g.dir, timeout=30)
+    assert r.returncode == 1 and b"already running as pid %d" % g.pid in r.stderr, r.stderr
+    g.write("rules/10.lua", 'on("*", { "crm" })')
+    r = wb.run("reload", "--pidfile", pidfile)                  # SIGHUP through the pidfile
+    assert r.returncode == 0 and r.stdout == b"sent SIGHUP to waybill (pid %d)\n" % g.pid, r
+    g.wait_for(lambda: g.admin("GET", "/api/status")[1]["reloads"] == 1)
+    g.stop()
+    assert not os.path.exists(pidfile), "pidfile left after a clean stop"
+
+
+def test_reload_command_reports_what_the_reload_did():
+    g, sink = _reload_gateway(args=["--pidfile", "gw.pid"])
+    with open(g.path("gw.pid")) as f:
+        assert int(f.read()) == g.pid
+    g.write("rules/10.lua", 'on("*", { "crm" })')
+    r = g.cli("reload")                                          # through the admin API
+    assert r.returncode == 0 and r.stdout.startswith(b"reloaded "), r
+    body = wb.atoship_event()
+    assert g.post_atoship(body, "s").status == 200
+    assert sink.wait_for_count(1)[0].path.endswith("?crm"), "the new rules route it"
+    g.write("rules/10.lua", 'on("*", { "erp" }\n')               # a syntax error
+    r = g.cli("reload")
+    assert r.returncode == 1, r
+    assert b"rules/10.lua:2:" in r.stderr and b"the current rules stay" in r.stderr, r.stderr
