@@ -33,7 +33,7 @@ LIBOBJS := $(filter-out $(BUILD)/main.o,$(OBJS))
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps run test test-unit test-integration asan tsan bench format format-check clean \
+.PHONY: all deps install run test test-unit test-integration asan tsan bench format format-check clean \
         check layers lint test-deps fuzz
 
 all: deps $(BIN)
@@ -168,6 +168,18 @@ lint:
 	out=$$(python3 tests/layers.py); rc=$$?; echo "$$out" | sed '$$d'; \
 	last=$$(echo "$$out" | tail -n 1); p=$${last%% passed*}; f=$${last#*passed, }; f=$${f%% failed*}; \
 	echo "$$((p + 1 - fmt)) passed, $$((f + fmt)) failed"; [ $$fmt = 0 ] && [ $$rc = 0 ]
+
+# The binary, its Lua library and the man page under $(DESTDIR)$(PREFIX)
+# (the binary looks for its library in /usr/share/waybill/lua, so PREFIX=/usr).
+PREFIX  ?= /usr
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/waybill/lua/sources \
+	  $(DESTDIR)$(PREFIX)/share/man/man1
+	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/waybill
+	install -m 0644 lua/*.lua $(DESTDIR)$(PREFIX)/share/waybill/lua/
+	install -m 0644 lua/sources/*.lua $(DESTDIR)$(PREFIX)/share/waybill/lua/sources/
+	install -m 0644 doc/waybill.1 $(DESTDIR)$(PREFIX)/share/man/man1/waybill.1
 
 clean:
 	rm -rf build build-asan build-tsan build-fuzz waybill waybill-asan tests/bench/out

@@ -227,3 +227,48 @@ def test_reload_command_reports_what_the_reload_did():
     r = g.cli("reload")
     assert r.returncode == 1, r
     assert b"rules/10.lua:2:" in r.stderr and b"the current rules stay" in r.stderr, r.stderr
+
+
+COMMANDS = ["serve", "check", "sign", "route", "init", "test-rules", "bench-rules", "events",
+            "event", "retry", "replay", "test", "reload", "version", "help"]
+
+
+def test_every_command_has_help_and_the_top_usage_lists_them_all():
+    r = wb.run("--help")
+    top = r.stdout.decode()
+    assert r.returncode == 0, r
+    for cmd in COMMANDS:
+        assert "waybill " + cmd in top, (cmd, top)
+    for opt in ("-c waybill.lua", "--url URL", "--token T", "--pidfile FILE", "--json"):
+        assert opt in top, (opt, top)
+    for cmd in COMMANDS:
+        for flag in ("--help", "-h"):
+            r = wb.run(cmd, flag)
+            out = r.stdout.decode()
+            assert r.returncode == 0 and out.startswith("usage: waybill " + cmd), (cmd, flag, r)
+            assert r.stderr == b"", (cmd, r.stderr)
+    r = wb.run("--version")
+    assert r.returncode == 0 and r.stdout.startswith(b"waybill "), r
+    r = wb.run("serve", "--bogus")                       # a wrong option: usage on stderr, 2
+    assert r.returncode == 2 and b"usage: waybill serve" in r.stderr, r
+
+
+def test_man_page_describes_every_command():
+    with open(os.path.join(wb.ROOT, "doc", "waybill.1")) as f:
+        man = f.read()
+    assert man.startswith(".TH WAYBILL 1"), man[:80]
+    for cmd in COMMANDS:
+        assert "\\fBwaybill %s\\fR" % cmd.replace("-", "\\-") in man, cmd
+    r = subprocess.run(["make", "-n", "install", "DESTDIR=/nonexistent"], cwd=wb.ROOT,
+                       capture_output=True)
+    assert b"share/man/man1/waybill.1" in r.stdout, r
+
+
+def test_route_reads_the_event_from_stdin():
+    d, cfg, env = _unset_env_dir()
+    with open(os.path.join(d, "ev.json"), "rb") as f:
+        body = f.read()
+    r = subprocess.run([wb._bin(), "route", "-c", cfg, "--source", "atoship", "-"], input=body,
+                       capture_output=True, env=env, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert [x["endpoint"] for x in json.loads(r.stdout)["deliveries"]] == ["erp", "wms"]
