@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -1046,17 +1047,18 @@ static void on_admin(struct evhttp_request *req, void *arg) {
     }
 }
 
-struct admin *admin_new(const struct admin_deps *deps, const char *listen, char *err,
+struct admin *admin_new(const struct admin_deps *deps, int fd, const char *listen, char *err,
                         size_t errlen) {
     struct admin *adm = calloc(1, sizeof *adm);
     struct evhttp_bound_socket *sock;
 
     if (!adm) {
         snprintf(err, errlen, "out of memory");
+        close(fd);
         return NULL;
     }
     adm->deps = *deps;
-    adm->http = http_listener_new(deps->base, listen, &sock, err, errlen);
+    adm->http = http_listener_new(deps->base, fd, listen, &sock, err, errlen);
     if (!adm->http) {
         free(adm);
         return NULL;

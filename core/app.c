@@ -24,6 +24,7 @@
 #include "deliver.h"
 #include "health.h"
 #include "housekeep.h"
+#include "http.h"
 #include "httpc.h"
 #include "inbound.h"
 #include "ingest.h"
@@ -55,7 +56,8 @@ struct app {
     int reloads, reload_failures;
     char reload_error[512]; /* the last reload's error, "" when it succeeded */
     int stopping;
-    char *pidfile; /* written by app_new, removed by app_free */
+    char *pidfile;           /* written by app_new, removed by app_free */
+    int listen_fd, admin_fd; /* bound first; -1 once handed to inbound / admin */
 };
 
 /* ---- subscriptions ---- */
@@ -245,6 +247,29 @@ static int app_store_dir(const struct config *cfg, char *err, size_t errlen) {
     return app_make_folder("store", p, strcspn(p, "?"), cfg->dir, err, errlen);
 }
 
+/* Binds both listeners, before anything is created (store, pidfile): a
+ * busy port stops the start with nothing left behind. Returns 0, or -1
+ * with "cannot listen on ADDR: reason (FILE:LINE: listen)" in err. */
+static int app_bind(struct app *a, const struct config *cfg, char *err, size_t errlen) {
+    char why[400];
+
+    a->listen_fd = http_bind(cfg->listen, why, sizeof why);
+    if (a->listen_fd < 0) {
+        snprintf(err, errlen, "%s (%s%s)", why, cfg->listen_where ? cfg->listen_where : "default",
+                 cfg->listen_where ? ": listen" : " listen");
+        return -1;
+    }
+    if (!cfg->admin_listen)
+        return 0;
+    a->admin_fd = http_bind(cfg->admin_listen, why, sizeof why);
+    if (a->admin_fd < 0) {
+        snprintf(err, errlen, "%s (%s: admin.listen)", why,
+                 cfg->admin_where ? cfg->admin_where : cfg->file);
+        return -1;
+    }
+    return 0;
+}
+
 /* The modules, bottom up, each handed what it works with. */
 static int app_modules_new(struct app *a, char *err, size_t errlen) {
     const struct config *cfg = rules_config(a->rules);
@@ -286,8 +311,10 @@ static int app_modules_new(struct app *a, char *err, size_t errlen) {
                                                     .store = a->store,
                                                     .httpc = a->httpc,
                                                     .ingest = a->ingest,
-                                                    .rules = &a->rules},
+                                                    .rules = &a->rules,
+                                                    .listen_fd = a->listen_fd},
                              err, errlen);
+    a->listen_fd = -1; /* inbound's now, whatever happened */
     if (!a->inbound)
         return -1;
     if (cfg->admin_listen && !(a->admin = admin_new(&(struct admin_deps){.base = a->base,
@@ -301,8 +328,11 @@ static int app_modules_new(struct app *a, char *err, size_t errlen) {
                                                                          .reload = app_reload,
                                                                          .status = app_status,
                                                                          .arg = a},
-                                                    cfg->admin_listen, err, errlen)))
+                                                    a->admin_fd, cfg->admin_listen, err, errlen))) {
+        a->admin_fd = -1;
         return -1;
+    }
+    a->admin_fd = -1;
     log_msg(LOG_INFO, "listening for webhooks on %s%s%s%s", cfg->listen,
             inbound_tls(a->inbound) ? " (TLS)" : "", cfg->admin_listen ? ", admin on " : "",
             cfg->admin_listen ? cfg->admin_listen : "");
@@ -347,6 +377,8 @@ struct app *app_new(const char *config_path, const char *lua_dir, const char *pi
     struct app *a = calloc(1, sizeof *a);
     const struct config *cfg;
 
+    if (a)
+        a->listen_fd = a->admin_fd = -1;
     if (!a || !(a->config_path = strdup(config_path)) || !(a->lua_dir = strdup(lua_dir))) {
         snprintf(err, errlen, "out of memory");
         goto fail;
@@ -357,7 +389,7 @@ struct app *app_new(const char *config_path, const char *lua_dir, const char *pi
     cfg = rules_config(a->rules);
     if (!pidfile)
         pidfile = cfg->pidfile;
-    if (app_pidfile_check(pidfile, err, errlen) < 0)
+    if (app_pidfile_check(pidfile, err, errlen) < 0 || app_bind(a, cfg, err, errlen) < 0)
         goto fail;
     if (!(a->base = app_loop_new())) {
         snprintf(err, errlen, "cannot create the event loop");
@@ -441,6 +473,10 @@ void app_free(struct app *a) {
     rules_free(a->rules);
     if (a->base)
         event_base_free(a->base);
+    if (a->listen_fd >= 0)
+        close(a->listen_fd);
+    if (a->admin_fd >= 0)
+        close(a->admin_fd);
     if (a->pidfile)
         unlink(a->pidfile);
     free(a->pidfile);

@@ -175,7 +175,7 @@ static const char *cli_str(json_t *o, const char *key, char *buf, size_t len) {
 }
 
 static void cli_print_json(json_t *j) {
-    char *s = json_dumps(j, JSON_INDENT(2));
+    char *s = json_dumps(j, JSON_INDENT(2) | JSON_REAL_PRECISION(15));
     if (s)
         printf("%s\n", s);
     free(s);
@@ -244,6 +244,54 @@ static int cli_events(struct cli *c, int failed, const char *type, const char *s
     return 0;
 }
 
+/* An attempt's HTTP status as the table shows it: "-" when none came. */
+static const char *cli_http(json_t *a, char *buf, size_t len) {
+    json_t *v = json_object_get(a, "status_code");
+    if (!json_is_integer(v) || json_integer_value(v) <= 0)
+        return "-";
+    snprintf(buf, len, "%lld", (long long)json_integer_value(v));
+    return buf;
+}
+
+/* When the pending delivery id of endpoint is tried next, from the
+ * deliveries list (newest first; the event's detail has no next_at).
+ * Returns the time (borrowed from *list) or NULL. */
+static const char *cli_next_try(const struct cli *c, const char *endpoint, const char *id,
+                                json_t **list) {
+    char path[400], *e = curl_easy_escape(NULL, endpoint, 0);
+    size_t i;
+    json_t *o;
+
+    snprintf(path, sizeof path, "/api/deliveries?status=pending&limit=500&endpoint=%s", e ? e : "");
+    curl_free(e);
+    json_decref(*list);
+    if (cli_request(c, "GET", path, NULL, list))
+        return NULL;
+    json_array_foreach(json_object_get(*list, "data"), i, o) {
+        const char *oid = cli_str(o, "id", NULL, 0);
+        if (oid && strcmp(oid, id) == 0)
+            return cli_str(o, "next_at", NULL, 0);
+    }
+    return NULL;
+}
+
+/* "next try  dlv_… (erp) at T" for each pending delivery of ev. */
+static void cli_event_next(const struct cli *c, json_t *ev) {
+    json_t *d, *list = NULL;
+    size_t i;
+
+    json_array_foreach(json_object_get(ev, "deliveries"), i, d) {
+        const char *st = cli_str(d, "status", NULL, 0), *id = cli_str(d, "id", NULL, 0),
+                   *ep = cli_str(d, "endpoint", NULL, 0), *at;
+        if (!st || strcmp(st, "pending") != 0 || !id || !ep)
+            continue;
+        at = cli_next_try(c, ep, id, &list);
+        if (at)
+            printf("next try  %s (%s) at %s\n", id, ep, at);
+    }
+    json_decref(list);
+}
+
 static void cli_event_print(json_t *ev) {
     json_t *d, *a;
     size_t i, k;
@@ -277,7 +325,7 @@ static void cli_event_print(json_t *ev) {
                                  k ? "" : cli_str(d, "status", NULL, 0),
                                  cli_str(a, "n", b1, sizeof b1),
                                  cli_str(a, "at", NULL, 0),
-                                 cli_str(a, "status_code", b2, sizeof b2),
+                                 cli_http(a, b2, sizeof b2),
                                  cli_str(a, "error", NULL, 0)};
             cli_row(&t, row);
         }
@@ -343,10 +391,12 @@ static int cli_run(struct cli *c, const char *cmd, char **args, int nargs, int f
         snprintf(path, sizeof path, "/api/events/%s", args[0]);
         if ((rc = cli_request(c, "GET", path, NULL, &j)))
             return rc;
-        if (c->json)
+        if (c->json) {
             cli_print_json(j);
-        else
+        } else {
             cli_event_print(j);
+            cli_event_next(c, j);
+        }
     } else if (strcmp(cmd, "retry") == 0) {
         snprintf(path, sizeof path, "/api/deliveries/%s/retry", args[0]);
         if ((rc = cli_request(c, "POST", path, NULL, &j)))

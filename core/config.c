@@ -134,6 +134,8 @@ void config_free(struct config *cfg) {
     free(cfg->file);
     free(cfg->dir);
     free(cfg->listen);
+    free(cfg->listen_where);
+    free(cfg->admin_where);
     free(cfg->tls_cert);
     free(cfg->tls_key);
     free(cfg->admin_listen);

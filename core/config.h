@@ -78,6 +78,8 @@ struct config {
     char *dir;                /* its folder: base of relative paths */
     int sandbox;              /* environment == "sandbox" */
     char *listen;             /* "host:port"; default "0.0.0.0:8080" */
+    char *listen_where;       /* "file:line" of listen =; NULL when defaulted */
+    char *admin_where;        /* "file:line" of admin =; NULL when absent */
     char *tls_cert, *tls_key; /* both or neither */
     char *admin_listen; /* NULL = off; "admin = {token=...}" alone listens on 127.0.0.1:8081 */
     char *admin_token;  /* required when admin_listen is set */

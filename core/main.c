@@ -184,8 +184,8 @@ static int check(const char *config_path) {
         if (note[0])
             fprintf(stderr, "waybill check: %s (serve needs them set)\n", note);
         const struct config *cfg = rules_config(r);
-        printf("%s: ok (%zu sources, %zu endpoints)\n", config_path, cfg->nsources,
-               cfg->nendpoints);
+        printf("%s: ok (%zu source%s, %zu endpoint%s)\n", config_path, cfg->nsources,
+               cfg->nsources == 1 ? "" : "s", cfg->nendpoints, cfg->nendpoints == 1 ? "" : "s");
     }
     rules_free(r);
     free(lua_dir);

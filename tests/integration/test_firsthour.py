@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 
@@ -272,3 +273,65 @@ def test_route_reads_the_event_from_stdin():
                        capture_output=True, env=env, timeout=30)
     assert r.returncode == 0, r.stderr
     assert [x["endpoint"] for x in json.loads(r.stdout)["deliveries"]] == ["erp", "wms"]
+
+
+def test_a_busy_port_names_the_reason_and_the_line_and_creates_nothing():
+    busy = socket.socket()
+    busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    port = busy.getsockname()[1]
+    d = wb._mkdtemp("wb-busy-")
+    for admin in (False, True):
+        cfg = os.path.join(d, "waybill.lua")
+        with open(cfg, "w") as f:
+            f.write('environment = "sandbox"\n'
+                    'listen = "127.0.0.1:%d"\n' % (wb.free_port() if admin else port) +
+                    'admin = { listen = "127.0.0.1:%d", token = "t" }\n'
+                    % (port if admin else wb.free_port()) +
+                    'store = "sqlite:run/waybill.db"\npidfile = "run/waybill.pid"\n')
+        r = wb.run("serve", "-c", cfg, timeout=30)
+        err = r.stderr.decode()
+        assert r.returncode == 1, err
+        want = ("cannot listen on 127.0.0.1:%d: Address already in use (%s:%s)"
+                % (port, cfg, "3: admin.listen" if admin else "2: listen"))
+        assert want in err, err
+        assert os.listdir(d) == ["waybill.lua"], os.listdir(d)   # no store, no pidfile
+    busy.close()
+
+
+def test_cli_event_names_a_refused_connection_and_the_next_retry():
+    dead = wb.free_port()
+    g = wb.Gateway(wb.config('''
+        source "atoship" { verify = "atoship", secret = "s" }
+        endpoint "erp" { url = "http://127.0.0.1:%d/hook", sign = "hex", secret = "k",
+                         retry = { "0s", "1h" } }
+        rules "rules/"
+    ''' % dead), files={"rules/10.lua": 'on("*", { "erp" })'})
+    r = g.post_atoship(wb.atoship_event(), "s")
+    eid = r.json()["id"]
+    ev = g.wait_event(eid, lambda e: e["deliveries"] and e["deliveries"][0]["attempts"])
+    r = g.cli("event", eid)
+    out = r.stdout.decode()
+    assert r.returncode == 0, r
+    assert "connection refused" in out and "HTTP 0" not in out and "  0  " not in out, out
+    assert "next try" in out, out
+    assert out.count(" ms") <= 1, out            # curl's "after 0 ms ... in 1 ms" not doubled
+    r = g.cli("check")
+    assert b"(1 source, 1 endpoint)" in r.stdout, r.stdout
+
+
+def test_success_rate_prints_rounded():
+    sink = wb.Sink([500, 200, 200, 200, 200])
+    g = wb.Gateway(wb.config('''
+        source "atoship" { verify = "atoship", secret = "s" }
+        endpoint "erp" { url = %s, sign = "hex", secret = "k", retry = { "0s", "0s" } }
+        rules "rules/"
+    ''' % wb.lua(sink.url)), files={"rules/10.lua": 'on("*", { "erp" })'})
+    for _ in range(4):
+        assert g.post_atoship(wb.atoship_event(), "s").status == 200
+    sink.wait_for_count(5)
+    g.wait_for(lambda: g.admin("GET", "/api/endpoints")[1]["data"][0]["attempts_ok"] == 4)
+    r = wb.http_request(g.admin_port, "GET", "/api/endpoints",
+                        headers={"Authorization": "Bearer " + wb.ADMIN_TOKEN})
+    assert b'"success_rate":0.8,' in r[2], r[2]
