@@ -33,13 +33,34 @@ LIBOBJS := $(filter-out $(BUILD)/main.o,$(OBJS))
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps install run test test-unit test-integration asan tsan bench format format-check clean \
+.PHONY: all help deps install run test test-unit test-integration asan tsan bench format format-check clean \
         check layers lint test-deps fuzz
 
 all: deps $(BIN)
 
 # Every compile waits for deps (an order-only prerequisite: it never makes a
 # file out of date), so `make -j2` cannot race the apt-get install.
+
+help:
+	@echo "make [all]        install missing Debian packages (as root) and build ./waybill"
+	@echo "make run          start the gateway on examples/waybill.lua (store and pid in .run/)"
+	@echo "make test         build and run every test (unit, rules, integration): N passed, N failed"
+	@echo "make test-unit    the C unit tests only"
+	@echo "make test-integration  the integration tests only (K=PATTERN selects)"
+	@echo "make check        the same as make test"
+	@echo "make asan         the whole suite under AddressSanitizer and UBSan"
+	@echo "make tsan         the store's unit tests under ThreadSanitizer"
+	@echo "make fuzz         the libFuzzer targets, FUZZ_SECONDS each (clang installed when missing)"
+	@echo "make bench        the benchmarks (~7 min; BENCH_INSTALL=1 installs wrk and webhook)"
+	@echo "make lint         the format check and the layers check"
+	@echo "make format       clang-format every C file in place"
+	@echo "make format-check the format check alone"
+	@echo "make layers       the include-layers check alone (tests/layers.py)"
+	@echo "make deps         install the missing Debian packages the build needs"
+	@echo "make test-deps    install what the tests need (Debian packages, npm modules)"
+	@echo "make install      binary, Lua library and man page into DESTDIR/PREFIX (default /usr)"
+	@echo "make clean        remove the builds, binaries and benchmark output"
+	@echo "make help         this list"
 
 # Installs the Debian -dev packages the build needs, when missing.
 deps:

@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import wb
@@ -335,3 +336,67 @@ def test_success_rate_prints_rounded():
     r = wb.http_request(g.admin_port, "GET", "/api/endpoints",
                         headers={"Authorization": "Bearer " + wb.ADMIN_TOKEN})
     assert b'"success_rate":0.8,' in r[2], r[2]
+
+
+@wb.timeout(90)
+def test_interrupted_bench_stops_its_servers_and_removes_its_stores():
+    if not shutil.which("wrk") or not shutil.which("taskset"):
+        raise AssertionError("wrk and taskset are needed (make bench installs them)")
+    d = wb._mkdtemp("wb-benchout-")
+    p = subprocess.Popen([sys.executable, os.path.join(wb.ROOT, "tests", "bench", "bench.py"),
+                          "--bin", wb._bin(), "--servers", "waybill-1m", "--scale-rows", "2000",
+                          "--scale-dir", d, "--rounds", "1", "--duration", "60", "--warmup", "0",
+                          "--conns", "8", "--delivery-rounds", "0", "--latency-rounds", "0",
+                          "--out", os.path.join(d, "results.md")],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def store():
+            return [x for x in os.listdir(d) if x.startswith("wb-bench-scale-")]
+        wb.wait_for(lambda: store() and os.path.exists(os.path.join(d, store()[0], "waybill.db")),
+                    timeout=30, message="the scale store built")
+        time.sleep(1.5)                                  # its server up, wrk running
+        p.send_signal(signal.SIGTERM)
+        out = p.communicate(timeout=40)[0].decode(errors="replace")
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 130, out[-2000:]
+    assert os.listdir(d) == [], (os.listdir(d), out[-2000:])   # the store is gone
+    left = subprocess.run(["pgrep", "-f", d], capture_output=True).stdout
+    assert left == b"", "processes of the run left: %s" % left
+
+
+def test_bench_installs_peers_only_when_asked():
+    fake = wb._mkdtemp("wb-fakebin-")
+    calls = os.path.join(fake, "apt.log")
+    for tool in ("dirname", "mkdir"):
+        os.symlink(shutil.which(tool), os.path.join(fake, tool))
+    _script(fake, "id", "echo 0")
+    _script(fake, "apt-get", 'echo "$*" >> %s' % calls)
+    env = {"PATH": fake, "HOME": fake}
+    script = os.path.join(wb.ROOT, "tests", "bench", "run.sh")
+    r = subprocess.run(["/bin/bash", script], env=env, stdin=subprocess.DEVNULL,
+                       capture_output=True, timeout=30)
+    assert r.returncode == 0 and not os.path.exists(calls), r   # not asked: nothing installed
+    assert b"BENCH_INSTALL=1" in r.stderr, r.stderr
+    env["BENCH_INSTALL"] = "1"
+    r = subprocess.run(["/bin/bash", script], env=env, stdin=subprocess.DEVNULL,
+                       capture_output=True, timeout=30)
+    with open(calls) as f:
+        assert "install -y -qq wrk webhook util-linux" in f.read(), r
+
+
+def test_make_help_lists_every_target():
+    r = subprocess.run(["make", "--no-print-directory", "help"], cwd=wb.ROOT, capture_output=True)
+    assert r.returncode == 0, r
+    lines = r.stdout.decode().splitlines()
+    with open(os.path.join(wb.ROOT, "Makefile")) as f:
+        phony = " ".join(l.split(":", 1)[1] for l in f.read().replace("\\\n", " ").splitlines()
+                         if l.startswith(".PHONY:")).split()
+    described = {}
+    for l in lines:
+        w = l.split()
+        if w[:1] == ["make"] and len(w) > 2:
+            described[w[1].strip("[]")] = " ".join(w[2:])
+    for t in phony:
+        assert described.get(t), (t, lines)             # one line each, with what it does
