@@ -15,6 +15,7 @@
 #include "config.h"
 #include "rules.h"
 #include "util.h"
+#include "verify.h"
 
 struct cli {
     char base[300]; /* "http://127.0.0.1:8081" */
@@ -22,8 +23,8 @@ struct cli {
     int json;
 };
 
-static const char *const cli_commands[] = {"events", "event",  "retry", "replay",
-                                           "test",   "reload", NULL};
+static const char *const cli_commands[] = {"events", "event",  "retry",   "replay",
+                                           "test",   "reload", "trigger", NULL};
 
 int cli_is_command(const char *cmd) {
     for (int i = 0; cmd && cli_commands[i]; i++)
@@ -39,6 +40,7 @@ static void cli_usage(void) {
             "       waybill retry DELIVERY_ID [--json]\n"
             "       waybill replay EVENT_ID [--json]\n"
             "       waybill test ENDPOINT TYPE [--json]\n"
+            "       waybill trigger [--source NAME] TYPE   POST a signed sample event\n"
             "       waybill reload [--pidfile FILE]    reload config and rules (admin API, or\n"
             "                                          SIGHUP to the pid in FILE)\n"
             "  common: -c waybill.lua (admin address and token), or --url URL --token T\n");
@@ -442,28 +444,160 @@ static int cli_reload_signal(const char *pidfile) {
     return 0;
 }
 
-/* The admin base URL for listen ("host:port"): a wildcard host becomes
+/* The base URL for listen ("http://host:port"): a wildcard host becomes
  * loopback. */
-static void cli_base_from_listen(struct cli *c, const char *listen) {
+static void cli_base_into(char *out, size_t n, const char *listen) {
     const char *colon = strrchr(listen, ':');
     if (colon && (strncmp(listen, "0.0.0.0:", 8) == 0 || colon == listen))
-        snprintf(c->base, sizeof c->base, "http://127.0.0.1%s", colon);
+        snprintf(out, n, "http://127.0.0.1%s", colon);
     else if (strncmp(listen, "[::]:", 5) == 0)
-        snprintf(c->base, sizeof c->base, "http://[::1]%s", listen + 4);
+        snprintf(out, n, "http://[::1]%s", listen + 4);
     else
-        snprintf(c->base, sizeof c->base, "http://%s", listen);
+        snprintf(out, n, "http://%s", listen);
+}
+
+/* ---- trigger: a signed sample event to the webhook listener ---- */
+
+static void cli_add_header(void *ctx, const char *name, const char *value) {
+    struct curl_slist **h = ctx;
+    char line[1024];
+    snprintf(line, sizeof line, "%s: %s", name, value);
+    *h = curl_slist_append(*h, line);
+}
+
+/* The signature headers src's verification wants for body, onto *h.
+ * Returns 0, or -1 after printing why (a scheme trigger cannot sign). */
+static int cli_trigger_sign(const struct config_source *src, const char *body,
+                            struct curl_slist **h) {
+    unsigned char mac[32];
+    char sig[128], id[UTIL_ID_MAX + 128];
+    const struct verify_spec *v = &src->verify;
+
+    if (v->kind == VERIFY_NONE)
+        return 0;
+    if (v->kind == VERIFY_STANDARD) {
+        util_id_new("msg_", id, sizeof id);
+        return verify_sign(SIGN_STANDARD, src->secrets, src->nsecrets, id, util_now_ms() / 1000,
+                           body, strlen(body), cli_add_header, h);
+    }
+    if (v->kind != VERIFY_HMAC || src->nsecrets == 0) {
+        fprintf(stderr,
+                "waybill trigger: source %s verifies %s, which trigger does not sign; "
+                "use waybill sign and curl\n",
+                src->name, src->verify_name);
+        return -1;
+    }
+    verify_hmac_sha256(src->secrets[0].key, src->secrets[0].len, body, strlen(body), mac);
+    if (v->encoding == VERIFY_HEX)
+        util_hex_encode(mac, sizeof mac, sig);
+    else
+        util_base64_encode(mac, sizeof mac, sig);
+    snprintf(id, sizeof id, "%s", v->prefix);
+    if (strlen(id) + strlen(sig) < sizeof id)
+        strcat(id, sig);
+    cli_add_header(h, v->header, id);
+    return 0;
+}
+
+/* A sample event of type in the atoship shape every HMAC preset's adapter
+ * reads: a fresh id, the time now. New string. */
+static char *cli_trigger_body(const char *type) {
+    char id[UTIL_ID_MAX], now[64];
+    json_t *ev;
+    char *text;
+
+    util_id_new("evt_", id, sizeof id);
+    util_time_rfc3339(util_now_ms(), now, sizeof now);
+    ev = json_pack("{ss ss ss s{ss ss ss ss ss ss ss ss}}", "id", id, "type", type, "created_at",
+                   now, "data", "shipment_id", "shp_sample", "tracking_number",
+                   "9400111899223456789012", "carrier", "USPS", "service", "Priority Mail",
+                   "order_id", "order_xyz789", "order_reference", "ORD-12345", "delivered_at", now,
+                   "signed_by", "RESIDENT");
+    text = ev ? json_dumps(ev, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    json_decref(ev);
+    return text;
+}
+
+/* waybill trigger [-c FILE] [--source NAME] TYPE: POSTs a signed sample
+ * event of TYPE to the gateway's webhook listener as source NAME (default
+ * atoship, else the first source) would; prints the answer. */
+static int cli_trigger(const char *config_path, const char *lua_dir, const char *source,
+                       const char *type) {
+    char err[512], note[512], base[300], url[700], *body = NULL;
+    struct rules *r =
+        rules_load_offline(config_path, lua_dir, 1, note, sizeof note, err, sizeof err);
+    const struct config *cfg = r ? rules_config(r) : NULL;
+    const struct config_source *src = NULL;
+    struct curl_slist *h = NULL;
+    struct util_buf resp = {NULL, 0, 0};
+    CURL *easy = NULL;
+    long code = 0;
+    int rc = 1;
+
+    if (!r) {
+        fprintf(stderr, "waybill: %s\n", err);
+        return 1;
+    }
+    src = config_source_by_name(cfg, source ? source : "atoship");
+    if (!src && !source && cfg->nsources > 0)
+        src = &cfg->sources[0];
+    if (!src) {
+        fprintf(stderr, "waybill trigger: no source '%s' in %s\n", source ? source : "atoship",
+                config_path);
+        goto done;
+    }
+    if (note[0] && src->verify.kind != VERIFY_NONE)
+        fprintf(stderr, "waybill trigger: %s: the signature will not match\n", note);
+    body = cli_trigger_body(type);
+    if (!body || cli_trigger_sign(src, body, &h) < 0)
+        goto done;
+    h = curl_slist_append(h, "Content-Type: application/json");
+    cli_base_into(base, sizeof base, cfg->listen);
+    snprintf(url, sizeof url, "%s%s%s", cfg->tls_cert ? "https" : "http", base + 4, src->path);
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK || !(easy = curl_easy_init()))
+        goto done;
+    curl_easy_setopt(easy, CURLOPT_URL, url);
+    curl_easy_setopt(easy, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(easy, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(easy, CURLOPT_PROXY, "");
+    curl_easy_setopt(easy, CURLOPT_TIMEOUT, 30L);
+    curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, cli_write);
+    curl_easy_setopt(easy, CURLOPT_WRITEDATA, &resp);
+    if (curl_easy_perform(easy) != CURLE_OK) {
+        fprintf(stderr, "waybill trigger: %s: cannot connect (is the gateway running?)\n", url);
+        goto done;
+    }
+    curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &code);
+    printf("%s %s -> %ld %.*s\n", type, src->name, code, (int)resp.len, resp.p ? resp.p : "");
+    rc = code >= 200 && code <= 299 ? 0 : 1;
+done:
+    if (easy) {
+        curl_easy_cleanup(easy);
+        curl_global_cleanup();
+    }
+    util_buf_free(&resp);
+    curl_slist_free_all(h);
+    free(body);
+    rules_free(r);
+    return rc;
 }
 
 int cli_main(int argc, char **argv, const char *lua_dir) {
-    static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'},  {"json", no_argument, NULL, 'j'},
-        {"failed", no_argument, NULL, 'f'},        {"url", required_argument, NULL, 'u'},
-        {"token", required_argument, NULL, 't'},   {"type", required_argument, NULL, 'T'},
-        {"status", required_argument, NULL, 's'},  {"limit", required_argument, NULL, 'l'},
-        {"pidfile", required_argument, NULL, 'p'}, {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
+                                         {"json", no_argument, NULL, 'j'},
+                                         {"failed", no_argument, NULL, 'f'},
+                                         {"url", required_argument, NULL, 'u'},
+                                         {"token", required_argument, NULL, 't'},
+                                         {"type", required_argument, NULL, 'T'},
+                                         {"status", required_argument, NULL, 's'},
+                                         {"limit", required_argument, NULL, 'l'},
+                                         {"pidfile", required_argument, NULL, 'p'},
+                                         {"source", required_argument, NULL, 'S'},
+                                         {NULL, 0, NULL, 0}};
     struct cli c;
     const char *config_path = "waybill.lua", *url = NULL, *token = NULL, *type = NULL,
-               *status = NULL, *limit = NULL, *pidfile = NULL, *cmd = argv[0];
+               *status = NULL, *limit = NULL, *pidfile = NULL, *source = NULL, *cmd = argv[0];
     int failed = 0, opt, rc;
     char err[512], note[512];
 
@@ -498,10 +632,20 @@ int cli_main(int argc, char **argv, const char *lua_dir) {
         case 'p':
             pidfile = optarg;
             break;
+        case 'S':
+            source = optarg;
+            break;
         default:
             cli_usage();
             return 2;
         }
+    }
+    if (strcmp(cmd, "trigger") == 0) {
+        if (optind != argc - 1) {
+            cli_usage();
+            return 2;
+        }
+        return cli_trigger(config_path, lua_dir, source, argv[optind]);
     }
     if (pidfile) {
         if (strcmp(cmd, "reload") != 0 || optind != argc) {
@@ -534,7 +678,7 @@ int cli_main(int argc, char **argv, const char *lua_dir) {
             return 1;
         }
         if (!url)
-            cli_base_from_listen(&c, cfg->admin_listen);
+            cli_base_into(c.base, sizeof c.base, cfg->admin_listen);
         snprintf(c.auth, sizeof c.auth, "Authorization: Bearer %s",
                  token ? token : cfg->admin_token);
         rules_free(r);

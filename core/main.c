@@ -66,6 +66,10 @@ static const struct {
                "  Route a stored event again with the current rules.\n"},
     {"test", "usage: waybill test ENDPOINT TYPE [--json]\n"
              "  Send a sample event of TYPE straight to ENDPOINT (rules bypassed).\n"},
+    {"trigger", "usage: waybill trigger [-c waybill.lua] [--source NAME] TYPE\n"
+                "  POST a sample event of TYPE (any taxonomy type), with a fresh id and\n"
+                "  signed with the source's secret, to the running gateway's webhook\n"
+                "  listener, as source NAME (default atoship) would; print the answer.\n"},
     {"reload", "usage: waybill reload [--pidfile FILE]\n"
                "  Reload config and rules: through the admin API (prints the error and\n"
                "  exits 1 when refused), or SIGHUP to the pid in FILE.\n"},
@@ -76,7 +80,8 @@ static const struct {
 #define ADMIN_CLIENT_OPTIONS                                                                       \
     "  The admin client commands (events, event, retry, replay, test, reload) read\n"              \
     "  the admin address and token from the config: -c waybill.lua, or --url URL\n"                \
-    "  --token T; --json prints the admin API's answer as is.\n"
+    "  --token T; --json prints the admin API's answer as is. trigger reads the\n"                 \
+    "  webhook address and the source's secret from the config.\n"
 
 static int usage_index(const char *cmd) {
     for (size_t i = 0; cmd && i < sizeof cmd_usage / sizeof cmd_usage[0]; i++)

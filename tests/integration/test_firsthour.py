@@ -4,6 +4,7 @@ tour's receiver."""
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -232,7 +233,7 @@ def test_reload_command_reports_what_the_reload_did():
 
 
 COMMANDS = ["serve", "check", "sign", "route", "init", "test-rules", "bench-rules", "events",
-            "event", "retry", "replay", "test", "reload", "version", "help"]
+            "event", "retry", "replay", "test", "reload", "trigger", "version", "help"]
 
 
 def test_every_command_has_help_and_the_top_usage_lists_them_all():
@@ -400,3 +401,117 @@ def test_make_help_lists_every_target():
             described[w[1].strip("[]")] = " ".join(w[2:])
     for t in phony:
         assert described.get(t), (t, lines)             # one line each, with what it does
+
+
+def _readme_tour():
+    """The tour's code blocks: [(lang, [(command, [expected lines])])]."""
+    with open(os.path.join(wb.ROOT, "README.md")) as f:
+        text = f.read()
+    tour = text[text.index("## Five-minute tour"):text.index("## Configuration")]
+    blocks = []
+    for m in re.finditer(r"```(\w*)\n(.*?)```", tour, re.S):
+        cmds = []
+        for line in m.group(2).splitlines():
+            if m.group(1) == "sh" and line.startswith("# "):
+                cmds[-1][1].append(line[2:])
+            elif m.group(1) == "sh":
+                cmds.append((line, []))
+            else:
+                cmds.append((None, [line]))
+        blocks.append((m.group(1), cmds))
+    return blocks
+
+
+def _shown(expected, got_lines):
+    """Whether an output line the README shows is among got_lines ('…' is
+    any text, a run of spaces any run of spaces)."""
+    pat = re.escape(expected).replace(re.escape("…"), ".+?")
+    pat = re.sub(r"(\\ ){2,}", r"\\s+", pat)
+    return any(re.fullmatch(pat, g.rstrip()) for g in got_lines)
+
+
+@wb.timeout(120)
+def test_readme_tour_copied_line_by_line_shows_what_the_readme_shows():
+    d, binary, build = _tree_copy()
+    ports = {"8080": str(wb.free_port()), "8081": str(wb.free_port()), "9000": str(wb.free_port())}
+
+    def local(text):
+        for k, v in ports.items():
+            text = text.replace("127.0.0.1:" + k, "127.0.0.1:" + v)
+        return text
+    cfg = os.path.join(d, "examples", "waybill.lua")
+    with open(cfg) as f:
+        text = f.read()
+    with open(cfg, "w") as f:
+        f.write(local(text))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}
+    env.update(RECEIVER_PORT=ports["9000"], WAYBILL_ADMIN_URL="http://127.0.0.1:" + ports["8081"])
+    if binary != "waybill":
+        os.symlink(binary, os.path.join(d, "waybill"))
+    logs, procs, assigns = {}, [], []
+    try:
+        for lang, cmds in _readme_tour():
+            for cmd, expected in cmds:
+                if cmd is None:                       # what terminal 1 prints
+                    wb.wait_for(lambda: _shown(expected[0], open(logs["receiver"]).read().splitlines()),
+                                timeout=10, message="receiver printed %r" % expected[0])
+                    continue
+                if cmd in ("python3 examples/receiver.py", "make run"):
+                    name = "receiver" if cmd.startswith("python3") else "gateway"
+                    logs[name] = os.path.join(d, name + ".log")
+                    argv = cmd.split() if name == "receiver" else [
+                        "make", "--no-print-directory", "BIN=" + binary, "BUILD=" + build, "run"]
+                    procs.append(subprocess.Popen(argv, cwd=d, env=env, stdout=open(logs[name], "w"),
+                                                  stderr=subprocess.STDOUT, start_new_session=True))
+                    for e in expected:
+                        wb.wait_for(lambda: _shown(local(e), open(logs[name]).read().splitlines()),
+                                    timeout=wb.START_TIMEOUT * 3, message="%s printed %r" % (name, e))
+                    if name == "gateway":
+                        wb.wait_for(lambda: wb.http_request(int(ports["8081"]), "GET", "/healthz",
+                                                            timeout=1).status == 200)
+                    continue
+                r = subprocess.run(["bash", "-c", "; ".join(assigns + [local(cmd)])], cwd=d, env=env,
+                                   capture_output=True, timeout=60)
+                if re.match(r"^\w+=\$\(", cmd):
+                    assigns.append(local(cmd))
+                got = r.stdout.decode().splitlines()
+                assert r.returncode == 0, (cmd, r)
+                for e in expected:
+                    assert _shown(local(e), got), "README shows %r after %r; got %r" % (e, cmd, got)
+        def out():
+            with open(logs["receiver"]) as f:
+                return f.read()
+        try:
+            wb.wait_for(lambda: "verified /webhooks/subscriber type=tracking.delivered" in out(),
+                        timeout=10, message="the subscription's delivery")
+        except AssertionError:
+            with open(logs["gateway"]) as f:
+                raise AssertionError("no subscription delivery:\n%s\n%s" % (out(), f.read()[-3000:]))
+        out = out()
+        assert "verification POST /webhooks/subscriber: answered 200" in out, out
+        assert "BAD SIGNATURE" not in out, out
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+                p.wait(timeout=30)
+
+
+def test_trigger_posts_a_fresh_signed_event_each_time():
+    sink = wb.Sink()
+    g = wb.Gateway(wb.config('''
+        source "shop" { verify = "generic", secret = "shop-secret" }
+        source "stripe" { verify = "stripe", secret = "k" }
+        endpoint "erp" { url = %s, sign = "hex", secret = "k" }
+        rules "rules/"
+    ''' % wb.lua(sink.url)), files={"rules/10.lua": 'on("tracking.*", { "erp" })'})
+    ids = []
+    for _ in range(2):
+        r = g.cli("trigger", "--source", "shop", "tracking.delivered")
+        assert r.returncode == 0 and r.stdout.startswith(b"tracking.delivered shop -> 200 "), r
+        ids.append(json.loads(r.stdout.split(b" -> 200 ", 1)[1])["id"])
+    assert ids[0] != ids[1]                              # a fresh event, not a duplicate
+    got = sink.wait_for_count(2)
+    assert [x.json()["type"] for x in got] == ["tracking.delivered"] * 2
+    r = g.cli("trigger", "--source", "stripe", "tracking.delivered")
+    assert r.returncode == 1 and b"use waybill sign" in r.stderr, r
