@@ -197,8 +197,9 @@ static void admin_events(struct admin *adm, struct evhttp_request *req) {
     page.source = evhttp_find_header(&q, "source");
     page.status = evhttp_find_header(&q, "status");
     if (page.status && strcmp(page.status, "received") != 0 && strcmp(page.status, "routed") != 0 &&
-        strcmp(page.status, "unrouted") != 0 && strcmp(page.status, "rule_error") != 0) {
-        admin_bad(req, "status must be received, routed, unrouted or rule_error");
+        strcmp(page.status, "unrouted") != 0 && strcmp(page.status, "partial") != 0 &&
+        strcmp(page.status, "rule_error") != 0) {
+        admin_bad(req, "status must be received, routed, unrouted, partial or rule_error");
         goto done;
     }
     if (admin_events_page_json(adm->deps.store, &page, &data, &next, err, sizeof err) < 0)

@@ -335,6 +335,36 @@ static void cli_event_print(json_t *ev) {
     cli_table_print(&t);
 }
 
+/* waybill replay ID: routes the event again and shows what the rules did;
+ * exit 1 when a handler failed (status partial or rule_error), saying what
+ * the event's status was before. */
+static int cli_replay(struct cli *c, const char *id) {
+    char path[512], was[32] = "";
+    const char *now, *e;
+    json_t *j = NULL;
+    int rc;
+
+    snprintf(path, sizeof path, "/api/events/%s", id);
+    if (cli_request(c, "GET", path, NULL, &j) == 0 && cli_str(j, "status", NULL, 0))
+        snprintf(was, sizeof was, "%s", cli_str(j, "status", NULL, 0));
+    json_decref(j);
+    snprintf(path, sizeof path, "/api/events/%s/replay", id);
+    if ((rc = cli_request(c, "POST", path, NULL, &j)))
+        return rc;
+    if (c->json)
+        cli_print_json(j);
+    else
+        cli_event_print(j);
+    now = cli_str(j, "status", NULL, 0);
+    e = cli_str(j, "error", NULL, 0);
+    rc = now && (strcmp(now, "partial") == 0 || strcmp(now, "rule_error") == 0);
+    if (rc)
+        fprintf(stderr, "waybill replay: a handler failed (%s); the event is now %s%s%s\n",
+                e ? e : "?", now, was[0] ? ", was " : "", was);
+    json_decref(j);
+    return rc;
+}
+
 /* Path segment of an id: refuses what would change the path. */
 static int cli_id_ok(const char *id) {
     return id && *id && strlen(id) < 200 && !strpbrk(id, "/?#% \t\r\n");
@@ -408,13 +438,7 @@ static int cli_run(struct cli *c, const char *cmd, char **args, int nargs, int f
         else
             printf("delivery %s queued again\n", args[0]);
     } else {
-        snprintf(path, sizeof path, "/api/events/%s/replay", args[0]);
-        if ((rc = cli_request(c, "POST", path, NULL, &j)))
-            return rc;
-        if (c->json)
-            cli_print_json(j);
-        else
-            cli_event_print(j);
+        return cli_replay(c, args[0]);
     }
     json_decref(j);
     return 0;

@@ -537,7 +537,7 @@ static int route_cmd(int argc, char **argv) {
     struct rules_plan plan = {0};
     const struct config_source *src;
     size_t len = 0;
-    int c, rc = 1;
+    int c, rc = 1, routed;
     json_t *out;
 
     optind = 1;
@@ -588,10 +588,11 @@ static int route_cmd(int argc, char **argv) {
                              .raw = body,
                              .raw_len = len,
                              .headers_json = "{}"};
-    if (rules_route(r, &in, &plan, err, sizeof err) < 0) {
-        fprintf(stderr, "rule_error: %s\n", err);
+    routed = rules_route(r, &in, &plan, err, sizeof err);
+    if (routed != 0) /* partial: the plan of the handlers that ran, and exit 1 */
+        fprintf(stderr, "%s: %s\n", routed < 0 ? "rule_error" : "partial", err);
+    if (routed < 0)
         goto done;
-    }
     out = route_plan_json(&in, &plan);
     if (!out) {
         fprintf(stderr, "waybill route: out of memory\n");
@@ -600,7 +601,7 @@ static int route_cmd(int argc, char **argv) {
     json_dumpf(out, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     printf("\n");
     json_decref(out);
-    rc = 0;
+    rc = routed > 0 ? 1 : 0;
 done:
     rules_plan_clear(&plan);
     rules_event_clear(&ev);

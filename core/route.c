@@ -1,6 +1,8 @@
 /* route.c -- runs the rules over committed events and records what they
  * decided: deliveries (pending, or held for a disabled endpoint) and the
- * event's status. All or nothing: a failed handler stores no delivery.
+ * event's status: "routed", "unrouted", "partial" (a handler failed, the
+ * others' deliveries stored) or "rule_error" (handlers failed, nothing to
+ * send).
  * Events left "received" by a crash or a failed group are routed again by
  * the recovery sweep (housekeep.c).
  * SPDX-License-Identifier: MIT */
@@ -46,8 +48,12 @@ void route_event(struct route *rt, const struct rules_input *ev) {
     const char *status;
     int64_t now = util_now_ms();
     size_t n = 0, nbatched = 0;
+    int partial = rules_route(rules, ev, &plan, err, sizeof err);
 
-    if (rules_route(rules, ev, &plan, err, sizeof err) < 0) {
+    if (partial > 0)
+        log_msg(LOG_WARN, "event %s (%s): rule error, the other handlers' sends go out: %s", ev->id,
+                ev->type, err);
+    if (partial < 0) {
         log_msg(LOG_WARN, "event %s (%s): rule error: %s", ev->id, ev->type, err);
         status = "rule_error";
         goto record;
@@ -96,8 +102,9 @@ void route_event(struct route *rt, const struct rules_input *ev) {
             goto done;
         }
     }
-    status = n || nbatched ? "routed" : "unrouted";
-    err[0] = '\0';
+    status = partial > 0 ? "partial" : n || nbatched ? "routed" : "unrouted";
+    if (partial <= 0)
+        err[0] = '\0';
 record:
     if (store_event_routed(rt->deps.store, ev->id, status, err[0] ? err : NULL, dels, n, serr,
                            sizeof serr) < 0) {
@@ -108,7 +115,7 @@ record:
             deliver_watch_endpoint(rt->deps.deliver, dels[i].endpoint);
         log_msg(LOG_DEBUG, "event %s (%s): %s, %zu deliveries", ev->id, ev->type, status, n);
     }
-    if (strcmp(status, "rule_error") == 0)
+    if (strcmp(status, "rule_error") == 0 || strcmp(status, "partial") == 0)
         metrics_rule_error();
     /* Registered whatever n is: if this group fails, even an unrouted or
      * rule_error outcome must be recorded again by recovery. */

@@ -140,10 +140,13 @@ struct rules_plan {
 };
 
 /* Runs every handler matching ev->type (file order, then definition order).
- * Returns 0 with the plan (n == 0 means unrouted), or -1 with
- * "file:line: message" when any handler failed, ran past its budget or the
- * VM's memory cap, or sent to an unknown endpoint; then the plan is empty
- * (routing is all or nothing). */
+ * Handlers are independent: one that fails (an error, its budget, the VM's
+ * memory cap, a send to an unknown endpoint) contributes none of its sends
+ * and the others run. Returns 0 with the plan when every handler ran (n ==
+ * 0 means unrouted); 1 when some failed and the others' sends are in the
+ * plan ("partial"); -1 when handlers failed and nothing is left to send
+ * ("rule_error"), the plan empty. On 1 and -1, err holds "file:line:
+ * message" of each failed handler, joined by "; ". */
 int rules_route(struct rules *r, const struct rules_input *ev, struct rules_plan *out, char *err,
                 size_t errlen);
 

@@ -515,3 +515,60 @@ def test_trigger_posts_a_fresh_signed_event_each_time():
     assert [x.json()["type"] for x in got] == ["tracking.delivered"] * 2
     r = g.cli("trigger", "--source", "stripe", "tracking.delivered")
     assert r.returncode == 1 and b"use waybill sign" in r.stderr, r
+
+
+def _handlers_gateway(broken):
+    erp, crm = wb.Sink(), wb.Sink()
+    files = {"rules/10-erp.lua": 'on("shipment.*", { "erp" })',
+             "rules/20-crm.lua": 'on("shipment.delivered", function(ev)\n'
+                                 '  send("crm", { order = ev.data.order_id })\nend)'}
+    if broken:
+        files["rules/15-broken.lua"] = 'on("shipment.*", function(ev)\n' \
+                                       '  send("erp", { early = true })\n' \
+                                       '  local x = nil\n  return x.y\nend)'
+    g = wb.Gateway(wb.config('''
+        source "atoship" { verify = "atoship", secret = "s" }
+        endpoint "erp" { url = %s, sign = "hex", secret = "k" }
+        endpoint "crm" { url = %s, sign = "hex", secret = "k" }
+        rules "rules/"
+    ''' % (wb.lua(erp.url), wb.lua(crm.url))), files=files)
+    return g, erp, crm
+
+
+def test_one_broken_handler_does_not_stop_the_others_sends():
+    g, erp, crm = _handlers_gateway(broken=True)
+    r = g.post_atoship(wb.atoship_event("shipment.delivered", order_id="o1"), "s")
+    eid = r.json()["id"]
+    ev = g.wait_event(eid, lambda e: e["status"] != "received")
+    assert ev["status"] == "partial", ev
+    assert "rules/15-broken.lua:4: attempt to index a nil value" in ev["error"], ev
+    assert erp.wait_for_count(1)[0].json()["id"] == eid          # the event, unchanged
+    assert crm.wait_for_count(1)[0].json() == {"order": "o1"}
+    time.sleep(0.3)
+    assert erp.count == 1, "the broken handler's own send went out"
+    st, page = g.admin("GET", "/api/events?status=partial")
+    assert st == 200 and [e["id"] for e in page["data"]] == [eid], page
+    # every matching handler broken: nothing to send, rule_error
+    g.write("rules/10-erp.lua", 'on("shipment.delivered", { "erp" })')
+    assert g.cli("reload").returncode == 0
+    r = g.post_atoship(wb.atoship_event("shipment.exception"), "s")
+    ev = g.wait_event(r.json()["id"], lambda e: e["status"] != "received")
+    assert ev["status"] == "rule_error" and ev["deliveries"] == [], ev
+
+
+def test_replay_under_broken_rules_says_so_and_exits_1():
+    g, erp, crm = _handlers_gateway(broken=False)
+    r = g.post_atoship(wb.atoship_event("shipment.delivered", order_id="o1"), "s")
+    eid = r.json()["id"]
+    g.wait_event(eid, lambda e: e["status"] == "routed")
+    erp.wait_for_count(1)
+    g.write("rules/15-broken.lua", 'on("shipment.*", function(ev) error("broken on purpose") end)')
+    assert g.cli("reload").returncode == 0
+    r = g.cli("replay", eid)
+    assert r.returncode == 1, r
+    assert b"a handler failed (" in r.stderr and b"rules/15-broken.lua:1: broken on purpose" in r.stderr
+    assert b"the event is now partial, was routed" in r.stderr, r.stderr
+    assert b"status    partial" in r.stdout, r.stdout
+    assert erp.wait_for_count(2) and crm.wait_for_count(2)      # the others' sends went out again
+    r = g.cli("route", "--source", "atoship", "-", input=wb.atoship_event("shipment.delivered"))
+    assert r.returncode == 1 and b"partial: " in r.stderr and b'"endpoint": "erp"' in r.stdout, r
