@@ -1059,7 +1059,7 @@ struct admin *admin_new(const struct admin_deps *deps, int fd, const char *liste
         return NULL;
     }
     adm->deps = *deps;
-    adm->http = http_listener_new(deps->base, fd, listen, &sock, err, errlen);
+    adm->http = http_listener_fd(deps->base, fd, listen, &sock, err, errlen);
     if (!adm->http) {
         free(adm);
         return NULL;

@@ -135,8 +135,15 @@ int http_bind(const char *listen, char *err, size_t errlen) {
     return fd;
 }
 
-struct evhttp *http_listener_new(struct event_base *base, int fd, const char *listen,
+struct evhttp *http_listener_new(struct event_base *base, const char *listen,
                                  struct evhttp_bound_socket **sock, char *err, size_t errlen) {
+    int fd = http_bind(listen, err, errlen);
+
+    return fd < 0 ? NULL : http_listener_fd(base, fd, listen, sock, err, errlen);
+}
+
+struct evhttp *http_listener_fd(struct event_base *base, int fd, const char *listen,
+                                struct evhttp_bound_socket **sock, char *err, size_t errlen) {
     struct evhttp *http = evhttp_new(base);
 
     if (!http) {

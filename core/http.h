@@ -24,7 +24,11 @@ int http_bind(const char *listen, char *err, size_t errlen);
  * failure; listen names it in messages), every method let through to the
  * handler, request headers bounded to 64 KiB, 60 s idle timeout. *sock
  * receives the bound socket. Returns new, or NULL with a reason in err. */
-struct evhttp *http_listener_new(struct event_base *base, int fd, const char *listen,
+struct evhttp *http_listener_fd(struct event_base *base, int fd, const char *listen,
+                                struct evhttp_bound_socket **sock, char *err, size_t errlen);
+
+/* http_bind(listen), then http_listener_fd. */
+struct evhttp *http_listener_new(struct event_base *base, const char *listen,
                                  struct evhttp_bound_socket **sock, char *err, size_t errlen);
 
 /* A server TLS context from PEM files: TLS 1.2 and later only, the key

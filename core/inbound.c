@@ -468,7 +468,7 @@ struct inbound *inbound_new(const struct inbound_deps *deps, char *err, size_t e
     }
     ib->deps = *deps;
     cfg = inbound_config(ib);
-    ib->http = http_listener_new(deps->base, deps->listen_fd, cfg->listen, &ib->sock, err, errlen);
+    ib->http = http_listener_fd(deps->base, deps->listen_fd, cfg->listen, &ib->sock, err, errlen);
     if (!ib->http)
         goto fail;
     evhttp_set_gencb(ib->http, on_inbound, ib);
