@@ -607,7 +607,14 @@ done:
     return rc;
 }
 
-int cli_main(int argc, char **argv, const char *lua_dir) {
+/* The admin client's options. */
+struct cli_opts {
+    const char *config_path, *url, *token, *type, *status, *limit, *pidfile, *source;
+    int failed, json;
+};
+
+/* Reads argv's options into o. Returns 0, or 2 after printing the usage. */
+static int cli_parse(int argc, char **argv, struct cli_opts *o) {
     static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
                                          {"json", no_argument, NULL, 'j'},
                                          {"failed", no_argument, NULL, 'f'},
@@ -619,64 +626,67 @@ int cli_main(int argc, char **argv, const char *lua_dir) {
                                          {"pidfile", required_argument, NULL, 'p'},
                                          {"source", required_argument, NULL, 'S'},
                                          {NULL, 0, NULL, 0}};
-    struct cli c;
-    const char *config_path = "waybill.lua", *url = NULL, *token = NULL, *type = NULL,
-               *status = NULL, *limit = NULL, *pidfile = NULL, *source = NULL, *cmd = argv[0];
-    int failed = 0, opt, rc;
-    char err[512], note[512];
+    int opt;
 
-    memset(&c, 0, sizeof c);
+    memset(o, 0, sizeof *o);
+    o->config_path = "waybill.lua";
     optind = 1;
     while ((opt = getopt_long(argc, argv, "c:", opts, NULL)) != -1) {
-        switch (opt) {
-        case 'c':
-            config_path = optarg;
-            break;
-        case 'j':
-            c.json = 1;
-            break;
-        case 'f':
-            failed = 1;
-            break;
-        case 'u':
-            url = optarg;
-            break;
-        case 't':
-            token = optarg;
-            break;
-        case 'T':
-            type = optarg;
-            break;
-        case 's':
-            status = optarg;
-            break;
-        case 'l':
-            limit = optarg;
-            break;
-        case 'p':
-            pidfile = optarg;
-            break;
-        case 'S':
-            source = optarg;
-            break;
-        default:
+        if (opt == 'c')
+            o->config_path = optarg;
+        else if (opt == 'j')
+            o->json = 1;
+        else if (opt == 'f')
+            o->failed = 1;
+        else if (opt == 'u')
+            o->url = optarg;
+        else if (opt == 't')
+            o->token = optarg;
+        else if (opt == 'T')
+            o->type = optarg;
+        else if (opt == 's')
+            o->status = optarg;
+        else if (opt == 'l')
+            o->limit = optarg;
+        else if (opt == 'p')
+            o->pidfile = optarg;
+        else if (opt == 'S')
+            o->source = optarg;
+        else {
             cli_usage();
             return 2;
         }
     }
+    return 0;
+}
+
+int cli_main(int argc, char **argv, const char *lua_dir) {
+    struct cli c;
+    struct cli_opts o;
+    const char *config_path, *url, *token, *cmd = argv[0];
+    int rc;
+    char err[512], note[512];
+
+    if (cli_parse(argc, argv, &o) != 0)
+        return 2;
+    memset(&c, 0, sizeof c);
+    c.json = o.json;
+    config_path = o.config_path;
+    url = o.url;
+    token = o.token;
     if (strcmp(cmd, "trigger") == 0) {
         if (optind != argc - 1) {
             cli_usage();
             return 2;
         }
-        return cli_trigger(config_path, lua_dir, source, argv[optind]);
+        return cli_trigger(config_path, lua_dir, o.source, argv[optind]);
     }
-    if (pidfile) {
+    if (o.pidfile) {
         if (strcmp(cmd, "reload") != 0 || optind != argc) {
             cli_usage();
             return 2;
         }
-        return cli_reload_signal(pidfile);
+        return cli_reload_signal(o.pidfile);
     }
     if (!url || !token) {
         struct rules *r =
@@ -715,7 +725,7 @@ int cli_main(int argc, char **argv, const char *lua_dir) {
         fprintf(stderr, "waybill: libcurl failed to initialize\n");
         return 1;
     }
-    rc = cli_run(&c, cmd, argv + optind, argc - optind, failed, type, status, limit);
+    rc = cli_run(&c, cmd, argv + optind, argc - optind, o.failed, o.type, o.status, o.limit);
     curl_global_cleanup();
     return rc;
 }
