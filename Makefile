@@ -200,7 +200,7 @@ install: all
 	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/waybill
 	install -m 0644 lua/*.lua $(DESTDIR)$(PREFIX)/share/waybill/lua/
 	install -m 0644 lua/sources/*.lua $(DESTDIR)$(PREFIX)/share/waybill/lua/sources/
-	install -m 0644 doc/waybill.1 $(DESTDIR)$(PREFIX)/share/man/man1/waybill.1
+	install -m 0644 examples/waybill.1 $(DESTDIR)$(PREFIX)/share/man/man1/waybill.1
 
 clean:
 	rm -rf build build-asan build-tsan build-fuzz waybill waybill-asan tests/bench/out
