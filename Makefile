@@ -33,10 +33,34 @@ LIBOBJS := $(filter-out $(BUILD)/main.o,$(OBJS))
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps run test test-unit test-integration asan tsan bench format format-check clean \
+.PHONY: all help deps install run test test-unit test-integration asan tsan bench format format-check clean \
         check layers lint test-deps fuzz
 
 all: deps $(BIN)
+
+# Every compile waits for deps (an order-only prerequisite: it never makes a
+# file out of date), so `make -j2` cannot race the apt-get install.
+
+help:
+	@echo "make [all]        install missing Debian packages (as root) and build ./waybill"
+	@echo "make run          start the gateway on examples/waybill.lua (store and pid in .run/)"
+	@echo "make test         build and run every test (unit, rules, integration): N passed, N failed"
+	@echo "make test-unit    the C unit tests only"
+	@echo "make test-integration  the integration tests only (K=PATTERN selects)"
+	@echo "make check        the same as make test"
+	@echo "make asan         the whole suite under AddressSanitizer and UBSan"
+	@echo "make tsan         the store's unit tests under ThreadSanitizer"
+	@echo "make fuzz         the libFuzzer targets, FUZZ_SECONDS each (clang installed when missing)"
+	@echo "make bench        the benchmarks (~7 min; BENCH_INSTALL=1 installs wrk and webhook)"
+	@echo "make lint         the format check and the layers check"
+	@echo "make format       clang-format every C file in place"
+	@echo "make format-check the format check alone"
+	@echo "make layers       the include-layers check alone (tests/layers.py)"
+	@echo "make deps         install the missing Debian packages the build needs"
+	@echo "make test-deps    install what the tests need (Debian packages, npm modules)"
+	@echo "make install      binary, Lua library and man page into DESTDIR/PREFIX (default /usr)"
+	@echo "make clean        remove the builds, binaries and benchmark output"
+	@echo "make help         this list"
 
 # Installs the Debian -dev packages the build needs, when missing.
 deps:
@@ -51,13 +75,13 @@ deps:
 $(BIN): $(OBJS)
 	$(CC) $(CFLAGS_ALL) -o $@ $^ $(LDLIBS_ALL)
 
-$(BUILD)/%.o: core/%.c | $(BUILD)
+$(BUILD)/%.o: core/%.c | $(BUILD) deps
 	$(CC) $(CFLAGS_ALL) -c -o $@ $<
 
 # A unit test links only the modules its includes reach (tests/layers.py
 # --objs): nothing of a layer above what it tests, so the link line is the
 # proof that the arrows hold.
-$(BUILD)/tests/%: tests/unit/%.c $(LIBOBJS) tests/layers.py | $(BUILD)
+$(BUILD)/tests/%: tests/unit/%.c $(LIBOBJS) tests/layers.py | $(BUILD) deps
 	@mkdir -p $(BUILD)/tests
 	$(CC) $(CFLAGS_ALL) -Icore -Itests -o $@ $< \
 	  $(addprefix $(BUILD)/,$(addsuffix .o,$(shell python3 tests/layers.py --objs $<))) \
@@ -84,17 +108,9 @@ test-deps: deps
 	  shippo; do [ -d tests/node_modules/$$m ] || ok=0; done; \
 	  [ $$ok = 1 ] || (cd tests && npm ci --no-audit --no-fund --silent)
 
+# exec: the gateway replaces the recipe's shell (its pid is in .run/waybill.pid).
 run: all
-	WAYBILL_ADMIN_TOKEN=$${WAYBILL_ADMIN_TOKEN:-dev-admin-token} \
-	ATOSHIP_SECRET=$${ATOSHIP_SECRET:-dev-atoship-secret} \
-	ERP_SECRET=$${ERP_SECRET:-whsec_ZGV2LWVycC1zZWNyZXQtZm9yLXdheWJpbGw=} \
-	AFTERSHIP_SECRET=$${AFTERSHIP_SECRET:-dev-aftership-secret} \
-	SHIPTIFY_SECRET=$${SHIPTIFY_SECRET:-dev-shiptify-secret} \
-	SHOP_SECRET=$${SHOP_SECRET:-dev-shop-secret} \
-	CRM_SECRET=$${CRM_SECRET:-whsec_ZGV2LWNybS1zZWNyZXQtZm9yLXdheWJpbGw=} \
-	ALERTS_SECRET=$${ALERTS_SECRET:-whsec_ZGV2LWFsZXJ0cy1zZWNyZXQtZm9yLXdheWI=} \
-	WAREHOUSE_SECRET=$${WAREHOUSE_SECRET:-whsec_ZGV2LXdhcmVob3VzZS1zZWNyZXQtZm9yLXc=} \
-	./$(BIN) serve -c examples/waybill.lua
+	exec ./$(BIN) serve -c examples/waybill.lua
 
 test-unit: all $(UNIT_BINS)
 	@python3 tests/run.py --bin ./$(BIN) --unit "$(UNIT_BINS)" -k __unit_only__
@@ -151,7 +167,7 @@ fuzz: deps
 	@WB_JSONDIFF_COUNT=$${WB_JSONDIFF_COUNT:-5000} WB_JSONDIFF_SEED=$${WB_JSONDIFF_SEED:-$$(date +%s)} \
 	  python3 tests/run.py --bin ./$(BIN) -k test_json_sent_is_what_node_writes
 
-$(BUILD)/fuzz/%: tests/fuzz/%.c $(LIBOBJS) | $(BUILD)
+$(BUILD)/fuzz/%: tests/fuzz/%.c $(LIBOBJS) | $(BUILD) deps
 	@mkdir -p $(BUILD)/fuzz
 	$(CC) $(CFLAGS_ALL) -fsanitize=fuzzer -Icore -o $@ $< $(LIBOBJS) $(LDLIBS_ALL)
 
@@ -182,6 +198,18 @@ lint:
 	out=$$(python3 tests/layers.py); rc=$$?; echo "$$out" | sed '$$d'; \
 	last=$$(echo "$$out" | tail -n 1); p=$${last%% passed*}; f=$${last#*passed, }; f=$${f%% failed*}; \
 	echo "$$((p + 1 - fmt)) passed, $$((f + fmt)) failed"; [ $$fmt = 0 ] && [ $$rc = 0 ]
+
+# The binary, its Lua library and the man page under $(DESTDIR)$(PREFIX)
+# (the binary looks for its library in /usr/share/waybill/lua, so PREFIX=/usr).
+PREFIX  ?= /usr
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/waybill/lua/sources \
+	  $(DESTDIR)$(PREFIX)/share/man/man1
+	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/waybill
+	install -m 0644 lua/*.lua $(DESTDIR)$(PREFIX)/share/waybill/lua/
+	install -m 0644 lua/sources/*.lua $(DESTDIR)$(PREFIX)/share/waybill/lua/sources/
+	install -m 0644 examples/waybill.1 $(DESTDIR)$(PREFIX)/share/man/man1/waybill.1
 
 clean:
 	rm -rf build build-asan build-tsan build-fuzz waybill waybill-asan tests/bench/out

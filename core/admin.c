@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -196,8 +197,9 @@ static void admin_events(struct admin *adm, struct evhttp_request *req) {
     page.source = evhttp_find_header(&q, "source");
     page.status = evhttp_find_header(&q, "status");
     if (page.status && strcmp(page.status, "received") != 0 && strcmp(page.status, "routed") != 0 &&
-        strcmp(page.status, "unrouted") != 0 && strcmp(page.status, "rule_error") != 0) {
-        admin_bad(req, "status must be received, routed, unrouted or rule_error");
+        strcmp(page.status, "unrouted") != 0 && strcmp(page.status, "partial") != 0 &&
+        strcmp(page.status, "rule_error") != 0) {
+        admin_bad(req, "status must be received, routed, unrouted, partial or rule_error");
         goto done;
     }
     if (admin_events_page_json(adm->deps.store, &page, &data, &next, err, sizeof err) < 0)
@@ -1046,17 +1048,18 @@ static void on_admin(struct evhttp_request *req, void *arg) {
     }
 }
 
-struct admin *admin_new(const struct admin_deps *deps, const char *listen, char *err,
+struct admin *admin_new(const struct admin_deps *deps, int fd, const char *listen, char *err,
                         size_t errlen) {
     struct admin *adm = calloc(1, sizeof *adm);
     struct evhttp_bound_socket *sock;
 
     if (!adm) {
         snprintf(err, errlen, "out of memory");
+        close(fd);
         return NULL;
     }
     adm->deps = *deps;
-    adm->http = http_listener_new(deps->base, listen, &sock, err, errlen);
+    adm->http = http_listener_fd(deps->base, fd, listen, &sock, err, errlen);
     if (!adm->http) {
         free(adm);
         return NULL;

@@ -40,9 +40,10 @@ struct admin_deps {
     void *arg;
 };
 
-/* Listens on listen ("host:port") and serves the admin routes. Returns new,
- * or NULL with a reason in err. */
-struct admin *admin_new(const struct admin_deps *deps, const char *listen, char *err,
+/* Serves the admin routes on fd (listen, "host:port", bound by http_bind;
+ * fd is owned from here on, closed also on failure). Returns new, or NULL
+ * with a reason in err. */
+struct admin *admin_new(const struct admin_deps *deps, int fd, const char *listen, char *err,
                         size_t errlen);
 
 /* Closes the listener; NULL is a no-op. */

@@ -6,10 +6,13 @@
  * reload and never NULL while serving; modules are freed only after the
  * store has run every callback they registered.
  * SPDX-License-Identifier: MIT */
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <event2/event.h>
 #include <jansson.h>
@@ -21,6 +24,7 @@
 #include "deliver.h"
 #include "health.h"
 #include "housekeep.h"
+#include "http.h"
 #include "httpc.h"
 #include "inbound.h"
 #include "ingest.h"
@@ -52,6 +56,8 @@ struct app {
     int reloads, reload_failures;
     char reload_error[512]; /* the last reload's error, "" when it succeeded */
     int stopping;
+    char *pidfile;           /* written by app_new, removed by app_free */
+    int listen_fd, admin_fd; /* bound first; -1 once handed to inbound / admin */
 };
 
 /* ---- subscriptions ---- */
@@ -209,11 +215,67 @@ static struct event_base *app_loop_new(void) {
     return base;
 }
 
+/* The folder of a file waybill writes (path's part before its last '/',
+ * relative to base unless absolute) is made when it is missing (one level,
+ * mode 0700), so the store and the pidfile can live in a run directory of
+ * their own. what names the file in err. Returns 0, or -1 with err set. */
+static int app_make_folder(const char *what, const char *path, size_t len, const char *base,
+                           char *err, size_t errlen) {
+    const char *slash = memrchr(path, '/', len);
+    char dir[4096];
+    int n;
+
+    if (!slash || slash == path)
+        return 0;
+    if (path[0] == '/' || !base)
+        n = snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+    else
+        n = snprintf(dir, sizeof dir, "%s/%.*s", base, (int)(slash - path), path);
+    if (n <= 0 || (size_t)n >= sizeof dir || mkdir(dir, 0700) == 0 || errno == EEXIST)
+        return 0;
+    snprintf(err, errlen, "%s: cannot create its folder %s: %s", what, dir, strerror(errno));
+    return -1;
+}
+
+/* The store's folder: "sqlite:../.run/waybill.db" -> CONFIG_DIR/../.run. */
+static int app_store_dir(const struct config *cfg, char *err, size_t errlen) {
+    const char *p = cfg->store;
+
+    if (strncmp(p, "sqlite:", 7) != 0)
+        return 0;
+    p += 7;
+    return app_make_folder("store", p, strcspn(p, "?"), cfg->dir, err, errlen);
+}
+
+/* Binds both listeners, before anything is created (store, pidfile): a
+ * busy port stops the start with nothing left behind. Returns 0, or -1
+ * with "cannot listen on ADDR: reason (FILE:LINE: listen)" in err. */
+static int app_bind(struct app *a, const struct config *cfg, char *err, size_t errlen) {
+    char why[400];
+
+    a->listen_fd = http_bind(cfg->listen, why, sizeof why);
+    if (a->listen_fd < 0) {
+        snprintf(err, errlen, "%s (%s%s)", why, cfg->listen_where ? cfg->listen_where : "default",
+                 cfg->listen_where ? ": listen" : " listen");
+        return -1;
+    }
+    if (!cfg->admin_listen)
+        return 0;
+    a->admin_fd = http_bind(cfg->admin_listen, why, sizeof why);
+    if (a->admin_fd < 0) {
+        snprintf(err, errlen, "%s (%s: admin.listen)", why,
+                 cfg->admin_where ? cfg->admin_where : cfg->file);
+        return -1;
+    }
+    return 0;
+}
+
 /* The modules, bottom up, each handed what it works with. */
 static int app_modules_new(struct app *a, char *err, size_t errlen) {
     const struct config *cfg = rules_config(a->rules);
 
-    if (!(a->store = store_open(a->base, cfg->store, cfg->dir, err, errlen)) ||
+    if (app_store_dir(cfg, err, errlen) < 0 ||
+        !(a->store = store_open(a->base, cfg->store, cfg->dir, err, errlen)) ||
         !(a->subs = subs_new(a->store, app_subs_changed, a, err, errlen)) ||
         !(a->httpc = httpc_new(a->base, err, errlen)) ||
         !(a->health = health_new(a->store, err, errlen)))
@@ -249,8 +311,10 @@ static int app_modules_new(struct app *a, char *err, size_t errlen) {
                                                     .store = a->store,
                                                     .httpc = a->httpc,
                                                     .ingest = a->ingest,
-                                                    .rules = &a->rules},
+                                                    .rules = &a->rules,
+                                                    .listen_fd = a->listen_fd},
                              err, errlen);
+    a->listen_fd = -1; /* inbound's now, whatever happened */
     if (!a->inbound)
         return -1;
     if (cfg->admin_listen && !(a->admin = admin_new(&(struct admin_deps){.base = a->base,
@@ -264,18 +328,57 @@ static int app_modules_new(struct app *a, char *err, size_t errlen) {
                                                                          .reload = app_reload,
                                                                          .status = app_status,
                                                                          .arg = a},
-                                                    cfg->admin_listen, err, errlen)))
+                                                    a->admin_fd, cfg->admin_listen, err, errlen))) {
+        a->admin_fd = -1;
         return -1;
+    }
+    a->admin_fd = -1;
     log_msg(LOG_INFO, "listening for webhooks on %s%s%s%s", cfg->listen,
             inbound_tls(a->inbound) ? " (TLS)" : "", cfg->admin_listen ? ", admin on " : "",
             cfg->admin_listen ? cfg->admin_listen : "");
     return 0;
 }
 
-struct app *app_new(const char *config_path, const char *lua_dir, char *err, size_t errlen) {
+/* Refuses a pidfile naming another live process (checked before anything
+ * is bound or created). Returns 0, or -1 with err set. */
+static int app_pidfile_check(const char *path, char *err, size_t errlen) {
+    FILE *f = path ? fopen(path, "r") : NULL;
+    long other = 0;
+    int ok;
+
+    if (!f)
+        return 0;
+    ok = fscanf(f, "%ld", &other) == 1;
+    fclose(f);
+    if (ok && other > 0 && other != (long)getpid() && kill((pid_t)other, 0) == 0) {
+        snprintf(err, errlen, "pidfile %s: waybill already running as pid %ld", path, other);
+        return -1;
+    }
+    return 0;
+}
+
+/* Writes "PID\n" to path. Returns 0, or -1 with err set. */
+static int app_pidfile_write(const char *path, char *err, size_t errlen) {
+    FILE *f = fopen(path, "w");
+    int ok;
+
+    ok = f && fprintf(f, "%ld\n", (long)getpid()) > 0;
+    if (f && fclose(f) != 0)
+        ok = 0;
+    if (!ok) {
+        snprintf(err, errlen, "pidfile %s: %s", path, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+struct app *app_new(const char *config_path, const char *lua_dir, const char *pidfile, char *err,
+                    size_t errlen) {
     struct app *a = calloc(1, sizeof *a);
     const struct config *cfg;
 
+    if (a)
+        a->listen_fd = a->admin_fd = -1;
     if (!a || !(a->config_path = strdup(config_path)) || !(a->lua_dir = strdup(lua_dir))) {
         snprintf(err, errlen, "out of memory");
         goto fail;
@@ -284,6 +387,10 @@ struct app *app_new(const char *config_path, const char *lua_dir, char *err, siz
     if (!(a->rules = rules_load(config_path, lua_dir, err, errlen)))
         goto fail;
     cfg = rules_config(a->rules);
+    if (!pidfile)
+        pidfile = cfg->pidfile;
+    if (app_pidfile_check(pidfile, err, errlen) < 0 || app_bind(a, cfg, err, errlen) < 0)
+        goto fail;
     if (!(a->base = app_loop_new())) {
         snprintf(err, errlen, "cannot create the event loop");
         goto fail;
@@ -302,8 +409,19 @@ struct app *app_new(const char *config_path, const char *lua_dir, char *err, siz
         snprintf(err, errlen, "cannot install signal handlers");
         goto fail;
     }
-    log_msg(LOG_INFO, "waybill %s serving (%s, store %s)", WAYBILL_VERSION,
-            cfg->sandbox ? "sandbox" : "production", cfg->store);
+    if (pidfile) {
+        if (app_make_folder("pidfile", pidfile, strlen(pidfile), NULL, err, errlen) < 0 ||
+            app_pidfile_write(pidfile, err, errlen) < 0)
+            goto fail;
+        if (!(a->pidfile = strdup(pidfile))) {
+            unlink(pidfile);
+            snprintf(err, errlen, "out of memory");
+            goto fail;
+        }
+    }
+    log_msg(LOG_INFO, "waybill %s serving (%s, store %s, pid %ld%s%s)", WAYBILL_VERSION,
+            cfg->sandbox ? "sandbox" : "production", cfg->store, (long)getpid(),
+            pidfile ? ", pidfile " : "", pidfile ? pidfile : "");
     return a;
 fail:
     app_free(a);
@@ -372,6 +490,13 @@ void app_free(struct app *a) {
     rules_free(a->rules);
     if (a->base)
         event_base_free(a->base);
+    if (a->listen_fd >= 0)
+        close(a->listen_fd);
+    if (a->admin_fd >= 0)
+        close(a->admin_fd);
+    if (a->pidfile)
+        unlink(a->pidfile);
+    free(a->pidfile);
     free(a->config_path);
     free(a->lua_dir);
     free(a);

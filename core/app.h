@@ -13,9 +13,12 @@ struct app;
 
 /* Loads config_path and its rules, opens the store, binds the listeners
  * and turns SIGHUP (reload) and SIGTERM/SIGINT (graceful stop) into loop
- * callbacks. lua_dir (copied) is the shipped Lua library. Returns new, or
- * NULL with a reason in err. */
-struct app *app_new(const char *config_path, const char *lua_dir, char *err, size_t errlen);
+ * callbacks. lua_dir (copied) is the shipped Lua library. pidfile (NULL:
+ * the config's `pidfile`, if any) gets the process id once the listeners
+ * are bound; app_free removes it. Returns new, or NULL with a reason in
+ * err. */
+struct app *app_new(const char *config_path, const char *lua_dir, const char *pidfile, char *err,
+                    size_t errlen);
 
 /* Serves until stopped; then drains what the store still owes the modules
  * (commit callbacks) while they live. Returns 0, or -1 when the loop failed. */

@@ -1,7 +1,9 @@
 /* cli.c -- see cli.h. Every command is one admin API request; what it
  * prints is the answer, as a table or as JSON.
  * SPDX-License-Identifier: MIT */
+#include <errno.h>
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +15,7 @@
 #include "config.h"
 #include "rules.h"
 #include "util.h"
+#include "verify.h"
 
 struct cli {
     char base[300]; /* "http://127.0.0.1:8081" */
@@ -20,7 +23,8 @@ struct cli {
     int json;
 };
 
-static const char *const cli_commands[] = {"events", "event", "retry", "replay", "test", NULL};
+static const char *const cli_commands[] = {"events", "event",  "retry",   "replay",
+                                           "test",   "reload", "trigger", NULL};
 
 int cli_is_command(const char *cmd) {
     for (int i = 0; cmd && cli_commands[i]; i++)
@@ -36,6 +40,9 @@ static void cli_usage(void) {
             "       waybill retry DELIVERY_ID [--json]\n"
             "       waybill replay EVENT_ID [--json]\n"
             "       waybill test ENDPOINT TYPE [--json]\n"
+            "       waybill trigger [--source NAME] TYPE   POST a signed sample event\n"
+            "       waybill reload [--pidfile FILE]    reload config and rules (admin API, or\n"
+            "                                          SIGHUP to the pid in FILE)\n"
             "  common: -c waybill.lua (admin address and token), or --url URL --token T\n");
 }
 
@@ -170,7 +177,7 @@ static const char *cli_str(json_t *o, const char *key, char *buf, size_t len) {
 }
 
 static void cli_print_json(json_t *j) {
-    char *s = json_dumps(j, JSON_INDENT(2));
+    char *s = json_dumps(j, JSON_INDENT(2) | JSON_REAL_PRECISION(15));
     if (s)
         printf("%s\n", s);
     free(s);
@@ -239,6 +246,54 @@ static int cli_events(struct cli *c, int failed, const char *type, const char *s
     return 0;
 }
 
+/* An attempt's HTTP status as the table shows it: "-" when none came. */
+static const char *cli_http(json_t *a, char *buf, size_t len) {
+    json_t *v = json_object_get(a, "status_code");
+    if (!json_is_integer(v) || json_integer_value(v) <= 0)
+        return "-";
+    snprintf(buf, len, "%lld", (long long)json_integer_value(v));
+    return buf;
+}
+
+/* When the pending delivery id of endpoint is tried next, from the
+ * deliveries list (newest first; the event's detail has no next_at).
+ * Returns the time (borrowed from *list) or NULL. */
+static const char *cli_next_try(const struct cli *c, const char *endpoint, const char *id,
+                                json_t **list) {
+    char path[400], *e = curl_easy_escape(NULL, endpoint, 0);
+    size_t i;
+    json_t *o;
+
+    snprintf(path, sizeof path, "/api/deliveries?status=pending&limit=500&endpoint=%s", e ? e : "");
+    curl_free(e);
+    json_decref(*list);
+    if (cli_request(c, "GET", path, NULL, list))
+        return NULL;
+    json_array_foreach(json_object_get(*list, "data"), i, o) {
+        const char *oid = cli_str(o, "id", NULL, 0);
+        if (oid && strcmp(oid, id) == 0)
+            return cli_str(o, "next_at", NULL, 0);
+    }
+    return NULL;
+}
+
+/* "next try  dlv_… (erp) at T" for each pending delivery of ev. */
+static void cli_event_next(const struct cli *c, json_t *ev) {
+    json_t *d, *list = NULL;
+    size_t i;
+
+    json_array_foreach(json_object_get(ev, "deliveries"), i, d) {
+        const char *st = cli_str(d, "status", NULL, 0), *id = cli_str(d, "id", NULL, 0),
+                   *ep = cli_str(d, "endpoint", NULL, 0), *at;
+        if (!st || strcmp(st, "pending") != 0 || !id || !ep)
+            continue;
+        at = cli_next_try(c, ep, id, &list);
+        if (at)
+            printf("next try  %s (%s) at %s\n", id, ep, at);
+    }
+    json_decref(list);
+}
+
 static void cli_event_print(json_t *ev) {
     json_t *d, *a;
     size_t i, k;
@@ -272,12 +327,42 @@ static void cli_event_print(json_t *ev) {
                                  k ? "" : cli_str(d, "status", NULL, 0),
                                  cli_str(a, "n", b1, sizeof b1),
                                  cli_str(a, "at", NULL, 0),
-                                 cli_str(a, "status_code", b2, sizeof b2),
+                                 cli_http(a, b2, sizeof b2),
                                  cli_str(a, "error", NULL, 0)};
             cli_row(&t, row);
         }
     }
     cli_table_print(&t);
+}
+
+/* waybill replay ID: routes the event again and shows what the rules did;
+ * exit 1 when a handler failed (status partial or rule_error), saying what
+ * the event's status was before. */
+static int cli_replay(struct cli *c, const char *id) {
+    char path[512], was[32] = "";
+    const char *now, *e;
+    json_t *j = NULL;
+    int rc;
+
+    snprintf(path, sizeof path, "/api/events/%s", id);
+    if (cli_request(c, "GET", path, NULL, &j) == 0 && cli_str(j, "status", NULL, 0))
+        snprintf(was, sizeof was, "%s", cli_str(j, "status", NULL, 0));
+    json_decref(j);
+    snprintf(path, sizeof path, "/api/events/%s/replay", id);
+    if ((rc = cli_request(c, "POST", path, NULL, &j)))
+        return rc;
+    if (c->json)
+        cli_print_json(j);
+    else
+        cli_event_print(j);
+    now = cli_str(j, "status", NULL, 0);
+    e = cli_str(j, "error", NULL, 0);
+    rc = now && (strcmp(now, "partial") == 0 || strcmp(now, "rule_error") == 0);
+    if (rc)
+        fprintf(stderr, "waybill replay: a handler failed (%s); the event is now %s%s%s\n",
+                e ? e : "?", now, was[0] ? ", was " : "", was);
+    json_decref(j);
+    return rc;
 }
 
 /* Path segment of an id: refuses what would change the path. */
@@ -318,16 +403,32 @@ static int cli_run(struct cli *c, const char *cmd, char **args, int nargs, int f
         json_decref(j);
         return 0;
     }
+    if (strcmp(cmd, "reload") == 0) {
+        if (nargs != 0)
+            goto usage;
+        if (cli_request(c, "POST", "/api/reload", NULL, &j)) {
+            fprintf(stderr, "waybill: reload refused; the current rules stay\n");
+            return 1;
+        }
+        if (c->json)
+            cli_print_json(j);
+        else
+            printf("reloaded (rules loaded at %s)\n", cli_str(j, "rules_loaded_at", NULL, 0));
+        json_decref(j);
+        return 0;
+    }
     if (nargs != 1 || !cli_id_ok(args[0]))
         goto usage;
     if (strcmp(cmd, "event") == 0) {
         snprintf(path, sizeof path, "/api/events/%s", args[0]);
         if ((rc = cli_request(c, "GET", path, NULL, &j)))
             return rc;
-        if (c->json)
+        if (c->json) {
             cli_print_json(j);
-        else
+        } else {
             cli_event_print(j);
+            cli_event_next(c, j);
+        }
     } else if (strcmp(cmd, "retry") == 0) {
         snprintf(path, sizeof path, "/api/deliveries/%s/retry", args[0]);
         if ((rc = cli_request(c, "POST", path, NULL, &j)))
@@ -337,13 +438,7 @@ static int cli_run(struct cli *c, const char *cmd, char **args, int nargs, int f
         else
             printf("delivery %s queued again\n", args[0]);
     } else {
-        snprintf(path, sizeof path, "/api/events/%s/replay", args[0]);
-        if ((rc = cli_request(c, "POST", path, NULL, &j)))
-            return rc;
-        if (c->json)
-            cli_print_json(j);
-        else
-            cli_event_print(j);
+        return cli_replay(c, args[0]);
     }
     json_decref(j);
     return 0;
@@ -352,19 +447,174 @@ usage:
     return 2;
 }
 
-/* The admin base URL for listen ("host:port"): a wildcard host becomes
- * loopback. */
-static void cli_base_from_listen(struct cli *c, const char *listen) {
-    const char *colon = strrchr(listen, ':');
-    if (colon && (strncmp(listen, "0.0.0.0:", 8) == 0 || colon == listen))
-        snprintf(c->base, sizeof c->base, "http://127.0.0.1%s", colon);
-    else if (strncmp(listen, "[::]:", 5) == 0)
-        snprintf(c->base, sizeof c->base, "http://[::1]%s", listen + 4);
-    else
-        snprintf(c->base, sizeof c->base, "http://%s", listen);
+/* waybill reload --pidfile FILE: SIGHUP to the process FILE names.
+ * Returns the exit code. */
+static int cli_reload_signal(const char *pidfile) {
+    FILE *f = fopen(pidfile, "r");
+    long pid = 0;
+    int ok = f && fscanf(f, "%ld", &pid) == 1 && pid > 1;
+
+    if (f)
+        fclose(f);
+    if (!ok) {
+        fprintf(stderr, "waybill: %s: %s\n", pidfile, f ? "holds no process id" : strerror(errno));
+        return 1;
+    }
+    if (kill((pid_t)pid, SIGHUP) < 0) {
+        fprintf(stderr, "waybill: pid %ld (from %s): %s\n", pid, pidfile, strerror(errno));
+        return 1;
+    }
+    printf("sent SIGHUP to waybill (pid %ld)\n", pid);
+    return 0;
 }
 
-int cli_main(int argc, char **argv, const char *lua_dir) {
+/* The base URL for listen ("http://host:port"): a wildcard host becomes
+ * loopback. */
+static void cli_base_into(char *out, size_t n, const char *listen) {
+    const char *colon = strrchr(listen, ':');
+    if (colon && (strncmp(listen, "0.0.0.0:", 8) == 0 || colon == listen))
+        snprintf(out, n, "http://127.0.0.1%s", colon);
+    else if (strncmp(listen, "[::]:", 5) == 0)
+        snprintf(out, n, "http://[::1]%s", listen + 4);
+    else
+        snprintf(out, n, "http://%s", listen);
+}
+
+/* ---- trigger: a signed sample event to the webhook listener ---- */
+
+static void cli_add_header(void *ctx, const char *name, const char *value) {
+    struct curl_slist **h = ctx;
+    char line[1024];
+    snprintf(line, sizeof line, "%s: %s", name, value);
+    *h = curl_slist_append(*h, line);
+}
+
+/* The signature headers src's verification wants for body, onto *h.
+ * Returns 0, or -1 after printing why (a scheme trigger cannot sign). */
+static int cli_trigger_sign(const struct config_source *src, const char *body,
+                            struct curl_slist **h) {
+    unsigned char mac[32];
+    char sig[128], id[UTIL_ID_MAX + 128];
+    const struct verify_spec *v = &src->verify;
+
+    if (v->kind == VERIFY_NONE)
+        return 0;
+    if (v->kind == VERIFY_STANDARD) {
+        util_id_new("msg_", id, sizeof id);
+        return verify_sign(SIGN_STANDARD, src->secrets, src->nsecrets, id, util_now_ms() / 1000,
+                           body, strlen(body), cli_add_header, h);
+    }
+    if (v->kind != VERIFY_HMAC || src->nsecrets == 0) {
+        fprintf(stderr,
+                "waybill trigger: source %s verifies %s, which trigger does not sign; "
+                "use waybill sign and curl\n",
+                src->name, src->verify_name);
+        return -1;
+    }
+    verify_hmac_sha256(src->secrets[0].key, src->secrets[0].len, body, strlen(body), mac);
+    if (v->encoding == VERIFY_HEX)
+        util_hex_encode(mac, sizeof mac, sig);
+    else
+        util_base64_encode(mac, sizeof mac, sig);
+    snprintf(id, sizeof id, "%s", v->prefix);
+    if (strlen(id) + strlen(sig) < sizeof id)
+        strcat(id, sig);
+    cli_add_header(h, v->header, id);
+    return 0;
+}
+
+/* A sample event of type in the atoship shape every HMAC preset's adapter
+ * reads: a fresh id, the time now. New string. */
+static char *cli_trigger_body(const char *type) {
+    char id[UTIL_ID_MAX], now[64];
+    json_t *ev;
+    char *text;
+
+    util_id_new("evt_", id, sizeof id);
+    util_time_rfc3339(util_now_ms(), now, sizeof now);
+    ev = json_pack("{ss ss ss s{ss ss ss ss ss ss ss ss}}", "id", id, "type", type, "created_at",
+                   now, "data", "shipment_id", "shp_sample", "tracking_number",
+                   "9400111899223456789012", "carrier", "USPS", "service", "Priority Mail",
+                   "order_id", "order_xyz789", "order_reference", "ORD-12345", "delivered_at", now,
+                   "signed_by", "RESIDENT");
+    text = ev ? json_dumps(ev, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    json_decref(ev);
+    return text;
+}
+
+/* waybill trigger [-c FILE] [--source NAME] TYPE: POSTs a signed sample
+ * event of TYPE to the gateway's webhook listener as source NAME (default
+ * atoship, else the first source) would; prints the answer. */
+static int cli_trigger(const char *config_path, const char *lua_dir, const char *source,
+                       const char *type) {
+    char err[512], note[512], base[300], url[700], *body = NULL;
+    struct rules *r =
+        rules_load_offline(config_path, lua_dir, 1, note, sizeof note, err, sizeof err);
+    const struct config *cfg = r ? rules_config(r) : NULL;
+    const struct config_source *src = NULL;
+    struct curl_slist *h = NULL;
+    struct util_buf resp = {NULL, 0, 0};
+    CURL *easy = NULL;
+    long code = 0;
+    int rc = 1;
+
+    if (!r) {
+        fprintf(stderr, "waybill: %s\n", err);
+        return 1;
+    }
+    src = config_source_by_name(cfg, source ? source : "atoship");
+    if (!src && !source && cfg->nsources > 0)
+        src = &cfg->sources[0];
+    if (!src) {
+        fprintf(stderr, "waybill trigger: no source '%s' in %s\n", source ? source : "atoship",
+                config_path);
+        goto done;
+    }
+    if (note[0] && src->verify.kind != VERIFY_NONE)
+        fprintf(stderr, "waybill trigger: %s: the signature will not match\n", note);
+    body = cli_trigger_body(type);
+    if (!body || cli_trigger_sign(src, body, &h) < 0)
+        goto done;
+    h = curl_slist_append(h, "Content-Type: application/json");
+    cli_base_into(base, sizeof base, cfg->listen);
+    snprintf(url, sizeof url, "%s%s%s", cfg->tls_cert ? "https" : "http", base + 4, src->path);
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK || !(easy = curl_easy_init()))
+        goto done;
+    curl_easy_setopt(easy, CURLOPT_URL, url);
+    curl_easy_setopt(easy, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(easy, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(easy, CURLOPT_PROXY, "");
+    curl_easy_setopt(easy, CURLOPT_TIMEOUT, 30L);
+    curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, cli_write);
+    curl_easy_setopt(easy, CURLOPT_WRITEDATA, &resp);
+    if (curl_easy_perform(easy) != CURLE_OK) {
+        fprintf(stderr, "waybill trigger: %s: cannot connect (is the gateway running?)\n", url);
+        goto done;
+    }
+    curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &code);
+    printf("%s %s -> %ld %.*s\n", type, src->name, code, (int)resp.len, resp.p ? resp.p : "");
+    rc = code >= 200 && code <= 299 ? 0 : 1;
+done:
+    if (easy) {
+        curl_easy_cleanup(easy);
+        curl_global_cleanup();
+    }
+    util_buf_free(&resp);
+    curl_slist_free_all(h);
+    free(body);
+    rules_free(r);
+    return rc;
+}
+
+/* The admin client's options. */
+struct cli_opts {
+    const char *config_path, *url, *token, *type, *status, *limit, *pidfile, *source;
+    int failed, json;
+};
+
+/* Reads argv's options into o. Returns 0, or 2 after printing the usage. */
+static int cli_parse(int argc, char **argv, struct cli_opts *o) {
     static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
                                          {"json", no_argument, NULL, 'j'},
                                          {"failed", no_argument, NULL, 'f'},
@@ -373,49 +623,76 @@ int cli_main(int argc, char **argv, const char *lua_dir) {
                                          {"type", required_argument, NULL, 'T'},
                                          {"status", required_argument, NULL, 's'},
                                          {"limit", required_argument, NULL, 'l'},
+                                         {"pidfile", required_argument, NULL, 'p'},
+                                         {"source", required_argument, NULL, 'S'},
                                          {NULL, 0, NULL, 0}};
-    struct cli c;
-    const char *config_path = "waybill.lua", *url = NULL, *token = NULL, *type = NULL,
-               *status = NULL, *limit = NULL, *cmd = argv[0];
-    int failed = 0, opt, rc;
-    char err[512];
+    int opt;
 
-    memset(&c, 0, sizeof c);
+    memset(o, 0, sizeof *o);
+    o->config_path = "waybill.lua";
     optind = 1;
     while ((opt = getopt_long(argc, argv, "c:", opts, NULL)) != -1) {
-        switch (opt) {
-        case 'c':
-            config_path = optarg;
-            break;
-        case 'j':
-            c.json = 1;
-            break;
-        case 'f':
-            failed = 1;
-            break;
-        case 'u':
-            url = optarg;
-            break;
-        case 't':
-            token = optarg;
-            break;
-        case 'T':
-            type = optarg;
-            break;
-        case 's':
-            status = optarg;
-            break;
-        case 'l':
-            limit = optarg;
-            break;
-        default:
+        if (opt == 'c')
+            o->config_path = optarg;
+        else if (opt == 'j')
+            o->json = 1;
+        else if (opt == 'f')
+            o->failed = 1;
+        else if (opt == 'u')
+            o->url = optarg;
+        else if (opt == 't')
+            o->token = optarg;
+        else if (opt == 'T')
+            o->type = optarg;
+        else if (opt == 's')
+            o->status = optarg;
+        else if (opt == 'l')
+            o->limit = optarg;
+        else if (opt == 'p')
+            o->pidfile = optarg;
+        else if (opt == 'S')
+            o->source = optarg;
+        else {
             cli_usage();
             return 2;
         }
     }
+    return 0;
+}
+
+int cli_main(int argc, char **argv, const char *lua_dir) {
+    struct cli c;
+    struct cli_opts o;
+    const char *config_path, *url, *token, *cmd = argv[0];
+    int rc;
+    char err[512], note[512];
+
+    if (cli_parse(argc, argv, &o) != 0)
+        return 2;
+    memset(&c, 0, sizeof c);
+    c.json = o.json;
+    config_path = o.config_path;
+    url = o.url;
+    token = o.token;
+    if (strcmp(cmd, "trigger") == 0) {
+        if (optind != argc - 1) {
+            cli_usage();
+            return 2;
+        }
+        return cli_trigger(config_path, lua_dir, o.source, argv[optind]);
+    }
+    if (o.pidfile) {
+        if (strcmp(cmd, "reload") != 0 || optind != argc) {
+            cli_usage();
+            return 2;
+        }
+        return cli_reload_signal(o.pidfile);
+    }
     if (!url || !token) {
-        struct rules *r = rules_load(config_path, lua_dir, err, sizeof err);
+        struct rules *r =
+            rules_load_offline(config_path, lua_dir, 1, note, sizeof note, err, sizeof err);
         const struct config *cfg = r ? rules_config(r) : NULL;
+        const char *unset;
         if (!r) {
             fprintf(stderr, "waybill: %s\n", err);
             return 1;
@@ -425,8 +702,17 @@ int cli_main(int argc, char **argv, const char *lua_dir) {
             rules_free(r);
             return 1;
         }
+        /* placeholders serve for every secret but the one this uses */
+        if (!token && (unset = rules_placeholder_env(r, cfg->admin_token))) {
+            fprintf(stderr,
+                    "waybill: the admin token is env %s, which is not set (or pass "
+                    "--token)\n",
+                    unset);
+            rules_free(r);
+            return 1;
+        }
         if (!url)
-            cli_base_from_listen(&c, cfg->admin_listen);
+            cli_base_into(c.base, sizeof c.base, cfg->admin_listen);
         snprintf(c.auth, sizeof c.auth, "Authorization: Bearer %s",
                  token ? token : cfg->admin_token);
         rules_free(r);
@@ -439,7 +725,7 @@ int cli_main(int argc, char **argv, const char *lua_dir) {
         fprintf(stderr, "waybill: libcurl failed to initialize\n");
         return 1;
     }
-    rc = cli_run(&c, cmd, argv + optind, argc - optind, failed, type, status, limit);
+    rc = cli_run(&c, cmd, argv + optind, argc - optind, o.failed, o.type, o.status, o.limit);
     curl_global_cleanup();
     return rc;
 }

@@ -135,6 +135,8 @@ void config_free(struct config *cfg) {
     free(cfg->file);
     free(cfg->dir);
     free(cfg->listen);
+    free(cfg->listen_where);
+    free(cfg->admin_where);
     free(cfg->tls_cert);
     free(cfg->tls_key);
     free(cfg->admin_listen);
@@ -143,6 +145,7 @@ void config_free(struct config *cfg) {
         free(cfg->admin_token);
     }
     free(cfg->store);
+    free(cfg->pidfile);
     free(cfg->allow_private);
     for (size_t i = 0; cfg->sources && i < cfg->nsources; i++)
         source_clear(&cfg->sources[i]);

@@ -79,10 +79,13 @@ struct config {
     char *dir;                /* its folder: base of relative paths */
     int sandbox;              /* environment == "sandbox" */
     char *listen;             /* "host:port"; default "0.0.0.0:8080" */
+    char *listen_where;       /* "file:line" of listen =; NULL when defaulted */
+    char *admin_where;        /* "file:line" of admin =; NULL when absent */
     char *tls_cert, *tls_key; /* both or neither */
     char *admin_listen; /* NULL = off; "admin = {token=...}" alone listens on 127.0.0.1:8081 */
     char *admin_token;  /* required when admin_listen is set */
     char *store;        /* default "sqlite:waybill.db" */
+    char *pidfile;      /* absolute; NULL = none (serve --pidfile overrides) */
     size_t max_body;    /* default 1 MiB */
     struct config_cidr *allow_private;
     size_t nallow_private;

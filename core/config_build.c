@@ -32,7 +32,7 @@ static const char *const setting_names[] = {
     "environment", "listen",      "tls",           "admin",
     "store",       "max_body",    "allow_private", "shutdown_grace",
     "retention",   "max_backlog", "rule_budget",   "rule_memory",
-    NULL};
+    "pidfile",     NULL};
 
 static int setting_tls(struct config_ctx *c, int vi) {
     static const char *const keys[] = {"cert", "key", NULL};
@@ -165,6 +165,9 @@ static int setting(struct config_ctx *c, const char *key, int vi) {
     case 1: /* listen */
         if (config_dup_string(c, vi, "listen", &cfg->listen) < 0)
             return -1;
+        free(cfg->listen_where);
+        if (!(cfg->listen_where = strdup(c->where ? c->where : "?")))
+            return config_oom(c);
         if (!config_listen_ok(cfg->listen))
             return config_fail(
                 c, "listen: bad address '%s' (want host:port, e.g. \"0.0.0.0:8080\")", cfg->listen);
@@ -174,6 +177,9 @@ static int setting(struct config_ctx *c, const char *key, int vi) {
         return setting_tls(c, vi);
     case 3:
         snprintf(c->what, sizeof c->what, "admin: ");
+        free(cfg->admin_where);
+        if (!(cfg->admin_where = strdup(c->where ? c->where : "?")))
+            return config_oom(c);
         return setting_admin(c, vi);
     case 4: /* store */
         if (config_get_string(c, vi, "store", &s) < 0)
@@ -213,6 +219,8 @@ static int setting(struct config_ctx *c, const char *key, int vi) {
         if (cfg->rule_memory < CONFIG_MIN_RULE_MEMORY)
             return config_fail(c, "rule_memory must be at least 1MiB");
         return 0;
+    case 12:
+        return config_resolve_path(c, vi, "pidfile", &cfg->pidfile);
     default: {
         char hint[80];
         return config_fail(c, "unknown setting '%s'%s", key,

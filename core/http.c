@@ -2,9 +2,13 @@
  * listener (every method reaches the handler, bounded header size and idle
  * time), TLS 1.2+ from PEM files, and JSON replies.
  * SPDX-License-Identifier: MIT */
+#include <errno.h>
+#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -21,7 +25,8 @@
 
 void http_reply_json(struct evhttp_request *req, int code, const char *reason, json_t *body) {
     struct evbuffer *out = evbuffer_new();
-    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    /* 15 significant digits: 0.8, not 0.80000000000000004 */
+    char *text = body ? json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(15)) : NULL;
 
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
     if (out && text)
@@ -94,24 +99,62 @@ static int split_listen(const char *listen, char *host, size_t hostlen, unsigned
     return 0;
 }
 
-struct evhttp *http_listener_new(struct event_base *base, const char *listen,
-                                 struct evhttp_bound_socket **sock, char *err, size_t errlen) {
-    char host[256];
+static int listen_fd_start(int fd) {
+    return listen(fd, 511);
+}
+
+int http_bind(const char *listen, char *err, size_t errlen) {
+    struct addrinfo hints, *ai = NULL;
+    char host[256], port_text[8];
     unsigned short port;
-    struct evhttp *http = NULL;
+    int fd = -1, one = 1, rc, saved;
 
     if (split_listen(listen, host, sizeof host, &port) < 0) {
         snprintf(err, errlen, "bad listen address '%s' (want host:port)", listen);
-        return NULL;
+        return -1;
     }
-    http = evhttp_new(base);
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    snprintf(port_text, sizeof port_text, "%u", port);
+    if ((rc = getaddrinfo(host, port_text, &hints, &ai)) != 0) {
+        snprintf(err, errlen, "cannot listen on %s: %s", listen, gai_strerror(rc));
+        return -1;
+    }
+    fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+        bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen_fd_start(fd) < 0) {
+        saved = errno;
+        snprintf(err, errlen, "cannot listen on %s: %s", listen, strerror(saved));
+        if (fd >= 0)
+            close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(ai);
+    return fd;
+}
+
+struct evhttp *http_listener_new(struct event_base *base, const char *listen,
+                                 struct evhttp_bound_socket **sock, char *err, size_t errlen) {
+    int fd = http_bind(listen, err, errlen);
+
+    return fd < 0 ? NULL : http_listener_fd(base, fd, listen, sock, err, errlen);
+}
+
+struct evhttp *http_listener_fd(struct event_base *base, int fd, const char *listen,
+                                struct evhttp_bound_socket **sock, char *err, size_t errlen) {
+    struct evhttp *http = evhttp_new(base);
+
     if (!http) {
         snprintf(err, errlen, "out of memory");
+        close(fd);
         return NULL;
     }
-    *sock = evhttp_bind_socket_with_handle(http, host, port);
+    *sock = evhttp_accept_socket_with_handle(http, fd);
     if (!*sock) {
         snprintf(err, errlen, "cannot listen on %s", listen);
+        close(fd);
         evhttp_free(http);
         return NULL;
     }

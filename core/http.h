@@ -15,11 +15,19 @@ struct evhttp_bound_socket;
 struct evhttp_request;
 struct json_t;
 
-/* An evhttp bound to listen ("host:port", "[::1]:port", ":port" for every
- * IPv4 address), every method let
- * through to the handler, request headers bounded to 64 KiB, 60 s idle
- * timeout. *sock receives the bound socket. Returns new, or NULL with a
- * reason in err. */
+/* A listening socket bound to listen ("host:port", "[::1]:port", ":port"
+ * for every IPv4 address), non-blocking, close-on-exec. Returns the fd, or
+ * -1 with "cannot listen on ADDR: reason" in err. */
+int http_bind(const char *listen, char *err, size_t errlen);
+
+/* An evhttp serving fd (from http_bind; owned from here on, closed also on
+ * failure; listen names it in messages), every method let through to the
+ * handler, request headers bounded to 64 KiB, 60 s idle timeout. *sock
+ * receives the bound socket. Returns new, or NULL with a reason in err. */
+struct evhttp *http_listener_fd(struct event_base *base, int fd, const char *listen,
+                                struct evhttp_bound_socket **sock, char *err, size_t errlen);
+
+/* http_bind(listen), then http_listener_fd. */
 struct evhttp *http_listener_new(struct event_base *base, const char *listen,
                                  struct evhttp_bound_socket **sock, char *err, size_t errlen);
 

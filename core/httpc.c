@@ -8,6 +8,7 @@
  * SPDX-License-Identifier: MIT */
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -66,8 +67,9 @@ struct httpc_xfer {
     int resp_limit, too_large;
     httpc_done_fn done;
     void *arg;
-    char errbuf[CURL_ERROR_SIZE]; /* CURLOPT_ERRORBUFFER */
-    char refused[96];             /* the guard's reason, "" when none */
+    char errbuf[CURL_ERROR_SIZE];   /* CURLOPT_ERRORBUFFER */
+    char refused[96];               /* the guard's reason, "" when none */
+    char why[CURL_ERROR_SIZE + 64]; /* httpc_why's text */
 };
 
 struct httpc {
@@ -453,6 +455,31 @@ int httpc_inflight(const struct httpc *hc) {
     return hc->inflight;
 }
 
+/* Why a transfer got no answer, in words a user reads (into x->why): the
+ * system's reason for a failed connect ("connection refused"), else
+ * curl's error buffer without its " after N ms" (the attempt's latency is
+ * shown beside it), else the text of curl's code. */
+static const char *httpc_why(struct httpc_xfer *x, CURLcode res, const char *code_text) {
+    long os_errno = 0;
+    char *p, *end;
+
+    if (res == CURLE_COULDNT_CONNECT &&
+        curl_easy_getinfo(x->easy, CURLINFO_OS_ERRNO, &os_errno) == CURLE_OK && os_errno > 0) {
+        snprintf(x->why, sizeof x->why, "%s", strerror((int)os_errno));
+        x->why[0] = (char)tolower((unsigned char)x->why[0]);
+        return x->why;
+    }
+    if (res == CURLE_OPERATION_TIMEDOUT)
+        return "timed out";
+    if (!x->errbuf[0])
+        return code_text;
+    snprintf(x->why, sizeof x->why, "%s", x->errbuf);
+    if ((p = strstr(x->why, " after ")) && (strtol(p + 7, &end, 10), end > p + 7) &&
+        strncmp(end, " ms", 3) == 0)
+        memmove(p, end + 3, strlen(end + 3) + 1);
+    return x->why;
+}
+
 /* Ends x: its callback runs while the easy handle is still in the multi
  * (its response headers readable), then x leaves the multi and is freed.
  * res is curl's result; shutting: ended by httpc_free. */
@@ -470,7 +497,7 @@ static void httpc_end(struct httpc *hc, struct httpc_xfer *x, CURLcode res, int 
         r.error = r.code_text = "shutting down";
     } else if (res != CURLE_OK) {
         r.code_text = curl_easy_strerror(res);
-        r.error = x->refused[0] ? x->refused : x->errbuf[0] ? x->errbuf : r.code_text;
+        r.error = x->refused[0] ? x->refused : httpc_why(x, res, r.code_text);
     } else {
         curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code);
         r.status = (int)code;

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -470,11 +471,12 @@ struct inbound *inbound_new(const struct inbound_deps *deps, char *err, size_t e
 
     if (!ib) {
         snprintf(err, errlen, "out of memory");
+        close(deps->listen_fd);
         return NULL;
     }
     ib->deps = *deps;
     cfg = inbound_config(ib);
-    ib->http = http_listener_new(deps->base, cfg->listen, &ib->sock, err, errlen);
+    ib->http = http_listener_fd(deps->base, deps->listen_fd, cfg->listen, &ib->sock, err, errlen);
     if (!ib->http)
         goto fail;
     evhttp_set_gencb(ib->http, on_inbound, ib);

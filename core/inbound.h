@@ -21,10 +21,11 @@ struct inbound_deps {
     struct httpc *httpc;        /* JWKS fetches (ShipEngine key sets by URL) */
     struct ingest *ingest;      /* stores an accepted event, routes it once durable */
     struct rules *const *rules; /* the current generation (swapped whole on reload) */
+    int listen_fd;              /* the config's listen, bound (http_bind); owned from here */
 };
 
-/* Binds the webhook listener of the current config (listen, tls). Returns
- * new, or NULL with a reason in err. */
+/* Serves the webhook listener of the current config (listen_fd, tls).
+ * Returns new, or NULL with a reason in err. */
 struct inbound *inbound_new(const struct inbound_deps *deps, char *err, size_t errlen);
 
 /* 1 when it serves TLS. */

@@ -28,28 +28,101 @@
 #include "util.h"
 #include "verify.h"
 
+/* Each command's usage: what `waybill CMD --help` prints (and, on a wrong
+ * option, stderr). The top usage is their first lines. */
+static const struct {
+    const char *cmd, *text;
+} cmd_usage[] = {
+    {"serve", "usage: waybill serve [-c waybill.lua] [--pidfile FILE]\n"
+              "  Run the gateway in the foreground; logs to stderr. SIGHUP (or waybill\n"
+              "  reload) reloads config and rules; SIGTERM/SIGINT stop gracefully.\n"
+              "  -c, --config FILE  the configuration (default ./waybill.lua)\n"
+              "  --pidfile FILE     write the pid there once listening (overrides pidfile =)\n"},
+    {"check", "usage: waybill check [-c waybill.lua]\n"
+              "  Load the config and every rule; exit 0, or 1 with file:line: message.\n"
+              "  Unset env() secrets get placeholders (said on stderr).\n"},
+    {"sign", "usage: waybill sign --scheme S --secret K [--secret K2] [FILE]\n"
+             "  Print the headers a sender of scheme S attaches to FILE's body (stdin if\n"
+             "  absent or -). S: generic|hex, atoship, aftership, easypost,\n"
+             "  stripe [--header H], standard, hmac-sha256 --header H [--encoding\n"
+             "  hex|base64] [--prefix P], shiptify (prints the body with timestamp, token\n"
+             "  and signature), shipengine --key private.pem --kid KID.\n"},
+    {"route", "usage: waybill route [-c waybill.lua] --source NAME EVENT.json|-\n"
+              "  Dry run: print the normalized event and the deliveries the rules would\n"
+              "  make (- reads the event from stdin). Opens no store, sends nothing.\n"},
+    {"init", "usage: waybill init [DIR]\n"
+             "  Write a commented starter waybill.lua and rules/ (never overwrites).\n"},
+    {"test-rules", "usage: waybill test-rules FILE.test\n"
+                   "  Run rule tests (format: tests/rules/README.md).\n"},
+    {"bench-rules", "usage: waybill bench-rules -c CONFIG --source NAME [-n N] EVENT.json...\n"
+                    "  Time the rules over the events: microseconds per event.\n"},
+    {"events", "usage: waybill events [--failed] [--type T] [--status S] [--limit N] [--json]\n"
+               "  List events (newest first), or the failed deliveries.\n"},
+    {"event", "usage: waybill event ID [--json]\n"
+              "  One event with its deliveries and their attempts.\n"},
+    {"retry", "usage: waybill retry DELIVERY_ID [--json]\n"
+              "  Queue a failed delivery again.\n"},
+    {"replay", "usage: waybill replay EVENT_ID [--json]\n"
+               "  Route a stored event again with the current rules.\n"},
+    {"test", "usage: waybill test ENDPOINT TYPE [--json]\n"
+             "  Send a sample event of TYPE straight to ENDPOINT (rules bypassed).\n"},
+    {"trigger", "usage: waybill trigger [-c waybill.lua] [--source NAME] TYPE\n"
+                "  POST a sample event of TYPE (any taxonomy type), with a fresh id and\n"
+                "  signed with the source's secret, to the running gateway's webhook\n"
+                "  listener, as source NAME (default atoship) would; print the answer.\n"},
+    {"reload", "usage: waybill reload [--pidfile FILE]\n"
+               "  Reload config and rules: through the admin API (prints the error and\n"
+               "  exits 1 when refused), or SIGHUP to the pid in FILE.\n"},
+    {"version", "usage: waybill version  (or waybill --version)\n"},
+    {"help", "usage: waybill help [COMMAND]  (or waybill --help, waybill COMMAND --help)\n"},
+};
+
+#define ADMIN_CLIENT_OPTIONS                                                                       \
+    "  The admin client commands (events, event, retry, replay, test, reload) read\n"              \
+    "  the admin address and token from the config: -c waybill.lua, or --url URL\n"                \
+    "  --token T; --json prints the admin API's answer as is. trigger reads the\n"                 \
+    "  webhook address and the source's secret from the config.\n"
+
+static int usage_index(const char *cmd) {
+    for (size_t i = 0; cmd && i < sizeof cmd_usage / sizeof cmd_usage[0]; i++)
+        if (strcmp(cmd, cmd_usage[i].cmd) == 0)
+            return (int)i;
+    return -1;
+}
+
+/* One command's usage (the admin client's ones with their common options). */
+static void cmd_help(FILE *out, int i) {
+    fputs(cmd_usage[i].text, out);
+    if (cli_is_command(cmd_usage[i].cmd))
+        fputs(ADMIN_CLIENT_OPTIONS, out);
+}
+
 static void usage(FILE *out) {
-    fprintf(
-        out,
-        "usage: waybill serve [-c waybill.lua]     run the gateway\n"
-        "       waybill check [-c waybill.lua]     load config and rules; exit 1 on error\n"
-        "       waybill sign --scheme S --secret K [--secret K2] [FILE]\n"
-        "                                          print the headers a sender of scheme S\n"
-        "                                          attaches to FILE's body (stdin if absent)\n"
-        "                                          S: generic|hex, atoship, aftership,\n"
-        "                                          easypost, stripe [--header H], standard,\n"
-        "                                          hmac-sha256 --header H [--encoding hex|base64]\n"
-        "                                          [--prefix P], shiptify (prints the body\n"
-        "                                          with timestamp, token and signature),\n"
-        "                                          shipengine --key private.pem --kid KID\n"
-        "       waybill events [--failed] | event ID | retry ID | replay ID |\n"
-        "       waybill test ENDPOINT TYPE        admin API wrappers (--json for JSON)\n"
-        "       waybill route [-c waybill.lua] --source NAME EVENT.json\n"
-        "                                          dry run: print the normalized event and\n"
-        "                                          the deliveries the rules would make\n"
-        "       waybill init [DIR]                 write a starter waybill.lua and rules/\n"
-        "       waybill test-rules FILE.test       run rule tests (see tests/rules/README)\n"
-        "       waybill version\n");
+    for (size_t i = 0; i < sizeof cmd_usage / sizeof cmd_usage[0]; i++) {
+        const char *t = cmd_usage[i].text + 7; /* past "usage: " */
+        fprintf(out, "%s%.*s", i ? "       " : "usage: ", (int)(strchr(t, '\n') - t + 1), t);
+    }
+    fputs("Options:\n"
+          "  -c, --config FILE  the configuration (default ./waybill.lua)\n"
+          "  --pidfile FILE     serve: write the pid there; reload: signal that "
+          "pid\n" ADMIN_CLIENT_OPTIONS
+          "  -h, --help         this text; waybill COMMAND --help: that command's usage\n"
+          "  --version          the version\n"
+          "See waybill(1), README.md and SPEC.md.\n",
+          out);
+}
+
+/* `waybill CMD ... --help|-h` (before any "--"): CMD's usage on stdout.
+ * Returns 1 when printed. */
+static int help_asked(int argc, char **argv) {
+    int i = usage_index(argv[1]);
+
+    for (int k = 2; i >= 0 && k < argc && strcmp(argv[k], "--") != 0; k++)
+        if (strcmp(argv[k], "--help") == 0 || strcmp(argv[k], "-h") == 0) {
+            cmd_help(stdout, i);
+            return 1;
+        }
+    return 0;
 }
 
 /* The shipped Lua library: $WAYBILL_LUA_DIR, else lua/ beside the binary,
@@ -78,7 +151,7 @@ static char *find_lua_dir(void) {
 
 /* ---- serve ---- */
 
-static int serve(const char *config_path) {
+static int serve(const char *config_path, const char *pidfile) {
     char *lua_dir = find_lua_dir();
     struct app *a = NULL;
     char err[512];
@@ -89,7 +162,7 @@ static int serve(const char *config_path) {
         fprintf(stderr, "waybill: libcurl failed to initialize\n");
         goto done;
     }
-    if (!lua_dir || !(a = app_new(config_path, lua_dir, err, sizeof err))) {
+    if (!lua_dir || !(a = app_new(config_path, lua_dir, pidfile, err, sizeof err))) {
         fprintf(stderr, "waybill: %s\n", lua_dir ? err : "out of memory");
         goto cleanup;
     }
@@ -104,17 +177,20 @@ done:
 
 static int check(const char *config_path) {
     char *lua_dir = find_lua_dir();
-    char err[512];
-    struct rules *r = rules_load(config_path, lua_dir, err, sizeof err);
+    char err[512], note[512];
+    struct rules *r =
+        rules_load_offline(config_path, lua_dir, 0, note, sizeof note, err, sizeof err);
     int rc = 0;
 
     if (!r) {
         fprintf(stderr, "%s\n", err);
         rc = 1;
     } else {
+        if (note[0])
+            fprintf(stderr, "waybill check: %s (serve needs them set)\n", note);
         const struct config *cfg = rules_config(r);
-        printf("%s: ok (%zu sources, %zu endpoints)\n", config_path, cfg->nsources,
-               cfg->nendpoints);
+        printf("%s: ok (%zu source%s, %zu endpoint%s)\n", config_path, cfg->nsources,
+               cfg->nsources == 1 ? "" : "s", cfg->nendpoints, cfg->nendpoints == 1 ? "" : "s");
     }
     rules_free(r);
     free(lua_dir);
@@ -274,7 +350,7 @@ static int sign_parse(int argc, char **argv, struct sign_args *a) {
 static char *sign_body(const char *file, size_t *len) {
     char *body;
 
-    if (file) {
+    if (file && strcmp(file, "-") != 0) {
         body = util_file_read(file, len);
         if (!body)
             fprintf(stderr, "waybill sign: %s: %s\n", file, strerror(errno));
@@ -458,13 +534,13 @@ static int route_cmd(int argc, char **argv) {
                                          {"source", required_argument, NULL, 's'},
                                          {NULL, 0, NULL, 0}};
     const char *config_path = "waybill.lua", *source = NULL;
-    char *lua_dir = NULL, *body = NULL, err[512], id[UTIL_ID_MAX], sid[UTIL_ID_MAX];
+    char *lua_dir = NULL, *body = NULL, err[512], note[512], id[UTIL_ID_MAX], sid[UTIL_ID_MAX];
     struct rules *r = NULL;
     struct rules_event ev = {0};
     struct rules_plan plan = {0};
     const struct config_source *src;
     size_t len = 0;
-    int c, rc = 1;
+    int c, rc = 1, routed;
     json_t *out;
 
     optind = 1;
@@ -474,26 +550,28 @@ static int route_cmd(int argc, char **argv) {
         else if (c == 's')
             source = optarg;
         else
-            return 2;
+            goto usage;
     }
-    if (!source || optind != argc - 1) {
-        fprintf(stderr, "usage: waybill route [-c waybill.lua] --source NAME EVENT.json\n");
-        return 2;
-    }
+    if (!source || optind != argc - 1)
+        goto usage;
     lua_dir = find_lua_dir();
-    r = rules_load(config_path, lua_dir, err, sizeof err);
+    r = rules_load_offline(config_path, lua_dir, 0, note, sizeof note, err, sizeof err);
     if (!r) {
         fprintf(stderr, "%s\n", err);
         goto done;
     }
+    if (note[0])
+        fprintf(stderr, "waybill route: %s\n", note);
     src = config_source_by_name(rules_config(r), source);
     if (!src) {
         fprintf(stderr, "waybill route: no source named '%s' in %s\n", source, config_path);
         goto done;
     }
-    body = util_file_read(argv[optind], &len);
+    body =
+        strcmp(argv[optind], "-") == 0 ? read_all(stdin, &len) : util_file_read(argv[optind], &len);
     if (!body) {
-        fprintf(stderr, "waybill route: cannot read %s: %s\n", argv[optind], strerror(errno));
+        fprintf(stderr, "waybill route: cannot read %s: %s\n",
+                strcmp(argv[optind], "-") == 0 ? "stdin" : argv[optind], strerror(errno));
         goto done;
     }
     if (rules_adapt(r, src, body, len, "{}", &ev, err, sizeof err) != 0) {
@@ -514,10 +592,11 @@ static int route_cmd(int argc, char **argv) {
                              .raw = body,
                              .raw_len = len,
                              .headers_json = "{}"};
-    if (rules_route(r, &in, &plan, err, sizeof err) < 0) {
-        fprintf(stderr, "rule_error: %s\n", err);
+    routed = rules_route(r, &in, &plan, err, sizeof err);
+    if (routed != 0) /* partial: the plan of the handlers that ran, and exit 1 */
+        fprintf(stderr, "%s: %s\n", routed < 0 ? "rule_error" : "partial", err);
+    if (routed < 0)
         goto done;
-    }
     out = route_plan_json(&in, &plan);
     if (!out) {
         fprintf(stderr, "waybill route: out of memory\n");
@@ -526,7 +605,7 @@ static int route_cmd(int argc, char **argv) {
     json_dumpf(out, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     printf("\n");
     json_decref(out);
-    rc = 0;
+    rc = routed > 0 ? 1 : 0;
 done:
     rules_plan_clear(&plan);
     rules_event_clear(&ev);
@@ -534,6 +613,9 @@ done:
     free(body);
     free(lua_dir);
     return rc;
+usage:
+    fputs(cmd_usage[usage_index("route")].text, stderr);
+    return 2;
 }
 
 /* ---- init: a starter config ---- */
@@ -637,9 +719,11 @@ static int init_cmd(int argc, char **argv) {
     return 0;
 }
 
-/* Parses "-c FILE" / "--config FILE" for serve and check. */
-static const char *config_arg(int argc, char **argv) {
+/* Parses "-c FILE" / "--config FILE" for serve and check, and serve's
+ * "--pidfile FILE" (into *pidfile when pidfile is not NULL). */
+static const char *config_arg(int argc, char **argv, const char **pidfile) {
     static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
+                                         {"pidfile", required_argument, NULL, 'p'},
                                          {NULL, 0, NULL, 0}};
     const char *path = "waybill.lua";
     int c;
@@ -648,16 +732,24 @@ static const char *config_arg(int argc, char **argv) {
     while ((c = getopt_long(argc, argv, "c:", opts, NULL)) != -1) {
         if (c == 'c')
             path = optarg;
+        else if (c == 'p' && pidfile)
+            *pidfile = optarg;
         else
             return NULL;
     }
-    return path;
+    return optind == argc ? path : NULL;
 }
 
 int main(int argc, char **argv) {
     const char *cmd = argc > 1 ? argv[1] : NULL, *config_path;
 
     log_init();
+    if (cmd && help_asked(argc, argv))
+        return 0;
+    if (cmd && strcmp(cmd, "help") == 0 && argc > 2 && usage_index(argv[2]) >= 0) {
+        cmd_help(stdout, usage_index(argv[2]));
+        return 0;
+    }
     if (!cmd || strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
         usage(cmd ? stdout : stderr);
         return cmd ? 0 : 2;
@@ -675,18 +767,20 @@ int main(int argc, char **argv) {
         return rc;
     }
     if (strcmp(cmd, "serve") == 0 || strcmp(cmd, "check") == 0) {
-        config_path = config_arg(argc - 1, argv + 1);
+        const char *pidfile = NULL;
+        int is_serve = strcmp(cmd, "serve") == 0;
+        config_path = config_arg(argc - 1, argv + 1, is_serve ? &pidfile : NULL);
         if (!config_path) {
-            usage(stderr);
+            cmd_help(stderr, usage_index(cmd));
             return 2;
         }
-        return strcmp(cmd, "serve") == 0 ? serve(config_path) : check(config_path);
+        return is_serve ? serve(config_path, pidfile) : check(config_path);
     }
     if (strcmp(cmd, "route") == 0)
         return route_cmd(argc - 1, argv + 1);
     if (strcmp(cmd, "init") == 0)
         return init_cmd(argc - 1, argv + 1);
-    if (strcmp(cmd, "bench-rules") == 0) { /* hidden: used by make bench */
+    if (strcmp(cmd, "bench-rules") == 0) { /* used by make bench */
         char *lua_dir = find_lua_dir();
         int rc = ruletest_bench(argc - 1, argv + 1, lua_dir);
         free(lua_dir);

@@ -1,7 +1,8 @@
 /* route.c -- runs the rules over an event and records what they decided as
  * the store's plan: deliveries (pending, or held for a disabled endpoint),
- * batch items and the event's status. All or nothing: a failed handler
- * leaves no delivery and no batch item.
+ * batch items and the event's status: "routed", "unrouted", "partial" (a
+ * handler failed, the others' sends stored) or "rule_error" (handlers
+ * failed, nothing to send). A failed handler leaves none of its own sends.
  * Invariant: a plan's pointers stay valid until route_plan_clear; nothing
  * of it reaches the delivery engine or the batcher before the store took
  * it (route_plan_stored).
@@ -41,9 +42,11 @@ void route_plan(struct route *rt, const struct rules_input *ev, struct route_pla
     const struct config *cfg = rules_config(rules);
     int64_t now = util_now_ms();
     size_t n = 0, nitems = 0;
+    int partial;
 
     memset(p, 0, sizeof *p);
-    if (rules_route(rules, ev, &p->rules, p->error, sizeof p->error) < 0) {
+    partial = rules_route(rules, ev, &p->rules, p->error, sizeof p->error);
+    if (partial < 0) {
         plan_rule_error(p, p->error);
         return;
     }
@@ -84,8 +87,13 @@ void route_plan(struct route *rt, const struct rules_input *ev, struct route_pla
             .next_at = now + (ep->nretry ? ep->retry_ms[0] : 0),
         };
     }
+    if (!partial)
+        p->error[0] = '\0';
     p->store = (struct store_plan){
-        .status = n || nitems ? "routed" : "unrouted",
+        .status = partial       ? "partial"
+                  : n || nitems ? "routed"
+                                : "unrouted",
+        .error = partial ? p->error : NULL,
         .deliveries = p->dels,
         .ndeliveries = n,
         .items = p->items,
@@ -105,6 +113,10 @@ int route_plan_stored(struct route *rt, const struct rules_input *ev, struct rou
             return -1;
     if (strcmp(p->store.status, "rule_error") == 0) {
         log_msg(LOG_WARN, "event %s (%s): rule error: %s", ev->id, ev->type, p->error);
+        metrics_rule_error();
+    } else if (strcmp(p->store.status, "partial") == 0) {
+        log_msg(LOG_WARN, "event %s (%s): rule error, the other handlers' sends go out: %s", ev->id,
+                ev->type, p->error);
         metrics_rule_error();
     } else {
         log_msg(LOG_DEBUG, "event %s (%s): %s, %zu deliveries, %zu batched", ev->id, ev->type,

@@ -570,6 +570,33 @@ static void collect_handlers(lua_State *L, struct rules *r) {
     lua_settop(L, list - 2);
 }
 
+/* Raises when env() met unset variables and the load is not offline:
+ * every name at once, each with where it was asked for. */
+static void check_missing_env(lua_State *L, struct rules *r) {
+    luaL_Buffer b;
+    const char *first;
+    size_t flen;
+
+    if (r->nmissing == 0 || r->placeholders)
+        return;
+    first = r->missing[0].where;
+    if (r->nmissing == 1)
+        luaL_error(L, "%s: env %s is not set", first, r->missing[0].name);
+    flen = strrchr(first, ':') ? (size_t)(strrchr(first, ':') - first) : 0;
+    luaL_buffinit(L, &b);
+    lua_pushfstring(L, "%s: %d env variables are not set:", first, (int)r->nmissing);
+    luaL_addvalue(&b);
+    for (size_t i = 0; i < r->nmissing; i++) {
+        const char *w = r->missing[i].where;
+        int same = flen && strncmp(w, first, flen) == 0 && w[flen] == ':';
+        lua_pushfstring(L, "%s %s (%s%s)", i ? "," : "", r->missing[i].name, same ? "line " : "",
+                        same ? w + flen + 1 : w);
+        luaL_addvalue(&b);
+    }
+    luaL_pushresult(&b);
+    lua_error(L);
+}
+
 /* Builds the whole generation (STYLE section 3 (0), (4)). Raises on any
  * error with "file:line: message". */
 static int load_main(lua_State *L) {
@@ -603,6 +630,7 @@ static int load_main(lua_State *L) {
     /* the config file, then its declarations into C */
     load_chunk(L, r->config_path, r->config_path);
     run_file(L, r, "config_env", r->config_path, r->config_path);
+    check_missing_env(L, r);
     rules_limits_arm(r, RULES_LOAD_BUDGET, "stopped while loading");
     api_call(L, r, "declarations", 0);
     decl = lua_gettop(L);
@@ -617,11 +645,13 @@ static int load_main(lua_State *L) {
     r->mem_limit = r->cfg->rule_memory;
     r->max_output = r->cfg->rule_memory;
 
-    if (r->cfg->rules_dir)
+    if (r->cfg->rules_dir && !r->config_only)
         load_rules_dir(L, r, decl);
+    check_missing_env(L, r);
     rules_limits_arm(r, RULES_LOAD_BUDGET, "stopped while loading");
     check_lists(L, r);
-    load_adapters(L, r, decl);
+    if (!r->config_only)
+        load_adapters(L, r, decl);
     collect_handlers(L, r);
     lua_newtable(L);
     r->keep_ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -638,9 +668,10 @@ int rules_set_subscriptions(struct rules *r, const struct config_subscription *v
     return config_set_subscriptions(r->cfg, v, n);
 }
 
-struct rules *rules_load_with(const char *config_path, const char *lua_dir,
-                              const struct config_subscription *subs, size_t nsubs, char *err,
-                              size_t errlen) {
+/* rules_load_with; offline: placeholders for unset env() variables. */
+static struct rules *load_generation(const char *config_path, const char *lua_dir,
+                                     const struct config_subscription *subs, size_t nsubs,
+                                     int offline, int config_only, char *err, size_t errlen) {
     struct rules *r = calloc(1, sizeof *r);
     int status;
 
@@ -648,6 +679,8 @@ struct rules *rules_load_with(const char *config_path, const char *lua_dir,
         snprintf(err, errlen, "%s: out of memory", config_path);
         goto fail;
     }
+    r->placeholders = offline;
+    r->config_only = config_only;
     r->handlers_ref = r->adapters_ref = r->api_ref = r->keep_ref = LUA_NOREF;
     r->load_subs = subs;
     r->load_nsubs = nsubs;
@@ -687,9 +720,43 @@ fail:
     return NULL;
 }
 
+struct rules *rules_load_with(const char *config_path, const char *lua_dir,
+                              const struct config_subscription *subs, size_t nsubs, char *err,
+                              size_t errlen) {
+    return load_generation(config_path, lua_dir, subs, nsubs, 0, 0, err, errlen);
+}
+
+struct rules *rules_load_offline(const char *config_path, const char *lua_dir, int config_only,
+                                 char *note, size_t notelen, char *err, size_t errlen) {
+    struct rules *r = load_generation(config_path, lua_dir, NULL, 0, 1, config_only, err, errlen);
+    size_t used = 0;
+
+    if (notelen)
+        note[0] = '\0';
+    for (size_t i = 0; r && i < r->nmissing && used < notelen; i++) {
+        int n = snprintf(note + used, notelen - used, "%s%s",
+                         i ? ", " : "unset env replaced by placeholders: ", r->missing[i].name);
+        used += n > 0 ? (size_t)n : 0;
+    }
+    return r;
+}
+
+const char *rules_placeholder_env(const struct rules *r, const char *value) {
+    for (size_t i = 0; r && value && i < r->nmissing; i++)
+        if (strcmp(r->missing[i].value, value) == 0)
+            return r->missing[i].name;
+    return NULL;
+}
+
 void rules_free(struct rules *r) {
     if (!r)
         return;
+    for (size_t i = 0; i < r->nmissing; i++) {
+        free(r->missing[i].name);
+        free(r->missing[i].where);
+        free(r->missing[i].value);
+    }
+    free(r->missing);
     if (r->L)
         lua_close(r->L);
     for (size_t i = 0; i < r->nhandlers; i++) {

@@ -28,6 +28,21 @@ struct rules *rules_load_with(const char *config_path, const char *lua_dir,
                               const struct config_subscription *subs, size_t nsubs, char *err,
                               size_t errlen);
 
+/* rules_load for commands that only read the config (check, route, the
+ * admin client): an env("NAME") without default whose variable is unset
+ * gets a placeholder value (a valid whsec_ key) instead of failing the
+ * load. note gets "unset env replaced by placeholders: A, B", or "" when
+ * every variable was set. (rules_load refuses unset variables, all of them
+ * in one message.) config_only: the config file alone, no rule file nor
+ * adapter (the admin client, which must work while a rule is broken); such
+ * a generation routes nothing. */
+struct rules *rules_load_offline(const char *config_path, const char *lua_dir, int config_only,
+                                 char *note, size_t notelen, char *err, size_t errlen);
+
+/* The env variable whose placeholder value is, or NULL when value is not a
+ * placeholder of r's offline load. */
+const char *rules_placeholder_env(const struct rules *r, const char *value);
+
 /* Replaces the subscriptions merged into r's config (config_set_subscriptions).
  * Returns 0, or -1 when out of memory (the old ones stay). */
 int rules_set_subscriptions(struct rules *r, const struct config_subscription *v, size_t n);
@@ -127,10 +142,13 @@ struct rules_plan {
 };
 
 /* Runs every handler matching ev->type (file order, then definition order).
- * Returns 0 with the plan (n == 0 means unrouted), or -1 with
- * "file:line: message" when any handler failed, ran past its budget or the
- * VM's memory cap, or sent to an unknown endpoint; then the plan is empty
- * (routing is all or nothing). */
+ * Handlers are independent: one that fails (an error, its budget, the VM's
+ * memory cap, a send to an unknown endpoint) contributes none of its sends
+ * and the others run. Returns 0 with the plan when every handler ran (n ==
+ * 0 means unrouted); 1 when some failed and the others' sends are in the
+ * plan ("partial"); -1 when handlers failed and nothing is left to send
+ * ("rule_error"), the plan empty. On 1 and -1, err holds "file:line:
+ * message" of each failed handler, joined by "; ". */
 int rules_route(struct rules *r, const struct rules_input *ev, struct rules_plan *out, char *err,
                 size_t errlen);
 

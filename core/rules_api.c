@@ -382,6 +382,46 @@ static int host_getenv(lua_State *L) {
     return 1;
 }
 
+/* env_missing(name, where) -> a placeholder for an unset variable, or nil.
+ * While loading, the name is recorded (once) with where it was asked for
+ * and a placeholder is returned: a valid whsec_ key, so the load goes on
+ * and finds every other unset name (rules.c then refuses them together
+ * unless the load is offline). Outside a load (a handler): nil. */
+static int host_env_missing(lua_State *L) {
+    struct rules *r = rules_of(L);
+    const char *name = luaL_checkstring(L, 1), *where = luaL_optstring(L, 2, "?");
+    struct rules_missing_env *m;
+    char text[160], b64[220];
+    int n;
+
+    if (!r->loading_file) {
+        lua_pushnil(L);
+        return 1;
+    }
+    for (size_t i = 0; i < r->nmissing; i++)
+        if (strcmp(r->missing[i].name, name) == 0) {
+            lua_pushstring(L, r->missing[i].value);
+            return 1;
+        }
+    n = snprintf(text, sizeof text, "waybill placeholder for %.100s", name);
+    util_base64_encode((const unsigned char *)text, (size_t)n, b64);
+    m = realloc(r->missing, (r->nmissing + 1) * sizeof *m);
+    if (!m)
+        return luaL_error(L, "out of memory");
+    r->missing = m;
+    m = &r->missing[r->nmissing];
+    m->name = strdup(name);
+    m->where = strdup(where);
+    m->value = malloc(strlen(b64) + 7);
+    if (m->value)
+        snprintf(m->value, strlen(b64) + 7, "whsec_%s", b64);
+    r->nmissing++;
+    if (!m->name || !m->where || !m->value)
+        return luaL_error(L, "out of memory");
+    lua_pushstring(L, m->value);
+    return 1;
+}
+
 /* Pushes the text of the file at path (read into Lua memory, so a memory
  * error can't leak it), or returns -1 with errno and nothing pushed. */
 int rapi_push_file(lua_State *L, const char *path, size_t *lenp) {
@@ -483,6 +523,8 @@ void rapi_push_host(lua_State *L, struct rules *r) {
     lua_setfield(L, -2, "where");
     lua_pushcfunction(L, host_getenv);
     lua_setfield(L, -2, "getenv");
+    lua_pushcfunction(L, host_env_missing);
+    lua_setfield(L, -2, "env_missing");
     lua_pushcfunction(L, host_stopped);
     lua_setfield(L, -2, "stopped");
     lua_pushcfunction(L, host_readfile);

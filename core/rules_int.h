@@ -37,6 +37,11 @@ struct rules_handler {
  * instead is the same outcome. */
 #define RULES_LIST_MIN_BUDGET 16
 
+/* One unset env() variable met while loading (all three strings owned). */
+struct rules_missing_env {
+    char *name, *where, *value; /* value: the placeholder given in its place */
+};
+
 struct rules {
     lua_State *L;
     const struct config_subscription *load_subs; /* rules_load_with's, while loading */
@@ -59,6 +64,14 @@ struct rules {
     const char *stop_kind; /* "rule stopped", "stopped while loading" */
     char stop_where[RULES_WHERE_MAX];
     const char *loading_file; /* display name of the file being loaded */
+
+    /* env("NAME") calls without a default whose variable is unset, while
+     * loading: serve refuses them all in one message; an offline load
+     * (rules_load_offline) gives each a placeholder value instead. */
+    struct rules_missing_env *missing;
+    size_t nmissing;
+    int placeholders;
+    int config_only; /* the config file alone: no rule files, no adapters */
 
     struct rules_handler *handlers;
     size_t nhandlers;

@@ -5,8 +5,9 @@
  * {endpoints}), over canonical data is done in C, with the event's JSON
  * built from its fields, unless a function handler ran before it.
  * Invariants: routing runs inside one pcall under the generation's limits;
- * a failed route leaves no partial plan (the first failed send fails it,
- * even when a pcall in the rule caught the error).
+ * handlers are independent: a failed one (an error, its budget, the memory
+ * cap, a failed send even when a pcall in the rule caught it) leaves none
+ * of its own sends in the plan, is recorded, and the next one runs.
  * SPDX-License-Identifier: MIT */
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,7 +49,8 @@ static void received_at_text(struct rules *r, int64_t ms, char *out) {
 struct route_ctx {
     struct rules *r;
     const struct rules_input *in;
-    int failed;
+    int failed;     /* the route as a whole failed (the event's table) */
+    size_t nfailed; /* handlers that failed; err holds why, "; "-joined */
     char *err;
     size_t errlen;
     struct util_buf whole; /* the event as a list handler sends it, once built */
@@ -267,10 +269,32 @@ static int route_list_fast(struct route_ctx *c, const struct rules_handler *h) {
 
 /* ---- routing ---- */
 
+/* Handler h failed (status: its pcall's): its own sends (those past nplan)
+ * leave the plan, why is added to c->err, and routing goes on with the next
+ * handler. */
+static void route_handler_failed(struct route_ctx *c, const struct rules_handler *h, int status,
+                                 size_t nplan, size_t plan_bytes) {
+    struct rules *r = c->r;
+    char why[512];
+    size_t used = strlen(c->err);
+
+    rules_call_error(r, status, h->where, why, sizeof why);
+    while (r->nplan > nplan)
+        rapi_send_clear(&r->plan[--r->nplan]);
+    r->plan_bytes = plan_bytes;
+    free(r->send_error);
+    r->send_error = NULL;
+    if (c->nfailed++ == 0)
+        snprintf(c->err, c->errlen, "%s", why);
+    else if (used + 2 < c->errlen)
+        snprintf(c->err + used, c->errlen - used, "; %s", why);
+}
+
 static int route_protected(lua_State *L) {
     struct route_ctx *c = lua_touserdata(L, 1);
     struct rules *r = c->r;
     int fns, ev, status, pristine;
+    size_t nplan, plan_bytes;
 
     lua_settop(L, 0);
     lua_rawgeti(L, LUA_REGISTRYINDEX, r->handlers_ref);
@@ -307,15 +331,15 @@ static int route_protected(lua_State *L) {
             }
             ev = lua_gettop(L);
         }
+        nplan = r->nplan;
+        plan_bytes = r->plan_bytes;
         lua_rawgeti(L, fns, (lua_Integer)i + 1);
         lua_pushvalue(L, ev);
         rules_limits_arm(r, r->cfg->rule_budget, "rule stopped");
         status = lua_pcall(L, 1, 0, 0);
-        if (status != LUA_OK || r->stop || (r->mem_hit && r->mem_refused) || r->send_error) {
-            rules_call_error(r, status, h->where, c->err, c->errlen);
-            c->failed = 1;
-            return 0;
-        }
+        if (status != LUA_OK || r->stop || (r->mem_hit && r->mem_refused) || r->send_error)
+            route_handler_failed(c, h, status, nplan, plan_bytes);
+        lua_settop(L, ev);
     }
     return 0;
 }
@@ -336,6 +360,8 @@ int rules_route(struct rules *r, const struct rules_input *ev, struct rules_plan
     c.in = ev;
     c.err = err;
     c.errlen = errlen;
+    if (errlen)
+        err[0] = '\0';
     rapi_plan_reset(r);
     free(r->send_error);
     r->send_error = NULL;
@@ -351,16 +377,20 @@ int rules_route(struct rules *r, const struct rules_input *ev, struct rules_plan
         rules_call_error(r, status, ev->type, err, errlen);
         c.failed = 1;
     }
-    if (c.failed) {
+    if (c.failed || (c.nfailed && r->nplan == 0)) { /* nothing to send: rule_error */
         rapi_plan_reset(r);
         rules_recover(r);
         return -1;
     }
-    lua_settop(r->L, 0);
     out->sends = r->plan;
     out->n = r->nplan;
     r->plan = NULL;
     r->nplan = r->capplan = r->plan_bytes = 0;
+    if (c.nfailed) { /* partial: the others' sends go out */
+        rules_recover(r);
+        return 1;
+    }
+    lua_settop(r->L, 0);
     rules_maybe_gc(r);
     return 0;
 }

@@ -342,8 +342,8 @@ static int rt_one(const char *path, const char *lua_dir, const char *config,
     routed = rt_route(r, ev, data_json, shipment_json, &g[1], &plan, err, sizeof err);
     if (strncmp(expect, "rule_error", 10) == 0)
         rc = rt_check_error(expect, routed, &plan, err, why, sizeof why);
-    else if (routed < 0)
-        snprintf(why, sizeof why, "rule_error: %s", err);
+    else if (routed != 0)
+        snprintf(why, sizeof why, "%s: %s", routed < 0 ? "rule_error" : "partial", err);
     else
         rc = rt_check_plan(expect, g[2].line, &plan, why, sizeof why);
 done:

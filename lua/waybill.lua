@@ -84,13 +84,16 @@ local function new_log()
 end
 
 -- env("NAME" [, default]): an environment variable; unset fails the load
--- (or the handler) unless a default is given.
+-- (every unset name reported at once; offline commands get placeholders)
+-- or the handler, unless a default is given.
+local env_missing = host.env_missing
 local function env_fn(name, default)
   if type(name) ~= "string" then error("env: expected a variable name", 2) end
   local v = getenv(name)
   if v == nil then
     if default ~= nil then return default end
-    error("env " .. name .. " is not set", 2)
+    v = env_missing(name, where(2))
+    if v == nil then error("env " .. name .. " is not set", 2) end
   end
   return v
 end

@@ -66,6 +66,9 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 import wb  # noqa: E402  (signing helpers, events, free_port)
 
+_LIVE = []  # servers started and not yet stopped (stopped on INT/TERM)
+_DIRS = []  # stores to remove on INT/TERM (the scale store)
+
 SECRET = "bench-secret"
 ADMIN_TOKEN = "bench-token"
 TICK = os.sysconf("SC_CLK_TCK")
@@ -122,6 +125,7 @@ class Server:
 
     def start(self):
         self.tmp = tempfile.mkdtemp(prefix="wb-bench-%s-" % self.name)
+        _LIVE.append(self)
         self.port = wb.free_port()
         self.prepare()
         self.logf = open(os.path.join(self.tmp, "server.log"), "wb")
@@ -162,6 +166,8 @@ class Server:
                     p.kill()
                     p.wait()
         self.extra = []
+        if self in _LIVE:
+            _LIVE.remove(self)
         if getattr(self, "logf", None):
             self.logf.close()
         if self.tmp and not self.args.keep:
@@ -343,6 +349,7 @@ class WaybillScale(Waybill):
         """Lets waybill create the schema, stops it, bulk-inserts the rows.
         Returns (seconds, path)."""
         d = tempfile.mkdtemp(prefix="wb-bench-scale-", dir=args.scale_dir)
+        _DIRS.append(d)
         path = os.path.join(d, "waybill.db")
         cls.built = path
         t0 = time.monotonic()
@@ -987,8 +994,30 @@ def main():
     return 0
 
 
+def _interrupted(*_):
+    raise KeyboardInterrupt
+
+
+def _clean_up():
+    """After INT/TERM: stop every server still running and remove the stores
+    (the scale store is ~2 GiB) unless --keep."""
+    for s in list(_LIVE):
+        try:
+            s.stop()
+        except Exception:  # noqa: BLE001 - go on with the others
+            pass
+    if "--keep" not in sys.argv:
+        for d in _DIRS:
+            shutil.rmtree(d, ignore_errors=True)
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _interrupted)
     try:
         sys.exit(main())
     except KeyboardInterrupt:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        log("bench: interrupted; stopping the servers and removing their stores")
+        _clean_up()
         sys.exit(130)

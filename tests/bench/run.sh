@@ -5,7 +5,8 @@
 # of 1,000,000 pending deliveries as well; then waybill's sustained delivery
 # throughput (1 and 4 endpoints), end-to-end latency and rule cost. See
 # bench.py for what runs and how.
-# Installs wrk/webhook when missing (as root), builds the bare server into
+# Installs wrk/webhook when missing (as root, asked: BENCH_INSTALL=1 or a
+# prompt), builds the bare server into
 # tests/bench/out/, then runs bench.py; extra arguments go to bench.py
 # (e.g. --rounds 5 --duration 10 --servers bare,webhook). Exits 0 whatever
 # the numbers.
@@ -18,13 +19,23 @@ missing=""
 command -v wrk >/dev/null 2>&1 || missing="$missing wrk"
 command -v webhook >/dev/null 2>&1 || missing="$missing webhook"
 command -v taskset >/dev/null 2>&1 || missing="$missing util-linux"
+# The benchmark peers are installed only when asked: BENCH_INSTALL=1, or a
+# "y" at the prompt on a terminal.
 if [ -n "$missing" ]; then
-  if [ "$(id -u)" = 0 ]; then
+  install=${BENCH_INSTALL:-}
+  if [ -z "$install" ] && [ "$(id -u)" = 0 ] && [ -t 0 ]; then
+    printf 'bench: install%s with apt-get? [y/N] ' "$missing" >&2
+    read -r answer || answer=""
+    case "$answer" in y|Y|yes) install=1 ;; esac
+  fi
+  if [ "$(id -u)" != 0 ]; then
+    echo "bench: missing:$missing (sudo apt-get install$missing)" >&2
+  elif [ "$install" = 1 ]; then
     echo "bench: installing:$missing" >&2
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing) >/dev/null \
       || echo "bench: apt-get install$missing failed" >&2
   else
-    echo "bench: missing:$missing (sudo apt-get install$missing)" >&2
+    echo "bench: missing:$missing (BENCH_INSTALL=1 make bench installs them)" >&2
   fi
 fi
 if ! command -v wrk >/dev/null 2>&1; then
@@ -44,5 +55,10 @@ fi
 if [ ! -x ./waybill ]; then
   echo "bench: ./waybill is not built; measuring the baselines only" >&2
 fi
-python3 tests/bench/bench.py "$@"
+# INT/TERM: bench.py stops its servers and removes its stores (the scale
+# store is ~2 GiB) before it exits.
+python3 tests/bench/bench.py "$@" &
+pid=$!
+trap 'kill -TERM $pid 2>/dev/null' INT TERM
+while ! wait $pid; do kill -0 $pid 2>/dev/null || break; done
 exit 0
