@@ -122,12 +122,15 @@ void store_group_fail(struct store *s, const char *what, char *err, size_t errle
 int store_group_begin(struct store *s, char *err, size_t errlen) {
     sqlite3_stmt *st = s->st[ST_BEGIN];
     int rc;
-    /* A group whose BEGIN failed wrote nothing; when nobody waits for its
-     * outcome either (no callback of either kind), a later write may start
-     * afresh instead of failing until the rollback event runs (requests
-     * can keep the loop busy). Not after SQLite rolled back a group by
-     * itself: that group's writes are lost and its outcome must be ok=0. */
-    if (s->failed && s->begin_failed && s->ncbs == 0 && s->nwcbs == 0) {
+    /* A group whose BEGIN failed wrote nothing; when nobody registered for
+     * its outcome since (a caller whose write failed here and waits to
+     * hear ok=0), a later write may start afresh instead of failing until
+     * the rollback event runs (requests can keep the loop busy). Callbacks
+     * registered before the failed BEGIN made no write either: they wait
+     * for the new group as they would have for an empty one. Not after
+     * SQLite rolled back a group by itself: that group's writes are lost
+     * and its outcome must be ok=0. */
+    if (s->failed && s->begin_failed && s->ncbs == s->fail_ncbs && s->nwcbs == s->fail_nwcbs) {
         s->failed = 0;
         s->begin_failed = 0;
         s->fail_msg[0] = '\0';
@@ -143,6 +146,8 @@ int store_group_begin(struct store *s, char *err, size_t errlen) {
     if (rc != SQLITE_DONE) {
         store_group_fail(s, "begin", err, errlen);
         s->begin_failed = 1;
+        s->fail_ncbs = s->ncbs;
+        s->fail_nwcbs = s->nwcbs;
         return -1;
     }
     s->in_txn = 1;

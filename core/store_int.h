@@ -160,6 +160,7 @@ struct store {
     sqlite3_stmt *st[ST_COUNT_];
     struct event *commit_ev;
     int in_txn, failed, begin_failed, scheduled, committing;
+    size_t fail_ncbs, fail_nwcbs; /* callbacks waiting when BEGIN failed (begin_failed) */
     /* Invariant: every delivery row with seq <= committed_dlv_seq is
      * durable (advanced when its group's sync is done, or at COMMIT with
      * sync=normal). Claims see only those, so no delivery is sent from a

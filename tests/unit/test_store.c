@@ -1254,6 +1254,33 @@ static void test_failed_begin_keeps_written_outcome(struct store *s) {
                  2);
 }
 
+/* A callback registered before any write (the delivery engine's watch, at
+ * start) does not pin a group whose BEGIN failed: a carrier's retry once
+ * the lock is gone, even in the same loop turn, starts a new group, and the
+ * early callback gets that group's outcome. */
+static void test_failed_begin_with_an_earlier_callback_starts_afresh(struct store *s) {
+    char err[256];
+    struct store_event a = mk_event("evt_BEGIN_EARLY", "begin-early");
+    struct commit_rec r = {0, 0, 0};
+    sqlite3 *other = NULL;
+
+    CHECK_INT_EQ(commit(s), 1);
+    CHECK_INT_EQ(store_on_written(s, on_commit, &r), 0); /* no write yet */
+    CHECK_INT_EQ(sqlite3_open(dbpath, &other), SQLITE_OK);
+    CHECK_INT_EQ(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    CHECK_INT_EQ(store_event_put(s, &a, NULL, NULL, 0, err, sizeof err), -1);
+    CHECK(strstr(err, "locked") != NULL);
+    sqlite3_exec(other, "COMMIT", NULL, NULL, NULL);
+    sqlite3_close(other);
+    /* the retry, before the loop ran the failed group's end */
+    CHECK_INT_EQ(store_event_put(s, &a, NULL, NULL, 0, err, sizeof err), 0);
+    run_until(&r);
+    CHECK_INT_EQ(r.called, 1);
+    CHECK_INT_EQ(r.ok, 1);
+    CHECK_INT_EQ(commit(s), 1);
+    CHECK_INT_EQ(fresh_count("SELECT count(*) FROM events WHERE id = ?", "evt_BEGIN_EARLY"), 1);
+}
+
 /* A store_on_written callback that writes and registers a durable callback:
  * that callback belongs to the next group, so it runs once its own write is
  * committed and synced, and recovery does not list the event before. */
@@ -1641,6 +1668,7 @@ int main(void) {
     test_backlog_counter(s);
     test_counts_per_group(s);
     test_failed_begin_keeps_written_outcome(s);
+    test_failed_begin_with_an_earlier_callback_starts_afresh(s);
     test_written_callback_writes(s);
     test_first_routing_ids(s);
     test_type_filter_glob(s);
