@@ -73,13 +73,23 @@ function M.map(source, map, name)
   return M.normalize(source, name)
 end
 
+-- A path "a.b" split into its names, once per path (adapters use a few).
+local path_parts = setmetatable({}, { __index = function(cache, path)
+  local parts = {}
+  for key in path:gmatch("[^.]+") do parts[#parts + 1] = key end
+  cache[path] = parts
+  return parts
+end })
+
 -- The first of t's fields (a path "a.b" reads t.a.b) that is text, or nil.
+-- Called for every event: no pattern matching on the way (paths split once).
 function M.pick(t, ...)
   if type(t) ~= "table" then return nil end
   for i = 1, select("#", ...) do
+    local parts = path_parts[(select(i, ...))]
     local v = t
-    for key in select(i, ...):gmatch("[^.]+") do
-      v = type(v) == "table" and v[key] or nil
+    for j = 1, #parts do
+      v = type(v) == "table" and v[parts[j]] or nil
     end
     v = M.text(v)
     if v then return v end
@@ -95,22 +105,47 @@ local carrier_alias = {
   canadapost = "canada_post", royalmail = "royal_mail",
 }
 
+-- Codes already worked out, by the carrier's own text (a few hundred
+-- names at most in practice; capped so a hostile sender cannot grow it).
+local carrier_codes, ncarrier_codes = {}, 0
+
 -- A shipping carrier's name as a lower-case code ("USPS" -> "usps",
 -- "DHLExpress" -> "dhl_express"); nil when there is none.
 function M.carrier_code(v)
   v = M.text(v)
   if not v then return nil end
-  v = v:lower():gsub("[^%w]+", "_"):gsub("^_+", ""):gsub("_+$", "")
-  if v == "" then return nil end
-  return carrier_alias[v] or v
+  local code = carrier_codes[v]
+  if code ~= nil then return code or nil end
+  code = v:lower():gsub("[^%w]+", "_"):gsub("^_+", ""):gsub("_+$", "")
+  if code == "" then code = false else code = carrier_alias[code] or code end
+  if ncarrier_codes < 1024 then
+    carrier_codes[v], ncarrier_codes = code, ncarrier_codes + 1
+  end
+  return code or nil
 end
 
 -- {city, state, postal_code, country} from what is text, or nil if none.
 function M.location(city, state, postal_code, country)
-  local loc = { city = M.text(city), state = M.text(state), postal_code = M.text(postal_code),
-                country = M.text(country) }
-  if next(loc) then return loc end
-  return nil
+  city, state, postal_code, country = M.text(city), M.text(state), M.text(postal_code),
+                                      M.text(country)
+  if not (city or state or postal_code or country) then return nil end
+  return { city = city, state = state, postal_code = postal_code, country = country }
+end
+
+-- Per type: whether it is about a parcel by its name, and its status (the
+-- type's last part); types repeat, so each is worked out once (capped:
+-- "<source>.<name>" types come from carriers).
+local type_infos, ntype_infos = {}, 0
+
+local function type_info(t)
+  local info = type_infos[t]
+  if info then return info end
+  info = { parcel = t:find("^shipment%.") ~= nil or t:find("^tracking%.") ~= nil,
+           status = t:match("([^.]+)$") }
+  if ntype_infos < 1024 then
+    type_infos[t], ntype_infos = info, ntype_infos + 1
+  end
+  return info
 end
 
 -- The shipment table (SPEC section 4) of an event of type t, from f's
@@ -127,10 +162,11 @@ function M.shipment(t, f)
     estimated_delivery = M.text(f.estimated_delivery),
     reference = M.text(f.reference),
   }
-  if not s.tracking_number and not t:find("^shipment%.") and not t:find("^tracking%.") then
+  local info = type_info(t)
+  if not s.tracking_number and not info.parcel then
     return nil
   end
-  s.status = t:match("([^.]+)$")
+  s.status = info.status
   return s
 end
 
