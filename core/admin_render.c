@@ -219,7 +219,9 @@ int admin_events_page_json(struct store *s, const struct store_page *q, json_t *
 }
 
 /* One page of deliveries ({id, event_id, endpoint, event_type, status,
- * attempts, next_at, created_at, last_status_code, last_error} each) into
+ * attempts, next_at, created_at, last_status_code, last_error, and key for
+ * an endpoint ordered by key} each; next_at null while waiting behind its
+ * key's head) into
  * *data (new). Returns 0 or -1 (err set). */
 int admin_deliveries_page_json(struct store *s, const struct store_page *q, json_t **data,
                                int64_t *next, char *err, size_t errlen) {
@@ -251,6 +253,8 @@ int admin_deliveries_page_json(struct store *s, const struct store_page *q, json
         bad |= json_object_set_new(o, "last_status_code",
                                    r->has_last ? json_integer(r->last_status_code) : json_null());
         bad |= json_object_set_new(o, "last_error", admin_json_str(r->last_error));
+        if (r->key) /* ordered by key: which key's queue it is in */
+            bad |= json_object_set_new(o, "key", admin_json_str(r->key));
         bad |= json_array_append_new(arr, o);
     }
     store_delivery_items_free(rows, n);

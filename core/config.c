@@ -126,6 +126,7 @@ static void endpoint_clear(struct config_endpoint *e) {
     }
     free(e->headers);
     free(e->retry_ms);
+    free(e->order_key);
     memset(e, 0, sizeof *e);
 }
 

@@ -45,6 +45,10 @@ struct config_source {
 
 enum config_success { CONFIG_SUCCESS_2XX, CONFIG_SUCCESS_200 };
 
+/* 1 when ep orders per key (ordered = "path" or a function): one delivery
+ * in flight per key, parallel across keys. */
+#define CONFIG_ORDERED_BY_KEY(ep) ((ep)->order_key != NULL || (ep)->order_fn != 0)
+
 struct config_endpoint {
     char *name;
     char *url;
@@ -62,7 +66,10 @@ struct config_endpoint {
     int64_t window_ms;  /* batch window; 0 = environment default */
     int max_batch;      /* default 1000 */
     enum config_success success;
-    int ordered;              /* default 0 */
+    int ordered;              /* 1: ordered = true, FIFO for the whole endpoint */
+    char *order_key;          /* ordered = "a.b": FIFO per the event's value at that path */
+    int order_fn;             /* ordered = function(ev): its Lua registry ref in the rules
+                                 VM the config was read in, 0 when none */
     int64_t disable_after_ms; /* default 5d */
     int enabled;              /* default 1 */
 };

@@ -716,6 +716,51 @@ static int endpoint_sending(struct config_ctx *c, struct config_endpoint *ep, in
     return 0;
 }
 
+/* 1 when path is a dotted path of names ("data.tracking_number"). */
+static int order_path_ok(const char *path) {
+    int start = 1;
+
+    for (const char *p = path; *p; p++) {
+        if (*p == '.') {
+            if (start)
+                return 0;
+            start = 1;
+        } else if (*p == '_' || (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+                   (!start && *p >= '0' && *p <= '9')) {
+            start = 0;
+        } else {
+            return 0;
+        }
+    }
+    return !start;
+}
+
+/* ordered = true | false | "dotted.path" | function(ev) (on the stack top):
+ * the whole endpoint in order, or one order per key (SPEC section 7). */
+static int endpoint_ordered(struct config_ctx *c, struct config_endpoint *ep) {
+    lua_State *L = c->L;
+
+    static const char what[] = "ordered must be true, a dotted path such as "
+                               "\"data.tracking_number\", or a function(ev)";
+
+    switch (lua_type(L, -1)) {
+    case LUA_TSTRING:
+        if (!order_path_ok(lua_tostring(L, -1)))
+            return config_fail(c, "%s", what);
+        if (!(ep->order_key = strdup(lua_tostring(L, -1))))
+            return config_fail(c, "out of memory");
+        return 0;
+    case LUA_TFUNCTION:
+        lua_pushvalue(L, -1);
+        ep->order_fn = luaL_ref(L, LUA_REGISTRYINDEX);
+        return ep->order_fn > 0 ? 0 : config_fail(c, "out of memory");
+    case LUA_TBOOLEAN:
+        return config_get_bool(c, lua_gettop(L), "ordered", &ep->ordered);
+    default:
+        return config_fail(c, "%s", what);
+    }
+}
+
 /* Batching, what counts as delivered, ordering and when to stop: window,
  * max_batch, success, ordered, disable_after, enabled. */
 static int endpoint_policy(struct config_ctx *c, struct config_endpoint *ep, int opts) {
@@ -745,8 +790,7 @@ static int endpoint_policy(struct config_ctx *c, struct config_endpoint *ep, int
             return config_fail(c, "success must be \"2xx\" or \"200\"");
     }
     lua_pop(L, 1);
-    if (config_opt_get(L, opts, "ordered") != LUA_TNIL &&
-        config_get_bool(c, lua_gettop(L), "ordered", &ep->ordered) < 0)
+    if (config_opt_get(L, opts, "ordered") != LUA_TNIL && endpoint_ordered(c, ep) < 0)
         return -1;
     lua_pop(L, 1);
     if (config_opt_get(L, opts, "disable_after") != LUA_TNIL) {

@@ -33,6 +33,7 @@ enum {
     F_ATTEMPTS,
     F_LATENCY,
     F_RULE_ERRORS,
+    F_KEY_MISSING,
     F_COMMIT,
     F_COUNT_
 };
@@ -55,6 +56,10 @@ static struct metrics_family metrics_fam[F_COUNT_] = {
     [F_LATENCY] = {"waybill_delivery_attempt_duration_seconds",
                    "Latency of delivery attempts (request to response).", M_HISTOGRAM, NULL, NULL},
     [F_RULE_ERRORS] = {"waybill_rule_errors_total", "Events whose routing failed in the rules.",
+                       M_COUNTER, NULL, NULL},
+    [F_KEY_MISSING] = {"waybill_ordered_key_missing_total",
+                       "Deliveries to an endpoint ordered by key whose event had no key (sent "
+                       "unordered), by endpoint.",
                        M_COUNTER, NULL, NULL},
     [F_COMMIT] = {"waybill_store_commit_duration_seconds", "Duration of store group commits.",
                   M_HISTOGRAM, NULL, NULL},
@@ -157,6 +162,12 @@ void metrics_attempt(const char *endpoint, const char *type, const char *status,
 
 void metrics_rule_error(void) {
     struct metrics_series *s = metrics_get(F_RULE_ERRORS, NULL, NULL, NULL, NULL);
+    if (s)
+        s->value++;
+}
+
+void metrics_key_missing(const char *endpoint) {
+    struct metrics_series *s = metrics_get(F_KEY_MISSING, "endpoint", endpoint, NULL, NULL);
     if (s)
         s->value++;
 }

@@ -24,6 +24,9 @@ void metrics_attempt(const char *endpoint, const char *type, const char *status,
                      int64_t latency_ms);
 
 /* A routing that ended in rule_error. */
+/* A delivery to an endpoint ordered by key whose event had no key. */
+void metrics_key_missing(const char *endpoint);
+
 void metrics_rule_error(void);
 
 /* One group commit that took ms. */

@@ -85,15 +85,23 @@ void route_plan(struct route *rt, const struct rules_input *ev, struct route_pla
                           ? "pending"
                           : "held",
             .next_at = now + (ep->nretry ? ep->retry_ms[0] : 0),
+            .okey = s->key,
         };
+        if (s->key_missing)
+            metrics_key_missing(ep->name);
     }
     if (!partial)
         p->error[0] = '\0';
+    if (p->rules.key_error) { /* sent unordered; the event says why */
+        size_t used = strlen(p->error);
+        snprintf(p->error + used, sizeof p->error - used, "%s%s", used ? "; " : "",
+                 p->rules.key_error);
+    }
     p->store = (struct store_plan){
         .status = partial       ? "partial"
                   : n || nitems ? "routed"
                                 : "unrouted",
-        .error = partial ? p->error : NULL,
+        .error = p->error[0] ? p->error : NULL,
         .deliveries = p->dels,
         .ndeliveries = n,
         .items = p->items,
@@ -117,6 +125,9 @@ int route_plan_stored(struct route *rt, const struct rules_input *ev, struct rou
     } else if (strcmp(p->store.status, "partial") == 0) {
         log_msg(LOG_WARN, "event %s (%s): rule error, the other handlers' sends go out: %s", ev->id,
                 ev->type, p->error);
+        metrics_rule_error();
+    } else if (p->store.error) {
+        log_msg(LOG_WARN, "event %s (%s): sent unordered: %s", ev->id, ev->type, p->error);
         metrics_rule_error();
     } else {
         log_msg(LOG_DEBUG, "event %s (%s): %s, %zu deliveries, %zu batched", ev->id, ev->type,

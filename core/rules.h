@@ -134,11 +134,14 @@ struct rules_send {
     char *content_type; /* "application/json" unless the send options set one */
     char *headers_json; /* extra headers as a JSON object, or NULL */
     int64_t window_ms;  /* 0: send now; > 0: batch into a window of this length */
+    char *key;          /* the order key when the endpoint is ordered by key, or NULL */
+    int key_missing;    /* ordered by key, but the event had none: sent unordered */
 };
 
 struct rules_plan {
     struct rules_send *sends;
     size_t n;
+    char *key_error; /* "file:line: message" of a key function that failed, or NULL */
 };
 
 /* Runs every handler matching ev->type (file order, then definition order).

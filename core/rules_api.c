@@ -34,6 +34,7 @@ void rapi_send_clear(struct rules_send *s) {
     free(s->payload);
     free(s->content_type);
     free(s->headers_json);
+    free(s->key);
     memset(s, 0, sizeof *s);
 }
 
@@ -87,7 +88,9 @@ void rules_plan_clear(struct rules_plan *plan) {
     for (size_t i = 0; plan->sends && i < plan->n; i++)
         rapi_send_clear(&plan->sends[i]);
     free(plan->sends);
+    free(plan->key_error);
     plan->sends = NULL;
+    plan->key_error = NULL;
     plan->n = 0;
 }
 

@@ -167,4 +167,12 @@ void rapi_send_clear(struct rules_send *s);
  * -1 with errno and nothing pushed. [-0, +(0|1), m] */
 int rapi_push_file(lua_State *L, const char *path, size_t *lenp);
 
+/* ---- rules_key.c ---- */
+
+/* Sets the order key of every send of r->plan whose endpoint is ordered by
+ * key, from the fresh event table at ev. A key function that fails leaves
+ * its sends without a key (key_missing) and its first error, new, in
+ * *key_error. Returns 0, or -1 when out of memory. */
+int rules_keys(struct rules *r, lua_State *L, int ev, char **key_error);
+
 #endif

@@ -55,6 +55,7 @@ struct route_ctx {
     size_t errlen;
     struct util_buf whole; /* the event as a list handler sends it, once built */
     int whole_state;       /* 0 not tried, 1 built, -1 not buildable here */
+    char *key_error;       /* a key function's failure (rules_keys), new */
 };
 
 static void set_text(lua_State *L, int t, const char *field, const char *value) {
@@ -290,6 +291,30 @@ static void route_handler_failed(struct route_ctx *c, const struct rules_handler
         snprintf(c->err + used, c->errlen - used, "; %s", why);
 }
 
+/* The order keys of the plan's sends to endpoints ordered by key, from a
+ * fresh event table (a handler may have changed the one it got). */
+static int route_keys(lua_State *L, struct route_ctx *c) {
+    struct rules *r = c->r;
+    size_t i;
+
+    for (i = 0; i < r->nplan; i++) {
+        const struct config_endpoint *ep = config_endpoint_by_name(r->cfg, r->plan[i].endpoint);
+        if (ep && CONFIG_ORDERED_BY_KEY(ep))
+            break;
+    }
+    if (i == r->nplan)
+        return 0;
+    /* the last handler may have stopped on its limits: not ours */
+    rules_limits_arm(r, r->cfg->rule_budget, "ordered key stopped");
+    if (push_event(L, c) < 0) { /* c->err says why */
+        c->failed = 1;
+    } else if (rules_keys(r, L, lua_gettop(L), &c->key_error) < 0) {
+        snprintf(c->err, c->errlen, "out of memory");
+        c->failed = 1;
+    }
+    return 0;
+}
+
 static int route_protected(lua_State *L) {
     struct route_ctx *c = lua_touserdata(L, 1);
     struct rules *r = c->r;
@@ -341,7 +366,7 @@ static int route_protected(lua_State *L) {
             route_handler_failed(c, h, status, nplan, plan_bytes);
         lua_settop(L, ev);
     }
-    return 0;
+    return route_keys(L, c);
 }
 
 int rules_route(struct rules *r, const struct rules_input *ev, struct rules_plan *out, char *err,
@@ -351,6 +376,7 @@ int rules_route(struct rules *r, const struct rules_input *ev, struct rules_plan
 
     out->sends = NULL;
     out->n = 0;
+    out->key_error = NULL;
     if (!ev || !ev->type) {
         snprintf(err, errlen, "an event without a type");
         return -1;
@@ -378,12 +404,14 @@ int rules_route(struct rules *r, const struct rules_input *ev, struct rules_plan
         c.failed = 1;
     }
     if (c.failed || (c.nfailed && r->nplan == 0)) { /* nothing to send: rule_error */
+        free(c.key_error);
         rapi_plan_reset(r);
         rules_recover(r);
         return -1;
     }
     out->sends = r->plan;
     out->n = r->nplan;
+    out->key_error = c.key_error;
     r->plan = NULL;
     r->nplan = r->capplan = r->plan_bytes = 0;
     if (c.nfailed) { /* partial: the others' sends go out */

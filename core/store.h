@@ -103,6 +103,8 @@ struct store_delivery_new {
     const char *headers_json; /* may be NULL */
     const char *status;       /* "pending", or "held" for a disabled endpoint */
     int64_t next_at;          /* Unix ms of the first attempt */
+    const char *okey;         /* order key (endpoint ordered by key), or NULL: FIFO per
+                                 (endpoint, okey), one in flight at a time */
 };
 
 /* A payload routing put into a batch window (SPEC section 6): endpoint's
@@ -232,10 +234,13 @@ int store_endpoints_pending(struct store *s, void (*fn)(void *arg, const char *n
 /* One endpoint's queue in the store: pending and held deliveries (counted
  * only when counts is non-zero: O(rows)), how many pending ones are due at
  * now and not leased (counted up to due_cap), and the earliest next_at
- * among those (INT64_MAX when none). For the admin API and metrics.
- * Returns 0, or -1 (q zeroed, oldest_due INT64_MAX). */
+ * among those (INT64_MAX when none), and its blocked keys (an index of
+ * failed heads: few rows). For the admin API and metrics. Returns 0, or
+ * -1 (q zeroed, oldest_due and oldest_blocked INT64_MAX). */
 struct store_endpoint_queue {
     int64_t pending, held, due, oldest_due;
+    int64_t blocked;        /* keys blocked behind a failed head (ordered by key) */
+    int64_t oldest_blocked; /* Unix ms the oldest of them failed, INT64_MAX when none */
 };
 int store_endpoint_queue(struct store *s, const char *name, int64_t now, int64_t due_cap,
                          int counts, struct store_endpoint_queue *q);
@@ -306,6 +311,7 @@ struct store_delivery_item {
     int has_last;             /* an attempt was made: the latest one's outcome follows */
     int64_t last_status_code; /* 0 when there was no HTTP response */
     char *last_error;         /* NULL on success */
+    char *key;                /* its order key (ordered by key), or NULL */
 };
 
 int store_deliveries_page(struct store *s, const struct store_page *q,
@@ -365,6 +371,26 @@ void store_event_detail_free(struct store_event_detail *d);
  * In the open group. Returns 1 done, 0 unknown id, 2 not failed, -1 error. */
 int store_delivery_retry(struct store *s, const char *id, int64_t next_at, char *err,
                          size_t errlen);
+
+/* Releases the key that failed delivery id blocks (an endpoint ordered by
+ * key, SPEC section 7): the delivery stays failed, out of its key, and the
+ * next delivery of the key is due at now. In the open group. Returns 1
+ * done, 0 unknown id, 2 not a failed delivery holding a key, -1 error. */
+int store_delivery_skip(struct store *s, const char *id, int64_t now, char *err, size_t errlen);
+
+/* A key blocked behind its failed head; pointers owned. */
+struct store_blocked_key {
+    char *key;
+    char *head_id; /* the failed delivery (retry or skip it to go on) */
+    int64_t depth; /* deliveries waiting behind it */
+    int64_t since; /* Unix ms of the head's last attempt */
+};
+
+/* Up to max of name's blocked keys, oldest head first. *out new (free with
+ * store_blocked_keys_free). Returns 0 or -1 (err set). */
+int store_endpoint_blocked(struct store *s, const char *name, size_t max,
+                           struct store_blocked_key **out, size_t *n, char *err, size_t errlen);
+void store_blocked_keys_free(struct store_blocked_key *k, size_t n);
 
 /* A subscription (ShipEngine's webhook shape); all borrowed. pattern is the
  * waybill type or glob the event name stands for (aliases resolved). */

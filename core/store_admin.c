@@ -26,11 +26,12 @@ const struct store_stmt_def store_admin_stmts[] = {
                      " AND (?4 = 0 OR seq < ?4) ORDER BY seq DESC LIMIT ?5"},
     {ST_PAGE_DELIVERIES,
      "SELECT d.seq, d.id, d.event_id, d.endpoint, d.event_type, d.status, d.attempts,"
-     " CASE WHEN d.status = 'pending' THEN d.next_at END, d.created_at,"
+     " CASE WHEN d.status = 'pending' AND d.next_at < " STORE_PARKED_AT_SQL
+     " THEN d.next_at END, d.created_at,"
      " (SELECT a.status_code FROM attempts a WHERE a.delivery_id = d.id ORDER BY a.n DESC"
      "  LIMIT 1),"
-     " (SELECT a.error FROM attempts a WHERE a.delivery_id = d.id ORDER BY a.n DESC LIMIT 1)"
-     " FROM deliveries d WHERE (?1 IS NULL OR d.status = ?1) AND (?2 IS NULL OR"
+     " (SELECT a.error FROM attempts a WHERE a.delivery_id = d.id ORDER BY a.n DESC LIMIT 1),"
+     " d.okey FROM deliveries d WHERE (?1 IS NULL OR d.status = ?1) AND (?2 IS NULL OR"
      " d.endpoint = ?2) AND (?3 = 0 OR d.seq < ?3) ORDER BY d.seq DESC LIMIT ?4"},
     {ST_DETAIL_DELIVERIES,
      "SELECT id, endpoint, status, batch, payload, content_type, event_type FROM deliveries"
@@ -65,6 +66,7 @@ static void delivery_item_read(sqlite3_stmt *st, struct store_delivery_item *r, 
     r->has_last = sqlite3_column_type(st, 9) != SQLITE_NULL;
     r->last_status_code = sqlite3_column_int64(st, 9);
     r->last_error = col_text(st, 10, oom);
+    r->key = col_text(st, 11, oom);
 }
 
 void store_delivery_items_free(struct store_delivery_item *rows, size_t n) {
@@ -78,6 +80,7 @@ void store_delivery_items_free(struct store_delivery_item *rows, size_t n) {
         free(rows[i].event_type);
         free(rows[i].status);
         free(rows[i].last_error);
+        free(rows[i].key);
     }
     free(rows);
 }

@@ -21,7 +21,17 @@ const struct store_stmt_def store_deliveries_stmts[] = {
     {ST_DLV_RELEASE, "UPDATE deliveries SET next_at = ?2, lease_until = 0"
                      " WHERE seq = ?1 AND status = 'pending' AND lease_until > 0"},
     {ST_DLV_OUTCOME, "UPDATE deliveries SET status = ?2, next_at = ?3, schedule_pos = ?4,"
-                     " attempts = max(attempts, ?5), lease_until = 0 WHERE id = ?1"},
+                     " attempts = max(attempts, ?5), lease_until = 0 WHERE id = ?1"
+                     " RETURNING endpoint, okey"},
+    /* The next row of a key, parked behind the head that just left, due. */
+    {ST_KEY_PROMOTE, "UPDATE deliveries SET next_at = ?3 WHERE seq ="
+                     " (SELECT seq FROM deliveries INDEXED BY deliveries_ep_key"
+                     "  WHERE endpoint = ?1 AND okey = ?2 AND okey IS NOT NULL"
+                     "  AND status IN ('pending', 'held', 'failed') ORDER BY seq LIMIT 1)"
+                     " AND next_at >= ?4"},
+    {ST_DLV_KEY_GET, "SELECT endpoint, okey, status FROM deliveries WHERE id = ?1"},
+    {ST_DLV_SKIP, "UPDATE deliveries SET okey = NULL WHERE id = ?1 AND status = 'failed'"
+                  " AND okey IS NOT NULL"},
     {ST_DLV_RETRY, "UPDATE deliveries SET status = 'pending', schedule_pos = 0, next_at = ?2,"
                    " lease_until = 0 WHERE id = ?1 AND status = 'failed'"},
     {ST_DLV_EXISTS, "SELECT 1 FROM deliveries WHERE id = ?1"},
@@ -105,25 +115,56 @@ int store_delivery_lease(struct store *s, int64_t seq, int64_t next_at, int leas
 
 /* ---- attempts and outcomes ---- */
 
+/* Makes the next row of endpoint's key okey due at now, if it is parked.
+ * Returns 0 or -1 (the group failed). */
+static int key_promote(struct store *s, const char *endpoint, const char *okey, int64_t now,
+                       char *err, size_t errlen) {
+    sqlite3_stmt *st = store_stmt(s, ST_KEY_PROMOTE);
+    int ret = 0;
+
+    if (bind_text(st, 1, endpoint) || bind_text(st, 2, okey) || sqlite3_bind_int64(st, 3, now) ||
+        sqlite3_bind_int64(st, 4, STORE_PARKED_AT) || sqlite3_step(st) != SQLITE_DONE) {
+        store_group_fail(s, "order key", err, errlen);
+        ret = -1;
+    }
+    stmt_done(st);
+    return ret;
+}
+
 int store_attempt_put(struct store *s, const char *delivery_id, const struct store_attempt *a,
                       const char *status, int64_t next_at, int schedule_pos, char *err,
                       size_t errlen) {
     sqlite3_stmt *up = store_stmt(s, ST_DLV_OUTCOME), *ins = store_stmt(s, ST_ATT_INSERT);
-    int ret = -1;
+    char *endpoint = NULL, *okey = NULL;
+    int ret = -1, rc, oom = 0;
 
     if (store_group_begin(s, err, errlen) < 0)
         return -1;
     /* The delivery first: an unknown id writes nothing and keeps the group. */
     if (bind_text(up, 1, delivery_id) || bind_text(up, 2, status) ||
         sqlite3_bind_int64(up, 3, next_at) || sqlite3_bind_int(up, 4, schedule_pos) ||
-        sqlite3_bind_int(up, 5, a->n) || sqlite3_step(up) != SQLITE_DONE) {
+        sqlite3_bind_int(up, 5, a->n)) {
         store_group_fail(s, "delivery outcome", err, errlen);
         goto done;
     }
-    if (sqlite3_changes(s->db) != 1) {
+    rc = sqlite3_step(up);
+    if (rc == SQLITE_DONE) {
         store_err(err, errlen, "store: unknown delivery %s", delivery_id);
         goto done;
     }
+    if (rc == SQLITE_ROW && sqlite3_column_type(up, 1) != SQLITE_NULL) {
+        endpoint = col_text(up, 0, &oom);
+        okey = col_text(up, 1, &oom);
+    }
+    if (rc != SQLITE_ROW || oom || sqlite3_step(up) != SQLITE_DONE) {
+        store_group_fail(s, "delivery outcome", err, errlen);
+        goto done;
+    }
+    /* Delivered: the next row of its key goes. Failed: the key stays
+     * blocked behind it until it is retried or skipped. */
+    if (okey && !strcmp(status, "delivered") &&
+        key_promote(s, endpoint, okey, util_now_ms(), err, errlen) < 0)
+        goto done;
     if (bind_text(ins, 1, delivery_id) || sqlite3_bind_int(ins, 2, a->n) ||
         sqlite3_bind_int64(ins, 3, a->at) || sqlite3_bind_int(ins, 4, a->status_code) ||
         sqlite3_bind_int64(ins, 5, a->latency_ms) || bind_text(ins, 6, a->error) ||
@@ -135,6 +176,55 @@ int store_attempt_put(struct store *s, const char *delivery_id, const struct sto
 done:
     stmt_done(up);
     stmt_done(ins);
+    free(endpoint);
+    free(okey);
+    return ret;
+}
+
+int store_delivery_skip(struct store *s, const char *id, int64_t now, char *err, size_t errlen) {
+    sqlite3_stmt *get = store_stmt(s, ST_DLV_KEY_GET), *up = store_stmt(s, ST_DLV_SKIP);
+    char *endpoint = NULL, *okey = NULL;
+    int ret = -1, rc, oom = 0;
+
+    if (store_group_begin(s, err, errlen) < 0)
+        return -1;
+    if (bind_text(get, 1, id)) {
+        store_err(err, errlen, "store: %s", sqlite3_errmsg(s->db));
+        goto done;
+    }
+    rc = sqlite3_step(get);
+    if (rc == SQLITE_DONE) {
+        ret = 0;
+        goto done;
+    }
+    if (rc != SQLITE_ROW) {
+        store_err(err, errlen, "store: %s", sqlite3_errmsg(s->db));
+        goto done;
+    }
+    if (sqlite3_column_type(get, 1) == SQLITE_NULL ||
+        strcmp((const char *)sqlite3_column_text(get, 2), "failed") != 0) {
+        ret = 2; /* not the failed head of a key */
+        goto done;
+    }
+    endpoint = col_text(get, 0, &oom);
+    okey = col_text(get, 1, &oom);
+    if (oom) {
+        store_err(err, errlen, "store: out of memory");
+        goto done;
+    }
+    /* Out of its key (it stays failed, a dead letter), then the key goes on. */
+    if (bind_text(up, 1, id) || sqlite3_step(up) != SQLITE_DONE) {
+        store_group_fail(s, "delivery skip", err, errlen);
+        goto done;
+    }
+    if (key_promote(s, endpoint, okey, now, err, errlen) < 0)
+        goto done;
+    ret = 1;
+done:
+    stmt_done(get);
+    stmt_done(up);
+    free(endpoint);
+    free(okey);
     return ret;
 }
 

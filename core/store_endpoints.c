@@ -78,8 +78,20 @@ const struct store_stmt_def store_endpoints_stmts[] = {
      * (deliver.c), and enabling clears the lease. */
     {ST_EP_HOLD, "UPDATE deliveries SET status = 'held' WHERE endpoint = ?1 AND status = 'pending'"
                  " AND ?2 = ?2 AND ?3 = ?3 AND ?4 IS ?4"},
-    {ST_EP_RELEASE, "UPDATE deliveries SET status = 'pending', next_at = ?2, lease_until = 0"
-                    " WHERE endpoint = ?1 AND status = 'held' AND ?3 = ?3 AND ?4 IS ?4"},
+    /* Rows parked behind their key's head stay parked (?3 STORE_PARKED_AT). */
+    {ST_EP_RELEASE, "UPDATE deliveries SET status = 'pending', lease_until = 0,"
+                    " next_at = CASE WHEN next_at >= ?3 THEN next_at ELSE ?2 END"
+                    " WHERE endpoint = ?1 AND status = 'held' AND ?4 IS ?4"},
+    /* ?2 = 1: the count and the oldest only; 0: every blocked key (up to
+     * ?3) with the rows behind it and its last attempt. */
+    {ST_EP_BLOCKED, "SELECT d.okey, d.id,"
+                    " (SELECT count(*) FROM deliveries p INDEXED BY deliveries_ep_key"
+                    "  WHERE p.endpoint = d.endpoint AND p.okey = d.okey AND p.okey IS NOT NULL"
+                    "  AND p.status IN ('pending', 'held', 'failed')) - 1,"
+                    " (SELECT max(at) FROM attempts WHERE delivery_id = d.id)"
+                    " FROM deliveries d INDEXED BY deliveries_ep_blocked"
+                    " WHERE d.endpoint = ?1 AND d.okey IS NOT NULL AND d.status = 'failed'"
+                    " ORDER BY d.seq LIMIT ?2"},
     {ST_EP_STATES,
      "SELECT e.name, e.disabled, e.disabled_at, e.reason, e.last_error, e.last_error_at,"
      " e.first_failure_at, e.ok, e.failed,"
@@ -201,7 +213,8 @@ int64_t store_endpoint_next_due(struct store *s, const char *name) {
         t = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : rc == SQLITE_DONE ? INT64_MAX : -1;
     }
     stmt_done(st);
-    return t;
+    /* only rows parked behind their keys' heads: none is ever due by itself */
+    return t >= STORE_PARKED_AT ? INT64_MAX : t;
 }
 
 int64_t store_endpoint_head(struct store *s, const char *name, int64_t *next_at) {
@@ -260,7 +273,7 @@ int store_endpoint_queue(struct store *s, const char *name, int64_t now, int64_t
     int ret = -1;
 
     memset(q, 0, sizeof *q);
-    q->oldest_due = INT64_MAX;
+    q->oldest_due = q->oldest_blocked = INT64_MAX;
     if (bind_text(st, 1, name) == SQLITE_OK && sqlite3_bind_int64(st, 2, now) == SQLITE_OK &&
         sqlite3_bind_int64(st, 3, due_cap) == SQLITE_OK &&
         sqlite3_bind_int(st, 4, counts != 0) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW) {
@@ -272,7 +285,73 @@ int store_endpoint_queue(struct store *s, const char *name, int64_t now, int64_t
         ret = 0;
     }
     stmt_done(st);
+    /* Blocked keys: one failed head each, found by their own index. */
+    st = store_stmt(s, ST_EP_BLOCKED);
+    if (ret == 0 && bind_text(st, 1, name) == SQLITE_OK &&
+        sqlite3_bind_int64(st, 2, INT64_MAX) == SQLITE_OK) {
+        int rc;
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+            int64_t at = sqlite3_column_int64(st, 3);
+            q->blocked++;
+            if (sqlite3_column_type(st, 3) != SQLITE_NULL && at < q->oldest_blocked)
+                q->oldest_blocked = at;
+        }
+        if (rc != SQLITE_DONE)
+            ret = -1;
+    }
+    stmt_done(st);
     return ret;
+}
+
+void store_blocked_keys_free(struct store_blocked_key *k, size_t n) {
+    if (!k)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        free(k[i].key);
+        free(k[i].head_id);
+    }
+    free(k);
+}
+
+int store_endpoint_blocked(struct store *s, const char *name, size_t max,
+                           struct store_blocked_key **out, size_t *n, char *err, size_t errlen) {
+    sqlite3_stmt *st = store_stmt(s, ST_EP_BLOCKED);
+    struct store_blocked_key *k = NULL, *r;
+    void *grown;
+    size_t cnt = 0, cap = 0;
+    int rc = SQLITE_ERROR, oom = 0;
+
+    *out = NULL;
+    *n = 0;
+    if (bind_text(st, 1, name) == SQLITE_OK &&
+        sqlite3_bind_int64(st, 2, max > INT64_MAX ? INT64_MAX : (int64_t)max) == SQLITE_OK) {
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+            if (!(grown = store_rows_grow(k, &cap, cnt, sizeof *k, 8))) {
+                oom = 1;
+                break;
+            }
+            k = grown;
+            r = &k[cnt++];
+            memset(r, 0, sizeof *r);
+            r->key = col_text(st, 0, &oom);
+            r->head_id = col_text(st, 1, &oom);
+            r->depth = sqlite3_column_int64(st, 2);
+            r->since = sqlite3_column_int64(st, 3);
+            if (oom)
+                break;
+        }
+    }
+    if (oom || rc != SQLITE_DONE) {
+        store_err(err, errlen, "store: blocked keys: %s",
+                  oom ? "out of memory" : sqlite3_errmsg(s->db));
+        stmt_done(st);
+        store_blocked_keys_free(k, cnt);
+        return -1;
+    }
+    stmt_done(st);
+    *out = k;
+    *n = cnt;
+    return 0;
 }
 
 /* ---- endpoint state ---- */
@@ -327,8 +406,8 @@ int store_endpoint_set_disabled(struct store *s, const char *name, int disabled,
     if (ep_exec(s, disabled ? ST_EP_DISABLE : ST_EP_ENABLE, "endpoint state", name, now, now,
                 reason, err, errlen) < 0)
         return -1;
-    n = ep_exec(s, disabled ? ST_EP_HOLD : ST_EP_RELEASE, "endpoint deliveries", name, now, now,
-                NULL, err, errlen);
+    n = ep_exec(s, disabled ? ST_EP_HOLD : ST_EP_RELEASE, "endpoint deliveries", name, now,
+                STORE_PARKED_AT, NULL, err, errlen);
     if (n < 0)
         return -1;
     if (moved)

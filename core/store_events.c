@@ -3,7 +3,9 @@
  * reading them back (one event, the unrouted ones after a crash), nonces
  * (Shiptify tokens), and retention.
  * Invariants: an event's first routing derives its delivery ids from the
- * event, later routings (replays) make new ones; recovery lists only events
+ * event, later routings (replays) make new ones; a delivery with an order
+ * key is inserted due only when its key has no row left undelivered, else
+ * parked (next_at STORE_PARKED_AT) behind them; recovery lists only events
  * whose group is durable (seq <= committed_evt_seq); retention deletes only
  * events whose deliveries are all delivered, never a dead letter.
  * SPDX-License-Identifier: MIT */
@@ -34,8 +36,13 @@ const struct store_stmt_def store_events_stmts[] = {
                       " WHERE status = 'received' AND seq > ?1 ORDER BY seq LIMIT ?2"},
     {ST_DLV_INSERT, "INSERT INTO deliveries(id, event_id, endpoint, event_type, status, payload,"
                     " content_type, headers, attempts, schedule_pos, next_at, lease_until,"
-                    " created_at)"
-                    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, 0, ?9, 0, ?10)"},
+                    " created_at, okey)"
+                    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, 0, ?9, 0, ?10, ?11)"},
+    /* A key with a row not yet delivered (its head, waiting or failed, or
+     * rows behind it): a new row of that key waits behind them. */
+    {ST_KEY_BUSY, "SELECT 1 FROM deliveries INDEXED BY deliveries_ep_key"
+                  " WHERE endpoint = ?1 AND okey = ?2 AND okey IS NOT NULL"
+                  " AND status IN ('pending', 'held', 'failed') LIMIT 1"},
     {ST_NONCE_PRUNE, "DELETE FROM nonces WHERE source = ?1 AND seen_at < ?2"},
     {ST_NONCE_INSERT, "INSERT INTO nonces (source, nonce, digest, seen_at)"
                       " VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING"},
@@ -98,6 +105,18 @@ done:
 
 /* ---- inserting and routing ---- */
 
+/* 1 when endpoint's key has a row not yet delivered (in the open group
+ * too), 0 when not, -1 on a store error. */
+static int key_busy(struct store *s, const char *endpoint, const char *okey) {
+    sqlite3_stmt *st = store_stmt(s, ST_KEY_BUSY);
+    int rc = -1;
+
+    if (bind_text(st, 1, endpoint) == SQLITE_OK && bind_text(st, 2, okey) == SQLITE_OK)
+        rc = sqlite3_step(st);
+    stmt_done(st);
+    return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -1;
+}
+
 /* Inserts plan's deliveries and batch items for event_id in the open group;
  * delivery ids derived from the event (derive) or new. Returns 0, or -1
  * (the group failed: earlier rows of the plan are in it). */
@@ -110,6 +129,15 @@ static int plan_write(struct store *s, const char *event_id, struct store_plan *
 
     for (size_t i = 0; i < plan->ndeliveries; i++) {
         const char *status = d[i].status ? d[i].status : "pending";
+        int64_t next_at = d[i].next_at;
+        int busy = d[i].okey ? key_busy(s, d[i].endpoint, d[i].okey) : 0;
+
+        if (busy < 0) {
+            store_group_fail(s, "order key", err, errlen);
+            return -1;
+        }
+        if (busy)
+            next_at = STORE_PARKED_AT;
         /* A derived id: if the routing is made again (a group lost before
          * it was durable, routed again by recovery), the same deliveries
          * keep the same ids, which receivers can dedupe. */
@@ -122,8 +150,8 @@ static int plan_write(struct store *s, const char *event_id, struct store_plan *
             bind_text(ins, 5, status) ||
             bind_blob(ins, 6, d[i].payload ? d[i].payload : "", d[i].payload_len) ||
             bind_text(ins, 7, d[i].content_type) || bind_text(ins, 8, d[i].headers_json) ||
-            sqlite3_bind_int64(ins, 9, d[i].next_at) || sqlite3_bind_int64(ins, 10, now) ||
-            sqlite3_step(ins) != SQLITE_DONE) {
+            sqlite3_bind_int64(ins, 9, next_at) || sqlite3_bind_int64(ins, 10, now) ||
+            bind_text(ins, 11, d[i].okey) || sqlite3_step(ins) != SQLITE_DONE) {
             store_group_fail(s, "delivery insert", err, errlen);
             stmt_done(ins);
             return -1;

@@ -78,6 +78,7 @@ enum store_stmt {
     ST_EVT_GET,
     ST_EVT_UNROUTED,
     ST_DLV_INSERT,
+    ST_KEY_BUSY,
     ST_NONCE_PRUNE,
     ST_NONCE_INSERT,
     ST_NONCE_DIGEST,
@@ -89,6 +90,9 @@ enum store_stmt {
     ST_DLV_LEASE,
     ST_DLV_RELEASE,
     ST_DLV_OUTCOME,
+    ST_KEY_PROMOTE,
+    ST_DLV_KEY_GET,
+    ST_DLV_SKIP,
     ST_DLV_RETRY,
     ST_DLV_EXISTS,
     ST_ATT_INSERT,
@@ -101,6 +105,7 @@ enum store_stmt {
     ST_EP_CLAIM_ORDERED,
     ST_EP_PENDING,
     ST_EP_QUEUE,
+    ST_EP_BLOCKED,
     ST_EP_OK,
     ST_EP_FAILED,
     ST_EP_FIRST_FAILURE,
@@ -150,6 +155,11 @@ struct store_cb {
     store_commit_fn fn;
     void *arg;
 };
+
+/* next_at of a delivery waiting behind the head of its order key (never
+ * due); its key's head, once delivered or skipped, promotes it to due. */
+#define STORE_PARKED_AT ((int64_t)1 << 62)
+#define STORE_PARKED_AT_SQL "4611686018427387904" /* the same, in SQL text */
 
 /* Group state: in_txn says a BEGIN is open; failed says a write of this
  * group failed (in_txn may be 0 when BEGIN itself failed or SQLite rolled

@@ -21,8 +21,11 @@
  * 3: due deliveries are found per endpoint (deliveries_ep_due) instead of
  * in one global next_at index (a version-2 binary would claim by a scan).
  * 4: events.shipment, the adapter's shipment fields (SPEC 4) as JSON (a
- * version-3 binary would route stored events without them). */
-#define STORE_SCHEMA_VERSION 4
+ * version-3 binary would route stored events without them).
+ * 5: deliveries.okey, the order key of an endpoint ordered by key, with
+ * rows parked behind their key's head (a version-4 binary would send them
+ * all at once). */
+#define STORE_SCHEMA_VERSION 5
 
 /* ---- version 1: events, deliveries, attempts, delivery counts ---- */
 
@@ -65,7 +68,8 @@ static const char store_schema_sql[] =
     " next_at INTEGER NOT NULL,"
     " lease_until INTEGER NOT NULL DEFAULT 0,"
     " created_at INTEGER NOT NULL,"
-    " batch INTEGER NOT NULL DEFAULT 0);"
+    " batch INTEGER NOT NULL DEFAULT 0,"
+    " okey TEXT);"
     "CREATE INDEX deliveries_leased ON deliveries(lease_until) WHERE lease_until > 0;"
     "CREATE INDEX deliveries_event ON deliveries(event_id);"
     "CREATE TABLE attempts ("
@@ -134,6 +138,12 @@ static const char store_endpoints_sql[] =
     " first_failure_at INTEGER NOT NULL DEFAULT 0,"
     " ok INTEGER NOT NULL DEFAULT 0,"
     " failed INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;"
+    /* Ordered by key (v4): a key's rows in order, and the failed heads
+     * that block their keys. */
+    "CREATE INDEX IF NOT EXISTS deliveries_ep_key ON deliveries(endpoint, okey, seq)"
+    " WHERE okey IS NOT NULL AND status IN ('pending', 'held', 'failed');"
+    "CREATE INDEX IF NOT EXISTS deliveries_ep_blocked ON deliveries(endpoint, seq)"
+    " WHERE okey IS NOT NULL AND status = 'failed';"
     "CREATE INDEX IF NOT EXISTS deliveries_ep_pending ON deliveries(endpoint, seq)"
     " WHERE status = 'pending';"
     "CREATE INDEX IF NOT EXISTS deliveries_ep_held ON deliveries(endpoint, seq)"
@@ -181,23 +191,27 @@ static int schema_fail(sqlite3 *db, int in_txn, char *err, size_t errlen) {
     return -1;
 }
 
-/* Adds events.shipment unless the table has it already. */
-static int add_shipment_column(sqlite3 *db) {
+/* Adds column to table (with its type) unless the table has it already. */
+static int add_column(sqlite3 *db, const char *table, const char *column, const char *type) {
+    char sql[160];
     int64_t n = 0;
-    int rc = sqlite3_exec(db,
-                          "SELECT count(*) FROM pragma_table_info('events')"
-                          " WHERE name = 'shipment'",
-                          exec_first_int, &n, NULL);
+    int rc;
+
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM pragma_table_info('%s') WHERE name = '%s'",
+             table, column);
+    rc = sqlite3_exec(db, sql, exec_first_int, &n, NULL);
     if (rc != SQLITE_OK || n)
         return rc;
-    return sqlite3_exec(db, "ALTER TABLE events ADD COLUMN shipment TEXT", NULL, NULL, NULL);
+    snprintf(sql, sizeof sql, "ALTER TABLE %s ADD COLUMN %s %s", table, column, type);
+    return sqlite3_exec(db, sql, NULL, NULL, NULL);
 }
 
 /* Migrates a store of version 1, 2 or 3: 1 -> 2 drops the insert-counting
  * trigger (the store counts); 2 -> 3 drops the global due index, which
  * deliveries_ep_due (created with the endpoint indexes, after this)
- * replaces; 3 -> 4 adds events.shipment (NULL for the events before it).
- * Returns 0 or -1 (err set). */
+ * replaces; 3 -> 4 adds events.shipment (NULL for the events before it);
+ * 4 -> 5 adds deliveries.okey (NULL: not ordered by key). Returns 0 or -1
+ * (err set). */
 static int schema_migrate(sqlite3 *db, int64_t version, const char *set_version, char *err,
                           size_t errlen) {
     if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
@@ -205,7 +219,8 @@ static int schema_migrate(sqlite3 *db, int64_t version, const char *set_version,
     if (sqlite3_exec(db, "DROP TRIGGER IF EXISTS deliveries_count_ins", NULL, NULL, NULL) !=
             SQLITE_OK ||
         sqlite3_exec(db, "DROP INDEX IF EXISTS deliveries_due", NULL, NULL, NULL) != SQLITE_OK ||
-        (version < 4 && add_shipment_column(db) != SQLITE_OK) ||
+        (version < 4 && add_column(db, "events", "shipment", "TEXT") != SQLITE_OK) ||
+        (version < 5 && add_column(db, "deliveries", "okey", "TEXT") != SQLITE_OK) ||
         sqlite3_exec(db, set_version, NULL, NULL, NULL) != SQLITE_OK ||
         sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
         return schema_fail(db, 1, err, errlen);

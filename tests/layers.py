@@ -38,7 +38,7 @@ LAYERS = [
     ("edges", ["http", "inbound", "admin", "admin_render", "cli", "ruletest"]),
     ("pipeline", ["ingest", "carrier", "route", "batch", "deliver", "deliver_sched", "health",
                   "housekeep"]),
-    ("engines", ["rules", "rules_api", "rules_adapt", "rules_route", "store", "store_*", "httpc",
+    ("engines", ["rules", "rules_api", "rules_adapt", "rules_route", "rules_key", "store", "store_*", "httpc",
                  "verify", "jwks", "config", "config_build", "subs"]),
     ("base", ["jsonx", "jsonx_encode", "jsonx_decode", "util", "log", "metrics"]),
 ]

@@ -1007,6 +1007,152 @@ static void test_event_with_plan(struct store *s) {
     store_event_rows_free(row, 1);
 }
 
+/* Claims due rows of endpoint name at now; returns how many, their ids
+ * (up to 8) in ids. */
+static size_t claim_ids(struct store *s, const char *name, int64_t now, char ids[][UTIL_ID_MAX]) {
+    struct store_delivery *d = NULL;
+    size_t n = 0;
+    char err[256];
+
+    if (store_endpoint_claim_due(s, name, now, 60000, 8, &d, &n, err, sizeof err) < 0)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        snprintf(ids[i], UTIL_ID_MAX, "%s", d[i].id);
+    store_deliveries_free(d, n);
+    return n;
+}
+
+/* Ordered by key: a key's first row is due, the rest wait (parked) behind
+ * it; only a delivered head lets the next one go; a failed head blocks its
+ * key (shown as blocked), new rows of that key wait too, other keys go
+ * on; skip releases the key; disable and enable keep the order. */
+static void test_order_keys(struct store *s) {
+    char err[256] = "", ids[8][UTIL_ID_MAX], eid[4][UTIL_ID_MAX], a1[UTIL_ID_MAX];
+    struct store_event ev;
+    int64_t now = util_now_ms();
+    struct store_delivery_new dn = {.endpoint = "keyed",
+                                    .event_type = "tracking.in_transit",
+                                    .payload = "{}",
+                                    .payload_len = 2,
+                                    .content_type = "application/json",
+                                    .status = "pending",
+                                    .next_at = now - 1};
+    struct store_plan plan = {.status = "routed", .deliveries = &dn, .ndeliveries = 1};
+    struct store_attempt ok = {.n = 1, .at = now, .status_code = 200};
+    struct store_attempt bad = {.n = 1, .at = now, .status_code = 500, .error = "HTTP 500"};
+    struct store_endpoint_queue q;
+    struct store_blocked_key *bk = NULL;
+    size_t n, nk = 0;
+    const char *keys[4] = {"TN-A", "TN-A", "TN-B", "TN-A"};
+
+    for (int i = 0; i < 4; i++) {
+        char sid[32];
+        util_id_new("evt_", eid[i], sizeof eid[i]);
+        snprintf(sid, sizeof sid, "src-key-%d", i);
+        ev = mk_event(eid[i], sid);
+        dn.okey = keys[i];
+        CHECK_INT_EQ(store_event_put(s, &ev, &plan, NULL, 0, err, sizeof err), 0);
+    }
+    CHECK_INT_EQ(commit(s), 1);
+    /* the heads of TN-A and TN-B are due; the other two TN-A rows wait */
+    n = claim_ids(s, "keyed", now, ids);
+    CHECK_INT_EQ((int)n, 2);
+    /* the next due is a lease's end, never a parked row */
+    CHECK(store_endpoint_next_due(s, "keyed") <= util_now_ms() + 60000);
+    util_id_derive("dlv_", eid[0], "keyed", 0, a1, sizeof a1);
+    CHECK(n == 2 && (!strcmp(ids[0], a1) || !strcmp(ids[1], a1)));
+    /* the TN-A head fails for good: TN-A is blocked, TN-B goes on */
+    CHECK_INT_EQ(store_attempt_put(s, a1, &bad, "failed", 0, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(store_attempt_put(s, !strcmp(ids[0], a1) ? ids[1] : ids[0], &ok, "delivered", 0, 0,
+                                   err, sizeof err),
+                 0);
+    CHECK_INT_EQ(commit(s), 1);
+    CHECK_INT_EQ((int)claim_ids(s, "keyed", util_now_ms(), ids), 0);
+    CHECK_INT_EQ(store_endpoint_queue(s, "keyed", util_now_ms(), 100, 1, &q), 0);
+    CHECK_INT_EQ(q.pending, 2);
+    CHECK_INT_EQ(q.blocked, 1);
+    CHECK(q.oldest_blocked == now);
+    CHECK_INT_EQ(store_endpoint_blocked(s, "keyed", 10, &bk, &nk, err, sizeof err), 0);
+    CHECK_INT_EQ((int)nk, 1);
+    if (nk == 1) {
+        CHECK_STR_EQ(bk[0].key, "TN-A");
+        CHECK_STR_EQ(bk[0].head_id, a1);
+        CHECK_INT_EQ(bk[0].depth, 2);
+    }
+    store_blocked_keys_free(bk, nk);
+    /* disabled and enabled: the parked rows stay behind their head */
+    CHECK_INT_EQ(store_endpoint_set_disabled(s, "keyed", 1, "test", now, NULL, err, sizeof err), 0);
+    CHECK_INT_EQ(store_endpoint_set_disabled(s, "keyed", 0, NULL, now, NULL, err, sizeof err), 0);
+    CHECK_INT_EQ(commit(s), 1);
+    CHECK_INT_EQ((int)claim_ids(s, "keyed", util_now_ms(), ids), 0);
+    /* only the failed head of a key can be skipped */
+    CHECK_INT_EQ(store_delivery_skip(s, "dlv_nope", now, err, sizeof err), 0);
+    CHECK_INT_EQ(
+        store_delivery_skip(s, !strcmp(ids[0], a1) ? ids[1] : ids[0], now, err, sizeof err), 2);
+    /* skipped: it stays failed, and the next TN-A row (event 1) is due */
+    CHECK_INT_EQ(store_delivery_skip(s, a1, util_now_ms(), err, sizeof err), 1);
+    CHECK_INT_EQ(commit(s), 1);
+    CHECK_INT_EQ(fresh_count("SELECT count(*) FROM deliveries WHERE id = ? AND status = 'failed'"
+                             " AND okey IS NULL",
+                             a1),
+                 1);
+    n = claim_ids(s, "keyed", util_now_ms(), ids);
+    CHECK_INT_EQ((int)n, 1);
+    util_id_derive("dlv_", eid[1], "keyed", 0, a1, sizeof a1);
+    CHECK(n == 1 && !strcmp(ids[0], a1));
+    /* delivered: the last TN-A row (event 3) goes */
+    CHECK_INT_EQ(store_attempt_put(s, a1, &ok, "delivered", 0, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(commit(s), 1);
+    n = claim_ids(s, "keyed", util_now_ms(), ids);
+    util_id_derive("dlv_", eid[3], "keyed", 0, a1, sizeof a1);
+    CHECK(n == 1 && !strcmp(ids[0], a1));
+    CHECK_INT_EQ(store_attempt_put(s, a1, &ok, "delivered", 0, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(commit(s), 1);
+    CHECK_INT_EQ(store_endpoint_queue(s, "keyed", util_now_ms(), 100, 1, &q), 0);
+    CHECK(q.pending == 0 && q.blocked == 0);
+}
+
+/* A version-4 store (no order keys) is migrated to 5 at open: the column
+ * and its indexes are added, and keyed rows work. */
+static void test_migrate_v4_order_keys(void) {
+    char saved[256], err[256] = "";
+    sqlite3 *db = NULL;
+    struct store *s;
+
+    snprintf(saved, sizeof saved, "%s", dbpath);
+    snprintf(dbpath, sizeof dbpath, "%s/v4keys.db", dir);
+    s = open_store("sqlite:v4keys.db");
+    CHECK(s != NULL);
+    if (!s)
+        goto done;
+    store_free(s);
+    CHECK_INT_EQ(sqlite3_open(dbpath, &db), SQLITE_OK);
+    CHECK_INT_EQ(sqlite3_exec(db,
+                              "DROP INDEX deliveries_ep_key; DROP INDEX deliveries_ep_blocked;"
+                              "ALTER TABLE deliveries DROP COLUMN okey; PRAGMA user_version = 4",
+                              NULL, NULL, NULL),
+                 SQLITE_OK);
+    sqlite3_close(db);
+    CHECK_INT_EQ(fresh_count("SELECT count(*) FROM pragma_table_info('deliveries')"
+                             " WHERE name = ?",
+                             "okey"),
+                 0);
+    s = open_store("sqlite:v4keys.db");
+    CHECK(s != NULL);
+    if (!s)
+        goto done;
+    CHECK_INT_EQ(fresh_count("PRAGMA user_version", NULL), 5);
+    CHECK_INT_EQ(fresh_count("SELECT count(*) FROM pragma_table_info('deliveries')"
+                             " WHERE name = ?",
+                             "okey"),
+                 1);
+    test_order_keys(s);
+    store_free(s);
+done:
+    UNUSED(err);
+    snprintf(dbpath, sizeof dbpath, "%s", saved);
+}
+
 /* The backlog max_backlog bounds is a counter: pending + held as of the
  * last commit plus the open group's inserts, and it follows deliveries
  * that leave the backlog once their group commits. */
@@ -1105,7 +1251,7 @@ static void test_counts_per_group(struct store *s) {
 
 /* A version-1 store (inserts counted by a trigger, one global due index)
  * is migrated at open: the trigger goes, inserts are not counted twice, the
- * due index is per endpoint, and the version is 3, which older binaries
+ * due index is per endpoint, and the version is 4, which older binaries
  * refuse rather than miscount or claim by a scan. */
 static void test_counts_trigger_dropped(void) {
     char saved[256], err[256] = "";
@@ -1150,7 +1296,7 @@ static void test_counts_trigger_dropped(void) {
     CHECK_INT_EQ(
         fresh_count("SELECT count(*) FROM sqlite_master WHERE name = ?", "deliveries_count_ins"),
         0);
-    CHECK_INT_EQ(fresh_count("PRAGMA user_version", NULL), 4); /* migrated */
+    CHECK_INT_EQ(fresh_count("PRAGMA user_version", NULL), 5); /* migrated */
     /* 2 -> 3: due rows are found per endpoint */
     CHECK_INT_EQ(fresh_count("SELECT count(*) FROM sqlite_master WHERE name = ?", "deliveries_due"),
                  0);
@@ -1174,8 +1320,8 @@ static void test_shipment_column_added(void) {
 
     ev.shipment_json = "{\"status\":\"delivered\",\"tracking_number\":\"1Z999\"}";
     snprintf(saved, sizeof saved, "%s", dbpath);
-    snprintf(dbpath, sizeof dbpath, "%s/v3.db", dir);
-    s = open_store("sqlite:v3.db");
+    snprintf(dbpath, sizeof dbpath, "%s/v4keys.db", dir);
+    s = open_store("sqlite:v4keys.db");
     CHECK(s != NULL);
     if (!s)
         goto done;
@@ -1198,7 +1344,7 @@ static void test_shipment_column_added(void) {
     CHECK(s != NULL);
     if (!s)
         goto done;
-    CHECK_INT_EQ(fresh_count("PRAGMA user_version", NULL), 4);
+    CHECK_INT_EQ(fresh_count("PRAGMA user_version", NULL), 5);
     CHECK_INT_EQ(
         fresh_count("SELECT count(*) FROM pragma_table_info('events') WHERE name = ?", "shipment"),
         1);
@@ -1666,6 +1812,7 @@ int main(void) {
     test_written_before_durable(s);
     test_event_with_plan(s);
     test_backlog_counter(s);
+    test_order_keys(s);
     test_counts_per_group(s);
     test_failed_begin_keeps_written_outcome(s);
     test_failed_begin_with_an_earlier_callback_starts_afresh(s);
@@ -1677,6 +1824,7 @@ int main(void) {
     test_counts_insert_then_move();
     test_counts_trigger_dropped();
     test_shipment_column_added();
+    test_migrate_v4_order_keys();
     test_wal_restarts_under_load();
     store_free(NULL);
 
