@@ -1320,8 +1320,8 @@ static void test_shipment_column_added(void) {
 
     ev.shipment_json = "{\"status\":\"delivered\",\"tracking_number\":\"1Z999\"}";
     snprintf(saved, sizeof saved, "%s", dbpath);
-    snprintf(dbpath, sizeof dbpath, "%s/v4keys.db", dir);
-    s = open_store("sqlite:v4keys.db");
+    snprintf(dbpath, sizeof dbpath, "%s/v3.db", dir);
+    s = open_store("sqlite:v3.db");
     CHECK(s != NULL);
     if (!s)
         goto done;
