@@ -381,6 +381,36 @@ static void admin_retry(struct admin *adm, struct evhttp_request *req, const cha
     admin_after_commit(c);
 }
 
+/* ---- POST /api/deliveries/{id}/skip ---- */
+
+/* A failed delivery that blocks its order key: it stays failed (a dead
+ * letter), and the key's next delivery goes. */
+static void admin_skip(struct admin *adm, struct evhttp_request *req, const char *id) {
+    struct admin_commit *c;
+    char err[256];
+    int rc = store_delivery_skip(adm->deps.store, id, util_now_ms(), err, sizeof err);
+
+    if (rc < 0) {
+        http_reply_error(req, 503, "Service Unavailable", err);
+        return;
+    }
+    if (rc == 0) {
+        http_reply_error(req, 404, "Not Found", "no such delivery");
+        return;
+    }
+    if (rc == 2) {
+        http_reply_error(req, 409, "Conflict",
+                         "only a failed delivery that blocks its order key can be skipped");
+        return;
+    }
+    if (!(c = admin_commit_new(adm, req, 200, "OK")))
+        return;
+    c->kick = 1;
+    deliver_kick_all(adm->deps.deliver);
+    c->reply = json_pack("{sssssb}", "id", id, "status", "failed", "skipped", 1);
+    admin_after_commit(c);
+}
+
 /* ---- POST /api/endpoints/{name}/test ---- */
 
 /* Sample data per type of the canonical taxonomy (lua/taxonomy.lua). */
@@ -748,7 +778,7 @@ static void admin_webhooks(struct admin *adm, struct evhttp_request *req, const 
 
 /* The scheduler's gauges per configured endpoint. Returns 0 or -1 (OOM). */
 static int admin_metrics_endpoints(struct admin *adm, struct util_buf *b) {
-    static const char *const help[6][3] = {
+    static const char *const help[8][3] = {
         {"waybill_endpoint_due", "gauge",
          "Pending deliveries whose time has come, not yet claimed (counted up to 100000)."},
         {"waybill_endpoint_in_memory", "gauge",
@@ -759,9 +789,13 @@ static int admin_metrics_endpoints(struct admin *adm, struct util_buf *b) {
         {"waybill_endpoint_stuck", "gauge",
          "1 when deliveries have been due with a free slot for 10 s (a bug)."},
         {"waybill_endpoint_lost_wakeups_total", "counter",
-         "Times the watchdog found the endpoint idle while due (a bug, repaired)."}};
+         "Times the watchdog found the endpoint idle while due (a bug, repaired)."},
+        {"waybill_endpoint_blocked_keys", "gauge",
+         "Order keys held behind a failed head (ordered by key; retry or skip it)."},
+        {"waybill_endpoint_oldest_blocked_seconds", "gauge",
+         "Age of the oldest blocked key's failure (0: none)."}};
     const struct config *cfg = rules_config(*adm->deps.rules);
-    int64_t now = util_now_ms(), (*v)[6];
+    int64_t now = util_now_ms(), (*v)[8];
     size_t i, k;
     int bad = 0;
 
@@ -781,8 +815,10 @@ static int admin_metrics_endpoints(struct admin *adm, struct util_buf *b) {
         v[i][3] = q.oldest_due == INT64_MAX ? 0 : (now - q.oldest_due) / 1000;
         v[i][4] = st.stuck;
         v[i][5] = (int64_t)st.lost_wakeups;
+        v[i][6] = q.blocked;
+        v[i][7] = q.oldest_blocked == INT64_MAX ? 0 : (now - q.oldest_blocked) / 1000;
     }
-    for (k = 0; k < 6 && !bad; k++) {
+    for (k = 0; k < 8 && !bad; k++) {
         bad |= util_buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", help[k][0], help[k][2],
                                help[k][0], help[k][1]) < 0;
         for (i = 0; i < cfg->nendpoints && !bad; i++)
@@ -852,6 +888,8 @@ static int admin_path_id(const char *path, const char *prefix, const char *suffi
     return 1;
 }
 
+static void admin_endpoint_one(struct admin *adm, struct evhttp_request *req, const char *name);
+
 /* Routes added with the operations API; 1 when path was one of them. */
 static int admin_dispatch_ops(struct admin *adm, struct evhttp_request *req, const char *path,
                               enum evhttp_cmd_type m) {
@@ -866,6 +904,11 @@ static int admin_dispatch_ops(struct admin *adm, struct evhttp_request *req, con
     else if (admin_path_id(path, "/api/deliveries/", "/retry", id, sizeof id) &&
              m == EVHTTP_REQ_POST)
         admin_retry(adm, req, id);
+    else if (admin_path_id(path, "/api/deliveries/", "/skip", id, sizeof id) &&
+             m == EVHTTP_REQ_POST)
+        admin_skip(adm, req, id);
+    else if (admin_path_id(path, "/api/endpoints/", "", id, sizeof id) && m == EVHTTP_REQ_GET)
+        admin_endpoint_one(adm, req, id);
     else if (admin_path_id(path, "/api/endpoints/", "/test", id, sizeof id) && m == EVHTTP_REQ_POST)
         admin_test(adm, req, id);
     else if (strcmp(path, "/v1/environment/webhooks") == 0)
@@ -884,17 +927,21 @@ static int admin_ends_with(const char *s, const char *suffix) {
     return n >= k && !strcmp(s + n - k, suffix);
 }
 
-/* Endpoint name's queue, set on o: "pending" and "held" (counted for every
+/* Endpoint ep's queue, set on o: "pending" and "held" (counted for every
  * endpoint, attempted or not), and the scheduler's view: "due" (pending
  * rows whose time has come, not claimed), "in_memory", "in_flight",
- * "oldest_due_age_ms" (null when nothing is due) and "stuck". */
-static void admin_endpoint_queue(struct admin *adm, json_t *o, const char *name, int64_t now) {
+ * "oldest_due_age_ms" (null when nothing is due) and "stuck"; ordered by
+ * key, "blocked" (keys waiting behind a failed head). */
+static void admin_endpoint_queue(struct admin *adm, json_t *o, const struct config_endpoint *ep,
+                                 int64_t now) {
     struct deliver_endpoint_stats st;
     struct store_endpoint_queue q;
 
-    deliver_endpoint_stats(adm->deps.deliver, name, &st);
-    if (store_endpoint_queue(adm->deps.store, name, now, ADMIN_DUE_CAP, 1, &q) < 0)
+    deliver_endpoint_stats(adm->deps.deliver, ep->name, &st);
+    if (store_endpoint_queue(adm->deps.store, ep->name, now, ADMIN_DUE_CAP, 1, &q) < 0)
         return; /* the counts from the endpoint's state stay */
+    if (CONFIG_ORDERED_BY_KEY(ep))
+        json_object_set_new(o, "blocked", json_integer((json_int_t)q.blocked));
     json_object_set_new(o, "pending", json_integer((json_int_t)q.pending));
     json_object_set_new(o, "held", json_integer((json_int_t)q.held));
     json_object_set_new(o, "due", json_integer((json_int_t)q.due));
@@ -906,6 +953,44 @@ static void admin_endpoint_queue(struct admin *adm, json_t *o, const char *name,
     json_object_set_new(o, "stuck", json_boolean(st.stuck));
 }
 
+/* Endpoint ep as GET /api/endpoints shows it: its health from its stored
+ * state e (NULL when never attempted or disabled), its queue, and for an
+ * endpoint ordered by key its key and how many keys are blocked. New, or
+ * NULL when out of memory. */
+static json_t *admin_endpoint_json(struct admin *adm, const struct config_endpoint *ep,
+                                   const struct store_endpoint_state *e, int64_t now) {
+    char t1[32], t2[32];
+    json_t *rate = json_null(), *o;
+
+    if (e && e->ok + e->failed > 0)
+        rate = json_real((double)e->ok / (double)(e->ok + e->failed));
+    if (e && e->disabled_at)
+        util_time_rfc3339(e->disabled_at, t1, sizeof t1);
+    if (e && e->last_error_at)
+        util_time_rfc3339(e->last_error_at, t2, sizeof t2);
+    o = json_pack("{sssssbsbsosIsIsIsIsisbss?ss?ss?ss?}", "name", ep->name, "url", ep->url,
+                  "enabled", ep->enabled && !(e && e->disabled), "disabled",
+                  !ep->enabled || (e && e->disabled), "success_rate", rate, "attempts_ok",
+                  (json_int_t)(e ? e->ok : 0), "attempts_failed", (json_int_t)(e ? e->failed : 0),
+                  "pending", (json_int_t)(e ? e->pending : 0), "held",
+                  (json_int_t)(e ? e->held : 0), "concurrency", ep->concurrency, "ordered",
+                  ep->ordered || CONFIG_ORDERED_BY_KEY(ep), "disabled_reason",
+                  !ep->enabled ? "enabled = false in the config"
+                  : e          ? e->reason
+                               : NULL,
+                  "disabled_at", e && e->disabled_at ? t1 : NULL, "last_error",
+                  e ? e->last_error : NULL, "last_error_at", e && e->last_error_at ? t2 : NULL);
+    if (!o)
+        return NULL;
+    if (ep->rate > 0)
+        json_object_set_new(o, "rate", json_real(ep->rate));
+    if (CONFIG_ORDERED_BY_KEY(ep))
+        json_object_set_new(o, "order_key",
+                            json_string(ep->order_key ? ep->order_key : "function"));
+    admin_endpoint_queue(adm, o, ep, now);
+    return o;
+}
+
 /* GET /api/endpoints: every configured endpoint with its health (SPEC 8)
  * and its queue. */
 static void admin_endpoints(struct admin *adm, struct evhttp_request *req) {
@@ -913,7 +998,7 @@ static void admin_endpoints(struct admin *adm, struct evhttp_request *req) {
     int64_t now = util_now_ms();
     struct store_endpoint_state *st = NULL;
     size_t n = 0, i, k;
-    char err[256], t1[32], t2[32];
+    char err[256];
     json_t *list = json_array();
 
     if (store_endpoint_states(adm->deps.store, &st, &n, err, sizeof err) < 0) {
@@ -924,36 +1009,63 @@ static void admin_endpoints(struct admin *adm, struct evhttp_request *req) {
     for (i = 0; i < cfg->nendpoints; i++) {
         const struct config_endpoint *ep = &cfg->endpoints[i];
         const struct store_endpoint_state *e = NULL;
-        json_t *rate = json_null(), *o;
         for (k = 0; k < n; k++)
             if (!strcmp(st[k].name, ep->name))
                 e = &st[k];
-        if (e && e->ok + e->failed > 0)
-            rate = json_real((double)e->ok / (double)(e->ok + e->failed));
-        if (e && e->disabled_at)
-            util_time_rfc3339(e->disabled_at, t1, sizeof t1);
-        if (e && e->last_error_at)
-            util_time_rfc3339(e->last_error_at, t2, sizeof t2);
-        o = json_pack("{sssssbsbsosIsIsIsIsisbss?ss?ss?ss?}", "name", ep->name, "url", ep->url,
-                      "enabled", ep->enabled && !(e && e->disabled), "disabled",
-                      !ep->enabled || (e && e->disabled), "success_rate", rate, "attempts_ok",
-                      (json_int_t)(e ? e->ok : 0), "attempts_failed",
-                      (json_int_t)(e ? e->failed : 0), "pending", (json_int_t)(e ? e->pending : 0),
-                      "held", (json_int_t)(e ? e->held : 0), "concurrency", ep->concurrency,
-                      "ordered", ep->ordered, "disabled_reason",
-                      !ep->enabled ? "enabled = false in the config"
-                      : e          ? e->reason
-                                   : NULL,
-                      "disabled_at", e && e->disabled_at ? t1 : NULL, "last_error",
-                      e ? e->last_error : NULL, "last_error_at", e && e->last_error_at ? t2 : NULL);
-        if (o && ep->rate > 0)
-            json_object_set_new(o, "rate", json_real(ep->rate));
-        if (o)
-            admin_endpoint_queue(adm, o, ep->name, now);
-        json_array_append_new(list, o);
+        json_array_append_new(list, admin_endpoint_json(adm, ep, e, now));
     }
     store_endpoint_states_free(st, n);
     http_reply_json(req, 200, "OK", json_pack("{soss?}", "data", list, "next", NULL));
+}
+
+/* Blocked keys shown by GET /api/endpoints/{name}, at most. */
+#define ADMIN_BLOCKED_MAX 100
+
+/* GET /api/endpoints/{name}: one endpoint as the list shows it; ordered by
+ * key, with its blocked keys ({key, depth, head, since}, oldest first, up
+ * to ADMIN_BLOCKED_MAX): retry or skip the head to let a key go on. */
+static void admin_endpoint_one(struct admin *adm, struct evhttp_request *req, const char *name) {
+    const struct config_endpoint *ep =
+        config_endpoint_by_name(rules_config(*adm->deps.rules), name);
+    struct store_endpoint_state *st = NULL;
+    struct store_blocked_key *bk = NULL;
+    size_t n = 0, nk = 0, k;
+    int64_t now = util_now_ms();
+    char err[256], at[32];
+    json_t *o, *keys;
+
+    if (!ep) {
+        http_reply_error(req, 404, "Not Found", "no such endpoint");
+        return;
+    }
+    if (store_endpoint_states(adm->deps.store, &st, &n, err, sizeof err) < 0 ||
+        (CONFIG_ORDERED_BY_KEY(ep) &&
+         store_endpoint_blocked(adm->deps.store, name, ADMIN_BLOCKED_MAX, &bk, &nk, err,
+                                sizeof err) < 0)) {
+        store_endpoint_states_free(st, n);
+        http_reply_error(req, 503, "Service Unavailable", err);
+        return;
+    }
+    for (k = 0; k < n && strcmp(st[k].name, name); k++)
+        ;
+    o = admin_endpoint_json(adm, ep, k < n ? &st[k] : NULL, now);
+    if (o && CONFIG_ORDERED_BY_KEY(ep) && (keys = json_array())) {
+        for (k = 0; k < nk; k++) {
+            util_time_rfc3339(bk[k].since, at, sizeof at);
+            json_array_append_new(keys,
+                                  json_pack("{sssIsssO}", "key", bk[k].key, "depth",
+                                            (json_int_t)bk[k].depth, "head", bk[k].head_id, "since",
+                                            bk[k].since ? json_string(at) : json_null()));
+        }
+        json_object_set_new(o, "blocked_keys", keys);
+    }
+    store_blocked_keys_free(bk, nk);
+    store_endpoint_states_free(st, n);
+    if (!o) {
+        http_reply_error(req, 503, "Service Unavailable", "out of memory");
+        return;
+    }
+    http_reply_json(req, 200, "OK", o);
 }
 
 /* POST /api/endpoints/{name}/enable and .../disable. */

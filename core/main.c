@@ -516,13 +516,18 @@ static json_t *route_plan_json(const struct rules_input *in, const struct rules_
         if (!hdrs)
             hdrs = json_object();
         json_object_set_new(hdrs, "Content-Type", json_string(sd->content_type));
-        json_array_append_new(dels,
-                              json_pack("{s:s, s:o, s:o, s:o}", "endpoint", sd->endpoint, "window",
-                                        win, "payload", payload_json(sd->payload, sd->payload_len),
-                                        "headers", hdrs));
+        json_t *d =
+            json_pack("{s:s, s:o, s:o, s:o}", "endpoint", sd->endpoint, "window", win, "payload",
+                      payload_json(sd->payload, sd->payload_len), "headers", hdrs);
+        /* ordered by key: its key, or null when the event has none (unordered) */
+        if (d && (sd->key || sd->key_missing))
+            json_object_set_new(d, "key", sd->key ? json_string(sd->key) : json_null());
+        json_array_append_new(dels, d);
     }
     out = json_pack("{s:o, s:o}", "event", ev ? ev : json_null(), "deliveries",
                     dels ? dels : json_array());
+    if (out && plan->key_error)
+        json_object_set_new(out, "key_error", json_string(plan->key_error));
     return out;
 }
 
