@@ -244,6 +244,7 @@ class Waybill(Server):
 
     name = "waybill"
     endpoints = None  # None: the ingest config above; else [(name, url), ...]
+    order = None  # the endpoints' `ordered` option (Lua text), or None
     conns = None  # None: every --conns; else only these
 
     def available(self):
@@ -256,7 +257,8 @@ class Waybill(Server):
         self.admin_port = wb.free_port()
         secret = "whsec_YmVuY2gtc2VjcmV0LWZvci13YXliaWxs"
         if self.endpoints:
-            eps = [(n, u, "true") for n, u in self.endpoints]
+            eps = [(n, u, "true") + (("ordered = " + self.order,) if self.order else ())
+                   for n, u in self.endpoints]
         else:
             sink_port = wb.free_port()
             if os.access(self.args.bare, os.X_OK):
@@ -404,7 +406,14 @@ def bare_count(port):
     return int(wb.http_request(port, "GET", "/_count", timeout=5).body)
 
 
-def bench_sustained(args, nendpoints, duration):
+# Part 2b: the same sustained load into one endpoint, ordered (issue 20):
+# by key over 1,000 keys (the last three digits of the tracking number,
+# which the load's events cycle through) and as one FIFO (ordered = true).
+ORDER_MODES = [("1,000 keys", 'function(ev) return ev.data.tracking_number:sub(-3) end'),
+               ("ordered = true", "true")]
+
+
+def bench_sustained(args, nendpoints, duration, order=None):
     """Part 2, sustained throughput: wrk -c64 (the ingest load) into a
     waybill delivering every event to `nendpoints` enabled endpoints, all on
     one counting bare server (keep-alive; on the load generator's core, paths
@@ -417,6 +426,7 @@ def bench_sustained(args, nendpoints, duration):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     s = Waybill(args)
     s.endpoints = [("e%d" % k, "http://127.0.0.1:%d/e%d" % (sink_port, k)) for k in range(1, nendpoints + 1)]
+    s.order = order
     try:
         wb.wait_for(lambda: port_open(sink_port), 5)
         s.start()
@@ -693,6 +703,8 @@ def main():
     ap.add_argument("--delivery-rounds", type=int, default=3,
                     help="rounds of sustained throughput (part 2); 0 = none")
     ap.add_argument("--fanout", default="1,4", help="endpoint counts for sustained throughput")
+    ap.add_argument("--ordered-rows", type=int, default=1,
+                    help="part 2b: one endpoint ordered by 1,000 keys and ordered = true (0 = skip)")
     ap.add_argument("--latency-rounds", type=int, default=1, help="runs of end-to-end latency (part 3); 0 = none")
     ap.add_argument("--latency-rate", type=int, default=1000, help="events/s for the end-to-end latency run")
     ap.add_argument("--latency-seconds", type=int, default=20)
@@ -770,7 +782,7 @@ def main():
     if WaybillScale.built and not args.keep:
         shutil.rmtree(os.path.dirname(WaybillScale.built), ignore_errors=True)
 
-    sustained, latencies = [], []
+    sustained, latencies, ordered = [], [], []
     can_deliver = ("waybill" in servers and "waybill" not in broken and os.access(args.bare, os.X_OK))
     if can_deliver:
         for rnd in range(1, args.delivery_rounds + 1):
@@ -788,6 +800,16 @@ def main():
                 except Exception as e:  # noqa: BLE001
                     notes.append("sustained throughput (%d endpoints): failed: %s" % (k, str(e).splitlines()[0][:300]))
                     log("bench: sustained (%d endpoints) failed: %s" % (k, e))
+            for label, order in ORDER_MODES if args.ordered_rows else []:
+                try:
+                    d = bench_sustained(args, 1, args.duration, order=order)
+                    d["round"], d["order"] = rnd, label
+                    ordered.append(d)
+                    log("bench: sustained round %d, 1 endpoint ordered (%s): %s deliveries/s out, "
+                        "backlog %s -> %s" % (rnd, label, fmt_int(d["out_rps"]), fmt_int(d["pending0"]),
+                                              fmt_int(d["pending1"])))
+                except Exception as e:  # noqa: BLE001
+                    notes.append("sustained, ordered (%s): failed: %s" % (label, str(e).splitlines()[0][:300]))
         for rnd in range(1, args.latency_rounds + 1):
             try:
                 lt = bench_latency(args, args.latency_rate, args.latency_seconds)
@@ -875,6 +897,25 @@ def main():
             if not all(d["complete"] for d in ds):
                 notes.append("sustained, %d endpoint(s): not everything delivered within %gs in %d round(s)"
                              % (k, args.drain_timeout, sum(1 for d in ds if not d["complete"])))
+    if ordered:
+        plain = med([d["out_rps"] for d in sustained if d["endpoints"] == 1]) if sustained else 0
+        lines.append("")
+        lines.append("Ordered delivery (2b.): the sustained load of part 2 into one endpoint ordered by key "
+                     "(a key function: the tracking number's last three digits, 1,000 keys the events "
+                     "cycle through) and with ordered = true (one FIFO); x unordered = deliveries/s out / "
+                     "the 1-endpoint row above; medians of %d." % args.delivery_rounds)
+        lines.append("")
+        lines.append("| ordered | deliveries/s out | x unordered | backlog start -> end | flat |")
+        lines.append("|---|---:|---:|---:|---|")
+        for label, _ in ORDER_MODES:
+            ds = [d for d in ordered if d["order"] == label]
+            if not ds:
+                continue
+            o = med([d["out_rps"] for d in ds])
+            lines.append("| %s | %s | %s | %s -> %s | %d/%d rounds |" % (
+                label, fmt_int(o), "%.2f" % (o / plain) if plain else "-",
+                fmt_int(med([d["pending0"] for d in ds])), fmt_int(med([d["pending1"] for d in ds])),
+                sum(1 for d in ds if d["flat"]), len(ds)))
     if latencies:
         lines.append("")
         lines.append("End-to-end latency (3.): POST start -> the sink has read the delivery, at a steady rate "

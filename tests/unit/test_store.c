@@ -589,6 +589,21 @@ static void test_query_plans(void) {
         ("UPDATE deliveries SET status = 'pending', next_at = ?2, lease_until = 0"
          " WHERE endpoint = ?1 AND status = 'held'"),
         "SELECT first_failure_at FROM endpoint_state WHERE name = ?1",
+        /* ordered by key (issue 20): the busy probe at insert, the next row
+         * of a key made due, the blocked heads, the rows behind one */
+        ("SELECT 1 FROM deliveries INDEXED BY deliveries_ep_key"
+         " WHERE endpoint = ?1 AND okey = ?2 AND okey IS NOT NULL"
+         " AND status IN ('pending', 'held', 'failed') LIMIT 1"),
+        ("UPDATE deliveries SET next_at = ?3 WHERE seq ="
+         " (SELECT seq FROM deliveries INDEXED BY deliveries_ep_key"
+         "  WHERE endpoint = ?1 AND okey = ?2 AND okey IS NOT NULL"
+         "  AND status IN ('pending', 'held', 'failed') ORDER BY seq LIMIT 1) AND next_at >= ?4"),
+        ("SELECT d.okey, d.id FROM deliveries d INDEXED BY deliveries_ep_blocked"
+         " WHERE d.endpoint = ?1 AND d.okey IS NOT NULL AND d.status = 'failed'"
+         " ORDER BY d.seq LIMIT ?2"),
+        ("SELECT count(*) FROM deliveries p INDEXED BY deliveries_ep_key"
+         " WHERE p.endpoint = ?1 AND p.okey = ?2 AND p.okey IS NOT NULL"
+         " AND p.status IN ('pending', 'held', 'failed')"),
     };
     sqlite3 *db = NULL;
     char plan[1024];
