@@ -8,6 +8,7 @@
 # STORE=PATH runs it on a copy of an existing store instead of an empty one
 # (e.g. one built by `make bench` part 5: --keep and --scale-dir; its
 # pending deliveries are for endpoint "parked", which the config then has).
+# ORDERED='LUA' orders the endpoint by key (e.g. '"data.tracking_number"').
 # Prints "requests N  instructions/request I" and leaves the profile in
 # tests/bench/out/callgrind.out.* (callgrind_annotate --inclusive=yes FILE).
 set -u
@@ -33,7 +34,7 @@ store = "sqlite:$RUN/store.db"
 $([ -n "${STORE:-}" ] && echo 'endpoint "parked" { url = "http://127.0.0.1:'$SP'/parked", secret = "whsec_YmVuY2gtc2VjcmV0LWZvci13YXliaWxs", sign = "standard" }')
 allow_private = { "127.0.0.0/8" }
 source "atoship" { verify = "atoship", secret = "bench-secret" }
-endpoint "sink" { url = "http://127.0.0.1:$SP/", secret = "whsec_YmVuY2gtc2VjcmV0LWZvci13YXliaWxs", sign = "standard", enabled = false }
+endpoint "sink" { url = "http://127.0.0.1:$SP/", secret = "whsec_YmVuY2gtc2VjcmV0LWZvci13YXliaWxs", sign = "standard", enabled = false${ORDERED:+, ordered = $ORDERED} }
 rules "rules/"
 C
 if [ -n "${STORE:-}" ]; then
