@@ -83,6 +83,10 @@ static int keep_put(struct rules *r, uint64_t token, size_t bytes) {
 static int type_needs_table(const struct rules *r, const char *type) {
     if (r->cfg->rule_budget < RULES_LIST_MIN_BUDGET)
         return 1;
+    /* an order key is read from the event's table (rules_key.c) */
+    for (size_t i = 0; i < r->cfg->nendpoints; i++)
+        if (CONFIG_ORDERED_BY_KEY(&r->cfg->endpoints[i]))
+            return 1;
     for (size_t i = 0; i < r->nhandlers; i++) {
         const struct rules_handler *h = &r->handlers[i];
         if (h->names || !util_glob_match(h->pattern, type))
