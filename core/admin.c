@@ -1053,7 +1053,7 @@ static void admin_endpoint_one(struct admin *adm, struct evhttp_request *req, co
         for (k = 0; k < nk; k++) {
             util_time_rfc3339(bk[k].since, at, sizeof at);
             json_array_append_new(keys,
-                                  json_pack("{sssIsssO}", "key", bk[k].key, "depth",
+                                  json_pack("{sssIssso}", "key", bk[k].key, "depth",
                                             (json_int_t)bk[k].depth, "head", bk[k].head_id, "since",
                                             bk[k].since ? json_string(at) : json_null()));
         }

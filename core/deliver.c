@@ -361,13 +361,21 @@ static void deliver_durable_cb(void *arg, int ok) {
     d->durable = NULL;
     if (ok) /* the marked endpoints whose rows are now claimable */
         deliver_kick_now(d, 0);
+    /* Rows marked while this group was being synced are in the open group
+     * (the next to commit): watch that one too. */
+    if (d->durable_again) {
+        d->durable_again = 0;
+        deliver_durable_watch(d);
+    }
 }
 
 void deliver_durable_watch(struct deliver *d) {
     struct deliver_commit *c;
 
-    if (d->durable)
+    if (d->durable) { /* registered in an earlier group, maybe in flight */
+        d->durable_again = 1;
         return;
+    }
     /* Without a callback the watchdog finds the rows within a tick. */
     if (!(c = malloc(sizeof *c)))
         return;

@@ -130,6 +130,7 @@ struct deliver {
     uint64_t rng;
     struct deliver_commit *commit;  /* outstanding store_on_written, or NULL */
     struct deliver_commit *durable; /* outstanding store_on_commit, or NULL */
+    int durable_again;              /* rows marked since: watch the next group too */
     int stopping;
     void (*done)(void *arg);
     void *done_arg;
