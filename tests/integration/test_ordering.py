@@ -10,6 +10,7 @@ loop). Each key's events are posted in order by one carrier connection
 (each waits for its 200), so the order waybill received them in is known;
 keys are posted from several connections at once.
 """
+import json
 import os
 import random
 import re
@@ -276,3 +277,26 @@ def test_ordered_settings_are_checked_with_file_and_line():
         err = (r.stderr + r.stdout).decode("utf-8", "replace")
         assert r.returncode != 0, (bad, err)
         assert re.search(r"waybill\.lua:\d+: endpoint erp: ordered must be true, a dotted path", err), (bad, err)
+
+
+def test_route_shows_each_deliverys_key_from_the_shipment_model():
+    """ordered = "shipment.tracking_number": the same key for every carrier
+    (issue 22's shipment model), shown by `waybill route`."""
+    d = wb._mkdtemp("wb-route-key-")
+    os.makedirs(os.path.join(d, "rules"))
+    with open(os.path.join(d, "waybill.lua"), "w") as f:
+        f.write('source "atoship" { secret = "s" }\n'
+                'endpoint "erp" { url = "http://127.0.0.1:9/erp", sign = "none",'
+                ' ordered = "shipment.tracking_number" }\n'
+                'endpoint "crm" { url = "http://127.0.0.1:9/crm", sign = "none" }\n'
+                'rules "rules/"\n')
+    with open(os.path.join(d, "rules", "a.lua"), "w") as f:
+        f.write('on("*", { "erp", "crm" })\n')
+    ev = os.path.join(d, "ev.json")
+    with open(ev, "wb") as f:
+        f.write(wb.atoship_event("tracking.in_transit", tracking_number="1Z999AA10123456784"))
+    r = wb.run("route", "-c", os.path.join(d, "waybill.lua"), "--source", "atoship", ev)
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout)
+    keys = {x["endpoint"]: x.get("key", "absent") for x in plan["deliveries"]}
+    assert keys == {"erp": "1Z999AA10123456784", "crm": "absent"}, plan["deliveries"]
