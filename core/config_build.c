@@ -184,12 +184,20 @@ static int setting(struct config_ctx *c, const char *key, int vi) {
     case 4: /* store */
         if (config_get_string(c, vi, "store", &s) < 0)
             return -1;
-        if (strncmp(s, "sqlite:", 7) != 0 && strncmp(s, "postgres://", 11) != 0 &&
-            strncmp(s, "postgresql://", 13) != 0)
+        if (strncmp(s, "postgres://", 11) == 0 || strncmp(s, "postgresql://", 13) == 0) {
+            char shown[256];
+            /* What serve would refuse, check refuses too; never the password. */
+            util_url_redact(s, shown, sizeof shown);
             return config_fail(c,
-                               "store: unsupported store '%s' (use \"sqlite:FILE\" or "
-                               "\"postgres://...\")",
-                               s);
+                               "store: '%s': this waybill has no PostgreSQL store yet "
+                               "(use \"sqlite:FILE\")",
+                               shown);
+        }
+        if (strncmp(s, "sqlite:", 7) != 0) {
+            char shown[256];
+            util_url_redact(s, shown, sizeof shown);
+            return config_fail(c, "store: unsupported store '%s' (use \"sqlite:FILE\")", shown);
+        }
         if (strcmp(s, "sqlite:") == 0)
             return config_fail(c, "store: sqlite: needs a file name, e.g. \"sqlite:waybill.db\"");
         return config_dup_string(c, vi, "store", &cfg->store);

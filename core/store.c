@@ -15,10 +15,14 @@
  * everything that arrived during one fsync. Checkpoints run on a thread of
  * their own with a second connection (store_sync.c).
  * SPDX-License-Identifier: MIT */
+#include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 #include <event2/event.h>
 #include <sqlite3.h>
@@ -425,7 +429,9 @@ static char *store_url_parse(const char *url, const char *base_dir, int *sync_fu
     size_t plen;
     char *path = NULL;
     if (!url || strncmp(url, scheme, sizeof scheme - 1) != 0 || !url[sizeof scheme - 1]) {
-        store_err(err, errlen, "store: unsupported url '%s' (use sqlite:PATH)", url ? url : "");
+        char shown[256];
+        util_url_redact(url, shown, sizeof shown); /* never a password in a message */
+        store_err(err, errlen, "store: unsupported url '%s' (use sqlite:PATH)", shown);
         return NULL;
     }
     p = url + sizeof scheme - 1;
@@ -499,6 +505,30 @@ static int store_db_open(struct store *s, const char *path, char *err, size_t er
     if (sqlite3_exec(s->db, "PRAGMA synchronous = NORMAL", NULL, NULL, NULL) != SQLITE_OK ||
         sqlite3_exec(s->db, "PRAGMA cache_size = -16384", NULL, NULL, NULL) != SQLITE_OK) {
         store_err(err, errlen, "store: %s: %s", path, sqlite3_errmsg(s->db));
+        return -1;
+    }
+    return 0;
+}
+
+/* One process per SQLite store: an exclusive flock(2) on the database file,
+ * held for the store's life (SQLite's own locks are fcntl(2) locks, which
+ * flock does not touch, so tools reading the file are not affected). A
+ * second process would release the first one's leases at open and send
+ * its deliveries again. Returns 0, or -1 with a reason in err. */
+static int store_own(struct store *s, const char *path, char *err, size_t errlen) {
+    s->owner_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (s->owner_fd < 0) {
+        store_err(err, errlen, "store: open %s: %s", path, strerror(errno));
+        return -1;
+    }
+    if (flock(s->owner_fd, LOCK_EX | LOCK_NB) < 0) {
+        if (errno == EWOULDBLOCK)
+            store_err(err, errlen,
+                      "store: %s is in use by another waybill process (one process per SQLite "
+                      "store)",
+                      path);
+        else
+            store_err(err, errlen, "store: lock %s: %s", path, strerror(errno));
         return -1;
     }
     return 0;
@@ -582,6 +612,8 @@ static void store_close(struct store *s) {
     free(s->cbs);
     free(s->wcbs);
     free(s->inflight);
+    if (s->owner_fd >= 0)
+        close(s->owner_fd); /* releases the store for the next process */
     free(s);
 }
 
@@ -600,7 +632,8 @@ struct store *store_open(struct event_base *base, const char *url, const char *b
         goto fail;
     }
     s->backlog_stale = 1; /* read at the first store_backlog */
-    if (store_db_open(s, path, err, errlen) < 0 ||
+    s->owner_fd = -1;
+    if (store_own(s, path, err, errlen) < 0 || store_db_open(s, path, err, errlen) < 0 ||
         store_schema_apply(s->db, path, err, errlen) < 0 ||
         store_stmts_prepare(s, err, errlen) < 0 || store_open_recover(s, err, errlen) < 0)
         goto fail;

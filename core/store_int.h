@@ -167,6 +167,7 @@ struct store_cb {
  * ncbs callbacks for the current group (cap slots). */
 struct store {
     sqlite3 *db;
+    int owner_fd; /* the database file, flock()ed while this process owns it */
     sqlite3_stmt *st[ST_COUNT_];
     struct event *commit_ev;
     int in_txn, failed, begin_failed, scheduled, committing;

@@ -485,3 +485,25 @@ int util_http_url_ok(const char *url) {
     curl_url_cleanup(h);
     return ok;
 }
+
+void util_url_redact(const char *url, char *out, size_t outlen) {
+    const char *auth = url ? strstr(url, "://") : NULL, *at, *colon, *end;
+
+    if (!outlen)
+        return;
+    if (!auth) {
+        snprintf(out, outlen, "%s", url ? url : "");
+        return;
+    }
+    auth += 3;
+    end = auth + strcspn(auth, "/?#");
+    at = NULL; /* the last '@' of the authority ends the userinfo */
+    for (const char *p = auth; p < end; p++)
+        if (*p == '@')
+            at = p;
+    colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
+    if (!colon)
+        snprintf(out, outlen, "%s", url);
+    else
+        snprintf(out, outlen, "%.*s:***%s", (int)(colon - url), url, at);
+}

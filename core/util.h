@@ -107,6 +107,11 @@ int util_header_reserved(const char *name);
  * admin API. */
 int util_http_url_ok(const char *url);
 
+/* url with the password of its userinfo ("scheme://user:PASSWORD@host")
+ * replaced by "***", into out (truncated to outlen); for messages, which
+ * never show a secret. */
+void util_url_redact(const char *url, char *out, size_t outlen);
+
 #define UTIL_ID_MAX 40
 /* Writes prefix + 26 Crockford base32 chars (48-bit ms time, 80 random bits:
  * sortable by creation time, like ULID) and a NUL. out needs strlen(prefix)+27.

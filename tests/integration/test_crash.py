@@ -76,3 +76,48 @@ def test_sigkill_during_steady_stream_loses_no_acknowledged_event():
     dups = len(ids) - len(set(ids))
     print("  crash torture: %d events acknowledged, %d deliveries, %d duplicates after %d SIGKILLs"
           % (len(acked), len(ids), dups, kills), file=sys.__stderr__)
+
+
+def test_a_second_process_on_the_same_sqlite_store_refuses_to_start_and_sends_nothing():
+    """One process per SQLite store (issue 15): a second `waybill serve` on
+    the same file would release the first one's leases and send its
+    deliveries again. It refuses to start, saying why; the first goes on,
+    and each delivery arrives once."""
+    sink = wb.Sink([wb.Reply(200, delay=1.0)])  # the first delivery is in flight, leased
+    body = '''
+        source "atoship" {{ verify = "atoship", secret = {s} }}
+        endpoint "erp" {{ url = {u}, sign = "none" }}
+        rules "rules/"
+    '''.format(s=wb.lua(SECRET), u=wb.lua(sink.url))
+    g = wb.Gateway(wb.config(body), files={"rules/10.lua": 'on("*", {"erp"})'})
+    with g:
+        assert g.post_atoship(wb.atoship_event("tracking.in_transit"), SECRET).status == 200
+        sink.wait_for_count(1)
+        second = wb.config(body, store="sqlite:" + g.path("waybill.db"))
+        path = g.path("second.lua")
+        with open(path, "w") as f:
+            f.write(second)
+        r = wb.run("serve", "-c", path, cwd=g.dir, env=g.env, timeout=20)
+        err = r.stderr.decode("utf-8", "replace")
+        assert r.returncode != 0, err
+        assert "is in use by another waybill process" in err, err
+        time.sleep(1.5)
+        assert sink.count == 1, sink.requests
+        assert g.post_atoship(wb.atoship_event("tracking.in_transit"), SECRET).status == 200
+        sink.wait_for_count(2)
+    # once the first has stopped, the store is free again
+    g.start()
+    g.stop()
+
+
+def test_check_refuses_a_postgres_store_without_showing_its_password():
+    g_dir = wb._mkdtemp("wb-pg-check-")
+    path = g_dir + "/waybill.lua"
+    with open(path, "w") as f:
+        f.write('store = "postgresql://waybill:Sup3rS3cret@db.example:5432/waybill"\n')
+    for cmd in ("check", "serve"):
+        r = wb.run(cmd, "-c", path, timeout=20)
+        out = (r.stdout + r.stderr).decode("utf-8", "replace")
+        assert r.returncode != 0, (cmd, out)
+        assert "Sup3rS3cret" not in out, (cmd, out)
+        assert "postgresql://waybill:***@db.example:5432/waybill" in out, (cmd, out)

@@ -442,8 +442,11 @@ static void test_config_errors(void) {
                     "waybill.lua:1: listen: bad address 'localhost' (want host:port, e.g. "
                     "\"0.0.0.0:8080\")");
     EXPECT_LOAD_ERR("store = 'mysql://x'\n",
-                    "waybill.lua:1: store: unsupported store 'mysql://x' (use \"sqlite:FILE\" or "
-                    "\"postgres://...\")");
+                    "waybill.lua:1: store: unsupported store 'mysql://x' (use \"sqlite:FILE\")");
+    /* what serve cannot open, check refuses too, and never shows a password */
+    EXPECT_LOAD_ERR("store = 'postgresql://wb:s3cret@db.example:5432/waybill'\n",
+                    "waybill.lua:1: store: 'postgresql://wb:***@db.example:5432/waybill': this "
+                    "waybill has no PostgreSQL store yet (use \"sqlite:FILE\")");
     EXPECT_LOAD_ERR("tls = { cert = 'c.pem' }\n", "waybill.lua:1: tls: key is required");
     /* a multi-line assignment is blamed on its first line */
     EXPECT_LOAD_ERR("listen = '0.0.0.0:8080'\nadmin = {\n  listen = '127.0.0.1:9999',\n}\n",

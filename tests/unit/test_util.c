@@ -212,6 +212,24 @@ static void test_http_url(void) {
 }
 
 /* The one set of header checks (config, rules' send(), the HTTP client). */
+/* Messages show a store URL without its password. */
+static void test_url_redact(void) {
+    char out[128];
+
+    util_url_redact("postgresql://wb:s3cret@db:5432/waybill", out, sizeof out);
+    CHECK_STR_EQ(out, "postgresql://wb:***@db:5432/waybill");
+    util_url_redact("postgres://wb:p@ss:w0rd@db/x?sslmode=require", out, sizeof out);
+    CHECK_STR_EQ(out, "postgres://wb:***@db/x?sslmode=require");
+    util_url_redact("postgres://wb@db/x", out, sizeof out); /* no password */
+    CHECK_STR_EQ(out, "postgres://wb@db/x");
+    util_url_redact("postgres://db/x?user=a@b", out, sizeof out); /* '@' past the authority */
+    CHECK_STR_EQ(out, "postgres://db/x?user=a@b");
+    util_url_redact("sqlite:waybill.db", out, sizeof out);
+    CHECK_STR_EQ(out, "sqlite:waybill.db");
+    util_url_redact(NULL, out, sizeof out);
+    CHECK_STR_EQ(out, "");
+}
+
 static void test_headers(void) {
     CHECK(util_header_name_ok("X-Custom-1"));
     CHECK(util_header_name_ok("a!#$%&'*+-.^_`|~z"));
@@ -248,5 +266,6 @@ int main(void) {
     test_glob();
     test_http_url();
     test_headers();
+    test_url_redact();
     return harness_report();
 }
