@@ -87,18 +87,30 @@ struct httpc {
 
 /* ---- the address check ---- */
 
+/* The IPv4 special-purpose registry (IANA, RFC 6890 and updates): every
+ * block that is not globally reachable, plus multicast and the reserved
+ * 240/4 (with the broadcast address). */
 static int httpc_v4_private(const unsigned char *b) {
-    return b[0] == 0                               /* 0.0.0.0/8 */
-           || b[0] == 10                           /* 10/8 */
-           || b[0] == 127                          /* loopback */
-           || (b[0] == 100 && (b[1] & 0xc0) == 64) /* CGNAT 100.64/10 */
-           || (b[0] == 169 && b[1] == 254)         /* link-local, metadata */
-           || (b[0] == 172 && (b[1] & 0xf0) == 16) /* 172.16/12 */
-           || (b[0] == 192 && b[1] == 168);        /* 192.168/16 */
+    return b[0] == 0                                     /* 0.0.0.0/8 */
+           || b[0] == 10                                 /* 10/8 */
+           || b[0] == 127                                /* loopback */
+           || (b[0] == 100 && (b[1] & 0xc0) == 64)       /* CGNAT 100.64/10 */
+           || (b[0] == 169 && b[1] == 254)               /* link-local, metadata */
+           || (b[0] == 172 && (b[1] & 0xf0) == 16)       /* 172.16/12 */
+           || (b[0] == 192 && b[1] == 0 && b[2] == 0)    /* IETF protocol 192.0.0/24 */
+           || (b[0] == 192 && b[1] == 0 && b[2] == 2)    /* TEST-NET-1 */
+           || (b[0] == 192 && b[1] == 88 && b[2] == 99)  /* 6to4 relay anycast */
+           || (b[0] == 192 && b[1] == 168)               /* 192.168/16 */
+           || (b[0] == 198 && (b[1] & 0xfe) == 18)       /* benchmarking 198.18/15 */
+           || (b[0] == 198 && b[1] == 51 && b[2] == 100) /* TEST-NET-2 */
+           || (b[0] == 203 && b[1] == 0 && b[2] == 113)  /* TEST-NET-3 */
+           || b[0] >= 224;                               /* multicast, 240/4, broadcast */
 }
 
 /* The IPv4 address inside an IPv4-mapped (::ffff:a.b.c.d), IPv4-compatible
- * (::a.b.c.d) or NAT64 (64:ff9b::a.b.c.d) IPv6 address, else NULL. */
+ * (::a.b.c.d), NAT64 (64:ff9b::a.b.c.d) or 6to4 (2002:AABB:CCDD::) IPv6
+ * address, else NULL. (Teredo's is stored inverted: httpc_address_private
+ * reads it.) */
 static const unsigned char *httpc_embedded_v4(const unsigned char *b) {
     static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
     static const unsigned char compat[12] = {0};
@@ -106,6 +118,8 @@ static const unsigned char *httpc_embedded_v4(const unsigned char *b) {
 
     if (!memcmp(b, mapped, 12) || !memcmp(b, compat, 12) || !memcmp(b, nat64, 12))
         return b + 12;
+    if (b[0] == 0x20 && b[1] == 0x02)
+        return b + 2;
     return NULL;
 }
 
@@ -124,6 +138,26 @@ int httpc_address_private(int family, const void *addr) {
         return 1;
     if (b[0] == 0xfe && (b[1] & 0xc0) == 0x80) /* fe80::/10 */
         return 1;
+    if (b[0] == 0xff) /* multicast ff00::/8 */
+        return 1;
+    /* the IPv6 special-purpose registry's blocks that are not globally
+     * reachable: discard 100::/64, benchmarking 2001:2::/48, ORCHID
+     * 2001:10::/28 and 2001:20::/28, documentation 2001:db8::/32 and
+     * 3fff::/20, local-use NAT64 64:ff9b:1::/48 */
+    if ((b[0] == 0x01 && !b[1] && !memcmp(b + 2, any6, 6)) ||
+        (b[0] == 0x20 && b[1] == 0x01 && !b[2] && b[3] == 0x02 && !b[4] && !b[5]) ||
+        (b[0] == 0x20 && b[1] == 0x01 && !b[2] &&
+         ((b[3] & 0xf0) == 0x10 || (b[3] & 0xf0) == 0x20)) ||
+        (b[0] == 0x20 && b[1] == 0x01 && b[2] == 0x0d && b[3] == 0xb8) ||
+        (b[0] == 0x3f && b[1] == 0xff && (b[2] & 0xf0) == 0) ||
+        (!b[0] && b[1] == 0x64 && b[2] == 0xff && b[3] == 0x9b && !b[4] && b[5] == 0x01))
+        return 1;
+    /* Teredo 2001::/32: the client's address is the last 4 bytes, inverted */
+    if (b[0] == 0x20 && b[1] == 0x01 && !b[2] && !b[3]) {
+        unsigned char client[4] = {(unsigned char)~b[12], (unsigned char)~b[13],
+                                   (unsigned char)~b[14], (unsigned char)~b[15]};
+        return httpc_v4_private(b + 4) || httpc_v4_private(client);
+    }
     v4 = httpc_embedded_v4(b);
     return v4 ? httpc_v4_private(v4) : 0;
 }
