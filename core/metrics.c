@@ -142,6 +142,26 @@ void metrics_event_rejected(const char *source, const char *reason) {
         s->value++;
 }
 
+/* Event types come from carriers ("<source>.<name>" for names outside the
+ * taxonomy), so any signed sender could mint series without end: the
+ * first METRICS_TYPES_MAX distinct types get their own, the rest "other". */
+#define METRICS_TYPES_MAX 64
+static char *metrics_types[METRICS_TYPES_MAX];
+static size_t metrics_ntypes;
+
+static const char *metrics_type_label(const char *type) {
+    size_t i;
+
+    if (!type)
+        return "other";
+    for (i = 0; i < metrics_ntypes; i++)
+        if (!strcmp(metrics_types[i], type))
+            return metrics_types[i];
+    if (metrics_ntypes == METRICS_TYPES_MAX || !(metrics_types[metrics_ntypes] = strdup(type)))
+        return "other";
+    return metrics_types[metrics_ntypes++];
+}
+
 void metrics_attempt(const char *endpoint, const char *type, const char *status,
                      int64_t latency_ms) {
     struct metrics_series *s;
@@ -151,7 +171,8 @@ void metrics_attempt(const char *endpoint, const char *type, const char *status,
         metrics_observe(metrics_get(F_LATENCY, NULL, NULL, NULL, NULL), latency_ms);
     }
     if (strcmp(status, "delivered") == 0 || strcmp(status, "failed") == 0)
-        s = metrics_get3(F_DELIVERIES, "endpoint", endpoint, "type", type, "outcome", status);
+        s = metrics_get3(F_DELIVERIES, "endpoint", endpoint, "type", metrics_type_label(type),
+                         "outcome", status);
     else if (strcmp(status, "pending") == 0)
         s = metrics_get(F_RETRIES, "endpoint", endpoint, NULL, NULL);
     else
@@ -216,4 +237,7 @@ void metrics_reset(void) {
         }
         metrics_fam[f].head = metrics_fam[f].tail = NULL;
     }
+    for (size_t i = 0; i < metrics_ntypes; i++)
+        free(metrics_types[i]);
+    metrics_ntypes = 0;
 }
