@@ -237,6 +237,31 @@ void rules_call_error(struct rules *r, int status, const char *where, char *err,
     }
 }
 
+static int pattern_matches(const char *pattern, const char *type) {
+    return util_glob_match(pattern, type) &&
+           (strncmp(type, "waybill.", 8) != 0 || strncmp(pattern, "waybill.", 8) == 0);
+}
+
+int rules_handler_matches(const struct rules_handler *h, const char *type) {
+    const char *p = h->pattern, *nl;
+    char one[256];
+
+    if (!strchr(p, '\n'))
+        return pattern_matches(p, type);
+    for (; p; p = nl ? nl + 1 : NULL) {
+        size_t n;
+        nl = strchr(p, '\n');
+        n = nl ? (size_t)(nl - p) : strlen(p);
+        if (n >= sizeof one)
+            continue; /* lua/waybill.lua refuses patterns that long */
+        memcpy(one, p, n);
+        one[n] = '\0';
+        if (pattern_matches(one, type))
+            return 1;
+    }
+    return 0;
+}
+
 /* Back to a clean state after a failed call: no stop, no pending send
  * error; after a memory stop, the failed call's garbage collected at once. */
 void rules_recover(struct rules *r) {

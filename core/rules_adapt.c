@@ -89,11 +89,8 @@ static int type_needs_table(const struct rules *r, const char *type) {
             return 1;
     for (size_t i = 0; i < r->nhandlers; i++) {
         const struct rules_handler *h = &r->handlers[i];
-        if (h->names || !util_glob_match(h->pattern, type))
-            continue;
-        if (!strncmp(type, "waybill.", 8) && strncmp(h->pattern, "waybill.", 8))
-            continue;
-        return 1;
+        if (!h->names && rules_handler_matches(h, type))
+            return 1;
     }
     return 0;
 }

@@ -26,9 +26,9 @@
 enum rules_stop { RULES_STOP_NONE, RULES_STOP_BUDGET, RULES_STOP_MEMORY };
 
 struct rules_handler {
-    char *pattern;
-    char *where;  /* "file:line" of its on() */
-    char **names; /* on(pattern, {endpoints}): the list (its fn sends the event whole) */
+    char *pattern; /* a type or glob; on({...}, ...): several, one per line */
+    char *where;   /* "file:line" of its on() */
+    char **names;  /* on(pattern, {endpoints}): the list (its fn sends the event whole) */
     size_t nnames;
 };
 
@@ -174,5 +174,11 @@ int rapi_push_file(lua_State *L, const char *path, size_t *lenp);
  * its sends without a key (key_missing) and its first error, new, in
  * *key_error. Returns 0, or -1 when out of memory. */
 int rules_keys(struct rules *r, lua_State *L, int ev, char **key_error);
+
+/* 1 when handler h runs for an event of type: one of its patterns matches
+ * it, and waybill's own events (SPEC 7) only by a pattern naming them
+ * ("waybill.*"), so a catch-all "*" does not send them to a merchant's
+ * endpoint unasked. */
+int rules_handler_matches(const struct rules_handler *h, const char *type);
 
 #endif

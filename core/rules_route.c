@@ -338,12 +338,7 @@ static int route_protected(lua_State *L) {
     pristine = c->in->data_canonical && r->cfg->rule_budget >= RULES_LIST_MIN_BUDGET;
     for (size_t i = 0; i < r->nhandlers; i++) {
         const struct rules_handler *h = &r->handlers[i];
-        if (!util_glob_match(h->pattern, c->in->type))
-            continue;
-        /* waybill's own events (SPEC 7) match only patterns naming them
-         * ("waybill.*"), so a catch-all "*" does not send them to a
-         * merchant's endpoint unasked. */
-        if (!strncmp(c->in->type, "waybill.", 8) && strncmp(h->pattern, "waybill.", 8))
+        if (!rules_handler_matches(h, c->in->type))
             continue;
         if (h->names && pristine && route_list_fast(c, h) == 0)
             continue;

@@ -148,7 +148,20 @@ local send, batch = host.send, host.batch
 local function on(pattern, target)
   local loc = where(2)
   if sealed then error("on: handlers can only be added while the rules load", 2) end
-  if type(pattern) ~= "string" or pattern == "" then
+  -- on({"tracking.*", "shipment.exception"}, ...): one handler for several
+  -- patterns (run once for an event any of them matches), kept one per line
+  if type(pattern) == "table" then
+    local parts = {}
+    for i = 1, #pattern do
+      local p = pattern[i]
+      if type(p) ~= "string" or p == "" or p:find("\n", 1, true) or #p > 200 then
+        error("on: the pattern list must hold event types or globs, e.g. \"tracking.*\"", 2)
+      end
+      parts[i] = p
+    end
+    if #parts == 0 then error("on: the pattern list is empty", 2) end
+    pattern = table.concat(parts, "\n")
+  elseif type(pattern) ~= "string" or pattern == "" or pattern:find("\n", 1, true) then
     error("on: the first argument must be an event type or glob, e.g. \"tracking.*\"", 2)
   end
   if type(target) == "string" then target = { target } end

@@ -540,6 +540,13 @@ static void test_load_errors(void) {
         "rules/a.lua:1: on: the first argument must be an event type or glob, e.g. "
         "\"tracking.*\"");
     fresh();
+    write_file("rules/a.lua", "on({}, function() end)\n");
+    EXPECT_LOAD_ERR_HERE("rules 'rules'\n", "rules/a.lua:1: on: the pattern list is empty");
+    fresh();
+    write_file("rules/a.lua", "on({'tracking.*', 7}, function() end)\n");
+    EXPECT_LOAD_ERR_HERE("rules 'rules'\n", "rules/a.lua:1: on: the pattern list must hold event "
+                                            "types or globs, e.g. \"tracking.*\"");
+    fresh();
     write_file("rules/a.lua", "local t = {}\nfor i = 1, 1e9 do t[i] = {} end\n");
     /* the allocator can't tell the line: the file is blamed */
     EXPECT_LOAD_ERR_HERE("rules 'rules'\n",
