@@ -1122,6 +1122,9 @@ static void on_admin(struct evhttp_request *req, void *arg) {
         size_t nstuck;
         if (!store_ping(adm->deps.store)) {
             http_reply_error(req, 503, "Service Unavailable", "store does not answer");
+        } else if (!store_writable(adm->deps.store)) {
+            http_reply_error(req, 503, "Service Unavailable",
+                             "store cannot write (see the log: a full disk, a lock)");
         } else if ((nstuck = deliver_stuck(adm->deps.deliver, names, sizeof names)) > 0) {
             /* unauthenticated: a count, not the names (GET /api/endpoints
              * shows which, as "stuck": true) */

@@ -21,7 +21,28 @@
 
 struct ingest {
     struct ingest_deps deps;
+    int64_t refused_logged_at; /* monotonic ms of the last refusal logged */
+    int64_t refused_unlogged;  /* refusals since, not logged */
 };
+
+/* A store that cannot write refuses every request: one line at once, then
+ * at most one a second with how many more (the log must not flood, nor
+ * fill the disk that is already full). */
+static void ingest_log_refusal(struct ingest *g, const char *source, const char *why) {
+    int64_t now = util_mono_ms();
+
+    if (g->refused_logged_at && now - g->refused_logged_at < 1000) {
+        g->refused_unlogged++;
+        return;
+    }
+    if (g->refused_unlogged)
+        log_msg(LOG_ERROR, "source %s: storing event failed: %s (and %lld more refused since)",
+                source, why, (long long)g->refused_unlogged);
+    else
+        log_msg(LOG_ERROR, "source %s: storing event failed: %s", source, why);
+    g->refused_logged_at = now;
+    g->refused_unlogged = 0;
+}
 
 struct ingest *ingest_new(const struct ingest_deps *deps) {
     struct ingest *g = calloc(1, sizeof *g);
@@ -115,7 +136,7 @@ int ingest_carrier(struct ingest *g, struct ingest_carrier *c, ingest_done_fn do
                              .shipment_json = ev->shipment_json};
     rc = store_event_put(g->deps.store, &se, &plan.store, p->id, sizeof p->id, serr, sizeof serr);
     if (rc < 0) {
-        log_msg(LOG_ERROR, "source %s: storing event failed: %s", c->source, serr);
+        ingest_log_refusal(g, c->source, serr);
         snprintf(err, errlen, "%s", serr);
         goto fail;
     }

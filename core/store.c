@@ -112,6 +112,8 @@ void store_group_schedule(struct store *s) {
 }
 
 void store_group_fail(struct store *s, const char *what, char *err, size_t errlen) {
+    if ((sqlite3_extended_errcode(s->db) & 0xff) == SQLITE_FULL)
+        s->full = 1;
     if (!s->failed) {
         snprintf(s->fail_msg, sizeof s->fail_msg, "%s: %s", what, sqlite3_errmsg(s->db));
         s->failed = 1;
@@ -145,6 +147,10 @@ int store_group_begin(struct store *s, char *err, size_t errlen) {
     }
     if (s->in_txn)
         return 0;
+    if (s->full) {
+        store_err(err, errlen, "store: the disk is full (writing again once space is freed)");
+        return -1;
+    }
     rc = sqlite3_step(st);
     sqlite3_reset(st);
     if (rc != SQLITE_DONE) {
@@ -159,11 +165,61 @@ int store_group_begin(struct store *s, char *err, size_t errlen) {
     return 0;
 }
 
+/* A failed group is logged at once, then at most once a second with how
+ * many more failed meanwhile: a full disk fails every group of every loop
+ * turn, and the log must not become the next thing to fill it. */
+static void group_failed_log(struct store *s) {
+    int64_t now = util_mono_ms();
+
+    if (s->fail_logged_at && now - s->fail_logged_at < 1000) {
+        s->fail_unlogged++;
+        return;
+    }
+    if (s->fail_unlogged)
+        log_msg(LOG_WARN, "store: commit group failed, rolled back: %s (and %lld more since)",
+                s->fail_msg, (long long)s->fail_unlogged);
+    else
+        log_msg(LOG_WARN, "store: commit group failed, rolled back: %s", s->fail_msg);
+    s->fail_logged_at = now;
+    s->fail_unlogged = 0;
+}
+
+/* A full disk: every commit would append frames to the WAL until the
+ * write fails, eating whatever space is freed. So while full, no group is
+ * begun (writes fail at once: 503 to carriers), and once a second the
+ * whole WAL is checkpointed into the database and truncated; when that
+ * works, space came back and writing resumes by itself. */
+static void store_full_cb(evutil_socket_t fd, short what, void *arg) {
+    struct store *s = arg;
+    static const struct timeval second = {1, 0};
+    int nlog = 0, ncopied = 0, rc;
+
+    UNUSED(fd);
+    UNUSED(what);
+    if (!s->full || s->in_txn)
+        return;
+    rc = sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, &nlog, &ncopied);
+    if (rc == SQLITE_OK) {
+        s->full = 0;
+        log_msg(LOG_INFO, "store: the disk had filled up; the WAL is checkpointed and truncated, "
+                          "writing again");
+        return;
+    }
+    evtimer_add(s->full_ev, &second);
+}
+
+static void store_full_recover(struct store *s) {
+    static const struct timeval second = {1, 0};
+
+    if (s->full && s->full_ev && !evtimer_pending(s->full_ev, NULL))
+        evtimer_add(s->full_ev, &second);
+}
+
 /* Ends the group: COMMIT, or ROLLBACK when a write failed or COMMIT did.
  * Returns 1 when committed, else 0. Leaves no group open; the group's seqs
  * (group_*_seq) are left for the caller, which clears them. */
 static int group_end(struct store *s) {
-    int ok = !s->failed, rc;
+    int ok = !s->failed, wrote = s->in_txn, rc;
     if (s->in_txn) {
         if (ok && store_counts_flush(s) < 0) {
             ok = 0;
@@ -175,6 +231,8 @@ static int group_end(struct store *s) {
             if (rc != SQLITE_DONE) {
                 ok = 0;
                 snprintf(s->fail_msg, sizeof s->fail_msg, "commit: %s", sqlite3_errmsg(s->db));
+                if ((sqlite3_extended_errcode(s->db) & 0xff) == SQLITE_FULL)
+                    s->full = 1;
             }
         }
         if (!ok && !sqlite3_get_autocommit(s->db)) {
@@ -185,9 +243,15 @@ static int group_end(struct store *s) {
         }
     }
     if (!ok)
-        log_msg(LOG_WARN, "store: commit group failed, rolled back: %s", s->fail_msg);
+        group_failed_log(s);
+    else if (wrote)
+        s->full = 0; /* written again */
     if (ok && s->in_txn)
         s->backlog_stale = 1;
+    if (wrote || !ok) { /* a group that tried to write */
+        s->last_outcome_ok = ok;
+        s->last_outcome_at = util_mono_ms();
+    }
     s->ncounts = 0;
     s->in_txn = 0;
     s->failed = 0;
@@ -344,6 +408,8 @@ static int group_commit(struct store *s, int sync_now) {
     STORE_CHECK(store_stmts_idle(s) && store_check_invariants(s));
     ok = group_end(s);
     s->group_dlv_seq = s->group_evt_seq = 0;
+    if (!ok)
+        store_full_recover(s);
     /* Everything about this group is settled before any callback runs: a
      * written callback may write and register callbacks, which belong to
      * the next group; and the tail checkpoint needs no transaction open. */
@@ -409,6 +475,11 @@ int store_flush(struct store *s) {
         s->scheduled = 0;
     }
     return group_commit(s, 1) ? 0 : -1;
+}
+
+int store_writable(const struct store *s) {
+    /* full, or the last group that wrote failed within the last 5 s */
+    return !s->full && (s->last_outcome_ok || util_mono_ms() - s->last_outcome_at > 5000);
 }
 
 int store_ping(struct store *s) {
@@ -605,6 +676,8 @@ static void store_close(struct store *s) {
     store_ckpt_stop(s);
     if (s->commit_ev)
         event_free(s->commit_ev);
+    if (s->full_ev)
+        event_free(s->full_ev);
     for (i = 0; i < ST_COUNT_; i++)
         sqlite3_finalize(s->st[i]);
     if (sqlite3_close(s->db) != SQLITE_OK)
@@ -632,13 +705,15 @@ struct store *store_open(struct event_base *base, const char *url, const char *b
         goto fail;
     }
     s->backlog_stale = 1; /* read at the first store_backlog */
+    s->last_outcome_ok = 1;
     s->owner_fd = -1;
     if (store_own(s, path, err, errlen) < 0 || store_db_open(s, path, err, errlen) < 0 ||
         store_schema_apply(s->db, path, err, errlen) < 0 ||
         store_stmts_prepare(s, err, errlen) < 0 || store_open_recover(s, err, errlen) < 0)
         goto fail;
     s->commit_ev = event_new(base, -1, 0, store_commit_cb, s);
-    if (!s->commit_ev) {
+    s->full_ev = evtimer_new(base, store_full_cb, s);
+    if (!s->commit_ev || !s->full_ev) {
         store_err(err, errlen, "store: cannot create commit event");
         goto fail;
     }

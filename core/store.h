@@ -76,6 +76,12 @@ int store_idle(const struct store *s);
 /* 1 when the store answers a trivial query, else 0 (for /healthz). */
 int store_ping(struct store *s);
 
+/* 0 when the disk is full (no group is begun until a checkpoint truncates
+ * the WAL, tried once a second) or the last group that wrote failed (a
+ * lock, an I/O error) less than 5 s ago, else 1 (for /healthz: reads may
+ * work while nothing can be written). */
+int store_writable(const struct store *s);
+
 /* ---- events ---- */
 
 /* An event to insert; all borrowed. id is waybill's own (util_id_new "evt_"). */

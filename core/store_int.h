@@ -168,6 +168,11 @@ struct store_cb {
 struct store {
     sqlite3 *db;
     int owner_fd; /* the database file, flock()ed while this process owns it */
+    /* Failed groups: the last outcome (for store_writable), the log's
+     * throttle, and the full disk's recovery (store.c). */
+    int last_outcome_ok, full;
+    int64_t last_outcome_at, fail_logged_at, fail_unlogged;
+    struct event *full_ev; /* while full: the once-a-second WAL truncation */
     sqlite3_stmt *st[ST_COUNT_];
     struct event *commit_ev;
     int in_txn, failed, begin_failed, scheduled, committing;
