@@ -162,10 +162,16 @@ fuzz: deps
 	@$(MAKE) --no-print-directory CC=clang CI= WERROR= BUILD=build-fuzz OPT="-O1 -g" \
 	  SANFLAGS="-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" \
 	  $(FUZZ_TARGETS:%=build-fuzz/fuzz/%)
-	@bash tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 	@$(MAKE) --no-print-directory all test-deps
-	@WB_JSONDIFF_COUNT=$${WB_JSONDIFF_COUNT:-5000} WB_JSONDIFF_SEED=$${WB_JSONDIFF_SEED:-$$(date +%s)} \
-	  python3 tests/run.py --bin ./$(BIN) -k test_json_sent_is_what_node_writes
+	@# both parts, then one "N passed, N failed" line summing them (what CI reads)
+	@rc=0; bash tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS) > build-fuzz/fuzz.out 2>&1 || rc=1; \
+	  cat build-fuzz/fuzz.out; \
+	  WB_JSONDIFF_COUNT=$${WB_JSONDIFF_COUNT:-5000} WB_JSONDIFF_SEED=$${WB_JSONDIFF_SEED:-$$(date +%s)} \
+	  python3 tests/run.py --bin ./$(BIN) -k test_json_sent_is_what_node_writes \
+	    > build-fuzz/jsondiff.out 2>&1 || rc=1; \
+	  cat build-fuzz/jsondiff.out; \
+	  tail -n1 -q build-fuzz/fuzz.out build-fuzz/jsondiff.out | awk '{p += $$1; f += $$3} \
+	    END {printf "%d passed, %d failed\n", p, f}'; exit $$rc
 
 $(BUILD)/fuzz/%: tests/fuzz/%.c $(LIBOBJS) | $(BUILD) deps
 	@mkdir -p $(BUILD)/fuzz

@@ -72,7 +72,7 @@ static inline int jsonx_key_index(const char *s, size_t len, uint32_t *index) {
  * keys without a received order: array indexes first, in numeric order,
  * then the rest bytewise. */
 static inline int jsonx_key_after(const char *a, size_t alen, const char *b, size_t blen) {
-    uint32_t ia, ib;
+    uint32_t ia = 0, ib = 0;
     int xa = jsonx_key_index(a, alen, &ia), xb = jsonx_key_index(b, blen, &ib), c;
     if (xa != xb)
         return xa;
