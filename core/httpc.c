@@ -65,6 +65,8 @@ struct httpc_xfer {
     struct util_buf resp;
     size_t resp_max;
     int resp_limit, too_large;
+    size_t resp_read; /* body bytes read, kept or not */
+    int cut;          /* the body was cut at HTTPC_READ_MAX: the status stands */
     httpc_done_fn done;
     void *arg;
     char errbuf[CURL_ERROR_SIZE];   /* CURLOPT_ERRORBUFFER */
@@ -341,9 +343,20 @@ done:
 
 /* ---- transfers ---- */
 
+/* A response body past the kept excerpt is read on (so the connection can
+ * be reused) up to this many bytes, then the transfer is cut: a receiver
+ * that streams without end costs the loop a bounded amount of work. */
+#define HTTPC_READ_MAX (64 * 1024)
+
 static size_t httpc_write_cb(char *ptr, size_t size, size_t nmemb, void *userdata) {
     struct httpc_xfer *x = userdata;
     size_t n = size * nmemb, room = x->resp_max - x->resp.len, take = n;
+
+    x->resp_read += n;
+    if (!x->resp_limit && x->resp_read > HTTPC_READ_MAX && x->resp_read - n >= x->resp_max) {
+        x->cut = 1;
+        return 0; /* ends the transfer; httpc_end keeps its status */
+    }
 
     if (n > room) {
         if (x->resp_limit) {
@@ -529,7 +542,7 @@ static void httpc_end(struct httpc *hc, struct httpc_xfer *x, CURLcode res, int 
     if (shutting) {
         r.status = -1;
         r.error = r.code_text = "shutting down";
-    } else if (res != CURLE_OK) {
+    } else if (res != CURLE_OK && !(res == CURLE_WRITE_ERROR && x->cut)) {
         r.code_text = curl_easy_strerror(res);
         r.error = x->refused[0] ? x->refused : httpc_why(x, res, r.code_text);
     } else {

@@ -1,0 +1,105 @@
+"""Hostile receivers (issue 18): a receiver that answers 200 and then
+streams a body without end must not hold a delivery (and the loop's work)
+until its timeout: waybill keeps the first 1 KiB as the attempt's excerpt,
+reads on a bounded amount, then cuts the transfer and records the status it
+got. The healthy endpoint beside it is not slowed."""
+import json
+import socket
+import threading
+import time
+
+import wb
+
+SECRET = "hostile-secret"
+
+
+class EndlessBody:
+    """Answers every request 200 with a chunked body that never ends."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.url = "http://127.0.0.1:%d/stream" % self.port
+        self.requests = 0
+        self.sent = 0
+        self.stop = False
+        threading.Thread(target=self._accept, daemon=True).start()
+        wb._register(self)  # closed by the runner after the test
+
+    def _cleanup(self):
+        self.close()
+        return []
+
+    def _accept(self):
+        while not self.stop:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        try:
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                d = c.recv(65536)
+                if not d:
+                    return
+                buf += d
+            self.requests += 1
+            c.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+                      b"Content-Type: text/plain\r\n\r\n")
+            chunk = b"%x\r\n%s\r\n" % (4096, b"x" * 4096)
+            while not self.stop:
+                c.sendall(chunk)
+                self.sent += 4096
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+    def close(self):
+        self.stop = True
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def test_an_endless_body_is_cut_its_status_kept_and_the_healthy_endpoint_unslowed():
+    stream = EndlessBody()
+    sink = wb.Sink()
+    try:
+        cfg = wb.config('''
+            source "atoship" {{ verify = "atoship", secret = {s} }}
+            endpoint "stream" {{ url = {u1}, sign = "none", timeout = "20s" }}
+            endpoint "erp" {{ url = {u2}, sign = "none" }}
+            rules "rules/"
+        '''.format(s=wb.lua(SECRET), u1=wb.lua(stream.url), u2=wb.lua(sink.url)))
+        g = wb.Gateway(cfg, files={"rules/10.lua": 'on("*", {"stream", "erp"})'})
+        with g:
+            t0 = time.monotonic()
+            ids = []
+            for i in range(10):
+                r = g.post_atoship(wb.atoship_event("tracking.in_transit", n=i), SECRET)
+                assert r.status == 200, r
+                ids.append(r.json()["id"])
+            sink.wait_for_count(10, timeout=10)
+            healthy = time.monotonic() - t0
+
+            def streamed_done():
+                st, ev = g.admin("GET", "/api/events/%s" % ids[-1])
+                d = [x for x in ev["deliveries"] if x["endpoint"] == "stream"]
+                return d and d[0]["status"] == "delivered" and d[0]
+
+            d = g.wait_for(streamed_done, timeout=10,
+                           message="the streamed delivery recorded well before its 20 s timeout")
+            att = d["attempts"][-1]
+            assert att["status_code"] == 200 and not att.get("error"), att
+            assert len(att["response"]) <= 1024, len(att["response"])
+            assert healthy < 5, "the healthy endpoint took %.1fs for 10 events" % healthy
+    finally:
+        stream.close()
