@@ -4,7 +4,8 @@
 CC      ?= cc
 PKGS    := libevent libevent_openssl libcurl openssl jansson lua5.4 sqlite3
 DEBS    := build-essential pkg-config libevent-dev libcurl4-openssl-dev libssl-dev \
-           libjansson-dev liblua5.4-dev libsqlite3-dev libmimalloc-dev
+           libjansson-dev liblua5.4-dev libsqlite3-dev libmimalloc-dev \
+           libhttp-parser-dev
 TESTDEBS := curl python3 nodejs npm openssl
 BENCHDEBS := wrk webhook
 
@@ -23,7 +24,7 @@ CFLAGS_ALL = -std=c11 -D_GNU_SOURCE $(OPT) $(WARN) -MMD -MP $(SANFLAGS) \
 # mimalloc replaces glibc's malloc (linked first, kept even though nothing
 # calls it by name); not under the sanitizers, which bring their own.
 MALLOC_LIBS := $(if $(SANFLAGS),,-Wl,--push-state,--no-as-needed -lmimalloc -Wl,--pop-state)
-LDLIBS_ALL = $(MALLOC_LIBS) $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm $(LDLIBS)
+LDLIBS_ALL = $(MALLOC_LIBS) $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lhttp_parser -lpthread -lm $(LDLIBS)
 
 BUILD   ?= build
 BIN     ?= waybill
@@ -126,8 +127,8 @@ tsan: deps
 	  python3 tests/run.py --unit "$(TSAN_UNITS)" -k 'test_stor[e]'
 
 # libFuzzer targets (tests/fuzz/fuzz_*.c: signature headers, Stripe-style
-# header, Shiptify body, JWKS, every adapter), built with clang (installed
-# when missing) and run FUZZ_SECONDS each; the last line is `N passed, N failed`.
+# header, Shiptify body, JWKS, every adapter, the webhook HTTP layer), built
+# with clang (installed when missing) and run FUZZ_SECONDS each; the last line is `N passed, N failed`.
 FUZZ_TARGETS := $(patsubst tests/fuzz/%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_SECONDS ?= 10
 
