@@ -87,6 +87,7 @@ static const char *const families[][2] = {
     {"waybill_delivery_attempt_duration_seconds", "histogram"},
     {"waybill_rule_errors_total", "counter"},
     {"waybill_store_commit_duration_seconds", "histogram"},
+    {"waybill_store_wal_frames_total", "counter"},
 };
 #define NFAM (sizeof families / sizeof families[0])
 
@@ -193,6 +194,21 @@ static void test_counters(void) {
     free(t);
 }
 
+/* The store's write-ahead log pages, summed over commits. */
+static void test_wal_frames(void) {
+    char *t;
+
+    metrics_reset();
+    metrics_store_wal_frames(3);
+    metrics_store_wal_frames(0);
+    metrics_store_wal_frames(40);
+    t = render();
+    CHECK(well_formed(t));
+    CHECK(sample(t, "waybill_store_wal_frames_total") == 43);
+    CHECK_INT_EQ(lines_with(t, "waybill_store_wal_frames_total "), 1);
+    free(t);
+}
+
 static void test_histograms(void) {
     static const char *const les[] = {"0.005", "0.01", "0.025", "0.05", "0.1", "0.25",
                                       "0.5",   "1",    "2.5",   "5",    "10",  "+Inf"};
@@ -291,6 +307,7 @@ int main(void) {
     test_empty();
     test_escape();
     test_counters();
+    test_wal_frames();
     test_histograms();
     test_render_appends();
     test_many_series();
