@@ -147,8 +147,9 @@ $(BUILD)/fuzz/%: tests/fuzz/%.c $(LIBOBJS) | $(BUILD)
 	@mkdir -p $(BUILD)/fuzz
 	$(CC) $(CFLAGS_ALL) -fsanitize=fuzzer -Icore -o $@ $< $(LIBOBJS) $(LDLIBS_ALL)
 
+# OLD_BIN=path runs that waybill binary beside ./waybill (before/after ratios).
 bench: all
-	@bash tests/bench/run.sh
+	@bash tests/bench/run.sh $(if $(OLD_BIN),--old-bin $(OLD_BIN))
 
 format:
 	clang-format -i core/*.c core/*.h tests/unit/*.c tests/*.h tests/bench/*.c
