@@ -1,6 +1,8 @@
 """The webhook listener's HTTP/1.1 layer (core/httpd.c, issue 16): what a
 client sees at its limits, byte by byte on raw sockets."""
 import json
+import os
+import subprocess
 import socket
 import threading
 import time
@@ -304,3 +306,75 @@ def test_keep_alive_idle_connection_is_closed_on_sigterm_and_the_gateway_exits()
     assert g.stop() == 0, g.log()[-2000:]
     assert r.closed()
     assert time.monotonic() - t0 < 5
+
+
+def cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_connection_cap_pauses_accept_without_spinning_and_resumes():
+    # 300 descriptors: the cap is half of them (150 connections)
+    cfg = wb.config(f'''
+        source "atoship" {{ verify = "atoship", secret = {wb.lua(SECRET)} }}
+    ''')
+    g = wb.Gateway(cfg, start=False)
+    real = os.environ.get("WB_BIN") or os.path.join(wb.ROOT, "waybill")
+    wrapper = g.path("limited.sh")
+    g.write("limited.sh", '#!/bin/sh\nexec prlimit --nofile=300:300 %s "$@"\n' % os.path.abspath(real))
+    os.chmod(wrapper, 0o755)
+    os.environ["WB_BIN"] = wrapper
+    try:
+        g.start()
+    finally:
+        os.environ["WB_BIN"] = real
+    socks = [connect(g) for _ in range(170)]  # the kernel completes every handshake
+    time.sleep(0.5)
+    t0, c0 = time.monotonic(), cpu_seconds(g.pid)
+    time.sleep(1.5)
+    used = (cpu_seconds(g.pid) - c0) / (time.monotonic() - t0)
+    assert used < 0.3, "%.0f%% of a core while at the cap" % (used * 100)
+    body = wb.atoship_event()
+    socks[0].sendall(request_bytes(body) + body)  # accepted: served
+    assert Reader(socks[0]).response()[0] == 200
+    last = socks[-1]  # beyond the cap: waits in the listen queue
+    last.settimeout(1.0)
+    body = wb.atoship_event()
+    last.sendall(request_bytes(body) + body)
+    try:
+        data = last.recv(100)
+        assert False, "answered beyond the cap: %r" % data
+    except socket.timeout:
+        pass
+    for s in socks[1:31]:  # room again: accepting resumes
+        s.close()
+    last.settimeout(10)
+    status, _, rbody = Reader(last).response()
+    assert status == 200, (status, rbody)
+    for s in socks[31:]:
+        s.close()
+    assert g.post_atoship(wb.atoship_event(), SECRET).status == 200
+
+
+def test_emfile_pauses_accept_without_spinning_and_resumes():
+    g = gateway()
+    body = wb.atoship_event()
+    assert g.post_atoship(body, SECRET).status == 200
+    # lower the descriptor limit under the running process: accept() fails with EMFILE
+    opened = len(os.listdir("/proc/%d/fd" % g.pid))
+    soft = subprocess.run(["prlimit", "--pid", str(g.pid), "--nofile", "--output=SOFT", "--noheadings"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    subprocess.run(["prlimit", "--pid", str(g.pid), "--nofile=%d:" % (opened + 5)], check=True)
+    socks = [connect(g) for _ in range(12)]
+    time.sleep(0.5)
+    t0, c0 = time.monotonic(), cpu_seconds(g.pid)
+    time.sleep(1.5)
+    used = (cpu_seconds(g.pid) - c0) / (time.monotonic() - t0)
+    assert used < 0.3, "%.0f%% of a core at EMFILE" % (used * 100)
+    subprocess.run(["prlimit", "--pid", str(g.pid), "--nofile=%s:" % soft], check=True)
+    for s in socks:  # the waiting ones are accepted once descriptors are free again
+        s.settimeout(10)
+        b = wb.atoship_event()
+        s.sendall(request_bytes(b) + b)
+        assert Reader(s).response()[0] == 200
