@@ -164,9 +164,10 @@ static void conn_finish(struct httpd_conn *c) {
     struct timeval tv = {0, LINGER_MS * 1000};
 
     if (c->bev || c->eof || c->shut) {
-        if (!c->bev || c->shut)
+        /* TLS: killed by on_bev_write once its output is out */
+        if (!c->bev || c->shut || !evbuffer_get_length(bufferevent_get_output(c->bev)))
             conn_kill(c);
-        return; /* TLS: killed by on_bev_write once its output is out */
+        return;
     }
     c->shut = 1;
     shutdown(c->fd, SHUT_WR);

@@ -80,6 +80,7 @@ struct httpd_conn {
     int nqueued;
     int outstanding; /* with the handler */
     int busy;
+    size_t trailer_bytes;   /* a chunked body's trailer, not kept */
     int reject;             /* a status decided in a callback (413, 431, 400) */
     const char *reject_msg; /* its one-line reason */
     unsigned reading : 1, wpending : 1, closing : 1, eof : 1, dead : 1, shut : 1, counted : 1;

@@ -142,6 +142,7 @@ static int on_message_begin(http_parser *p) {
     if (!(c->cur = httpd_req_get(c)))
         return conn_reject(c, 503, "out of memory");
     c->item = ITEM_NONE;
+    c->trailer_bytes = 0;
     if (c->phase == PH_IDLE) /* a new connection's deadline runs from its accept */
         c->phase_ms = httpd_now_ms();
     c->phase = PH_HEADERS;
@@ -152,14 +153,26 @@ static int on_url(http_parser *p, const char *at, size_t len) {
     return head_add(p->data, ITEM_TARGET, at, len);
 }
 
+/* A chunked body's trailer fields are not kept (a signature header after
+ * the body would not be covered by what was checked before it); they count
+ * against max_header. */
+static int trailer_add(struct httpd_conn *c, size_t len) {
+    c->trailer_bytes += len + 4;
+    return c->trailer_bytes > c->s->lim.max_header
+               ? conn_reject(c, 431, "request trailers too large")
+               : 0;
+}
+
 static int on_header_field(http_parser *p, const char *at, size_t len) {
-    return head_add(p->data, ITEM_NAME, at, len);
+    struct httpd_conn *c = p->data;
+    return c->phase == PH_BODY ? trailer_add(c, len) : head_add(c, ITEM_NAME, at, len);
 }
 
 static int on_header_value(http_parser *p, const char *at, size_t len) {
+    struct httpd_conn *c = p->data;
     if (memchr(at, '\0', len))
-        return conn_reject(p->data, 400, "NUL in a header value");
-    return head_add(p->data, ITEM_VALUE, at, len);
+        return conn_reject(c, 400, "NUL in a header value");
+    return c->phase == PH_BODY ? trailer_add(c, len) : head_add(c, ITEM_VALUE, at, len);
 }
 
 /* The path of the target, NUL-ended at the end of head. */

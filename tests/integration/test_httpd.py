@@ -249,6 +249,25 @@ def test_chunked_body_is_verified_by_its_hmac():
     assert len(stored(g)) == 1
 
 
+def test_chunked_trailer_fields_are_not_taken_as_headers():
+    g = gateway()
+    body = wb.atoship_event()
+    chunks = b"%x\r\n%s\r\n0\r\n" % (len(body), body)
+    s = connect(g)
+    r = Reader(s)
+    # the signature only in the trailer, after the body: not checked, so 401
+    s.sendall(b"POST /hooks/atoship HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks +
+              b"X-Atoship-Signature: " + wb.sign_hex(SECRET, body).encode() + b"\r\n\r\n")
+    status, _, rbody = r.response()
+    assert status == 401, (status, rbody)
+    # a signed request with a harmless trailer is served
+    s.sendall(request_bytes(body, {"Transfer-Encoding": "chunked"}) + chunks + b"X-Done: 1\r\n\r\n")
+    status, _, rbody = r.response()
+    assert status == 200, (status, rbody)
+    assert "x-done" not in g.event(json.loads(rbody)["id"]).get("headers", {})
+    assert len(stored(g)) == 1
+
+
 def test_bad_framing_gets_400_and_stores_nothing():
     g = gateway()
     body = wb.atoship_event()
