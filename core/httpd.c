@@ -163,13 +163,18 @@ static void conn_check(struct httpd_conn *c) {
 static void conn_finish(struct httpd_conn *c) {
     struct timeval tv = {0, LINGER_MS * 1000};
 
-    if (c->bev || c->eof || c->shut) {
-        /* TLS: killed by on_bev_write once its output is out */
-        if (!c->bev || c->shut || !evbuffer_get_length(bufferevent_get_output(c->bev)))
+    if (c->lingering || c->dead)
+        return;
+    if (c->bev) { /* else killed by on_bev_write once its output is out */
+        if (!evbuffer_get_length(bufferevent_get_output(c->bev)))
             conn_kill(c);
         return;
     }
-    c->shut = 1;
+    if (c->eof) {
+        conn_kill(c);
+        return;
+    }
+    c->lingering = 1;
     shutdown(c->fd, SHUT_WR);
     c->inoff = c->inlen = 0;
     event_add(c->timer, &tv);
@@ -246,10 +251,8 @@ static void conn_flush(struct httpd_conn *c) {
             conn_kill(c);
     }
     conn_write(c);
-    if (c->shut && !c->dead && c->out.len == 0 && !c->qhead) {
-        c->shut = 0; /* conn_finish sets it again as the half-close */
+    if (c->shut && !c->dead && c->out.len == 0 && !c->qhead)
         conn_finish(c);
-    }
 }
 
 /* ---- reading ---- */
@@ -277,6 +280,7 @@ static void conn_fail(struct httpd_conn *c, int code, const char *msg) {
     httpd_conn_enqueue(c, r);
     c->closing = 1;
     c->phase = PH_IDLE;
+    c->phase_ms = httpd_now_ms(); /* the answer's own write deadline runs from now */
     httpd_req_fail(r, code, msg);
 }
 
@@ -350,7 +354,7 @@ static void on_read(evutil_socket_t fd, short what, void *arg) {
     UNUSED(what);
 
     c->busy++;
-    if (c->shut) { /* lingering: read and drop */
+    if (c->lingering) { /* read and drop */
         char sink[4096];
         while ((n = recv(fd, sink, sizeof sink, 0)) > 0)
             ;
@@ -457,8 +461,10 @@ void httpd_conn_answered(struct httpd_conn *c) {
 static int64_t conn_deadline(const struct httpd_conn *c) {
     const struct httpd_limits *l = &c->s->lim;
 
-    if (c->shut)
-        return 0; /* the linger timer is set by conn_finish */
+    if (c->lingering)
+        return 0; /* its timer is set by conn_finish */
+    if (c->shut)  /* the last answer, to a client that may not read it */
+        return c->phase_ms + l->body_timeout_ms;
     if (c->phase == PH_HEADERS)
         return c->phase_ms + l->header_timeout_ms;
     if (c->phase == PH_BODY)
@@ -477,7 +483,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
     UNUSED(what);
 
     c->busy++;
-    if (c->shut) {
+    if (c->lingering) {
         conn_kill(c);
     } else if (due && due <= httpd_now_ms()) {
         if (c->cur && !c->dead)
@@ -505,7 +511,7 @@ static void conn_update(struct httpd_conn *c) {
 
     if (c->dead)
         return;
-    want = c->shut || (!(c->closing && !c->cur) && c->nqueued < s->lim.pipeline);
+    want = c->lingering || (!c->shut && !(c->closing && !c->cur) && c->nqueued < s->lim.pipeline);
     if (c->bev) {
         if (want != c->reading)
             want ? bufferevent_enable(c->bev, EV_READ) : bufferevent_disable(c->bev, EV_READ);
@@ -515,8 +521,8 @@ static void conn_update(struct httpd_conn *c) {
         event_del(c->rev);
     }
     c->reading = want;
-    if (!c->shut && c->closing && !c->qhead && !c->cur && c->out.len == 0 && !c->outstanding &&
-        !c->eof) {
+    if (!c->shut && !c->lingering && c->closing && !c->qhead && !c->cur && c->out.len == 0 &&
+        !c->outstanding && !c->eof) {
         conn_finish(c); /* the stop, on an idle connection */
         return;
     }

@@ -83,7 +83,11 @@ struct httpd_conn {
     size_t trailer_bytes;   /* a chunked body's trailer, not kept */
     int reject;             /* a status decided in a callback (413, 431, 400) */
     const char *reject_msg; /* its one-line reason */
-    unsigned reading : 1, wpending : 1, closing : 1, eof : 1, dead : 1, shut : 1, counted : 1;
+    /* closing: no request after those read; shut: its last answer is
+     * queued (written, it half-closes); lingering: half-closed, reading
+     * and dropping until the client closes or a second passes. */
+    unsigned reading : 1, wpending : 1, closing : 1, eof : 1, dead : 1, shut : 1, lingering : 1,
+        counted : 1;
 };
 
 struct httpd {
