@@ -4,7 +4,8 @@
 CC      ?= cc
 PKGS    := libevent libevent_openssl libcurl openssl jansson lua5.4 sqlite3
 DEBS    := build-essential pkg-config libevent-dev libcurl4-openssl-dev libssl-dev \
-           libjansson-dev liblua5.4-dev libsqlite3-dev libmimalloc-dev
+           libjansson-dev liblua5.4-dev libsqlite3-dev libmimalloc-dev \
+           libhttp-parser-dev
 TESTDEBS := curl python3 nodejs npm openssl
 BENCHDEBS := wrk webhook
 
@@ -23,7 +24,7 @@ CFLAGS_ALL = -std=c11 -D_GNU_SOURCE $(OPT) $(WARN) -MMD -MP $(SANFLAGS) \
 # mimalloc replaces glibc's malloc (linked first, kept even though nothing
 # calls it by name); not under the sanitizers, which bring their own.
 MALLOC_LIBS := $(if $(SANFLAGS),,-Wl,--push-state,--no-as-needed -lmimalloc -Wl,--pop-state)
-LDLIBS_ALL = $(MALLOC_LIBS) $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm $(LDLIBS)
+LDLIBS_ALL = $(MALLOC_LIBS) $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lhttp_parser -lpthread -lm $(LDLIBS)
 
 BUILD   ?= build
 BIN     ?= waybill
@@ -146,7 +147,7 @@ tsan: deps
 
 # libFuzzer targets (tests/fuzz/fuzz_*.c: signature headers, Stripe-style
 # header, Shiptify body, JWKS, every adapter, the JSON decoder against
-# jansson), built with clang (installed when missing) and run FUZZ_SECONDS
+# jansson, the webhook HTTP layer), built with clang (installed when missing) and run FUZZ_SECONDS
 # each; then the differential JSON test against Node with
 # WB_JSONDIFF_COUNT documents (default 5000) of a fresh seed (printed on a
 # failure; WB_JSONDIFF_SEED repeats it). Last line: `N passed, N failed`.
@@ -177,8 +178,9 @@ $(BUILD)/fuzz/%: tests/fuzz/%.c $(LIBOBJS) | $(BUILD) deps
 	@mkdir -p $(BUILD)/fuzz
 	$(CC) $(CFLAGS_ALL) -fsanitize=fuzzer -Icore -o $@ $< $(LIBOBJS) $(LDLIBS_ALL)
 
+# OLD_BIN=path runs that waybill binary beside ./waybill (before/after ratios).
 bench: all
-	@bash tests/bench/run.sh
+	@bash tests/bench/run.sh $(if $(OLD_BIN),--old-bin $(OLD_BIN))
 
 format:
 	clang-format -i core/*.c core/*.h tests/unit/*.c tests/*.h tests/bench/*.c

@@ -69,9 +69,7 @@ const char *http_method_name(int m) {
 
 /* ---- listeners ---- */
 
-/* Splits "host:port" ("[::1]:8080" for IPv6; ":8080" is every IPv4
- * address, as config.c and the CLI read it). Returns 0 or -1. */
-static int split_listen(const char *listen, char *host, size_t hostlen, unsigned short *port) {
+int http_split_listen(const char *listen, char *host, size_t hostlen, unsigned short *port) {
     const char *colon = strrchr(listen, ':');
     char *end;
     long p;
@@ -109,7 +107,7 @@ int http_bind(const char *listen, char *err, size_t errlen) {
     unsigned short port;
     int fd = -1, one = 1, rc, saved;
 
-    if (split_listen(listen, host, sizeof host, &port) < 0) {
+    if (http_split_listen(listen, host, sizeof host, &port) < 0) {
         snprintf(err, errlen, "bad listen address '%s' (want host:port)", listen);
         return -1;
     }

@@ -31,6 +31,10 @@ struct evhttp *http_listener_fd(struct event_base *base, int fd, const char *lis
 struct evhttp *http_listener_new(struct event_base *base, const char *listen,
                                  struct evhttp_bound_socket **sock, char *err, size_t errlen);
 
+/* Splits "host:port" ("[::1]:8080" for IPv6; ":8080" is every IPv4
+ * address, as config.c and the CLI read it). Returns 0 or -1. */
+int http_split_listen(const char *listen, char *host, size_t hostlen, unsigned short *port);
+
 /* A server TLS context from PEM files: TLS 1.2 and later only, the key
  * checked against the certificate. Returns new (SSL_CTX_free), or NULL with
  * a reason in err. */

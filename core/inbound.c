@@ -1,6 +1,6 @@
 /* inbound.c -- the webhook listener: a carrier's request -> checks -> the
  * store's open group -> a reply after that group's durable commit -> routing.
- * Checks run in SPEC order: path (404), method (405), size (413, evhttp
+ * Checks run in SPEC order: path (404), method (405), size (413, httpd
  * stops reading past max_body), signature and timestamp (401), JSON (400),
  * dedupe, the backlog (503); then the event joins the open group and the
  * reply waits for that group's commit: 200 only after commit, 503 if it
@@ -15,16 +15,14 @@
 #include <strings.h>
 #include <unistd.h>
 
-#include <event2/buffer.h>
-#include <event2/event.h>
-#include <event2/http.h>
-#include <event2/keyvalq_struct.h>
+#include <http_parser.h>
 #include <jansson.h>
 #include <openssl/sha.h>
 #include <openssl/ssl.h>
 
 #include "config.h"
 #include "http.h"
+#include "httpd.h"
 #include "inbound.h"
 #include "jsonx.h"
 #include "jwks.h"
@@ -38,8 +36,7 @@
 
 struct inbound {
     struct inbound_deps deps;
-    struct evhttp *http;
-    struct evhttp_bound_socket *sock;
+    struct httpd *httpd;
     SSL_CTX *tls;       /* over TLS when set (config tls) */
     struct jwks **jwks; /* ShipEngine key sources by location, cached */
     size_t njwks;
@@ -54,33 +51,32 @@ static const struct config *inbound_config(const struct inbound *ib) {
 /* ---- after the commit ---- */
 
 /* 200 {"id":"evt_..."}: the common answer, written without a jansson
- * object (an id is letters, digits and '_', so nothing needs escaping). */
-static void reply_id(struct evhttp_request *req, const char *id) {
-    struct evbuffer *out = evbuffer_new();
-    if (!out) {
-        http_reply_json(req, 200, "OK", json_pack("{ss}", "id", id));
+ * object or a heap allocation (an id is letters, digits and '_', so nothing
+ * needs escaping). */
+static void reply_id(struct httpd_req *req, const char *id) {
+    char body[UTIL_ID_MAX + 16];
+    int n = snprintf(body, sizeof body, "{\"id\":\"%s\"}", id);
+    if (n < 0 || (size_t)n >= sizeof body) {
+        httpd_reply_json(req, 200, "OK", NULL, json_pack("{ss}", "id", id));
         return;
     }
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
-    evbuffer_add_printf(out, "{\"id\":\"%s\"}", id);
-    evhttp_send_reply(req, 200, "OK", out);
-    evbuffer_free(out);
+    httpd_reply(req, 200, "OK", NULL, body, (size_t)n);
 }
 
 /* The answer, once the event's group is durable or failed (ingest_done_fn;
  * arg is the request). */
 static void on_ingested(void *arg, int ok, const char *id, int duplicate, const char *source) {
-    struct evhttp_request *req = arg;
+    struct httpd_req *req = arg;
 
     if (!ok) {
         metrics_event_rejected(source, "store_unavailable");
-        evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "5");
-        http_reply_error(req, 503, "Service Unavailable", "store unavailable, retry later");
+        httpd_reply_error(req, 503, "Service Unavailable", "Retry-After: 5\r\n",
+                          "store unavailable, retry later");
         return;
     }
     if (duplicate) {
         metrics_event_rejected(source, "duplicate");
-        http_reply_json(req, 200, "OK", json_pack("{sssb}", "id", id, "duplicate", 1));
+        httpd_reply_json(req, 200, "OK", NULL, json_pack("{sssb}", "id", id, "duplicate", 1));
     } else {
         metrics_event_received(source);
         reply_id(req, id);
@@ -88,7 +84,7 @@ static void on_ingested(void *arg, int ok, const char *id, int duplicate, const 
 }
 
 static const char *header_lookup(void *ctx, const char *name) {
-    return evhttp_find_header(ctx, name);
+    return httpd_req_header(ctx, name);
 }
 
 /* One request header for headers_to_json: its lowercase name (at most 127
@@ -115,24 +111,24 @@ static int hdr_cmp(const void *pa, const void *pb) {
  * gives keys of its own, so decoding them keeps no received order. Built
  * straight into a buffer (no jansson object per request). New string, NULL
  * on failure. */
-static char *headers_to_json(struct evkeyvalq *headers) {
+static char *headers_to_json(const struct httpd_req *req) {
     struct util_buf out = {0};
     struct hdr *h = NULL, **by_name = NULL;
-    size_t n = 0, i;
+    size_t n = httpd_req_nheaders(req), total = n, i;
     char *text = NULL;
 
-    for (struct evkeyval *kv = headers->tqh_first; kv; kv = kv->next.tqe_next)
-        n++;
     if (n && (!(h = calloc(n, sizeof *h)) || !(by_name = calloc(n, sizeof *by_name))))
         goto done;
     n = 0;
-    for (struct evkeyval *kv = headers->tqh_first; kv; kv = kv->next.tqe_next) {
+    for (size_t k = 0; k < total; k++) {
         struct hdr *e = &h[n];
-        for (i = 0; kv->key[i] && i < sizeof e->name - 1; i++)
-            e->name[i] = (char)tolower((unsigned char)kv->key[i]);
+        const char *key;
+        size_t keylen, vlen;
+        httpd_req_header_at(req, k, &key, &keylen, &e->value, &vlen);
+        for (i = 0; i < keylen && i < sizeof e->name - 1; i++)
+            e->name[i] = (char)tolower((unsigned char)key[i]);
         e->name[i] = '\0';
         e->namelen = i;
-        e->value = kv->value;
         if (strcmp(e->name, "authorization") == 0 || strcmp(e->name, "cookie") == 0)
             continue;
         by_name[n] = e;
@@ -199,10 +195,11 @@ static struct jwks *inbound_jwks(struct inbound *ib, const char *location) {
 /* ---- the request ---- */
 
 /* Answers 503 with Retry-After (seconds); counts it under metric when set. */
-static void inbound_unavailable(struct evhttp_request *req, const char *retry_after,
-                                const char *message, const char *source, const char *metric) {
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", retry_after);
-    http_reply_error(req, 503, "Service Unavailable", message);
+static void inbound_unavailable(struct httpd_req *req, const char *retry_after, const char *message,
+                                const char *source, const char *metric) {
+    char header[64];
+    snprintf(header, sizeof header, "Retry-After: %s\r\n", retry_after);
+    httpd_reply_error(req, 503, "Service Unavailable", header, message);
     if (metric)
         metrics_event_rejected(source, metric);
 }
@@ -210,10 +207,10 @@ static void inbound_unavailable(struct evhttp_request *req, const char *retry_af
 /* A request waiting for a JWKS refetch (ShipEngine, unknown kid). */
 struct parked {
     struct inbound *ib;
-    struct evhttp_request *req;
+    struct httpd_req *req;
 };
 
-static void on_inbound(struct evhttp_request *req, void *arg);
+static void on_inbound(struct httpd_req *req, void *arg);
 
 static void on_keys_refetched(void *arg, int ok) {
     struct parked *p = arg;
@@ -231,8 +228,8 @@ static void on_keys_refetched(void *arg, int ok) {
 /* The checks before the body is looked at: shutting down (503), the path
  * names a source (404), the method is POST (405). Returns the source, or
  * NULL when the request was answered. */
-static const struct config_source *inbound_source(struct inbound *ib, struct evhttp_request *req) {
-    const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
+static const struct config_source *inbound_source(struct inbound *ib, struct httpd_req *req) {
+    const char *path = httpd_req_path(req);
     const struct config_source *src = path ? config_source_by_path(inbound_config(ib), path) : NULL;
     char msg[600];
 
@@ -242,15 +239,14 @@ static const struct config_source *inbound_source(struct inbound *ib, struct evh
     }
     if (!src) {
         snprintf(msg, sizeof msg, "no source at %s", path ? path : "?");
-        http_reply_error(req, 404, "Not Found", msg);
+        httpd_reply_error(req, 404, "Not Found", NULL, msg);
         metrics_event_rejected(NULL, "unknown_source");
         return NULL;
     }
-    if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
-        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "POST");
+    if (httpd_req_method(req) != HTTP_POST) {
         snprintf(msg, sizeof msg, "method %s not allowed; webhooks are POSTed",
-                 http_method_name(evhttp_request_get_command(req)));
-        http_reply_error(req, 405, "Method Not Allowed", msg);
+                 httpd_req_method_name(req));
+        httpd_reply_error(req, 405, "Method Not Allowed", "Allow: POST\r\n", msg);
         metrics_event_rejected(src->name, "method");
         return NULL;
     }
@@ -260,10 +256,9 @@ static const struct config_source *inbound_source(struct inbound *ib, struct evh
 /* The signature (SPEC section 4), fetching a ShipEngine key set again once
  * on an unknown kid (the request is parked meanwhile). vr is filled for the
  * later steps. Returns 0 verified, 1 answered or parked. */
-static int inbound_verify(struct inbound *ib, struct evhttp_request *req,
+static int inbound_verify(struct inbound *ib, struct httpd_req *req,
                           const struct config_source *src, const char *body, size_t len,
                           struct verify_request *vr) {
-    struct evkeyvalq *headers = evhttp_request_get_input_headers(req);
     char reason[512];
     int rc;
 
@@ -277,13 +272,13 @@ static int inbound_verify(struct inbound *ib, struct evhttp_request *req,
         }
         parsed = jsonx_parse(body, len, 0, reason, sizeof reason);
         if (!parsed) {
-            http_reply_error(req, 400, "Bad Request", reason);
+            httpd_reply_error(req, 400, "Bad Request", NULL, reason);
             return 1;
         }
         json_decref(parsed);
     }
     *vr = (struct verify_request){.header = header_lookup,
-                                  .header_ctx = headers,
+                                  .header_ctx = req,
                                   .body = (const unsigned char *)body,
                                   .body_len = len,
                                   .now_ms = util_now_ms(),
@@ -295,7 +290,7 @@ static int inbound_verify(struct inbound *ib, struct evhttp_request *req,
     }
     rc = verify_check(&src->verify, src->secrets, src->nsecrets, vr, reason, sizeof reason);
     if (rc == VERIFY_EUNKNOWN_KEY) {
-        const char *kid = evhttp_find_header(headers, "x-shipengine-rsa-sha256-key-id");
+        const char *kid = httpd_req_header(req, "x-shipengine-rsa-sha256-key-id");
         struct parked *p = calloc(1, sizeof *p);
         int r = p ? jwks_refetch(vr->key_ctx, kid, on_keys_refetched, p) : -1;
         if (r == 0) {
@@ -309,7 +304,7 @@ static int inbound_verify(struct inbound *ib, struct evhttp_request *req,
     }
     if (rc < 0) {
         log_msg(LOG_WARN, "source %s: rejected request: %s", src->name, reason);
-        http_reply_error(req, 401, "Unauthorized", "signature verification failed");
+        httpd_reply_error(req, 401, "Unauthorized", NULL, "signature verification failed");
         metrics_event_rejected(src->name, "signature");
         return 1;
     }
@@ -320,9 +315,9 @@ static int inbound_verify(struct inbound *ib, struct evhttp_request *req,
  * durably with the body's digest in the open group. The token goes to
  * nonce (nonce_len bytes; "" for other sources). Returns 0, or 1 answered
  * (a replay, a store error). */
-static int inbound_nonce(struct inbound *ib, struct evhttp_request *req,
-                         const struct config_source *src, const char *body, size_t len,
-                         int64_t now_ms, char *nonce, size_t nonce_len) {
+static int inbound_nonce(struct inbound *ib, struct httpd_req *req, const struct config_source *src,
+                         const char *body, size_t len, int64_t now_ms, char *nonce,
+                         size_t nonce_len) {
     unsigned char digest[SHA256_DIGEST_LENGTH];
     char hex[2 * SHA256_DIGEST_LENGTH + 1], serr[256];
     int64_t keep;
@@ -335,7 +330,7 @@ static int inbound_nonce(struct inbound *ib, struct evhttp_request *req,
     util_hex_encode(digest, sizeof digest, hex);
     if (verify_shiptify_token((const unsigned char *)body, len, nonce, nonce_len) < 0) {
         log_msg(LOG_WARN, "source %s: rejected request: %s", src->name, "token too long");
-        http_reply_error(req, 401, "Unauthorized", "signature verification failed");
+        httpd_reply_error(req, 401, "Unauthorized", NULL, "signature verification failed");
         return 1;
     }
     /* Kept for twice the tolerance (a timestamp may be that far either side
@@ -346,7 +341,7 @@ static int inbound_nonce(struct inbound *ib, struct evhttp_request *req,
     if (rc == STORE_REPLAY) {
         log_msg(LOG_WARN, "source %s: rejected request: %s", src->name,
                 "token replayed with a different body");
-        http_reply_error(req, 401, "Unauthorized", "signature verification failed");
+        httpd_reply_error(req, 401, "Unauthorized", NULL, "signature verification failed");
         return 1;
     }
     if (rc < 0) {
@@ -361,10 +356,10 @@ static int inbound_nonce(struct inbound *ib, struct evhttp_request *req,
  * where the signature covers it (Standard Webhooks), else the Shiptify
  * token, else the body's digest. An unsigned webhook-id would let a
  * replayed body pass as new. New string, NULL when out of memory. */
-static char *inbound_source_id(const struct config_source *src, struct evkeyvalq *headers,
+static char *inbound_source_id(const struct config_source *src, const struct httpd_req *req,
                                const char *nonce, const char *body, size_t len) {
     const char *wid =
-        src->verify.kind == VERIFY_STANDARD ? evhttp_find_header(headers, "webhook-id") : NULL;
+        src->verify.kind == VERIFY_STANDARD ? httpd_req_header(req, "webhook-id") : NULL;
     unsigned char digest[SHA256_DIGEST_LENGTH];
     char hex[2 * SHA256_DIGEST_LENGTH + 1];
 
@@ -380,7 +375,7 @@ static char *inbound_source_id(const struct config_source *src, struct evkeyvalq
 /* Past max_backlog the carrier is told to come back later rather than the
  * queue growing without bound (the counts are kept by the store). Returns
  * 1 answered (503), else 0. */
-static int inbound_backlog_full(struct inbound *ib, struct evhttp_request *req,
+static int inbound_backlog_full(struct inbound *ib, struct httpd_req *req,
                                 const struct config_source *src) {
     int64_t backlog = store_backlog(ib->deps.store); /* a counter, not a query */
 
@@ -395,24 +390,23 @@ static int inbound_backlog_full(struct inbound *ib, struct evhttp_request *req,
 /* A verified request: the adapter reads it into an event (a body it cannot
  * read is kept as "<source>.unknown" with status rule_error, so a fixed
  * adapter can replay it), which is stored and answered after the commit. */
-static void inbound_accept(struct inbound *ib, struct evhttp_request *req,
+static void inbound_accept(struct inbound *ib, struct httpd_req *req,
                            const struct config_source *src, const char *body, size_t len,
                            int64_t now_ms, const char *nonce) {
-    struct evkeyvalq *headers = evhttp_request_get_input_headers(req);
     struct rules_event ev = {0};
     struct ingest_carrier c = {
         .source = src->name, .ev = &ev, .body = body, .len = len, .received_at = now_ms};
     char reason[512], msg[600], serr[256];
     int rc;
 
-    if (!(c.headers_json = headers_to_json(headers)))
+    if (!(c.headers_json = headers_to_json(req)))
         goto unavailable;
     rc = rules_adapt_keep(*ib->deps.rules, src, body, len, c.headers_json, &ev, reason,
                           sizeof reason);
     c.data_token = ev.data_token; /* ingest_carrier takes it */
     ev.data_token = 0;
     if (rc == RULES_EBADJSON) {
-        http_reply_error(req, 400, "Bad Request", reason);
+        httpd_reply_error(req, 400, "Bad Request", NULL, reason);
         metrics_event_rejected(src->name, "bad_json");
         goto done;
     }
@@ -426,7 +420,7 @@ static void inbound_accept(struct inbound *ib, struct evhttp_request *req,
         c.error = reason;
     }
     if (!ev.source_id)
-        ev.source_id = inbound_source_id(src, headers, nonce, body, len);
+        ev.source_id = inbound_source_id(src, req, nonce, body, len);
     if (!ev.type || !ev.data_json || !ev.source_id)
         goto unavailable;
     if (inbound_backlog_full(ib, req, src))
@@ -442,10 +436,9 @@ done:
         rules_data_drop(*ib->deps.rules, c.data_token);
 }
 
-static void on_inbound(struct evhttp_request *req, void *arg) {
+static void on_inbound(struct httpd_req *req, void *arg) {
     struct inbound *ib = arg;
     const struct config_source *src = inbound_source(ib, req);
-    struct evbuffer *body_buf = evhttp_request_get_input_buffer(req);
     struct verify_request vr;
     char nonce[256];
     const char *body;
@@ -453,10 +446,7 @@ static void on_inbound(struct evhttp_request *req, void *arg) {
 
     if (!src)
         return;
-    len = evbuffer_get_length(body_buf);
-    body = (const char *)evbuffer_pullup(body_buf, -1);
-    if (!body)
-        body = "";
+    body = httpd_req_body(req, &len);
     if (inbound_verify(ib, req, src, body, len, &vr) != 0 ||
         inbound_nonce(ib, req, src, body, len, vr.now_ms, nonce, sizeof nonce) != 0)
         return;
@@ -468,26 +458,33 @@ static void on_inbound(struct evhttp_request *req, void *arg) {
 struct inbound *inbound_new(const struct inbound_deps *deps, char *err, size_t errlen) {
     struct inbound *ib = calloc(1, sizeof *ib);
     const struct config *cfg;
+    int fd = deps->listen_fd; /* ours: closed on every failure */
 
     if (!ib) {
         snprintf(err, errlen, "out of memory");
-        close(deps->listen_fd);
+        close(fd);
         return NULL;
     }
     ib->deps = *deps;
     cfg = inbound_config(ib);
-    ib->http = http_listener_fd(deps->base, deps->listen_fd, cfg->listen, &ib->sock, err, errlen);
-    if (!ib->http)
+    if (!(ib->httpd = httpd_new(deps->base, &(struct httpd_limits){.max_body = cfg->max_body},
+                                on_inbound, ib))) {
+        snprintf(err, errlen, "out of memory");
         goto fail;
-    evhttp_set_gencb(ib->http, on_inbound, ib);
-    if (cfg->tls_cert && cfg->tls_key) {
-        if (!(ib->tls = http_tls_context(cfg->tls_cert, cfg->tls_key, err, errlen)))
-            goto fail;
-        http_listener_tls(ib->http, ib->tls);
+    }
+    if (cfg->tls_cert && cfg->tls_key &&
+        !(ib->tls = http_tls_context(cfg->tls_cert, cfg->tls_key, err, errlen)))
+        goto fail;
+    /* the listener takes fd, closing it if it fails */
+    if (httpd_listen_fd(ib->httpd, fd, ib->tls, err, errlen) < 0) {
+        fd = -1;
+        goto fail;
     }
     inbound_reconfigure(ib);
     return ib;
 fail:
+    if (fd >= 0)
+        close(fd);
     inbound_free(ib);
     return NULL;
 }
@@ -500,7 +497,7 @@ void inbound_reconfigure(struct inbound *ib) {
     const struct config *cfg = inbound_config(ib);
     size_t kept = 0;
 
-    evhttp_set_max_body_size(ib->http, (ev_ssize_t)cfg->max_body);
+    httpd_set_max_body(ib->httpd, cfg->max_body);
     /* A reload reads JWKS files again (on their next use): a key removed
      * from the file stops verifying. URL key sets stay cached; they are
      * refetched on an unknown kid. A file source never has waiters (its
@@ -523,10 +520,8 @@ void inbound_stop(struct inbound *ib) {
     if (!ib)
         return;
     ib->stopping = 1;
-    if (ib->sock) {
-        evhttp_del_accept_socket(ib->http, ib->sock);
-        ib->sock = NULL;
-    }
+    if (ib->httpd)
+        httpd_stop(ib->httpd);
 }
 
 void inbound_free(struct inbound *ib) {
@@ -536,8 +531,7 @@ void inbound_free(struct inbound *ib) {
     for (size_t i = 0; i < ib->njwks; i++)
         jwks_free(ib->jwks[i]);
     free(ib->jwks);
-    if (ib->http)
-        evhttp_free(ib->http);
+    httpd_free(ib->httpd);
     SSL_CTX_free(ib->tls);
     free(ib);
 }

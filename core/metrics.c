@@ -35,6 +35,7 @@ enum {
     F_RULE_ERRORS,
     F_KEY_MISSING,
     F_COMMIT,
+    F_WAL_FRAMES,
     F_COUNT_
 };
 
@@ -63,6 +64,9 @@ static struct metrics_family metrics_fam[F_COUNT_] = {
                        M_COUNTER, NULL, NULL},
     [F_COMMIT] = {"waybill_store_commit_duration_seconds", "Duration of store group commits.",
                   M_HISTOGRAM, NULL, NULL},
+    [F_WAL_FRAMES] = {"waybill_store_wal_frames_total",
+                      "Pages written to the store's write-ahead log (each page_size + 24 bytes).",
+                      M_COUNTER, NULL, NULL},
 };
 
 int metrics_escape(struct util_buf *b, const char *v) {
@@ -195,6 +199,12 @@ void metrics_key_missing(const char *endpoint) {
 
 void metrics_store_commit(int64_t ms) {
     metrics_observe(metrics_get(F_COMMIT, NULL, NULL, NULL, NULL), ms);
+}
+
+void metrics_store_wal_frames(int64_t frames) {
+    struct metrics_series *s = metrics_get(F_WAL_FRAMES, NULL, NULL, NULL, NULL);
+    if (s)
+        s->value += (double)frames;
 }
 
 int metrics_render(struct util_buf *b) {

@@ -32,6 +32,9 @@ void metrics_rule_error(void);
 /* One group commit that took ms. */
 void metrics_store_commit(int64_t ms);
 
+/* Frames (pages) a commit appended to the store's write-ahead log. */
+void metrics_store_wal_frames(int64_t frames);
+
 /* Appends v to b as a label value: backslash, quote and newline escaped.
  * Returns 0 or -1 (OOM). */
 int metrics_escape(struct util_buf *b, const char *v);

@@ -22,6 +22,7 @@
 #include <sqlite3.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "store.h"
 #include "store_int.h"
 #include "util.h"
@@ -297,6 +298,8 @@ static int store_wal_hook(void *arg, sqlite3 *db, const char *name, int nframes)
     struct store *s = arg;
     UNUSED(db);
     UNUSED(name);
+    /* Fewer frames than after the last commit: the log restarted. */
+    metrics_store_wal_frames(nframes >= s->wal_frames ? nframes - s->wal_frames : nframes);
     s->wal_frames = nframes;
     return SQLITE_OK;
 }

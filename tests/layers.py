@@ -15,7 +15,8 @@ each offending pair, then `N passed, N failed` (one check per include).
 Layers, top (1) to bottom (5); a file may include its own layer or any
 below it, never one above:
 1. commands and the app: main (commands) -> app (owns every module)
-2. edges: http (listeners, TLS, replies), inbound, admin (+ admin_render),
+2. edges: http (listeners, TLS, replies), httpd (the webhook listener's
+   HTTP/1.1 server, + httpd_req), inbound, admin (+ admin_render),
    cli, ruletest
 3. pipeline: ingest, carrier, route, batch, deliver (+ deliver_sched), health,
    housekeep
@@ -35,7 +36,7 @@ CORE = os.path.join(ROOT, "core")
 
 LAYERS = [
     ("commands and the app", ["main", "app"]),
-    ("edges", ["http", "inbound", "admin", "admin_render", "cli", "ruletest"]),
+    ("edges", ["http", "httpd", "httpd_req", "inbound", "admin", "admin_render", "cli", "ruletest"]),
     ("pipeline", ["ingest", "carrier", "route", "batch", "deliver", "deliver_sched", "health",
                   "housekeep"]),
     ("engines", ["rules", "rules_api", "rules_adapt", "rules_route", "rules_key", "store", "store_*", "httpc",

@@ -37,6 +37,16 @@ server). Parts, numbered as in issue 7:
    events/s.
 4. Rule cost: `waybill bench-rules` over the example rules (us/event), and
    callgrind's instructions/event when valgrind is installed.
+   With --old-bin, "waybill-old" (that binary, the same config) runs in
+   the same rounds beside waybill, for before/after ratios (issue 16).
+   Under each waybill row, WAL bytes per event: pages the commits appended
+   to the write-ahead log (waybill_store_wal_frames_total on /metrics) x
+   (page size + 24), and disk write_bytes per event (/proc/PID/io; with the
+   checkpoints' copies), against the bytes stored per event (the event row,
+   its deliveries and batch items).
+6. Phases: one more c64 run of waybill under `perf record --call-graph
+   dwarf`; its CPU us per request split by phase (HTTP, verify, parse,
+   rules, store, other) from perf's inclusive ("children") shares.
 5. Scale: the store for waybill-1m is built before the rounds (waybill
    creates the schema, then tests/bench/scale_store.py bulk-inserts the rows
    in one transaction, ~30 s); ingest at c64 and RSS (VmRSS after the run,
@@ -311,9 +321,30 @@ class Waybill(Server):
             raise RuntimeError("GET /api/status answered %s" % r.status)
         return json.loads(r.body)["queue"]
 
+    def before_run(self):
+        """Called before each measured wrk run: the WAL and disk counters."""
+        self.io0 = (wal_frames(self), proc_write_bytes(self.proc.pid))
+
     def after_run(self, d):
-        """Called after each measured wrk run: RSS now and the peak so far."""
+        """Called after each measured wrk run: RSS now and the peak so far,
+        WAL and disk bytes per request, the bytes stored per event."""
         d.update(proc_mem(self.proc.pid))
+        time.sleep(0.2)  # the last group's commit
+        f0, w0 = getattr(self, "io0", (None, None))
+        f1, w1 = wal_frames(self), proc_write_bytes(self.proc.pid)
+        n = d["requests"] or 1
+        if f0 is not None and f1 is not None:
+            d["wal_frames"] = (f1 - f0) / n
+            ps = page_size(os.path.join(self.tmp, "waybill.db")) if self.name != "waybill-1m" else \
+                page_size(WaybillScale.built)
+            if ps:
+                d["wal_bytes"] = d["wal_frames"] * (ps + 24)
+        if w0 is not None and w1 is not None:
+            d["disk_bytes"] = (w1 - w0) / n
+        if self.name != "waybill-1m":
+            st = stored_bytes(os.path.join(self.tmp, "waybill.db"))
+            if st:
+                d["stored_bytes"] = st
 
 
 class WaybillScale(Waybill):
@@ -367,6 +398,79 @@ class WaybillScale(Waybill):
         return time.monotonic() - t0, path
 
 
+class WaybillOld(Waybill):
+    """--old-bin: another waybill binary (e.g. main before a change) with the
+    same config, in the same rounds, for before/after ratios."""
+
+    name = "waybill-old"
+
+    def available(self):
+        if not self.args.old_bin:
+            return "no --old-bin"
+        return None if os.access(self.args.old_bin, os.X_OK) else "%s not built" % self.args.old_bin
+
+    def command(self):
+        return [self.args.old_bin, "serve", "-c", os.path.join(self.tmp, "waybill.lua")]
+
+    def env(self):
+        e = dict(os.environ)
+        # the old binary reads its rules library from the tree it was built in
+        e.setdefault("WAYBILL_LUA_DIR", os.path.join(os.path.dirname(self.args.old_bin), "lua"))
+        return e
+
+
+# Part 6: phases, as perf's inclusive shares of the process's CPU. A
+# phase's functions and the functions inside them that belong to another
+# phase (subtracted). HTTP is the connection's reading and parsing (on_read
+# without the handler) and the answers (their formatting and send()).
+PHASES = (
+    ("HTTP", ("on_read", "on_bev_read", "httpd_conn_answered"), ("on_inbound",)),
+    ("verify", ("verify_check",), ()),
+    ("parse", ("rules_adapt_keep", "headers_to_json"), ()),
+    ("rules", ("route_plan",), ()),
+    ("store", ("store_event_put", "group_commit", "start_thread", "store_group_durable"),
+     ("callbacks_run",)),
+)
+
+
+def bench_phases(args, duration):
+    """Part 6: waybill (the ingest config) under the c64 load with `perf
+    record --call-graph dwarf` on it for most of the run; returns
+    {"cpu_us": per request, "phases": [(name, us)], "other": us} or None."""
+    if not shutil.which("perf"):
+        return None
+    s = Waybill(args)
+    data = os.path.join(HERE, "out", "perf.data")
+    try:
+        s.start()
+        if args.warmup:
+            run_wrk(args, s, 64, args.warmup)
+        secs = max(2, duration - 2)
+        rec = subprocess.Popen(["perf", "record", "-q", "-F", "499", "--call-graph", "dwarf,16384",
+                                "-p", str(s.proc.pid), "-o", data, "--", "sleep", str(secs)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        d = run_wrk(args, s, 64, duration)
+        rec.wait(duration + 60)
+    finally:
+        s.stop()
+    r = subprocess.run(["perf", "report", "-i", data, "--children", "--stdio", "-g", "none", "--sort", "sym",
+                        "--percent-limit", "0"], capture_output=True, text=True, timeout=300)
+    share = {}
+    for line in r.stdout.splitlines():
+        m = re.match(r"\s*([\d.]+)%\s+[\d.]+%\s+\[[.k]\]\s+(\S+)", line)
+        if m and m.group(2) not in share:
+            share[m.group(2)] = float(m.group(1))
+    if not share or "cpu_us" not in d:
+        return None
+    out, total = [], 0.0
+    for name, plus, minus in PHASES:
+        pct = max(0.0, sum(share.get(f, 0.0) for f in plus) - sum(share.get(f, 0.0) for f in minus))
+        out.append((name, d["cpu_us"] * pct / 100.0))
+        total += pct
+    return {"cpu_us": d["cpu_us"], "phases": out, "other": d["cpu_us"] * max(0.0, 100.0 - total) / 100.0,
+            "rps": d["rps"]}
+
+
 def proc_mem(pid):
     """VmRSS and VmHWM (peak) of a process, in KiB."""
     out = {}
@@ -380,11 +484,75 @@ def proc_mem(pid):
     return out
 
 
+def wal_frames(server):
+    """waybill_store_wal_frames_total from the admin API's /metrics (None
+    when the binary has no such counter)."""
+    try:
+        r = wb.http_request(server.admin_port, "GET", "/metrics",
+                            headers={"Authorization": "Bearer " + ADMIN_TOKEN}, timeout=10)
+    except Exception:  # noqa: BLE001
+        return None
+    if r.status != 200:
+        return None
+    m = re.search(rb"^waybill_store_wal_frames_total (\S+)$", r.body, re.M)
+    if m:
+        return float(m.group(1))
+    return 0.0 if b"# TYPE waybill_store_wal_frames_total" in r.body else None
+
+
+def proc_write_bytes(pid):
+    """write_bytes of /proc/PID/io: what the process sent towards the disk."""
+    try:
+        with open("/proc/%d/io" % pid) as f:
+            for line in f:
+                if line.startswith("write_bytes:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def page_size(path):
+    """The SQLite page size from a database file's header."""
+    try:
+        with open(path, "rb") as f:
+            h = f.read(18)
+        v = int.from_bytes(h[16:18], "big")
+        return 65536 if v == 1 else v or None
+    except OSError:
+        return None
+
+
+def stored_bytes(path):
+    """Bytes stored per event in a store: each event row's values, its
+    deliveries' and batch items' (what the rows hold, before SQLite's record
+    and page overhead)."""
+    import sqlite3
+    try:
+        db = sqlite3.connect("file:%s?mode=ro" % path, uri=True, timeout=10)
+        ev = db.execute("SELECT count(*), total(8 + length(id) + length(source) + length(source_id) + "
+                        "ifnull(length(type), 0) + length(status) + ifnull(length(error), 0) + "
+                        "ifnull(length(created_at), 0) + ifnull(length(headers), 0) + "
+                        "ifnull(length(data), 0) + ifnull(length(raw), 0)) FROM events").fetchone()
+        dl = db.execute("SELECT total(40 + length(id) + length(event_id) + length(endpoint) + "
+                        "ifnull(length(event_type), 0) + length(status) + ifnull(length(payload), 0) + "
+                        "ifnull(length(content_type), 0) + ifnull(length(headers), 0)) "
+                        "FROM deliveries").fetchone()
+        bi = db.execute("SELECT total(24 + length(endpoint) + length(event_id) + ifnull(length(payload), 0) "
+                        "+ ifnull(length(delivery_id), 0)) FROM batch_items").fetchone()
+        db.close()
+    except Exception:  # noqa: BLE001
+        return None
+    return (ev[1] + dl[0] + bi[0]) / ev[0] if ev[0] else None
+
+
 def run_wrk(args, server, conns, duration):
     env = dict(os.environ)
     env.update({"WB_SECRET": SECRET, "WB_SIG_HEADER": server.sig_header, "WB_PATH": server.path})
     cmd = ["taskset", "-c", args.wrk_cpu, "wrk", "-t1", "-c%d" % conns, "-d%ds" % duration, "--latency",
            "--timeout", "10s", "-s", os.path.join(HERE, "ingest.lua"), "http://127.0.0.1:%d%s" % (server.port, server.path)]
+    if hasattr(server, "before_run"):
+        server.before_run()
     t0 = cpu_ticks(server.proc.pid)
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=duration + 60)
     t1 = cpu_ticks(server.proc.pid)
@@ -715,13 +883,21 @@ def main():
                     help="where the scale store (~2.3 GiB for 1M rows) is built; removed after the rounds "
                          "unless --keep")
     ap.add_argument("--drain-timeout", type=float, default=60.0)
+    ap.add_argument("--old-bin", default=None,
+                    help="another waybill binary run beside ./waybill in part 1 (before/after ratios)")
+    ap.add_argument("--phases", type=int, default=1, help="part 6, CPU by phase under perf (0 = skip)")
     args = ap.parse_args()
     args.bin = os.path.abspath(args.bin)
     args.bare = os.path.abspath(args.bare)
     conns = [int(c) for c in args.conns.split(",")]
     fanout = [int(x) for x in args.fanout.split(",") if x.strip()]
-    kinds = {"waybill": Waybill, "waybill-1m": WaybillScale, "bare": Bare, "webhook": Webhook, "node": Node}
+    kinds = {"waybill": Waybill, "waybill-1m": WaybillScale, "bare": Bare, "webhook": Webhook, "node": Node,
+             "waybill-old": WaybillOld}
     names = [n.strip() for n in args.servers.split(",") if n.strip()]
+    if args.old_bin:
+        args.old_bin = os.path.abspath(args.old_bin)
+        if "waybill-old" not in names:
+            names.insert(names.index("waybill") + 1 if "waybill" in names else 0, "waybill-old")
     for n in names:
         if n not in kinds:
             ap.error("unknown server %r" % n)
@@ -823,6 +999,18 @@ def main():
                 log("bench: latency failed: %s" % e)
     elif "waybill" in servers:
         notes.append("parts 2 and 3 skipped (waybill failed or the bare server is not built)")
+    phases = None
+    if args.phases and "waybill" in servers and "waybill" not in broken:
+        try:
+            phases = bench_phases(args, args.duration)
+            if phases:
+                log("bench: phases (perf): %.1f us/req: %s, other %.1f" % (
+                    phases["cpu_us"], ", ".join("%s %.1f" % p for p in phases["phases"]), phases["other"]))
+            else:
+                notes.append("phases: perf not installed or gave no profile")
+        except Exception as e:  # noqa: BLE001
+            notes.append("phases: failed: %s" % str(e).splitlines()[0][:300])
+            log("bench: phases failed: %s" % e)
     load_end = os.getloadavg()
 
     def stat(n, c, key):
@@ -950,6 +1138,52 @@ def main():
                 label, fmt_int(rps), "%.2f" % (rps / w64) if w64 else "-",
                 "%.2f" % (rps / bare64) if bare64 else "-", stat(n, 64, "p99_us") / 1000,
                 mib(stat(n, 64, "vmrss_kib")), mib(max([d.get("vmhwm_kib", 0) for d in results[(n, 64)]]))))
+    old64 = stat("waybill-old", 64, "rps")
+    if old64 is not None and w64 is not None:
+        lines.append("")
+        lines.append("Before/after (--old-bin %s, same config, same rounds): waybill / waybill-old req/s "
+                     "%s at c64, %s at c8; CPU us/req %s vs %s at c64." % (
+                         args.old_bin, "%.2f" % (w64 / old64),
+                         "%.2f" % (stat("waybill", 8, "rps") / stat("waybill-old", 8, "rps"))
+                         if stat("waybill-old", 8, "rps") and stat("waybill", 8, "rps") else "-",
+                         "%.1f" % stat("waybill", 64, "cpu_us") if stat("waybill", 64, "cpu_us") else "?",
+                         "%.1f" % stat("waybill-old", 64, "cpu_us") if stat("waybill-old", 64, "cpu_us") else "?"))
+    wal_rows = []
+    for n in servers:
+        if not n.startswith("waybill"):
+            continue
+        for c in conns:
+            wal, disk, st = stat(n, c, "wal_bytes"), stat(n, c, "disk_bytes"), stat(n, c, "stored_bytes")
+            if wal is None and disk is None:
+                continue
+            wal_rows.append("| c%d | %s | %s | %s | %s | %s | %s |" % (
+                c, n, "%.2f" % stat(n, c, "wal_frames") if wal is not None else "?",
+                fmt_int(wal) if wal is not None else "?", fmt_int(st) if st else "-",
+                "%.2f" % (wal / st) if wal is not None and st else "-", fmt_int(disk) if disk is not None else "?"))
+    if wal_rows:
+        lines.append("")
+        lines.append("WAL bytes per event: pages the group commits appended to the write-ahead log "
+                     "(waybill_store_wal_frames_total) x (page size + 24) per request; stored = the bytes "
+                     "of the event row, its deliveries and batch items; disk = /proc/PID/io write_bytes per "
+                     "request (the WAL and the checkpoints' copies into the database); medians.")
+        lines.append("")
+        lines.append("| WAL | server | pages/event | WAL bytes/event | stored bytes/event | WAL x stored "
+                     "| disk bytes/event |")
+        lines.append("|---|---|---:|---:|---:|---:|---:|")
+        lines.extend(wal_rows)
+    if phases:
+        lines.append("")
+        lines.append("CPU per request by phase (6.): waybill at c64 under `perf record --call-graph dwarf` "
+                     "(-F 499), its CPU us/req split by perf's inclusive shares: HTTP = reading, parsing and "
+                     "answering (core/httpd*.c, the kernel's socket work), verify = the signature, parse = "
+                     "the adapter (JSON into Lua) and the headers' JSON, rules = routing, store = the event's "
+                     "write, the group COMMIT, the sync and checkpoint threads.")
+        lines.append("")
+        lines.append("| phases | " + " | ".join(p[0] for p in phases["phases"]) + " | other | total |")
+        lines.append("|---|" + "---:|" * (len(phases["phases"]) + 2))
+        lines.append("| c64 us/req (%s req/s) | " % fmt_int(phases["rps"]) +
+                     " | ".join("%.1f" % p[1] for p in phases["phases"]) +
+                     " | %.1f | %.1f |" % (phases["other"], phases["cpu_us"]))
     rules_line = bench_rules(args) if os.access(args.bin, os.X_OK) else None
     if rules_line:
         lines.append("")
@@ -986,9 +1220,16 @@ def main():
         peak = max([d.get("vmhwm_kib", 0) for d in results[("waybill-1m", 64)]])
         target("RSS peak with %s pending" % fmt_int(args.scale_rows), "<= 64 MiB", "%s MiB" % mib(peak),
                peak <= 64 * 1024)
+    wal64, st64 = stat("waybill", 64, "wal_bytes"), stat("waybill", 64, "stored_bytes")
+    if wal64 is not None and st64:
+        target("WAL bytes per event x stored bytes, c64 (issue 16)", "<= 1.5", "%.2f" % (wal64 / st64),
+               wal64 / st64 <= 1.5)
+    cpu64 = stat("waybill", 64, "cpu_us")
+    if cpu64 is not None:
+        target("CPU us per request, c64 (issue 16)", "<= 46", "%.1f" % cpu64, cpu64 <= 46)
     if targets:
         lines.append("")
-        lines.append("| target (issue 7) | wanted | this run | met |")
+        lines.append("| target (issues 7, 16) | wanted | this run | met |")
         lines.append("|---|---|---|---|")
         lines.extend(targets)
     if notes:

@@ -87,6 +87,7 @@ static const char *const families[][2] = {
     {"waybill_delivery_attempt_duration_seconds", "histogram"},
     {"waybill_rule_errors_total", "counter"},
     {"waybill_store_commit_duration_seconds", "histogram"},
+    {"waybill_store_wal_frames_total", "counter"},
 };
 #define NFAM (sizeof families / sizeof families[0])
 
@@ -190,6 +191,21 @@ static void test_counters(void) {
     t = render();
     CHECK_INT_EQ(lines_with(t, "waybill_"), 1);
     CHECK(sample(t, "waybill_rule_errors_total") == 0);
+    free(t);
+}
+
+/* The store's write-ahead log pages, summed over commits. */
+static void test_wal_frames(void) {
+    char *t;
+
+    metrics_reset();
+    metrics_store_wal_frames(3);
+    metrics_store_wal_frames(0);
+    metrics_store_wal_frames(40);
+    t = render();
+    CHECK(well_formed(t));
+    CHECK(sample(t, "waybill_store_wal_frames_total") == 43);
+    CHECK_INT_EQ(lines_with(t, "waybill_store_wal_frames_total "), 1);
     free(t);
 }
 
@@ -312,6 +328,7 @@ int main(void) {
     test_empty();
     test_escape();
     test_counters();
+    test_wal_frames();
     test_histograms();
     test_render_appends();
     test_many_series();
