@@ -25,6 +25,7 @@
 #include "httpc.h"
 #include "log.h"
 #include "metrics.h"
+#include "reqlog.h"
 #include "ingest.h"
 #include "rules.h"
 #include "http.h"
@@ -998,11 +999,13 @@ static void admin_endpoint_switch(struct admin *adm, struct evhttp_request *req,
 }
 
 static void on_admin(struct evhttp_request *req, void *arg) {
+    static const struct reqlog_site site = {"admin", 0, "/healthz"};
     struct admin *adm = arg;
     const struct config *cfg = rules_config(*adm->deps.rules);
     const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
     enum evhttp_cmd_type m = evhttp_request_get_command(req);
 
+    reqlog_watch(req, &site);
     if (!path)
         path = "";
     if (strcmp(path, "/healthz") == 0) {

@@ -119,8 +119,12 @@ static int app_reload(void *arg, char *err, size_t errlen) {
         differs(old->tls_cert, cfg->tls_cert) || differs(old->tls_key, cfg->tls_key))
         log_msg(LOG_WARN, "reload: a changed listen/admin/tls address needs a restart; "
                           "still serving on the old one");
-    if (differs(old->store, cfg->store))
-        log_msg(LOG_WARN, "reload: a changed store needs a restart; still using %s", old->store);
+    if (differs(old->store, cfg->store)) {
+        char shown[512];
+        log_msg(LOG_WARN, "reload: a changed store needs a restart; still using %s",
+                util_url_redact(old->store, shown, sizeof shown));
+    }
+    log_set_format(cfg->log_format);
     /* Endpoint state, the sweeps, the delivery engine and the listeners
      * move to the new config (the HTTP client asks app_private_allowed,
      * which reads a->rules) before the old generation (which
@@ -376,6 +380,7 @@ struct app *app_new(const char *config_path, const char *lua_dir, const char *pi
                     size_t errlen) {
     struct app *a = calloc(1, sizeof *a);
     const struct config *cfg;
+    char store_shown[512];
 
     if (a)
         a->listen_fd = a->admin_fd = -1;
@@ -387,6 +392,7 @@ struct app *app_new(const char *config_path, const char *lua_dir, const char *pi
     if (!(a->rules = rules_load(config_path, lua_dir, err, errlen)))
         goto fail;
     cfg = rules_config(a->rules);
+    log_set_format(cfg->log_format);
     if (!pidfile)
         pidfile = cfg->pidfile;
     if (app_pidfile_check(pidfile, err, errlen) < 0 || app_bind(a, cfg, err, errlen) < 0)
@@ -420,7 +426,8 @@ struct app *app_new(const char *config_path, const char *lua_dir, const char *pi
         }
     }
     log_msg(LOG_INFO, "waybill %s serving (%s, store %s, pid %ld%s%s)", WAYBILL_VERSION,
-            cfg->sandbox ? "sandbox" : "production", cfg->store, (long)getpid(),
+            cfg->sandbox ? "sandbox" : "production",
+            util_url_redact(cfg->store, store_shown, sizeof store_shown), (long)getpid(),
             pidfile ? ", pidfile " : "", pidfile ? pidfile : "");
     return a;
 fail:

@@ -449,11 +449,11 @@ static void deliver_attempt_next(struct deliver *d, const struct config_endpoint
         break;
     case DELIVER_FAILED:
         v->status = "failed";
-        v->why = " (no retry after 406)";
+        v->why = "no retry after 406";
         break;
     case DELIVER_GONE:
         v->status = "failed"; /* and the endpoint is disabled (health.c) */
-        v->why = " (410 Gone)";
+        v->why = "410 Gone";
         break;
     case DELIVER_RETRY:
     case DELIVER_RETRY_AFTER:
@@ -464,7 +464,7 @@ static void deliver_attempt_next(struct deliver *d, const struct config_endpoint
         } else if ((npos = deliver_schedule_next(cep->retry_ms, cep->nretry, v->pos, cep->jitter,
                                                  deliver_rand(d), &v->delay)) < 0) {
             v->status = "failed";
-            v->why = " (retries exhausted)";
+            v->why = "retries exhausted";
         } else {
             v->status = "pending";
             v->pos = npos;
@@ -523,12 +523,16 @@ static void deliver_attempt_record(struct deliver *d, const struct deliver_xfer 
     deliver_commit_watch(d);
     metrics_attempt(x->row.endpoint, x->row.event_type, v->status, started ? a->latency_ms : -1);
     if (v->next_at && strcmp(v->status, "held") != 0)
-        log_msg(LOG_INFO, "delivery %s to %s attempt %d: %s in %" PRId64 " ms, retry in %s",
-                x->row.id, x->row.endpoint, a->n, what, a->latency_ms,
-                health_fmt_delay(v->delay, delay_text, sizeof delay_text));
+        health_fmt_delay(v->delay, delay_text, sizeof delay_text);
     else
-        log_msg(LOG_INFO, "delivery %s to %s attempt %d: %s in %" PRId64 " ms, %s%s", x->row.id,
-                x->row.endpoint, a->n, what, a->latency_ms, v->status, v->why);
+        delay_text[0] = '\0';
+    log_kv(LOG_INFO, "attempt", LOG_S("delivery", x->row.id), LOG_S("event", x->row.event_id),
+           LOG_S("endpoint", x->row.endpoint), LOG_S("type", x->row.event_type),
+           LOG_N("attempt", a->n),
+           a->status_code ? LOG_N("status", a->status_code) : LOG_S("status", NULL),
+           LOG_S("error", a->error), LOG_N("ms", a->latency_ms), LOG_S("outcome", v->status),
+           LOG_S("retry_in", delay_text[0] ? delay_text : NULL),
+           LOG_S("why", v->why && v->why[0] ? v->why : NULL));
 }
 
 /* Records the outcome of x's attempt (SPEC section 7) and frees x. r is how

@@ -30,6 +30,7 @@
 #include "jwks.h"
 #include "log.h"
 #include "metrics.h"
+#include "reqlog.h"
 #include "ingest.h"
 #include "rules.h"
 #include "store.h"
@@ -78,6 +79,7 @@ static void on_ingested(void *arg, int ok, const char *id, int duplicate, const 
         http_reply_error(req, 503, "Service Unavailable", "store unavailable, retry later");
         return;
     }
+    reqlog_write(req, "inbound", 200, source, id, duplicate);
     if (duplicate) {
         metrics_event_rejected(source, "duplicate");
         http_reply_json(req, 200, "OK", json_pack("{sssb}", "id", id, "duplicate", 1));
@@ -443,15 +445,17 @@ done:
 }
 
 static void on_inbound(struct evhttp_request *req, void *arg) {
+    static const struct reqlog_site site = {"inbound", 200, NULL}; /* a 200: on_ingested */
     struct inbound *ib = arg;
-    const struct config_source *src = inbound_source(ib, req);
+    const struct config_source *src;
     struct evbuffer *body_buf = evhttp_request_get_input_buffer(req);
     struct verify_request vr;
     char nonce[256];
     const char *body;
     size_t len;
 
-    if (!src)
+    reqlog_watch(req, &site);
+    if (!(src = inbound_source(ib, req)))
         return;
     len = evbuffer_get_length(body_buf);
     body = (const char *)evbuffer_pullup(body_buf, -1);

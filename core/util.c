@@ -485,3 +485,23 @@ int util_http_url_ok(const char *url) {
     curl_url_cleanup(h);
     return ok;
 }
+
+const char *util_url_redact(const char *url, char *out, size_t outlen) {
+    const char *auth = strstr(url, "://");
+    const char *end, *colon, *at = NULL;
+
+    if (auth) {
+        auth += 3;
+        end = auth + strcspn(auth, "/?#");
+        for (const char *p = auth; p < end; p++)
+            if (*p == '@')
+                at = p; /* the last '@' before the path ends the userinfo */
+        colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
+        if (colon) {
+            snprintf(out, outlen, "%.*s***%s", (int)(colon + 1 - url), url, at);
+            return out;
+        }
+    }
+    snprintf(out, outlen, "%s", url);
+    return out;
+}

@@ -86,6 +86,11 @@ static inline size_t util_utf8_seq(const unsigned char *s, size_t n) {
     return 0;
 }
 
+/* url for a log line: the password of its userinfo ("scheme://user:pw@")
+ * replaced by "***"; anything else copied as it is (cut to outlen). Returns
+ * out. */
+const char *util_url_redact(const char *url, char *out, size_t outlen);
+
 /* 1 when name is an HTTP header name (an RFC 9110 token: letters, digits
  * and !#$%&'*+-.^_`|~, at least one), else 0. */
 int util_header_name_ok(const char *name);
