@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -30,6 +31,7 @@
 #include "ingest.h"
 #include "log.h"
 #include "route.h"
+#include "sdnotify.h"
 #include "rules.h"
 #include "store.h"
 #include "subs.h"
@@ -90,6 +92,26 @@ static int differs(const char *x, const char *y) {
     return strcmp(x, y) != 0;
 }
 
+/* Tells systemd (Type=notify, $NOTIFY_SOCKET) where the gateway is; a
+ * failed send is logged, nothing else changes. */
+static void app_notify(const char *state) {
+    if (sdnotify_send(state) < 0)
+        log_msg(LOG_WARN, "sd_notify to $NOTIFY_SOCKET failed: %s", strerror(errno));
+}
+
+/* systemd's reload protocol: RELOADING=1 with the monotonic clock in
+ * microseconds, then READY=1 once done (failed or not: the gateway serves
+ * on either way). */
+static void app_notify_reloading(void) {
+    char state[96];
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    snprintf(state, sizeof state, "RELOADING=1\nMONOTONIC_USEC=%llu",
+             (unsigned long long)ts.tv_sec * 1000000ULL + (unsigned long long)ts.tv_nsec / 1000);
+    app_notify(state);
+}
+
 /* Builds a new rules generation from the config file and swaps it in. On
  * failure the old one stays, the error is kept for /api/status and copied
  * to err. Returns 0 or -1. */
@@ -101,6 +123,7 @@ static int app_reload(void *arg, char *err, size_t errlen) {
     const struct config *old, *cfg;
     struct rules *stale;
 
+    app_notify_reloading();
     if (subs_config_list(a->subs, &subs, &nsubs) < 0)
         snprintf(err, errlen, "out of memory");
     else
@@ -111,6 +134,7 @@ static int app_reload(void *arg, char *err, size_t errlen) {
         snprintf(a->reload_error, sizeof a->reload_error, "%s", err);
         log_msg(LOG_ERROR, "reload failed, keeping the current rules: %s", err);
         ingest_emit(a->ingest, "waybill.reload.failed", json_pack("{ss}", "error", err));
+        app_notify("READY=1\nSTATUS=serving; the last reload failed");
         return -1;
     }
     old = rules_config(a->rules);
@@ -140,6 +164,7 @@ static int app_reload(void *arg, char *err, size_t errlen) {
     a->reloads++;
     a->reload_error[0] = '\0';
     log_msg(LOG_INFO, "reloaded %s", a->config_path);
+    app_notify("READY=1\nSTATUS=serving");
     return 0;
 }
 
@@ -177,6 +202,7 @@ static void on_term(evutil_socket_t sig, short what, void *arg) {
         return;
     }
     a->stopping = 1;
+    app_notify("STOPPING=1");
     log_msg(LOG_INFO, "%s: no longer accepting webhooks; finishing %d deliveries in flight",
             sig == SIGINT ? "SIGINT" : "SIGTERM", deliver_inflight(a->deliver));
     inbound_stop(a->inbound);
@@ -457,11 +483,15 @@ static void app_drain(struct app *a) {
 }
 
 int app_run(struct app *a) {
+    char state[64];
     int rc = 0;
 
     housekeep_recover(a->housekeep);
     batch_start(a->batch);
     deliver_kick_all(a->deliver);
+    /* listeners bound and the store open: systemd may start what needs us */
+    snprintf(state, sizeof state, "READY=1\nSTATUS=serving\nMAINPID=%ld", (long)getpid());
+    app_notify(state);
     if (event_base_dispatch(a->base) < 0) {
         log_msg(LOG_ERROR, "event loop failed");
         rc = -1;

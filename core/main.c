@@ -126,10 +126,11 @@ static int help_asked(int argc, char **argv) {
 }
 
 /* The shipped Lua library: $WAYBILL_LUA_DIR, else lua/ beside the binary,
- * else the install location. New string. */
+ * else PREFIX/share/waybill/lua for a binary in PREFIX/bin (make install
+ * with any PREFIX), else /usr/share/waybill/lua. New string. */
 static char *find_lua_dir(void) {
     const char *env = getenv("WAYBILL_LUA_DIR");
-    char exe[PATH_MAX], path[PATH_MAX + 16];
+    char exe[PATH_MAX], path[PATH_MAX + 32];
     struct stat st;
     ssize_t n;
 
@@ -142,6 +143,9 @@ static char *find_lua_dir(void) {
         if (slash) {
             *slash = '\0';
             snprintf(path, sizeof path, "%s/lua", exe);
+            if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+                return strdup(path);
+            snprintf(path, sizeof path, "%s/../share/waybill/lua", exe);
             if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
                 return strdup(path);
         }

@@ -16,7 +16,7 @@ Layers, top (1) to bottom (5); a file may include its own layer or any
 below it, never one above:
 1. commands and the app: main (commands) -> app (owns every module)
 2. edges: http (listeners, TLS, replies), inbound, admin (+ admin_render),
-   cli, ruletest
+   cli, ruletest, reqlog
 3. pipeline: ingest, carrier, route, batch, deliver (+ deliver_sched), health,
    housekeep
 4. engines: rules, rules_adapt, rules_route, rules_api (behind
@@ -24,7 +24,7 @@ below it, never one above:
    (behind store_int.h),
    httpc, verify, jwks, config, config_build (behind config_int.h), subs
 5. base: jsonx, jsonx_encode, jsonx_decode (behind jsonx_int.h), util,
-   log, metrics
+   log, metrics, sdnotify
 """
 import os
 import re
@@ -40,7 +40,7 @@ LAYERS = [
                   "housekeep"]),
     ("engines", ["rules", "rules_api", "rules_adapt", "rules_route", "store", "store_*", "httpc",
                  "verify", "jwks", "config", "config_build", "subs"]),
-    ("base", ["jsonx", "jsonx_encode", "jsonx_decode", "util", "log", "metrics"]),
+    ("base", ["jsonx", "jsonx_encode", "jsonx_decode", "util", "log", "metrics", "sdnotify"]),
 ]
 
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
