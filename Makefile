@@ -90,6 +90,10 @@ $(BUILD)/tests/%: tests/unit/%.c $(LIBOBJS) tests/layers.py | $(BUILD) deps
 $(BUILD):
 	@mkdir -p $(BUILD)
 
+# The admin API's OpenAPI document is embedded in the binary (.incbin).
+$(BUILD)/admin_openapi.o: core/web/openapi.json
+$(BUILD)/admin_openapi.o: CFLAGS += -DWAYBILL_OPENAPI_FILE='"$(CURDIR)/core/web/openapi.json"'
+
 -include $(OBJS:.o=.d)
 
 # Packages and npm modules the tests use (sinks verifying with the
@@ -105,7 +109,7 @@ test-deps: deps
 	    || { echo "apt-get install$$missing failed"; exit 1; }; \
 	  else echo "missing: sudo apt-get install$$missing"; exit 1; fi; fi
 	@ok=1; for m in standardwebhooks express shipengine-openapi @aftership/tracking-sdk @easypost/api \
-	  shippo; do [ -d tests/node_modules/$$m ] || ok=0; done; \
+	  shippo ajv; do [ -d tests/node_modules/$$m ] || ok=0; done; \
 	  [ $$ok = 1 ] || (cd tests && npm ci --no-audit --no-fund --silent)
 
 # exec: the gateway replaces the recipe's shell (its pid is in .run/waybill.pid).

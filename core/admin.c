@@ -1044,7 +1044,7 @@ static void on_admin(struct evhttp_request *req, void *arg) {
         admin_endpoint_switch(adm, req, path + 15);
     } else if (strcmp(path, "/api/reload") == 0 && m == EVHTTP_REQ_POST) {
         admin_reload(adm, req);
-    } else if (admin_dispatch_ops(adm, req, path, m)) {
+    } else if (admin_dispatch_ops(adm, req, path, m) || admin_openapi_dispatch(req, path, (int)m)) {
         /* answered */
     } else {
         http_reply_error(req, 404, "Not Found", "no such route");

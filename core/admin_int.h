@@ -34,4 +34,10 @@ json_t *admin_sub_json(const struct subs_entry *e, int with_secret);
  * of memory. */
 json_t *admin_subs_json(const struct subs *subs);
 
+struct evhttp_request;
+
+/* GET /api/openapi.json (admin_openapi.c): answers it and returns 1 when
+ * path and method (an evhttp_cmd_type) are its, else returns 0. */
+int admin_openapi_dispatch(struct evhttp_request *req, const char *path, int method);
+
 #endif

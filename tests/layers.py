@@ -35,7 +35,8 @@ CORE = os.path.join(ROOT, "core")
 
 LAYERS = [
     ("commands and the app", ["main", "app"]),
-    ("edges", ["http", "inbound", "admin", "admin_render", "cli", "ruletest", "reqlog"]),
+    ("edges", ["http", "inbound", "admin", "admin_render", "admin_openapi", "cli", "ruletest",
+               "reqlog"]),
     ("pipeline", ["ingest", "carrier", "route", "batch", "deliver", "deliver_sched", "health",
                   "housekeep"]),
     ("engines", ["rules", "rules_api", "rules_adapt", "rules_route", "store", "store_*", "httpc",

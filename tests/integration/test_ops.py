@@ -407,3 +407,243 @@ def test_the_dockerfile_builds_from_debian_12_slim_with_what_the_binary_needs():
     r = wb.run("check", "-c", os.path.join(d, "waybill.lua"),
                env={"WAYBILL_ADMIN_TOKEN": "t", "ATOSHIP_SECRET": "s"})
     assert r.returncode == 0, r.stderr.decode()
+
+
+# --------------------------------------------------------------------------
+# The OpenAPI document against the real answers
+# --------------------------------------------------------------------------
+
+# 503s the document lists that no test provokes: a store that fails a read
+# (a WAL reader is not stopped by a writer's lock, the way writes are
+# provoked below), a retry's write (it needs a failed delivery, and the
+# one this test has is delivered by then), and a store or loop that stops
+# answering /healthz.
+NOT_PROVOKED = {
+    ("/api/status", "get", "503"), ("/api/events", "get", "503"), ("/api/events/{id}", "get", "503"),
+    ("/api/deliveries", "get", "503"),
+    ("/api/deliveries/{id}/retry", "post", "503"), ("/api/endpoints", "get", "503"),
+    ("/metrics", "get", "503"), ("/healthz", "get", "503"),
+}
+
+
+def _openapi_gateway():
+    sink = wb.Sink([500])
+    g = wb.Gateway(wb.config(f'''
+        source "atoship" {{ verify = "atoship", secret = "s" }}
+        endpoint "erp" {{ url = {wb.lua(sink.url)}, sign = "hex", secret = "k", retry = {{ "0s" }} }}
+        endpoint "off" {{ url = {wb.lua(sink.url)}, sign = "hex", secret = "k", enabled = false }}
+        endpoint "wh" {{ url = {wb.lua(sink.url)}, sign = "hex", secret = "k", window = "1h" }}
+        rules "rules/"
+    ''', environment="sandbox"), files={
+        "rules/10.lua": 'on("shipment.*", {"erp"})\non("tracking.*", function(ev) batch("wh", ev) end)'})
+    return g, sink
+
+
+class _Locked:
+    """The store held by another writer (BEGIN IMMEDIATE): writes answer 503."""
+
+    def __init__(self, g):
+        import sqlite3
+        self.db = sqlite3.connect(g.path("waybill.db"), timeout=10, isolation_level=None)
+
+    def __enter__(self):
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, *exc):
+        self.db.execute("ROLLBACK")
+        self.db.close()
+
+
+def _raw(g, method, path, body=None, token=True):
+    h = {}
+    if token:
+        h["Authorization"] = "Bearer " + (token if isinstance(token, str) else g.token)
+    if body is not None:
+        body = json.dumps(body) if not isinstance(body, str) else body
+        h["Content-Type"] = "application/json"
+    return wb.http_request(g.admin_port, method.upper(), path, body, h)
+
+
+def _cases(g, sink):
+    """(template, method, status, thunk) for every answer the test provokes;
+    each thunk makes the request and returns the Response."""
+    ev = g.post_atoship(wb.atoship_event(), "s").json()["id"]
+    sink.wait_for_count(1)
+    g.wait_event(ev, lambda e: e["deliveries"] and e["deliveries"][0]["status"] == "failed")
+    batched = g.post_atoship(wb.atoship_event(type="tracking.in_transit"), "s").json()["id"]
+    dlv = g.event(ev)["deliveries"][0]["id"]
+    sink.set_responses([], default=200)
+    hook = {}
+
+    def create_hook():
+        r = _raw(g, "post", "/v1/environment/webhooks", {"url": sink.url, "event": "track"})
+        hook["id"] = json.loads(r.body)["webhook_id"]
+        return r
+
+    def locked(fn):
+        def run():
+            with _Locked(g):
+                return fn()
+        return run
+
+    refused = "http://127.0.0.1:%d/x" % wb.free_port()
+    W = "/v1/environment/webhooks"
+    return [
+        ("/healthz", "get", "200", lambda: _raw(g, "get", "/healthz", token=None)),
+        ("/api/status", "get", "200", lambda: _raw(g, "get", "/api/status")),
+        ("/api/status", "get", "401", lambda: _raw(g, "get", "/api/status", token="wrong")),
+        ("/api/openapi.json", "get", "200", lambda: _raw(g, "get", "/api/openapi.json")),
+        ("/api/openapi.json", "get", "401", lambda: _raw(g, "get", "/api/openapi.json", token=None)),
+        ("/api/events", "get", "200", lambda: _raw(g, "get", "/api/events?limit=1")),
+        ("/api/events", "get", "400", lambda: _raw(g, "get", "/api/events?status=bogus")),
+        ("/api/events", "get", "401", lambda: _raw(g, "get", "/api/events", token=None)),
+        ("/api/events/{id}", "get", "200", lambda: _raw(g, "get", "/api/events/" + ev)),
+        ("/api/events/{id}", "get", "200", lambda: _raw(g, "get", "/api/events/" + batched)),
+        ("/api/events/{id}", "get", "401", lambda: _raw(g, "get", "/api/events/" + ev, token=None)),
+        ("/api/events/{id}", "get", "404", lambda: _raw(g, "get", "/api/events/evt_nope")),
+        ("/api/deliveries", "get", "200", lambda: _raw(g, "get", "/api/deliveries")),
+        ("/api/deliveries", "get", "400", lambda: _raw(g, "get", "/api/deliveries?limit=0")),
+        ("/api/deliveries", "get", "401", lambda: _raw(g, "get", "/api/deliveries", token=None)),
+        ("/api/deliveries/{id}/retry", "post", "200", lambda: _raw(g, "post", "/api/deliveries/%s/retry" % dlv)),
+        ("/api/deliveries/{id}/retry", "post", "401", lambda: _raw(g, "post", "/api/deliveries/%s/retry" % dlv, token=None)),
+        ("/api/deliveries/{id}/retry", "post", "404", lambda: _raw(g, "post", "/api/deliveries/dlv_nope/retry")),
+        ("/api/deliveries/{id}/retry", "post", "409",
+         lambda: (sink.wait_for_count(2), g.wait_for(lambda: g.event(ev)["deliveries"][0]["status"] == "delivered"),
+                  _raw(g, "post", "/api/deliveries/%s/retry" % dlv))[-1]),
+        ("/api/events/{id}/replay", "post", "200", lambda: _raw(g, "post", "/api/events/%s/replay" % ev)),
+        ("/api/events/{id}/replay", "post", "401", lambda: _raw(g, "post", "/api/events/%s/replay" % ev, token=None)),
+        ("/api/events/{id}/replay", "post", "503", locked(lambda: _raw(g, "post", "/api/events/%s/replay" % ev))),
+        ("/api/events/{id}/replay", "post", "404", lambda: _raw(g, "post", "/api/events/evt_nope/replay")),
+        ("/api/endpoints", "get", "200", lambda: _raw(g, "get", "/api/endpoints")),
+        ("/api/endpoints", "get", "401", lambda: _raw(g, "get", "/api/endpoints", token=None)),
+        ("/api/endpoints/{name}/disable", "post", "503", locked(lambda: _raw(g, "post", "/api/endpoints/erp/disable"))),
+        ("/api/endpoints/{name}/disable", "post", "200", lambda: _raw(g, "post", "/api/endpoints/erp/disable")),
+        ("/api/endpoints/{name}/disable", "post", "401", lambda: _raw(g, "post", "/api/endpoints/erp/disable", token=None)),
+        ("/api/endpoints/{name}/disable", "post", "404", lambda: _raw(g, "post", "/api/endpoints/nope/disable")),
+        ("/api/endpoints/{name}/enable", "post", "503", locked(lambda: _raw(g, "post", "/api/endpoints/erp/enable"))),
+        ("/api/endpoints/{name}/enable", "post", "200", lambda: _raw(g, "post", "/api/endpoints/erp/enable")),
+        ("/api/endpoints/{name}/enable", "post", "401", lambda: _raw(g, "post", "/api/endpoints/erp/enable", token=None)),
+        ("/api/endpoints/{name}/enable", "post", "404", lambda: _raw(g, "post", "/api/endpoints/nope/enable")),
+        ("/api/endpoints/{name}/enable", "post", "409", lambda: _raw(g, "post", "/api/endpoints/off/enable")),
+        ("/api/endpoints/{name}/test", "post", "202", lambda: _raw(g, "post", "/api/endpoints/erp/test", {"type": "tracking.delivered"})),
+        ("/api/endpoints/{name}/test", "post", "400", lambda: _raw(g, "post", "/api/endpoints/erp/test", {"type": "nope"})),
+        ("/api/endpoints/{name}/test", "post", "401", lambda: _raw(g, "post", "/api/endpoints/erp/test", {"type": "tracking.delivered"}, token=None)),
+        ("/api/endpoints/{name}/test", "post", "404", lambda: _raw(g, "post", "/api/endpoints/nope/test", {"type": "tracking.delivered"})),
+        ("/api/endpoints/{name}/test", "post", "503", locked(lambda: _raw(g, "post", "/api/endpoints/erp/test", {"type": "tracking.delivered"}))),
+        ("/api/reload", "post", "200", lambda: _raw(g, "post", "/api/reload")),
+        ("/api/reload", "post", "401", lambda: _raw(g, "post", "/api/reload", token=None)),
+        ("/api/reload", "post", "422", lambda: (g.write("rules/20.lua", "on(("), _raw(g, "post", "/api/reload"),
+                                                 g.remove("rules/20.lua"))[1]),
+        (W, "get", "200", lambda: _raw(g, "get", W)),
+        (W, "get", "401", lambda: _raw(g, "get", W, token=None)),
+        (W, "post", "201", create_hook),
+        (W, "post", "400", lambda: _raw(g, "post", W, "nope")),
+        (W, "post", "401", lambda: _raw(g, "post", W, {"url": sink.url, "event": "track"}, token=None)),
+        (W, "post", "409", lambda: _raw(g, "post", W, {"url": sink.url, "event": "track"})),
+        (W, "post", "422", lambda: _raw(g, "post", W, {"url": refused, "event": "batch"})),
+        (W, "post", "503", locked(lambda: _raw(g, "post", W, {"url": sink.url, "event": "rate"}))),
+        (W + "/{id}", "get", "200", lambda: _raw(g, "get", W + "/" + hook["id"])),
+        (W + "/{id}", "get", "401", lambda: _raw(g, "get", W + "/" + hook["id"], token=None)),
+        (W + "/{id}", "get", "404", lambda: _raw(g, "get", W + "/se-nope")),
+        (W + "/{id}", "put", "200", lambda: _raw(g, "put", W + "/" + hook["id"], {"url": sink.url + "?v=2"})),
+        (W + "/{id}", "put", "400", lambda: _raw(g, "put", W + "/" + hook["id"], {"url": "ftp://x"})),
+        (W + "/{id}", "put", "401", lambda: _raw(g, "put", W + "/" + hook["id"], {"url": sink.url}, token=None)),
+        (W + "/{id}", "put", "404", lambda: _raw(g, "put", W + "/se-nope", {"url": sink.url})),
+        (W + "/{id}", "put", "503", locked(lambda: _raw(g, "put", W + "/" + hook["id"], {"url": sink.url + "?v=3"}))),
+        (W + "/{id}", "put", "422", lambda: _raw(g, "put", W + "/" + hook["id"], {"url": refused})),
+        (W + "/{id}", "delete", "503", locked(lambda: _raw(g, "delete", W + "/" + hook["id"]))),
+        (W + "/{id}", "delete", "204", lambda: _raw(g, "delete", W + "/" + hook["id"])),
+        (W + "/{id}", "delete", "401", lambda: _raw(g, "delete", W + "/" + hook["id"], token=None)),
+        (W + "/{id}", "delete", "404", lambda: _raw(g, "delete", W + "/" + hook["id"])),
+        ("/metrics", "get", "200", lambda: _raw(g, "get", "/metrics")),
+        ("/metrics", "get", "401", lambda: _raw(g, "get", "/metrics", token=None)),
+    ]
+
+
+def _doc_statuses(doc):
+    out = set()
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            if method in ("get", "put", "post", "delete", "patch", "head", "options"):
+                out |= {(path, method, code) for code in op["responses"]}
+    return out
+
+
+def _validate(doc, answers):
+    r = subprocess.run(["node", os.path.join(wb.HERE, "openapi_check.js")],
+                       input=json.dumps({"doc": doc, "answers": answers}).encode(),
+                       capture_output=True, timeout=60, env=dict(os.environ, NODE_PATH=wb.NODE_MODULES))
+    assert r.returncode == 0, r.stderr.decode()
+    return json.loads(r.stdout)
+
+
+def _refs_resolve(doc):
+    def walk(o):
+        if isinstance(o, dict):
+            if "$ref" in o:
+                cur = doc
+                for part in o["$ref"][2:].split("/"):
+                    cur = cur[part.replace("~1", "/").replace("~0", "~")]
+            for v in o.values():
+                walk(v)
+        elif isinstance(o, list):
+            for v in o:
+                walk(v)
+    walk(doc)
+
+
+@wb.timeout(120)
+def test_openapi_document_matches_every_route_and_status_of_the_real_api():
+    g, sink = _openapi_gateway()
+    r = _raw(g, "get", "/api/openapi.json")
+    assert r.status == 200 and r.headers["content-type"] == "application/json", r
+    doc = json.loads(r.body)
+    with open(os.path.join(wb.ROOT, "core", "web", "openapi.json"), "rb") as f:
+        assert f.read() == r.body                      # the source file, as built in
+    assert doc["openapi"] == "3.1.0", doc.get("openapi")
+    _refs_resolve(doc)
+    ids = [op["operationId"] for item in doc["paths"].values() for m, op in item.items() if m != "parameters"]
+    assert len(ids) == len(set(ids)), ids
+    # every route the admin module serves is in the document
+    src = "".join(open(os.path.join(wb.ROOT, "core", n)).read()
+                  for n in os.listdir(os.path.join(wb.ROOT, "core")) if n.startswith("admin") and n.endswith(".c"))
+    served = set(re.findall(r'"(/(?:api|v1|metrics|healthz)[^"]*)"', src))
+    templates = [re.sub(r"\{[^}]+\}", "X", p) for p in doc["paths"]]
+    for route in served:
+        assert any(t.startswith(route) or route.startswith(t.split("X")[0]) for t in templates), route
+    cases = _cases(g, sink)
+    provoked = {(p, m, s) for p, m, s, _ in cases}
+    documented = _doc_statuses(doc)
+    assert provoked - documented == set(), "answers the document lacks: %s" % sorted(provoked - documented)
+    assert documented - provoked == NOT_PROVOKED, "documented, never provoked: %s" % sorted(
+        (documented - provoked) - NOT_PROVOKED)
+    answers = []
+    for path, method, status, thunk in cases:
+        resp = thunk()
+        assert str(resp.status) == status, (path, method, status, resp)
+        answers.append({"path": path, "method": method, "status": resp.status,
+                        "content_type": resp.headers.get("content-type", ""),
+                        "body": resp.body.decode("utf-8", "replace")})
+    verdicts = _validate(doc, answers)
+    bad = ["%s %s %s: %s" % (a["method"], a["path"], a["status"], v) for a, v in zip(answers, verdicts) if v]
+    assert not bad, "\n".join(bad)
+    # a method a webhook path does not list: 405 with the error shape
+    r = _raw(g, "patch", "/v1/environment/webhooks")
+    assert r.status == 405 and set(json.loads(r.body)) == {"error"}, r
+    # a path the document does not list: 404
+    r = _raw(g, "get", "/api/nope")
+    assert r.status == 404 and set(json.loads(r.body)) == {"error"}, r
+
+
+def test_openapi_validation_catches_a_wrong_answer():
+    # The checker is not a rubber stamp: a field too many, a wrong type, an
+    # undocumented status each fail.
+    with open(os.path.join(wb.ROOT, "core", "web", "openapi.json")) as f:
+        doc = json.load(f)
+    good = {"path": "/api/endpoints/{name}/disable", "method": "post", "status": 200,
+            "content_type": "application/json", "body": '{"name":"erp","disabled":true}'}
+    extra = dict(good, body='{"name":"erp","disabled":true,"secret":"x"}')
+    typed = dict(good, body='{"name":"erp","disabled":"yes"}')
+    status = dict(good, status=418)
+    v = _validate(doc, [good, extra, typed, status])
+    assert v[0] is None and all(v[1:]), v
