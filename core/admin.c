@@ -37,6 +37,7 @@
 struct admin {
     struct admin_deps deps;
     struct evhttp *http;
+    struct admin_streams *streams; /* GET /api/stream's connections */
 };
 
 /* Constant-time token check: compares digests, so neither content nor
@@ -1044,7 +1045,8 @@ static void on_admin(struct evhttp_request *req, void *arg) {
         admin_endpoint_switch(adm, req, path + 15);
     } else if (strcmp(path, "/api/reload") == 0 && m == EVHTTP_REQ_POST) {
         admin_reload(adm, req);
-    } else if (admin_dispatch_ops(adm, req, path, m) || admin_openapi_dispatch(req, path, (int)m)) {
+    } else if (admin_dispatch_ops(adm, req, path, m) || admin_openapi_dispatch(req, path, (int)m) ||
+               admin_stream_dispatch(adm->streams, req, path, (int)m)) {
         /* answered */
     } else {
         http_reply_error(req, 404, "Not Found", "no such route");
@@ -1062,8 +1064,15 @@ struct admin *admin_new(const struct admin_deps *deps, int fd, const char *liste
         return NULL;
     }
     adm->deps = *deps;
+    if (!(adm->streams = admin_streams_new(deps->base, deps->stream))) {
+        snprintf(err, errlen, "out of memory");
+        close(fd);
+        free(adm);
+        return NULL;
+    }
     adm->http = http_listener_fd(deps->base, fd, listen, &sock, err, errlen);
     if (!adm->http) {
+        admin_streams_free(adm->streams);
         free(adm);
         return NULL;
     }
@@ -1075,6 +1084,7 @@ struct admin *admin_new(const struct admin_deps *deps, int fd, const char *liste
 void admin_free(struct admin *adm) {
     if (!adm)
         return;
+    admin_streams_free(adm->streams); /* before the connections go */
     evhttp_free(adm->http);
     free(adm);
 }

@@ -34,6 +34,7 @@
 #include "sdnotify.h"
 #include "rules.h"
 #include "store.h"
+#include "stream.h"
 #include "subs.h"
 #include "util.h"
 
@@ -44,6 +45,7 @@ struct app {
     struct rules *rules; /* current generation, owned; modules read it through &rules */
     struct store *store;
     struct subs *subs;
+    struct stream *stream; /* the live feed (GET /api/stream) */
     struct httpc *httpc;   /* the one HTTP client: deliveries, probes, JWKS */
     struct health *health; /* endpoint state */
     struct deliver *deliver;
@@ -310,12 +312,17 @@ static int app_modules_new(struct app *a, char *err, size_t errlen) {
         !(a->httpc = httpc_new(a->base, err, errlen)) ||
         !(a->health = health_new(a->store, err, errlen)))
         return -1;
+    if (!(a->stream = stream_new())) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
     httpc_set_allow(a->httpc, app_private_allowed, a);
     health_set_config(a->health, cfg);
     if (!(a->deliver = deliver_new(a->base, a->store, a->httpc, a->health, err, errlen)) ||
         !(a->housekeep = housekeep_new(a->base, a->store, on_recovered, a, err, errlen)))
         return -1;
     deliver_set_config(a->deliver, cfg);
+    deliver_set_stream(a->deliver, a->stream);
     housekeep_set_config(a->housekeep, cfg);
     a->batch = batch_new(&(struct batch_deps){
         .base = a->base, .store = a->store, .deliver = a->deliver, .rules = &a->rules});
@@ -328,8 +335,11 @@ static int app_modules_new(struct app *a, char *err, size_t errlen) {
                                                   .housekeep = a->housekeep,
                                                   .rules = &a->rules});
     if (a->route)
-        a->ingest = ingest_new(&(struct ingest_deps){
-            .store = a->store, .route = a->route, .deliver = a->deliver, .rules = &a->rules});
+        a->ingest = ingest_new(&(struct ingest_deps){.store = a->store,
+                                                     .route = a->route,
+                                                     .deliver = a->deliver,
+                                                     .rules = &a->rules,
+                                                     .stream = a->stream});
     if (!a->batch || !a->route || !a->ingest) {
         snprintf(err, errlen, "out of memory");
         return -1;
@@ -354,6 +364,7 @@ static int app_modules_new(struct app *a, char *err, size_t errlen) {
                                                                          .httpc = a->httpc,
                                                                          .ingest = a->ingest,
                                                                          .subs = a->subs,
+                                                                         .stream = a->stream,
                                                                          .rules = &a->rules,
                                                                          .reload = app_reload,
                                                                          .status = app_status,
@@ -524,6 +535,7 @@ void app_free(struct app *a) {
     httpc_free(a->httpc); /* after its users: JWKS (inbound) and deliveries */
     store_free(a->store); /* its last commit callbacks may still update subs */
     subs_free(a->subs);
+    stream_free(a->stream); /* after its publishers and watchers */
     rules_free(a->rules);
     if (a->base)
         event_base_free(a->base);

@@ -73,12 +73,22 @@ static const struct {
     {"reload", "usage: waybill reload [--pidfile FILE]\n"
                "  Reload config and rules: through the admin API (prints the error and\n"
                "  exits 1 when refused), or SIGHUP to the pid in FILE.\n"},
+    {"tail", "usage: waybill tail [--source S] [--type T] [--endpoint E] [--status S] [--kind K]\n"
+             "  Follow events and delivery attempts live (GET /api/stream), one line each\n"
+             "  (--json: one JSON object each). Filters: the source, a type or glob, the\n"
+             "  endpoint, an event status or attempt outcome, the kind (event, attempt).\n"},
+    {"listen", "usage: waybill listen --forward-to URL [--secret whsec_...] [--source S]\n"
+               "  [--type T]\n"
+               "  POST each live event (as a subscription gets it) to URL, e.g. your app on\n"
+               "  localhost, signed Standard Webhooks with --secret or a fresh one it prints;\n"
+               "  one line per event and per answer.\n"},
     {"version", "usage: waybill version  (or waybill --version)\n"},
     {"help", "usage: waybill help [COMMAND]  (or waybill --help, waybill COMMAND --help)\n"},
 };
 
 #define ADMIN_CLIENT_OPTIONS                                                                       \
-    "  The admin client commands (events, event, retry, replay, test, reload) read\n"              \
+    "  The admin client commands (events, event, retry, replay, test, reload, tail,\n"             \
+    "  listen) read\n"                                                                             \
     "  the admin address and token from the config: -c waybill.lua, or --url URL\n"                \
     "  --token T; --json prints the admin API's answer as is. trigger reads the\n"                 \
     "  webhook address and the source's secret from the config.\n"

@@ -18,7 +18,7 @@ below it, never one above:
 2. edges: http (listeners, TLS, replies), inbound, admin (+ admin_render),
    cli, ruletest, reqlog
 3. pipeline: ingest, carrier, route, batch, deliver (+ deliver_sched), health,
-   housekeep
+   housekeep, stream (the live feed)
 4. engines: rules, rules_adapt, rules_route, rules_api (behind
    rules_int.h), store and store_*
    (behind store_int.h),
@@ -35,10 +35,10 @@ CORE = os.path.join(ROOT, "core")
 
 LAYERS = [
     ("commands and the app", ["main", "app"]),
-    ("edges", ["http", "inbound", "admin", "admin_render", "admin_openapi", "cli", "ruletest",
+    ("edges", ["http", "inbound", "admin", "admin_render", "admin_openapi", "admin_stream", "cli", "cli_stream", "ruletest",
                "reqlog"]),
     ("pipeline", ["ingest", "carrier", "route", "batch", "deliver", "deliver_sched", "health",
-                  "housekeep"]),
+                  "housekeep", "stream"]),
     ("engines", ["rules", "rules_api", "rules_adapt", "rules_route", "store", "store_*", "httpc",
                  "verify", "jwks", "config", "config_build", "subs"]),
     ("base", ["jsonx", "jsonx_encode", "jsonx_decode", "util", "log", "metrics", "sdnotify"]),

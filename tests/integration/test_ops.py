@@ -423,6 +423,7 @@ NOT_PROVOKED = {
     ("/api/deliveries", "get", "503"),
     ("/api/deliveries/{id}/retry", "post", "503"), ("/api/endpoints", "get", "503"),
     ("/metrics", "get", "503"), ("/healthz", "get", "503"),
+    ("/api/stream", "get", "503"),  # out of memory only
 }
 
 
@@ -462,6 +463,19 @@ def _raw(g, method, path, body=None, token=True):
         body = json.dumps(body) if not isinstance(body, str) else body
         h["Content-Type"] = "application/json"
     return wb.http_request(g.admin_port, method.upper(), path, body, h)
+
+
+def _stream_head(g):
+    """GET /api/stream: its status, headers and first line (it never ends)."""
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", g.admin_port, timeout=10)
+    try:
+        conn.request("GET", "/api/stream", headers={"Authorization": "Bearer " + g.token})
+        r = conn.getresponse()
+        return wb.Response(r.status, wb.Headers((k.lower(), v) for k, v in r.getheaders()),
+                           r.readline())
+    finally:
+        conn.close()
 
 
 def _cases(g, sink):
@@ -555,6 +569,9 @@ def _cases(g, sink):
         (W + "/{id}", "delete", "204", lambda: _raw(g, "delete", W + "/" + hook["id"])),
         (W + "/{id}", "delete", "401", lambda: _raw(g, "delete", W + "/" + hook["id"], token=None)),
         (W + "/{id}", "delete", "404", lambda: _raw(g, "delete", W + "/" + hook["id"])),
+        ("/api/stream", "get", "200", lambda: _stream_head(g)),
+        ("/api/stream", "get", "400", lambda: _raw(g, "get", "/api/stream?kind=nope")),
+        ("/api/stream", "get", "401", lambda: _raw(g, "get", "/api/stream", token=None)),
         ("/metrics", "get", "200", lambda: _raw(g, "get", "/metrics")),
         ("/metrics", "get", "401", lambda: _raw(g, "get", "/metrics", token=None)),
     ]
@@ -647,3 +664,207 @@ def test_openapi_validation_catches_a_wrong_answer():
     status = dict(good, status=418)
     v = _validate(doc, [good, extra, typed, status])
     assert v[0] is None and all(v[1:]), v
+
+
+# --------------------------------------------------------------------------
+# The live feed: GET /api/stream, waybill tail, waybill listen
+# --------------------------------------------------------------------------
+
+class _Proc:
+    """A waybill client command running beside the gateway; its stdout read
+    line by line on a thread."""
+
+    def __init__(self, *args):
+        import threading
+        self.lines, self.err = [], b""
+        self.p = subprocess.Popen([wb._bin()] + list(args), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE)
+        self._t = threading.Thread(target=self._read, daemon=True)
+        self._t.start()
+        wb._register(self)
+
+    def _read(self):
+        for line in self.p.stdout:
+            self.lines.append(line.decode().rstrip("\n"))
+
+    def wait_lines(self, pred, n=1, timeout=10):
+        wb.wait_for(lambda: len([x for x in self.lines if pred(x)]) >= n, timeout,
+                    message="%d lines; got %s" % (n, self.lines))
+        return [x for x in self.lines if pred(x)]
+
+    def wait_ready(self, text, timeout=10):
+        """stderr's or stdout's ready line (printed once the stream answered)."""
+        import select
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(text in x for x in self.lines):
+                return
+            r, _, _ = select.select([self.p.stderr], [], [], 0.05)
+            if r:
+                chunk = os.read(self.p.stderr.fileno(), 4096)
+                self.err += chunk
+                if text.encode() in self.err:
+                    return
+                if not chunk:
+                    break
+        raise AssertionError("not ready: %r %r %s" % (self.err, self.lines, self.p.poll()))
+
+    def finish(self, timeout=10):
+        rc = self.p.wait(timeout)
+        self.err += self.p.stderr.read()
+        self._t.join(5)
+        return rc
+
+    def _cleanup(self):
+        if self.p.poll() is None:
+            self.p.kill()
+            self.p.wait()
+        return []
+
+
+def _feed_gateway(sink, **kw):
+    return wb.Gateway(wb.config(f'''
+        source "atoship" {{ verify = "atoship", secret = "s" }}
+        endpoint "erp" {{ url = {wb.lua(sink.url)}, sign = "hex", secret = "k",
+                          retry = {{ "0s", "200ms" }}, jitter = false }}
+        rules "rules/"
+    ''', **kw), files={"rules/10.lua": 'on("shipment.*", {"erp"})'})
+
+
+def test_stream_is_server_sent_events_of_events_and_attempts():
+    sink = wb.Sink([500, 200])
+    g = _feed_gateway(sink)
+    conn = __import__("http.client").client.HTTPConnection("127.0.0.1", g.admin_port, timeout=10)
+    conn.request("GET", "/api/stream", headers={"Authorization": "Bearer " + g.token})
+    r = conn.getresponse()
+    assert r.status == 200 and r.getheader("Content-Type") == "text/event-stream", r.status
+    assert r.getheader("Cache-Control") == "no-store"
+    assert r.readline() == b"retry: 2000\n"     # the stream is open before anything happens
+    evt = g.post_atoship(wb.atoship_event(), "s").json()["id"]
+    msgs, cur = [], {}
+    while len([m for m in msgs if m.get("event") == "attempt"]) < 2:
+        line = r.readline().decode().rstrip("\n")
+        if line == "":
+            if "data" in cur:
+                msgs.append(cur)
+            cur = {}
+        elif not line.startswith(":"):
+            k, _, v = line.partition(": ")
+            cur[k] = v
+    conn.close()
+    kinds = [m["event"] for m in msgs]
+    assert kinds[0] == "event", kinds
+    ids = [int(m["id"]) for m in msgs]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids), ids
+    ev = json.loads(msgs[0]["data"])
+    assert ev["id"] == evt and ev["source"] == "atoship" and ev["type"] == "shipment.delivered", ev
+    assert ev["status"] == "routed" and ev["data"]["tracking_number"], ev
+    with open(os.path.join(wb.ROOT, "core", "web", "openapi.json")) as f:
+        shapes = json.load(f)["paths"]["/api/stream"]["get"]["responses"]["200"]["x-messages"]
+    verdicts = _validate(json.load(open(os.path.join(wb.ROOT, "core", "web", "openapi.json"))),
+                         [{"schema": shapes[m["event"]], "body": m["data"]} for m in msgs])
+    assert verdicts == [None] * len(msgs), list(zip(verdicts, msgs))
+    att = [json.loads(m["data"]) for m in msgs if m["event"] == "attempt"]
+    assert [(a["attempt"], a["status_code"], a["outcome"]) for a in att] == [(1, 500, "pending"), (2, 200, "delivered")], att
+    assert att[0]["event"] == evt and att[0]["endpoint"] == "erp" and att[0]["next_at"], att
+    assert att[1]["next_at"] is None and att[0]["delivery"] == att[1]["delivery"], att
+    # a client gone without a word is forgotten; the gateway serves on
+    g.post_atoship(wb.atoship_event(), "s")
+    sink.wait_for_count(3)
+    assert g.admin("GET", "/api/status")[0] == 200
+    # filters are checked
+    st, body = g.admin("GET", "/api/stream?status=bogus")
+    assert st == 400 and "status must be" in body["error"], body
+    st, body = g.admin("GET", "/api/stream?colour=red")
+    assert st == 400 and "unknown parameter" in body["error"], body
+    assert g.admin("GET", "/api/stream", token="wrong")[0] == 401
+
+
+def test_tail_prints_each_event_and_attempt_and_filters():
+    sink = wb.Sink([500, 200])
+    g = _feed_gateway(sink)
+    every = _Proc("tail", "-c", g.config_path)
+    erp = _Proc("tail", "-c", g.config_path, "--json", "--endpoint", "erp")
+    events = _Proc("tail", "-c", g.config_path, "--json", "--source", "atoship", "--type", "shipment.*")
+    failed = _Proc("tail", "-c", g.config_path, "--json", "--status", "delivered", "--kind", "attempt")
+    for p in (every, erp, events, failed):
+        p.wait_ready("following")
+    evt = g.post_atoship(wb.atoship_event(), "s").json()["id"]
+    g.post_atoship(wb.atoship_event(type="tracking.in_transit"), "s")  # routed nowhere
+    lines = every.wait_lines(lambda x: " attempt " in x, 2)
+    assert re.search(r"^\d\d:\d\d:\d\d\.\d{3}  attempt  dlv_\S+  erp  #1  500  \d+ms  pending, next \d\d:\d\d:\d\d\.\d{3}  " + evt + "$", lines[0]), lines
+    assert re.search(r"  #2  200  \d+ms  delivered  " + evt + "$", lines[1]), lines
+    ev_lines = every.wait_lines(lambda x: " event " in x, 2)
+    assert re.search(r"^\d\d:\d\d:\d\d\.\d{3}  event    %s  atoship  shipment.delivered  routed$" % evt, ev_lines[0]), ev_lines
+    assert ev_lines[1].endswith("tracking.in_transit  unrouted"), ev_lines
+    got = [json.loads(x) for x in erp.wait_lines(lambda x: True, 2)]
+    assert [(m["kind"], m["endpoint"], m["attempt"]) for m in got] == [("attempt", "erp", 1), ("attempt", "erp", 2)], got
+    got = [json.loads(x) for x in events.wait_lines(lambda x: True, 1)]
+    assert [(m["kind"], m["id"]) for m in got] == [("event", evt)], got
+    got = [json.loads(x) for x in failed.wait_lines(lambda x: True, 1)]
+    assert [(m["kind"], m["outcome"], m["attempt"]) for m in got] == [("attempt", "delivered", 2)], got
+    time.sleep(0.3)  # nothing else comes through the filters
+    assert len(erp.lines) == 2 and len(events.lines) == 1 and len(failed.lines) == 1, (erp.lines, events.lines)
+    # the gateway stops: tail says so and exits 1
+    g.stop()
+    assert every.finish() == 1 and b"the gateway closed the stream" in every.err, every.err
+
+
+def test_tail_refusals_name_their_cause():
+    sink = wb.Sink()
+    g = _feed_gateway(sink)
+    p = _Proc("tail", "-c", g.config_path, "--status", "bogus")
+    assert p.finish() == 1 and b"HTTP 400: status must be" in p.err, p.err
+    p = _Proc("tail", "--url", "http://127.0.0.1:%d" % g.admin_port, "--token", "wrong")
+    assert p.finish() == 1 and b"HTTP 401" in p.err, p.err
+    p = _Proc("tail", "--url", "http://127.0.0.1:%d" % wb.free_port(), "--token", "t")
+    assert p.finish() == 1 and b"connect" in p.err.lower(), p.err
+    r = wb.run("tail", "-c", g.config_path, "extra")
+    assert r.returncode == 2 and b"usage" in r.stderr, r
+    r = wb.run("listen", "-c", g.config_path)                      # --forward-to is required
+    assert r.returncode == 2 and b"usage" in r.stderr, r
+    r = wb.run("listen", "-c", g.config_path, "--forward-to", "ftp://x")
+    assert r.returncode == 2 and b"--forward-to must be" in r.stderr, r
+    r = wb.run("listen", "-c", g.config_path, "--forward-to", "http://127.0.0.1:1/", "--secret", "nope")
+    assert r.returncode == 2 and b"--secret must be whsec_" in r.stderr, r
+
+
+def test_listen_forwards_each_event_signed_to_a_local_receiver():
+    sink = wb.Sink()
+    local = wb.Sink([200, 500])
+    g = _feed_gateway(sink)
+    p = _Proc("listen", "-c", g.config_path, "--forward-to", local.url, "--type", "shipment.*")
+    p.wait_ready("Ready!")
+    secret = re.search(r"(whsec_\S+)", "\n".join(p.lines)).group(1)
+    evts = [g.post_atoship(wb.atoship_event(), "s").json()["id"] for _ in range(2)]
+    g.post_atoship(wb.atoship_event(type="tracking.in_transit"), "s")   # filtered out
+    reqs = local.wait_for_count(2, timeout=10)
+    for req, evt in zip(reqs, evts):
+        assert wb.verify_standard(secret, req.headers, req.body), req.headers
+        assert req.headers["webhook-id"] == evt and req.headers["content-type"] == "application/json"
+        body = req.json()
+        assert body["id"] == evt and body["type"] == "shipment.delivered" and "status" not in body, body
+        # what a subscription gets: the event as stored
+        stored = g.event(evt)
+        for k in ("source", "source_id", "type", "created_at", "received_at", "data", "shipment"):
+            assert body[k] == stored[k], (k, body[k], stored[k])
+    lines = p.wait_lines(lambda x: "<--" in x, 2)
+    assert lines[0].endswith("<-- [200] POST %s [%s]" % (local.url, evts[0])), lines
+    assert lines[1].endswith("<-- [500] POST %s [%s]" % (local.url, evts[1])), lines
+    assert [x for x in p.lines if "-->" in x][0].endswith("--> shipment.delivered [%s]" % evts[0])
+    time.sleep(0.3)
+    assert local.count == 2
+
+
+def test_listen_with_a_given_secret_is_accepted_by_the_standardwebhooks_package():
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    node = wb.NodeSink("standard", secret)
+    sink = wb.Sink()
+    g = _feed_gateway(sink)
+    p = _Proc("listen", "-c", g.config_path, "--forward-to", node.url, "--secret", secret)
+    p.wait_ready("Ready!")
+    assert any(secret in x for x in p.lines), p.lines
+    evt = g.post_atoship(wb.atoship_event(), "s").json()["id"]
+    got = node.wait_for_count(1, timeout=10)[0]
+    assert got.valid and got.json()["id"] == evt, got
+    p.wait_lines(lambda x: "<-- [200]" in x, 1)
