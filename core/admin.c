@@ -1081,6 +1081,11 @@ struct admin *admin_new(const struct admin_deps *deps, int fd, const char *liste
     return adm;
 }
 
+void admin_stop(struct admin *adm) {
+    if (adm)
+        admin_streams_stop(adm->streams);
+}
+
 void admin_free(struct admin *adm) {
     if (!adm)
         return;

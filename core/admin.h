@@ -48,6 +48,10 @@ struct admin_deps {
 struct admin *admin_new(const struct admin_deps *deps, int fd, const char *listen, char *err,
                         size_t errlen);
 
+/* The gateway is stopping: live streams (GET /api/stream) end now, new ones
+ * are refused; every other route still answers. NULL is a no-op. */
+void admin_stop(struct admin *adm);
+
 /* Closes the listener; NULL is a no-op. */
 void admin_free(struct admin *adm);
 

@@ -49,6 +49,10 @@ struct stream;
  * NULL when out of memory. */
 struct admin_streams *admin_streams_new(struct event_base *base, struct stream *stream);
 
+/* Ends every open stream cleanly (the last chunk) and refuses new ones
+ * (503): the gateway is stopping. NULL is a no-op. */
+void admin_streams_stop(struct admin_streams *s);
+
 /* Ends every open stream (before the listener goes); NULL is a no-op. */
 void admin_streams_free(struct admin_streams *s);
 

@@ -42,6 +42,7 @@ struct admin_streams {
     struct stream *stream;
     struct event *ping;
     struct sse *head;
+    int stopping; /* admin_streams_stop ran: new streams get 503 */
 };
 
 static void sse_free(struct sse *c) {
@@ -144,15 +145,22 @@ struct admin_streams *admin_streams_new(struct event_base *base, struct stream *
     return s;
 }
 
-void admin_streams_free(struct admin_streams *s) {
+void admin_streams_stop(struct admin_streams *s) {
     if (!s)
         return;
+    s->stopping = 1;
     while (s->head) {
         struct sse *c = s->head;
         evhttp_connection_set_closecb(c->conn, NULL, NULL);
-        evhttp_send_reply_end(c->req);
+        evhttp_send_reply_end(c->req); /* the last chunk: a clean end */
         sse_free(c);
     }
+}
+
+void admin_streams_free(struct admin_streams *s) {
+    if (!s)
+        return;
+    admin_streams_stop(s);
     if (s->ping)
         event_free(s->ping);
     free(s);
@@ -217,6 +225,10 @@ int admin_stream_dispatch(struct admin_streams *s, struct evhttp_request *req, c
 
     if (strcmp(path, "/api/stream") != 0 || method != EVHTTP_REQ_GET)
         return 0;
+    if (s && s->stopping) {
+        http_reply_error(req, 503, "Service Unavailable", "shutting down");
+        return 1;
+    }
     if (!s || !(c = calloc(1, sizeof *c))) {
         http_reply_error(req, 503, "Service Unavailable", "out of memory");
         return 1;

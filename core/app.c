@@ -208,6 +208,7 @@ static void on_term(evutil_socket_t sig, short what, void *arg) {
     log_msg(LOG_INFO, "%s: no longer accepting webhooks; finishing %d deliveries in flight",
             sig == SIGINT ? "SIGINT" : "SIGTERM", deliver_inflight(a->deliver));
     inbound_stop(a->inbound);
+    admin_stop(a->admin);
     housekeep_stop(a->housekeep);
     deliver_shutdown(a->deliver, rules_config(a->rules)->shutdown_grace_ms, on_deliveries_drained,
                      a);

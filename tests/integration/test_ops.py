@@ -869,3 +869,21 @@ def test_listen_with_a_given_secret_is_accepted_by_the_standardwebhooks_package(
     got = node.wait_for_count(1, timeout=10)[0]
     assert got.valid and got.json()["id"] == evt, got
     p.wait_lines(lambda x: "<-- [200]" in x, 1)
+
+
+def test_sigterm_ends_open_streams_cleanly_and_refuses_new_ones():
+    import http.client
+    sink = wb.Sink(delay=1.0)   # a delivery in flight keeps the gateway up a moment after SIGTERM
+    g = _feed_gateway(sink, shutdown_grace="5s")
+    conn = http.client.HTTPConnection("127.0.0.1", g.admin_port, timeout=10)
+    conn.request("GET", "/api/stream", headers={"Authorization": "Bearer " + g.token})
+    r = conn.getresponse()
+    assert r.readline() == b"retry: 2000\n"
+    g.post_atoship(wb.atoship_event(), "s")
+    sink.wait_for_count(1)
+    g.send_signal(15)
+    rest = r.read()            # the last chunk comes: no IncompleteRead
+    assert b"event: event" in rest, rest
+    st, body = g.admin("GET", "/api/stream")
+    assert st == 503 and body["error"] == "shutting down", (st, body)
+    assert g.proc.wait(20) == 0
