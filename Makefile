@@ -59,7 +59,7 @@ help:
 	@echo "make layers       the include-layers check alone (tests/layers.py)"
 	@echo "make deps         install the missing Debian packages the build needs"
 	@echo "make test-deps    install what the tests need (Debian packages, npm modules)"
-	@echo "make install      binary, Lua library and man page into DESTDIR/PREFIX (default /usr)"
+	@echo "make install      binary, Lua library, man page, systemd unit into DESTDIR/PREFIX (default /usr)"
 	@echo "make clean        remove the builds, binaries and benchmark output"
 	@echo "make help         this list"
 
@@ -91,6 +91,10 @@ $(BUILD)/tests/%: tests/unit/%.c $(LIBOBJS) tests/layers.py | $(BUILD) deps
 $(BUILD):
 	@mkdir -p $(BUILD)
 
+# The admin API's OpenAPI document is embedded in the binary (.incbin).
+$(BUILD)/admin_openapi.o: core/web/openapi.json
+$(BUILD)/admin_openapi.o: CFLAGS += -DWAYBILL_OPENAPI_FILE='"$(CURDIR)/core/web/openapi.json"'
+
 -include $(OBJS:.o=.d)
 
 # Packages and npm modules the tests use (sinks verifying with the
@@ -106,7 +110,7 @@ test-deps: deps
 	    || { echo "apt-get install$$missing failed"; exit 1; }; \
 	  else echo "missing: sudo apt-get install$$missing"; exit 1; fi; fi
 	@ok=1; for m in standardwebhooks express shipengine-openapi @aftership/tracking-sdk @easypost/api \
-	  shippo; do [ -d tests/node_modules/$$m ] || ok=0; done; \
+	  shippo ajv; do [ -d tests/node_modules/$$m ] || ok=0; done; \
 	  [ $$ok = 1 ] || (cd tests && npm ci --no-audit --no-fund --silent)
 
 # exec: the gateway replaces the recipe's shell (its pid is in .run/waybill.pid).
@@ -207,17 +211,23 @@ lint:
 	last=$$(echo "$$out" | tail -n 1); p=$${last%% passed*}; f=$${last#*passed, }; f=$${f%% failed*}; \
 	echo "$$((p + 1 - fmt)) passed, $$((f + fmt)) failed"; [ $$fmt = 0 ] && [ $$rc = 0 ]
 
-# The binary, its Lua library and the man page under $(DESTDIR)$(PREFIX)
-# (the binary looks for its library in /usr/share/waybill/lua, so PREFIX=/usr).
+# The binary, its Lua library, the man page and the systemd unit under
+# $(DESTDIR)$(PREFIX) (the binary finds its library in ../share/waybill/lua
+# beside its bin/, so any PREFIX works; the unit's ExecStart follows PREFIX).
 PREFIX  ?= /usr
+UNITDIR ?= $(PREFIX)/lib/systemd/system
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/waybill/lua/sources \
-	  $(DESTDIR)$(PREFIX)/share/man/man1
+	  $(DESTDIR)$(PREFIX)/share/waybill/rules $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(UNITDIR)
 	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/waybill
 	install -m 0644 lua/*.lua $(DESTDIR)$(PREFIX)/share/waybill/lua/
 	install -m 0644 lua/sources/*.lua $(DESTDIR)$(PREFIX)/share/waybill/lua/sources/
+	install -m 0644 rules/*.lua $(DESTDIR)$(PREFIX)/share/waybill/rules/
 	install -m 0644 examples/waybill.1 $(DESTDIR)$(PREFIX)/share/man/man1/waybill.1
+	sed 's|^ExecStart=/usr/bin/waybill |ExecStart=$(PREFIX)/bin/waybill |' examples/waybill.service \
+	  > $(DESTDIR)$(UNITDIR)/waybill.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/waybill.service
 
 clean:
 	rm -rf build build-asan build-tsan build-fuzz waybill waybill-asan tests/bench/out

@@ -25,6 +25,7 @@
 #include "httpc.h"
 #include "log.h"
 #include "metrics.h"
+#include "reqlog.h"
 #include "ingest.h"
 #include "rules.h"
 #include "http.h"
@@ -36,6 +37,7 @@
 struct admin {
     struct admin_deps deps;
     struct evhttp *http;
+    struct admin_streams *streams; /* GET /api/stream's connections */
 };
 
 /* Constant-time token check: compares digests, so neither content nor
@@ -1110,11 +1112,13 @@ static void admin_endpoint_switch(struct admin *adm, struct evhttp_request *req,
 }
 
 static void on_admin(struct evhttp_request *req, void *arg) {
+    static const struct reqlog_site site = {"admin", 0, "/healthz"};
     struct admin *adm = arg;
     const struct config *cfg = rules_config(*adm->deps.rules);
     const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
     enum evhttp_cmd_type m = evhttp_request_get_command(req);
 
+    reqlog_watch(req, &site);
     if (!path)
         path = "";
     if (strcmp(path, "/healthz") == 0) {
@@ -1156,7 +1160,8 @@ static void on_admin(struct evhttp_request *req, void *arg) {
         admin_endpoint_switch(adm, req, path + 15);
     } else if (strcmp(path, "/api/reload") == 0 && m == EVHTTP_REQ_POST) {
         admin_reload(adm, req);
-    } else if (admin_dispatch_ops(adm, req, path, m)) {
+    } else if (admin_dispatch_ops(adm, req, path, m) || admin_openapi_dispatch(req, path, (int)m) ||
+               admin_stream_dispatch(adm->streams, req, path, (int)m)) {
         /* answered */
     } else {
         http_reply_error(req, 404, "Not Found", "no such route");
@@ -1174,8 +1179,15 @@ struct admin *admin_new(const struct admin_deps *deps, int fd, const char *liste
         return NULL;
     }
     adm->deps = *deps;
+    if (!(adm->streams = admin_streams_new(deps->base, deps->stream))) {
+        snprintf(err, errlen, "out of memory");
+        close(fd);
+        free(adm);
+        return NULL;
+    }
     adm->http = http_listener_fd(deps->base, fd, listen, &sock, err, errlen);
     if (!adm->http) {
+        admin_streams_free(adm->streams);
         free(adm);
         return NULL;
     }
@@ -1184,9 +1196,15 @@ struct admin *admin_new(const struct admin_deps *deps, int fd, const char *liste
     return adm;
 }
 
+void admin_stop(struct admin *adm) {
+    if (adm)
+        admin_streams_stop(adm->streams);
+}
+
 void admin_free(struct admin *adm) {
     if (!adm)
         return;
+    admin_streams_free(adm->streams); /* before the connections go */
     evhttp_free(adm->http);
     free(adm);
 }

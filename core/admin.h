@@ -14,6 +14,7 @@ struct httpc;
 struct ingest;
 struct rules;
 struct store;
+struct stream;
 struct subs;
 
 /* What GET /api/status and /metrics report of the app itself. */
@@ -33,6 +34,7 @@ struct admin_deps {
     struct httpc *httpc;   /* subscription verification POSTs */
     struct ingest *ingest; /* test events and replays enter through it */
     struct subs *subs;
+    struct stream *stream;      /* the live feed GET /api/stream serves */
     struct rules *const *rules; /* the current generation (swapped whole on reload) */
     /* POST /api/reload: as SIGHUP. Returns 0, or -1 with a reason in err. */
     int (*reload)(void *arg, char *err, size_t errlen);
@@ -45,6 +47,10 @@ struct admin_deps {
  * with a reason in err. */
 struct admin *admin_new(const struct admin_deps *deps, int fd, const char *listen, char *err,
                         size_t errlen);
+
+/* The gateway is stopping: live streams (GET /api/stream) end now, new ones
+ * are refused; every other route still answers. NULL is a no-op. */
+void admin_stop(struct admin *adm);
 
 /* Closes the listener; NULL is a no-op. */
 void admin_free(struct admin *adm);

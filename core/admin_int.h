@@ -34,4 +34,31 @@ json_t *admin_sub_json(const struct subs_entry *e, int with_secret);
  * of memory. */
 json_t *admin_subs_json(const struct subs *subs);
 
+struct evhttp_request;
+
+/* GET /api/openapi.json (admin_openapi.c): answers it and returns 1 when
+ * path and method (an evhttp_cmd_type) are its, else returns 0. */
+int admin_openapi_dispatch(struct evhttp_request *req, const char *path, int method);
+
+/* GET /api/stream (admin_stream.c): the live feed as Server-Sent Events. */
+struct admin_streams;
+struct event_base;
+struct stream;
+
+/* The open streams of one admin listener, fed by stream (borrowed). New, or
+ * NULL when out of memory. */
+struct admin_streams *admin_streams_new(struct event_base *base, struct stream *stream);
+
+/* Ends every open stream cleanly (the last chunk) and refuses new ones
+ * (503): the gateway is stopping. NULL is a no-op. */
+void admin_streams_stop(struct admin_streams *s);
+
+/* Ends every open stream (before the listener goes); NULL is a no-op. */
+void admin_streams_free(struct admin_streams *s);
+
+/* Answers GET /api/stream and returns 1, or returns 0 for another path or
+ * method (an evhttp_cmd_type). */
+int admin_stream_dispatch(struct admin_streams *s, struct evhttp_request *req, const char *path,
+                          int method);
+
 #endif

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -30,8 +31,10 @@
 #include "ingest.h"
 #include "log.h"
 #include "route.h"
+#include "sdnotify.h"
 #include "rules.h"
 #include "store.h"
+#include "stream.h"
 #include "subs.h"
 #include "util.h"
 
@@ -42,6 +45,7 @@ struct app {
     struct rules *rules; /* current generation, owned; modules read it through &rules */
     struct store *store;
     struct subs *subs;
+    struct stream *stream; /* the live feed (GET /api/stream) */
     struct httpc *httpc;   /* the one HTTP client: deliveries, probes, JWKS */
     struct health *health; /* endpoint state */
     struct deliver *deliver;
@@ -90,6 +94,26 @@ static int differs(const char *x, const char *y) {
     return strcmp(x, y) != 0;
 }
 
+/* Tells systemd (Type=notify, $NOTIFY_SOCKET) where the gateway is; a
+ * failed send is logged, nothing else changes. */
+static void app_notify(const char *state) {
+    if (sdnotify_send(state) < 0)
+        log_msg(LOG_WARN, "sd_notify to $NOTIFY_SOCKET failed: %s", strerror(errno));
+}
+
+/* systemd's reload protocol: RELOADING=1 with the monotonic clock in
+ * microseconds, then READY=1 once done (failed or not: the gateway serves
+ * on either way). */
+static void app_notify_reloading(void) {
+    char state[96];
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    snprintf(state, sizeof state, "RELOADING=1\nMONOTONIC_USEC=%llu",
+             (unsigned long long)ts.tv_sec * 1000000ULL + (unsigned long long)ts.tv_nsec / 1000);
+    app_notify(state);
+}
+
 /* Builds a new rules generation from the config file and swaps it in. On
  * failure the old one stays, the error is kept for /api/status and copied
  * to err. Returns 0 or -1. */
@@ -101,6 +125,7 @@ static int app_reload(void *arg, char *err, size_t errlen) {
     const struct config *old, *cfg;
     struct rules *stale;
 
+    app_notify_reloading();
     if (subs_config_list(a->subs, &subs, &nsubs) < 0)
         snprintf(err, errlen, "out of memory");
     else
@@ -111,6 +136,7 @@ static int app_reload(void *arg, char *err, size_t errlen) {
         snprintf(a->reload_error, sizeof a->reload_error, "%s", err);
         log_msg(LOG_ERROR, "reload failed, keeping the current rules: %s", err);
         ingest_emit(a->ingest, "waybill.reload.failed", json_pack("{ss}", "error", err));
+        app_notify("READY=1\nSTATUS=serving; the last reload failed");
         return -1;
     }
     old = rules_config(a->rules);
@@ -119,8 +145,12 @@ static int app_reload(void *arg, char *err, size_t errlen) {
         differs(old->tls_cert, cfg->tls_cert) || differs(old->tls_key, cfg->tls_key))
         log_msg(LOG_WARN, "reload: a changed listen/admin/tls address needs a restart; "
                           "still serving on the old one");
-    if (differs(old->store, cfg->store))
-        log_msg(LOG_WARN, "reload: a changed store needs a restart; still using %s", old->store);
+    if (differs(old->store, cfg->store)) {
+        char shown[512];
+        log_msg(LOG_WARN, "reload: a changed store needs a restart; still using %s",
+                util_url_redact(old->store, shown, sizeof shown));
+    }
+    log_set_format(cfg->log_format);
     /* Endpoint state, the sweeps, the delivery engine and the listeners
      * move to the new config (the HTTP client asks app_private_allowed,
      * which reads a->rules) before the old generation (which
@@ -136,6 +166,7 @@ static int app_reload(void *arg, char *err, size_t errlen) {
     a->reloads++;
     a->reload_error[0] = '\0';
     log_msg(LOG_INFO, "reloaded %s", a->config_path);
+    app_notify("READY=1\nSTATUS=serving");
     return 0;
 }
 
@@ -173,9 +204,11 @@ static void on_term(evutil_socket_t sig, short what, void *arg) {
         return;
     }
     a->stopping = 1;
+    app_notify("STOPPING=1");
     log_msg(LOG_INFO, "%s: no longer accepting webhooks; finishing %d deliveries in flight",
             sig == SIGINT ? "SIGINT" : "SIGTERM", deliver_inflight(a->deliver));
     inbound_stop(a->inbound);
+    admin_stop(a->admin);
     housekeep_stop(a->housekeep);
     deliver_shutdown(a->deliver, rules_config(a->rules)->shutdown_grace_ms, on_deliveries_drained,
                      a);
@@ -280,12 +313,17 @@ static int app_modules_new(struct app *a, char *err, size_t errlen) {
         !(a->httpc = httpc_new(a->base, err, errlen)) ||
         !(a->health = health_new(a->store, err, errlen)))
         return -1;
+    if (!(a->stream = stream_new())) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
     httpc_set_allow(a->httpc, app_private_allowed, a);
     health_set_config(a->health, cfg);
     if (!(a->deliver = deliver_new(a->base, a->store, a->httpc, a->health, err, errlen)) ||
         !(a->housekeep = housekeep_new(a->base, a->store, on_recovered, a, err, errlen)))
         return -1;
     deliver_set_config(a->deliver, cfg);
+    deliver_set_stream(a->deliver, a->stream);
     housekeep_set_config(a->housekeep, cfg);
     a->batch = batch_new(&(struct batch_deps){
         .base = a->base, .store = a->store, .deliver = a->deliver, .rules = &a->rules});
@@ -298,8 +336,11 @@ static int app_modules_new(struct app *a, char *err, size_t errlen) {
                                                   .housekeep = a->housekeep,
                                                   .rules = &a->rules});
     if (a->route)
-        a->ingest = ingest_new(&(struct ingest_deps){
-            .store = a->store, .route = a->route, .deliver = a->deliver, .rules = &a->rules});
+        a->ingest = ingest_new(&(struct ingest_deps){.store = a->store,
+                                                     .route = a->route,
+                                                     .deliver = a->deliver,
+                                                     .rules = &a->rules,
+                                                     .stream = a->stream});
     if (!a->batch || !a->route || !a->ingest) {
         snprintf(err, errlen, "out of memory");
         return -1;
@@ -324,6 +365,7 @@ static int app_modules_new(struct app *a, char *err, size_t errlen) {
                                                                          .httpc = a->httpc,
                                                                          .ingest = a->ingest,
                                                                          .subs = a->subs,
+                                                                         .stream = a->stream,
                                                                          .rules = &a->rules,
                                                                          .reload = app_reload,
                                                                          .status = app_status,
@@ -376,6 +418,7 @@ struct app *app_new(const char *config_path, const char *lua_dir, const char *pi
                     size_t errlen) {
     struct app *a = calloc(1, sizeof *a);
     const struct config *cfg;
+    char store_shown[512];
 
     if (a)
         a->listen_fd = a->admin_fd = -1;
@@ -387,6 +430,7 @@ struct app *app_new(const char *config_path, const char *lua_dir, const char *pi
     if (!(a->rules = rules_load(config_path, lua_dir, err, errlen)))
         goto fail;
     cfg = rules_config(a->rules);
+    log_set_format(cfg->log_format);
     if (!pidfile)
         pidfile = cfg->pidfile;
     if (app_pidfile_check(pidfile, err, errlen) < 0 || app_bind(a, cfg, err, errlen) < 0)
@@ -420,7 +464,8 @@ struct app *app_new(const char *config_path, const char *lua_dir, const char *pi
         }
     }
     log_msg(LOG_INFO, "waybill %s serving (%s, store %s, pid %ld%s%s)", WAYBILL_VERSION,
-            cfg->sandbox ? "sandbox" : "production", cfg->store, (long)getpid(),
+            cfg->sandbox ? "sandbox" : "production",
+            util_url_redact(cfg->store, store_shown, sizeof store_shown), (long)getpid(),
             pidfile ? ", pidfile " : "", pidfile ? pidfile : "");
     return a;
 fail:
@@ -450,11 +495,15 @@ static void app_drain(struct app *a) {
 }
 
 int app_run(struct app *a) {
+    char state[64];
     int rc = 0;
 
     housekeep_recover(a->housekeep);
     batch_start(a->batch);
     deliver_kick_all(a->deliver);
+    /* listeners bound and the store open: systemd may start what needs us */
+    snprintf(state, sizeof state, "READY=1\nSTATUS=serving\nMAINPID=%ld", (long)getpid());
+    app_notify(state);
     if (event_base_dispatch(a->base) < 0) {
         log_msg(LOG_ERROR, "event loop failed");
         rc = -1;
@@ -487,6 +536,7 @@ void app_free(struct app *a) {
     httpc_free(a->httpc); /* after its users: JWKS (inbound) and deliveries */
     store_free(a->store); /* its last commit callbacks may still update subs */
     subs_free(a->subs);
+    stream_free(a->stream); /* after its publishers and watchers */
     rules_free(a->rules);
     if (a->base)
         event_base_free(a->base);

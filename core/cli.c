@@ -12,19 +12,14 @@
 #include <jansson.h>
 
 #include "cli.h"
+#include "cli_int.h"
 #include "config.h"
 #include "rules.h"
 #include "util.h"
 #include "verify.h"
 
-struct cli {
-    char base[300]; /* "http://127.0.0.1:8081" */
-    char auth[600]; /* "Authorization: Bearer ..." */
-    int json;
-};
-
-static const char *const cli_commands[] = {"events", "event",  "retry",   "replay",
-                                           "test",   "reload", "trigger", NULL};
+static const char *const cli_commands[] = {"events", "event",   "retry", "replay", "test",
+                                           "reload", "trigger", "tail",  "listen", NULL};
 
 int cli_is_command(const char *cmd) {
     for (int i = 0; cmd && cli_commands[i]; i++)
@@ -43,6 +38,10 @@ static void cli_usage(void) {
             "       waybill trigger [--source NAME] TYPE   POST a signed sample event\n"
             "       waybill reload [--pidfile FILE]    reload config and rules (admin API, or\n"
             "                                          SIGHUP to the pid in FILE)\n"
+            "       waybill tail [--source S] [--type T] [--endpoint E] [--status S] [--kind K]\n"
+            "                    [--json]              follow events and attempts live\n"
+            "       waybill listen --forward-to URL [--secret whsec_...] [--source S] [--type T]\n"
+            "                                          POST each live event to URL, signed\n"
             "  common: -c waybill.lua (admin address and token), or --url URL --token T\n");
 }
 
@@ -607,12 +606,6 @@ done:
     return rc;
 }
 
-/* The admin client's options. */
-struct cli_opts {
-    const char *config_path, *url, *token, *type, *status, *limit, *pidfile, *source;
-    int failed, json;
-};
-
 /* Reads argv's options into o. Returns 0, or 2 after printing the usage. */
 static int cli_parse(int argc, char **argv, struct cli_opts *o) {
     static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
@@ -625,6 +618,10 @@ static int cli_parse(int argc, char **argv, struct cli_opts *o) {
                                          {"limit", required_argument, NULL, 'l'},
                                          {"pidfile", required_argument, NULL, 'p'},
                                          {"source", required_argument, NULL, 'S'},
+                                         {"endpoint", required_argument, NULL, 'E'},
+                                         {"kind", required_argument, NULL, 'k'},
+                                         {"forward-to", required_argument, NULL, 'F'},
+                                         {"secret", required_argument, NULL, 'x'},
                                          {NULL, 0, NULL, 0}};
     int opt;
 
@@ -652,6 +649,14 @@ static int cli_parse(int argc, char **argv, struct cli_opts *o) {
             o->pidfile = optarg;
         else if (opt == 'S')
             o->source = optarg;
+        else if (opt == 'E')
+            o->endpoint = optarg;
+        else if (opt == 'k')
+            o->kind = optarg;
+        else if (opt == 'F')
+            o->forward_to = optarg;
+        else if (opt == 'x')
+            o->secret = optarg;
         else {
             cli_usage();
             return 2;
@@ -725,7 +730,16 @@ int cli_main(int argc, char **argv, const char *lua_dir) {
         fprintf(stderr, "waybill: libcurl failed to initialize\n");
         return 1;
     }
-    rc = cli_run(&c, cmd, argv + optind, argc - optind, o.failed, o.type, o.status, o.limit);
+    if (strcmp(cmd, "tail") == 0 || strcmp(cmd, "listen") == 0) {
+        if (optind != argc || (cmd[0] == 'l' && !o.forward_to)) {
+            cli_usage();
+            rc = 2;
+        } else {
+            rc = cmd[0] == 't' ? cli_tail(&c, &o) : cli_listen(&c, &o);
+        }
+    } else {
+        rc = cli_run(&c, cmd, argv + optind, argc - optind, o.failed, o.type, o.status, o.limit);
+    }
     curl_global_cleanup();
     return rc;
 }

@@ -93,6 +93,7 @@ struct config {
     char *admin_token;  /* required when admin_listen is set */
     char *store;        /* default "sqlite:waybill.db" */
     char *pidfile;      /* absolute; NULL = none (serve --pidfile overrides) */
+    int log_format;     /* enum log_format; default text */
     size_t max_body;    /* default 1 MiB */
     struct config_cidr *allow_private;
     size_t nallow_private;

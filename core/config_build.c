@@ -22,6 +22,7 @@
 #include "config.h"
 #include "config_int.h"
 #include "jwks.h"
+#include "log.h"
 #include "util.h"
 
 #define CONFIG_MIN_RULE_MEMORY ((size_t)1 << 20)
@@ -29,10 +30,9 @@
 /* ---- top-level settings ---- */
 
 static const char *const setting_names[] = {
-    "environment", "listen",      "tls",           "admin",
-    "store",       "max_body",    "allow_private", "shutdown_grace",
-    "retention",   "max_backlog", "rule_budget",   "rule_memory",
-    "pidfile",     NULL};
+    "environment",   "listen",         "tls",       "admin",       "store",       "max_body",
+    "allow_private", "shutdown_grace", "retention", "max_backlog", "rule_budget", "rule_memory",
+    "pidfile",       "log_format",     NULL};
 
 static int setting_tls(struct config_ctx *c, int vi) {
     static const char *const keys[] = {"cert", "key", NULL};
@@ -229,6 +229,13 @@ static int setting(struct config_ctx *c, const char *key, int vi) {
         return 0;
     case 12:
         return config_resolve_path(c, vi, "pidfile", &cfg->pidfile);
+    case 13: /* log_format */
+        if (config_get_string(c, vi, "log_format", &s) < 0)
+            return -1;
+        if ((cfg->log_format = log_format_parse(s)) < 0)
+            return config_fail(c, "log_format: '%s' is not one of \"text\", \"logfmt\", \"json\"",
+                               s);
+        return 0;
     default: {
         char hint[80];
         return config_fail(c, "unknown setting '%s'%s", key,

@@ -20,6 +20,7 @@
 #include "deliver_int.h"
 #include "log.h"
 #include "metrics.h"
+#include "stream.h"
 #include "util.h"
 #include "verify.h"
 
@@ -457,11 +458,11 @@ static void deliver_attempt_next(struct deliver *d, const struct config_endpoint
         break;
     case DELIVER_FAILED:
         v->status = "failed";
-        v->why = " (no retry after 406)";
+        v->why = "no retry after 406";
         break;
     case DELIVER_GONE:
         v->status = "failed"; /* and the endpoint is disabled (health.c) */
-        v->why = " (410 Gone)";
+        v->why = "410 Gone";
         break;
     case DELIVER_RETRY:
     case DELIVER_RETRY_AFTER:
@@ -472,7 +473,7 @@ static void deliver_attempt_next(struct deliver *d, const struct config_endpoint
         } else if ((npos = deliver_schedule_next(cep->retry_ms, cep->nretry, v->pos, cep->jitter,
                                                  deliver_rand(d), &v->delay)) < 0) {
             v->status = "failed";
-            v->why = " (retries exhausted)";
+            v->why = "retries exhausted";
         } else {
             v->status = "pending";
             v->pos = npos;
@@ -506,6 +507,24 @@ static void deliver_attempt_health(struct deliver *d, struct deliver_xfer *x,
     }
 }
 
+/* x's attempt and its outcome v on the live feed. */
+static void deliver_attempt_publish(struct deliver *d, const struct deliver_xfer *x,
+                                    const struct deliver_verdict *v) {
+    char at[32], next[32];
+
+    util_time_rfc3339(v->a.at, at, sizeof at);
+    if (v->next_at)
+        util_time_rfc3339(v->next_at, next, sizeof next);
+    stream_publish(d->stream, "attempt",
+                   json_pack("{s:s, s:s, s:s, s:s?, s:i, s:s, s:o, s:s?, s:I, s:s, s:s?}",
+                             "delivery", x->row.id, "event", x->row.event_id, "endpoint",
+                             x->row.endpoint, "type", x->row.event_type, "attempt", v->a.n, "at",
+                             at, "status_code",
+                             v->a.status_code ? json_integer(v->a.status_code) : json_null(),
+                             "error", v->a.error, "ms", (json_int_t)v->a.latency_ms, "outcome",
+                             v->status, "next_at", v->next_at ? next : NULL));
+}
+
 /* Writes v for x in the open group and logs it. */
 static void deliver_attempt_record(struct deliver *d, const struct deliver_xfer *x, int started,
                                    int answered, const struct deliver_verdict *v) {
@@ -531,12 +550,18 @@ static void deliver_attempt_record(struct deliver *d, const struct deliver_xfer 
     deliver_commit_watch(d);
     metrics_attempt(x->row.endpoint, x->row.event_type, v->status, started ? a->latency_ms : -1);
     if (v->next_at && strcmp(v->status, "held") != 0)
-        log_msg(LOG_INFO, "delivery %s to %s attempt %d: %s in %" PRId64 " ms, retry in %s",
-                x->row.id, x->row.endpoint, a->n, what, a->latency_ms,
-                health_fmt_delay(v->delay, delay_text, sizeof delay_text));
+        health_fmt_delay(v->delay, delay_text, sizeof delay_text);
     else
-        log_msg(LOG_INFO, "delivery %s to %s attempt %d: %s in %" PRId64 " ms, %s%s", x->row.id,
-                x->row.endpoint, a->n, what, a->latency_ms, v->status, v->why);
+        delay_text[0] = '\0';
+    log_kv(LOG_INFO, "attempt", LOG_S("delivery", x->row.id), LOG_S("event", x->row.event_id),
+           LOG_S("endpoint", x->row.endpoint), LOG_S("type", x->row.event_type),
+           LOG_N("attempt", a->n),
+           a->status_code ? LOG_N("status", a->status_code) : LOG_S("status", NULL),
+           LOG_S("error", a->error), LOG_N("ms", a->latency_ms), LOG_S("outcome", v->status),
+           LOG_S("retry_in", delay_text[0] ? delay_text : NULL),
+           LOG_S("why", v->why && v->why[0] ? v->why : NULL));
+    if (stream_watched(d->stream))
+        deliver_attempt_publish(d, x, v);
 }
 
 /* Records the outcome of x's attempt (SPEC section 7) and frees x. r is how
@@ -701,6 +726,10 @@ void deliver_set_config(struct deliver *d, const struct config *cfg) {
     if (cfg && !d->stopping)
         deliver_discover(d); /* subscriptions' endpoints with rows from an earlier run */
     deliver_kick_all(d);     /* new endpoints, changed limits */
+}
+
+void deliver_set_stream(struct deliver *d, struct stream *s) {
+    d->stream = s;
 }
 
 void deliver_set_notify(struct deliver *d, deliver_notify_fn fn, void *arg) {

@@ -121,6 +121,12 @@ void deliver_free(struct deliver *d);
 typedef void (*deliver_notify_fn)(void *arg, const char *type, json_t *data);
 void deliver_set_notify(struct deliver *d, deliver_notify_fn fn, void *arg);
 
+/* Publishes each attempt's outcome to s (borrowed; must outlive d) as an
+ * "attempt": {delivery, event, endpoint, type, attempt, at, status_code,
+ * error, ms, outcome, next_at}. */
+struct stream;
+void deliver_set_stream(struct deliver *d, struct stream *s);
+
 /* ---- pure helpers (exposed for the unit tests) ---- */
 
 /* What an HTTP answer means for a delivery (SPEC section 7). */

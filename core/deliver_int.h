@@ -136,6 +136,7 @@ struct deliver {
     void *done_arg;
     deliver_notify_fn notify;
     void *notify_arg;
+    struct stream *stream; /* the live feed: each attempt's outcome; NULL = none */
 };
 
 /* The config of endpoint name (the file's, or a subscription's), or NULL. */

@@ -638,6 +638,11 @@ void httpd_set_max_body(struct httpd *s, size_t max_body) {
     s->lim.max_body = max_body ? max_body : s->lim.max_body;
 }
 
+void httpd_set_reply_hook(struct httpd *s, httpd_reply_hook_fn fn, void *arg) {
+    s->reply_hook = fn;
+    s->reply_hook_arg = arg;
+}
+
 int httpd_connections(const struct httpd *s) {
     return s->nconns;
 }

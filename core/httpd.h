@@ -58,6 +58,11 @@ void httpd_set_max_body(struct httpd *s, size_t max_body);
  * commit) are written. */
 void httpd_stop(struct httpd *s);
 
+/* Called with every answer as it is made (code: its status): the request
+ * log. r is valid during the call only. */
+typedef void (*httpd_reply_hook_fn)(void *arg, const struct httpd_req *r, int code);
+void httpd_set_reply_hook(struct httpd *s, httpd_reply_hook_fn fn, void *arg);
+
 /* Open connections (metrics, tests). */
 int httpd_connections(const struct httpd *s);
 

@@ -105,7 +105,9 @@ struct httpd {
     struct httpd_req *pool;
     int npool;
     int64_t date_sec;
-    char date[40]; /* "Date: ...\r\n" for date_sec */
+    char date[40];                  /* "Date: ...\r\n" for date_sec */
+    httpd_reply_hook_fn reply_hook; /* told of every answer (request logs), or NULL */
+    void *reply_hook_arg;
 };
 
 /* httpd_req.c */

@@ -356,6 +356,8 @@ void httpd_reply(struct httpd_req *r, int code, const char *reason, const char *
                  const char *body, size_t len) {
     struct httpd_conn *c = r->c;
 
+    if (c->s->reply_hook)
+        c->s->reply_hook(c->s->reply_hook_arg, r, code);
     if (!c->dead && reply_format(r, c->s, code, reason, headers, body, len) < 0) {
         static const char oom[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n";
         util_buf_reset(&r->reply); /* the fixed answer fits what reply already holds */

@@ -28,6 +28,7 @@
 #include "jwks.h"
 #include "log.h"
 #include "metrics.h"
+#include "reqlog.h"
 #include "ingest.h"
 #include "rules.h"
 #include "store.h"
@@ -74,6 +75,9 @@ static void on_ingested(void *arg, int ok, const char *id, int duplicate, const 
                           "store unavailable, retry later");
         return;
     }
+    if (log_threshold <= LOG_INFO) /* the 200's line, with its ids (inbound_reply_log skips it) */
+        reqlog_line(LOG_INFO, "inbound", httpd_req_method_name(req), httpd_req_path(req), 200, NULL,
+                    source, id, duplicate);
     if (duplicate) {
         metrics_event_rejected(source, "duplicate");
         httpd_reply_json(req, 200, "OK", NULL, json_pack("{sssb}", "id", id, "duplicate", 1));
@@ -438,13 +442,13 @@ done:
 
 static void on_inbound(struct httpd_req *req, void *arg) {
     struct inbound *ib = arg;
-    const struct config_source *src = inbound_source(ib, req);
+    const struct config_source *src;
     struct verify_request vr;
     char nonce[256];
     const char *body;
     size_t len;
 
-    if (!src)
+    if (!(src = inbound_source(ib, req)))
         return;
     body = httpd_req_body(req, &len);
     if (inbound_verify(ib, req, src, body, len, &vr) != 0 ||
@@ -454,6 +458,15 @@ static void on_inbound(struct httpd_req *req, void *arg) {
 }
 
 /* ---- life ---- */
+
+/* The request log's line of every answer but an accepted event's 200
+ * (on_ingested writes that one, with the event's ids). */
+static void inbound_reply_log(void *arg, const struct httpd_req *req, int code) {
+    UNUSED(arg);
+    if (code != 200 && log_threshold <= LOG_INFO)
+        reqlog_line(LOG_INFO, "inbound", httpd_req_method_name(req), httpd_req_path(req), code,
+                    NULL, NULL, NULL, 0);
+}
 
 struct inbound *inbound_new(const struct inbound_deps *deps, char *err, size_t errlen) {
     struct inbound *ib = calloc(1, sizeof *ib);
@@ -472,6 +485,7 @@ struct inbound *inbound_new(const struct inbound_deps *deps, char *err, size_t e
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
+    httpd_set_reply_hook(ib->httpd, inbound_reply_log, ib);
     if (cfg->tls_cert && cfg->tls_key &&
         !(ib->tls = http_tls_context(cfg->tls_cert, cfg->tls_key, err, errlen)))
         goto fail;

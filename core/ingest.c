@@ -17,6 +17,7 @@
 #include "route.h"
 #include "rules.h"
 #include "store.h"
+#include "stream.h"
 #include "util.h"
 
 struct ingest {
@@ -56,12 +57,38 @@ void ingest_free(struct ingest *g) {
     free(g);
 }
 
+/* ---- the live feed ---- */
+
+/* JSON text stored for an event, parsed back; null when absent. */
+static json_t *ingest_json_or_null(const char *text) {
+    json_t *j = text ? json_loads(text, JSON_DECODE_ANY, NULL) : NULL;
+    return j ? j : json_null();
+}
+
+/* An event as the live feed shows it (GET /api/stream), new; NULL when
+ * nobody watches or out of memory. */
+static json_t *ingest_stream_event(const struct ingest *g, const struct store_event *e,
+                                   const char *status) {
+    char at[32];
+
+    if (!stream_watched(g->deps.stream))
+        return NULL;
+    util_time_rfc3339(e->received_at, at, sizeof at);
+    return json_pack("{s:s, s:s, s:s?, s:s, s:s, s:s, s:s?, s:o, s:o}", "id", e->id, "source",
+                     e->source, "source_id", e->source_id, "type", e->type, "status",
+                     status ? status : "routed", "received_at", at, "created_at", e->created_at,
+                     "shipment", ingest_json_or_null(e->shipment_json), "data",
+                     ingest_json_or_null(e->data_json));
+}
+
 /* ---- a carrier's event ---- */
 
 /* A carrier's event between its write and its commit (owned). */
 struct pending {
     ingest_done_fn done;
     void *arg;
+    struct stream *stream;
+    json_t *live; /* for the live feed once committed, or NULL */
     char id[UTIL_ID_MAX];
     int duplicate; /* noted, not stored again, not routed */
     char source[];
@@ -71,6 +98,10 @@ static void on_carrier_committed(void *arg, int ok) {
     struct pending *p = arg;
 
     p->done(p->arg, ok, p->id, p->duplicate, p->source);
+    if (ok && !p->duplicate)
+        stream_publish(p->stream, "event", p->live);
+    else
+        json_decref(p->live);
     free(p);
 }
 
@@ -147,8 +178,12 @@ int ingest_carrier(struct ingest *g, struct ingest_carrier *c, ingest_done_fn do
     } else if (c->adapted && route_plan_stored(g->deps.route, &in, &plan, serr, sizeof serr) < 0) {
         /* The group has failed: done runs with ok = 0 (a 503). */
         log_msg(LOG_ERROR, "event %s: %s", p->id, serr);
+    } else {
+        p->stream = g->deps.stream;
+        p->live = ingest_stream_event(g, &se, plan.store.status);
     }
     if (store_on_commit(g->deps.store, on_carrier_committed, p) < 0) {
+        json_decref(p->live);
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
@@ -213,6 +248,7 @@ void ingest_emit(void *arg, const char *type, json_t *data) {
         goto done;
     }
     log_msg(LOG_INFO, "event %s: %s", id, type);
+    stream_publish(g->deps.stream, "event", ingest_stream_event(g, &ev, plan.store.status));
 done:
     route_plan_clear(&plan);
     free(data_json);
@@ -263,6 +299,7 @@ int ingest_test(struct ingest *g, const struct config_endpoint *ep, const char *
     if (store_event_put(g->deps.store, &se, &plan, NULL, 0, err, errlen) != 0)
         goto done;
     deliver_watch_endpoint(g->deps.deliver, ep->name); /* looked at once committed */
+    stream_publish(g->deps.stream, "event", ingest_stream_event(g, &se, plan.status));
     rc = 0;
 done:
     free(data_text);

@@ -18,6 +18,7 @@ struct route;
 struct rules;
 struct rules_event;
 struct store;
+struct stream;
 
 /* What ingest works with; all borrowed, and must outlive it. */
 struct ingest_deps {
@@ -25,6 +26,7 @@ struct ingest_deps {
     struct route *route;
     struct deliver *deliver;
     struct rules *const *rules; /* the current generation (swapped whole on reload) */
+    struct stream *stream;      /* the live feed: stored events; NULL = none */
 };
 
 /* New, or NULL when out of memory. */

@@ -73,12 +73,22 @@ static const struct {
     {"reload", "usage: waybill reload [--pidfile FILE]\n"
                "  Reload config and rules: through the admin API (prints the error and\n"
                "  exits 1 when refused), or SIGHUP to the pid in FILE.\n"},
+    {"tail", "usage: waybill tail [--source S] [--type T] [--endpoint E] [--status S] [--kind K]\n"
+             "  Follow events and delivery attempts live (GET /api/stream), one line each\n"
+             "  (--json: one JSON object each). Filters: the source, a type or glob, the\n"
+             "  endpoint, an event status or attempt outcome, the kind (event, attempt).\n"},
+    {"listen", "usage: waybill listen --forward-to URL [--secret whsec_...] [--source S]\n"
+               "  [--type T]\n"
+               "  POST each live event (as a subscription gets it) to URL, e.g. your app on\n"
+               "  localhost, signed Standard Webhooks with --secret or a fresh one it prints;\n"
+               "  one line per event and per answer.\n"},
     {"version", "usage: waybill version  (or waybill --version)\n"},
     {"help", "usage: waybill help [COMMAND]  (or waybill --help, waybill COMMAND --help)\n"},
 };
 
 #define ADMIN_CLIENT_OPTIONS                                                                       \
-    "  The admin client commands (events, event, retry, replay, test, reload) read\n"              \
+    "  The admin client commands (events, event, retry, replay, test, reload, tail,\n"             \
+    "  listen) read\n"                                                                             \
     "  the admin address and token from the config: -c waybill.lua, or --url URL\n"                \
     "  --token T; --json prints the admin API's answer as is. trigger reads the\n"                 \
     "  webhook address and the source's secret from the config.\n"
@@ -126,10 +136,11 @@ static int help_asked(int argc, char **argv) {
 }
 
 /* The shipped Lua library: $WAYBILL_LUA_DIR, else lua/ beside the binary,
- * else the install location. New string. */
+ * else PREFIX/share/waybill/lua for a binary in PREFIX/bin (make install
+ * with any PREFIX), else /usr/share/waybill/lua. New string. */
 static char *find_lua_dir(void) {
     const char *env = getenv("WAYBILL_LUA_DIR");
-    char exe[PATH_MAX], path[PATH_MAX + 16];
+    char exe[PATH_MAX], path[PATH_MAX + 32];
     struct stat st;
     ssize_t n;
 
@@ -142,6 +153,9 @@ static char *find_lua_dir(void) {
         if (slash) {
             *slash = '\0';
             snprintf(path, sizeof path, "%s/lua", exe);
+            if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+                return strdup(path);
+            snprintf(path, sizeof path, "%s/../share/waybill/lua", exe);
             if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
                 return strdup(path);
         }

@@ -498,11 +498,11 @@ static char *store_url_parse(const char *url, const char *base_dir, int *sync_fu
     static const char scheme[] = "sqlite:";
     const char *p, *q;
     size_t plen;
-    char *path = NULL;
+    char *path = NULL, shown[512];
     if (!url || strncmp(url, scheme, sizeof scheme - 1) != 0 || !url[sizeof scheme - 1]) {
-        char shown[256];
-        util_url_redact(url, shown, sizeof shown); /* never a password in a message */
-        store_err(err, errlen, "store: unsupported url '%s' (use sqlite:PATH)", shown);
+        /* a postgres:// url may hold a password: never echoed */
+        store_err(err, errlen, "store: unsupported url '%s' (use sqlite:PATH)",
+                  util_url_redact(url ? url : "", shown, sizeof shown));
         return NULL;
     }
     p = url + sizeof scheme - 1;

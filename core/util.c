@@ -486,14 +486,14 @@ int util_http_url_ok(const char *url) {
     return ok;
 }
 
-void util_url_redact(const char *url, char *out, size_t outlen) {
+const char *util_url_redact(const char *url, char *out, size_t outlen) {
     const char *auth = url ? strstr(url, "://") : NULL, *at, *colon, *end;
 
     if (!outlen)
-        return;
+        return out;
     if (!auth) {
         snprintf(out, outlen, "%s", url ? url : "");
-        return;
+        return out;
     }
     auth += 3;
     end = auth + strcspn(auth, "/?#");
@@ -506,4 +506,5 @@ void util_url_redact(const char *url, char *out, size_t outlen) {
         snprintf(out, outlen, "%s", url);
     else
         snprintf(out, outlen, "%.*s:***%s", (int)(colon - url), url, at);
+    return out;
 }

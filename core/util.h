@@ -86,6 +86,11 @@ static inline size_t util_utf8_seq(const unsigned char *s, size_t n) {
     return 0;
 }
 
+/* url for a message: the password of its userinfo ("scheme://user:pw@")
+ * replaced by "***"; anything else copied as it is (cut to outlen; NULL
+ * gives ""). Returns out. */
+const char *util_url_redact(const char *url, char *out, size_t outlen);
+
 /* 1 when name is an HTTP header name (an RFC 9110 token: letters, digits
  * and !#$%&'*+-.^_`|~, at least one), else 0. */
 int util_header_name_ok(const char *name);
@@ -106,11 +111,6 @@ int util_header_reserved(const char *name);
  * 0. The one URL check: endpoints in the config, subscriptions in the
  * admin API. */
 int util_http_url_ok(const char *url);
-
-/* url with the password of its userinfo ("scheme://user:PASSWORD@host")
- * replaced by "***", into out (truncated to outlen); for messages, which
- * never show a secret. */
-void util_url_redact(const char *url, char *out, size_t outlen);
 
 #define UTIL_ID_MAX 40
 /* Writes prefix + 26 Crockford base32 chars (48-bit ms time, 80 random bits:

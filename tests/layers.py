@@ -16,16 +16,16 @@ Layers, top (1) to bottom (5); a file may include its own layer or any
 below it, never one above:
 1. commands and the app: main (commands) -> app (owns every module)
 2. edges: http (listeners, TLS, replies), httpd (the webhook listener's
-   HTTP/1.1 server, + httpd_req), inbound, admin (+ admin_render),
-   cli, ruletest
+   HTTP/1.1 server, + httpd_req), inbound, admin (+ admin_render,
+   admin_openapi, admin_stream), cli (+ cli_stream), ruletest, reqlog
 3. pipeline: ingest, carrier, route, batch, deliver (+ deliver_sched), health,
-   housekeep
+   housekeep, stream (the live feed)
 4. engines: rules, rules_adapt, rules_route, rules_api (behind
    rules_int.h), store and store_*
    (behind store_int.h),
    httpc, verify, jwks, config, config_build (behind config_int.h), subs
 5. base: jsonx, jsonx_encode, jsonx_decode (behind jsonx_int.h), util,
-   log, metrics
+   log, metrics, sdnotify
 """
 import os
 import re
@@ -36,12 +36,13 @@ CORE = os.path.join(ROOT, "core")
 
 LAYERS = [
     ("commands and the app", ["main", "app"]),
-    ("edges", ["http", "httpd", "httpd_req", "inbound", "admin", "admin_render", "cli", "ruletest"]),
+    ("edges", ["http", "httpd", "httpd_req", "inbound", "admin", "admin_render", "admin_openapi",
+               "admin_stream", "cli", "cli_stream", "ruletest", "reqlog"]),
     ("pipeline", ["ingest", "carrier", "route", "batch", "deliver", "deliver_sched", "health",
-                  "housekeep"]),
+                  "housekeep", "stream"]),
     ("engines", ["rules", "rules_api", "rules_adapt", "rules_route", "rules_key", "store", "store_*", "httpc",
                  "verify", "jwks", "config", "config_build", "subs"]),
-    ("base", ["jsonx", "jsonx_encode", "jsonx_decode", "util", "log", "metrics"]),
+    ("base", ["jsonx", "jsonx_encode", "jsonx_decode", "util", "log", "metrics", "sdnotify"]),
 ]
 
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)

@@ -233,7 +233,8 @@ def test_reload_command_reports_what_the_reload_did():
 
 
 COMMANDS = ["serve", "check", "sign", "route", "init", "test-rules", "bench-rules", "events",
-            "event", "retry", "replay", "test", "reload", "trigger", "version", "help"]
+            "event", "retry", "replay", "test", "reload", "trigger", "tail", "listen", "version",
+            "help"]
 
 
 def test_every_command_has_help_and_the_top_usage_lists_them_all():
