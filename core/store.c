@@ -42,8 +42,12 @@ const struct store_stmt_def store_engine_stmts[] = {
     /* One process owns an SQLite store: leases still held at open were left
      * by a run that died; those deliveries are due now. */
     {ST_OPEN_RELEASE, "UPDATE deliveries SET lease_until = 0, next_at = ?1 WHERE lease_until > 0"},
-    {ST_OPEN_DLV_SEQ, "SELECT IFNULL(MAX(seq), 0) FROM deliveries"},
-    {ST_OPEN_EVT_SEQ, "SELECT IFNULL(MAX(seq), 0) FROM events"},
+    {ST_OPEN_DLV_SEQ, "SELECT max(IFNULL((SELECT MAX(seq) FROM deliveries), 0),"
+                      " IFNULL((SELECT value FROM store_meta WHERE key = 'dlv_seq'), 0))"},
+    {ST_OPEN_EVT_SEQ, "SELECT max(IFNULL((SELECT MAX(seq) FROM events), 0),"
+                      " IFNULL((SELECT value FROM store_meta WHERE key = 'evt_seq'), 0))"},
+    {ST_META_PUT, "INSERT INTO store_meta(key, value) VALUES (?1, ?2)"
+                  " ON CONFLICT(key) DO UPDATE SET value = max(value, ?2)"},
     {ST_COUNT_, NULL},
 };
 
@@ -663,6 +667,8 @@ static int store_open_recover(struct store *s, char *err, size_t errlen) {
         store_err(err, errlen, "store: %s", sqlite3_errmsg(s->db));
         return -1;
     }
+    s->dlv_seq_hw = s->committed_dlv_seq;
+    s->evt_seq_hw = s->committed_evt_seq;
     return 0;
 }
 

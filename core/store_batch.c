@@ -33,9 +33,9 @@ const struct store_stmt_def store_batch_stmts[] = {
                      " endpoint = ?1 AND window_ms = ?2 AND window_start = ?3 ORDER BY seq"},
     {ST_BATCH_DELIVERY, "INSERT INTO deliveries(id, event_id, endpoint, event_type, status,"
                         " payload, content_type, headers, attempts, schedule_pos, next_at,"
-                        " lease_until, created_at, batch)"
+                        " lease_until, created_at, batch, seq)"
                         " VALUES (?1, ?2, ?3, 'batch', ?4, ?5, 'application/json', NULL, 0, 0,"
-                        " ?6, 0, ?7, 1)"},
+                        " ?6, 0, ?7, 1, ?8)"},
     {ST_BATCH_MARK, "UPDATE batch_items SET delivery_id = ?1, payload = NULL"
                     " WHERE delivery_id IS NULL AND endpoint = ?2 AND window_ms = ?3"
                     " AND window_start = ?4 AND seq <= ?5"},
@@ -189,11 +189,11 @@ static int batch_write(struct store *s, const struct store_batch_window *w, cons
     if (bind_text(ins, 1, id) || bind_text(ins, 2, id) || bind_text(ins, 3, w->endpoint) ||
         bind_text(ins, 4, status) || bind_blob(ins, 5, body->p, body->len) ||
         sqlite3_bind_int64(ins, 6, next_at) || sqlite3_bind_int64(ins, 7, util_now_ms()) ||
-        sqlite3_step(ins) != SQLITE_DONE) {
+        sqlite3_bind_int64(ins, 8, ++s->dlv_seq_hw) || sqlite3_step(ins) != SQLITE_DONE) {
         store_group_fail(s, "batch delivery", err, errlen);
         goto done;
     }
-    s->group_dlv_seq = sqlite3_last_insert_rowid(s->db);
+    s->group_dlv_seq = s->dlv_seq_hw;
     if (store_counts_add(s, status, 1) < 0) {
         store_group_fail(s, "delivery counts", err, errlen);
         goto done;

@@ -21,8 +21,8 @@
 
 const struct store_stmt_def store_events_stmts[] = {
     {ST_EVT_INSERT, "INSERT INTO events(id, source, source_id, type, status, error, created_at,"
-                    " received_at, headers, data, raw, shipment)"
-                    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"},
+                    " received_at, headers, data, raw, shipment, seq)"
+                    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"},
     {ST_EVT_DUP, "SELECT id FROM events WHERE source = ?1 AND source_id = ?2"},
     {ST_EVT_STATUS, "UPDATE events SET status = ?2, error = ?3 WHERE id = ?1"},
     {ST_EVT_STATUS_FIRST, "UPDATE events SET status = ?2, error = ?3"
@@ -36,8 +36,8 @@ const struct store_stmt_def store_events_stmts[] = {
                       " WHERE status = 'received' AND seq > ?1 ORDER BY seq LIMIT ?2"},
     {ST_DLV_INSERT, "INSERT INTO deliveries(id, event_id, endpoint, event_type, status, payload,"
                     " content_type, headers, attempts, schedule_pos, next_at, lease_until,"
-                    " created_at, okey)"
-                    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, 0, ?9, 0, ?10, ?11)"},
+                    " created_at, okey, seq)"
+                    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, 0, ?9, 0, ?10, ?11, ?12)"},
     /* A key with a row not yet delivered (its head, waiting or failed, or
      * rows behind it): a new row of that key waits behind them. */
     {ST_KEY_BUSY, "SELECT 1 FROM deliveries INDEXED BY deliveries_ep_key"
@@ -151,12 +151,13 @@ static int plan_write(struct store *s, const char *event_id, struct store_plan *
             bind_blob(ins, 6, d[i].payload ? d[i].payload : "", d[i].payload_len) ||
             bind_text(ins, 7, d[i].content_type) || bind_text(ins, 8, d[i].headers_json) ||
             sqlite3_bind_int64(ins, 9, next_at) || sqlite3_bind_int64(ins, 10, now) ||
-            bind_text(ins, 11, d[i].okey) || sqlite3_step(ins) != SQLITE_DONE) {
+            bind_text(ins, 11, d[i].okey) || sqlite3_bind_int64(ins, 12, ++s->dlv_seq_hw) ||
+            sqlite3_step(ins) != SQLITE_DONE) {
             store_group_fail(s, "delivery insert", err, errlen);
             stmt_done(ins);
             return -1;
         }
-        s->group_dlv_seq = sqlite3_last_insert_rowid(s->db);
+        s->group_dlv_seq = s->dlv_seq_hw;
         stmt_done(ins);
         if (store_counts_add(s, status, 1) < 0) {
             store_group_fail(s, "delivery counts", err, errlen);
@@ -182,13 +183,13 @@ int store_event_put(struct store *s, const struct store_event *ev, struct store_
         bind_text(st, 6, plan ? plan->error : NULL) || bind_text(st, 7, ev->created_at) ||
         sqlite3_bind_int64(st, 8, ev->received_at) || bind_text(st, 9, ev->headers_json) ||
         bind_text(st, 10, ev->data_json) || bind_blob(st, 11, ev->raw, ev->raw_len) ||
-        bind_text(st, 12, ev->shipment_json)) {
+        bind_text(st, 12, ev->shipment_json) || sqlite3_bind_int64(st, 13, ++s->evt_seq_hw)) {
         store_group_fail(s, "event insert", err, errlen);
         goto done;
     }
     rc = sqlite3_step(st);
     if (rc == SQLITE_DONE) {
-        s->group_evt_seq = sqlite3_last_insert_rowid(s->db);
+        s->group_evt_seq = s->evt_seq_hw;
         ret = plan ? plan_write(s, ev->id, plan, 1, err, errlen) : 0;
         goto done;
     }
@@ -428,6 +429,25 @@ done:
     return ret;
 }
 
+/* Records the seq high-water marks in store_meta (in the open group),
+ * before rows that may hold the highest seqs are deleted. Returns 0 or -1. */
+static int seq_hw_keep(struct store *s, char *err, size_t errlen) {
+    static const char *const keys[2] = {"dlv_seq", "evt_seq"};
+    int64_t vals[2] = {s->dlv_seq_hw, s->evt_seq_hw};
+
+    for (int i = 0; i < 2; i++) {
+        sqlite3_stmt *st = store_stmt(s, ST_META_PUT);
+        int bad = bind_text(st, 1, keys[i]) || sqlite3_bind_int64(st, 2, vals[i]) ||
+                  sqlite3_step(st) != SQLITE_DONE;
+        stmt_done(st);
+        if (bad) {
+            store_group_fail(s, "seq high-water", err, errlen);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 int store_prune(struct store *s, int64_t before_ms, int64_t *cursor, int max, int *pruned,
                 char *err, size_t errlen) {
     static const enum store_stmt del[3] = {ST_PRUNE_ATTEMPTS, ST_PRUNE_DELIVERIES, ST_PRUNE_EVENT};
@@ -443,7 +463,7 @@ int store_prune(struct store *s, int64_t before_ms, int64_t *cursor, int max, in
     }
     if (prune_scan(s, before_ms, *cursor, max, ids, &nids, &last, err, errlen) < 0)
         goto done;
-    if (nids && store_group_begin(s, err, errlen) < 0)
+    if (nids && (store_group_begin(s, err, errlen) < 0 || seq_hw_keep(s, err, errlen) < 0))
         goto done;
     for (i = 0; i < nids; i++) {
         for (k = 0; k < 3; k++) {

@@ -70,6 +70,7 @@ enum store_stmt {
     ST_OPEN_RELEASE,
     ST_OPEN_DLV_SEQ,
     ST_OPEN_EVT_SEQ,
+    ST_META_PUT,
     /* store_events.c */
     ST_EVT_INSERT,
     ST_EVT_DUP,
@@ -187,6 +188,9 @@ struct store {
      * only events with seq <= committed_evt_seq, so an event whose group is
      * open or being synced is never routed by recovery as well. */
     int64_t committed_evt_seq, group_evt_seq;
+    /* The highest seq given so far, for the life of the store (store_meta
+     * keeps it across deletes): every insert takes the next one itself. */
+    int64_t dlv_seq_hw, evt_seq_hw;
     /* The backlog as of the last commit (store_backlog): pending + held
      * from delivery_counts, read again only after a commit (stale). */
     int64_t backlog;

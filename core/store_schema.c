@@ -160,6 +160,14 @@ static const char store_endpoints_sql[] =
     " ('pending', 0), ('held', 0), ('failed', 0), ('delivered', 0);";
 
 /* Nonces (Shiptify tokens) with the digest of the body they came with. */
+/* The highest seq ever given to an event and to a delivery (recorded when
+ * retention deletes rows, which could take the newest ones): seqs stay
+ * monotonic for the life of the store, so a pruned table never hands out a
+ * seq the delivery watermarks or an admin page cursor already passed. */
+static const char store_meta_sql[] = "CREATE TABLE IF NOT EXISTS store_meta ("
+                                     " key TEXT PRIMARY KEY,"
+                                     " value INTEGER NOT NULL) WITHOUT ROWID";
+
 static const char store_nonce_sql[] = "CREATE TABLE IF NOT EXISTS nonces ("
                                       " source TEXT NOT NULL,"
                                       " nonce TEXT NOT NULL,"
@@ -274,6 +282,10 @@ int store_schema_apply(sqlite3 *db, const char *path, char *err, size_t errlen) 
     }
     if (sqlite3_exec(db, store_endpoints_sql, NULL, NULL, NULL) != SQLITE_OK) {
         store_err(err, errlen, "store: %s: endpoint state: %s", path, sqlite3_errmsg(db));
+        return -1;
+    }
+    if (sqlite3_exec(db, store_meta_sql, NULL, NULL, NULL) != SQLITE_OK) {
+        store_err(err, errlen, "store: creating store_meta: %s", sqlite3_errmsg(db));
         return -1;
     }
     if (sqlite3_exec(db, store_nonce_sql, NULL, NULL, NULL) != SQLITE_OK) {

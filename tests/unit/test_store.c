@@ -1127,6 +1127,90 @@ static void test_order_keys(struct store *s) {
     CHECK(q.pending == 0 && q.blocked == 0);
 }
 
+/* Seqs stay monotonic for the life of the store: retention deleting every
+ * row (the newest included) does not make the next insert reuse a seq, in
+ * this run or after reopening. */
+static void test_seqs_monotonic_after_prune(void) {
+    char saved[256], err[256] = "", eid[UTIL_ID_MAX];
+    struct store *s;
+    struct store_event ev;
+    struct store_delivery_new dn = {.endpoint = "erp",
+                                    .event_type = "t",
+                                    .payload = "{}",
+                                    .payload_len = 2,
+                                    .content_type = "application/json",
+                                    .status = "pending",
+                                    .next_at = 0};
+    struct store_plan plan = {.status = "routed", .deliveries = &dn, .ndeliveries = 1};
+    struct store_attempt ok = {.n = 1, .at = 1, .status_code = 200};
+    struct store_delivery *d = NULL;
+    long long max_evt, max_dlv;
+    int64_t cursor = 0;
+    size_t n = 0;
+    int pruned = 0;
+
+    snprintf(saved, sizeof saved, "%s", dbpath);
+    snprintf(dbpath, sizeof dbpath, "%s/seqs.db", dir);
+    s = open_store("sqlite:seqs.db");
+    CHECK(s != NULL);
+    if (!s)
+        goto done;
+    for (int i = 0; i < 3; i++) {
+        char sid[16];
+        util_id_new("evt_", eid, sizeof eid);
+        snprintf(sid, sizeof sid, "seq-%d", i);
+        ev = mk_event(eid, sid);
+        ev.received_at = 1000 + i;
+        CHECK_INT_EQ(store_event_put(s, &ev, &plan, NULL, 0, err, sizeof err), 0);
+    }
+    CHECK_INT_EQ(commit(s), 1);
+    CHECK_INT_EQ(
+        store_endpoint_claim_due(s, "erp", util_now_ms(), 60000, 10, &d, &n, err, sizeof err), 0);
+    for (size_t i = 0; i < n; i++)
+        CHECK_INT_EQ(store_attempt_put(s, d[i].id, &ok, "delivered", 0, 0, err, sizeof err), 0);
+    store_deliveries_free(d, n);
+    CHECK_INT_EQ(commit(s), 1);
+    max_evt = fresh_count("SELECT MAX(seq) FROM events", NULL);
+    max_dlv = fresh_count("SELECT MAX(seq) FROM deliveries", NULL);
+    CHECK_INT_EQ(store_prune(s, 1000000, &cursor, 100, &pruned, err, sizeof err), 0);
+    CHECK_INT_EQ(pruned, 3);
+    CHECK_INT_EQ(commit(s), 1);
+    CHECK_INT_EQ(fresh_count("SELECT count(*) FROM events", NULL), 0);
+    CHECK_INT_EQ(fresh_count("SELECT count(*) FROM deliveries", NULL), 0);
+    util_id_new("evt_", eid, sizeof eid);
+    ev = mk_event(eid, "seq-after");
+    CHECK_INT_EQ(store_event_put(s, &ev, &plan, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(commit(s), 1);
+    CHECK(fresh_count("SELECT MAX(seq) FROM events", NULL) > max_evt);
+    CHECK(fresh_count("SELECT MAX(seq) FROM deliveries", NULL) > max_dlv);
+    max_evt = fresh_count("SELECT MAX(seq) FROM events", NULL);
+    max_dlv = fresh_count("SELECT MAX(seq) FROM deliveries", NULL);
+    /* again, across a reopen: prune the lot, reopen, insert */
+    CHECK_INT_EQ(
+        store_endpoint_claim_due(s, "erp", util_now_ms(), 60000, 10, &d, &n, err, sizeof err), 0);
+    for (size_t i = 0; i < n; i++)
+        CHECK_INT_EQ(store_attempt_put(s, d[i].id, &ok, "delivered", 0, 0, err, sizeof err), 0);
+    store_deliveries_free(d, n);
+    CHECK_INT_EQ(commit(s), 1);
+    cursor = 0;
+    CHECK_INT_EQ(store_prune(s, INT64_MAX / 2, &cursor, 100, &pruned, err, sizeof err), 0);
+    CHECK_INT_EQ(commit(s), 1);
+    store_free(s);
+    s = open_store("sqlite:seqs.db");
+    CHECK(s != NULL);
+    if (!s)
+        goto done;
+    util_id_new("evt_", eid, sizeof eid);
+    ev = mk_event(eid, "seq-reopened");
+    CHECK_INT_EQ(store_event_put(s, &ev, &plan, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(commit(s), 1);
+    CHECK(fresh_count("SELECT MAX(seq) FROM events", NULL) > max_evt);
+    CHECK(fresh_count("SELECT MAX(seq) FROM deliveries", NULL) > max_dlv);
+    store_free(s);
+done:
+    snprintf(dbpath, sizeof dbpath, "%s", saved);
+}
+
 /* A version-4 store (no order keys) is migrated to 5 at open: the column
  * and its indexes are added, and keyed rows work. */
 static void test_migrate_v4_order_keys(void) {
@@ -1840,6 +1924,7 @@ int main(void) {
     test_counts_trigger_dropped();
     test_shipment_column_added();
     test_migrate_v4_order_keys();
+    test_seqs_monotonic_after_prune();
     test_wal_restarts_under_load();
     store_free(NULL);
 
