@@ -79,6 +79,10 @@ const char *httpd_req_method_name(const struct httpd_req *r);
 /* The target's path (no query), as sent; NULL when the target has none. */
 const char *httpd_req_path(const struct httpd_req *r);
 
+/* "addr:port" of the client into out (INET6_ADDRSTRLEN + 8 bytes is
+ * enough); returns out, or NULL when unknown. For the request log. */
+const char *httpd_req_peer(const struct httpd_req *r, char *out, size_t outlen);
+
 /* The first header named name (any case), or NULL. */
 const char *httpd_req_header(const struct httpd_req *r, const char *name);
 

@@ -3,11 +3,14 @@
  * as the bytes come), the accessors the handler reads it with, and the
  * answers, formatted into the request's reused buffer.
  * SPDX-License-Identifier: MIT */
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include <jansson.h>
@@ -272,6 +275,29 @@ const char *httpd_req_method_name(const struct httpd_req *r) {
 
 const char *httpd_req_path(const struct httpd_req *r) {
     return r->path == SIZE_MAX ? NULL : r->head.p + r->path;
+}
+
+const char *httpd_req_peer(const struct httpd_req *r, char *out, size_t outlen) {
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    char host[INET6_ADDRSTRLEN] = "";
+    unsigned port = 0;
+
+    out[0] = '\0';
+    if (getpeername(r->c->fd, (struct sockaddr *)&ss, &len) < 0)
+        return NULL;
+    if (ss.ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)&ss;
+        inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
+        port = ntohs(a->sin_port);
+        snprintf(out, outlen, "%s:%u", host, port);
+    } else if (ss.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&ss;
+        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
+        port = ntohs(a->sin6_port);
+        snprintf(out, outlen, "[%s]:%u", host, port);
+    }
+    return out[0] ? out : NULL;
 }
 
 const char *httpd_req_header(const struct httpd_req *r, const char *name) {

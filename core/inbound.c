@@ -75,9 +75,11 @@ static void on_ingested(void *arg, int ok, const char *id, int duplicate, const 
                           "store unavailable, retry later");
         return;
     }
-    if (log_threshold <= LOG_INFO) /* the 200's line, with its ids (inbound_reply_log skips it) */
-        reqlog_line(LOG_INFO, "inbound", httpd_req_method_name(req), httpd_req_path(req), 200, NULL,
-                    source, id, duplicate);
+    if (log_threshold <= LOG_INFO) { /* the 200's line, with its ids (inbound_reply_log skips it) */
+        char peer[80];
+        reqlog_line(LOG_INFO, "inbound", httpd_req_method_name(req), httpd_req_path(req), 200,
+                    httpd_req_peer(req, peer, sizeof peer), source, id, duplicate);
+    }
     if (duplicate) {
         metrics_event_rejected(source, "duplicate");
         httpd_reply_json(req, 200, "OK", NULL, json_pack("{sssb}", "id", id, "duplicate", 1));
@@ -462,10 +464,12 @@ static void on_inbound(struct httpd_req *req, void *arg) {
 /* The request log's line of every answer but an accepted event's 200
  * (on_ingested writes that one, with the event's ids). */
 static void inbound_reply_log(void *arg, const struct httpd_req *req, int code) {
+    char peer[80];
+
     UNUSED(arg);
     if (code != 200 && log_threshold <= LOG_INFO)
         reqlog_line(LOG_INFO, "inbound", httpd_req_method_name(req), httpd_req_path(req), code,
-                    NULL, NULL, NULL, 0);
+                    httpd_req_peer(req, peer, sizeof peer), NULL, NULL, 0);
 }
 
 struct inbound *inbound_new(const struct inbound_deps *deps, char *err, size_t errlen) {
