@@ -4,6 +4,11 @@
 -- Used by lua/sources/*.lua: local taxonomy = require "taxonomy"
 -- SPDX-License-Identifier: MIT
 
+-- globals read once: the environment is read-only behind a proxy once
+-- the rules have loaded, and a local is cheaper than a proxied global
+local type, tostring, tonumber, pairs, ipairs, select, next, string, math, table =
+      type, tostring, tonumber, pairs, ipairs, select, next, string, math, table
+
 local M = {}
 
 M.types = {

@@ -205,9 +205,13 @@ end
 
 -- }====================================================================
 
+-- Every environment made, frozen by seal() once the rules have loaded.
+local envs = {}
+
 -- A fresh environment for one file (config, rule file, adapter, module).
 function sandbox_env()
   local env = {}
+  envs[#envs + 1] = env
   for k, v in pairs(base) do env[k] = v end
   for name, lib in pairs(libs) do env[name] = copy(lib) end
   env.log = new_log()
@@ -320,9 +324,53 @@ function M.declarations()
   return { settings = settings, sources = sources, endpoints = endpoints, rules = rules_decl }
 end
 
--- After loading: no more handlers or declarations.
+-- Tables frozen by seal(): rawset refuses them too (weak keys).
+local frozen = setmetatable({}, { __mode = "k" })
+local rawset_raw = rawset
+
+local function read_only_text(k)
+  return "the rules' globals are read-only while events are routed (use a local): " .. tostring(k)
+end
+
+local function read_only(_, k)
+  error(read_only_text(k), 2)
+end
+
+-- Moves t's fields behind a read-only proxy: t stays the same table (the
+-- _ENV of every function of its file) but holds nothing itself; reads go to
+-- the hidden copy, writes fail with the writer's file:line, and the
+-- metatable cannot be read or replaced.
+local function freeze(t)
+  local hidden = {}
+  for k, v in pairs(t) do hidden[k] = v end
+  for k in pairs(hidden) do rawset_raw(t, k, nil) end
+  setmetatable(t, { __index = hidden, __newindex = read_only, __metatable = false })
+  frozen[t] = true
+  return hidden
+end
+
+-- rawset that leaves frozen tables alone.
+function base.rawset(t, k, v)
+  if frozen[t] then error(read_only_text(k), 2) end
+  return rawset_raw(t, k, v)
+end
+
+-- After loading: no more handlers or declarations, and every environment
+-- read-only (with its copies of the libraries), so one event's handler
+-- cannot change what the next event's handlers see.
 function M.seal()
   sealed = true
+  for _, env in ipairs(envs) do
+    -- (the config file's environment has a metatable of its own: its
+    -- declarations; it runs no handler)
+    if getmetatable(env) == nil then
+      local hidden = freeze(env)
+      for name in pairs(libs) do
+        local lib = hidden[name]
+        if type(lib) == "table" and not frozen[lib] and getmetatable(lib) == nil then freeze(lib) end
+      end
+    end
+  end
 end
 
 -- }====================================================================

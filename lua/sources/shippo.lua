@@ -10,6 +10,11 @@
 -- transaction and its update time, a batch) so a retry is a duplicate.
 -- SPDX-License-Identifier: MIT
 
+-- globals read once: the environment is read-only behind a proxy once
+-- the rules have loaded, and a local is cheaper than a proxied global
+local type, tostring, tonumber, pairs, ipairs, select, next, string, math, table =
+      type, tostring, tonumber, pairs, ipairs, select, next, string, math, table
+
 local taxonomy = require "taxonomy"
 
 local track_status = {

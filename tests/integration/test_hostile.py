@@ -103,3 +103,34 @@ def test_an_endless_body_is_cut_its_status_kept_and_the_healthy_endpoint_unslowe
             assert healthy < 5, "the healthy endpoint took %.1fs for 10 events" % healthy
     finally:
         stream.close()
+
+
+def test_a_handler_cannot_change_what_the_next_events_handlers_see():
+    """The rules' globals and libraries are read-only while events are
+    routed (issue 18): a handler that removes `send`, replaces
+    `string.upper` or sets a global fails with its file:line, and the next
+    event's handlers work as before."""
+    sink = wb.Sink()
+    rules = '''
+on("tracking.exception", function(ev) rawset(_G, "send", nil) end)
+on("tracking.failed_attempt", function(ev) string.upper = function() return "x" end end)
+on("tracking.available_for_pickup", function(ev) counter = (counter or 0) + 1 end)
+on("tracking.delivered", function(ev) send("erp", { up = string.upper("ok") }) end)
+'''
+    cfg = wb.config('''
+        source "atoship" {{ verify = "atoship", secret = {s} }}
+        endpoint "erp" {{ url = {u}, sign = "none" }}
+        rules "rules/"
+    '''.format(s=wb.lua(SECRET), u=wb.lua(sink.url)))
+    g = wb.Gateway(cfg, files={"rules/10.lua": rules})
+    with g:
+        for t, line in (("tracking.exception", 1), ("tracking.failed_attempt", 2),
+                        ("tracking.available_for_pickup", 3)):
+            r = g.post_atoship(wb.atoship_event(t), SECRET)
+            assert r.status == 200, r
+            ev = g.wait_event(r.json()["id"], lambda e: e["status"] == "rule_error")
+            assert "10.lua:%d:" % line in ev["error"] and "read-only" in ev["error"], ev["error"]
+        r = g.post_atoship(wb.atoship_event("tracking.delivered"), SECRET)
+        assert r.status == 200, r
+        got = sink.wait_for_count(1)
+        assert json.loads(got[0].body) == {"up": "OK"}, got[0].body
