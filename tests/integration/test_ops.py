@@ -457,6 +457,9 @@ class _Locked:
     def __exit__(self, *exc):
         self.db.execute("ROLLBACK")
         self.db.close()
+        # the gateway ends the group that failed on its next loop turn; a
+        # request in that instant is still answered 503 (a carrier retries)
+        time.sleep(0.1)
 
 
 def _raw(g, method, path, body=None, token=True):
