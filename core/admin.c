@@ -36,6 +36,7 @@
 struct admin {
     struct admin_deps deps;
     struct evhttp *http;
+    struct admin_web *web; /* the dashboard (admin_web.c) */
 };
 
 /* Constant-time token check: compares digests, so neither content nor
@@ -1136,7 +1137,12 @@ static void on_admin(struct evhttp_request *req, void *arg) {
         }
         return;
     }
-    if (!admin_authorized(cfg, req)) {
+    if (admin_web_public(adm->web, req, path, (int)m))
+        return; /* the dashboard's page, files, sign-in and sign-out */
+    int session = admin_authorized(cfg, req) ? 1 : admin_web_session(adm->web, req);
+    if (session < 0)
+        return; /* a cookie without the same origin: 403 sent */
+    if (!session) {
         evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate", "Bearer");
         http_reply_error(req, 401, "Unauthorized", "missing or wrong bearer token");
         return;
@@ -1153,7 +1159,8 @@ static void on_admin(struct evhttp_request *req, void *arg) {
         admin_endpoint_switch(adm, req, path + 15);
     } else if (strcmp(path, "/api/reload") == 0 && m == EVHTTP_REQ_POST) {
         admin_reload(adm, req);
-    } else if (admin_dispatch_ops(adm, req, path, m)) {
+    } else if (admin_dispatch_ops(adm, req, path, m) ||
+               admin_web_api(adm->web, req, path, (int)m)) {
         /* answered */
     } else {
         http_reply_error(req, 404, "Not Found", "no such route");
@@ -1172,8 +1179,10 @@ struct admin *admin_new(const struct admin_deps *deps, int fd, const char *liste
     }
     adm->deps = *deps;
     adm->http = http_listener_fd(deps->base, fd, listen, &sock, err, errlen);
-    if (!adm->http) {
-        free(adm);
+    if (!adm->http || !(adm->web = admin_web_new(&adm->deps))) {
+        if (adm->http)
+            snprintf(err, errlen, "out of memory");
+        admin_free(adm);
         return NULL;
     }
     evhttp_set_gencb(adm->http, on_admin, adm);
@@ -1184,6 +1193,8 @@ struct admin *admin_new(const struct admin_deps *deps, int fd, const char *liste
 void admin_free(struct admin *adm) {
     if (!adm)
         return;
-    evhttp_free(adm->http);
+    if (adm->http)
+        evhttp_free(adm->http);
+    admin_web_free(adm->web);
     free(adm);
 }

@@ -480,6 +480,7 @@ int64_t store_batch_next_close(struct store *s);
 struct store_batch_window {
     char *endpoint; /* owned */
     int64_t window_start, window_ms;
+    int64_t items; /* store_batch_due: the window's open items */
 };
 
 /* Lists the open windows that ended at or before now. *out is new (free

@@ -15,7 +15,7 @@ each offending pair, then `N passed, N failed` (one check per include).
 Layers, top (1) to bottom (5); a file may include its own layer or any
 below it, never one above:
 1. commands and the app: main (commands) -> app (owns every module)
-2. edges: http (listeners, TLS, replies), inbound, admin (+ admin_render),
+2. edges: http (listeners, TLS, replies), inbound, admin (+ admin_render, admin_web),
    cli, ruletest
 3. pipeline: ingest, carrier, route, batch, deliver (+ deliver_sched), health,
    housekeep
@@ -35,7 +35,7 @@ CORE = os.path.join(ROOT, "core")
 
 LAYERS = [
     ("commands and the app", ["main", "app"]),
-    ("edges", ["http", "inbound", "admin", "admin_render", "cli", "ruletest"]),
+    ("edges", ["http", "inbound", "admin", "admin_render", "admin_web", "cli", "ruletest"]),
     ("pipeline", ["ingest", "carrier", "route", "batch", "deliver", "deliver_sched", "health",
                   "housekeep"]),
     ("engines", ["rules", "rules_api", "rules_adapt", "rules_route", "rules_key", "store", "store_*", "httpc",
