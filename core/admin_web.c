@@ -17,6 +17,8 @@
 #include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <sys/queue.h>
 #include <jansson.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
@@ -546,6 +548,42 @@ static void web_batches(struct admin_web *w, struct evhttp_request *req) {
     http_reply_json(req, 200, "OK", json_pack("{s:o}", "data", arr ? arr : json_array()));
 }
 
+/* ---- GET /api/find?q= ---- */
+
+#define WEB_FIND_MAX 20
+
+/* The newest events (ids, up to WEB_FIND_MAX) whose id or carrier id is q
+ * or whose data or shipment holds it (a tracking number, an order id). */
+static void web_find_events(struct admin_web *w, struct evhttp_request *req) {
+    const char *query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
+    struct evkeyvalq q;
+    const char *text;
+    char **ids = NULL, err[256];
+    size_t n = 0;
+    json_t *arr;
+
+    TAILQ_INIT(&q);
+    if (!query || evhttp_parse_query_str(query, &q) < 0 || !(text = evhttp_find_header(&q, "q")) ||
+        strlen(text) < 3) {
+        http_reply_error(req, 400, "Bad Request", "q must be at least 3 characters");
+        goto done;
+    }
+    if (store_events_find(w->deps->store, text, WEB_FIND_MAX, &ids, &n, err, sizeof err) < 0) {
+        http_reply_error(req, 503, "Service Unavailable", err);
+        goto done;
+    }
+    arr = json_array();
+    for (size_t i = 0; i < n; i++) {
+        if (arr)
+            json_array_append_new(arr, json_string(ids[i]));
+        free(ids[i]);
+    }
+    free(ids);
+    http_reply_json(req, 200, "OK", json_pack("{s:o}", "data", arr ? arr : json_array()));
+done:
+    evhttp_clear_headers(&q);
+}
+
 int admin_web_api(struct admin_web *w, struct evhttp_request *req, const char *path, int method) {
     if (strcmp(path, "/api/series") == 0 && method == EVHTTP_REQ_GET)
         web_series(w, req);
@@ -555,6 +593,8 @@ int admin_web_api(struct admin_web *w, struct evhttp_request *req, const char *p
         web_dryrun(w, req);
     else if (strcmp(path, "/api/batches") == 0 && method == EVHTTP_REQ_GET)
         web_batches(w, req);
+    else if (strcmp(path, "/api/find") == 0 && method == EVHTTP_REQ_GET)
+        web_find_events(w, req);
     else
         return 0;
     return 1;

@@ -271,23 +271,22 @@ function viewEvents(app) {
     field('Source', source), field('Type', type), field('Status', status), field('Since', since),
     el('datalist', { id: 'types' }, TYPES.map((t) => el('option', { value: t }))),
     el('button', { type: 'submit' }, 'Filter'));
-  const findForm = el('form', { class: 'filters', onsubmit: async (e) => {
+  const found = el('div');
+  const findForm = el('form', { class: 'filters', role: 'search', onsubmit: async (e) => {
     e.preventDefault();
     const q = find.value.trim();
-    if (!q) return;
-    if (/^evt_/.test(q)) { location.hash = '#/events/' + encodeURIComponent(q); return; }
-    const r = await api('GET', '/api/events?limit=500');
-    const hits = [];
-    for (const ev of r.ok ? r.data.data : []) {
-      const d = await api('GET', '/api/events/' + encodeURIComponent(ev.id));
-      if (d.ok && JSON.stringify([d.data.data, d.data.shipment]).includes(q)) hits.push(ev.id);
-      if (hits.length) break;
-    }
-    if (hits.length) location.hash = '#/events/' + encodeURIComponent(hits[0]);
-    else msg.textContent = 'No event among the last 500 mentions ' + q + '.';
+    msg.textContent = '';
+    found.replaceChildren();
+    if (q.length < 3) { msg.textContent = 'Type at least 3 characters.'; return; }
+    const r = await api('GET', '/api/find?q=' + encodeURIComponent(q));
+    if (!r.ok) { msg.textContent = errorText(r); return; }
+    if (r.data.data.length === 1 || r.data.data[0] === q) { location.hash = '#/events/' + encodeURIComponent(r.data.data[0]); return; }
+    if (!r.data.data.length) { msg.textContent = 'No event has ' + q + ' as its id, carrier id, or in its data.'; return; }
+    found.replaceChildren(el('p', {}, r.data.data.length + ' events mention ' + q + ' (newest first):'),
+      el('ul', {}, r.data.data.map((id) => el('li', {}, el('a', { href: '#/events/' + encodeURIComponent(id) }, id)))));
   } }, field('Find by event id or tracking number', find), el('button', { type: 'submit' }, 'Find'));
   [source, type, status, since].forEach((i) => i.addEventListener('change', () => tick()));
-  app.append(el('h1', {}, 'Events'), form, findForm, msg, list);
+  app.append(el('h1', {}, 'Events'), form, findForm, msg, found, list);
   return async (mine) => {
     const q = new URLSearchParams({ limit: '100' });
     if (source.value.trim()) q.set('source', source.value.trim());

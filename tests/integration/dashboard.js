@@ -114,7 +114,7 @@ async function main() {
     const page = await browser.newPage();
     await page.setViewport({ width: 1280, height: 900 });
     watch(page);
-    let eventId, failedDelivery;
+    let eventId, failedDelivery, tracking;
 
     await run('headers', async () => {
       const r = await page.goto(ADMIN + '/', { waitUntil: 'load' });
@@ -171,7 +171,9 @@ async function main() {
     await run('an event appears in Events without a reload', async () => {
       await go(page, '#/events', 'table');
       const t0 = Date.now();
-      eventId = (await ask({ do: 'post' })).id;
+      const posted = await ask({ do: 'post' });
+      eventId = posted.id;
+      tracking = posted.tracking_number;
       await until(page, (id) => [...document.querySelectorAll('td a')].some((a) => a.textContent === id),
         eventId, 3000, 'the event in the list (2 s poll)');
       process.stdout.write(`NOTE event shown ${Date.now() - t0} ms after the post\n`);
@@ -179,7 +181,15 @@ async function main() {
       check(!body.includes('undefined'), 'an undefined in the list');
     });
 
+    await run('find an event by its tracking number', async () => {
+      await page.type('#f-find-by-event-id-or-tracking-number', tracking);
+      await page.keyboard.press('Enter');
+      await until(page, (id) => location.hash === '#/events/' + id, eventId, 3000, 'the event page');
+      await go(page, '#/events', 'table');
+    });
+
     await run('untrusted payloads render as text', async () => {
+      await page.waitForSelector(`a[href="#/events/${eventId}"]`, { timeout: 3000 * SLOW });
       await page.click(`a[href="#/events/${eventId}"]`);
       await page.waitForSelector('section.delivery', { timeout: 5000 * SLOW });
       await until(page, () => document.querySelector('section.delivery td.num'), null, 5000, 'an attempt');

@@ -8,6 +8,7 @@ The screenshots it takes (tests/integration/screenshots/overview.png and
 event.png, shown in the README) are rewritten by every run."""
 import json
 import os
+import random
 import shutil
 import subprocess
 import threading
@@ -38,7 +39,8 @@ end)
 
 STEPS = ["headers", "sign in with a wrong token", "sign in",
          "a cross-origin state change is refused",
-         "an event appears in Events without a reload", "untrusted payloads render as text",
+         "an event appears in Events without a reload", "find an event by its tracking number",
+         "untrusted payloads render as text",
          "the event page shows deliveries and attempts",
          "retry a failed delivery from Deliveries", "disable, enable, test an endpoint",
          "a broken rules file: Reload shows file:line, old rules still route",
@@ -85,7 +87,9 @@ class Harness:
     def answer(self, q):
         do = q["do"]
         if do == "post":
-            return {"id": self.post(signed_by=XSS_IMG, delivery_location=XSS_SCRIPT)}
+            tn = "1ZDASH%010d" % random.randint(0, 10**10 - 1)
+            return {"id": self.post(signed_by=XSS_IMG, delivery_location=XSS_SCRIPT,
+                                    tracking_number=tn), "tracking_number": tn}
         if do == "flip":
             self.flip.set()
             return {}
@@ -285,6 +289,18 @@ def test_dashboard_api_routes():
     assert g.admin("POST", "/api/dryrun", "not json")[0] == 400
     st, d = g.admin("POST", "/api/dryrun", {"source": "atoship", "body": "not json"})
     assert st == 200 and d["status"] == "adapter_error" and d["deliveries"] == [], d
-    for path in ("/api/series", "/api/rules", "/api/batches"):
+    # find: by tracking number, by id; nothing; too short
+    tn = "1ZFIND0000000042"
+    eid2 = h.post(tracking_number=tn)
+    st, f = g.admin("GET", "/api/find?q=" + tn)
+    assert st == 200 and f["data"] == [eid2], f
+    # the id itself first, then the events that mention it (waybill's own
+    # waybill.delivery.failed about its erp delivery)
+    f = g.admin("GET", "/api/find?q=" + eid)[1]["data"]
+    assert f[0] == eid and len(f) >= 2, f
+    assert g.admin("GET", "/api/find?q=1ZNOTHERE999")[1]["data"] == []
+    assert g.admin("GET", "/api/find?q=1Z")[0] == 400
+    assert g.admin("GET", "/api/find")[0] == 400
+    for path in ("/api/series", "/api/rules", "/api/batches", "/api/find?q=abc"):
         assert g.admin("GET", path, token=None)[0] == 401, path
     assert g.admin("POST", "/api/dryrun", {"event_id": eid}, token="wrong")[0] == 401
