@@ -316,9 +316,14 @@ static void web_login(struct admin_web *w, struct evhttp_request *req) {
     }
     for (size_t i = 0; i < sizeof raw; i++)
         snprintf(value + 2 * i, 3, "%02x", raw[i]);
-    for (size_t i = 1; i < WEB_SESSIONS; i++) /* a free slot, else the oldest */
-        if (w->sessions[i].expires < w->sessions[slot].expires || w->sessions[slot].expires <= now)
-            slot = w->sessions[slot].expires <= now ? slot : i;
+    for (size_t i = 0; i < WEB_SESSIONS; i++) { /* a free slot, else the oldest session */
+        if (w->sessions[i].expires <= now) {
+            slot = i;
+            break;
+        }
+        if (w->sessions[i].expires < w->sessions[slot].expires)
+            slot = i;
+    }
     SHA256((const unsigned char *)value, 64, w->sessions[slot].digest);
     w->sessions[slot].expires = now + WEB_SESSION_TTL_MS;
     web_set_cookie(req, value, (long)(WEB_SESSION_TTL_MS / 1000));

@@ -172,7 +172,7 @@ async function route() {
   const app = document.getElementById('app');
   app.replaceChildren();
   const id = parts.length > 1 ? decodeURIComponent(parts.slice(1).join('/')) : null;
-  current = (name === 'events' && id) ? viewEvent(app, id) : VIEWS[name](app);
+  current = (name === 'events' && id) ? viewEvent(app, id) : VIEWS[name](app, id);
   await tick();
   timer = setInterval(tick, POLL_MS);
 }
@@ -223,16 +223,19 @@ function viewOverview(app) {
   const eps = el('div');
   app.append(el('h1', {}, 'Overview'), cards, el('h2', {}, 'Last hour'), charts,
     el('h2', {}, 'Endpoints'), eps);
+  let seriesAt = 0; /* the gateway samples every 10 s: the charts are asked for no more often */
   return async (mine) => {
-    const [st, se, ep] = await Promise.all([api('GET', '/api/status'), api('GET', '/api/series'),
-      api('GET', '/api/endpoints')]);
+    const fresh = Date.now() - seriesAt >= 10000;
+    const [st, se, ep] = await Promise.all([api('GET', '/api/status'),
+      fresh ? api('GET', '/api/series') : null, api('GET', '/api/endpoints')]);
     if (mine !== seq) return;
+    if (se && se.ok) seriesAt = Date.now();
     if (st.ok) update(cards, st.data, (d) => [
       ['Pending', d.queue.pending], ['Held', d.queue.held], ['Failed', d.queue.failed],
       ['Delivered', d.queue.delivered], ['Rules loaded', null]].map(([k, v]) =>
       el('div', { class: 'card' }, el('h3', {}, k),
         v === null ? el('div', {}, when(d.rules_loaded_at)) : el('div', { class: 'big' }, String(v)))));
-    if (se.ok) update(charts, se.data.points, (p) => {
+    if (se && se.ok) update(charts, se.data.points, (p) => {
       const col = (k) => p.map((x) => x[k]);
       return [chart('Received / s', [{ name: 'received', values: col('received_per_s') }]),
         chart('Delivered / s', [{ name: 'delivered', values: col('delivered_per_s') }]),
@@ -325,7 +328,9 @@ function viewEvent(app, id) {
     tick();
   } }, 'Replay');
   app.append(el('p', {}, el('a', { href: '#/events' }, '← Events')),
-    el('h1', {}, 'Event ', el('code', {}, id)), el('div', { class: 'row' }, replay, msg), body);
+    el('h1', {}, 'Event ', el('code', {}, id)),
+    el('div', { class: 'row' }, replay,
+      el('a', { href: '#/rules/' + encodeURIComponent(id) }, 'Dry run with the rules loaded now'), msg), body);
   return async (mine) => {
     const r = await api('GET', '/api/events/' + encodeURIComponent(id));
     if (mine !== seq) return;
@@ -340,6 +345,7 @@ function viewEvent(app, id) {
         el('dt', {}, 'Carrier time'), el('dd', {}, ev.created_at || '—'),
         ev.error ? [el('dt', {}, 'Error'), el('dd', { class: 'error' }, ev.error)] : null),
       el('h2', {}, 'Deliveries (what the rules sent)'),
+      el('p', { class: 'muted' }, 'One per endpoint a rule sent this event to, with the payload it built.'),
       ev.deliveries.length ? ev.deliveries.map((d) => el('section', { class: 'delivery',
         'aria-label': 'Delivery to ' + d.endpoint },
         el('div', { class: 'row' }, el('strong', {}, d.endpoint), badge(d.status),
@@ -456,11 +462,11 @@ function viewBatches(app) {
 
 /* ---- Rules ---- */
 
-function viewRules(app) {
+function viewRules(app, eventArg) {
   const state = el('div');
   const msg = el('p', { role: 'status', id: 'rules-msg' });
   const source = el('select');
-  const eventId = el('input', { type: 'text', placeholder: 'evt_…' });
+  const eventId = el('input', { type: 'text', placeholder: 'evt_…', value: eventArg || null });
   const body = el('textarea', { spellcheck: 'false' });
   const out = el('div', { 'aria-live': 'polite' });
   const reload = el('button', { type: 'button', id: 'reload', onclick: async () => {

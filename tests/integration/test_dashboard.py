@@ -231,6 +231,12 @@ def test_dashboard_sign_in_and_csrf():
     assert g.admin("GET", "/api/status")[0] == 200
     assert g.admin("GET", "/api/status", token=None)[0] == 401
     assert g.admin("POST", "/api/reload")[0] == 200  # bearer: no Origin needed
+    # at most 64 sessions: the 65th sign-in replaces the oldest one
+    more = [_session(g)[0] for _ in range(64)]
+    assert wb.http_request(port, "GET", "/api/status", headers=cookie).status == 401
+    for c in (more[0], more[-1]):
+        assert wb.http_request(port, "GET", "/api/status", headers=c).status == 200
+    cookie = more[-1]
     # sign out: the cookie is dead, also when replayed
     assert wb.http_request(port, "POST", "/logout", headers=cookie).status == 403  # no Origin
     r = wb.http_request(port, "POST", "/logout", headers=dict(cookie, **origin))
