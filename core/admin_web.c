@@ -49,6 +49,7 @@ struct web_sample {
     double received, delivered, failed, retries;
     int64_t pending, held;
     uint64_t attempts, buckets[METRICS_LATENCY_NB];
+    const int64_t *bounds_ms; /* metrics.c's bucket bounds (static) */
 };
 
 struct admin_web {
@@ -76,6 +77,7 @@ static void web_sample_take(struct admin_web *w, struct web_sample *s) {
     s->held = c.held;
     s->attempts = t.attempts;
     memcpy(s->buckets, t.buckets, sizeof s->buckets);
+    s->bounds_ms = t.bounds_ms;
 }
 
 static void web_on_tick(evutil_socket_t fd, short what, void *arg) {
@@ -91,15 +93,14 @@ static void web_on_tick(evutil_socket_t fd, short what, void *arg) {
 /* The latency (ms, a bucket's upper bound) under which fraction q of the
  * attempts between a and b fell; -1 when none was made. */
 static int64_t web_quantile(const struct web_sample *a, const struct web_sample *b, double q) {
-    const int64_t bounds[METRICS_LATENCY_NB] = {5,   10,   25,   50,   100,  250,
-                                                500, 1000, 2500, 5000, 10000};
+    const int64_t *bounds = b->bounds_ms;
     uint64_t n = b->attempts - a->attempts;
     if (b->attempts <= a->attempts)
         return -1;
     for (size_t i = 0; i < METRICS_LATENCY_NB; i++)
         if ((double)(b->buckets[i] - a->buckets[i]) >= q * (double)n)
             return bounds[i];
-    return 10001; /* above the last bound */
+    return bounds[METRICS_LATENCY_NB - 1] + 1; /* above the last bound */
 }
 
 /* One point between samples a and b: rates per second, counts in the

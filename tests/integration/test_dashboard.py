@@ -255,6 +255,12 @@ def test_dashboard_api_routes():
     assert st == 200 and s["interval_s"] == 10 and s["points"], s
     last = s["points"][-1]
     assert last["received_per_s"] > 0 and last["pending"] >= 0, s
+    # the attempts' latency: a histogram bucket's bound, p99 at least p50
+    pts = wb.wait_for(lambda: [p for p in g.admin("GET", "/api/series")[1]["points"]
+                               if p["p50_ms"] is not None], message="a point with attempt latencies")
+    p = pts[-1]
+    assert p["p50_ms"] in (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 10001), p
+    assert p["p99_ms"] >= p["p50_ms"], p
     # rules: files, sources, the last reload's file:line
     st, r = g.admin("GET", "/api/rules")
     assert st == 200 and r["files"] == ["10-main.lua"] and r["sources"] == ["atoship"], r
