@@ -6,7 +6,7 @@ PKGS    := libevent libevent_openssl libcurl openssl jansson lua5.4 sqlite3
 DEBS    := build-essential pkg-config libevent-dev libcurl4-openssl-dev libssl-dev \
            libjansson-dev liblua5.4-dev libsqlite3-dev libmimalloc-dev \
            libhttp-parser-dev
-TESTDEBS := curl python3 nodejs npm openssl
+TESTDEBS := curl python3 nodejs npm openssl chromium
 BENCHDEBS := wrk webhook
 
 WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
@@ -29,7 +29,8 @@ LDLIBS_ALL = $(MALLOC_LIBS) $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lhtt
 BUILD   ?= build
 BIN     ?= waybill
 SRCS    := $(wildcard core/*.c)
-OBJS    := $(SRCS:core/%.c=$(BUILD)/%.o)
+WEB     := $(sort $(wildcard core/web/*))
+OBJS    := $(SRCS:core/%.c=$(BUILD)/%.o) $(BUILD)/web_assets.o
 LIBOBJS := $(filter-out $(BUILD)/main.o,$(OBJS))
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
@@ -79,6 +80,13 @@ $(BIN): $(OBJS)
 $(BUILD)/%.o: core/%.c | $(BUILD) deps
 	$(CC) $(CFLAGS_ALL) -c -o $@ $<
 
+# The dashboard's files (core/web/), embedded: a generated C file.
+$(BUILD)/web_assets.c: $(WEB) tests/webembed.sh | $(BUILD)
+	sh tests/webembed.sh $(WEB) > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/web_assets.o: $(BUILD)/web_assets.c | $(BUILD) deps
+	$(CC) $(CFLAGS_ALL) -Icore -c -o $@ $<
+
 # A unit test links only the modules its includes reach (tests/layers.py
 # --objs): nothing of a layer above what it tests, so the link line is the
 # proof that the arrows hold.
@@ -110,7 +118,7 @@ test-deps: deps
 	    || { echo "apt-get install$$missing failed"; exit 1; }; \
 	  else echo "missing: sudo apt-get install$$missing"; exit 1; fi; fi
 	@ok=1; for m in standardwebhooks express shipengine-openapi @aftership/tracking-sdk @easypost/api \
-	  shippo ajv; do [ -d tests/node_modules/$$m ] || ok=0; done; \
+	  shippo ajv puppeteer-core axe-core; do [ -d tests/node_modules/$$m ] || ok=0; done; \
 	  [ $$ok = 1 ] || (cd tests && npm ci --no-audit --no-fund --silent)
 
 # exec: the gateway replaces the recipe's shell (its pid is in .run/waybill.pid).

@@ -38,6 +38,7 @@ struct admin {
     struct admin_deps deps;
     struct evhttp *http;
     struct admin_streams *streams; /* GET /api/stream's connections */
+    struct admin_web *web;         /* the dashboard (admin_web.c) */
 };
 
 /* Constant-time token check: compares digests, so neither content nor
@@ -1143,7 +1144,12 @@ static void on_admin(struct evhttp_request *req, void *arg) {
         }
         return;
     }
-    if (!admin_authorized(cfg, req)) {
+    if (admin_web_public(adm->web, req, path, (int)m))
+        return; /* the dashboard's page, files, sign-in and sign-out */
+    int session = admin_authorized(cfg, req) ? 1 : admin_web_session(adm->web, req);
+    if (session < 0)
+        return; /* a cookie without the same origin: 403 sent */
+    if (!session) {
         evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate", "Bearer");
         http_reply_error(req, 401, "Unauthorized", "missing or wrong bearer token");
         return;
@@ -1161,7 +1167,8 @@ static void on_admin(struct evhttp_request *req, void *arg) {
     } else if (strcmp(path, "/api/reload") == 0 && m == EVHTTP_REQ_POST) {
         admin_reload(adm, req);
     } else if (admin_dispatch_ops(adm, req, path, m) || admin_openapi_dispatch(req, path, (int)m) ||
-               admin_stream_dispatch(adm->streams, req, path, (int)m)) {
+               admin_stream_dispatch(adm->streams, req, path, (int)m) ||
+               admin_web_api(adm->web, req, path, (int)m)) {
         /* answered */
     } else {
         http_reply_error(req, 404, "Not Found", "no such route");
@@ -1186,9 +1193,10 @@ struct admin *admin_new(const struct admin_deps *deps, int fd, const char *liste
         return NULL;
     }
     adm->http = http_listener_fd(deps->base, fd, listen, &sock, err, errlen);
-    if (!adm->http) {
-        admin_streams_free(adm->streams);
-        free(adm);
+    if (!adm->http || !(adm->web = admin_web_new(&adm->deps))) {
+        if (adm->http)
+            snprintf(err, errlen, "out of memory");
+        admin_free(adm);
         return NULL;
     }
     evhttp_set_gencb(adm->http, on_admin, adm);
@@ -1205,6 +1213,8 @@ void admin_free(struct admin *adm) {
     if (!adm)
         return;
     admin_streams_free(adm->streams); /* before the connections go */
-    evhttp_free(adm->http);
+    if (adm->http)
+        evhttp_free(adm->http);
+    admin_web_free(adm->web);
     free(adm);
 }

@@ -61,4 +61,39 @@ void admin_streams_free(struct admin_streams *s);
 int admin_stream_dispatch(struct admin_streams *s, struct evhttp_request *req, const char *path,
                           int method);
 
+/* ---- the dashboard (admin_web.c) ---- */
+
+struct admin_deps;
+struct admin_web;
+
+/* A file of core/web/, embedded at build time (build/web_assets.c, made by
+ * tests/webembed.sh): etag is its content hash, quoted. */
+struct admin_asset {
+    const char *path, *type, *etag;
+    const unsigned char *data;
+    size_t len;
+};
+extern const struct admin_asset admin_assets[];
+extern const size_t admin_nassets;
+
+/* The dashboard's state: sessions and the last hour's samples. deps is
+ * borrowed (the admin's own copy). Returns new, or NULL when out of memory. */
+struct admin_web *admin_web_new(const struct admin_deps *deps);
+void admin_web_free(struct admin_web *w);
+
+/* The routes open without a token: the page, its files, POST /login and
+ * POST /logout. Returns 1 when path was one of them (answered). */
+int admin_web_public(struct admin_web *w, struct evhttp_request *req, const char *path, int method);
+
+/* Whether req carries a live session cookie: 1 yes (and, for a method that
+ * changes state, its Origin is this listener's own); 0 no cookie or an
+ * expired or unknown one; -1 a session without a same-origin Origin (a
+ * 403 was sent). */
+int admin_web_session(struct admin_web *w, struct evhttp_request *req);
+
+/* The API routes the dashboard added (behind the token or a session):
+ * GET /api/series, GET /api/rules, POST /api/dryrun, GET /api/batches.
+ * Returns 1 when path was one of them (answered). */
+int admin_web_api(struct admin_web *w, struct evhttp_request *req, const char *path, int method);
+
 #endif

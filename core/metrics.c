@@ -237,6 +237,36 @@ int metrics_render(struct util_buf *b) {
     return bad ? -1 : 0;
 }
 
+_Static_assert(METRICS_NB == METRICS_LATENCY_NB, "metrics.h's bucket count");
+
+/* Family f's counters summed, only the series whose labels end with tail
+ * when tail is not NULL (the last label: values escape their quotes). */
+static double metrics_sum(int f, const char *tail) {
+    size_t k = tail ? strlen(tail) : 0, n;
+    double v = 0;
+    for (struct metrics_series *s = metrics_fam[f].head; s; s = s->next) {
+        n = strlen(s->labels);
+        if (!tail || (n >= k && strcmp(s->labels + n - k, tail) == 0))
+            v += s->value;
+    }
+    return v;
+}
+
+void metrics_totals(struct metrics_totals *t) {
+    struct metrics_series *lat = metrics_fam[F_LATENCY].head;
+
+    memset(t, 0, sizeof *t);
+    t->bounds_ms = metrics_bounds_ms;
+    t->received = metrics_sum(F_RECEIVED, NULL);
+    t->delivered = metrics_sum(F_DELIVERIES, ",outcome=\"delivered\"");
+    t->failed = metrics_sum(F_DELIVERIES, ",outcome=\"failed\"");
+    t->retries = metrics_sum(F_RETRIES, NULL);
+    if (lat) {
+        t->attempts = lat->count;
+        memcpy(t->buckets, lat->buckets, sizeof t->buckets);
+    }
+}
+
 void metrics_reset(void) {
     for (int f = 0; f < F_COUNT_; f++) {
         struct metrics_series *s = metrics_fam[f].head, *n;

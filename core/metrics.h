@@ -42,6 +42,18 @@ int metrics_escape(struct util_buf *b, const char *v);
 /* Appends every metric to b in the text format. Returns 0 or -1 (OOM). */
 int metrics_render(struct util_buf *b);
 
+/* Every counter summed over its labels, for the dashboard's series: events
+ * received, deliveries delivered and failed, retries scheduled, attempts
+ * made, and the attempt latency histogram (buckets[i] counts attempts of at
+ * most bounds_ms[i]; bounds_ms is static). */
+#define METRICS_LATENCY_NB 11
+struct metrics_totals {
+    double received, delivered, failed, retries;
+    uint64_t attempts, buckets[METRICS_LATENCY_NB];
+    const int64_t *bounds_ms;
+};
+void metrics_totals(struct metrics_totals *t);
+
 /* Forgets everything (for tests). */
 void metrics_reset(void);
 

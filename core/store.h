@@ -306,6 +306,13 @@ struct store_page {
 int store_events_page(struct store *s, const struct store_page *q, struct store_event_row **rows,
                       size_t *n, int64_t *next, char *err, size_t errlen);
 
+/* The ids of up to max events whose id or carrier id is text (first), or
+ * whose data or shipment JSON contains it (a tracking number, an order id;
+ * newest first): a scan of the events table, for the admin's "find". *ids is
+ * new (free each and the array). Returns 0 or -1 (err set). */
+int store_events_find(struct store *s, const char *text, size_t max, char ***ids, size_t *n,
+                      char *err, size_t errlen);
+
 /* A row of a deliveries page; pointers owned by the row (NULL for none). */
 struct store_delivery_item {
     int64_t seq;
@@ -486,6 +493,7 @@ int64_t store_batch_next_close(struct store *s);
 struct store_batch_window {
     char *endpoint; /* owned */
     int64_t window_start, window_ms;
+    int64_t items; /* store_batch_due: the window's open items */
 };
 
 /* Lists the open windows that ended at or before now. *out is new (free

@@ -183,6 +183,38 @@ int store_events_page(struct store *s, const struct store_page *q, struct store_
     return 0;
 }
 
+int store_events_find(struct store *s, const char *text, size_t max, char ***ids, size_t *n,
+                      char *err, size_t errlen) {
+    static const char sql[] = "SELECT id FROM events WHERE id = ?1 OR source_id = ?1"
+                              " OR instr(data, ?1) > 0 OR instr(shipment, ?1) > 0"
+                              " ORDER BY (id = ?1 OR source_id = ?1) DESC, seq DESC LIMIT ?2";
+    sqlite3_stmt *st = NULL;
+    char **v = calloc(max ? max : 1, sizeof *v);
+    int rc = SQLITE_ERROR, oom = !v;
+
+    *ids = NULL;
+    *n = 0;
+    if (!oom && (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK ||
+                 sqlite3_bind_text(st, 1, text, -1, SQLITE_TRANSIENT) != SQLITE_OK ||
+                 sqlite3_bind_int64(st, 2, (int64_t)max) != SQLITE_OK))
+        goto fail;
+    while (!oom && (rc = sqlite3_step(st)) == SQLITE_ROW && *n < max)
+        v[(*n)++] = col_text(st, 0, &oom);
+    if (oom || (rc != SQLITE_ROW && rc != SQLITE_DONE))
+        goto fail;
+    sqlite3_finalize(st);
+    *ids = v;
+    return 0;
+fail:
+    store_err(err, errlen, "store: find: %s", oom ? "out of memory" : sqlite3_errmsg(s->db));
+    sqlite3_finalize(st);
+    for (size_t i = 0; v && i < *n; i++)
+        free(v[i]);
+    free(v);
+    *n = 0;
+    return -1;
+}
+
 int store_deliveries_page(struct store *s, const struct store_page *q,
                           struct store_delivery_item **rows, size_t *n, int64_t *next, char *err,
                           size_t errlen) {

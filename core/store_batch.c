@@ -26,7 +26,7 @@ const struct store_stmt_def store_batch_stmts[] = {
                      " endpoint = ?1 AND window_ms = ?2 AND window_start = ?3"},
     {ST_BATCH_NEXT_CLOSE, "SELECT MIN(window_start + window_ms) FROM batch_items"
                           " WHERE delivery_id IS NULL"},
-    {ST_BATCH_DUE, "SELECT endpoint, window_start, window_ms FROM batch_items"
+    {ST_BATCH_DUE, "SELECT endpoint, window_start, window_ms, COUNT(*) FROM batch_items"
                    " WHERE delivery_id IS NULL AND window_start + window_ms <= ?1"
                    " GROUP BY endpoint, window_ms, window_start"},
     {ST_BATCH_ITEMS, "SELECT seq, payload FROM batch_items WHERE delivery_id IS NULL AND"
@@ -112,6 +112,7 @@ int store_batch_due(struct store *s, int64_t now, struct store_batch_window **ou
         w[k].endpoint = col_text(st, 0, &oom);
         w[k].window_start = sqlite3_column_int64(st, 1);
         w[k].window_ms = sqlite3_column_int64(st, 2);
+        w[k].items = sqlite3_column_int64(st, 3);
         k++;
         if (oom)
             break;

@@ -472,6 +472,13 @@ def _raw(g, method, path, body=None, token=True):
     return wb.http_request(g.admin_port, method.upper(), path, body, h)
 
 
+def _page(g, path, body, origin=None):
+    """A POST as the dashboard's page makes it: JSON, from its own origin."""
+    return wb.http_request(g.admin_port, "POST", path, body,
+                           {"Content-Type": "application/json",
+                            "Origin": origin or "http://127.0.0.1:%d" % g.admin_port})
+
+
 def _stream_head(g):
     """GET /api/stream: its status, headers and first line (it never ends)."""
     import http.client
@@ -540,6 +547,28 @@ def _cases(g, sink):
         ("/api/endpoints/{name}", "get", "200", lambda: _raw(g, "get", "/api/endpoints/erp")),
         ("/api/endpoints/{name}", "get", "401", lambda: _raw(g, "get", "/api/endpoints/erp", token=None)),
         ("/api/endpoints/{name}", "get", "404", lambda: _raw(g, "get", "/api/endpoints/nope")),
+        # the dashboard's routes (admin_web.c)
+        ("/index.html", "get", "200", lambda: _raw(g, "get", "/index.html", token=None)),
+        ("/session", "get", "200", lambda: _raw(g, "get", "/session", token=None)),
+        ("/login", "post", "204", lambda: _page(g, "/login", json.dumps({"token": g.token}))),
+        ("/login", "post", "400", lambda: _page(g, "/login", "{oops")),
+        ("/login", "post", "401", lambda: _page(g, "/login", json.dumps({"token": "wrong"}))),
+        ("/login", "post", "403", lambda: _page(g, "/login", json.dumps({"token": g.token}),
+                                                origin="http://elsewhere.example")),
+        ("/logout", "post", "204", lambda: _page(g, "/logout", "")),
+        ("/api/series", "get", "200", lambda: _raw(g, "get", "/api/series")),
+        ("/api/series", "get", "401", lambda: _raw(g, "get", "/api/series", token=None)),
+        ("/api/rules", "get", "200", lambda: _raw(g, "get", "/api/rules")),
+        ("/api/rules", "get", "401", lambda: _raw(g, "get", "/api/rules", token=None)),
+        ("/api/batches", "get", "200", lambda: _raw(g, "get", "/api/batches")),
+        ("/api/batches", "get", "401", lambda: _raw(g, "get", "/api/batches", token=None)),
+        ("/api/find", "get", "200", lambda: _raw(g, "get", "/api/find?q=" + ev)),
+        ("/api/find", "get", "400", lambda: _raw(g, "get", "/api/find?q=ab")),
+        ("/api/find", "get", "401", lambda: _raw(g, "get", "/api/find?q=abc", token=None)),
+        ("/api/dryrun", "post", "200", lambda: _raw(g, "post", "/api/dryrun", {"event_id": ev})),
+        ("/api/dryrun", "post", "400", lambda: _raw(g, "post", "/api/dryrun", "{oops")),
+        ("/api/dryrun", "post", "401", lambda: _raw(g, "post", "/api/dryrun", {"event_id": ev}, token=None)),
+        ("/api/dryrun", "post", "404", lambda: _raw(g, "post", "/api/dryrun", {"event_id": "evt_nope"})),
         ("/api/deliveries/{id}/retry", "post", "409",
          lambda: (sink.wait_for_count(2), g.wait_for(lambda: g.event(ev)["deliveries"][0]["status"] == "delivered"),
                   _raw(g, "post", "/api/deliveries/%s/retry" % dlv))[-1]),
