@@ -200,8 +200,12 @@ static void store_full_cb(evutil_socket_t fd, short what, void *arg) {
 
     UNUSED(fd);
     UNUSED(what);
-    if (!s->full || s->in_txn)
+    if (!s->full)
         return;
+    if (s->in_txn) { /* a group still open: its end comes first */
+        evtimer_add(s->full_ev, &second);
+        return;
+    }
     rc = sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, &nlog, &ncopied);
     if (rc == SQLITE_OK) {
         s->full = 0;
