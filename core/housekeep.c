@@ -75,20 +75,7 @@ static void housekeep_recover_cb(evutil_socket_t fd, short what, void *arg) {
         return;
     }
     for (size_t i = 0; i < n; i++) {
-        struct rules_input in = {
-            .id = rows[i].id,
-            .source = rows[i].source,
-            .source_id = rows[i].source_id,
-            .type = rows[i].type,
-            .created_at = rows[i].created_at,
-            .received_at_ms = rows[i].received_at,
-            .data_json = rows[i].data_json,
-            .shipment_json = rows[i].shipment_json,
-            .raw = rows[i].raw,
-            .raw_len = rows[i].raw_len,
-            .headers_json = rows[i].headers_json,
-        };
-        hk->route(hk->route_arg, &in);
+        hk->route(hk->route_arg, &rows[i]);
         hk->recover_after = rows[i].seq;
     }
     if (n)

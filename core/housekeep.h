@@ -11,7 +11,6 @@
 #include <stddef.h>
 
 #include "config.h"
-#include "rules.h"
 #include "store.h"
 
 struct event_base;
@@ -19,10 +18,10 @@ struct housekeep;
 
 /* Routes one stored event again (borrowed, valid during the call only),
  * writing its outcome into the open group. */
-typedef void (*housekeep_route_fn)(void *arg, const struct rules_input *ev);
+typedef void (*housekeep_route_fn)(void *arg, const struct store_event_row *row);
 
 /* The jobs on base over s (borrowed, must outlive it); recovered events go
- * to route(arg, ev). Nothing runs until housekeep_set_config or
+ * to route(arg, row). Nothing runs until housekeep_set_config or
  * housekeep_recover. Returns new, or NULL with a reason in err. */
 struct housekeep *housekeep_new(struct event_base *base, struct store *s, housekeep_route_fn route,
                                 void *arg, char *err, size_t errlen);

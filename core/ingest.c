@@ -316,18 +316,7 @@ int ingest_replay(struct ingest *g, const char *id, char *err, size_t errlen) {
 
     if (rc <= 0)
         return rc;
-    struct rules_input in = {.id = row->id,
-                             .source = row->source,
-                             .source_id = row->source_id,
-                             .type = row->type,
-                             .created_at = row->created_at,
-                             .received_at_ms = row->received_at,
-                             .data_json = row->data_json,
-                             .shipment_json = row->shipment_json,
-                             .raw = row->raw,
-                             .raw_len = row->raw_len,
-                             .headers_json = row->headers_json};
-    route_event(g->deps.route, &in);
+    route_event(g->deps.route, row);
     store_event_rows_free(row, 1);
     return 1;
 }

@@ -157,14 +157,25 @@ static void on_rerouted_committed(void *arg, int ok) {
     }
 }
 
-void route_event(struct route *rt, const struct rules_input *ev) {
+void route_event(struct route *rt, const struct store_event_row *row) {
+    const struct rules_input ev = {.id = row->id,
+                                   .source = row->source,
+                                   .source_id = row->source_id,
+                                   .type = row->type,
+                                   .created_at = row->created_at,
+                                   .received_at_ms = row->received_at,
+                                   .data_json = row->data_json,
+                                   .shipment_json = row->shipment_json,
+                                   .raw = row->raw,
+                                   .raw_len = row->raw_len,
+                                   .headers_json = row->headers_json};
     struct route_plan p;
     char err[256];
 
-    route_plan(rt, ev, &p);
-    if (store_event_routed(rt->deps.store, ev->id, &p.store, err, sizeof err) < 0 ||
-        route_plan_stored(rt, ev, &p, err, sizeof err) < 0)
-        log_msg(LOG_ERROR, "event %s: storing its routing failed: %s", ev->id, err);
+    route_plan(rt, &ev, &p);
+    if (store_event_routed(rt->deps.store, ev.id, &p.store, err, sizeof err) < 0 ||
+        route_plan_stored(rt, &ev, &p, err, sizeof err) < 0)
+        log_msg(LOG_ERROR, "event %s: storing its routing failed: %s", ev.id, err);
     /* Registered whatever the outcome: if this group fails, even an
      * unrouted or rule_error outcome must be recorded again by recovery. */
     if (!rt->recover_pending && store_on_commit(rt->deps.store, on_rerouted_committed, rt) == 0)

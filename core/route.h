@@ -56,9 +56,9 @@ int route_plan_stored(struct route *rt, const struct rules_input *ev, struct rou
 
 void route_plan_clear(struct route_plan *p);
 
-/* Routes stored event ev (borrowed) again with the current rules and records
- * the outcome in the open group (store_event_routed); a group that fails
- * leaves the event to the recovery sweep. */
-void route_event(struct route *rt, const struct rules_input *ev);
+/* Routes stored event row (borrowed) again with the current rules and
+ * records the outcome in the open group (store_event_routed); a group that
+ * fails leaves the event to the recovery sweep. */
+void route_event(struct route *rt, const struct store_event_row *row);
 
 #endif

@@ -45,9 +45,9 @@ struct rig {
 };
 
 /* The recovery sweep hands events to the router, as the app wires it. */
-static void on_recovered(void *arg, const struct rules_input *ev) {
+static void on_recovered(void *arg, const struct store_event_row *row) {
     struct rig *r = arg;
-    route_event(r->rt, ev);
+    route_event(r->rt, row);
 }
 
 static int rig_open(struct rig *r, const char *config, const char *rules) {
