@@ -72,6 +72,8 @@ def _check_lines(records, event_id):
     ok = [r for r in reqs if r.get("listener") == "inbound" and str(r.get("status")) == "200"]
     assert len(ok) == 1 and ok[0]["event"] == event_id and ok[0]["source"] == "atoship", reqs
     assert ok[0]["path"] == "/hooks/atoship" and ok[0]["method"] == "POST", ok
+    # the client's address and port, as accept gave them
+    assert re.fullmatch(r"127\.0\.0\.1:\d{2,5}", ok[0]["peer"]), ok
     assert any(r.get("listener") == "inbound" and str(r["status"]) == "401" for r in reqs), reqs
     assert any(r.get("listener") == "inbound" and str(r["status"]) == "404"
                and r["path"] == "/hooks/nowhere" for r in reqs), reqs
