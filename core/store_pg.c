@@ -185,6 +185,7 @@ struct job {
     struct event_base *base;
     struct store_pg_conn *conn;
     int done, rc;
+    int was_up;        /* the connection came up once */
     int failed;        /* a statement of the current round trip failed */
     char why[512];     /* its reason (scrubbed) */
     long long version; /* the version found; -1: no version table */
@@ -353,10 +354,15 @@ static void on_table_found(void *arg, const PGresult *res, const char *err) {
 static void on_conn(void *arg, int up, const char *err) {
     struct job *j = arg;
     int bad = 0;
+    if (!up && j->was_up) { /* what was in flight failed: never an ok */
+        job_end(j, -1, "store: '%s': the connection was lost: %s", j->shown, err);
+        return;
+    }
     if (!up) {
         job_end(j, -1, "store: cannot connect to '%s': %s", j->shown, err);
         return;
     }
+    j->was_up = 1;
     if (j->mode == STORE_PG_CHECK) {
         bad = job_send(j, "SELECT to_regclass('waybill_schema')::text", on_table_found) < 0;
     } else {
