@@ -708,7 +708,7 @@ struct store *store_open(struct event_base *base, const char *url, const char *b
     int sync_full = 1, prio;
 
     if (store_pg_is_url(url)) { /* its schema step, then the honest refusal (store_pg.h) */
-        (void)store_pg_schema(url, STORE_PG_SERVE, 10000, err, errlen);
+        (void)store_pg_schema(url, STORE_PG_SERVE, 10000, 0, err, errlen);
         return NULL;
     }
     path = store_url_parse(url, base_dir, &sync_full, err, errlen);

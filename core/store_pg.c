@@ -185,11 +185,13 @@ struct job {
     struct event_base *base;
     struct store_pg_conn *conn;
     int done, rc;
-    int was_up;        /* the connection came up once */
-    int failed;        /* a statement of the current round trip failed */
-    char why[512];     /* its reason (scrubbed) */
-    long long version; /* the version found; -1: no version table */
-    long long ntables; /* tables made by this run */
+    int was_up;         /* the connection came up once */
+    int attempts;       /* connection attempts that failed */
+    int64_t wait_until; /* util_mono_ms() until which a failed attempt is retried */
+    int failed;         /* a statement of the current round trip failed */
+    char why[512];      /* its reason (scrubbed) */
+    long long version;  /* the version found; -1: no version table */
+    long long ntables;  /* tables made by this run */
     char *msg;
     size_t msglen;
 };
@@ -358,8 +360,14 @@ static void on_conn(void *arg, int up, const char *err) {
         job_end(j, -1, "store: '%s': the connection was lost: %s", j->shown, err);
         return;
     }
-    if (!up) {
-        job_end(j, -1, "store: cannot connect to '%s': %s", j->shown, err);
+    if (!up) { /* the connection tries again after its backoff */
+        if (++j->attempts > 0 && util_mono_ms() < j->wait_until)
+            return;
+        if (j->attempts > 1)
+            job_end(j, -1, "store: cannot connect to '%s' (%d attempts): %s", j->shown, j->attempts,
+                    err);
+        else
+            job_end(j, -1, "store: cannot connect to '%s': %s", j->shown, err);
         return;
     }
     j->was_up = 1;
@@ -391,16 +399,17 @@ static void on_job_timeout(evutil_socket_t fd, short what, void *arg) {
     struct job *j = arg;
     UNUSED(fd);
     UNUSED(what);
-    job_end(j, -1, "store: '%s': no answer within %d s", j->shown, JOB_LIMIT_MS / 1000);
+    job_end(j, -1, "store: '%s': no answer in time", j->shown);
 }
 
 int store_pg_is_url(const char *url) {
     return url && (strncmp(url, "postgres://", 11) == 0 || strncmp(url, "postgresql://", 13) == 0);
 }
 
-int store_pg_schema(const char *url, enum store_pg_mode mode, int connect_ms, char *msg,
-                    size_t msglen) {
+int store_pg_schema(const char *url, enum store_pg_mode mode, int connect_ms, int wait_ms,
+                    char *msg, size_t msglen) {
     struct job j = {.mode = mode, .url = url, .msg = msg, .msglen = msglen, .rc = -1};
+    struct timeval tv = {JOB_LIMIT_MS / 1000 + (wait_ms > 0 ? wait_ms / 1000 : 0), 0};
     struct event *limit = NULL;
     char err[512];
 
@@ -416,7 +425,7 @@ int store_pg_schema(const char *url, enum store_pg_mode mode, int connect_ms, ch
         snprintf(msg, msglen, "store: '%s': %s", j.shown, err);
         goto done;
     }
-    struct timeval tv = {JOB_LIMIT_MS / 1000, 0};
+    j.wait_until = util_mono_ms() + (wait_ms > 0 ? wait_ms : 0);
     evtimer_add(limit, &tv);
     while (!j.done && event_base_dispatch(j.base) == 0)
         ;

@@ -22,7 +22,9 @@ enum store_pg_mode {
     STORE_PG_SERVE    /* as migrate (the first instance creates it), then refuse */
 };
 
-/* Connects to url (each attempt bounded by connect_ms), runs mode's schema
+/* Connects to url (each attempt bounded by connect_ms; failed attempts are
+ * retried on the connection's backoff for wait_ms, 0: one attempt), runs
+ * mode's schema
  * step inside one transaction under pg_advisory_xact_lock (two processes at
  * once: one creates, the other finds it made), and writes one line for the
  * user into msg: what was done, or why not (unreachable, refused password,
@@ -30,7 +32,7 @@ enum store_pg_mode {
  * mode is STORE_PG_MIGRATE and it succeeded; -1 otherwise (check and serve
  * always: the store cannot serve yet, msg says so). Runs its own event loop
  * until done: for the commands, not for a running gateway. */
-int store_pg_schema(const char *url, enum store_pg_mode mode, int connect_ms, char *msg,
-                    size_t msglen);
+int store_pg_schema(const char *url, enum store_pg_mode mode, int connect_ms, int wait_ms,
+                    char *msg, size_t msglen);
 
 #endif

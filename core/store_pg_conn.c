@@ -20,9 +20,10 @@
  * each with up to a quarter more at random (instances restarted together do
  * not knock in step); a successful connection resets the schedule. Each
  * attempt is bounded by its connect time (libpq's connect_timeout is not
- * applied to PQconnectPoll: a timer here is). A lost connection fails
- * every query in flight (callback with res NULL): nobody is told ok for a
- * statement whose answer did not come.
+ * applied to PQconnectPoll: a timer here is; the URL's connect_timeout=N
+ * sets it, at least 2 s as in libpq, for all its hosts together). A lost
+ * connection fails every query in flight (callback with res NULL): nobody
+ * is told ok for a statement whose answer did not come.
  *
  * Invariant: in state UP the connection is in pipeline mode and the read
  * event is armed; the in-flight list holds, in order, one entry per query
@@ -445,6 +446,9 @@ struct store_pg_conn *store_pg_conn_new(struct event_base *base, const char *url
     }
     c->base = base;
     c->connect_ms = connect_ms > 0 ? connect_ms : 10000;
+    for (PQconninfoOption *o = opts; o->keyword; o++) /* the URL's own, as libpq reads it */
+        if (strcmp(o->keyword, "connect_timeout") == 0 && o->val && atoi(o->val) > 0)
+            c->connect_ms = (atoi(o->val) < 2 ? 2 : atoi(o->val)) * 1000;
     c->state_fn = fn;
     c->state_arg = arg;
     c->backoff_ms = BACKOFF_FIRST_MS;

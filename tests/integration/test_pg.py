@@ -235,3 +235,71 @@ def test_a_connection_lost_mid_migration_is_an_error_not_an_ok():
     time.sleep(0.2)
     assert "waybill_schema" not in _tables(db) or \
         db.sql("SELECT count(*) FROM waybill_schema") == [["0"]]
+
+
+def test_migrate_wait_keeps_trying_until_the_database_is_up():
+    db = pg.database()
+    cluster = pg.cluster()
+    cluster.stop()
+    try:
+        t0 = time.monotonic()
+        p = subprocess.Popen([wb._bin(), "migrate", "-c", _config(db.url), "--wait", "30"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(1.5)
+        assert p.poll() is None, p.communicate()  # still trying (backoff 0.1, 0.2, 0.4 s ...)
+        cluster.start()
+        rc = p.wait(30)
+        out, err = p.stdout.read().decode(), p.stderr.read().decode()
+    finally:
+        if cluster.proc is None:
+            cluster.start()
+    assert rc == 0, (out, err)
+    assert "created schema version 1" in out, out
+    # up within a backoff step of the start (at most 5 s + a quarter)
+    assert time.monotonic() - t0 < 1.5 + 10, time.monotonic() - t0
+    _no_secret([out, err], pg.PASSWORD)
+    # without --wait one attempt: a stopped database fails at once
+    cluster.stop()
+    try:
+        t0 = time.monotonic()
+        rc, out, err = _run("migrate", db.url)
+        secs = time.monotonic() - t0
+    finally:
+        cluster.start()
+    assert rc != 0 and "cannot connect to" in err and "attempts" not in err, (out, err)
+    assert secs < 5, secs
+
+
+def test_connect_timeout_bounds_an_attempt_to_a_silent_server():
+    import socket
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    port = wb.free_port()
+    s.bind(("127.0.0.1", port))
+    s.listen(8)  # the kernel accepts; nothing ever answers libpq's startup packet
+    try:
+        t0 = time.monotonic()
+        rc, out, err = _run("migrate", "postgresql://waybill:Silent-771@127.0.0.1:%d/x"
+                            "?connect_timeout=2" % port)
+        secs = time.monotonic() - t0
+    finally:
+        s.close()
+    assert rc != 0, (out, err)
+    assert "no connection within 2000 ms" in err, err
+    assert 1.5 < secs < 8, secs
+    _no_secret([out, err], "Silent-771")
+
+
+def test_several_hosts_and_target_session_attrs_go_to_libpq():
+    db = pg.database()
+    dead = wb.free_port()
+    url = "postgresql://waybill:%s@127.0.0.1:%d,127.0.0.1:%d/%s" % (pg.PASSWORD, dead, db.port,
+                                                                   db.name)
+    # the first host refuses, the second is a primary
+    rc, out, err = _run("migrate", url + "?target_session_attrs=read-write")
+    assert rc == 0 and "created schema version 1" in out, (out, err)
+    # no standby among them: libpq says so, waybill passes it on
+    rc, out, err = _run("migrate", url + "?target_session_attrs=standby")
+    assert rc != 0, (out, err)
+    assert "server is not in hot standby mode" in err, err
+    _no_secret([out, err], pg.PASSWORD)
