@@ -40,6 +40,23 @@ def _no_secret(outputs, *secrets):
             assert s not in out, "%r shown in:\n%s" % (s, out)
 
 
+def _migrate_bg(url_or_cfg, *args):
+    """`waybill migrate` started in the background (config path or URL)."""
+    cfg = url_or_cfg if url_or_cfg.endswith(".lua") else _config(url_or_cfg)
+    return subprocess.Popen([wb._bin(), "migrate", "-c", cfg] + list(args),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _finish(p, timeout=60):
+    """(exit code, stdout, stderr) of a background waybill; a sanitizer's
+    report in its stderr fails the test (wb.run does the same)."""
+    out, err = p.communicate(timeout=timeout)
+    out, err = out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+    for pat in wb.SANITIZER_PATTERNS:
+        assert pat not in err, err[-4000:]
+    return p.returncode, out, err
+
+
 def _tables(db):
     return {r[0] for r in db.sql("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
 
@@ -93,14 +110,12 @@ def test_two_migrates_at_once_make_one_schema():
         wb.wait_for(lambda: db.sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
                                    " AND granted")[0][0] == "1", timeout=10)
         cfg = _config(db.url)
-        procs = [subprocess.Popen([wb._bin(), "migrate", "-c", cfg], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE) for _ in range(2)]
+        procs = [_migrate_bg(cfg) for _ in range(2)]
         wb.wait_for(lambda: _lock_waiters(db) == 2, timeout=20,
                     message="both migrates waiting for the schema lock")
         db.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                " WHERE query LIKE '%%pg_sleep(30)%%' AND pid <> pg_backend_pid()")
-        results = [(p.wait(60), p.stdout.read().decode(), p.stderr.read().decode())
-                   for p in procs]
+        results = [_finish(p) for p in procs]
     finally:
         holder.kill()
         holder.wait()
@@ -115,10 +130,8 @@ def test_two_migrates_at_once_make_one_schema():
     for _ in range(3):
         db = pg.database()
         cfg = _config(db.url)
-        procs = [subprocess.Popen([wb._bin(), "migrate", "-c", cfg], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE) for _ in range(4)]
-        results = [(p.wait(60), p.stdout.read().decode(), p.stderr.read().decode())
-                   for p in procs]
+        procs = [_migrate_bg(cfg) for _ in range(4)]
+        results = [_finish(p) for p in procs]
         assert all(rc == 0 for rc, _, _ in results), results
         assert sum("created schema" in out for _, out, _ in results) == 1, results
         assert db.sql("SELECT count(*) FROM waybill_schema") == [["1"]]
@@ -217,14 +230,12 @@ def test_a_connection_lost_mid_migration_is_an_error_not_an_ok():
     try:
         wb.wait_for(lambda: db.sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
                                    " AND granted")[0][0] == "1", timeout=10)
-        p = subprocess.Popen([wb._bin(), "migrate", "-c", _config(db.url)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        p = _migrate_bg(db.url)
         wb.wait_for(lambda: _lock_waiters(db) == 1, timeout=20)
         # the database ends migrate's session while its transaction waits
         db.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                " WHERE application_name = 'waybill'")
-        rc = p.wait(30)
-        out, err = p.stdout.read().decode(), p.stderr.read().decode()
+        rc, out, err = _finish(p, 30)
     finally:
         holder.kill()
         holder.wait()
@@ -243,13 +254,11 @@ def test_migrate_wait_keeps_trying_until_the_database_is_up():
     cluster.stop()
     try:
         t0 = time.monotonic()
-        p = subprocess.Popen([wb._bin(), "migrate", "-c", _config(db.url), "--wait", "30"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        p = _migrate_bg(db.url, "--wait", "30")
         time.sleep(1.5)
         assert p.poll() is None, p.communicate()  # still trying (backoff 0.1, 0.2, 0.4 s ...)
         cluster.start()
-        rc = p.wait(30)
-        out, err = p.stdout.read().decode(), p.stderr.read().decode()
+        rc, out, err = _finish(p, 30)
     finally:
         if cluster.proc is None:
             cluster.start()
