@@ -135,37 +135,48 @@ static void url_secrets(const char *url, const char **u, size_t *ulen, const cha
 
 const char *store_pg_scrub(const char *url, const char *msg, char *out, size_t outlen) {
     const char *u, *q, *env = getenv("PGPASSWORD");
-    size_t ulen, qlen, o = 0;
-    char dec[512];
+    size_t ulen, qlen, o = 0, cap;
+    char dec[512], *buf;
 
     if (!outlen)
         return out;
-    for (const char *m = msg ? msg : ""; *m && o + 1 < outlen; m++) {
+    msg = msg ? msg : "";
+    /* scrubbed whole, then cut: cutting first could leave a password's
+     * prefix that no longer matches it (a newline becomes 2 bytes, a 1-byte
+     * secret 3: 6x is room) */
+    cap = strlen(msg) * 6 + 4;
+    if (!(buf = malloc(cap))) {
+        snprintf(out, outlen, "(message withheld: out of memory)");
+        return out;
+    }
+    for (const char *m = msg; *m; m++) {
         if (*m == '\n') {
             while (m[1] == '\t' || m[1] == ' ')
                 m++;
-            if (m[1] && o + 3 < outlen) {
-                memcpy(out + o, "; ", 2);
+            if (m[1]) {
+                memcpy(buf + o, "; ", 2);
                 o += 2;
             }
         } else if (*m != '\r') {
-            out[o++] = *m;
+            buf[o++] = *m;
         }
     }
-    out[o] = '\0';
+    buf[o] = '\0';
     url_secrets(url ? url : "", &u, &ulen, &q, &qlen);
-    scrub_one(out, outlen, u, ulen);
-    scrub_one(out, outlen, q, qlen);
+    scrub_one(buf, cap, u, ulen);
+    scrub_one(buf, cap, q, qlen);
     if (ulen) {
         pct_decode(u, ulen, dec, sizeof dec);
-        scrub_one(out, outlen, dec, strlen(dec));
+        scrub_one(buf, cap, dec, strlen(dec));
     }
     if (qlen) {
         pct_decode(q, qlen, dec, sizeof dec);
-        scrub_one(out, outlen, dec, strlen(dec));
+        scrub_one(buf, cap, dec, strlen(dec));
     }
     if (env)
-        scrub_one(out, outlen, env, strlen(env));
+        scrub_one(buf, cap, env, strlen(env));
+    snprintf(out, outlen, "%s", buf);
+    free(buf);
     return out;
 }
 
