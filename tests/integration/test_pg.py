@@ -93,28 +93,46 @@ def test_migrate_creates_the_schema_on_an_empty_database():
     _no_secret([out, err], pg.PASSWORD)
 
 
-def _lock_waiters(db):
+def _advisory(db, granted):
+    """How many advisory locks of db's database are held (granted) or waited for."""
     return int(db.sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
-                      " AND NOT granted")[0][0])
+                      " AND database = (SELECT oid FROM pg_database"
+                      " WHERE datname = current_database())"
+                      " AND %s granted" % ("" if granted else "NOT"))[0][0])
+
+
+def _lock_waiters(db):
+    return _advisory(db, False)
+
+
+def _hold_schema_lock(db):
+    """A psql session of db holding the schema lock (for 30 s at most)."""
+    holder = subprocess.Popen(
+        pg.cluster()._psql_argv(db.name, "BEGIN; SELECT pg_advisory_xact_lock(%s);"
+                                " SELECT pg_sleep(30); COMMIT" % SCHEMA_LOCK),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wb.wait_for(lambda: _advisory(db, True) == 1, timeout=10)
+    return holder
+
+
+def _release_schema_lock(db, holder):
+    db.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+           " WHERE datname = current_database() AND query LIKE '%%pg_sleep(30)%%'"
+           " AND pid <> pg_backend_pid()")
+    holder.wait(10)
 
 
 def test_two_migrates_at_once_make_one_schema():
     db = pg.database()
     # Hold the schema lock so both migrates are surely waiting at the same
     # time, then let them go together.
-    holder = subprocess.Popen(
-        pg.cluster()._psql_argv(db.name, "BEGIN; SELECT pg_advisory_xact_lock(%s);"
-                                " SELECT pg_sleep(30); COMMIT" % SCHEMA_LOCK),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    holder = _hold_schema_lock(db)
     try:
-        wb.wait_for(lambda: db.sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
-                                   " AND granted")[0][0] == "1", timeout=10)
         cfg = _config(db.url)
         procs = [_migrate_bg(cfg) for _ in range(2)]
         wb.wait_for(lambda: _lock_waiters(db) == 2, timeout=20,
                     message="both migrates waiting for the schema lock")
-        db.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-               " WHERE query LIKE '%%pg_sleep(30)%%' AND pid <> pg_backend_pid()")
+        _release_schema_lock(db, holder)
         results = [_finish(p) for p in procs]
     finally:
         holder.kill()
@@ -223,19 +241,15 @@ def test_serve_and_check_refuse_a_postgres_store_honestly():
 
 def test_a_connection_lost_mid_migration_is_an_error_not_an_ok():
     db = pg.database()
-    holder = subprocess.Popen(
-        pg.cluster()._psql_argv(db.name, "BEGIN; SELECT pg_advisory_xact_lock(%s);"
-                                " SELECT pg_sleep(30); COMMIT" % SCHEMA_LOCK),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    holder = _hold_schema_lock(db)
     try:
-        wb.wait_for(lambda: db.sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
-                                   " AND granted")[0][0] == "1", timeout=10)
         p = _migrate_bg(db.url)
         wb.wait_for(lambda: _lock_waiters(db) == 1, timeout=20)
         # the database ends migrate's session while its transaction waits
         db.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-               " WHERE application_name = 'waybill'")
+               " WHERE datname = current_database() AND application_name = 'waybill'")
         rc, out, err = _finish(p, 30)
+        _release_schema_lock(db, holder)
     finally:
         holder.kill()
         holder.wait()
