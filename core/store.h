@@ -40,6 +40,8 @@ struct store;
 /* Opens the store named by url: "sqlite:PATH[?sync=normal|full]" (PATH
  * relative to base_dir). Creates the schema when new. For SQLite, which one
  * process owns, leases left by a crashed run are released at open.
+ * "postgres://" and "postgresql://" URLs: the schema step of store_pg.h,
+ * then NULL (that store cannot serve yet; err says so).
  * Returns a new store, or NULL with a reason in err. */
 struct store *store_open(struct event_base *base, const char *url, const char *base_dir, char *err,
                          size_t errlen);

@@ -486,6 +486,28 @@ int util_http_url_ok(const char *url) {
     return ok;
 }
 
+/* Replaces the value of each "password=" parameter of out's query (past
+ * its first '?') by "***", in place within outlen; where the mask does not
+ * fit, out ends before the value. */
+static void url_redact_query(char *out, size_t outlen) {
+    char *p = strchr(out, '?');
+
+    while (p && *p) {
+        p++; /* past '?' or '&' */
+        if (strncasecmp(p, "password=", 9) == 0) {
+            char *v = p + 9;
+            size_t n = strcspn(v, "&#"), len = strlen(out);
+            if (len - n + 3 >= outlen) {
+                *v = '\0';
+                return;
+            }
+            memmove(v + 3, v + n, strlen(v + n) + 1);
+            memcpy(v, "***", 3);
+        }
+        p += strcspn(p, "&");
+    }
+}
+
 const char *util_url_redact(const char *url, char *out, size_t outlen) {
     const char *auth = url ? strstr(url, "://") : NULL, *at, *colon, *end;
 
@@ -506,5 +528,6 @@ const char *util_url_redact(const char *url, char *out, size_t outlen) {
         snprintf(out, outlen, "%s", url);
     else
         snprintf(out, outlen, "%.*s:***%s", (int)(colon - url), url, at);
+    url_redact_query(out, outlen);
     return out;
 }

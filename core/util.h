@@ -87,6 +87,7 @@ static inline size_t util_utf8_seq(const unsigned char *s, size_t n) {
 }
 
 /* url for a message: the password of its userinfo ("scheme://user:pw@")
+ * and the value of a "password=" query parameter (libpq's URIs take one)
  * replaced by "***"; anything else copied as it is (cut to outlen; NULL
  * gives ""). Returns out. */
 const char *util_url_redact(const char *url, char *out, size_t outlen);

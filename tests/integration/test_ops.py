@@ -177,7 +177,7 @@ def test_no_configured_secret_is_ever_logged():
     g.start(wait=False)
     assert g.proc.wait(timeout=wb.START_TIMEOUT) != 0
     log = g.log()
-    # refused when the config is read (this build has no PostgreSQL store)
+    # refused when the store opens (nothing listens there; and this build cannot serve from one)
     assert "pg-Secret-55" not in log, log
     assert "postgres://waybill:***@localhost/waybill" in log, log
 

@@ -149,9 +149,15 @@ static struct store *open_store(const char *url) {
 static void test_open_errors(void) {
     char err[256];
     struct store *s;
-    s = store_open(base, "postgres://x", dir, err, sizeof err);
+    s = store_open(base, "mysql://x", dir, err, sizeof err);
     CHECK(s == NULL);
-    CHECK_STR_EQ(err, "store: unsupported url 'postgres://x' (use sqlite:PATH)");
+    CHECK_STR_EQ(err, "store: unsupported url 'mysql://x' (use sqlite:PATH)");
+    /* a PostgreSQL URL goes to store_pg (tests/integration/test_pg.py); an
+     * unreachable one says so, without its password */
+    s = store_open(base, "postgres://wb:s3cret@127.0.0.1:1/x", dir, err, sizeof err);
+    CHECK(s == NULL);
+    CHECK(strstr(err, "cannot connect to 'postgres://wb:***@127.0.0.1:1/x'") != NULL);
+    CHECK(strstr(err, "s3cret") == NULL);
     s = store_open(base, "sqlite:", dir, err, sizeof err);
     CHECK(s == NULL);
     CHECK(strstr(err, "unsupported url") != NULL);

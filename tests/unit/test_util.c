@@ -226,6 +226,16 @@ static void test_url_redact(void) {
     CHECK_STR_EQ(out, "postgres://db/x?user=a@b");
     util_url_redact("sqlite:waybill.db", out, sizeof out);
     CHECK_STR_EQ(out, "sqlite:waybill.db");
+    /* libpq's URIs also take the password as a query parameter */
+    util_url_redact("postgres://wb@db/x?sslmode=require&password=s3cret&x=1", out, sizeof out);
+    CHECK_STR_EQ(out, "postgres://wb@db/x?sslmode=require&password=***&x=1");
+    util_url_redact("postgres://wb:a@db/x?PASSWORD=pw", out, sizeof out);
+    CHECK_STR_EQ(out, "postgres://wb:***@db/x?PASSWORD=***");
+    {
+        char small[32]; /* cut in the middle of the value: no prefix of it shown */
+        util_url_redact("postgres://db/x?password=s3cretlongvalue", small, sizeof small);
+        CHECK(strstr(small, "s3cr") == NULL);
+    }
     util_url_redact(NULL, out, sizeof out);
     CHECK_STR_EQ(out, "");
 }
