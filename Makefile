@@ -126,7 +126,7 @@ run: all
 	exec ./$(BIN) serve -c examples/waybill.lua
 
 test-unit: all $(UNIT_BINS)
-	@python3 tests/run.py --bin ./$(BIN) --unit "$(UNIT_BINS)" -k __unit_only__
+	@python3 tests/run.py --bin ./$(BIN) --unit "$(UNIT_BINS)" --unit-only
 
 test-integration: test-deps all
 	@python3 tests/run.py --bin ./$(BIN) $(if $(K),-k $(K))
