@@ -111,6 +111,7 @@ struct store_delivery_new {
     int64_t next_at;          /* Unix ms of the first attempt */
     const char *okey;         /* order key (endpoint ordered by key), or NULL: FIFO per
                                  (endpoint, okey), one in flight at a time */
+    size_t match;             /* the plan's matches[match] sent it (when < nmatches) */
 };
 
 /* A payload routing put into a batch window (SPEC section 6): endpoint's
@@ -121,6 +122,14 @@ struct store_batch_item {
     const char *payload; /* JSON text */
     size_t len;
     int64_t count; /* set by the store: the window's open items after the add */
+    size_t match;  /* the plan's matches[match] sent it (when < nmatches) */
+};
+
+/* A rule handler that matched the event; strings borrowed. */
+struct store_match {
+    const char *where;   /* "file:line" of its on() */
+    const char *pattern; /* its pattern */
+    int failed;          /* it failed: it sent nothing */
 };
 
 /* What routing an event decided, written with it in one call. */
@@ -131,6 +140,13 @@ struct store_plan {
     size_t ndeliveries;
     struct store_batch_item *items; /* their count fields are filled in */
     size_t nitems;
+    /* The handlers that matched, recorded with the event (events.matched:
+     * JSON [{"rule","on","sent":[{"endpoint","delivery"|"batch"}],
+     * "failed"?}]) when by_rules is set ([] when none matched); without
+     * by_rules (not routed by rules) the event records none (NULL). */
+    int by_rules;
+    const struct store_match *matches;
+    size_t nmatches;
 };
 
 #define STORE_DUP 1
@@ -177,6 +193,8 @@ struct store_event_row {
     char *id, *source, *source_id, *type, *created_at, *status, *error;
     char *headers_json, *data_json;
     char *shipment_json; /* NULL when the event has none (or in a page of events) */
+    char *matched_json;  /* the handlers that matched (struct store_plan), or NULL when
+                            not recorded (store_event_get only) */
     char *raw;
     size_t raw_len;
     int64_t received_at;
@@ -296,6 +314,10 @@ struct store_page {
     const char *endpoint; /* deliveries */
     size_t limit;         /* > 0 */
     int64_t after;
+    /* events: received in [since, until) (Unix ms) when has_since /
+     * has_until; found by seq, which grows with received_at */
+    int has_since, has_until;
+    int64_t since, until;
 };
 
 /* One page of events or deliveries, newest first: *rows (new) holds up to
