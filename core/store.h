@@ -158,7 +158,8 @@ struct store_plan {
  * dup_id when (source, source_id) is already stored, even if only in the
  * open group; -1 with a reason in err on a store error (the group fails).
  * The deliveries' ids derive from the event id, the endpoint and the place
- * in the plan (util_id_derive). */
+ * in the plan (util_id_derive); the plan's matched handlers are recorded
+ * with the event, naming those ids. */
 int store_event_put(struct store *s, const struct store_event *ev, struct store_plan *plan,
                     char *dup_id, size_t dup_len, char *err, size_t errlen);
 
@@ -167,7 +168,8 @@ int store_event_put(struct store *s, const struct store_event *ev, struct store_
  * batch items. Delivery ids: on the event's first routing (status still
  * "received", e.g. an event a crash left unrouted) derived as
  * store_event_put does, so a routing lost with its group is made again
- * under the same ids; on later routings (replays) new. Returns 0, or -1
+ * under the same ids; on later routings (replays) new. The plan's matched
+ * handlers (by_rules) replace the event's recorded ones. Returns 0, or -1
  * (an unknown id writes nothing and keeps the group). */
 int store_event_routed(struct store *s, const char *event_id, struct store_plan *plan, char *err,
                        size_t errlen);
