@@ -240,7 +240,7 @@ async function main() {
 
     await run('the time filter finds an event older than the newest 100', async () => {
       const { id, received_at: at, posted } = await ask({ do: 'post_old_then_many', n: 105 });
-      await go(page, '#/events', 'table');
+      await go(page, '#/events', '#f-since'); // the Events view's own (Deliveries has a table too)
       await until(page, (n) => document.querySelectorAll('tbody tr').length === n, 100, 5000,
         'the newest 100 events');
       check(!(await page.$(`a[href="#/events/${id}"]`)), 'the old event is among the newest 100');
@@ -336,7 +336,7 @@ async function main() {
         null, 3000, 'the open window of bi');
       void n;
       await axe(page, 'Batches');
-      await go(page, '#/subscriptions', 'form');
+      await go(page, '#/subscriptions', '#f-event'); // not 'form': the hidden sign-in form matches at once
       const { url, bad } = await ask({ do: 'sub_urls' });
       await page.type('#f-event', 'track');
       await page.type('#f-url', bad);
