@@ -199,6 +199,10 @@ static void admin_events(struct admin *adm, struct evhttp_request *req) {
     page.type = evhttp_find_header(&q, "type");
     page.source = evhttp_find_header(&q, "source");
     page.status = evhttp_find_header(&q, "status");
+    if (admin_time_window(&q, &page, err, sizeof err) < 0) {
+        admin_bad(req, err);
+        goto done;
+    }
     if (page.status && strcmp(page.status, "received") != 0 && strcmp(page.status, "routed") != 0 &&
         strcmp(page.status, "unrouted") != 0 && strcmp(page.status, "partial") != 0 &&
         strcmp(page.status, "rule_error") != 0) {

@@ -696,6 +696,8 @@ static void store_close(struct store *s) {
     free(s->cbs);
     free(s->wcbs);
     free(s->inflight);
+    free(s->plan_ids);
+    util_buf_free(&s->matched);
     if (s->owner_fd >= 0)
         close(s->owner_fd); /* releases the store for the next process */
     free(s);
