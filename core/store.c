@@ -571,6 +571,13 @@ static int store_db_open(struct store *s, const char *path, char *err, size_t er
     }
     sqlite3_extended_result_codes(s->db, 1);
     sqlite3_busy_timeout(s->db, STORE_BUSY_MS);
+    /* Before the first table exists, so a new store can give pages back to
+     * the filesystem (store_reclaim); on an existing store it changes
+     * nothing (it would take a VACUUM). */
+    if (sqlite3_exec(s->db, "PRAGMA auto_vacuum = INCREMENTAL", NULL, NULL, NULL) != SQLITE_OK) {
+        store_err(err, errlen, "store: %s: auto_vacuum: %s", path, sqlite3_errmsg(s->db));
+        return -1;
+    }
     if (sqlite3_exec(s->db, "PRAGMA journal_mode = WAL", exec_first_text, mode, NULL) !=
             SQLITE_OK ||
         !mode[0]) {
@@ -616,8 +623,8 @@ static int store_own(struct store *s, const char *path, char *err, size_t errlen
 /* Prepares every statement of the table (after the schema exists). */
 static int store_stmts_prepare(struct store *s, char *err, size_t errlen) {
     static const struct store_stmt_def *const lists[] = {
-        store_engine_stmts,    store_events_stmts, store_deliveries_stmts,
-        store_endpoints_stmts, store_batch_stmts,  store_admin_stmts,
+        store_engine_stmts, store_events_stmts, store_deliveries_stmts, store_endpoints_stmts,
+        store_batch_stmts,  store_retain_stmts, store_admin_stmts,
     };
     const struct store_stmt_def *d;
     size_t k;

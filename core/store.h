@@ -472,13 +472,44 @@ int store_endpoint_claim(struct store *s, const char *name, int64_t after_seq, i
                          int64_t lease_ms, size_t max, struct store_delivery **out, size_t *n,
                          char *err, size_t errlen);
 
-/* Retention: deletes, in the open group, up to max events received before
- * before_ms whose deliveries are all delivered (with their deliveries and
- * attempts), walking by seq from *cursor, which it advances past what it
- * looked at. Stops at the first event that is newer or not yet routed.
- * *pruned receives the count. Returns 0 or -1. */
-int store_prune(struct store *s, int64_t before_ms, int64_t *cursor, int max, int *pruned,
-                char *err, size_t errlen);
+/* ---- retention (SPEC section 9) ----
+ * A pass looks at up to max events with seq in (cursor, upto], oldest
+ * first (seq is the rowid: a range walk of the table, whatever its size),
+ * and deletes, in the open group, those received before before_ms whose
+ * every delivery is delivered: the event, its deliveries with their
+ * attempts, its batch items, and a batch delivery (with its attempts) once
+ * its last item is gone. Kept, and stepped over: events not routed yet
+ * ("received") or whose rules failed ("rule_error", for a replay), events
+ * with a delivery pending, held or failed (a dead letter stays retryable),
+ * events waiting in an open batch window or whose batch delivery is not
+ * delivered. A kept event never stalls the walk; the caller walks the kept
+ * ones again later (a second cursor from 0 up to where the first one is). */
+struct store_prune {
+    int64_t before_ms; /* in: events received before this are old */
+    int64_t upto;      /* in: the walk's last seq (INT64_MAX: no bound) */
+    int64_t cursor;    /* in/out: the seq looked at last */
+    int max;           /* in: events looked at, at most */
+    int budget_us;     /* in: deletes stop once the pass took this long (0: none) */
+    int pruned, kept;  /* out: deleted, stepped over */
+    int done;          /* out: 1 when the walk reached upto, the newest event,
+                          or one received at or after before_ms */
+};
+
+/* Runs one pass of p (its out fields set, cursor advanced: a pass the
+ * budget cut short leaves the cursor before the first event it did not
+ * delete). Returns 0, or -1 with a reason (the group failed when a delete
+ * did). */
+int store_prune(struct store *s, struct store_prune *p, char *err, size_t errlen);
+
+/* Returns free pages to the filesystem in a small step: when the store was
+ * made with auto_vacuum = INCREMENTAL (new stores are) and more than
+ * keep_pages pages are free, runs PRAGMA incremental_vacuum for up to
+ * step_pages of the rest in the open group (the file shrinks at the next
+ * checkpoint). A store made before (auto_vacuum NONE) reuses its free pages
+ * for new rows and never shrinks. *freed receives the pages released.
+ * Returns 0 or -1. */
+int store_reclaim(struct store *s, int64_t keep_pages, int step_pages, int *freed, char *err,
+                  size_t errlen);
 
 /* ---- batch windows (SPEC section 6) ----
  * An open window is the set of batched payloads stored for (endpoint,

@@ -7,11 +7,12 @@
  * callbacks, the watermarks, the statement table); store_sync.c (the fsync
  * and checkpoint threads, the loop-side WAL maintenance); store_schema.c
  * (every DDL statement, the schema version, migrations); then one file per
- * data area: store_events.c (events, nonces, unrouted events, retention),
+ * data area: store_events.c (events, nonces, unrouted events),
  * store_deliveries.c (deliveries, attempts, counts, leases, retries),
  * store_endpoints.c (endpoint state, heads, per-endpoint queues and claims),
- * store_batch.c (batch windows), store_admin.c (the admin API's pages and
- * event detail, subscriptions).
+ * store_batch.c (batch windows), store_retain.c (retention, giving space
+ * back), store_admin.c (the admin API's pages and event detail,
+ * subscriptions).
  *
  * Invariants (checked under WAYBILL_CHECKS, see store_check_invariants):
  * every write runs inside the open group; every statement of the table is
@@ -83,10 +84,6 @@ enum store_stmt {
     ST_NONCE_PRUNE,
     ST_NONCE_INSERT,
     ST_NONCE_DIGEST,
-    ST_PRUNE_SCAN,
-    ST_PRUNE_ATTEMPTS,
-    ST_PRUNE_DELIVERIES,
-    ST_PRUNE_EVENT,
     /* store_deliveries.c */
     ST_DLV_LEASE,
     ST_DLV_RELEASE,
@@ -124,6 +121,15 @@ enum store_stmt {
     ST_BATCH_DELIVERY,
     ST_BATCH_MARK,
     ST_BATCH_WAITING,
+    /* store_retain.c */
+    ST_PRUNE_SCAN,
+    ST_PRUNE_ATTEMPTS,
+    ST_PRUNE_DELIVERIES,
+    ST_PRUNE_BATCH_ATTEMPTS,
+    ST_PRUNE_BATCH_DELIVERIES,
+    ST_PRUNE_BATCH_ITEMS,
+    ST_PRUNE_EVENT,
+    ST_FREELIST,
     /* store_admin.c */
     ST_PAGE_EVENTS,
     ST_PAGE_DELIVERIES,
@@ -147,6 +153,7 @@ extern const struct store_stmt_def store_events_stmts[];
 extern const struct store_stmt_def store_deliveries_stmts[];
 extern const struct store_stmt_def store_endpoints_stmts[];
 extern const struct store_stmt_def store_batch_stmts[];
+extern const struct store_stmt_def store_retain_stmts[];
 extern const struct store_stmt_def store_admin_stmts[];
 
 /* ---- the store ---- */
