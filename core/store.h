@@ -25,6 +25,30 @@
  * Reads return plain rows (structs whose strings the row owns, freed by
  * the matching _free); rendering them, e.g. the admin API's JSON, is the
  * caller's. The SQLite backend's files are listed in store_int.h.
+ *
+ * What a read sees. The loop's own reads (dedupe, claims, routing, the
+ * backlog) see the open group: they decide what goes into it. The admin
+ * API's reads -- pages of events and deliveries, the event detail, find,
+ * delivery counts, an endpoint's queue and blocked keys, open batch windows
+ * (store_events_page, store_deliveries_page, store_event_detail,
+ * store_events_find, store_delivery_counts, store_endpoint_queue_committed,
+ * store_endpoint_blocked, store_batch_windows) -- see committed groups only:
+ * they run on a second, read-only connection to the same file, and in WAL
+ * mode a reader sees the transactions whose COMMIT was done when its read
+ * began, never the open group. Chosen over answering reads only between
+ * groups: with sync=full a group is almost always open (the next one fills
+ * while the last one syncs), so reads would wait a group; the second
+ * connection costs ingest nothing (its statements are its own; only admin
+ * requests use it). "Committed" is COMMIT done, not synced: with sync=full
+ * an admin read may show a group whose fdatasync is still running (a few
+ * ms). It survives a crash of the process; only a power cut in those ms
+ * could take back a row an admin saw. Waiting for the sync would mean
+ * holding a snapshot from one sync to the next (sqlite3_snapshot_*), which
+ * also holds back the checkpoints that keep the WAL short; carriers' 200s
+ * and deliveries, which are what must never be taken back, already wait
+ * for the sync. Endpoint state (store_endpoint_states) and subscriptions
+ * are read on the loop's connection: health and the config read them for
+ * their own writes.
  * SPDX-License-Identifier: MIT */
 #ifndef CORE_STORE_H
 #define CORE_STORE_H
@@ -250,6 +274,9 @@ struct store_endpoint_queue {
 };
 int store_endpoint_queue(struct store *s, const char *name, int64_t now, int64_t due_cap,
                          int counts, struct store_endpoint_queue *q);
+/* The same as committed (the admin API's read: the open group left out). */
+int store_endpoint_queue_committed(struct store *s, const char *name, int64_t now, int64_t due_cap,
+                                   int counts, struct store_endpoint_queue *q);
 
 /* The delivery seq watermarks: *committed, every row up to it durable
  * (claims see only those); *last, the highest seq inserted, the open group
@@ -300,7 +327,8 @@ struct store_page {
 
 /* One page of events or deliveries, newest first: *rows (new) holds up to
  * q->limit rows; *next is the cursor of the next page (the seq of the last
- * row given), 0 when this is the last. Reads the open group too. Returns 0
+ * row given), 0 when this is the last. Committed rows only (the read
+ * connection, see the top of this file). Returns 0
  * or -1 (err set). Events come as event rows without headers, data or raw
  * (free with store_event_rows_free). */
 int store_events_page(struct store *s, const struct store_page *q, struct store_event_row **rows,
@@ -373,7 +401,8 @@ struct store_event_detail {
 
 /* Reads event id with its deliveries (each with its attempts) and the open
  * batch windows it waits in into *out (new; free with
- * store_event_detail_free). Reads the open group too. Returns 1 found, 0
+ * store_event_detail_free), in one read of the committed state (the read
+ * connection). Returns 1 found, 0
  * unknown (*out NULL), -1 on a store error (err set). */
 int store_event_detail(struct store *s, const char *id, struct store_event_detail **out, char *err,
                        size_t errlen);
@@ -532,6 +561,11 @@ struct store_batch_window {
 int store_batch_due(struct store *s, int64_t now, struct store_batch_window **out, size_t *n,
                     char *err, size_t errlen);
 void store_batch_windows_free(struct store_batch_window *w, size_t n);
+
+/* Every open window with its items as committed (the admin API's read: the
+ * open group's items are left out). Same as store_batch_due otherwise. */
+int store_batch_windows(struct store *s, struct store_batch_window **out, size_t *n, char *err,
+                        size_t errlen);
 
 /* Closes the window's open items into one delivery (event_type "batch",
  * batch = 1, status "pending" or "held", first attempt at next_at) whose

@@ -341,8 +341,12 @@ fail:
 
 int store_event_get(struct store *s, const char *id, struct store_event_row **out, char *err,
                     size_t errlen) {
+    return store_event_read(store_stmt(s, ST_EVT_GET), id, out, err, errlen);
+}
+
+int store_event_read(sqlite3_stmt *st, const char *id, struct store_event_row **out, char *err,
+                     size_t errlen) {
     struct store_event_row *row = calloc(1, sizeof *row);
-    sqlite3_stmt *st = store_stmt(s, ST_EVT_GET);
     int rc, oom = 0, ret = -1;
 
     *out = NULL;
@@ -351,7 +355,7 @@ int store_event_get(struct store *s, const char *id, struct store_event_row **ou
         goto done;
     }
     if (bind_text(st, 1, id)) {
-        store_err(err, errlen, "store: %s", sqlite3_errmsg(s->db));
+        store_err(err, errlen, "store: %s", sqlite3_errmsg(sqlite3_db_handle(st)));
         goto done;
     }
     rc = sqlite3_step(st);
@@ -360,7 +364,7 @@ int store_event_get(struct store *s, const char *id, struct store_event_row **ou
         goto done;
     }
     if (rc != SQLITE_ROW) {
-        store_err(err, errlen, "store: event: %s", sqlite3_errmsg(s->db));
+        store_err(err, errlen, "store: event: %s", sqlite3_errmsg(sqlite3_db_handle(st)));
         goto done;
     }
     store_event_row_read(st, row, &oom);

@@ -72,6 +72,7 @@ enum store_stmt {
     ST_OPEN_DLV_SEQ,
     ST_OPEN_EVT_SEQ,
     ST_META_PUT,
+    ST_READ_BEGIN,
     /* store_events.c */
     ST_EVT_INSERT,
     ST_EVT_DUP,
@@ -182,6 +183,11 @@ struct store {
     int64_t last_outcome_at, fail_logged_at, fail_unlogged;
     struct event *full_ev; /* while full: the once-a-second WAL truncation */
     sqlite3_stmt *st[ST_COUNT_];
+    /* The admin API's reads: a second connection to the same file with the
+     * same statements (store_rstmt), query_only. In WAL mode it sees what
+     * was committed when its read began, never the open group. */
+    sqlite3 *rdb;
+    sqlite3_stmt *rst[ST_COUNT_];
     struct event *commit_ev;
     int in_txn, failed, begin_failed, scheduled, committing;
     size_t fail_ncbs, fail_nwcbs; /* callbacks waiting when BEGIN failed (begin_failed) */
@@ -243,6 +249,19 @@ static inline sqlite3_stmt *store_stmt(struct store *s, enum store_stmt id) {
     STORE_CHECK(!sqlite3_stmt_busy(s->st[id]));
     return s->st[id];
 }
+
+/* The statement id prepared on the read connection (committed state only),
+ * idle (checked). For the admin API's reads (store_admin.c). */
+static inline sqlite3_stmt *store_rstmt(struct store *s, enum store_stmt id) {
+    STORE_CHECK(!sqlite3_stmt_busy(s->rst[id]));
+    return s->rst[id];
+}
+
+/* Opens a read transaction on the read connection, so that the reads of
+ * one answer (an event with its deliveries and attempts) see one committed
+ * state; store_read_end ends it. Returns 0, or -1 with a reason. */
+int store_read_begin(struct store *s, char *err, size_t errlen);
+void store_read_end(struct store *s);
 
 /* Resets st and clears its bindings: bound text is borrowed (SQLITE_STATIC)
  * and must not outlive the call. */
@@ -358,6 +377,11 @@ int store_schema_apply(sqlite3 *db, const char *path, char *err, size_t errlen);
 
 /* ---- rows and counts shared between data areas ---- */
 
+/* Reads the event id with st (ST_EVT_GET of either connection) into *out,
+ * as store_event_get. */
+int store_event_read(sqlite3_stmt *st, const char *id, struct store_event_row **out, char *err,
+                     size_t errlen);
+
 /* Fills r from a row whose columns are (seq, id, source, source_id, type,
  * created_at, status, error, headers, data, raw, received_at): the order
  * every event read selects. Sets *oom when a copy failed. */
@@ -384,7 +408,8 @@ int store_batch_item_put(struct store *s, const char *event_id, struct store_bat
                          char *err, size_t errlen);
 
 /* The open batch windows holding an item of event_id, by each window's
- * first item (store_batch.c, for the event detail). *out is new (free with
+ * first item (store_batch.c, for the event detail; on the read
+ * connection). *out is new (free with
  * store_batch_waits_free). Returns 0 or -1 (err set). */
 int store_batch_waiting(struct store *s, const char *event_id, struct store_batch_wait **out,
                         size_t *n, char *err, size_t errlen);
