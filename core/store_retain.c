@@ -21,13 +21,17 @@
 #include "store_int.h"
 #include "util.h"
 
-/* The batch deliveries an event's items are the last ones of: every other
- * item of the delivery belongs to another event (found by the
+/* The events of a chunk: ?1 is a JSON array of their ids (json_each
+ * gives them as a table, so one statement deletes a chunk's rows). */
+#define CHUNK_IDS "(SELECT value FROM json_each(?1))"
+
+/* The batch deliveries a chunk's items are the last ones of: every other
+ * item of the delivery belongs to an event outside the chunk (found by the
  * batch_items_delivery index). */
 #define LAST_BATCHES                                                                               \
-    "SELECT b.delivery_id FROM batch_items b WHERE b.event_id = ?1 AND b.delivery_id IS NOT NULL"  \
-    " AND NOT EXISTS (SELECT 1 FROM batch_items o WHERE o.delivery_id = b.delivery_id"             \
-    " AND o.event_id <> ?1)"
+    "SELECT b.delivery_id FROM batch_items b WHERE b.event_id IN " CHUNK_IDS                       \
+    " AND b.delivery_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM batch_items o"                   \
+    " WHERE o.delivery_id = b.delivery_id AND o.event_id NOT IN " CHUNK_IDS ")"
 
 const struct store_stmt_def store_retain_stmts[] = {
     /* Column 4: a delivery of the event still going out or failed (kept);
@@ -40,12 +44,12 @@ const struct store_stmt_def store_retain_stmts[] = {
                     "  WHERE d.id = b.delivery_id AND d.status <> 'delivered')))"
                     " FROM events e WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3"},
     {ST_PRUNE_ATTEMPTS, "DELETE FROM attempts WHERE delivery_id IN"
-                        " (SELECT id FROM deliveries WHERE event_id = ?1)"},
-    {ST_PRUNE_DELIVERIES, "DELETE FROM deliveries WHERE event_id = ?1"},
+                        " (SELECT id FROM deliveries WHERE event_id IN " CHUNK_IDS ")"},
+    {ST_PRUNE_DELIVERIES, "DELETE FROM deliveries WHERE event_id IN " CHUNK_IDS},
     {ST_PRUNE_BATCH_ATTEMPTS, "DELETE FROM attempts WHERE delivery_id IN (" LAST_BATCHES ")"},
     {ST_PRUNE_BATCH_DELIVERIES, "DELETE FROM deliveries WHERE id IN (" LAST_BATCHES ")"},
-    {ST_PRUNE_BATCH_ITEMS, "DELETE FROM batch_items WHERE event_id = ?1"},
-    {ST_PRUNE_EVENT, "DELETE FROM events WHERE seq = ?1"},
+    {ST_PRUNE_BATCH_ITEMS, "DELETE FROM batch_items WHERE event_id IN " CHUNK_IDS},
+    {ST_PRUNE_EVENT, "DELETE FROM events WHERE id IN " CHUNK_IDS},
     {ST_FREELIST, "SELECT f.freelist_count, v.auto_vacuum"
                   " FROM pragma_freelist_count AS f, pragma_auto_vacuum AS v"},
     {ST_COUNT_, NULL},
@@ -126,27 +130,46 @@ static int seq_hw_keep(struct store *s, char *err, size_t errlen) {
     return 0;
 }
 
-/* Deletes one event with its rows, in the open group: its deliveries'
- * attempts, its deliveries, the batches it holds the last items of (their
- * attempts, then them), its items, itself. Returns 0 or -1 (group failed). */
-static int prune_one(struct store *s, const struct prune_id *e, char *err, size_t errlen) {
+/* Deletes the n events of ids with their rows, in the open group: their
+ * deliveries' attempts, their deliveries, the batches they hold the last
+ * items of (their attempts, then them), their items, themselves. Returns
+ * 0 or -1 (the group failed). */
+static int prune_chunk(struct store *s, const struct prune_id *ids, int n, char *err,
+                       size_t errlen) {
     static const enum store_stmt del[] = {ST_PRUNE_ATTEMPTS,       ST_PRUNE_DELIVERIES,
                                           ST_PRUNE_BATCH_ATTEMPTS, ST_PRUNE_BATCH_DELIVERIES,
                                           ST_PRUNE_BATCH_ITEMS,    ST_PRUNE_EVENT};
+    struct util_buf json = {0};
+    int bad = util_buf_appends(&json, "[") < 0, ret = -1;
 
+    /* ids are waybill's own ("evt_" and base32): no quoting needed, but
+     * checked, since the statement takes them as JSON */
+    for (int i = 0; i < n && !bad; i++) {
+        for (const char *c = ids[i].id; *c && !bad; c++)
+            bad = *c == '"' || *c == '\\' || (unsigned char)*c < 0x20;
+        bad = bad || util_buf_printf(&json, "%s\"%s\"", i ? "," : "", ids[i].id) < 0;
+    }
+    if (bad || util_buf_appends(&json, "]") < 0) {
+        store_err(err, errlen, "store: prune: an id that is not plain text, or out of memory");
+        goto done;
+    }
     for (size_t k = 0; k < sizeof del / sizeof del[0]; k++) {
         sqlite3_stmt *st = store_stmt(s, del[k]);
-        int bad = (del[k] == ST_PRUNE_EVENT ? sqlite3_bind_int64(st, 1, e->seq)
-                                            : bind_text(st, 1, e->id)) ||
-                  sqlite3_step(st) != SQLITE_DONE;
+        bad = sqlite3_bind_text(st, 1, json.p, (int)json.len, SQLITE_STATIC) ||
+              sqlite3_step(st) != SQLITE_DONE;
         stmt_done(st);
         if (bad) {
             store_group_fail(s, "prune", err, errlen);
-            return -1;
+            goto done;
         }
     }
-    return 0;
+    ret = 0;
+done:
+    util_buf_free(&json);
+    return ret;
 }
+
+#define PRUNE_CHUNK 16 /* events deleted per statement */
 
 static int64_t mono_us(void) {
     struct timespec ts;
@@ -173,16 +196,17 @@ int store_prune(struct store *s, struct store_prune *p, char *err, size_t errlen
         goto done;
     if (nids && (store_group_begin(s, err, errlen) < 0 || seq_hw_keep(s, err, errlen) < 0))
         goto done;
-    for (i = 0; i < nids; i++) {
+    for (i = 0; i < nids; i += PRUNE_CHUNK) {
         if (p->budget_us > 0 && i > 0 && mono_us() - t0 >= p->budget_us) {
             p->cursor = ids[i].seq - 1; /* the rest next time */
             p->done = 0;
             break;
         }
-        if (prune_one(s, &ids[i], err, errlen) < 0)
+        if (prune_chunk(s, &ids[i], nids - i < PRUNE_CHUNK ? nids - i : PRUNE_CHUNK, err, errlen) <
+            0)
             goto done;
     }
-    p->pruned = i;
+    p->pruned = i < nids ? i : nids;
     ret = 0;
 done:
     free(ids);

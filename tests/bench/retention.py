@@ -14,6 +14,12 @@ Prints: events pruned/s while pruning, what was left (and what should be),
 batch items left, ingest req/s. Run it with the old and the new binary:
     python3 tests/bench/retention.py --bin /tmp/waybill-old
     python3 tests/bench/retention.py --bin ./waybill --ingest 20
+
+--steady SECONDS instead: a fresh store, retention = "5s", wrk -t1 -c16 at
+full speed for SECONDS into a waybill delivering every event to
+tests/bench/bare_server (built into the run's folder); every 5 s the events
+stored, the file's size, and the ingest so far. Flat from ~10 s on when
+retention keeps up with the sustained rate.
 """
 import argparse
 import os
@@ -98,6 +104,13 @@ def fill(db, n, retrying):
     return keep
 
 
+def cpu_s(pid):
+    """utime + stime of pid, in seconds."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def count(db, sql):
     c = sqlite3.connect("file:%s?mode=ro" % db, uri=True, timeout=5)
     try:
@@ -106,16 +119,66 @@ def count(db, sql):
         c.close()
 
 
+def steady(binary, seconds):
+    run = tempfile.mkdtemp(prefix="wb-steady-")
+    p, ap, sp = port(), port(), port()
+    bare = os.path.join(run, "bare_server")
+    subprocess.run(["cc", "-O2", "-std=c11", "-D_GNU_SOURCE", "-o", bare,
+                    os.path.join(ROOT, "tests/bench/bare_server.c"), "-levent"], check=True)
+    sink = subprocess.Popen([bare, str(sp)])
+    os.mkdir(os.path.join(run, "rules"))
+    with open(os.path.join(run, "rules", "10-all.lua"), "w") as f:
+        f.write('on("*", {"sink"})\n')
+    with open(os.path.join(run, "waybill.lua"), "w") as f:
+        f.write(f'''listen = "127.0.0.1:{p}"
+admin = {{ listen = "127.0.0.1:{ap}", token = "bench-token" }}
+store = "sqlite:{run}/store.db"
+retention = "5s"
+allow_private = {{ "127.0.0.0/8" }}
+source "atoship" {{ verify = "atoship", secret = "bench-secret" }}
+endpoint "sink" {{ url = "http://127.0.0.1:{sp}/", secret = "whsec_YmVuY2gtc2VjcmV0LWZvci13YXliaWxs", sign = "standard" }}
+rules "rules/"
+''')
+    db = os.path.join(run, "store.db")
+    g = start(binary, run, ap)
+    wrk = subprocess.Popen(["wrk", "-t1", "-c16", "-d%ds" % seconds, "-s",
+                            os.path.join(ROOT, "tests/bench/ingest.lua"),
+                            "http://127.0.0.1:%d/hooks/atoship" % p],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    t0 = time.monotonic()
+    print("binary %s: retention 5s, wrk -c16 for %d s" % (binary, seconds))
+    while wrk.poll() is None:
+        time.sleep(5 - (time.monotonic() - t0) % 5)
+        if wrk.poll() is not None:
+            break
+        ev = count(db, "SELECT count(*) FROM events")
+        mx = count(db, "SELECT IFNULL(MAX(seq), 0) FROM events")
+        print("  t=%3.0fs  events stored %7d  ingested so far %8d  db %6.1f MiB"
+              % (time.monotonic() - t0, ev, mx, os.path.getsize(db) / 1048576), flush=True)
+    out = wrk.communicate()[0]
+    reqs = [ln for ln in out.splitlines() if "Requests/sec" in ln or "Latency" in ln]
+    print("  wrk: " + "; ".join(r.strip() for r in reqs))
+    g.terminate()
+    g.wait(30)
+    sink.terminate()
+    sink.wait(10)
+    shutil.rmtree(run, ignore_errors=True)
+
+
 def main():
     ap_ = argparse.ArgumentParser()
     ap_.add_argument("--bin", default=os.path.join(ROOT, "waybill"))
     ap_.add_argument("--events", type=int, default=100000)
     ap_.add_argument("--ingest", type=float, default=0, help="seconds of wrk load meanwhile")
     ap_.add_argument("--timeout", type=float, default=120)
+    ap_.add_argument("--steady", type=float, default=0,
+                     help="seconds of full-speed ingest on a fresh store with retention 5s")
     ap_.add_argument("--no-retrying", action="store_true",
                      help="no pending deliveries among the old events (the old sweep stops at one)")
     a = ap_.parse_args()
     binary = os.path.abspath(a.bin)
+    if a.steady:
+        return steady(binary, int(a.steady))
     run = tempfile.mkdtemp(prefix="wb-retention-")
     p, ap, sp = port(), port(), port()
     os.mkdir(os.path.join(run, "rules"))
@@ -140,6 +203,7 @@ rules "rules/"
     size0 = os.path.getsize(db)
     g = start(binary, run, ap)
     t0 = time.monotonic()
+    cpu0 = cpu_s(g.pid)
     wrk = None
     if a.ingest > 0:
         wrk = subprocess.Popen(["wrk", "-t1", "-c16", "-d%ds" % a.ingest, "-s",
@@ -156,6 +220,7 @@ rules "rules/"
         if time.monotonic() - last_change > 3 and (wrk is None or wrk.poll() is not None):
             break
     t_end = last_change
+    cpu = cpu_s(g.pid) - cpu0
     wrk_out = wrk.communicate()[0] if wrk else ""
     items = count(db, "SELECT count(*) FROM batch_items")
     batches = count(db, "SELECT count(*) FROM deliveries WHERE batch = 1")
@@ -168,6 +233,9 @@ rules "rules/"
     print("old events %d, pruned %d in %.1f s: %.0f events/s; left %d (to keep: %d)"
           % (a.events, pruned, took, pruned / took, left, keep))
     print("batch items left %d, batch deliveries left %d" % (items, batches))
+    if not wrk:
+        print("gateway CPU %.2f s over the run: %.0f us per pruned event"
+              % (cpu, cpu * 1e6 / max(pruned, 1)))
     print("db file %.1f MiB before, %.1f MiB after" % (size0 / 1048576, os.path.getsize(db) / 1048576))
     if wrk:
         reqs = [ln for ln in wrk_out.splitlines() if "Requests/sec" in ln]
