@@ -532,11 +532,11 @@ int store_prune(struct store *s, struct store_prune *p, char *err, size_t errlen
 
 /* Returns free pages to the filesystem in a small step: when the store was
  * made with auto_vacuum = INCREMENTAL (new stores are) and more than
- * keep_pages pages are free, runs PRAGMA incremental_vacuum for up to
- * step_pages of the rest in the open group (the file shrinks at the next
- * checkpoint). A store made before (auto_vacuum NONE) reuses its free pages
- * for new rows and never shrinks. *freed receives the pages released.
- * Returns 0 or -1. */
+ * keep_pages pages and more than a quarter of the file are free, runs
+ * PRAGMA incremental_vacuum for up to step_pages of the rest in the open
+ * group (the file shrinks at the next checkpoint). A store made before (auto_vacuum NONE) reuses
+ * its free pages for new rows and never shrinks. *freed receives the pages released. Returns 0 or
+ * -1. */
 int store_reclaim(struct store *s, int64_t keep_pages, int step_pages, int *freed, char *err,
                   size_t errlen);
 

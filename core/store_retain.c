@@ -50,8 +50,9 @@ const struct store_stmt_def store_retain_stmts[] = {
     {ST_PRUNE_BATCH_DELIVERIES, "DELETE FROM deliveries WHERE id IN (" LAST_BATCHES ")"},
     {ST_PRUNE_BATCH_ITEMS, "DELETE FROM batch_items WHERE event_id IN " CHUNK_IDS},
     {ST_PRUNE_EVENT, "DELETE FROM events WHERE id IN " CHUNK_IDS},
-    {ST_FREELIST, "SELECT f.freelist_count, v.auto_vacuum"
-                  " FROM pragma_freelist_count AS f, pragma_auto_vacuum AS v"},
+    {ST_FREELIST, "SELECT f.freelist_count, v.auto_vacuum, c.page_count"
+                  " FROM pragma_freelist_count AS f, pragma_auto_vacuum AS v,"
+                  " pragma_page_count AS c"},
     {ST_COUNT_, NULL},
 };
 
@@ -218,7 +219,7 @@ done:
 int store_reclaim(struct store *s, int64_t keep_pages, int step_pages, int *freed, char *err,
                   size_t errlen) {
     sqlite3_stmt *st = store_stmt(s, ST_FREELIST);
-    int64_t free_pages = 0, mode = 0, after;
+    int64_t free_pages = 0, mode = 0, pages = 0, after;
     char sql[64];
     int rc;
 
@@ -227,14 +228,17 @@ int store_reclaim(struct store *s, int64_t keep_pages, int step_pages, int *free
     if (rc == SQLITE_ROW) {
         free_pages = sqlite3_column_int64(st, 0);
         mode = sqlite3_column_int64(st, 1);
+        pages = sqlite3_column_int64(st, 2);
     }
     stmt_done(st);
     if (rc != SQLITE_ROW) {
         store_err(err, errlen, "store: freelist: %s", sqlite3_errmsg(s->db));
         return -1;
     }
-    /* 2 is INCREMENTAL; NONE (0) cannot shrink, FULL (1) shrinks by itself. */
-    if (mode != 2 || free_pages <= keep_pages || step_pages <= 0)
+    /* 2 is INCREMENTAL; NONE (0) cannot shrink, FULL (1) shrinks by itself.
+     * A quarter of the file may stay free: a store at its steady size
+     * reuses that room instead of shrinking and growing again. */
+    if (mode != 2 || free_pages <= keep_pages || free_pages * 4 <= pages || step_pages <= 0)
         return 0;
     if (free_pages - keep_pages < step_pages)
         step_pages = (int)(free_pages - keep_pages);
