@@ -1478,6 +1478,34 @@ static void test_prune_keeps_and_batches(void) {
     CHECK_INT_EQ(fresh_count("SELECT count(*) FROM attempts", NULL), 0);
     CHECK_INT_EQ(
         fresh_count("SELECT count(*) FROM events WHERE id IN ('evt_PRK', 'evt_PRO')", NULL), 2);
+    /* a pass cut short by its time budget stops before an event it did not
+     * delete (not done), and the next pass goes on from there */
+    for (int i = 0; i < 40; i++) {
+        char id[32];
+        struct store_event ev;
+        struct store_plan none = {.status = "unrouted"};
+        snprintf(id, sizeof id, "evt_PRB%02d", i);
+        ev = mk_event(id, id);
+        CHECK_INT_EQ(store_event_put(s, &ev, &none, NULL, 0, err, sizeof err), 0);
+    }
+    CHECK_INT_EQ(commit(s), 1);
+    pr = (struct store_prune){
+        .before_ms = INT64_MAX / 2, .upto = INT64_MAX, .max = 100, .budget_us = 1};
+    CHECK_INT_EQ(store_prune(s, &pr, err, sizeof err), 0);
+    CHECK_INT_EQ(commit(s), 1);
+    CHECK(pr.pruned >= 1 && pr.pruned < 40 && !pr.done);
+    CHECK_INT_EQ(fresh_count("SELECT count(*) FROM events WHERE id LIKE 'evt_PRB%'", NULL),
+                 40 - pr.pruned);
+    {
+        int first = pr.pruned;
+        pr = (struct store_prune){
+            .before_ms = INT64_MAX / 2, .upto = INT64_MAX, .max = 100, .cursor = pr.cursor};
+        CHECK_INT_EQ(store_prune(s, &pr, err, sizeof err), 0);
+        CHECK_INT_EQ(commit(s), 1);
+        CHECK_INT_EQ(first + pr.pruned, 40);
+        CHECK(pr.done);
+    }
+    CHECK_INT_EQ(fresh_count("SELECT count(*) FROM events WHERE id LIKE 'evt_PRB%'", NULL), 0);
     /* a new store gives pages back: auto_vacuum is INCREMENTAL (2) */
     CHECK_INT_EQ(fresh_count("PRAGMA auto_vacuum", NULL), 2);
     store_free(s);
