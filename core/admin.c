@@ -811,8 +811,7 @@ static int admin_metrics_endpoints(struct admin *adm, struct util_buf *b) {
         struct store_endpoint_queue q;
         deliver_endpoint_stats(adm->deps.deliver, cfg->endpoints[i].name, &st);
         /* 0s on error */
-        store_endpoint_queue_committed(adm->deps.store, cfg->endpoints[i].name, now, ADMIN_DUE_CAP,
-                                       0, &q);
+        store_endpoint_queue(adm->deps.store, cfg->endpoints[i].name, now, ADMIN_DUE_CAP, 0, &q);
         v[i][0] = q.due;
         v[i][1] = st.in_memory;
         v[i][2] = st.in_flight;
@@ -942,7 +941,7 @@ static void admin_endpoint_queue(struct admin *adm, json_t *o, const struct conf
     struct store_endpoint_queue q;
 
     deliver_endpoint_stats(adm->deps.deliver, ep->name, &st);
-    if (store_endpoint_queue_committed(adm->deps.store, ep->name, now, ADMIN_DUE_CAP, 1, &q) < 0)
+    if (store_endpoint_queue(adm->deps.store, ep->name, now, ADMIN_DUE_CAP, 1, &q) < 0)
         return; /* the counts from the endpoint's state stay */
     if (CONFIG_ORDERED_BY_KEY(ep))
         json_object_set_new(o, "blocked", json_integer((json_int_t)q.blocked));

@@ -29,10 +29,10 @@
  * What a read sees. The loop's own reads (dedupe, claims, routing, the
  * backlog) see the open group: they decide what goes into it. The admin
  * API's reads -- pages of events and deliveries, the event detail, find,
- * delivery counts, an endpoint's queue and blocked keys, open batch windows
+ * delivery counts, an endpoint's blocked keys, open batch windows
  * (store_events_page, store_deliveries_page, store_event_detail,
- * store_events_find, store_delivery_counts, store_endpoint_queue_committed,
- * store_endpoint_blocked, store_batch_windows) -- see committed groups only:
+ * store_events_find, store_delivery_counts, store_endpoint_blocked,
+ * store_batch_windows) -- see committed groups only:
  * they run on a second, read-only connection to the same file, and in WAL
  * mode a reader sees the transactions whose COMMIT was done when its read
  * began, never the open group. Chosen over answering reads only between
@@ -46,9 +46,12 @@
  * holding a snapshot from one sync to the next (sqlite3_snapshot_*), which
  * also holds back the checkpoints that keep the WAL short; carriers' 200s
  * and deliveries, which are what must never be taken back, already wait
- * for the sync. Endpoint state (store_endpoint_states) and subscriptions
- * are read on the loop's connection: health and the config read them for
- * their own writes.
+ * for the sync. Read on the loop's connection: endpoint state
+ * (store_endpoint_states) and subscriptions, which health and the config
+ * read for their own writes, and an endpoint's queue (store_endpoint_queue),
+ * which the admin API shows beside the scheduler's own state (in flight, in
+ * memory: the loop's view): from two views, due + in memory would not add
+ * up while a claim or an outcome waits in the open group.
  * SPDX-License-Identifier: MIT */
 #ifndef CORE_STORE_H
 #define CORE_STORE_H
@@ -274,9 +277,6 @@ struct store_endpoint_queue {
 };
 int store_endpoint_queue(struct store *s, const char *name, int64_t now, int64_t due_cap,
                          int counts, struct store_endpoint_queue *q);
-/* The same as committed (the admin API's read: the open group left out). */
-int store_endpoint_queue_committed(struct store *s, const char *name, int64_t now, int64_t due_cap,
-                                   int counts, struct store_endpoint_queue *q);
 
 /* The delivery seq watermarks: *committed, every row up to it durable
  * (claims see only those); *last, the highest seq inserted, the open group

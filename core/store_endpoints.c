@@ -310,12 +310,6 @@ int store_endpoint_queue(struct store *s, const char *name, int64_t now, int64_t
                           due_cap, counts, q);
 }
 
-int store_endpoint_queue_committed(struct store *s, const char *name, int64_t now, int64_t due_cap,
-                                   int counts, struct store_endpoint_queue *q) {
-    return endpoint_queue(store_rstmt(s, ST_EP_QUEUE), store_rstmt(s, ST_EP_BLOCKED), name, now,
-                          due_cap, counts, q);
-}
-
 void store_blocked_keys_free(struct store_blocked_key *k, size_t n) {
     if (!k)
         return;
