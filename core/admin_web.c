@@ -537,7 +537,7 @@ static void web_batches(struct admin_web *w, struct evhttp_request *req) {
     char err[256], t1[32], t2[32];
     json_t *arr;
 
-    if (store_batch_due(w->deps->store, INT64_MAX, &win, &n, err, sizeof err) < 0) {
+    if (store_batch_windows(w->deps->store, &win, &n, err, sizeof err) < 0) {
         http_reply_error(req, 503, "Service Unavailable", err);
         return;
     }

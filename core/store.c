@@ -49,6 +49,8 @@ const struct store_stmt_def store_engine_stmts[] = {
                       " IFNULL((SELECT value FROM store_meta WHERE key = 'evt_seq'), 0))"},
     {ST_META_PUT, "INSERT INTO store_meta(key, value) VALUES (?1, ?2)"
                   " ON CONFLICT(key) DO UPDATE SET value = max(value, ?2)"},
+    /* The read connection's transactions (ended with ST_COMMIT). */
+    {ST_READ_BEGIN, "BEGIN"},
     {ST_COUNT_, NULL},
 };
 
@@ -572,6 +574,13 @@ static int store_db_open(struct store *s, const char *path, char *err, size_t er
     }
     sqlite3_extended_result_codes(s->db, 1);
     sqlite3_busy_timeout(s->db, STORE_BUSY_MS);
+    /* Before the first table exists, so a new store can give pages back to
+     * the filesystem (store_reclaim); on an existing store it changes
+     * nothing (it would take a VACUUM). */
+    if (sqlite3_exec(s->db, "PRAGMA auto_vacuum = INCREMENTAL", NULL, NULL, NULL) != SQLITE_OK) {
+        store_err(err, errlen, "store: %s: auto_vacuum: %s", path, sqlite3_errmsg(s->db));
+        return -1;
+    }
     if (sqlite3_exec(s->db, "PRAGMA journal_mode = WAL", exec_first_text, mode, NULL) !=
             SQLITE_OK ||
         !mode[0]) {
@@ -588,6 +597,46 @@ static int store_db_open(struct store *s, const char *path, char *err, size_t er
         return -1;
     }
     return 0;
+}
+
+static int store_stmts_prepare(sqlite3 *db, sqlite3_stmt **st, char *err, size_t errlen);
+
+/* Opens the read connection on path: the admin API's reads run there, so
+ * they see committed groups only (WAL: a reader sees the transactions
+ * committed when its read began). query_only: it never writes. Returns 0,
+ * or -1 with a reason. */
+static int store_rdb_open(struct store *s, const char *path, char *err, size_t errlen) {
+    if (sqlite3_open_v2(path, &s->rdb, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
+        SQLITE_OK) {
+        store_err(err, errlen, "store: open %s for reads: %s", path,
+                  s->rdb ? sqlite3_errmsg(s->rdb) : "out of memory");
+        return -1;
+    }
+    sqlite3_extended_result_codes(s->rdb, 1);
+    sqlite3_busy_timeout(s->rdb, STORE_BUSY_MS);
+    if (sqlite3_exec(s->rdb, "PRAGMA query_only = 1", NULL, NULL, NULL) != SQLITE_OK ||
+        sqlite3_exec(s->rdb, "PRAGMA cache_size = -4096", NULL, NULL, NULL) != SQLITE_OK) {
+        store_err(err, errlen, "store: %s: %s", path, sqlite3_errmsg(s->rdb));
+        return -1;
+    }
+    return store_stmts_prepare(s->rdb, s->rst, err, errlen);
+}
+
+int store_read_begin(struct store *s, char *err, size_t errlen) {
+    sqlite3_stmt *st = store_rstmt(s, ST_READ_BEGIN);
+    int rc = sqlite3_step(st);
+    stmt_done(st);
+    if (rc != SQLITE_DONE) {
+        store_err(err, errlen, "store: read: %s", sqlite3_errmsg(s->rdb));
+        return -1;
+    }
+    return 0;
+}
+
+void store_read_end(struct store *s) {
+    sqlite3_stmt *st = store_rstmt(s, ST_COMMIT);
+    sqlite3_step(st); /* a read transaction: nothing to fail */
+    stmt_done(st);
 }
 
 /* One process per SQLite store: an exclusive flock(2) on the database file,
@@ -614,27 +663,28 @@ static int store_own(struct store *s, const char *path, char *err, size_t errlen
     return 0;
 }
 
-/* Prepares every statement of the table (after the schema exists). */
-static int store_stmts_prepare(struct store *s, char *err, size_t errlen) {
+/* Prepares every statement of the table on db into st (after the schema
+ * exists). */
+static int store_stmts_prepare(sqlite3 *db, sqlite3_stmt **st, char *err, size_t errlen) {
     static const struct store_stmt_def *const lists[] = {
-        store_engine_stmts,    store_events_stmts, store_deliveries_stmts,
-        store_endpoints_stmts, store_batch_stmts,  store_admin_stmts,
+        store_engine_stmts, store_events_stmts, store_deliveries_stmts, store_endpoints_stmts,
+        store_batch_stmts,  store_retain_stmts, store_admin_stmts,
     };
     const struct store_stmt_def *d;
     size_t k;
     int i;
     for (k = 0; k < sizeof lists / sizeof lists[0]; k++) {
         for (d = lists[k]; d->sql; d++) {
-            if (s->st[d->id] || sqlite3_prepare_v3(s->db, d->sql, -1, SQLITE_PREPARE_PERSISTENT,
-                                                   &s->st[d->id], NULL) != SQLITE_OK) {
+            if (st[d->id] || sqlite3_prepare_v3(db, d->sql, -1, SQLITE_PREPARE_PERSISTENT,
+                                                &st[d->id], NULL) != SQLITE_OK) {
                 store_err(err, errlen, "store: preparing statement %d: %s", (int)d->id,
-                          s->st[d->id] ? "defined twice" : sqlite3_errmsg(s->db));
+                          st[d->id] ? "defined twice" : sqlite3_errmsg(db));
                 return -1;
             }
         }
     }
     for (i = 0; i < ST_COUNT_; i++) {
-        if (!s->st[i]) {
+        if (!st[i]) {
             store_err(err, errlen, "store: statement %d has no SQL", i);
             return -1;
         }
@@ -689,8 +739,12 @@ static void store_close(struct store *s) {
         event_free(s->commit_ev);
     if (s->full_ev)
         event_free(s->full_ev);
-    for (i = 0; i < ST_COUNT_; i++)
+    for (i = 0; i < ST_COUNT_; i++) {
         sqlite3_finalize(s->st[i]);
+        sqlite3_finalize(s->rst[i]);
+    }
+    if (s->rdb && sqlite3_close(s->rdb) != SQLITE_OK)
+        log_msg(LOG_ERROR, "store: close of the read connection: %s", sqlite3_errmsg(s->rdb));
     if (sqlite3_close(s->db) != SQLITE_OK)
         log_msg(LOG_ERROR, "store: close: %s", sqlite3_errmsg(s->db));
     free(s->cbs);
@@ -726,7 +780,8 @@ struct store *store_open(struct event_base *base, const char *url, const char *b
     s->owner_fd = -1;
     if (store_own(s, path, err, errlen) < 0 || store_db_open(s, path, err, errlen) < 0 ||
         store_schema_apply(s->db, path, err, errlen) < 0 ||
-        store_stmts_prepare(s, err, errlen) < 0 || store_open_recover(s, err, errlen) < 0)
+        store_stmts_prepare(s->db, s->st, err, errlen) < 0 ||
+        store_rdb_open(s, path, err, errlen) < 0 || store_open_recover(s, err, errlen) < 0)
         goto fail;
     s->commit_ev = event_new(base, -1, 0, store_commit_cb, s);
     s->full_ev = evtimer_new(base, store_full_cb, s);

@@ -25,6 +25,33 @@
  * Reads return plain rows (structs whose strings the row owns, freed by
  * the matching _free); rendering them, e.g. the admin API's JSON, is the
  * caller's. The SQLite backend's files are listed in store_int.h.
+ *
+ * What a read sees. The loop's own reads (dedupe, claims, routing, the
+ * backlog) see the open group: they decide what goes into it. The admin
+ * API's reads -- pages of events and deliveries, the event detail, find,
+ * delivery counts, an endpoint's blocked keys, open batch windows
+ * (store_events_page, store_deliveries_page, store_event_detail,
+ * store_events_find, store_delivery_counts, store_endpoint_blocked,
+ * store_batch_windows) -- see committed groups only:
+ * they run on a second, read-only connection to the same file, and in WAL
+ * mode a reader sees the transactions whose COMMIT was done when its read
+ * began, never the open group. Chosen over answering reads only between
+ * groups: with sync=full a group is almost always open (the next one fills
+ * while the last one syncs), so reads would wait a group; the second
+ * connection costs ingest nothing (its statements are its own; only admin
+ * requests use it). "Committed" is COMMIT done, not synced: with sync=full
+ * an admin read may show a group whose fdatasync is still running (a few
+ * ms). It survives a crash of the process; only a power cut in those ms
+ * could take back a row an admin saw. Waiting for the sync would mean
+ * holding a snapshot from one sync to the next (sqlite3_snapshot_*), which
+ * also holds back the checkpoints that keep the WAL short; carriers' 200s
+ * and deliveries, which are what must never be taken back, already wait
+ * for the sync. Read on the loop's connection: endpoint state
+ * (store_endpoint_states) and subscriptions, which health and the config
+ * read for their own writes, and an endpoint's queue (store_endpoint_queue),
+ * which the admin API shows beside the scheduler's own state (in flight, in
+ * memory: the loop's view): from two views, due + in memory would not add
+ * up while a claim or an outcome waits in the open group.
  * SPDX-License-Identifier: MIT */
 #ifndef CORE_STORE_H
 #define CORE_STORE_H
@@ -326,7 +353,8 @@ struct store_page {
 
 /* One page of events or deliveries, newest first: *rows (new) holds up to
  * q->limit rows; *next is the cursor of the next page (the seq of the last
- * row given), 0 when this is the last. Reads the open group too. Returns 0
+ * row given), 0 when this is the last. Committed rows only (the read
+ * connection, see the top of this file). Returns 0
  * or -1 (err set). Events come as event rows without headers, data or raw
  * (free with store_event_rows_free). */
 int store_events_page(struct store *s, const struct store_page *q, struct store_event_row **rows,
@@ -399,7 +427,8 @@ struct store_event_detail {
 
 /* Reads event id with its deliveries (each with its attempts) and the open
  * batch windows it waits in into *out (new; free with
- * store_event_detail_free). Reads the open group too. Returns 1 found, 0
+ * store_event_detail_free), in one read of the committed state (the read
+ * connection). Returns 1 found, 0
  * unknown (*out NULL), -1 on a store error (err set). */
 int store_event_detail(struct store *s, const char *id, struct store_event_detail **out, char *err,
                        size_t errlen);
@@ -498,13 +527,44 @@ int store_endpoint_claim(struct store *s, const char *name, int64_t after_seq, i
                          int64_t lease_ms, size_t max, struct store_delivery **out, size_t *n,
                          char *err, size_t errlen);
 
-/* Retention: deletes, in the open group, up to max events received before
- * before_ms whose deliveries are all delivered (with their deliveries and
- * attempts), walking by seq from *cursor, which it advances past what it
- * looked at. Stops at the first event that is newer or not yet routed.
- * *pruned receives the count. Returns 0 or -1. */
-int store_prune(struct store *s, int64_t before_ms, int64_t *cursor, int max, int *pruned,
-                char *err, size_t errlen);
+/* ---- retention (SPEC section 9) ----
+ * A pass looks at up to max events with seq in (cursor, upto], oldest
+ * first (seq is the rowid: a range walk of the table, whatever its size),
+ * and deletes, in the open group, those received before before_ms whose
+ * every delivery is delivered: the event, its deliveries with their
+ * attempts, its batch items, and a batch delivery (with its attempts) once
+ * its last item is gone. Kept, and stepped over: events not routed yet
+ * ("received") or whose rules failed ("rule_error", for a replay), events
+ * with a delivery pending, held or failed (a dead letter stays retryable),
+ * events waiting in an open batch window or whose batch delivery is not
+ * delivered. A kept event never stalls the walk; the caller walks the kept
+ * ones again later (a second cursor from 0 up to where the first one is). */
+struct store_prune {
+    int64_t before_ms; /* in: events received before this are old */
+    int64_t upto;      /* in: the walk's last seq (INT64_MAX: no bound) */
+    int64_t cursor;    /* in/out: the seq looked at last */
+    int max;           /* in: events looked at, at most */
+    int budget_us;     /* in: deletes stop once the pass took this long (0: none) */
+    int pruned, kept;  /* out: deleted, stepped over */
+    int done;          /* out: 1 when the walk reached upto, the newest event,
+                          or one received at or after before_ms */
+};
+
+/* Runs one pass of p (its out fields set, cursor advanced: a pass the
+ * budget cut short leaves the cursor before the first event it did not
+ * delete). Returns 0, or -1 with a reason (the group failed when a delete
+ * did). */
+int store_prune(struct store *s, struct store_prune *p, char *err, size_t errlen);
+
+/* Returns free pages to the filesystem in a small step: when the store was
+ * made with auto_vacuum = INCREMENTAL (new stores are) and more than
+ * keep_pages pages and more than a quarter of the file are free, runs
+ * PRAGMA incremental_vacuum for up to step_pages of the rest in the open
+ * group (the file shrinks at the next checkpoint). A store made before (auto_vacuum NONE) reuses
+ * its free pages for new rows and never shrinks. *freed receives the pages released. Returns 0 or
+ * -1. */
+int store_reclaim(struct store *s, int64_t keep_pages, int step_pages, int *freed, char *err,
+                  size_t errlen);
 
 /* ---- batch windows (SPEC section 6) ----
  * An open window is the set of batched payloads stored for (endpoint,
@@ -527,6 +587,11 @@ struct store_batch_window {
 int store_batch_due(struct store *s, int64_t now, struct store_batch_window **out, size_t *n,
                     char *err, size_t errlen);
 void store_batch_windows_free(struct store_batch_window *w, size_t n);
+
+/* Every open window with its items as committed (the admin API's read: the
+ * open group's items are left out). Same as store_batch_due otherwise. */
+int store_batch_windows(struct store *s, struct store_batch_window **out, size_t *n, char *err,
+                        size_t errlen);
 
 /* Closes the window's open items into one delivery (event_type "batch",
  * batch = 1, status "pending" or "held", first attempt at next_at) whose

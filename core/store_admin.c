@@ -3,9 +3,12 @@
  * with its deliveries, their attempts, and the batch windows it waits in),
  * and subscriptions. Everything is returned as plain rows; the JSON is
  * admin.c's.
- * Invariants: pages run newest first by seq and hand back the seq of their
- * last row as the next cursor only when a further row exists; a
- * subscription's pattern is unique (the key that answers 409).
+ * Invariants: every read here runs on the read connection (store_rstmt), so
+ * it shows committed groups only, never the open one; pages run newest
+ * first by seq and hand back the seq of their last row as the next cursor
+ * only when a further row exists; a subscription's pattern is unique (the
+ * key that answers 409). Subscriptions are read and written on the loop's
+ * connection (an admin write, then the config it feeds).
  * SPDX-License-Identifier: MIT */
 #include <stdint.h>
 #include <stdlib.h>
@@ -121,7 +124,7 @@ static int page_run(struct store *s, sqlite3_stmt *st, size_t limit, size_t sz,
         last = sqlite3_column_int64(st, 0);
     }
     if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
-        store_err(err, errlen, "store: list: %s", sqlite3_errmsg(s->db));
+        store_err(err, errlen, "store: list: %s", sqlite3_errmsg(s->rdb));
         return -1;
     }
     return 0;
@@ -160,7 +163,7 @@ static char *glob_for_sql(const char *pattern) {
 /* received_at of the first event with seq >= at into *ms. Returns 1, 0
  * when there is none, -1 on a store error. */
 static int received_from(struct store *s, int64_t at, int64_t *ms) {
-    sqlite3_stmt *st = store_stmt(s, ST_EVT_AT_SEQ);
+    sqlite3_stmt *st = store_rstmt(s, ST_EVT_AT_SEQ);
     int rc = sqlite3_bind_int64(st, 1, at) == SQLITE_OK ? sqlite3_step(st) : SQLITE_ERROR;
 
     if (rc == SQLITE_ROW)
@@ -174,7 +177,7 @@ static int received_from(struct store *s, int64_t at, int64_t *ms) {
  * retention also relies on), one rowid seek a step, so a window costs
  * O(log n) on any store. Returns 0 with *x, or -1 (err set). */
 static int seq_at(struct store *s, int64_t t, int64_t *x, char *err, size_t errlen) {
-    sqlite3_stmt *st = store_stmt(s, ST_EVT_SEQ_RANGE);
+    sqlite3_stmt *st = store_rstmt(s, ST_EVT_SEQ_RANGE);
     int64_t lo, hi, mid, ms = 0;
     int rc = sqlite3_step(st);
 
@@ -182,14 +185,14 @@ static int seq_at(struct store *s, int64_t t, int64_t *x, char *err, size_t errl
     hi = sqlite3_column_int64(st, 1) + 1; /* none at hi: past the newest */
     stmt_done(st);
     if (rc != SQLITE_ROW) {
-        store_err(err, errlen, "store: events: %s", sqlite3_errmsg(s->db));
+        store_err(err, errlen, "store: events: %s", sqlite3_errmsg(s->rdb));
         return -1;
     }
     while (lo < hi) {
         mid = lo + (hi - lo) / 2;
         rc = received_from(s, mid, &ms);
         if (rc < 0) {
-            store_err(err, errlen, "store: events: %s", sqlite3_errmsg(s->db));
+            store_err(err, errlen, "store: events: %s", sqlite3_errmsg(s->rdb));
             return -1;
         }
         if (rc && ms < t)
@@ -221,13 +224,13 @@ int store_events_page(struct store *s, const struct store_page *q, struct store_
         goto done;
     if (q->has_until && upto < below)
         below = upto;
-    st = store_stmt(s, ST_PAGE_EVENTS);
+    st = store_rstmt(s, ST_PAGE_EVENTS);
     if (bind_text(st, 1, type) || bind_text(st, 2, q->source) || bind_text(st, 3, q->status) ||
         sqlite3_bind_int64(st, 4, below) || sqlite3_bind_int64(st, 5, (int64_t)q->limit + 1) ||
         sqlite3_bind_int64(st, 6, from) ||
         sqlite3_bind_int64(st, 7, q->has_since ? q->since : INT64_MIN) ||
         sqlite3_bind_int64(st, 8, q->has_until ? q->until : INT64_MAX))
-        store_err(err, errlen, "store: %s", sqlite3_errmsg(s->db));
+        store_err(err, errlen, "store: %s", sqlite3_errmsg(s->rdb));
     else
         ret = page_run(s, st, q->limit, sizeof **rows, page_event_read, &v, n, next, err, errlen);
     stmt_done(st);
@@ -254,7 +257,7 @@ int store_events_find(struct store *s, const char *text, size_t max, char ***ids
 
     *ids = NULL;
     *n = 0;
-    if (!oom && (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK ||
+    if (!oom && (sqlite3_prepare_v2(s->rdb, sql, -1, &st, NULL) != SQLITE_OK ||
                  sqlite3_bind_text(st, 1, text, -1, SQLITE_TRANSIENT) != SQLITE_OK ||
                  sqlite3_bind_int64(st, 2, (int64_t)max) != SQLITE_OK))
         goto fail;
@@ -266,7 +269,7 @@ int store_events_find(struct store *s, const char *text, size_t max, char ***ids
     *ids = v;
     return 0;
 fail:
-    store_err(err, errlen, "store: find: %s", oom ? "out of memory" : sqlite3_errmsg(s->db));
+    store_err(err, errlen, "store: find: %s", oom ? "out of memory" : sqlite3_errmsg(s->rdb));
     sqlite3_finalize(st);
     for (size_t i = 0; v && i < *n; i++)
         free(v[i]);
@@ -278,7 +281,7 @@ fail:
 int store_deliveries_page(struct store *s, const struct store_page *q,
                           struct store_delivery_item **rows, size_t *n, int64_t *next, char *err,
                           size_t errlen) {
-    sqlite3_stmt *st = store_stmt(s, ST_PAGE_DELIVERIES);
+    sqlite3_stmt *st = store_rstmt(s, ST_PAGE_DELIVERIES);
     void *v = NULL;
     int ret = -1;
 
@@ -287,7 +290,7 @@ int store_deliveries_page(struct store *s, const struct store_page *q,
     *next = 0;
     if (bind_text(st, 1, q->status) || bind_text(st, 2, q->endpoint) ||
         sqlite3_bind_int64(st, 3, q->after) || sqlite3_bind_int64(st, 4, (int64_t)q->limit + 1))
-        store_err(err, errlen, "store: %s", sqlite3_errmsg(s->db));
+        store_err(err, errlen, "store: %s", sqlite3_errmsg(s->rdb));
     else
         ret =
             page_run(s, st, q->limit, sizeof **rows, page_delivery_read, &v, n, next, err, errlen);
@@ -336,7 +339,7 @@ void store_event_detail_free(struct store_event_detail *d) {
 /* Reads the attempts of delivery d (by n) into d->attempts. Returns 0 or -1. */
 static int detail_attempts(struct store *s, struct store_event_delivery *d, char *err,
                            size_t errlen) {
-    sqlite3_stmt *st = store_stmt(s, ST_DETAIL_ATTEMPTS);
+    sqlite3_stmt *st = store_rstmt(s, ST_DETAIL_ATTEMPTS);
     struct store_attempt_row *a;
     void *grown;
     size_t cap = 0;
@@ -367,7 +370,7 @@ oom:
     store_err(err, errlen, "store: out of memory");
     goto done;
 sqlerr:
-    store_err(err, errlen, "store: event detail: %s", sqlite3_errmsg(s->db));
+    store_err(err, errlen, "store: event detail: %s", sqlite3_errmsg(s->rdb));
 done:
     stmt_done(st);
     return ret;
@@ -390,7 +393,7 @@ static void detail_delivery_read(sqlite3_stmt *st, struct store_event_delivery *
  * the attempts one runs. Returns 0 or -1 (err set). */
 static int detail_deliveries(struct store *s, const char *event_id, struct store_event_detail *d,
                              char *err, size_t errlen) {
-    sqlite3_stmt *st = store_stmt(s, ST_DETAIL_DELIVERIES);
+    sqlite3_stmt *st = store_rstmt(s, ST_DETAIL_DELIVERIES);
     void *grown;
     size_t cap = 0, i;
     int rc = SQLITE_ERROR, oom = 0;
@@ -421,7 +424,7 @@ static int detail_deliveries(struct store *s, const char *event_id, struct store
             return -1;
     return 0;
 sqlerr:
-    store_err(err, errlen, "store: event detail: %s", sqlite3_errmsg(s->db));
+    store_err(err, errlen, "store: event detail: %s", sqlite3_errmsg(s->rdb));
     stmt_done(st);
     return -1;
 }
@@ -436,11 +439,18 @@ int store_event_detail(struct store *s, const char *id, struct store_event_detai
         store_err(err, errlen, "store: out of memory");
         return -1;
     }
-    rc = store_event_get(s, id, &d->ev, err, errlen);
-    if (rc <= 0 || detail_deliveries(s, id, d, err, errlen) < 0 ||
-        store_batch_waiting(s, id, &d->waiting, &d->nwaiting, err, errlen) < 0) {
+    if (store_read_begin(s, err, errlen) < 0) {
         store_event_detail_free(d);
-        return rc <= 0 ? rc : -1;
+        return -1;
+    }
+    rc = store_event_read(store_rstmt(s, ST_EVT_GET), id, &d->ev, err, errlen);
+    if (rc > 0 && (detail_deliveries(s, id, d, err, errlen) < 0 ||
+                   store_batch_waiting(s, id, &d->waiting, &d->nwaiting, err, errlen) < 0))
+        rc = -1;
+    store_read_end(s);
+    if (rc <= 0) {
+        store_event_detail_free(d);
+        return rc;
     }
     *out = d;
     return 1;

@@ -88,9 +88,10 @@ void store_batch_windows_free(struct store_batch_window *w, size_t n) {
     free(w);
 }
 
-int store_batch_due(struct store *s, int64_t now, struct store_batch_window **out, size_t *n,
-                    char *err, size_t errlen) {
-    sqlite3_stmt *st = store_stmt(s, ST_BATCH_DUE);
+/* Lists with st (ST_BATCH_DUE on either connection) the open windows that
+ * ended at or before now, as store_batch_due. */
+static int batch_windows(sqlite3_stmt *st, int64_t now, struct store_batch_window **out, size_t *n,
+                         char *err, size_t errlen) {
     struct store_batch_window *w = NULL;
     void *grown;
     size_t cap = 0, k = 0;
@@ -99,7 +100,7 @@ int store_batch_due(struct store *s, int64_t now, struct store_batch_window **ou
     *out = NULL;
     *n = 0;
     if (sqlite3_bind_int64(st, 1, now) != SQLITE_OK) {
-        store_err(err, errlen, "store: batch windows: %s", sqlite3_errmsg(s->db));
+        store_err(err, errlen, "store: batch windows: %s", sqlite3_errmsg(sqlite3_db_handle(st)));
         stmt_done(st);
         return -1;
     }
@@ -119,7 +120,7 @@ int store_batch_due(struct store *s, int64_t now, struct store_batch_window **ou
     }
     if (oom || (rc != SQLITE_ROW && rc != SQLITE_DONE)) {
         store_err(err, errlen, "store: batch windows: %s",
-                  oom ? "out of memory" : sqlite3_errmsg(s->db));
+                  oom ? "out of memory" : sqlite3_errmsg(sqlite3_db_handle(st)));
         stmt_done(st);
         store_batch_windows_free(w, k);
         return -1;
@@ -128,6 +129,16 @@ int store_batch_due(struct store *s, int64_t now, struct store_batch_window **ou
     *out = w;
     *n = k;
     return 0;
+}
+
+int store_batch_due(struct store *s, int64_t now, struct store_batch_window **out, size_t *n,
+                    char *err, size_t errlen) {
+    return batch_windows(store_stmt(s, ST_BATCH_DUE), now, out, n, err, errlen);
+}
+
+int store_batch_windows(struct store *s, struct store_batch_window **out, size_t *n, char *err,
+                        size_t errlen) {
+    return batch_windows(store_rstmt(s, ST_BATCH_DUE), INT64_MAX, out, n, err, errlen);
 }
 
 /* ---- closing a window ---- */
@@ -264,7 +275,7 @@ void store_batch_waits_free(struct store_batch_wait *w, size_t n) {
 
 int store_batch_waiting(struct store *s, const char *event_id, struct store_batch_wait **out,
                         size_t *n, char *err, size_t errlen) {
-    sqlite3_stmt *st = store_stmt(s, ST_BATCH_WAITING);
+    sqlite3_stmt *st = store_rstmt(s, ST_BATCH_WAITING);
     struct store_batch_wait *w = NULL;
     void *grown;
     size_t cap = 0, k = 0;
@@ -298,7 +309,7 @@ int store_batch_waiting(struct store *s, const char *event_id, struct store_batc
     ret = 0;
     goto done;
 sqlerr:
-    store_err(err, errlen, "store: event detail: %s", sqlite3_errmsg(s->db));
+    store_err(err, errlen, "store: event detail: %s", sqlite3_errmsg(s->rdb));
 done:
     stmt_done(st);
     store_batch_waits_free(w, k);

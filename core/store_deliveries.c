@@ -316,7 +316,8 @@ static void counts_put(struct store_counts *c, const char *status, int64_t v, in
 }
 
 int store_delivery_counts(struct store *s, struct store_counts *c) {
-    sqlite3_stmt *st = store_stmt(s, ST_COUNTS);
+    /* The admin API's: committed groups only, on the read connection. */
+    sqlite3_stmt *st = store_rstmt(s, ST_COUNTS);
     const char *status;
     int rc;
     memset(c, 0, sizeof *c);
@@ -326,9 +327,6 @@ int store_delivery_counts(struct store *s, struct store_counts *c) {
             counts_put(c, status, sqlite3_column_int64(st, 1), 0);
     }
     sqlite3_reset(st);
-    /* The open group's inserts, not yet in the table. */
-    for (int i = 0; i < s->ncounts; i++)
-        counts_put(c, s->counts[i].status, s->counts[i].n, 1);
     return rc == SQLITE_DONE ? 0 : -1;
 }
 

@@ -267,9 +267,10 @@ int store_endpoints_pending(struct store *s, void (*fn)(void *arg, const char *n
     return rc == SQLITE_DONE && !oom ? 0 : -1;
 }
 
-int store_endpoint_queue(struct store *s, const char *name, int64_t now, int64_t due_cap,
-                         int counts, struct store_endpoint_queue *q) {
-    sqlite3_stmt *st = store_stmt(s, ST_EP_QUEUE);
+/* store_endpoint_queue with the statements of one connection: st and bl,
+ * ST_EP_QUEUE and ST_EP_BLOCKED of the loop's or of the read connection. */
+static int endpoint_queue(sqlite3_stmt *st, sqlite3_stmt *bl, const char *name, int64_t now,
+                          int64_t due_cap, int counts, struct store_endpoint_queue *q) {
     int ret = -1;
 
     memset(q, 0, sizeof *q);
@@ -286,7 +287,7 @@ int store_endpoint_queue(struct store *s, const char *name, int64_t now, int64_t
     }
     stmt_done(st);
     /* Blocked keys: one failed head each, found by their own index. */
-    st = store_stmt(s, ST_EP_BLOCKED);
+    st = bl;
     if (ret == 0 && bind_text(st, 1, name) == SQLITE_OK &&
         sqlite3_bind_int64(st, 2, INT64_MAX) == SQLITE_OK) {
         int rc;
@@ -303,6 +304,12 @@ int store_endpoint_queue(struct store *s, const char *name, int64_t now, int64_t
     return ret;
 }
 
+int store_endpoint_queue(struct store *s, const char *name, int64_t now, int64_t due_cap,
+                         int counts, struct store_endpoint_queue *q) {
+    return endpoint_queue(store_stmt(s, ST_EP_QUEUE), store_stmt(s, ST_EP_BLOCKED), name, now,
+                          due_cap, counts, q);
+}
+
 void store_blocked_keys_free(struct store_blocked_key *k, size_t n) {
     if (!k)
         return;
@@ -315,7 +322,7 @@ void store_blocked_keys_free(struct store_blocked_key *k, size_t n) {
 
 int store_endpoint_blocked(struct store *s, const char *name, size_t max,
                            struct store_blocked_key **out, size_t *n, char *err, size_t errlen) {
-    sqlite3_stmt *st = store_stmt(s, ST_EP_BLOCKED);
+    sqlite3_stmt *st = store_rstmt(s, ST_EP_BLOCKED);
     struct store_blocked_key *k = NULL, *r;
     void *grown;
     size_t cnt = 0, cap = 0;
@@ -343,7 +350,7 @@ int store_endpoint_blocked(struct store *s, const char *name, size_t max,
     }
     if (oom || rc != SQLITE_DONE) {
         store_err(err, errlen, "store: blocked keys: %s",
-                  oom ? "out of memory" : sqlite3_errmsg(s->db));
+                  oom ? "out of memory" : sqlite3_errmsg(s->rdb));
         stmt_done(st);
         store_blocked_keys_free(k, cnt);
         return -1;

@@ -1,13 +1,12 @@
 /* store_events.c -- events in the store: inserting (deduped by source and
  * source id), recording the outcome of routing with the deliveries it made,
  * reading them back (one event, the unrouted ones after a crash), nonces
- * (Shiptify tokens), and retention.
+ * (Shiptify tokens). Retention is store_retain.c's.
  * Invariants: an event's first routing derives its delivery ids from the
  * event, later routings (replays) make new ones; a delivery with an order
  * key is inserted due only when its key has no row left undelivered, else
  * parked (next_at STORE_PARKED_AT) behind them; recovery lists only events
- * whose group is durable (seq <= committed_evt_seq); retention deletes only
- * events whose deliveries are all delivered, never a dead letter.
+ * whose group is durable (seq <= committed_evt_seq).
  * SPDX-License-Identifier: MIT */
 #include <stdint.h>
 #include <stdlib.h>
@@ -49,18 +48,6 @@ const struct store_stmt_def store_events_stmts[] = {
     {ST_NONCE_INSERT, "INSERT INTO nonces (source, nonce, digest, seen_at)"
                       " VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING"},
     {ST_NONCE_DIGEST, "SELECT digest FROM nonces WHERE source = ?1 AND nonce = ?2"},
-    /* Retention walks events by seq from the cursor (received_at grows with
-     * seq), so a batch costs O(max) whatever the table size. */
-    {ST_PRUNE_SCAN, "SELECT seq, id, received_at, status,"
-                    " EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id"
-                    "  AND d.status IN ('pending', 'held')),"
-                    " EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id"
-                    "  AND d.status = 'failed')"
-                    " FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2"},
-    {ST_PRUNE_ATTEMPTS, "DELETE FROM attempts WHERE delivery_id IN"
-                        " (SELECT id FROM deliveries WHERE event_id = ?1)"},
-    {ST_PRUNE_DELIVERIES, "DELETE FROM deliveries WHERE event_id = ?1"},
-    {ST_PRUNE_EVENT, "DELETE FROM events WHERE id = ?1"},
     {ST_COUNT_, NULL},
 };
 
@@ -466,8 +453,12 @@ fail:
 
 int store_event_get(struct store *s, const char *id, struct store_event_row **out, char *err,
                     size_t errlen) {
+    return store_event_read(store_stmt(s, ST_EVT_GET), id, out, err, errlen);
+}
+
+int store_event_read(sqlite3_stmt *st, const char *id, struct store_event_row **out, char *err,
+                     size_t errlen) {
     struct store_event_row *row = calloc(1, sizeof *row);
-    sqlite3_stmt *st = store_stmt(s, ST_EVT_GET);
     int rc, oom = 0, ret = -1;
 
     *out = NULL;
@@ -476,7 +467,7 @@ int store_event_get(struct store *s, const char *id, struct store_event_row **ou
         goto done;
     }
     if (bind_text(st, 1, id)) {
-        store_err(err, errlen, "store: %s", sqlite3_errmsg(s->db));
+        store_err(err, errlen, "store: %s", sqlite3_errmsg(sqlite3_db_handle(st)));
         goto done;
     }
     rc = sqlite3_step(st);
@@ -485,7 +476,7 @@ int store_event_get(struct store *s, const char *id, struct store_event_row **ou
         goto done;
     }
     if (rc != SQLITE_ROW) {
-        store_err(err, errlen, "store: event: %s", sqlite3_errmsg(s->db));
+        store_err(err, errlen, "store: event: %s", sqlite3_errmsg(sqlite3_db_handle(st)));
         goto done;
     }
     store_event_row_read(st, row, &oom);
@@ -499,99 +490,5 @@ int store_event_get(struct store *s, const char *id, struct store_event_row **ou
 done:
     store_event_rows_free(row, row ? 1 : 0);
     stmt_done(st);
-    return ret;
-}
-
-/* ---- retention ---- */
-
-/* Reads up to max events after *cursor that retention may delete into ids
- * (*nids of them), advancing *last past what it looked at; stops at the
- * first event that is newer than before_ms, not routed yet, or still going
- * out. Returns 0 or -1. */
-static int prune_scan(struct store *s, int64_t before_ms, int64_t cursor, int max,
-                      char (*ids)[UTIL_ID_MAX], int *nids, int64_t *last, char *err,
-                      size_t errlen) {
-    sqlite3_stmt *sel = store_stmt(s, ST_PRUNE_SCAN);
-    const char *status;
-    int rc, ret = -1;
-
-    *last = cursor;
-    if (sqlite3_bind_int64(sel, 1, cursor) || sqlite3_bind_int(sel, 2, max)) {
-        store_err(err, errlen, "store: prune: %s", sqlite3_errmsg(s->db));
-        goto done;
-    }
-    while ((rc = sqlite3_step(sel)) == SQLITE_ROW) {
-        status = (const char *)sqlite3_column_text(sel, 3);
-        if (sqlite3_column_int64(sel, 2) >= before_ms)
-            break; /* newer from here on */
-        if (status && !strcmp(status, "received"))
-            break; /* not routed yet: stop, look again later */
-        if (sqlite3_column_int(sel, 4))
-            break; /* still going out: wait for it */
-        *last = sqlite3_column_int64(sel, 0);
-        /* Dead letters (failed deliveries) stay, retryable. */
-        if (sqlite3_column_int(sel, 5) || !status ||
-            (strcmp(status, "routed") && strcmp(status, "unrouted")))
-            continue;
-        copy_id(ids[(*nids)++], sizeof ids[0], sqlite3_column_text(sel, 1));
-    }
-    ret = 0;
-done:
-    stmt_done(sel);
-    return ret;
-}
-
-/* Records the seq high-water marks in store_meta (in the open group),
- * before rows that may hold the highest seqs are deleted. Returns 0 or -1. */
-static int seq_hw_keep(struct store *s, char *err, size_t errlen) {
-    static const char *const keys[2] = {"dlv_seq", "evt_seq"};
-    int64_t vals[2] = {s->dlv_seq_hw, s->evt_seq_hw};
-
-    for (int i = 0; i < 2; i++) {
-        sqlite3_stmt *st = store_stmt(s, ST_META_PUT);
-        int bad = bind_text(st, 1, keys[i]) || sqlite3_bind_int64(st, 2, vals[i]) ||
-                  sqlite3_step(st) != SQLITE_DONE;
-        stmt_done(st);
-        if (bad) {
-            store_group_fail(s, "seq high-water", err, errlen);
-            return -1;
-        }
-    }
-    return 0;
-}
-
-int store_prune(struct store *s, int64_t before_ms, int64_t *cursor, int max, int *pruned,
-                char *err, size_t errlen) {
-    static const enum store_stmt del[3] = {ST_PRUNE_ATTEMPTS, ST_PRUNE_DELIVERIES, ST_PRUNE_EVENT};
-    char(*ids)[UTIL_ID_MAX] = NULL;
-    int nids = 0, ret = -1, i, k;
-    int64_t last = *cursor;
-    sqlite3_stmt *st;
-
-    *pruned = 0;
-    if (!(ids = calloc((size_t)(max > 0 ? max : 1), sizeof *ids))) {
-        store_err(err, errlen, "store: out of memory");
-        return -1;
-    }
-    if (prune_scan(s, before_ms, *cursor, max, ids, &nids, &last, err, errlen) < 0)
-        goto done;
-    if (nids && (store_group_begin(s, err, errlen) < 0 || seq_hw_keep(s, err, errlen) < 0))
-        goto done;
-    for (i = 0; i < nids; i++) {
-        for (k = 0; k < 3; k++) {
-            st = store_stmt(s, del[k]);
-            if (bind_text(st, 1, ids[i]) || sqlite3_step(st) != SQLITE_DONE) {
-                store_group_fail(s, "prune", err, errlen);
-                stmt_done(st);
-                goto done;
-            }
-            stmt_done(st);
-        }
-    }
-    *cursor = last;
-    *pruned = nids;
-    ret = 0;
-done:
-    free(ids);
     return ret;
 }

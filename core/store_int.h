@@ -7,11 +7,12 @@
  * callbacks, the watermarks, the statement table); store_sync.c (the fsync
  * and checkpoint threads, the loop-side WAL maintenance); store_schema.c
  * (every DDL statement, the schema version, migrations); then one file per
- * data area: store_events.c (events, nonces, unrouted events, retention),
+ * data area: store_events.c (events, nonces, unrouted events),
  * store_deliveries.c (deliveries, attempts, counts, leases, retries),
  * store_endpoints.c (endpoint state, heads, per-endpoint queues and claims),
- * store_batch.c (batch windows), store_admin.c (the admin API's pages and
- * event detail, subscriptions).
+ * store_batch.c (batch windows), store_retain.c (retention, giving space
+ * back), store_admin.c (the admin API's pages and event detail,
+ * subscriptions).
  *
  * Invariants (checked under WAYBILL_CHECKS, see store_check_invariants):
  * every write runs inside the open group; every statement of the table is
@@ -71,6 +72,7 @@ enum store_stmt {
     ST_OPEN_DLV_SEQ,
     ST_OPEN_EVT_SEQ,
     ST_META_PUT,
+    ST_READ_BEGIN,
     /* store_events.c */
     ST_EVT_INSERT,
     ST_EVT_DUP,
@@ -84,10 +86,6 @@ enum store_stmt {
     ST_NONCE_PRUNE,
     ST_NONCE_INSERT,
     ST_NONCE_DIGEST,
-    ST_PRUNE_SCAN,
-    ST_PRUNE_ATTEMPTS,
-    ST_PRUNE_DELIVERIES,
-    ST_PRUNE_EVENT,
     /* store_deliveries.c */
     ST_DLV_LEASE,
     ST_DLV_RELEASE,
@@ -125,6 +123,15 @@ enum store_stmt {
     ST_BATCH_DELIVERY,
     ST_BATCH_MARK,
     ST_BATCH_WAITING,
+    /* store_retain.c */
+    ST_PRUNE_SCAN,
+    ST_PRUNE_ATTEMPTS,
+    ST_PRUNE_DELIVERIES,
+    ST_PRUNE_BATCH_ATTEMPTS,
+    ST_PRUNE_BATCH_DELIVERIES,
+    ST_PRUNE_BATCH_ITEMS,
+    ST_PRUNE_EVENT,
+    ST_FREELIST,
     /* store_admin.c */
     ST_PAGE_EVENTS,
     ST_EVT_SEQ_RANGE,
@@ -150,6 +157,7 @@ extern const struct store_stmt_def store_events_stmts[];
 extern const struct store_stmt_def store_deliveries_stmts[];
 extern const struct store_stmt_def store_endpoints_stmts[];
 extern const struct store_stmt_def store_batch_stmts[];
+extern const struct store_stmt_def store_retain_stmts[];
 extern const struct store_stmt_def store_admin_stmts[];
 
 /* ---- the store ---- */
@@ -178,6 +186,11 @@ struct store {
     int64_t last_outcome_at, fail_logged_at, fail_unlogged;
     struct event *full_ev; /* while full: the once-a-second WAL truncation */
     sqlite3_stmt *st[ST_COUNT_];
+    /* The admin API's reads: a second connection to the same file with the
+     * same statements (store_rstmt), query_only. In WAL mode it sees what
+     * was committed when its read began, never the open group. */
+    sqlite3 *rdb;
+    sqlite3_stmt *rst[ST_COUNT_];
     struct event *commit_ev;
     int in_txn, failed, begin_failed, scheduled, committing;
     size_t fail_ncbs, fail_nwcbs; /* callbacks waiting when BEGIN failed (begin_failed) */
@@ -244,6 +257,19 @@ static inline sqlite3_stmt *store_stmt(struct store *s, enum store_stmt id) {
     STORE_CHECK(!sqlite3_stmt_busy(s->st[id]));
     return s->st[id];
 }
+
+/* The statement id prepared on the read connection (committed state only),
+ * idle (checked). For the admin API's reads (store_admin.c). */
+static inline sqlite3_stmt *store_rstmt(struct store *s, enum store_stmt id) {
+    STORE_CHECK(!sqlite3_stmt_busy(s->rst[id]));
+    return s->rst[id];
+}
+
+/* Opens a read transaction on the read connection, so that the reads of
+ * one answer (an event with its deliveries and attempts) see one committed
+ * state; store_read_end ends it. Returns 0, or -1 with a reason. */
+int store_read_begin(struct store *s, char *err, size_t errlen);
+void store_read_end(struct store *s);
 
 /* Resets st and clears its bindings: bound text is borrowed (SQLITE_STATIC)
  * and must not outlive the call. */
@@ -359,6 +385,11 @@ int store_schema_apply(sqlite3 *db, const char *path, char *err, size_t errlen);
 
 /* ---- rows and counts shared between data areas ---- */
 
+/* Reads the event id with st (ST_EVT_GET of either connection) into *out,
+ * as store_event_get. */
+int store_event_read(sqlite3_stmt *st, const char *id, struct store_event_row **out, char *err,
+                     size_t errlen);
+
 /* Fills r from a row whose columns are (seq, id, source, source_id, type,
  * created_at, status, error, headers, data, raw, received_at): the order
  * every event read selects. Sets *oom when a copy failed. */
@@ -385,7 +416,8 @@ int store_batch_item_put(struct store *s, const char *event_id, struct store_bat
                          char *err, size_t errlen);
 
 /* The open batch windows holding an item of event_id, by each window's
- * first item (store_batch.c, for the event detail). *out is new (free with
+ * first item (store_batch.c, for the event detail; on the read
+ * connection). *out is new (free with
  * store_batch_waits_free). Returns 0 or -1 (err set). */
 int store_batch_waiting(struct store *s, const char *event_id, struct store_batch_wait **out,
                         size_t *n, char *err, size_t errlen);
