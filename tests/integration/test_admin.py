@@ -381,7 +381,9 @@ def test_metrics_count_exactly_n_ingests_and_m_deliveries():
     assert metric_sum(samples, "waybill_events_received_total") == 8
     assert metric_sum(samples, "waybill_events_received_total", source="atoship") == 8
     assert metric_sum(samples, "waybill_events_rejected_total", reason="signature") == 1
-    assert metric_sum(samples, "waybill_events_rejected_total", reason="duplicate") == 1
+    # the duplicate was answered 200: counted as one, not as a rejection
+    assert metric_sum(samples, "waybill_events_rejected_total") == 1
+    assert metric_sum(samples, "waybill_events_duplicate_total", source="atoship") == 1
     assert metric_sum(samples, "waybill_deliveries_total", outcome="delivered") == 4
     assert metric_sum(samples, "waybill_deliveries_total", endpoint="erp", outcome="delivered") == 4
     assert metric_sum(samples, "waybill_deliveries_total", type="tracking.delivered") == 1
@@ -396,6 +398,40 @@ def test_metrics_count_exactly_n_ingests_and_m_deliveries():
     assert samples[("waybill_store_commit_duration_seconds_count", frozenset())] >= 1
     # the commits wrote pages to the write-ahead log (issue 16: WAL bytes per event)
     assert samples[("waybill_store_wal_frames_total", frozenset())] >= 1
+
+
+def test_metrics_count_413s_and_shiptify_replays_as_rejections_not_duplicates():
+    import time
+    sink = wb.Sink()
+    cfg = wb.config(f'''
+        source "atoship" {{ verify = "atoship", secret = {wb.lua(ATOSHIP_SECRET)} }}
+        source "shiptify" {{ verify = "shiptify", secret = "sy-new", tolerance = "10m" }}
+        endpoint "erp" {{ url = {wb.lua(sink.url)}, secret = {wb.lua(ERP_SECRET)} }}
+        rules "rules/"
+    ''', max_body="2KiB")
+    g = wb.Gateway(cfg, files={"rules/10.lua": 'on("*", {"erp"})'})
+    big = b'{"pad":"' + b"x" * 4096 + b'"}'
+    assert g.post("/hooks/atoship", big, wb.atoship_headers(ATOSHIP_SECRET, big)).status == 413
+    # announced too large (headers only), and too large on an unknown path
+    r = wb.http_request(g.port, "POST", "/hooks/atoship", b"", wb.atoship_headers(ATOSHIP_SECRET, b""),
+                        content_length=10 << 20)
+    assert r.status == 413, r
+    assert g.post("/hooks/nope", big, {}).status == 413
+    body = wb.shiptify_body("sy-new", {"event_type": "create_shipment", "shipment": {"id": 1}},
+                            timestamp=str(int(time.time())))
+    assert g.post("/hooks/shiptify", body, {}).status == 200
+    again = g.post("/hooks/shiptify", body, {})               # same token, same body: a duplicate
+    assert again.status == 200 and again.json()["duplicate"] is True, again
+    replay = wb.compact(dict(json.loads(body), event_type="delivery_notification"))
+    for _ in range(2):                                          # same token, other body: a replay
+        r = g.post("/hooks/shiptify", replay, {})
+        assert r.status == 401, r
+    samples = parse_prometheus(g.metrics())
+    rejected = {dict(labels).get("source", "") + "/" + dict(labels)["reason"]: v
+                for (n, labels), v in samples.items() if n == "waybill_events_rejected_total"}
+    assert rejected == {"atoship/too_large": 2, "/too_large": 1, "shiptify/replay": 2}, rejected
+    assert metric_sum(samples, "waybill_events_duplicate_total", source="shiptify") == 1
+    assert metric_sum(samples, "waybill_events_received_total") == 1
 
 
 def test_metrics_count_retries_failures_reloads():
