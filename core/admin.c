@@ -34,22 +34,20 @@
 #include "util.h"
 #include "verify.h"
 
-struct admin {
-    struct admin_deps deps;
-    struct evhttp *http;
-    struct admin_streams *streams; /* GET /api/stream's connections */
-    struct admin_web *web;         /* the dashboard (admin_web.c) */
-};
-
 /* Constant-time token check: compares digests, so neither content nor
- * length leaks through timing. */
+ * length leaks through timing. The token comes as "Authorization: Bearer"
+ * or, as ShipEngine's clients send it, in "API-Key". */
 static int admin_authorized(const struct config *cfg, struct evhttp_request *req) {
-    const char *auth = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+    struct evkeyvalq *h = evhttp_request_get_input_headers(req);
+    const char *auth = evhttp_find_header(h, "Authorization");
     unsigned char want[SHA256_DIGEST_LENGTH], got[SHA256_DIGEST_LENGTH];
 
-    if (!auth || strncasecmp(auth, "Bearer ", 7) != 0 || !cfg->admin_token)
+    if (auth && strncasecmp(auth, "Bearer ", 7) == 0)
+        auth += 7;
+    else
+        auth = evhttp_find_header(h, "API-Key");
+    if (!auth || !cfg->admin_token)
         return 0;
-    auth += 7;
     SHA256((const unsigned char *)cfg->admin_token, strlen(cfg->admin_token), want);
     SHA256((const unsigned char *)auth, strlen(auth), got);
     return util_ct_equal(want, got, sizeof want);
@@ -107,14 +105,12 @@ static void admin_reload(struct admin *adm, struct evhttp_request *req) {
 
 #define ADMIN_LIMIT_DEFAULT 50
 #define ADMIN_LIMIT_MAX 500
-#define ADMIN_PROBE_TIMEOUT_MS 10000
 
 static void admin_bad(struct evhttp_request *req, const char *msg) {
     http_reply_error(req, 400, "Bad Request", msg);
 }
 
-/* The request body as a JSON object (new), or NULL after a 400 was sent. */
-static json_t *admin_body_object(struct evhttp_request *req) {
+json_t *admin_body_object(struct evhttp_request *req) {
     struct evbuffer *buf = evhttp_request_get_input_buffer(req);
     size_t len = evbuffer_get_length(buf);
     const char *p = (const char *)evbuffer_pullup(buf, -1);
@@ -137,7 +133,7 @@ static json_t *admin_body_object(struct evhttp_request *req) {
 
 /* A paging query's limit and after; 0, or -1 after a 400 was sent. The
  * query's strings stay valid while q (owned by the caller) is alive. */
-static int admin_paging(struct evhttp_request *req, struct evkeyvalq *q, struct store_page *page) {
+int admin_paging(struct evhttp_request *req, struct evkeyvalq *q, struct store_page *page) {
     const char *limit = evhttp_find_header(q, "limit"), *after = evhttp_find_header(q, "after");
     char *end;
     long long v;
@@ -165,7 +161,7 @@ static int admin_paging(struct evhttp_request *req, struct evkeyvalq *q, struct 
 
 /* Parses the URI's query into q (clear with evhttp_clear_headers); 0 or -1
  * after a 400 was sent. */
-static int admin_query(struct evhttp_request *req, struct evkeyvalq *q) {
+int admin_query(struct evhttp_request *req, struct evkeyvalq *q) {
     const char *query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
     TAILQ_INIT(q);
     if (query && evhttp_parse_query_str(query, q) < 0) {
@@ -175,7 +171,7 @@ static int admin_query(struct evhttp_request *req, struct evkeyvalq *q) {
     return 0;
 }
 
-static void admin_reply_page(struct evhttp_request *req, json_t *data, int64_t next) {
+void admin_reply_page(struct evhttp_request *req, json_t *data, int64_t next) {
     char cur[32];
     snprintf(cur, sizeof cur, "%lld", (long long)next);
     http_reply_json(
@@ -248,53 +244,17 @@ done:
 
 /* ---- replies that wait for the group commit ---- */
 
-enum admin_op { OP_NONE, OP_SUB_ADD, OP_SUB_URL, OP_SUB_DEL };
-
-/* A write's reply, sent once the group holding the write committed (and,
- * for subscriptions, the registry updated: it mirrors committed rows only). */
-struct admin_commit {
-    struct admin *adm;
-    struct evhttp_request *req;
-    int code;
-    const char *phrase;
-    json_t *reply;  /* owned; NULL = an event's detail, read after the commit */
-    char *event_id; /* for that read */
-    enum admin_op op;
-    struct store_sub sub; /* OP_SUB_*: strings owned (freed here) */
-    int kick;             /* deliveries became due */
-};
-
-static void admin_commit_free(struct admin_commit *c) {
-    json_decref(c->reply);
-    free(c->event_id);
-    free((char *)c->sub.id);
-    free((char *)c->sub.event);
-    free((char *)c->sub.pattern);
-    free((char *)c->sub.url);
-    free((char *)c->sub.secret);
-    free(c);
-}
-
 static void admin_on_commit(void *arg, int ok) {
     struct admin_commit *c = arg;
     const struct admin_deps *gw = &c->adm->deps;
-    const struct subs_entry *e;
     char err[256] = "";
 
     if (!ok) {
-        http_reply_error(c->req, 503, "Service Unavailable", "store unavailable, retry later");
+        admin_error(c->req, c->se, 503, "Service Unavailable", "store unavailable, retry later");
         goto done;
     }
-    if (c->op == OP_SUB_ADD && subs_add(gw->subs, &c->sub) < 0)
-        log_msg(LOG_ERROR, "subscription %s stored but not loaded (out of memory)", c->sub.id);
-    else if (c->op == OP_SUB_URL && subs_set_url(gw->subs, c->sub.id, c->sub.url) < 0)
-        log_msg(LOG_ERROR, "subscription %s: new url stored but not loaded", c->sub.id);
-    else if (c->op == OP_SUB_DEL)
-        subs_remove(gw->subs, c->sub.id);
-    if ((c->op == OP_SUB_ADD || c->op == OP_SUB_URL) && (e = subs_find(gw->subs, c->sub.id))) {
-        json_decref(c->reply);
-        c->reply = admin_sub_json(e, c->op == OP_SUB_ADD);
-    }
+    if (c->apply)
+        c->apply(c);
     if (c->kick)
         deliver_kick_all(gw->deliver);
     if (!c->reply && c->event_id) {
@@ -306,22 +266,28 @@ static void admin_on_commit(void *arg, int ok) {
         http_reply_json(c->req, c->code, c->phrase, c->reply);
         c->reply = NULL; /* http_reply_json took it */
     } else {
-        http_reply_error(c->req, 503, "Service Unavailable", err[0] ? err : "out of memory");
+        admin_error(c->req, c->se, 503, "Service Unavailable", err[0] ? err : "out of memory");
     }
 done:
     admin_commit_free(c);
 }
 
-/* Registers c for the open group's commit; on failure replies 503 and frees c. */
-static void admin_after_commit(struct admin_commit *c) {
+void admin_commit_free(struct admin_commit *c) {
+    json_decref(c->reply);
+    free(c->event_id);
+    admin_sub_clear(&c->sub);
+    free(c);
+}
+
+void admin_after_commit(struct admin_commit *c) {
     if (store_on_commit(c->adm->deps.store, admin_on_commit, c) < 0) {
-        http_reply_error(c->req, 503, "Service Unavailable", "out of memory");
+        admin_error(c->req, c->se, 503, "Service Unavailable", "out of memory");
         admin_commit_free(c);
     }
 }
 
-static struct admin_commit *admin_commit_new(struct admin *adm, struct evhttp_request *req,
-                                             int code, const char *phrase) {
+struct admin_commit *admin_commit_new(struct admin *adm, struct evhttp_request *req, int code,
+                                      const char *phrase) {
     struct admin_commit *c = calloc(1, sizeof *c);
     if (!c) {
         http_reply_error(req, 503, "Service Unavailable", "out of memory");
@@ -508,275 +474,6 @@ done:
     json_decref(body);
 }
 
-/* ---- subscriptions: /v1/environment/webhooks (ShipEngine's shape) ---- */
-
-/* A verification POST in flight; the admin request waits for it. */
-struct admin_verify {
-    struct admin *adm;
-    struct evhttp_request *req;
-    enum admin_op op;     /* OP_SUB_ADD or OP_SUB_URL */
-    struct store_sub sub; /* strings owned */
-};
-
-static void admin_verify_free(struct admin_verify *v) {
-    free((char *)v->sub.id);
-    free((char *)v->sub.event);
-    free((char *)v->sub.pattern);
-    free((char *)v->sub.url);
-    free((char *)v->sub.secret);
-    free(v);
-}
-
-static int admin_url_ok(const char *url) {
-    return url && strlen(url) < 2048 && util_http_url_ok(url);
-}
-
-struct admin_hdrs {
-    char lines[4][512];
-    int n;
-};
-
-static void admin_hdr_add(void *ctx, const char *name, const char *value) {
-    struct admin_hdrs *h = ctx;
-    if (h->n < 4)
-        snprintf(h->lines[h->n++], sizeof h->lines[0], "%s: %s", name, value);
-}
-
-static void admin_verify_done(void *arg, int status_code, const char *reason) {
-    struct admin_verify *v = arg;
-    struct store *st;
-    struct admin_commit *c;
-    char err[256], msg[600];
-    int rc;
-
-    /* shutting down: the request and v->adm are gone with the listener */
-    if (status_code < 0)
-        goto done;
-    st = v->adm->deps.store;
-    if (status_code != 200) {
-        if (status_code)
-            snprintf(msg, sizeof msg, "verification POST to %s answered %d, not 200", v->sub.url,
-                     status_code);
-        else
-            snprintf(msg, sizeof msg, "verification POST to %s failed: %s", v->sub.url, reason);
-        http_reply_error(v->req, 422, "Unprocessable Entity", msg);
-        goto done;
-    }
-    if (v->op == OP_SUB_ADD) {
-        rc = store_sub_put(st, &v->sub, err, sizeof err);
-        if (rc == STORE_DUP) {
-            http_reply_error(v->req, 409, "Conflict", "that event already has a webhook");
-            goto done;
-        }
-    } else {
-        rc = store_sub_change(st, v->sub.id, v->sub.url, err, sizeof err);
-        if (rc == 0) {
-            http_reply_error(v->req, 404, "Not Found", "no such webhook");
-            goto done;
-        }
-        rc = rc == 1 ? 0 : -1;
-    }
-    if (rc < 0) {
-        http_reply_error(v->req, 503, "Service Unavailable", err);
-        goto done;
-    }
-    if (!(c = admin_commit_new(v->adm, v->req, v->op == OP_SUB_ADD ? 201 : 200,
-                               v->op == OP_SUB_ADD ? "Created" : "OK")))
-        goto done;
-    c->op = v->op;
-    c->sub = v->sub; /* handoff of the strings */
-    memset(&v->sub, 0, sizeof v->sub);
-    admin_after_commit(c);
-done:
-    admin_verify_free(v);
-}
-
-/* Sends v's verification POST, signed `standard` with the subscription's
- * secret; replies (422/503) and frees v when it cannot start. */
-static void admin_verify_start(struct admin_verify *v) {
-    const struct admin_deps *gw = &v->adm->deps;
-    struct admin_hdrs h = {0};
-    struct verify_secret key = {NULL, 0};
-    const char *lines[8];
-    char msg_id[UTIL_ID_MAX], *body;
-    json_t *msg;
-    int n = 0, rc = -1;
-
-    util_id_new("msg_", msg_id, sizeof msg_id);
-    msg = json_pack("{sssssss{ssss}}", "type", "webhook.verification", "webhook_id", v->sub.id,
-                    "event", v->sub.event, "data", "url", v->sub.url, "event", v->sub.event);
-    body = msg ? json_dumps(msg, JSON_COMPACT) : NULL;
-    json_decref(msg);
-    key.key = verify_whsec_decode(v->sub.secret, &key.len);
-    if (body && key.key &&
-        verify_sign(SIGN_STANDARD, &key, 1, msg_id, util_now_ms() / 1000, body, strlen(body),
-                    admin_hdr_add, &h) == 0) {
-        lines[n++] = "Content-Type: application/json";
-        lines[n++] = "User-Agent: waybill/" WAYBILL_VERSION;
-        lines[n++] = "X-Waybill-Event-Type: webhook.verification";
-        for (int i = 0; i < h.n && n < 7; i++)
-            lines[n++] = h.lines[i];
-        lines[n] = NULL;
-        rc = httpc_probe(gw->httpc, v->sub.url, body, strlen(body), lines, ADMIN_PROBE_TIMEOUT_MS,
-                         admin_verify_done, v);
-    }
-    free(body);
-    free(key.key);
-    if (rc < 0) {
-        http_reply_error(v->req, 503, "Service Unavailable", "cannot send the verification POST");
-        admin_verify_free(v);
-    }
-}
-
-static void admin_webhook_create(struct admin *adm, struct evhttp_request *req) {
-    json_t *body = admin_body_object(req);
-    const char *url, *event;
-    char pattern[160], err[512], id[UTIL_ID_MAX], secret[64];
-    unsigned char raw[24];
-    struct admin_verify *v;
-
-    if (!body)
-        return;
-    url = json_string_value(json_object_get(body, "url"));
-    event = json_string_value(json_object_get(body, "event"));
-    if (!admin_url_ok(url)) {
-        admin_bad(req, "url must be an http:// or https:// URL");
-        goto done;
-    }
-    if (!event) {
-        admin_bad(req, "event is required");
-        goto done;
-    }
-    if (subs_pattern(event, pattern, sizeof pattern, err, sizeof err) < 0) {
-        admin_bad(req, err);
-        goto done;
-    }
-    if (subs_find_pattern(adm->deps.subs, pattern)) {
-        http_reply_error(req, 409, "Conflict", "that event already has a webhook");
-        goto done;
-    }
-    if (RAND_bytes(raw, sizeof raw) != 1) {
-        http_reply_error(req, 503, "Service Unavailable", "no randomness for a secret");
-        goto done;
-    }
-    memcpy(secret, "whsec_", 6);
-    util_base64_encode(raw, sizeof raw, secret + 6);
-    util_id_new("sub_", id, sizeof id);
-    v = calloc(1, sizeof *v);
-    if (!v) {
-        http_reply_error(req, 503, "Service Unavailable", "out of memory");
-        goto done;
-    }
-    v->adm = adm;
-    v->req = req;
-    v->op = OP_SUB_ADD;
-    v->sub.id = util_strdup(id);
-    v->sub.event = util_strdup(event);
-    v->sub.pattern = util_strdup(pattern);
-    v->sub.url = util_strdup(url);
-    v->sub.secret = util_strdup(secret);
-    v->sub.created_at = util_now_ms();
-    if (!v->sub.id || !v->sub.event || !v->sub.pattern || !v->sub.url || !v->sub.secret) {
-        http_reply_error(req, 503, "Service Unavailable", "out of memory");
-        admin_verify_free(v);
-        goto done;
-    }
-    admin_verify_start(v);
-done:
-    json_decref(body);
-}
-
-static void admin_webhook_update(struct admin *adm, struct evhttp_request *req, const char *id) {
-    const struct subs_entry *e = subs_find(adm->deps.subs, id);
-    json_t *body;
-    const char *url;
-    struct admin_verify *v;
-
-    if (!e) {
-        http_reply_error(req, 404, "Not Found", "no such webhook");
-        return;
-    }
-    if (!(body = admin_body_object(req)))
-        return;
-    url = json_string_value(json_object_get(body, "url"));
-    if (!admin_url_ok(url)) {
-        admin_bad(req, "url must be an http:// or https:// URL");
-        json_decref(body);
-        return;
-    }
-    /* The new URL is verified like a new subscription's. */
-    v = calloc(1, sizeof *v);
-    if (v) {
-        v->adm = adm;
-        v->req = req;
-        v->op = OP_SUB_URL;
-        v->sub.id = util_strdup(e->id);
-        v->sub.event = util_strdup(e->event);
-        v->sub.pattern = util_strdup(e->pattern);
-        v->sub.url = util_strdup(url);
-        v->sub.secret = util_strdup(e->secret);
-        v->sub.created_at = e->created_at;
-    }
-    json_decref(body);
-    if (!v || !v->sub.id || !v->sub.event || !v->sub.pattern || !v->sub.url || !v->sub.secret) {
-        http_reply_error(req, 503, "Service Unavailable", "out of memory");
-        if (v)
-            admin_verify_free(v);
-        return;
-    }
-    admin_verify_start(v);
-}
-
-static void admin_webhook_delete(struct admin *adm, struct evhttp_request *req, const char *id) {
-    struct admin_commit *c;
-    char err[256];
-    int rc = subs_find(adm->deps.subs, id)
-                 ? store_sub_change(adm->deps.store, id, NULL, err, sizeof err)
-                 : 0;
-
-    if (rc < 0) {
-        http_reply_error(req, 503, "Service Unavailable", err);
-        return;
-    }
-    if (rc == 0) {
-        http_reply_error(req, 404, "Not Found", "no such webhook");
-        return;
-    }
-    if (!(c = admin_commit_new(adm, req, 204, "No Content")))
-        return;
-    c->op = OP_SUB_DEL;
-    c->sub.id = util_strdup(id);
-    if (!c->sub.id) {
-        http_reply_error(req, 503, "Service Unavailable", "out of memory");
-        admin_commit_free(c);
-        return;
-    }
-    admin_after_commit(c);
-}
-
-static void admin_webhooks(struct admin *adm, struct evhttp_request *req, const char *id,
-                           enum evhttp_cmd_type m) {
-    const struct subs_entry *e;
-
-    if (!id && m == EVHTTP_REQ_POST) {
-        admin_webhook_create(adm, req);
-    } else if (!id && m == EVHTTP_REQ_GET) {
-        http_reply_json(req, 200, "OK",
-                        json_pack("{sosn}", "data", admin_subs_json(adm->deps.subs), "next"));
-    } else if (id && m == EVHTTP_REQ_GET) {
-        if ((e = subs_find(adm->deps.subs, id)))
-            http_reply_json(req, 200, "OK", admin_sub_json(e, 0));
-        else
-            http_reply_error(req, 404, "Not Found", "no such webhook");
-    } else if (id && m == EVHTTP_REQ_PUT) {
-        admin_webhook_update(adm, req, id);
-    } else if (id && m == EVHTTP_REQ_DELETE) {
-        admin_webhook_delete(adm, req, id);
-    } else {
-        http_reply_error(req, 405, "Method Not Allowed", "method not allowed on this route");
-    }
-}
-
 /* ---- GET /metrics ---- */
 
 /* Due deliveries are counted up to this many per endpoint, so that a scrape
@@ -886,8 +583,8 @@ static void admin_metrics(struct admin *adm, struct evhttp_request *req) {
 }
 
 /* "/prefix/{id}/suffix" -> id copied into out; 1 when path has that shape. */
-static int admin_path_id(const char *path, const char *prefix, const char *suffix, char *out,
-                         size_t outlen) {
+int admin_path_id(const char *path, const char *prefix, const char *suffix, char *out,
+                  size_t outlen) {
     size_t pl = strlen(prefix), sl = strlen(suffix), len = strlen(path), idl;
     if (len <= pl + sl || strncmp(path, prefix, pl) != 0 || strcmp(path + len - sl, suffix) != 0)
         return 0;
@@ -922,14 +619,11 @@ static int admin_dispatch_ops(struct admin *adm, struct evhttp_request *req, con
         admin_endpoint_one(adm, req, id);
     else if (admin_path_id(path, "/api/endpoints/", "/test", id, sizeof id) && m == EVHTTP_REQ_POST)
         admin_test(adm, req, id);
-    else if (strcmp(path, "/v1/environment/webhooks") == 0)
-        admin_webhooks(adm, req, NULL, m);
-    else if (admin_path_id(path, "/v1/environment/webhooks/", "", id, sizeof id))
-        admin_webhooks(adm, req, id, m);
     else if (strcmp(path, "/metrics") == 0 && m == EVHTTP_REQ_GET)
         admin_metrics(adm, req);
     else
-        return 0;
+        return admin_se_dispatch(adm, req, path, (int)m) ||
+               admin_subs_dispatch(adm, req, path, (int)m);
     return 1;
 }
 
@@ -1159,7 +853,8 @@ static void on_admin(struct evhttp_request *req, void *arg) {
         return; /* a cookie without the same origin: 403 sent */
     if (!session) {
         evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate", "Bearer");
-        http_reply_error(req, 401, "Unauthorized", "missing or wrong bearer token");
+        admin_error(req, admin_se_path(path), 401, "Unauthorized",
+                    "missing or wrong bearer token (or API-Key)");
         return;
     }
     if (strcmp(path, "/api/status") == 0 && m == EVHTTP_REQ_GET) {

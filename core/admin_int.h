@@ -8,10 +8,98 @@
 #include <stdint.h>
 #include <jansson.h>
 
+#include "admin.h"
 #include "store.h"
 
 struct subs;
 struct subs_entry;
+struct evhttp;
+struct evhttp_request;
+struct evkeyvalq;
+struct admin_streams;
+struct admin_web;
+
+/* One admin listener (admin.c). */
+struct admin {
+    struct admin_deps deps;
+    struct evhttp *http;
+    struct admin_streams *streams; /* GET /api/stream's connections */
+    struct admin_web *web;         /* the dashboard (admin_web.c) */
+};
+
+/* ---- what the route files share (admin.c) ---- */
+
+/* A write's reply, sent once the group holding the write committed: then
+ * apply (may be NULL) runs (e.g. the subscription registry, which mirrors
+ * committed rows only, is updated and reply set), and the reply goes out:
+ * 204 without a body, or reply as JSON; a failed group answers 503. */
+struct admin_commit {
+    struct admin *adm;
+    struct evhttp_request *req;
+    int code;
+    const char *phrase;
+    json_t *reply;  /* owned; NULL = an event's detail, read after the commit */
+    char *event_id; /* for that read */
+    int se;         /* errors in ShipEngine's shape (the /v1 routes) */
+    void (*apply)(struct admin_commit *c);
+    struct store_sub sub; /* strings owned (admin_sub_clear) */
+    int kick;             /* deliveries became due */
+};
+
+/* New (the caller fills it and hands it to admin_after_commit), or NULL
+ * after a 503 was sent. */
+struct admin_commit *admin_commit_new(struct admin *adm, struct evhttp_request *req, int code,
+                                      const char *phrase);
+void admin_commit_free(struct admin_commit *c);
+
+/* Registers c for the open group's commit; on failure replies 503 and frees c. */
+void admin_after_commit(struct admin_commit *c);
+
+/* Frees a store_sub's owned strings and zeroes it. */
+void admin_sub_clear(struct store_sub *sub);
+
+/* The request body as a JSON object (new), or NULL after a 400 was sent. */
+json_t *admin_body_object(struct evhttp_request *req);
+
+/* Parses the URI's query into q (clear with evhttp_clear_headers); 0 or -1
+ * after a 400 was sent. */
+int admin_query(struct evhttp_request *req, struct evkeyvalq *q);
+
+/* A paging query's limit and after; 0, or -1 after a 400 was sent. */
+int admin_paging(struct evhttp_request *req, struct evkeyvalq *q, struct store_page *page);
+
+/* Replies {"data": data (taken), "next": cursor or null (next 0)}. */
+void admin_reply_page(struct evhttp_request *req, json_t *data, int64_t next);
+
+/* "/prefix/{id}/suffix" -> id copied into out; 1 when path has that shape. */
+int admin_path_id(const char *path, const char *prefix, const char *suffix, char *out,
+                  size_t outlen);
+
+/* ---- ShipEngine's webhook routes (admin_shipengine.c) ---- */
+
+/* The /v1/environment/webhooks routes (ShipEngine's OpenAPI description):
+ * answers and returns 1 when path is one of them, else returns 0. */
+int admin_se_dispatch(struct admin *adm, struct evhttp_request *req, const char *path, int method);
+
+/* A new signing secret, "whsec_" and 24 random bytes in base64; 0, or -1
+ * without randomness. */
+int admin_secret_new(char out[64]);
+
+/* Whether path is one of those routes (their errors take ShipEngine's shape). */
+int admin_se_path(const char *path);
+
+/* An error reply: ShipEngine's shape ({request_id, errors:[{error_source,
+ * error_type, error_code, message}]}) when se, else {"error": message}. */
+void admin_error(struct evhttp_request *req, int se, int code, const char *phrase,
+                 const char *message);
+
+/* ---- /api/subscriptions (admin_subs.c) ---- */
+
+/* GET /api/subscriptions, GET /api/subscriptions/{id} and POST
+ * /api/subscriptions/{id}/rotate: answers and returns 1 when path is one
+ * of them, else returns 0. */
+int admin_subs_dispatch(struct admin *adm, struct evhttp_request *req, const char *path,
+                        int method);
 
 /* The event as GET /api/events/{id} shows it, with its raw body, headers
  * and each delivery's payload. Returns new; NULL with err empty when id is
@@ -26,15 +114,17 @@ int admin_events_page_json(struct store *s, const struct store_page *q, json_t *
 int admin_deliveries_page_json(struct store *s, const struct store_page *q, json_t **data,
                                int64_t *next, char *err, size_t errlen);
 
-/* A subscription as the ShipEngine-shaped routes show it: {webhook_id,
- * url, event, created_at} (+ secret when with_secret), new. */
+/* A subscription as ShipEngine's routes show it: exactly {webhook_id,
+ * url, event}, new. */
+json_t *admin_webhook_json(const struct subs_entry *e);
+
+/* Every subscription in ShipEngine's shape, a new bare JSON array; NULL
+ * when out of memory. */
+json_t *admin_webhooks_json(const struct subs *subs);
+
+/* A subscription in waybill's shape (GET /api/subscriptions/{id}): {id,
+ * url, event, created_at} and, when with_secret, its secret; new. */
 json_t *admin_sub_json(const struct subs_entry *e, int with_secret);
-
-/* Every subscription (without secrets) as a new JSON array, NULL when out
- * of memory. */
-json_t *admin_subs_json(const struct subs *subs);
-
-struct evhttp_request;
 
 /* GET /api/openapi.json (admin_openapi.c): answers it and returns 1 when
  * path and method (an evhttp_cmd_type) are its, else returns 0. */

@@ -295,26 +295,31 @@ int admin_deliveries_page_json(struct store *s, const struct store_page *q, json
 
 /* ---- subscriptions ---- */
 
-json_t *admin_sub_json(const struct subs_entry *e, int with_secret) {
-    char at[32];
-    json_t *j;
-
-    util_time_rfc3339(e->created_at, at, sizeof at);
-    j = json_pack("{ssssssss}", "webhook_id", e->id, "url", e->url, "event", e->event, "created_at",
-                  at);
-    if (j && with_secret)
-        json_object_set_new(j, "secret", json_string(e->secret));
-    return j;
+json_t *admin_webhook_json(const struct subs_entry *e) {
+    return json_pack("{ssssss}", "webhook_id", e->id, "url", e->url, "event", e->event);
 }
 
-json_t *admin_subs_json(const struct subs *subs) {
+json_t *admin_webhooks_json(const struct subs *subs) {
     json_t *arr = json_array();
 
     for (size_t i = 0; arr && i < subs_count(subs); i++) {
-        if (json_array_append_new(arr, admin_sub_json(subs_at(subs, i), 0)) < 0) {
+        if (json_array_append_new(arr, admin_webhook_json(subs_at(subs, i))) < 0) {
             json_decref(arr);
             return NULL;
         }
     }
     return arr;
+}
+
+json_t *admin_sub_json(const struct subs_entry *e, int with_secret) {
+    char at[32];
+    json_t *j;
+
+    util_time_rfc3339(e->created_at, at, sizeof at);
+    j = json_pack("{ssssssss}", "id", e->id, "url", e->url, "event", e->event, "created_at", at);
+    if (j && with_secret && json_object_set_new(j, "secret", json_string(e->secret)) < 0) {
+        json_decref(j);
+        j = NULL;
+    }
+    return j;
 }

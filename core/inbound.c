@@ -81,7 +81,7 @@ static void on_ingested(void *arg, int ok, const char *id, int duplicate, const 
                     httpd_req_peer(req, peer, sizeof peer), source, id, duplicate);
     }
     if (duplicate) {
-        metrics_event_rejected(source, "duplicate");
+        metrics_event_duplicate(source); /* answered 200: not a rejection */
         httpd_reply_json(req, 200, "OK", NULL, json_pack("{sssb}", "id", id, "duplicate", 1));
     } else {
         metrics_event_received(source);
@@ -291,7 +291,7 @@ static int inbound_verify(struct inbound *ib, struct httpd_req *req,
                                   .key = key_lookup,
                                   .key_ctx = NULL};
     if (src->verify.kind == VERIFY_SHIPENGINE && !(vr->key_ctx = inbound_jwks(ib, src->jwks))) {
-        inbound_unavailable(req, "5", "signing keys unavailable", NULL, NULL);
+        inbound_unavailable(req, "5", "signing keys unavailable", src->name, "keys_unavailable");
         return 1;
     }
     rc = verify_check(&src->verify, src->secrets, src->nsecrets, vr, reason, sizeof reason);
@@ -337,6 +337,7 @@ static int inbound_nonce(struct inbound *ib, struct httpd_req *req, const struct
     if (verify_shiptify_token((const unsigned char *)body, len, nonce, nonce_len) < 0) {
         log_msg(LOG_WARN, "source %s: rejected request: %s", src->name, "token too long");
         httpd_reply_error(req, 401, "Unauthorized", NULL, "signature verification failed");
+        metrics_event_rejected(src->name, "signature");
         return 1;
     }
     /* Kept for twice the tolerance (a timestamp may be that far either side
@@ -348,11 +349,13 @@ static int inbound_nonce(struct inbound *ib, struct httpd_req *req, const struct
         log_msg(LOG_WARN, "source %s: rejected request: %s", src->name,
                 "token replayed with a different body");
         httpd_reply_error(req, 401, "Unauthorized", NULL, "signature verification failed");
+        metrics_event_rejected(src->name, "replay");
         return 1;
     }
     if (rc < 0) {
         log_msg(LOG_ERROR, "source %s: storing the token failed: %s", src->name, serr);
-        inbound_unavailable(req, "5", "store unavailable, retry later", NULL, NULL);
+        inbound_unavailable(req, "5", "store unavailable, retry later", src->name,
+                            "store_unavailable");
         return 1;
     }
     return 0;
@@ -389,7 +392,7 @@ static int inbound_backlog_full(struct inbound *ib, struct httpd_req *req,
         return 0;
     log_msg(LOG_WARN, "source %s: backlog of %lld deliveries reached max_backlog; answering 503",
             src->name, (long long)backlog);
-    inbound_unavailable(req, "30", "delivery backlog full, retry later", NULL, NULL);
+    inbound_unavailable(req, "30", "delivery backlog full, retry later", src->name, "backlog");
     return 1;
 }
 
@@ -464,9 +467,16 @@ static void on_inbound(struct httpd_req *req, void *arg) {
 /* The request log's line of every answer but an accepted event's 200
  * (on_ingested writes that one, with the event's ids). */
 static void inbound_reply_log(void *arg, const struct httpd_req *req, int code) {
+    struct inbound *ib = arg;
+    const struct config_source *src;
+    const char *path;
     char peer[80];
 
-    UNUSED(arg);
+    if (code == 413) { /* answered by the server before the handler saw it */
+        path = httpd_req_path(req);
+        src = path ? config_source_by_path(inbound_config(ib), path) : NULL;
+        metrics_event_rejected(src ? src->name : NULL, "too_large");
+    }
     if (code != 200 && log_threshold <= LOG_INFO)
         reqlog_line(LOG_INFO, "inbound", httpd_req_method_name(req), httpd_req_path(req), code,
                     httpd_req_peer(req, peer, sizeof peer), NULL, NULL, 0);

@@ -28,6 +28,7 @@ struct metrics_family {
 enum {
     F_RECEIVED,
     F_REJECTED,
+    F_DUPLICATES,
     F_DELIVERIES,
     F_RETRIES,
     F_ATTEMPTS,
@@ -43,8 +44,11 @@ static struct metrics_family metrics_fam[F_COUNT_] = {
     [F_RECEIVED] = {"waybill_events_received_total", "Events accepted and stored, by source.",
                     M_COUNTER, NULL, NULL},
     [F_REJECTED] = {"waybill_events_rejected_total",
-                    "Inbound requests not stored as new events, by source and reason.", M_COUNTER,
+                    "Inbound requests answered with an error, by source and reason.", M_COUNTER,
                     NULL, NULL},
+    [F_DUPLICATES] = {"waybill_events_duplicate_total",
+                      "Inbound requests answered 200 as a duplicate of a stored event, by source.",
+                      M_COUNTER, NULL, NULL},
     [F_DELIVERIES] =
         {"waybill_deliveries_total",
          "Deliveries that reached a final outcome, by endpoint, event type and outcome.", M_COUNTER,
@@ -136,6 +140,12 @@ static void metrics_observe(struct metrics_series *s, int64_t ms) {
 
 void metrics_event_received(const char *source) {
     struct metrics_series *s = metrics_get(F_RECEIVED, "source", source, NULL, NULL);
+    if (s)
+        s->value++;
+}
+
+void metrics_event_duplicate(const char *source) {
+    struct metrics_series *s = metrics_get(F_DUPLICATES, "source", source, NULL, NULL);
     if (s)
         s->value++;
 }

@@ -13,9 +13,13 @@
 /* An inbound request stored as a new event from source. */
 void metrics_event_received(const char *source);
 
-/* An inbound request answered with an error, or a duplicate (reason
- * "duplicate"); source is NULL when no source matched. */
+/* An inbound request answered with an error (413 "too_large", a Shiptify
+ * "replay", "signature", ...); source is NULL when no source matched. */
 void metrics_event_rejected(const char *source, const char *reason);
+
+/* An inbound request answered 200 as a duplicate of a stored event: not a
+ * rejection, not a new event. */
+void metrics_event_duplicate(const char *source);
 
 /* One delivery attempt to endpoint (of an event of type; may be NULL)
  * stored with the delivery's new status ("delivered", "failed", "pending" =

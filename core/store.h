@@ -475,6 +475,11 @@ int store_sub_put(struct store *s, const struct store_sub *sub, char *err, size_
  * group. Returns 1 done, 0 unknown id, -1 error. */
 int store_sub_change(struct store *s, const char *id, const char *url, char *err, size_t errlen);
 
+/* Sets subscription id's signing secret (a rotation) in the open group.
+ * Returns 1 done, 0 unknown id, -1 error. */
+int store_sub_set_secret(struct store *s, const char *id, const char *secret, char *err,
+                         size_t errlen);
+
 /* Calls fn for every stored subscription, oldest first (sub borrowed for
  * the call). Returns 0 or -1. */
 int store_subs_load(struct store *s, void (*fn)(void *arg, const struct store_sub *sub), void *arg,

@@ -50,6 +50,7 @@ const struct store_stmt_def store_admin_stmts[] = {
     {ST_SUB_INSERT, "INSERT INTO subscriptions(id, event, pattern, url, secret, created_at)"
                     " VALUES (?1, ?2, ?3, ?4, ?5, ?6)"},
     {ST_SUB_SET_URL, "UPDATE subscriptions SET url = ?2 WHERE id = ?1"},
+    {ST_SUB_SET_SECRET, "UPDATE subscriptions SET secret = ?2 WHERE id = ?1"},
     {ST_SUB_DELETE, "DELETE FROM subscriptions WHERE id = ?1"},
     {ST_SUB_LOAD, "SELECT id, event, pattern, url, secret, created_at"
                   " FROM subscriptions ORDER BY seq"},
@@ -482,13 +483,16 @@ done:
     return ret;
 }
 
-int store_sub_change(struct store *s, const char *id, const char *url, char *err, size_t errlen) {
-    sqlite3_stmt *st = store_stmt(s, url ? ST_SUB_SET_URL : ST_SUB_DELETE);
+/* Runs st (id ?1, value ?2 unless NULL) in the open group: 1 one row
+ * changed, 0 none, -1 error. */
+static int sub_update(struct store *s, sqlite3_stmt *st, const char *id, const char *value,
+                      char *err, size_t errlen) {
     int ret = -1;
 
     if (store_group_begin(s, err, errlen) < 0)
         return -1;
-    if (bind_text(st, 1, id) || (url && bind_text(st, 2, url)) || sqlite3_step(st) != SQLITE_DONE) {
+    if (bind_text(st, 1, id) || (value && bind_text(st, 2, value)) ||
+        sqlite3_step(st) != SQLITE_DONE) {
         store_group_fail(s, "subscription change", err, errlen);
         goto done;
     }
@@ -496,6 +500,15 @@ int store_sub_change(struct store *s, const char *id, const char *url, char *err
 done:
     stmt_done(st);
     return ret;
+}
+
+int store_sub_change(struct store *s, const char *id, const char *url, char *err, size_t errlen) {
+    return sub_update(s, store_stmt(s, url ? ST_SUB_SET_URL : ST_SUB_DELETE), id, url, err, errlen);
+}
+
+int store_sub_set_secret(struct store *s, const char *id, const char *secret, char *err,
+                         size_t errlen) {
+    return sub_update(s, store_stmt(s, ST_SUB_SET_SECRET), id, secret, err, errlen);
 }
 
 int store_subs_load(struct store *s, void (*fn)(void *arg, const struct store_sub *sub), void *arg,

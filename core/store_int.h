@@ -141,6 +141,7 @@ enum store_stmt {
     ST_DETAIL_ATTEMPTS,
     ST_SUB_INSERT,
     ST_SUB_SET_URL,
+    ST_SUB_SET_SECRET,
     ST_SUB_DELETE,
     ST_SUB_LOAD,
     ST_COUNT_

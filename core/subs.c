@@ -41,6 +41,7 @@ int subs_pattern(const char *event, char *out, size_t outlen, char *err, size_t 
         {"carrier_connected", "carrier.connected"},
         {"sales_orders_imported", "order.imported"},
         {"order_source_refresh_complete", "store.refreshed"},
+        {"report_complete", "report.completed"},
     };
     size_t len = event ? strlen(event) : 0;
 
@@ -63,7 +64,7 @@ bad:
     snprintf(err, errlen,
              "event must be a waybill type or glob (e.g. \"tracking.*\") or a ShipEngine event "
              "(track, batch, rate, carrier_connected, sales_orders_imported, "
-             "order_source_refresh_complete)");
+             "order_source_refresh_complete, report_complete)");
     return -1;
 }
 
@@ -155,6 +156,27 @@ int subs_set_url(struct subs *subs, const char *id, const char *url) {
     }
     free(e->url);
     e->url = e->ep.url = u;
+    subs_changed(subs);
+    return 0;
+}
+
+int subs_set_secret(struct subs *subs, const char *id, const char *secret) {
+    struct subs_entry *e = (struct subs_entry *)subs_find(subs, id);
+    char *sec = util_strdup(secret);
+    size_t keylen = 0;
+    unsigned char *key = secret ? verify_whsec_decode(secret, &keylen) : NULL;
+
+    if (!e || !sec || !key) {
+        free(sec);
+        free(key);
+        return -1;
+    }
+    /* the old key goes at once: no delivery is signed with it from here on */
+    free(e->secret);
+    e->secret = sec;
+    free(e->ep.secrets[0].key);
+    e->ep.secrets[0].key = key;
+    e->ep.secrets[0].len = keylen;
     subs_changed(subs);
     return 0;
 }

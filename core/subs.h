@@ -1,11 +1,13 @@
 /* subs.h -- subscriptions made through the admin API in ShipEngine's shape
  * (POST /v1/environment/webhooks {url, event}), kept in the store and
  * mirrored here for the loop. Each one is an endpoint named by its id
- * ("sub_..."): signed `standard` with its own whsec_ secret, retried with the
- * default preset. Whoever owns the config (the app) merges them into its
- * endpoint table (subs_config_list, config_set_subscriptions) when told of
- * a change, so rules reach them with subscribers(type) and send(), and
- * delivery resolves the name.
+ * ("se-...", ShipEngine's id shape; a store from before keeps its "sub_..."
+ * ids): signed `standard` with its own whsec_ secret (rotated through
+ * /api/subscriptions/{id}/rotate), retried with the default preset.
+ * Whoever owns the config (the app) merges them into its endpoint table
+ * (subs_config_list, config_set_subscriptions) when told of a change, so
+ * rules reach them with subscribers(type) and send(), and delivery resolves
+ * the name.
  * Invariant: the mirror holds only what the store committed.
  * SPDX-License-Identifier: MIT */
 #ifndef CORE_SUBS_H
@@ -45,8 +47,8 @@ int subs_config_list(const struct subs *subs, struct config_subscription **out, 
  * stands for (track -> tracking.*, batch -> batch.completed, rate ->
  * rate.updated, carrier_connected -> carrier.connected,
  * sales_orders_imported -> order.imported, order_source_refresh_complete
- * -> store.refreshed). Returns 0, or -1 with a reason in err when event is
- * neither. */
+ * -> store.refreshed, report_complete -> report.completed). Returns 0, or -1 with a reason in err
+ * when event is neither. */
 int subs_pattern(const char *event, char *out, size_t outlen, char *err, size_t errlen);
 
 /* Lookups; NULL when absent. Borrowed until the entry is removed. */
@@ -56,6 +58,7 @@ const struct subs_entry *subs_find_pattern(const struct subs *subs, const char *
 /* Mirror a committed change. Return 0, or -1 when out of memory. */
 int subs_add(struct subs *subs, const struct store_sub *sub);
 int subs_set_url(struct subs *subs, const char *id, const char *url);
+int subs_set_secret(struct subs *subs, const char *id, const char *secret);
 void subs_remove(struct subs *subs, const char *id);
 
 /* The entries, oldest first: entry i of subs_count(); borrowed until the

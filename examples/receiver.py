@@ -12,8 +12,8 @@ webhook-signature) is checked with its endpoint's whsec_ secret: /webhooks/erp
 with ERP_SECRET, /webhooks/crm with CRM_SECRET, ... (default: the values of
 examples/waybill.lua), a subscription's with the secret `subscribe` kept.
 A subscription's verification POST (X-Waybill-Event-Type:
-webhook.verification) is answered 200: its secret is new, it comes with the
-answer. One line is printed per request:
+webhook.verification) is answered 200: its secret is new, read after the
+answer from GET /api/subscriptions/{id}. One line is printed per request:
 
     verified /webhooks/erp type=shipment.delivered delivery=dlv_... attempt=1
 
@@ -100,13 +100,18 @@ def subscribe(event, name="subscriber"):
     url = "http://127.0.0.1:%d/webhooks/%s" % (port, name)
     admin = os.environ.get("WAYBILL_ADMIN_URL", "http://127.0.0.1:8081")
     token = os.environ.get("WAYBILL_ADMIN_TOKEN", "dev-admin-token")
+    auth = {"Authorization": "Bearer " + token}
     req = urllib.request.Request(admin + "/v1/environment/webhooks", method="POST",
                                  data=json.dumps({"url": url, "event": event}).encode(),
-                                 headers={"Authorization": "Bearer " + token,
-                                          "Content-Type": "application/json"})
+                                 headers=dict(auth, **{"Content-Type": "application/json"}))
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             answer = json.loads(r.read())
+        # ShipEngine's answer has no secret: waybill's own route has it
+        req = urllib.request.Request(admin + "/api/subscriptions/" + answer["webhook_id"],
+                                     headers=auth)
+        with urllib.request.urlopen(req, timeout=30) as r:
+            answer["secret"] = json.loads(r.read())["secret"]
     except urllib.error.HTTPError as e:
         print("subscribe: HTTP %d: %s" % (e.code, e.read().decode(errors="replace")))
         return 1

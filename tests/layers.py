@@ -17,7 +17,7 @@ below it, never one above:
 1. commands and the app: main (commands) -> app (owns every module)
 2. edges: http (listeners, TLS, replies), httpd (the webhook listener's
    HTTP/1.1 server, + httpd_req), inbound, admin (+ admin_render,
-   admin_openapi, admin_stream, admin_web), cli (+ cli_stream), ruletest,
+   admin_openapi, admin_stream, admin_web, admin_shipengine, admin_subs), cli (+ cli_stream), ruletest,
    reqlog
 3. pipeline: ingest, carrier, route, batch, deliver (+ deliver_sched), health,
    housekeep, stream (the live feed)
@@ -38,7 +38,7 @@ CORE = os.path.join(ROOT, "core")
 LAYERS = [
     ("commands and the app", ["main", "app"]),
     ("edges", ["http", "httpd", "httpd_req", "inbound", "admin", "admin_render", "admin_openapi",
-               "admin_stream", "admin_web", "cli", "cli_stream", "ruletest", "reqlog"]),
+               "admin_stream", "admin_web", "admin_shipengine", "admin_subs", "cli", "cli_stream", "ruletest", "reqlog"]),
     ("pipeline", ["ingest", "carrier", "route", "batch", "deliver", "deliver_sched", "health",
                   "housekeep", "stream"]),
     ("engines", ["rules", "rules_api", "rules_adapt", "rules_route", "rules_key", "store", "store_*", "httpc",

@@ -553,19 +553,21 @@ function viewSubs(app) {
     el('form', { class: 'filters', onsubmit: async (e) => {
       e.preventDefault();
       const r = await api('POST', '/v1/environment/webhooks', { event: event.value.trim(), url: url.value.trim() });
+      /* ShipEngine's answer has no secret: waybill's own route reads it */
+      const s = r.ok ? await api('GET', '/api/subscriptions/' + encodeURIComponent(r.data.webhook_id)) : null;
       msg.className = r.ok ? 'ok' : 'error';
-      msg.textContent = r.ok ? 'Created ' + r.data.webhook_id + '; the verification POST was answered 200. Secret (shown once): ' + r.data.secret
-        : 'Not created: ' + errorText(r);
+      msg.textContent = r.ok ? 'Created ' + r.data.webhook_id + '; the verification POST was answered 200. Secret: ' +
+        (s.ok ? s.data.secret : 'not read (' + errorText(s) + ')') : 'Not created: ' + errorText(r);
       tick();
     } }, field('Event', event), field('URL', url),
-    el('datalist', { id: 'sub-types' }, ['track', 'batch', 'rate', 'carrier_connected', 'order_source_refresh',
+    el('datalist', { id: 'sub-types' }, ['track', 'batch', 'rate', 'carrier_connected', 'order_source_refresh_complete',
       'report_complete', 'sales_orders_imported'].map((t) => el('option', { value: t }))),
     el('button', { type: 'submit', id: 'sub-create' }, 'Create')), msg, list);
   return async (mine) => {
-    const r = await api('GET', '/v1/environment/webhooks');
+    const r = await api('GET', '/api/subscriptions?limit=500');
     if (mine !== seq) return;
     update(list, rows(r), (data) => table(['Webhook', 'Event', 'URL', 'Created', ''],
-      data.map((s) => el('tr', {}, el('td', {}, el('code', {}, s.webhook_id)), el('td', {}, s.event),
+      data.map((s) => ({ ...s, webhook_id: s.id })).map((s) => el('tr', {}, el('td', {}, el('code', {}, s.webhook_id)), el('td', {}, s.event),
         el('td', {}, s.url), el('td', {}, when(s.created_at)),
         el('td', {}, el('button', { type: 'button', class: 'danger', onclick: async () => {
           const d = await api('DELETE', '/v1/environment/webhooks/' + encodeURIComponent(s.webhook_id));

@@ -77,6 +77,22 @@ def closed_port_url():
     return "http://127.0.0.1:%d/hook" % port
 
 
+def error_text(path, body):
+    """An error answer's message: ShipEngine's shape on its routes, else {"error"}."""
+    if path.startswith("/v1/environment/webhooks"):
+        assert set(body) == {"request_id", "errors"} and len(body["errors"]) == 1, body
+        return body["errors"][0]["message"]
+    assert set(body) == {"error"}, body
+    return body["error"]
+
+
+def sub_secret(g, webhook_id):
+    """A subscription's signing secret (GET /api/subscriptions/{id})."""
+    st, sub = g.admin("GET", "/api/subscriptions/" + webhook_id)
+    assert st == 200, sub
+    return sub["secret"]
+
+
 # ---- auth, errors ----
 
 def test_every_route_needs_the_token():
@@ -86,8 +102,10 @@ def test_every_route_needs_the_token():
               ("POST", "/api/events/evt_x/replay"), ("GET", "/api/deliveries"),
               ("POST", "/api/deliveries/dlv_x/retry"), ("POST", "/api/endpoints/erp/test"),
               ("GET", "/v1/environment/webhooks"), ("POST", "/v1/environment/webhooks"),
-              ("GET", "/v1/environment/webhooks/sub_x"), ("PUT", "/v1/environment/webhooks/sub_x"),
-              ("DELETE", "/v1/environment/webhooks/sub_x"), ("GET", "/metrics")]
+              ("GET", "/v1/environment/webhooks/se-x"), ("PUT", "/v1/environment/webhooks/se-x"),
+              ("DELETE", "/v1/environment/webhooks/se-x"), ("GET", "/api/subscriptions"),
+              ("GET", "/api/subscriptions/se-x"), ("POST", "/api/subscriptions/se-x/rotate"),
+              ("GET", "/metrics")]
     for method, path in routes:
         for token in (None, "wrong-token", wb.ADMIN_TOKEN + "x"):
             st, body = g.admin(method, path, {"type": "tracking.delivered"}, token=token)
@@ -102,13 +120,15 @@ def test_unknown_ids_are_404_and_bad_input_400():
     g = gateway(sink.url)
     for method, path in [("GET", "/api/events/evt_nope"), ("POST", "/api/events/evt_nope/replay"),
                          ("POST", "/api/deliveries/dlv_nope/retry"),
-                         ("GET", "/v1/environment/webhooks/sub_nope"),
-                         ("DELETE", "/v1/environment/webhooks/sub_nope"),
+                         ("GET", "/v1/environment/webhooks/se-nope"),
+                         ("DELETE", "/v1/environment/webhooks/se-nope"),
+                         ("GET", "/api/subscriptions/se-nope"),
+                         ("POST", "/api/subscriptions/se-nope/rotate"),
                          ("GET", "/api/nothing")]:
         st, body = g.admin(method, path)
         assert st == 404, (method, path, st, body)
-        assert body["error"], body
-    st, body = g.admin("PUT", "/v1/environment/webhooks/sub_nope", {"url": sink.url})
+        assert error_text(path, body), body
+    st, body = g.admin("PUT", "/v1/environment/webhooks/se-nope", {"url": sink.url})
     assert st == 404, body
     st, body = g.admin("POST", "/api/endpoints/nope/test", {"type": "tracking.delivered"})
     assert st == 404, body
@@ -117,6 +137,8 @@ def test_unknown_ids_are_404_and_bad_input_400():
            ("POST", "/v1/environment/webhooks", {"url": "ftp://x/", "event": "track"}),
            ("POST", "/v1/environment/webhooks", {"url": sink.url}),
            ("POST", "/v1/environment/webhooks", {"url": sink.url, "event": "Not An Event"}),
+           ("POST", "/v1/environment/webhooks", {"url": sink.url, "event": "track", "secret": "x"}),
+           ("GET", "/api/subscriptions?limit=0", None), ("GET", "/api/subscriptions?after=x", None),
            ("POST", "/api/endpoints/erp/test", "{oops"),
            ("POST", "/api/endpoints/erp/test", {"type": "no.such_type"}),
            ("POST", "/api/endpoints/erp/test", {}),
@@ -126,7 +148,8 @@ def test_unknown_ids_are_404_and_bad_input_400():
     for method, path, body in bad:
         st, resp = g.admin(method, path, body)
         assert st == 400, (method, path, body, st, resp)
-        assert isinstance(resp["error"], str) and resp["error"] and "\n" not in resp["error"]
+        msg = error_text(path, resp)
+        assert isinstance(msg, str) and msg and "\n" not in msg
     assert sink.count == 0
 
 
@@ -261,9 +284,10 @@ def test_subscription_receives_next_matching_event():
     verifier = wb.Sink()
     g = gateway(verifier.url, rules=DEFAULT_RULES)
     st, sub = g.admin("POST", "/v1/environment/webhooks", {"url": verifier.url, "event": "track"})
-    assert st == 201, sub
-    assert set(sub) >= {"webhook_id", "url", "event", "secret"}
+    assert st == 200, sub
+    assert set(sub) == {"webhook_id", "url", "event"}
     assert sub["event"] == "track" and sub["url"] == verifier.url
+    sub["secret"] = sub_secret(g, sub["webhook_id"])
     assert sub["secret"].startswith("whsec_")
     # the verification POST came first, signed with the new secret
     probe = verifier.wait_for_count(1)[0]
@@ -273,7 +297,8 @@ def test_subscription_receives_next_matching_event():
     # move it to a receiver that verifies with standardwebhooks (PUT re-verifies)
     receiver = wb.NodeSink("standard", sub["secret"])
     st, body = g.admin("PUT", "/v1/environment/webhooks/" + sub["webhook_id"], {"url": receiver.url})
-    assert st == 200 and body["url"] == receiver.url, body
+    assert st == 204 and body is None, body
+    assert g.admin("GET", "/v1/environment/webhooks/" + sub["webhook_id"])[1]["url"] == receiver.url
     assert receiver.wait_for_count(1)[0].valid
 
     ingest(g, "shipment.delivered")  # not a tracking event: not sent to it
@@ -289,7 +314,8 @@ def test_subscription_crud_409_422_and_durability():
     failing = wb.Sink(default=500)
     g = gateway(ok.url, rules=DEFAULT_RULES)
     st, a = g.admin("POST", "/v1/environment/webhooks", {"url": ok.url, "event": "tracking.*"})
-    assert st == 201, a
+    assert st == 200, a
+    a["secret"] = sub_secret(g, a["webhook_id"])
     # the alias stands for the same pattern: 409
     st, body = g.admin("POST", "/v1/environment/webhooks", {"url": ok.url, "event": "track"})
     assert st == 409, body
@@ -297,17 +323,17 @@ def test_subscription_crud_409_422_and_durability():
     assert st == 409, body
     # a URL that does not answer 200, or does not answer at all: 422, nothing stored
     st, body = g.admin("POST", "/v1/environment/webhooks", {"url": failing.url, "event": "batch"})
-    assert st == 422 and "500" in body["error"], body
+    assert st == 422 and "500" in error_text("/v1/environment/webhooks", body), body
     st, body = g.admin("POST", "/v1/environment/webhooks",
                        {"url": closed_port_url(), "event": "batch"})
     assert st == 422, body
     st, b = g.admin("POST", "/v1/environment/webhooks", {"url": ok.url, "event": "rate"})
-    assert st == 201, b
+    assert st == 200, b
     st, lst = g.admin("GET", "/v1/environment/webhooks")
-    assert st == 200 and lst["next"] is None
-    assert [(w["webhook_id"], w["event"]) for w in lst["data"]] == \
+    assert st == 200 and isinstance(lst, list)
+    assert [(w["webhook_id"], w["event"]) for w in lst] == \
         [(a["webhook_id"], "tracking.*"), (b["webhook_id"], "rate")]
-    assert all("secret" not in w for w in lst["data"])
+    assert all(set(w) == {"webhook_id", "url", "event"} for w in lst)
     # PUT to a URL that fails verification keeps the old one
     st, body = g.admin("PUT", "/v1/environment/webhooks/" + a["webhook_id"], {"url": failing.url})
     assert st == 422, body
@@ -319,14 +345,14 @@ def test_subscription_crud_409_422_and_durability():
     g.kill9()
     g.restart()
     st, lst = g.admin("GET", "/v1/environment/webhooks")
-    assert len(lst["data"]) == 2
+    assert len(lst) == 2
     st, _ = g.admin("DELETE", "/v1/environment/webhooks/" + b["webhook_id"])
     assert st == 204
     st, _ = g.admin("GET", "/v1/environment/webhooks/" + b["webhook_id"])
     assert st == 404
     g.restart()
     st, lst = g.admin("GET", "/v1/environment/webhooks")
-    assert [w["webhook_id"] for w in lst["data"]] == [a["webhook_id"]]
+    assert [w["webhook_id"] for w in lst] == [a["webhook_id"]]
     # after the restart it still routes
     n = ok.count
     eid = ingest(g, "tracking.in_transit")
@@ -355,7 +381,9 @@ def test_metrics_count_exactly_n_ingests_and_m_deliveries():
     assert metric_sum(samples, "waybill_events_received_total") == 8
     assert metric_sum(samples, "waybill_events_received_total", source="atoship") == 8
     assert metric_sum(samples, "waybill_events_rejected_total", reason="signature") == 1
-    assert metric_sum(samples, "waybill_events_rejected_total", reason="duplicate") == 1
+    # the duplicate was answered 200: counted as one, not as a rejection
+    assert metric_sum(samples, "waybill_events_rejected_total") == 1
+    assert metric_sum(samples, "waybill_events_duplicate_total", source="atoship") == 1
     assert metric_sum(samples, "waybill_deliveries_total", outcome="delivered") == 4
     assert metric_sum(samples, "waybill_deliveries_total", endpoint="erp", outcome="delivered") == 4
     assert metric_sum(samples, "waybill_deliveries_total", type="tracking.delivered") == 1
@@ -370,6 +398,40 @@ def test_metrics_count_exactly_n_ingests_and_m_deliveries():
     assert samples[("waybill_store_commit_duration_seconds_count", frozenset())] >= 1
     # the commits wrote pages to the write-ahead log (issue 16: WAL bytes per event)
     assert samples[("waybill_store_wal_frames_total", frozenset())] >= 1
+
+
+def test_metrics_count_413s_and_shiptify_replays_as_rejections_not_duplicates():
+    import time
+    sink = wb.Sink()
+    cfg = wb.config(f'''
+        source "atoship" {{ verify = "atoship", secret = {wb.lua(ATOSHIP_SECRET)} }}
+        source "shiptify" {{ verify = "shiptify", secret = "sy-new", tolerance = "10m" }}
+        endpoint "erp" {{ url = {wb.lua(sink.url)}, secret = {wb.lua(ERP_SECRET)} }}
+        rules "rules/"
+    ''', max_body="2KiB")
+    g = wb.Gateway(cfg, files={"rules/10.lua": 'on("*", {"erp"})'})
+    big = b'{"pad":"' + b"x" * 4096 + b'"}'
+    assert g.post("/hooks/atoship", big, wb.atoship_headers(ATOSHIP_SECRET, big)).status == 413
+    # announced too large (headers only), and too large on an unknown path
+    r = wb.http_request(g.port, "POST", "/hooks/atoship", b"", wb.atoship_headers(ATOSHIP_SECRET, b""),
+                        content_length=10 << 20)
+    assert r.status == 413, r
+    assert g.post("/hooks/nope", big, {}).status == 413
+    body = wb.shiptify_body("sy-new", {"event_type": "create_shipment", "shipment": {"id": 1}},
+                            timestamp=str(int(time.time())))
+    assert g.post("/hooks/shiptify", body, {}).status == 200
+    again = g.post("/hooks/shiptify", body, {})               # same token, same body: a duplicate
+    assert again.status == 200 and again.json()["duplicate"] is True, again
+    replay = wb.compact(dict(json.loads(body), event_type="delivery_notification"))
+    for _ in range(2):                                          # same token, other body: a replay
+        r = g.post("/hooks/shiptify", replay, {})
+        assert r.status == 401, r
+    samples = parse_prometheus(g.metrics())
+    rejected = {dict(labels).get("source", "") + "/" + dict(labels)["reason"]: v
+                for (n, labels), v in samples.items() if n == "waybill_events_rejected_total"}
+    assert rejected == {"atoship/too_large": 2, "/too_large": 1, "shiptify/replay": 2}, rejected
+    assert metric_sum(samples, "waybill_events_duplicate_total", source="shiptify") == 1
+    assert metric_sum(samples, "waybill_events_received_total") == 1
 
 
 def test_metrics_count_retries_failures_reloads():
@@ -462,7 +524,7 @@ def test_verification_post_does_not_block_the_loop_and_is_ssrf_guarded():
     st, _ = g.admin("GET", "/api/status")
     assert st == 200 and time.monotonic() - t0 < 1.0, "the loop waited for the verification"
     t.join()
-    assert result["r"][0] == 201, result
+    assert result["r"][0] == 200, result
 
     # without allow_private, a loopback subscription URL is refused after DNS
     cfg = wb.config(f'''
@@ -471,9 +533,9 @@ def test_verification_post_does_not_block_the_loop_and_is_ssrf_guarded():
     ''', allow_private=None)
     g2 = wb.Gateway(cfg, files={"rules/00.lua": DEFAULT_RULES})
     st, body = g2.admin("POST", "/v1/environment/webhooks", {"url": sink.url, "event": "track"})
-    assert st == 422 and "private" in body["error"], body
+    assert st == 422 and "private" in error_text("/v1/environment/webhooks", body), body
     st, lst = g2.admin("GET", "/v1/environment/webhooks")
-    assert lst["data"] == []
+    assert lst == []
 
 
 def test_deliveries_page_with_a_cursor():
