@@ -6,7 +6,7 @@ PKGS    := libevent libevent_openssl libcurl openssl jansson lua5.4 sqlite3
 DEBS    := build-essential pkg-config libevent-dev libcurl4-openssl-dev libssl-dev \
            libjansson-dev liblua5.4-dev libsqlite3-dev libmimalloc-dev \
            libhttp-parser-dev
-TESTDEBS := curl python3 nodejs npm openssl chromium
+TESTDEBS := curl python3 nodejs npm openssl chromium faketime
 BENCHDEBS := wrk webhook
 
 WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
