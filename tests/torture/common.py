@@ -137,6 +137,25 @@ def stored_source_ids(g, db=None):
         shutil.rmtree(d, ignore_errors=True)
 
 
+def dead_letters(g, db=None):
+    """source_id of the events with a delivery in status failed (a dead
+    letter), read from a copy of the store."""
+    d = tempfile.mkdtemp(prefix="wb-torture-copy-")
+    try:
+        src = db or g.path("waybill.db")
+        for suffix in ("", "-wal"):
+            if os.path.exists(src + suffix):
+                shutil.copyfile(src + suffix, os.path.join(d, "c.db" + suffix))
+        conn = sqlite3.connect(os.path.join(d, "c.db"))
+        try:
+            return [r[0] for r in conn.execute("SELECT e.source_id FROM deliveries d JOIN events e"
+                                               " ON e.id = d.event_id WHERE d.status = 'failed'")]
+        finally:
+            conn.close()
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def proc_stats(pid):
     """(VmRSS KiB, VmHWM KiB, open fds, threads) of a process."""
     rss = hwm = thr = 0

@@ -74,8 +74,12 @@ def run(short, row):
     row.check(cuts and max(cuts) <= DEADLINE + 3 and min(cuts) >= DEADLINE - 0.5,
               "slow connections cut between %.1f and %.1f s (deadline %g s)" % (
                   min(cuts or [0]), max(cuts or [0]), DEADLINE))
-    row.check(p99a is not None and p99b is not None and p99b <= 2 * p99a + 0.02,
-              "normal p99 went from %s to %s" % (common.ms(p99a), common.ms(p99b)))
+    # the full form judges the p99 (issue 18); the short form, a few hundred
+    # requests a phase inside make test on a shared machine, the p90
+    q = 90 if short else 99
+    qa, qb = common.pct(before, q), common.pct(during, q)
+    row.check(qa is not None and qb is not None and qb <= 2 * qa + 0.02,
+              "normal p%d went from %s to %s" % (q, common.ms(qa), common.ms(qb)))
     failed = {s: n for s, n in load.statuses.items() if s != 200}
     row.check(not failed, "normal requests not answered 200: %s" % failed)
     row.sent = len(load.sent_ids)
@@ -84,6 +88,8 @@ def run(short, row):
     row.dup = sink.duplicates()
     row.recovery = max(cuts) if cuts else None
     row.note("%d slow connections opened in %.1f s, cut after %.1f-%.1f s (%d answered 408); normal ingest "
-             "p99 %s without them, %s beside them; recovery = latest cut" % (
-                 nslow, opened, min(cuts or [0]), max(cuts or [0]), got408, common.ms(p99a), common.ms(p99b)))
+             "p90 %s without them, %s beside them; p99 %s, %s; recovery = latest cut" % (
+                 nslow, opened, min(cuts or [0]), max(cuts or [0]), got408,
+                 common.ms(common.pct(before, 90)), common.ms(common.pct(during, 90)),
+                 common.ms(p99a), common.ms(p99b)))
     return row
