@@ -62,7 +62,6 @@ def _run(short, row, mnt):
     finally:
         load.stop()
     row.check(st == 503 and "cannot write" in str(health), "/healthz while full: %s %s" % (st, health))
-    retry_after = [b for s, b in load.other if s == 503]
     wrong = {s: n for s, n in load.statuses.items() if s not in (200, 503)}
     row.check(not wrong, "answers other than 200/503: %s (%s)" % (wrong, load.other[:3]))
     ra = wb.http_request(g.port, "POST", "/hooks/atoship", *common.event()[1:])
@@ -96,5 +95,4 @@ def _run(short, row, mnt):
     row.note("%d answered 503 (Retry-After %s) over %.0f s full; integrity %s; %d stored" % (
         load.statuses.get(503, 0), ra.headers.get("retry-after"), time.monotonic() - full_at, integrity,
         len(stored)))
-    del retry_after
     return row

@@ -26,8 +26,7 @@ def _req(body, sig, head=b"", cl=True, line=None):
 def corpus():
     """(name, bytes to send, bytes of body to stream after them or 0); each
     case with an event of its own, so that whatever is stored says which."""
-    n = len(_cases())
-    return [_cases()[i] for i in range(n)]  # a new event for each
+    return [_cases()[i] for i in range(len(_cases()))]  # _cases() signs a new event each call
 
 
 def _cases():
