@@ -80,7 +80,7 @@ def run(short, row):
         row.check(code != 0, "%s: exit code %s" % (how, code))
         row.check(clear, "%s: no clear error naming the file: %r" % (how, last[0][:200]))
         row.check(before == after and not os.path.exists(db + "-wal"), "%s: the file changed" % how)
-        outcomes.append("%s: exit %s in %.2f s, %r" % (how, code, secs, last[0][-60:]))
+        outcomes.append("%s: exit %s in %.2f s, \"%s\"" % (how, code, secs, last[0].split("waybill.db: ", 1)[-1][:80]))
     row.sent = len(CASES)
     row.recovery = worst
     row.note("; ".join(outcomes))
