@@ -37,6 +37,8 @@ def run(short, row):
         f.write("+0\n")
     env = {"LD_PRELOAD": lib, "FAKETIME_TIMESTAMP_FILE": rc, "FAKETIME_NO_CACHE": "1",
            "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+    if common.wb.ASAN:  # libfaketime preloaded before the sanitizer's runtime
+        env["ASAN_OPTIONS"] = os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"
     g = common.gateway({"wh": (sink.url, 'sign = "none", window = "2s"')},
                        'on("*", function(ev) batch("wh", { id = ev.source_id }) end)', env=env)
     load = common.Load(g.port, threads=2, rate=20)
