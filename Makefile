@@ -2,11 +2,11 @@
 # on a fresh Debian 12 machine: missing packages are installed first.
 
 CC      ?= cc
-PKGS    := libevent libevent_openssl libcurl openssl jansson lua5.4 sqlite3
+PKGS    := libevent libevent_openssl libcurl openssl jansson lua5.4 sqlite3 libpq
 DEBS    := build-essential pkg-config libevent-dev libcurl4-openssl-dev libssl-dev \
            libjansson-dev liblua5.4-dev libsqlite3-dev libmimalloc-dev \
-           libhttp-parser-dev
-TESTDEBS := curl python3 nodejs npm openssl chromium faketime
+           libhttp-parser-dev libpq-dev
+TESTDEBS := curl python3 nodejs npm openssl chromium postgresql faketime
 BENCHDEBS := wrk webhook
 
 WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
@@ -109,7 +109,7 @@ $(BUILD)/admin_openapi.o: CFLAGS += -DWAYBILL_OPENAPI_FILE='"$(CURDIR)/core/web/
 # Packages and npm modules the tests use (sinks verifying with the
 # standardwebhooks package, Express receivers as the seeds write them; the
 # carriers' own SDKs and OpenAPI document, whose value sets the adapters are
-# checked against).
+# checked against; PostgreSQL 15, which tests/integration/pg.py starts).
 test-deps: deps
 	@missing=""; for p in $(TESTDEBS); do command -v $$p >/dev/null 2>&1 || \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; done; \
@@ -127,7 +127,7 @@ run: all
 	exec ./$(BIN) serve -c examples/waybill.lua
 
 test-unit: all $(UNIT_BINS)
-	@python3 tests/run.py --bin ./$(BIN) --unit "$(UNIT_BINS)" -k __unit_only__
+	@python3 tests/run.py --bin ./$(BIN) --unit "$(UNIT_BINS)" --unit-only
 
 test-integration: test-deps all
 	@python3 tests/run.py --bin ./$(BIN) $(if $(K),-k $(K))

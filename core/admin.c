@@ -199,6 +199,10 @@ static void admin_events(struct admin *adm, struct evhttp_request *req) {
     page.type = evhttp_find_header(&q, "type");
     page.source = evhttp_find_header(&q, "source");
     page.status = evhttp_find_header(&q, "status");
+    if (admin_time_window(&q, &page, err, sizeof err) < 0) {
+        admin_bad(req, err);
+        goto done;
+    }
     if (page.status && strcmp(page.status, "received") != 0 && strcmp(page.status, "routed") != 0 &&
         strcmp(page.status, "unrouted") != 0 && strcmp(page.status, "partial") != 0 &&
         strcmp(page.status, "rule_error") != 0) {
@@ -815,11 +819,11 @@ static int admin_metrics_endpoints(struct admin *adm, struct util_buf *b) {
         v[i][0] = q.due;
         v[i][1] = st.in_memory;
         v[i][2] = st.in_flight;
-        v[i][3] = q.oldest_due == INT64_MAX ? 0 : (now - q.oldest_due) / 1000;
+        v[i][3] = q.oldest_due == INT64_MAX ? 0 : now - q.oldest_due; /* ms */
         v[i][4] = st.stuck;
         v[i][5] = (int64_t)st.lost_wakeups;
         v[i][6] = q.blocked;
-        v[i][7] = q.oldest_blocked == INT64_MAX ? 0 : (now - q.oldest_blocked) / 1000;
+        v[i][7] = q.oldest_blocked == INT64_MAX ? 0 : now - q.oldest_blocked; /* ms */
     }
     for (k = 0; k < 8 && !bad; k++) {
         bad |= util_buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", help[k][0], help[k][2],
@@ -827,7 +831,11 @@ static int admin_metrics_endpoints(struct admin *adm, struct util_buf *b) {
         for (i = 0; i < cfg->nendpoints && !bad; i++)
             bad |= util_buf_printf(b, "%s{endpoint=\"", help[k][0]) < 0 ||
                    metrics_escape(b, cfg->endpoints[i].name) < 0 ||
-                   util_buf_printf(b, "\"} %lld\n", (long long)v[i][k]) < 0;
+                   /* ages are seconds to the millisecond, not truncated */
+                   ((k == 3 || k == 7)
+                        ? util_buf_printf(b, "\"} %lld.%03lld\n", (long long)(v[i][k] / 1000),
+                                          (long long)(v[i][k] % 1000))
+                        : util_buf_printf(b, "\"} %lld\n", (long long)v[i][k])) < 0;
     }
     free(v);
     return bad ? -1 : 0;

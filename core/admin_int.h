@@ -96,4 +96,10 @@ int admin_web_session(struct admin_web *w, struct evhttp_request *req);
  * Returns 1 when path was one of them (answered). */
 int admin_web_api(struct admin_web *w, struct evhttp_request *req, const char *path, int method);
 
+/* GET /api/events' time window: query q's since and until (RFC 3339 or
+ * Unix ms, util_time_parse) into page. Returns 0, or -1 with a one-line
+ * reason in why (for a 400). */
+struct evkeyvalq;
+int admin_time_window(struct evkeyvalq *q, struct store_page *page, char *why, size_t whylen);
+
 #endif

@@ -136,8 +136,33 @@ static json_t *admin_event_deliveries_json(const struct store_event_detail *d) {
     return arr;
 }
 
+/* The rule handlers that matched as stored (store.h, struct store_plan),
+ * each batch item's window_start as RFC 3339; null when not recorded. New,
+ * or NULL when out of memory. */
+static json_t *admin_matched_json(const char *text) {
+    json_t *m, *h, *sent, *one, *ws;
+    size_t i, j;
+
+    if (!text)
+        return json_null();
+    if (!(m = json_loads(text, 0, NULL)))
+        return admin_json_str(text);
+    json_array_foreach(m, i, h) {
+        sent = json_object_get(h, "sent");
+        json_array_foreach(sent, j, one) {
+            if (json_is_integer(ws = json_object_get(one, "window_start")) &&
+                json_object_set_new(one, "window_start", admin_json_time(json_integer_value(ws))) <
+                    0) {
+                json_decref(m);
+                return NULL;
+            }
+        }
+    }
+    return m;
+}
+
 /* The event as the admin API shows it (SPEC section 8): {id, source,
- * source_id, type, status, received_at, created_at, data, error,
+ * source_id, type, status, received_at, created_at, data, error, matched,
  * deliveries, raw, headers}. Returns a new json_t; NULL with err empty when
  * id is unknown, NULL with a reason on a store error or out of memory. */
 json_t *admin_event_json(struct store *s, const char *id, char *err, size_t errlen) {
@@ -164,6 +189,7 @@ json_t *admin_event_json(struct store *s, const char *id, char *err, size_t errl
         bad |= json_object_set_new(ev, "shipment", admin_json_data(e->shipment_json));
         bad |= json_object_set_new(ev, "data", admin_json_data(e->data_json));
         bad |= json_object_set_new(ev, "error", admin_json_str(e->error));
+        bad |= json_object_set_new(ev, "matched", admin_matched_json(e->matched_json));
         bad |= json_object_set_new(ev, "deliveries", admin_event_deliveries_json(d));
         bad |= json_object_set_new(ev, "raw", admin_json_text(e->raw, e->raw_len));
         bad |= json_object_set_new(ev, "headers", admin_json_data(e->headers_json));

@@ -629,3 +629,27 @@ void admin_web_free(struct admin_web *w) {
         event_free(w->tick);
     free(w);
 }
+
+int admin_time_window(struct evkeyvalq *q, struct store_page *page, char *why, size_t whylen) {
+    const char *names[2] = {"since", "until"};
+    int *has[2] = {&page->has_since, &page->has_until};
+    int64_t *at[2] = {&page->since, &page->until};
+
+    for (int i = 0; i < 2; i++) {
+        const char *v = evhttp_find_header(q, names[i]);
+        if (!v)
+            continue;
+        if (util_time_parse(v, at[i]) < 0) {
+            snprintf(why, whylen,
+                     "%s must be an RFC 3339 time (2026-11-23T16:03:38Z) or Unix milliseconds",
+                     names[i]);
+            return -1;
+        }
+        *has[i] = 1;
+    }
+    if (page->has_since && page->has_until && page->until <= page->since) {
+        snprintf(why, whylen, "until must be later than since");
+        return -1;
+    }
+    return 0;
+}

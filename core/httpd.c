@@ -537,8 +537,9 @@ static void conn_update(struct httpd_conn *c) {
 
 /* ---- connections ---- */
 
-/* Serves fd (taken), over TLS when the server has a context. */
-static int conn_new(struct httpd *s, evutil_socket_t fd) {
+/* Serves fd (taken), over TLS when the server has a context; sa is its
+ * peer's address when known (NULL otherwise). */
+static int conn_new(struct httpd *s, evutil_socket_t fd, const struct sockaddr *sa, int salen) {
     struct httpd_conn *c = calloc(1, sizeof *c);
     int one = 1;
 
@@ -548,6 +549,10 @@ static int conn_new(struct httpd *s, evutil_socket_t fd) {
     }
     c->s = s;
     c->fd = fd;
+    if (sa && salen > 0 && (size_t)salen <= sizeof c->peer) {
+        memcpy(&c->peer, sa, (size_t)salen);
+        c->peerlen = (socklen_t)salen;
+    }
     c->counted = 1;
     s->nconns++;
     if ((c->next = s->conns))
@@ -588,9 +593,7 @@ fail:
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
                       void *arg) {
     UNUSED(l);
-    UNUSED(sa);
-    UNUSED(salen);
-    conn_new(arg, fd);
+    conn_new(arg, fd, sa, salen);
 }
 
 int httpd_adopt(struct httpd *s, evutil_socket_t fd) {
@@ -598,7 +601,7 @@ int httpd_adopt(struct httpd *s, evutil_socket_t fd) {
         evutil_closesocket(fd);
         return -1;
     }
-    return conn_new(s, fd);
+    return conn_new(s, fd, NULL, 0);
 }
 
 /* ---- the server ---- */

@@ -6,6 +6,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #include <http_parser.h>
 
@@ -63,6 +64,10 @@ struct httpd_conn {
     struct httpd *s;
     struct httpd_conn *prev, *next;
     evutil_socket_t fd;
+    /* The peer's address from accept, so a request's log line needs no
+     * getpeername(2); peerlen 0 (an adopted socket): asked when needed. */
+    struct sockaddr_storage peer;
+    socklen_t peerlen;
     struct bufferevent *bev; /* TLS only */
     struct event *rev, *wev, *timer;
     http_parser parser;

@@ -296,8 +296,12 @@ const char *httpd_req_peer(const struct httpd_req *r, char *out, size_t outlen) 
     unsigned port = 0;
 
     out[0] = '\0';
-    if (getpeername(r->c->fd, (struct sockaddr *)&ss, &len) < 0)
+    if (r->c->peerlen) {
+        memcpy(&ss, &r->c->peer, r->c->peerlen);
+        len = r->c->peerlen;
+    } else if (getpeername(r->c->fd, (struct sockaddr *)&ss, &len) < 0) {
         return NULL;
+    }
     if (ss.ss_family == AF_INET) {
         const struct sockaddr_in *a = (const struct sockaddr_in *)&ss;
         inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);

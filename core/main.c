@@ -25,6 +25,7 @@
 #include "log.h"
 #include "rules.h"
 #include "ruletest.h"
+#include "store_pg.h"
 #include "util.h"
 #include "verify.h"
 
@@ -41,6 +42,11 @@ static const struct {
     {"check", "usage: waybill check [-c waybill.lua]\n"
               "  Load the config and every rule; exit 0, or 1 with file:line: message.\n"
               "  Unset env() secrets get placeholders (said on stderr).\n"},
+    {"migrate", "usage: waybill migrate [-c waybill.lua] [--wait SECONDS]\n"
+                "  Create the PostgreSQL store's schema, or bring it up to this waybill's\n"
+                "  version, and say what was done (exit 0; 1 on any error). A SQLite store\n"
+                "  needs nothing: serve creates and upgrades it.\n"
+                "  --wait SECONDS     keep trying to connect that long (a database starting)\n"},
     {"sign", "usage: waybill sign --scheme S --secret K [--secret K2] [FILE]\n"
              "  Print the headers a sender of scheme S attaches to FILE's body (stdin if\n"
              "  absent or -). S: generic|hex, atoship, aftership, easypost,\n"
@@ -199,12 +205,47 @@ static int check(const char *config_path) {
     if (!r) {
         fprintf(stderr, "%s\n", err);
         rc = 1;
+    } else if (store_pg_is_url(rules_config(r)->store)) {
+        /* config and rules are fine, the store cannot serve yet: said, exit 1 */
+        char msg[1024];
+        (void)store_pg_schema(rules_config(r)->store, STORE_PG_CHECK, 10000, 0, msg, sizeof msg);
+        fprintf(stderr, "%s: config and rules ok; %s\n", config_path, msg);
+        rc = 1;
     } else {
         if (note[0])
             fprintf(stderr, "waybill check: %s (serve needs them set)\n", note);
         const struct config *cfg = rules_config(r);
         printf("%s: ok (%zu source%s, %zu endpoint%s)\n", config_path, cfg->nsources,
                cfg->nsources == 1 ? "" : "s", cfg->nendpoints, cfg->nendpoints == 1 ? "" : "s");
+    }
+    rules_free(r);
+    free(lua_dir);
+    return rc;
+}
+
+/* ---- migrate ---- */
+
+/* waybill migrate [-c FILE] [--wait SECONDS]: the PostgreSQL store's
+ * schema step. */
+static int migrate(const char *config_path, int wait_s) {
+    char *lua_dir = find_lua_dir();
+    char err[512], note[512], msg[1024];
+    struct rules *r =
+        rules_load_offline(config_path, lua_dir, 0, note, sizeof note, err, sizeof err);
+    int rc = 1;
+
+    if (!r) {
+        fprintf(stderr, "%s\n", err);
+    } else if (!store_pg_is_url(rules_config(r)->store)) {
+        printf("%s: a SQLite store: serve creates and upgrades its schema, nothing to do\n",
+               config_path);
+        rc = 0;
+    } else if (store_pg_schema(rules_config(r)->store, STORE_PG_MIGRATE, 10000, wait_s * 1000, msg,
+                               sizeof msg) < 0) {
+        fprintf(stderr, "waybill migrate: %s\n", msg);
+    } else {
+        printf("%s\n", msg);
+        rc = 0;
     }
     rules_free(r);
     free(lua_dir);
@@ -738,11 +779,13 @@ static int init_cmd(int argc, char **argv) {
     return 0;
 }
 
-/* Parses "-c FILE" / "--config FILE" for serve and check, and serve's
- * "--pidfile FILE" (into *pidfile when pidfile is not NULL). */
-static const char *config_arg(int argc, char **argv, const char **pidfile) {
+/* Parses "-c FILE" / "--config FILE" for serve, check and migrate, serve's
+ * "--pidfile FILE" (into *pidfile when pidfile is not NULL) and migrate's
+ * "--wait SECONDS" (into *wait_s when wait_s is not NULL). */
+static const char *config_arg(int argc, char **argv, const char **pidfile, int *wait_s) {
     static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
                                          {"pidfile", required_argument, NULL, 'p'},
+                                         {"wait", required_argument, NULL, 'w'},
                                          {NULL, 0, NULL, 0}};
     const char *path = "waybill.lua";
     int c;
@@ -753,7 +796,13 @@ static const char *config_arg(int argc, char **argv, const char **pidfile) {
             path = optarg;
         else if (c == 'p' && pidfile)
             *pidfile = optarg;
-        else
+        else if (c == 'w' && wait_s) {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            if (*optarg == '\0' || *end || v < 0 || v > 86400)
+                return NULL;
+            *wait_s = (int)v;
+        } else
             return NULL;
     }
     return optind == argc ? path : NULL;
@@ -785,14 +834,18 @@ int main(int argc, char **argv) {
         free(lua_dir);
         return rc;
     }
-    if (strcmp(cmd, "serve") == 0 || strcmp(cmd, "check") == 0) {
+    if (strcmp(cmd, "serve") == 0 || strcmp(cmd, "check") == 0 || strcmp(cmd, "migrate") == 0) {
         const char *pidfile = NULL;
-        int is_serve = strcmp(cmd, "serve") == 0;
-        config_path = config_arg(argc - 1, argv + 1, is_serve ? &pidfile : NULL);
+        int is_serve = strcmp(cmd, "serve") == 0, is_migrate = strcmp(cmd, "migrate") == 0;
+        int wait_s = 0;
+        config_path =
+            config_arg(argc - 1, argv + 1, is_serve ? &pidfile : NULL, is_migrate ? &wait_s : NULL);
         if (!config_path) {
             cmd_help(stderr, usage_index(cmd));
             return 2;
         }
+        if (is_migrate)
+            return migrate(config_path, wait_s);
         return is_serve ? serve(config_path, pidfile) : check(config_path);
     }
     if (strcmp(cmd, "route") == 0)

@@ -37,6 +37,27 @@ static void plan_rule_error(struct route_plan *p, const char *why) {
     p->store.error = p->error;
 }
 
+/* The handlers that matched (p->rules.matched) into the store's plan, so
+ * the event records them. Returns 0, or -1 when out of memory. */
+static int plan_matches(struct route_plan *p) {
+    size_t n = p->rules.nmatched;
+
+    p->matches = p->match_buf;
+    if (n > sizeof p->match_buf / sizeof *p->match_buf &&
+        !(p->matches = malloc(n * sizeof *p->matches))) {
+        p->matches = p->match_buf;
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++)
+        p->matches[i] = (struct store_match){.where = p->rules.matched[i].where,
+                                             .pattern = p->rules.matched[i].pattern,
+                                             .failed = p->rules.matched[i].failed};
+    p->store.by_rules = 1;
+    p->store.matches = p->matches;
+    p->store.nmatches = n;
+    return 0;
+}
+
 void route_plan(struct route *rt, const struct rules_input *ev, struct route_plan *p) {
     struct rules *rules = *rt->deps.rules;
     const struct config *cfg = rules_config(rules);
@@ -48,6 +69,7 @@ void route_plan(struct route *rt, const struct rules_input *ev, struct route_pla
     partial = rules_route(rules, ev, &p->rules, p->error, sizeof p->error);
     if (partial < 0) {
         plan_rule_error(p, p->error);
+        plan_matches(p); /* which handlers failed: recorded when memory allows */
         return;
     }
     if (p->rules.n && (!(p->dels = calloc(p->rules.n, sizeof *p->dels)) ||
@@ -71,6 +93,7 @@ void route_plan(struct route *rt, const struct rules_input *ev, struct route_pla
                 .window_ms = s->window_ms,
                 .payload = s->payload,
                 .len = s->payload_len,
+                .match = s->match,
             };
             continue;
         }
@@ -86,6 +109,7 @@ void route_plan(struct route *rt, const struct rules_input *ev, struct route_pla
                           : "held",
             .next_at = now + (ep->nretry ? ep->retry_ms[0] : 0),
             .okey = s->key,
+            .match = s->match,
         };
         if (s->key_missing)
             metrics_key_missing(ep->name);
@@ -107,6 +131,8 @@ void route_plan(struct route *rt, const struct rules_input *ev, struct route_pla
         .items = p->items,
         .nitems = nitems,
     };
+    if (plan_matches(p) < 0)
+        plan_rule_error(p, "out of memory");
 }
 
 int route_plan_stored(struct route *rt, const struct rules_input *ev, struct route_plan *p,
@@ -140,6 +166,8 @@ void route_plan_clear(struct route_plan *p) {
     rules_plan_clear(&p->rules);
     free(p->dels);
     free(p->items);
+    if (p->matches != p->match_buf)
+        free(p->matches);
     memset(p, 0, sizeof *p);
 }
 

@@ -39,6 +39,8 @@ struct route_plan {
     struct rules_plan rules;
     struct store_delivery_new *dels;
     struct store_batch_item *items;
+    struct store_match *matches; /* match_buf, or new when more handlers matched */
+    struct store_match match_buf[4];
     char error[512]; /* the rule error, "file:line: message" */
 };
 

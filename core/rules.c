@@ -792,6 +792,7 @@ void rules_free(struct rules *r) {
         free(r->handlers[i].names);
     }
     free(r->handlers);
+    free(r->matched);
     for (size_t i = 0; r->adapter_where && r->cfg && i < r->cfg->nsources; i++)
         free(r->adapter_where[i]);
     free(r->adapter_where);

@@ -136,12 +136,26 @@ struct rules_send {
     int64_t window_ms;  /* 0: send now; > 0: batch into a window of this length */
     char *key;          /* the order key when the endpoint is ordered by key, or NULL */
     int key_missing;    /* ordered by key, but the event had none: sent unordered */
+    size_t match;       /* index in the plan's matched: the handler that sent it */
+};
+
+/* A handler whose pattern matched the event (borrowed from the generation
+ * that routed it: valid while it lives). */
+struct rules_match {
+    const char *where;   /* "file:line" of its on() */
+    const char *pattern; /* its pattern (on({...}): one per line) */
+    int failed;          /* it failed: none of its sends are in the plan */
 };
 
 struct rules_plan {
     struct rules_send *sends;
     size_t n;
     char *key_error; /* "file:line: message" of a key function that failed, or NULL */
+    /* The handlers that matched, in the order they ran (also when routing
+     * failed); borrowed from the generation, valid until its next
+     * rules_route: record them before routing another event. */
+    const struct rules_match *matched;
+    size_t nmatched;
 };
 
 /* Runs every handler matching ev->type (file order, then definition order).

@@ -77,6 +77,7 @@ int rapi_plan_add(struct rules *r, const char *endpoint, const char *body, size_
     s->payload[len] = '\0';
     s->payload_len = len;
     s->window_ms = window_ms;
+    s->match = r->nmatched ? r->nmatched - 1 : 0; /* the handler running now */
     r->nplan++;
     r->plan_bytes += cost;
     return 0;
@@ -92,6 +93,8 @@ void rules_plan_clear(struct rules_plan *plan) {
     plan->sends = NULL;
     plan->key_error = NULL;
     plan->n = 0;
+    plan->matched = NULL;
+    plan->nmatched = 0;
 }
 
 void rules_event_clear(struct rules_event *ev) {

@@ -86,6 +86,8 @@ struct rules {
     int routing;
     struct rules_send *plan;
     size_t nplan, capplan, plan_bytes;
+    struct rules_match *matched; /* the event's matched handlers (rules_plan.matched) */
+    size_t nmatched, capmatched;
     char *send_error; /* the first failed send/batch of this event */
     size_t max_output;
     unsigned calls;

@@ -270,6 +270,21 @@ static int route_list_fast(struct route_ctx *c, const struct rules_handler *h) {
 
 /* ---- routing ---- */
 
+/* Records that h matched: the sends it makes name it (rapi_plan_add).
+ * Returns 0, or -1 when out of memory. */
+static int match_add(struct rules *r, const struct rules_handler *h) {
+    if (r->nmatched == r->capmatched) {
+        size_t cap = r->capmatched ? r->capmatched * 2 : 4;
+        struct rules_match *m = realloc(r->matched, cap * sizeof *m);
+        if (!m)
+            return -1;
+        r->matched = m;
+        r->capmatched = cap;
+    }
+    r->matched[r->nmatched++] = (struct rules_match){.where = h->where, .pattern = h->pattern};
+    return 0;
+}
+
 /* Handler h failed (status: its pcall's): its own sends (those past nplan)
  * leave the plan, why is added to c->err, and routing goes on with the next
  * handler. */
@@ -285,6 +300,8 @@ static void route_handler_failed(struct route_ctx *c, const struct rules_handler
     r->plan_bytes = plan_bytes;
     free(r->send_error);
     r->send_error = NULL;
+    if (r->nmatched)
+        r->matched[r->nmatched - 1].failed = 1;
     if (c->nfailed++ == 0)
         snprintf(c->err, c->errlen, "%s", why);
     else if (used + 2 < c->errlen)
@@ -340,6 +357,11 @@ static int route_protected(lua_State *L) {
         const struct rules_handler *h = &r->handlers[i];
         if (!rules_handler_matches(h, c->in->type))
             continue;
+        if (match_add(r, h) < 0) {
+            snprintf(c->err, c->errlen, "out of memory");
+            c->failed = 1;
+            return 0;
+        }
         if (h->names && pristine && route_list_fast(c, h) == 0)
             continue;
         if (!h->names)
@@ -372,6 +394,9 @@ int rules_route(struct rules *r, const struct rules_input *ev, struct rules_plan
     out->sends = NULL;
     out->n = 0;
     out->key_error = NULL;
+    out->matched = NULL;
+    out->nmatched = 0;
+    r->nmatched = 0;
     if (!ev || !ev->type) {
         snprintf(err, errlen, "an event without a type");
         return -1;
@@ -392,6 +417,8 @@ int rules_route(struct rules *r, const struct rules_input *ev, struct rules_plan
     lua_pushlightuserdata(r->L, &c);
     status = lua_pcall(r->L, 1, 0, 0);
     r->routing = 0;
+    out->matched = r->matched;
+    out->nmatched = r->nmatched;
     util_buf_free(&c.whole);
     rules_keep_take(r, ev->data_token, 0); /* not needed (no function ran), or failed */
     if (status != LUA_OK) {

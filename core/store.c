@@ -31,6 +31,7 @@
 #include "metrics.h"
 #include "store.h"
 #include "store_int.h"
+#include "store_pg.h"
 #include "util.h"
 
 /* Statements of the engine and of open. */
@@ -695,6 +696,8 @@ static void store_close(struct store *s) {
     free(s->cbs);
     free(s->wcbs);
     free(s->inflight);
+    free(s->plan_ids);
+    util_buf_free(&s->matched);
     if (s->owner_fd >= 0)
         close(s->owner_fd); /* releases the store for the next process */
     free(s);
@@ -706,6 +709,10 @@ struct store *store_open(struct event_base *base, const char *url, const char *b
     char *path = NULL;
     int sync_full = 1, prio;
 
+    if (store_pg_is_url(url)) { /* its schema step, then the honest refusal (store_pg.h) */
+        (void)store_pg_schema(url, STORE_PG_SERVE, 10000, 0, err, errlen);
+        return NULL;
+    }
     path = store_url_parse(url, base_dir, &sync_full, err, errlen);
     if (!path)
         goto fail;

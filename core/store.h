@@ -40,6 +40,8 @@ struct store;
 /* Opens the store named by url: "sqlite:PATH[?sync=normal|full]" (PATH
  * relative to base_dir). Creates the schema when new. For SQLite, which one
  * process owns, leases left by a crashed run are released at open.
+ * "postgres://" and "postgresql://" URLs: the schema step of store_pg.h,
+ * then NULL (that store cannot serve yet; err says so).
  * Returns a new store, or NULL with a reason in err. */
 struct store *store_open(struct event_base *base, const char *url, const char *base_dir, char *err,
                          size_t errlen);
@@ -111,6 +113,7 @@ struct store_delivery_new {
     int64_t next_at;          /* Unix ms of the first attempt */
     const char *okey;         /* order key (endpoint ordered by key), or NULL: FIFO per
                                  (endpoint, okey), one in flight at a time */
+    size_t match;             /* the plan's matches[match] sent it (when < nmatches) */
 };
 
 /* A payload routing put into a batch window (SPEC section 6): endpoint's
@@ -121,6 +124,14 @@ struct store_batch_item {
     const char *payload; /* JSON text */
     size_t len;
     int64_t count; /* set by the store: the window's open items after the add */
+    size_t match;  /* the plan's matches[match] sent it (when < nmatches) */
+};
+
+/* A rule handler that matched the event; strings borrowed. */
+struct store_match {
+    const char *where;   /* "file:line" of its on() */
+    const char *pattern; /* its pattern */
+    int failed;          /* it failed: it sent nothing */
 };
 
 /* What routing an event decided, written with it in one call. */
@@ -131,6 +142,13 @@ struct store_plan {
     size_t ndeliveries;
     struct store_batch_item *items; /* their count fields are filled in */
     size_t nitems;
+    /* The handlers that matched, recorded with the event (events.matched:
+     * JSON [{"rule","on","sent":[{"endpoint","delivery"|"batch"}],
+     * "failed"?}]) when by_rules is set ([] when none matched); without
+     * by_rules (not routed by rules) the event records none (NULL). */
+    int by_rules;
+    const struct store_match *matches;
+    size_t nmatches;
 };
 
 #define STORE_DUP 1
@@ -142,7 +160,8 @@ struct store_plan {
  * dup_id when (source, source_id) is already stored, even if only in the
  * open group; -1 with a reason in err on a store error (the group fails).
  * The deliveries' ids derive from the event id, the endpoint and the place
- * in the plan (util_id_derive). */
+ * in the plan (util_id_derive); the plan's matched handlers are recorded
+ * with the event, naming those ids. */
 int store_event_put(struct store *s, const struct store_event *ev, struct store_plan *plan,
                     char *dup_id, size_t dup_len, char *err, size_t errlen);
 
@@ -151,7 +170,8 @@ int store_event_put(struct store *s, const struct store_event *ev, struct store_
  * batch items. Delivery ids: on the event's first routing (status still
  * "received", e.g. an event a crash left unrouted) derived as
  * store_event_put does, so a routing lost with its group is made again
- * under the same ids; on later routings (replays) new. Returns 0, or -1
+ * under the same ids; on later routings (replays) new. The plan's matched
+ * handlers (by_rules) replace the event's recorded ones. Returns 0, or -1
  * (an unknown id writes nothing and keeps the group). */
 int store_event_routed(struct store *s, const char *event_id, struct store_plan *plan, char *err,
                        size_t errlen);
@@ -177,6 +197,8 @@ struct store_event_row {
     char *id, *source, *source_id, *type, *created_at, *status, *error;
     char *headers_json, *data_json;
     char *shipment_json; /* NULL when the event has none (or in a page of events) */
+    char *matched_json;  /* the handlers that matched (struct store_plan), or NULL when
+                            not recorded (store_event_get only) */
     char *raw;
     size_t raw_len;
     int64_t received_at;
@@ -296,6 +318,10 @@ struct store_page {
     const char *endpoint; /* deliveries */
     size_t limit;         /* > 0 */
     int64_t after;
+    /* events: received in [since, until) (Unix ms) when has_since /
+     * has_until; found by seq, which grows with received_at */
+    int has_since, has_until;
+    int64_t since, until;
 };
 
 /* One page of events or deliveries, newest first: *rows (new) holds up to

@@ -20,10 +20,15 @@
 const struct store_stmt_def store_admin_stmts[] = {
     /* The event columns in the order store_event_row_read reads (no
      * headers, data or raw in a list). */
+    /* seq in [?6, ?4): a range of the table's rowid, not a scan; the
+     * received_at bounds make a window exact where the clock stepped back */
     {ST_PAGE_EVENTS, "SELECT seq, id, source, source_id, type, created_at, status, error, NULL,"
-                     " NULL, NULL, received_at FROM events WHERE (?1 IS NULL OR type GLOB ?1)"
+                     " NULL, NULL, received_at FROM events WHERE seq < ?4 AND seq >= ?6"
+                     " AND received_at >= ?7 AND received_at < ?8 AND (?1 IS NULL OR type GLOB ?1)"
                      " AND (?2 IS NULL OR source = ?2) AND (?3 IS NULL OR status = ?3)"
-                     " AND (?4 = 0 OR seq < ?4) ORDER BY seq DESC LIMIT ?5"},
+                     " ORDER BY seq DESC LIMIT ?5"},
+    {ST_EVT_SEQ_RANGE, "SELECT min(seq), max(seq) FROM events"},
+    {ST_EVT_AT_SEQ, "SELECT received_at FROM events WHERE seq >= ?1 ORDER BY seq LIMIT 1"},
     {ST_PAGE_DELIVERIES,
      "SELECT d.seq, d.id, d.event_id, d.endpoint, d.event_type, d.status, d.attempts,"
      " CASE WHEN d.status = 'pending' AND d.next_at < " STORE_PARKED_AT_SQL
@@ -152,10 +157,55 @@ static char *glob_for_sql(const char *pattern) {
     return out;
 }
 
+/* received_at of the first event with seq >= at into *ms. Returns 1, 0
+ * when there is none, -1 on a store error. */
+static int received_from(struct store *s, int64_t at, int64_t *ms) {
+    sqlite3_stmt *st = store_stmt(s, ST_EVT_AT_SEQ);
+    int rc = sqlite3_bind_int64(st, 1, at) == SQLITE_OK ? sqlite3_step(st) : SQLITE_ERROR;
+
+    if (rc == SQLITE_ROW)
+        *ms = sqlite3_column_int64(st, 0);
+    stmt_done(st);
+    return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -1;
+}
+
+/* The lowest seq x such that the events with seq >= x were received at or
+ * after t: a binary search over seq (received_at grows with seq, as
+ * retention also relies on), one rowid seek a step, so a window costs
+ * O(log n) on any store. Returns 0 with *x, or -1 (err set). */
+static int seq_at(struct store *s, int64_t t, int64_t *x, char *err, size_t errlen) {
+    sqlite3_stmt *st = store_stmt(s, ST_EVT_SEQ_RANGE);
+    int64_t lo, hi, mid, ms = 0;
+    int rc = sqlite3_step(st);
+
+    lo = sqlite3_column_int64(st, 0);
+    hi = sqlite3_column_int64(st, 1) + 1; /* none at hi: past the newest */
+    stmt_done(st);
+    if (rc != SQLITE_ROW) {
+        store_err(err, errlen, "store: events: %s", sqlite3_errmsg(s->db));
+        return -1;
+    }
+    while (lo < hi) {
+        mid = lo + (hi - lo) / 2;
+        rc = received_from(s, mid, &ms);
+        if (rc < 0) {
+            store_err(err, errlen, "store: events: %s", sqlite3_errmsg(s->db));
+            return -1;
+        }
+        if (rc && ms < t)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    *x = lo;
+    return 0;
+}
+
 int store_events_page(struct store *s, const struct store_page *q, struct store_event_row **rows,
                       size_t *n, int64_t *next, char *err, size_t errlen) {
-    sqlite3_stmt *st = store_stmt(s, ST_PAGE_EVENTS);
+    sqlite3_stmt *st = NULL;
     char *type = q->type ? glob_for_sql(q->type) : NULL;
+    int64_t below = q->after > 0 ? q->after : INT64_MAX, from = 0, upto = INT64_MAX;
     void *v = NULL;
     int ret = -1;
 
@@ -166,12 +216,22 @@ int store_events_page(struct store *s, const struct store_page *q, struct store_
         store_err(err, errlen, "store: out of memory");
         return -1;
     }
+    if ((q->has_since && seq_at(s, q->since, &from, err, errlen) < 0) ||
+        (q->has_until && seq_at(s, q->until, &upto, err, errlen) < 0))
+        goto done;
+    if (q->has_until && upto < below)
+        below = upto;
+    st = store_stmt(s, ST_PAGE_EVENTS);
     if (bind_text(st, 1, type) || bind_text(st, 2, q->source) || bind_text(st, 3, q->status) ||
-        sqlite3_bind_int64(st, 4, q->after) || sqlite3_bind_int64(st, 5, (int64_t)q->limit + 1))
+        sqlite3_bind_int64(st, 4, below) || sqlite3_bind_int64(st, 5, (int64_t)q->limit + 1) ||
+        sqlite3_bind_int64(st, 6, from) ||
+        sqlite3_bind_int64(st, 7, q->has_since ? q->since : INT64_MIN) ||
+        sqlite3_bind_int64(st, 8, q->has_until ? q->until : INT64_MAX))
         store_err(err, errlen, "store: %s", sqlite3_errmsg(s->db));
     else
         ret = page_run(s, st, q->limit, sizeof **rows, page_event_read, &v, n, next, err, errlen);
     stmt_done(st);
+done:
     free(type);
     if (ret < 0) {
         store_event_rows_free(v, *n);

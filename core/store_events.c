@@ -15,21 +15,23 @@
 
 #include <sqlite3.h>
 
+#include "jsonx.h"
 #include "store.h"
 #include "store_int.h"
 #include "util.h"
 
 const struct store_stmt_def store_events_stmts[] = {
     {ST_EVT_INSERT, "INSERT INTO events(id, source, source_id, type, status, error, created_at,"
-                    " received_at, headers, data, raw, shipment, seq)"
-                    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"},
+                    " received_at, headers, data, raw, shipment, seq, matched)"
+                    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"},
     {ST_EVT_DUP, "SELECT id FROM events WHERE source = ?1 AND source_id = ?2"},
     {ST_EVT_STATUS, "UPDATE events SET status = ?2, error = ?3 WHERE id = ?1"},
     {ST_EVT_STATUS_FIRST, "UPDATE events SET status = ?2, error = ?3"
                           " WHERE id = ?1 AND status = 'received'"},
+    {ST_EVT_MATCHED, "UPDATE events SET matched = ?2 WHERE id = ?1"},
     /* The columns in the order store_event_row_read reads. */
     {ST_EVT_GET, "SELECT seq, id, source, source_id, type, created_at, status, error, headers,"
-                 " data, raw, received_at, shipment FROM events WHERE id = ?1"},
+                 " data, raw, received_at, shipment, matched FROM events WHERE id = ?1"},
     {ST_EVT_UNROUTED, "SELECT seq, id, source, source_id, type, created_at, status, error,"
                       " headers, data, raw, received_at, shipment FROM events"
                       " INDEXED BY events_received"
@@ -117,14 +119,104 @@ static int key_busy(struct store *s, const char *endpoint, const char *okey) {
     return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -1;
 }
 
-/* Inserts plan's deliveries and batch items for event_id in the open group;
- * delivery ids derived from the event (derive) or new. Returns 0, or -1
- * (the group failed: earlier rows of the plan are in it). */
-static int plan_write(struct store *s, const char *event_id, struct store_plan *plan, int derive,
-                      char *err, size_t errlen) {
+/* The ids of plan's deliveries into s->plan_ids: derived from the event
+ * (derive) or new. A derived id: if the routing is made again (a group
+ * lost before it was durable, routed again by recovery), the same
+ * deliveries keep the same ids, which receivers can dedupe. Returns 0, or
+ * -1 when out of memory. */
+static int plan_ids(struct store *s, const char *event_id, const struct store_plan *plan,
+                    int derive) {
+    const struct store_delivery_new *d = plan->deliveries;
+
+    if (plan->ndeliveries > s->cap_ids) {
+        void *grown = realloc(s->plan_ids, plan->ndeliveries * sizeof *s->plan_ids);
+        if (!grown)
+            return -1;
+        s->plan_ids = grown;
+        s->cap_ids = plan->ndeliveries;
+    }
+    for (size_t i = 0; i < plan->ndeliveries; i++) {
+        if (derive)
+            util_id_derive("dlv_", event_id, d[i].endpoint, (unsigned)i, s->plan_ids[i],
+                           UTIL_ID_MAX);
+        else
+            util_id_new("dlv_", s->plan_ids[i], UTIL_ID_MAX);
+    }
+    return 0;
+}
+
+/* Appends "key":"value" (a JSON string) to b. */
+static int json_pair(struct util_buf *b, const char *key, const char *value) {
+    return util_buf_appends(b, key) < 0 || jsonx_append_string(b, value, strlen(value)) < 0 ? -1
+                                                                                            : 0;
+}
+
+/* What one matched handler sent: its deliveries (ids from s->plan_ids) and
+ * batch items, as the "sent" array's members. Returns 0 or -1. */
+static int match_sent(struct store *s, const struct store_plan *plan, size_t m) {
+    struct util_buf *b = &s->matched;
+    int first = 1;
+
+    for (size_t i = 0; i < plan->ndeliveries; i++) {
+        if (plan->deliveries[i].match != m)
+            continue;
+        if ((!first && util_buf_append(b, ",", 1) < 0) ||
+            json_pair(b, "{\"endpoint\":", plan->deliveries[i].endpoint) < 0 ||
+            json_pair(b, ",\"delivery\":", s->plan_ids[i]) < 0 || util_buf_append(b, "}", 1) < 0)
+            return -1;
+        first = 0;
+    }
+    for (size_t i = 0; i < plan->nitems; i++) {
+        if (plan->items[i].match != m)
+            continue;
+        if ((!first && util_buf_append(b, ",", 1) < 0) ||
+            json_pair(b, "{\"endpoint\":", plan->items[i].endpoint) < 0 ||
+            util_buf_printf(b, ",\"window_start\":%lld}", (long long)plan->items[i].window_start) <
+                0)
+            return -1;
+        first = 0;
+    }
+    return 0;
+}
+
+/* The matched handlers of plan as JSON in s->matched (store.h, struct
+ * store_plan), with the delivery ids of s->plan_ids. *out is NULL when plan
+ * was not routed by rules. Returns 0, or -1 when out of memory. */
+static int plan_matched(struct store *s, const struct store_plan *plan, const char **out, char *err,
+                        size_t errlen) {
+    struct util_buf *b = &s->matched;
+
+    *out = NULL;
+    if (!plan || !plan->by_rules)
+        return 0;
+    util_buf_reset(b);
+    if (util_buf_append(b, "[", 1) < 0)
+        goto oom;
+    for (size_t m = 0; m < plan->nmatches; m++) {
+        const struct store_match *h = &plan->matches[m];
+        if ((m && util_buf_append(b, ",", 1) < 0) || json_pair(b, "{\"rule\":", h->where) < 0 ||
+            json_pair(b, ",\"on\":", h->pattern) < 0 || util_buf_appends(b, ",\"sent\":[") < 0 ||
+            match_sent(s, plan, m) < 0 || util_buf_append(b, "]", 1) < 0 ||
+            (h->failed && util_buf_appends(b, ",\"failed\":true") < 0) ||
+            util_buf_append(b, "}", 1) < 0)
+            goto oom;
+    }
+    if (util_buf_append(b, "]", 1) < 0)
+        goto oom;
+    *out = b->p;
+    return 0;
+oom:
+    store_err(err, errlen, "store: out of memory");
+    return -1;
+}
+
+/* Inserts plan's deliveries (ids from s->plan_ids, plan_ids) and batch
+ * items for event_id in the open group. Returns 0, or -1 (the group
+ * failed: earlier rows of the plan are in it). */
+static int plan_write(struct store *s, const char *event_id, struct store_plan *plan, char *err,
+                      size_t errlen) {
     sqlite3_stmt *ins = store_stmt(s, ST_DLV_INSERT);
     const struct store_delivery_new *d = plan->deliveries;
-    char id[UTIL_ID_MAX];
     int64_t now = util_now_ms();
 
     for (size_t i = 0; i < plan->ndeliveries; i++) {
@@ -138,14 +230,7 @@ static int plan_write(struct store *s, const char *event_id, struct store_plan *
         }
         if (busy)
             next_at = STORE_PARKED_AT;
-        /* A derived id: if the routing is made again (a group lost before
-         * it was durable, routed again by recovery), the same deliveries
-         * keep the same ids, which receivers can dedupe. */
-        if (derive)
-            util_id_derive("dlv_", event_id, d[i].endpoint, (unsigned)i, id, sizeof id);
-        else
-            util_id_new("dlv_", id, sizeof id);
-        if (bind_text(ins, 1, id) || bind_text(ins, 2, event_id) ||
+        if (bind_text(ins, 1, s->plan_ids[i]) || bind_text(ins, 2, event_id) ||
             bind_text(ins, 3, d[i].endpoint) || bind_text(ins, 4, d[i].event_type) ||
             bind_text(ins, 5, status) ||
             bind_blob(ins, 6, d[i].payload ? d[i].payload : "", d[i].payload_len) ||
@@ -173,24 +258,31 @@ static int plan_write(struct store *s, const char *event_id, struct store_plan *
 int store_event_put(struct store *s, const struct store_event *ev, struct store_plan *plan,
                     char *dup_id, size_t dup_len, char *err, size_t errlen) {
     sqlite3_stmt *st = store_stmt(s, ST_EVT_INSERT), *dup = store_stmt(s, ST_EVT_DUP);
+    const char *matched = NULL;
     int rc, ret = -1;
 
     if (store_group_begin(s, err, errlen) < 0)
         return -1;
+    if (plan &&
+        (plan_ids(s, ev->id, plan, 1) < 0 || plan_matched(s, plan, &matched, err, errlen) < 0)) {
+        store_err(err, errlen, "store: out of memory");
+        goto done;
+    }
     if (bind_text(st, 1, ev->id) || bind_text(st, 2, ev->source) ||
         bind_text(st, 3, ev->source_id) || bind_text(st, 4, ev->type) ||
         bind_text(st, 5, plan ? plan->status : "received") ||
         bind_text(st, 6, plan ? plan->error : NULL) || bind_text(st, 7, ev->created_at) ||
         sqlite3_bind_int64(st, 8, ev->received_at) || bind_text(st, 9, ev->headers_json) ||
         bind_text(st, 10, ev->data_json) || bind_blob(st, 11, ev->raw, ev->raw_len) ||
-        bind_text(st, 12, ev->shipment_json) || sqlite3_bind_int64(st, 13, ++s->evt_seq_hw)) {
+        bind_text(st, 12, ev->shipment_json) || sqlite3_bind_int64(st, 13, ++s->evt_seq_hw) ||
+        bind_text(st, 14, matched)) {
         store_group_fail(s, "event insert", err, errlen);
         goto done;
     }
     rc = sqlite3_step(st);
     if (rc == SQLITE_DONE) {
         s->group_evt_seq = s->evt_seq_hw;
-        ret = plan ? plan_write(s, ev->id, plan, 1, err, errlen) : 0;
+        ret = plan ? plan_write(s, ev->id, plan, err, errlen) : 0;
         goto done;
     }
     if (rc == SQLITE_CONSTRAINT_UNIQUE) {
@@ -254,6 +346,7 @@ done:
 
 int store_event_routed(struct store *s, const char *event_id, struct store_plan *plan, char *err,
                        size_t errlen) {
+    const char *matched = NULL;
     int is_first = 0;
 
     if (store_group_begin(s, err, errlen) < 0)
@@ -263,7 +356,24 @@ int store_event_routed(struct store *s, const char *event_id, struct store_plan 
      * routings (replays) are new sends. */
     if (event_set_status(s, event_id, plan->status, plan->error, &is_first, err, errlen) < 0)
         return -1;
-    return plan_write(s, event_id, plan, is_first, err, errlen);
+    if (plan_ids(s, event_id, plan, is_first) < 0 ||
+        plan_matched(s, plan, &matched, err, errlen) < 0) {
+        store_group_fail(s, "out of memory", err, errlen);
+        return -1;
+    }
+    /* This routing's handlers replace the last one's (its deliveries stay
+     * with the event, each still naming its delivery id). */
+    if (matched) {
+        sqlite3_stmt *up = store_stmt(s, ST_EVT_MATCHED);
+        int rc = bind_text(up, 1, event_id) || bind_text(up, 2, matched) ? SQLITE_ERROR
+                                                                         : sqlite3_step(up);
+        stmt_done(up);
+        if (rc != SQLITE_DONE) {
+            store_group_fail(s, "event matched", err, errlen);
+            return -1;
+        }
+    }
+    return plan_write(s, event_id, plan, err, errlen);
 }
 
 /* ---- reading events ---- */
@@ -284,6 +394,7 @@ void store_event_rows_free(struct store_event_row *rows, size_t n) {
         free(r->headers_json);
         free(r->data_json);
         free(r->shipment_json);
+        free(r->matched_json);
         free(r->raw);
     }
     free(rows);
@@ -303,6 +414,7 @@ void store_event_row_read(sqlite3_stmt *st, struct store_event_row *r, int *oom)
     r->raw = col_blob(st, 10, &r->raw_len, oom);
     r->received_at = sqlite3_column_int64(st, 11);
     r->shipment_json = sqlite3_column_count(st) > 12 ? col_text(st, 12, oom) : NULL;
+    r->matched_json = sqlite3_column_count(st) > 13 ? col_text(st, 13, oom) : NULL;
 }
 
 int store_events_unrouted(struct store *s, int64_t after_seq, size_t max,

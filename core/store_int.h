@@ -76,6 +76,7 @@ enum store_stmt {
     ST_EVT_DUP,
     ST_EVT_STATUS,
     ST_EVT_STATUS_FIRST,
+    ST_EVT_MATCHED,
     ST_EVT_GET,
     ST_EVT_UNROUTED,
     ST_DLV_INSERT,
@@ -126,6 +127,8 @@ enum store_stmt {
     ST_BATCH_WAITING,
     /* store_admin.c */
     ST_PAGE_EVENTS,
+    ST_EVT_SEQ_RANGE,
+    ST_EVT_AT_SEQ,
     ST_PAGE_DELIVERIES,
     ST_DETAIL_DELIVERIES,
     ST_DETAIL_ATTEMPTS,
@@ -222,6 +225,11 @@ struct store {
     struct store_ckpt *ckpt;
     int wal_frames, ckpt_asked_at;
     int64_t nonces_pruned_at; /* Unix ms of the last prune of old nonces */
+    /* A plan's delivery ids and its matched handlers' JSON, made before
+     * the event's row (store_events.c); reused from event to event. */
+    char (*plan_ids)[UTIL_ID_MAX];
+    size_t cap_ids;
+    struct util_buf matched;
 };
 
 /* ---- small helpers (every file) ---- */

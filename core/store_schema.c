@@ -24,8 +24,11 @@
  * version-3 binary would route stored events without them).
  * 5: deliveries.okey, the order key of an endpoint ordered by key, with
  * rows parked behind their key's head (a version-4 binary would send them
- * all at once). */
-#define STORE_SCHEMA_VERSION 5
+ * all at once).
+ * 6: events.matched, the rule handlers that matched and what each sent, as
+ * routed (a version-5 binary would route and replay without recording it:
+ * an event's page would show an older routing's handlers). */
+#define STORE_SCHEMA_VERSION 6
 
 /* ---- version 1: events, deliveries, attempts, delivery counts ---- */
 
@@ -51,6 +54,7 @@ static const char store_schema_sql[] =
     " data TEXT,"
     " raw BLOB,"
     " shipment TEXT,"
+    " matched TEXT,"
     " UNIQUE (source, source_id));"
     "CREATE INDEX events_received ON events(seq) WHERE status = 'received';"
     "CREATE TABLE deliveries ("
@@ -214,11 +218,12 @@ static int add_column(sqlite3 *db, const char *table, const char *column, const 
     return sqlite3_exec(db, sql, NULL, NULL, NULL);
 }
 
-/* Migrates a store of version 1, 2 or 3: 1 -> 2 drops the insert-counting
+/* Migrates a store of version 1 to 5: 1 -> 2 drops the insert-counting
  * trigger (the store counts); 2 -> 3 drops the global due index, which
  * deliveries_ep_due (created with the endpoint indexes, after this)
  * replaces; 3 -> 4 adds events.shipment (NULL for the events before it);
- * 4 -> 5 adds deliveries.okey (NULL: not ordered by key). Returns 0 or -1
+ * 4 -> 5 adds deliveries.okey (NULL: not ordered by key); 5 -> 6 adds
+ * events.matched (NULL: not recorded for the events before it). Returns 0 or -1
  * (err set). */
 static int schema_migrate(sqlite3 *db, int64_t version, const char *set_version, char *err,
                           size_t errlen) {
@@ -229,6 +234,7 @@ static int schema_migrate(sqlite3 *db, int64_t version, const char *set_version,
         sqlite3_exec(db, "DROP INDEX IF EXISTS deliveries_due", NULL, NULL, NULL) != SQLITE_OK ||
         (version < 4 && add_column(db, "events", "shipment", "TEXT") != SQLITE_OK) ||
         (version < 5 && add_column(db, "deliveries", "okey", "TEXT") != SQLITE_OK) ||
+        (version < 6 && add_column(db, "events", "matched", "TEXT") != SQLITE_OK) ||
         sqlite3_exec(db, set_version, NULL, NULL, NULL) != SQLITE_OK ||
         sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
         return schema_fail(db, 1, err, errlen);

@@ -212,6 +212,69 @@ void util_time_rfc3339(int64_t ms, char *out, size_t outlen) {
         snprintf(out, outlen, "%sZ", base);
 }
 
+/* Days from 1970-01-01 to y-m-d of the proleptic Gregorian calendar. */
+static int64_t days_from_civil(int64_t y, int m, int d) {
+    int64_t era, yoe, doy;
+
+    y -= m <= 2;
+    era = y / 400; /* y >= 1969 here: no negative division */
+    yoe = y - era * 400;
+    doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    return era * 146097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719468;
+}
+
+/* n digits at s as a number, or -1 when one is not a digit. */
+static int digits(const char *s, int n) {
+    int v = 0;
+    for (int i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    return v;
+}
+
+int util_time_parse(const char *text, int64_t *ms) {
+    static const int mdays[] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    const char *p = text;
+    int y, mo, d, h, mi, sec, frac = 0, scale = 100, off = 0;
+    size_t len = text ? strlen(text) : 0;
+
+    if (len && len <= 15 && strspn(text, "0123456789") == len) {
+        *ms = strtoll(text, NULL, 10);
+        return 0;
+    }
+    if (len < 20 || (y = digits(p, 4)) < 1970 || p[4] != '-' || (mo = digits(p + 5, 2)) < 1 ||
+        mo > 12 || p[7] != '-' || (d = digits(p + 8, 2)) < 1 || d > mdays[mo - 1] ||
+        (mo == 2 && d == 29 && (y % 4 || (y % 100 == 0 && y % 400))) || !strchr("Tt ", p[10]) ||
+        (h = digits(p + 11, 2)) < 0 || h > 23 || p[13] != ':' || (mi = digits(p + 14, 2)) < 0 ||
+        mi > 59 || p[16] != ':' || (sec = digits(p + 17, 2)) < 0 || sec > 60)
+        return -1;
+    p += 19;
+    if (*p == '.') {
+        if (p[1] < '0' || p[1] > '9')
+            return -1;
+        for (p++; *p >= '0' && *p <= '9'; p++, scale /= 10)
+            frac += (*p - '0') * scale;
+    }
+    if (*p == 'Z' || *p == 'z') {
+        p++;
+    } else if ((*p == '+' || *p == '-') && (h = digits(p + 1, 2)) >= 0 && h <= 23 && p[3] == ':' &&
+               (mi = digits(p + 4, 2)) >= 0 && mi <= 59) {
+        off = (*p == '-' ? -1 : 1) * (h * 60 + mi);
+        p += 6;
+    } else {
+        return -1;
+    }
+    if (*p)
+        return -1;
+    *ms = ((days_from_civil(y, mo, d) * 86400 + digits(text + 11, 2) * 3600 +
+            digits(text + 14, 2) * 60 + sec - off * 60) *
+           1000) +
+          frac;
+    return 0;
+}
+
 /* prefix + 10 Crockford chars of t + 16 of the first 80 bits of rnd. */
 static void id_format(const char *prefix, uint64_t t, const unsigned char *rnd, char *out,
                       size_t outlen) {
@@ -486,6 +549,28 @@ int util_http_url_ok(const char *url) {
     return ok;
 }
 
+/* Replaces the value of each "password=" parameter of out's query (past
+ * its first '?') by "***", in place within outlen; where the mask does not
+ * fit, out ends before the value. */
+static void url_redact_query(char *out, size_t outlen) {
+    char *p = strchr(out, '?');
+
+    while (p && *p) {
+        p++; /* past '?' or '&' */
+        if (strncasecmp(p, "password=", 9) == 0) {
+            char *v = p + 9;
+            size_t n = strcspn(v, "&#"), len = strlen(out);
+            if (len - n + 3 >= outlen) {
+                *v = '\0';
+                return;
+            }
+            memmove(v + 3, v + n, strlen(v + n) + 1);
+            memcpy(v, "***", 3);
+        }
+        p += strcspn(p, "&");
+    }
+}
+
 const char *util_url_redact(const char *url, char *out, size_t outlen) {
     const char *auth = url ? strstr(url, "://") : NULL, *at, *colon, *end;
 
@@ -506,5 +591,6 @@ const char *util_url_redact(const char *url, char *out, size_t outlen) {
         snprintf(out, outlen, "%s", url);
     else
         snprintf(out, outlen, "%.*s:***%s", (int)(colon - url), url, at);
+    url_redact_query(out, outlen);
     return out;
 }

@@ -52,6 +52,12 @@ int64_t util_mono_ms(void); /* monotonic ms, for deadlines and latencies */
  * without millis when they are 0). out needs 32 bytes. */
 void util_time_rfc3339(int64_t ms, char *out, size_t outlen);
 
+/* Reads text as a time: Unix ms (digits only, at most 15) or RFC 3339
+ * "YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM|-HH:MM)" ('t', 'z' and a space
+ * for 'T' too; the fraction cut to ms), years 1970 to 9999. Returns 0 with
+ * *ms, or -1 when text is neither. */
+int util_time_parse(const char *text, int64_t *ms);
+
 /* 1 when text matches glob pattern, where '*' matches any run of
  * characters (none included) and every other character itself; else 0.
  * The one matcher of event types (rules' on() patterns, subscriptions, and
@@ -87,6 +93,7 @@ static inline size_t util_utf8_seq(const unsigned char *s, size_t n) {
 }
 
 /* url for a message: the password of its userinfo ("scheme://user:pw@")
+ * and the value of a "password=" query parameter (libpq's URIs take one)
  * replaced by "***"; anything else copied as it is (cut to outlen; NULL
  * gives ""). Returns out. */
 const char *util_url_redact(const char *url, char *out, size_t outlen);

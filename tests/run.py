@@ -405,6 +405,7 @@ def main():
     ap.add_argument("--bin", default="./waybill", help="the waybill binary (default ./waybill)")
     ap.add_argument("--unit", default="", help="space-separated unit test binaries")
     ap.add_argument("--asan", action="store_true", help="sanitizer build: reports in stderr fail tests")
+    ap.add_argument("--unit-only", action="store_true", help="the unit binaries alone (no rule tests, no integration)")
     ap.add_argument("-k", action="append", help="only tests whose name contains PATTERN (or matches the glob); repeatable")
     ap.add_argument("--torture", action="store_true", help="then the torture suite's short form (tests/torture/)")
     ap.add_argument("-j", "--jobs", type=int, default=2, help="parallel integration workers (default 2)")
@@ -435,12 +436,12 @@ def main():
             if matches(os.path.basename(u), args.k):
                 run_counting(u, [os.path.abspath(u) if os.sep in u else u], totals, args.asan)
 
-        for f in sorted(glob.glob(os.path.join(RULES, "*.test"))):
+        for f in [] if args.unit_only else sorted(glob.glob(os.path.join(RULES, "*.test"))):
             rel = os.path.relpath(f, os.getcwd())
             if matches(os.path.basename(f), args.k):
                 run_counting("rules " + rel, [binary, "test-rules", f], totals, args.asan)
 
-    files = args.files or sorted(glob.glob(os.path.join(INTEGRATION, "test_*.py")))
+    files = [] if args.unit_only else (args.files or sorted(glob.glob(os.path.join(INTEGRATION, "test_*.py"))))
     files = [os.path.abspath(f) for f in files]
     if files:
         run_integration(files, args, totals, env)

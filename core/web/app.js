@@ -266,12 +266,14 @@ function viewEvents(app) {
   const type = el('input', { type: 'text', placeholder: 'tracking.delivered', list: 'types' });
   const status = select([['', 'any'], ['received', 'received'], ['routed', 'routed'],
     ['unrouted', 'unrouted'], ['partial', 'partial'], ['rule_error', 'rule_error']], '');
-  const since = el('input', { type: 'datetime-local' });
+  const since = el('input', { type: 'datetime-local', step: '1' });
+  const until = el('input', { type: 'datetime-local', step: '1' });
   const find = el('input', { type: 'search', placeholder: 'evt_… or tracking number' });
   const msg = el('p', { class: 'error', role: 'alert' });
   const list = el('div');
   const form = el('form', { class: 'filters', onsubmit: (e) => { e.preventDefault(); tick(); } },
     field('Source', source), field('Type', type), field('Status', status), field('Since', since),
+    field('Until', until),
     el('datalist', { id: 'types' }, TYPES.map((t) => el('option', { value: t }))),
     el('button', { type: 'submit' }, 'Filter'));
   const found = el('div');
@@ -288,20 +290,34 @@ function viewEvents(app) {
     found.replaceChildren(el('p', {}, r.data.data.length + ' events mention ' + q + ' (newest first):'),
       el('ul', {}, r.data.data.map((id) => el('li', {}, el('a', { href: '#/events/' + encodeURIComponent(id) }, id)))));
   } }, field('Find by event id or tracking number', find), el('button', { type: 'submit' }, 'Find'));
-  [source, type, status, since].forEach((i) => i.addEventListener('change', () => tick()));
-  app.append(el('h1', {}, 'Events'), form, findForm, msg, found, list);
+  /* pages: the cursors of the pages before this one (Newer goes back) */
+  let after = '', back = [], next = null;
+  const newer = el('button', { type: 'button', id: 'newer', hidden: true, onclick: () => { after = back.pop() || ''; tick(); } }, '← Newer');
+  const older = el('button', { type: 'button', id: 'older', hidden: true, onclick: () => { back.push(after); after = next; tick(); } }, 'Older →');
+  const pager = el('div', { class: 'row' }, newer, older);
+  [source, type, status, since, until].forEach((i) => i.addEventListener('change', () => {
+    after = ''; back = []; tick();
+  }));
+  app.append(el('h1', {}, 'Events'), form, findForm, msg, found, list, pager);
   return async (mine) => {
     const q = new URLSearchParams({ limit: '100' });
     if (source.value.trim()) q.set('source', source.value.trim());
     if (type.value.trim()) q.set('type', type.value.trim());
     if (status.value) q.set('status', status.value);
+    /* the window, in the browser's zone, sent as UTC: the server filters */
+    for (const [name, input] of [['since', since], ['until', until]]) {
+      const t = input.value ? new Date(input.value) : null;
+      if (t && !isNaN(t)) q.set(name, t.toISOString());
+    }
+    if (after) q.set('after', after);
     const r = await api('GET', '/api/events?' + q);
     if (mine !== seq) return;
     if (!r.ok) { msg.textContent = errorText(r); return; }
     msg.textContent = '';
-    const from = since.value ? new Date(since.value).getTime() : 0;
-    const rows = r.data.data.filter((e) => !from || new Date(e.received_at).getTime() >= from);
-    update(list, rows, (data) => table(['Received', 'Event', 'Source', 'Type', 'Status', 'Error'],
+    next = r.data.next;
+    newer.hidden = !after;
+    older.hidden = !next;
+    update(list, r.data.data, (data) => table(['Received', 'Event', 'Source', 'Type', 'Status', 'Error'],
       data.map((e) => el('tr', {},
         el('td', {}, when(e.received_at)),
         el('td', {}, el('a', { href: '#/events/' + encodeURIComponent(e.id) }, e.id)),
@@ -317,6 +333,20 @@ function attemptsTable(attempts) {
       el('td', { class: 'num' }, a.status_code ? String(a.status_code) : '—'),
       el('td', { class: 'num' }, a.latency_ms + ' ms'), el('td', { class: 'error' }, a.error || ''),
       el('td', {}, el('pre', {}, (a.response || '').slice(0, 500))))), 'Attempts');
+}
+
+/* Which rule handlers matched the event and what each sent, as recorded
+ * when it was routed (the rules may have changed since). */
+function matchedList(matched) {
+  if (matched === null || matched === undefined)
+    return el('p', { class: 'muted' }, 'Not recorded: routed before this waybill recorded it, or not routed by rules (a test event).');
+  if (!matched.length) return el('p', { class: 'muted' }, 'No rule matched this event.');
+  return el('ul', { class: 'matched' }, matched.map((m) => el('li', {},
+    el('code', {}, m.rule), ' on("', el('code', {}, m.on), '")',
+    m.failed ? [' ', badge('failed')] : null,
+    m.sent.length ? el('ul', {}, m.sent.map((x) => el('li', {}, 'sent to ', el('strong', {}, x.endpoint), ' ',
+      x.delivery ? el('code', {}, x.delivery) : ['batched, window from ', when(x.window_start)])))
+      : el('div', { class: 'muted' }, 'sent nothing'))));
 }
 
 function viewEvent(app, id) {
@@ -344,6 +374,8 @@ function viewEvent(app, id) {
         el('dt', {}, 'Received'), el('dd', {}, when(ev.received_at)),
         el('dt', {}, 'Carrier time'), el('dd', {}, ev.created_at || '—'),
         ev.error ? [el('dt', {}, 'Error'), el('dd', { class: 'error' }, ev.error)] : null),
+      el('h2', {}, 'Rules that matched'),
+      el('section', { class: 'matched', 'aria-label': 'Rules that matched' }, matchedList(ev.matched)),
       el('h2', {}, 'Deliveries (what the rules sent)'),
       el('p', { class: 'muted' }, 'One per endpoint a rule sent this event to, with the payload it built.'),
       ev.deliveries.length ? ev.deliveries.map((d) => el('section', { class: 'delivery',

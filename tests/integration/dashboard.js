@@ -215,6 +215,15 @@ async function main() {
       await axe(page, 'the event page');
     });
 
+    await run('the event page shows the rules that matched', async () => {
+      const t = await textOf(page, 'section.matched');
+      const rules = t.match(/10-main\.lua:\d+/g) || [];
+      check(JSON.stringify(rules) === JSON.stringify(['10-main.lua:1', '10-main.lua:2']),
+        'matched rules: ' + t.slice(0, 400));
+      check(t.includes('sent to erp ' + failedDelivery) && /sent to crm dlv_\w+/.test(t),
+        'what each rule sent: ' + t.slice(0, 400));
+    });
+
     await run('retry a failed delivery from Deliveries', async () => {
       await go(page, '#/deliveries', 'table');
       await page.waitForSelector(`tr[data-id="${failedDelivery}"] button[data-retry]`, { timeout: 3000 * SLOW });
@@ -227,6 +236,40 @@ async function main() {
       const n = (await ask({ do: 'count', sink: 'erp' })).count;
       check(n === 2, 'the sink got ' + n + ' requests, not 2');
       await axe(page, 'Deliveries');
+    });
+
+    await run('the time filter finds an event older than the newest 100', async () => {
+      const { id, received_at: at, posted } = await ask({ do: 'post_old_then_many', n: 105 });
+      await go(page, '#/events', '#f-since'); // the Events view's own (Deliveries has a table too)
+      await until(page, (n) => document.querySelectorAll('tbody tr').length === n, 100, 5000,
+        'the newest 100 events');
+      check(!(await page.$(`a[href="#/events/${id}"]`)), 'the old event is among the newest 100');
+      // the next page has it; Newer goes back
+      await page.waitForSelector('#older:not([hidden])', { timeout: 3000 * SLOW });
+      await page.click('#older');
+      await until(page, (eid) => !!document.querySelector(`a[href="#/events/${eid}"]`), id, 5000,
+        'the old event on the next page');
+      await page.click('#newer');
+      await until(page, (eid) => !document.querySelector(`a[href="#/events/${eid}"]`) &&
+        document.querySelector('#newer').hidden, id, 5000, 'the first page again');
+      // the second it was received in, as the inputs take it (the browser's zone)
+      await page.evaluate((iso) => {
+        const local = (ms) => { const d = new Date(ms - new Date(ms).getTimezoneOffset() * 60000);
+          return d.toISOString().slice(0, 19); };
+        const t = Math.floor(new Date(iso).getTime() / 1000) * 1000;
+        for (const [sel, v] of [['#f-since', local(t)], ['#f-until', local(t + 1000)]]) {
+          const i = document.querySelector(sel);
+          i.value = v;
+          i.dispatchEvent(new Event('change'));
+        }
+      }, at);
+      await until(page, (eid) => !!document.querySelector(`a[href="#/events/${eid}"]`), id, 5000,
+        'the old event in the window');
+      const shown = await page.$$eval('tbody tr a', (a) => a.map((x) => x.textContent));
+      check(!shown.some((x) => posted.includes(x)), 'an event from after the window is listed');
+      for (const sel of ['#f-since', '#f-until'])
+        await page.$eval(sel, (i) => { i.value = ''; i.dispatchEvent(new Event('change')); });
+      await axe(page, 'Events with a time window');
     });
 
     await run('disable, enable, test an endpoint', async () => {
@@ -293,7 +336,7 @@ async function main() {
         null, 3000, 'the open window of bi');
       void n;
       await axe(page, 'Batches');
-      await go(page, '#/subscriptions', 'form');
+      await go(page, '#/subscriptions', '#f-event'); // not 'form': the hidden sign-in form matches at once
       const { url, bad } = await ask({ do: 'sub_urls' });
       await page.type('#f-event', 'track');
       await page.type('#f-url', bad);

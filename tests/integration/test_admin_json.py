@@ -13,7 +13,7 @@ SECRET = "atoship-test-secret"
 ERP_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 EVENT_KEYS = ["id", "source", "source_id", "type", "status", "received_at", "created_at",
-              "shipment", "data", "error", "deliveries", "raw", "headers"]
+              "shipment", "data", "error", "matched", "deliveries", "raw", "headers"]
 DELIVERY_KEYS = ["id", "endpoint", "status", "batch", "attempts", "payload", "content_type",
                  "event_type"]
 WAITING_KEYS = ["id", "endpoint", "status", "batch", "window_end", "attempts"]

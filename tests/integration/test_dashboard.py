@@ -42,7 +42,9 @@ STEPS = ["headers", "sign in with a wrong token", "sign in",
          "an event appears in Events without a reload", "find an event by its tracking number",
          "untrusted payloads render as text",
          "the event page shows deliveries and attempts",
-         "retry a failed delivery from Deliveries", "disable, enable, test an endpoint",
+         "the event page shows the rules that matched",
+         "retry a failed delivery from Deliveries",
+         "the time filter finds an event older than the newest 100", "disable, enable, test an endpoint",
          "a broken rules file: Reload shows file:line, old rules still route",
          "a dry run shows what waybill route prints", "batches and subscriptions",
          "overview, narrow screen, dark mode", "sign out"]
@@ -127,6 +129,12 @@ class Harness:
             route = json.loads(r.stdout)
             assert [d["endpoint"] for d in route["deliveries"]] == ["erp", "crm"], route
             return {"body": body.decode() if isinstance(body, bytes) else body, "route": route}
+        if do == "post_old_then_many":
+            old = self.post("shipment.exception")
+            at = self.g.event(old)["received_at"]
+            time.sleep(1.1)  # the rest are received in a later second than the old one
+            posted = [self.post("shipment.exception") for _ in range(q["n"])]
+            return {"id": old, "received_at": at, "posted": posted}
         if do == "batch_event":
             return {"window": self.post("tracking.in_transit")}
         if do == "sub_urls":

@@ -232,7 +232,7 @@ def test_reload_command_reports_what_the_reload_did():
     assert b"rules/10.lua:2:" in r.stderr and b"the current rules stay" in r.stderr, r.stderr
 
 
-COMMANDS = ["serve", "check", "sign", "route", "init", "test-rules", "bench-rules", "events",
+COMMANDS = ["serve", "check", "migrate", "sign", "route", "init", "test-rules", "bench-rules", "events",
             "event", "retry", "replay", "test", "reload", "trigger", "tail", "listen", "version",
             "help"]
 

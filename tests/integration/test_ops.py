@@ -72,6 +72,8 @@ def _check_lines(records, event_id):
     ok = [r for r in reqs if r.get("listener") == "inbound" and str(r.get("status")) == "200"]
     assert len(ok) == 1 and ok[0]["event"] == event_id and ok[0]["source"] == "atoship", reqs
     assert ok[0]["path"] == "/hooks/atoship" and ok[0]["method"] == "POST", ok
+    # the client's address and port, as accept gave them
+    assert re.fullmatch(r"127\.0\.0\.1:\d{2,5}", ok[0]["peer"]), ok
     assert any(r.get("listener") == "inbound" and str(r["status"]) == "401" for r in reqs), reqs
     assert any(r.get("listener") == "inbound" and str(r["status"]) == "404"
                and r["path"] == "/hooks/nowhere" for r in reqs), reqs
@@ -175,7 +177,7 @@ def test_no_configured_secret_is_ever_logged():
     g.start(wait=False)
     assert g.proc.wait(timeout=wb.START_TIMEOUT) != 0
     log = g.log()
-    # refused when the config is read (this build has no PostgreSQL store)
+    # refused when the store opens (nothing listens there; and this build cannot serve from one)
     assert "pg-Secret-55" not in log, log
     assert "postgres://waybill:***@localhost/waybill" in log, log
 
@@ -527,6 +529,9 @@ def _cases(g, sink):
         ("/api/openapi.json", "get", "401", lambda: _raw(g, "get", "/api/openapi.json", token=None)),
         ("/api/events", "get", "200", lambda: _raw(g, "get", "/api/events?limit=1")),
         ("/api/events", "get", "400", lambda: _raw(g, "get", "/api/events?status=bogus")),
+        ("/api/events", "get", "200",
+         lambda: _raw(g, "get", "/api/events?since=2020-01-01T00:00:00Z&until=%d" % (time.time() * 1000 + 1))),
+        ("/api/events", "get", "400", lambda: _raw(g, "get", "/api/events?since=yesterday")),
         ("/api/events", "get", "401", lambda: _raw(g, "get", "/api/events", token=None)),
         ("/api/events/{id}", "get", "200", lambda: _raw(g, "get", "/api/events/" + ev)),
         ("/api/events/{id}", "get", "200", lambda: _raw(g, "get", "/api/events/" + batched)),

@@ -149,9 +149,15 @@ static struct store *open_store(const char *url) {
 static void test_open_errors(void) {
     char err[256];
     struct store *s;
-    s = store_open(base, "postgres://x", dir, err, sizeof err);
+    s = store_open(base, "mysql://x", dir, err, sizeof err);
     CHECK(s == NULL);
-    CHECK_STR_EQ(err, "store: unsupported url 'postgres://x' (use sqlite:PATH)");
+    CHECK_STR_EQ(err, "store: unsupported url 'mysql://x' (use sqlite:PATH)");
+    /* a PostgreSQL URL goes to store_pg (tests/integration/test_pg.py); an
+     * unreachable one says so, without its password */
+    s = store_open(base, "postgres://wb:s3cret@127.0.0.1:1/x", dir, err, sizeof err);
+    CHECK(s == NULL);
+    CHECK(strstr(err, "cannot connect to 'postgres://wb:***@127.0.0.1:1/x'") != NULL);
+    CHECK(strstr(err, "s3cret") == NULL);
     s = store_open(base, "sqlite:", dir, err, sizeof err);
     CHECK(s == NULL);
     CHECK(strstr(err, "unsupported url") != NULL);
@@ -1240,7 +1246,7 @@ static void test_migrate_v4_order_keys(void) {
     CHECK(s != NULL);
     if (!s)
         goto done;
-    CHECK_INT_EQ(fresh_count("PRAGMA user_version", NULL), 5);
+    CHECK_INT_EQ(fresh_count("PRAGMA user_version", NULL), 6);
     CHECK_INT_EQ(fresh_count("SELECT count(*) FROM pragma_table_info('deliveries')"
                              " WHERE name = ?",
                              "okey"),
@@ -1249,6 +1255,98 @@ static void test_migrate_v4_order_keys(void) {
     store_free(s);
 done:
     UNUSED(err);
+    snprintf(dbpath, sizeof dbpath, "%s", saved);
+}
+
+/* 5 -> 6: a version-5 store (no events.matched) gains the column; its
+ * events read back with none recorded (NULL), a new event records the
+ * handlers that matched, each naming what it sent (delivery ids derived as
+ * the deliveries' own), a replay records its own, and a store stamped
+ * newer than this binary knows is refused, as a version-5 binary refuses
+ * this one. */
+static void test_migrate_v5_matched(void) {
+    char saved[256], err[256] = "", eid[UTIL_ID_MAX], did[UTIL_ID_MAX], want[512];
+    sqlite3 *db = NULL;
+    struct store *s;
+    struct store_event old = mk_event("evt_V5OLD", "src-v5old"), ev = mk_event(eid, "v6");
+    struct store_event_row *row = NULL;
+    struct store_match m[2] = {{.where = "rules/10-a.lua:3", .pattern = "tracking.*"},
+                               {.where = "rules/20-b.lua:7", .pattern = "*", .failed = 1}};
+    struct store_delivery_new dn = {.endpoint = "erp",
+                                    .event_type = "tracking.delivered",
+                                    .payload = "{}",
+                                    .payload_len = 2,
+                                    .status = "held",
+                                    .next_at = util_now_ms() + 3600000};
+    struct store_batch_item it = {.endpoint = "wms",
+                                  .window_start = 1795017810000,
+                                  .window_ms = 10000,
+                                  .payload = "{}",
+                                  .len = 2};
+    struct store_plan plan = {.status = "routed",
+                              .deliveries = &dn,
+                              .ndeliveries = 1,
+                              .items = &it,
+                              .nitems = 1,
+                              .by_rules = 1,
+                              .matches = m,
+                              .nmatches = 2};
+    struct store_plan none = {.status = "unrouted", .by_rules = 1};
+
+    util_id_new("evt_", eid, sizeof eid); /* an id's time part: derived ids keep it */
+    snprintf(saved, sizeof saved, "%s", dbpath);
+    snprintf(dbpath, sizeof dbpath, "%s/v5matched.db", dir);
+    s = open_store("sqlite:v5matched.db");
+    CHECK(s != NULL);
+    if (!s)
+        goto done;
+    CHECK_INT_EQ(store_event_put(s, &old, &none, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(commit(s), 1);
+    store_free(s);
+    CHECK_INT_EQ(sqlite3_open(dbpath, &db), SQLITE_OK);
+    CHECK_INT_EQ(sqlite3_exec(db, "ALTER TABLE events DROP COLUMN matched; PRAGMA user_version = 5",
+                              NULL, NULL, NULL),
+                 SQLITE_OK);
+    sqlite3_close(db);
+    s = open_store("sqlite:v5matched.db");
+    CHECK(s != NULL);
+    if (!s)
+        goto done;
+    CHECK_INT_EQ(fresh_count("PRAGMA user_version", NULL), 6);
+    CHECK_INT_EQ(store_event_get(s, "evt_V5OLD", &row, err, sizeof err), 1);
+    CHECK(row && row->matched_json == NULL); /* routed before v6: not recorded */
+    store_event_rows_free(row, row ? 1 : 0);
+    row = NULL;
+    CHECK_INT_EQ(store_event_put(s, &ev, &plan, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(commit(s), 1);
+    util_id_derive("dlv_", eid, "erp", 0, did, sizeof did);
+    snprintf(want, sizeof want,
+             "[{\"rule\":\"rules/10-a.lua:3\",\"on\":\"tracking.*\",\"sent\":["
+             "{\"endpoint\":\"erp\",\"delivery\":\"%s\"},"
+             "{\"endpoint\":\"wms\",\"window_start\":1795017810000}]},"
+             "{\"rule\":\"rules/20-b.lua:7\",\"on\":\"*\",\"sent\":[],\"failed\":true}]",
+             did);
+    CHECK_INT_EQ(store_event_get(s, eid, &row, err, sizeof err), 1);
+    CHECK_STR_EQ(row ? row->matched_json : NULL, want);
+    CHECK_INT_EQ(fresh_count("SELECT count(*) FROM deliveries WHERE id = ?", did), 1);
+    store_event_rows_free(row, row ? 1 : 0);
+    row = NULL;
+    /* a replay that matched nothing records [] (its plan's, not the first) */
+    CHECK_INT_EQ(store_event_routed(s, eid, &none, err, sizeof err), 0);
+    CHECK_INT_EQ(commit(s), 1);
+    CHECK_INT_EQ(store_event_get(s, eid, &row, err, sizeof err), 1);
+    CHECK_STR_EQ(row ? row->matched_json : NULL, "[]");
+    store_event_rows_free(row, row ? 1 : 0);
+    store_free(s);
+    /* a newer store is refused, not opened */
+    CHECK_INT_EQ(sqlite3_open(dbpath, &db), SQLITE_OK);
+    CHECK_INT_EQ(sqlite3_exec(db, "PRAGMA user_version = 7", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    s = store_open(base, "sqlite:v5matched.db", dir, err, sizeof err);
+    CHECK(s == NULL);
+    CHECK(strstr(err, "schema version 7, this waybill knows 6") != NULL);
+    store_free(s);
+done:
     snprintf(dbpath, sizeof dbpath, "%s", saved);
 }
 
@@ -1395,7 +1493,7 @@ static void test_counts_trigger_dropped(void) {
     CHECK_INT_EQ(
         fresh_count("SELECT count(*) FROM sqlite_master WHERE name = ?", "deliveries_count_ins"),
         0);
-    CHECK_INT_EQ(fresh_count("PRAGMA user_version", NULL), 5); /* migrated */
+    CHECK_INT_EQ(fresh_count("PRAGMA user_version", NULL), 6); /* migrated */
     /* 2 -> 3: due rows are found per endpoint */
     CHECK_INT_EQ(fresh_count("SELECT count(*) FROM sqlite_master WHERE name = ?", "deliveries_due"),
                  0);
@@ -1443,7 +1541,7 @@ static void test_shipment_column_added(void) {
     CHECK(s != NULL);
     if (!s)
         goto done;
-    CHECK_INT_EQ(fresh_count("PRAGMA user_version", NULL), 5);
+    CHECK_INT_EQ(fresh_count("PRAGMA user_version", NULL), 6);
     CHECK_INT_EQ(
         fresh_count("SELECT count(*) FROM pragma_table_info('events') WHERE name = ?", "shipment"),
         1);
@@ -1924,6 +2022,7 @@ int main(void) {
     test_counts_trigger_dropped();
     test_shipment_column_added();
     test_migrate_v4_order_keys();
+    test_migrate_v5_matched();
     test_seqs_monotonic_after_prune();
     test_wal_restarts_under_load();
     store_free(NULL);

@@ -226,6 +226,16 @@ static void test_url_redact(void) {
     CHECK_STR_EQ(out, "postgres://db/x?user=a@b");
     util_url_redact("sqlite:waybill.db", out, sizeof out);
     CHECK_STR_EQ(out, "sqlite:waybill.db");
+    /* libpq's URIs also take the password as a query parameter */
+    util_url_redact("postgres://wb@db/x?sslmode=require&password=s3cret&x=1", out, sizeof out);
+    CHECK_STR_EQ(out, "postgres://wb@db/x?sslmode=require&password=***&x=1");
+    util_url_redact("postgres://wb:a@db/x?PASSWORD=pw", out, sizeof out);
+    CHECK_STR_EQ(out, "postgres://wb:***@db/x?PASSWORD=***");
+    {
+        char small[32]; /* cut in the middle of the value: no prefix of it shown */
+        util_url_redact("postgres://db/x?password=s3cretlongvalue", small, sizeof small);
+        CHECK(strstr(small, "s3cr") == NULL);
+    }
     util_url_redact(NULL, out, sizeof out);
     CHECK_STR_EQ(out, "");
 }
@@ -256,6 +266,47 @@ static void test_headers(void) {
     CHECK(!util_header_reserved("Content-Type"));
 }
 
+/* util_time_parse: what util_time_rfc3339 writes reads back; offsets,
+ * fractions and Unix ms; everything else refused. */
+static void test_time_parse(void) {
+    static const char *bad[] = {"",
+                                "yesterday",
+                                "2026-11-23T16:03:38",
+                                "2026-11-23 16:03",
+                                "2026-13-01T00:00:00Z",
+                                "2026-02-29T00:00:00Z",
+                                "2026-11-31T00:00:00Z",
+                                "2026-11-23T24:00:00Z",
+                                "2026-11-23T16:03:38.Z",
+                                "2026-11-23T16:03:38Z ",
+                                "2026-11-23T16:03:38+0100",
+                                "1969-12-31T23:59:59Z",
+                                "1234567890123456",
+                                "-5",
+                                NULL};
+    int64_t ms = 0, samples[] = {0, 1795017818123, 1795017818000, 951782400000 /* 2000-02-29 */};
+    char text[40];
+
+    for (size_t i = 0; i < sizeof samples / sizeof *samples; i++) {
+        util_time_rfc3339(samples[i], text, sizeof text);
+        CHECK_INT_EQ(util_time_parse(text, &ms), 0);
+        CHECK_INT_EQ(ms, samples[i]);
+    }
+    CHECK_INT_EQ(util_time_parse("2026-11-23T17:03:38.123456+01:00", &ms), 0);
+    CHECK_INT_EQ(ms, 1795449818123);
+    CHECK_INT_EQ(util_time_parse("2026-11-23t11:03:38.1-05:00", &ms), 0);
+    CHECK_INT_EQ(ms, 1795449818100);
+    CHECK_INT_EQ(util_time_parse("2026-11-23 16:03:38z", &ms), 0);
+    CHECK_INT_EQ(ms, 1795449818000);
+    CHECK_INT_EQ(util_time_parse("1795017818123", &ms), 0);
+    CHECK_INT_EQ(ms, 1795017818123);
+    for (size_t i = 0; bad[i]; i++) {
+        ms = 42;
+        CHECK_INT_EQ(util_time_parse(bad[i], &ms), -1);
+        CHECK_INT_EQ(ms, 42);
+    }
+}
+
 int main(void) {
     test_durations();
     test_sizes();
@@ -267,5 +318,6 @@ int main(void) {
     test_http_url();
     test_headers();
     test_url_redact();
+    test_time_parse();
     return harness_report();
 }

@@ -1,0 +1,531 @@
+/* store_pg_conn.c -- one PostgreSQL connection on the libevent loop, through
+ * libpq's asynchronous API: PQconnectStartParams/PQconnectPoll to connect,
+ * then nonblocking pipeline mode (libpq 14+: many queries, one Sync, one
+ * round trip), PQsocket watched by an event, results handed to each query's
+ * callback in order.
+ *
+ * Why on the loop and not a database thread fed by a queue: every other
+ * wait of waybill (carriers' requests, deliveries through curl multi, the
+ * admin API) is already an event on this loop, and the store's group commit
+ * is a loop-turn notion (store.h); libpq's nonblocking pipeline lets one
+ * connection carry a whole group's statements in one round trip without a
+ * second thread, a queue, locks or a wakeup pipe, and a lost connection is
+ * one more event here rather than a state shared across threads. The loop
+ * never waits for the database, with one exception libpq documents: a host
+ * *name* is resolved by getaddrinfo inside PQconnectPoll (blocking); give
+ * hostaddr= (or an IP address as the host) where that matters.
+ *
+ * Reconnect: after a failed attempt or a lost connection the next attempt
+ * starts after 100 ms, then 200, 400, 800 ms, 1.6, 3.2 s, then every 5 s,
+ * each with up to a quarter more at random (instances restarted together do
+ * not knock in step); a successful connection resets the schedule. Each
+ * attempt is bounded by its connect time (libpq's connect_timeout is not
+ * applied to PQconnectPoll: a timer here is; the URL's connect_timeout=N
+ * sets it, at least 2 s as in libpq, for all its hosts together). A lost
+ * connection fails every query in flight (callback with res NULL): nobody
+ * is told ok for a statement whose answer did not come.
+ *
+ * Invariant: in state UP the connection is in pipeline mode and the read
+ * event is armed; the in-flight list holds, in order, one entry per query
+ * queued and one per sync, and nothing else.
+ * SPDX-License-Identifier: MIT */
+#include <stdlib.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+#include <event2/event.h>
+#include <openssl/rand.h>
+
+#include "log.h"
+#include "store_pg_int.h"
+#include "util.h"
+
+enum conn_state { PG_DOWN, PG_CONNECTING, PG_UP };
+
+/* One query or sync waiting for its results. */
+struct inflight {
+    struct inflight *next;
+    store_pg_result_fn fn; /* NULL for a sync */
+    void *arg;
+    PGresult *res; /* the query's first result, kept until its NULL */
+};
+
+struct store_pg_conn {
+    struct event_base *base;
+    char *url;
+    int connect_ms;
+    store_pg_state_fn state_fn;
+    void *state_arg;
+    PGconn *pg;
+    enum conn_state state;
+    struct event *io;    /* connecting: one-shot read or write; up: persistent read */
+    struct event *wr;    /* up: armed while PQflush has more to send */
+    struct event *timer; /* down: the next attempt; connecting: the attempt's deadline */
+    int backoff_ms;
+    struct inflight *head, *tail;
+};
+
+#define BACKOFF_FIRST_MS 100
+#define BACKOFF_MAX_MS 5000
+
+static void conn_attempt(struct store_pg_conn *c);
+static void conn_lost(struct store_pg_conn *c, const char *why);
+
+/* ---- messages without the password ---- */
+
+/* Decodes %XX escapes of s[0..n) into out (cut to outlen). */
+static void pct_decode(const char *s, size_t n, char *out, size_t outlen) {
+    size_t o = 0;
+    for (size_t i = 0; i < n && o + 1 < outlen; i++) {
+        unsigned char v;
+        if (s[i] == '%' && i + 2 < n && util_hex_decode(s + i + 1, 2, &v, 1) == 1) {
+            out[o++] = (char)v;
+            i += 2;
+        } else {
+            out[o++] = s[i];
+        }
+    }
+    out[o] = '\0';
+}
+
+/* Replaces every occurrence of secret (when not empty) in buf by "***". */
+static void scrub_one(char *buf, size_t buflen, const char *secret, size_t n) {
+    char *p;
+    if (n == 0)
+        return;
+    while ((p = memmem(buf, strlen(buf), secret, n)) != NULL) {
+        size_t rest = strlen(p + n);
+        if ((size_t)(p - buf) + 3 + rest >= buflen) {
+            *p = '\0';
+            return;
+        }
+        memmove(p + 3, p + n, rest + 1);
+        memcpy(p, "***", 3);
+    }
+}
+
+/* The raw password of url's userinfo and of a password= query parameter:
+ * each as (start, length) into url, length 0 when absent. */
+static void url_secrets(const char *url, const char **u, size_t *ulen, const char **q,
+                        size_t *qlen) {
+    const char *auth = strstr(url, "://"), *end, *at = NULL, *colon, *p;
+    *ulen = *qlen = 0;
+    *u = *q = NULL;
+    if (!auth)
+        return;
+    auth += 3;
+    end = auth + strcspn(auth, "/?#");
+    for (p = auth; p < end; p++)
+        if (*p == '@')
+            at = p;
+    colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
+    if (colon) {
+        *u = colon + 1;
+        *ulen = (size_t)(at - colon - 1);
+    }
+    for (p = strchr(url, '?'); p && *p; p += strcspn(p, "&")) {
+        p++;
+        if (strncasecmp(p, "password=", 9) == 0) {
+            *q = p + 9;
+            *qlen = strcspn(*q, "&#");
+        }
+    }
+}
+
+const char *store_pg_scrub(const char *url, const char *msg, char *out, size_t outlen) {
+    const char *u, *q, *env = getenv("PGPASSWORD");
+    size_t ulen, qlen, o = 0, cap;
+    char dec[512], *buf;
+
+    if (!outlen)
+        return out;
+    msg = msg ? msg : "";
+    /* scrubbed whole, then cut: cutting first could leave a password's
+     * prefix that no longer matches it (a newline becomes 2 bytes, a 1-byte
+     * secret 3: 6x is room) */
+    cap = strlen(msg) * 6 + 4;
+    if (!(buf = malloc(cap))) {
+        snprintf(out, outlen, "(message withheld: out of memory)");
+        return out;
+    }
+    for (const char *m = msg; *m; m++) {
+        if (*m == '\n') {
+            while (m[1] == '\t' || m[1] == ' ')
+                m++;
+            if (m[1]) {
+                memcpy(buf + o, "; ", 2);
+                o += 2;
+            }
+        } else if (*m != '\r') {
+            buf[o++] = *m;
+        }
+    }
+    buf[o] = '\0';
+    url_secrets(url ? url : "", &u, &ulen, &q, &qlen);
+    scrub_one(buf, cap, u, ulen);
+    scrub_one(buf, cap, q, qlen);
+    if (ulen) {
+        pct_decode(u, ulen, dec, sizeof dec);
+        scrub_one(buf, cap, dec, strlen(dec));
+    }
+    if (qlen) {
+        pct_decode(q, qlen, dec, sizeof dec);
+        scrub_one(buf, cap, dec, strlen(dec));
+    }
+    if (env)
+        scrub_one(buf, cap, env, strlen(env));
+    snprintf(out, outlen, "%s", buf);
+    free(buf);
+    return out;
+}
+
+/* ---- results ---- */
+
+int store_pg_res_ok(const PGresult *res) {
+    ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+    return st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
+}
+
+const char *store_pg_res_error(const PGresult *res) {
+    const char *m;
+    if (!res)
+        return "no result";
+    if (PQresultStatus(res) == PGRES_PIPELINE_ABORTED)
+        return "not run: an earlier statement of its group failed";
+    m = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+    return m && *m ? m : PQresStatus(PQresultStatus(res));
+}
+
+/* ---- the in-flight list ---- */
+
+static int inflight_push(struct store_pg_conn *c, store_pg_result_fn fn, void *arg) {
+    struct inflight *f = calloc(1, sizeof *f);
+    if (!f)
+        return -1;
+    f->fn = fn;
+    f->arg = arg;
+    if (c->tail)
+        c->tail->next = f;
+    else
+        c->head = f;
+    c->tail = f;
+    return 0;
+}
+
+static struct inflight *inflight_pop(struct store_pg_conn *c) {
+    struct inflight *f = c->head;
+    if (f) {
+        c->head = f->next;
+        if (!c->head)
+            c->tail = NULL;
+    }
+    return f;
+}
+
+/* Hands every entry in flight its failure (why), in order. The list is
+ * detached first: a callback may queue again (on a new connection). */
+static void inflight_fail(struct store_pg_conn *c, const char *why) {
+    struct inflight *f = c->head;
+    c->head = c->tail = NULL;
+    while (f) {
+        struct inflight *next = f->next;
+        if (f->fn)
+            f->fn(f->arg, NULL, why);
+        PQclear(f->res);
+        free(f);
+        f = next;
+    }
+}
+
+/* ---- the socket ---- */
+
+/* Re-arms c->io for fd and what (EV_READ or EV_WRITE, + EV_PERSIST). */
+static int conn_watch(struct store_pg_conn *c, short what, event_callback_fn cb) {
+    if (c->io)
+        event_free(c->io);
+    c->io = event_new(c->base, PQsocket(c->pg), what, cb, c);
+    return c->io && event_add(c->io, NULL) == 0 ? 0 : -1;
+}
+
+/* Sends what libpq holds; arms the write event while some is left. */
+static int conn_flush(struct store_pg_conn *c) {
+    int r = PQflush(c->pg);
+    if (r < 0)
+        return -1;
+    if (r > 0)
+        return event_add(c->wr, NULL);
+    return event_del(c->wr);
+}
+
+/* Takes every complete result libpq has, handing each query its own. */
+static void conn_dispatch(struct store_pg_conn *c) {
+    while (c->head && c->state == PG_UP && !PQisBusy(c->pg)) {
+        PGresult *r = PQgetResult(c->pg);
+        struct inflight *f = c->head;
+        if (!f->fn) { /* a sync: its one result, no NULL after it */
+            if (r && PQresultStatus(r) == PGRES_PIPELINE_SYNC) {
+                free(inflight_pop(c));
+            } else if (r) { /* a result with no query to take it: ignore */
+                log_msg(LOG_WARN, "store: postgresql: stray result (%s)",
+                        PQresStatus(PQresultStatus(r)));
+            }
+            PQclear(r);
+            continue;
+        }
+        if (r) { /* the query's result; a second one (never sent) is dropped */
+            if (!f->res)
+                f->res = r;
+            else
+                PQclear(r);
+            continue;
+        }
+        inflight_pop(c); /* NULL: the query's results are complete */
+        f->fn(f->arg, f->res, f->res && store_pg_res_ok(f->res) ? NULL : "query failed");
+        PQclear(f->res);
+        free(f);
+    }
+}
+
+static void on_readable(evutil_socket_t fd, short what, void *arg) {
+    struct store_pg_conn *c = arg;
+    PGnotify *n;
+    UNUSED(fd);
+    UNUSED(what);
+    if (!PQconsumeInput(c->pg)) {
+        conn_lost(c, PQerrorMessage(c->pg));
+        return;
+    }
+    while ((n = PQnotifies(c->pg)) != NULL)
+        PQfreemem(n); /* LISTEN comes with the shared state, later */
+    conn_dispatch(c);
+    if (c->state == PG_UP && PQstatus(c->pg) == CONNECTION_BAD)
+        conn_lost(c, PQerrorMessage(c->pg));
+}
+
+static void on_writable(evutil_socket_t fd, short what, void *arg) {
+    struct store_pg_conn *c = arg;
+    UNUSED(fd);
+    UNUSED(what);
+    if (conn_flush(c) < 0)
+        conn_lost(c, PQerrorMessage(c->pg));
+}
+
+/* ---- connecting ---- */
+
+static void conn_schedule(struct store_pg_conn *c) {
+    unsigned char r[2] = {0, 0};
+    int ms = c->backoff_ms;
+    (void)RAND_bytes(r, sizeof r);
+    ms += (int)((int64_t)ms * ((r[0] << 8) | r[1]) / 65536 / 4);
+    c->backoff_ms = c->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : c->backoff_ms * 2;
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    evtimer_add(c->timer, &tv);
+}
+
+/* Ends the current connection (if any) and schedules the next attempt; the
+ * queries in flight fail and the owner hears why (scrubbed). */
+static void conn_lost(struct store_pg_conn *c, const char *why) {
+    char shown[512];
+    int was_up = c->state == PG_UP;
+
+    store_pg_scrub(c->url, why && *why ? why : "connection lost", shown, sizeof shown);
+    if (c->io) {
+        event_free(c->io);
+        c->io = NULL;
+    }
+    if (c->wr)
+        event_del(c->wr);
+    evtimer_del(c->timer);
+    PQfinish(c->pg);
+    c->pg = NULL;
+    c->state = PG_DOWN;
+    inflight_fail(c, shown);
+    conn_schedule(c);
+    if (was_up)
+        log_msg(LOG_WARN, "store: postgresql: connection lost: %s", shown);
+    c->state_fn(c->state_arg, 0, shown);
+}
+
+static void conn_up(struct store_pg_conn *c) {
+    if (c->io) {
+        event_free(c->io);
+        c->io = NULL;
+    }
+    evtimer_del(c->timer);
+    if (c->wr) /* the socket may be a new one: a fresh write event */
+        event_free(c->wr);
+    c->wr = event_new(c->base, PQsocket(c->pg), EV_WRITE, on_writable, c);
+    if (!c->wr || conn_watch(c, EV_READ | EV_PERSIST, on_readable) < 0) {
+        conn_lost(c, "out of memory");
+        return;
+    }
+    if (PQenterPipelineMode(c->pg) != 1) {
+        conn_lost(c, "cannot enter pipeline mode");
+        return;
+    }
+    c->state = PG_UP;
+    c->backoff_ms = BACKOFF_FIRST_MS;
+    c->state_fn(c->state_arg, 1, NULL);
+}
+
+/* One step of PQconnectPoll; arms the socket for the next, or ends. */
+static void conn_poll(evutil_socket_t fd, short what, void *arg) {
+    struct store_pg_conn *c = arg;
+    UNUSED(fd);
+    UNUSED(what);
+    switch (PQconnectPoll(c->pg)) {
+    case PGRES_POLLING_OK:
+        conn_up(c);
+        return;
+    case PGRES_POLLING_READING:
+        if (conn_watch(c, EV_READ, conn_poll) < 0)
+            conn_lost(c, "out of memory");
+        return;
+    case PGRES_POLLING_WRITING:
+        if (conn_watch(c, EV_WRITE, conn_poll) < 0)
+            conn_lost(c, "out of memory");
+        return;
+    default:
+        conn_lost(c, PQerrorMessage(c->pg));
+        return;
+    }
+}
+
+/* The timer: in state DOWN the next attempt is due; in CONNECTING the
+ * attempt took longer than connect_ms. */
+static void on_timer(evutil_socket_t fd, short what, void *arg) {
+    struct store_pg_conn *c = arg;
+    char why[64];
+    UNUSED(fd);
+    UNUSED(what);
+    if (c->state == PG_DOWN) {
+        conn_attempt(c);
+        return;
+    }
+    snprintf(why, sizeof why, "no connection within %d ms", c->connect_ms);
+    conn_lost(c, why);
+}
+
+/* The server's notices (e.g. "relation ... already exists, skipping"):
+ * debug lines, never libpq's default print to stderr. */
+static void on_notice(void *arg, const char *text) {
+    struct store_pg_conn *c = arg;
+    char shown[512];
+    log_msg(LOG_DEBUG, "store: postgresql: %s", store_pg_scrub(c->url, text, shown, sizeof shown));
+}
+
+static void conn_attempt(struct store_pg_conn *c) {
+    static const char *const keys[] = {"dbname", "application_name", "fallback_application_name",
+                                       NULL};
+    const char *vals[] = {c->url, NULL, "waybill", NULL};
+    struct timeval tv = {c->connect_ms / 1000, (c->connect_ms % 1000) * 1000};
+
+    c->pg = PQconnectStartParams(keys, vals, 1);
+    if (!c->pg) {
+        conn_lost(c, "out of memory");
+        return;
+    }
+    if (PQstatus(c->pg) == CONNECTION_BAD || PQsetnonblocking(c->pg, 1) != 0) {
+        conn_lost(c, PQerrorMessage(c->pg));
+        return;
+    }
+    PQsetNoticeProcessor(c->pg, on_notice, c);
+    c->state = PG_CONNECTING;
+    evtimer_add(c->timer, &tv);
+    /* libpq asks for the first poll as if the socket were writable */
+    if (conn_watch(c, EV_WRITE, conn_poll) < 0)
+        conn_lost(c, "out of memory");
+}
+
+/* ---- the interface ---- */
+
+struct store_pg_conn *store_pg_conn_new(struct event_base *base, const char *url, int connect_ms,
+                                        store_pg_state_fn fn, void *arg, char *err, size_t errlen) {
+    struct store_pg_conn *c = NULL;
+    char *perr = NULL;
+    PQconninfoOption *opts = PQconninfoParse(url, &perr);
+
+    if (!opts) { /* a URL libpq cannot read: its reason may quote the password */
+        store_pg_scrub(url, perr ? perr : "out of memory", err, errlen);
+        goto fail;
+    }
+    if (!(c = calloc(1, sizeof *c)) || !(c->url = strdup(url)) ||
+        !(c->timer = evtimer_new(base, on_timer, c))) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    c->base = base;
+    c->connect_ms = connect_ms > 0 ? connect_ms : 10000;
+    for (PQconninfoOption *o = opts; o->keyword; o++) /* the URL's own, as libpq reads it */
+        if (strcmp(o->keyword, "connect_timeout") == 0 && o->val && atoi(o->val) > 0)
+            c->connect_ms = (atoi(o->val) < 2 ? 2 : atoi(o->val)) * 1000;
+    c->state_fn = fn;
+    c->state_arg = arg;
+    c->backoff_ms = BACKOFF_FIRST_MS;
+    c->state = PG_DOWN;
+    PQconninfoFree(opts);
+    PQfreemem(perr);
+    struct timeval now = {0, 0};
+    evtimer_add(c->timer, &now); /* the first attempt, from the loop */
+    return c;
+fail:
+    PQconninfoFree(opts);
+    PQfreemem(perr);
+    if (c) {
+        if (c->timer)
+            event_free(c->timer);
+        free(c->url);
+        free(c);
+    }
+    return NULL;
+}
+
+void store_pg_conn_free(struct store_pg_conn *c) {
+    if (!c)
+        return;
+    if (c->io)
+        event_free(c->io);
+    if (c->wr)
+        event_free(c->wr);
+    event_free(c->timer);
+    PQfinish(c->pg);
+    c->pg = NULL;
+    c->state = PG_DOWN;
+    inflight_fail(c, "closed");
+    free(c->url);
+    free(c);
+}
+
+int store_pg_conn_up(const struct store_pg_conn *c) {
+    return c && c->state == PG_UP;
+}
+
+int store_pg_conn_query(struct store_pg_conn *c, const char *sql, int n, const char *const *params,
+                        store_pg_result_fn fn, void *arg) {
+    if (!store_pg_conn_up(c) || !fn)
+        return -1;
+    if (!PQsendQueryParams(c->pg, sql, n, NULL, params, NULL, NULL, 0))
+        return -1;
+    if (inflight_push(c, fn, arg) < 0) {
+        /* libpq has the query: its results would reach no one. Drop the
+         * connection: everything in flight fails, nothing is acked. */
+        conn_lost(c, "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+int store_pg_conn_sync(struct store_pg_conn *c) {
+    if (!store_pg_conn_up(c))
+        return -1;
+    if (PQpipelineSync(c->pg) != 1 || inflight_push(c, NULL, NULL) < 0 || conn_flush(c) < 0) {
+        conn_lost(c, PQerrorMessage(c->pg));
+        return -1;
+    }
+    return 0;
+}
+
+const char *store_pg_conn_param(const struct store_pg_conn *c, const char *name) {
+    return store_pg_conn_up(c) ? PQparameterStatus(c->pg, name) : NULL;
+}
