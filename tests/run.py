@@ -448,7 +448,7 @@ def main():
 
     # 4. the torture suite's short form (tests/torture/), after the rest, on
     # its own: each of its rows is one pass or failure
-    if args.torture and not args.files and matches("torture", args.k):
+    if args.torture and not args.files and not args.unit_only and matches("torture", args.k):
         run_counting("torture (short form)", [sys.executable, os.path.join(ROOT, "tests", "torture", "torture.py"),
                                               "--short", "--bin", binary], totals, args.asan, timeout=600, env=env)
 
