@@ -6,7 +6,7 @@ PKGS    := libevent libevent_openssl libcurl openssl jansson lua5.4 sqlite3 libp
 DEBS    := build-essential pkg-config libevent-dev libcurl4-openssl-dev libssl-dev \
            libjansson-dev liblua5.4-dev libsqlite3-dev libmimalloc-dev \
            libhttp-parser-dev libpq-dev
-TESTDEBS := curl python3 nodejs npm openssl chromium postgresql
+TESTDEBS := curl python3 nodejs npm openssl chromium postgresql faketime
 BENCHDEBS := wrk webhook
 
 WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
@@ -36,7 +36,7 @@ UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 
 .PHONY: all help deps install run test test-unit test-integration asan tsan bench format format-check clean \
-        check layers lint test-deps fuzz
+        check layers lint test-deps fuzz torture
 
 all: deps $(BIN)
 
@@ -54,6 +54,7 @@ help:
 	@echo "make tsan         the store's unit tests under ThreadSanitizer"
 	@echo "make fuzz         the libFuzzer targets, FUZZ_SECONDS each (clang installed when missing)"
 	@echo "make bench        the benchmarks (~7 min; BENCH_INSTALL=1 installs wrk and webhook)"
+	@echo "make torture      the torture suite, full form (~20 min): one table; its short form is in make test"
 	@echo "make lint         the format check and the layers check"
 	@echo "make format       clang-format every C file in place"
 	@echo "make format-check the format check alone"
@@ -132,7 +133,7 @@ test-integration: test-deps all
 	@python3 tests/run.py --bin ./$(BIN) $(if $(K),-k $(K))
 
 test: test-deps all $(UNIT_BINS)
-	@python3 tests/run.py --bin ./$(BIN) --unit "$(UNIT_BINS)"
+	@python3 tests/run.py --bin ./$(BIN) --unit "$(UNIT_BINS)" --torture
 
 check: test
 
@@ -142,7 +143,7 @@ asan: test-deps
 	  SANFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -DWAYBILL_CHECKS" \
 	  waybill-asan $(UNIT_SRCS:tests/unit/%.c=build-asan/tests/%)
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
-	  python3 tests/run.py --bin ./waybill-asan --asan \
+	  python3 tests/run.py --bin ./waybill-asan --asan --torture \
 	  --unit "$(UNIT_SRCS:tests/unit/%.c=build-asan/tests/%)"
 
 # ThreadSanitizer over the store's unit tests: the store runs a sync thread
@@ -189,6 +190,13 @@ fuzz: deps
 $(BUILD)/fuzz/%: tests/fuzz/%.c $(LIBOBJS) | $(BUILD) deps
 	@mkdir -p $(BUILD)/fuzz
 	$(CC) $(CFLAGS_ALL) -fsanitize=fuzzer -Icore -o $@ $< $(LIBOBJS) $(LDLIBS_ALL)
+
+# The torture suite (issue 18, tests/torture/): crashes, a full disk, slow
+# and many clients, hostile receivers, malformed HTTP, clock jumps, reload
+# storms, a corrupted store and a 10-minute soak, one table (~20 min; the
+# short form runs in make test). TORTURE_OUT=file also writes the table there.
+torture: test-deps all
+	@python3 tests/torture/torture.py --bin ./$(BIN) $(if $(TORTURE_OUT),--out $(TORTURE_OUT)) $(if $(K),-k $(K))
 
 # OLD_BIN=path runs that waybill binary beside ./waybill (before/after ratios).
 bench: all

@@ -21,7 +21,16 @@ struct batch {
     struct event *timer;
     int64_t armed_at;  /* Unix ms the timer fires at, INT64_MAX when idle */
     int close_pending; /* a commit callback watches the group closing windows */
+    int64_t closed_to; /* Unix ms: every window ending by then was closed (issue 18) */
 };
+
+int64_t batch_now(const struct batch *b) {
+    int64_t now = util_now_ms();
+    /* After the wall clock stepped back, a new item goes into the window
+     * holding closed_to (still open: it ends after it), not into one that
+     * was already sent: each window closes once. */
+    return b && b->closed_to > now ? b->closed_to : now;
+}
 
 int64_t batch_window_start(int64_t now, int64_t window_ms) {
     int64_t k = now / window_ms;
@@ -109,6 +118,8 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
     for (size_t i = 0; i < n; i++)
         if (close_window(b, &w[i], "window end") < 0)
             break;
+    if (now > b->closed_to)
+        b->closed_to = now;
     store_batch_windows_free(w, n);
     next = store_batch_next_close(b->deps.store);
     if (next != INT64_MAX)

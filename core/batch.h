@@ -34,6 +34,11 @@ struct config_endpoint;
 struct batch *batch_new(const struct batch_deps *deps);
 void batch_free(struct batch *b);
 
+/* The time (Unix ms) a new item is batched at: now, or when the wall clock
+ * has stepped back since windows were closed, the latest close (so a window
+ * already sent is never reopened). b may be NULL (now). */
+int64_t batch_now(const struct batch *b);
+
 /* The start (Unix ms) of the window of length window_ms holding now. */
 int64_t batch_window_start(int64_t now, int64_t window_ms);
 

@@ -411,6 +411,11 @@ static CURLcode httpc_setopts(struct httpc_xfer *x, const struct httpc_request *
     HTTPC_SETOPT(CURLOPT_WRITEFUNCTION, httpc_write_cb);
     HTTPC_SETOPT(CURLOPT_WRITEDATA, (void *)x);
     HTTPC_SETOPT(CURLOPT_ERRORBUFFER, x->errbuf);
+    /* The CA bundle alone (Debian's holds every CA of /etc/ssl/certs): with
+     * a CA path as well libcurl does not cache the parsed bundle and parses
+     * its ~140 certificates again on the loop for every new TLS connection
+     * (~30 ms each; a receiver failing every handshake stalled ingest). */
+    HTTPC_SETOPT(CURLOPT_CAPATH, NULL);
     if (x->headers)
         HTTPC_SETOPT(CURLOPT_HTTPHEADER, x->headers);
     if (req->user_agent)

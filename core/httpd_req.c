@@ -168,7 +168,13 @@ static int trailer_add(struct httpd_conn *c, size_t len) {
 
 static int on_header_field(http_parser *p, const char *at, size_t len) {
     struct httpd_conn *c = p->data;
-    return c->phase == PH_BODY ? trailer_add(c, len) : head_add(c, ITEM_NAME, at, len);
+    if (c->phase == PH_BODY)
+        return trailer_add(c, len);
+    /* http-parser takes "Content-Length :" as Content-Length; a proxy in
+     * front may not (RFC 9112 section 5.1: 400) */
+    if (memchr(at, ' ', len) || memchr(at, '\t', len))
+        return conn_reject(c, 400, "whitespace in a header name");
+    return head_add(c, ITEM_NAME, at, len);
 }
 
 static int on_header_value(http_parser *p, const char *at, size_t len) {
@@ -202,11 +208,17 @@ static int req_path(struct httpd_req *r) {
 static int on_headers_complete(http_parser *p) {
     struct httpd_conn *c = p->data;
     struct httpd_req *r = c->cur;
-    const char *expect;
+    const char *expect, *te;
     int rc;
 
     if (item_end(c) < 0)
         return conn_reject(c, 503, "out of memory");
+    /* 4xx rather than 505 and 501: a carrier retries a 5xx */
+    if (p->http_major != 1)
+        return conn_reject(c, 400, "HTTP version not supported");
+    te = httpd_req_header(r, "transfer-encoding");
+    if (te && strcasecmp(te, "chunked") != 0)
+        return conn_reject(c, 400, "transfer coding not supported (chunked only)");
     r->method = p->method;
     r->http10 = p->http_major == 1 && p->http_minor == 0;
     r->keep_alive = http_should_keep_alive(p) && !p->upgrade;

@@ -89,7 +89,7 @@ void route_plan(struct route *rt, const struct rules_input *ev, struct route_pla
         if (s->window_ms > 0) {
             p->items[nitems++] = (struct store_batch_item){
                 .endpoint = s->endpoint,
-                .window_start = batch_window_start(now, s->window_ms),
+                .window_start = batch_window_start(batch_now(rt->deps.batch), s->window_ms),
                 .window_ms = s->window_ms,
                 .payload = s->payload,
                 .len = s->payload_len,

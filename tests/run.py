@@ -19,8 +19,11 @@ In order:
    gateway, sink and receiver it started. A worker is its own process group:
    whatever is left when it ends (or is killed on a hard timeout) is killed.
 
+4. with --torture: tests/torture/torture.py --short, parsed as in 1 (one
+   count per scenario row).
+
 The last line printed is `N passed, N failed` (unit checks + rule tests +
-integration tests); the exit status is 1 if any failed.
+integration tests + torture rows); the exit status is 1 if any failed.
 """
 
 import argparse
@@ -120,10 +123,10 @@ class Totals:
 # Unit binaries and rule tests: programs that print `N passed, N failed`
 # --------------------------------------------------------------------------
 
-def run_counting(label, argv, totals, asan, timeout=600):
+def run_counting(label, argv, totals, asan, timeout=600, env=None):
     t0 = time.monotonic()
     try:
-        r = subprocess.run(argv, capture_output=True, timeout=timeout, cwd=os.getcwd())
+        r = subprocess.run(argv, capture_output=True, timeout=timeout, cwd=os.getcwd(), env=env)
         out = r.stdout.decode("utf-8", "replace")
         err = r.stderr.decode("utf-8", "replace")
         code = r.returncode
@@ -160,6 +163,8 @@ def run_counting(label, argv, totals, asan, timeout=600):
         say("FAIL %s: %s (%.1fs)" % (label, msg, secs), indent(tail((out + "\n" + err).strip(), 80)))
     else:
         say("PASS %s: %d checks (%.1fs)" % (label, passed, secs))
+        if label.startswith("torture"):  # its table
+            say(indent(out[out.find("\nwaybill torture"):].strip()))
 
 
 # --------------------------------------------------------------------------
@@ -402,6 +407,7 @@ def main():
     ap.add_argument("--asan", action="store_true", help="sanitizer build: reports in stderr fail tests")
     ap.add_argument("--unit-only", action="store_true", help="the unit binaries alone (no rule tests, no integration)")
     ap.add_argument("-k", action="append", help="only tests whose name contains PATTERN (or matches the glob); repeatable")
+    ap.add_argument("--torture", action="store_true", help="then the torture suite's short form (tests/torture/)")
     ap.add_argument("-j", "--jobs", type=int, default=2, help="parallel integration workers (default 2)")
     ap.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="default per-test limit, seconds")
     ap.add_argument("--scale", type=float, default=None, help=argparse.SUPPRESS)
@@ -439,6 +445,12 @@ def main():
     files = [os.path.abspath(f) for f in files]
     if files:
         run_integration(files, args, totals, env)
+
+    # 4. the torture suite's short form (tests/torture/), after the rest, on
+    # its own: each of its rows is one pass or failure
+    if args.torture and not args.files and not args.unit_only and matches("torture", args.k):
+        run_counting("torture (short form)", [sys.executable, os.path.join(ROOT, "tests", "torture", "torture.py"),
+                                              "--short", "--bin", binary], totals, args.asan, timeout=600, env=env)
 
     if totals.failed_names:
         say("", "failed (%d): %s" % (len(totals.failed_names), " ".join(totals.failed_names)))

@@ -397,3 +397,38 @@ def test_emfile_pauses_accept_without_spinning_and_resumes():
         b = wb.atoship_event()
         s.sendall(request_bytes(b) + b)
         assert Reader(s).response()[0] == 200
+
+
+def test_whitespace_before_a_colon_an_unknown_version_or_transfer_coding_get_400():
+    """What the torture corpus found http-parser taking (issue 18): a space
+    between a header's name and its colon ("Content-Length : n" read as
+    Content-Length, where a proxy in front may not: RFC 9112 section 5.1
+    says 400), a request line of HTTP/7.3 or of no version at all, and a
+    transfer coding other than chunked ("gzip, chunked": the body was taken
+    as if not compressed). Each a 400 with its reason; nothing stored; a
+    well-formed request is served after them."""
+    g = gateway()
+    cases = []
+    body = wb.atoship_event()
+    raw = request_bytes(body).replace(b"Content-Length:", b"Content-Length :")
+    cases.append(("whitespace in a header name", raw + body))
+    body = wb.atoship_event()
+    raw = request_bytes(body).replace(b"HTTP/1.1\r\n", b"HTTP/7.3\r\n", 1)
+    cases.append(("HTTP version not supported", raw + body))
+    cases.append(("HTTP version not supported", b"POST /hooks/atoship\r\n\r\n"))
+    body = wb.atoship_event()
+    raw = request_bytes(body, {"Transfer-Encoding": "gzip, chunked"})
+    cases.append(("transfer coding not supported", raw + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)))
+    for reason, data in cases:
+        s = connect(g)
+        s.sendall(data)
+        r = Reader(s)
+        status, headers, rbody = r.response()
+        assert status == 400, (reason, status, rbody)
+        assert reason in assert_one_line_error(rbody, status), (reason, rbody)
+        assert headers.get("connection") == "close" and r.closed(), reason
+    assert stored(g) == []
+    body = wb.atoship_event()
+    s = connect(g)
+    s.sendall(request_bytes(body, {"Transfer-Encoding": "Chunked"}) + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+    assert Reader(s).response()[0] == 200
