@@ -575,12 +575,21 @@ static int store_db_open(struct store *s, const char *path, char *err, size_t er
     sqlite3_extended_result_codes(s->db, 1);
     sqlite3_busy_timeout(s->db, STORE_BUSY_MS);
     /* Before the first table exists, so a new store can give pages back to
-     * the filesystem (store_reclaim); on an existing store it changes
-     * nothing (it would take a VACUUM). */
-    if (sqlite3_exec(s->db, "PRAGMA auto_vacuum = INCREMENTAL", NULL, NULL, NULL) != SQLITE_OK) {
+     * the filesystem (store_reclaim). Only on an empty file: on an existing
+     * store it would change nothing but its header (it takes a VACUUM), and
+     * opening a store must not write before the store was read and found
+     * sound (a damaged store is refused untouched). */
+    if (sqlite3_exec(s->db, "PRAGMA page_count", exec_first_text, mode, NULL) != SQLITE_OK ||
+        !mode[0]) {
+        store_err(err, errlen, "store: %s: %s", path, sqlite3_errmsg(s->db));
+        return -1;
+    }
+    if (strcmp(mode, "0") == 0 &&
+        sqlite3_exec(s->db, "PRAGMA auto_vacuum = INCREMENTAL", NULL, NULL, NULL) != SQLITE_OK) {
         store_err(err, errlen, "store: %s: auto_vacuum: %s", path, sqlite3_errmsg(s->db));
         return -1;
     }
+    mode[0] = '\0';
     if (sqlite3_exec(s->db, "PRAGMA journal_mode = WAL", exec_first_text, mode, NULL) !=
             SQLITE_OK ||
         !mode[0]) {
@@ -801,6 +810,13 @@ struct store *store_open(struct event_base *base, const char *url, const char *b
     return s;
 
 fail:
+    /* Every refusal names the file, whichever step found the fault. */
+    if (path && errlen && !strstr(err, path)) {
+        char why[512];
+        const char *rest = strncmp(err, "store: ", 7) == 0 ? err + 7 : err;
+        snprintf(why, sizeof why, "%s", rest);
+        store_err(err, errlen, "store: %s: %s", path, why);
+    }
     free(path);
     if (s)
         store_close(s);
