@@ -18,7 +18,7 @@
  * jansson words them: "invalid JSON at line L column C: reason".
  * tests/unit/test_jsonx.c (test_decode_vs_jansson) holds it to that on edge
  * cases and random mutations of them. The encoder's clones build what this
- * decoder would (jsonx_new_table, jsonx_push_number_text).
+ * decoder would (jsonx_new_object, jsonx_new_table, jsonx_push_number_text).
  * Invariant: no C memory is held across a Lua call that may raise (a long
  * number's text is freed before it is pushed), so a memory error, which
  * raises, leaks nothing.
@@ -380,21 +380,35 @@ static int dec_literal(struct dec *d, const char *word, size_t n) {
 
 static int dec_value(struct dec *d, int depth);
 
-/* How many keys an object keeps on the stack while it is read (its received
- * order, in case they do not come in the encoder's own order); past that
- * they move into the order list. */
-#define DEC_KEYS_HELD 32
+/* How many members an object keeps on the stack while it is read (their
+ * keys are its received order, in case they do not come in the encoder's
+ * own order); then they go into its table, made that size at once
+ * (jsonx_new_object): no table grows member by member. */
+#define DEC_KEYS_HELD JSONX_OBJECT_HELD
 
-/* Appends the nk keys held at t+2.. to the order list at t+1 (made when
- * absent), *total of them there before, and pops them. [-nk, +0, m] */
-static void dec_order_flush(lua_State *L, int t, int nk, lua_Integer *total) {
-    if (lua_isnil(L, t + 1)) {
-        lua_createtable(L, nk, 0);
-        lua_replace(L, t + 1);
+/* Sets the nk members (key, value) held at t+2.. into the table at t (made
+ * when absent); with keep_order, appends their keys to the order list at
+ * t+1 (made when absent), *total of them there before. Pops them.
+ * [-2nk, +0, m] */
+static void dec_members_flush(lua_State *L, int t, int nk, int keep_order, lua_Integer *total) {
+    if (lua_isnil(L, t)) {
+        jsonx_new_object(L, nk);
+        lua_replace(L, t);
     }
-    for (int i = 0; i < nk; i++) {
-        lua_pushvalue(L, t + 2 + i);
-        lua_rawseti(L, t + 1, ++*total);
+    if (keep_order) {
+        if (lua_isnil(L, t + 1)) {
+            lua_createtable(L, nk, 0);
+            lua_replace(L, t + 1);
+        }
+        for (int i = 0; i < nk; i++) {
+            lua_pushvalue(L, t + 2 + 2 * i);
+            lua_rawseti(L, t + 1, ++*total);
+        }
+    }
+    for (int i = 0; i < nk; i++) { /* in the order written: a later duplicate wins */
+        lua_pushvalue(L, t + 2 + 2 * i);
+        lua_pushvalue(L, t + 3 + 2 * i);
+        lua_rawset(L, t);
     }
     lua_settop(L, t + 1);
 }
@@ -411,20 +425,20 @@ static int dec_object(struct dec *d, int depth) {
     size_t prevlen = 0;
     uint32_t prev_index = 0;
 
-    if (!lua_checkstack(L, DEC_KEYS_HELD + 8)) {
+    if (!lua_checkstack(L, 2 * DEC_KEYS_HELD + 8)) {
         dec_fail(d, d->p, "maximum parsing depth reached");
         return -1;
     }
     d->p++;
-    jsonx_new_table(L, 0);
-    t = lua_gettop(L);
-    lua_pushnil(L); /* t+1: the order list, made when needed; then the keys held */
     dec_ws(d);
     if (d->p < d->end && *d->p == '}') {
         d->p++;
-        lua_settop(L, t);
+        jsonx_new_object(L, 0);
         return 0;
     }
+    lua_pushnil(L); /* t: the table, made when its first members are set */
+    t = lua_gettop(L);
+    lua_pushnil(L); /* t+1: the order list, made when needed; then the members held */
     for (;;) {
         dec_ws(d);
         if (d->p >= d->end || *d->p != '"') {
@@ -432,7 +446,7 @@ static int dec_object(struct dec *d, int depth) {
             return -1;
         }
         if (nk == DEC_KEYS_HELD) {
-            dec_order_flush(L, t, nk, &total);
+            dec_members_flush(L, t, nk, 1, &total);
             nk = 0;
             ordered = 0; /* a long object: its order is kept either way */
         }
@@ -465,10 +479,8 @@ static int dec_object(struct dec *d, int depth) {
             return -1;
         }
         d->p++;
-        lua_pushvalue(L, -1);
-        if (dec_value(d, depth + 1) < 0)
+        if (dec_value(d, depth + 1) < 0) /* held above its key */
             return -1;
-        lua_rawset(L, t);
         dec_ws(d);
         if (d->p < d->end && *d->p == ',') {
             d->p++;
@@ -476,10 +488,9 @@ static int dec_object(struct dec *d, int depth) {
         }
         if (d->p < d->end && *d->p == '}') {
             d->p++;
-            if (!ordered) {
-                dec_order_flush(L, t, nk, &total);
+            dec_members_flush(L, t, nk, !ordered, &total);
+            if (!ordered)
                 jsonx_set_order(L, t, t + 1);
-            }
             lua_settop(L, t);
             return 0;
         }

@@ -552,7 +552,7 @@ static void enc_object(struct enc *e, int idx, int top, size_t base, size_t n, i
         lua_replace(L, -2);
     }
     if (e->clone) {
-        jsonx_new_table(L, 0);
+        jsonx_new_object(L, n);
         ctab = lua_gettop(L);
         if (!lua_isnil(L, -2))
             jsonx_set_order(L, ctab, -2);

@@ -94,6 +94,17 @@ static inline void jsonx_set_order(lua_State *L, int t, int idx) {
     lua_pop(L, 1);
 }
 
+/* How many members the decoder holds before it makes an object's table. */
+#define JSONX_OBJECT_HELD 32
+
+/* Pushes a new table for an object of n members as the decoder makes it:
+ * sized for them, up to JSONX_OBJECT_HELD (a longer object grows past
+ * that as it is filled); the encoder's clones make theirs the same way, so
+ * both fill alike. [-0, +1, m] */
+static inline void jsonx_new_object(lua_State *L, size_t n) {
+    lua_createtable(L, 0, (int)(n < JSONX_OBJECT_HELD ? n : JSONX_OBJECT_HELD));
+}
+
 /* Pushes a new table as the decoder starts an object or an array (the
  * encoder's clones start theirs the same way, so both fill alike).
  * [-0, +1, m] */
@@ -103,7 +114,7 @@ static inline void jsonx_new_table(lua_State *L, int array) {
         lua_rawgetp(L, LUA_REGISTRYINDEX, &jsonx_array_key); /* jsonx_mark_array */
         lua_setmetatable(L, -2);
     } else {
-        lua_createtable(L, 0, 4);
+        jsonx_new_object(L, 0);
     }
 }
 

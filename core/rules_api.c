@@ -237,6 +237,8 @@ static int emit_payload(lua_State *L, struct rules *r, struct emit_call *ec) {
 
     switch (lua_type(L, 2)) {
     case LUA_TTABLE:
+        if (ec->n == 0) /* send(subscribers(ev.type), ev) with none: nothing to encode */
+            return 0;
         if (jsonx_encode(L, 2, &ec->payload, r->max_output, err, sizeof err) < 0) {
             snprintf(ec->msg, sizeof ec->msg, "payload: %s", err);
             return -1;
@@ -246,7 +248,7 @@ static int emit_payload(lua_State *L, struct rules *r, struct emit_call *ec) {
         return 0;
     case LUA_TSTRING:
         ec->body = lua_tolstring(L, 2, &ec->body_len);
-        if (ec->is_batch) { /* it goes inside the batch's "events" array */
+        if (ec->is_batch && ec->n > 0) { /* it goes inside the batch's "events" array */
             json_t *j = jsonx_parse(ec->body, ec->body_len, JSON_DECODE_ANY, err, sizeof err);
             if (!j) {
                 snprintf(ec->msg, sizeof ec->msg, "a string payload must be JSON text (%s)", err);

@@ -191,7 +191,8 @@ end
 -- send(endpoint | {endpoints...}, payload [, { headers = {...}, content_type = "..." }])
 --   payload: a table (sent as compact JSON; the event itself sends its
 --   envelope {id, type, source, source_id, created_at, received_at, data})
---   or a string (sent as is). Implemented in C (rules.c): host.send.
+--   or a string (sent as is). Implemented in C (rules_api.c): host.send.
+--   An empty list sends nothing and encodes nothing.
 -- batch(endpoint | {endpoints...}, payload [, window])
 --   collects payload into the endpoint's clock-aligned window (its `window`,
 --   else 30m in production, 5m in sandbox); window: "10m" or seconds.

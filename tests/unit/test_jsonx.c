@@ -680,6 +680,48 @@ static void test_limits(void) {
     util_buf_free(&b);
 }
 
+/* Decoding an object makes its table at its size: one block for the table
+ * and one for its members, none from growing it member by member. Counted
+ * with the keys already interned (the first decode is kept) and the
+ * collector stopped, so only the tables allocate. */
+static lua_Alloc counted_f;
+static void *counted_ud;
+static int counted_n;
+static void *counting_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+    (void)ud;
+    if (nsize > 0 && !ptr)
+        counted_n++;
+    return counted_f(counted_ud, ptr, osize, nsize);
+}
+
+static int decode_allocs(const char *text) {
+    char err[200];
+    int n = -1;
+
+    if (jsonx_decode(L, text, strlen(text), 0, err, sizeof err) < 0) /* kept: its keys */
+        return -1;
+    lua_gc(L, LUA_GCSTOP);
+    counted_f = lua_getallocf(L, &counted_ud);
+    counted_n = 0;
+    lua_setallocf(L, counting_alloc, NULL);
+    if (jsonx_decode(L, text, strlen(text), 0, err, sizeof err) == 0)
+        n = counted_n;
+    lua_setallocf(L, counted_f, counted_ud);
+    lua_gc(L, LUA_GCRESTART);
+    lua_settop(L, 0);
+    return n;
+}
+
+static void test_decode_allocs(void) {
+    CHECK_INT_EQ(decode_allocs("{\"a\":1,\"b\":2,\"c\":3,\"d\":4,\"e\":5,\"f\":6,"
+                               "\"g\":7,\"h\":8,\"i\":9}"),
+                 2);
+    CHECK_INT_EQ(decode_allocs("{\"a\":1,\"b\":{\"c\":2,\"d\":3,\"e\":4,\"f\":5,"
+                               "\"g\":6}}"),
+                 4);
+    CHECK_INT_EQ(decode_allocs("{}"), 1);
+}
+
 int main(void) {
     static size_t max = 1 << 20;
     L = luaL_newstate();
@@ -693,6 +735,7 @@ int main(void) {
     test_big_tables();
     test_clone();
     test_decode();
+    test_decode_allocs();
     test_key_order();
     test_decode_vs_jansson();
     test_append_string();
