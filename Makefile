@@ -195,7 +195,11 @@ $(BUILD)/fuzz/%: tests/fuzz/%.c $(LIBOBJS) | $(BUILD) deps
 # and many clients, hostile receivers, malformed HTTP, clock jumps, reload
 # storms, a corrupted store and a 10-minute soak, one table (~20 min; the
 # short form runs in make test). TORTURE_OUT=file also writes the table there.
+# The soak's load is wrk (skipped without it; BENCH_INSTALL=1 installs it).
 torture: test-deps all
+	@command -v wrk >/dev/null 2>&1 || { if [ -n "$(BENCH_INSTALL)" ] && [ "$$(id -u)" = 0 ]; then \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null || echo "apt-get install wrk failed"; \
+	  else echo "torture: wrk missing, the soak will be skipped (BENCH_INSTALL=1 installs it)"; fi; }
 	@python3 tests/torture/torture.py --bin ./$(BIN) $(if $(TORTURE_OUT),--out $(TORTURE_OUT)) $(if $(K),-k $(K))
 
 # OLD_BIN=path runs that waybill binary beside ./waybill (before/after ratios).
@@ -203,10 +207,10 @@ bench: all
 	@bash tests/bench/run.sh $(if $(OLD_BIN),--old-bin $(OLD_BIN))
 
 format:
-	clang-format -i core/*.c core/*.h tests/unit/*.c tests/*.h tests/bench/*.c
+	clang-format -i core/*.c core/*.h tests/unit/*.c tests/*.h tests/bench/*.c tests/torture/*.c
 
 format-check:
-	clang-format --dry-run -Werror core/*.c core/*.h tests/unit/*.c tests/*.h tests/bench/*.c
+	clang-format --dry-run -Werror core/*.c core/*.h tests/unit/*.c tests/*.h tests/bench/*.c tests/torture/*.c
 
 # The include arrows of core/ run one way (tests/layers.py: the layer list,
 # no arrow up, no cycle); its last line is `N passed, N failed`.
@@ -221,7 +225,7 @@ lint:
 	    >/dev/null || { echo "apt-get install clang-format failed"; exit 1; }; \
 	  else echo "missing: sudo apt-get install clang-format"; exit 1; fi; }
 	@if clang-format --dry-run -Werror core/*.c core/*.h tests/unit/*.c tests/*.h \
-	  tests/bench/*.c 2>/dev/null; then fmt=0; else fmt=1; \
+	  tests/bench/*.c tests/torture/*.c 2>/dev/null; then fmt=0; else fmt=1; \
 	  echo "FAIL format: run make format (make format-check shows where)"; fi; \
 	out=$$(python3 tests/layers.py); rc=$$?; echo "$$out" | sed '$$d'; \
 	last=$$(echo "$$out" | tail -n 1); p=$${last%% passed*}; f=$${last#*passed, }; f=$${f%% failed*}; \

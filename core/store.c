@@ -564,7 +564,7 @@ static int exec_first_text(void *arg, int ncols, char **vals, char **names) {
  * COMMIT does not sync; with sync=full the sync thread does, off the loop),
  * a 16 MiB cache. Returns 0, or -1 with a reason (s->db may be set). */
 static int store_db_open(struct store *s, const char *path, char *err, size_t errlen) {
-    char mode[16] = "";
+    char mode[16] = "", pages[16] = "";
     if (sqlite3_open_v2(path, &s->db,
                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
                         NULL) != SQLITE_OK) {
@@ -575,21 +575,17 @@ static int store_db_open(struct store *s, const char *path, char *err, size_t er
     sqlite3_extended_result_codes(s->db, 1);
     sqlite3_busy_timeout(s->db, STORE_BUSY_MS);
     /* Before the first table exists, so a new store can give pages back to
-     * the filesystem (store_reclaim). Only on an empty file: on an existing
-     * store it would change nothing but its header (it takes a VACUUM), and
-     * opening a store must not write before the store was read and found
-     * sound (a damaged store is refused untouched). */
-    if (sqlite3_exec(s->db, "PRAGMA page_count", exec_first_text, mode, NULL) != SQLITE_OK ||
-        !mode[0]) {
-        store_err(err, errlen, "store: %s: %s", path, sqlite3_errmsg(s->db));
-        return -1;
-    }
-    if (strcmp(mode, "0") == 0 &&
-        sqlite3_exec(s->db, "PRAGMA auto_vacuum = INCREMENTAL", NULL, NULL, NULL) != SQLITE_OK) {
+     * the filesystem (store_reclaim). Only on a new (empty) file: on an
+     * existing store it would change nothing (it would take a VACUUM) but
+     * still write page 1, and a store that turns out damaged must be left
+     * as it was. */
+    if (sqlite3_exec(s->db, "PRAGMA page_count", exec_first_text, pages, NULL) != SQLITE_OK ||
+        !pages[0] ||
+        (strcmp(pages, "0") == 0 &&
+         sqlite3_exec(s->db, "PRAGMA auto_vacuum = INCREMENTAL", NULL, NULL, NULL) != SQLITE_OK)) {
         store_err(err, errlen, "store: %s: auto_vacuum: %s", path, sqlite3_errmsg(s->db));
         return -1;
     }
-    mode[0] = '\0';
     if (sqlite3_exec(s->db, "PRAGMA journal_mode = WAL", exec_first_text, mode, NULL) !=
             SQLITE_OK ||
         !mode[0]) {
@@ -711,14 +707,23 @@ static int open_int(struct store *s, enum store_stmt id, int64_t *out) {
     return rc == SQLITE_ROW ? 0 : -1;
 }
 
-/* Releases the leases a run that died left, and reads the watermarks: every
- * row there is at open is committed. Returns 0, or -1 with a reason. */
-static int store_open_recover(struct store *s, char *err, size_t errlen) {
+/* Reads the watermarks (every row there is at open is committed), then
+ * releases the leases a run that died left: reads first, so that a damaged
+ * page they meet stops the start before anything is written to the file.
+ * Returns 0, or -1 with a reason naming path. */
+static int store_open_recover(struct store *s, const char *path, char *err, size_t errlen) {
     sqlite3_stmt *st = store_stmt(s, ST_OPEN_RELEASE);
     int rc;
+    if (open_int(s, ST_OPEN_DLV_SEQ, &s->committed_dlv_seq) < 0 ||
+        open_int(s, ST_OPEN_EVT_SEQ, &s->committed_evt_seq) < 0) {
+        store_err(err, errlen, "store: %s: %s", path, sqlite3_errmsg(s->db));
+        return -1;
+    }
+    s->dlv_seq_hw = s->committed_dlv_seq;
+    s->evt_seq_hw = s->committed_evt_seq;
     if (sqlite3_bind_int64(st, 1, util_now_ms()) != SQLITE_OK ||
         (rc = sqlite3_step(st)) != SQLITE_DONE) {
-        store_err(err, errlen, "store: releasing leases: %s", sqlite3_errmsg(s->db));
+        store_err(err, errlen, "store: %s: releasing leases: %s", path, sqlite3_errmsg(s->db));
         stmt_done(st);
         return -1;
     }
@@ -726,13 +731,6 @@ static int store_open_recover(struct store *s, char *err, size_t errlen) {
     if (sqlite3_changes(s->db) > 0)
         log_msg(LOG_INFO, "store: released %d deliveries leased by an earlier run",
                 sqlite3_changes(s->db));
-    if (open_int(s, ST_OPEN_DLV_SEQ, &s->committed_dlv_seq) < 0 ||
-        open_int(s, ST_OPEN_EVT_SEQ, &s->committed_evt_seq) < 0) {
-        store_err(err, errlen, "store: %s", sqlite3_errmsg(s->db));
-        return -1;
-    }
-    s->dlv_seq_hw = s->committed_dlv_seq;
-    s->evt_seq_hw = s->committed_evt_seq;
     return 0;
 }
 
@@ -790,7 +788,7 @@ struct store *store_open(struct event_base *base, const char *url, const char *b
     if (store_own(s, path, err, errlen) < 0 || store_db_open(s, path, err, errlen) < 0 ||
         store_schema_apply(s->db, path, err, errlen) < 0 ||
         store_stmts_prepare(s->db, s->st, err, errlen) < 0 ||
-        store_rdb_open(s, path, err, errlen) < 0 || store_open_recover(s, err, errlen) < 0)
+        store_rdb_open(s, path, err, errlen) < 0 || store_open_recover(s, path, err, errlen) < 0)
         goto fail;
     s->commit_ev = event_new(base, -1, 0, store_commit_cb, s);
     s->full_ev = evtimer_new(base, store_full_cb, s);
