@@ -263,8 +263,12 @@ async function main() {
           i.dispatchEvent(new Event('change'));
         }
       }, at);
-      await until(page, (eid) => !!document.querySelector(`a[href="#/events/${eid}"]`), id, 5000,
-        'the old event in the window');
+      // Each input's change reloads the list: the answer to since alone
+      // (every later event too) can be on screen before the one to both, so
+      // wait for the window's answer, then check it lists nothing later.
+      await until(page, ([eid, later]) => !!document.querySelector(`a[href="#/events/${eid}"]`) &&
+        ![...document.querySelectorAll('tbody tr a')].some((a) => later.includes(a.textContent)),
+        [id, posted], 5000, 'the old event alone in the window (no event from after it listed)');
       const shown = await page.$$eval('tbody tr a', (a) => a.map((x) => x.textContent));
       check(!shown.some((x) => posted.includes(x)), 'an event from after the window is listed');
       for (const sel of ['#f-since', '#f-until'])
