@@ -3,8 +3,9 @@ the sustained delivery rate this machine reaches with the same set-up,
 with `retention = "1m"`, every event delivered to a healthy endpoint and to
 one that fails 20 % of its requests, and a SIGHUP every 30 s. The database
 file (with its WAL) stays flat after the first retention period, ingest p99
-drifts by at most 1.3x from the 2nd minute to the last, memory and fds stay
-flat, and every acknowledged event is delivered.
+drifts by at most 1.3x (the median p99 of the last three minutes against
+that of minutes 2-4), memory and fds stay flat, and every acknowledged
+event is delivered.
 
 The load is C-speed: wrk with tests/torture/soak.lua (2 threads, 64
 keep-alive connections, as make bench; a paced schedule per thread; each
@@ -241,8 +242,16 @@ def _run(row, sinks, ackdir):
     achieved = soak_acked / wall
     base = next((s for s in samples if s[0] >= 120), samples[0])  # after the 1st retention period and its prune
     end = samples[-1]
-    p99_first = minutes[1]["p99_us"] / 1e6 if len(minutes) > 1 else None
-    p99_last = minutes[-1]["p99_us"] / 1e6
+    # Drift: the median of the last three minutes' p99s against the median
+    # of minutes 2-4 (after the first retention period). One minute's p99
+    # on this disk moves with its fsync latency (a flat run's minutes went
+    # 24.7-70.3 ms with equal halves), so minute 2 against the last minute
+    # compared two samples of that noise; three-minute medians still show a
+    # drift that grows with the run (as the unbounded store's did), and a
+    # lucky slow minute 2 can no longer hide one either.
+    p99s = [d["p99_us"] / 1e6 for d in minutes]
+    p99_first = sorted(p99s[1:4])[len(p99s[1:4]) // 2] if len(p99s) >= 6 else (p99s[1] if len(p99s) > 1 else None)
+    p99_last = sorted(p99s[-3:])[1] if len(p99s) >= 6 else p99s[-1]
     errors = collections.Counter()
     for d in runs:
         errors.update({k: v for k, v in d["errors"].items() if v})
@@ -254,8 +263,8 @@ def _run(row, sinks, ackdir):
     row.check(end[2] <= base[2] * 1.2 + 8192, "RSS grew from %d to %d MiB" % (base[2] >> 10, end[2] >> 10))
     row.check(end[3] <= base[3] + 16, "fds grew from %d to %d" % (base[3], end[3]))
     if p99_first and p99_last:
-        row.check(p99_last <= 1.3 * p99_first, "ingest p99 drifted from %s to %s" % (
-            common.ms(p99_first), common.ms(p99_last)))
+        row.check(p99_last <= 1.3 * p99_first, "ingest p99 drifted from %s to %s (medians of minutes 2-4 "
+                  "and of the last three)" % (common.ms(p99_first), common.ms(p99_last)))
     row.check(not bad and not errors, "ingest answers other than 200: %s; wrk errors: %s" % (dict(bad), dict(errors)))
     row.check(not lost_flaky, "%d acknowledged events neither reached the failing endpoint nor are dead letters"
               % len(lost_flaky))
@@ -267,7 +276,7 @@ def _run(row, sinks, ackdir):
     mib = [s[1] / 1048576.0 for s in samples]
     row.note("%d s at %.0f ev/s acknowledged (wrk, %d connections, paced at %.0f = 0.5 x %s); %d SIGHUPs; "
              "DB (with WAL) %.1f MiB at %.0f s -> %.1f MiB at the end (min %.1f, max %.1f after %.0f s); "
-             "RSS %d -> %d MiB; fds %d -> %d; threads %d -> %d; ingest p99 per minute %s (wrk); the failing "
+             "RSS %d -> %d MiB; fds %d -> %d; threads %d -> %d; ingest p99 per minute %s (wrk), drift %s; the failing "
              "endpoint refused %d of %d (%d dead letters); recovery = drain after the load" % (
                  seconds, achieved, CONNS, rate,
                  ("%.0f ev/s sustained here with these 2 endpoints (15 s unpaced: %.0f in, %.0f delivered/s to "
@@ -278,6 +287,8 @@ def _run(row, sinks, ackdir):
                  max(m for s, m in zip(samples, mib) if s[0] >= base[0]), base[0],
                  base[2] >> 10, end[2] >> 10, base[3], end[3], base[4], end[4],
                  " ".join("%.1f" % (d["p99_us"] / 1000.0) for d in minutes) + " ms",
+                 ("%.2fx (median of the last 3 minutes / of minutes 2-4)" % (p99_last / p99_first)
+                  if p99_first else "n/a"),
                  refused, total, len(dead)))
     return row
 
