@@ -81,6 +81,18 @@ def counts(g):
         db.close()
 
 
+def logical_size(g):
+    """The store's size as a reader sees it: its pages, those still in the
+    WAL included. The main file alone lags by when checkpoints ran (a
+    checkpoint thread starved of CPU copies later), so early samples of it
+    are small whatever the store holds; this is what the store holds."""
+    db = sqlite3.connect("file:%s?mode=ro" % g.path("waybill.db"), uri=True, timeout=5)
+    try:
+        return db.execute("PRAGMA page_count").fetchone()[0] * db.execute("PRAGMA page_size").fetchone()[0]
+    finally:
+        db.close()
+
+
 def test_store_stays_flat_past_retention_and_keeps_dead_letters():
     sink = wb.Sink()
     dead = wb.Sink(default=500)
@@ -94,7 +106,7 @@ def test_store_stays_flat_past_retention_and_keeps_dead_letters():
         time.sleep(1.0)
         t = time.monotonic() - t0
         if t >= 6:
-            samples.append((t, os.path.getsize(g.path("waybill.db")), counts(g)))
+            samples.append((t, logical_size(g), counts(g)))
     for t in threads:
         t.join()
     assert not errors, errors[:5]
