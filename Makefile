@@ -6,7 +6,7 @@ PKGS    := libevent libevent_openssl libcurl openssl jansson lua5.4 sqlite3 libp
 DEBS    := build-essential pkg-config libevent-dev libcurl4-openssl-dev libssl-dev \
            libjansson-dev liblua5.4-dev libsqlite3-dev libmimalloc-dev \
            libhttp-parser-dev libpq-dev
-TESTDEBS := curl python3 nodejs npm openssl chromium postgresql faketime
+TESTDEBS := curl python3 nodejs npm openssl chromium postgresql pgbouncer faketime
 BENCHDEBS := wrk webhook
 
 WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
@@ -109,7 +109,7 @@ $(BUILD)/admin_openapi.o: CFLAGS += -DWAYBILL_OPENAPI_FILE='"$(CURDIR)/core/web/
 # Packages and npm modules the tests use (sinks verifying with the
 # standardwebhooks package, Express receivers as the seeds write them; the
 # carriers' own SDKs and OpenAPI document, whose value sets the adapters are
-# checked against; PostgreSQL 15, which tests/integration/pg.py starts).
+# checked against; PostgreSQL 15 and PgBouncer, which tests/integration/pg.py starts).
 test-deps: deps
 	@missing=""; for p in $(TESTDEBS); do command -v $$p >/dev/null 2>&1 || \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; done; \

@@ -22,7 +22,7 @@ enum store_pg_mode {
     STORE_PG_SERVE    /* as migrate (the first instance creates it), then refuse */
 };
 
-/* Connects to url (each attempt bounded by connect_ms; failed attempts are
+/* Connects to url (each host bounded by connect_ms; failed attempts are
  * retried on the connection's backoff for wait_ms, 0: one attempt), runs
  * mode's schema
  * step inside one transaction under pg_advisory_xact_lock (two processes at

@@ -18,10 +18,17 @@
  * Reconnect: after a failed attempt or a lost connection the next attempt
  * starts after 100 ms, then 200, 400, 800 ms, 1.6, 3.2 s, then every 5 s,
  * each with up to a quarter more at random (instances restarted together do
- * not knock in step); a successful connection resets the schedule. Each
- * attempt is bounded by its connect time (libpq's connect_timeout is not
- * applied to PQconnectPoll: a timer here is; the URL's connect_timeout=N
- * sets it, at least 2 s as in libpq, for all its hosts together). A lost
+ * not knock in step); a successful connection resets the schedule. An
+ * attempt tries the URL's hosts in order, as libpq does, each bounded by
+ * the connect time (libpq's connect_timeout is not applied to
+ * PQconnectPoll: a timer here is; the URL's connect_timeout=N sets it, at
+ * least 2 s as in libpq). The timer is per host, as libpq documents for
+ * its connect_timeout: when it fires the attempt goes on with the hosts
+ * after the silent one (libpq is started again on the rest of the list),
+ * so a primary whose machine is gone, its packets dropped, does not keep
+ * waybill from the standby promoted beside it; the attempt fails once the
+ * last host has failed. (Per host entry of the URL; a host name with
+ * several addresses shares one timer.) A lost
  * connection fails every query in flight (callback with res NULL): nobody
  * is told ok for a statement whose answer did not come.
  *
@@ -54,6 +61,9 @@ struct inflight {
 struct store_pg_conn {
     struct event_base *base;
     char *url;
+    PQconninfoOption *opts; /* the URL as libpq reads it: each attempt's parameters */
+    int skip;               /* this attempt starts at the URL's host number skip */
+    char silent[1024];      /* this attempt's hosts that timed out, for its error */
     int connect_ms;
     store_pg_state_fn state_fn;
     void *state_arg;
@@ -326,10 +336,17 @@ static void conn_schedule(struct store_pg_conn *c) {
 /* Ends the current connection (if any) and schedules the next attempt; the
  * queries in flight fail and the owner hears why (scrubbed). */
 static void conn_lost(struct store_pg_conn *c, const char *why) {
-    char shown[512];
+    char shown[1024], full[2048];
     int was_up = c->state == PG_UP;
 
-    store_pg_scrub(c->url, why && *why ? why : "connection lost", shown, sizeof shown);
+    why = why && *why ? why : "connection lost";
+    if (c->silent[0] && !was_up) { /* the hosts before this one timed out */
+        snprintf(full, sizeof full, "%s\n%s", c->silent, why);
+        why = full;
+    }
+    c->silent[0] = '\0';
+    c->skip = 0; /* the next attempt starts again at the first host */
+    store_pg_scrub(c->url, why, shown, sizeof shown);
     if (c->io) {
         event_free(c->io);
         c->io = NULL;
@@ -360,12 +377,14 @@ static void conn_up(struct store_pg_conn *c) {
         conn_lost(c, "out of memory");
         return;
     }
-    if (PQenterPipelineMode(c->pg) != 1) {
-        conn_lost(c, "cannot enter pipeline mode");
+    if (PQsetnonblocking(c->pg, 1) != 0 || PQenterPipelineMode(c->pg) != 1) {
+        conn_lost(c, "cannot enter nonblocking pipeline mode");
         return;
     }
     c->state = PG_UP;
     c->backoff_ms = BACKOFF_FIRST_MS;
+    c->silent[0] = '\0';
+    c->skip = 0;
     c->state_fn(c->state_arg, 1, NULL);
 }
 
@@ -392,19 +411,119 @@ static void conn_poll(evutil_socket_t fd, short what, void *arg) {
     }
 }
 
+/* ---- the URL's hosts ---- */
+
+static const char *conn_opt(const struct store_pg_conn *c, const char *key) {
+    for (const PQconninfoOption *o = c->opts; o->keyword; o++)
+        if (strcmp(o->keyword, key) == 0)
+            return o->val && *o->val ? o->val : NULL;
+    return NULL;
+}
+
+/* The list's element i (comma-separated, libpq's multi-host form) as
+ * (start, length); the whole list when it has one element (a single port
+ * serves every host); length 0 when there is no such element. */
+static size_t list_item(const char *list, int i, const char **start) {
+    const char *p = list ? list : "";
+    if (!strchr(p, ',')) {
+        *start = p;
+        return strlen(p);
+    }
+    for (; i > 0 && p; i--)
+        p = (p = strchr(p, ',')) ? p + 1 : NULL;
+    *start = p ? p : "";
+    return p ? strcspn(p, ",") : 0;
+}
+
+/* The list from element i on (a suffix of it), or the whole of a
+ * one-element list. */
+static const char *list_from(const char *list, int i) {
+    const char *p = list;
+    if (!list || !strchr(list, ','))
+        return list;
+    for (; i > 0 && p; i--)
+        p = (p = strchr(p, ',')) ? p + 1 : NULL;
+    return p;
+}
+
+static int item_is(const char *list, int i, const char *what) {
+    const char *s;
+    size_t n = list_item(list, i, &s);
+    return what && strlen(what) == n && strncmp(s, what, n) == 0;
+}
+
+/* The number (in the URL) of the host libpq is trying now, from c->skip
+ * on; -1 when it cannot be told. */
+static int conn_current_host(const struct store_pg_conn *c) {
+    const char *host = conn_opt(c, "host"), *addr = conn_opt(c, "hostaddr");
+    const char *port = conn_opt(c, "port"), *now = PQhost(c->pg), *now_port = PQport(c->pg);
+    const char *list = host ? host : addr;
+    if (!list)
+        return -1;
+    for (int i = c->skip; list_from(list, i); i++) {
+        const char *s;
+        int named = host && list_item(host, i, &s) > 0;
+        if ((named ? item_is(host, i, now) : item_is(addr, i, now)) &&
+            (!port || !now_port || !*now_port || item_is(port, i, now_port)))
+            return i;
+        if (!strchr(list, ','))
+            break;
+    }
+    return -1;
+}
+
+/* What libpq said of this attempt's hosts so far, the one being tried
+ * ending it: "connection to server at "H", port P failed: no connection
+ * within N ms". */
+static void conn_timeout_msg(struct store_pg_conn *c, char *out, size_t outlen) {
+    const char *sofar = PQerrorMessage(c->pg), *tail = "failed: ";
+    size_t n = strlen(sofar), t = strlen(tail);
+
+    if (n >= t && strcmp(sofar + n - t, tail) == 0) /* libpq named the host already */
+        snprintf(out, outlen, "%sno connection within %d ms", sofar, c->connect_ms);
+    else
+        snprintf(out, outlen,
+                 "%s%sconnection to server at \"%s\", port %s failed: "
+                 "no connection within %d ms",
+                 sofar, n && sofar[n - 1] != '\n' ? "\n" : "", PQhost(c->pg) ? PQhost(c->pg) : "",
+                 PQport(c->pg) ? PQport(c->pg) : "", c->connect_ms);
+}
+
+/* The attempt's connect time ran out on one host (why says so): go on
+ * with the hosts after it (1), or there are none (0). */
+static int conn_next_host(struct store_pg_conn *c, const char *why) {
+    const char *host = conn_opt(c, "host"), *addr = conn_opt(c, "hostaddr");
+    int i = conn_current_host(c);
+    size_t o = strlen(c->silent);
+
+    if (i < 0 || !list_from(host ? host : addr, i + 1) || !strchr(host ? host : addr, ','))
+        return 0;
+    snprintf(c->silent + o, sizeof c->silent - o, "%s%s", o ? "\n" : "", why);
+    if (c->io) {
+        event_free(c->io);
+        c->io = NULL;
+    }
+    PQfinish(c->pg);
+    c->pg = NULL;
+    c->skip = i + 1;
+    conn_attempt(c);
+    return 1;
+}
+
 /* The timer: in state DOWN the next attempt is due; in CONNECTING the
- * attempt took longer than connect_ms. */
+ * host being tried took longer than connect_ms. */
 static void on_timer(evutil_socket_t fd, short what, void *arg) {
     struct store_pg_conn *c = arg;
-    char why[64];
+    char why[1024];
     UNUSED(fd);
     UNUSED(what);
     if (c->state == PG_DOWN) {
         conn_attempt(c);
         return;
     }
-    snprintf(why, sizeof why, "no connection within %d ms", c->connect_ms);
-    conn_lost(c, why);
+    conn_timeout_msg(c, why, sizeof why);
+    if (!conn_next_host(c, why))
+        conn_lost(c, why);
 }
 
 /* The server's notices (e.g. "relation ... already exists, skipping"):
@@ -415,18 +534,40 @@ static void on_notice(void *arg, const char *text) {
     log_msg(LOG_DEBUG, "store: postgresql: %s", store_pg_scrub(c->url, text, shown, sizeof shown));
 }
 
+/* Starts an attempt on the URL's parameters as libpq parsed them, its
+ * host lists (host, hostaddr, port) from host number c->skip on. */
 static void conn_attempt(struct store_pg_conn *c) {
-    static const char *const keys[] = {"dbname", "application_name", "fallback_application_name",
-                                       NULL};
-    const char *vals[] = {c->url, NULL, "waybill", NULL};
     struct timeval tv = {c->connect_ms / 1000, (c->connect_ms % 1000) * 1000};
+    const char **keys, **vals;
+    size_t n = 0, k = 0;
 
-    c->pg = PQconnectStartParams(keys, vals, 1);
+    for (PQconninfoOption *o = c->opts; o->keyword; o++)
+        n++;
+    keys = calloc(n + 2, sizeof *keys);
+    vals = calloc(n + 2, sizeof *vals);
+    if (keys && vals) {
+        for (PQconninfoOption *o = c->opts; o->keyword; o++) {
+            int list = !strcmp(o->keyword, "host") || !strcmp(o->keyword, "hostaddr") ||
+                       !strcmp(o->keyword, "port");
+            if (!o->val)
+                continue;
+            keys[k] = o->keyword;
+            vals[k++] = list ? list_from(o->val, c->skip) : o->val;
+        }
+        keys[k] = "fallback_application_name";
+        vals[k++] = "waybill";
+        c->pg = PQconnectStartParams(keys, vals, 0);
+    }
+    free(keys);
+    free(vals);
     if (!c->pg) {
         conn_lost(c, "out of memory");
         return;
     }
-    if (PQstatus(c->pg) == CONNECTION_BAD || PQsetnonblocking(c->pg, 1) != 0) {
+    /* (nonblocking once up, not here: PQsetnonblocking clears the error
+     * message, and with it libpq's "connection to server at ..." of the
+     * first host, which an attempt's error must name) */
+    if (PQstatus(c->pg) == CONNECTION_BAD) {
         conn_lost(c, PQerrorMessage(c->pg));
         return;
     }
@@ -464,7 +605,7 @@ struct store_pg_conn *store_pg_conn_new(struct event_base *base, const char *url
     c->state_arg = arg;
     c->backoff_ms = BACKOFF_FIRST_MS;
     c->state = PG_DOWN;
-    PQconninfoFree(opts);
+    c->opts = opts;
     PQfreemem(perr);
     struct timeval now = {0, 0};
     evtimer_add(c->timer, &now); /* the first attempt, from the loop */
@@ -493,6 +634,7 @@ void store_pg_conn_free(struct store_pg_conn *c) {
     c->pg = NULL;
     c->state = PG_DOWN;
     inflight_fail(c, "closed");
+    PQconninfoFree(c->opts);
     free(c->url);
     free(c);
 }

@@ -32,13 +32,14 @@ typedef void (*store_pg_state_fn)(void *arg, int up, const char *err);
  * connection. */
 typedef void (*store_pg_result_fn)(void *arg, const PGresult *res, const char *err);
 
-/* A new connection to url (postgres:// or postgresql://, passed to libpq
- * whole: several hosts, target_session_attrs and the password from the URL,
- * PGPASSWORD or ~/.pgpass work as libpq documents), on base.
- * Each attempt is bounded by connect_ms (or the URL's connect_timeout, in
- * seconds). The first attempt starts from the loop, not inside this call.
- * Returns NULL with a reason in err
- * (a URL libpq cannot parse; out of memory), the password scrubbed. */
+/* A new connection to url (postgres:// or postgresql://, read by libpq's
+ * PQconninfoParse and handed back to it: several hosts,
+ * target_session_attrs and the password from the URL, PGPASSWORD or
+ * ~/.pgpass work as libpq documents), on base. Each host of an attempt is
+ * bounded by connect_ms (or the URL's connect_timeout, in seconds), then
+ * the next one is tried. The first attempt starts from the loop, not
+ * inside this call. Returns NULL with a reason in err (a URL libpq cannot
+ * parse; out of memory), the password scrubbed. */
 struct store_pg_conn *store_pg_conn_new(struct event_base *base, const char *url, int connect_ms,
                                         store_pg_state_fn fn, void *arg, char *err, size_t errlen);
 

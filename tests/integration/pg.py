@@ -16,7 +16,29 @@ per run, `pg.PASSWORD`) is asked over TCP (scram-sha-256): tests check it
 works from the URL, PGPASSWORD or a pgpass file, and that it is never
 printed. The superuser `postgres` connects over the unix socket (trust).
 
-The binaries come from Debian's postgresql-15 (`make test-deps`).
+Failover and pooling (test_pg_ha.py), each test's own processes, stopped
+by wb.cleanup() after the test like a gateway:
+
+    primary = pg.Cluster(own=True)          # a cluster of this test's own
+    standby = pg.standby(primary, synchronous=True)
+    db = pg.Database(primary)               # replicated: standby has it too
+    standby.kill(); standby.promote(); ...  # SIGKILL (a crash), pg_ctl promote
+    bouncer = pg.bouncer(pg.cluster())      # PgBouncer, pool_mode = transaction
+    bouncer.url(db)                         # db's URL through it
+
+standby() is a second cluster made by `pg_basebackup -R` from the primary
+over TCP (the role `wb_repl`, allowed to replicate from 127.0.0.1 only) with
+a replication slot of its own, so the primary keeps the WAL it has not yet
+received; synchronous=True names it in the primary's
+synchronous_standby_names (set after the base backup, so the standby does
+not inherit it: promoted, it would wait for a standby of its own) and
+returns once pg_stat_replication says 'sync'. bouncer() is Debian's
+pgbouncer run as `postgres` (it refuses root) on a free port of 127.0.0.1,
+`auth_type = scram-sha-256` with the role's SCRAM secret (from pg_authid,
+never the password) in its auth_file: a client's SCRAM proof lets it log in
+to PostgreSQL with the same secret. None when pgbouncer is not installed.
+
+The binaries come from Debian's postgresql-15 and pgbouncer (`make test-deps`).
 """
 
 import atexit
@@ -32,7 +54,9 @@ import time
 import wb
 
 PG_BIN = "/usr/lib/postgresql/15/bin"
+PGBOUNCER = "/usr/sbin/pgbouncer"
 USER = "waybill"
+REPL_USER = "wb_repl"
 PASSWORD = "pw-" + secrets.token_hex(12)
 START_TIMEOUT = 60.0
 
@@ -40,24 +64,38 @@ _cluster = None
 
 
 class Cluster:
-    """One running PostgreSQL 15 (see the module's comment)."""
+    """One running PostgreSQL 15 (see the module's comment). own=True: a
+    cluster of the current test's, stopped and removed by wb.cleanup()."""
 
-    def __init__(self):
+    def __init__(self, own=False, _from=None, _name="primary"):
         self.dir = tempfile.mkdtemp(prefix="wb-pg-")
         self.data = os.path.join(self.dir, "data")
         self.log_path = os.path.join(self.dir, "postgres.log")
         self.proc = None
         self.port = None
+        self.host = "127.0.0.1"
+        self.name = _name + "_" + secrets.token_hex(3)
         ent = pwd.getpwnam("postgres")
         os.chown(self.dir, ent.pw_uid, ent.pw_gid)
+        if own:
+            wb._register(self)
+        if _from is not None:  # a standby: the primary's files, streaming from it
+            self._as_postgres([os.path.join(PG_BIN, "pg_basebackup"), "-D", self.data,
+                               "-h", _from.host, "-p", str(_from.port), "-U", REPL_USER,
+                               "-X", "stream", "-C", "-S", self.name, "-R", "--no-sync",
+                               "-c", "fast"])
+            self.start()
+            return
         self._as_postgres([os.path.join(PG_BIN, "initdb"), "-D", self.data, "-U", "postgres",
                            "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"])
         with open(os.path.join(self.data, "pg_hba.conf"), "w") as f:
             f.write("local all all trust\n"
+                    "host replication %s 127.0.0.1/32 trust\n"
                     "host all postgres 127.0.0.1/32 reject\n"
-                    "host all all 127.0.0.1/32 scram-sha-256\n")
+                    "host all all 127.0.0.1/32 scram-sha-256\n" % REPL_USER)
         self.start()
         self.sql("CREATE ROLE %s LOGIN PASSWORD '%s'" % (USER, PASSWORD))
+        self.sql("CREATE ROLE %s LOGIN REPLICATION" % REPL_USER)
 
     def _as_postgres(self, argv, **kw):
         ent = pwd.getpwnam("postgres")
@@ -79,7 +117,7 @@ class Cluster:
             [os.path.join(PG_BIN, "postgres"), "-D", self.data, "-p", str(self.port),
              "-k", self.dir, "-c", "listen_addresses=127.0.0.1", "-c", "fsync=on",
              "-c", "max_connections=60", "-c", "shared_buffers=16MB",
-             "-c", "log_min_messages=warning"],
+             "-c", "log_min_messages=warning", "-c", "cluster_name=" + self.name],
             user=ent.pw_uid, group=ent.pw_gid, extra_groups=[], cwd=self.dir,
             env=dict(os.environ, LC_ALL="C"), stdin=subprocess.DEVNULL, stdout=logf,
             stderr=subprocess.STDOUT)
@@ -107,6 +145,42 @@ class Cluster:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+
+    def kill(self):
+        """SIGKILL the postmaster: a crash, not a stop. Its port closes at
+        once; its backends notice their parent's death and end."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def in_recovery(self):
+        return self.sql("SELECT pg_is_in_recovery()") == [["t"]]
+
+    def promote(self, timeout=30):
+        """pg_ctl promote; returns once the cluster takes writes."""
+        self._as_postgres([os.path.join(PG_BIN, "pg_ctl"), "promote", "-D", self.data,
+                           "-w", "-t", str(int(timeout))])
+        wb.wait_for(lambda: not self.in_recovery(), timeout=timeout,
+                    message="%s out of recovery" % self.name)
+
+    def make_synchronous(self, standby, timeout=30):
+        """Names standby in synchronous_standby_names (then a reload): a
+        COMMIT here returns once standby has flushed it."""
+        self.sql("ALTER SYSTEM SET synchronous_standby_names = '\"%s\"'" % standby.name)
+        self.sql("SELECT pg_reload_conf()")
+        wb.wait_for(lambda: self.replication(standby) == ["streaming", "sync"], timeout=timeout,
+                    message="%s a synchronous standby of %s" % (standby.name, self.name))
+
+    def replication(self, standby):
+        """[state, sync_state] of standby's walsender here, or None."""
+        rows = self.sql("SELECT state, sync_state FROM pg_stat_replication"
+                        " WHERE application_name = '%s'" % standby.name)
+        return rows[0] if rows else None
+
+    def _cleanup(self):
+        self.close()
+        return []
 
     def log(self):
         try:
@@ -171,3 +245,106 @@ def cluster():
 def database():
     """A new empty database on this process's cluster."""
     return Database(cluster())
+
+
+def standby(primary, synchronous=False, timeout=30):
+    """A streaming standby of primary (see the module's comment), this
+    test's own; returns once it streams (synchronous: as the sync one)."""
+    s = Cluster(own=True, _from=primary, _name="standby")
+    if synchronous:
+        primary.make_synchronous(s, timeout)
+    else:
+        wb.wait_for(lambda: (primary.replication(s) or [""])[0] == "streaming", timeout=timeout,
+                    message="%s streaming from %s" % (s.name, primary.name))
+    return s
+
+
+def hosts_url(db, clusters, password=None, query="target_session_attrs=read-write"):
+    """db's URL naming every cluster as a host, in order (libpq's multi-host
+    form); password None: the one of the role."""
+    return "postgresql://%s:%s@%s/%s%s" % (
+        USER, PASSWORD if password is None else password,
+        ",".join("%s:%d" % (c.host, c.port) for c in clusters), db.name,
+        ("?" + query) if query else "")
+
+
+class Bouncer:
+    """Debian's pgbouncer in front of cluster (see the module's comment)."""
+
+    def __init__(self, cluster, pool_mode="transaction", pool_size=2):
+        self.cluster = cluster
+        self.host = "127.0.0.1"
+        self.port = wb.free_port()
+        self.dir = tempfile.mkdtemp(prefix="wb-pgbouncer-")
+        self.log_path = os.path.join(self.dir, "pgbouncer.log")
+        self.proc = None
+        ent = pwd.getpwnam("postgres")
+        secret = cluster.sql("SELECT rolpassword FROM pg_authid WHERE rolname = '%s'" % USER)[0][0]
+        assert secret.startswith("SCRAM-SHA-256$"), "the role's password is not a SCRAM secret"
+        with open(os.path.join(self.dir, "users.txt"), "w") as f:
+            f.write('"%s" "%s"\n' % (USER, secret))
+        with open(os.path.join(self.dir, "pgbouncer.ini"), "w") as f:
+            f.write("[databases]\n"
+                    "* = host=%s port=%d\n"
+                    "[pgbouncer]\n"
+                    "listen_addr = %s\n"
+                    "listen_port = %d\n"
+                    "unix_socket_dir =\n"
+                    "auth_type = scram-sha-256\n"
+                    "auth_file = %s\n"
+                    "pool_mode = %s\n"
+                    "default_pool_size = %d\n"
+                    "max_client_conn = 50\n"
+                    "logfile = %s\n"
+                    % (cluster.host, cluster.port, self.host, self.port,
+                       os.path.join(self.dir, "users.txt"), pool_mode, pool_size, self.log_path))
+        for name in os.listdir(self.dir):
+            os.chown(os.path.join(self.dir, name), ent.pw_uid, ent.pw_gid)
+        os.chown(self.dir, ent.pw_uid, ent.pw_gid)
+        wb._register(self)
+        self.proc = subprocess.Popen(
+            [PGBOUNCER, os.path.join(self.dir, "pgbouncer.ini")], user=ent.pw_uid,
+            group=ent.pw_gid, extra_groups=[], cwd=self.dir, stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wb.wait_for(self._listening, timeout=START_TIMEOUT, message="pgbouncer listening")
+
+    def _listening(self):
+        if self.proc.poll() is not None:
+            raise AssertionError("pgbouncer exited (%s):\n%s" % (self.proc.returncode,
+                                                                 self.log()[-3000:]))
+        import socket
+        with socket.create_connection((self.host, self.port), timeout=1):
+            return True
+
+    def url(self, db, password=PASSWORD, query=""):
+        """db's URL through this pgbouncer (password None: without one)."""
+        auth = USER + (":" + password if password is not None else "")
+        return "postgresql://%s@%s:%d/%s%s" % (auth, self.host, self.port, db.name,
+                                               ("?" + query) if query else "")
+
+    def log(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def _cleanup(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return []
+
+
+def bouncer(cluster, **kw):
+    """A pgbouncer in front of cluster, this test's own; None when Debian's
+    pgbouncer is not installed (`make test-deps` installs it)."""
+    if not os.path.exists(PGBOUNCER):
+        return None
+    return Bouncer(cluster, **kw)
