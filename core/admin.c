@@ -53,40 +53,101 @@ static int admin_authorized(const struct config *cfg, struct evhttp_request *req
     return util_ct_equal(want, got, sizeof want);
 }
 
-static void admin_status(struct admin *adm, struct evhttp_request *req) {
-    const struct admin_deps *gw = &adm->deps;
+/* A request waiting for an asynchronous read, with its listener; freed by
+ * the read's callback. */
+struct admin_read {
+    struct admin *adm;
+    struct evhttp_request *req;
+};
+
+/* Starts read(store, fn, ctx) for req; on failure replies 503. */
+static void admin_read_start(struct admin *adm, struct evhttp_request *req,
+                             int (*read)(struct store *, store_read_fn, void *), store_read_fn fn) {
+    struct admin_read *r = calloc(1, sizeof *r);
+
+    if (r) {
+        r->adm = adm;
+        r->req = req;
+    }
+    if (!r || read(adm->deps.store, fn, r) < 0) {
+        free(r);
+        http_reply_error(req, 503, "Service Unavailable", "out of memory");
+    }
+}
+
+static void admin_on_status(void *arg, const struct store_result *r) {
+    struct admin_read *rd = arg;
+    const struct admin_deps *gw = &rd->adm->deps;
     struct admin_status st = {0};
-    struct store_counts c = {0};
+    const struct store_counts *c = r->counts;
     char loaded[32];
 
-    gw->status(gw->arg, &st);
-    util_time_rfc3339(rules_loaded_at(*gw->rules), loaded, sizeof loaded);
-    if (store_delivery_counts(gw->store, &c) < 0) {
-        http_reply_error(req, 503, "Service Unavailable", "store unavailable");
+    if (r->status < 0 || !c) {
+        http_reply_error(rd->req, 503, "Service Unavailable", "store unavailable");
+        free(rd);
         return;
     }
+    gw->status(gw->arg, &st);
+    util_time_rfc3339(rules_loaded_at(*gw->rules), loaded, sizeof loaded);
     json_t *queue =
-        json_pack("{sIsIsIsI}", "pending", (json_int_t)c.pending, "held", (json_int_t)c.held,
-                  "failed", (json_int_t)c.failed, "delivered", (json_int_t)c.delivered);
+        json_pack("{sIsIsIsI}", "pending", (json_int_t)c->pending, "held", (json_int_t)c->held,
+                  "failed", (json_int_t)c->failed, "delivered", (json_int_t)c->delivered);
     json_t *last_error = st.reload_error[0] ? json_string(st.reload_error) : json_null();
-    http_reply_json(req, 200, "OK",
+    http_reply_json(rd->req, 200, "OK",
                     json_pack("{sssIsssisisoso}", "version", WAYBILL_VERSION, "uptime_s",
                               (json_int_t)((util_now_ms() - st.started_at) / 1000),
                               "rules_loaded_at", loaded, "reloads", st.reloads, "reload_failures",
                               st.reload_failures, "last_reload_error", last_error, "queue", queue));
+    free(rd);
+}
+
+/* GET /healthz's answer: the store answers and can write, and no endpoint
+ * is stuck. */
+static void admin_on_health(void *arg, const struct store_result *r) {
+    struct admin_read *rd = arg;
+    struct admin *adm = rd->adm;
+    char names[512], why[640];
+    size_t nstuck;
+
+    if (r->status < 0) {
+        http_reply_error(rd->req, 503, "Service Unavailable", r->err);
+    } else if (!store_writable(adm->deps.store)) {
+        http_reply_error(rd->req, 503, "Service Unavailable",
+                         "store cannot write (see the log: a full disk, a lock)");
+    } else if ((nstuck = deliver_stuck(adm->deps.deliver, names, sizeof names)) > 0) {
+        /* unauthenticated: a count, not the names (GET /api/endpoints
+         * shows which, as "stuck": true) */
+        snprintf(why, sizeof why,
+                 "%zu endpoint%s with deliveries due and a free slot that are not going "
+                 "out (see GET /api/endpoints, \"stuck\")",
+                 nstuck, nstuck == 1 ? "" : "s");
+        http_reply_json(rd->req, 503, "Service Unavailable",
+                        json_pack("{sbss}", "ok", 0, "error", why));
+    } else {
+        http_reply_json(rd->req, 200, "OK", json_pack("{sb}", "ok", 1));
+    }
+    free(rd);
+}
+
+/* GET /api/events/{id}'s answer: the detail has the raw body, headers and
+ * each delivery's payload. */
+static void admin_on_event(void *arg, const struct store_result *r) {
+    struct evhttp_request *req = arg;
+    json_t *ev;
+
+    if (r->status < 0)
+        http_reply_error(req, 503, "Service Unavailable", r->err);
+    else if (!r->detail)
+        http_reply_error(req, 404, "Not Found", "no such event");
+    else if (!(ev = admin_event_json(r->detail)))
+        http_reply_error(req, 503, "Service Unavailable", "out of memory");
+    else
+        http_reply_json(req, 200, "OK", ev);
 }
 
 static void admin_event(struct admin *adm, struct evhttp_request *req, const char *id) {
-    char err[256] = "";
-    /* The detail has the raw body, headers and each delivery's payload. */
-    json_t *ev = admin_event_json(adm->deps.store, id, err, sizeof err);
-
-    if (ev)
-        http_reply_json(req, 200, "OK", ev);
-    else if (err[0])
-        http_reply_error(req, 503, "Service Unavailable", err);
-    else
-        http_reply_error(req, 404, "Not Found", "no such event");
+    if (store_read_event_detail(adm->deps.store, id, admin_on_event, req) < 0)
+        http_reply_error(req, 503, "Service Unavailable", "out of memory");
 }
 
 static void admin_reload(struct admin *adm, struct evhttp_request *req) {
@@ -179,13 +240,31 @@ void admin_reply_page(struct evhttp_request *req, json_t *data, int64_t next) {
         json_pack("{soso}", "data", data, "next", next ? json_string(cur) : json_null()));
 }
 
+/* A page read's answer (r->events or r->deliveries rendered by render). */
+static void admin_on_page(struct evhttp_request *req, const struct store_result *r, json_t *data) {
+    if (r->status < 0) {
+        json_decref(data);
+        http_reply_error(req, 503, "Service Unavailable", r->err);
+    } else if (!data) {
+        http_reply_error(req, 503, "Service Unavailable", "out of memory");
+    } else {
+        admin_reply_page(req, data, r->next);
+    }
+}
+
+void admin_on_events_page(void *arg, const struct store_result *r) {
+    admin_on_page(arg, r, r->status < 0 ? NULL : admin_events_json(r->events, r->n));
+}
+
+void admin_on_deliveries_page(void *arg, const struct store_result *r) {
+    admin_on_page(arg, r, r->status < 0 ? NULL : admin_deliveries_json(r->deliveries, r->n));
+}
+
 /* ---- GET /api/events ---- */
 
 static void admin_events(struct admin *adm, struct evhttp_request *req) {
     struct evkeyvalq q;
     struct store_page page = {0};
-    json_t *data = NULL;
-    int64_t next = 0;
     char err[256];
 
     if (admin_query(req, &q) < 0)
@@ -205,10 +284,8 @@ static void admin_events(struct admin *adm, struct evhttp_request *req) {
         admin_bad(req, "status must be received, routed, unrouted, partial or rule_error");
         goto done;
     }
-    if (admin_events_page_json(adm->deps.store, &page, &data, &next, err, sizeof err) < 0)
-        http_reply_error(req, 503, "Service Unavailable", err);
-    else
-        admin_reply_page(req, data, next);
+    if (store_read_events_page(adm->deps.store, &page, admin_on_events_page, req) < 0)
+        http_reply_error(req, 503, "Service Unavailable", "out of memory");
 done:
     evhttp_clear_headers(&q);
 }
@@ -218,9 +295,6 @@ done:
 static void admin_deliveries(struct admin *adm, struct evhttp_request *req) {
     struct evkeyvalq q;
     struct store_page page = {0};
-    json_t *data = NULL;
-    int64_t next = 0;
-    char err[256];
 
     if (admin_query(req, &q) < 0)
         return;
@@ -234,42 +308,57 @@ static void admin_deliveries(struct admin *adm, struct evhttp_request *req) {
         admin_bad(req, "status must be pending, delivered, failed or held");
         goto done;
     }
-    if (admin_deliveries_page_json(adm->deps.store, &page, &data, &next, err, sizeof err) < 0)
-        http_reply_error(req, 503, "Service Unavailable", err);
-    else
-        admin_reply_page(req, data, next);
+    if (store_read_deliveries_page(adm->deps.store, &page, admin_on_deliveries_page, req) < 0)
+        http_reply_error(req, 503, "Service Unavailable", "out of memory");
 done:
     evhttp_clear_headers(&q);
 }
 
 /* ---- replies that wait for the group commit ---- */
 
-static void admin_on_commit(void *arg, int ok) {
-    struct admin_commit *c = arg;
-    const struct admin_deps *gw = &c->adm->deps;
-    char err[256] = "";
-
-    if (!ok) {
-        admin_error(c->req, c->se, 503, "Service Unavailable", "store unavailable, retry later");
-        goto done;
-    }
-    if (c->apply)
-        c->apply(c);
-    if (c->kick)
-        deliver_kick_all(gw->deliver);
-    if (!c->reply && c->event_id) {
-        c->reply = admin_event_json(gw->store, c->event_id, err, sizeof err);
-    }
+/* Sends c's reply (why: the reason when there is none) and frees c. */
+static void admin_commit_reply(struct admin_commit *c, const char *why) {
     if (c->code == 204) {
         evhttp_send_reply(c->req, 204, "No Content", NULL);
     } else if (c->reply) {
         http_reply_json(c->req, c->code, c->phrase, c->reply);
         c->reply = NULL; /* http_reply_json took it */
     } else {
-        admin_error(c->req, c->se, 503, "Service Unavailable", err[0] ? err : "out of memory");
+        admin_error(c->req, c->se, 503, "Service Unavailable", why);
     }
-done:
     admin_commit_free(c);
+}
+
+/* The event detail read after the commit (a replay's answer). */
+static void admin_on_commit_detail(void *arg, const struct store_result *r) {
+    struct admin_commit *c = arg;
+
+    if (r->status >= 0 && r->detail)
+        c->reply = admin_event_json(r->detail);
+    admin_commit_reply(c, r->status < 0 ? r->err
+                          : !r->detail  ? "the event is gone (retention)"
+                                        : "out of memory");
+}
+
+static void admin_on_commit(void *arg, int ok) {
+    struct admin_commit *c = arg;
+    const struct admin_deps *gw = &c->adm->deps;
+
+    if (!ok) {
+        admin_error(c->req, c->se, 503, "Service Unavailable", "store unavailable, retry later");
+        admin_commit_free(c);
+        return;
+    }
+    if (c->apply)
+        c->apply(c);
+    if (c->kick)
+        deliver_kick_all(gw->deliver);
+    if (!c->reply && c->event_id && c->code != 204) {
+        if (store_read_event_detail(gw->store, c->event_id, admin_on_commit_detail, c) < 0)
+            admin_commit_reply(c, "out of memory");
+        return;
+    }
+    admin_commit_reply(c, "out of memory");
 }
 
 void admin_commit_free(struct admin_commit *c) {
@@ -825,25 +914,7 @@ static void on_admin(struct evhttp_request *req, void *arg) {
     if (!path)
         path = "";
     if (strcmp(path, "/healthz") == 0) {
-        char names[512], why[640];
-        size_t nstuck;
-        if (!store_ping(adm->deps.store)) {
-            http_reply_error(req, 503, "Service Unavailable", "store does not answer");
-        } else if (!store_writable(adm->deps.store)) {
-            http_reply_error(req, 503, "Service Unavailable",
-                             "store cannot write (see the log: a full disk, a lock)");
-        } else if ((nstuck = deliver_stuck(adm->deps.deliver, names, sizeof names)) > 0) {
-            /* unauthenticated: a count, not the names (GET /api/endpoints
-             * shows which, as "stuck": true) */
-            snprintf(why, sizeof why,
-                     "%zu endpoint%s with deliveries due and a free slot that are not going "
-                     "out (see GET /api/endpoints, \"stuck\")",
-                     nstuck, nstuck == 1 ? "" : "s");
-            http_reply_json(req, 503, "Service Unavailable",
-                            json_pack("{sbss}", "ok", 0, "error", why));
-        } else {
-            http_reply_json(req, 200, "OK", json_pack("{sb}", "ok", 1));
-        }
+        admin_read_start(adm, req, store_read_ping, admin_on_health);
         return;
     }
     if (admin_web_public(adm->web, req, path, (int)m))
@@ -858,7 +929,7 @@ static void on_admin(struct evhttp_request *req, void *arg) {
         return;
     }
     if (strcmp(path, "/api/status") == 0 && m == EVHTTP_REQ_GET) {
-        admin_status(adm, req);
+        admin_read_start(adm, req, store_read_delivery_counts, admin_on_status);
     } else if (strncmp(path, "/api/events/", 12) == 0 && path[12] && !strchr(path + 12, '/') &&
                m == EVHTTP_REQ_GET) {
         admin_event(adm, req, path + 12);

@@ -102,17 +102,20 @@ int admin_subs_dispatch(struct admin *adm, struct evhttp_request *req, const cha
                         int method);
 
 /* The event as GET /api/events/{id} shows it, with its raw body, headers
- * and each delivery's payload. Returns new; NULL with err empty when id is
- * unknown, NULL with a reason on a store error. */
-json_t *admin_event_json(struct store *s, const char *id, char *err, size_t errlen);
+ * and each delivery's payload, from its detail as read. Returns new, or
+ * NULL when out of memory. */
+json_t *admin_event_json(const struct store_event_detail *d);
 
-/* One page of events / deliveries as the list routes show them: *data new,
- * *next the next page's cursor (0 = the last). Returns 0, or -1 with a
- * reason in err. */
-int admin_events_page_json(struct store *s, const struct store_page *q, json_t **data,
-                           int64_t *next, char *err, size_t errlen);
-int admin_deliveries_page_json(struct store *s, const struct store_page *q, json_t **data,
-                               int64_t *next, char *err, size_t errlen);
+/* A page of events / deliveries as the list routes show them: a new
+ * array, or NULL when out of memory. */
+json_t *admin_events_json(const struct store_event_row *rows, size_t n);
+json_t *admin_deliveries_json(const struct store_delivery_item *rows, size_t n);
+
+/* Answers a list route from an asynchronous page read: {"data", "next"}
+ * (admin_events_json or admin_deliveries_json of the rows), or 503 with
+ * the store's reason. arg is the evhttp request. */
+void admin_on_events_page(void *arg, const struct store_result *r);
+void admin_on_deliveries_page(void *arg, const struct store_result *r);
 
 /* A subscription as ShipEngine's routes show it: exactly {webhook_id,
  * url, event}, new. */

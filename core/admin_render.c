@@ -163,21 +163,13 @@ static json_t *admin_matched_json(const char *text) {
 
 /* The event as the admin API shows it (SPEC section 8): {id, source,
  * source_id, type, status, received_at, created_at, data, error, matched,
- * deliveries, raw, headers}. Returns a new json_t; NULL with err empty when
- * id is unknown, NULL with a reason on a store error or out of memory. */
-json_t *admin_event_json(struct store *s, const char *id, char *err, size_t errlen) {
-    struct store_event_detail *d = NULL;
-    const struct store_event_row *e;
-    json_t *ev = NULL;
-    int bad;
+ * deliveries, raw, headers}, from its detail as read. Returns a new
+ * json_t, or NULL when out of memory. */
+json_t *admin_event_json(const struct store_event_detail *d) {
+    const struct store_event_row *e = d->ev;
+    json_t *ev = json_object();
+    int bad = !ev;
 
-    if (err && errlen)
-        err[0] = '\0';
-    if (store_event_detail(s, id, &d, err, errlen) <= 0)
-        return NULL;
-    e = d->ev;
-    ev = json_object();
-    bad = !ev;
     if (ev) {
         bad |= json_object_set_new(ev, "id", admin_json_str(e->id));
         bad |= json_object_set_new(ev, "source", admin_json_str(e->source));
@@ -194,30 +186,19 @@ json_t *admin_event_json(struct store *s, const char *id, char *err, size_t errl
         bad |= json_object_set_new(ev, "raw", admin_json_text(e->raw, e->raw_len));
         bad |= json_object_set_new(ev, "headers", admin_json_data(e->headers_json));
     }
-    store_event_detail_free(d);
     if (bad) {
-        snprintf(err, errlen, "store: out of memory");
         json_decref(ev);
         return NULL;
     }
     return ev;
 }
 
-/* One page of events ({id, source, source_id, type, status, received_at,
- * created_at, error} each) into *data (new); *next as store_events_page.
- * Returns 0 or -1 (err set). */
-int admin_events_page_json(struct store *s, const struct store_page *q, json_t **data,
-                           int64_t *next, char *err, size_t errlen) {
-    struct store_event_row *rows = NULL;
-    json_t *arr, *o;
-    size_t n = 0;
-    int bad;
+/* A page of events ({id, source, source_id, type, status, received_at,
+ * created_at, error} each) as a new array, or NULL when out of memory. */
+json_t *admin_events_json(const struct store_event_row *rows, size_t n) {
+    json_t *arr = json_array(), *o;
+    int bad = !arr;
 
-    *data = NULL;
-    if (store_events_page(s, q, &rows, &n, next, err, errlen) < 0)
-        return -1;
-    arr = json_array();
-    bad = !arr;
     for (size_t i = 0; i < n && !bad; i++) {
         const struct store_event_row *r = &rows[i];
         if (!(o = json_object())) {
@@ -234,33 +215,21 @@ int admin_events_page_json(struct store *s, const struct store_page *q, json_t *
         bad |= json_object_set_new(o, "error", admin_json_str(r->error));
         bad |= json_array_append_new(arr, o);
     }
-    store_event_rows_free(rows, n);
     if (bad) {
-        snprintf(err, errlen, "store: out of memory");
         json_decref(arr);
-        return -1;
+        return NULL;
     }
-    *data = arr;
-    return 0;
+    return arr;
 }
 
-/* One page of deliveries ({id, event_id, endpoint, event_type, status,
+/* A page of deliveries ({id, event_id, endpoint, event_type, status,
  * attempts, next_at, created_at, last_status_code, last_error, and key for
  * an endpoint ordered by key} each; next_at null while waiting behind its
- * key's head) into
- * *data (new). Returns 0 or -1 (err set). */
-int admin_deliveries_page_json(struct store *s, const struct store_page *q, json_t **data,
-                               int64_t *next, char *err, size_t errlen) {
-    struct store_delivery_item *rows = NULL;
-    json_t *arr, *o;
-    size_t n = 0;
-    int bad;
+ * key's head) as a new array, or NULL when out of memory. */
+json_t *admin_deliveries_json(const struct store_delivery_item *rows, size_t n) {
+    json_t *arr = json_array(), *o;
+    int bad = !arr;
 
-    *data = NULL;
-    if (store_deliveries_page(s, q, &rows, &n, next, err, errlen) < 0)
-        return -1;
-    arr = json_array();
-    bad = !arr;
     for (size_t i = 0; i < n && !bad; i++) {
         const struct store_delivery_item *r = &rows[i];
         if (!(o = json_object())) {
@@ -283,14 +252,11 @@ int admin_deliveries_page_json(struct store *s, const struct store_page *q, json
             bad |= json_object_set_new(o, "key", admin_json_str(r->key));
         bad |= json_array_append_new(arr, o);
     }
-    store_delivery_items_free(rows, n);
     if (bad) {
-        snprintf(err, errlen, "store: out of memory");
         json_decref(arr);
-        return -1;
+        return NULL;
     }
-    *data = arr;
-    return 0;
+    return arr;
 }
 
 /* ---- subscriptions ---- */

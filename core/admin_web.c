@@ -60,34 +60,46 @@ struct admin_web {
     size_t head, count; /* ring[head] is the next slot written */
 };
 
+/* A request waiting for an asynchronous read, with the dashboard's state;
+ * freed by the read's callback. */
+struct web_read {
+    struct admin_web *w;
+    struct evhttp_request *req;
+};
+
 /* ---- samples ---- */
 
-static void web_sample_take(struct admin_web *w, struct web_sample *s) {
+static void web_sample_take(struct web_sample *s, const struct store_counts *c) {
     struct metrics_totals t;
-    struct store_counts c = {0};
 
     metrics_totals(&t);
-    (void)store_delivery_counts(w->deps->store, &c); /* zeros when it fails */
     s->t = util_now_ms();
     s->received = t.received;
     s->delivered = t.delivered;
     s->failed = t.failed;
     s->retries = t.retries;
-    s->pending = c.pending;
-    s->held = c.held;
+    s->pending = c ? c->pending : 0; /* zeros when the read failed */
+    s->held = c ? c->held : 0;
     s->attempts = t.attempts;
     memcpy(s->buckets, t.buckets, sizeof s->buckets);
     s->bounds_ms = t.bounds_ms;
+}
+
+/* The tick's sample, taken when the store's counts come. */
+static void web_on_counts(void *arg, const struct store_result *r) {
+    struct admin_web *w = arg;
+    web_sample_take(&w->ring[w->head], r->status < 0 ? NULL : r->counts);
+    w->head = (w->head + 1) % WEB_SAMPLES;
+    if (w->count < WEB_SAMPLES)
+        w->count++;
 }
 
 static void web_on_tick(evutil_socket_t fd, short what, void *arg) {
     struct admin_web *w = arg;
     (void)fd;
     (void)what;
-    web_sample_take(w, &w->ring[w->head]);
-    w->head = (w->head + 1) % WEB_SAMPLES;
-    if (w->count < WEB_SAMPLES)
-        w->count++;
+    if (store_read_delivery_counts(w->deps->store, web_on_counts, w) < 0)
+        log_msg(LOG_WARN, "dashboard: out of memory for a sample");
 }
 
 /* The latency (ms, a bucket's upper bound) under which fraction q of the
@@ -123,14 +135,16 @@ static json_t *web_point(const struct web_sample *a, const struct web_sample *b)
 }
 
 /* GET /api/series: the last hour, one point per 10 s sample, and a last
- * point for now. */
-static void web_series(struct admin_web *w, struct evhttp_request *req) {
+ * point for now (taken when the store's counts come). */
+static void web_on_series(void *arg, const struct store_result *r) {
+    struct web_read *c = arg;
+    struct admin_web *w = c->w;
     json_t *pts = json_array();
     struct web_sample now;
     const struct web_sample *prev = NULL, *cur;
     size_t first = (w->head + WEB_SAMPLES - w->count) % WEB_SAMPLES;
 
-    web_sample_take(w, &now);
+    web_sample_take(&now, r->status < 0 ? NULL : r->counts);
     for (size_t i = 0; pts && i <= w->count; i++) {
         cur = i < w->count ? &w->ring[(first + i) % WEB_SAMPLES] : &now;
         if (prev && json_array_append_new(pts, web_point(prev, cur)) < 0) {
@@ -139,13 +153,26 @@ static void web_series(struct admin_web *w, struct evhttp_request *req) {
         }
         prev = cur;
     }
-    if (!pts) {
-        http_reply_error(req, 503, "Service Unavailable", "out of memory");
-        return;
+    if (!pts)
+        http_reply_error(c->req, 503, "Service Unavailable", "out of memory");
+    else
+        http_reply_json(c->req, 200, "OK",
+                        json_pack("{s:i, s:o, s:f}", "interval_s", WEB_SAMPLE_MS / 1000, "points",
+                                  pts, "received_total", now.received));
+    free(c);
+}
+
+static void web_series(struct admin_web *w, struct evhttp_request *req) {
+    struct web_read *c = calloc(1, sizeof *c);
+
+    if (c) {
+        c->w = w;
+        c->req = req;
     }
-    http_reply_json(req, 200, "OK",
-                    json_pack("{s:i, s:o, s:f}", "interval_s", WEB_SAMPLE_MS / 1000, "points", pts,
-                              "received_total", now.received));
+    if (!c || store_read_delivery_counts(w->deps->store, web_on_series, c) < 0) {
+        free(c);
+        http_reply_error(req, 503, "Service Unavailable", "out of memory");
+    }
 }
 
 /* ---- headers, files ---- */
@@ -496,6 +523,21 @@ done:
 /* POST /api/dryrun {"source", "body"} (a carrier body as text) or
  * {"event_id"} (a stored event's raw body and headers): what the rules
  * loaded now would send; nothing is stored or sent. */
+/* A dry run of a stored event, once its detail is read. */
+static void web_on_dryrun_event(void *arg, const struct store_result *r) {
+    struct web_read *c = arg;
+    const struct store_event_row *ev = r->detail ? r->detail->ev : NULL;
+
+    if (r->status < 0)
+        http_reply_error(c->req, 503, "Service Unavailable", r->err);
+    else if (!ev)
+        http_reply_error(c->req, 404, "Not Found", "no such event");
+    else
+        web_dryrun_run(c->w, c->req, ev->source, ev->raw ? ev->raw : "", ev->raw_len,
+                       ev->headers_json);
+    free(c);
+}
+
 static void web_dryrun(struct admin_web *w, struct evhttp_request *req) {
     struct evbuffer *buf = evhttp_request_get_input_buffer(req);
     size_t len = evbuffer_get_length(buf);
@@ -504,19 +546,15 @@ static void web_dryrun(struct admin_web *w, struct evhttp_request *req) {
     const char *event_id = json_string_value(json_object_get(q, "event_id"));
     const char *source = json_string_value(json_object_get(q, "source"));
     const char *body = json_string_value(json_object_get(q, "body"));
-    struct store_event_detail *d = NULL;
-    char err[256] = "";
-    int rc;
+    struct web_read *c;
 
     if (event_id) {
-        rc = store_event_detail(w->deps->store, event_id, &d, err, sizeof err);
-        if (rc < 0)
-            http_reply_error(req, 503, "Service Unavailable", err);
-        else if (rc == 0)
-            http_reply_error(req, 404, "Not Found", "no such event");
-        else
-            web_dryrun_run(w, req, d->ev->source, d->ev->raw ? d->ev->raw : "", d->ev->raw_len,
-                           d->ev->headers_json);
+        if (!(c = calloc(1, sizeof *c)) ||
+            (c->w = w, c->req = req,
+             store_read_event_detail(w->deps->store, event_id, web_on_dryrun_event, c) < 0)) {
+            free(c);
+            http_reply_error(req, 503, "Service Unavailable", "out of memory");
+        }
     } else if (source && body) {
         web_dryrun_run(w, req, source, body, json_string_length(json_object_get(q, "body")), NULL);
     } else {
@@ -524,34 +562,37 @@ static void web_dryrun(struct admin_web *w, struct evhttp_request *req) {
                          "body must be {\"event_id\": \"evt_...\"} or {\"source\": NAME, "
                          "\"body\": TEXT}");
     }
-    store_event_detail_free(d);
     json_decref(q);
 }
 
 /* ---- GET /api/batches ---- */
 
 /* The open batch windows: {endpoint, window_start, closes_at, items}. */
-static void web_batches(struct admin_web *w, struct evhttp_request *req) {
-    struct store_batch_window *win = NULL;
-    size_t n = 0;
-    char err[256], t1[32], t2[32];
+static void web_on_batches(void *arg, const struct store_result *r) {
+    struct evhttp_request *req = arg;
+    char t1[32], t2[32];
     json_t *arr;
 
-    if (store_batch_windows(w->deps->store, &win, &n, err, sizeof err) < 0) {
-        http_reply_error(req, 503, "Service Unavailable", err);
+    if (r->status < 0) {
+        http_reply_error(req, 503, "Service Unavailable", r->err);
         return;
     }
     arr = json_array();
-    for (size_t i = 0; arr && i < n; i++) {
-        util_time_rfc3339(win[i].window_start, t1, sizeof t1);
-        util_time_rfc3339(win[i].window_start + win[i].window_ms, t2, sizeof t2);
-        json_array_append_new(arr, json_pack("{s:s, s:s, s:s, s:I, s:I}", "endpoint",
-                                             win[i].endpoint, "window_start", t1, "closes_at", t2,
-                                             "window_ms", (json_int_t)win[i].window_ms, "items",
-                                             (json_int_t)win[i].items));
+    for (size_t i = 0; arr && i < r->n; i++) {
+        const struct store_batch_window *win = &r->windows[i];
+        util_time_rfc3339(win->window_start, t1, sizeof t1);
+        util_time_rfc3339(win->window_start + win->window_ms, t2, sizeof t2);
+        json_array_append_new(arr, json_pack("{s:s, s:s, s:s, s:I, s:I}", "endpoint", win->endpoint,
+                                             "window_start", t1, "closes_at", t2, "window_ms",
+                                             (json_int_t)win->window_ms, "items",
+                                             (json_int_t)win->items));
     }
-    store_batch_windows_free(win, n);
     http_reply_json(req, 200, "OK", json_pack("{s:o}", "data", arr ? arr : json_array()));
+}
+
+static void web_batches(struct admin_web *w, struct evhttp_request *req) {
+    if (store_read_batch_windows(w->deps->store, web_on_batches, req) < 0)
+        http_reply_error(req, 503, "Service Unavailable", "out of memory");
 }
 
 /* ---- GET /api/find?q= ---- */
@@ -560,33 +601,31 @@ static void web_batches(struct admin_web *w, struct evhttp_request *req) {
 
 /* The newest events (ids, up to WEB_FIND_MAX) whose id or carrier id is q
  * or whose data or shipment holds it (a tracking number, an order id). */
+static void web_on_find(void *arg, const struct store_result *r) {
+    struct evhttp_request *req = arg;
+    json_t *arr;
+
+    if (r->status < 0) {
+        http_reply_error(req, 503, "Service Unavailable", r->err);
+        return;
+    }
+    arr = json_array();
+    for (size_t i = 0; arr && i < r->n; i++)
+        json_array_append_new(arr, json_string(r->ids[i]));
+    http_reply_json(req, 200, "OK", json_pack("{s:o}", "data", arr ? arr : json_array()));
+}
+
 static void web_find_events(struct admin_web *w, struct evhttp_request *req) {
     const char *query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
     struct evkeyvalq q;
     const char *text;
-    char **ids = NULL, err[256];
-    size_t n = 0;
-    json_t *arr;
 
     TAILQ_INIT(&q);
     if (!query || evhttp_parse_query_str(query, &q) < 0 || !(text = evhttp_find_header(&q, "q")) ||
-        strlen(text) < 3) {
+        strlen(text) < 3)
         http_reply_error(req, 400, "Bad Request", "q must be at least 3 characters");
-        goto done;
-    }
-    if (store_events_find(w->deps->store, text, WEB_FIND_MAX, &ids, &n, err, sizeof err) < 0) {
-        http_reply_error(req, 503, "Service Unavailable", err);
-        goto done;
-    }
-    arr = json_array();
-    for (size_t i = 0; i < n; i++) {
-        if (arr)
-            json_array_append_new(arr, json_string(ids[i]));
-        free(ids[i]);
-    }
-    free(ids);
-    http_reply_json(req, 200, "OK", json_pack("{s:o}", "data", arr ? arr : json_array()));
-done:
+    else if (store_read_events_find(w->deps->store, text, WEB_FIND_MAX, web_on_find, req) < 0)
+        http_reply_error(req, 503, "Service Unavailable", "out of memory");
     evhttp_clear_headers(&q);
 }
 

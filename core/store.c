@@ -471,7 +471,7 @@ int store_on_written(struct store *s, store_commit_fn fn, void *arg) {
 }
 
 int store_idle(const struct store *s) {
-    return !s->in_txn && s->ncbs == 0 && s->nwcbs == 0 && !s->sync_busy;
+    return !s->in_txn && s->ncbs == 0 && s->nwcbs == 0 && !s->sync_busy && !store_reply_pending(s);
 }
 
 int store_flush(struct store *s) {
@@ -485,6 +485,7 @@ int store_flush(struct store *s) {
         event_del(s->commit_ev);
         s->scheduled = 0;
     }
+    store_reply_drain(s); /* reads answered: their callbacks may write, committed below */
     return group_commit(s, 1) ? 0 : -1;
 }
 
@@ -746,6 +747,7 @@ static void store_close(struct store *s) {
     /* The threads go first: the loop connection must be the last one, so
      * that its close checkpoints (syncing WAL and database) and removes the
      * WAL; a close with the checkpoint connection still open would not. */
+    store_reply_stop(s); /* empty after store_free's flushes; after a failed open, unused */
     store_sync_stop(s);
     store_ckpt_stop(s);
     if (s->commit_ev)
@@ -798,7 +800,7 @@ struct store *store_open(struct event_base *base, const char *url, const char *b
         goto fail;
     s->commit_ev = event_new(base, -1, 0, store_commit_cb, s);
     s->full_ev = evtimer_new(base, store_full_cb, s);
-    if (!s->commit_ev || !s->full_ev) {
+    if (!s->commit_ev || !s->full_ev || store_reply_start(s, base) < 0) {
         store_err(err, errlen, "store: cannot create commit event");
         goto fail;
     }
@@ -835,8 +837,9 @@ void store_free(struct store *s) {
      * sqlite3_close would roll their group back unseen. */
     do {
         store_flush(s);
-    } while ((s->in_txn || s->failed || s->ncbs || s->nwcbs) && ++rounds < 100);
-    if (s->in_txn || s->ncbs || s->nwcbs)
+    } while ((s->in_txn || s->failed || s->ncbs || s->nwcbs || store_reply_pending(s)) &&
+             ++rounds < 100);
+    if (s->in_txn || s->ncbs || s->nwcbs || store_reply_pending(s))
         log_msg(LOG_ERROR, "store: closing with writes still coming from commit callbacks");
     store_close(s);
 }

@@ -532,6 +532,44 @@ int store_endpoint_claim(struct store *s, const char *name, int64_t after_seq, i
                          int64_t lease_ms, size_t max, struct store_delivery **out, size_t *n,
                          char *err, size_t errlen);
 
+/* ---- asynchronous reads (the admin API's) ----
+ * The shape a database across the network needs (issue 15): the store
+ * answers from the loop, never inside the call. SQLite runs the read at
+ * once (the read connection: committed state, as the synchronous calls
+ * above) and hands the rows to fn on the next loop turn; a PostgreSQL
+ * store hands them over when they arrive. fn runs exactly once when the
+ * call returned 0 -- at the latest in store_flush / store_free, so a
+ * shutdown that drains the store while every module lives answers them
+ * all. What fn is given belongs to the store and lives for the call.
+ * Each call returns 0, or -1 when out of memory (fn will not run). */
+struct store_result {
+    int status;                           /* what the synchronous read returns: -1 a store error,
+                                             else >= 0 (event_detail: 1 found, 0 unknown) */
+    const char *err;                      /* the reason when status is -1, else "" */
+    size_t n;                             /* rows in the array below that the read fills */
+    int64_t next;                         /* pages: the next cursor (0: the last page) */
+    const struct store_event_row *events; /* store_read_events_page */
+    const struct store_delivery_item *deliveries; /* store_read_deliveries_page */
+    const struct store_event_detail *detail;      /* store_read_event_detail (NULL: unknown) */
+    char *const *ids;                             /* store_read_events_find */
+    const struct store_batch_window *windows;     /* store_read_batch_windows */
+    const struct store_counts *counts;            /* store_read_delivery_counts */
+};
+typedef void (*store_read_fn)(void *arg, const struct store_result *r);
+
+/* q's strings are read during the call only. */
+int store_read_events_page(struct store *s, const struct store_page *q, store_read_fn fn,
+                           void *arg);
+int store_read_deliveries_page(struct store *s, const struct store_page *q, store_read_fn fn,
+                               void *arg);
+int store_read_event_detail(struct store *s, const char *id, store_read_fn fn, void *arg);
+int store_read_events_find(struct store *s, const char *text, size_t max, store_read_fn fn,
+                           void *arg);
+int store_read_batch_windows(struct store *s, store_read_fn fn, void *arg);
+int store_read_delivery_counts(struct store *s, store_read_fn fn, void *arg);
+/* status 0 when the store answers a trivial query, -1 when not (/healthz). */
+int store_read_ping(struct store *s, store_read_fn fn, void *arg);
+
 /* ---- retention (SPEC section 9) ----
  * A pass looks at up to max events with seq in (cursor, upto], oldest
  * first (seq is the rowid: a range walk of the table, whatever its size),

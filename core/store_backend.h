@@ -22,7 +22,12 @@
  * database across the network they cannot without blocking the loop, so
  * admin.c, admin_web.c, deliver_sched.c, housekeep.c and batch.c move to
  * callbacks (their HTTP answers already are asynchronous: evhttp and the
- * webhook server reply when they like).
+ * webhook server reply when they like). First step taken: store.h's
+ * store_read_* calls (store_reply.c on SQLite) answer the admin API's
+ * pages, event detail, find, batch windows, counts and /healthz's ping
+ * that way; GET /api/endpoints and /metrics (endpoint state, queue,
+ * blocked keys) and the loop's own reads (claims, batch, recovery) are
+ * next.
  *
  * Kinds of operation, and how PostgreSQL runs them:
  * - GROUP writes: queued between group_begin and group_end; PostgreSQL

@@ -244,6 +244,10 @@ struct store {
     char (*plan_ids)[UTIL_ID_MAX];
     size_t cap_ids;
     struct util_buf matched;
+    /* Answers of asynchronous reads waiting for the next loop turn, in
+     * order (store_reply.c); each owns its rows. */
+    struct store_reply *replies, *replies_tail;
+    struct event *reply_ev;
 };
 
 /* ---- small helpers (every file) ---- */
@@ -376,6 +380,17 @@ void store_ckpt_stop(struct store *s);
 
 /* After a COMMIT that wrote: keeps the WAL short (store_sync.c). */
 void store_wal_maintain(struct store *s);
+
+/* ---- asynchronous reads' answers (store_reply.c) ---- */
+
+/* Creates the event that hands answers over; 0 or -1. */
+int store_reply_start(struct store *s, struct event_base *base);
+/* Hands over every answer still queued, then frees the event. */
+void store_reply_stop(struct store *s);
+/* Hands over every answer queued now (and those their callbacks queue). */
+void store_reply_drain(struct store *s);
+/* 1 while an answer waits to be handed over. */
+int store_reply_pending(const struct store *s);
 
 /* ---- the schema (store_schema.c) ---- */
 

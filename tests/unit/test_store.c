@@ -1366,6 +1366,81 @@ static void test_admin_reads_committed_only(struct store *s) {
     store_batch_windows_free(w, nw);
 }
 
+/* What an asynchronous read's callback saw. */
+struct read_rec {
+    int called, order, status;
+    size_t n;
+    int found; /* detail: the event was there */
+    int64_t held;
+    struct store *s; /* when set, the callback reads again (a chain) */
+    struct read_rec *chained;
+};
+static void on_read(void *arg, const struct store_result *r) {
+    struct read_rec *rec = arg;
+    rec->called++;
+    rec->order = ++commit_seq;
+    rec->status = r->status;
+    rec->n = r->n;
+    rec->found = r->detail != NULL;
+    rec->held = r->counts ? r->counts->held : -1;
+    if (rec->s)
+        CHECK_INT_EQ(store_read_delivery_counts(rec->s, on_read, rec->chained), 0);
+}
+
+/* The asynchronous reads (the admin API's): never answered inside the
+ * call, each exactly once, in the order made, with the committed state as
+ * of the call; a read made from a callback waits for the next turn; and
+ * shutdown's flush answers what is still queued. */
+static void test_async_reads(struct store *s) {
+    struct store_event ev = mk_event("evt_ASYNC", "src-async");
+    struct store_page q = {.limit = 10};
+    struct read_rec page = {0}, detail = {0}, gone = {0}, find = {0}, counts = {0}, ping = {0},
+                    windows = {0}, chained = {0}, first = {0};
+    char err[256];
+    int i;
+
+    CHECK_INT_EQ(store_event_put(s, &ev, NULL, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(commit(s), 1);
+    CHECK_INT_EQ(store_read_events_page(s, &q, on_read, &page), 0);
+    CHECK_INT_EQ(store_read_event_detail(s, "evt_ASYNC", on_read, &detail), 0);
+    CHECK_INT_EQ(store_read_event_detail(s, "evt_NOPE", on_read, &gone), 0);
+    CHECK_INT_EQ(store_read_events_find(s, "src-async", 5, on_read, &find), 0);
+    CHECK_INT_EQ(store_read_batch_windows(s, on_read, &windows), 0);
+    CHECK_INT_EQ(store_read_delivery_counts(s, on_read, &counts), 0);
+    CHECK_INT_EQ(store_read_ping(s, on_read, &ping), 0);
+    CHECK(!page.called && !detail.called && !ping.called); /* never inside the call */
+    CHECK(!store_idle(s));                                 /* answers wait: not idle */
+    event_base_loop(base, EVLOOP_ONCE);
+    CHECK(page.called == 1 && detail.called == 1 && gone.called == 1 && find.called == 1 &&
+          windows.called == 1 && counts.called == 1 && ping.called == 1);
+    CHECK(page.order < detail.order && detail.order < gone.order && gone.order < find.order &&
+          find.order < windows.order && windows.order < counts.order && counts.order < ping.order);
+    CHECK(page.status == 0 && page.n >= 1);
+    CHECK(detail.status == 1 && detail.found);
+    CHECK(gone.status == 0 && !gone.found);
+    CHECK(find.status == 0 && find.n == 1);
+    CHECK(counts.status == 0 && counts.held >= 0);
+    CHECK_INT_EQ(ping.status, 0);
+
+    /* A read made from a callback is answered on a later turn, not in this one. */
+    first.s = s;
+    first.chained = &chained;
+    CHECK_INT_EQ(store_read_ping(s, on_read, &first), 0);
+    event_base_loop(base, EVLOOP_ONCE);
+    CHECK_INT_EQ(first.called, 1);
+    CHECK_INT_EQ(chained.called, 0);
+    for (i = 0; i < 10 && !chained.called; i++)
+        event_base_loop(base, EVLOOP_ONCE);
+    CHECK_INT_EQ(chained.called, 1);
+
+    /* What is still queued at shutdown is answered by the flush. */
+    memset(&first, 0, sizeof first);
+    CHECK_INT_EQ(store_read_ping(s, on_read, &first), 0);
+    CHECK_INT_EQ(store_flush(s), 0);
+    CHECK_INT_EQ(first.called, 1);
+    CHECK(store_idle(s));
+}
+
 /* Claims endpoint's due deliveries and stores outcome for each; returns how
  * many. */
 static int settle(struct store *s, const char *endpoint, const char *outcome) {
@@ -2317,6 +2392,7 @@ int main(void) {
     test_first_routing_ids(s);
     test_type_filter_glob(s);
     test_admin_reads_committed_only(s);
+    test_async_reads(s);
     store_free(s);
     test_symlinked_store();
     test_counts_insert_then_move();
