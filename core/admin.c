@@ -570,7 +570,11 @@ done:
 #define ADMIN_DUE_CAP 100000
 
 /* The scheduler's gauges per configured endpoint. Returns 0 or -1 (OOM). */
-static int admin_metrics_endpoints(struct admin *adm, struct util_buf *b) {
+static const struct store_endpoint_view *admin_queue_of(const struct store_result *r,
+                                                        const char *name);
+
+static int admin_metrics_endpoints(struct admin *adm, struct util_buf *b,
+                                   const struct store_result *r, int64_t now) {
     static const char *const help[8][3] = {
         {"waybill_endpoint_due", "gauge",
          "Pending deliveries whose time has come, not yet claimed (counted up to 100000)."},
@@ -588,7 +592,7 @@ static int admin_metrics_endpoints(struct admin *adm, struct util_buf *b) {
         {"waybill_endpoint_oldest_blocked_seconds", "gauge",
          "Age of the oldest blocked key's failure (0: none)."}};
     const struct config *cfg = rules_config(*adm->deps.rules);
-    int64_t now = util_now_ms(), (*v)[8];
+    int64_t(*v)[8];
     size_t i, k;
     int bad = 0;
 
@@ -597,11 +601,11 @@ static int admin_metrics_endpoints(struct admin *adm, struct util_buf *b) {
     if (!(v = calloc(cfg->nendpoints, sizeof *v)))
         return -1;
     for (i = 0; i < cfg->nendpoints; i++) {
+        static const struct store_endpoint_queue none = {0, 0, 0, INT64_MAX, 0, INT64_MAX};
+        const struct store_endpoint_view *view = admin_queue_of(r, cfg->endpoints[i].name);
+        const struct store_endpoint_queue q = view && view->ok ? view->q : none; /* 0s on error */
         struct deliver_endpoint_stats st;
-        struct store_endpoint_queue q;
         deliver_endpoint_stats(adm->deps.deliver, cfg->endpoints[i].name, &st);
-        /* 0s on error */
-        store_endpoint_queue(adm->deps.store, cfg->endpoints[i].name, now, ADMIN_DUE_CAP, 0, &q);
         v[i][0] = q.due;
         v[i][1] = st.in_memory;
         v[i][2] = st.in_flight;
@@ -627,13 +631,24 @@ static int admin_metrics_endpoints(struct admin *adm, struct util_buf *b) {
     return bad ? -1 : 0;
 }
 
-static void admin_metrics(struct admin *adm, struct evhttp_request *req) {
-    const struct admin_deps *gw = &adm->deps;
+/* GET /metrics: the counters, the queue by state (a first read), then
+ * every endpoint's queue (a second); freed by the second's callback. */
+struct admin_metrics_read {
+    struct admin *adm;
+    struct evhttp_request *req;
+    int64_t now;
+    int counts_ok;
+    struct store_counts c;
+};
+
+static void admin_on_metrics(void *arg, const struct store_result *r) {
+    struct admin_metrics_read *m = arg;
+    const struct admin_deps *gw = &m->adm->deps;
     struct admin_status st = {0};
     struct util_buf b = {NULL, 0, 0};
-    struct store_counts c = {0};
+    const struct store_counts *c = &m->c;
     struct evbuffer *out = evbuffer_new();
-    int bad = store_delivery_counts(gw->store, &c) < 0;
+    int bad = !m->counts_ok || r->status < 0;
 
     gw->status(gw->arg, &st);
     bad |= metrics_render(&b) < 0;
@@ -654,21 +669,58 @@ static void admin_metrics(struct admin *adm, struct evhttp_request *req) {
                "# TYPE waybill_reload_failures_total counter\nwaybill_reload_failures_total %d\n"
                "# HELP waybill_uptime_seconds Seconds since start.\n"
                "# TYPE waybill_uptime_seconds gauge\nwaybill_uptime_seconds %lld\n",
-               (long long)c.pending, (long long)c.held, (long long)c.failed, (long long)c.delivered,
-               deliver_inflight(gw->deliver), st.reloads, st.reload_failures,
-               (long long)((util_now_ms() - st.started_at) / 1000)) < 0;
-    bad |= admin_metrics_endpoints(adm, &b) < 0;
+               (long long)c->pending, (long long)c->held, (long long)c->failed,
+               (long long)c->delivered, deliver_inflight(gw->deliver), st.reloads,
+               st.reload_failures, (long long)((util_now_ms() - st.started_at) / 1000)) < 0;
+    bad |= admin_metrics_endpoints(m->adm, &b, r, m->now) < 0;
     if (bad || !out) {
-        http_reply_error(req, 503, "Service Unavailable", "metrics unavailable");
+        http_reply_error(m->req, 503, "Service Unavailable", "metrics unavailable");
     } else {
-        evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+        evhttp_add_header(evhttp_request_get_output_headers(m->req), "Content-Type",
                           "text/plain; version=0.0.4; charset=utf-8");
         evbuffer_add(out, b.p, b.len);
-        evhttp_send_reply(req, 200, "OK", out);
+        evhttp_send_reply(m->req, 200, "OK", out);
     }
     if (out)
         evbuffer_free(out);
     util_buf_free(&b);
+    free(m);
+}
+
+static void admin_on_metrics_counts(void *arg, const struct store_result *r) {
+    struct admin_metrics_read *m = arg;
+    const struct config *cfg = rules_config(*m->adm->deps.rules);
+    const char **names = calloc(cfg->nendpoints ? cfg->nendpoints : 1, sizeof *names);
+    int rc = -1;
+
+    m->counts_ok = r->status >= 0 && r->counts;
+    if (m->counts_ok)
+        m->c = *r->counts;
+    m->now = util_now_ms();
+    if (names) {
+        for (size_t i = 0; i < cfg->nendpoints; i++)
+            names[i] = cfg->endpoints[i].name;
+        rc = store_read_endpoints(m->adm->deps.store, names, cfg->nendpoints, m->now, ADMIN_DUE_CAP,
+                                  0, NULL, 0, admin_on_metrics, m);
+    }
+    free(names);
+    if (rc < 0) {
+        http_reply_error(m->req, 503, "Service Unavailable", "out of memory");
+        free(m);
+    }
+}
+
+static void admin_metrics(struct admin *adm, struct evhttp_request *req) {
+    struct admin_metrics_read *m = calloc(1, sizeof *m);
+
+    if (m) {
+        m->adm = adm;
+        m->req = req;
+    }
+    if (!m || store_read_delivery_counts(adm->deps.store, admin_on_metrics_counts, m) < 0) {
+        free(m);
+        http_reply_error(req, 503, "Service Unavailable", "out of memory");
+    }
 }
 
 /* "/prefix/{id}/suffix" -> id copied into out; 1 when path has that shape. */
@@ -726,33 +778,53 @@ static int admin_ends_with(const char *s, const char *suffix) {
  * rows whose time has come, not claimed), "in_memory", "in_flight",
  * "oldest_due_age_ms" (null when nothing is due) and "stuck"; ordered by
  * key, "blocked" (keys waiting behind a failed head). */
+/* The queue of ep as read (v: NULL or not ok when its read failed: the
+ * counts from the endpoint's state stay) beside the scheduler's own state. */
 static void admin_endpoint_queue(struct admin *adm, json_t *o, const struct config_endpoint *ep,
-                                 int64_t now) {
+                                 const struct store_endpoint_view *v, int64_t now) {
     struct deliver_endpoint_stats st;
-    struct store_endpoint_queue q;
 
+    if (!v || !v->ok)
+        return;
     deliver_endpoint_stats(adm->deps.deliver, ep->name, &st);
-    if (store_endpoint_queue(adm->deps.store, ep->name, now, ADMIN_DUE_CAP, 1, &q) < 0)
-        return; /* the counts from the endpoint's state stay */
     if (CONFIG_ORDERED_BY_KEY(ep))
-        json_object_set_new(o, "blocked", json_integer((json_int_t)q.blocked));
-    json_object_set_new(o, "pending", json_integer((json_int_t)q.pending));
-    json_object_set_new(o, "held", json_integer((json_int_t)q.held));
-    json_object_set_new(o, "due", json_integer((json_int_t)q.due));
+        json_object_set_new(o, "blocked", json_integer((json_int_t)v->q.blocked));
+    json_object_set_new(o, "pending", json_integer((json_int_t)v->q.pending));
+    json_object_set_new(o, "held", json_integer((json_int_t)v->q.held));
+    json_object_set_new(o, "due", json_integer((json_int_t)v->q.due));
     json_object_set_new(o, "in_memory", json_integer(st.in_memory));
     json_object_set_new(o, "in_flight", json_integer(st.in_flight));
     json_object_set_new(o, "oldest_due_age_ms",
-                        q.oldest_due == INT64_MAX ? json_null()
-                                                  : json_integer((json_int_t)(now - q.oldest_due)));
+                        v->q.oldest_due == INT64_MAX
+                            ? json_null()
+                            : json_integer((json_int_t)(now - v->q.oldest_due)));
     json_object_set_new(o, "stuck", json_boolean(st.stuck));
 }
 
+/* The answer's state and queue of endpoint name (NULL when it has none). */
+static const struct store_endpoint_state *admin_state_of(const struct store_result *r,
+                                                         const char *name) {
+    for (size_t k = 0; k < r->nstates; k++)
+        if (!strcmp(r->states[k].name, name))
+            return &r->states[k];
+    return NULL;
+}
+
+static const struct store_endpoint_view *admin_queue_of(const struct store_result *r,
+                                                        const char *name) {
+    for (size_t k = 0; k < r->nqueues; k++)
+        if (!strcmp(r->queues[k].name, name))
+            return &r->queues[k];
+    return NULL;
+}
+
 /* Endpoint ep as GET /api/endpoints shows it: its health from its stored
- * state e (NULL when never attempted or disabled), its queue, and for an
- * endpoint ordered by key its key and how many keys are blocked. New, or
- * NULL when out of memory. */
+ * state and its queue as the read r answered them, and for an endpoint
+ * ordered by key its key and how many keys are blocked. New, or NULL when
+ * out of memory. */
 static json_t *admin_endpoint_json(struct admin *adm, const struct config_endpoint *ep,
-                                   const struct store_endpoint_state *e, int64_t now) {
+                                   const struct store_result *r, int64_t now) {
+    const struct store_endpoint_state *e = admin_state_of(r, ep->name);
     char t1[32], t2[32];
     json_t *rate = json_null(), *o;
 
@@ -781,85 +853,123 @@ static json_t *admin_endpoint_json(struct admin *adm, const struct config_endpoi
     if (CONFIG_ORDERED_BY_KEY(ep))
         json_object_set_new(o, "order_key",
                             json_string(ep->order_key ? ep->order_key : "function"));
-    admin_endpoint_queue(adm, o, ep, now);
+    admin_endpoint_queue(adm, o, ep, admin_queue_of(r, ep->name), now);
     return o;
-}
-
-/* GET /api/endpoints: every configured endpoint with its health (SPEC 8)
- * and its queue. */
-static void admin_endpoints(struct admin *adm, struct evhttp_request *req) {
-    const struct config *cfg = rules_config(*adm->deps.rules);
-    int64_t now = util_now_ms();
-    struct store_endpoint_state *st = NULL;
-    size_t n = 0, i, k;
-    char err[256];
-    json_t *list = json_array();
-
-    if (store_endpoint_states(adm->deps.store, &st, &n, err, sizeof err) < 0) {
-        json_decref(list);
-        http_reply_error(req, 503, "Service Unavailable", err);
-        return;
-    }
-    for (i = 0; i < cfg->nendpoints; i++) {
-        const struct config_endpoint *ep = &cfg->endpoints[i];
-        const struct store_endpoint_state *e = NULL;
-        for (k = 0; k < n; k++)
-            if (!strcmp(st[k].name, ep->name))
-                e = &st[k];
-        json_array_append_new(list, admin_endpoint_json(adm, ep, e, now));
-    }
-    store_endpoint_states_free(st, n);
-    http_reply_json(req, 200, "OK", json_pack("{soss?}", "data", list, "next", NULL));
 }
 
 /* Blocked keys shown by GET /api/endpoints/{name}, at most. */
 #define ADMIN_BLOCKED_MAX 100
 
+/* A read of endpoints for one request: the names asked for (borrowed from
+ * the config of the call: read during the call only) and, for one
+ * endpoint's page, its name (owned: the config may be reloaded before the
+ * answer). Freed by the callback. */
+struct admin_endpoints_read {
+    struct admin *adm;
+    struct evhttp_request *req;
+    char *one;
+    int64_t now;
+};
+
+/* Starts the endpoints read for req: every configured endpoint's queue, or
+ * only one's (one, with its blocked keys when ordered by key). */
+static void admin_endpoints_read(struct admin *adm, struct evhttp_request *req,
+                                 const struct config_endpoint *one, store_read_fn fn) {
+    const struct config *cfg = rules_config(*adm->deps.rules);
+    struct admin_endpoints_read *c = calloc(1, sizeof *c);
+    const char **names = NULL;
+    size_t n = one ? 1 : cfg->nendpoints;
+    int rc = -1;
+
+    if (c && (names = calloc(n ? n : 1, sizeof *names)) && (!one || (c->one = strdup(one->name)))) {
+        c->adm = adm;
+        c->req = req;
+        c->now = util_now_ms();
+        for (size_t i = 0; i < n; i++)
+            names[i] = one ? one->name : cfg->endpoints[i].name;
+        rc = store_read_endpoints(adm->deps.store, names, n, c->now, ADMIN_DUE_CAP, 1,
+                                  one && CONFIG_ORDERED_BY_KEY(one) ? one->name : NULL,
+                                  ADMIN_BLOCKED_MAX, fn, c);
+    }
+    free(names);
+    if (rc < 0) {
+        if (c)
+            free(c->one);
+        free(c);
+        http_reply_error(req, 503, "Service Unavailable", "out of memory");
+    }
+}
+
+/* GET /api/endpoints: every configured endpoint with its health (SPEC 8)
+ * and its queue. */
+static void admin_on_endpoints(void *arg, const struct store_result *r) {
+    struct admin_endpoints_read *c = arg;
+    const struct config *cfg = rules_config(*c->adm->deps.rules);
+    json_t *list;
+
+    if (r->status < 0) {
+        http_reply_error(c->req, 503, "Service Unavailable", r->err);
+    } else {
+        list = json_array();
+        for (size_t i = 0; list && i < cfg->nendpoints; i++)
+            json_array_append_new(list, admin_endpoint_json(c->adm, &cfg->endpoints[i], r, c->now));
+        http_reply_json(c->req, 200, "OK", json_pack("{soss?}", "data", list, "next", NULL));
+    }
+    free(c->one);
+    free(c);
+}
+
+static void admin_endpoints(struct admin *adm, struct evhttp_request *req) {
+    admin_endpoints_read(adm, req, NULL, admin_on_endpoints);
+}
+
 /* GET /api/endpoints/{name}: one endpoint as the list shows it; ordered by
  * key, with its blocked keys ({key, depth, head, since}, oldest first, up
  * to ADMIN_BLOCKED_MAX): retry or skip the head to let a key go on. */
-static void admin_endpoint_one(struct admin *adm, struct evhttp_request *req, const char *name) {
+static void admin_on_endpoint_one(void *arg, const struct store_result *r) {
+    struct admin_endpoints_read *c = arg;
     const struct config_endpoint *ep =
-        config_endpoint_by_name(rules_config(*adm->deps.rules), name);
-    struct store_endpoint_state *st = NULL;
-    struct store_blocked_key *bk = NULL;
-    size_t n = 0, nk = 0, k;
-    int64_t now = util_now_ms();
-    char err[256], at[32];
+        config_endpoint_by_name(rules_config(*c->adm->deps.rules), c->one);
+    char at[32];
     json_t *o, *keys;
 
-    if (!ep) {
-        http_reply_error(req, 404, "Not Found", "no such endpoint");
-        return;
+    if (r->status < 0) {
+        http_reply_error(c->req, 503, "Service Unavailable", r->err);
+        goto done;
     }
-    if (store_endpoint_states(adm->deps.store, &st, &n, err, sizeof err) < 0 ||
-        (CONFIG_ORDERED_BY_KEY(ep) &&
-         store_endpoint_blocked(adm->deps.store, name, ADMIN_BLOCKED_MAX, &bk, &nk, err,
-                                sizeof err) < 0)) {
-        store_endpoint_states_free(st, n);
-        http_reply_error(req, 503, "Service Unavailable", err);
-        return;
+    if (!ep) { /* reloaded away meanwhile */
+        http_reply_error(c->req, 404, "Not Found", "no such endpoint");
+        goto done;
     }
-    for (k = 0; k < n && strcmp(st[k].name, name); k++)
-        ;
-    o = admin_endpoint_json(adm, ep, k < n ? &st[k] : NULL, now);
+    o = admin_endpoint_json(c->adm, ep, r, c->now);
     if (o && CONFIG_ORDERED_BY_KEY(ep) && (keys = json_array())) {
-        for (k = 0; k < nk; k++) {
-            util_time_rfc3339(bk[k].since, at, sizeof at);
+        for (size_t k = 0; k < r->nblocked; k++) {
+            const struct store_blocked_key *bk = &r->blocked[k];
+            util_time_rfc3339(bk->since, at, sizeof at);
             json_array_append_new(keys,
-                                  json_pack("{sssIssso}", "key", bk[k].key, "depth",
-                                            (json_int_t)bk[k].depth, "head", bk[k].head_id, "since",
-                                            bk[k].since ? json_string(at) : json_null()));
+                                  json_pack("{sssIssso}", "key", bk->key, "depth",
+                                            (json_int_t)bk->depth, "head", bk->head_id, "since",
+                                            bk->since ? json_string(at) : json_null()));
         }
         json_object_set_new(o, "blocked_keys", keys);
     }
-    store_blocked_keys_free(bk, nk);
-    store_endpoint_states_free(st, n);
-    if (!o) {
-        http_reply_error(req, 503, "Service Unavailable", "out of memory");
-        return;
-    }
-    http_reply_json(req, 200, "OK", o);
+    if (!o)
+        http_reply_error(c->req, 503, "Service Unavailable", "out of memory");
+    else
+        http_reply_json(c->req, 200, "OK", o);
+done:
+    free(c->one);
+    free(c);
+}
+
+static void admin_endpoint_one(struct admin *adm, struct evhttp_request *req, const char *name) {
+    const struct config_endpoint *ep =
+        config_endpoint_by_name(rules_config(*adm->deps.rules), name);
+
+    if (!ep)
+        http_reply_error(req, 404, "Not Found", "no such endpoint");
+    else
+        admin_endpoints_read(adm, req, ep, admin_on_endpoint_one);
 }
 
 /* POST /api/endpoints/{name}/enable and .../disable. */

@@ -554,8 +554,25 @@ struct store_result {
     char *const *ids;                             /* store_read_events_find */
     const struct store_batch_window *windows;     /* store_read_batch_windows */
     const struct store_counts *counts;            /* store_read_delivery_counts */
+    /* store_read_endpoints: every stored endpoint state (nstates), the
+     * queue of each endpoint asked for (nqueues, by name), and the blocked
+     * keys of the one asked for (nblocked) */
+    const struct store_endpoint_state *states;
+    size_t nstates;
+    const struct store_endpoint_view *queues;
+    size_t nqueues;
+    const struct store_blocked_key *blocked;
+    size_t nblocked;
 };
 typedef void (*store_read_fn)(void *arg, const struct store_result *r);
+
+/* An endpoint's queue as store_read_endpoints answers it (ok 0: its read
+ * failed, q zeroed as store_endpoint_queue leaves it). */
+struct store_endpoint_view {
+    char *name; /* owned by the answer */
+    int ok;
+    struct store_endpoint_queue q;
+};
 
 /* q's strings are read during the call only. */
 int store_read_events_page(struct store *s, const struct store_page *q, store_read_fn fn,
@@ -567,6 +584,15 @@ int store_read_events_find(struct store *s, const char *text, size_t max, store_
                            void *arg);
 int store_read_batch_windows(struct store *s, store_read_fn fn, void *arg);
 int store_read_delivery_counts(struct store *s, store_read_fn fn, void *arg);
+/* GET /api/endpoints and /metrics: every stored endpoint state; the queue
+ * of each of names[0..n) (store_endpoint_queue with now, due_cap, counts:
+ * read on the loop's connection, as that call is, the view the scheduler's
+ * own state is shown beside); and, when blocked_of is not NULL, up to
+ * blocked_max of its blocked keys. A failed queue read leaves its view's ok
+ * 0; a failed state or blocked-keys read fails the answer (status -1). */
+int store_read_endpoints(struct store *s, const char *const *names, size_t n, int64_t now,
+                         int64_t due_cap, int counts, const char *blocked_of, size_t blocked_max,
+                         store_read_fn fn, void *arg);
 /* status 0 when the store answers a trivial query, -1 when not (/healthz). */
 int store_read_ping(struct store *s, store_read_fn fn, void *arg);
 

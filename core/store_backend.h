@@ -24,10 +24,10 @@
  * callbacks (their HTTP answers already are asynchronous: evhttp and the
  * webhook server reply when they like). First step taken: store.h's
  * store_read_* calls (store_reply.c on SQLite) answer the admin API's
- * pages, event detail, find, batch windows, counts and /healthz's ping
- * that way; GET /api/endpoints and /metrics (endpoint state, queue,
- * blocked keys) and the loop's own reads (claims, batch, recovery) are
- * next.
+ * pages, event detail, find, batch windows, counts, endpoints (state,
+ * queue, blocked keys: store_read_endpoints, one read for GET
+ * /api/endpoints and /metrics) and /healthz's ping that way: every admin
+ * read; the loop's own reads (claims, batch, recovery, health) are next.
  *
  * Kinds of operation, and how PostgreSQL runs them:
  * - GROUP writes: queued between group_begin and group_end; PostgreSQL

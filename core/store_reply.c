@@ -27,6 +27,7 @@ enum reply_kind {
     REPLY_WINDOWS,
     REPLY_COUNTS,
     REPLY_PING,
+    REPLY_ENDPOINTS,
 };
 
 /* One answer waiting for its turn; owns its rows. */
@@ -44,6 +45,12 @@ struct store_reply {
     char **ids;
     struct store_batch_window *windows;
     struct store_counts counts;
+    struct store_endpoint_state *states;
+    size_t nstates;
+    struct store_endpoint_view *queues;
+    size_t nqueues;
+    struct store_blocked_key *blocked;
+    size_t nblocked;
     char err[256];
 };
 
@@ -57,6 +64,11 @@ static void reply_free(struct store_reply *r) {
         free(r->ids);
     }
     store_batch_windows_free(r->windows, r->windows ? r->n : 0);
+    store_endpoint_states_free(r->states, r->nstates);
+    for (size_t i = 0; r->queues && i < r->nqueues; i++)
+        free(r->queues[i].name);
+    free(r->queues);
+    store_blocked_keys_free(r->blocked, r->nblocked);
     free(r);
 }
 
@@ -73,6 +85,12 @@ static void reply_deliver(struct store_reply *r) {
     res.ids = r->ids;
     res.windows = r->windows;
     res.counts = r->kind == REPLY_COUNTS && r->status >= 0 ? &r->counts : NULL;
+    res.states = r->states;
+    res.nstates = r->nstates;
+    res.queues = r->queues;
+    res.nqueues = r->nqueues;
+    res.blocked = r->blocked;
+    res.nblocked = r->nblocked;
     r->fn(r->arg, &res);
     reply_free(r);
 }
@@ -212,5 +230,30 @@ int store_read_ping(struct store *s, store_read_fn fn, void *arg) {
     r->status = store_ping(s) ? 0 : -1;
     if (r->status < 0)
         snprintf(r->err, sizeof r->err, "store does not answer");
+    return reply_queue(s, r);
+}
+
+int store_read_endpoints(struct store *s, const char *const *names, size_t n, int64_t now,
+                         int64_t due_cap, int counts, const char *blocked_of, size_t blocked_max,
+                         store_read_fn fn, void *arg) {
+    struct store_reply *r = reply_new(REPLY_ENDPOINTS, fn, arg);
+    if (!r)
+        return -1;
+    if (n && !(r->queues = calloc(n, sizeof *r->queues))) {
+        free(r);
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++, r->nqueues++) {
+        struct store_endpoint_view *v = &r->queues[i];
+        if (!(v->name = strdup(names[i]))) {
+            reply_free(r);
+            return -1;
+        }
+        v->ok = store_endpoint_queue(s, names[i], now, due_cap, counts, &v->q) == 0;
+    }
+    r->status = store_endpoint_states(s, &r->states, &r->nstates, r->err, sizeof r->err);
+    if (r->status == 0 && blocked_of)
+        r->status = store_endpoint_blocked(s, blocked_of, blocked_max, &r->blocked, &r->nblocked,
+                                           r->err, sizeof r->err);
     return reply_queue(s, r);
 }
