@@ -23,6 +23,7 @@ WB_WORKER (0/1: which port range this worker process picks listeners from).
 """
 
 import base64
+import fcntl
 import hashlib
 import hmac
 import http.client
@@ -152,6 +153,36 @@ def timeout(seconds):
 # --------------------------------------------------------------------------
 
 _handed_out = set()
+_port_locks = {}  # port -> fd holding its reservation for this process's life
+PORT_LOCK_DIR = os.path.join(tempfile.gettempdir(), "waybill-test-ports")
+
+
+def _reserve_port(port):
+    """True when this process now holds port's machine-wide reservation: an
+    exclusive flock on PORT_LOCK_DIR/PORT.lock, kept until the process ends
+    (the kernel drops it however it ends, so nothing goes stale). False when
+    another live process holds it. Every test process on the machine (each
+    worktree's suites, bench, torture) reserves through here, so a port one
+    of them handed out and has not bound yet is never handed to another."""
+    try:
+        os.makedirs(PORT_LOCK_DIR, exist_ok=True)
+        fd = os.open(os.path.join(PORT_LOCK_DIR, "%d.lock" % port),
+                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    except OSError:
+        return True  # no shared folder to lock in: the bind check below alone
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    _port_locks[port] = fd
+    return True
+
+
+def _release_port(port):
+    fd = _port_locks.pop(port, None)
+    if fd is not None:
+        os.close(fd)
 
 
 def free_port():
@@ -159,20 +190,28 @@ def free_port():
 
     Picked outside the kernel's ephemeral range (32768-60999), so outbound
     connections never take it, and from a range of its own per runner worker
-    (WB_WORKER), so two parallel tests never get the same one. A port is
-    handed out once per process, so restart() can rebind it safely."""
+    (WB_WORKER). The bind check alone cannot keep two processes apart: a
+    gateway binds its ports only once it has started, and until then another
+    process with the same WB_WORKER (a second suite or a bench on the same
+    machine) passes the same check for the same port. One of the two gateways
+    then stops with "cannot listen", and its test fails at start or, when the
+    other gateway answered its /healthz, later with the other's answers or a
+    reset once that one stops. So a port is also reserved machine-wide
+    (_reserve_port) for as long as this process lives. A port is handed out
+    once per process, so restart() can rebind it safely."""
     worker = int(os.environ.get("WB_WORKER", "0")) % 4
     lo = 20000 + worker * 3000
     hi = lo + 2999
     for _ in range(500):
         port = random.randint(lo, hi)
-        if port in _handed_out:
+        if port in _handed_out or not _reserve_port(port):
             continue
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(("127.0.0.1", port))
         except OSError:
+            _release_port(port)
             continue
         finally:
             s.close()
