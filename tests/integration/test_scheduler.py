@@ -16,6 +16,7 @@ Assertions are about what the receivers got and what the admin API says;
 the only timed ones are ratios (mixed vs alone), rates, and retry-schedule
 bounds, with slack for a loaded 2-core machine (more under AddressSanitizer).
 """
+import http.client
 import json
 import random
 import re
@@ -198,6 +199,50 @@ def test_hanging_slow_and_rate_limited_endpoints_do_not_slow_a_healthy_one():
 
     # The hanging endpoint: its default concurrency (16) is respected.
     assert 1 <= hang.max_inflight <= 16, ctx
+
+
+def test_receivers_stamp_arrival_even_while_their_loop_is_stalled():
+    """The rate checks count receiver stamps per second. schedsink's
+    receivers share one loop (and the GIL with the test's threads), which
+    stalls now and then under load; a stamp taken when the loop got to a
+    request would bunch requests that arrived spread out into one second.
+    Requests sent 50 ms apart while the loop is blocked for 400 ms must
+    keep their own arrival times."""
+    def behave(req):
+        if req.n == 1:
+            time.sleep(0.4)  # blocks the receivers' loop, as a stall would
+        return 200
+
+    sink = schedsink.Sink(name="stalled", behaviour=behave)
+    sent = {}
+
+    def client(i):
+        c = http.client.HTTPConnection("127.0.0.1", sink.port, timeout=5)
+        try:
+            c.connect()
+            sent["s%d" % i] = time.monotonic()
+            c.request("POST", "/hook", b'{"source_id":"s%d"}' % i, {"Content-Type": "application/json"})
+            c.getresponse().read()
+        finally:
+            c.close()
+
+    first = threading.Thread(target=client, args=(0,), daemon=True)
+    first.start()
+    sink.wait_for(lambda s: s.count == 1)  # the loop is now stalled in behave
+    threads = [first]
+    for i in range(1, 7):
+        time.sleep(0.05)
+        threads.append(threading.Thread(target=client, args=(i,), daemon=True))
+        threads[-1].start()
+    for t in threads:
+        t.join(10)
+    reqs = {r.source_id: r for r in sink.snapshot()}
+    assert sorted(reqs) == sorted(sent), (sorted(reqs), sorted(sent))
+    stall = reqs["s0"].done - reqs["s0"].mono
+    assert stall >= 0.4, stall
+    late = {sid: round(reqs[sid].mono - at, 3) for sid, at in sent.items()}
+    assert all(-0.005 <= d < 0.1 for d in late.values()), (
+        "receiver stamps minus send times (s), the loop stalled %.2fs: %s" % (stall, late))
 
 
 # ---- 2. ordered endpoints whose first request fails ----------------------------
