@@ -73,7 +73,7 @@ struct deliver_ep {
     int nwaiting;                     /* length of the FIFO */
     int warned;                       /* "not in the config" logged for this config */
     double tokens;                    /* rate limit bucket (SPEC 7 `rate`) */
-    int64_t tokens_at;                /* monotonic ms of the last refill, 0 = full */
+    int64_t tokens_at;                /* monotonic ms of the last refill, 0 = unused */
     int64_t token_wait;               /* monotonic ms the next token is there, 0 = now */
     uint64_t progress;                /* claims tried + transfers started, ever */
     uint64_t progress_seen;           /* progress when due_free_since was set */

@@ -139,7 +139,10 @@ static void deliver_ep_arm(struct deliver_ep *ep, int64_t delay_ms) {
 }
 
 /* Rate limit (SPEC 7 `rate`): a token bucket holding up to a tenth of a
- * second's worth (at least one). Returns 1 and takes a token, or 0 and arms
+ * second's worth (at least one). It starts empty at its first use, as if
+ * just used up: a process restarted at once after a crash cannot know what
+ * the last one sent, and a full bucket would put a second burst into the
+ * second spanning the crash. Returns 1 and takes a token, or 0 and arms
  * ep's timer for when the next one is there. */
 static int deliver_ep_take_token(struct deliver_ep *ep, const struct config_endpoint *cep) {
     double cap, wait_ms;
@@ -150,13 +153,11 @@ static int deliver_ep_take_token(struct deliver_ep *ep, const struct config_endp
         return 1;
     cap = cep->rate / 10.0 < 1.0 ? 1.0 : cep->rate / 10.0;
     now = util_mono_ms();
-    if (!ep->tokens_at) {
+    if (!ep->tokens_at) /* first use: empty */
+        ep->tokens_at = now;
+    ep->tokens += (double)(now - ep->tokens_at) * cep->rate / 1000.0;
+    if (ep->tokens > cap)
         ep->tokens = cap;
-    } else {
-        ep->tokens += (double)(now - ep->tokens_at) * cep->rate / 1000.0;
-        if (ep->tokens > cap)
-            ep->tokens = cap;
-    }
     ep->tokens_at = now;
     if (ep->tokens >= 1.0) {
         ep->tokens -= 1.0;

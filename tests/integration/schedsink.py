@@ -7,6 +7,13 @@ tests measure, so here every receiver is an asyncio server on ONE event loop
 in a background thread: a delay is a timer, a hanging answer is a connection
 left alone, and no receiver's delay holds up another's answers.
 
+A request's `mono` is when its bytes reached this host: the kernel's receive
+stamp (SO_TIMESTAMPNS, read with recvmsg), not the time the shared loop got
+to it. Under load the loop (and the GIL it shares with the test's posting
+threads) can stall for tens of milliseconds, and requests that arrived
+spread out would be stamped together: rates measured on loop time would
+count what a stall bunched up, not what the gateway sent.
+
     sink = schedsink.Sink(statuses=[500], default=200)        # 500 once, then 200
     slow = schedsink.Sink(delay=0.2)                            # every answer after 200 ms
     hang = schedsink.Sink(behaviour=lambda req: schedsink.HANG) # reads, never answers
@@ -29,6 +36,7 @@ import http.client
 import json
 import re
 import socket
+import struct
 import threading
 import time
 
@@ -74,10 +82,10 @@ class Request:
 
     __slots__ = ("n", "mono", "time", "method", "path", "headers", "body", "reply", "done", "abandoned")
 
-    def __init__(self, n, method, path, headers, body):
+    def __init__(self, n, mono, method, path, headers, body):
         self.n = n
-        self.mono = time.monotonic()
-        self.time = time.time()
+        self.mono = mono  # when it reached this host (the kernel's stamp), monotonic clock
+        self.time = mono + (time.time() - time.monotonic())
         self.method, self.path, self.headers, self.body = method, path, headers, body
         self.reply = None
         self.done = None  # monotonic time of the answer
@@ -107,31 +115,65 @@ class Request:
         return "<Request #%d %s attempt %s -> %s>" % (self.n, self.source_id, self.attempt, self.reply)
 
 
-class _Conn(asyncio.Protocol):
-    def __init__(self, sink):
+# Linux: the kernel stamps each received segment (CLOCK_REALTIME) when it is
+# asked to; recvmsg hands the stamp back as SCM_TIMESTAMPNS (== SO_TIMESTAMPNS).
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+_TS_SPACE = socket.CMSG_SPACE(16)  # struct timespec
+_READ = 65536
+
+
+def _arrival(ancdata):
+    """The kernel's receive stamp of what recvmsg returned, on the monotonic
+    clock (None without one): when the bytes reached this host, however late
+    the loop got to them."""
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
+            sec, nsec = struct.unpack("qq", data[:16])
+            return sec + nsec / 1e9 - (time.time() - time.monotonic())
+    return None
+
+
+class _Conn:
+    """One accepted connection, read with recvmsg so that each request
+    carries the kernel's arrival stamp, not the time the loop parsed it
+    (the loop is shared by every receiver of the test and may lag)."""
+
+    def __init__(self, sink, sock):
         self.sink = sink
+        self.sock = sock
         self.buf = bytearray()
+        self.at = None  # arrival of buf's first byte (monotonic)
+        self.out = bytearray()  # answer bytes the socket did not take yet
         self.busy = None  # the request waiting for its answer (HTTP/1.1: one at a time)
-        self.transport = None
+        self.open = True
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        except OSError:
+            pass
+        sink._conns.add(self)
+        sink.connections += 1
+        sink._loop.loop.add_reader(sock.fileno(), self._readable)
 
-    def connection_made(self, transport):
-        self.transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
-        self.sink._conns.add(self)
-        self.sink.connections += 1
-
-    def data_received(self, data):
+    def _readable(self):
+        try:
+            data, anc, _, _ = self.sock.recvmsg(_READ, _TS_SPACE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data, anc = b"", []
+        if not data:
+            self._close()
+            return
+        if not self.buf:
+            at = _arrival(anc)
+            self.at = at if at is not None else time.monotonic()
         self.buf += data
         if self.busy is None:
             self._parse()
 
     def _parse(self):
-        while self.busy is None and self.transport is not None:
+        while self.busy is None and self.open:
             end = self.buf.find(b"\r\n\r\n")
             if end < 0:
                 return
@@ -139,7 +181,7 @@ class _Conn(asyncio.Protocol):
             try:
                 method, path, _ = lines[0].split(" ", 2)
             except ValueError:
-                self.transport.abort()
+                self._close()
                 return
             headers = {}
             for line in lines[1:]:
@@ -152,22 +194,45 @@ class _Conn(asyncio.Protocol):
                 return
             body = bytes(self.buf[end + 4:end + 4 + n])
             del self.buf[:end + 4 + n]
-            self.sink._on_request(self, method, path, headers, body)
+            at = self.at
+            self.at = time.monotonic() if self.buf else None  # a pipelined next one: no better stamp
+            self.sink._on_request(self, at, method, path, headers, body)
 
     def respond(self, req, status):
         if self.busy is not req:
-            return  # the connection is gone (counted in connection_lost)
+            return  # the connection is gone (counted in _close)
         self.busy = None
         req.reply = status
         req.done = time.monotonic()
         self.sink._inflight -= 1
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"HTTP/1.1 %d X\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
-                                 % status)
+        if self.open:
+            self.out += b"HTTP/1.1 %d X\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok" % status
+            self._writable()
         self._parse()
 
-    def connection_lost(self, exc):
-        self.transport = None
+    def _writable(self):
+        try:
+            n = self.sock.send(self.out)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError:
+            self._close()
+            return
+        del self.out[:n]
+        loop = self.sink._loop.loop
+        if self.out:
+            loop.add_writer(self.sock.fileno(), self._writable)
+        else:
+            loop.remove_writer(self.sock.fileno())
+
+    def _close(self):
+        if not self.open:
+            return
+        self.open = False
+        loop = self.sink._loop.loop
+        loop.remove_reader(self.sock.fileno())
+        loop.remove_writer(self.sock.fileno())
+        self.sock.close()
         self.sink._conns.discard(self)
         if self.busy is not None:
             self.busy.abandoned = True
@@ -193,12 +258,17 @@ class Sink:
         self._path = path
         self.set(statuses, default, delay, behaviour)
         self._loop = _the_loop()
+        self._server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._server.bind(("127.0.0.1", 0))
+        self._server.listen(1024)
+        self._server.setblocking(False)
+        self.port = self._server.getsockname()[1]
 
         async def start():
-            return await self._loop.loop.create_server(lambda: _Conn(self), "127.0.0.1", 0, backlog=1024)
+            self._loop.loop.add_reader(self._server.fileno(), self._accept, self._server)
 
-        self._server = self._loop.run(start())
-        self.port = self._server.sockets[0].getsockname()[1]
+        self._loop.run(start())
         wb._register(self)
 
     def set(self, statuses=None, default=200, delay=0.0, behaviour=None):
@@ -214,8 +284,19 @@ class Sink:
         status = self._statuses.pop(0) if self._statuses else self._default
         return (status, self._delay) if self._delay else status
 
-    def _on_request(self, conn, method, path, headers, body):  # on the loop thread
-        req = Request(len(self.requests) + 1, method, path, headers, body)
+    def _accept(self, server):  # on the loop thread
+        while self._server is server:
+            try:
+                sock, _ = server.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            sock.setblocking(False)
+            _Conn(self, sock)
+
+    def _on_request(self, conn, mono, method, path, headers, body):  # on the loop thread
+        req = Request(len(self.requests) + 1, mono, method, path, headers, body)
         self.requests.append(req)
         self._inflight += 1
         if self._inflight > self.max_inflight:
@@ -281,11 +362,10 @@ class Sink:
         server, self._server = self._server, None
 
         async def close():
+            self._loop.loop.remove_reader(server.fileno())
             server.close()
             for c in list(self._conns):
-                if c.transport is not None:
-                    c.transport.abort()
-            await asyncio.sleep(0)
+                c._close()
 
         try:
             self._loop.run(close(), timeout=5)
