@@ -497,7 +497,12 @@ def soak_plan(rng):
                      "latency": latency, "extra": extra, "concurrency": concurrency})
 
     ep("hang", 0.05, extra=', timeout = "1s"')  # accepts, never answers: not required to deliver
-    ep("hang-until-crash", 0.03, latency=(0.0, 0.02), extra=', timeout = "1s"')
+    # Its deliveries must outlast the hang until the crash, however long
+    # posting takes to reach the crash on a loaded machine: RETRY's ten
+    # attempts end ~24 s after the first (ten 1 s timeouts and the delays),
+    # and a late crash made dead letters of its first deliveries.
+    ep("hang-until-crash", 0.03, latency=(0.0, 0.02),
+       extra=', timeout = "1s", retry = { "0s", "200ms", "500ms", "1s"%s }' % (', "2s"' * 36))
     ep("gone", 0.05, latency=(0.0, 0.01))  # 410 until switched, then enabled again through the API
     # rate limits below what the events bring while they are posted: backlogs
     ep("rate", 0.1, fail=rng.uniform(0.0, 0.2), extra=", rate = 50")
@@ -513,7 +518,7 @@ def soak_plan(rng):
         ep("plain", rng.uniform(0.08, 0.25), fail=rng.uniform(0.0, 0.5),
            latency=(0.0, rng.uniform(0.0, 0.1)), extra=extra, concurrency=conc)
     for e in plan:
-        if e["kind"] != "ordered":
+        if e["kind"] not in ("ordered", "hang-until-crash"):
             e["extra"] = RETRY + e["extra"]
     return plan
 
