@@ -14,6 +14,17 @@ const TYPES = ['shipment.created', 'shipment.cancelled', 'shipment.delivered', '
 let timer = null;
 let current = null; /* the view's refresh function */
 let seq = 0; /* bumps on every navigation: a late answer for an old view is dropped */
+/* Each update of a view is numbered: an answer older than one already
+ * shown is dropped, so a poll sent before a filter changed cannot put the
+ * unfiltered list back over the filtered one. */
+let asked = 0, shown = 0;
+
+/* Whether the update (mine: its view, me: its number) may be shown. */
+function showable(mine, me) {
+  if (mine !== seq || me < shown) return false;
+  shown = me;
+  return true;
+}
 
 /* ---- DOM helpers: text only ---- */
 
@@ -142,9 +153,9 @@ function stop() {
 
 async function tick() {
   if (!current || document.hidden) return;
-  const mine = seq;
+  const mine = seq, me = ++asked;
   try {
-    await current(mine);
+    await current(mine, me);
   } catch (e) {
     if (e instanceof SignedOut || mine !== seq) return;
     say('Update failed: ' + e.message);
@@ -224,11 +235,11 @@ function viewOverview(app) {
   app.append(el('h1', {}, 'Overview'), cards, el('h2', {}, 'Last hour'), charts,
     el('h2', {}, 'Endpoints'), eps);
   let seriesAt = 0; /* the gateway samples every 10 s: the charts are asked for no more often */
-  return async (mine) => {
+  return async (mine, me) => {
     const fresh = Date.now() - seriesAt >= 10000;
     const [st, se, ep] = await Promise.all([api('GET', '/api/status'),
       fresh ? api('GET', '/api/series') : null, api('GET', '/api/endpoints')]);
-    if (mine !== seq) return;
+    if (!showable(mine, me)) return;
     if (se && se.ok) seriesAt = Date.now();
     if (st.ok) update(cards, st.data, (d) => [
       ['Pending', d.queue.pending], ['Held', d.queue.held], ['Failed', d.queue.failed],
@@ -299,7 +310,7 @@ function viewEvents(app) {
     after = ''; back = []; tick();
   }));
   app.append(el('h1', {}, 'Events'), form, findForm, msg, found, list, pager);
-  return async (mine) => {
+  return async (mine, me) => {
     const q = new URLSearchParams({ limit: '100' });
     if (source.value.trim()) q.set('source', source.value.trim());
     if (type.value.trim()) q.set('type', type.value.trim());
@@ -311,7 +322,7 @@ function viewEvents(app) {
     }
     if (after) q.set('after', after);
     const r = await api('GET', '/api/events?' + q);
-    if (mine !== seq) return;
+    if (!showable(mine, me)) return;
     if (!r.ok) { msg.textContent = errorText(r); return; }
     msg.textContent = '';
     next = r.data.next;
@@ -361,9 +372,9 @@ function viewEvent(app, id) {
     el('h1', {}, 'Event ', el('code', {}, id)),
     el('div', { class: 'row' }, replay,
       el('a', { href: '#/rules/' + encodeURIComponent(id) }, 'Dry run with the rules loaded now'), msg), body);
-  return async (mine) => {
+  return async (mine, me) => {
     const r = await api('GET', '/api/events/' + encodeURIComponent(id));
-    if (mine !== seq) return;
+    if (!showable(mine, me)) return;
     if (!r.ok) { body.replaceChildren(el('p', { class: 'error' }, errorText(r))); return; }
     update(body, r.data, (ev) => [
       el('dl', { class: 'meta' },
@@ -417,12 +428,12 @@ function viewDeliveries(app) {
   app.append(el('h1', {}, 'Deliveries'), el('form', { class: 'filters',
     onsubmit: (e) => { e.preventDefault(); tick(); } }, field('Status', status),
   field('Endpoint', endpoint), el('button', { type: 'submit' }, 'Filter')), msg, list);
-  return async (mine) => {
+  return async (mine, me) => {
     const q = new URLSearchParams({ limit: '100' });
     if (status.value) q.set('status', status.value);
     if (endpoint.value.trim()) q.set('endpoint', endpoint.value.trim());
     const r = await api('GET', '/api/deliveries?' + q);
-    if (mine !== seq) return;
+    if (!showable(mine, me)) return;
     if (!r.ok) { msg.textContent = errorText(r); return; }
     msg.textContent = '';
     update(list, r.data.data, (data) => table(['Created', 'Delivery', 'Event', 'Endpoint', 'Type',
@@ -450,9 +461,9 @@ function viewEndpoints(app) {
     msg.className = r.ok ? 'ok' : 'error';
     tick();
   };
-  return async (mine) => {
+  return async (mine, me) => {
     const r = await api('GET', '/api/endpoints');
-    if (mine !== seq) return;
+    if (!showable(mine, me)) return;
     update(list, r.data.data, (data) => table(['Endpoint', 'URL', 'State', 'Success rate', 'Pending',
       'Held', 'In flight', 'Last error', 'Actions'], data.map((e) => {
       const n = encodeURIComponent(e.name);
@@ -483,9 +494,9 @@ function viewEndpoints(app) {
 function viewBatches(app) {
   const list = el('div');
   app.append(el('h1', {}, 'Batches'), el('p', { class: 'muted' }, 'Open batch windows.'), list);
-  return async (mine) => {
+  return async (mine, me) => {
     const r = await api('GET', '/api/batches');
-    if (mine !== seq) return;
+    if (!showable(mine, me)) return;
     update(list, r.data.data, (data) => table(['Endpoint', 'Window start', 'Closes', 'Items'],
       data.map((b) => el('tr', {}, el('td', {}, b.endpoint), el('td', {}, when(b.window_start)),
         el('td', {}, when(b.closes_at)), el('td', { class: 'num' }, String(b.items)))), 'Open windows'));
@@ -519,9 +530,9 @@ function viewRules(app, eventArg) {
     el('h2', {}, 'Dry run'), el('p', { class: 'muted' },
       'Runs the source\'s adapter and the rules loaded now over an event, as `waybill route` does; nothing is stored or sent.'),
     dry, out);
-  return async (mine) => {
+  return async (mine, me) => {
     const r = await api('GET', '/api/rules');
-    if (mine !== seq) return;
+    if (!showable(mine, me)) return;
     if (!source.options.length)
       source.replaceChildren(...r.data.sources.map((s) => el('option', { value: s }, s)));
     update(state, r.data, (d) => [el('dl', { class: 'meta' },
@@ -563,9 +574,9 @@ function viewSubs(app) {
     el('datalist', { id: 'sub-types' }, ['track', 'batch', 'rate', 'carrier_connected', 'order_source_refresh_complete',
       'report_complete', 'sales_orders_imported'].map((t) => el('option', { value: t }))),
     el('button', { type: 'submit', id: 'sub-create' }, 'Create')), msg, list);
-  return async (mine) => {
+  return async (mine, me) => {
     const r = await api('GET', '/api/subscriptions?limit=500');
-    if (mine !== seq) return;
+    if (!showable(mine, me)) return;
     update(list, rows(r), (data) => table(['Webhook', 'Event', 'URL', 'Created', ''],
       data.map((s) => ({ ...s, webhook_id: s.id })).map((s) => el('tr', {}, el('td', {}, el('code', {}, s.webhook_id)), el('td', {}, s.event),
         el('td', {}, s.url), el('td', {}, when(s.created_at)),

@@ -252,6 +252,25 @@ async function main() {
       await page.click('#newer');
       await until(page, (eid) => !document.querySelector(`a[href="#/events/${eid}"]`) &&
         document.querySelector('#newer').hidden, id, 5000, 'the first page again');
+      // Hold the next poll (an unfiltered list request) while the window is
+      // set, and answer it only once the window's list is on screen: sent
+      // before the filter changed, it must not put the newest 100 back.
+      let held = null, holding = true;
+      const onRequest = (req) => {
+        if (holding && !held && req.method() === 'GET' && req.url().includes('/api/events?') &&
+            !req.url().includes('since=')) {
+          held = req;
+          return;
+        }
+        req.continue();
+      };
+      await page.setRequestInterception(true);
+      page.on('request', onRequest);
+      const t0 = Date.now();
+      while (!held && Date.now() - t0 < 6000 * SLOW)
+        await new Promise((r) => setTimeout(r, 50));
+      holding = false;
+      check(!!held, 'no poll of the list was seen within 6 s');
       // the second it was received in, as the inputs take it (the browser's zone)
       await page.evaluate((iso) => {
         const local = (ms) => { const d = new Date(ms - new Date(ms).getTimezoneOffset() * 60000);
@@ -269,8 +288,17 @@ async function main() {
       await until(page, ([eid, later]) => !!document.querySelector(`a[href="#/events/${eid}"]`) &&
         ![...document.querySelectorAll('tbody tr a')].some((a) => later.includes(a.textContent)),
         [id, posted], 5000, 'the old event alone in the window (no event from after it listed)');
+      if (held) {
+        const answered = page.waitForResponse((r) => r.request() === held, { timeout: 5000 * SLOW });
+        await held.continue();
+        await answered;
+        await new Promise((r) => setTimeout(r, 300)); // time to render it, were it shown
+      }
+      page.off('request', onRequest);
+      await page.setRequestInterception(false);
       const shown = await page.$$eval('tbody tr a', (a) => a.map((x) => x.textContent));
-      check(!shown.some((x) => posted.includes(x)), 'an event from after the window is listed');
+      check(!shown.some((x) => posted.includes(x)),
+        'an event from after the window is listed (a list answered late replaced the filtered one)');
       for (const sel of ['#f-since', '#f-until'])
         await page.$eval(sel, (i) => { i.value = ''; i.dispatchEvent(new Event('change')); });
       await axe(page, 'Events with a time window');
