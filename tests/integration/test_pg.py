@@ -122,16 +122,16 @@ def _release_schema_lock(db, holder):
     holder.wait(10)
 
 
-def test_two_migrates_at_once_make_one_schema():
-    db = pg.database()
-    # Hold the schema lock so both migrates are surely waiting at the same
-    # time, then let them go together.
+def two_migrates_at_once(db, url, where=""):
+    """Two `waybill migrate` on url at once, both surely waiting for the
+    schema lock (held until both wait, then let go together): one creates
+    the schema, the other finds it made."""
     holder = _hold_schema_lock(db)
     try:
-        cfg = _config(db.url)
+        cfg = _config(url)
         procs = [_migrate_bg(cfg) for _ in range(2)]
         wb.wait_for(lambda: _lock_waiters(db) == 2, timeout=20,
-                    message="both migrates waiting for the schema lock")
+                    message="both migrates waiting for the schema lock" + where)
         _release_schema_lock(db, holder)
         results = [_finish(p) for p in procs]
     finally:
@@ -144,6 +144,11 @@ def test_two_migrates_at_once_make_one_schema():
                     "schema version 1 is in place, nothing to do"], outs
     assert db.sql("SELECT count(*) FROM waybill_schema") == [["1"]]
     assert _tables(db) == TABLES
+
+
+def test_two_migrates_at_once_make_one_schema():
+    db = pg.database()
+    two_migrates_at_once(db, db.url)
     # and four let loose together on another empty database, a few times
     for _ in range(3):
         db = pg.database()

@@ -165,24 +165,7 @@ def test_migrate_through_pgbouncer_in_transaction_pooling():
     # two at once through it, both waiting for the schema lock on the server
     db = pg.database()
     url = bouncer.url(db)
-    holder = base._hold_schema_lock(db)
-    try:
-        cfg = base._config(url)
-        procs = [base._migrate_bg(cfg) for _ in range(2)]
-        wb.wait_for(lambda: base._lock_waiters(db) == 2, timeout=20,
-                    message="both migrates waiting for the schema lock behind pgbouncer")
-        base._release_schema_lock(db, holder)
-        results = [base._finish(p) for p in procs]
-    finally:
-        holder.kill()
-        holder.wait()
-    for rc, out, err in results:
-        assert rc == 0, (out, err)
-    outs = sorted(out.strip().split(": ", 2)[-1] for _, out, _ in results)
-    assert outs == ["created schema version 1 (23 statements)",
-                    "schema version 1 is in place, nothing to do"], outs
-    assert db.sql("SELECT count(*) FROM waybill_schema") == [["1"]]
-    assert base._tables(db) == base.TABLES
+    base.two_migrates_at_once(db, url, " behind pgbouncer")
     # the lock went with its transaction: the pool's server connections
     # stay open, idle, and hold nothing
     assert _pooled_idle(db) >= 1, db.sql("SELECT usename, state FROM pg_stat_activity")
