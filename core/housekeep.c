@@ -121,7 +121,7 @@ static void housekeep_log_pruned(const struct store_prune *p) {
 static void on_front_pruned(void *arg, const struct store_done *d) {
     struct housekeep *hk = arg;
 
-    if (hk->freed || !d->ok) {
+    if (hk->freed || hk->stopping || !d->ok) {
         housekeep_prune_end(hk, 0, d->err);
         return;
     }
@@ -141,7 +141,7 @@ static void on_front_pruned(void *arg, const struct store_done *d) {
 static void on_back_pruned(void *arg, const struct store_done *d) {
     struct housekeep *hk = arg;
 
-    if (hk->freed || !d->ok) {
+    if (hk->freed || hk->stopping || !d->ok) {
         housekeep_prune_end(hk, 0, d->err);
         return;
     }
