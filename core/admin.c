@@ -361,6 +361,29 @@ static void admin_on_commit(void *arg, int ok) {
     admin_commit_reply(c, "out of memory");
 }
 
+void admin_on_done(void *arg, const struct store_done *d) {
+    struct admin_commit *c = arg;
+
+    if (!d->ok) {
+        admin_error(c->req, c->se, 503, "Service Unavailable",
+                    d->err[0] ? d->err : "store unavailable, retry later");
+        admin_commit_free(c);
+        return;
+    }
+    if (c->check && c->check(c, d->status)) {
+        admin_commit_free(c);
+        return;
+    }
+    admin_on_commit(c, 1); /* the call was durable: its group is on disk */
+}
+
+void admin_done_queued(struct admin_commit *c, int rc) {
+    if (rc < 0) {
+        admin_error(c->req, c->se, 503, "Service Unavailable", "out of memory");
+        admin_commit_free(c);
+    }
+}
+
 void admin_commit_free(struct admin_commit *c) {
     json_decref(c->reply);
     free(c->event_id);
@@ -391,86 +414,81 @@ struct admin_commit *admin_commit_new(struct admin *adm, struct evhttp_request *
 
 /* ---- POST /api/events/{id}/replay ---- */
 
-static void admin_replay(struct admin *adm, struct evhttp_request *req, const char *id) {
-    struct admin_commit *c;
-    char err[256];
-    int rc = ingest_replay(adm->deps.ingest, id, err, sizeof err);
+/* The replay's outcome (ingest_replay_fn): its new deliveries are in the
+ * open group; the answer (the event's detail) waits for its commit. */
+static void admin_on_replayed(void *arg, int rc, const char *err) {
+    struct admin_commit *c = arg;
 
     if (rc < 0) {
-        http_reply_error(req, 503, "Service Unavailable", err);
-        return;
+        http_reply_error(c->req, 503, "Service Unavailable", err);
+        admin_commit_free(c);
+    } else if (rc == 0) {
+        http_reply_error(c->req, 404, "Not Found", "no such event");
+        admin_commit_free(c);
+    } else {
+        admin_after_commit(c);
     }
-    if (rc == 0) {
-        http_reply_error(req, 404, "Not Found", "no such event");
+}
+
+static void admin_replay(struct admin *adm, struct evhttp_request *req, const char *id) {
+    struct admin_commit *c = admin_commit_new(adm, req, 200, "OK");
+
+    if (!c)
         return;
-    }
-    c = admin_commit_new(adm, req, 200, "OK");
-    if (c) {
-        c->event_id = util_strdup(id);
-        if (!c->event_id) {
-            http_reply_error(req, 503, "Service Unavailable", "out of memory");
-            admin_commit_free(c);
-        } else {
-            admin_after_commit(c);
-        }
+    if (!(c->event_id = util_strdup(id)) ||
+        ingest_replay(adm->deps.ingest, id, admin_on_replayed, c) < 0) {
+        http_reply_error(req, 503, "Service Unavailable", "out of memory");
+        admin_commit_free(c);
     }
 }
 
 /* ---- POST /api/deliveries/{id}/retry ---- */
 
-static void admin_retry(struct admin *adm, struct evhttp_request *req, const char *id) {
-    struct admin_commit *c;
-    char err[256];
-    int rc = store_delivery_retry(adm->deps.store, id, util_now_ms(), err, sizeof err);
+static int admin_retry_check(struct admin_commit *c, int status) {
+    if (status == 0)
+        http_reply_error(c->req, 404, "Not Found", "no such delivery");
+    else if (status == 2)
+        http_reply_error(c->req, 409, "Conflict", "only a failed delivery can be retried");
+    return status != 1;
+}
 
-    if (rc < 0) {
-        http_reply_error(req, 503, "Service Unavailable", err);
-        return;
-    }
-    if (rc == 0) {
-        http_reply_error(req, 404, "Not Found", "no such delivery");
-        return;
-    }
-    if (rc == 2) {
-        http_reply_error(req, 409, "Conflict", "only a failed delivery can be retried");
-        return;
-    }
-    if (!(c = admin_commit_new(adm, req, 200, "OK")))
+static void admin_retry(struct admin *adm, struct evhttp_request *req, const char *id) {
+    struct admin_commit *c = admin_commit_new(adm, req, 200, "OK");
+
+    if (!c)
         return;
     c->kick = 1;
-    deliver_kick_all(adm->deps.deliver); /* claimable at COMMIT, before the reply's sync */
+    c->check = admin_retry_check;
     c->reply = json_pack("{sssssb}", "id", id, "status", "pending", "ok", 1);
-    admin_after_commit(c);
+    admin_done_queued(
+        c, store_delivery_retry_done(adm->deps.store, id, util_now_ms(), admin_on_done, c));
+    deliver_kick_all(adm->deps.deliver); /* claimable at COMMIT, before the reply's sync */
 }
 
 /* ---- POST /api/deliveries/{id}/skip ---- */
 
+static int admin_skip_check(struct admin_commit *c, int status) {
+    if (status == 0)
+        http_reply_error(c->req, 404, "Not Found", "no such delivery");
+    else if (status == 2)
+        http_reply_error(c->req, 409, "Conflict",
+                         "only a failed delivery that blocks its order key can be skipped");
+    return status != 1;
+}
+
 /* A failed delivery that blocks its order key: it stays failed (a dead
  * letter), and the key's next delivery goes. */
 static void admin_skip(struct admin *adm, struct evhttp_request *req, const char *id) {
-    struct admin_commit *c;
-    char err[256];
-    int rc = store_delivery_skip(adm->deps.store, id, util_now_ms(), err, sizeof err);
+    struct admin_commit *c = admin_commit_new(adm, req, 200, "OK");
 
-    if (rc < 0) {
-        http_reply_error(req, 503, "Service Unavailable", err);
-        return;
-    }
-    if (rc == 0) {
-        http_reply_error(req, 404, "Not Found", "no such delivery");
-        return;
-    }
-    if (rc == 2) {
-        http_reply_error(req, 409, "Conflict",
-                         "only a failed delivery that blocks its order key can be skipped");
-        return;
-    }
-    if (!(c = admin_commit_new(adm, req, 200, "OK")))
+    if (!c)
         return;
     c->kick = 1;
-    deliver_kick_all(adm->deps.deliver);
+    c->check = admin_skip_check;
     c->reply = json_pack("{sssssb}", "id", id, "status", "failed", "skipped", 1);
-    admin_after_commit(c);
+    admin_done_queued(
+        c, store_delivery_skip_done(adm->deps.store, id, util_now_ms(), admin_on_done, c));
+    deliver_kick_all(adm->deps.deliver);
 }
 
 /* ---- POST /api/endpoints/{name}/test ---- */

@@ -44,6 +44,10 @@ struct admin_commit {
     void (*apply)(struct admin_commit *c);
     struct store_sub sub; /* strings owned (admin_sub_clear) */
     int kick;             /* deliveries became due */
+    /* For a write whose result comes later (admin_on_done): given the
+     * result's status, answers an error and returns 1, or returns 0 (the
+     * reply goes out as above). NULL: every status is a success. */
+    int (*check)(struct admin_commit *c, int status);
 };
 
 /* New (the caller fills it and hands it to admin_after_commit), or NULL
@@ -54,6 +58,15 @@ void admin_commit_free(struct admin_commit *c);
 
 /* Registers c for the open group's commit; on failure replies 503 and frees c. */
 void admin_after_commit(struct admin_commit *c);
+
+/* The store_done_fn of an action queued with a store *_done call (arg: c,
+ * the call durable): a failed write or group answers 503, else c->check
+ * decides, else c's reply goes out as admin_after_commit's would. Frees c.
+ * admin_done_queued(c, rc) takes the *_done call's return: -1 (out of
+ * memory, the callback will not run) answers 503 and frees c. */
+struct store_done;
+void admin_on_done(void *arg, const struct store_done *d);
+void admin_done_queued(struct admin_commit *c, int rc);
 
 /* Frees a store_sub's owned strings and zeroes it. */
 void admin_sub_clear(struct store_sub *sub);

@@ -157,40 +157,36 @@ static void se_hdr_add(void *ctx, const char *name, const char *value) {
         snprintf(h->lines[h->n++], sizeof h->lines[0], "%s: %s", name, value);
 }
 
-/* Stores v's change once its URL answered 200; the reply waits for the commit. */
+static int se_add_check(struct admin_commit *c, int status) {
+    if (status == STORE_DUP)
+        admin_error(c->req, 1, 409, "Conflict", "that event already has a webhook");
+    return status == STORE_DUP;
+}
+
+static int se_change_check(struct admin_commit *c, int status) {
+    if (status == 0)
+        se_not_found(c->req);
+    return status == 0;
+}
+
+/* Stores v's change once its URL answered 200; the answer (a conflict, not
+ * found, or the change) waits for the write's result and its commit. */
 static void se_verify_store(struct se_verify *v) {
     struct store *st = v->adm->deps.store;
     struct admin_commit *c;
-    char err[256];
-    int rc;
 
-    if (v->op == SE_ADD) {
-        rc = store_sub_put(st, &v->sub, err, sizeof err);
-        if (rc == STORE_DUP) {
-            admin_error(v->req, 1, 409, "Conflict", "that event already has a webhook");
-            return;
-        }
-    } else {
-        rc = store_sub_change(st, v->sub.id, v->sub.url, err, sizeof err);
-        if (rc == 0) {
-            se_not_found(v->req);
-            return;
-        }
-        rc = rc == 1 ? 0 : -1;
-    }
-    if (rc < 0) {
-        admin_error(v->req, 1, 503, "Service Unavailable", err);
-        return;
-    }
     /* create: 200 with the webhook; update: 204 (ShipEngine's statuses) */
     if (!(c = admin_commit_new(v->adm, v->req, v->op == SE_ADD ? 200 : 204,
                                v->op == SE_ADD ? "OK" : "No Content")))
         return;
     c->se = 1;
     c->apply = v->op == SE_ADD ? se_apply_add : se_apply_url;
+    c->check = v->op == SE_ADD ? se_add_check : se_change_check;
     c->sub = v->sub; /* handoff of the strings */
     memset(&v->sub, 0, sizeof v->sub);
-    admin_after_commit(c);
+    admin_done_queued(c, v->op == SE_ADD
+                             ? store_sub_put_done(st, &c->sub, admin_on_done, c)
+                             : store_sub_change_done(st, c->sub.id, c->sub.url, admin_on_done, c));
 }
 
 static void se_verify_done(void *arg, int status_code, const char *reason) {
@@ -424,16 +420,8 @@ done:
 
 static void se_delete(struct admin *adm, struct evhttp_request *req, const char *id) {
     struct admin_commit *c;
-    char err[256];
-    int rc = subs_find(adm->deps.subs, id)
-                 ? store_sub_change(adm->deps.store, id, NULL, err, sizeof err)
-                 : 0;
 
-    if (rc < 0) {
-        admin_error(req, 1, 503, "Service Unavailable", err);
-        return;
-    }
-    if (rc == 0) {
+    if (!subs_find(adm->deps.subs, id)) {
         se_not_found(req);
         return;
     }
@@ -441,13 +429,14 @@ static void se_delete(struct admin *adm, struct evhttp_request *req, const char 
         return;
     c->se = 1;
     c->apply = se_apply_del;
+    c->check = se_change_check;
     c->sub.id = util_strdup(id);
     if (!c->sub.id) {
         admin_error(req, 1, 503, "Service Unavailable", "out of memory");
         admin_commit_free(c);
         return;
     }
-    admin_after_commit(c);
+    admin_done_queued(c, store_sub_change_done(adm->deps.store, c->sub.id, NULL, admin_on_done, c));
 }
 
 int admin_se_dispatch(struct admin *adm, struct evhttp_request *req, const char *path, int method) {

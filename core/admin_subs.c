@@ -71,10 +71,15 @@ static void subs_apply_rotate(struct admin_commit *c) {
 /* POST /api/subscriptions/{id}/rotate: a new secret, answered once stored;
  * every delivery signed after that uses it (no overlap: the old one stops
  * at the commit). */
+static int subs_rotate_check(struct admin_commit *c, int status) {
+    if (status == 0)
+        http_reply_error(c->req, 404, "Not Found", "no such subscription");
+    return status == 0;
+}
+
 static void subs_rotate(struct admin *adm, struct evhttp_request *req, const char *id) {
     struct admin_commit *c;
-    char secret[64], err[256];
-    int rc;
+    char secret[64];
 
     if (!subs_find(adm->deps.subs, id)) {
         http_reply_error(req, 404, "Not Found", "no such subscription");
@@ -84,17 +89,10 @@ static void subs_rotate(struct admin *adm, struct evhttp_request *req, const cha
         http_reply_error(req, 503, "Service Unavailable", "no randomness for a secret");
         return;
     }
-    rc = store_sub_set_secret(adm->deps.store, id, secret, err, sizeof err);
-    if (rc <= 0) {
-        if (rc == 0)
-            http_reply_error(req, 404, "Not Found", "no such subscription");
-        else
-            http_reply_error(req, 503, "Service Unavailable", err);
-        return;
-    }
     if (!(c = admin_commit_new(adm, req, 200, "OK")))
         return;
     c->apply = subs_apply_rotate;
+    c->check = subs_rotate_check;
     c->sub.id = util_strdup(id);
     c->sub.secret = util_strdup(secret);
     if (!c->sub.id || !c->sub.secret) {
@@ -102,7 +100,7 @@ static void subs_rotate(struct admin *adm, struct evhttp_request *req, const cha
         admin_commit_free(c);
         return;
     }
-    admin_after_commit(c);
+    admin_done_queued(c, store_sub_set_secret_done(adm->deps.store, id, secret, admin_on_done, c));
 }
 
 int admin_subs_dispatch(struct admin *adm, struct evhttp_request *req, const char *path,

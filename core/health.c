@@ -2,6 +2,13 @@
  * flags), enable and disable, the 410 and disable_after rules, and the
  * events they emit. Writes go into the store's open group; a rolled-back
  * group makes it read the stored flags again (the store is the truth).
+ * Values only the store knows come with its answers, from the loop
+ * (store.h, asynchronous write results): disable_after is decided from the
+ * stored start of the run of failures once the attempt's count came back;
+ * how many deliveries an enable or disable moved is logged and announced
+ * once it is stored. The disabled set in memory changes at once (routing
+ * and the scheduler act on it); only the first read of it, at the start,
+ * is synchronous (before the loop runs).
  * Ownership: the disabled names are owned copies; the config and store are
  * borrowed.
  * SPDX-License-Identifier: MIT */
@@ -38,6 +45,8 @@ struct health {
     void *notify_arg;
     health_change_fn change;
     void *change_arg;
+    int waiting; /* store calls whose callback has not run (each holds h) */
+    int freed;   /* health_free ran while some waited: the last one frees h */
 };
 
 const char *health_fmt_delay(int64_t ms, char *buf, size_t len) {
@@ -104,21 +113,71 @@ static void health_clear(struct health *h) {
     }
 }
 
-/* Reads the stored disabled flags, so a restart keeps endpoints disabled. */
+/* Marks the disabled ones of n stored states. */
+static void health_mark_states(struct health *h, const struct store_endpoint_state *st, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (st[i].disabled && health_mark(h, st[i].name, 1) < 0)
+            log_msg(LOG_ERROR, "endpoint %s: out of memory keeping it disabled", st[i].name);
+}
+
+/* Reads the stored disabled flags, so a restart keeps endpoints disabled:
+ * synchronously, at the start only (health_new, before the loop runs: no
+ * request waits, and routing must know the disabled set from the first
+ * event on). In the loop, health_reload. */
 static void health_load(struct health *h) {
     struct store_endpoint_state *st = NULL;
-    size_t n = 0, i;
+    size_t n = 0;
     char err[256];
 
     if (store_endpoint_states(h->store, &st, &n, err, sizeof err) < 0) {
         log_msg(LOG_ERROR, "reading endpoint states: %s", err);
         return;
     }
-    for (i = 0; i < n; i++)
-        if (st[i].disabled && health_mark(h, st[i].name, 1) < 0)
-            log_msg(LOG_ERROR, "endpoint %s: out of memory keeping it disabled", st[i].name);
+    health_mark_states(h, st, n);
     store_endpoint_states_free(st, n);
     h->loaded = 1;
+}
+
+/* ---- store calls answered later ---- */
+
+static void health_free_now(struct health *h);
+
+/* One callback of h answered: returns h, or NULL when health_free ran
+ * meanwhile (h freed here once the last one came back). */
+static struct health *health_answered(struct health *h) {
+    h->waiting--;
+    if (!h->freed)
+        return h;
+    if (!h->waiting)
+        health_free_now(h);
+    return NULL;
+}
+
+static void on_states_read(void *arg, const struct store_done *d) {
+    struct health *h = health_answered(arg);
+
+    if (!h)
+        return;
+    if (!d->ok) {
+        log_msg(LOG_ERROR, "reading endpoint states: %s", d->err);
+        return;
+    }
+    /* The set is replaced only now: until the answer, the old one stands. */
+    health_clear(h);
+    health_mark_states(h, d->states, d->nstates);
+    h->loaded = 1;
+    if (h->change)
+        h->change(h->change_arg, NULL, 0);
+}
+
+/* Reads the stored disabled flags again from the loop; the change hook is
+ * told (name NULL) once they are in. */
+static void health_reload(struct health *h) {
+    if (store_get_endpoint_states(h->store, on_states_read, h) < 0) {
+        log_msg(LOG_ERROR, "reading endpoint states: out of memory");
+        return;
+    }
+    h->waiting++;
 }
 
 /* ---- the open group ---- */
@@ -136,10 +195,7 @@ static void health_commit_cb(void *arg, int ok) {
     /* Memory may say an endpoint is enabled or disabled when the store
      * does not. */
     log_msg(LOG_WARN, "endpoint state changes were rolled back; reading the stored state again");
-    health_clear(h);
-    health_load(h);
-    if (h->change)
-        h->change(h->change_arg, NULL, 0);
+    health_reload(h);
 }
 
 /* Reads the stored state again if the open group rolls back. */
@@ -171,27 +227,81 @@ static void health_emit(struct health *h, const char *type, json_t *data) {
         json_decref(data);
 }
 
-/* Disables name in the open group (its pending deliveries become held),
- * tells the change hook when hook is set, and announces it. Returns 0 or
- * -1 (logged). */
-static int health_disable(struct health *h, const char *name, const char *reason, int hook) {
-    char err[256];
-    int64_t moved = 0;
+/* An enable or disable of name between its write and its group's end. */
+struct health_change {
+    struct health *h;
+    int disabled;
+    char *reason; /* disabled: why */
+    char name[];
+};
 
-    if (store_endpoint_set_disabled(h->store, name, 1, reason, util_now_ms(), &moved, err,
-                                    sizeof err) < 0) {
-        log_msg(LOG_ERROR, "endpoint %s: could not be disabled (%s): %s", name, reason, err);
+/* The change is stored (d->value: deliveries moved): logged and announced;
+ * a rolled-back group is logged (health_commit_cb reads the store again). */
+static void on_change_stored(void *arg, const struct store_done *d) {
+    struct health_change *c = arg;
+    struct health *h = health_answered(c->h);
+
+    if (!h)
+        goto done; /* health_free ran: nobody to announce it to */
+    if (!d->ok) {
+        log_msg(LOG_ERROR, "endpoint %s: could not be %s: %s", c->name,
+                c->disabled ? "disabled" : "enabled", d->err);
+    } else if (c->disabled) {
+        log_msg(LOG_WARN,
+                "endpoint %s disabled: %s; %" PRId64 " deliveries held until it is enabled",
+                c->name, c->reason, d->value);
+        health_emit(h, "waybill.endpoint.disabled",
+                    json_pack("{sssssI}", "endpoint", c->name, "reason", c->reason, "held",
+                              (json_int_t)d->value));
+    } else {
+        log_msg(LOG_INFO, "endpoint %s enabled: %" PRId64 " held deliveries go out", c->name,
+                d->value);
+        health_emit(h, "waybill.endpoint.enabled",
+                    json_pack("{sssI}", "endpoint", c->name, "released", (json_int_t)d->value));
+    }
+done:
+    free(c->reason);
+    free(c);
+}
+
+/* Writes name's enable or disable into the open group; the log line and
+ * the event (with how many deliveries moved, known from the write's
+ * result) follow from on_change_stored. Returns 0, or -1 when out of
+ * memory (nothing written). */
+static int health_store_change(struct health *h, const char *name, int disabled,
+                               const char *reason) {
+    size_t len = strlen(name) + 1;
+    struct health_change *c = calloc(1, sizeof *c + len);
+
+    if (!c || (reason && !(c->reason = strdup(reason)))) {
+        free(c);
+        return -1;
+    }
+    c->h = h;
+    c->disabled = disabled;
+    memcpy(c->name, name, len);
+    if (store_endpoint_set_disabled_done(h->store, name, disabled, reason, util_now_ms(),
+                                         on_change_stored, c) < 0) {
+        free(c->reason);
+        free(c);
+        return -1;
+    }
+    h->waiting++;
+    return 0;
+}
+
+/* Disables name in the open group (its pending deliveries become held),
+ * tells the change hook when hook is set, and announces it once stored.
+ * Returns 0 or -1 (logged). */
+static int health_disable(struct health *h, const char *name, const char *reason, int hook) {
+    if (health_store_change(h, name, 1, reason) < 0) {
+        log_msg(LOG_ERROR, "endpoint %s: could not be disabled (%s): out of memory", name, reason);
         return -1;
     }
     if (health_mark(h, name, 1) < 0)
         log_msg(LOG_ERROR, "endpoint %s: out of memory keeping it disabled", name);
     if (hook && h->change)
         h->change(h->change_arg, name, 1);
-    log_msg(LOG_WARN, "endpoint %s disabled: %s; %" PRId64 " deliveries held until it is enabled",
-            name, reason, moved);
-    health_emit(
-        h, "waybill.endpoint.disabled",
-        json_pack("{sssssI}", "endpoint", name, "reason", reason, "held", (json_int_t)moved));
     health_commit_watch(h);
     return 0;
 }
@@ -200,8 +310,6 @@ static int health_disable(struct health *h, const char *name, const char *reason
 
 int health_endpoint_set_disabled(struct health *h, const char *name, int disabled,
                                  const char *reason, char *err, size_t errlen) {
-    int64_t moved = 0;
-
     if (!h->cfg || !config_endpoint_by_name(h->cfg, name)) {
         snprintf(err, errlen, "no endpoint '%s' in the config", name);
         return -1;
@@ -217,35 +325,74 @@ int health_endpoint_set_disabled(struct health *h, const char *name, int disable
     }
     if (!health_endpoint_disabled(h, name))
         return 0;
-    if (store_endpoint_set_disabled(h->store, name, 0, NULL, util_now_ms(), &moved, err, errlen) <
-        0)
+    if (health_store_change(h, name, 0, NULL) < 0) {
+        snprintf(err, errlen, "out of memory");
         return -1;
+    }
     health_mark(h, name, 0);
     if (h->change)
         h->change(h->change_arg, name, 0);
-    log_msg(LOG_INFO, "endpoint %s enabled: %" PRId64 " held deliveries go out", name, moved);
-    health_emit(h, "waybill.endpoint.enabled",
-                json_pack("{sssI}", "endpoint", name, "released", (json_int_t)moved));
     health_commit_watch(h);
     return 0;
 }
 
+/* An attempt's count between its write and its group's end. */
+struct health_count {
+    struct health *h;
+    int64_t now;
+    char name[];
+};
+
+/* disable_after, from the stored start of the endpoint's run of failures
+ * (d->value): decided only once that value is known, for the endpoint as
+ * the config has it then. The caller of health_attempt holds no answer any
+ * more: the change hook is told. */
+static void on_attempt_counted(void *arg, const struct store_done *d) {
+    struct health_count *k = arg;
+    struct health *h = health_answered(k->h);
+    const struct config_endpoint *cep;
+    int64_t first = d->value;
+    char reason[160], text[32];
+
+    if (!h)
+        goto done;
+    if (!d->ok) {
+        log_msg(LOG_WARN, "endpoint %s: health not stored: %s", k->name, d->err);
+        goto done;
+    }
+    cep = h->cfg ? config_endpoint_by_name(h->cfg, k->name) : NULL;
+    if (!cep || health_endpoint_disabled(h, k->name) || !first || cep->disable_after_ms <= 0 ||
+        k->now - first < cep->disable_after_ms)
+        goto done;
+    snprintf(reason, sizeof reason, "every attempt failed for %s",
+             health_fmt_delay(k->now - first, text, sizeof text));
+    health_disable(h, k->name, reason, 1);
+done:
+    free(k);
+}
+
 int health_attempt(struct health *h, const struct config_endpoint *cep, enum health_verdict v,
                    const char *error, int64_t now) {
-    int64_t first = 0;
-    char err[256], reason[160], text[32];
+    size_t len = strlen(cep->name) + 1;
+    struct health_count *k = malloc(sizeof *k + len);
+    char reason[160];
 
-    if (store_endpoint_attempt(h->store, cep->name, v == HEALTH_OK, error, now, &first, err,
-                               sizeof err) < 0)
-        log_msg(LOG_WARN, "endpoint %s: health not stored: %s", cep->name, err);
+    if (k) {
+        k->h = h;
+        k->now = now;
+        memcpy(k->name, cep->name, len);
+    }
+    if (!k || store_endpoint_attempt_done(h->store, cep->name, v == HEALTH_OK, error, now,
+                                          on_attempt_counted, k) < 0) {
+        log_msg(LOG_WARN, "endpoint %s: health not stored: out of memory", cep->name);
+        free(k);
+    } else {
+        h->waiting++;
+    }
     if (health_endpoint_disabled(h, cep->name))
         return 1;
-    if (v == HEALTH_GONE) {
+    if (v == HEALTH_GONE) { /* the answer itself says so: no stored value needed */
         snprintf(reason, sizeof reason, "answered 410 Gone");
-        health_disable(h, cep->name, reason, 0);
-    } else if (first && cep->disable_after_ms > 0 && now - first >= cep->disable_after_ms) {
-        snprintf(reason, sizeof reason, "every attempt failed for %s",
-                 health_fmt_delay(now - first, text, sizeof text));
         health_disable(h, cep->name, reason, 0);
     }
     return health_endpoint_disabled(h, cep->name);
@@ -273,8 +420,13 @@ struct health *health_new(struct store *s, char *err, size_t errlen) {
     return h;
 }
 
+/* Held deliveries of an endpoint the config enabled again: released. */
+static void on_released(void *arg, const struct store_done *d) {
+    if (health_answered(arg) && !d->ok)
+        log_msg(LOG_ERROR, "releasing held deliveries: %s", d->err);
+}
+
 void health_set_config(struct health *h, const struct config *cfg) {
-    char err[256];
 
     /* An endpoint the old config had `enabled = false` and this one enables:
      * its held deliveries go out (unless it is disabled in the store too). */
@@ -282,13 +434,18 @@ void health_set_config(struct health *h, const struct config *cfg) {
         const struct config_endpoint *ep = &cfg->endpoints[i];
         const struct config_endpoint *was = config_endpoint_by_name(h->cfg, ep->name);
         if (was && !was->enabled && ep->enabled && !health_endpoint_disabled(h, ep->name) &&
-            store_endpoint_set_disabled(h->store, ep->name, 0, NULL, util_now_ms(), NULL, err,
-                                        sizeof err) < 0)
-            log_msg(LOG_ERROR, "endpoint %s: releasing held deliveries: %s", ep->name, err);
+            store_endpoint_set_disabled_done(h->store, ep->name, 0, NULL, util_now_ms(),
+                                             on_released, h) == 0)
+            h->waiting++;
     }
     h->cfg = cfg;
     if (!h->loaded)
-        health_load(h);
+        health_reload(h);
+}
+
+static void health_free_now(struct health *h) {
+    health_clear(h);
+    free(h);
 }
 
 void health_free(struct health *h) {
@@ -296,6 +453,12 @@ void health_free(struct health *h) {
         return;
     if (h->commit)
         h->commit->h = NULL; /* the store frees it when the group ends */
-    health_clear(h);
-    free(h);
+    h->commit = NULL;
+    h->notify = NULL;
+    h->change = NULL;
+    if (h->waiting) { /* the store still holds answers for h: the last frees it */
+        h->freed = 1;
+        return;
+    }
+    health_free_now(h);
 }

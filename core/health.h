@@ -53,11 +53,13 @@ enum health_verdict {
 };
 
 /* Counts an attempt to cep (error: what failed, NULL when delivered) at
- * now (Unix ms) in the open group, and applies the rules: a 410, or every
- * attempt failing for disable_after, disables the endpoint (announced as
- * by health_endpoint_set_disabled; the change hook is not told: the caller
- * holds the answer). Returns 1 when the endpoint is disabled now (before or
- * by this attempt), else 0. */
+ * now (Unix ms) in the open group, and applies the rules: a 410 disables
+ * the endpoint at once (announced as by health_endpoint_set_disabled; the
+ * change hook is not told: the caller holds the answer); every attempt
+ * failing for disable_after disables it once the count's answer (the
+ * stored start of the run of failures) came back from the store, and then
+ * the change hook is told. Returns 1 when the endpoint is disabled now
+ * (before or by this attempt's 410), else 0. */
 int health_attempt(struct health *h, const struct config_endpoint *cep, enum health_verdict v,
                    const char *error, int64_t now);
 
@@ -71,7 +73,8 @@ void health_set_notify(struct health *h, health_notify_fn fn, void *arg);
  * disabled (1) or enabled (0) by health_endpoint_set_disabled; or name is
  * NULL when the store was read again after a rolled-back group (any
  * endpoint may have changed). Called from the loop, inside the call that
- * made the change. One hook; NULL removes it. */
+ * made the change (for disable_after: inside the store's answer to the
+ * attempt's count). One hook; NULL removes it. */
 typedef void (*health_change_fn)(void *arg, const char *name, int disabled);
 void health_set_change_hook(struct health *h, health_change_fn fn, void *arg);
 

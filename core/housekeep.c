@@ -4,6 +4,9 @@
  * Invariants: the retention front only moves forward (every old event up
  * to it was deleted or stepped over); a pass looks at a bounded number of
  * events; a recovery sweep starts over from seq 0 on each housekeep_recover.
+ * Each step is a store call whose result comes from the loop once its group
+ * ended (store.h, asynchronous write results): the next step acts on it;
+ * one retention pass and one recovery read in flight at a time.
  * SPDX-License-Identifier: MIT */
 
 #include <stdlib.h>
@@ -44,7 +47,25 @@ struct housekeep {
     struct event *recover_ev;
     int64_t recover_after; /* seq cursor of the recovery sweep in progress */
     int stopping;
+    /* Store calls in flight (their answers come from the loop): one
+     * retention step and one recovery read at a time. */
+    int prune_busy;    /* a pass's prune or reclaim is waiting for its group */
+    int recover_busy;  /* a read of unrouted events is waiting */
+    int recover_again; /* housekeep_recover ran meanwhile: start over from 0 */
+    int freed;         /* housekeep_free ran while a call was in flight */
 };
+
+static void housekeep_free_now(struct housekeep *hk);
+
+/* An answer came back: returns 0 when housekeep_free ran meanwhile (hk is
+ * freed here once nothing is in flight), else 1. */
+static int housekeep_answered(struct housekeep *hk) {
+    if (!hk->freed)
+        return 1;
+    if (!hk->prune_busy && !hk->recover_busy)
+        housekeep_free_now(hk);
+    return 0;
+}
 
 /* ---- retention ---- */
 
@@ -72,90 +93,164 @@ static void housekeep_back_start(struct housekeep *hk, int64_t mono) {
     hk->back_at = mono;
 }
 
-/* One pass: a step of the front walk, of the back walk while one is on,
- * and, once both are idle, a step giving free pages back. Returns 1 when
- * there is more to do at once, 0 when the sweep can wait. */
-static int housekeep_prune_pass(struct housekeep *hk, char *err, size_t errlen) {
-    int64_t before = util_now_ms() - hk->cfg->retention_ms;
-    struct store_prune front = {.before_ms = before,
-                                .upto = INT64_MAX,
-                                .cursor = hk->front,
-                                .max = HOUSEKEEP_PRUNE_LOOK,
-                                .budget_us = HOUSEKEEP_PRUNE_US};
-    struct store_prune back = {
-        .before_ms = before, .max = HOUSEKEEP_PRUNE_LOOK, .budget_us = HOUSEKEEP_PRUNE_US};
-    int freed = 0;
+/* A retention pass is a chain of store calls, one in flight at a time,
+ * each acting on the one before's result (known only once its group
+ * ended): the front walk's step, then the back walk's while one is on,
+ * then, once both are idle, a step giving free pages back. Each step's
+ * callback starts the next or ends the pass (housekeep_prune_end). */
+static void housekeep_prune_back(struct housekeep *hk);
+static void housekeep_reclaim(struct housekeep *hk);
 
-    if (store_prune(hk->store, &front, err, errlen) < 0)
-        return 0;
-    hk->front = front.cursor;
-    if (front.done)
-        housekeep_back_start(hk, util_mono_ms());
-    if (hk->back_upto && front.done) {
-        back.upto = hk->back_upto;
-        back.cursor = hk->back;
-        if (store_prune(hk->store, &back, err, errlen) < 0)
-            return 0;
-        hk->back = back.cursor;
-        if (back.done)
-            hk->back_upto = 0;
+/* The pass is over: more says there is more to do at once (next turn,
+ * after ingest), else the sweep waits its period. */
+static void housekeep_prune_end(struct housekeep *hk, int more, const char *err) {
+    hk->prune_busy = 0;
+    if (!housekeep_answered(hk))
+        return;
+    if (err && err[0])
+        log_msg(LOG_WARN, "retention: %s", err);
+    if (!hk->stopping)
+        housekeep_prune_arm(hk, more);
+}
+
+static void housekeep_log_pruned(const struct store_prune *p) {
+    if (p->pruned)
+        log_msg(LOG_DEBUG, "retention: pruned %d events, kept %d", p->pruned, p->kept);
+}
+
+static void on_front_pruned(void *arg, const struct store_done *d) {
+    struct housekeep *hk = arg;
+
+    if (hk->freed || hk->stopping || !d->ok) {
+        housekeep_prune_end(hk, 0, d->err);
+        return;
     }
-    if (front.pruned + back.pruned)
-        log_msg(LOG_DEBUG, "retention: pruned %d events, kept %d", front.pruned + back.pruned,
-                front.kept + back.kept);
-    if (!front.done || hk->back_upto)
-        return 1;
-    if (store_reclaim(hk->store, HOUSEKEEP_RECLAIM_KEEP, HOUSEKEEP_RECLAIM_STEP, &freed, err,
-                      errlen) < 0)
-        return 0;
-    return freed > 0;
+    hk->front = d->prune->cursor;
+    housekeep_log_pruned(d->prune);
+    if (!d->prune->done) {
+        housekeep_prune_end(hk, 1, NULL);
+        return;
+    }
+    housekeep_back_start(hk, util_mono_ms());
+    if (hk->back_upto)
+        housekeep_prune_back(hk);
+    else
+        housekeep_reclaim(hk);
+}
+
+static void on_back_pruned(void *arg, const struct store_done *d) {
+    struct housekeep *hk = arg;
+
+    if (hk->freed || hk->stopping || !d->ok) {
+        housekeep_prune_end(hk, 0, d->err);
+        return;
+    }
+    hk->back = d->prune->cursor;
+    housekeep_log_pruned(d->prune);
+    if (d->prune->done)
+        hk->back_upto = 0;
+    housekeep_prune_end(hk, 1, NULL); /* the back walk is on, or just ended: again at once */
+}
+
+static void on_reclaimed(void *arg, const struct store_done *d) {
+    struct housekeep *hk = arg;
+
+    housekeep_prune_end(hk, d->ok && d->value > 0, d->ok ? NULL : d->err);
+}
+
+static void housekeep_prune_back(struct housekeep *hk) {
+    struct store_prune back = {.before_ms = util_now_ms() - hk->cfg->retention_ms,
+                               .upto = hk->back_upto,
+                               .cursor = hk->back,
+                               .max = HOUSEKEEP_PRUNE_LOOK,
+                               .budget_us = HOUSEKEEP_PRUNE_US};
+
+    if (store_prune_done(hk->store, &back, on_back_pruned, hk) < 0)
+        housekeep_prune_end(hk, 0, "out of memory");
+}
+
+static void housekeep_reclaim(struct housekeep *hk) {
+    if (store_reclaim_done(hk->store, HOUSEKEEP_RECLAIM_KEEP, HOUSEKEEP_RECLAIM_STEP, on_reclaimed,
+                           hk) < 0)
+        housekeep_prune_end(hk, 0, "out of memory");
 }
 
 static void housekeep_prune_cb(evutil_socket_t fd, short kind, void *arg) {
     struct housekeep *hk = arg;
-    char err[256];
-    int more;
+    struct store_prune front;
 
     UNUSED(fd);
     UNUSED(kind);
-    if (hk->stopping || !hk->cfg)
+    if (hk->stopping || !hk->cfg || hk->prune_busy)
         return;
-    err[0] = '\0';
-    more = housekeep_prune_pass(hk, err, sizeof err);
-    if (err[0])
-        log_msg(LOG_WARN, "retention: %s", err);
-    /* more: next turn, after ingest */
-    housekeep_prune_arm(hk, more);
+    front = (struct store_prune){.before_ms = util_now_ms() - hk->cfg->retention_ms,
+                                 .upto = INT64_MAX,
+                                 .cursor = hk->front,
+                                 .max = HOUSEKEEP_PRUNE_LOOK,
+                                 .budget_us = HOUSEKEEP_PRUNE_US};
+    hk->prune_busy = 1;
+    if (store_prune_done(hk->store, &front, on_front_pruned, hk) < 0)
+        housekeep_prune_end(hk, 0, "out of memory");
 }
 
 /* ---- recovery ---- */
 
+static void housekeep_recover_read(struct housekeep *hk);
+
+/* One batch of unrouted events, read from the loop: each goes through the
+ * router; a full batch asks for the next one (one read in flight). */
+static void on_unrouted(void *arg, const struct store_done *d) {
+    struct housekeep *hk = arg;
+
+    hk->recover_busy = 0;
+    if (!housekeep_answered(hk))
+        return;
+    if (!d->ok) {
+        log_msg(LOG_ERROR, "recovery: reading unrouted events failed: %s", d->err);
+    } else {
+        for (size_t i = 0; i < d->n; i++) {
+            hk->route(hk->route_arg, &d->rows[i]);
+            hk->recover_after = d->rows[i].seq;
+        }
+        if (d->n)
+            log_msg(LOG_INFO, "recovery: routed %zu events committed before a restart", d->n);
+    }
+    if (hk->recover_again) { /* asked again meanwhile: from the start */
+        hk->recover_again = 0;
+        hk->recover_after = 0;
+        event_active(hk->recover_ev, EV_TIMEOUT, 0);
+    } else if (d->ok && d->n == HOUSEKEEP_RECOVER_BATCH) {
+        /* One batch per loop turn, so a long backlog never stalls ingest. */
+        event_active(hk->recover_ev, EV_TIMEOUT, 0);
+    }
+}
+
+static void housekeep_recover_read(struct housekeep *hk) {
+    if (store_get_events_unrouted(hk->store, hk->recover_after, HOUSEKEEP_RECOVER_BATCH,
+                                  on_unrouted, hk) < 0) {
+        log_msg(LOG_ERROR, "recovery: reading unrouted events failed: out of memory");
+        return;
+    }
+    hk->recover_busy = 1;
+}
+
 static void housekeep_recover_cb(evutil_socket_t fd, short what, void *arg) {
     struct housekeep *hk = arg;
-    struct store_event_row *rows = NULL;
-    size_t n = 0;
-    char err[256];
 
     UNUSED(fd);
     UNUSED(what);
-    if (store_events_unrouted(hk->store, hk->recover_after, HOUSEKEEP_RECOVER_BATCH, &rows, &n, err,
-                              sizeof err) < 0) {
-        log_msg(LOG_ERROR, "recovery: reading unrouted events failed: %s", err);
+    if (hk->recover_busy) {
+        hk->recover_again = 1;
         return;
     }
-    for (size_t i = 0; i < n; i++) {
-        hk->route(hk->route_arg, &rows[i]);
-        hk->recover_after = rows[i].seq;
-    }
-    if (n)
-        log_msg(LOG_INFO, "recovery: routed %zu events committed before a restart", n);
-    store_event_rows_free(rows, n);
-    /* One batch per loop turn, so a long backlog never stalls ingest. */
-    if (n == HOUSEKEEP_RECOVER_BATCH)
-        event_active(hk->recover_ev, EV_TIMEOUT, 0);
+    housekeep_recover_read(hk);
 }
 
 void housekeep_recover(struct housekeep *hk) {
+    if (hk->recover_busy) { /* the read in flight finishes, then a sweep from 0 */
+        hk->recover_again = 1;
+        return;
+    }
     hk->recover_after = 0;
     event_active(hk->recover_ev, EV_TIMEOUT, 0);
 }
@@ -205,6 +300,19 @@ void housekeep_stop(struct housekeep *hk) {
 void housekeep_free(struct housekeep *hk) {
     if (!hk)
         return;
+    if (hk->prune_busy || hk->recover_busy) { /* the last answer frees it */
+        hk->freed = 1;
+        hk->stopping = 1;
+        if (hk->prune_ev)
+            evtimer_del(hk->prune_ev);
+        if (hk->recover_ev)
+            event_del(hk->recover_ev);
+        return;
+    }
+    housekeep_free_now(hk);
+}
+
+static void housekeep_free_now(struct housekeep *hk) {
     if (hk->prune_ev)
         event_free(hk->prune_ev);
     if (hk->recover_ev)

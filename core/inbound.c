@@ -2,9 +2,10 @@
  * store's open group -> a reply after that group's durable commit -> routing.
  * Checks run in SPEC order: path (404), method (405), size (413, httpd
  * stops reading past max_body), signature and timestamp (401), JSON (400),
- * dedupe, the backlog (503); then the event joins the open group and the
- * reply waits for that group's commit: 200 only after commit, 503 if it
- * failed.
+ * a Shiptify token (stored first: its answer, from the loop, says replay
+ * 401 or go on; see ingest.c), the backlog (503); then the event joins the
+ * open group and the reply waits for that group's commit: 200 only after
+ * commit (with the first copy's id for a duplicate), 503 if it failed.
  * Invariant: every request gets exactly one reply (an accepted one from
  * on_ingested, after its commit).
  * SPDX-License-Identifier: MIT */
@@ -318,47 +319,93 @@ static int inbound_verify(struct inbound *ib, struct httpd_req *req,
 }
 
 /* Shiptify's signature does not cover the body: its token is a nonce, kept
- * durably with the body's digest in the open group. The token goes to
- * nonce (nonce_len bytes; "" for other sources). Returns 0, or 1 answered
- * (a replay, a store error). */
-static int inbound_nonce(struct inbound *ib, struct httpd_req *req, const struct config_source *src,
-                         const char *body, size_t len, int64_t now_ms, char *nonce,
-                         size_t nonce_len) {
-    unsigned char digest[SHA256_DIGEST_LENGTH];
-    char hex[2 * SHA256_DIGEST_LENGTH + 1], serr[256];
-    int64_t keep;
-    int rc;
+ * durably with the body's digest. The nonce goes in first, in its own
+ * group, and the event only once the nonce's answer came back (see
+ * ingest.c: on PostgreSQL the group is pipelined, and a replay known only
+ * at the end of its round trip must not have stored its event by then).
+ * A request waits here meanwhile. */
+struct nonce_wait {
+    struct inbound *ib;
+    struct httpd_req *req;
+    int64_t now_ms;
+    char nonce[256];
+};
 
-    nonce[0] = '\0';
+static void inbound_accept(struct inbound *ib, struct httpd_req *req,
+                           const struct config_source *src, const char *body, size_t len,
+                           int64_t now_ms, const char *nonce);
+static const struct config_source *inbound_source(struct inbound *ib, struct httpd_req *req);
+
+static void on_nonce_done(void *arg, const struct store_done *d) {
+    struct nonce_wait *w = arg;
+    struct inbound *ib = w->ib;
+    const struct config_source *src;
+    const char *body;
+    size_t len;
+
+    /* The source again: a reload may have changed the config meanwhile (a
+     * stopping listener answers 503 here). */
+    if (!(src = inbound_source(ib, w->req)))
+        goto done;
+    if (!d->ok) {
+        log_msg(LOG_ERROR, "source %s: storing the token failed: %s", src->name, d->err);
+        inbound_unavailable(w->req, "5", "store unavailable, retry later", src->name,
+                            "store_unavailable");
+        goto done;
+    }
+    if (d->status == STORE_REPLAY) {
+        log_msg(LOG_WARN, "source %s: rejected request: %s", src->name,
+                "token replayed with a different body");
+        httpd_reply_error(w->req, 401, "Unauthorized", NULL, "signature verification failed");
+        metrics_event_rejected(src->name, "replay");
+        goto done;
+    }
+    /* New, or seen with this body (a carrier's retry): the event goes in;
+     * its dedupe answers a retry with the first copy's id. */
+    body = httpd_req_body(w->req, &len);
+    inbound_accept(ib, w->req, src, body, len, w->now_ms, w->nonce);
+done:
+    free(w);
+}
+
+/* Checks a Shiptify token (other sources: nothing to do, returns 0) and
+ * stores it; the request goes on from on_nonce_done. Returns 0 when the
+ * request goes on now (not Shiptify), or 1 answered or waiting. */
+static int inbound_nonce(struct inbound *ib, struct httpd_req *req, const struct config_source *src,
+                         const char *body, size_t len, int64_t now_ms) {
+    unsigned char digest[SHA256_DIGEST_LENGTH];
+    char hex[2 * SHA256_DIGEST_LENGTH + 1];
+    struct nonce_wait *w;
+    int64_t keep;
+
     if (src->verify.kind != VERIFY_SHIPTIFY)
         return 0;
+    if (!(w = calloc(1, sizeof *w))) {
+        inbound_unavailable(req, "5", "out of memory, retry later", src->name, NULL);
+        return 1;
+    }
+    w->ib = ib;
+    w->req = req;
+    w->now_ms = now_ms;
     SHA256((const unsigned char *)body, len, digest);
     util_hex_encode(digest, sizeof digest, hex);
-    if (verify_shiptify_token((const unsigned char *)body, len, nonce, nonce_len) < 0) {
+    if (verify_shiptify_token((const unsigned char *)body, len, w->nonce, sizeof w->nonce) < 0) {
         log_msg(LOG_WARN, "source %s: rejected request: %s", src->name, "token too long");
         httpd_reply_error(req, 401, "Unauthorized", NULL, "signature verification failed");
         metrics_event_rejected(src->name, "signature");
+        free(w);
         return 1;
     }
     /* Kept for twice the tolerance (a timestamp may be that far either side
      * of now), and at least a day. */
     keep = 2 * src->verify.tolerance_ms + 1000;
-    rc = store_nonce_put(ib->deps.store, src->name, nonce, hex, now_ms,
-                         keep > 86400000 ? keep : 86400000, serr, sizeof serr);
-    if (rc == STORE_REPLAY) {
-        log_msg(LOG_WARN, "source %s: rejected request: %s", src->name,
-                "token replayed with a different body");
-        httpd_reply_error(req, 401, "Unauthorized", NULL, "signature verification failed");
-        metrics_event_rejected(src->name, "replay");
-        return 1;
-    }
-    if (rc < 0) {
-        log_msg(LOG_ERROR, "source %s: storing the token failed: %s", src->name, serr);
+    if (store_nonce_put_done(ib->deps.store, src->name, w->nonce, hex, now_ms,
+                             keep > 86400000 ? keep : 86400000, on_nonce_done, w) < 0) {
+        free(w);
         inbound_unavailable(req, "5", "store unavailable, retry later", src->name,
                             "store_unavailable");
-        return 1;
     }
-    return 0;
+    return 1;
 }
 
 /* The event's dedupe key when the adapter found no carrier id: webhook-id
@@ -449,7 +496,6 @@ static void on_inbound(struct httpd_req *req, void *arg) {
     struct inbound *ib = arg;
     const struct config_source *src;
     struct verify_request vr;
-    char nonce[256];
     const char *body;
     size_t len;
 
@@ -457,9 +503,9 @@ static void on_inbound(struct httpd_req *req, void *arg) {
         return;
     body = httpd_req_body(req, &len);
     if (inbound_verify(ib, req, src, body, len, &vr) != 0 ||
-        inbound_nonce(ib, req, src, body, len, vr.now_ms, nonce, sizeof nonce) != 0)
+        inbound_nonce(ib, req, src, body, len, vr.now_ms) != 0)
         return;
-    inbound_accept(ib, req, src, body, len, vr.now_ms, nonce);
+    inbound_accept(ib, req, src, body, len, vr.now_ms, "");
 }
 
 /* ---- life ---- */

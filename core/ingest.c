@@ -1,8 +1,31 @@
 /* ingest.c -- the only way an event enters waybill (see ingest.h).
- * Invariant: an event and its routing are one write (store_event_put with
- * the router's plan), so they commit together or not at all; a carrier is
- * answered only once that write is durable, and its deliveries are claimed
- * only then too (the store's watermark).
+ * Invariant: an event and its routing are one write (store_event_put_done
+ * with the router's plan), so they commit together or not at all; a
+ * carrier is answered only once that write is durable, and its deliveries
+ * are claimed only then too (the store's watermark). The answer is decided
+ * by the write's result, handed over from the loop once the group ended
+ * (issue 15: on PostgreSQL the group is pipelined and a dedupe hit is known
+ * only when its round trip comes back): 200 with the event's id, 200 with
+ * the first copy's id for a duplicate, 503 for a failed group.
+ *
+ * A Shiptify token (a nonce: its signature does not cover the body) goes in
+ * before its event, in its own group, and the event only once the nonce's
+ * answer came back (inbound.c), rather than both in one group:
+ * - in one pipelined group every statement runs whatever an earlier one
+ *   answered, so a replay (the token seen with another body, known only at
+ *   the end of the round trip) would have stored its event by then; making
+ *   the event's INSERT conditional in SQL would put Shiptify's rule into
+ *   every backend, and failing the statement would abort the whole group
+ *   (every other carrier's request in it: 503);
+ * - after the answer: a replay (STORE_REPLAY) stores nothing and gets 401;
+ *   a new token or the same body again (STORE_DUP: a carrier's retry) stores
+ *   the event, whose dedupe key is the token when the body has no carrier
+ *   id, so a retry gets 200 with the first copy's id. A crash between the
+ *   two groups leaves a token without its event: the carrier had no 200,
+ *   sends the same body again, which is STORE_DUP, and the event goes in.
+ *   The cost is one more group's wait for Shiptify's requests only; the
+ *   nonce's answer is "written" (at its COMMIT), and the event's group,
+ *   later, is made durable after it, so the 200 still waits for both.
  * SPDX-License-Identifier: MIT */
 #include <stdio.h>
 #include <stdlib.h>
@@ -81,41 +104,59 @@ static json_t *ingest_stream_event(const struct ingest *g, const struct store_ev
                      ingest_json_or_null(e->data_json));
 }
 
-/* ---- a carrier's event ---- */
+/* ---- a carrier's event ----
+ * The answer is decided by the write's result (store_event_put_done), which
+ * a PostgreSQL store knows only when the group's round trip comes back:
+ * 200 with the event's id, or the first copy's id for a duplicate, once
+ * the group is durable; 503 when it failed. The plan stays with the
+ * request until then: a duplicate stored nothing, so its routing is
+ * reported (logged, counted) only for an event that was stored. */
 
 /* A carrier's event between its write and its commit (owned). */
 struct pending {
-    ingest_done_fn done;
+    struct ingest *g;
+    ingest_done_fn done; /* NULL: waybill's own or a test event (failures logged) */
     void *arg;
-    struct stream *stream;
-    json_t *live; /* for the live feed once committed, or NULL */
-    char id[UTIL_ID_MAX];
-    int duplicate; /* noted, not stored again, not routed */
+    json_t *live;           /* for the live feed once committed, or NULL */
+    struct route_plan plan; /* never moved: its matches may point into it */
+    int adapted;            /* the plan is the rules' (reported once stored) */
+    char *type;             /* for the report */
     char source[];
 };
 
-static void on_carrier_committed(void *arg, int ok) {
+static void on_carrier_done(void *arg, const struct store_done *d) {
     struct pending *p = arg;
+    struct ingest *g = p->g;
+    int duplicate = d->ok && d->status == STORE_DUP;
 
-    p->done(p->arg, ok, p->id, p->duplicate, p->source);
-    if (ok && !p->duplicate)
-        stream_publish(p->stream, "event", p->live);
+    if (!d->ok && !p->done)
+        log_msg(LOG_ERROR, "%s: not stored: %s", p->type, d->err);
+    else if (!d->ok)
+        ingest_log_refusal(g, p->source, d->err);
+    else if (duplicate)
+        log_msg(LOG_INFO, "source %s: duplicate of %s", p->source, d->id);
+    else if (p->adapted)
+        route_plan_report(d->id, p->type, &p->plan);
+    if (p->done)
+        p->done(p->arg, d->ok, d->id, duplicate, p->source);
+    if (d->ok && !duplicate)
+        stream_publish(g->deps.stream, "event", p->live);
     else
         json_decref(p->live);
+    route_plan_clear(&p->plan);
+    free(p->type);
     free(p);
 }
 
 int ingest_carrier(struct ingest *g, struct ingest_carrier *c, ingest_done_fn done, void *arg,
                    char *err, size_t errlen) {
     size_t slen = strlen(c->source) + 1;
-    struct pending *p = malloc(sizeof *p + slen);
+    struct pending *p = calloc(1, sizeof *p + slen);
     const struct rules_event *ev = c->ev;
-    struct route_plan plan;
-    char serr[256];
-    int rc;
+    char id[UTIL_ID_MAX], serr[256];
 
-    memset(&plan, 0, sizeof plan);
-    if (!p) { /* taken in every case: freed here */
+    if (!p || !(p->type = strdup(ev->type))) { /* taken in every case: freed here */
+        free(p);
         free(c->headers_json);
         if (c->data_token)
             rules_data_drop(*g->deps.rules, c->data_token);
@@ -124,12 +165,12 @@ int ingest_carrier(struct ingest *g, struct ingest_carrier *c, ingest_done_fn do
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    memset(p, 0, sizeof *p);
     memcpy(p->source, c->source, slen);
+    p->g = g;
     p->done = done;
     p->arg = arg;
-    util_id_new("evt_", p->id, sizeof p->id);
-    struct rules_input in = {.id = p->id,
+    util_id_new("evt_", id, sizeof id);
+    struct rules_input in = {.id = id,
                              .source = c->source,
                              .source_id = ev->source_id,
                              .type = ev->type,
@@ -146,15 +187,16 @@ int ingest_carrier(struct ingest *g, struct ingest_carrier *c, ingest_done_fn do
     /* The plan first, so that the event and what it routes to are one
      * write: both commit or neither, and the 200 waits for both. A
      * duplicate is routed for nothing (rare: a carrier's retry). */
+    p->adapted = c->adapted;
     if (c->adapted) {
-        route_plan(g->deps.route, &in, &plan);
+        route_plan(g->deps.route, &in, &p->plan);
     } else {
         if (in.data_token)
             rules_data_drop(*g->deps.rules, in.data_token);
-        plan.store.status = "rule_error";
-        plan.store.error = c->error;
+        p->plan.store.status = "rule_error";
+        p->plan.store.error = c->error; /* read by the write only, during the call */
     }
-    struct store_event se = {.id = p->id,
+    struct store_event se = {.id = id,
                              .source = c->source,
                              .source_id = ev->source_id,
                              .type = ev->type,
@@ -165,51 +207,61 @@ int ingest_carrier(struct ingest *g, struct ingest_carrier *c, ingest_done_fn do
                              .headers_json = c->headers_json,
                              .data_json = ev->data_json,
                              .shipment_json = ev->shipment_json};
-    rc = store_event_put(g->deps.store, &se, &plan.store, p->id, sizeof p->id, serr, sizeof serr);
-    if (rc < 0) {
-        ingest_log_refusal(g, c->source, serr);
-        snprintf(err, errlen, "%s", serr);
-        goto fail;
-    }
-    if (rc == STORE_DUP) {
-        p->duplicate = 1;
-        log_msg(LOG_INFO, "source %s: duplicate of %s (source id %s)", c->source, p->id,
-                ev->source_id);
-    } else if (c->adapted && route_plan_stored(g->deps.route, &in, &plan, serr, sizeof serr) < 0) {
-        /* The group has failed: done runs with ok = 0 (a 503). */
-        log_msg(LOG_ERROR, "event %s: %s", p->id, serr);
-    } else {
-        p->stream = g->deps.stream;
-        p->live = ingest_stream_event(g, &se, plan.store.status);
-    }
-    if (store_on_commit(g->deps.store, on_carrier_committed, p) < 0) {
+    p->live = ingest_stream_event(g, &se, p->plan.store.status);
+    if (store_event_put_done(g->deps.store, &se, &p->plan.store, on_carrier_done, p) < 0) {
         json_decref(p->live);
+        route_plan_clear(&p->plan);
+        free(p->type);
+        free(p);
         snprintf(err, errlen, "out of memory");
-        goto fail;
+        free(c->headers_json);
+        c->headers_json = NULL;
+        return -1;
     }
-    route_plan_clear(&plan);
+    if (!c->adapted)
+        p->plan.store.error = NULL; /* c->error is the caller's */
+    /* The endpoints and batch windows are looked at now (a duplicate wrote
+     * none of its rows: there is nothing for them to find); a full window
+     * that cannot close fails the group: done runs with ok = 0 (a 503). */
+    else if (route_plan_queued(g->deps.route, &p->plan, serr, sizeof serr) < 0)
+        log_msg(LOG_ERROR, "event %s: %s", id, serr);
     free(c->headers_json);
     c->headers_json = NULL;
-    return 0; /* p is owned by the commit callback now */
-fail:
-    route_plan_clear(&plan);
-    free(c->headers_json);
-    c->headers_json = NULL;
-    free(p);
-    return -1;
+    return 0; /* p is owned by the callback now */
 }
 
 /* ---- waybill's own events ---- */
 
+/* A pending write of source's event of type, with no one to answer (emit,
+ * test): failures are logged. NULL when out of memory. */
+static struct pending *ingest_pending_new(struct ingest *g, const char *source, const char *type) {
+    size_t slen = strlen(source) + 1;
+    struct pending *p = calloc(1, sizeof *p + slen);
+
+    if (!p || !(p->type = strdup(type))) {
+        free(p);
+        return NULL;
+    }
+    memcpy(p->source, source, slen);
+    p->g = g;
+    return p;
+}
+
+static void ingest_pending_free(struct pending *p) {
+    json_decref(p->live);
+    route_plan_clear(&p->plan);
+    free(p->type);
+    free(p);
+}
+
 void ingest_emit(void *arg, const char *type, json_t *data) {
     struct ingest *g = arg;
-    struct route_plan plan;
+    struct pending *p = NULL;
     char id[UTIL_ID_MAX], err[256], created[32];
     char *data_json = NULL, *raw = NULL;
     json_t *whole = NULL;
     int64_t now = util_now_ms();
 
-    memset(&plan, 0, sizeof plan);
     if (!g || !data)
         goto done;
     util_id_new("evt_", id, sizeof id);
@@ -217,7 +269,7 @@ void ingest_emit(void *arg, const char *type, json_t *data) {
     data_json = json_dumps(data, JSON_COMPACT);
     whole = json_pack("{sssssssO}", "id", id, "type", type, "created_at", created, "data", data);
     raw = whole ? json_dumps(whole, JSON_COMPACT) : NULL;
-    if (!data_json || !raw) {
+    if (!data_json || !raw || !(p = ingest_pending_new(g, "waybill", type))) {
         log_msg(LOG_ERROR, "%s: out of memory; not emitted", type);
         goto done;
     }
@@ -241,16 +293,18 @@ void ingest_emit(void *arg, const char *type, json_t *data) {
                              .raw_len = in.raw_len,
                              .headers_json = "{}",
                              .data_json = data_json};
-    route_plan(g->deps.route, &in, &plan);
-    if (store_event_put(g->deps.store, &ev, &plan.store, NULL, 0, err, sizeof err) != 0 ||
-        route_plan_stored(g->deps.route, &in, &plan, err, sizeof err) < 0) {
-        log_msg(LOG_ERROR, "%s: not stored: %s", type, err);
+    p->adapted = 1;
+    route_plan(g->deps.route, &in, &p->plan);
+    p->live = ingest_stream_event(g, &ev, p->plan.store.status);
+    if (store_event_put_done(g->deps.store, &ev, &p->plan.store, on_carrier_done, p) < 0) {
+        log_msg(LOG_ERROR, "%s: out of memory; not emitted", type);
+        ingest_pending_free(p);
         goto done;
     }
+    if (route_plan_queued(g->deps.route, &p->plan, err, sizeof err) < 0)
+        log_msg(LOG_ERROR, "%s: not stored: %s", type, err);
     log_msg(LOG_INFO, "event %s: %s", id, type);
-    stream_publish(g->deps.stream, "event", ingest_stream_event(g, &ev, plan.store.status));
 done:
-    route_plan_clear(&plan);
     free(data_json);
     free(raw);
     json_decref(whole);
@@ -263,6 +317,7 @@ int ingest_test(struct ingest *g, const struct config_endpoint *ep, const char *
                 char *id, size_t idlen, char *err, size_t errlen) {
     char src_id[UTIL_ID_MAX], at[32], *data_text = NULL, *payload = NULL;
     int64_t now = util_now_ms();
+    struct pending *p = NULL;
     json_t *env;
     int rc = -1;
 
@@ -274,7 +329,7 @@ int ingest_test(struct ingest *g, const struct config_endpoint *ep, const char *
                     1);
     data_text = json_dumps(data, JSON_COMPACT);
     payload = env ? json_dumps(env, JSON_COMPACT) : NULL;
-    if (!data_text || !payload) {
+    if (!data_text || !payload || !(p = ingest_pending_new(g, "waybill.test", type))) {
         snprintf(err, errlen, "out of memory");
         goto done;
     }
@@ -296,10 +351,14 @@ int ingest_test(struct ingest *g, const struct config_endpoint *ep, const char *
                                     .status = ep->enabled ? "pending" : "held",
                                     .next_at = now};
     struct store_plan plan = {.status = "routed", .deliveries = &dn, .ndeliveries = 1};
-    if (store_event_put(g->deps.store, &se, &plan, NULL, 0, err, errlen) != 0)
+    /* The caller answers after the group's commit (ok = 0 there: a 503). */
+    p->live = ingest_stream_event(g, &se, plan.status);
+    if (store_event_put_done(g->deps.store, &se, &plan, on_carrier_done, p) < 0) {
+        snprintf(err, errlen, "out of memory");
+        ingest_pending_free(p);
         goto done;
+    }
     deliver_watch_endpoint(g->deps.deliver, ep->name); /* looked at once committed */
-    stream_publish(g->deps.stream, "event", ingest_stream_event(g, &se, plan.status));
     rc = 0;
 done:
     free(data_text);
@@ -310,13 +369,31 @@ done:
 
 /* ---- a replay ---- */
 
-int ingest_replay(struct ingest *g, const char *id, char *err, size_t errlen) {
-    struct store_event_row *row = NULL;
-    int rc = store_event_get(g->deps.store, id, &row, err, errlen);
+/* A replay between its read and its answer. */
+struct replay {
+    struct ingest *g;
+    ingest_replay_fn fn;
+    void *arg;
+};
 
-    if (rc <= 0)
-        return rc;
-    route_event(g->deps.route, row);
-    store_event_rows_free(row, 1);
-    return 1;
+static void on_replay_read(void *arg, const struct store_done *d) {
+    struct replay *r = arg;
+
+    if (d->ok && d->n == 1)
+        route_event(r->g->deps.route, &d->rows[0]);
+    r->fn(r->arg, d->ok ? d->n == 1 : -1, d->err);
+    free(r);
+}
+
+int ingest_replay(struct ingest *g, const char *id, ingest_replay_fn fn, void *arg) {
+    struct replay *r = malloc(sizeof *r);
+
+    if (!r)
+        return -1;
+    *r = (struct replay){g, fn, arg};
+    if (store_get_event(g->deps.store, id, on_replay_read, r) < 0) {
+        free(r);
+        return -1;
+    }
+    return 0;
 }

@@ -56,11 +56,13 @@ typedef void (*ingest_done_fn)(void *arg, int ok, const char *id, int duplicate,
                                const char *source);
 
 /* Routes c's event (an adapter's failure: status rule_error) and stores it
- * with its routing in the open group (a duplicate of a stored one is only
- * noted), then calls done(arg, ...) after the group's durable commit.
- * Returns 0 (done runs exactly once), or -1 with a reason in err when the
- * store is unavailable (done never runs). c's headers_json and data_token
- * are taken in every case; ev's strings as its comment says. */
+ * with its routing in the open group, then calls done(arg, ...) from the
+ * loop once the write's result is known and its group durable (ok = 1;
+ * duplicate when (source, source_id) was stored already: nothing written,
+ * id the first copy's) or failed (ok = 0: the store is unavailable).
+ * Returns 0 (done runs exactly once, never inside this call), or -1 with a
+ * reason in err when out of memory (done never runs). c's headers_json and
+ * data_token are taken in every case; ev's strings as its comment says. */
 int ingest_carrier(struct ingest *g, struct ingest_carrier *c, ingest_done_fn done, void *arg,
                    char *err, size_t errlen);
 
@@ -75,14 +77,21 @@ void ingest_emit(void *arg, const char *type, json_t *data);
  * rules bypassed (POST /api/endpoints/{name}/test), stored like any event
  * so its delivery has a log and can be retried: source "waybill.test",
  * envelope {id, type, source, source_id, created_at, received_at, data,
- * test: true}. Its id goes to id (UTIL_ID_MAX bytes). Returns 0, or -1
- * with a reason in err. */
+ * test: true}. Its id goes to id (UTIL_ID_MAX bytes). Returns 0 (the
+ * caller answers after the group's commit, whose ok says whether it was
+ * stored), or -1 with a reason in err (out of memory). */
 int ingest_test(struct ingest *g, const struct config_endpoint *ep, const char *type, json_t *data,
                 char *id, size_t idlen, char *err, size_t errlen);
 
-/* Routes stored event id again with the current rules (new deliveries;
- * the old ones keep their history). Returns 1 done, 0 unknown id, -1 with
- * a reason in err. */
-int ingest_replay(struct ingest *g, const char *id, char *err, size_t errlen);
+/* Called with a replay's outcome: rc 1 routed again (the new deliveries
+ * are in the open group: answer after its commit), 0 unknown id, -1 a
+ * store error (err says why; borrowed for the call). */
+typedef void (*ingest_replay_fn)(void *arg, int rc, const char *err);
+
+/* Reads stored event id and routes it again with the current rules (new
+ * deliveries; the old ones keep their history), then calls fn(arg, ...)
+ * from the loop, never inside this call. Returns 0 (fn runs exactly once),
+ * or -1 when out of memory (fn never runs). */
+int ingest_replay(struct ingest *g, const char *id, ingest_replay_fn fn, void *arg);
 
 #endif

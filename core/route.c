@@ -25,7 +25,7 @@
 
 struct route {
     struct route_deps deps;
-    int recover_pending; /* a commit callback watches re-routings' group */
+    int64_t failed_logged_at; /* util_mono_ms of the last "not committed" line */
 };
 
 /* Empties p's sends and marks it a rule error with why. */
@@ -135,8 +135,7 @@ void route_plan(struct route *rt, const struct rules_input *ev, struct route_pla
         plan_rule_error(p, "out of memory");
 }
 
-int route_plan_stored(struct route *rt, const struct rules_input *ev, struct route_plan *p,
-                      char *err, size_t errlen) {
+int route_plan_queued(struct route *rt, struct route_plan *p, char *err, size_t errlen) {
     const struct config *cfg = rules_config(*rt->deps.rules);
 
     for (size_t i = 0; i < p->store.ndeliveries; i++)
@@ -145,20 +144,31 @@ int route_plan_stored(struct route *rt, const struct rules_input *ev, struct rou
         if (batch_item_added(rt->deps.batch, config_endpoint_by_name(cfg, p->items[i].endpoint),
                              &p->items[i], err, errlen) < 0)
             return -1;
+    return 0;
+}
+
+void route_plan_report(const char *id, const char *type, const struct route_plan *p) {
     if (strcmp(p->store.status, "rule_error") == 0) {
-        log_msg(LOG_WARN, "event %s (%s): rule error: %s", ev->id, ev->type, p->error);
+        log_msg(LOG_WARN, "event %s (%s): rule error: %s", id, type, p->error);
         metrics_rule_error();
     } else if (strcmp(p->store.status, "partial") == 0) {
-        log_msg(LOG_WARN, "event %s (%s): rule error, the other handlers' sends go out: %s", ev->id,
-                ev->type, p->error);
+        log_msg(LOG_WARN, "event %s (%s): rule error, the other handlers' sends go out: %s", id,
+                type, p->error);
         metrics_rule_error();
     } else if (p->store.error) {
-        log_msg(LOG_WARN, "event %s (%s): sent unordered: %s", ev->id, ev->type, p->error);
+        log_msg(LOG_WARN, "event %s (%s): sent unordered: %s", id, type, p->error);
         metrics_rule_error();
     } else {
-        log_msg(LOG_DEBUG, "event %s (%s): %s, %zu deliveries, %zu batched", ev->id, ev->type,
+        log_msg(LOG_DEBUG, "event %s (%s): %s, %zu deliveries, %zu batched", id, type,
                 p->store.status, p->store.ndeliveries, p->store.nitems);
     }
+}
+
+int route_plan_stored(struct route *rt, const struct rules_input *ev, struct route_plan *p,
+                      char *err, size_t errlen) {
+    if (route_plan_queued(rt, p, err, errlen) < 0)
+        return -1;
+    route_plan_report(ev->id, ev->type, p);
     return 0;
 }
 
@@ -173,16 +183,36 @@ void route_plan_clear(struct route_plan *p) {
 
 /* ---- stored events routed again ---- */
 
-static void on_rerouted_committed(void *arg, int ok) {
-    struct route *rt = arg;
+/* A stored event's routing between its write and the end of its group. */
+struct rerouted {
+    struct route *rt;
+    struct route_plan p; /* for the report; matches may point into it: never moved */
+    char *type;
+    char id[];
+};
 
-    rt->recover_pending = 0;
-    if (!ok) {
+static void on_rerouted(void *arg, const struct store_done *d) {
+    struct rerouted *x = arg;
+    struct route *rt = x->rt;
+    int64_t mono = util_mono_ms();
+
+    if (d->ok && d->status == 1) {
+        route_plan_report(x->id, x->type, &x->p);
+    } else if (d->ok) {
+        log_msg(LOG_WARN, "event %s: gone before its routing was stored (retention)", x->id);
+    } else {
         /* The events of that group are still "received" in the store
-         * (replays: as they were). */
-        log_msg(LOG_WARN, "routing results were not committed; routing again");
+         * (replays: as they were): the recovery sweep routes them again
+         * (one sweep at a time, started over; logged once a second). */
+        if (!rt->failed_logged_at || mono - rt->failed_logged_at >= 1000) {
+            log_msg(LOG_WARN, "routing results were not committed (%s); routing again", d->err);
+            rt->failed_logged_at = mono;
+        }
         housekeep_recover(rt->deps.housekeep);
     }
+    route_plan_clear(&x->p);
+    free(x->type);
+    free(x);
 }
 
 void route_event(struct route *rt, const struct store_event_row *row) {
@@ -197,18 +227,31 @@ void route_event(struct route *rt, const struct store_event_row *row) {
                                    .raw = row->raw,
                                    .raw_len = row->raw_len,
                                    .headers_json = row->headers_json};
-    struct route_plan p;
+    size_t idlen = strlen(row->id) + 1;
+    struct rerouted *x = calloc(1, sizeof *x + idlen);
     char err[256];
 
-    route_plan(rt, &ev, &p);
-    if (store_event_routed(rt->deps.store, ev.id, &p.store, err, sizeof err) < 0 ||
-        route_plan_stored(rt, &ev, &p, err, sizeof err) < 0)
-        log_msg(LOG_ERROR, "event %s: storing its routing failed: %s", ev.id, err);
-    /* Registered whatever the outcome: if this group fails, even an
+    if (!x || !(x->type = strdup(row->type))) {
+        /* Left "received": the recovery sweep (or the admin's next replay)
+         * routes it. */
+        log_msg(LOG_ERROR, "event %s: out of memory routing it", row->id);
+        free(x);
+        return;
+    }
+    x->rt = rt;
+    memcpy(x->id, row->id, idlen);
+    route_plan(rt, &ev, &x->p);
+    /* Whatever the outcome, the callback runs: if this group fails, even an
      * unrouted or rule_error outcome must be recorded again by recovery. */
-    if (!rt->recover_pending && store_on_commit(rt->deps.store, on_rerouted_committed, rt) == 0)
-        rt->recover_pending = 1;
-    route_plan_clear(&p);
+    if (store_event_routed_done(rt->deps.store, ev.id, &x->p.store, on_rerouted, x) < 0) {
+        log_msg(LOG_ERROR, "event %s: out of memory storing its routing", ev.id);
+        route_plan_clear(&x->p);
+        free(x->type);
+        free(x);
+        return;
+    }
+    if (route_plan_queued(rt, &x->p, err, sizeof err) < 0)
+        log_msg(LOG_ERROR, "event %s: storing its routing failed: %s", ev.id, err);
 }
 
 struct route *route_new(const struct route_deps *deps) {

@@ -56,11 +56,21 @@ void route_plan(struct route *rt, const struct rules_input *ev, struct route_pla
 int route_plan_stored(struct route *rt, const struct rules_input *ev, struct route_plan *p,
                       char *err, size_t errlen);
 
+/* route_plan_stored in its two halves, for a write whose outcome comes
+ * later (store_event_put_done): route_plan_queued right after the plan was
+ * queued in the open group (the endpoints watched, the batch windows;
+ * returns 0, or -1 with a reason when closing a full window failed the
+ * group), and route_plan_report once the event is known stored (not a
+ * duplicate): the log line and the rule-error count. */
+int route_plan_queued(struct route *rt, struct route_plan *p, char *err, size_t errlen);
+void route_plan_report(const char *id, const char *type, const struct route_plan *p);
+
 void route_plan_clear(struct route_plan *p);
 
-/* Routes stored event row (borrowed) again with the current rules and
- * records the outcome in the open group (store_event_routed); a group that
- * fails leaves the event to the recovery sweep. */
+/* Routes stored event row (borrowed, read during the call only) again with
+ * the current rules and records the outcome in the open group
+ * (store_event_routed_done); its result is logged once the group ended, and
+ * a group that fails leaves the event to the recovery sweep. */
 void route_event(struct route *rt, const struct store_event_row *row);
 
 #endif

@@ -670,4 +670,87 @@ int store_batch_windows(struct store *s, struct store_batch_window **out, size_t
 int store_batch_close(struct store *s, const struct store_batch_window *w, const char *status,
                       int64_t next_at, size_t *count, char *err, size_t errlen);
 
+/* ---- asynchronous write results (issue 15) ----
+ * The write calls above answer from the open SQLite group at once; on a
+ * database across the network the group is pipelined and their values
+ * (a dedupe hit, an unknown id, a count) are known only when its round
+ * trip comes back. These forms hand the value to a callback instead.
+ * Contract, for every call below:
+ * - fn(arg, d) runs exactly once when the call returned 0, from the loop,
+ *   never inside the call; at the latest in store_flush / store_free (a
+ *   shutdown that drains the store while every module lives answers all).
+ *   The call returns -1 only when out of memory: fn will not run and
+ *   nothing of the call stays in the group (a write made before the
+ *   failure fails the group).
+ * - Writes (_done): fn runs when the write's group ended. d->ok is 1 when
+ *   the write was made and its group committed: "durable" calls (store_on_
+ *   commit: event_put, retry, skip, the subscription calls, set_disabled)
+ *   once the group is on disk, the others ("written", store_on_written:
+ *   nonce_put, event_routed, endpoint_attempt, prune, reclaim) at its
+ *   COMMIT. d->ok 0: the write failed or its group was rolled back; d->err
+ *   says why; the values are then not to be acted on. So a caller acts on
+ *   a value only once it is known on every backend.
+ * - Reads (store_get_*): fn runs at the end of the loop turn (or once the
+ *   open group ended), never inside the call; d->ok is 1 when the read
+ *   worked, whatever the group does. The rows are read when the call is
+ *   made, as the synchronous read would (SQLite: on the loop's connection,
+ *   the open group included); a PostgreSQL store answers when they arrive.
+ * - Everything d points to (err, id, prune, rows, states) belongs to the
+ *   store and lives for the call of fn only. The arguments of a call are
+ *   read during the call only (strings copied where kept).
+ * The synchronous calls stay for the unit tests and for the start, before
+ * the loop runs (store_subs_load, the first read of endpoint states: no
+ * request is served yet, so a blocking read costs nobody). */
+struct store_done {
+    int ok;          /* see above */
+    int status;      /* when ok: what the synchronous call returns, >= 0 (event_put 0 or
+                        STORE_DUP, nonce_put 0, STORE_DUP or STORE_REPLAY, retry / skip
+                        1, 0 or 2, sub_put 0 or STORE_DUP, sub_change / sub_set_secret 1 or
+                        0, event_routed 1 routed or 0 unknown id, event_get 1 or 0) */
+    const char *err; /* when !ok: why; else "" */
+    const char *id;  /* event_put: the event's id, or the first copy's for STORE_DUP */
+    int64_t value;   /* endpoint_attempt: first_failure_at; set_disabled: deliveries moved;
+                        reclaim: pages freed */
+    const struct store_prune *prune;           /* prune: the pass, its out fields and cursor */
+    const struct store_event_row *rows;        /* store_get_events_unrouted, store_get_event */
+    size_t n;                                  /* rows */
+    const struct store_endpoint_state *states; /* store_get_endpoint_states */
+    size_t nstates;
+};
+typedef void (*store_done_fn)(void *arg, const struct store_done *d);
+
+/* Durable. The plan's batch items get their counts filled in at once, as
+ * store_event_put does (the batch windows' own results: batch.c). */
+int store_event_put_done(struct store *s, const struct store_event *ev, struct store_plan *plan,
+                         store_done_fn fn, void *arg);
+/* Written: the nonce is committed when fn runs, so an event stored after
+ * its answer commits after it (see ingest.c / inbound.c). */
+int store_nonce_put_done(struct store *s, const char *source, const char *nonce, const char *digest,
+                         int64_t now_ms, int64_t keep_ms, store_done_fn fn, void *arg);
+int store_event_routed_done(struct store *s, const char *event_id, struct store_plan *plan,
+                            store_done_fn fn, void *arg);
+int store_delivery_retry_done(struct store *s, const char *id, int64_t next_at, store_done_fn fn,
+                              void *arg);
+int store_delivery_skip_done(struct store *s, const char *id, int64_t now, store_done_fn fn,
+                             void *arg);
+int store_sub_put_done(struct store *s, const struct store_sub *sub, store_done_fn fn, void *arg);
+int store_sub_change_done(struct store *s, const char *id, const char *url, store_done_fn fn,
+                          void *arg);
+int store_sub_set_secret_done(struct store *s, const char *id, const char *secret, store_done_fn fn,
+                              void *arg);
+int store_endpoint_attempt_done(struct store *s, const char *name, int ok, const char *error,
+                                int64_t now, store_done_fn fn, void *arg);
+int store_endpoint_set_disabled_done(struct store *s, const char *name, int disabled,
+                                     const char *reason, int64_t now, store_done_fn fn, void *arg);
+/* p is read during the call; the pass (out fields, cursor) comes in d->prune. */
+int store_prune_done(struct store *s, const struct store_prune *p, store_done_fn fn, void *arg);
+int store_reclaim_done(struct store *s, int64_t keep_pages, int step_pages, store_done_fn fn,
+                       void *arg);
+
+/* The loop's reads: d->rows / d->states as the synchronous calls give them. */
+int store_get_events_unrouted(struct store *s, int64_t after_seq, size_t max, store_done_fn fn,
+                              void *arg);
+int store_get_event(struct store *s, const char *id, store_done_fn fn, void *arg);
+int store_get_endpoint_states(struct store *s, store_done_fn fn, void *arg);
+
 #endif

@@ -216,6 +216,10 @@ struct subs *subs_new(struct store *s, void (*changed)(void *arg, const struct s
         return NULL;
     }
     subs->loading = 1;
+    /* Synchronous, and the only such read left: subs_new runs at the start,
+     * before the loop (no request waits, and the first deliveries need the
+     * subscriptions); on PostgreSQL a blocking read there costs nobody.
+     * Later changes come from the admin API's answers. */
     if (store_subs_load(s, subs_load_one, subs, err, errlen) < 0) {
         subs_free(subs);
         return NULL;

@@ -22,8 +22,8 @@ below it, never one above:
 3. pipeline: ingest, carrier, route, batch, deliver (+ deliver_sched), health,
    housekeep, stream (the live feed)
 4. engines: rules, rules_adapt, rules_route, rules_api (behind
-   rules_int.h), store and store_*
-   (behind store_int.h),
+   rules_int.h), store and store_* (behind store_int.h; store_done: the
+   asynchronous write results),
    httpc, verify, jwks, config, config_build (behind config_int.h), subs
 5. base: jsonx, jsonx_encode, jsonx_decode (behind jsonx_int.h), util,
    log, metrics, sdnotify
@@ -41,7 +41,7 @@ LAYERS = [
                "admin_stream", "admin_web", "admin_shipengine", "admin_subs", "cli", "cli_stream", "ruletest", "reqlog"]),
     ("pipeline", ["ingest", "carrier", "route", "batch", "deliver", "deliver_sched", "health",
                   "housekeep", "stream"]),
-    ("engines", ["rules", "rules_api", "rules_adapt", "rules_route", "rules_key", "store", "store_*", "httpc",
+    ("engines", ["rules", "rules_api", "rules_adapt", "rules_route", "rules_key", "store", "store_done", "store_*", "httpc",
                  "verify", "jwks", "config", "config_build", "subs"]),
     ("base", ["jsonx", "jsonx_encode", "jsonx_decode", "util", "log", "metrics", "sdnotify"]),
 ]

@@ -283,6 +283,60 @@ def test_shiptify_checks_json_first_and_keeps_tokens_across_restart():
     assert [row[2] for row in stored(g)] == ["shipment.cancelled"]
 
 
+def test_shiptify_token_and_its_replay_at_once_store_one_event():
+    """A token and its replay (other body) racing into the same loop turn:
+    the token goes in before its event and the event only after the token's
+    answer, so whichever body wins is stored and answered 200, the other is
+    401 and stores nothing; the same body again is a 200 duplicate."""
+    sink = wb.Sink()
+    cfg = wb.config(f'''
+        source "shiptify" {{ verify = "shiptify", secret = "sy-race", tolerance = "10m" }}
+        endpoint "erp" {{ url = {wb.lua(sink.url)}, secret = {wb.lua(ERP_SECRET)} }}
+        rules "rules/"
+    ''')
+    g = wb.Gateway(cfg, files={"rules/10.lua": 'on("*", {"erp"})'})
+    pairs = []
+    for i in range(8):
+        body = wb.shiptify_body("sy-race", {"event_type": "freight_unit_cancel_shipment",
+                                            "shipment": {"id": 100 + i}})
+        j = json.loads(body)
+        replay = wb.compact(dict(j, event_type="delivery_notification"))
+        pairs.append((body, replay))
+    answers = {}
+
+    def post(key, body):
+        r = g.post("/hooks/shiptify", body, {})
+        answers[key] = (r.status, r.json() if r.status == 200 else None)
+
+    threads = [threading.Thread(target=post, args=((i, k), b))
+               for i, pair in enumerate(pairs) for k, b in enumerate(pair)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = []
+    for i in range(len(pairs)):
+        got = sorted(answers[(i, 0)][0:1] + answers[(i, 1)][0:1])
+        assert got == [200, 401], (i, answers[(i, 0)], answers[(i, 1)])
+        won = 0 if answers[(i, 0)][0] == 200 else 1
+        assert "duplicate" not in answers[(i, won)][1], answers[(i, won)]
+        winners.append(won)
+        again = g.post("/hooks/shiptify", pairs[i][won], {})
+        assert again.status == 200 and again.json() == dict(answers[(i, won)][1], duplicate=True), again
+        lost = g.post("/hooks/shiptify", pairs[i][1 - won], {})
+        assert lost.status == 401, lost
+    assert len(stored(g)) == len(pairs), stored(g)  # no replay stored an event
+    db = sqlite3.connect(g.path("waybill.db"))
+    try:
+        for i, won in enumerate(winners):  # each stored event is the body answered 200
+            raw = db.execute("SELECT raw FROM events WHERE id = ?",
+                             (answers[(i, won)][1]["id"],)).fetchone()
+            assert raw and bytes(raw[0]) == pairs[i][won], (i, raw)
+    finally:
+        db.close()
+    sink.wait_for_count(len(pairs))
+
+
 class _JwksServer:
     """A local HTTP server answering GET with the current JWKS, counting hits."""
 
