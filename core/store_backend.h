@@ -1,17 +1,19 @@
-/* store_backend.h -- the designed private interface between the store's
- * backend-neutral engine and a backend (issue 15). Nothing implements it
- * yet: today store.c and store_*.c are the SQLite store whole, and
- * store_pg*.c has the connection and the schema. The next step moves the
- * SQLite code behind these operations (store_sqlite*.c) with no change of
- * behaviour, then store_pg*.c implements them; store.h stays what the rest
- * of waybill sees.
+/* store_backend.h -- the private interface between the store's
+ * backend-neutral engine and a backend (issue 15). PostgreSQL implements
+ * it (store_pg_be.c, store_pg_write.c, store_pg_claim.c, store_pg_read.c:
+ * the ops in store_pg_backend below, tested against a real PostgreSQL by
+ * tests/integration/test_pg_ops.py); the SQLite store is still store.c and
+ * store_*.c whole. The next step moves the SQLite code behind these
+ * operations (store_sqlite*.c) with no change of behaviour and makes
+ * store.c the engine over either; store.h stays what the rest of waybill
+ * sees.
  *
  * What stays in the engine (store.c, backend-neutral): the group commit
  * (one group per loop turn, store_on_commit / store_on_written callbacks,
- * "nothing is reported durable before its group committed"), the delivery
- * and event watermarks, the backlog counter, the full-disk / writable
- * state, metrics. What a backend does: turn each operation into its
- * statements, run a group as one transaction, answer reads.
+ * "nothing is reported durable before its group committed"), the
+ * full-disk / writable state, metrics. What a backend does: turn each
+ * operation into its statements, run a group as one transaction, answer
+ * reads.
  *
  * The one shape that fits both backends: every operation is asynchronous.
  * An operation is queued with a callback; the backend answers it from the
@@ -29,37 +31,81 @@
  * /api/endpoints and /metrics) and /healthz's ping that way: every admin
  * read; the loop's own reads (claims, batch, recovery, health) are next.
  *
- * Kinds of operation, and how PostgreSQL runs them:
+ * Kinds of operation, and how PostgreSQL runs them (store_pg_be.h has the
+ * transaction machinery):
  * - GROUP writes: queued between group_begin and group_end; PostgreSQL
- *   pipelines the whole group -- BEGIN, every write's statements, COMMIT,
- *   one Sync -- on the write connection: one round trip per group (per loop
- *   turn), not per row. A write's callback reports its own rows (the
- *   event's seq, a dedupe hit, the count of a batch window); group_end's
- *   callback is the COMMIT's outcome, the only thing that makes anything
- *   durable. A failed statement aborts the group (PostgreSQL: every later
- *   statement comes back PIPELINE_ABORTED; the engine rolls the group back
- *   and each waiting request gets its 503).
- * - CLAIMS: their own short transaction, so a lease is taken at once
- *   whatever the group does: on PostgreSQL one statement (UPDATE
- *   delivery_queue ... WHERE delivery_seq IN (SELECT ... FOR UPDATE SKIP
- *   LOCKED LIMIT n) RETURNING ..., joined to deliveries for the payload),
- *   committed by its own Sync, on the read connection.
- * - READS: one statement (or a few) on the read connection, each its own
- *   implicit transaction; they see committed state only (the admin API's
- *   promise on several instances: every instance answers the same).
+ *   pipelines the whole group -- BEGIN, every write's statements, Sync,
+ *   COMMIT, Sync -- on the write connection, sent in one write: one round
+ *   trip per group (per loop turn), not per row (the test counts two Syncs
+ *   and 2 + 3 x events statements per group, whatever the fan-out). The
+ *   design said "BEGIN ... COMMIT, one Sync"; that was wrong: after a failed
+ *   statement the server skips to the next Sync, COMMIT included, and the
+ *   session stays in an aborted transaction that fails the next group too.
+ *   A COMMIT after its own Sync always runs and ends the transaction; its
+ *   command tag says whether it committed. A write's callback runs when
+ *   the group's outcome is known (not as its own rows arrive, as first
+ *   designed): with its status and rows (the event's seq, a dedupe hit,
+ *   its batch windows' counts) when the group committed, with -1 when it
+ *   did not -- a failed statement, a connection lost before the COMMIT's
+ *   answer -- then group_end's callback. So a write never reports an ok
+ *   its group did not keep, and the engine maps -1 to each request's 503.
+ * - CLAIMS: their own short transaction on the read connection, so a lease
+ *   is taken at once whatever the group does: BEGIN, one UPDATE
+ *   delivery_queue ... FROM (SELECT ... FOR UPDATE SKIP LOCKED LIMIT n)
+ *   RETURNING (joined to deliveries for the payload), Sync, COMMIT, Sync;
+ *   the rows reach the caller only after the COMMIT (a claim answered
+ *   before would hand out rows whose lease could still be lost).
+ * - READS: one statement (or a few) and a Sync on the read connection, its
+ *   own implicit transaction; they see committed state only (the admin
+ *   API's promise on several instances: every instance answers the same).
  * PostgreSQL uses two connections per instance (writes; claims and reads),
  * so a long read never waits behind a group and the order inside each
  * pipeline is the order of queuing; a third, direct, for LISTEN (not
  * through PgBouncer) when the shared state comes.
  *
+ * What the engine/SQLite split needs to know from the PostgreSQL side:
+ * - The watermarks (committed delivery seq, event seq, store_delivery_seqs)
+ *   are SQLite's: on PostgreSQL a claim sees committed rows by
+ *   construction, and other instances insert too, so a local high-water
+ *   mark means nothing there. The backlog counter likewise becomes a read
+ *   (or a per-instance estimate refreshed by one).
+ * - Plan-derived values belong in the engine: the delivery ids
+ *   (util_id_derive of event id, endpoint, place) and the events.matched
+ *   JSON are built by the PostgreSQL backend today (store_pg_write.c),
+ *   duplicating store_events.c; the engine should build both once and
+ *   hand them to either backend.
+ * - The plan is const for a backend: a batch item's window count comes
+ *   back in event_put's row (struct store_be_put), not written into the
+ *   plan as store_event_put does.
+ * - Claims: one op (after_seq < 0: due; >= 0: ordered). The "a leased row
+ *   not held in memory was dropped by this process" rule of SQLite's
+ *   ordered claim becomes "leased by this instance" (the lease owner).
+ * - Batch: due windows are found from open items, not from a window table
+ *   (an item added while a close ran forms the next batch of the window,
+ *   as on SQLite); the batch delivery's id is random on PostgreSQL (a
+ *   COMMIT that answered is durable: no close is taken back by a power cut).
+ * - lease_renew until 0 is store_delivery_lease(lease 0): a release.
+ * - event_routed serves a replay (new ids) and the recovery of an event a
+ *   crash left "received" (derived ids). With several instances, two may
+ *   recover the same event at once: the second would route it again as a
+ *   replay. Recovery needs its own flag ("only while still received") or a
+ *   claim on unrouted events (a lease, as for deliveries); not built.
+ * - Deadlocks: two groups inserting two events with the same two carrier
+ *   ids in opposite orders wait for each other on the unique key;
+ *   PostgreSQL aborts one (its group -1: its requests get 503, the
+ *   carriers retry). Rare enough not to order a group's events.
+ *
  * Mapping from store.h (G: group write, C: claim, R: read):
  *   store_event_put         G event_put (event + plan in one op: PG sends
- *                             INSERT events ... ON CONFLICT (source,
- *                             source_id) DO NOTHING RETURNING seq, then the
- *                             deliveries as one INSERT ... SELECT FROM
- *                             unnest($arrays) and the queue rows, then the
- *                             batch items and their windows' counts: three
- *                             statements per event whatever its fan-out)
+ *                             one statement, INSERT events ... ON CONFLICT
+ *                             (source, source_id) DO NOTHING RETURNING,
+ *                             whose WITH clauses insert the deliveries, their
+ *                             queue rows, the batch windows and items from
+ *                             unnest($arrays) off the event's RETURNING (a
+ *                             dedupe hit inserts nothing); then the stored
+ *                             copy's id; then the windows' counts (when the
+ *                             plan has batch items): three statements per
+ *                             event whatever its fan-out)
  *   store_event_routed      G event_routed (the plan of a replayed or
  *                             recovered event)
  *   store_nonce_put         G nonce_put (INSERT ... ON CONFLICT: a replayed
@@ -74,8 +120,9 @@
  *   store_endpoint_set_disabled, store_sub_put, store_sub_change,
  *   store_batch_close, store_prune
  *                           G one op each, same arguments (batch_close: the
- *                             window row locked FOR UPDATE and closed_at set
- *                             once: one batch across instances)
+ *                             window row locked by an upsert setting
+ *                             closed_at, its open items FOR UPDATE: a
+ *                             racing close finds them taken; done)
  *   store_endpoint_claim_due, store_endpoint_claim
  *                           C claim (endpoint, now, lease_ms, max, after_seq
  *                             for an ordered endpoint, owner = instance id;
@@ -95,6 +142,17 @@
  *   store_on_commit / store_on_written, store_delivery_seqs
  *                           engine (the backend's open/close/group ops
  *                             below)
+ *
+ * Built on PostgreSQL today: open, close, ready, instance, group_begin,
+ * group_end, event_put, nonce_put, attempt_put, lease_renew, batch_close,
+ * endpoint_attempt, endpoint_set_disabled, delivery_retry, delivery_skip,
+ * sub_put, sub_change, claim, ping, events_page, event_detail,
+ * deliveries_page, delivery_counts, batch_due, event_routed,
+ * endpoint_next_due, batch_next_close, endpoints_pending, endpoint_states,
+ * subs_load, events_unrouted, sub_set_secret, event_get, events_find,
+ * endpoint_head, backlog, endpoint_queue, endpoint_blocked. Not yet: prune
+ * (retention), the batch windows' admin read, and reclaim (PostgreSQL's
+ * own VACUUM does it).
  * SPDX-License-Identifier: MIT */
 #ifndef CORE_STORE_BACKEND_H
 #define CORE_STORE_BACKEND_H
@@ -110,54 +168,190 @@ struct store_be; /* a backend's state: its connections, statements */
 /* How an operation ends: status 0 ok (rows/n, when the op returns rows, are
  * owned by the backend for the call), STORE_DUP for a dedupe hit, -1 with
  * err (never a password) on failure, including a connection lost before
- * the answer came: never an ok that was not. */
+ * the answer came: never an ok that was not. A group write's callback runs
+ * once its group's outcome is known, just before group_end's: with the
+ * write's own status and rows when the group committed, with -1 (and the
+ * group's reason) for every write of a group that did not. */
 typedef void (*store_be_done_fn)(void *arg, int status, const void *rows, size_t n,
                                  const char *err);
 
+/* lease_renew's status when the lease is no longer this instance's (it
+ * expired and another instance claimed the row): nothing was written. */
+#define STORE_LEASE_LOST 3
+
+/* event_put's row (n 1): the event's seq (0 on a dedupe hit), the id of the
+ * stored copy (the event's own, or the first copy's on STORE_DUP), and the
+ * open items of each batch item's window after the add (counts[i] for the
+ * plan's items[i]; ncounts 0 on a dedupe hit). */
+struct store_be_put {
+    int64_t seq;
+    char id[UTIL_ID_MAX];
+    const int64_t *counts;
+    size_t ncounts;
+};
+
 /* What the engine asks of a backend. Each queuing function returns 0 (cb
  * will run exactly once, from the loop), or -1 (cb will not run; the
- * backend is down or out of memory). */
+ * backend is down, the open group already failed, or out of memory). */
 struct store_backend_ops {
     const char *name; /* "sqlite", "postgresql" */
 
     /* ---- lifecycle ---- */
     /* Opens url: schema created or brought up to date (PostgreSQL: under
      * pg_advisory_xact_lock), refused when newer than the binary; SQLite
-     * also takes its one-process flock. */
+     * also takes its one-process flock. Connections come up from the loop
+     * (ready says when). */
     int (*open)(struct store_be **out, struct event_base *base, const char *url,
                 const char *base_dir, char *err, size_t errlen);
-    void (*close)(struct store_be *be);
+    void (*close)(struct store_be *be); /* what is in flight gets -1 */
     /* 1 when the backend can take a group now (PostgreSQL: connected). */
     int (*ready)(const struct store_be *be);
+    /* This process's id as a lease owner (PostgreSQL: an "ins_" id made at
+     * open, also a row of the instances table). */
+    const char *(*instance)(const struct store_be *be);
 
     /* ---- the group (G) ---- */
+    /* -1 when a group is open already or the backend is down. */
     int (*group_begin)(struct store_be *be);
     /* COMMIT (and, SQLite with sync=full, the fsync); cb's status is the
-     * group's: 0 committed and durable, -1 rolled back. */
+     * group's: 0 committed and durable, -1 rolled back or not known to
+     * have committed (a connection lost before the answer). Every write
+     * queued in the group has its callback run first. Returns 0 whenever
+     * a group was open (a backend that is down answers -1 from the loop),
+     * -1 when none was. */
     int (*group_end)(struct store_be *be, store_be_done_fn cb, void *arg);
+    /* rows: struct store_be_put; plan NULL stores the event "received".
+     * The plan's delivery ids are derived as store.h says (util_id_derive
+     * of the event id, the endpoint and the place in the plan). */
     int (*event_put)(struct store_be *be, const struct store_event *ev,
                      const struct store_plan *plan, store_be_done_fn cb, void *arg);
+    /* rows: struct store_be_put (the event's seq and id, its windows'
+     * counts); status 0, or 2 for an unknown id (nothing written, the group
+     * goes on). The event's row is locked: two instances routing it at once
+     * take turns, and the second sees it routed (a replay: new ids). */
     int (*event_routed)(struct store_be *be, const char *event_id, const struct store_plan *plan,
                         store_be_done_fn cb, void *arg);
+    /* status 0 new, STORE_DUP seen with the same digest, STORE_REPLAY seen
+     * with another (nothing written), as store_nonce_put. */
     int (*nonce_put)(struct store_be *be, const char *source, const char *nonce, const char *digest,
                      int64_t now_ms, int64_t keep_ms, store_be_done_fn cb, void *arg);
+    /* Records attempt a->n of the delivery once (status 0; STORE_DUP when
+     * that attempt was recorded already, by another instance whose lease
+     * expired under it: nothing written) and moves the queue row: pending
+     * or held at next_at, or, delivered and failed, out to the outcomes. */
     int (*attempt_put)(struct store_be *be, const char *delivery_id, const struct store_attempt *a,
                        const char *status, int64_t next_at, int schedule_pos, store_be_done_fn cb,
                        void *arg);
+    /* until > 0: renews the lease of the delivery at seq to until if this
+     * instance still holds it (status 0, else STORE_LEASE_LOST); until 0:
+     * releases it (claimable again at once). */
     int (*lease_renew)(struct store_be *be, int64_t seq, int64_t until, store_be_done_fn cb,
                        void *arg);
-    /* ... and one per remaining G call of the mapping above, same
-     * arguments as in store.h plus (cb, arg). */
+    /* Closes w's open items into one batch delivery (status, next_at);
+     * rows: one int64_t, the items sent (0: none were open, or another
+     * instance closed them first: nothing written). */
+    int (*batch_close)(struct store_be *be, const struct store_batch_window *w, const char *status,
+                       int64_t next_at, store_be_done_fn cb, void *arg);
+    /* rows: one int64_t, the start of the endpoint's current run of
+     * failures (0 after a success), as store_endpoint_attempt. */
+    int (*endpoint_attempt)(struct store_be *be, const char *name, int ok, const char *error,
+                            int64_t now, store_be_done_fn cb, void *arg);
+    /* rows: one int64_t, the deliveries moved (pending -> held, or held
+     * -> pending due by now, leases cleared). */
+    int (*endpoint_set_disabled)(struct store_be *be, const char *name, int disabled,
+                                 const char *reason, int64_t now, store_be_done_fn cb, void *arg);
+    /* status 1 done, 0 unknown id, 2 not failed (skip: not a failed
+     * delivery holding a key), as store_delivery_retry / _skip. */
+    int (*delivery_retry)(struct store_be *be, const char *id, int64_t next_at, store_be_done_fn cb,
+                          void *arg);
+    int (*delivery_skip)(struct store_be *be, const char *id, int64_t now, store_be_done_fn cb,
+                         void *arg);
+    /* sub_put: 0, or STORE_DUP when its pattern has one; sub_change (url
+     * NULL: delete): 1 done, 0 unknown id. */
+    int (*sub_put)(struct store_be *be, const struct store_sub *sub, store_be_done_fn cb,
+                   void *arg);
+    int (*sub_change)(struct store_be *be, const char *id, const char *url, store_be_done_fn cb,
+                      void *arg);
+    /* 1 done, 0 unknown id. */
+    int (*sub_set_secret)(struct store_be *be, const char *id, const char *secret,
+                          store_be_done_fn cb, void *arg);
+    /* ... and one per remaining G call of the mapping above (prune), same arguments as in store.h
+     * plus (cb, arg). */
 
     /* ---- claims (C) ---- */
+    /* after_seq < 0: up to max of endpoint's due pending deliveries,
+     * earliest first, not leased or their lease expired (any owner's), a
+     * delivery with an order key only when no earlier one of its key is
+     * live or failed. after_seq >= 0 (an ordered endpoint): first takes
+     * or renews the endpoint's head (endpoint_state.head_owner, until now +
+     * lease_ms; another instance's only once expired), then, if this
+     * instance holds it, up to max deliveries with seq > after_seq in seq
+     * order, due or leased by this instance. Each claimed row is leased to
+     * this instance until now + lease_ms, committed before cb sees it.
+     * rows: struct store_delivery[n]. */
     int (*claim)(struct store_be *be, const char *endpoint, int64_t after_seq, int64_t now,
                  int64_t lease_ms, size_t max, store_be_done_fn cb, void *arg);
 
     /* ---- reads (R) ---- */
     int (*ping)(struct store_be *be, store_be_done_fn cb, void *arg);
+    /* rows: struct store_event_row[n] without headers, data or raw,
+     * newest first; the next cursor is the last row's seq when n equals
+     * q->limit. */
     int (*events_page)(struct store_be *be, const struct store_page *q, store_be_done_fn cb,
                        void *arg);
-    /* ... and one per remaining R call of the mapping above. */
+    /* status 1 found (rows: one struct store_event_detail), 0 unknown
+     * (rows NULL), as store_event_detail; its statements are separate
+     * snapshots of the committed state (a read-only REPEATABLE READ
+     * transaction would make them one, at the cost of a BEGIN). */
+    int (*event_detail)(struct store_be *be, const char *id, store_be_done_fn cb, void *arg);
+    /* rows: struct store_delivery_item[n], newest first (q's status,
+     * endpoint, after, limit); a pending one's next_at is when it can next
+     * be claimed (its lease's end when leased). */
+    int (*deliveries_page)(struct store_be *be, const struct store_page *q, store_be_done_fn cb,
+                           void *arg);
+    /* rows: one struct store_counts. */
+    int (*delivery_counts)(struct store_be *be, store_be_done_fn cb, void *arg);
+    /* rows: struct store_batch_window[n], the windows with open items that
+     * ended at or before now. */
+    int (*batch_due)(struct store_be *be, int64_t now, store_be_done_fn cb, void *arg);
+    /* rows: one int64_t, Unix ms (INT64_MAX: none): when endpoint's
+     * earliest pending delivery is claimable (a leased one: when its lease
+     * ends); when the earliest open batch window ends. */
+    int (*endpoint_next_due)(struct store_be *be, const char *endpoint, store_be_done_fn cb,
+                             void *arg);
+    int (*batch_next_close)(struct store_be *be, store_be_done_fn cb, void *arg);
+    /* rows: char *[n], the endpoints with pending deliveries, by name. */
+    int (*endpoints_pending)(struct store_be *be, store_be_done_fn cb, void *arg);
+    /* rows: struct store_endpoint_state[n], by name. */
+    int (*endpoint_states)(struct store_be *be, store_be_done_fn cb, void *arg);
+    /* rows: struct store_sub[n], oldest first. */
+    int (*subs_load)(struct store_be *be, store_be_done_fn cb, void *arg);
+    /* rows: struct store_event_row[n], whole, status "received" and seq >
+     * after_seq, oldest first (committed ones only: on PostgreSQL there is
+     * no open group to leave out). */
+    int (*events_unrouted)(struct store_be *be, int64_t after_seq, size_t max, store_be_done_fn cb,
+                           void *arg);
+    /* event_get: status 1 found (rows: one struct store_event_row, whole,
+     * with its handlers), 0 unknown (rows NULL). */
+    int (*event_get)(struct store_be *be, const char *id, store_be_done_fn cb, void *arg);
+    /* rows: char *[n], the ids found (store_events_find's order). */
+    int (*events_find)(struct store_be *be, const char *text, size_t max, store_be_done_fn cb,
+                       void *arg);
+    /* rows: int64_t[2], the seq and next_at of endpoint's oldest pending
+     * delivery, leased or not (INT64_MAX, INT64_MAX: none). */
+    int (*endpoint_head)(struct store_be *be, const char *endpoint, store_be_done_fn cb, void *arg);
+    /* rows: one int64_t, the deliveries pending or held: a read (every
+     * instance's inserts count), not a local counter. */
+    int (*backlog)(struct store_be *be, store_be_done_fn cb, void *arg);
+    /* rows: one struct store_endpoint_queue, as store_endpoint_queue. */
+    int (*endpoint_queue)(struct store_be *be, const char *endpoint, int64_t now, int64_t due_cap,
+                          int counts, store_be_done_fn cb, void *arg);
+    /* rows: struct store_blocked_key[n], oldest head first. */
+    int (*endpoint_blocked)(struct store_be *be, const char *endpoint, size_t max,
+                            store_be_done_fn cb, void *arg);
 };
+
+/* The PostgreSQL backend (store_pg_be.c). */
+extern const struct store_backend_ops store_pg_backend;
 
 #endif

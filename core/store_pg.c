@@ -58,6 +58,7 @@ static const char *const schema_v1[] = {
     " data text,"
     " raw bytea,"
     " shipment text,"
+    " matched text,"
     " UNIQUE (source, source_id))",
     "CREATE INDEX events_received ON events (seq) WHERE status = 'received'",
     "CREATE INDEX events_received_at ON events (received_at)",

@@ -74,6 +74,7 @@ struct store_pg_conn {
     struct event *timer; /* down: the next attempt; connecting: the attempt's deadline */
     int backoff_ms;
     struct inflight *head, *tail;
+    uint64_t nqueries, nsyncs; /* sent since made (store_pg_conn_counts) */
 };
 
 #define BACKOFF_FIRST_MS 100
@@ -649,6 +650,7 @@ int store_pg_conn_query(struct store_pg_conn *c, const char *sql, int n, const c
         return -1;
     if (!PQsendQueryParams(c->pg, sql, n, NULL, params, NULL, NULL, 0))
         return -1;
+    c->nqueries++;
     if (inflight_push(c, fn, arg) < 0) {
         /* libpq has the query: its results would reach no one. Drop the
          * connection: everything in flight fails, nothing is acked. */
@@ -665,7 +667,13 @@ int store_pg_conn_sync(struct store_pg_conn *c) {
         conn_lost(c, PQerrorMessage(c->pg));
         return -1;
     }
+    c->nsyncs++;
     return 0;
+}
+
+void store_pg_conn_counts(const struct store_pg_conn *c, uint64_t *queries, uint64_t *syncs) {
+    *queries = c ? c->nqueries : 0;
+    *syncs = c ? c->nsyncs : 0;
 }
 
 const char *store_pg_conn_param(const struct store_pg_conn *c, const char *name) {

@@ -66,6 +66,10 @@ int store_pg_conn_query(struct store_pg_conn *c, const char *sql, int n, const c
  * will get their callbacks with res NULL). */
 int store_pg_conn_sync(struct store_pg_conn *c);
 
+/* What the connection sent since it was made: queries queued and Syncs
+ * (each ends a pipeline segment), for tests and metrics. */
+void store_pg_conn_counts(const struct store_pg_conn *c, uint64_t *queries, uint64_t *syncs);
+
 /* The server's session attributes once up (e.g. "server_version"); NULL
  * before. */
 const char *store_pg_conn_param(const struct store_pg_conn *c, const char *name);

@@ -1,0 +1,166 @@
+/* store_pg_claim.c -- the PostgreSQL backend's claims (C of
+ * store_backend.h): one short transaction on the read connection, BEGIN,
+ * the claim, Sync, COMMIT, Sync, so a lease is taken at once whatever the
+ * group does, and the rows reach the caller only once their leases are
+ * committed.
+ *
+ * Across instances: the candidate rows are locked FOR UPDATE SKIP LOCKED
+ * (two instances claiming the same endpoint at once take disjoint rows;
+ * READ COMMITTED re-checks a row another instance leased and committed
+ * since the statement's snapshot, and leaves it), the lease is the owner
+ * (this instance's id) and an expiry, and a row whose lease expired is
+ * claimable by anyone: an instance killed with its leases loses them at
+ * their expiry. An ordered endpoint has one owner of its head at a time
+ * (endpoint_state.head_owner, head_until): the claim first takes or renews
+ * it (an upsert whose WHERE lets another owner's head go only once
+ * expired; the row lock makes two instances' attempts queue), and claims
+ * rows only while it holds it, in seq order, without SKIP LOCKED (a
+ * skipped row would break the order).
+ * SPDX-License-Identifier: MIT */
+#include <stdlib.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "store_backend.h"
+#include "store_pg_be.h"
+#include "store_pg_int.h"
+#include "util.h"
+
+#define CLAIM_SET                                                                                  \
+    "UPDATE delivery_queue q SET lease_owner = $4, lease_until = $2::bigint + $5::bigint FROM ("
+#define CLAIM_RETURNING                                                                            \
+    ") c, deliveries d WHERE q.delivery_seq = c.delivery_seq AND d.seq = q.delivery_seq"           \
+    " RETURNING d.seq, d.id, d.event_id, d.endpoint, d.event_type, d.content_type, d.headers,"     \
+    " d.payload, q.attempts, q.schedule_pos, q.next_at, d.created_at"
+
+static const char CLAIM_DUE_SQL[] = CLAIM_SET
+    "SELECT c.delivery_seq FROM delivery_queue c WHERE c.endpoint = $1 AND c.status = 'pending'"
+    " AND c.next_at <= $2::bigint AND c.lease_until <= $2::bigint"
+    " AND (c.okey IS NULL OR (NOT EXISTS (SELECT 1 FROM delivery_queue e"
+    "  WHERE e.endpoint = c.endpoint AND e.okey = c.okey AND e.delivery_seq < c.delivery_seq)"
+    "  AND NOT EXISTS (SELECT 1 FROM delivery_outcomes o WHERE o.endpoint = c.endpoint"
+    "  AND o.okey = c.okey AND o.status = 'failed')))"
+    " ORDER BY c.next_at, c.delivery_seq LIMIT $3::bigint FOR UPDATE SKIP LOCKED" CLAIM_RETURNING;
+
+static const char HEAD_SQL[] =
+    "INSERT INTO endpoint_state (name, head_owner, head_until) VALUES ($1, $2, $3::bigint)"
+    " ON CONFLICT (name) DO UPDATE SET head_owner = excluded.head_owner,"
+    " head_until = excluded.head_until WHERE endpoint_state.head_owner IS NULL"
+    " OR endpoint_state.head_owner = excluded.head_owner OR endpoint_state.head_until <= $4::bigint"
+    " RETURNING head_owner";
+
+static const char CLAIM_ORDERED_SQL[] = CLAIM_SET
+    "SELECT c.delivery_seq FROM delivery_queue c WHERE c.endpoint = $1 AND c.status = 'pending'"
+    " AND c.delivery_seq > $6::bigint"
+    " AND ((c.next_at <= $2::bigint AND c.lease_until <= $2::bigint) OR c.lease_owner = $4)"
+    " AND EXISTS (SELECT 1 FROM endpoint_state s WHERE s.name = $1 AND s.head_owner = $4)"
+    " ORDER BY c.delivery_seq LIMIT $3::bigint FOR UPDATE" CLAIM_RETURNING;
+
+static void claimed_free(struct pg_op *op) {
+    struct store_delivery *d = op->rows;
+    for (size_t i = 0; d && i < op->n; i++) {
+        free(d[i].endpoint);
+        free(d[i].event_type);
+        free(d[i].content_type);
+        free(d[i].headers_json);
+        free(d[i].payload);
+    }
+    free(d);
+    op->rows = NULL;
+    op->n = 0;
+}
+
+static int by_due(const void *a, const void *b) {
+    const struct store_delivery *x = a, *y = b;
+    if (x->next_at != y->next_at)
+        return x->next_at < y->next_at ? -1 : 1;
+    return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+static int by_seq(const void *a, const void *b) {
+    const struct store_delivery *x = a, *y = b;
+    return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+/* One claimed row; returns 0, or -1 when out of memory. */
+static int claimed_row(const PGresult *res, int r, struct store_delivery *d) {
+    size_t len = 0;
+    unsigned char *raw;
+    int oom = 0;
+
+    d->seq = pg_col_int(res, r, 0);
+    snprintf(d->id, sizeof d->id, "%s", PQgetvalue(res, r, 1));
+    snprintf(d->event_id, sizeof d->event_id, "%s", PQgetvalue(res, r, 2));
+    d->endpoint = pg_col(res, r, 3, &oom);
+    d->event_type = pg_col(res, r, 4, &oom);
+    d->content_type = pg_col(res, r, 5, &oom);
+    d->headers_json = pg_col(res, r, 6, &oom);
+    d->attempts = (int)pg_col_int(res, r, 8);
+    d->schedule_pos = (int)pg_col_int(res, r, 9);
+    d->next_at = pg_col_int(res, r, 10);
+    d->created_at = pg_col_int(res, r, 11);
+    if (!PQgetisnull(res, r, 7)) {
+        raw = PQunescapeBytea((const unsigned char *)PQgetvalue(res, r, 7), &len);
+        if (!raw || !(d->payload = malloc(len + 1))) {
+            oom = 1;
+        } else {
+            memcpy(d->payload, raw, len);
+            d->payload[len] = '\0';
+            d->payload_len = len;
+        }
+        PQfreemem(raw);
+    }
+    return oom ? -1 : 0;
+}
+
+static int parse_claim(struct pg_op *op, int k, const PGresult *res) {
+    struct store_delivery *d;
+    int rows = PQntuples(res);
+
+    if (k != op->aux || rows == 0)
+        return 0;
+    if (!(d = calloc((size_t)rows, sizeof *d)))
+        return -1;
+    op->rows = d;
+    for (int r = 0; r < rows; r++) {
+        op->n = (size_t)r + 1;
+        if (claimed_row(res, r, &d[r]) < 0)
+            return -1;
+    }
+    qsort(d, op->n, sizeof *d, k ? by_seq : by_due);
+    return 0;
+}
+
+int store_pg_claim(struct store_be *be, const char *endpoint, int64_t after_seq, int64_t now,
+                   int64_t lease_ms, size_t max, store_be_done_fn cb, void *arg) {
+    char n[24], lease[24], lim[24], after[24], until[24];
+    const char *p[6] = {endpoint, n, lim, be->instance, lease, after};
+    struct pg_op *op;
+    int ret = -1;
+
+    be->in_call++;
+    snprintf(n, sizeof n, "%lld", (long long)now);
+    snprintf(lease, sizeof lease, "%lld", (long long)lease_ms);
+    snprintf(lim, sizeof lim, "%zu", max);
+    snprintf(after, sizeof after, "%lld", (long long)after_seq);
+    snprintf(until, sizeof until, "%lld", (long long)(now + lease_ms));
+    if (!(op = pg_single(be, be->rd, 1, cb, arg, parse_claim)))
+        goto done;
+    op->free_rows = claimed_free;
+    if (after_seq < 0) {
+        op->aux = 0;
+        if (pg_op_query(op, CLAIM_DUE_SQL, 5, p) < 0)
+            op->dropped = 1;
+    } else {
+        op->aux = 1;
+        if (pg_op_query(op, HEAD_SQL, 4, (const char *const[]){endpoint, be->instance, until, n}) <
+                0 ||
+            pg_op_query(op, CLAIM_ORDERED_SQL, 6, p) < 0)
+            op->dropped = 1;
+    }
+    ret = op->dropped ? -1 : 0;
+    pg_tx_end(op->tx, NULL, NULL);
+done:
+    be->in_call--;
+    return ret;
+}
