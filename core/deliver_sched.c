@@ -586,22 +586,33 @@ static void deliver_discover_one(struct deliver *d, const char *name) {
 
 static void deliver_check_answer(void *arg, const struct store_result *res);
 
+static int deliver_ep_free_slot(const struct deliver *d, const struct deliver_ep *ep,
+                                const struct config_endpoint *cep, int64_t mono);
+
 /* Reads which endpoints have pending rows (discovery) and, unless
- * discover_only, when each queue's rows are due (the watchdog's check);
+ * discover_only, when the rows of each endpoint with a free slot are due
+ * (the watchdog's check; one without is judged at once: not due);
  * deliver_check_answer goes on. */
 static void deliver_check_read(struct deliver *d, int late, int discover_only) {
     struct deliver_read *r = deliver_read_new(d, DELIVER_READ_CHECK);
     const char **names = NULL;
-    size_t n = 0;
+    size_t n = 0, i = 0;
+    int64_t mono = util_mono_ms();
     int rc = -1;
 
     if (!discover_only)
         for (struct deliver_ep *ep = d->eps; ep; ep = ep->next)
             n++;
     if (r && (!n || (names = malloc(n * sizeof *names)))) {
-        size_t i = 0;
-        for (struct deliver_ep *ep = d->eps; ep && i < n; ep = ep->next)
-            names[i++] = ep->name;
+        for (struct deliver_ep *ep = d->eps; ep && n; ep = ep->next) {
+            if (deliver_ep_free_slot(d, ep, deliver_endpoint(d, ep->name), mono)) {
+                names[i++] = ep->name;
+                continue;
+            }
+            ep->due_free_since = 0;
+            ep->stuck = 0;
+        }
+        n = i;
         r->late = late;
         r->discover_only = discover_only;
         rc = store_read_endpoints_due(d->store, names, n, 1, deliver_check_answer, r);
