@@ -353,23 +353,29 @@ static void deliver_ep_start_waiting(struct deliver *d, struct deliver_ep *ep,
         deliver_ep_start(d, ep, deliver_ep_pop(ep), cep);
 }
 
-/* An unordered endpoint: claim into its window (the answer goes on), start
- * what its slots and tokens allow. Without a claim in flight, rows wait
- * for a slot (a completion looks again) or a token (its timer is armed):
- * with nothing held, a claim is always made but for a token's wait. */
+/* An unordered endpoint: start what its slots and tokens allow, then
+ * claim into its window (the answer goes on). Started first, so a row that
+ * cannot start has its outcome written before the claim reads the next due
+ * time. Without a claim, rows wait for a slot (a completion looks again) or
+ * a token (its timer is armed): with nothing held, a claim is always made
+ * but for a token's wait. */
 static void deliver_ep_service_plain(struct deliver *d, struct deliver_ep *ep,
                                      const struct config_endpoint *cep) {
-    int window = deliver_ep_window(cep);
-    int room = window - ep->nwaiting - ep->inflight;
+    int window = deliver_ep_window(cep), room;
 
+    deliver_ep_start_waiting(d, ep, cep);
+    room = window - ep->nwaiting - ep->inflight;
     /* Claim when the FIFO is empty, or a quarter of the window is free:
      * small claims for one free slot each would cost a query per row. A
      * rate-limited endpoint claims only with a token in hand, so no row
      * waits longer for a token than its window's worth of them. */
     if (room > 0 && (ep->nwaiting == 0 || room >= (window + 3) / 4) &&
-        (cep->rate <= 0 || ep->nwaiting || deliver_ep_token_ready(ep, cep)))
+        (cep->rate <= 0 || ep->nwaiting || deliver_ep_token_ready(ep, cep))) {
         deliver_ep_claim(d, ep, (size_t)room, 0);
-    deliver_ep_start_waiting(d, ep, cep);
+        return;
+    }
+    if (!ep->head && !ep->inflight && !ep->token_wait)
+        deliver_ep_arm(ep, 0); /* nothing held and no claim: not expected; look again */
 }
 
 /* A claim's answer for an unordered endpoint (its rows taken): start what
@@ -385,6 +391,13 @@ static void deliver_ep_plain_answer(struct deliver *d, struct deliver_ep *ep,
     deliver_ep_start_waiting(d, ep, cep);
     if (res->status < 0) {
         deliver_ep_arm(ep, DELIVER_POLL_MS);
+        return;
+    }
+    /* Rows taken and none held now: they could not start, and their
+     * outcomes (a retry's time) came after the next due time was read: look
+     * again, from the loop. */
+    if (res->n && !ep->head && !ep->inflight) {
+        deliver_ep_arm(ep, 0);
         return;
     }
     /* Rows waiting: for a slot (a completion looks again) or a token (the
