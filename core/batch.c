@@ -1,7 +1,12 @@
 /* batch.c -- batch windows: items go to the store's batch_items in the
  * event's own write; a timer closes each window at its end (or
  * batch_item_added at max_batch) into one delivery created in the same group that marks the
- * items as sent.
+ * items as sent. Which windows are due and when the next one ends are one
+ * asynchronous read (store_read_batch_due), answered from the loop; one
+ * such look is in flight at a time (a timer or batch_start that comes
+ * meanwhile looks again once it is answered), so two looks never overlap
+ * and close a window twice. After a look closed windows, another reads
+ * when the next one ends (the first answer still counts the closed ones).
  * SPDX-License-Identifier: MIT */
 #include <stdlib.h>
 #include <string.h>
@@ -16,12 +21,21 @@
 #include "store.h"
 #include "util.h"
 
+/* A look in flight; batch_free detaches it (b = NULL). */
+struct batch_look {
+    struct batch *b;
+    int64_t now;     /* Unix ms the windows are due at */
+    int after_close; /* made because the last look closed windows */
+};
+
 struct batch {
     struct batch_deps deps;
     struct event *timer;
-    int64_t armed_at;  /* Unix ms the timer fires at, INT64_MAX when idle */
-    int close_pending; /* a commit callback watches the group closing windows */
-    int64_t closed_to; /* Unix ms: every window ending by then was closed (issue 18) */
+    int64_t armed_at;        /* Unix ms the timer fires at, INT64_MAX when idle */
+    int close_pending;       /* a commit callback watches the group closing windows */
+    int64_t closed_to;       /* Unix ms: every window ending by then was closed (issue 18) */
+    struct batch_look *look; /* the look in flight, or NULL */
+    int again;               /* a look was asked for while it was in flight */
 };
 
 int64_t batch_now(const struct batch *b) {
@@ -100,30 +114,73 @@ static int close_window(struct batch *b, const struct store_batch_window *w, con
     return 0;
 }
 
+static void look(struct batch *b, int after_close);
+
+/* A look's answer: closes the windows due at its time, then arms the timer
+ * for the next end (looking again first when it closed any). */
+static void on_due(void *arg, const struct store_result *r) {
+    struct batch_look *lk = arg;
+    struct batch *b = lk->b;
+    int64_t now = lk->now, next = r->next_due;
+    int after_close = lk->after_close;
+    size_t closed = 0;
+
+    free(lk);
+    if (!b)
+        return; /* batch_free ran: the windows are closed by the next run */
+    b->look = NULL;
+    if (r->status < 0) {
+        log_msg(LOG_ERROR, "batch: %s", r->err);
+        arm(b, util_now_ms() + 1000);
+    } else {
+        for (; closed < r->n; closed++)
+            if (close_window(b, &r->windows[closed], "window end") < 0)
+                break;
+        if (now > b->closed_to)
+            b->closed_to = now;
+        if (closed < r->n || next < 0 || (closed && after_close))
+            arm(b, util_now_ms() + 1000); /* a failed close, or windows found open again */
+        else if (!closed && next != INT64_MAX)
+            arm(b, next > now ? next : now + 1000); /* a window left open: a failed close */
+    }
+    if (b->again || (r->status >= 0 && closed && closed == r->n && !after_close)) {
+        b->again = 0;
+        look(b, closed > 0); /* the next end, as the closes left it */
+    }
+}
+
+/* Reads the due windows and the next end, unless a look is in flight
+ * (then it looks again once answered). */
+static void look(struct batch *b, int after_close) {
+    struct batch_look *lk;
+
+    if (b->look) {
+        b->again = 1;
+        return;
+    }
+    if (!(lk = malloc(sizeof *lk))) {
+        arm(b, util_now_ms() + 1000);
+        return;
+    }
+    lk->b = b;
+    lk->now = util_now_ms();
+    lk->after_close = after_close;
+    if (store_read_batch_due(b->deps.store, lk->now, on_due, lk) < 0) {
+        free(lk);
+        log_msg(LOG_ERROR, "batch: out of memory reading due windows; trying again");
+        arm(b, util_now_ms() + 1000);
+        return;
+    }
+    b->look = lk;
+}
+
 static void on_timer(evutil_socket_t fd, short what, void *arg) {
     struct batch *b = arg;
-    struct store_batch_window *w = NULL;
-    size_t n = 0;
-    char err[256];
-    int64_t now = util_now_ms(), next;
 
     UNUSED(fd);
     UNUSED(what);
     b->armed_at = INT64_MAX;
-    if (store_batch_due(b->deps.store, now, &w, &n, err, sizeof err) < 0) {
-        log_msg(LOG_ERROR, "batch: %s", err);
-        arm(b, now + 1000);
-        return;
-    }
-    for (size_t i = 0; i < n; i++)
-        if (close_window(b, &w[i], "window end") < 0)
-            break;
-    if (now > b->closed_to)
-        b->closed_to = now;
-    store_batch_windows_free(w, n);
-    next = store_batch_next_close(b->deps.store);
-    if (next != INT64_MAX)
-        arm(b, next > now ? next : now + 1000); /* a window left open: a failed close */
+    look(b, 0);
 }
 
 struct batch *batch_new(const struct batch_deps *deps) {
@@ -144,15 +201,14 @@ struct batch *batch_new(const struct batch_deps *deps) {
 void batch_free(struct batch *b) {
     if (!b)
         return;
+    if (b->look)
+        b->look->b = NULL; /* its answer finds no batcher */
     event_free(b->timer);
     free(b);
 }
 
 void batch_start(struct batch *b) {
-    int64_t next = store_batch_next_close(b->deps.store);
-
-    if (next != INT64_MAX)
-        arm(b, next);
+    look(b, 0);
 }
 
 int batch_item_added(struct batch *b, const struct config_endpoint *ep,

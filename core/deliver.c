@@ -704,7 +704,8 @@ void deliver_set_config(struct deliver *d, const struct config *cfg) {
     if (d->lease_ms < DELIVER_LEASE_MIN_MS)
         d->lease_ms = DELIVER_LEASE_MIN_MS;
     /* A queue per configured endpoint; one that left the config keeps its
-     * transfers in flight, gives its waiting rows back, and goes when idle. */
+     * transfers in flight, gives its waiting rows back, and goes when idle
+     * (no transfer, no claim in flight). */
     for (i = 0; cfg && i < cfg->nendpoints; i++)
         if (!deliver_ep_get(d, cfg->endpoints[i].name))
             log_msg(LOG_ERROR, "endpoint %s: out of memory for its queue; its deliveries wait",
@@ -715,7 +716,7 @@ void deliver_set_config(struct deliver *d, const struct config *cfg) {
         ep->stuck = 0;
         if (!deliver_endpoint(d, ep->name)) {
             deliver_ep_release(d, ep);
-            if (!ep->inflight && !deliver_ep_off(d, ep)) {
+            if (!ep->inflight && !ep->read && !deliver_ep_off(d, ep)) {
                 *pp = ep->next;
                 deliver_ep_free(ep);
                 continue;
@@ -766,6 +767,7 @@ void deliver_free(struct deliver *d) {
 
     if (!d)
         return;
+    deliver_reads_detach(d); /* their answers give back what they claimed */
     deliver_abort_all(d);
     while (d->eps) {
         struct deliver_ep *ep = d->eps;

@@ -31,6 +31,31 @@
  * checks it each second: a breach is logged and repaired, and aborts in
  * builds with WAYBILL_CHECKS (make asan); an endpoint due with a free slot
  * for 10 s is "stuck", which /healthz reports.
+ * Reads in flight (issue 15: the store answers from the loop, never inside
+ * the call; store.h's store_read_*). A look at an endpoint is one read: an
+ * unordered endpoint's claim (its rows, and its next due time read right
+ * after the claim, so claiming and then sleeping until the next row costs
+ * one round trip), or an ordered endpoint's head together with a claim
+ * from it when none is held. An endpoint has at most one such read in
+ * flight: a kick, its timer or a completion that comes meanwhile only
+ * marks it (ep->again), and the answer looks once more after it has been
+ * acted on. The answer re-checks what may have changed since the call:
+ * rows of an endpoint disabled, switched off or removed from the config by
+ * a reload, or of an engine that is stopping (or freed), are given back
+ * (store_delivery_lease, lease 0) in the open group; rows the endpoint
+ * holds already (deliver_ep_holds) are not taken twice; an ordered
+ * endpoint whose head moved gives its read-ahead back. Shutdown therefore
+ * drains: app.c flushes the store until it is idle, which hands over every
+ * answer still waiting, and each one releases what it claimed before the
+ * last group commits. The watchdog reads too: each tick makes one read (the
+ * next due row and the committed head of every endpoint that has a free
+ * slot, and the endpoints with pending rows, for discovery) and judges
+ * when it is answered, against what the scheduler holds then; a claim of
+ * the endpoint in flight counts as a look on its way (like an overdue
+ * timer or an active kick), and a tick whose last read is still unanswered,
+ * or whose answer came late, judges no one. A lost wake-up is still seen:
+ * an endpoint due with a free slot at two answered ticks, with no claim or
+ * start between them and no look on its way, aborts a checked build.
  * Several instances on one database (PostgreSQL) keep this shape: the
  * per-endpoint claim becomes UPDATE .. WHERE seq IN (SELECT .. WHERE
  * endpoint = $1 AND status = 'pending' AND next_at <= now() ORDER BY next_at

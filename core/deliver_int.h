@@ -83,7 +83,28 @@ struct deliver_ep {
     struct deliver_xfer *xfers;       /* every xfer it holds, waiting or in flight */
     int dirty;                        /* rows were written for it: the next kick looks */
     int64_t dirty_seq;                /* ... once deliveries up to this seq are committed */
+    struct deliver_read *read;        /* its claim (or ordered look) in flight, or NULL */
+    int again;                        /* a look came while it was in flight: look once answered */
     struct deliver_ep *next;
+};
+
+/* One asynchronous store read of the scheduler in flight (store.h's
+ * store_read_*): an endpoint's claim or ordered look, or the watchdog's
+ * and discovery's due read. Linked in d->reads until answered; deliver_free
+ * detaches it (d = NULL, ep = NULL): its answer then only gives back the
+ * rows it claimed, through store. The answer's callback frees it. */
+enum deliver_read_kind { DELIVER_READ_CLAIM, DELIVER_READ_ORDERED, DELIVER_READ_CHECK };
+struct deliver_read {
+    struct deliver *d;
+    struct store *store;
+    struct deliver_ep *ep; /* claims: the endpoint (ep->read is this) */
+    enum deliver_read_kind kind;
+    int64_t now;       /* Unix ms of the call (claims: their due time) */
+    int64_t mono;      /* monotonic ms of the call */
+    size_t want;       /* claims: rows asked for */
+    int late;          /* the watchdog: its tick came late (judge no one) */
+    int discover_only; /* the watchdog's read without its check (a reload's discovery) */
+    struct deliver_read *prev, *next;
 };
 
 /* One claimed delivery and, once started, its transfer. Owns row (a deep
@@ -125,6 +146,8 @@ struct deliver {
     struct event *done_ev;    /* runs the shutdown callback from the loop */
     struct deliver_xfer *xfers;
     struct deliver_ep *eps;
+    struct deliver_read *reads;      /* every read in flight */
+    struct deliver_read *check_read; /* the watchdog's, in flight, or NULL */
     int inflight;
     int64_t lease_ms;
     uint64_t rng;
@@ -204,8 +227,13 @@ void deliver_ep_service(struct deliver *d, struct deliver_ep *ep);
 /* Looks soon (from the loop) at marked endpoints, or at all of them. */
 void deliver_kick_now(struct deliver *d, int all);
 
-/* Gives endpoints with pending rows and no queue (a subscription's) one. */
+/* Gives endpoints with pending rows and no queue (a subscription's) one,
+ * once the store has answered which they are. */
 void deliver_discover(struct deliver *d);
+
+/* Detaches every read in flight (deliver_free): their answers give back
+ * what they claimed and touch nothing else. */
+void deliver_reads_detach(struct deliver *d);
 
 /* The kick and watchdog events' callbacks (deliver_new makes the events). */
 void deliver_kick_cb(evutil_socket_t fd, short what, void *arg);

@@ -246,124 +246,266 @@ static int deliver_ep_take(struct deliver *d, struct deliver_ep *ep,
     return 1;
 }
 
-/* Claims up to want of ep's deliveries due at now (Unix ms) into its FIFO
- * (earliest due first). Returns how many the store gave (rows that could not be held,
- * out of memory, go out when their leases end: the timer looks then), or
- * -1 on a store error (logged). */
-static int deliver_ep_claim(struct deliver *d, struct deliver_ep *ep, size_t want, int64_t now) {
-    struct store_delivery *rows = NULL;
-    size_t n = 0, i;
-    char err[256];
+/* ---- reads in flight ---- */
 
-    ep->progress++;
-    if (store_endpoint_claim_due(d->store, ep->name, now, d->lease_ms, want, &rows, &n, err,
-                                 sizeof err) < 0) {
-        log_msg(LOG_WARN, "endpoint %s: claiming deliveries: %s", ep->name, err);
-        return -1;
-    }
-    for (i = 0; i < n; i++)
-        if (deliver_ep_take(d, ep, &rows[i]) < 0)
-            deliver_ep_arm(ep, d->lease_ms);
-    store_deliveries_free(rows, n);
-    return (int)n;
+static struct deliver_read *deliver_read_new(struct deliver *d, enum deliver_read_kind kind) {
+    struct deliver_read *r = calloc(1, sizeof *r);
+
+    if (!r)
+        return NULL;
+    r->d = d;
+    r->store = d->store;
+    r->kind = kind;
+    r->now = util_now_ms();
+    r->mono = util_mono_ms();
+    r->next = d->reads;
+    if (d->reads)
+        d->reads->prev = r;
+    d->reads = r;
+    return r;
 }
 
-/* An unordered endpoint: claim into its window, start what its slots and
- * tokens allow, and arm its timer for whatever it waits on. */
+/* r was answered (or could not be made): unlinks and frees it. */
+static void deliver_read_end(struct deliver_read *r) {
+    struct deliver *d = r->d;
+
+    if (d) {
+        if (r->prev)
+            r->prev->next = r->next;
+        else
+            d->reads = r->next;
+        if (r->next)
+            r->next->prev = r->prev;
+        if (r->ep && r->ep->read == r)
+            r->ep->read = NULL;
+        if (d->check_read == r)
+            d->check_read = NULL;
+    }
+    free(r);
+}
+
+void deliver_reads_detach(struct deliver *d) {
+    struct deliver_read *r, *next;
+
+    for (r = d->reads; r; r = next) {
+        next = r->next;
+        r->d = NULL;
+        r->ep = NULL;
+        r->prev = r->next = NULL;
+    }
+    d->reads = NULL;
+    d->check_read = NULL;
+    for (struct deliver_ep *ep = d->eps; ep; ep = ep->next)
+        ep->read = NULL;
+}
+
+/* Gives claimed rows the scheduler cannot take back to the store: their
+ * leases released in the open group, due again when they were. */
+static void deliver_rows_release(struct store *s, const struct store_delivery *rows, size_t n) {
+    char err[256];
+
+    for (size_t i = 0; i < n; i++)
+        if (store_delivery_lease(s, rows[i].seq, rows[i].next_at, 0, err, sizeof err) < 0)
+            log_msg(LOG_WARN,
+                    "delivery %s: releasing its lease: %s (it is claimed again when the "
+                    "lease ends)",
+                    rows[i].id, err);
+}
+
+static void deliver_ep_answer(void *arg, const struct store_result *res);
+
+/* Asks the store for up to want of ep's rows (an ordered endpoint: its head
+ * and, when want > 0 and the head is due, a claim from it on). One read in
+ * flight per endpoint: the caller checked ep->read is NULL. On failure (out
+ * of memory) the timer looks again. */
+static void deliver_ep_claim(struct deliver *d, struct deliver_ep *ep, size_t want, int ordered) {
+    struct deliver_read *r =
+        deliver_read_new(d, ordered ? DELIVER_READ_ORDERED : DELIVER_READ_CLAIM);
+    int rc = -1;
+
+    if (r) {
+        r->ep = ep;
+        r->want = want;
+        rc = ordered ? store_read_claim_ordered(d->store, ep->name, r->now, d->lease_ms, want,
+                                                deliver_ep_answer, r)
+                     : store_read_claim_due(d->store, ep->name, r->now, d->lease_ms, want,
+                                            deliver_ep_answer, r);
+    }
+    if (rc < 0) {
+        if (r)
+            deliver_read_end(r);
+        log_msg(LOG_WARN, "endpoint %s: out of memory for a claim; looking again soon", ep->name);
+        deliver_ep_arm(ep, DELIVER_POLL_MS);
+        return;
+    }
+    if (want)
+        ep->progress++;
+    ep->read = r;
+}
+
+/* Starts what ep's slots and tokens allow from its FIFO. */
+static void deliver_ep_start_waiting(struct deliver *d, struct deliver_ep *ep,
+                                     const struct config_endpoint *cep) {
+    int limit = deliver_endpoint_limit(cep);
+
+    while (ep->head && !deliver_ep_off(d, ep) && ep->inflight < limit &&
+           deliver_ep_take_token(ep, cep))
+        deliver_ep_start(d, ep, deliver_ep_pop(ep), cep);
+}
+
+/* An unordered endpoint: start what its slots and tokens allow, then
+ * claim into its window (the answer goes on). Started first, so a row that
+ * cannot start has its outcome written before the claim reads the next due
+ * time. Without a claim, rows wait for a slot (a completion looks again) or
+ * a token (its timer is armed): with nothing held, a claim is always made
+ * but for a token's wait. */
 static void deliver_ep_service_plain(struct deliver *d, struct deliver_ep *ep,
                                      const struct config_endpoint *cep) {
-    int limit = deliver_endpoint_limit(cep), window = deliver_ep_window(cep);
-    int room = window - ep->nwaiting - ep->inflight, got = 0, claimed = 0;
-    /* One clock reading for the claim and the sleep after it: a second one
-     * could see the next row due that the claim, a moment earlier, did not. */
-    int64_t now = util_now_ms(), next;
+    int window = deliver_ep_window(cep), room;
 
+    deliver_ep_start_waiting(d, ep, cep);
+    room = window - ep->nwaiting - ep->inflight;
     /* Claim when the FIFO is empty, or a quarter of the window is free:
      * small claims for one free slot each would cost a query per row. A
      * rate-limited endpoint claims only with a token in hand, so no row
      * waits longer for a token than its window's worth of them. */
     if (room > 0 && (ep->nwaiting == 0 || room >= (window + 3) / 4) &&
         (cep->rate <= 0 || ep->nwaiting || deliver_ep_token_ready(ep, cep))) {
-        claimed = 1;
-        got = deliver_ep_claim(d, ep, (size_t)room, now);
+        deliver_ep_claim(d, ep, (size_t)room, 0);
+        return;
     }
-    while (ep->head && !deliver_ep_off(d, ep) && ep->inflight < limit &&
-           deliver_ep_take_token(ep, cep))
-        deliver_ep_start(d, ep, deliver_ep_pop(ep), cep);
-    if (got < 0) {
+    if (!ep->head && !ep->inflight && !ep->token_wait)
+        deliver_ep_arm(ep, 0); /* nothing held and no claim: not expected; look again */
+}
+
+/* A claim's answer for an unordered endpoint (its rows taken): start what
+ * slots allow, then sleep until the next row is due, read with the claim
+ * (one clock reading, claim_now, for both: a second one could see the next
+ * row due that the claim, a moment earlier, did not). */
+static void deliver_ep_plain_answer(struct deliver *d, struct deliver_ep *ep,
+                                    const struct config_endpoint *cep,
+                                    const struct store_result *res, int64_t claim_now,
+                                    size_t want) {
+    int64_t next = res->next_due;
+
+    deliver_ep_start_waiting(d, ep, cep);
+    if (res->status < 0) {
         deliver_ep_arm(ep, DELIVER_POLL_MS);
         return;
     }
-    /* Rows waiting: for a slot (a completion looks again) or a token (the
-     * timer is armed). In flight after a full claim, or no claim: more may
-     * be due, and each completion looks again. */
-    if (ep->head || (ep->inflight && (!claimed || got == room)))
+    /* Rows taken and none held now: they could not start, and their
+     * outcomes (a retry's time) came after the next due time was read: look
+     * again, from the loop. */
+    if (res->n && !ep->head && !ep->inflight) {
+        deliver_ep_arm(ep, 0);
         return;
-    /* Otherwise every due row was taken (or those taken could not start):
-     * sleep until the next one is due. */
-    next = store_endpoint_next_due(d->store, ep->name);
+    }
+    /* Rows waiting: for a slot (a completion looks again) or a token (the
+     * timer is armed). In flight after a full claim: more may be due, and
+     * each completion looks again. */
+    if (ep->head || (ep->inflight && res->n == want))
+        return;
     if (next == INT64_MAX)
         return;   /* nothing pending: new rows come with a kick */
     if (next < 0) /* a store error */
         deliver_ep_arm(ep, DELIVER_POLL_MS);
-    else if (next > now)
-        deliver_ep_arm(ep, next - now);
-    else /* more due behind a full claim; or no claim: waiting for a token (timer armed) */
-        deliver_ep_arm(ep, claimed ? 0 : DELIVER_POLL_MS);
+    else if (next > claim_now)
+        deliver_ep_arm(ep, next - util_now_ms());
+    else /* more due behind a full claim */
+        deliver_ep_arm(ep, 0);
 }
 
 /* An ordered endpoint: one delivery in flight, always its oldest pending
  * row (the head), which may wait for a retry while the rest wait behind it.
  * Memory holds the head and a short read-ahead; when the head is not due,
- * the read-ahead is given back, so a blocked endpoint holds nothing. */
-static void deliver_ep_service_ordered(struct deliver *d, struct deliver_ep *ep,
-                                       const struct config_endpoint *cep) {
-    struct store_delivery *rows = NULL;
-    int64_t head, head_at, now;
-    size_t n = 0, i;
-    int rounds;
-    char err[256];
+ * the read-ahead is given back, so a blocked endpoint holds nothing. A look
+ * is one read: the head, and a claim from it when none is held. */
+static void deliver_ep_service_ordered(struct deliver *d, struct deliver_ep *ep) {
+    if (ep->inflight)
+        return; /* its end looks again */
+    deliver_ep_claim(d, ep, ep->head ? 0 : 1 + DELIVER_ORDERED_AHEAD, 1);
+}
 
-    for (rounds = 0; rounds < 8 && !ep->inflight; rounds++) {
-        head = store_endpoint_head(d->store, ep->name, &head_at);
-        if (head < 0) { /* a store error: look again soon */
-            deliver_ep_arm(ep, DELIVER_POLL_MS);
-            return;
-        }
-        if (ep->head && ep->head->row.seq != head)
-            deliver_ep_release(d, ep); /* the head moved (a retry, a row re-queued) */
-        if (head == INT64_MAX)
-            return; /* nothing pending: new rows come with a kick */
-        if (!ep->head) {
-            now = util_now_ms();
-            if (head_at > now) { /* waits for its retry (or a lease to end) */
-                deliver_ep_arm(ep, head_at - now);
-                return;
-            }
-            ep->progress++;
-            if (store_endpoint_claim(d->store, ep->name, head - 1, now, d->lease_ms,
-                                     1 + DELIVER_ORDERED_AHEAD, &rows, &n, err, sizeof err) < 0) {
-                log_msg(LOG_WARN, "endpoint %s: claiming in order: %s", ep->name, err);
-                deliver_ep_arm(ep, DELIVER_POLL_MS);
-                return;
-            }
-            for (i = 0; i < n; i++)
-                if (deliver_ep_take(d, ep, &rows[i]) < 0)
-                    break; /* the rest are claimed again when their leases end */
-            store_deliveries_free(rows, n);
-            if (!ep->head || ep->head->row.seq != head) {
-                /* the head is not committed yet (its commit kicks) */
-                deliver_ep_release(d, ep);
-                deliver_ep_arm(ep, DELIVER_POLL_MS);
-                return;
-            }
-        }
-        if (!deliver_ep_take_token(ep, cep))
-            return;
-        deliver_ep_start(d, ep, deliver_ep_pop(ep), cep);
+/* An ordered look's answer (its rows taken): start the head when it is
+ * the one held, else wait for it. */
+static void deliver_ep_ordered_answer(struct deliver *d, struct deliver_ep *ep,
+                                      const struct config_endpoint *cep,
+                                      const struct store_result *res, int64_t claim_now,
+                                      size_t want) {
+    int64_t head = res->head;
+
+    if (res->status < 0) { /* a store error: look again soon */
+        deliver_ep_arm(ep, DELIVER_POLL_MS);
+        return;
     }
+    if (ep->inflight)
+        return; /* started since the look (a reload made it ordered): its end looks */
+    if (ep->head && ep->head->row.seq != head)
+        deliver_ep_release(d, ep); /* the head moved (a retry, a row re-queued) */
+    if (head == INT64_MAX)
+        return; /* nothing pending: new rows come with a kick */
+    if (!ep->head) {
+        if (res->head_at > claim_now) { /* waits for its retry (or a lease to end) */
+            deliver_ep_arm(ep, res->head_at - util_now_ms());
+            return;
+        }
+        /* With a claim: the head is not committed yet (its commit kicks).
+         * Without one (a head held when asked, moved since): look again. */
+        deliver_ep_arm(ep, want ? DELIVER_POLL_MS : 0);
+        return;
+    }
+    if (!deliver_ep_take_token(ep, cep))
+        return;
+    deliver_ep_start(d, ep, deliver_ep_pop(ep), cep);
     if (!ep->inflight)
-        deliver_ep_arm(ep, 0); /* heads that could not start, one after another */
+        deliver_ep_arm(ep, 0); /* a head that could not start: the next one, from the loop */
+}
+
+/* The answer to an endpoint's claim or ordered look. Whatever changed
+ * since the call is handled here: rows of a stopping engine, or of an
+ * endpoint disabled, off the config or gone, are given back; rows it holds
+ * already are kept once (deliver_ep_take); a look that came meanwhile
+ * (ep->again) is made now. */
+static void deliver_ep_answer(void *arg, const struct store_result *res) {
+    struct deliver_read *r = arg;
+    struct deliver *d = r->d;
+    struct deliver_ep *ep = r->ep;
+    enum deliver_read_kind kind = r->kind;
+    int64_t claim_now = r->now;
+    size_t want = r->want, i;
+    const struct config_endpoint *cep;
+    int again;
+
+    if (!d || !ep) { /* deliver_free ran */
+        deliver_rows_release(r->store, res->claimed, res->n);
+        deliver_read_end(r);
+        return;
+    }
+    deliver_read_end(r);
+    DELIVER_CHECK(!ep->read);
+    again = ep->again;
+    ep->again = 0;
+    cep = deliver_endpoint(d, ep->name);
+    if (d->stopping || !cep || !cep->enabled || deliver_ep_off(d, ep)) {
+        deliver_rows_release(d->store, res->claimed, res->n);
+        deliver_ep_service(d, ep); /* unavailable: its waiting rows go back too */
+        return;
+    }
+    if (res->status < 0)
+        log_msg(LOG_WARN, "endpoint %s: claiming deliveries: %s", ep->name, res->err);
+    for (i = 0; i < res->n; i++)
+        if (deliver_ep_take(d, ep, &res->claimed[i]) < 0)
+            deliver_ep_arm(ep, d->lease_ms); /* it goes out when its lease ends */
+    if (!cep->ordered != (kind == DELIVER_READ_CLAIM)) {
+        deliver_ep_service(d, ep); /* a reload changed its ordering: look afresh */
+        return;
+    }
+    if (kind == DELIVER_READ_ORDERED)
+        deliver_ep_ordered_answer(d, ep, cep, res, claim_now, want);
+    else
+        deliver_ep_plain_answer(d, ep, cep, res, claim_now, want);
+    if (again && !ep->read)
+        deliver_ep_service(d, ep);
 }
 
 /* Looks at one endpoint: everything the scheduler does for it happens
@@ -373,6 +515,10 @@ void deliver_ep_service(struct deliver *d, struct deliver_ep *ep) {
 
     if (d->stopping || !d->cfg)
         return;
+    if (ep->read) { /* a claim in flight: its answer looks again */
+        ep->again = 1;
+        return;
+    }
     cep = deliver_endpoint(d, ep->name);
     if (!cep || !cep->enabled || deliver_ep_off(d, ep)) {
         if (ep->head || !cep)
@@ -381,7 +527,7 @@ void deliver_ep_service(struct deliver *d, struct deliver_ep *ep) {
         return;
     }
     if (cep->ordered)
-        deliver_ep_service_ordered(d, ep, cep);
+        deliver_ep_service_ordered(d, ep);
     else
         deliver_ep_service_plain(d, ep, cep);
 }
@@ -442,8 +588,7 @@ void deliver_ep_mark(struct deliver *d, struct deliver_ep *ep) {
 
 /* An endpoint with pending rows and no queue (a subscription's, after a
  * restart or an admin retry): give it one and look at it. */
-static void deliver_discover_one(void *arg, const char *name) {
-    struct deliver *d = arg;
+static void deliver_discover_one(struct deliver *d, const char *name) {
     struct deliver_ep *ep;
 
     if (!name || deliver_ep_find(d, name) || !deliver_endpoint(d, name))
@@ -452,9 +597,52 @@ static void deliver_discover_one(void *arg, const char *name) {
         deliver_ep_service(d, ep);
 }
 
+static void deliver_check_answer(void *arg, const struct store_result *res);
+
+static int deliver_ep_free_slot(const struct deliver *d, const struct deliver_ep *ep,
+                                const struct config_endpoint *cep, int64_t mono);
+
+/* Reads which endpoints have pending rows (discovery) and, unless
+ * discover_only, when the rows of each endpoint with a free slot are due
+ * (the watchdog's check; one without is judged at once: not due);
+ * deliver_check_answer goes on. */
+static void deliver_check_read(struct deliver *d, int late, int discover_only) {
+    struct deliver_read *r = deliver_read_new(d, DELIVER_READ_CHECK);
+    const char **names = NULL;
+    size_t n = 0, i = 0;
+    int64_t mono = util_mono_ms();
+    int rc = -1;
+
+    if (!discover_only)
+        for (struct deliver_ep *ep = d->eps; ep; ep = ep->next)
+            n++;
+    if (r && (!n || (names = malloc(n * sizeof *names)))) {
+        for (struct deliver_ep *ep = d->eps; ep && n; ep = ep->next) {
+            if (deliver_ep_free_slot(d, ep, deliver_endpoint(d, ep->name), mono)) {
+                names[i++] = ep->name;
+                continue;
+            }
+            ep->due_free_since = 0;
+            ep->stuck = 0;
+        }
+        n = i;
+        r->late = late;
+        r->discover_only = discover_only;
+        rc = store_read_endpoints_due(d->store, names, n, 1, deliver_check_answer, r);
+    }
+    free(names);
+    if (rc < 0) {
+        if (r)
+            deliver_read_end(r);
+        log_msg(LOG_WARN, "listing endpoints with pending deliveries failed (out of memory)");
+        return;
+    }
+    if (!discover_only)
+        d->check_read = r;
+}
+
 void deliver_discover(struct deliver *d) {
-    if (store_endpoints_pending(d->store, deliver_discover_one, d) < 0)
-        log_msg(LOG_WARN, "listing endpoints with pending deliveries failed");
+    deliver_check_read(d, 0, 1);
 }
 
 void deliver_watch_endpoint(struct deliver *d, const char *name) {
@@ -484,37 +672,99 @@ static int deliver_ep_free_slot(const struct deliver *d, const struct deliver_ep
 
 /* 1 when ep has a delivery it could start or claim now: one waiting in
  * memory, or, with room in its window, a committed unleased row due before
- * `before` (ordered: its head). */
-static int deliver_ep_due(struct deliver *d, const struct deliver_ep *ep,
-                          const struct config_endpoint *cep, int64_t before) {
-    int64_t at, head, committed, last;
+ * `before` (ordered: its committed head), as the store answered (due). */
+static int deliver_ep_due(const struct deliver_ep *ep, const struct config_endpoint *cep,
+                          const struct store_endpoint_due *due, int64_t before) {
+    int64_t at;
 
     if (ep->head)
         return 1;
     if (ep->nwaiting + ep->inflight >= deliver_ep_window(cep))
         return 0;
-    if (!cep->ordered) {
-        at = store_endpoint_next_due(d->store, ep->name);
-        return at >= 0 && at <= before;
+    at = cep->ordered ? due->head_due : due->next_due;
+    return at >= 0 && at <= before;
+}
+
+/* The watchdog's judgement of one endpoint (see deliver_check_cb). */
+static void deliver_check_ep(struct deliver *d, struct deliver_ep *ep,
+                             const struct store_endpoint_due *due, int64_t before, int64_t mono,
+                             int late) {
+    const struct config_endpoint *cep = deliver_endpoint(d, ep->name);
+
+    if (!deliver_ep_free_slot(d, ep, cep, mono) || !deliver_ep_due(ep, cep, due, before)) {
+        ep->due_free_since = 0;
+        ep->stuck = 0;
+        return;
     }
-    head = store_endpoint_head(d->store, ep->name, &at);
-    store_delivery_seqs(d->store, &committed, &last);
-    return head >= 0 && head <= committed && at <= before; /* an uncommitted head: not yet */
+    if (!ep->due_free_since) {
+        ep->due_free_since = mono;
+        ep->progress_seen = ep->progress;
+        return;
+    }
+    if (ep->progress == ep->progress_seen && !late && !ep->read &&
+        !(ep->timer_at && ep->timer_at <= mono && evtimer_pending(ep->timer, NULL)) &&
+        !event_pending(d->kick_ev, EV_TIMEOUT, NULL)) {
+        ep->lost_wakeups++;
+        log_msg(LOG_ERROR,
+                "endpoint %s: a delivery is due and a slot is free, but nothing "
+                "was claimed or started for %" PRId64 " ms (a scheduler bug); "
+                "looking again",
+                ep->name, mono - ep->due_free_since);
+#ifdef WAYBILL_CHECKS
+        abort();
+#endif
+        deliver_ep_service(d, ep);
+    }
+    ep->progress_seen = ep->progress;
+    if (mono - ep->due_free_since >= DELIVER_STUCK_MS && !ep->stuck) {
+        ep->stuck = 1;
+        log_msg(LOG_ERROR,
+                "endpoint %s: deliveries due for %" PRId64 " s with a free slot are "
+                "not going out",
+                ep->name, (mono - ep->due_free_since) / 1000);
+    }
+}
+
+/* The watchdog's read answered: endpoints discovered, then each endpoint
+ * asked about judged by what the store said and what the scheduler holds
+ * now. An answer that took long (a slow store) judges no one. */
+static void deliver_check_answer(void *arg, const struct store_result *res) {
+    struct deliver_read *r = arg;
+    struct deliver *d = r->d;
+    int64_t mono = util_mono_ms(), before = r->now - DELIVER_CHECK_MS;
+    int late = r->late || mono - r->mono > DELIVER_CHECK_MS / 2, discover_only = r->discover_only;
+
+    deliver_read_end(r);
+    if (!d || d->stopping || !d->cfg)
+        return;
+    if (res->status < 0)
+        log_msg(LOG_WARN, "listing endpoints with pending deliveries failed: %s", res->err);
+    for (size_t i = 0; res->status >= 0 && i < res->n; i++)
+        deliver_discover_one(d, res->ids[i]);
+    if (discover_only)
+        return;
+    for (size_t i = 0; i < res->ndues; i++) {
+        struct deliver_ep *ep = deliver_ep_find(d, res->dues[i].name);
+        if (ep) /* else gone since the tick (a reload) */
+            deliver_check_ep(d, ep, &res->dues[i], before, mono, late);
+    }
 }
 
 /* Checks, every DELIVER_CHECK_MS, the scheduler's invariant (deliver.h):
  * an endpoint found due with a free slot at two ticks in a row must have
  * had a claim or a start in between, unless a look at it is already on its
- * way (its timer overdue, a kick active, or this tick itself came late
- * because the loop was held up). A breach is a lost wake-up: logged,
- * counted, repaired by looking at the endpoint; under WAYBILL_CHECKS (debug
- * and sanitizer builds) it aborts. Due with a free slot for
- * DELIVER_STUCK_MS (claims that keep finding nothing: the store) marks the
- * endpoint stuck, which /healthz reports. */
+ * way (a claim of it in flight, its timer overdue, a kick active, or this
+ * tick itself came late because the loop was held up). A breach is a lost
+ * wake-up: logged, counted, repaired by looking at the endpoint; under
+ * WAYBILL_CHECKS (debug and sanitizer builds) it aborts. Due with a free
+ * slot for DELIVER_STUCK_MS (claims that keep finding nothing: the store)
+ * marks the endpoint stuck, which /healthz reports. What is due comes from
+ * one asynchronous read per tick (every endpoint's next due row and head,
+ * and the endpoints with pending rows for discovery), judged when it is
+ * answered; a tick whose last read is still unanswered makes none. */
 void deliver_check_cb(evutil_socket_t fd, short kind, void *arg) {
     struct deliver *d = arg;
     int64_t mono = util_mono_ms(), now = util_now_ms();
-
     int late;
 
     UNUSED(fd);
@@ -530,44 +780,9 @@ void deliver_check_cb(evutil_socket_t fd, short kind, void *arg) {
                         llabs((now - d->check_wall) - (mono - d->check_at)) > DELIVER_CHECK_MS / 2);
     d->check_at = mono;
     d->check_wall = now;
-    deliver_discover(d);
-    for (struct deliver_ep *ep = d->eps; ep; ep = ep->next) {
-        const struct config_endpoint *cep = deliver_endpoint(d, ep->name);
-        /* a second of slack: a row due this instant has a timer on its way */
-        if (!deliver_ep_free_slot(d, ep, cep, mono) ||
-            !deliver_ep_due(d, ep, cep, now - DELIVER_CHECK_MS)) {
-            ep->due_free_since = 0;
-            ep->stuck = 0;
-            continue;
-        }
-        if (!ep->due_free_since) {
-            ep->due_free_since = mono;
-            ep->progress_seen = ep->progress;
-            continue;
-        }
-        if (ep->progress == ep->progress_seen && !late &&
-            !(ep->timer_at && ep->timer_at <= mono && evtimer_pending(ep->timer, NULL)) &&
-            !event_pending(d->kick_ev, EV_TIMEOUT, NULL)) {
-            ep->lost_wakeups++;
-            log_msg(LOG_ERROR,
-                    "endpoint %s: a delivery is due and a slot is free, but nothing "
-                    "was claimed or started for %" PRId64 " ms (a scheduler bug); "
-                    "looking again",
-                    ep->name, mono - ep->due_free_since);
-#ifdef WAYBILL_CHECKS
-            abort();
-#endif
-            deliver_ep_service(d, ep);
-        }
-        ep->progress_seen = ep->progress;
-        if (mono - ep->due_free_since >= DELIVER_STUCK_MS && !ep->stuck) {
-            ep->stuck = 1;
-            log_msg(LOG_ERROR,
-                    "endpoint %s: deliveries due for %" PRId64 " s with a free slot are "
-                    "not going out",
-                    ep->name, (mono - ep->due_free_since) / 1000);
-        }
-    }
+    if (d->check_read)
+        return; /* the last tick's read is unanswered: it judges when it is */
+    deliver_check_read(d, late, 0);
 }
 
 /* ---- what it holds ---- */

@@ -532,7 +532,7 @@ int store_endpoint_claim(struct store *s, const char *name, int64_t after_seq, i
                          int64_t lease_ms, size_t max, struct store_delivery **out, size_t *n,
                          char *err, size_t errlen);
 
-/* ---- asynchronous reads (the admin API's) ----
+/* ---- asynchronous reads (the admin API's, and the loop's own) ----
  * The shape a database across the network needs (issue 15): the store
  * answers from the loop, never inside the call. SQLite runs the read at
  * once (the read connection: committed state, as the synchronous calls
@@ -563,6 +563,15 @@ struct store_result {
     size_t nqueues;
     const struct store_blocked_key *blocked;
     size_t nblocked;
+    /* the loop's own reads (below) */
+    const struct store_delivery *claimed;  /* store_read_claim_*: the rows claimed (n) */
+    int64_t next_due;                      /* claim_due: the endpoint's next due time read
+                                              right after the claim; batch_due: the
+                                              earliest open window's end (INT64_MAX: none,
+                                              -1: a store error) */
+    int64_t head, head_at;                 /* claim_ordered: store_endpoint_head's answer */
+    const struct store_endpoint_due *dues; /* store_read_endpoints_due (ndues) */
+    size_t ndues;
 };
 typedef void (*store_read_fn)(void *arg, const struct store_result *r);
 
@@ -595,6 +604,50 @@ int store_read_endpoints(struct store *s, const char *const *names, size_t n, in
                          store_read_fn fn, void *arg);
 /* status 0 when the store answers a trivial query, -1 when not (/healthz). */
 int store_read_ping(struct store *s, store_read_fn fn, void *arg);
+
+/* The loop's own reads (the scheduler's and the batch closer's), same
+ * shape, same promise: answered from the loop, never inside the call; on
+ * SQLite computed at once with the semantics of the synchronous calls
+ * above (claims see committed rows only and lease what they return in the
+ * open group; the head and the batch windows read the open group) and
+ * handed over on the next loop turn. A claim's rows are leased from the
+ * call on: whoever gets the answer owns them (releases what it cannot take
+ * with store_delivery_lease, lease 0). The synchronous forms stay for the
+ * unit tests; the loop does not call them.
+ *
+ * WAYBILL_STORE_REPLY_DELAY_MS=N (builds with WAYBILL_CHECKS only, i.e.
+ * make asan / make tsan; read at store_open): every asynchronous answer is
+ * handed over N ms after its call (a timer instead of the next turn), as a
+ * store across a slow network would; store_flush still hands over every
+ * answer at once. Logged at open when set. */
+
+/* store_endpoint_claim_due (status, claimed, n), then store_endpoint_next_due
+ * of name as the claim left it (next_due; -1 when the claim failed). */
+int store_read_claim_due(struct store *s, const char *name, int64_t now, int64_t lease_ms,
+                         size_t max, store_read_fn fn, void *arg);
+/* An ordered endpoint's look: store_endpoint_head (head, head_at; status -1
+ * when it fails), then, when max > 0 and the head is due at now,
+ * store_endpoint_claim of up to max rows from the head on (after_seq =
+ * head - 1; claimed, n): one call for what took two. */
+int store_read_claim_ordered(struct store *s, const char *name, int64_t now, int64_t lease_ms,
+                             size_t max, store_read_fn fn, void *arg);
+/* What the scheduler's watchdog reads per endpoint: when its earliest
+ * committed pending row is due (store_endpoint_next_due) and when its head
+ * is (store_endpoint_head's next_at when that head is committed, INT64_MAX
+ * when there is none or it is not committed yet); -1 on a store error. */
+struct store_endpoint_due {
+    char *name; /* owned by the answer */
+    int64_t next_due, head_due;
+};
+/* dues (ndues, in the order of names) for names[0..n); with pending
+ * non-zero also every endpoint with pending rows (store_endpoints_pending)
+ * as ids (n). status -1 when the pending list failed (a due read that
+ * fails sets its fields to -1 only). */
+int store_read_endpoints_due(struct store *s, const char *const *names, size_t n, int pending,
+                             store_read_fn fn, void *arg);
+/* store_batch_due at now (windows, n), and store_batch_next_close read
+ * with it (next_due: still the due windows' own end while they are open). */
+int store_read_batch_due(struct store *s, int64_t now, store_read_fn fn, void *arg);
 
 /* ---- retention (SPEC section 9) ----
  * A pass looks at up to max events with seq in (cursor, upto], oldest

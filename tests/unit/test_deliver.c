@@ -554,6 +554,115 @@ static void test_engine(void) {
     rmdir(dir);
 }
 
+#ifdef WAYBILL_CHECKS
+static void stopped(void *arg) {
+    *(int *)arg = 1;
+}
+
+/* A claim answered after deliver_shutdown (the store slow: its answers
+ * 300 ms late, WAYBILL_STORE_REPLY_DELAY_MS, checked builds) gives its rows
+ * back: the flush that drains the store hands the answer over, and the
+ * rows are due again, not leased for the lease's two minutes. */
+static void test_claim_answered_while_stopping(void) {
+    char dir[] = "/tmp/waybill-test-deliver-XXXXXX", err[256], evt_id[UTIL_ID_MAX], cmd[128];
+    struct event_base *base = event_base_new();
+    struct config_endpoint ep;
+    struct config_cidr loopback = {AF_INET, {127}, 8};
+    struct config cfg;
+    struct store_event sev;
+    struct store_delivery_new dn[3];
+    struct deliver_endpoint_stats stats;
+    int64_t retry_once[] = {0}, now, due = -1;
+    struct store *st;
+    struct httpc *hc;
+    struct health *hl;
+    struct deliver *d;
+    int i, done = 0;
+
+    CHECK(mkdtemp(dir) != NULL);
+    memset(&ep, 0, sizeof ep);
+    memset(&cfg, 0, sizeof cfg);
+    memset(&sev, 0, sizeof sev);
+    memset(dn, 0, sizeof dn);
+    ep.name = (char *)"erp";
+    ep.url = (char *)"http://127.0.0.1:9/";
+    ep.sign = SIGN_NONE;
+    ep.timeout_ms = 5000;
+    ep.retry_ms = retry_once;
+    ep.nretry = 1;
+    ep.concurrency = 4; /* a window of 8: one claim takes all three */
+    ep.success = CONFIG_SUCCESS_2XX;
+    ep.enabled = 1;
+    cfg.endpoints = &ep;
+    cfg.nendpoints = 1;
+    cfg.allow_private = &loopback;
+    cfg.nallow_private = 1;
+
+    setenv("WAYBILL_STORE_REPLY_DELAY_MS", "300", 1);
+    st = store_open(base, "sqlite:stop.db", dir, err, sizeof err);
+    unsetenv("WAYBILL_STORE_REPLY_DELAY_MS");
+    CHECK(st != NULL);
+    if (!st)
+        return;
+    util_id_new("evt_", evt_id, sizeof evt_id);
+    sev.id = evt_id;
+    sev.source = "test";
+    sev.source_id = "stop-1";
+    sev.type = "t";
+    sev.received_at = util_now_ms();
+    sev.raw = "{}";
+    sev.raw_len = 2;
+    sev.headers_json = "{}";
+    sev.data_json = "{}";
+    now = util_now_ms();
+    for (i = 0; i < 3; i++)
+        dn[i] = (struct store_delivery_new){.endpoint = "erp",
+                                            .event_type = "t",
+                                            .payload = "{}",
+                                            .payload_len = 2,
+                                            .status = "pending",
+                                            .next_at = now - 10 + i};
+    {
+        struct store_plan plan = {.status = "routed", .deliveries = dn, .ndeliveries = 3};
+        CHECK_INT_EQ(store_event_put(st, &sev, &plan, NULL, 0, err, sizeof err), 0);
+    }
+    CHECK_INT_EQ(store_flush(st), 0);
+
+    hc = httpc_new(base, err, sizeof err);
+    hl = health_new(st, err, sizeof err);
+    d = hc && hl ? deliver_new(base, st, hc, hl, err, sizeof err) : NULL;
+    CHECK(d != NULL);
+    if (d) {
+        httpc_set_allow(hc, allow_from_config, &cfg);
+        health_set_config(hl, &cfg);
+        deliver_set_config(d, &cfg);
+        /* the claim is made (its rows leased at once), its answer waits */
+        for (i = 0; i < 100 && (due = store_endpoint_next_due(st, "erp")) < now + 60000; i++)
+            event_base_loop(base, EVLOOP_NONBLOCK);
+        CHECK(due >= now + 60000);
+        deliver_endpoint_stats(d, "erp", &stats);
+        CHECK_INT_EQ(stats.in_memory, 0); /* not answered yet */
+        deliver_shutdown(d, 0, stopped, &done);
+        CHECK_INT_EQ(store_flush(st), 0); /* answered now, while stopping */
+        CHECK_INT_EQ(store_endpoint_next_due(st, "erp"), now - 10); /* given back */
+        deliver_endpoint_stats(d, "erp", &stats);
+        CHECK_INT_EQ(stats.in_memory, 0);
+        CHECK_INT_EQ(deliver_inflight(d), 0);
+        for (i = 0; i < 100 && !done; i++)
+            event_base_loop(base, EVLOOP_NONBLOCK);
+        CHECK(done);
+    }
+    deliver_free(d);
+    health_free(hl);
+    httpc_free(hc);
+    store_free(st);
+    event_base_free(base);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", dir);
+}
+#endif
+
 int main(void) {
     if (!getenv("WAYBILL_LOG"))
         log_threshold = LOG_WARN;
@@ -561,5 +670,8 @@ int main(void) {
     test_retry_after();
     test_schedule();
     test_engine();
+#ifdef WAYBILL_CHECKS
+    test_claim_answered_while_stopping();
+#endif
     return harness_report();
 }

@@ -1441,6 +1441,187 @@ static void test_async_reads(struct store *s) {
     CHECK(store_idle(s));
 }
 
+/* What a claim's (or a due read's) answer held: copied in the callback,
+ * since the rows belong to the store for the call only. */
+struct claim_rec {
+    int called, order, status;
+    size_t n;
+    int64_t seq[8], next_at[8];
+    char endpoint[8][32];
+    int64_t next_due, head, head_at;
+    size_t ndues, npending;
+    int64_t due_next[4], due_head[4];
+    int pending_has[4]; /* names asked for (dues) found among the pending */
+};
+static void on_claim(void *arg, const struct store_result *r) {
+    struct claim_rec *c = arg;
+    c->called++;
+    c->order = ++commit_seq;
+    c->status = r->status;
+    c->n = r->n;
+    c->next_due = r->next_due;
+    c->head = r->head;
+    c->head_at = r->head_at;
+    for (size_t i = 0; r->claimed && i < r->n && i < 8; i++) {
+        c->seq[i] = r->claimed[i].seq;
+        c->next_at[i] = r->claimed[i].next_at;
+        snprintf(c->endpoint[i], sizeof c->endpoint[i], "%s", r->claimed[i].endpoint);
+    }
+    c->ndues = r->ndues;
+    for (size_t i = 0; i < r->ndues && i < 4; i++) {
+        c->due_next[i] = r->dues[i].next_due;
+        c->due_head[i] = r->dues[i].head_due;
+        for (size_t k = 0; r->ids && k < r->n; k++)
+            if (!strcmp(r->ids[k], r->dues[i].name))
+                c->pending_has[i] = 1;
+    }
+    c->npending = r->ids ? r->n : 0;
+}
+
+/* Stores one event evt with a delivery to endpoint for each of next_at[0..n)
+ * in the open group. */
+static void put_deliveries(struct store *s, const char *evt, const char *endpoint,
+                           const int64_t *next_at, size_t n) {
+    struct store_delivery_new dn[8];
+    struct store_event ev = mk_event(evt, evt);
+    char err[256];
+
+    for (size_t i = 0; i < n && i < 8; i++)
+        dn[i] = (struct store_delivery_new){.endpoint = endpoint,
+                                            .event_type = "t",
+                                            .payload = "{}",
+                                            .payload_len = 2,
+                                            .status = "pending",
+                                            .next_at = next_at[i]};
+    CHECK_INT_EQ(store_event_put(s, &ev, NULL, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(routed(s, evt, "routed", NULL, dn, n, err, sizeof err), 0);
+}
+
+/* The loop's own reads (claims, an ordered look, the watchdog's due
+ * times, batch windows): never answered inside the call; a claim leases
+ * its rows at the call, so a second claim made before the first is
+ * answered never returns them; committed rows only; the next due time read
+ * with the claim; the head and a claim from it in one look. */
+static void test_async_claims(struct store *s) {
+    int64_t now = util_now_ms();
+    int64_t plain[4] = {now - 30, now - 20, now - 10, now + 600000};
+    int64_t ord[3] = {now - 3, now - 2, now - 1};
+    int64_t later[1] = {now + 900000};
+    int64_t fresh[1] = {now - 100};
+    const char *names[4] = {"aclaim", "aord", "alater", "aunc"};
+    struct claim_rec c1 = {0}, c2 = {0}, o1 = {0}, o2 = {0}, o3 = {0}, due = {0}, bd = {0};
+
+    put_deliveries(s, "evt_AC1", "aclaim", plain, 4);
+    put_deliveries(s, "evt_AO1", "aord", ord, 3);
+    put_deliveries(s, "evt_AL1", "alater", later, 1);
+    CHECK_INT_EQ(commit(s), 1);
+    put_deliveries(s, "evt_AU1", "aunc", fresh, 1); /* stays in the open group */
+    put_deliveries(s, "evt_AC2", "aclaim", fresh, 1);
+
+    /* two claims before either is answered */
+    CHECK_INT_EQ(store_read_claim_due(s, "aclaim", now, 30000, 2, on_claim, &c1), 0);
+    CHECK_INT_EQ(store_read_claim_due(s, "aclaim", now, 30000, 8, on_claim, &c2), 0);
+    CHECK(!c1.called && !c2.called); /* never inside the call */
+    CHECK(!store_idle(s));
+    event_base_loop(base, EVLOOP_ONCE);
+    CHECK(c1.called == 1 && c2.called == 1 && c1.order < c2.order);
+    CHECK_INT_EQ(c1.status, 0);
+    CHECK_INT_EQ((int)c1.n, 2); /* earliest due first */
+    CHECK(c1.n == 2 && c1.next_at[0] == now - 30 && c1.next_at[1] == now - 20);
+    CHECK_STR_EQ(c1.endpoint[0], "aclaim");
+    CHECK_INT_EQ(c1.next_due, now - 10); /* the third, read right after the claim */
+    CHECK_INT_EQ(c2.status, 0);
+    CHECK_INT_EQ((int)c2.n, 1); /* not the leased two, the future one, nor the uncommitted */
+    CHECK(c2.n == 1 && c2.next_at[0] == now - 10 && c2.seq[0] != c1.seq[0] &&
+          c2.seq[0] != c1.seq[1]);
+    CHECK_INT_EQ(c2.next_due, now + 30000); /* the leases end before the future row is due */
+
+    /* an ordered look: the head and a claim from it, in one read */
+    CHECK_INT_EQ(store_read_claim_ordered(s, "aord", now, 30000, 4, on_claim, &o1), 0);
+    /* a look with nothing asked: the head only (now leased by o1) */
+    CHECK_INT_EQ(store_read_claim_ordered(s, "aord", now, 30000, 0, on_claim, &o2), 0);
+    /* a head not due yet: nothing claimed */
+    CHECK_INT_EQ(store_read_claim_ordered(s, "alater", now, 30000, 4, on_claim, &o3), 0);
+    CHECK(!o1.called && !o2.called && !o3.called);
+    event_base_loop(base, EVLOOP_ONCE);
+    CHECK(o1.called == 1 && o2.called == 1 && o3.called == 1);
+    CHECK_INT_EQ(o1.status, 0);
+    CHECK_INT_EQ((int)o1.n, 3);
+    CHECK(o1.n == 3 && o1.seq[0] == o1.head && o1.seq[0] < o1.seq[1] && o1.seq[1] < o1.seq[2]);
+    CHECK_INT_EQ(o1.head_at, now - 3);
+    CHECK_INT_EQ(o2.status, 0);
+    CHECK_INT_EQ((int)o2.n, 0);
+    CHECK_INT_EQ(o2.head, o1.head);
+    CHECK_INT_EQ(o2.head_at, now + 30000); /* leased: due when the lease ends */
+    CHECK_INT_EQ(o3.status, 0);
+    CHECK_INT_EQ((int)o3.n, 0);
+    CHECK_INT_EQ(o3.head_at, now + 900000);
+
+    /* the watchdog's read: due times, committed heads, pending endpoints */
+    CHECK_INT_EQ(store_read_endpoints_due(s, names, 4, 1, on_claim, &due), 0);
+    CHECK(!due.called);
+    event_base_loop(base, EVLOOP_ONCE);
+    CHECK_INT_EQ(due.called, 1);
+    CHECK_INT_EQ(due.status, 0);
+    CHECK_INT_EQ((int)due.ndues, 4);
+    CHECK_INT_EQ(due.due_next[0], now + 30000);
+    CHECK_INT_EQ(due.due_head[1], now + 30000);
+    CHECK_INT_EQ(due.due_next[2], now + 900000);
+    CHECK_INT_EQ(due.due_head[2], now + 900000);
+    CHECK_INT_EQ(due.due_next[3], INT64_MAX); /* only an uncommitted row */
+    CHECK_INT_EQ(due.due_head[3], INT64_MAX);
+    CHECK(due.pending_has[0] && due.pending_has[1] && due.pending_has[2]);
+    CHECK(due.pending_has[3]); /* pending in the open group: listed (discovery) */
+
+    /* batch windows: the due ones and the next end, read together */
+    CHECK_INT_EQ(store_read_batch_due(s, 0, on_claim, &bd), 0);
+    CHECK(!bd.called);
+    event_base_loop(base, EVLOOP_ONCE);
+    CHECK_INT_EQ(bd.called, 1);
+    CHECK_INT_EQ(bd.status, 0);
+    CHECK_INT_EQ((int)bd.n, 0);
+    CHECK_INT_EQ(bd.next_due, store_batch_next_close(s));
+
+    /* committed, the fresh row is claimed by the next claim */
+    CHECK_INT_EQ(commit(s), 1);
+    memset(&c1, 0, sizeof c1);
+    CHECK_INT_EQ(store_read_claim_due(s, "aclaim", util_now_ms(), 30000, 8, on_claim, &c1), 0);
+    CHECK_INT_EQ(store_flush(s), 0); /* a flush answers it */
+    CHECK_INT_EQ(c1.called, 1);
+    CHECK(c1.n == 1 && c1.next_at[0] == now - 100);
+    CHECK(store_idle(s));
+}
+
+#ifdef WAYBILL_CHECKS
+/* WAYBILL_STORE_REPLY_DELAY_MS (checked builds): an answer waits that
+ * long after its call, not one turn; a flush still answers at once. */
+static void test_reply_delay(void) {
+    struct read_rec ping = {0}, flushed = {0};
+    struct store *s;
+    int64_t t0;
+    int i;
+
+    setenv("WAYBILL_STORE_REPLY_DELAY_MS", "60", 1);
+    s = open_store("sqlite:delay.db");
+    unsetenv("WAYBILL_STORE_REPLY_DELAY_MS");
+    CHECK(s != NULL);
+    if (!s)
+        return;
+    t0 = util_mono_ms();
+    CHECK_INT_EQ(store_read_ping(s, on_read, &ping), 0);
+    event_base_loop(base, EVLOOP_NONBLOCK);
+    CHECK_INT_EQ(ping.called, 0); /* the next turn came, the answer not yet */
+    for (i = 0; i < 100 && !ping.called; i++)
+        event_base_loop(base, EVLOOP_ONCE);
+    CHECK_INT_EQ(ping.called, 1);
+    CHECK(util_mono_ms() - t0 >= 60);
+    CHECK_INT_EQ(store_read_ping(s, on_read, &flushed), 0);
+    CHECK_INT_EQ(store_flush(s), 0);
+    CHECK_INT_EQ(flushed.called, 1);
+    store_free(s);
+}
+#endif
+
 /* Claims endpoint's due deliveries and stores outcome for each; returns how
  * many. */
 static int settle(struct store *s, const char *endpoint, const char *outcome) {
@@ -2393,7 +2574,11 @@ int main(void) {
     test_type_filter_glob(s);
     test_admin_reads_committed_only(s);
     test_async_reads(s);
+    test_async_claims(s);
     store_free(s);
+#ifdef WAYBILL_CHECKS
+    test_reply_delay();
+#endif
     test_symlinked_store();
     test_counts_insert_then_move();
     test_counts_trigger_dropped();
