@@ -29,10 +29,9 @@
  * What a read sees. The loop's own reads (dedupe, claims, routing, the
  * backlog) see the open group: they decide what goes into it. The admin
  * API's reads -- pages of events and deliveries, the event detail, find,
- * delivery counts, an endpoint's blocked keys, open batch windows
- * (store_events_page, store_deliveries_page, store_event_detail,
- * store_events_find, store_delivery_counts, store_endpoint_blocked,
- * store_batch_windows) -- see committed groups only:
+ * delivery counts, open batch windows (store_events_page,
+ * store_deliveries_page, store_event_detail, store_events_find,
+ * store_delivery_counts, store_batch_windows) -- see committed groups only:
  * they run on a second, read-only connection to the same file, and in WAL
  * mode a reader sees the transactions whose COMMIT was done when its read
  * began, never the open group. Chosen over answering reads only between
@@ -48,10 +47,12 @@
  * and deliveries, which are what must never be taken back, already wait
  * for the sync. Read on the loop's connection: endpoint state
  * (store_endpoint_states) and subscriptions, which health and the config
- * read for their own writes, and an endpoint's queue (store_endpoint_queue),
- * which the admin API shows beside the scheduler's own state (in flight, in
- * memory: the loop's view): from two views, due + in memory would not add
- * up while a claim or an outcome waits in the open group.
+ * read for their own writes, and an endpoint's queue (store_endpoint_queue)
+ * and blocked keys (store_endpoint_blocked), which the admin API shows
+ * beside the scheduler's own state (in flight, in memory: the loop's view):
+ * from two views, due + in memory would not add up while a claim or an
+ * outcome waits in the open group, nor the blocked count and the keys
+ * listed with it.
  * SPDX-License-Identifier: MIT */
 #ifndef CORE_STORE_H
 #define CORE_STORE_H

@@ -322,7 +322,11 @@ void store_blocked_keys_free(struct store_blocked_key *k, size_t n) {
 
 int store_endpoint_blocked(struct store *s, const char *name, size_t max,
                            struct store_blocked_key **out, size_t *n, char *err, size_t errlen) {
-    sqlite3_stmt *st = store_rstmt(s, ST_EP_BLOCKED);
+    /* The loop's connection, as store_endpoint_queue's count of the same
+     * keys: one answer of store_read_endpoints shows both, and from two
+     * views (the open group, the committed state) the count could hold a
+     * key the list did not. */
+    sqlite3_stmt *st = store_stmt(s, ST_EP_BLOCKED);
     struct store_blocked_key *k = NULL, *r;
     void *grown;
     size_t cnt = 0, cap = 0;
@@ -350,7 +354,7 @@ int store_endpoint_blocked(struct store *s, const char *name, size_t max,
     }
     if (oom || rc != SQLITE_DONE) {
         store_err(err, errlen, "store: blocked keys: %s",
-                  oom ? "out of memory" : sqlite3_errmsg(s->rdb));
+                  oom ? "out of memory" : sqlite3_errmsg(s->db));
         stmt_done(st);
         store_blocked_keys_free(k, cnt);
         return -1;

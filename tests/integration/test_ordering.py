@@ -215,6 +215,47 @@ def test_a_key_failed_for_good_is_blocked_shown_and_released_by_retry_or_skip():
         check_order(sink, ["TN-C"], 3)
 
 
+def test_an_endpoints_blocked_count_and_its_keys_come_from_one_view():
+    """GET /api/endpoints/NAME's `blocked` and its `blocked_keys` are one
+    answer: while keys fail for good one after another, every answer lists
+    as many keys as it counts (they were read from two views of the store:
+    the count saw a failure its group had not committed yet, the list not)."""
+    keys = ["TN-%02d" % i for i in range(40)]
+    sink = schedsink.Sink(behaviour=lambda req: 500)
+    g = gateway({"erp": (sink.url, ', ordered = "data.tracking_number",'
+                 ' retry = { "0s" }, jitter = false')},
+                'on("tracking.*", { "erp" })')
+    with g:
+        seen, bad = [], []
+        stop = threading.Event()
+
+        def poll():
+            while not stop.is_set():
+                st, ep = g.admin("GET", "/api/endpoints/erp")
+                if st != 200:
+                    bad.append((st, ep))
+                    return
+                seen.append(ep["blocked"])
+                if len(ep["blocked_keys"]) != ep["blocked"]:
+                    bad.append(ep)
+
+        pollers = [threading.Thread(target=poll) for _ in range(2)]
+        for t in pollers:
+            t.start()
+        try:
+            post_keys(g, keys, 1, connections=4)
+            deadline = time.monotonic() + 15 * SCALE
+            while (not seen or seen[-1] < len(keys)) and time.monotonic() < deadline and not bad:
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            for t in pollers:
+                t.join(TIMEOUT)
+        assert not bad, bad[:3]
+        assert seen and seen[-1] == len(keys), seen[-5:]
+        assert len(set(seen)) > 2, "the answers saw too few steps to test anything: %s" % sorted(set(seen))
+
+
 def test_kill9_mid_stream_keeps_every_key_in_order_and_loses_nothing():
     rnd = random.Random(9)
     lock = threading.Lock()
