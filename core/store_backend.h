@@ -20,16 +20,19 @@
  * loop, never from inside the call (SQLite answers on the next loop turn,
  * having run the statement at once on its loop connection; PostgreSQL when
  * the result arrives on its pipeline). This is the real change for the
- * callers: today's reads return rows synchronously (store.h); with a
- * database across the network they cannot without blocking the loop, so
- * admin.c, admin_web.c, deliver_sched.c, housekeep.c and batch.c move to
- * callbacks (their HTTP answers already are asynchronous: evhttp and the
- * webhook server reply when they like). First step taken: store.h's
- * store_read_* calls (store_reply.c on SQLite) answer the admin API's
- * pages, event detail, find, batch windows, counts, endpoints (state,
- * queue, blocked keys: store_read_endpoints, one read for GET
- * /api/endpoints and /metrics) and /healthz's ping that way: every admin
- * read; the loop's own reads (claims, batch, recovery, health) are next.
+ * callers: the store's reads returned rows synchronously and its writes
+ * returned values read from the open group; with a database across the
+ * network they cannot without blocking the loop. Done on SQLite, behind
+ * store.h: every admin read (store_read_*, store_reply.c); the loop's own
+ * reads, claims with their next due time, an ordered endpoint's head with
+ * its claim, the watchdog's due times, the batch closer's windows
+ * (store_read_claim_* etc., store_reply.c); and every write whose value
+ * a caller acts on, with the loop's reads of ingest, admin actions,
+ * health, retention and recovery (store_*_done, store_get_*,
+ * store_done.c: the value held until the group ends). What still reads
+ * the open group at once: the count of a batch window's items after an
+ * event's add (route.c closes a full window), and store_subs_load and
+ * health's first states read at start, before the loop runs.
  *
  * Kinds of operation, and how PostgreSQL runs them (store_pg_be.h has the
  * transaction machinery):
