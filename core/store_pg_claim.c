@@ -57,15 +57,7 @@ static const char CLAIM_ORDERED_SQL[] = CLAIM_SET
     " ORDER BY c.delivery_seq LIMIT $3::bigint FOR UPDATE" CLAIM_RETURNING;
 
 static void claimed_free(struct pg_op *op) {
-    struct store_delivery *d = op->rows;
-    for (size_t i = 0; d && i < op->n; i++) {
-        free(d[i].endpoint);
-        free(d[i].event_type);
-        free(d[i].content_type);
-        free(d[i].headers_json);
-        free(d[i].payload);
-    }
-    free(d);
+    store_deliveries_free(op->rows, op->n);
     op->rows = NULL;
     op->n = 0;
 }

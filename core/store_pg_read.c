@@ -74,10 +74,7 @@ int store_pg_delivery_counts(struct store_be *be, store_be_done_fn cb, void *arg
 /* ---- batch windows due ---- */
 
 static void windows_free(struct pg_op *op) {
-    struct store_batch_window *w = op->rows;
-    for (size_t i = 0; w && i < op->n; i++)
-        free(w[i].endpoint);
-    free(w);
+    store_batch_windows_free(op->rows, op->n);
     op->rows = NULL;
 }
 
@@ -113,17 +110,7 @@ int store_pg_batch_due(struct store_be *be, int64_t now, store_be_done_fn cb, vo
 /* ---- a page of events ---- */
 
 static void events_free(struct pg_op *op) {
-    struct store_event_row *e = op->rows;
-    for (size_t i = 0; e && i < op->n; i++) {
-        free(e[i].id);
-        free(e[i].source);
-        free(e[i].source_id);
-        free(e[i].type);
-        free(e[i].created_at);
-        free(e[i].status);
-        free(e[i].error);
-    }
-    free(e);
+    store_event_rows_free(op->rows, op->n);
     op->rows = NULL;
 }
 
@@ -178,17 +165,7 @@ int store_pg_events_page(struct store_be *be, const struct store_page *q, store_
 /* ---- a page of deliveries ---- */
 
 static void items_free(struct pg_op *op) {
-    struct store_delivery_item *d = op->rows;
-    for (size_t i = 0; d && i < op->n; i++) {
-        free(d[i].id);
-        free(d[i].event_id);
-        free(d[i].endpoint);
-        free(d[i].event_type);
-        free(d[i].status);
-        free(d[i].last_error);
-        free(d[i].key);
-    }
-    free(d);
+    store_delivery_items_free(op->rows, op->n);
     op->rows = NULL;
 }
 
@@ -486,13 +463,7 @@ int store_pg_endpoints_pending(struct store_be *be, store_be_done_fn cb, void *a
 }
 
 static void states_free(struct pg_op *op) {
-    struct store_endpoint_state *e = op->rows;
-    for (size_t i = 0; e && i < op->n; i++) {
-        free(e[i].name);
-        free(e[i].reason);
-        free(e[i].last_error);
-    }
-    free(e);
+    store_endpoint_states_free(op->rows, op->n);
     op->rows = NULL;
 }
 
