@@ -752,9 +752,11 @@ int store_batch_close(struct store *s, const struct store_batch_window *w, const
  * - Everything d points to (err, id, prune, rows, states) belongs to the
  *   store and lives for the call of fn only. The arguments of a call are
  *   read during the call only (strings copied where kept).
- * The synchronous calls stay for the unit tests and for the start, before
+ * The synchronous calls stay for the unit tests, for the start, before
  * the loop runs (store_subs_load, the first read of endpoint states: no
- * request is served yet, so a blocking read costs nobody). */
+ * request is served yet, so a blocking read costs nobody), and for health's
+ * read of endpoint states after a rolled-back group (health.c says why it
+ * cannot wait for an answer yet). */
 struct store_done {
     int ok;          /* see above */
     int status;      /* when ok: what the synchronous call returns, >= 0 (event_put 0 or
