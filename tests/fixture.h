@@ -1,11 +1,13 @@
 /* fixture.h -- files for the unit tests that load a real config and rules:
- * the shipped Lua library's folder, and writing a test's files. Static
+ * the shipped Lua library's folder, writing a test's files, and counting a
+ * SQLite store's committed rows from outside. Static
  * inline, so a test that uses one of them compiles without the others.
  * SPDX-License-Identifier: MIT */
 #ifndef TESTS_FIXTURE_H
 #define TESTS_FIXTURE_H
 
 #include <limits.h>
+#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,6 +48,25 @@ static inline int fixture_write(const char *dir, const char *name, const char *t
     char path[PATH_MAX];
     snprintf(path, sizeof path, "%s/%s", dir, name);
     return fixture_write_path(path, text);
+}
+
+/* count(*) of sql (one ? bound to arg, if any) on a fresh read-only
+ * connection to the SQLite file at path: what is committed, as another
+ * process sees it. -1 when it cannot be read. */
+static inline long long fixture_count(const char *path, const char *sql, const char *arg) {
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    long long n = -1;
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+        sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK) {
+        if (arg)
+            sqlite3_bind_text(st, 1, arg, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) == SQLITE_ROW)
+            n = sqlite3_column_int64(st, 0);
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return n;
 }
 
 #endif

@@ -13,6 +13,7 @@
 #include <jansson.h>
 #include <sqlite3.h>
 
+#include "fixture.h"
 #include "harness.h"
 #include "store.h"
 #include "util.h"
@@ -93,19 +94,7 @@ static int batch_item(struct store *s, const char *endpoint, int64_t window_star
 
 /* count(*) of sql (one ? bound to arg, if any) on a fresh connection. */
 static long long fresh_count(const char *sql, const char *arg) {
-    sqlite3 *db = NULL;
-    sqlite3_stmt *st = NULL;
-    long long n = -1;
-    if (sqlite3_open_v2(dbpath, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
-        sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK) {
-        if (arg)
-            sqlite3_bind_text(st, 1, arg, -1, SQLITE_STATIC);
-        if (sqlite3_step(st) == SQLITE_ROW)
-            n = sqlite3_column_int64(st, 0);
-    }
-    sqlite3_finalize(st);
-    sqlite3_close(db);
-    return n;
+    return fixture_count(dbpath, sql, arg);
 }
 
 /* 1 when plan has a bare "SCAN table" step (a table scan, not an index walk). */

@@ -14,6 +14,7 @@
 #include <event2/event.h>
 #include <sqlite3.h>
 
+#include "fixture.h"
 #include "harness.h"
 #include "store.h"
 #include "util.h"
@@ -80,19 +81,7 @@ static struct store_event mk_event(const char *id, const char *source_id) {
 /* count(*) of sql (one ? bound to arg, if any) on a fresh connection:
  * what is committed. */
 static long long fresh_count(const char *sql, const char *arg) {
-    sqlite3 *db = NULL;
-    sqlite3_stmt *st = NULL;
-    long long n = -1;
-    if (sqlite3_open_v2(dbpath, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
-        sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK) {
-        if (arg)
-            sqlite3_bind_text(st, 1, arg, -1, SQLITE_STATIC);
-        if (sqlite3_step(st) == SQLITE_ROW)
-            n = sqlite3_column_int64(st, 0);
-    }
-    sqlite3_finalize(st);
-    sqlite3_close(db);
-    return n;
+    return fixture_count(dbpath, sql, arg);
 }
 
 /* A write that fails the open group: a delivery without an endpoint. */
