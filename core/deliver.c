@@ -222,6 +222,7 @@ struct deliver_xfer *deliver_xfer_new(struct deliver *d, const struct store_deli
 }
 
 void deliver_xfer_free(struct deliver *d, struct deliver_xfer *x) {
+    deliver_read_gone(x->ep->read, x->row.seq);
     if (x->hx)
         httpc_cancel(d->httpc, x->hx);
     if (x->started) {

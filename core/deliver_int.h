@@ -104,6 +104,15 @@ struct deliver_read {
     size_t want;       /* claims: rows asked for */
     int late;          /* the watchdog: its tick came late (judge no one) */
     int discover_only; /* the watchdog's read without its check (a reload's discovery) */
+    /* Claims: seqs of ep's rows that left memory (sent and written, or
+     * given back) while this read was in flight. The claim may return
+     * them (an enable cleared the lease of a row in flight): by the answer
+     * their outcome is written, so they are given back, never sent again.
+     * gone_lost: one could not be recorded (out of memory): every row the
+     * answer does not already hold is given back. */
+    int64_t *gone;
+    size_t ngone, gone_cap;
+    int gone_lost;
     struct deliver_read *prev, *next;
 };
 
@@ -230,6 +239,10 @@ void deliver_kick_now(struct deliver *d, int all);
 /* Gives endpoints with pending rows and no queue (a subscription's) one,
  * once the store has answered which they are. */
 void deliver_discover(struct deliver *d);
+
+/* Records that ep's row seq left memory while r, ep's claim, is in flight
+ * (deliver_xfer_free calls it; r may be NULL: no claim in flight). */
+void deliver_read_gone(struct deliver_read *r, int64_t seq);
 
 /* Detaches every read in flight (deliver_free): their answers give back
  * what they claimed and touch nothing else. */

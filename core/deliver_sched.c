@@ -265,6 +265,33 @@ static struct deliver_read *deliver_read_new(struct deliver *d, enum deliver_rea
     return r;
 }
 
+void deliver_read_gone(struct deliver_read *r, int64_t seq) {
+    if (!r || r->kind == DELIVER_READ_CHECK)
+        return;
+    if (r->ngone == r->gone_cap) {
+        size_t cap = r->gone_cap ? 2 * r->gone_cap : 8;
+        int64_t *p = realloc(r->gone, cap * sizeof *p);
+        if (!p) {
+            r->gone_lost = 1;
+            return;
+        }
+        r->gone = p;
+        r->gone_cap = cap;
+    }
+    r->gone[r->ngone++] = seq;
+}
+
+/* 1 when the row at seq left memory while r was in flight (or one may
+ * have, unrecorded). */
+static int deliver_read_saw_gone(const struct deliver_read *r, int64_t seq) {
+    if (r->gone_lost)
+        return 1;
+    for (size_t i = 0; i < r->ngone; i++)
+        if (r->gone[i] == seq)
+            return 1;
+    return 0;
+}
+
 /* r was answered (or could not be made): unlinks and frees it. */
 static void deliver_read_end(struct deliver_read *r) {
     struct deliver *d = r->d;
@@ -281,6 +308,7 @@ static void deliver_read_end(struct deliver_read *r) {
         if (d->check_read == r)
             d->check_read = NULL;
     }
+    free(r->gone);
     free(r);
 }
 
@@ -474,28 +502,46 @@ static void deliver_ep_answer(void *arg, const struct store_result *res) {
     int64_t claim_now = r->now;
     size_t want = r->want, i;
     const struct config_endpoint *cep;
-    int again;
+    int again, gave_back = 0;
 
     if (!d || !ep) { /* deliver_free ran */
         deliver_rows_release(r->store, res->claimed, res->n);
         deliver_read_end(r);
         return;
     }
-    deliver_read_end(r);
+    if (ep->read == r)
+        ep->read = NULL; /* r itself lives until the rows are taken: its gone list */
     DELIVER_CHECK(!ep->read);
     again = ep->again;
     ep->again = 0;
     cep = deliver_endpoint(d, ep->name);
     if (d->stopping || !cep || !cep->enabled || deliver_ep_off(d, ep)) {
+        deliver_read_end(r);
         deliver_rows_release(d->store, res->claimed, res->n);
         deliver_ep_service(d, ep); /* unavailable: its waiting rows go back too */
         return;
     }
     if (res->status < 0)
         log_msg(LOG_WARN, "endpoint %s: claiming deliveries: %s", ep->name, res->err);
-    for (i = 0; i < res->n; i++)
-        if (deliver_ep_take(d, ep, &res->claimed[i]) < 0)
+    for (i = 0; i < res->n; i++) {
+        const struct store_delivery *row = &res->claimed[i];
+        /* Sent (or given back) while the claim was on its way: its outcome
+         * is written and supersedes the claim's lease (the release then
+         * changes nothing), or, written before the claim ran, the release
+         * gives back what the claim took. Not held: a row held now is
+         * deliver_ep_take's to skip. */
+        if (!deliver_ep_holds(ep, row->seq) && deliver_read_saw_gone(r, row->seq)) {
+            log_msg(LOG_DEBUG, "delivery %s claimed as its transfer ended; given back", row->id);
+            deliver_rows_release(d->store, row, 1);
+            gave_back = 1;
+            continue;
+        }
+        if (deliver_ep_take(d, ep, row) < 0)
             deliver_ep_arm(ep, d->lease_ms); /* it goes out when its lease ends */
+    }
+    deliver_read_end(r);
+    if (gave_back)
+        deliver_ep_arm(ep, 0); /* a row given back may be due: look again */
     if (!cep->ordered != (kind == DELIVER_READ_CLAIM)) {
         deliver_ep_service(d, ep); /* a reload changed its ordering: look afresh */
         return;

@@ -10,6 +10,7 @@ stop must come out as they do on the next loop turn, and the watchdog
 import collections
 import signal
 import sys
+import time
 
 import wb
 
@@ -115,4 +116,36 @@ def test_disable_enable_and_sigterm_with_claims_in_flight_lose_and_repeat_nothin
     got = sorted(r.json()["id"] for r in ordered.requests if r.reply == 200)
     assert got == sorted(first + held)
     assert_quiet(g)
+    assert g.stop() == 0
+
+
+def test_a_claim_answered_after_its_row_was_delivered_does_not_send_it_again():
+    """An endpoint disabled and enabled while a delivery is in flight: the
+    enable clears the row's lease, so a claim made then returns the row
+    being sent. The guard that it is held lasts only while it is; when the
+    claim's answer comes after the transfer ended (a store 1 s away, a
+    receiver answering in 0.3 s), the row must not go out again. CI saw
+    this under load at 20 ms: two deliveries answered 200 twice."""
+    if not checked_build():
+        return
+    sink = wb.Sink(delay=0.3)
+    cfg = wb.config(f'''
+        source "atoship" {{ verify = "atoship", secret = {wb.lua(SECRET)} }}
+        endpoint "plain" {{ url = {wb.lua(sink.url)}, sign = "none" }}
+        rules "rules/"
+    ''')
+    g = wb.Gateway(cfg, files={"rules/10.lua": 'on("*", function(ev) send("plain", ev) end)\n'},
+                   env={"WAYBILL_STORE_REPLY_DELAY_MS": "1000"})
+    post(g, 1)
+    wb.wait_for(lambda: sink.inflight == 1, timeout=10 * SCALE, message="the delivery in flight")
+    assert g.admin("POST", "/api/endpoints/plain/disable")[0] == 200
+    assert g.admin("POST", "/api/endpoints/plain/enable")[0] == 200
+    wb.wait_for(lambda: sink.count >= 1 and sink.inflight == 0, timeout=10 * SCALE,
+                message="the delivery answered")
+    # the enable's claim is answered about 1 s after it was made: past it,
+    # the receiver still has the one request, and the store one attempt
+    time.sleep(2.5 * SCALE)
+    assert sink.count == 1, [(r.headers.get("X-Waybill-Delivery"), r.reply) for r in sink.requests]
+    assert "handed over 1000 ms" in g.log()
+    assert g.log().count("outcome=delivered") == 1, g._tail(20)
     assert g.stop() == 0
