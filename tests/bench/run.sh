@@ -4,7 +4,7 @@
 # receiver), measured in the same run, interleaved, with waybill on a store
 # of 1,000,000 pending deliveries as well; then waybill's sustained delivery
 # throughput (1 and 4 endpoints), end-to-end latency and rule cost. See
-# bench.py for what runs and how.
+# bench.py for what runs and how; then pg_bench.py, the PostgreSQL rows.
 # Installs wrk/webhook when missing (as root, asked: BENCH_INSTALL=1 or a
 # prompt), builds the bare server into
 # tests/bench/out/, then runs bench.py; extra arguments go to bench.py
@@ -61,4 +61,12 @@ python3 tests/bench/bench.py "$@" &
 pid=$!
 trap 'kill -TERM $pid 2>/dev/null' INT TERM
 while ! wait $pid; do kill -0 $pid 2>/dev/null || break; done
+# The PostgreSQL rows (issue 15), appended to the same results; BENCH_PG=0
+# skips them (about 5 minutes: three ingest rounds, 1-3 instances, and the
+# held transaction's two 60 s windows).
+if [ "${BENCH_PG:-1}" != 0 ]; then
+  python3 tests/bench/pg_bench.py &
+  pid=$!
+  while ! wait $pid; do kill -0 $pid 2>/dev/null || break; done
+fi
 exit 0
