@@ -51,8 +51,11 @@ local prefix, n, created
 local headers = { ["Content-Type"] = "application/json" }
 
 function init(args)
-    -- unique across threads and runs: start time, thread number, counter
-    prefix = string.format("%08x%02d", os.time() % 0xffffffff, tonumber(tid) or 0)
+    -- unique across threads and runs: start time, thread number, counter;
+    -- and across wrk processes started in the same second (several
+    -- instances loaded at once) by WB_ID_SALT
+    prefix = string.format("%s%08x%02d", os.getenv("WB_ID_SALT") or "", os.time() % 0xffffffff,
+        tonumber(tid) or 0)
     n = 0
     created = os.date("!%Y-%m-%dT%H:%M:%SZ")
 end
