@@ -103,6 +103,12 @@ int store_flush(struct store *s);
  * callbacks is still alive. */
 int store_idle(const struct store *s);
 
+/* running 1: the event loop is about to run (app_run, before dispatch);
+ * 0: it returned. A store across the network (PostgreSQL) runs the loop
+ * itself only outside it: for the reads of the start and the drain of
+ * store_flush after the loop ended. SQLite ignores it. */
+void store_loop_running(struct store *s, int running);
+
 /* 1 when the store answers a trivial query, else 0 (for /healthz). */
 int store_ping(struct store *s);
 
