@@ -671,6 +671,7 @@ struct deliver *deliver_new(struct event_base *base, struct store *s, struct htt
     d->httpc = hc;
     d->health = h;
     d->lease_ms = DELIVER_LEASE_DEFAULT_MS;
+    d->shared = store_shared(s);
     d->rng = ((uint64_t)util_now_ms() << 20) ^ ((uint64_t)getpid() << 1) ^ (uint64_t)(uintptr_t)d ^
              (uint64_t)util_mono_ms();
     if (!d->rng)

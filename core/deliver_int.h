@@ -155,6 +155,7 @@ struct deliver {
     struct deliver_read *check_read; /* the watchdog's, in flight, or NULL */
     int inflight;
     int64_t lease_ms;
+    int shared; /* store_shared: other instances insert and claim too */
     uint64_t rng;
     struct deliver_commit *commit;  /* outstanding store_on_written, or NULL */
     struct deliver_commit *durable; /* outstanding store_on_commit, or NULL */

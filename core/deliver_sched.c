@@ -743,6 +743,17 @@ static void deliver_check_ep(struct deliver *d, struct deliver_ep *ep,
         ep->stuck = 0;
         return;
     }
+    if (d->shared && !ep->read && !late) {
+        /* a shared store (PostgreSQL): rows other instances inserted, or
+         * whose lease expired, come with no kick here; this tick's read
+         * is how they are found (within DELIVER_CHECK_MS): a look, not a
+         * lost wake-up */
+        deliver_ep_service(d, ep);
+        ep->progress_seen = ep->progress;
+        if (!ep->due_free_since)
+            ep->due_free_since = mono;
+        return;
+    }
     if (!ep->due_free_since) {
         ep->due_free_since = mono;
         ep->progress_seen = ep->progress;

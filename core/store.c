@@ -501,6 +501,10 @@ int store_flush(struct store *s) {
     return group_commit(s, 1) ? 0 : -1;
 }
 
+int store_shared(const struct store *s) {
+    return s && s->bx;
+}
+
 void store_loop_running(struct store *s, int running) {
     if (s && s->bx)
         s->bx->running = running;

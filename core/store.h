@@ -109,6 +109,12 @@ int store_idle(const struct store *s);
  * store_flush after the loop ended. SQLite ignores it. */
 void store_loop_running(struct store *s, int running);
 
+/* 1 when other processes write the store too (PostgreSQL: several
+ * instances on one database): rows appear that this process did not
+ * insert and no kick announces; the scheduler's watchdog finds them. 0 for
+ * SQLite (one process per store). */
+int store_shared(const struct store *s);
+
 /* 1 when the store answers a trivial query, else 0 (for /healthz). */
 int store_ping(struct store *s);
 

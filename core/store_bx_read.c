@@ -72,6 +72,7 @@ struct bx_rd {
     size_t nids;
     struct bx_part *parts;
     size_t nparts, capparts;
+    void (*issue)(struct bx_rd *rd); /* a claim's parts, sent once this instance's groups ended */
 };
 
 static void rd_free(struct bx_rd *rd) {
@@ -351,6 +352,26 @@ static void main_answer(struct bx_rd *rd, int status, const void *rows, size_t n
 
 static void ordered_claim(struct bx_rd *rd);
 
+/* An ordered claim must start at the head it was made for. The head is
+ * read on the read connection, which does not see the open group: when
+ * the group that set the head's retry commits between the head's read and
+ * the claim, the claim skips the head (not due any more) and would hand
+ * out the rows behind it. Then they go back, and the answer has none (the
+ * scheduler looks again). Returns 1 when the rows may be handed over. */
+static int ordered_from_head(struct bx_rd *rd, const struct store_delivery *rows, size_t n) {
+    char err[256];
+
+    if (rows[0].seq == rd->res.head)
+        return 1;
+    for (size_t i = 0; i < n; i++)
+        if (store_bx_delivery_lease(rd->s, rows[i].seq, 0, 0, err, sizeof err) < 0)
+            log_msg(LOG_WARN,
+                    "delivery %s: giving back a claim past its head: %s (it is claimed"
+                    " again when the lease ends)",
+                    rows[i].id, err);
+    return 0;
+}
+
 static void part_answer(void *arg, int status, const void *rows, size_t n, const char *err) {
     struct bx_part *p = arg;
     struct bx_rd *rd = p->rd;
@@ -363,7 +384,9 @@ static void part_answer(void *arg, int status, const void *rows, size_t n, const
     }
     switch (p->what) {
     case P_MAIN:
-        if (rd->kind == R_CLAIM_DUE || rd->kind == R_CLAIM_ORDERED) {
+        if (rd->kind == R_CLAIM_ORDERED && status >= 0 && n && !ordered_from_head(rd, rows, n)) {
+            break;
+        } else if (rd->kind == R_CLAIM_DUE || rd->kind == R_CLAIM_ORDERED) {
             if (status >= 0 && claimed_copy(rd, rows, n) < 0)
                 rd_fail(rd, "store: out of memory");
         } else if (status >= 0) {
@@ -496,15 +519,60 @@ int store_bx_read_endpoints(struct store *s, const char *const *names, size_t n,
     return rd_issued(rd);
 }
 
-int store_bx_read_claim_due(struct store *s, const char *name, int64_t now, int64_t lease_ms,
-                            size_t max, store_read_fn fn, void *arg) {
-    struct bx_rd *rd = rd_new(s, R_CLAIM_DUE, fn, NULL, arg, 2);
+/* A claim sees this instance's own writes: SQLite's claims read the loop's
+ * connection, the open group included; a backend's read connection sees
+ * committed groups only. So a claim made while a group of this instance
+ * is open or in flight goes out once those ended (one group later): an
+ * outcome just written (a delivered row, a retry's next_at) is then in
+ * the rows it reads, and a row is never claimed again behind its own
+ * outcome (seen: an ordered endpoint's head sent twice). */
+static void claim_due_issue(struct bx_rd *rd) {
+    struct store *s = rd->s;
+    PART(rd, P_MAIN, 0, s->ops->claim(s->be, rd->name, -1, rd->now, rd->lease_ms, rd->max, CB));
+    /* the next due time as the claim left it: read after it (in order) */
+    PART(rd, P_NEXT_DUE, 0, s->ops->endpoint_next_due(s->be, rd->name, CB));
+    rd_issued(rd);
+}
+
+static void claim_ordered_issue(struct bx_rd *rd) {
+    struct store *s = rd->s;
+    PART(rd, P_HEAD, 0, s->ops->endpoint_head(s->be, rd->name, CB));
+    rd_issued(rd);
+}
+
+static void claim_after_groups(void *arg, int ok) {
+    struct bx_rd *rd = arg;
+    UNUSED(ok);
+    rd->in_call = 1; /* (answers still go through the loop) */
+    rd->issue(rd);
+}
+
+static int claim_start(struct store *s, enum bx_rkind kind, const char *name, int64_t now,
+                       int64_t lease_ms, size_t max, store_read_fn fn, void *arg,
+                       void (*issue)(struct bx_rd *rd)) {
+    struct store_bx *x = s->bx;
+    struct bx_rd *rd = rd_new(s, kind, fn, NULL, arg, 2);
     if (!rd)
         return -1;
-    PART(rd, P_MAIN, 0, s->ops->claim(s->be, name, -1, now, lease_ms, max, CB));
-    /* the next due time as the claim left it: read after it (in order) */
-    PART(rd, P_NEXT_DUE, 0, s->ops->endpoint_next_due(s->be, name, CB));
-    return rd_issued(rd);
+    rd->now = now;
+    rd->lease_ms = lease_ms;
+    rd->max = max;
+    rd->issue = issue;
+    if (kind == R_CLAIM_ORDERED)
+        rd->res.next_due = -1;
+    if (!(rd->name = strdup(name))) {
+        rd_fail(rd, "store: out of memory");
+        return rd_issued(rd);
+    }
+    if ((x->tx_open || x->fly) && store_bx_on_group(s, claim_after_groups, rd) == 0)
+        return 0;
+    issue(rd);
+    return 0;
+}
+
+int store_bx_read_claim_due(struct store *s, const char *name, int64_t now, int64_t lease_ms,
+                            size_t max, store_read_fn fn, void *arg) {
+    return claim_start(s, R_CLAIM_DUE, name, now, lease_ms, max, fn, arg, claim_due_issue);
 }
 
 /* The head answered: claim from it when it is due and rows are wanted. */
@@ -520,19 +588,7 @@ static void ordered_claim(struct bx_rd *rd) {
 
 int store_bx_read_claim_ordered(struct store *s, const char *name, int64_t now, int64_t lease_ms,
                                 size_t max, store_read_fn fn, void *arg) {
-    struct bx_rd *rd = rd_new(s, R_CLAIM_ORDERED, fn, NULL, arg, 2);
-    if (!rd)
-        return -1;
-    rd->res.next_due = -1;
-    rd->now = now;
-    rd->lease_ms = lease_ms;
-    rd->max = max;
-    if (!(rd->name = strdup(name))) {
-        rd_fail(rd, "store: out of memory");
-        return rd_issued(rd);
-    }
-    PART(rd, P_HEAD, 0, s->ops->endpoint_head(s->be, name, CB));
-    return rd_issued(rd);
+    return claim_start(s, R_CLAIM_ORDERED, name, now, lease_ms, max, fn, arg, claim_ordered_issue);
 }
 
 int store_bx_read_endpoints_due(struct store *s, const char *const *names, size_t n, int pending,

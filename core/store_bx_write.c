@@ -202,13 +202,16 @@ int store_bx_reclaim(struct store *s, store_done_fn fn, void *arg) {
 
 struct bx_log {
     char what[64 + UTIL_ID_MAX];
+    int release; /* a lease given back */
 };
 
 static void log_answer(void *arg, int status, const void *rows, size_t n, const char *err) {
     struct bx_log *l = arg;
     UNUSED(rows);
     UNUSED(n);
-    if (status == STORE_LEASE_LOST)
+    if (status == STORE_LEASE_LOST && l->release)
+        ; /* released already (its outcome, an earlier release): as on SQLite, nothing to do */
+    else if (status == STORE_LEASE_LOST)
         log_msg(LOG_WARN, "%s: the lease was taken by another instance (it expired)", l->what);
     else if (status < 0)
         log_msg(LOG_DEBUG, "%s: %s", l->what, err ? err : "failed");
@@ -257,6 +260,7 @@ int store_bx_delivery_lease(struct store *s, int64_t seq, int64_t next_at, int l
     if (!(l = log_new(s, lease ? "renewing the lease of delivery seq" : "releasing delivery seq",
                       id, err, errlen)))
         return -1;
+    l->release = !lease;
     return sync_write(l, s->ops->lease_renew(s->be, seq, lease ? next_at : 0, log_answer, l), err,
                       errlen);
 }
