@@ -69,7 +69,10 @@ struct store;
  * relative to base_dir). Creates the schema when new. For SQLite, which one
  * process owns, leases left by a crashed run are released at open.
  * "postgres://" and "postgresql://" URLs: the schema step of store_pg.h,
- * then NULL (that store cannot serve yet; err says so).
+ * then the engine over the PostgreSQL backend (store_backend.h), its
+ * connections up before this returns (the loop runs inside the call
+ * until they are; several instances share the database: leases held by
+ * another, or a dead, instance are left to expire).
  * Returns a new store, or NULL with a reason in err. */
 struct store *store_open(struct event_base *base, const char *url, const char *base_dir, char *err,
                          size_t errlen);
