@@ -28,7 +28,8 @@ struct bx_w {
     store_done_fn fn;
     void *arg;
     enum bx_wkind kind;
-    int64_t added; /* deliveries it inserts (the backlog) */
+    int64_t added;           /* deliveries it inserts (the backlog) */
+    struct store_plan *plan; /* event_put, event_routed: the caller's, alive until fn ran */
     char err[256];
     struct store_prune prune;
 };
@@ -64,6 +65,13 @@ static void w_answer(void *arg, int status, const void *rows, size_t n, const ch
         d.prune = &w->prune;
     if (d.ok && w->kind == W_PUT && status == 0)
         w->s->bx->backlog_added += w->added;
+    /* the windows' counts after the adds (route_plan_counted acts on them) */
+    if (d.ok && status == 0 && w->plan && rows && n == 1 &&
+        (w->kind == W_PUT || w->kind == W_ROUTED)) {
+        const struct store_be_put *p = rows;
+        for (size_t i = 0; i < w->plan->nitems && i < p->ncounts; i++)
+            w->plan->items[i].count = p->counts[i];
+    }
     w->fn(w->arg, &d);
     free(w);
 }
@@ -100,11 +108,14 @@ int store_bx_event_put(struct store *s, const struct store_event *ev, struct sto
                        store_done_fn fn, void *arg) {
     struct bx_w *w = w_new(s, fn, arg, W_PUT);
     /* the windows' counts come with the answer on a backend: none at once
-     * (a full window closes at its end, not at max_batch, here) */
+     * (0: route_plan_queued arms the window; route_plan_counted closes a
+     * full one when the answer came) */
     for (size_t i = 0; plan && i < plan->nitems; i++)
         plan->items[i].count = 0;
-    if (w && plan)
+    if (w && plan) {
         w->added = (int64_t)plan->ndeliveries;
+        w->plan = plan;
+    }
     W_RUN(w, s->ops->event_put(s->be, ev, plan, w_answer, w));
 }
 
@@ -119,8 +130,10 @@ int store_bx_event_routed(struct store *s, const char *event_id, struct store_pl
     struct bx_w *w = w_new(s, fn, arg, W_ROUTED);
     for (size_t i = 0; plan && i < plan->nitems; i++)
         plan->items[i].count = 0;
-    if (w && plan)
+    if (w && plan) {
         w->added = (int64_t)plan->ndeliveries;
+        w->plan = plan;
+    }
     W_RUN(w, s->ops->event_routed(s->be, event_id, plan, w_answer, w));
 }
 

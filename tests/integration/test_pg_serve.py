@@ -95,7 +95,7 @@ def test_retries_keep_the_delivery_id_and_an_ordered_endpoint_stays_in_order():
     assert [r.json()["source_id"] for r in osink.requests[:3]] == [sent[0]] * 3
 
 
-def test_a_batch_window_closes_once():
+def test_a_batch_window_closes_once_and_max_batch_sends_a_full_one_early():
     db = pg.database()
     wh = wb.Sink()
     g = gateway(db, wh.url, ', window = "2s"',
@@ -111,6 +111,19 @@ def test_a_batch_window_closes_once():
     assert wh.count == 1  # closed once
     assert db.sql("SELECT count(*) FROM batch_items WHERE delivery_id IS NULL") == [["0"]]
     assert db.sql("SELECT count(DISTINCT delivery_id) FROM batch_items") == [["1"]]
+    g.stop()
+    # max_batch: a full window goes at once (its count comes with the
+    # event's answer), not at the end of its hour
+    db = pg.database()
+    full = wb.Sink()
+    g = gateway(db, full.url, ', max_batch = 3',
+                rules='on("*", function(ev) batch("erp", { n = ev.data.n }, "1h") end)')
+    for i in range(4):
+        post(g, "tracking.in_transit", n=i)
+    got = full.wait_for_count(1, timeout=5)[0].json()
+    assert got["count"] == 3 and sorted(e["n"] for e in got["events"]) == [0, 1, 2], got
+    time.sleep(1.0)
+    assert full.count == 1  # the fourth waits in the next batch of the window
 
 
 def _poster(g, stop, acked, codes, n_max=10 ** 6, timeout=3):
