@@ -22,9 +22,10 @@
  *   answer came (store_loop_running says when the loop runs; inside it
  *   these calls fail). Health's re-read after a rolled-back group then
  *   reads asynchronously (health_reload): memory stands until the answer.
- * - route.c's batch count after an add: 0 on a backend (the counts come in
- *   event_put's row, after the group): a full window closes at its end,
- *   not at max_batch (not built: batch.c would act on the answer's counts).
+ * - route.c's batch count after an add: 0 at the call on a backend; the
+ *   counts come in event_put's (event_routed's) row and are written into
+ *   the caller's plan before its answer, where route_plan_counted closes a
+ *   window found full (max_batch), one group later than on SQLite.
  * - store_delivery_seqs: groups, not rows: last = groups begun, committed =
  *   groups ended; the scheduler's kick for new rows runs from group_end's
  *   answer, when every row of the group is claimable by any instance.
