@@ -701,7 +701,7 @@ void deliver_set_config(struct deliver *d, const struct config *cfg) {
     /* the `lease` setting (default 30 s): a claim's, renewed while an
      * attempt runs (deliver_leases_renew), whatever the timeouts */
     if (cfg)
-        d->lease_ms = cfg->lease_ms;
+        d->lease_ms = cfg->lease_ms > 0 ? cfg->lease_ms : DELIVER_LEASE_DEFAULT_MS;
     /* A queue per configured endpoint; one that left the config keeps its
      * transfers in flight, gives its waiting rows back, and goes when idle
      * (no transfer, no claim in flight). */
