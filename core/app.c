@@ -504,10 +504,12 @@ int app_run(struct app *a) {
     /* listeners bound and the store open: systemd may start what needs us */
     snprintf(state, sizeof state, "READY=1\nSTATUS=serving\nMAINPID=%ld", (long)getpid());
     app_notify(state);
+    store_loop_running(a->store, 1);
     if (event_base_dispatch(a->base) < 0) {
         log_msg(LOG_ERROR, "event loop failed");
         rc = -1;
     }
+    store_loop_running(a->store, 0);
     app_drain(a);
     log_msg(LOG_INFO, "stopped");
     return rc;

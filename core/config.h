@@ -105,6 +105,7 @@ struct config {
     size_t nsubs;
     char *rules_dir;           /* absolute; NULL = no rules */
     int64_t shutdown_grace_ms; /* default 10 s */
+    int64_t lease_ms;          /* a claim's lease, renewed while an attempt runs; default 30 s */
     int64_t retention_ms;      /* default 30 d */
     int64_t max_backlog;       /* default 10,000,000 */
     int64_t rule_budget;       /* instructions per handler call, default 1e6 */

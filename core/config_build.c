@@ -32,7 +32,7 @@
 static const char *const setting_names[] = {
     "environment",   "listen",         "tls",       "admin",       "store",       "max_body",
     "allow_private", "shutdown_grace", "retention", "max_backlog", "rule_budget", "rule_memory",
-    "pidfile",       "log_format",     NULL};
+    "pidfile",       "log_format",     "lease",     NULL};
 
 static int setting_tls(struct config_ctx *c, int vi) {
     static const char *const keys[] = {"cert", "key", NULL};
@@ -230,6 +230,12 @@ static int setting(struct config_ctx *c, const char *key, int vi) {
         if ((cfg->log_format = log_format_parse(s)) < 0)
             return config_fail(c, "log_format: '%s' is not one of \"text\", \"logfmt\", \"json\"",
                                s);
+        return 0;
+    case 14: /* lease: how long a claimed delivery is this instance's */
+        if (config_get_duration(c, vi, "lease", &cfg->lease_ms) < 0)
+            return -1;
+        if (cfg->lease_ms < 1000 || cfg->lease_ms > 3600 * 1000)
+            return config_fail(c, "lease must be between 1s and 1h");
         return 0;
     default: {
         char hint[80];
@@ -1015,6 +1021,7 @@ int config_from_lua(struct lua_State *L, int idx, const char *config_path, const
     cfg->store = strdup("sqlite:waybill.db");
     cfg->max_body = (size_t)1 << 20;
     cfg->shutdown_grace_ms = 10 * 1000;
+    cfg->lease_ms = 30 * 1000;
     cfg->retention_ms = 30LL * 86400 * 1000;
     cfg->max_backlog = 10000000;
     cfg->rule_budget = 1000000;

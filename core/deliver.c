@@ -670,7 +670,8 @@ struct deliver *deliver_new(struct event_base *base, struct store *s, struct htt
     d->store = s;
     d->httpc = hc;
     d->health = h;
-    d->lease_ms = DELIVER_LEASE_MIN_MS;
+    d->lease_ms = DELIVER_LEASE_DEFAULT_MS;
+    d->shared = store_shared(s);
     d->rng = ((uint64_t)util_now_ms() << 20) ^ ((uint64_t)getpid() << 1) ^ (uint64_t)(uintptr_t)d ^
              (uint64_t)util_mono_ms();
     if (!d->rng)
@@ -690,7 +691,6 @@ struct deliver *deliver_new(struct event_base *base, struct store *s, struct htt
 
 void deliver_set_config(struct deliver *d, const struct config *cfg) {
     struct deliver_ep **pp, *ep;
-    int64_t longest = 0;
     size_t i;
 
     d->cfg = cfg;
@@ -698,12 +698,10 @@ void deliver_set_config(struct deliver *d, const struct config *cfg) {
         struct timeval tv = {DELIVER_CHECK_MS / 1000, (DELIVER_CHECK_MS % 1000) * 1000};
         event_add(d->check_ev, &tv);
     }
-    for (i = 0; cfg && i < cfg->nendpoints; i++)
-        if (cfg->endpoints[i].timeout_ms > longest)
-            longest = cfg->endpoints[i].timeout_ms;
-    d->lease_ms = longest + DELIVER_LEASE_EXTRA_MS;
-    if (d->lease_ms < DELIVER_LEASE_MIN_MS)
-        d->lease_ms = DELIVER_LEASE_MIN_MS;
+    /* the `lease` setting (default 30 s): a claim's, renewed while an
+     * attempt runs (deliver_leases_renew), whatever the timeouts */
+    if (cfg)
+        d->lease_ms = cfg->lease_ms > 0 ? cfg->lease_ms : DELIVER_LEASE_DEFAULT_MS;
     /* A queue per configured endpoint; one that left the config keeps its
      * transfers in flight, gives its waiting rows back, and goes when idle
      * (no transfer, no claim in flight). */

@@ -36,12 +36,8 @@
 #define DELIVER_STUCK_MS 10000
 /* Concurrency above this is capped (one process's sockets). */
 #define DELIVER_SLOTS_MAX 1024
-/* A transfer starts with at least its timeout + this left on its lease. */
-#define DELIVER_LEASE_MARGIN_MS 30000
-/* A lease covers the longest timeout + DELIVER_LEASE_EXTRA_MS, at least
- * DELIVER_LEASE_MIN_MS. */
-#define DELIVER_LEASE_MIN_MS 120000
-#define DELIVER_LEASE_EXTRA_MS 60000
+/* A claim's lease until the config says (the `lease` setting). */
+#define DELIVER_LEASE_DEFAULT_MS 30000
 /* Retry delay of a delivery whose endpoint left the config while in flight. */
 #define DELIVER_ORPHAN_DEFER_MS 60000
 
@@ -159,6 +155,7 @@ struct deliver {
     struct deliver_read *check_read; /* the watchdog's, in flight, or NULL */
     int inflight;
     int64_t lease_ms;
+    int shared; /* store_shared: other instances insert and claim too */
     uint64_t rng;
     struct deliver_commit *commit;  /* outstanding store_on_written, or NULL */
     struct deliver_commit *durable; /* outstanding store_on_commit, or NULL */

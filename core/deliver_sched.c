@@ -206,11 +206,12 @@ static void deliver_ep_start(struct deliver *d, struct deliver_ep *ep, struct de
     char err[128];
 
     ep->progress++;
-    /* The lease must outlast the whole transfer: renewed when less than its
-     * timeout and a margin are left (lease_ms covers the longest timeout +
-     * 60 s). A row held by this process is never claimed twice anyway
-     * (deliver_ep_holds); the lease is what another claimer would see. */
-    if (x->lease_until - now < cep->timeout_ms + DELIVER_LEASE_MARGIN_MS &&
+    /* A row that waited in memory starts with a fresh lease when less
+     * than half of it is left; while the attempt runs the watchdog renews
+     * it (deliver_leases_renew). A row held by this process is never
+     * claimed twice anyway (deliver_ep_holds); the lease is what another
+     * claimer (another instance on PostgreSQL) sees. */
+    if (x->lease_until - now < d->lease_ms / 2 &&
         store_delivery_lease(d->store, x->row.seq, now + d->lease_ms, 1, err, sizeof err) == 0)
         x->lease_until = now + d->lease_ms;
     deliver_xfer_send(d, x, cep);
@@ -742,6 +743,17 @@ static void deliver_check_ep(struct deliver *d, struct deliver_ep *ep,
         ep->stuck = 0;
         return;
     }
+    if (d->shared && !ep->read && !late) {
+        /* a shared store (PostgreSQL): rows other instances inserted, or
+         * whose lease expired, come with no kick here; this tick's read
+         * is how they are found (within DELIVER_CHECK_MS): a look, not a
+         * lost wake-up */
+        deliver_ep_service(d, ep);
+        ep->progress_seen = ep->progress;
+        if (!ep->due_free_since)
+            ep->due_free_since = mono;
+        return;
+    }
     if (!ep->due_free_since) {
         ep->due_free_since = mono;
         ep->progress_seen = ep->progress;
@@ -808,6 +820,24 @@ static void deliver_check_answer(void *arg, const struct store_result *res) {
  * one asynchronous read per tick (every endpoint's next due row and head,
  * and the endpoints with pending rows for discovery), judged when it is
  * answered; a tick whose last read is still unanswered makes none. */
+/* Every tick: an attempt still running when less than half its lease is
+ * left renews it for another lease (the `lease` setting), so another
+ * instance never takes a delivery whose attempt is alive, however long
+ * its timeout. A lease that could not be renewed lapses: its row may be
+ * claimed elsewhere (a duplicate only from an expired lease). */
+static void deliver_leases_renew(struct deliver *d, int64_t now) {
+    char err[256];
+
+    for (struct deliver_xfer *x = d->xfers; x; x = x->next) {
+        if (!x->started || x->lease_until - now >= d->lease_ms / 2)
+            continue;
+        if (store_delivery_lease(d->store, x->row.seq, now + d->lease_ms, 1, err, sizeof err) == 0)
+            x->lease_until = now + d->lease_ms;
+        else
+            log_msg(LOG_WARN, "delivery %s: renewing its lease: %s", x->row.id, err);
+    }
+}
+
 void deliver_check_cb(evutil_socket_t fd, short kind, void *arg) {
     struct deliver *d = arg;
     int64_t mono = util_mono_ms(), now = util_now_ms();
@@ -826,6 +856,7 @@ void deliver_check_cb(evutil_socket_t fd, short kind, void *arg) {
                         llabs((now - d->check_wall) - (mono - d->check_at)) > DELIVER_CHECK_MS / 2);
     d->check_at = mono;
     d->check_wall = now;
+    deliver_leases_renew(d, now);
     if (d->check_read)
         return; /* the last tick's read is unanswered: it judges when it is */
     deliver_check_read(d, late, 0);

@@ -125,18 +125,20 @@ static void health_mark_states(struct health *h, const struct store_endpoint_sta
  * request waits, and routing must know the disabled set from the first
  * event on) and after a rolled-back group (health_commit_cb). Otherwise, in
  * the loop, health_reload. */
-static void health_load(struct health *h) {
+static int health_load(struct health *h) {
     struct store_endpoint_state *st = NULL;
     size_t n = 0;
     char err[256];
 
     if (store_endpoint_states(h->store, &st, &n, err, sizeof err) < 0) {
         log_msg(LOG_ERROR, "reading endpoint states: %s", err);
-        return;
+        return -1;
     }
+    health_clear(h);
     health_mark_states(h, st, n);
     store_endpoint_states_free(st, n);
     h->loaded = 1;
+    return 0;
 }
 
 /* ---- store calls answered later ---- */
@@ -204,8 +206,12 @@ static void health_commit_cb(void *arg, int ok) {
      * synchronously: there, changes made while the read is out must be
      * written whatever memory says, and an answer older than them must not
      * replace them (issue 15). */
-    health_clear(h);
-    health_load(h);
+    if (health_load(h) < 0) {
+        /* a store across the network reads from the loop only: memory
+         * stands until the answer (health_reload) */
+        health_reload(h);
+        return;
+    }
     if (h->change)
         h->change(h->change_arg, NULL, 0);
 }
@@ -428,7 +434,7 @@ struct health *health_new(struct store *s, char *err, size_t errlen) {
         return NULL;
     }
     h->store = s;
-    health_load(h);
+    (void)health_load(h);
     return h;
 }
 

@@ -135,7 +135,9 @@ static void on_carrier_done(void *arg, const struct store_done *d) {
         ingest_log_refusal(g, p->source, d->err);
     else if (duplicate)
         log_msg(LOG_INFO, "source %s: duplicate of %s", p->source, d->id);
-    else if (p->adapted)
+    if (d->ok && !duplicate)
+        route_plan_counted(g->deps.route, &p->plan); /* a shared store's max_batch */
+    if (d->ok && !duplicate && p->adapted)
         route_plan_report(d->id, p->type, &p->plan);
     if (p->done)
         p->done(p->arg, d->ok, d->id, duplicate, p->source);

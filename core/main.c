@@ -206,11 +206,18 @@ static int check(const char *config_path) {
         fprintf(stderr, "%s\n", err);
         rc = 1;
     } else if (store_pg_is_url(rules_config(r)->store)) {
-        /* config and rules are fine, the store cannot serve yet: said, exit 1 */
+        /* config and rules are fine; the database is reached and its
+         * schema read (never changed), the password never shown */
         char msg[1024];
-        (void)store_pg_schema(rules_config(r)->store, STORE_PG_CHECK, 10000, 0, msg, sizeof msg);
-        fprintf(stderr, "%s: config and rules ok; %s\n", config_path, msg);
-        rc = 1;
+        const struct config *cfg = rules_config(r);
+        if (store_pg_schema(cfg->store, STORE_PG_CHECK, 10000, 0, msg, sizeof msg) < 0) {
+            fprintf(stderr, "%s: config and rules ok; %s\n", config_path, msg);
+            rc = 1;
+        } else {
+            printf("%s: ok (%zu source%s, %zu endpoint%s); %s\n", config_path, cfg->nsources,
+                   cfg->nsources == 1 ? "" : "s", cfg->nendpoints, cfg->nendpoints == 1 ? "" : "s",
+                   msg);
+        }
     } else {
         if (note[0])
             fprintf(stderr, "waybill check: %s (serve needs them set)\n", note);

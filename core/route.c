@@ -147,6 +147,19 @@ int route_plan_queued(struct route *rt, struct route_plan *p, char *err, size_t 
     return 0;
 }
 
+void route_plan_counted(struct route *rt, struct route_plan *p) {
+    const struct config *cfg = rules_config(*rt->deps.rules);
+    char err[256];
+
+    if (!store_shared(rt->deps.store))
+        return;
+    for (size_t i = 0; i < p->store.nitems; i++)
+        if (p->items[i].count > 0 &&
+            batch_item_added(rt->deps.batch, config_endpoint_by_name(cfg, p->items[i].endpoint),
+                             &p->items[i], err, sizeof err) < 0)
+            log_msg(LOG_ERROR, "batch: %s (it closes at its window's end)", err);
+}
+
 void route_plan_report(const char *id, const char *type, const struct route_plan *p) {
     if (strcmp(p->store.status, "rule_error") == 0) {
         log_msg(LOG_WARN, "event %s (%s): rule error: %s", id, type, p->error);
@@ -197,6 +210,7 @@ static void on_rerouted(void *arg, const struct store_done *d) {
     int64_t mono = util_mono_ms();
 
     if (d->ok && d->status == 1) {
+        route_plan_counted(rt, &x->p);
         route_plan_report(x->id, x->type, &x->p);
     } else if (d->ok) {
         log_msg(LOG_WARN, "event %s: gone before its routing was stored (retention)", x->id);

@@ -63,6 +63,13 @@ int route_plan_stored(struct route *rt, const struct rules_input *ev, struct rou
  * group), and route_plan_report once the event is known stored (not a
  * duplicate): the log line and the rule-error count. */
 int route_plan_queued(struct route *rt, struct route_plan *p, char *err, size_t errlen);
+
+/* On a store whose batch counts come with the write's answer (a shared
+ * store, store_shared: PostgreSQL), after store_*_done said ok: the plan's
+ * items now hold their windows' counts, and a window found full
+ * (max_batch) is closed now, as route_plan_queued does at once on SQLite.
+ * Does nothing on SQLite. */
+void route_plan_counted(struct route *rt, struct route_plan *p);
 void route_plan_report(const char *id, const char *type, const struct route_plan *p);
 
 void route_plan_clear(struct route_plan *p);

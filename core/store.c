@@ -285,6 +285,10 @@ static void watermarks_advance(struct store *s, int64_t dlv_seq, int64_t evt_seq
 }
 
 void store_delivery_seqs(const struct store *s, int64_t *committed, int64_t *last) {
+    if (s->bx) {
+        store_bx_seqs(s, committed, last);
+        return;
+    }
     *committed = s->committed_dlv_seq;
     /* The open group's rows, else the group being synced's, else none. */
     *last = s->group_dlv_seq > s->committed_dlv_seq ? s->group_dlv_seq : s->committed_dlv_seq;
@@ -457,6 +461,8 @@ static void store_commit_cb(evutil_socket_t fd, short what, void *arg) {
 }
 
 int store_on_commit(struct store *s, store_commit_fn fn, void *arg) {
+    if (s->bx)
+        return store_bx_on_group(s, fn, arg);
     if (cbs_append(&s->cbs, &s->ncbs, &s->cap, fn, arg) < 0)
         return -1;
     store_group_schedule(s);
@@ -464,6 +470,8 @@ int store_on_commit(struct store *s, store_commit_fn fn, void *arg) {
 }
 
 int store_on_written(struct store *s, store_commit_fn fn, void *arg) {
+    if (s->bx)
+        return store_bx_on_group(s, fn, arg);
     if (cbs_append(&s->wcbs, &s->nwcbs, &s->wcap, fn, arg) < 0)
         return -1;
     store_group_schedule(s);
@@ -471,10 +479,14 @@ int store_on_written(struct store *s, store_commit_fn fn, void *arg) {
 }
 
 int store_idle(const struct store *s) {
+    if (s->bx)
+        return store_bx_idle(s);
     return !s->in_txn && s->ncbs == 0 && s->nwcbs == 0 && !s->sync_busy && !store_reply_pending(s);
 }
 
 int store_flush(struct store *s) {
+    if (s->bx)
+        return store_bx_flush(s);
     if (s->scheduled) {
         event_del(s->commit_ev);
         s->scheduled = 0;
@@ -489,7 +501,18 @@ int store_flush(struct store *s) {
     return group_commit(s, 1) ? 0 : -1;
 }
 
+int store_shared(const struct store *s) {
+    return s && s->bx;
+}
+
+void store_loop_running(struct store *s, int running) {
+    if (s && s->bx)
+        s->bx->running = running;
+}
+
 int store_writable(const struct store *s) {
+    if (s->bx)
+        return store_bx_writable(s);
     /* full, or the last group that wrote failed within the last 5 s */
     return !s->full && (s->last_outcome_ok || util_mono_ms() - s->last_outcome_at > 5000);
 }
@@ -778,9 +801,18 @@ struct store *store_open(struct event_base *base, const char *url, const char *b
     char *path = NULL;
     int sync_full = 1, prio;
 
-    if (store_pg_is_url(url)) { /* its schema step, then the honest refusal (store_pg.h) */
-        (void)store_pg_schema(url, STORE_PG_SERVE, 10000, 0, err, errlen);
-        return NULL;
+    if (store_pg_is_url(url)) { /* the engine over the PostgreSQL backend (store_bx.c) */
+        if (!(s = calloc(1, sizeof *s))) {
+            store_err(err, errlen, "store: out of memory");
+            return NULL;
+        }
+        s->owner_fd = -1;
+        if (store_bx_open(s, base, url, base_dir, err, errlen) < 0) {
+            store_bx_free(s);
+            free(s);
+            return NULL;
+        }
+        return s;
     }
     path = store_url_parse(url, base_dir, &sync_full, err, errlen);
     if (!path)
@@ -833,6 +865,13 @@ void store_free(struct store *s) {
     int rounds = 0;
     if (!s)
         return;
+    if (s->bx) {
+        while (!store_bx_idle(s) && ++rounds < 100)
+            store_bx_flush(s);
+        store_bx_free(s);
+        free(s);
+        return;
+    }
     /* Callbacks may write and register more callbacks: drain them all, or
      * sqlite3_close would roll their group back unseen. */
     do {

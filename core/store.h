@@ -69,7 +69,10 @@ struct store;
  * relative to base_dir). Creates the schema when new. For SQLite, which one
  * process owns, leases left by a crashed run are released at open.
  * "postgres://" and "postgresql://" URLs: the schema step of store_pg.h,
- * then NULL (that store cannot serve yet; err says so).
+ * then the engine over the PostgreSQL backend (store_backend.h), its
+ * connections up before this returns (the loop runs inside the call
+ * until they are; several instances share the database: leases held by
+ * another, or a dead, instance are left to expire).
  * Returns a new store, or NULL with a reason in err. */
 struct store *store_open(struct event_base *base, const char *url, const char *base_dir, char *err,
                          size_t errlen);
@@ -102,6 +105,18 @@ int store_flush(struct store *s);
  * flushes until the store is idle while every module that registers
  * callbacks is still alive. */
 int store_idle(const struct store *s);
+
+/* running 1: the event loop is about to run (app_run, before dispatch);
+ * 0: it returned. A store across the network (PostgreSQL) runs the loop
+ * itself only outside it: for the reads of the start and the drain of
+ * store_flush after the loop ended. SQLite ignores it. */
+void store_loop_running(struct store *s, int running);
+
+/* 1 when other processes write the store too (PostgreSQL: several
+ * instances on one database): rows appear that this process did not
+ * insert and no kick announces; the scheduler's watchdog finds them. 0 for
+ * SQLite (one process per store). */
+int store_shared(const struct store *s);
 
 /* 1 when the store answers a trivial query, else 0 (for /healthz). */
 int store_ping(struct store *s);

@@ -513,6 +513,8 @@ int store_sub_set_secret(struct store *s, const char *id, const char *secret, ch
 
 int store_subs_load(struct store *s, void (*fn)(void *arg, const struct store_sub *sub), void *arg,
                     char *err, size_t errlen) {
+    if (s->bx)
+        return store_bx_subs_load(s, fn, arg, err, errlen);
     sqlite3_stmt *st = store_stmt(s, ST_SUB_LOAD);
     int rc;
 

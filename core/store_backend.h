@@ -2,11 +2,54 @@
  * backend-neutral engine and a backend (issue 15). PostgreSQL implements
  * it (store_pg_be.c, store_pg_write.c, store_pg_claim.c, store_pg_read.c:
  * the ops in store_pg_backend below, tested against a real PostgreSQL by
- * tests/integration/test_pg_ops.py); the SQLite store is still store.c and
- * store_*.c whole. The next step moves the SQLite code behind these
- * operations (store_sqlite*.c) with no change of behaviour and makes
- * store.c the engine over either; store.h stays what the rest of waybill
- * sees.
+ * tests/integration/test_pg_ops.py), and `waybill serve` runs on it
+ * (tests/integration/test_pg_serve.py).
+ *
+ * How far the engine is neutral now: the engine over a backend is
+ * store_bx.c (the group, its callbacks, the watermarks, the backlog, the
+ * reads of the start), store_bx_write.c (writes, store_*_done) and
+ * store_bx_read.c (store_read_*, store_get_*, claims); it drives any
+ * store_backend_ops, PostgreSQL today. The SQLite store is still store.c
+ * and store_*.c whole, its own engine: each store.h call the gateway makes
+ * starts with one line, "if (s->bx) return store_bx_...;", so the SQLite
+ * code is untouched. The next step moves the SQLite code behind these
+ * operations (store_sqlite*.c) with no change of behaviour and makes the
+ * bx engine the one engine; store.h stays what the rest of waybill sees.
+ *
+ * What the bx engine does where SQLite read synchronously (built):
+ * - store_subs_load, health's first store_endpoint_states: at the start,
+ *   before anything is served, the loop runs inside the call until the
+ *   answer came (store_loop_running says when the loop runs; inside it
+ *   these calls fail). Health's re-read after a rolled-back group then
+ *   reads asynchronously (health_reload): memory stands until the answer.
+ * - route.c's batch count after an add: 0 at the call on a backend; the
+ *   counts come in event_put's (event_routed's) row and are written into
+ *   the caller's plan before its answer, where route_plan_counted closes a
+ *   window found full (max_batch), one group later than on SQLite.
+ * - store_delivery_seqs: groups, not rows: last = groups begun, committed =
+ *   groups ended; the scheduler's kick for new rows runs from group_end's
+ *   answer, when every row of the group is claimable by any instance.
+ * - store_backlog: the backlog op read at most once a second plus this
+ *   instance's inserts since.
+ * - Claims wait for this instance's open and in-flight groups (one group
+ *   later): SQLite's loop reads see the open group, the read connection
+ *   does not, and a claim must see the outcome just written (an ordered
+ *   head was sent twice without it). An ordered claim that skipped its
+ *   head (the head's retry committed between the two reads) gives its rows
+ *   back.
+ * - Rows other instances insert, and leases of a dead instance once
+ *   expired: found by the scheduler's watchdog read every second
+ *   (store_shared: the endpoints with pending rows, each one's next due
+ *   time), so within about a second, or the lease (the `lease` setting,
+ *   default 30 s, renewed while an attempt runs) after a SIGKILL.
+ * - Retention (prune) and reclaim answer "nothing done" on a backend: not
+ *   built (store_prune_done's pass ends at once; PostgreSQL's VACUUM
+ *   reclaims).
+ * - Faults: a write when the backend is down, or whose group did not
+ *   commit, answers ok 0 (a 503 to the carrier; /healthz 503 through
+ *   store_writable and the ping); claims and reads fail and the scheduler
+ *   polls; the connections reconnect on their own backoff
+ *   (store_pg_conn.c) and serving carries on.
  *
  * What stays in the engine (store.c, backend-neutral): the group commit
  * (one group per loop turn, store_on_commit / store_on_written callbacks,
@@ -30,9 +73,10 @@
  * a caller acts on, with the loop's reads of ingest, admin actions,
  * health, retention and recovery (store_*_done, store_get_*,
  * store_done.c: the value held until the group ends). What still reads
- * the open group at once: the count of a batch window's items after an
- * event's add (route.c closes a full window), and store_subs_load and
- * health's first states read at start, before the loop runs.
+ * the open group at once on SQLite: the count of a batch window's items
+ * after an event's add (route.c closes a full window), and
+ * store_subs_load and health's first states read at start, before the
+ * loop runs (their PostgreSQL answers: above).
  *
  * Kinds of operation, and how PostgreSQL runs them (store_pg_be.h has the
  * transaction machinery):
@@ -154,8 +198,8 @@
  * endpoint_next_due, batch_next_close, endpoints_pending, endpoint_states,
  * subs_load, events_unrouted, sub_set_secret, event_get, events_find,
  * endpoint_head, backlog, endpoint_queue, endpoint_blocked. Not yet: prune
- * (retention), the batch windows' admin read, and reclaim (PostgreSQL's
- * own VACUUM does it).
+ * (retention) and reclaim (PostgreSQL's own VACUUM does it). The batch
+ * windows' admin read is batch_due at the end of time (every open window).
  * SPDX-License-Identifier: MIT */
 #ifndef CORE_STORE_BACKEND_H
 #define CORE_STORE_BACKEND_H

@@ -225,6 +225,8 @@ done:
 
 int store_batch_close(struct store *s, const struct store_batch_window *w, const char *status,
                       int64_t next_at, size_t *count, char *err, size_t errlen) {
+    if (s->bx)
+        return store_bx_batch_close(s, w, status, next_at, count, err, errlen);
     struct util_buf body = {0};
     char id[UTIL_ID_MAX], key[256];
     int64_t last_seq = 0;

@@ -99,6 +99,8 @@ int store_deliveries_lease(struct store *s, const struct store_delivery *d, size
 
 int store_delivery_lease(struct store *s, int64_t seq, int64_t next_at, int lease, char *err,
                          size_t errlen) {
+    if (s->bx)
+        return store_bx_delivery_lease(s, seq, next_at, lease, err, errlen);
     sqlite3_stmt *st = store_stmt(s, lease ? ST_DLV_LEASE : ST_DLV_RELEASE);
 
     if (store_group_begin(s, err, errlen) < 0)
@@ -134,6 +136,8 @@ static int key_promote(struct store *s, const char *endpoint, const char *okey, 
 int store_attempt_put(struct store *s, const char *delivery_id, const struct store_attempt *a,
                       const char *status, int64_t next_at, int schedule_pos, char *err,
                       size_t errlen) {
+    if (s->bx)
+        return store_bx_attempt_put(s, delivery_id, a, status, next_at, schedule_pos, err, errlen);
     sqlite3_stmt *up = store_stmt(s, ST_DLV_OUTCOME), *ins = store_stmt(s, ST_ATT_INSERT);
     char *endpoint = NULL, *okey = NULL;
     int ret = -1, rc, oom = 0;
@@ -331,6 +335,8 @@ int store_delivery_counts(struct store *s, struct store_counts *c) {
 }
 
 int64_t store_backlog(struct store *s) {
+    if (s->bx)
+        return store_bx_backlog(s);
     struct store_counts c;
     int64_t open = 0;
 

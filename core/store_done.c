@@ -102,6 +102,8 @@ static int held_queue(struct store *s, struct store_held *h, int durable) {
 
 int store_event_put_done(struct store *s, const struct store_event *ev, struct store_plan *plan,
                          store_done_fn fn, void *arg) {
+    if (s->bx)
+        return store_bx_event_put(s, ev, plan, fn, arg);
     struct store_held *h = held_new(fn, arg);
     if (!h)
         return -1;
@@ -113,6 +115,8 @@ int store_event_put_done(struct store *s, const struct store_event *ev, struct s
 
 int store_nonce_put_done(struct store *s, const char *source, const char *nonce, const char *digest,
                          int64_t now_ms, int64_t keep_ms, store_done_fn fn, void *arg) {
+    if (s->bx)
+        return store_bx_nonce_put(s, source, nonce, digest, now_ms, keep_ms, fn, arg);
     struct store_held *h = held_new(fn, arg);
     if (!h)
         return -1;
@@ -122,6 +126,8 @@ int store_nonce_put_done(struct store *s, const char *source, const char *nonce,
 
 int store_event_routed_done(struct store *s, const char *event_id, struct store_plan *plan,
                             store_done_fn fn, void *arg) {
+    if (s->bx)
+        return store_bx_event_routed(s, event_id, plan, fn, arg);
     struct store_held *h = held_new(fn, arg);
     if (!h)
         return -1;
@@ -137,6 +143,8 @@ int store_event_routed_done(struct store *s, const char *event_id, struct store_
 
 int store_delivery_retry_done(struct store *s, const char *id, int64_t next_at, store_done_fn fn,
                               void *arg) {
+    if (s->bx)
+        return store_bx_delivery_retry(s, id, next_at, fn, arg);
     struct store_held *h = held_new(fn, arg);
     if (!h)
         return -1;
@@ -146,6 +154,8 @@ int store_delivery_retry_done(struct store *s, const char *id, int64_t next_at, 
 
 int store_delivery_skip_done(struct store *s, const char *id, int64_t now, store_done_fn fn,
                              void *arg) {
+    if (s->bx)
+        return store_bx_delivery_skip(s, id, now, fn, arg);
     struct store_held *h = held_new(fn, arg);
     if (!h)
         return -1;
@@ -154,6 +164,8 @@ int store_delivery_skip_done(struct store *s, const char *id, int64_t now, store
 }
 
 int store_sub_put_done(struct store *s, const struct store_sub *sub, store_done_fn fn, void *arg) {
+    if (s->bx)
+        return store_bx_sub_put(s, sub, fn, arg);
     struct store_held *h = held_new(fn, arg);
     if (!h)
         return -1;
@@ -163,6 +175,8 @@ int store_sub_put_done(struct store *s, const struct store_sub *sub, store_done_
 
 int store_sub_change_done(struct store *s, const char *id, const char *url, store_done_fn fn,
                           void *arg) {
+    if (s->bx)
+        return store_bx_sub_change(s, id, url, fn, arg);
     struct store_held *h = held_new(fn, arg);
     if (!h)
         return -1;
@@ -172,6 +186,8 @@ int store_sub_change_done(struct store *s, const char *id, const char *url, stor
 
 int store_sub_set_secret_done(struct store *s, const char *id, const char *secret, store_done_fn fn,
                               void *arg) {
+    if (s->bx)
+        return store_bx_sub_set_secret(s, id, secret, fn, arg);
     struct store_held *h = held_new(fn, arg);
     if (!h)
         return -1;
@@ -181,6 +197,8 @@ int store_sub_set_secret_done(struct store *s, const char *id, const char *secre
 
 int store_endpoint_attempt_done(struct store *s, const char *name, int ok, const char *error,
                                 int64_t now, store_done_fn fn, void *arg) {
+    if (s->bx)
+        return store_bx_endpoint_attempt(s, name, ok, error, now, fn, arg);
     struct store_held *h = held_new(fn, arg);
     if (!h)
         return -1;
@@ -190,6 +208,8 @@ int store_endpoint_attempt_done(struct store *s, const char *name, int ok, const
 
 int store_endpoint_set_disabled_done(struct store *s, const char *name, int disabled,
                                      const char *reason, int64_t now, store_done_fn fn, void *arg) {
+    if (s->bx)
+        return store_bx_endpoint_set_disabled(s, name, disabled, reason, now, fn, arg);
     struct store_held *h = held_new(fn, arg);
     if (!h)
         return -1;
@@ -199,6 +219,8 @@ int store_endpoint_set_disabled_done(struct store *s, const char *name, int disa
 }
 
 int store_prune_done(struct store *s, const struct store_prune *p, store_done_fn fn, void *arg) {
+    if (s->bx)
+        return store_bx_prune(s, p, fn, arg);
     struct store_held *h = held_new(fn, arg);
     if (!h)
         return -1;
@@ -210,6 +232,8 @@ int store_prune_done(struct store *s, const struct store_prune *p, store_done_fn
 
 int store_reclaim_done(struct store *s, int64_t keep_pages, int step_pages, store_done_fn fn,
                        void *arg) {
+    if (s->bx)
+        return store_bx_reclaim(s, fn, arg);
     struct store_held *h = held_new(fn, arg);
     int freed = 0;
     if (!h)
@@ -223,6 +247,8 @@ int store_reclaim_done(struct store *s, int64_t keep_pages, int step_pages, stor
 
 int store_get_events_unrouted(struct store *s, int64_t after_seq, size_t max, store_done_fn fn,
                               void *arg) {
+    if (s->bx)
+        return store_bx_get_events_unrouted(s, after_seq, max, fn, arg);
     struct store_held *h = held_new(fn, arg);
     if (!h)
         return -1;
@@ -236,6 +262,8 @@ int store_get_events_unrouted(struct store *s, int64_t after_seq, size_t max, st
 }
 
 int store_get_event(struct store *s, const char *id, store_done_fn fn, void *arg) {
+    if (s->bx)
+        return store_bx_get_event(s, id, fn, arg);
     struct store_held *h = held_new(fn, arg);
     if (!h)
         return -1;
@@ -250,6 +278,8 @@ int store_get_event(struct store *s, const char *id, store_done_fn fn, void *arg
 }
 
 int store_get_endpoint_states(struct store *s, store_done_fn fn, void *arg) {
+    if (s->bx)
+        return store_bx_get_endpoint_states(s, fn, arg);
     struct store_held *h = held_new(fn, arg);
     if (!h)
         return -1;

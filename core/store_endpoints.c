@@ -456,6 +456,8 @@ static void ep_state_read(sqlite3_stmt *st, struct store_endpoint_state *r, int 
 
 int store_endpoint_states(struct store *s, struct store_endpoint_state **out, size_t *n, char *err,
                           size_t errlen) {
+    if (s->bx)
+        return store_bx_endpoint_states(s, out, n, err, errlen);
     sqlite3_stmt *st = store_stmt(s, ST_EP_STATES);
     struct store_endpoint_state *v = NULL;
     void *grown;

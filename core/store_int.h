@@ -248,7 +248,119 @@ struct store {
      * order (store_reply.c); each owns its rows. */
     struct store_reply *replies, *replies_tail;
     struct event *reply_ev;
+    /* A backend (PostgreSQL) instead of the SQLite handles above: its ops,
+     * its state, and the engine's (store_bx.c); NULL for SQLite. */
+    const struct store_backend_ops *ops;
+    struct store_be *be;
+    struct store_bx *bx;
 };
+
+/* ---- the engine over a backend (store_bx*.c, store_backend.h) ----
+ * A store with a backend (PostgreSQL) has s->be set, and every store.h
+ * call the gateway makes goes to the store_bx_* functions below (one line
+ * at the top of each); the SQLite fields are unused. */
+struct store_backend_ops;
+struct store_be;
+struct bx_grp;
+
+/* An answer due from the loop for a call that never reached the backend. */
+struct bx_late {
+    struct bx_late *next;
+    void (*run)(void *p);
+    void *p;
+};
+
+struct store_bx {
+    struct event_base *base;
+    char shown[512];         /* the URL without its password */
+    struct event *commit_ev; /* ends the open group (lowest priority) */
+    struct event *late_ev;   /* hands the late answers over */
+    struct bx_late *late, *late_tail;
+    struct bx_grp *cur;            /* the open record: callbacks, and the group when tx_open */
+    struct bx_grp *fly, *fly_tail; /* ended records waiting for their answers, in order */
+    int tx_open, scheduled, committing, waiting, gave_up;
+    int running;                       /* the loop runs (store_loop_running): no waiting in it */
+    int64_t groups_begun, groups_done; /* store_delivery_seqs */
+    int last_outcome_ok;
+    int64_t last_outcome_at, fail_logged_at;
+    int nreads; /* reads in flight */
+    /* store_backlog: the last read, the deliveries inserted since */
+    int64_t backlog, backlog_added, backlog_added_at_read, backlog_read_at;
+    int backlog_reading, backlog_known;
+    struct bx_sync *sync; /* a read of the start being waited for */
+};
+
+int store_bx_open(struct store *s, struct event_base *base, const char *url, const char *base_dir,
+                  char *err, size_t errlen);
+void store_bx_free(struct store *s);
+int store_bx_late(struct store *s, void (*run)(void *p), void *p);
+int store_bx_group(struct store *s, char *err, size_t errlen);
+int store_bx_on_group(struct store *s, store_commit_fn fn, void *arg);
+void store_bx_seqs(const struct store *s, int64_t *committed, int64_t *last);
+int store_bx_writable(const struct store *s);
+int store_bx_idle(const struct store *s);
+int store_bx_flush(struct store *s);
+int64_t store_bx_backlog(struct store *s);
+int store_bx_subs_load(struct store *s, void (*fn)(void *arg, const struct store_sub *sub),
+                       void *arg, char *err, size_t errlen);
+int store_bx_endpoint_states(struct store *s, struct store_endpoint_state **out, size_t *n,
+                             char *err, size_t errlen);
+int store_bx_states_copy(const struct store_endpoint_state *v, size_t n,
+                         struct store_endpoint_state **out);
+/* store_bx_write.c */
+int store_bx_event_put(struct store *s, const struct store_event *ev, struct store_plan *plan,
+                       store_done_fn fn, void *arg);
+int store_bx_nonce_put(struct store *s, const char *source, const char *nonce, const char *digest,
+                       int64_t now_ms, int64_t keep_ms, store_done_fn fn, void *arg);
+int store_bx_event_routed(struct store *s, const char *event_id, struct store_plan *plan,
+                          store_done_fn fn, void *arg);
+int store_bx_delivery_retry(struct store *s, const char *id, int64_t next_at, store_done_fn fn,
+                            void *arg);
+int store_bx_delivery_skip(struct store *s, const char *id, int64_t now, store_done_fn fn,
+                           void *arg);
+int store_bx_sub_put(struct store *s, const struct store_sub *sub, store_done_fn fn, void *arg);
+int store_bx_sub_change(struct store *s, const char *id, const char *url, store_done_fn fn,
+                        void *arg);
+int store_bx_sub_set_secret(struct store *s, const char *id, const char *secret, store_done_fn fn,
+                            void *arg);
+int store_bx_endpoint_attempt(struct store *s, const char *name, int ok, const char *error,
+                              int64_t now, store_done_fn fn, void *arg);
+int store_bx_endpoint_set_disabled(struct store *s, const char *name, int disabled,
+                                   const char *reason, int64_t now, store_done_fn fn, void *arg);
+int store_bx_prune(struct store *s, const struct store_prune *p, store_done_fn fn, void *arg);
+int store_bx_reclaim(struct store *s, store_done_fn fn, void *arg);
+int store_bx_attempt_put(struct store *s, const char *delivery_id, const struct store_attempt *a,
+                         const char *status, int64_t next_at, int schedule_pos, char *err,
+                         size_t errlen);
+int store_bx_delivery_lease(struct store *s, int64_t seq, int64_t next_at, int lease, char *err,
+                            size_t errlen);
+int store_bx_batch_close(struct store *s, const struct store_batch_window *w, const char *status,
+                         int64_t next_at, size_t *count, char *err, size_t errlen);
+/* store_bx_read.c */
+int store_bx_read_events_page(struct store *s, const struct store_page *q, store_read_fn fn,
+                              void *arg);
+int store_bx_read_deliveries_page(struct store *s, const struct store_page *q, store_read_fn fn,
+                                  void *arg);
+int store_bx_read_event_detail(struct store *s, const char *id, store_read_fn fn, void *arg);
+int store_bx_read_events_find(struct store *s, const char *text, size_t max, store_read_fn fn,
+                              void *arg);
+int store_bx_read_batch_windows(struct store *s, store_read_fn fn, void *arg);
+int store_bx_read_delivery_counts(struct store *s, store_read_fn fn, void *arg);
+int store_bx_read_ping(struct store *s, store_read_fn fn, void *arg);
+int store_bx_read_endpoints(struct store *s, const char *const *names, size_t n, int64_t now,
+                            int64_t due_cap, int counts, const char *blocked_of, size_t blocked_max,
+                            store_read_fn fn, void *arg);
+int store_bx_read_claim_due(struct store *s, const char *name, int64_t now, int64_t lease_ms,
+                            size_t max, store_read_fn fn, void *arg);
+int store_bx_read_claim_ordered(struct store *s, const char *name, int64_t now, int64_t lease_ms,
+                                size_t max, store_read_fn fn, void *arg);
+int store_bx_read_endpoints_due(struct store *s, const char *const *names, size_t n, int pending,
+                                store_read_fn fn, void *arg);
+int store_bx_read_batch_due(struct store *s, int64_t now, store_read_fn fn, void *arg);
+int store_bx_get_events_unrouted(struct store *s, int64_t after_seq, size_t max, store_done_fn fn,
+                                 void *arg);
+int store_bx_get_event(struct store *s, const char *id, store_done_fn fn, void *arg);
+int store_bx_get_endpoint_states(struct store *s, store_done_fn fn, void *arg);
 
 /* ---- small helpers (every file) ---- */
 

@@ -227,13 +227,10 @@ static int job_send(struct job *j, const char *sql, store_pg_result_fn fn) {
     return store_pg_conn_query(j->conn, sql, 0, NULL, fn, j);
 }
 
-/* What check and serve say once the schema step is through. */
-static void job_refuse(struct job *j, const char *state) {
-    job_end(j, -1,
-            "store: '%s': the PostgreSQL store is not complete yet: this waybill creates and "
-            "checks its schema (%s) but cannot serve from it (use \"sqlite:FILE\" to serve; "
-            "`waybill migrate -c FILE` manages the schema)",
-            j->shown, state);
+/* What check says once the version is read: the state, exit 0 (serve
+ * creates the schema when there is none). */
+static void job_checked(struct job *j, const char *state) {
+    job_end(j, 0, "store: '%s': %s", j->shown, state);
 }
 
 static void job_newer(struct job *j) {
@@ -258,10 +255,7 @@ static void on_committed(void *arg, const PGresult *res, const char *err) {
     else
         snprintf(state, sizeof state, "upgraded the schema from version %lld to %d", j->version,
                  STORE_PG_SCHEMA_VERSION);
-    if (j->mode == STORE_PG_MIGRATE)
-        job_end(j, 0, "store: '%s': %s", j->shown, state);
-    else
-        job_refuse(j, state);
+    job_end(j, 0, "store: '%s': %s", j->shown, state); /* migrate and serve alike */
 }
 
 /* The DDL from j->version up, the version row and COMMIT: one trip. */
@@ -304,10 +298,8 @@ static void on_version_locked(void *arg, const PGresult *res, const char *err) {
         snprintf(state, sizeof state, "schema version %lld is in place", j->version);
         if (job_send(j, "COMMIT", on_step) < 0 || store_pg_conn_sync(j->conn) < 0)
             job_end(j, -1, "store: '%s': the connection was lost", j->shown);
-        else if (j->mode == STORE_PG_MIGRATE)
-            job_end(j, 0, "store: '%s': %s, nothing to do", j->shown, state);
         else
-            job_refuse(j, state);
+            job_end(j, 0, "store: '%s': %s, nothing to do", j->shown, state);
         return;
     }
     job_upgrade(j);
@@ -334,7 +326,7 @@ static void on_version_read(void *arg, const PGresult *res, const char *err) {
                  j->version, STORE_PG_SCHEMA_VERSION);
     else
         snprintf(state, sizeof state, "schema version %lld is in place", j->version);
-    job_refuse(j, state);
+    job_checked(j, state);
 }
 
 static void on_table_found(void *arg, const PGresult *res, const char *err) {

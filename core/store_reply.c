@@ -234,6 +234,8 @@ int store_reply_pending(const struct store *s) {
 
 int store_read_events_page(struct store *s, const struct store_page *q, store_read_fn fn,
                            void *arg) {
+    if (s->bx)
+        return store_bx_read_events_page(s, q, fn, arg);
     struct store_reply *r = reply_new(REPLY_EVENTS, fn, arg);
     if (!r)
         return -1;
@@ -243,6 +245,8 @@ int store_read_events_page(struct store *s, const struct store_page *q, store_re
 
 int store_read_deliveries_page(struct store *s, const struct store_page *q, store_read_fn fn,
                                void *arg) {
+    if (s->bx)
+        return store_bx_read_deliveries_page(s, q, fn, arg);
     struct store_reply *r = reply_new(REPLY_DELIVERIES, fn, arg);
     if (!r)
         return -1;
@@ -252,6 +256,8 @@ int store_read_deliveries_page(struct store *s, const struct store_page *q, stor
 }
 
 int store_read_event_detail(struct store *s, const char *id, store_read_fn fn, void *arg) {
+    if (s->bx)
+        return store_bx_read_event_detail(s, id, fn, arg);
     struct store_reply *r = reply_new(REPLY_DETAIL, fn, arg);
     if (!r)
         return -1;
@@ -261,6 +267,8 @@ int store_read_event_detail(struct store *s, const char *id, store_read_fn fn, v
 
 int store_read_events_find(struct store *s, const char *text, size_t max, store_read_fn fn,
                            void *arg) {
+    if (s->bx)
+        return store_bx_read_events_find(s, text, max, fn, arg);
     struct store_reply *r = reply_new(REPLY_FIND, fn, arg);
     if (!r)
         return -1;
@@ -269,6 +277,8 @@ int store_read_events_find(struct store *s, const char *text, size_t max, store_
 }
 
 int store_read_batch_windows(struct store *s, store_read_fn fn, void *arg) {
+    if (s->bx)
+        return store_bx_read_batch_windows(s, fn, arg);
     struct store_reply *r = reply_new(REPLY_WINDOWS, fn, arg);
     if (!r)
         return -1;
@@ -277,6 +287,8 @@ int store_read_batch_windows(struct store *s, store_read_fn fn, void *arg) {
 }
 
 int store_read_delivery_counts(struct store *s, store_read_fn fn, void *arg) {
+    if (s->bx)
+        return store_bx_read_delivery_counts(s, fn, arg);
     struct store_reply *r = reply_new(REPLY_COUNTS, fn, arg);
     if (!r)
         return -1;
@@ -287,6 +299,8 @@ int store_read_delivery_counts(struct store *s, store_read_fn fn, void *arg) {
 }
 
 int store_read_ping(struct store *s, store_read_fn fn, void *arg) {
+    if (s->bx)
+        return store_bx_read_ping(s, fn, arg);
     struct store_reply *r = reply_new(REPLY_PING, fn, arg);
     if (!r)
         return -1;
@@ -299,6 +313,9 @@ int store_read_ping(struct store *s, store_read_fn fn, void *arg) {
 int store_read_endpoints(struct store *s, const char *const *names, size_t n, int64_t now,
                          int64_t due_cap, int counts, const char *blocked_of, size_t blocked_max,
                          store_read_fn fn, void *arg) {
+    if (s->bx)
+        return store_bx_read_endpoints(s, names, n, now, due_cap, counts, blocked_of, blocked_max,
+                                       fn, arg);
     struct store_reply *r = reply_new(REPLY_ENDPOINTS, fn, arg);
     if (!r)
         return -1;
@@ -325,6 +342,8 @@ int store_read_endpoints(struct store *s, const char *const *names, size_t n, in
 
 int store_read_claim_due(struct store *s, const char *name, int64_t now, int64_t lease_ms,
                          size_t max, store_read_fn fn, void *arg) {
+    if (s->bx)
+        return store_bx_read_claim_due(s, name, now, lease_ms, max, fn, arg);
     struct store_reply *r = reply_new(REPLY_CLAIM, fn, arg);
     if (!r)
         return -1;
@@ -337,6 +356,8 @@ int store_read_claim_due(struct store *s, const char *name, int64_t now, int64_t
 
 int store_read_claim_ordered(struct store *s, const char *name, int64_t now, int64_t lease_ms,
                              size_t max, store_read_fn fn, void *arg) {
+    if (s->bx)
+        return store_bx_read_claim_ordered(s, name, now, lease_ms, max, fn, arg);
     struct store_reply *r = reply_new(REPLY_CLAIM, fn, arg);
     if (!r)
         return -1;
@@ -385,6 +406,8 @@ static void reply_name_add(void *arg, const char *name) {
 
 int store_read_endpoints_due(struct store *s, const char *const *names, size_t n, int pending,
                              store_read_fn fn, void *arg) {
+    if (s->bx)
+        return store_bx_read_endpoints_due(s, names, n, pending, fn, arg);
     struct store_reply *r = reply_new(REPLY_DUE, fn, arg);
     int64_t committed, last;
     if (!r)
@@ -417,6 +440,8 @@ int store_read_endpoints_due(struct store *s, const char *const *names, size_t n
 }
 
 int store_read_batch_due(struct store *s, int64_t now, store_read_fn fn, void *arg) {
+    if (s->bx)
+        return store_bx_read_batch_due(s, now, fn, arg);
     struct store_reply *r = reply_new(REPLY_BATCH_DUE, fn, arg);
     if (!r)
         return -1;

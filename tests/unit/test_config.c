@@ -337,6 +337,7 @@ static void test_defaults_and_paths(void) {
         CHECK_STR_EQ(cfg->dir, real_dir);
         CHECK_STR_EQ(cfg->listen, "0.0.0.0:8080");
         CHECK_STR_EQ(cfg->store, "sqlite:waybill.db");
+        CHECK_INT_EQ(cfg->lease_ms, 30000);
         CHECK_INT_EQ(cfg->max_body, 1 << 20);
         CHECK_INT_EQ(cfg->rule_memory, 64 << 20);
         CHECK_INT_EQ(cfg->rule_budget, 1000000);
@@ -353,7 +354,8 @@ static void test_defaults_and_paths(void) {
                   "set(4, 'admin', { token = 'secret-token' })\n"
                   "set(5, 'allow_private', '10.1.2.3/8')\n"
                   "set(6, 'store', 'sqlite:data/x.db?sync=normal')\n"
-                  "rules(7, 'rules///')\n");
+                  "set(7, 'lease', '3s')\n"
+                  "rules(8, 'rules///')\n");
     CHECK(cfg != NULL);
     if (cfg) {
         CHECK_STR_EQ(cfg->listen, "[::1]:8443");
@@ -363,6 +365,7 @@ static void test_defaults_and_paths(void) {
         CHECK_STR_EQ(cfg->admin_listen, "127.0.0.1:8081");
         CHECK_STR_EQ(cfg->admin_token, "secret-token");
         CHECK_STR_EQ(cfg->store, "sqlite:data/x.db?sync=normal");
+        CHECK_INT_EQ(cfg->lease_ms, 3000);
         snprintf(want, sizeof want, "%s/rules", real_dir);
         CHECK_STR_EQ(cfg->rules_dir, want);
         /* host bits cleared: the entry is 10.0.0.0/8 */
@@ -538,6 +541,15 @@ static void test_setting_errors(void) {
     EXPECT_ERR("set(1, 'shutdown_grace', true)",
                "waybill.lua:1: shutdown_grace must be a duration (e.g. \"30s\") or a number of "
                "seconds, not a boolean");
+    EXPECT_ERR("set(1, 'lease', '30 seconds')",
+               "waybill.lua:1: lease: bad duration '30 seconds' (use e.g. \"500ms\", \"30s\", "
+               "\"5m\", \"2h\", \"1d\")");
+    EXPECT_ERR("set(1, 'lease', {})",
+               "waybill.lua:1: lease must be a duration (e.g. \"30s\") or a number of seconds, "
+               "not a table");
+    EXPECT_ERR("set(1, 'lease', -1)", "waybill.lua:1: lease: bad duration -1 (seconds)");
+    EXPECT_ERR("set(1, 'lease', '999ms')", "waybill.lua:1: lease must be between 1s and 1h");
+    EXPECT_ERR("set(1, 'lease', '2h')", "waybill.lua:1: lease must be between 1s and 1h");
     EXPECT_ERR("set(1, 'rule_memory', 1048575)",
                "waybill.lua:1: rule_memory must be at least 1MiB");
     EXPECT_ERR("set(1, 'environment', 42)",
