@@ -24,6 +24,9 @@
 #define DELIVER_RESPONSE_MAX 1024
 /* Look again this soon after a claim that found due rows it could not take. */
 #define DELIVER_POLL_MS 1000
+/* A shared store: rows due, and the endpoint's concurrency taken by other
+ * instances' leases: look again this soon (their ends kick no one here). */
+#define DELIVER_SHARED_POLL_MS 50
 /* Waiting rows an endpoint keeps beyond its slots, at most. */
 #define DELIVER_AHEAD_MAX 64
 /* A rate-limited endpoint claims at most this many seconds' worth. */

@@ -353,11 +353,14 @@ static void deliver_ep_claim(struct deliver *d, struct deliver_ep *ep, size_t wa
     int rc = -1;
 
     if (r) {
+        /* a shared store: the endpoint's concurrency across instances */
+        const struct config_endpoint *cep = d->shared ? deliver_endpoint(d, ep->name) : NULL;
+        size_t cap = cep ? (size_t)deliver_endpoint_limit(cep) : 0;
         r->ep = ep;
         r->want = want;
         rc = ordered ? store_read_claim_ordered(d->store, ep->name, r->now, d->lease_ms, want,
                                                 deliver_ep_answer, r)
-                     : store_read_claim_due(d->store, ep->name, r->now, d->lease_ms, want,
+                     : store_read_claim_due(d->store, ep->name, r->now, d->lease_ms, want, cap,
                                             deliver_ep_answer, r);
     }
     if (rc < 0) {
@@ -440,6 +443,8 @@ static void deliver_ep_plain_answer(struct deliver *d, struct deliver_ep *ep,
         deliver_ep_arm(ep, DELIVER_POLL_MS);
     else if (next > claim_now)
         deliver_ep_arm(ep, next - util_now_ms());
+    else if (d->shared && res->n < want) /* due, and other instances hold the slots */
+        deliver_ep_arm(ep, DELIVER_SHARED_POLL_MS);
     else /* more due behind a full claim */
         deliver_ep_arm(ep, 0);
 }

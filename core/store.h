@@ -638,9 +638,14 @@ int store_read_ping(struct store *s, store_read_fn fn, void *arg);
  * answer at once. Logged at open when set. */
 
 /* store_endpoint_claim_due (status, claimed, n), then store_endpoint_next_due
- * of name as the claim left it (next_due; -1 when the claim failed). */
+ * of name as the claim left it (next_due; -1 when the claim failed).
+ * cap > 0 on a shared store (PostgreSQL, several instances): the claim
+ * leaves at most cap of the endpoint's rows leased at once, every
+ * instance's counted (the endpoint's `concurrency` across instances:
+ * claims of one endpoint take turns on its endpoint_state row). SQLite has
+ * one process, whose slots are the cap: it ignores cap. */
 int store_read_claim_due(struct store *s, const char *name, int64_t now, int64_t lease_ms,
-                         size_t max, store_read_fn fn, void *arg);
+                         size_t max, size_t cap, store_read_fn fn, void *arg);
 /* An ordered endpoint's look: store_endpoint_head (head, head_at; status -1
  * when it fails), then, when max > 0 and the head is due at now,
  * store_endpoint_claim of up to max rows from the head on (after_seq =

@@ -335,9 +335,13 @@ struct store_backend_ops {
      * instance holds it, up to max deliveries with seq > after_seq in seq
      * order, due or leased by this instance. Each claimed row is leased to
      * this instance until now + lease_ms, committed before cb sees it.
-     * rows: struct store_delivery[n]. */
+     * cap > 0 (after_seq < 0 only): the claim first locks the endpoint's
+     * endpoint_state row (claims of one endpoint take turns, across
+     * instances), then takes at most cap minus the endpoint's rows whose
+     * lease is live (any instance's): the endpoint's concurrency holds
+     * across instances. rows: struct store_delivery[n]. */
     int (*claim)(struct store_be *be, const char *endpoint, int64_t after_seq, int64_t now,
-                 int64_t lease_ms, size_t max, store_be_done_fn cb, void *arg);
+                 int64_t lease_ms, size_t max, size_t cap, store_be_done_fn cb, void *arg);
 
     /* ---- reads (R) ---- */
     int (*ping)(struct store_be *be, store_be_done_fn cb, void *arg);

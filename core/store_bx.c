@@ -105,6 +105,7 @@ struct bx_grp {
     size_t ncbs, cap;
     int64_t no; /* the group's number (0: no group, callbacks only) */
     int done, ok;
+    int failed; /* a write of this loop turn could not be queued: its callbacks hear ok 0 */
     int64_t t0;
 };
 
@@ -170,7 +171,7 @@ static void bx_group_done(void *arg, int status, const void *rows, size_t n, con
     UNUSED(rows);
     UNUSED(n);
     g->done = 1;
-    g->ok = status == 0;
+    g->ok = status == 0 && !g->failed;
     bx_outcome(s->bx, g->ok, err);
     if (g->ok)
         metrics_store_commit(util_mono_ms() - g->t0);
@@ -198,7 +199,10 @@ static void bx_end(struct store *s) {
             return;
         g->ok = 0; /* cannot happen: the group was open */
     } else {
-        g->ok = 1;
+        /* no group: ok unless a write of it failed (the database down):
+         * as on SQLite, whoever waits for this turn's commit (an admin
+         * action's 200) hears that it did not happen */
+        g->ok = !g->failed;
     }
     g->done = 1;
     bx_fly_run(s);
@@ -226,6 +230,7 @@ int store_bx_group(struct store *s, char *err, size_t errlen) {
         return -1;
     }
     if (s->ops->group_begin(s->be) < 0) {
+        x->cur->failed = 1;
         store_err(err, errlen, "store: postgresql: the database is not connected (%.150s)",
                   x->shown);
         bx_outcome(x, 0, NULL);
@@ -236,6 +241,13 @@ int store_bx_group(struct store *s, char *err, size_t errlen) {
     x->cur->no = ++x->groups_begun;
     bx_schedule(s);
     return 0;
+}
+
+void store_bx_write_failed(struct store *s) {
+    struct bx_grp *g = bx_cur(s);
+    if (g)
+        g->failed = 1;
+    bx_schedule(s);
 }
 
 int store_bx_on_group(struct store *s, store_commit_fn fn, void *arg) {

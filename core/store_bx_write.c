@@ -84,6 +84,7 @@ static void w_late(void *p) {
 /* Answers w ok 0 from the loop. Returns 0, or -1 (out of memory: w freed,
  * fn will not run). */
 static int w_fail(struct bx_w *w) {
+    store_bx_write_failed(w->s);
     if (!w->err[0])
         snprintf(w->err, sizeof w->err, "store: postgresql: the write could not be queued");
     if (store_bx_late(w->s, w_late, w) < 0) {
@@ -214,6 +215,7 @@ int store_bx_reclaim(struct store *s, store_done_fn fn, void *arg) {
 /* ---- the loop's synchronous writes ---- */
 
 struct bx_log {
+    struct store *s;
     char what[64 + UTIL_ID_MAX];
     int release; /* a lease given back */
 };
@@ -234,6 +236,7 @@ static void log_answer(void *arg, int status, const void *rows, size_t n, const 
 /* Queues a synchronous-form write: 0, or -1 with a reason in err. */
 static int sync_write(struct bx_log *l, int rc_call, char *err, size_t errlen) {
     if (rc_call < 0) {
+        store_bx_write_failed(l->s);
         free(l);
         store_err(err, errlen, "store: postgresql: the write could not be queued");
         return -1;
@@ -250,6 +253,7 @@ static struct bx_log *log_new(struct store *s, const char *what, const char *id,
         store_err(err, errlen, "store: out of memory");
         return NULL;
     }
+    l->s = s;
     snprintf(l->what, sizeof l->what, "%s %s", what, id);
     return l;
 }

@@ -296,6 +296,9 @@ void store_bx_free(struct store *s);
 int store_bx_late(struct store *s, void (*run)(void *p), void *p);
 int store_bx_group(struct store *s, char *err, size_t errlen);
 int store_bx_on_group(struct store *s, store_commit_fn fn, void *arg);
+/* A write of this loop turn could not be queued (the database down): the
+ * callbacks waiting for the turn's commit hear ok 0, as on SQLite. */
+void store_bx_write_failed(struct store *s);
 void store_bx_seqs(const struct store *s, int64_t *committed, int64_t *last);
 int store_bx_writable(const struct store *s);
 int store_bx_idle(const struct store *s);
@@ -351,7 +354,7 @@ int store_bx_read_endpoints(struct store *s, const char *const *names, size_t n,
                             int64_t due_cap, int counts, const char *blocked_of, size_t blocked_max,
                             store_read_fn fn, void *arg);
 int store_bx_read_claim_due(struct store *s, const char *name, int64_t now, int64_t lease_ms,
-                            size_t max, store_read_fn fn, void *arg);
+                            size_t max, size_t cap, store_read_fn fn, void *arg);
 int store_bx_read_claim_ordered(struct store *s, const char *name, int64_t now, int64_t lease_ms,
                                 size_t max, store_read_fn fn, void *arg);
 int store_bx_read_endpoints_due(struct store *s, const char *const *names, size_t n, int pending,

@@ -92,6 +92,9 @@ static const char *const schema_v1[] = {
     " WHERE okey IS NOT NULL",
     "CREATE INDEX delivery_queue_held ON delivery_queue (endpoint, delivery_seq)"
     " WHERE status = 'held'",
+    /* the live leases of an endpoint, counted by a capped claim */
+    "CREATE INDEX delivery_queue_leased ON delivery_queue (endpoint, lease_until)"
+    " WHERE lease_until > 0",
     "CREATE TABLE delivery_outcomes ("
     " delivery_seq bigint PRIMARY KEY REFERENCES deliveries (seq) ON DELETE CASCADE,"
     " status text NOT NULL CHECK (status IN ('delivered', 'failed', 'skipped')),"

@@ -161,7 +161,7 @@ int store_pg_sub_change(struct store_be *be, const char *id, const char *url, st
 int store_pg_sub_set_secret(struct store_be *be, const char *id, const char *secret,
                             store_be_done_fn cb, void *arg);
 int store_pg_claim(struct store_be *be, const char *endpoint, int64_t after_seq, int64_t now,
-                   int64_t lease_ms, size_t max, store_be_done_fn cb, void *arg);
+                   int64_t lease_ms, size_t max, size_t cap, store_be_done_fn cb, void *arg);
 int store_pg_batch_due(struct store_be *be, int64_t now, store_be_done_fn cb, void *arg);
 int store_pg_ping(struct store_be *be, store_be_done_fn cb, void *arg);
 int store_pg_events_page(struct store_be *be, const struct store_page *q, store_be_done_fn cb,

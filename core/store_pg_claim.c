@@ -42,6 +42,27 @@ static const char CLAIM_DUE_SQL[] = CLAIM_SET
     "  AND o.okey = c.okey AND o.status = 'failed')))"
     " ORDER BY c.next_at, c.delivery_seq LIMIT $3::bigint FOR UPDATE SKIP LOCKED" CLAIM_RETURNING;
 
+/* A capped claim (the endpoint's concurrency across instances): its
+ * endpoint_state row made if missing and locked first, so claims of one
+ * endpoint take turns; then, in a statement of its own (a snapshot taken
+ * after the lock: it sees the leases the previous holder committed), the
+ * due claim limited to cap minus the endpoint's live leases ($6 cap;
+ * delivery_queue_leased keeps that count to the leased rows). */
+static const char CAP_ROW_SQL[] =
+    "INSERT INTO endpoint_state (name) VALUES ($1) ON CONFLICT (name) DO NOTHING";
+static const char CAP_LOCK_SQL[] = "SELECT 1 FROM endpoint_state WHERE name = $1 FOR UPDATE";
+static const char CLAIM_CAPPED_SQL[] = CLAIM_SET
+    "SELECT c.delivery_seq FROM delivery_queue c WHERE c.endpoint = $1 AND c.status = 'pending'"
+    " AND c.next_at <= $2::bigint AND c.lease_until <= $2::bigint"
+    " AND (c.okey IS NULL OR (NOT EXISTS (SELECT 1 FROM delivery_queue e"
+    "  WHERE e.endpoint = c.endpoint AND e.okey = c.okey AND e.delivery_seq < c.delivery_seq)"
+    "  AND NOT EXISTS (SELECT 1 FROM delivery_outcomes o WHERE o.endpoint = c.endpoint"
+    "  AND o.okey = c.okey AND o.status = 'failed')))"
+    " ORDER BY c.next_at, c.delivery_seq"
+    " LIMIT least($3::bigint, greatest(0, $6::bigint - (SELECT count(*) FROM delivery_queue l"
+    "  WHERE l.endpoint = $1 AND l.lease_until > $2::bigint)))"
+    " FOR UPDATE SKIP LOCKED" CLAIM_RETURNING;
+
 static const char HEAD_SQL[] =
     "INSERT INTO endpoint_state (name, head_owner, head_until) VALUES ($1, $2, $3::bigint)"
     " ON CONFLICT (name) DO UPDATE SET head_owner = excluded.head_owner,"
@@ -119,14 +140,15 @@ static int parse_claim(struct pg_op *op, int k, const PGresult *res) {
         if (claimed_row(res, r, &d[r]) < 0)
             return -1;
     }
-    qsort(d, op->n, sizeof *d, k ? by_seq : by_due);
+    qsort(d, op->n, sizeof *d, k == 1 ? by_seq : by_due); /* 1: ordered's; 0, 2: due */
     return 0;
 }
 
 int store_pg_claim(struct store_be *be, const char *endpoint, int64_t after_seq, int64_t now,
-                   int64_t lease_ms, size_t max, store_be_done_fn cb, void *arg) {
-    char n[24], lease[24], lim[24], after[24], until[24];
+                   int64_t lease_ms, size_t max, size_t cap, store_be_done_fn cb, void *arg) {
+    char n[24], lease[24], lim[24], after[24], until[24], capped[24];
     const char *p[6] = {endpoint, n, lim, be->instance, lease, after};
+    const char *pc[6] = {endpoint, n, lim, be->instance, lease, capped};
     struct pg_op *op;
     int ret = -1;
 
@@ -136,10 +158,16 @@ int store_pg_claim(struct store_be *be, const char *endpoint, int64_t after_seq,
     snprintf(lim, sizeof lim, "%zu", max);
     snprintf(after, sizeof after, "%lld", (long long)after_seq);
     snprintf(until, sizeof until, "%lld", (long long)(now + lease_ms));
+    snprintf(capped, sizeof capped, "%zu", cap);
     if (!(op = pg_single(be, be->rd, 1, cb, arg, parse_claim)))
         goto done;
     op->free_rows = claimed_free;
-    if (after_seq < 0) {
+    if (after_seq < 0 && cap > 0) {
+        op->aux = 2; /* the third statement has the rows */
+        if (pg_op_query(op, CAP_ROW_SQL, 1, p) < 0 || pg_op_query(op, CAP_LOCK_SQL, 1, p) < 0 ||
+            pg_op_query(op, CLAIM_CAPPED_SQL, 6, pc) < 0)
+            op->dropped = 1;
+    } else if (after_seq < 0) {
         op->aux = 0;
         if (pg_op_query(op, CLAIM_DUE_SQL, 5, p) < 0)
             op->dropped = 1;

@@ -41,10 +41,11 @@ class Proc:
     """One test_store_pg_ops process in a racing mode: started, then held
     at its starting gun (it prints "ready INSTANCE" once connected)."""
 
-    def __init__(self, db, *args):
+    def __init__(self, db, *args, env=None):
         self.p = subprocess.Popen([_prog(), db.url] + [str(a) for a in args],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
+                                  stderr=subprocess.PIPE, text=True,
+                                  env=dict(os.environ, **(env or {})))
         wb._register(self)
         line = self.p.stdout.readline()
         assert line.startswith("ready "), (line, self.p.stderr.read() if self.p.poll() is not None else "")
@@ -190,6 +191,48 @@ def test_two_processes_claiming_one_endpoint_never_take_the_same_row():
     owners = dict((r[0], int(r[1])) for r in db.sql(
         "SELECT lease_owner, count(*) FROM delivery_queue GROUP BY lease_owner"))
     assert owners == {k: v for k, v in ((a.instance, len(ca)), (b.instance, len(cb))) if v}, owners
+
+
+def test_capped_claims_of_two_processes_never_lease_more_than_the_cap_together():
+    """An endpoint's concurrency across instances: two processes claim at
+    the same moment with a cap of 5 (each asks for 7 and keeps what it
+    got): together they hold 5 leases, never more; rows whose lease expired
+    do not count, so the cap is free again once the holders' leases end."""
+    db = _migrated()
+    _seed_queue(db, "ep", 50)
+    # the endpoint's row exists (as after its first claim): its insert
+    # does not make the claims take turns, only the lock does
+    db.sql("INSERT INTO endpoint_state (name) VALUES ('ep')")
+    lease_ms = 4000
+    holders = [Proc(db, "hold", "ep", lease_ms, 7, env={"CLAIM_CAP": "5"}) for _ in range(2)]
+    # both claims wait behind a table lock and go at the same instant: each
+    # claim's count of live leases would see none of the other's
+    blocker = subprocess.Popen(db.cluster._psql_argv(
+        db.name, "BEGIN; LOCK TABLE delivery_queue IN SHARE ROW EXCLUSIVE MODE;"
+                 " SELECT pg_sleep(1.5); COMMIT;"), stdout=subprocess.DEVNULL)
+    time.sleep(0.5)
+    for h in holders:
+        h.go()
+    assert blocker.wait(30) == 0
+    held = []
+    for h in holders:
+        while True:
+            line = h.readline()
+            assert line, "a holder ended"
+            if line.startswith("holding"):
+                break
+            held.append(int(line.split()[1]))
+    assert len(held) == 5 and len(set(held)) == 5, held
+    assert _one(db, "SELECT count(*) FROM delivery_queue WHERE lease_until > 0") == "5"
+    # a third claimer meanwhile: nothing (the cap is taken)
+    _, out, _ = _race([Proc(db, "once", "ep", lease_ms, 7, env={"CLAIM_CAP": "5"})])[0]
+    assert _claimed(out) == [] and "done 0" in out, out
+    for h in holders:
+        h.kill()
+    # the killed holders' leases expire: the cap is free again
+    time.sleep(lease_ms / 1000.0 + 0.5)
+    _, out, _ = _race([Proc(db, "once", "ep", lease_ms, 7, env={"CLAIM_CAP": "5"})])[0]
+    assert len(_claimed(out)) == 5, out
 
 
 def test_a_killed_processes_leases_come_back_at_expiry_not_before():
