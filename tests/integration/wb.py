@@ -1003,6 +1003,14 @@ class Gateway:
                             " FROM deliveries d LEFT JOIN delivery_queue q ON q.delivery_seq = d.seq"
                             " LEFT JOIN delivery_outcomes o ON o.delivery_seq = d.seq ORDER BY d.seq")
 
+    def store_opened(self):
+        """Whether anything opened the store: SQLite, its file exists;
+        PostgreSQL, its database has a table."""
+        db = self._pg_db()
+        if db is None:
+            return os.path.exists(self._sqlite_path())
+        return db.sql("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") != [["0"]]
+
     def store_down(self):
         """A context manager: while in it the store refuses writes. SQLite:
         another connection holds the write lock (BEGIN IMMEDIATE). PostgreSQL:
