@@ -22,6 +22,7 @@ Each config sets `lease = "3s"` so a killed instance's work comes back in
 seconds. Under ASan the event counts are scaled down, never the assertions.
 """
 
+import http.client
 import re
 import sys
 import threading
@@ -36,8 +37,10 @@ LEASE = 3.0
 N_EVENTS = 1500 if wb.ASAN else 5000
 SLOW = 2.0 if wb.ASAN else 1.0
 # what the instances count of deliveries taken over from an expired lease
-# (the duplicates a receiver may see are bounded by it)
-LEASE_METRIC = re.compile(r"^(waybill_\w*(?:lease|reclaim|takeover)\w*)(?:\{[^}]*\})?\s+([0-9.eE+]+)\s*$",
+# (the duplicates a receiver may see are bounded by it): a counter whose
+# name says lease, reclaim or takeover, e.g.
+# waybill_delivery_lease_takeovers_total{endpoint="e0"}
+LEASE_METRIC = re.compile(r"^(waybill_\w*(?:lease|reclaim|takeover)\w*_total)(?:\{[^}]*\})?\s+([0-9.eE+]+)\s*$",
                           re.M)
 
 
@@ -68,8 +71,8 @@ def _post_one(gws, i, body, deadline):
             if r.status == 200:
                 return r.json()["id"], k % n
             assert r.status == 503, (r.status, r.body[:300])
-        except OSError:
-            pass
+        except (OSError, http.client.HTTPException):
+            pass  # refused, or reset by an instance killed mid-request: the next one
         k += 1
         if k % n == i % n:
             time.sleep(0.05)
@@ -287,8 +290,8 @@ def test_postgresql_stopped_for_5s_under_load_503_meanwhile_no_200_lost_recovers
                 status, eid = r.status, (r.json()["id"] if r.status == 200 else None)
                 if r.status == 503:
                     assert r.headers.get("retry-after"), r.headers
-            except OSError as e:
-                status, eid = "error: %s" % e, None
+            except (OSError, http.client.HTTPException) as e:
+                status, eid = "error: %r" % e, None
             with lock:
                 results.append((t, time.monotonic(), i % 2, status, eid))
             i += 4
