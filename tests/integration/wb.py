@@ -1048,6 +1048,10 @@ class _StoreDown:
             self.db.cluster.sql("ALTER DATABASE %s ALLOW_CONNECTIONS false" % name)
             self.db.cluster.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                                 " WHERE datname = '%s' AND pid <> pg_backend_pid()" % name)
+            # pg_terminate_backend signals; returns once the sessions are gone
+            wait_for(lambda: self.db.cluster.sql("SELECT count(*) FROM pg_stat_activity WHERE datname = '%s'"
+                                                 % name) == [["0"]], timeout=10,
+                     message="the gateway's sessions of %s ended" % name)
         return self
 
     def __exit__(self, *exc):
