@@ -146,7 +146,8 @@ check: test
 # database each, one PostgreSQL 15 per runner worker; tests about SQLite
 # itself are skipped with their reason). WB_STORE=postgresql does the same
 # for any target that runs tests/run.py, e.g. `WB_STORE=postgresql make asan`.
-test-pg: test-deps all
+# test_pg_ops.py drives the unit binary test_store_pg_ops: built here too.
+test-pg: test-deps all $(BUILD)/tests/test_store_pg_ops
 	@python3 tests/run.py --bin ./$(BIN) --store postgresql $(if $(K),-k $(K))
 
 # AddressSanitizer + UndefinedBehaviorSanitizer over the whole suite.
