@@ -39,7 +39,7 @@ UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 UNIT_DB   := %/test_store_pg_ops
 UNIT_RUN  := $(filter-out $(UNIT_DB),$(UNIT_BINS))
 
-.PHONY: all help deps install run test test-unit test-integration asan tsan bench format format-check clean \
+.PHONY: all help deps install run test test-pg test-unit test-integration asan tsan bench format format-check clean \
         check layers lint test-deps fuzz torture
 
 all: deps $(BIN)
@@ -51,6 +51,7 @@ help:
 	@echo "make [all]        install missing Debian packages (as root) and build ./waybill"
 	@echo "make run          start the gateway on examples/waybill.lua (store and pid in .run/)"
 	@echo "make test         build and run every test (unit, rules, integration): N passed, N failed"
+	@echo "make test-pg      the integration tests on PostgreSQL (run.py --store postgresql; K=PATTERN selects)"
 	@echo "make test-unit    the C unit tests only"
 	@echo "make test-integration  the integration tests only (K=PATTERN selects)"
 	@echo "make check        the same as make test"
@@ -140,6 +141,14 @@ test: test-deps all $(UNIT_BINS)
 	@python3 tests/run.py --bin ./$(BIN) --unit "$(UNIT_RUN)" --torture
 
 check: test
+
+# The same integration suite with every gateway on PostgreSQL (a fresh
+# database each, one PostgreSQL 15 per runner worker; tests about SQLite
+# itself are skipped with their reason). WB_STORE=postgresql does the same
+# for any target that runs tests/run.py, e.g. `WB_STORE=postgresql make asan`.
+# test_pg_ops.py drives the unit binary test_store_pg_ops: built here too.
+test-pg: test-deps all $(BUILD)/tests/test_store_pg_ops
+	@python3 tests/run.py --bin ./$(BIN) --store postgresql $(if $(K),-k $(K))
 
 # AddressSanitizer + UndefinedBehaviorSanitizer over the whole suite.
 asan: test-deps

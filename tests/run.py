@@ -5,6 +5,7 @@
     python3 tests/run.py --bin ./waybill-asan --asan --unit "..."
     python3 tests/run.py --bin ./waybill -k smoke            # only names matching
     python3 tests/run.py --bin ./waybill tests/integration/test_smoke.py
+    python3 tests/run.py --bin ./waybill --store postgresql   # the same suite on PostgreSQL
 
 In order:
 1. unit binaries (--unit, space-separated): each prints `N passed, N failed`
@@ -21,6 +22,15 @@ In order:
 
 4. with --torture: tests/torture/torture.py --short, parsed as in 1 (one
    count per scenario row).
+
+--store postgresql (or WB_STORE=postgresql): the integration tests run on
+PostgreSQL. run.py starts one PostgreSQL 15 per worker slot before the
+first file (tests/integration/pg.py: one `initdb` per slot, not per file or
+test) and every gateway whose config does not name its own store gets a
+fresh database on its slot's cluster (wb.header()). A test about SQLite
+itself is marked @wb.sqlite_only("why") (or its module's SQLITE_ONLY =
+"why") and is skipped there, printed as `SKIP name: why` and counted in the
+`N skipped` line before the last. Default: sqlite, as always.
 
 The last line printed is `N passed, N failed` (unit checks + rule tests +
 integration tests + torture rows); the exit status is 1 if any failed.
@@ -109,6 +119,7 @@ class Totals:
         self.passed = 0
         self.failed = 0
         self.failed_names = []
+        self.skipped = 0
         self.lock = threading.Lock()
 
     def add(self, passed, failed, name=None):
@@ -188,7 +199,7 @@ def _on_alarm(signum, frame):
     raise TestTimeout()
 
 
-def worker_main(path, patterns, default_timeout, scale):
+def worker_main(path, patterns, default_timeout, scale, store="sqlite"):
     """Run one test file; one JSON line per event on the original stdout."""
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # stray writes to fd 1 (e.g. a child's) go to stderr, not the protocol
@@ -224,6 +235,11 @@ def worker_main(path, patterns, default_timeout, scale):
     mod_timeout = getattr(mod, "TIMEOUT", None)
     for n, fn in tests:
         name = base + "::" + n
+        why = wb.sqlite_only_reason(mod, fn) if store != "sqlite" else None
+        if why:
+            emit(start=name, timeout=0)
+            emit(name=name, ok=True, secs=0, skipped=why)
+            continue
         limit = float(getattr(fn, "wb_timeout", None) or mod_timeout or default_timeout) * scale
         emit(start=name, timeout=limit)
         wb._reset_test_context()
@@ -286,7 +302,11 @@ def worker_main(path, patterns, default_timeout, scale):
 
 def report_test(res, totals):
     name = res["name"]
-    if res["ok"]:
+    if res.get("skipped"):
+        with totals.lock:
+            totals.skipped += 1
+        say("SKIP %s: %s" % (name, res["skipped"]))
+    elif res["ok"]:
         totals.add(1, 0)
         say("PASS %s (%.1fs)" % (name, res.get("secs", 0)))
     else:
@@ -301,11 +321,13 @@ def run_file(path, slot, args, totals, env):
     rel = os.path.relpath(path, ROOT)
     errf = tempfile.TemporaryFile()
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", path,
-           "--timeout", str(args.timeout), "--scale", str(args.scale)]
+           "--timeout", str(args.timeout), "--scale", str(args.scale), "--store", args.store]
     for p in args.k or []:
         cmd += ["-k", p]
     wenv = dict(env)
     wenv["WB_WORKER"] = str(slot)
+    if slot in _pg_clusters:
+        wenv["WB_PG_CLUSTER"] = _pg_clusters[slot][1]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errf, stdin=subprocess.DEVNULL,
                             env=wenv, start_new_session=True, cwd=os.getcwd())
     _workers.add(proc)
@@ -380,6 +402,39 @@ def run_file(path, slot, args, totals, env):
                      "details": tail(err, 20) if t == missing[0] else ""}, totals)
 
 
+_pg_clusters = {}  # slot -> (pg.Cluster, "DIR:PORT"), under --store postgresql
+
+
+def start_pg_clusters(n, env):
+    """One PostgreSQL per worker slot (--store postgresql), started here, in
+    the parent, so the slot's files share it; stopped by stop_pg_clusters()."""
+    sys.path.insert(0, INTEGRATION)
+    saved = os.environ.get("WB_WORKER")
+    os.environ["WB_PG_PASSWORD"] = env["WB_PG_PASSWORD"]
+    import pg  # noqa: E402 - after sys.path is set
+    try:
+        for slot in range(n):
+            os.environ["WB_WORKER"] = str(slot)  # the slot's port range (wb.free_port)
+            t0 = time.monotonic()
+            _pg_clusters[slot] = pg.serve()
+            say("postgresql for worker %d: port %d (%.1fs)" % (slot, _pg_clusters[slot][0].port,
+                                                             time.monotonic() - t0))
+    finally:
+        if saved is None:
+            os.environ.pop("WB_WORKER", None)
+        else:
+            os.environ["WB_WORKER"] = saved
+
+
+def stop_pg_clusters():
+    for c, _ in list(_pg_clusters.values()):
+        try:
+            c.close()
+        except Exception:  # noqa: BLE001 - the rest still stop
+            pass
+    _pg_clusters.clear()
+
+
 def run_integration(files, args, totals, env):
     q = queue.Queue()
     for f in files:
@@ -410,6 +465,8 @@ def main():
     ap.add_argument("--torture", action="store_true", help="then the torture suite's short form (tests/torture/)")
     ap.add_argument("-j", "--jobs", type=int, default=2, help="parallel integration workers (default 2)")
     ap.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="default per-test limit, seconds")
+    ap.add_argument("--store", choices=("sqlite", "postgresql"), default=os.environ.get("WB_STORE") or "sqlite",
+                    help="the integration tests' store: sqlite (default) or postgresql (env WB_STORE)")
     ap.add_argument("--scale", type=float, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("files", nargs="*", help="integration test files (default: all)")
@@ -418,13 +475,14 @@ def main():
         args.scale = 2.0 if args.asan else 1.0
 
     if args.worker:
-        return worker_main(args.worker, args.k, args.timeout, args.scale)
+        return worker_main(args.worker, args.k, args.timeout, args.scale, args.store)
 
     totals = Totals()
     binary = os.path.abspath(args.bin)
     env = dict(os.environ)
     env["WB_BIN"] = binary
     env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env["WB_STORE"] = args.store
     if args.asan:
         env["WB_ASAN"] = "1"
     else:
@@ -444,7 +502,17 @@ def main():
     files = [] if args.unit_only else (args.files or sorted(glob.glob(os.path.join(INTEGRATION, "test_*.py"))))
     files = [os.path.abspath(f) for f in files]
     if files:
+        if args.store == "postgresql":
+            import secrets
+            env["WB_PG_PASSWORD"] = "pw-" + secrets.token_hex(12)
+            try:
+                start_pg_clusters(max(1, min(args.jobs, len(files))), env)
+            except Exception as e:  # noqa: BLE001 - reported as one failure
+                totals.add(0, 1, "postgresql")
+                say("FAIL postgresql: the slots' clusters did not start: %s" % e)
+                files = []
         run_integration(files, args, totals, env)
+        stop_pg_clusters()
 
     # 4. the torture suite's short form (tests/torture/), after the rest, on
     # its own: each of its rows is one pass or failure
@@ -454,6 +522,8 @@ def main():
 
     if totals.failed_names:
         say("", "failed (%d): %s" % (len(totals.failed_names), " ".join(totals.failed_names)))
+    if totals.skipped:
+        say("%d skipped (store %s)" % (totals.skipped, args.store))
     say("(%.1fs)" % (time.monotonic() - t0))
     say("%d passed, %d failed" % (totals.passed, totals.failed))
     return 1 if totals.failed else 0
@@ -475,3 +545,4 @@ if __name__ == "__main__":
         sys.exit(130)
     finally:
         _kill_workers()
+        stop_pg_clusters()

@@ -6,15 +6,21 @@
     db.sql("SELECT 1")      # rows (lists of strings, None for NULL), as superuser
 
 One cluster per test process (run.py runs each test file in a worker
-process of its own): `initdb` once (as the unprivileged `postgres` user,
+process of its own), or, under `run.py --store postgresql`, one per runner
+worker slot, started by run.py before the first file and shared by every
+file that slot runs (WB_PG_CLUSTER names its dir and port; serve()
+below): `initdb` once (as the unprivileged `postgres` user,
 into a temp dir), started on a free port of 127.0.0.1 with its unix socket
 in that dir and `fsync=on`, stopped and removed when the process exits
 (atexit; the postmaster is a child of this process, in its process group,
 so a worker the runner kills takes it along). Each database() is a new
 database `t_<random>` owned by the role `waybill`, whose password (random
-per run, `pg.PASSWORD`) is asked over TCP (scram-sha-256): tests check it
-works from the URL, PGPASSWORD or a pgpass file, and that it is never
-printed. The superuser `postgres` connects over the unix socket (trust).
+per run, `pg.PASSWORD`, or WB_PG_PASSWORD's when the cluster is shared) is
+asked over TCP (scram-sha-256): tests check it works from the URL,
+PGPASSWORD or a pgpass file, and that it is never printed. A database is
+dropped by wb.cleanup() after the test that made it (WITH (FORCE): a
+gateway's sessions left over do not keep it), so a shared cluster does not
+fill the disk with the suite's hundreds of databases. The superuser `postgres` connects over the unix socket (trust).
 
 Failover and pooling (test_pg_ha.py), each test's own processes, stopped
 by wb.cleanup() after the test like a gateway:
@@ -57,7 +63,7 @@ PG_BIN = "/usr/lib/postgresql/15/bin"
 PGBOUNCER = "/usr/sbin/pgbouncer"
 USER = "waybill"
 REPL_USER = "wb_repl"
-PASSWORD = "pw-" + secrets.token_hex(12)
+PASSWORD = os.environ.get("WB_PG_PASSWORD") or "pw-" + secrets.token_hex(12)
 START_TIMEOUT = 60.0
 
 _cluster = None
@@ -96,6 +102,23 @@ class Cluster:
         self.start()
         self.sql("CREATE ROLE %s LOGIN PASSWORD '%s'" % (USER, PASSWORD))
         self.sql("CREATE ROLE %s LOGIN REPLICATION" % REPL_USER)
+
+    @classmethod
+    def attach(cls, spec):
+        """The cluster another process started (spec: "DIR:PORT", as
+        WB_PG_CLUSTER has it). Not this process's to stop: stop() and
+        close() leave it running (a test that stops a cluster makes its
+        own, own=True)."""
+        d, port = spec.rsplit(":", 1)
+        self = cls.__new__(cls)
+        self.dir, self.data = d, os.path.join(d, "data")
+        self.log_path = os.path.join(d, "postgres.log")
+        self.proc, self.port, self.host = None, int(port), "127.0.0.1"
+        self.name = "shared"
+        self.shared = True
+        return self
+
+    shared = False
 
     def _as_postgres(self, argv, **kw):
         ent = pwd.getpwnam("postgres")
@@ -137,6 +160,7 @@ class Cluster:
 
     def stop(self, mode=signal.SIGINT):
         """Stop the postmaster (SIGINT: fast shutdown; SIGQUIT: immediate)."""
+        assert not self.shared, "a shared cluster is not a test's to stop (use Cluster(own=True))"
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(mode)
             try:
@@ -206,6 +230,8 @@ class Cluster:
         return rows
 
     def close(self):
+        if self.shared:
+            return
         self.stop(signal.SIGQUIT)
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -218,6 +244,18 @@ class Database:
         self.name = "t_" + secrets.token_hex(6)
         cluster.sql("CREATE DATABASE %s OWNER %s" % (self.name, USER))
         self.host, self.port, self.user, self.password = "127.0.0.1", cluster.port, USER, PASSWORD
+        wb._register(self)
+
+    def _cleanup(self):
+        """Dropped after its test (a cluster this test stopped or killed
+        goes with its own cleanup; nothing to drop then)."""
+        if self.cluster.proc is None and not self.cluster.shared:
+            return []
+        try:
+            self.cluster.sql("DROP DATABASE IF EXISTS %s WITH (FORCE)" % self.name)
+        except AssertionError as e:
+            return ["dropping database %s: %s" % (self.name, e)]
+        return []
 
     def url_with(self, password=None, scheme="postgresql", query=""):
         """The URL, with password (None: without one) and an optional query."""
@@ -234,12 +272,25 @@ class Database:
 
 
 def cluster():
-    """This process's cluster, started on first use."""
+    """This process's cluster: the runner slot's (WB_PG_CLUSTER), else one
+    started on first use."""
     global _cluster
     if _cluster is None:
-        _cluster = Cluster()
-        atexit.register(_cluster.close)
+        spec = os.environ.get("WB_PG_CLUSTER")
+        if spec:
+            _cluster = Cluster.attach(spec)
+        else:
+            _cluster = Cluster()
+            atexit.register(_cluster.close)
     return _cluster
+
+
+def serve():
+    """For run.py: a cluster for one runner slot, started now and kept until
+    close(); its "DIR:PORT" goes to the slot's workers as WB_PG_CLUSTER (with
+    WB_PG_PASSWORD, the role's password)."""
+    c = Cluster()
+    return c, "%s:%d" % (c.dir, c.port)
 
 
 def database():

@@ -10,7 +10,6 @@ import http.server
 import json
 import os
 import socket
-import sqlite3
 import ssl
 import subprocess
 import threading
@@ -30,11 +29,7 @@ def fixture(name):
 
 
 def stored(g):
-    db = sqlite3.connect(g.path("waybill.db"))
-    try:
-        return db.execute("SELECT source, source_id, type FROM events ORDER BY seq").fetchall()
-    finally:
-        db.close()
+    return g.db_rows("SELECT source, source_id, type FROM events ORDER BY seq")
 
 
 # Every HMAC-style preset: (source name, source options, how to sign).
@@ -326,14 +321,9 @@ def test_shiptify_token_and_its_replay_at_once_store_one_event():
         lost = g.post("/hooks/shiptify", pairs[i][1 - won], {})
         assert lost.status == 401, lost
     assert len(stored(g)) == len(pairs), stored(g)  # no replay stored an event
-    db = sqlite3.connect(g.path("waybill.db"))
-    try:
-        for i, won in enumerate(winners):  # each stored event is the body answered 200
-            raw = db.execute("SELECT raw FROM events WHERE id = ?",
-                             (answers[(i, won)][1]["id"],)).fetchone()
-            assert raw and bytes(raw[0]) == pairs[i][won], (i, raw)
-    finally:
-        db.close()
+    for i, won in enumerate(winners):  # each stored event is the body answered 200
+        raw = g.db_rows("SELECT raw FROM events WHERE id = ?", (answers[(i, won)][1]["id"],))
+        assert raw and bytes(raw[0][0]) == pairs[i][won], (i, raw)
     sink.wait_for_count(len(pairs))
 
 

@@ -14,6 +14,8 @@ import time
 import wb
 
 SECRET = "reads-secret"
+SQLITE_ONLY = ("holds a group open by slowing fdatasync of the SQLite WAL (an LD_PRELOAD shim in "
+               "waybill's process); PostgreSQL syncs its COMMIT in the server, out of the shim's reach")
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 

@@ -78,6 +78,8 @@ def test_sigkill_during_steady_stream_loses_no_acknowledged_event():
           % (len(acked), len(ids), dups, kills), file=sys.__stderr__)
 
 
+@wb.sqlite_only("the one-process flock of a SQLite store; several processes on one store is what "
+                "the PostgreSQL store is for (test_pg_cluster.py)")
 def test_a_second_process_on_the_same_sqlite_store_refuses_to_start_and_sends_nothing():
     """One process per SQLite store (issue 15): a second `waybill serve` on
     the same file would release the first one's leases and send its

@@ -15,6 +15,9 @@ import time
 import wb
 
 SECRET = "diskfull-secret"
+SQLITE_ONLY = ("a full disk under the SQLite file (its WAL checkpointed and truncated once space is "
+               "freed); PostgreSQL's own disk is the database's, a fault test_pg_cluster.py provokes "
+               "by stopping it")
 
 
 def _mount(path, size):

@@ -106,24 +106,15 @@ def test_sigterm_while_subscription_verification_pending_exits_cleanly():
 
 
 def test_endpoint_disable_answers_after_commit_and_503_when_store_locked():
-    import sqlite3
     sink = wb.Sink()
     g = gateway(sink.url)
-    lock = sqlite3.connect(g.path("waybill.db"), timeout=0, isolation_level=None)
-    lock.execute("BEGIN IMMEDIATE")
-    try:
+    with g.store_down():
         st, body = g.admin("POST", "/api/endpoints/erp/disable")
         assert st == 503, (st, body)
-    finally:
-        lock.execute("ROLLBACK")
-        lock.close()
     st, eps = g.admin("GET", "/api/endpoints")
     erp = [e for e in eps["data"] if e["name"] == "erp"][0]
     assert erp["disabled"] is False, erp  # nothing changed
     st, body = g.admin("POST", "/api/endpoints/erp/disable")
     assert st == 200 and body == {"name": "erp", "disabled": True}, body
-    db = sqlite3.connect(g.path("waybill.db"))  # committed, seen from outside
-    try:
-        assert db.execute("SELECT disabled FROM endpoint_state WHERE name = 'erp'").fetchone() == (1,)
-    finally:
-        db.close()
+    rows = g.db_rows("SELECT disabled FROM endpoint_state WHERE name = 'erp'")  # committed, seen from outside
+    assert [bool(r[0]) for r in rows] == [True], rows

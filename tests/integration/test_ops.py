@@ -447,18 +447,18 @@ def _openapi_gateway():
 
 
 class _Locked:
-    """The store held by another writer (BEGIN IMMEDIATE): writes answer 503."""
+    """The store refusing writes (g.store_down(): on SQLite another writer's
+    BEGIN IMMEDIATE, on PostgreSQL the database taking no connections):
+    writes answer 503."""
 
     def __init__(self, g):
-        import sqlite3
-        self.db = sqlite3.connect(g.path("waybill.db"), timeout=10, isolation_level=None)
+        self.down = g.store_down()
 
     def __enter__(self):
-        self.db.execute("BEGIN IMMEDIATE")
+        self.down.__enter__()
 
     def __exit__(self, *exc):
-        self.db.execute("ROLLBACK")
-        self.db.close()
+        self.down.__exit__(*exc)
         # the gateway ends the group that failed on its next loop turn; a
         # request in that instant is still answered 503 (a carrier retries)
         time.sleep(0.1)

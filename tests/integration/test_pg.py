@@ -266,8 +266,9 @@ def test_a_connection_lost_mid_migration_is_an_error_not_an_ok():
 
 
 def test_migrate_wait_keeps_trying_until_the_database_is_up():
-    db = pg.database()
-    cluster = pg.cluster()
+    # a cluster of this test's own: it is stopped (the runner's may be shared)
+    cluster = pg.Cluster(own=True)
+    db = pg.Database(cluster)
     cluster.stop()
     try:
         t0 = time.monotonic()

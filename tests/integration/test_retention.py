@@ -16,6 +16,8 @@ import time
 import wb
 
 SECRET = "retention-secret"
+SQLITE_ONLY = ("the SQLite file's pages in use, free pages and reclaim (page counts read through "
+               "sqlite3): PostgreSQL's dead tuples and VACUUM are issue 15's bloat bench")
 
 
 def gateway(sink, dead, retention="2s"):

@@ -392,7 +392,7 @@ def test_route_prints_planned_deliveries_and_sends_nothing():
     assert d[1]["payload"]["type"] == "tracking.delivered"
     time.sleep(0.3)
     assert erp.count == 0 and wh.count == 0
-    assert not os.path.exists(g.path("waybill.db"))   # no store opened
+    assert not g.store_opened()   # no store opened
     g.write("bad.json", wb.atoship_event("shipment.delivered"))
     r = g.cli("route", "--source", "atoship", "bad.json")
     assert r.returncode == 1 and b"rules/10-main.lua:" in r.stderr and b"boom" in r.stderr, r.stderr

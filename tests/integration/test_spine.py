@@ -4,7 +4,6 @@ Each test starts the real waybill binary and real receivers on 127.0.0.1.
 """
 import json
 import os
-import sqlite3
 import time
 
 import wb
@@ -25,12 +24,8 @@ def gateway(sink_url, rules='on("*", {"erp"})', endpoint_extra="", extra="", **s
 
 
 def stored_events(g):
-    """Rows in the gateway's SQLite store, read by a separate connection."""
-    db = sqlite3.connect(g.path("waybill.db"))
-    try:
-        return db.execute("SELECT id, source, source_id, type, status FROM events").fetchall()
-    finally:
-        db.close()
+    """Rows in the gateway's store, read by a separate connection."""
+    return g.db_rows("SELECT id, source, source_id, type, status FROM events ORDER BY seq")
 
 
 def test_atoship_event_reaches_standard_webhooks_verifier():
@@ -258,16 +253,11 @@ def test_event_no_rule_sends_is_unrouted():
 def test_store_locked_answers_503_then_recovers():
     sink = wb.Sink()
     g = gateway(sink.url)
-    lock = sqlite3.connect(g.path("waybill.db"), timeout=0, isolation_level=None)
-    lock.execute("BEGIN IMMEDIATE")
-    try:
+    with g.store_down():
         body = wb.atoship_event()
         r = g.post_atoship(body, ATOSHIP_SECRET)
         assert r.status == 503, r
         assert r.headers.get("retry-after"), r.headers
-    finally:
-        lock.execute("ROLLBACK")
-        lock.close()
     assert stored_events(g) == []
     r = g.post_atoship(body, ATOSHIP_SECRET)  # the carrier's retry
     assert r.status == 200, r
@@ -283,11 +273,7 @@ def test_restart_resumes_pending_deliveries_with_same_id():
     def attempt_committed():
         # A separate connection sees only committed rows: the admin API
         # reads the open group too, which a kill -9 may still roll back.
-        db = sqlite3.connect(g.path("waybill.db"))
-        try:
-            return db.execute("SELECT count(*) FROM attempts").fetchone()[0] == 1
-        finally:
-            db.close()
+        return g.db_rows("SELECT count(*) FROM attempts") == [(1,)]
 
     g.wait_for(attempt_committed, message="first attempt committed")
     g.kill9()

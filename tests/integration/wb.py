@@ -19,7 +19,16 @@ failed. Nothing needs a `with`, though every object is also a context manager.
 
 Environment (set by tests/run.py): WB_BIN (absolute path of the binary),
 WB_ASAN=1 (a sanitizer report in a gateway's stderr fails the test),
-WB_WORKER (0/1: which port range this worker process picks listeners from).
+WB_WORKER (0/1: which port range this worker process picks listeners from),
+WB_STORE (sqlite, the default, or postgresql: `run.py --store postgresql`).
+
+The store: header() names `sqlite:waybill.db` (in the gateway's dir), or
+under WB_STORE=postgresql a fresh database of the worker's PostgreSQL
+(pg.py), unless the test names its own (store=...). A test about SQLite
+itself says so with @wb.sqlite_only("why") (a module: SQLITE_ONLY = "why")
+and is skipped on PostgreSQL. What a test reads from the store it reads
+through the admin API or g.db_rows(sql) / g.delivery_rows() (both
+backends), and g.store_down() makes the store refuse writes on either.
 """
 
 import base64
@@ -136,6 +145,40 @@ def failure_contexts(lines=40):
 
 def _reset_test_context():
     del _started_this_test[:]
+    _pg_dbs.clear()
+
+
+STORE = os.environ.get("WB_STORE") or "sqlite"
+PG = STORE == "postgresql"
+
+
+def sqlite_only(reason):
+    """Decorator: this test is about SQLite itself (its files, its lock, its
+    reclaim...); under WB_STORE=postgresql it is skipped with reason."""
+
+    def deco(fn):
+        fn.wb_sqlite_only = reason
+        return fn
+
+    return deco
+
+
+def sqlite_only_reason(module, fn):
+    """Why fn (of module) runs on SQLite only, or None (the runner asks)."""
+    return getattr(fn, "wb_sqlite_only", None) or getattr(module, "SQLITE_ONLY", None)
+
+
+_pg_dbs = {}  # URL -> pg.Database, the databases header() made this test
+
+
+def default_store():
+    """The store a config gets when its test names none (see the top)."""
+    if not PG:
+        return "sqlite:waybill.db"
+    import pg  # pg imports this module: not at the top
+    db = pg.database()
+    _pg_dbs[db.url] = db
+    return db.url
 
 
 def timeout(seconds):
@@ -270,14 +313,16 @@ def lua(value):
 ADMIN_TOKEN = "test-token"
 
 
-def header(port=None, admin_port=None, token=ADMIN_TOKEN, store="sqlite:waybill.db",
+def header(port=None, admin_port=None, token=ADMIN_TOKEN, store=None,
            allow_private=("127.0.0.0/8",), **settings):
-    """The standard top lines of a test config (fresh ports unless given).
+    """The standard top lines of a test config (fresh ports unless given;
+    store: default_store() unless given).
 
     Extra keyword settings become top-level `key = value` lines, e.g.
     header(max_body="1KiB", shutdown_grace="2s", environment="sandbox")."""
     port = port or free_port()
     admin_port = admin_port or free_port()
+    store = store or default_store()
     lines = [
         'listen = "127.0.0.1:%d"' % port,
         'admin = { listen = "127.0.0.1:%d", token = %s }' % (admin_port, lua(token)),
@@ -891,6 +936,90 @@ class Gateway:
         p.__name__ = getattr(predicate, "__name__", "condition")
         return wait_for(p, timeout, 0.02, message)
 
+    # -- the store, from outside (both backends) --------------------------
+    def store(self):
+        """The config's `store = "..."` as written (the literal)."""
+        with open(self.config_path, encoding="utf-8") as f:
+            m = re.search(r'^\s*store\s*=\s*"([^"]*)"', f.read(), re.M)
+        if not m:
+            raise AssertionError("the config names no literal store")
+        return m.group(1)
+
+    def _pg_db(self):
+        url = self.store()
+        if url.startswith(("postgres://", "postgresql://")):
+            db = _pg_dbs.get(url)
+            if db is None:
+                raise AssertionError("not a database this test made: %s" % url.split("@")[-1])
+            return db
+        return None
+
+    def _sqlite_path(self):
+        url = self.store()
+        path = url[len("sqlite:"):] if url.startswith("sqlite:") else url
+        return path if os.path.isabs(path) else self.path(path)
+
+    def db_rows(self, sql, params=()):
+        """Committed rows of the store, read by a separate connection, as
+        tuples: sqlite3 on SQLite; on PostgreSQL psql as the superuser, each
+        row through row_to_json (numbers as int, booleans as bool, bytea as
+        bytes). `?` placeholders take params on both."""
+        db = self._pg_db()
+        if db is None:
+            import sqlite3
+            c = sqlite3.connect(self._sqlite_path(), timeout=10)
+            try:
+                return [tuple(bytes(v) if isinstance(v, memoryview) else v for v in row)
+                        for row in c.execute(sql, params).fetchall()]
+            finally:
+                c.close()
+        parts = sql.split("?")
+        if len(parts) != len(params) + 1:
+            raise ValueError("%d placeholders, %d params" % (len(parts) - 1, len(params)))
+        text = parts[0]
+        for v, rest in zip(params, parts[1:]):
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                text += repr(v)
+            else:
+                text += "'" + str(v).replace("'", "''") + "'"
+            text += rest
+        rows = db.sql("SELECT json_build_array(VARIADIC ARRAY(SELECT v FROM json_each(row_to_json(t)) AS j(k, v)))"
+                      " FROM (%s) AS t" % text)
+
+        def val(v):
+            if isinstance(v, str) and re.fullmatch(r"\\x(?:[0-9a-f]{2})*", v):
+                return bytes.fromhex(v[2:])
+            return v
+
+        return [tuple(val(v) for v in json.loads(r[0])) for r in rows]
+
+    def delivery_rows(self):
+        """[(delivery id, status, attempts)] in the order stored, committed
+        (SQLite keeps them in deliveries; PostgreSQL in delivery_queue while
+        pending or held, then delivery_outcomes)."""
+        if self._pg_db() is None:
+            return self.db_rows("SELECT id, status, attempts FROM deliveries ORDER BY seq")
+        return self.db_rows("SELECT d.id, coalesce(q.status, o.status), coalesce(q.attempts, o.attempts)"
+                            " FROM deliveries d LEFT JOIN delivery_queue q ON q.delivery_seq = d.seq"
+                            " LEFT JOIN delivery_outcomes o ON o.delivery_seq = d.seq ORDER BY d.seq")
+
+    def store_opened(self):
+        """Whether anything opened the store: SQLite, its file exists;
+        PostgreSQL, its database has a table."""
+        db = self._pg_db()
+        if db is None:
+            return os.path.exists(self._sqlite_path())
+        return db.sql("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") != [["0"]]
+
+    def store_down(self):
+        """A context manager: while in it the store refuses writes. SQLite:
+        another connection holds the write lock (BEGIN IMMEDIATE). PostgreSQL:
+        the database takes no connections and the gateway's are ended
+        (ALLOW_CONNECTIONS false, pg_terminate_backend); on leaving, it takes
+        them again and this waits until /healthz answers 200 (the gateway
+        reconnected by itself)."""
+        return _StoreDown(self)
+
     def cli(self, *args, input=None, timeout=30):
         """Run `waybill ARGS -c DIR/waybill.lua` (e.g. g.cli("check"))."""
         return run(args[0], "-c", self.config_path, *args[1:], input=input, cwd=self.dir,
@@ -899,6 +1028,41 @@ class Gateway:
 
 class _GatewayDied(Exception):
     pass
+
+
+class _StoreDown:
+    """Gateway.store_down()'s context manager."""
+
+    def __init__(self, g):
+        self.g = g
+        self.db = g._pg_db()
+        self.lock = None
+
+    def __enter__(self):
+        if self.db is None:
+            import sqlite3
+            self.lock = sqlite3.connect(self.g._sqlite_path(), timeout=10, isolation_level=None)
+            self.lock.execute("BEGIN IMMEDIATE")
+        else:
+            name = self.db.name
+            self.db.cluster.sql("ALTER DATABASE %s ALLOW_CONNECTIONS false" % name)
+            self.db.cluster.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                                " WHERE datname = '%s' AND pid <> pg_backend_pid()" % name)
+            # pg_terminate_backend signals; returns once the sessions are gone
+            wait_for(lambda: self.db.cluster.sql("SELECT count(*) FROM pg_stat_activity WHERE datname = '%s'"
+                                                 % name) == [["0"]], timeout=10,
+                     message="the gateway's sessions of %s ended" % name)
+        return self
+
+    def __exit__(self, *exc):
+        if self.lock is not None:
+            self.lock.execute("ROLLBACK")
+            self.lock.close()
+            return
+        self.db.cluster.sql("ALTER DATABASE %s ALLOW_CONNECTIONS true" % self.db.name)
+        if exc[0] is None and self.g.running():
+            self.g.wait_for(lambda: http_request(self.g.admin_port, "GET", "/healthz", timeout=2).status
+                            == 200, timeout=15, message="healthy again once the database is back")
 
 
 def run(*args, input=None, cwd=None, env=None, timeout=30):
