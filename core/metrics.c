@@ -37,6 +37,7 @@ enum {
     F_KEY_MISSING,
     F_COMMIT,
     F_WAL_FRAMES,
+    F_TAKEOVERS,
     F_COUNT_
 };
 
@@ -71,6 +72,10 @@ static struct metrics_family metrics_fam[F_COUNT_] = {
     [F_WAL_FRAMES] = {"waybill_store_wal_frames_total",
                       "Pages written to the store's write-ahead log (each page_size + 24 bytes).",
                       M_COUNTER, NULL, NULL},
+    [F_TAKEOVERS] = {"waybill_delivery_lease_takeovers_total",
+                     "Deliveries claimed after another instance's lease on them expired (each "
+                     "may be sent twice), by endpoint.",
+                     M_COUNTER, NULL, NULL},
 };
 
 int metrics_escape(struct util_buf *b, const char *v) {
@@ -215,6 +220,12 @@ void metrics_store_wal_frames(int64_t frames) {
     struct metrics_series *s = metrics_get(F_WAL_FRAMES, NULL, NULL, NULL, NULL);
     if (s)
         s->value += (double)frames;
+}
+
+void metrics_lease_takeover(const char *endpoint) {
+    struct metrics_series *s = metrics_get(F_TAKEOVERS, "endpoint", endpoint, NULL, NULL);
+    if (s)
+        s->value++;
 }
 
 int metrics_render(struct util_buf *b) {

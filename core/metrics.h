@@ -39,6 +39,10 @@ void metrics_store_commit(int64_t ms);
 /* Frames (pages) a commit appended to the store's write-ahead log. */
 void metrics_store_wal_frames(int64_t frames);
 
+/* A claim took over a delivery of endpoint whose lease another instance
+ * let expire (a shared store): it may be sent twice. */
+void metrics_lease_takeover(const char *endpoint);
+
 /* Appends v to b as a label value: backslash, quote and newline escaped.
  * Returns 0 or -1 (OOM). */
 int metrics_escape(struct util_buf *b, const char *v);
