@@ -264,6 +264,18 @@ static void on_change_stored(void *arg, const struct store_done *d) {
     if (!d->ok) {
         log_msg(LOG_ERROR, "endpoint %s: could not be %s: %s", c->name,
                 c->disabled ? "disabled" : "enabled", d->err);
+        /* Memory goes back to what the store holds (a change is written
+         * only when it differs from memory). SQLite's re-read after the
+         * rollback would say the same; a database across the network
+         * answers that read later, or not while it is down, and meanwhile
+         * a second disable would be answered 200 from memory with nothing
+         * written. */
+        if (health_endpoint_disabled(h, c->name) == c->disabled) {
+            if (health_mark(h, c->name, !c->disabled) < 0)
+                log_msg(LOG_ERROR, "endpoint %s: out of memory", c->name);
+            if (h->change)
+                h->change(h->change_arg, c->name, !c->disabled);
+        }
     } else if (c->disabled) {
         log_msg(LOG_WARN,
                 "endpoint %s disabled: %s; %" PRId64 " deliveries held until it is enabled",
