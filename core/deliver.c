@@ -642,6 +642,21 @@ static void deliver_done_cb(evutil_socket_t fd, short kind, void *arg) {
         done(d->done_arg); /* last: it may free d */
 }
 
+/* A shared store (several instances): the rows this process holds are
+ * given back as it stops, so the next run, or another instance, sends them
+ * at once rather than after their leases (a restarted process is a new
+ * lease owner). SQLite releases every lease at its next open. */
+static void deliver_release_all(struct deliver *d) {
+    char err[256];
+
+    if (!d->shared)
+        return;
+    for (struct deliver_xfer *x = d->xfers; x; x = x->next)
+        if (store_delivery_lease(d->store, x->row.seq, x->row.next_at, 0, err, sizeof err) < 0)
+            log_msg(LOG_WARN, "delivery %s: releasing its lease: %s (claimed again when it ends)",
+                    x->row.id, err);
+}
+
 static void deliver_grace_cb(evutil_socket_t fd, short kind, void *arg) {
     struct deliver *d = arg;
 
@@ -652,6 +667,7 @@ static void deliver_grace_cb(evutil_socket_t fd, short kind, void *arg) {
                 "shutdown grace over: aborting %d deliveries in flight (sent again "
                 "after restart)",
                 d->inflight);
+    deliver_release_all(d);
     deliver_abort_all(d);
     event_active(d->done_ev, EV_TIMEOUT, 1);
 }
@@ -746,9 +762,12 @@ void deliver_shutdown(struct deliver *d, int64_t grace_ms, void (*done)(void *ar
     d->done_arg = arg;
     event_del(d->kick_ev);
     event_del(d->check_ev);
-    for (ep = d->eps; ep; ep = ep->next) { /* not started: their leases lapse */
+    for (ep = d->eps; ep; ep = ep->next) { /* not started: given back (shared) or lapse */
         evtimer_del(ep->timer);
-        deliver_ep_drop(d, ep);
+        if (d->shared)
+            deliver_ep_release(d, ep);
+        else
+            deliver_ep_drop(d, ep);
     }
     if (d->inflight == 0) {
         event_active(d->done_ev, EV_TIMEOUT, 1);
