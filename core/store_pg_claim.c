@@ -32,10 +32,12 @@
 #define CLAIM_RETURNING                                                                            \
     ") c, deliveries d WHERE q.delivery_seq = c.delivery_seq AND d.seq = q.delivery_seq"           \
     " RETURNING d.seq, d.id, d.event_id, d.endpoint, d.event_type, d.content_type, d.headers,"     \
-    " d.payload, q.attempts, q.schedule_pos, q.next_at, d.created_at, c.prev_owner"
+    " d.payload, q.attempts, q.schedule_pos, q.next_at, d.created_at, c.prev_owner,"               \
+    " c.prev_until <= $2::bigint"
 
 static const char CLAIM_DUE_SQL[] = CLAIM_SET
-    "SELECT c.delivery_seq, c.lease_owner AS prev_owner FROM delivery_queue c WHERE c.endpoint = "
+    "SELECT c.delivery_seq, c.lease_owner AS prev_owner, c.lease_until AS prev_until"
+    " FROM delivery_queue c WHERE c.endpoint = "
     "$1 AND c.status = 'pending'"
     " AND c.next_at <= $2::bigint AND c.lease_until <= $2::bigint"
     " AND (c.okey IS NULL OR (NOT EXISTS (SELECT 1 FROM delivery_queue e"
@@ -54,7 +56,8 @@ static const char CAP_ROW_SQL[] =
     "INSERT INTO endpoint_state (name) VALUES ($1) ON CONFLICT (name) DO NOTHING";
 static const char CAP_LOCK_SQL[] = "SELECT 1 FROM endpoint_state WHERE name = $1 FOR UPDATE";
 static const char CLAIM_CAPPED_SQL[] = CLAIM_SET
-    "SELECT c.delivery_seq, c.lease_owner AS prev_owner FROM delivery_queue c WHERE c.endpoint = "
+    "SELECT c.delivery_seq, c.lease_owner AS prev_owner, c.lease_until AS prev_until"
+    " FROM delivery_queue c WHERE c.endpoint = "
     "$1 AND c.status = 'pending'"
     " AND c.next_at <= $2::bigint AND c.lease_until <= $2::bigint"
     " AND (c.okey IS NULL OR (NOT EXISTS (SELECT 1 FROM delivery_queue e"
@@ -74,7 +77,8 @@ static const char HEAD_SQL[] =
     " RETURNING head_owner";
 
 static const char CLAIM_ORDERED_SQL[] = CLAIM_SET
-    "SELECT c.delivery_seq, c.lease_owner AS prev_owner FROM delivery_queue c WHERE c.endpoint = "
+    "SELECT c.delivery_seq, c.lease_owner AS prev_owner, c.lease_until AS prev_until"
+    " FROM delivery_queue c WHERE c.endpoint = "
     "$1 AND c.status = 'pending'"
     " AND c.delivery_seq > $6::bigint"
     " AND ((c.next_at <= $2::bigint AND c.lease_until <= $2::bigint) OR c.lease_owner = $4)"
@@ -130,15 +134,15 @@ static int claimed_row(const PGresult *res, int r, struct store_delivery *d) {
     return oom ? -1 : 0;
 }
 
-/* A row whose lease another instance held and let expire (it died, or its
- * attempt outlived the lease unrenewed): this claim takes it over, and its
- * delivery may be sent twice. Counted in /metrics (issue 15: duplicates
- * only from expired leases, and counted). Its outcome, a release and a
- * renewal's end clear the owner, so an owner still set is an expired lease. */
-static void count_takeovers(const struct pg_op *op, const PGresult *res, int rows) {
-    const char *me = op->tx->be->instance;
+/* A row whose lease expired (its instance died, or its outcome did not
+ * commit within the lease): this claim takes it over, and its delivery may
+ * be sent twice. Counted in /metrics (issue 15: duplicates only from
+ * expired leases, and counted); this instance's own expired lease too. An
+ * outcome and a release clear the owner; a live lease of this instance (an
+ * ordered endpoint's read-ahead, taken again) is not a takeover. */
+static void count_takeovers(const PGresult *res, int rows) {
     for (int r = 0; r < rows; r++)
-        if (!PQgetisnull(res, r, 12) && strcmp(PQgetvalue(res, r, 12), me) != 0)
+        if (!PQgetisnull(res, r, 12) && PQgetvalue(res, r, 13)[0] == 't')
             metrics_lease_takeover(PQgetvalue(res, r, 3));
 }
 
@@ -148,7 +152,7 @@ static int parse_claim(struct pg_op *op, int k, const PGresult *res) {
 
     if (k != op->aux || rows == 0)
         return 0;
-    count_takeovers(op, res, rows);
+    count_takeovers(res, rows);
     if (!(d = calloc((size_t)rows, sizeof *d)))
         return -1;
     op->rows = d;
