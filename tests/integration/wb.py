@@ -163,6 +163,13 @@ def sqlite_only(reason):
     return deco
 
 
+def not_yet_on_postgresql(reason):
+    """Decorator: what this test asks is not built on the PostgreSQL store
+    yet (issue 15; the README's "Not done yet on PostgreSQL" lists each):
+    skipped there with reason until it is, never on SQLite."""
+    return sqlite_only("not yet on PostgreSQL (issue 15): " + reason)
+
+
 def sqlite_only_reason(module, fn):
     """Why fn (of module) runs on SQLite only, or None (the runner asks)."""
     return getattr(fn, "wb_sqlite_only", None) or getattr(module, "SQLITE_ONLY", None)
