@@ -27,6 +27,9 @@
 /* A shared store: rows due, and the endpoint's concurrency taken by other
  * instances' leases: look again this soon (their ends kick no one here). */
 #define DELIVER_SHARED_POLL_MS 50
+/* A shared store: a row is sent only with at least this much of its lease
+ * left (a renewal is a write that commits a group later). */
+#define DELIVER_LEASE_SAFE_MS 1000
 /* Waiting rows an endpoint keeps beyond its slots, at most. */
 #define DELIVER_AHEAD_MAX 64
 /* A rate-limited endpoint claims at most this many seconds' worth. */

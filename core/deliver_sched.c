@@ -206,6 +206,17 @@ static void deliver_ep_start(struct deliver *d, struct deliver_ep *ep, struct de
     char err[128];
 
     ep->progress++;
+    /* A shared store: a row whose lease ran out (or nearly) while it waited
+     * here (a loaded machine, groups slow to commit) may be another
+     * instance's by now: never sent on an expired lease; dropped (nothing
+     * written: its lease has lapsed) and claimed again. */
+    if (d->shared && x->lease_until - now < DELIVER_LEASE_SAFE_MS) {
+        log_msg(LOG_DEBUG, "delivery %s: its lease ran out while it waited; claimed again",
+                x->row.id);
+        deliver_xfer_free(d, x);
+        deliver_ep_arm(ep, 0);
+        return;
+    }
     /* A row that waited in memory starts with a fresh lease when less
      * than half of it is left; while the attempt runs the watchdog renews
      * it (deliver_leases_renew). A row held by this process is never
