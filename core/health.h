@@ -78,6 +78,14 @@ void health_set_notify(struct health *h, health_notify_fn fn, void *arg);
 typedef void (*health_change_fn)(void *arg, const char *name, int disabled);
 void health_set_change_hook(struct health *h, health_change_fn fn, void *arg);
 
+/* A shared store (store_shared): reads the stored states and follows the
+ * enables and disables another instance made (the change hook is told;
+ * nothing is written or announced). No-op while a poll or a change of
+ * this instance is on its way; an answer older than a change made here
+ * meanwhile is dropped. Call it once a second. Returns 0, or -1 when the
+ * read could not be made. */
+int health_poll(struct health *h);
+
 /* A delay for the log and for reasons: "850ms", "12s", "5m", "2h". */
 const char *health_fmt_delay(int64_t ms, char *buf, size_t len);
 

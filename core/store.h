@@ -787,6 +787,8 @@ struct store_done {
     size_t n;                                  /* rows */
     const struct store_endpoint_state *states; /* store_get_endpoint_states */
     size_t nstates;
+    const struct store_sub *subs; /* store_get_subs, oldest first */
+    size_t nsubs;
 };
 typedef void (*store_done_fn)(void *arg, const struct store_done *d);
 
@@ -823,5 +825,9 @@ int store_get_events_unrouted(struct store *s, int64_t after_seq, size_t max, st
                               void *arg);
 int store_get_event(struct store *s, const char *id, store_done_fn fn, void *arg);
 int store_get_endpoint_states(struct store *s, store_done_fn fn, void *arg);
+/* Every stored subscription (d->subs), as store_subs_load gives them: the
+ * polls of a shared store (subs_poll). On SQLite (one process, nothing
+ * to poll) it returns -1. */
+int store_get_subs(struct store *s, store_done_fn fn, void *arg);
 
 #endif

@@ -277,6 +277,10 @@ int store_get_event(struct store *s, const char *id, store_done_fn fn, void *arg
     return held_queue(s, h, 0);
 }
 
+int store_get_subs(struct store *s, store_done_fn fn, void *arg) {
+    return s->bx ? store_bx_get_subs(s, fn, arg) : -1;
+}
+
 int store_get_endpoint_states(struct store *s, store_done_fn fn, void *arg) {
     if (s->bx)
         return store_bx_get_endpoint_states(s, fn, arg);
