@@ -826,8 +826,7 @@ int store_get_events_unrouted(struct store *s, int64_t after_seq, size_t max, st
 int store_get_event(struct store *s, const char *id, store_done_fn fn, void *arg);
 int store_get_endpoint_states(struct store *s, store_done_fn fn, void *arg);
 /* Every stored subscription (d->subs), as store_subs_load gives them: the
- * polls of a shared store (subs_poll). On SQLite (one process, nothing
- * to poll) it returns -1. */
+ * polls of a shared store (subs_poll; the app polls only a shared store). */
 int store_get_subs(struct store *s, store_done_fn fn, void *arg);
 
 #endif
