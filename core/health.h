@@ -4,7 +4,9 @@
  * per endpoint; the operational events waybill.endpoint.disabled and
  * waybill.endpoint.enabled.
  * Invariant: the disabled set in memory is what the store holds once the
- * open group commits; a rolled-back group makes it read the store again.
+ * open group commits; a rolled-back group makes it read the store again;
+ * on a shared store, a change another instance stored is in it within
+ * about a second (health_poll).
  * Only the loop thread touches a struct health.
  * SPDX-License-Identifier: MIT */
 #ifndef CORE_HEALTH_H
