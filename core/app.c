@@ -56,6 +56,7 @@ struct app {
     struct inbound *inbound;
     struct admin *admin;
     struct event *sighup, *sigterm, *sigint;
+    struct event *poll; /* a shared store: health_poll and subs_poll, every second */
     int64_t started_at; /* Unix ms */
     int reloads, reload_failures;
     char reload_error[512]; /* the last reload's error, "" when it succeeded */
@@ -84,6 +85,38 @@ static void app_subs_changed(void *arg, const struct subs *subs) {
                            "rules and delivery see none until the next change or reload");
     }
     free(v);
+}
+
+/* ---- another instance's admin actions (a shared store) ---- */
+
+/* Once a second: endpoint states and subscriptions as the store has them
+ * (health.c and subs.c say why polling). Retries and replays need nothing
+ * here: their rows are found by the scheduler's watchdog read. */
+static void on_poll(evutil_socket_t fd, short what, void *arg) {
+    struct app *a = arg;
+    UNUSED(fd);
+    UNUSED(what);
+    if (a->stopping)
+        return;
+    if (health_poll(a->health) < 0)
+        log_msg(LOG_WARN, "reading endpoint states: out of memory; trying again in a second");
+    if (subs_poll(a->subs, a->store) < 0)
+        log_msg(LOG_WARN, "reading subscriptions: out of memory; trying again in a second");
+}
+
+/* Starts the poll on a shared store; nothing on SQLite (one process).
+ * Returns 0, or -1 with err set. */
+static int app_poll_start(struct app *a, char *err, size_t errlen) {
+    const struct timeval second = {1, 0};
+
+    if (!store_shared(a->store))
+        return 0;
+    if (!(a->poll = event_new(a->base, -1, EV_PERSIST, on_poll, a)) ||
+        event_add(a->poll, &second) < 0) {
+        snprintf(err, errlen, "cannot start the shared store's poll");
+        return -1;
+    }
+    return 0;
 }
 
 /* ---- reload ---- */
@@ -375,6 +408,8 @@ static int app_modules_new(struct app *a, char *err, size_t errlen) {
         return -1;
     }
     a->admin_fd = -1;
+    if (app_poll_start(a, err, errlen) < 0)
+        return -1;
     log_msg(LOG_INFO, "listening for webhooks on %s%s%s%s", cfg->listen,
             inbound_tls(a->inbound) ? " (TLS)" : "", cfg->admin_listen ? ", admin on " : "",
             cfg->admin_listen ? cfg->admin_listen : "");
@@ -510,6 +545,8 @@ int app_run(struct app *a) {
         rc = -1;
     }
     store_loop_running(a->store, 0);
+    if (a->poll)
+        event_del(a->poll); /* the drain runs the loop: no new poll then */
     app_drain(a);
     log_msg(LOG_INFO, "stopped");
     return rc;
@@ -520,6 +557,9 @@ void app_free(struct app *a) {
 
     if (!a)
         return;
+    if (a->poll)
+        event_free(a->poll);
+    a->poll = NULL;
     app_drain(a); /* before any module that registers callbacks goes */
     evs[0] = a->sighup;
     evs[1] = a->sigterm;

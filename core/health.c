@@ -9,6 +9,21 @@
  * once it is stored. The disabled set in memory changes at once (routing
  * and the scheduler act on it); only the first read of it, at the start,
  * is synchronous (before the loop runs).
+ * Several instances on one database (store_shared): an enable or disable
+ * made through another instance is in the store, not in this memory, so
+ * the app calls health_poll every second, which reads the stored states
+ * (asynchronously) and follows them: within about a second this instance
+ * routes to the endpoint held (or pending again) and its scheduler drops
+ * (or takes up) the endpoint, writing and announcing nothing (the other
+ * instance did). Polling rather than LISTEN/NOTIFY: LISTEN needs a
+ * session of its own on a direct connection (through PgBouncer's
+ * transaction pooling a LISTEN is lost with its transaction), a missed
+ * notification needs a read anyway after every reconnect, and the read
+ * is one small statement per second per instance on the read connection.
+ * An answer older than a change made here is not applied: gen counts the
+ * changes of memory, and a poll is applied only when gen did not move
+ * since it was made and no change of this instance is on its way to the
+ * store (one not stored yet would be missing from the answer).
  * Ownership: the disabled names are owned copies; the config and store are
  * borrowed.
  * SPDX-License-Identifier: MIT */
@@ -45,8 +60,12 @@ struct health {
     void *notify_arg;
     health_change_fn change;
     void *change_arg;
-    int waiting; /* store calls whose callback has not run (each holds h) */
-    int freed;   /* health_free ran while some waited: the last one frees h */
+    int waiting;       /* store calls whose callback has not run (each holds h) */
+    int freed;         /* health_free ran while some waited: the last one frees h */
+    unsigned gen;      /* bumped by every change made through this instance */
+    int changing;      /* this instance's enables/disables not stored yet */
+    int polling;       /* a health_poll read is out */
+    unsigned poll_gen; /* gen when it was made */
 };
 
 const char *health_fmt_delay(int64_t ms, char *buf, size_t len) {
@@ -84,6 +103,7 @@ int health_endpoint_disabled(const struct health *h, const char *name) {
 static int health_mark(struct health *h, const char *name, int disabled) {
     struct health_off **pp = health_find(h, name), *o;
 
+    h->gen++;
     if (!disabled) {
         if (pp) {
             o = *pp;
@@ -105,6 +125,7 @@ static int health_mark(struct health *h, const char *name, int disabled) {
 }
 
 static void health_clear(struct health *h) {
+    h->gen++;
     while (h->off) {
         struct health_off *o = h->off;
         h->off = o->next;
@@ -181,6 +202,67 @@ static void health_reload(struct health *h) {
         return;
     }
     h->waiting++;
+}
+
+/* ---- another instance's changes (a shared store) ---- */
+
+/* Makes memory say what the store says of name (disabled or not) when it
+ * does not: another instance enabled or disabled it. The scheduler is told
+ * as for a local change; nothing is written (that instance wrote it) and
+ * nothing is announced (it announced it). */
+static void health_follow(struct health *h, const char *name, int disabled) {
+    if (health_endpoint_disabled(h, name) == disabled)
+        return;
+    if (health_mark(h, name, disabled) < 0) {
+        log_msg(LOG_ERROR, "endpoint %s: out of memory keeping it disabled", name);
+        return;
+    }
+    log_msg(LOG_INFO, "endpoint %s %s through another instance", name,
+            disabled ? "disabled" : "enabled");
+    if (h->change)
+        h->change(h->change_arg, name, disabled);
+}
+
+static int health_states_have(const struct store_done *d, const char *name) {
+    for (size_t i = 0; i < d->nstates; i++)
+        if (d->states[i].disabled && !strcmp(d->states[i].name, name))
+            return 1;
+    return 0;
+}
+
+/* A poll's answer (arg: h; the generation at the call is h->poll_gen). */
+static void on_poll_read(void *arg, const struct store_done *d) {
+    struct health *h = health_answered(arg);
+    struct health_off *o, *next;
+
+    if (!h)
+        return;
+    h->polling = 0;
+    /* Older than a change made here meanwhile: that change stands; the
+     * next poll reads the store again. */
+    if (!d->ok || h->gen != h->poll_gen || h->changing)
+        return;
+    for (size_t i = 0; i < d->nstates; i++)
+        health_follow(h, d->states[i].name, d->states[i].disabled != 0);
+    for (o = h->off; o; o = next) {
+        next = o->next; /* health_follow may free o */
+        if (!health_states_have(d, o->name))
+            health_follow(h, o->name, 0);
+    }
+    h->loaded = 1;
+}
+
+int health_poll(struct health *h) {
+    /* A change of this instance not stored yet would be missing from the
+     * answer: the poll waits for it. */
+    if (!h || h->polling || h->changing || h->freed)
+        return 0;
+    h->poll_gen = h->gen;
+    if (store_get_endpoint_states(h->store, on_poll_read, h) < 0)
+        return -1;
+    h->waiting++;
+    h->polling = 1;
+    return 0;
 }
 
 /* ---- the open group ---- */
@@ -261,6 +343,7 @@ static void on_change_stored(void *arg, const struct store_done *d) {
 
     if (!h)
         goto done; /* health_free ran: nobody to announce it to */
+    h->changing--;
     if (!d->ok) {
         log_msg(LOG_ERROR, "endpoint %s: could not be %s: %s", c->name,
                 c->disabled ? "disabled" : "enabled", d->err);
@@ -317,6 +400,7 @@ static int health_store_change(struct health *h, const char *name, int disabled,
         return -1;
     }
     h->waiting++;
+    h->changing++;
     return 0;
 }
 

@@ -4,7 +4,9 @@
  * per endpoint; the operational events waybill.endpoint.disabled and
  * waybill.endpoint.enabled.
  * Invariant: the disabled set in memory is what the store holds once the
- * open group commits; a rolled-back group makes it read the store again.
+ * open group commits; a rolled-back group makes it read the store again;
+ * on a shared store, a change another instance stored is in it within
+ * about a second (health_poll).
  * Only the loop thread touches a struct health.
  * SPDX-License-Identifier: MIT */
 #ifndef CORE_HEALTH_H
@@ -77,6 +79,14 @@ void health_set_notify(struct health *h, health_notify_fn fn, void *arg);
  * attempt's count). One hook; NULL removes it. */
 typedef void (*health_change_fn)(void *arg, const char *name, int disabled);
 void health_set_change_hook(struct health *h, health_change_fn fn, void *arg);
+
+/* A shared store (store_shared): reads the stored states and follows the
+ * enables and disables another instance made (the change hook is told;
+ * nothing is written or announced). No-op while a poll or a change of
+ * this instance is on its way; an answer older than a change made here
+ * meanwhile is dropped. Call it once a second. Returns 0, or -1 when the
+ * read could not be made. */
+int health_poll(struct health *h);
 
 /* A delay for the log and for reasons: "850ms", "12s", "5m", "2h". */
 const char *health_fmt_delay(int64_t ms, char *buf, size_t len);

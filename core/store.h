@@ -792,6 +792,8 @@ struct store_done {
     size_t n;                                  /* rows */
     const struct store_endpoint_state *states; /* store_get_endpoint_states */
     size_t nstates;
+    const struct store_sub *subs; /* store_get_subs, oldest first */
+    size_t nsubs;
 };
 typedef void (*store_done_fn)(void *arg, const struct store_done *d);
 
@@ -828,5 +830,8 @@ int store_get_events_unrouted(struct store *s, int64_t after_seq, size_t max, st
                               void *arg);
 int store_get_event(struct store *s, const char *id, store_done_fn fn, void *arg);
 int store_get_endpoint_states(struct store *s, store_done_fn fn, void *arg);
+/* Every stored subscription (d->subs), as store_subs_load gives them: the
+ * polls of a shared store (subs_poll; the app polls only a shared store). */
+int store_get_subs(struct store *s, store_done_fn fn, void *arg);
 
 #endif

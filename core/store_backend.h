@@ -107,8 +107,10 @@
  *   API's promise on several instances: every instance answers the same).
  * PostgreSQL uses two connections per instance (writes; claims and reads),
  * so a long read never waits behind a group and the order inside each
- * pipeline is the order of queuing; a third, direct, for LISTEN (not
- * through PgBouncer) when the shared state comes.
+ * pipeline is the order of queuing. No third connection for LISTEN: the
+ * state other instances change (endpoint states, subscriptions) is polled
+ * once a second on the read connection (health_poll, subs_poll;
+ * health.c says why).
  *
  * What the engine/SQLite split needs to know from the PostgreSQL side:
  * - The watermarks (committed delivery seq, event seq, store_delivery_seqs)

@@ -34,6 +34,7 @@ enum bx_rkind {
     R_UNROUTED,
     R_EVENT,
     R_STATES,
+    R_SUBS,
 };
 
 /* A part of a read: which of its fields the answer fills. */
@@ -71,6 +72,8 @@ struct bx_rd {
     size_t nblocked;
     char **ids;
     size_t nids;
+    const struct store_sub *subs; /* R_SUBS: borrowed for the answer */
+    size_t nsubs;
     struct bx_part *parts;
     size_t nparts, capparts;
     void (*issue)(struct bx_rd *rd); /* a claim's parts, sent once this instance's groups ended */
@@ -129,6 +132,8 @@ static void rd_deliver(struct bx_rd *rd) {
         d.n = r->events ? r->n : 0;
         d.states = r->states;
         d.nstates = r->nstates;
+        d.subs = rd->subs;
+        d.nsubs = rd->subs ? rd->nsubs : 0;
         rd->dfn(rd->arg, &d);
     }
     rd_free(rd);
@@ -338,6 +343,11 @@ static void main_answer(struct bx_rd *rd, int status, const void *rows, size_t n
         r->n = 0;
         break;
     case R_PING:
+        r->n = 0;
+        break;
+    case R_SUBS:
+        rd->subs = rows;
+        rd->nsubs = n;
         r->n = 0;
         break;
     case R_STATES:
@@ -652,5 +662,13 @@ int store_bx_get_endpoint_states(struct store *s, store_done_fn fn, void *arg) {
     if (!rd)
         return -1;
     PART(rd, P_MAIN, 0, s->ops->endpoint_states(s->be, CB));
+    return rd_issued(rd);
+}
+
+int store_bx_get_subs(struct store *s, store_done_fn fn, void *arg) {
+    struct bx_rd *rd = rd_new(s, R_SUBS, NULL, fn, arg, 1);
+    if (!rd)
+        return -1;
+    PART(rd, P_MAIN, 0, s->ops->subs_load(s->be, CB));
     return rd_issued(rd);
 }

@@ -33,11 +33,25 @@ struct store_held {
     size_t n;
     struct store_endpoint_state *states;
     size_t nstates;
+    struct store_sub *subs; /* store_get_subs: owned copies */
+    size_t nsubs, capsubs;
 };
+
+static void held_subs_free(struct store_held *h) {
+    for (size_t i = 0; i < h->nsubs; i++) {
+        free((char *)h->subs[i].id);
+        free((char *)h->subs[i].event);
+        free((char *)h->subs[i].pattern);
+        free((char *)h->subs[i].url);
+        free((char *)h->subs[i].secret);
+    }
+    free(h->subs);
+}
 
 static void held_free(struct store_held *h) {
     store_event_rows_free(h->rows, h->n);
     store_endpoint_states_free(h->states, h->nstates);
+    held_subs_free(h);
     free(h);
 }
 
@@ -61,6 +75,8 @@ static void held_cb(void *arg, int ok) {
     d.n = h->n;
     d.states = h->states;
     d.nstates = h->nstates;
+    d.subs = h->subs;
+    d.nsubs = h->nsubs;
     h->fn(h->arg, &d);
     held_free(h);
 }
@@ -273,6 +289,52 @@ int store_get_event(struct store *s, const char *id, store_done_fn fn, void *arg
     if (!h->n) {
         store_event_rows_free(h->rows, 1);
         h->rows = NULL;
+    }
+    return held_queue(s, h, 0);
+}
+
+/* One subscription copied into the held answer (rc -1 when out of memory). */
+static void held_sub(void *arg, const struct store_sub *sub) {
+    struct store_held *h = arg;
+    struct store_sub *c;
+
+    if (h->rc < 0)
+        return;
+    if (h->nsubs == h->capsubs) {
+        size_t ncap = h->capsubs ? 2 * h->capsubs : 8;
+        struct store_sub *v = realloc(h->subs, ncap * sizeof *v);
+        if (!v)
+            goto oom;
+        h->subs = v;
+        h->capsubs = ncap;
+    }
+    c = &h->subs[h->nsubs++];
+    *c = *sub;
+    c->id = util_strdup(sub->id);
+    c->event = util_strdup(sub->event);
+    c->pattern = util_strdup(sub->pattern);
+    c->url = util_strdup(sub->url);
+    c->secret = util_strdup(sub->secret);
+    if (c->id && c->event && c->pattern && c->url && c->secret)
+        return;
+oom:
+    h->rc = -1;
+    snprintf(h->err, sizeof h->err, "store: out of memory");
+}
+
+int store_get_subs(struct store *s, store_done_fn fn, void *arg) {
+    if (s->bx)
+        return store_bx_get_subs(s, fn, arg);
+    struct store_held *h = held_new(fn, arg);
+    if (!h)
+        return -1;
+    h->read = 1;
+    if (store_subs_load(s, held_sub, h, h->err, sizeof h->err) < 0)
+        h->rc = -1;
+    if (h->rc < 0) {
+        held_subs_free(h);
+        h->subs = NULL;
+        h->nsubs = 0;
     }
     return held_queue(s, h, 0);
 }

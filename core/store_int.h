@@ -364,6 +364,7 @@ int store_bx_get_events_unrouted(struct store *s, int64_t after_seq, size_t max,
                                  void *arg);
 int store_bx_get_event(struct store *s, const char *id, store_done_fn fn, void *arg);
 int store_bx_get_endpoint_states(struct store *s, store_done_fn fn, void *arg);
+int store_bx_get_subs(struct store *s, store_done_fn fn, void *arg);
 
 /* ---- small helpers (every file) ---- */
 

@@ -1,4 +1,17 @@
 /* subs.c -- the subscription registry (see subs.h).
+ * Several instances on one database (store_shared): a subscription made,
+ * changed, rotated or deleted through another instance is in the store,
+ * not in this mirror, so the app calls subs_poll every second: it reads
+ * the stored list (asynchronously) and makes the mirror say the same,
+ * through the same changed() notice a local change gives (routing and
+ * delivery see it), writing and announcing nothing. Polling rather than
+ * LISTEN/NOTIFY: LISTEN needs a session of its own on a direct connection
+ * (through PgBouncer's transaction pooling it is lost with its
+ * transaction), a reconnect would need a read anyway for what it missed,
+ * and the read is one small statement per second per instance. An answer
+ * older than a change mirrored here meanwhile is dropped (gen counts the
+ * mirror's changes; the next poll reads again), and a local mirror of a
+ * change a poll already brought is a no-op.
  * SPDX-License-Identifier: MIT */
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,7 +27,11 @@ struct subs {
     size_t n, cap;
     void (*changed)(void *arg, const struct subs *subs); /* after every change */
     void *changed_arg;
-    int loading; /* subs_new: one notice at the end, not one per entry */
+    int loading;       /* subs_new: one notice at the end, not one per entry */
+    unsigned gen;      /* bumped by every change of the list */
+    unsigned poll_gen; /* gen when the poll out was made */
+    int polling;       /* a subs_poll read is out */
+    int freed;         /* subs_free ran while it was: its answer frees */
 };
 
 static void subs_entry_free(struct subs_entry *e) {
@@ -85,6 +102,7 @@ const struct subs_entry *subs_find_pattern(const struct subs *subs, const char *
 /* Tells the owner the list changed (it merges subs_config_list into the
  * config's endpoint table). */
 static void subs_changed(struct subs *subs) {
+    subs->gen++;
     if (subs->changed)
         subs->changed(subs->changed_arg, subs);
 }
@@ -108,10 +126,12 @@ int subs_config_list(const struct subs *subs, struct config_subscription **out, 
 }
 
 int subs_add(struct subs *subs, const struct store_sub *sub) {
-    struct subs_entry *e = calloc(1, sizeof *e);
+    struct subs_entry *e;
     size_t keylen = 0;
 
-    if (!e)
+    if (subs_find(subs, sub->id))
+        return 0; /* a poll brought the committed row first */
+    if (!(e = calloc(1, sizeof *e)))
         return -1;
     e->id = util_strdup(sub->id);
     e->event = util_strdup(sub->event);
@@ -243,5 +263,74 @@ void subs_free(struct subs *subs) {
     for (size_t i = 0; i < n; i++)
         subs_entry_free(subs->v[i]);
     free(subs->v);
+    subs->v = NULL;
+    subs->cap = 0;
+    subs->changed = NULL;
+    if (subs->polling) { /* the store still holds the poll's answer: it frees */
+        subs->freed = 1;
+        return;
+    }
     free(subs);
+}
+
+/* ---- another instance's changes (a shared store) ---- */
+
+static const struct store_sub *subs_stored(const struct store_done *d, const char *id) {
+    for (size_t i = 0; i < d->nsubs; i++)
+        if (!strcmp(d->subs[i].id, id))
+            return &d->subs[i];
+    return NULL;
+}
+
+/* Makes the mirror what the store holds (d): added, changed, removed. */
+static void subs_follow(struct subs *subs, const struct store_done *d) {
+    for (size_t i = 0; i < d->nsubs; i++) {
+        const struct store_sub *st = &d->subs[i];
+        const struct subs_entry *e = subs_find(subs, st->id);
+        int rc = 0;
+
+        if (!e) {
+            rc = subs_add(subs, st);
+            if (rc == 0)
+                log_msg(LOG_INFO, "subscription %s added through another instance", st->id);
+        } else {
+            if (st->url && strcmp(e->url, st->url))
+                rc |= subs_set_url(subs, st->id, st->url);
+            if (st->secret && strcmp(e->secret, st->secret))
+                rc |= subs_set_secret(subs, st->id, st->secret);
+        }
+        if (rc < 0)
+            log_msg(LOG_ERROR, "subscription %s: out of memory following the store", st->id);
+    }
+    for (size_t i = subs->n; i-- > 0;) {
+        if (i < subs->n && !subs_stored(d, subs->v[i]->id)) {
+            log_msg(LOG_INFO, "subscription %s deleted through another instance", subs->v[i]->id);
+            subs_remove(subs, subs->v[i]->id);
+        }
+    }
+}
+
+static void on_subs_polled(void *arg, const struct store_done *d) {
+    struct subs *subs = arg;
+
+    subs->polling = 0;
+    if (subs->freed) {
+        free(subs);
+        return;
+    }
+    /* Older than a change mirrored here meanwhile: that one stands; the
+     * next poll reads again. */
+    if (!d->ok || subs->gen != subs->poll_gen)
+        return;
+    subs_follow(subs, d);
+}
+
+int subs_poll(struct subs *subs, struct store *s) {
+    if (!subs || subs->polling || subs->freed)
+        return 0;
+    subs->poll_gen = subs->gen;
+    if (store_get_subs(s, on_subs_polled, subs) < 0)
+        return -1;
+    subs->polling = 1;
+    return 0;
 }

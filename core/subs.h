@@ -61,6 +61,14 @@ int subs_set_url(struct subs *subs, const char *id, const char *url);
 int subs_set_secret(struct subs *subs, const char *id, const char *secret);
 void subs_remove(struct subs *subs, const char *id);
 
+/* A shared store (store_shared): reads the stored subscriptions from s
+ * and makes the mirror the same (added, url or secret changed, removed
+ * through another instance), with changed() as for a local change;
+ * nothing is written. No-op while a poll is out; an answer older than a
+ * change mirrored meanwhile is dropped. Call it once a second. Returns 0,
+ * or -1 when the read could not be made. */
+int subs_poll(struct subs *subs, struct store *s);
+
 /* The entries, oldest first: entry i of subs_count(); borrowed until the
  * next change. */
 size_t subs_count(const struct subs *subs);

@@ -3,7 +3,10 @@
  * came back (never from a value read inside the call), and the change hook
  * is told then; a 410 disables at once; enable and disable are announced
  * with the count of deliveries the store moved, once stored; a health
- * freed while answers wait is freed by the last of them.
+ * freed while answers wait is freed by the last of them; health_poll (a
+ * shared store's) follows a state another process stored, telling the
+ * hook and announcing nothing, and drops an answer older than a change
+ * made here meanwhile.
  * SPDX-License-Identifier: MIT */
 #include <stdint.h>
 #include <stdio.h>
@@ -151,6 +154,95 @@ static void test_health(void) {
     store_free(st);
 }
 
+/* Runs what the store holds for the loop: group callbacks, held reads. */
+static void settle(struct store *st) {
+    CHECK_INT_EQ(store_flush(st), 0);
+    event_base_loop(base, EVLOOP_NONBLOCK);
+    CHECK_INT_EQ(store_flush(st), 0);
+}
+
+/* Another instance's enable or disable: written to the store directly. */
+static void store_other(struct store *st, const char *name, int disabled) {
+    int64_t moved = 0;
+    char err[256];
+    CHECK_INT_EQ(store_endpoint_set_disabled(st, name, disabled, disabled ? "elsewhere" : NULL,
+                                             util_now_ms(), &moved, err, sizeof err),
+                 0);
+    CHECK_INT_EQ(store_flush(st), 0);
+}
+
+static void test_health_poll(void) {
+    static char erp[] = "erp", crm[] = "crm";
+    struct config_endpoint eps[2];
+    struct config cfg;
+    struct seen seen = {0};
+    struct store *st;
+    struct health *h;
+    char err[256];
+
+    memset(eps, 0, sizeof eps);
+    memset(&cfg, 0, sizeof cfg);
+    eps[0].name = erp;
+    eps[0].enabled = 1;
+    eps[1].name = crm;
+    eps[1].enabled = 1;
+    cfg.endpoints = eps;
+    cfg.nendpoints = 2;
+    st = store_open(base, "sqlite:poll.db?sync=normal", dir, err, sizeof err);
+    CHECK(st != NULL);
+    if (!st)
+        return;
+    h = health_new(st, err, sizeof err);
+    CHECK(h != NULL);
+    if (!h) {
+        store_free(st);
+        return;
+    }
+    health_set_config(h, &cfg);
+    health_set_change_hook(h, on_change, &seen);
+    health_set_notify(h, on_notify, &seen);
+
+    /* disabled elsewhere: followed at the poll's answer, hook told, nothing
+     * announced (the other instance did) */
+    store_other(st, "erp", 1);
+    CHECK_INT_EQ(health_endpoint_disabled(h, "erp"), 0);
+    CHECK_INT_EQ(health_poll(h), 0);
+    settle(st);
+    CHECK_INT_EQ(health_endpoint_disabled(h, "erp"), 1);
+    CHECK_INT_EQ(seen.changes, 1);
+    CHECK_STR_EQ(seen.last_name, "erp");
+    CHECK_INT_EQ(seen.last_disabled, 1);
+    CHECK_INT_EQ(seen.events, 0);
+
+    /* enabled elsewhere while crm is disabled here with the poll's read out:
+     * the answer (crm enabled, read before) is older than crm's disable
+     * and is dropped whole */
+    store_other(st, "erp", 0);
+    CHECK_INT_EQ(health_poll(h), 0);
+    CHECK_INT_EQ(health_endpoint_set_disabled(h, "crm", 1, NULL, err, sizeof err), 0);
+    settle(st);
+    CHECK_INT_EQ(health_endpoint_disabled(h, "crm"), 1);
+    CHECK_INT_EQ(health_endpoint_disabled(h, "erp"), 1); /* until the next poll */
+    CHECK_INT_EQ(seen.events, 1);                        /* crm's, announced here */
+
+    /* the next poll: erp followed, crm as stored here */
+    seen.changes = 0;
+    CHECK_INT_EQ(health_poll(h), 0);
+    settle(st);
+    CHECK_INT_EQ(health_endpoint_disabled(h, "erp"), 0);
+    CHECK_INT_EQ(health_endpoint_disabled(h, "crm"), 1);
+    CHECK_INT_EQ(seen.changes, 1);
+    CHECK_STR_EQ(seen.last_name, "erp");
+    CHECK_INT_EQ(seen.last_disabled, 0);
+    CHECK_INT_EQ(seen.events, 1);
+
+    /* freed with a poll out: its answer frees it */
+    CHECK_INT_EQ(health_poll(h), 0);
+    health_free(h);
+    settle(st);
+    store_free(st);
+}
+
 int main(void) {
     char cmd[128];
 
@@ -163,6 +255,7 @@ int main(void) {
     }
     base = event_base_new();
     test_health();
+    test_health_poll();
     event_base_free(base);
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     if (system(cmd) != 0)

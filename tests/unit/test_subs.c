@@ -1,6 +1,8 @@
 /* test_subs.c -- subscription patterns (ShipEngine aliases, globs), the
  * registry as an endpoint source for config_endpoint_by_name and
- * config_subscribers, and the Prometheus text of metrics.c. */
+ * config_subscribers, subs_poll following what another process stored
+ * (and dropping an answer older than a local change), and the Prometheus
+ * text of metrics.c. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -144,6 +146,90 @@ static void test_registry(void) {
     }
 }
 
+/* The store's held answers (subs_poll's read among them) run. */
+static void settle(struct event_base *base, struct store *st) {
+    CHECK_INT_EQ(store_flush(st), 0);
+    event_base_loop(base, EVLOOP_NONBLOCK);
+    CHECK_INT_EQ(store_flush(st), 0);
+}
+
+static void test_poll(void) {
+    struct config *cfg = calloc(1, sizeof *cfg);
+    char err[256];
+    struct store *st;
+    struct subs *subs;
+    struct event_base *base = event_base_new();
+    const struct config_endpoint *ep;
+    char dir[] = "/tmp/wb-subs-XXXXXX";
+    static const char sec1[] = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                      sec2[] = "whsec_c2VjcmV0LWZvci10aGUtY3JtLWVuZHBvaW50";
+    struct store_sub a = {"se-a", "track", "tracking.*", "http://127.0.0.1:1/a", sec1, 1000};
+    struct store_sub b = {"se-b", "*", "*", "http://127.0.0.1:1/b", sec1, 2000};
+
+    CHECK(mkdtemp(dir) != NULL);
+    st = store_open(base, "sqlite:poll.db?sync=normal", dir, err, sizeof err);
+    CHECK(st != NULL);
+    if (!st)
+        return;
+    CHECK_INT_EQ(store_sub_put(st, &a, err, sizeof err), 0);
+    CHECK_INT_EQ(store_flush(st), 0);
+    subs = subs_new(st, merge_into, cfg, err, sizeof err);
+    CHECK(subs != NULL);
+    if (!subs)
+        return;
+
+    /* another instance adds b and moves a: followed at the poll's answer */
+    CHECK_INT_EQ(store_sub_put(st, &b, err, sizeof err), 0);
+    CHECK_INT_EQ(store_sub_change(st, "se-a", "http://127.0.0.1:2/a", err, sizeof err), 1);
+    CHECK_INT_EQ(store_flush(st), 0);
+    CHECK(config_endpoint_by_name(cfg, "se-b") == NULL);
+    CHECK_INT_EQ(subs_poll(subs, st), 0);
+    settle(base, st);
+    ep = config_endpoint_by_name(cfg, "se-b");
+    CHECK(ep && strcmp(ep->url, "http://127.0.0.1:1/b") == 0);
+    ep = config_endpoint_by_name(cfg, "se-a");
+    CHECK(ep && strcmp(ep->url, "http://127.0.0.1:2/a") == 0);
+    /* the local mirror of an add a poll brought first: no second entry */
+    CHECK_INT_EQ(subs_add(subs, &b), 0);
+    CHECK_INT_EQ((int)subs_count(subs), 2);
+
+    /* rotated elsewhere: signed with the new key from the answer on */
+    CHECK_INT_EQ(store_sub_set_secret(st, "se-b", sec2, err, sizeof err), 1);
+    CHECK_INT_EQ(store_flush(st), 0);
+    CHECK_INT_EQ(subs_poll(subs, st), 0);
+    settle(base, st);
+    CHECK(subs_find(subs, "se-b") && strcmp(subs_find(subs, "se-b")->secret, sec2) == 0);
+
+    /* a poll read before a's delete through this instance answers after
+     * its mirror: dropped, a stays deleted */
+    CHECK_INT_EQ(subs_poll(subs, st), 0);
+    CHECK_INT_EQ(store_sub_change(st, "se-a", NULL, err, sizeof err), 1);
+    subs_remove(subs, "se-a");
+    settle(base, st);
+    CHECK(subs_find(subs, "se-a") == NULL && config_endpoint_by_name(cfg, "se-a") == NULL);
+
+    /* deleted elsewhere */
+    CHECK_INT_EQ(store_sub_change(st, "se-b", NULL, err, sizeof err), 1);
+    CHECK_INT_EQ(store_flush(st), 0);
+    CHECK_INT_EQ(subs_poll(subs, st), 0);
+    settle(base, st);
+    CHECK_INT_EQ((int)subs_count(subs), 0);
+    CHECK(config_endpoint_by_name(cfg, "se-b") == NULL);
+
+    /* freed with a poll out: its answer frees it */
+    CHECK_INT_EQ(subs_poll(subs, st), 0);
+    subs_free(subs);
+    settle(base, st);
+    config_free(cfg);
+    store_free(st);
+    event_base_free(base);
+    {
+        char cmd[128];
+        snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+        CHECK_INT_EQ(system(cmd), 0);
+    }
+}
+
 static void test_metrics_text(void) {
     struct util_buf b = {NULL, 0, 0};
 
@@ -178,6 +264,7 @@ static void test_metrics_text(void) {
 int main(void) {
     test_patterns();
     test_registry();
+    test_poll();
     test_metrics_text();
     return harness_report();
 }
