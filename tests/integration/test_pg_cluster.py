@@ -19,7 +19,7 @@ recording what arrives, when, and how many at once.
 - two instances started at once on an empty database: one schema, both
   serve.
 
-Each config sets `lease = "3s"` so a killed instance's work comes back in
+Each config sets `lease = "5s"` so a killed instance's work comes back in
 seconds. Under ASan the event counts are scaled down, never the assertions.
 """
 
@@ -34,7 +34,7 @@ import wb
 
 TIMEOUT = 150
 SECRET = "cluster-secret"
-LEASE = 3.0
+LEASE = 5.0
 N_EVENTS = 1500 if wb.ASAN else 5000
 SLOW = 2.0 if wb.ASAN else 1.0
 # what the instances count of deliveries taken over from an expired lease
@@ -158,6 +158,8 @@ def test_three_instances_one_killed_mid_stream_every_acknowledged_event_reaches_
     def chaos():
         # SIGKILL once a third of the stream is in, restart 10 s later
         time.sleep(16.0 * SLOW / 3)
+        # the victim's own takeovers so far: its /metrics dies with it
+        marks["victim_counted"] = _metric_sum([victim], LEASE_METRIC)
         marks["kill"] = time.monotonic()
         victim.kill9()
         time.sleep(10)
@@ -197,15 +199,17 @@ def test_three_instances_one_killed_mid_stream_every_acknowledged_event_reaches_
             assert len({q.headers["x-waybill-delivery"] for q in reqs}) == 1, (e, "two deliveries of one event")
     # every duplicate is a delivery whose lease expired before it was sent
     # again (the killed instance's, or one whose outcome was not stored
-    # within the lease): its next copy came at least a lease after the first
+    # within the lease): its next copy came at least half a lease after the
+    # first (a row starts with half its lease left at least: it waited in
+    # memory since its claim, and is renewed at its start below that)
     shown = [(j, dlv, [(round(q.mono - marks["kill"], 2), q.headers["x-waybill-attempt"]) for q in reqs])
              for j, dlv, reqs in dups]
     for j, dlv, reqs in dups:
         for a, b in zip(reqs, reqs[1:]):
-            assert b.mono - a.mono >= LEASE - 0.5, ("sent again before its lease expired (s after the kill,"
+            assert b.mono - a.mono >= LEASE / 2 - 0.2, ("sent again before its lease expired (s after the kill,"
                                                     " attempt)", shown)
     from_kill = sum(1 for _, _, reqs in dups if reqs[0].mono <= marks["kill"] + 0.2)
-    counted = _metric_sum(gws, LEASE_METRIC)
+    counted = _metric_sum(gws, LEASE_METRIC) + marks.get("victim_counted", 0)
     assert len(dups) <= counted, ("duplicates received %d (%d sent first before the kill), takeovers"
                                   " counted in /metrics %g" % (len(dups), from_kill, counted), shown[:10])
     print("  cluster: %d acked (%s per instance), %d duplicates (%d from the kill), %g takeovers counted"
