@@ -35,16 +35,21 @@
     " d.payload, q.attempts, q.schedule_pos, q.next_at, d.created_at, c.prev_owner,"               \
     " c.prev_until <= $2::bigint"
 
-static const char CLAIM_DUE_SQL[] = CLAIM_SET
-    "SELECT c.delivery_seq, c.lease_owner AS prev_owner, c.lease_until AS prev_until"
-    " FROM delivery_queue c WHERE c.endpoint = "
-    "$1 AND c.status = 'pending'"
-    " AND c.next_at <= $2::bigint AND c.lease_until <= $2::bigint"
-    " AND (c.okey IS NULL OR (NOT EXISTS (SELECT 1 FROM delivery_queue e"
-    "  WHERE e.endpoint = c.endpoint AND e.okey = c.okey AND e.delivery_seq < c.delivery_seq)"
-    "  AND NOT EXISTS (SELECT 1 FROM delivery_outcomes o WHERE o.endpoint = c.endpoint"
-    "  AND o.okey = c.okey AND o.status = 'failed')))"
-    " ORDER BY c.next_at, c.delivery_seq LIMIT $3::bigint FOR UPDATE SKIP LOCKED" CLAIM_RETURNING;
+/* The due rows of endpoint $1 at $2, earliest first: pending, not leased
+ * (or the lease expired), a row with an order key only when no earlier one
+ * of its key is live or failed. */
+#define CLAIM_DUE_ROWS                                                                             \
+    "SELECT c.delivery_seq, c.lease_owner AS prev_owner, c.lease_until AS prev_until"              \
+    " FROM delivery_queue c WHERE c.endpoint = $1 AND c.status = 'pending'"                        \
+    " AND c.next_at <= $2::bigint AND c.lease_until <= $2::bigint"                                 \
+    " AND (c.okey IS NULL OR (NOT EXISTS (SELECT 1 FROM delivery_queue e"                          \
+    "  WHERE e.endpoint = c.endpoint AND e.okey = c.okey AND e.delivery_seq < c.delivery_seq)"     \
+    "  AND NOT EXISTS (SELECT 1 FROM delivery_outcomes o WHERE o.endpoint = c.endpoint"            \
+    "  AND o.okey = c.okey AND o.status = 'failed')))"                                             \
+    " ORDER BY c.next_at, c.delivery_seq"
+
+static const char CLAIM_DUE_SQL[] =
+    CLAIM_SET CLAIM_DUE_ROWS " LIMIT $3::bigint FOR UPDATE SKIP LOCKED" CLAIM_RETURNING;
 
 /* A capped claim (the endpoint's concurrency across instances): its
  * endpoint_state row made if missing and locked first, so claims of one
@@ -55,16 +60,7 @@ static const char CLAIM_DUE_SQL[] = CLAIM_SET
 static const char CAP_ROW_SQL[] =
     "INSERT INTO endpoint_state (name) VALUES ($1) ON CONFLICT (name) DO NOTHING";
 static const char CAP_LOCK_SQL[] = "SELECT 1 FROM endpoint_state WHERE name = $1 FOR UPDATE";
-static const char CLAIM_CAPPED_SQL[] = CLAIM_SET
-    "SELECT c.delivery_seq, c.lease_owner AS prev_owner, c.lease_until AS prev_until"
-    " FROM delivery_queue c WHERE c.endpoint = "
-    "$1 AND c.status = 'pending'"
-    " AND c.next_at <= $2::bigint AND c.lease_until <= $2::bigint"
-    " AND (c.okey IS NULL OR (NOT EXISTS (SELECT 1 FROM delivery_queue e"
-    "  WHERE e.endpoint = c.endpoint AND e.okey = c.okey AND e.delivery_seq < c.delivery_seq)"
-    "  AND NOT EXISTS (SELECT 1 FROM delivery_outcomes o WHERE o.endpoint = c.endpoint"
-    "  AND o.okey = c.okey AND o.status = 'failed')))"
-    " ORDER BY c.next_at, c.delivery_seq"
+static const char CLAIM_CAPPED_SQL[] = CLAIM_SET CLAIM_DUE_ROWS
     " LIMIT least($3::bigint, greatest(0, $6::bigint - (SELECT count(*) FROM delivery_queue l"
     "  WHERE l.endpoint = $1 AND l.lease_until > $2::bigint)))"
     " FOR UPDATE SKIP LOCKED" CLAIM_RETURNING;
