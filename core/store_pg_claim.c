@@ -146,7 +146,7 @@ static int parse_claim(struct pg_op *op, int k, const PGresult *res) {
     struct store_delivery *d;
     int rows = PQntuples(res);
 
-    if (k != op->aux || rows == 0)
+    if (k != op->aux || rows <= 0)
         return 0;
     count_takeovers(res, rows);
     if (!(d = calloc((size_t)rows, sizeof *d)))
