@@ -51,8 +51,8 @@
  * next due row and the committed head of every endpoint that has a free
  * slot, and the endpoints with pending rows, for discovery) and judges
  * when it is answered, against what the scheduler holds then; a claim of
- * the endpoint in flight counts as a look on its way (like an overdue
- * timer or an active kick), and a tick whose last read is still unanswered,
+ * the endpoint in flight counts as a look on its way (like a timer due
+ * before the next tick or an active kick), and a tick whose last read is still unanswered,
  * or whose answer came late, judges no one. A lost wake-up is still seen:
  * an endpoint due with a free slot at two answered ticks, with no claim or
  * start between them and no look on its way, aborts a checked build.

@@ -775,8 +775,14 @@ static void deliver_check_ep(struct deliver *d, struct deliver_ep *ep,
         ep->progress_seen = ep->progress;
         return;
     }
+    /* A look on its way is no lost wake-up: a claim in flight, a kick
+     * active, or its timer due before the next tick. (A claim the store
+     * failed, a full disk, is made again after DELIVER_POLL_MS, this
+     * tick's own period: a tick can fall a moment before it, every tick
+     * in a while.) */
     if (ep->progress == ep->progress_seen && !late && !ep->read &&
-        !(ep->timer_at && ep->timer_at <= mono && evtimer_pending(ep->timer, NULL)) &&
+        !(ep->timer_at && ep->timer_at <= mono + DELIVER_CHECK_MS &&
+          evtimer_pending(ep->timer, NULL)) &&
         !event_pending(d->kick_ev, EV_TIMEOUT, NULL)) {
         ep->lost_wakeups++;
         log_msg(LOG_ERROR,
@@ -824,18 +830,6 @@ static void deliver_check_answer(void *arg, const struct store_result *res) {
     }
 }
 
-/* Checks, every DELIVER_CHECK_MS, the scheduler's invariant (deliver.h):
- * an endpoint found due with a free slot at two ticks in a row must have
- * had a claim or a start in between, unless a look at it is already on its
- * way (a claim of it in flight, its timer overdue, a kick active, or this
- * tick itself came late because the loop was held up). A breach is a lost
- * wake-up: logged, counted, repaired by looking at the endpoint; under
- * WAYBILL_CHECKS (debug and sanitizer builds) it aborts. Due with a free
- * slot for DELIVER_STUCK_MS (claims that keep finding nothing: the store)
- * marks the endpoint stuck, which /healthz reports. What is due comes from
- * one asynchronous read per tick (every endpoint's next due row and head,
- * and the endpoints with pending rows for discovery), judged when it is
- * answered; a tick whose last read is still unanswered makes none. */
 /* Every tick: an attempt still running when less than half its lease is
  * left renews it for another lease (the `lease` setting), so another
  * instance never takes a delivery whose attempt is alive, however long
@@ -854,6 +848,18 @@ static void deliver_leases_renew(struct deliver *d, int64_t now) {
     }
 }
 
+/* Checks, every DELIVER_CHECK_MS, the scheduler's invariant (deliver.h):
+ * an endpoint found due with a free slot at two ticks in a row must have
+ * had a claim or a start in between, unless a look at it is already on its
+ * way (a claim of it in flight, its timer due before the next tick, a kick active, or this
+ * tick itself came late because the loop was held up). A breach is a lost
+ * wake-up: logged, counted, repaired by looking at the endpoint; under
+ * WAYBILL_CHECKS (debug and sanitizer builds) it aborts. Due with a free
+ * slot for DELIVER_STUCK_MS (claims that keep finding nothing: the store)
+ * marks the endpoint stuck, which /healthz reports. What is due comes from
+ * one asynchronous read per tick (every endpoint's next due row and head,
+ * and the endpoints with pending rows for discovery), judged when it is
+ * answered; a tick whose last read is still unanswered makes none. */
 void deliver_check_cb(evutil_socket_t fd, short kind, void *arg) {
     struct deliver *d = arg;
     int64_t mono = util_mono_ms(), now = util_now_ms();
