@@ -48,6 +48,19 @@
  * missing, or there already) turns preparing off for good: that group
  * fails (its requests get 503; carriers retry). Logged once each.
  *
+ * Behind a pooler, one segment at a time: PgBouncer (transaction pooling)
+ * forwards a client's messages as they arrive and hands the server
+ * connection back to its pool at the ReadyForQuery that ends a
+ * transaction with no Sync of the client pending; a next transaction
+ * pipelined behind it and read in two parts (a large group) would be cut
+ * there: its first part left in a server session now another client's (a
+ * transaction open under someone else), the rest on another, its answers
+ * never whole and its requests waiting forever. So until the first query
+ * shows a direct connection, and for good behind a pooler, nothing is sent
+ * while a Sync is unanswered: queries and syncs wait here (copied), in
+ * order, and go out one segment (up to its Sync) each time the last one
+ * is answered. On a direct connection segments are pipelined as before.
+ *
  * Invariant: in state UP the connection is in pipeline mode and the read
  * event is armed; the in-flight list holds, in order, one entry per query
  * queued (a Prepare is one) and one per sync, and nothing else.
@@ -72,6 +85,17 @@ struct inflight {
     store_pg_result_fn fn; /* NULL for a sync */
     void *arg;
     PGresult *res; /* the query's first result, kept until its NULL */
+};
+
+/* A query (sql set) or a sync (sql NULL) held back until the segments
+ * before it are answered (the module's comment); owns its copies. */
+struct held {
+    struct held *next;
+    char *sql;
+    int n;
+    char **params; /* n copies, NULL for an SQL NULL */
+    store_pg_result_fn fn;
+    void *arg;
 };
 
 /* A statement prepared (or being prepared) on this session. */
@@ -100,10 +124,13 @@ struct store_pg_conn {
     struct event *timer; /* down: the next attempt; connecting: the attempt's deadline */
     int backoff_ms;
     struct inflight *head, *tail;
-    uint64_t nqueries, nsyncs; /* sent since made (store_pg_conn_counts) */
-    struct prepared *preps;    /* this session's; freed when a new one starts */
-    int no_prepare;            /* not now: not known direct yet, or a pooler */
-    int pooled;                /* a pooler was seen (never prepare again) */
+    uint64_t nqueries, nsyncs;     /* sent since made (store_pg_conn_counts) */
+    struct prepared *preps;        /* this session's; freed when a new one starts */
+    int no_prepare;                /* not now: not known direct yet, or a pooler */
+    int pooled;                    /* a pooler was seen (never prepare again) */
+    int probing;                   /* the first query's answer has not come */
+    int syncs_out;                 /* Syncs sent and not answered */
+    struct held *held, *held_tail; /* waiting for syncs_out to be 0 (serial) */
 };
 
 #define BACKOFF_FIRST_MS 100
@@ -291,7 +318,10 @@ static void prep_off(struct store_pg_conn *c) {
 static void prep_probe_done(void *arg, const PGresult *res, const char *err) {
     struct store_pg_conn *c = arg;
     UNUSED(err);
-    if (!res || !c->pg || c->pooled)
+    if (!res || !c->pg)
+        return;
+    c->probing = 0; /* what was held goes out when its sync is answered */
+    if (c->pooled)
         return;
     if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 &&
         atoi(PQgetvalue(res, 0, 0)) == PQbackendPID(c->pg)) {
@@ -356,6 +386,88 @@ static void inflight_fail(struct store_pg_conn *c, const char *why) {
     }
 }
 
+/* ---- held back (behind a pooler, one segment at a time) ---- */
+
+static void held_free(struct held *h) {
+    for (int i = 0; h->params && i < h->n; i++)
+        free(h->params[i]);
+    free(h->params);
+    free(h->sql);
+    free(h);
+}
+
+/* Appends a copy of a query (sql) or a sync (sql NULL); -1 out of memory. */
+static int held_push(struct store_pg_conn *c, const char *sql, int n, const char *const *params,
+                     store_pg_result_fn fn, void *arg) {
+    struct held *h = calloc(1, sizeof *h);
+
+    if (!h)
+        return -1;
+    h->fn = fn;
+    h->arg = arg;
+    h->n = n;
+    if (sql &&
+        (!(h->sql = strdup(sql)) || (n > 0 && !(h->params = calloc((size_t)n, sizeof(char *))))))
+        goto fail;
+    for (int i = 0; sql && i < n; i++)
+        if (params && params[i] && !(h->params[i] = strdup(params[i])))
+            goto fail;
+    if (c->held_tail)
+        c->held_tail->next = h;
+    else
+        c->held = h;
+    c->held_tail = h;
+    return 0;
+fail:
+    held_free(h);
+    return -1;
+}
+
+/* Hands every held query its failure (why), in order. */
+static void held_fail(struct store_pg_conn *c, const char *why) {
+    struct held *h = c->held;
+    c->held = c->held_tail = NULL;
+    while (h) {
+        struct held *next = h->next;
+        if (h->fn)
+            h->fn(h->arg, NULL, why);
+        held_free(h);
+        h = next;
+    }
+}
+
+/* 1 when this connection sends one segment at a time (not known direct). */
+static int conn_serial(const struct store_pg_conn *c) {
+    return c->pooled || c->probing;
+}
+
+static int conn_send_query(struct store_pg_conn *c, const char *sql, int n,
+                           const char *const *params, store_pg_result_fn fn, void *arg);
+static int conn_send_sync(struct store_pg_conn *c);
+
+/* No Sync unanswered: sends what was held, one segment (all of it on a
+ * connection now known direct). A query that cannot be sent hears so (its
+ * callback, once); a sync that cannot be sent drops the connection
+ * (everything fails). */
+static void held_release(struct store_pg_conn *c) {
+    while (c->held && c->state == PG_UP && !(conn_serial(c) && c->syncs_out > 0)) {
+        struct held *h = c->held;
+        c->held = h->next;
+        if (!c->held)
+            c->held_tail = NULL;
+        if (!h->sql) {
+            held_free(h);
+            if (conn_send_sync(c) < 0)
+                return; /* the connection is gone, and with it the rest */
+            continue;
+        }
+        /* its caller was told 0: its callback runs once, whatever happens */
+        if (conn_send_query(c, h->sql, h->n, (const char *const *)h->params, h->fn, h->arg) < 0)
+            h->fn(h->arg, NULL, "the query could not be sent");
+        held_free(h);
+    }
+}
+
 /* ---- the socket ---- */
 
 /* Re-arms c->io for fd and what (EV_READ or EV_WRITE, + EV_PERSIST). */
@@ -384,6 +496,9 @@ static void conn_dispatch(struct store_pg_conn *c) {
         if (!f->fn) { /* a sync: its one result, no NULL after it */
             if (r && PQresultStatus(r) == PGRES_PIPELINE_SYNC) {
                 free(inflight_pop(c));
+                if (c->syncs_out > 0)
+                    c->syncs_out--;
+                held_release(c);
             } else if (r) { /* a result with no query to take it: ignore */
                 log_msg(LOG_WARN, "store: postgresql: stray result (%s)",
                         PQresStatus(PQresultStatus(r)));
@@ -467,7 +582,9 @@ static void conn_lost(struct store_pg_conn *c, const char *why) {
     PQfinish(c->pg);
     c->pg = NULL;
     c->state = PG_DOWN;
+    c->syncs_out = 0;
     inflight_fail(c, shown);
+    held_fail(c, shown); /* after: queued later */
     conn_schedule(c);
     if (was_up)
         log_msg(LOG_WARN, "store: postgresql: connection lost: %s", shown);
@@ -493,6 +610,8 @@ static void conn_up(struct store_pg_conn *c) {
     }
     preps_free(c); /* a new session has none */
     c->no_prepare = 1;
+    c->syncs_out = 0;
+    c->probing = !c->pooled;
     if (!c->pooled &&
         (!PQsendQueryParams(c->pg, "SELECT pg_backend_pid()", 0, NULL, NULL, NULL, NULL, 0) ||
          inflight_push(c, prep_probe_done, c) < 0 || PQpipelineSync(c->pg) != 1 ||
@@ -500,6 +619,7 @@ static void conn_up(struct store_pg_conn *c) {
         conn_lost(c, "cannot send the first query");
         return;
     }
+    c->syncs_out = c->pooled ? 0 : 1;
     c->state = PG_UP;
     c->backoff_ms = BACKOFF_FIRST_MS;
     c->silent[0] = '\0';
@@ -753,6 +873,7 @@ void store_pg_conn_free(struct store_pg_conn *c) {
     c->pg = NULL;
     c->state = PG_DOWN;
     inflight_fail(c, "closed");
+    held_fail(c, "closed");
     preps_free(c); /* after: a Prepare in flight was told it failed */
     PQconninfoFree(c->opts);
     free(c->url);
@@ -763,12 +884,10 @@ int store_pg_conn_up(const struct store_pg_conn *c) {
     return c && c->state == PG_UP;
 }
 
-int store_pg_conn_query(struct store_pg_conn *c, const char *sql, int n, const char *const *params,
-                        store_pg_result_fn fn, void *arg) {
+static int conn_send_query(struct store_pg_conn *c, const char *sql, int n,
+                           const char *const *params, store_pg_result_fn fn, void *arg) {
     struct prepared *p = NULL;
 
-    if (!store_pg_conn_up(c) || !fn)
-        return -1;
     if (n > 0 && !c->no_prepare && (p = prep_get(c, sql)) && p->state == PREP_FAILED) {
         if (!PQsendPrepare(c->pg, p->name, sql, n, NULL))
             return -1;
@@ -791,15 +910,41 @@ int store_pg_conn_query(struct store_pg_conn *c, const char *sql, int n, const c
     return 0;
 }
 
-int store_pg_conn_sync(struct store_pg_conn *c) {
-    if (!store_pg_conn_up(c))
-        return -1;
+static int conn_send_sync(struct store_pg_conn *c) {
     if (PQpipelineSync(c->pg) != 1 || inflight_push(c, NULL, NULL) < 0 || conn_flush(c) < 0) {
         conn_lost(c, PQerrorMessage(c->pg));
         return -1;
     }
     c->nsyncs++;
+    c->syncs_out++;
     return 0;
+}
+
+/* 1 when the next query or sync waits (the module's comment). */
+static int conn_holds(const struct store_pg_conn *c) {
+    return c->held || (conn_serial(c) && c->syncs_out > 0);
+}
+
+int store_pg_conn_query(struct store_pg_conn *c, const char *sql, int n, const char *const *params,
+                        store_pg_result_fn fn, void *arg) {
+    if (!store_pg_conn_up(c) || !fn)
+        return -1;
+    if (conn_holds(c))
+        return held_push(c, sql, n, params, fn, arg);
+    return conn_send_query(c, sql, n, params, fn, arg);
+}
+
+int store_pg_conn_sync(struct store_pg_conn *c) {
+    if (!store_pg_conn_up(c))
+        return -1;
+    if (conn_holds(c)) {
+        if (held_push(c, NULL, 0, NULL, NULL, NULL) < 0) {
+            conn_lost(c, "out of memory");
+            return -1;
+        }
+        return 0;
+    }
+    return conn_send_sync(c);
 }
 
 void store_pg_conn_counts(const struct store_pg_conn *c, uint64_t *queries, uint64_t *syncs) {

@@ -76,3 +76,174 @@ def test_through_pgbouncer_statements_are_planned_each_time_and_no_request_fails
     assert calls >= 20 and plans == calls, (calls, plans)
     assert "does not exist" not in g.log(), g._tail(20)
     assert g.stop() == 0
+
+
+def test_through_pgbouncer_under_concurrent_load_every_request_is_answered():
+    """PgBouncer (transaction pooling) forwards a client's messages as they
+    arrive and hands its server connection back to the pool at the
+    ReadyForQuery that ends a transaction: a next transaction already
+    partly sent on that connection (pipelined, split across reads) is cut
+    in two, its answers reach nobody and its requests would wait forever.
+    Eight posting threads, large events, two endpoints and their
+    deliveries keep several transactions in flight at once: every request
+    is answered and every event delivered."""
+    import concurrent.futures
+    c = pg.Cluster()
+    bouncer = pg.bouncer(c)
+    if bouncer is None:
+        print("  skipped: pgbouncer is not installed")
+        return
+    db = pg.Database(c)
+    erp, shop = wb.Sink(), wb.Sink()
+    cfg = wb.config(f'''
+        source "atoship" {{ verify = "atoship", secret = {wb.lua(SECRET)} }}
+        endpoint "erp" {{ url = {wb.lua(erp.url)}, sign = "none" }}
+        endpoint "shop" {{ url = {wb.lua(shop.url)}, sign = "none" }}
+        rules "rules/"
+    ''', store=bouncer.url(db))
+    g = wb.Gateway(cfg, files={"rules/10.lua": 'on("*", {"erp", "shop"})\n'})
+    n = 400
+
+    def post(i):
+        body = wb.atoship_event("tracking.in_transit", n=i, notes="x" * (3000 + 37 * (i % 200)))
+        try:
+            return g.post("/hooks/atoship", body, wb.atoship_headers(SECRET, body), timeout=20).status
+        except OSError as e:  # no answer in 20 s
+            return repr(e)
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(post, range(n)))
+    bad = [s for s in statuses if s != 200]
+    assert not bad, (len(bad), bad[:3], bouncer.log()[-1500:])
+    erp.wait_for_count(n, timeout=60)
+    shop.wait_for_count(n, timeout=60)
+    assert "when not linked" not in bouncer.log(), bouncer.log()[-2000:]
+    assert g.stop() == 0
+
+
+class PoolerLikeProxy:
+    """A TCP relay to PostgreSQL that does what a pooler does to the backend
+    key (BackendKeyData gets a made-up pid, as PgBouncer's) and watches the
+    protocol: it records every client message that arrives while a Sync of
+    that client is still unanswered, the pipelining a pooler in transaction
+    mode cannot follow safely."""
+
+    def __init__(self, db):
+        import socket
+        import threading
+        self.target = (db.host, db.port)
+        self.ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.ls.bind(("127.0.0.1", 0))
+        self.ls.listen(16)
+        self.port = self.ls.getsockname()[1]
+        self.lock = threading.Lock()
+        self.overlaps = 0  # client messages sent while a Sync was unanswered
+        self.syncs = 0
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url(self, db):
+        return "postgresql://%s:%s@127.0.0.1:%d/%s?sslmode=disable" % (
+            db.user, pg.PASSWORD, self.port, db.name)
+
+    def _accept(self):
+        import socket
+        import threading
+        while not self.closed:
+            try:
+                c, _ = self.ls.accept()
+            except OSError:
+                return
+            s = socket.create_connection(self.target)
+            for x in (c, s):  # one message per send: no Nagle waits
+                x.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = {"out": 0}
+            threading.Thread(target=self._client, args=(c, s, conn), daemon=True).start()
+            threading.Thread(target=self._server, args=(s, c, conn), daemon=True).start()
+
+    @staticmethod
+    def _read(sock, n):
+        buf = b""
+        while len(buf) < n:
+            part = sock.recv(n - len(buf))
+            if not part:
+                raise EOFError
+            buf += part
+        return buf
+
+    def _client(self, c, s, conn):
+        try:
+            n = int.from_bytes(self._read(c, 4), "big")  # the startup packet, untyped
+            s.sendall(n.to_bytes(4, "big") + self._read(c, n - 4))
+            while True:
+                head = self._read(c, 5)
+                body = self._read(c, int.from_bytes(head[1:], "big") - 4)
+                with self.lock:
+                    if conn["out"] > 0:
+                        self.overlaps += 1
+                    if head[:1] == b"S":
+                        conn["out"] += 1
+                        self.syncs += 1
+                s.sendall(head + body)
+        except (EOFError, OSError):
+            pass
+        finally:
+            for x in (c, s):
+                try:
+                    x.close()
+                except OSError:
+                    pass
+
+    def _server(self, s, c, conn):
+        try:
+            while True:
+                head = self._read(s, 5)
+                body = self._read(s, int.from_bytes(head[1:], "big") - 4)
+                if head[:1] == b"K":  # BackendKeyData: a pid that is not PostgreSQL's
+                    body = (int.from_bytes(body[:4], "big") ^ 0x5a5a5a).to_bytes(4, "big") + body[4:]
+                if head[:1] == b"Z":
+                    with self.lock:
+                        conn["out"] = max(0, conn["out"] - 1)
+                c.sendall(head + body)
+        except (EOFError, OSError):
+            pass
+
+    def close(self):
+        self.closed = True
+        self.ls.close()
+
+
+def test_behind_a_pooler_no_transaction_is_sent_while_another_is_unanswered():
+    """Why PgBouncer must never see a pipelined next transaction (see
+    test_through_pgbouncer_under_concurrent_load...): a relay that changes
+    the backend pid as a pooler does counts every client message sent while
+    a Sync was unanswered. Under concurrent ingest and delivery there are
+    none, and every request is answered; on a direct connection pipelining
+    stays (test_pg_serve's round-trip counts)."""
+    import concurrent.futures
+    c = pg.Cluster()
+    db = pg.Database(c)
+    proxy = PoolerLikeProxy(db)
+    sink = wb.Sink()
+    try:
+        g = gateway(proxy.url(db), sink)
+        n = 100
+
+        def post(i):
+            body = wb.atoship_event("tracking.in_transit", n=i, notes="x" * (2000 + 53 * (i % 100)))
+            try:
+                return g.post("/hooks/atoship", body, wb.atoship_headers(SECRET, body), timeout=20).status
+            except OSError as e:
+                return repr(e)
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(post, range(n)))
+        assert statuses == [200] * n, [s for s in statuses if s != 200][:3]
+        sink.wait_for_count(n, timeout=30)
+        assert proxy.syncs > n // 4, proxy.syncs
+        assert proxy.overlaps == 0, "%d messages sent while a Sync was unanswered (%d syncs)" % (
+            proxy.overlaps, proxy.syncs)
+        assert g.stop() == 0
+    finally:
+        proxy.close()
