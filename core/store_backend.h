@@ -399,7 +399,10 @@ struct store_backend_ops {
     /* rows: one struct store_endpoint_queue, as store_endpoint_queue. */
     int (*endpoint_queue)(struct store_be *be, const char *endpoint, int64_t now, int64_t due_cap,
                           int counts, store_be_done_fn cb, void *arg);
-    /* rows: struct store_blocked_key[n], oldest head first. */
+    /* rows: struct store_blocked_key[n], oldest head first; status: the
+     * endpoint's blocked keys in all (n at most max of them), counted in
+     * the same view as the rows, so an endpoint's `blocked` and its list
+     * agree (store_read_endpoints takes its count from here). */
     int (*endpoint_blocked)(struct store_be *be, const char *endpoint, size_t max,
                             store_be_done_fn cb, void *arg);
 };

@@ -70,6 +70,8 @@ struct bx_rd {
     size_t nqueues;
     struct store_blocked_key *blocked;
     size_t nblocked;
+    int64_t blocked_total; /* endpoint_blocked's count, in its rows' view */
+    char *blocked_of;      /* the endpoint whose blocked keys were read */
     char **ids;
     size_t nids;
     const struct store_sub *subs; /* R_SUBS: borrowed for the answer */
@@ -88,6 +90,7 @@ static void rd_free(struct bx_rd *rd) {
         free(rd->queues[i].name);
     free(rd->queues);
     store_blocked_keys_free(rd->blocked, rd->nblocked);
+    free(rd->blocked_of);
     for (size_t i = 0; rd->ids && i < rd->nids; i++)
         free(rd->ids[i]);
     free(rd->ids);
@@ -115,6 +118,15 @@ static void rd_deliver(struct bx_rd *rd) {
         r->ids = rd->ids;
         r->n = rd->nids;
     } else if (rd->kind == R_ENDPOINTS) {
+        /* the blocked endpoint's count and oldest from its list's own
+         * statement: a key failing between the two reads shows in both or
+         * in neither */
+        for (size_t i = 0; rd->blocked_of && rd->blocked_total >= 0 && i < rd->nqueues; i++)
+            if (rd->queues[i].ok && rd->queues[i].name &&
+                !strcmp(rd->queues[i].name, rd->blocked_of)) {
+                rd->queues[i].q.blocked = rd->blocked_total;
+                rd->queues[i].q.oldest_blocked = rd->nblocked ? rd->blocked[0].since : INT64_MAX;
+            }
         r->queues = rd->queues;
         r->nqueues = rd->nqueues;
         r->blocked = rd->blocked;
@@ -428,6 +440,7 @@ static void part_answer(void *arg, int status, const void *rows, size_t n, const
             rd->status = 0, rd->err[0] = '\0'; /* a queue's failure is its view's only */
         break;
     case P_BLOCKED:
+        rd->blocked_total = status; /* -1: failed (the queue's own count stays) */
         if (status >= 0 && blocked_copy(rd, rows, n) < 0)
             rd_fail(rd, "store: out of memory");
         break;
@@ -523,8 +536,12 @@ int store_bx_read_endpoints(struct store *s, const char *const *names, size_t n,
         rd->queues[i].q.oldest_due = rd->queues[i].q.oldest_blocked = INT64_MAX;
         PART(rd, P_QUEUE, i, s->ops->endpoint_queue(s->be, names[i], now, due_cap, counts, CB));
     }
-    if (blocked_of)
+    if (blocked_of) {
+        int oom = 0;
+        rd->blocked_total = -1;
+        rd->blocked_of = dup_s(blocked_of, &oom);
         PART(rd, P_BLOCKED, 0, s->ops->endpoint_blocked(s->be, blocked_of, blocked_max, CB));
+    }
     /* last: its rows are borrowed for the answer */
     PART(rd, P_MAIN, 0, s->ops->endpoint_states(s->be, CB));
     return rd_issued(rd);

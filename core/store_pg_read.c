@@ -203,12 +203,19 @@ int store_pg_deliveries_page(struct store_be *be, const struct store_page *q, st
     char lim[24], after[24];
     snprintf(lim, sizeof lim, "%zu", q->limit);
     snprintf(after, sizeof after, "%lld", (long long)q->after);
-    /* a delivery's state: its queue row while live, its outcome once ended */
+    /* a delivery's state: its queue row while live, its outcome once ended;
+     * a row waiting behind its order key's head (an earlier live row of its
+     * key, or a failed one: the claim's condition, store_pg_claim.c) is due
+     * at no time of its own: no next_at, as SQLite shows a parked row */
     return read_run(
         be,
         "SELECT d.seq, d.id, d.event_id, d.endpoint, d.event_type, coalesce(q.status, o.status),"
         " coalesce(q.attempts, o.attempts, 0),"
-        " CASE WHEN q.status = 'pending' THEN greatest(q.next_at, q.lease_until) END,"
+        " CASE WHEN q.status = 'pending' AND (q.okey IS NULL OR (NOT EXISTS (SELECT 1"
+        "  FROM delivery_queue e WHERE e.endpoint = q.endpoint AND e.okey = q.okey"
+        "  AND e.delivery_seq < q.delivery_seq) AND NOT EXISTS (SELECT 1 FROM delivery_outcomes f"
+        "  WHERE f.endpoint = q.endpoint AND f.okey = q.okey AND f.status = 'failed')))"
+        " THEN greatest(q.next_at, q.lease_until) END,"
         " d.created_at, la.status_code, la.error, d.okey"
         " FROM deliveries d LEFT JOIN delivery_queue q ON q.delivery_seq = d.seq"
         " LEFT JOIN delivery_outcomes o ON o.delivery_seq = d.seq"
@@ -717,11 +724,12 @@ static int parse_blocked(struct pg_op *op, int k, const PGresult *res) {
     struct store_blocked_key *b;
     int rows = PQntuples(res), oom = 0;
     UNUSED(k);
-    if (!rows)
-        return 0;
+    if (rows <= 0)
+        return 0; /* status 0: none blocked */
     if (!(b = calloc((size_t)rows, sizeof *b)))
         return -1;
     op->rows = b;
+    op->status = (int)pg_col_int(res, 0, 4); /* all of them, in this statement's view */
     for (int r = 0; r < rows; r++) {
         op->n = (size_t)r + 1;
         b[r].key = pg_col(res, r, 0, &oom);
@@ -738,7 +746,7 @@ int store_pg_endpoint_blocked(struct store_be *be, const char *name, size_t max,
     snprintf(lim, sizeof lim, "%zu", max);
     return read_run(be,
                     "SELECT o.okey, d.id, (SELECT count(*) FROM delivery_queue q"
-                    "  WHERE q.endpoint = o.endpoint AND q.okey = o.okey), o.at"
+                    "  WHERE q.endpoint = o.endpoint AND q.okey = o.okey), o.at, count(*) OVER ()"
                     " FROM delivery_outcomes o JOIN deliveries d ON d.seq = o.delivery_seq"
                     " WHERE o.endpoint = $1 AND o.status = 'failed' AND o.okey IS NOT NULL"
                     " ORDER BY o.at, o.delivery_seq LIMIT $2::bigint",

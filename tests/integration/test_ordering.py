@@ -154,7 +154,6 @@ def test_a_key_whose_receiver_fails_for_5s_holds_only_that_key():
         check_order(sink, ["TN-BLOCK"] + others, 10)
 
 
-@wb.not_yet_on_postgresql("the deliveries page shows a row waiting behind a blocked key with its own next_at, and the blocked keys' view differs")
 def test_a_key_failed_for_good_is_blocked_shown_and_released_by_retry_or_skip():
     failing = {"TN-A": True, "TN-B": True}
 
@@ -216,7 +215,6 @@ def test_a_key_failed_for_good_is_blocked_shown_and_released_by_retry_or_skip():
         check_order(sink, ["TN-C"], 3)
 
 
-@wb.not_yet_on_postgresql('the blocked count and keys are read differently there')
 def test_an_endpoints_blocked_count_and_its_keys_come_from_one_view():
     """GET /api/endpoints/NAME's `blocked` and its `blocked_keys` are one
     answer: while keys fail for good one after another, every answer lists
