@@ -256,7 +256,7 @@ static int app_private_allowed(void *arg, int family, const unsigned char *ip) {
 /* The recovery sweep's events go through the router. */
 static void on_recovered(void *arg, const struct store_event_row *row) {
     struct app *a = arg;
-    route_event(a->route, row);
+    route_event(a->route, row, 0);
 }
 
 /* ---- life ---- */

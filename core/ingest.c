@@ -382,7 +382,7 @@ static void on_replay_read(void *arg, const struct store_done *d) {
     struct replay *r = arg;
 
     if (d->ok && d->n == 1)
-        route_event(r->g->deps.route, &d->rows[0]);
+        route_event(r->g->deps.route, &d->rows[0], 1);
     r->fn(r->arg, d->ok ? d->n == 1 : -1, d->err);
     free(r);
 }

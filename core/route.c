@@ -212,6 +212,9 @@ static void on_rerouted(void *arg, const struct store_done *d) {
     if (d->ok && d->status == 1) {
         route_plan_counted(rt, &x->p);
         route_plan_report(x->id, x->type, &x->p);
+    } else if (d->ok && d->status == STORE_ROUTED_ALREADY) {
+        log_msg(LOG_DEBUG, "event %s: routed already (by another instance); nothing written",
+                x->id);
     } else if (d->ok) {
         log_msg(LOG_WARN, "event %s: gone before its routing was stored (retention)", x->id);
     } else {
@@ -229,7 +232,7 @@ static void on_rerouted(void *arg, const struct store_done *d) {
     free(x);
 }
 
-void route_event(struct route *rt, const struct store_event_row *row) {
+void route_event(struct route *rt, const struct store_event_row *row, int replay) {
     const struct rules_input ev = {.id = row->id,
                                    .source = row->source,
                                    .source_id = row->source_id,
@@ -255,6 +258,7 @@ void route_event(struct route *rt, const struct store_event_row *row) {
     x->rt = rt;
     memcpy(x->id, row->id, idlen);
     route_plan(rt, &ev, &x->p);
+    x->p.store.first_only = !replay;
     /* Whatever the outcome, the callback runs: if this group fails, even an
      * unrouted or rule_error outcome must be recorded again by recovery. */
     if (store_event_routed_done(rt->deps.store, ev.id, &x->p.store, on_rerouted, x) < 0) {

@@ -77,7 +77,10 @@ void route_plan_clear(struct route_plan *p);
 /* Routes stored event row (borrowed, read during the call only) again with
  * the current rules and records the outcome in the open group
  * (store_event_routed_done); its result is logged once the group ended, and
- * a group that fails leaves the event to the recovery sweep. */
-void route_event(struct route *rt, const struct store_event_row *row);
+ * a group that fails leaves the event to the recovery sweep. replay 0 (the
+ * recovery of an event left "received"): written only while it still is
+ * (another instance may have routed it meanwhile); 1: a new routing of an
+ * event routed before (new delivery ids). */
+void route_event(struct route *rt, const struct store_event_row *row, int replay);
 
 #endif

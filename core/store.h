@@ -192,9 +192,16 @@ struct store_plan {
     int by_rules;
     const struct store_match *matches;
     size_t nmatches;
+    /* store_event_routed only: a first routing (a recovery, not a replay):
+     * written only while the event is still "received". Several instances
+     * may recover one event at once; the first to commit routes it, the
+     * others write nothing (STORE_ROUTED_ALREADY) instead of routing it
+     * again as a replay. */
+    int first_only;
 };
 
 #define STORE_DUP 1
+#define STORE_ROUTED_ALREADY 2
 
 /* Inserts ev with its plan into the open group: the event, its status and
  * error, its deliveries and batch items, all or nothing. plan NULL stores
@@ -782,7 +789,8 @@ struct store_done {
     int status;      /* when ok: what the synchronous call returns, >= 0 (event_put 0 or
                         STORE_DUP, nonce_put 0, STORE_DUP or STORE_REPLAY, retry / skip
                         1, 0 or 2, sub_put 0 or STORE_DUP, sub_change / sub_set_secret 1 or
-                        0, event_routed 1 routed or 0 unknown id, event_get 1 or 0) */
+                        0, event_routed 1 routed, 0 unknown id or STORE_ROUTED_ALREADY,
+                        event_get 1 or 0) */
     const char *err; /* when !ok: why; else "" */
     const char *id;  /* event_put: the event's id, or the first copy's for STORE_DUP */
     int64_t value;   /* endpoint_attempt: first_failure_at; set_disabled: deliveries moved;

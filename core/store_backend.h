@@ -136,9 +136,9 @@
  * - lease_renew until 0 is store_delivery_lease(lease 0): a release.
  * - event_routed serves a replay (new ids) and the recovery of an event a
  *   crash left "received" (derived ids). With several instances, two may
- *   recover the same event at once: the second would route it again as a
- *   replay. Recovery needs its own flag ("only while still received") or a
- *   claim on unrouted events (a lease, as for deliveries); not built.
+ *   recover the same event at once: the plan's first_only (store.h) makes
+ *   the second write nothing (the event's row is locked and its status
+ *   re-checked), answered STORE_ROUTED_ALREADY.
  * - Deadlocks: two groups inserting two events with the same two carrier
  *   ids in opposite orders wait for each other on the unique key;
  *   PostgreSQL aborts one (its group -1: its requests get 503, the

@@ -57,8 +57,8 @@ static void w_answer(void *arg, int status, const void *rows, size_t n, const ch
     d.id = "";
     if (d.ok && put)
         d.id = put->id;
-    if (d.ok && w->kind == W_ROUTED) /* 0 routed, 2 unknown id -> 1, 0 */
-        d.status = status == 0 ? 1 : 0;
+    if (d.ok && w->kind == W_ROUTED) /* 0 routed, 2 unknown id, 3 routed already */
+        d.status = status == 0 ? 1 : status == 3 ? STORE_ROUTED_ALREADY : 0;
     if (d.ok && w->kind == W_VALUE && rows && n == 1)
         d.value = *(const int64_t *)rows;
     if (w->kind == W_PRUNE)

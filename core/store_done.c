@@ -152,6 +152,8 @@ int store_event_routed_done(struct store *s, const char *event_id, struct store_
      * an answer, 0; a failure fails the group or never began it. */
     if (h->rc == 0)
         h->rc = 1;
+    else if (h->rc == STORE_ROUTED_ALREADY)
+        ; /* nothing written: the answer as it is */
     else if (s->in_txn && !s->failed)
         h->rc = 0;
     return held_queue(s, h, 0);

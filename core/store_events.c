@@ -303,7 +303,8 @@ done:
  * routing (it was "received"). Returns 0, or -1 (err set; an unknown id
  * writes nothing and keeps the group). */
 static int event_set_status(struct store *s, const char *event_id, const char *status,
-                            const char *error, int *first, char *err, size_t errlen) {
+                            const char *error, int first_only, int *first, char *err,
+                            size_t errlen) {
     sqlite3_stmt *fst = store_stmt(s, ST_EVT_STATUS_FIRST), *up = store_stmt(s, ST_EVT_STATUS);
     int ret = -1;
 
@@ -313,6 +314,10 @@ static int event_set_status(struct store *s, const char *event_id, const char *s
         goto done;
     }
     *first = sqlite3_changes(s->db) == 1;
+    if (!*first && first_only) { /* routed already: nothing written */
+        ret = 0;
+        goto done;
+    }
     if (!*first) {
         if (bind_text(up, 1, event_id) || bind_text(up, 2, status) || bind_text(up, 3, error) ||
             sqlite3_step(up) != SQLITE_DONE) {
@@ -341,8 +346,11 @@ int store_event_routed(struct store *s, const char *event_id, struct store_plan 
     /* The event first: an unknown id writes nothing and keeps the group.
      * Its first routing derives the delivery ids (see plan_write); later
      * routings (replays) are new sends. */
-    if (event_set_status(s, event_id, plan->status, plan->error, &is_first, err, errlen) < 0)
+    if (event_set_status(s, event_id, plan->status, plan->error, plan->first_only, &is_first, err,
+                         errlen) < 0)
         return -1;
+    if (plan->first_only && !is_first)
+        return STORE_ROUTED_ALREADY;
     if (plan_ids(s, event_id, plan, is_first) < 0 ||
         plan_matched(s, plan, &matched, err, errlen) < 0) {
         store_group_fail(s, "out of memory", err, errlen);

@@ -258,10 +258,13 @@ done:
  * status, its handlers (when by rules) and the plan's rows: on its first
  * routing (still "received") under the derived ids ($7, $5 the handlers
  * naming them), later (a replay) under new ones ($8, $6). $9.. as
- * EVENT_PUT_SQL's $15..$27 less its $23. */
+ * EVENT_PUT_SQL's $15..$27 less its $23. $22: first_only (store.h): only
+ * while still "received" -- FOR UPDATE waits for another instance's
+ * routing of it and, READ COMMITTED, re-checks the status once that
+ * committed: then e is empty and one row (-1) says it was routed already. */
 static const char EVENT_ROUTED_SQL[] =
     "WITH e AS (SELECT seq, id, status = 'received' AS first FROM events WHERE id = $1"
-    "  FOR UPDATE),"
+    "  AND (NOT $22::boolean OR status = 'received') FOR UPDATE),"
     " up AS (UPDATE events v SET status = $2, error = $3, matched = CASE WHEN $4::boolean"
     "  THEN (CASE WHEN e.first THEN $5::text ELSE $6::text END) ELSE v.matched END"
     "  FROM e WHERE v.id = e.id),"
@@ -285,14 +288,19 @@ static const char EVENT_ROUTED_SQL[] =
     " bi AS (INSERT INTO batch_items (endpoint, window_ms, window_start, event_id, payload)"
     "  SELECT b.endpoint, b.window_ms, b.window_start, e.id, decode(b.payload, 'hex')"
     "  FROM e, b ORDER BY b.i)"
-    " SELECT seq, id FROM e";
+    " SELECT seq, id FROM e UNION ALL SELECT -1, NULL WHERE NOT EXISTS (SELECT 1 FROM e)"
+    "  AND EXISTS (SELECT 1 FROM events WHERE id = $1)";
 
-/* event_routed's answer: the event found (0; its seq and id) or not (2:
- * nothing written, the group goes on); then its windows' counts. */
+/* event_routed's answer: the event found (0; its seq and id), routed
+ * already (3, first_only) or not found (2): the last two write nothing,
+ * the group goes on; then its windows' counts. */
 static int parse_routed(struct pg_op *op, int k, const PGresult *res) {
     struct store_be_put *put = op->rows;
     if (k == 0) {
-        if (PQntuples(res) == 1) {
+        if (PQntuples(res) == 1 && pg_col_int(res, 0, 0) < 0) {
+            put->ncounts = 0;
+            op->status = 3;
+        } else if (PQntuples(res) == 1) {
             put->seq = pg_col_int(res, 0, 0);
             snprintf(put->id, sizeof put->id, "%s", PQgetvalue(res, 0, 1));
             op->status = 0;
@@ -350,7 +358,7 @@ int store_pg_event_routed(struct store_be *be, const char *event_id, const struc
     struct routed_args r;
     struct store_be_put *put = NULL;
     struct pg_op *op = NULL;
-    const char *p[21];
+    const char *p[22];
     char now[24];
     int ret = -1;
 
@@ -377,7 +385,8 @@ int store_pg_event_routed(struct store_be *be, const char *event_id, const struc
     p[16] = now;
     for (int k = 0; k < 4; k++)
         p[17 + k] = r.a[9 + k].p; /* $18..$21 */
-    if (pg_op_query(op, EVENT_ROUTED_SQL, 21, p) < 0 ||
+    p[21] = plan->first_only ? "true" : "false";
+    if (pg_op_query(op, EVENT_ROUTED_SQL, 22, p) < 0 ||
         (plan->nitems && pg_op_query(op, BATCH_COUNT_SQL, 3,
                                      (const char *const[]){r.a[9].p, r.a[10].p, r.a[11].p}) < 0)) {
         pg_op_drop(op, "the routing could not be queued");

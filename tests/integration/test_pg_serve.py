@@ -233,3 +233,45 @@ def test_two_instances_one_sigkilled_every_acknowledged_event_delivered():
     # 200 lost with it) once their leases expire: nothing is left pending
     wb.wait_for(lambda: b.admin("GET", "/api/deliveries?status=pending")[1]["data"] == [],
                 timeout=10, message="nothing left pending")
+
+
+def test_events_left_received_are_routed_once_by_two_instances_recovering_at_once():
+    """Events a crash (or an older binary) left "received" are routed by the
+    recovery sweep of whichever instance starts; two starting at once both
+    read them: the first routing to commit wins and the other writes
+    nothing (it used to route each again as a replay: every event sent
+    twice, under two delivery ids)."""
+    db = pg.database()
+    sink = wb.Sink()
+    first = gateway(db, sink.url)
+    _, src = post(first, "tracking.in_transit")
+    sink.wait_for_count(1, timeout=10)
+    assert first.stop() == 0
+    # 40 copies of that event's row, as an ingest that stored them and
+    # never routed them would have left them
+    n = 40
+    db.sql("INSERT INTO events (id, source, source_id, type, status, created_at, received_at,"
+           " headers, data, raw, shipment) SELECT 'evt_rcv_' || i, source, source_id || '-' || i,"
+           " type, 'received', created_at, received_at, headers, data, raw, shipment"
+           " FROM events, generate_series(1, %d) i WHERE source_id = '%s'" % (n, src))
+    # a slow rule (a few ms per event) keeps the two sweeps' routings of
+    # the same events in flight together
+    slow = ('on("*", function(ev) local x = 0 for i = 1, 300000 do x = x + i end'
+            ' send("erp", ev) end)')
+    a = gateway(db, sink.url, rules=slow, start=False)
+    b = gateway(db, sink.url, rules=slow, start=False)
+    a.start(wait=False)
+    b.start(wait=False)
+    a.wait_healthy()
+    b.wait_healthy()
+    ids = ["evt_rcv_%d" % i for i in range(1, n + 1)]
+    wb.wait_for(lambda: all(a.event(i)["status"] == "routed" for i in ids), timeout=15,
+                message="every received event routed")
+    sink.wait_for_count(1 + n, timeout=15)
+    time.sleep(1.0)  # a second routing's deliveries would be sent by now
+    got = [r.json()["source_id"] for r in list(sink.requests)[1:]]
+    assert sorted(got) == sorted("%s-%d" % (src, i) for i in range(1, n + 1)), \
+        ("each event once", len(got), len(set(got)))
+    for i in ids[:5]:
+        assert len(b.event(i)["deliveries"]) == 1, b.event(i)
+    assert a.stop() == 0 and b.stop() == 0
