@@ -42,9 +42,10 @@
  *   (store_shared: the endpoints with pending rows, each one's next due
  *   time), so within about a second, or the lease (the `lease` setting,
  *   default 30 s, renewed while an attempt runs) after a SIGKILL.
- * - Retention (prune) and reclaim answer "nothing done" on a backend: not
- *   built (store_prune_done's pass ends at once; PostgreSQL's VACUUM
- *   reclaims).
+ * - Retention (prune): one op per pass in the group, as on SQLite
+ *   (store_pg_retain.c); each instance walks on its own cursors and the
+ *   passes of several instances step over each other's locked rows.
+ *   Reclaim answers "nothing done": PostgreSQL's autovacuum reclaims.
  * - Faults: a write when the backend is down, or whose group did not
  *   commit, answers ok 0 (a 503 to the carrier; /healthz 503 through
  *   store_writable and the ping); claims and reads fail and the scheduler
@@ -199,8 +200,9 @@
  * deliveries_page, delivery_counts, batch_due, event_routed,
  * endpoint_next_due, batch_next_close, endpoints_pending, endpoint_states,
  * subs_load, events_unrouted, sub_set_secret, event_get, events_find,
- * endpoint_head, backlog, endpoint_queue, endpoint_blocked. Not yet: prune
- * (retention) and reclaim (PostgreSQL's own VACUUM does it). The batch
+ * endpoint_head, backlog, endpoint_queue, endpoint_blocked, prune
+ * (retention: store_pg_retain.c). Not built, and not needed: reclaim
+ * (PostgreSQL's autovacuum gives dead rows' room back). The batch
  * windows' admin read is batch_due at the end of time (every open window).
  * SPDX-License-Identifier: MIT */
 #ifndef CORE_STORE_BACKEND_H
@@ -324,8 +326,17 @@ struct store_backend_ops {
     /* 1 done, 0 unknown id. */
     int (*sub_set_secret)(struct store_be *be, const char *id, const char *secret,
                           store_be_done_fn cb, void *arg);
-    /* ... and one per remaining G call of the mapping above (prune), same arguments as in store.h
-     * plus (cb, arg). */
+    /* One retention pass of p (store.h, struct store_prune: the events
+     * with seq in (cursor, upto], up to max, received before before_ms)
+     * in the group: the old ones that are done deleted with their rows,
+     * the others stepped over. rows: one struct store_prune, p with its
+     * out fields set and its cursor advanced (as store_prune). Several
+     * instances' passes at once are safe: each locks what it deletes
+     * (SKIP LOCKED: a row another holds is stepped over, never waited
+     * for) and checks what must stay after its locks were granted
+     * (store_pg_retain.c). budget_us is not used: a pass is one bounded
+     * round trip. */
+    int (*prune)(struct store_be *be, const struct store_prune *p, store_be_done_fn cb, void *arg);
 
     /* ---- claims (C) ---- */
     /* after_seq < 0: up to max of endpoint's due pending deliveries,

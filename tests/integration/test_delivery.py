@@ -353,7 +353,6 @@ def test_ssrf_guard_refuses_loopback_unless_allowed():
     assert sink2.count == 1
 
 
-@wb.not_yet_on_postgresql('retention (pruning) is not built there')
 def test_retention_prunes_delivered_events_and_keeps_dead_letters():
     sink = wb.Sink([406], default=200)
     g = gateway(sink.url, retention="1s")
