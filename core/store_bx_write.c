@@ -188,8 +188,10 @@ static void w_ok_late(void *p) {
     w_answer(w, 0, NULL, 0, NULL);
 }
 
-/* Retention (store_pg_retain.c on PostgreSQL): one op in the group; its
- * answer (rows: the pass, out fields set) is copied into w->prune. */
+/* Retention (store_pg_retain.c on PostgreSQL): a transaction of its own,
+ * not a write of the group (store_backend.h); its answer (rows: the pass,
+ * out fields set) is copied into w->prune. A backend that is down answers
+ * ok 0 from the loop: housekeeping tries again in its next round. */
 int store_bx_prune(struct store *s, const struct store_prune *p, store_done_fn fn, void *arg) {
     struct bx_w *w = w_new(s, fn, arg, W_PRUNE);
     if (!w)
@@ -204,7 +206,14 @@ int store_bx_prune(struct store *s, const struct store_prune *p, store_done_fn f
         }
         return 0;
     }
-    W_RUN(w, s->ops->prune(s->be, p, w_answer, w));
+    if (s->ops->prune(s->be, p, w_answer, w) < 0) {
+        snprintf(w->err, sizeof w->err, "store: postgresql: the pass could not be queued");
+        if (store_bx_late(s, w_late, w) < 0) {
+            free(w);
+            return -1;
+        }
+    }
+    return 0;
 }
 
 /* Reclaim is PostgreSQL's autovacuum (dead rows' room reused, and given

@@ -1,8 +1,13 @@
 /* store_pg_retain.c -- the PostgreSQL backend's retention pass (SPEC
  * section 9; store.h's struct store_prune says what a pass deletes, keeps
- * and walks, and store_retain.c does the same on SQLite): one G op, two
- * statements queued on the open group, so a pass costs no round trip of
- * its own and is committed (or rolled back) with its group.
+ * and walks, and store_retain.c does the same on SQLite): one short
+ * transaction of its own on the read connection, as a claim (BEGIN, two
+ * statements, Sync, COMMIT, Sync: one round trip), not an op of the group:
+ * so a pass never adds its deletes to the round trip the group's 200s wait
+ * for, a pass that fails fails no ingest, and, since a pass never waits for
+ * a lock (below), no group can deadlock with it (in the group, a pass's
+ * event locks plus a later op waiting on a replaying group that waits on
+ * them would be a cycle).
  *
  * Why two statements, and what holds when several instances prune, route
  * and deliver on one database at once:
@@ -11,10 +16,9 @@
  *   stops at the first one not old yet, and locks the old ones FOR UPDATE
  *   SKIP LOCKED, with the batch deliveries their items belong to: a row
  *   another transaction holds (another instance's pass, a replay routing
- *   the event) is stepped over, never waited for, so a pass cannot
- *   deadlock and never stalls its group. What it locked goes to the second
- *   statement in two transaction-local settings (set_config(..., true):
- *   gone at COMMIT, so PgBouncer's transaction pooling is fine).
+ *   the event) is stepped over, never waited for. What it locked goes to
+ *   the second statement in two transaction-local settings (set_config(...,
+ *   true): gone at COMMIT, so PgBouncer's transaction pooling is fine).
  * - The second, in READ COMMITTED, takes its snapshot after those locks
  *   were granted: it sees every change committed to the locked rows (a
  *   replay that routed the event again with new deliveries just before),
@@ -22,22 +26,24 @@
  *   would check them against a snapshot taken before its locks. It deletes
  *   the events it may, each with its deliveries (their queue rows and
  *   outcomes go by ON DELETE CASCADE) and attempts, its batch items, and a
- *   batch delivery (with its attempts) once its last item goes.
+ *   batch delivery (with its attempts) once its last item goes. The rows
+ *   it deletes are its locked ones and rows of finished deliveries, which
+ *   no other transaction writes or locks: it waits for nothing either.
  * - A batch whose delivery row another pass holds locked keeps the events
  *   of its items this time (the back walk comes back for them): two passes
  *   each deleting some of a batch's items would each see the other's still
  *   there, and the batch delivery, its last item gone, would never go.
  * - Kept rows only ever become deletable behind a pass's back (an outcome
  *   recorded, a dead letter skipped), never the other way but through the
- *   event's own row (a replay locks it): nothing that must stay is
- *   deleted.
+ *   event's own row (a replay locks it; one that waited for a pass finds
+ *   the event gone: an unknown id, as after a pass on SQLite): nothing
+ *   that must stay is deleted.
  * Not as on SQLite: the seq high-water marks are not recorded (an identity
  * never hands a seq out twice, deleted or not); budget_us is not used (the
  * pass is one bounded round trip, at most max events); a closed batch
  * window's row (PostgreSQL's batch_windows, the lock a close takes) goes
  * with its batch delivery when no item of the window is open, unless a
- * close holds it. Reclaim is PostgreSQL's
- * autovacuum (store_bx_reclaim).
+ * close holds it. Reclaim is PostgreSQL's autovacuum (store_bx_reclaim).
  * SPDX-License-Identifier: MIT */
 #include <stdlib.h>
 #include <stdio.h>
@@ -70,8 +76,10 @@ static const char PRUNE_LOCK_SQL[] =
 /* The locked events (l) and batches (bl) of PRUNE_LOCK_SQL; x: those that
  * may go (routed or unrouted; no delivery pending or held -- a queue row
  * -- or failed; no item in an open window, or in a batch not delivered or
- * locked by another pass); xd: their deliveries; xb: the batches whose
- * last items they hold; wl: those batches' windows, closed and with no
+ * locked by another pass); xd: their deliveries; xo: the batches with
+ * items of other events (one scan of batch_items per pass: it has no index
+ * on delivery_id, which would make this an index lookup per batch); xb:
+ * the batches whose last items they hold; wl: those batches' windows, closed and with no
  * open item (a window's row is only the lock its closes take: one that
  * came second names a batch it did not make), unless a close holds one.
  * One row: the events deleted. */
@@ -91,9 +99,11 @@ static const char PRUNE_SQL[] =
     "   OR EXISTS (SELECT 1 FROM delivery_outcomes o WHERE o.delivery_seq = bd.seq"
     "   AND o.status <> 'delivered')))))),"
     " xd AS (SELECT d.seq, d.id FROM deliveries d JOIN x ON d.event_id = x.id),"
+    " xo AS (SELECT DISTINCT o.delivery_id FROM batch_items o WHERE o.delivery_id IN"
+    "  (SELECT id FROM bl) AND o.event_id NOT IN (SELECT id FROM x)),"
     " xb AS (SELECT bl.id FROM bl WHERE EXISTS (SELECT 1 FROM batch_items b JOIN x"
-    "  ON b.event_id = x.id WHERE b.delivery_id = bl.id) AND NOT EXISTS (SELECT 1"
-    "  FROM batch_items o WHERE o.delivery_id = bl.id AND o.event_id NOT IN (SELECT id FROM x))),"
+    "  ON b.event_id = x.id WHERE b.delivery_id = bl.id)"
+    "  AND bl.id NOT IN (SELECT delivery_id FROM xo)),"
     " wl AS (SELECT v.endpoint, v.bkey, v.window_ms, v.window_start FROM batch_windows v"
     "  WHERE (v.endpoint, v.bkey, v.window_ms, v.window_start) IN (SELECT b.endpoint, b.bkey,"
     "  b.window_ms, b.window_start FROM batch_items b JOIN xb ON b.delivery_id = xb.id)"
@@ -143,29 +153,26 @@ int store_pg_prune(struct store_be *be, const struct store_prune *p, store_be_do
     struct pg_op *op;
     int ret = -1;
 
-    if (!be->group || be->group->failed)
-        return -1;
     be->in_call++;
     if (!(rows = malloc(sizeof *rows)))
         goto done;
     *rows = *p;
     rows->pruned = rows->kept = rows->done = 0;
-    if (!(op = pg_op_new(be->group, cb, arg, parse_prune))) {
+    if (!(op = pg_single(be, be->rd, 1, cb, arg, parse_prune))) {
         free(rows);
         goto done;
     }
-    op->rows = rows;
+    op->rows = rows; /* freed with the op */
     op->n = 1;
     snprintf(cursor, sizeof cursor, "%lld", (long long)p->cursor);
     snprintf(upto, sizeof upto, "%lld", (long long)p->upto);
     snprintf(max, sizeof max, "%d", p->max);
     snprintf(before, sizeof before, "%lld", (long long)p->before_ms);
     if (pg_op_query(op, PRUNE_LOCK_SQL, 4, (const char *const[]){cursor, upto, max, before}) < 0 ||
-        pg_op_query(op, PRUNE_SQL, 0, NULL) < 0) {
-        pg_op_drop(op, "the retention pass could not be queued");
-        goto done;
-    }
-    ret = 0;
+        pg_op_query(op, PRUNE_SQL, 0, NULL) < 0)
+        op->dropped = 1;
+    ret = op->dropped ? -1 : 0;
+    pg_tx_end(op->tx, NULL, NULL);
 done:
     be->in_call--;
     return ret;
