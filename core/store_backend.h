@@ -42,9 +42,13 @@
  *   (store_shared: the endpoints with pending rows, each one's next due
  *   time), so within about a second, or the lease (the `lease` setting,
  *   default 30 s, renewed while an attempt runs) after a SIGKILL.
- * - Retention (prune) and reclaim answer "nothing done" on a backend: not
- *   built (store_prune_done's pass ends at once; PostgreSQL's VACUUM
- *   reclaims).
+ * - Retention (prune): a pass is a short transaction of its own on the
+ *   read connection, not a write of the group (SQLite's runs in the
+ *   group): its deletes never lengthen a group's round trip, and it can
+ *   neither fail a group nor deadlock with one (store_pg_retain.c). Each
+ *   instance walks on its own cursors; the passes of several instances
+ *   step over each other's locked rows. Reclaim answers "nothing done":
+ *   PostgreSQL's autovacuum reclaims.
  * - Faults: a write when the backend is down, or whose group did not
  *   commit, answers ok 0 (a 503 to the carrier; /healthz 503 through
  *   store_writable and the ping); claims and reads fail and the scheduler
@@ -101,7 +105,8 @@
  *   delivery_queue ... FROM (SELECT ... FOR UPDATE SKIP LOCKED LIMIT n)
  *   RETURNING (joined to deliveries for the payload), Sync, COMMIT, Sync;
  *   the rows reach the caller only after the COMMIT (a claim answered
- *   before would hand out rows whose lease could still be lost).
+ *   before would hand out rows whose lease could still be lost). A
+ *   retention pass (prune) runs the same way (store_pg_retain.c).
  * - READS: one statement (or a few) and a Sync on the read connection, its
  *   own implicit transaction; they see committed state only (the admin
  *   API's promise on several instances: every instance answers the same).
@@ -167,8 +172,7 @@
  *                             a duplicate risk in /metrics)
  *   store_delivery_retry, store_delivery_skip, store_endpoint_attempt,
  *   store_endpoint_set_disabled, store_sub_put, store_sub_change,
- *   store_batch_close, store_prune
- *                           G one op each, same arguments (batch_close: the
+ *   store_batch_close        G one op each, same arguments (batch_close: the
  *                             window row locked by an upsert setting
  *                             closed_at, its open items FOR UPDATE: a
  *                             racing close finds them taken; done)
@@ -177,6 +181,8 @@
  *                             for an ordered endpoint, owner = instance id;
  *                             ordered: only the instance holding
  *                             endpoint_state.head_owner claims its head)
+ *   store_prune             C prune (a retention pass: its own transaction,
+ *                             its rows locked SKIP LOCKED, as a claim's)
  *   store_events_unrouted, store_events_page, store_events_find,
  *   store_event_get, store_event_detail, store_deliveries_page,
  *   store_delivery_counts, store_endpoint_states, store_endpoint_blocked,
@@ -199,8 +205,9 @@
  * deliveries_page, delivery_counts, batch_due, event_routed,
  * endpoint_next_due, batch_next_close, endpoints_pending, endpoint_states,
  * subs_load, events_unrouted, sub_set_secret, event_get, events_find,
- * endpoint_head, backlog, endpoint_queue, endpoint_blocked. Not yet: prune
- * (retention) and reclaim (PostgreSQL's own VACUUM does it). The batch
+ * endpoint_head, backlog, endpoint_queue, endpoint_blocked, prune
+ * (retention: store_pg_retain.c). Not built, and not needed: reclaim
+ * (PostgreSQL's autovacuum gives dead rows' room back). The batch
  * windows' admin read is batch_due at the end of time (every open window).
  * SPDX-License-Identifier: MIT */
 #ifndef CORE_STORE_BACKEND_H
@@ -324,8 +331,19 @@ struct store_backend_ops {
     /* 1 done, 0 unknown id. */
     int (*sub_set_secret)(struct store_be *be, const char *id, const char *secret,
                           store_be_done_fn cb, void *arg);
-    /* ... and one per remaining G call of the mapping above (prune), same arguments as in store.h
-     * plus (cb, arg). */
+    /* One retention pass of p (store.h, struct store_prune: the events
+     * with seq in (cursor, upto], up to max, received before before_ms):
+     * the old ones that are done deleted with their rows, the others
+     * stepped over. Not a group write: a short transaction of its own
+     * (PostgreSQL: on the read connection, as a claim), committed before
+     * cb runs. rows: one struct store_prune, p with its out fields set and
+     * its cursor advanced (as store_prune). Several instances' passes at
+     * once are safe and never wait for one another: each locks what it
+     * deletes (SKIP LOCKED: a row another holds is stepped over) and
+     * checks what must stay after its locks were granted
+     * (store_pg_retain.c). budget_us is not used: a pass is one bounded
+     * round trip. */
+    int (*prune)(struct store_be *be, const struct store_prune *p, store_be_done_fn cb, void *arg);
 
     /* ---- claims (C) ---- */
     /* after_seq < 0: up to max of endpoint's due pending deliveries,

@@ -61,6 +61,8 @@ static void w_answer(void *arg, int status, const void *rows, size_t n, const ch
         d.status = status == 0 ? 1 : status == 3 ? STORE_ROUTED_ALREADY : 0;
     if (d.ok && w->kind == W_VALUE && rows && n == 1)
         d.value = *(const int64_t *)rows;
+    if (d.ok && w->kind == W_PRUNE && rows && n == 1)
+        w->prune = *(const struct store_prune *)rows;
     if (w->kind == W_PRUNE)
         d.prune = &w->prune;
     if (d.ok && w->kind == W_PUT && status == 0)
@@ -179,28 +181,43 @@ int store_bx_endpoint_set_disabled(struct store *s, const char *name, int disabl
     W_RUN(w, s->ops->endpoint_set_disabled(s->be, name, disabled, reason, now, w_answer, w));
 }
 
-/* Retention and reclaim are not built on a backend yet (store_backend.h):
- * a pass answers ok having looked at nothing, its walk done, so
- * housekeeping waits for its next round; PostgreSQL's VACUUM reclaims. */
+/* A pass with nothing to look at (max 0, or the cursor at upto) ends at
+ * once, as on SQLite, without a statement. */
 static void w_ok_late(void *p) {
     struct bx_w *w = p;
     w_answer(w, 0, NULL, 0, NULL);
 }
 
+/* Retention (store_pg_retain.c on PostgreSQL): a transaction of its own,
+ * not a write of the group (store_backend.h); its answer (rows: the pass,
+ * out fields set) is copied into w->prune. A backend that is down answers
+ * ok 0 from the loop: housekeeping tries again in its next round. */
 int store_bx_prune(struct store *s, const struct store_prune *p, store_done_fn fn, void *arg) {
     struct bx_w *w = w_new(s, fn, arg, W_PRUNE);
     if (!w)
         return -1;
     w->prune = *p;
-    w->prune.pruned = w->prune.kept = 0;
-    w->prune.done = 1;
-    if (store_bx_late(s, w_ok_late, w) < 0) {
-        free(w);
-        return -1;
+    w->prune.pruned = w->prune.kept = w->prune.done = 0;
+    if (p->max <= 0 || p->cursor >= p->upto) {
+        w->prune.done = 1;
+        if (store_bx_late(s, w_ok_late, w) < 0) {
+            free(w);
+            return -1;
+        }
+        return 0;
+    }
+    if (s->ops->prune(s->be, p, w_answer, w) < 0) {
+        snprintf(w->err, sizeof w->err, "store: postgresql: the pass could not be queued");
+        if (store_bx_late(s, w_late, w) < 0) {
+            free(w);
+            return -1;
+        }
     }
     return 0;
 }
 
+/* Reclaim is PostgreSQL's autovacuum (dead rows' room reused, and given
+ * back by VACUUM's truncation): nothing to do here. */
 int store_bx_reclaim(struct store *s, store_done_fn fn, void *arg) {
     struct bx_w *w = w_new(s, fn, arg, W_RECLAIM);
     if (!w)

@@ -474,4 +474,5 @@ const struct store_backend_ops store_pg_backend = {
     .backlog = store_pg_backlog,
     .endpoint_queue = store_pg_endpoint_queue,
     .endpoint_blocked = store_pg_endpoint_blocked,
+    .prune = store_pg_prune,
 };

@@ -35,7 +35,8 @@
 #include "util.h"
 
 /* ---- the backend (store_pg_be.c: open, transactions; store_pg_write.c:
- * the group's writes; store_pg_claim.c: claims; store_pg_read.c: reads) ---- */
+ * the group's writes; store_pg_claim.c: claims; store_pg_read.c: reads;
+ * store_pg_retain.c: retention) ---- */
 
 struct event;
 struct pg_op;
@@ -187,5 +188,8 @@ int store_pg_endpoint_queue(struct store_be *be, const char *name, int64_t now, 
 int store_pg_endpoint_blocked(struct store_be *be, const char *name, size_t max,
                               store_be_done_fn cb, void *arg);
 int store_pg_delivery_counts(struct store_be *be, store_be_done_fn cb, void *arg);
+/* store_pg_retain.c */
+int store_pg_prune(struct store_be *be, const struct store_prune *p, store_be_done_fn cb,
+                   void *arg);
 
 #endif

@@ -353,7 +353,6 @@ def test_ssrf_guard_refuses_loopback_unless_allowed():
     assert sink2.count == 1
 
 
-@wb.not_yet_on_postgresql('retention (pruning) is not built there')
 def test_retention_prunes_delivered_events_and_keeps_dead_letters():
     sink = wb.Sink([406], default=200)
     g = gateway(sink.url, retention="1s")
@@ -422,25 +421,42 @@ def test_million_pending_backlog_keeps_ingest_and_delivery_fast():
     assert lat[50] < 0.1 and lat[95] < 0.5, lat
 
 
-@wb.sqlite_only("builds its 50,000-event backlog with SQL on SQLite's schema (deliveries, delivery_counts); "
-                "retention on PostgreSQL is test_retention_prunes_delivered_events_and_keeps_dead_letters")
+def _old_backlog(g, n, old):
+    """n delivered events received from old on (Unix ms), one delivery
+    each, evt_old_7's failed (a dead letter), written with SQL on the
+    store's own schema while the gateway is stopped."""
+    pgdb = g._pg_db()
+    if pgdb is not None:
+        pgdb.sql("INSERT INTO events (id, source, source_id, type, status, received_at, data)"
+                 " SELECT 'evt_old_' || i, 'atoship', 'old-' || i, 'x', 'routed', %d + i, '{}'"
+                 " FROM generate_series(1, %d) AS i;"
+                 " INSERT INTO deliveries (id, event_id, endpoint, payload, created_at)"
+                 " SELECT 'dlv_old_' || seq, id, 'erp', '\\x7b7d', received_at FROM events"
+                 " WHERE id LIKE 'evt_old_%%';"
+                 " INSERT INTO delivery_outcomes (delivery_seq, status, attempts, at, endpoint)"
+                 " SELECT d.seq, CASE WHEN d.event_id = 'evt_old_7' THEN 'failed'"
+                 " ELSE 'delivered' END, 1, d.created_at, 'erp' FROM deliveries d"
+                 " WHERE d.id LIKE 'dlv_old_%%'" % (old, n))
+        return
+    db = sqlite3.connect(g.path("waybill.db"))
+    db.execute("""WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?2)
+                  INSERT INTO events(id, source, source_id, type, status, received_at, data)
+                  SELECT 'evt_old_' || i, 'atoship', 'old-' || i, 'x', 'routed', ?1 + i, '{}' FROM n""",
+               (old, n))
+    db.execute("""INSERT INTO deliveries(id, event_id, endpoint, status, payload, next_at, created_at)
+                  SELECT 'dlv_old_' || seq, id, 'erp', 'delivered', '{}', 0, received_at
+                  FROM events WHERE id LIKE 'evt_old_%'""")
+    db.execute("UPDATE deliveries SET status = 'failed' WHERE event_id = 'evt_old_7'")
+    recount(db)
+    db.commit()
+    db.close()
+
+
 def test_retention_prunes_a_large_backlog_in_batches_while_ingest_flows():
     sink = wb.Sink()
     g = gateway(sink.url, retention="1h")
     g.stop()
-    db = sqlite3.connect(g.path("waybill.db"))
-    old = int(time.time() * 1000) - 2 * 3600 * 1000
-    db.execute("""WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50000)
-                  INSERT INTO events(id, source, source_id, type, status, received_at, data)
-                  SELECT 'evt_old_' || i, 'atoship', 'old-' || i, 'x', 'routed', ?1 + i, '{}' FROM n""",
-               (old,))
-    db.execute("""INSERT INTO deliveries(id, event_id, endpoint, status, payload, next_at, created_at)
-                  SELECT 'dlv_old_' || seq, id, 'erp', 'delivered', '{}', 0, received_at
-                  FROM events WHERE id LIKE 'evt_old_%'""")
-    db.execute("UPDATE deliveries SET status = 'failed' WHERE id = 'dlv_old_7'")  # a dead letter
-    recount(db)
-    db.commit()
-    db.close()
+    _old_backlog(g, 50000, int(time.time() * 1000) - 2 * 3600 * 1000)
     g.start()
     lat = []
     for i in range(100):
@@ -450,11 +466,7 @@ def test_retention_prunes_a_large_backlog_in_batches_while_ingest_flows():
     sink.wait_for_count(100, timeout=10)
 
     def left():
-        c = sqlite3.connect(g.path("waybill.db"))
-        try:
-            return c.execute("SELECT count(*) FROM events WHERE id LIKE 'evt_old_%'").fetchone()[0]
-        finally:
-            c.close()
+        return g.db_rows("SELECT count(*) FROM events WHERE id LIKE 'evt_old_%'")[0][0]
     g.wait_for(lambda: left() == 1, timeout=30, message="old delivered events pruned")
     assert g.event("evt_old_7")["deliveries"][0]["status"] == "failed"
     lat.sort()

@@ -1,7 +1,9 @@
 """Retention that keeps up (SPEC section 9, issue 18): a store fed at a steady
 rate well past its retention period stays flat -- file size and row counts --
 while dead letters stay and the events around them go; batch items and batch
-deliveries go with their windows. Real binary, real sinks on 127.0.0.1.
+deliveries go with their windows. Real binary, real sinks on 127.0.0.1;
+on both stores (the file's size is SQLite's part; PostgreSQL's dead tuples
+and VACUUM are issue 15's bloat bench).
 
 The long form (10 minutes at half the sustained rate, 1-minute retention)
 belongs to the torture suite; this one takes a 2-second retention, which the
@@ -16,8 +18,6 @@ import time
 import wb
 
 SECRET = "retention-secret"
-SQLITE_ONLY = ("the SQLite file's pages in use, free pages and reclaim (page counts read through "
-               "sqlite3): PostgreSQL's dead tuples and VACUUM are issue 15's bloat bench")
 
 
 def gateway(sink, dead, retention="2s"):
@@ -73,14 +73,11 @@ def feed(g, rate, seconds, dead_every, acked, errors):
 
 
 def counts(g):
-    db = sqlite3.connect("file:%s?mode=ro" % g.path("waybill.db"), uri=True, timeout=5)
-    try:
-        row = {t: db.execute("SELECT count(*) FROM %s" % t).fetchone()[0]
-               for t in ("events", "deliveries", "attempts", "batch_items")}
-        row["batches"] = db.execute("SELECT count(*) FROM deliveries WHERE batch = 1").fetchone()[0]
-        return row
-    finally:
-        db.close()
+    """The rows of the store, committed (either backend)."""
+    names = ("events", "deliveries", "attempts", "batch_items")
+    row = g.db_rows("SELECT " + ", ".join("(SELECT count(*) FROM %s)" % t for t in names) +
+                    ", (SELECT count(*) FROM deliveries WHERE batch)")[0]
+    return dict(zip(names + ("batches",), row))
 
 
 def live_size(g):
@@ -91,7 +88,11 @@ def live_size(g):
     (posters behind schedule on a loaded machine catch up at once), whose
     pages retention frees and later rows reuse -- that the file itself
     stays flat over minutes is the torture soak's row. Here: that what the
-    store holds stays what a few seconds of traffic make."""
+    store holds stays what a few seconds of traffic make. PostgreSQL: None
+    (its dead tuples and VACUUM are issue 15's bloat bench; the row counts
+    are this test's part there)."""
+    if wb.PG:
+        return None
     db = sqlite3.connect("file:%s?mode=ro" % g.path("waybill.db"), uri=True, timeout=5)
     try:
         pages, free, size = db.execute(
@@ -132,25 +133,22 @@ def test_store_stays_flat_past_retention_and_keeps_dead_letters():
         assert c["batches"] <= 10, (t, c)
         assert c["attempts"] <= 3 * window, (t, c)
     assert last[2]["events"] <= first[2]["events"] * 1.5 + 100, (first, last)
-    assert last[1] <= first[1] * 1.3 + 256 * 1024, ("store grew", first[1], last[1])
+    if not wb.PG:
+        assert last[1] <= first[1] * 1.3 + 256 * 1024, ("store grew", first[1], last[1])
 
     # Every dead letter is kept, and nothing else older than the retention
     # period and the sweep's lag is left (the sweep did not stall behind them).
     dead_ids = {e for e, typ in acked if typ == "shipment.exception"}
     time.sleep(4)
-    db = sqlite3.connect("file:%s?mode=ro" % g.path("waybill.db"), uri=True, timeout=5)
-    try:
-        have = {r[0] for r in db.execute("SELECT id FROM events")}
-        stale = db.execute("SELECT count(*) FROM events WHERE received_at < ?",
-                           (int(time.time() * 1000) - 3500,)).fetchone()[0]
-        items = db.execute("SELECT count(*) FROM batch_items").fetchone()[0]
-    finally:
-        db.close()
+    have = {r[0] for r in g.db_rows("SELECT id FROM events")}
+    stale, items = g.db_rows("SELECT (SELECT count(*) FROM events WHERE received_at < ?),"
+                             " (SELECT count(*) FROM batch_items)",
+                             (int(time.time() * 1000) - 3500,))[0]
     assert dead_ids <= have, len(dead_ids - have)
     assert stale == len(dead_ids), (stale, len(dead_ids))
     assert items == 0, items
     ev = g.event(sorted(dead_ids)[0])
     assert {d["endpoint"]: d["status"] for d in ev["deliveries"]}["dead"] == "failed", ev
-    print("  retention: %d events acked, store at end %s, file %.1f -> %.1f MiB"
-          % (len(acked), json.dumps(last[2]), first[1] / 1048576, last[1] / 1048576),
-          file=sys.__stderr__)
+    print("  retention: %d events acked, store at end %s%s"
+          % (len(acked), json.dumps(last[2]), "" if wb.PG else ", file %.1f -> %.1f MiB"
+             % (first[1] / 1048576, last[1] / 1048576)), file=sys.__stderr__)
