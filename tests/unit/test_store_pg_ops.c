@@ -994,6 +994,33 @@ static int mode_claim(char **argv, int hold, int once) {
     return 0;
 }
 
+/* for EP LEASE MAX MS: claims again and again for MS ms (a rated claim:
+ * CLAIM_CAP and CLAIM_RATE), printing each row claimed and, after a claim
+ * of none, the wait its answer gave ("wait MS"), slept before the next. */
+static int mode_for(char **argv) {
+    struct answer a;
+    size_t total = 0, max = (size_t)atoi(argv[2]);
+    int64_t lease = atoll(argv[1]), end;
+    gun();
+    end = util_mono_ms() + atoll(argv[3]);
+    while (util_mono_ms() < end) {
+        int st = claim_once(argv[0], lease, max, -1, &a);
+        if (st < 0) {
+            printf("error %s\n", a.err);
+            return 1;
+        }
+        for (size_t i = 0; i < a.n; i++)
+            printf("claimed %lld\n", (long long)a.seqs[i]);
+        total += a.n;
+        if (!a.n) {
+            printf("wait %d\n", st);
+            usleep((useconds_t)(st > 0 ? st : 1) * 1000);
+        }
+    }
+    printf("done %zu\n", total);
+    return 0;
+}
+
 static int mode_close(char **argv) {
     struct store_batch_window w = {
         .endpoint = argv[0], .window_start = atoll(argv[1]), .window_ms = atoll(argv[2])};
@@ -1018,7 +1045,7 @@ static int mode_attempt(char **argv) {
 static int usage(const char *why) {
     fprintf(stderr,
             "test_store_pg_ops: %s\n"
-            "usage: test_store_pg_ops URL checks|put|claim|hold|once|close|attempt ...\n"
+            "usage: test_store_pg_ops URL checks|put|claim|hold|once|for|close|attempt ...\n"
             "(the URL is argv[1] or $WB_PG_URL: tests/integration/test_pg_ops.py runs this\n"
             "against a real PostgreSQL; it never passes without one)\n",
             why);
@@ -1056,6 +1083,8 @@ int main(int argc, char **argv) {
                 strcmp(mode, "once") == 0) &&
                argc >= skip + 4) {
         rc = mode_claim(argv + skip + 1, mode[0] == 'h', mode[0] == 'o');
+    } else if (strcmp(mode, "for") == 0 && argc >= skip + 5) {
+        rc = mode_for(argv + skip + 1);
     } else if (strcmp(mode, "close") == 0 && argc >= skip + 4) {
         rc = mode_close(argv + skip + 1);
     } else if (strcmp(mode, "attempt") == 0 && argc >= skip + 4) {
