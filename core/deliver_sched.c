@@ -795,12 +795,13 @@ void deliver_watch_endpoint(struct deliver *d, const char *name) {
 
 /* ---- the watchdog ---- */
 
-/* 1 when ep could start a delivery now: enabled, a free slot, a token. */
+/* 1 when ep could start a delivery now: enabled, a free slot, a token
+ * (its own, and on a shared store the endpoint's bucket's). */
 static int deliver_ep_free_slot(const struct deliver *d, const struct deliver_ep *ep,
                                 const struct config_endpoint *cep, int64_t mono) {
     if (!cep || !cep->enabled || deliver_ep_off(d, ep))
         return 0;
-    if (ep->token_wait && ep->token_wait > mono)
+    if ((ep->token_wait && ep->token_wait > mono) || ep->shared_wait > mono)
         return 0;
     return ep->inflight < deliver_endpoint_limit(cep);
 }

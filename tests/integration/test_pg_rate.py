@@ -110,6 +110,10 @@ def test_rate_holds_across_three_instances_on_one_database():
     # the bucket does not starve them either: the backlog goes at about the rate
     assert span <= (N_EVENTS / RATE) * 1.6 * SLOW + 2, "too slow for rate = %d: %s" % (RATE, ctx)
     assert sum(1 for a in per if a > 0) >= 2, "not sent by several instances: " + ctx
+    # waiting for the shared bucket is neither a stuck endpoint nor a lost wake-up
+    for g in gws:
+        log = g.log()
+        assert "are not going out" not in log and "scheduler bug" not in log, log[-3000:]
 
 
 def _config(url):
