@@ -77,6 +77,8 @@ struct deliver_ep {
     double tokens;                    /* rate limit bucket (SPEC 7 `rate`) */
     int64_t tokens_at;                /* monotonic ms of the last refill, 0 = unused */
     int64_t token_wait;               /* monotonic ms the next token is there, 0 = now */
+    int64_t shared_wait;              /* a shared store: monotonic ms the endpoint's bucket in
+                                         the store (all instances') has a token again, 0 = now */
     uint64_t progress;                /* claims tried + transfers started, ever */
     uint64_t progress_seen;           /* progress when due_free_since was set */
     int64_t due_free_since;           /* monotonic ms since due with a free slot, 0 = not */

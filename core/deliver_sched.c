@@ -151,7 +151,7 @@ static int deliver_ep_take_token(struct deliver_ep *ep, const struct config_endp
     ep->token_wait = 0;
     if (cep->rate <= 0)
         return 1;
-    cap = cep->rate / 10.0 < 1.0 ? 1.0 : cep->rate / 10.0;
+    cap = store_rate_burst(cep->rate);
     now = util_mono_ms();
     if (!ep->tokens_at) /* first use: empty */
         ep->tokens_at = now;
@@ -176,6 +176,14 @@ static int deliver_ep_token_ready(struct deliver_ep *ep, const struct config_end
         return 0;
     ep->tokens += 1.0; /* given back: only looked */
     return 1;
+}
+
+/* The whole tokens ep's bucket holds now (none taken), at least one; 0
+ * with its timer armed for the next when it holds none. */
+static int deliver_ep_tokens(struct deliver_ep *ep, const struct config_endpoint *cep) {
+    if (!deliver_ep_token_ready(ep, cep))
+        return 0;
+    return ep->tokens < 1.0 ? 1 : (int)ep->tokens;
 }
 
 /* ep's share of what is claimed into memory, waiting + in flight: its
@@ -367,12 +375,13 @@ static void deliver_ep_claim(struct deliver *d, struct deliver_ep *ep, size_t wa
         /* a shared store: the endpoint's concurrency across instances */
         const struct config_endpoint *cep = d->shared ? deliver_endpoint(d, ep->name) : NULL;
         size_t cap = cep ? (size_t)deliver_endpoint_limit(cep) : 0;
+        double rate = cep && cep->rate > 0 ? cep->rate : 0; /* and its rate, ditto */
         r->ep = ep;
         r->want = want;
         rc = ordered ? store_read_claim_ordered(d->store, ep->name, r->now, d->lease_ms, want,
                                                 deliver_ep_answer, r)
                      : store_read_claim_due(d->store, ep->name, r->now, d->lease_ms, want, cap,
-                                            deliver_ep_answer, r);
+                                            rate, deliver_ep_answer, r);
     }
     if (rc < 0) {
         if (r)
@@ -396,6 +405,42 @@ static void deliver_ep_start_waiting(struct deliver *d, struct deliver_ep *ep,
         deliver_ep_start(d, ep, deliver_ep_pop(ep), cep);
 }
 
+/* A rate-limited endpoint on a shared store: each claim takes tokens from
+ * the endpoint's bucket in the store, shared by every instance (the rate
+ * across instances, store_read_claim_due). So a claim asks only for rows
+ * that start at once (a free slot and a token of this instance's own
+ * bucket each, which stays as a per-instance bound): a row claimed and
+ * left waiting here would go out later than the shared bucket let it, and
+ * the instances' sends would no longer follow their claims. And no claim
+ * before the shared bucket has a token again (the last claim said when):
+ * the timer looks then. */
+static void deliver_ep_service_shared_rate(struct deliver *d, struct deliver_ep *ep,
+                                           const struct config_endpoint *cep) {
+    int64_t mono = util_mono_ms();
+    int room, free_slots, tokens;
+
+    deliver_ep_start_waiting(d, ep, cep);
+    room = deliver_ep_window(cep) - ep->nwaiting - ep->inflight;
+    free_slots = deliver_endpoint_limit(cep) - ep->inflight;
+    if (ep->nwaiting || free_slots <= 0) /* a token's timer or a completion looks again */
+        return;
+    if (ep->shared_wait > mono) {
+        deliver_ep_arm(ep, ep->shared_wait - mono);
+        return;
+    }
+    ep->shared_wait = 0;
+    if (!(tokens = deliver_ep_tokens(ep, cep)))
+        return; /* its timer is armed for the next token */
+    if (room > free_slots)
+        room = free_slots;
+    if (room > tokens)
+        room = tokens;
+    if (room > 0)
+        deliver_ep_claim(d, ep, (size_t)room, 0);
+    else if (!ep->inflight)
+        deliver_ep_arm(ep, 0); /* not expected: look again */
+}
+
 /* An unordered endpoint: start what its slots and tokens allow, then
  * claim into its window (the answer goes on). Started first, so a row that
  * cannot start has its outcome written before the claim reads the next due
@@ -406,6 +451,10 @@ static void deliver_ep_service_plain(struct deliver *d, struct deliver_ep *ep,
                                      const struct config_endpoint *cep) {
     int window = deliver_ep_window(cep), room;
 
+    if (d->shared && cep->rate > 0) {
+        deliver_ep_service_shared_rate(d, ep, cep);
+        return;
+    }
     deliver_ep_start_waiting(d, ep, cep);
     room = window - ep->nwaiting - ep->inflight;
     /* Claim when the FIFO is empty, or a quarter of the window is free:
@@ -421,6 +470,18 @@ static void deliver_ep_service_plain(struct deliver *d, struct deliver_ep *ep,
         deliver_ep_arm(ep, 0); /* nothing held and no claim: not expected; look again */
 }
 
+/* A shared store with a rate: ep looks again once both buckets hold a
+ * token, the shared one (its last claim said when) and its own
+ * (deliver_ep_token_ready arms the timer for that one). */
+static void deliver_ep_rate_look(struct deliver_ep *ep, const struct config_endpoint *cep) {
+    int64_t mono = util_mono_ms();
+
+    if (ep->shared_wait > mono)
+        deliver_ep_arm(ep, ep->shared_wait - mono);
+    else if (deliver_ep_token_ready(ep, cep))
+        deliver_ep_arm(ep, 0);
+}
+
 /* A claim's answer for an unordered endpoint (its rows taken): start what
  * slots allow, then sleep until the next row is due, read with the claim
  * (one clock reading, claim_now, for both: a second one could see the next
@@ -431,6 +492,8 @@ static void deliver_ep_plain_answer(struct deliver *d, struct deliver_ep *ep,
                                     size_t want) {
     int64_t next = res->next_due;
 
+    if (res->rate_wait > 0) /* the shared bucket is empty: no claim before its next token */
+        ep->shared_wait = util_mono_ms() + res->rate_wait;
     deliver_ep_start_waiting(d, ep, cep);
     if (res->status < 0) {
         deliver_ep_arm(ep, DELIVER_POLL_MS);
@@ -445,15 +508,24 @@ static void deliver_ep_plain_answer(struct deliver *d, struct deliver_ep *ep,
     }
     /* Rows waiting: for a slot (a completion looks again) or a token (the
      * timer is armed). In flight after a full claim: more may be due, and
-     * each completion looks again. */
-    if (ep->head || (ep->inflight && res->n == want))
+     * each completion looks again; on a shared store with a rate, also
+     * when the buckets hold a token again (its claims are a token's worth:
+     * slow completions must not hold back the next). */
+    if (ep->head)
         return;
+    if (ep->inflight && res->n == want) {
+        if (d->shared && cep->rate > 0)
+            deliver_ep_rate_look(ep, cep);
+        return;
+    }
     if (next == INT64_MAX)
         return;   /* nothing pending: new rows come with a kick */
     if (next < 0) /* a store error */
         deliver_ep_arm(ep, DELIVER_POLL_MS);
     else if (next > claim_now)
         deliver_ep_arm(ep, next - util_now_ms());
+    else if (d->shared && res->n < want && res->rate_wait > 0) /* the shared bucket ran out */
+        deliver_ep_arm(ep, res->rate_wait);
     else if (d->shared && res->n < want) /* due, and other instances hold the slots */
         deliver_ep_arm(ep, DELIVER_SHARED_POLL_MS);
     else /* more due behind a full claim */
@@ -723,12 +795,13 @@ void deliver_watch_endpoint(struct deliver *d, const char *name) {
 
 /* ---- the watchdog ---- */
 
-/* 1 when ep could start a delivery now: enabled, a free slot, a token. */
+/* 1 when ep could start a delivery now: enabled, a free slot, a token
+ * (its own, and on a shared store the endpoint's bucket's). */
 static int deliver_ep_free_slot(const struct deliver *d, const struct deliver_ep *ep,
                                 const struct config_endpoint *cep, int64_t mono) {
     if (!cep || !cep->enabled || deliver_ep_off(d, ep))
         return 0;
-    if (ep->token_wait && ep->token_wait > mono)
+    if ((ep->token_wait && ep->token_wait > mono) || ep->shared_wait > mono)
         return 0;
     return ep->inflight < deliver_endpoint_limit(cep);
 }

@@ -593,6 +593,9 @@ struct store_result {
                                               earliest open window's end (INT64_MAX: none,
                                               -1: a store error) */
     int64_t head, head_at;                 /* claim_ordered: store_endpoint_head's answer */
+    int64_t rate_wait;                     /* claim_due with a rate on a shared store: ms until
+                                              the endpoint's shared bucket holds a token again
+                                              (0: it holds one, or there is no shared bucket) */
     const struct store_endpoint_due *dues; /* store_read_endpoints_due (ndues) */
     size_t ndues;
 };
@@ -650,9 +653,22 @@ int store_read_ping(struct store *s, store_read_fn fn, void *arg);
  * leaves at most cap of the endpoint's rows leased at once, every
  * instance's counted (the endpoint's `concurrency` across instances:
  * claims of one endpoint take turns on its endpoint_state row). SQLite has
- * one process, whose slots are the cap: it ignores cap. */
+ * one process, whose slots are the cap: it ignores cap.
+ * rate > 0 with cap > 0 (the endpoint's `rate` across instances): the
+ * claim also takes one token per row from the endpoint's bucket in the
+ * database, shared by every instance (refilled at rate per second by the
+ * database's clock, up to store_rate_burst(rate), starting empty), and
+ * claims no more rows than it holds whole tokens; rate_wait says when the
+ * next one is there. SQLite ignores rate (the scheduler's own bucket is
+ * the whole endpoint's there). */
 int store_read_claim_due(struct store *s, const char *name, int64_t now, int64_t lease_ms,
-                         size_t max, size_t cap, store_read_fn fn, void *arg);
+                         size_t max, size_t cap, double rate, store_read_fn fn, void *arg);
+/* An endpoint's `rate` bucket holds up to a tenth of a second's worth of
+ * tokens, at least one (SPEC 7): the scheduler's own bucket and the shared
+ * one alike. */
+static inline double store_rate_burst(double rate) {
+    return rate / 10.0 < 1.0 ? 1.0 : rate / 10.0;
+}
 /* An ordered endpoint's look: store_endpoint_head (head, head_at; status -1
  * when it fails), then, when max > 0 and the head is due at now,
  * store_endpoint_claim of up to max rows from the head on (after_seq =

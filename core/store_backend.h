@@ -359,9 +359,15 @@ struct store_backend_ops {
      * endpoint_state row (claims of one endpoint take turns, across
      * instances), then takes at most cap minus the endpoint's rows whose
      * lease is live (any instance's): the endpoint's concurrency holds
-     * across instances. rows: struct store_delivery[n]. */
+     * across instances. rate > 0 (with cap > 0): under that lock, the
+     * endpoint's shared token bucket is refilled (rate per second by the
+     * database's clock, up to store_rate_burst(rate)) and the claim takes
+     * at most its whole tokens, one per row; its status is then the ms
+     * until the bucket holds a token again (0: it holds one). rows:
+     * struct store_delivery[n]. */
     int (*claim)(struct store_be *be, const char *endpoint, int64_t after_seq, int64_t now,
-                 int64_t lease_ms, size_t max, size_t cap, store_be_done_fn cb, void *arg);
+                 int64_t lease_ms, size_t max, size_t cap, double rate, store_be_done_fn cb,
+                 void *arg);
 
     /* ---- reads (R) ---- */
     int (*ping)(struct store_be *be, store_be_done_fn cb, void *arg);

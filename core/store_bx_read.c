@@ -59,7 +59,8 @@ struct bx_rd {
     size_t limit; /* pages: rows that make a full page */
     int64_t now, lease_ms;
     size_t max;
-    size_t cap; /* a due claim's: the endpoint's rows leased at most, all instances' */
+    size_t cap;  /* a due claim's: the endpoint's rows leased at most, all instances' */
+    double rate; /* a due claim's: the endpoint's `rate` (0: none), all instances' */
     char *name;
     struct store_result res; /* what the answer says; rows point below or at borrowed ones */
     struct store_delivery *claimed;
@@ -412,6 +413,8 @@ static void part_answer(void *arg, int status, const void *rows, size_t n, const
         } else if (rd->kind == R_CLAIM_DUE || rd->kind == R_CLAIM_ORDERED) {
             if (status >= 0 && claimed_copy(rd, rows, n) < 0)
                 rd_fail(rd, "store: out of memory");
+            if (rd->kind == R_CLAIM_DUE && status > 0) /* the shared bucket's wait */
+                r->rate_wait = status;
         } else if (status >= 0) {
             main_answer(rd, status, rows, n);
         }
@@ -557,7 +560,7 @@ int store_bx_read_endpoints(struct store *s, const char *const *names, size_t n,
 static void claim_due_issue(struct bx_rd *rd) {
     struct store *s = rd->s;
     PART(rd, P_MAIN, 0,
-         s->ops->claim(s->be, rd->name, -1, rd->now, rd->lease_ms, rd->max, rd->cap, CB));
+         s->ops->claim(s->be, rd->name, -1, rd->now, rd->lease_ms, rd->max, rd->cap, rd->rate, CB));
     /* the next due time as the claim left it: read after it (in order) */
     PART(rd, P_NEXT_DUE, 0, s->ops->endpoint_next_due(s->be, rd->name, CB));
     rd_issued(rd);
@@ -577,8 +580,8 @@ static void claim_after_groups(void *arg, int ok) {
 }
 
 static int claim_start(struct store *s, enum bx_rkind kind, const char *name, int64_t now,
-                       int64_t lease_ms, size_t max, size_t cap, store_read_fn fn, void *arg,
-                       void (*issue)(struct bx_rd *rd)) {
+                       int64_t lease_ms, size_t max, size_t cap, double rate, store_read_fn fn,
+                       void *arg, void (*issue)(struct bx_rd *rd)) {
     struct store_bx *x = s->bx;
     struct bx_rd *rd = rd_new(s, kind, fn, NULL, arg, 2);
     if (!rd)
@@ -587,6 +590,7 @@ static int claim_start(struct store *s, enum bx_rkind kind, const char *name, in
     rd->lease_ms = lease_ms;
     rd->max = max;
     rd->cap = cap;
+    rd->rate = rate;
     rd->issue = issue;
     if (kind == R_CLAIM_ORDERED)
         rd->res.next_due = -1;
@@ -601,8 +605,9 @@ static int claim_start(struct store *s, enum bx_rkind kind, const char *name, in
 }
 
 int store_bx_read_claim_due(struct store *s, const char *name, int64_t now, int64_t lease_ms,
-                            size_t max, size_t cap, store_read_fn fn, void *arg) {
-    return claim_start(s, R_CLAIM_DUE, name, now, lease_ms, max, cap, fn, arg, claim_due_issue);
+                            size_t max, size_t cap, double rate, store_read_fn fn, void *arg) {
+    return claim_start(s, R_CLAIM_DUE, name, now, lease_ms, max, cap, rate, fn, arg,
+                       claim_due_issue);
 }
 
 /* The head answered: claim from it when it is due and rows are wanted. */
@@ -613,12 +618,12 @@ static void ordered_claim(struct bx_rd *rd) {
     if (r->head == INT64_MAX || rd->max == 0 || r->head_at > rd->now || rd->status < 0)
         return;
     PART(rd, P_MAIN, 0,
-         s->ops->claim(s->be, rd->name, r->head - 1, rd->now, rd->lease_ms, rd->max, 0, CB));
+         s->ops->claim(s->be, rd->name, r->head - 1, rd->now, rd->lease_ms, rd->max, 0, 0, CB));
 }
 
 int store_bx_read_claim_ordered(struct store *s, const char *name, int64_t now, int64_t lease_ms,
                                 size_t max, store_read_fn fn, void *arg) {
-    return claim_start(s, R_CLAIM_ORDERED, name, now, lease_ms, max, 0, fn, arg,
+    return claim_start(s, R_CLAIM_ORDERED, name, now, lease_ms, max, 0, 0, fn, arg,
                        claim_ordered_issue);
 }
 

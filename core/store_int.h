@@ -354,7 +354,7 @@ int store_bx_read_endpoints(struct store *s, const char *const *names, size_t n,
                             int64_t due_cap, int counts, const char *blocked_of, size_t blocked_max,
                             store_read_fn fn, void *arg);
 int store_bx_read_claim_due(struct store *s, const char *name, int64_t now, int64_t lease_ms,
-                            size_t max, size_t cap, store_read_fn fn, void *arg);
+                            size_t max, size_t cap, double rate, store_read_fn fn, void *arg);
 int store_bx_read_claim_ordered(struct store *s, const char *name, int64_t now, int64_t lease_ms,
                                 size_t max, store_read_fn fn, void *arg);
 int store_bx_read_endpoints_due(struct store *s, const char *const *names, size_t n, int pending,

@@ -26,7 +26,8 @@
  * - batch_items and batch_windows: a window per (endpoint, key, start),
  *   closed once (its row's closed_at, set under the row's lock).
  * - endpoint_state: disable/enable and counters, plus the ordered head's
- *   owner and expiry (one instance owns an ordered endpoint's head).
+ *   owner and expiry (one instance owns an ordered endpoint's head), and
+ *   (version 2) the endpoint's `rate` bucket shared by all instances.
  * - subscriptions, nonces: as in the SQLite store.
  * - store_meta: the seq high-water marks; instances: who holds leases.
  * SPDX-License-Identifier: MIT */
@@ -41,7 +42,7 @@
 #include "store_pg_int.h"
 #include "util.h"
 
-/* ---- the schema, version 1 ---- */
+/* ---- the schema, version 1 (each later version adds its step below) ---- */
 
 static const char *const schema_v1[] = {
     "CREATE TABLE events ("
@@ -172,12 +173,23 @@ static const char *const schema_v1[] = {
     " version text NOT NULL)",
 };
 
+/* ---- version 2: an endpoint's `rate` across instances ---- */
+
+/* The endpoint's token bucket, shared by every instance's claims (see
+ * store_pg_claim.c): tokens held, and the database clock's Unix ms of the
+ * last refill (0: never used; the bucket starts empty). */
+static const char *const schema_v2[] = {
+    "ALTER TABLE endpoint_state ADD COLUMN tokens double precision NOT NULL DEFAULT 0,"
+    " ADD COLUMN tokens_at bigint NOT NULL DEFAULT 0",
+};
+
 /* Each version's statements, in order: versions[v - 1] brings v - 1 to v. */
 static const struct {
     const char *const *sql;
     size_t n;
 } versions[STORE_PG_SCHEMA_VERSION] = {
     {schema_v1, sizeof schema_v1 / sizeof schema_v1[0]},
+    {schema_v2, sizeof schema_v2 / sizeof schema_v2[0]},
 };
 
 /* ---- the schema step: a small state machine on a private loop ---- */
@@ -258,7 +270,7 @@ static void on_committed(void *arg, const PGresult *res, const char *err) {
     else
         snprintf(state, sizeof state, "upgraded the schema from version %lld to %d", j->version,
                  STORE_PG_SCHEMA_VERSION);
-    job_end(j, 0, "store: '%s': %s", j->shown, state); /* migrate and serve alike */
+    job_end(j, 1, "store: '%s': %s", j->shown, state); /* migrate and serve alike */
 }
 
 /* The DDL from j->version up, the version row and COMMIT: one trip. */

@@ -28,8 +28,9 @@ enum store_pg_mode {
  * once: one creates, the other finds it made), and writes one line for the
  * user into msg: what was done or found, or why not (unreachable, refused
  * password, a schema newer than this binary, a failed statement). Returns
- * 0 when it succeeded (check: the schema is this binary's, older, or none
- * yet), else -1. Runs its own event loop
+ * 1 when it created or upgraded the schema, 0 when it succeeded otherwise
+ * (check: the schema is this binary's, older, or none yet), else -1. Runs
+ * its own event loop
  * until done: for the commands, not for a running gateway. */
 int store_pg_schema(const char *url, enum store_pg_mode mode, int connect_ms, int wait_ms,
                     char *msg, size_t msglen);

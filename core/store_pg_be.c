@@ -378,13 +378,16 @@ static int be_open(struct store_be **out, struct event_base *base, const char *u
                    const char *base_dir, char *err, size_t errlen) {
     struct store_be *be = NULL;
     char msg[1024];
+    int rc;
 
     UNUSED(base_dir);
     *out = NULL;
-    if (store_pg_schema(url, STORE_PG_MIGRATE, BE_CONNECT_MS, 0, msg, sizeof msg) < 0) {
+    if ((rc = store_pg_schema(url, STORE_PG_MIGRATE, BE_CONNECT_MS, 0, msg, sizeof msg)) < 0) {
         snprintf(err, errlen, "%s", msg);
         return -1;
     }
+    if (rc > 0) /* this instance created or upgraded the schema: the operator is told */
+        log_msg(LOG_INFO, "%s", msg);
     if (!(be = calloc(1, sizeof *be)) || !(be->url = strdup(url))) {
         snprintf(err, errlen, "store: out of memory");
         goto fail;

@@ -64,6 +64,7 @@ struct pg_op {
     struct store_be_put *put; /* event_put's row, in rows */
     char *text;               /* a read's owned scratch */
     int64_t aux;              /* the op's own (a claim: the statement with its rows) */
+    double rate;              /* a rated claim's rate */
 };
 
 /* A transaction on one connection: BEGIN, the ops' statements, Sync,
@@ -162,7 +163,8 @@ int store_pg_sub_change(struct store_be *be, const char *id, const char *url, st
 int store_pg_sub_set_secret(struct store_be *be, const char *id, const char *secret,
                             store_be_done_fn cb, void *arg);
 int store_pg_claim(struct store_be *be, const char *endpoint, int64_t after_seq, int64_t now,
-                   int64_t lease_ms, size_t max, size_t cap, store_be_done_fn cb, void *arg);
+                   int64_t lease_ms, size_t max, size_t cap, double rate, store_be_done_fn cb,
+                   void *arg);
 int store_pg_batch_due(struct store_be *be, int64_t now, store_be_done_fn cb, void *arg);
 int store_pg_ping(struct store_be *be, store_be_done_fn cb, void *arg);
 int store_pg_events_page(struct store_be *be, const struct store_page *q, store_be_done_fn cb,

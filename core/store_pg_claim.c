@@ -16,6 +16,20 @@
  * expired; the row lock makes two instances' attempts queue), and claims
  * rows only while it holds it, in seq order, without SKIP LOCKED (a
  * skipped row would break the order).
+ *
+ * An endpoint's `rate` across instances (schema version 2): its token
+ * bucket is endpoint_state's tokens and tokens_at, read and written only
+ * under the capped claim's lock on that row, so the instances' claims of
+ * the endpoint take turns on one bucket. Each claim refills it by the
+ * time elapsed since the last refill (the database's clock, one clock
+ * for every instance whatever their hosts' say; never backwards) times
+ * the rate, up to the burst (store_rate_burst: a tenth of a second's
+ * worth, at least one), and takes one token per row it claims, at most
+ * its whole tokens. The rows claimed by all instances in any interval are
+ * then at most rate x interval + burst; the scheduler claims only rows it
+ * starts at once (deliver_sched.c), so what receivers see follows the
+ * claims within a claim's round trip. The bucket starts empty (tokens_at
+ * 0), as the scheduler's own does.
  * SPDX-License-Identifier: MIT */
 #include <stdlib.h>
 #include <stdio.h>
@@ -65,6 +79,30 @@ static const char CLAIM_CAPPED_SQL[] = CLAIM_SET CLAIM_DUE_ROWS
     "  WHERE l.endpoint = $1 AND l.lease_until > $2::bigint)))"
     " FOR UPDATE SKIP LOCKED" CLAIM_RETURNING;
 
+/* The shared bucket ($2 rate per second, $3 burst), refilled under the
+ * lock just taken (a statement of its own: its clock is read once the lock
+ * is held). The clock read once (the FROM) and never moved backwards. */
+static const char RATE_FILL_SQL[] =
+    "UPDATE endpoint_state s SET tokens = CASE WHEN s.tokens_at = 0 THEN 0"
+    " ELSE least($3::float8, s.tokens + greatest(0, c.t - s.tokens_at) * $2::float8 / 1000) END,"
+    " tokens_at = greatest(s.tokens_at, c.t)"
+    " FROM (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS t) c"
+    " WHERE s.name = $1";
+
+/* The capped claim limited to the bucket's whole tokens, which it takes
+ * one per row; one row per claimed row and the tokens left, or, when none
+ * was claimed, one row of NULLs and the tokens (column 14). */
+static const char CLAIM_RATED_SQL[] =
+    "WITH claimed AS (" CLAIM_SET CLAIM_DUE_ROWS
+    " LIMIT least($3::bigint, greatest(0, $6::bigint - (SELECT count(*) FROM delivery_queue l"
+    "  WHERE l.endpoint = $1 AND l.lease_until > $2::bigint)),"
+    "  greatest(0, coalesce((SELECT floor(tokens)::bigint FROM endpoint_state WHERE name = $1), "
+    "0)))"
+    " FOR UPDATE SKIP LOCKED" CLAIM_RETURNING "),"
+    " bucket AS (UPDATE endpoint_state SET tokens = tokens - (SELECT count(*) FROM claimed)"
+    "  WHERE name = $1 RETURNING tokens)"
+    " SELECT claimed.*, bucket.tokens FROM bucket LEFT JOIN claimed ON true";
+
 static const char HEAD_SQL[] =
     "INSERT INTO endpoint_state (name, head_owner, head_until) VALUES ($1, $2, $3::bigint)"
     " ON CONFLICT (name) DO UPDATE SET head_owner = excluded.head_owner,"
@@ -97,6 +135,15 @@ static int by_due(const void *a, const void *b) {
 static int by_seq(const void *a, const void *b) {
     const struct store_delivery *x = a, *y = b;
     return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+/* The ms until a bucket holding tokens has a whole one again at rate. */
+static int rate_wait_ms(double tokens, double rate) {
+    double ms;
+    if (tokens >= 1.0 || rate <= 0)
+        return 0;
+    ms = (1.0 - (tokens < 0 ? 0 : tokens)) * 1000.0 / rate + 1;
+    return ms > 3600000.0 ? 3600000 : (int)ms;
 }
 
 /* One claimed row; returns 0, or -1 when out of memory. */
@@ -138,16 +185,24 @@ static int claimed_row(const PGresult *res, int r, struct store_delivery *d) {
  * ordered endpoint's read-ahead, taken again) is not a takeover. */
 static void count_takeovers(const PGresult *res, int rows) {
     for (int r = 0; r < rows; r++)
-        if (!PQgetisnull(res, r, 12) && PQgetvalue(res, r, 13)[0] == 't')
+        if (!PQgetisnull(res, r, 0) && !PQgetisnull(res, r, 12) && PQgetvalue(res, r, 13)[0] == 't')
             metrics_lease_takeover(PQgetvalue(res, r, 3));
 }
 
+/* A claim's rows (statement op->aux; 0 and 2: due, 1: ordered's, 3: a
+ * rated claim's, whose rows carry the bucket's tokens left, one row of
+ * NULLs when none was claimed: op->status becomes the bucket's wait). */
 static int parse_claim(struct pg_op *op, int k, const PGresult *res) {
     struct store_delivery *d;
-    int rows = PQntuples(res);
+    int rows = PQntuples(res), rated = op->aux == 3;
 
     if (k != op->aux || rows <= 0)
         return 0;
+    if (rated) {
+        op->status = rate_wait_ms(strtod(PQgetvalue(res, 0, 14), NULL), op->rate);
+        if (PQgetisnull(res, 0, 0))
+            return 0; /* none claimed */
+    }
     count_takeovers(res, rows);
     if (!(d = calloc((size_t)rows, sizeof *d)))
         return -1;
@@ -157,15 +212,17 @@ static int parse_claim(struct pg_op *op, int k, const PGresult *res) {
         if (claimed_row(res, r, &d[r]) < 0)
             return -1;
     }
-    qsort(d, op->n, sizeof *d, k == 1 ? by_seq : by_due); /* 1: ordered's; 0, 2: due */
+    qsort(d, op->n, sizeof *d, k == 1 ? by_seq : by_due); /* 1: ordered's; 0, 2, 3: due */
     return 0;
 }
 
 int store_pg_claim(struct store_be *be, const char *endpoint, int64_t after_seq, int64_t now,
-                   int64_t lease_ms, size_t max, size_t cap, store_be_done_fn cb, void *arg) {
-    char n[24], lease[24], lim[24], after[24], until[24], capped[24];
+                   int64_t lease_ms, size_t max, size_t cap, double rate, store_be_done_fn cb,
+                   void *arg) {
+    char n[24], lease[24], lim[24], after[24], until[24], capped[24], r[32], burst[32];
     const char *p[6] = {endpoint, n, lim, be->instance, lease, after};
     const char *pc[6] = {endpoint, n, lim, be->instance, lease, capped};
+    const char *pr[3] = {endpoint, r, burst};
     struct pg_op *op;
     int ret = -1;
 
@@ -176,10 +233,19 @@ int store_pg_claim(struct store_be *be, const char *endpoint, int64_t after_seq,
     snprintf(after, sizeof after, "%lld", (long long)after_seq);
     snprintf(until, sizeof until, "%lld", (long long)(now + lease_ms));
     snprintf(capped, sizeof capped, "%zu", cap);
+    snprintf(r, sizeof r, "%.17g", rate);
+    snprintf(burst, sizeof burst, "%.17g", store_rate_burst(rate));
     if (!(op = pg_single(be, be->rd, 1, cb, arg, parse_claim)))
         goto done;
     op->free_rows = claimed_free;
-    if (after_seq < 0 && cap > 0) {
+    if (after_seq < 0 && cap > 0 && rate > 0) {
+        op->aux = 3; /* the fourth statement has the rows and the bucket */
+        op->rate = rate;
+        if (pg_op_query(op, CAP_ROW_SQL, 1, p) < 0 || pg_op_query(op, CAP_LOCK_SQL, 1, p) < 0 ||
+            pg_op_query(op, RATE_FILL_SQL, 3, pr) < 0 ||
+            pg_op_query(op, CLAIM_RATED_SQL, 6, pc) < 0)
+            op->dropped = 1;
+    } else if (after_seq < 0 && cap > 0) {
         op->aux = 2; /* the third statement has the rows */
         if (pg_op_query(op, CAP_ROW_SQL, 1, p) < 0 || pg_op_query(op, CAP_LOCK_SQL, 1, p) < 0 ||
             pg_op_query(op, CLAIM_CAPPED_SQL, 6, pc) < 0)

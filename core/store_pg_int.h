@@ -92,8 +92,9 @@ const char *store_pg_scrub(const char *url, const char *msg, char *out, size_t o
 
 /* ---- the schema (store_pg.c) ---- */
 
-/* The schema version this binary writes and reads. */
-#define STORE_PG_SCHEMA_VERSION 1
+/* The schema version this binary writes and reads (2: endpoint_state's
+ * shared `rate` bucket). */
+#define STORE_PG_SCHEMA_VERSION 2
 
 /* The key of pg_advisory_xact_lock taken by every schema change ("waybill"
  * in ASCII): a transaction-scoped lock, released at COMMIT or ROLLBACK, so

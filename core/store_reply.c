@@ -341,9 +341,9 @@ int store_read_endpoints(struct store *s, const char *const *names, size_t n, in
 /* ---- the loop's own reads ---- */
 
 int store_read_claim_due(struct store *s, const char *name, int64_t now, int64_t lease_ms,
-                         size_t max, size_t cap, store_read_fn fn, void *arg) {
+                         size_t max, size_t cap, double rate, store_read_fn fn, void *arg) {
     if (s->bx)
-        return store_bx_read_claim_due(s, name, now, lease_ms, max, cap, fn, arg);
+        return store_bx_read_claim_due(s, name, now, lease_ms, max, cap, rate, fn, arg);
     struct store_reply *r = reply_new(REPLY_CLAIM, fn, arg);
     if (!r)
         return -1;

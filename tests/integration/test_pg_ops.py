@@ -327,3 +327,34 @@ def test_an_attempt_is_recorded_once_when_two_processes_race():
         assert db.sql("SELECT status, attempts FROM delivery_outcomes WHERE delivery_seq = %d"
                       % seq) == [["delivered", "1"]]
         assert _one(db, "SELECT count(*) FROM delivery_queue WHERE delivery_seq = %d" % seq) == "0"
+
+
+def test_rated_claims_of_two_processes_take_no_more_than_the_shared_bucket_gives():
+    """An endpoint's rate across instances (schema version 2): two processes
+    claim one endpoint over and over for 2 s with rate = 50 (each claim may
+    ask for 20 rows, the cap is no limit): together they claim at most
+    50 x 2 s + the burst (5), since the bucket in endpoint_state is refilled
+    by the database's clock under the claim's row lock and each row takes a
+    token; and about that many (nothing lost between them). A claim that
+    found the bucket empty says when the next token is due: within 1/rate."""
+    db = _migrated()
+    _seed_queue(db, "ep", 1000)
+    rate, secs = 50, 2.0
+    env = {"CLAIM_CAP": "1000", "CLAIM_RATE": str(rate)}
+    procs = [Proc(db, "for", "ep", 30000, 20, int(secs * 1000), env=env) for _ in range(2)]
+    results = _race(procs)
+    claimed = []
+    waits = []
+    for rc, out, err in results:
+        assert rc == 0, (out, err)
+        claimed += _claimed(out)
+        waits += [int(line.split()[1]) for line in out.splitlines() if line.startswith("wait ")]
+    per = [len(_claimed(out)) for _, out, _ in results]
+    assert len(claimed) == len(set(claimed)), "a row claimed twice"
+    # the two started within a moment of each other: 0.3 s of slack
+    assert len(claimed) <= rate * (secs + 0.3) + rate // 10, "claimed %s in %.1f s at rate %d" % (
+        per, secs, rate)
+    assert len(claimed) >= rate * secs * 0.6, "only %s claimed in %.1f s at rate %d" % (per, secs, rate)
+    assert waits and all(0 < w <= 1000 // rate + 1 for w in waits), sorted(set(waits))
+    left = float(_one(db, "SELECT tokens FROM endpoint_state WHERE name = 'ep'"))
+    assert 0 <= left <= rate / 10, left

@@ -1508,8 +1508,8 @@ static void test_async_claims(struct store *s) {
     put_deliveries(s, "evt_AC2", "aclaim", fresh, 1);
 
     /* two claims before either is answered */
-    CHECK_INT_EQ(store_read_claim_due(s, "aclaim", now, 30000, 2, 0, on_claim, &c1), 0);
-    CHECK_INT_EQ(store_read_claim_due(s, "aclaim", now, 30000, 8, 0, on_claim, &c2), 0);
+    CHECK_INT_EQ(store_read_claim_due(s, "aclaim", now, 30000, 2, 0, 0, on_claim, &c1), 0);
+    CHECK_INT_EQ(store_read_claim_due(s, "aclaim", now, 30000, 8, 0, 0, on_claim, &c2), 0);
     CHECK(!c1.called && !c2.called); /* never inside the call */
     CHECK(!store_idle(s));
     event_base_loop(base, EVLOOP_ONCE);
@@ -1582,7 +1582,8 @@ static void test_async_claims(struct store *s) {
     /* committed, the fresh row is claimed by the next claim */
     CHECK_INT_EQ(commit(s), 1);
     memset(&c1, 0, sizeof c1);
-    CHECK_INT_EQ(store_read_claim_due(s, "aclaim", util_now_ms(), 30000, 8, 0, on_claim, &c1), 0);
+    CHECK_INT_EQ(store_read_claim_due(s, "aclaim", util_now_ms(), 30000, 8, 0, 0, on_claim, &c1),
+                 0);
     CHECK_INT_EQ(store_flush(s), 0); /* a flush answers it */
     CHECK_INT_EQ(c1.called, 1);
     CHECK(c1.n == 1 && c1.next_at[0] == now - 100);

@@ -558,18 +558,18 @@ static void check_keys(void) {
     CHECK(wait_flag(&g.calls, 10000));
     CHECK_INT_EQ(a.status, 0);
     /* k1's head and k2's: not k1's second */
-    CHECK_INT_EQ(ops->claim(be, "epk", -1, now, 30000, 10, 0, on_claim, &c1), 0);
+    CHECK_INT_EQ(ops->claim(be, "epk", -1, now, 30000, 10, 0, 0, on_claim, &c1), 0);
     CHECK(wait_flag(&c1.calls, 10000));
     CHECK_INT_EQ(c1.n, 2);
     CHECK_INT_EQ(one_attempt(head, 1, "failed", 0), 0);
     /* the failed head blocks k1 */
-    CHECK_INT_EQ(ops->claim(be, "epk", -1, now, 30000, 10, 0, on_claim, &c2), 0);
+    CHECK_INT_EQ(ops->claim(be, "epk", -1, now, 30000, 10, 0, 0, on_claim, &c2), 0);
     CHECK(wait_flag(&c2.calls, 10000));
     CHECK_INT_EQ(c2.n, 0);
     check_key_reads(head, second);
     CHECK_INT_EQ(one_state(SKIP, head, NULL), 1);
     CHECK_INT_EQ(one_state(SKIP, head, NULL), 2); /* not holding a key any more */
-    CHECK_INT_EQ(ops->claim(be, "epk", -1, now, 30000, 10, 0, on_claim, &c3), 0);
+    CHECK_INT_EQ(ops->claim(be, "epk", -1, now, 30000, 10, 0, 0, on_claim, &c3), 0);
     CHECK(wait_flag(&c3.calls, 10000));
     CHECK_INT_EQ(c3.n, 1);
     {
@@ -660,7 +660,7 @@ static void check_attempts_and_leases(void) {
     char dlv[64];
 
     /* ep0 has the deliveries of the checks above: claim one */
-    CHECK_INT_EQ(ops->claim(be, "ep1", -1, now, 30000, 1, 0, on_claim, &c), 0);
+    CHECK_INT_EQ(ops->claim(be, "ep1", -1, now, 30000, 1, 0, 0, on_claim, &c), 0);
     CHECK(wait_flag(&c.calls, 10000));
     CHECK_INT_EQ(c.status, 0);
     CHECK_INT_EQ(c.n, 1);
@@ -686,7 +686,7 @@ static void check_attempts_and_leases(void) {
              (long long)seq, (long long)(now + 1000));
     CHECK_INT_EQ(side_int(sql), 1);
     /* not due yet: not claimed */
-    CHECK_INT_EQ(ops->claim(be, "ep1", -1, now, 30000, 100, 0, on_claim, &c2), 0);
+    CHECK_INT_EQ(ops->claim(be, "ep1", -1, now, 30000, 100, 0, 0, on_claim, &c2), 0);
     CHECK(wait_flag(&c2.calls, 10000));
     for (size_t i = 0; i < c2.n; i++)
         CHECK(c2.seqs[i] != seq);
@@ -956,12 +956,12 @@ static int mode_put(char **argv) {
 }
 
 /* CLAIM_CAP in the environment: a capped claim (the endpoint's concurrency
- * across instances). */
+ * across instances); CLAIM_RATE with it: a rated one (its shared bucket). */
 static int claim_once(const char *ep, int64_t lease, size_t max, int64_t after, struct answer *a) {
-    const char *cap = getenv("CLAIM_CAP");
+    const char *cap = getenv("CLAIM_CAP"), *rate = getenv("CLAIM_RATE");
     memset(a, 0, sizeof *a);
-    if (ops->claim(be, ep, after, util_now_ms(), lease, max, cap ? (size_t)atoi(cap) : 0, on_claim,
-                   a) < 0)
+    if (ops->claim(be, ep, after, util_now_ms(), lease, max, cap ? (size_t)atoi(cap) : 0,
+                   rate ? atof(rate) : 0, on_claim, a) < 0)
         return -1;
     wait_flag(&a->calls, 30000);
     return a->calls == 1 ? a->status : -1;
@@ -994,6 +994,33 @@ static int mode_claim(char **argv, int hold, int once) {
     return 0;
 }
 
+/* for EP LEASE MAX MS: claims again and again for MS ms (a rated claim:
+ * CLAIM_CAP and CLAIM_RATE), printing each row claimed and, after a claim
+ * of none, the wait its answer gave ("wait MS"), slept before the next. */
+static int mode_for(char **argv) {
+    struct answer a;
+    size_t total = 0, max = (size_t)atoi(argv[2]);
+    int64_t lease = atoll(argv[1]), end;
+    gun();
+    end = util_mono_ms() + atoll(argv[3]);
+    while (util_mono_ms() < end) {
+        int st = claim_once(argv[0], lease, max, -1, &a);
+        if (st < 0) {
+            printf("error %s\n", a.err);
+            return 1;
+        }
+        for (size_t i = 0; i < a.n; i++)
+            printf("claimed %lld\n", (long long)a.seqs[i]);
+        total += a.n;
+        if (!a.n) {
+            printf("wait %d\n", st);
+            usleep((useconds_t)(st > 0 ? st : 1) * 1000);
+        }
+    }
+    printf("done %zu\n", total);
+    return 0;
+}
+
 static int mode_close(char **argv) {
     struct store_batch_window w = {
         .endpoint = argv[0], .window_start = atoll(argv[1]), .window_ms = atoll(argv[2])};
@@ -1018,7 +1045,7 @@ static int mode_attempt(char **argv) {
 static int usage(const char *why) {
     fprintf(stderr,
             "test_store_pg_ops: %s\n"
-            "usage: test_store_pg_ops URL checks|put|claim|hold|once|close|attempt ...\n"
+            "usage: test_store_pg_ops URL checks|put|claim|hold|once|for|close|attempt ...\n"
             "(the URL is argv[1] or $WB_PG_URL: tests/integration/test_pg_ops.py runs this\n"
             "against a real PostgreSQL; it never passes without one)\n",
             why);
@@ -1056,6 +1083,8 @@ int main(int argc, char **argv) {
                 strcmp(mode, "once") == 0) &&
                argc >= skip + 4) {
         rc = mode_claim(argv + skip + 1, mode[0] == 'h', mode[0] == 'o');
+    } else if (strcmp(mode, "for") == 0 && argc >= skip + 5) {
+        rc = mode_for(argv + skip + 1);
     } else if (strcmp(mode, "close") == 0 && argc >= skip + 4) {
         rc = mode_close(argv + skip + 1);
     } else if (strcmp(mode, "attempt") == 0 && argc >= skip + 4) {
