@@ -173,14 +173,18 @@ static const char *const schema_v1[] = {
     " version text NOT NULL)",
 };
 
-/* ---- version 2: an endpoint's `rate` across instances ---- */
+/* ---- version 2: an endpoint's `rate` across instances; retention ---- */
 
 /* The endpoint's token bucket, shared by every instance's claims (see
  * store_pg_claim.c): tokens held, and the database clock's Unix ms of the
- * last refill (0: never used; the bucket starts empty). */
+ * last refill (0: never used; the bucket starts empty). And the batch
+ * items of a batch delivery found by its id (store_pg_retain.c: without
+ * it each pass touching batched events scanned the whole table). */
 static const char *const schema_v2[] = {
     "ALTER TABLE endpoint_state ADD COLUMN tokens double precision NOT NULL DEFAULT 0,"
     " ADD COLUMN tokens_at bigint NOT NULL DEFAULT 0",
+    "CREATE INDEX batch_items_delivery ON batch_items (delivery_id)"
+    " WHERE delivery_id IS NOT NULL",
 };
 
 /* Each version's statements, in order: versions[v - 1] brings v - 1 to v. */

@@ -77,8 +77,8 @@ static const char PRUNE_LOCK_SQL[] =
  * may go (routed or unrouted; no delivery pending or held -- a queue row
  * -- or failed; no item in an open window, or in a batch not delivered or
  * locked by another pass); xd: their deliveries; xo: the batches with
- * items of other events (one scan of batch_items per pass: it has no index
- * on delivery_id, which would make this an index lookup per batch); xb:
+ * items of other events (an index lookup per batch: batch_items_delivery,
+ * schema version 2); xb:
  * the batches whose last items they hold; wl: those batches' windows, closed and with no
  * open item (a window's row is only the lock its closes take: one that
  * came second names a batch it did not make), unless a close holds one.

@@ -135,6 +135,7 @@ def _as_version_1(db):
     rc, out, err = _run("migrate", db.url)
     assert rc == 0, (out, err)
     db.sql("ALTER TABLE endpoint_state DROP COLUMN tokens, DROP COLUMN tokens_at")
+    db.sql("DROP INDEX batch_items_delivery")
     db.sql("UPDATE waybill_schema SET version = 1")
 
 
@@ -154,6 +155,7 @@ def test_migrate_upgrades_a_version_1_database_to_version_2():
     rc, out, err = _run("migrate", db.url)
     assert rc == 0 and out == "store: '%s': upgraded the schema from version 1 to 2" % shown, (out, err)
     assert _bucket_columns(db) == {"tokens", "tokens_at"}
+    assert db.sql("SELECT count(*) FROM pg_indexes WHERE indexname = 'batch_items_delivery'") == [["1"]]
     assert db.sql("SELECT version FROM waybill_schema ORDER BY version") == [["1"], ["2"]]
     rc, out, err = _run("migrate", db.url)
     assert rc == 0 and out == "store: '%s': schema version 2 is in place, nothing to do" % shown, (out, err)
