@@ -11,7 +11,8 @@
  * answer reaching us, the rows may be leased to this instance, which never
  * got them: nobody would send them before the lease ends (30 s by
  * default). Each claim therefore gets a lease end of its own (a
- * millisecond more than the last one when two would share it), and a claim
+ * millisecond more than the last one when two would share it; not after
+ * the clock was set back by more than LEASE_NUDGE_MAX_MS), and a claim
  * that fails while the read connection is down is remembered (endpoint,
  * lease end); once the connection is back, its leases are given back (rows
  * of this endpoint leased to this instance until exactly then: that claim's
@@ -37,6 +38,8 @@
 #define BE_CONNECT_MS 10000
 /* Claims whose answer was lost, remembered at most. */
 #define LOST_MAX 256
+/* A claim's lease is lengthened by at most this to be its own. */
+#define LEASE_NUDGE_MAX_MS 1000
 
 /* A claim that failed with the read connection down (the module's comment). */
 struct pg_lost {
@@ -481,7 +484,8 @@ static int be_claim(struct store_be *be, const char *endpoint, int64_t after_seq
         free(w);
         return -1;
     }
-    if (now + lease_ms <= be->last_until)
+    /* (a clock set back leaves last_until ahead: no lease lengthened by it) */
+    if (now + lease_ms <= be->last_until && be->last_until - (now + lease_ms) < LEASE_NUDGE_MAX_MS)
         lease_ms = be->last_until + 1 - now;
     w->be = be;
     w->cb = cb;
@@ -493,7 +497,7 @@ static int be_claim(struct store_be *be, const char *endpoint, int64_t after_seq
         free(w);
         return -1;
     }
-    be->last_until = now + lease_ms;
+    be->last_until = now + lease_ms; /* (after a clock set back: from there on) */
     return 0;
 }
 
