@@ -47,7 +47,7 @@ struct rig {
 /* The recovery sweep hands events to the router, as the app wires it. */
 static void on_recovered(void *arg, const struct store_event_row *row) {
     struct rig *r = arg;
-    route_event(r->rt, row);
+    route_event(r->rt, row, 0);
 }
 
 static int rig_open(struct rig *r, const char *config, const char *rules) {
