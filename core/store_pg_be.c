@@ -5,6 +5,21 @@
  * connection per group, one round trip), the one-op transactions of claims
  * and reads on the read connection, the parameter helpers, and the ops
  * table store_pg_backend.
+ *
+ * A claim whose answer was lost: when the read connection goes (a primary
+ * killed, a failover) between a claim's COMMIT reaching the server and its
+ * answer reaching us, the rows may be leased to this instance, which never
+ * got them: nobody would send them before the lease ends (30 s by
+ * default). Each claim therefore gets a lease end of its own (a
+ * millisecond more than the last one when two would share it; not after
+ * the clock was set back by more than LEASE_NUDGE_MAX_MS), and a claim
+ * that fails while the read connection is down is remembered (endpoint,
+ * lease end); once the connection is back, its leases are given back (rows
+ * of this endpoint leased to this instance until exactly then: that claim's
+ * and no other's; none when it did not commit), and the scheduler's next
+ * look finds them due. Kept until given back (a failed release is tried at
+ * the next connection), dropped once the lease has ended anyway; at most
+ * LOST_MAX remembered.
  * SPDX-License-Identifier: MIT */
 #include <stdlib.h>
 #include <stdio.h>
@@ -21,6 +36,27 @@
 
 /* Connect time per host for the backend's connections. */
 #define BE_CONNECT_MS 10000
+/* Claims whose answer was lost, remembered at most. */
+#define LOST_MAX 256
+/* A claim's lease is lengthened by at most this to be its own. */
+#define LEASE_NUDGE_MAX_MS 1000
+
+/* A claim that failed with the read connection down (the module's comment). */
+struct pg_lost {
+    struct pg_lost *next;
+    char *endpoint;
+    int64_t until; /* the lease end it asked for */
+    int sent;      /* its release is in flight */
+};
+
+/* A claim under way: its caller's callback, and what its lease is. */
+struct pg_claim_wait {
+    struct store_be *be;
+    store_be_done_fn cb;
+    void *arg;
+    char *endpoint;
+    int64_t until;
+};
 
 static void tx_list(struct pg_tx *tx);
 static void tx_unlist(struct pg_tx *tx);
@@ -315,6 +351,156 @@ void store_pg_be_counts(const struct store_be *be, uint64_t *wr_queries, uint64_
     store_pg_conn_counts(be->rd, rd_queries, rd_syncs);
 }
 
+/* ---- claims whose answer was lost (the module's comment) ---- */
+
+static void lost_free(struct pg_lost *l) {
+    free(l->endpoint);
+    free(l);
+}
+
+static void lost_remove(struct store_be *be, struct pg_lost *l) {
+    for (struct pg_lost **pp = &be->lost; *pp; pp = &(*pp)->next)
+        if (*pp == l) {
+            *pp = l->next;
+            be->nlost--;
+            lost_free(l);
+            return;
+        }
+}
+
+static void lost_add(struct store_be *be, const char *endpoint, int64_t until) {
+    struct pg_lost *l;
+
+    if (be->nlost >= LOST_MAX) /* its lease ends on its own */
+        return;
+    if (!(l = calloc(1, sizeof *l)) || !(l->endpoint = strdup(endpoint))) {
+        free(l);
+        return;
+    }
+    l->until = until;
+    l->next = be->lost;
+    be->lost = l;
+    be->nlost++;
+}
+
+static int parse_released(struct pg_op *op, int k, const PGresult *res) {
+    if (k == 0)
+        op->status = atoi(PQcmdTuples((PGresult *)res));
+    return 0;
+}
+
+struct pg_release {
+    struct store_be *be;
+    struct pg_lost *l;
+};
+
+static void release_answer(void *arg, int status, const void *rows, size_t n, const char *err) {
+    struct pg_release *r = arg;
+    struct store_be *be = r->be;
+    struct pg_lost *l = r->l;
+    char why[256];
+
+    UNUSED(rows);
+    UNUSED(n);
+    free(r);
+    if (be->closing)
+        return;       /* be_close frees the list */
+    if (status < 0) { /* tried again at the next connection */
+        l->sent = 0;
+        log_msg(LOG_DEBUG, "store: postgresql: giving back a lost claim of endpoint %s: %s",
+                l->endpoint, store_pg_scrub(be->url, err, why, sizeof why));
+        return;
+    }
+    if (status > 0)
+        log_msg(LOG_INFO,
+                "endpoint %s: gave back the leases of %d deliveries whose claim committed as "
+                "the connection was lost (claimable again now, not when the lease ends)",
+                l->endpoint, status);
+    lost_remove(be, l);
+}
+
+/* A lost claim's rows ($1 endpoint, $2 this instance, $3 its lease end),
+ * while that lease lasts ($4 now). */
+static const char RELEASE_SQL[] =
+    "UPDATE delivery_queue SET lease_owner = NULL, lease_until = 0 WHERE endpoint = $1"
+    " AND lease_owner = $2 AND lease_until = $3::bigint AND lease_until > $4::bigint";
+
+/* The read connection is up: gives back what each lost claim leased. */
+static void lost_release(struct store_be *be) {
+    char until[24], now[24];
+    struct pg_lost *l, *next;
+    int64_t t = util_now_ms();
+    int ok;
+
+    snprintf(now, sizeof now, "%lld", (long long)t);
+    for (l = be->lost; l; l = next) {
+        struct pg_release *r;
+        struct pg_op *op;
+        next = l->next;
+        if (l->sent)
+            continue;
+        if (l->until <= t) { /* ended: claimable anyway */
+            lost_remove(be, l);
+            continue;
+        }
+        if (!(r = malloc(sizeof *r)))
+            return;
+        r->be = be;
+        r->l = l;
+        snprintf(until, sizeof until, "%lld", (long long)l->until);
+        be->in_call++;
+        ok = (op = pg_single(be, be->rd, 0, release_answer, r, parse_released)) &&
+             pg_op_query(op, RELEASE_SQL, 4,
+                         (const char *const[]){l->endpoint, be->instance, until, now}) == 0;
+        if (op && !ok)
+            op->dropped = 1; /* release_answer never runs */
+        if (op)
+            pg_tx_end(op->tx, NULL, NULL);
+        be->in_call--;
+        if (!ok) {
+            free(r);
+            return; /* the connection went: the next one tries */
+        }
+        l->sent = 1;
+    }
+}
+
+static void claim_answer(void *arg, int status, const void *rows, size_t n, const char *err) {
+    struct pg_claim_wait *w = arg;
+
+    if (status < 0 && !w->be->closing && !store_pg_conn_up(w->be->rd))
+        lost_add(w->be, w->endpoint, w->until);
+    w->cb(w->arg, status, rows, n, err);
+    free(w->endpoint);
+    free(w);
+}
+
+/* store_pg_claim, with a lease end of its own and its loss remembered. */
+static int be_claim(struct store_be *be, const char *endpoint, int64_t after_seq, int64_t now,
+                    int64_t lease_ms, size_t max, size_t cap, store_be_done_fn cb, void *arg) {
+    struct pg_claim_wait *w = calloc(1, sizeof *w);
+
+    if (!w || !(w->endpoint = strdup(endpoint))) {
+        free(w);
+        return -1;
+    }
+    /* (a clock set back leaves last_until ahead: no lease lengthened by it) */
+    if (now + lease_ms <= be->last_until && be->last_until - (now + lease_ms) < LEASE_NUDGE_MAX_MS)
+        lease_ms = be->last_until + 1 - now;
+    w->be = be;
+    w->cb = cb;
+    w->arg = arg;
+    w->until = now + lease_ms;
+    if (store_pg_claim(be, endpoint, after_seq, now, lease_ms, max, cap, claim_answer, w) < 0) {
+        /* (its callback never runs when it says -1) */
+        free(w->endpoint);
+        free(w);
+        return -1;
+    }
+    be->last_until = now + lease_ms; /* (after a clock set back: from there on) */
+    return 0;
+}
+
 /* ---- life ---- */
 
 static void on_registered(void *arg, const PGresult *res, const char *err) {
@@ -347,15 +533,16 @@ static void on_wr_state(void *arg, int up, const char *err) {
 }
 
 static void on_rd_state(void *arg, int up, const char *err) {
-    UNUSED(arg);
-    UNUSED(up);
     UNUSED(err);
+    if (up)
+        lost_release(arg);
 }
 
 static void be_close(struct store_be *be) {
     if (!be)
         return;
     be->in_call++;
+    be->closing = 1;
     if (be->group) /* never ended: its writes fail */
         pg_tx_fail(be->group, "the store was closed");
     /* in-flight statements fail (callbacks with no result): every
@@ -368,6 +555,11 @@ static void be_close(struct store_be *be) {
         struct pg_tx *tx = be->txs;
         pg_tx_fail(tx, "the store was closed");
         tx_finish(tx);
+    }
+    while (be->lost) {
+        struct pg_lost *l = be->lost;
+        be->lost = l->next;
+        lost_free(l);
     }
     util_buf_free(&be->buf);
     free(be->url);
@@ -458,7 +650,7 @@ const struct store_backend_ops store_pg_backend = {
     .sub_put = store_pg_sub_put,
     .sub_change = store_pg_sub_change,
     .sub_set_secret = store_pg_sub_set_secret,
-    .claim = store_pg_claim,
+    .claim = be_claim,
     .ping = store_pg_ping,
     .events_page = store_pg_events_page,
     .event_detail = store_pg_event_detail,

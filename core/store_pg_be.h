@@ -39,6 +39,7 @@
  * store_pg_retain.c: retention) ---- */
 
 struct event;
+struct pg_lost;
 struct pg_op;
 struct pg_tx;
 
@@ -95,6 +96,10 @@ struct store_be {
     int in_call;                   /* > 0 inside an interface call: answers wait for the loop */
     struct util_buf buf;           /* scratch for array parameters */
     int64_t nonces_pruned_at;      /* nonce_put's last prune (Unix ms) */
+    struct pg_lost *lost;          /* claims whose answer was lost (store_pg_be.c) */
+    size_t nlost;
+    int64_t last_until; /* the last claim's lease end: each claim's is its own */
+    int closing;        /* be_close runs: a claim failing now was not lost */
 };
 
 /* A new transaction on conn (explicit: BEGIN queued). NULL when down. */

@@ -15,11 +15,22 @@ step, so that is what goes through them here, on real processes (pg.py):
   at once make one (the schema lock is pg_advisory_xact_lock, held by the
   transaction, which transaction pooling keeps on one server connection;
   nothing is left held on the pooled connections after); check and serve
-  through it say what they say directly, without the password.
+  through it say what they say directly, without the password;
+- `waybill serve` under load through the failover: 503 while there is no
+  primary, 200 again within one reconnect step of the promotion, every
+  event answered 200 on the new primary and delivered, no restart
+  (failover_under_load; tests/bench/failover.py runs it with longer
+  outages for the README's figures);
+- a claim whose COMMIT's answer is lost (a relay cuts it): its rows are
+  given back once reconnected, not held for the lease.
 """
 
+import http.client
+import json
+import os
 import socket
 import sys
+import threading
 import time
 
 import pg
@@ -229,3 +240,387 @@ def test_check_and_serve_through_pgbouncer_are_clear_without_the_password():
     outputs += [out, err]
     assert rc != 0 and "no password supplied" in _one_line(err), (out, err)
     base._no_secret(outputs, pg.PASSWORD, wrong)
+
+
+def _failover_gateway(url, sink, **settings):
+    return wb.Gateway(wb.config('''
+        source "atoship" { verify = "atoship", secret = "failover-secret" }
+        endpoint "erp" { url = %s, sign = "none", retry = { "0s", "500ms", "1s", "2s" } }
+        rules "rules/"
+    ''' % wb.lua(sink.url), store=url, **settings), files={"rules/10.lua": 'on("*", {"erp"})'})
+
+
+class _Posters:
+    """Threads posting events to g without a pause; each answer kept as
+    (sent, answered, status, event id or None)."""
+
+    def __init__(self, g, threads=4):
+        self.g, self.results, self.lock = g, [], threading.Lock()
+        self.stop_ = threading.Event()
+        self.ts = [threading.Thread(target=self._client, args=(c, threads), daemon=True)
+                   for c in range(threads)]
+        for t in self.ts:
+            t.start()
+
+    def _client(self, c, step):
+        i = c
+        while not self.stop_.is_set():
+            t = time.monotonic()
+            try:
+                r = self.g.post_atoship(wb.atoship_event("tracking.in_transit", n=i),
+                                        "failover-secret")
+                status = r.status
+                eid = r.json()["id"] if r.status == 200 else None
+                if r.status == 503:
+                    assert r.headers.get("retry-after"), r.headers
+            except (OSError, http.client.HTTPException) as e:
+                status, eid = "error: %r" % e, None
+            with self.lock:
+                self.results.append((t, time.monotonic(), status, eid))
+            i += step
+            time.sleep(0.005)
+
+    def first_200_after(self, t0):
+        """When the first 200 answered after t0 came."""
+        with self.lock:
+            return min((r[1] for r in self.results if r[1] >= t0 and r[2] == 200), default=None)
+
+    def stop(self):
+        self.stop_.set()
+        for t in self.ts:
+            t.join(30)
+        return list(self.results)
+
+
+def _processes_of(cluster):
+    """The pids whose command line names the cluster (its postmaster and
+    its backends: pg.py sets cluster_name, which each one's title shows)."""
+    pids = []
+    for pid in os.listdir("/proc"):
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as f:
+                if cluster.name.encode() in f.read():
+                    pids.append(int(pid))
+        except (OSError, ValueError):
+            pass
+    return pids
+
+
+def _promote_timed(standby):
+    """Promotes standby; returns (when pg_ctl promote began, when the
+    standby was first seen out of recovery): pg_ctl -w and pg.py's own
+    check return a while after it takes writes, so a thread asks meanwhile."""
+    seen = []
+
+    def watch():
+        while not seen:
+            try:
+                if not standby.in_recovery():
+                    seen.append(time.monotonic())
+            except AssertionError:
+                pass
+            time.sleep(0.01)
+
+    t = threading.Thread(target=watch, daemon=True)
+    began = time.monotonic()
+    t.start()
+    try:
+        standby.promote()
+    finally:
+        t.join(10)
+    return began, seen[0]
+
+
+def _missing_context(standby, db, g, miss):
+    now = int(time.time() * 1000)
+    return "%d missing; their rows (event, status, attempts, due in ms, lease owner, lease" \
+        " left ms, outcome): %s\n%s" % (len(miss), standby.sql(
+            "SELECT d.event_id, q.status, q.attempts, q.next_at - %d, q.lease_owner,"
+            " q.lease_until - %d, o.status FROM deliveries d"
+            " LEFT JOIN delivery_queue q ON q.delivery_seq = d.seq"
+            " LEFT JOIN delivery_outcomes o ON o.delivery_seq = d.seq WHERE d.event_id IN (%s)"
+            % (now, now, ",".join("'%s'" % e for e in miss[:20])), db.name), g._tail(60))
+
+
+def failover_under_load(dark_s=1.5, lease=None):
+    """A gateway serving on [primary, synchronous standby] under load; the
+    primary is SIGKILLed, the standby promoted dark_s later. Checks what a
+    user sees (the test below says what) and returns the seconds from the
+    standby taking writes to the gateway's first 200 (tests/bench/failover.py
+    runs it with other dark_s for the README's figures)."""
+    primary = pg.Cluster(own=True)
+    standby = pg.standby(primary, synchronous=True)
+    db = pg.Database(primary)  # replicated: the standby has it
+    url = pg.hosts_url(db, [primary, standby])
+    sink = wb.Sink()
+    g = _failover_gateway(url, sink, **({"lease": lease} if lease else {}))
+    pid = g.pid
+    posters = _Posters(g)
+    try:
+        g.wait_for(lambda: sink.count >= 30, timeout=10, message="deliveries flowing")
+        t_kill = time.monotonic()
+        primary.kill()  # a crash: no shutdown, its port closed
+        # its backends end as they notice (a commit they were finishing,
+        # replicated to the synchronous standby, may still be answered)
+        wb.wait_for(lambda: not _processes_of(primary), timeout=5,
+                    message="the killed primary's backends gone")
+        t_gone = time.monotonic()
+        g.wait_for(lambda: wb.http_request(g.admin_port, "GET", "/healthz", timeout=2).status == 503,
+                   timeout=5, message="/healthz 503 with no primary")
+        time.sleep(max(0.0, t_kill + dark_s - time.monotonic()))
+        assert wb.http_request(g.admin_port, "GET", "/healthz", timeout=2).status == 503
+        assert standby.in_recovery()
+        t_promote, t_writable = _promote_timed(standby)
+        g.wait_for(lambda: posters.first_200_after(t_promote), timeout=15,
+                   message="ingest answers 200 again after the promotion")
+        took = posters.first_200_after(t_promote) - t_writable
+        g.wait_for(lambda: wb.http_request(g.admin_port, "GET", "/healthz", timeout=2).status == 200,
+                   timeout=5, message="/healthz 200 again")
+        time.sleep(1.0)  # load on the new primary
+    finally:
+        results = posters.stop()
+    print("  failover (%.1f s without a primary): the standby took writes %.2f s after pg_ctl"
+          " promote, the first 200 %.2f s after that; %d posts, %d answered 200"
+          % (dark_s, t_writable - t_promote, took, len(results),
+             sum(r[2] == 200 for r in results)), file=sys.__stderr__)
+    # within one backoff step (5 s at most, a quarter more at random), a
+    # connection and a group
+    assert took < 6.25 + 2, took
+    assert g.pid == pid and g.running() and g.starts == 1, "the gateway restarted or died"
+    bad = [r for r in results if r[2] not in (200, 503)]
+    assert not bad, bad[:5]
+    # while there was no primary: every POST answered 503, none 200
+    dark = [r for r in results if r[0] >= t_gone and r[1] <= t_promote]
+    assert dark and all(r[2] == 503 for r in dark), \
+        [(round(r[0] - t_kill, 3), round(r[1] - t_kill, 3), r[2]) for r in dark if r[2] != 503][:10]
+    acked = [r[3] for r in results if r[2] == 200]
+    before = [r[3] for r in results if r[2] == 200 and r[1] <= t_kill]
+    after = [r[3] for r in results if r[2] == 200 and r[0] >= t_writable]
+    assert len(before) >= 20 and len(after) >= 5, (len(before), len(after))
+    # every event answered 200 is on the new primary: the gateway's API and SQL
+    for eid in acked:
+        st, ev = g.admin("GET", "/api/events/" + eid)
+        assert st == 200, (eid, st, ev)
+    ids = ",".join("'%s'" % e for e in acked)
+    assert standby.sql("SELECT count(*) FROM events WHERE id IN (%s)" % ids, db.name) == \
+        [[str(len(acked))]]
+    # ... and reaches the sink, well before a lease (30 s) ends
+    got = lambda: {q.json()["id"] for q in sink.requests}  # noqa: E731
+    try:
+        g.wait_for(lambda: set(acked) <= got(), timeout=15,
+                   message="every acknowledged event delivered (%d)" % len(acked))
+    except AssertionError as e:
+        raise AssertionError("%s\n%s" % (e, _missing_context(standby, db, g, sorted(set(acked) - got()))))
+    assert g.pid == pid and g.running()
+    base._no_secret([g.log()], pg.PASSWORD)
+    return took
+
+
+@wb.timeout(120)
+def test_serve_under_load_through_a_failover_503_meanwhile_no_acknowledged_event_lost():
+    """waybill serve given both hosts (target_session_attrs=read-write),
+    posters sending without a pause, a sink endpoint (the default 30 s
+    lease); the primary SIGKILLed, the standby promoted 1.5 s later: while
+    there is no primary every POST answers 503 (a commit the dying
+    primary's backends finish and the standby has may still be 200) and
+    /healthz 503; after the promotion 200 again within one backoff step;
+    every event answered 200 is in the new primary (the gateway's API and
+    SQL on it) and reaches the sink; never restarted; no password logged."""
+    failover_under_load(1.5)
+
+# How the relay below tells statements apart: by their SQL (a Parse names
+# it; a Bind names the statement parsed, an Execute runs the last bound).
+MARKS = ((b"SET lease_owner = $4, lease_until = $2::bigint + $5::bigint", "claim"),
+         (b"INSERT INTO events (", "event"), (b"COMMIT", "commit"))
+
+
+class CommitAnswerCutter:
+    """A TCP relay to PostgreSQL that, once armed with a kind ("claim": a
+    claim that leased rows; "event": a group that stored an event), lets
+    such a transaction commit and then cuts the connection before its
+    COMMIT's answer reaches waybill: what a primary dying between
+    committing and answering does. Each Execute's kind is queued and each
+    CommandComplete taken against it, in order (no statement fails while
+    it is armed)."""
+
+    def __init__(self, db):
+        self.target = (db.host, db.port)
+        self.ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.ls.bind(("127.0.0.1", 0))
+        self.ls.listen(16)
+        self.port = self.ls.getsockname()[1]
+        self.armed = None
+        self.cut_at = None
+        self.cut_rows = 0
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url(self, db):
+        return "postgresql://%s:%s@127.0.0.1:%d/%s?sslmode=disable" % (
+            db.user, pg.PASSWORD, self.port, db.name)
+
+    def arm(self, kind):
+        with self.lock:
+            self.armed, self.cut_at = kind, None
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.ls.accept()
+            except OSError:
+                return
+            s = socket.create_connection(self.target)
+            for x in (c, s):
+                x.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = {"names": {}, "bound": None, "runs": [], "rows": 0, "kind": None}
+            threading.Thread(target=self._client, args=(c, s, conn), daemon=True).start()
+            threading.Thread(target=self._server, args=(s, c, conn), daemon=True).start()
+
+    @staticmethod
+    def _read(sock, n):
+        buf = b""
+        while len(buf) < n:
+            part = sock.recv(n - len(buf))
+            if not part:
+                raise EOFError
+            buf += part
+        return buf
+
+    @staticmethod
+    def _close(*socks):
+        for x in socks:
+            try:
+                x.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            x.close()
+
+    def _client(self, c, s, conn):
+        try:
+            n = int.from_bytes(self._read(c, 4), "big")  # the startup packet, untyped
+            s.sendall(n.to_bytes(4, "big") + self._read(c, n - 4))
+            while True:
+                head = self._read(c, 5)
+                body = self._read(c, int.from_bytes(head[1:], "big") - 4)
+                t = head[:1]
+                with self.lock:
+                    if t == b"P":
+                        name, sql = body.split(b"\0")[:2]
+                        conn["names"][name] = next((k for m, k in MARKS if m in sql), None)
+                    elif t == b"B":
+                        conn["bound"] = conn["names"].get(body.split(b"\0")[1])
+                    elif t == b"E":
+                        conn["runs"].append(conn["bound"])
+                s.sendall(head + body)
+        except (EOFError, OSError, ValueError):
+            pass
+        finally:
+            self._close(c, s)
+
+    def _server(self, s, c, conn):
+        try:
+            while True:
+                head = self._read(s, 5)
+                body = self._read(s, int.from_bytes(head[1:], "big") - 4)
+                if head[:1] in (b"C", b"I", b"E") and self._answer(conn, head[:1], body):
+                    self._close(c, s)
+                    return
+                c.sendall(head + body)
+        except (EOFError, OSError):
+            pass
+
+    def _answer(self, conn, t, body):
+        """One Execute's answer; True: cut here."""
+        with self.lock:
+            kind = conn["runs"].pop(0) if conn["runs"] else None
+            tag = body.rstrip(b"\0") if t == b"C" else b""
+            if kind == "claim" and tag.startswith(b"UPDATE ") and int(tag[7:]) > 0:
+                conn["kind"], conn["rows"] = "claim", int(tag[7:])
+            elif kind == "event" and tag == b"SELECT 1":  # stored (not a duplicate)
+                conn["kind"], conn["rows"] = "event", 1
+            elif kind == "commit":
+                cut = tag == b"COMMIT" and self.armed and conn["kind"] == self.armed
+                if cut:
+                    self.armed, self.cut_rows, self.cut_at = None, conn["rows"], time.monotonic()
+                conn["kind"], conn["rows"] = None, 0
+                return cut
+            return False
+
+    def close(self):
+        self.ls.close()
+
+
+def test_a_claim_committed_whose_answer_was_lost_is_given_back_not_held_for_its_lease():
+    """The primary dies after committing a claim and before answering it
+    (the failover test meets this now and then): the rows are leased to
+    this instance, which never got them. They must not wait out the lease
+    (30 s by default) before anyone sends them: once reconnected, the
+    instance gives back the leases of the claims it did not hear back from,
+    and they are delivered within seconds, each once."""
+    db = pg.database()
+    cutter = CommitAnswerCutter(db)
+    sink = wb.Sink()
+    try:
+        g = _failover_gateway(cutter.url(db), sink)  # lease: the default 30 s
+        first = g.post_atoship(wb.atoship_event("tracking.in_transit"), "failover-secret")
+        assert first.status == 200, first
+        sink.wait_for_count(1, timeout=10)
+        cutter.arm("claim")
+        ids = [first.json()["id"]]
+        for i in range(3):
+            r = g.post_atoship(wb.atoship_event("tracking.in_transit", n=i), "failover-secret")
+            assert r.status == 200, r
+            ids.append(r.json()["id"])
+        wb.wait_for(lambda: cutter.cut_at is not None, timeout=10,
+                    message="a claim's COMMIT answer cut")
+        got = lambda: [q.json()["id"] for q in sink.requests]  # noqa: E731
+        g.wait_for(lambda: set(ids) <= set(got()), timeout=10,
+                   message="the %d rows of the cut claim delivered within 10 s, not at the"
+                   " lease's end (30 s)" % cutter.cut_rows)
+        took = time.monotonic() - cutter.cut_at
+        time.sleep(0.5)
+        assert sorted(got()) == sorted(ids), "a delivery sent twice: %s" % got()
+        assert g.running()
+        assert "gave back the leases of %d" % cutter.cut_rows in g.log(), g.log()[-3000:]
+        print("  a claim's answer lost: %d rows delivered %.2f s after the cut"
+              % (cutter.cut_rows, took), file=sys.__stderr__)
+        base._no_secret([g.log()], pg.PASSWORD)
+    finally:
+        cutter.close()
+
+
+def test_a_group_whose_commit_answer_was_lost_is_answered_503_and_its_retry_200_once():
+    """The connection goes after the group's COMMIT reached the server and
+    before its answer came (a primary killed at that moment): waybill cannot
+    know the event is stored, so the carrier gets 503 (never a 200 for a
+    group whose COMMIT did not answer); the event is in fact committed, and
+    the carrier's retry of the same body is answered 200 with the stored
+    copy's id, marked duplicate; its delivery goes out once."""
+    db = pg.database()
+    cutter = CommitAnswerCutter(db)
+    sink = wb.Sink()
+    try:
+        g = _failover_gateway(cutter.url(db), sink)
+        assert g.post_atoship(wb.atoship_event("tracking.in_transit"), "failover-secret").status == 200
+        sink.wait_for_count(1, timeout=10)
+        time.sleep(0.5)  # its outcome's group committed
+        body = wb.atoship_event("tracking.delivered")
+        source_id = json.loads(body)["id"]
+        cutter.arm("event")
+        r = g.post_atoship(body, "failover-secret")
+        assert cutter.cut_at is not None, "no group's COMMIT answer was cut"
+        assert r.status == 503 and r.headers.get("retry-after"), r
+        stored = db.sql("SELECT id FROM events WHERE source_id = '%s'" % source_id)
+        assert len(stored) == 1, stored  # committed all the same
+        g.wait_for(lambda: wb.http_request(g.admin_port, "GET", "/healthz", timeout=2).status == 200,
+                   timeout=5, message="healthy again")
+        r = g.post_atoship(body, "failover-secret")
+        assert r.status == 200, r
+        assert r.json() == {"id": stored[0][0], "duplicate": True}, r.json()
+        sink.wait_for_count(2, timeout=10)
+        time.sleep(1.0)
+        assert [q.json()["id"] for q in sink.requests].count(stored[0][0]) == 1, sink.requests
+        base._no_secret([g.log()], pg.PASSWORD)
+    finally:
+        cutter.close()
