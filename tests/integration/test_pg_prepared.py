@@ -180,7 +180,9 @@ class PoolerLikeProxy:
                 head = self._read(c, 5)
                 body = self._read(c, int.from_bytes(head[1:], "big") - 4)
                 with self.lock:
-                    if conn["out"] > 0:
+                    # (a Terminate while a Sync is unanswered ends the
+                    # session, as a connection closed: not a transaction)
+                    if conn["out"] > 0 and head[:1] != b"X":
                         self.overlaps += 1
                     if head[:1] == b"S":
                         conn["out"] += 1
