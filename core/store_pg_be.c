@@ -477,7 +477,8 @@ static void claim_answer(void *arg, int status, const void *rows, size_t n, cons
 
 /* store_pg_claim, with a lease end of its own and its loss remembered. */
 static int be_claim(struct store_be *be, const char *endpoint, int64_t after_seq, int64_t now,
-                    int64_t lease_ms, size_t max, size_t cap, store_be_done_fn cb, void *arg) {
+                    int64_t lease_ms, size_t max, size_t cap, double rate, store_be_done_fn cb,
+                    void *arg) {
     struct pg_claim_wait *w = calloc(1, sizeof *w);
 
     if (!w || !(w->endpoint = strdup(endpoint))) {
@@ -491,7 +492,8 @@ static int be_claim(struct store_be *be, const char *endpoint, int64_t after_seq
     w->cb = cb;
     w->arg = arg;
     w->until = now + lease_ms;
-    if (store_pg_claim(be, endpoint, after_seq, now, lease_ms, max, cap, claim_answer, w) < 0) {
+    if (store_pg_claim(be, endpoint, after_seq, now, lease_ms, max, cap, rate, claim_answer, w) <
+        0) {
         /* (its callback never runs when it says -1) */
         free(w->endpoint);
         free(w);
