@@ -53,8 +53,10 @@ import pwd
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
+import threading
 import time
 
 import wb
@@ -391,6 +393,91 @@ class Bouncer:
         self.proc = None
         shutil.rmtree(self.dir, ignore_errors=True)
         return []
+
+
+class ProtocolRelay:
+    """A TCP relay between waybill and a database of this harness that sees
+    the protocol's messages: for tests of what waybill sends and of answers
+    lost on the way. A subclass overrides from_client and from_server
+    (conn: that connection's own dict, new_conn; head: the type byte and
+    length; body: the rest), each returning the bytes to pass on, or None
+    to cut the connection there. The startup packet passes untouched."""
+
+    def __init__(self, db):
+        self.target = (db.host, db.port)
+        self.lock = threading.Lock()
+        self.closed = False
+        self.ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.ls.bind(("127.0.0.1", 0))
+        self.ls.listen(16)
+        self.port = self.ls.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url(self, db):
+        return "postgresql://%s:%s@127.0.0.1:%d/%s?sslmode=disable" % (
+            db.user, PASSWORD, self.port, db.name)
+
+    def new_conn(self):
+        return {}
+
+    def from_client(self, conn, head, body):
+        return head + body
+
+    def from_server(self, conn, head, body):
+        return head + body
+
+    def close(self):
+        self.closed = True
+        self.ls.close()
+
+    def _accept(self):
+        while not self.closed:
+            try:
+                c, _ = self.ls.accept()
+            except OSError:
+                return
+            s = socket.create_connection(self.target)
+            for x in (c, s):  # one message per send: no Nagle waits
+                x.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = self.new_conn()
+            threading.Thread(target=self._pump, args=(c, s, conn, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(s, c, conn, False), daemon=True).start()
+
+    @staticmethod
+    def _read(sock, n):
+        buf = b""
+        while len(buf) < n:
+            part = sock.recv(n - len(buf))
+            if not part:
+                raise EOFError
+            buf += part
+        return buf
+
+    @staticmethod
+    def _close(*socks):
+        for x in socks:
+            try:
+                x.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            x.close()
+
+    def _pump(self, src, dst, conn, client):
+        try:
+            if client:  # the startup packet, untyped
+                n = int.from_bytes(self._read(src, 4), "big")
+                dst.sendall(n.to_bytes(4, "big") + self._read(src, n - 4))
+            while True:
+                head = self._read(src, 5)
+                body = self._read(src, int.from_bytes(head[1:], "big") - 4)
+                out = (self.from_client if client else self.from_server)(conn, head, body)
+                if out is None:
+                    break
+                dst.sendall(out)
+        except (EOFError, OSError, ValueError):
+            pass
+        self._close(src, dst)
 
 
 def bouncer(cluster, **kw):

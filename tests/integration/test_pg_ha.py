@@ -434,7 +434,7 @@ MARKS = ((b"SET lease_owner = $4, lease_until = $2::bigint + $5::bigint", "claim
          (b"INSERT INTO events (", "event"), (b"COMMIT", "commit"))
 
 
-class CommitAnswerCutter:
+class CommitAnswerCutter(pg.ProtocolRelay):
     """A TCP relay to PostgreSQL that, once armed with a kind ("claim": a
     claim that leased rows; "event": a group that stored an event), lets
     such a transaction commit and then cuts the connection before its
@@ -444,91 +444,34 @@ class CommitAnswerCutter:
     it is armed)."""
 
     def __init__(self, db):
-        self.target = (db.host, db.port)
-        self.ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.ls.bind(("127.0.0.1", 0))
-        self.ls.listen(16)
-        self.port = self.ls.getsockname()[1]
         self.armed = None
         self.cut_at = None
         self.cut_rows = 0
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(db)
 
-    def url(self, db):
-        return "postgresql://%s:%s@127.0.0.1:%d/%s?sslmode=disable" % (
-            db.user, pg.PASSWORD, self.port, db.name)
+    def new_conn(self):
+        return {"names": {}, "bound": None, "runs": [], "rows": 0, "kind": None}
 
     def arm(self, kind):
         with self.lock:
             self.armed, self.cut_at = kind, None
 
-    def _accept(self):
-        while True:
-            try:
-                c, _ = self.ls.accept()
-            except OSError:
-                return
-            s = socket.create_connection(self.target)
-            for x in (c, s):
-                x.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = {"names": {}, "bound": None, "runs": [], "rows": 0, "kind": None}
-            threading.Thread(target=self._client, args=(c, s, conn), daemon=True).start()
-            threading.Thread(target=self._server, args=(s, c, conn), daemon=True).start()
+    def from_client(self, conn, head, body):
+        t = head[:1]
+        with self.lock:
+            if t == b"P":
+                name, sql = body.split(b"\0")[:2]
+                conn["names"][name] = next((k for m, k in MARKS if m in sql), None)
+            elif t == b"B":
+                conn["bound"] = conn["names"].get(body.split(b"\0")[1])
+            elif t == b"E":
+                conn["runs"].append(conn["bound"])
+        return head + body
 
-    @staticmethod
-    def _read(sock, n):
-        buf = b""
-        while len(buf) < n:
-            part = sock.recv(n - len(buf))
-            if not part:
-                raise EOFError
-            buf += part
-        return buf
-
-    @staticmethod
-    def _close(*socks):
-        for x in socks:
-            try:
-                x.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            x.close()
-
-    def _client(self, c, s, conn):
-        try:
-            n = int.from_bytes(self._read(c, 4), "big")  # the startup packet, untyped
-            s.sendall(n.to_bytes(4, "big") + self._read(c, n - 4))
-            while True:
-                head = self._read(c, 5)
-                body = self._read(c, int.from_bytes(head[1:], "big") - 4)
-                t = head[:1]
-                with self.lock:
-                    if t == b"P":
-                        name, sql = body.split(b"\0")[:2]
-                        conn["names"][name] = next((k for m, k in MARKS if m in sql), None)
-                    elif t == b"B":
-                        conn["bound"] = conn["names"].get(body.split(b"\0")[1])
-                    elif t == b"E":
-                        conn["runs"].append(conn["bound"])
-                s.sendall(head + body)
-        except (EOFError, OSError, ValueError):
-            pass
-        finally:
-            self._close(c, s)
-
-    def _server(self, s, c, conn):
-        try:
-            while True:
-                head = self._read(s, 5)
-                body = self._read(s, int.from_bytes(head[1:], "big") - 4)
-                if head[:1] in (b"C", b"I", b"E") and self._answer(conn, head[:1], body):
-                    self._close(c, s)
-                    return
-                c.sendall(head + body)
-        except (EOFError, OSError):
-            pass
+    def from_server(self, conn, head, body):
+        if head[:1] in (b"C", b"I", b"E") and self._answer(conn, head[:1], body):
+            return None
+        return head + body
 
     def _answer(self, conn, t, body):
         """One Execute's answer; True: cut here."""
@@ -546,9 +489,6 @@ class CommitAnswerCutter:
                 conn["kind"], conn["rows"] = None, 0
                 return cut
             return False
-
-    def close(self):
-        self.ls.close()
 
 
 def test_a_claim_committed_whose_answer_was_lost_is_given_back_not_held_for_its_lease():

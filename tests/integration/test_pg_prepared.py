@@ -121,99 +121,39 @@ def test_through_pgbouncer_under_concurrent_load_every_request_is_answered():
     assert g.stop() == 0
 
 
-class PoolerLikeProxy:
-    """A TCP relay to PostgreSQL that does what a pooler does to the backend
-    key (BackendKeyData gets a made-up pid, as PgBouncer's) and watches the
+class PoolerLikeProxy(pg.ProtocolRelay):
+    """A relay to PostgreSQL that does what a pooler does to the backend key
+    (BackendKeyData gets a made-up pid, as PgBouncer's) and watches the
     protocol: it records every client message that arrives while a Sync of
     that client is still unanswered, the pipelining a pooler in transaction
     mode cannot follow safely."""
 
     def __init__(self, db):
-        import socket
-        import threading
-        self.target = (db.host, db.port)
-        self.ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.ls.bind(("127.0.0.1", 0))
-        self.ls.listen(16)
-        self.port = self.ls.getsockname()[1]
-        self.lock = threading.Lock()
         self.overlaps = 0  # client messages sent while a Sync was unanswered
         self.syncs = 0
-        self.closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(db)
 
-    def url(self, db):
-        return "postgresql://%s:%s@127.0.0.1:%d/%s?sslmode=disable" % (
-            db.user, pg.PASSWORD, self.port, db.name)
+    def new_conn(self):
+        return {"out": 0}
 
-    def _accept(self):
-        import socket
-        import threading
-        while not self.closed:
-            try:
-                c, _ = self.ls.accept()
-            except OSError:
-                return
-            s = socket.create_connection(self.target)
-            for x in (c, s):  # one message per send: no Nagle waits
-                x.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = {"out": 0}
-            threading.Thread(target=self._client, args=(c, s, conn), daemon=True).start()
-            threading.Thread(target=self._server, args=(s, c, conn), daemon=True).start()
+    def from_client(self, conn, head, body):
+        with self.lock:
+            # (a Terminate while a Sync is unanswered ends the session, as
+            # a connection closed: not a transaction)
+            if conn["out"] > 0 and head[:1] != b"X":
+                self.overlaps += 1
+            if head[:1] == b"S":
+                conn["out"] += 1
+                self.syncs += 1
+        return head + body
 
-    @staticmethod
-    def _read(sock, n):
-        buf = b""
-        while len(buf) < n:
-            part = sock.recv(n - len(buf))
-            if not part:
-                raise EOFError
-            buf += part
-        return buf
-
-    def _client(self, c, s, conn):
-        try:
-            n = int.from_bytes(self._read(c, 4), "big")  # the startup packet, untyped
-            s.sendall(n.to_bytes(4, "big") + self._read(c, n - 4))
-            while True:
-                head = self._read(c, 5)
-                body = self._read(c, int.from_bytes(head[1:], "big") - 4)
-                with self.lock:
-                    # (a Terminate while a Sync is unanswered ends the
-                    # session, as a connection closed: not a transaction)
-                    if conn["out"] > 0 and head[:1] != b"X":
-                        self.overlaps += 1
-                    if head[:1] == b"S":
-                        conn["out"] += 1
-                        self.syncs += 1
-                s.sendall(head + body)
-        except (EOFError, OSError):
-            pass
-        finally:
-            for x in (c, s):
-                try:
-                    x.close()
-                except OSError:
-                    pass
-
-    def _server(self, s, c, conn):
-        try:
-            while True:
-                head = self._read(s, 5)
-                body = self._read(s, int.from_bytes(head[1:], "big") - 4)
-                if head[:1] == b"K":  # BackendKeyData: a pid that is not PostgreSQL's
-                    body = (int.from_bytes(body[:4], "big") ^ 0x5a5a5a).to_bytes(4, "big") + body[4:]
-                if head[:1] == b"Z":
-                    with self.lock:
-                        conn["out"] = max(0, conn["out"] - 1)
-                c.sendall(head + body)
-        except (EOFError, OSError):
-            pass
-
-    def close(self):
-        self.closed = True
-        self.ls.close()
+    def from_server(self, conn, head, body):
+        if head[:1] == b"K":  # BackendKeyData: a pid that is not PostgreSQL's
+            body = (int.from_bytes(body[:4], "big") ^ 0x5a5a5a).to_bytes(4, "big") + body[4:]
+        if head[:1] == b"Z":
+            with self.lock:
+                conn["out"] = max(0, conn["out"] - 1)
+        return head + body
 
 
 def test_behind_a_pooler_no_transaction_is_sent_while_another_is_unanswered():
