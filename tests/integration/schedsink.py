@@ -383,6 +383,17 @@ class Sink:
         return "<schedsink.Sink %s %s: %d requests>" % (self.name, self.url, len(self.requests))
 
 
+def max_in_window(times, width):
+    """The most timestamps in any window [t, t + width)."""
+    times = sorted(times)
+    best, j = 0, 0
+    for i in range(len(times)):
+        while times[i] - times[j] >= width:
+            j += 1
+        best = max(best, i - j + 1)
+    return best
+
+
 class Poster:
     """A carrier posting signed atoship events one after the other on a
     keep-alive connection. post() returns waybill's event id once the gateway

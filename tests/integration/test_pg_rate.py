@@ -13,13 +13,13 @@ delivered once. And the schema step that adds the bucket: a database at
 version 1 is upgraded by `waybill migrate` and by the first instance.
 """
 
-import os
 import re
 import sys
 import time
 
 import pg
 import schedsink
+import test_pg as base
 import wb
 
 TIMEOUT = 120
@@ -31,17 +31,6 @@ SLOW = 2.0 if wb.ASAN else 1.0
 
 def say(*a):
     print("  " + " ".join(str(x) for x in a), file=sys.__stderr__)
-
-
-def max_in_window(times, width):
-    """The most timestamps in any window [t, t + width)."""
-    times = sorted(times)
-    best, j = 0, 0
-    for i in range(len(times)):
-        while times[i] - times[j] >= width:
-            j += 1
-        best = max(best, i - j + 1)
-    return best
 
 
 def _gateways(db, endpoint, n=3, **settings):
@@ -97,7 +86,7 @@ def test_rate_holds_across_three_instances_on_one_database():
     time.sleep(0.5)
     reqs = sink.snapshot()
     times = sorted(r.mono for r in reqs)
-    most = max_in_window(times, 1.0)
+    most = schedsink.max_in_window(times, 1.0)
     span = times[-1] - times[0]
     per = [_attempts(g) for g in gws]
     ctx = "%d requests over %.1fs; busiest second %d; attempts per instance %s" % (
@@ -116,17 +105,9 @@ def test_rate_holds_across_three_instances_on_one_database():
         assert "are not going out" not in log and "scheduler bug" not in log, log[-3000:]
 
 
-def _config(url):
-    d = wb._mkdtemp("wb-pg-")
-    path = os.path.join(d, "waybill.lua")
-    with open(path, "w") as f:
-        f.write('store = "%s"\n' % url)
-    return path
-
-
 def _run(cmd, url):
-    r = wb.run(cmd, "-c", _config(url), timeout=60)
-    return r.returncode, r.stdout.decode("utf-8", "replace").strip(), r.stderr.decode("utf-8", "replace")
+    rc, out, err = base._run(cmd, url)
+    return rc, out.strip(), err
 
 
 def _as_version_1(db):

@@ -111,17 +111,6 @@ def describe(g, sinks):
     return "\n".join(lines)
 
 
-def max_in_window(times, width):
-    """The most timestamps in any window [t, t + width)."""
-    times = sorted(times)
-    best, j = 0, 0
-    for i in range(len(times)):
-        while times[i] - times[j] >= width:
-            j += 1
-        best = max(best, i - j + 1)
-    return best
-
-
 # ---- 1. hanging, slow and rate-limited receivers beside a healthy one ----------------
 
 N_FANOUT = 600
@@ -184,7 +173,7 @@ def test_hanging_slow_and_rate_limited_endpoints_do_not_slow_a_healthy_one():
     # burst), and not starved either.
     times = [r.mono for r in limited.snapshot()]
     assert len(times) >= 2, ctx
-    per_second = max_in_window(times, 1.0)
+    per_second = schedsink.max_in_window(times, 1.0)
     assert per_second <= RATE + RATE // 10 + 3, "rate = %d: %d requests in one second\n%s" % (RATE, per_second, ctx)
     pace = (len(times) - 1) / (times[-1] - times[0])
     assert pace <= RATE * 1.1, "rate = %d: %.1f requests a second on average\n%s" % (RATE, pace, ctx)
@@ -276,7 +265,7 @@ def test_rate_limit_holds_across_kill9_and_immediate_restart():
     sink.wait_for(lambda s: s.delivered_ids() >= set(sent), timeout=(N_RESTART / RESTART_RATE + 15) * SCALE,
                   message="every event delivered after the restart")
     times = sorted(r.mono for r in sink.snapshot())
-    most = max_in_window(times, 1.0)
+    most = schedsink.max_in_window(times, 1.0)
     resumed = min(t for t in times if t >= restart_at)
     burst = sum(1 for t in times if resumed <= t < resumed + 0.1)
     ctx = ("%d requests before the SIGKILL, %d in all; the first after it %.3fs after the restart began; "
@@ -753,7 +742,7 @@ def test_soak_twenty_endpoints_random_behaviours_survive_sigkill_and_sighup():
         m = re.search(r"rate = (\d+)", e["extra"])
         if m:
             rate = int(m.group(1))
-            most = max_in_window([r.mono for r in s.snapshot()], 1.0)
+            most = schedsink.max_in_window([r.mono for r in s.snapshot()], 1.0)
             assert most <= rate + rate // 10 + 3, "%s: rate = %d, %d requests in one second" % (e["name"], rate, most)
 
     # The 410'd endpoint is enabled, and its failed delivery went out on retry.
