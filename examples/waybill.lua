@@ -9,10 +9,14 @@
 --   waybill route -c examples/waybill.lua --source atoship examples/shipment.json
 
 environment = "sandbox"                 -- batch windows default to 5m here (30m in production)
-listen      = "127.0.0.1:8080"
-admin       = { listen = "127.0.0.1:8081", token = env("WAYBILL_ADMIN_TOKEN", "dev-admin-token") }
-store       = "sqlite:../.run/waybill.db" -- relative to this file: the repo's .run/ (git-ignored)
-pidfile     = "../.run/waybill.pid"   -- for `waybill reload --pidfile` / kill -HUP
+-- (WAYBILL_LISTEN, WAYBILL_ADMIN_LISTEN, WAYBILL_STORE and WAYBILL_PIDFILE run
+-- a second instance of this file beside the first on one PostgreSQL: README,
+-- "Running several instances")
+listen      = env("WAYBILL_LISTEN", "127.0.0.1:8080")
+admin       = { listen = env("WAYBILL_ADMIN_LISTEN", "127.0.0.1:8081"),
+                token = env("WAYBILL_ADMIN_TOKEN", "dev-admin-token") }
+store       = env("WAYBILL_STORE", "sqlite:../.run/waybill.db") -- relative to this file: the repo's .run/ (git-ignored)
+pidfile     = env("WAYBILL_PIDFILE", "../.run/waybill.pid") -- for `waybill reload --pidfile` / kill -HUP
 max_body    = "1MiB"
 allow_private = { "127.0.0.0/8" }       -- the example receiver is on loopback
 

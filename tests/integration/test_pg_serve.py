@@ -275,3 +275,57 @@ def test_events_left_received_are_routed_once_by_two_instances_recovering_at_onc
     for i in ids[:5]:
         assert len(b.event(i)["deliveries"]) == 1, b.event(i)
     assert a.stop() == 0 and b.stop() == 0
+
+
+def test_the_example_config_runs_as_two_instances_on_one_database_as_the_readme_shows():
+    """README, "Running several instances": examples/waybill.lua with
+    WAYBILL_STORE, WAYBILL_LISTEN, WAYBILL_ADMIN_LISTEN and WAYBILL_PIDFILE
+    set, `waybill migrate`, then two `waybill serve` of the same file; an
+    event posted to one is read through the other, one killed with
+    SIGKILL, the other goes on taking and showing events."""
+    import os
+    import signal
+    import subprocess
+    db = pg.database()
+    ex = os.path.join(wb.ROOT, "examples", "waybill.lua")
+    d = wb._mkdtemp("wb-two-")
+    r = wb.run("migrate", "-c", ex, env={"WAYBILL_STORE": db.url})
+    assert r.returncode == 0 and b"created schema version" in r.stdout, r
+    insts = []
+    try:
+        for i in range(2):
+            port, admin = wb.free_port(), wb.free_port()
+            env = dict(os.environ, WAYBILL_STORE=db.url, WAYBILL_LISTEN="127.0.0.1:%d" % port,
+                       WAYBILL_ADMIN_LISTEN="127.0.0.1:%d" % admin,
+                       WAYBILL_PIDFILE=os.path.join(d, "w%d.pid" % i))
+            env.pop("WAYBILL_ADMIN_TOKEN", None)
+            log = open(os.path.join(d, "w%d.log" % i), "wb")
+            p = subprocess.Popen([wb._bin(), "serve", "-c", ex], env=env, stdin=subprocess.DEVNULL,
+                                 stdout=log, stderr=log)
+            insts.append((p, port, admin))
+        for p, port, admin in insts:
+            wb.wait_for(lambda: wb.http_request(admin, "GET", "/healthz", timeout=2).status == 200,
+                        timeout=wb.START_TIMEOUT, message="both instances serving")
+
+        def post(port):
+            body = wb.atoship_event("tracking.in_transit")
+            r = wb.http_request(port, "POST", "/hooks/atoship", body,
+                                wb.atoship_headers("dev-atoship-secret", body))
+            assert r.status == 200, r
+            return r.json()["id"]
+
+        def shown(admin, eid):
+            return wb.http_request(admin, "GET", "/api/events/" + eid,
+                                   headers={"Authorization": "Bearer dev-admin-token"}).status
+
+        first = post(insts[0][1])
+        assert shown(insts[1][2], first) == 200
+        insts[0][0].send_signal(signal.SIGKILL)
+        insts[0][0].wait(10)
+        second = post(insts[1][1])
+        assert shown(insts[1][2], first) == 200 and shown(insts[1][2], second) == 200
+    finally:
+        for p, _, _ in insts:
+            if p.poll() is None:
+                p.terminate()
+                p.wait(20)
