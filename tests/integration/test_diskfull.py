@@ -27,23 +27,37 @@ def _mount(path, size):
     return r.returncode == 0
 
 
-def test_full_disk_answers_503_stays_quiet_and_writes_again_once_space_is_freed():
-    d = wb._mkdtemp("wb-diskfull-")
-    mnt = os.path.join(d, "disk")
-    if not _mount(mnt, "8m"):
+def _disk_gateway(mnt, sink, endpoint_extra=""):
+    """A gateway with one endpoint "erp" (sink) whose SQLite store is on mnt."""
+    cfg = wb.config('''
+        source "atoship" {{ verify = "atoship", secret = {s} }}
+        endpoint "erp" {{ url = {u}, sign = "none"{x} }}
+        rules "rules/"
+    '''.format(s=wb.lua(SECRET), u=wb.lua(sink.url), x=endpoint_extra),
+        store="sqlite:" + os.path.join(mnt, "w.db"))
+    return wb.Gateway(cfg, files={"rules/10.lua": 'on("*", {"erp"})'})
+
+
+def _tmpfs(size):
+    """A fresh tmpfs of size mounted under a temp dir, or None (with a
+    line saying so) where mounting is not allowed."""
+    mnt = os.path.join(wb._mkdtemp("wb-diskfull-"), "disk")
+    if not _mount(mnt, size):
         print("  skipped: cannot mount a tmpfs here (not root?)", file=sys.__stderr__)
+        return None
+    return mnt
+
+
+def test_full_disk_answers_503_stays_quiet_and_writes_again_once_space_is_freed():
+    mnt = _tmpfs("8m")
+    if not mnt:
         return
     try:
         filler = os.path.join(mnt, "filler")
         with open(filler, "wb") as f:
             f.write(b"\0" * (5 << 20))
         sink = wb.Sink()
-        cfg = wb.config('''
-            source "atoship" {{ verify = "atoship", secret = {s} }}
-            endpoint "erp" {{ url = {u}, sign = "none" }}
-            rules "rules/"
-        '''.format(s=wb.lua(SECRET), u=wb.lua(sink.url)), store="sqlite:" + os.path.join(mnt, "w.db"))
-        g = wb.Gateway(cfg, files={"rules/10.lua": 'on("*", {"erp"})'})
+        g = _disk_gateway(mnt, sink)
         with g:
             acked, refused, retry_after = [], 0, None
             for _ in range(3000):
@@ -113,21 +127,14 @@ def test_retries_due_while_the_disk_is_full_wait_for_space_and_then_go_out():
     finds no lost wake-up in it (the watchdog's tick and the claim's retry
     have the same period: a tick can fall just before a retry), and once
     space is freed every one goes out."""
-    d = wb._mkdtemp("wb-diskfull-")
-    mnt = os.path.join(d, "disk")
-    if not _mount(mnt, "8m"):
-        print("  skipped: cannot mount a tmpfs here (not root?)", file=sys.__stderr__)
+    mnt = _tmpfs("8m")
+    if not mnt:
         return
     try:
         n = 6
         # each event's first attempt fails; its retry is due 4 s later
         sink = wb.Sink(responses=[500] * n)
-        cfg = wb.config('''
-            source "atoship" {{ verify = "atoship", secret = {s} }}
-            endpoint "erp" {{ url = {u}, sign = "none", retry = {{ "0s", "4s", "1s", "1s" }} }}
-            rules "rules/"
-        '''.format(s=wb.lua(SECRET), u=wb.lua(sink.url)), store="sqlite:" + os.path.join(mnt, "w.db"))
-        g = wb.Gateway(cfg, files={"rules/10.lua": 'on("*", {"erp"})'})
+        g = _disk_gateway(mnt, sink, ', retry = { "0s", "4s", "1s", "1s" }')
         with g:
             ids, wids = [], []
             for i in range(n):
