@@ -82,13 +82,14 @@ struct deliver_ep {
     uint64_t progress;                /* claims tried + transfers started, ever */
     uint64_t progress_seen;           /* progress when due_free_since was set */
     int64_t due_free_since;           /* monotonic ms since due with a free slot, 0 = not */
-    int stuck;                        /* due with a free slot for DELIVER_STUCK_MS */
-    uint64_t lost_wakeups;            /* watchdog found it idle while due (a bug) */
-    struct deliver_xfer *xfers;       /* every xfer it holds, waiting or in flight */
-    int dirty;                        /* rows were written for it: the next kick looks */
-    int64_t dirty_seq;                /* ... once deliveries up to this seq are committed */
-    struct deliver_read *read;        /* its claim (or ordered look) in flight, or NULL */
-    int again;                        /* a look came while it was in flight: look once answered */
+    int64_t started_at;               /* monotonic ms of its last transfer started, 0 = none */
+    int stuck;                  /* due with a free slot, nothing started, for DELIVER_STUCK_MS */
+    uint64_t lost_wakeups;      /* watchdog found it idle while due (a bug) */
+    struct deliver_xfer *xfers; /* every xfer it holds, waiting or in flight */
+    int dirty;                  /* rows were written for it: the next kick looks */
+    int64_t dirty_seq;          /* ... once deliveries up to this seq are committed */
+    struct deliver_read *read;  /* its claim (or ordered look) in flight, or NULL */
+    int again;                  /* a look came while it was in flight: look once answered */
     struct deliver_ep *next;
 };
 

@@ -214,6 +214,7 @@ static void deliver_ep_start(struct deliver *d, struct deliver_ep *ep, struct de
     char err[128];
 
     ep->progress++;
+    ep->started_at = util_mono_ms();
     /* A shared store: a row whose lease ran out (or nearly) while it waited
      * here (a loaded machine, groups slow to commit) may be another
      * instance's by now: never sent on an expired lease; dropped (nothing
@@ -821,6 +822,25 @@ static int deliver_ep_due(const struct deliver_ep *ep, const struct config_endpo
     return at >= 0 && at <= before;
 }
 
+/* Due with a free slot for DELIVER_STUCK_MS, and no transfer started in
+ * that time, marks ep stuck (deliver_check_cb). Transfers starting one
+ * after another are no stall, even if every tick finds a slot free and a
+ * row due between two of them (an ordered endpoint's next head). */
+static void deliver_check_stuck(struct deliver_ep *ep, int64_t mono) {
+    int64_t since = ep->due_free_since > ep->started_at ? ep->due_free_since : ep->started_at;
+
+    if (mono - since < DELIVER_STUCK_MS) {
+        ep->stuck = 0;
+        return;
+    }
+    if (ep->stuck)
+        return;
+    ep->stuck = 1;
+    log_msg(LOG_ERROR,
+            "endpoint %s: deliveries due for %" PRId64 " s with a free slot are not going out",
+            ep->name, (mono - ep->due_free_since) / 1000);
+}
+
 /* The watchdog's judgement of one endpoint (see deliver_check_cb). */
 static void deliver_check_ep(struct deliver *d, struct deliver_ep *ep,
                              const struct store_endpoint_due *due, int64_t before, int64_t mono,
@@ -841,6 +861,7 @@ static void deliver_check_ep(struct deliver *d, struct deliver_ep *ep,
         ep->progress_seen = ep->progress;
         if (!ep->due_free_since)
             ep->due_free_since = mono;
+        deliver_check_stuck(ep, mono);
         return;
     }
     if (!ep->due_free_since) {
@@ -869,13 +890,7 @@ static void deliver_check_ep(struct deliver *d, struct deliver_ep *ep,
         deliver_ep_service(d, ep);
     }
     ep->progress_seen = ep->progress;
-    if (mono - ep->due_free_since >= DELIVER_STUCK_MS && !ep->stuck) {
-        ep->stuck = 1;
-        log_msg(LOG_ERROR,
-                "endpoint %s: deliveries due for %" PRId64 " s with a free slot are "
-                "not going out",
-                ep->name, (mono - ep->due_free_since) / 1000);
-    }
+    deliver_check_stuck(ep, mono);
 }
 
 /* The watchdog's read answered: endpoints discovered, then each endpoint
@@ -928,11 +943,11 @@ static void deliver_leases_renew(struct deliver *d, int64_t now) {
  * tick itself came late because the loop was held up). A breach is a lost
  * wake-up: logged, counted, repaired by looking at the endpoint; under
  * WAYBILL_CHECKS (debug and sanitizer builds) it aborts. Due with a free
- * slot for DELIVER_STUCK_MS (claims that keep finding nothing: the store)
- * marks the endpoint stuck, which /healthz reports. What is due comes from
- * one asynchronous read per tick (every endpoint's next due row and head,
- * and the endpoints with pending rows for discovery), judged when it is
- * answered; a tick whose last read is still unanswered makes none. */
+ * slot for DELIVER_STUCK_MS with no transfer started (claims that keep
+ * finding nothing: the store) marks the endpoint stuck, which /healthz reports. What is due comes
+ * from one asynchronous read per tick (every endpoint's next due row and head, and the endpoints
+ * with pending rows for discovery), judged when it is answered; a tick whose last read is still
+ * unanswered makes none. */
 void deliver_check_cb(evutil_socket_t fd, short kind, void *arg) {
     struct deliver *d = arg;
     int64_t mono = util_mono_ms(), now = util_now_ms();
