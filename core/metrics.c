@@ -73,8 +73,8 @@ static struct metrics_family metrics_fam[F_COUNT_] = {
                       "Pages written to the store's write-ahead log (each page_size + 24 bytes).",
                       M_COUNTER, NULL, NULL},
     [F_TAKEOVERS] = {"waybill_delivery_lease_takeovers_total",
-                     "Deliveries claimed after another instance's lease on them expired (each "
-                     "may be sent twice), by endpoint.",
+                     "Deliveries claimed after another instance's lease on them expired or was "
+                     "given back at its death (each may be sent twice), by endpoint.",
                      M_COUNTER, NULL, NULL},
 };
 

@@ -40,8 +40,10 @@
  * - Rows other instances insert, and leases of a dead instance once
  *   expired: found by the scheduler's watchdog read every second
  *   (store_shared: the endpoints with pending rows, each one's next due
- *   time), so within about a second, or the lease (the `lease` setting,
- *   default 30 s, renewed while an attempt runs) after a SIGKILL.
+ *   time), so within about a second; after a SIGKILL, once the dead
+ *   instance's session lock has been seen gone for 2 s (store_pg_reap.c),
+ *   or behind a pooler when the lease ends (the `lease` setting, default
+ *   30 s, renewed while an attempt runs).
  * - Retention (prune): a pass is a short transaction of its own on the
  *   read connection, not a write of the group (SQLite's runs in the
  *   group): its deletes never lengthen a group's round trip, and it can

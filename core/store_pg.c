@@ -187,6 +187,17 @@ static const char *const schema_v2[] = {
     " WHERE delivery_id IS NOT NULL",
 };
 
+/* ---- version 3: a killed instance found by its session lock ---- */
+
+/* lock_key: the second key of the session advisory lock the instance holds
+ * on its write connection while it lives (STORE_PG_INSTANCE_LOCK, lock_key);
+ * session_lock: it took one (not behind a pooler). store_pg_reap.c gives a
+ * dead one's leases back. */
+static const char *const schema_v3[] = {
+    "ALTER TABLE instances ADD COLUMN lock_key integer NOT NULL DEFAULT 0,"
+    " ADD COLUMN session_lock boolean NOT NULL DEFAULT false",
+};
+
 /* Each version's statements, in order: versions[v - 1] brings v - 1 to v. */
 static const struct {
     const char *const *sql;
@@ -194,6 +205,7 @@ static const struct {
 } versions[STORE_PG_SCHEMA_VERSION] = {
     {schema_v1, sizeof schema_v1 / sizeof schema_v1[0]},
     {schema_v2, sizeof schema_v2 / sizeof schema_v2[0]},
+    {schema_v3, sizeof schema_v3 / sizeof schema_v3[0]},
 };
 
 /* ---- the schema step: a small state machine on a private loop ---- */

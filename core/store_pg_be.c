@@ -518,26 +518,41 @@ static void on_registered(void *arg, const PGresult *res, const char *err) {
  * instance's row in instances. */
 static void on_wr_state(void *arg, int up, const char *err) {
     struct store_be *be = arg;
-    char now[32];
-    const char *params[3] = {be->instance, now, WAYBILL_VERSION};
+    char now[32], key[16], pid[16];
+    const char *params[5] = {be->instance, now, WAYBILL_VERSION, key, pid};
 
     if (!up) {
+        be->lost_ms = util_mono_ms();
         if (be->group)
             pg_tx_fail(be->group, err);
         return;
     }
     snprintf(now, sizeof now, "%lld", (long long)util_now_ms());
+    snprintf(key, sizeof key, "%d", be->lock_key);
+    snprintf(pid, sizeof pid, "%d", store_pg_conn_pid(be->wr));
+    /* The session lock that says this instance lives (store_pg_reap.c),
+     * taken only where the session is PostgreSQL's own: behind a pooler
+     * the pid libpq was told is the pooler's, and a lock would stay with
+     * a pooled server session. */
     if (store_pg_conn_query(be->wr,
-                            "INSERT INTO instances (id, started_at, seen_at, version)"
-                            " VALUES ($1, $2, $2, $3) ON CONFLICT (id) DO UPDATE SET seen_at = $2",
-                            3, params, on_registered, be) == 0)
+                            "INSERT INTO instances (id, started_at, seen_at, version, lock_key,"
+                            " session_lock) VALUES ($1, $2, $2, $3, $4::int,"
+                            " CASE WHEN pg_backend_pid() = $5::int THEN "
+                            "pg_try_advisory_lock(" STORE_PG_INSTANCE_LOCK
+                            ", $4::int) ELSE false END)"
+                            " ON CONFLICT (id) DO UPDATE SET seen_at = $2,"
+                            " session_lock = EXCLUDED.session_lock",
+                            5, params, on_registered, be) == 0)
         (void)store_pg_conn_sync(be->wr);
 }
 
 static void on_rd_state(void *arg, int up, const char *err) {
+    struct store_be *be = arg;
     UNUSED(err);
     if (up)
-        lost_release(arg);
+        lost_release(be);
+    else
+        be->lost_ms = util_mono_ms();
 }
 
 static void be_close(struct store_be *be) {
@@ -549,6 +564,7 @@ static void be_close(struct store_be *be) {
         pg_tx_fail(be->group, "the store was closed");
     /* in-flight statements fail (callbacks with no result): every
      * transaction fails; those waiting for the loop are answered now */
+    store_pg_reap_stop(be);
     store_pg_conn_free(be->wr);
     store_pg_conn_free(be->rd);
     be->wr = be->rd = NULL;
@@ -566,6 +582,16 @@ static void be_close(struct store_be *be) {
     util_buf_free(&be->buf);
     free(be->url);
     free(be);
+}
+
+/* The session lock's second key, from the instance's id (FNV-1a, 31 bits):
+ * two live instances sharing one is harmless: the second takes no lock
+ * (session_lock false), so its leases end at their expiry only. */
+static int lock_key_of(const char *id) {
+    uint32_t h = 2166136261u;
+    for (; *id; id++)
+        h = (h ^ (unsigned char)*id) * 16777619u;
+    return (int)(h & 0x7fffffff);
 }
 
 static int be_open(struct store_be **out, struct event_base *base, const char *url,
@@ -589,9 +615,14 @@ static int be_open(struct store_be **out, struct event_base *base, const char *u
     be->base = base;
     util_url_redact(url, be->shown, sizeof be->shown);
     util_id_new("ins_", be->instance, sizeof be->instance);
+    be->lock_key = lock_key_of(be->instance);
     if (!(be->wr = store_pg_conn_new(base, url, BE_CONNECT_MS, on_wr_state, be, msg, sizeof msg)) ||
         !(be->rd = store_pg_conn_new(base, url, BE_CONNECT_MS, on_rd_state, be, msg, sizeof msg))) {
         snprintf(err, errlen, "store: '%s': %s", be->shown, msg);
+        goto fail;
+    }
+    if (store_pg_reap_start(be) < 0) {
+        snprintf(err, errlen, "store: out of memory");
         goto fail;
     }
     *out = be;

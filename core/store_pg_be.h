@@ -39,6 +39,7 @@
  * store_pg_retain.c: retention) ---- */
 
 struct event;
+struct pg_dead;
 struct pg_lost;
 struct pg_op;
 struct pg_tx;
@@ -100,6 +101,12 @@ struct store_be {
     size_t nlost;
     int64_t last_until; /* the last claim's lease end: each claim's is its own */
     int closing;        /* be_close runs: a claim failing now was not lost */
+    /* store_pg_reap.c: dead instances' leases given back */
+    struct event *reap_timer; /* every second */
+    struct pg_dead *dead;     /* instances seen without their session lock */
+    int reap_busy;            /* a look or a release in flight */
+    int64_t lost_ms;          /* when a connection of this instance was last lost (monotonic) */
+    int lock_key;             /* instances.lock_key: the session lock's second key */
 };
 
 /* A new transaction on conn (explicit: BEGIN queued). NULL when down. */
@@ -195,6 +202,10 @@ int store_pg_endpoint_queue(struct store_be *be, const char *name, int64_t now, 
 int store_pg_endpoint_blocked(struct store_be *be, const char *name, size_t max,
                               store_be_done_fn cb, void *arg);
 int store_pg_delivery_counts(struct store_be *be, store_be_done_fn cb, void *arg);
+/* store_pg_reap.c: starts the look for dead instances (every second), or
+ * stops it and forgets what it saw. */
+int store_pg_reap_start(struct store_be *be);
+void store_pg_reap_stop(struct store_be *be);
 /* store_pg_retain.c */
 int store_pg_prune(struct store_be *be, const struct store_prune *p, store_be_done_fn cb,
                    void *arg);

@@ -10,7 +10,9 @@
  * since the statement's snapshot, and leaves it), the lease is the owner
  * (this instance's id) and an expiry, and a row whose lease expired is
  * claimable by anyone: an instance killed with its leases loses them at
- * their expiry. An ordered endpoint has one owner of its head at a time
+ * their expiry, or sooner once it is seen dead (store_pg_reap.c sets their
+ * lease_until to 0, the owner kept, so a claim counts the takeover). An
+ * ordered endpoint has one owner of its head at a time
  * (endpoint_state.head_owner, head_until): the claim first takes or renews
  * it (an upsert whose WHERE lets another owner's head go only once
  * expired; the row lock makes two instances' attempts queue), and claims

@@ -952,6 +952,10 @@ void store_pg_conn_counts(const struct store_pg_conn *c, uint64_t *queries, uint
     *syncs = c ? c->nsyncs : 0;
 }
 
+int store_pg_conn_pid(const struct store_pg_conn *c) {
+    return store_pg_conn_up(c) ? PQbackendPID(c->pg) : 0;
+}
+
 const char *store_pg_conn_param(const struct store_pg_conn *c, const char *name) {
     return store_pg_conn_up(c) ? PQparameterStatus(c->pg, name) : NULL;
 }

@@ -70,6 +70,10 @@ int store_pg_conn_sync(struct store_pg_conn *c);
  * (each ends a pipeline segment), for tests and metrics. */
 void store_pg_conn_counts(const struct store_pg_conn *c, uint64_t *queries, uint64_t *syncs);
 
+/* The backend pid libpq was told at connection (behind a pooler: the
+ * pooler's, not PostgreSQL's); 0 when down. */
+int store_pg_conn_pid(const struct store_pg_conn *c);
+
 /* The server's session attributes once up (e.g. "server_version"); NULL
  * before. */
 const char *store_pg_conn_param(const struct store_pg_conn *c, const char *name);
@@ -93,12 +97,17 @@ const char *store_pg_scrub(const char *url, const char *msg, char *out, size_t o
 /* ---- the schema (store_pg.c) ---- */
 
 /* The schema version this binary writes and reads (2: endpoint_state's
- * shared `rate` bucket). */
-#define STORE_PG_SCHEMA_VERSION 2
+ * shared `rate` bucket; 3: instances' session lock). */
+#define STORE_PG_SCHEMA_VERSION 3
 
 /* The key of pg_advisory_xact_lock taken by every schema change ("waybill"
  * in ASCII): a transaction-scoped lock, released at COMMIT or ROLLBACK, so
  * it holds behind PgBouncer's transaction pooling too. */
 #define STORE_PG_SCHEMA_LOCK "33610883074878572"
+
+/* The first key of the session advisory lock each instance holds while it
+ * lives (pg_try_advisory_lock(STORE_PG_INSTANCE_LOCK, instances.lock_key);
+ * "wayb" in ASCII): the two-key form, never the schema's one-key lock. */
+#define STORE_PG_INSTANCE_LOCK "2002876770"
 
 #endif

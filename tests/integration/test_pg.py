@@ -67,10 +67,10 @@ def test_migrate_creates_the_schema_on_an_empty_database():
     rc, out, err = _run("migrate", db.url)
     assert rc == 0, (out, err)
     shown = db.url_with("***")
-    assert out.strip() == "store: '%s': created schema version 2 (26 statements)" % shown, out
+    assert out.strip() == "store: '%s': created schema version 3 (27 statements)" % shown, out
     assert err == "", err
     assert _tables(db) == TABLES
-    assert db.sql("SELECT version, written_by FROM waybill_schema") == [["2", "waybill 0.1.0"]]
+    assert db.sql("SELECT version, written_by FROM waybill_schema") == [["3", "waybill 0.1.0"]]
     # the dedupe key: the same carrier event id twice is one row
     db.sql("INSERT INTO events (id, source, source_id, status, received_at)"
            " VALUES ('e1', 'atoship', 'x1', 'received', 1)")
@@ -88,7 +88,7 @@ def test_migrate_creates_the_schema_on_an_empty_database():
     # again: nothing to do, still exit 0
     rc, out, err = _run("migrate", db.url)
     assert rc == 0, (out, err)
-    assert out.strip() == "store: '%s': schema version 2 is in place, nothing to do" % shown, out
+    assert out.strip() == "store: '%s': schema version 3 is in place, nothing to do" % shown, out
     assert err == "", err  # no server NOTICE leaks to the terminal
     assert db.sql("SELECT count(*) FROM waybill_schema") == [["1"]]
     _no_secret([out, err], pg.PASSWORD)
@@ -141,8 +141,8 @@ def two_migrates_at_once(db, url, where=""):
     for rc, out, err in results:
         assert rc == 0, (out, err)
     outs = sorted(out.strip().split(": ", 2)[-1] for _, out, _ in results)
-    assert outs == ["created schema version 2 (26 statements)",
-                    "schema version 2 is in place, nothing to do"], outs
+    assert outs == ["created schema version 3 (27 statements)",
+                    "schema version 3 is in place, nothing to do"], outs
     assert db.sql("SELECT count(*) FROM waybill_schema") == [["1"]]
     assert _tables(db) == TABLES
 
@@ -164,17 +164,17 @@ def test_two_migrates_at_once_make_one_schema():
 def test_a_newer_schema_is_refused_by_migrate_check_and_serve():
     db = pg.database()
     assert _run("migrate", db.url)[0] == 0
-    db.sql("INSERT INTO waybill_schema (version, written_by) VALUES (3, 'waybill 9.9')")
+    db.sql("INSERT INTO waybill_schema (version, written_by) VALUES (4, 'waybill 9.9')")
     outputs = []
     for cmd in ("migrate", "check", "serve"):
         rc, out, err = _run(cmd, db.url)
         outputs += [out, err]
         assert rc != 0, (cmd, out, err)
-        assert ("store: '%s': the database's schema is version 3, newer than this waybill's (2):"
+        assert ("store: '%s': the database's schema is version 4, newer than this waybill's (3):"
                 " run the waybill that wrote it, or a newer one" % db.url_with("***")) in err, \
             (cmd, err)
     _no_secret(outputs, pg.PASSWORD)
-    assert db.sql("SELECT max(version) FROM waybill_schema") == [["3"]]  # untouched
+    assert db.sql("SELECT max(version) FROM waybill_schema") == [["4"]]  # untouched
 
 
 def test_unreachable_database_and_wrong_passwords_are_clear_errors_without_the_password():
@@ -201,7 +201,7 @@ def test_unreachable_database_and_wrong_passwords_are_clear_errors_without_the_p
     # and the right one in the query string works
     rc, out, err = _run("migrate", db.url_with(None, query="password=" + pg.PASSWORD))
     outputs += [out, err]
-    assert rc == 0 and "created schema version 2" in out, (out, err)
+    assert rc == 0 and "created schema version 3" in out, (out, err)
     assert "password=***" in out, out
     _no_secret(outputs, "Unreach-4417", wrong, "Bad%zzSecret", "zzSecret", pg.PASSWORD)
 
@@ -212,14 +212,14 @@ def test_the_password_from_pgpassword_or_pgpass():
     rc, out, err = _run("migrate", url, env={"PGPASSWORD": "", "PGPASSFILE": "/nonexistent"})
     assert rc != 0 and "no password supplied" in err, (out, err)
     rc, out, err = _run("migrate", url, env={"PGPASSWORD": pg.PASSWORD})
-    assert rc == 0 and "created schema version 2" in out, (out, err)
+    assert rc == 0 and "created schema version 3" in out, (out, err)
     _no_secret([out, err], pg.PASSWORD)
     home = wb._mkdtemp("wb-pg-home-")
     with open(os.path.join(home, ".pgpass"), "w") as f:
         f.write("127.0.0.1:%d:%s:waybill:%s\n" % (db.port, db.name, pg.PASSWORD))
     os.chmod(os.path.join(home, ".pgpass"), 0o600)
     rc, out, err = _run("migrate", url, env={"HOME": home})
-    assert rc == 0 and "schema version 2 is in place" in out, (out, err)
+    assert rc == 0 and "schema version 3 is in place" in out, (out, err)
     _no_secret([out, err], pg.PASSWORD)
 
 
@@ -233,12 +233,12 @@ def test_check_reads_the_schema_and_serve_creates_it_without_showing_the_passwor
     g = wb.Gateway(wb.config("", store=db.url))
     log = g.log()
     # the first instance on an empty database created the schema, and serves
-    assert "created schema version 2" in log or _tables(db) == TABLES, log
+    assert "created schema version 3" in log or _tables(db) == TABLES, log
     assert _tables(db) == TABLES
     assert wb.http_request(g.admin_port, "GET", "/healthz").status == 200
     g.stop()
     rc, out, err = _run("check", db.url)
-    assert rc == 0 and "schema version 2 is in place" in out, (out, err)
+    assert rc == 0 and "schema version 3 is in place" in out, (out, err)
     _no_secret([g.log(), out, err], pg.PASSWORD)
 
 
@@ -281,7 +281,7 @@ def test_migrate_wait_keeps_trying_until_the_database_is_up():
         if cluster.proc is None:
             cluster.start()
     assert rc == 0, (out, err)
-    assert "created schema version 2" in out, out
+    assert "created schema version 3" in out, out
     # up within a backoff step of the start (at most 5 s + a quarter)
     assert time.monotonic() - t0 < 1.5 + 10, time.monotonic() - t0
     _no_secret([out, err], pg.PASSWORD)
@@ -324,7 +324,7 @@ def test_several_hosts_and_target_session_attrs_go_to_libpq():
                                                                    db.name)
     # the first host refuses, the second is a primary
     rc, out, err = _run("migrate", url + "?target_session_attrs=read-write")
-    assert rc == 0 and "created schema version 2" in out, (out, err)
+    assert rc == 0 and "created schema version 3" in out, (out, err)
     # no standby among them: libpq says so, waybill passes it on
     rc, out, err = _run("migrate", url + "?target_session_attrs=standby")
     assert rc != 0, (out, err)

@@ -48,7 +48,7 @@ def _one_line(err):
 def _standby_has_the_schema(standby, db):
     return (base.TABLES <= {r[0] for r in standby.sql(
         "SELECT tablename FROM pg_tables WHERE schemaname = 'public'", db.name)}
-        and standby.sql("SELECT version FROM waybill_schema", db.name) == [["2"]])
+        and standby.sql("SELECT version FROM waybill_schema", db.name) == [["3"]])
 
 
 def test_failover_to_the_promoted_synchronous_standby():
@@ -62,7 +62,7 @@ def test_failover_to_the_promoted_synchronous_standby():
     rc, out, err = base._run("migrate", url)
     outputs += [out, err]
     assert rc == 0, (out, err)
-    assert out.strip() == "store: '%s': created schema version 2 (26 statements)" % shown, out
+    assert out.strip() == "store: '%s': created schema version 3 (27 statements)" % shown, out
     assert primary.replication(standby) == ["streaming", "sync"]
     # COMMIT returned once the standby had flushed it: the primary may die now
     primary.kill()
@@ -93,7 +93,7 @@ def test_failover_to_the_promoted_synchronous_standby():
     rc, out, err = base._finish(p, 30)
     outputs += [out, err]
     assert rc == 0, (out, err)
-    assert out.strip() == "store: '%s': schema version 2 is in place, nothing to do" % shown, out
+    assert out.strip() == "store: '%s': schema version 3 is in place, nothing to do" % shown, out
     assert err == "", err
     # within one backoff step (5 s at most, a quarter more at random)
     assert time.monotonic() - t0 < 6.25 + 2, time.monotonic() - t0
@@ -101,7 +101,7 @@ def test_failover_to_the_promoted_synchronous_standby():
     # and at once from now on, the dead host first in the URL or not
     rc, out, err = base._run("migrate", url)
     outputs += [out, err]
-    assert rc == 0 and "schema version 2 is in place" in out, (out, err)
+    assert rc == 0 and "schema version 3 is in place" in out, (out, err)
     base._no_secret(outputs, pg.PASSWORD)
 
 
@@ -127,7 +127,7 @@ def test_connect_timeout_is_per_host_a_silent_first_host_does_not_hide_the_secon
         rc, out, err = base._run("migrate", url % (pg.PASSWORD, hosts(
             silent.getsockname()[1], db.port), db.name))
         secs = time.monotonic() - t0
-        assert rc == 0 and "created schema version 2" in out, (out, err)
+        assert rc == 0 and "created schema version 3" in out, (out, err)
         assert 1.5 < secs < 8, secs
         # all three fail: each is named with its own reason, on one line
         rc, out, err = base._run("migrate", url % (pg.PASSWORD, hosts(
@@ -168,7 +168,7 @@ def test_migrate_through_pgbouncer_in_transaction_pooling():
     shown = url.replace(pg.PASSWORD, "***")
     rc, out, err = base._run("migrate", url)
     assert rc == 0, (out, err)
-    assert out.strip() == "store: '%s': created schema version 2 (26 statements)" % shown, out
+    assert out.strip() == "store: '%s': created schema version 3 (27 statements)" % shown, out
     assert err == "", err
     assert base._tables(db) == base.TABLES
     assert "login attempt: db=%s user=waybill" % db.name in bouncer.log(), bouncer.log()[-2000:]
@@ -211,7 +211,7 @@ def test_check_and_serve_through_pgbouncer_are_clear_without_the_password():
     assert base._run("migrate", url)[0] == 0
     rc, out, err = base._run("check", url)
     outputs += [out, err]
-    assert rc == 0 and "schema version 2 is in place" in _one_line(out), (out, err)
+    assert rc == 0 and "schema version 3 is in place" in _one_line(out), (out, err)
     # serve through it: no session state is kept across transactions (the
     # schema lock is transaction-scoped, each group one transaction)
     sink = wb.Sink()

@@ -75,6 +75,10 @@ def test_through_pgbouncer_statements_are_planned_each_time_and_no_request_fails
     calls, plans = insert_stats(db)
     assert calls >= 20 and plans == calls, (calls, plans)
     assert "does not exist" not in g.log(), g._tail(20)
+    # no session lock behind a pooler (it would stay with a pooled server
+    # session): the instance is registered without one, and none is held
+    assert db.sql("SELECT session_lock FROM instances") == [["f"]]
+    assert db.sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == [["0"]]
     assert g.stop() == 0
 
 

@@ -10,7 +10,8 @@ interval + burst. What a receiver sees is checked here: kernel receive
 stamps (schedsink), no second with more than rate + a tenth + 3 requests
 (the bound of the SQLite tests in test_scheduler.py), every event
 delivered once. And the schema step that adds the bucket: a database at
-version 1 is upgraded by `waybill migrate` and by the first instance.
+version 1 is upgraded by `waybill migrate` and by the first instance (and
+one at version 2 to 3, the instances' session lock: store_pg_reap.c).
 """
 
 import re
@@ -110,14 +111,27 @@ def _run(cmd, url):
     return rc, out.strip(), err
 
 
-def _as_version_1(db):
-    """A database whose schema is version 1 (before the shared bucket): made
-    by this binary, then version 2's step undone."""
+def _as_version_2(db):
+    """A database whose schema is version 2 (before the instances' session
+    lock): made by this binary, then version 3's step undone."""
     rc, out, err = _run("migrate", db.url)
     assert rc == 0, (out, err)
+    db.sql("ALTER TABLE instances DROP COLUMN lock_key, DROP COLUMN session_lock")
+    db.sql("UPDATE waybill_schema SET version = 2")
+
+
+def _as_version_1(db):
+    """A database whose schema is version 1 (before the shared bucket): made
+    by this binary, then the steps of versions 3 and 2 undone."""
+    _as_version_2(db)
     db.sql("ALTER TABLE endpoint_state DROP COLUMN tokens, DROP COLUMN tokens_at")
     db.sql("DROP INDEX batch_items_delivery")
     db.sql("UPDATE waybill_schema SET version = 1")
+
+
+def _instance_columns(db):
+    return {r[0] for r in db.sql("SELECT column_name FROM information_schema.columns"
+                                 " WHERE table_name = 'instances' AND column_name IN ('lock_key', 'session_lock')")}
 
 
 def _bucket_columns(db):
@@ -125,21 +139,36 @@ def _bucket_columns(db):
                                  " WHERE table_name = 'endpoint_state' AND column_name LIKE 'tokens%'")}
 
 
-def test_migrate_upgrades_a_version_1_database_to_version_2():
+def test_migrate_upgrades_a_version_2_database_to_version_3():
+    db = pg.database()
+    _as_version_2(db)
+    shown = db.url_with("***")
+    rc, out, err = _run("check", db.url)
+    assert rc == 0 and out.endswith("; store: '%s': version 2 is in place; migrate brings it to 3" % shown), (
+        out, err)
+    assert _instance_columns(db) == set()
+    rc, out, err = _run("migrate", db.url)
+    assert rc == 0 and out == "store: '%s': upgraded the schema from version 2 to 3" % shown, (out, err)
+    assert _instance_columns(db) == {"lock_key", "session_lock"}
+    assert db.sql("SELECT version FROM waybill_schema ORDER BY version") == [["2"], ["3"]]
+
+
+def test_migrate_upgrades_a_version_1_database_to_version_3():
     db = pg.database()
     _as_version_1(db)
     shown = db.url_with("***")
     rc, out, err = _run("check", db.url)
-    assert rc == 0 and out.endswith("; store: '%s': version 1 is in place; migrate brings it to 2" % shown), (
+    assert rc == 0 and out.endswith("; store: '%s': version 1 is in place; migrate brings it to 3" % shown), (
         out, err)
     assert _bucket_columns(db) == set()
     rc, out, err = _run("migrate", db.url)
-    assert rc == 0 and out == "store: '%s': upgraded the schema from version 1 to 2" % shown, (out, err)
+    assert rc == 0 and out == "store: '%s': upgraded the schema from version 1 to 3" % shown, (out, err)
     assert _bucket_columns(db) == {"tokens", "tokens_at"}
+    assert _instance_columns(db) == {"lock_key", "session_lock"}
     assert db.sql("SELECT count(*) FROM pg_indexes WHERE indexname = 'batch_items_delivery'") == [["1"]]
-    assert db.sql("SELECT version FROM waybill_schema ORDER BY version") == [["1"], ["2"]]
+    assert db.sql("SELECT version FROM waybill_schema ORDER BY version") == [["1"], ["3"]]  # a row per migrate
     rc, out, err = _run("migrate", db.url)
-    assert rc == 0 and out == "store: '%s': schema version 2 is in place, nothing to do" % shown, (out, err)
+    assert rc == 0 and out == "store: '%s': schema version 3 is in place, nothing to do" % shown, (out, err)
 
 
 def test_the_first_instance_upgrades_a_version_1_database_and_a_rated_endpoint_delivers():
@@ -149,7 +178,7 @@ def test_the_first_instance_upgrades_a_version_1_database_and_a_rated_endpoint_d
     sink = wb.Sink()
     g, = _gateways(db, 'endpoint "limited" {{ url = {u}, sign = "none", rate = 5 }}'.format(
         u=wb.lua(sink.url)), n=1)
-    assert "upgraded the schema from version 1 to 2" in g.log(), g.log()[-2000:]
+    assert "upgraded the schema from version 1 to 3" in g.log(), g.log()[-2000:]
     assert _bucket_columns(db) == {"tokens", "tokens_at"}
     ids = [schedsink.Poster(g, SECRET).post_event("tracking.in_transit", n=i)[0] for i in range(3)]
     sink.wait_for_count(3, timeout=15 * SLOW)

@@ -238,7 +238,6 @@ N_RESTART = 400
 RESTART_RATE = 100
 
 
-@wb.not_yet_on_postgresql('a process restarted after kill -9 is a new lease owner: its old rows go out when their leases end (30 s), not at once')
 def test_rate_limit_holds_across_kill9_and_immediate_restart():
     """SPEC 7 `rate`: no second has more than rate + its burst (a tenth),
     crash or not. A backlog of held deliveries is let go, the gateway is
@@ -571,7 +570,6 @@ class _Sampler(threading.Thread):
 
 
 @wb.timeout(150)
-@wb.not_yet_on_postgresql('a process restarted after kill -9 is a new lease owner: its old rows go out when their leases end (30 s), not at once')
 def test_soak_twenty_endpoints_random_behaviours_survive_sigkill_and_sighup():
     rng = random.Random(SOAK_SEED)
     plan = soak_plan(rng)
@@ -778,7 +776,6 @@ def test_soak_twenty_endpoints_random_behaviours_survive_sigkill_and_sighup():
 
 # ---- subscriptions' endpoints (not in the config) ---------------------------
 
-@wb.not_yet_on_postgresql('a process restarted after kill -9 is a new lease owner: its old rows go out when their leases end (30 s), not at once')
 def test_subscription_backlog_left_by_a_crash_goes_out_after_restart():
     """A subscription's endpoint is found by name, not in the config's list:
     its deliveries, in flight when the process was killed, must still go
