@@ -419,10 +419,19 @@ static int parse_value(struct pg_op *op, int k, const PGresult *res) {
 
 int store_pg_endpoint_next_due(struct store_be *be, const char *name, store_be_done_fn cb,
                                void *arg) {
-    /* a leased row is claimable when its lease ends */
+    /* A leased row is claimable when its lease ends. Two index reads, not
+     * one min over every pending row (O(backlog), per claim): the first
+     * row never leased (lease_until 0) in due order, and the few rows
+     * with a lease, live or ended, from delivery_queue_leased (status
+     * tested in a FILTER, not the WHERE: a WHERE status = 'pending' would
+     * let the planner, its statistics stale, walk delivery_queue_due's
+     * every row instead). */
     return read_run(be,
-                    "SELECT min(greatest(next_at, lease_until)) FROM delivery_queue"
-                    " WHERE endpoint = $1 AND status = 'pending'",
+                    "SELECT least((SELECT next_at FROM delivery_queue WHERE endpoint = $1"
+                    "  AND status = 'pending' AND lease_until = 0"
+                    "  ORDER BY next_at, delivery_seq LIMIT 1),"
+                    " (SELECT min(greatest(next_at, lease_until)) FILTER (WHERE status = 'pending')"
+                    "  FROM delivery_queue WHERE endpoint = $1 AND lease_until > 0))",
                     1, (const char *const[]){name}, parse_value, value_free, cb, arg);
 }
 

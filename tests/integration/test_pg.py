@@ -67,7 +67,7 @@ def test_migrate_creates_the_schema_on_an_empty_database():
     rc, out, err = _run("migrate", db.url)
     assert rc == 0, (out, err)
     shown = db.url_with("***")
-    assert out.strip() == "store: '%s': created schema version 3 (27 statements)" % shown, out
+    assert out.strip() == "store: '%s': created schema version 3 (29 statements)" % shown, out
     assert err == "", err
     assert _tables(db) == TABLES
     assert db.sql("SELECT version, written_by FROM waybill_schema") == [["3", "waybill 0.1.0"]]
@@ -141,7 +141,7 @@ def two_migrates_at_once(db, url, where=""):
     for rc, out, err in results:
         assert rc == 0, (out, err)
     outs = sorted(out.strip().split(": ", 2)[-1] for _, out, _ in results)
-    assert outs == ["created schema version 3 (27 statements)",
+    assert outs == ["created schema version 3 (29 statements)",
                     "schema version 3 is in place, nothing to do"], outs
     assert db.sql("SELECT count(*) FROM waybill_schema") == [["1"]]
     assert _tables(db) == TABLES

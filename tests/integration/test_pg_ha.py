@@ -62,7 +62,7 @@ def test_failover_to_the_promoted_synchronous_standby():
     rc, out, err = base._run("migrate", url)
     outputs += [out, err]
     assert rc == 0, (out, err)
-    assert out.strip() == "store: '%s': created schema version 3 (27 statements)" % shown, out
+    assert out.strip() == "store: '%s': created schema version 3 (29 statements)" % shown, out
     assert primary.replication(standby) == ["streaming", "sync"]
     # COMMIT returned once the standby had flushed it: the primary may die now
     primary.kill()
@@ -168,7 +168,7 @@ def test_migrate_through_pgbouncer_in_transaction_pooling():
     shown = url.replace(pg.PASSWORD, "***")
     rc, out, err = base._run("migrate", url)
     assert rc == 0, (out, err)
-    assert out.strip() == "store: '%s': created schema version 3 (27 statements)" % shown, out
+    assert out.strip() == "store: '%s': created schema version 3 (29 statements)" % shown, out
     assert err == "", err
     assert base._tables(db) == base.TABLES
     assert "login attempt: db=%s user=waybill" % db.name in bouncer.log(), bouncer.log()[-2000:]
