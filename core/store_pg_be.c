@@ -568,6 +568,7 @@ static void be_close(struct store_be *be) {
     store_pg_conn_free(be->wr);
     store_pg_conn_free(be->rd);
     be->wr = be->rd = NULL;
+    store_pg_floors_free(be); /* after: a claim failing now looks at none */
     be->in_call = 0;
     while (be->txs) {
         struct pg_tx *tx = be->txs;

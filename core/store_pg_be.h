@@ -40,6 +40,7 @@
 
 struct event;
 struct pg_dead;
+struct pg_floor;
 struct pg_lost;
 struct pg_op;
 struct pg_tx;
@@ -66,6 +67,7 @@ struct pg_op {
     struct store_be_put *put; /* event_put's row, in rows */
     char *text;               /* a read's owned scratch */
     int64_t aux;              /* the op's own (a claim: the statement with its rows) */
+    struct pg_floor *floor;   /* a due claim's endpoint's floor (store_pg_claim.c) */
     double rate;              /* a rated claim's rate */
 };
 
@@ -107,6 +109,10 @@ struct store_be {
     int reap_busy;            /* a look or a release in flight */
     int64_t lost_ms;          /* when a connection of this instance was last lost (monotonic) */
     int lock_key;             /* instances.lock_key: the session lock's second key */
+    /* store_pg_claim.c: each endpoint's claim floor; the floor the next
+     * next_due read of floor_next's endpoint starts from */
+    struct pg_floor *floors;
+    struct pg_floor *floor_next;
 };
 
 /* A new transaction on conn (explicit: BEGIN queued). NULL when down. */
@@ -202,6 +208,10 @@ int store_pg_endpoint_queue(struct store_be *be, const char *name, int64_t now, 
 int store_pg_endpoint_blocked(struct store_be *be, const char *name, size_t max,
                               store_be_done_fn cb, void *arg);
 int store_pg_delivery_counts(struct store_be *be, store_be_done_fn cb, void *arg);
+/* store_pg_claim.c: the floor the next_due read of endpoint right after
+ * its claim starts from (INT64_MIN: none), and the floors freed. */
+int64_t store_pg_floor_next_due(struct store_be *be, const char *endpoint);
+void store_pg_floors_free(struct store_be *be);
 /* store_pg_reap.c: starts the look for dead instances (every second), or
  * stops it and forgets what it saw. */
 int store_pg_reap_start(struct store_be *be);

@@ -49,15 +49,15 @@
     ") c, deliveries d WHERE q.delivery_seq = c.delivery_seq AND d.seq = q.delivery_seq"           \
     " RETURNING d.seq, d.id, d.event_id, d.endpoint, d.event_type, d.content_type, d.headers,"     \
     " d.payload, q.attempts, q.schedule_pos, q.next_at, d.created_at, c.prev_owner,"               \
-    " c.prev_until <= $2::bigint"
+    " c.prev_until <= $2::bigint, q.okey IS NOT NULL"
 
-/* The due rows of endpoint $1 at $2, earliest first: pending, not leased
- * (or the lease expired), a row with an order key only when no earlier one
- * of its key is live or failed. */
-#define CLAIM_DUE_ROWS                                                                             \
+/* The due rows of endpoint $1 at $2 from next_at F on (the floor, below),
+ * earliest first: pending, not leased (or the lease expired), a row with
+ * an order key only when no earlier one of its key is live or failed. */
+#define CLAIM_DUE_ROWS(F)                                                                          \
     "SELECT c.delivery_seq, c.lease_owner AS prev_owner, c.lease_until AS prev_until"              \
     " FROM delivery_queue c WHERE c.endpoint = $1 AND c.status = 'pending'"                        \
-    " AND c.next_at <= $2::bigint AND c.lease_until <= $2::bigint"                                 \
+    " AND c.next_at >= " F "::bigint AND c.next_at <= $2::bigint AND c.lease_until <= $2::bigint"  \
     " AND (c.okey IS NULL OR (NOT EXISTS (SELECT 1 FROM delivery_queue e"                          \
     "  WHERE e.endpoint = c.endpoint AND e.okey = c.okey AND e.delivery_seq < c.delivery_seq)"     \
     "  AND NOT EXISTS (SELECT 1 FROM delivery_outcomes o WHERE o.endpoint = c.endpoint"            \
@@ -65,21 +65,29 @@
     " ORDER BY c.next_at, c.delivery_seq"
 
 static const char CLAIM_DUE_SQL[] =
-    CLAIM_SET CLAIM_DUE_ROWS " LIMIT $3::bigint FOR UPDATE SKIP LOCKED" CLAIM_RETURNING;
+    CLAIM_SET CLAIM_DUE_ROWS("$6") " LIMIT $3::bigint FOR UPDATE SKIP LOCKED" CLAIM_RETURNING;
 
 /* A capped claim (the endpoint's concurrency across instances): its
  * endpoint_state row made if missing and locked first, so claims of one
  * endpoint take turns; then, in a statement of its own (a snapshot taken
  * after the lock: it sees the leases the previous holder committed), the
  * due claim limited to cap minus the endpoint's live leases ($6 cap;
- * delivery_queue_leased keeps that count to the leased rows). */
+ * LIVE_LEASES counts at most the cap of them, from delivery_queue_leased:
+ * its "lease_until > 0" is written out, as a prepared statement's generic
+ * plan cannot prove it from "> $2", and with the LIMIT the planner walks
+ * the index even on stale statistics; it read the whole queue, every
+ * claim, before). */
+#define LIVE_LEASES                                                                                \
+    "(SELECT count(*) FROM (SELECT 1 FROM delivery_queue l WHERE l.endpoint = $1"                  \
+    " AND l.lease_until > 0 AND l.lease_until > $2::bigint LIMIT $6::bigint) l)"
+
 static const char CAP_ROW_SQL[] =
     "INSERT INTO endpoint_state (name) VALUES ($1) ON CONFLICT (name) DO NOTHING";
 static const char CAP_LOCK_SQL[] = "SELECT 1 FROM endpoint_state WHERE name = $1 FOR UPDATE";
-static const char CLAIM_CAPPED_SQL[] = CLAIM_SET CLAIM_DUE_ROWS
-    " LIMIT least($3::bigint, greatest(0, $6::bigint - (SELECT count(*) FROM delivery_queue l"
-    "  WHERE l.endpoint = $1 AND l.lease_until > $2::bigint)))"
-    " FOR UPDATE SKIP LOCKED" CLAIM_RETURNING;
+static const char CLAIM_CAPPED_SQL[] =
+    CLAIM_SET CLAIM_DUE_ROWS("$7") " LIMIT least($3::bigint, greatest(0, $6::bigint - " LIVE_LEASES
+                                   "))"
+                                   " FOR UPDATE SKIP LOCKED" CLAIM_RETURNING;
 
 /* The shared bucket ($2 rate per second, $3 burst), refilled under the
  * lock just taken (a statement of its own: its clock is read once the lock
@@ -93,17 +101,16 @@ static const char RATE_FILL_SQL[] =
 
 /* The capped claim limited to the bucket's whole tokens, which it takes
  * one per row; one row per claimed row and the tokens left, or, when none
- * was claimed, one row of NULLs and the tokens (column 14). */
-static const char CLAIM_RATED_SQL[] =
-    "WITH claimed AS (" CLAIM_SET CLAIM_DUE_ROWS
-    " LIMIT least($3::bigint, greatest(0, $6::bigint - (SELECT count(*) FROM delivery_queue l"
-    "  WHERE l.endpoint = $1 AND l.lease_until > $2::bigint)),"
-    "  greatest(0, coalesce((SELECT floor(tokens)::bigint FROM endpoint_state WHERE name = $1), "
-    "0)))"
-    " FOR UPDATE SKIP LOCKED" CLAIM_RETURNING "),"
-    " bucket AS (UPDATE endpoint_state SET tokens = tokens - (SELECT count(*) FROM claimed)"
-    "  WHERE name = $1 RETURNING tokens)"
-    " SELECT claimed.*, bucket.tokens FROM bucket LEFT JOIN claimed ON true";
+ * was claimed, one row of NULLs and the tokens (column 15). */
+static const char CLAIM_RATED_SQL[] = "WITH claimed AS (" CLAIM_SET CLAIM_DUE_ROWS(
+    "$7") " LIMIT least($3::bigint, greatest(0, $6::bigint - " LIVE_LEASES "),"
+          "  greatest(0, coalesce((SELECT floor(tokens)::bigint FROM endpoint_state WHERE name = "
+          "$1), "
+          "0)))"
+          " FOR UPDATE SKIP LOCKED" CLAIM_RETURNING "),"
+          " bucket AS (UPDATE endpoint_state SET tokens = tokens - (SELECT count(*) FROM claimed)"
+          "  WHERE name = $1 RETURNING tokens)"
+          " SELECT claimed.*, bucket.tokens FROM bucket LEFT JOIN claimed ON true";
 
 static const char HEAD_SQL[] =
     "INSERT INTO endpoint_state (name, head_owner, head_until) VALUES ($1, $2, $3::bigint)"
@@ -120,6 +127,91 @@ static const char CLAIM_ORDERED_SQL[] = CLAIM_SET
     " AND ((c.next_at <= $2::bigint AND c.lease_until <= $2::bigint) OR c.lease_owner = $4)"
     " AND EXISTS (SELECT 1 FROM endpoint_state s WHERE s.name = $1 AND s.head_owner = $4)"
     " ORDER BY c.delivery_seq LIMIT $3::bigint FOR UPDATE" CLAIM_RETURNING;
+
+/* ---- the claim floor ----
+ * Why: a claim reads its endpoint's due rows in delivery_queue_due's order
+ * (next_at, delivery_seq) from the lowest next_at. The rows delivered are
+ * deleted (to delivery_outcomes) and every claim's lease update leaves an
+ * index entry behind too; VACUUM removes those entries, but not while a
+ * long transaction (a report, a pg_dump, an idle replication slot) holds
+ * the xmin horizon back: then each claim walks every entry left since, a
+ * minute of deliveries, before its first live row (the issue's torture
+ * bench). So a claim starts at a floor, the next_at of the first row the
+ * last claim of this endpoint got: what lies below it was claimed,
+ * delivered or leased then. A row can come back below it (a lease given
+ * back or ended, a held endpoint enabled, a key whose head was delivered,
+ * a row from an instance whose clock is behind): so a claim reads from the
+ * bottom when the last one got nothing, when the endpoint has order keys
+ * (their rows are unblocked below the floor one by one), and at least
+ * once a second (FLOOR_FULL_MS), which bounds how late such a row goes. */
+
+#define FLOOR_FULL_MS 1000
+
+struct pg_floor {
+    struct pg_floor *next;
+    int64_t at;      /* next_at of the first row of the last claim that got rows, 0: none */
+    int64_t full_ms; /* when a claim last read from the bottom (monotonic) */
+    int64_t used;    /* the floor the last claim read from (INT64_MIN: the bottom) */
+    int empty;       /* the last claim got no row */
+    int keyed;       /* a row with an order key was claimed: no floor */
+    char endpoint[];
+};
+
+static struct pg_floor *floor_get(struct store_be *be, const char *endpoint) {
+    struct pg_floor *f;
+    size_t len = strlen(endpoint);
+    for (f = be->floors; f; f = f->next)
+        if (strcmp(f->endpoint, endpoint) == 0)
+            return f;
+    if (!(f = calloc(1, sizeof *f + len + 1)))
+        return NULL; /* no floor: claims read from the bottom */
+    memcpy(f->endpoint, endpoint, len + 1);
+    f->next = be->floors;
+    be->floors = f;
+    return f;
+}
+
+/* The floor this claim of f's endpoint reads from (INT64_MIN: the bottom). */
+static int64_t floor_use(struct pg_floor *f) {
+    int64_t mono = util_mono_ms();
+    if (!f)
+        return INT64_MIN;
+    if (!f->at || f->empty || f->keyed || mono - f->full_ms >= FLOOR_FULL_MS) {
+        f->full_ms = mono;
+        f->used = INT64_MIN;
+    } else {
+        f->used = f->at;
+    }
+    return f->used;
+}
+
+/* What a due claim got moves its floor: to its first row's next_at. */
+static void floor_claimed(struct pg_floor *f, const PGresult *res, int rows,
+                          const struct store_delivery *d, size_t n) {
+    if (!f)
+        return;
+    f->empty = n == 0;
+    if (n)
+        f->at = d[0].next_at; /* d sorted by due */
+    for (int r = 0; r < rows; r++)
+        if (!PQgetisnull(res, r, 14) && PQgetvalue(res, r, 14)[0] == 't')
+            f->keyed = 1;
+}
+
+int64_t store_pg_floor_next_due(struct store_be *be, const char *endpoint) {
+    struct pg_floor *f = be->floor_next;
+    be->floor_next = NULL;
+    return f && strcmp(f->endpoint, endpoint) == 0 ? f->used : INT64_MIN;
+}
+
+void store_pg_floors_free(struct store_be *be) {
+    while (be->floors) {
+        struct pg_floor *f = be->floors;
+        be->floors = f->next;
+        free(f);
+    }
+    be->floor_next = NULL;
+}
 
 static void claimed_free(struct pg_op *op) {
     store_deliveries_free(op->rows, op->n);
@@ -198,13 +290,16 @@ static int parse_claim(struct pg_op *op, int k, const PGresult *res) {
     struct store_delivery *d;
     int rows = PQntuples(res), rated = op->aux == 3;
 
-    if (k != op->aux || rows <= 0)
+    if (k != op->aux)
         return 0;
-    if (rated) {
-        op->status = rate_wait_ms(strtod(PQgetvalue(res, 0, 14), NULL), op->rate);
-        if (PQgetisnull(res, 0, 0))
-            return 0; /* none claimed */
+    if (rows <= 0 || (rated && PQgetisnull(res, 0, 0))) {
+        if (rated && rows > 0)
+            op->status = rate_wait_ms(strtod(PQgetvalue(res, 0, 15), NULL), op->rate);
+        floor_claimed(op->floor, res, 0, NULL, 0); /* none claimed */
+        return 0;
     }
+    if (rated)
+        op->status = rate_wait_ms(strtod(PQgetvalue(res, 0, 15), NULL), op->rate);
     count_takeovers(res, rows);
     if (!(d = calloc((size_t)rows, sizeof *d)))
         return -1;
@@ -215,15 +310,19 @@ static int parse_claim(struct pg_op *op, int k, const PGresult *res) {
             return -1;
     }
     qsort(d, op->n, sizeof *d, k == 1 ? by_seq : by_due); /* 1: ordered's; 0, 2, 3: due */
+    if (k != 1)
+        floor_claimed(op->floor, res, rows, d, op->n);
     return 0;
 }
 
 int store_pg_claim(struct store_be *be, const char *endpoint, int64_t after_seq, int64_t now,
                    int64_t lease_ms, size_t max, size_t cap, double rate, store_be_done_fn cb,
                    void *arg) {
-    char n[24], lease[24], lim[24], after[24], until[24], capped[24], r[32], burst[32];
+    char n[24], lease[24], lim[24], after[24], until[24], capped[24], r[32], burst[32], fl[24];
     const char *p[6] = {endpoint, n, lim, be->instance, lease, after};
-    const char *pc[6] = {endpoint, n, lim, be->instance, lease, capped};
+    const char *pd[6] = {endpoint, n, lim, be->instance, lease, fl};
+    const char *pc[7] = {endpoint, n, lim, be->instance, lease, capped, fl};
+    struct pg_floor *f = after_seq < 0 ? floor_get(be, endpoint) : NULL;
     const char *pr[3] = {endpoint, r, burst};
     struct pg_op *op;
     int ret = -1;
@@ -240,21 +339,26 @@ int store_pg_claim(struct store_be *be, const char *endpoint, int64_t after_seq,
     if (!(op = pg_single(be, be->rd, 1, cb, arg, parse_claim)))
         goto done;
     op->free_rows = claimed_free;
+    if (after_seq < 0) {
+        snprintf(fl, sizeof fl, "%lld", (long long)floor_use(f));
+        op->floor = f;
+        be->floor_next = f;
+    }
     if (after_seq < 0 && cap > 0 && rate > 0) {
         op->aux = 3; /* the fourth statement has the rows and the bucket */
         op->rate = rate;
         if (pg_op_query(op, CAP_ROW_SQL, 1, p) < 0 || pg_op_query(op, CAP_LOCK_SQL, 1, p) < 0 ||
             pg_op_query(op, RATE_FILL_SQL, 3, pr) < 0 ||
-            pg_op_query(op, CLAIM_RATED_SQL, 6, pc) < 0)
+            pg_op_query(op, CLAIM_RATED_SQL, 7, pc) < 0)
             op->dropped = 1;
     } else if (after_seq < 0 && cap > 0) {
         op->aux = 2; /* the third statement has the rows */
         if (pg_op_query(op, CAP_ROW_SQL, 1, p) < 0 || pg_op_query(op, CAP_LOCK_SQL, 1, p) < 0 ||
-            pg_op_query(op, CLAIM_CAPPED_SQL, 6, pc) < 0)
+            pg_op_query(op, CLAIM_CAPPED_SQL, 7, pc) < 0)
             op->dropped = 1;
     } else if (after_seq < 0) {
         op->aux = 0;
-        if (pg_op_query(op, CLAIM_DUE_SQL, 5, p) < 0)
+        if (pg_op_query(op, CLAIM_DUE_SQL, 6, pd) < 0)
             op->dropped = 1;
     } else {
         op->aux = 1;

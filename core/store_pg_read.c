@@ -426,13 +426,17 @@ int store_pg_endpoint_next_due(struct store_be *be, const char *name, store_be_d
      * tested in a FILTER, not the WHERE: a WHERE status = 'pending' would
      * let the planner, its statistics stale, walk delivery_queue_due's
      * every row instead). */
+    /* Read right after a claim: from that claim's floor (store_pg_claim.c);
+     * the watchdog's reads, from the bottom. */
+    char floor[24];
+    snprintf(floor, sizeof floor, "%lld", (long long)store_pg_floor_next_due(be, name));
     return read_run(be,
                     "SELECT least((SELECT next_at FROM delivery_queue WHERE endpoint = $1"
-                    "  AND status = 'pending' AND lease_until = 0"
+                    "  AND status = 'pending' AND lease_until = 0 AND next_at >= $2::bigint"
                     "  ORDER BY next_at, delivery_seq LIMIT 1),"
                     " (SELECT min(greatest(next_at, lease_until)) FILTER (WHERE status = 'pending')"
                     "  FROM delivery_queue WHERE endpoint = $1 AND lease_until > 0))",
-                    1, (const char *const[]){name}, parse_value, value_free, cb, arg);
+                    2, (const char *const[]){name, floor}, parse_value, value_free, cb, arg);
 }
 
 int store_pg_batch_next_close(struct store_be *be, store_be_done_fn cb, void *arg) {

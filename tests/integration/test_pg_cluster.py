@@ -376,11 +376,11 @@ def _hanging_sink(gate):
     return wb.Sink(lambda req: (gate.wait(60), 200)[1])
 
 
-def _in_flight_on_one(db, sink, n_events, lease):
+def _in_flight_on_one(db, sink, n_events, lease, concurrency=None):
     """Instance A alone takes n_events and has every delivery hanging at the
     sink (leased for `lease`); then B starts. Returns (A, B)."""
     ep = ('endpoint "e0" {{ url = {u}, sign = "none", timeout = "60s", concurrency = {n},'
-          ' retry = {{ "0s", "1s" }} }}'.format(u=wb.lua(sink.url), n=n_events))
+          ' retry = {{ "0s", "1s" }} }}'.format(u=wb.lua(sink.url), n=concurrency or n_events))
     a, b = _gateways(db, [ep], 'on("*", {"e0"})\n', n=2, start=False, lease=lease)
     a.start()
     for i in range(n_events):
@@ -444,3 +444,39 @@ def test_a_live_instances_leases_are_not_taken_when_postgresql_restarts():
     assert len(sink.requests) == 12
     assert _metric_sum([a, b], LEASE_METRIC) == 0, (a.metrics(), b.metrics())
     assert int(db.sql("SELECT count(*) FROM instances WHERE session_lock")[0][0]) == 2
+
+
+@wb.timeout(120)
+def test_a_dead_instances_rows_go_out_within_seconds_while_a_backlog_waits_behind_them():
+    """A claim reads from a floor (store_pg_claim.c: the first row the last
+    claim got), above rows already claimed. A's 12 rows, in flight at its
+    SIGKILL, are older than that floor when they are given back, while B
+    works through a backlog of 800 newer ones: they must go out within
+    seconds (a claim reads from the bottom at least once a second), not
+    after the backlog."""
+    db = pg.database()
+    gate = threading.Event()
+    sink = wb.Sink(lambda req: (gate.wait(60) if req.n <= 12 else time.sleep(0.25), 200)[1])
+    a, b = _in_flight_on_one(db, sink, 12, "60s", concurrency=24)  # A's 12 hang, B has 12 slots
+    first = {q.headers["x-waybill-delivery"] for q in sink.requests}
+    backlog = 800
+    _post_many([b], backlog, threads=6, deadline=60)
+    sink.wait_for_count(12 + 40, timeout=20)  # B is working through the backlog: its floor is above A's rows
+    t_kill = time.monotonic()
+    a.kill9()
+    gate.set()
+    deadline = t_kill + 20
+    while time.monotonic() < deadline:
+        reqs = list(sink.requests)
+        again = [q for q in reqs[12:] if q.headers["x-waybill-delivery"] in first]
+        if len(again) == 12:
+            break
+        time.sleep(0.1)
+    took = max(q.mono for q in again) - t_kill if again else None
+    left = 12 + backlog - len(sink.requests)
+    assert len(again) == 12, ("A's rows sent again by B: %d of 12 in 20 s" % len(again))
+    assert took < 10, "A's rows went out %.1fs after the kill" % took
+    assert left > 200, "the backlog had drained first (%d left): the test shows nothing" % left
+    sink.wait_for_count(24 + backlog, timeout=60)
+    print("  floor: A's 12 rows out %.1fs after the kill, %d of the backlog still waiting" % (took, left),
+          file=sys.__stderr__)
