@@ -9,12 +9,13 @@
  * store_bx.c (the group, its callbacks, the watermarks, the backlog, the
  * reads of the start), store_bx_write.c (writes, store_*_done) and
  * store_bx_read.c (store_read_*, store_get_*, claims); it drives any
- * store_backend_ops, PostgreSQL today. The SQLite store is still store.c
- * and store_*.c whole, its own engine: each store.h call the gateway makes
- * starts with one line, "if (s->bx) return store_bx_...;", so the SQLite
- * code is untouched. The next step moves the SQLite code behind these
- * operations (store_sqlite*.c) with no change of behaviour and makes the
- * bx engine the one engine; store.h stays what the rest of waybill sees.
+ * store_backend_ops, PostgreSQL today. The SQLite store is still its own
+ * engine, store_sqlite*.c (store_sqlite_int.h): store.c is the front,
+ * where each store.h call goes to store_bx_... when the store has a
+ * backend (s->bx) and to store_sqlite_... otherwise. The next step puts
+ * the SQLite code behind these operations with no change of behaviour and
+ * makes the bx engine the one engine; store.h stays what the rest of
+ * waybill sees.
  *
  * What the bx engine does where SQLite read synchronously (built):
  * - store_subs_load, health's first store_endpoint_states: at the start,
@@ -55,7 +56,7 @@
  *   polls; the connections reconnect on their own backoff
  *   (store_pg_conn.c) and serving carries on.
  *
- * What stays in the engine (store.c, backend-neutral): the group commit
+ * What stays in the engine (store_bx*.c, backend-neutral): the group commit
  * (one group per loop turn, store_on_commit / store_on_written callbacks,
  * "nothing is reported durable before its group committed"), the
  * full-disk / writable state, metrics. What a backend does: turn each
@@ -70,13 +71,13 @@
  * callers: the store's reads returned rows synchronously and its writes
  * returned values read from the open group; with a database across the
  * network they cannot without blocking the loop. Done on SQLite, behind
- * store.h: every admin read (store_read_*, store_reply.c); the loop's own
+ * store.h: every admin read (store_read_*, store_sqlite_reply.c); the loop's own
  * reads, claims with their next due time, an ordered endpoint's head with
  * its claim, the watchdog's due times, the batch closer's windows
- * (store_read_claim_* etc., store_reply.c); and every write whose value
+ * (store_read_claim_* etc., store_sqlite_reply.c); and every write whose value
  * a caller acts on, with the loop's reads of ingest, admin actions,
  * health, retention and recovery (store_*_done, store_get_*,
- * store_done.c: the value held until the group ends). What still reads
+ * store_sqlite_done.c: the value held until the group ends). What still reads
  * the open group at once on SQLite: the count of a batch window's items
  * after an event's add (route.c closes a full window), and
  * store_subs_load and health's first states read at start, before the
@@ -125,9 +126,10 @@
  *   (or a per-instance estimate refreshed by one).
  * - Plan-derived values belong in the engine: the delivery ids
  *   (util_id_derive of event id, endpoint, place) and the events.matched
- *   JSON are built by the PostgreSQL backend today (store_pg_write.c),
- *   duplicating store_events.c; the engine should build both once and
- *   hand them to either backend.
+ *   JSON: store_plan.c builds both (store_plan_ids, store_plan_matched),
+ *   and SQLite's events (store_sqlite_events.c) use it; the PostgreSQL
+ *   backend still builds its own copies (store_pg_write.c) and can call
+ *   these instead.
  * - The plan is const for a backend: a batch item's window count comes
  *   back in event_put's row (struct store_be_put), not written into the
  *   plan as store_event_put does.
