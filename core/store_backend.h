@@ -3,7 +3,12 @@
  * it (store_pg_be.c, store_pg_write.c, store_pg_claim.c, store_pg_read.c:
  * the ops in store_pg_backend below, tested against a real PostgreSQL by
  * tests/integration/test_pg_ops.py), and `waybill serve` runs on it
- * (tests/integration/test_pg_serve.py).
+ * (tests/integration/test_pg_serve.py). SQLite implements it too
+ * (store_sqlite_be.c: the ops in store_sqlite_backend, the SQLite engine's
+ * calls run at once on the loop connection and answered from the loop,
+ * tested by tests/unit/test_store_sqlite_ops.c), not yet what `serve`
+ * runs on SQLite (store.c still hands an SQLite store's calls to the
+ * SQLite engine directly).
  *
  * How far the engine is neutral now: the engine over a backend is
  * store_bx.c (the group, its callbacks, the watermarks, the backlog, the
@@ -211,6 +216,13 @@
  * (retention: store_pg_retain.c). Not built, and not needed: reclaim
  * (PostgreSQL's autovacuum gives dead rows' room back). The batch
  * windows' admin read is batch_due at the end of time (every open window).
+ * Built on SQLite: every op, reclaim included. Where SQLite departs, one
+ * process owning its file: claims answer on the next loop turn with their
+ * leases written in the open group, not committed (a restart releases
+ * every lease), and ignore cap and rate (the scheduler keeps them); the
+ * instance is "sqlite"; a lease is never lost (lease_renew 0), an attempt
+ * never recorded twice (attempt_put 0); prune and reclaim run in the
+ * group, as the SQLite engine's retention does.
  * SPDX-License-Identifier: MIT */
 #ifndef CORE_STORE_BACKEND_H
 #define CORE_STORE_BACKEND_H
@@ -431,9 +443,20 @@ struct store_backend_ops {
      * agree (store_read_endpoints takes its count from here). */
     int (*endpoint_blocked)(struct store_be *be, const char *endpoint, size_t max,
                             store_be_done_fn cb, void *arg);
+
+    /* ---- SQLite only (NULL elsewhere: nothing to do) ---- */
+    /* Gives free pages back to the filesystem, as store_reclaim (in the
+     * group; answered once it committed); rows: one int64_t, the pages
+     * freed. PostgreSQL's autovacuum does this on its own. */
+    int (*reclaim)(struct store_be *be, int64_t keep_pages, int step_pages, store_be_done_fn cb,
+                   void *arg);
 };
 
 /* The PostgreSQL backend (store_pg_be.c). */
 extern const struct store_backend_ops store_pg_backend;
+
+/* The SQLite backend (store_sqlite_be.c): the SQLite engine's calls behind
+ * these operations, on the loop connection. */
+extern const struct store_backend_ops store_sqlite_backend;
 
 #endif

@@ -17,7 +17,8 @@
  * store_sqlite_admin.c (the admin API's pages and event detail,
  * subscriptions); store_sqlite_reply.c (the asynchronous reads' answers,
  * handed over on the next loop turn); store_sqlite_done.c (the writes'
- * results and the loop's reads, held until their group ended). What a
+ * results and the loop's reads, held until their group ended);
+ * store_sqlite_be.c (the engine as a backend of store_backend.h). What a
  * plan makes whatever the backend (delivery ids, events.matched) is
  * store_plan.c's.
  *
