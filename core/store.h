@@ -24,7 +24,8 @@
  *
  * Reads return plain rows (structs whose strings the row owns, freed by
  * the matching _free); rendering them, e.g. the admin API's JSON, is the
- * caller's. The SQLite backend's files are listed in store_int.h.
+ * caller's. The store's files are listed in store_int.h, the SQLite
+ * engine's in store_sqlite_int.h.
  *
  * What a read sees. The loop's own reads (dedupe, claims, routing, the
  * backlog) see the open group: they decide what goes into it. The admin

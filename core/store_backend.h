@@ -3,18 +3,24 @@
  * it (store_pg_be.c, store_pg_write.c, store_pg_claim.c, store_pg_read.c:
  * the ops in store_pg_backend below, tested against a real PostgreSQL by
  * tests/integration/test_pg_ops.py), and `waybill serve` runs on it
- * (tests/integration/test_pg_serve.py).
+ * (tests/integration/test_pg_serve.py). SQLite implements it too
+ * (store_sqlite_be.c: the ops in store_sqlite_backend, the SQLite engine's
+ * calls run at once on the loop connection and answered from the loop,
+ * tested by tests/unit/test_store_sqlite_ops.c), not yet what `serve`
+ * runs on SQLite (store.c still hands an SQLite store's calls to the
+ * SQLite engine directly).
  *
  * How far the engine is neutral now: the engine over a backend is
  * store_bx.c (the group, its callbacks, the watermarks, the backlog, the
  * reads of the start), store_bx_write.c (writes, store_*_done) and
  * store_bx_read.c (store_read_*, store_get_*, claims); it drives any
- * store_backend_ops, PostgreSQL today. The SQLite store is still store.c
- * and store_*.c whole, its own engine: each store.h call the gateway makes
- * starts with one line, "if (s->bx) return store_bx_...;", so the SQLite
- * code is untouched. The next step moves the SQLite code behind these
- * operations (store_sqlite*.c) with no change of behaviour and makes the
- * bx engine the one engine; store.h stays what the rest of waybill sees.
+ * store_backend_ops, PostgreSQL today. The SQLite store is still its own
+ * engine, store_sqlite*.c (store_sqlite_int.h): store.c is the front,
+ * where each store.h call goes to store_bx_... when the store has a
+ * backend (s->bx) and to store_sqlite_... otherwise. The next step puts
+ * the SQLite code behind these operations with no change of behaviour and
+ * makes the bx engine the one engine; store.h stays what the rest of
+ * waybill sees.
  *
  * What the bx engine does where SQLite read synchronously (built):
  * - store_subs_load, health's first store_endpoint_states: at the start,
@@ -57,7 +63,7 @@
  *   polls; the connections reconnect on their own backoff
  *   (store_pg_conn.c) and serving carries on.
  *
- * What stays in the engine (store.c, backend-neutral): the group commit
+ * What stays in the engine (store_bx*.c, backend-neutral): the group commit
  * (one group per loop turn, store_on_commit / store_on_written callbacks,
  * "nothing is reported durable before its group committed"), the
  * full-disk / writable state, metrics. What a backend does: turn each
@@ -72,13 +78,13 @@
  * callers: the store's reads returned rows synchronously and its writes
  * returned values read from the open group; with a database across the
  * network they cannot without blocking the loop. Done on SQLite, behind
- * store.h: every admin read (store_read_*, store_reply.c); the loop's own
+ * store.h: every admin read (store_read_*, store_sqlite_reply.c); the loop's own
  * reads, claims with their next due time, an ordered endpoint's head with
  * its claim, the watchdog's due times, the batch closer's windows
- * (store_read_claim_* etc., store_reply.c); and every write whose value
+ * (store_read_claim_* etc., store_sqlite_reply.c); and every write whose value
  * a caller acts on, with the loop's reads of ingest, admin actions,
  * health, retention and recovery (store_*_done, store_get_*,
- * store_done.c: the value held until the group ends). What still reads
+ * store_sqlite_done.c: the value held until the group ends). What still reads
  * the open group at once on SQLite: the count of a batch window's items
  * after an event's add (route.c closes a full window), and
  * store_subs_load and health's first states read at start, before the
@@ -127,9 +133,10 @@
  *   (or a per-instance estimate refreshed by one).
  * - Plan-derived values belong in the engine: the delivery ids
  *   (util_id_derive of event id, endpoint, place) and the events.matched
- *   JSON are built by the PostgreSQL backend today (store_pg_write.c),
- *   duplicating store_events.c; the engine should build both once and
- *   hand them to either backend.
+ *   JSON: store_plan.c builds both (store_plan_ids, store_plan_matched),
+ *   and SQLite's events (store_sqlite_events.c) use it; the PostgreSQL
+ *   backend still builds its own copies (store_pg_write.c) and can call
+ *   these instead.
  * - The plan is const for a backend: a batch item's window count comes
  *   back in event_put's row (struct store_be_put), not written into the
  *   plan as store_event_put does.
@@ -211,6 +218,13 @@
  * (retention: store_pg_retain.c). Not built, and not needed: reclaim
  * (PostgreSQL's autovacuum gives dead rows' room back). The batch
  * windows' admin read is batch_due at the end of time (every open window).
+ * Built on SQLite: every op, reclaim included. Where SQLite departs, one
+ * process owning its file: claims answer on the next loop turn with their
+ * leases written in the open group, not committed (a restart releases
+ * every lease), and ignore cap and rate (the scheduler keeps them); the
+ * instance is "sqlite"; a lease is never lost (lease_renew 0), an attempt
+ * never recorded twice (attempt_put 0); prune and reclaim run in the
+ * group, as the SQLite engine's retention does.
  * SPDX-License-Identifier: MIT */
 #ifndef CORE_STORE_BACKEND_H
 #define CORE_STORE_BACKEND_H
@@ -431,9 +445,20 @@ struct store_backend_ops {
      * agree (store_read_endpoints takes its count from here). */
     int (*endpoint_blocked)(struct store_be *be, const char *endpoint, size_t max,
                             store_be_done_fn cb, void *arg);
+
+    /* ---- SQLite only (NULL elsewhere: nothing to do) ---- */
+    /* Gives free pages back to the filesystem, as store_reclaim (in the
+     * group; answered once it committed); rows: one int64_t, the pages
+     * freed. PostgreSQL's autovacuum does this on its own. */
+    int (*reclaim)(struct store_be *be, int64_t keep_pages, int step_pages, store_be_done_fn cb,
+                   void *arg);
 };
 
 /* The PostgreSQL backend (store_pg_be.c). */
 extern const struct store_backend_ops store_pg_backend;
+
+/* The SQLite backend (store_sqlite_be.c): the SQLite engine's calls behind
+ * these operations, on the loop connection. */
+extern const struct store_backend_ops store_sqlite_backend;
 
 #endif

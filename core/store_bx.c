@@ -1,8 +1,8 @@
 /* store_bx.c -- the store's engine over a backend of store_backend.h
  * (PostgreSQL today): what store.h promises, kept with asynchronous
- * operations. store.c keeps the SQLite engine; each store.h call the
- * serving gateway makes starts with one line that hands it here when the
- * store has a backend (s->be), so the SQLite code runs unchanged.
+ * operations. store.c, the front, hands each store.h call here when the
+ * store has a backend (s->bx), and to the SQLite engine (store_sqlite*.c)
+ * otherwise.
  *
  * The group: the first write of a loop turn begins the backend's group;
  * the commit event (lowest priority, as SQLite's) ends it. Its callbacks

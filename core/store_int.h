@@ -1,47 +1,28 @@
 /* store_int.h -- the store's private interface, shared by core/store*.c and
- * included by nothing else (other modules see store.h): the struct, the one
- * table of prepared statements, the small SQLite helpers, and the calls the
- * files of the store make to each other.
+ * included by nothing else (other modules see store.h): the struct behind
+ * store.h's handle, the engine over a backend (store_bx*.c), the SQLite
+ * engine's entry points (store_sqlite*.c, its own private header
+ * store_sqlite_int.h), and the small helpers every file uses.
  *
- * The files, by job: store.c (open and close, the group commit engine, the
- * callbacks, the watermarks, the statement table); store_sync.c (the fsync
- * and checkpoint threads, the loop-side WAL maintenance); store_schema.c
- * (every DDL statement, the schema version, migrations); then one file per
- * data area: store_events.c (events, nonces, unrouted events),
- * store_deliveries.c (deliveries, attempts, counts, leases, retries),
- * store_endpoints.c (endpoint state, heads, per-endpoint queues and claims),
- * store_batch.c (batch windows), store_retain.c (retention, giving space
- * back), store_admin.c (the admin API's pages and event detail,
- * subscriptions).
- *
- * Invariants (checked under WAYBILL_CHECKS, see store_check_invariants):
- * every write runs inside the open group; every statement of the table is
- * reset before the call that stepped it returns, so none is busy when a
- * group commits or a callback runs; at most one group is in flight (being
- * synced), and no group commits while one is; a written callback runs only
- * after its group's COMMIT or ROLLBACK; the delivery and event watermarks
- * never go backwards.
+ * The files, by job: store.c (the front: each store.h call, handed to the
+ * engine over a backend or to the SQLite engine; the shared helpers);
+ * store_plan.c (what a plan makes, whatever the backend: the delivery
+ * ids, the matched handlers' JSON); store_bx.c, store_bx_write.c,
+ * store_bx_read.c (the engine over store_backend.h); store_sqlite*.c
+ * (SQLite, store_sqlite_int.h lists its files); store_pg*.c (the
+ * PostgreSQL backend, store_pg_int.h).
  * SPDX-License-Identifier: MIT */
 #ifndef CORE_STORE_INT_H
 #define CORE_STORE_INT_H
 
 #include <stddef.h>
 #include <stdint.h>
-#include <stdlib.h>
-#include <stdio.h>
-#include <string.h>
-
-#include <sqlite3.h>
 
 #include "store.h"
 #include "util.h"
 
 struct event;
 struct event_base;
-struct store_sync;
-struct store_ckpt;
-
-#define STORE_BUSY_MS 100 /* the loop must not wait long for a lock */
 
 /* ---- invariant checks (debug and sanitizer builds) ---- */
 
@@ -55,112 +36,6 @@ void store_check_failed(const char *what, const char *file, int line) __attribut
 #define STORE_CHECK(cond) ((void)0)
 #endif
 
-/* ---- the statement table ----
- * Every statement the store runs on the loop connection is prepared once,
- * at open (SQLITE_PREPARE_PERSISTENT), from the definitions each file keeps
- * beside the code that runs them (store_*_stmts below). DDL runs once at
- * open through sqlite3_exec (store_schema.c) and keeps no statement. The
- * literal status = '...' terms must match the partial indexes' WHERE
- * clauses for the planner to use them. */
-enum store_stmt {
-    /* store.c */
-    ST_BEGIN,
-    ST_COMMIT,
-    ST_ROLLBACK,
-    ST_PING,
-    ST_OPEN_RELEASE,
-    ST_OPEN_DLV_SEQ,
-    ST_OPEN_EVT_SEQ,
-    ST_META_PUT,
-    ST_READ_BEGIN,
-    /* store_events.c */
-    ST_EVT_INSERT,
-    ST_EVT_DUP,
-    ST_EVT_STATUS,
-    ST_EVT_STATUS_FIRST,
-    ST_EVT_MATCHED,
-    ST_EVT_GET,
-    ST_EVT_UNROUTED,
-    ST_DLV_INSERT,
-    ST_KEY_BUSY,
-    ST_NONCE_PRUNE,
-    ST_NONCE_INSERT,
-    ST_NONCE_DIGEST,
-    /* store_deliveries.c */
-    ST_DLV_LEASE,
-    ST_DLV_RELEASE,
-    ST_DLV_OUTCOME,
-    ST_KEY_PROMOTE,
-    ST_DLV_KEY_GET,
-    ST_DLV_SKIP,
-    ST_DLV_RETRY,
-    ST_DLV_EXISTS,
-    ST_ATT_INSERT,
-    ST_COUNTS,
-    ST_COUNTS_ADD,
-    /* store_endpoints.c */
-    ST_EP_CLAIM_DUE,
-    ST_EP_NEXT_DUE,
-    ST_EP_HEAD,
-    ST_EP_CLAIM_ORDERED,
-    ST_EP_PENDING,
-    ST_EP_QUEUE,
-    ST_EP_BLOCKED,
-    ST_EP_OK,
-    ST_EP_FAILED,
-    ST_EP_FIRST_FAILURE,
-    ST_EP_DISABLE,
-    ST_EP_ENABLE,
-    ST_EP_HOLD,
-    ST_EP_RELEASE,
-    ST_EP_STATES,
-    /* store_batch.c */
-    ST_BATCH_ADD,
-    ST_BATCH_COUNT,
-    ST_BATCH_NEXT_CLOSE,
-    ST_BATCH_DUE,
-    ST_BATCH_ITEMS,
-    ST_BATCH_DELIVERY,
-    ST_BATCH_MARK,
-    ST_BATCH_WAITING,
-    /* store_retain.c */
-    ST_PRUNE_SCAN,
-    ST_PRUNE_ATTEMPTS,
-    ST_PRUNE_DELIVERIES,
-    ST_PRUNE_BATCH_ATTEMPTS,
-    ST_PRUNE_BATCH_DELIVERIES,
-    ST_PRUNE_BATCH_ITEMS,
-    ST_PRUNE_EVENT,
-    ST_FREELIST,
-    /* store_admin.c */
-    ST_PAGE_EVENTS,
-    ST_EVT_SEQ_RANGE,
-    ST_EVT_AT_SEQ,
-    ST_PAGE_DELIVERIES,
-    ST_DETAIL_DELIVERIES,
-    ST_DETAIL_ATTEMPTS,
-    ST_SUB_INSERT,
-    ST_SUB_SET_URL,
-    ST_SUB_SET_SECRET,
-    ST_SUB_DELETE,
-    ST_SUB_LOAD,
-    ST_COUNT_
-};
-
-/* One statement of the table; each list ends with {ST_COUNT_, NULL}. */
-struct store_stmt_def {
-    enum store_stmt id;
-    const char *sql;
-};
-
-extern const struct store_stmt_def store_engine_stmts[];
-extern const struct store_stmt_def store_events_stmts[];
-extern const struct store_stmt_def store_deliveries_stmts[];
-extern const struct store_stmt_def store_endpoints_stmts[];
-extern const struct store_stmt_def store_batch_stmts[];
-extern const struct store_stmt_def store_retain_stmts[];
-extern const struct store_stmt_def store_admin_stmts[];
-
 /* ---- the store ---- */
 
 /* A callback waiting for the end of a group. */
@@ -169,87 +44,15 @@ struct store_cb {
     void *arg;
 };
 
-/* next_at of a delivery waiting behind the head of its order key (never
- * due); its key's head, once delivered or skipped, promotes it to due. */
-#define STORE_PARKED_AT ((int64_t)1 << 62)
-#define STORE_PARKED_AT_SQL "4611686018427387904" /* the same, in SQL text */
+struct store_sq; /* the SQLite engine's state (store_sqlite_int.h) */
+struct store_backend_ops;
+struct store_be;
+struct store_bx;
 
-/* Group state: in_txn says a BEGIN is open; failed says a write of this
- * group failed (in_txn may be 0 when BEGIN itself failed or SQLite rolled
- * back on its own); scheduled says commit_ev is active or pending. cbs holds
- * ncbs callbacks for the current group (cap slots). */
+/* store.h's handle: the SQLite engine (sq), or a backend (PostgreSQL) and
+ * the engine over it (ops, be, bx); exactly one of sq and bx is set. */
 struct store {
-    sqlite3 *db;
-    int owner_fd; /* the database file, flock()ed while this process owns it */
-    /* Failed groups: the last outcome (for store_writable), the log's
-     * throttle, and the full disk's recovery (store.c). */
-    int last_outcome_ok, full;
-    int64_t last_outcome_at, fail_logged_at, fail_unlogged;
-    struct event *full_ev; /* while full: the once-a-second WAL truncation */
-    sqlite3_stmt *st[ST_COUNT_];
-    /* The admin API's reads: a second connection to the same file with the
-     * same statements (store_rstmt), query_only. In WAL mode it sees what
-     * was committed when its read began, never the open group. */
-    sqlite3 *rdb;
-    sqlite3_stmt *rst[ST_COUNT_];
-    struct event *commit_ev;
-    int in_txn, failed, begin_failed, scheduled, committing;
-    size_t fail_ncbs, fail_nwcbs; /* callbacks waiting when BEGIN failed (begin_failed) */
-    /* Invariant: every delivery row with seq <= committed_dlv_seq is
-     * durable (advanced when its group's sync is done, or at COMMIT with
-     * sync=normal). Claims see only those, so no delivery is sent from a
-     * row a crash, of the process or of the machine, could take back.
-     * group_dlv_seq is the highest seq the open group inserted. */
-    int64_t committed_dlv_seq, group_dlv_seq;
-    /* For events, advanced when the group is durable too: recovery reads
-     * only events with seq <= committed_evt_seq, so an event whose group is
-     * open or being synced is never routed by recovery as well. */
-    int64_t committed_evt_seq, group_evt_seq;
-    /* The highest seq given so far, for the life of the store (store_meta
-     * keeps it across deletes): every insert takes the next one itself. */
-    int64_t dlv_seq_hw, evt_seq_hw;
-    /* The backlog as of the last commit (store_backlog): pending + held
-     * from delivery_counts, read again only after a commit (stale). */
-    int64_t backlog;
-    int backlog_stale;
-    char fail_msg[256];
-    struct store_cb *cbs;
-    size_t ncbs, cap;
-    /* Deliveries the open group inserted, by status, not yet in
-     * delivery_counts (written by store_counts_flush before COMMIT). */
-    struct {
-        char status[16];
-        int64_t n;
-    } counts[8];
-    int ncounts;
-    /* store_on_written callbacks of the open group: run at its COMMIT. */
-    struct store_cb *wcbs;
-    size_t nwcbs, wcap;
-    /* Durability off the loop; sync is NULL with sync=normal, where a group
-     * is done at COMMIT. sync_busy: one committed group is being synced; its
-     * callbacks and seqs wait in inflight_* (at most one group is in flight:
-     * the next commit waits for it, deferred says it is due). */
-    struct store_sync *sync;
-    int sync_busy, deferred;
-    struct store_cb *inflight;
-    size_t ninflight, inflight_cap;
-    int64_t inflight_evt_seq, inflight_dlv_seq, inflight_t0;
-    /* Checkpoints: the thread, its connection, and the WAL's size in frames
-     * after the last commit (from the WAL hook). */
-    struct store_ckpt *ckpt;
-    int wal_frames, ckpt_asked_at;
-    int64_t nonces_pruned_at; /* Unix ms of the last prune of old nonces */
-    /* A plan's delivery ids and its matched handlers' JSON, made before
-     * the event's row (store_events.c); reused from event to event. */
-    char (*plan_ids)[UTIL_ID_MAX];
-    size_t cap_ids;
-    struct util_buf matched;
-    /* Answers of asynchronous reads waiting for the next loop turn, in
-     * order (store_reply.c); each owns its rows. */
-    struct store_reply *replies, *replies_tail;
-    struct event *reply_ev;
-    /* A backend (PostgreSQL) instead of the SQLite handles above: its ops,
-     * its state, and the engine's (store_bx.c); NULL for SQLite. */
+    struct store_sq *sq;
     const struct store_backend_ops *ops;
     struct store_be *be;
     struct store_bx *bx;
@@ -257,10 +60,7 @@ struct store {
 
 /* ---- the engine over a backend (store_bx*.c, store_backend.h) ----
  * A store with a backend (PostgreSQL) has s->be set, and every store.h
- * call the gateway makes goes to the store_bx_* functions below (one line
- * at the top of each); the SQLite fields are unused. */
-struct store_backend_ops;
-struct store_be;
+ * call goes to the store_bx_* functions below (store.c). */
 struct bx_grp;
 
 /* An answer due from the loop for a call that never reached the backend. */
@@ -366,193 +166,166 @@ int store_bx_get_event(struct store *s, const char *id, store_done_fn fn, void *
 int store_bx_get_endpoint_states(struct store *s, store_done_fn fn, void *arg);
 int store_bx_get_subs(struct store *s, store_done_fn fn, void *arg);
 
+/* ---- the SQLite engine (store_sqlite*.c) ----
+ * store.h's calls on an SQLite store (s->sq), same arguments. */
+struct store_sq *store_sqlite_open(struct event_base *base, const char *url, const char *base_dir,
+                                   char *err, size_t errlen);
+void store_sqlite_free(struct store_sq *s);
+int store_sqlite_on_commit(struct store_sq *s, store_commit_fn fn, void *arg);
+int store_sqlite_on_written(struct store_sq *s, store_commit_fn fn, void *arg);
+int store_sqlite_flush(struct store_sq *s);
+int store_sqlite_idle(const struct store_sq *s);
+int store_sqlite_ping(struct store_sq *s);
+int store_sqlite_writable(const struct store_sq *s);
+int store_sqlite_event_put(struct store_sq *s, const struct store_event *ev,
+                           struct store_plan *plan, char *dup_id, size_t dup_len, char *err,
+                           size_t errlen);
+int store_sqlite_event_routed(struct store_sq *s, const char *event_id, struct store_plan *plan,
+                              char *err, size_t errlen);
+int store_sqlite_nonce_put(struct store_sq *s, const char *source, const char *nonce,
+                           const char *digest, int64_t now_ms, int64_t keep_ms, char *err,
+                           size_t errlen);
+int store_sqlite_events_unrouted(struct store_sq *s, int64_t after_seq, size_t max,
+                                 struct store_event_row **rows, size_t *n, char *err,
+                                 size_t errlen);
+int store_sqlite_endpoint_claim_due(struct store_sq *s, const char *name, int64_t now,
+                                    int64_t lease_ms, size_t max, struct store_delivery **out,
+                                    size_t *n, char *err, size_t errlen);
+int64_t store_sqlite_endpoint_next_due(struct store_sq *s, const char *name);
+int store_sqlite_delivery_lease(struct store_sq *s, int64_t seq, int64_t next_at, int lease,
+                                char *err, size_t errlen);
+int store_sqlite_endpoints_pending(struct store_sq *s, void (*fn)(void *arg, const char *name),
+                                   void *arg);
+int store_sqlite_endpoint_queue(struct store_sq *s, const char *name, int64_t now, int64_t due_cap,
+                                int counts, struct store_endpoint_queue *q);
+void store_sqlite_delivery_seqs(const struct store_sq *s, int64_t *committed, int64_t *last);
+int store_sqlite_attempt_put(struct store_sq *s, const char *delivery_id,
+                             const struct store_attempt *a, const char *status, int64_t next_at,
+                             int schedule_pos, char *err, size_t errlen);
+int store_sqlite_delivery_counts(struct store_sq *s, struct store_counts *c);
+int64_t store_sqlite_backlog(struct store_sq *s);
+int store_sqlite_events_page(struct store_sq *s, const struct store_page *q,
+                             struct store_event_row **rows, size_t *n, int64_t *next, char *err,
+                             size_t errlen);
+int store_sqlite_events_find(struct store_sq *s, const char *text, size_t max, char ***ids,
+                             size_t *n, char *err, size_t errlen);
+int store_sqlite_deliveries_page(struct store_sq *s, const struct store_page *q,
+                                 struct store_delivery_item **rows, size_t *n, int64_t *next,
+                                 char *err, size_t errlen);
+int store_sqlite_event_get(struct store_sq *s, const char *id, struct store_event_row **row,
+                           char *err, size_t errlen);
+int store_sqlite_event_detail(struct store_sq *s, const char *id, struct store_event_detail **out,
+                              char *err, size_t errlen);
+int store_sqlite_delivery_retry(struct store_sq *s, const char *id, int64_t next_at, char *err,
+                                size_t errlen);
+int store_sqlite_delivery_skip(struct store_sq *s, const char *id, int64_t now, char *err,
+                               size_t errlen);
+int store_sqlite_endpoint_blocked(struct store_sq *s, const char *name, size_t max,
+                                  struct store_blocked_key **out, size_t *n, char *err,
+                                  size_t errlen);
+int store_sqlite_sub_put(struct store_sq *s, const struct store_sub *sub, char *err, size_t errlen);
+int store_sqlite_sub_change(struct store_sq *s, const char *id, const char *url, char *err,
+                            size_t errlen);
+int store_sqlite_sub_set_secret(struct store_sq *s, const char *id, const char *secret, char *err,
+                                size_t errlen);
+int store_sqlite_subs_load(struct store_sq *s, void (*fn)(void *arg, const struct store_sub *sub),
+                           void *arg, char *err, size_t errlen);
+int store_sqlite_endpoint_attempt(struct store_sq *s, const char *name, int ok, const char *error,
+                                  int64_t now, int64_t *first_failure_at, char *err, size_t errlen);
+int store_sqlite_endpoint_set_disabled(struct store_sq *s, const char *name, int disabled,
+                                       const char *reason, int64_t now, int64_t *moved, char *err,
+                                       size_t errlen);
+int store_sqlite_endpoint_states(struct store_sq *s, struct store_endpoint_state **out, size_t *n,
+                                 char *err, size_t errlen);
+int64_t store_sqlite_endpoint_head(struct store_sq *s, const char *name, int64_t *next_at);
+int store_sqlite_endpoint_claim(struct store_sq *s, const char *name, int64_t after_seq,
+                                int64_t now, int64_t lease_ms, size_t max,
+                                struct store_delivery **out, size_t *n, char *err, size_t errlen);
+int store_sqlite_read_events_page(struct store_sq *s, const struct store_page *q, store_read_fn fn,
+                                  void *arg);
+int store_sqlite_read_deliveries_page(struct store_sq *s, const struct store_page *q,
+                                      store_read_fn fn, void *arg);
+int store_sqlite_read_event_detail(struct store_sq *s, const char *id, store_read_fn fn, void *arg);
+int store_sqlite_read_events_find(struct store_sq *s, const char *text, size_t max,
+                                  store_read_fn fn, void *arg);
+int store_sqlite_read_batch_windows(struct store_sq *s, store_read_fn fn, void *arg);
+int store_sqlite_read_delivery_counts(struct store_sq *s, store_read_fn fn, void *arg);
+int store_sqlite_read_endpoints(struct store_sq *s, const char *const *names, size_t n, int64_t now,
+                                int64_t due_cap, int counts, const char *blocked_of,
+                                size_t blocked_max, store_read_fn fn, void *arg);
+int store_sqlite_read_ping(struct store_sq *s, store_read_fn fn, void *arg);
+int store_sqlite_read_claim_due(struct store_sq *s, const char *name, int64_t now, int64_t lease_ms,
+                                size_t max, size_t cap, double rate, store_read_fn fn, void *arg);
+int store_sqlite_read_claim_ordered(struct store_sq *s, const char *name, int64_t now,
+                                    int64_t lease_ms, size_t max, store_read_fn fn, void *arg);
+int store_sqlite_read_endpoints_due(struct store_sq *s, const char *const *names, size_t n,
+                                    int pending, store_read_fn fn, void *arg);
+int store_sqlite_read_batch_due(struct store_sq *s, int64_t now, store_read_fn fn, void *arg);
+int store_sqlite_prune(struct store_sq *s, struct store_prune *p, char *err, size_t errlen);
+int store_sqlite_reclaim(struct store_sq *s, int64_t keep_pages, int step_pages, int *freed,
+                         char *err, size_t errlen);
+int64_t store_sqlite_batch_next_close(struct store_sq *s);
+int store_sqlite_batch_due(struct store_sq *s, int64_t now, struct store_batch_window **out,
+                           size_t *n, char *err, size_t errlen);
+int store_sqlite_batch_windows(struct store_sq *s, struct store_batch_window **out, size_t *n,
+                               char *err, size_t errlen);
+int store_sqlite_batch_close(struct store_sq *s, const struct store_batch_window *w,
+                             const char *status, int64_t next_at, size_t *count, char *err,
+                             size_t errlen);
+int store_sqlite_event_put_done(struct store_sq *s, const struct store_event *ev,
+                                struct store_plan *plan, store_done_fn fn, void *arg);
+int store_sqlite_nonce_put_done(struct store_sq *s, const char *source, const char *nonce,
+                                const char *digest, int64_t now_ms, int64_t keep_ms,
+                                store_done_fn fn, void *arg);
+int store_sqlite_event_routed_done(struct store_sq *s, const char *event_id,
+                                   struct store_plan *plan, store_done_fn fn, void *arg);
+int store_sqlite_delivery_retry_done(struct store_sq *s, const char *id, int64_t next_at,
+                                     store_done_fn fn, void *arg);
+int store_sqlite_delivery_skip_done(struct store_sq *s, const char *id, int64_t now,
+                                    store_done_fn fn, void *arg);
+int store_sqlite_sub_put_done(struct store_sq *s, const struct store_sub *sub, store_done_fn fn,
+                              void *arg);
+int store_sqlite_sub_change_done(struct store_sq *s, const char *id, const char *url,
+                                 store_done_fn fn, void *arg);
+int store_sqlite_sub_set_secret_done(struct store_sq *s, const char *id, const char *secret,
+                                     store_done_fn fn, void *arg);
+int store_sqlite_endpoint_attempt_done(struct store_sq *s, const char *name, int ok,
+                                       const char *error, int64_t now, store_done_fn fn, void *arg);
+int store_sqlite_endpoint_set_disabled_done(struct store_sq *s, const char *name, int disabled,
+                                            const char *reason, int64_t now, store_done_fn fn,
+                                            void *arg);
+int store_sqlite_prune_done(struct store_sq *s, const struct store_prune *p, store_done_fn fn,
+                            void *arg);
+int store_sqlite_reclaim_done(struct store_sq *s, int64_t keep_pages, int step_pages,
+                              store_done_fn fn, void *arg);
+int store_sqlite_get_events_unrouted(struct store_sq *s, int64_t after_seq, size_t max,
+                                     store_done_fn fn, void *arg);
+int store_sqlite_get_event(struct store_sq *s, const char *id, store_done_fn fn, void *arg);
+int store_sqlite_get_endpoint_states(struct store_sq *s, store_done_fn fn, void *arg);
+int store_sqlite_get_subs(struct store_sq *s, store_done_fn fn, void *arg);
+
+/* ---- what a plan makes, whatever the backend (store_plan.c) ---- */
+
+/* The ids of plan's deliveries into ids[0..ndeliveries): derived from the
+ * event (util_id_derive of event_id, the endpoint and the place in the
+ * plan: a routing made again keeps its ids) when derive, else new. */
+void store_plan_ids(const char *event_id, const struct store_plan *plan, int derive,
+                    char (*ids)[UTIL_ID_MAX]);
+
+/* Appends the matched handlers of plan (store.h, struct store_plan) as the
+ * JSON events.matched holds to b, naming the delivery ids ids[]. Returns 0,
+ * or -1 when out of memory. */
+int store_plan_matched(const struct store_plan *plan, char (*ids)[UTIL_ID_MAX], struct util_buf *b);
+
 /* ---- small helpers (every file) ---- */
 
 /* Writes a reason into err (may be NULL or errlen 0). */
 void store_err(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* The statement id of the table, idle (checked): a statement is never used
- * by two calls at once (a callback re-entering the store mid-step). */
-static inline sqlite3_stmt *store_stmt(struct store *s, enum store_stmt id) {
-    STORE_CHECK(!sqlite3_stmt_busy(s->st[id]));
-    return s->st[id];
-}
-
-/* The statement id prepared on the read connection (committed state only),
- * idle (checked). For the admin API's reads (store_admin.c). */
-static inline sqlite3_stmt *store_rstmt(struct store *s, enum store_stmt id) {
-    STORE_CHECK(!sqlite3_stmt_busy(s->rst[id]));
-    return s->rst[id];
-}
-
-/* Opens a read transaction on the read connection, so that the reads of
- * one answer (an event with its deliveries and attempts) see one committed
- * state; store_read_end ends it. Returns 0, or -1 with a reason. */
-int store_read_begin(struct store *s, char *err, size_t errlen);
-void store_read_end(struct store *s);
-
-/* Resets st and clears its bindings: bound text is borrowed (SQLITE_STATIC)
- * and must not outlive the call. */
-static inline void stmt_done(sqlite3_stmt *st) {
-    sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
-}
-
-static inline int bind_text(sqlite3_stmt *st, int i, const char *s) {
-    return s ? sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC) : sqlite3_bind_null(st, i);
-}
-
-static inline int bind_blob(sqlite3_stmt *st, int i, const void *p, size_t n) {
-    if (!p)
-        return sqlite3_bind_null(st, i);
-    return sqlite3_bind_blob64(st, i, n ? p : "", (sqlite3_uint64)n, SQLITE_STATIC);
-}
-
-/* New copy of a text column, or NULL for SQL NULL (*oom set on failure). */
-static inline char *col_text(sqlite3_stmt *st, int i, int *oom) {
-    const unsigned char *t = sqlite3_column_text(st, i);
-    char *s;
-    if (!t)
-        return NULL;
-    s = strdup((const char *)t);
-    if (!s)
-        *oom = 1;
-    return s;
-}
-
-/* New NUL-terminated copy of a blob column, length in *len; NULL for SQL NULL. */
-static inline char *col_blob(sqlite3_stmt *st, int i, size_t *len, int *oom) {
-    const void *p = sqlite3_column_blob(st, i);
-    size_t n = (size_t)sqlite3_column_bytes(st, i);
-    char *b;
-    *len = 0;
-    if (sqlite3_column_type(st, i) == SQLITE_NULL)
-        return NULL;
-    b = malloc(n + 1);
-    if (!b) {
-        *oom = 1;
-        return NULL;
-    }
-    if (n)
-        memcpy(b, p, n);
-    b[n] = '\0';
-    *len = n;
-    return b;
-}
-
-static inline void copy_id(char *dst, size_t cap, const unsigned char *src) {
-    snprintf(dst, cap, "%s", src ? (const char *)src : "");
-}
-
 /* Makes room in the row array v (*cap elements of size sz, cnt used) for
  * one more, doubling from first. Returns the array (v, or v moved), or
  * NULL when out of memory (v is then untouched and still the caller's). */
 void *store_rows_grow(void *v, size_t *cap, size_t cnt, size_t sz, size_t first);
-
-/* ---- the group (store.c) ---- */
-
-/* Makes sure a group is open for a write. Returns 0, or -1 with a reason
- * when BEGIN fails (e.g. another process holds the write lock) or an
- * earlier write of this group failed. */
-int store_group_begin(struct store *s, char *err, size_t errlen);
-
-/* Marks the group failed after a write error (message from SQLite), so it is
- * rolled back and every callback of it gets ok=0; the reason goes to err. */
-void store_group_fail(struct store *s, const char *what, char *err, size_t errlen);
-
-/* Queues the commit event (see store.c). */
-void store_group_schedule(struct store *s);
-
-/* The group in flight is durable (the sync thread said so): advances the
- * event watermark, runs its callbacks, and commits the group that filled
- * meanwhile. Called by store_sync.c on the loop. */
-void store_group_durable(struct store *s);
-
-/* ---- the threads (store_sync.c) ---- */
-
-/* Starts the sync thread on the WAL of s->db, whose end the loop hears of
- * through an event on base. Returns 0, or -1 with a reason. */
-int store_sync_start(struct store *s, struct event_base *base, char *err, size_t errlen);
-
-/* Finishes what is in flight, then stops and joins the sync thread; a
- * store without one is a no-op. */
-void store_sync_stop(struct store *s);
-
-/* Asks the sync thread for one more fdatasync of the WAL (the engine has
- * moved the committed group's callbacks in flight and set sync_busy). */
-void store_sync_ask(struct store *s);
-
-/* Blocks until the group in flight is durable, then finishes it. */
-void store_sync_wait(struct store *s);
-
-/* fdatasyncs the WAL on the calling thread (store_flush); with no sync
- * thread (sync=normal) a no-op. Stops the process when the sync fails. */
-void store_sync_now(struct store *s);
-
-/* Opens the checkpoint connection on path and starts its thread. */
-int store_ckpt_start(struct store *s, const char *path, char *err, size_t errlen);
-void store_ckpt_stop(struct store *s);
-
-/* After a COMMIT that wrote: keeps the WAL short (store_sync.c). */
-void store_wal_maintain(struct store *s);
-
-/* ---- asynchronous reads' answers (store_reply.c) ---- */
-
-/* Creates the event that hands answers over; 0 or -1. */
-int store_reply_start(struct store *s, struct event_base *base);
-/* Hands over every answer still queued, then frees the event. */
-void store_reply_stop(struct store *s);
-/* Hands over every answer queued now (and those their callbacks queue). */
-void store_reply_drain(struct store *s);
-/* 1 while an answer waits to be handed over. */
-int store_reply_pending(const struct store *s);
-
-/* ---- the schema (store_schema.c) ---- */
-
-/* Creates the schema of a new database, migrates an older one, and adds the
- * tables and indexes later versions brought; path names the database in
- * errors. Returns 0, or -1 with a reason. */
-int store_schema_apply(sqlite3 *db, const char *path, char *err, size_t errlen);
-
-/* ---- rows and counts shared between data areas ---- */
-
-/* Reads the event id with st (ST_EVT_GET of either connection) into *out,
- * as store_event_get. */
-int store_event_read(sqlite3_stmt *st, const char *id, struct store_event_row **out, char *err,
-                     size_t errlen);
-
-/* Fills r from a row whose columns are (seq, id, source, source_id, type,
- * created_at, status, error, headers, data, raw, received_at): the order
- * every event read selects. Sets *oom when a copy failed. */
-void store_event_row_read(sqlite3_stmt *st, struct store_event_row *r, int *oom);
-
-/* Fills r from a row whose columns are (seq, id, event_id, endpoint,
- * event_type, content_type, headers, payload, attempts, schedule_pos,
- * next_at, created_at): the order both claims select. */
-void store_delivery_row_read(sqlite3_stmt *st, struct store_delivery *r, int *oom);
-
-/* Leases the n rows of d until until, in the open group. Returns 0 or -1. */
-int store_deliveries_lease(struct store *s, const struct store_delivery *d, size_t n, int64_t until,
-                           char *err, size_t errlen);
-
-/* Counts n more deliveries with this status in the open group (written to
- * delivery_counts by store_counts_flush before COMMIT). Returns 0 or -1. */
-int store_counts_add(struct store *s, const char *status, int64_t n);
-int store_counts_flush(struct store *s);
-
-/* Adds one batch item of event_id to its window in the open group and sets
- * it->count (store_batch.c; store_events.c writes a plan's items with it).
- * Returns 0, or -1 (the group failed). */
-int store_batch_item_put(struct store *s, const char *event_id, struct store_batch_item *it,
-                         char *err, size_t errlen);
-
-/* The open batch windows holding an item of event_id, by each window's
- * first item (store_batch.c, for the event detail; on the read
- * connection). *out is new (free with
- * store_batch_waits_free). Returns 0 or -1 (err set). */
-int store_batch_waiting(struct store *s, const char *event_id, struct store_batch_wait **out,
-                        size_t *n, char *err, size_t errlen);
-void store_batch_waits_free(struct store_batch_wait *w, size_t n);
 
 #endif

@@ -22,8 +22,9 @@ below it, never one above:
 3. pipeline: ingest, carrier, route, batch, deliver (+ deliver_sched), health,
    housekeep, stream (the live feed)
 4. engines: rules, rules_adapt, rules_route, rules_api (behind
-   rules_int.h), store and store_* (behind store_int.h; store_done: the
-   asynchronous write results),
+   rules_int.h), store (the front) and store_* (behind store_int.h; the
+   SQLite engine store_sqlite* behind store_sqlite_int.h, the PostgreSQL
+   backend store_pg* behind store_pg_int.h),
    httpc, verify, jwks, config, config_build (behind config_int.h), subs
 5. base: jsonx, jsonx_encode, jsonx_decode (behind jsonx_int.h), util,
    log, metrics, sdnotify
@@ -41,7 +42,7 @@ LAYERS = [
                "admin_stream", "admin_web", "admin_shipengine", "admin_subs", "cli", "cli_stream", "ruletest", "reqlog"]),
     ("pipeline", ["ingest", "carrier", "route", "batch", "deliver", "deliver_sched", "health",
                   "housekeep", "stream"]),
-    ("engines", ["rules", "rules_api", "rules_adapt", "rules_route", "rules_key", "store", "store_done", "store_*", "httpc",
+    ("engines", ["rules", "rules_api", "rules_adapt", "rules_route", "rules_key", "store", "store_*", "httpc",
                  "verify", "jwks", "config", "config_build", "subs"]),
     ("base", ["jsonx", "jsonx_encode", "jsonx_decode", "util", "log", "metrics", "sdnotify"]),
 ]

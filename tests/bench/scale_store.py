@@ -5,7 +5,7 @@ For `make bench` part 5 (ingest and RSS with 1,000,000 pending deliveries
 vs an empty store). The store must already exist with waybill's schema (let
 waybill create it: start it once on the file and stop it); this adds N
 events and one pending delivery per event, in one transaction, with the
-same columns waybill's own inserts fill (store_events.c's ST_EVT_INSERT and
+same columns waybill's own inserts fill (store_sqlite_events.c's ST_EVT_INSERT and
 ST_DLV_INSERT), so the rows are real: event ids and delivery ids in
 waybill's format (`evt_`/`dlv_`, 10 time + 16 random Crockford base32
 characters, created during the hour before now, so later ids sort after

@@ -599,7 +599,7 @@ static void test_query_plans(void) {
         ("SELECT count(*) FROM deliveries p INDEXED BY deliveries_ep_key"
          " WHERE p.endpoint = ?1 AND p.okey = ?2 AND p.okey IS NOT NULL"
          " AND p.status IN ('pending', 'held', 'failed')"),
-        /* retention (store_retain.c): the walk, and a batch with its last item */
+        /* retention (store_sqlite_retain.c): the walk, and a batch with its last item */
         ("SELECT seq, id, received_at, status,"
          " EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id"
          "  AND d.status IN ('pending', 'held', 'failed')),"

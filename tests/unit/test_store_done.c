@@ -1,4 +1,4 @@
-/* test_store_done.c -- store.h's asynchronous write results (store_done.c):
+/* test_store_done.c -- store.h's asynchronous write results (store_sqlite_done.c):
  * every call answers from the loop, never inside the call; the value is
  * the synchronous call's; a write's ok is 0 when its group failed; a read
  * answers whatever the group does; a failed write does not pin a group

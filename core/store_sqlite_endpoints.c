@@ -1,4 +1,4 @@
-/* store_endpoints.c -- the store seen per endpoint: claims of due
+/* store_sqlite_endpoints.c -- the store seen per endpoint: claims of due
  * deliveries (earliest due first, or FIFO for an ordered endpoint), the
  * head and next due time of an endpoint's queue, the endpoints with work,
  * queue sizes, and each endpoint's state (SPEC section 7: health,
@@ -16,6 +16,7 @@
 
 #include "store.h"
 #include "store_int.h"
+#include "store_sqlite_int.h"
 #include "util.h"
 
 const struct store_stmt_def store_endpoints_stmts[] = {
@@ -103,9 +104,9 @@ const struct store_stmt_def store_endpoints_stmts[] = {
 
 /* ---- claims ---- */
 
-int store_endpoint_claim_due(struct store *s, const char *name, int64_t now, int64_t lease_ms,
-                             size_t max, struct store_delivery **out, size_t *n, char *err,
-                             size_t errlen) {
+int store_sqlite_endpoint_claim_due(struct store_sq *s, const char *name, int64_t now,
+                                    int64_t lease_ms, size_t max, struct store_delivery **out,
+                                    size_t *n, char *err, size_t errlen) {
     sqlite3_stmt *sel = store_stmt(s, ST_EP_CLAIM_DUE);
     struct store_delivery *rows = NULL, *r;
     void *grown;
@@ -158,9 +159,9 @@ fail:
     return -1;
 }
 
-int store_endpoint_claim(struct store *s, const char *name, int64_t after_seq, int64_t now,
-                         int64_t lease_ms, size_t max, struct store_delivery **out, size_t *n,
-                         char *err, size_t errlen) {
+int store_sqlite_endpoint_claim(struct store_sq *s, const char *name, int64_t after_seq,
+                                int64_t now, int64_t lease_ms, size_t max,
+                                struct store_delivery **out, size_t *n, char *err, size_t errlen) {
     sqlite3_stmt *sel = store_stmt(s, ST_EP_CLAIM_ORDERED);
     struct store_delivery *rows = NULL;
     size_t cnt = 0;
@@ -202,7 +203,7 @@ done:
 
 /* ---- an endpoint's queue ---- */
 
-int64_t store_endpoint_next_due(struct store *s, const char *name) {
+int64_t store_sqlite_endpoint_next_due(struct store_sq *s, const char *name) {
     sqlite3_stmt *st = store_stmt(s, ST_EP_NEXT_DUE);
     int64_t t = -1;
     int rc;
@@ -217,7 +218,7 @@ int64_t store_endpoint_next_due(struct store *s, const char *name) {
     return t >= STORE_PARKED_AT ? INT64_MAX : t;
 }
 
-int64_t store_endpoint_head(struct store *s, const char *name, int64_t *next_at) {
+int64_t store_sqlite_endpoint_head(struct store_sq *s, const char *name, int64_t *next_at) {
     sqlite3_stmt *st = store_stmt(s, ST_EP_HEAD);
     int64_t seq = INT64_MAX;
     int rc;
@@ -239,7 +240,8 @@ int64_t store_endpoint_head(struct store *s, const char *name, int64_t *next_at)
 
 /* The names are read whole before fn runs, so fn may use the store (claim,
  * lease) with no statement of this call half-stepped. */
-int store_endpoints_pending(struct store *s, void (*fn)(void *arg, const char *name), void *arg) {
+int store_sqlite_endpoints_pending(struct store_sq *s, void (*fn)(void *arg, const char *name),
+                                   void *arg) {
     sqlite3_stmt *st = store_stmt(s, ST_EP_PENDING);
     char **names = NULL;
     void *grown;
@@ -304,8 +306,8 @@ static int endpoint_queue(sqlite3_stmt *st, sqlite3_stmt *bl, const char *name, 
     return ret;
 }
 
-int store_endpoint_queue(struct store *s, const char *name, int64_t now, int64_t due_cap,
-                         int counts, struct store_endpoint_queue *q) {
+int store_sqlite_endpoint_queue(struct store_sq *s, const char *name, int64_t now, int64_t due_cap,
+                                int counts, struct store_endpoint_queue *q) {
     return endpoint_queue(store_stmt(s, ST_EP_QUEUE), store_stmt(s, ST_EP_BLOCKED), name, now,
                           due_cap, counts, q);
 }
@@ -320,8 +322,9 @@ void store_blocked_keys_free(struct store_blocked_key *k, size_t n) {
     free(k);
 }
 
-int store_endpoint_blocked(struct store *s, const char *name, size_t max,
-                           struct store_blocked_key **out, size_t *n, char *err, size_t errlen) {
+int store_sqlite_endpoint_blocked(struct store_sq *s, const char *name, size_t max,
+                                  struct store_blocked_key **out, size_t *n, char *err,
+                                  size_t errlen) {
     /* The loop's connection, as store_endpoint_queue's count of the same
      * keys: one answer of store_read_endpoints shows both, and from two
      * views (the open group, the committed state) the count could hold a
@@ -369,7 +372,7 @@ int store_endpoint_blocked(struct store *s, const char *name, size_t max,
 
 /* Runs statement id in the open group bound with ?1 name, ?2 a, ?3 b,
  * ?4 text. Returns the number of rows changed, or -1 with a reason. */
-static int64_t ep_exec(struct store *s, enum store_stmt id, const char *what, const char *name,
+static int64_t ep_exec(struct store_sq *s, enum store_stmt id, const char *what, const char *name,
                        int64_t a, int64_t b, const char *text, char *err, size_t errlen) {
     sqlite3_stmt *st = store_stmt(s, id);
     int64_t changed = -1;
@@ -387,8 +390,9 @@ done:
     return changed;
 }
 
-int store_endpoint_attempt(struct store *s, const char *name, int ok, const char *error,
-                           int64_t now, int64_t *first_failure_at, char *err, size_t errlen) {
+int store_sqlite_endpoint_attempt(struct store_sq *s, const char *name, int ok, const char *error,
+                                  int64_t now, int64_t *first_failure_at, char *err,
+                                  size_t errlen) {
     sqlite3_stmt *st;
     int rc = -1;
 
@@ -410,8 +414,9 @@ done:
     return rc;
 }
 
-int store_endpoint_set_disabled(struct store *s, const char *name, int disabled, const char *reason,
-                                int64_t now, int64_t *moved, char *err, size_t errlen) {
+int store_sqlite_endpoint_set_disabled(struct store_sq *s, const char *name, int disabled,
+                                       const char *reason, int64_t now, int64_t *moved, char *err,
+                                       size_t errlen) {
     int64_t n;
 
     if (ep_exec(s, disabled ? ST_EP_DISABLE : ST_EP_ENABLE, "endpoint state", name, now, now,
@@ -454,10 +459,8 @@ static void ep_state_read(sqlite3_stmt *st, struct store_endpoint_state *r, int 
     r->held = sqlite3_column_int64(st, 10);
 }
 
-int store_endpoint_states(struct store *s, struct store_endpoint_state **out, size_t *n, char *err,
-                          size_t errlen) {
-    if (s->bx)
-        return store_bx_endpoint_states(s, out, n, err, errlen);
+int store_sqlite_endpoint_states(struct store_sq *s, struct store_endpoint_state **out, size_t *n,
+                                 char *err, size_t errlen) {
     sqlite3_stmt *st = store_stmt(s, ST_EP_STATES);
     struct store_endpoint_state *v = NULL;
     void *grown;

@@ -1,4 +1,4 @@
-/* store_admin.c -- what the admin API (SPEC section 8) reads and keeps in
+/* store_sqlite_admin.c -- what the admin API (SPEC section 8) reads and keeps in
  * the store: pages of events and deliveries, the event detail (an event
  * with its deliveries, their attempts, and the batch windows it waits in),
  * and subscriptions. Everything is returned as plain rows; the JSON is
@@ -18,6 +18,7 @@
 
 #include "store.h"
 #include "store_int.h"
+#include "store_sqlite_int.h"
 #include "util.h"
 
 const struct store_stmt_def store_admin_stmts[] = {
@@ -98,7 +99,7 @@ void store_delivery_items_free(struct store_delivery_item *rows, size_t n) {
  * to limit rows of size sz with read into *rows; an extra row means there
  * is a next page, whose cursor is the seq of the last row read. The caller
  * frees *rows (*n of them) on success and on failure. Returns 0 or -1. */
-static int page_run(struct store *s, sqlite3_stmt *st, size_t limit, size_t sz,
+static int page_run(struct store_sq *s, sqlite3_stmt *st, size_t limit, size_t sz,
                     void (*read)(sqlite3_stmt *, void *, int *), void **rows, size_t *n,
                     int64_t *next, char *err, size_t errlen) {
     size_t cap = 0;
@@ -163,7 +164,7 @@ static char *glob_for_sql(const char *pattern) {
 
 /* received_at of the first event with seq >= at into *ms. Returns 1, 0
  * when there is none, -1 on a store error. */
-static int received_from(struct store *s, int64_t at, int64_t *ms) {
+static int received_from(struct store_sq *s, int64_t at, int64_t *ms) {
     sqlite3_stmt *st = store_rstmt(s, ST_EVT_AT_SEQ);
     int rc = sqlite3_bind_int64(st, 1, at) == SQLITE_OK ? sqlite3_step(st) : SQLITE_ERROR;
 
@@ -177,7 +178,7 @@ static int received_from(struct store *s, int64_t at, int64_t *ms) {
  * after t: a binary search over seq (received_at grows with seq, as
  * retention also relies on), one rowid seek a step, so a window costs
  * O(log n) on any store. Returns 0 with *x, or -1 (err set). */
-static int seq_at(struct store *s, int64_t t, int64_t *x, char *err, size_t errlen) {
+static int seq_at(struct store_sq *s, int64_t t, int64_t *x, char *err, size_t errlen) {
     sqlite3_stmt *st = store_rstmt(s, ST_EVT_SEQ_RANGE);
     int64_t lo, hi, mid, ms = 0;
     int rc = sqlite3_step(st);
@@ -205,8 +206,9 @@ static int seq_at(struct store *s, int64_t t, int64_t *x, char *err, size_t errl
     return 0;
 }
 
-int store_events_page(struct store *s, const struct store_page *q, struct store_event_row **rows,
-                      size_t *n, int64_t *next, char *err, size_t errlen) {
+int store_sqlite_events_page(struct store_sq *s, const struct store_page *q,
+                             struct store_event_row **rows, size_t *n, int64_t *next, char *err,
+                             size_t errlen) {
     sqlite3_stmt *st = NULL;
     char *type = q->type ? glob_for_sql(q->type) : NULL;
     int64_t below = q->after > 0 ? q->after : INT64_MAX, from = 0, upto = INT64_MAX;
@@ -247,8 +249,8 @@ done:
     return 0;
 }
 
-int store_events_find(struct store *s, const char *text, size_t max, char ***ids, size_t *n,
-                      char *err, size_t errlen) {
+int store_sqlite_events_find(struct store_sq *s, const char *text, size_t max, char ***ids,
+                             size_t *n, char *err, size_t errlen) {
     static const char sql[] = "SELECT id FROM events WHERE id = ?1 OR source_id = ?1"
                               " OR instr(data, ?1) > 0 OR instr(shipment, ?1) > 0"
                               " ORDER BY (id = ?1 OR source_id = ?1) DESC, seq DESC LIMIT ?2";
@@ -279,9 +281,9 @@ fail:
     return -1;
 }
 
-int store_deliveries_page(struct store *s, const struct store_page *q,
-                          struct store_delivery_item **rows, size_t *n, int64_t *next, char *err,
-                          size_t errlen) {
+int store_sqlite_deliveries_page(struct store_sq *s, const struct store_page *q,
+                                 struct store_delivery_item **rows, size_t *n, int64_t *next,
+                                 char *err, size_t errlen) {
     sqlite3_stmt *st = store_rstmt(s, ST_PAGE_DELIVERIES);
     void *v = NULL;
     int ret = -1;
@@ -338,7 +340,7 @@ void store_event_detail_free(struct store_event_detail *d) {
 }
 
 /* Reads the attempts of delivery d (by n) into d->attempts. Returns 0 or -1. */
-static int detail_attempts(struct store *s, struct store_event_delivery *d, char *err,
+static int detail_attempts(struct store_sq *s, struct store_event_delivery *d, char *err,
                            size_t errlen) {
     sqlite3_stmt *st = store_rstmt(s, ST_DETAIL_ATTEMPTS);
     struct store_attempt_row *a;
@@ -392,7 +394,7 @@ static void detail_delivery_read(sqlite3_stmt *st, struct store_event_delivery *
 /* Reads the deliveries of event_id (its own and the batches holding it)
  * into d, then each one's attempts: the deliveries statement is done before
  * the attempts one runs. Returns 0 or -1 (err set). */
-static int detail_deliveries(struct store *s, const char *event_id, struct store_event_detail *d,
+static int detail_deliveries(struct store_sq *s, const char *event_id, struct store_event_detail *d,
                              char *err, size_t errlen) {
     sqlite3_stmt *st = store_rstmt(s, ST_DETAIL_DELIVERIES);
     void *grown;
@@ -430,8 +432,8 @@ sqlerr:
     return -1;
 }
 
-int store_event_detail(struct store *s, const char *id, struct store_event_detail **out, char *err,
-                       size_t errlen) {
+int store_sqlite_event_detail(struct store_sq *s, const char *id, struct store_event_detail **out,
+                              char *err, size_t errlen) {
     struct store_event_detail *d = calloc(1, sizeof *d);
     int rc;
 
@@ -459,7 +461,8 @@ int store_event_detail(struct store *s, const char *id, struct store_event_detai
 
 /* ---- subscriptions ---- */
 
-int store_sub_put(struct store *s, const struct store_sub *sub, char *err, size_t errlen) {
+int store_sqlite_sub_put(struct store_sq *s, const struct store_sub *sub, char *err,
+                         size_t errlen) {
     sqlite3_stmt *st = store_stmt(s, ST_SUB_INSERT);
     int ret = -1, rc;
 
@@ -485,7 +488,7 @@ done:
 
 /* Runs st (id ?1, value ?2 unless NULL) in the open group: 1 one row
  * changed, 0 none, -1 error. */
-static int sub_update(struct store *s, sqlite3_stmt *st, const char *id, const char *value,
+static int sub_update(struct store_sq *s, sqlite3_stmt *st, const char *id, const char *value,
                       char *err, size_t errlen) {
     int ret = -1;
 
@@ -502,19 +505,18 @@ done:
     return ret;
 }
 
-int store_sub_change(struct store *s, const char *id, const char *url, char *err, size_t errlen) {
+int store_sqlite_sub_change(struct store_sq *s, const char *id, const char *url, char *err,
+                            size_t errlen) {
     return sub_update(s, store_stmt(s, url ? ST_SUB_SET_URL : ST_SUB_DELETE), id, url, err, errlen);
 }
 
-int store_sub_set_secret(struct store *s, const char *id, const char *secret, char *err,
-                         size_t errlen) {
+int store_sqlite_sub_set_secret(struct store_sq *s, const char *id, const char *secret, char *err,
+                                size_t errlen) {
     return sub_update(s, store_stmt(s, ST_SUB_SET_SECRET), id, secret, err, errlen);
 }
 
-int store_subs_load(struct store *s, void (*fn)(void *arg, const struct store_sub *sub), void *arg,
-                    char *err, size_t errlen) {
-    if (s->bx)
-        return store_bx_subs_load(s, fn, arg, err, errlen);
+int store_sqlite_subs_load(struct store_sq *s, void (*fn)(void *arg, const struct store_sub *sub),
+                           void *arg, char *err, size_t errlen) {
     sqlite3_stmt *st = store_stmt(s, ST_SUB_LOAD);
     int rc;
 

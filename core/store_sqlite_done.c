@@ -1,4 +1,4 @@
-/* store_done.c -- store.h's asynchronous write results on SQLite (issue
+/* store_sqlite_done.c -- store.h's asynchronous write results on SQLite (issue
  * 15): each call runs the synchronous write (or read) at once, as today,
  * and holds its value until the group it went into ends: the commit
  * callback (store_on_commit for a durable answer, store_on_written for
@@ -17,6 +17,7 @@
 
 #include "store.h"
 #include "store_int.h"
+#include "store_sqlite_int.h"
 
 /* One answer held until its group ends; owns its rows. */
 struct store_held {
@@ -94,8 +95,9 @@ static struct store_held *held_new(store_done_fn fn, void *arg) {
 /* Holds h until the open group ends: durable (store_on_commit) or written
  * (store_on_written). Returns 0, or -1 when out of memory: h is freed and
  * a write already made fails the group, so nothing of it commits unheard. */
-static int held_queue(struct store *s, struct store_held *h, int durable) {
-    int rc = durable ? store_on_commit(s, held_cb, h) : store_on_written(s, held_cb, h);
+static int held_queue(struct store_sq *s, struct store_held *h, int durable) {
+    int rc =
+        durable ? store_sqlite_on_commit(s, held_cb, h) : store_sqlite_on_written(s, held_cb, h);
 
     if (rc == 0) {
         /* An answer that does not hang on the group (a read, or a write
@@ -116,38 +118,34 @@ static int held_queue(struct store *s, struct store_held *h, int durable) {
 
 /* ---- writes ---- */
 
-int store_event_put_done(struct store *s, const struct store_event *ev, struct store_plan *plan,
-                         store_done_fn fn, void *arg) {
-    if (s->bx)
-        return store_bx_event_put(s, ev, plan, fn, arg);
+int store_sqlite_event_put_done(struct store_sq *s, const struct store_event *ev,
+                                struct store_plan *plan, store_done_fn fn, void *arg) {
     struct store_held *h = held_new(fn, arg);
     if (!h)
         return -1;
-    h->rc = store_event_put(s, ev, plan, h->id, sizeof h->id, h->err, sizeof h->err);
+    h->rc = store_sqlite_event_put(s, ev, plan, h->id, sizeof h->id, h->err, sizeof h->err);
     if (h->rc == 0)
         snprintf(h->id, sizeof h->id, "%s", ev->id);
     return held_queue(s, h, 1);
 }
 
-int store_nonce_put_done(struct store *s, const char *source, const char *nonce, const char *digest,
-                         int64_t now_ms, int64_t keep_ms, store_done_fn fn, void *arg) {
-    if (s->bx)
-        return store_bx_nonce_put(s, source, nonce, digest, now_ms, keep_ms, fn, arg);
+int store_sqlite_nonce_put_done(struct store_sq *s, const char *source, const char *nonce,
+                                const char *digest, int64_t now_ms, int64_t keep_ms,
+                                store_done_fn fn, void *arg) {
     struct store_held *h = held_new(fn, arg);
     if (!h)
         return -1;
-    h->rc = store_nonce_put(s, source, nonce, digest, now_ms, keep_ms, h->err, sizeof h->err);
+    h->rc =
+        store_sqlite_nonce_put(s, source, nonce, digest, now_ms, keep_ms, h->err, sizeof h->err);
     return held_queue(s, h, 0);
 }
 
-int store_event_routed_done(struct store *s, const char *event_id, struct store_plan *plan,
-                            store_done_fn fn, void *arg) {
-    if (s->bx)
-        return store_bx_event_routed(s, event_id, plan, fn, arg);
+int store_sqlite_event_routed_done(struct store_sq *s, const char *event_id,
+                                   struct store_plan *plan, store_done_fn fn, void *arg) {
     struct store_held *h = held_new(fn, arg);
     if (!h)
         return -1;
-    h->rc = store_event_routed(s, event_id, plan, h->err, sizeof h->err);
+    h->rc = store_sqlite_event_routed(s, event_id, plan, h->err, sizeof h->err);
     /* An unknown id writes nothing and keeps the group (open, not failed):
      * an answer, 0; a failure fails the group or never began it. */
     if (h->rc == 0)
@@ -159,119 +157,104 @@ int store_event_routed_done(struct store *s, const char *event_id, struct store_
     return held_queue(s, h, 0);
 }
 
-int store_delivery_retry_done(struct store *s, const char *id, int64_t next_at, store_done_fn fn,
+int store_sqlite_delivery_retry_done(struct store_sq *s, const char *id, int64_t next_at,
+                                     store_done_fn fn, void *arg) {
+    struct store_held *h = held_new(fn, arg);
+    if (!h)
+        return -1;
+    h->rc = store_sqlite_delivery_retry(s, id, next_at, h->err, sizeof h->err);
+    return held_queue(s, h, 1);
+}
+
+int store_sqlite_delivery_skip_done(struct store_sq *s, const char *id, int64_t now,
+                                    store_done_fn fn, void *arg) {
+    struct store_held *h = held_new(fn, arg);
+    if (!h)
+        return -1;
+    h->rc = store_sqlite_delivery_skip(s, id, now, h->err, sizeof h->err);
+    return held_queue(s, h, 1);
+}
+
+int store_sqlite_sub_put_done(struct store_sq *s, const struct store_sub *sub, store_done_fn fn,
                               void *arg) {
-    if (s->bx)
-        return store_bx_delivery_retry(s, id, next_at, fn, arg);
     struct store_held *h = held_new(fn, arg);
     if (!h)
         return -1;
-    h->rc = store_delivery_retry(s, id, next_at, h->err, sizeof h->err);
+    h->rc = store_sqlite_sub_put(s, sub, h->err, sizeof h->err);
     return held_queue(s, h, 1);
 }
 
-int store_delivery_skip_done(struct store *s, const char *id, int64_t now, store_done_fn fn,
-                             void *arg) {
-    if (s->bx)
-        return store_bx_delivery_skip(s, id, now, fn, arg);
+int store_sqlite_sub_change_done(struct store_sq *s, const char *id, const char *url,
+                                 store_done_fn fn, void *arg) {
     struct store_held *h = held_new(fn, arg);
     if (!h)
         return -1;
-    h->rc = store_delivery_skip(s, id, now, h->err, sizeof h->err);
+    h->rc = store_sqlite_sub_change(s, id, url, h->err, sizeof h->err);
     return held_queue(s, h, 1);
 }
 
-int store_sub_put_done(struct store *s, const struct store_sub *sub, store_done_fn fn, void *arg) {
-    if (s->bx)
-        return store_bx_sub_put(s, sub, fn, arg);
+int store_sqlite_sub_set_secret_done(struct store_sq *s, const char *id, const char *secret,
+                                     store_done_fn fn, void *arg) {
     struct store_held *h = held_new(fn, arg);
     if (!h)
         return -1;
-    h->rc = store_sub_put(s, sub, h->err, sizeof h->err);
+    h->rc = store_sqlite_sub_set_secret(s, id, secret, h->err, sizeof h->err);
     return held_queue(s, h, 1);
 }
 
-int store_sub_change_done(struct store *s, const char *id, const char *url, store_done_fn fn,
-                          void *arg) {
-    if (s->bx)
-        return store_bx_sub_change(s, id, url, fn, arg);
+int store_sqlite_endpoint_attempt_done(struct store_sq *s, const char *name, int ok,
+                                       const char *error, int64_t now, store_done_fn fn,
+                                       void *arg) {
     struct store_held *h = held_new(fn, arg);
     if (!h)
         return -1;
-    h->rc = store_sub_change(s, id, url, h->err, sizeof h->err);
-    return held_queue(s, h, 1);
-}
-
-int store_sub_set_secret_done(struct store *s, const char *id, const char *secret, store_done_fn fn,
-                              void *arg) {
-    if (s->bx)
-        return store_bx_sub_set_secret(s, id, secret, fn, arg);
-    struct store_held *h = held_new(fn, arg);
-    if (!h)
-        return -1;
-    h->rc = store_sub_set_secret(s, id, secret, h->err, sizeof h->err);
-    return held_queue(s, h, 1);
-}
-
-int store_endpoint_attempt_done(struct store *s, const char *name, int ok, const char *error,
-                                int64_t now, store_done_fn fn, void *arg) {
-    if (s->bx)
-        return store_bx_endpoint_attempt(s, name, ok, error, now, fn, arg);
-    struct store_held *h = held_new(fn, arg);
-    if (!h)
-        return -1;
-    h->rc = store_endpoint_attempt(s, name, ok, error, now, &h->value, h->err, sizeof h->err);
+    h->rc =
+        store_sqlite_endpoint_attempt(s, name, ok, error, now, &h->value, h->err, sizeof h->err);
     return held_queue(s, h, 0);
 }
 
-int store_endpoint_set_disabled_done(struct store *s, const char *name, int disabled,
-                                     const char *reason, int64_t now, store_done_fn fn, void *arg) {
-    if (s->bx)
-        return store_bx_endpoint_set_disabled(s, name, disabled, reason, now, fn, arg);
+int store_sqlite_endpoint_set_disabled_done(struct store_sq *s, const char *name, int disabled,
+                                            const char *reason, int64_t now, store_done_fn fn,
+                                            void *arg) {
     struct store_held *h = held_new(fn, arg);
     if (!h)
         return -1;
-    h->rc = store_endpoint_set_disabled(s, name, disabled, reason, now, &h->value, h->err,
-                                        sizeof h->err);
+    h->rc = store_sqlite_endpoint_set_disabled(s, name, disabled, reason, now, &h->value, h->err,
+                                               sizeof h->err);
     return held_queue(s, h, 1);
 }
 
-int store_prune_done(struct store *s, const struct store_prune *p, store_done_fn fn, void *arg) {
-    if (s->bx)
-        return store_bx_prune(s, p, fn, arg);
+int store_sqlite_prune_done(struct store_sq *s, const struct store_prune *p, store_done_fn fn,
+                            void *arg) {
     struct store_held *h = held_new(fn, arg);
     if (!h)
         return -1;
     h->prune = *p;
     h->has_prune = 1;
-    h->rc = store_prune(s, &h->prune, h->err, sizeof h->err);
+    h->rc = store_sqlite_prune(s, &h->prune, h->err, sizeof h->err);
     return held_queue(s, h, 0);
 }
 
-int store_reclaim_done(struct store *s, int64_t keep_pages, int step_pages, store_done_fn fn,
-                       void *arg) {
-    if (s->bx)
-        return store_bx_reclaim(s, fn, arg);
+int store_sqlite_reclaim_done(struct store_sq *s, int64_t keep_pages, int step_pages,
+                              store_done_fn fn, void *arg) {
     struct store_held *h = held_new(fn, arg);
     int freed = 0;
     if (!h)
         return -1;
-    h->rc = store_reclaim(s, keep_pages, step_pages, &freed, h->err, sizeof h->err);
+    h->rc = store_sqlite_reclaim(s, keep_pages, step_pages, &freed, h->err, sizeof h->err);
     h->value = freed;
     return held_queue(s, h, 0);
 }
 
 /* ---- the loop's reads ---- */
 
-int store_get_events_unrouted(struct store *s, int64_t after_seq, size_t max, store_done_fn fn,
-                              void *arg) {
-    if (s->bx)
-        return store_bx_get_events_unrouted(s, after_seq, max, fn, arg);
+int store_sqlite_get_events_unrouted(struct store_sq *s, int64_t after_seq, size_t max,
+                                     store_done_fn fn, void *arg) {
     struct store_held *h = held_new(fn, arg);
     if (!h)
         return -1;
     h->read = 1;
-    h->rc = store_events_unrouted(s, after_seq, max, &h->rows, &h->n, h->err, sizeof h->err);
+    h->rc = store_sqlite_events_unrouted(s, after_seq, max, &h->rows, &h->n, h->err, sizeof h->err);
     if (h->rc < 0) { /* nothing kept on failure */
         h->rows = NULL;
         h->n = 0;
@@ -279,14 +262,12 @@ int store_get_events_unrouted(struct store *s, int64_t after_seq, size_t max, st
     return held_queue(s, h, 0);
 }
 
-int store_get_event(struct store *s, const char *id, store_done_fn fn, void *arg) {
-    if (s->bx)
-        return store_bx_get_event(s, id, fn, arg);
+int store_sqlite_get_event(struct store_sq *s, const char *id, store_done_fn fn, void *arg) {
     struct store_held *h = held_new(fn, arg);
     if (!h)
         return -1;
     h->read = 1;
-    h->rc = store_event_get(s, id, &h->rows, h->err, sizeof h->err);
+    h->rc = store_sqlite_event_get(s, id, &h->rows, h->err, sizeof h->err);
     h->n = h->rc == 1 && h->rows ? 1 : 0;
     if (!h->n) {
         store_event_rows_free(h->rows, 1);
@@ -324,14 +305,12 @@ oom:
     snprintf(h->err, sizeof h->err, "store: out of memory");
 }
 
-int store_get_subs(struct store *s, store_done_fn fn, void *arg) {
-    if (s->bx)
-        return store_bx_get_subs(s, fn, arg);
+int store_sqlite_get_subs(struct store_sq *s, store_done_fn fn, void *arg) {
     struct store_held *h = held_new(fn, arg);
     if (!h)
         return -1;
     h->read = 1;
-    if (store_subs_load(s, held_sub, h, h->err, sizeof h->err) < 0)
+    if (store_sqlite_subs_load(s, held_sub, h, h->err, sizeof h->err) < 0)
         h->rc = -1;
     if (h->rc < 0) {
         held_subs_free(h);
@@ -341,14 +320,12 @@ int store_get_subs(struct store *s, store_done_fn fn, void *arg) {
     return held_queue(s, h, 0);
 }
 
-int store_get_endpoint_states(struct store *s, store_done_fn fn, void *arg) {
-    if (s->bx)
-        return store_bx_get_endpoint_states(s, fn, arg);
+int store_sqlite_get_endpoint_states(struct store_sq *s, store_done_fn fn, void *arg) {
     struct store_held *h = held_new(fn, arg);
     if (!h)
         return -1;
     h->read = 1;
-    h->rc = store_endpoint_states(s, &h->states, &h->nstates, h->err, sizeof h->err);
+    h->rc = store_sqlite_endpoint_states(s, &h->states, &h->nstates, h->err, sizeof h->err);
     if (h->rc < 0) {
         h->states = NULL;
         h->nstates = 0;

@@ -1,4 +1,4 @@
-/* store_retain.c -- retention (SPEC section 9) and giving space back: a
+/* store_sqlite_retain.c -- retention (SPEC section 9) and giving space back: a
  * pass walks events by seq (the rowid, so a pass costs O(max) whatever the
  * table's size), deletes the old ones that are done with their deliveries,
  * and steps over the ones that must stay; freed pages go back to the
@@ -19,6 +19,7 @@
 
 #include "store.h"
 #include "store_int.h"
+#include "store_sqlite_int.h"
 #include "util.h"
 
 /* The events of a chunk: ?1 is a JSON array of their ids (json_each
@@ -75,7 +76,7 @@ static int prune_keeps(sqlite3_stmt *sel) {
  * deletable ones), counting the kept ones and advancing p->cursor past
  * everything it looked at; sets p->done at upto, the end, or the first
  * event not old yet. Returns 0 or -1. */
-static int prune_scan(struct store *s, struct store_prune *p, struct prune_id *ids, int *nids,
+static int prune_scan(struct store_sq *s, struct store_prune *p, struct prune_id *ids, int *nids,
                       char *err, size_t errlen) {
     sqlite3_stmt *sel = store_stmt(s, ST_PRUNE_SCAN);
     int rc, looked = 0, ret = -1;
@@ -114,7 +115,7 @@ done:
 
 /* Records the seq high-water marks in store_meta (in the open group),
  * before rows that may hold the highest seqs are deleted. Returns 0 or -1. */
-static int seq_hw_keep(struct store *s, char *err, size_t errlen) {
+static int seq_hw_keep(struct store_sq *s, char *err, size_t errlen) {
     static const char *const keys[2] = {"dlv_seq", "evt_seq"};
     int64_t vals[2] = {s->dlv_seq_hw, s->evt_seq_hw};
 
@@ -135,7 +136,7 @@ static int seq_hw_keep(struct store *s, char *err, size_t errlen) {
  * deliveries' attempts, their deliveries, the batches they hold the last
  * items of (their attempts, then them), their items, themselves. Returns
  * 0 or -1 (the group failed). */
-static int prune_chunk(struct store *s, const struct prune_id *ids, int n, char *err,
+static int prune_chunk(struct store_sq *s, const struct prune_id *ids, int n, char *err,
                        size_t errlen) {
     static const enum store_stmt del[] = {ST_PRUNE_ATTEMPTS,       ST_PRUNE_DELIVERIES,
                                           ST_PRUNE_BATCH_ATTEMPTS, ST_PRUNE_BATCH_DELIVERIES,
@@ -178,7 +179,7 @@ static int64_t mono_us(void) {
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-int store_prune(struct store *s, struct store_prune *p, char *err, size_t errlen) {
+int store_sqlite_prune(struct store_sq *s, struct store_prune *p, char *err, size_t errlen) {
     int64_t t0 = mono_us();
     struct prune_id *ids;
     int nids = 0, i, ret = -1;
@@ -216,8 +217,8 @@ done:
 
 /* ---- giving space back ---- */
 
-int store_reclaim(struct store *s, int64_t keep_pages, int step_pages, int *freed, char *err,
-                  size_t errlen) {
+int store_sqlite_reclaim(struct store_sq *s, int64_t keep_pages, int step_pages, int *freed,
+                         char *err, size_t errlen) {
     sqlite3_stmt *st = store_stmt(s, ST_FREELIST);
     int64_t free_pages = 0, mode = 0, pages = 0, after;
     char sql[64];

@@ -1,4 +1,4 @@
-/* store_deliveries.c -- deliveries in the store once they exist: leases,
+/* store_sqlite_deliveries.c -- deliveries in the store once they exist: leases,
  * attempts and outcomes, manual retries, and the counts by status.
  * Invariants: a lease moves next_at to the lease's end and records it in
  * lease_until (released at open after a crash); an outcome clears the
@@ -14,6 +14,7 @@
 
 #include "store.h"
 #include "store_int.h"
+#include "store_sqlite_int.h"
 #include "util.h"
 
 const struct store_stmt_def store_deliveries_stmts[] = {
@@ -76,8 +77,8 @@ void store_delivery_row_read(sqlite3_stmt *st, struct store_delivery *r, int *oo
 
 /* ---- leases ---- */
 
-int store_deliveries_lease(struct store *s, const struct store_delivery *d, size_t n, int64_t until,
-                           char *err, size_t errlen) {
+int store_deliveries_lease(struct store_sq *s, const struct store_delivery *d, size_t n,
+                           int64_t until, char *err, size_t errlen) {
     sqlite3_stmt *lease = store_stmt(s, ST_DLV_LEASE);
     size_t i;
 
@@ -97,10 +98,8 @@ int store_deliveries_lease(struct store *s, const struct store_delivery *d, size
     return 0;
 }
 
-int store_delivery_lease(struct store *s, int64_t seq, int64_t next_at, int lease, char *err,
-                         size_t errlen) {
-    if (s->bx)
-        return store_bx_delivery_lease(s, seq, next_at, lease, err, errlen);
+int store_sqlite_delivery_lease(struct store_sq *s, int64_t seq, int64_t next_at, int lease,
+                                char *err, size_t errlen) {
     sqlite3_stmt *st = store_stmt(s, lease ? ST_DLV_LEASE : ST_DLV_RELEASE);
 
     if (store_group_begin(s, err, errlen) < 0)
@@ -119,7 +118,7 @@ int store_delivery_lease(struct store *s, int64_t seq, int64_t next_at, int leas
 
 /* Makes the next row of endpoint's key okey due at now, if it is parked.
  * Returns 0 or -1 (the group failed). */
-static int key_promote(struct store *s, const char *endpoint, const char *okey, int64_t now,
+static int key_promote(struct store_sq *s, const char *endpoint, const char *okey, int64_t now,
                        char *err, size_t errlen) {
     sqlite3_stmt *st = store_stmt(s, ST_KEY_PROMOTE);
     int ret = 0;
@@ -133,11 +132,9 @@ static int key_promote(struct store *s, const char *endpoint, const char *okey, 
     return ret;
 }
 
-int store_attempt_put(struct store *s, const char *delivery_id, const struct store_attempt *a,
-                      const char *status, int64_t next_at, int schedule_pos, char *err,
-                      size_t errlen) {
-    if (s->bx)
-        return store_bx_attempt_put(s, delivery_id, a, status, next_at, schedule_pos, err, errlen);
+int store_sqlite_attempt_put(struct store_sq *s, const char *delivery_id,
+                             const struct store_attempt *a, const char *status, int64_t next_at,
+                             int schedule_pos, char *err, size_t errlen) {
     sqlite3_stmt *up = store_stmt(s, ST_DLV_OUTCOME), *ins = store_stmt(s, ST_ATT_INSERT);
     char *endpoint = NULL, *okey = NULL;
     int ret = -1, rc, oom = 0;
@@ -185,7 +182,8 @@ done:
     return ret;
 }
 
-int store_delivery_skip(struct store *s, const char *id, int64_t now, char *err, size_t errlen) {
+int store_sqlite_delivery_skip(struct store_sq *s, const char *id, int64_t now, char *err,
+                               size_t errlen) {
     sqlite3_stmt *get = store_stmt(s, ST_DLV_KEY_GET), *up = store_stmt(s, ST_DLV_SKIP);
     char *endpoint = NULL, *okey = NULL;
     int ret = -1, rc, oom = 0;
@@ -232,8 +230,8 @@ done:
     return ret;
 }
 
-int store_delivery_retry(struct store *s, const char *id, int64_t next_at, char *err,
-                         size_t errlen) {
+int store_sqlite_delivery_retry(struct store_sq *s, const char *id, int64_t next_at, char *err,
+                                size_t errlen) {
     sqlite3_stmt *up = store_stmt(s, ST_DLV_RETRY), *get = store_stmt(s, ST_DLV_EXISTS);
     int ret = -1, rc;
 
@@ -268,7 +266,7 @@ done:
 /* ---- counts by status ---- */
 
 /* Adds n to the count of status in delivery_counts at once. */
-static int counts_write(struct store *s, const char *status, int64_t n) {
+static int counts_write(struct store_sq *s, const char *status, int64_t n) {
     sqlite3_stmt *st = store_stmt(s, ST_COUNTS_ADD);
     int rc;
     if (bind_text(st, 1, status) || sqlite3_bind_int64(st, 2, n))
@@ -281,7 +279,7 @@ static int counts_write(struct store *s, const char *status, int64_t n) {
 
 /* When the status is too long for the table or the table is full, the row
  * is counted in delivery_counts at once. */
-int store_counts_add(struct store *s, const char *status, int64_t n) {
+int store_counts_add(struct store_sq *s, const char *status, int64_t n) {
     int i;
     STORE_CHECK(s->in_txn);
     for (i = 0; i < s->ncounts; i++) {
@@ -299,7 +297,7 @@ int store_counts_add(struct store *s, const char *status, int64_t n) {
     return counts_write(s, status, n);
 }
 
-int store_counts_flush(struct store *s) {
+int store_counts_flush(struct store_sq *s) {
     int i, rc = 0;
     for (i = 0; i < s->ncounts && rc == 0; i++)
         if (s->counts[i].n != 0)
@@ -319,7 +317,7 @@ static void counts_put(struct store_counts *c, const char *status, int64_t v, in
         *f = add ? *f + v : v;
 }
 
-int store_delivery_counts(struct store *s, struct store_counts *c) {
+int store_sqlite_delivery_counts(struct store_sq *s, struct store_counts *c) {
     /* The admin API's: committed groups only, on the read connection. */
     sqlite3_stmt *st = store_rstmt(s, ST_COUNTS);
     const char *status;
@@ -334,9 +332,7 @@ int store_delivery_counts(struct store *s, struct store_counts *c) {
     return rc == SQLITE_DONE ? 0 : -1;
 }
 
-int64_t store_backlog(struct store *s) {
-    if (s->bx)
-        return store_bx_backlog(s);
+int64_t store_sqlite_backlog(struct store_sq *s) {
     struct store_counts c;
     int64_t open = 0;
 

@@ -1,4 +1,4 @@
-/* store_batch.c -- batch windows in the store (SPEC section 6): the items
+/* store_sqlite_batch.c -- batch windows in the store (SPEC section 6): the items
  * routing adds to an open window, the windows that are due, and closing a
  * window into one delivery.
  * Invariants: items are written in the routing group, so a crash never
@@ -17,6 +17,7 @@
 
 #include "store.h"
 #include "store_int.h"
+#include "store_sqlite_int.h"
 #include "util.h"
 
 const struct store_stmt_def store_batch_stmts[] = {
@@ -45,7 +46,7 @@ const struct store_stmt_def store_batch_stmts[] = {
     {ST_COUNT_, NULL},
 };
 
-int store_batch_item_put(struct store *s, const char *event_id, struct store_batch_item *it,
+int store_batch_item_put(struct store_sq *s, const char *event_id, struct store_batch_item *it,
                          char *err, size_t errlen) {
     sqlite3_stmt *ins = store_stmt(s, ST_BATCH_ADD), *cnt = store_stmt(s, ST_BATCH_COUNT);
     int ret = -1;
@@ -70,7 +71,7 @@ done:
     return ret;
 }
 
-int64_t store_batch_next_close(struct store *s) {
+int64_t store_sqlite_batch_next_close(struct store_sq *s) {
     sqlite3_stmt *st = store_stmt(s, ST_BATCH_NEXT_CLOSE);
     int64_t at = INT64_MAX;
 
@@ -131,13 +132,13 @@ static int batch_windows(sqlite3_stmt *st, int64_t now, struct store_batch_windo
     return 0;
 }
 
-int store_batch_due(struct store *s, int64_t now, struct store_batch_window **out, size_t *n,
-                    char *err, size_t errlen) {
+int store_sqlite_batch_due(struct store_sq *s, int64_t now, struct store_batch_window **out,
+                           size_t *n, char *err, size_t errlen) {
     return batch_windows(store_stmt(s, ST_BATCH_DUE), now, out, n, err, errlen);
 }
 
-int store_batch_windows(struct store *s, struct store_batch_window **out, size_t *n, char *err,
-                        size_t errlen) {
+int store_sqlite_batch_windows(struct store_sq *s, struct store_batch_window **out, size_t *n,
+                               char *err, size_t errlen) {
     return batch_windows(store_rstmt(s, ST_BATCH_DUE), INT64_MAX, out, n, err, errlen);
 }
 
@@ -154,7 +155,7 @@ static int buf_time(struct util_buf *b, int64_t ms) {
  * {"type":"batch","window_start","window_end","count","events"}: *k items,
  * the last with seq *last_seq. Returns 0, -1 when out of memory, -2 on a
  * store error (the caller fails the group). */
-static int batch_body(struct store *s, const struct store_batch_window *w, struct util_buf *body,
+static int batch_body(struct store_sq *s, const struct store_batch_window *w, struct util_buf *body,
                       size_t *k, int64_t *last_seq) {
     sqlite3_stmt *sel = store_stmt(s, ST_BATCH_ITEMS);
     struct util_buf events = {0};
@@ -192,7 +193,7 @@ done:
 
 /* Inserts the batch delivery id (body as its payload) and marks the items
  * up to last_seq as sent in it. Returns 0 or -1 (group failed). */
-static int batch_write(struct store *s, const struct store_batch_window *w, const char *id,
+static int batch_write(struct store_sq *s, const struct store_batch_window *w, const char *id,
                        const struct util_buf *body, const char *status, int64_t next_at,
                        int64_t last_seq, char *err, size_t errlen) {
     sqlite3_stmt *ins = store_stmt(s, ST_BATCH_DELIVERY), *upd = store_stmt(s, ST_BATCH_MARK);
@@ -223,10 +224,9 @@ done:
     return ret;
 }
 
-int store_batch_close(struct store *s, const struct store_batch_window *w, const char *status,
-                      int64_t next_at, size_t *count, char *err, size_t errlen) {
-    if (s->bx)
-        return store_bx_batch_close(s, w, status, next_at, count, err, errlen);
+int store_sqlite_batch_close(struct store_sq *s, const struct store_batch_window *w,
+                             const char *status, int64_t next_at, size_t *count, char *err,
+                             size_t errlen) {
     struct util_buf body = {0};
     char id[UTIL_ID_MAX], key[256];
     int64_t last_seq = 0;
@@ -275,7 +275,7 @@ void store_batch_waits_free(struct store_batch_wait *w, size_t n) {
     free(w);
 }
 
-int store_batch_waiting(struct store *s, const char *event_id, struct store_batch_wait **out,
+int store_batch_waiting(struct store_sq *s, const char *event_id, struct store_batch_wait **out,
                         size_t *n, char *err, size_t errlen) {
     sqlite3_stmt *st = store_rstmt(s, ST_BATCH_WAITING);
     struct store_batch_wait *w = NULL;

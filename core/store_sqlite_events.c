@@ -1,7 +1,7 @@
-/* store_events.c -- events in the store: inserting (deduped by source and
+/* store_sqlite_events.c -- events in the store: inserting (deduped by source and
  * source id), recording the outcome of routing with the deliveries it made,
  * reading them back (one event, the unrouted ones after a crash), nonces
- * (Shiptify tokens). Retention is store_retain.c's.
+ * (Shiptify tokens). Retention is store_sqlite_retain.c's.
  * Invariants: an event's first routing derives its delivery ids from the
  * event, later routings (replays) make new ones; a delivery with an order
  * key is inserted due only when its key has no row left undelivered, else
@@ -14,9 +14,9 @@
 
 #include <sqlite3.h>
 
-#include "jsonx.h"
 #include "store.h"
 #include "store_int.h"
+#include "store_sqlite_int.h"
 #include "util.h"
 
 const struct store_stmt_def store_events_stmts[] = {
@@ -53,8 +53,9 @@ const struct store_stmt_def store_events_stmts[] = {
 
 /* ---- nonces ---- */
 
-int store_nonce_put(struct store *s, const char *source, const char *nonce, const char *digest,
-                    int64_t now_ms, int64_t keep_ms, char *err, size_t errlen) {
+int store_sqlite_nonce_put(struct store_sq *s, const char *source, const char *nonce,
+                           const char *digest, int64_t now_ms, int64_t keep_ms, char *err,
+                           size_t errlen) {
     sqlite3_stmt *prune = store_stmt(s, ST_NONCE_PRUNE), *ins = store_stmt(s, ST_NONCE_INSERT),
                  *get = store_stmt(s, ST_NONCE_DIGEST);
     int ret = -1;
@@ -96,7 +97,7 @@ done:
 
 /* 1 when endpoint's key has a row not yet delivered (in the open group
  * too), 0 when not, -1 on a store error. */
-static int key_busy(struct store *s, const char *endpoint, const char *okey) {
+static int key_busy(struct store_sq *s, const char *endpoint, const char *okey) {
     sqlite3_stmt *st = store_stmt(s, ST_KEY_BUSY);
     int rc = -1;
 
@@ -106,15 +107,13 @@ static int key_busy(struct store *s, const char *endpoint, const char *okey) {
     return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -1;
 }
 
-/* The ids of plan's deliveries into s->plan_ids: derived from the event
- * (derive) or new. A derived id: if the routing is made again (a group
- * lost before it was durable, routed again by recovery), the same
- * deliveries keep the same ids, which receivers can dedupe. Returns 0, or
- * -1 when out of memory. */
-static int plan_ids(struct store *s, const char *event_id, const struct store_plan *plan,
+/* The ids of plan's deliveries into s->plan_ids (store_plan_ids): derived
+ * from the event (derive) or new. A derived id: if the routing is made
+ * again (a group lost before it was durable, routed again by recovery),
+ * the same deliveries keep the same ids, which receivers can dedupe.
+ * Returns 0, or -1 when out of memory. */
+static int plan_ids(struct store_sq *s, const char *event_id, const struct store_plan *plan,
                     int derive) {
-    const struct store_delivery_new *d = plan->deliveries;
-
     if (plan->ndeliveries > s->cap_ids) {
         void *grown = realloc(s->plan_ids, plan->ndeliveries * sizeof *s->plan_ids);
         if (!grown)
@@ -122,85 +121,31 @@ static int plan_ids(struct store *s, const char *event_id, const struct store_pl
         s->plan_ids = grown;
         s->cap_ids = plan->ndeliveries;
     }
-    for (size_t i = 0; i < plan->ndeliveries; i++) {
-        if (derive)
-            util_id_derive("dlv_", event_id, d[i].endpoint, (unsigned)i, s->plan_ids[i],
-                           UTIL_ID_MAX);
-        else
-            util_id_new("dlv_", s->plan_ids[i], UTIL_ID_MAX);
-    }
+    store_plan_ids(event_id, plan, derive, s->plan_ids);
     return 0;
 }
 
-/* Appends "key":"value" (a JSON string) to b. */
-static int json_pair(struct util_buf *b, const char *key, const char *value) {
-    return util_buf_appends(b, key) < 0 || jsonx_append_string(b, value, strlen(value)) < 0 ? -1
-                                                                                            : 0;
-}
-
-/* What one matched handler sent: its deliveries (ids from s->plan_ids) and
- * batch items, as the "sent" array's members. Returns 0 or -1. */
-static int match_sent(struct store *s, const struct store_plan *plan, size_t m) {
-    struct util_buf *b = &s->matched;
-    int first = 1;
-
-    for (size_t i = 0; i < plan->ndeliveries; i++) {
-        if (plan->deliveries[i].match != m)
-            continue;
-        if ((!first && util_buf_append(b, ",", 1) < 0) ||
-            json_pair(b, "{\"endpoint\":", plan->deliveries[i].endpoint) < 0 ||
-            json_pair(b, ",\"delivery\":", s->plan_ids[i]) < 0 || util_buf_append(b, "}", 1) < 0)
-            return -1;
-        first = 0;
-    }
-    for (size_t i = 0; i < plan->nitems; i++) {
-        if (plan->items[i].match != m)
-            continue;
-        if ((!first && util_buf_append(b, ",", 1) < 0) ||
-            json_pair(b, "{\"endpoint\":", plan->items[i].endpoint) < 0 ||
-            util_buf_printf(b, ",\"window_start\":%lld}", (long long)plan->items[i].window_start) <
-                0)
-            return -1;
-        first = 0;
-    }
-    return 0;
-}
-
-/* The matched handlers of plan as JSON in s->matched (store.h, struct
- * store_plan), with the delivery ids of s->plan_ids. *out is NULL when plan
- * was not routed by rules. Returns 0, or -1 when out of memory. */
-static int plan_matched(struct store *s, const struct store_plan *plan, const char **out, char *err,
-                        size_t errlen) {
-    struct util_buf *b = &s->matched;
-
+/* The matched handlers of plan as JSON in s->matched (store_plan_matched),
+ * with the delivery ids of s->plan_ids. *out is NULL when plan was not
+ * routed by rules. Returns 0, or -1 when out of memory. */
+static int plan_matched(struct store_sq *s, const struct store_plan *plan, const char **out,
+                        char *err, size_t errlen) {
     *out = NULL;
     if (!plan || !plan->by_rules)
         return 0;
-    util_buf_reset(b);
-    if (util_buf_append(b, "[", 1) < 0)
-        goto oom;
-    for (size_t m = 0; m < plan->nmatches; m++) {
-        const struct store_match *h = &plan->matches[m];
-        if ((m && util_buf_append(b, ",", 1) < 0) || json_pair(b, "{\"rule\":", h->where) < 0 ||
-            json_pair(b, ",\"on\":", h->pattern) < 0 || util_buf_appends(b, ",\"sent\":[") < 0 ||
-            match_sent(s, plan, m) < 0 || util_buf_append(b, "]", 1) < 0 ||
-            (h->failed && util_buf_appends(b, ",\"failed\":true") < 0) ||
-            util_buf_append(b, "}", 1) < 0)
-            goto oom;
+    util_buf_reset(&s->matched);
+    if (store_plan_matched(plan, s->plan_ids, &s->matched) < 0) {
+        store_err(err, errlen, "store: out of memory");
+        return -1;
     }
-    if (util_buf_append(b, "]", 1) < 0)
-        goto oom;
-    *out = b->p;
+    *out = s->matched.p;
     return 0;
-oom:
-    store_err(err, errlen, "store: out of memory");
-    return -1;
 }
 
 /* Inserts plan's deliveries (ids from s->plan_ids, plan_ids) and batch
  * items for event_id in the open group. Returns 0, or -1 (the group
  * failed: earlier rows of the plan are in it). */
-static int plan_write(struct store *s, const char *event_id, struct store_plan *plan, char *err,
+static int plan_write(struct store_sq *s, const char *event_id, struct store_plan *plan, char *err,
                       size_t errlen) {
     sqlite3_stmt *ins = store_stmt(s, ST_DLV_INSERT);
     const struct store_delivery_new *d = plan->deliveries;
@@ -242,8 +187,9 @@ static int plan_write(struct store *s, const char *event_id, struct store_plan *
     return 0;
 }
 
-int store_event_put(struct store *s, const struct store_event *ev, struct store_plan *plan,
-                    char *dup_id, size_t dup_len, char *err, size_t errlen) {
+int store_sqlite_event_put(struct store_sq *s, const struct store_event *ev,
+                           struct store_plan *plan, char *dup_id, size_t dup_len, char *err,
+                           size_t errlen) {
     sqlite3_stmt *st = store_stmt(s, ST_EVT_INSERT), *dup = store_stmt(s, ST_EVT_DUP);
     const char *matched = NULL;
     int rc, ret = -1;
@@ -302,7 +248,7 @@ done:
 /* Sets event_id's status and error. *first is 1 when this is its first
  * routing (it was "received"). Returns 0, or -1 (err set; an unknown id
  * writes nothing and keeps the group). */
-static int event_set_status(struct store *s, const char *event_id, const char *status,
+static int event_set_status(struct store_sq *s, const char *event_id, const char *status,
                             const char *error, int first_only, int *first, char *err,
                             size_t errlen) {
     sqlite3_stmt *fst = store_stmt(s, ST_EVT_STATUS_FIRST), *up = store_stmt(s, ST_EVT_STATUS);
@@ -336,8 +282,8 @@ done:
     return ret;
 }
 
-int store_event_routed(struct store *s, const char *event_id, struct store_plan *plan, char *err,
-                       size_t errlen) {
+int store_sqlite_event_routed(struct store_sq *s, const char *event_id, struct store_plan *plan,
+                              char *err, size_t errlen) {
     const char *matched = NULL;
     int is_first = 0;
 
@@ -412,8 +358,9 @@ void store_event_row_read(sqlite3_stmt *st, struct store_event_row *r, int *oom)
     r->matched_json = sqlite3_column_count(st) > 13 ? col_text(st, 13, oom) : NULL;
 }
 
-int store_events_unrouted(struct store *s, int64_t after_seq, size_t max,
-                          struct store_event_row **rows, size_t *n, char *err, size_t errlen) {
+int store_sqlite_events_unrouted(struct store_sq *s, int64_t after_seq, size_t max,
+                                 struct store_event_row **rows, size_t *n, char *err,
+                                 size_t errlen) {
     sqlite3_stmt *st = store_stmt(s, ST_EVT_UNROUTED);
     struct store_event_row *out = NULL, *r;
     void *grown;
@@ -459,8 +406,8 @@ fail:
     return -1;
 }
 
-int store_event_get(struct store *s, const char *id, struct store_event_row **out, char *err,
-                    size_t errlen) {
+int store_sqlite_event_get(struct store_sq *s, const char *id, struct store_event_row **out,
+                           char *err, size_t errlen) {
     return store_event_read(store_stmt(s, ST_EVT_GET), id, out, err, errlen);
 }
 

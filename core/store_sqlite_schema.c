@@ -1,4 +1,4 @@
-/* store_schema.c -- every table, index and trigger of the store, the schema
+/* store_sqlite_schema.c -- every table, index and trigger of the store, the schema
  * version and the migrations between versions, in one place.
  * Invariants: a new database is created whole in one transaction, stamped
  * with STORE_SCHEMA_VERSION; a store of an older known version is migrated
@@ -14,6 +14,7 @@
 
 #include "store.h"
 #include "store_int.h"
+#include "store_sqlite_int.h"
 #include "util.h"
 
 /* 2: deliveries are counted by the store, not by an AFTER INSERT trigger
@@ -126,7 +127,7 @@ static const char store_batch_sql[] =
     "CREATE INDEX IF NOT EXISTS batch_items_open ON batch_items(endpoint, window_ms,"
     " window_start, seq) WHERE delivery_id IS NULL;"
     "CREATE INDEX IF NOT EXISTS batch_items_event ON batch_items(event_id);"
-    /* Retention deletes a batch delivery with its last item (store_retain.c).
+    /* Retention deletes a batch delivery with its last item (store_sqlite_retain.c).
      * An index only: a binary without it keeps it up to date unknowingly. */
     "CREATE INDEX IF NOT EXISTS batch_items_delivery ON batch_items(delivery_id)"
     " WHERE delivery_id IS NOT NULL;";

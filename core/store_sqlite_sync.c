@@ -1,4 +1,4 @@
-/* store_sync.c -- the store's two helper threads: the sync thread, which
+/* store_sqlite_sync.c -- the store's two helper threads: the sync thread, which
  * fdatasync()s the WAL off the loop (sync=full), and the checkpoint thread,
  * which copies the WAL into the database on a second connection; plus the
  * loop-side WAL maintenance after each commit (see store_wal_maintain).
@@ -25,6 +25,7 @@
 #include "metrics.h"
 #include "store.h"
 #include "store_int.h"
+#include "store_sqlite_int.h"
 #include "util.h"
 
 /* WAL frames (4 KiB pages) after which the checkpoint thread copies the WAL
@@ -91,7 +92,7 @@ static void *sync_main(void *arg) {
     return NULL;
 }
 
-void store_sync_ask(struct store *s) {
+void store_sync_ask(struct store_sq *s) {
     struct store_sync *y = s->sync;
     event_add(y->ev, NULL);
     pthread_mutex_lock(&y->mu);
@@ -114,13 +115,13 @@ static void sync_failed(int err) {
     _exit(EXIT_FAILURE);
 }
 
-void store_sync_now(struct store *s) {
+void store_sync_now(struct store_sq *s) {
     if (s->sync && fdatasync(s->sync->wal_fd) != 0)
         sync_failed(errno);
 }
 
 /* The sync in flight finished: stop on its error, else the group is durable. */
-static void sync_finish(struct store *s) {
+static void sync_finish(struct store_sq *s) {
     int err;
     pthread_mutex_lock(&s->sync->mu);
     err = s->sync->err;
@@ -134,7 +135,7 @@ static void sync_finish(struct store *s) {
 /* The eventfd said a sync finished (or an old count is left over from a
  * sync store_flush already finished; then nothing is in flight). */
 static void store_sync_cb(evutil_socket_t fd, short what, void *arg) {
-    struct store *s = arg;
+    struct store_sq *s = arg;
     uint64_t count, done;
     UNUSED(what);
     if (read(fd, &count, sizeof count) < 0 && errno != EAGAIN)
@@ -148,7 +149,7 @@ static void store_sync_cb(evutil_socket_t fd, short what, void *arg) {
         sync_finish(s);
 }
 
-void store_sync_wait(struct store *s) {
+void store_sync_wait(struct store_sq *s) {
     if (!s->sync_busy)
         return;
     pthread_mutex_lock(&s->sync->mu);
@@ -163,7 +164,7 @@ void store_sync_wait(struct store *s) {
  * symlinked database to the real file and keeps the WAL beside it) into
  * y->wal_fd, and syncs its directory once, so the WAL's own directory entry
  * is durable before any commit counts on it. Returns 0 or -1. */
-static int sync_open_wal(struct store *s, struct store_sync *y, char *err, size_t errlen) {
+static int sync_open_wal(struct store_sq *s, struct store_sync *y, char *err, size_t errlen) {
     const char *db_file = sqlite3_db_filename(s->db, "main");
     char *wal = NULL, *dir = NULL, *slash;
     int dfd, ret = -1;
@@ -195,7 +196,7 @@ done:
     return ret;
 }
 
-int store_sync_start(struct store *s, struct event_base *base, char *err, size_t errlen) {
+int store_sync_start(struct store_sq *s, struct event_base *base, char *err, size_t errlen) {
     struct store_sync *y = calloc(1, sizeof *y);
     if (!y) {
         store_err(err, errlen, "store: out of memory");
@@ -237,7 +238,7 @@ fail:
     return -1;
 }
 
-void store_sync_stop(struct store *s) {
+void store_sync_stop(struct store_sq *s) {
     struct store_sync *y = s->sync;
     if (!y)
         return;
@@ -295,7 +296,7 @@ static void *ckpt_main(void *arg) {
 
 /* Runs on the loop, after each commit of the loop connection. */
 static int store_wal_hook(void *arg, sqlite3 *db, const char *name, int nframes) {
-    struct store *s = arg;
+    struct store_sq *s = arg;
     UNUSED(db);
     UNUSED(name);
     /* Fewer frames than after the last commit: the log restarted. */
@@ -312,7 +313,7 @@ static int store_wal_hook(void *arg, sqlite3 *db, const char *name, int nframes)
  * Past twice that, the disk cannot copy as fast as the load writes: the
  * loop waits for the thread (back-pressure) rather than let the WAL grow
  * without bound. */
-void store_wal_maintain(struct store *s) {
+void store_wal_maintain(struct store_sq *s) {
     struct store_ckpt *k = s->ckpt;
     int busy, nlog, ncopied;
     if (!k)
@@ -346,7 +347,7 @@ void store_wal_maintain(struct store *s) {
 /* Opens the checkpoint connection and starts its thread; from here on the
  * loop connection never checkpoints by itself (the WAL hook replaces
  * SQLite's auto-checkpoint). */
-int store_ckpt_start(struct store *s, const char *path, char *err, size_t errlen) {
+int store_ckpt_start(struct store_sq *s, const char *path, char *err, size_t errlen) {
     struct store_ckpt *k = calloc(1, sizeof *k);
     if (!k) {
         store_err(err, errlen, "store: out of memory");
@@ -379,7 +380,7 @@ int store_ckpt_start(struct store *s, const char *path, char *err, size_t errlen
     return 0;
 }
 
-void store_ckpt_stop(struct store *s) {
+void store_ckpt_stop(struct store_sq *s) {
     struct store_ckpt *k = s->ckpt;
     if (!k)
         return;

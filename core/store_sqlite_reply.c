@@ -1,4 +1,4 @@
-/* store_reply.c -- the asynchronous reads of store.h on SQLite: each read
+/* store_sqlite_reply.c -- the asynchronous reads of store.h on SQLite: each read
  * runs at once on the read connection (committed state) and its answer
  * waits in a queue, handed to its callback on the next loop turn, in the
  * order the reads were made. A backend across the network answers when
@@ -23,6 +23,7 @@
 #include "log.h"
 #include "store.h"
 #include "store_int.h"
+#include "store_sqlite_int.h"
 #include "util.h"
 
 enum reply_kind {
@@ -123,7 +124,7 @@ static void reply_deliver(struct store_reply *r) {
     reply_free(r);
 }
 
-void store_reply_drain(struct store *s) {
+void store_reply_drain(struct store_sq *s) {
     struct store_reply *r;
     /* A callback may read again: its answer joins the queue and is handed
      * over in this loop as well. */
@@ -137,7 +138,7 @@ void store_reply_drain(struct store *s) {
 
 /* Arms the answers' event for the first one waiting: the next turn, or,
  * with the delay knob, when it is due. */
-static void reply_arm(struct store *s) {
+static void reply_arm(struct store_sq *s) {
     struct timeval tv = {0, 0};
     if (!s->replies)
         return;
@@ -152,7 +153,7 @@ static void reply_arm(struct store *s) {
 }
 
 static void reply_cb(evutil_socket_t fd, short what, void *arg) {
-    struct store *s = arg;
+    struct store_sq *s = arg;
     int64_t now = reply_delay_ms > 0 ? util_mono_ms() : 0;
     size_t n = 0;
     (void)fd;
@@ -174,7 +175,7 @@ static void reply_cb(evutil_socket_t fd, short what, void *arg) {
     reply_arm(s);
 }
 
-int store_reply_start(struct store *s, struct event_base *base) {
+int store_reply_start(struct store_sq *s, struct event_base *base) {
 #ifdef WAYBILL_CHECKS
     const char *delay = getenv("WAYBILL_STORE_REPLY_DELAY_MS");
     reply_delay_ms = 0;
@@ -193,7 +194,7 @@ int store_reply_start(struct store *s, struct event_base *base) {
     return s->reply_ev ? 0 : -1;
 }
 
-void store_reply_stop(struct store *s) {
+void store_reply_stop(struct store_sq *s) {
     store_reply_drain(s);
     if (s->reply_ev)
         event_free(s->reply_ev);
@@ -212,7 +213,7 @@ static struct store_reply *reply_new(enum reply_kind kind, store_read_fn fn, voi
 }
 
 /* Queues r for the next loop turn; returns 0. */
-static int reply_queue(struct store *s, struct store_reply *r) {
+static int reply_queue(struct store_sq *s, struct store_reply *r) {
     if (s->replies_tail)
         s->replies_tail->next = r;
     else
@@ -228,94 +229,79 @@ static int reply_queue(struct store *s, struct store_reply *r) {
     return 0;
 }
 
-int store_reply_pending(const struct store *s) {
+int store_reply_pending(const struct store_sq *s) {
     return s->replies != NULL;
 }
 
-int store_read_events_page(struct store *s, const struct store_page *q, store_read_fn fn,
-                           void *arg) {
-    if (s->bx)
-        return store_bx_read_events_page(s, q, fn, arg);
+int store_sqlite_read_events_page(struct store_sq *s, const struct store_page *q, store_read_fn fn,
+                                  void *arg) {
     struct store_reply *r = reply_new(REPLY_EVENTS, fn, arg);
     if (!r)
         return -1;
-    r->status = store_events_page(s, q, &r->events, &r->n, &r->next_cursor, r->err, sizeof r->err);
+    r->status =
+        store_sqlite_events_page(s, q, &r->events, &r->n, &r->next_cursor, r->err, sizeof r->err);
     return reply_queue(s, r);
 }
 
-int store_read_deliveries_page(struct store *s, const struct store_page *q, store_read_fn fn,
-                               void *arg) {
-    if (s->bx)
-        return store_bx_read_deliveries_page(s, q, fn, arg);
+int store_sqlite_read_deliveries_page(struct store_sq *s, const struct store_page *q,
+                                      store_read_fn fn, void *arg) {
     struct store_reply *r = reply_new(REPLY_DELIVERIES, fn, arg);
     if (!r)
         return -1;
-    r->status =
-        store_deliveries_page(s, q, &r->deliveries, &r->n, &r->next_cursor, r->err, sizeof r->err);
+    r->status = store_sqlite_deliveries_page(s, q, &r->deliveries, &r->n, &r->next_cursor, r->err,
+                                             sizeof r->err);
     return reply_queue(s, r);
 }
 
-int store_read_event_detail(struct store *s, const char *id, store_read_fn fn, void *arg) {
-    if (s->bx)
-        return store_bx_read_event_detail(s, id, fn, arg);
+int store_sqlite_read_event_detail(struct store_sq *s, const char *id, store_read_fn fn,
+                                   void *arg) {
     struct store_reply *r = reply_new(REPLY_DETAIL, fn, arg);
     if (!r)
         return -1;
-    r->status = store_event_detail(s, id, &r->detail, r->err, sizeof r->err);
+    r->status = store_sqlite_event_detail(s, id, &r->detail, r->err, sizeof r->err);
     return reply_queue(s, r);
 }
 
-int store_read_events_find(struct store *s, const char *text, size_t max, store_read_fn fn,
-                           void *arg) {
-    if (s->bx)
-        return store_bx_read_events_find(s, text, max, fn, arg);
+int store_sqlite_read_events_find(struct store_sq *s, const char *text, size_t max,
+                                  store_read_fn fn, void *arg) {
     struct store_reply *r = reply_new(REPLY_FIND, fn, arg);
     if (!r)
         return -1;
-    r->status = store_events_find(s, text, max, &r->ids, &r->n, r->err, sizeof r->err);
+    r->status = store_sqlite_events_find(s, text, max, &r->ids, &r->n, r->err, sizeof r->err);
     return reply_queue(s, r);
 }
 
-int store_read_batch_windows(struct store *s, store_read_fn fn, void *arg) {
-    if (s->bx)
-        return store_bx_read_batch_windows(s, fn, arg);
+int store_sqlite_read_batch_windows(struct store_sq *s, store_read_fn fn, void *arg) {
     struct store_reply *r = reply_new(REPLY_WINDOWS, fn, arg);
     if (!r)
         return -1;
-    r->status = store_batch_windows(s, &r->windows, &r->n, r->err, sizeof r->err);
+    r->status = store_sqlite_batch_windows(s, &r->windows, &r->n, r->err, sizeof r->err);
     return reply_queue(s, r);
 }
 
-int store_read_delivery_counts(struct store *s, store_read_fn fn, void *arg) {
-    if (s->bx)
-        return store_bx_read_delivery_counts(s, fn, arg);
+int store_sqlite_read_delivery_counts(struct store_sq *s, store_read_fn fn, void *arg) {
     struct store_reply *r = reply_new(REPLY_COUNTS, fn, arg);
     if (!r)
         return -1;
-    r->status = store_delivery_counts(s, &r->counts);
+    r->status = store_sqlite_delivery_counts(s, &r->counts);
     if (r->status < 0)
         snprintf(r->err, sizeof r->err, "store unavailable");
     return reply_queue(s, r);
 }
 
-int store_read_ping(struct store *s, store_read_fn fn, void *arg) {
-    if (s->bx)
-        return store_bx_read_ping(s, fn, arg);
+int store_sqlite_read_ping(struct store_sq *s, store_read_fn fn, void *arg) {
     struct store_reply *r = reply_new(REPLY_PING, fn, arg);
     if (!r)
         return -1;
-    r->status = store_ping(s) ? 0 : -1;
+    r->status = store_sqlite_ping(s) ? 0 : -1;
     if (r->status < 0)
         snprintf(r->err, sizeof r->err, "store does not answer");
     return reply_queue(s, r);
 }
 
-int store_read_endpoints(struct store *s, const char *const *names, size_t n, int64_t now,
-                         int64_t due_cap, int counts, const char *blocked_of, size_t blocked_max,
-                         store_read_fn fn, void *arg) {
-    if (s->bx)
-        return store_bx_read_endpoints(s, names, n, now, due_cap, counts, blocked_of, blocked_max,
-                                       fn, arg);
+int store_sqlite_read_endpoints(struct store_sq *s, const char *const *names, size_t n, int64_t now,
+                                int64_t due_cap, int counts, const char *blocked_of,
+                                size_t blocked_max, store_read_fn fn, void *arg) {
     struct store_reply *r = reply_new(REPLY_ENDPOINTS, fn, arg);
     if (!r)
         return -1;
@@ -329,46 +315,44 @@ int store_read_endpoints(struct store *s, const char *const *names, size_t n, in
             reply_free(r);
             return -1;
         }
-        v->ok = store_endpoint_queue(s, names[i], now, due_cap, counts, &v->q) == 0;
+        v->ok = store_sqlite_endpoint_queue(s, names[i], now, due_cap, counts, &v->q) == 0;
     }
-    r->status = store_endpoint_states(s, &r->states, &r->nstates, r->err, sizeof r->err);
+    r->status = store_sqlite_endpoint_states(s, &r->states, &r->nstates, r->err, sizeof r->err);
     if (r->status == 0 && blocked_of)
-        r->status = store_endpoint_blocked(s, blocked_of, blocked_max, &r->blocked, &r->nblocked,
-                                           r->err, sizeof r->err);
+        r->status = store_sqlite_endpoint_blocked(s, blocked_of, blocked_max, &r->blocked,
+                                                  &r->nblocked, r->err, sizeof r->err);
     return reply_queue(s, r);
 }
 
 /* ---- the loop's own reads ---- */
 
-int store_read_claim_due(struct store *s, const char *name, int64_t now, int64_t lease_ms,
-                         size_t max, size_t cap, double rate, store_read_fn fn, void *arg) {
-    if (s->bx)
-        return store_bx_read_claim_due(s, name, now, lease_ms, max, cap, rate, fn, arg);
+int store_sqlite_read_claim_due(struct store_sq *s, const char *name, int64_t now, int64_t lease_ms,
+                                size_t max, size_t cap, double rate, store_read_fn fn, void *arg) {
     struct store_reply *r = reply_new(REPLY_CLAIM, fn, arg);
+    UNUSED(cap); /* one process: the scheduler keeps the cap and the rate */
+    UNUSED(rate);
     if (!r)
         return -1;
     r->head = r->head_at = INT64_MAX;
-    r->status = store_endpoint_claim_due(s, name, now, lease_ms, max, &r->claimed, &r->n, r->err,
-                                         sizeof r->err);
-    r->next_due = r->status < 0 ? -1 : store_endpoint_next_due(s, name);
+    r->status = store_sqlite_endpoint_claim_due(s, name, now, lease_ms, max, &r->claimed, &r->n,
+                                                r->err, sizeof r->err);
+    r->next_due = r->status < 0 ? -1 : store_sqlite_endpoint_next_due(s, name);
     return reply_queue(s, r);
 }
 
-int store_read_claim_ordered(struct store *s, const char *name, int64_t now, int64_t lease_ms,
-                             size_t max, store_read_fn fn, void *arg) {
-    if (s->bx)
-        return store_bx_read_claim_ordered(s, name, now, lease_ms, max, fn, arg);
+int store_sqlite_read_claim_ordered(struct store_sq *s, const char *name, int64_t now,
+                                    int64_t lease_ms, size_t max, store_read_fn fn, void *arg) {
     struct store_reply *r = reply_new(REPLY_CLAIM, fn, arg);
     if (!r)
         return -1;
     r->next_due = -1;
-    r->head = store_endpoint_head(s, name, &r->head_at);
+    r->head = store_sqlite_endpoint_head(s, name, &r->head_at);
     if (r->head < 0) {
         r->status = -1;
         snprintf(r->err, sizeof r->err, "store: reading the head of %s failed", name);
     } else if (r->head != INT64_MAX && max > 0 && r->head_at <= now) {
-        r->status = store_endpoint_claim(s, name, r->head - 1, now, lease_ms, max, &r->claimed,
-                                         &r->n, r->err, sizeof r->err);
+        r->status = store_sqlite_endpoint_claim(s, name, r->head - 1, now, lease_ms, max,
+                                                &r->claimed, &r->n, r->err, sizeof r->err);
     }
     return reply_queue(s, r);
 }
@@ -404,10 +388,8 @@ static void reply_name_add(void *arg, const char *name) {
     r->n++;
 }
 
-int store_read_endpoints_due(struct store *s, const char *const *names, size_t n, int pending,
-                             store_read_fn fn, void *arg) {
-    if (s->bx)
-        return store_bx_read_endpoints_due(s, names, n, pending, fn, arg);
+int store_sqlite_read_endpoints_due(struct store_sq *s, const char *const *names, size_t n,
+                                    int pending, store_read_fn fn, void *arg) {
     struct store_reply *r = reply_new(REPLY_DUE, fn, arg);
     int64_t committed, last;
     if (!r)
@@ -416,7 +398,7 @@ int store_read_endpoints_due(struct store *s, const char *const *names, size_t n
         free(r);
         return -1;
     }
-    store_delivery_seqs(s, &committed, &last);
+    store_sqlite_delivery_seqs(s, &committed, &last);
     for (size_t i = 0; i < n; i++, r->ndues++) {
         struct store_endpoint_due *e = &r->dues[i];
         int64_t head, at;
@@ -424,13 +406,13 @@ int store_read_endpoints_due(struct store *s, const char *const *names, size_t n
             reply_free(r);
             return -1;
         }
-        e->next_due = store_endpoint_next_due(s, names[i]);
-        head = store_endpoint_head(s, names[i], &at);
+        e->next_due = store_sqlite_endpoint_next_due(s, names[i]);
+        head = store_sqlite_endpoint_head(s, names[i], &at);
         e->head_due = head < 0 ? -1 : head <= committed ? at : INT64_MAX;
     }
     if (pending) {
         struct reply_names rn = {r, 0, 0};
-        r->status = store_endpoints_pending(s, reply_name_add, &rn) < 0 || rn.oom ? -1 : 0;
+        r->status = store_sqlite_endpoints_pending(s, reply_name_add, &rn) < 0 || rn.oom ? -1 : 0;
         if (r->status < 0)
             snprintf(r->err, sizeof r->err,
                      "store: listing endpoints with pending deliveries "
@@ -439,13 +421,11 @@ int store_read_endpoints_due(struct store *s, const char *const *names, size_t n
     return reply_queue(s, r);
 }
 
-int store_read_batch_due(struct store *s, int64_t now, store_read_fn fn, void *arg) {
-    if (s->bx)
-        return store_bx_read_batch_due(s, now, fn, arg);
+int store_sqlite_read_batch_due(struct store_sq *s, int64_t now, store_read_fn fn, void *arg) {
     struct store_reply *r = reply_new(REPLY_BATCH_DUE, fn, arg);
     if (!r)
         return -1;
-    r->status = store_batch_due(s, now, &r->windows, &r->n, r->err, sizeof r->err);
-    r->next_due = store_batch_next_close(s);
+    r->status = store_sqlite_batch_due(s, now, &r->windows, &r->n, r->err, sizeof r->err);
+    r->next_due = store_sqlite_batch_next_close(s);
     return reply_queue(s, r);
 }
