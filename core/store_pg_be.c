@@ -657,6 +657,7 @@ static int be_group_end(struct store_be *be, store_be_done_fn cb, void *arg) {
     if (!tx)
         return -1;
     be->group = NULL;
+    store_pg_health_flush(be, tx);
     be->in_call++;
     pg_tx_end(tx, cb, arg);
     be->in_call--;

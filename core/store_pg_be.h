@@ -208,6 +208,9 @@ int store_pg_endpoint_queue(struct store_be *be, const char *name, int64_t now, 
 int store_pg_endpoint_blocked(struct store_be *be, const char *name, size_t max,
                               store_be_done_fn cb, void *arg);
 int store_pg_delivery_counts(struct store_be *be, store_be_done_fn cb, void *arg);
+/* store_pg_state.c: the group's gathered endpoint attempts, one upsert
+ * per endpoint, queued on tx before its end. */
+void store_pg_health_flush(struct store_be *be, struct pg_tx *tx);
 /* store_pg_claim.c: the floor the next_due read of endpoint right after
  * its claim starts from (INT64_MIN: none), and the floors freed. */
 int64_t store_pg_floor_next_due(struct store_be *be, const char *endpoint);

@@ -426,17 +426,31 @@ int store_pg_endpoint_next_due(struct store_be *be, const char *name, store_be_d
      * tested in a FILTER, not the WHERE: a WHERE status = 'pending' would
      * let the planner, its statistics stale, walk delivery_queue_due's
      * every row instead). */
-    /* Read right after a claim: from that claim's floor (store_pg_claim.c);
-     * the watchdog's reads, from the bottom. */
+    /* Read right after a claim that read from a floor (store_pg_claim.c):
+     * the first row never leased from that floor, and no look at the
+     * leased rows: every claimed row leaves an entry in
+     * delivery_queue_leased, which VACUUM cannot remove while the xmin
+     * horizon is held, and reading them all after every claim is what
+     * made claims slow then. A leased row comes back by its instance's
+     * own outcome, a release (lease_until 0: below the floor, read from
+     * the bottom within FLOOR_FULL_MS), or its expiry, which the
+     * watchdog's reads (every second, this whole statement) see. */
     char floor[24];
-    snprintf(floor, sizeof floor, "%lld", (long long)store_pg_floor_next_due(be, name));
+    int64_t f = store_pg_floor_next_due(be, name);
+    snprintf(floor, sizeof floor, "%lld", (long long)f);
+    if (f != INT64_MIN)
+        return read_run(be,
+                        "SELECT next_at FROM delivery_queue WHERE endpoint = $1"
+                        " AND status = 'pending' AND lease_until = 0 AND next_at >= $2::bigint"
+                        " ORDER BY next_at, delivery_seq LIMIT 1",
+                        2, (const char *const[]){name, floor}, parse_value, value_free, cb, arg);
     return read_run(be,
                     "SELECT least((SELECT next_at FROM delivery_queue WHERE endpoint = $1"
-                    "  AND status = 'pending' AND lease_until = 0 AND next_at >= $2::bigint"
+                    "  AND status = 'pending' AND lease_until = 0"
                     "  ORDER BY next_at, delivery_seq LIMIT 1),"
                     " (SELECT min(greatest(next_at, lease_until)) FILTER (WHERE status = 'pending')"
                     "  FROM delivery_queue WHERE endpoint = $1 AND lease_until > 0))",
-                    2, (const char *const[]){name, floor}, parse_value, value_free, cb, arg);
+                    1, (const char *const[]){name}, parse_value, value_free, cb, arg);
 }
 
 int store_pg_batch_next_close(struct store_be *be, store_be_done_fn cb, void *arg) {

@@ -656,6 +656,55 @@ static int one_state(enum state_op what, const char *arg1, int64_t *value) {
     return a.status;
 }
 
+/* Several attempts of one group on two endpoints: one upsert each at the
+ * group's end (not one per attempt: each made a version of the row every
+ * claim reads), counts summed, the last failure's error, the run of
+ * failures the group ends with, and every attempt's callback told it. */
+static void check_attempts_gathered(void) {
+    struct answer a[6], g = {0};
+    uint64_t q0, s0, q1, s1;
+    int64_t t = util_now_ms();
+    static const struct {
+        const char *ep;
+        int ok;
+        const char *err;
+        int64_t at;
+    } att[6] = {{"hp1", 0, "HTTP 500", 1000}, {"hp2", 1, NULL, 1001},
+                {"hp1", 1, NULL, 1002},       {"hp1", 0, "HTTP 502", 1003},
+                {"hp1", 0, "HTTP 503", 1004}, {"hp2", 0, "timeout", 1005}};
+
+    memset(a, 0, sizeof a);
+    counts(&q0, &s0);
+    CHECK_INT_EQ(ops->group_begin(be), 0);
+    for (int i = 0; i < 6; i++)
+        CHECK_INT_EQ(ops->endpoint_attempt(be, att[i].ep, att[i].ok, att[i].err, t + att[i].at,
+                                           on_count, &a[i]),
+                     0);
+    CHECK_INT_EQ(ops->group_end(be, on_done, &g), 0);
+    CHECK(wait_flag(&g.calls, 10000));
+    counts(&q1, &s1);
+    CHECK_INT_EQ(g.status, 0);
+    CHECK_INT_EQ(q1 - q0, 2 + 2); /* BEGIN, COMMIT, one upsert per endpoint */
+    for (int i = 0; i < 6; i++) {
+        CHECK_INT_EQ(a[i].calls, 1);
+        CHECK_INT_EQ(a[i].status, 0);
+        /* hp1 ends with failures since 1003, hp2 with one at 1005 */
+        CHECK_INT_EQ(a[i].value, t + (strcmp(att[i].ep, "hp1") == 0 ? 1003 : 1005));
+    }
+    CHECK_INT_EQ(side_int("SELECT ok * 10 + failed FROM endpoint_state WHERE name = 'hp1'"), 13);
+    CHECK_INT_EQ(side_int("SELECT ok * 10 + failed FROM endpoint_state WHERE name = 'hp2'"), 11);
+    CHECK_INT_EQ(side_int("SELECT count(*) FROM endpoint_state WHERE name = 'hp1'"
+                          " AND last_error = 'HTTP 503'"),
+                 1);
+    /* a next group of successes ends the run; one of failures only keeps
+     * the stored start */
+    int64_t v = -1;
+    CHECK_INT_EQ(one_state(EP_FAIL, "hp1", &v), 0);
+    CHECK_INT_EQ(v, t + 1003);
+    CHECK_INT_EQ(one_state(EP_OK, "hp1", &v), 0);
+    CHECK_INT_EQ(v, 0);
+}
+
 /* Endpoint health, disabling, a dead letter retried, subscriptions. */
 static void check_state(void) {
     int64_t v = -1, first = 0,
@@ -739,6 +788,7 @@ static int run_checks(const char *url) {
     check_batch_and_reads();
     check_nonces();
     check_state();
+    check_attempts_gathered();
     check_routed();
     check_loop_reads();
     check_keys();
