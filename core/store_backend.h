@@ -134,9 +134,8 @@
  * - Plan-derived values belong in the engine: the delivery ids
  *   (util_id_derive of event id, endpoint, place) and the events.matched
  *   JSON: store_plan.c builds both (store_plan_ids, store_plan_matched),
- *   and SQLite's events (store_sqlite_events.c) use it; the PostgreSQL
- *   backend still builds its own copies (store_pg_write.c) and can call
- *   these instead.
+ *   and both SQLite's events (store_sqlite_events.c) and the PostgreSQL
+ *   backend's event statements (store_pg_write.c) use it.
  * - The plan is const for a backend: a batch item's window count comes
  *   back in event_put's row (struct store_be_put), not written into the
  *   plan as store_event_put does.

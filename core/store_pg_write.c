@@ -26,8 +26,8 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "jsonx.h"
 #include "store_backend.h"
+#include "store_int.h"
 #include "store_pg_be.h"
 #include "store_pg_int.h"
 #include "util.h"
@@ -94,51 +94,6 @@ static int parse_put(struct pg_op *op, int k, const PGresult *res) {
             ((int64_t *)put->counts)[r] = pg_col_int(res, r, 0);
     }
     return 0;
-}
-
-/* Appends "key":"value" (a JSON string) to b. */
-static int json_pair(struct util_buf *b, const char *key, const char *value) {
-    return util_buf_appends(b, key) < 0 || jsonx_append_string(b, value, strlen(value)) < 0 ? -1
-                                                                                            : 0;
-}
-
-/* The plan's matched handlers as JSON (store.h, struct store_plan) into b,
- * naming the delivery ids ids[]. Returns 0 or -1 (out of memory). */
-static int plan_matched(const struct store_plan *plan, char (*ids)[UTIL_ID_MAX],
-                        struct util_buf *b) {
-    if (util_buf_append(b, "[", 1) < 0)
-        return -1;
-    for (size_t m = 0; m < plan->nmatches; m++) {
-        const struct store_match *h = &plan->matches[m];
-        int first = 1;
-        if ((m && util_buf_append(b, ",", 1) < 0) || json_pair(b, "{\"rule\":", h->where) < 0 ||
-            json_pair(b, ",\"on\":", h->pattern) < 0 || util_buf_appends(b, ",\"sent\":[") < 0)
-            return -1;
-        for (size_t i = 0; i < plan->ndeliveries; i++) {
-            if (plan->deliveries[i].match != m)
-                continue;
-            if ((!first && util_buf_append(b, ",", 1) < 0) ||
-                json_pair(b, "{\"endpoint\":", plan->deliveries[i].endpoint) < 0 ||
-                json_pair(b, ",\"delivery\":", ids[i]) < 0 || util_buf_append(b, "}", 1) < 0)
-                return -1;
-            first = 0;
-        }
-        for (size_t i = 0; i < plan->nitems; i++) {
-            if (plan->items[i].match != m)
-                continue;
-            if ((!first && util_buf_append(b, ",", 1) < 0) ||
-                json_pair(b, "{\"endpoint\":", plan->items[i].endpoint) < 0 ||
-                util_buf_printf(b, ",\"window_start\":%lld}",
-                                (long long)plan->items[i].window_start) < 0)
-                return -1;
-            first = 0;
-        }
-        if (util_buf_append(b, "]", 1) < 0 ||
-            (h->failed && util_buf_appends(b, ",\"failed\":true") < 0) ||
-            util_buf_append(b, "}", 1) < 0)
-            return -1;
-    }
-    return util_buf_append(b, "]", 1);
 }
 
 /* The plan's arrays, as text array literals: a[0..8] the deliveries' ids,
@@ -225,10 +180,9 @@ int store_pg_event_put(struct store_be *be, const struct store_event *ev,
         goto done;
     put->counts = (const int64_t *)(put + 1);
     put->ncounts = ni;
-    for (size_t i = 0; i < nd; i++)
-        util_id_derive("dlv_", ev->id, plan->deliveries[i].endpoint, (unsigned)i, ids[i],
-                       UTIL_ID_MAX);
-    if ((plan && plan->by_rules && plan_matched(plan, ids, &matched) < 0) ||
+    if (nd)
+        store_plan_ids(ev->id, plan, 1, ids);
+    if ((plan && plan->by_rules && store_plan_matched(plan, ids, &matched) < 0) ||
         plan_arrays(plan, ids, a) < 0)
         goto done;
     if (!(op = pg_op_new(be->group, cb, arg, parse_put)))
@@ -339,17 +293,15 @@ static int routed_build(struct routed_args *r, const char *event_id,
 
     if (nd && (!(r->did = calloc(nd, sizeof *r->did)) || !(r->fid = calloc(nd, sizeof *r->fid))))
         return -1;
-    for (size_t i = 0; i < nd; i++) {
-        util_id_derive("dlv_", event_id, plan->deliveries[i].endpoint, (unsigned)i, r->did[i],
-                       UTIL_ID_MAX);
-        util_id_new("dlv_", r->fid[i], UTIL_ID_MAX);
-    }
+    store_plan_ids(event_id, plan, 1, r->did); /* a recovery's: the ids it had */
+    store_plan_ids(event_id, plan, 0, r->fid); /* a replay's: new ones */
     bad |= util_buf_append(&r->fids, "{", 1) < 0;
     for (size_t i = 0; i < nd && !bad; i++)
         bad |= pg_arr_text(&r->fids, i, r->fid[i]) < 0;
     bad |= util_buf_append(&r->fids, "}", 1) < 0;
     if (plan->by_rules)
-        bad |= plan_matched(plan, r->did, &r->m1) < 0 || plan_matched(plan, r->fid, &r->m2) < 0;
+        bad |= store_plan_matched(plan, r->did, &r->m1) < 0 ||
+               store_plan_matched(plan, r->fid, &r->m2) < 0;
     return bad || plan_arrays(plan, r->did, r->a) < 0 ? -1 : 0;
 }
 

@@ -1,9 +1,8 @@
 /* store_plan.c -- what a routing plan makes before any backend writes it,
  * the same whatever the backend: its deliveries' ids and the JSON of its
  * matched handlers (events.matched). The SQLite engine writes both with
- * the event's row (store_sqlite_events.c); store_backend.h says the
- * PostgreSQL backend builds them too (store_pg_write.c), which can call
- * these instead.
+ * the event's row (store_sqlite_events.c), the PostgreSQL backend with its
+ * event statement (store_pg_write.c).
  * SPDX-License-Identifier: MIT */
 #include <string.h>
 
