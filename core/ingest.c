@@ -136,7 +136,7 @@ static void on_carrier_done(void *arg, const struct store_done *d) {
     else if (duplicate)
         log_msg(LOG_INFO, "source %s: duplicate of %s", p->source, d->id);
     if (d->ok && !duplicate)
-        route_plan_counted(g->deps.route, &p->plan); /* a shared store's max_batch */
+        route_plan_counted(g->deps.route, &p->plan); /* max_batch: the counts came now */
     if (d->ok && !duplicate && p->adapted)
         route_plan_report(d->id, p->type, &p->plan);
     if (p->done)

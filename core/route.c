@@ -151,8 +151,6 @@ void route_plan_counted(struct route *rt, struct route_plan *p) {
     const struct config *cfg = rules_config(*rt->deps.rules);
     char err[256];
 
-    if (!store_shared(rt->deps.store))
-        return;
     for (size_t i = 0; i < p->store.nitems; i++)
         if (p->items[i].count > 0 &&
             batch_item_added(rt->deps.batch, config_endpoint_by_name(cfg, p->items[i].endpoint),

@@ -64,11 +64,10 @@ int route_plan_stored(struct route *rt, const struct rules_input *ev, struct rou
  * duplicate): the log line and the rule-error count. */
 int route_plan_queued(struct route *rt, struct route_plan *p, char *err, size_t errlen);
 
-/* On a store whose batch counts come with the write's answer (a shared
- * store, store_shared: PostgreSQL), after store_*_done said ok: the plan's
- * items now hold their windows' counts, and a window found full
- * (max_batch) is closed now, as route_plan_queued does at once on SQLite.
- * Does nothing on SQLite. */
+/* After store_*_done said ok: the plan's items now hold their windows'
+ * counts (they come with the write's answer, whatever the backend), and a
+ * window found full (max_batch) is closed now. route_plan_queued, at the
+ * write, only arms the windows' timers (the counts are 0 then). */
 void route_plan_counted(struct route *rt, struct route_plan *p);
 void route_plan_report(const char *id, const char *type, const struct route_plan *p);
 

@@ -1,7 +1,19 @@
 /* store.h -- durable storage of events, deliveries and attempts.
- * The interface is backend-neutral: SQLite (WAL) is the embedded default and
- * a PostgreSQL backend can sit behind the same calls (claims with a lease,
- * unique keys for dedupe).
+ * The interface is backend-neutral: one engine (store_bx*.c) runs every
+ * call over a backend (store_backend.h): SQLite (WAL), the embedded
+ * default, or PostgreSQL (several instances on one database), chosen by
+ * the store URL.
+ *
+ * The operations. Each is described once below, under its name (event_put,
+ * endpoint_claim_due, batch_due, ...): what it writes or reads and what it
+ * answers. store.h offers it as an asynchronous call (store_event_put_done,
+ * store_read_claim_due, store_read_batch_due, ...: answered from the loop,
+ * never inside the call), each backend implements it as an operation of
+ * store_backend.h, and on SQLite it is the engine's synchronous call of the
+ * same name (store_sqlite_event_put, store_sqlite_int.h). The loop's few
+ * synchronous writes (store_attempt_put, store_delivery_lease,
+ * store_batch_close) and the reads of the start (store_subs_load,
+ * store_endpoint_states) are calls here too.
  *
  * Group commit: every write made while the loop runs goes into one open
  * transaction (the "group"). The group is committed from a lowest-priority
@@ -20,20 +32,18 @@
  *
  * One trip per event: an event and what routing it decided (its status,
  * deliveries and batch items: a struct store_plan) go in with one call,
- * store_event_put, so they commit together or not at all.
+ * store_event_put_done, so they commit together or not at all.
  *
  * Reads return plain rows (structs whose strings the row owns, freed by
  * the matching _free); rendering them, e.g. the admin API's JSON, is the
  * caller's. The store's files are listed in store_int.h, the SQLite
  * engine's in store_sqlite_int.h.
  *
- * What a read sees. The loop's own reads (dedupe, claims, routing, the
- * backlog) see the open group: they decide what goes into it. The admin
- * API's reads -- pages of events and deliveries, the event detail, find,
- * delivery counts, open batch windows (store_events_page,
- * store_deliveries_page, store_event_detail, store_events_find,
- * store_delivery_counts, store_batch_windows) -- see committed groups only:
- * they run on a second, read-only connection to the same file, and in WAL
+ * What a read sees (SQLite; PostgreSQL: store_backend.h). The loop's own reads (dedupe, claims,
+ * routing, the backlog) see the open group: they decide what goes into it. The admin API's reads --
+ * pages of events and deliveries, the event detail, find, delivery counts, open batch windows
+ * (events_page, deliveries_page, event_detail, events_find, delivery_counts, batch_windows) -- see
+ * committed groups only: they run on a second, read-only connection to the same file, and in WAL
  * mode a reader sees the transactions whose COMMIT was done when its read
  * began, never the open group. Chosen over answering reads only between
  * groups: with sync=full a group is almost always open (the next one fills
@@ -48,8 +58,8 @@
  * and deliveries, which are what must never be taken back, already wait
  * for the sync. Read on the loop's connection: endpoint state
  * (store_endpoint_states) and subscriptions, which health and the config
- * read for their own writes, and an endpoint's queue (store_endpoint_queue)
- * and blocked keys (store_endpoint_blocked), which the admin API shows
+ * read for their own writes, and an endpoint's queue (endpoint_queue)
+ * and blocked keys (endpoint_blocked), which the admin API shows
  * beside the scheduler's own state (in flight, in memory: the loop's view):
  * from two views, due + in memory would not add up while a claim or an
  * outcome waits in the open group, nor the blocked count and the keys
@@ -108,9 +118,8 @@ int store_flush(struct store *s);
 int store_idle(const struct store *s);
 
 /* running 1: the event loop is about to run (app_run, before dispatch);
- * 0: it returned. A store across the network (PostgreSQL) runs the loop
- * itself only outside it: for the reads of the start and the drain of
- * store_flush after the loop ended. SQLite ignores it. */
+ * 0: it returned. The store runs the loop itself only outside it: for the
+ * reads of the start and the drain of store_flush after the loop ended. */
 void store_loop_running(struct store *s, int running);
 
 /* 1 when other processes write the store too (PostgreSQL: several
@@ -119,8 +128,7 @@ void store_loop_running(struct store *s, int running);
  * SQLite (one process per store). */
 int store_shared(const struct store *s);
 
-/* 1 when the store answers a trivial query, else 0 (for /healthz). */
-int store_ping(struct store *s);
+/* ping: 1 when the store answers a trivial query, else 0 (for /healthz). */
 
 /* 0 when the disk is full (no group is begun until a checkpoint truncates
  * the WAL, tried once a second) or the last group that wrote failed (a
@@ -193,7 +201,7 @@ struct store_plan {
     int by_rules;
     const struct store_match *matches;
     size_t nmatches;
-    /* store_event_routed only: a first routing (a recovery, not a replay):
+    /* event_routed only: a first routing (a recovery, not a replay):
      * written only while the event is still "received". Several instances
      * may recover one event at once; the first to commit routes it, the
      * others write nothing (STORE_ROUTED_ALREADY) instead of routing it
@@ -204,34 +212,30 @@ struct store_plan {
 #define STORE_DUP 1
 #define STORE_ROUTED_ALREADY 2
 
-/* Inserts ev with its plan into the open group: the event, its status and
+/* event_put: Inserts ev with its plan into the open group: the event, its status and
  * error, its deliveries and batch items, all or nothing. plan NULL stores
- * the event "received", not routed yet (store_event_routed later). Returns
+ * the event "received", not routed yet (event_routed later). Returns
  * 0; STORE_DUP (nothing written) with the first copy's id copied into
  * dup_id when (source, source_id) is already stored, even if only in the
  * open group; -1 with a reason in err on a store error (the group fails).
  * The deliveries' ids derive from the event id, the endpoint and the place
  * in the plan (util_id_derive); the plan's matched handlers are recorded
  * with the event, naming those ids. */
-int store_event_put(struct store *s, const struct store_event *ev, struct store_plan *plan,
-                    char *dup_id, size_t dup_len, char *err, size_t errlen);
 
-/* Records plan as the outcome of routing stored event event_id again, in
+/* event_routed: Records plan as the outcome of routing stored event event_id again, in
  * the open group: its status and error, and inserts its deliveries and
  * batch items. Delivery ids: on the event's first routing (status still
  * "received", e.g. an event a crash left unrouted) derived as
- * store_event_put does, so a routing lost with its group is made again
+ * event_put does, so a routing lost with its group is made again
  * under the same ids; on later routings (replays) new. The plan's matched
  * handlers (by_rules) replace the event's recorded ones. Returns 0, or -1
  * (an unknown id writes nothing and keeps the group). */
-int store_event_routed(struct store *s, const char *event_id, struct store_plan *plan, char *err,
-                       size_t errlen);
 
 /* ---- nonces (Shiptify tokens) ---- */
 
 #define STORE_REPLAY 2
 
-/* Records nonce of source with digest (the hex SHA-256 of the request body)
+/* nonce_put: Records nonce of source with digest (the hex SHA-256 of the request body)
  * in the open group, so it is durable with the event it came with and
  * survives a restart. Nonces of source older than keep_ms (longer than the
  * timestamp tolerance lets a request be replayed) are forgotten, at most
@@ -239,8 +243,6 @@ int store_event_routed(struct store *s, const char *event_id, struct store_plan 
  * seen with the same digest (a carrier's retry); STORE_REPLAY when it was
  * seen with another digest (nothing written); -1 with a reason in err on a
  * store error. */
-int store_nonce_put(struct store *s, const char *source, const char *nonce, const char *digest,
-                    int64_t now_ms, int64_t keep_ms, char *err, size_t errlen);
 
 /* A stored event; every pointer is owned by the row. */
 struct store_event_row {
@@ -249,19 +251,17 @@ struct store_event_row {
     char *headers_json, *data_json;
     char *shipment_json; /* NULL when the event has none (or in a page of events) */
     char *matched_json;  /* the handlers that matched (struct store_plan), or NULL when
-                            not recorded (store_event_get only) */
+                            not recorded (event_get only) */
     char *raw;
     size_t raw_len;
     int64_t received_at;
 };
 
-/* Reads up to max events with status "received" and seq > after_seq, oldest
+/* events_unrouted: Reads up to max events with status "received" and seq > after_seq, oldest
  * first (events committed but not yet routed, e.g. after a crash). Events
  * the open group inserted are left out: their ingest routes them once the
  * group commits. *rows is
  * new (free with store_event_rows_free). Returns 0 or -1. */
-int store_events_unrouted(struct store *s, int64_t after_seq, size_t max,
-                          struct store_event_row **rows, size_t *n, char *err, size_t errlen);
 
 void store_event_rows_free(struct store_event_row *rows, size_t n);
 
@@ -281,22 +281,18 @@ struct store_delivery {
     int64_t created_at;
 };
 
-/* Claims up to max of endpoint name's pending deliveries due at or before
+/* endpoint_claim_due: Claims up to max of endpoint name's pending deliveries due at or before
  * now, earliest due first, leasing each for lease_ms (a claimed delivery is
  * not claimed again until its outcome is stored, its lease is released or
  * it ends). Only committed rows are claimed. Found by the (endpoint,
  * next_at) index, never by a scan: a backlog of one endpoint costs another
  * nothing. *out is new (free with store_deliveries_free). Returns 0 or -1. */
-int store_endpoint_claim_due(struct store *s, const char *name, int64_t now, int64_t lease_ms,
-                             size_t max, struct store_delivery **out, size_t *n, char *err,
-                             size_t errlen);
 
 void store_deliveries_free(struct store_delivery *d, size_t n);
 
-/* Unix ms at which name's earliest committed pending delivery is claimable
+/* endpoint_next_due: Unix ms at which name's earliest committed pending delivery is claimable
  * (a leased one: when its lease ends), INT64_MAX when none, -1 on a store
  * error. An index lookup. */
-int64_t store_endpoint_next_due(struct store *s, const char *name);
 
 /* In the open group: lease != 0 renews the lease of the delivery at seq
  * until next_at; lease == 0 releases it (no attempt is recorded), making it
@@ -306,11 +302,10 @@ int64_t store_endpoint_next_due(struct store *s, const char *name);
 int store_delivery_lease(struct store *s, int64_t seq, int64_t next_at, int lease, char *err,
                          size_t errlen);
 
-/* Calls fn(arg, name) for every endpoint with pending deliveries, by name
+/* endpoints_pending: Calls fn(arg, name) for every endpoint with pending deliveries, by name
  * (one index seek each). Returns 0 or -1. */
-int store_endpoints_pending(struct store *s, void (*fn)(void *arg, const char *name), void *arg);
 
-/* One endpoint's queue in the store: pending and held deliveries (counted
+/* endpoint_queue: One endpoint's queue in the store: pending and held deliveries (counted
  * only when counts is non-zero: O(rows)), how many pending ones are due at
  * now and not leased (counted up to due_cap), and the earliest next_at
  * among those (INT64_MAX when none), and its blocked keys (an index of
@@ -321,8 +316,6 @@ struct store_endpoint_queue {
     int64_t blocked;        /* keys blocked behind a failed head (ordered by key) */
     int64_t oldest_blocked; /* Unix ms the oldest of them failed, INT64_MAX when none */
 };
-int store_endpoint_queue(struct store *s, const char *name, int64_t now, int64_t due_cap,
-                         int counts, struct store_endpoint_queue *q);
 
 /* The delivery seq watermarks: *committed, every row up to it durable
  * (claims see only those); *last, the highest seq inserted, the open group
@@ -347,15 +340,15 @@ int store_attempt_put(struct store *s, const char *delivery_id, const struct sto
                       const char *status, int64_t next_at, int schedule_pos, char *err,
                       size_t errlen);
 
-/* Delivery counts by status, for /api/status and metrics. Returns 0 or -1. */
+/* delivery_counts: Delivery counts by status, for /api/status and metrics. Returns 0 or -1. */
 struct store_counts {
     int64_t pending, held, failed, delivered;
 };
-int store_delivery_counts(struct store *s, struct store_counts *c);
 
-/* Deliveries pending or held (the backlog max_backlog bounds): the counts
- * as of the last commit, read once per group, plus the open group's
- * inserts. A counter for every request to read; -1 on a store error. */
+/* Deliveries pending or held (the backlog max_backlog bounds): the
+ * backend's count, read at most once a second, plus the deliveries this
+ * process inserted since (on a shared store other instances' inserts show
+ * within a second). A counter for every request to read. */
 int64_t store_backlog(struct store *s);
 
 /* ---- admin API (SPEC section 8): lists, actions, subscriptions ---- */
@@ -375,21 +368,16 @@ struct store_page {
     int64_t since, until;
 };
 
-/* One page of events or deliveries, newest first: *rows (new) holds up to
- * q->limit rows; *next is the cursor of the next page (the seq of the last
- * row given), 0 when this is the last. Committed rows only (the read
- * connection, see the top of this file). Returns 0
+/* events_page, deliveries_page: One page of events or deliveries, newest first: *rows (new) holds
+ * up to q->limit rows; *next is the cursor of the next page (the seq of the last row given), 0 when
+ * this is the last. Committed rows only (the read connection, see the top of this file). Returns 0
  * or -1 (err set). Events come as event rows without headers, data or raw
  * (free with store_event_rows_free). */
-int store_events_page(struct store *s, const struct store_page *q, struct store_event_row **rows,
-                      size_t *n, int64_t *next, char *err, size_t errlen);
 
-/* The ids of up to max events whose id or carrier id is text (first), or
+/* events_find: The ids of up to max events whose id or carrier id is text (first), or
  * whose data or shipment JSON contains it (a tracking number, an order id;
  * newest first): a scan of the events table, for the admin's "find". *ids is
  * new (free each and the array). Returns 0 or -1 (err set). */
-int store_events_find(struct store *s, const char *text, size_t max, char ***ids, size_t *n,
-                      char *err, size_t errlen);
 
 /* A row of a deliveries page; pointers owned by the row (NULL for none). */
 struct store_delivery_item {
@@ -405,15 +393,10 @@ struct store_delivery_item {
     char *key;                /* its order key (ordered by key), or NULL */
 };
 
-int store_deliveries_page(struct store *s, const struct store_page *q,
-                          struct store_delivery_item **rows, size_t *n, int64_t *next, char *err,
-                          size_t errlen);
 void store_delivery_items_free(struct store_delivery_item *rows, size_t n);
 
-/* Reads event id into *row (new; free with store_event_rows_free(*row, 1)).
+/* event_get: Reads event id into *row (new; free with store_event_rows_free(*row, 1)).
  * Returns 1 found, 0 unknown (*row NULL), -1 on a store error (err set). */
-int store_event_get(struct store *s, const char *id, struct store_event_row **row, char *err,
-                    size_t errlen);
 
 /* ---- the event detail (what the admin API shows of one event) ---- */
 
@@ -449,26 +432,21 @@ struct store_event_detail {
     size_t nwaiting;
 };
 
-/* Reads event id with its deliveries (each with its attempts) and the open
+/* event_detail: Reads event id with its deliveries (each with its attempts) and the open
  * batch windows it waits in into *out (new; free with
  * store_event_detail_free), in one read of the committed state (the read
  * connection). Returns 1 found, 0
  * unknown (*out NULL), -1 on a store error (err set). */
-int store_event_detail(struct store *s, const char *id, struct store_event_detail **out, char *err,
-                       size_t errlen);
 void store_event_detail_free(struct store_event_detail *d);
 
-/* Puts a "failed" delivery back to "pending" at next_at, at the start of its
+/* delivery_retry: Puts a "failed" delivery back to "pending" at next_at, at the start of its
  * schedule; its attempt count is kept (X-Waybill-Attempt keeps counting).
  * In the open group. Returns 1 done, 0 unknown id, 2 not failed, -1 error. */
-int store_delivery_retry(struct store *s, const char *id, int64_t next_at, char *err,
-                         size_t errlen);
 
-/* Releases the key that failed delivery id blocks (an endpoint ordered by
+/* delivery_skip: Releases the key that failed delivery id blocks (an endpoint ordered by
  * key, SPEC section 7): the delivery stays failed, out of its key, and the
  * next delivery of the key is due at now. In the open group. Returns 1
  * done, 0 unknown id, 2 not a failed delivery holding a key, -1 error. */
-int store_delivery_skip(struct store *s, const char *id, int64_t now, char *err, size_t errlen);
 
 /* A key blocked behind its failed head; pointers owned. */
 struct store_blocked_key {
@@ -478,10 +456,8 @@ struct store_blocked_key {
     int64_t since; /* Unix ms of the head's last attempt */
 };
 
-/* Up to max of name's blocked keys, oldest head first. *out new (free with
+/* endpoint_blocked: Up to max of name's blocked keys, oldest head first. *out new (free with
  * store_blocked_keys_free). Returns 0 or -1 (err set). */
-int store_endpoint_blocked(struct store *s, const char *name, size_t max,
-                           struct store_blocked_key **out, size_t *n, char *err, size_t errlen);
 void store_blocked_keys_free(struct store_blocked_key *k, size_t n);
 
 /* A subscription (ShipEngine's webhook shape); all borrowed. pattern is the
@@ -491,18 +467,14 @@ struct store_sub {
     int64_t created_at; /* Unix ms */
 };
 
-/* Inserts sub in the open group. Returns 0, STORE_DUP (nothing written)
+/* sub_put: Inserts sub in the open group. Returns 0, STORE_DUP (nothing written)
  * when its pattern already has one, -1 on error. */
-int store_sub_put(struct store *s, const struct store_sub *sub, char *err, size_t errlen);
 
-/* Sets subscription id's url, or deletes it when url is NULL, in the open
+/* sub_change: Sets subscription id's url, or deletes it when url is NULL, in the open
  * group. Returns 1 done, 0 unknown id, -1 error. */
-int store_sub_change(struct store *s, const char *id, const char *url, char *err, size_t errlen);
 
-/* Sets subscription id's signing secret (a rotation) in the open group.
+/* sub_set_secret: Sets subscription id's signing secret (a rotation) in the open group.
  * Returns 1 done, 0 unknown id, -1 error. */
-int store_sub_set_secret(struct store *s, const char *id, const char *secret, char *err,
-                         size_t errlen);
 
 /* Calls fn for every stored subscription, oldest first (sub borrowed for
  * the call). Returns 0 or -1. */
@@ -524,17 +496,13 @@ struct store_endpoint_state {
     int64_t pending, held;    /* deliveries in those states now */
 };
 
-/* Counts one attempt at name in the open group: ok, or failed with error.
+/* endpoint_attempt: Counts one attempt at name in the open group: ok, or failed with error.
  * *first_failure_at receives the start of the current run of failed
  * attempts (0 after a success). Returns 0 or -1. */
-int store_endpoint_attempt(struct store *s, const char *name, int ok, const char *error,
-                           int64_t now, int64_t *first_failure_at, char *err, size_t errlen);
 
-/* Disables (with reason) or enables name in the open group, moving its
+/* endpoint_set_disabled: Disables (with reason) or enables name in the open group, moving its
  * deliveries pending -> held, or held -> pending due now (leases cleared).
  * *moved (may be NULL) receives how many moved. Returns 0 or -1. */
-int store_endpoint_set_disabled(struct store *s, const char *name, int disabled, const char *reason,
-                                int64_t now, int64_t *moved, char *err, size_t errlen);
 
 /* Every endpoint with stored state, by name. *out new (free with
  * store_endpoint_states_free). Returns 0 or -1. */
@@ -542,25 +510,21 @@ int store_endpoint_states(struct store *s, struct store_endpoint_state **out, si
                           size_t errlen);
 void store_endpoint_states_free(struct store_endpoint_state *e, size_t n);
 
-/* seq of name's oldest pending delivery (the head of an ordered endpoint,
+/* endpoint_head: seq of name's oldest pending delivery (the head of an ordered endpoint,
  * leased or not), INT64_MAX when none, -1 on a store error; *next_at (may
  * be NULL) receives its next_at (INT64_MAX when none). Reads the open
  * group. An index lookup. */
-int64_t store_endpoint_head(struct store *s, const char *name, int64_t *next_at);
 
-/* Claims, for an ordered endpoint, up to max of name's pending deliveries
+/* endpoint_claim: Claims, for an ordered endpoint, up to max of name's pending deliveries
  * with seq > after_seq in seq order (FIFO), each due or leased (a leased
  * row not held in memory was dropped by this process: SQLite has one
  * owner), leasing them for lease_ms. By index. Returns 0 or -1. */
-int store_endpoint_claim(struct store *s, const char *name, int64_t after_seq, int64_t now,
-                         int64_t lease_ms, size_t max, struct store_delivery **out, size_t *n,
-                         char *err, size_t errlen);
 
 /* ---- asynchronous reads (the admin API's, and the loop's own) ----
  * The shape a database across the network needs (issue 15): the store
  * answers from the loop, never inside the call. SQLite runs the read at
- * once (the read connection: committed state, as the synchronous calls
- * above) and hands the rows to fn on the next loop turn; a PostgreSQL
+ * once (the operation described above, on the engine's connections) and
+ * hands the rows to fn on the next loop turn; a PostgreSQL
  * store hands them over when they arrive. fn runs exactly once when the
  * call returned 0 -- at the latest in store_flush / store_free, so a
  * shutdown that drains the store while every module lives answers them
@@ -593,7 +557,7 @@ struct store_result {
                                               right after the claim; batch_due: the
                                               earliest open window's end (INT64_MAX: none,
                                               -1: a store error) */
-    int64_t head, head_at;                 /* claim_ordered: store_endpoint_head's answer */
+    int64_t head, head_at;                 /* claim_ordered: endpoint_head's answer */
     int64_t rate_wait;                     /* claim_due with a rate on a shared store: ms until
                                               the endpoint's shared bucket holds a token again
                                               (0: it holds one, or there is no shared bucket) */
@@ -603,7 +567,7 @@ struct store_result {
 typedef void (*store_read_fn)(void *arg, const struct store_result *r);
 
 /* An endpoint's queue as store_read_endpoints answers it (ok 0: its read
- * failed, q zeroed as store_endpoint_queue leaves it). */
+ * failed, q zeroed as endpoint_queue leaves it). */
 struct store_endpoint_view {
     char *name; /* owned by the answer */
     int ok;
@@ -621,7 +585,7 @@ int store_read_events_find(struct store *s, const char *text, size_t max, store_
 int store_read_batch_windows(struct store *s, store_read_fn fn, void *arg);
 int store_read_delivery_counts(struct store *s, store_read_fn fn, void *arg);
 /* GET /api/endpoints and /metrics: every stored endpoint state; the queue
- * of each of names[0..n) (store_endpoint_queue with now, due_cap, counts:
+ * of each of names[0..n) (endpoint_queue with now, due_cap, counts:
  * read on the loop's connection, as that call is, the view the scheduler's
  * own state is shown beside); and, when blocked_of is not NULL, up to
  * blocked_max of its blocked keys. A failed queue read leaves its view's ok
@@ -634,21 +598,20 @@ int store_read_ping(struct store *s, store_read_fn fn, void *arg);
 
 /* The loop's own reads (the scheduler's and the batch closer's), same
  * shape, same promise: answered from the loop, never inside the call; on
- * SQLite computed at once with the semantics of the synchronous calls
+ * SQLite computed at once with the semantics of the operations described
  * above (claims see committed rows only and lease what they return in the
  * open group; the head and the batch windows read the open group) and
  * handed over on the next loop turn. A claim's rows are leased from the
  * call on: whoever gets the answer owns them (releases what it cannot take
- * with store_delivery_lease, lease 0). The synchronous forms stay for the
- * unit tests; the loop does not call them.
+ * with store_delivery_lease, lease 0).
  *
  * WAYBILL_STORE_REPLY_DELAY_MS=N (builds with WAYBILL_CHECKS only, i.e.
  * make asan / make tsan; read at store_open): every asynchronous answer is
  * handed over N ms after its call (a timer instead of the next turn), as a
- * store across a slow network would; store_flush still hands over every
- * answer at once. Logged at open when set. */
+ * store across a slow network would; store_flush runs the loop until every
+ * answer was handed over. Logged at open when set. */
 
-/* store_endpoint_claim_due (status, claimed, n), then store_endpoint_next_due
+/* endpoint_claim_due (status, claimed, n), then endpoint_next_due
  * of name as the claim left it (next_due; -1 when the claim failed).
  * cap > 0 on a shared store (PostgreSQL, several instances): the claim
  * leaves at most cap of the endpoint's rows leased at once, every
@@ -670,27 +633,27 @@ int store_read_claim_due(struct store *s, const char *name, int64_t now, int64_t
 static inline double store_rate_burst(double rate) {
     return rate / 10.0 < 1.0 ? 1.0 : rate / 10.0;
 }
-/* An ordered endpoint's look: store_endpoint_head (head, head_at; status -1
+/* An ordered endpoint's look: endpoint_head (head, head_at; status -1
  * when it fails), then, when max > 0 and the head is due at now,
- * store_endpoint_claim of up to max rows from the head on (after_seq =
+ * endpoint_claim of up to max rows from the head on (after_seq =
  * head - 1; claimed, n): one call for what took two. */
 int store_read_claim_ordered(struct store *s, const char *name, int64_t now, int64_t lease_ms,
                              size_t max, store_read_fn fn, void *arg);
 /* What the scheduler's watchdog reads per endpoint: when its earliest
- * committed pending row is due (store_endpoint_next_due) and when its head
- * is (store_endpoint_head's next_at when that head is committed, INT64_MAX
+ * committed pending row is due (endpoint_next_due) and when its head
+ * is (endpoint_head's next_at when that head is committed, INT64_MAX
  * when there is none or it is not committed yet); -1 on a store error. */
 struct store_endpoint_due {
     char *name; /* owned by the answer */
     int64_t next_due, head_due;
 };
 /* dues (ndues, in the order of names) for names[0..n); with pending
- * non-zero also every endpoint with pending rows (store_endpoints_pending)
+ * non-zero also every endpoint with pending rows (endpoints_pending)
  * as ids (n). status -1 when the pending list failed (a due read that
  * fails sets its fields to -1 only). */
 int store_read_endpoints_due(struct store *s, const char *const *names, size_t n, int pending,
                              store_read_fn fn, void *arg);
-/* store_batch_due at now (windows, n), and store_batch_next_close read
+/* batch_due at now (windows, n), and batch_next_close read
  * with it (next_due: still the due windows' own end while they are open). */
 int store_read_batch_due(struct store *s, int64_t now, store_read_fn fn, void *arg);
 
@@ -717,21 +680,18 @@ struct store_prune {
                           or one received at or after before_ms */
 };
 
-/* Runs one pass of p (its out fields set, cursor advanced: a pass the
+/* prune: Runs one pass of p (its out fields set, cursor advanced: a pass the
  * budget cut short leaves the cursor before the first event it did not
  * delete). Returns 0, or -1 with a reason (the group failed when a delete
  * did). */
-int store_prune(struct store *s, struct store_prune *p, char *err, size_t errlen);
 
-/* Returns free pages to the filesystem in a small step: when the store was
+/* reclaim: Returns free pages to the filesystem in a small step: when the store was
  * made with auto_vacuum = INCREMENTAL (new stores are) and more than
  * keep_pages pages and more than a quarter of the file are free, runs
  * PRAGMA incremental_vacuum for up to step_pages of the rest in the open
  * group (the file shrinks at the next checkpoint). A store made before (auto_vacuum NONE) reuses
  * its free pages for new rows and never shrinks. *freed receives the pages released. Returns 0 or
  * -1. */
-int store_reclaim(struct store *s, int64_t keep_pages, int step_pages, int *freed, char *err,
-                  size_t errlen);
 
 /* ---- batch windows (SPEC section 6) ----
  * An open window is the set of batched payloads stored for (endpoint,
@@ -740,25 +700,20 @@ int store_reclaim(struct store *s, int64_t keep_pages, int step_pages, int *free
  * crash never loses a batched event; a window is closed into one delivery
  * in one group. */
 
-/* Unix ms at which the earliest open window ends, INT64_MAX when none. */
-int64_t store_batch_next_close(struct store *s);
+/* batch_next_close: Unix ms at which the earliest open window ends, INT64_MAX when none. */
 
 struct store_batch_window {
     char *endpoint; /* owned */
     int64_t window_start, window_ms;
-    int64_t items; /* store_batch_due: the window's open items */
+    int64_t items; /* batch_due: the window's open items */
 };
 
-/* Lists the open windows that ended at or before now. *out is new (free
+/* batch_due: Lists the open windows that ended at or before now. *out is new (free
  * with store_batch_windows_free). Returns 0 or -1. */
-int store_batch_due(struct store *s, int64_t now, struct store_batch_window **out, size_t *n,
-                    char *err, size_t errlen);
 void store_batch_windows_free(struct store_batch_window *w, size_t n);
 
-/* Every open window with its items as committed (the admin API's read: the
- * open group's items are left out). Same as store_batch_due otherwise. */
-int store_batch_windows(struct store *s, struct store_batch_window **out, size_t *n, char *err,
-                        size_t errlen);
+/* batch_windows: Every open window with its items as committed (the admin API's read: the
+ * open group's items are left out). Same as batch_due otherwise. */
 
 /* Closes the window's open items into one delivery (event_type "batch",
  * batch = 1, status "pending" or "held", first attempt at next_at) whose
@@ -769,10 +724,10 @@ int store_batch_close(struct store *s, const struct store_batch_window *w, const
                       int64_t next_at, size_t *count, char *err, size_t errlen);
 
 /* ---- asynchronous write results (issue 15) ----
- * The write calls above answer from the open SQLite group at once; on a
- * database across the network the group is pipelined and their values
- * (a dedupe hit, an unknown id, a count) are known only when its round
- * trip comes back. These forms hand the value to a callback instead.
+ * A write's value (a dedupe hit, an unknown id, a count) is known only
+ * when its group's outcome is (on a database across the network, when the
+ * pipelined group's round trip comes back): these calls hand it to a
+ * callback.
  * Contract, for every call below:
  * - fn(arg, d) runs exactly once when the call returned 0, from the loop,
  *   never inside the call; at the latest in store_flush / store_free (a
@@ -795,12 +750,11 @@ int store_batch_close(struct store *s, const struct store_batch_window *w, const
  *   the open group included); a PostgreSQL store answers when they arrive.
  * - Everything d points to (err, id, prune, rows, states) belongs to the
  *   store and lives for the call of fn only. The arguments of a call are
- *   read during the call only (strings copied where kept).
- * The synchronous calls stay for the unit tests, for the start, before
- * the loop runs (store_subs_load, the first read of endpoint states: no
- * request is served yet, so a blocking read costs nobody), and for health's
- * read of endpoint states after a rolled-back group (health.c says why it
- * cannot wait for an answer yet). */
+ *   read during the call only (strings copied where kept), but for the
+ *   plan of event_put and event_routed (see store_event_put_done).
+ * The synchronous reads stay for the start, before the loop runs
+ * (store_subs_load, the first read of endpoint states: no request is
+ * served yet, so a blocking read costs nobody). */
 struct store_done {
     int ok;          /* see above */
     int status;      /* when ok: what the synchronous call returns, >= 0 (event_put 0 or
@@ -822,8 +776,10 @@ struct store_done {
 };
 typedef void (*store_done_fn)(void *arg, const struct store_done *d);
 
-/* Durable. The plan's batch items get their counts filled in at once, as
- * store_event_put does (the batch windows' own results: batch.c). */
+/* Durable. plan stays the caller's and must live until fn ran: its batch
+ * items' counts (each window's items after the add, 0 until then) are
+ * written into it just before fn runs, when the write committed
+ * (route_plan_counted acts on them). The same for store_event_routed_done. */
 int store_event_put_done(struct store *s, const struct store_event *ev, struct store_plan *plan,
                          store_done_fn fn, void *arg);
 /* Written: the nonce is committed when fn runs, so an event stored after

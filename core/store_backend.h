@@ -1,48 +1,38 @@
-/* store_backend.h -- the private interface between the store's
- * backend-neutral engine and a backend (issue 15). PostgreSQL implements
- * it (store_pg_be.c, store_pg_write.c, store_pg_claim.c, store_pg_read.c:
- * the ops in store_pg_backend below, tested against a real PostgreSQL by
- * tests/integration/test_pg_ops.py), and `waybill serve` runs on it
- * (tests/integration/test_pg_serve.py). SQLite implements it too
- * (store_sqlite_be.c: the ops in store_sqlite_backend, the SQLite engine's
- * calls run at once on the loop connection and answered from the loop,
- * tested by tests/unit/test_store_sqlite_ops.c), not yet what `serve`
- * runs on SQLite (store.c still hands an SQLite store's calls to the
- * SQLite engine directly).
+/* store_backend.h -- the private interface between the store's one engine
+ * (store_bx.c: the group, its callbacks, the watermarks, the backlog, the
+ * reads of the start; store_bx_write.c: writes, store_*_done;
+ * store_bx_read.c: store_read_*, store_get_*, claims) and its backends,
+ * chosen by the store URL at store_open:
+ * - PostgreSQL (store_pg_be.c, store_pg_write.c, store_pg_claim.c,
+ *   store_pg_read.c: the ops in store_pg_backend below, tested against a
+ *   real PostgreSQL by tests/integration/test_pg_ops.py);
+ * - SQLite (store_sqlite_be.c: the ops in store_sqlite_backend, the SQLite
+ *   engine's calls run at once on the loop connection and answered from
+ *   the loop, tested by tests/unit/test_store_sqlite_ops.c; the engine's
+ *   calls themselves by tests/unit/test_store.c).
+ * store.h stays what the rest of waybill sees; store.c hands each of its
+ * calls to the engine.
  *
- * How far the engine is neutral now: the engine over a backend is
- * store_bx.c (the group, its callbacks, the watermarks, the backlog, the
- * reads of the start), store_bx_write.c (writes, store_*_done) and
- * store_bx_read.c (store_read_*, store_get_*, claims); it drives any
- * store_backend_ops, PostgreSQL today. The SQLite store is still its own
- * engine, store_sqlite*.c (store_sqlite_int.h): store.c is the front,
- * where each store.h call goes to store_bx_... when the store has a
- * backend (s->bx) and to store_sqlite_... otherwise. The next step puts
- * the SQLite code behind these operations with no change of behaviour and
- * makes the bx engine the one engine; store.h stays what the rest of
- * waybill sees.
- *
- * What the bx engine does where SQLite read synchronously (built):
+ * What the engine does where the SQLite store once read synchronously:
  * - store_subs_load, health's first store_endpoint_states: at the start,
  *   before anything is served, the loop runs inside the call until the
  *   answer came (store_loop_running says when the loop runs; inside it
  *   these calls fail). Health's re-read after a rolled-back group then
  *   reads asynchronously (health_reload): memory stands until the answer.
- * - route.c's batch count after an add: 0 at the call on a backend; the
- *   counts come in event_put's (event_routed's) row and are written into
- *   the caller's plan before its answer, where route_plan_counted closes a
- *   window found full (max_batch), one group later than on SQLite.
+ * - route.c's batch count after an add: 0 at the call; the counts come in
+ *   event_put's (event_routed's) row and are written into the caller's
+ *   plan before its answer, where route_plan_counted closes a window found
+ *   full (max_batch): one group after the add that filled it.
  * - store_delivery_seqs: groups, not rows: last = groups begun, committed =
  *   groups ended; the scheduler's kick for new rows runs from group_end's
  *   answer, when every row of the group is claimable by any instance.
  * - store_backlog: the backlog op read at most once a second plus this
  *   instance's inserts since.
  * - Claims wait for this instance's open and in-flight groups (one group
- *   later): SQLite's loop reads see the open group, the read connection
- *   does not, and a claim must see the outcome just written (an ordered
- *   head was sent twice without it). An ordered claim that skipped its
- *   head (the head's retry committed between the two reads) gives its rows
- *   back.
+ *   later; not where claims_see_open_group, SQLite): SQLite's loop reads see the open group, the
+ * read connection does not, and a claim must see the outcome just written (an ordered head was sent
+ * twice without it). An ordered claim that skipped its head (the head's retry committed between the
+ * two reads) gives its rows back.
  * - Rows other instances insert, and leases of a dead instance once
  *   expired: found by the scheduler's watchdog read every second
  *   (store_shared: the endpoints with pending rows, each one's next due
@@ -138,7 +128,7 @@
  *   backend's event statements (store_pg_write.c) use it.
  * - The plan is const for a backend: a batch item's window count comes
  *   back in event_put's row (struct store_be_put), not written into the
- *   plan as store_event_put does.
+ *   plan as event_put does.
  * - Claims: one op (after_seq < 0: due; >= 0: ordered). The "a leased row
  *   not held in memory was dropped by this process" rule of SQLite's
  *   ordered claim becomes "leased by this instance" (the lease owner).
@@ -158,7 +148,7 @@
  *   carriers retry). Rare enough not to order a group's events.
  *
  * Mapping from store.h (G: group write, C: claim, R: read):
- *   store_event_put         G event_put (event + plan in one op: PG sends
+ *   event_put         G event_put (event + plan in one op: PG sends
  *                             one statement, INSERT events ... ON CONFLICT
  *                             (source, source_id) DO NOTHING RETURNING,
  *                             whose WITH clauses insert the deliveries, their
@@ -168,9 +158,9 @@
  *                             copy's id; then the windows' counts (when the
  *                             plan has batch items): three statements per
  *                             event whatever its fan-out)
- *   store_event_routed      G event_routed (the plan of a replayed or
+ *   event_routed      G event_routed (the plan of a replayed or
  *                             recovered event)
- *   store_nonce_put         G nonce_put (INSERT ... ON CONFLICT: a replayed
+ *   nonce_put         G nonce_put (INSERT ... ON CONFLICT: a replayed
  *                             nonce is seen across instances)
  *   store_attempt_put       G attempt_put (attempts appended; the queue row
  *                             updated or, at the end, moved to
@@ -178,29 +168,29 @@
  *   store_delivery_lease    G lease_renew (owner checked: a lease another
  *                             instance took since is not renewed: counted as
  *                             a duplicate risk in /metrics)
- *   store_delivery_retry, store_delivery_skip, store_endpoint_attempt,
- *   store_endpoint_set_disabled, store_sub_put, store_sub_change,
+ *   delivery_retry, delivery_skip, endpoint_attempt,
+ *   endpoint_set_disabled, sub_put, sub_change,
  *   store_batch_close        G one op each, same arguments (batch_close: the
  *                             window row locked by an upsert setting
  *                             closed_at, its open items FOR UPDATE: a
  *                             racing close finds them taken; done)
- *   store_endpoint_claim_due, store_endpoint_claim
+ *   endpoint_claim_due, endpoint_claim
  *                           C claim (endpoint, now, lease_ms, max, after_seq
  *                             for an ordered endpoint, owner = instance id;
  *                             ordered: only the instance holding
  *                             endpoint_state.head_owner claims its head)
- *   store_prune             C prune (a retention pass: its own transaction,
+ *   prune             C prune (a retention pass: its own transaction,
  *                             its rows locked SKIP LOCKED, as a claim's)
- *   store_events_unrouted, store_events_page, store_events_find,
- *   store_event_get, store_event_detail, store_deliveries_page,
- *   store_delivery_counts, store_endpoint_states, store_endpoint_blocked,
- *   store_endpoint_queue, store_endpoint_head, store_endpoint_next_due,
- *   store_endpoints_pending, store_subs_load, store_batch_due,
- *   store_batch_next_close, store_backlog
+ *   events_unrouted, events_page, events_find,
+ *   event_get, event_detail, deliveries_page,
+ *   delivery_counts, store_endpoint_states, endpoint_blocked,
+ *   endpoint_queue, endpoint_head, endpoint_next_due,
+ *   endpoints_pending, store_subs_load, batch_due,
+ *   batch_next_close, store_backlog
  *                           R one op each, same arguments, rows handed to
  *                             the callback (owned by the callee until it
  *                             returns, as the row structs of store.h)
- *   store_ping              R ping (SELECT 1; /healthz)
+ *   ping              R ping (SELECT 1; /healthz)
  *   store_open / store_free, store_flush, store_idle, store_writable,
  *   store_on_commit / store_on_written, store_delivery_seqs
  *                           engine (the backend's open/close/group ops
@@ -266,6 +256,12 @@ struct store_be_put {
  * backend is down, the open group already failed, or out of memory). */
 struct store_backend_ops {
     const char *name; /* "sqlite", "postgresql" */
+    /* 1 when several processes may run on one store (store_shared). */
+    int shared;
+    /* 1 when a claim sees the outcomes this process wrote in its open
+     * group (SQLite: the loop connection's own transaction), so a claim
+     * need not wait for the groups open or in flight (store_bx_read.c). */
+    int claims_see_open_group;
 
     /* ---- lifecycle ---- */
     /* Opens url: schema created or brought up to date (PostgreSQL: under
@@ -303,7 +299,7 @@ struct store_backend_ops {
     int (*event_routed)(struct store_be *be, const char *event_id, const struct store_plan *plan,
                         store_be_done_fn cb, void *arg);
     /* status 0 new, STORE_DUP seen with the same digest, STORE_REPLAY seen
-     * with another (nothing written), as store_nonce_put. */
+     * with another (nothing written), as nonce_put. */
     int (*nonce_put)(struct store_be *be, const char *source, const char *nonce, const char *digest,
                      int64_t now_ms, int64_t keep_ms, store_be_done_fn cb, void *arg);
     /* Records attempt a->n of the delivery once (status 0; STORE_DUP when
@@ -315,16 +311,18 @@ struct store_backend_ops {
                        void *arg);
     /* until > 0: renews the lease of the delivery at seq to until if this
      * instance still holds it (status 0, else STORE_LEASE_LOST); until 0:
-     * releases it (claimable again at once). */
-    int (*lease_renew)(struct store_be *be, int64_t seq, int64_t until, store_be_done_fn cb,
-                       void *arg);
+     * releases it, claimable again at release_at, the row's due time as
+     * claimed (SQLite's lease moved next_at and writes it back; PostgreSQL's
+     * lease is a column of its own and next_at never moved). */
+    int (*lease_renew)(struct store_be *be, int64_t seq, int64_t until, int64_t release_at,
+                       store_be_done_fn cb, void *arg);
     /* Closes w's open items into one batch delivery (status, next_at);
      * rows: one int64_t, the items sent (0: none were open, or another
      * instance closed them first: nothing written). */
     int (*batch_close)(struct store_be *be, const struct store_batch_window *w, const char *status,
                        int64_t next_at, store_be_done_fn cb, void *arg);
     /* rows: one int64_t, the start of the endpoint's current run of
-     * failures (0 after a success), as store_endpoint_attempt. */
+     * failures (0 after a success), as endpoint_attempt. */
     int (*endpoint_attempt)(struct store_be *be, const char *name, int ok, const char *error,
                             int64_t now, store_be_done_fn cb, void *arg);
     /* rows: one int64_t, the deliveries moved (pending -> held, or held
@@ -332,7 +330,7 @@ struct store_backend_ops {
     int (*endpoint_set_disabled)(struct store_be *be, const char *name, int disabled,
                                  const char *reason, int64_t now, store_be_done_fn cb, void *arg);
     /* status 1 done, 0 unknown id, 2 not failed (skip: not a failed
-     * delivery holding a key), as store_delivery_retry / _skip. */
+     * delivery holding a key), as delivery_retry / _skip. */
     int (*delivery_retry)(struct store_be *be, const char *id, int64_t next_at, store_be_done_fn cb,
                           void *arg);
     int (*delivery_skip)(struct store_be *be, const char *id, int64_t now, store_be_done_fn cb,
@@ -352,7 +350,7 @@ struct store_backend_ops {
      * stepped over. Not a group write: a short transaction of its own
      * (PostgreSQL: on the read connection, as a claim), committed before
      * cb runs. rows: one struct store_prune, p with its out fields set and
-     * its cursor advanced (as store_prune). Several instances' passes at
+     * its cursor advanced (as prune). Several instances' passes at
      * once are safe and never wait for one another: each locks what it
      * deletes (SKIP LOCKED: a row another holds is stepped over) and
      * checks what must stay after its locks were granted
@@ -392,7 +390,7 @@ struct store_backend_ops {
     int (*events_page)(struct store_be *be, const struct store_page *q, store_be_done_fn cb,
                        void *arg);
     /* status 1 found (rows: one struct store_event_detail), 0 unknown
-     * (rows NULL), as store_event_detail; its statements are separate
+     * (rows NULL), as event_detail; its statements are separate
      * snapshots of the committed state (a read-only REPEATABLE READ
      * transaction would make them one, at the cost of a BEGIN). */
     int (*event_detail)(struct store_be *be, const char *id, store_be_done_fn cb, void *arg);
@@ -426,7 +424,7 @@ struct store_backend_ops {
     /* event_get: status 1 found (rows: one struct store_event_row, whole,
      * with its handlers), 0 unknown (rows NULL). */
     int (*event_get)(struct store_be *be, const char *id, store_be_done_fn cb, void *arg);
-    /* rows: char *[n], the ids found (store_events_find's order). */
+    /* rows: char *[n], the ids found (events_find's order). */
     int (*events_find)(struct store_be *be, const char *text, size_t max, store_be_done_fn cb,
                        void *arg);
     /* rows: int64_t[2], the seq and next_at of endpoint's oldest pending
@@ -435,7 +433,7 @@ struct store_backend_ops {
     /* rows: one int64_t, the deliveries pending or held: a read (every
      * instance's inserts count), not a local counter. */
     int (*backlog)(struct store_be *be, store_be_done_fn cb, void *arg);
-    /* rows: one struct store_endpoint_queue, as store_endpoint_queue. */
+    /* rows: one struct store_endpoint_queue, as endpoint_queue. */
     int (*endpoint_queue)(struct store_be *be, const char *endpoint, int64_t now, int64_t due_cap,
                           int counts, store_be_done_fn cb, void *arg);
     /* rows: struct store_blocked_key[n], oldest head first; status: the
@@ -446,7 +444,7 @@ struct store_backend_ops {
                             store_be_done_fn cb, void *arg);
 
     /* ---- SQLite only (NULL elsewhere: nothing to do) ---- */
-    /* Gives free pages back to the filesystem, as store_reclaim (in the
+    /* Gives free pages back to the filesystem, as reclaim (in the
      * group; answered once it committed); rows: one int64_t, the pages
      * freed. PostgreSQL's autovacuum does this on its own. */
     int (*reclaim)(struct store_be *be, int64_t keep_pages, int step_pages, store_be_done_fn cb,

@@ -1,14 +1,13 @@
-/* store_bx.c -- the store's engine over a backend of store_backend.h
- * (PostgreSQL today): what store.h promises, kept with asynchronous
- * operations. store.c, the front, hands each store.h call here when the
- * store has a backend (s->bx), and to the SQLite engine (store_sqlite*.c)
- * otherwise.
+/* store_bx.c -- the store's one engine, over a backend of
+ * store_backend.h (SQLite or PostgreSQL): what store.h promises, kept with
+ * asynchronous operations. store.c, the front, hands each store.h call
+ * here.
  *
  * The group: the first write of a loop turn begins the backend's group;
  * the commit event (lowest priority, as SQLite's) ends it. Its callbacks
  * (store_on_commit and store_on_written alike: on PostgreSQL a COMMIT that
- * answered is durable) wait in a record that runs them when group_end's
- * callback said how the group ended; the writes' own answers (store_*_done)
+ * answered is durable; SQLite answers once its group's fsync is done) wait in a record that runs
+ * them when group_end's callback said how the group ended; the writes' own answers (store_*_done)
  * come just before, with the rows the backend parsed. Records finish in
  * the order they were ended (the write connection answers in order), and
  * one with no group (callbacks registered with nothing written) runs once
@@ -47,6 +46,7 @@
 #include "store.h"
 #include "store_backend.h"
 #include "store_int.h"
+#include "store_pg.h"
 #include "util.h"
 
 /* At the start, how long the connections may take to come up. */
@@ -231,7 +231,7 @@ int store_bx_group(struct store *s, char *err, size_t errlen) {
     }
     if (s->ops->group_begin(s->be) < 0) {
         x->cur->failed = 1;
-        store_err(err, errlen, "store: postgresql: the database is not connected (%.150s)",
+        store_err(err, errlen, "store: %s: the database is not connected (%.150s)", s->ops->name,
                   x->shown);
         bx_outcome(x, 0, NULL);
         bx_schedule(s);
@@ -337,8 +337,8 @@ int store_bx_flush(struct store *s) {
     if (x->running || x->waiting)
         return 0; /* inside the loop: the answers come from it */
     if (bx_wait(s, cond_idle, BX_FLUSH_MS) < 0 && !cond_idle(s)) {
-        log_msg(LOG_ERROR, "store: postgresql: %s still unanswered after %d s",
-                x->fly ? "a group" : "a read", BX_FLUSH_MS / 1000);
+        log_msg(LOG_ERROR, "store: %s still unanswered after %d s", x->fly ? "a group" : "a read",
+                BX_FLUSH_MS / 1000);
         x->gave_up = 1;
         return -1;
     }
@@ -422,7 +422,7 @@ int store_bx_open(struct store *s, struct event_base *base, const char *url, con
     x->base = base;
     x->last_outcome_ok = 1;
     util_url_redact(url, x->shown, sizeof x->shown);
-    s->ops = &store_pg_backend;
+    s->ops = store_pg_is_url(url) ? &store_pg_backend : &store_sqlite_backend;
     if (s->ops->open(&s->be, base, url, base_dir, err, errlen) < 0)
         return -1;
     x->commit_ev = event_new(base, -1, 0, commit_cb, s);
@@ -441,7 +441,8 @@ int store_bx_open(struct store *s, struct event_base *base, const char *url, con
                   x->shown, BX_READY_MS / 1000);
         return -1;
     }
-    log_msg(LOG_INFO, "store: postgresql '%s', instance %s", x->shown, s->ops->instance(s->be));
+    if (s->ops == &store_pg_backend)
+        log_msg(LOG_INFO, "store: postgresql '%s', instance %s", x->shown, s->ops->instance(s->be));
     return 0;
 }
 
@@ -467,7 +468,7 @@ static void sync_subs(void *arg, int status, const void *rows, size_t n, const c
     y->done = 1;
     y->status = status < 0 ? -1 : 0;
     if (status < 0)
-        snprintf(y->err, sizeof y->err, "%s", err ? err : "store: postgresql: failed");
+        snprintf(y->err, sizeof y->err, "%s", err ? err : "store: the read failed");
     for (size_t i = 0; status >= 0 && v && i < n; i++)
         y->sub_fn(y->sub_arg, &v[i]);
 }
@@ -512,7 +513,7 @@ static void sync_states(void *arg, int status, const void *rows, size_t n, const
     y->done = 1;
     y->status = status < 0 ? -1 : 0;
     if (status < 0)
-        snprintf(y->err, sizeof y->err, "%s", err ? err : "store: postgresql: failed");
+        snprintf(y->err, sizeof y->err, "%s", err ? err : "store: the read failed");
     else if (store_bx_states_copy(rows, n, &y->states) < 0)
         snprintf(y->err, sizeof y->err, "store: out of memory"), y->status = -1;
     else
@@ -526,11 +527,11 @@ static int bx_sync_run(struct store *s, struct bx_sync *y,
     struct store_bx *x = s->bx;
 
     if (x->running || x->waiting) {
-        store_err(err, errlen, "store: postgresql: no synchronous read inside the loop");
+        store_err(err, errlen, "store: no synchronous read inside the loop");
         return -1;
     }
     if (bx_wait(s, cond_ready, BX_READY_MS) < 0 || issue(s->be, cb, y) < 0) {
-        store_err(err, errlen, "store: postgresql: the database is not connected (%.150s)",
+        store_err(err, errlen, "store: %s: the database is not connected (%.150s)", s->ops->name,
                   x->shown);
         return -1;
     }
@@ -538,7 +539,7 @@ static int bx_sync_run(struct store *s, struct bx_sync *y,
     (void)bx_wait(s, cond_sync, BX_READY_MS);
     x->sync = NULL;
     if (!y->done) { /* (its answer would come to a dead frame: close the store) */
-        log_msg(LOG_ERROR, "store: postgresql: a read at the start did not answer; stopping");
+        log_msg(LOG_ERROR, "store: %s: a read at the start did not answer; stopping", s->ops->name);
         abort();
     }
     if (y->status < 0) {

@@ -105,7 +105,7 @@ static void rd_deliver(struct bx_rd *rd) {
     struct store_result *r = &rd->res;
 
     x->nreads--;
-    r->err = rd->status < 0 ? (rd->err[0] ? rd->err : "store: postgresql: the read failed") : "";
+    r->err = rd->status < 0 ? (rd->err[0] ? rd->err : "store: the read failed") : "";
     if (r->status >= 0 && rd->status < 0)
         r->status = -1;
     if (rd->kind == R_CLAIM_DUE || rd->kind == R_CLAIM_ORDERED) {
@@ -195,8 +195,7 @@ static struct bx_rd *rd_new(struct store *s, enum bx_rkind kind, store_read_fn f
 
 static void rd_fail(struct bx_rd *rd, const char *err) {
     if (rd->status >= 0 && !rd->err[0])
-        snprintf(rd->err, sizeof rd->err, "%s",
-                 err && *err ? err : "store: postgresql: the read failed");
+        snprintf(rd->err, sizeof rd->err, "%s", err && *err ? err : "store: the read failed");
     rd->status = -1;
 }
 
@@ -206,8 +205,8 @@ static int rd_issued(struct bx_rd *rd) {
     if (rd->left == 1) { /* nothing went out: the backend is down */
         rd->in_call = 1;
         rd->status = -1;
-        snprintf(rd->err, sizeof rd->err,
-                 "store: postgresql: the database is not connected (%.150s)", rd->s->bx->shown);
+        snprintf(rd->err, sizeof rd->err, "store: the database is not connected (%.150s)",
+                 rd->s->bx->shown);
     }
     rd_put(rd);
     return 0;
@@ -598,7 +597,8 @@ static int claim_start(struct store *s, enum bx_rkind kind, const char *name, in
         rd_fail(rd, "store: out of memory");
         return rd_issued(rd);
     }
-    if ((x->tx_open || x->fly) && store_bx_on_group(s, claim_after_groups, rd) == 0)
+    if (!s->ops->claims_see_open_group && (x->tx_open || x->fly) &&
+        store_bx_on_group(s, claim_after_groups, rd) == 0)
         return 0;
     issue(rd);
     return 0;

@@ -52,7 +52,7 @@ static void w_answer(void *arg, int status, const void *rows, size_t n, const ch
     const struct store_be_put *put = w->kind == W_PUT && n == 1 ? rows : NULL;
 
     d.ok = status >= 0;
-    d.err = d.ok ? "" : err && *err ? err : "store: postgresql: the write failed";
+    d.err = d.ok ? "" : err && *err ? err : "store: the write failed";
     d.status = d.ok ? status : 0;
     d.id = "";
     if (d.ok && put)
@@ -88,7 +88,7 @@ static void w_late(void *p) {
 static int w_fail(struct bx_w *w) {
     store_bx_write_failed(w->s);
     if (!w->err[0])
-        snprintf(w->err, sizeof w->err, "store: postgresql: the write could not be queued");
+        snprintf(w->err, sizeof w->err, "store: the write could not be queued");
     if (store_bx_late(w->s, w_late, w) < 0) {
         free(w);
         return -1;
@@ -207,7 +207,7 @@ int store_bx_prune(struct store *s, const struct store_prune *p, store_done_fn f
         return 0;
     }
     if (s->ops->prune(s->be, p, w_answer, w) < 0) {
-        snprintf(w->err, sizeof w->err, "store: postgresql: the pass could not be queued");
+        snprintf(w->err, sizeof w->err, "store: the pass could not be queued");
         if (store_bx_late(s, w_late, w) < 0) {
             free(w);
             return -1;
@@ -216,10 +216,15 @@ int store_bx_prune(struct store *s, const struct store_prune *p, store_done_fn f
     return 0;
 }
 
-/* Reclaim is PostgreSQL's autovacuum (dead rows' room reused, and given
- * back by VACUUM's truncation): nothing to do here. */
-int store_bx_reclaim(struct store *s, store_done_fn fn, void *arg) {
-    struct bx_w *w = w_new(s, fn, arg, W_RECLAIM);
+/* Free pages given back to the filesystem, in the group (SQLite; the
+ * answer's value: the pages freed). A backend with no reclaim op
+ * (PostgreSQL: autovacuum reuses dead rows' room, and VACUUM's truncation
+ * gives it back) answers "nothing done" from the loop. */
+int store_bx_reclaim(struct store *s, int64_t keep_pages, int step_pages, store_done_fn fn,
+                     void *arg) {
+    struct bx_w *w = w_new(s, fn, arg, s->ops->reclaim ? W_VALUE : W_RECLAIM);
+    if (w && s->ops->reclaim)
+        W_RUN(w, s->ops->reclaim(s->be, keep_pages, step_pages, w_answer, w));
     if (!w)
         return -1;
     if (store_bx_late(s, w_ok_late, w) < 0) {
@@ -255,7 +260,7 @@ static int sync_write(struct bx_log *l, int rc_call, char *err, size_t errlen) {
     if (rc_call < 0) {
         store_bx_write_failed(l->s);
         free(l);
-        store_err(err, errlen, "store: postgresql: the write could not be queued");
+        store_err(err, errlen, "store: the write could not be queued");
         return -1;
     }
     return 0;
@@ -295,8 +300,9 @@ int store_bx_delivery_lease(struct store *s, int64_t seq, int64_t next_at, int l
                       id, err, errlen)))
         return -1;
     l->release = !lease;
-    return sync_write(l, s->ops->lease_renew(s->be, seq, lease ? next_at : 0, log_answer, l), err,
-                      errlen);
+    return sync_write(l,
+                      s->ops->lease_renew(s->be, seq, lease ? next_at : 0, next_at, log_answer, l),
+                      err, errlen);
 }
 
 int store_bx_batch_close(struct store *s, const struct store_batch_window *w, const char *status,

@@ -1,11 +1,10 @@
 /* store_int.h -- the store's private interface, shared by core/store*.c and
  * included by nothing else (other modules see store.h): the struct behind
- * store.h's handle, the engine over a backend (store_bx*.c), the SQLite
- * engine's entry points (store_sqlite*.c, its own private header
- * store_sqlite_int.h), and the small helpers every file uses.
+ * store.h's handle, the one engine (store_bx*.c) over a backend
+ * (store_backend.h), and the small helpers every file uses.
  *
  * The files, by job: store.c (the front: each store.h call, handed to the
- * engine over a backend or to the SQLite engine; the shared helpers);
+ * engine; the shared helpers);
  * store_plan.c (what a plan makes, whatever the backend: the delivery
  * ids, the matched handlers' JSON); store_bx.c, store_bx_write.c,
  * store_bx_read.c (the engine over store_backend.h); store_sqlite*.c
@@ -44,23 +43,20 @@ struct store_cb {
     void *arg;
 };
 
-struct store_sq; /* the SQLite engine's state (store_sqlite_int.h) */
 struct store_backend_ops;
 struct store_be;
 struct store_bx;
 
-/* store.h's handle: the SQLite engine (sq), or a backend (PostgreSQL) and
- * the engine over it (ops, be, bx); exactly one of sq and bx is set. */
+/* store.h's handle: the backend (ops, be: SQLite or PostgreSQL) and the
+ * engine over it (bx). */
 struct store {
-    struct store_sq *sq;
     const struct store_backend_ops *ops;
     struct store_be *be;
     struct store_bx *bx;
 };
 
 /* ---- the engine over a backend (store_bx*.c, store_backend.h) ----
- * A store with a backend (PostgreSQL) has s->be set, and every store.h
- * call goes to the store_bx_* functions below (store.c). */
+ * Every store.h call goes to the store_bx_* functions below (store.c). */
 struct bx_grp;
 
 /* An answer due from the loop for a call that never reached the backend. */
@@ -131,7 +127,8 @@ int store_bx_endpoint_attempt(struct store *s, const char *name, int ok, const c
 int store_bx_endpoint_set_disabled(struct store *s, const char *name, int disabled,
                                    const char *reason, int64_t now, store_done_fn fn, void *arg);
 int store_bx_prune(struct store *s, const struct store_prune *p, store_done_fn fn, void *arg);
-int store_bx_reclaim(struct store *s, store_done_fn fn, void *arg);
+int store_bx_reclaim(struct store *s, int64_t keep_pages, int step_pages, store_done_fn fn,
+                     void *arg);
 int store_bx_attempt_put(struct store *s, const char *delivery_id, const struct store_attempt *a,
                          const char *status, int64_t next_at, int schedule_pos, char *err,
                          size_t errlen);
@@ -165,144 +162,6 @@ int store_bx_get_events_unrouted(struct store *s, int64_t after_seq, size_t max,
 int store_bx_get_event(struct store *s, const char *id, store_done_fn fn, void *arg);
 int store_bx_get_endpoint_states(struct store *s, store_done_fn fn, void *arg);
 int store_bx_get_subs(struct store *s, store_done_fn fn, void *arg);
-
-/* ---- the SQLite engine (store_sqlite*.c) ----
- * store.h's calls on an SQLite store (s->sq), same arguments. */
-struct store_sq *store_sqlite_open(struct event_base *base, const char *url, const char *base_dir,
-                                   char *err, size_t errlen);
-void store_sqlite_free(struct store_sq *s);
-int store_sqlite_on_commit(struct store_sq *s, store_commit_fn fn, void *arg);
-int store_sqlite_on_written(struct store_sq *s, store_commit_fn fn, void *arg);
-int store_sqlite_flush(struct store_sq *s);
-int store_sqlite_idle(const struct store_sq *s);
-int store_sqlite_ping(struct store_sq *s);
-int store_sqlite_writable(const struct store_sq *s);
-int store_sqlite_event_put(struct store_sq *s, const struct store_event *ev,
-                           struct store_plan *plan, char *dup_id, size_t dup_len, char *err,
-                           size_t errlen);
-int store_sqlite_event_routed(struct store_sq *s, const char *event_id, struct store_plan *plan,
-                              char *err, size_t errlen);
-int store_sqlite_nonce_put(struct store_sq *s, const char *source, const char *nonce,
-                           const char *digest, int64_t now_ms, int64_t keep_ms, char *err,
-                           size_t errlen);
-int store_sqlite_events_unrouted(struct store_sq *s, int64_t after_seq, size_t max,
-                                 struct store_event_row **rows, size_t *n, char *err,
-                                 size_t errlen);
-int store_sqlite_endpoint_claim_due(struct store_sq *s, const char *name, int64_t now,
-                                    int64_t lease_ms, size_t max, struct store_delivery **out,
-                                    size_t *n, char *err, size_t errlen);
-int64_t store_sqlite_endpoint_next_due(struct store_sq *s, const char *name);
-int store_sqlite_delivery_lease(struct store_sq *s, int64_t seq, int64_t next_at, int lease,
-                                char *err, size_t errlen);
-int store_sqlite_endpoints_pending(struct store_sq *s, void (*fn)(void *arg, const char *name),
-                                   void *arg);
-int store_sqlite_endpoint_queue(struct store_sq *s, const char *name, int64_t now, int64_t due_cap,
-                                int counts, struct store_endpoint_queue *q);
-void store_sqlite_delivery_seqs(const struct store_sq *s, int64_t *committed, int64_t *last);
-int store_sqlite_attempt_put(struct store_sq *s, const char *delivery_id,
-                             const struct store_attempt *a, const char *status, int64_t next_at,
-                             int schedule_pos, char *err, size_t errlen);
-int store_sqlite_delivery_counts(struct store_sq *s, struct store_counts *c);
-int64_t store_sqlite_backlog(struct store_sq *s);
-int store_sqlite_events_page(struct store_sq *s, const struct store_page *q,
-                             struct store_event_row **rows, size_t *n, int64_t *next, char *err,
-                             size_t errlen);
-int store_sqlite_events_find(struct store_sq *s, const char *text, size_t max, char ***ids,
-                             size_t *n, char *err, size_t errlen);
-int store_sqlite_deliveries_page(struct store_sq *s, const struct store_page *q,
-                                 struct store_delivery_item **rows, size_t *n, int64_t *next,
-                                 char *err, size_t errlen);
-int store_sqlite_event_get(struct store_sq *s, const char *id, struct store_event_row **row,
-                           char *err, size_t errlen);
-int store_sqlite_event_detail(struct store_sq *s, const char *id, struct store_event_detail **out,
-                              char *err, size_t errlen);
-int store_sqlite_delivery_retry(struct store_sq *s, const char *id, int64_t next_at, char *err,
-                                size_t errlen);
-int store_sqlite_delivery_skip(struct store_sq *s, const char *id, int64_t now, char *err,
-                               size_t errlen);
-int store_sqlite_endpoint_blocked(struct store_sq *s, const char *name, size_t max,
-                                  struct store_blocked_key **out, size_t *n, char *err,
-                                  size_t errlen);
-int store_sqlite_sub_put(struct store_sq *s, const struct store_sub *sub, char *err, size_t errlen);
-int store_sqlite_sub_change(struct store_sq *s, const char *id, const char *url, char *err,
-                            size_t errlen);
-int store_sqlite_sub_set_secret(struct store_sq *s, const char *id, const char *secret, char *err,
-                                size_t errlen);
-int store_sqlite_subs_load(struct store_sq *s, void (*fn)(void *arg, const struct store_sub *sub),
-                           void *arg, char *err, size_t errlen);
-int store_sqlite_endpoint_attempt(struct store_sq *s, const char *name, int ok, const char *error,
-                                  int64_t now, int64_t *first_failure_at, char *err, size_t errlen);
-int store_sqlite_endpoint_set_disabled(struct store_sq *s, const char *name, int disabled,
-                                       const char *reason, int64_t now, int64_t *moved, char *err,
-                                       size_t errlen);
-int store_sqlite_endpoint_states(struct store_sq *s, struct store_endpoint_state **out, size_t *n,
-                                 char *err, size_t errlen);
-int64_t store_sqlite_endpoint_head(struct store_sq *s, const char *name, int64_t *next_at);
-int store_sqlite_endpoint_claim(struct store_sq *s, const char *name, int64_t after_seq,
-                                int64_t now, int64_t lease_ms, size_t max,
-                                struct store_delivery **out, size_t *n, char *err, size_t errlen);
-int store_sqlite_read_events_page(struct store_sq *s, const struct store_page *q, store_read_fn fn,
-                                  void *arg);
-int store_sqlite_read_deliveries_page(struct store_sq *s, const struct store_page *q,
-                                      store_read_fn fn, void *arg);
-int store_sqlite_read_event_detail(struct store_sq *s, const char *id, store_read_fn fn, void *arg);
-int store_sqlite_read_events_find(struct store_sq *s, const char *text, size_t max,
-                                  store_read_fn fn, void *arg);
-int store_sqlite_read_batch_windows(struct store_sq *s, store_read_fn fn, void *arg);
-int store_sqlite_read_delivery_counts(struct store_sq *s, store_read_fn fn, void *arg);
-int store_sqlite_read_endpoints(struct store_sq *s, const char *const *names, size_t n, int64_t now,
-                                int64_t due_cap, int counts, const char *blocked_of,
-                                size_t blocked_max, store_read_fn fn, void *arg);
-int store_sqlite_read_ping(struct store_sq *s, store_read_fn fn, void *arg);
-int store_sqlite_read_claim_due(struct store_sq *s, const char *name, int64_t now, int64_t lease_ms,
-                                size_t max, size_t cap, double rate, store_read_fn fn, void *arg);
-int store_sqlite_read_claim_ordered(struct store_sq *s, const char *name, int64_t now,
-                                    int64_t lease_ms, size_t max, store_read_fn fn, void *arg);
-int store_sqlite_read_endpoints_due(struct store_sq *s, const char *const *names, size_t n,
-                                    int pending, store_read_fn fn, void *arg);
-int store_sqlite_read_batch_due(struct store_sq *s, int64_t now, store_read_fn fn, void *arg);
-int store_sqlite_prune(struct store_sq *s, struct store_prune *p, char *err, size_t errlen);
-int store_sqlite_reclaim(struct store_sq *s, int64_t keep_pages, int step_pages, int *freed,
-                         char *err, size_t errlen);
-int64_t store_sqlite_batch_next_close(struct store_sq *s);
-int store_sqlite_batch_due(struct store_sq *s, int64_t now, struct store_batch_window **out,
-                           size_t *n, char *err, size_t errlen);
-int store_sqlite_batch_windows(struct store_sq *s, struct store_batch_window **out, size_t *n,
-                               char *err, size_t errlen);
-int store_sqlite_batch_close(struct store_sq *s, const struct store_batch_window *w,
-                             const char *status, int64_t next_at, size_t *count, char *err,
-                             size_t errlen);
-int store_sqlite_event_put_done(struct store_sq *s, const struct store_event *ev,
-                                struct store_plan *plan, store_done_fn fn, void *arg);
-int store_sqlite_nonce_put_done(struct store_sq *s, const char *source, const char *nonce,
-                                const char *digest, int64_t now_ms, int64_t keep_ms,
-                                store_done_fn fn, void *arg);
-int store_sqlite_event_routed_done(struct store_sq *s, const char *event_id,
-                                   struct store_plan *plan, store_done_fn fn, void *arg);
-int store_sqlite_delivery_retry_done(struct store_sq *s, const char *id, int64_t next_at,
-                                     store_done_fn fn, void *arg);
-int store_sqlite_delivery_skip_done(struct store_sq *s, const char *id, int64_t now,
-                                    store_done_fn fn, void *arg);
-int store_sqlite_sub_put_done(struct store_sq *s, const struct store_sub *sub, store_done_fn fn,
-                              void *arg);
-int store_sqlite_sub_change_done(struct store_sq *s, const char *id, const char *url,
-                                 store_done_fn fn, void *arg);
-int store_sqlite_sub_set_secret_done(struct store_sq *s, const char *id, const char *secret,
-                                     store_done_fn fn, void *arg);
-int store_sqlite_endpoint_attempt_done(struct store_sq *s, const char *name, int ok,
-                                       const char *error, int64_t now, store_done_fn fn, void *arg);
-int store_sqlite_endpoint_set_disabled_done(struct store_sq *s, const char *name, int disabled,
-                                            const char *reason, int64_t now, store_done_fn fn,
-                                            void *arg);
-int store_sqlite_prune_done(struct store_sq *s, const struct store_prune *p, store_done_fn fn,
-                            void *arg);
-int store_sqlite_reclaim_done(struct store_sq *s, int64_t keep_pages, int step_pages,
-                              store_done_fn fn, void *arg);
-int store_sqlite_get_events_unrouted(struct store_sq *s, int64_t after_seq, size_t max,
-                                     store_done_fn fn, void *arg);
-int store_sqlite_get_event(struct store_sq *s, const char *id, store_done_fn fn, void *arg);
-int store_sqlite_get_endpoint_states(struct store_sq *s, store_done_fn fn, void *arg);
-int store_sqlite_get_subs(struct store_sq *s, store_done_fn fn, void *arg);
 
 /* ---- what a plan makes, whatever the backend (store_plan.c) ---- */
 

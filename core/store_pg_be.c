@@ -666,6 +666,7 @@ static int be_group_end(struct store_be *be, store_be_done_fn cb, void *arg) {
 
 const struct store_backend_ops store_pg_backend = {
     .name = "postgresql",
+    .shared = 1,
     .open = be_open,
     .close = be_close,
     .ready = be_ready,

@@ -162,8 +162,8 @@ int store_pg_nonce_put(struct store_be *be, const char *source, const char *nonc
 int store_pg_attempt_put(struct store_be *be, const char *delivery_id,
                          const struct store_attempt *a, const char *status, int64_t next_at,
                          int schedule_pos, store_be_done_fn cb, void *arg);
-int store_pg_lease_renew(struct store_be *be, int64_t seq, int64_t until, store_be_done_fn cb,
-                         void *arg);
+int store_pg_lease_renew(struct store_be *be, int64_t seq, int64_t until, int64_t release_at,
+                         store_be_done_fn cb, void *arg);
 int store_pg_batch_close(struct store_be *be, const struct store_batch_window *w,
                          const char *status, int64_t next_at, store_be_done_fn cb, void *arg);
 int store_pg_endpoint_attempt(struct store_be *be, const char *name, int ok, const char *error,

@@ -418,12 +418,13 @@ static int parse_lease(struct pg_op *op, int k, const PGresult *res) {
     return 0;
 }
 
-int store_pg_lease_renew(struct store_be *be, int64_t seq, int64_t until, store_be_done_fn cb,
-                         void *arg) {
+int store_pg_lease_renew(struct store_be *be, int64_t seq, int64_t until, int64_t release_at,
+                         store_be_done_fn cb, void *arg) {
     char s[24], u[24];
     struct pg_op *op;
     int ret = -1;
 
+    UNUSED(release_at); /* next_at never moved: the lease is lease_until */
     if (!be->group || be->group->failed)
         return -1;
     be->in_call++;

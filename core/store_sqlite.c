@@ -445,7 +445,7 @@ int store_sqlite_on_written(struct store_sq *s, store_commit_fn fn, void *arg) {
 }
 
 int store_sqlite_idle(const struct store_sq *s) {
-    return !s->in_txn && s->ncbs == 0 && s->nwcbs == 0 && !s->sync_busy && !store_reply_pending(s);
+    return !s->in_txn && s->ncbs == 0 && s->nwcbs == 0 && !s->sync_busy;
 }
 
 int store_sqlite_flush(struct store_sq *s) {
@@ -459,7 +459,6 @@ int store_sqlite_flush(struct store_sq *s) {
         event_del(s->commit_ev);
         s->scheduled = 0;
     }
-    store_reply_drain(s); /* reads answered: their callbacks may write, committed below */
     return group_commit(s, 1) ? 0 : -1;
 }
 
@@ -550,7 +549,7 @@ static int store_db_open(struct store_sq *s, const char *path, char *err, size_t
     sqlite3_extended_result_codes(s->db, 1);
     sqlite3_busy_timeout(s->db, STORE_BUSY_MS);
     /* Before the first table exists, so a new store can give pages back to
-     * the filesystem (store_reclaim). Only on a new (empty) file: on an
+     * the filesystem (reclaim). Only on a new (empty) file: on an
      * existing store it would change nothing (it would take a VACUUM) but
      * still write page 1, and a store that turns out damaged must be left
      * as it was. */
@@ -721,7 +720,6 @@ static void store_close(struct store_sq *s) {
     /* The threads go first: the loop connection must be the last one, so
      * that its close checkpoints (syncing WAL and database) and removes the
      * WAL; a close with the checkpoint connection still open would not. */
-    store_reply_stop(s); /* empty after store_free's flushes; after a failed open, unused */
     store_sync_stop(s);
     store_ckpt_stop(s);
     if (s->commit_ev)
@@ -770,7 +768,7 @@ struct store_sq *store_sqlite_open(struct event_base *base, const char *url, con
         goto fail;
     s->commit_ev = event_new(base, -1, 0, store_commit_cb, s);
     s->full_ev = evtimer_new(base, store_full_cb, s);
-    if (!s->commit_ev || !s->full_ev || store_reply_start(s, base) < 0) {
+    if (!s->commit_ev || !s->full_ev) {
         store_err(err, errlen, "store: cannot create commit event");
         goto fail;
     }
@@ -807,9 +805,8 @@ void store_sqlite_free(struct store_sq *s) {
      * sqlite3_close would roll their group back unseen. */
     do {
         store_sqlite_flush(s);
-    } while ((s->in_txn || s->failed || s->ncbs || s->nwcbs || store_reply_pending(s)) &&
-             ++rounds < 100);
-    if (s->in_txn || s->ncbs || s->nwcbs || store_reply_pending(s))
+    } while ((s->in_txn || s->failed || s->ncbs || s->nwcbs) && ++rounds < 100);
+    if (s->in_txn || s->ncbs || s->nwcbs)
         log_msg(LOG_ERROR, "store: closing with writes still coming from commit callbacks");
     store_close(s);
 }

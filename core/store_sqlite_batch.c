@@ -90,7 +90,7 @@ void store_batch_windows_free(struct store_batch_window *w, size_t n) {
 }
 
 /* Lists with st (ST_BATCH_DUE on either connection) the open windows that
- * ended at or before now, as store_batch_due. */
+ * ended at or before now, as batch_due. */
 static int batch_windows(sqlite3_stmt *st, int64_t now, struct store_batch_window **out, size_t *n,
                          char *err, size_t errlen) {
     struct store_batch_window *w = NULL;

@@ -31,8 +31,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <sys/time.h>
+
 #include <event2/event.h>
 
+#include "log.h"
 #include "store.h"
 #include "store_backend.h"
 #include "store_int.h"
@@ -50,6 +53,7 @@ struct sqb_grp {
 struct store_be {
     struct store_sq *sq;
     struct event *answer_ev;
+    int64_t delay_ms; /* WAYBILL_STORE_REPLY_DELAY_MS (checked builds): 0, the next turn */
     struct sqb_ans *head, *tail; /* answers for the next loop turn, in order */
     struct sqb_grp *grp;         /* the open group, NULL when none */
 };
@@ -79,6 +83,7 @@ struct sqb_ans {
     struct sqb_ans *next;
     struct store_be *b;
     struct sqb_grp *grp; /* a group write's group */
+    int64_t due_at;      /* with the delay knob: when it is handed over (monotonic ms) */
     store_be_done_fn cb;
     void *arg;
     enum sqb_kind kind;
@@ -171,13 +176,31 @@ static void sqb_run(struct sqb_ans *a) {
 
 /* ---- answers on the next loop turn (claims, reads) ---- */
 
+/* Arms the answers' event for the first one waiting: the next turn, or,
+ * with the delay knob, when it is due. */
+static void sqb_arm(struct store_be *b) {
+    struct timeval tv = {0, 0};
+    int64_t wait;
+    if (!b->head)
+        return;
+    wait = b->head->due_at - util_mono_ms();
+    if (wait > 0) {
+        tv.tv_sec = (time_t)(wait / 1000);
+        tv.tv_usec = (suseconds_t)(wait % 1000) * 1000;
+    }
+    event_add(b->answer_ev, &tv);
+}
+
 static void answer_cb(evutil_socket_t fd, short what, void *arg) {
     struct store_be *b = arg;
     struct sqb_ans *a, *last = b->tail;
+    int64_t now = b->delay_ms > 0 ? util_mono_ms() : INT64_MAX;
 
     UNUSED(fd);
     UNUSED(what);
-    while ((a = b->head)) { /* this turn's only: later ones wait for the next */
+    /* this turn's only: later ones wait for the next; with the delay knob,
+     * those due by now (in call order: their due times do not decrease) */
+    while ((a = b->head) && a->due_at <= now) {
         b->head = a->next;
         if (!b->head)
             b->tail = NULL;
@@ -185,11 +208,15 @@ static void answer_cb(evutil_socket_t fd, short what, void *arg) {
         if (a == last)
             break;
     }
+    /* what waits (asked from an answer's callback) goes on the next turn,
+     * after the loop polled: a timer of 0, not an active event, which
+     * would run in this one, so a chain of reads cannot hold the loop */
     if (b->head)
-        event_active(b->answer_ev, EV_TIMEOUT, 0);
+        sqb_arm(b);
 }
 
-/* Queues a for the next loop turn. Always 0 (the queue cannot fail). */
+/* Queues a for the next loop turn (or, with the delay knob, for its due
+ * time). Always 0 (the queue cannot fail). */
 static int sqb_later(struct sqb_ans *a) {
     struct store_be *b = a->b;
     if (b->tail)
@@ -197,6 +224,12 @@ static int sqb_later(struct sqb_ans *a) {
     else
         b->head = a;
     b->tail = a;
+    if (b->delay_ms > 0) {
+        a->due_at = util_mono_ms() + b->delay_ms;
+        if (!event_pending(b->answer_ev, EV_TIMEOUT, NULL))
+            sqb_arm(b);
+        return 0;
+    }
     event_active(b->answer_ev, EV_TIMEOUT, 0);
     return 0;
 }
@@ -259,6 +292,17 @@ static int be_open(struct store_be **out, struct event_base *base, const char *u
         free(b);
         return -1;
     }
+#ifdef WAYBILL_CHECKS
+    {
+        const char *delay = getenv("WAYBILL_STORE_REPLY_DELAY_MS");
+        b->delay_ms = delay && *delay && atoll(delay) > 0 ? atoll(delay) : 0;
+        if (b->delay_ms > 0)
+            log_msg(LOG_INFO,
+                    "store: every claim's and read's answer is handed over %lld ms after its "
+                    "call (WAYBILL_STORE_REPLY_DELAY_MS)",
+                    (long long)b->delay_ms);
+    }
+#endif
     *out = b;
     return 0;
 }
@@ -437,13 +481,13 @@ static int be_attempt_put(struct store_be *b, const char *delivery_id,
 
 /* One process holds every lease: a renewal is never lost. A release makes
  * the row claimable at once (due now). */
-static int be_lease_renew(struct store_be *b, int64_t seq, int64_t until, store_be_done_fn cb,
-                          void *arg) {
+static int be_lease_renew(struct store_be *b, int64_t seq, int64_t until, int64_t release_at,
+                          store_be_done_fn cb, void *arg) {
     struct sqb_ans *a = sqb_new(b, cb, arg, K_NONE);
     if (!a)
         return -1;
-    a->status = store_sqlite_delivery_lease(b->sq, seq, until > 0 ? until : util_now_ms(),
-                                            until > 0, a->err, sizeof a->err);
+    a->status = store_sqlite_delivery_lease(b->sq, seq, until > 0 ? until : release_at, until > 0,
+                                            a->err, sizeof a->err);
     return sqb_at_commit(a, a->status == 0);
 }
 
@@ -557,7 +601,7 @@ static int be_prune(struct store_be *b, const struct store_prune *p, store_be_do
     return sqb_at_commit(a, a->status == 0);
 }
 
-/* rows: one int64_t, the pages given back (store_reclaim). */
+/* rows: one int64_t, the pages given back (reclaim). */
 static int be_reclaim(struct store_be *b, int64_t keep_pages, int step_pages, store_be_done_fn cb,
                       void *arg) {
     struct sqb_ans *a = sqb_new(b, cb, arg, K_INT);
@@ -571,8 +615,8 @@ static int be_reclaim(struct store_be *b, int64_t keep_pages, int step_pages, st
 
 /* ---- claims (C) ---- */
 
-/* after_seq < 0: the due rows (store_endpoint_claim_due); >= 0: an ordered
- * endpoint's rows after after_seq (store_endpoint_claim: the one process
+/* after_seq < 0: the due rows (endpoint_claim_due); >= 0: an ordered
+ * endpoint's rows after after_seq (endpoint_claim: the one process
  * holds its head). Leased in the open group; answered next turn. */
 static int be_claim(struct store_be *b, const char *endpoint, int64_t after_seq, int64_t now,
                     int64_t lease_ms, size_t max, size_t cap, double rate, store_be_done_fn cb,
@@ -801,9 +845,16 @@ static int be_events_find(struct store_be *b, const char *text, size_t max, stor
 static int be_endpoint_head(struct store_be *b, const char *endpoint, store_be_done_fn cb,
                             void *arg) {
     struct sqb_ans *a = sqb_new(b, cb, arg, K_PAIR);
+    int64_t committed, last;
     if (!a)
         return -1;
     a->v[0] = store_sqlite_endpoint_head(b->sq, endpoint, &a->v[1]);
+    /* A head the open group inserted is no head yet: every instance's
+     * reads see committed rows (every pending row after it is uncommitted
+     * too: seqs commit in order). */
+    store_sqlite_delivery_seqs(b->sq, &committed, &last);
+    if (a->v[0] != INT64_MAX && a->v[0] > committed)
+        a->v[0] = a->v[1] = INT64_MAX;
     if (a->v[0] < 0) {
         a->status = -1;
         snprintf(a->err, sizeof a->err, "store: sqlite: the read failed");
@@ -852,6 +903,8 @@ static int be_endpoint_blocked(struct store_be *b, const char *endpoint, size_t 
 
 const struct store_backend_ops store_sqlite_backend = {
     .name = "sqlite",
+    .shared = 0,
+    .claims_see_open_group = 1,
     .open = be_open,
     .close = be_close,
     .ready = be_ready,

@@ -269,7 +269,7 @@ int store_sqlite_endpoints_pending(struct store_sq *s, void (*fn)(void *arg, con
     return rc == SQLITE_DONE && !oom ? 0 : -1;
 }
 
-/* store_endpoint_queue with the statements of one connection: st and bl,
+/* endpoint_queue with the statements of one connection: st and bl,
  * ST_EP_QUEUE and ST_EP_BLOCKED of the loop's or of the read connection. */
 static int endpoint_queue(sqlite3_stmt *st, sqlite3_stmt *bl, const char *name, int64_t now,
                           int64_t due_cap, int counts, struct store_endpoint_queue *q) {
@@ -325,7 +325,7 @@ void store_blocked_keys_free(struct store_blocked_key *k, size_t n) {
 int store_sqlite_endpoint_blocked(struct store_sq *s, const char *name, size_t max,
                                   struct store_blocked_key **out, size_t *n, char *err,
                                   size_t errlen) {
-    /* The loop's connection, as store_endpoint_queue's count of the same
+    /* The loop's connection, as endpoint_queue's count of the same
      * keys: one answer of store_read_endpoints shows both, and from two
      * views (the open group, the committed state) the count could hold a
      * key the list did not. */

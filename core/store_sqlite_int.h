@@ -15,10 +15,8 @@
  * queues and claims), store_sqlite_batch.c (batch windows),
  * store_sqlite_retain.c (retention, giving space back),
  * store_sqlite_admin.c (the admin API's pages and event detail,
- * subscriptions); store_sqlite_reply.c (the asynchronous reads' answers,
- * handed over on the next loop turn); store_sqlite_done.c (the writes'
- * results and the loop's reads, held until their group ended);
- * store_sqlite_be.c (the engine as a backend of store_backend.h). What a
+ * subscriptions); store_sqlite_be.c (all of it as a backend of
+ * store_backend.h: the one way in from the store's engine, store_bx*.c). What a
  * plan makes whatever the backend (delivery ids, events.matched) is
  * store_plan.c's.
  *
@@ -235,10 +233,6 @@ struct store_sq {
     char (*plan_ids)[UTIL_ID_MAX];
     size_t cap_ids;
     struct util_buf matched;
-    /* Answers of asynchronous reads waiting for the next loop turn, in
-     * order (store_sqlite_reply.c); each owns its rows. */
-    struct store_reply *replies, *replies_tail;
-    struct event *reply_ev;
 };
 
 /* ---- small helpers (every file) ---- */
@@ -363,17 +357,6 @@ void store_ckpt_stop(struct store_sq *s);
 /* After a COMMIT that wrote: keeps the WAL short (store_sqlite_sync.c). */
 void store_wal_maintain(struct store_sq *s);
 
-/* ---- asynchronous reads' answers (store_sqlite_reply.c) ---- */
-
-/* Creates the event that hands answers over; 0 or -1. */
-int store_reply_start(struct store_sq *s, struct event_base *base);
-/* Hands over every answer still queued, then frees the event. */
-void store_reply_stop(struct store_sq *s);
-/* Hands over every answer queued now (and those their callbacks queue). */
-void store_reply_drain(struct store_sq *s);
-/* 1 while an answer waits to be handed over. */
-int store_reply_pending(const struct store_sq *s);
-
 /* ---- the schema (store_sqlite_schema.c) ---- */
 
 /* Creates the schema of a new database, migrates an older one, and adds the
@@ -384,7 +367,7 @@ int store_schema_apply(sqlite3 *db, const char *path, char *err, size_t errlen);
 /* ---- rows and counts shared between data areas ---- */
 
 /* Reads the event id with st (ST_EVT_GET of either connection) into *out,
- * as store_event_get. */
+ * as event_get. */
 int store_event_read(sqlite3_stmt *st, const char *id, struct store_event_row **out, char *err,
                      size_t errlen);
 
@@ -420,5 +403,94 @@ int store_batch_item_put(struct store_sq *s, const char *event_id, struct store_
 int store_batch_waiting(struct store_sq *s, const char *event_id, struct store_batch_wait **out,
                         size_t *n, char *err, size_t errlen);
 void store_batch_waits_free(struct store_batch_wait *w, size_t n);
+
+/* ---- the engine's calls (store_sqlite*.c) ----
+ * What the backend's operations run (store_sqlite_be.c), synchronously on
+ * the loop connection; the arguments and results of the store.h calls of
+ * the same names, which they once were. Tested by tests/unit/test_store.c. */
+struct store_sq *store_sqlite_open(struct event_base *base, const char *url, const char *base_dir,
+                                   char *err, size_t errlen);
+void store_sqlite_free(struct store_sq *s);
+int store_sqlite_on_commit(struct store_sq *s, store_commit_fn fn, void *arg);
+int store_sqlite_on_written(struct store_sq *s, store_commit_fn fn, void *arg);
+int store_sqlite_flush(struct store_sq *s);
+int store_sqlite_idle(const struct store_sq *s);
+int store_sqlite_ping(struct store_sq *s);
+int store_sqlite_writable(const struct store_sq *s);
+int store_sqlite_event_put(struct store_sq *s, const struct store_event *ev,
+                           struct store_plan *plan, char *dup_id, size_t dup_len, char *err,
+                           size_t errlen);
+int store_sqlite_event_routed(struct store_sq *s, const char *event_id, struct store_plan *plan,
+                              char *err, size_t errlen);
+int store_sqlite_nonce_put(struct store_sq *s, const char *source, const char *nonce,
+                           const char *digest, int64_t now_ms, int64_t keep_ms, char *err,
+                           size_t errlen);
+int store_sqlite_events_unrouted(struct store_sq *s, int64_t after_seq, size_t max,
+                                 struct store_event_row **rows, size_t *n, char *err,
+                                 size_t errlen);
+int store_sqlite_endpoint_claim_due(struct store_sq *s, const char *name, int64_t now,
+                                    int64_t lease_ms, size_t max, struct store_delivery **out,
+                                    size_t *n, char *err, size_t errlen);
+int64_t store_sqlite_endpoint_next_due(struct store_sq *s, const char *name);
+int store_sqlite_delivery_lease(struct store_sq *s, int64_t seq, int64_t next_at, int lease,
+                                char *err, size_t errlen);
+int store_sqlite_endpoints_pending(struct store_sq *s, void (*fn)(void *arg, const char *name),
+                                   void *arg);
+int store_sqlite_endpoint_queue(struct store_sq *s, const char *name, int64_t now, int64_t due_cap,
+                                int counts, struct store_endpoint_queue *q);
+void store_sqlite_delivery_seqs(const struct store_sq *s, int64_t *committed, int64_t *last);
+int store_sqlite_attempt_put(struct store_sq *s, const char *delivery_id,
+                             const struct store_attempt *a, const char *status, int64_t next_at,
+                             int schedule_pos, char *err, size_t errlen);
+int store_sqlite_delivery_counts(struct store_sq *s, struct store_counts *c);
+int64_t store_sqlite_backlog(struct store_sq *s);
+int store_sqlite_events_page(struct store_sq *s, const struct store_page *q,
+                             struct store_event_row **rows, size_t *n, int64_t *next, char *err,
+                             size_t errlen);
+int store_sqlite_events_find(struct store_sq *s, const char *text, size_t max, char ***ids,
+                             size_t *n, char *err, size_t errlen);
+int store_sqlite_deliveries_page(struct store_sq *s, const struct store_page *q,
+                                 struct store_delivery_item **rows, size_t *n, int64_t *next,
+                                 char *err, size_t errlen);
+int store_sqlite_event_get(struct store_sq *s, const char *id, struct store_event_row **row,
+                           char *err, size_t errlen);
+int store_sqlite_event_detail(struct store_sq *s, const char *id, struct store_event_detail **out,
+                              char *err, size_t errlen);
+int store_sqlite_delivery_retry(struct store_sq *s, const char *id, int64_t next_at, char *err,
+                                size_t errlen);
+int store_sqlite_delivery_skip(struct store_sq *s, const char *id, int64_t now, char *err,
+                               size_t errlen);
+int store_sqlite_endpoint_blocked(struct store_sq *s, const char *name, size_t max,
+                                  struct store_blocked_key **out, size_t *n, char *err,
+                                  size_t errlen);
+int store_sqlite_sub_put(struct store_sq *s, const struct store_sub *sub, char *err, size_t errlen);
+int store_sqlite_sub_change(struct store_sq *s, const char *id, const char *url, char *err,
+                            size_t errlen);
+int store_sqlite_sub_set_secret(struct store_sq *s, const char *id, const char *secret, char *err,
+                                size_t errlen);
+int store_sqlite_subs_load(struct store_sq *s, void (*fn)(void *arg, const struct store_sub *sub),
+                           void *arg, char *err, size_t errlen);
+int store_sqlite_endpoint_attempt(struct store_sq *s, const char *name, int ok, const char *error,
+                                  int64_t now, int64_t *first_failure_at, char *err, size_t errlen);
+int store_sqlite_endpoint_set_disabled(struct store_sq *s, const char *name, int disabled,
+                                       const char *reason, int64_t now, int64_t *moved, char *err,
+                                       size_t errlen);
+int store_sqlite_endpoint_states(struct store_sq *s, struct store_endpoint_state **out, size_t *n,
+                                 char *err, size_t errlen);
+int64_t store_sqlite_endpoint_head(struct store_sq *s, const char *name, int64_t *next_at);
+int store_sqlite_endpoint_claim(struct store_sq *s, const char *name, int64_t after_seq,
+                                int64_t now, int64_t lease_ms, size_t max,
+                                struct store_delivery **out, size_t *n, char *err, size_t errlen);
+int store_sqlite_prune(struct store_sq *s, struct store_prune *p, char *err, size_t errlen);
+int store_sqlite_reclaim(struct store_sq *s, int64_t keep_pages, int step_pages, int *freed,
+                         char *err, size_t errlen);
+int64_t store_sqlite_batch_next_close(struct store_sq *s);
+int store_sqlite_batch_due(struct store_sq *s, int64_t now, struct store_batch_window **out,
+                           size_t *n, char *err, size_t errlen);
+int store_sqlite_batch_windows(struct store_sq *s, struct store_batch_window **out, size_t *n,
+                               char *err, size_t errlen);
+int store_sqlite_batch_close(struct store_sq *s, const struct store_batch_window *w,
+                             const char *status, int64_t next_at, size_t *count, char *err,
+                             size_t errlen);
 
 #endif

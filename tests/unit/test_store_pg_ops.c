@@ -448,7 +448,7 @@ static int one_attempt(const char *dlv, int n, const char *status, int64_t next_
 
 static int one_lease(int64_t seq, int64_t until) {
     struct answer a = {0}, g = {0};
-    if (ops->group_begin(be) < 0 || ops->lease_renew(be, seq, until, on_done, &a) < 0)
+    if (ops->group_begin(be) < 0 || ops->lease_renew(be, seq, until, 0, on_done, &a) < 0)
         return -9;
     ops->group_end(be, on_done, &g);
     wait_flag(&g.calls, 10000);

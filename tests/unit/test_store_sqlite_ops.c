@@ -252,7 +252,8 @@ static void check_routed(void) {
 }
 
 /* Claims: the due rows, leased (a second claim gets none of them), given
- * back by lease_renew(0), claimable again; an attempt moves one out. */
+ * back by lease_renew(0) due at its release_at, claimable again; an attempt
+ * moves one out. */
 static void check_claims(void) {
     struct answer p = {0}, c1 = {0}, c2 = {0}, r = {0}, c3 = {0}, at = {0}, g = {0}, nd = {0},
                   hd = {0}, q = {0};
@@ -274,10 +275,15 @@ static void check_claims(void) {
     CHECK(wait_flag(&nd.calls, 5000));
     CHECK(nd.value >= now + 29000); /* the lease's end */
     CHECK_INT_EQ(ops->group_begin(be), 0);
-    CHECK_INT_EQ(ops->lease_renew(be, c1.seqs[0], 0, on_done, &r), 0);
+    CHECK_INT_EQ(ops->lease_renew(be, c1.seqs[0], 0, now - 5, on_done, &r), 0);
     CHECK_INT_EQ(ops->group_end(be, on_done, &g), 0);
     CHECK(wait_flag(&g.calls, 10000));
     CHECK_INT_EQ(r.status, 0);
+    /* due again at release_at, the time it was due as claimed */
+    memset(&nd, 0, sizeof nd);
+    CHECK_INT_EQ(ops->endpoint_next_due(be, "ep2", on_count, &nd), 0);
+    CHECK(wait_flag(&nd.calls, 5000));
+    CHECK_INT_EQ(nd.value, now - 5);
     CHECK_INT_EQ(ops->claim(be, "ep2", -1, util_now_ms(), 30000, 10, 0, 0, on_claim, &c3), 0);
     CHECK(wait_flag(&c3.calls, 5000));
     CHECK_INT_EQ(c3.n, 1); /* the one given back */
