@@ -427,13 +427,19 @@ static inline int wait_claim_due(struct event_base *base, struct store *s, const
     return 0;
 }
 
+/* Issues store_read_endpoints_due for name into w; its answer:
+ * store_wait_run, then w->due_next. */
+static inline int start_next_due(struct store *s, const char *name, struct store_wait *w) {
+    const char *names[1] = {name};
+    return store_read_endpoints_due(s, names, 1, 0, store_wait_on_read, w);
+}
+
 /* As store_endpoint_next_due (store_read_endpoints_due of name):
  * INT64_MAX when none, -1 on a store error. */
 static inline int64_t wait_next_due(struct event_base *base, struct store *s, const char *name) {
-    const char *names[1] = {name};
     struct store_wait w;
     store_wait_init(&w);
-    if (!store_wait_run(base, &w, store_read_endpoints_due(s, names, 1, 0, store_wait_on_read, &w)))
+    if (!store_wait_run(base, &w, start_next_due(s, name, &w)))
         return -1;
     return w.due_next;
 }
