@@ -2,12 +2,14 @@
  * deliver, health, ingest, route, subs) share: store.h's asynchronous calls
  * run to their answer. Each wait_* issues one call, runs the loop until its
  * callback came (bounded: STORE_WAIT_MS; an answer that never comes is a
- * failed check) and hands back a copy of what the callback was handed, in
- * the shape the synchronous call of the same name gave (its return value,
- * rows to free with store.h's _free functions), so a test's checks read as
- * they did. start_* issues the call only, for a test whose meaning needs
- * the loop not to run yet (two reads of one moment, a write whose answer
- * must come after a local change); store_wait_run then waits for it.
+ * failed check) and hands back a copy of what the callback was handed: a
+ * write's status as store.h documents it (struct store_done), a read's
+ * rows as new arrays the test frees with store.h's _free functions. The
+ * store has no synchronous form of these calls: the tests wait as a
+ * module would, from the loop. start_* issues the call only, for a test
+ * whose meaning needs the loop not to run yet (two reads of one moment, a
+ * write whose answer must come after a local change); store_wait_run (or
+ * store_wait_write, take_*) then waits for it.
  *
  * What the answers promise (store.h): a write's (_done) comes once its
  * group ended -- committed, and synced for the durable ones -- so a test
@@ -292,13 +294,16 @@ static inline int store_wait_run(struct event_base *base, struct store_wait *w, 
     return w->came && !w->oom;
 }
 
-/* ---- writes: what the synchronous call returned (-1 when not ok) ---- */
+/* ---- writes: the answer's status (struct store_done), -1 when not ok ---- */
 
 /* A write issued into w (store_wait_init'ed; issued: the call's return)
- * run to its answer: what the synchronous call returned, -1 when not ok. */
+ * run to its answer: its status, -1 when it was not ok (failed, or its
+ * group did). */
 static inline int store_wait_write(struct event_base *base, struct store_wait *w, int issued) {
     if (!store_wait_run(base, w, issued))
         return -1;
+    if (!w->ok)
+        fprintf(stderr, "store_wait: the write failed: %s\n", w->err);
     return w->status;
 }
 
@@ -308,7 +313,7 @@ static inline int start_event_put(struct store *s, const struct store_event *ev,
     return store_event_put_done(s, ev, plan, store_wait_on_done, w);
 }
 
-/* As store_event_put: 0, STORE_DUP, or -1. */
+/* The event (with plan, or "received" when NULL) put: 0, STORE_DUP, -1. */
 static inline int wait_event_put(struct event_base *base, struct store *s,
                                  const struct store_event *ev, struct store_plan *plan) {
     struct store_wait w;
@@ -316,64 +321,62 @@ static inline int wait_event_put(struct event_base *base, struct store *s,
     return store_wait_write(base, &w, start_event_put(s, ev, plan, &w));
 }
 
-/* As store_event_routed: 0 routed, -1 not (an unknown id, a failure). */
+/* Event event_id's routing (plan) stored: 1 routed, 0 an unknown id,
+ * STORE_ROUTED_ALREADY, -1. */
 static inline int wait_event_routed(struct event_base *base, struct store *s, const char *event_id,
                                     struct store_plan *plan) {
     struct store_wait w;
     store_wait_init(&w);
-    if (!store_wait_run(base, &w,
-                        store_event_routed_done(s, event_id, plan, store_wait_on_done, &w)))
-        return -1;
-    return w.status == 1 ? 0 : -1;
+    return store_wait_write(base, &w,
+                            store_event_routed_done(s, event_id, plan, store_wait_on_done, &w));
 }
 
-/* As store_endpoint_set_disabled; *moved (may be NULL) as it set it. */
+/* name disabled (with reason) or enabled: 0 or -1; *moved (may be NULL):
+ * the deliveries moved between pending and held. */
 static inline int wait_endpoint_set_disabled(struct event_base *base, struct store *s,
                                              const char *name, int disabled, const char *reason,
                                              int64_t now, int64_t *moved) {
     struct store_wait w;
     store_wait_init(&w);
-    if (!store_wait_run(base, &w,
-                        store_endpoint_set_disabled_done(s, name, disabled, reason, now,
-                                                         store_wait_on_done, &w)))
+    if (store_wait_write(base, &w,
+                         store_endpoint_set_disabled_done(s, name, disabled, reason, now,
+                                                          store_wait_on_done, &w)) < 0)
         return -1;
-    if (moved && w.ok)
+    if (moved)
         *moved = w.value;
     return w.status;
 }
 
+/* sub stored: 0, STORE_DUP (its pattern has one), -1. */
 static inline int wait_sub_put(struct event_base *base, struct store *s,
                                const struct store_sub *sub) {
     struct store_wait w;
     store_wait_init(&w);
-    if (!store_wait_run(base, &w, store_sub_put_done(s, sub, store_wait_on_done, &w)))
-        return -1;
-    return w.status;
+    return store_wait_write(base, &w, store_sub_put_done(s, sub, store_wait_on_done, &w));
 }
 
 /* Issues store_sub_change_done into w (store_wait_init'ed); its answer:
- * store_wait_run, then w.status. */
+ * store_wait_write. */
 static inline int start_sub_change(struct store *s, const char *id, const char *url,
                                    struct store_wait *w) {
     return store_sub_change_done(s, id, url, store_wait_on_done, w);
 }
 
+/* Subscription id's url set (NULL: deleted): 1, 0 an unknown id, -1. */
 static inline int wait_sub_change(struct event_base *base, struct store *s, const char *id,
                                   const char *url) {
     struct store_wait w;
     store_wait_init(&w);
-    if (!store_wait_run(base, &w, start_sub_change(s, id, url, &w)))
-        return -1;
-    return w.status;
+    return store_wait_write(base, &w, start_sub_change(s, id, url, &w));
 }
 
+/* Subscription id's secret set: 1, 0 an unknown id, -1. */
 static inline int wait_sub_set_secret(struct event_base *base, struct store *s, const char *id,
                                       const char *secret) {
     struct store_wait w;
     store_wait_init(&w);
-    if (!store_wait_run(base, &w, store_sub_set_secret_done(s, id, secret, store_wait_on_done, &w)))
-        return -1;
-    return w.status;
+    return store_wait_write(base, &w,
+                            store_sub_set_secret_done(s, id, secret, store_wait_on_done, &w));
 }
 
 /* ---- the loop's reads ---- */
@@ -386,7 +389,8 @@ static inline int start_endpoint_queue(struct store *s, const char *name, int64_
     return store_read_endpoints(s, names, 1, now, due_cap, counts, NULL, 0, store_wait_on_read, w);
 }
 
-/* As store_endpoint_queue: 0, or -1 (q zeroed, its oldest INT64_MAX). */
+/* w's answer: name's queue into q, 0; or -1 (no answer, the read failed:
+ * q zeroed, its oldest INT64_MAX). */
 static inline int take_endpoint_queue(struct store_wait *w, struct store_endpoint_queue *q) {
     if (w->came && !w->oom && w->status >= 0 && w->queue_ok) {
         *q = w->queue;
@@ -397,6 +401,8 @@ static inline int take_endpoint_queue(struct store_wait *w, struct store_endpoin
     return -1;
 }
 
+/* name's queue (pending, held, due up to due_cap at now: store_read_endpoints),
+ * the open group included: 0 or -1, as take_endpoint_queue. */
 static inline int wait_endpoint_queue(struct event_base *base, struct store *s, const char *name,
                                       int64_t now, int64_t due_cap, int counts,
                                       struct store_endpoint_queue *q) {
@@ -406,8 +412,8 @@ static inline int wait_endpoint_queue(struct event_base *base, struct store *s, 
     return take_endpoint_queue(&w, q);
 }
 
-/* As store_endpoint_claim_due (store_read_claim_due, no shared cap or
- * rate): *out new (store_deliveries_free). Returns 0 or -1. */
+/* Claims up to max of name's committed rows due at now (store_read_claim_due,
+ * no shared cap or rate): *out new (store_deliveries_free). 0 or -1. */
 static inline int wait_claim_due(struct event_base *base, struct store *s, const char *name,
                                  int64_t now, int64_t lease_ms, size_t max,
                                  struct store_delivery **out, size_t *n) {
@@ -434,8 +440,8 @@ static inline int start_next_due(struct store *s, const char *name, struct store
     return store_read_endpoints_due(s, names, 1, 0, store_wait_on_read, w);
 }
 
-/* As store_endpoint_next_due (store_read_endpoints_due of name):
- * INT64_MAX when none, -1 on a store error. */
+/* When name's earliest committed pending row is claimable (the next_due of
+ * store_read_endpoints_due): INT64_MAX when none, -1 on a store error. */
 static inline int64_t wait_next_due(struct event_base *base, struct store *s, const char *name) {
     struct store_wait w;
     store_wait_init(&w);
@@ -444,8 +450,8 @@ static inline int64_t wait_next_due(struct event_base *base, struct store *s, co
     return w.due_next;
 }
 
-/* As store_batch_next_close (the next_due of store_read_batch_due): the
- * earliest open window's end, INT64_MAX when none, -1 on a store error. */
+/* The earliest open window's end (the next_due of store_read_batch_due),
+ * INT64_MAX when none, -1 on a store error. */
 static inline int64_t wait_batch_next_close(struct event_base *base, struct store *s) {
     struct store_wait w;
     int64_t next;
@@ -458,7 +464,8 @@ static inline int64_t wait_batch_next_close(struct event_base *base, struct stor
     return next;
 }
 
-/* As store_batch_due: *out new (store_batch_windows_free). 0 or -1. */
+/* The open windows that ended at or before now (store_read_batch_due):
+ * *out new (store_batch_windows_free). 0 or -1. */
 static inline int wait_batch_due(struct event_base *base, struct store *s, int64_t now,
                                  struct store_batch_window **out, size_t *n) {
     struct store_wait w;
@@ -475,7 +482,7 @@ static inline int wait_batch_due(struct event_base *base, struct store *s, int64
     return 0;
 }
 
-/* As store_event_get (store_get_event): 1 found (*row new,
+/* Event id (store_get_event): 1 found (*row new,
  * store_event_rows_free(*row, 1)), 0 unknown (*row NULL), -1 an error. */
 static inline int wait_event_get(struct event_base *base, struct store *s, const char *id,
                                  struct store_event_row **row) {
@@ -500,7 +507,8 @@ static inline int start_events_unrouted(struct store *s, int64_t after_seq, size
     return store_get_events_unrouted(s, after_seq, max, store_wait_on_done, w);
 }
 
-/* As store_events_unrouted: *rows new (store_event_rows_free). 0 or -1. */
+/* w's answer: the committed "received" events, *rows new
+ * (store_event_rows_free). 0 or -1. */
 static inline int take_events_unrouted(struct store_wait *w, struct store_event_row **rows,
                                        size_t *n) {
     *rows = NULL;
@@ -532,7 +540,7 @@ static inline int start_event_detail(struct store *s, const char *id, struct sto
     return store_read_event_detail(s, id, store_wait_on_read, w);
 }
 
-/* As store_event_detail: 1 found (*out new, store_event_detail_free), 0
+/* w's answer: event id's detail, 1 found (*out new, store_event_detail_free), 0
  * unknown (*out NULL), -1 an error or no answer. */
 static inline int take_event_detail(struct store_wait *w, struct store_event_detail **out) {
     int rc = -1;
