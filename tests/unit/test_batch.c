@@ -25,6 +25,7 @@
 #include "log.h"
 #include "rules.h"
 #include "store.h"
+#include "store_wait.h"
 #include "util.h"
 
 #define MIN_MS (60 * 1000LL)
@@ -72,11 +73,16 @@ static void test_window_start(void) {
     CHECK(ok);
 }
 
-/* ---- a store, a delivery engine and rules on a temporary folder ---- */
+/* ---- a store, a delivery engine and rules on a temporary folder ----
+ * The batcher's timer runs on a base of its own (batch_base), which a test
+ * runs only where it means the batcher to act (run_until_queued, before
+ * batch_start): the store's answers need the store's loop (base) to run,
+ * and the windows at T0 are long past, so a timer on that loop would close
+ * them at the first wait, before the test looked at them open. */
 
 struct rig {
     char dir[64];
-    struct event_base *base;
+    struct event_base *base, *batch_base;
     struct store *st;
     struct httpc *hc;
     struct health *hl;
@@ -99,6 +105,7 @@ static int rig_open(struct rig *r, const char *config) {
     }
     snprintf(path, sizeof path, "%s/waybill.lua", r->dir);
     r->base = event_base_new();
+    r->batch_base = event_base_new();
     r->rules = rules_load(path, lua_dir, err, sizeof err);
     if (!r->rules) {
         fprintf(stderr, "rig: rules: %s\n", err);
@@ -117,7 +124,7 @@ static int rig_open(struct rig *r, const char *config) {
         fprintf(stderr, "rig: deliver: %s\n", err);
         return -1;
     }
-    deps.base = r->base;
+    deps.base = r->batch_base;
     deps.store = r->st;
     deps.deliver = r->d;
     deps.rules = &r->rules;
@@ -136,6 +143,8 @@ static void rig_close(struct rig *r) {
     rules_free(r->rules);
     if (r->base)
         event_base_free(r->base);
+    if (r->batch_base)
+        event_base_free(r->batch_base);
     snprintf(cmd, sizeof cmd, "rm -rf %s", r->dir);
     if (r->dir[0] && system(cmd) != 0)
         fprintf(stderr, "could not remove %s\n", r->dir);
@@ -143,7 +152,7 @@ static void rig_close(struct rig *r) {
 
 static struct store_endpoint_queue queue(struct rig *r, const char *endpoint) {
     struct store_endpoint_queue q;
-    CHECK_INT_EQ(store_endpoint_queue(r->st, endpoint, INT64_MAX / 2, 1000, 1, &q), 0);
+    CHECK_INT_EQ(wait_endpoint_queue(r->base, r->st, endpoint, INT64_MAX / 2, 1000, 1, &q), 0);
     return q;
 }
 
@@ -154,9 +163,10 @@ static int64_t run_until_queued(struct rig *r, const char *endpoint, int64_t wan
     int64_t deadline = util_mono_ms() + timeout_ms;
     while (util_mono_ms() < deadline) {
         struct store_endpoint_queue q;
-        if (store_endpoint_queue(r->st, endpoint, INT64_MAX / 2, 1000, 1, &q) == 0 &&
+        if (wait_endpoint_queue(r->base, r->st, endpoint, INT64_MAX / 2, 1000, 1, &q) == 0 &&
             q.pending + q.held >= want)
             return util_now_ms();
+        event_base_loop(r->batch_base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
         event_base_loop(r->base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
         usleep(2000);
     }
@@ -166,16 +176,14 @@ static int64_t run_until_queued(struct rig *r, const char *endpoint, int64_t wan
 /* The committed, due deliveries of endpoint at now (claimed; new). */
 static size_t claim(struct rig *r, const char *endpoint, int64_t now, struct store_delivery **out) {
     size_t n = 0;
-    char err[256];
-    *out = NULL;
-    CHECK_INT_EQ(
-        store_endpoint_claim_due(r->st, endpoint, now, 60000, 100, out, &n, err, sizeof err), 0);
+    CHECK_INT_EQ(wait_claim_due(r->base, r->st, endpoint, now, 60000, 100, out, &n), 0);
     return n;
 }
 
 /* Stores event event_id whose routing batched one payload into ep's window
  * of length window_ms holding now, in one write as routing does; the item's
- * item, with the count the store set, goes to *it. Returns 0 or -1. */
+ * item, with the count the store set (known with the write's answer,
+ * which this waits for), goes to *it. Returns 0, or -1 (err set). */
 static int store_item(struct rig *r, const char *endpoint, int64_t window_start, int64_t window_ms,
                       const char *event_id, const char *payload, size_t len,
                       struct store_batch_item *it, char *err, size_t errlen) {
@@ -195,7 +203,11 @@ static int store_item(struct rig *r, const char *endpoint, int64_t window_start,
                                     .window_ms = window_ms,
                                     .payload = payload,
                                     .len = len};
-    return store_event_put(r->st, &ev, &plan, NULL, 0, err, errlen);
+    if (wait_event_put(r->base, r->st, &ev, &plan) != 0) {
+        snprintf(err, errlen, "the event with its batch item was not stored");
+        return -1;
+    }
+    return 0;
 }
 
 /* As routing does: the event with its batch item, then the batcher told. */
@@ -236,16 +248,16 @@ static void test_collect_and_max_batch(void) {
         rig_close(&r);
         return;
     }
-    CHECK_INT_EQ(store_batch_next_close(r.st), INT64_MAX);
+    CHECK_INT_EQ(wait_batch_next_close(r.base, r.st), INT64_MAX);
     CHECK_INT_EQ(add_item(&r, wh, w, "evt_1", "{\"n\":1}", 7, now, err, sizeof err), 0);
     CHECK_INT_EQ(add_item(&r, wh, w, "evt_2", "\"two\"", 5, now + 1000, err, sizeof err), 0);
     /* the window is [00:00, 00:10): open, ending at 00:10 */
-    CHECK_INT_EQ(store_batch_next_close(r.st), T0 + w);
+    CHECK_INT_EQ(wait_batch_next_close(r.base, r.st), T0 + w);
     CHECK_INT_EQ(queue(&r, "wh").pending, 0);
     /* the next window and another length are windows of their own */
     CHECK_INT_EQ(add_item(&r, wh, w, "evt_x", "{}", 2, T0 + w, err, sizeof err), 0);
     CHECK_INT_EQ(add_item(&r, wh, 60000, "evt_y", "{}", 2, now, err, sizeof err), 0);
-    CHECK_INT_EQ(store_batch_next_close(r.st), T0 + 8 * MIN_MS); /* the 1-minute one */
+    CHECK_INT_EQ(wait_batch_next_close(r.base, r.st), T0 + 8 * MIN_MS); /* the 1-minute one */
     CHECK_INT_EQ(queue(&r, "wh").pending, 0);
 
     /* the third item of the window reaches max_batch: closed at once */
@@ -282,7 +294,7 @@ static void test_collect_and_max_batch(void) {
     {
         struct store_batch_window *ws = NULL;
         size_t nw = 0;
-        CHECK_INT_EQ(store_batch_due(r.st, INT64_MAX / 2, &ws, &nw, err, sizeof err), 0);
+        CHECK_INT_EQ(wait_batch_due(r.base, r.st, INT64_MAX / 2, &ws, &nw), 0);
         CHECK_INT_EQ(nw, 2);
         for (size_t i = 0; i < nw; i++)
             CHECK(ws[i].window_start != T0 || ws[i].window_ms != w);
@@ -321,7 +333,7 @@ static void test_timer_closes(void) {
     seen = run_until_queued(&r, "tick", 1, 3000);
     CHECK(seen >= start + 300);
     CHECK_INT_EQ(queue(&r, "tick").pending, 1);
-    CHECK_INT_EQ(store_batch_next_close(r.st), INT64_MAX);
+    CHECK_INT_EQ(wait_batch_next_close(r.base, r.st), INT64_MAX);
     CHECK_INT_EQ(store_flush(r.st), 0);
     n = claim(&r, "tick", util_now_ms() + 1000, &dl);
     CHECK_INT_EQ(n, 1);
@@ -364,7 +376,7 @@ static void test_restart(void) {
     CHECK_INT_EQ(store_flush(r.st), 0);
     batch_free(r.b);
     batch_free(NULL);
-    deps.base = r.base;
+    deps.base = r.batch_base;
     deps.store = r.st;
     deps.deliver = r.d;
     deps.rules = &r.rules;
@@ -375,6 +387,7 @@ static void test_restart(void) {
         return;
     }
     /* nothing happens before batch_start */
+    event_base_loop(r.batch_base, EVLOOP_NONBLOCK);
     event_base_loop(r.base, EVLOOP_NONBLOCK);
     CHECK_INT_EQ(queue(&r, "wh").pending, 0);
     batch_start(r.b);
@@ -383,7 +396,7 @@ static void test_restart(void) {
     CHECK_INT_EQ(queue(&r, "wh").pending, 1);
     CHECK_INT_EQ(queue(&r, "gone").held, 1);
     /* the window still running stays open until its end */
-    CHECK_INT_EQ(store_batch_next_close(r.st), future);
+    CHECK_INT_EQ(wait_batch_next_close(r.base, r.st), future);
     rig_close(&r);
 }
 

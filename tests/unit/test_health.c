@@ -22,6 +22,7 @@
 #include "health.h"
 #include "log.h"
 #include "store.h"
+#include "store_wait.h"
 #include "util.h"
 
 static struct event_base *base;
@@ -73,8 +74,7 @@ static void put_delivery(struct store *st) {
                                     .status = "pending",
                                     .next_at = util_now_ms() + 3600000};
     struct store_plan plan = {.status = "routed", .deliveries = &dn, .ndeliveries = 1};
-    char err[256];
-    CHECK_INT_EQ(store_event_put(st, &ev, &plan, NULL, 0, err, sizeof err), 0);
+    CHECK_INT_EQ(wait_event_put(base, st, &ev, &plan), 0);
     CHECK_INT_EQ(store_flush(st), 0);
 }
 
@@ -164,9 +164,8 @@ static void settle(struct store *st) {
 /* Another instance's enable or disable: written to the store directly. */
 static void store_other(struct store *st, const char *name, int disabled) {
     int64_t moved = 0;
-    char err[256];
-    CHECK_INT_EQ(store_endpoint_set_disabled(st, name, disabled, disabled ? "elsewhere" : NULL,
-                                             util_now_ms(), &moved, err, sizeof err),
+    CHECK_INT_EQ(wait_endpoint_set_disabled(base, st, name, disabled, disabled ? "elsewhere" : NULL,
+                                            util_now_ms(), &moved),
                  0);
     CHECK_INT_EQ(store_flush(st), 0);
 }

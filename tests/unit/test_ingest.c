@@ -29,6 +29,7 @@
 #include "route.h"
 #include "rules.h"
 #include "store.h"
+#include "store_wait.h"
 #include "util.h"
 
 /* ---- a store, the pipeline and rules on a temporary folder ---- */
@@ -130,15 +131,14 @@ static void rig_close(struct rig *r) {
 
 static struct store_endpoint_queue queue(struct rig *r, const char *endpoint) {
     struct store_endpoint_queue q;
-    CHECK_INT_EQ(store_endpoint_queue(r->st, endpoint, INT64_MAX / 2, 100000, 1, &q), 0);
+    CHECK_INT_EQ(wait_endpoint_queue(r->base, r->st, endpoint, INT64_MAX / 2, 100000, 1, &q), 0);
     return q;
 }
 
 /* Event id as stored (new; store_event_rows_free(row, 1)), or NULL. */
 static struct store_event_row *event_row(struct rig *r, const char *id) {
     struct store_event_row *row = NULL;
-    char err[256];
-    if (store_event_get(r->st, id, &row, err, sizeof err) != 1)
+    if (wait_event_get(r->base, r->st, id, &row) != 1)
         return NULL;
     return row;
 }
@@ -147,10 +147,8 @@ static struct store_event_row *event_row(struct rig *r, const char *id) {
 static json_t *claim_one(struct rig *r, const char *endpoint) {
     struct store_delivery *dl = NULL;
     size_t n = 0;
-    char err[256];
     json_t *p = NULL;
-    CHECK_INT_EQ(store_endpoint_claim_due(r->st, endpoint, util_now_ms() + 1000, 60000, 10, &dl, &n,
-                                          err, sizeof err),
+    CHECK_INT_EQ(wait_claim_due(r->base, r->st, endpoint, util_now_ms() + 1000, 60000, 10, &dl, &n),
                  0);
     CHECK_INT_EQ(n, 1);
     if (n == 1)

@@ -27,6 +27,7 @@
 #include "route.h"
 #include "rules.h"
 #include "store.h"
+#include "store_wait.h"
 #include "util.h"
 
 /* ---- a store, a delivery engine, a batcher and rules on a temporary folder ---- */
@@ -107,13 +108,13 @@ static void rig_close(struct rig *r) {
 
 static struct store_endpoint_queue queue(struct rig *r, const char *endpoint) {
     struct store_endpoint_queue q;
-    CHECK_INT_EQ(store_endpoint_queue(r->st, endpoint, INT64_MAX / 2, 100000, 1, &q), 0);
+    CHECK_INT_EQ(wait_endpoint_queue(r->base, r->st, endpoint, INT64_MAX / 2, 100000, 1, &q), 0);
     return q;
 }
 
 /* Stores a "received" event of type with data; its id into id. */
 static int put_event(struct rig *r, const char *type, const char *data, char *id, size_t idlen) {
-    char err[256], sid[UTIL_ID_MAX];
+    char sid[UTIL_ID_MAX];
     struct store_event ev;
 
     util_id_new("evt_", id, idlen);
@@ -129,16 +130,20 @@ static int put_event(struct rig *r, const char *type, const char *data, char *id
     ev.raw_len = strlen(data);
     ev.headers_json = "{}";
     ev.data_json = data;
-    return store_event_put(r->st, &ev, NULL, NULL, 0, err, sizeof err);
+    return wait_event_put(r->base, r->st, &ev, NULL);
 }
 
-/* Routes an event and stores it with its plan in one write, as ingest does. */
+/* Routes an event and stores it with its plan in one write, as ingest does
+ * (the endpoints and windows told at the write, the answer waited for
+ * after). */
 static void put_and_route(struct rig *r, const char *type, const char *data, char *id,
                           size_t idlen) {
     struct rules_input in;
     struct store_event ev;
     struct route_plan plan;
+    struct store_wait put;
     char err[256];
+    int issued;
 
     util_id_new("evt_", id, idlen);
     memset(&in, 0, sizeof in);
@@ -164,21 +169,22 @@ static void put_and_route(struct rig *r, const char *type, const char *data, cha
     ev.headers_json = "{}";
     ev.data_json = data;
     route_plan(r->rt, &in, &plan);
-    CHECK_INT_EQ(store_event_put(r->st, &ev, &plan.store, NULL, 0, err, sizeof err), 0);
+    store_wait_init(&put);
+    issued = start_event_put(r->st, &ev, &plan.store, &put);
     CHECK_INT_EQ(route_plan_stored(r->rt, &in, &plan, err, sizeof err), 0);
-    route_plan_clear(&plan);
+    CHECK_INT_EQ(store_wait_write(r->base, &put, issued), 0);
+    route_plan_clear(&plan); /* the plan is the write's until its answer */
 }
 
 /* The stored status of event id ("?" when unknown); its error into error. */
 static const char *status_of(struct rig *r, const char *id, char *error, size_t errorlen) {
     static char status[32];
     struct store_event_row *row = NULL;
-    char err[256];
 
     snprintf(status, sizeof status, "?");
     if (error)
         error[0] = '\0';
-    if (store_event_get(r->st, id, &row, err, sizeof err) == 1) {
+    if (wait_event_get(r->base, r->st, id, &row) == 1) {
         snprintf(status, sizeof status, "%s", row->status ? row->status : "(null)");
         if (error && row->error)
             snprintf(error, errorlen, "%s", row->error);
@@ -218,7 +224,7 @@ static const char *rules_text =
 static void test_route_event(void) {
     struct rig r;
     struct store_delivery *dl = NULL;
-    char id[UTIL_ID_MAX], id2[UTIL_ID_MAX], error[512], err[256];
+    char id[UTIL_ID_MAX], id2[UTIL_ID_MAX], error[512];
     int64_t t;
     size_t n;
 
@@ -239,13 +245,10 @@ static void test_route_event(void) {
     CHECK_INT_EQ(queue(&r, "crm").held, 1);
     CHECK_INT_EQ(queue(&r, "crm").pending, 0);
     CHECK_INT_EQ(store_flush(r.st), 0);
-    CHECK_INT_EQ(
-        store_endpoint_claim_due(r.st, "erp", t + 2000, 60000, 10, &dl, &n, err, sizeof err), 0);
+    CHECK_INT_EQ(wait_claim_due(r.base, r.st, "erp", t + 2000, 60000, 10, &dl, &n), 0);
     CHECK_INT_EQ(n, 0);
     store_deliveries_free(dl, n);
-    CHECK_INT_EQ(store_endpoint_claim_due(r.st, "erp", util_now_ms() + 3500, 60000, 10, &dl, &n,
-                                          err, sizeof err),
-                 0);
+    CHECK_INT_EQ(wait_claim_due(r.base, r.st, "erp", util_now_ms() + 3500, 60000, 10, &dl, &n), 0);
     CHECK_INT_EQ(n, 1);
     if (n == 1) {
         json_t *p = json_loadb(dl[0].payload, dl[0].payload_len, 0, NULL);
@@ -261,21 +264,19 @@ static void test_route_event(void) {
 
     /* a function handler: a send with headers, and a batch into the
      * endpoint's 10-minute window */
-    CHECK_INT_EQ(store_batch_next_close(r.st), INT64_MAX);
+    CHECK_INT_EQ(wait_batch_next_close(r.base, r.st), INT64_MAX);
     t = util_now_ms();
     put_and_route(&r, "tracking.in_transit", "{\"tn\":\"TN1\"}", id, sizeof id);
     CHECK_STR_EQ(status_of(&r, id, NULL, 0), "routed");
     CHECK_INT_EQ(queue(&r, "erp").pending, 2);
     CHECK_INT_EQ(queue(&r, "wh").pending, 0); /* batched, not yet a delivery */
     {
-        int64_t end = store_batch_next_close(r.st);
+        int64_t end = wait_batch_next_close(r.base, r.st);
         CHECK(end == batch_window_start(t, 600000) + 600000 ||
               end == batch_window_start(util_now_ms(), 600000) + 600000);
     }
     CHECK_INT_EQ(store_flush(r.st), 0);
-    CHECK_INT_EQ(store_endpoint_claim_due(r.st, "erp", util_now_ms() + 3500, 60000, 10, &dl, &n,
-                                          err, sizeof err),
-                 0);
+    CHECK_INT_EQ(wait_claim_due(r.base, r.st, "erp", util_now_ms() + 3500, 60000, 10, &dl, &n), 0);
     CHECK_INT_EQ(n, 1);
     if (n == 1) {
         CHECK_STR_EQ(dl[0].event_id, id);
@@ -312,15 +313,23 @@ static void test_route_event(void) {
     metrics_reset();
 }
 
-/* Counts events still "received" (committed), up to 1000; -1 on error. */
-static long unrouted(struct rig *r) {
+/* Counts events still "received" (committed), up to 1000, as read by w
+ * (issued: start_events_unrouted's return); -1 on error. */
+static long unrouted_of(struct rig *r, struct store_wait *w, int issued) {
     struct store_event_row *rows = NULL;
     size_t n = 0;
-    char err[256];
-    if (store_events_unrouted(r->st, 0, 1000, &rows, &n, err, sizeof err) < 0)
+    store_wait_run(r->base, w, issued);
+    if (take_events_unrouted(w, &rows, &n) < 0)
         return -1;
     store_event_rows_free(rows, n);
     return (long)n;
+}
+
+/* Counts events still "received" (committed), up to 1000; -1 on error. */
+static long unrouted(struct rig *r) {
+    struct store_wait w;
+    store_wait_init(&w);
+    return unrouted_of(r, &w, start_events_unrouted(r->st, 0, 1000, &w));
 }
 
 static void run_until_routed(struct rig *r, int64_t timeout_ms) {
@@ -337,6 +346,9 @@ static void test_recover(void) {
     struct rig r;
     char id[UTIL_ID_MAX], first[UTIL_ID_MAX], last[UTIL_ID_MAX];
     const int n = 300; /* more than one recovery batch (256) */
+    struct store_wait unrouted_w, queue_w;
+    struct store_endpoint_queue q;
+    int unrouted_issued, queue_issued;
 
     if (rig_open(&r, config_text, rules_text) < 0) {
         CHECK(0);
@@ -355,10 +367,17 @@ static void test_recover(void) {
     CHECK_INT_EQ(store_flush(r.st), 0);
     CHECK_INT_EQ(unrouted(&r), n);
 
-    /* recovery routes from the loop, not inside the call */
+    /* recovery routes from the loop, not inside the call: both read as
+     * the call left the store, before the loop runs (a wait runs it) */
     housekeep_recover(r.hk);
-    CHECK_INT_EQ(unrouted(&r), n);
-    CHECK_INT_EQ(queue(&r, "erp").pending, 0);
+    store_wait_init(&unrouted_w);
+    store_wait_init(&queue_w);
+    unrouted_issued = start_events_unrouted(r.st, 0, 1000, &unrouted_w);
+    queue_issued = start_endpoint_queue(r.st, "erp", INT64_MAX / 2, 100000, 1, &queue_w);
+    CHECK_INT_EQ(unrouted_of(&r, &unrouted_w, unrouted_issued), n);
+    store_wait_run(r.base, &queue_w, queue_issued);
+    CHECK_INT_EQ(take_endpoint_queue(&queue_w, &q), 0); /* queue()'s own check */
+    CHECK_INT_EQ(q.pending, 0);
     run_until_routed(&r, 10000);
     CHECK_INT_EQ(unrouted(&r), 0);
     CHECK_STR_EQ(status_of(&r, first, NULL, 0), "unrouted");

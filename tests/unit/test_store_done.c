@@ -1,8 +1,9 @@
-/* test_store_done.c -- store.h's asynchronous write results (store_sqlite_done.c):
- * every call answers from the loop, never inside the call; the value is
- * the synchronous call's; a write's ok is 0 when its group failed; a read
- * answers whatever the group does; a failed write does not pin a group
- * whose BEGIN failed.
+/* test_store_done.c -- store.h's asynchronous write results (store_*_done,
+ * and the loop's store_get_* reads), whatever engine answers them: every
+ * call answers from the loop, never inside the call; the value is the one
+ * store.h documents for it (struct store_done); a write's ok is 0 when it
+ * failed or its group did; a read answers whatever the group does; a
+ * failed write does not pin a group whose BEGIN failed.
  * SPDX-License-Identifier: MIT */
 #include <stdint.h>
 #include <stdio.h>
@@ -84,13 +85,19 @@ static long long fresh_count(const char *sql, const char *arg) {
     return fixture_count(dbpath, sql, arg);
 }
 
-/* A write that fails the open group: a delivery without an endpoint. */
-static void fail_group(struct store *s, const char *event_id) {
+/* A write that fails the open group: a delivery without an endpoint. Its
+ * own answer goes to r (ok 0: failed_write checks it). */
+static void fail_group(struct store *s, const char *event_id, struct rec *r) {
     struct store_delivery_new bad = {
         .endpoint = NULL, .payload = "x", .payload_len = 1, .status = "pending", .next_at = 0};
     struct store_plan plan = {.status = "routed", .deliveries = &bad, .ndeliveries = 1};
-    char err[256];
-    CHECK_INT_EQ(store_event_routed(s, event_id, &plan, err, sizeof err), -1);
+    CHECK_INT_EQ(store_event_routed_done(s, event_id, &plan, on_done, r), 0);
+}
+
+/* fail_group's write was answered as failed (the synchronous call's -1). */
+static void failed_write(struct rec *r) {
+    run_until(r);
+    CHECK(r->calls == 1 && !r->ok);
 }
 
 /* ---- tests ---- */
@@ -124,10 +131,10 @@ static void test_event_put(struct store *s) {
  * ok 0, and nothing of it stored; the next group is fine. */
 static void test_group_fails(struct store *s) {
     struct store_event a = mk_event("evt_DF1", "done-f1"), b = mk_event("evt_DF2", "done-f2");
-    struct rec ra = {0}, rb = {0}, rc = {0};
+    struct rec ra = {0}, rb = {0}, rc = {0}, bad = {0};
 
     CHECK_INT_EQ(store_event_put_done(s, &a, NULL, on_done, &ra), 0);
-    fail_group(s, "evt_DF1");
+    fail_group(s, "evt_DF1", &bad);
     CHECK_INT_EQ(store_event_put_done(s, &b, NULL, on_done, &rb), 0); /* fails at once */
     CHECK_INT_EQ(ra.calls + rb.calls, 0);
     run_until(&rb);
@@ -137,6 +144,7 @@ static void test_group_fails(struct store *s) {
     CHECK_INT_EQ(rb.calls, 1);
     CHECK_INT_EQ(rb.ok, 0);
     CHECK(strstr(rb.err, "commit group failed") != NULL);
+    failed_write(&bad);
     CHECK_INT_EQ(fresh_count("SELECT count(*) FROM events WHERE id = ?", "evt_DF1"), 0);
     CHECK_INT_EQ(store_event_put_done(s, &b, NULL, on_done, &rc), 0);
     run_until(&rc);
@@ -260,7 +268,7 @@ static void test_endpoint_state(struct store *s) {
  * read's answer stands when the group it waited for fails. */
 static void test_reads(struct store *s) {
     struct store_event u = mk_event("evt_DU", "done-u");
-    struct rec put = {0}, got = {0}, nope = {0}, unrouted = {0}, failed_put = {0};
+    struct rec put = {0}, got = {0}, nope = {0}, unrouted = {0}, failed_put = {0}, bad = {0};
 
     CHECK_INT_EQ(store_event_put_done(s, &u, NULL, on_done, &put), 0);
     run_until(&put);
@@ -270,7 +278,7 @@ static void test_reads(struct store *s) {
     CHECK_INT_EQ(store_get_events_unrouted(s, 0, 100, on_done, &unrouted), 0);
     /* the group these answers wait for fails */
     CHECK_INT_EQ(store_event_put_done(s, &u, NULL, on_done, &failed_put), 0);
-    fail_group(s, "evt_DU");
+    fail_group(s, "evt_DU", &bad);
     CHECK_INT_EQ(got.calls + nope.calls + unrouted.calls, 0);
     run_until(&unrouted);
     CHECK_INT_EQ(got.ok, 1);
@@ -284,6 +292,7 @@ static void test_reads(struct store *s) {
     CHECK(unrouted.n >= 1); /* evt_DU and the other "received" events */
     CHECK_INT_EQ(failed_put.calls, 1);
     CHECK_INT_EQ(failed_put.ok, 0);
+    failed_write(&bad);
 }
 
 /* Retention: the pass's out fields come with the answer. */
