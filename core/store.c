@@ -12,7 +12,6 @@
 #include "log.h"
 #include "store.h"
 #include "store_int.h"
-#include "store_backend.h"
 #include "util.h"
 
 /* ---- small helpers ---- */
@@ -76,7 +75,7 @@ void store_free(struct store *s) {
 /* Several instances may run on the store (PostgreSQL); one process owns an
  * SQLite file (its flock). */
 int store_shared(const struct store *s) {
-    return s && s->ops && s->ops->shared;
+    return s && store_bx_shared(s);
 }
 
 void store_loop_running(struct store *s, int running) {

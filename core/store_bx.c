@@ -322,6 +322,10 @@ static int cond_idle(struct store *s) {
     return !x->cur && !x->fly && !x->late && x->nreads == 0;
 }
 
+int store_bx_shared(const struct store *s) {
+    return s->ops && s->ops->shared;
+}
+
 int store_bx_idle(const struct store *s) {
     return cond_idle((struct store *)s) || s->bx->gave_up;
 }

@@ -96,6 +96,8 @@ int store_bx_on_group(struct store *s, store_commit_fn fn, void *arg);
  * callbacks waiting for the turn's commit hear ok 0, as on SQLite. */
 void store_bx_write_failed(struct store *s);
 void store_bx_seqs(const struct store *s, int64_t *committed, int64_t *last);
+/* The backend's shared flag (store_shared). */
+int store_bx_shared(const struct store *s);
 int store_bx_writable(const struct store *s);
 int store_bx_idle(const struct store *s);
 int store_bx_flush(struct store *s);

@@ -267,6 +267,14 @@ static int sqb_at_commit(struct sqb_ans *a, int wrote) {
     if (store_sqlite_on_commit(b->sq, write_cb, a) == 0) {
         if (a->grp)
             a->grp->nwrites++;
+        /* A write that failed hears ok 0 whatever the group does: it must
+         * not pin a group whose BEGIN failed (another process held the
+         * lock), so a retry in the same loop turn starts afresh
+         * (store_group_begin). */
+        if (a->status < 0 && b->sq->begin_failed) {
+            b->sq->fail_ncbs = b->sq->ncbs;
+            b->sq->fail_nwcbs = b->sq->nwcbs;
+        }
         return 0;
     }
     if (wrote)
