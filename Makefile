@@ -160,16 +160,20 @@ asan: test-deps
 	  --unit "$(filter-out $(UNIT_DB),$(UNIT_SRCS:tests/unit/%.c=build-asan/tests/%))"
 
 # ThreadSanitizer over the store's unit tests: the store runs a sync thread
-# and a checkpoint thread beside the loop. Invariant checks on too. The last
+# and a checkpoint thread beside the loop. Invariant checks on too: the
+# SQLite code itself (test_store), its backend ops (test_store_sqlite_ops)
+# and store.h's calls through the engine over it (test_store_done). The last
 # line is `N passed, N failed` (a race makes the binary exit 66: a failure).
-# The -k glob matches the unit binary's name whole (no integration test).
-TSAN_UNITS := build-tsan/tests/test_store
+# Each -k glob matches a unit binary's name whole (no integration test).
+TSAN_UNITS := build-tsan/tests/test_store build-tsan/tests/test_store_sqlite_ops \
+              build-tsan/tests/test_store_done
 
 tsan: deps
 	@$(MAKE) --no-print-directory BUILD=build-tsan OPT="-O1 -g" \
 	  SANFLAGS="-fsanitize=thread -fno-omit-frame-pointer -DWAYBILL_CHECKS" $(TSAN_UNITS)
 	@TSAN_OPTIONS="second_deadlock_stack=1 history_size=4" \
-	  python3 tests/run.py --unit "$(TSAN_UNITS)" -k 'test_stor[e]'
+	  python3 tests/run.py --unit "$(TSAN_UNITS)" -k 'test_stor[e]' -k 'test_store_sqlite_op[s]' \
+	  -k 'test_store_don[e]'
 
 # libFuzzer targets (tests/fuzz/fuzz_*.c: signature headers, Stripe-style
 # header, Shiptify body, JWKS, every adapter, the JSON decoder against
