@@ -5,10 +5,11 @@
  *
  * The group: the first write of a loop turn begins the backend's group;
  * the commit event (lowest priority, as SQLite's) ends it. Its callbacks
- * (store_on_commit and store_on_written alike: on PostgreSQL a COMMIT that
- * answered is durable; SQLite answers once its group's fsync is done) wait in a record that runs
- * them when group_end's callback said how the group ended; the writes' own answers (store_*_done)
- * come just before, with the rows the backend parsed. Records finish in
+ * (store_on_commit and store_on_written alike: on PostgreSQL a COMMIT
+ * that answered is durable; SQLite answers once its group's fsync is
+ * done) wait in a record that runs them when group_end's callback said how
+ * the group ended; the writes' own answers (store_*_done) come just
+ * before, with the rows the backend parsed. Records finish in
  * the order they were ended (the write connection answers in order), and
  * one with no group (callbacks registered with nothing written) runs once
  * every group ended before it did: "every write made so far". Nothing is

@@ -488,7 +488,8 @@ static int be_attempt_put(struct store_be *b, const char *delivery_id,
 }
 
 /* One process holds every lease: a renewal is never lost. A release makes
- * the row claimable at once (due now). */
+ * the row claimable again at release_at (its due time as claimed: the
+ * lease had moved next_at to the lease's end). */
 static int be_lease_renew(struct store_be *b, int64_t seq, int64_t until, int64_t release_at,
                           store_be_done_fn cb, void *arg) {
     struct sqb_ans *a = sqb_new(b, cb, arg, K_NONE);
