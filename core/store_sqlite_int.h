@@ -1,8 +1,9 @@
-/* store_sqlite_int.h -- the SQLite engine's private interface, shared by
- * core/store_sqlite*.c and included by nothing else (the store's front,
- * store.c, sees the engine's entry points in store_int.h): its state, the
- * one table of prepared statements, the small SQLite helpers, and the calls
- * its files make to each other.
+/* store_sqlite_int.h -- the SQLite code's private interface, shared by
+ * core/store_sqlite*.c and included by nothing else but its unit test
+ * (the store's engine reaches it through store_sqlite_be.c's operations,
+ * store_backend.h): its state, the one table of prepared statements, the
+ * small SQLite helpers, the calls its files make to each other, and the
+ * calls the backend's operations run.
  *
  * The files, by job: store_sqlite.c (open and close, the group commit
  * engine, the callbacks, the watermarks, the statement table);
