@@ -87,7 +87,9 @@ struct deliver_ep {
     uint64_t lost_wakeups;      /* watchdog found it idle while due (a bug) */
     struct deliver_xfer *xfers; /* every xfer it holds, waiting or in flight */
     int dirty;                  /* rows were written for it: the next kick looks */
-    int64_t dirty_seq;          /* ... once deliveries up to this seq are committed */
+    int64_t dirty_seq;          /* ... the last of them, in the seq of store_delivery_seqs */
+    int64_t dirty_from;         /* ... once deliveries up to this seq are committed (the
+                                   first mark not looked at yet) */
     struct deliver_read *read;  /* its claim (or ordered look) in flight, or NULL */
     int again;                  /* a look came while it was in flight: look once answered */
     struct deliver_ep *next;

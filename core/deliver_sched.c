@@ -693,10 +693,19 @@ void deliver_kick_cb(evutil_socket_t fd, short what, void *arg) {
     store_delivery_seqs(d->store, &committed, &last);
     for (struct deliver_ep *ep = d->eps; ep; ep = ep->next) {
         int look = all;
-        if (ep->dirty && ep->dirty_seq <= committed) {
-            ep->dirty = 0;
-            ep->dirty_seq = 0;
+        /* Rows of its that are committed now: looked at, even when later
+         * writes marked it again (under steady ingest every group does, so
+         * waiting for the last mark to commit would wait for a pause: the
+         * watchdog's tick); the later marks are looked at when the next
+         * group ends. */
+        if (ep->dirty && ep->dirty_from <= committed) {
             look = 1;
+            if (ep->dirty_seq > committed) {
+                ep->dirty_from = committed + 1;
+            } else {
+                ep->dirty = 0;
+                ep->dirty_seq = 0;
+            }
         }
         if (look)
             deliver_ep_service(d, ep);
@@ -715,6 +724,8 @@ void deliver_ep_mark(struct deliver *d, struct deliver_ep *ep) {
     int64_t committed, last;
 
     store_delivery_seqs(d->store, &committed, &last);
+    if (!ep->dirty || last < ep->dirty_from)
+        ep->dirty_from = last;
     ep->dirty = 1;
     if (last > ep->dirty_seq)
         ep->dirty_seq = last;

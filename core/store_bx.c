@@ -54,6 +54,8 @@
 #define BX_READY_MS 15000
 /* store_flush outside the loop: how long it waits for the groups in flight. */
 #define BX_FLUSH_MS 10000
+/* The longest the group's end waits for the loop to be idle (bx_schedule). */
+#define BX_COMMIT_WAIT_MS 100
 /* The backlog is read again at most this often. */
 #define BX_BACKLOG_MS 1000
 
@@ -110,8 +112,15 @@ struct bx_grp {
     int64_t t0;
 };
 
+/* The group ends at the commit event, the lowest priority: after every
+ * ready request of the turn. A loop that is never idle (deliveries draining
+ * a backlog at full speed) would starve it, and the 200s waiting for it:
+ * commit_late_ev, a timer at the default priority, ends the group after
+ * BX_COMMIT_WAIT_MS instead. */
 static void bx_schedule(struct store *s) {
     static const struct timeval zero = {0, 0};
+    static const struct timeval most = {BX_COMMIT_WAIT_MS / 1000,
+                                        (BX_COMMIT_WAIT_MS % 1000) * 1000};
     struct store_bx *x = s->bx;
 
     if (x->scheduled)
@@ -121,6 +130,7 @@ static void bx_schedule(struct store *s) {
         event_add(x->commit_ev, &zero);
     else
         event_active(x->commit_ev, EV_TIMEOUT, 0);
+    evtimer_add(x->commit_late_ev, &most);
 }
 
 static struct bx_grp *bx_cur(struct store *s) {
@@ -215,10 +225,20 @@ static void commit_cb(evutil_socket_t fd, short what, void *arg) {
 
     UNUSED(fd);
     UNUSED(what);
+    evtimer_del(x->commit_late_ev);
     x->scheduled = 0;
     x->committing++;
     bx_end(s);
     x->committing--;
+}
+
+/* The commit event did not get its turn in time (bx_schedule). */
+static void commit_late_cb(evutil_socket_t fd, short what, void *arg) {
+    struct store *s = arg;
+    if (!s->bx->scheduled)
+        return;
+    event_del(s->bx->commit_ev);
+    commit_cb(fd, what, s);
 }
 
 int store_bx_group(struct store *s, char *err, size_t errlen) {
@@ -336,6 +356,7 @@ int store_bx_flush(struct store *s) {
 
     if (x->scheduled) {
         event_del(x->commit_ev);
+        evtimer_del(x->commit_late_ev);
         x->scheduled = 0;
     }
     bx_end(s);
@@ -409,6 +430,8 @@ void store_bx_free(struct store *s) {
     }
     if (x->commit_ev)
         event_free(x->commit_ev);
+    if (x->commit_late_ev)
+        event_free(x->commit_late_ev);
     if (x->late_ev)
         event_free(x->late_ev);
     free(x);
@@ -431,8 +454,9 @@ int store_bx_open(struct store *s, struct event_base *base, const char *url, con
     if (s->ops->open(&s->be, base, url, base_dir, err, errlen) < 0)
         return -1;
     x->commit_ev = event_new(base, -1, 0, commit_cb, s);
+    x->commit_late_ev = evtimer_new(base, commit_late_cb, s);
     x->late_ev = event_new(base, -1, 0, late_cb, s);
-    if (!x->commit_ev || !x->late_ev) {
+    if (!x->commit_ev || !x->commit_late_ev || !x->late_ev) {
         store_err(err, errlen, "store: cannot create commit event");
         return -1;
     }

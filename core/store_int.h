@@ -68,9 +68,10 @@ struct bx_late {
 
 struct store_bx {
     struct event_base *base;
-    char shown[512];         /* the URL without its password */
-    struct event *commit_ev; /* ends the open group (lowest priority) */
-    struct event *late_ev;   /* hands the late answers over */
+    char shown[512];              /* the URL without its password */
+    struct event *commit_ev;      /* ends the open group (lowest priority) */
+    struct event *commit_late_ev; /* ends it when commit_ev waited too long */
+    struct event *late_ev;        /* hands the late answers over */
     struct bx_late *late, *late_tail;
     struct bx_grp *cur;            /* the open record: callbacks, and the group when tx_open */
     struct bx_grp *fly, *fly_tail; /* ended records waiting for their answers, in order */

@@ -79,9 +79,17 @@ static int store_check_invariants(struct store_sq *s) {
 
 /* Queues the commit event. From inside the commit itself (a callback that
  * wrote), it waits for the next loop turn (zero timeout), so the follow-up
- * writes join that turn's group instead of committing alone at once. */
+ * writes join that turn's group instead of committing alone at once. The
+ * commit event has the lowest priority, so it runs once a turn has nothing
+ * else ready; a loop that always has (deliveries draining a backlog at full
+ * speed: a transfer's answer or a claim's in every turn) would starve it,
+ * and every 200 with it, for as long as that lasts. commit_late_ev, a timer
+ * at the default priority, commits then: no group waits more than
+ * STORE_COMMIT_WAIT_MS for its turn. */
 void store_group_schedule(struct store_sq *s) {
     static const struct timeval zero = {0, 0};
+    static const struct timeval most = {STORE_COMMIT_WAIT_MS / 1000,
+                                        (STORE_COMMIT_WAIT_MS % 1000) * 1000};
     if (s->scheduled)
         return;
     s->scheduled = 1;
@@ -89,6 +97,7 @@ void store_group_schedule(struct store_sq *s) {
         event_add(s->commit_ev, &zero);
     else
         event_active(s->commit_ev, EV_TIMEOUT, 0);
+    evtimer_add(s->commit_late_ev, &most);
 }
 
 void store_group_fail(struct store_sq *s, const char *what, char *err, size_t errlen) {
@@ -421,6 +430,7 @@ static void store_commit_cb(evutil_socket_t fd, short what, void *arg) {
     struct store_sq *s = arg;
     UNUSED(fd);
     UNUSED(what);
+    evtimer_del(s->commit_late_ev);
     if (s->sync_busy) {
         /* Stays "scheduled": store_group_durable reschedules it. */
         s->deferred = 1;
@@ -428,6 +438,15 @@ static void store_commit_cb(evutil_socket_t fd, short what, void *arg) {
     }
     s->scheduled = 0;
     group_commit(s, 0);
+}
+
+/* The commit event did not get its turn in time (store_group_schedule). */
+static void store_commit_late_cb(evutil_socket_t fd, short what, void *arg) {
+    struct store_sq *s = arg;
+    if (!s->scheduled)
+        return;
+    event_del(s->commit_ev);
+    store_commit_cb(fd, what, s);
 }
 
 int store_sqlite_on_commit(struct store_sq *s, store_commit_fn fn, void *arg) {
@@ -459,6 +478,7 @@ int store_sqlite_flush(struct store_sq *s) {
         event_del(s->commit_ev);
         s->scheduled = 0;
     }
+    evtimer_del(s->commit_late_ev);
     return group_commit(s, 1) ? 0 : -1;
 }
 
@@ -724,6 +744,8 @@ static void store_close(struct store_sq *s) {
     store_ckpt_stop(s);
     if (s->commit_ev)
         event_free(s->commit_ev);
+    if (s->commit_late_ev)
+        event_free(s->commit_late_ev);
     if (s->full_ev)
         event_free(s->full_ev);
     for (i = 0; i < ST_COUNT_; i++) {
@@ -767,8 +789,9 @@ struct store_sq *store_sqlite_open(struct event_base *base, const char *url, con
         store_rdb_open(s, path, err, errlen) < 0 || store_open_recover(s, path, err, errlen) < 0)
         goto fail;
     s->commit_ev = event_new(base, -1, 0, store_commit_cb, s);
+    s->commit_late_ev = evtimer_new(base, store_commit_late_cb, s);
     s->full_ev = evtimer_new(base, store_full_cb, s);
-    if (!s->commit_ev || !s->full_ev) {
+    if (!s->commit_ev || !s->commit_late_ev || !s->full_ev) {
         store_err(err, errlen, "store: cannot create commit event");
         goto fail;
     }

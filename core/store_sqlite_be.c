@@ -230,7 +230,12 @@ static int sqb_later(struct sqb_ans *a) {
             sqb_arm(b);
         return 0;
     }
-    event_active(b->answer_ev, EV_TIMEOUT, 0);
+    /* not when armed for the next turn already (the answers queued from
+     * an answer's callback): this one waits with them, else a chain of
+     * claims and reads answered in one turn could keep the loop from
+     * polling */
+    if (!event_pending(b->answer_ev, EV_TIMEOUT, NULL))
+        event_active(b->answer_ev, EV_TIMEOUT, 0);
     return 0;
 }
 

@@ -50,6 +50,9 @@ struct store_sync;
 struct store_ckpt;
 
 #define STORE_BUSY_MS 100 /* the loop must not wait long for a lock */
+/* The longest a scheduled commit waits for the loop to be idle before it
+ * runs anyway (store_group_schedule). */
+#define STORE_COMMIT_WAIT_MS 100
 
 /* ---- the statement table ----
  * Every statement the store runs on the loop connection is prepared once,
@@ -183,6 +186,7 @@ struct store_sq {
     sqlite3 *rdb;
     sqlite3_stmt *rst[ST_COUNT_];
     struct event *commit_ev;
+    struct event *commit_late_ev; /* commits when commit_ev waits too long */
     int in_txn, failed, begin_failed, scheduled, committing;
     size_t fail_ncbs, fail_nwcbs; /* callbacks waiting when BEGIN failed (begin_failed) */
     /* Invariant: every delivery row with seq <= committed_dlv_seq is

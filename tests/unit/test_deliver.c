@@ -570,6 +570,157 @@ static void test_engine(void) {
     rmdir(dir);
 }
 
+/* ---- under writes in every group, committed rows are looked at ----
+ * A carrier's event marks its endpoint in the open group; the kick at
+ * that group's end looks at it. Under steady ingest the next group marks
+ * the endpoint again before the first one ends: the look must not wait for
+ * the last mark's group (there is always a later one), nor for the
+ * watchdog's second. An event goes in, then one more on every loop turn
+ * for 700 ms; the first must reach the receiver well before they stop. */
+
+struct marks_sink {
+    int n;
+    int64_t first_at;
+};
+
+static void marks_sink_cb(struct evhttp_request *req, void *arg) {
+    struct marks_sink *m = arg;
+    if (!m->n++)
+        m->first_at = util_mono_ms();
+    reply(req, 200, "ok");
+}
+
+struct marks_put {
+    struct store_delivery_new dn;
+    struct store_plan plan;
+    char id[UTIL_ID_MAX], sid[32];
+    int *answered;
+};
+
+static void marks_put_done(void *arg, const struct store_done *dd) {
+    struct marks_put *mp = arg;
+    if (dd->ok && dd->status == 0)
+        (*mp->answered)++;
+    free(mp);
+}
+
+/* Puts event n with one delivery to "erp" and marks the endpoint, as
+ * ingest does (route_plan_queued). Returns 0 or -1. */
+static int marks_put(struct store *st, struct deliver *d, int n, int *answered) {
+    struct marks_put *mp = calloc(1, sizeof *mp);
+    struct store_event sev = {0};
+    if (!mp)
+        return -1;
+    util_id_new("evt_", mp->id, sizeof mp->id);
+    snprintf(mp->sid, sizeof mp->sid, "marks-%d", n);
+    mp->answered = answered;
+    mp->dn = (struct store_delivery_new){.endpoint = "erp",
+                                         .event_type = "t",
+                                         .payload = "{}",
+                                         .payload_len = 2,
+                                         .status = "pending",
+                                         .next_at = util_now_ms()};
+    mp->plan = (struct store_plan){.status = "routed", .deliveries = &mp->dn, .ndeliveries = 1};
+    sev.id = mp->id;
+    sev.source = "test";
+    sev.source_id = mp->sid;
+    sev.type = "t";
+    sev.received_at = util_now_ms();
+    sev.raw = "{}";
+    sev.raw_len = 2;
+    sev.headers_json = "{}";
+    sev.data_json = "{}";
+    if (store_event_put_done(st, &sev, &mp->plan, marks_put_done, mp) < 0) {
+        free(mp);
+        return -1;
+    }
+    deliver_watch_endpoint(d, "erp");
+    return 0;
+}
+
+static void test_marks_under_steady_writes(void) {
+    char dir[] = "/tmp/waybill-test-deliver-XXXXXX", err[256], url[80], cmd[128];
+    struct event_base *base = event_base_new();
+    struct evhttp *http = evhttp_new(base);
+    struct evhttp_bound_socket *bound;
+    struct sockaddr_in sin;
+    socklen_t slen = sizeof sin;
+    struct marks_sink sink = {0, 0};
+    struct config_endpoint ep;
+    struct config_cidr loopback = {AF_INET, {127}, 8};
+    struct config cfg;
+    int64_t retry_once[] = {0}, t0;
+    struct store *st;
+    struct httpc *hc;
+    struct health *hl;
+    struct deliver *d;
+    int n = 0, answered = 0, failed = 0, i;
+
+    CHECK(mkdtemp(dir) != NULL);
+    evhttp_set_gencb(http, marks_sink_cb, &sink);
+    bound = evhttp_bind_socket_with_handle(http, "127.0.0.1", 0);
+    CHECK(bound != NULL);
+    if (!bound)
+        return;
+    getsockname(evhttp_bound_socket_get_fd(bound), (struct sockaddr *)&sin, &slen);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/erp", ntohs(sin.sin_port));
+    memset(&ep, 0, sizeof ep);
+    memset(&cfg, 0, sizeof cfg);
+    ep.name = (char *)"erp";
+    ep.url = url;
+    ep.sign = SIGN_NONE;
+    ep.timeout_ms = 5000;
+    ep.retry_ms = retry_once;
+    ep.nretry = 1;
+    ep.concurrency = 4;
+    ep.success = CONFIG_SUCCESS_2XX;
+    ep.enabled = 1;
+    cfg.endpoints = &ep;
+    cfg.nendpoints = 1;
+    cfg.allow_private = &loopback;
+    cfg.nallow_private = 1;
+
+    st = store_open(base, "sqlite:marks.db", dir, err, sizeof err); /* sync=full */
+    CHECK(st != NULL);
+    if (!st)
+        return;
+    hc = httpc_new(base, err, sizeof err);
+    hl = health_new(st, err, sizeof err);
+    d = hc && hl ? deliver_new(base, st, hc, hl, err, sizeof err) : NULL;
+    CHECK(d != NULL);
+    if (d) {
+        httpc_set_allow(hc, allow_from_config, &cfg);
+        health_set_config(hl, &cfg);
+        deliver_set_config(d, &cfg);
+        for (i = 0; i < 20; i++) /* the config's kick: nothing to claim yet */
+            event_base_loop(base, EVLOOP_NONBLOCK);
+        t0 = util_mono_ms();
+        failed += marks_put(st, d, n++, &answered) < 0;
+        while (util_mono_ms() - t0 < 700) { /* a write, and a mark, in every group */
+            event_base_loop(base, EVLOOP_NONBLOCK);
+            failed += marks_put(st, d, n++, &answered) < 0;
+            usleep(200);
+        }
+        CHECK_INT_EQ(failed, 0);
+        CHECK(answered > 10); /* the groups went on committing */
+        CHECK(sink.n >= 1);
+        CHECK(sink.first_at > 0 && sink.first_at - t0 < 400);
+        if (!(sink.first_at > 0 && sink.first_at - t0 < 400))
+            fprintf(stderr,
+                    "first delivery %lld ms after the first event (%d events, %d answered)\n",
+                    (long long)(sink.first_at ? sink.first_at - t0 : -1), n, answered);
+    }
+    deliver_free(d);
+    health_free(hl);
+    httpc_free(hc);
+    store_free(st);
+    evhttp_free(http);
+    event_base_free(base);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", dir);
+}
+
 #ifdef WAYBILL_CHECKS
 static void stopped(void *arg) {
     *(int *)arg = 1;
@@ -698,6 +849,7 @@ int main(void) {
     test_retry_after();
     test_schedule();
     test_engine();
+    test_marks_under_steady_writes();
 #ifdef WAYBILL_CHECKS
     test_claim_answered_while_stopping();
 #endif
