@@ -336,6 +336,54 @@ static void test_failed_begin_retry(struct store *s) {
     CHECK_INT_EQ(fresh_count("SELECT count(*) FROM events WHERE id = ?", "evt_DL"), 1);
 }
 
+/* A loop that is never idle: a timer at the default priority re-armed for
+ * the next turn, every turn, for 2 s (as deliveries draining a backlog at
+ * full speed keep the loop busy). The group's end and its COMMIT run at the
+ * lowest priority, after everything else of a turn: they must not wait for
+ * that to stop. A write made meanwhile is answered within a second. */
+struct busy {
+    struct event *ev;
+    int64_t until;
+    int turns;
+};
+
+static void busy_cb(evutil_socket_t fd, short what, void *arg) {
+    static const struct timeval zero = {0, 0};
+    struct busy *b = arg;
+    UNUSED(fd);
+    UNUSED(what);
+    b->turns++;
+    if (util_mono_ms() < b->until)
+        event_add(b->ev, &zero);
+}
+
+static void test_busy_loop_commits(struct store *s) {
+    static const struct timeval zero = {0, 0};
+    struct store_event a = mk_event("evt_DBUSY", "done-busy");
+    struct busy b = {NULL, util_mono_ms() + 2000, 0};
+    struct rec r = {0};
+    int64_t t0;
+
+    b.ev = evtimer_new(base, busy_cb, &b);
+    CHECK(b.ev != NULL);
+    if (!b.ev)
+        return;
+    event_add(b.ev, &zero);
+    event_base_loop(base, EVLOOP_ONCE); /* the loop is busy from now on */
+    t0 = util_mono_ms();
+    CHECK_INT_EQ(store_event_put_done(s, &a, NULL, on_done, &r), 0);
+    while (!r.calls && util_mono_ms() < b.until)
+        event_base_loop(base, EVLOOP_ONCE);
+    CHECK_INT_EQ(r.calls, 1);
+    CHECK_INT_EQ(r.ok, 1);
+    CHECK(util_mono_ms() - t0 < 1000);
+    CHECK(util_mono_ms() < b.until); /* answered while the loop was still busy */
+    while (util_mono_ms() < b.until)
+        event_base_loop(base, EVLOOP_ONCE);
+    event_free(b.ev);
+    CHECK(b.turns > 100);
+}
+
 /* A shutdown's flush answers whatever still waits. */
 static void test_flush_answers(struct store *s) {
     struct store_event a = mk_event("evt_DZ", "done-z");
@@ -377,6 +425,7 @@ int main(void) {
     test_reads(s);
     test_prune(s);
     test_failed_begin_retry(s);
+    test_busy_loop_commits(s);
     test_flush_answers(s);
     store_free(s);
     event_base_free(base);
