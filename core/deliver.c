@@ -324,6 +324,8 @@ static void deliver_commit_cb(void *arg, int ok) {
     if (!d)
         return; /* deliver_free ran */
     d->commit = NULL;
+    if (deliver_eps_ending_done(d))
+        deliver_commit_watch(d);
     if (!ok) {
         /* endpoint states written in that group are read again by health.c */
         log_msg(LOG_WARN, "delivery outcomes were rolled back; those deliveries go out again "
@@ -347,10 +349,12 @@ void deliver_commit_watch(struct deliver *d) {
     c->d = d;
     if (store_on_written(d->store, deliver_commit_cb, c) != 0) {
         free(c);
+        deliver_eps_ending_watch(d, 0);
         deliver_kick_now(d, 1);
         return;
     }
     d->commit = c;
+    deliver_eps_ending_watch(d, 1);
 }
 
 static void deliver_durable_cb(void *arg, int ok) {
@@ -548,6 +552,8 @@ static void deliver_attempt_record(struct deliver *d, const struct deliver_xfer 
          * the row stays leased and is due again when the lease ends */
         return;
     }
+    if (d->shared)
+        x->ep->ending++;
     deliver_commit_watch(d);
     metrics_attempt(x->row.endpoint, x->row.event_type, v->status, started ? a->latency_ms : -1);
     if (v->next_at && strcmp(v->status, "held") != 0)

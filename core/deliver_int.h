@@ -73,18 +73,22 @@ struct deliver_ep {
     int inflight;                     /* transfers of this endpoint in flight */
     struct deliver_xfer *head, *tail; /* claimed, waiting for a slot or a token (FIFO) */
     int nwaiting;                     /* length of the FIFO */
-    int warned;                       /* "not in the config" logged for this config */
-    double tokens;                    /* rate limit bucket (SPEC 7 `rate`) */
-    int64_t tokens_at;                /* monotonic ms of the last refill, 0 = unused */
-    int64_t token_wait;               /* monotonic ms the next token is there, 0 = now */
-    int64_t shared_wait;              /* a shared store: monotonic ms the endpoint's bucket in
-                                         the store (all instances') has a token again, 0 = now */
-    uint64_t progress;                /* claims tried + transfers started, ever */
-    uint64_t progress_seen;           /* progress when due_free_since was set */
-    int64_t due_free_since;           /* monotonic ms since due with a free slot, 0 = not */
-    int64_t started_at;               /* monotonic ms of its last transfer started, 0 = none */
-    int stuck;                  /* due with a free slot, nothing started, for DELIVER_STUCK_MS */
-    uint64_t lost_wakeups;      /* watchdog found it idle while due (a bug) */
+    int ending;             /* a shared store: outcomes recorded, not yet committed (their leases
+                               are still live in the store, and count against `concurrency`) */
+    int ending_watched;     /* ... of which the commit watch (d->commit) covers these */
+    int64_t claimed_mono;   /* monotonic ms of its last claim (or ordered look) */
+    int warned;             /* "not in the config" logged for this config */
+    double tokens;          /* rate limit bucket (SPEC 7 `rate`) */
+    int64_t tokens_at;      /* monotonic ms of the last refill, 0 = unused */
+    int64_t token_wait;     /* monotonic ms the next token is there, 0 = now */
+    int64_t shared_wait;    /* a shared store: monotonic ms the endpoint's bucket in
+                               the store (all instances') has a token again, 0 = now */
+    uint64_t progress;      /* claims tried + transfers started, ever */
+    uint64_t progress_seen; /* progress when due_free_since was set */
+    int64_t due_free_since; /* monotonic ms since due with a free slot, 0 = not */
+    int64_t started_at;     /* monotonic ms of its last transfer started, 0 = none */
+    int stuck;              /* due with a free slot, nothing started, for DELIVER_STUCK_MS */
+    uint64_t lost_wakeups;  /* watchdog found it idle while due (a bug) */
     struct deliver_xfer *xfers; /* every xfer it holds, waiting or in flight */
     int dirty;                  /* rows were written for it: the next kick looks */
     int64_t dirty_seq;          /* ... the last of them, in the seq of store_delivery_seqs */
@@ -211,6 +215,14 @@ void deliver_xfer_send(struct deliver *d, struct deliver_xfer *x,
  * looks at every endpoint; with all_at_commit set (deliver_kick_all), looks
  * at every endpoint. */
 void deliver_commit_watch(struct deliver *d);
+/* The outcomes written so far are what the commit watch just registered
+ * covers (watched 1), or, when it could not be (watched 0), are forgotten
+ * (ending 0: counted no more). */
+void deliver_eps_ending_watch(struct deliver *d, int watched);
+/* The watch's outcomes are committed (or rolled back: their leases end at
+ * their expiry then): the endpoints they were for look again. Returns 1
+ * when outcomes written since are still to be watched. */
+int deliver_eps_ending_done(struct deliver *d);
 
 /* Kicks once the open group is durable, when the rows it inserted become
  * claimable (deliver_ep_mark: the marked endpoints are looked at then). */

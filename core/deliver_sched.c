@@ -363,19 +363,60 @@ static void deliver_rows_release(struct store *s, const struct store_delivery *r
 
 static void deliver_ep_answer(void *arg, const struct store_result *res);
 
+/* The leases of ep's rows this instance holds in a shared store: the rows
+ * claimed and not ended, and those whose outcome is not committed yet.
+ * Why counted here, not in the store: there every claim would walk the
+ * index entries of every row leased in the last `lease` (30 s), which
+ * VACUUM may not remove while a long transaction holds the xmin horizon
+ * (store_pg_claim.c). */
+static int deliver_ep_own_leases(const struct deliver_ep *ep) {
+    return ep->inflight + ep->nwaiting + ep->ending;
+}
+
+void deliver_eps_ending_watch(struct deliver *d, int watched) {
+    if (!d->shared)
+        return; /* nothing counted */
+    for (struct deliver_ep *ep = d->eps; ep; ep = ep->next) {
+        if (!watched)
+            ep->ending = 0;
+        ep->ending_watched = ep->ending;
+    }
+}
+
+int deliver_eps_ending_done(struct deliver *d) {
+    int more = 0;
+    if (!d->shared)
+        return 0;
+    for (struct deliver_ep *ep = d->eps; ep; ep = ep->next) {
+        if (ep->ending_watched)
+            deliver_ep_arm(ep, 0); /* its leases ended: it may claim again */
+        ep->ending -= ep->ending_watched;
+        ep->ending_watched = 0;
+        more |= ep->ending > 0;
+    }
+    return more;
+}
+
 /* Asks the store for up to want of ep's rows (an ordered endpoint: its head
  * and, when want > 0 and the head is due, a claim from it on). One read in
  * flight per endpoint: the caller checked ep->read is NULL. On failure (out
  * of memory) the timer looks again. */
 static void deliver_ep_claim(struct deliver *d, struct deliver_ep *ep, size_t want, int ordered) {
-    struct deliver_read *r =
-        deliver_read_new(d, ordered ? DELIVER_READ_ORDERED : DELIVER_READ_CLAIM);
+    /* a shared store: the endpoint's concurrency across instances, less the
+     * leases this instance holds (deliver_ep_own_leases; the store counts
+     * the other instances'). None left: the rows held look again as they
+     * end, and the commit of their outcomes does (deliver_commit_cb). */
+    const struct config_endpoint *cep = d->shared ? deliver_endpoint(d, ep->name) : NULL;
+    int own_room = cep ? deliver_endpoint_limit(cep) - deliver_ep_own_leases(ep) : 0;
+    struct deliver_read *r;
     int rc = -1;
 
+    if (!ordered && cep && own_room <= 0)
+        return;
+    ep->claimed_mono = util_mono_ms();
+    r = deliver_read_new(d, ordered ? DELIVER_READ_ORDERED : DELIVER_READ_CLAIM);
     if (r) {
-        /* a shared store: the endpoint's concurrency across instances */
-        const struct config_endpoint *cep = d->shared ? deliver_endpoint(d, ep->name) : NULL;
-        size_t cap = cep ? (size_t)deliver_endpoint_limit(cep) : 0;
+        size_t cap = cep ? (size_t)own_room : 0;
         double rate = cep && cep->rate > 0 ? cep->rate : 0; /* and its rate, ditto */
         r->ep = ep;
         r->want = want;
@@ -462,12 +503,29 @@ static void deliver_ep_service_plain(struct deliver *d, struct deliver_ep *ep,
      * small claims for one free slot each would cost a query per row. A
      * rate-limited endpoint claims only with a token in hand, so no row
      * waits longer for a token than its window's worth of them. */
+    /* A shared store leases at most the endpoint's concurrency across
+     * instances, so no row waits here: no claim while this instance's own
+     * leases take it all (a completion, or the commit of an outcome, looks
+     * again), and with less than a quarter of it free, not before
+     * DELIVER_SHARED_POLL_MS after the last claim: a claim per slot freed,
+     * one by one, made each claim and group carry a row or two, and
+     * delivery under full ingest ran at two thirds of the rate. */
+    if (d->shared) {
+        int limit = deliver_endpoint_limit(cep), held = deliver_ep_own_leases(ep);
+        int64_t wait = ep->claimed_mono + DELIVER_SHARED_POLL_MS - util_mono_ms();
+        if (held >= limit) {
+            room = 0;
+        } else if (held && limit - held < (limit + 3) / 4 && wait > 0) {
+            room = 0;
+            deliver_ep_arm(ep, wait);
+        }
+    }
     if (room > 0 && (ep->nwaiting == 0 || room >= (window + 3) / 4) &&
         (cep->rate <= 0 || ep->nwaiting || deliver_ep_token_ready(ep, cep))) {
         deliver_ep_claim(d, ep, (size_t)room, 0);
         return;
     }
-    if (!ep->head && !ep->inflight && !ep->token_wait)
+    if (!ep->head && !ep->inflight && !ep->token_wait && !ep->ending)
         deliver_ep_arm(ep, 0); /* nothing held and no claim: not expected; look again */
 }
 
@@ -756,6 +814,7 @@ static int deliver_ep_free_slot(const struct deliver *d, const struct deliver_ep
 static void deliver_check_read(struct deliver *d, int late, int discover_only) {
     struct deliver_read *r = deliver_read_new(d, DELIVER_READ_CHECK);
     const char **names = NULL;
+    unsigned char *ordered = NULL; /* which of the two due times each one's check uses */
     size_t n = 0, i = 0;
     int64_t mono = util_mono_ms();
     int rc = -1;
@@ -763,9 +822,11 @@ static void deliver_check_read(struct deliver *d, int late, int discover_only) {
     if (!discover_only)
         for (struct deliver_ep *ep = d->eps; ep; ep = ep->next)
             n++;
-    if (r && (!n || (names = malloc(n * sizeof *names)))) {
+    if (r && (!n || ((names = malloc(n * sizeof *names)) && (ordered = malloc(n))))) {
         for (struct deliver_ep *ep = d->eps; ep && n; ep = ep->next) {
-            if (deliver_ep_free_slot(d, ep, deliver_endpoint(d, ep->name), mono)) {
+            const struct config_endpoint *cep = deliver_endpoint(d, ep->name);
+            if (deliver_ep_free_slot(d, ep, cep, mono)) {
+                ordered[i] = cep->ordered != 0; /* free_slot: cep is not NULL */
                 names[i++] = ep->name;
                 continue;
             }
@@ -775,9 +836,10 @@ static void deliver_check_read(struct deliver *d, int late, int discover_only) {
         n = i;
         r->late = late;
         r->discover_only = discover_only;
-        rc = store_read_endpoints_due(d->store, names, n, 1, deliver_check_answer, r);
+        rc = store_read_endpoints_due(d->store, names, ordered, n, 1, deliver_check_answer, r);
     }
     free(names);
+    free(ordered);
     if (rc < 0) {
         if (r)
             deliver_read_end(r);

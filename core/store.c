@@ -182,9 +182,10 @@ int store_read_claim_ordered(struct store *s, const char *name, int64_t now, int
     return store_bx_read_claim_ordered(s, name, now, lease_ms, max, fn, arg);
 }
 
-int store_read_endpoints_due(struct store *s, const char *const *names, size_t n, int pending,
-                             store_read_fn fn, void *arg) {
-    return store_bx_read_endpoints_due(s, names, n, pending, fn, arg);
+int store_read_endpoints_due(struct store *s, const char *const *names,
+                             const unsigned char *ordered, size_t n, int pending, store_read_fn fn,
+                             void *arg) {
+    return store_bx_read_endpoints_due(s, names, ordered, n, pending, fn, arg);
 }
 
 int store_read_batch_due(struct store *s, int64_t now, store_read_fn fn, void *arg) {

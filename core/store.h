@@ -613,11 +613,12 @@ int store_read_ping(struct store *s, store_read_fn fn, void *arg);
 
 /* endpoint_claim_due (status, claimed, n), then endpoint_next_due
  * of name as the claim left it (next_due; -1 when the claim failed).
- * cap > 0 on a shared store (PostgreSQL, several instances): the claim
- * leaves at most cap of the endpoint's rows leased at once, every
- * instance's counted (the endpoint's `concurrency` across instances:
- * claims of one endpoint take turns on its endpoint_state row). SQLite has
- * one process, whose slots are the cap: it ignores cap.
+ * cap > 0 on a shared store (PostgreSQL, several instances): the
+ * endpoint's `concurrency` less the rows this instance holds (claimed and
+ * not ended); the claim takes at most cap minus the other instances' live
+ * leases of the endpoint, so the rows leased by all instances stay within
+ * its concurrency (claims of one endpoint take turns on its endpoint_state
+ * row). SQLite has one process, whose slots are the cap: it ignores cap.
  * rate > 0 with cap > 0 (the endpoint's `rate` across instances): the
  * claim also takes one token per row from the endpoint's bucket in the
  * database, shared by every instance (refilled at rate per second by the
@@ -650,9 +651,15 @@ struct store_endpoint_due {
 /* dues (ndues, in the order of names) for names[0..n); with pending
  * non-zero also every endpoint with pending rows (endpoints_pending)
  * as ids (n). status -1 when the pending list failed (a due read that
- * fails sets its fields to -1 only). */
-int store_read_endpoints_due(struct store *s, const char *const *names, size_t n, int pending,
-                             store_read_fn fn, void *arg);
+ * fails sets its fields to -1 only). ordered (NULL: both read for every
+ * name): ordered[i] non-zero reads only names[i]'s head_due, zero only its
+ * next_due; the other is INT64_MAX. Why: the scheduler uses one of them
+ * per endpoint, and each read walks the endpoint's queue rows that VACUUM
+ * has not removed yet (a minute of deliveries under a held xmin horizon,
+ * every second). */
+int store_read_endpoints_due(struct store *s, const char *const *names,
+                             const unsigned char *ordered, size_t n, int pending, store_read_fn fn,
+                             void *arg);
 /* batch_due at now (windows, n), and batch_next_close read
  * with it (next_due: still the due windows' own end while they are open). */
 int store_read_batch_due(struct store *s, int64_t now, store_read_fn fn, void *arg);

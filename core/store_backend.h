@@ -371,8 +371,9 @@ struct store_backend_ops {
      * cap > 0 (after_seq < 0 only): the claim first locks the endpoint's
      * endpoint_state row (claims of one endpoint take turns, across
      * instances), then takes at most cap minus the endpoint's rows whose
-     * lease is live (any instance's): the endpoint's concurrency holds
-     * across instances. rate > 0 (with cap > 0): under that lock, the
+     * lease is live and another instance's (cap is what this instance may
+     * still lease: its scheduler counts its own rows): the endpoint's
+     * concurrency holds across instances. rate > 0 (with cap > 0): under that lock, the
      * endpoint's shared token bucket is refilled (rate per second by the
      * database's clock, up to store_rate_burst(rate)) and the claim takes
      * at most its whole tokens, one per row; its status is then the ms

@@ -627,7 +627,8 @@ int store_bx_read_claim_ordered(struct store *s, const char *name, int64_t now, 
                        claim_ordered_issue);
 }
 
-int store_bx_read_endpoints_due(struct store *s, const char *const *names, size_t n, int pending,
+int store_bx_read_endpoints_due(struct store *s, const char *const *names,
+                                const unsigned char *ordered, size_t n, int pending,
                                 store_read_fn fn, void *arg) {
     struct bx_rd *rd = rd_new(s, R_DUE, fn, NULL, arg, 2 * n + 1);
     if (!rd)
@@ -642,8 +643,14 @@ int store_bx_read_endpoints_due(struct store *s, const char *const *names, size_
         int oom = 0;
         rd->dues[i].name = dup_s(names[i], &oom);
         rd->dues[i].next_due = rd->dues[i].head_due = -1;
-        PART(rd, P_DUE_NEXT, i, s->ops->endpoint_next_due(s->be, names[i], CB));
-        PART(rd, P_DUE_HEAD, i, s->ops->endpoint_head(s->be, names[i], CB));
+        if (ordered && ordered[i])
+            rd->dues[i].next_due = INT64_MAX;
+        else
+            PART(rd, P_DUE_NEXT, i, s->ops->endpoint_next_due(s->be, names[i], CB));
+        if (ordered && !ordered[i])
+            rd->dues[i].head_due = INT64_MAX;
+        else
+            PART(rd, P_DUE_HEAD, i, s->ops->endpoint_head(s->be, names[i], CB));
     }
     if (pending)
         PART(rd, P_PENDING, 0, s->ops->endpoints_pending(s->be, CB));

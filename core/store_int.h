@@ -157,7 +157,8 @@ int store_bx_read_claim_due(struct store *s, const char *name, int64_t now, int6
                             size_t max, size_t cap, double rate, store_read_fn fn, void *arg);
 int store_bx_read_claim_ordered(struct store *s, const char *name, int64_t now, int64_t lease_ms,
                                 size_t max, store_read_fn fn, void *arg);
-int store_bx_read_endpoints_due(struct store *s, const char *const *names, size_t n, int pending,
+int store_bx_read_endpoints_due(struct store *s, const char *const *names,
+                                const unsigned char *ordered, size_t n, int pending,
                                 store_read_fn fn, void *arg);
 int store_bx_read_batch_due(struct store *s, int64_t now, store_read_fn fn, void *arg);
 int store_bx_get_events_unrouted(struct store *s, int64_t after_seq, size_t max, store_done_fn fn,

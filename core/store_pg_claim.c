@@ -71,21 +71,39 @@ static const char CLAIM_DUE_SQL[] =
  * endpoint_state row made if missing and locked first, so claims of one
  * endpoint take turns; then, in a statement of its own (a snapshot taken
  * after the lock: it sees the leases the previous holder committed), the
- * due claim limited to cap minus the endpoint's live leases ($6 cap;
- * LIVE_LEASES counts at most the cap of them, from delivery_queue_leased:
- * its "lease_until > 0" is written out, as a prepared statement's generic
- * plan cannot prove it from "> $2", and with the LIMIT the planner walks
- * the index even on stale statistics; it read the whole queue, every
- * claim, before). */
-#define LIVE_LEASES                                                                                \
-    "(SELECT count(*) FROM (SELECT 1 FROM delivery_queue l WHERE l.endpoint = $1"                  \
-    " AND l.lease_until > 0 AND l.lease_until > $2::bigint LIMIT $6::bigint) l)"
+ * due claim limited to cap minus the other instances' live leases of the
+ * endpoint ($6 cap: the endpoint's concurrency less the rows this instance
+ * holds, which its scheduler counts; OTHER_LEASES counts at most the cap
+ * of the others', from delivery_queue_leased: its "lease_until > 0" is
+ * written out, as a prepared statement's generic plan cannot prove it
+ * from "> $2", and with the LIMIT the planner walks the index even on
+ * stale statistics).
+ * Why not count this instance's leases there too: under a held xmin
+ * horizon every row leased in the last `lease` (30 s) leaves an entry in
+ * that index which VACUUM may not remove; the count walked them all, every
+ * claim (2.5 ms and 30,000 entries at 1,000 deliveries/s: most of the
+ * held-horizon row's loss, issue 15). Counted here only when another
+ * instance is registered (instances; the uncorrelated subquery runs only
+ * when the CASE needs it): one instance walks none of them; several still
+ * walk the index's entries of every instance's last `lease` of claims,
+ * as before. That holds only if every instance that holds
+ * leases is registered when the others count: so a claim registers its
+ * instance first (INST_ROW_SQL, before the endpoint's lock; a no-op once
+ * the row is there), and commits that with its leases. */
+#define OTHER_LEASES                                                                               \
+    "(CASE WHEN EXISTS (SELECT 1 FROM instances i WHERE i.id <> $4) THEN"                          \
+    " (SELECT count(*) FROM (SELECT 1 FROM delivery_queue l WHERE l.endpoint = $1"                 \
+    " AND l.lease_until > 0 AND l.lease_until > $2::bigint AND l.lease_owner <> $4"                \
+    " LIMIT $6::bigint) l) ELSE 0 END)"
 
+static const char INST_ROW_SQL[] =
+    "INSERT INTO instances (id, started_at, seen_at, version) VALUES ($1, $2::bigint, $2::bigint,"
+    " $3) ON CONFLICT (id) DO NOTHING";
 static const char CAP_ROW_SQL[] =
     "INSERT INTO endpoint_state (name) VALUES ($1) ON CONFLICT (name) DO NOTHING";
 static const char CAP_LOCK_SQL[] = "SELECT 1 FROM endpoint_state WHERE name = $1 FOR UPDATE";
 static const char CLAIM_CAPPED_SQL[] =
-    CLAIM_SET CLAIM_DUE_ROWS("$7") " LIMIT least($3::bigint, greatest(0, $6::bigint - " LIVE_LEASES
+    CLAIM_SET CLAIM_DUE_ROWS("$7") " LIMIT least($3::bigint, greatest(0, $6::bigint - " OTHER_LEASES
                                    "))"
                                    " FOR UPDATE SKIP LOCKED" CLAIM_RETURNING;
 
@@ -103,7 +121,7 @@ static const char RATE_FILL_SQL[] =
  * one per row; one row per claimed row and the tokens left, or, when none
  * was claimed, one row of NULLs and the tokens (column 15). */
 static const char CLAIM_RATED_SQL[] = "WITH claimed AS (" CLAIM_SET CLAIM_DUE_ROWS(
-    "$7") " LIMIT least($3::bigint, greatest(0, $6::bigint - " LIVE_LEASES "),"
+    "$7") " LIMIT least($3::bigint, greatest(0, $6::bigint - " OTHER_LEASES "),"
           "  greatest(0, coalesce((SELECT floor(tokens)::bigint FROM endpoint_state WHERE name = "
           "$1), "
           "0)))"
@@ -283,12 +301,13 @@ static void count_takeovers(const PGresult *res, int rows) {
             metrics_lease_takeover(PQgetvalue(res, r, 3));
 }
 
-/* A claim's rows (statement op->aux; 0 and 2: due, 1: ordered's, 3: a
- * rated claim's, whose rows carry the bucket's tokens left, one row of
- * NULLs when none was claimed: op->status becomes the bucket's wait). */
+/* A claim's rows (statement op->aux; 0: due, 1: ordered's, 3: capped, 4:
+ * a rated claim's (op->rate > 0), whose rows carry the bucket's tokens
+ * left, one row of NULLs when none was claimed: op->status becomes the
+ * bucket's wait). */
 static int parse_claim(struct pg_op *op, int k, const PGresult *res) {
     struct store_delivery *d;
-    int rows = PQntuples(res), rated = op->aux == 3;
+    int rows = PQntuples(res), rated = op->rate > 0;
 
     if (k != op->aux)
         return 0;
@@ -309,7 +328,7 @@ static int parse_claim(struct pg_op *op, int k, const PGresult *res) {
         if (claimed_row(res, r, &d[r]) < 0)
             return -1;
     }
-    qsort(d, op->n, sizeof *d, k == 1 ? by_seq : by_due); /* 1: ordered's; 0, 2, 3: due */
+    qsort(d, op->n, sizeof *d, k == 1 ? by_seq : by_due); /* 1: ordered's; 0, 3, 4: due */
     if (k != 1)
         floor_claimed(op->floor, res, rows, d, op->n);
     return 0;
@@ -324,6 +343,7 @@ int store_pg_claim(struct store_be *be, const char *endpoint, int64_t after_seq,
     const char *pc[7] = {endpoint, n, lim, be->instance, lease, capped, fl};
     struct pg_floor *f = after_seq < 0 ? floor_get(be, endpoint) : NULL;
     const char *pr[3] = {endpoint, r, burst};
+    const char *pi[3] = {be->instance, n, WAYBILL_VERSION};
     struct pg_op *op;
     int ret = -1;
 
@@ -345,16 +365,16 @@ int store_pg_claim(struct store_be *be, const char *endpoint, int64_t after_seq,
         be->floor_next = f;
     }
     if (after_seq < 0 && cap > 0 && rate > 0) {
-        op->aux = 3; /* the fourth statement has the rows and the bucket */
+        op->aux = 4; /* the fifth statement has the rows and the bucket */
         op->rate = rate;
-        if (pg_op_query(op, CAP_ROW_SQL, 1, p) < 0 || pg_op_query(op, CAP_LOCK_SQL, 1, p) < 0 ||
-            pg_op_query(op, RATE_FILL_SQL, 3, pr) < 0 ||
+        if (pg_op_query(op, INST_ROW_SQL, 3, pi) < 0 || pg_op_query(op, CAP_ROW_SQL, 1, p) < 0 ||
+            pg_op_query(op, CAP_LOCK_SQL, 1, p) < 0 || pg_op_query(op, RATE_FILL_SQL, 3, pr) < 0 ||
             pg_op_query(op, CLAIM_RATED_SQL, 7, pc) < 0)
             op->dropped = 1;
     } else if (after_seq < 0 && cap > 0) {
-        op->aux = 2; /* the third statement has the rows */
-        if (pg_op_query(op, CAP_ROW_SQL, 1, p) < 0 || pg_op_query(op, CAP_LOCK_SQL, 1, p) < 0 ||
-            pg_op_query(op, CLAIM_CAPPED_SQL, 7, pc) < 0)
+        op->aux = 3; /* the fourth statement has the rows */
+        if (pg_op_query(op, INST_ROW_SQL, 3, pi) < 0 || pg_op_query(op, CAP_ROW_SQL, 1, p) < 0 ||
+            pg_op_query(op, CAP_LOCK_SQL, 1, p) < 0 || pg_op_query(op, CLAIM_CAPPED_SQL, 7, pc) < 0)
             op->dropped = 1;
     } else if (after_seq < 0) {
         op->aux = 0;

@@ -437,7 +437,7 @@ static inline int wait_claim_due(struct event_base *base, struct store *s, const
  * store_wait_run, then w->due_next. */
 static inline int start_next_due(struct store *s, const char *name, struct store_wait *w) {
     const char *names[1] = {name};
-    return store_read_endpoints_due(s, names, 1, 0, store_wait_on_read, w);
+    return store_read_endpoints_due(s, names, NULL, 1, 0, store_wait_on_read, w);
 }
 
 /* When name's earliest committed pending row is claimable (the next_due of

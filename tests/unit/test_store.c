@@ -1681,7 +1681,7 @@ static void test_async_claims(struct store *s) {
     put_answered(&put[3]);
     put_answered(&put[4]);
     put_deliveries(s, "evt_AU2", "aunc2", fresh, 1, &put[5]);
-    CHECK_INT_EQ(store_read_endpoints_due(s, names, 5, 1, on_claim, &due), 0);
+    CHECK_INT_EQ(store_read_endpoints_due(s, names, NULL, 5, 1, on_claim, &due), 0);
     CHECK(!due.called);
     event_base_loop(base, EVLOOP_ONCE);
     CHECK_INT_EQ(due.called, 1);
@@ -1697,6 +1697,24 @@ static void test_async_claims(struct store *s) {
     CHECK_INT_EQ(due.due_head[4], INT64_MAX);
     CHECK(due.pending_has[0] && due.pending_has[1] && due.pending_has[2] && due.pending_has[3]);
     CHECK(due.pending_has[4]); /* pending in the open group: listed (discovery) */
+
+    /* the watchdog asks each endpoint for the due time it uses: an ordered
+     * one's head only, another's next due only; the other is INT64_MAX */
+    {
+        static const unsigned char ordered[5] = {0, 1, 1, 0, 0};
+        struct claim_rec one = {0};
+        CHECK_INT_EQ(store_read_endpoints_due(s, names, ordered, 5, 0, on_claim, &one), 0);
+        for (int i = 0; i < 100 && !one.called; i++)
+            event_base_loop(base, EVLOOP_ONCE);
+        CHECK_INT_EQ(one.called, 1);
+        CHECK_INT_EQ(one.status, 0);
+        CHECK_INT_EQ((int)one.ndues, 5);
+        for (int i = 0; i < 5; i++) {
+            CHECK_INT_EQ(one.due_next[i], ordered[i] ? INT64_MAX : due.due_next[i]);
+            CHECK_INT_EQ(one.due_head[i], ordered[i] ? due.due_head[i] : INT64_MAX);
+        }
+        CHECK_INT_EQ((int)one.npending, 0); /* pending not asked for */
+    }
 
     /* batch windows: the due ones and the next end, read together */
     CHECK_INT_EQ(store_read_batch_due(s, 0, on_claim, &bd), 0);
