@@ -1,6 +1,6 @@
 /* store_sqlite.c -- the SQLite (WAL) engine behind store.h (store.c hands
  * it the calls on an SQLite store): open and close, the group commit
- * engine, the commit and written callbacks, the watermarks, and the one
+ * engine, the commit callbacks, the watermarks, and the one
  * table of prepared statements (store_sqlite_int.h lists the other files).
  * Invariants: every write runs inside the open group (one BEGIN IMMEDIATE ..
  * COMMIT per loop turn); once a write in the group failed, every later write
@@ -125,7 +125,7 @@ int store_group_begin(struct store_sq *s, char *err, size_t errlen) {
      * for the new group as they would have for an empty one. Not after
      * SQLite rolled back a group by itself: that group's writes are lost
      * and its outcome must be ok=0. */
-    if (s->failed && s->begin_failed && s->ncbs == s->fail_ncbs && s->nwcbs == s->fail_nwcbs) {
+    if (s->failed && s->begin_failed && s->ncbs == s->fail_ncbs) {
         s->failed = 0;
         s->begin_failed = 0;
         s->fail_msg[0] = '\0';
@@ -146,7 +146,6 @@ int store_group_begin(struct store_sq *s, char *err, size_t errlen) {
         store_group_fail(s, "begin", err, errlen);
         s->begin_failed = 1;
         s->fail_ncbs = s->ncbs;
-        s->fail_nwcbs = s->nwcbs;
         return -1;
     }
     s->in_txn = 1;
@@ -335,13 +334,6 @@ static int cbs_append(struct store_cb **cbs, size_t *n, size_t *cap, store_commi
     return 0;
 }
 
-/* Runs the ended group's store_on_written callbacks: only once its COMMIT
- * (or ROLLBACK) is done, so no transaction of the group is open. */
-static void group_written_callbacks(struct store_sq *s, int ok) {
-    STORE_CHECK(!s->in_txn && sqlite3_get_autocommit(s->db));
-    cbs_run(s, cbs_detach(&s->wcbs, &s->nwcbs, &s->wcap), &s->wcbs, &s->wcap, ok);
-}
-
 /* Moves the committed group's store_on_commit callbacks in flight (swapping
  * arrays with the empty in-flight list) and hands the group to the sync
  * thread, with the highest event seq it inserted. */
@@ -380,7 +372,7 @@ void store_group_durable(struct store_sq *s) {
         s->deferred = 0;
         s->scheduled = 0;
     }
-    if (s->in_txn || s->failed || s->ncbs || s->nwcbs)
+    if (s->in_txn || s->failed || s->ncbs)
         store_group_schedule(s);
 }
 
@@ -405,13 +397,12 @@ static int group_commit(struct store_sq *s, int sync_now) {
     if (!ok)
         store_full_recover(s);
     /* Everything about this group is settled before any callback runs: a
-     * written callback may write and register callbacks, which belong to
-     * the next group; and the tail checkpoint needs no transaction open. */
+     * callback may write and register callbacks, which belong to the next
+     * group; and the tail checkpoint needs no transaction open. */
     if (ok && wrote) {
         store_wal_maintain(s);
         if (s->sync && !sync_now) {
             group_in_flight(s, dlv_seq, evt_seq, t0);
-            group_written_callbacks(s, ok);
             return ok;
         }
         store_sync_now(s);
@@ -420,8 +411,9 @@ static int group_commit(struct store_sq *s, int sync_now) {
         watermarks_advance(s, dlv_seq, evt_seq);
     if (wrote)
         metrics_store_commit(util_mono_ms() - t0);
+    /* Only once the COMMIT (or ROLLBACK) is done: no transaction is open. */
+    STORE_CHECK(!s->in_txn && sqlite3_get_autocommit(s->db));
     durable = cbs_detach(&s->cbs, &s->ncbs, &s->cap);
-    group_written_callbacks(s, ok);
     cbs_run(s, durable, &s->cbs, &s->cap, ok);
     return ok;
 }
@@ -456,15 +448,8 @@ int store_sqlite_on_commit(struct store_sq *s, store_commit_fn fn, void *arg) {
     return 0;
 }
 
-int store_sqlite_on_written(struct store_sq *s, store_commit_fn fn, void *arg) {
-    if (cbs_append(&s->wcbs, &s->nwcbs, &s->wcap, fn, arg) < 0)
-        return -1;
-    store_group_schedule(s);
-    return 0;
-}
-
 int store_sqlite_idle(const struct store_sq *s) {
-    return !s->in_txn && s->ncbs == 0 && s->nwcbs == 0 && !s->sync_busy;
+    return !s->in_txn && s->ncbs == 0 && !s->sync_busy;
 }
 
 int store_sqlite_flush(struct store_sq *s) {
@@ -757,7 +742,6 @@ static void store_close(struct store_sq *s) {
     if (sqlite3_close(s->db) != SQLITE_OK)
         log_msg(LOG_ERROR, "store: close: %s", sqlite3_errmsg(s->db));
     free(s->cbs);
-    free(s->wcbs);
     free(s->inflight);
     free(s->plan_ids);
     util_buf_free(&s->matched);
@@ -828,8 +812,8 @@ void store_sqlite_free(struct store_sq *s) {
      * sqlite3_close would roll their group back unseen. */
     do {
         store_sqlite_flush(s);
-    } while ((s->in_txn || s->failed || s->ncbs || s->nwcbs) && ++rounds < 100);
-    if (s->in_txn || s->ncbs || s->nwcbs)
+    } while ((s->in_txn || s->failed || s->ncbs) && ++rounds < 100);
+    if (s->in_txn || s->ncbs)
         log_msg(LOG_ERROR, "store: closing with writes still coming from commit callbacks");
     store_close(s);
 }

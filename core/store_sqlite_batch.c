@@ -89,8 +89,8 @@ void store_batch_windows_free(struct store_batch_window *w, size_t n) {
     free(w);
 }
 
-/* Lists with st (ST_BATCH_DUE on either connection) the open windows that
- * ended at or before now, as batch_due. */
+/* Lists with st (ST_BATCH_DUE) the open windows that ended at or before
+ * now, as batch_due. */
 static int batch_windows(sqlite3_stmt *st, int64_t now, struct store_batch_window **out, size_t *n,
                          char *err, size_t errlen) {
     struct store_batch_window *w = NULL;
@@ -135,11 +135,6 @@ static int batch_windows(sqlite3_stmt *st, int64_t now, struct store_batch_windo
 int store_sqlite_batch_due(struct store_sq *s, int64_t now, struct store_batch_window **out,
                            size_t *n, char *err, size_t errlen) {
     return batch_windows(store_stmt(s, ST_BATCH_DUE), now, out, n, err, errlen);
-}
-
-int store_sqlite_batch_windows(struct store_sq *s, struct store_batch_window **out, size_t *n,
-                               char *err, size_t errlen) {
-    return batch_windows(store_rstmt(s, ST_BATCH_DUE), INT64_MAX, out, n, err, errlen);
 }
 
 /* ---- closing a window ---- */

@@ -276,10 +276,8 @@ static int sqb_at_commit(struct sqb_ans *a, int wrote) {
          * not pin a group whose BEGIN failed (another process held the
          * lock), so a retry in the same loop turn starts afresh
          * (store_group_begin). */
-        if (a->status < 0 && b->sq->begin_failed) {
+        if (a->status < 0 && b->sq->begin_failed)
             b->sq->fail_ncbs = b->sq->ncbs;
-            b->sq->fail_nwcbs = b->sq->nwcbs;
-        }
         return 0;
     }
     if (wrote)

@@ -25,7 +25,7 @@
  * every write runs inside the open group; every statement of the table is
  * reset before the call that stepped it returns, so none is busy when a
  * group commits or a callback runs; at most one group is in flight (being
- * synced), and no group commits while one is; a written callback runs only
+ * synced), and no group commits while one is; a commit callback runs only
  * after its group's COMMIT or ROLLBACK; the delivery and event watermarks
  * never go backwards.
  * SPDX-License-Identifier: MIT */
@@ -188,7 +188,7 @@ struct store_sq {
     struct event *commit_ev;
     struct event *commit_late_ev; /* commits when commit_ev waits too long */
     int in_txn, failed, begin_failed, scheduled, committing;
-    size_t fail_ncbs, fail_nwcbs; /* callbacks waiting when BEGIN failed (begin_failed) */
+    size_t fail_ncbs; /* callbacks waiting when BEGIN failed (begin_failed) */
     /* Invariant: every delivery row with seq <= committed_dlv_seq is
      * durable (advanced when its group's sync is done, or at COMMIT with
      * sync=normal). Claims see only those, so no delivery is sent from a
@@ -216,9 +216,6 @@ struct store_sq {
         int64_t n;
     } counts[8];
     int ncounts;
-    /* store_on_written callbacks of the open group: run at its COMMIT. */
-    struct store_cb *wcbs;
-    size_t nwcbs, wcap;
     /* Durability off the loop; sync is NULL with sync=normal, where a group
      * is done at COMMIT. sync_busy: one committed group is being synced; its
      * callbacks and seqs wait in inflight_* (at most one group is in flight:
@@ -417,7 +414,6 @@ struct store_sq *store_sqlite_open(struct event_base *base, const char *url, con
                                    char *err, size_t errlen);
 void store_sqlite_free(struct store_sq *s);
 int store_sqlite_on_commit(struct store_sq *s, store_commit_fn fn, void *arg);
-int store_sqlite_on_written(struct store_sq *s, store_commit_fn fn, void *arg);
 int store_sqlite_flush(struct store_sq *s);
 int store_sqlite_idle(const struct store_sq *s);
 int store_sqlite_ping(struct store_sq *s);
@@ -492,8 +488,6 @@ int store_sqlite_reclaim(struct store_sq *s, int64_t keep_pages, int step_pages,
 int64_t store_sqlite_batch_next_close(struct store_sq *s);
 int store_sqlite_batch_due(struct store_sq *s, int64_t now, struct store_batch_window **out,
                            size_t *n, char *err, size_t errlen);
-int store_sqlite_batch_windows(struct store_sq *s, struct store_batch_window **out, size_t *n,
-                               char *err, size_t errlen);
 int store_sqlite_batch_close(struct store_sq *s, const struct store_batch_window *w,
                              const char *status, int64_t next_at, size_t *count, char *err,
                              size_t errlen);

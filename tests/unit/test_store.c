@@ -960,40 +960,51 @@ static void test_unrouted_skips_open_group(struct store_sq *s) {
     CHECK_INT_EQ(commit(s), 1);
 }
 
-/* store_sqlite_on_written runs at the COMMIT, before the group is synced: its
- * delivery is claimable then, while the event becomes visible to recovery
- * only with the durable callback (which runs after the written one). */
-struct written_probe {
+/* A committed group is not durable until its sync is done: its delivery is
+ * claimable, and its event visible to recovery, only then. The probe runs
+ * right after the commit event, in the same pass over the lowest priority
+ * (activated after it), so before the loop can hear the sync thread. */
+struct durable_probe {
     struct store_sq *s;
-    struct commit_rec rec;
+    struct commit_rec *durable;
+    int ran, committed, syncing, durable_called;
     size_t claimable, unrouted_seen;
 };
 
-static void on_written_probe(void *arg, int ok) {
-    struct written_probe *w = arg;
+static void durable_probe_read(struct durable_probe *p) {
     struct store_delivery *d = NULL;
     struct store_event_row *rows = NULL;
     size_t n = 0, i;
     char err[256];
-    on_commit(&w->rec, ok);
-    if (store_sqlite_endpoint_claim_due(w->s, "erp", util_now_ms(), 60000, 10, &d, &n, err,
+    if (store_sqlite_endpoint_claim_due(p->s, "erp", util_now_ms(), 60000, 10, &d, &n, err,
                                         sizeof err) == 0) {
         for (i = 0; i < n; i++) {
             struct store_attempt a = {.n = 1, .at = util_now_ms(), .status_code = 200};
-            w->claimable += strcmp(d[i].event_id, "evt_WRITTEN") == 0;
-            store_sqlite_attempt_put(w->s, d[i].id, &a, "delivered", 0, 0, err, sizeof err);
+            p->claimable += strcmp(d[i].event_id, "evt_WRITTEN") == 0;
+            store_sqlite_attempt_put(p->s, d[i].id, &a, "delivered", 0, 0, err, sizeof err);
         }
         store_deliveries_free(d, n);
     }
     n = 0;
-    if (store_sqlite_events_unrouted(w->s, 0, 1000, &rows, &n, err, sizeof err) == 0) {
+    if (store_sqlite_events_unrouted(p->s, 0, 1000, &rows, &n, err, sizeof err) == 0) {
         for (i = 0; i < n; i++)
-            w->unrouted_seen += strcmp(rows[i].id, "evt_WRITTEN2") == 0;
+            p->unrouted_seen += strcmp(rows[i].id, "evt_WRITTEN2") == 0;
         store_event_rows_free(rows, n);
     }
 }
 
-static void test_written_before_durable(struct store_sq *s) {
+static void on_durable_probe(evutil_socket_t fd, short what, void *arg) {
+    struct durable_probe *p = arg;
+    UNUSED(fd);
+    UNUSED(what);
+    p->ran++;
+    p->committed = fresh_count("SELECT count(*) FROM events WHERE id = ?", "evt_WRITTEN2") == 1;
+    p->syncing = p->s->sync_busy;
+    p->durable_called = p->durable->called;
+    durable_probe_read(p);
+}
+
+static void test_committed_before_durable(struct store_sq *s) {
     char err[256] = "";
     struct store_event ev = mk_event("evt_WRITTEN", "src-written");
     struct store_event ev2 = mk_event("evt_WRITTEN2", "src-written-2");
@@ -1004,28 +1015,37 @@ static void test_written_before_durable(struct store_sq *s) {
                                     .content_type = "application/json",
                                     .status = "pending",
                                     .next_at = util_now_ms() - 1};
-    struct written_probe w = {s, {0, 0, 0}, 0, 0};
     struct commit_rec durable = {0, 0, 0};
+    struct durable_probe p = {s, &durable, 0, 0, 0, 0, 0, 0};
+    struct event *probe = event_new(base, -1, 0, on_durable_probe, &p);
 
+    CHECK(probe != NULL);
+    if (!probe)
+        return;
+    event_priority_set(probe, event_base_get_npriorities(base) - 1);
     CHECK_INT_EQ(store_sqlite_event_put(s, &ev, NULL, NULL, 0, err, sizeof err), 0);
     CHECK_INT_EQ(commit(s), 1);
     CHECK_INT_EQ(routed(s, "evt_WRITTEN", "routed", NULL, &dn, 1, err, sizeof err), 0);
     CHECK_INT_EQ(store_sqlite_event_put(s, &ev2, NULL, NULL, 0, err, sizeof err), 0);
     CHECK_INT_EQ(store_sqlite_on_commit(s, on_commit, &durable), 0);
-    CHECK_INT_EQ(store_sqlite_on_written(s, on_written_probe, &w), 0);
-    CHECK_INT_EQ(w.rec.called, 0); /* never from inside the call */
+    event_active(probe, EV_TIMEOUT, 0); /* after the commit event */
     run_until(&durable);
-    CHECK_INT_EQ(w.rec.called, 1);
-    CHECK_INT_EQ(w.rec.ok, 1);
-    CHECK(w.rec.order < durable.order); /* written first, then durable */
+    CHECK_INT_EQ(durable.called, 1);
+    CHECK_INT_EQ(durable.ok, 1);
+    CHECK_INT_EQ(p.ran, 1);
     /* Committed but not durable: a power cut could still take the row
      * back, so it is not claimable yet, and recovery waits too. */
-    CHECK_INT_EQ((int)w.claimable, 0);
-    CHECK_INT_EQ((int)w.unrouted_seen, 0);
-    on_written_probe(&w, 1); /* durable now: claimable */
-    CHECK_INT_EQ((int)w.claimable, 1);
+    CHECK_INT_EQ(p.committed, 1);
+    CHECK_INT_EQ(p.syncing, 1);
+    CHECK_INT_EQ(p.durable_called, 0);
+    CHECK_INT_EQ((int)p.claimable, 0);
+    CHECK_INT_EQ((int)p.unrouted_seen, 0);
+    durable_probe_read(&p); /* durable now: claimable, and listed */
+    CHECK_INT_EQ((int)p.claimable, 1);
+    CHECK_INT_EQ((int)p.unrouted_seen, 1);
     CHECK_INT_EQ(routed(s, "evt_WRITTEN2", "unrouted", NULL, NULL, 0, err, sizeof err), 0);
     CHECK_INT_EQ(commit(s), 1);
+    event_free(probe);
 }
 
 /* One trip per event: store_sqlite_event_put with a plan writes the event, its
@@ -1330,8 +1350,10 @@ static int page_has(struct store_sq *s, int deliveries, const char *id) {
 }
 
 /* The admin API's reads show committed groups only: an event (and its
- * delivery, its counts, its open window) in the open group is not in a
- * page, a detail, find or the counts until its group commits. */
+ * delivery, its counts) in the open group is not in a page, a detail, find
+ * or the counts until its group commits. Its open window is looked for
+ * after the commit only: the windows read (batch_due at the end of time)
+ * runs on the loop's connection, which sees the open group too. */
 static void test_admin_reads_committed_only(struct store_sq *s) {
     struct store_event ev = mk_event("evt_UNCOMMITTED", "src-uncommitted");
     struct store_delivery_new dn = {.endpoint = "rd",
@@ -1368,10 +1390,6 @@ static void test_admin_reads_committed_only(struct store_sq *s) {
     free(ids);
     CHECK_INT_EQ(store_sqlite_delivery_counts(s, &c), 0);
     CHECK_INT_EQ(c.held, before.held);
-    CHECK_INT_EQ(store_sqlite_batch_windows(s, &w, &nw, err, sizeof err), 0);
-    for (size_t i = 0; i < nw; i++)
-        CHECK(strcmp(w[i].endpoint, "rdw") != 0);
-    store_batch_windows_free(w, nw);
 
     CHECK_INT_EQ(commit(s), 1);
     CHECK(page_has(s, 0, "evt_UNCOMMITTED"));
@@ -1386,7 +1404,7 @@ static void test_admin_reads_committed_only(struct store_sq *s) {
     free(ids);
     CHECK_INT_EQ(store_sqlite_delivery_counts(s, &c), 0);
     CHECK_INT_EQ(c.held, before.held + 1);
-    CHECK_INT_EQ(store_sqlite_batch_windows(s, &w, &nw, err, sizeof err), 0);
+    CHECK_INT_EQ(store_sqlite_batch_due(s, INT64_MAX, &w, &nw, err, sizeof err), 0);
     n = 0;
     for (size_t i = 0; i < nw; i++)
         n += strcmp(w[i].endpoint, "rdw") == 0;
@@ -2270,10 +2288,10 @@ done:
     snprintf(dbpath, sizeof dbpath, "%s", saved);
 }
 
-/* A write whose BEGIN failed (another process held the lock) registered
- * only a store_sqlite_on_written callback, as routing does; a later write of the
- * same turn must not start the group afresh and tell that callback ok=1. */
-static void test_failed_begin_keeps_written_outcome(struct store_sq *s) {
+/* A write whose BEGIN failed (another process held the lock) registered a
+ * callback for its outcome afterwards; a later write of the same turn must
+ * not start the group afresh and tell that callback ok=1. */
+static void test_failed_begin_keeps_outcome(struct store_sq *s) {
     char err[256];
     struct store_event a = mk_event("evt_BEGIN_A", "begin-a");
     struct store_event b = mk_event("evt_BEGIN_B", "begin-b");
@@ -2285,7 +2303,7 @@ static void test_failed_begin_keeps_written_outcome(struct store_sq *s) {
     CHECK_INT_EQ(sqlite3_open(dbpath, &other), SQLITE_OK);
     CHECK_INT_EQ(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
     CHECK_INT_EQ(routed(s, a.id, "unrouted", NULL, NULL, 0, err, sizeof err), -1);
-    CHECK_INT_EQ(store_sqlite_on_written(s, on_commit, &r), 0);
+    CHECK_INT_EQ(store_sqlite_on_commit(s, on_commit, &r), 0);
     sqlite3_exec(other, "COMMIT", NULL, NULL, NULL);
     sqlite3_close(other);
     /* the lock is gone: this write fails with the group, it does not reset it */
@@ -2314,7 +2332,7 @@ static void test_failed_begin_with_an_earlier_callback_starts_afresh(struct stor
     sqlite3 *other = NULL;
 
     CHECK_INT_EQ(commit(s), 1);
-    CHECK_INT_EQ(store_sqlite_on_written(s, on_commit, &r), 0); /* no write yet */
+    CHECK_INT_EQ(store_sqlite_on_commit(s, on_commit, &r), 0); /* no write yet */
     CHECK_INT_EQ(sqlite3_open(dbpath, &other), SQLITE_OK);
     CHECK_INT_EQ(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
     CHECK_INT_EQ(store_sqlite_event_put(s, &a, NULL, NULL, 0, err, sizeof err), -1);
@@ -2330,10 +2348,11 @@ static void test_failed_begin_with_an_earlier_callback_starts_afresh(struct stor
     CHECK_INT_EQ(fresh_count("SELECT count(*) FROM events WHERE id = ?", "evt_BEGIN_EARLY"), 1);
 }
 
-/* A store_sqlite_on_written callback that writes and registers a durable callback:
- * that callback belongs to the next group, so it runs once its own write is
- * committed and synced, and recovery does not list the event before. */
-struct written_chain {
+/* A commit callback (run once its group is durable) that writes and
+ * registers another: that one belongs to the next group, so it runs once its
+ * own write is committed and synced, and recovery does not list the event
+ * before. */
+struct commit_chain {
     struct store_sq *s;
     struct commit_rec durable;
     long long visible;
@@ -2341,7 +2360,7 @@ struct written_chain {
 };
 
 static void on_chain_durable(void *arg, int ok) {
-    struct written_chain *w = arg;
+    struct commit_chain *w = arg;
     struct store_event_row *rows = NULL;
     size_t n = 0, i;
     char err[256];
@@ -2354,8 +2373,8 @@ static void on_chain_durable(void *arg, int ok) {
     }
 }
 
-static void on_chain_written(void *arg, int ok) {
-    struct written_chain *w = arg;
+static void on_chain_first(void *arg, int ok) {
+    struct commit_chain *w = arg;
     struct store_event ev = mk_event("evt_WCHAIN_NEW", "wchain-new");
     char err[256];
     UNUSED(ok);
@@ -2363,12 +2382,12 @@ static void on_chain_written(void *arg, int ok) {
     CHECK_INT_EQ(store_sqlite_on_commit(w->s, on_chain_durable, w), 0);
 }
 
-static void test_written_callback_writes(struct store_sq *s) {
-    struct written_chain w = {s, {0, 0, 0}, -1, -1};
+static void test_commit_callback_writes(struct store_sq *s) {
+    struct commit_chain w = {s, {0, 0, 0}, -1, -1};
     struct store_event ev = mk_event("evt_WCHAIN_OLD", "wchain-old");
     char err[256];
     CHECK_INT_EQ(store_sqlite_event_put(s, &ev, NULL, NULL, 0, err, sizeof err), 0);
-    CHECK_INT_EQ(store_sqlite_on_written(s, on_chain_written, &w), 0);
+    CHECK_INT_EQ(store_sqlite_on_commit(s, on_chain_first, &w), 0);
     w.listed = 0;
     run_until(&w.durable);
     CHECK_INT_EQ(w.durable.called, 1);
@@ -2714,14 +2733,14 @@ int main(void) {
     test_query_plans();
     test_batch_windows(s);
     test_unrouted_skips_open_group(s);
-    test_written_before_durable(s);
+    test_committed_before_durable(s);
     test_event_with_plan(s);
     test_backlog_counter(s);
     test_order_keys(s);
     test_counts_per_group(s);
-    test_failed_begin_keeps_written_outcome(s);
+    test_failed_begin_keeps_outcome(s);
     test_failed_begin_with_an_earlier_callback_starts_afresh(s);
-    test_written_callback_writes(s);
+    test_commit_callback_writes(s);
     test_first_routing_ids(s);
     test_type_filter_glob(s);
     test_admin_reads_committed_only(s);
