@@ -614,8 +614,9 @@ int store_read_ping(struct store *s, store_read_fn fn, void *arg);
 /* endpoint_claim_due (status, claimed, n), then endpoint_next_due
  * of name as the claim left it (next_due; -1 when the claim failed).
  * cap > 0 on a shared store (PostgreSQL, several instances): the
- * endpoint's `concurrency` less the rows this instance holds (claimed and
- * not ended); the claim takes at most cap minus the other instances' live
+ * endpoint's `concurrency` less the leases this instance holds (rows
+ * claimed and not ended, and those whose outcome is not committed yet);
+ * the claim takes at most cap minus the other instances' live
  * leases of the endpoint, so the rows leased by all instances stay within
  * its concurrency (claims of one endpoint take turns on its endpoint_state
  * row). SQLite has one process, whose slots are the cap: it ignores cap.
