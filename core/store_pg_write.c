@@ -34,21 +34,32 @@
 
 /* ---- event_put ---- */
 
-static const char EVENT_PUT_SQL[] =
-    "WITH ev AS ("
-    " INSERT INTO events (id, source, source_id, type, status, error, created_at, received_at,"
-    "  headers, data, raw, shipment, matched)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::bigint, $9, $10, decode($11, 'hex'), $12, $13)"
-    " ON CONFLICT (source, source_id) DO NOTHING RETURNING seq, id),"
-    " u AS (SELECT * FROM unnest($14::text[], $15::text[], $16::text[], $17::text[],"
-    "  $18::text[], $19::text[], $20::text[], $21::bigint[], $22::text[])"
-    "  AS u(id, endpoint, event_type, payload, content_type, headers, status, next_at, okey)),"
-    " d AS (INSERT INTO deliveries (id, event_id, endpoint, event_type, payload, content_type,"
-    "  headers, created_at, okey)"
-    "  SELECT u.id, ev.id, u.endpoint, u.event_type, decode(u.payload, 'hex'), u.content_type,"
-    "  u.headers, $23::bigint, u.okey FROM ev, u RETURNING seq, id),"
-    " q AS (INSERT INTO delivery_queue (delivery_seq, endpoint, okey, status, next_at)"
-    "  SELECT d.seq, u.endpoint, u.okey, u.status, u.next_at FROM d JOIN u ON u.id = d.id),"
+/* The event with its deliveries ($1..$23) and, when it has any, its batch
+ * items ($24..$27): two statements, as the write connection's backend is
+ * the bound of ingest (80% of a core at c64 in the bench) and each part of
+ * the statement costs its executor set-up at every call (the batch parts:
+ * an unnest, a DISTINCT and two inserts, for the events that have no
+ * batch item). */
+#define EVENT_PUT_HEAD                                                                             \
+    "WITH ev AS ("                                                                                 \
+    " INSERT INTO events (id, source, source_id, type, status, error, created_at, received_at,"    \
+    "  headers, data, raw, shipment, matched)"                                                     \
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::bigint, $9, $10, decode($11, 'hex'), $12, $13)"      \
+    " ON CONFLICT (source, source_id) DO NOTHING RETURNING seq, id),"                              \
+    " u AS (SELECT * FROM unnest($14::text[], $15::text[], $16::text[], $17::text[],"              \
+    "  $18::text[], $19::text[], $20::text[], $21::bigint[], $22::text[])"                         \
+    "  AS u(id, endpoint, event_type, payload, content_type, headers, status, next_at, okey)),"    \
+    " d AS (INSERT INTO deliveries (id, event_id, endpoint, event_type, payload, content_type,"    \
+    "  headers, created_at, okey)"                                                                 \
+    "  SELECT u.id, ev.id, u.endpoint, u.event_type, decode(u.payload, 'hex'), u.content_type,"    \
+    "  u.headers, $23::bigint, u.okey FROM ev, u RETURNING seq, id),"                              \
+    " q AS (INSERT INTO delivery_queue (delivery_seq, endpoint, okey, status, next_at)"            \
+    "  SELECT d.seq, u.endpoint, u.okey, u.status, u.next_at FROM d JOIN u ON u.id = d.id)"
+
+static const char EVENT_PUT_SQL[] = EVENT_PUT_HEAD " SELECT seq, id FROM ev";
+
+static const char EVENT_PUT_BATCH_SQL[] = EVENT_PUT_HEAD
+    ","
     " b AS (SELECT * FROM unnest($24::text[], $25::bigint[], $26::bigint[], $27::text[])"
     "  WITH ORDINALITY AS b(endpoint, window_start, window_ms, payload, i)),"
     " bw AS (INSERT INTO batch_windows (endpoint, window_ms, window_start, closes_at)"
@@ -150,7 +161,8 @@ static int put_queue(struct pg_op *op, const struct store_event *ev, const struc
     p[22] = now;
     for (int k = 0; k < 4; k++)
         p[23 + k] = a[9 + k].p;
-    if (pg_op_query(op, EVENT_PUT_SQL, 27, p) < 0 ||
+    if ((plan && plan->nitems ? pg_op_query(op, EVENT_PUT_BATCH_SQL, 27, p)
+                              : pg_op_query(op, EVENT_PUT_SQL, 23, p)) < 0 ||
         pg_op_query(op, EVENT_ID_SQL, 2, (const char *const[]){ev->source, ev->source_id}) < 0)
         goto done;
     if (plan && plan->nitems &&
